@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/* Allocator uprobes: keep every outstanding allocation with its call-stack site, and running
+ * per-site totals, entirely in maps. Userspace reads the maps once per interval. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "alloc_events.h"
+
+#define EEXIST 17
+
+/* A nested allocator call (see call_enter) arrives within microseconds of the outer entry. */
+#define NESTED_CALL_WINDOW_NS 1000000000ULL
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL"; /* bpf_get_stackid is GPL-only */
+
+/* Sizes are placeholders: userspace sets max_entries before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory follows the number of outstanding blocks */
+	__uint(max_entries, 1);
+	__type(key, struct memtrail_alloc_key);
+	__type(value, struct memtrail_alloc_info);
+} allocs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct memtrail_site_key);
+	__type(value, struct memtrail_site_totals);
+} sites SEC(".maps");
+
+/* Distinct call stacks by hash of their frames (see capture_stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct memtrail_stack);
+} stacks SEC(".maps");
+
+/* Where a stack is assembled before it is known to be new: too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_stack);
+} stack_scratch SEC(".maps");
+
+__u32 next_stack_id = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEMTRAIL_CTR_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Arguments of the allocator call a thread is in, from entry to return. Task-local storage is
+ * freed with the thread, so threads that die mid-call leave nothing behind. */
+struct inflight_call {
+	__u64 size;
+	__u64 aux;        /* realloc: old pointer; posix_memalign: the void ** it writes */
+	__u64 start_ns;   /* realloc: tells the old block from a block reusing its address */
+	__u64 entry_sp;   /* stack pointer at the outermost entry: detects a lost return */
+	__u32 kind;
+	__u32 depth;      /* > 1 while an allocator calls another (memalign -> malloc, ...) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inflight_call);
+} inflight SEC(".maps");
+
+static __always_inline void count(enum memtrail_counter counter)
+{
+	__u32 index = counter;
+	__u64 *value = bpf_map_lookup_elem(&counters, &index);
+
+	if (value)
+		*value += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 size, __u64 aux)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct inflight_call *call;
+	__u64 sp = PT_REGS_SP(ctx);
+	__u64 now = bpf_ktime_get_ns();
+
+	call = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call) {
+		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		return;
+	}
+	/* A call made from inside another traced allocator (realloc(NULL, n) -> malloc, memalign
+	 * -> malloc) runs deeper on the stack, or at the same depth for a tail call (glibc's
+	 * reallocarray jumps to realloc): the outer call accounts for the memory. A call above the
+	 * recorded stack pointer, or long after the outer entry, means that the outer return was
+	 * lost (the kernel could not hijack it): start afresh rather than ignore calls forever. */
+	if (call->depth > 0 && sp <= call->entry_sp && now - call->start_ns < NESTED_CALL_WINDOW_NS) {
+		call->depth++;
+		return;
+	}
+	call->depth = 1;
+	call->entry_sp = sp;
+	call->kind = kind;
+	call->size = size;
+	call->aux = aux;
+	call->start_ns = now;
+}
+
+/* Returns the finished outermost call, or NULL while unwinding nested calls. */
+static __always_inline struct inflight_call *call_exit(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct inflight_call *call = bpf_task_storage_get(&inflight, task, 0, 0);
+
+	if (!call || call->depth == 0) {
+		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		return NULL;
+	}
+	call->depth--;
+	return call->depth == 0 ? call : NULL;
+}
+
+static __always_inline struct memtrail_site_totals *site_lookup_or_create(__u32 tgid,
+									    __s32 site_id,
+									    __u64 caller)
+{
+	struct memtrail_site_key key = { .tgid = tgid, .site_id = site_id };
+	struct memtrail_site_totals *totals = bpf_map_lookup_elem(&sites, &key);
+	struct memtrail_site_totals fresh = { .caller_address = caller };
+
+	if (totals)
+		return totals;
+	/* -EEXIST means another CPU created it first: the lookup below finds theirs. */
+	bpf_map_update_elem(&sites, &key, &fresh, BPF_NOEXIST);
+	totals = bpf_map_lookup_elem(&sites, &key);
+	if (!totals)
+		count(MEMTRAIL_CTR_SITE_DROPS);
+	return totals;
+}
+
+/* Frame pointers of the caller's frames lie above its stack pointer, within a thread stack.
+ * Checking that first rejects the garbage a frame-pointer-less function leaves in %rbp
+ * without a faulting read, which costs far more than a successful one. */
+#define MAX_STACK_SPAN (64ULL << 20)
+
+/* Walks the user stack by frame pointers and returns the stack's dense id, or a negative
+ * fallback id derived from the caller when the stacks map is full. Called in a uretprobe: the
+ * registers are the caller's, with the instruction pointer already set back to the return
+ * address, so the first frame is always the function that called the allocator, also when it
+ * has no frame pointer. This walk replaces bpf_get_stackid, whose perf callchain machinery
+ * cost about twice as much per allocation here. */
+static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
+{
+	struct {
+		__u64 next_fp;
+		__u64 return_address;
+	} frame;
+	__u64 fp = PT_REGS_FP(ctx), sp = PT_REGS_SP(ctx);
+	__u64 hash = caller * 0x9E3779B97F4A7C15ULL;
+	struct memtrail_stack *stack, *known;
+	__u32 zero = 0, depth;
+
+	stack = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!stack)
+		goto fallback;
+	stack->ips[0] = caller;
+	depth = 1;
+	for (int i = 1; i < MEMTRAIL_MAX_STACK_DEPTH; i++) {
+		if (fp < sp || fp - sp >= MAX_STACK_SPAN || (fp & 7))
+			break;
+		if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp) || !frame.return_address)
+			break;
+		stack->ips[i] = frame.return_address;
+		depth = i + 1;
+		hash = (hash ^ frame.return_address) * 0x100000001B3ULL; /* FNV-1a style mix */
+		if (frame.next_fp <= fp) /* frames must move up the stack: stops loops */
+			break;
+		fp = frame.next_fp;
+	}
+	hash ^= depth;
+
+	known = bpf_map_lookup_elem(&stacks, &hash);
+	if (known)
+		return known->id;
+	stack->depth = depth;
+	stack->id = __sync_fetch_and_add(&next_stack_id, 1) & 0x7fffffff;
+	/* -EEXIST: another CPU stored the same stack first; its id is the one to use. */
+	bpf_map_update_elem(&stacks, &hash, stack, BPF_NOEXIST);
+	known = bpf_map_lookup_elem(&stacks, &hash);
+	if (known)
+		return known->id;
+fallback:
+	count(MEMTRAIL_CTR_STACK_FAILURES);
+	return -(__s32)((caller ^ (caller >> 31)) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
+}
+
+static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size,
+					 __u32 kind)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 caller = PT_REGS_IP(ctx);
+	struct memtrail_alloc_key key = { .tgid = tgid, .address = address };
+	struct memtrail_alloc_info info = {
+		.size = size,
+		.timestamp_ns = bpf_ktime_get_ns(),
+		.kind = kind,
+	};
+	struct memtrail_site_totals *totals;
+	long err;
+
+	info.site_id = capture_stack(ctx, caller);
+	err = bpf_map_update_elem(&allocs, &key, &info, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/* The address was freed without our knowing (another thread's realloc released it
+		 * between its free and its return probe): the old record is stale. */
+		count(MEMTRAIL_CTR_STALE_REPLACED);
+		err = bpf_map_update_elem(&allocs, &key, &info, BPF_ANY);
+	}
+
+	totals = site_lookup_or_create(tgid, info.site_id, caller);
+	if (totals) {
+		__sync_fetch_and_add(&totals->total_bytes, size);
+		__sync_fetch_and_add(&totals->total_allocations, 1);
+	}
+	if (err) {
+		count(MEMTRAIL_CTR_DROPS); /* outstanding map full */
+		return;
+	}
+	count(MEMTRAIL_CTR_ALLOCATIONS);
+}
+
+enum release_mode {
+	RELEASE_FREE,          /* free(p): p unknown means it predates attach */
+	RELEASE_REALLOC,       /* realloc moved p: only if recorded before the call began */
+	RELEASE_REALLOC_ZERO,  /* realloc(p, 0): glibc's nested free() already released p */
+};
+
+static __always_inline void release(__u64 address, enum release_mode mode, __u64 call_start_ns)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct memtrail_alloc_key key = { .tgid = tgid, .address = address };
+	struct memtrail_alloc_info *found;
+
+	if (mode == RELEASE_FREE) {
+		/* The hot path: one delete, no lookup. -ENOENT means the block predates attach
+		 * (or a concurrent double free already removed it). */
+		if (bpf_map_delete_elem(&allocs, &key) == 0)
+			count(MEMTRAIL_CTR_FREES);
+		else
+			count(MEMTRAIL_CTR_UNMATCHED_FREES);
+		return;
+	}
+	found = bpf_map_lookup_elem(&allocs, &key);
+	if (!found) {
+		if (mode != RELEASE_REALLOC_ZERO)
+			count(MEMTRAIL_CTR_UNMATCHED_FREES);
+		return;
+	}
+	/* Another thread got this address after our realloc freed it: that block is not ours. */
+	if (found->timestamp_ns > call_start_ns)
+		return;
+	if (bpf_map_delete_elem(&allocs, &key) == 0)
+		count(MEMTRAIL_CTR_FREES);
+}
+
+/* ---- entry probes: remember the arguments until the call returns ---- */
+
+/* malloc, valloc, pvalloc: (size). The attach cookie says which. */
+SEC("uprobe")
+int BPF_KPROBE(size_alloc_enter, __u64 size)
+{
+	call_enter(ctx, bpf_get_attach_cookie(ctx), size, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(calloc_enter, __u64 count_, __u64 size)
+{
+	call_enter(ctx, MEMTRAIL_KIND_CALLOC, count_ * size, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(realloc_enter, __u64 old, __u64 size)
+{
+	call_enter(ctx, MEMTRAIL_KIND_REALLOC, size, old);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(reallocarray_enter, __u64 old, __u64 count_, __u64 size)
+{
+	call_enter(ctx, MEMTRAIL_KIND_REALLOCARRAY, count_ * size, old);
+	return 0;
+}
+
+/* aligned_alloc, memalign: (alignment, size). The attach cookie says which. */
+SEC("uprobe")
+int BPF_KPROBE(aligned_alloc_enter, __u64 alignment, __u64 size)
+{
+	call_enter(ctx, bpf_get_attach_cookie(ctx), size, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(posix_memalign_enter, __u64 memptr, __u64 alignment, __u64 size)
+{
+	call_enter(ctx, MEMTRAIL_KIND_POSIX_MEMALIGN, size, memptr);
+	return 0;
+}
+
+/* ---- return probes: the call's outcome decides what is recorded ---- */
+
+/* malloc, calloc, aligned_alloc, memalign, valloc, pvalloc: a pointer or NULL. */
+SEC("uretprobe")
+int BPF_KRETPROBE(pointer_exit, __u64 address)
+{
+	struct inflight_call *call = call_exit();
+
+	if (!call)
+		return 0;
+	if (!address) {
+		count(MEMTRAIL_CTR_FAILED_CALLS);
+		return 0;
+	}
+	record_alloc(ctx, address, call->size, call->kind);
+	return 0;
+}
+
+/* realloc, reallocarray: the old block is released only once the call is known to have
+ * succeeded, and realloc(NULL, n) and realloc(p, 0) behave as in glibc. */
+SEC("uretprobe")
+int BPF_KRETPROBE(realloc_exit, __u64 address)
+{
+	struct inflight_call *call = call_exit();
+	__u64 old, size;
+
+	if (!call)
+		return 0;
+	old = call->aux;
+	size = call->size;
+	if (!address) {
+		if (old && size == 0)
+			release(old, RELEASE_REALLOC_ZERO, call->start_ns); /* freed, returns NULL */
+		else
+			count(MEMTRAIL_CTR_FAILED_CALLS); /* failed: the old block is untouched */
+		return 0;
+	}
+	if (old)
+		release(old, RELEASE_REALLOC, call->start_ns);
+	record_alloc(ctx, address, size, call->kind);
+	return 0;
+}
+
+/* posix_memalign: counts only when it returned 0, at the address it stored. */
+SEC("uretprobe")
+int BPF_KRETPROBE(posix_memalign_exit, int result)
+{
+	struct inflight_call *call = call_exit();
+	__u64 address = 0;
+
+	if (!call)
+		return 0;
+	if (result != 0 ||
+	    bpf_probe_read_user(&address, sizeof(address), (void *)call->aux) != 0 || !address) {
+		count(MEMTRAIL_CTR_FAILED_CALLS);
+		return 0;
+	}
+	record_alloc(ctx, address, call->size, call->kind);
+	return 0;
+}
+
+/* free: may be attached past a leading NULL check (see userspace probe placement), so it never
+ * sees free(NULL). The check here keeps it correct when attached at the entry. */
+SEC("uprobe")
+int BPF_KPROBE(free_enter, __u64 address)
+{
+	if (address)
+		release(address, RELEASE_FREE, 0);
+	return 0;
+}

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+// The aggregator groups outstanding allocations by (pid, site), ranks them and applies --min-age.
+#include "aggregator/aggregator.h"
+
+#include <gtest/gtest.h>
+
+namespace memtrail::aggregator {
+namespace {
+
+constexpr uint64_t kSecond = 1'000'000'000ull;
+
+model::Snapshot snapshot_at(uint64_t now_ns) {
+  model::Snapshot snapshot;
+  snapshot.taken_at_ns = now_ns;
+  return snapshot;
+}
+
+TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {
+      {1, 0x1000, 100, 90 * kSecond, 7, 0}, {1, 0x2000, 100, 80 * kSecond, 7, 0},
+      {1, 0x3000, 500, 95 * kSecond, 8, 1}, {2, 0x1000, 50, 99 * kSecond, 7, 0},
+  };
+  snapshot.sites = {{1, 7, 1000, 10, 0xaaa}, {1, 8, 500, 1, 0xbbb}, {2, 7, 50, 1, 0xccc}};
+  Aggregate result = aggregate(snapshot, 0);
+
+  ASSERT_EQ(result.sites.size(), 3u);
+  EXPECT_EQ(result.sites[0].site_id, 8);
+  EXPECT_EQ(result.sites[0].outstanding_bytes, 500u);
+  EXPECT_EQ(result.sites[0].kind, 1u);
+  EXPECT_EQ(result.sites[1].pid, 1u);
+  EXPECT_EQ(result.sites[1].site_id, 7);
+  EXPECT_EQ(result.sites[1].outstanding_bytes, 200u);
+  EXPECT_EQ(result.sites[1].outstanding_allocations, 2u);
+  EXPECT_EQ(result.sites[1].oldest_timestamp_ns, 80 * kSecond);
+  EXPECT_EQ(result.sites[1].total_allocated_bytes, 1000u);
+  EXPECT_EQ(result.sites[1].total_allocations, 10u);
+  EXPECT_EQ(result.sites[1].caller_address, 0xaaau);
+  // Same stack id in another process is another site.
+  EXPECT_EQ(result.sites[2].pid, 2u);
+  EXPECT_EQ(result.sites[2].outstanding_bytes, 50u);
+  EXPECT_EQ(result.totals.outstanding_bytes, 750u);
+  EXPECT_EQ(result.totals.outstanding_allocations, 4u);
+}
+
+TEST(Aggregator, MinAgeHidesYoungAllocationsButKeepsThemInTotals) {
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {{1, 0x1000, 100, 99 * kSecond, 1, 0},   // 1 s old
+                          {1, 0x2000, 300, 95 * kSecond, 1, 0},   // 5 s old
+                          {1, 0x3000, 700, 99 * kSecond, 2, 0}};  // 1 s old
+  Aggregate result = aggregate(snapshot, 2 * kSecond);
+  ASSERT_EQ(result.sites.size(), 1u);
+  EXPECT_EQ(result.sites[0].site_id, 1);
+  EXPECT_EQ(result.sites[0].outstanding_bytes, 300u);
+  EXPECT_EQ(result.sites[0].outstanding_allocations, 1u);
+  EXPECT_EQ(result.totals.outstanding_bytes, 1100u);
+}
+
+TEST(Aggregator, AllocationNewerThanSnapshotClockCountsAsAgeZero) {
+  auto snapshot = snapshot_at(10 * kSecond);
+  snapshot.allocations = {{1, 0x1000, 100, 11 * kSecond, 1, 0}};
+  EXPECT_EQ(aggregate(snapshot, 0).sites.size(), 1u);
+  EXPECT_TRUE(aggregate(snapshot, 1).sites.empty());
+}
+
+TEST(Aggregator, TiesAreBrokenByCountThenPidThenSite) {
+  auto snapshot = snapshot_at(10 * kSecond);
+  snapshot.allocations = {{2, 0x1, 100, 0, 5, 0},
+                          {1, 0x2, 100, 0, 9, 0},
+                          {1, 0x3, 100, 0, 3, 0},
+                          {3, 0x4, 50, 0, 1, 0},
+                          {3, 0x5, 50, 0, 1, 0}};
+  auto sites = aggregate(snapshot, 0).sites;
+  ASSERT_EQ(sites.size(), 4u);
+  EXPECT_EQ(sites[0].pid, 3u);  // 100 bytes in 2 allocations beats 100 bytes in 1
+  EXPECT_EQ(sites[1].pid, 1u);
+  EXPECT_EQ(sites[1].site_id, 3);
+  EXPECT_EQ(sites[2].site_id, 9);
+  EXPECT_EQ(sites[3].pid, 2u);
+}
+
+TEST(Aggregator, FallbackSitesWithNegativeIdsAreKeptApart) {
+  auto snapshot = snapshot_at(10 * kSecond);
+  snapshot.allocations = {{1, 0x1, 10, 0, -5, 0}, {1, 0x2, 20, 0, 5, 0}};
+  auto sites = aggregate(snapshot, 0).sites;
+  ASSERT_EQ(sites.size(), 2u);
+  EXPECT_EQ(sites[0].site_id, 5);
+  EXPECT_EQ(sites[1].site_id, -5);
+}
+
+TEST(Aggregator, EmptySnapshot) {
+  auto result = aggregate(snapshot_at(1), 0);
+  EXPECT_TRUE(result.sites.empty());
+  EXPECT_EQ(result.totals.outstanding_bytes, 0u);
+}
+
+}  // namespace
+}  // namespace memtrail::aggregator

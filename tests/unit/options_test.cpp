@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: Apache-2.0
+// Command-line parsing and validation: good values become options, bad ones exit 2.
+#include "cli/options.h"
+
+#include <gtest/gtest.h>
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace memtrail::cli {
+namespace {
+
+Command parse(std::initializer_list<const char*> args) {
+  std::vector<const char*> argv{"memtrail"};
+  argv.insert(argv.end(), args);
+  return parse_command_line(static_cast<int>(argv.size()), argv.data());
+}
+
+TEST(Options, ParsesPidsDurationAndJson) {
+  auto command = parse({"leaks", "-p", "4242", "-p", "4243", "--duration", "30", "--json", "x.json"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  const auto& options = std::get<LeaksOptions>(command);
+  EXPECT_EQ(options.pids, (std::vector<uint32_t>{4242, 4243}));
+  ASSERT_TRUE(options.duration_s.has_value());
+  EXPECT_DOUBLE_EQ(*options.duration_s, 30);
+  EXPECT_EQ(options.json_path, "x.json");
+  EXPECT_DOUBLE_EQ(options.interval_s, 5);
+  EXPECT_EQ(options.top, 10u);
+}
+
+TEST(Options, ParsesACommandAfterDoubleDash) {
+  auto command = parse({"leaks", "--interval", "10", "--top", "20", "--min-age", "2", "--",
+                        "./server", "--port", "8080"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  const auto& options = std::get<LeaksOptions>(command);
+  EXPECT_EQ(options.command, (std::vector<std::string>{"./server", "--port", "8080"}));
+  EXPECT_DOUBLE_EQ(options.interval_s, 10);
+  EXPECT_EQ(options.top, 20u);
+  EXPECT_DOUBLE_EQ(options.min_age_s, 2);
+  EXPECT_FALSE(options.duration_s.has_value());
+}
+
+void expect_usage_error(std::initializer_list<const char*> args, const std::string& fragment) {
+  auto command = parse(args);
+  ASSERT_TRUE(std::holds_alternative<ExitRequest>(command));
+  const auto& request = std::get<ExitRequest>(command);
+  EXPECT_EQ(request.code, kExitUsage);
+  EXPECT_EQ(request.message.rfind("memtrail: error: ", 0), 0u) << request.message;
+  EXPECT_NE(request.message.find(fragment), std::string::npos) << request.message;
+}
+
+TEST(Options, RejectsBadValuesWithExitCode2) {
+  expect_usage_error({"leaks", "-p", "1", "--interval", "0"}, "--interval");
+  expect_usage_error({"leaks", "-p", "1", "--interval", "-3"}, "--interval");
+  expect_usage_error({"leaks", "-p", "1", "--top", "0"}, "--top");
+  expect_usage_error({"leaks", "-p", "1", "--top", "-1"}, "top");
+  expect_usage_error({"leaks", "-p", "1", "--duration", "abc"}, "duration");
+  expect_usage_error({"leaks", "-p", "1", "--duration", "0"}, "--duration");
+  expect_usage_error({"leaks", "-p", "1", "--min-age", "-1"}, "--min-age");
+  expect_usage_error({"leaks", "-p", "1", "--max-allocations", "10"}, "--max-allocations");
+  expect_usage_error({"leaks", "-p", "0"}, "pid");
+  expect_usage_error({"leaks", "-p", "abc"}, "pid");
+  expect_usage_error({"leaks"}, "nothing to trace");
+  expect_usage_error({"leaks", "-p", "1", "--bogus"}, "bogus");
+  expect_usage_error({}, "subcommand");
+  expect_usage_error({"frobnicate"}, "unknown command 'frobnicate'");
+}
+
+TEST(Options, HelpAndVersionExitZero) {
+  for (auto args : {std::initializer_list<const char*>{"--help"},
+                    std::initializer_list<const char*>{"leaks", "--help"}}) {
+    auto command = parse(args);
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(command));
+    const auto& request = std::get<ExitRequest>(command);
+    EXPECT_EQ(request.code, kExitOk);
+    EXPECT_NE(request.message.find("EXIT STATUS"), std::string::npos);
+    EXPECT_NE(request.message.find("--min-age"), std::string::npos);
+  }
+  auto version = parse({"--version"});
+  ASSERT_TRUE(std::holds_alternative<ExitRequest>(version));
+  EXPECT_EQ(std::get<ExitRequest>(version).message.rfind("memtrail ", 0), 0u);
+}
+
+}  // namespace
+}  // namespace memtrail::cli

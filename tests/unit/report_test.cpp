@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0
+// Text and JSON renderers: what a person and a tool read, checked against the documented schema.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "report/json_report.h"
+#include "report/text_report.h"
+
+namespace memtrail::report {
+namespace {
+
+model::Report sample_report() {
+  model::Report report;
+  report.tool_version = "9.9.9";
+  report.host = "testhost";
+  report.kernel = "6.18.0";
+  report.start_time_unix_ms = 1'700'000'000'000;
+  report.end_time_unix_ms = 1'700'000'012'345;
+  report.duration_s = 12.345;
+  report.top = 1;
+  report.final = true;
+  report.targets = {{4242, "server", {"./server", "--port", "8080"}, "/srv/server",
+                     "/usr/lib/x86_64-linux-gnu/libc.so.6", true}};
+  report.totals = {100, 90, 7000, 7, 3, 2, 1, 0, 0, 2};
+  model::LeakSite leak;
+  leak.pid = 4242;
+  leak.outstanding_bytes = 7000;
+  leak.outstanding_allocations = 7;
+  leak.total_allocated_bytes = 9000;
+  leak.total_allocations = 9;
+  leak.oldest_age_s = 3.5;
+  leak.allocator = "malloc";
+  leak.stack = {{0x5555'0000'1234, "/srv/server", 0x1234, "inlined_helper", "/src/a.c", 10, true},
+                {0x5555'0000'1234, "/srv/server", 0x1234, "leak_here(int)", "/src/a.c", 42, false},
+                {0x7f00'0000'5678, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x5678, std::nullopt,
+                 std::nullopt, std::nullopt, false}};
+  model::LeakSite second = leak;
+  second.outstanding_bytes = 10;
+  second.allocator = "calloc";
+  second.stack = {{0x99, "[unknown]", 0x99, std::nullopt, std::nullopt, std::nullopt, false}};
+  second.stack_truncated = true;
+  report.leaks = {leak, second};
+  report.notes = {"Allocations made before memtrail attached are invisible."};
+  return report;
+}
+
+TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
+  std::ostringstream out;
+  render_text(sample_report(), out);
+  std::string text = out.str();
+  EXPECT_NE(text.find("final report"), std::string::npos);
+  EXPECT_NE(text.find("pid 4242 server"), std::string::npos);
+  EXPECT_NE(text.find("7,000 B (6.8 KiB) outstanding in 7 allocations from malloc"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("leak_here(int)"), std::string::npos);
+  EXPECT_NE(text.find("a.c:42"), std::string::npos);
+  EXPECT_NE(text.find("(inlined) inlined_helper"), std::string::npos) << text;
+  EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
+  EXPECT_NE(text.find("Top 1 of 2 allocation sites"), std::string::npos) << text;
+  // --top 1: the second site is in the model but not in the text.
+  EXPECT_EQ(text.find("from calloc"), std::string::npos);
+  EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
+  EXPECT_NE(text.find("Note: Allocations made before memtrail attached are invisible."),
+            std::string::npos);
+}
+
+TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
+  model::Report report = sample_report();
+  report.leaks.clear();
+  std::ostringstream out;
+  render_text(report, out);
+  EXPECT_NE(out.str().find("No outstanding allocations."), std::string::npos);
+}
+
+TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
+  auto json = to_json(sample_report(), 5.0);
+  EXPECT_EQ(json["schema"], "memtrail.leaks/1");
+  EXPECT_EQ(json["tool"]["version"], "9.9.9");
+  EXPECT_EQ(json["start_time"], "2023-11-14T22:13:20.000Z");
+  EXPECT_EQ(json["options"]["interval_s"], 5.0);
+  EXPECT_EQ(json["targets"][0]["cmdline"][2], "8080");
+  EXPECT_EQ(json["targets"][0]["exited"], true);
+  EXPECT_EQ(json["totals"]["unmatched_frees"], 3);
+  EXPECT_EQ(json["totals"]["drops"], 2);
+  ASSERT_EQ(json["leaks"].size(), 2u);  // the JSON keeps every site, not only --top
+  const auto& site = json["leaks"][0];
+  EXPECT_EQ(site["outstanding_bytes"], 7000);
+  EXPECT_EQ(site["stack"][0]["inlined"], true);
+  EXPECT_EQ(site["stack"][1]["line"], 42);
+  EXPECT_EQ(site["stack"][1]["address"], 0x5555'0000'1234ull);
+  EXPECT_TRUE(site["stack"][2]["function"].is_null());
+  EXPECT_TRUE(site["stack"][2]["file"].is_null());
+  EXPECT_TRUE(site["stack"][2]["line"].is_null());
+  EXPECT_EQ(json["leaks"][1]["stack_truncated"], true);
+}
+
+std::string temp_dir() {
+  char pattern[] = "/tmp/memtrail-report-test-XXXXXX";
+  const char* dir = mkdtemp(pattern);
+  EXPECT_NE(dir, nullptr);
+  return dir ? dir : "/tmp";
+}
+
+TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
+  std::string dir = temp_dir();
+  std::string path = dir + "/report.json";
+  write_json_file(to_json(sample_report(), 5.0), path);
+  std::string command = "python3 -c 'import json, sys, jsonschema; "
+                        "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+                        path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
+
+  // And a report that breaks the schema is caught, so the check above can fail.
+  auto broken = to_json(sample_report(), 5.0);
+  broken["leaks"][0].erase("outstanding_bytes");
+  write_json_file(broken, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+}
+
+TEST(JsonReport, WritesAtomicallyAndLeavesNoTemporaryFile) {
+  std::string dir = temp_dir();
+  std::string path = dir + "/out.json";
+  write_json_file(to_json(sample_report(), 1.0), path);
+  std::ifstream in(path);
+  auto parsed = nlohmann::json::parse(in);
+  EXPECT_EQ(parsed["host"], "testhost");
+  EXPECT_EQ(access((path + ".tmp." + std::to_string(getpid())).c_str(), F_OK), -1);
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+}
+
+TEST(JsonReport, UnwritablePathIsAClearErrorBeforeTracing) {
+  try {
+    check_writable("/nonexistent-dir/leaks.json");
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    std::string message = error.what();
+    EXPECT_NE(message.find("cannot write --json /nonexistent-dir/leaks.json"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("No such file or directory"), std::string::npos) << message;
+  }
+  EXPECT_THROW(write_json_file(to_json(sample_report(), 1.0), "/nonexistent-dir/x.json"), Error);
+}
+
+}  // namespace
+}  // namespace memtrail::report

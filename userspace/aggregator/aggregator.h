@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: Apache-2.0
+// Group a snapshot's outstanding allocations by site and rank the sites.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/snapshot.h"
+
+namespace memtrail::aggregator {
+
+// Outstanding memory of one site (one call stack in one process) at snapshot time.
+struct SiteSummary {
+  uint32_t pid = 0;
+  int32_t site_id = 0;
+  uint64_t outstanding_bytes = 0;
+  uint64_t outstanding_allocations = 0;
+  uint64_t total_allocated_bytes = 0;  // since attach, from the kernel's running totals
+  uint64_t total_allocations = 0;
+  uint64_t oldest_timestamp_ns = 0;
+  uint64_t caller_address = 0;  // first frame when the stack could not be captured
+  uint32_t kind = 0;            // allocator function of the site's blocks
+};
+
+struct Totals {
+  uint64_t outstanding_bytes = 0;
+  uint64_t outstanding_allocations = 0;
+};
+
+struct Aggregate {
+  std::vector<SiteSummary> sites;  // every site with visible outstanding memory, ranked
+  Totals totals;                   // all outstanding memory, whatever its age
+};
+
+// Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the
+// snapshot's time are left out of the sites (not of the totals). Sites are ranked by
+// outstanding bytes, then allocation count, then pid and site id so that ties are stable.
+Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns);
+
+}  // namespace memtrail::aggregator

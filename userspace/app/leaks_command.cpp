@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: Apache-2.0
+// `memtrail leaks`: attach, report every interval, stop, write the final report.
+#include "app/leaks_command.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <optional>
+
+#include "aggregator/aggregator.h"
+#include "common/error.h"
+#include "common/format.h"
+#include "report/json_report.h"
+#include "report/report_builder.h"
+#include "report/text_report.h"
+#include "symbolizer/symbolizer.h"
+#include "target/allocator.h"
+#include "target/process.h"
+#include "target/proc_maps.h"
+#include "tracer/alloc_tracer.h"
+
+namespace memtrail::app {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+int64_t unix_now_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
+}
+
+// One traced process and what memtrail keeps about it.
+struct TracedProcess {
+  model::Target info;
+  target::AllocatorModule allocator;
+  std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
+  UniqueFd pidfd;                         // readable once the process has exited
+  bool launched = false;
+};
+
+std::vector<target::Mapping> live_mappings(uint32_t pid) {
+  auto state = target::process_state(pid);
+  if (state == target::ProcessState::kMissing) {
+    throw Error("no process with pid " + std::to_string(pid),
+                "check the PID (ps -p " + std::to_string(pid) + ")");
+  }
+  if (state == target::ProcessState::kZombie) {
+    throw Error("process " + std::to_string(pid) + " has exited (it is a zombie)",
+                "trace a process that is still running");
+  }
+  auto mappings = target::read_proc_maps(pid);
+  if (!mappings) {
+    int error_number = errno;
+    throw Error(errno_message("read /proc/" + std::to_string(pid) + "/maps", error_number),
+                hint_for_errno(error_number));
+  }
+  if (mappings->empty()) {
+    throw Error("process " + std::to_string(pid) +
+                    " has no user address space (a kernel thread, or it is exiting)",
+                "trace a user-space process");
+  }
+  return *mappings;
+}
+
+bool same_mappings(const std::vector<target::Mapping>& a, const std::vector<target::Mapping>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+    return x.start == y.start && x.end == y.end && x.inode == y.inode && x.path == y.path;
+  });
+}
+
+UniqueFd open_pidfd(uint32_t pid) {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    int error_number = errno;
+    if (error_number == ESRCH) {
+      throw Error("process " + std::to_string(pid) + " exited while memtrail was attaching",
+                  "trace a process that keeps running");
+    }
+    throw Error(errno_message("pidfd_open " + std::to_string(pid), error_number));
+  }
+  return UniqueFd(fd);
+}
+
+// Blocks SIGINT and SIGTERM and delivers them through a file descriptor, so that the main loop
+// sees them in poll() and always reaches the final report.
+UniqueFd open_signalfd() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  if (sigprocmask(SIG_BLOCK, &signals, nullptr) != 0) {
+    throw Error(errno_message("block SIGINT and SIGTERM", errno));
+  }
+  int fd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (fd < 0) throw Error(errno_message("signalfd", errno));
+  return UniqueFd(fd);
+}
+
+class LeaksSession {
+ public:
+  explicit LeaksSession(const cli::LeaksOptions& options) : options_(options) {}
+
+  int run() {
+    if (!options_.json_path.empty()) report::check_writable(options_.json_path);
+    signal_fd_ = open_signalfd();
+    prepare_targets();
+    tracer_ = std::make_unique<tracer::AllocTracer>(tracer::TracerConfig{
+        options_.max_allocations, 1u << 16, 1u << 14, options_.verbose});
+    attach_all();
+    start_ = Clock::now();
+    start_unix_ms_ = unix_now_ms();
+    loop();
+    finish();
+    return kExitOk;
+  }
+
+ private:
+  void prepare_targets() {
+    for (uint32_t pid : options_.pids) {
+      TracedProcess process;
+      process.mappings = live_mappings(pid);
+      process.allocator = target::find_allocator(pid, process.mappings);
+      process.info = target::read_target_info(pid);
+      process.info.allocator_module = process.allocator.path;
+      targets_.push_back(std::move(process));
+    }
+    if (!options_.command.empty()) {
+      std::string executable = target::resolve_command(options_.command.front());
+      // The command runs in memtrail's mount namespace: its malloc comes from the executable
+      // itself when statically linked, else from the same C library memtrail uses.
+      std::optional<target::AllocatorModule> allocator =
+          target::allocator_in_file(executable, executable);
+      if (!allocator) {
+        uint32_t self = static_cast<uint32_t>(::getpid());
+        allocator = target::find_allocator(self, live_mappings(self));
+        allocator->open_path = allocator->path;
+      }
+      child_.emplace(executable, options_.command);
+      TracedProcess process;
+      process.allocator = *allocator;
+      process.info.pid = static_cast<uint32_t>(child_->pid());
+      process.info.allocator_module = allocator->path;
+      process.launched = true;
+      targets_.push_back(std::move(process));
+    }
+  }
+
+  void attach_all() {
+    for (auto& process : targets_) {
+      tracer_->attach(process.info.pid, process.allocator);
+      if (options_.verbose) {
+        for (const auto& function : process.allocator.functions) {
+          std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
+                    << process.allocator.path << "+0x" << std::hex << function.probe_offset
+                    << std::dec << ": " << function.placement << "\n";
+        }
+      }
+    }
+    // The probes are in place; a process that died meanwhile cannot be traced.
+    for (auto& process : targets_) {
+      if (process.launched) continue;
+      process.pidfd = open_pidfd(process.info.pid);
+      if (target::process_state(process.info.pid) != target::ProcessState::kRunning) {
+        throw Error("process " + std::to_string(process.info.pid) +
+                        " exited while memtrail was attaching",
+                    "trace a process that keeps running");
+      }
+    }
+    if (child_) {
+      auto& process = targets_.back();
+      process.pidfd = open_pidfd(process.info.pid);
+      child_->release();
+    }
+    for (auto& process : targets_) {
+      refresh_mappings(process);
+      std::cerr << "memtrail: tracing pid " << process.info.pid
+                << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via "
+                << process.allocator.path << " (" << process.allocator.functions.size()
+                << " functions)\n";
+    }
+    std::cerr.flush();
+  }
+
+  void refresh_mappings(TracedProcess& process) {
+    if (process.info.exited) return;
+    auto mappings = target::read_proc_maps(process.info.pid);
+    if (!mappings || mappings->empty() || same_mappings(*mappings, process.mappings)) return;
+    process.mappings = std::move(*mappings);
+    // The launched command's name and image are known only after exec.
+    model::Target info = target::read_target_info(process.info.pid);
+    if (!info.comm.empty()) {
+      info.allocator_module = process.info.allocator_module;
+      process.info = std::move(info);
+    }
+    symbolizer_.set_process_mappings(process.info.pid, process.mappings,
+                                     "/proc/" + std::to_string(process.info.pid) + "/root");
+  }
+
+  void loop() {
+    const auto interval = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(options_.interval_s));
+    std::optional<Clock::time_point> deadline;
+    if (options_.duration_s) {
+      deadline = start_ + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(*options_.duration_s));
+    }
+    auto next_report = start_ + interval;
+    auto next_refresh = start_;
+    for (;;) {
+      auto now = Clock::now();
+      if (deadline && now >= *deadline) return;
+      if (now >= next_refresh) {
+        for (auto& process : targets_) refresh_mappings(process);
+        // Frequent at first: a launched command maps its libraries right after exec.
+        next_refresh = now + (now - start_ < std::chrono::seconds(2)
+                                  ? std::chrono::milliseconds(100)
+                                  : std::chrono::milliseconds(1000));
+      }
+      if (now >= next_report) {
+        if (!options_.quiet) print_interval();
+        next_report += interval;
+        if (next_report <= now) next_report = now + interval;
+      }
+      auto wake = std::min(next_report, next_refresh);
+      if (deadline) wake = std::min(wake, *deadline);
+      auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - Clock::now());
+
+      std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
+      std::vector<TracedProcess*> polled;
+      for (auto& process : targets_) {
+        if (process.info.exited) continue;
+        fds.push_back({process.pidfd.get(), POLLIN, 0});
+        polled.push_back(&process);
+      }
+      int ready = ::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(0, timeout.count()) + 1));
+      if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
+      if (ready <= 0) continue;
+      if (fds[0].revents & POLLIN) {
+        signalfd_siginfo signal_info{};
+        ssize_t ignored = ::read(signal_fd_.get(), &signal_info, sizeof(signal_info));
+        (void)ignored;
+        return;
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (fds[i].revents == 0) continue;
+        TracedProcess& process = *polled[i - 1];
+        process.info.exited = true;
+        process.pidfd.reset();
+        if (process.launched && child_) child_->reap_if_exited();
+      }
+      if (std::all_of(targets_.begin(), targets_.end(),
+                      [](const auto& process) { return process.info.exited; })) {
+        return;
+      }
+    }
+  }
+
+  report::ReportContext context(bool final) const {
+    report::ReportContext context;
+    for (const auto& process : targets_) context.targets.push_back(process.info);
+    context.start_unix_ms = start_unix_ms_;
+    context.end_unix_ms = unix_now_ms();
+    context.duration_s = std::chrono::duration<double>(Clock::now() - start_).count();
+    context.min_age_s = options_.min_age_s;
+    context.top = options_.top;
+    context.final = final;
+    context.max_outstanding_allocations = options_.max_allocations;
+    return context;
+  }
+
+  uint64_t min_age_ns() const { return static_cast<uint64_t>(options_.min_age_s * 1e9); }
+
+  void print_interval() {
+    model::Snapshot snapshot = tracer_->snapshot();
+    auto aggregate = aggregator::aggregate(snapshot, min_age_ns());
+    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(false), options_.top);
+    report::render_text(report, std::cout);
+    std::cout << "\n" << std::flush;
+  }
+
+  void finish() {
+    model::Snapshot snapshot = tracer_->snapshot();
+    auto aggregate = aggregator::aggregate(snapshot, min_age_ns());
+    // The JSON file carries every site; the text report only the top ones.
+    size_t sites = options_.json_path.empty() ? options_.top : aggregate.sites.size();
+    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(true), sites);
+    report::render_text(report, std::cout);
+    if (!options_.json_path.empty()) {
+      report::write_json_file(report::to_json(report, options_.interval_s), options_.json_path);
+      std::cerr << "memtrail: wrote " << options_.json_path << "\n";
+    }
+  }
+
+  const cli::LeaksOptions& options_;
+  UniqueFd signal_fd_;
+  std::optional<target::GatedChild> child_;  // before tracer_: destroyed after the probes
+  std::vector<TracedProcess> targets_;
+  std::unique_ptr<tracer::AllocTracer> tracer_;
+  symbolizer::Symbolizer symbolizer_;
+  Clock::time_point start_;
+  int64_t start_unix_ms_ = 0;
+};
+
+}  // namespace
+
+int run_leaks(const cli::LeaksOptions& options) {
+  LeaksSession session(options);
+  return session.run();
+}
+
+}  // namespace memtrail::app

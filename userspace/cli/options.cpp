@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+// The command line, parsed with CLI11 and validated in one place.
+#include "cli/options.h"
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+
+#include "common/error.h"
+#include "common/version.h"
+
+namespace memtrail::cli {
+namespace {
+
+constexpr const char* kDescription =
+    "memtrail: find memory leaks in running processes with eBPF, without restarting them.";
+
+constexpr const char* kExamples = R"(EXAMPLES
+  memtrail leaks -p 4242
+      Trace process 4242; print the top allocation sites every 5 s and a final report
+      on Ctrl-C.
+  memtrail leaks -p 4242 -p 4243 --duration 30 --json leaks.json
+      Trace two processes for 30 s and write the final report as JSON.
+  memtrail leaks --interval 10 --top 20 --min-age 2 -- ./server --port 8080
+      Launch a command and trace it from its first instruction.
+)";
+
+constexpr const char* kExitStatus = R"(
+EXIT STATUS
+  0  the report was produced
+  1  runtime failure: no such process, no allocator found, no BPF permission,
+     unwritable output file, ...
+  2  usage error: unknown option or bad option value
+
+memtrail needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN). The traced process is not
+stopped, restarted or modified; if memtrail is killed, the kernel removes its probes and the
+process runs on.)";
+
+constexpr const char* kLeaksFooter = R"(The target keeps running untouched: no restart, no preload, no ptrace. memtrail stops
+on Ctrl-C, SIGTERM, when --duration has elapsed, or when every target has exited; then it
+prints the final report and writes the JSON file (--json). Allocations made before memtrail
+attached are invisible; frees of them are counted as unmatched frees.
+
+Output: text reports on stdout (every --interval unless --quiet, and a final one);
+diagnostics on stderr, including one `memtrail: tracing pid N` line per target once its
+probes are attached. --json writes the final report in the format of docs/json-format.md.
+
+Traced functions: malloc, calloc, realloc, reallocarray, free, posix_memalign, aligned_alloc,
+memalign, valloc, pvalloc, in the module the process binds malloc from (its C library, or
+the executable itself when statically linked).)";
+
+}  // namespace
+
+Command parse_command_line(int argc, const char* const* argv) {
+  CLI::App app{kDescription, "memtrail"};
+  app.footer(std::string(kExamples) + kExitStatus);
+  app.set_version_flag("--version", std::string("memtrail ") + kVersion);
+  app.require_subcommand(1);
+
+  LeaksOptions options;
+  double duration = 0;
+  double max_allocations = options.max_allocations;
+  CLI::App* leaks = app.add_subcommand(
+      "leaks", "Trace allocations of processes and report where outstanding memory comes from");
+  leaks->footer(std::string(kLeaksFooter) + "\n\n" + kExamples + kExitStatus);
+  leaks->add_option("-p,--pid", options.pids, "Process to trace (repeat for several)")
+      ->check(CLI::PositiveNumber);
+  leaks->add_option("-d,--duration", duration, "Stop after SECONDS (default: until Ctrl-C)")
+      ->type_name("SECONDS");
+  leaks->add_option("-i,--interval", options.interval_s,
+                    "Print the top sites every SECONDS (default 5)")
+      ->type_name("SECONDS");
+  leaks->add_option("-n,--top", options.top, "Sites shown in text reports (default 10)")
+      ->type_name("N");
+  leaks->add_option("--min-age", options.min_age_s,
+                    "Hide allocations younger than SECONDS (default 0)")
+      ->type_name("SECONDS");
+  leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
+      ->type_name("FILE");
+  leaks->add_option("--max-allocations", max_allocations,
+                    "Outstanding allocations memtrail can hold (default 1048576); more are "
+                    "counted as drops")
+      ->type_name("N");
+  leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
+  leaks->add_flag("-v,--verbose", options.verbose, "Show probe placement and libbpf messages");
+  leaks->add_option("command", options.command, "Command to launch and trace (after --)")
+      ->type_name("-- COMMAND [ARGS...]");
+  app.positionals_at_end(false);
+
+  // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
+  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "leaks") {
+    return ExitRequest{kExitUsage, std::string("memtrail: error: unknown command '") + argv[1] +
+                                       "' (commands: leaks)\nmemtrail: hint: see memtrail --help\n"};
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    return ExitRequest{kExitOk, app.help()};  // the selected subcommand's help, if any
+  } catch (const CLI::CallForAllHelp&) {
+    return ExitRequest{kExitOk, app.help("", CLI::AppFormatMode::All)};
+  } catch (const CLI::CallForVersion&) {
+    return ExitRequest{kExitOk, std::string("memtrail ") + kVersion + "\n"};
+  } catch (const CLI::ParseError& error) {
+    return ExitRequest{kExitUsage, std::string("memtrail: error: ") + error.what() +
+                                       "\nmemtrail: hint: see memtrail leaks --help\n"};
+  }
+
+  auto usage = [](const std::string& message) {
+    return ExitRequest{kExitUsage, "memtrail: error: " + message +
+                                       "\nmemtrail: hint: see memtrail leaks --help\n"};
+  };
+  if (leaks->count("--duration")) {
+    if (!(duration > 0) || !std::isfinite(duration)) return usage("--duration must be > 0 seconds");
+    options.duration_s = duration;
+  }
+  if (!(options.interval_s > 0) || !std::isfinite(options.interval_s)) {
+    return usage("--interval must be > 0 seconds");
+  }
+  if (options.top == 0) return usage("--top must be at least 1");
+  if (!(options.min_age_s >= 0) || !std::isfinite(options.min_age_s)) {
+    return usage("--min-age must be >= 0 seconds");
+  }
+  if (!(max_allocations >= 1024) || max_allocations > (1u << 28) ||
+      max_allocations != std::floor(max_allocations)) {
+    return usage("--max-allocations must be a whole number from 1024 to 268435456");
+  }
+  options.max_allocations = static_cast<uint32_t>(max_allocations);
+  if (options.pids.empty() && options.command.empty()) {
+    return usage("nothing to trace: give -p PID or -- COMMAND");
+  }
+  return options;
+}
+
+}  // namespace memtrail::cli

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+// The command line, parsed and validated in one place into plain options.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace memtrail::cli {
+
+struct LeaksOptions {
+  std::vector<uint32_t> pids;
+  std::vector<std::string> command;  // after `--`: launched and traced
+  std::optional<double> duration_s;
+  double interval_s = 5;
+  uint32_t top = 10;
+  double min_age_s = 0;
+  std::string json_path;
+  uint32_t max_allocations = 1u << 20;
+  bool quiet = false;  // no interval reports, only the final one
+  bool verbose = false;
+};
+
+// What main should do: run a subcommand, or exit with `code` after printing `message`
+// (help, version, or a usage error).
+struct ExitRequest {
+  int code = 0;
+  std::string message;  // printed to stdout for code 0, to stderr otherwise
+};
+using Command = std::variant<LeaksOptions, ExitRequest>;
+
+Command parse_command_line(int argc, const char* const* argv);
+
+}  // namespace memtrail::cli

@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: Apache-2.0
+// Messages and hints for errno-style failures.
+#include "common/error.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace memtrail {
+
+std::string errno_message(const std::string& operation, int error_number) {
+  return operation + " failed: " + std::strerror(error_number);
+}
+
+std::string hint_for_errno(int error_number) {
+  switch (error_number) {
+    case EPERM:
+    case EACCES:
+      return "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN";
+    case ESRCH:
+    case ENOENT:
+      return "check that the process is still running (ps -p PID)";
+    case E2BIG:
+    case ENOMEM:
+    case ENOSPC:
+      return "the system is short of memory for BPF maps; lower the map sizes or free memory";
+    default:
+      return {};
+  }
+}
+
+}  // namespace memtrail

@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: Apache-2.0
+// memtrail's entry point: parse the command line, run it, turn failures into one stderr line.
+#include <signal.h>
+
+#include <exception>
+#include <iostream>
+#include <variant>
+
+#include "app/leaks_command.h"
+#include "cli/options.h"
+#include "common/error.h"
+
+int main(int argc, char** argv) {
+  // A closed stdout (memtrail ... | head) must not kill memtrail before it detaches and writes
+  // its JSON file.
+  signal(SIGPIPE, SIG_IGN);
+  auto command = memtrail::cli::parse_command_line(argc, argv);
+  if (auto* request = std::get_if<memtrail::cli::ExitRequest>(&command)) {
+    (request->code == memtrail::kExitOk ? std::cout : std::cerr) << request->message;
+    return request->code;
+  }
+  try {
+    return memtrail::app::run_leaks(std::get<memtrail::cli::LeaksOptions>(command));
+  } catch (const memtrail::Error& error) {
+    std::cerr << "memtrail: error: " << error.what() << "\n";
+    if (!error.hint().empty()) std::cerr << "memtrail: hint: " << error.hint() << "\n";
+  } catch (const std::exception& error) {
+    std::cerr << "memtrail: error: " << error.what() << "\n";
+  }
+  return memtrail::kExitFailure;
+}

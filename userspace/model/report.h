@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// The report model: everything a renderer needs, symbolized, ranked and free of BPF details.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/snapshot.h"
+
+namespace memtrail::model {
+
+// One symbolized frame. Inlined functions yield several frames for the same address: the
+// innermost first, each marked `inlined` except the outermost (the real, called function).
+struct Frame {
+  uint64_t address = 0;  // absolute address in the traced process
+  std::string module;    // path of the mapped file as the process sees it, or "[unknown]"
+  uint64_t offset = 0;   // address in the module's own ELF address space (what addr2line takes)
+  std::optional<std::string> function;  // demangled
+  std::optional<std::string> file;
+  std::optional<uint32_t> line;
+  bool inlined = false;
+};
+
+struct LeakSite {
+  uint32_t pid = 0;
+  uint64_t outstanding_bytes = 0;
+  uint64_t outstanding_allocations = 0;
+  uint64_t total_allocated_bytes = 0;
+  uint64_t total_allocations = 0;
+  double oldest_age_s = 0;
+  std::string allocator;         // the traced function that returned the memory, e.g. "malloc"
+  std::vector<Frame> stack;      // innermost (the allocator's caller) first
+  bool stack_truncated = false;  // capture failed: only the caller is known
+};
+
+struct Target {
+  uint32_t pid = 0;
+  std::string comm;
+  std::vector<std::string> cmdline;
+  std::string exe;
+  std::string allocator_module;  // file whose allocator functions were probed
+  bool exited = false;
+};
+
+struct Totals {
+  uint64_t allocations = 0;
+  uint64_t frees = 0;
+  uint64_t outstanding_bytes = 0;
+  uint64_t outstanding_allocations = 0;
+  uint64_t unmatched_frees = 0;
+  uint64_t drops = 0;
+  uint64_t failed_calls = 0;
+  uint64_t stack_failures = 0;
+  uint64_t site_drops = 0;
+  uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
+};
+
+struct Report {
+  std::string tool_version;
+  std::string host;
+  std::string kernel;
+  int64_t start_time_unix_ms = 0;
+  int64_t end_time_unix_ms = 0;
+  double duration_s = 0;
+  double min_age_s = 0;
+  uint32_t top = 0;
+  bool final = false;  // the last report of the run (not an interval)
+  std::vector<Target> targets;
+  Totals totals;
+  std::vector<LeakSite> leaks;      // ranked by outstanding bytes, at most `top`
+  std::vector<std::string> notes;   // caveats the reader must see (drops, invisible pre-attach allocations)
+};
+
+}  // namespace memtrail::model

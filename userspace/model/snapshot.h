@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: Apache-2.0
+// Plain data read from the BPF maps at one instant: what the tracer hands to the aggregator.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace memtrail::model {
+
+// One allocation that was outstanding when the snapshot was taken.
+struct OutstandingAllocation {
+  uint32_t pid = 0;
+  uint64_t address = 0;
+  uint64_t size = 0;
+  uint64_t timestamp_ns = 0;  // CLOCK_MONOTONIC at allocation
+  int32_t site_id = 0;        // >= 0: stack id; < 0: stack capture failed, caller only
+  uint32_t kind = 0;          // memtrail_alloc_kind
+};
+
+// Running totals of one allocation site (one call stack in one process), kept by the kernel.
+struct SiteTotals {
+  uint32_t pid = 0;
+  int32_t site_id = 0;
+  uint64_t total_bytes = 0;
+  uint64_t total_allocations = 0;
+  uint64_t caller_address = 0;  // the return address in the function that called the allocator
+};
+
+// Counters of everything the tracer did or could not do, summed over CPUs.
+struct TracerCounters {
+  uint64_t allocations = 0;
+  uint64_t frees = 0;
+  uint64_t unmatched_frees = 0;
+  uint64_t drops = 0;
+  uint64_t failed_calls = 0;
+  uint64_t stack_failures = 0;
+  uint64_t site_drops = 0;
+  uint64_t stale_replaced = 0;
+  uint64_t missed_entries = 0;
+  uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
+};
+
+struct Snapshot {
+  uint64_t taken_at_ns = 0;  // CLOCK_MONOTONIC, comparable with timestamp_ns
+  std::vector<OutstandingAllocation> allocations;
+  std::vector<SiteTotals> sites;
+  // User-space return addresses, innermost first, for each stack id referenced above. The
+  // first frame is the caller of the allocator.
+  std::unordered_map<int32_t, std::vector<uint64_t>> stacks;
+  TracerCounters counters;
+};
+
+}  // namespace memtrail::model

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+// Render a leak report as versioned JSON for tools.
+#include "report/json_report.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "common/error.h"
+#include "common/format.h"
+
+namespace memtrail::report {
+namespace {
+
+using nlohmann::ordered_json;
+
+template <typename T>
+ordered_json optional_value(const std::optional<T>& value) {
+  return value ? ordered_json(*value) : ordered_json(nullptr);
+}
+
+ordered_json frame_json(const model::Frame& frame) {
+  return {{"address", frame.address},
+          {"module", frame.module},
+          {"offset", frame.offset},
+          {"function", optional_value(frame.function)},
+          {"file", optional_value(frame.file)},
+          {"line", optional_value(frame.line)},
+          {"inlined", frame.inlined}};
+}
+
+std::string temporary_path_for(const std::string& path) {
+  return path + ".tmp." + std::to_string(::getpid());
+}
+
+[[noreturn]] void fail_write(const std::string& path, int error_number) {
+  throw Error(errno_message("write JSON report " + path, error_number),
+              "choose a --json path in an existing, writable directory");
+}
+
+}  // namespace
+
+ordered_json to_json(const model::Report& report, double interval_s) {
+  ordered_json targets = ordered_json::array();
+  for (const auto& target : report.targets) {
+    targets.push_back({{"pid", target.pid},
+                       {"comm", target.comm},
+                       {"cmdline", target.cmdline},
+                       {"exe", target.exe},
+                       {"allocator_module", target.allocator_module},
+                       {"exited", target.exited}});
+  }
+  ordered_json leaks = ordered_json::array();
+  for (const auto& site : report.leaks) {
+    ordered_json stack = ordered_json::array();
+    for (const auto& frame : site.stack) stack.push_back(frame_json(frame));
+    leaks.push_back({{"pid", site.pid},
+                     {"allocator", site.allocator},
+                     {"outstanding_bytes", site.outstanding_bytes},
+                     {"outstanding_allocations", site.outstanding_allocations},
+                     {"total_allocated_bytes", site.total_allocated_bytes},
+                     {"total_allocations", site.total_allocations},
+                     {"oldest_age_s", site.oldest_age_s},
+                     {"stack_truncated", site.stack_truncated},
+                     {"stack", std::move(stack)}});
+  }
+  const auto& totals = report.totals;
+  return {{"schema", kLeaksSchema},
+          {"tool", {{"name", "memtrail"}, {"version", report.tool_version}}},
+          {"host", report.host},
+          {"kernel", report.kernel},
+          {"start_time", iso8601_utc(report.start_time_unix_ms)},
+          {"end_time", iso8601_utc(report.end_time_unix_ms)},
+          {"duration_s", report.duration_s},
+          {"options", {{"min_age_s", report.min_age_s}, {"top", report.top}, {"interval_s", interval_s}}},
+          {"targets", std::move(targets)},
+          {"totals",
+           {{"allocations", totals.allocations},
+            {"frees", totals.frees},
+            {"outstanding_bytes", totals.outstanding_bytes},
+            {"outstanding_allocations", totals.outstanding_allocations},
+            {"unmatched_frees", totals.unmatched_frees},
+            {"drops", totals.drops},
+            {"failed_calls", totals.failed_calls},
+            {"stack_failures", totals.stack_failures},
+            {"site_drops", totals.site_drops}}},
+          {"leaks", std::move(leaks)},
+          {"notes", report.notes}};
+}
+
+void write_json_file(const ordered_json& json, const std::string& path) {
+  std::string temporary = temporary_path_for(path);
+  FILE* file = std::fopen(temporary.c_str(), "w");
+  if (!file) fail_write(path, errno);
+  std::string text = json.dump(2) + "\n";
+  bool ok = std::fwrite(text.data(), 1, text.size(), file) == text.size();
+  int error_number = errno;
+  if (std::fclose(file) != 0 && ok) {
+    ok = false;
+    error_number = errno;
+  }
+  if (!ok || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    if (ok) error_number = errno;
+    std::remove(temporary.c_str());
+    fail_write(path, error_number);
+  }
+}
+
+void check_writable(const std::string& path) {
+  std::string temporary = temporary_path_for(path);
+  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int error_number = errno;
+    throw Error("cannot write --json " + path + ": " + std::strerror(error_number),
+                "choose a path in an existing, writable directory");
+  }
+  ::close(fd);
+  ::unlink(temporary.c_str());
+}
+
+}  // namespace memtrail::report

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// Render a leak report as versioned JSON for tools (docs/json-format.md, docs/leaks.schema.json).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/report.h"
+
+namespace memtrail::report {
+
+inline constexpr const char* kLeaksSchema = "memtrail.leaks/1";
+
+nlohmann::ordered_json to_json(const model::Report& report, double interval_s);
+
+// Writes the JSON to `path` atomically (temporary file + rename) so that a reader never sees a
+// half-written report. Throws memtrail::Error when the file cannot be written.
+void write_json_file(const nlohmann::ordered_json& json, const std::string& path);
+
+// Fails early, before anything is attached, when `path` cannot be written: creates and removes
+// a temporary file next to it. Throws memtrail::Error.
+void check_writable(const std::string& path);
+
+}  // namespace memtrail::report

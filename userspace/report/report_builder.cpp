@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+// Assemble the report model from a snapshot, its aggregate and the symbolizer.
+#include "report/report_builder.h"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "common/format.h"
+#include "common/version.h"
+#include "target/allocator.h"
+
+namespace memtrail::report {
+namespace {
+
+std::string host_name() {
+  char name[HOST_NAME_MAX + 1] = {};
+  return gethostname(name, sizeof(name) - 1) == 0 ? name : "";
+}
+
+std::string kernel_release() {
+  utsname names{};
+  return uname(&names) == 0 ? names.release : "";
+}
+
+std::vector<std::string> notes_for(const model::Totals& totals, const ReportContext& context,
+                                   uint64_t missed_entries) {
+  std::vector<std::string> notes;
+  notes.push_back(
+      "Allocations made before memtrail attached are invisible; frees of such blocks are "
+      "counted as unmatched frees (" + with_thousands(totals.unmatched_frees) + " so far).");
+  if (context.min_age_s > 0) {
+    notes.push_back("Allocations younger than " + human_duration(context.min_age_s) +
+                    " are hidden from the sites (they are in the totals).");
+  }
+  if (totals.drops > 0) {
+    notes.push_back(with_thousands(totals.drops) +
+                    " allocations were not tracked because the outstanding-allocation map (" +
+                    with_thousands(context.max_outstanding_allocations) +
+                    " entries) was full: raise --max-allocations.");
+  }
+  if (totals.stack_failures > 0) {
+    notes.push_back(with_thousands(totals.stack_failures) +
+                    " call stacks could not be captured (stack map full or collision); those "
+                    "sites show only the calling function and are marked truncated.");
+  }
+  if (totals.site_drops > 0) {
+    notes.push_back(with_thousands(totals.site_drops) +
+                    " allocations found the per-site totals map full: their sites lack "
+                    "total_allocated_bytes.");
+  }
+  if (missed_entries > 0) {
+    notes.push_back(with_thousands(missed_entries) +
+                    " allocator returns had no recorded call (e.g. calls in progress at attach); "
+                    "they were not counted.");
+  }
+  return notes;
+}
+
+}  // namespace
+
+model::Report build_report(const model::Snapshot& snapshot,
+                           const aggregator::Aggregate& aggregate,
+                           symbolizer::Symbolizer& symbolizer, const ReportContext& context,
+                           size_t max_sites) {
+  model::Report report;
+  report.tool_version = kVersion;
+  report.host = host_name();
+  report.kernel = kernel_release();
+  report.start_time_unix_ms = context.start_unix_ms;
+  report.end_time_unix_ms = context.end_unix_ms;
+  report.duration_s = context.duration_s;
+  report.min_age_s = context.min_age_s;
+  report.top = context.top;
+  report.final = context.final;
+  report.targets = context.targets;
+
+  const auto& counters = snapshot.counters;
+  auto& totals = report.totals;
+  totals.allocations = counters.allocations;
+  totals.frees = counters.frees;
+  totals.outstanding_bytes = aggregate.totals.outstanding_bytes;
+  totals.outstanding_allocations = aggregate.totals.outstanding_allocations;
+  totals.unmatched_frees = counters.unmatched_frees;
+  totals.drops = counters.drops;
+  totals.failed_calls = counters.failed_calls;
+  totals.stack_failures = counters.stack_failures;
+  totals.site_drops = counters.site_drops;
+  totals.sites = aggregate.sites.size();
+
+  size_t count = std::min(max_sites, aggregate.sites.size());
+  report.leaks.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const auto& site = aggregate.sites[i];
+    model::LeakSite leak;
+    leak.pid = site.pid;
+    leak.outstanding_bytes = site.outstanding_bytes;
+    leak.outstanding_allocations = site.outstanding_allocations;
+    leak.total_allocated_bytes = site.total_allocated_bytes;
+    leak.total_allocations = site.total_allocations;
+    leak.oldest_age_s = snapshot.taken_at_ns > site.oldest_timestamp_ns
+                            ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
+                            : 0.0;
+    leak.allocator = target::kind_name(site.kind);
+    std::vector<uint64_t> addresses;
+    auto stack = snapshot.stacks.find(site.site_id);
+    if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.empty()) {
+      addresses = stack->second;
+    } else {
+      leak.stack_truncated = true;  // only the caller is known
+      if (site.caller_address != 0) addresses.push_back(site.caller_address);
+    }
+    for (uint64_t address : addresses) {
+      auto frames = symbolizer.symbolize(site.pid, address);
+      leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
+    }
+    report.leaks.push_back(std::move(leak));
+  }
+  report.notes = notes_for(totals, context, counters.missed_entries);
+  return report;
+}
+
+}  // namespace memtrail::report

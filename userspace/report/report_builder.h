@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// Assemble the report model from a snapshot, its aggregate and the symbolizer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "aggregator/aggregator.h"
+#include "model/report.h"
+#include "model/snapshot.h"
+#include "symbolizer/symbolizer.h"
+
+namespace memtrail::report {
+
+struct ReportContext {
+  std::vector<model::Target> targets;
+  int64_t start_unix_ms = 0;
+  int64_t end_unix_ms = 0;
+  double duration_s = 0;
+  double min_age_s = 0;
+  uint32_t top = 10;
+  bool final = false;
+  uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops
+};
+
+// Builds the report with the first `max_sites` ranked sites symbolized (all of them for the
+// JSON file; the top N for a text interval).
+model::Report build_report(const model::Snapshot& snapshot,
+                           const aggregator::Aggregate& aggregate,
+                           symbolizer::Symbolizer& symbolizer, const ReportContext& context,
+                           size_t max_sites);
+
+}  // namespace memtrail::report

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: Apache-2.0
+// Render a leak report as text for people.
+#include "report/text_report.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "common/format.h"
+
+namespace memtrail::report {
+namespace {
+
+std::string base_name(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string hex(uint64_t value) {
+  std::ostringstream out;
+  out << "0x" << std::hex << value;
+  return out.str();
+}
+
+std::string bytes_with_human(uint64_t bytes) {
+  std::string exact = with_thousands(bytes) + " B";
+  return bytes < 1024 ? exact : exact + " (" + human_bytes(bytes) + ")";
+}
+
+std::string pad(std::string text, size_t width) {
+  if (text.size() < width) text.append(width - text.size(), ' ');
+  return text;
+}
+
+// "    #1 leak_malloc                leaky.c:42            leaky+0x1234"
+void render_stack(const model::LeakSite& site, std::ostream& out) {
+  size_t function_width = 0;
+  for (const auto& frame : site.stack) {
+    function_width = std::max(function_width, frame.function.value_or("??").size());
+  }
+  function_width = std::min<size_t>(function_width, 60);
+  size_t index = 0;
+  for (const auto& frame : site.stack) {
+    std::string location;
+    if (frame.file) location = base_name(*frame.file) + (frame.line ? ":" + std::to_string(*frame.line) : "");
+    out << "      " << (frame.inlined ? "  (inlined) " : "#" + pad(std::to_string(index), 3) + " ")
+        << pad(frame.function.value_or("??"), function_width) << "  " << pad(location, 24) << "  "
+        << base_name(frame.module) << "+" << hex(frame.offset) << "\n";
+    if (!frame.inlined) ++index;
+  }
+  if (site.stack.empty()) out << "      (no stack)\n";
+  if (site.stack_truncated) {
+    out << "      ... stack truncated: only the calling function is known\n";
+  }
+}
+
+}  // namespace
+
+void render_text(const model::Report& report, std::ostream& out) {
+  out << "memtrail leaks: " << (report.final ? "final report" : "interval report") << " after "
+      << human_duration(report.duration_s) << " of tracing (" << iso8601_utc(report.end_time_unix_ms)
+      << ")\n";
+  for (const auto& target : report.targets) {
+    out << "  pid " << target.pid << " " << target.comm;
+    if (!target.allocator_module.empty()) out << "  allocator " << target.allocator_module;
+    if (target.exited) out << "  [exited]";
+    out << "\n";
+  }
+  out << "\n";
+
+  size_t shown = std::min<size_t>(report.top, report.leaks.size());
+  if (shown == 0) {
+    out << "No outstanding allocations" << (report.min_age_s > 0 ? " old enough to show" : "")
+        << ".\n";
+  } else {
+    out << "Top " << shown << " of " << with_thousands(report.totals.sites)
+        << " allocation sites by outstanding bytes:\n\n";
+  }
+  for (size_t i = 0; i < shown; ++i) {
+    const auto& site = report.leaks[i];
+    out << "#" << (i + 1) << "  " << bytes_with_human(site.outstanding_bytes) << " outstanding in "
+        << with_thousands(site.outstanding_allocations) << " allocation"
+        << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator
+        << "  pid " << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
+    out << "    " << with_thousands(site.total_allocated_bytes) << " B allocated in "
+        << with_thousands(site.total_allocations) << " calls since attach\n";
+    render_stack(site, out);
+    out << "\n";
+  }
+
+  const auto& totals = report.totals;
+  out << "Totals: " << with_thousands(totals.allocations) << " allocations, "
+      << with_thousands(totals.frees) << " frees, " << with_thousands(totals.outstanding_allocations)
+      << " outstanding (" << human_bytes(totals.outstanding_bytes) << "), "
+      << with_thousands(totals.unmatched_frees) << " unmatched frees, "
+      << with_thousands(totals.drops) << " drops, " << with_thousands(totals.failed_calls)
+      << " failed calls\n";
+  for (const auto& note : report.notes) out << "Note: " << note << "\n";
+  out << std::flush;
+}
+
+}  // namespace memtrail::report

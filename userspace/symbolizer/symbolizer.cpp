@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+// Turn addresses in traced processes into functions, source files and lines (elfutils libdwfl).
+#include "symbolizer/symbolizer.h"
+
+#include <cxxabi.h>
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <elfutils/libdwfl.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace memtrail::symbolizer {
+namespace {
+
+struct DwflDeleter {
+  void operator()(Dwfl* dwfl) const { dwfl_end(dwfl); }
+};
+
+// Debug info is looked up next to the file, under /usr/lib/debug (by build-id and by path) and
+// through .gnu_debuglink: the libdwfl defaults, minus the network (see Symbolizer()).
+const Dwfl_Callbacks kCallbacks = {
+    .find_elf = dwfl_build_id_find_elf,
+    .find_debuginfo = dwfl_standard_find_debuginfo,
+    .section_address = dwfl_offline_section_address,
+    .debuginfo_path = nullptr,
+};
+
+std::string demangle(const char* name) {
+  if (!name) return {};
+  if (name[0] == '_' && name[1] == 'Z') {
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+    if (status == 0 && demangled) {
+      std::string result(demangled);
+      std::free(demangled);
+      return result;
+    }
+  }
+  return name;
+}
+
+// The name of a subprogram or inlined subroutine: the linkage name demangled gives the
+// qualified C++ name with its parameters; plain DW_AT_name otherwise (C). Follows
+// DW_AT_abstract_origin and DW_AT_specification, where inlined functions keep their names.
+std::optional<std::string> die_function_name(Dwarf_Die* die) {
+  Dwarf_Attribute attribute;
+  for (int name_attribute : {DW_AT_linkage_name, DW_AT_MIPS_linkage_name, DW_AT_name}) {
+    if (dwarf_attr_integrate(die, name_attribute, &attribute)) {
+      if (const char* name = dwarf_formstring(&attribute)) return demangle(name);
+    }
+  }
+  return std::nullopt;
+}
+
+std::string build_id_hex(Dwfl_Module* module) {
+  const unsigned char* bits = nullptr;
+  GElf_Addr vaddr = 0;
+  int length = dwfl_module_build_id(module, &bits, &vaddr);
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (int i = 0; i < length; ++i) {
+    hex += kDigits[bits[i] >> 4];
+    hex += kDigits[bits[i] & 0xf];
+  }
+  return hex;
+}
+
+// Function, file and line of one frame, without the address fields that differ per process.
+struct FrameInfo {
+  std::optional<std::string> function;
+  std::optional<std::string> file;
+  std::optional<uint32_t> line;
+  bool inlined = false;
+};
+
+}  // namespace
+
+// One ELF file and its debug information, reported into its own Dwfl at base 0 so that lookups
+// use the file's own virtual addresses, whatever address each process loaded it at.
+struct Symbolizer::Module {
+  std::unique_ptr<Dwfl, DwflDeleter> dwfl;
+  Dwfl_Module* module = nullptr;
+  std::string build_id;
+  struct Segment {
+    uint64_t vaddr, file_offset, file_size;
+  };
+  std::vector<Segment> segments;
+  std::unordered_map<uint64_t, std::vector<FrameInfo>> cache;  // by looked-up ELF address
+
+  // The ELF virtual address of the byte at `file_offset` in the file.
+  std::optional<uint64_t> vaddr_of_file_offset(uint64_t file_offset) const {
+    for (const auto& segment : segments) {
+      if (file_offset >= segment.file_offset &&
+          file_offset < segment.file_offset + segment.file_size) {
+        return file_offset - segment.file_offset + segment.vaddr;
+      }
+    }
+    return std::nullopt;
+  }
+
+  std::vector<FrameInfo> lookup(uint64_t vaddr);
+};
+
+std::vector<FrameInfo> Symbolizer::Module::lookup(uint64_t vaddr) {
+  auto cached = cache.find(vaddr);
+  if (cached != cache.end()) return cached->second;
+
+  std::vector<FrameInfo> frames;
+  // Innermost source location from the line table.
+  std::optional<std::string> file;
+  std::optional<uint32_t> line;
+  if (Dwfl_Line* line_info = dwfl_module_getsrc(module, vaddr)) {
+    int line_number = 0;
+    if (const char* source = dwfl_lineinfo(line_info, nullptr, &line_number, nullptr, nullptr,
+                                           nullptr)) {
+      file = source;
+      if (line_number > 0) line = static_cast<uint32_t>(line_number);
+    }
+  }
+
+  // Scopes from innermost to outermost: each inlined subroutine is a frame, located where its
+  // caller called it (DW_AT_call_file/line); the enclosing subprogram ends the chain.
+  Dwarf_Addr bias = 0;
+  if (Dwarf_Die* cu = dwfl_module_addrdie(module, vaddr, &bias)) {
+    Dwarf_Die* scopes = nullptr;
+    int count = dwarf_getscopes(cu, vaddr - bias, &scopes);
+    Dwarf_Files* files = nullptr;
+    size_t file_count = 0;
+    bool have_files = dwarf_getsrcfiles(cu, &files, &file_count) == 0;
+    for (int i = 0; i < count; ++i) {
+      int tag = dwarf_tag(&scopes[i]);
+      if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram) continue;
+      frames.push_back({die_function_name(&scopes[i]), file, line,
+                        tag == DW_TAG_inlined_subroutine});
+      if (tag == DW_TAG_subprogram) break;
+      // The next (outer) frame is at this inlined call's location.
+      Dwarf_Attribute attribute;
+      Dwarf_Word value = 0;
+      file.reset();
+      line.reset();
+      if (have_files && dwarf_formudata(dwarf_attr(&scopes[i], DW_AT_call_file, &attribute),
+                                        &value) == 0) {
+        if (const char* name = dwarf_filesrc(files, value, nullptr, nullptr)) file = name;
+      }
+      if (dwarf_formudata(dwarf_attr(&scopes[i], DW_AT_call_line, &attribute), &value) == 0 &&
+          value > 0) {
+        line = static_cast<uint32_t>(value);
+      }
+    }
+    std::free(scopes);
+  }
+
+  // Without DWARF for the address (stripped file, assembly), the symbol table names it.
+  if (frames.empty() || !frames.back().function) {
+    GElf_Off offset = 0;
+    GElf_Sym symbol;
+    const char* name = dwfl_module_addrinfo(module, vaddr, &offset, &symbol, nullptr, nullptr,
+                                            nullptr);
+    if (frames.empty()) frames.push_back({std::nullopt, file, line, false});
+    if (name) frames.back().function = demangle(name);
+  }
+  cache.emplace(vaddr, frames);
+  return frames;
+}
+
+Symbolizer::Symbolizer() {
+  // Debian sets DEBUGINFOD_URLS in /etc/profile.d; libdwfl would then download debug info
+  // while the tracer reports. A tracer must never block on the network.
+  unsetenv("DEBUGINFOD_URLS");
+  elf_version(EV_CURRENT);
+}
+
+Symbolizer::~Symbolizer() = default;
+
+void Symbolizer::set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings,
+                                      std::string root) {
+  Process& process = processes_[pid];
+  process = Process{std::move(mappings), std::move(root)};
+  // Open the code modules now, while /proc/PID/root still leads to them: a report is often
+  // symbolized after the process has exited. libdwfl reads debug info only when first used.
+  for (const auto& mapping : process.mappings) {
+    if (mapping.executable && mapping.is_file()) module_for(process, mapping);
+  }
+}
+
+std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(const Process& process,
+                                                           const target::Mapping& mapping) {
+  std::string file_key = mapping.path + "\n" + std::to_string(mapping.inode);
+  auto known = modules_.find(file_key);
+  if (known != modules_.end()) return known->second;
+
+  std::shared_ptr<Module> module;
+  std::string open_path = process.root + mapping.path;
+  int fd = ::open(open_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    // The process is gone (no /proc/PID/root): the file may still be at its path if the
+    // process shared memtrail's mount namespace.
+    open_path = mapping.path;
+    fd = ::open(open_path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  std::unique_ptr<Dwfl, DwflDeleter> dwfl(fd >= 0 ? dwfl_begin(&kCallbacks) : nullptr);
+  // dwfl_report_elf takes ownership of fd, also when it fails.
+  Dwfl_Module* dwfl_module =
+      // Base 0 with add_p_vaddr: addresses are the file's own virtual addresses (bias 0) for
+      // shared objects, PIE and fixed-address executables alike.
+      dwfl ? dwfl_report_elf(dwfl.get(), mapping.path.c_str(), open_path.c_str(), fd, 0, true)
+           : nullptr;
+  if (!dwfl && fd >= 0) ::close(fd);
+  if (dwfl_module && dwfl_report_end(dwfl.get(), nullptr, nullptr) == 0) {
+    module = std::make_shared<Module>();
+    module->build_id = build_id_hex(dwfl_module);
+    // The same file seen through another path or process: share what was already loaded.
+    if (!module->build_id.empty()) {
+      auto same = modules_.find("build-id:" + module->build_id);
+      if (same != modules_.end()) {
+        modules_[file_key] = same->second;
+        return same->second;
+      }
+    }
+    module->dwfl = std::move(dwfl);
+    module->module = dwfl_module;
+    GElf_Addr bias = 0;
+    if (Elf* elf = dwfl_module_getelf(dwfl_module, &bias)) {
+      size_t count = 0;
+      elf_getphdrnum(elf, &count);
+      for (size_t i = 0; i < count; ++i) {
+        GElf_Phdr header;
+        if (gelf_getphdr(elf, static_cast<int>(i), &header) && header.p_type == PT_LOAD) {
+          module->segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
+        }
+      }
+    }
+    if (!module->build_id.empty()) modules_["build-id:" + module->build_id] = module;
+  }
+  modules_[file_key] = module;  // a file that cannot be read is not retried for every address
+  return module;
+}
+
+std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
+                                                bool is_return_address) {
+  model::Frame unknown;
+  unknown.address = address;
+  unknown.module = "[unknown]";
+  unknown.offset = address;
+
+  auto process = processes_.find(pid);
+  if (process == processes_.end()) return {unknown};
+  const target::Mapping* mapping = nullptr;
+  for (const auto& candidate : process->second.mappings) {
+    if (candidate.contains(address)) {
+      mapping = &candidate;
+      break;
+    }
+  }
+  if (!mapping || !mapping->is_file()) {
+    if (mapping && !mapping->path.empty()) unknown.module = mapping->path;  // [vdso], deleted
+    return {unknown};
+  }
+  unknown.module = mapping->path;
+  unknown.offset = address - mapping->start + mapping->file_offset;  // best effort: file offset
+
+  std::shared_ptr<Module> module = module_for(process->second, *mapping);
+  if (!module) return {unknown};
+  auto vaddr = module->vaddr_of_file_offset(address - mapping->start + mapping->file_offset);
+  if (!vaddr) return {unknown};
+
+  // A return address points after the call; the call itself is one byte earlier.
+  uint64_t lookup = is_return_address && *vaddr > 0 ? *vaddr - 1 : *vaddr;
+  std::vector<model::Frame> frames;
+  for (const FrameInfo& info : module->lookup(lookup)) {
+    model::Frame frame = unknown;
+    frame.offset = *vaddr;
+    frame.function = info.function;
+    frame.file = info.file;
+    frame.line = info.line;
+    frame.inlined = info.inlined;
+    frames.push_back(std::move(frame));
+  }
+  if (frames.empty()) {
+    unknown.offset = *vaddr;
+    frames.push_back(unknown);
+  }
+  return frames;
+}
+
+}  // namespace memtrail::symbolizer

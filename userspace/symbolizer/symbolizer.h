@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// Turn addresses in traced processes into functions, source files and lines (elfutils libdwfl).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "model/report.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::symbolizer {
+
+// Symbolizes addresses of any number of processes. Module debug information is loaded once per
+// file identity (GNU build-id, else path + inode) and shared between processes. Debug info is
+// found next to the file, by build-id under /usr/lib/debug/.build-id and via .gnu_debuglink.
+// Never contacts a debuginfod server: a tracer must not block on the network.
+class Symbolizer {
+ public:
+  Symbolizer();
+  ~Symbolizer();
+  Symbolizer(const Symbolizer&) = delete;
+  Symbolizer& operator=(const Symbolizer&) = delete;
+
+  // Remembers how `pid` maps its files. Call it while the process is alive; the last mappings
+  // are kept after it exits so that its report can still be symbolized. Files are opened
+  // under `root` (normally /proc/PID/root) so that containerized processes work.
+  void set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings, std::string root);
+
+  // Frames for one code address of `pid`: inlined frames first (inlined = true), then the
+  // function that contains the address. Never throws: what is unknown stays nullopt, and an
+  // address outside every known module yields one frame with module "[unknown]".
+  // Return addresses (every frame of a captured stack) point after the call instruction, so
+  // they are looked up at address - 1 to land on the call's own line.
+  std::vector<model::Frame> symbolize(uint32_t pid, uint64_t address,
+                                      bool is_return_address = true);
+
+  struct Module;  // one ELF file with its debug info (defined in symbolizer.cpp)
+
+ private:
+  struct Process {
+    std::vector<target::Mapping> mappings;
+    std::string root;
+  };
+  std::shared_ptr<Module> module_for(const Process& process, const target::Mapping& mapping);
+
+  std::unordered_map<uint32_t, Process> processes_;
+  std::unordered_map<std::string, std::shared_ptr<Module>> modules_;  // by build-id or path+inode
+};
+
+}  // namespace memtrail::symbolizer

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+// Read what memtrail needs from an ELF file with libelf: function symbols and file offsets.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace memtrail::target {
+
+struct FunctionSymbol {
+  std::string name;
+  uint64_t address = 0;  // ELF virtual address
+  uint64_t size = 0;
+};
+
+class ElfFile {
+ public:
+  // Opens and indexes `path`. Throws memtrail::Error naming the file when it cannot be read or
+  // is not an ELF file.
+  static ElfFile open(const std::string& path);
+
+  ElfFile(ElfFile&&) noexcept;
+  ElfFile& operator=(ElfFile&&) noexcept;
+  ~ElfFile();
+
+  // A function defined in this file under `name`, from .symtab or .dynsym. Where several
+  // versions exist (name@VER), the default version is the one the dynamic linker binds to.
+  std::optional<FunctionSymbol> find_function(std::string_view name) const;
+
+  // The file offset at which the byte at virtual address `address` is stored (what a uprobe
+  // is attached at), or nullopt when no loadable segment holds it.
+  std::optional<uint64_t> file_offset_of(uint64_t address) const;
+
+  // Up to `length` bytes of code starting at virtual address `address`.
+  std::vector<uint8_t> read_code(uint64_t address, size_t length) const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Segment {
+    uint64_t vaddr, file_offset, file_size;
+  };
+  ElfFile() = default;
+
+  std::string path_;
+  int fd_ = -1;  // kept open for read_code; the file may be large, so it is never slurped
+  std::vector<Segment> segments_;
+  std::unordered_map<std::string, FunctionSymbol> functions_;
+};
+
+}  // namespace memtrail::target

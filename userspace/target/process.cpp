@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+// /proc facts about traced processes, and the gated child for `memtrail leaks -- COMMAND`.
+#include "target/process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace memtrail::target {
+namespace {
+
+std::string proc_path(uint32_t pid, const char* leaf) {
+  return "/proc/" + std::to_string(pid) + "/" + leaf;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+bool is_executable_file(const std::string& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
+         ::access(path.c_str(), X_OK) == 0;
+}
+
+void close_fd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+}  // namespace
+
+ProcessState process_state(uint32_t pid) {
+  std::string stat = read_file(proc_path(pid, "stat"));
+  if (stat.empty()) return ProcessState::kMissing;
+  // The state letter follows the command name, which is in parentheses and may contain spaces.
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return ProcessState::kMissing;
+  char state = stat[close + 2];
+  return (state == 'Z' || state == 'X') ? ProcessState::kZombie : ProcessState::kRunning;
+}
+
+model::Target read_target_info(uint32_t pid) {
+  model::Target target;
+  target.pid = pid;
+  target.comm = read_file(proc_path(pid, "comm"));
+  if (!target.comm.empty() && target.comm.back() == '\n') target.comm.pop_back();
+  std::string cmdline = read_file(proc_path(pid, "cmdline"));
+  size_t begin = 0;
+  while (begin < cmdline.size()) {
+    size_t end = cmdline.find('\0', begin);
+    if (end == std::string::npos) end = cmdline.size();
+    target.cmdline.push_back(cmdline.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  char exe[PATH_MAX];
+  ssize_t length = ::readlink(proc_path(pid, "exe").c_str(), exe, sizeof(exe) - 1);
+  if (length > 0) target.exe.assign(exe, static_cast<size_t>(length));
+  return target;
+}
+
+std::string resolve_command(const std::string& command) {
+  if (command.find('/') != std::string::npos) {
+    if (is_executable_file(command)) return command;
+    throw Error("cannot run " + command + ": " +
+                    (::access(command.c_str(), F_OK) == 0 ? "not an executable file"
+                                                          : "no such file"),
+                "check the command's path and permissions");
+  }
+  const char* path_env = std::getenv("PATH");
+  std::string search = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
+  size_t begin = 0;
+  while (begin <= search.size()) {
+    size_t end = search.find(':', begin);
+    if (end == std::string::npos) end = search.size();
+    std::string directory = search.substr(begin, end - begin);
+    std::string candidate = (directory.empty() ? "." : directory) + "/" + command;
+    if (is_executable_file(candidate)) return candidate;
+    begin = end + 1;
+  }
+  throw Error("cannot run " + command + ": command not found in PATH",
+              "give the command's full path");
+}
+
+GatedChild::GatedChild(const std::string& executable, const std::vector<std::string>& argv)
+    : executable_(executable) {
+  int gate[2], exec_error[2];
+  if (::pipe2(gate, O_CLOEXEC) != 0) throw Error(errno_message("pipe", errno));
+  if (::pipe2(exec_error, O_CLOEXEC) != 0) {
+    int error_number = errno;
+    ::close(gate[0]);
+    ::close(gate[1]);
+    throw Error(errno_message("pipe", error_number));
+  }
+  std::vector<char*> args;
+  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+
+  pid_ = ::fork();
+  if (pid_ < 0) {
+    int error_number = errno;
+    for (int fd : {gate[0], gate[1], exec_error[0], exec_error[1]}) ::close(fd);
+    throw Error(errno_message("fork", error_number));
+  }
+  if (pid_ == 0) {
+    // Child: only async-signal-safe calls from here on. memtrail blocks SIGINT and SIGTERM to
+    // read them from a signalfd; the command must get the normal defaults back.
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_UNBLOCK, &all, nullptr);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    ::close(gate[1]);
+    ::close(exec_error[0]);
+    char go = 0;
+    ssize_t got;
+    do {
+      got = ::read(gate[0], &go, 1);
+    } while (got < 0 && errno == EINTR);
+    if (got != 1) _exit(127);  // memtrail gave up or died before attaching: do not run untraced
+    ::execv(executable_.c_str(), args.data());
+    int error_number = errno;
+    ssize_t ignored = ::write(exec_error[1], &error_number, sizeof(error_number));
+    (void)ignored;
+    _exit(127);
+  }
+  ::close(gate[0]);
+  ::close(exec_error[1]);
+  gate_fd_ = gate[1];
+  exec_error_fd_ = exec_error[0];
+}
+
+GatedChild::~GatedChild() {
+  close_fd(gate_fd_);  // an unreleased child reads EOF and exits without running the command
+  close_fd(exec_error_fd_);
+  if (!released_ && pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+void GatedChild::release() {
+  char go = 'g';
+  if (::write(gate_fd_, &go, 1) != 1) throw Error(errno_message("release launched command", errno));
+  released_ = true;
+  close_fd(gate_fd_);
+  int exec_errno = 0;
+  ssize_t got;
+  do {
+    got = ::read(exec_error_fd_, &exec_errno, sizeof(exec_errno));
+  } while (got < 0 && errno == EINTR);
+  close_fd(exec_error_fd_);
+  if (got == static_cast<ssize_t>(sizeof(exec_errno))) {
+    reap_if_exited();
+    throw Error(errno_message("exec " + executable_, exec_errno));
+  }
+}
+
+bool GatedChild::reap_if_exited() {
+  if (reaped_) return true;
+  int status = 0;
+  pid_t result = ::waitpid(pid_, &status, WNOHANG);
+  if (result == pid_ || (result < 0 && errno == ECHILD)) reaped_ = true;
+  return reaped_;
+}
+
+}  // namespace memtrail::target

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+// Facts about a traced process read from /proc, and launching a command held at a gate.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/report.h"
+
+namespace memtrail::target {
+
+enum class ProcessState { kRunning, kZombie, kMissing };
+
+// kMissing when /proc/PID does not exist; kZombie when it exited but is not reaped yet (it has
+// no memory left to trace).
+ProcessState process_state(uint32_t pid);
+
+// pid, comm, cmdline and exe of a live process; fields it cannot read stay empty.
+model::Target read_target_info(uint32_t pid);
+
+// Resolves a command name like execvp would (PATH search). Throws memtrail::Error when it is
+// not found or not executable.
+std::string resolve_command(const std::string& command);
+
+// A child process that runs `argv` once released. It is forked early and waits at a gate so
+// that probes can be attached before it executes a single instruction of the command. If
+// memtrail dies before releasing it, the child exits without running the command.
+class GatedChild {
+ public:
+  // `executable` is the resolved path of argv[0].
+  GatedChild(const std::string& executable, const std::vector<std::string>& argv);
+  ~GatedChild();  // kills and reaps the child if it was never released
+  GatedChild(const GatedChild&) = delete;
+  GatedChild& operator=(const GatedChild&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Lets the child exec the command. Throws memtrail::Error if the exec failed.
+  void release();
+  // Reaps the child if it has exited; returns true once it has been reaped.
+  bool reap_if_exited();
+
+ private:
+  pid_t pid_ = -1;
+  int gate_fd_ = -1;        // write end: one byte releases the child
+  int exec_error_fd_ = -1;  // read end: closed by a successful exec (O_CLOEXEC), else errno
+  bool released_ = false;
+  bool reaped_ = false;
+  std::string executable_;
+};
+
+}  // namespace memtrail::target

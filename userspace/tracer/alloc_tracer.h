@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Loads the allocator BPF programs, attaches them to target processes, reads their maps.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/snapshot.h"
+#include "target/allocator.h"
+#include "tracer/libbpf_raii.h"
+
+namespace memtrail::tracer {
+
+struct TracerConfig {
+  uint32_t max_outstanding_allocations = 1u << 20;  // entries of the outstanding map
+  uint32_t max_sites = 1u << 16;                    // (pid, stack) pairs with totals
+  uint32_t max_stacks = 1u << 14;                   // distinct call stacks
+  bool verbose = false;                             // libbpf debug output on stderr
+};
+
+class AllocTracer {
+ public:
+  // Opens and loads the BPF object (verifier included). Throws memtrail::Error.
+  explicit AllocTracer(const TracerConfig& config);
+  ~AllocTracer();
+  AllocTracer(const AllocTracer&) = delete;
+  AllocTracer& operator=(const AllocTracer&) = delete;
+
+  // Attaches every probe of `module` for process `pid` only; other processes mapping the same
+  // file pay nothing. All or nothing: on failure the probes attached so far are removed and
+  // memtrail::Error is thrown.
+  void attach(uint32_t pid, const target::AllocatorModule& module);
+
+  // Reads the maps. Entries that change while being read are skipped and counted.
+  model::Snapshot snapshot() const;
+
+  const TracerConfig& config() const { return config_; }
+
+ private:
+  TracerConfig config_;
+  AllocSkeleton skeleton_;
+  std::vector<Link> links_;  // declared after skeleton_: destroyed first
+};
+
+}  // namespace memtrail::tracer
