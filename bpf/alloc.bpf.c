@@ -172,8 +172,13 @@ static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
 	if (!stack)
 		goto fallback;
 	stack->ips[0] = caller;
+	stack->flags = MEMTRAIL_STACK_TRUNCATED; /* until the outermost frame is reached */
 	depth = 1;
 	for (int i = 1; i < MEMTRAIL_MAX_STACK_DEPTH; i++) {
+		if (fp == 0) { /* _start clears %rbp: this is the end of the chain */
+			stack->flags = 0;
+			break;
+		}
 		if (fp < sp || fp - sp >= MAX_STACK_SPAN || (fp & 7))
 			break;
 		if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp) || !frame.return_address)
@@ -181,6 +186,10 @@ static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
 		stack->ips[i] = frame.return_address;
 		depth = i + 1;
 		hash = (hash ^ frame.return_address) * 0x100000001B3ULL; /* FNV-1a style mix */
+		if (frame.next_fp == 0) {
+			stack->flags = 0;
+			break;
+		}
 		if (frame.next_fp <= fp) /* frames must move up the stack: stops loops */
 			break;
 		fp = frame.next_fp;

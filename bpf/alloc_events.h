@@ -79,8 +79,14 @@ struct memtrail_site_totals {
  * is small and dense so that allocation records stay compact. */
 struct memtrail_stack {
 	__u32 id;
-	__u32 depth; /* valid entries of ips */
+	__u16 depth; /* valid entries of ips */
+	__u16 flags; /* MEMTRAIL_STACK_* */
 	__u64 ips[MEMTRAIL_MAX_STACK_DEPTH];
 };
+
+/* The walk stopped before the outermost frame (whose saved frame pointer is 0): a frame
+ * without a frame pointer, an unreadable frame, or the depth limit. The frames shown are
+ * right; callers further out are missing. */
+#define MEMTRAIL_STACK_TRUNCATED 1
 
 #endif /* MEMTRAIL_ALLOC_EVENTS_H */

@@ -39,6 +39,7 @@ model::Report sample_report() {
                 {0x5555'0000'1234, "/srv/server", 0x1234, "leak_here(int)", "/src/a.c", 42, false},
                 {0x7f00'0000'5678, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x5678, std::nullopt,
                  std::nullopt, std::nullopt, false}};
+  leak.stack_truncated = true;
   model::LeakSite second = leak;
   second.outstanding_bytes = 10;
   second.allocator = "calloc";
@@ -59,7 +60,8 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
             std::string::npos) << text;
   EXPECT_NE(text.find("leak_here(int)"), std::string::npos);
   EXPECT_NE(text.find("a.c:42"), std::string::npos);
-  EXPECT_NE(text.find("(inlined) inlined_helper"), std::string::npos) << text;
+  EXPECT_NE(text.find("inlined_helper (inlined)"), std::string::npos) << text;
+  EXPECT_NE(text.find("outer callers unknown"), std::string::npos) << text;
   EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
   EXPECT_NE(text.find("Top 1 of 2 allocation sites"), std::string::npos) << text;
   // --top 1: the second site is in the model but not in the text.
@@ -96,6 +98,7 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_TRUE(site["stack"][2]["function"].is_null());
   EXPECT_TRUE(site["stack"][2]["file"].is_null());
   EXPECT_TRUE(site["stack"][2]["line"].is_null());
+  EXPECT_EQ(json["leaks"][0]["stack_truncated"], true);
   EXPECT_EQ(json["leaks"][1]["stack_truncated"], true);
 }
 

@@ -135,9 +135,11 @@ class LeaksSession {
   int run() {
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
     signal_fd_ = open_signalfd();
-    prepare_targets();
+    // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
+    // and the message should say so rather than fail on a target's /proc files.
     tracer_ = std::make_unique<tracer::AllocTracer>(tracer::TracerConfig{
         options_.max_allocations, 1u << 16, 1u << 14, options_.verbose});
+    prepare_targets();
     attach_all();
     start_ = Clock::now();
     start_unix_ms_ = unix_now_ms();
@@ -150,8 +152,8 @@ class LeaksSession {
   void prepare_targets() {
     for (uint32_t pid : options_.pids) {
       TracedProcess process;
-      process.mappings = live_mappings(pid);
-      process.allocator = target::find_allocator(pid, process.mappings);
+      // process.mappings stays empty: refresh_mappings() hands them to the symbolizer.
+      process.allocator = target::find_allocator(pid, live_mappings(pid));
       process.info = target::read_target_info(pid);
       process.info.allocator_module = process.allocator.path;
       targets_.push_back(std::move(process));
@@ -325,9 +327,10 @@ class LeaksSession {
 
   const cli::LeaksOptions& options_;
   UniqueFd signal_fd_;
-  std::optional<target::GatedChild> child_;  // before tracer_: destroyed after the probes
-  std::vector<TracedProcess> targets_;
   std::unique_ptr<tracer::AllocTracer> tracer_;
+  // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
+  std::optional<target::GatedChild> child_;
+  std::vector<TracedProcess> targets_;
   symbolizer::Symbolizer symbolizer_;
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;

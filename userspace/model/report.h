@@ -32,7 +32,10 @@ struct LeakSite {
   double oldest_age_s = 0;
   std::string allocator;         // the traced function that returned the memory, e.g. "malloc"
   std::vector<Frame> stack;      // innermost (the allocator's caller) first
-  bool stack_truncated = false;  // capture failed: only the caller is known
+  // The stack stops before the program's outermost frame: a frame without a frame pointer (or
+  // the depth limit) ended the walk, or the stack could not be stored and only the calling
+  // function is known. The frames shown are right; outer callers are missing.
+  bool stack_truncated = false;
 };
 
 struct Target {

@@ -48,7 +48,11 @@ struct Snapshot {
   std::vector<SiteTotals> sites;
   // User-space return addresses, innermost first, for each stack id referenced above. The
   // first frame is the caller of the allocator.
-  std::unordered_map<int32_t, std::vector<uint64_t>> stacks;
+  struct Stack {
+    std::vector<uint64_t> addresses;
+    bool truncated = false;  // the walk stopped before the outermost frame
+  };
+  std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;
 };
 

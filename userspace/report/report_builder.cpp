@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <set>
 
 #include "common/format.h"
 #include "common/version.h"
@@ -23,6 +24,17 @@ std::string host_name() {
 std::string kernel_release() {
   utsname names{};
   return uname(&names) == 0 ? names.release : "";
+}
+
+// Functions at the bottom of every user stack: a walk that got this far has every frame the
+// user cares about, even if it stopped inside the C library's start code (built without frame
+// pointers) before the last frame.
+bool is_entry_function(const std::optional<std::string>& function) {
+  static const std::set<std::string> kEntries = {
+      "main",         "__libc_start_call_main", "__libc_start_main", "__libc_start_main_impl",
+      "_start",       "start_thread",           "clone",             "clone3",
+      "__clone",      "__clone3",               "__GI___clone",      "__GI___clone3"};
+  return function && kEntries.count(*function) != 0;
 }
 
 std::vector<std::string> notes_for(const model::Totals& totals, const ReportContext& context,
@@ -106,8 +118,9 @@ model::Report build_report(const model::Snapshot& snapshot,
     leak.allocator = target::kind_name(site.kind);
     std::vector<uint64_t> addresses;
     auto stack = snapshot.stacks.find(site.site_id);
-    if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.empty()) {
-      addresses = stack->second;
+    if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {
+      addresses = stack->second.addresses;
+      leak.stack_truncated = stack->second.truncated;
     } else {
       leak.stack_truncated = true;  // only the caller is known
       if (site.caller_address != 0) addresses.push_back(site.caller_address);
@@ -115,6 +128,11 @@ model::Report build_report(const model::Snapshot& snapshot,
     for (uint64_t address : addresses) {
       auto frames = symbolizer.symbolize(site.pid, address);
       leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
+    }
+    if (leak.stack_truncated && !leak.stack.empty() && site.site_id >= 0 &&
+        std::any_of(leak.stack.begin(), leak.stack.end(),
+                    [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
+      leak.stack_truncated = false;
     }
     report.leaks.push_back(std::move(leak));
   }

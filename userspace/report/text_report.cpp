@@ -31,25 +31,36 @@ std::string pad(std::string text, size_t width) {
   return text;
 }
 
-// "    #1 leak_malloc                leaky.c:42            leaky+0x1234"
+std::string frame_function(const model::Frame& frame) {
+  return frame.function.value_or("??") + (frame.inlined ? " (inlined)" : "");
+}
+
+// "      #1  leak_malloc   leaky.c:42   leaky+0x1234"; an inlined function is listed above the
+// function it was inlined into, at the same address, with a dot instead of a number.
 void render_stack(const model::LeakSite& site, std::ostream& out) {
-  size_t function_width = 0;
+  size_t function_width = 0, location_width = 0;
+  std::vector<std::string> locations;
   for (const auto& frame : site.stack) {
-    function_width = std::max(function_width, frame.function.value_or("??").size());
+    function_width = std::max(function_width, frame_function(frame).size());
+    std::string location;
+    if (frame.file) {
+      location = base_name(*frame.file) + (frame.line ? ":" + std::to_string(*frame.line) : "");
+    }
+    location_width = std::max(location_width, location.size());
+    locations.push_back(std::move(location));
   }
   function_width = std::min<size_t>(function_width, 60);
   size_t index = 0;
-  for (const auto& frame : site.stack) {
-    std::string location;
-    if (frame.file) location = base_name(*frame.file) + (frame.line ? ":" + std::to_string(*frame.line) : "");
-    out << "      " << (frame.inlined ? "  (inlined) " : "#" + pad(std::to_string(index), 3) + " ")
-        << pad(frame.function.value_or("??"), function_width) << "  " << pad(location, 24) << "  "
-        << base_name(frame.module) << "+" << hex(frame.offset) << "\n";
-    if (!frame.inlined) ++index;
+  for (size_t i = 0; i < site.stack.size(); ++i) {
+    const auto& frame = site.stack[i];
+    std::string number = frame.inlined ? "  ." : "#" + std::to_string(index++);
+    out << "      " << pad(number, 4) << pad(frame_function(frame), function_width) << "  "
+        << pad(locations[i], location_width) << "  " << base_name(frame.module) << "+"
+        << hex(frame.offset) << "\n";
   }
   if (site.stack.empty()) out << "      (no stack)\n";
   if (site.stack_truncated) {
-    out << "      ... stack truncated: only the calling function is known\n";
+    out << "      ... outer callers unknown: the frame-pointer walk stopped here\n";
   }
 }
 

@@ -122,37 +122,43 @@ std::vector<FrameInfo> Symbolizer::Module::lookup(uint64_t vaddr) {
     }
   }
 
-  // Scopes from innermost to outermost: each inlined subroutine is a frame, located where its
-  // caller called it (DW_AT_call_file/line); the enclosing subprogram ends the chain.
+  // The innermost scope at the address, then its concrete parents in the DIE tree (what
+  // `eu-addr2line -i` does; dwarf_getscopes alone would continue into the inlined function's
+  // abstract definition, not into its caller). Each inlined subroutine is a frame located
+  // where its caller called it (DW_AT_call_file/line); the enclosing subprogram ends the chain.
   Dwarf_Addr bias = 0;
-  if (Dwarf_Die* cu = dwfl_module_addrdie(module, vaddr, &bias)) {
-    Dwarf_Die* scopes = nullptr;
-    int count = dwarf_getscopes(cu, vaddr - bias, &scopes);
+  Dwarf_Die* cu = dwfl_module_addrdie(module, vaddr, &bias);
+  Dwarf_Die* innermost_scopes = nullptr;
+  Dwarf_Die innermost;
+  if (cu && dwarf_getscopes(cu, vaddr - bias, &innermost_scopes) > 0 &&
+      dwarf_offdie(dwfl_module_getdwarf(module, &bias), dwarf_dieoffset(&innermost_scopes[0]),
+                   &innermost)) {
+    Dwarf_Die* chain = nullptr;
+    int count = dwarf_getscopes_die(&innermost, &chain);
     Dwarf_Files* files = nullptr;
-    size_t file_count = 0;
-    bool have_files = dwarf_getsrcfiles(cu, &files, &file_count) == 0;
+    bool have_files = dwarf_getsrcfiles(cu, &files, nullptr) == 0;
     for (int i = 0; i < count; ++i) {
-      int tag = dwarf_tag(&scopes[i]);
+      int tag = dwarf_tag(&chain[i]);
       if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram) continue;
-      frames.push_back({die_function_name(&scopes[i]), file, line,
+      frames.push_back({die_function_name(&chain[i]), file, line,
                         tag == DW_TAG_inlined_subroutine});
       if (tag == DW_TAG_subprogram) break;
-      // The next (outer) frame is at this inlined call's location.
       Dwarf_Attribute attribute;
       Dwarf_Word value = 0;
       file.reset();
       line.reset();
-      if (have_files && dwarf_formudata(dwarf_attr(&scopes[i], DW_AT_call_file, &attribute),
+      if (have_files && dwarf_formudata(dwarf_attr(&chain[i], DW_AT_call_file, &attribute),
                                         &value) == 0) {
         if (const char* name = dwarf_filesrc(files, value, nullptr, nullptr)) file = name;
       }
-      if (dwarf_formudata(dwarf_attr(&scopes[i], DW_AT_call_line, &attribute), &value) == 0 &&
+      if (dwarf_formudata(dwarf_attr(&chain[i], DW_AT_call_line, &attribute), &value) == 0 &&
           value > 0) {
         line = static_cast<uint32_t>(value);
       }
     }
-    std::free(scopes);
+    std::free(chain);
   }
+  std::free(innermost_scopes);
 
   // Without DWARF for the address (stripped file, assembly), the symbol table names it.
   if (frames.empty() || !frames.back().function) {

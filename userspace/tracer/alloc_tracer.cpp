@@ -167,7 +167,9 @@ model::Snapshot AllocTracer::snapshot() const {
   read_hash_map<uint64_t, memtrail_stack>(
       bpf_map__fd(maps.stacks), 256, "stacks", [&](uint64_t, const memtrail_stack& stack) {
         uint32_t depth = std::min<uint32_t>(stack.depth, MEMTRAIL_MAX_STACK_DEPTH);
-        snapshot.stacks[static_cast<int32_t>(stack.id)].assign(stack.ips, stack.ips + depth);
+        auto& entry = snapshot.stacks[static_cast<int32_t>(stack.id)];
+        entry.addresses.assign(stack.ips, stack.ips + depth);
+        entry.truncated = (stack.flags & MEMTRAIL_STACK_TRUNCATED) != 0;
       });
 
   int cpus = libbpf_num_possible_cpus();

@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: Apache-2.0
+// memtrail leaks end to end: the real binary, real BPF, real child processes.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "subprocess.h"
+
+namespace memtrail::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// Skips where BPF cannot work (not root), unless MEMTRAIL_REQUIRE_BPF=1 (CI): then it fails,
+// so that CI never passes by skipping.
+#define REQUIRE_BPF_OR_SKIP()                                                              \
+  do {                                                                                     \
+    if (geteuid() != 0) {                                                                  \
+      const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                          \
+      if (required && std::string(required) == "1") {                                     \
+        FAIL() << "MEMTRAIL_REQUIRE_BPF=1 but not running as root: BPF tests cannot run";  \
+      }                                                                                    \
+      GTEST_SKIP() << "integration tests load BPF programs and need root; run as root or " \
+                      "set MEMTRAIL_REQUIRE_BPF=1 to make this a failure";                 \
+    }                                                                                      \
+  } while (0)
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/memtrail-it-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << "no JSON report at " << path;
+  if (!in.good()) return json::object();
+  return json::parse(in);
+}
+
+// A target program at its gate: started, "ready PID" read.
+struct Target {
+  explicit Target(std::vector<std::string> argv) : process(std::move(argv)) {
+    auto ready = process.wait_for_stdout("ready ", 10s);
+    EXPECT_TRUE(ready.has_value()) << "target did not start";
+  }
+  // Lets it run its scenario and collects the "line NAME N" it prints, until "done".
+  std::map<std::string, int> run() {
+    process.write_stdin("go\n");
+    return collect_lines("done");
+  }
+  std::map<std::string, int> collect_lines(const std::string& until) {
+    std::map<std::string, int> lines;
+    while (auto line = process.read_stdout_line(10s)) {
+      if (*line == until) return lines;
+      std::istringstream words(*line);
+      std::string tag, name;
+      int number = 0;
+      if (words >> tag >> name >> number && tag == "line") lines[name] = number;
+    }
+    ADD_FAILURE() << "target did not print " << until;
+    return lines;
+  }
+  Subprocess process;
+};
+
+// memtrail leaks with the given arguments, started and waited for until its probes are in.
+struct Tracer {
+  explicit Tracer(std::vector<std::string> args) : process(with_binary(std::move(args))) {}
+  static std::vector<std::string> with_binary(std::vector<std::string> args) {
+    args.insert(args.begin(), {MEMTRAIL_BINARY, "leaks"});
+    return args;
+  }
+  void expect_attached(int targets = 1) {
+    for (int i = 0; i < targets; ++i) {
+      auto line = process.wait_for_stderr("memtrail: tracing pid ", 20s);
+      ASSERT_TRUE(line.has_value()) << "memtrail did not attach; stderr:\n"
+                                    << process.stderr_seen() << process.drain_stderr();
+    }
+  }
+  // Stops memtrail like Ctrl-C would and expects the final report to be written.
+  void stop() {
+    process.signal(SIGINT);
+    auto code = process.wait(30s);
+    ASSERT_TRUE(code.has_value()) << "memtrail did not stop on SIGINT";
+    EXPECT_EQ(*code, 0) << process.stderr_seen() << process.drain_stderr();
+  }
+  Subprocess process;
+};
+
+std::vector<json> sites_with_function(const json& report, const std::string& function,
+                                      std::optional<int> pid = std::nullopt) {
+  std::vector<json> found;
+  for (const auto& site : report["leaks"]) {
+    if (pid && site["pid"] != *pid) continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["function"] == function) {
+        found.push_back(site);
+        break;
+      }
+    }
+  }
+  return found;
+}
+
+std::string file_name(const json& value) {
+  if (!value.is_string()) return "";
+  std::string path = value;
+  return path.substr(path.rfind('/') + 1);
+}
+
+int count_loaded_programs(const std::string& name) {
+  // bpftool lists every loaded program; ours are named after their probe functions.
+  std::string command = "bpftool prog show 2>/dev/null | grep -c ' name " + name + " '";
+  FILE* pipe = popen(command.c_str(), "r");
+  int count = 0;
+  if (pipe) {
+    if (std::fscanf(pipe, "%d", &count) != 1) count = 0;
+    pclose(pipe);
+  }
+  return count;
+}
+
+TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  auto lines = target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+
+  EXPECT_EQ(report["schema"], "memtrail.leaks/1");
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  const json& site = leaks[0];
+  EXPECT_EQ(site["outstanding_bytes"], 7000);
+  EXPECT_EQ(site["outstanding_allocations"], 7);
+  EXPECT_EQ(site["total_allocated_bytes"], 7000);
+  EXPECT_EQ(site["allocator"], "malloc");
+  EXPECT_EQ(site["pid"], target.process.pid());
+  // The first frame is the function that called malloc, at the line of the call.
+  const json& frame = site["stack"][0];
+  EXPECT_EQ(frame["function"], "leak_malloc");
+  EXPECT_EQ(file_name(frame["file"]), "leaky.c");
+  EXPECT_EQ(frame["line"], lines.at("leak_malloc"));
+  EXPECT_EQ(file_name(frame["module"]), "leaky");
+  EXPECT_EQ(site["stack"][1]["function"], "main");
+  // The freeing site is absent; its frees are counted.
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty()) << report.dump(2);
+  EXPECT_GE(report["totals"]["frees"], 50);
+  EXPECT_EQ(report["totals"]["drops"], 0);
+  ASSERT_EQ(report["targets"].size(), 1u);
+  EXPECT_EQ(report["targets"][0]["comm"], "leaky");
+  EXPECT_EQ(report["targets"][0]["exited"], false);
+  EXPECT_NE(report["targets"][0]["allocator_module"].get<std::string>().find("libc.so"),
+            std::string::npos);
+}
+
+TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "3", "512"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "-q"});
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  std::string text = tracer.process.drain_stdout();
+  EXPECT_NE(text.find("1,536 B (1.5 KiB) outstanding in 3 allocations from malloc"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("leak_malloc"), std::string::npos) << text;
+  EXPECT_EQ(text.find("free_all"), std::string::npos) << text;
+  EXPECT_NE(text.find("Allocations made before memtrail attached are invisible"),
+            std::string::npos) << text;
+}
+
+TEST(LeaksIntegration, FreesOfBlocksAllocatedBeforeAttachAreUnmatchedNotMisattributed) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "preattach", "4", "300"});
+  std::this_thread::sleep_for(300ms);  // the program has been running a while before attach
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_GE(report["totals"]["unmatched_frees"], 20);
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 1200);
+  // Nothing else from the target: the 20 early blocks were freed, not attributed anywhere.
+  for (const auto& site : report["leaks"]) {
+    EXPECT_EQ(site["stack"][0]["function"], "leak_malloc") << site.dump(2);
+  }
+}
+
+TEST(LeaksIntegration, LaunchesACommandAndTracesItFromTheStart) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  // memtrail's stdin is the launched command's stdin: "go" reaches the target.
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "--json", dir.file("r.json"), "-q", "--",
+                     MEMTRAIL_LEAKY, "basic", "5", "200", "--exit"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s)) << tracer.drain_stderr();
+  tracer.write_stdin("go\n");
+  auto code = tracer.wait(30s);  // stops by itself once the command exited
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << tracer.drain_stderr();
+  json report = read_json(dir.file("r.json"));
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 1000);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 5);
+  ASSERT_EQ(report["targets"].size(), 1u);
+  EXPECT_EQ(report["targets"][0]["exited"], true);
+  EXPECT_EQ(report["targets"][0]["comm"], "leaky");
+  // Traced from its first instruction: the 20 blocks it allocates before its gate are seen.
+  EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+}
+
+TEST(LeaksIntegration, StopsWhenTheTargetExits) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "basic", "2", "64", "--exit"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  target.run();
+  auto code = tracer.process.wait(30s);
+  ASSERT_TRUE(code.has_value()) << "memtrail did not stop when its only target exited";
+  EXPECT_EQ(*code, 0);
+  json report = read_json(dir.file("r.json"));
+  EXPECT_EQ(report["targets"][0]["exited"], true);
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 128);
+  // Symbolized after the process was gone.
+  EXPECT_EQ(leaks[0]["stack"][0]["function"], "leak_malloc");
+}
+
+TEST(LeaksIntegration, TracesSeveralProcessesAtOnce) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target first({MEMTRAIL_LEAKY, "basic", "3", "100"});
+  Target second({MEMTRAIL_LEAKY, "basic", "5", "40"});
+  Tracer tracer({"-p", std::to_string(first.process.pid()), "-p",
+                 std::to_string(second.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached(2);
+  first.run();
+  second.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_EQ(report["targets"].size(), 2u);
+  auto in_first = sites_with_function(report, "leak_malloc", first.process.pid());
+  auto in_second = sites_with_function(report, "leak_malloc", second.process.pid());
+  ASSERT_EQ(in_first.size(), 1u) << report.dump(2);
+  ASSERT_EQ(in_second.size(), 1u) << report.dump(2);
+  EXPECT_EQ(in_first[0]["outstanding_bytes"], 300);
+  EXPECT_EQ(in_second[0]["outstanding_bytes"], 200);
+  EXPECT_EQ(in_second[0]["outstanding_allocations"], 5);
+}
+
+TEST(LeaksIntegration, CallerIsRightInCodeBuiltWithoutFramePointers) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY_O2_NOFP, "basic", "6", "333"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  auto lines = target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  // At -O2 the caller is found through its return address, not a frame pointer.
+  std::vector<json> leaks;
+  for (const auto& site : report["leaks"]) {
+    if (site["stack"][0]["function"] == "leak_malloc") leaks.push_back(site);
+  }
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 1998);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 6);
+  EXPECT_EQ(leaks[0]["stack"][0]["line"], lines.at("leak_malloc"));
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty());
+}
+
+TEST(LeaksIntegration, ReallocKeepsTheFinalSizeAndFailedCallsAreNotAllocations) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "realloc"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  auto lines = target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  auto leaks = sites_with_function(report, "leak_realloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["allocator"], "realloc");
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 500);  // only the last block of the growth
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 1);
+  EXPECT_EQ(leaks[0]["total_allocated_bytes"], 100 + 200 + 300 + 400 + 500);
+  EXPECT_EQ(leaks[0]["stack"][0]["line"], lines.at("leak_realloc"));
+  // realloc(NULL, 77) then realloc(p, 0): nothing left; the failed calls are not allocations.
+  EXPECT_TRUE(sites_with_function(report, "realloc_null_then_zero").empty()) << report.dump(2);
+  EXPECT_TRUE(sites_with_function(report, "failed_calls").empty()) << report.dump(2);
+  // malloc(SIZE_MAX/2), realloc(p, SIZE_MAX/2), posix_memalign with a bad alignment.
+  EXPECT_GE(report["totals"]["failed_calls"], 3);
+  EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+}
+
+TEST(LeaksIntegration, PosixMemalignCountsThePointerItStored) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "memalign", "3", "4096"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  auto lines = target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  auto leaks = sites_with_function(report, "leak_posix_memalign");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["allocator"], "posix_memalign");
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 3 * 4096);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 3);
+  auto aligned = sites_with_function(report, "leak_aligned_alloc");
+  ASSERT_EQ(aligned.size(), 1u);
+  EXPECT_EQ(aligned[0]["outstanding_bytes"], 128);
+}
+
+TEST(LeaksIntegration, MinAgeHidesYoungAllocations) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "aged", "4", "50"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--min-age", "1.5", "--json",
+                 dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  target.collect_lines("first");
+  std::this_thread::sleep_for(2500ms);  // leak_malloc's blocks are now older than 1.5 s
+  target.process.write_stdin("go\n");
+  target.collect_lines("done");
+  tracer.stop();  // leak_calloc's blocks are a few milliseconds old
+  json report = read_json(dir.file("r.json"));
+  auto old_enough = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(old_enough.size(), 1u) << report.dump(2);
+  EXPECT_EQ(old_enough[0]["outstanding_bytes"], 200);
+  EXPECT_GE(old_enough[0]["oldest_age_s"], 1.5);
+  EXPECT_TRUE(sites_with_function(report, "leak_calloc").empty()) << report.dump(2);
+  // Hidden from the sites, still in the totals.
+  EXPECT_GE(report["totals"]["outstanding_bytes"], 200 + 3 * 30);
+  EXPECT_EQ(report["options"]["min_age_s"], 1.5);
+}
+
+TEST(LeaksIntegration, TargetSurvivesSigkillOfMemtrail) {
+  REQUIRE_BPF_OR_SKIP();
+  int programs_before = count_loaded_programs("free_enter");
+  Target target({MEMTRAIL_LEAKY, "busy"});
+  target.process.write_stdin("go\n");  // the busy loop starts before memtrail attaches
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "-q"});
+  tracer.expect_attached();
+  std::this_thread::sleep_for(500ms);  // mallocs and frees go through the probes
+  EXPECT_EQ(count_loaded_programs("free_enter"), programs_before + 1);
+  tracer.process.signal(SIGKILL);
+  ASSERT_TRUE(tracer.process.wait(10s).has_value());
+  std::this_thread::sleep_for(500ms);  // the target keeps allocating without probes
+  target.process.write_stdin("quit\n");
+  auto result = target.process.read_stdout_line(20s);
+  ASSERT_TRUE(result.has_value()) << "target did not answer after memtrail was killed";
+  EXPECT_EQ(result->rfind("ok ", 0), 0u) << *result;
+  auto code = target.process.wait(10s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+  // The kernel removed memtrail's probes and programs with it.
+  EXPECT_EQ(count_loaded_programs("free_enter"), programs_before);
+}
+
+// ---- bad input: one clear line on stderr, a non-zero exit, quickly ----
+
+struct Outcome {
+  int code;
+  std::string stderr_text;
+};
+
+Outcome run_memtrail(std::vector<std::string> args, std::vector<std::string> prefix = {}) {
+  args.insert(args.begin(), {MEMTRAIL_BINARY, "leaks"});
+  args.insert(args.begin(), prefix.begin(), prefix.end());
+  Subprocess process(args);
+  auto code = process.wait(20s);
+  EXPECT_TRUE(code.has_value()) << "memtrail hung";
+  std::string text = process.drain_stderr();
+  return {code.value_or(-1), text};
+}
+
+void expect_one_error_line(const Outcome& outcome, int code, const std::string& fragment) {
+  EXPECT_EQ(outcome.code, code) << outcome.stderr_text;
+  std::istringstream lines(outcome.stderr_text);
+  std::string line;
+  int errors = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("memtrail: error: ", 0) == 0) {
+      ++errors;
+      EXPECT_NE(line.find(fragment), std::string::npos) << line;
+    }
+  }
+  EXPECT_EQ(errors, 1) << outcome.stderr_text;
+}
+
+int pid_beyond_max() {
+  std::ifstream file("/proc/sys/kernel/pid_max");
+  int pid_max = 4194304;
+  file >> pid_max;
+  return pid_max + 1;
+}
+
+TEST(LeaksBadInput, NoSuchProcess) {
+  REQUIRE_BPF_OR_SKIP();
+  expect_one_error_line(run_memtrail({"-p", std::to_string(pid_beyond_max())}), 1,
+                        "no process with pid");
+}
+
+TEST(LeaksBadInput, ProcessThatHasExited) {
+  REQUIRE_BPF_OR_SKIP();
+  pid_t zombie = fork();
+  if (zombie == 0) _exit(0);
+  std::this_thread::sleep_for(200ms);  // it is dead but not reaped: a zombie
+  auto outcome = run_memtrail({"-p", std::to_string(zombie)});
+  waitpid(zombie, nullptr, 0);
+  expect_one_error_line(outcome, 1, "has exited");
+}
+
+TEST(LeaksBadInput, ProcessWithoutAnAllocator) {
+  REQUIRE_BPF_OR_SKIP();
+  Subprocess program({MEMTRAIL_NO_ALLOCATOR});
+  std::this_thread::sleep_for(200ms);
+  auto outcome = run_memtrail({"-p", std::to_string(program.pid())});
+  expect_one_error_line(outcome, 1, "no allocator found");
+  EXPECT_FALSE(program.wait(0ms).has_value()) << "the target must keep running";
+}
+
+TEST(LeaksBadInput, NoBpfPermission) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic"});
+  // Root without any capability: BPF is refused.
+  auto outcome = run_memtrail({"-p", std::to_string(target.process.pid())},
+                              {"/usr/bin/setpriv", "--bounding-set=-all", "--inh-caps=-all",
+                               "--ambient-caps=-all", "--"});
+  expect_one_error_line(outcome, 1, "Operation not permitted");
+  EXPECT_NE(outcome.stderr_text.find("memtrail: hint: run memtrail as root"), std::string::npos)
+      << outcome.stderr_text;
+}
+
+TEST(LeaksBadInput, UnwritableJsonPathIsRefusedBeforeAttaching) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic"});
+  auto outcome = run_memtrail(
+      {"-p", std::to_string(target.process.pid()), "--json", "/nonexistent-dir/leaks.json"});
+  expect_one_error_line(outcome, 1, "cannot write --json /nonexistent-dir/leaks.json");
+  EXPECT_EQ(outcome.stderr_text.find("memtrail: tracing"), std::string::npos);
+}
+
+TEST(LeaksBadInput, CommandThatDoesNotExist) {
+  REQUIRE_BPF_OR_SKIP();
+  expect_one_error_line(run_memtrail({"--", "/nonexistent/program"}), 1, "cannot run");
+}
+
+TEST(LeaksBadInput, BadOptionValuesAreUsageErrors) {
+  expect_one_error_line(run_memtrail({"-p", "1", "--interval", "0"}), 2, "--interval");
+  expect_one_error_line(run_memtrail({"-p", "1", "--top", "-1"}), 2, "top");
+  expect_one_error_line(run_memtrail({"-p", "1", "--duration", "abc"}), 2, "duration");
+  expect_one_error_line(run_memtrail({}), 2, "nothing to trace");
+}
+
+}  // namespace
+}  // namespace memtrail::testing

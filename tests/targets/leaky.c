@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+// A program the integration tests drive: each scenario allocates at known sites, after a gate.
+//
+// Usage: leaky SCENARIO [ARGS...] [--exit]
+// Prints "ready PID", waits for a line on stdin (the test sends it once memtrail is attached),
+// runs the scenario, prints "line NAME N" for each allocation call it made (N = its source
+// line) and "done", then exits if --exit was given, else waits for "quit" or end of input.
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <unistd.h>
+
+static void *volatile sink;  // keeps every allocation observable, also at -O2
+
+static void report_line(const char *name, int line) { printf("line %s %d\n", name, line); }
+
+static void wait_for_line(void) {
+  char buffer[64];
+  if (!fgets(buffer, sizeof(buffer), stdin)) exit(3);
+}
+
+__attribute__((noinline)) void leak_malloc(int count, size_t size) {
+  int line = 0;
+  for (int i = 0; i < count; ++i) {
+    line = __LINE__, sink = malloc(size);
+    memset(sink, 0xab, size);
+  }
+  report_line("leak_malloc", line);
+}
+
+__attribute__((noinline)) void free_all(int count, size_t size) {
+  for (int i = 0; i < count; ++i) {
+    void *block = malloc(size);
+    sink = block;
+    free(block);
+  }
+}
+
+__attribute__((noinline)) void leak_calloc(int count, size_t size) {
+  int line = 0;
+  for (int i = 0; i < count; ++i) line = __LINE__, sink = calloc(count, size);
+  report_line("leak_calloc", line);
+}
+
+// Grows one block with realloc and leaks the last one: the realloc site holds its final size.
+__attribute__((noinline)) void leak_realloc(void) {
+  void *block = NULL;
+  int line = 0;
+  for (size_t size = 100; size <= 500; size += 100) line = __LINE__, block = realloc(block, size);
+  sink = block;
+  report_line("leak_realloc", line);
+}
+
+// realloc(NULL, n) allocates, realloc(p, 0) frees: nothing is left.
+__attribute__((noinline)) void realloc_null_then_zero(void) {
+  void *block = realloc(NULL, 77);
+  sink = block;
+  sink = realloc(block, 0);
+}
+
+// Calls that fail return no memory and must not count as allocations.
+__attribute__((noinline)) void failed_calls(void) {
+  sink = malloc(SIZE_MAX / 2);
+  void *block = malloc(64);
+  sink = realloc(block, SIZE_MAX / 2);  // fails: block stays allocated, then is freed
+  free(block);
+  void *aligned = NULL;
+  if (posix_memalign(&aligned, 3, 64) == 0) free(aligned);  // EINVAL: not a power of two
+}
+
+__attribute__((noinline)) void leak_posix_memalign(int count, size_t size) {
+  int line = 0;
+  for (int i = 0; i < count; ++i) {
+    void *block = NULL;
+    line = __LINE__;
+    if (posix_memalign(&block, 64, size) != 0) exit(4);
+    sink = block;
+  }
+  report_line("leak_posix_memalign", line);
+}
+
+__attribute__((noinline)) void leak_aligned_alloc(size_t size) {
+  int line = __LINE__;
+  sink = aligned_alloc(64, size);
+  report_line("leak_aligned_alloc", line);
+}
+
+// malloc/free in a loop, checking its own data: used to show that killing memtrail does not
+// disturb the target. Prints "ok N" when told to quit.
+static int busy_loop(void) {
+  void *window[64] = {0};
+  unsigned long rounds = 0;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (window[i]) {
+        unsigned char *bytes = window[i];
+        for (int j = 0; j < 32; ++j) {
+          if (bytes[j] != (unsigned char)(i + j)) {
+            printf("corrupt\n");
+            return 1;
+          }
+        }
+        free(window[i]);
+      }
+      unsigned char *fresh = malloc(32 + (rounds % 200));
+      for (int j = 0; j < 32; ++j) fresh[j] = (unsigned char)(i + j);
+      window[i] = fresh;
+    }
+    ++rounds;
+    // Poll stdin without blocking the loop for long.
+    fd_set readable;
+    FD_ZERO(&readable);
+    FD_SET(0, &readable);
+    struct timeval no_wait = {0, 0};
+    if (select(1, &readable, NULL, NULL, &no_wait) > 0) break;
+  }
+  for (int i = 0; i < 64; ++i) free(window[i]);
+  printf("ok %lu\n", rounds);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: leaky SCENARIO [ARGS...] [--exit]\n");
+    return 2;
+  }
+  const char *scenario = argv[1];
+  int exit_when_done = strcmp(argv[argc - 1], "--exit") == 0;
+  int count = argc > 2 && argv[2][0] != '-' ? atoi(argv[2]) : 7;
+  size_t size = argc > 3 && argv[3][0] != '-' ? (size_t)atoll(argv[3]) : 1000;
+  setvbuf(stdout, NULL, _IOLBF, 0);
+
+  // Allocated before memtrail attaches: invisible to it; freed after the gate.
+  void *early[20];
+  for (int i = 0; i < 20; ++i) early[i] = malloc(100);
+
+  printf("ready %d\n", (int)getpid());
+  wait_for_line();
+
+  if (strcmp(scenario, "basic") == 0) {
+    leak_malloc(count, size);
+    free_all(50, 64);
+  } else if (strcmp(scenario, "preattach") == 0) {
+    for (int i = 0; i < 20; ++i) free(early[i]);
+    leak_malloc(count, size);
+  } else if (strcmp(scenario, "realloc") == 0) {
+    leak_realloc();
+    realloc_null_then_zero();
+    failed_calls();
+  } else if (strcmp(scenario, "memalign") == 0) {
+    leak_posix_memalign(count, size);
+    leak_aligned_alloc(128);
+  } else if (strcmp(scenario, "aged") == 0) {
+    leak_malloc(count, size);
+    printf("first\n");
+    wait_for_line();  // the test lets time pass, then asks for a young allocation
+    leak_calloc(3, 10);
+  } else if (strcmp(scenario, "busy") == 0) {
+    return busy_loop();
+  } else {
+    fprintf(stderr, "leaky: unknown scenario %s\n", scenario);
+    return 2;
+  }
+  printf("done\n");
+  if (exit_when_done) return 0;
+  char buffer[64];
+  while (fgets(buffer, sizeof(buffer), stdin) && strncmp(buffer, "quit", 4) != 0) {
+  }
+  return 0;
+}
