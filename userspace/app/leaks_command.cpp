@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cerrno>
 #include <chrono>
 #include <iostream>
@@ -304,20 +305,37 @@ class LeaksSession {
 
   uint64_t min_age_ns() const { return static_cast<uint64_t>(options_.min_age_s * 1e9); }
 
-  void print_interval() {
+  // Reads the maps and builds a report with `sites` symbolized sites; with -v, says how long
+  // each stage took (the benchmark reads these lines).
+  model::Report take_report(bool final, size_t sites) {
+    auto started = Clock::now();
     model::Snapshot snapshot = tracer_->snapshot();
+    auto read = Clock::now();
     auto aggregate = aggregator::aggregate(snapshot, min_age_ns());
-    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(false), options_.top);
-    report::render_text(report, std::cout);
+    auto aggregated = Clock::now();
+    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(final),
+                                       std::min(sites, aggregate.sites.size()));
+    auto built = Clock::now();
+    if (options_.verbose) {
+      auto ms = [](auto duration) {
+        return std::chrono::duration<double, std::milli>(duration).count();
+      };
+      std::cerr << "memtrail: report: " << snapshot.allocations.size()
+                << " outstanding allocations read in " << ms(read - started) << " ms, aggregated in "
+                << ms(aggregated - read) << " ms, " << report.leaks.size()
+                << " sites symbolized in " << ms(built - aggregated) << " ms\n";
+    }
+    return report;
+  }
+
+  void print_interval() {
+    report::render_text(take_report(false, options_.top), std::cout);
     std::cout << "\n" << std::flush;
   }
 
   void finish() {
-    model::Snapshot snapshot = tracer_->snapshot();
-    auto aggregate = aggregator::aggregate(snapshot, min_age_ns());
     // The JSON file carries every site; the text report only the top ones.
-    size_t sites = options_.json_path.empty() ? options_.top : aggregate.sites.size();
-    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(true), sites);
+    auto report = take_report(true, options_.json_path.empty() ? options_.top : SIZE_MAX);
     report::render_text(report, std::cout);
     if (!options_.json_path.empty()) {
       report::write_json_file(report::to_json(report, options_.interval_s), options_.json_path);

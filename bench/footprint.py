@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""memtrail's own costs besides the per-call overhead (see bench/README.md):
+
+- start to first report: from starting `memtrail leaks -p PID` to its first report;
+- memory per outstanding allocation at 100k and 1M outstanding: memtrail's RSS plus the
+  memory of its BPF maps, divided by the outstanding allocations it holds;
+- time to build a report at 1M outstanding allocations (read maps, aggregate, symbolize);
+- cost to an untraced process while another one is traced.
+Results are appended to bench/RESULTS.md unless --no-record.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, BenchError, LineReader, git_commit  # noqa: E402
+
+
+def start_workload(workload, gate, extra):
+    process = subprocess.Popen([workload, "--wait-file", gate] + extra, stdout=subprocess.PIPE)
+    line = process.stdout.readline().decode()
+    if not line.startswith("waiting "):
+        process.kill()
+        raise BenchError(f"workload did not start: {line!r}")
+    return process, line.split()[1]
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def bpf_map_bytes(pid):
+    """Memory of the BPF maps owned by `pid`, as the kernel accounts it (bytes_memlock)."""
+    output = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True)
+    total = 0
+    for entry in json.loads(output.stdout or "[]"):
+        if any(owner.get("pid") == int(pid) for owner in entry.get("pids", [])):
+            total += int(entry.get("bytes_memlock", 0))
+    return total
+
+
+def start_to_first_report(args, work_dir):
+    samples = []
+    for attempt in range(args.rounds):
+        workload, pid = start_workload(args.workload, os.path.join(work_dir, f"idle{attempt}"),
+                                       ["--steps", "1"])
+        started = time.monotonic()
+        tracer = subprocess.Popen([args.memtrail, "leaks", "-p", pid, "--interval", "0.05"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        first = tracer.stdout.readline()
+        elapsed = time.monotonic() - started
+        stop(tracer)
+        workload.kill()
+        workload.wait()
+        if not first.startswith(b"memtrail leaks:"):
+            raise BenchError(f"no report from memtrail: {first!r}")
+        # The report comes one interval after attach: that interval is not memtrail's cost.
+        samples.append(elapsed - 0.05)
+    return statistics.median(samples)
+
+
+def footprint(args, work_dir, outstanding):
+    gate = os.path.join(work_dir, f"hold{outstanding}")
+    workload, pid = start_workload(args.workload, gate, ["--steps", "1", "--hold", str(outstanding)])
+    tracer = subprocess.Popen([args.memtrail, "leaks", "-p", pid, "-v", "--interval", "2",
+                               "--max-allocations", str(max(2 * outstanding, 1 << 20))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        reader = LineReader(tracer.stderr)
+        if not reader.wait_for("memtrail: tracing pid", 30):
+            raise BenchError("memtrail did not attach:\n" + reader.text())
+        with open(gate, "w"):
+            pass
+        held = workload.stdout.readline().decode()
+        if not held.startswith("held"):
+            raise BenchError(f"workload did not hold its blocks: {held!r}")
+        # Two reports after the blocks exist: the second one read all of them.
+        deadline = time.monotonic() + 120
+        timings = []
+        while time.monotonic() < deadline:
+            timings = [line for line in reader.text().splitlines()
+                       if line.startswith("memtrail: report:")
+                       and int(line.split()[2]) >= outstanding]
+            if len(timings) >= 2:
+                break
+            time.sleep(0.2)
+        if len(timings) < 2:
+            raise BenchError("memtrail did not report the held blocks:\n" + reader.text())
+        rss = rss_bytes(tracer.pid)
+        maps = bpf_map_bytes(tracer.pid)
+        numbers = [float(value) for value in re.findall(r"in ([0-9.]+) ms", timings[-1])]
+        report_ms = sum(numbers)
+    finally:
+        stop(tracer)
+        workload.kill()
+        workload.wait()
+    return {"outstanding": outstanding, "rss": rss, "maps": maps,
+            "per_allocation": (rss + maps) / outstanding, "report_ms": report_ms}
+
+
+def neighbor_cost(args, work_dir):
+    """ns/pair of an untraced process while another runs beside it, untraced or traced."""
+    results = {"beside untraced": [], "beside traced": []}
+    for attempt in range(args.rounds):
+        for case in results:
+            gate = os.path.join(work_dir, f"neighbor{attempt}{case[-5:]}")
+            measured, _ = start_workload(args.workload, gate, ["--steps", str(args.steps)])
+            other, other_pid = start_workload(args.workload, gate, ["--steps", str(args.steps // 40)])
+            tracer = None
+            if case == "beside traced":
+                tracer = subprocess.Popen([args.memtrail, "leaks", "-p", other_pid, "-q"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                if not LineReader(tracer.stderr).wait_for("memtrail: tracing pid", 30):
+                    raise BenchError("memtrail did not attach")
+            with open(gate, "w"):
+                pass
+            out, _ = measured.communicate(timeout=600)
+            other.communicate(timeout=600)
+            if tracer:
+                stop(tracer)
+            os.unlink(gate)
+            results[case].append(float(re.search(rb"ns_per_pair=([0-9.]+)", out).group(1)))
+    return {case: statistics.median(values) for case, values in results.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20_000_000,
+                        help="steps of the untraced process in the neighbour measurement")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("footprint: tracing needs root")
+    args.memtrail = os.path.join(args.build, "memtrail")
+    args.workload = os.path.join(args.build, "bench", "memtrail-bench-workload")
+
+    with tempfile.TemporaryDirectory(prefix="memtrail-footprint-") as work_dir:
+        first_report = start_to_first_report(args, work_dir)
+        print(f"start to first report: {first_report * 1000:.0f} ms", flush=True)
+        footprints = []
+        for outstanding in (100_000, 1_000_000):
+            result = footprint(args, work_dir, outstanding)
+            footprints.append(result)
+            print(f"{outstanding:>9,} outstanding: RSS {result['rss'] / 2**20:.1f} MiB + BPF maps "
+                  f"{result['maps'] / 2**20:.1f} MiB = {result['per_allocation']:.0f} B per "
+                  f"allocation; report built in {result['report_ms']:.0f} ms", flush=True)
+        neighbor = neighbor_cost(args, work_dir)
+        print(f"untraced neighbour: {neighbor['beside untraced']:.1f} ns/pair beside an "
+              f"untraced process, {neighbor['beside traced']:.1f} beside a traced one", flush=True)
+
+    lines = [f"| start to first report | {first_report * 1000:.0f} ms |"]
+    for result in footprints:
+        lines.append(f"| memory at {result['outstanding']:,} outstanding | RSS "
+                     f"{result['rss'] / 2**20:.1f} MiB + BPF maps {result['maps'] / 2**20:.1f} MiB"
+                     f" = **{result['per_allocation']:.0f} B per allocation** |")
+        lines.append(f"| report built at {result['outstanding']:,} outstanding | "
+                     f"{result['report_ms']:.0f} ms |")
+    change = neighbor["beside traced"] / neighbor["beside untraced"] - 1
+    lines.append(f"| untraced process beside a traced one | {neighbor['beside traced']:.1f} ns/pair"
+                 f" vs {neighbor['beside untraced']:.1f} beside an untraced one ({change:+.1%}) |")
+    table = "| measure | result |\n|---|---|\n" + "\n".join(lines)
+    print("\n" + table)
+    if not args.no_record:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as results_file:
+            results_file.write(f"\n## {stamp} — commit {git_commit()} — footprint\n\n"
+                               f"Kernel {platform.release()}, {os.cpu_count()} CPUs.\n\n"
+                               f"{table}\n")
+        print("\nrecorded in bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as error:
+        sys.exit(f"footprint: {error}")
