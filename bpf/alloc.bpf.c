@@ -51,6 +51,11 @@ struct {
 
 __u32 next_stack_id = 0;
 
+/* --sample-rate in bytes; 0 records every allocation. Set by userspace before load. */
+const volatile __u64 sample_rate = 0;
+const volatile __u32 sample_quantiles[MEMTRAIL_SAMPLE_QUANTILES] = {};
+const volatile __u32 sample_weights[MEMTRAIL_SAMPLE_WEIGHTS] = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MEMTRAIL_CTR_COUNT);
@@ -67,6 +72,8 @@ struct inflight_call {
 	__u64 entry_sp;   /* stack pointer at the outermost entry: detects a lost return */
 	__u32 kind;
 	__u32 depth;      /* > 1 while an allocator calls another (memalign -> malloc, ...) */
+	__s64 sample_countdown; /* bytes until this thread's next sample */
+	__u64 sampler_ready;    /* sample_countdown has been drawn */
 };
 
 struct {
@@ -211,8 +218,48 @@ fallback:
 	return -(__s32)((caller ^ (caller >> 31)) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
 }
 
+static __always_inline __s64 sample_distance(__u64 rate)
+{
+	__u32 quantile = sample_quantiles[bpf_get_prandom_u32() & (MEMTRAIL_SAMPLE_QUANTILES - 1)];
+
+	return ((rate * quantile) >> 16) + 1;
+}
+
+/* The bytes this allocation stands for: its size when every allocation is recorded; with
+ * --sample-rate, 0 when it is passed over, else the unbiased estimate size / P(sampled). */
+static __always_inline __u64 sampled_bytes(struct inflight_call *call, __u64 size)
+{
+	__u64 rate = sample_rate, position, index, remainder;
+	__u32 low, high;
+
+	if (!rate)
+		return size;
+	if (!call->sampler_ready) {
+		call->sample_countdown = sample_distance(rate);
+		call->sampler_ready = 1;
+	}
+	call->sample_countdown -= size;
+	if (call->sample_countdown > 0) {
+		count(MEMTRAIL_CTR_UNSAMPLED);
+		return 0;
+	}
+	/* Sample points form a Poisson process over the bytes: the distance from here to the
+	 * next one is again exponential, whatever came before. */
+	call->sample_countdown = sample_distance(rate);
+	position = size * MEMTRAIL_SAMPLE_WEIGHT_STEPS;
+	index = position / rate;
+	if (index >= MEMTRAIL_SAMPLE_WEIGHTS - 1)
+		return size; /* size >= 8 * rate: sampled with probability > 0.9997 */
+	remainder = position - index * rate;
+	index &= 1023; /* for the verifier: already < MEMTRAIL_SAMPLE_WEIGHTS - 1 */
+	low = sample_weights[index];
+	high = sample_weights[index + 1];
+	/* rate * (low + (high - low) * remainder / rate), interpolated in 16.16 */
+	return (rate * low + (high - low) * remainder) >> 16;
+}
+
 static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size,
-					 __u32 kind)
+					 __u32 kind, __u64 weight_bytes)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 caller = PT_REGS_IP(ctx);
@@ -236,8 +283,10 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 
 	totals = site_lookup_or_create(tgid, info.site_id, caller);
 	if (totals) {
-		__sync_fetch_and_add(&totals->total_bytes, size);
-		__sync_fetch_and_add(&totals->total_allocations, 1);
+		/* With sampling, the totals add up estimates: bytes and calls this sample stands for
+		 * (calls: rounded down; a sample of size 0 never happens). */
+		__sync_fetch_and_add(&totals->total_bytes, weight_bytes);
+		__sync_fetch_and_add(&totals->total_allocations, size ? weight_bytes / size : 1);
 	}
 	if (err) {
 		count(MEMTRAIL_CTR_DROPS); /* outstanding map full */
@@ -333,6 +382,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(pointer_exit, __u64 address)
 {
 	struct inflight_call *call = call_exit();
+	__u64 weight;
 
 	if (!call)
 		return 0;
@@ -340,7 +390,9 @@ int BPF_KRETPROBE(pointer_exit, __u64 address)
 		count(MEMTRAIL_CTR_FAILED_CALLS);
 		return 0;
 	}
-	record_alloc(ctx, address, call->size, call->kind);
+	weight = sampled_bytes(call, call->size);
+	if (weight)
+		record_alloc(ctx, address, call->size, call->kind, weight);
 	return 0;
 }
 
@@ -350,7 +402,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(realloc_exit, __u64 address)
 {
 	struct inflight_call *call = call_exit();
-	__u64 old, size;
+	__u64 old, size, weight;
 
 	if (!call)
 		return 0;
@@ -365,7 +417,9 @@ int BPF_KRETPROBE(realloc_exit, __u64 address)
 	}
 	if (old)
 		release(old, RELEASE_REALLOC, call->start_ns);
-	record_alloc(ctx, address, size, call->kind);
+	weight = sampled_bytes(call, size);
+	if (weight)
+		record_alloc(ctx, address, size, call->kind, weight);
 	return 0;
 }
 
@@ -374,7 +428,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(posix_memalign_exit, int result)
 {
 	struct inflight_call *call = call_exit();
-	__u64 address = 0;
+	__u64 address = 0, weight;
 
 	if (!call)
 		return 0;
@@ -383,7 +437,9 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 		count(MEMTRAIL_CTR_FAILED_CALLS);
 		return 0;
 	}
-	record_alloc(ctx, address, call->size, call->kind);
+	weight = sampled_bytes(call, call->size);
+	if (weight)
+		record_alloc(ctx, address, call->size, call->kind, weight);
 	return 0;
 }
 

@@ -42,8 +42,19 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_SITE_DROPS = 6,      /* per-site totals lost: the sites map was full */
 	MEMTRAIL_CTR_STALE_REPLACED = 7,  /* an address was handed out again while still recorded */
 	MEMTRAIL_CTR_MISSED_ENTRIES = 8,  /* return without a recorded entry (attached mid-call) */
-	MEMTRAIL_CTR_COUNT = 9,
+	MEMTRAIL_CTR_UNSAMPLED = 9,       /* allocations passed over by --sample-rate */
+	MEMTRAIL_CTR_COUNT = 10,
 };
+
+/* Byte sampling (--sample-rate): each byte allocated is sampled with probability 1/rate, so an
+ * allocation of s bytes is recorded with probability 1 - exp(-s/rate), as in tcmalloc and
+ * jemalloc. Userspace fills two tables before load (see userspace/aggregator/sampling.h):
+ * quantiles of the exponential distribution, for the distance to the next sample, and
+ * x / (1 - exp(-x)) at x = i / MEMTRAIL_SAMPLE_WEIGHT_STEPS, for the bytes a sample stands for.
+ * Both in 16.16 fixed point. */
+#define MEMTRAIL_SAMPLE_QUANTILES 1024
+#define MEMTRAIL_SAMPLE_WEIGHT_STEPS 128 /* table points per `rate` bytes */
+#define MEMTRAIL_SAMPLE_WEIGHTS 1025     /* x from 0 to 8: beyond, a sample stands for itself */
 
 /* Key of the outstanding-allocations map. */
 struct memtrail_alloc_key {

@@ -4,6 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
+
+#include "aggregator/sampling.h"
+#include "alloc_events.h"
+
 namespace memtrail::aggregator {
 namespace {
 
@@ -92,6 +98,60 @@ TEST(Aggregator, EmptySnapshot) {
   auto result = aggregate(snapshot_at(1), 0);
   EXPECT_TRUE(result.sites.empty());
   EXPECT_EQ(result.totals.outstanding_bytes, 0u);
+}
+
+TEST(Sampling, ProbabilityAndEstimatesFollowTheByteSamplingLaw) {
+  EXPECT_DOUBLE_EQ(sampling_probability(100, 0), 1.0);
+  EXPECT_DOUBLE_EQ(estimated_bytes(100, 0), 100.0);
+  EXPECT_DOUBLE_EQ(estimated_allocations(100, 0), 1.0);
+  EXPECT_NEAR(sampling_probability(4096, 4096), 1 - std::exp(-1.0), 1e-12);
+  EXPECT_NEAR(estimated_bytes(4096, 4096), 4096 / (1 - std::exp(-1.0)), 1e-6);
+  // A tiny block stands for about `rate` bytes; a huge one for itself.
+  EXPECT_NEAR(estimated_bytes(1, 1 << 20), 1 << 20, 1.0);
+  EXPECT_NEAR(estimated_bytes(100 << 20, 1 << 20), 100 << 20, 1.0);
+  EXPECT_DOUBLE_EQ(estimated_bytes(0, 4096), 0.0);
+}
+
+// Simulates the BPF side's sampler with its own tables: the estimate of the total must land
+// near the truth (unbiased), which a wrong weight or distance table would miss by far.
+TEST(Sampling, TablesGiveUnbiasedEstimates) {
+  auto quantiles = exponential_quantiles();
+  auto weights = sample_weight_table();
+  ASSERT_EQ(quantiles.size(), static_cast<size_t>(MEMTRAIL_SAMPLE_QUANTILES));
+  ASSERT_EQ(weights.size(), static_cast<size_t>(MEMTRAIL_SAMPLE_WEIGHTS));
+  EXPECT_EQ(weights[0], 65536u);
+  const uint64_t rate = 4096;
+  std::mt19937 random(42);
+  std::uniform_int_distribution<uint64_t> sizes(16, 528);
+  int64_t countdown = static_cast<int64_t>(rate * quantiles[random() % quantiles.size()] >> 16) + 1;
+  double true_bytes = 0, estimated = 0;
+  for (int i = 0; i < 2'000'000; ++i) {
+    uint64_t size = sizes(random);
+    true_bytes += static_cast<double>(size);
+    countdown -= static_cast<int64_t>(size);
+    if (countdown > 0) continue;
+    countdown = static_cast<int64_t>(rate * quantiles[random() % quantiles.size()] >> 16) + 1;
+    // The kernel's interpolation in the weight table.
+    uint64_t position = size * MEMTRAIL_SAMPLE_WEIGHT_STEPS;
+    uint64_t index = position / rate, remainder = position - index * rate;
+    ASSERT_LT(index, weights.size() - 1);
+    double kernel_estimate = static_cast<double>(
+        (rate * weights[index] + (weights[index + 1] - weights[index]) * remainder) >> 16);
+    EXPECT_NEAR(kernel_estimate, estimated_bytes(size, rate), estimated_bytes(size, rate) * 0.002);
+    estimated += estimated_bytes(size, rate);
+  }
+  EXPECT_NEAR(estimated / true_bytes, 1.0, 0.02);
+}
+
+TEST(Aggregator, SampledAllocationsAreWeightedIntoEstimates) {
+  auto snapshot = snapshot_at(10 * kSecond);
+  snapshot.allocations = {{1, 0x1, 4096, 0, 1, 0}, {1, 0x2, 4096, 0, 1, 0}};
+  auto result = aggregate(snapshot, 0, 4096);
+  ASSERT_EQ(result.sites.size(), 1u);
+  double each = 4096 / (1 - std::exp(-1.0));
+  EXPECT_EQ(result.sites[0].outstanding_bytes, static_cast<uint64_t>(std::llround(2 * each)));
+  EXPECT_EQ(result.sites[0].outstanding_allocations, 3u);  // 2 / 0.632 = 3.16
+  EXPECT_EQ(result.totals.outstanding_bytes, static_cast<uint64_t>(std::llround(2 * each)));
 }
 
 }  // namespace

@@ -26,7 +26,14 @@ model::Report sample_report() {
   report.final = true;
   report.targets = {{4242, "server", {"./server", "--port", "8080"}, "/srv/server",
                      "/usr/lib/x86_64-linux-gnu/libc.so.6", true}};
-  report.totals = {100, 90, 7000, 7, 3, 2, 1, 0, 0, 2};
+  report.totals.allocations = 100;
+  report.totals.frees = 90;
+  report.totals.outstanding_bytes = 7000;
+  report.totals.outstanding_allocations = 7;
+  report.totals.unmatched_frees = 3;
+  report.totals.drops = 2;
+  report.totals.failed_calls = 1;
+  report.totals.sites = 2;
   model::LeakSite leak;
   leak.pid = 4242;
   leak.outstanding_bytes = 7000;

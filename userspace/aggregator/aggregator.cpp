@@ -3,7 +3,10 @@
 #include "aggregator/aggregator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <unordered_map>
+
+#include "aggregator/sampling.h"
 
 namespace memtrail::aggregator {
 namespace {
@@ -14,27 +17,45 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 
 }  // namespace
 
-Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns) {
+Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64_t sample_rate) {
   Aggregate result;
+  // Summed as estimates (exact integers without sampling), rounded once at the end.
+  struct Sums {
+    double bytes = 0, allocations = 0;
+  };
+  Sums total;
   std::unordered_map<uint64_t, SiteSummary> by_site;
+  std::unordered_map<uint64_t, Sums> site_sums;
   for (const auto& allocation : snapshot.allocations) {
-    result.totals.outstanding_bytes += allocation.size;
-    ++result.totals.outstanding_allocations;
+    double bytes = sample_rate ? estimated_bytes(allocation.size, sample_rate)
+                               : static_cast<double>(allocation.size);
+    double allocations = sample_rate ? estimated_allocations(allocation.size, sample_rate) : 1.0;
+    total.bytes += bytes;
+    total.allocations += allocations;
     // A block recorded after the snapshot's clock reading has age 0, never negative.
     uint64_t age = snapshot.taken_at_ns > allocation.timestamp_ns
                        ? snapshot.taken_at_ns - allocation.timestamp_ns
                        : 0;
     if (age < min_age_ns) continue;
-    SiteSummary& site = by_site[site_key(allocation.pid, allocation.site_id)];
-    if (site.outstanding_allocations == 0) {
+    uint64_t key = site_key(allocation.pid, allocation.site_id);
+    SiteSummary& site = by_site[key];
+    Sums& sums = site_sums[key];
+    if (sums.allocations == 0) {
       site.pid = allocation.pid;
       site.site_id = allocation.site_id;
       site.oldest_timestamp_ns = allocation.timestamp_ns;
       site.kind = allocation.kind;
     }
-    site.outstanding_bytes += allocation.size;
-    ++site.outstanding_allocations;
+    sums.bytes += bytes;
+    sums.allocations += allocations;
     site.oldest_timestamp_ns = std::min(site.oldest_timestamp_ns, allocation.timestamp_ns);
+  }
+  result.totals.outstanding_bytes = static_cast<uint64_t>(std::llround(total.bytes));
+  result.totals.outstanding_allocations = static_cast<uint64_t>(std::llround(total.allocations));
+  for (auto& [key, site] : by_site) {
+    site.outstanding_bytes = static_cast<uint64_t>(std::llround(site_sums[key].bytes));
+    site.outstanding_allocations =
+        std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(site_sums[key].allocations)));
   }
   for (const auto& totals : snapshot.sites) {
     auto it = by_site.find(site_key(totals.pid, totals.site_id));

@@ -35,6 +35,9 @@ struct Aggregate {
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the
 // snapshot's time are left out of the sites (not of the totals). Sites are ranked by
 // outstanding bytes, then allocation count, then pid and site id so that ties are stable.
-Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns);
+// With `sample_rate` > 0 the allocations are byte samples, and bytes and counts are the
+// unbiased estimates they stand for (rounded to whole numbers).
+Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns,
+                    uint64_t sample_rate = 0);
 
 }  // namespace memtrail::aggregator

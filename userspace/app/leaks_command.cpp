@@ -138,8 +138,9 @@ class LeaksSession {
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
     // and the message should say so rather than fail on a target's /proc files.
-    tracer_ = std::make_unique<tracer::AllocTracer>(tracer::TracerConfig{
-        options_.max_allocations, 1u << 16, 1u << 14, options_.verbose});
+    tracer_ = std::make_unique<tracer::AllocTracer>(
+        tracer::TracerConfig{options_.max_allocations, 1u << 16, 1u << 14, options_.sample_rate,
+                             options_.verbose});
     prepare_targets();
     attach_all();
     start_ = Clock::now();
@@ -297,6 +298,7 @@ class LeaksSession {
     context.end_unix_ms = unix_now_ms();
     context.duration_s = std::chrono::duration<double>(Clock::now() - start_).count();
     context.min_age_s = options_.min_age_s;
+    context.sample_rate = options_.sample_rate;
     context.top = options_.top;
     context.final = final;
     context.max_outstanding_allocations = options_.max_allocations;
@@ -311,7 +313,7 @@ class LeaksSession {
     auto started = Clock::now();
     model::Snapshot snapshot = tracer_->snapshot();
     auto read = Clock::now();
-    auto aggregate = aggregator::aggregate(snapshot, min_age_ns());
+    auto aggregate = aggregator::aggregate(snapshot, min_age_ns(), options_.sample_rate);
     auto aggregated = Clock::now();
     auto report = report::build_report(snapshot, aggregate, symbolizer_, context(final),
                                        std::min(sites, aggregate.sites.size()));

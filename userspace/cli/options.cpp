@@ -80,6 +80,12 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "Outstanding allocations memtrail can hold (default 1048576); more are "
                     "counted as drops")
       ->type_name("N");
+  double sample_rate = 0;
+  leaks->add_option("--sample-rate", sample_rate,
+                    "Record one allocation per BYTES allocated on average, as tcmalloc does, "
+                    "for less overhead; totals stay unbiased estimates (default 0: every "
+                    "allocation)")
+      ->type_name("BYTES");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
   leaks->add_flag("-v,--verbose", options.verbose, "Show probe placement and libbpf messages");
   leaks->add_option("command", options.command, "Command to launch and trace (after --)")
@@ -124,6 +130,10 @@ Command parse_command_line(int argc, const char* const* argv) {
     return usage("--max-allocations must be a whole number from 1024 to 268435456");
   }
   options.max_allocations = static_cast<uint32_t>(max_allocations);
+  if (!(sample_rate >= 0) || sample_rate > 4294967296.0 || sample_rate != std::floor(sample_rate)) {
+    return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
+  }
+  options.sample_rate = static_cast<uint64_t>(sample_rate);
   if (options.pids.empty() && options.command.empty()) {
     return usage("nothing to trace: give -p PID or -- COMMAND");
   }

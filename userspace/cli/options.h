@@ -19,6 +19,7 @@ struct LeaksOptions {
   double min_age_s = 0;
   std::string json_path;
   uint32_t max_allocations = 1u << 20;
+  uint64_t sample_rate = 0;  // bytes between samples on average; 0: every allocation
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;
 };

@@ -48,7 +48,7 @@ struct Target {
 };
 
 struct Totals {
-  uint64_t allocations = 0;
+  uint64_t allocations = 0;  // successful allocator calls seen (sampled or not)
   uint64_t frees = 0;
   uint64_t outstanding_bytes = 0;
   uint64_t outstanding_allocations = 0;
@@ -57,6 +57,7 @@ struct Totals {
   uint64_t failed_calls = 0;
   uint64_t stack_failures = 0;
   uint64_t site_drops = 0;
+  uint64_t unsampled_allocations = 0;  // calls passed over by --sample-rate
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
 };
 
@@ -68,6 +69,7 @@ struct Report {
   int64_t end_time_unix_ms = 0;
   double duration_s = 0;
   double min_age_s = 0;
+  uint64_t sample_rate = 0;  // bytes; 0: every allocation recorded, numbers exact
   uint32_t top = 0;
   bool final = false;  // the last report of the run (not an interval)
   std::vector<Target> targets;

@@ -39,6 +39,7 @@ struct TracerCounters {
   uint64_t site_drops = 0;
   uint64_t stale_replaced = 0;
   uint64_t missed_entries = 0;
+  uint64_t unsampled = 0;  // successful allocations passed over by --sample-rate
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
 };
 

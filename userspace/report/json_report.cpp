@@ -74,7 +74,11 @@ ordered_json to_json(const model::Report& report, double interval_s) {
           {"start_time", iso8601_utc(report.start_time_unix_ms)},
           {"end_time", iso8601_utc(report.end_time_unix_ms)},
           {"duration_s", report.duration_s},
-          {"options", {{"min_age_s", report.min_age_s}, {"top", report.top}, {"interval_s", interval_s}}},
+          {"options",
+           {{"min_age_s", report.min_age_s},
+            {"top", report.top},
+            {"interval_s", interval_s},
+            {"sample_rate", report.sample_rate}}},
           {"targets", std::move(targets)},
           {"totals",
            {{"allocations", totals.allocations},
@@ -85,7 +89,8 @@ ordered_json to_json(const model::Report& report, double interval_s) {
             {"drops", totals.drops},
             {"failed_calls", totals.failed_calls},
             {"stack_failures", totals.stack_failures},
-            {"site_drops", totals.site_drops}}},
+            {"site_drops", totals.site_drops},
+            {"unsampled_allocations", totals.unsampled_allocations}}},
           {"leaks", std::move(leaks)},
           {"notes", report.notes}};
 }

@@ -43,6 +43,12 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
   notes.push_back(
       "Allocations made before memtrail attached are invisible; frees of such blocks are "
       "counted as unmatched frees (" + with_thousands(totals.unmatched_frees) + " so far).");
+  if (context.sample_rate > 0) {
+    notes.push_back("Sampling one allocation per " + human_bytes(context.sample_rate) +
+                    " allocated on average (--sample-rate): outstanding and total bytes and "
+                    "counts are unbiased estimates; unmatched frees include frees of unsampled "
+                    "blocks.");
+  }
   if (context.min_age_s > 0) {
     notes.push_back("Allocations younger than " + human_duration(context.min_age_s) +
                     " are hidden from the sites (they are in the totals).");
@@ -85,13 +91,15 @@ model::Report build_report(const model::Snapshot& snapshot,
   report.end_time_unix_ms = context.end_unix_ms;
   report.duration_s = context.duration_s;
   report.min_age_s = context.min_age_s;
+  report.sample_rate = context.sample_rate;
   report.top = context.top;
   report.final = context.final;
   report.targets = context.targets;
 
   const auto& counters = snapshot.counters;
   auto& totals = report.totals;
-  totals.allocations = counters.allocations;
+  totals.allocations = counters.allocations + counters.unsampled;
+  totals.unsampled_allocations = counters.unsampled;
   totals.frees = counters.frees;
   totals.outstanding_bytes = aggregate.totals.outstanding_bytes;
   totals.outstanding_allocations = aggregate.totals.outstanding_allocations;

@@ -19,6 +19,7 @@ struct ReportContext {
   int64_t end_unix_ms = 0;
   double duration_s = 0;
   double min_age_s = 0;
+  uint64_t sample_rate = 0;
   uint32_t top = 10;
   bool final = false;
   uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops

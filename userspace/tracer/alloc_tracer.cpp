@@ -12,6 +12,7 @@
 #include <string>
 
 #include "alloc.skel.h"
+#include "aggregator/sampling.h"
 #include "alloc_events.h"
 #include "common/error.h"
 
@@ -22,11 +23,10 @@ namespace {
 
 bool g_verbose = false;
 
-int print_libbpf(enum libbpf_print_level level, const char* format, va_list args) {
-  if (level == LIBBPF_DEBUG && !g_verbose) return 0;
-  if (level == LIBBPF_INFO && !g_verbose) return 0;
-  std::fputs("libbpf: ", stderr);
-  return std::vfprintf(stderr, format, args);
+// libbpf's messages (they carry their own "libbpf: " prefix) only with -v: every failure they
+// describe also comes back as an error code that memtrail turns into its one error line.
+int print_libbpf(enum libbpf_print_level, const char* format, va_list args) {
+  return g_verbose ? std::vfprintf(stderr, format, args) : 0;
 }
 
 // libbpf returns -errno from int functions and sets errno for pointer functions (libbpf >= 1.0).
@@ -102,6 +102,14 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
   }
+  auto* rodata = skeleton_->rodata;
+  rodata->sample_rate = config.sample_rate;
+  if (config.sample_rate != 0) {
+    auto quantiles = aggregator::exponential_quantiles();
+    auto weights = aggregator::sample_weight_table();
+    std::copy(quantiles.begin(), quantiles.end(), const_cast<uint32_t*>(rodata->sample_quantiles));
+    std::copy(weights.begin(), weights.end(), const_cast<uint32_t*>(rodata->sample_weights));
+  }
   int err = alloc_bpf__load(skeleton_.get());
   if (err < 0) {
     fail("load BPF programs", -err,
@@ -128,6 +136,14 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
         throw Error("process " + std::to_string(pid) + " exited while memtrail was attaching",
                     "trace a process that keeps running, or launch it with `memtrail leaks -- "
                     "COMMAND`");
+      }
+      if (error_number == EINVAL) {
+        // The kernel refuses a second uprobe on an address that another tool probed with a
+        // different reference-counter offset (dmesg: "ref_ctr_offset mismatch"); BCC 0.26's
+        // memleak does that.
+        fail(what, error_number,
+             "another tracer may hold a probe on the same function (dmesg shows "
+             "\"ref_ctr_offset mismatch\"); stop it, e.g. BCC's memleak, and retry");
       }
       fail(what, error_number);
     }
@@ -192,6 +208,7 @@ model::Snapshot AllocTracer::snapshot() const {
   counters.site_drops = totals[MEMTRAIL_CTR_SITE_DROPS];
   counters.stale_replaced = totals[MEMTRAIL_CTR_STALE_REPLACED];
   counters.missed_entries = totals[MEMTRAIL_CTR_MISSED_ENTRIES];
+  counters.unsampled = totals[MEMTRAIL_CTR_UNSAMPLED];
   return snapshot;
 }
 

@@ -15,6 +15,7 @@ struct TracerConfig {
   uint32_t max_outstanding_allocations = 1u << 20;  // entries of the outstanding map
   uint32_t max_sites = 1u << 16;                    // (pid, stack) pairs with totals
   uint32_t max_stacks = 1u << 14;                   // distinct call stacks
+  uint64_t sample_rate = 0;                         // --sample-rate bytes; 0: every allocation
   bool verbose = false;                             // libbpf debug output on stderr
 };
 

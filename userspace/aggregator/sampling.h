@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// Byte sampling (--sample-rate): the tables the BPF side draws from, and the estimator that
+// keeps sampled totals unbiased.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace memtrail::aggregator {
+
+// Each byte is sampled with probability 1/rate, so an allocation of `size` bytes is recorded
+// with probability 1 - exp(-size/rate) (tcmalloc's and jemalloc's scheme). A recorded one
+// stands for size / P bytes and 1 / P allocations: summing those is unbiased.
+double sampling_probability(uint64_t size, uint64_t rate);
+double estimated_bytes(uint64_t size, uint64_t rate);        // size itself when rate is 0
+double estimated_allocations(uint64_t size, uint64_t rate);  // 1 when rate is 0
+
+// 16.16 fixed-point tables for the BPF program (sizes from bpf/alloc_events.h):
+// quantiles (i + 0.5) / N of the unit exponential distribution, the distance to the next
+// sample in units of rate;
+std::vector<uint32_t> exponential_quantiles();
+// x / (1 - exp(-x)) at x = i / MEMTRAIL_SAMPLE_WEIGHT_STEPS: bytes per sample, in units of rate.
+std::vector<uint32_t> sample_weight_table();
+
+}  // namespace memtrail::aggregator
