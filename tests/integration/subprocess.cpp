@@ -105,11 +105,12 @@ std::optional<std::string> Subprocess::read_stderr_line(std::chrono::millisecond
   return line;
 }
 
-std::optional<std::string> Subprocess::wait_for_stderr(const std::string& prefix,
-                                                       std::chrono::milliseconds timeout) {
+template <typename ReadLine>
+std::optional<std::string> Subprocess::wait_for(ReadLine read_line, const std::string& prefix,
+                                                std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
-    auto line = read_stderr_line(
+    auto line = read_line(
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
     if (!line) return std::nullopt;
     if (line->rfind(prefix, 0) == 0) return line;
@@ -117,16 +118,14 @@ std::optional<std::string> Subprocess::wait_for_stderr(const std::string& prefix
   return std::nullopt;
 }
 
+std::optional<std::string> Subprocess::wait_for_stderr(const std::string& prefix,
+                                                       std::chrono::milliseconds timeout) {
+  return wait_for([this](auto left) { return read_stderr_line(left); }, prefix, timeout);
+}
+
 std::optional<std::string> Subprocess::wait_for_stdout(const std::string& prefix,
                                                        std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    auto line = read_stdout_line(
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-    if (!line) return std::nullopt;
-    if (line->rfind(prefix, 0) == 0) return line;
-  }
-  return std::nullopt;
+  return wait_for([this](auto left) { return read_stdout_line(left); }, prefix, timeout);
 }
 
 void Subprocess::write_stdin(const std::string& text) {

@@ -51,6 +51,9 @@ class Subprocess {
     bool eof = false;
   };
   std::optional<std::string> read_line(Stream& stream, std::chrono::milliseconds timeout);
+  template <typename ReadLine>
+  static std::optional<std::string> wait_for(ReadLine read_line, const std::string& prefix,
+                                             std::chrono::milliseconds timeout);
   std::string drain(Stream& stream);
 
   pid_t pid_ = -1;
