@@ -54,12 +54,23 @@ def rss_bytes(pid):
 
 
 def bpf_map_bytes(pid):
-    """Memory of the BPF maps owned by `pid`, as the kernel accounts it (bytes_memlock)."""
-    output = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True)
-    total = 0
-    for entry in json.loads(output.stdout or "[]"):
-        if any(owner.get("pid") == int(pid) for owner in entry.get("pids", [])):
-            total += int(entry.get("bytes_memlock", 0))
+    """Memory of the BPF maps `pid` holds, as the kernel charges it (fdinfo's memlock).
+
+    Read from /proc/PID/fdinfo rather than `bpftool map show`: Debian's bpftool is built
+    without the `pids` feature, so it cannot tell whose maps are whose."""
+    seen, total = set(), 0
+    fd_dir = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fd_dir):
+        try:
+            with open(os.path.join(fd_dir, fd)) as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue  # closed meanwhile
+        if "map_id" in fields and "memlock" in fields:
+            map_id = int(fields["map_id"])
+            if map_id not in seen:
+                seen.add(map_id)
+                total += int(fields["memlock"])
     return total
 
 
@@ -95,7 +106,11 @@ def footprint(args, work_dir, outstanding):
             raise BenchError("memtrail did not attach:\n" + reader.text())
         with open(gate, "w"):
             pass
-        held = workload.stdout.readline().decode()
+        held = ""
+        for line in workload.stdout:  # the loop's timing line comes first
+            held = line.decode()
+            if held.startswith("held"):
+                break
         if not held.startswith("held"):
             raise BenchError(f"workload did not hold its blocks: {held!r}")
         # Two reports after the blocks exist: the second one read all of them.

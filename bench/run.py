@@ -2,10 +2,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """memtrail's overhead benchmark: ns per malloc+free pair, untraced vs traced, in one run.
 
-Tools are interleaved round by round on the same workload, and the median of the rounds is
-reported. Every memtrail run must have recorded at least the loop's allocations, or the run
-fails. Results are appended to bench/RESULTS.md with the date, kernel and commit.
-See bench/README.md.
+Tools are interleaved round by round on the same workload (a fresh workload process per run),
+and the median of the rounds is reported. Every memtrail run must have recorded at least the
+loop's allocations, or the benchmark fails. Results are appended to bench/RESULTS.md with the
+date, kernel and commit. See bench/README.md.
+
+Tools: untraced; memtrail (memtrail leaks -p PID, full tracking); memtrail-sampled (with
+--sample-rate, only once memtrail has that option); bcc-free-fix (BCC memleak with its free
+probe moved past free's NULL check); bcc (memleak-bpfcc -p PID as shipped).
 """
 import argparse
 import datetime
@@ -23,10 +27,22 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
+ALL_TOOLS = ["untraced", "memtrail", "memtrail-sampled", "bcc-free-fix", "bcc"]
 
 
 class BenchError(Exception):
     pass
+
+
+class Terminated(BenchError):
+    pass
+
+
+def _terminate(signum, _frame):
+    # SIGTERM / SIGHUP: unwind through the finally blocks so that tracers and workloads die too.
+    raise Terminated(f"stopped by signal {signum}")
+
+
 
 
 class LineReader:
@@ -43,28 +59,34 @@ class LineReader:
             with self.condition:
                 self.lines.append(raw.decode(errors="replace").rstrip("\n"))
                 self.condition.notify_all()
+        with self.condition:
+            self.condition.notify_all()
 
-    def wait_for(self, prefix, timeout):
+    def wait_for(self, prefix, timeout, contains=False):
+        """The first line starting with (or containing) `prefix`; None on timeout or EOF."""
         deadline = time.monotonic() + timeout
         with self.condition:
             while True:
                 for line in self.lines:
-                    if line.startswith(prefix):
+                    if (prefix in line) if contains else line.startswith(prefix):
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.thread.is_alive():  # deadline, or the pipe closed
                     return None
                 self.condition.wait(min(left, 0.1))
 
-    def text(self):
+    def text(self, last=40):
         with self.condition:
-            return "\n".join(self.lines)
+            return "\n".join(self.lines[-last:])
 
 
 def free_probe_offset():
     """Offset of the instruction after glibc free's NULL check, found by disassembly."""
     libc = "/lib/x86_64-linux-gnu/libc.so.6"
-    symbols = subprocess.run(["nm", "-D", libc], capture_output=True, text=True).stdout
+    try:
+        symbols = subprocess.run(["nm", "-D", libc], capture_output=True, text=True).stdout
+    except OSError:
+        return None
     match = re.search(r"^([0-9a-f]+) [TW] free(@@\S+)?$", symbols, re.M)
     if not match:
         return None
@@ -97,64 +119,151 @@ def memleak_with_free_fix(directory):
     return path
 
 
-def run_once(tool, args, workload, work_dir, run_index):
-    """One workload run under one tool; returns ns per pair."""
+def stop_process(process, timeout=30):
+    """SIGINT (memtrail and memleak stop cleanly on it), then SIGKILL after `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def exit_text(process):
+    status = process.poll()
+    return "still running" if status is None else f"exit status {status}"
+
+
+def start_tracer(tool, args, pid, json_path, started):
+    """Starts the tracer and returns (process, reader) once its probes are attached. The
+    process goes into `started` at once, so that the caller stops it whatever happens."""
+    if tool.startswith("memtrail"):
+        command = [args.memtrail, "leaks", "-p", pid, "-q", "--json", json_path]
+        if tool == "memtrail-sampled":
+            command += ["--sample-rate", str(args.sample_rate)]
+        tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(tracer)
+        reader = LineReader(tracer.stderr)
+        # memtrail prints this once the probes of the target are attached.
+        if not reader.wait_for(f"memtrail: tracing pid {pid}", args.attach_timeout):
+            raise BenchError(f"{tool} did not attach within {args.attach_timeout} s "
+                             f"({exit_text(tracer)}):\n{reader.text()}")
+        return tracer, reader
+    script = args.memleak_fixed if tool == "bcc-free-fix" else MEMLEAK
+    # -u: unbuffered, or the lines below would reach the pipe only at memleak's first flush.
+    tracer = subprocess.Popen(["/usr/bin/python3", "-u", script, "-p", pid],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    started.append(tracer)
+    reader = LineReader(tracer.stdout)
+    # memleak compiles its BPF program, prints "Attaching to pid N, Ctrl+C to quit.", then
+    # attaches its 20 uprobes, then sleeps its interval (5 s) and prints its first
+    # "[HH:MM:SS] Top 10 stacks with outstanding allocations:". That first report is the one
+    # line that proves every probe is attached.
+    if not reader.wait_for("Attaching to pid", args.attach_timeout):
+        raise BenchError(f"{tool}: memleak did not compile within {args.attach_timeout} s "
+                         f"({exit_text(tracer)}; kernel headers? run "
+                         f"scripts/bench-setup-bcc.sh):\n{reader.text()}")
+    if not reader.wait_for("stacks with outstanding allocations", 60, contains=True):
+        raise BenchError(f"{tool}: memleak did not finish attaching within 60 s "
+                         f"({exit_text(tracer)}):\n{reader.text()}")
+    time.sleep(0.2)  # margin
+    return tracer, reader
+
+
+def run_once(tool, args, work_dir, run_index):
+    """One workload run under one tool; returns (ns per pair, seconds the run took)."""
     gate = os.path.join(work_dir, f"go-{run_index}")
-    command = [workload, "--steps", str(args.steps), "--wait-file", gate]
+    json_path = os.path.join(work_dir, f"memtrail-{run_index}.json")
+    command = [args.workload, "--steps", str(args.steps), "--wait-file", gate,
+               "--wait-timeout", str(args.attach_timeout + 90)]
     if args.threads > 1:
         command += ["--threads", str(args.threads)]
+    began = time.monotonic()
     work = subprocess.Popen(command, stdout=subprocess.PIPE)
-    tracer = None
-    json_path = os.path.join(work_dir, f"memtrail-{run_index}.json")
+    tracer, started = None, []
     try:
-        waiting = work.stdout.readline().decode()
-        if not waiting.startswith("waiting "):
-            raise BenchError(f"workload did not start: {waiting!r}")
+        output = LineReader(work.stdout)
+        waiting = output.wait_for("waiting ", 10)
+        if not waiting:
+            raise BenchError(f"workload did not start: {output.text()!r}")
         pid = waiting.split()[1]
-        if tool.startswith("memtrail"):
-            command = [args.memtrail, "leaks", "-p", pid, "-q", "--json", json_path]
-            if tool == "memtrail-sampled":
-                command += ["--sample-rate", str(args.sample_rate)]
-            tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            reader = LineReader(tracer.stderr)
-            if not reader.wait_for("memtrail: tracing pid", 30):
-                raise BenchError("memtrail did not attach:\n" + reader.text())
-        elif tool.startswith("bcc"):
-            script = args.memleak_fixed if tool == "bcc-free-fix" else MEMLEAK
-            tracer = subprocess.Popen(["/usr/bin/python3", script, "-p", pid],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            reader = LineReader(tracer.stdout)
-            if not reader.wait_for("Attaching to pid", 120):
-                raise BenchError("memleak did not start:\n" + reader.text())
-            # memleak prints that line just before attaching its probes: leave it the time.
-            time.sleep(3)
+        if tool != "untraced":
+            tracer, reader = start_tracer(tool, args, pid, json_path, started)
         with open(gate, "w"):
             pass
-        out, _ = work.communicate(timeout=args.timeout)
-        match = re.search(r"ns_per_pair=([0-9.]+)", out.decode())
+        result = output.wait_for("ns_per_pair=", args.timeout)
+        if result is None:
+            raise BenchError(f"{tool}: workload gave no result within {args.timeout} s "
+                             f"(--timeout): {output.text()!r}")
+        work.wait(timeout=30)
+        match = re.search(r"(?:^| )ns_per_pair=([0-9.]+)", result)
         if work.returncode != 0 or not match:
-            raise BenchError(f"workload failed under {tool}: {out.decode()!r}")
+            raise BenchError(f"workload failed under {tool} (exit status {work.returncode}): "
+                             f"{output.text()!r}")
         ns_per_pair = float(match.group(1))
+        if tracer is not None and tool.startswith("bcc") and tracer.poll() is not None:
+            raise BenchError(f"{tool}: memleak exited during the loop (status "
+                             f"{tracer.returncode}):\n{reader.text()}")
     finally:
         if work.poll() is None:
             work.kill()
             work.wait()
-        if tracer is not None:
-            tracer.send_signal(signal.SIGINT)
-            try:
-                tracer.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                tracer.kill()
-                tracer.wait()
+        for process in started:
+            stop_process(process)
+    seconds = time.monotonic() - began
     if tool.startswith("memtrail"):
-        with open(json_path) as report_file:
-            report = json.load(report_file)
-        recorded = report["totals"]["allocations"]
+        if tracer.returncode != 0:
+            raise BenchError(f"{tool} exited with status {tracer.returncode}:\n{reader.text()}")
+        try:
+            with open(json_path) as report_file:
+                report = json.load(report_file)
+            recorded = int(report["totals"]["allocations"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BenchError(f"{tool}: no usable JSON report ({error}):\n{reader.text()}")
         expected = args.steps * args.threads
-        # Sampling records a subset by design; full tracking must have seen every allocation.
-        if tool == "memtrail" and recorded < expected:
-            raise BenchError(f"memtrail recorded {recorded} allocations, the loop made {expected}")
-    return ns_per_pair
+        # totals.allocations counts every call the probes saw, with --sample-rate too (it
+        # includes totals.unsampled_allocations): fewer than the loop made means memtrail did
+        # not trace the whole loop, and its time means nothing.
+        if recorded < expected:
+            raise BenchError(f"{tool} recorded {recorded} allocations, the loop made {expected}:"
+                             " it did not trace the whole loop")
+    return ns_per_pair, seconds
+
+
+def other_tracers():
+    """Processes outside this run that would skew it or block its probes: other benchmark
+    runs, BCC memleak, memtrail, bpftrace. On 2 cores they steal the workload's CPU, and a
+    uprobe that another tool holds on malloc can make memtrail's attach fail."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                words = [word.decode(errors="replace") for word in cmdline.read().split(b"\0")
+                         if word]
+        except OSError:
+            continue
+        names = [os.path.basename(word) for word in words[:3]]
+        if (any(name in ("memleak-bpfcc", "memleak-free-fix.py", "bpftrace", "footprint.py")
+                or name == "run.py" and "bench" in " ".join(words[:3]) for name in names)
+                or (names and names[0] == "memtrail" and "leaks" in words)):
+            found.append(f"{entry} {' '.join(words)[:100]}")
+    return found
+
+
+def stale_memtrail(binary):
+    """True when a source of memtrail changed after the binary was built."""
+    built = os.path.getmtime(binary)
+    for top in ("bpf", "userspace"):
+        for directory, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                if os.path.getmtime(os.path.join(directory, name)) > built:
+                    return True
+    return False
 
 
 def git_commit():
@@ -178,39 +287,88 @@ def cpu_model():
     return platform.processor()
 
 
+def make_table(tools, results, seconds):
+    medians = {tool: statistics.median(results[tool]) for tool in tools}
+    base = medians.get("untraced")
+    bcc_added = medians["bcc"] - base if base is not None and "bcc" in medians else None
+    rows = ["| tool | ns/pair (median) | runs | slowdown vs untraced | added ns/pair "
+            "| added cost vs BCC memleak | s per run |",
+            "|---|---:|---|---:|---:|---:|---:|"]
+    for tool in tools:
+        median = medians[tool]
+        runs = ", ".join(f"{value:.0f}" for value in results[tool])
+        slowdown = f"{median / base:,.1f}x" if base else "-"
+        added = median - base if base is not None else None
+        added_text = f"{added:,.0f}" if added is not None and tool != "untraced" else "-"
+        fraction = (f"{added / bcc_added:.3f}" if bcc_added and added is not None
+                    and tool != "untraced" else "-")
+        run_seconds = f"{statistics.median(seconds[tool]):.1f}"
+        rows.append(f"| {tool} | {median:,.1f} | {runs} | {slowdown} | {added_text} | {fraction} "
+                    f"| {run_seconds} |")
+    return "\n".join(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1_000_000, help="malloc+free pairs per run")
+    parser.add_argument("--steps", type=int, default=1_000_000, help="malloc+free pairs per run "
+                        "(per thread); default 1,000,000 (a BCC run then takes ~20 s)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per tool (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="threads (multi-threaded variant)")
     parser.add_argument("--workload", choices=["c", "cxx"], default="c",
                         help="c: malloc/free; cxx: new[]/delete[]")
-    parser.add_argument("--tools", default="untraced,memtrail,memtrail-sampled,bcc-free-fix,bcc",
-                        help="comma-separated: untraced, memtrail, memtrail-sampled, "
-                             "bcc-free-fix, bcc")
+    parser.add_argument("--tools", default=",".join(ALL_TOOLS),
+                        help="comma-separated subset of: " + ", ".join(ALL_TOOLS))
     parser.add_argument("--sample-rate", type=int, default=512 * 1024,
                         help="bytes between samples for memtrail-sampled")
-    parser.add_argument("--build", default=os.path.join(ROOT, "build"), help="build directory")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per workload run")
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"),
+                        help="build directory holding memtrail and bench/ (default: build)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per workload loop")
+    parser.add_argument("--attach-timeout", type=int, default=120,
+                        help="seconds a tracer may take to compile and attach")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 100k steps, 1 round, no BCC, nothing recorded")
+                        help="smoke run for CI: 100k steps, 1 round, no BCC, nothing recorded")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--allow-concurrent", action="store_true",
+                        help="run even while other tracers or benchmark runs are running")
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, _terminate)
+    # Started in the background by a shell, this script ignores SIGINT and its children would
+    # inherit that: the tracers would then ignore the SIGINT that asks them to stop. A handled
+    # signal is reset to its default in the children.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, _terminate)
     tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
+    unknown = [tool for tool in tools if tool not in ALL_TOOLS]
+    if unknown or not tools:
+        sys.exit(f"bench: unknown tool(s) {', '.join(unknown) or '(none given)'}; "
+                 f"choose from {', '.join(ALL_TOOLS)}")
+    if args.steps <= 0 or args.rounds <= 0 or args.threads <= 0:
+        sys.exit("bench: --steps, --rounds and --threads must be positive")
+    notes = []
     if args.quick:
         args.steps, args.rounds, args.no_record = 100_000, 1, True
+        if any(tool.startswith("bcc") for tool in tools):
+            notes.append("--quick: BCC rows left out")
         tools = [tool for tool in tools if not tool.startswith("bcc")]
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and tools != ["untraced"]:
         sys.exit("bench: tracing needs root")
+    args.variant = "C++ new[]/delete[]" if args.workload == "cxx" else "C malloc/free"
     args.memtrail = os.path.join(args.build, "memtrail")
-    workload = os.path.join(args.build, "bench",
-                            "memtrail-bench-workload" + ("-cxx" if args.workload == "cxx" else ""))
-    for path in (args.memtrail, workload):
+    args.workload = os.path.join(args.build, "bench", "memtrail-bench-workload"
+                                 + ("-cxx" if args.workload == "cxx" else ""))
+    needed = [args.workload]
+    if any(tool.startswith("memtrail") for tool in tools):
+        needed.append(args.memtrail)
+    for path in needed:
         if not os.access(path, os.X_OK):
-            sys.exit(f"bench: {path} is missing: build first (scripts/build.sh)")
-    notes = []
+            sys.exit(f"bench: {path} is missing: build first (scripts/build.sh), pass --build "
+                     "DIR, or leave the memtrail rows out with --tools")
+    if any(tool.startswith("memtrail") for tool in tools) and stale_memtrail(args.memtrail):
+        notes.append(f"{args.memtrail} is older than bpf/ or userspace/: rebuild it, or the "
+                     "memtrail rows do not measure this commit")
     if "memtrail-sampled" in tools:
         help_text = subprocess.run([args.memtrail, "leaks", "--help"], capture_output=True,
                                    text=True).stdout
@@ -218,40 +376,39 @@ def main():
             tools.remove("memtrail-sampled")
             notes.append("memtrail-sampled skipped: this memtrail has no --sample-rate yet")
     if any(tool.startswith("bcc") for tool in tools) and not os.path.exists(MEMLEAK):
-        sys.exit("bench: BCC's memleak is missing: run scripts/bench-setup-bcc.sh")
+        sys.exit(f"bench: BCC's memleak ({MEMLEAK}) is missing: run scripts/bench-setup-bcc.sh")
+    others = other_tracers()
+    if others and tools != ["untraced"]:
+        message = ("other tracers or benchmark runs are running; they skew the numbers (2 "
+                   "CPUs) and can block memtrail's probes:\n  " + "\n  ".join(others))
+        if not args.allow_concurrent:
+            sys.exit(f"bench: error: {message}\nwait for them, or pass --allow-concurrent")
+        notes.append("run alongside other tracers (--allow-concurrent): numbers suspect")
+        print("bench: warning: " + message, file=sys.stderr)
+    for note in notes:
+        print("note: " + note, flush=True)
 
     results = {tool: [] for tool in tools}
+    seconds = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="memtrail-bench-") as work_dir:
         if "bcc-free-fix" in tools:
             args.memleak_fixed = memleak_with_free_fix(work_dir)
             if not args.memleak_fixed:
                 tools.remove("bcc-free-fix")
-                notes.append("bcc-free-fix skipped: free's NULL check not found to patch")
+                note = "bcc-free-fix skipped: free's NULL check not found to patch"
+                notes.append(note)
+                print("note: " + note, flush=True)
         run_index = 0
         for round_number in range(args.rounds):
             for tool in tools:
                 run_index += 1
-                value = run_once(tool, args, workload, work_dir, run_index)
+                value, took = run_once(tool, args, work_dir, run_index)
                 results[tool].append(value)
-                print(f"round {round_number + 1}/{args.rounds} {tool:17} {value:10.1f} ns/pair",
-                      flush=True)
+                seconds[tool].append(took)
+                print(f"round {round_number + 1}/{args.rounds} {tool:17} {value:10.1f} ns/pair"
+                      f"   ({took:.1f} s with attach)", flush=True)
 
-    medians = {tool: statistics.median(values) for tool, values in results.items() if values}
-    base = medians.get("untraced")
-    bcc_added = medians["bcc"] - base if base is not None and "bcc" in medians else None
-    header = ("| tool | ns/pair (median) | runs | slowdown vs untraced | added ns/pair "
-              "| added cost vs BCC memleak |")
-    rows = [header, "|---|---:|---|---:|---:|---:|"]
-    for tool in tools:
-        median = medians[tool]
-        runs = ", ".join(f"{value:.0f}" for value in results[tool])
-        slowdown = f"{median / base:.1f}x" if base else "-"
-        added = median - base if base is not None else None
-        added_text = f"{added:,.0f}" if added is not None else "-"
-        fraction = (f"{added / bcc_added:.3f}" if bcc_added and added is not None
-                    and tool != "untraced" else "-")
-        rows.append(f"| {tool} | {median:,.1f} | {runs} | {slowdown} | {added_text} | {fraction} |")
-    table = "\n".join(rows)
+    table = make_table(tools, results, seconds)
     print()
     print(table)
     for note in notes:
@@ -259,14 +416,18 @@ def main():
 
     if not args.no_record:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        variant = f"{args.workload}, {args.threads} thread(s)"
         section = (f"\n## {stamp} — commit {git_commit()}\n\n"
                    f"Kernel {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}); workload "
-                   f"{variant}, {args.steps:,} steps, {args.rounds} rounds interleaved.\n\n"
-                   f"{table}\n")
+                   f"{args.variant}, {args.threads} thread(s), {args.steps:,} steps, {args.rounds} "
+                   f"rounds interleaved.\n\n{table}\n")
         for note in notes:
             section += f"\nNote: {note}\n"
-        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as results_file:
+        results_path = os.path.join(ROOT, "bench", "RESULTS.md")
+        new_file = not os.path.exists(results_path)
+        with open(results_path, "a") as results_file:
+            if new_file:
+                results_file.write("# Overhead benchmark results\n\nAppended by bench/run.py "
+                                   "(bench/run.sh); see bench/README.md for how to read them.\n")
             results_file.write(section)
         print("\nrecorded in bench/RESULTS.md")
 
@@ -275,4 +436,6 @@ if __name__ == "__main__":
     try:
         main()
     except BenchError as error:
-        sys.exit(f"bench: {error}")
+        sys.exit(f"bench: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted")
