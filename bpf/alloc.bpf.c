@@ -16,21 +16,32 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL"; /* bpf_get_stackid is GPL-only */
 
 /* Sizes are placeholders: userspace sets max_entries before load. */
+
+/* Outstanding allocations: see struct memtrail_alloc_bucket for the layout and protocol. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory follows the number of outstanding blocks */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* userspace reads it in place */
 	__uint(max_entries, 1);
-	__type(key, struct memtrail_alloc_key);
-	__type(value, struct memtrail_alloc_info);
+	__type(key, __u32);
+	__type(value, struct memtrail_alloc_bucket);
 } allocs SEC(".maps");
 
+/* Totals per stack id (stacks are per process, so a stack id is a site). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_site_totals);
+} site_totals SEC(".maps");
+
+/* Totals of sites whose stack could not be stored. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1);
-	__type(key, struct memtrail_site_key);
-	__type(value, struct memtrail_site_totals);
-} sites SEC(".maps");
+	__type(key, struct memtrail_fallback_key);
+	__type(value, struct memtrail_fallback_totals);
+} fallback_sites SEC(".maps");
 
 /* Distinct call stacks by hash of their frames (see capture_stack). */
 struct {
@@ -50,6 +61,13 @@ struct {
 } stack_scratch SEC(".maps");
 
 __u32 next_stack_id = 0;
+
+/* Entries of the allocs array (set by userspace before load). */
+const volatile __u32 alloc_buckets = 1;
+
+/* Benchmarks only (memtrail leaks --probe-floor): every program returns at once, so a run
+ * measures what the probes' traps alone cost. The verifier prunes the check when false. */
+const volatile bool probe_floor = false;
 
 /* --sample-rate in bytes; 0 records every allocation. Set by userspace before load. */
 const volatile __u64 sample_rate = 0;
@@ -97,8 +115,11 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct inflight_call *call;
 	__u64 sp = PT_REGS_SP(ctx);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
+	if (probe_floor)
+		return;
+	now = bpf_ktime_get_ns();
 	call = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
 		count(MEMTRAIL_CTR_MISSED_ENTRIES);
@@ -125,8 +146,11 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 static __always_inline struct inflight_call *call_exit(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct inflight_call *call = bpf_task_storage_get(&inflight, task, 0, 0);
+	struct inflight_call *call;
 
+	if (probe_floor)
+		return NULL;
+	call = bpf_task_storage_get(&inflight, task, 0, 0);
 	if (!call || call->depth == 0) {
 		count(MEMTRAIL_CTR_MISSED_ENTRIES);
 		return NULL;
@@ -135,22 +159,200 @@ static __always_inline struct inflight_call *call_exit(void)
 	return call->depth == 0 ? call : NULL;
 }
 
-static __always_inline struct memtrail_site_totals *site_lookup_or_create(__u32 tgid,
-									    __s32 site_id,
-									    __u64 caller)
+static __always_inline struct memtrail_fallback_totals *fallback_lookup_or_create(__u32 tgid,
+										   __s32 site_id,
+										   __u64 caller)
 {
-	struct memtrail_site_key key = { .tgid = tgid, .site_id = site_id };
-	struct memtrail_site_totals *totals = bpf_map_lookup_elem(&sites, &key);
-	struct memtrail_site_totals fresh = { .caller_address = caller };
+	struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
+	struct memtrail_fallback_totals *totals = bpf_map_lookup_elem(&fallback_sites, &key);
+	struct memtrail_fallback_totals fresh = { .caller_address = caller };
 
 	if (totals)
 		return totals;
 	/* -EEXIST means another CPU created it first: the lookup below finds theirs. */
-	bpf_map_update_elem(&sites, &key, &fresh, BPF_NOEXIST);
-	totals = bpf_map_lookup_elem(&sites, &key);
-	if (!totals)
-		count(MEMTRAIL_CTR_SITE_DROPS);
-	return totals;
+	bpf_map_update_elem(&fallback_sites, &key, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&fallback_sites, &key);
+}
+
+/* Adds one allocation to its site's running totals. */
+static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller, __u64 bytes,
+					__u64 calls)
+{
+	__u64 *total_bytes, *total_allocations;
+
+	if (site_id >= 0) {
+		__u32 index = site_id;
+		struct memtrail_site_totals *totals = bpf_map_lookup_elem(&site_totals, &index);
+
+		if (!totals) {
+			count(MEMTRAIL_CTR_SITE_DROPS);
+			return;
+		}
+		total_bytes = &totals->total_bytes;
+		total_allocations = &totals->total_allocations;
+	} else {
+		struct memtrail_fallback_totals *totals =
+			fallback_lookup_or_create(tgid, site_id, caller);
+
+		if (!totals) {
+			count(MEMTRAIL_CTR_SITE_DROPS);
+			return;
+		}
+		total_bytes = &totals->total_bytes;
+		total_allocations = &totals->total_allocations;
+	}
+	__sync_fetch_and_add(total_bytes, bytes);
+	__sync_fetch_and_add(total_allocations, calls);
+}
+
+/* ---- the outstanding-allocations table (protocol: see struct memtrail_alloc_bucket) ---- */
+
+#define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
+#define WRITE_ONCE_U32(x, v) (*(volatile __u32 *)&(x) = (v))
+#define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
+#define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
+#define compiler_barrier() asm volatile("" ::: "memory")
+
+struct slot_ref {
+	struct memtrail_alloc_bucket *bucket;
+	__u32 slot;
+};
+
+static __always_inline struct memtrail_alloc_bucket *candidate_bucket(__u32 tgid, __u64 address,
+								      int which)
+{
+	__u32 index = memtrail_bucket_of(tgid, address, which, alloc_buckets);
+
+	return bpf_map_lookup_elem(&allocs, &index);
+}
+
+/* Searches one bucket for (tgid, address): returns its slot, or -1 with *free_slots set to
+ * the number of free slots and *first_free to the first of them. Integers, not pointers: the
+ * verifier tracks them better. */
+static __always_inline int scan_bucket(struct memtrail_alloc_bucket *bucket, __u32 tgid,
+				       __u64 address, int *free_slots, int *first_free)
+{
+	*free_slots = 0;
+	*first_free = -1;
+	for (int slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; slot++) {
+		__u64 held = READ_ONCE_U64(bucket->address[slot]);
+
+		if (held == address && READ_ONCE_U32(bucket->info[slot].tgid) == tgid)
+			return slot;
+		if (held == 0) {
+			if (*first_free < 0)
+				*first_free = slot;
+			(*free_slots)++;
+		}
+	}
+	return -1;
+}
+
+/* Finds the slot of (tgid, address) in either candidate bucket. */
+static __always_inline bool find_slot(__u32 tgid, __u64 address, struct slot_ref *found)
+{
+	int free_slots, first_free;
+
+	for (int which = 0; which < 2; which++) {
+		struct memtrail_alloc_bucket *bucket = candidate_bucket(tgid, address, which);
+		int slot;
+
+		if (!bucket)
+			return false;
+		slot = scan_bucket(bucket, tgid, address, &free_slots, &first_free);
+		if (slot >= 0) {
+			found->bucket = bucket;
+			found->slot = slot;
+			return true;
+		}
+	}
+	return false;
+}
+
+static __always_inline void fill_slot(struct memtrail_alloc_info *info, __u32 tgid, __u64 size,
+				      __u32 kind, __s32 site_id, __u64 now)
+{
+	WRITE_ONCE_U32(info->tgid, tgid);
+	WRITE_ONCE_U64(info->size_kind, (size & MEMTRAIL_SIZE_MASK) |
+					((__u64)kind << MEMTRAIL_SIZE_BITS));
+	info->site_id = site_id;
+	compiler_barrier();
+	WRITE_ONCE_U64(info->timestamp_ns, now); /* last: the slot is complete */
+}
+
+/* Claims a free slot of `bucket` from `first_free` on; false if none is left. */
+static __always_inline bool claim_slot(struct memtrail_alloc_bucket *bucket, int first_free,
+				       __u32 tgid, __u64 address, __u64 size, __u32 kind,
+				       __s32 site_id, __u64 now)
+{
+	if (first_free < 0)
+		return false;
+	for (int slot = first_free & 7; slot < MEMTRAIL_BUCKET_SLOTS; slot++) {
+		/* A failed compare-and-swap means another CPU took the slot: try the next. */
+		if (READ_ONCE_U64(bucket->address[slot]) == 0 &&
+		    __sync_val_compare_and_swap(&bucket->address[slot], 0, address) == 0) {
+			fill_slot(&bucket->info[slot], tgid, size, kind, site_id, now);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Records a block (placement: see memtrail_bucket_of); false when both candidate buckets are
+ * full. A record of the same address found on the way is stale: the block was freed without
+ * our knowing (another thread's realloc released it between its free and its return probe),
+ * and it is overwritten. (A stale record in the second bucket, while the first has room, stays:
+ * that takes a lost free and a busy bucket at once.) */
+static __always_inline bool table_insert(__u32 tgid, __u64 address, __u64 size, __u32 kind,
+					 __s32 site_id, __u64 now)
+{
+	struct memtrail_alloc_bucket *first, *second;
+	int free_first, free_second, first_free, second_free, slot;
+	struct memtrail_alloc_info *stale;
+
+	first = candidate_bucket(tgid, address, 0);
+	if (!first)
+		return false;
+	slot = scan_bucket(first, tgid, address, &free_first, &first_free);
+	if (slot >= 0) {
+		stale = &first->info[slot & 7];
+		goto replace;
+	}
+	if (MEMTRAIL_BUCKET_SLOTS - free_first < MEMTRAIL_FIRST_BUCKET_LIMIT &&
+	    claim_slot(first, first_free, tgid, address, size, kind, site_id, now))
+		return true;
+	second = candidate_bucket(tgid, address, 1);
+	if (!second)
+		return false;
+	slot = scan_bucket(second, tgid, address, &free_second, &second_free);
+	if (slot >= 0) {
+		stale = &second->info[slot & 7];
+		goto replace;
+	}
+	if (free_second > free_first)
+		return claim_slot(second, second_free, tgid, address, size, kind, site_id, now) ||
+		       claim_slot(first, first_free, tgid, address, size, kind, site_id, now);
+	return claim_slot(first, first_free, tgid, address, size, kind, site_id, now) ||
+	       claim_slot(second, second_free, tgid, address, size, kind, site_id, now);
+
+replace:
+	count(MEMTRAIL_CTR_STALE_REPLACED);
+	WRITE_ONCE_U64(stale->timestamp_ns, 0);
+	compiler_barrier();
+	fill_slot(stale, tgid, size, kind, site_id, now);
+	return true;
+}
+
+/* Frees a slot found by find_slot. False if a concurrent double free emptied it first. */
+static __always_inline bool table_remove(struct slot_ref *slot, __u64 address)
+{
+	struct memtrail_alloc_info *info = &slot->bucket->info[slot->slot & 7];
+
+	WRITE_ONCE_U64(info->timestamp_ns, 0);
+	WRITE_ONCE_U32(info->tgid, 0);
+	compiler_barrier();
+	return __sync_val_compare_and_swap(&slot->bucket->address[slot->slot & 7], address, 0) ==
+	       address;
 }
 
 /* Frame pointers of the caller's frames lie above its stack pointer, within a thread stack.
@@ -164,14 +366,15 @@ static __always_inline struct memtrail_site_totals *site_lookup_or_create(__u32 
  * address, so the first frame is always the function that called the allocator, also when it
  * has no frame pointer. This walk replaces bpf_get_stackid, whose perf callchain machinery
  * cost about twice as much per allocation here. */
-static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
+static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u32 tgid, __u64 caller)
 {
 	struct {
 		__u64 next_fp;
 		__u64 return_address;
 	} frame;
 	__u64 fp = PT_REGS_FP(ctx), sp = PT_REGS_SP(ctx);
-	__u64 hash = caller * 0x9E3779B97F4A7C15ULL;
+	/* Stacks are per process: the pid is part of the hash, and a stack id names a site. */
+	__u64 hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
 	struct memtrail_stack *stack, *known;
 	__u32 zero = 0, depth;
 
@@ -179,6 +382,7 @@ static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
 	if (!stack)
 		goto fallback;
 	stack->ips[0] = caller;
+	stack->tgid = tgid;
 	stack->flags = MEMTRAIL_STACK_TRUNCATED; /* until the outermost frame is reached */
 	depth = 1;
 	for (int i = 1; i < MEMTRAIL_MAX_STACK_DEPTH; i++) {
@@ -215,7 +419,8 @@ static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u64 caller)
 		return known->id;
 fallback:
 	count(MEMTRAIL_CTR_STACK_FAILURES);
-	return -(__s32)((caller ^ (caller >> 31)) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
+	hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
+	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
 }
 
 static __always_inline __s64 sample_distance(__u64 rate)
@@ -263,36 +468,15 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 caller = PT_REGS_IP(ctx);
-	struct memtrail_alloc_key key = { .tgid = tgid, .address = address };
-	struct memtrail_alloc_info info = {
-		.size = size,
-		.timestamp_ns = bpf_ktime_get_ns(),
-		.kind = kind,
-	};
-	struct memtrail_site_totals *totals;
-	long err;
+	__s32 site_id = capture_stack(ctx, tgid, caller);
 
-	info.site_id = capture_stack(ctx, caller);
-	err = bpf_map_update_elem(&allocs, &key, &info, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* The address was freed without our knowing (another thread's realloc released it
-		 * between its free and its return probe): the old record is stale. */
-		count(MEMTRAIL_CTR_STALE_REPLACED);
-		err = bpf_map_update_elem(&allocs, &key, &info, BPF_ANY);
-	}
-
-	totals = site_lookup_or_create(tgid, info.site_id, caller);
-	if (totals) {
-		/* With sampling, the totals add up estimates: bytes and calls this sample stands for
-		 * (calls: rounded down; a sample of size 0 never happens). */
-		__sync_fetch_and_add(&totals->total_bytes, weight_bytes);
-		__sync_fetch_and_add(&totals->total_allocations, size ? weight_bytes / size : 1);
-	}
-	if (err) {
-		count(MEMTRAIL_CTR_DROPS); /* outstanding map full */
-		return;
-	}
-	count(MEMTRAIL_CTR_ALLOCATIONS);
+	/* With sampling, the totals add up estimates: bytes and calls this sample stands for
+	 * (calls: rounded down; a sample of size 0 never happens). */
+	add_to_site(tgid, site_id, caller, weight_bytes, size ? weight_bytes / size : 1);
+	if (table_insert(tgid, address, size, kind, site_id, bpf_ktime_get_ns()))
+		count(MEMTRAIL_CTR_ALLOCATIONS);
+	else
+		count(MEMTRAIL_CTR_DROPS); /* both candidate buckets full */
 }
 
 enum release_mode {
@@ -304,29 +488,22 @@ enum release_mode {
 static __always_inline void release(__u64 address, enum release_mode mode, __u64 call_start_ns)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct memtrail_alloc_key key = { .tgid = tgid, .address = address };
-	struct memtrail_alloc_info *found;
+	struct slot_ref found;
 
-	if (mode == RELEASE_FREE) {
-		/* The hot path: one delete, no lookup. -ENOENT means the block predates attach
-		 * (or a concurrent double free already removed it). */
-		if (bpf_map_delete_elem(&allocs, &key) == 0)
-			count(MEMTRAIL_CTR_FREES);
-		else
-			count(MEMTRAIL_CTR_UNMATCHED_FREES);
-		return;
-	}
-	found = bpf_map_lookup_elem(&allocs, &key);
-	if (!found) {
+	/* A miss means the block predates attach (or a concurrent double free removed it). */
+	if (!find_slot(tgid, address, &found)) {
 		if (mode != RELEASE_REALLOC_ZERO)
 			count(MEMTRAIL_CTR_UNMATCHED_FREES);
 		return;
 	}
 	/* Another thread got this address after our realloc freed it: that block is not ours. */
-	if (found->timestamp_ns > call_start_ns)
+	if (mode != RELEASE_FREE &&
+	    READ_ONCE_U64(found.bucket->info[found.slot & 7].timestamp_ns) > call_start_ns)
 		return;
-	if (bpf_map_delete_elem(&allocs, &key) == 0)
+	if (table_remove(&found, address))
 		count(MEMTRAIL_CTR_FREES);
+	else if (mode == RELEASE_FREE)
+		count(MEMTRAIL_CTR_UNMATCHED_FREES);
 }
 
 /* ---- entry probes: remember the arguments until the call returns ---- */
@@ -448,7 +625,7 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 SEC("uprobe")
 int BPF_KPROBE(free_enter, __u64 address)
 {
-	if (address)
+	if (address && !probe_floor)
 		release(address, RELEASE_FREE, 0);
 	return 0;
 }

@@ -27,7 +27,7 @@ TEST(AllocTracer, EveryProgramLoadsAndAFreshTracerIsEmpty) {
   }
   TracerConfig config;
   config.max_outstanding_allocations = 4096;
-  config.max_sites = 256;
+  config.max_fallback_sites = 256;
   config.max_stacks = 256;
   std::unique_ptr<AllocTracer> tracer;
   try {

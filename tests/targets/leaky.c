@@ -6,6 +6,7 @@
 // runs the scenario, prints "line NAME N" for each allocation call it made (N = its source
 // line) and "done", then exits if --exit was given, else waits for "quit" or end of input.
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +89,48 @@ __attribute__((noinline)) void leak_aligned_alloc(size_t size) {
   report_line("leak_aligned_alloc", line);
 }
 
+// Threads allocating and freeing at once, each leaking `count` blocks of `size` bytes at one
+// site; blocks they hand off are freed by another thread than the one that allocated them.
+struct worker_args {
+  int count;
+  size_t size;
+  void *handoff[256];  // allocated by the worker, freed by the main thread
+};
+
+__attribute__((noinline)) void leak_in_thread(int count, size_t size) {
+  int line = 0;
+  for (int i = 0; i < count; ++i) line = __LINE__, sink = malloc(size);
+  report_line("leak_in_thread", line);
+}
+
+static void *churn_worker(void *arg) {
+  struct worker_args *args = arg;
+  for (int i = 0; i < 20000; ++i) {
+    void *block = malloc(16 + (size_t)(i % 300));
+    sink = block;
+    free(block);
+  }
+  for (int i = 0; i < 256; ++i) args->handoff[i] = malloc(24);
+  leak_in_thread(args->count, args->size);
+  return NULL;
+}
+
+static int threads_scenario(int count, size_t size) {
+  enum { kWorkers = 4 };
+  struct worker_args args[kWorkers];
+  pthread_t threads[kWorkers];
+  for (int t = 0; t < kWorkers; ++t) {
+    args[t].count = count;
+    args[t].size = size;
+    if (pthread_create(&threads[t], NULL, churn_worker, &args[t]) != 0) return 1;
+  }
+  for (int t = 0; t < kWorkers; ++t) pthread_join(threads[t], NULL);
+  for (int t = 0; t < kWorkers; ++t) {
+    for (int i = 0; i < 256; ++i) free(args[(t + 1) % kWorkers].handoff[i]);
+  }
+  return 0;
+}
+
 // malloc/free in a loop, checking its own data: used to show that killing memtrail does not
 // disturb the target. Prints "ok N" when told to quit.
 static int busy_loop(void) {
@@ -158,6 +201,8 @@ int main(int argc, char **argv) {
     printf("first\n");
     wait_for_line();  // the test lets time pass, then asks for a young allocation
     leak_calloc(3, 10);
+  } else if (strcmp(scenario, "threads") == 0) {
+    if (threads_scenario(count, size) != 0) return 5;
   } else if (strcmp(scenario, "busy") == 0) {
     return busy_loop();
   } else {

@@ -138,9 +138,17 @@ class LeaksSession {
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
     // and the message should say so rather than fail on a target's /proc files.
-    tracer_ = std::make_unique<tracer::AllocTracer>(
-        tracer::TracerConfig{options_.max_allocations, 1u << 16, 1u << 14, options_.sample_rate,
-                             options_.verbose});
+    tracer::TracerConfig config;
+    config.max_outstanding_allocations = options_.max_allocations;
+    config.sample_rate = options_.sample_rate;
+    config.probe_floor = options_.probe_floor;
+    config.verbose = options_.verbose;
+    tracer_ = std::make_unique<tracer::AllocTracer>(config);
+    if (options_.verbose) {
+      std::cerr << "memtrail: BPF maps hold " << tracer_->map_memory_bytes() / (1024 * 1024)
+                << " MiB of kernel memory (--max-allocations " << options_.max_allocations
+                << ")\n";
+    }
     prepare_targets();
     attach_all();
     start_ = Clock::now();
@@ -325,7 +333,12 @@ class LeaksSession {
       std::cerr << "memtrail: report: " << snapshot.allocations.size()
                 << " outstanding allocations read in " << ms(read - started) << " ms, aggregated in "
                 << ms(aggregated - read) << " ms, " << report.leaks.size()
-                << " sites symbolized in " << ms(built - aggregated) << " ms\n";
+                << " sites symbolized in " << ms(built - aggregated) << " ms";
+      if (snapshot.counters.snapshot_read_errors != 0) {
+        std::cerr << " (" << snapshot.counters.snapshot_read_errors
+                  << " entries changing while read, left for the next report)";
+      }
+      std::cerr << "\n";
     }
     return report;
   }

@@ -3,12 +3,15 @@
 #include "tracer/alloc_tracer.h"
 
 #include <bpf/bpf.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <algorithm>
+#include <atomic>
+#include <fstream>
 #include <string>
 
 #include "alloc.skel.h"
@@ -83,6 +86,16 @@ void read_hash_map(int map_fd, uint32_t batch_size, const char* map_name, Sink&&
   }
 }
 
+// Maps the values of a BPF_F_MMAPABLE array read-only (the kernel lays them out from offset 0).
+MappedMap map_values(bpf_map* map) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  size_t length = static_cast<size_t>(bpf_map__value_size(map)) * bpf_map__max_entries(map);
+  length = (length + page - 1) / page * page;
+  void* address = mmap(nullptr, length, PROT_READ, MAP_SHARED, bpf_map__fd(map), 0);
+  if (address == MAP_FAILED) fail(std::string("map BPF map ") + bpf_map__name(map), errno);
+  return MappedMap(address, length);
+}
+
 }  // namespace
 
 AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
@@ -92,17 +105,25 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   skeleton_.reset(alloc_bpf__open());
   if (!skeleton_) fail("open BPF object alloc.bpf.o", errno);
   auto& maps = skeleton_->maps;
+  uint32_t buckets = memtrail_alloc_buckets_for(config.max_outstanding_allocations);
   struct {
     bpf_map* map;
     uint32_t entries;
-  } sizes[] = {{maps.allocs, config.max_outstanding_allocations},
-               {maps.sites, config.max_sites},
-               {maps.stacks, config.max_stacks}};
+  } sizes[] = {{maps.allocs, buckets},
+               {maps.site_totals, config.max_stacks},
+               {maps.stacks, config.max_stacks},
+               {maps.fallback_sites, config.max_fallback_sites}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
   }
+  // site_totals is read in place too; allocs already is (its flags are in the BPF source).
+  int err = bpf_map__set_map_flags(maps.site_totals,
+                                   bpf_map__map_flags(maps.site_totals) | BPF_F_MMAPABLE);
+  if (err < 0) fail("flag BPF map site_totals as mappable", -err);
   auto* rodata = skeleton_->rodata;
+  rodata->alloc_buckets = buckets;
+  rodata->probe_floor = config.probe_floor;
   rodata->sample_rate = config.sample_rate;
   if (config.sample_rate != 0) {
     auto quantiles = aggregator::exponential_quantiles();
@@ -110,13 +131,17 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     std::copy(quantiles.begin(), quantiles.end(), const_cast<uint32_t*>(rodata->sample_quantiles));
     std::copy(weights.begin(), weights.end(), const_cast<uint32_t*>(rodata->sample_weights));
   }
-  int err = alloc_bpf__load(skeleton_.get());
+  err = alloc_bpf__load(skeleton_.get());
   if (err < 0) {
     fail("load BPF programs", -err,
          -err == EPERM || -err == EACCES
              ? "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
+         : -err == ENOMEM || -err == E2BIG
+             ? "lower --max-allocations: the kernel could not allocate the maps"
              : "run with -v to see the libbpf and verifier output");
   }
+  allocs_view_ = map_values(maps.allocs);
+  site_totals_view_ = map_values(maps.site_totals);
 }
 
 AllocTracer::~AllocTracer() = default;
@@ -166,50 +191,95 @@ model::Snapshot AllocTracer::snapshot() const {
   snapshot.taken_at_ns = monotonic_now_ns();
   const auto& maps = skeleton_->maps;
 
-  read_hash_map<memtrail_alloc_key, memtrail_alloc_info>(
-      bpf_map__fd(maps.allocs), 8192, "allocs",
-      [&](const memtrail_alloc_key& key, const memtrail_alloc_info& info) {
-        snapshot.allocations.push_back({key.tgid, key.address, info.size, info.timestamp_ns,
-                                        info.site_id, info.kind});
-      });
-  read_hash_map<memtrail_site_key, memtrail_site_totals>(
-      bpf_map__fd(maps.sites), 4096, "sites",
-      [&](const memtrail_site_key& key, const memtrail_site_totals& totals) {
-        snapshot.sites.push_back({key.tgid, key.site_id, totals.total_bytes,
-                                  totals.total_allocations, totals.caller_address});
-      });
+  // The table is written concurrently by the BPF programs: each slot is taken only when it is
+  // complete and unchanged across the read (protocol: bpf/alloc_events.h). Plain loads in
+  // order suffice on x86-64; the atomic_refs keep the compiler from merging or reordering them.
+  const auto* buckets = allocs_view_.values<memtrail_alloc_bucket>();
+  uint32_t bucket_count = bpf_map__max_entries(maps.allocs);
+  auto load = [](const auto& field) {
+    using Field = std::remove_cv_t<std::remove_reference_t<decltype(field)>>;
+    return std::atomic_ref<Field>(const_cast<Field&>(field)).load(std::memory_order_acquire);
+  };
+  for (uint32_t b = 0; b < bucket_count; ++b) {
+    const memtrail_alloc_bucket& bucket = buckets[b];
+    for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; ++slot) {
+      uint64_t address = load(bucket.address[slot]);
+      if (address == 0) continue;
+      const memtrail_alloc_info& info = bucket.info[slot];
+      uint64_t timestamp = load(info.timestamp_ns);
+      if (timestamp == 0) continue;  // being written or removed
+      uint32_t tgid = load(info.tgid);
+      uint64_t size_kind = load(info.size_kind);
+      int32_t site_id = load(info.site_id);
+      if (load(info.timestamp_ns) != timestamp || load(bucket.address[slot]) != address) {
+        ++snapshot.counters.snapshot_read_errors;  // changed while read: next time
+        continue;
+      }
+      snapshot.allocations.push_back({tgid, address, size_kind & MEMTRAIL_SIZE_MASK, timestamp,
+                                      site_id,
+                                      static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS)});
+    }
+  }
 
-  // Few distinct stacks exist and each is written once, so the whole map is read every time.
+  // Few distinct stacks exist and each is written once, so the whole map is read every time;
+  // a stack is a site, with its totals at its id.
+  const auto* totals = site_totals_view_.values<memtrail_site_totals>();
+  uint32_t max_stacks = bpf_map__max_entries(maps.site_totals);
   read_hash_map<uint64_t, memtrail_stack>(
       bpf_map__fd(maps.stacks), 256, "stacks", [&](uint64_t, const memtrail_stack& stack) {
         uint32_t depth = std::min<uint32_t>(stack.depth, MEMTRAIL_MAX_STACK_DEPTH);
-        auto& entry = snapshot.stacks[static_cast<int32_t>(stack.id)];
+        auto id = static_cast<int32_t>(stack.id);
+        auto& entry = snapshot.stacks[id];
         entry.addresses.assign(stack.ips, stack.ips + depth);
         entry.truncated = (stack.flags & MEMTRAIL_STACK_TRUNCATED) != 0;
+        if (stack.id < max_stacks) {
+          snapshot.sites.push_back({stack.tgid, id, load(totals[stack.id].total_bytes),
+                                    load(totals[stack.id].total_allocations), stack.ips[0]});
+        }
+      });
+  read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
+      bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
+      [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {
+        snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
+                                  site.total_allocations, site.caller_address});
       });
 
   int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0) fail("count possible CPUs", -cpus);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
-  uint64_t totals[MEMTRAIL_CTR_COUNT] = {};
+  uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
   for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {
     if (bpf_map_lookup_elem(bpf_map__fd(maps.counters), &index, per_cpu.data()) != 0) {
       fail("read BPF map counters", errno);
     }
-    for (uint64_t value : per_cpu) totals[index] += value;
+    for (uint64_t value : per_cpu) counter_totals[index] += value;
   }
   auto& counters = snapshot.counters;
-  counters.allocations = totals[MEMTRAIL_CTR_ALLOCATIONS];
-  counters.frees = totals[MEMTRAIL_CTR_FREES];
-  counters.unmatched_frees = totals[MEMTRAIL_CTR_UNMATCHED_FREES];
-  counters.drops = totals[MEMTRAIL_CTR_DROPS];
-  counters.failed_calls = totals[MEMTRAIL_CTR_FAILED_CALLS];
-  counters.stack_failures = totals[MEMTRAIL_CTR_STACK_FAILURES];
-  counters.site_drops = totals[MEMTRAIL_CTR_SITE_DROPS];
-  counters.stale_replaced = totals[MEMTRAIL_CTR_STALE_REPLACED];
-  counters.missed_entries = totals[MEMTRAIL_CTR_MISSED_ENTRIES];
-  counters.unsampled = totals[MEMTRAIL_CTR_UNSAMPLED];
+  counters.allocations = counter_totals[MEMTRAIL_CTR_ALLOCATIONS];
+  counters.frees = counter_totals[MEMTRAIL_CTR_FREES];
+  counters.unmatched_frees = counter_totals[MEMTRAIL_CTR_UNMATCHED_FREES];
+  counters.drops = counter_totals[MEMTRAIL_CTR_DROPS];
+  counters.failed_calls = counter_totals[MEMTRAIL_CTR_FAILED_CALLS];
+  counters.stack_failures = counter_totals[MEMTRAIL_CTR_STACK_FAILURES];
+  counters.site_drops = counter_totals[MEMTRAIL_CTR_SITE_DROPS];
+  counters.stale_replaced = counter_totals[MEMTRAIL_CTR_STALE_REPLACED];
+  counters.missed_entries = counter_totals[MEMTRAIL_CTR_MISSED_ENTRIES];
+  counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
   return snapshot;
+}
+
+uint64_t AllocTracer::map_memory_bytes() const {
+  uint64_t total = 0;
+  bpf_map* map = nullptr;
+  bpf_object* object = skeleton_->obj;
+  while ((map = bpf_object__next_map(object, map)) != nullptr) {
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(bpf_map__fd(map)));
+    std::string line;
+    while (std::getline(info, line)) {
+      if (line.rfind("memlock:", 0) == 0) total += std::stoull(line.substr(8));
+    }
+  }
+  return total;
 }
 
 }  // namespace memtrail::tracer

@@ -12,12 +12,14 @@
 namespace memtrail::tracer {
 
 struct TracerConfig {
-  uint32_t max_outstanding_allocations = 1u << 20;  // entries of the outstanding map
-  uint32_t max_sites = 1u << 16;                    // (pid, stack) pairs with totals
-  uint32_t max_stacks = 1u << 14;                   // distinct call stacks
+  uint32_t max_outstanding_allocations = 1u << 20;  // the table has two slots for each
+  uint32_t max_fallback_sites = 1u << 16;           // sites whose stack could not be stored
+  uint32_t max_stacks = 1u << 14;                   // distinct (pid, call stack) pairs: sites
   uint64_t sample_rate = 0;                         // --sample-rate bytes; 0: every allocation
-  bool verbose = false;                             // libbpf debug output on stderr
+  bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
+  bool verbose = false;      // libbpf debug output on stderr
 };
+
 
 class AllocTracer {
  public:
@@ -35,12 +37,17 @@ class AllocTracer {
   // Reads the maps. Entries that change while being read are skipped and counted.
   model::Snapshot snapshot() const;
 
+  // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
+  uint64_t map_memory_bytes() const;
+
   const TracerConfig& config() const { return config_; }
 
  private:
   TracerConfig config_;
   AllocSkeleton skeleton_;
-  std::vector<Link> links_;  // declared after skeleton_: destroyed first
+  MappedMap allocs_view_;       // the outstanding-allocations table, read in place
+  MappedMap site_totals_view_;  // totals per stack id
+  std::vector<Link> links_;     // declared last: destroyed first
 };
 
 }  // namespace memtrail::tracer

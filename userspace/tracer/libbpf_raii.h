@@ -4,7 +4,11 @@
 
 #include <bpf/libbpf.h>
 
+#include <sys/mman.h>
+
+#include <cstddef>
 #include <memory>
+#include <utility>
 
 struct alloc_bpf;
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton);  // alloc_tracer.cpp
@@ -22,5 +26,30 @@ struct AllocSkeletonDeleter {
 };
 // The loaded BPF object with its programs and maps.
 using AllocSkeleton = std::unique_ptr<alloc_bpf, AllocSkeletonDeleter>;
+
+// A read-only mapping of a BPF_F_MMAPABLE array map's values, unmapped on destruction.
+class MappedMap {
+ public:
+  MappedMap() = default;
+  MappedMap(const void* address, size_t length) : address_(address), length_(length) {}
+  MappedMap(MappedMap&& other) noexcept
+      : address_(std::exchange(other.address_, nullptr)), length_(other.length_) {}
+  MappedMap& operator=(MappedMap&& other) noexcept {
+    std::swap(address_, other.address_);
+    std::swap(length_, other.length_);
+    return *this;
+  }
+  MappedMap(const MappedMap&) = delete;
+  MappedMap& operator=(const MappedMap&) = delete;
+  ~MappedMap() {
+    if (address_) munmap(const_cast<void*>(address_), length_);
+  }
+  template <typename Value>
+  const Value* values() const { return static_cast<const Value*>(address_); }
+
+ private:
+  const void* address_ = nullptr;
+  size_t length_ = 0;
+};
 
 }  // namespace memtrail::tracer
