@@ -3,10 +3,14 @@
 """memtrail's own costs besides the per-call overhead (see bench/README.md):
 
 - start to first report: from starting `memtrail leaks -p PID` to its first report;
-- memory per outstanding allocation at 100k and 1M outstanding: memtrail's RSS plus the
-  memory of its BPF maps, divided by the outstanding allocations it holds;
-- time to build a report at 1M outstanding allocations (read maps, aggregate, symbolize);
-- cost to an untraced process while another one is traced.
+- memory per outstanding allocation at 100k and 1M outstanding, with --max-allocations sized
+  for them: memtrail's private memory (RssAnon: the table it maps from the kernel is counted
+  once, as map memory) plus the memory of its BPF maps, divided by the allocations it holds;
+  also its private memory before the workload held anything;
+- time to build a report at 100k and 1M outstanding allocations (read, aggregate, symbolize);
+- cost to an untraced process while another one is traced: the two pinned to different CPUs,
+  so that what is measured is interference through the kernel and caches, not two busy
+  processes sharing one CPU.
 Results are appended to bench/RESULTS.md unless --no-record.
 """
 import argparse
@@ -26,8 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import ROOT, BenchError, LineReader, git_commit  # noqa: E402
 
 
-def start_workload(workload, gate, extra):
-    process = subprocess.Popen([workload, "--wait-file", gate] + extra, stdout=subprocess.PIPE)
+def pinned_to(cpu):
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def start_workload(workload, gate, extra, cpu=None):
+    process = subprocess.Popen([workload, "--wait-file", gate] + extra, stdout=subprocess.PIPE,
+                               preexec_fn=pinned_to(cpu))
     line = process.stdout.readline().decode()
     if not line.startswith("waiting "):
         process.kill()
@@ -45,12 +54,23 @@ def stop(process):
             process.wait()
 
 
-def rss_bytes(pid):
+def status_bytes(pid, field):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def private_rss_bytes(pid):
+    """RssAnon: memory of the process's own; the BPF table it maps is counted as map memory."""
+    return status_bytes(pid, "RssAnon")
+
+
+def peak_private_bytes(pid):
+    """Peak RSS (VmHWM) less the mapped table and files, which RssAnon leaves out: an upper
+    bound of the private memory while a report was built."""
+    return status_bytes(pid, "VmHWM") - status_bytes(pid, "RssFile") - status_bytes(pid, "RssShmem")
 
 
 def bpf_map_bytes(pid):
@@ -98,12 +118,15 @@ def footprint(args, work_dir, outstanding):
     gate = os.path.join(work_dir, f"hold{outstanding}")
     workload, pid = start_workload(args.workload, gate, ["--steps", "1", "--hold", str(outstanding)])
     tracer = subprocess.Popen([args.memtrail, "leaks", "-p", pid, "-v", "--interval", "2",
-                               "--max-allocations", str(max(2 * outstanding, 1 << 20))],
+                               "--max-allocations", str(outstanding)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         reader = LineReader(tracer.stderr)
         if not reader.wait_for("memtrail: tracing pid", 30):
             raise BenchError("memtrail did not attach:\n" + reader.text())
+        if not reader.wait_for("memtrail: report:", 30):
+            raise BenchError("memtrail did not report:\n" + reader.text())
+        rss_before = private_rss_bytes(tracer.pid)
         with open(gate, "w"):
             pass
         held = ""
@@ -125,7 +148,8 @@ def footprint(args, work_dir, outstanding):
             time.sleep(0.2)
         if len(timings) < 2:
             raise BenchError("memtrail did not report the held blocks:\n" + reader.text())
-        rss = rss_bytes(tracer.pid)
+        rss = private_rss_bytes(tracer.pid)
+        peak = peak_private_bytes(tracer.pid)
         maps = bpf_map_bytes(tracer.pid)
         numbers = [float(value) for value in re.findall(r"in ([0-9.]+) ms", timings[-1])]
         report_ms = sum(numbers)
@@ -133,8 +157,9 @@ def footprint(args, work_dir, outstanding):
         stop(tracer)
         workload.kill()
         workload.wait()
-    return {"outstanding": outstanding, "rss": rss, "maps": maps,
-            "per_allocation": (rss + maps) / outstanding, "report_ms": report_ms}
+    return {"outstanding": outstanding, "rss": rss, "rss_before": rss_before, "maps": maps,
+            "per_allocation": (rss + maps) / outstanding, "peak": peak,
+            "peak_per_allocation": (peak + maps) / outstanding, "report_ms": report_ms}
 
 
 def neighbor_cost(args, work_dir):
@@ -143,12 +168,14 @@ def neighbor_cost(args, work_dir):
     for attempt in range(args.rounds):
         for case in results:
             gate = os.path.join(work_dir, f"neighbor{attempt}{case[-5:]}")
-            measured, _ = start_workload(args.workload, gate, ["--steps", str(args.steps)])
-            other, other_pid = start_workload(args.workload, gate, ["--steps", str(args.steps // 40)])
+            measured, _ = start_workload(args.workload, gate, ["--steps", str(args.steps)], cpu=0)
+            other, other_pid = start_workload(args.workload, gate,
+                                              ["--steps", str(args.steps // 200)], cpu=1)
             tracer = None
             if case == "beside traced":
                 tracer = subprocess.Popen([args.memtrail, "leaks", "-p", other_pid, "-q"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          preexec_fn=pinned_to(1))
                 if not LineReader(tracer.stderr).wait_for("memtrail: tracing pid", 30):
                     raise BenchError("memtrail did not attach")
             with open(gate, "w"):
@@ -183,23 +210,29 @@ def main():
         for outstanding in (100_000, 1_000_000):
             result = footprint(args, work_dir, outstanding)
             footprints.append(result)
-            print(f"{outstanding:>9,} outstanding: RSS {result['rss'] / 2**20:.1f} MiB + BPF maps "
+            print(f"{outstanding:>9,} outstanding: private memory {result['rss'] / 2**20:.1f} MiB "
+                  f"({result['rss_before'] / 2**20:.1f} before) + BPF maps "
                   f"{result['maps'] / 2**20:.1f} MiB = {result['per_allocation']:.0f} B per "
-                  f"allocation; report built in {result['report_ms']:.0f} ms", flush=True)
+                  f"allocation ({result['peak_per_allocation']:.0f} at the peak of a report); "
+                  f"report built in {result['report_ms']:.0f} ms", flush=True)
         neighbor = neighbor_cost(args, work_dir)
         print(f"untraced neighbour: {neighbor['beside untraced']:.1f} ns/pair beside an "
               f"untraced process, {neighbor['beside traced']:.1f} beside a traced one", flush=True)
 
     lines = [f"| start to first report | {first_report * 1000:.0f} ms |"]
     for result in footprints:
-        lines.append(f"| memory at {result['outstanding']:,} outstanding | RSS "
-                     f"{result['rss'] / 2**20:.1f} MiB + BPF maps {result['maps'] / 2**20:.1f} MiB"
-                     f" = **{result['per_allocation']:.0f} B per allocation** |")
+        lines.append(f"| memory at {result['outstanding']:,} outstanding (--max-allocations "
+                     f"{result['outstanding']:,}) | private {result['rss'] / 2**20:.1f} MiB "
+                     f"({result['rss_before'] / 2**20:.1f} MiB before any was held) + BPF maps "
+                     f"{result['maps'] / 2**20:.1f} MiB = **{result['per_allocation']:.0f} B per "
+                     f"allocation**; at the peak of a report, private {result['peak'] / 2**20:.1f}"
+                     f" MiB: {result['peak_per_allocation']:.0f} B per allocation |")
         lines.append(f"| report built at {result['outstanding']:,} outstanding | "
                      f"{result['report_ms']:.0f} ms |")
     change = neighbor["beside traced"] / neighbor["beside untraced"] - 1
-    lines.append(f"| untraced process beside a traced one | {neighbor['beside traced']:.1f} ns/pair"
-                 f" vs {neighbor['beside untraced']:.1f} beside an untraced one ({change:+.1%}) |")
+    lines.append(f"| untraced process beside a traced one (other CPU) | "
+                 f"{neighbor['beside traced']:.1f} ns/pair vs {neighbor['beside untraced']:.1f} "
+                 f"beside an untraced one ({change:+.1%}) |")
     table = "| measure | result |\n|---|---|\n" + "\n".join(lines)
     print("\n" + table)
     if not args.no_record:

@@ -8,8 +8,10 @@ loop's allocations, or the benchmark fails. Results are appended to bench/RESULT
 date, kernel and commit. See bench/README.md.
 
 Tools: untraced; memtrail (memtrail leaks -p PID, full tracking); memtrail-sampled (with
---sample-rate, only once memtrail has that option); bcc-free-fix (BCC memleak with its free
-probe moved past free's NULL check); bcc (memleak-bpfcc -p PID as shipped).
+--sample-rate, only once memtrail has that option); memtrail-probe-floor (memtrail's probes
+with programs that return at once: what the uprobe traps alone cost, the floor of any
+uprobe-based tracer); bcc-free-fix (BCC memleak with its free probe moved past free's NULL
+check); bcc (memleak-bpfcc -p PID as shipped).
 """
 import argparse
 import datetime
@@ -27,7 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
-ALL_TOOLS = ["untraced", "memtrail", "memtrail-sampled", "bcc-free-fix", "bcc"]
+ALL_TOOLS = ["untraced", "memtrail", "memtrail-sampled", "memtrail-probe-floor", "bcc-free-fix",
+             "bcc"]
 
 
 class BenchError(Exception):
@@ -143,6 +146,8 @@ def start_tracer(tool, args, pid, json_path, started):
         command = [args.memtrail, "leaks", "-p", pid, "-q", "--json", json_path]
         if tool == "memtrail-sampled":
             command += ["--sample-rate", str(args.sample_rate)]
+        if tool == "memtrail-probe-floor":
+            command += ["--probe-floor"]
         tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(tracer)
         reader = LineReader(tracer.stderr)
@@ -216,6 +221,8 @@ def run_once(tool, args, work_dir, run_index):
     if tool.startswith("memtrail"):
         if tracer.returncode != 0:
             raise BenchError(f"{tool} exited with status {tracer.returncode}:\n{reader.text()}")
+        if tool == "memtrail-probe-floor":
+            return ns_per_pair, seconds  # its programs record nothing, by design
         try:
             with open(json_path) as report_file:
                 report = json.load(report_file)
@@ -305,6 +312,16 @@ def make_table(tools, results, seconds):
         run_seconds = f"{statistics.median(seconds[tool]):.1f}"
         rows.append(f"| {tool} | {median:,.1f} | {runs} | {slowdown} | {added_text} | {fraction} "
                     f"| {run_seconds} |")
+    if "memtrail-probe-floor" in medians and "memtrail" in medians:
+        floor = medians["memtrail-probe-floor"]
+        rows.append("")
+        rows.append(f"The floor (memtrail's probes with programs that return at once: the "
+                    f"uprobe traps alone) is {floor:,.0f} ns/pair; memtrail's BPF work adds "
+                    f"{medians['memtrail'] - floor:,.0f} ns/pair above it.")
+        if bcc_added:
+            rows.append(f"No uprobe-based tracer of every malloc and free can do better than the "
+                        f"floor: {(floor - base) / bcc_added:.3f} of BCC memleak's added cost "
+                        "in this run.")
     return "\n".join(rows)
 
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail's entry point: parse the command line, run it, turn failures into one stderr line.
+#include <malloc.h>
 #include <signal.h>
 
 #include <exception>
@@ -14,6 +15,10 @@ int main(int argc, char** argv) {
   // A closed stdout (memtrail ... | head) must not kill memtrail before it detaches and writes
   // its JSON file.
   signal(SIGPIPE, SIG_IGN);
+  // Each report reads every outstanding allocation into buffers that are freed once it is
+  // built. glibc would raise its mmap threshold after the first such free and keep later
+  // buffers in the heap, holding their memory between reports; a fixed threshold returns it.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   auto command = memtrail::cli::parse_command_line(argc, argv);
   if (auto* request = std::get_if<memtrail::cli::ExitRequest>(&command)) {
     (request->code == memtrail::kExitOk ? std::cout : std::cerr) << request->message;

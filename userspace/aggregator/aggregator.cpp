@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <unordered_map>
+#include <utility>
 
 #include "aggregator/sampling.h"
 
@@ -17,55 +18,48 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 
 }  // namespace
 
-Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64_t sample_rate) {
+void Accumulator::add(const model::OutstandingAllocation& allocation) {
+  double bytes = sample_rate_ ? estimated_bytes(allocation.size, sample_rate_)
+                              : static_cast<double>(allocation.size);
+  double allocations = sample_rate_ ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
+  total_.bytes += bytes;
+  total_.allocations += allocations;
+  // A block recorded after the snapshot's clock reading has age 0, never negative.
+  uint64_t age =
+      taken_at_ns_ > allocation.timestamp_ns ? taken_at_ns_ - allocation.timestamp_ns : 0;
+  if (age < min_age_ns_) return;
+  uint64_t key = site_key(allocation.pid, allocation.site_id);
+  SiteSummary& site = by_site_[key];
+  Sums& sums = site_sums_[key];
+  if (sums.allocations == 0) {
+    site.pid = allocation.pid;
+    site.site_id = allocation.site_id;
+    site.oldest_timestamp_ns = allocation.timestamp_ns;
+    site.kind = allocation.kind;
+  }
+  sums.bytes += bytes;
+  sums.allocations += allocations;
+  site.oldest_timestamp_ns = std::min(site.oldest_timestamp_ns, allocation.timestamp_ns);
+}
+
+Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals) && {
   Aggregate result;
-  // Summed as estimates (exact integers without sampling), rounded once at the end.
-  struct Sums {
-    double bytes = 0, allocations = 0;
-  };
-  Sums total;
-  std::unordered_map<uint64_t, SiteSummary> by_site;
-  std::unordered_map<uint64_t, Sums> site_sums;
-  for (const auto& allocation : snapshot.allocations) {
-    double bytes = sample_rate ? estimated_bytes(allocation.size, sample_rate)
-                               : static_cast<double>(allocation.size);
-    double allocations = sample_rate ? estimated_allocations(allocation.size, sample_rate) : 1.0;
-    total.bytes += bytes;
-    total.allocations += allocations;
-    // A block recorded after the snapshot's clock reading has age 0, never negative.
-    uint64_t age = snapshot.taken_at_ns > allocation.timestamp_ns
-                       ? snapshot.taken_at_ns - allocation.timestamp_ns
-                       : 0;
-    if (age < min_age_ns) continue;
-    uint64_t key = site_key(allocation.pid, allocation.site_id);
-    SiteSummary& site = by_site[key];
-    Sums& sums = site_sums[key];
-    if (sums.allocations == 0) {
-      site.pid = allocation.pid;
-      site.site_id = allocation.site_id;
-      site.oldest_timestamp_ns = allocation.timestamp_ns;
-      site.kind = allocation.kind;
-    }
-    sums.bytes += bytes;
-    sums.allocations += allocations;
-    site.oldest_timestamp_ns = std::min(site.oldest_timestamp_ns, allocation.timestamp_ns);
-  }
-  result.totals.outstanding_bytes = static_cast<uint64_t>(std::llround(total.bytes));
-  result.totals.outstanding_allocations = static_cast<uint64_t>(std::llround(total.allocations));
-  for (auto& [key, site] : by_site) {
-    site.outstanding_bytes = static_cast<uint64_t>(std::llround(site_sums[key].bytes));
+  result.totals.outstanding_bytes = static_cast<uint64_t>(std::llround(total_.bytes));
+  result.totals.outstanding_allocations = static_cast<uint64_t>(std::llround(total_.allocations));
+  for (auto& [key, site] : by_site_) {
+    site.outstanding_bytes = static_cast<uint64_t>(std::llround(site_sums_[key].bytes));
     site.outstanding_allocations =
-        std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(site_sums[key].allocations)));
+        std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(site_sums_[key].allocations)));
   }
-  for (const auto& totals : snapshot.sites) {
-    auto it = by_site.find(site_key(totals.pid, totals.site_id));
-    if (it == by_site.end()) continue;
+  for (const auto& totals : site_totals) {
+    auto it = by_site_.find(site_key(totals.pid, totals.site_id));
+    if (it == by_site_.end()) continue;
     it->second.total_allocated_bytes = totals.total_bytes;
     it->second.total_allocations = totals.total_allocations;
     it->second.caller_address = totals.caller_address;
   }
-  result.sites.reserve(by_site.size());
-  for (auto& [key, site] : by_site) result.sites.push_back(site);
+  result.sites.reserve(by_site_.size());
+  for (auto& [key, site] : by_site_) result.sites.push_back(site);
   std::sort(result.sites.begin(), result.sites.end(), [](const auto& a, const auto& b) {
     if (a.outstanding_bytes != b.outstanding_bytes) return a.outstanding_bytes > b.outstanding_bytes;
     if (a.outstanding_allocations != b.outstanding_allocations) {
@@ -75,6 +69,13 @@ Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64
     return a.site_id < b.site_id;
   });
   return result;
+}
+
+Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64_t sample_rate) {
+  Accumulator accumulator(min_age_ns, sample_rate);
+  accumulator.begin(snapshot.taken_at_ns);
+  for (const auto& allocation : snapshot.allocations) accumulator.add(allocation);
+  return std::move(accumulator).finish(snapshot.sites);
 }
 
 }  // namespace memtrail::aggregator

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "model/snapshot.h"
@@ -30,6 +31,27 @@ struct Totals {
 struct Aggregate {
   std::vector<SiteSummary> sites;  // every site with visible outstanding memory, ranked
   Totals totals;                   // all outstanding memory, whatever its age
+};
+
+// Sums outstanding allocations per (pid, site) as they arrive (see aggregate() below), then
+// ranks the sites.
+class Accumulator final : public model::AllocationSink {
+ public:
+  Accumulator(uint64_t min_age_ns, uint64_t sample_rate)
+      : min_age_ns_(min_age_ns), sample_rate_(sample_rate) {}
+  void begin(uint64_t taken_at_ns) override { taken_at_ns_ = taken_at_ns; }
+  void add(const model::OutstandingAllocation& allocation) override;
+  // Adds the kernel's running totals of the sites and ranks them.
+  Aggregate finish(const std::vector<model::SiteTotals>& site_totals) &&;
+
+ private:
+  struct Sums {  // estimates (exact integers without sampling), rounded once at the end
+    double bytes = 0, allocations = 0;
+  };
+  uint64_t min_age_ns_, sample_rate_, taken_at_ns_ = 0;
+  Sums total_;
+  std::unordered_map<uint64_t, SiteSummary> by_site_;
+  std::unordered_map<uint64_t, Sums> site_sums_;
 };
 
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the

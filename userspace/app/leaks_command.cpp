@@ -319,9 +319,12 @@ class LeaksSession {
   // each stage took (the benchmark reads these lines).
   model::Report take_report(bool final, size_t sites) {
     auto started = Clock::now();
-    model::Snapshot snapshot = tracer_->snapshot();
+    // The allocations stream into the aggregator as they are read: at no point are millions of
+    // them copied into memtrail's memory.
+    aggregator::Accumulator accumulator(min_age_ns(), options_.sample_rate);
+    model::Snapshot snapshot = tracer_->snapshot(&accumulator);
     auto read = Clock::now();
-    auto aggregate = aggregator::aggregate(snapshot, min_age_ns(), options_.sample_rate);
+    auto aggregate = std::move(accumulator).finish(snapshot.sites);
     auto aggregated = Clock::now();
     auto report = report::build_report(snapshot, aggregate, symbolizer_, context(final),
                                        std::min(sites, aggregate.sites.size()));
@@ -330,9 +333,9 @@ class LeaksSession {
       auto ms = [](auto duration) {
         return std::chrono::duration<double, std::milli>(duration).count();
       };
-      std::cerr << "memtrail: report: " << snapshot.allocations.size()
-                << " outstanding allocations read in " << ms(read - started) << " ms, aggregated in "
-                << ms(aggregated - read) << " ms, " << report.leaks.size()
+      std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations
+                << " outstanding allocations read and summed in " << ms(read - started)
+                << " ms, ranked in " << ms(aggregated - read) << " ms, " << report.leaks.size()
                 << " sites symbolized in " << ms(built - aggregated) << " ms";
       if (snapshot.counters.snapshot_read_errors != 0) {
         std::cerr << " (" << snapshot.counters.snapshot_read_errors

@@ -43,8 +43,18 @@ struct TracerCounters {
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
 };
 
+// Receives outstanding allocations one by one as the tracer reads them, so that millions of
+// them need not be held in memory at once (the aggregator is one).
+class AllocationSink {
+ public:
+  virtual ~AllocationSink() = default;
+  virtual void begin(uint64_t taken_at_ns) = 0;  // before the first add
+  virtual void add(const OutstandingAllocation& allocation) = 0;
+};
+
 struct Snapshot {
   uint64_t taken_at_ns = 0;  // CLOCK_MONOTONIC, comparable with timestamp_ns
+  // Empty when the allocations went to an AllocationSink instead.
   std::vector<OutstandingAllocation> allocations;
   std::vector<SiteTotals> sites;
   // User-space return addresses, innermost first, for each stack id referenced above. The

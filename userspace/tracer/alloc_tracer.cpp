@@ -186,9 +186,10 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   for (auto& link : attached) links_.push_back(std::move(link));
 }
 
-model::Snapshot AllocTracer::snapshot() const {
+model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
   model::Snapshot snapshot;
   snapshot.taken_at_ns = monotonic_now_ns();
+  if (sink) sink->begin(snapshot.taken_at_ns);
   const auto& maps = skeleton_->maps;
 
   // The table is written concurrently by the BPF programs: each slot is taken only when it is
@@ -215,9 +216,14 @@ model::Snapshot AllocTracer::snapshot() const {
         ++snapshot.counters.snapshot_read_errors;  // changed while read: next time
         continue;
       }
-      snapshot.allocations.push_back({tgid, address, size_kind & MEMTRAIL_SIZE_MASK, timestamp,
-                                      site_id,
-                                      static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS)});
+      model::OutstandingAllocation allocation{
+          tgid, address, size_kind & MEMTRAIL_SIZE_MASK, timestamp, site_id,
+          static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS)};
+      if (sink) {
+        sink->add(allocation);
+      } else {
+        snapshot.allocations.push_back(allocation);
+      }
     }
   }
 

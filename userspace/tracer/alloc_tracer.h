@@ -34,8 +34,9 @@ class AllocTracer {
   // memtrail::Error is thrown.
   void attach(uint32_t pid, const target::AllocatorModule& module);
 
-  // Reads the maps. Entries that change while being read are skipped and counted.
-  model::Snapshot snapshot() const;
+  // Reads the maps. Entries that change while being read are skipped and counted. With a
+  // sink, the outstanding allocations go to it as they are read, not into the snapshot.
+  model::Snapshot snapshot(model::AllocationSink* sink = nullptr) const;
 
   // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
   uint64_t map_memory_bytes() const;
