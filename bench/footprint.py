@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, BenchError, LineReader, git_commit  # noqa: E402
+from run import ROOT, BenchError, LineReader, append_results, git_commit  # noqa: E402
 
 
 def pinned_to(cpu):
@@ -237,10 +237,8 @@ def main():
     print("\n" + table)
     if not args.no_record:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as results_file:
-            results_file.write(f"\n## {stamp} — commit {git_commit()} — footprint\n\n"
-                               f"Kernel {platform.release()}, {os.cpu_count()} CPUs.\n\n"
-                               f"{table}\n")
+        append_results(f"\n## {stamp} — commit {git_commit()} — footprint\n\n"
+                       f"Kernel {platform.release()}, {os.cpu_count()} CPUs.\n\n{table}\n")
         print("\nrecorded in bench/RESULTS.md")
 
 

@@ -294,6 +294,18 @@ def cpu_model():
     return platform.processor()
 
 
+def append_results(section):
+    """Appends a section to bench/RESULTS.md, creating it with its header if need be."""
+    results_path = os.path.join(ROOT, "bench", "RESULTS.md")
+    new_file = not os.path.exists(results_path)
+    with open(results_path, "a") as results_file:
+        if new_file:
+            results_file.write("# Overhead benchmark results\n\nAppended by bench/run.py "
+                               "(bench/run.sh) and bench/footprint.py; see bench/README.md for "
+                               "how to read them.\n")
+        results_file.write(section)
+
+
 def make_table(tools, results, seconds):
     medians = {tool: statistics.median(results[tool]) for tool in tools}
     base = medians.get("untraced")
@@ -439,13 +451,7 @@ def main():
                    f"rounds interleaved.\n\n{table}\n")
         for note in notes:
             section += f"\nNote: {note}\n"
-        results_path = os.path.join(ROOT, "bench", "RESULTS.md")
-        new_file = not os.path.exists(results_path)
-        with open(results_path, "a") as results_file:
-            if new_file:
-                results_file.write("# Overhead benchmark results\n\nAppended by bench/run.py "
-                                   "(bench/run.sh); see bench/README.md for how to read them.\n")
-            results_file.write(section)
+        append_results(section)
         print("\nrecorded in bench/RESULTS.md")
 
 

@@ -26,9 +26,9 @@ struct {
 	__type(value, struct memtrail_alloc_bucket);
 } allocs SEC(".maps");
 
-/* Totals per stack id (stacks are per process, so a stack id is a site). */
+/* Totals per stack id (stacks are per process, so a stack id is a site), per CPU. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct memtrail_site_totals);
@@ -178,7 +178,7 @@ static __always_inline struct memtrail_fallback_totals *fallback_lookup_or_creat
 static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller, __u64 bytes,
 					__u64 calls)
 {
-	__u64 *total_bytes, *total_allocations;
+	struct memtrail_fallback_totals *fallback;
 
 	if (site_id >= 0) {
 		__u32 index = site_id;
@@ -188,21 +188,19 @@ static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller,
 			count(MEMTRAIL_CTR_SITE_DROPS);
 			return;
 		}
-		total_bytes = &totals->total_bytes;
-		total_allocations = &totals->total_allocations;
-	} else {
-		struct memtrail_fallback_totals *totals =
-			fallback_lookup_or_create(tgid, site_id, caller);
-
-		if (!totals) {
-			count(MEMTRAIL_CTR_SITE_DROPS);
-			return;
-		}
-		total_bytes = &totals->total_bytes;
-		total_allocations = &totals->total_allocations;
+		/* This CPU's copy: no atomics, and no cache line bouncing between the CPUs of a
+		 * multi-threaded program allocating from the same site. */
+		totals->total_bytes += bytes;
+		totals->total_allocations += calls;
+		return;
 	}
-	__sync_fetch_and_add(total_bytes, bytes);
-	__sync_fetch_and_add(total_allocations, calls);
+	fallback = fallback_lookup_or_create(tgid, site_id, caller);
+	if (!fallback) {
+		count(MEMTRAIL_CTR_SITE_DROPS);
+		return;
+	}
+	__sync_fetch_and_add(&fallback->total_bytes, bytes);
+	__sync_fetch_and_add(&fallback->total_allocations, calls);
 }
 
 /* ---- the outstanding-allocations table (protocol: see struct memtrail_alloc_bucket) ---- */
@@ -506,6 +504,16 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 		count(MEMTRAIL_CTR_UNMATCHED_FREES);
 }
 
+/* Records the block a call returned, unless --sample-rate passes it over. */
+static __always_inline void record_returned(struct pt_regs *ctx, struct inflight_call *call,
+					    __u64 address, __u64 size)
+{
+	__u64 weight = sampled_bytes(call, size);
+
+	if (weight)
+		record_alloc(ctx, address, size, call->kind, weight);
+}
+
 /* ---- entry probes: remember the arguments until the call returns ---- */
 
 /* malloc, valloc, pvalloc: (size). The attach cookie says which. */
@@ -559,7 +567,6 @@ SEC("uretprobe")
 int BPF_KRETPROBE(pointer_exit, __u64 address)
 {
 	struct inflight_call *call = call_exit();
-	__u64 weight;
 
 	if (!call)
 		return 0;
@@ -567,9 +574,7 @@ int BPF_KRETPROBE(pointer_exit, __u64 address)
 		count(MEMTRAIL_CTR_FAILED_CALLS);
 		return 0;
 	}
-	weight = sampled_bytes(call, call->size);
-	if (weight)
-		record_alloc(ctx, address, call->size, call->kind, weight);
+	record_returned(ctx, call, address, call->size);
 	return 0;
 }
 
@@ -579,7 +584,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(realloc_exit, __u64 address)
 {
 	struct inflight_call *call = call_exit();
-	__u64 old, size, weight;
+	__u64 old, size;
 
 	if (!call)
 		return 0;
@@ -594,9 +599,7 @@ int BPF_KRETPROBE(realloc_exit, __u64 address)
 	}
 	if (old)
 		release(old, RELEASE_REALLOC, call->start_ns);
-	weight = sampled_bytes(call, size);
-	if (weight)
-		record_alloc(ctx, address, size, call->kind, weight);
+	record_returned(ctx, call, address, size);
 	return 0;
 }
 
@@ -605,7 +608,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(posix_memalign_exit, int result)
 {
 	struct inflight_call *call = call_exit();
-	__u64 address = 0, weight;
+	__u64 address = 0;
 
 	if (!call)
 		return 0;
@@ -614,9 +617,7 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 		count(MEMTRAIL_CTR_FAILED_CALLS);
 		return 0;
 	}
-	weight = sampled_bytes(call, call->size);
-	if (weight)
-		record_alloc(ctx, address, call->size, call->kind, weight);
+	record_returned(ctx, call, address, call->size);
 	return 0;
 }
 

@@ -117,10 +117,6 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
   }
-  // site_totals is read in place too; allocs already is (its flags are in the BPF source).
-  int err = bpf_map__set_map_flags(maps.site_totals,
-                                   bpf_map__map_flags(maps.site_totals) | BPF_F_MMAPABLE);
-  if (err < 0) fail("flag BPF map site_totals as mappable", -err);
   auto* rodata = skeleton_->rodata;
   rodata->alloc_buckets = buckets;
   rodata->probe_floor = config.probe_floor;
@@ -131,7 +127,7 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     std::copy(quantiles.begin(), quantiles.end(), const_cast<uint32_t*>(rodata->sample_quantiles));
     std::copy(weights.begin(), weights.end(), const_cast<uint32_t*>(rodata->sample_weights));
   }
-  err = alloc_bpf__load(skeleton_.get());
+  int err = alloc_bpf__load(skeleton_.get());
   if (err < 0) {
     fail("load BPF programs", -err,
          -err == EPERM || -err == EACCES
@@ -141,7 +137,6 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
              : "run with -v to see the libbpf and verifier output");
   }
   allocs_view_ = map_values(maps.allocs);
-  site_totals_view_ = map_values(maps.site_totals);
 }
 
 AllocTracer::~AllocTracer() = default;
@@ -228,9 +223,11 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
   }
 
   // Few distinct stacks exist and each is written once, so the whole map is read every time;
-  // a stack is a site, with its totals at its id.
-  const auto* totals = site_totals_view_.values<memtrail_site_totals>();
+  // a stack is a site, with its totals (one copy per CPU) at its id.
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) fail("count possible CPUs", -cpus);
   uint32_t max_stacks = bpf_map__max_entries(maps.site_totals);
+  std::vector<memtrail_site_totals> site_per_cpu(static_cast<size_t>(cpus));
   read_hash_map<uint64_t, memtrail_stack>(
       bpf_map__fd(maps.stacks), 256, "stacks", [&](uint64_t, const memtrail_stack& stack) {
         uint32_t depth = std::min<uint32_t>(stack.depth, MEMTRAIL_MAX_STACK_DEPTH);
@@ -238,10 +235,17 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
         auto& entry = snapshot.stacks[id];
         entry.addresses.assign(stack.ips, stack.ips + depth);
         entry.truncated = (stack.flags & MEMTRAIL_STACK_TRUNCATED) != 0;
-        if (stack.id < max_stacks) {
-          snapshot.sites.push_back({stack.tgid, id, load(totals[stack.id].total_bytes),
-                                    load(totals[stack.id].total_allocations), stack.ips[0]});
+        if (stack.id >= max_stacks) return;
+        uint32_t index = stack.id;
+        if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {
+          fail("read BPF map site_totals", errno);
         }
+        model::SiteTotals site{stack.tgid, id, 0, 0, stack.ips[0]};
+        for (const auto& on_cpu : site_per_cpu) {
+          site.total_bytes += on_cpu.total_bytes;
+          site.total_allocations += on_cpu.total_allocations;
+        }
+        snapshot.sites.push_back(site);
       });
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
@@ -250,8 +254,6 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
                                   site.total_allocations, site.caller_address});
       });
 
-  int cpus = libbpf_num_possible_cpus();
-  if (cpus <= 0) fail("count possible CPUs", -cpus);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
   uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
   for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {

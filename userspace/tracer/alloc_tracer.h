@@ -46,9 +46,8 @@ class AllocTracer {
  private:
   TracerConfig config_;
   AllocSkeleton skeleton_;
-  MappedMap allocs_view_;       // the outstanding-allocations table, read in place
-  MappedMap site_totals_view_;  // totals per stack id
-  std::vector<Link> links_;     // declared last: destroyed first
+  MappedMap allocs_view_;    // the outstanding-allocations table, read in place
+  std::vector<Link> links_;  // declared last: destroyed first
 };
 
 }  // namespace memtrail::tracer
