@@ -196,7 +196,7 @@ TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
   Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
   auto [report, lines] = trace_scenario(target);
 
-  EXPECT_EQ(report["schema"], "memtrail.leaks/1");
+  EXPECT_EQ(report["schema"], "memtrail.leaks/2");
   auto leaks = sites_with_function(report, "leak_malloc");
   ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
   const json& site = leaks[0];
@@ -261,6 +261,81 @@ TEST(LeaksIntegration, AFullTableCountsDropsAndSaysSo) {
   EXPECT_TRUE(noted) << report["notes"].dump(2);
 }
 
+// Verdicts from growth over time: 3 s scenarios sampled every 0.25 s.
+json verdict_run(const std::string& scenario, std::string& reason) {
+  Target target({MEMTRAIL_LEAKY, scenario, "3", "1000"});
+  json report = trace_scenario(target, {"--interval", "0.25"}).report;
+  EXPECT_EQ(report["schema"], "memtrail.leaks/2");
+  reason = report.dump(2);
+  return report;
+}
+
+std::vector<json> sites_called_from(const json& report, const std::string& function) {
+  std::vector<json> found;
+  for (const auto& site : report["leaks"]) {
+    if (!site["stack"].empty() && site["stack"][0]["function"] == function) found.push_back(site);
+  }
+  return found;
+}
+
+TEST(LeaksVerdicts, ASteadyLeakIsALeakAndRankedFirst) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("grow", dump);
+  auto sites = sites_called_from(report, "grow_steadily");
+  ASSERT_EQ(sites.size(), 1u) << dump;
+  EXPECT_EQ(sites[0]["verdict"], "leak") << sites[0]["growth"]["reason"];
+  EXPECT_GT(sites[0]["growth_bytes_per_s"].get<double>(), 100'000);  // 200 kB/s nominal
+  EXPECT_LT(sites[0]["growth_bytes_per_s"].get<double>(), 260'000);
+  EXPECT_GT(sites[0]["growth"]["r_squared"].get<double>(), 0.9);
+  EXPECT_GE(sites[0]["growth"]["points"].get<int>(), 8);
+  EXPECT_EQ(sites[0]["outstanding_bytes"], sites[0]["total_allocated_bytes"]);
+  EXPECT_EQ(report["leaks"][0]["verdict"], "leak");
+}
+
+TEST(LeaksVerdicts, ABoundedCacheThatFillsThenStaysFlatIsSteadyNeverALeak) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("cache", dump);
+  auto sites = sites_called_from(report, "cache_insert");
+  ASSERT_EQ(sites.size(), 1u) << dump;
+  EXPECT_EQ(sites[0]["outstanding_allocations"], 200);
+  EXPECT_EQ(sites[0]["verdict"], "steady") << sites[0]["growth"]["reason"];
+  EXPECT_EQ(sites[0]["growth"]["freed_any"], true);
+}
+
+TEST(LeaksVerdicts, AStartUpPoolIsNotALeak) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("pool", dump);
+  auto sites = sites_called_from(report, "startup_pool");
+  ASSERT_EQ(sites.size(), 1u) << dump;
+  EXPECT_EQ(sites[0]["outstanding_bytes"], 64'000);
+  EXPECT_EQ(sites[0]["verdict"], "steady") << sites[0]["growth"]["reason"];
+}
+
+TEST(LeaksVerdicts, AShortRunSaysItHasTooLittleHistory) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "5", "100"});
+  json report = trace_scenario(target).report;  // default 5 s interval: no sample yet
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_EQ(leaks[0]["verdict"], "too_short");
+  EXPECT_NE(leaks[0]["growth"]["reason"].get<std::string>().find("too little history"),
+            std::string::npos);
+}
+
+TEST(LeaksVerdicts, JsonVersion1IsStillWrittenOnRequest) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "5", "100"});
+  json report = trace_scenario(target, {"--json-version", "1"}).report;
+  EXPECT_EQ(report["schema"], "memtrail.leaks/1");
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 500);
+  EXPECT_FALSE(leaks[0].contains("verdict"));
+}
+
 TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "3", "512"});
@@ -313,6 +388,22 @@ TEST(LeaksIntegration, LaunchesACommandAndTracesItFromTheStart) {
   EXPECT_EQ(report["targets"][0]["comm"], "leaky");
   // Traced from its first instruction: the 20 blocks it allocates before its gate are seen.
   EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+}
+
+TEST(LeaksIntegration, ALaunchedCommandEndsWhenMemtrailStops) {
+  REQUIRE_BPF_OR_SKIP();
+  // The command would wait for its gate forever; --duration ends memtrail, and the command
+  // must not be left behind, orphaned.
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--duration", "1", "--", MEMTRAIL_LEAKY,
+                     "basic"});
+  auto attached = tracer.wait_for_stderr("memtrail: tracing pid ", 20s);
+  ASSERT_TRUE(attached) << tracer.drain_stderr();
+  pid_t command = std::stoi(attached->substr(std::string("memtrail: tracing pid ").size()));
+  auto code = tracer.wait(30s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << tracer.drain_stderr();
+  EXPECT_EQ(::kill(command, 0), -1);
+  EXPECT_EQ(errno, ESRCH) << "the launched command " << command << " outlived memtrail";
 }
 
 TEST(LeaksIntegration, StopsWhenTheTargetExits) {

@@ -131,6 +131,42 @@ static int threads_scenario(int count, size_t size) {
   return 0;
 }
 
+// Memory over time, for leak verdicts. Each runs for about `seconds`.
+// A steady leak: 20 blocks of `size` bytes every 100 ms, never freed.
+__attribute__((noinline)) void grow_steadily(double seconds, size_t size) {
+  int line = 0;
+  for (int step = 0; step < (int)(seconds * 10); ++step) {
+    for (int i = 0; i < 20; ++i) line = __LINE__, sink = malloc(size);
+    usleep(100000);
+  }
+  report_line("grow_steadily", line);
+}
+
+// An LRU cache of 200 entries: fills during the first third, then evicts its oldest entry for
+// each new one. Its memory stays flat once full.
+__attribute__((noinline)) void cache_insert(void **slot, size_t size) {
+  free(*slot);
+  *slot = malloc(size);
+}
+
+static void lru_cache(double seconds, size_t size) {
+  enum { kEntries = 200 };
+  static void *entries[kEntries];
+  // kEntries inserts per third of the run: full after the first third.
+  useconds_t pause = (useconds_t)(seconds / 3 / kEntries * 1e6);
+  for (int i = 0; i < 3 * kEntries; ++i) {
+    cache_insert(&entries[i % kEntries], size);  // replaces the oldest once full
+    usleep(pause);
+  }
+}
+
+// A pool allocated once at start-up and kept: never a leak.
+__attribute__((noinline)) void startup_pool(double seconds, size_t size) {
+  static void *pool[64];
+  for (int i = 0; i < 64; ++i) pool[i] = malloc(size);
+  usleep((useconds_t)(seconds * 1e6));
+}
+
 // malloc/free in a loop, checking its own data: used to show that killing memtrail does not
 // disturb the target. Prints "ok N" when told to quit.
 static int busy_loop(void) {
@@ -201,6 +237,12 @@ int main(int argc, char **argv) {
     printf("first\n");
     wait_for_line();  // the test lets time pass, then asks for a young allocation
     leak_calloc(3, 10);
+  } else if (strcmp(scenario, "grow") == 0) {
+    grow_steadily(count, size);  // count: seconds
+  } else if (strcmp(scenario, "cache") == 0) {
+    lru_cache(count, size);
+  } else if (strcmp(scenario, "pool") == 0) {
+    startup_pool(count, size);
   } else if (strcmp(scenario, "threads") == 0) {
     if (threads_scenario(count, size) != 0) return 5;
   } else if (strcmp(scenario, "busy") == 0) {

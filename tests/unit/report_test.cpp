@@ -47,9 +47,22 @@ model::Report sample_report() {
                 {0x7f00'0000'5678, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x5678, std::nullopt,
                  std::nullopt, std::nullopt, false}};
   leak.stack_truncated = true;
+  model::Growth growth;
+  growth.verdict = "leak";
+  growth.bytes_per_s = 200;
+  growth.r_squared = 0.98;
+  growth.grew_share = 0.9;
+  growth.points = 3;
+  growth.span_s = 10;
+  growth.reason = "+11.7 KiB/min for 10.0s, R² 0.98, oldest 3.5s, 2 of 9 freed";
+  growth.freed_any = true;
+  growth.series = {{5, 5000, 5}, {10, 6000, 6}, {15, 7000, 7}};
+  leak.growth = growth;
   model::LeakSite second = leak;
   second.outstanding_bytes = 10;
   second.allocator = "calloc";
+  second.growth->verdict = "steady";
+  second.growth->reason = "flat at 10 B for the last 5.0s (peak 10 B), oldest 3.5s";
   second.stack = {{0x99, "[unknown]", 0x99, std::nullopt, std::nullopt, std::nullopt, false}};
   second.stack_truncated = true;
   report.leaks = {leak, second};
@@ -70,7 +83,10 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   EXPECT_NE(text.find("inlined_helper (inlined)"), std::string::npos) << text;
   EXPECT_NE(text.find("outer callers unknown"), std::string::npos) << text;
   EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
-  EXPECT_NE(text.find("Top 1 of 2 allocation sites"), std::string::npos) << text;
+  EXPECT_NE(text.find("Top 1 of 2 allocation sites, leaks first, by growth"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("LEAK: +11.7 KiB/min for 10.0s, R² 0.98, oldest 3.5s, 2 of 9 freed"),
+            std::string::npos) << text;
   // --top 1: the second site is in the model but not in the text.
   EXPECT_EQ(text.find("from calloc"), std::string::npos);
   EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
@@ -88,7 +104,7 @@ TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
 
 TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   auto json = to_json(sample_report(), 5.0);
-  EXPECT_EQ(json["schema"], "memtrail.leaks/1");
+  EXPECT_EQ(json["schema"], "memtrail.leaks/2");
   EXPECT_EQ(json["tool"]["version"], "9.9.9");
   EXPECT_EQ(json["start_time"], "2023-11-14T22:13:20.000Z");
   EXPECT_EQ(json["options"]["interval_s"], 5.0);
@@ -107,6 +123,33 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_TRUE(site["stack"][2]["line"].is_null());
   EXPECT_EQ(json["leaks"][0]["stack_truncated"], true);
   EXPECT_EQ(json["leaks"][1]["stack_truncated"], true);
+}
+
+TEST(JsonReport, Version2CarriesEachSitesVerdictGrowthAndSeries) {
+  auto json = to_json(sample_report(), 5.0);
+  const auto& site = json["leaks"][0];
+  EXPECT_EQ(site["verdict"], "leak");
+  EXPECT_EQ(site["growth_bytes_per_s"], 200.0);
+  EXPECT_EQ(site["growth"]["r_squared"], 0.98);
+  EXPECT_EQ(site["growth"]["freed_any"], true);
+  ASSERT_EQ(site["growth"]["series"].size(), 3u);
+  EXPECT_EQ(site["growth"]["series"][2], nlohmann::json::parse("[15.0, 7000.0, 7.0]"));
+  EXPECT_EQ(json["leaks"][1]["verdict"], "steady");
+}
+
+TEST(JsonReport, Version1KeepsItsLayoutAndItsRankingByBytes) {
+  model::Report report = sample_report();
+  std::swap(report.leaks[0], report.leaks[1]);  // a small leak ranked above a big steady site
+  auto json = to_json(report, 5.0, 1);
+  EXPECT_EQ(json["schema"], "memtrail.leaks/1");
+  ASSERT_EQ(json["leaks"].size(), 2u);
+  EXPECT_EQ(json["leaks"][0]["outstanding_bytes"], 7000);
+  EXPECT_EQ(json["leaks"][1]["outstanding_bytes"], 10);
+  for (const auto& site : json["leaks"]) {
+    EXPECT_FALSE(site.contains("verdict"));
+    EXPECT_FALSE(site.contains("growth"));
+  }
+  EXPECT_EQ(to_json(report, 5.0, 2)["leaks"][0]["outstanding_bytes"], 10);  // v2: as ranked
 }
 
 std::string temp_dir() {
@@ -129,6 +172,14 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   auto broken = to_json(sample_report(), 5.0);
   broken["leaks"][0].erase("outstanding_bytes");
   write_json_file(broken, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+
+  // Version 1 validates too; a version 2 site without its verdict does not.
+  write_json_file(to_json(sample_report(), 5.0, 1), path);
+  EXPECT_EQ(std::system(command.c_str()), 0) << "version 1 failed the schema";
+  auto no_verdict = to_json(sample_report(), 5.0);
+  no_verdict["leaks"][1].erase("verdict");
+  write_json_file(no_verdict, path);
   EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
   std::remove(path.c_str());
   rmdir(dir.c_str());

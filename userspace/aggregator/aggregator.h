@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "aggregator/growth.h"
 #include "model/snapshot.h"
 
 namespace memtrail::aggregator {
@@ -21,6 +23,7 @@ struct SiteSummary {
   uint64_t oldest_timestamp_ns = 0;
   uint64_t caller_address = 0;  // first frame when the stack could not be captured
   uint32_t kind = 0;            // allocator function of the site's blocks
+  std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
 };
 
 struct Totals {

@@ -155,6 +155,9 @@ class LeaksSession {
     start_unix_ms_ = unix_now_ms();
     loop();
     finish();
+    // A command memtrail launched ends with it (as a workload ends with `perf record`): after
+    // the final report, so that the report sees the program as it was.
+    if (child_) child_->terminate(std::chrono::seconds(2));
     return kExitOk;
   }
 
@@ -261,7 +264,11 @@ class LeaksSession {
                                   : std::chrono::milliseconds(1000));
       }
       if (now >= next_report) {
-        if (!options_.quiet) print_interval();
+        if (options_.quiet) {
+          measure();  // no report printed, but the history behind the verdicts needs the point
+        } else {
+          print_interval();
+        }
         next_report += interval;
         if (next_report <= now) next_report = now + interval;
       }
@@ -310,35 +317,54 @@ class LeaksSession {
     context.top = options_.top;
     context.final = final;
     context.max_outstanding_allocations = options_.max_allocations;
+    context.history = &history_;
     return context;
   }
 
   uint64_t min_age_ns() const { return static_cast<uint64_t>(options_.min_age_s * 1e9); }
 
-  // Reads the maps and builds a report with `sites` symbolized sites; with -v, says how long
-  // each stage took (the benchmark reads these lines).
-  model::Report take_report(bool final, size_t sites) {
+  // One reading of the maps: the sites summed, a point added to each site's history, and the
+  // sites scored and ranked on that history.
+  struct Measurement {
+    model::Snapshot snapshot;
+    aggregator::Aggregate aggregate;
+    double read_ms = 0, ranked_ms = 0;
+  };
+  Measurement measure() {
     auto started = Clock::now();
+    Measurement measurement;
     // The allocations stream into the aggregator as they are read: at no point are millions of
     // them copied into memtrail's memory.
     aggregator::Accumulator accumulator(min_age_ns(), options_.sample_rate);
-    model::Snapshot snapshot = tracer_->snapshot(&accumulator);
+    measurement.snapshot = tracer_->snapshot(&accumulator);
     auto read = Clock::now();
-    auto aggregate = std::move(accumulator).finish(snapshot.sites);
-    auto aggregated = Clock::now();
-    auto report = report::build_report(snapshot, aggregate, symbolizer_, context(final),
-                                       std::min(sites, aggregate.sites.size()));
+    measurement.aggregate = std::move(accumulator).finish(measurement.snapshot.sites);
+    history_.record(std::chrono::duration<double>(read - start_).count(), measurement.aggregate);
+    aggregator::assess_sites(measurement.aggregate, history_, options_.interval_s,
+                             measurement.snapshot.taken_at_ns);
+    auto ranked = Clock::now();
+    measurement.read_ms = std::chrono::duration<double, std::milli>(read - started).count();
+    measurement.ranked_ms = std::chrono::duration<double, std::milli>(ranked - read).count();
+    return measurement;
+  }
+
+  // Measures and builds a report with `sites` symbolized sites; with -v, says how long each
+  // stage took (the benchmark reads these lines).
+  model::Report take_report(bool final, size_t sites) {
+    Measurement measurement = measure();
+    const auto& aggregate = measurement.aggregate;
+    auto symbolizing = Clock::now();
+    auto report = report::build_report(measurement.snapshot, aggregate, symbolizer_,
+                                       context(final), std::min(sites, aggregate.sites.size()));
     auto built = Clock::now();
     if (options_.verbose) {
-      auto ms = [](auto duration) {
-        return std::chrono::duration<double, std::milli>(duration).count();
-      };
       std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations
-                << " outstanding allocations read and summed in " << ms(read - started)
-                << " ms, ranked in " << ms(aggregated - read) << " ms, " << report.leaks.size()
-                << " sites symbolized in " << ms(built - aggregated) << " ms";
-      if (snapshot.counters.snapshot_read_errors != 0) {
-        std::cerr << " (" << snapshot.counters.snapshot_read_errors
+                << " outstanding allocations read and summed in " << measurement.read_ms
+                << " ms, ranked in " << measurement.ranked_ms << " ms, " << report.leaks.size()
+                << " sites symbolized in "
+                << std::chrono::duration<double, std::milli>(built - symbolizing).count() << " ms";
+      if (measurement.snapshot.counters.snapshot_read_errors != 0) {
+        std::cerr << " (" << measurement.snapshot.counters.snapshot_read_errors
                   << " entries changing while read, left for the next report)";
       }
       std::cerr << "\n";
@@ -356,7 +382,8 @@ class LeaksSession {
     auto report = take_report(true, options_.json_path.empty() ? options_.top : SIZE_MAX);
     report::render_text(report, std::cout);
     if (!options_.json_path.empty()) {
-      report::write_json_file(report::to_json(report, options_.interval_s), options_.json_path);
+      report::write_json_file(report::to_json(report, options_.interval_s, options_.json_version),
+                              options_.json_path);
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
   }
@@ -368,6 +395,7 @@ class LeaksSession {
   std::optional<target::GatedChild> child_;
   std::vector<TracedProcess> targets_;
   symbolizer::Symbolizer symbolizer_;
+  aggregator::GrowthHistory history_;
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;
 };

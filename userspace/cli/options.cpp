@@ -76,6 +76,11 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
       ->type_name("FILE");
+  leaks->add_option("--json-version", options.json_version,
+                    "JSON schema version to write: 2 (default: with leak verdicts and growth "
+                    "series) or 1 (for readers of memtrail.leaks/1)")
+      ->type_name("N")
+      ->check(CLI::IsMember({1, 2}));
   leaks->add_option("--max-allocations", max_allocations,
                     "Outstanding allocations memtrail can hold (default 1048576): sizes its "
                     "table, 64 bytes of kernel memory each; more are counted as drops")

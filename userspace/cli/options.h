@@ -22,6 +22,7 @@ struct LeaksOptions {
   uint64_t sample_rate = 0;  // bytes between samples on average; 0: every allocation
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;
+  int json_version = 2;      // memtrail.leaks/N written by --json
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

@@ -23,6 +23,24 @@ struct Frame {
   bool inlined = false;
 };
 
+// How a site's outstanding memory moved over the run, and what that makes it.
+struct Growth {
+  std::string verdict;  // "leak", "suspect", "steady", "transient", "too_short"
+  double bytes_per_s = 0;
+  double r_squared = 0;
+  double grew_share = 0;
+  size_t points = 0;
+  double span_s = 0;
+  bool freed_any = false;
+  std::string reason;
+  struct Point {
+    double t_s = 0;  // since tracing started
+    double bytes = 0;
+    double allocations = 0;
+  };
+  std::vector<Point> series;
+};
+
 struct LeakSite {
   uint32_t pid = 0;
   uint64_t outstanding_bytes = 0;
@@ -36,6 +54,7 @@ struct LeakSite {
   // the depth limit) ended the walk, or the stack could not be stored and only the calling
   // function is known. The frames shown are right; outer callers are missing.
   bool stack_truncated = false;
+  std::optional<Growth> growth;  // absent only in reports built without a history
 };
 
 struct Target {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 
@@ -42,7 +43,7 @@ std::string temporary_path_for(const std::string& path) {
 
 }  // namespace
 
-ordered_json to_json(const model::Report& report, double interval_s) {
+ordered_json to_json(const model::Report& report, double interval_s, int version) {
   ordered_json targets = ordered_json::array();
   for (const auto& target : report.targets) {
     targets.push_back({{"pid", target.pid},
@@ -52,22 +53,51 @@ ordered_json to_json(const model::Report& report, double interval_s) {
                        {"allocator_module", target.allocator_module},
                        {"exited", target.exited}});
   }
+  // Version 1 readers expect the sites ranked by outstanding bytes (then count, as before).
+  std::vector<const model::LeakSite*> sites;
+  for (const auto& site : report.leaks) sites.push_back(&site);
+  if (version == 1) {
+    std::stable_sort(sites.begin(), sites.end(), [](const auto* a, const auto* b) {
+      if (a->outstanding_bytes != b->outstanding_bytes) {
+        return a->outstanding_bytes > b->outstanding_bytes;
+      }
+      return a->outstanding_allocations > b->outstanding_allocations;
+    });
+  }
   ordered_json leaks = ordered_json::array();
-  for (const auto& site : report.leaks) {
+  for (const auto* site_pointer : sites) {
+    const model::LeakSite& site = *site_pointer;
     ordered_json stack = ordered_json::array();
     for (const auto& frame : site.stack) stack.push_back(frame_json(frame));
-    leaks.push_back({{"pid", site.pid},
-                     {"allocator", site.allocator},
-                     {"outstanding_bytes", site.outstanding_bytes},
-                     {"outstanding_allocations", site.outstanding_allocations},
-                     {"total_allocated_bytes", site.total_allocated_bytes},
-                     {"total_allocations", site.total_allocations},
-                     {"oldest_age_s", site.oldest_age_s},
-                     {"stack_truncated", site.stack_truncated},
-                     {"stack", std::move(stack)}});
+    ordered_json entry = {{"pid", site.pid},
+                          {"allocator", site.allocator},
+                          {"outstanding_bytes", site.outstanding_bytes},
+                          {"outstanding_allocations", site.outstanding_allocations},
+                          {"total_allocated_bytes", site.total_allocated_bytes},
+                          {"total_allocations", site.total_allocations},
+                          {"oldest_age_s", site.oldest_age_s},
+                          {"stack_truncated", site.stack_truncated},
+                          {"stack", std::move(stack)}};
+    if (site.growth && version >= 2) {
+      const auto& growth = *site.growth;
+      ordered_json series = ordered_json::array();
+      for (const auto& point : growth.series) {
+        series.push_back({point.t_s, point.bytes, point.allocations});
+      }
+      entry["verdict"] = growth.verdict;
+      entry["growth_bytes_per_s"] = growth.bytes_per_s;
+      entry["growth"] = {{"reason", growth.reason},
+                         {"r_squared", growth.r_squared},
+                         {"grew_share", growth.grew_share},
+                         {"points", growth.points},
+                         {"span_s", growth.span_s},
+                         {"freed_any", growth.freed_any},
+                         {"series", std::move(series)}};
+    }
+    leaks.push_back(std::move(entry));
   }
   const auto& totals = report.totals;
-  return {{"schema", kLeaksSchema},
+  return {{"schema", version == 1 ? kLeaksSchemaV1 : kLeaksSchemaV2},
           {"tool", {{"name", "memtrail"}, {"version", report.tool_version}}},
           {"host", report.host},
           {"kernel", report.kernel},

@@ -9,9 +9,15 @@
 
 namespace memtrail::report {
 
-inline constexpr const char* kLeaksSchema = "memtrail.leaks/1";
+// Version 2 adds each site's leak verdict, growth and time series, and ranks `leaks` by verdict
+// then growth. Version 1 (--json-version 1) has the same fields without those, ranked by
+// outstanding bytes, for readers written against it.
+inline constexpr int kLeaksSchemaVersion = 2;
+inline constexpr const char* kLeaksSchemaV1 = "memtrail.leaks/1";
+inline constexpr const char* kLeaksSchemaV2 = "memtrail.leaks/2";
 
-nlohmann::ordered_json to_json(const model::Report& report, double interval_s);
+nlohmann::ordered_json to_json(const model::Report& report, double interval_s,
+                               int version = kLeaksSchemaVersion);
 
 // Writes the JSON to `path` atomically (temporary file + rename) so that a reader never sees a
 // half-written report. Throws memtrail::Error when the file cannot be written.

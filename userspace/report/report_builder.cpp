@@ -142,6 +142,26 @@ model::Report build_report(const model::Snapshot& snapshot,
                     [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
       leak.stack_truncated = false;
     }
+    if (site.growth) {
+      const auto& assessed = *site.growth;
+      model::Growth growth;
+      growth.verdict = aggregator::verdict_name(assessed.verdict);
+      growth.bytes_per_s = assessed.growth_bytes_per_s;
+      growth.r_squared = assessed.r_squared;
+      growth.grew_share = assessed.grew_share;
+      growth.points = assessed.points;
+      growth.span_s = assessed.span_s;
+      growth.freed_any = assessed.freed_any;
+      growth.reason = assessed.reason;
+      const auto* series = context.history ? context.history->series(site.pid, site.site_id)
+                                           : nullptr;
+      if (series) {
+        for (const auto& point : *series) {
+          growth.series.push_back({point.t_s, point.bytes, point.allocations});
+        }
+      }
+      leak.growth = std::move(growth);
+    }
     report.leaks.push_back(std::move(leak));
   }
   report.notes = notes_for(totals, context, counters.missed_entries);

@@ -23,6 +23,7 @@ struct ReportContext {
   uint32_t top = 10;
   bool final = false;
   uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops
+  const aggregator::GrowthHistory* history = nullptr;  // the series behind verdicts, if any
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

@@ -3,6 +3,7 @@
 #include "report/text_report.h"
 
 #include <algorithm>
+#include <cctype>
 #include <sstream>
 
 #include "common/format.h"
@@ -83,8 +84,10 @@ void render_text(const model::Report& report, std::ostream& out) {
     out << "No outstanding allocations" << (report.min_age_s > 0 ? " old enough to show" : "")
         << ".\n";
   } else {
+    bool assessed = !report.leaks.empty() && report.leaks.front().growth.has_value();
     out << "Top " << shown << " of " << with_thousands(report.totals.sites)
-        << " allocation sites by outstanding bytes:\n\n";
+        << (assessed ? " allocation sites, leaks first, by growth:\n\n"
+                     : " allocation sites by outstanding bytes:\n\n");
   }
   for (size_t i = 0; i < shown; ++i) {
     const auto& site = report.leaks[i];
@@ -92,6 +95,12 @@ void render_text(const model::Report& report, std::ostream& out) {
         << with_thousands(site.outstanding_allocations) << " allocation"
         << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator
         << "  pid " << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
+    if (site.growth) {
+      std::string verdict = site.growth->verdict;
+      std::transform(verdict.begin(), verdict.end(), verdict.begin(),
+                     [](unsigned char c) { return c == '_' ? ' ' : std::toupper(c); });
+      out << "    " << verdict << ": " << site.growth->reason << "\n";
+    }
     out << "    " << with_thousands(site.total_allocated_bytes) << " B allocated in "
         << with_thousands(site.total_allocations) << " calls since attach\n";
     render_stack(site, out);

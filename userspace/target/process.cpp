@@ -170,6 +170,19 @@ void GatedChild::release() {
   }
 }
 
+void GatedChild::terminate(std::chrono::milliseconds grace) {
+  if (!released_ || pid_ <= 0 || reap_if_exited()) return;
+  ::kill(pid_, SIGTERM);
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (reap_if_exited()) return;
+    ::usleep(10'000);
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+  reaped_ = true;
+}
+
 bool GatedChild::reap_if_exited() {
   if (reaped_) return true;
   int status = 0;

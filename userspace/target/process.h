@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ class GatedChild {
   void release();
   // Reaps the child if it has exited; returns true once it has been reaped.
   bool reap_if_exited();
+  // Ends a released command that is still running: SIGTERM, then SIGKILL after `grace`.
+  void terminate(std::chrono::milliseconds grace);
 
  private:
   pid_t pid_ = -1;

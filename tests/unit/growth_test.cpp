@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+// Leak verdicts on synthetic series: what each shape of memory over time must be called.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "aggregator/aggregator.h"
+#include "aggregator/growth.h"
+
+namespace memtrail::aggregator {
+namespace {
+
+constexpr double kInterval = 5;
+
+// `count` points, one per interval, of bytes(t).
+template <typename Bytes>
+std::vector<GrowthPoint> series_of(int count, Bytes bytes) {
+  std::vector<GrowthPoint> series;
+  for (int i = 0; i < count; ++i) {
+    double t = (i + 1) * kInterval;
+    series.push_back({t, bytes(t), bytes(t) / 100});
+  }
+  return series;
+}
+
+SiteNow never_freed(double oldest_age_s, uint64_t outstanding) {
+  return {oldest_age_s, outstanding, outstanding};
+}
+
+TEST(Growth, SteadyLinearGrowthThatKeepsItsOldBlocksIsALeak) {
+  auto series = series_of(12, [](double t) { return 1000 * t; });
+  auto result = assess_growth(series, never_freed(60, 600), kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kLeak) << result.reason;
+  EXPECT_NEAR(result.growth_bytes_per_s, 1000, 1e-6);
+  EXPECT_NEAR(result.r_squared, 1, 1e-9);
+  EXPECT_DOUBLE_EQ(result.grew_share, 1);
+  EXPECT_FALSE(result.freed_any);
+  EXPECT_EQ(result.reason, "+58.6 KiB/min for 55.0s, R² 1.00, oldest 1m00s, 0 of 600 freed");
+}
+
+TEST(Growth, NoisyGrowthIsStillALeakWhenTheTrendIsClear) {
+  int i = 0;
+  auto series = series_of(20, [&](double t) { return 500 * t + ((i++ % 3) - 1) * 300.0; });
+  auto result = assess_growth(series, never_freed(100, 1000), kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kLeak) << result.reason;
+  EXPECT_GT(result.r_squared, 0.9);
+}
+
+TEST(Growth, ACacheThatFillsThenStaysFlatIsSteady) {
+  // An LRU cache: grows for a third of the run, then replaces entries at a constant size.
+  auto series = series_of(18, [](double t) { return std::min(t, 30.0) * 2000; });
+  SiteNow now{40, 300, 900};  // entries are evicted (freed), the survivors are old
+  auto result = assess_growth(series, now, kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kSteady) << result.reason;
+  EXPECT_NE(result.reason.find("flat at"), std::string::npos) << result.reason;
+}
+
+TEST(Growth, AStartUpPoolIsSteadyNeverALeak) {
+  auto series = series_of(10, [](double) { return 1048576.0; });
+  auto result = assess_growth(series, never_freed(50, 16), kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kSteady) << result.reason;
+  EXPECT_DOUBLE_EQ(result.growth_bytes_per_s, 0);
+}
+
+TEST(Growth, ASawtoothOfBlocksFreedInBatchesIsTransient) {
+  // Fills for 4 intervals, then everything is freed: the oldest block is never old.
+  auto series = series_of(16, [](double t) { return std::fmod(t, 20.0) * 1000; });
+  SiteNow now{12, 15, 4000};
+  auto result = assess_growth(series, now, kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kTransient) << result.reason;
+}
+
+TEST(Growth, ABurstThatIsGoneAgainIsNotALeak) {
+  auto series = series_of(12, [](double t) { return t > 20 && t < 35 ? 5e6 : 1000.0; });
+  SiteNow now{58, 1, 5001};
+  auto result = assess_growth(series, now, kInterval);
+  EXPECT_NE(result.verdict, Verdict::kLeak) << result.reason;
+  EXPECT_NE(result.verdict, Verdict::kSuspect) << result.reason;
+}
+
+TEST(Growth, GrowthInFitsAndStartsIsSuspect) {
+  // Grows in two steps with long flat stretches: more memory at the end, but not steadily.
+  auto series = series_of(16, [](double t) { return t < 25 ? 1000.0 : t < 70 ? 5000.0 : 9000.0; });
+  auto result = assess_growth(series, never_freed(80, 90), kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kSuspect) << result.reason;
+}
+
+TEST(Growth, TooLittleHistorySaysSoInsteadOfGuessing) {
+  auto series = series_of(3, [](double t) { return 1000 * t; });
+  auto result = assess_growth(series, never_freed(15, 30), kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kTooShort);
+  EXPECT_NE(result.reason.find("too little history"), std::string::npos) << result.reason;
+  EXPECT_STREQ(verdict_name(result.verdict), "too_short");
+}
+
+TEST(Growth, HistoryRecordsZeroesForSitesThatEmptiedAndStaysBounded) {
+  GrowthHistory history(8);
+  Aggregate with_site;
+  SiteSummary site;
+  site.pid = 7;
+  site.site_id = 3;
+  site.outstanding_bytes = 100;
+  site.outstanding_allocations = 1;
+  with_site.sites.push_back(site);
+  for (int i = 0; i < 20; ++i) history.record(i, i % 2 ? Aggregate{} : with_site);
+  const auto* series = history.series(7, 3);
+  ASSERT_NE(series, nullptr);
+  EXPECT_LE(series->size(), 8u);
+  EXPECT_DOUBLE_EQ(series->front().t_s, 0);  // the whole span is kept
+  EXPECT_DOUBLE_EQ(series->back().t_s, 19);
+  EXPECT_DOUBLE_EQ(series->back().bytes, 0);
+  EXPECT_EQ(history.series(7, 4), nullptr);
+}
+
+TEST(Growth, AssessSitesRanksLeaksFirstThenByGrowth) {
+  GrowthHistory history;
+  for (int i = 1; i <= 10; ++i) {
+    Aggregate aggregate;
+    SiteSummary flat, slow, fast;
+    flat.pid = slow.pid = fast.pid = 1;
+    flat.site_id = 1;
+    flat.outstanding_bytes = 1'000'000;  // the biggest, but flat
+    slow.site_id = 2;
+    slow.outstanding_bytes = 100 * i;
+    fast.site_id = 3;
+    fast.outstanding_bytes = 1000 * i;
+    for (auto* s : {&flat, &slow, &fast}) s->outstanding_allocations = s->total_allocations = 1;
+    aggregate.sites = {flat, slow, fast};
+    history.record(i * kInterval, aggregate);
+    if (i == 10) {
+      for (auto& s : aggregate.sites) s.oldest_timestamp_ns = 0;
+      assess_sites(aggregate, history, kInterval, 60'000'000'000ull);
+      ASSERT_EQ(aggregate.sites.size(), 3u);
+      EXPECT_EQ(aggregate.sites[0].site_id, 3);
+      EXPECT_EQ(aggregate.sites[1].site_id, 2);
+      EXPECT_EQ(aggregate.sites[2].site_id, 1);
+      EXPECT_EQ(aggregate.sites[0].growth->verdict, Verdict::kLeak);
+      EXPECT_EQ(aggregate.sites[2].growth->verdict, Verdict::kSteady);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace memtrail::aggregator

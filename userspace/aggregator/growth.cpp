@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: Apache-2.0
+// Leak verdicts from growth over time.
+#include "aggregator/growth.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "aggregator/aggregator.h"
+#include "common/format.h"
+
+namespace memtrail::aggregator {
+namespace {
+
+// A verdict needs this many points, over at least this many intervals.
+constexpr size_t kMinPoints = 4;
+constexpr double kMinIntervals = 3;
+// A least-squares line this good, and growth in this share of the intervals, is "steady".
+constexpr double kSteadyFit = 0.8;
+constexpr double kSteadyGrowShare = 0.5;
+// A plateau: over the last half of the series, the site moved by less than this share of its
+// peak.
+constexpr double kPlateauShare = 0.05;
+
+uint64_t site_key(uint32_t pid, int32_t site_id) {
+  return (static_cast<uint64_t>(pid) << 32) | static_cast<uint32_t>(site_id);
+}
+
+struct Fit {
+  double slope = 0, r_squared = 0;
+};
+
+// Least squares of bytes over time.
+Fit fit_line(const std::vector<GrowthPoint>& series, size_t first) {
+  double n = static_cast<double>(series.size() - first);
+  double mean_t = 0, mean_b = 0;
+  for (size_t i = first; i < series.size(); ++i) {
+    mean_t += series[i].t_s;
+    mean_b += series[i].bytes;
+  }
+  mean_t /= n;
+  mean_b /= n;
+  double stt = 0, sbb = 0, stb = 0;
+  for (size_t i = first; i < series.size(); ++i) {
+    double dt = series[i].t_s - mean_t, db = series[i].bytes - mean_b;
+    stt += dt * dt;
+    sbb += db * db;
+    stb += dt * db;
+  }
+  Fit fit;
+  if (stt > 0) fit.slope = stb / stt;
+  // A flat series fits a flat line perfectly, but says nothing about growth: R² 0 then.
+  if (stt > 0 && sbb > 0) fit.r_squared = (stb * stb) / (stt * sbb);
+  return fit;
+}
+
+std::string rate_text(double bytes_per_s) {
+  double per_minute = bytes_per_s * 60;
+  std::string text = per_minute < 0 ? "-" : "+";
+  return text + human_bytes(static_cast<uint64_t>(std::llround(std::fabs(per_minute)))) + "/min";
+}
+
+std::string format(const char* pattern, double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), pattern, value);
+  return buffer;
+}
+
+}  // namespace
+
+const char* verdict_name(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::kLeak: return "leak";
+    case Verdict::kSuspect: return "suspect";
+    case Verdict::kSteady: return "steady";
+    case Verdict::kTransient: return "transient";
+    case Verdict::kTooShort: return "too_short";
+  }
+  return "too_short";
+}
+
+GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const SiteNow& now,
+                               double interval_s) {
+  GrowthAssessment result;
+  result.points = series.size();
+  result.span_s = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
+  result.freed_any = now.total_allocations > now.outstanding_allocations;
+  result.oldest_age_s = now.oldest_age_s;
+  uint64_t freed = now.total_allocations > now.outstanding_allocations
+                       ? now.total_allocations - now.outstanding_allocations
+                       : 0;
+  std::string freed_text = with_thousands(freed) + " of " + with_thousands(now.total_allocations) +
+                           " freed";
+  if (series.size() < kMinPoints || result.span_s < kMinIntervals * interval_s * 0.99) {
+    result.verdict = Verdict::kTooShort;
+    result.reason = "too little history for a verdict: " + std::to_string(series.size()) +
+                    " samples over " + human_duration(result.span_s) + " (needs " +
+                    std::to_string(kMinPoints) + " over " +
+                    human_duration(kMinIntervals * interval_s) + ")";
+    return result;
+  }
+  Fit fit = fit_line(series, 0);
+  result.growth_bytes_per_s = fit.slope;
+  result.r_squared = fit.r_squared;
+  size_t grew = 0;
+  for (size_t i = 1; i < series.size(); ++i) grew += series[i].bytes > series[i - 1].bytes;
+  result.grew_share = static_cast<double>(grew) / static_cast<double>(series.size() - 1);
+
+  double peak = 0;
+  for (const auto& point : series) peak = std::max(peak, point.bytes);
+  const auto& last = series.back();
+  const auto& middle = series[series.size() / 2];
+  double late_change = std::fabs(last.bytes - middle.bytes);
+  double net_growth = last.bytes - series.front().bytes;
+  std::string over = " for " + human_duration(result.span_s);
+  std::string fit_text = ", R² " + format("%.2f", fit.r_squared);
+  std::string oldest = ", oldest " + human_duration(now.oldest_age_s);
+
+  if (result.freed_any && now.oldest_age_s < std::max(2 * interval_s, 0.25 * result.span_s)) {
+    result.verdict = Verdict::kTransient;
+    result.reason = "blocks are freed soon: oldest " + human_duration(now.oldest_age_s) + ", " +
+                    freed_text;
+  } else if (fit.slope > 0 && fit.r_squared >= kSteadyFit &&
+             result.grew_share >= kSteadyGrowShare && net_growth > 0 &&
+             now.oldest_age_s >= 0.5 * result.span_s) {
+    // Steady growth while the oldest blocks stay: the signature of a leak. Frees elsewhere in
+    // the site (a leak of some of its blocks) keep it a leak, and the reason says so.
+    result.verdict = Verdict::kLeak;
+    result.reason = rate_text(fit.slope) + over + fit_text + oldest + ", " + freed_text;
+  } else if (peak > 0 && late_change <= kPlateauShare * peak) {
+    result.verdict = Verdict::kSteady;
+    result.reason = "flat at " + human_bytes(static_cast<uint64_t>(std::llround(last.bytes))) +
+                    " for the last " + human_duration(last.t_s - middle.t_s) + " (peak " +
+                    human_bytes(static_cast<uint64_t>(std::llround(peak))) + ")" + oldest;
+  } else if (net_growth > 0 && fit.slope > 0) {
+    result.verdict = Verdict::kSuspect;
+    result.reason = rate_text(fit.slope) + over + " but unsteadily" + fit_text + ", grew in " +
+                    format("%.0f", result.grew_share * 100) + " % of intervals" + oldest + ", " +
+                    freed_text;
+  } else {
+    result.verdict = Verdict::kSteady;
+    result.reason = "not growing: " + rate_text(fit.slope) + over + oldest;
+  }
+  return result;
+}
+
+void GrowthHistory::record(double t_s, const Aggregate& aggregate) {
+  auto append = [&](std::vector<GrowthPoint>& series, GrowthPoint point) {
+    if (series.size() >= max_points_) {
+      // Keep every other point: the whole span, at half the resolution.
+      size_t kept = 0;
+      for (size_t i = 0; i < series.size(); i += 2) series[kept++] = series[i];
+      series.resize(kept);
+    }
+    series.push_back(point);
+  };
+  std::unordered_map<uint64_t, bool> seen;
+  for (const auto& site : aggregate.sites) {
+    uint64_t key = site_key(site.pid, site.site_id);
+    auto it = series_.find(key);
+    if (it == series_.end()) {
+      if (series_.size() >= max_sites_) {
+        ++sites_not_followed_;
+        continue;
+      }
+      it = series_.emplace(key, std::vector<GrowthPoint>{}).first;
+    }
+    append(it->second, {t_s, static_cast<double>(site.outstanding_bytes),
+                        static_cast<double>(site.outstanding_allocations)});
+    seen[key] = true;
+  }
+  for (auto& [key, series] : series_) {
+    if (!seen.count(key)) append(series, {t_s, 0, 0});
+  }
+}
+
+const std::vector<GrowthPoint>* GrowthHistory::series(uint32_t pid, int32_t site_id) const {
+  auto it = series_.find(site_key(pid, site_id));
+  return it == series_.end() ? nullptr : &it->second;
+}
+
+void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double interval_s,
+                  uint64_t taken_at_ns) {
+  static const std::vector<GrowthPoint> kNoHistory;
+  for (auto& site : aggregate.sites) {
+    const auto* series = history.series(site.pid, site.site_id);
+    SiteNow now;
+    now.oldest_age_s = taken_at_ns > site.oldest_timestamp_ns
+                           ? static_cast<double>(taken_at_ns - site.oldest_timestamp_ns) / 1e9
+                           : 0;
+    now.outstanding_allocations = site.outstanding_allocations;
+    now.total_allocations = site.total_allocations;
+    site.growth = assess_growth(series ? *series : kNoHistory, now, interval_s);
+  }
+  // Ranked through plain keys: by verdict, then growth, then outstanding bytes.
+  struct Rank {
+    int verdict;
+    double growth;
+    uint64_t bytes;
+    size_t index;
+  };
+  std::vector<Rank> ranks;
+  ranks.reserve(aggregate.sites.size());
+  for (size_t i = 0; i < aggregate.sites.size(); ++i) {
+    const auto& site = aggregate.sites[i];
+    ranks.push_back({static_cast<int>(site.growth->verdict), site.growth->growth_bytes_per_s,
+                     site.outstanding_bytes, i});
+  }
+  std::stable_sort(ranks.begin(), ranks.end(), [](const Rank& a, const Rank& b) {
+    if (a.verdict != b.verdict) return a.verdict < b.verdict;
+    if (a.growth != b.growth) return a.growth > b.growth;
+    return a.bytes > b.bytes;
+  });
+  std::vector<SiteSummary> ranked;
+  ranked.reserve(ranks.size());
+  for (const auto& rank : ranks) ranked.push_back(std::move(aggregate.sites[rank.index]));
+  aggregate.sites = std::move(ranked);
+}
+
+}  // namespace memtrail::aggregator

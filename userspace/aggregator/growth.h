@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+// Leak verdicts from growth over time: each interval's outstanding memory per site goes into a
+// bounded time series, and each site is scored on how steadily it grows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace memtrail::aggregator {
+
+struct Aggregate;
+
+struct GrowthPoint {
+  double t_s = 0;  // seconds since tracing started
+  double bytes = 0;
+  double allocations = 0;
+};
+
+// Ordered by how much the reader should care: leaks first.
+enum class Verdict {
+  kLeak,        // grows steadily and keeps its old blocks
+  kSuspect,     // grows, but unsteadily, or while also freeing old blocks
+  kSteady,      // has stopped growing: a bounded cache or pool, start-up memory
+  kTransient,   // its blocks are freed soon after they are allocated
+  kTooShort,    // too little history to tell
+};
+
+const char* verdict_name(Verdict verdict);  // "leak", "suspect", ... as in the JSON
+
+struct GrowthAssessment {
+  Verdict verdict = Verdict::kTooShort;
+  double growth_bytes_per_s = 0;  // slope of a least-squares line through the series
+  double r_squared = 0;           // how well that line fits (1: perfectly steady)
+  double grew_share = 0;          // share of intervals in which the site grew
+  size_t points = 0;
+  double span_s = 0;              // time the series covers
+  bool freed_any = false;         // some block of the site has been freed since attach
+  double oldest_age_s = 0;
+  std::string reason;             // e.g. "+1.2 MiB/min for 5m0s, R² 0.98, oldest 4m10s, 0 freed"
+};
+
+// What a site looks like now, besides its series.
+struct SiteNow {
+  double oldest_age_s = 0;
+  uint64_t outstanding_allocations = 0;
+  uint64_t total_allocations = 0;  // since attach: more than outstanding means some were freed
+};
+
+// Scores one site's series. `interval_s`: the sampling interval, which sets how much history a
+// verdict needs (4 points over at least 3 intervals) and what counts as "freed soon".
+GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const SiteNow& now,
+                               double interval_s);
+
+// Per-site series of outstanding memory, one point per interval. Bounded: a series longer than
+// `max_points` keeps every other point (the whole span at half the resolution), and at most
+// `max_sites` sites are followed (later ones get kTooShort, and are counted).
+class GrowthHistory {
+ public:
+  explicit GrowthHistory(size_t max_points = 240, size_t max_sites = 20000)
+      : max_points_(max_points), max_sites_(max_sites) {}
+
+  // Adds a point for every site of `aggregate`, and a zero for every followed site that has no
+  // outstanding memory any more.
+  void record(double t_s, const Aggregate& aggregate);
+  const std::vector<GrowthPoint>* series(uint32_t pid, int32_t site_id) const;
+  size_t sites_not_followed() const { return sites_not_followed_; }
+
+ private:
+  size_t max_points_, max_sites_;
+  size_t sites_not_followed_ = 0;
+  std::unordered_map<uint64_t, std::vector<GrowthPoint>> series_;
+};
+
+// Scores every site of `aggregate` from `history` and re-ranks them: by verdict, then growth,
+// then outstanding bytes.
+void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double interval_s,
+                  uint64_t taken_at_ns);
+
+}  // namespace memtrail::aggregator
