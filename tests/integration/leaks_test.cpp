@@ -336,6 +336,47 @@ TEST(LeaksVerdicts, JsonVersion1IsStillWrittenOnRequest) {
   EXPECT_FALSE(leaks[0].contains("verdict"));
 }
 
+TEST(LeaksSuppressions, AStdioBufferIsShownAsKeptOnPurposeAndRankedLast) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "stdio", "3", "100"});
+  json report = trace_scenario(target).report;
+  ASSERT_GE(report["leaks"].size(), 2u) << report.dump(2);
+  const json& last = report["leaks"].back();
+  EXPECT_EQ(last["suppressed"], "glibc stdio buffer") << report.dump(2);
+  EXPECT_NE(last["stack"][0]["function"].get<std::string>().find("_IO_file_doallocate"),
+            std::string::npos);
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_FALSE(leaks[0].contains("suppressed"));
+  // fopen's FILE object is not suppressed: an unclosed stream is the program's own doing.
+  EXPECT_FALSE(sites_with_function(report, "__fopen_internal").at(0).contains("suppressed"));
+}
+
+TEST(LeaksSuppressions, AUserFileSuppressesItsOwnSites) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  {
+    std::ofstream file(dir.file("ours.supp"));
+    file << "leak_mall?c  leaky  # known: freed at exit\n";
+  }
+  Target target({MEMTRAIL_LEAKY, "basic", "3", "100"});
+  json report = trace_scenario(target, {"--suppressions", dir.file("ours.supp")}).report;
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_EQ(leaks[0]["suppressed"], "known: freed at exit");
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 300);  // still counted, only marked
+}
+
+TEST(LeaksSuppressions, AMissingSuppressionsFileIsRefusedBeforeAttaching) {
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-p", "1", "--suppressions", "/nonexistent/x"});
+  auto code = tracer.wait(10s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 1);
+  std::string error = tracer.drain_stderr();
+  EXPECT_NE(error.find("memtrail: error: read suppressions file /nonexistent/x"),
+            std::string::npos) << error;
+}
+
 TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "3", "512"});

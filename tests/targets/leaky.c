@@ -237,6 +237,13 @@ int main(int argc, char **argv) {
     printf("first\n");
     wait_for_line();  // the test lets time pass, then asks for a young allocation
     leak_calloc(3, 10);
+  } else if (strcmp(scenario, "stdio") == 0) {
+    // A stream opened after attach: glibc allocates its buffer on first use and keeps it.
+    FILE *log = fopen("/dev/null", "w");
+    if (!log) return 6;
+    fprintf(log, "kept open\n");
+    sink = log;
+    leak_malloc(count, size);
   } else if (strcmp(scenario, "grow") == 0) {
     grow_steadily(count, size);  // count: seconds
   } else if (strcmp(scenario, "cache") == 0) {

@@ -135,6 +135,7 @@ class LeaksSession {
 
   int run() {
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
+    if (!options_.suppressions_path.empty()) suppressions_.load_file(options_.suppressions_path);
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
     // and the message should say so rather than fail on a target's /proc files.
@@ -318,6 +319,7 @@ class LeaksSession {
     context.final = final;
     context.max_outstanding_allocations = options_.max_allocations;
     context.history = &history_;
+    context.suppressions = &suppressions_;
     return context;
   }
 
@@ -396,6 +398,7 @@ class LeaksSession {
   std::vector<TracedProcess> targets_;
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
+  report::Suppressions suppressions_ = report::Suppressions::builtin();
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;
 };

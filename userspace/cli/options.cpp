@@ -76,6 +76,10 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
       ->type_name("FILE");
+  leaks->add_option("--suppressions", options.suppressions_path,
+                    "Sites to report as memory kept on purpose, besides the built-in ones: one "
+                    "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
+      ->type_name("FILE");
   leaks->add_option("--json-version", options.json_version,
                     "JSON schema version to write: 2 (default: with leak verdicts and growth "
                     "series) or 1 (for readers of memtrail.leaks/1)")

@@ -23,6 +23,7 @@ struct LeaksOptions {
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;
   int json_version = 2;      // memtrail.leaks/N written by --json
+  std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

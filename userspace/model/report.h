@@ -55,6 +55,8 @@ struct LeakSite {
   // function is known. The frames shown are right; outer callers are missing.
   bool stack_truncated = false;
   std::optional<Growth> growth;  // absent only in reports built without a history
+  // Memory kept on purpose (a built-in or --suppressions entry matched a frame): why.
+  std::optional<std::string> suppressed;
 };
 
 struct Target {

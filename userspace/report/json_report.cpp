@@ -93,6 +93,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"span_s", growth.span_s},
                          {"freed_any", growth.freed_any},
                          {"series", std::move(series)}};
+      if (site.suppressed) entry["suppressed"] = *site.suppressed;
     }
     leaks.push_back(std::move(entry));
   }

@@ -162,8 +162,11 @@ model::Report build_report(const model::Snapshot& snapshot,
       }
       leak.growth = std::move(growth);
     }
+    if (context.suppressions) leak.suppressed = context.suppressions->match(leak.stack);
     report.leaks.push_back(std::move(leak));
   }
+  std::stable_partition(report.leaks.begin(), report.leaks.end(),
+                        [](const model::LeakSite& leak) { return !leak.suppressed; });
   report.notes = notes_for(totals, context, counters.missed_entries);
   return report;
 }

@@ -9,6 +9,7 @@
 #include "aggregator/aggregator.h"
 #include "model/report.h"
 #include "model/snapshot.h"
+#include "report/suppressions.h"
 #include "symbolizer/symbolizer.h"
 
 namespace memtrail::report {
@@ -24,10 +25,12 @@ struct ReportContext {
   bool final = false;
   uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops
   const aggregator::GrowthHistory* history = nullptr;  // the series behind verdicts, if any
+  const Suppressions* suppressions = nullptr;  // sites kept on purpose: marked, ranked last
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the
-// JSON file; the top N for a text interval).
+// JSON file; the top N for a text interval). Suppressed sites keep their rank among themselves,
+// after all others.
 model::Report build_report(const model::Snapshot& snapshot,
                            const aggregator::Aggregate& aggregate,
                            symbolizer::Symbolizer& symbolizer, const ReportContext& context,

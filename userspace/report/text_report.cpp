@@ -95,7 +95,11 @@ void render_text(const model::Report& report, std::ostream& out) {
         << with_thousands(site.outstanding_allocations) << " allocation"
         << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator
         << "  pid " << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
-    if (site.growth) {
+    if (site.suppressed) {
+      out << "    SUPPRESSED: " << *site.suppressed << " (kept on purpose)";
+      if (site.growth) out << "; " << site.growth->verdict << ": " << site.growth->reason;
+      out << "\n";
+    } else if (site.growth) {
       std::string verdict = site.growth->verdict;
       std::transform(verdict.begin(), verdict.end(), verdict.begin(),
                      [](unsigned char c) { return c == '_' ? ' ' : std::toupper(c); });
