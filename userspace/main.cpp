@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "app/leaks_command.h"
+#include "app/offline_commands.h"
 #include "cli/options.h"
 #include "common/error.h"
 
@@ -15,9 +16,9 @@ int main(int argc, char** argv) {
   // A closed stdout (memtrail ... | head) must not kill memtrail before it detaches and writes
   // its JSON file.
   signal(SIGPIPE, SIG_IGN);
-  // Each report reads every outstanding allocation into buffers that are freed once it is
-  // built. glibc would raise its mmap threshold after the first such free and keep later
-  // buffers in the heap, holding their memory between reports; a fixed threshold returns it.
+  // Each report builds large transient buffers (per-site sums, symbolized stacks, rendered
+  // output) that are freed once it is written. glibc would raise its mmap threshold after the
+  // first such free and keep later buffers in the heap between reports; a fixed one returns it.
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   auto command = memtrail::cli::parse_command_line(argc, argv);
   if (auto* request = std::get_if<memtrail::cli::ExitRequest>(&command)) {
@@ -25,6 +26,12 @@ int main(int argc, char** argv) {
     return request->code;
   }
   try {
+    if (auto* report = std::get_if<memtrail::cli::ReportOptions>(&command)) {
+      return memtrail::app::run_report(*report);
+    }
+    if (auto* diff = std::get_if<memtrail::cli::DiffOptions>(&command)) {
+      return memtrail::app::run_diff(*diff);
+    }
     return memtrail::app::run_leaks(std::get<memtrail::cli::LeaksOptions>(command));
   } catch (const memtrail::Error& error) {
     std::cerr << "memtrail: error: " << error.what() << "\n";

@@ -16,6 +16,8 @@
 #include <sstream>
 #include <thread>
 
+#include "profile.pb.h"
+#include "report/formats.h"
 #include "subprocess.h"
 
 namespace memtrail::testing {
@@ -116,17 +118,20 @@ struct Traced {
 
 // Traces `target` by PID (`-p PID --json FILE -q` plus `options`), lets it run its scenario,
 // stops memtrail with SIGINT and reads the report.
-Traced trace_scenario(Target& target, std::vector<std::string> options = {}) {
+// `json_path`: where the report goes (default: a temporary file).
+Traced trace_scenario(Target& target, std::vector<std::string> options = {},
+                      std::string json_path = {}) {
   TempDir dir;
-  std::vector<std::string> args{"-p", std::to_string(target.process.pid()), "--json",
-                                dir.file("r.json"), "-q"};
+  if (json_path.empty()) json_path = dir.file("r.json");
+  std::vector<std::string> args{"-p", std::to_string(target.process.pid()), "--json", json_path,
+                                "-q"};
   args.insert(args.end(), options.begin(), options.end());
   Tracer tracer(args);
   tracer.expect_attached();
   Traced traced;
   traced.lines = target.run();
   tracer.stop();
-  traced.report = read_json(dir.file("r.json"));
+  traced.report = read_json(json_path);
   return traced;
 }
 
@@ -377,6 +382,127 @@ TEST(LeaksSuppressions, AMissingSuppressionsFileIsRefusedBeforeAttaching) {
             std::string::npos) << error;
 }
 
+// Runs a command to its end; returns its exit code (-1: it hung), stdout and stderr.
+struct Finished {
+  int code = -1;
+  std::string out, err;
+};
+Finished run_to_end(const std::vector<std::string>& argv, std::chrono::seconds timeout = 60s) {
+  Subprocess process(argv);
+  auto code = process.wait(timeout);
+  EXPECT_TRUE(code.has_value()) << argv[0] << " hung";
+  return {code.value_or(-1), process.drain_stdout(), process.drain_stderr()};
+}
+
+// memtrail with any subcommand.
+Finished run_command(std::vector<std::string> args) {
+  args.insert(args.begin(), MEMTRAIL_BINARY);
+  return run_to_end(args);
+}
+
+// The folded line of the site whose innermost frame is `function`.
+std::string folded_line_of(const std::string& folded, const std::string& function) {
+  std::istringstream lines(folded);
+  std::string line;
+  while (std::getline(lines, line)) {
+    size_t space = line.rfind(' ');
+    std::string stack = line.substr(0, space);
+    if (stack.size() >= function.size() &&
+        stack.compare(stack.size() - function.size(), function.size(), function) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+TEST(LeaksFormats, FoldedFinalReportOnStdoutHasTheLeakWithItsExactBytes) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--format", "folded"});
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  std::string folded = tracer.process.drain_stdout();
+  std::string line = folded_line_of(folded, ";leak_malloc");
+  EXPECT_EQ(line.rfind("leaky;", 0), 0u) << folded;
+  EXPECT_NE(line.find(";main;leak_malloc 7000"), std::string::npos) << folded;
+  EXPECT_EQ(folded.find("Top "), std::string::npos) << "text mixed into the folded output";
+}
+
+TEST(LeaksFormats, PprofAndOfflineConversionsAgreeWithTheRun) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  trace_scenario(target, {"--format", "pprof", "-o", dir.file("p.pb.gz")},
+                 dir.file("saved.json"));
+  // The pprof file: gzip, profile.proto, a sample of 7 blocks and 7000 bytes in use.
+  std::ifstream in(dir.file("p.pb.gz"), std::ios::binary);
+  std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(memtrail::report::gunzip(gz)));
+  bool found = false;
+  for (const auto& sample : profile.sample()) {
+    found |= sample.value_size() == 4 && sample.value(2) == 7 && sample.value(3) == 7000;
+  }
+  EXPECT_TRUE(found) << profile.DebugString();
+
+  // memtrail report: the saved JSON rendered again, offline.
+  auto folded = run_command({"report", dir.file("saved.json"), "--format", "folded"});
+  EXPECT_EQ(folded.code, 0) << folded.err;
+  EXPECT_NE(folded_line_of(folded.out, ";leak_malloc").find("leak_malloc 7000"),
+            std::string::npos) << folded.out;
+  auto text = run_command({"report", dir.file("saved.json")});
+  EXPECT_EQ(text.code, 0) << text.err;
+  EXPECT_NE(text.out.find("7,000 B (6.8 KiB) outstanding in 7 allocations"), std::string::npos)
+      << text.out;
+  auto v1 = run_command({"report", dir.file("saved.json"), "--format", "json", "--json-version",
+                          "1", "-o", dir.file("v1.json")});
+  EXPECT_EQ(v1.code, 0) << v1.err;
+  EXPECT_EQ(read_json(dir.file("v1.json"))["schema"], "memtrail.leaks/1");
+
+  // memtrail diff of a report with itself: nothing grew.
+  auto same = run_command({"diff", dir.file("saved.json"), dir.file("saved.json")});
+  EXPECT_EQ(same.code, 0) << same.err;
+  EXPECT_NE(same.out.find("No site grew."), std::string::npos) << same.out;
+}
+
+TEST(LeaksFormats, DiffShowsTheSiteThatGrewBetweenTwoRuns) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target small({MEMTRAIL_LEAKY, "basic", "2", "1000"});
+  trace_scenario(small, {}, dir.file("before.json"));
+  Target big({MEMTRAIL_LEAKY, "basic", "9", "1000"});
+  trace_scenario(big, {}, dir.file("after.json"));
+  auto diff = run_command({"diff", dir.file("before.json"), dir.file("after.json")});
+  EXPECT_EQ(diff.code, 0) << diff.err;
+  // Two processes, two pids: the site still lines up by its stack.
+  EXPECT_NE(diff.out.find("+6.8 KiB  2.0 KiB -> 8.8 KiB, 2 -> 9 blocks"), std::string::npos)
+      << diff.out;
+  EXPECT_NE(diff.out.find("leaky: leak_malloc (leaky.c:"), std::string::npos) << diff.out;
+}
+
+TEST(LeaksBadInput, OfflineCommandsRefuseMissingOrForeignFilesInOneLine) {
+  TempDir dir;
+  {
+    std::ofstream(dir.file("not.json")) << "hello";
+    std::ofstream(dir.file("other.json")) << R"({"schema": "someone.else/1"})";
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"report", "/nonexistent/r.json"},
+           {"report", dir.file("not.json")},
+           {"diff", dir.file("other.json"), dir.file("other.json")}}) {
+    auto finished = run_command(args);
+    EXPECT_EQ(finished.code, 1) << args[1];
+    EXPECT_EQ(finished.err.rfind("memtrail: error: ", 0), 0u) << finished.err;
+    EXPECT_TRUE(finished.out.empty()) << finished.out;
+  }
+  auto pprof_to_terminal = run_command({"report", dir.file("not.json"), "--format", "pprof"});
+  EXPECT_EQ(pprof_to_terminal.code, 2) << pprof_to_terminal.err;
+  EXPECT_NE(pprof_to_terminal.err.find("give -o FILE"), std::string::npos);
+  auto unknown_format = run_command({"report", dir.file("not.json"), "--format", "svg"});
+  EXPECT_EQ(unknown_format.code, 2);
+}
+
 TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "3", "512"});
@@ -613,11 +739,8 @@ struct Outcome {
 Outcome run_memtrail(std::vector<std::string> args, std::vector<std::string> prefix = {}) {
   args.insert(args.begin(), {MEMTRAIL_BINARY, "leaks"});
   args.insert(args.begin(), prefix.begin(), prefix.end());
-  Subprocess process(args);
-  auto code = process.wait(20s);
-  EXPECT_TRUE(code.has_value()) << "memtrail hung";
-  std::string text = process.drain_stderr();
-  return {code.value_or(-1), text};
+  Finished finished = run_to_end(args, 20s);
+  return {finished.code, finished.err};
 }
 
 void expect_one_error_line(const Outcome& outcome, int code, const std::string& fragment) {

@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "aggregator/aggregator.h"
+#include "app/output.h"
 #include "common/error.h"
 #include "common/format.h"
 #include "report/json_report.h"
@@ -135,6 +136,7 @@ class LeaksSession {
 
   int run() {
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
+    if (!options_.output_path.empty()) report::check_writable(options_.output_path);
     if (!options_.suppressions_path.empty()) suppressions_.load_file(options_.suppressions_path);
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
@@ -265,7 +267,7 @@ class LeaksSession {
                                   : std::chrono::milliseconds(1000));
       }
       if (now >= next_report) {
-        if (options_.quiet) {
+        if (options_.quiet || !interval_reports_on_stdout()) {
           measure();  // no report printed, but the history behind the verdicts needs the point
         } else {
           print_interval();
@@ -374,6 +376,12 @@ class LeaksSession {
     return report;
   }
 
+  // Interval reports are text on stdout, unless stdout carries the final report in another
+  // format.
+  bool interval_reports_on_stdout() const {
+    return options_.format == cli::Format::kText || !options_.output_path.empty();
+  }
+
   void print_interval() {
     report::render_text(take_report(false, options_.top), std::cout);
     std::cout << "\n" << std::flush;
@@ -381,8 +389,17 @@ class LeaksSession {
 
   void finish() {
     // The JSON file carries every site; the text report only the top ones.
-    auto report = take_report(true, options_.json_path.empty() ? options_.top : SIZE_MAX);
-    report::render_text(report, std::cout);
+    bool every_site = !options_.json_path.empty() || options_.format != cli::Format::kText;
+    auto report = take_report(true, every_site ? SIZE_MAX : options_.top);
+    OutputRequest final_output;
+    final_output.format = options_.format;
+    final_output.path = options_.output_path;
+    final_output.json_version = options_.json_version;
+    final_output.interval_s = options_.interval_s;
+    write_report(report, final_output);
+    if (!options_.output_path.empty()) {
+      std::cerr << "memtrail: wrote " << options_.output_path << "\n";
+    }
     if (!options_.json_path.empty()) {
       report::write_json_file(report::to_json(report, options_.interval_s, options_.json_version),
                               options_.json_path);

@@ -4,12 +4,18 @@
 
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <map>
 
 #include "common/error.h"
 #include "common/version.h"
 
 namespace memtrail::cli {
 namespace {
+
+const std::map<std::string, Format> kFormats{{"text", Format::kText},
+                                             {"json", Format::kJson},
+                                             {"folded", Format::kFolded},
+                                             {"pprof", Format::kPprof}};
 
 constexpr const char* kDescription =
     "memtrail: find memory leaks in running processes with eBPF, without restarting them.";
@@ -22,6 +28,12 @@ constexpr const char* kExamples = R"(EXAMPLES
       Trace two processes for 30 s and write the final report as JSON.
   memtrail leaks --interval 10 --top 20 --min-age 2 -- ./server --port 8080
       Launch a command and trace it from its first instruction.
+  memtrail leaks -p 4242 --duration 60 --format pprof -o heap.pb.gz
+      Write the final report as a pprof profile (go tool pprof, Pyroscope, Parca).
+  memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg
+      Render a saved report again, here as folded stacks for a flame graph.
+  memtrail diff before.json after.json
+      Show which allocation sites grew between two saved reports.
 )";
 
 constexpr const char* kExitStatus = R"(
@@ -40,9 +52,11 @@ on Ctrl-C, SIGTERM, when --duration has elapsed, or when every target has exited
 prints the final report and writes the JSON file (--json). Allocations made before memtrail
 attached are invisible; frees of them are counted as unmatched frees.
 
-Output: text reports on stdout (every --interval unless --quiet, and a final one);
-diagnostics on stderr, including one `memtrail: tracing pid N` line per target once its
-probes are attached. --json writes the final report in the format of docs/json-format.md.
+Output: text reports on stdout (every --interval unless --quiet, and a final one in --format,
+to -o FILE or stdout); diagnostics on stderr, including one `memtrail: tracing pid N` line per
+target once its probes are attached. --json writes the final report in the format of
+docs/json-format.md. Each site gets a verdict from its growth over the run (leak, suspect,
+steady, transient, too_short); memory runtimes keep on purpose is marked SUPPRESSED.
 
 Traced functions: malloc, calloc, realloc, reallocarray, free, posix_memalign, aligned_alloc,
 memalign, valloc, pvalloc, in the module the process binds malloc from (its C library, or
@@ -76,6 +90,14 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
       ->type_name("FILE");
+  leaks->add_option("-f,--format", options.format,
+                    "Format of the final report: text (default), json, folded (flame graph "
+                    "stacks) or pprof (gzipped profile.proto; needs -o)")
+      ->type_name("FORMAT")
+      ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case));
+  leaks->add_option("-o,--output", options.output_path,
+                    "Write the final report to FILE instead of stdout")
+      ->type_name("FILE");
   leaks->add_option("--suppressions", options.suppressions_path,
                     "Sites to report as memory kept on purpose, besides the built-in ones: one "
                     "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
@@ -106,10 +128,50 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("-- COMMAND [ARGS...]");
   app.positionals_at_end(false);
 
+  ReportOptions report_options;
+  CLI::App* report = app.add_subcommand(
+      "report", "Render a saved JSON report (memtrail leaks --json) in another format");
+  report->add_option("file", report_options.input_path, "JSON report written by memtrail leaks")
+      ->required()
+      ->type_name("FILE");
+  report->add_option("-f,--format", report_options.format,
+                     "text (default), json, folded or pprof (needs -o)")
+      ->type_name("FORMAT")
+      ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case));
+  report->add_option("-o,--output", report_options.output_path, "Write to FILE, not stdout")
+      ->type_name("FILE");
+  report->add_option("-n,--top", report_options.top, "Sites shown as text (default 10)")
+      ->type_name("N");
+  report->add_option("--json-version", report_options.json_version,
+                     "JSON schema version to write: 2 (default) or 1")
+      ->type_name("N")
+      ->check(CLI::IsMember({1, 2}));
+  report->footer("EXAMPLES\n"
+                 "  memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg\n"
+                 "  memtrail report leaks.json --format pprof -o leaks.pb.gz && "
+                 "go tool pprof -http=: leaks.pb.gz\n");
+
+  DiffOptions diff_options;
+  CLI::App* diff = app.add_subcommand(
+      "diff", "Show which allocation sites grew between two saved JSON reports");
+  diff->add_option("before", diff_options.before_path, "The earlier report")
+      ->required()
+      ->type_name("BEFORE.json");
+  diff->add_option("after", diff_options.after_path, "The later report")
+      ->required()
+      ->type_name("AFTER.json");
+  diff->add_option("-n,--top", diff_options.top, "Sites shown (default 20)")->type_name("N");
+  diff->footer("Sites match by command name and call stack (module and offset of each frame), "
+               "so reports\nof two runs of the same programs compare even though pids and "
+               "addresses differ.\n");
+
   // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
-  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "leaks") {
-    return ExitRequest{kExitUsage, std::string("memtrail: error: unknown command '") + argv[1] +
-                                       "' (commands: leaks)\nmemtrail: hint: see memtrail --help\n"};
+  std::string command_name = argc > 1 ? argv[1] : "";
+  if (argc > 1 && argv[1][0] != '-' && command_name != "leaks" && command_name != "report" &&
+      command_name != "diff") {
+    return ExitRequest{kExitUsage, "memtrail: error: unknown command '" + command_name +
+                                       "' (commands: leaks, report, diff)\n"
+                                       "memtrail: hint: see memtrail --help\n"};
   }
   try {
     app.parse(argc, argv);
@@ -121,7 +183,26 @@ Command parse_command_line(int argc, const char* const* argv) {
     return ExitRequest{kExitOk, std::string("memtrail ") + kVersion + "\n"};
   } catch (const CLI::ParseError& error) {
     return ExitRequest{kExitUsage, std::string("memtrail: error: ") + error.what() +
-                                       "\nmemtrail: hint: see memtrail leaks --help\n"};
+                                       "\nmemtrail: hint: see memtrail " +
+                                       (command_name.empty() || command_name[0] == '-'
+                                            ? std::string("")
+                                            : command_name + " ") +
+                                       "--help\n"};
+  }
+  auto usage_of = [](const std::string& command, const std::string& message) {
+    return ExitRequest{kExitUsage, "memtrail: error: " + message + "\nmemtrail: hint: see memtrail " +
+                                       command + " --help\n"};
+  };
+  if (report->parsed()) {
+    if (report_options.top == 0) return usage_of("report", "--top must be at least 1");
+    if (report_options.format == Format::kPprof && report_options.output_path.empty()) {
+      return usage_of("report", "pprof is a binary format: give -o FILE");
+    }
+    return report_options;
+  }
+  if (diff->parsed()) {
+    if (diff_options.top == 0) return usage_of("diff", "--top must be at least 1");
+    return diff_options;
   }
 
   auto usage = [](const std::string& message) {
@@ -148,6 +229,9 @@ Command parse_command_line(int argc, const char* const* argv) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }
   options.sample_rate = static_cast<uint64_t>(sample_rate);
+  if (options.format == Format::kPprof && options.output_path.empty()) {
+    return usage("pprof is a binary format: give -o FILE");
+  }
   if (options.pids.empty() && options.command.empty()) {
     return usage("nothing to trace: give -p PID or -- COMMAND");
   }

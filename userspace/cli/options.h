@@ -10,6 +10,10 @@
 
 namespace memtrail::cli {
 
+// How a report is written: text for people, JSON for tooling, folded stacks for flame graph
+// tools, pprof for go tool pprof, Pyroscope and Parca.
+enum class Format { kText, kJson, kFolded, kPprof };
+
 struct LeaksOptions {
   std::vector<uint32_t> pids;
   std::vector<std::string> command;  // after `--`: launched and traced
@@ -23,8 +27,25 @@ struct LeaksOptions {
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;
   int json_version = 2;      // memtrail.leaks/N written by --json
+  Format format = Format::kText;  // of the final report (stdout, or output_path)
+  std::string output_path;        // -o: the final report goes to this file
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
+};
+
+// `memtrail report FILE`: a saved JSON report, rendered again in any format.
+struct ReportOptions {
+  std::string input_path;
+  Format format = Format::kText;
+  std::string output_path;  // empty: stdout
+  uint32_t top = 10;
+  int json_version = 2;
+};
+
+// `memtrail diff BEFORE AFTER`: which sites grew between two saved reports.
+struct DiffOptions {
+  std::string before_path, after_path;
+  uint32_t top = 20;
 };
 
 // What main should do: run a subcommand, or exit with `code` after printing `message`
@@ -33,7 +54,7 @@ struct ExitRequest {
   int code = 0;
   std::string message;  // printed to stdout for code 0, to stderr otherwise
 };
-using Command = std::variant<LeaksOptions, ExitRequest>;
+using Command = std::variant<LeaksOptions, ReportOptions, DiffOptions, ExitRequest>;
 
 Command parse_command_line(int argc, const char* const* argv);
 

@@ -37,8 +37,8 @@ std::string temporary_path_for(const std::string& path) {
 }
 
 [[noreturn]] void fail_write(const std::string& path, int error_number) {
-  throw Error(errno_message("write JSON report " + path, error_number),
-              "choose a --json path in an existing, writable directory");
+  throw Error(errno_message("write report " + path, error_number),
+              "choose an output path in an existing, writable directory");
 }
 
 }  // namespace
@@ -127,10 +127,13 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
 }
 
 void write_json_file(const ordered_json& json, const std::string& path) {
+  write_file(json.dump(2) + "\n", path);
+}
+
+void write_file(const std::string& text, const std::string& path) {
   std::string temporary = temporary_path_for(path);
   FILE* file = std::fopen(temporary.c_str(), "w");
   if (!file) fail_write(path, errno);
-  std::string text = json.dump(2) + "\n";
   bool ok = std::fwrite(text.data(), 1, text.size(), file) == text.size();
   int error_number = errno;
   if (std::fclose(file) != 0 && ok) {

@@ -22,6 +22,8 @@ nlohmann::ordered_json to_json(const model::Report& report, double interval_s,
 // Writes the JSON to `path` atomically (temporary file + rename) so that a reader never sees a
 // half-written report. Throws memtrail::Error when the file cannot be written.
 void write_json_file(const nlohmann::ordered_json& json, const std::string& path);
+// The same for any content (text, folded stacks, a pprof file).
+void write_file(const std::string& content, const std::string& path);
 
 // Fails early, before anything is attached, when `path` cannot be written: creates and removes
 // a temporary file next to it. Throws memtrail::Error.

@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: Apache-2.0
+// Folded stacks, pprof, reading JSON back, and diffs: each output parsed back and checked.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "common/error.h"
+#include "profile.pb.h"
+#include "report/diff.h"
+#include "report/formats.h"
+#include "report/json_reader.h"
+#include "report/json_report.h"
+
+namespace memtrail::report {
+namespace {
+
+model::Frame frame(uint64_t address, std::string module, uint64_t offset,
+                   std::optional<std::string> function, bool inlined = false,
+                   std::optional<uint32_t> line = std::nullopt) {
+  model::Frame result;
+  result.address = address;
+  result.module = std::move(module);
+  result.offset = offset;
+  result.function = std::move(function);
+  result.file = function ? std::optional<std::string>("/src/a.c") : std::nullopt;
+  result.line = line;
+  result.inlined = inlined;
+  return result;
+}
+
+model::Report two_site_report() {
+  model::Report report;
+  report.tool_version = "1.2.3";
+  report.host = "h";
+  report.kernel = "k";
+  report.start_time_unix_ms = 1'700'000'000'000;
+  report.end_time_unix_ms = 1'700'000'030'500;
+  report.duration_s = 30.5;
+  report.top = 10;
+  report.final = true;
+  report.targets.push_back({42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false});
+  model::LeakSite leak;
+  leak.pid = 42;
+  leak.allocator = "malloc";
+  leak.outstanding_bytes = 7000;
+  leak.outstanding_allocations = 7;
+  leak.total_allocated_bytes = 9000;
+  leak.total_allocations = 9;
+  leak.oldest_age_s = 20;
+  // helper() inlined into leak_here() at one address, called from main().
+  leak.stack = {frame(0x1000, "/srv/server", 0x100, "helper", true, 5),
+                frame(0x1000, "/srv/server", 0x100, "leak_here", false, 42),
+                frame(0x2000, "/srv/server", 0x200, "main", false, 99)};
+  model::Growth growth;
+  growth.verdict = "leak";
+  growth.bytes_per_s = 230;
+  growth.reason = "+13.5 KiB/min";
+  growth.series = {{10, 2000, 2}, {20, 4500, 4}, {30, 7000, 7}};
+  growth.points = 3;
+  growth.span_s = 20;
+  leak.growth = growth;
+  model::LeakSite buffer = leak;
+  buffer.outstanding_bytes = 4096;
+  buffer.outstanding_allocations = 1;
+  buffer.stack = {frame(0x7000, "/lib/libc.so.6", 0x700, std::nullopt)};
+  buffer.growth->verdict = "steady";
+  buffer.suppressed = "glibc stdio buffer";
+  report.leaks = {leak, buffer};
+  report.totals.outstanding_bytes = 11096;
+  report.totals.outstanding_allocations = 8;
+  report.totals.sites = 2;
+  report.notes = {"a note"};
+  return report;
+}
+
+TEST(Folded, OneLinePerSiteOutermostFirstWithItsBytes) {
+  std::ostringstream out;
+  render_folded(two_site_report(), out);
+  EXPECT_EQ(out.str(),
+            "server;main;leak_here;helper 7000\n"
+            "server;libc.so.6+0x700 4096\n");
+}
+
+TEST(Pprof, DecodesBackToTheSameSitesTypesAndInlinedLines) {
+  std::string gz = to_pprof(two_site_report());
+  ASSERT_GE(gz.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(gz[0]), 0x1f);  // gzip magic
+  EXPECT_EQ(static_cast<unsigned char>(gz[1]), 0x8b);
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(gz)));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  EXPECT_EQ(text(0), "");
+  ASSERT_EQ(profile.sample_type_size(), 4);
+  std::vector<std::string> types;
+  for (const auto& type : profile.sample_type()) types.push_back(text(type.type()));
+  EXPECT_EQ(types, (std::vector<std::string>{"alloc_objects", "alloc_space", "inuse_objects",
+                                             "inuse_space"}));
+  EXPECT_EQ(text(profile.default_sample_type()), "inuse_space");
+  ASSERT_EQ(profile.sample_size(), 2);
+  const auto& sample = profile.sample(0);
+  EXPECT_EQ(std::vector<int64_t>(sample.value().begin(), sample.value().end()),
+            (std::vector<int64_t>{9, 9000, 7, 7000}));
+  // Two locations: the inlined pair at 0x1000 (helper, then leak_here), and main.
+  ASSERT_EQ(sample.location_id_size(), 2);
+  std::map<uint64_t, const perftools::profiles::Location*> locations;
+  for (const auto& location : profile.location()) locations[location.id()] = &location;
+  std::map<uint64_t, std::string> functions;
+  for (const auto& function : profile.function()) functions[function.id()] = text(function.name());
+  const auto& leaf = *locations.at(sample.location_id(0));
+  ASSERT_EQ(leaf.line_size(), 2);
+  EXPECT_EQ(functions.at(leaf.line(0).function_id()), "helper");
+  EXPECT_EQ(leaf.line(0).line(), 5);
+  EXPECT_EQ(functions.at(leaf.line(1).function_id()), "leak_here");
+  EXPECT_EQ(functions.at(locations.at(sample.location_id(1))->line(0).function_id()), "main");
+  std::map<std::string, std::string> labels;
+  for (const auto& label : profile.sample(1).label()) {
+    labels[text(label.key())] = label.str() ? text(label.str()) : std::to_string(label.num());
+  }
+  EXPECT_EQ(labels["pid"], "42");
+  EXPECT_EQ(labels["verdict"], "steady");
+  EXPECT_EQ(labels["suppressed"], "glibc stdio buffer");
+}
+
+TEST(JsonReader, ReadsBackWhatToJsonWrote) {
+  model::Report original = two_site_report();
+  model::Report read = from_json(nlohmann::json::parse(to_json(original, 5.0).dump()));
+  EXPECT_EQ(read.tool_version, "1.2.3");
+  EXPECT_EQ(read.start_time_unix_ms, original.start_time_unix_ms);
+  EXPECT_EQ(read.end_time_unix_ms, original.end_time_unix_ms);
+  ASSERT_EQ(read.targets.size(), 1u);
+  EXPECT_EQ(read.targets[0].cmdline, original.targets[0].cmdline);
+  ASSERT_EQ(read.leaks.size(), 2u);
+  const auto& site = read.leaks[0];
+  EXPECT_EQ(site.outstanding_bytes, 7000u);
+  ASSERT_EQ(site.stack.size(), 3u);
+  EXPECT_TRUE(site.stack[0].inlined);
+  EXPECT_EQ(site.stack[1].function, "leak_here");
+  EXPECT_EQ(site.stack[1].line, 42u);
+  ASSERT_TRUE(site.growth);
+  EXPECT_EQ(site.growth->verdict, "leak");
+  ASSERT_EQ(site.growth->series.size(), 3u);
+  EXPECT_DOUBLE_EQ(site.growth->series[1].bytes, 4500);
+  EXPECT_FALSE(read.leaks[1].stack[0].function);
+  EXPECT_EQ(read.leaks[1].suppressed, "glibc stdio buffer");
+  // Version 1 reads too, without verdicts.
+  model::Report v1 = from_json(nlohmann::json::parse(to_json(original, 5.0, 1).dump()));
+  EXPECT_FALSE(v1.leaks[0].growth);
+}
+
+TEST(JsonReader, RefusesWhatIsNotAMemtrailReport) {
+  EXPECT_THROW(from_json(nlohmann::json::parse(R"({"a": 1})")), Error);
+  EXPECT_THROW(from_json(nlohmann::json::parse(R"({"schema": "memtrail.leaks/9"})")), Error);
+  auto broken = to_json(two_site_report(), 5.0);
+  broken["leaks"][0].erase("stack");
+  try {
+    from_json(nlohmann::json::parse(broken.dump()));
+    FAIL() << "no error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("malformed memtrail report"), std::string::npos);
+  }
+}
+
+TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {
+  model::Report before = two_site_report();
+  model::Report after = two_site_report();
+  // Another run: another pid, other absolute addresses, the same module offsets.
+  after.targets[0].pid = 777;
+  for (auto& site : after.leaks) {
+    site.pid = 777;
+    for (auto& f : site.stack) f.address += 0x100000;
+  }
+  after.leaks[0].outstanding_bytes = 17000;
+  after.leaks[0].outstanding_allocations = 17;
+  after.leaks[1].outstanding_bytes = 0;  // gone below: not in the list
+  after.leaks.pop_back();
+  model::LeakSite fresh = after.leaks[0];
+  fresh.stack = {frame(0x9000, "/srv/server", 0x900, "new_cache")};
+  fresh.outstanding_bytes = 500;
+  after.leaks.push_back(fresh);
+  after.totals.outstanding_bytes = 17500;
+
+  auto changes = diff_reports(before, after);
+  ASSERT_EQ(changes.size(), 3u);
+  EXPECT_EQ(changes[0].delta_bytes(), 10000);
+  EXPECT_TRUE(changes[0].in_before && changes[0].in_after);
+  EXPECT_EQ(changes[1].delta_bytes(), 500);
+  EXPECT_FALSE(changes[1].in_before);
+  EXPECT_EQ(changes[2].delta_bytes(), -4096);
+  EXPECT_FALSE(changes[2].in_after);
+
+  std::ostringstream out;
+  render_diff_text(changes, before, after, 20, out);
+  std::string text = out.str();
+  EXPECT_NE(text.find("Outstanding: 10.8 KiB -> 17.1 KiB (+6.3 KiB)"), std::string::npos) << text;
+  EXPECT_NE(text.find("+9.8 KiB  6.8 KiB -> 16.6 KiB, 7 -> 17 blocks, leak"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("server: helper (a.c:5) < leak_here < main"), std::string::npos) << text;
+  EXPECT_NE(text.find(", new"), std::string::npos) << text;
+  EXPECT_NE(text.find("1 site shrank (1 gone entirely)."), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace memtrail::report

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Write a finished report in the format asked for.
+#include "app/output.h"
+
+#include <iostream>
+#include <sstream>
+
+#include "common/error.h"
+#include "report/formats.h"
+#include "report/json_report.h"
+#include "report/text_report.h"
+
+namespace memtrail::app {
+
+void write_report(const model::Report& report, const OutputRequest& request) {
+  std::string content;
+  switch (request.format) {
+    case cli::Format::kText: {
+      std::ostringstream text;
+      report::render_text(report, text);
+      content = text.str();
+      break;
+    }
+    case cli::Format::kJson:
+      content = report::to_json(report, request.interval_s, request.json_version).dump(2) + "\n";
+      break;
+    case cli::Format::kFolded: {
+      std::ostringstream folded;
+      report::render_folded(report, folded);
+      content = folded.str();
+      break;
+    }
+    case cli::Format::kPprof:
+      if (request.path.empty()) throw Error("pprof is a binary format", "give -o FILE");
+      content = report::to_pprof(report);
+      break;
+  }
+  if (request.path.empty()) {
+    std::cout << content << std::flush;
+  } else {
+    report::write_file(content, request.path);
+  }
+}
+
+}  // namespace memtrail::app

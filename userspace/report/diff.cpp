@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: Apache-2.0
+// Compare two saved reports.
+#include "report/diff.h"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include "common/format.h"
+
+namespace memtrail::report {
+namespace {
+
+std::string base_name(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string comm_of(const model::Report& report, uint32_t pid) {
+  for (const auto& target : report.targets) {
+    if (target.pid == pid) return target.comm;
+  }
+  return "pid " + std::to_string(pid);
+}
+
+std::string site_key(const std::string& comm, const model::LeakSite& site) {
+  std::ostringstream key;
+  key << comm;
+  for (const auto& frame : site.stack) {
+    key << '|' << base_name(frame.module) << '+' << std::hex << frame.offset
+        << (frame.inlined ? "i" : "");
+  }
+  return key.str();
+}
+
+std::string signed_bytes(int64_t delta) {
+  std::string sign = delta < 0 ? "-" : "+";
+  return sign + human_bytes(static_cast<uint64_t>(delta < 0 ? -delta : delta));
+}
+
+// "leak_malloc (leaky.c:27) < main": where the site is, in a line (inlined functions too).
+std::string short_stack(const model::LeakSite& site) {
+  std::string text;
+  for (size_t i = 0; i < site.stack.size(); ++i) {
+    const auto& frame = site.stack[i];
+    if (i == 3) {
+      text += " < ...";
+      break;
+    }
+    if (i > 0) text += " < ";
+    text += frame.function.value_or(base_name(frame.module) + "+?");
+    if (i == 0 && frame.file) {
+      text += " (" + base_name(*frame.file) + (frame.line ? ":" + std::to_string(*frame.line) : "") +
+              ")";
+    }
+  }
+  return text.empty() ? "(no stack)" : text;
+}
+
+}  // namespace
+
+std::vector<SiteChange> diff_reports(const model::Report& before, const model::Report& after) {
+  std::map<std::string, SiteChange> changes;
+  for (const auto& site : before.leaks) {
+    std::string comm = comm_of(before, site.pid);
+    SiteChange& change = changes[site_key(comm, site)];
+    change.comm = comm;
+    if (!change.example) change.example = &site;
+    change.bytes_before += site.outstanding_bytes;
+    change.allocations_before += site.outstanding_allocations;
+    change.in_before = true;
+  }
+  for (const auto& site : after.leaks) {
+    std::string comm = comm_of(after, site.pid);
+    SiteChange& change = changes[site_key(comm, site)];
+    change.comm = comm;
+    if (!change.in_after) change.example = &site;
+    change.bytes_after += site.outstanding_bytes;
+    change.allocations_after += site.outstanding_allocations;
+    change.in_after = true;
+  }
+  std::vector<SiteChange> ranked;
+  for (auto& [key, change] : changes) ranked.push_back(change);
+  std::stable_sort(ranked.begin(), ranked.end(), [](const SiteChange& a, const SiteChange& b) {
+    return a.delta_bytes() > b.delta_bytes();
+  });
+  return ranked;
+}
+
+void render_diff_text(const std::vector<SiteChange>& changes, const model::Report& before,
+                      const model::Report& after, size_t top, std::ostream& out) {
+  auto when = [](const model::Report& report) {
+    return iso8601_utc(report.end_time_unix_ms) + ", " + human_duration(report.duration_s) +
+           " of tracing";
+  };
+  int64_t total_delta = static_cast<int64_t>(after.totals.outstanding_bytes) -
+                        static_cast<int64_t>(before.totals.outstanding_bytes);
+  out << "memtrail diff: before " << when(before) << "; after " << when(after) << "\n";
+  out << "Outstanding: " << human_bytes(before.totals.outstanding_bytes) << " -> "
+      << human_bytes(after.totals.outstanding_bytes) << " (" << signed_bytes(total_delta)
+      << ")\n\n";
+  size_t grew = 0;
+  for (const auto& change : changes) grew += change.delta_bytes() > 0;
+  if (grew == 0) {
+    out << "No site grew.\n";
+  } else {
+    out << "Sites that grew, most first (" << std::min(grew, top) << " of " << grew << "):\n";
+  }
+  size_t shown = 0;
+  for (const auto& change : changes) {
+    if (change.delta_bytes() <= 0 || shown++ == top) break;
+    const auto& site = *change.example;
+    out << "  " << signed_bytes(change.delta_bytes()) << "  "
+        << human_bytes(change.bytes_before) << " -> " << human_bytes(change.bytes_after) << ", "
+        << with_thousands(change.allocations_before) << " -> "
+        << with_thousands(change.allocations_after) << " blocks"
+        << (!change.in_before ? ", new" : "")
+        << (change.in_after && site.growth ? ", " + site.growth->verdict : "") << "\n"
+        << "      " << change.comm << ": " << short_stack(site) << "\n";
+  }
+  size_t shrank = 0, gone = 0;
+  for (const auto& change : changes) {
+    shrank += change.delta_bytes() < 0;
+    gone += change.in_before && !change.in_after;
+  }
+  if (shrank > 0) {
+    out << "\n" << shrank << " site" << (shrank == 1 ? "" : "s") << " shrank (" << gone
+        << " gone entirely).\n";
+  }
+}
+
+}  // namespace memtrail::report

@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: Apache-2.0
+// Folded stacks and pprof.
+#include "report/formats.h"
+
+#include <zlib.h>
+
+#include <map>
+#include <sstream>
+#include <unordered_map>
+#include <utility>
+
+#include "common/error.h"
+#include "profile.pb.h"
+
+namespace memtrail::report {
+namespace {
+
+std::string base_name(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string frame_name(const model::Frame& frame) {
+  if (frame.function) return *frame.function;
+  std::ostringstream name;
+  name << base_name(frame.module) << "+0x" << std::hex << frame.offset;
+  return name.str();
+}
+
+std::string comm_of(const model::Report& report, uint32_t pid) {
+  for (const auto& target : report.targets) {
+    if (target.pid == pid && !target.comm.empty()) return target.comm;
+  }
+  return "pid " + std::to_string(pid);
+}
+
+// Folded lines separate frames with ';' and end with " COUNT".
+std::string folded_safe(std::string name) {
+  for (char& c : name) {
+    if (c == ';') c = ':';
+    if (c == '\n') c = ' ';
+  }
+  return name;
+}
+
+// Strings are interned in the profile's table; index 0 is "".
+class StringTable {
+ public:
+  explicit StringTable(perftools::profiles::Profile& profile) : profile_(profile) { index(""); }
+  int64_t index(const std::string& text) {
+    auto [it, added] = indices_.emplace(text, static_cast<int64_t>(indices_.size()));
+    if (added) profile_.add_string_table(text);
+    return it->second;
+  }
+
+ private:
+  perftools::profiles::Profile& profile_;
+  std::unordered_map<std::string, int64_t> indices_;
+};
+
+std::string gzip(const std::string& data) {
+  z_stream stream{};
+  // windowBits 15 + 16: a gzip header and trailer, as pprof expects.
+  if (deflateInit2(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+      Z_OK) {
+    throw Error("gzip the pprof profile: zlib could not start");
+  }
+  std::string out(deflateBound(&stream, data.size()), '\0');
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  stream.avail_in = static_cast<uInt>(data.size());
+  stream.next_out = reinterpret_cast<Bytef*>(out.data());
+  stream.avail_out = static_cast<uInt>(out.size());
+  int result = deflate(&stream, Z_FINISH);
+  deflateEnd(&stream);
+  if (result != Z_STREAM_END) throw Error("gzip the pprof profile: zlib failed");
+  out.resize(stream.total_out);
+  return out;
+}
+
+}  // namespace
+
+void render_folded(const model::Report& report, std::ostream& out) {
+  for (const auto& site : report.leaks) {
+    if (site.outstanding_bytes == 0) continue;
+    out << folded_safe(comm_of(report, site.pid));
+    for (auto frame = site.stack.rbegin(); frame != site.stack.rend(); ++frame) {
+      out << ';' << folded_safe(frame_name(*frame));
+    }
+    out << ' ' << site.outstanding_bytes << '\n';
+  }
+}
+
+std::string to_pprof(const model::Report& report) {
+  perftools::profiles::Profile profile;
+  StringTable strings(profile);
+  for (auto [type, unit] : {std::pair{"alloc_objects", "count"}, std::pair{"alloc_space", "bytes"},
+                            std::pair{"inuse_objects", "count"},
+                            std::pair{"inuse_space", "bytes"}}) {
+    auto* sample_type = profile.add_sample_type();
+    sample_type->set_type(strings.index(type));
+    sample_type->set_unit(strings.index(unit));
+  }
+  profile.set_default_sample_type(strings.index("inuse_space"));
+  profile.set_time_nanos(report.start_time_unix_ms * 1'000'000);
+  profile.set_duration_nanos(static_cast<int64_t>(report.duration_s * 1e9));
+
+  std::map<std::string, uint64_t> mappings;                     // module -> id
+  std::map<std::pair<std::string, std::string>, uint64_t> functions;  // (name, file) -> id
+  std::map<std::pair<uint32_t, uint64_t>, uint64_t> locations;  // (pid, address) -> id
+  auto mapping_id = [&](const std::string& module) {
+    auto [it, added] = mappings.emplace(module, mappings.size() + 1);
+    if (added) {
+      auto* mapping = profile.add_mapping();
+      mapping->set_id(it->second);
+      mapping->set_filename(strings.index(module));
+      mapping->set_has_functions(true);
+      mapping->set_has_filenames(true);
+      mapping->set_has_line_numbers(true);
+      mapping->set_has_inline_frames(true);
+    }
+    return it->second;
+  };
+  auto function_id = [&](const model::Frame& frame) {
+    std::string name = frame_name(frame);
+    std::string file = frame.file.value_or("");
+    auto [it, added] = functions.emplace(std::pair{name, file}, functions.size() + 1);
+    if (added) {
+      auto* function = profile.add_function();
+      function->set_id(it->second);
+      function->set_name(strings.index(name));
+      function->set_system_name(strings.index(name));
+      function->set_filename(strings.index(file));
+    }
+    return it->second;
+  };
+
+  for (const auto& site : report.leaks) {
+    auto* sample = profile.add_sample();
+    // Frames of one address (inlined functions, then the function they are in) make one
+    // location with several lines, innermost first, as pprof orders them.
+    for (size_t i = 0; i < site.stack.size();) {
+      size_t end = i;
+      while (end < site.stack.size() && site.stack[end].address == site.stack[i].address &&
+             site.stack[end].inlined) {
+        ++end;
+      }
+      if (end < site.stack.size() && site.stack[end].address == site.stack[i].address) ++end;
+      if (end == i) end = i + 1;
+      auto key = std::pair{site.pid, site.stack[i].address};
+      auto [it, added] = locations.emplace(key, locations.size() + 1);
+      if (added) {
+        auto* location = profile.add_location();
+        location->set_id(it->second);
+        location->set_mapping_id(mapping_id(site.stack[i].module));
+        location->set_address(site.stack[i].address);
+        for (size_t j = i; j < end; ++j) {
+          auto* line = location->add_line();
+          line->set_function_id(function_id(site.stack[j]));
+          line->set_line(site.stack[j].line.value_or(0));
+        }
+      }
+      sample->add_location_id(it->second);
+      i = end;
+    }
+    for (uint64_t value : {site.total_allocations, site.total_allocated_bytes,
+                           site.outstanding_allocations, site.outstanding_bytes}) {
+      sample->add_value(static_cast<int64_t>(value));
+    }
+    auto* pid = sample->add_label();
+    pid->set_key(strings.index("pid"));
+    pid->set_num(site.pid);
+    if (site.growth) {
+      auto* verdict = sample->add_label();
+      verdict->set_key(strings.index("verdict"));
+      verdict->set_str(strings.index(site.growth->verdict));
+    }
+    if (site.suppressed) {
+      auto* suppressed = sample->add_label();
+      suppressed->set_key(strings.index("suppressed"));
+      suppressed->set_str(strings.index(*site.suppressed));
+    }
+  }
+  std::string serialized;
+  if (!profile.SerializeToString(&serialized)) throw Error("encode the pprof profile");
+  return gzip(serialized);
+}
+
+std::string gunzip(const std::string& compressed) {
+  z_stream stream{};
+  if (inflateInit2(&stream, 15 + 32) != Z_OK) throw Error("gunzip: zlib could not start");
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  stream.avail_in = static_cast<uInt>(compressed.size());
+  std::string out;
+  char buffer[1 << 16];
+  int result = Z_OK;
+  while (result == Z_OK) {
+    stream.next_out = reinterpret_cast<Bytef*>(buffer);
+    stream.avail_out = sizeof(buffer);
+    result = inflate(&stream, Z_NO_FLUSH);
+    out.append(buffer, sizeof(buffer) - stream.avail_out);
+  }
+  inflateEnd(&stream);
+  if (result != Z_STREAM_END) throw Error("gunzip: not gzip data, or truncated");
+  return out;
+}
+
+}  // namespace memtrail::report

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: Apache-2.0
+// Read a saved JSON report back into the report model.
+#include "report/json_reader.h"
+
+#include <cerrno>
+#include <fstream>
+
+#include "common/error.h"
+#include "report/json_report.h"
+
+namespace memtrail::report {
+namespace {
+
+using nlohmann::json;
+
+template <typename T>
+std::optional<T> optional_field(const json& object, const char* name) {
+  auto it = object.find(name);
+  if (it == object.end() || it->is_null()) return std::nullopt;
+  return it->get<T>();
+}
+
+int64_t unix_ms_of(const std::string& iso8601) {
+  // "2026-11-24T20:31:05.123Z", as iso8601_utc writes it.
+  std::tm time{};
+  int milliseconds = 0;
+  if (sscanf(iso8601.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &time.tm_year, &time.tm_mon, &time.tm_mday,
+             &time.tm_hour, &time.tm_min, &time.tm_sec, &milliseconds) != 7) {
+    throw Error("bad time \"" + iso8601 + "\": expected 2026-11-24T20:31:05.123Z");
+  }
+  time.tm_year -= 1900;
+  time.tm_mon -= 1;
+  return static_cast<int64_t>(timegm(&time)) * 1000 + milliseconds;
+}
+
+model::Frame frame_from(const json& object) {
+  model::Frame frame;
+  frame.address = object.at("address").get<uint64_t>();
+  frame.module = object.at("module").get<std::string>();
+  frame.offset = object.at("offset").get<uint64_t>();
+  frame.function = optional_field<std::string>(object, "function");
+  frame.file = optional_field<std::string>(object, "file");
+  frame.line = optional_field<uint32_t>(object, "line");
+  frame.inlined = object.value("inlined", false);
+  return frame;
+}
+
+model::LeakSite site_from(const json& object) {
+  model::LeakSite site;
+  site.pid = object.at("pid").get<uint32_t>();
+  site.allocator = object.at("allocator").get<std::string>();
+  site.outstanding_bytes = object.at("outstanding_bytes").get<uint64_t>();
+  site.outstanding_allocations = object.at("outstanding_allocations").get<uint64_t>();
+  site.total_allocated_bytes = object.at("total_allocated_bytes").get<uint64_t>();
+  site.total_allocations = object.at("total_allocations").get<uint64_t>();
+  site.oldest_age_s = object.at("oldest_age_s").get<double>();
+  site.stack_truncated = object.at("stack_truncated").get<bool>();
+  for (const auto& frame : object.at("stack")) site.stack.push_back(frame_from(frame));
+  if (object.contains("verdict")) {
+    const json& growth_json = object.at("growth");
+    model::Growth growth;
+    growth.verdict = object.at("verdict").get<std::string>();
+    growth.bytes_per_s = object.at("growth_bytes_per_s").get<double>();
+    growth.reason = growth_json.at("reason").get<std::string>();
+    growth.r_squared = growth_json.at("r_squared").get<double>();
+    growth.grew_share = growth_json.at("grew_share").get<double>();
+    growth.points = growth_json.at("points").get<size_t>();
+    growth.span_s = growth_json.at("span_s").get<double>();
+    growth.freed_any = growth_json.at("freed_any").get<bool>();
+    for (const auto& point : growth_json.at("series")) {
+      growth.series.push_back(
+          {point.at(0).get<double>(), point.at(1).get<double>(), point.at(2).get<double>()});
+    }
+    site.growth = std::move(growth);
+  }
+  site.suppressed = optional_field<std::string>(object, "suppressed");
+  return site;
+}
+
+}  // namespace
+
+model::Report from_json(const json& document) {
+  if (!document.is_object() || !document.contains("schema")) {
+    throw Error("not a memtrail report: no \"schema\" field");
+  }
+  std::string schema = document.at("schema").get<std::string>();
+  if (schema != kLeaksSchemaV1 && schema != kLeaksSchemaV2) {
+    throw Error("unsupported report version \"" + schema + "\" (this memtrail reads " +
+                    kLeaksSchemaV1 + " and " + kLeaksSchemaV2 + ")",
+                "convert it with the memtrail version that wrote it");
+  }
+  try {
+    model::Report report;
+    report.tool_version = document.at("tool").at("version").get<std::string>();
+    report.host = document.at("host").get<std::string>();
+    report.kernel = document.at("kernel").get<std::string>();
+    report.start_time_unix_ms = unix_ms_of(document.at("start_time").get<std::string>());
+    report.end_time_unix_ms = unix_ms_of(document.at("end_time").get<std::string>());
+    report.duration_s = document.at("duration_s").get<double>();
+    const json& options = document.at("options");
+    report.min_age_s = options.at("min_age_s").get<double>();
+    report.top = options.at("top").get<uint32_t>();
+    report.sample_rate = options.value("sample_rate", uint64_t{0});
+    report.final = true;
+    for (const auto& target_json : document.at("targets")) {
+      model::Target target;
+      target.pid = target_json.at("pid").get<uint32_t>();
+      target.comm = target_json.at("comm").get<std::string>();
+      target.cmdline = target_json.at("cmdline").get<std::vector<std::string>>();
+      target.exe = target_json.at("exe").get<std::string>();
+      target.allocator_module = target_json.at("allocator_module").get<std::string>();
+      target.exited = target_json.at("exited").get<bool>();
+      report.targets.push_back(std::move(target));
+    }
+    const json& totals = document.at("totals");
+    report.totals.allocations = totals.at("allocations").get<uint64_t>();
+    report.totals.frees = totals.at("frees").get<uint64_t>();
+    report.totals.outstanding_bytes = totals.at("outstanding_bytes").get<uint64_t>();
+    report.totals.outstanding_allocations = totals.at("outstanding_allocations").get<uint64_t>();
+    report.totals.unmatched_frees = totals.at("unmatched_frees").get<uint64_t>();
+    report.totals.drops = totals.at("drops").get<uint64_t>();
+    report.totals.failed_calls = totals.at("failed_calls").get<uint64_t>();
+    report.totals.stack_failures = totals.value("stack_failures", uint64_t{0});
+    report.totals.site_drops = totals.value("site_drops", uint64_t{0});
+    report.totals.unsampled_allocations = totals.value("unsampled_allocations", uint64_t{0});
+    for (const auto& site : document.at("leaks")) report.leaks.push_back(site_from(site));
+    report.totals.sites = report.leaks.size();
+    report.notes = document.at("notes").get<std::vector<std::string>>();
+    return report;
+  } catch (const json::exception& error) {
+    throw Error(std::string("malformed memtrail report: ") + error.what());
+  }
+}
+
+model::Report read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    throw Error(errno_message("read report " + path, errno),
+                "give the path of a file written by memtrail leaks --json");
+  }
+  try {
+    return from_json(json::parse(in));
+  } catch (const json::parse_error& error) {
+    throw Error(path + ": not JSON (" + error.what() + ")",
+                "give the path of a file written by memtrail leaks --json");
+  } catch (const Error& error) {
+    throw Error(path + ": " + error.what(), error.hint());
+  }
+}
+
+}  // namespace memtrail::report
