@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Install the Debian packages memtrail needs to build, run and test. Idempotent and quick when
-# everything is already there.
+# everything is already there. --tests adds what only the test suite needs (headless Chromium,
+# which checks that the SVG flame graph renders and its script runs).
 set -euo pipefail
 
 packages=(
@@ -10,6 +11,9 @@ packages=(
   libcli11-dev nlohmann-json3-dev libgtest-dev libprotobuf-dev protobuf-compiler
   binutils util-linux python3 python3-jsonschema
 )
+if [[ ${1:-} == --tests ]]; then
+  packages+=(chromium)
+fi
 
 missing=()
 for package in "${packages[@]}"; do

@@ -5,7 +5,7 @@
 # MEMTRAIL_REQUIRE_BPF=1 turns "BPF not permitted here" skips into failures (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 300 "$@"

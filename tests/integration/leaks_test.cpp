@@ -481,6 +481,57 @@ TEST(LeaksFormats, DiffShowsTheSiteThatGrewBetweenTwoRuns) {
   EXPECT_NE(diff.out.find("leaky: leak_malloc (leaky.c:"), std::string::npos) << diff.out;
 }
 
+// Headless Chromium's DOM of `url` after its scripts ran.
+std::string chromium_dom(const std::string& url, const TempDir& dir) {
+  if (std::string(MEMTRAIL_CHROMIUM).empty()) {
+    ADD_FAILURE() << "chromium is missing: run scripts/install-deps.sh --tests, then cmake again";
+    return "";
+  }
+  auto finished = run_to_end({MEMTRAIL_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--user-data-dir=" + dir.file("chromium-profile"), "--dump-dom", url},
+                             90s);
+  EXPECT_EQ(finished.code, 0) << finished.err;
+  return finished.out;
+}
+
+std::string attribute_of(const std::string& dom, size_t element, const std::string& name) {
+  size_t at = dom.find(name + "=\"", element);
+  if (at == std::string::npos) return "";
+  at += name.size() + 2;
+  return dom.substr(at, dom.find('"', at) - at);
+}
+
+TEST(LeaksFormats, TheFlameGraphRendersAndZoomsInHeadlessChromium) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  trace_scenario(target, {"--flamegraph", dir.file("leaks.svg")});
+  std::ifstream in(dir.file("leaks.svg"));
+  std::string svg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t boxes = 0;
+  for (size_t at = svg.find("<g class=\"f\""); at != std::string::npos;
+       at = svg.find("<g class=\"f\"", at + 1)) {
+    ++boxes;
+  }
+  ASSERT_GE(boxes, 4u) << svg;
+  size_t leak = svg.find("data-name=\"leak_malloc\"");
+  ASSERT_NE(leak, std::string::npos) << svg;
+  std::string leak_id = attribute_of(svg, svg.rfind("<g class=\"f\"", leak), "id");
+  ASSERT_FALSE(leak_id.empty());
+
+  // Its script ran and laid out every box.
+  std::string dom = chromium_dom("file://" + dir.file("leaks.svg"), dir);
+  EXPECT_EQ(attribute_of(dom, 0, "data-rendered"), std::to_string(boxes)) << dom.substr(0, 400);
+  // Zoomed into leak_malloc (as a click would): it spans the whole width.
+  std::string zoomed = chromium_dom("file://" + dir.file("leaks.svg") + "#zoom=" +
+                                        leak_id.substr(1), dir);
+  EXPECT_EQ(attribute_of(zoomed, 0, "data-zoom"), leak_id);
+  size_t box = zoomed.find("id=\"" + leak_id + "\"");
+  ASSERT_NE(box, std::string::npos);
+  double width = std::stod(attribute_of(zoomed, zoomed.find("<rect", box), "width"));
+  EXPECT_NEAR(width, 1180, 1);
+}
+
 TEST(LeaksBadInput, OfflineCommandsRefuseMissingOrForeignFilesInOneLine) {
   TempDir dir;
   {

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "profile.pb.h"
 #include "report/diff.h"
+#include "report/flamegraph.h"
 #include "report/formats.h"
 #include "report/json_reader.h"
 #include "report/json_report.h"
@@ -199,6 +200,32 @@ TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {
   EXPECT_NE(text.find("server: helper (a.c:5) < leak_here < main"), std::string::npos) << text;
   EXPECT_NE(text.find(", new"), std::string::npos) << text;
   EXPECT_NE(text.find("1 site shrank (1 gone entirely)."), std::string::npos) << text;
+}
+
+TEST(FlameGraph, IsAnSvgWithOneBoxPerFrameSizedByBytesAndColoredByVerdict) {
+  model::Report report = two_site_report();
+  report.leaks[0].stack[2].function = "main<int>&";  // escaped, not raw markup
+  std::string svg = render_flamegraph_svg(report);
+  EXPECT_EQ(svg.rfind("<?xml", 0), 0u);
+  EXPECT_NE(svg.find("<svg xmlns=\"http://www.w3.org/2000/svg\""), std::string::npos);
+  // all, server, then main > leak_here > helper, and the libc frame: 6 boxes.
+  size_t boxes = 0;
+  for (size_t at = svg.find("<g class=\"f\""); at != std::string::npos;
+       at = svg.find("<g class=\"f\"", at + 1)) {
+    ++boxes;
+  }
+  EXPECT_EQ(boxes, 6u);
+  EXPECT_NE(svg.find("main&lt;int&gt;&amp;"), std::string::npos);
+  EXPECT_EQ(svg.find("main<int>&"), std::string::npos);
+  // helper (the leak's innermost frame) is red; the suppressed libc frame grey.
+  EXPECT_NE(svg.find("helper at a.c:5 (7,000 B, 63.1%)"), std::string::npos) << svg;
+  size_t helper = svg.find("data-name=\"helper\"");
+  ASSERT_NE(helper, std::string::npos);
+  EXPECT_NE(svg.find("fill=\"#e0412f\"", helper), std::string::npos);
+  size_t libc = svg.find("data-name=\"libc.so.6+0x700\"");
+  ASSERT_NE(libc, std::string::npos);
+  EXPECT_EQ(svg.find("fill=", libc), svg.find("fill=\"#b8b8b8\"", libc));
+  EXPECT_NE(svg.find("(10.8 KiB)"), std::string::npos);  // the total in the title
 }
 
 }  // namespace

@@ -137,6 +137,7 @@ class LeaksSession {
   int run() {
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
     if (!options_.output_path.empty()) report::check_writable(options_.output_path);
+    if (!options_.flamegraph_path.empty()) report::check_writable(options_.flamegraph_path);
     if (!options_.suppressions_path.empty()) suppressions_.load_file(options_.suppressions_path);
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
@@ -389,7 +390,8 @@ class LeaksSession {
 
   void finish() {
     // The JSON file carries every site; the text report only the top ones.
-    bool every_site = !options_.json_path.empty() || options_.format != cli::Format::kText;
+    bool every_site = !options_.json_path.empty() || !options_.flamegraph_path.empty() ||
+                      options_.format != cli::Format::kText;
     auto report = take_report(true, every_site ? SIZE_MAX : options_.top);
     OutputRequest final_output;
     final_output.format = options_.format;
@@ -405,6 +407,7 @@ class LeaksSession {
                               options_.json_path);
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
+    if (!options_.flamegraph_path.empty()) write_flamegraph(report, options_.flamegraph_path);
   }
 
   const cli::LeaksOptions& options_;

@@ -20,6 +20,7 @@ int run_report(const cli::ReportOptions& options) {
   request.json_version = options.json_version;
   write_report(report, request);
   if (!options.output_path.empty()) std::cerr << "memtrail: wrote " << options.output_path << "\n";
+  if (!options.flamegraph_path.empty()) write_flamegraph(report, options.flamegraph_path);
   return kExitOk;
 }
 

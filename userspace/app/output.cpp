@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "report/flamegraph.h"
 #include "report/formats.h"
 #include "report/json_report.h"
 #include "report/text_report.h"
@@ -40,6 +41,11 @@ void write_report(const model::Report& report, const OutputRequest& request) {
   } else {
     report::write_file(content, request.path);
   }
+}
+
+void write_flamegraph(const model::Report& report, const std::string& path) {
+  report::write_file(report::render_flamegraph_svg(report), path);
+  std::cerr << "memtrail: wrote " << path << "\n";
 }
 
 }  // namespace memtrail::app

@@ -19,4 +19,7 @@ struct OutputRequest {
 // Throws memtrail::Error when the file cannot be written.
 void write_report(const model::Report& report, const OutputRequest& request);
 
+// Writes the report's SVG flame graph to `path` and says so on stderr.
+void write_flamegraph(const model::Report& report, const std::string& path);
+
 }  // namespace memtrail::app

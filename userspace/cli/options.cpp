@@ -98,6 +98,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   leaks->add_option("-o,--output", options.output_path,
                     "Write the final report to FILE instead of stdout")
       ->type_name("FILE");
+  leaks->add_option("--flamegraph", options.flamegraph_path,
+                    "Also write an interactive SVG flame graph of outstanding bytes to FILE "
+                    "(open it in a browser)")
+      ->type_name("FILE.svg");
   leaks->add_option("--suppressions", options.suppressions_path,
                     "Sites to report as memory kept on purpose, besides the built-in ones: one "
                     "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
@@ -140,6 +144,9 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case));
   report->add_option("-o,--output", report_options.output_path, "Write to FILE, not stdout")
       ->type_name("FILE");
+  report->add_option("--flamegraph", report_options.flamegraph_path,
+                     "Also write an interactive SVG flame graph of outstanding bytes to FILE")
+      ->type_name("FILE.svg");
   report->add_option("-n,--top", report_options.top, "Sites shown as text (default 10)")
       ->type_name("N");
   report->add_option("--json-version", report_options.json_version,

@@ -29,6 +29,7 @@ struct LeaksOptions {
   int json_version = 2;      // memtrail.leaks/N written by --json
   Format format = Format::kText;  // of the final report (stdout, or output_path)
   std::string output_path;        // -o: the final report goes to this file
+  std::string flamegraph_path;    // --flamegraph: an SVG flame graph of the final report
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
@@ -38,6 +39,7 @@ struct ReportOptions {
   std::string input_path;
   Format format = Format::kText;
   std::string output_path;  // empty: stdout
+  std::string flamegraph_path;
   uint32_t top = 10;
   int json_version = 2;
 };
