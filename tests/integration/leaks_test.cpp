@@ -319,6 +319,29 @@ TEST(LeaksVerdicts, AStartUpPoolIsNotALeak) {
   EXPECT_EQ(sites[0]["verdict"], "steady") << sites[0]["growth"]["reason"];
 }
 
+TEST(LeaksVerdicts, GrowthOutsideTheTracedAllocatorsIsFlaggedPerProcess) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("mmap", dump);  // ~15 MiB of anonymous mappings, no malloc
+  ASSERT_EQ(report["targets"].size(), 1u);
+  const json& memory = report["targets"][0]["memory"];
+  ASSERT_TRUE(memory.is_object()) << dump;
+  EXPECT_EQ(memory["assessed"], true);
+  EXPECT_GT(memory["rss_growth_bytes_per_s"].get<double>(), 2e6);  // ~5 MB/s nominal
+  EXPECT_EQ(memory["untraced_growth"], true) << memory["reason"];
+  EXPECT_GE(memory["series"].size(), 8u);
+}
+
+TEST(LeaksVerdicts, AMallocLeakIsExplainedByTheTracedHeap) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("grow", dump);
+  const json& memory = report["targets"][0]["memory"];
+  ASSERT_TRUE(memory.is_object()) << dump;
+  EXPECT_EQ(memory["untraced_growth"], false) << memory["reason"];
+  EXPECT_GT(memory["traced_growth_bytes_per_s"].get<double>(), 100'000);
+}
+
 TEST(LeaksVerdicts, AShortRunSaysItHasTooLittleHistory) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "5", "100"});

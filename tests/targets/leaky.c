@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <unistd.h>
 
@@ -160,6 +161,17 @@ static void lru_cache(double seconds, size_t size) {
   }
 }
 
+// Memory that no traced allocator hands out: anonymous mappings, 512 KiB every 100 ms, touched
+// so that they count in the process's private memory.
+static void mmap_growth(double seconds) {
+  for (int step = 0; step < (int)(seconds * 10); ++step) {
+    char *chunk = mmap(NULL, 512 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (chunk == MAP_FAILED) exit(7);
+    memset(chunk, 1, 512 << 10);
+    usleep(100000);
+  }
+}
+
 // A pool allocated once at start-up and kept: never a leak.
 __attribute__((noinline)) void startup_pool(double seconds, size_t size) {
   static void *pool[64];
@@ -248,6 +260,8 @@ int main(int argc, char **argv) {
     grow_steadily(count, size);  // count: seconds
   } else if (strcmp(scenario, "cache") == 0) {
     lru_cache(count, size);
+  } else if (strcmp(scenario, "mmap") == 0) {
+    mmap_growth(count);
   } else if (strcmp(scenario, "pool") == 0) {
     startup_pool(count, size);
   } else if (strcmp(scenario, "threads") == 0) {

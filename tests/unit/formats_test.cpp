@@ -41,7 +41,8 @@ model::Report two_site_report() {
   report.duration_s = 30.5;
   report.top = 10;
   report.final = true;
-  report.targets.push_back({42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false});
+  report.targets.push_back(
+      {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt});
   model::LeakSite leak;
   leak.pid = 42;
   leak.allocator = "malloc";

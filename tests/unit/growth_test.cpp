@@ -141,5 +141,38 @@ TEST(Growth, AssessSitesRanksLeaksFirstThenByGrowth) {
   }
 }
 
+std::vector<ProcessMemoryPoint> process_series(double rss_per_s, double traced_per_s) {
+  std::vector<ProcessMemoryPoint> series;
+  for (int i = 1; i <= 10; ++i) {
+    double t = i * kInterval;
+    series.push_back({t, 20e6 + rss_per_s * t, 1e6 + traced_per_s * t});
+  }
+  return series;
+}
+
+TEST(ProcessMemory, GrowthTheTracedAllocationsDoNotExplainIsFlagged) {
+  // 40 kB/s of private memory, 1 kB/s traced: something else grows (direct mmap, say).
+  auto result = assess_process_memory(process_series(40'000, 1'000), kInterval);
+  EXPECT_TRUE(result.assessed);
+  EXPECT_NEAR(result.rss_bytes_per_s, 40'000, 1e-6);
+  EXPECT_NEAR(result.traced_bytes_per_s, 1'000, 1e-6);
+  EXPECT_TRUE(result.untraced_growth);
+  EXPECT_NE(result.reason.find("growth outside the traced allocators"), std::string::npos);
+}
+
+TEST(ProcessMemory, GrowthThatTheTracedHeapExplainsIsNotFlagged) {
+  auto result = assess_process_memory(process_series(40'000, 36'000), kInterval);
+  EXPECT_TRUE(result.assessed);
+  EXPECT_FALSE(result.untraced_growth) << result.reason;
+  // Small growth (under 1 MiB over the run) is never flagged.
+  EXPECT_FALSE(assess_process_memory(process_series(1'000, 0), kInterval).untraced_growth);
+}
+
+TEST(ProcessMemory, TooShortASeriesIsNotAssessed) {
+  auto series = process_series(40'000, 0);
+  series.resize(2);
+  EXPECT_FALSE(assess_process_memory(series, kInterval).assessed);
+}
+
 }  // namespace
 }  // namespace memtrail::aggregator

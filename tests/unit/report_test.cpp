@@ -24,8 +24,17 @@ model::Report sample_report() {
   report.duration_s = 12.345;
   report.top = 1;
   report.final = true;
+  model::ProcessMemory memory;
+  memory.rss_anon_bytes = 50 << 20;
+  memory.assessed = true;
+  memory.rss_bytes_per_s = 40000;
+  memory.traced_bytes_per_s = 200;
+  memory.untraced_growth = true;
+  memory.reason = "private memory (RssAnon) +2.3 MiB/min, traced allocations +11.7 KiB/min: "
+                  "growth outside the traced allocators";
+  memory.series = {{5, 40 << 20, 5000}, {10, 45 << 20, 6000}, {15, 50 << 20, 7000}};
   report.targets = {{4242, "server", {"./server", "--port", "8080"}, "/srv/server",
-                     "/usr/lib/x86_64-linux-gnu/libc.so.6", true}};
+                     "/usr/lib/x86_64-linux-gnu/libc.so.6", true, memory}};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -76,6 +85,9 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   std::string text = out.str();
   EXPECT_NE(text.find("final report"), std::string::npos);
   EXPECT_NE(text.find("pid 4242 server"), std::string::npos);
+  EXPECT_NE(text.find("    memory: 50.0 MiB private; private memory (RssAnon) +2.3 MiB/min, "
+                      "traced allocations +11.7 KiB/min: growth outside the traced allocators"),
+            std::string::npos) << text;
   EXPECT_NE(text.find("7,000 B (6.8 KiB) outstanding in 7 allocations from malloc"),
             std::string::npos) << text;
   EXPECT_NE(text.find("leak_here(int)"), std::string::npos);
@@ -110,6 +122,8 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["options"]["interval_s"], 5.0);
   EXPECT_EQ(json["targets"][0]["cmdline"][2], "8080");
   EXPECT_EQ(json["targets"][0]["exited"], true);
+  EXPECT_EQ(json["targets"][0]["memory"]["untraced_growth"], true);
+  EXPECT_EQ(json["targets"][0]["memory"]["series"][2][1], 50 << 20);
   EXPECT_EQ(json["totals"]["unmatched_frees"], 3);
   EXPECT_EQ(json["totals"]["drops"], 2);
   ASSERT_EQ(json["leaks"].size(), 2u);  // the JSON keeps every site, not only --top

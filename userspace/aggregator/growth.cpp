@@ -21,6 +21,8 @@ constexpr double kSteadyGrowShare = 0.5;
 // A plateau: over the last half of the series, the site moved by less than this share of its
 // peak.
 constexpr double kPlateauShare = 0.05;
+// Private memory growth below this is not worth a flag.
+constexpr double kUntracedGrowthMin = 1 << 20;
 
 uint64_t site_key(uint32_t pid, int32_t site_id) {
   return (static_cast<uint64_t>(pid) << 32) | static_cast<uint32_t>(site_id);
@@ -30,19 +32,21 @@ struct Fit {
   double slope = 0, r_squared = 0;
 };
 
-// Least squares of bytes over time.
-Fit fit_line(const std::vector<GrowthPoint>& series, size_t first) {
-  double n = static_cast<double>(series.size() - first);
+// Least squares of value(point) over time.
+template <typename Point, typename Value>
+Fit fit_line(const std::vector<Point>& series, Value value) {
+  double n = static_cast<double>(series.size());
+  if (series.empty()) return {};
   double mean_t = 0, mean_b = 0;
-  for (size_t i = first; i < series.size(); ++i) {
-    mean_t += series[i].t_s;
-    mean_b += series[i].bytes;
+  for (const auto& point : series) {
+    mean_t += point.t_s;
+    mean_b += value(point);
   }
   mean_t /= n;
   mean_b /= n;
   double stt = 0, sbb = 0, stb = 0;
-  for (size_t i = first; i < series.size(); ++i) {
-    double dt = series[i].t_s - mean_t, db = series[i].bytes - mean_b;
+  for (const auto& point : series) {
+    double dt = point.t_s - mean_t, db = value(point) - mean_b;
     stt += dt * dt;
     sbb += db * db;
     stb += dt * db;
@@ -52,6 +56,18 @@ Fit fit_line(const std::vector<GrowthPoint>& series, size_t first) {
   // A flat series fits a flat line perfectly, but says nothing about growth: R² 0 then.
   if (stt > 0 && sbb > 0) fit.r_squared = (stb * stb) / (stt * sbb);
   return fit;
+}
+
+// Keeps every other point once `max_points` is reached: the whole span, at half the
+// resolution.
+template <typename Point>
+void append_bounded(std::vector<Point>& series, const Point& point, size_t max_points) {
+  if (series.size() >= max_points) {
+    size_t kept = 0;
+    for (size_t i = 0; i < series.size(); i += 2) series[kept++] = series[i];
+    series.resize(kept);
+  }
+  series.push_back(point);
 }
 
 std::string rate_text(double bytes_per_s) {
@@ -99,7 +115,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
                     human_duration(kMinIntervals * interval_s) + ")";
     return result;
   }
-  Fit fit = fit_line(series, 0);
+  Fit fit = fit_line(series, [](const GrowthPoint& point) { return point.bytes; });
   result.growth_bytes_per_s = fit.slope;
   result.r_squared = fit.r_squared;
   size_t grew = 0;
@@ -146,13 +162,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
 
 void GrowthHistory::record(double t_s, const Aggregate& aggregate) {
   auto append = [&](std::vector<GrowthPoint>& series, GrowthPoint point) {
-    if (series.size() >= max_points_) {
-      // Keep every other point: the whole span, at half the resolution.
-      size_t kept = 0;
-      for (size_t i = 0; i < series.size(); i += 2) series[kept++] = series[i];
-      series.resize(kept);
-    }
-    series.push_back(point);
+    append_bounded(series, point, max_points_);
   };
   std::unordered_map<uint64_t, bool> seen;
   for (const auto& site : aggregate.sites) {
@@ -215,6 +225,41 @@ void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double int
   ranked.reserve(ranks.size());
   for (const auto& rank : ranks) ranked.push_back(std::move(aggregate.sites[rank.index]));
   aggregate.sites = std::move(ranked);
+}
+
+void ProcessMemoryHistory::record(uint32_t pid, const ProcessMemoryPoint& point) {
+  append_bounded(series_[pid], point, max_points_);
+}
+
+const std::vector<ProcessMemoryPoint>* ProcessMemoryHistory::series(uint32_t pid) const {
+  auto it = series_.find(pid);
+  return it == series_.end() ? nullptr : &it->second;
+}
+
+ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& series,
+                                    double interval_s) {
+  ProcessGrowth result;
+  double span = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
+  if (series.size() < kMinPoints || span < kMinIntervals * interval_s * 0.99) {
+    result.reason = "too little history to compare";
+    return result;
+  }
+  result.assessed = true;
+  result.rss_bytes_per_s =
+      fit_line(series, [](const ProcessMemoryPoint& point) { return point.rss_bytes; }).slope;
+  result.traced_bytes_per_s =
+      fit_line(series, [](const ProcessMemoryPoint& point) { return point.traced_bytes; }).slope;
+  double rss_growth = result.rss_bytes_per_s * span;
+  double untraced = (result.rss_bytes_per_s - std::max(result.traced_bytes_per_s, 0.0)) * span;
+  // Flagged when private memory grew by at least 1 MiB, and by more than twice what the traced
+  // allocations explain: page rounding and allocator overhead stay well below that.
+  result.untraced_growth = rss_growth >= kUntracedGrowthMin && untraced > 0.5 * rss_growth;
+  result.reason = "private memory (RssAnon) " + rate_text(result.rss_bytes_per_s) +
+                  ", traced allocations " + rate_text(result.traced_bytes_per_s) +
+                  (result.untraced_growth ? ": growth outside the traced allocators (direct "
+                                            "mmap, another allocator, or allocator caches)"
+                                          : "");
+  return result;
 }
 
 }  // namespace memtrail::aggregator

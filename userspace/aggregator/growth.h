@@ -74,6 +74,36 @@ class GrowthHistory {
   std::unordered_map<uint64_t, std::vector<GrowthPoint>> series_;
 };
 
+// A traced process's private memory (RssAnon: heap, anonymous mappings) next to the memory its
+// traced allocations hold, each interval: does the traced heap explain the growth?
+struct ProcessMemoryPoint {
+  double t_s = 0;
+  double rss_bytes = 0;
+  double traced_bytes = 0;
+};
+
+class ProcessMemoryHistory {
+ public:
+  explicit ProcessMemoryHistory(size_t max_points = 240) : max_points_(max_points) {}
+  void record(uint32_t pid, const ProcessMemoryPoint& point);
+  const std::vector<ProcessMemoryPoint>* series(uint32_t pid) const;
+
+ private:
+  size_t max_points_;
+  std::unordered_map<uint32_t, std::vector<ProcessMemoryPoint>> series_;
+};
+
+struct ProcessGrowth {
+  bool assessed = false;  // enough history to compare
+  double rss_bytes_per_s = 0;
+  double traced_bytes_per_s = 0;
+  bool untraced_growth = false;  // private memory grows beyond what traced allocations explain
+  std::string reason;
+};
+
+ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& series,
+                                    double interval_s);
+
 // Scores every site of `aggregate` from `history` and re-ranks them: by verdict, then growth,
 // then outstanding bytes.
 void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double interval_s,

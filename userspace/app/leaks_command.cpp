@@ -312,7 +312,10 @@ class LeaksSession {
 
   report::ReportContext context(bool final) const {
     report::ReportContext context;
-    for (const auto& process : targets_) context.targets.push_back(process.info);
+    for (const auto& process : targets_) {
+      context.targets.push_back(process.info);
+      context.targets.back().memory = process_memory(process.info.pid);
+    }
     context.start_unix_ms = start_unix_ms_;
     context.end_unix_ms = unix_now_ms();
     context.duration_s = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -344,13 +347,46 @@ class LeaksSession {
     measurement.snapshot = tracer_->snapshot(&accumulator);
     auto read = Clock::now();
     measurement.aggregate = std::move(accumulator).finish(measurement.snapshot.sites);
-    history_.record(std::chrono::duration<double>(read - start_).count(), measurement.aggregate);
+    double t_s = std::chrono::duration<double>(read - start_).count();
+    history_.record(t_s, measurement.aggregate);
+    record_process_memory(t_s, measurement.aggregate);
     aggregator::assess_sites(measurement.aggregate, history_, options_.interval_s,
                              measurement.snapshot.taken_at_ns);
     auto ranked = Clock::now();
     measurement.read_ms = std::chrono::duration<double, std::milli>(read - started).count();
     measurement.ranked_ms = std::chrono::duration<double, std::milli>(ranked - read).count();
     return measurement;
+  }
+
+  // Each live target's private memory next to what its traced allocations hold.
+  void record_process_memory(double t_s, const aggregator::Aggregate& aggregate) {
+    for (const auto& process : targets_) {
+      if (process.info.exited) continue;
+      auto rss = target::read_private_memory(process.info.pid);
+      if (!rss) continue;
+      double traced = 0;
+      for (const auto& site : aggregate.sites) {
+        if (site.pid == process.info.pid) traced += static_cast<double>(site.outstanding_bytes);
+      }
+      process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss), traced});
+    }
+  }
+
+  std::optional<model::ProcessMemory> process_memory(uint32_t pid) const {
+    const auto* series = process_memory_.series(pid);
+    if (!series || series->empty()) return std::nullopt;
+    auto growth = aggregator::assess_process_memory(*series, options_.interval_s);
+    model::ProcessMemory memory;
+    memory.rss_anon_bytes = series->back().rss_bytes;
+    memory.assessed = growth.assessed;
+    memory.rss_bytes_per_s = growth.rss_bytes_per_s;
+    memory.traced_bytes_per_s = growth.traced_bytes_per_s;
+    memory.untraced_growth = growth.untraced_growth;
+    memory.reason = growth.reason;
+    for (const auto& point : *series) {
+      memory.series.push_back({point.t_s, point.rss_bytes, point.traced_bytes});
+    }
+    return memory;
   }
 
   // Measures and builds a report with `sites` symbolized sites; with -v, says how long each
@@ -418,6 +454,7 @@ class LeaksSession {
   std::vector<TracedProcess> targets_;
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
+  aggregator::ProcessMemoryHistory process_memory_;
   report::Suppressions suppressions_ = report::Suppressions::builtin();
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;

@@ -59,6 +59,20 @@ struct LeakSite {
   std::optional<std::string> suppressed;
 };
 
+// A traced process's private memory over the run next to its traced allocations.
+struct ProcessMemory {
+  double rss_anon_bytes = 0;      // at the report (RssAnon: heap and anonymous mappings)
+  bool assessed = false;          // enough history to compare the two
+  double rss_bytes_per_s = 0;     // least-squares slopes over the run
+  double traced_bytes_per_s = 0;
+  bool untraced_growth = false;   // private memory grows beyond what traced allocations explain
+  std::string reason;
+  struct Point {
+    double t_s = 0, rss_anon_bytes = 0, traced_bytes = 0;
+  };
+  std::vector<Point> series;
+};
+
 struct Target {
   uint32_t pid = 0;
   std::string comm;
@@ -66,6 +80,7 @@ struct Target {
   std::string exe;
   std::string allocator_module;  // file whose allocator functions were probed
   bool exited = false;
+  std::optional<ProcessMemory> memory;  // absent before the first interval
 };
 
 struct Totals {

@@ -110,6 +110,21 @@ model::Report from_json(const json& document) {
       target.exe = target_json.at("exe").get<std::string>();
       target.allocator_module = target_json.at("allocator_module").get<std::string>();
       target.exited = target_json.at("exited").get<bool>();
+      if (target_json.contains("memory")) {
+        const json& memory_json = target_json.at("memory");
+        model::ProcessMemory memory;
+        memory.rss_anon_bytes = memory_json.at("rss_anon_bytes").get<double>();
+        memory.assessed = memory_json.at("assessed").get<bool>();
+        memory.rss_bytes_per_s = memory_json.at("rss_growth_bytes_per_s").get<double>();
+        memory.traced_bytes_per_s = memory_json.at("traced_growth_bytes_per_s").get<double>();
+        memory.untraced_growth = memory_json.at("untraced_growth").get<bool>();
+        memory.reason = memory_json.at("reason").get<std::string>();
+        for (const auto& point : memory_json.at("series")) {
+          memory.series.push_back(
+              {point.at(0).get<double>(), point.at(1).get<double>(), point.at(2).get<double>()});
+        }
+        target.memory = std::move(memory);
+      }
       report.targets.push_back(std::move(target));
     }
     const json& totals = document.at("totals");

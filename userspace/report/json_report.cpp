@@ -46,12 +46,27 @@ std::string temporary_path_for(const std::string& path) {
 ordered_json to_json(const model::Report& report, double interval_s, int version) {
   ordered_json targets = ordered_json::array();
   for (const auto& target : report.targets) {
-    targets.push_back({{"pid", target.pid},
-                       {"comm", target.comm},
-                       {"cmdline", target.cmdline},
-                       {"exe", target.exe},
-                       {"allocator_module", target.allocator_module},
-                       {"exited", target.exited}});
+    ordered_json entry = {{"pid", target.pid},
+                          {"comm", target.comm},
+                          {"cmdline", target.cmdline},
+                          {"exe", target.exe},
+                          {"allocator_module", target.allocator_module},
+                          {"exited", target.exited}};
+    if (target.memory && version >= 2) {
+      const auto& memory = *target.memory;
+      ordered_json series = ordered_json::array();
+      for (const auto& point : memory.series) {
+        series.push_back({point.t_s, point.rss_anon_bytes, point.traced_bytes});
+      }
+      entry["memory"] = {{"rss_anon_bytes", memory.rss_anon_bytes},
+                         {"assessed", memory.assessed},
+                         {"rss_growth_bytes_per_s", memory.rss_bytes_per_s},
+                         {"traced_growth_bytes_per_s", memory.traced_bytes_per_s},
+                         {"untraced_growth", memory.untraced_growth},
+                         {"reason", memory.reason},
+                         {"series", std::move(series)}};
+    }
+    targets.push_back(std::move(entry));
   }
   // Version 1 readers expect the sites ranked by outstanding bytes (then count, as before).
   std::vector<const model::LeakSite*> sites;

@@ -76,6 +76,10 @@ void render_text(const model::Report& report, std::ostream& out) {
     if (!target.allocator_module.empty()) out << "  allocator " << target.allocator_module;
     if (target.exited) out << "  [exited]";
     out << "\n";
+    if (target.memory && target.memory->assessed) {
+      out << "    memory: " << human_bytes(static_cast<uint64_t>(target.memory->rss_anon_bytes))
+          << " private; " << target.memory->reason << "\n";
+    }
   }
   out << "\n";
 

@@ -183,6 +183,15 @@ void GatedChild::terminate(std::chrono::milliseconds grace) {
   reaped_ = true;
 }
 
+std::optional<uint64_t> read_private_memory(uint32_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8)) * 1024;  // in kB
+  }
+  return std::nullopt;
+}
+
 bool GatedChild::reap_if_exited() {
   if (reaped_) return true;
   int status = 0;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ ProcessState process_state(uint32_t pid);
 
 // pid, comm, cmdline and exe of a live process; fields it cannot read stay empty.
 model::Target read_target_info(uint32_t pid);
+
+// The process's private memory (RssAnon in /proc/PID/status: heap and anonymous mappings), or
+// nothing once it has exited.
+std::optional<uint64_t> read_private_memory(uint32_t pid);
 
 // Resolves a command name like execvp would (PATH search). Throws memtrail::Error when it is
 // not found or not executable.
