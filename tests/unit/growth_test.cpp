@@ -24,8 +24,9 @@ std::vector<GrowthPoint> series_of(int count, Bytes bytes) {
   return series;
 }
 
+// Blocks of every age up to the oldest: the median is half of it.
 SiteNow never_freed(double oldest_age_s, uint64_t outstanding) {
-  return {oldest_age_s, outstanding, outstanding};
+  return {oldest_age_s, oldest_age_s / 2, outstanding, outstanding};
 }
 
 TEST(Growth, SteadyLinearGrowthThatKeepsItsOldBlocksIsALeak) {
@@ -36,7 +37,9 @@ TEST(Growth, SteadyLinearGrowthThatKeepsItsOldBlocksIsALeak) {
   EXPECT_NEAR(result.r_squared, 1, 1e-9);
   EXPECT_DOUBLE_EQ(result.grew_share, 1);
   EXPECT_FALSE(result.freed_any);
-  EXPECT_EQ(result.reason, "+58.6 KiB/min for 55.0s, R² 1.00, oldest 1m00s, 0 of 600 freed");
+  EXPECT_EQ(result.reason,
+            "+58.6 KiB/min for 55.0s, R² 1.00, oldest 1m00s, median age 30.0s, 0 of 600 freed");
+  EXPECT_DOUBLE_EQ(result.median_age_s, 30);
 }
 
 TEST(Growth, NoisyGrowthIsStillALeakWhenTheTrendIsClear) {
@@ -50,7 +53,7 @@ TEST(Growth, NoisyGrowthIsStillALeakWhenTheTrendIsClear) {
 TEST(Growth, ACacheThatFillsThenStaysFlatIsSteady) {
   // An LRU cache: grows for a third of the run, then replaces entries at a constant size.
   auto series = series_of(18, [](double t) { return std::min(t, 30.0) * 2000; });
-  SiteNow now{40, 300, 900};  // entries are evicted (freed), the survivors are old
+  SiteNow now{40, 20.0, 300, 900};  // entries are evicted (freed), the survivors are old
   auto result = assess_growth(series, now, kInterval);
   EXPECT_EQ(result.verdict, Verdict::kSteady) << result.reason;
   EXPECT_NE(result.reason.find("flat at"), std::string::npos) << result.reason;
@@ -66,14 +69,14 @@ TEST(Growth, AStartUpPoolIsSteadyNeverALeak) {
 TEST(Growth, ASawtoothOfBlocksFreedInBatchesIsTransient) {
   // Fills for 4 intervals, then everything is freed: the oldest block is never old.
   auto series = series_of(16, [](double t) { return std::fmod(t, 20.0) * 1000; });
-  SiteNow now{12, 15, 4000};
+  SiteNow now{12, 6.0, 15, 4000};
   auto result = assess_growth(series, now, kInterval);
   EXPECT_EQ(result.verdict, Verdict::kTransient) << result.reason;
 }
 
 TEST(Growth, ABurstThatIsGoneAgainIsNotALeak) {
   auto series = series_of(12, [](double t) { return t > 20 && t < 35 ? 5e6 : 1000.0; });
-  SiteNow now{58, 1, 5001};
+  SiteNow now{58, 29.0, 1, 5001};
   auto result = assess_growth(series, now, kInterval);
   EXPECT_NE(result.verdict, Verdict::kLeak) << result.reason;
   EXPECT_NE(result.verdict, Verdict::kSuspect) << result.reason;
@@ -139,6 +142,15 @@ TEST(Growth, AssessSitesRanksLeaksFirstThenByGrowth) {
       EXPECT_EQ(aggregate.sites[2].growth->verdict, Verdict::kSteady);
     }
   }
+}
+
+TEST(Growth, TheMedianAgeComesFromTheAgeHistogram) {
+  std::array<uint32_t, SiteSummary::kAgeBuckets> histogram{};
+  EXPECT_DOUBLE_EQ(median_age_s(histogram), 0);
+  histogram[0] = 10;  // under a second
+  EXPECT_DOUBLE_EQ(median_age_s(histogram), 0.5);
+  histogram[5] = 30;  // 16 to 32 s: the median bucket now
+  EXPECT_NEAR(median_age_s(histogram), 16 * std::sqrt(2.0), 1e-9);
 }
 
 std::vector<ProcessMemoryPoint> process_series(double rss_per_s, double traced_per_s) {

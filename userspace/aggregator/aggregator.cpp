@@ -40,6 +40,10 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
   sums.bytes += bytes;
   sums.allocations += allocations;
   site.oldest_timestamp_ns = std::min(site.oldest_timestamp_ns, allocation.timestamp_ns);
+  uint64_t age_s = age / 1'000'000'000ull;
+  size_t bucket = age_s == 0 ? 0 : std::min<size_t>(SiteSummary::kAgeBuckets - 1,
+                                                    64 - static_cast<size_t>(__builtin_clzll(age_s)));
+  ++site.age_histogram[bucket];
 }
 
 Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals) && {

@@ -2,6 +2,7 @@
 // Group a snapshot's outstanding allocations by site and rank the sites.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
@@ -21,6 +22,10 @@ struct SiteSummary {
   uint64_t total_allocated_bytes = 0;  // since attach, from the kernel's running totals
   uint64_t total_allocations = 0;
   uint64_t oldest_timestamp_ns = 0;
+  // Outstanding blocks by age: bucket i holds ages in [2^(i-1), 2^i) seconds (bucket 0: under
+  // 1 s), the last one everything older.
+  static constexpr size_t kAgeBuckets = 24;
+  std::array<uint32_t, kAgeBuckets> age_histogram{};
   uint64_t caller_address = 0;  // first frame when the stack could not be captured
   uint32_t kind = 0;            // allocator function of the site's blocks
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history

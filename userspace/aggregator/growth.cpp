@@ -102,6 +102,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
   result.span_s = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
   result.freed_any = now.total_allocations > now.outstanding_allocations;
   result.oldest_age_s = now.oldest_age_s;
+  result.median_age_s = now.median_age_s;
   uint64_t freed = now.total_allocations > now.outstanding_allocations
                        ? now.total_allocations - now.outstanding_allocations
                        : 0;
@@ -131,6 +132,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
   std::string over = " for " + human_duration(result.span_s);
   std::string fit_text = ", R² " + format("%.2f", fit.r_squared);
   std::string oldest = ", oldest " + human_duration(now.oldest_age_s);
+  std::string ages = oldest + ", median age " + human_duration(now.median_age_s);
 
   if (result.freed_any && now.oldest_age_s < std::max(2 * interval_s, 0.25 * result.span_s)) {
     result.verdict = Verdict::kTransient;
@@ -142,7 +144,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
     // Steady growth while the oldest blocks stay: the signature of a leak. Frees elsewhere in
     // the site (a leak of some of its blocks) keep it a leak, and the reason says so.
     result.verdict = Verdict::kLeak;
-    result.reason = rate_text(fit.slope) + over + fit_text + oldest + ", " + freed_text;
+    result.reason = rate_text(fit.slope) + over + fit_text + ages + ", " + freed_text;
   } else if (peak > 0 && late_change <= kPlateauShare * peak) {
     result.verdict = Verdict::kSteady;
     result.reason = "flat at " + human_bytes(static_cast<uint64_t>(std::llround(last.bytes))) +
@@ -151,7 +153,7 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
   } else if (net_growth > 0 && fit.slope > 0) {
     result.verdict = Verdict::kSuspect;
     result.reason = rate_text(fit.slope) + over + " but unsteadily" + fit_text + ", grew in " +
-                    format("%.0f", result.grew_share * 100) + " % of intervals" + oldest + ", " +
+                    format("%.0f", result.grew_share * 100) + " % of intervals" + ages + ", " +
                     freed_text;
   } else {
     result.verdict = Verdict::kSteady;
@@ -189,6 +191,21 @@ const std::vector<GrowthPoint>* GrowthHistory::series(uint32_t pid, int32_t site
   return it == series_.end() ? nullptr : &it->second;
 }
 
+double median_age_s(const std::array<uint32_t, SiteSummary::kAgeBuckets>& histogram) {
+  uint64_t blocks = 0;
+  for (uint32_t count : histogram) blocks += count;
+  if (blocks == 0) return 0;
+  uint64_t seen = 0;
+  for (size_t bucket = 0; bucket < histogram.size(); ++bucket) {
+    seen += histogram[bucket];
+    if (seen * 2 >= blocks) {
+      // The middle of the bucket [2^(b-1), 2^b) on a log scale; bucket 0 is under a second.
+      return bucket == 0 ? 0.5 : std::ldexp(1.0, static_cast<int>(bucket) - 1) * std::sqrt(2.0);
+    }
+  }
+  return 0;
+}
+
 void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double interval_s,
                   uint64_t taken_at_ns) {
   static const std::vector<GrowthPoint> kNoHistory;
@@ -200,6 +217,7 @@ void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double int
                            : 0;
     now.outstanding_allocations = site.outstanding_allocations;
     now.total_allocations = site.total_allocations;
+    now.median_age_s = median_age_s(site.age_histogram);
     site.growth = assess_growth(series ? *series : kNoHistory, now, interval_s);
   }
   // Ranked through plain keys: by verdict, then growth, then outstanding bytes.

@@ -3,6 +3,7 @@
 // bounded time series, and each site is scored on how steadily it grows.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -39,12 +40,14 @@ struct GrowthAssessment {
   double span_s = 0;              // time the series covers
   bool freed_any = false;         // some block of the site has been freed since attach
   double oldest_age_s = 0;
+  double median_age_s = 0;        // of the outstanding blocks (to a factor of 2: log buckets)
   std::string reason;             // e.g. "+1.2 MiB/min for 5m0s, R² 0.98, oldest 4m10s, 0 freed"
 };
 
 // What a site looks like now, besides its series.
 struct SiteNow {
   double oldest_age_s = 0;
+  double median_age_s = 0;
   uint64_t outstanding_allocations = 0;
   uint64_t total_allocations = 0;  // since attach: more than outstanding means some were freed
 };
@@ -103,6 +106,10 @@ struct ProcessGrowth {
 
 ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& series,
                                     double interval_s);
+
+// The median age of a site's outstanding blocks from its age histogram (SiteSummary), to a
+// factor of 2.
+double median_age_s(const std::array<uint32_t, 24>& histogram);
 
 // Scores every site of `aggregate` from `history` and re-ranks them: by verdict, then growth,
 // then outstanding bytes.

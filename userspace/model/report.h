@@ -32,6 +32,7 @@ struct Growth {
   size_t points = 0;
   double span_s = 0;
   bool freed_any = false;
+  double median_age_s = 0;  // of the outstanding blocks, to a factor of 2
   std::string reason;
   struct Point {
     double t_s = 0;  // since tracing started

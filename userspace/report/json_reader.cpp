@@ -67,6 +67,7 @@ model::LeakSite site_from(const json& object) {
     growth.points = growth_json.at("points").get<size_t>();
     growth.span_s = growth_json.at("span_s").get<double>();
     growth.freed_any = growth_json.at("freed_any").get<bool>();
+    growth.median_age_s = growth_json.value("median_age_s", 0.0);
     for (const auto& point : growth_json.at("series")) {
       growth.series.push_back(
           {point.at(0).get<double>(), point.at(1).get<double>(), point.at(2).get<double>()});

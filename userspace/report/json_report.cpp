@@ -107,6 +107,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"points", growth.points},
                          {"span_s", growth.span_s},
                          {"freed_any", growth.freed_any},
+                         {"median_age_s", growth.median_age_s},
                          {"series", std::move(series)}};
       if (site.suppressed) entry["suppressed"] = *site.suppressed;
     }

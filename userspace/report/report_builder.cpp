@@ -152,6 +152,7 @@ model::Report build_report(const model::Snapshot& snapshot,
       growth.points = assessed.points;
       growth.span_s = assessed.span_s;
       growth.freed_any = assessed.freed_any;
+      growth.median_age_s = assessed.median_age_s;
       growth.reason = assessed.reason;
       const auto* series = context.history ? context.history->series(site.pid, site.site_id)
                                            : nullptr;
