@@ -7,21 +7,10 @@
 #include <sstream>
 
 #include "common/format.h"
+#include "report/names.h"
 
 namespace memtrail::report {
 namespace {
-
-std::string base_name(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string comm_of(const model::Report& report, uint32_t pid) {
-  for (const auto& target : report.targets) {
-    if (target.pid == pid) return target.comm;
-  }
-  return "pid " + std::to_string(pid);
-}
 
 std::string site_key(const std::string& comm, const model::LeakSite& site) {
   std::ostringstream key;
@@ -61,24 +50,20 @@ std::string short_stack(const model::LeakSite& site) {
 
 std::vector<SiteChange> diff_reports(const model::Report& before, const model::Report& after) {
   std::map<std::string, SiteChange> changes;
-  for (const auto& site : before.leaks) {
-    std::string comm = comm_of(before, site.pid);
-    SiteChange& change = changes[site_key(comm, site)];
-    change.comm = comm;
-    if (!change.example) change.example = &site;
-    change.bytes_before += site.outstanding_bytes;
-    change.allocations_before += site.outstanding_allocations;
-    change.in_before = true;
-  }
-  for (const auto& site : after.leaks) {
-    std::string comm = comm_of(after, site.pid);
-    SiteChange& change = changes[site_key(comm, site)];
-    change.comm = comm;
-    if (!change.in_after) change.example = &site;
-    change.bytes_after += site.outstanding_bytes;
-    change.allocations_after += site.outstanding_allocations;
-    change.in_after = true;
-  }
+  auto add = [&](const model::Report& report, bool is_after) {
+    for (const auto& site : report.leaks) {
+      std::string comm = comm_of(report, site.pid);
+      SiteChange& change = changes[site_key(comm, site)];
+      change.comm = comm;
+      if (!change.example || (is_after && !change.in_after)) change.example = &site;
+      (is_after ? change.bytes_after : change.bytes_before) += site.outstanding_bytes;
+      (is_after ? change.allocations_after : change.allocations_before) +=
+          site.outstanding_allocations;
+      (is_after ? change.in_after : change.in_before) = true;
+    }
+  };
+  add(before, false);
+  add(after, true);
   std::vector<SiteChange> ranked;
   for (auto& [key, change] : changes) ranked.push_back(change);
   std::stable_sort(ranked.begin(), ranked.end(), [](const SiteChange& a, const SiteChange& b) {

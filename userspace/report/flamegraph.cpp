@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/format.h"
+#include "report/names.h"
 
 namespace memtrail::report {
 namespace {
@@ -27,18 +28,6 @@ struct Node {
   std::string leaf_color;  // set where a site ends here
   std::map<std::string, std::unique_ptr<Node>> children;
 };
-
-std::string base_name(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string frame_name(const model::Frame& frame) {
-  if (frame.function) return *frame.function;
-  std::ostringstream name;
-  name << base_name(frame.module) << "+0x" << std::hex << frame.offset;
-  return name.str();
-}
 
 std::string xml_escape(const std::string& text) {
   std::string out;
@@ -128,10 +117,7 @@ std::string render_flamegraph_svg(const model::Report& report) {
   size_t max_depth = 0;
   for (const auto& site : report.leaks) {
     if (site.outstanding_bytes == 0) continue;
-    std::string comm = "pid " + std::to_string(site.pid);
-    for (const auto& target : report.targets) {
-      if (target.pid == site.pid && !target.comm.empty()) comm = target.comm;
-    }
+    std::string comm = comm_of(report, site.pid);
     Node* node = &root;
     root.bytes += site.outstanding_bytes;
     // Frames are told apart by their line too: two calls to malloc from one function are two

@@ -10,29 +10,11 @@
 #include <utility>
 
 #include "common/error.h"
+#include "report/names.h"
 #include "profile.pb.h"
 
 namespace memtrail::report {
 namespace {
-
-std::string base_name(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string frame_name(const model::Frame& frame) {
-  if (frame.function) return *frame.function;
-  std::ostringstream name;
-  name << base_name(frame.module) << "+0x" << std::hex << frame.offset;
-  return name.str();
-}
-
-std::string comm_of(const model::Report& report, uint32_t pid) {
-  for (const auto& target : report.targets) {
-    if (target.pid == pid && !target.comm.empty()) return target.comm;
-  }
-  return "pid " + std::to_string(pid);
-}
 
 // Folded lines separate frames with ';' and end with " COUNT".
 std::string folded_safe(std::string name) {

@@ -7,14 +7,10 @@
 #include <sstream>
 
 #include "common/format.h"
+#include "report/names.h"
 
 namespace memtrail::report {
 namespace {
-
-std::string base_name(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
 
 std::string hex(uint64_t value) {
   std::ostringstream out;
