@@ -18,5 +18,7 @@ trap 'kill "$demo_pid" 2>/dev/null || true; wait "$demo_pid" 2>/dev/null || true
 sleep 1  # let it start serving: memtrail attaches to a process that is already running
 
 echo "demo: tracing the demo server (pid $demo_pid) for 8 seconds..."
-./build/memtrail leaks -p "$demo_pid" --duration 8 --interval 4 --top 5 --json build/demo-leaks.json
-echo "demo: the JSON report is in build/demo-leaks.json"
+# One sample a second gives each site enough history for a verdict; -q: the final report only.
+./build/memtrail leaks -p "$demo_pid" --duration 8 --interval 1 --quiet --top 5 \
+  --json build/demo-leaks.json --flamegraph build/demo-leaks.svg
+echo "demo: the JSON report is in build/demo-leaks.json; open build/demo-leaks.svg in a browser"
