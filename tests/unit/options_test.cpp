@@ -84,5 +84,49 @@ TEST(Options, HelpAndVersionExitZero) {
   EXPECT_EQ(std::get<ExitRequest>(version).message.rfind("memtrail ", 0), 0u);
 }
 
+TEST(Options, FormatsOutputAndFlameGraph) {
+  auto command = parse({"leaks", "-p", "1", "--format", "pprof", "-o", "h.pb.gz", "--flamegraph",
+                        "f.svg", "--suppressions", "s.txt", "--json-version", "1"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  const auto& options = std::get<LeaksOptions>(command);
+  EXPECT_EQ(options.format, Format::kPprof);
+  EXPECT_EQ(options.output_path, "h.pb.gz");
+  EXPECT_EQ(options.flamegraph_path, "f.svg");
+  EXPECT_EQ(options.suppressions_path, "s.txt");
+  EXPECT_EQ(options.json_version, 1);
+  EXPECT_EQ(std::get<LeaksOptions>(parse({"leaks", "-p", "1", "-f", "folded"})).format,
+            Format::kFolded);
+}
+
+TEST(Options, BadFormatsAndPprofWithoutAFileAreUsageErrors) {
+  for (auto command : {parse({"leaks", "-p", "1", "--format", "svg"}),
+                       parse({"leaks", "-p", "1", "--format", "pprof"}),
+                       parse({"leaks", "-p", "1", "--json-version", "3"}),
+                       parse({"report", "r.json", "--format", "pprof"}),
+                       parse({"report"}), parse({"diff", "a.json"})}) {
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(command));
+    EXPECT_EQ(std::get<ExitRequest>(command).code, kExitUsage)
+        << std::get<ExitRequest>(command).message;
+  }
+  auto pprof = std::get<ExitRequest>(parse({"leaks", "-p", "1", "--format", "pprof"}));
+  EXPECT_NE(pprof.message.find("give -o FILE"), std::string::npos) << pprof.message;
+}
+
+TEST(Options, ReportAndDiffSubcommands) {
+  auto report = parse({"report", "r.json", "--format", "folded", "-o", "out.txt", "-n", "3"});
+  ASSERT_TRUE(std::holds_alternative<ReportOptions>(report));
+  EXPECT_EQ(std::get<ReportOptions>(report).input_path, "r.json");
+  EXPECT_EQ(std::get<ReportOptions>(report).format, Format::kFolded);
+  EXPECT_EQ(std::get<ReportOptions>(report).top, 3u);
+  auto diff = parse({"diff", "a.json", "b.json"});
+  ASSERT_TRUE(std::holds_alternative<DiffOptions>(diff));
+  EXPECT_EQ(std::get<DiffOptions>(diff).before_path, "a.json");
+  EXPECT_EQ(std::get<DiffOptions>(diff).after_path, "b.json");
+  auto unknown = parse({"trace"});
+  ASSERT_TRUE(std::holds_alternative<ExitRequest>(unknown));
+  EXPECT_NE(std::get<ExitRequest>(unknown).message.find("commands: leaks, report, diff"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace memtrail::cli

@@ -81,7 +81,8 @@ Command parse_command_line(int argc, const char* const* argv) {
   leaks->add_option("-d,--duration", duration, "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
   leaks->add_option("-i,--interval", options.interval_s,
-                    "Print the top sites every SECONDS (default 5)")
+                    "Print the top sites, and sample each site's memory for its verdict, every "
+                    "SECONDS (default 5)")
       ->type_name("SECONDS");
   leaks->add_option("-n,--top", options.top, "Sites shown in text reports (default 10)")
       ->type_name("N");
@@ -90,11 +91,11 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
       ->type_name("FILE");
-  leaks->add_option("-f,--format", options.format,
+  std::string leaks_format = "text";
+  leaks->add_option("-f,--format", leaks_format,
                     "Format of the final report: text (default), json, folded (flame graph "
                     "stacks) or pprof (gzipped profile.proto; needs -o)")
-      ->type_name("FORMAT")
-      ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case));
+      ->type_name("FORMAT");
   leaks->add_option("-o,--output", options.output_path,
                     "Write the final report to FILE instead of stdout")
       ->type_name("FILE");
@@ -138,10 +139,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   report->add_option("file", report_options.input_path, "JSON report written by memtrail leaks")
       ->required()
       ->type_name("FILE");
-  report->add_option("-f,--format", report_options.format,
+  std::string report_format = "text";
+  report->add_option("-f,--format", report_format,
                      "text (default), json, folded or pprof (needs -o)")
-      ->type_name("FORMAT")
-      ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case));
+      ->type_name("FORMAT");
   report->add_option("-o,--output", report_options.output_path, "Write to FILE, not stdout")
       ->type_name("FILE");
   report->add_option("--flamegraph", report_options.flamegraph_path,
@@ -200,7 +201,15 @@ Command parse_command_line(int argc, const char* const* argv) {
     return ExitRequest{kExitUsage, "memtrail: error: " + message + "\nmemtrail: hint: see memtrail " +
                                        command + " --help\n"};
   };
+  auto format_of = [](const std::string& name) -> std::optional<Format> {
+    auto it = kFormats.find(name);
+    if (it == kFormats.end()) return std::nullopt;
+    return it->second;
+  };
   if (report->parsed()) {
+    auto format = format_of(report_format);
+    if (!format) return usage_of("report", "--format must be text, json, folded or pprof");
+    report_options.format = *format;
     if (report_options.top == 0) return usage_of("report", "--top must be at least 1");
     if (report_options.format == Format::kPprof && report_options.output_path.empty()) {
       return usage_of("report", "pprof is a binary format: give -o FILE");
@@ -236,6 +245,9 @@ Command parse_command_line(int argc, const char* const* argv) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }
   options.sample_rate = static_cast<uint64_t>(sample_rate);
+  auto format = format_of(leaks_format);
+  if (!format) return usage("--format must be text, json, folded or pprof");
+  options.format = *format;
   if (options.format == Format::kPprof && options.output_path.empty()) {
     return usage("pprof is a binary format: give -o FILE");
   }
