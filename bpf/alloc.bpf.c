@@ -65,6 +65,10 @@ __u32 next_stack_id = 0;
 /* Entries of the allocs array (set by userspace before load). */
 const volatile __u32 alloc_buckets = 1;
 
+/* Set by userspace once C++ delete probes are attached anywhere: only then does free() look for
+ * a delete it is nested in (one task-storage lookup per free). */
+volatile __u32 cxx_probes_attached = 0;
+
 /* Benchmarks only (memtrail leaks --probe-floor): every program returns at once, so a run
  * measures what the probes' traps alone cost. The verifier prunes the check when false. */
 const volatile bool probe_floor = false;
@@ -92,6 +96,7 @@ struct inflight_call {
 	__u32 depth;      /* > 1 while an allocator calls another (memalign -> malloc, ...) */
 	__s64 sample_countdown; /* bytes until this thread's next sample */
 	__u64 sampler_ready;    /* sample_countdown has been drawn */
+	__u64 pending_free;     /* released by operator delete: its nested free() is not a free */
 };
 
 struct {
@@ -135,6 +140,7 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 		return;
 	}
 	call->depth = 1;
+	call->pending_free = 0; /* a delete whose free() never came (an allocation comes first) */
 	call->entry_sp = sp;
 	call->kind = kind;
 	call->size = size;
@@ -481,11 +487,43 @@ enum release_mode {
 	RELEASE_FREE,          /* free(p): p unknown means it predates attach */
 	RELEASE_REALLOC,       /* realloc moved p: only if recorded before the call began */
 	RELEASE_REALLOC_ZERO,  /* realloc(p, 0): glibc's nested free() already released p */
+	RELEASE_DELETE,        /* operator delete(p) */
+	RELEASE_DELETE_ARRAY,  /* operator delete[](p) */
 };
+
+/* A block released by a function that does not pair with the one that allocated it: new and
+ * free, malloc and delete, new[] and delete, new and delete[]. */
+static __always_inline bool mismatched(enum release_mode mode, __u32 kind)
+{
+	if (mode == RELEASE_DELETE)
+		return kind != MEMTRAIL_KIND_NEW;
+	if (mode == RELEASE_DELETE_ARRAY)
+		return kind != MEMTRAIL_KIND_NEW_ARRAY;
+	return kind == MEMTRAIL_KIND_NEW || kind == MEMTRAIL_KIND_NEW_ARRAY;
+}
+
+static __always_inline void count_mismatch(__u32 tgid, __s32 site_id)
+{
+	count(MEMTRAIL_CTR_MISMATCHED);
+	if (site_id >= 0) {
+		__u32 index = site_id;
+		struct memtrail_site_totals *totals = bpf_map_lookup_elem(&site_totals, &index);
+
+		if (totals)
+			totals->mismatched_frees += 1; /* this CPU's copy */
+	} else {
+		struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
+		struct memtrail_fallback_totals *totals = bpf_map_lookup_elem(&fallback_sites, &key);
+
+		if (totals)
+			__sync_fetch_and_add(&totals->mismatched_frees, 1);
+	}
+}
 
 static __always_inline void release(__u64 address, enum release_mode mode, __u64 call_start_ns)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct memtrail_alloc_info *info;
 	struct slot_ref found;
 
 	/* A miss means the block predates attach (or a concurrent double free removed it). */
@@ -494,13 +532,16 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 			count(MEMTRAIL_CTR_UNMATCHED_FREES);
 		return;
 	}
+	info = &found.bucket->info[found.slot & 7];
 	/* Another thread got this address after our realloc freed it: that block is not ours. */
-	if (mode != RELEASE_FREE &&
-	    READ_ONCE_U64(found.bucket->info[found.slot & 7].timestamp_ns) > call_start_ns)
+	if ((mode == RELEASE_REALLOC || mode == RELEASE_REALLOC_ZERO) &&
+	    READ_ONCE_U64(info->timestamp_ns) > call_start_ns)
 		return;
+	if (mismatched(mode, READ_ONCE_U64(info->size_kind) >> MEMTRAIL_SIZE_BITS))
+		count_mismatch(tgid, info->site_id);
 	if (table_remove(&found, address))
 		count(MEMTRAIL_CTR_FREES);
-	else if (mode == RELEASE_FREE)
+	else if (mode != RELEASE_REALLOC && mode != RELEASE_REALLOC_ZERO)
 		count(MEMTRAIL_CTR_UNMATCHED_FREES);
 }
 
@@ -626,7 +667,44 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 SEC("uprobe")
 int BPF_KPROBE(free_enter, __u64 address)
 {
-	if (address && !probe_floor)
-		release(address, RELEASE_FREE, 0);
+	if (!address || probe_floor)
+		return 0;
+	if (cxx_probes_attached) {
+		/* libstdc++'s operator delete ends in free(): the delete probe already released
+		 * the block. */
+		struct inflight_call *call =
+			bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+
+		if (call && call->pending_free == address) {
+			call->pending_free = 0;
+			return 0;
+		}
+	}
+	release(address, RELEASE_FREE, 0);
+	return 0;
+}
+
+/* operator delete and delete[] (all variants: sized, aligned; the first argument is the
+ * pointer). The attach cookie says which. One delete may call another (delete[] -> delete,
+ * sized -> unsized) before the final free(): the outermost one releases the block. */
+SEC("uprobe")
+int BPF_KPROBE(delete_enter, __u64 address)
+{
+	struct inflight_call *call;
+
+	if (!address || probe_floor)
+		return 0;
+	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call) {
+		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		return 0;
+	}
+	if (call->pending_free == address)
+		return 0; /* nested in a delete of the same block */
+	call->pending_free = address;
+	release(address, bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
+									     : RELEASE_DELETE,
+		0);
 	return 0;
 }

@@ -27,7 +27,15 @@ enum memtrail_alloc_kind {
 	MEMTRAIL_KIND_MEMALIGN = 6,
 	MEMTRAIL_KIND_VALLOC = 7,
 	MEMTRAIL_KIND_PVALLOC = 8,
-	MEMTRAIL_KIND_COUNT = 9,
+	MEMTRAIL_KIND_NEW = 9,        /* C++ operator new (all its variants) */
+	MEMTRAIL_KIND_NEW_ARRAY = 10, /* C++ operator new[] */
+	MEMTRAIL_KIND_COUNT = 11,
+};
+
+/* The attach cookie of the C++ delete probes: which operator releases the block. */
+enum memtrail_delete_kind {
+	MEMTRAIL_DELETE_SCALAR = 0, /* operator delete: for blocks of operator new */
+	MEMTRAIL_DELETE_ARRAY = 1,  /* operator delete[]: for blocks of operator new[] */
 };
 
 /* Indices into the per-CPU `counters` array. Every event that memtrail cannot track is counted
@@ -43,7 +51,8 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_STALE_REPLACED = 7,  /* an address was handed out again while still recorded */
 	MEMTRAIL_CTR_MISSED_ENTRIES = 8,  /* return without a recorded entry (attached mid-call) */
 	MEMTRAIL_CTR_UNSAMPLED = 9,       /* allocations passed over by --sample-rate */
-	MEMTRAIL_CTR_COUNT = 10,
+	MEMTRAIL_CTR_MISMATCHED = 10,     /* blocks released by the wrong function (new/free, ...) */
+	MEMTRAIL_CTR_COUNT = 11,
 };
 
 /* Byte sampling (--sample-rate): each byte allocated is sampled with probability 1/rate, so an
@@ -131,6 +140,7 @@ static inline __u32 memtrail_alloc_buckets_for(__u32 max_outstanding)
 struct memtrail_site_totals {
 	__u64 total_bytes;       /* bytes ever allocated from this site since attach */
 	__u64 total_allocations; /* calls that returned memory */
+	__u64 mismatched_frees;  /* its blocks released by the wrong function (new/free, ...) */
 };
 
 /* Sites whose stack could not be stored (fallback ids < 0) keep their totals in a hash map. */
@@ -142,6 +152,7 @@ struct memtrail_fallback_key {
 struct memtrail_fallback_totals {
 	__u64 total_bytes;
 	__u64 total_allocations;
+	__u64 mismatched_frees;
 	__u64 caller_address; /* return address in the caller: the site's only frame */
 };
 

@@ -53,6 +53,27 @@ TEST(ProbePlacement, OnlyFreeMaySkipItsFirstInstructions) {
   EXPECT_EQ(choose_probe_placement(ProbeRole::kSizeAlloc, code).offset, 0u);
 }
 
+// Code built for CET starts with endbr64 (single-stepped): libstdc++'s operators.
+TEST(ProbePlacement, SkipsEndbr64WhenTheNextInstructionIsEmulated) {
+  // endbr64; jmp free@plt (operator delete)
+  Placement jump = choose_probe_placement(ProbeRole::kDelete,
+                                          Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xe9, 0x87, 0x2f, 0xff, 0xff});
+  EXPECT_EQ(jump.offset, 4u);
+  EXPECT_EQ(jump.reason, "after endbr64, on an emulated jmp");
+  // endbr64; push %rbx
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kSizeAlloc, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0x53}).offset,
+            4u);
+  // endbr64; test %rdi,%rdi (operator new): no emulated instruction to move to.
+  Placement entry = choose_probe_placement(
+      ProbeRole::kSizeAlloc, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x85, 0xff, 0xb8, 1, 0, 0, 0});
+  EXPECT_EQ(entry.offset, 0u);
+  EXPECT_EQ(entry.reason, "entry (endbr64, single-stepped)");
+  // An indirect jump is not emulated.
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kDelete, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xff, 0xe0})
+                .offset,
+            0u);
+}
+
 TEST(ProbePlacement, ShortOrEmptyCodeIsProbedAtEntry) {
   EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, Bytes{}).offset, 0u);
   EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, Bytes{0x48, 0x85, 0xff}).offset, 0u);

@@ -61,6 +61,7 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
     it->second.total_allocated_bytes = totals.total_bytes;
     it->second.total_allocations = totals.total_allocations;
     it->second.caller_address = totals.caller_address;
+    it->second.mismatched_frees = totals.mismatched_frees;
   }
   result.sites.reserve(by_site_.size());
   for (auto& [key, site] : by_site_) result.sites.push_back(site);

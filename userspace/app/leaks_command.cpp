@@ -67,6 +67,7 @@ int64_t unix_now_ms() {
 struct TracedProcess {
   model::Target info;
   target::AllocatorModule allocator;
+  std::optional<target::AllocatorModule> cxx_runtime;  // operators new and delete, if C++
   std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
   UniqueFd pidfd;                         // readable once the process has exited
   bool launched = false;
@@ -170,7 +171,9 @@ class LeaksSession {
     for (uint32_t pid : options_.pids) {
       TracedProcess process;
       // process.mappings stays empty: refresh_mappings() hands them to the symbolizer.
-      process.allocator = target::find_allocator(pid, live_mappings(pid));
+      auto mappings = live_mappings(pid);
+      process.allocator = target::find_allocator(pid, mappings);
+      if (options_.trace_cxx) process.cxx_runtime = target::find_cxx_runtime(pid, mappings);
       process.info = target::read_target_info(pid);
       process.info.allocator_module = process.allocator.path;
       targets_.push_back(std::move(process));
@@ -189,6 +192,13 @@ class LeaksSession {
       child_.emplace(executable, options_.command);
       TracedProcess process;
       process.allocator = *allocator;
+      // Its C++ runtime, if it has one, is the one memtrail (a C++ program) maps: probes on it
+      // cost nothing if the command never loads it.
+      uint32_t self = static_cast<uint32_t>(::getpid());
+      if (options_.trace_cxx) {
+        process.cxx_runtime = target::find_cxx_runtime(self, live_mappings(self));
+      }
+      if (process.cxx_runtime) process.cxx_runtime->open_path = process.cxx_runtime->path;
       process.info.pid = static_cast<uint32_t>(child_->pid());
       process.info.allocator_module = allocator->path;
       process.launched = true;
@@ -198,12 +208,15 @@ class LeaksSession {
 
   void attach_all() {
     for (auto& process : targets_) {
-      tracer_->attach(process.info.pid, process.allocator);
-      if (options_.verbose) {
-        for (const auto& function : process.allocator.functions) {
-          std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
-                    << process.allocator.path << "+0x" << std::hex << function.probe_offset
-                    << std::dec << ": " << function.placement << "\n";
+      std::vector<const target::AllocatorModule*> modules{&process.allocator};
+      if (process.cxx_runtime) modules.push_back(&*process.cxx_runtime);
+      for (const auto* module : modules) {
+        tracer_->attach(process.info.pid, *module);
+        if (!options_.verbose) continue;
+        for (const auto& function : module->functions) {
+          std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
+                    << " probed at " << module->path << "+0x" << std::hex
+                    << function.probe_offset << std::dec << ": " << function.placement << "\n";
         }
       }
     }
@@ -227,7 +240,12 @@ class LeaksSession {
       std::cerr << "memtrail: tracing pid " << process.info.pid
                 << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via "
                 << process.allocator.path << " (" << process.allocator.functions.size()
-                << " functions)\n";
+                << " functions)";
+      if (process.cxx_runtime) {
+        std::cerr << " and " << process.cxx_runtime->path << " ("
+                  << process.cxx_runtime->functions.size() << " operators new and delete)";
+      }
+      std::cerr << "\n";
     }
     std::cerr.flush();
   }

@@ -60,7 +60,9 @@ steady, transient, too_short); memory runtimes keep on purpose is marked SUPPRES
 
 Traced functions: malloc, calloc, realloc, reallocarray, free, posix_memalign, aligned_alloc,
 memalign, valloc, pvalloc, in the module the process binds malloc from (its C library, or
-the executable itself when statically linked).)";
+the executable itself when statically linked); C++ operators new, new[], delete and delete[]
+(all variants) in the module that defines them (libstdc++). Blocks released by a function
+that does not pair with their allocator (new/free, malloc/delete) are reported.)";
 
 }  // namespace
 
@@ -122,6 +124,10 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "for less overhead; totals stay unbiased estimates (default 0: every "
                     "allocation)")
       ->type_name("BYTES");
+  leaks->add_flag("--cxx", options.trace_cxx,
+                  "Also probe C++ operators new and delete (libstdc++): sites show new/new[], "
+                  "mismatched new/free and malloc/delete are reported; costs more traps per "
+                  "new/delete (see README)");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
   leaks->add_flag("-v,--verbose", options.verbose,
                   "Show probe placement, map memory, report timing and libbpf messages");

@@ -31,6 +31,7 @@ struct LeaksOptions {
   std::string output_path;        // -o: the final report goes to this file
   std::string flamegraph_path;    // --flamegraph: an SVG flame graph of the final report
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
+  bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

@@ -50,6 +50,7 @@ struct LeakSite {
   uint64_t total_allocations = 0;
   double oldest_age_s = 0;
   std::string allocator;         // the traced function that returned the memory, e.g. "malloc"
+  uint64_t mismatched_frees = 0;  // its blocks released by the wrong function (new/free, ...)
   std::vector<Frame> stack;      // innermost (the allocator's caller) first
   // The stack stops before the program's outermost frame: a frame without a frame pointer (or
   // the depth limit) ended the walk, or the stack could not be stored and only the calling
@@ -95,6 +96,7 @@ struct Totals {
   uint64_t stack_failures = 0;
   uint64_t site_drops = 0;
   uint64_t unsampled_allocations = 0;  // calls passed over by --sample-rate
+  uint64_t mismatched_frees = 0;       // blocks released by the wrong function
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
 };
 

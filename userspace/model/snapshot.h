@@ -26,6 +26,7 @@ struct SiteTotals {
   uint64_t total_bytes = 0;
   uint64_t total_allocations = 0;
   uint64_t caller_address = 0;  // the return address in the function that called the allocator
+  uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
 };
 
 // Counters of everything the tracer did or could not do, summed over CPUs.
@@ -40,6 +41,7 @@ struct TracerCounters {
   uint64_t stale_replaced = 0;
   uint64_t missed_entries = 0;
   uint64_t unsampled = 0;  // successful allocations passed over by --sample-rate
+  uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
 };
 

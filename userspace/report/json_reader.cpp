@@ -75,6 +75,7 @@ model::LeakSite site_from(const json& object) {
     site.growth = std::move(growth);
   }
   site.suppressed = optional_field<std::string>(object, "suppressed");
+  site.mismatched_frees = object.value("mismatched_frees", uint64_t{0});
   return site;
 }
 
@@ -139,6 +140,7 @@ model::Report from_json(const json& document) {
     report.totals.stack_failures = totals.value("stack_failures", uint64_t{0});
     report.totals.site_drops = totals.value("site_drops", uint64_t{0});
     report.totals.unsampled_allocations = totals.value("unsampled_allocations", uint64_t{0});
+    report.totals.mismatched_frees = totals.value("mismatched_frees", uint64_t{0});
     for (const auto& site : document.at("leaks")) report.leaks.push_back(site_from(site));
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();

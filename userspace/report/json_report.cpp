@@ -110,6 +110,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"median_age_s", growth.median_age_s},
                          {"series", std::move(series)}};
       if (site.suppressed) entry["suppressed"] = *site.suppressed;
+      entry["mismatched_frees"] = site.mismatched_frees;
     }
     leaks.push_back(std::move(entry));
   }
@@ -137,7 +138,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
             {"failed_calls", totals.failed_calls},
             {"stack_failures", totals.stack_failures},
             {"site_drops", totals.site_drops},
-            {"unsampled_allocations", totals.unsampled_allocations}}},
+            {"unsampled_allocations", totals.unsampled_allocations},
+            {"mismatched_frees", totals.mismatched_frees}}},
           {"leaks", std::move(leaks)},
           {"notes", report.notes}};
 }

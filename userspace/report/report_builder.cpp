@@ -64,6 +64,12 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                     " call stacks could not be captured (stack map full or collision); those "
                     "sites show only the calling function and are marked truncated.");
   }
+  if (totals.mismatched_frees > 0) {
+    notes.push_back(with_thousands(totals.mismatched_frees) +
+                    " blocks were released by a function that does not pair with the one that "
+                    "allocated them (new/free, malloc/delete, new[]/delete): undefined behaviour; "
+                    "see mismatched_frees per site.");
+  }
   if (totals.site_drops > 0) {
     notes.push_back(with_thousands(totals.site_drops) +
                     " allocations found the per-site totals map full: their sites lack "
@@ -108,6 +114,7 @@ model::Report build_report(const model::Snapshot& snapshot,
   totals.failed_calls = counters.failed_calls;
   totals.stack_failures = counters.stack_failures;
   totals.site_drops = counters.site_drops;
+  totals.mismatched_frees = counters.mismatched_frees;
   totals.sites = aggregate.sites.size();
 
   size_t count = std::min(max_sites, aggregate.sites.size());
@@ -124,6 +131,7 @@ model::Report build_report(const model::Snapshot& snapshot,
                             ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
                             : 0.0;
     leak.allocator = target::kind_name(site.kind);
+    leak.mismatched_frees = site.mismatched_frees;
     std::vector<uint64_t> addresses;
     auto stack = snapshot.stacks.find(site.site_id);
     if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {

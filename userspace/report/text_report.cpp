@@ -107,6 +107,12 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     out << "    " << with_thousands(site.total_allocated_bytes) << " B allocated in "
         << with_thousands(site.total_allocations) << " calls since attach\n";
+    if (site.mismatched_frees > 0) {
+      out << "    MISMATCHED: " << with_thousands(site.mismatched_frees) << " of its blocks "
+          << (site.mismatched_frees == 1 ? "was" : "were")
+          << " released by a function that does not pair with " << site.allocator
+          << " (new/free, malloc/delete, new[]/delete)\n";
+    }
     render_stack(site, out);
     out << "\n";
   }

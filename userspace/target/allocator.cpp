@@ -39,6 +39,34 @@ const std::vector<FunctionSpec>& function_specs() {
   return specs;
 }
 
+// operator new and delete as the Itanium C++ ABI mangles them (libstdc++ and libc++ alike).
+// Every new takes the size first, every delete the pointer first: the malloc and free programs
+// serve them. Variants that call another (new[] -> new, sized delete -> delete) nest, and the
+// BPF side accounts the outermost.
+const std::vector<FunctionSpec>& cxx_specs() {
+  static const std::vector<FunctionSpec> specs = {
+      {"_Znwm", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
+      {"_Znam", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
+      {"_ZnwmRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
+      {"_ZnamRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
+      {"_ZnwmSt11align_val_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
+      {"_ZnamSt11align_val_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
+      {"_ZnwmSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
+      {"_ZnamSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
+      {"_ZdlPv", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
+      {"_ZdlPvm", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
+      {"_ZdlPvSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
+      {"_ZdlPvmSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
+      {"_ZdlPvRKSt9nothrow_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
+      {"_ZdaPv", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+      {"_ZdaPvm", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+      {"_ZdaPvSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+      {"_ZdaPvmSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+      {"_ZdaPvRKSt9nothrow_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+  };
+  return specs;
+}
+
 struct CapstoneCloser {
   void operator()(csh* handle) const { cs_close(handle); }
 };
@@ -56,6 +84,10 @@ bool is_emulated(const cs_insn& instruction) {
              instruction.detail->x86.operands[0].type == X86_OP_REG;
     case X86_INS_NOP:
       return true;
+    case X86_INS_JMP:
+    case X86_INS_CALL:  // relative forms only: the kernel emulates those, not indirect ones
+      return instruction.detail->x86.op_count == 1 &&
+             instruction.detail->x86.operands[0].type == X86_OP_IMM;
     default:
       return false;
   }
@@ -79,24 +111,45 @@ Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& cod
   size_t count = cs_disasm(handle, code.data(), code.size(), 0, 0, &raw);
   std::unique_ptr<cs_insn, InstructionsFree> instructions(raw, InstructionsFree{count});
   if (count == 0) return {0, "entry (code could not be decoded)"};
-  if (is_emulated(raw[0])) return {0, std::string("entry (") + raw[0].mnemonic + ", emulated)"};
-  if (role != ProbeRole::kFree || count < 3 || !is_test_rdi_rdi(raw[0]) || raw[1].id != X86_INS_JE ||
-      !is_emulated(raw[2])) {
+  // A branch inside the function to the probed instruction would make the probe fire twice.
+  auto branch_lands_on = [&](uint64_t target) -> std::optional<uint64_t> {
+    for (size_t i = 0; i < count; ++i) {
+      const cs_x86& x86 = raw[i].detail->x86;
+      bool branch = cs_insn_group(handle, &raw[i], CS_GRP_JUMP) ||
+                    cs_insn_group(handle, &raw[i], CS_GRP_CALL);
+      if (branch && x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM &&
+          static_cast<uint64_t>(x86.operands[0].imm) == target) {
+        return raw[i].address;
+      }
+    }
+    return std::nullopt;
+  };
+  // Code built for CET (libstdc++, ...) starts with endbr64, which the kernel single-steps; it
+  // does nothing a tracer needs, so the probe may go on the next instruction instead.
+  size_t first = 0;
+  std::string prefix;
+  if (raw[0].id == X86_INS_ENDBR64 && count > 1) {
+    first = 1;
+    prefix = "after endbr64, ";
+  }
+  if (is_emulated(raw[first])) {
+    if (first == 0) return {0, std::string("entry (") + raw[0].mnemonic + ", emulated)"};
+    if (auto from = branch_lands_on(raw[first].address)) {
+      return {0, "entry (endbr64, single-stepped: a branch at +" + std::to_string(*from) +
+                     " lands after it)"};
+    }
+    return {raw[first].address, prefix + "on an emulated " + raw[first].mnemonic};
+  }
+  if (role != ProbeRole::kFree || count < first + 3 || !is_test_rdi_rdi(raw[first]) ||
+      raw[first + 1].id != X86_INS_JE || !is_emulated(raw[first + 2])) {
     return {0, std::string("entry (") + raw[0].mnemonic + ", single-stepped)"};
   }
-  uint64_t target = raw[2].address;
-  for (size_t i = 0; i < count; ++i) {
-    const cs_x86& x86 = raw[i].detail->x86;
-    bool branch = cs_insn_group(handle, &raw[i], CS_GRP_JUMP) ||
-                  cs_insn_group(handle, &raw[i], CS_GRP_CALL);
-    if (branch && x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM &&
-        static_cast<uint64_t>(x86.operands[0].imm) == target) {
-      return {0, "entry (a branch at +" + std::to_string(raw[i].address) +
-                     " lands past the NULL check)"};
-    }
+  uint64_t target = raw[first + 2].address;
+  if (auto from = branch_lands_on(target)) {
+    return {0, "entry (a branch at +" + std::to_string(*from) + " lands past the NULL check)"};
   }
-  return {target, std::string("after the NULL check (test %rdi,%rdi; je), on an emulated ") +
-                      raw[2].mnemonic};
+  return {target, prefix + "after the NULL check (test %rdi,%rdi; je), on an emulated " +
+                      raw[first + 2].mnemonic};
 }
 
 
@@ -110,20 +163,21 @@ const std::vector<std::string>& traced_function_names() {
 }
 
 std::string kind_name(uint32_t kind) {
+  if (kind == MEMTRAIL_KIND_NEW) return "new";
+  if (kind == MEMTRAIL_KIND_NEW_ARRAY) return "new[]";
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && spec.kind == kind) return spec.name;
   }
   return "unknown";
 }
 
-std::optional<AllocatorModule> allocator_in_file(const std::string& path,
-                                                 const std::string& open_path) {
-  ElfFile elf = ElfFile::open(open_path);
-  if (!elf.find_function("malloc") || !elf.find_function("free")) return std::nullopt;
+namespace {
 
-  AllocatorModule module{path, open_path, {}};
+// The probes of `specs` that `elf` defines, each placed (see choose_probe_placement).
+std::vector<FunctionProbe> probes_in(const ElfFile& elf, const std::vector<FunctionSpec>& specs) {
+  std::vector<FunctionProbe> probes;
   std::set<uint64_t> probed_addresses;
-  for (const auto& spec : function_specs()) {
+  for (const auto& spec : specs) {
     auto symbol = elf.find_function(spec.name);
     if (!symbol || !probed_addresses.insert(symbol->address).second) continue;
     auto entry = elf.file_offset_of(symbol->address);
@@ -133,10 +187,37 @@ std::optional<AllocatorModule> allocator_in_file(const std::string& path,
     size_t code_size = std::clamp<size_t>(symbol->size, 16, 64 * 1024);
     Placement placement =
         choose_probe_placement(spec.role, elf.read_code(symbol->address, code_size));
-    module.functions.push_back(FunctionProbe{spec.name, spec.role, spec.kind, *entry,
-                                             *entry + placement.offset, placement.reason});
+    probes.push_back(FunctionProbe{spec.name, spec.role, spec.kind, *entry,
+                                   *entry + placement.offset, placement.reason});
   }
-  return module;
+  return probes;
+}
+
+}  // namespace
+
+std::optional<AllocatorModule> allocator_in_file(const std::string& path,
+                                                 const std::string& open_path) {
+  ElfFile elf = ElfFile::open(open_path);
+  if (!elf.find_function("malloc") || !elf.find_function("free")) return std::nullopt;
+
+  return AllocatorModule{path, open_path, probes_in(elf, function_specs())};
+}
+
+std::optional<AllocatorModule> find_cxx_runtime(uint32_t pid,
+                                                const std::vector<Mapping>& mappings) {
+  std::set<std::string> seen;
+  for (const Mapping& mapping : mappings) {
+    if (!mapping.is_file() || !seen.insert(mapping.path).second) continue;
+    try {
+      std::string open_path = path_in_process_root(pid, mapping.path);
+      ElfFile elf = ElfFile::open(open_path);
+      if (!elf.find_function("_Znwm")) continue;
+      return AllocatorModule{mapping.path, open_path, probes_in(elf, cxx_specs())};
+    } catch (const Error&) {
+      continue;  // an unreadable file cannot be the runtime we probe
+    }
+  }
+  return std::nullopt;
 }
 
 AllocatorModule find_allocator(uint32_t pid, const std::vector<Mapping>& mappings) {

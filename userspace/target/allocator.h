@@ -20,6 +20,7 @@ enum class ProbeRole {
   kAlignedAlloc,   // aligned_alloc, memalign: (alignment, size) -> pointer
   kPosixMemalign,  // (void **, alignment, size) -> int
   kFree,           // (pointer)
+  kDelete,         // C++ operator delete/delete[] (pointer, ...): kind is the delete kind
 };
 
 struct FunctionProbe {
@@ -47,6 +48,12 @@ std::string kind_name(uint32_t kind);
 // define both malloc and free.
 std::optional<AllocatorModule> allocator_in_file(const std::string& path,
                                                  const std::string& open_path);
+
+// The C++ runtime's operators new and delete (libstdc++, or libc++ where present): the first
+// mapped file, in load order, that defines `operator new(size_t)`. nullopt when the process
+// has none (a C program). Unreadable files are skipped.
+std::optional<AllocatorModule> find_cxx_runtime(uint32_t pid,
+                                                const std::vector<Mapping>& mappings);
 
 // The module whose malloc the process binds to: the first mapped file, in load order, that
 // defines malloc and free (the executable itself when statically linked or when it brings its

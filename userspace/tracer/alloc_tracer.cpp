@@ -60,6 +60,7 @@ ProbePrograms programs_for(alloc_bpf* skeleton, target::ProbeRole role) {
     case target::ProbeRole::kPosixMemalign:
       return {p.posix_memalign_enter, p.posix_memalign_exit};
     case target::ProbeRole::kFree: return {p.free_enter, nullptr};
+    case target::ProbeRole::kDelete: return {p.delete_enter, nullptr};
   }
   return {nullptr, nullptr};
 }
@@ -173,12 +174,19 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
     ProbePrograms programs = programs_for(skeleton_.get(), function.role);
     // The return probe goes first: an entry recorded without its return probe in place would
     // leave the thread's call state waiting for a return that never comes.
+    // At the same address as the entry probe: one trap serves both. The entry probe is past
+    // the function's first instruction only where that instruction changes nothing a return
+    // probe needs (endbr64; free's NULL check has no return probe).
     if (programs.exit) {
-      attach_one(programs.exit, function.entry_offset, true, function.kind, function.name);
+      attach_one(programs.exit, function.probe_offset, true, function.kind, function.name);
     }
     attach_one(programs.entry, function.probe_offset, false, function.kind, function.name);
   }
   for (auto& link : attached) links_.push_back(std::move(link));
+  // From now on free() checks whether it runs inside a traced operator delete.
+  bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
+                                [](const auto& f) { return f.role == target::ProbeRole::kDelete; });
+  if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
@@ -244,6 +252,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
         for (const auto& on_cpu : site_per_cpu) {
           site.total_bytes += on_cpu.total_bytes;
           site.total_allocations += on_cpu.total_allocations;
+          site.mismatched_frees += on_cpu.mismatched_frees;
         }
         snapshot.sites.push_back(site);
       });
@@ -251,7 +260,8 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
       bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
       [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {
         snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
-                                  site.total_allocations, site.caller_address});
+                                  site.total_allocations, site.caller_address,
+                                  site.mismatched_frees});
       });
 
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
@@ -273,6 +283,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
   counters.stale_replaced = counter_totals[MEMTRAIL_CTR_STALE_REPLACED];
   counters.missed_entries = counter_totals[MEMTRAIL_CTR_MISSED_ENTRIES];
   counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
+  counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
   return snapshot;
 }
 
