@@ -116,6 +116,21 @@ TEST(Growth, HistoryRecordsZeroesForSitesThatEmptiedAndStaysBounded) {
   EXPECT_EQ(history.series(7, 4), nullptr);
 }
 
+TEST(Growth, SitesBeyondTheLimitAreCountedNotFollowed) {
+  GrowthHistory history(8, 1);
+  Aggregate aggregate;
+  SiteSummary first, second;
+  first.pid = second.pid = 1;
+  first.site_id = 1;
+  second.site_id = 2;
+  aggregate.sites = {first, second};
+  history.record(1, aggregate);
+  history.record(2, aggregate);
+  EXPECT_NE(history.series(1, 1), nullptr);
+  EXPECT_EQ(history.series(1, 2), nullptr);
+  EXPECT_EQ(history.sites_not_followed(), 2u);
+}
+
 TEST(Growth, AssessSitesRanksLeaksFirstThenByGrowth) {
   GrowthHistory history;
   for (int i = 1; i <= 10; ++i) {

@@ -55,14 +55,19 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
   }
   if (totals.drops > 0) {
     notes.push_back(with_thousands(totals.drops) +
-                    " allocations were not tracked because the outstanding-allocation map (" +
+                    " allocations were not tracked because the outstanding-allocation table (" +
                     with_thousands(context.max_outstanding_allocations) +
-                    " entries) was full: raise --max-allocations.");
+                    " allocations) had no room for them: raise --max-allocations.");
   }
   if (totals.stack_failures > 0) {
     notes.push_back(with_thousands(totals.stack_failures) +
                     " call stacks could not be captured (stack map full or collision); those "
                     "sites show only the calling function and are marked truncated.");
+  }
+  if (context.history && context.history->sites_not_followed() > 0) {
+    notes.push_back(with_thousands(context.history->sites_not_followed()) +
+                    " samples of sites beyond the first 20,000 were not kept: those sites have no "
+                    "growth history and show as too_short.");
   }
   if (totals.mismatched_frees > 0) {
     notes.push_back(with_thousands(totals.mismatched_frees) +
