@@ -16,6 +16,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "aggregator/aggregator.h"
 #include "app/output.h"
@@ -378,15 +379,16 @@ class LeaksSession {
 
   // Each live target's private memory next to what its traced allocations hold.
   void record_process_memory(double t_s, const aggregator::Aggregate& aggregate) {
+    std::unordered_map<uint32_t, double> traced_by_pid;  // one pass over the sites
+    for (const auto& site : aggregate.sites) {
+      traced_by_pid[site.pid] += static_cast<double>(site.outstanding_bytes);
+    }
     for (const auto& process : targets_) {
       if (process.info.exited) continue;
       auto rss = target::read_private_memory(process.info.pid);
       if (!rss) continue;
-      double traced = 0;
-      for (const auto& site : aggregate.sites) {
-        if (site.pid == process.info.pid) traced += static_cast<double>(site.outstanding_bytes);
-      }
-      process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss), traced});
+      process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss),
+                                                traced_by_pid[process.info.pid]});
     }
   }
 
