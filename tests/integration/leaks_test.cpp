@@ -19,46 +19,13 @@
 #include "profile.pb.h"
 #include "report/formats.h"
 #include "subprocess.h"
+#include "test_support.h"
 
 namespace memtrail::testing {
 namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-
-// Skips where BPF cannot work (not root), unless MEMTRAIL_REQUIRE_BPF=1 (CI): then it fails,
-// so that CI never passes by skipping.
-#define REQUIRE_BPF_OR_SKIP()                                                              \
-  do {                                                                                     \
-    if (geteuid() != 0) {                                                                  \
-      const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                          \
-      if (required && std::string(required) == "1") {                                     \
-        FAIL() << "MEMTRAIL_REQUIRE_BPF=1 but not running as root: BPF tests cannot run";  \
-      }                                                                                    \
-      GTEST_SKIP() << "integration tests load BPF programs and need root; run as root or " \
-                      "set MEMTRAIL_REQUIRE_BPF=1 to make this a failure";                 \
-    }                                                                                      \
-  } while (0)
-
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/memtrail-it-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in.good()) << "no JSON report at " << path;
-  if (!in.good()) return json::object();
-  return json::parse(in);
-}
 
 // A target program at its gate: started, "ready PID" read.
 struct Target {

@@ -20,6 +20,7 @@
 
 #include "aggregator/aggregator.h"
 #include "app/output.h"
+#include "app/runtime.h"
 #include "common/error.h"
 #include "common/format.h"
 #include "report/json_report.h"
@@ -35,34 +36,6 @@ namespace memtrail::app {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd() { reset(); }
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) {
-      reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
-
-int64_t unix_now_ms() {
-  timespec now{};
-  clock_gettime(CLOCK_REALTIME, &now);
-  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
-}
 
 // One traced process and what memtrail keeps about it.
 struct TracedProcess {
@@ -114,21 +87,6 @@ UniqueFd open_pidfd(uint32_t pid) {
     }
     throw Error(errno_message("pidfd_open " + std::to_string(pid), error_number));
   }
-  return UniqueFd(fd);
-}
-
-// Blocks SIGINT and SIGTERM and delivers them through a file descriptor, so that the main loop
-// sees them in poll() and always reaches the final report.
-UniqueFd open_signalfd() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  if (sigprocmask(SIG_BLOCK, &signals, nullptr) != 0) {
-    throw Error(errno_message("block SIGINT and SIGTERM", errno));
-  }
-  int fd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (fd < 0) throw Error(errno_message("signalfd", errno));
   return UniqueFd(fd);
 }
 
@@ -310,9 +268,7 @@ class LeaksSession {
       if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
       if (ready <= 0) continue;
       if (fds[0].revents & POLLIN) {
-        signalfd_siginfo signal_info{};
-        ssize_t ignored = ::read(signal_fd_.get(), &signal_info, sizeof(signal_info));
-        (void)ignored;
+        consume_signal(signal_fd_.get());
         return;
       }
       for (size_t i = 1; i < fds.size(); ++i) {

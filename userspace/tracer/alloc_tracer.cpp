@@ -4,45 +4,22 @@
 
 #include <bpf/bpf.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include <cerrno>
-#include <cstdarg>
-#include <cstdio>
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <string>
 
 #include "alloc.skel.h"
 #include "aggregator/sampling.h"
 #include "alloc_events.h"
 #include "common/error.h"
+#include "tracer/libbpf_util.h"
 
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__destroy(skeleton); }
 
 namespace memtrail::tracer {
 namespace {
-
-bool g_verbose = false;
-
-// libbpf's messages (they carry their own "libbpf: " prefix) only with -v: every failure they
-// describe also comes back as an error code that memtrail turns into its one error line.
-int print_libbpf(enum libbpf_print_level, const char* format, va_list args) {
-  return g_verbose ? std::vfprintf(stderr, format, args) : 0;
-}
-
-// libbpf returns -errno from int functions and sets errno for pointer functions (libbpf >= 1.0).
-[[noreturn]] void fail(const std::string& operation, int error_number, std::string hint = {}) {
-  if (hint.empty()) hint = hint_for_errno(error_number);
-  throw Error(errno_message(operation, error_number), hint);
-}
-
-uint64_t monotonic_now_ns() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
-}
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -65,28 +42,6 @@ ProbePrograms programs_for(alloc_bpf* skeleton, target::ProbeRole role) {
   return {nullptr, nullptr};
 }
 
-// Reads a whole hash map in batches of `batch_size` entries (one syscall per batch).
-template <typename Key, typename Value, typename Sink>
-void read_hash_map(int map_fd, uint32_t batch_size, const char* map_name, Sink&& sink) {
-  std::vector<Key> keys(batch_size);
-  std::vector<Value> values(batch_size);
-  uint64_t next_batch = 0;  // opaque cursor; large enough for every hash map's batch token
-  bool first = true;
-  for (;;) {
-    uint32_t count = batch_size;
-    LIBBPF_OPTS(bpf_map_batch_opts, options);
-    int err = bpf_map_lookup_batch(map_fd, first ? nullptr : &next_batch, &next_batch,
-                                   keys.data(), values.data(), &count, &options);
-    int error_number = err < 0 ? errno : 0;
-    for (uint32_t i = 0; i < count; ++i) sink(keys[i], values[i]);
-    if (err < 0) {
-      if (error_number == ENOENT) return;  // the whole map was read
-      fail(std::string("read BPF map ") + map_name, error_number);
-    }
-    first = false;
-  }
-}
-
 // Maps the values of a BPF_F_MMAPABLE array read-only (the kernel lays them out from offset 0).
 MappedMap map_values(bpf_map* map) {
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -100,8 +55,7 @@ MappedMap map_values(bpf_map* map) {
 }  // namespace
 
 AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
-  g_verbose = config.verbose;
-  libbpf_set_print(print_libbpf);
+  route_libbpf_log(config.verbose);
 
   skeleton_.reset(alloc_bpf__open());
   if (!skeleton_) fail("open BPF object alloc.bpf.o", errno);
@@ -130,12 +84,7 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   }
   int err = alloc_bpf__load(skeleton_.get());
   if (err < 0) {
-    fail("load BPF programs", -err,
-         -err == EPERM || -err == EACCES
-             ? "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
-         : -err == ENOMEM || -err == E2BIG
-             ? "lower --max-allocations: the kernel could not allocate the maps"
-             : "run with -v to see the libbpf and verifier output");
+    fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
   allocs_view_ = map_values(maps.allocs);
 }
@@ -288,17 +237,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
 }
 
 uint64_t AllocTracer::map_memory_bytes() const {
-  uint64_t total = 0;
-  bpf_map* map = nullptr;
-  bpf_object* object = skeleton_->obj;
-  while ((map = bpf_object__next_map(object, map)) != nullptr) {
-    std::ifstream info("/proc/self/fdinfo/" + std::to_string(bpf_map__fd(map)));
-    std::string line;
-    while (std::getline(info, line)) {
-      if (line.rfind("memlock:", 0) == 0) total += std::stoull(line.substr(8));
-    }
-  }
-  return total;
+  return tracer::map_memory_bytes(skeleton_->obj);
 }
 
 }  // namespace memtrail::tracer

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: Apache-2.0
+// Owned descriptors, signals for poll(), the wall clock.
+#include "app/runtime.h"
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <time.h>
+
+#include <cerrno>
+
+#include "common/error.h"
+
+namespace memtrail::app {
+
+UniqueFd open_signalfd() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  if (sigprocmask(SIG_BLOCK, &signals, nullptr) != 0) {
+    throw Error(errno_message("block SIGINT and SIGTERM", errno));
+  }
+  int fd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (fd < 0) throw Error(errno_message("signalfd", errno));
+  return UniqueFd(fd);
+}
+
+void consume_signal(int fd) {
+  signalfd_siginfo signal_info{};
+  ssize_t ignored = ::read(fd, &signal_info, sizeof(signal_info));
+  (void)ignored;
+}
+
+int64_t unix_now_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
+}
+
+}  // namespace memtrail::app

@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: Apache-2.0
+// What every tracer does with libbpf: log routing, errors, clocks, map memory.
+#include "tracer/libbpf_util.h"
+
+#include <time.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <fstream>
+
+namespace memtrail::tracer {
+namespace {
+
+bool g_verbose = false;
+
+int print_libbpf(enum libbpf_print_level, const char* format, va_list args) {
+  return g_verbose ? std::vfprintf(stderr, format, args) : 0;
+}
+
+}  // namespace
+
+void route_libbpf_log(bool verbose) {
+  g_verbose = verbose;
+  libbpf_set_print(print_libbpf);
+}
+
+void fail(const std::string& operation, int error_number, std::string hint) {
+  if (hint.empty()) hint = hint_for_errno(error_number);
+  throw Error(errno_message(operation, error_number), hint);
+}
+
+std::string load_failure_hint(int error_number, const std::string& map_size_option) {
+  if (error_number == EPERM || error_number == EACCES) {
+    return "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN";
+  }
+  if (error_number == ENOMEM || error_number == E2BIG) {
+    return "lower " + map_size_option + ": the kernel could not allocate the maps";
+  }
+  return "run with -v to see the libbpf and verifier output";
+}
+
+uint64_t monotonic_now_ns() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
+uint64_t map_memory_bytes(bpf_object* object) {
+  uint64_t total = 0;
+  bpf_map* map = nullptr;
+  while ((map = bpf_object__next_map(object, map)) != nullptr) {
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(bpf_map__fd(map)));
+    std::string line;
+    while (std::getline(info, line)) {
+      if (line.rfind("memlock:", 0) == 0) total += std::stoull(line.substr(8));
+    }
+  }
+  return total;
+}
+
+}  // namespace memtrail::tracer
