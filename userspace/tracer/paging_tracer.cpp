@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: Apache-2.0
+// Load the paging BPF programs, attach them host-wide, read their per-process counters.
+#include "tracer/paging_tracer.h"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <linux/perf_event.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string_view>
+
+#include "common/error.h"
+#include "paging.skel.h"
+#include "paging_events.h"
+#include "tracer/libbpf_util.h"
+
+extern "C" void memtrail_paging_bpf_destroy(paging_bpf* skeleton) {
+  paging_bpf__destroy(skeleton);
+}
+
+namespace memtrail::tracer {
+namespace {
+
+constexpr std::string_view kTpBtfPrefix = "tp_btf/";
+
+std::string comm_of(const char (&comm)[MEMTRAIL_COMM_LEN]) {
+  return std::string(comm, strnlen(comm, MEMTRAIL_COMM_LEN));
+}
+
+// A tp_btf program can load only where the kernel has its tracepoint (btf_trace_<name> in the
+// kernel's BTF); the memcg stat tracepoints, for one, arrived in 6.13.
+bool kernel_has_tracepoint(const btf* vmlinux, std::string_view section) {
+  if (section.substr(0, kTpBtfPrefix.size()) != kTpBtfPrefix) return true;
+  std::string type = "btf_trace_" + std::string(section.substr(kTpBtfPrefix.size()));
+  return btf__find_by_name_kind(vmlinux, type.c_str(), BTF_KIND_TYPEDEF) >= 0;
+}
+
+}  // namespace
+
+PagingTracer::PagingTracer(const PagingTracerConfig& config) {
+  route_libbpf_log(config.verbose);
+  skeleton_.reset(paging_bpf__open());
+  if (!skeleton_) fail("open BPF object paging.bpf.o", errno);
+  int err = bpf_map__set_max_entries(skeleton_->maps.task_stats, config.max_processes);
+  if (err < 0) fail("size BPF map task_stats", -err);
+
+  btf* vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) {
+    fail("read the kernel's BTF (/sys/kernel/btf/vmlinux)", errno,
+         "memtrail needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
+  }
+  auto& progs = skeleton_->progs;
+  for (bpf_program* program :
+       {progs.on_direct_reclaim_begin, progs.on_direct_reclaim_end, progs.on_memcg_reclaim_begin,
+        progs.on_memcg_reclaim_end, progs.on_write_folio, progs.on_mark_victim,
+        progs.on_process_exit, progs.on_page_fault_user, progs.on_count_memcg_events,
+        progs.on_mod_memcg_lruvec_state}) {
+    const char* section = bpf_program__section_name(program);
+    if (kernel_has_tracepoint(vmlinux, section)) continue;
+    bpf_program__set_autoload(program, false);
+    deep_unavailable_.push_back(std::string(section).substr(kTpBtfPrefix.size()) +
+                                " (no such tracepoint in this kernel)");
+  }
+  btf__free(vmlinux);
+
+  err = paging_bpf__load(skeleton_.get());
+  if (err < 0) fail("load BPF programs (paging)", -err, load_failure_hint(-err, "--max-processes"));
+
+  // Major faults: the software event fires in the faulting task only when the kernel counts a
+  // major fault, so minor faults cost nothing. One event per CPU, all processes.
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) fail("count possible CPUs", -cpus);
+  for (int cpu = 0; cpu < cpus; ++cpu) {
+    perf_event_attr attr{};
+    attr.size = sizeof(attr);
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_PAGE_FAULTS_MAJ;
+    attr.sample_period = 1;
+    int fd = static_cast<int>(
+        syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC));
+    if (fd < 0) {
+      if (errno == ENODEV) continue;  // a possible CPU that is offline
+      fail("open perf event PAGE_FAULTS_MAJ on CPU " + std::to_string(cpu), errno,
+           errno == EACCES || errno == EPERM
+               ? "run memtrail as root, or grant it CAP_PERFMON (or lower "
+                 "kernel.perf_event_paranoid)"
+               : "");
+    }
+    bpf_link* link = bpf_program__attach_perf_event(progs.on_major_fault, fd);
+    if (!link) {
+      int error_number = errno;
+      close(fd);
+      fail("attach BPF program on_major_fault to CPU " + std::to_string(cpu), error_number);
+    }
+    links_.emplace_back(link);  // the link closes the perf event's fd
+  }
+  for (bpf_program* program :
+       {progs.on_direct_reclaim_begin, progs.on_direct_reclaim_end, progs.on_memcg_reclaim_begin,
+        progs.on_memcg_reclaim_end, progs.on_write_folio, progs.on_mark_victim,
+        progs.on_process_exit}) {
+    if (!bpf_program__autoload(program)) continue;
+    bpf_link* link = bpf_program__attach(program);
+    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
+    links_.emplace_back(link);
+  }
+}
+
+PagingTracer::~PagingTracer() = default;
+
+void PagingTracer::set_deep(bool on) {
+  if (!on) {
+    deep_links_.clear();
+    return;
+  }
+  if (deep()) return;
+  auto& progs = skeleton_->progs;
+  std::vector<Link> attached;
+  for (bpf_program* program :
+       {progs.on_page_fault_user, progs.on_count_memcg_events, progs.on_mod_memcg_lruvec_state}) {
+    if (!bpf_program__autoload(program)) continue;
+    bpf_link* link = bpf_program__attach(program);
+    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
+    attached.emplace_back(link);
+  }
+  deep_links_ = std::move(attached);
+}
+
+void PagingTracer::read(model::PagingSample& sample, uint64_t start_ns) {
+  auto& maps = skeleton_->maps;
+  std::vector<uint32_t> exited;
+  read_hash_map<uint32_t, memtrail_task_stats>(
+      bpf_map__fd(maps.task_stats), 1024, "task_stats",
+      [&](uint32_t tgid, const memtrail_task_stats& s) {
+        model::TaskPagingStats task;
+        task.tgid = tgid;
+        task.comm = comm_of(s.comm);
+        task.memcg_id = s.memcg_id;
+        task.exited = s.exited != 0;
+        task.major_faults = s.major_faults;
+        task.timed_major_faults = s.timed_major_faults;
+        task.major_fault_wait_ns = s.major_fault_wait_ns;
+        task.direct_reclaim_ns = s.direct_reclaim_ns;
+        task.memcg_reclaim_ns = s.memcg_reclaim_ns;
+        task.reclaim_passes = s.reclaim_passes;
+        task.pages_reclaimed = s.pages_reclaimed;
+        task.swapout_pages = s.swapout_folios;
+        task.swapin_pages = s.swapin_pages;
+        task.zswapin_pages = s.zswapin_pages;
+        task.refault_anon = s.refault_anon;
+        task.refault_file = s.refault_file;
+        task.restore_anon = s.restore_anon;
+        task.restore_file = s.restore_file;
+        if (task.exited) exited.push_back(tgid);
+        sample.tasks.push_back(std::move(task));
+      });
+  // Reported once; a pid the kernel hands out again starts from zero.
+  for (uint32_t tgid : exited) bpf_map_delete_elem(bpf_map__fd(maps.task_stats), &tgid);
+
+  read_hash_map<uint64_t, memtrail_memcg_stats>(
+      bpf_map__fd(maps.memcg_stats), 256, "memcg_stats",
+      [&](uint64_t id, const memtrail_memcg_stats& s) {
+        sample.memcgs.push_back({id, s.swapin_pages, s.zswapin_pages});
+      });
+
+  std::vector<uint32_t> victims;
+  read_hash_map<uint32_t, memtrail_oom_victim>(
+      bpf_map__fd(maps.oom_victims), 64, "oom_victims",
+      [&](uint32_t pid, const memtrail_oom_victim& v) {
+        model::OomKill kill;
+        kill.pid = pid;
+        kill.comm = comm_of(v.comm);
+        kill.memcg_id = v.memcg_id;
+        uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+        kill.anon_rss_bytes = v.anon_rss_pages * page;
+        kill.file_rss_bytes = v.file_rss_pages * page;
+        kill.shmem_rss_bytes = v.shmem_rss_pages * page;
+        kill.t_s = v.timestamp_ns > start_ns ? (v.timestamp_ns - start_ns) / 1e9 : 0;
+        sample.oom_kills.push_back(std::move(kill));
+        victims.push_back(pid);
+      });
+  for (uint32_t pid : victims) bpf_map_delete_elem(bpf_map__fd(maps.oom_victims), &pid);
+
+  const auto* counters = skeleton_->bss->paging_counters;
+  sample.counters.processes_not_tracked = counters[MEMTRAIL_PAGING_CTR_TASKS_FULL];
+  sample.counters.oom_kills_not_recorded = counters[MEMTRAIL_PAGING_CTR_OOM_FULL];
+  sample.counters.cgroups_not_tracked = counters[MEMTRAIL_PAGING_CTR_MEMCG_FULL];
+  sample.counters.stalls_not_timed = counters[MEMTRAIL_PAGING_CTR_NO_STORAGE];
+}
+
+uint64_t PagingTracer::map_memory_bytes() const {
+  return tracer::map_memory_bytes(skeleton_->obj);
+}
+
+}  // namespace memtrail::tracer
