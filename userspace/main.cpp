@@ -9,6 +9,7 @@
 
 #include "app/leaks_command.h"
 #include "app/offline_commands.h"
+#include "app/paging_command.h"
 #include "cli/options.h"
 #include "common/error.h"
 
@@ -28,6 +29,9 @@ int main(int argc, char** argv) {
   try {
     if (auto* report = std::get_if<memtrail::cli::ReportOptions>(&command)) {
       return memtrail::app::run_report(*report);
+    }
+    if (auto* paging = std::get_if<memtrail::cli::PagingOptions>(&command)) {
+      return memtrail::app::run_paging(*paging);
     }
     if (auto* diff = std::get_if<memtrail::cli::DiffOptions>(&command)) {
       return memtrail::app::run_diff(*diff);

@@ -34,6 +34,11 @@ constexpr const char* kExamples = R"(EXAMPLES
       Render a saved report again, here as folded stacks for a flame graph.
   memtrail diff before.json after.json
       Show which allocation sites grew between two saved reports.
+  memtrail paging
+      Is the host or a container thrashing, who causes it, who suffers: one screen
+      every 2 s until Ctrl-C.
+  memtrail paging --duration 60 --interval 2 --json paging.json
+  memtrail paging --cgroup /sys/fs/cgroup/memory/db
 )";
 
 constexpr const char* kExitStatus = R"(
@@ -139,6 +144,46 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("-- COMMAND [ARGS...]");
   app.positionals_at_end(false);
 
+  PagingOptions paging_options;
+  double paging_duration = 0;
+  std::string deep_mode = "auto";
+  CLI::App* paging = app.add_subcommand(
+      "paging", "Diagnose paging pressure and thrashing: host, memory cgroups, culprits and victims");
+  paging->add_option("-d,--duration", paging_duration, "Stop after SECONDS (default: until Ctrl-C)")
+      ->type_name("SECONDS");
+  paging->add_option("-i,--interval", paging_options.interval_s,
+                     "One screen, and one point of every series, every SECONDS (default 2)")
+      ->type_name("SECONDS");
+  paging->add_option("-n,--top", paging_options.top, "Processes shown (default 10)")->type_name("N");
+  paging->add_option("-j,--json", paging_options.json_path,
+                     "Write the final report as JSON (memtrail.paging/1) to FILE")
+      ->type_name("FILE");
+  paging->add_option("--cgroup", paging_options.cgroup,
+                     "Focus on one memory cgroup and its processes: a cgroup v1 or v2 directory, "
+                     "or its path as in /proc/PID/cgroup")
+      ->type_name("PATH");
+  paging->add_option("--deep", deep_mode,
+                     "Per-fault hooks (fault timing, refaults and swap-ins per process): auto "
+                     "(default: attached while memory is under pressure), always, never")
+      ->type_name("MODE");
+  paging->add_option("--max-processes", paging_options.max_processes,
+                     "Processes with BPF counters at once (default 32768); events of more are "
+                     "counted as not recorded")
+      ->type_name("N");
+  paging->add_flag("-q,--quiet", paging_options.quiet, "Print only the final report");
+  paging->add_flag("-v,--verbose", paging_options.verbose, "Show libbpf messages and timings");
+  paging->footer(
+      "Verdicts per interval for the host and each memory cgroup:\n"
+      "  ok         none of the below\n"
+      "  pressure   PSI some >= 5%, or processes stall >= 0.05 s/s in reclaim\n"
+      "  thrashing  PSI full >= 10% (or some >= 20%) while memory is re-read fast (refaults and\n"
+      "             swap-ins >= 0.2x the scope's memory per second, or >= 64 MiB/s), for 2\n"
+      "             intervals in a row\n"
+      "Processes are culprits when their footprint (anon + shmem + swap) keeps growing while\n"
+      "memory is short, victims when they stall on faults and reclaim without growing. The\n"
+      "per-fault hooks attach when a PSI trigger fires (some >= 100 ms in 2 s) and detach after\n"
+      "3 calm intervals. See README, \"Diagnosing thrashing\", and docs/paging-format.md.\n");
+
   ReportOptions report_options;
   CLI::App* report = app.add_subcommand(
       "report", "Render a saved JSON report (memtrail leaks --json) in another format");
@@ -182,9 +227,9 @@ Command parse_command_line(int argc, const char* const* argv) {
   // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
   std::string command_name = argc > 1 ? argv[1] : "";
   if (argc > 1 && argv[1][0] != '-' && command_name != "leaks" && command_name != "report" &&
-      command_name != "diff") {
+      command_name != "diff" && command_name != "paging") {
     return ExitRequest{kExitUsage, "memtrail: error: unknown command '" + command_name +
-                                       "' (commands: leaks, report, diff)\n"
+                                       "' (commands: leaks, paging, report, diff)\n"
                                        "memtrail: hint: see memtrail --help\n"};
   }
   try {
@@ -221,6 +266,27 @@ Command parse_command_line(int argc, const char* const* argv) {
       return usage_of("report", "pprof is a binary format: give -o FILE");
     }
     return report_options;
+  }
+  if (paging->parsed()) {
+    if (paging->count("--duration")) {
+      if (!(paging_duration > 0) || !std::isfinite(paging_duration)) {
+        return usage_of("paging", "--duration must be > 0 seconds");
+      }
+      paging_options.duration_s = paging_duration;
+    }
+    if (!(paging_options.interval_s >= 0.1) || !std::isfinite(paging_options.interval_s)) {
+      return usage_of("paging", "--interval must be at least 0.1 seconds");
+    }
+    if (paging_options.top == 0) return usage_of("paging", "--top must be at least 1");
+    if (paging_options.max_processes < 64) {
+      return usage_of("paging", "--max-processes must be at least 64");
+    }
+    static const std::map<std::string, DeepMode> kDeepModes{
+        {"auto", DeepMode::kAuto}, {"always", DeepMode::kAlways}, {"never", DeepMode::kNever}};
+    auto mode = kDeepModes.find(deep_mode);
+    if (mode == kDeepModes.end()) return usage_of("paging", "--deep must be auto, always or never");
+    paging_options.deep = mode->second;
+    return paging_options;
   }
   if (diff->parsed()) {
     if (diff_options.top == 0) return usage_of("diff", "--top must be at least 1");

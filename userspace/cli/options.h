@@ -35,6 +35,21 @@ struct LeaksOptions {
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 
+// `memtrail paging`: host-wide paging pressure, per memory cgroup and per process.
+enum class DeepMode { kAuto, kAlways, kNever };
+
+struct PagingOptions {
+  std::optional<double> duration_s;  // none: until Ctrl-C
+  double interval_s = 2;
+  uint32_t top = 10;
+  std::string json_path;
+  std::string cgroup;  // --cgroup: a memory cgroup (v1 or v2 path) to focus on
+  DeepMode deep = DeepMode::kAuto;  // per-fault hooks: while under pressure, always, never
+  uint32_t max_processes = 32768;
+  bool quiet = false;  // no screen per interval, only the final report
+  bool verbose = false;
+};
+
 // `memtrail report FILE`: a saved JSON report, rendered again in any format.
 struct ReportOptions {
   std::string input_path;
@@ -57,7 +72,8 @@ struct ExitRequest {
   int code = 0;
   std::string message;  // printed to stdout for code 0, to stderr otherwise
 };
-using Command = std::variant<LeaksOptions, ReportOptions, DiffOptions, ExitRequest>;
+using Command =
+    std::variant<LeaksOptions, PagingOptions, ReportOptions, DiffOptions, ExitRequest>;
 
 Command parse_command_line(int argc, const char* const* argv);
 
