@@ -99,10 +99,10 @@ void append_bounded(std::vector<Point>& series, Point point, size_t max_points) 
 
 }  // namespace
 
-model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sample,
-                                                   double duration_s) {
-  const auto& now = sample.host;
-  const auto& before = previous_.host;
+// What the host and a cgroup count alike: time, stall shares, faults, refaults, OOM kills.
+template <typename Counters>
+model::ScopeInterval shared_interval(const Counters& now, const Counters& before,
+                                     const model::PagingSample& sample, double duration_s) {
   model::ScopeInterval interval;
   interval.t_s = sample.t_s;
   interval.duration_s = duration_s;
@@ -114,9 +114,6 @@ model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sa
   interval.major_faults_per_s = per_s(now.pgmajfault, before.pgmajfault, duration_s);
   interval.minor_faults_per_s =
       std::max(0.0, per_s(now.pgfault, before.pgfault, duration_s) - interval.major_faults_per_s);
-  interval.swapin_pages_per_s = per_s(now.pswpin, before.pswpin, duration_s);
-  interval.swapout_pages_per_s = per_s(now.pswpout, before.pswpout, duration_s);
-  interval.zswapin_pages_per_s = per_s(now.zswpin, before.zswpin, duration_s);
   interval.refault_anon_per_s =
       per_s(now.workingset_refault_anon, before.workingset_refault_anon, duration_s);
   interval.refault_file_per_s =
@@ -124,6 +121,33 @@ model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sa
   interval.restore_per_s =
       per_s(now.workingset_restore_anon + now.workingset_restore_file,
             before.workingset_restore_anon + before.workingset_restore_file, duration_s);
+  interval.oom_kills = now.oom_kill > before.oom_kill ? now.oom_kill - before.oom_kill : 0;
+  return interval;
+}
+
+// Seconds per second that the processes `counts` accepts stalled in reclaim this interval.
+template <typename Accept>
+void PagingAnalyzer::add_reclaim_stall(model::ScopeInterval& interval,
+                                       const model::PagingSample& sample, Accept counts) const {
+  for (const auto& task : sample.tasks) {
+    if (!counts(task)) continue;
+    auto previous = previous_tasks_.find(task.tgid);
+    bool seen = previous != previous_tasks_.end();
+    interval.direct_reclaim_stall += ns_per_s(
+        task.direct_reclaim_ns, seen ? previous->second.direct_reclaim_ns : 0, interval.duration_s);
+    interval.memcg_reclaim_stall += ns_per_s(
+        task.memcg_reclaim_ns, seen ? previous->second.memcg_reclaim_ns : 0, interval.duration_s);
+  }
+}
+
+model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sample,
+                                                   double duration_s) {
+  const auto& now = sample.host;
+  const auto& before = previous_.host;
+  auto interval = shared_interval(now, before, sample, duration_s);
+  interval.swapin_pages_per_s = per_s(now.pswpin, before.pswpin, duration_s);
+  interval.swapout_pages_per_s = per_s(now.pswpout, before.pswpout, duration_s);
+  interval.zswapin_pages_per_s = per_s(now.zswpin, before.zswpin, duration_s);
   interval.kswapd_scan_pages_per_s = per_s(now.pgscan_kswapd, before.pgscan_kswapd, duration_s);
   interval.direct_scan_pages_per_s = per_s(now.pgscan_direct, before.pgscan_direct, duration_s);
   interval.memory_bytes = now.mem_total_bytes;
@@ -131,14 +155,7 @@ model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sa
   interval.usage_bytes = now.mem_total_bytes - std::min(now.mem_total_bytes, now.mem_available_bytes);
   interval.swap_total_bytes = now.swap_total_bytes;
   interval.swap_used_bytes = now.swap_total_bytes - std::min(now.swap_total_bytes, now.swap_free_bytes);
-  interval.oom_kills = now.oom_kill > before.oom_kill ? now.oom_kill - before.oom_kill : 0;
-  for (const auto& task : sample.tasks) {
-    auto previous = previous_tasks_.find(task.tgid);
-    uint64_t direct_before = previous == previous_tasks_.end() ? 0 : previous->second.direct_reclaim_ns;
-    uint64_t memcg_before = previous == previous_tasks_.end() ? 0 : previous->second.memcg_reclaim_ns;
-    interval.direct_reclaim_stall += ns_per_s(task.direct_reclaim_ns, direct_before, duration_s);
-    interval.memcg_reclaim_stall += ns_per_s(task.memcg_reclaim_ns, memcg_before, duration_s);
-  }
+  add_reclaim_stall(interval, sample, [](const model::TaskPagingStats&) { return true; });
   return interval;
 }
 
@@ -146,17 +163,7 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
                                                      const model::CgroupSample& before,
                                                      const model::PagingSample& sample,
                                                      double duration_s) {
-  model::ScopeInterval interval;
-  interval.t_s = sample.t_s;
-  interval.duration_s = duration_s;
-  interval.unix_ms = sample.unix_ms;
-  if (now.psi.available && before.psi.available) {
-    interval.psi_some_pct = per_s(now.psi.some_total_us, before.psi.some_total_us, duration_s) / 1e4;
-    interval.psi_full_pct = per_s(now.psi.full_total_us, before.psi.full_total_us, duration_s) / 1e4;
-  }
-  interval.major_faults_per_s = per_s(now.pgmajfault, before.pgmajfault, duration_s);
-  interval.minor_faults_per_s =
-      std::max(0.0, per_s(now.pgfault, before.pgfault, duration_s) - interval.major_faults_per_s);
+  auto interval = shared_interval(now, before, sample, duration_s);
   if (now.pswpin && before.pswpin) {
     interval.swapin_pages_per_s = per_s(*now.pswpin, *before.pswpin, duration_s);
   } else {
@@ -182,28 +189,15 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
   if (now.zswpin && before.zswpin) {
     interval.zswapin_pages_per_s = per_s(*now.zswpin, *before.zswpin, duration_s);
   }
-  interval.refault_anon_per_s =
-      per_s(now.workingset_refault_anon, before.workingset_refault_anon, duration_s);
-  interval.refault_file_per_s =
-      per_s(now.workingset_refault_file, before.workingset_refault_file, duration_s);
-  interval.restore_per_s =
-      per_s(now.workingset_restore_anon + now.workingset_restore_file,
-            before.workingset_restore_anon + before.workingset_restore_file, duration_s);
   interval.memory_bytes = now.limit_bytes ? *now.limit_bytes : sample.host.mem_total_bytes;
   interval.usage_bytes = now.usage_bytes;
   interval.available_bytes =
       interval.memory_bytes - std::min(interval.memory_bytes, now.usage_bytes);
   interval.swap_used_bytes = now.swap_bytes;
-  interval.oom_kills = now.oom_kill > before.oom_kill ? now.oom_kill - before.oom_kill : 0;
-  for (const auto& task : sample.tasks) {
+  add_reclaim_stall(interval, sample, [&](const model::TaskPagingStats& task) {
     auto path = cgroup_paths_.find(task.memcg_id);
-    if (path == cgroup_paths_.end() || !in_cgroup(path->second, now.path)) continue;
-    auto previous = previous_tasks_.find(task.tgid);
-    uint64_t direct_before = previous == previous_tasks_.end() ? 0 : previous->second.direct_reclaim_ns;
-    uint64_t memcg_before = previous == previous_tasks_.end() ? 0 : previous->second.memcg_reclaim_ns;
-    interval.direct_reclaim_stall += ns_per_s(task.direct_reclaim_ns, direct_before, duration_s);
-    interval.memcg_reclaim_stall += ns_per_s(task.memcg_reclaim_ns, memcg_before, duration_s);
-  }
+    return path != cgroup_paths_.end() && in_cgroup(path->second, now.path);
+  });
   return interval;
 }
 

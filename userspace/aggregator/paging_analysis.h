@@ -91,6 +91,9 @@ class PagingAnalyzer {
   model::ScopeInterval cgroup_interval(const model::CgroupSample& now,
                                        const model::CgroupSample& before,
                                        const model::PagingSample& sample, double duration_s);
+  template <typename Accept>
+  void add_reclaim_stall(model::ScopeInterval& interval, const model::PagingSample& sample,
+                         Accept counts) const;
   void judge(model::ScopeInterval& interval, int& thrashing_run, const std::string& scope) const;
   void track_processes(const model::PagingSample& sample);
   model::ProcessReport assess(const ProcessHistory& history, const model::PagingReport& report)

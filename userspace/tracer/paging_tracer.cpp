@@ -38,6 +38,20 @@ bool kernel_has_tracepoint(const btf* vmlinux, std::string_view section) {
   return btf__find_by_name_kind(vmlinux, type.c_str(), BTF_KIND_TYPEDEF) >= 0;
 }
 
+// Tier 1: tracepoints that fire only on reclaim passes, swap writes, OOM kills and exits.
+std::vector<bpf_program*> always_attached(paging_bpf* skeleton) {
+  auto& p = skeleton->progs;
+  return {p.on_direct_reclaim_begin, p.on_direct_reclaim_end, p.on_memcg_reclaim_begin,
+          p.on_memcg_reclaim_end,    p.on_write_folio,        p.on_mark_victim,
+          p.on_process_exit};
+}
+
+// Tier 2: on every fault, attached only while memory is under pressure.
+std::vector<bpf_program*> deep_programs(paging_bpf* skeleton) {
+  auto& p = skeleton->progs;
+  return {p.on_page_fault_user, p.on_count_memcg_events, p.on_mod_memcg_lruvec_state};
+}
+
 }  // namespace
 
 PagingTracer::PagingTracer(const PagingTracerConfig& config) {
@@ -53,11 +67,9 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
          "memtrail needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
   }
   auto& progs = skeleton_->progs;
-  for (bpf_program* program :
-       {progs.on_direct_reclaim_begin, progs.on_direct_reclaim_end, progs.on_memcg_reclaim_begin,
-        progs.on_memcg_reclaim_end, progs.on_write_folio, progs.on_mark_victim,
-        progs.on_process_exit, progs.on_page_fault_user, progs.on_count_memcg_events,
-        progs.on_mod_memcg_lruvec_state}) {
+  std::vector<bpf_program*> tracepoints = always_attached(skeleton_.get());
+  for (bpf_program* program : deep_programs(skeleton_.get())) tracepoints.push_back(program);
+  for (bpf_program* program : tracepoints) {
     const char* section = bpf_program__section_name(program);
     if (kernel_has_tracepoint(vmlinux, section)) continue;
     bpf_program__set_autoload(program, false);
@@ -97,10 +109,7 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
     }
     links_.emplace_back(link);  // the link closes the perf event's fd
   }
-  for (bpf_program* program :
-       {progs.on_direct_reclaim_begin, progs.on_direct_reclaim_end, progs.on_memcg_reclaim_begin,
-        progs.on_memcg_reclaim_end, progs.on_write_folio, progs.on_mark_victim,
-        progs.on_process_exit}) {
+  for (bpf_program* program : always_attached(skeleton_.get())) {
     if (!bpf_program__autoload(program)) continue;
     bpf_link* link = bpf_program__attach(program);
     if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
@@ -116,10 +125,8 @@ void PagingTracer::set_deep(bool on) {
     return;
   }
   if (deep()) return;
-  auto& progs = skeleton_->progs;
   std::vector<Link> attached;
-  for (bpf_program* program :
-       {progs.on_page_fault_user, progs.on_count_memcg_events, progs.on_mod_memcg_lruvec_state}) {
+  for (bpf_program* program : deep_programs(skeleton_.get())) {
     if (!bpf_program__autoload(program)) continue;
     bpf_link* link = bpf_program__attach(program);
     if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
