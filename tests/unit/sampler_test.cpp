@@ -1192,6 +1192,34 @@ TEST(SamplerProcesses, ScannerRereadsTheCgroupAfterAnExecAPidReuseOrItsPeriod) {
   EXPECT_EQ(cgroup_now(), "/e");
 }
 
+TEST(SamplerProcesses, ScannerRereadsStatusOnlyWhenFaultsOrResidentSizeMoved) {
+  TempDir proc;
+  const std::string& p = proc.path();
+  const std::string stat = kProcStat;
+  auto status_with_anon = [](int kib) {
+    return "RssAnon:\t" + std::to_string(kib) + " kB\nRssFile:\t0 kB\nRssShmem:\t0 kB\n";
+  };
+  write_file(p + "/674/stat", stat);
+  write_file(p + "/674/status", status_with_anon(100));
+  write_file(p + "/674/cgroup", "0::/a\n");
+  CgroupLayout layout{2, "/sys/fs/cgroup", "/sys/fs/cgroup"};
+  ProcessScanner scanner(layout, p, 100);  // no periodic refresh within this test
+  auto anon_now = [&] {
+    std::vector<model::ProcessSample> processes = scanner.scan();
+    return processes.size() == 1 ? processes[0].rss_anon_bytes / 1024 : 0;
+  };
+  EXPECT_EQ(anon_now(), 100u);
+  // Same faults, same resident size: status is not read again (an idle process costs one
+  // file), so a change there alone is not seen...
+  write_file(p + "/674/status", status_with_anon(200));
+  EXPECT_EQ(anon_now(), 100u);
+  // ...until stat moves: here one more minor fault (field 10, 98884 in the capture).
+  std::string faulted = stat;
+  faulted.replace(faulted.find(" 98884 "), 7, " 98885 ");
+  write_file(p + "/674/stat", faulted);
+  EXPECT_EQ(anon_now(), 200u);
+}
+
 TEST(SamplerProcesses, ScanFindsThisTestProcess) {
   // 16 MiB of touched private memory, so RssAnon cannot be small.
   constexpr size_t kBytes = 16 << 20;

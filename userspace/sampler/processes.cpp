@@ -63,7 +63,8 @@ std::optional<ProcStat> parse_proc_stat(std::string_view text) {
   stat.state = state[0];
   uint64_t flags = 0;
   bool have_flags = false, have_minflt = false, have_majflt = false, have_start = false;
-  for (int field = 4; field <= 22; ++field) {
+  bool have_rss = false;
+  for (int field = 4; field <= 24; ++field) {
     std::string_view word = next_word(rest);
     if (word.empty()) return std::nullopt;
     switch (field) {
@@ -79,11 +80,14 @@ std::optional<ProcStat> parse_proc_stat(std::string_view text) {
       case 22:
         have_start = parse_u64(word, stat.starttime);
         break;
+      case 24:
+        have_rss = parse_u64(word, stat.rss_pages);
+        break;
       default:
         break;
     }
   }
-  if (!have_flags || !have_minflt || !have_majflt || !have_start) return std::nullopt;
+  if (!have_flags || !have_minflt || !have_majflt || !have_start || !have_rss) return std::nullopt;
   stat.flags = static_cast<uint32_t>(flags);
   return stat;
 }
@@ -166,28 +170,44 @@ std::vector<model::ProcessSample> ProcessScanner::scan(ProcessScanCounters* coun
     sample.minor_faults = stat->minflt;
     sample.major_faults = stat->majflt;
 
-    if (!read("/status")) continue;
-    if (!parse_proc_status(text_, sample)) {
-      ++count.without_memory;
-      continue;
-    }
-
     auto previous = known_.find(sample.pid);
     bool same = previous != known_.end() &&
                 previous->second.start_time_ticks == sample.start_time_ticks &&
                 previous->second.comm == sample.comm;
-    if (same && previous->second.scans_left > 0) {
+    bool refresh = !same || previous->second.scans_left == 0;
+    bool unchanged = same && previous->second.minor_faults == stat->minflt &&
+                     previous->second.major_faults == stat->majflt &&
+                     previous->second.rss_pages == stat->rss_pages;
+    if (unchanged && !refresh) {
+      const Known& last = previous->second;
+      sample.rss_anon_bytes = last.rss_anon_bytes;
+      sample.rss_file_bytes = last.rss_file_bytes;
+      sample.rss_shmem_bytes = last.rss_shmem_bytes;
+      sample.swap_bytes = last.swap_bytes;
+    } else {
+      if (!read("/status")) continue;
+      if (!parse_proc_status(text_, sample)) {
+        ++count.without_memory;
+        continue;
+      }
+    }
+
+    unsigned scans_left = 0;
+    if (!refresh) {
       sample.cgroup = previous->second.cgroup;
-      known[sample.pid] = {sample.start_time_ticks, sample.comm, sample.cgroup,
-                           previous->second.scans_left - 1};
+      scans_left = previous->second.scans_left - 1;
     } else {
       if (!read("/cgroup")) continue;
       sample.cgroup = memory_cgroup_of(text_, layout_);
       // A new process's first period is staggered by pid, so that the periodic re-reads of
       // processes that appeared together (all of them, at the first scan) spread over scans.
       unsigned period = same ? refresh_scans_ : 1 + sample.pid % refresh_scans_;
-      known[sample.pid] = {sample.start_time_ticks, sample.comm, sample.cgroup, period - 1};
+      scans_left = period - 1;
     }
+    known[sample.pid] = {sample.start_time_ticks, sample.comm,           sample.cgroup,
+                         scans_left,              stat->minflt,          stat->majflt,
+                         stat->rss_pages,         sample.rss_anon_bytes, sample.rss_file_bytes,
+                         sample.rss_shmem_bytes,  sample.swap_bytes};
     processes.push_back(std::move(sample));
   }
   ::closedir(dir);

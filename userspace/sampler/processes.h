@@ -23,6 +23,7 @@ struct ProcStat {
   uint64_t minflt = 0;     // 10
   uint64_t majflt = 0;     // 12
   uint64_t starttime = 0;  // 22, clock ticks after boot
+  uint64_t rss_pages = 0;  // 24: resident pages of every kind
 };
 
 // PF_KTHREAD in include/linux/sched.h: kernel threads have no user memory to sample.
@@ -72,7 +73,12 @@ class ProcessScanner {
     uint64_t start_time_ticks = 0;
     std::string comm;
     std::string cgroup;
-    unsigned scans_left = 0;  // scans until the cgroup is read again
+    unsigned scans_left = 0;  // scans until the cgroup (and status) is read again
+    // What stat said last time, and what status said then: when the faults and the resident
+    // size have not moved, neither has status (swap-outs lower the resident size), so an idle
+    // process costs one file a scan instead of two.
+    uint64_t minor_faults = 0, major_faults = 0, rss_pages = 0;
+    uint64_t rss_anon_bytes = 0, rss_file_bytes = 0, rss_shmem_bytes = 0, swap_bytes = 0;
   };
 
   CgroupLayout layout_;
