@@ -204,7 +204,7 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
 // Decides an interval's verdict from its numbers and the run of thrashing-like intervals
 // before it, and says why.
 void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
-                           const std::string& scope) const {
+                           bool at_limit) const {
   const auto& t = thresholds_;
   double swapins = interval.swapin_pages_per_s.value_or(0) + interval.zswapin_pages_per_s;
   double anon = std::max(interval.refault_anon_per_s, swapins);
@@ -258,7 +258,7 @@ void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
     interval.verdict = PagingVerdict::kThrashing;
     reason += "; " + (interval.kind.empty() ? std::string("memory") : interval.kind) +
               " thrashing for " + std::to_string(thrashing_run) + " intervals";
-    if (scope != "host") reason += " at the cgroup's limit";
+    if (at_limit) reason += " at the cgroup's limit";
   } else if (thrashing_like || some >= t.pressure_some_pct || reclaim >= t.reclaim_stall) {
     interval.verdict = PagingVerdict::kPressure;
     if (thrashing_like) reason += "; thrashing-like (1 interval so far)";
@@ -294,7 +294,8 @@ void PagingAnalyzer::track_processes(const model::PagingSample& sample) {
     uint64_t footprint = footprint_of(process);
     if (!history.footprint.empty()) {
       const auto& previous = history.footprint.back();
-      if (footprint >= previous.bytes + kGrowthStepBytes) {
+      history.grew_last = footprint >= previous.bytes + kGrowthStepBytes;
+      if (history.grew_last) {
         ++history.growth_intervals;
         history.growth_bytes += footprint - previous.bytes;
         history.largest_step = std::max(history.largest_step, footprint - previous.bytes);
@@ -349,7 +350,7 @@ void PagingAnalyzer::track_processes(const model::PagingSample& sample) {
   });
 }
 
-void PagingAnalyzer::add(const model::PagingSample& sample) {
+void PagingAnalyzer::add(const model::PagingSample& sample, bool closes_interval) {
   for (const auto& cgroup : sample.cgroups) cgroup_paths_[cgroup.id] = cgroup.path;
   for (const auto& kill : sample.oom_kills) oom_kills_.push_back(kill);
   counters_ = sample.counters;
@@ -360,8 +361,14 @@ void PagingAnalyzer::add(const model::PagingSample& sample) {
     double duration_s = sample.t_s - previous_.t_s;
     if (duration_s <= 0) return;
     if (sample.deep) deep_s_ += duration_s;
+    if (!closes_interval) {
+      // Only the processes' counters move on; the scopes' last interval stays as it was.
+      track_processes(sample);
+      last_t_ = sample.t_s;
+      return;
+    }
     auto host = host_interval(sample, duration_s);
-    judge(host, host_thrashing_run_, "host");
+    judge(host, host_thrashing_run_, false);
     under_pressure_ = host.verdict != PagingVerdict::kOk;
     std::string thrashing_cgroup, pressured_cgroup;  // the first of each, for the host's reason
     for (const auto& cgroup : sample.cgroups) {
@@ -380,7 +387,7 @@ void PagingAnalyzer::add(const model::PagingSample& sample) {
       }
       history.report.limit_bytes = cgroup.limit_bytes;
       auto interval = cgroup_interval(cgroup, *before, sample, duration_s);
-      judge(interval, history.thrashing_run, cgroup.path);
+      judge(interval, history.thrashing_run, cgroup.limit_bytes.has_value());
       if (interval.verdict > history.report.verdict) {
         history.report.verdict = interval.verdict;
         history.report.reason = interval.reason;
@@ -463,8 +470,11 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
   }
 
   // The scope whose memory it competes for: its cgroup if that has a limit, else the host.
+  // Sought among all cgroups, not the report's: --cgroup naming a child of the limited cgroup
+  // leaves the limit out of the report, not out of the process's life.
   const model::CgroupReport* cgroup = nullptr;
-  for (const auto& candidate : report.cgroups) {
+  for (const auto& [path, seen] : cgroups_) {
+    const model::CgroupReport& candidate = seen.report;
     if (candidate.limit_bytes && in_cgroup(history.cgroup, candidate.path) &&
         (!cgroup || candidate.path.size() > cgroup->path.size())) {
       cgroup = &candidate;
@@ -517,7 +527,7 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
     uint64_t swap_free = host.swap_total_bytes - std::min(host.swap_total_bytes, host.swap_used_bytes);
     if (host.swap_total_bytes == 0) {
       evidence.push_back("no swap on the host: the OOM killer acts once memory is used up");
-    } else if (process.footprint_growth_bytes_per_s > 0) {
+    } else if (process.footprint_growth_bytes_per_s > 0 && history.grew_last) {
       evidence.push_back("at this rate the host's free swap (" + human_bytes(swap_free) +
                          ") lasts " +
                          human_duration(static_cast<double>(swap_free) /

@@ -49,7 +49,10 @@ class PagingAnalyzer {
       : thresholds_(thresholds), max_points_(max_points) {}
 
   // Adds the next sample. The first one is the baseline: intervals start with the second.
-  void add(const model::PagingSample& sample);
+  // `closes_interval` false: a last sample taken soon after the previous one, at the end of
+  // the run, too short for stall shares and rates: it brings the processes' counters up to
+  // date (the events since the last interval) without making an interval of its own.
+  void add(const model::PagingSample& sample, bool closes_interval = true);
 
   // Whether the latest interval showed pressure anywhere (host or a cgroup): time for the deep
   // hooks.
@@ -81,6 +84,7 @@ class PagingAnalyzer {
     uint64_t largest_step = 0; // the largest of them: one allocation at start-up is no trend
     double growth_time_s = 0;  // the length of those intervals
     uint64_t min_footprint = UINT64_MAX;
+    bool grew_last = false;    // in the latest interval: the growth rate still applies
   };
   struct CgroupHistory {
     model::CgroupReport report;
@@ -94,7 +98,8 @@ class PagingAnalyzer {
   template <typename Accept>
   void add_reclaim_stall(model::ScopeInterval& interval, const model::PagingSample& sample,
                          Accept counts) const;
-  void judge(model::ScopeInterval& interval, int& thrashing_run, const std::string& scope) const;
+  // `at_limit`: the scope is a cgroup with a limit of its own (said in the reason).
+  void judge(model::ScopeInterval& interval, int& thrashing_run, bool at_limit) const;
   void track_processes(const model::PagingSample& sample);
   model::ProcessReport assess(const ProcessHistory& history, const model::PagingReport& report)
       const;

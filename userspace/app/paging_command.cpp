@@ -73,7 +73,10 @@ class PagingSession {
     start_ = Clock::now();  // loading took a moment: intervals count from the baseline
     take_sample();          // the baseline
     loop();
-    if (Clock::now() - last_sample_ > std::chrono::milliseconds(200)) take_sample();
+    // Always read the counters once more, so that events since the last interval count; a
+    // last stretch shorter than a quarter interval updates the processes only.
+    auto since_last = std::chrono::duration<double>(Clock::now() - last_sample_).count();
+    take_sample(since_last >= options_.interval_s / 4);
 
     auto report = analyzer_.report(options_.top, cgroup_filter_);
     report.sources = sources();
@@ -117,7 +120,7 @@ class PagingSession {
     }
   }
 
-  void take_sample() {
+  void take_sample(bool closes_interval = true) {
     model::PagingSample sample;
     last_sample_ = Clock::now();
     sample.t_s = std::chrono::duration<double>(last_sample_ - start_).count();
@@ -132,7 +135,7 @@ class PagingSession {
     tracer_->read(sample, start_ns_);
     sample.deep = deep_in_interval_ || tracer_->deep();
     deep_in_interval_ = tracer_->deep();
-    analyzer_.add(sample);
+    analyzer_.add(sample, closes_interval);
   }
 
   // After each interval: attach the deep hooks while anything is under pressure, detach them

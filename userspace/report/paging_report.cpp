@@ -281,7 +281,7 @@ void render_paging_summary(const model::PagingReport& report, std::ostream& out)
   render_footer(report, out);
 }
 
-nlohmann::json paging_json(const model::PagingReport& report) {
+nlohmann::ordered_json paging_json(const model::PagingReport& report) {
   ordered_json json;
   json["schema"] = kPagingSchema;
   json["tool"] = {{"name", "memtrail"}, {"version", kVersion}};

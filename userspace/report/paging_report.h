@@ -18,6 +18,6 @@ void render_paging_interval(const model::PagingReport& report, std::ostream& out
 void render_paging_summary(const model::PagingReport& report, std::ostream& out);
 
 // memtrail.paging/1 (docs/paging-format.md, docs/paging.schema.json).
-nlohmann::json paging_json(const model::PagingReport& report);
+nlohmann::ordered_json paging_json(const model::PagingReport& report);
 
 }  // namespace memtrail::report
