@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -50,6 +51,15 @@ class PagingTest : public ::testing::Test {
     std::string output = memtrail.drain_stdout();
     EXPECT_EQ(code, 0) << memtrail.stderr_seen() << memtrail.drain_stderr() << output;
     return read_json(json_path);
+  }
+
+  // The real report, not a hand-made one, against the schema tools rely on.
+  static void expect_matches_schema(const std::string& json_path) {
+    std::string command =
+        "python3 -c 'import json, sys, jsonschema; "
+        "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+        json_path + " " MEMTRAIL_SOURCE_DIR "/docs/paging.schema.json";
+    EXPECT_EQ(std::system(command.c_str()), 0) << "memtrail.paging/1 schema violated";
   }
 
   static const json* process_in(const json& report, pid_t pid) {
@@ -113,6 +123,7 @@ TEST_F(PagingTest, FileThrashingInACgroupIsThrashingWithTheReaderAsVictim) {
   ::kill(reader.pid(), SIGCONT);
 
   ASSERT_EQ(report["schema"], "memtrail.paging/1");
+  expect_matches_schema(json_path);
   EXPECT_EQ(report["verdict"], "thrashing") << report["verdict_reason"];
   EXPECT_EQ(report["verdict_scope"], cgroup.path());
   EXPECT_EQ(report["cgroup_filter"], cgroup.path());
@@ -163,6 +174,7 @@ TEST_F(PagingTest, AnonThrashingSeparatesTheGrowingCulpritFromStalledVictims) {
   for (pid_t pid : {idle.pid(), reader.pid(), grower.pid()}) ::kill(pid, SIGCONT);
 
   EXPECT_EQ(report["verdict"], "thrashing") << report["verdict_reason"];
+  expect_matches_schema(json_path);
   const json* ours = cgroup_in(report, cgroup.path());
   ASSERT_TRUE(ours) << report["cgroups"].dump(1);
   EXPECT_EQ((*ours)["verdict"], "thrashing") << (*ours)["reason"];

@@ -437,7 +437,12 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
   process.cgroup = history.cgroup;
   process.exited = history.exited;
   const auto& bpf = history.bpf;
-  process.major_faults = bpf.major_faults;
+  // BPF's count where BPF has the process; else (no room in its map: counted as not recorded)
+  // what /proc says, which also holds faults the kernel took on the process's behalf.
+  process.major_faults = bpf.tgid != 0 || !history.in_proc
+                             ? bpf.major_faults
+                             : history.last.major_faults -
+                                   std::min(history.last.major_faults, history.first.major_faults);
   if (history.in_proc) {
     process.minor_faults = history.last.minor_faults - std::min(history.last.minor_faults,
                                                                 history.first.minor_faults);

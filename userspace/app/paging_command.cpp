@@ -18,6 +18,7 @@
 #include "aggregator/paging_analysis.h"
 #include "app/runtime.h"
 #include "common/error.h"
+#include "common/host.h"
 #include "report/json_report.h"
 #include "report/paging_report.h"
 #include "sampler/cgroups.h"
@@ -80,6 +81,9 @@ class PagingSession {
 
     auto report = analyzer_.report(options_.top, cgroup_filter_);
     report.sources = sources();
+    report.host_name = host_name();
+    report.kernel = kernel_release();
+    report.options = {options_.interval_s, deep_mode_name(), options_.top, options_.max_processes};
     report::render_paging_summary(report, std::cout);
     std::cout.flush();
     if (!options_.json_path.empty()) {
@@ -200,6 +204,15 @@ class PagingSession {
         }
       }
     }
+  }
+
+  std::string deep_mode_name() const {
+    switch (options_.deep) {
+      case cli::DeepMode::kAuto: return "auto";
+      case cli::DeepMode::kAlways: return "always";
+      case cli::DeepMode::kNever: return "never";
+    }
+    return "auto";
   }
 
   std::vector<std::string> sources() const {

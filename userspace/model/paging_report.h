@@ -86,7 +86,17 @@ struct ProcessReport {
   std::string next_command;  // for culprits: memtrail leaks -p PID
 };
 
+// How the run was configured, recorded with its report.
+struct PagingRunOptions {  // defaults: the command line's
+  double interval_s = 2;
+  std::string deep = "auto";  // "auto", "always", "never"
+  uint32_t top = 10;
+  uint32_t max_processes = 32768;
+};
+
 struct PagingReport {
+  std::string host_name, kernel;  // hostname, uname -r
+  PagingRunOptions options;
   int64_t started_unix_ms = 0;
   double duration_s = 0;
   double interval_s = 0;

@@ -285,7 +285,15 @@ nlohmann::ordered_json paging_json(const model::PagingReport& report) {
   ordered_json json;
   json["schema"] = kPagingSchema;
   json["tool"] = {{"name", "memtrail"}, {"version", kVersion}};
+  json["host"] = report.host_name;
+  json["kernel"] = report.kernel;
   json["started_at"] = iso8601_utc(report.started_unix_ms);
+  json["ended_at"] = iso8601_utc(report.started_unix_ms +
+                                 static_cast<int64_t>(report.duration_s * 1000));
+  json["options"] = {{"interval_s", report.options.interval_s},
+                     {"deep", report.options.deep},
+                     {"top", report.options.top},
+                     {"max_processes", report.options.max_processes}};
   json["duration_s"] = report.duration_s;
   json["interval_s"] = report.interval_s;
   json["cgroup_filter"] =
