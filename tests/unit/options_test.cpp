@@ -124,8 +124,50 @@ TEST(Options, ReportAndDiffSubcommands) {
   EXPECT_EQ(std::get<DiffOptions>(diff).after_path, "b.json");
   auto unknown = parse({"trace"});
   ASSERT_TRUE(std::holds_alternative<ExitRequest>(unknown));
-  EXPECT_NE(std::get<ExitRequest>(unknown).message.find("commands: leaks, report, diff"),
+  EXPECT_NE(std::get<ExitRequest>(unknown).message.find("commands: leaks, paging, report, diff"),
             std::string::npos);
+}
+
+TEST(Options, PagingDefaultsAndOptions) {
+  auto defaults = parse({"paging"});
+  ASSERT_TRUE(std::holds_alternative<PagingOptions>(defaults));
+  const auto& d = std::get<PagingOptions>(defaults);
+  EXPECT_FALSE(d.duration_s.has_value());
+  EXPECT_DOUBLE_EQ(d.interval_s, 2);
+  EXPECT_EQ(d.top, 10u);
+  EXPECT_EQ(d.deep, DeepMode::kAuto);
+  EXPECT_EQ(d.max_processes, 32768u);
+  EXPECT_TRUE(d.cgroup.empty());
+
+  auto command = parse({"paging", "--duration", "60", "-i", "0.5", "--json", "p.json", "--cgroup",
+                        "/sys/fs/cgroup/memory/db", "--deep", "always", "-n", "3", "-q"});
+  ASSERT_TRUE(std::holds_alternative<PagingOptions>(command));
+  const auto& o = std::get<PagingOptions>(command);
+  ASSERT_TRUE(o.duration_s.has_value());
+  EXPECT_DOUBLE_EQ(*o.duration_s, 60);
+  EXPECT_DOUBLE_EQ(o.interval_s, 0.5);
+  EXPECT_EQ(o.json_path, "p.json");
+  EXPECT_EQ(o.cgroup, "/sys/fs/cgroup/memory/db");
+  EXPECT_EQ(o.deep, DeepMode::kAlways);
+  EXPECT_EQ(o.top, 3u);
+  EXPECT_TRUE(o.quiet);
+  EXPECT_EQ(std::get<PagingOptions>(parse({"paging", "--deep", "never"})).deep, DeepMode::kNever);
+}
+
+TEST(Options, PagingRefusesBadValuesWithExitCode2) {
+  for (auto args : {std::initializer_list<const char*>{"paging", "--deep", "sometimes"},
+                    std::initializer_list<const char*>{"paging", "--interval", "0.01"},
+                    std::initializer_list<const char*>{"paging", "--duration", "0"},
+                    std::initializer_list<const char*>{"paging", "--top", "0"},
+                    std::initializer_list<const char*>{"paging", "--max-processes", "10"},
+                    std::initializer_list<const char*>{"paging", "-p", "42"}}) {
+    auto command = parse(args);
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(command)) << *(args.begin() + 1);
+    const auto& request = std::get<ExitRequest>(command);
+    EXPECT_EQ(request.code, kExitUsage) << *(args.begin() + 1);
+    EXPECT_EQ(request.message.rfind("memtrail: error: ", 0), 0u) << request.message;
+    EXPECT_NE(request.message.find("memtrail paging --help"), std::string::npos) << request.message;
+  }
 }
 
 }  // namespace
