@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -212,6 +213,48 @@ TEST_F(PagingTest, AnonThrashingSeparatesTheGrowingCulpritFromStalledVictims) {
     ASSERT_TRUE(process);
     expect_major_faults_match(*process, count);
   }
+}
+
+// The OOM killer at a cgroup's limit (no swap allowed): memtrail names the victim it chose,
+// with its memory, and counts the kill in the cgroup's interval.
+TEST_F(PagingTest, AnOomKillAtTheLimitIsReportedWithItsVictim) {
+  TempDir dir;
+  MemoryCgroup cgroup;
+  cgroup.set_limit(64ull << 20);
+  // Without swap for the cgroup, reclaim cannot make room: the limit is final.
+  std::string no_swap = cgroup.v1() ? cgroup.memory_dir() + "/memory.memsw.limit_in_bytes"
+                                    : cgroup.memory_dir() + "/memory.swap.max";
+  {
+    std::ofstream limit(no_swap);
+    limit << (cgroup.v1() ? std::to_string(64ull << 20) : std::string("0"));
+  }
+  std::string json_path = dir.file("paging.json");
+  auto memtrail = start_memtrail({"--cgroup", cgroup.path(), "--interval", "1", "--duration",
+                                  "5", "--quiet", "--json", json_path});
+  auto grower = spawn_in_cgroup(cgroup, {MEMTRAIL_THRASH, "grow", "64", "256"});
+  grower.wait_ready(10s);
+  auto code = grower.wait(10s);
+  ASSERT_TRUE(code) << "the grower outgrew its limit without being killed";
+  EXPECT_EQ(*code, 128 + SIGKILL);
+  json report = finish(*memtrail, json_path);
+  expect_matches_schema(json_path);
+
+  const json* victim = nullptr;
+  for (const auto& kill : report["oom_kills"]) {
+    if (kill["pid"] == grower.pid()) victim = &kill;
+  }
+  ASSERT_TRUE(victim) << report["oom_kills"].dump(1);
+  EXPECT_EQ((*victim)["comm"], "thrash");
+  EXPECT_EQ((*victim)["cgroup"], cgroup.path());
+  // It held about the limit when it was chosen (anonymous pages; the per-CPU parts of the
+  // counter are not folded in, hence the margin).
+  EXPECT_GT((*victim)["anon_rss_bytes"].get<uint64_t>(), 32ull << 20);
+  EXPECT_LE((*victim)["anon_rss_bytes"].get<uint64_t>(), 80ull << 20);
+  const json* ours = cgroup_in(report, cgroup.path());
+  ASSERT_TRUE(ours);
+  uint64_t kills = 0;
+  for (const auto& interval : (*ours)["intervals"]) kills += interval["oom_kills"].get<uint64_t>();
+  EXPECT_EQ(kills, 1u);
 }
 
 // Growth alone is no guilt: without memory pressure a growing process is nobody's culprit,

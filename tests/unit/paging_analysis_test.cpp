@@ -934,7 +934,7 @@ TEST(PagingAnalysis, ATaskTheTracerSawExitIsReportedExited) {
     if (k == 3) {
       job.in_proc = false;
       job.task.exited = true;
-      run.oom_kill({5555, "pytest", job.task.memcg_id, 470 * kMiB, 8 * kMiB, 0, 5.4});
+      run.oom_kill({5555, "pytest", job.task.memcg_id, "", 470 * kMiB, 8 * kMiB, 0, 5.4});
     }
   });
   auto analyzer = analyze(run.record(5));
@@ -949,6 +949,7 @@ TEST(PagingAnalysis, ATaskTheTracerSawExitIsReportedExited) {
   EXPECT_DOUBLE_EQ(job->observed_s, 6);
   ASSERT_EQ(report.oom_kills.size(), 1u);
   EXPECT_EQ(report.oom_kills[0].pid, 5555u);
+  EXPECT_EQ(report.oom_kills[0].cgroup, "/ci.slice/job-17");  // from the memcg id
   // Its stalls count once: in the interval it exited, not again after the tracer dropped it.
   ASSERT_EQ(report.host.size(), 5u);
   EXPECT_NEAR(report.host[2].direct_reclaim_stall, 0.1, 1e-9);
@@ -1233,7 +1234,7 @@ TEST(PagingSchema, NullsOfAV1CgroupAFilterAnOomKillAndNoIntervalsValidate) {
       job.rates.major_faults = 200;
       job.in_proc = false;
       job.task.exited = true;
-      run.oom_kill({5555, "pytest", job.task.memcg_id, 470 * kMiB, 8 * kMiB, 0, 3.9});
+      run.oom_kill({5555, "pytest", job.task.memcg_id, "", 470 * kMiB, 8 * kMiB, 0, 3.9});
     });
     auto samples = run.record(3);
     samples.back().counters = {1, 2, 3, 4};

@@ -352,7 +352,12 @@ void PagingAnalyzer::track_processes(const model::PagingSample& sample) {
 
 void PagingAnalyzer::add(const model::PagingSample& sample, bool closes_interval) {
   for (const auto& cgroup : sample.cgroups) cgroup_paths_[cgroup.id] = cgroup.path;
-  for (const auto& kill : sample.oom_kills) oom_kills_.push_back(kill);
+  for (auto kill : sample.oom_kills) {
+    if (auto path = cgroup_paths_.find(kill.memcg_id); path != cgroup_paths_.end()) {
+      kill.cgroup = path->second;
+    }
+    oom_kills_.push_back(std::move(kill));
+  }
   counters_ = sample.counters;
   if (!have_baseline_) {
     start_t_ = sample.t_s;

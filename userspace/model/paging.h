@@ -99,6 +99,7 @@ struct OomKill {
   uint32_t pid = 0;
   std::string comm;
   uint64_t memcg_id = 0;
+  std::string cgroup;  // its memory cgroup's path, when known (filled by the analysis)
   uint64_t anon_rss_bytes = 0, file_rss_bytes = 0, shmem_rss_bytes = 0;
   double t_s = 0;  // seconds since memtrail started
 };

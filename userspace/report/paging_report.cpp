@@ -163,7 +163,7 @@ void render_processes(const model::PagingReport& report, std::ostream& out) {
 void render_footer(const model::PagingReport& report, std::ostream& out) {
   for (const auto& kill : report.oom_kills) {
     out << "OOM kill at +" << human_duration(kill.t_s) << ": pid " << kill.pid << " (" << kill.comm
-        << "), anon " << human_bytes(kill.anon_rss_bytes) << ", file "
+        << ")" << (kill.cgroup.empty() ? "" : " in " + kill.cgroup) << ", anon " << human_bytes(kill.anon_rss_bytes) << ", file "
         << human_bytes(kill.file_rss_bytes) << ", shmem " << human_bytes(kill.shmem_rss_bytes)
         << "\n";
   }
@@ -351,6 +351,7 @@ nlohmann::ordered_json paging_json(const model::PagingReport& report) {
   for (const auto& kill : report.oom_kills) {
     json["oom_kills"].push_back({{"pid", kill.pid},
                                  {"comm", kill.comm},
+                                 {"cgroup", kill.cgroup},
                                  {"cgroup_id", kill.memcg_id},
                                  {"t_s", kill.t_s},
                                  {"anon_rss_bytes", kill.anon_rss_bytes},
