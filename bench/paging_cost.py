@@ -30,6 +30,10 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BenchError, LineReader, Terminated, cpu_model, git_commit,  # noqa: E402
+                      other_tracers, stale_memtrail, terminate)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = ["untraced", "tier1", "tier1+2"]
 DEEP = {"tier1": "never", "tier1+2": "always"}
@@ -51,79 +55,6 @@ PAGES_PER_MIB = 256  # 4 KiB pages; faults.c uses the real page size, this only 
 GOALS = {("minor", "tier1"): 1.05, ("minor", "tier1+2"): 1.35,
          ("major", "tier1"): 1.05, ("major", "tier1+2"): 1.05}
 IDLE_CPU_GOAL = 0.01  # memtrail's CPU with nothing to trace: at most 1 % of one CPU
-
-
-class BenchError(Exception):
-    pass
-
-
-class Terminated(BenchError):
-    pass
-
-
-def _terminate(signum, _frame):
-    # SIGTERM / SIGHUP: unwind through the finally blocks so that memtrail and workloads die too.
-    raise Terminated(f"stopped by signal {signum}")
-
-
-class LineReader:
-    """Collects a pipe's lines in a thread so that waits can have deadlines."""
-
-    def __init__(self, stream):
-        self.lines = []
-        self.condition = threading.Condition()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream):
-        for raw in stream:
-            with self.condition:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self.condition.notify_all()
-        with self.condition:
-            self.condition.notify_all()
-
-    def wait_for(self, prefix, timeout):
-        """The first line starting with `prefix`; None on timeout or EOF."""
-        deadline = time.monotonic() + timeout
-        with self.condition:
-            while True:
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.thread.is_alive():
-                    return None
-                self.condition.wait(min(left, 0.1))
-
-    def text(self, last=40):
-        with self.condition:
-            return "\n".join(self.lines[-last:])
-
-
-def other_tracers():
-    """Processes that would skew the run or share its hooks: any memtrail (its paging
-    subcommand attaches host-wide, like this benchmark's), memtrail's integration tests (they
-    load BPF programs), BCC tools, bpftrace, and the other benchmarks."""
-    mine = {os.getpid(), os.getppid()}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in mine:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                words = [word.decode(errors="replace") for word in cmdline.read().split(b"\0")
-                         if word]
-        except OSError:
-            continue
-        names = [os.path.basename(word) for word in words[:3]]
-        if any(name == "memtrail" or name.endswith("-bpfcc") or name == "bpftrace"
-               or name in ("memleak-free-fix.py", "footprint.py", "paging_cost.py")
-               or (name == "run.py" and "bench" in " ".join(words[:3]))
-               or (name.endswith("_integration_test") and names.index(name) == 0)
-               or "/bcc/tools/" in word for name, word in zip(names, words)):
-            found.append(f"{entry} {' '.join(words)[:100]}")
-    return found
 
 
 def cpu_ns(pid):
@@ -588,38 +519,6 @@ def memory_stall_us():
     return None
 
 
-def stale_memtrail(binary):
-    """True when a source of memtrail changed after the binary was built."""
-    built = os.path.getmtime(binary)
-    for top in ("bpf", "userspace"):
-        for directory, _, files in os.walk(os.path.join(ROOT, top)):
-            for name in files:
-                if os.path.getmtime(os.path.join(directory, name)) > built:
-                    return True
-    return False
-
-
-def git_commit():
-    result = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        return "uncommitted"
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"],
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def bpf_ns_per_fault(bpf_time, tool, workload):
     m = bpf_time[tool][workload]
     return sum(p["ns"] for p in m["programs"].values()) / m["faults"]
@@ -758,8 +657,8 @@ def main():
                         help="run even while other tracers or benchmarks are running")
     args = parser.parse_args()
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     # Started in the background by a shell, this script ignores SIGINT and its children would
     # inherit that: memtrail would then ignore the SIGINT that asks it to stop.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:

@@ -27,60 +27,14 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BenchError, LineReader, Terminated, cpu_model, git_commit,  # noqa: E402
+                      other_tracers, stale_memtrail, terminate)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
 ALL_TOOLS = ["untraced", "memtrail", "memtrail-sampled", "memtrail-probe-floor", "bcc-free-fix",
              "bcc"]
-
-
-class BenchError(Exception):
-    pass
-
-
-class Terminated(BenchError):
-    pass
-
-
-def _terminate(signum, _frame):
-    # SIGTERM / SIGHUP: unwind through the finally blocks so that tracers and workloads die too.
-    raise Terminated(f"stopped by signal {signum}")
-
-
-
-
-class LineReader:
-    """Collects a pipe's lines in a thread so that waits can have deadlines."""
-
-    def __init__(self, stream):
-        self.lines = []
-        self.condition = threading.Condition()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream):
-        for raw in stream:
-            with self.condition:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self.condition.notify_all()
-        with self.condition:
-            self.condition.notify_all()
-
-    def wait_for(self, prefix, timeout, contains=False):
-        """The first line starting with (or containing) `prefix`; None on timeout or EOF."""
-        deadline = time.monotonic() + timeout
-        with self.condition:
-            while True:
-                for line in self.lines:
-                    if (prefix in line) if contains else line.startswith(prefix):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.thread.is_alive():  # deadline, or the pipe closed
-                    return None
-                self.condition.wait(min(left, 0.1))
-
-    def text(self, last=40):
-        with self.condition:
-            return "\n".join(self.lines[-last:])
 
 
 def free_probe_offset():
@@ -239,61 +193,6 @@ def run_once(tool, args, work_dir, run_index):
     return ns_per_pair, seconds
 
 
-def other_tracers():
-    """Processes outside this run that would skew it or block its probes: other benchmark
-    runs, BCC memleak, memtrail, bpftrace. On 2 cores they steal the workload's CPU, and a
-    uprobe that another tool holds on malloc can make memtrail's attach fail."""
-    mine = {os.getpid(), os.getppid()}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in mine:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                words = [word.decode(errors="replace") for word in cmdline.read().split(b"\0")
-                         if word]
-        except OSError:
-            continue
-        names = [os.path.basename(word) for word in words[:3]]
-        if (any(name in ("memleak-bpfcc", "memleak-free-fix.py", "bpftrace", "footprint.py")
-                or name == "run.py" and "bench" in " ".join(words[:3]) for name in names)
-                or (names and names[0] == "memtrail" and "leaks" in words)):
-            found.append(f"{entry} {' '.join(words)[:100]}")
-    return found
-
-
-def stale_memtrail(binary):
-    """True when a source of memtrail changed after the binary was built."""
-    built = os.path.getmtime(binary)
-    for top in ("bpf", "userspace"):
-        for directory, _, files in os.walk(os.path.join(ROOT, top)):
-            for name in files:
-                if os.path.getmtime(os.path.join(directory, name)) > built:
-                    return True
-    return False
-
-
-def git_commit():
-    result = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        return "uncommitted"
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "bpf", "userspace"],
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("+changes" if dirty else "")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def append_results(section):
     """Appends a section to bench/RESULTS.md, creating it with its header if need be."""
     results_path = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -362,13 +261,13 @@ def main():
                         help="run even while other tracers or benchmark runs are running")
     args = parser.parse_args()
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     # Started in the background by a shell, this script ignores SIGINT and its children would
     # inherit that: the tracers would then ignore the SIGINT that asks them to stop. A handled
     # signal is reset to its default in the children.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, _terminate)
+    signal.signal(signal.SIGHUP, terminate)
     tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
     unknown = [tool for tool in tools if tool not in ALL_TOOLS]
     if unknown or not tools:

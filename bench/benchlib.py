@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""What memtrail's benchmark harnesses share: errors, stopping on signals, reading a child's
+output with deadlines, refusing to run next to other tracers, and recording where a result
+came from (commit, CPU). Standard library only."""
+import os
+import platform
+import subprocess
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchError(Exception):
+    pass
+
+
+class Terminated(BenchError):
+    pass
+
+
+def terminate(signum, _frame):
+    # SIGTERM / SIGHUP: unwind through the finally blocks so that tracers and workloads die too.
+    raise Terminated(f"stopped by signal {signum}")
+
+
+def install_termination_handlers():
+    """SIGTERM and SIGHUP raise Terminated, so that `finally` blocks stop what a run started."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+
+
+class LineReader:
+    """Collects a pipe's lines in a thread so that waits can have deadlines."""
+
+    def __init__(self, stream):
+        self.lines = []
+        self.condition = threading.Condition()
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream):
+        for raw in stream:
+            with self.condition:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self.condition.notify_all()
+        with self.condition:
+            self.condition.notify_all()
+
+    def wait_for(self, prefix, timeout, contains=False):
+        """The first line starting with (or containing) `prefix`; None on timeout or EOF."""
+        deadline = time.monotonic() + timeout
+        with self.condition:
+            while True:
+                for line in self.lines:
+                    if (prefix in line) if contains else line.startswith(prefix):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.thread.is_alive():  # deadline, or the pipe closed
+                    return None
+                self.condition.wait(min(left, 0.1))
+
+    def text(self, last=40):
+        with self.condition:
+            return "\n".join(self.lines[-last:])
+
+
+def other_tracers():
+    """Processes that would skew the run or share its hooks: any memtrail (its paging
+    subcommand attaches host-wide, like this benchmark's), memtrail's integration tests (they
+    load BPF programs), BCC tools, bpftrace, and the other benchmarks."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                words = [word.decode(errors="replace") for word in cmdline.read().split(b"\0")
+                         if word]
+        except OSError:
+            continue
+        names = [os.path.basename(word) for word in words[:3]]
+        if any(name == "memtrail" or name.endswith("-bpfcc") or name == "bpftrace"
+               or name in ("memleak-free-fix.py", "footprint.py", "paging_cost.py")
+               or (name == "run.py" and "bench" in " ".join(words[:3]))
+               or (name.endswith("_integration_test") and names.index(name) == 0)
+               or "/bcc/tools/" in word for name, word in zip(names, words)):
+            found.append(f"{entry} {' '.join(words)[:100]}")
+    return found
+
+
+def stale_memtrail(binary):
+    """True when a source of memtrail changed after the binary was built."""
+    built = os.path.getmtime(binary)
+    for top in ("bpf", "userspace"):
+        for directory, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                if os.path.getmtime(os.path.join(directory, name)) > built:
+                    return True
+    return False
+
+
+def git_commit():
+    result = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return "uncommitted"
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"],
+                           capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
