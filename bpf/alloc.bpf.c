@@ -565,24 +565,25 @@ int BPF_KPROBE(size_alloc_enter, __u64 size)
 	return 0;
 }
 
+/* The attach cookie is the kind: calloc, or an extension of the same signature (mi_mallocn). */
 SEC("uprobe")
 int BPF_KPROBE(calloc_enter, __u64 count_, __u64 size)
 {
-	call_enter(ctx, MEMTRAIL_KIND_CALLOC, count_ * size, 0);
+	call_enter(ctx, bpf_get_attach_cookie(ctx), count_ * size, 0);
 	return 0;
 }
 
 SEC("uprobe")
 int BPF_KPROBE(realloc_enter, __u64 old, __u64 size)
 {
-	call_enter(ctx, MEMTRAIL_KIND_REALLOC, size, old);
+	call_enter(ctx, bpf_get_attach_cookie(ctx), size, old);
 	return 0;
 }
 
 SEC("uprobe")
 int BPF_KPROBE(reallocarray_enter, __u64 old, __u64 count_, __u64 size)
 {
-	call_enter(ctx, MEMTRAIL_KIND_REALLOCARRAY, count_ * size, old);
+	call_enter(ctx, bpf_get_attach_cookie(ctx), count_ * size, old);
 	return 0;
 }
 
@@ -597,7 +598,7 @@ int BPF_KPROBE(aligned_alloc_enter, __u64 alignment, __u64 size)
 SEC("uprobe")
 int BPF_KPROBE(posix_memalign_enter, __u64 memptr, __u64 alignment, __u64 size)
 {
-	call_enter(ctx, MEMTRAIL_KIND_POSIX_MEMALIGN, size, memptr);
+	call_enter(ctx, bpf_get_attach_cookie(ctx), size, memptr);
 	return 0;
 }
 

@@ -30,6 +30,11 @@ enum memtrail_alloc_kind {
 	MEMTRAIL_KIND_NEW = 9,        /* C++ operator new (all its variants) */
 	MEMTRAIL_KIND_NEW_ARRAY = 10, /* C++ operator new[] */
 	MEMTRAIL_KIND_COUNT = 11,
+	/* Kinds from here to 255 are named by userspace at attach time: the extension functions
+	 * of jemalloc (mallocx, ...), tcmalloc, mimalloc and --allocator's custom functions. To BPF
+	 * they are plain malloc-family kinds (released by free, never mismatched). */
+	MEMTRAIL_KIND_DYNAMIC_FIRST = 16,
+	MEMTRAIL_KIND_DYNAMIC_LAST = 255,
 };
 
 /* The attach cookie of the C++ delete probes: which operator releases the block. */

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Install the Debian packages memtrail needs to build, run and test. Idempotent and quick when
 # everything is already there. --tests adds what only the test suite needs (headless Chromium,
-# which checks that the SVG flame graph renders and its script runs).
+# which checks that the SVG flame graph renders and its script runs; the allocator libraries the
+# allocator tests link their leaking programs against: jemalloc, tcmalloc, mimalloc).
 set -euo pipefail
 
 packages=(
@@ -12,7 +13,7 @@ packages=(
   binutils util-linux python3 python3-jsonschema
 )
 if [[ ${1:-} == --tests ]]; then
-  packages+=(chromium)
+  packages+=(chromium libjemalloc2 libgoogle-perftools4 libtcmalloc-minimal4 libmimalloc2.0)
 fi
 
 missing=()

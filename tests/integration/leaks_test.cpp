@@ -911,3 +911,187 @@ TEST(LeaksBadInput, BadOptionValuesAreUsageErrors) {
 
 }  // namespace
 }  // namespace memtrail::testing
+
+// ---- allocators other than glibc's shared malloc: detected, probed where malloc binds ----
+
+namespace memtrail::testing {
+namespace {
+
+// A target built against a Debian allocator package; CMake leaves the path empty when the
+// library was not found. Like a missing BPF permission, that fails under MEMTRAIL_REQUIRE_BPF=1.
+#define REQUIRE_ALLOCATOR_TARGET(path, package)                                               \
+  do {                                                                                        \
+    if (std::string(path).empty()) {                                                          \
+      const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                             \
+      if (required && std::string(required) == "1") {                                        \
+        FAIL() << "the test program for " package " was not built: install " package          \
+                  " (scripts/install-deps.sh --tests) and re-run cmake";                     \
+      }                                                                                       \
+      GTEST_SKIP() << "install " package " (scripts/install-deps.sh --tests) and re-run cmake"; \
+    }                                                                                         \
+  } while (0)
+
+struct AllocatorExpectation {
+  std::string name;           // targets[].allocator
+  std::string module;         // a fragment of targets[].allocator_module
+  std::string extension;      // the kind leak_extension's site reports; empty: none
+};
+
+// Runs leaky_alloc built for one allocator and checks what every such build must show: the
+// leaks with their exact bytes (memtrail records requested sizes, not the allocator's rounded
+// ones), nothing from the site that frees through aliases, the allocator named, and libc's
+// shadowed malloc and free left alone.
+json check_allocator_target(const std::string& binary, const AllocatorExpectation& expected,
+                            std::vector<std::string> options = {}) {
+  Target target({binary});
+  json report = trace_scenario(target, std::move(options)).report;
+  auto standard = sites_with_function(report, "leak_standard");
+  EXPECT_EQ(standard.size(), 1u) << report.dump(2);
+  if (standard.size() == 1) {
+    EXPECT_EQ(standard[0]["outstanding_bytes"], 5000);
+    EXPECT_EQ(standard[0]["outstanding_allocations"], 5);
+    EXPECT_EQ(standard[0]["allocator"], "malloc");
+    EXPECT_EQ(standard[0]["stack"][0]["function"], "leak_standard");
+  }
+  if (!expected.extension.empty()) {
+    auto extension = sites_with_function(report, "leak_extension");
+    EXPECT_EQ(extension.size(), 1u) << report.dump(2);
+    if (extension.size() == 1) {
+      EXPECT_EQ(extension[0]["outstanding_bytes"], 900);
+      EXPECT_EQ(extension[0]["outstanding_allocations"], 3);
+      EXPECT_EQ(extension[0]["allocator"], expected.extension);
+    }
+  }
+  EXPECT_TRUE(sites_with_function(report, "free_through_aliases").empty()) << report.dump(2);
+  EXPECT_EQ(report["totals"]["mismatched_frees"], 0);
+  EXPECT_EQ(report["targets"].size(), 1u);
+  const json& process = report["targets"][0];
+  EXPECT_EQ(process["allocator"], expected.name) << process.dump(2);
+  EXPECT_NE(process["allocator_module"].get<std::string>().find(expected.module),
+            std::string::npos)
+      << process.dump(2);
+  for (const auto& module : process["allocators"]) {
+    if (module["name"] != "glibc" || expected.name == "glibc") continue;
+    for (const auto& function : module["functions"]) {
+      EXPECT_NE(function, "malloc") << "libc's shadowed malloc is probed: " << process.dump(2);
+      EXPECT_NE(function, "free") << "libc's shadowed free is probed: " << process.dump(2);
+    }
+  }
+  return report;
+}
+
+TEST(LeaksAllocators, Jemalloc) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");
+  json report = check_allocator_target(MEMTRAIL_LEAKY_JEMALLOC,
+                                       {"jemalloc", "libjemalloc.so.2", "mallocx"});
+  // glibc is listed, not silently ignored: partly traced (reallocarray, pvalloc: jemalloc has
+  // none) or, for its malloc, shadowed.
+  bool glibc_listed = false;
+  for (const auto& module : report["targets"][0]["allocators"]) {
+    glibc_listed |= module["name"] == "glibc";
+  }
+  EXPECT_TRUE(glibc_listed) << report["targets"][0].dump(2);
+}
+
+TEST(LeaksAllocators, Tcmalloc) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_TCMALLOC, "libgoogle-perftools4");
+  // tc_calloc is calloc itself in tcmalloc: one probe, reported under the standard name.
+  check_allocator_target(MEMTRAIL_LEAKY_TCMALLOC, {"tcmalloc", "libtcmalloc.so.4", "calloc"});
+}
+
+TEST(LeaksAllocators, TcmallocMinimal) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_TCMALLOC_MINIMAL, "libtcmalloc-minimal4");
+  check_allocator_target(MEMTRAIL_LEAKY_TCMALLOC_MINIMAL,
+                         {"tcmalloc", "libtcmalloc_minimal.so.4", "calloc"});
+}
+
+TEST(LeaksAllocators, Mimalloc) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_MIMALLOC, "libmimalloc2.0");
+  json report = check_allocator_target(MEMTRAIL_LEAKY_MIMALLOC,
+                                       {"mimalloc", "libmimalloc.so.2", "mi_zalloc"});
+  // mimalloc defines all of libc's names: libc is entirely shadowed, and says so.
+  bool shadowed = false;
+  for (const auto& untraced : report["targets"][0]["untraced_allocators"]) {
+    shadowed |= untraced["name"] == "glibc" && untraced["expected"] == true;
+  }
+  EXPECT_TRUE(shadowed) << report["targets"][0].dump(2);
+}
+
+TEST(LeaksAllocators, JemallocPreloadedIntoAGlibcProgram) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");
+  // A program linked with glibc only: LD_PRELOAD puts jemalloc right after the executable in
+  // the link map, so malloc binds to it.
+  std::string library = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+  Target target({"/usr/bin/env", "LD_PRELOAD=" + library, MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  json report = trace_scenario(target).report;
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 7000);
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty()) << report.dump(2);
+  EXPECT_EQ(report["targets"][0]["allocator"], "jemalloc") << report["targets"][0].dump(2);
+}
+
+TEST(LeaksAllocators, StaticGlibc) {
+  REQUIRE_BPF_OR_SKIP();
+  json report = check_allocator_target(MEMTRAIL_LEAKY_STATIC, {"static glibc", "leaky_static", ""});
+  EXPECT_EQ(report["targets"][0]["allocators"].size(), 1u) << report["targets"][0].dump(2);
+}
+
+TEST(LeaksAllocators, ACustomAllocatorNamedOnTheCommandLine) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string spec = std::string(MEMTRAIL_POOL_ALLOCATOR) + ":pool_alloc=malloc,pool_free=free";
+  json report = check_allocator_target(MEMTRAIL_LEAKY_POOL, {"glibc", "libc.so.6", "pool_alloc"},
+                                       {"--allocator", spec});
+  bool custom = false;
+  for (const auto& module : report["targets"][0]["allocators"]) {
+    custom |= module["name"] == "custom" && module["path"] == MEMTRAIL_POOL_ALLOCATOR;
+  }
+  EXPECT_TRUE(custom) << report["targets"][0].dump(2);
+}
+
+TEST(LeaksAllocators, ALaunchedCommandIsProbedWhereItsLoaderWillBindMalloc) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"--json", json_path, "-q", "--", MEMTRAIL_LEAKY_JEMALLOC});
+  tracer.expect_attached();
+  ASSERT_TRUE(tracer.process.wait_for_stdout("ready ", 10s).has_value());
+  tracer.process.write_stdin("go\n");
+  ASSERT_TRUE(tracer.process.wait_for_stdout("done", 10s).has_value());
+  tracer.stop();
+  json report = read_json(json_path);
+  auto extension = sites_with_function(report, "leak_extension");
+  ASSERT_EQ(extension.size(), 1u) << report.dump(2);
+  EXPECT_EQ(extension[0]["outstanding_bytes"], 900);
+  EXPECT_EQ(sites_with_function(report, "leak_standard").at(0)["outstanding_bytes"], 5000);
+  EXPECT_EQ(report["targets"][0]["allocator"], "jemalloc");
+}
+
+TEST(LeaksAllocators, BadAllocatorSyntaxIsAUsageError) {
+  for (const std::string bad :
+       {"/usr/lib/libfoo.so", "/usr/lib/libfoo.so:", "libfoo.so:f=malloc",
+        "/usr/lib/libfoo.so:f=allocate", "/usr/lib/libfoo.so:f=malloc,f=free"}) {
+    expect_one_error_line(run_memtrail({"-p", "1", "--allocator", bad}), 2, "--allocator");
+  }
+}
+
+TEST(LeaksAllocators, AMissingAllocatorFileOrSymbolIsARuntimeError) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "1", "10"});
+  std::string pid = std::to_string(target.process.pid());
+  expect_one_error_line(
+      run_memtrail({"-p", pid, "--allocator", "/nonexistent/libfoo.so:foo=malloc"}), 1,
+      "/nonexistent/libfoo.so");
+  expect_one_error_line(run_memtrail({"-p", pid, "--allocator",
+                                      std::string(MEMTRAIL_POOL_ALLOCATOR) + ":no_such=malloc"}),
+                        1, "defines no function no_such");
+}
+
+}  // namespace
+}  // namespace memtrail::testing

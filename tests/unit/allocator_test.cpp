@@ -4,6 +4,10 @@
 
 #include <unistd.h>
 
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+
 #include <gtest/gtest.h>
 #include <set>
 
@@ -80,10 +84,17 @@ TEST(ProbePlacement, ShortOrEmptyCodeIsProbedAtEntry) {
 }
 
 // The C library this test itself runs on, found the way memtrail finds a target's.
-AllocatorModule own_allocator() {
-  auto mappings = read_proc_maps(static_cast<uint32_t>(getpid()));
+ProcessAllocators own_allocators() {
+  auto pid = static_cast<uint32_t>(getpid());
+  auto mappings = read_proc_maps(pid);
   EXPECT_TRUE(mappings.has_value());
-  return find_allocator(static_cast<uint32_t>(getpid()), *mappings);
+  return resolve_allocators(pid, process_load_order(pid, *mappings), false, {});
+}
+
+AllocatorModule own_allocator() {
+  ProcessAllocators allocators = own_allocators();
+  EXPECT_NE(allocators.primary(), nullptr);
+  return allocators.primary() ? *allocators.primary() : AllocatorModule{};
 }
 
 TEST(AllocatorDiscovery, FindsTheCLibraryOfALiveProcess) {
@@ -145,9 +156,11 @@ TEST(AllocatorDiscovery, MissingFileIsAClearError) {
 }
 
 TEST(AllocatorDiscovery, NoAllocatorAmongMappingsIsAClearError) {
-  std::vector<Mapping> mappings{{0x1000, 0x2000, 0, true, true, 1, "/etc/hostname"}};
+  LoadOrder order;
+  order.modules.push_back({"/etc/hostname", "/etc/hostname", true});
+  order.modules.push_back({"/lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2", false});
   try {
-    find_allocator(static_cast<uint32_t>(getpid()), mappings);
+    resolve_allocators(static_cast<uint32_t>(getpid()), order, false, {});
     FAIL() << "expected an error";
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("no allocator found"), std::string::npos);
@@ -166,6 +179,256 @@ TEST(AllocatorKinds, EveryKindHasItsFunctionName) {
   EXPECT_EQ(kind_name(MEMTRAIL_KIND_VALLOC), "valloc");
   EXPECT_EQ(kind_name(MEMTRAIL_KIND_PVALLOC), "pvalloc");
   EXPECT_EQ(kind_name(MEMTRAIL_KIND_COUNT), "unknown");
+}
+
+}  // namespace
+}  // namespace memtrail::target
+
+// ---- load order and binding (no root: this process's own memory, Debian's libraries) ----
+
+namespace memtrail::target {
+namespace {
+
+std::string real(const std::string& path) {
+  char resolved[PATH_MAX];
+  return ::realpath(path.c_str(), resolved) ? resolved : path;
+}
+
+// DT_NEEDED entries of a file, in order, as readelf prints them.
+std::vector<std::string> needed_of(const std::string& path) {
+  std::vector<std::string> needed;
+  std::string command = "readelf -d '" + path + "' 2>/dev/null";
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), pipe)) {
+      std::string text = line;
+      size_t open = text.find("Shared library: [");
+      if (open == std::string::npos) continue;
+      open += 17;
+      needed.push_back(text.substr(open, text.find(']', open) - open));
+    }
+    pclose(pipe);
+  }
+  return needed;
+}
+
+std::string soname_of(const std::string& path) {
+  std::string command = "readelf -d '" + path + "' 2>/dev/null";
+  std::string soname;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), pipe)) {
+      std::string text = line;
+      size_t open = text.find("Library soname: [");
+      if (open != std::string::npos) {
+        open += 17;
+        soname = text.substr(open, text.find(']', open) - open);
+      }
+    }
+    pclose(pipe);
+  }
+  return soname;
+}
+
+std::string file_name(const std::string& path) { return path.substr(path.rfind('/') + 1); }
+
+TEST(LoadOrder, ALiveProcessIsItsExecutableThenItsNeededLibrariesInOrder) {
+  auto pid = static_cast<uint32_t>(getpid());
+  auto mappings = read_proc_maps(pid);
+  ASSERT_TRUE(mappings.has_value());
+  LoadOrder order = process_load_order(pid, *mappings);
+  EXPECT_NE(order.source.find("link map"), std::string::npos) << order.source;
+  EXPECT_FALSE(order.static_executable);
+  ASSERT_GE(order.modules.size(), 3u);
+  EXPECT_TRUE(order.modules[0].main_program);
+  EXPECT_EQ(order.modules[0].path, real("/proc/self/exe"));
+  // Breadth first: right after the executable come its own DT_NEEDED libraries, in its order
+  // (this test runs without LD_PRELOAD), whatever addresses the kernel mapped them at.
+  std::vector<std::string> needed = needed_of(order.modules[0].path);
+  ASSERT_FALSE(needed.empty());
+  for (size_t i = 0; i < needed.size(); ++i) {
+    ASSERT_LT(i + 1, order.modules.size());
+    // The maps name the real file (libelf-0.188.so), DT_NEEDED its soname (libelf.so.1).
+    EXPECT_EQ(soname_of(order.modules[i + 1].path), needed[i])
+        << "position " << i + 1 << ": " << order.modules[i + 1].path << ", expected " << needed[i];
+  }
+}
+
+TEST(LoadOrder, TheLoaderListIsParsedInItsOrder) {
+  std::string text =
+      "\tlinux-vdso.so.1 (0x00007ffd1d5f2000)\n"
+      "\t/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f0a3c400000)\n"
+      "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0a3c21f000)\n"
+      "\tlibmissing.so.1 => not found\n"
+      "\t/lib64/ld-linux-x86-64.so.2 (0x00007f0a3c87c000)\n";
+  std::vector<std::string> expected{"/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                                    "/lib/x86_64-linux-gnu/libc.so.6",
+                                    "/lib64/ld-linux-x86-64.so.2"};
+  EXPECT_EQ(parse_loader_list(text), expected);
+}
+
+TEST(LoadOrder, ACommandIsOrderedByItsOwnLoader) {
+  LoadOrder order = command_load_order(real("/proc/self/exe"));
+  ASSERT_GE(order.modules.size(), 2u);
+  EXPECT_TRUE(order.modules[0].main_program);
+  bool libc = false;
+  for (const auto& module : order.modules) libc |= file_name(module.path) == "libc.so.6";
+  EXPECT_TRUE(libc);
+}
+
+// The libraries scripts/install-deps.sh --tests installs. Missing ones skip here (these are
+// unit tests); the integration tests fail instead.
+const std::string kLibDir = "/usr/lib/x86_64-linux-gnu/";
+const std::string kLibc = kLibDir + "libc.so.6";
+
+LoadOrder order_of(std::vector<std::string> libraries) {
+  LoadOrder order;
+  order.modules.push_back({"/bin/true", "/bin/true", true});
+  for (const auto& library : libraries) order.modules.push_back({library, library, false});
+  return order;
+}
+
+const AllocatorModule* module_at(const ProcessAllocators& allocators, const std::string& path) {
+  for (const auto& module : allocators.modules) {
+    if (module.path == path) return &module;
+  }
+  return nullptr;
+}
+
+std::set<std::string> names_of(const AllocatorModule* module) {
+  std::set<std::string> names;
+  if (module) {
+    for (const auto& function : module->functions) names.insert(function.name);
+  }
+  return names;
+}
+
+#define REQUIRE_LIBRARY(path)                                                      \
+  do {                                                                             \
+    if (access((path).c_str(), R_OK) != 0) {                                       \
+      GTEST_SKIP() << (path) << " is not installed (scripts/install-deps.sh --tests)"; \
+    }                                                                              \
+  } while (0)
+
+TEST(AllocatorBinding, JemallocBeforeLibcTakesTheMallocFamilyAndLibcKeepsTheRest) {
+  std::string jemalloc = kLibDir + "libjemalloc.so.2";
+  REQUIRE_LIBRARY(jemalloc);
+  ProcessAllocators allocators = resolve_allocators(1, order_of({jemalloc, kLibc}), false, {});
+  ASSERT_NE(allocators.primary(), nullptr);
+  EXPECT_EQ(allocators.primary()->name, "jemalloc");
+  EXPECT_EQ(allocators.primary()->path, jemalloc);
+  auto je = names_of(module_at(allocators, jemalloc));
+  for (const char* name : {"malloc", "calloc", "realloc", "free", "posix_memalign",
+                           "aligned_alloc", "mallocx", "rallocx", "dallocx", "sdallocx"}) {
+    EXPECT_TRUE(je.count(name)) << name;
+  }
+  // libc's malloc and free are shadowed: never probed. Its reallocarray and pvalloc, which
+  // jemalloc lacks, are where calls bind.
+  auto libc = names_of(module_at(allocators, kLibc));
+  EXPECT_FALSE(libc.count("malloc"));
+  EXPECT_FALSE(libc.count("free"));
+  EXPECT_TRUE(libc.count("reallocarray"));
+  EXPECT_TRUE(libc.count("pvalloc"));
+  for (const auto& function : module_at(allocators, jemalloc)->functions) {
+    if (function.name == "mallocx") {
+      EXPECT_EQ(kind_name(function.kind), "mallocx");
+    }
+  }
+}
+
+TEST(AllocatorBinding, LibcFirstKeepsMallocAndJemallocKeepsOnlyItsOwnApi) {
+  std::string jemalloc = kLibDir + "libjemalloc.so.2";
+  REQUIRE_LIBRARY(jemalloc);
+  // A library that needs jemalloc, loaded after libc (breadth first): both are live.
+  ProcessAllocators allocators = resolve_allocators(1, order_of({kLibc, jemalloc}), false, {});
+  EXPECT_EQ(allocators.primary()->name, "glibc");
+  auto je = names_of(module_at(allocators, jemalloc));
+  EXPECT_EQ(je, (std::set<std::string>{"mallocx", "rallocx", "dallocx", "sdallocx"}));
+}
+
+TEST(AllocatorBinding, TcmallocAliasesAreProbedOnceUnderTheStandardName) {
+  for (const std::string library : {"libtcmalloc.so.4", "libtcmalloc_minimal.so.4"}) {
+    std::string path = real(kLibDir + library);
+    REQUIRE_LIBRARY(path);
+    ProcessAllocators allocators = resolve_allocators(1, order_of({path, kLibc}), true, {});
+    const AllocatorModule* module = module_at(allocators, path);
+    ASSERT_NE(module, nullptr);
+    EXPECT_EQ(module->name, "tcmalloc");
+    auto names = names_of(module);
+    EXPECT_TRUE(names.count("malloc"));
+    EXPECT_TRUE(names.count("free"));
+    EXPECT_FALSE(names.count("tc_malloc")) << "tc_malloc is malloc: one probe";
+    EXPECT_FALSE(names.count("_ZdlPv")) << "delete is free in tcmalloc: one probe";
+    std::set<uint64_t> offsets;
+    for (const auto& function : module->functions) {
+      EXPECT_TRUE(offsets.insert(function.entry_offset).second) << function.name;
+      EXPECT_NE(function.role, ProbeRole::kDelete) << function.name;
+    }
+    EXPECT_FALSE(module->note.empty());
+    // glibc keeps only what tcmalloc lacks: reallocarray (which calls realloc: tcmalloc's).
+    EXPECT_EQ(names_of(module_at(allocators, kLibc)), std::set<std::string>{"reallocarray"});
+  }
+}
+
+TEST(AllocatorBinding, MimallocOverridesAndItsOwnApiIsProbedWhereNotAnAlias) {
+  std::string mimalloc = real(kLibDir + "libmimalloc.so.2");
+  REQUIRE_LIBRARY(mimalloc);
+  ProcessAllocators allocators = resolve_allocators(1, order_of({mimalloc, kLibc}), false, {});
+  EXPECT_EQ(allocators.primary()->name, "mimalloc");
+  auto names = names_of(module_at(allocators, mimalloc));
+  EXPECT_TRUE(names.count("malloc"));
+  EXPECT_FALSE(names.count("mi_malloc"));  // the same function as malloc
+  EXPECT_TRUE(names.count("mi_zalloc"));
+  EXPECT_TRUE(names.count("mi_heap_malloc"));
+  EXPECT_EQ(module_at(allocators, kLibc), nullptr) << "mimalloc defines every libc name";
+}
+
+TEST(AllocatorBinding, ASecondAllocatorLaterInLoadOrderKeepsOnlyItsOwnNames) {
+  std::string tcmalloc = real(kLibDir + "libtcmalloc_minimal.so.4");
+  std::string jemalloc = kLibDir + "libjemalloc.so.2";
+  REQUIRE_LIBRARY(tcmalloc);
+  REQUIRE_LIBRARY(jemalloc);
+  ProcessAllocators allocators =
+      resolve_allocators(1, order_of({jemalloc, tcmalloc, kLibc}), false, {});
+  EXPECT_EQ(allocators.primary()->name, "jemalloc");
+  // tcmalloc's tc_* names still bind to it (nobody else has them): it is partly traced.
+  auto tc = names_of(module_at(allocators, tcmalloc));
+  EXPECT_TRUE(tc.count("tc_malloc"));
+  EXPECT_FALSE(tc.count("malloc"));
+}
+
+TEST(AllocatorBinding, CustomFunctionsAreProbedInTheirRoleUnderTheirOwnName) {
+  std::vector<CustomAllocator> custom{
+      {kLibc, kLibc, {{"__libc_malloc", "malloc"}, {"__libc_free", "free"}}}};
+  ProcessAllocators allocators = resolve_allocators(1, order_of({kLibc}), false, custom);
+  ASSERT_EQ(allocators.modules.size(), 1u);  // same file: added to its module
+  EXPECT_EQ(allocators.primary()->name, "glibc");
+  // __libc_malloc is malloc's alias in glibc: already probed, not twice.
+  auto names = names_of(&allocators.modules[0]);
+  EXPECT_FALSE(names.count("__libc_malloc"));
+}
+
+TEST(AllocatorBinding, CustomErrorsNameTheFileAndTheSymbol) {
+  std::vector<CustomAllocator> missing_symbol{{kLibc, kLibc, {{"no_such_alloc", "malloc"}}}};
+  try {
+    resolve_allocators(1, order_of({kLibc}), false, missing_symbol);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("defines no function no_such_alloc"),
+              std::string::npos)
+        << error.what();
+  }
+  std::vector<CustomAllocator> missing_file{{"/nonexistent.so", "/nonexistent.so", {}}};
+  EXPECT_THROW(resolve_allocators(1, order_of({kLibc}), false, missing_file), Error);
+}
+
+TEST(AllocatorClassification, NamesTheAllocatorFromItsSymbols) {
+  EXPECT_EQ(classify_allocator(kLibc, false, false), "glibc");
+  EXPECT_EQ(classify_allocator("/lib64/ld-linux-x86-64.so.2", false, false), "");
+  std::string jemalloc = kLibDir + "libjemalloc.so.2";
+  if (access(jemalloc.c_str(), R_OK) == 0) {
+    EXPECT_EQ(classify_allocator(jemalloc, false, false), "jemalloc");
+  }
 }
 
 }  // namespace

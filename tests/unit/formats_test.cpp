@@ -42,7 +42,8 @@ model::Report two_site_report() {
   report.top = 10;
   report.final = true;
   report.targets.push_back(
-      {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt});
+      {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt,
+       "glibc", {}, {}});
   model::LeakSite leak;
   leak.pid = 42;
   leak.allocator = "malloc";

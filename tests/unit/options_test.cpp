@@ -170,5 +170,33 @@ TEST(Options, PagingRefusesBadValuesWithExitCode2) {
   }
 }
 
+TEST(Options, AllocatorMapsEachSymbolToTheRoleOfAStandardFunction) {
+  auto command = parse({"leaks", "-p", "1", "--allocator",
+                        "/usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free,calloc", "--allocator",
+                        "/opt/a:b/libbar.so:bar_realloc=realloc"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  const auto& allocators = std::get<LeaksOptions>(command).allocators;
+  ASSERT_EQ(allocators.size(), 2u);
+  EXPECT_EQ(allocators[0].path, "/usr/lib/libfoo.so");
+  ASSERT_EQ(allocators[0].functions.size(), 3u);
+  EXPECT_EQ(allocators[0].functions[0].symbol, "foo_alloc");
+  EXPECT_EQ(allocators[0].functions[0].role, "malloc");
+  EXPECT_EQ(allocators[0].functions[2].symbol, "calloc");  // a bare standard name: itself
+  EXPECT_EQ(allocators[0].functions[2].role, "calloc");
+  EXPECT_EQ(allocators[1].path, "/opt/a:b/libbar.so");  // split at the last colon
+}
+
+TEST(Options, MalformedAllocatorIsOneUsageErrorLine) {
+  for (const char* bad : {"/usr/lib/libfoo.so", "relative.so:f=malloc", "/x.so:", "/x.so:f=",
+                          "/x.so:=malloc", "/x.so:f=grab", "/x.so:foo_alloc",
+                          "/x.so:f=free,f=free"}) {
+    auto command = parse({"leaks", "-p", "1", "--allocator", bad});
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(command)) << bad;
+    const auto& request = std::get<ExitRequest>(command);
+    EXPECT_EQ(request.code, 2) << bad;
+    EXPECT_EQ(request.message.rfind("memtrail: error: --allocator ", 0), 0u) << request.message;
+  }
+}
+
 }  // namespace
 }  // namespace memtrail::cli

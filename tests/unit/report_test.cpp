@@ -34,7 +34,12 @@ model::Report sample_report() {
                   "growth outside the traced allocators";
   memory.series = {{5, 40 << 20, 5000}, {10, 45 << 20, 6000}, {15, 50 << 20, 7000}};
   report.targets = {{4242, "server", {"./server", "--port", "8080"}, "/srv/server",
-                     "/usr/lib/x86_64-linux-gnu/libc.so.6", true, memory}};
+                     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", true, memory, "jemalloc",
+                     {{"jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                       {"malloc", "free", "mallocx"}, ""},
+                      {"glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6", {"reallocarray"}, ""}},
+                     {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
+                       false}}}};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -102,6 +107,12 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   // --top 1: the second site is in the model but not in the text.
   EXPECT_EQ(text.find("from calloc"), std::string::npos);
   EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
+  // Which allocator each process uses, what else is probed, and what is not traced.
+  EXPECT_NE(text.find("allocator jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("also traced: glibc /usr/lib/x86_64-linux-gnu/libc.so.6 (reallocarray)"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("not traced: tcmalloc /opt/libtcmalloc.so.4"), std::string::npos) << text;
   EXPECT_NE(text.find("Note: Allocations made before memtrail attached are invisible."),
             std::string::npos);
 }
@@ -123,6 +134,11 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["targets"][0]["cmdline"][2], "8080");
   EXPECT_EQ(json["targets"][0]["exited"], true);
   EXPECT_EQ(json["targets"][0]["memory"]["untraced_growth"], true);
+  EXPECT_EQ(json["targets"][0]["allocator"], "jemalloc");
+  EXPECT_EQ(json["targets"][0]["allocators"][0]["functions"][2], "mallocx");
+  EXPECT_EQ(json["targets"][0]["allocators"][1]["name"], "glibc");
+  EXPECT_EQ(json["targets"][0]["untraced_allocators"][0]["path"], "/opt/libtcmalloc.so.4");
+  EXPECT_EQ(json["targets"][0]["untraced_allocators"][0]["expected"], false);
   EXPECT_EQ(json["targets"][0]["memory"]["series"][2][1], 50 << 20);
   EXPECT_EQ(json["totals"]["unmatched_frees"], 3);
   EXPECT_EQ(json["totals"]["drops"], 2);

@@ -9,6 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
+
 #include <algorithm>
 #include <cstdint>
 #include <cerrno>
@@ -40,8 +43,7 @@ using Clock = std::chrono::steady_clock;
 // One traced process and what memtrail keeps about it.
 struct TracedProcess {
   model::Target info;
-  target::AllocatorModule allocator;
-  std::optional<target::AllocatorModule> cxx_runtime;  // operators new and delete, if C++
+  target::ProcessAllocators allocators;  // every probed module: malloc's, libc's rest, C++, custom
   std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
   UniqueFd pidfd;                         // readable once the process has exited
   bool launched = false;
@@ -75,6 +77,24 @@ bool same_mappings(const std::vector<target::Mapping>& a, const std::vector<targ
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
     return x.start == y.start && x.end == y.end && x.inode == y.inode && x.path == y.path;
   });
+}
+
+// What the report says about a process's allocators, from what was resolved for it.
+void describe_allocators(const target::ProcessAllocators& allocators, model::Target& info) {
+  const target::AllocatorModule* primary = allocators.primary();
+  info.allocator_module = primary ? primary->path : "";
+  info.allocator = primary ? primary->name : "";
+  info.allocators.clear();
+  for (const auto& module : allocators.modules) {
+    model::TracedAllocator traced{module.name, module.path, {}, module.note};
+    for (const auto& function : module.functions) traced.functions.push_back(function.name);
+    info.allocators.push_back(std::move(traced));
+  }
+  info.untraced_allocators.clear();
+  for (const auto& untraced : allocators.untraced) {
+    info.untraced_allocators.push_back(
+        {untraced.name, untraced.path, untraced.reason, untraced.expected});
+  }
 }
 
 UniqueFd open_pidfd(uint32_t pid) {
@@ -126,55 +146,80 @@ class LeaksSession {
   }
 
  private:
+  // --allocator entries for one process: opened through its root (0: memtrail's own).
+  std::vector<target::CustomAllocator> custom_allocators(uint32_t pid) const {
+    std::vector<target::CustomAllocator> custom;
+    for (const auto& option : options_.allocators) {
+      target::CustomAllocator allocator;
+      allocator.path = option.path;
+      allocator.open_path = pid ? target::path_in_process_root(pid, option.path) : option.path;
+      for (const auto& function : option.functions) {
+        allocator.functions.push_back({function.symbol, function.role});
+      }
+      custom.push_back(std::move(allocator));
+    }
+    return custom;
+  }
+
   void prepare_targets() {
     for (uint32_t pid : options_.pids) {
       TracedProcess process;
       // process.mappings stays empty: refresh_mappings() hands them to the symbolizer.
       auto mappings = live_mappings(pid);
-      process.allocator = target::find_allocator(pid, mappings);
-      if (options_.trace_cxx) process.cxx_runtime = target::find_cxx_runtime(pid, mappings);
+      // Each function is probed where the process binds it: the link map gives the order.
+      auto order = target::process_load_order(pid, mappings);
+      process.allocators = target::resolve_allocators(pid, order, options_.trace_cxx,
+                                                      custom_allocators(pid));
+      warn_unmapped_custom(pid, mappings);
       process.info = target::read_target_info(pid);
-      process.info.allocator_module = process.allocator.path;
+      describe_allocators(process.allocators, process.info);
       targets_.push_back(std::move(process));
     }
     if (!options_.command.empty()) {
       std::string executable = target::resolve_command(options_.command.front());
-      // The command runs in memtrail's mount namespace: its malloc comes from the executable
-      // itself when statically linked, else from the same C library memtrail uses.
-      std::optional<target::AllocatorModule> allocator =
-          target::allocator_in_file(executable, executable);
-      if (!allocator) {
-        uint32_t self = static_cast<uint32_t>(::getpid());
-        allocator = target::find_allocator(self, live_mappings(self));
-        allocator->open_path = allocator->path;
-      }
-      child_.emplace(executable, options_.command);
+      // The command runs in memtrail's mount namespace and environment: before it runs, its
+      // loader says which libraries it will load, in which order. Probes attach to files, so
+      // they are in place when the libraries get mapped.
+      char resolved[PATH_MAX];
+      std::string real_executable =
+          ::realpath(executable.c_str(), resolved) ? resolved : executable;
+      auto order = target::command_load_order(real_executable);
       TracedProcess process;
-      process.allocator = *allocator;
-      // Its C++ runtime, if it has one, is the one memtrail (a C++ program) maps: probes on it
-      // cost nothing if the command never loads it.
-      uint32_t self = static_cast<uint32_t>(::getpid());
-      if (options_.trace_cxx) {
-        process.cxx_runtime = target::find_cxx_runtime(self, live_mappings(self));
-      }
-      if (process.cxx_runtime) process.cxx_runtime->open_path = process.cxx_runtime->path;
+      process.allocators =
+          target::resolve_allocators(0, order, options_.trace_cxx, custom_allocators(0));
+      child_.emplace(executable, options_.command);
       process.info.pid = static_cast<uint32_t>(child_->pid());
-      process.info.allocator_module = allocator->path;
+      describe_allocators(process.allocators, process.info);
       process.launched = true;
       targets_.push_back(std::move(process));
     }
   }
 
+  // A custom allocator the process has not mapped (yet) is probed all the same (a uprobe is on
+  // the file), but if it never loads it, nothing will show: say so.
+  void warn_unmapped_custom(uint32_t pid, const std::vector<target::Mapping>& mappings) const {
+    for (const auto& option : options_.allocators) {
+      bool mapped = std::any_of(mappings.begin(), mappings.end(),
+                                [&](const auto& mapping) { return mapping.path == option.path; });
+      if (!mapped) {
+        std::cerr << "memtrail: warning: pid " << pid << " does not map " << option.path
+                  << " (--allocator): its functions are probed in case it loads it later\n";
+      }
+    }
+  }
+
   void attach_all() {
     for (auto& process : targets_) {
-      std::vector<const target::AllocatorModule*> modules{&process.allocator};
-      if (process.cxx_runtime) modules.push_back(&*process.cxx_runtime);
-      for (const auto* module : modules) {
-        tracer_->attach(process.info.pid, *module);
+      if (options_.verbose) {
+        std::cerr << "memtrail: pid " << process.info.pid << ": load order from "
+                  << process.allocators.order_source << "\n";
+      }
+      for (const auto& module : process.allocators.modules) {
+        tracer_->attach(process.info.pid, module);
         if (!options_.verbose) continue;
-        for (const auto& function : module->functions) {
+        for (const auto& function : module.functions) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
-                    << " probed at " << module->path << "+0x" << std::hex
+                    << " probed at " << module.path << "+0x" << std::hex
                     << function.probe_offset << std::dec << ": " << function.placement << "\n";
         }
       }
@@ -197,14 +242,18 @@ class LeaksSession {
     for (auto& process : targets_) {
       refresh_mappings(process);
       std::cerr << "memtrail: tracing pid " << process.info.pid
-                << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via "
-                << process.allocator.path << " (" << process.allocator.functions.size()
-                << " functions)";
-      if (process.cxx_runtime) {
-        std::cerr << " and " << process.cxx_runtime->path << " ("
-                  << process.cxx_runtime->functions.size() << " operators new and delete)";
+                << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via ";
+      const auto& modules = process.allocators.modules;
+      for (size_t i = 0; i < modules.size(); ++i) {
+        std::cerr << (i == 0 ? "" : " and ") << modules[i].name << " " << modules[i].path
+                  << " (" << modules[i].functions.size() << " functions)";
       }
       std::cerr << "\n";
+      for (const auto& untraced : process.allocators.untraced) {
+        if (untraced.expected) continue;
+        std::cerr << "memtrail: warning: pid " << process.info.pid << " maps " << untraced.name
+                  << " " << untraced.path << ", not traced: " << untraced.reason << "\n";
+      }
     }
     std::cerr.flush();
   }
@@ -217,7 +266,7 @@ class LeaksSession {
     // The launched command's name and image are known only after exec.
     model::Target info = target::read_target_info(process.info.pid);
     if (!info.comm.empty()) {
-      info.allocator_module = process.info.allocator_module;
+      describe_allocators(process.allocators, info);
       process.info = std::move(info);
     }
     symbolizer_.set_process_mappings(process.info.pid, process.mappings,

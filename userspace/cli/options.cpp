@@ -3,6 +3,7 @@
 #include "cli/options.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -10,6 +11,62 @@
 #include "common/version.h"
 
 namespace memtrail::cli {
+
+std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
+                                                      std::string& error) {
+  static const std::vector<std::string> kRoles = {
+      "malloc",         "calloc",        "realloc",  "reallocarray", "free",
+      "posix_memalign", "aligned_alloc", "memalign", "valloc",       "pvalloc"};
+  auto is_role = [](const std::string& name) {
+    return std::find(kRoles.begin(), kRoles.end(), name) != kRoles.end();
+  };
+  const std::string syntax = " (expected PATH:SYMBOL=ROLE,..., e.g. "
+                             "/usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free)";
+  // Symbols never contain ':' (C++ names are given mangled), paths might: split at the last.
+  size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    error = "--allocator " + text + ": no PATH:SYMBOLS" + syntax;
+    return std::nullopt;
+  }
+  AllocatorOption option;
+  option.path = text.substr(0, colon);
+  if (option.path[0] != '/') {
+    error = "--allocator " + text + ": PATH must be absolute, as the process maps it" + syntax;
+    return std::nullopt;
+  }
+  std::string list = text.substr(colon + 1);
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string item = list.substr(start, comma - start);
+    start = comma + 1;
+    size_t equals = item.find('=');
+    AllocatorOption::Function function;
+    function.symbol = item.substr(0, equals);
+    function.role = equals == std::string::npos ? item : item.substr(equals + 1);
+    if (function.symbol.empty() || function.role.empty()) {
+      error = "--allocator " + text + ": empty symbol or role in '" + item + "'" + syntax;
+      return std::nullopt;
+    }
+    if (!is_role(function.role)) {
+      error = "--allocator " + text + ": '" + function.role + "' is not a role (" +
+              (equals == std::string::npos ? "a bare SYMBOL must be a standard name; " : "") +
+              "roles: malloc, calloc, realloc, reallocarray, free, posix_memalign, "
+              "aligned_alloc, memalign, valloc, pvalloc)";
+      return std::nullopt;
+    }
+    for (const auto& other : option.functions) {
+      if (other.symbol == function.symbol) {
+        error = "--allocator " + text + ": " + function.symbol + " is listed twice";
+        return std::nullopt;
+      }
+    }
+    option.functions.push_back(std::move(function));
+  }
+  return option;
+}
+
 namespace {
 
 const std::map<std::string, Format> kFormats{{"text", Format::kText},
@@ -133,6 +190,12 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Also probe C++ operators new and delete (libstdc++): sites show new/new[], "
                   "mismatched new/free and malloc/delete are reported; costs more traps per "
                   "new/delete (see README)");
+  std::vector<std::string> allocator_texts;
+  leaks->add_option("--allocator", allocator_texts,
+                    "Also trace a custom allocator: its file and functions, each in the role "
+                    "of a standard one, e.g. /usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free "
+                    "(repeat for several)")
+      ->type_name("PATH:SYMBOL=ROLE,...");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
   leaks->add_flag("-v,--verbose", options.verbose,
                   "Show probe placement, map memory, report timing and libbpf messages");
@@ -322,6 +385,12 @@ Command parse_command_line(int argc, const char* const* argv) {
   options.format = *format;
   if (options.format == Format::kPprof && options.output_path.empty()) {
     return usage("pprof is a binary format: give -o FILE");
+  }
+  for (const auto& text : allocator_texts) {
+    std::string error;
+    auto allocator = parse_allocator_option(text, error);
+    if (!allocator) return usage(error);
+    options.allocators.push_back(std::move(*allocator));
   }
   if (options.pids.empty() && options.command.empty()) {
     return usage("nothing to trace: give -p PID or -- COMMAND");

@@ -14,6 +14,22 @@ namespace memtrail::cli {
 // tools, pprof for go tool pprof, Pyroscope and Parca.
 enum class Format { kText, kJson, kFolded, kPprof };
 
+// --allocator PATH:SYMBOL[=ROLE],...: a custom allocator's functions, each in the role of a
+// standard function (malloc, calloc, realloc, reallocarray, free, posix_memalign,
+// aligned_alloc, memalign, valloc, pvalloc). A bare SYMBOL is its own role (`malloc`).
+struct AllocatorOption {
+  std::string path;
+  struct Function {
+    std::string symbol;
+    std::string role;
+  };
+  std::vector<Function> functions;
+};
+
+// Parses one --allocator value; nullopt and `error` set when it is malformed.
+std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
+                                                      std::string& error);
+
 struct LeaksOptions {
   std::vector<uint32_t> pids;
   std::vector<std::string> command;  // after `--`: launched and traced
@@ -32,6 +48,7 @@ struct LeaksOptions {
   std::string flamegraph_path;    // --flamegraph: an SVG flame graph of the final report
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
+  std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

@@ -75,14 +75,33 @@ struct ProcessMemory {
   std::vector<Point> series;
 };
 
+// One module whose functions memtrail probes in a process.
+struct TracedAllocator {
+  std::string name;  // "glibc", "static glibc", "jemalloc", "tcmalloc", "mimalloc", "custom", ...
+  std::string path;
+  std::vector<std::string> functions;  // the probed names (aliases at one address: the first)
+  std::string note;                    // a caveat, e.g. delete being free itself in tcmalloc
+};
+
+// A mapped allocator that gets no probe: its allocations are not seen.
+struct UntracedAllocator {
+  std::string name;
+  std::string path;
+  std::string reason;
+  bool expected = false;  // glibc's malloc shadowed by the process's allocator: normal
+};
+
 struct Target {
   uint32_t pid = 0;
   std::string comm;
   std::vector<std::string> cmdline;
   std::string exe;
-  std::string allocator_module;  // file whose allocator functions were probed
+  std::string allocator_module;  // file whose malloc was probed (the primary allocator)
   bool exited = false;
   std::optional<ProcessMemory> memory;  // absent before the first interval
+  std::string allocator;         // its name: "glibc", "jemalloc", ... (see TracedAllocator)
+  std::vector<TracedAllocator> allocators;  // every probed module, in load order
+  std::vector<UntracedAllocator> untraced_allocators;
 };
 
 struct Totals {

@@ -112,6 +112,19 @@ model::Report from_json(const json& document) {
       target.exe = target_json.at("exe").get<std::string>();
       target.allocator_module = target_json.at("allocator_module").get<std::string>();
       target.exited = target_json.at("exited").get<bool>();
+      // Absent from reports written before allocator detection (memtrail.leaks/1 too).
+      target.allocator = target_json.value("allocator", std::string());
+      for (const auto& allocator : target_json.value("allocators", json::array())) {
+        target.allocators.push_back(
+            {allocator.at("name").get<std::string>(), allocator.at("path").get<std::string>(),
+             allocator.at("functions").get<std::vector<std::string>>(),
+             allocator.value("note", std::string())});
+      }
+      for (const auto& allocator : target_json.value("untraced_allocators", json::array())) {
+        target.untraced_allocators.push_back(
+            {allocator.at("name").get<std::string>(), allocator.at("path").get<std::string>(),
+             allocator.at("reason").get<std::string>(), allocator.value("expected", false)});
+      }
       if (target_json.contains("memory")) {
         const json& memory_json = target_json.at("memory");
         model::ProcessMemory memory;

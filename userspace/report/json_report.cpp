@@ -52,6 +52,25 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                           {"exe", target.exe},
                           {"allocator_module", target.allocator_module},
                           {"exited", target.exited}};
+    if (version >= 2) {
+      ordered_json allocators = ordered_json::array();
+      for (const auto& allocator : target.allocators) {
+        allocators.push_back({{"name", allocator.name},
+                              {"path", allocator.path},
+                              {"functions", allocator.functions},
+                              {"note", allocator.note}});
+      }
+      ordered_json untraced = ordered_json::array();
+      for (const auto& allocator : target.untraced_allocators) {
+        untraced.push_back({{"name", allocator.name},
+                            {"path", allocator.path},
+                            {"reason", allocator.reason},
+                            {"expected", allocator.expected}});
+      }
+      entry["allocator"] = target.allocator;
+      entry["allocators"] = std::move(allocators);
+      entry["untraced_allocators"] = std::move(untraced);
+    }
     if (target.memory && version >= 2) {
       const auto& memory = *target.memory;
       ordered_json series = ordered_json::array();

@@ -80,6 +80,20 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                     " allocations found the per-site totals map full: their sites lack "
                     "total_allocated_bytes.");
   }
+  // Never silent about allocators: what a process maps but memtrail does not probe.
+  for (const auto& target : context.targets) {
+    for (const auto& untraced : target.untraced_allocators) {
+      if (untraced.expected) continue;
+      notes.push_back("pid " + std::to_string(target.pid) + " maps " + untraced.name + " (" +
+                      untraced.path + "), which memtrail does not trace: " + untraced.reason +
+                      ".");
+    }
+    for (const auto& allocator : target.allocators) {
+      if (allocator.note.empty()) continue;
+      notes.push_back("pid " + std::to_string(target.pid) + ", " + allocator.name + " (" +
+                      allocator.path + "): " + allocator.note + ".");
+    }
+  }
   if (missed_entries > 0) {
     notes.push_back(with_thousands(missed_entries) +
                     " allocator returns had no recorded call (e.g. calls in progress at attach); "

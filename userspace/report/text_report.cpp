@@ -69,9 +69,30 @@ void render_text(const model::Report& report, std::ostream& out) {
       << ")\n";
   for (const auto& target : report.targets) {
     out << "  pid " << target.pid << " " << target.comm;
-    if (!target.allocator_module.empty()) out << "  allocator " << target.allocator_module;
+    if (!target.allocator.empty()) {
+      out << "  allocator " << target.allocator << " " << target.allocator_module;
+    } else if (!target.allocator_module.empty()) {
+      out << "  allocator " << target.allocator_module;
+    }
     if (target.exited) out << "  [exited]";
     out << "\n";
+    // The other probed modules (libc's reallocarray under jemalloc, libstdc++, --allocator).
+    for (const auto& allocator : target.allocators) {
+      if (allocator.path == target.allocator_module) continue;
+      out << "    also traced: " << allocator.name << " " << allocator.path << " (";
+      for (size_t i = 0; i < allocator.functions.size(); ++i) {
+        if (i == 4) {
+          out << ", +" << allocator.functions.size() - 4 << " more";
+          break;
+        }
+        out << (i ? ", " : "") << allocator.functions[i];
+      }
+      out << ")\n";
+    }
+    for (const auto& untraced : target.untraced_allocators) {
+      out << "    not traced: " << untraced.name << " " << untraced.path
+          << (untraced.expected ? " (shadowed, as expected)" : "") << "\n";
+    }
     if (target.memory && target.memory->assessed) {
       out << "    memory: " << human_bytes(static_cast<uint64_t>(target.memory->rss_anon_bytes))
           << " private; " << target.memory->reason << "\n";

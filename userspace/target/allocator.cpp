@@ -153,10 +153,124 @@ Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& cod
 }
 
 
+namespace {
+
+// Extension functions get a kind named after them when first probed (see alloc_events.h).
+constexpr uint32_t kNamedKind = UINT32_MAX;
+
+std::vector<std::string>& named_kinds() {
+  static std::vector<std::string> names;
+  return names;
+}
+
+uint32_t intern_kind(const std::string& name) {
+  auto& names = named_kinds();
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == name) return MEMTRAIL_KIND_DYNAMIC_FIRST + static_cast<uint32_t>(i);
+  }
+  if (MEMTRAIL_KIND_DYNAMIC_FIRST + names.size() > MEMTRAIL_KIND_DYNAMIC_LAST) {
+    return MEMTRAIL_KIND_MALLOC;  // 240 distinct names in one run: report the rest as malloc
+  }
+  names.push_back(name);
+  return MEMTRAIL_KIND_DYNAMIC_FIRST + static_cast<uint32_t>(names.size() - 1);
+}
+
+// jemalloc's non-standard API (Debian's libjemalloc2 exports it unprefixed). xallocx resizes in
+// place and returns the new usable size: not traced (the block keeps its recorded size).
+const std::vector<FunctionSpec>& jemalloc_specs() {
+  static const std::vector<FunctionSpec> specs = {
+      {"mallocx", ProbeRole::kSizeAlloc, kNamedKind},  // (size, flags)
+      {"rallocx", ProbeRole::kRealloc, kNamedKind},    // (ptr, size, flags)
+      {"dallocx", ProbeRole::kFree, 0},                // (ptr, flags)
+      {"sdallocx", ProbeRole::kFree, 0},               // (ptr, size, flags)
+  };
+  return specs;
+}
+
+// gperftools' tc_* names: aliases of malloc & co. in the same library, so they are probed under
+// their own name only where the standard name binds elsewhere (tcmalloc loaded after libc).
+const std::vector<FunctionSpec>& tcmalloc_specs() {
+  static const std::vector<FunctionSpec> specs = {
+      {"tc_malloc", ProbeRole::kSizeAlloc, kNamedKind},
+      {"tc_malloc_skip_new_handler", ProbeRole::kSizeAlloc, kNamedKind},
+      {"tc_calloc", ProbeRole::kCalloc, kNamedKind},
+      {"tc_realloc", ProbeRole::kRealloc, kNamedKind},
+      {"tc_memalign", ProbeRole::kAlignedAlloc, kNamedKind},
+      {"tc_posix_memalign", ProbeRole::kPosixMemalign, kNamedKind},
+      {"tc_valloc", ProbeRole::kSizeAlloc, kNamedKind},
+      {"tc_pvalloc", ProbeRole::kSizeAlloc, kNamedKind},
+      {"tc_free", ProbeRole::kFree, 0},
+      {"tc_cfree", ProbeRole::kFree, 0},
+      {"tc_free_sized", ProbeRole::kFree, 0},
+      {"cfree", ProbeRole::kFree, 0},
+  };
+  return specs;
+}
+
+// mimalloc's mi_* API. With its override (Debian's libmimalloc.so.2), mi_malloc and malloc are
+// one function; without it, or where libc binds malloc first, programs call these directly.
+// mi_heap_destroy releases a heap's blocks without a free call: they stay outstanding.
+const std::vector<FunctionSpec>& mimalloc_specs() {
+  static const std::vector<FunctionSpec> specs = {
+      {"mi_malloc", ProbeRole::kSizeAlloc, kNamedKind},
+      {"mi_zalloc", ProbeRole::kSizeAlloc, kNamedKind},
+      {"mi_malloc_small", ProbeRole::kSizeAlloc, kNamedKind},
+      {"mi_zalloc_small", ProbeRole::kSizeAlloc, kNamedKind},
+      {"mi_malloc_aligned", ProbeRole::kSizeAlloc, kNamedKind},  // (size, alignment)
+      {"mi_zalloc_aligned", ProbeRole::kSizeAlloc, kNamedKind},
+      {"mi_calloc", ProbeRole::kCalloc, kNamedKind},
+      {"mi_mallocn", ProbeRole::kCalloc, kNamedKind},           // (count, size)
+      {"mi_calloc_aligned", ProbeRole::kCalloc, kNamedKind},    // (count, size, alignment)
+      {"mi_realloc", ProbeRole::kRealloc, kNamedKind},
+      {"mi_rezalloc", ProbeRole::kRealloc, kNamedKind},
+      {"mi_realloc_aligned", ProbeRole::kRealloc, kNamedKind},  // (ptr, size, alignment)
+      {"mi_reallocn", ProbeRole::kReallocArray, kNamedKind},    // (ptr, count, size)
+      {"mi_recalloc", ProbeRole::kReallocArray, kNamedKind},
+      {"mi_heap_malloc", ProbeRole::kHeapAlloc, kNamedKind},    // (heap, size)
+      {"mi_heap_zalloc", ProbeRole::kHeapAlloc, kNamedKind},
+      {"mi_free", ProbeRole::kFree, 0},
+      {"mi_free_size", ProbeRole::kFree, 0},
+      {"mi_free_aligned", ProbeRole::kFree, 0},
+      {"mi_free_size_aligned", ProbeRole::kFree, 0},
+  };
+  return specs;
+}
+
+struct RoleSpec {
+  const char* name;
+  ProbeRole role;
+};
+
+const std::vector<RoleSpec>& custom_roles() {
+  static const std::vector<RoleSpec> roles = {
+      {"malloc", ProbeRole::kSizeAlloc},          {"calloc", ProbeRole::kCalloc},
+      {"realloc", ProbeRole::kRealloc},           {"reallocarray", ProbeRole::kReallocArray},
+      {"posix_memalign", ProbeRole::kPosixMemalign}, {"aligned_alloc", ProbeRole::kAlignedAlloc},
+      {"memalign", ProbeRole::kAlignedAlloc},     {"valloc", ProbeRole::kSizeAlloc},
+      {"pvalloc", ProbeRole::kSizeAlloc},         {"free", ProbeRole::kFree},
+  };
+  return roles;
+}
+
+bool is_cxx_runtime_name(const std::string& name) {
+  return name == "libstdc++" || name == "libc++" || name == "C++ runtime";
+}
+
+}  // namespace
+
 const std::vector<std::string>& traced_function_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> out;
     for (const auto& spec : function_specs()) out.emplace_back(spec.name);
+    return out;
+  }();
+  return names;
+}
+
+const std::vector<std::string>& custom_role_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& role : custom_roles()) out.emplace_back(role.name);
     return out;
   }();
   return names;
@@ -168,29 +282,70 @@ std::string kind_name(uint32_t kind) {
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && spec.kind == kind) return spec.name;
   }
+  if (kind >= MEMTRAIL_KIND_DYNAMIC_FIRST &&
+      kind - MEMTRAIL_KIND_DYNAMIC_FIRST < named_kinds().size()) {
+    return named_kinds()[kind - MEMTRAIL_KIND_DYNAMIC_FIRST];
+  }
   return "unknown";
+}
+
+const AllocatorModule* ProcessAllocators::primary() const {
+  for (const auto& module : modules) {
+    for (const auto& function : module.functions) {
+      if (function.name == "malloc") return &module;
+    }
+  }
+  return modules.empty() ? nullptr : &modules.front();
 }
 
 namespace {
 
-// The probes of `specs` that `elf` defines, each placed (see choose_probe_placement).
+// A probe for `spec` at `symbol` in `elf`, placed (see choose_probe_placement).
+std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& spec,
+                                       const FunctionSymbol& symbol, const std::string& name) {
+  auto entry = elf.file_offset_of(symbol.address);
+  if (!entry) return std::nullopt;
+  // The whole function is decoded to verify a placement past the entry; bounded, since a
+  // symbol's size can be wrong in hand-written assembly.
+  size_t code_size = std::clamp<size_t>(symbol.size, 16, 64 * 1024);
+  Placement placement = choose_probe_placement(spec.role, elf.read_code(symbol.address, code_size));
+  uint32_t kind = spec.kind == kNamedKind ? intern_kind(name) : spec.kind;
+  return FunctionProbe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason};
+}
+
+// The probes of `specs` that `elf` defines, each placed.
 std::vector<FunctionProbe> probes_in(const ElfFile& elf, const std::vector<FunctionSpec>& specs) {
   std::vector<FunctionProbe> probes;
   std::set<uint64_t> probed_addresses;
   for (const auto& spec : specs) {
     auto symbol = elf.find_function(spec.name);
     if (!symbol || !probed_addresses.insert(symbol->address).second) continue;
-    auto entry = elf.file_offset_of(symbol->address);
-    if (!entry) continue;
-    // The whole function is decoded to verify a placement past the entry; bounded, since a
-    // symbol's size can be wrong in hand-written assembly.
-    size_t code_size = std::clamp<size_t>(symbol->size, 16, 64 * 1024);
-    Placement placement =
-        choose_probe_placement(spec.role, elf.read_code(symbol->address, code_size));
-    probes.push_back(FunctionProbe{spec.name, spec.role, spec.kind, *entry,
-                                   *entry + placement.offset, placement.reason});
+    if (auto probe = probe_for(elf, spec, *symbol, spec.name)) probes.push_back(*probe);
   }
   return probes;
+}
+
+std::string classify(const ElfFile& elf, const std::string& path, bool main_program,
+                     bool static_executable) {
+  auto has = [&](const char* name) { return elf.find_function(name).has_value(); };
+  std::string name;
+  if (has("mallocx") && has("sdallocx")) {
+    name = "jemalloc";
+  } else if (has("tc_malloc")) {
+    name = "tcmalloc";
+  } else if (has("mi_malloc")) {
+    name = "mimalloc";
+  } else if (has("malloc") && has("free")) {
+    name = has("__libc_malloc") ? "glibc" : "other";
+  } else if (has("_Znwm")) {
+    std::string file = path.substr(path.rfind('/') + 1);
+    name = file.rfind("libstdc++", 0) == 0 ? "libstdc++"
+           : file.rfind("libc++", 0) == 0  ? "libc++"
+                                           : "C++ runtime";
+    return name;
+  }
+  if (!name.empty() && main_program && static_executable) name = "static " + name;
+  return name;
 }
 
 }  // namespace
@@ -199,46 +354,178 @@ std::optional<AllocatorModule> allocator_in_file(const std::string& path,
                                                  const std::string& open_path) {
   ElfFile elf = ElfFile::open(open_path);
   if (!elf.find_function("malloc") || !elf.find_function("free")) return std::nullopt;
-
-  return AllocatorModule{path, open_path, probes_in(elf, function_specs())};
+  return AllocatorModule{path, open_path, classify(elf, path, false, false),
+                         probes_in(elf, function_specs()), ""};
 }
 
-std::optional<AllocatorModule> find_cxx_runtime(uint32_t pid,
-                                                const std::vector<Mapping>& mappings) {
-  std::set<std::string> seen;
-  for (const Mapping& mapping : mappings) {
-    if (!mapping.is_file() || !seen.insert(mapping.path).second) continue;
-    try {
-      std::string open_path = path_in_process_root(pid, mapping.path);
-      ElfFile elf = ElfFile::open(open_path);
-      if (!elf.find_function("_Znwm")) continue;
-      return AllocatorModule{mapping.path, open_path, probes_in(elf, cxx_specs())};
-    } catch (const Error&) {
-      continue;  // an unreadable file cannot be the runtime we probe
-    }
-  }
-  return std::nullopt;
+std::string classify_allocator(const std::string& open_path, bool main_program,
+                               bool static_executable) {
+  ElfFile elf = ElfFile::open(open_path);
+  return classify(elf, open_path, main_program, static_executable);
 }
 
-AllocatorModule find_allocator(uint32_t pid, const std::vector<Mapping>& mappings) {
-  std::set<std::string> seen;
+ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
+                                     const std::vector<CustomAllocator>& custom) {
+  struct Loaded {
+    const ModuleFile* file;
+    std::optional<ElfFile> elf;
+    std::string name;
+  };
+  std::vector<Loaded> loaded;
   std::vector<std::string> unreadable;
-  for (const Mapping& mapping : mappings) {
-    if (!mapping.is_file() || !seen.insert(mapping.path).second) continue;
+  for (const ModuleFile& file : order.modules) {
     try {
-      auto module = allocator_in_file(mapping.path, path_in_process_root(pid, mapping.path));
-      if (module) return *module;
+      ElfFile elf = ElfFile::open(file.open_path);
+      std::string name = classify(elf, file.path, file.main_program, order.static_executable);
+      loaded.push_back(Loaded{&file, std::move(elf), std::move(name)});
     } catch (const Error& error) {
       unreadable.push_back(error.what());  // an unreadable file cannot be the allocator we probe
     }
   }
-  std::string message = "no allocator found in process " + std::to_string(pid) +
-                        ": none of its " + std::to_string(seen.size()) +
-                        " mapped files defines malloc and free";
-  if (!unreadable.empty()) message += " (" + unreadable.front() + ")";
-  throw Error(message,
-              "memtrail traces glibc's malloc family; a program without it (or with a stripped "
-              "static allocator) cannot be traced");
+
+  // Every name goes to the first module that exports it, as the dynamic linker binds it.
+  std::vector<const std::vector<FunctionSpec>*> groups{&function_specs(), &jemalloc_specs(),
+                                                       &tcmalloc_specs(), &mimalloc_specs()};
+  if (cxx) groups.push_back(&cxx_specs());
+  struct Bound {
+    FunctionSpec spec;
+    FunctionSymbol symbol;
+  };
+  std::vector<std::vector<Bound>> bound(loaded.size());
+  std::unordered_map<std::string, size_t> binder;  // name -> module index
+  for (const auto* group : groups) {
+    for (const FunctionSpec& spec : *group) {
+      for (size_t i = 0; i < loaded.size(); ++i) {
+        auto symbol = loaded[i].elf->find_function(spec.name);
+        if (!symbol || !(order.static_executable || symbol->exported)) continue;
+        bound[i].push_back(Bound{spec, *symbol});
+        binder.emplace(spec.name, i);
+        break;
+      }
+    }
+  }
+  if ((!binder.count("malloc") || !binder.count("free")) && custom.empty()) {
+    std::string message = "no allocator found in " +
+                          (pid ? "process " + std::to_string(pid) : std::string("the command")) +
+                          ": none of its " + std::to_string(order.modules.size()) +
+                          " modules defines malloc and free";
+    if (!unreadable.empty()) message += " (" + unreadable.front() + ")";
+    throw Error(message,
+                "memtrail traces the malloc family (glibc, jemalloc, tcmalloc, mimalloc); for "
+                "another allocator name its functions with --allocator PATH:SYMBOLS");
+  }
+
+  ProcessAllocators result;
+  result.order_source = order.source;
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    if (bound[i].empty()) continue;
+    AllocatorModule module{loaded[i].file->path, loaded[i].file->open_path, loaded[i].name, {},
+                           ""};
+    // tcmalloc and mimalloc make operator delete the same function as free (and new[] the
+    // same as new): one probe serves both, so it cannot tell delete from free. Their new is
+    // then probed as a plain allocation named "new", and mismatched pairs go undetected.
+    std::set<uint64_t> free_addresses;
+    for (const auto& entry : bound[i]) {
+      if (entry.spec.role == ProbeRole::kFree) free_addresses.insert(entry.symbol.address);
+    }
+    bool delete_is_free = false;
+    for (const auto& entry : bound[i]) {
+      delete_is_free |= entry.spec.role == ProbeRole::kDelete &&
+                        free_addresses.count(entry.symbol.address) > 0;
+    }
+    std::set<uint64_t> probed;
+    for (auto entry : bound[i]) {
+      if (delete_is_free && entry.spec.role == ProbeRole::kDelete) {
+        entry.spec.role = ProbeRole::kFree;
+        entry.spec.kind = 0;
+      }
+      std::string name = entry.spec.name;
+      if (delete_is_free && (entry.spec.kind == MEMTRAIL_KIND_NEW ||
+                             entry.spec.kind == MEMTRAIL_KIND_NEW_ARRAY)) {
+        entry.spec.kind = intern_kind(entry.spec.kind == MEMTRAIL_KIND_NEW ? "new" : "new[]");
+      }
+      if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
+      if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name)) {
+        module.functions.push_back(*probe);
+      }
+    }
+    if (delete_is_free) {
+      module.note = "its operator delete is free itself: mismatched new/free pairs cannot be "
+                    "told apart here";
+    }
+    result.modules.push_back(std::move(module));
+  }
+
+  for (const CustomAllocator& allocator : custom) {
+    ElfFile elf = [&] {
+      try {
+        return ElfFile::open(allocator.open_path);
+      } catch (const Error& error) {
+        throw Error(std::string("--allocator ") + allocator.path + ": " + error.what(),
+                    "give the path of the allocator's file as the process sees it");
+      }
+    }();
+    auto existing = std::find_if(result.modules.begin(), result.modules.end(),
+                                 [&](const auto& module) { return module.path == allocator.path; });
+    if (existing == result.modules.end()) {
+      result.modules.push_back(AllocatorModule{allocator.path, allocator.open_path, "custom", {},
+                                               ""});
+      existing = result.modules.end() - 1;
+    }
+    std::set<uint64_t> probed;
+    for (const auto& function : existing->functions) probed.insert(function.entry_offset);
+    for (const auto& function : allocator.functions) {
+      auto symbol = elf.find_function(function.symbol);
+      auto role = std::find_if(custom_roles().begin(), custom_roles().end(),
+                               [&](const auto& r) { return function.role == r.name; });
+      if (!symbol) {
+        throw Error("--allocator " + allocator.path + " defines no function " + function.symbol,
+                    "list the functions it defines with: nm -D --defined-only " + allocator.path);
+      }
+      if (role == custom_roles().end()) {
+        throw Error("--allocator: unknown role " + function.role + " for " + function.symbol);
+      }
+      FunctionSpec spec{function.symbol.c_str(), role->role,
+                        role->role == ProbeRole::kFree ? 0 : kNamedKind};
+      auto probe = probe_for(elf, spec, *symbol, function.symbol);
+      if (!probe) {
+        throw Error("--allocator " + allocator.path + ": " + function.symbol +
+                    " is not in a loadable segment");
+      }
+      if (!probed.insert(probe->entry_offset).second) continue;  // already traced
+      existing->functions.push_back(*probe);
+    }
+  }
+
+  // Allocators that are there but get no probe: say so, never trace them silently.
+  const AllocatorModule* primary = result.primary();
+  std::string primary_name = primary ? primary->name : "";
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    if (!bound[i].empty() || loaded[i].name.empty() || is_cxx_runtime_name(loaded[i].name)) {
+      continue;
+    }
+    UntracedAllocator untraced{loaded[i].name, loaded[i].file->path, "", false};
+    untraced.reason = "its functions are shadowed: every one of them binds to " +
+                      (primary_name.empty() ? std::string("another module") : primary_name) +
+                      " earlier in load order; calls that bypass symbol binding (dlsym, "
+                      "RTLD_DEEPBIND, its own internal calls) are not traced";
+    untraced.expected = loaded[i].name == "glibc";
+    result.untraced.push_back(std::move(untraced));
+  }
+  for (const ModuleFile& file : order.unlinked) {
+    try {
+      std::string name = classify_allocator(file.open_path, false, false);
+      if (name.empty() || is_cxx_runtime_name(name)) continue;
+      result.untraced.push_back(UntracedAllocator{
+          name, file.path,
+          "mapped outside the dynamic linker's link map (dlmopen, or mapped by hand): its "
+          "functions are not probed; name them with --allocator to trace them",
+          false});
+    } catch (const Error&) {
+      continue;  // not an ELF file: not an allocator
+    }
+  }
+  return result;
 }
 
 }  // namespace memtrail::target

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "target/load_order.h"
 #include "target/proc_maps.h"
 
 namespace memtrail::target {
@@ -21,6 +22,7 @@ enum class ProbeRole {
   kPosixMemalign,  // (void **, alignment, size) -> int
   kFree,           // (pointer)
   kDelete,         // C++ operator delete/delete[] (pointer, ...): kind is the delete kind
+  kHeapAlloc,      // (heap, size) -> pointer: mimalloc's mi_heap_malloc
 };
 
 struct FunctionProbe {
@@ -35,30 +37,70 @@ struct FunctionProbe {
 struct AllocatorModule {
   std::string path;       // as the process sees it (for reports)
   std::string open_path;  // where memtrail opens it: through /proc/PID/root
+  // What it is: "glibc", "static glibc", "jemalloc", "tcmalloc", "mimalloc", "libstdc++",
+  // "libc++", "custom" (--allocator), or "other" for an unknown module defining malloc.
+  std::string name;
   std::vector<FunctionProbe> functions;
+  std::string note;  // a caveat for the report, e.g. new/delete aliasing free in tcmalloc
+};
+
+// A mapped allocator none of whose functions memtrail probes, and why.
+struct UntracedAllocator {
+  std::string name;
+  std::string path;
+  std::string reason;
+  bool expected = false;  // glibc's malloc shadowed by another allocator: the normal case
+};
+
+// A --allocator PATH:SYMBOLS entry: each symbol probed in the role of a standard function.
+struct CustomAllocator {
+  std::string path;       // as the process sees it
+  std::string open_path;  // where memtrail opens it
+  struct Function {
+    std::string symbol;
+    std::string role;  // "malloc", "calloc", "realloc", "reallocarray", "free", ...
+  };
+  std::vector<Function> functions;
+};
+
+// Everything memtrail probes in one process, module by module in load order.
+struct ProcessAllocators {
+  std::vector<AllocatorModule> modules;
+  std::vector<UntracedAllocator> untraced;
+  std::string order_source;  // how the load order was found
+  // The module malloc binds to (its name and path head the report), or the first module.
+  const AllocatorModule* primary() const;
 };
 
 // The glibc allocator functions memtrail traces, with their report names.
 const std::vector<std::string>& traced_function_names();
-// The report name of an allocation kind ("malloc", "calloc", ...).
+// The report name of an allocation kind ("malloc", "calloc", "mallocx", ...).
 std::string kind_name(uint32_t kind);
+// The standard functions whose role a custom function can take (--allocator).
+const std::vector<std::string>& custom_role_names();
 
-// Looks up the allocator functions in one ELF file. Functions sharing an address (glibc's
+// Looks up glibc's allocator functions in one ELF file. Functions sharing an address (glibc's
 // aligned_alloc and memalign before 2.38) are probed once. nullopt when the file does not
 // define both malloc and free.
 std::optional<AllocatorModule> allocator_in_file(const std::string& path,
                                                  const std::string& open_path);
 
-// The C++ runtime's operators new and delete (libstdc++, or libc++ where present): the first
-// mapped file, in load order, that defines `operator new(size_t)`. nullopt when the process
-// has none (a C program). Unreadable files are skipped.
-std::optional<AllocatorModule> find_cxx_runtime(uint32_t pid,
-                                                const std::vector<Mapping>& mappings);
+// What the allocator in one module is (see AllocatorModule::name), from the symbols it
+// defines; empty when it defines none of the allocator functions memtrail knows.
+std::string classify_allocator(const std::string& open_path, bool main_program,
+                               bool static_executable);
 
-// The module whose malloc the process binds to: the first mapped file, in load order, that
-// defines malloc and free (the executable itself when statically linked or when it brings its
-// own allocator, else the C library). Throws memtrail::Error when there is none.
-AllocatorModule find_allocator(uint32_t pid, const std::vector<Mapping>& mappings);
+// Binds every allocator function memtrail knows (glibc's malloc family; jemalloc's mallocx,
+// rallocx, sdallocx, dallocx; tcmalloc's tc_*; mimalloc's mi_*; with `cxx`, operators new and
+// delete) as the dynamic linker does: each name to the first module in `order` that exports
+// it. A process linked with jemalloc thus has malloc and free probed in libjemalloc, not in
+// libc (whose shadowed copies never run), and libc's reallocarray where jemalloc has none (it
+// calls realloc through the PLT: jemalloc's). Names sharing an address in one module are probed
+// once. `custom` functions are added in their own modules. Mapped allocators left without any
+// probe are listed as untraced. Throws memtrail::Error when nothing binds malloc or free, or a
+// custom file or symbol is missing.
+ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
+                                     const std::vector<CustomAllocator>& custom);
 
 // Where to place the entry probe of a function, given all of its code. x86 uprobes emulate
 // some instructions (push, nop, jumps) and single-step the others out of line, which costs

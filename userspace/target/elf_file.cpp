@@ -27,6 +27,7 @@ constexpr uint16_t kVersionHidden = 0x8000;
 
 ElfFile::ElfFile(ElfFile&& other) noexcept
     : path_(std::move(other.path_)),
+      interpreter_(std::move(other.interpreter_)),
       fd_(std::exchange(other.fd_, -1)),
       segments_(std::move(other.segments_)),
       functions_(std::move(other.functions_)) {}
@@ -35,6 +36,7 @@ ElfFile& ElfFile::operator=(ElfFile&& other) noexcept {
   if (this != &other) {
     if (fd_ >= 0) ::close(fd_);
     path_ = std::move(other.path_);
+    interpreter_ = std::move(other.interpreter_);
     fd_ = std::exchange(other.fd_, -1);
     segments_ = std::move(other.segments_);
     functions_ = std::move(other.functions_);
@@ -66,10 +68,18 @@ ElfFile ElfFile::open(const std::string& path) {
   elf_getphdrnum(elf.get(), &header_count);
   for (size_t i = 0; i < header_count; ++i) {
     GElf_Phdr program_header;
-    if (gelf_getphdr(elf.get(), static_cast<int>(i), &program_header) &&
-        program_header.p_type == PT_LOAD) {
+    if (!gelf_getphdr(elf.get(), static_cast<int>(i), &program_header)) continue;
+    if (program_header.p_type == PT_LOAD) {
       file.segments_.push_back(
           {program_header.p_vaddr, program_header.p_offset, program_header.p_filesz});
+    } else if (program_header.p_type == PT_INTERP && program_header.p_filesz > 1 &&
+               program_header.p_filesz < 4096) {
+      std::string interpreter(program_header.p_filesz, '\0');
+      if (::pread(file.fd_, interpreter.data(), interpreter.size(),
+                  static_cast<off_t>(program_header.p_offset)) ==
+          static_cast<ssize_t>(interpreter.size())) {
+        file.interpreter_ = interpreter.c_str();  // up to its terminating NUL
+      }
     }
   }
 
@@ -113,10 +123,16 @@ ElfFile ElfFile::open(const std::string& path) {
           hidden_version = (version & kVersionHidden) != 0;
         }
       }
-      auto [it, inserted] =
-          file.functions_.try_emplace(name, FunctionSymbol{name, symbol.st_value, symbol.st_size});
+      int binding = GELF_ST_BIND(symbol.st_info);
+      // A hidden (compat-only) version, like glibc's cfree@GLIBC_2.2.5, binds no new link.
+      bool exported = section_header.sh_type == SHT_DYNSYM && !hidden_version &&
+                      (binding == STB_GLOBAL || binding == STB_WEAK) &&
+                      GELF_ST_VISIBILITY(symbol.st_other) != STV_HIDDEN &&
+                      GELF_ST_VISIBILITY(symbol.st_other) != STV_INTERNAL;
+      auto [it, inserted] = file.functions_.try_emplace(
+          name, FunctionSymbol{name, symbol.st_value, symbol.st_size, exported});
       if (!inserted && !hidden_version && section_header.sh_type == SHT_DYNSYM) {
-        it->second = FunctionSymbol{name, symbol.st_value, symbol.st_size};
+        it->second = FunctionSymbol{name, symbol.st_value, symbol.st_size, exported};
       }
     }
   }

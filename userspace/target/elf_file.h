@@ -16,6 +16,9 @@ struct FunctionSymbol {
   std::string name;
   uint64_t address = 0;  // ELF virtual address
   uint64_t size = 0;
+  // In .dynsym with global or weak binding and a default version: what the dynamic linker can
+  // bind other modules' references to. A static executable binds everything internally, .symtab included.
+  bool exported = false;
 };
 
 class ElfFile {
@@ -40,6 +43,9 @@ class ElfFile {
   std::vector<uint8_t> read_code(uint64_t address, size_t length) const;
 
   const std::string& path() const { return path_; }
+  // The program interpreter (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2); empty for a static
+  // executable or a shared library.
+  const std::string& interpreter() const { return interpreter_; }
 
  private:
   struct Segment {
@@ -48,6 +54,7 @@ class ElfFile {
   ElfFile() = default;
 
   std::string path_;
+  std::string interpreter_;
   int fd_ = -1;  // kept open for read_code; the file may be large, so it is never slurped
   std::vector<Segment> segments_;
   std::unordered_map<std::string, FunctionSymbol> functions_;

@@ -34,6 +34,8 @@ ProbePrograms programs_for(alloc_bpf* skeleton, target::ProbeRole role) {
     case target::ProbeRole::kRealloc: return {p.realloc_enter, p.realloc_exit};
     case target::ProbeRole::kReallocArray: return {p.reallocarray_enter, p.realloc_exit};
     case target::ProbeRole::kAlignedAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
+    // (heap, size): the size is the second argument, as in aligned_alloc.
+    case target::ProbeRole::kHeapAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
     case target::ProbeRole::kPosixMemalign:
       return {p.posix_memalign_enter, p.posix_memalign_exit};
     case target::ProbeRole::kFree: return {p.free_enter, nullptr};
