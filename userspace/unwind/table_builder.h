@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+// Turns one ELF module's call-frame information into the sorted rows the BPF walker reads.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "unwind_table.h"  // bpf/: struct memtrail_unwind_row
+
+namespace memtrail::unwind {
+
+using Row = memtrail_unwind_row;
+
+// Why DWARF rows became UNSUPPORTED rows (or lost their rbp rule), counted per DWARF row before
+// adjacent identical rows are merged. None of them is fatal: the walker stops at such a row
+// and reports the stack as truncated.
+struct UnsupportedCounts {
+  uint64_t cfa_expression = 0;    // DW_CFA_def_cfa_expression other than a PLT's (signal frames,
+                                  // stack realignment through a DRAP register)
+  uint64_t cfa_register = 0;      // CFA based on a register other than rsp or rbp
+  uint64_t cfa_offset_range = 0;  // CFA offset negative or above 65535
+  uint64_t return_address = 0;    // return address not at CFA-8
+  uint64_t pc_range = 0;          // row starts at or above 4 GiB (u32 pc)
+  uint64_t malformed = 0;         // rows after an instruction that could not be decoded
+  // The row itself is kept, with an UNKNOWN rbp: a caller that needs rbp ends there.
+  uint64_t rbp_rule = 0;          // rbp: register, expression or value rule
+  uint64_t rbp_offset_range = 0;  // rbp saved unaligned or farther than -1024..+1016 from CFA
+};
+
+// What the builder skipped whole, each time with its reason.
+struct SkippedFdes {
+  uint64_t outside_text = 0;  // FDE not in an executable PT_LOAD (discarded code in .debug_frame)
+  uint64_t overlapping = 0;   // FDE starting inside one already taken (.eh_frame wins)
+  uint64_t empty = 0;         // FDE covering no address
+  uint64_t bad_cie = 0;       // CIE unreadable, an augmentation or pointer encoding this builder
+                              // does not know: the FDE's address range cannot be decoded
+  uint64_t unreadable_sections = 0;  // a CFI section whose data or framing could not be read
+                                     // (from the break on, its FDEs are missing)
+};
+
+struct UnwindTable {
+  // Sorted by pc (ELF virtual address: runtime pc - load bias), strictly increasing; adjacent
+  // rows differ (identical ones are merged); a NONE row ends every run of described addresses.
+  std::vector<Row> rows;
+  // Why `rows` is empty although the file was read, e.g. "no .eh_frame or .debug_frame";
+  // empty otherwise.
+  std::string no_cfi_reason;
+
+  uint64_t fdes = 0;              // FDEs turned into rows
+  uint64_t dwarf_rows = 0;        // rows of their CFA programs, before merging
+  uint64_t plt_rows = 0;          // of which PLT rows
+  uint64_t outermost_rows = 0;    // of which OUTERMOST rows (return address undefined)
+  uint64_t unsupported_rows = 0;  // of which UNSUPPORTED rows; reasons below
+  UnsupportedCounts unsupported;
+  SkippedFdes skipped;
+  bool used_debug_frame = false;  // .debug_frame contributed FDEs that .eh_frame lacks
+
+  size_t size_bytes() const { return rows.size() * sizeof(Row); }
+};
+
+// Builds the table of the ELF file at `elf_path` from its .eh_frame and, for functions that
+// .eh_frame does not describe, its .debug_frame. Throws memtrail::Error when the file cannot be
+// read or is not an x86-64 ELF file; a file without call-frame information yields no rows and
+// says why in `no_cfi_reason`.
+UnwindTable build_unwind_table(const std::string& elf_path);
+
+// The row that applies at ELF virtual address `pc`: the last row whose pc is <= `pc`, found by
+// the same binary search the BPF walker performs (bounded by MEMTRAIL_UNWIND_MAX_SEARCH_STEPS).
+// nullopt before the first row. A NONE row means no CFI covers `pc`.
+std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc);
+
+// The CFA of the frame executing at `pc` given its rsp and rbp, as the BPF walker computes it;
+// nullopt for the rows that end the walk (NONE, OUTERMOST, UNSUPPORTED).
+std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, uint64_t rbp);
+
+// Row accessors, spelled as the BPF macros are.
+inline memtrail_unwind_cfa cfa_kind(const Row& row) {
+  return static_cast<memtrail_unwind_cfa>(MEMTRAIL_UNWIND_CFA_KIND(&row));
+}
+inline memtrail_unwind_rbp rbp_kind(const Row& row) {
+  return static_cast<memtrail_unwind_rbp>(MEMTRAIL_UNWIND_RBP_KIND(&row));
+}
+constexpr uint8_t make_rules(memtrail_unwind_cfa cfa, memtrail_unwind_rbp rbp) {
+  return static_cast<uint8_t>(MEMTRAIL_UNWIND_RULES(cfa, rbp));
+}
+
+}  // namespace memtrail::unwind
