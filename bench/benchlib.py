@@ -3,6 +3,7 @@
 """What memtrail's benchmark harnesses share: errors, stopping on signals, reading a child's
 output with deadlines, refusing to run next to other tracers, and recording where a result
 came from (commit, CPU). Standard library only."""
+import datetime
 import os
 import platform
 import subprocess
@@ -121,3 +122,28 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor()
+
+
+def record_results(title, description, table, notes):
+    """Prints `table` and `notes`, and appends them to bench/RESULTS.md under a heading with the
+    time, the commit and `title`, after `description` (where, what, how)."""
+    print()
+    print(table)
+    for note in notes:
+        print("note: " + note)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"\n## {stamp} — commit {git_commit()}{title}\n\n"
+               f"Kernel {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}); "
+               f"{description}\n\n{table}\n")
+    for note in notes:
+        section += f"\nNote: {note}\n"
+    results_path = os.path.join(ROOT, "bench", "RESULTS.md")
+    new_file = not os.path.exists(results_path)
+    with open(results_path, "a") as results_file:
+        if new_file:
+            results_file.write("# Overhead benchmark results\n\nAppended by bench/run.py "
+                               "(bench/run.sh), bench/paging_cost.py and bench/footprint.py; see "
+                               "bench/README.md for how to read them.\n")
+        results_file.write(section)
+    print("\nrecorded in bench/RESULTS.md")
+

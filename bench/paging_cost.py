@@ -17,7 +17,6 @@ bench/RESULTS.md. See bench/README.md, "Paging cost".
 """
 import argparse
 import ctypes
-import datetime
 import json
 import os
 import platform
@@ -27,12 +26,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, LineReader, Terminated, cpu_model, git_commit,  # noqa: E402
-                      other_tracers, stale_memtrail, terminate)
+from benchlib import (BenchError, LineReader, other_tracers, record_results,  # noqa: E402
+                      stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = ["untraced", "tier1", "tier1+2"]
@@ -750,23 +748,16 @@ def main():
     processes = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
 
     table, missed = make_tables(args, results, idle, bpf_time)
-    print()
-    print(table)
-    for note in sorted(notes):
-        print("note: " + note)
-
-    if not args.no_record:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (f"\n## {stamp} — commit {git_commit()} — paging cost\n\n"
-                   f"Kernel {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}); "
-                   f"bench/paging_cost.py, {args.rounds} rounds interleaved, memtrail "
-                   f"--interval {args.interval:g}; {processes} processes on the host, load "
-                   f"average {load:.1f} at the end.\n\n{table}\n")
+    if args.no_record:
+        print()
+        print(table)
         for note in sorted(notes):
-            section += f"\nNote: {note}\n"
-        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as results_file:
-            results_file.write(section)
-        print("\nrecorded in bench/RESULTS.md")
+            print("note: " + note)
+    else:
+        record_results(" — paging cost",
+                       f"bench/paging_cost.py, {args.rounds} rounds interleaved, memtrail "
+                       f"--interval {args.interval:g}; {processes} processes on the host, load "
+                       f"average {load:.1f} at the end.", table, sorted(notes))
     if missed:
         print("goals missed: " + "; ".join(missed))
         if args.strict:

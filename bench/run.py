@@ -14,22 +14,19 @@ uprobe-based tracer); bcc-free-fix (BCC memleak with its free probe moved past f
 check); bcc (memleak-bpfcc -p PID as shipped).
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, LineReader, Terminated, cpu_model, git_commit,  # noqa: E402
-                      other_tracers, stale_memtrail, terminate)
+from benchlib import (BenchError, LineReader, other_tracers, record_results,  # noqa: E402
+                      stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
@@ -193,18 +190,6 @@ def run_once(tool, args, work_dir, run_index):
     return ns_per_pair, seconds
 
 
-def append_results(section):
-    """Appends a section to bench/RESULTS.md, creating it with its header if need be."""
-    results_path = os.path.join(ROOT, "bench", "RESULTS.md")
-    new_file = not os.path.exists(results_path)
-    with open(results_path, "a") as results_file:
-        if new_file:
-            results_file.write("# Overhead benchmark results\n\nAppended by bench/run.py "
-                               "(bench/run.sh) and bench/footprint.py; see bench/README.md for "
-                               "how to read them.\n")
-        results_file.write(section)
-
-
 def make_table(tools, results, seconds):
     medians = {tool: statistics.median(results[tool]) for tool in tools}
     base = medians.get("untraced")
@@ -337,21 +322,14 @@ def main():
                       f"   ({took:.1f} s with attach)", flush=True)
 
     table = make_table(tools, results, seconds)
-    print()
-    print(table)
-    for note in notes:
-        print("note: " + note)
-
-    if not args.no_record:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (f"\n## {stamp} — commit {git_commit()}\n\n"
-                   f"Kernel {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}); workload "
-                   f"{args.variant}, {args.threads} thread(s), {args.steps:,} steps, {args.rounds} "
-                   f"rounds interleaved.\n\n{table}\n")
+    if args.no_record:
+        print()
+        print(table)
         for note in notes:
-            section += f"\nNote: {note}\n"
-        append_results(section)
-        print("\nrecorded in bench/RESULTS.md")
+            print("note: " + note)
+    else:
+        record_results("", f"workload {args.variant}, {args.threads} thread(s), {args.steps:,} "
+                       f"steps, {args.rounds} rounds interleaved.", table, notes)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 // Assemble the report model from a snapshot, its aggregate and the symbolizer.
 #include "report/report_builder.h"
 
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,21 +9,12 @@
 #include <set>
 
 #include "common/format.h"
+#include "common/host.h"
 #include "common/version.h"
 #include "target/allocator.h"
 
 namespace memtrail::report {
 namespace {
-
-std::string host_name() {
-  char name[HOST_NAME_MAX + 1] = {};
-  return gethostname(name, sizeof(name) - 1) == 0 ? name : "";
-}
-
-std::string kernel_release() {
-  utsname names{};
-  return uname(&names) == 0 ? names.release : "";
-}
 
 // Functions at the bottom of every user stack: a walk that got this far has every frame the
 // user cares about, even if it stopped inside the C library's start code (built without frame
