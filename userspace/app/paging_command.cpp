@@ -58,8 +58,6 @@ class PagingSession {
     }
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
     signal_fd_ = open_signalfd();
-    start_ns_ = tracer::monotonic_now_ns();
-    start_ = Clock::now();
 
     tracer::PagingTracerConfig config;
     config.max_processes = options_.max_processes;
@@ -71,8 +69,10 @@ class PagingSession {
               << (cgroup_filter_.empty() ? "" : ", focused on memory cgroup " + cgroup_filter_)
               << "; Ctrl-C to stop\n";
 
-    start_ = Clock::now();  // loading took a moment: intervals count from the baseline
-    take_sample();          // the baseline
+    // Loading took a moment: time (intervals, OOM kills) counts from the baseline.
+    start_ns_ = tracer::monotonic_now_ns();
+    start_ = Clock::now();
+    take_sample();  // the baseline
     loop();
     // Always read the counters once more, so that events since the last interval count; a
     // last stretch shorter than a quarter interval updates the processes only.
