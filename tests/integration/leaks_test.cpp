@@ -522,6 +522,48 @@ TEST(LeaksFormats, TheFlameGraphRendersAndZoomsInHeadlessChromium) {
   EXPECT_NEAR(width, 1180, 1);
 }
 
+std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST(LeaksFormats, TheMemoryPlotRendersInHeadlessChromiumLiveAndFromASavedReport) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  // A steady leak sampled every 0.25 s for 3 s: a dozen points per line.
+  Target target({MEMTRAIL_LEAKY, "grow", "3", "1000"});
+  auto traced = trace_scenario(target, {"--interval", "0.25", "--plot", dir.file("live.svg")},
+                               dir.file("saved.json"));
+  std::string svg = file_text(dir.file("live.svg"));
+  ASSERT_EQ(svg.rfind("<?xml", 0), 0u) << svg.substr(0, 200);
+  // RSS, traced bytes, and grow_steadily among the growing sites.
+  size_t polylines = 0;
+  for (size_t at = svg.find("<polyline"); at != std::string::npos;
+       at = svg.find("<polyline", at + 1)) {
+    ++polylines;
+  }
+  EXPECT_GE(polylines, 3u) << svg;
+  std::string site = "grow_steadily (leaky.c:" + std::to_string(traced.lines["grow_steadily"]) +
+                     "): leak, +";
+  EXPECT_NE(svg.find(site), std::string::npos) << svg;
+  EXPECT_NE(svg.find("memory over time of pid " + std::to_string(target.process.pid()) +
+                     " (leaky)"),
+            std::string::npos);
+
+  // The browser loads it, runs its hover script, and shows the legend.
+  std::string dom = chromium_dom("file://" + dir.file("live.svg"), dir);
+  EXPECT_EQ(attribute_of(dom, 0, "data-rendered"), "1") << dom.substr(0, 400);
+  EXPECT_NE(dom.find(">RSS (private: RssAnon)</text>"), std::string::npos) << dom.substr(0, 400);
+  EXPECT_NE(dom.find(">traced outstanding bytes</text>"), std::string::npos);
+  EXPECT_NE(dom.find(site), std::string::npos);
+  EXPECT_NE(dom.find(">time since tracing started (s)</text>"), std::string::npos);
+
+  // The saved report holds everything the chart needs: the same chart again.
+  auto again = run_command({"report", dir.file("saved.json"), "--plot", dir.file("saved.svg")});
+  EXPECT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(file_text(dir.file("saved.svg")), svg);
+}
+
 TEST(LeaksBadInput, OfflineCommandsRefuseMissingOrForeignFilesInOneLine) {
   TempDir dir;
   {

@@ -2,6 +2,12 @@
 // Folded stacks, pprof, reading JSON back, and diffs: each output parsed back and checked.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -13,6 +19,7 @@
 #include "report/formats.h"
 #include "report/json_reader.h"
 #include "report/json_report.h"
+#include "report/memory_plot.h"
 
 namespace memtrail::report {
 namespace {
@@ -228,6 +235,132 @@ TEST(FlameGraph, IsAnSvgWithOneBoxPerFrameSizedByBytesAndColoredByVerdict) {
   ASSERT_NE(libc, std::string::npos);
   EXPECT_EQ(svg.find("fill=", libc), svg.find("fill=\"#b8b8b8\"", libc));
   EXPECT_NE(svg.find("(10.8 KiB)"), std::string::npos);  // the total in the title
+}
+
+// The plot's structure as Python's XML parser sees it (so a malformed file fails here), one
+// "KIND<TAB>TEXT<TAB>N" line per polyline (its name, its points), tick and legend label.
+std::vector<std::string> parsed_plot(const std::string& svg) {
+  char path[] = "/tmp/memtrail-plot-XXXXXX";
+  int fd = ::mkstemp(path);
+  if (fd < 0) return {"mkstemp failed"};
+  ::close(fd);
+  std::ofstream(path) << svg;
+  std::string command = std::string("python3 -c '") + R"PY(
+import sys, xml.etree.ElementTree as ET
+ns = "{http://www.w3.org/2000/svg}"
+root = ET.parse(sys.argv[1]).getroot()
+for g in root.iter(ns + "g"):
+    print("panel\t%s\t0" % g.get("data-pid"))
+    for line in g.iter(ns + "polyline"):
+        print("polyline\t%s\t%d" % (line.get("data-name"), len(line.get("points").split())))
+    for text in g.iter(ns + "text"):
+        kind = text.get("class") or "text"
+        print("%s\t%s\t0" % (kind, "".join(text.itertext())))
+)PY" + "' " + path + " 2>&1";
+  std::vector<std::string> lines;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return {"popen failed"};
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof(buffer), pipe)) {
+    std::string line = buffer;
+    if (!line.empty() && line.back() == '\n') line.pop_back();
+    lines.push_back(line);
+  }
+  int status = ::pclose(pipe);
+  std::remove(path);
+  if (status != 0) lines.push_back("python3 failed");
+  return lines;
+}
+
+bool has_line(const std::vector<std::string>& lines, const std::string& line) {
+  return std::find(lines.begin(), lines.end(), line) != lines.end();
+}
+
+TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
+  model::Report report = two_site_report();
+  report.targets[0].comm = "server<1>";  // escaped, not raw markup
+  model::ProcessMemory memory;
+  memory.series = {{0, 1 << 20, 0}, {10, 1.5 * (1 << 20), 2000}, {20, 2 << 20, 4500},
+                   {30, 2.5 * (1 << 20), 7000}};
+  report.targets[0].memory = memory;
+  report.targets.push_back(
+      {43, "worker", {"worker"}, "/srv/worker", "/lib/libc.so.6", true, std::nullopt, "glibc",
+       {}, {}});
+  // A slower grower in the same process (drawn after the leak), one that shrinks (not drawn)
+  // and one in the second process, which has no memory samples yet.
+  model::LeakSite slower = report.leaks[0];
+  slower.stack = {frame(0x3000, "/srv/server", 0x300, "grower", false, 7)};
+  slower.growth->verdict = "suspect";
+  slower.growth->bytes_per_s = 50;
+  slower.growth->series = {{20, 100, 1}, {30, 600, 2}};
+  model::LeakSite shrinking = slower;
+  shrinking.stack = {frame(0x4000, "/srv/server", 0x400, "shrinker", false, 9)};
+  shrinking.growth->bytes_per_s = -10;
+  model::LeakSite other = slower;
+  other.pid = 43;
+  other.stack = {frame(0x5000, "/srv/worker", 0x500, std::nullopt),
+                 frame(0x5100, "/srv/worker", 0x510, "work", false, 3)};
+  report.leaks.push_back(slower);
+  report.leaks.push_back(shrinking);
+  report.leaks.push_back(other);
+
+  std::string svg = render_memory_plot_svg(report);
+  EXPECT_EQ(svg.rfind("<?xml", 0), 0u);
+  // Self-contained: nothing fetched from elsewhere.
+  EXPECT_EQ(svg.find("href"), std::string::npos);
+  EXPECT_EQ(svg.find("server<1>"), std::string::npos);
+  auto lines = parsed_plot(svg);
+  std::string all;
+  for (const auto& line : lines) all += line + "\n";
+  ASSERT_FALSE(has_line(lines, "python3 failed")) << all;
+
+  EXPECT_TRUE(has_line(lines, "panel\t42\t0")) << all;
+  EXPECT_TRUE(has_line(lines, "panel\t43\t0")) << all;
+  EXPECT_TRUE(has_line(lines, "title\tmemtrail: memory over time of pid 42 (server<1>)\t0"))
+      << all;
+  EXPECT_TRUE(has_line(lines, "title\tmemtrail: memory over time of pid 43 (worker), exited\t0"))
+      << all;
+  // One polyline per series, one point per sample: the two growing sites of 42 (slowest drawn
+  // first, the process's own lines last, on top), RSS and traced, then the site of 43. Not the
+  // suppressed or the shrinking ones.
+  std::vector<std::string> polylines;
+  for (const auto& line : lines) {
+    if (line.rfind("polyline\t", 0) == 0) polylines.push_back(line);
+  }
+  EXPECT_EQ(polylines,
+            (std::vector<std::string>{"polyline\tgrower (a.c:7): suspect, +50 B/s\t2",
+                                      "polyline\thelper (a.c:5): leak, +230 B/s\t3",
+                                      "polyline\ttraced outstanding bytes\t4",
+                                      "polyline\tRSS (private: RssAnon)\t4",
+                                      "polyline\twork (a.c:3): suspect, +50 B/s\t2"}))
+      << all;
+  // The legend names every line.
+  for (const char* name : {"RSS (private: RssAnon)", "traced outstanding bytes",
+                           "helper (a.c:5): leak, +230 B/s", "grower (a.c:7): suspect, +50 B/s",
+                           "work (a.c:3): suspect, +50 B/s"}) {
+    EXPECT_TRUE(has_line(lines, std::string("legend\t") + name + "\t0")) << name << "\n" << all;
+  }
+  // Bytes in MiB up to 2.5 MiB in steps of 0.5; time in seconds past the 30.5 s run.
+  for (const char* tick : {"0 MiB", "0.5 MiB", "2.5 MiB", "0 s", "5 s", "35 s"}) {
+    EXPECT_TRUE(has_line(lines, std::string("tick\t") + tick + "\t0")) << tick << "\n" << all;
+  }
+  EXPECT_FALSE(has_line(lines, "tick\t3 MiB\t0")) << all;
+  EXPECT_TRUE(has_line(lines, "text\tbytes (MiB)\t0")) << all;
+  EXPECT_TRUE(has_line(lines, "text\ttime since tracing started (s)\t0")) << all;
+  // Process 43's bytes axis fits its own site: bytes, not MiB.
+  EXPECT_TRUE(has_line(lines, "tick\t600 B\t0")) << all;
+}
+
+TEST(MemoryPlot, SaysSoWhenAProcessHasNoSamples) {
+  model::Report report = two_site_report();
+  report.leaks.clear();
+  std::string svg = render_memory_plot_svg(report);
+  auto lines = parsed_plot(svg);
+  std::string all;
+  for (const auto& line : lines) all += line + "\n";
+  ASSERT_FALSE(has_line(lines, "python3 failed")) << all;
+  EXPECT_NE(svg.find("no memory samples"), std::string::npos);
+  EXPECT_EQ(svg.find("<polyline"), std::string::npos);
 }
 
 }  // namespace

@@ -86,12 +86,14 @@ TEST(Options, HelpAndVersionExitZero) {
 
 TEST(Options, FormatsOutputAndFlameGraph) {
   auto command = parse({"leaks", "-p", "1", "--format", "pprof", "-o", "h.pb.gz", "--flamegraph",
-                        "f.svg", "--suppressions", "s.txt", "--json-version", "1"});
+                        "f.svg", "--plot", "p.svg", "--suppressions", "s.txt",
+                        "--json-version", "1"});
   ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
   const auto& options = std::get<LeaksOptions>(command);
   EXPECT_EQ(options.format, Format::kPprof);
   EXPECT_EQ(options.output_path, "h.pb.gz");
   EXPECT_EQ(options.flamegraph_path, "f.svg");
+  EXPECT_EQ(options.plot_path, "p.svg");
   EXPECT_EQ(options.suppressions_path, "s.txt");
   EXPECT_EQ(options.json_version, 1);
   EXPECT_EQ(std::get<LeaksOptions>(parse({"leaks", "-p", "1", "-f", "folded"})).format,
@@ -113,11 +115,13 @@ TEST(Options, BadFormatsAndPprofWithoutAFileAreUsageErrors) {
 }
 
 TEST(Options, ReportAndDiffSubcommands) {
-  auto report = parse({"report", "r.json", "--format", "folded", "-o", "out.txt", "-n", "3"});
+  auto report = parse({"report", "r.json", "--format", "folded", "-o", "out.txt", "-n", "3",
+                       "--plot", "p.svg"});
   ASSERT_TRUE(std::holds_alternative<ReportOptions>(report));
   EXPECT_EQ(std::get<ReportOptions>(report).input_path, "r.json");
   EXPECT_EQ(std::get<ReportOptions>(report).format, Format::kFolded);
   EXPECT_EQ(std::get<ReportOptions>(report).top, 3u);
+  EXPECT_EQ(std::get<ReportOptions>(report).plot_path, "p.svg");
   auto diff = parse({"diff", "a.json", "b.json"});
   ASSERT_TRUE(std::holds_alternative<DiffOptions>(diff));
   EXPECT_EQ(std::get<DiffOptions>(diff).before_path, "a.json");

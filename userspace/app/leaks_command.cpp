@@ -118,6 +118,7 @@ class LeaksSession {
     if (!options_.json_path.empty()) report::check_writable(options_.json_path);
     if (!options_.output_path.empty()) report::check_writable(options_.output_path);
     if (!options_.flamegraph_path.empty()) report::check_writable(options_.flamegraph_path);
+    if (!options_.plot_path.empty()) report::check_writable(options_.plot_path);
     if (!options_.suppressions_path.empty()) suppressions_.load_file(options_.suppressions_path);
     signal_fd_ = open_signalfd();
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
@@ -450,8 +451,10 @@ class LeaksSession {
   }
 
   void finish() {
-    // The JSON file carries every site; the text report only the top ones.
+    // The JSON file carries every site; the text report only the top ones. The plot picks
+    // the fastest growing sites among all of them.
     bool every_site = !options_.json_path.empty() || !options_.flamegraph_path.empty() ||
+                      !options_.plot_path.empty() ||
                       options_.format != cli::Format::kText;
     auto report = take_report(true, every_site ? SIZE_MAX : options_.top);
     OutputRequest final_output;
@@ -469,6 +472,7 @@ class LeaksSession {
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
     if (!options_.flamegraph_path.empty()) write_flamegraph(report, options_.flamegraph_path);
+    if (!options_.plot_path.empty()) write_memory_plot(report, options_.plot_path);
   }
 
   const cli::LeaksOptions& options_;

@@ -21,6 +21,7 @@ int run_report(const cli::ReportOptions& options) {
   write_report(report, request);
   if (!options.output_path.empty()) std::cerr << "memtrail: wrote " << options.output_path << "\n";
   if (!options.flamegraph_path.empty()) write_flamegraph(report, options.flamegraph_path);
+  if (!options.plot_path.empty()) write_memory_plot(report, options.plot_path);
   return kExitOk;
 }
 

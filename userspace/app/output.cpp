@@ -9,6 +9,7 @@
 #include "report/flamegraph.h"
 #include "report/formats.h"
 #include "report/json_report.h"
+#include "report/memory_plot.h"
 #include "report/text_report.h"
 
 namespace memtrail::app {
@@ -45,6 +46,11 @@ void write_report(const model::Report& report, const OutputRequest& request) {
 
 void write_flamegraph(const model::Report& report, const std::string& path) {
   report::write_file(report::render_flamegraph_svg(report), path);
+  std::cerr << "memtrail: wrote " << path << "\n";
+}
+
+void write_memory_plot(const model::Report& report, const std::string& path) {
+  report::write_file(report::render_memory_plot_svg(report), path);
   std::cerr << "memtrail: wrote " << path << "\n";
 }
 

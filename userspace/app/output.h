@@ -22,4 +22,7 @@ void write_report(const model::Report& report, const OutputRequest& request);
 // Writes the report's SVG flame graph to `path` and says so on stderr.
 void write_flamegraph(const model::Report& report, const std::string& path);
 
+// Writes the report's SVG chart of memory over time to `path` and says so on stderr.
+void write_memory_plot(const model::Report& report, const std::string& path);
+
 }  // namespace memtrail::app

@@ -87,6 +87,9 @@ constexpr const char* kExamples = R"(EXAMPLES
       Launch a command and trace it from its first instruction.
   memtrail leaks -p 4242 --duration 60 --format pprof -o heap.pb.gz
       Write the final report as a pprof profile (go tool pprof, Pyroscope, Parca).
+  memtrail leaks -p 4242 --duration 300 --interval 2 --plot memory.svg
+      Also draw memory over time as a chart per process (RSS, traced bytes, the
+      fastest growing sites), to open in a browser.
   memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg
       Render a saved report again, here as folded stacks for a flame graph.
   memtrail diff before.json after.json
@@ -166,6 +169,11 @@ Command parse_command_line(int argc, const char* const* argv) {
   leaks->add_option("--flamegraph", options.flamegraph_path,
                     "Also write an interactive SVG flame graph of outstanding bytes to FILE "
                     "(open it in a browser)")
+      ->type_name("FILE.svg");
+  leaks->add_option("--plot", options.plot_path,
+                    "Also write an SVG chart of memory over time to FILE, one per process: "
+                    "private memory (RSS), traced outstanding bytes and the fastest growing "
+                    "sites (open it in a browser)")
       ->type_name("FILE.svg");
   leaks->add_option("--suppressions", options.suppressions_path,
                     "Sites to report as memory kept on purpose, besides the built-in ones: one "
@@ -261,6 +269,9 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("FILE");
   report->add_option("--flamegraph", report_options.flamegraph_path,
                      "Also write an interactive SVG flame graph of outstanding bytes to FILE")
+      ->type_name("FILE.svg");
+  report->add_option("--plot", report_options.plot_path,
+                     "Also write an SVG chart of memory over time per process to FILE")
       ->type_name("FILE.svg");
   report->add_option("-n,--top", report_options.top, "Sites shown as text (default 10)")
       ->type_name("N");

@@ -46,6 +46,7 @@ struct LeaksOptions {
   Format format = Format::kText;  // of the final report (stdout, or output_path)
   std::string output_path;        // -o: the final report goes to this file
   std::string flamegraph_path;    // --flamegraph: an SVG flame graph of the final report
+  std::string plot_path;          // --plot: an SVG chart of memory over time per process
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
@@ -73,6 +74,7 @@ struct ReportOptions {
   Format format = Format::kText;
   std::string output_path;  // empty: stdout
   std::string flamegraph_path;
+  std::string plot_path;
   uint32_t top = 10;
   int json_version = 2;
 };

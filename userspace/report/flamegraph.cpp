@@ -29,20 +29,6 @@ struct Node {
   std::map<std::string, std::unique_ptr<Node>> children;
 };
 
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 std::string verdict_color(const model::LeakSite& site) {
   if (site.suppressed) return "#b8b8b8";
   std::string verdict = site.growth ? site.growth->verdict : "";
