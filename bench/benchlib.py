@@ -124,13 +124,15 @@ def cpu_model():
     return platform.processor()
 
 
-def record_results(title, description, table, notes):
-    """Prints `table` and `notes`, and appends them to bench/RESULTS.md under a heading with the
-    time, the commit and `title`, after `description` (where, what, how)."""
+def report_results(table, notes, record, title="", description=""):
+    """Prints `table` and `notes`; with `record`, also appends them to bench/RESULTS.md under a
+    heading with the time, the commit and `title`, after `description` (where, what, how)."""
     print()
     print(table)
     for note in notes:
         print("note: " + note)
+    if not record:
+        return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"\n## {stamp} — commit {git_commit()}{title}\n\n"
                f"Kernel {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}); "

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, LineReader, other_tracers, record_results,  # noqa: E402
+from benchlib import (BenchError, LineReader, other_tracers, report_results,  # noqa: E402
                       stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -746,16 +746,10 @@ def main():
     processes = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
 
     table, missed = make_tables(args, results, idle, bpf_time)
-    if args.no_record:
-        print()
-        print(table)
-        for note in sorted(notes):
-            print("note: " + note)
-    else:
-        record_results(" — paging cost",
-                       f"bench/paging_cost.py, {args.rounds} rounds interleaved, memtrail "
-                       f"--interval {args.interval:g}; {processes} processes on the host, load "
-                       f"average {load:.1f} at the end.", table, sorted(notes))
+    report_results(table, sorted(notes), not args.no_record, title=" — paging cost",
+                   description=f"bench/paging_cost.py, {args.rounds} rounds interleaved, memtrail "
+                   f"--interval {args.interval:g}; {processes} processes on the host, load "
+                   f"average {load:.1f} at the end.")
     if missed:
         print("goals missed: " + "; ".join(missed))
         if args.strict:

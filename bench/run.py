@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, LineReader, other_tracers, record_results,  # noqa: E402
+from benchlib import (BenchError, LineReader, other_tracers, report_results,  # noqa: E402
                       stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,14 +322,9 @@ def main():
                       f"   ({took:.1f} s with attach)", flush=True)
 
     table = make_table(tools, results, seconds)
-    if args.no_record:
-        print()
-        print(table)
-        for note in notes:
-            print("note: " + note)
-    else:
-        record_results("", f"workload {args.variant}, {args.threads} thread(s), {args.steps:,} "
-                       f"steps, {args.rounds} rounds interleaved.", table, notes)
+    report_results(table, notes, not args.no_record,
+                   description=f"workload {args.variant}, {args.threads} thread(s), "
+                   f"{args.steps:,} steps, {args.rounds} rounds interleaved.")
 
 
 if __name__ == "__main__":
