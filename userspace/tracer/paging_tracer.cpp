@@ -52,6 +52,19 @@ std::vector<bpf_program*> deep_programs(paging_bpf* skeleton) {
   return {p.on_page_fault_user, p.on_count_memcg_events, p.on_mod_memcg_lruvec_state};
 }
 
+// Attaches every program of `programs` that was loaded (tracepoints this kernel lacks were not)
+// and returns the links; all or nothing, since a throw destroys the links made so far.
+std::vector<Link> attach_loaded(const std::vector<bpf_program*>& programs) {
+  std::vector<Link> links;
+  for (bpf_program* program : programs) {
+    if (!bpf_program__autoload(program)) continue;
+    bpf_link* link = bpf_program__attach(program);
+    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
+    links.emplace_back(link);
+  }
+  return links;
+}
+
 }  // namespace
 
 PagingTracer::PagingTracer(const PagingTracerConfig& config) {
@@ -109,11 +122,8 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
     }
     links_.emplace_back(link);  // the link closes the perf event's fd
   }
-  for (bpf_program* program : always_attached(skeleton_.get())) {
-    if (!bpf_program__autoload(program)) continue;
-    bpf_link* link = bpf_program__attach(program);
-    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
-    links_.emplace_back(link);
+  for (auto& link : attach_loaded(always_attached(skeleton_.get()))) {
+    links_.push_back(std::move(link));
   }
 }
 
@@ -125,14 +135,7 @@ void PagingTracer::set_deep(bool on) {
     return;
   }
   if (deep()) return;
-  std::vector<Link> attached;
-  for (bpf_program* program : deep_programs(skeleton_.get())) {
-    if (!bpf_program__autoload(program)) continue;
-    bpf_link* link = bpf_program__attach(program);
-    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
-    attached.emplace_back(link);
-  }
-  deep_links_ = std::move(attached);
+  deep_links_ = attach_loaded(deep_programs(skeleton_.get()));
 }
 
 void PagingTracer::read(model::PagingSample& sample, uint64_t start_ns) {
