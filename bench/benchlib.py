@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 
@@ -148,4 +149,14 @@ def report_results(table, notes, record, title="", description=""):
                                "bench/README.md for how to read them.\n")
         results_file.write(section)
     print("\nrecorded in bench/RESULTS.md")
+
+
+def run_main(main):
+    """Runs a harness's main(): a BenchError or Ctrl-C becomes one line on stderr and exit 1."""
+    try:
+        main()
+    except BenchError as error:
+        sys.exit(f"bench: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted")
 

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BenchError, LineReader, other_tracers, report_results,  # noqa: E402
-                      stale_memtrail, terminate)
+                      run_main, stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
@@ -328,9 +328,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as error:
-        sys.exit(f"bench: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("bench: interrupted")
+    run_main(main)
