@@ -7,6 +7,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "alloc_events.h"
+#include "unwind_table.h"
 
 #define EEXIST 17
 
@@ -359,62 +360,296 @@ static __always_inline bool table_remove(struct slot_ref *slot, __u64 address)
 	       address;
 }
 
+/* ---- the user stack walk: CFI tables where userspace loaded them, frame pointers elsewhere ---- */
+
+/* --unwind: fp reads no table; dwarf and auto read unwind_processes (set by userspace). */
+const volatile __u32 unwind_mode = MEMTRAIL_UNWIND_MODE_FP;
+/* auto: an address in no known mapping (JIT code, a library mapped since userspace last
+ * looked) is walked by frame pointer; dwarf: the walk ends there, marked. */
+const volatile bool unknown_code_by_frame_pointer = true;
+
+/* Every module's rows, one table after the other (bpf/unwind_table.h). Userspace appends a
+ * module's table once, shared by every process that maps the file, and writes it in place. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_unwind_row);
+} unwind_rows SEC(".maps");
+
+/* Executable mappings of each traced process, by tgid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_unwind_process);
+} unwind_processes SEC(".maps");
+
 /* Frame pointers of the caller's frames lie above its stack pointer, within a thread stack.
  * Checking that first rejects the garbage a frame-pointer-less function leaves in %rbp
  * without a faulting read, which costs far more than a successful one. */
 #define MAX_STACK_SPAN (64ULL << 20)
 
-/* Walks the user stack by frame pointers and returns the stack's dense id, or a negative
- * fallback id derived from the caller when the stacks map is full. Called in a uretprobe: the
- * registers are the caller's, with the instruction pointer already set back to the return
- * address, so the first frame is always the function that called the allocator, also when it
- * has no frame pointer. This walk replaces bpf_get_stackid, whose perf callchain machinery
- * cost about twice as much per allocation here. */
-static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u32 tgid, __u64 caller)
+/* The registers of the frame being unwound, and the stack collected so far. Lives on the BPF
+ * stack of capture_stack; unwind_step runs once per frame under bpf_loop, which the verifier
+ * checks once (a plain loop of 64 frames, each with two binary searches, would be explored
+ * path by path). */
+struct walk {
+	struct memtrail_stack *stack;
+	struct memtrail_unwind_process *process; /* NULL: frame pointers everywhere */
+	__u64 pc; /* a return address: the instruction before it is the call */
+	__u64 sp;
+	__u64 bp;
+	__u64 hash;
+	__u32 depth;
+	__u32 mapping_hint; /* the previous frame's mapping: callers are often in the same one */
+	__u16 flags;
+	__u8 bp_known; /* false once a frame's CFI says rbp cannot be recovered */
+};
+
+/* The two binary searches are global functions: the verifier checks each once, on its own,
+ * instead of once per path through the frame step that calls them (inlined, the walk's paths
+ * multiplied past the verifier's budget of a million instructions). */
+
+/* Index of the mapping of `process` that holds `address`, or -1. `hint`: the previous frame's
+ * mapping, checked first (callers are often in the same module). */
+__noinline int unwind_find_mapping(struct memtrail_unwind_process *process, __u64 address,
+				   __u32 hint)
+{
+	__u32 count, low = 0, high, middle;
+	struct memtrail_unwind_mapping *mapping;
+
+	if (!process)
+		return -1;
+	count = process->count;
+	mapping = &process->mappings[hint & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
+	if (hint < count && address >= mapping->start && address < mapping->end)
+		return hint & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1);
+	high = count < MEMTRAIL_UNWIND_MAX_MAPPINGS ? count : MEMTRAIL_UNWIND_MAX_MAPPINGS;
+	for (int step = 0; step < MEMTRAIL_UNWIND_MAPPING_SEARCH_STEPS && low < high; step++) {
+		middle = (low + high) / 2;
+		mapping = &process->mappings[middle & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
+		if (address < mapping->start)
+			high = middle;
+		else if (address >= mapping->end)
+			low = middle + 1;
+		else
+			return middle & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1);
+	}
+	return -1;
+}
+
+/* The last row of rows [first, first + rows) whose pc <= pc (as unwind::find_row), as its 8
+ * bytes (a global function returns a scalar); 0, a NONE row, when there is none. */
+__noinline __u64 unwind_find_row(__u32 first, __u32 rows, __u64 pc)
+{
+	struct memtrail_unwind_row *row;
+	__u32 low = 0, high = rows, middle, index;
+
+	if (pc > 0xffffffffULL)
+		return 0;
+	for (int step = 0; step < MEMTRAIL_UNWIND_MAX_SEARCH_STEPS && low < high; step++) {
+		middle = low + (high - low) / 2;
+		index = first + middle;
+		row = bpf_map_lookup_elem(&unwind_rows, &index);
+		if (!row)
+			return 0;
+		if (row->pc <= (__u32)pc)
+			low = middle + 1;
+		else
+			high = middle;
+	}
+	if (low == 0)
+		return 0;
+	index = first + low - 1;
+	row = bpf_map_lookup_elem(&unwind_rows, &index);
+	return row ? *(__u64 *)row : 0;
+}
+
+#define WALK_CONTINUE 0
+#define WALK_STOP 1
+
+static __always_inline long walk_ends(struct walk *walk, enum memtrail_truncation reason)
+{
+	walk->flags = (walk->flags & MEMTRAIL_STACK_USED_TABLES) |
+		      (reason ? MEMTRAIL_STACK_TRUNCATED | (reason << MEMTRAIL_STACK_REASON_SHIFT)
+			      : 0);
+	return WALK_STOP;
+}
+
+/* One frame by its CFI row: the caller's pc, sp and bp, or the end of the walk. */
+static __always_inline long table_step(struct walk *walk, struct memtrail_unwind_mapping *mapping,
+				       __u64 *return_address)
+{
+	union {
+		__u64 bits;
+		struct memtrail_unwind_row fields;
+	} found;
+	struct memtrail_unwind_row *row = &found.fields;
+	__u64 pc = walk->pc - 1 - mapping->bias, cfa, saved[2];
+	__s64 rbp_slot;
+
+	found.bits = unwind_find_row(mapping->first_row, mapping->rows, pc);
+	switch (MEMTRAIL_UNWIND_CFA_KIND(row)) {
+	case MEMTRAIL_UNWIND_CFA_RSP:
+		cfa = walk->sp + row->cfa_offset;
+		break;
+	case MEMTRAIL_UNWIND_CFA_RBP:
+		if (!walk->bp_known)
+			return walk_ends(walk, MEMTRAIL_TRUNCATED_RBP_UNKNOWN);
+		cfa = walk->bp + row->cfa_offset;
+		break;
+	case MEMTRAIL_UNWIND_CFA_PLT:
+		cfa = walk->sp + row->cfa_offset + (((walk->pc - 1) & 15) >= row->rbp_offset ? 8 : 0);
+		break;
+	case MEMTRAIL_UNWIND_CFA_OUTERMOST:
+		return walk_ends(walk, 0); /* _start, a thread's start routine: complete */
+	case MEMTRAIL_UNWIND_CFA_NONE:
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_CFI);
+	default:
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNSUPPORTED);
+	}
+	if (cfa <= walk->sp || cfa - walk->sp >= MAX_STACK_SPAN)
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_LOOP);
+	walk->flags |= MEMTRAIL_STACK_USED_TABLES;
+	switch (MEMTRAIL_UNWIND_RBP_KIND(row)) {
+	case MEMTRAIL_UNWIND_RBP_AT_CFA:
+		rbp_slot = (__s64)row->rbp_offset * 8;
+		if (rbp_slot == -16) {
+			/* push %rbp right after the call: one read for both (the common case) */
+			if (bpf_probe_read_user(saved, sizeof(saved), (void *)(cfa - 16)))
+				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+			walk->bp = saved[0];
+			*return_address = saved[1];
+		} else {
+			if (bpf_probe_read_user(&saved[0], sizeof(saved[0]), (void *)(cfa + rbp_slot)) ||
+			    bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
+				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+			walk->bp = saved[0];
+			*return_address = saved[1];
+		}
+		walk->bp_known = 1;
+		break;
+	case MEMTRAIL_UNWIND_RBP_UNKNOWN:
+		walk->bp_known = 0;
+		/* fall through: the return address is still where the ABI puts it */
+	default: /* UNCHANGED: rbp is callee-saved and this frame left it alone */
+		if (bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
+			return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+		*return_address = saved[1];
+	}
+	walk->sp = cfa;
+	if (*return_address == 0)
+		return walk_ends(walk, 0); /* an outermost frame without CFI saying so */
+	return WALK_CONTINUE;
+}
+
+/* One frame by its frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address. */
+static __always_inline long frame_pointer_step(struct walk *walk, __u64 *return_address)
 {
 	struct {
 		__u64 next_fp;
 		__u64 return_address;
 	} frame;
-	__u64 fp = PT_REGS_FP(ctx), sp = PT_REGS_SP(ctx);
-	/* Stacks are per process: the pid is part of the hash, and a stack id names a site. */
-	__u64 hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
+	__u64 fp = walk->bp;
+
+	if (!walk->bp_known)
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_RBP_UNKNOWN);
+	if (fp == 0) /* _start clears %rbp: this is the end of the chain */
+		return walk_ends(walk, 0);
+	if (fp < walk->sp || fp - walk->sp >= MAX_STACK_SPAN || (fp & 7))
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
+	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp))
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	if (!frame.return_address)
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
+	/* A caller's rbp at or below this one fails the span check of the next step: no loops. */
+	walk->bp = frame.next_fp;
+	walk->sp = fp + 16;
+	*return_address = frame.return_address;
+	return WALK_CONTINUE;
+}
+
+static long unwind_step(__u32 index, struct walk *walk)
+{
+	struct memtrail_unwind_mapping *mapping = NULL;
+	__u32 method = MEMTRAIL_UNWIND_BY_FRAME_POINTER;
+	__u64 return_address = 0;
+	__u32 depth;
+	long outcome;
+
+	if (walk->process) {
+		int found = unwind_find_mapping(walk->process, walk->pc - 1, walk->mapping_hint);
+
+		if (found >= 0) {
+			walk->mapping_hint = found;
+			mapping = &walk->process->mappings[found & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
+			method = mapping->method;
+		} else if (!unknown_code_by_frame_pointer) {
+			return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_MAPPING);
+		}
+	}
+	if (mapping && method == MEMTRAIL_UNWIND_BY_TABLE)
+		outcome = table_step(walk, mapping, &return_address);
+	else if (method == MEMTRAIL_UNWIND_BY_FRAME_POINTER)
+		outcome = frame_pointer_step(walk, &return_address);
+	else
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_CFI);
+	if (outcome != WALK_CONTINUE)
+		return outcome;
+	depth = walk->depth;
+	if (depth >= MEMTRAIL_MAX_STACK_DEPTH)
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_DEPTH);
+	walk->stack->ips[depth & (MEMTRAIL_MAX_STACK_DEPTH - 1)] = return_address;
+	walk->depth = depth + 1;
+	walk->hash = (walk->hash ^ return_address) * 0x100000001B3ULL; /* FNV-1a style mix */
+	walk->pc = return_address;
+	return WALK_CONTINUE;
+}
+
+/* Walks the user stack and returns the stack's dense id, or a negative fallback id derived
+ * from the caller when the stacks map is full. Called in a uretprobe: the registers are the
+ * caller's, with the instruction pointer already set back to the return address, so the first
+ * frame is always the function that called the allocator. Every frame is unwound by its
+ * module's CFI table where userspace loaded one, else by frame pointer, as unwind_processes
+ * says (bpf/unwind_table.h). A walk that cannot go on ends there and says why in the stack's
+ * flags: no frame is ever guessed. This walk replaces bpf_get_stackid, whose perf callchain
+ * machinery cost about twice as much per allocation as the frame-pointer walk here. */
+static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u32 tgid, __u64 caller)
+{
+	struct walk walk = {
+		.pc = caller,
+		.sp = PT_REGS_SP(ctx),
+		.bp = PT_REGS_FP(ctx),
+		/* Stacks are per process: the pid is part of the hash, and a stack id names a site. */
+		.hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL,
+		.depth = 1,
+		.bp_known = 1,
+		.flags = MEMTRAIL_STACK_TRUNCATED |
+			 (MEMTRAIL_TRUNCATED_DEPTH << MEMTRAIL_STACK_REASON_SHIFT),
+	};
 	struct memtrail_stack *stack, *known;
-	__u32 zero = 0, depth;
+	__u32 zero = 0;
+	__u64 hash;
 
 	stack = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (!stack)
 		goto fallback;
+	walk.stack = stack;
+	if (unwind_mode == MEMTRAIL_UNWIND_MODE_TABLES)
+		walk.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
 	stack->ips[0] = caller;
 	stack->tgid = tgid;
-	stack->flags = MEMTRAIL_STACK_TRUNCATED; /* until the outermost frame is reached */
-	depth = 1;
-	for (int i = 1; i < MEMTRAIL_MAX_STACK_DEPTH; i++) {
-		if (fp == 0) { /* _start clears %rbp: this is the end of the chain */
-			stack->flags = 0;
-			break;
-		}
-		if (fp < sp || fp - sp >= MAX_STACK_SPAN || (fp & 7))
-			break;
-		if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp) || !frame.return_address)
-			break;
-		stack->ips[i] = frame.return_address;
-		depth = i + 1;
-		hash = (hash ^ frame.return_address) * 0x100000001B3ULL; /* FNV-1a style mix */
-		if (frame.next_fp == 0) {
-			stack->flags = 0;
-			break;
-		}
-		if (frame.next_fp <= fp) /* frames must move up the stack: stops loops */
-			break;
-		fp = frame.next_fp;
-	}
-	hash ^= depth;
+	bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
+	stack->flags = walk.flags;
+	hash = walk.hash ^ walk.depth;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);
 	if (known)
 		return known->id;
-	stack->depth = depth;
+	stack->depth = walk.depth;
 	stack->id = __sync_fetch_and_add(&next_stack_id, 1) & 0x7fffffff;
 	/* -EEXIST: another CPU stored the same stack first; its id is the one to use. */
 	bpf_map_update_elem(&stacks, &hash, stack, BPF_NOEXIST);

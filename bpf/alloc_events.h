@@ -176,5 +176,8 @@ struct memtrail_stack {
  * without a frame pointer, an unreadable frame, or the depth limit. The frames shown are
  * right; callers further out are missing. */
 #define MEMTRAIL_STACK_TRUNCATED 1
+/* At least one frame was unwound with a CFI table (the rest by frame pointers). */
+#define MEMTRAIL_STACK_USED_TABLES 2
+/* Bits 8..11: enum memtrail_truncation (bpf/unwind_table.h) when TRUNCATED is set. */
 
 #endif /* MEMTRAIL_ALLOC_EVENTS_H */

@@ -71,6 +71,63 @@ enum memtrail_unwind_rbp {
 /* Binary search over a table of N rows needs at most this many halvings (N < 2^32). */
 #define MEMTRAIL_UNWIND_MAX_SEARCH_STEPS 32
 
+
+/*
+ * Where the walker finds the rows for an address: the executable mappings of one traced
+ * process, sorted by `start`, in the unwind_processes map under its tgid. Userspace rewrites the
+ * whole value when the process maps or unmaps code (an update replaces the element atomically,
+ * so a walk sees either the old list or the new one).
+ */
+#define MEMTRAIL_UNWIND_MAX_MAPPINGS 512 /* a power of two: the search is bounded by its log */
+#define MEMTRAIL_UNWIND_MAPPING_SEARCH_STEPS 10
+
+/* How a frame in a mapping is unwound: the low bits of `method`. */
+enum memtrail_unwind_method {
+	MEMTRAIL_UNWIND_BY_TABLE = 0,          /* rows [first_row, first_row + rows) */
+	MEMTRAIL_UNWIND_BY_FRAME_POINTER = 1,  /* the module keeps frame pointers (auto mode), or
+						* it has no table and the mode allows the guess */
+	MEMTRAIL_UNWIND_BY_NOTHING = 2,        /* no table and frame pointers not allowed: the
+						* walk ends here, marked MEMTRAIL_TRUNCATED_NO_CFI */
+};
+
+struct memtrail_unwind_mapping {
+	__u64 start; /* runtime addresses [start, end) */
+	__u64 end;
+	__u64 bias;  /* runtime address - ELF virtual address: what the row pcs are relative to */
+	__u32 first_row;
+	__u32 rows;
+	__u32 method; /* enum memtrail_unwind_method */
+	__u32 pad;
+};
+
+struct memtrail_unwind_process {
+	__u32 count; /* valid entries of mappings */
+	__u32 pad;
+	struct memtrail_unwind_mapping mappings[MEMTRAIL_UNWIND_MAX_MAPPINGS];
+};
+
+/* The walker's mode, set by userspace before load (--unwind). */
+enum memtrail_unwind_mode {
+	MEMTRAIL_UNWIND_MODE_FP = 0,    /* frame pointers only: no table is read */
+	MEMTRAIL_UNWIND_MODE_TABLES = 1, /* per mapping, as unwind_processes says (dwarf, auto) */
+};
+
+/* Why a walk stopped before the outermost frame: bits 8..11 of memtrail_stack.flags. */
+enum memtrail_truncation {
+	MEMTRAIL_TRUNCATED_DEPTH = 1,          /* MEMTRAIL_MAX_STACK_DEPTH frames taken */
+	MEMTRAIL_TRUNCATED_NO_CFI = 2,         /* an address no row describes */
+	MEMTRAIL_TRUNCATED_UNSUPPORTED = 3,    /* a row the walker cannot evaluate */
+	MEMTRAIL_TRUNCATED_RBP_UNKNOWN = 4,    /* the frame needs rbp, and a callee lost it */
+	MEMTRAIL_TRUNCATED_UNREADABLE = 5,     /* stack memory could not be read */
+	MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER = 6, /* frame-pointer walk: implausible %rbp */
+	MEMTRAIL_TRUNCATED_NO_MAPPING = 7,     /* an address in no known module (JIT code, or a
+						* library mapped since userspace last looked) */
+	MEMTRAIL_TRUNCATED_LOOP = 8,           /* the stack pointer did not move up */
+	MEMTRAIL_TRUNCATED_REASONS = 9,
+};
+#define MEMTRAIL_STACK_REASON_SHIFT 8
+#define MEMTRAIL_STACK_REASON_MASK 0xf
+
 #ifdef __cplusplus
 static_assert(sizeof(struct memtrail_unwind_row) == 8, "the BPF walker reads 8-byte rows");
 #endif

@@ -154,6 +154,25 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   EXPECT_DOUBLE_EQ(site.growth->series[1].bytes, 4500);
   EXPECT_FALSE(read.leaks[1].stack[0].function);
   EXPECT_EQ(read.leaks[1].suppressed, "glibc stdio buffer");
+  // The walker's summary survives the trip (report FILE shows it again).
+  model::Report with_unwind = original;
+  model::UnwindSummary unwind;
+  unwind.mode = "dwarf";
+  unwind.stacks = 3;
+  unwind.truncated_stacks = 1;
+  unwind.truncated_by_reason = {{"unknown_code", 1}};
+  unwind.modules = {{"/usr/lib/x86_64-linux-gnu/libc.so.6", "cfi", "3713 functions", 28274}};
+  unwind.table_rows = 28274;
+  with_unwind.unwind = unwind;
+  with_unwind.leaks[0].stack_truncation_reason = "unknown_code";
+  model::Report reread = from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump()));
+  ASSERT_TRUE(reread.unwind);
+  EXPECT_EQ(reread.unwind->mode, "dwarf");
+  EXPECT_EQ(reread.unwind->truncated_by_reason, unwind.truncated_by_reason);
+  ASSERT_EQ(reread.unwind->modules.size(), 1u);
+  EXPECT_EQ(reread.unwind->modules[0].rows, 28274u);
+  EXPECT_EQ(reread.leaks[0].stack_truncation_reason, "unknown_code");
+  EXPECT_FALSE(read.unwind);  // a report without one reads back without one
   // Version 1 reads too, without verdicts.
   model::Report v1 = from_json(nlohmann::json::parse(to_json(original, 5.0, 1).dump()));
   EXPECT_FALSE(v1.leaks[0].growth);

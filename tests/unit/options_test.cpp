@@ -29,6 +29,17 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_EQ(options.json_path, "x.json");
   EXPECT_DOUBLE_EQ(options.interval_s, 5);
   EXPECT_EQ(options.top, 10u);
+  EXPECT_EQ(options.unwind, "auto");  // whole stacks by default
+  EXPECT_EQ(options.unwind_table_mib, 16u);
+}
+
+TEST(Options, UnwindModeAndTableSize) {
+  for (const char* mode : {"fp", "dwarf", "auto"}) {
+    auto command = parse({"leaks", "-p", "1", "--unwind", mode, "--unwind-table-mib", "64"});
+    ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command)) << mode;
+    EXPECT_EQ(std::get<LeaksOptions>(command).unwind, mode);
+    EXPECT_EQ(std::get<LeaksOptions>(command).unwind_table_mib, 64u);
+  }
 }
 
 TEST(Options, ParsesACommandAfterDoubleDash) {
@@ -61,6 +72,9 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--duration", "0"}, "--duration");
   expect_usage_error({"leaks", "-p", "1", "--min-age", "-1"}, "--min-age");
   expect_usage_error({"leaks", "-p", "1", "--max-allocations", "10"}, "--max-allocations");
+  expect_usage_error({"leaks", "-p", "1", "--unwind", "lbr"}, "--unwind must be auto, dwarf or fp");
+  expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "0"}, "--unwind-table-mib");
+  expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "5000"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "0"}, "pid");
   expect_usage_error({"leaks", "-p", "abc"}, "pid");
   expect_usage_error({"leaks"}, "nothing to trace");

@@ -61,6 +61,7 @@ model::Report sample_report() {
                 {0x7f00'0000'5678, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x5678, std::nullopt,
                  std::nullopt, std::nullopt, false}};
   leak.stack_truncated = true;
+  leak.stack_truncation_reason = "no_cfi";
   model::Growth growth;
   growth.verdict = "leak";
   growth.bytes_per_s = 200;
@@ -81,6 +82,18 @@ model::Report sample_report() {
   second.stack_truncated = true;
   report.leaks = {leak, second};
   report.notes = {"Allocations made before memtrail attached are invisible."};
+  model::UnwindSummary unwind;
+  unwind.mode = "auto";
+  unwind.stacks = 12;
+  unwind.stacks_using_tables = 10;
+  unwind.truncated_stacks = 2;
+  unwind.truncated_by_reason = {{"no_cfi", 1}, {"depth", 1}};
+  unwind.modules = {{"/srv/server", "cfi", "41 functions with CFI", 300},
+                    {"/usr/lib/libfp.so", "frame_pointers", "9 of 10 functions keep a frame pointer", 0}};
+  unwind.table_rows = 300;
+  unwind.table_bytes = 2400;
+  unwind.table_capacity_rows = 1u << 21;
+  report.unwind = unwind;
   return report;
 }
 
@@ -98,7 +111,11 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   EXPECT_NE(text.find("leak_here(int)"), std::string::npos);
   EXPECT_NE(text.find("a.c:42"), std::string::npos);
   EXPECT_NE(text.find("inlined_helper (inlined)"), std::string::npos) << text;
-  EXPECT_NE(text.find("outer callers unknown"), std::string::npos) << text;
+  EXPECT_NE(text.find("outer callers unknown: the walk reached code that no CFI describes"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("Stacks (--unwind auto): 12 captured, 2 truncated (depth 1, no_cfi 1); "
+                      "modules by CFI table 1, by frame pointers 1; 300 table rows (2.3 KiB)"),
+            std::string::npos) << text;
   EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
   EXPECT_NE(text.find("Top 1 of 2 allocation sites, leaks first, by growth"), std::string::npos)
       << text;
@@ -128,6 +145,11 @@ TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
 TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   auto json = to_json(sample_report(), 5.0);
   EXPECT_EQ(json["schema"], "memtrail.leaks/2");
+  EXPECT_EQ(json["unwind"]["mode"], "auto");
+  EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
+  EXPECT_EQ(json["unwind"]["modules"][1]["method"], "frame_pointers");
+  EXPECT_EQ(json["leaks"][0]["stack_truncation_reason"], "no_cfi");
+  EXPECT_FALSE(to_json(sample_report(), 5.0, 1).contains("unwind"));  // v1 stays as it was
   EXPECT_EQ(json["tool"]["version"], "9.9.9");
   EXPECT_EQ(json["start_time"], "2023-11-14T22:13:20.000Z");
   EXPECT_EQ(json["options"]["interval_s"], 5.0);

@@ -34,6 +34,7 @@
 #include "target/process.h"
 #include "target/proc_maps.h"
 #include "tracer/alloc_tracer.h"
+#include "unwind/module_tables.h"
 
 namespace memtrail::app {
 namespace {
@@ -128,7 +129,15 @@ class LeaksSession {
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
     config.verbose = options_.verbose;
+    config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
+    config.unwind_table_rows = static_cast<uint32_t>(
+        std::min<uint64_t>(uint64_t{options_.unwind_table_mib} * 1024 * 1024 /
+                               sizeof(memtrail_unwind_row),
+                           UINT32_MAX));
     tracer_ = std::make_unique<tracer::AllocTracer>(config);
+    if (config.unwind_mode != unwind::UnwindMode::kFramePointers) {
+      unwind_tables_.emplace(config.unwind_mode, *tracer_);
+    }
     if (options_.verbose) {
       std::cerr << "memtrail: BPF maps hold " << tracer_->map_memory_bytes() / (1024 * 1024)
                 << " MiB of kernel memory (--max-allocations " << options_.max_allocations
@@ -210,6 +219,10 @@ class LeaksSession {
   }
 
   void attach_all() {
+    // The walker needs a process's code mappings before its first allocation is recorded.
+    for (auto& process : targets_) {
+      if (!process.launched) refresh_mappings(process);
+    }
     for (auto& process : targets_) {
       if (options_.verbose) {
         std::cerr << "memtrail: pid " << process.info.pid << ": load order from "
@@ -272,6 +285,40 @@ class LeaksSession {
     }
     symbolizer_.set_process_mappings(process.info.pid, process.mappings,
                                      "/proc/" + std::to_string(process.info.pid) + "/root");
+    update_unwind_mappings(process);
+  }
+
+  // Points the stack walker at the tables of every code module the process maps now (a
+  // module seen for the first time gets its table built and stored).
+  void update_unwind_mappings(const TracedProcess& process) {
+    if (!unwind_tables_) return;
+    size_t known = unwind_tables_->modules().size();
+    auto entries = unwind_tables_->mappings_for(process.info.pid, process.mappings);
+    tracer_->set_unwind_mappings(process.info.pid, entries);
+    if (!options_.verbose) return;
+    const auto& modules = unwind_tables_->modules();
+    for (size_t i = known; i < modules.size(); ++i) {
+      std::cerr << "memtrail: unwind " << modules[i].path << ": " << modules[i].method;
+      if (modules[i].rows) {
+        std::cerr << ", " << modules[i].rows << " rows built in " << modules[i].build_ms
+                  << " ms";
+      }
+      std::cerr << " (" << modules[i].reason << ")\n";
+    }
+  }
+
+  std::optional<model::UnwindSummary> unwind_summary() const {
+    model::UnwindSummary summary;
+    summary.mode = options_.unwind;
+    if (!unwind_tables_) return summary;
+    for (const auto& module : unwind_tables_->modules()) {
+      summary.modules.push_back({module.path, module.method, module.reason, module.rows});
+    }
+    summary.table_rows = unwind_tables_->rows_stored();
+    summary.table_bytes = summary.table_rows * sizeof(memtrail_unwind_row);
+    summary.table_capacity_rows = tracer_->row_capacity();
+    summary.mappings_beyond_limit = unwind_tables_->mappings_beyond_limit();
+    return summary;
   }
 
   void loop() {
@@ -326,6 +373,7 @@ class LeaksSession {
         TracedProcess& process = *polled[i - 1];
         process.info.exited = true;
         process.pidfd.reset();
+        tracer_->forget_unwind_mappings(process.info.pid);
         if (process.launched && child_) child_->reap_if_exited();
       }
       if (std::all_of(targets_.begin(), targets_.end(),
@@ -351,6 +399,7 @@ class LeaksSession {
     context.max_outstanding_allocations = options_.max_allocations;
     context.history = &history_;
     context.suppressions = &suppressions_;
+    context.unwind = unwind_summary();
     return context;
   }
 
@@ -451,6 +500,9 @@ class LeaksSession {
   }
 
   void finish() {
+    // Code mapped since the last refresh (a command stopped right after it started) must be
+    // known to the symbolizer, or its frames print as [unknown].
+    for (auto& process : targets_) refresh_mappings(process);
     // The JSON file carries every site; the text report only the top ones. The plot picks
     // the fastest growing sites among all of them.
     bool every_site = !options_.json_path.empty() || !options_.flamegraph_path.empty() ||
@@ -478,6 +530,7 @@ class LeaksSession {
   const cli::LeaksOptions& options_;
   UniqueFd signal_fd_;
   std::unique_ptr<tracer::AllocTracer> tracer_;
+  std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<target::GatedChild> child_;
   std::vector<TracedProcess> targets_;

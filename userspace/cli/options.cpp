@@ -204,6 +204,17 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "of a standard one, e.g. /usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free "
                     "(repeat for several)")
       ->type_name("PATH:SYMBOL=ROLE,...");
+  leaks->add_option("--unwind", options.unwind,
+                    "How call stacks are walked: auto (default: CFI tables from .eh_frame for "
+                    "modules built without frame pointers, frame pointers elsewhere), dwarf "
+                    "(CFI tables wherever there is CFI, nothing guessed) or fp (frame pointers "
+                    "only: cheapest, stops at the first frame without one)")
+      ->type_name("MODE");
+  leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
+                    "Kernel memory for CFI unwind tables, shared by all traced processes "
+                    "(default 16; libc takes 0.2): modules that do not fit are unwound by "
+                    "frame pointers (auto) or not at all (dwarf), and the report says so")
+      ->type_name("MIB");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
   leaks->add_flag("-v,--verbose", options.verbose,
                   "Show probe placement, map memory, report timing and libbpf messages");
@@ -391,6 +402,12 @@ Command parse_command_line(int argc, const char* const* argv) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }
   options.sample_rate = static_cast<uint64_t>(sample_rate);
+  if (options.unwind != "auto" && options.unwind != "dwarf" && options.unwind != "fp") {
+    return usage("--unwind must be auto, dwarf or fp");
+  }
+  if (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096) {
+    return usage("--unwind-table-mib must be from 1 to 4096");
+  }
   auto format = format_of(leaks_format);
   if (!format) return usage("--format must be text, json, folded or pprof");
   options.format = *format;

@@ -50,6 +50,8 @@ struct LeaksOptions {
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
+  std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
+  uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

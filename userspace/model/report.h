@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,6 +57,9 @@ struct LeakSite {
   // the depth limit) ended the walk, or the stack could not be stored and only the calling
   // function is known. The frames shown are right; outer callers are missing.
   bool stack_truncated = false;
+  // Why the walk stopped (see model::Snapshot::Stack), or "stack_map_full" when only the
+  // calling function is known; empty when not truncated or not known (older reports).
+  std::string stack_truncation_reason;
   std::optional<Growth> growth;  // absent only in reports built without a history
   // Memory kept on purpose (a built-in or --suppressions entry matched a frame): why.
   std::optional<std::string> suppressed;
@@ -119,6 +123,27 @@ struct Totals {
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
 };
 
+// How call stacks were walked (--unwind), and how many ended early.
+struct UnwindModule {
+  std::string path;
+  std::string method;  // "cfi" (its CFI table), "frame_pointers" or "none"
+  std::string reason;
+  uint64_t rows = 0;
+};
+
+struct UnwindSummary {
+  std::string mode;  // "auto", "dwarf" or "fp"
+  uint64_t stacks = 0;            // distinct stacks captured
+  uint64_t stacks_using_tables = 0;  // of which at least one frame was unwound by CFI
+  uint64_t truncated_stacks = 0;
+  std::map<std::string, uint64_t> truncated_by_reason;
+  std::vector<UnwindModule> modules;  // every code module of the traced processes
+  uint64_t table_rows = 0;            // rows stored, shared by processes mapping the same file
+  uint64_t table_bytes = 0;
+  uint64_t table_capacity_rows = 0;
+  uint64_t mappings_beyond_limit = 0;  // code mappings the walker had no room for
+};
+
 struct Report {
   std::string tool_version;
   std::string host;
@@ -133,6 +158,7 @@ struct Report {
   std::vector<Target> targets;
   Totals totals;
   std::vector<LeakSite> leaks;      // ranked by outstanding bytes, at most `top`
+  std::optional<UnwindSummary> unwind;  // absent in reports from before --unwind
   std::vector<std::string> notes;   // caveats the reader must see (drops, invisible pre-attach allocations)
 };
 

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -64,6 +65,10 @@ struct Snapshot {
   struct Stack {
     std::vector<uint64_t> addresses;
     bool truncated = false;  // the walk stopped before the outermost frame
+    // Why, when truncated: "depth", "no_cfi", "unsupported_cfi", "rbp_unknown", "unreadable",
+    // "bad_frame_pointer", "unknown_code", "loop" (see bpf/unwind_table.h).
+    std::string truncation_reason;
+    bool used_tables = false;  // at least one frame was unwound with a CFI table
   };
   std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;

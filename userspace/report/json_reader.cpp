@@ -45,6 +45,27 @@ model::Frame frame_from(const json& object) {
   return frame;
 }
 
+model::UnwindSummary unwind_from(const json& object) {
+  model::UnwindSummary unwind;
+  unwind.mode = object.at("mode").get<std::string>();
+  unwind.stacks = object.at("stacks").get<uint64_t>();
+  unwind.stacks_using_tables = object.at("stacks_using_tables").get<uint64_t>();
+  unwind.truncated_stacks = object.at("truncated_stacks").get<uint64_t>();
+  unwind.truncated_by_reason =
+      object.at("truncated_by_reason").get<std::map<std::string, uint64_t>>();
+  unwind.table_rows = object.at("table_rows").get<uint64_t>();
+  unwind.table_bytes = object.at("table_bytes").get<uint64_t>();
+  unwind.table_capacity_rows = object.at("table_capacity_rows").get<uint64_t>();
+  unwind.mappings_beyond_limit = object.at("mappings_beyond_limit").get<uint64_t>();
+  for (const auto& module : object.at("modules")) {
+    unwind.modules.push_back({module.at("path").get<std::string>(),
+                              module.at("method").get<std::string>(),
+                              module.at("reason").get<std::string>(),
+                              module.at("rows").get<uint64_t>()});
+  }
+  return unwind;
+}
+
 model::LeakSite site_from(const json& object) {
   model::LeakSite site;
   site.pid = object.at("pid").get<uint32_t>();
@@ -55,6 +76,7 @@ model::LeakSite site_from(const json& object) {
   site.total_allocations = object.at("total_allocations").get<uint64_t>();
   site.oldest_age_s = object.at("oldest_age_s").get<double>();
   site.stack_truncated = object.at("stack_truncated").get<bool>();
+  site.stack_truncation_reason = object.value("stack_truncation_reason", std::string());
   for (const auto& frame : object.at("stack")) site.stack.push_back(frame_from(frame));
   if (object.contains("verdict")) {
     const json& growth_json = object.at("growth");
@@ -157,6 +179,7 @@ model::Report from_json(const json& document) {
     for (const auto& site : document.at("leaks")) report.leaks.push_back(site_from(site));
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();
+    if (document.contains("unwind")) report.unwind = unwind_from(document.at("unwind"));
     return report;
   } catch (const json::exception& error) {
     throw Error(std::string("malformed memtrail report: ") + error.what());

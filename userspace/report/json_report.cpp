@@ -41,6 +41,28 @@ std::string temporary_path_for(const std::string& path) {
               "choose an output path in an existing, writable directory");
 }
 
+ordered_json unwind_json(const model::UnwindSummary& unwind) {
+  ordered_json modules = ordered_json::array();
+  for (const auto& module : unwind.modules) {
+    modules.push_back({{"path", module.path},
+                       {"method", module.method},
+                       {"rows", module.rows},
+                       {"reason", module.reason}});
+  }
+  ordered_json reasons = ordered_json::object();
+  for (const auto& [reason, count] : unwind.truncated_by_reason) reasons[reason] = count;
+  return {{"mode", unwind.mode},
+          {"stacks", unwind.stacks},
+          {"stacks_using_tables", unwind.stacks_using_tables},
+          {"truncated_stacks", unwind.truncated_stacks},
+          {"truncated_by_reason", std::move(reasons)},
+          {"table_rows", unwind.table_rows},
+          {"table_bytes", unwind.table_bytes},
+          {"table_capacity_rows", unwind.table_capacity_rows},
+          {"mappings_beyond_limit", unwind.mappings_beyond_limit},
+          {"modules", std::move(modules)}};
+}
+
 }  // namespace
 
 ordered_json to_json(const model::Report& report, double interval_s, int version) {
@@ -112,6 +134,9 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                           {"oldest_age_s", site.oldest_age_s},
                           {"stack_truncated", site.stack_truncated},
                           {"stack", std::move(stack)}};
+    if (version >= 2 && !site.stack_truncation_reason.empty()) {
+      entry["stack_truncation_reason"] = site.stack_truncation_reason;
+    }
     if (site.growth && version >= 2) {
       const auto& growth = *site.growth;
       ordered_json series = ordered_json::array();
@@ -134,7 +159,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
     leaks.push_back(std::move(entry));
   }
   const auto& totals = report.totals;
-  return {{"schema", version == 1 ? kLeaksSchemaV1 : kLeaksSchemaV2},
+  ordered_json json = {{"schema", version == 1 ? kLeaksSchemaV1 : kLeaksSchemaV2},
           {"tool", {{"name", "memtrail"}, {"version", report.tool_version}}},
           {"host", report.host},
           {"kernel", report.kernel},
@@ -161,6 +186,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
             {"mismatched_frees", totals.mismatched_frees}}},
           {"leaks", std::move(leaks)},
           {"notes", report.notes}};
+  if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
+  return json;
 }
 
 void write_json_file(const ordered_json& json, const std::string& path) {

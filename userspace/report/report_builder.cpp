@@ -146,8 +146,10 @@ model::Report build_report(const model::Snapshot& snapshot,
     if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {
       addresses = stack->second.addresses;
       leak.stack_truncated = stack->second.truncated;
+      leak.stack_truncation_reason = stack->second.truncation_reason;
     } else {
       leak.stack_truncated = true;  // only the caller is known
+      leak.stack_truncation_reason = "stack_map_full";
       if (site.caller_address != 0) addresses.push_back(site.caller_address);
     }
     for (uint64_t address : addresses) {
@@ -158,6 +160,7 @@ model::Report build_report(const model::Snapshot& snapshot,
         std::any_of(leak.stack.begin(), leak.stack.end(),
                     [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
       leak.stack_truncated = false;
+      leak.stack_truncation_reason.clear();
     }
     if (site.growth) {
       const auto& assessed = *site.growth;
@@ -186,6 +189,17 @@ model::Report build_report(const model::Snapshot& snapshot,
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
                         [](const model::LeakSite& leak) { return !leak.suppressed; });
   report.notes = notes_for(totals, context, counters.missed_entries);
+  if (context.unwind) {
+    report.unwind = context.unwind;
+    auto& unwind = *report.unwind;
+    for (const auto& [id, stack] : snapshot.stacks) {
+      ++unwind.stacks;
+      if (stack.used_tables) ++unwind.stacks_using_tables;
+      if (!stack.truncated) continue;
+      ++unwind.truncated_stacks;
+      ++unwind.truncated_by_reason[stack.truncation_reason];
+    }
+  }
   return report;
 }
 

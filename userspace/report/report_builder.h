@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "aggregator/aggregator.h"
@@ -26,6 +27,8 @@ struct ReportContext {
   uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops
   const aggregator::GrowthHistory* history = nullptr;  // the series behind verdicts, if any
   const Suppressions* suppressions = nullptr;  // sites kept on purpose: marked, ranked last
+  // Mode and modules of the stack walker; the builder adds the stack counts. Absent: none.
+  std::optional<model::UnwindSummary> unwind;
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

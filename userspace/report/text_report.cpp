@@ -34,6 +34,52 @@ std::string frame_function(const model::Frame& frame) {
 
 // "      #1  leak_malloc   leaky.c:42   leaky+0x1234"; an inlined function is listed above the
 // function it was inlined into, at the same address, with a dot instead of a number.
+std::string truncation_text(const std::string& reason) {
+  if (reason == "depth") return "the stack is deeper than the 64 frames kept";
+  if (reason == "no_cfi") return "the walk reached code that no CFI describes";
+  if (reason == "unsupported_cfi") return "the walk reached CFI it cannot follow";
+  if (reason == "rbp_unknown") return "this frame needs a frame pointer that a callee lost";
+  if (reason == "unreadable") return "stack memory could not be read";
+  if (reason == "bad_frame_pointer")
+    return "the frame-pointer walk stopped here (no frame pointer; try --unwind dwarf)";
+  if (reason == "unknown_code") return "the walk reached code in no known module";
+  if (reason == "loop") return "the walk did not move up the stack";
+  if (reason == "stack_map_full") return "the stack map was full: only the caller is known";
+  return "the stack walk stopped here";
+}
+
+// One line on how stacks were walked, and one on what ended some of them early.
+void render_unwind(const model::UnwindSummary& unwind, std::ostream& out) {
+  size_t by_table = 0, by_frame_pointer = 0, by_nothing = 0;
+  for (const auto& module : unwind.modules) {
+    if (module.method == "cfi") {
+      ++by_table;
+    } else if (module.method == "frame_pointers") {
+      ++by_frame_pointer;
+    } else {
+      ++by_nothing;
+    }
+  }
+  out << "Stacks (--unwind " << unwind.mode << "): " << with_thousands(unwind.stacks)
+      << " captured, " << with_thousands(unwind.truncated_stacks) << " truncated";
+  if (!unwind.truncated_by_reason.empty()) {
+    out << " (";
+    const char* separator = "";
+    for (const auto& [reason, count] : unwind.truncated_by_reason) {
+      out << separator << reason << " " << with_thousands(count);
+      separator = ", ";
+    }
+    out << ")";
+  }
+  if (unwind.mode != "fp") {
+    out << "; modules by CFI table " << by_table << ", by frame pointers " << by_frame_pointer;
+    if (by_nothing) out << ", not unwound " << by_nothing;
+    out << "; " << with_thousands(unwind.table_rows) << " table rows ("
+        << human_bytes(unwind.table_bytes) << ")";
+  }
+  out << "\n";
+}
+
 void render_stack(const model::LeakSite& site, std::ostream& out) {
   size_t function_width = 0, location_width = 0;
   std::vector<std::string> locations;
@@ -57,7 +103,8 @@ void render_stack(const model::LeakSite& site, std::ostream& out) {
   }
   if (site.stack.empty()) out << "      (no stack)\n";
   if (site.stack_truncated) {
-    out << "      ... outer callers unknown: the frame-pointer walk stopped here\n";
+    out << "      ... outer callers unknown: "
+        << truncation_text(site.stack_truncation_reason) << "\n";
   }
 }
 
@@ -145,6 +192,7 @@ void render_text(const model::Report& report, std::ostream& out) {
       << with_thousands(totals.unmatched_frees) << " unmatched frees, "
       << with_thousands(totals.drops) << " drops, " << with_thousands(totals.failed_calls)
       << " failed calls\n";
+  if (report.unwind) render_unwind(*report.unwind, out);
   for (const auto& note : report.notes) out << "Note: " << note << "\n";
   out << std::flush;
 }

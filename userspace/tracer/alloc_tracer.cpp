@@ -21,6 +21,9 @@ extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__des
 namespace memtrail::tracer {
 namespace {
 
+// Processes whose code mappings the walker can hold at once (16 KiB each, allocated on use).
+constexpr uint32_t kMaxUnwindProcesses = 4096;
+
 struct ProbePrograms {
   bpf_program* entry;
   bpf_program* exit;  // nullptr: no return probe (free)
@@ -44,14 +47,28 @@ ProbePrograms programs_for(alloc_bpf* skeleton, target::ProbeRole role) {
   return {nullptr, nullptr};
 }
 
-// Maps the values of a BPF_F_MMAPABLE array read-only (the kernel lays them out from offset 0).
-MappedMap map_values(bpf_map* map) {
+// Maps the values of a BPF_F_MMAPABLE array (the kernel lays them out from offset 0).
+MappedMap map_values(bpf_map* map, int protection = PROT_READ) {
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   size_t length = static_cast<size_t>(bpf_map__value_size(map)) * bpf_map__max_entries(map);
   length = (length + page - 1) / page * page;
-  void* address = mmap(nullptr, length, PROT_READ, MAP_SHARED, bpf_map__fd(map), 0);
+  void* address = mmap(nullptr, length, protection, MAP_SHARED, bpf_map__fd(map), 0);
   if (address == MAP_FAILED) fail(std::string("map BPF map ") + bpf_map__name(map), errno);
   return MappedMap(address, length);
+}
+
+const char* truncation_reason_name(unsigned reason) {
+  switch (reason) {
+    case MEMTRAIL_TRUNCATED_DEPTH: return "depth";
+    case MEMTRAIL_TRUNCATED_NO_CFI: return "no_cfi";
+    case MEMTRAIL_TRUNCATED_UNSUPPORTED: return "unsupported_cfi";
+    case MEMTRAIL_TRUNCATED_RBP_UNKNOWN: return "rbp_unknown";
+    case MEMTRAIL_TRUNCATED_UNREADABLE: return "unreadable";
+    case MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER: return "bad_frame_pointer";
+    case MEMTRAIL_TRUNCATED_NO_MAPPING: return "unknown_code";
+    case MEMTRAIL_TRUNCATED_LOOP: return "loop";
+  }
+  return "unknown";
 }
 
 }  // namespace
@@ -63,13 +80,17 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   if (!skeleton_) fail("open BPF object alloc.bpf.o", errno);
   auto& maps = skeleton_->maps;
   uint32_t buckets = memtrail_alloc_buckets_for(config.max_outstanding_allocations);
+  bool tables = config.unwind_mode != unwind::UnwindMode::kFramePointers;
   struct {
     bpf_map* map;
     uint32_t entries;
   } sizes[] = {{maps.allocs, buckets},
                {maps.site_totals, config.max_stacks},
                {maps.stacks, config.max_stacks},
-               {maps.fallback_sites, config.max_fallback_sites}};
+               {maps.fallback_sites, config.max_fallback_sites},
+               // The frame-pointer walk reads neither: one entry each, no memory.
+               {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
+               {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
@@ -78,6 +99,8 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   rodata->alloc_buckets = buckets;
   rodata->probe_floor = config.probe_floor;
   rodata->sample_rate = config.sample_rate;
+  rodata->unwind_mode = tables ? MEMTRAIL_UNWIND_MODE_TABLES : MEMTRAIL_UNWIND_MODE_FP;
+  rodata->unknown_code_by_frame_pointer = config.unwind_mode != unwind::UnwindMode::kDwarf;
   if (config.sample_rate != 0) {
     auto quantiles = aggregator::exponential_quantiles();
     auto weights = aggregator::sample_weight_table();
@@ -89,6 +112,44 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
   allocs_view_ = map_values(maps.allocs);
+  if (tables) {
+    rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
+    row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
+  }
+}
+
+std::optional<uint32_t> AllocTracer::store_rows(std::span<const unwind::Row> rows) {
+  if (rows.size() > row_capacity_ - rows_used_) return std::nullopt;
+  auto first = static_cast<uint32_t>(rows_used_);
+  // No walker reads these rows before set_unwind_mappings() points a process at them (a
+  // syscall: the stores are visible by then).
+  std::copy(rows.begin(), rows.end(), rows_view_.writable_values<memtrail_unwind_row>() + first);
+  rows_used_ += rows.size();
+  return first;
+}
+
+void AllocTracer::set_unwind_mappings(uint32_t pid,
+                                      std::span<const unwind::WalkerMapping> mappings) {
+  if (row_capacity_ == 0) return;  // --unwind fp
+  auto process = std::make_unique<memtrail_unwind_process>();
+  size_t count = std::min<size_t>(mappings.size(), MEMTRAIL_UNWIND_MAX_MAPPINGS);
+  std::copy_n(mappings.begin(), count, process->mappings);
+  process->count = static_cast<uint32_t>(count);
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.unwind_processes), &pid, process.get(),
+                          BPF_ANY) != 0) {
+    int error_number = errno;
+    fail("store the code mappings of pid " + std::to_string(pid) + " for the stack walker",
+         error_number,
+         error_number == E2BIG ? "more than " + std::to_string(kMaxUnwindProcesses) +
+                                     " processes traced at once with --unwind dwarf/auto"
+                               : "");
+  }
+}
+
+void AllocTracer::forget_unwind_mappings(uint32_t pid) {
+  if (row_capacity_ == 0) return;
+  // ENOENT: never stored (a process that exited before its mappings were read).
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.unwind_processes), &pid);
 }
 
 AllocTracer::~AllocTracer() = default;
@@ -194,6 +255,11 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
         auto& entry = snapshot.stacks[id];
         entry.addresses.assign(stack.ips, stack.ips + depth);
         entry.truncated = (stack.flags & MEMTRAIL_STACK_TRUNCATED) != 0;
+        entry.used_tables = (stack.flags & MEMTRAIL_STACK_USED_TABLES) != 0;
+        if (entry.truncated) {
+          entry.truncation_reason = truncation_reason_name(
+              (stack.flags >> MEMTRAIL_STACK_REASON_SHIFT) & MEMTRAIL_STACK_REASON_MASK);
+        }
         if (stack.id >= max_stacks) return;
         uint32_t index = stack.id;
         if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/snapshot.h"
 #include "target/allocator.h"
 #include "tracer/libbpf_raii.h"
+#include "unwind/module_tables.h"
 
 namespace memtrail::tracer {
 
@@ -16,16 +18,20 @@ struct TracerConfig {
   uint32_t max_fallback_sites = 1u << 16;           // sites whose stack could not be stored
   uint32_t max_stacks = 1u << 14;                   // distinct (pid, call stack) pairs: sites
   uint64_t sample_rate = 0;                         // --sample-rate bytes; 0: every allocation
+  // --unwind: fp reads no table (and reserves no memory for one); dwarf and auto walk each
+  // frame as set_unwind_mappings says.
+  unwind::UnwindMode unwind_mode = unwind::UnwindMode::kFramePointers;
+  uint32_t unwind_table_rows = 1u << 21;  // capacity of the row map (8 bytes a row)
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
 
 
-class AllocTracer {
+class AllocTracer : public unwind::RowStore {
  public:
   // Opens and loads the BPF object (verifier included). Throws memtrail::Error.
   explicit AllocTracer(const TracerConfig& config);
-  ~AllocTracer();
+  ~AllocTracer() override;
   AllocTracer(const AllocTracer&) = delete;
   AllocTracer& operator=(const AllocTracer&) = delete;
 
@@ -38,6 +44,17 @@ class AllocTracer {
   // sink, the outstanding allocations go to it as they are read, not into the snapshot.
   model::Snapshot snapshot(model::AllocationSink* sink = nullptr) const;
 
+  // Appends a module's unwind rows to the walker's row map (written in place): the index of
+  // the first, or nullopt when they do not fit in what is left.
+  std::optional<uint32_t> store_rows(std::span<const unwind::Row> rows) override;
+  uint64_t row_capacity() const override { return row_capacity_; }
+
+  // Tells the walker where process `pid` maps code and how to unwind each mapping (replaces
+  // what it had). Throws memtrail::Error when the map refuses it.
+  void set_unwind_mappings(uint32_t pid, std::span<const unwind::WalkerMapping> mappings);
+  // Drops a process's mappings (it exited).
+  void forget_unwind_mappings(uint32_t pid);
+
   // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
   uint64_t map_memory_bytes() const;
 
@@ -47,6 +64,9 @@ class AllocTracer {
   TracerConfig config_;
   AllocSkeleton skeleton_;
   MappedMap allocs_view_;    // the outstanding-allocations table, read in place
+  MappedMap rows_view_;      // the unwind rows, written in place
+  uint64_t row_capacity_ = 0;
+  uint64_t rows_used_ = 0;
   std::vector<Link> links_;  // declared last: destroyed first
 };
 

@@ -27,7 +27,7 @@ struct AllocSkeletonDeleter {
 // The loaded BPF object with its programs and maps.
 using AllocSkeleton = std::unique_ptr<alloc_bpf, AllocSkeletonDeleter>;
 
-// A read-only mapping of a BPF_F_MMAPABLE array map's values, unmapped on destruction.
+// A mapping of a BPF_F_MMAPABLE array map's values, unmapped on destruction.
 class MappedMap {
  public:
   MappedMap() = default;
@@ -46,6 +46,9 @@ class MappedMap {
   }
   template <typename Value>
   const Value* values() const { return static_cast<const Value*>(address_); }
+  // Only for a mapping made writable (PROT_WRITE).
+  template <typename Value>
+  Value* writable_values() const { return static_cast<Value*>(const_cast<void*>(address_)); }
 
  private:
   const void* address_ = nullptr;

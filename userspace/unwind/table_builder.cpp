@@ -674,6 +674,44 @@ std::vector<AddressRange> executable_segments(Elf* elf) {
   return text;
 }
 
+std::vector<LoadSegment> load_segments(Elf* elf) {
+  std::vector<LoadSegment> segments;
+  size_t count = 0;
+  if (elf_getphdrnum(elf, &count) != 0) return segments;
+  for (size_t i = 0; i < count; ++i) {
+    GElf_Phdr header;
+    if (gelf_getphdr(elf, static_cast<int>(i), &header) && header.p_type == PT_LOAD)
+      segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
+  }
+  return segments;
+}
+
+// The GNU build id note (in .note.gnu.build-id of every Debian binary), in hex.
+std::string build_id_hex(Elf* elf) {
+  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+    GElf_Shdr header;
+    if (!gelf_getshdr(scn, &header) || header.sh_type != SHT_NOTE) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data) continue;
+    GElf_Nhdr note;
+    size_t offset = 0, name_offset = 0, desc_offset = 0;
+    while ((offset = gelf_getnote(data, offset, &note, &name_offset, &desc_offset)) > 0) {
+      if (note.n_type != NT_GNU_BUILD_ID || note.n_namesz != 4 ||
+          std::memcmp(static_cast<const char*>(data->d_buf) + name_offset, "GNU", 4) != 0)
+        continue;
+      static const char digits[] = "0123456789abcdef";
+      std::string hex;
+      const auto* bytes = static_cast<const unsigned char*>(data->d_buf) + desc_offset;
+      for (size_t i = 0; i < note.n_descsz; ++i) {
+        hex += digits[bytes[i] >> 4];
+        hex += digits[bytes[i] & 15];
+      }
+      return hex;
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 UnwindTable build_unwind_table(const std::string& elf_path) {
@@ -696,6 +734,8 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
                 std::to_string(ehdr.e_machine) + "): memtrail unwinds x86-64 code only");
 
   UnwindTable table;
+  table.segments = load_segments(elf.get());
+  table.build_id = build_id_hex(elf.get());
   SectionLookup sections = find_cfi_sections(elf.get(), table);
   if (!sections.eh_frame && !sections.debug_frame) {
     table.no_cfi_reason = "no .eh_frame or .debug_frame section with contents";
@@ -730,12 +770,15 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
     bool ok = program.run_initial() && program.run_fde(fde.instructions, fde.instructions_end,
                                                        fde.start, fde.end, state_rows);
     if (!ok && state_rows.empty()) state_rows.push_back({fde.start, FrameState{}});
+    bool frame_pointer = false;
     for (size_t i = 0; i < state_rows.size(); ++i) {
       // The row where decoding stopped says nothing reliable about the rest of the FDE.
       bool malformed = !ok && i + 1 == state_rows.size();
       Row row = encode_row(state_rows[i].state, malformed, table);
+      frame_pointer = frame_pointer || cfa_kind(row) == MEMTRAIL_UNWIND_CFA_RBP;
       append_row(table.rows, state_rows[i].location, row, table);
     }
+    if (frame_pointer) ++table.fdes_with_frame_pointer;
     append_row(table.rows, fde.end, none, table);
   }
   if (table.rows.empty())

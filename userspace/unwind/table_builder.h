@@ -41,6 +41,14 @@ struct SkippedFdes {
                                      // (from the break on, its FDEs are missing)
 };
 
+// A PT_LOAD segment: how file offsets (what /proc/PID/maps shows) map to ELF virtual addresses
+// (what rows are keyed by).
+struct LoadSegment {
+  uint64_t vaddr = 0;
+  uint64_t file_offset = 0;
+  uint64_t file_size = 0;
+};
+
 struct UnwindTable {
   // Sorted by pc (ELF virtual address: runtime pc - load bias), strictly increasing; adjacent
   // rows differ (identical ones are merged); a NONE row ends every run of described addresses.
@@ -57,6 +65,17 @@ struct UnwindTable {
   UnsupportedCounts unsupported;
   SkippedFdes skipped;
   bool used_debug_frame = false;  // .debug_frame contributed FDEs that .eh_frame lacks
+  // FDEs whose CFA is rbp-based at some point: functions that set up a frame pointer.
+  uint64_t fdes_with_frame_pointer = 0;
+
+  std::vector<LoadSegment> segments;  // every PT_LOAD, in program-header order
+  std::string build_id;               // NT_GNU_BUILD_ID in hex; empty when the file has none
+
+  // Most functions keep a frame pointer (-fno-omit-frame-pointer): a frame-pointer walk is
+  // right through this module and cheaper than its table.
+  bool keeps_frame_pointers() const {
+    return fdes > 0 && fdes_with_frame_pointer * 2 >= fdes;
+  }
 
   size_t size_bytes() const { return rows.size() * sizeof(Row); }
 };

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+// --unwind policy: which module gets a CFI table, which is walked by frame pointers, how rows
+// are shared, and how a process mapping turns into the walker's entry (bias, rows, method).
+#include "unwind/module_tables.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace memtrail::unwind {
+namespace {
+
+// Rows land in a vector instead of a BPF map; `capacity` rows fit.
+class VectorStore : public RowStore {
+ public:
+  explicit VectorStore(uint64_t capacity) : capacity_(capacity) {}
+  std::optional<uint32_t> store_rows(std::span<const Row> rows) override {
+    if (rows.size() > capacity_ - stored.size()) return std::nullopt;
+    auto first = static_cast<uint32_t>(stored.size());
+    stored.insert(stored.end(), rows.begin(), rows.end());
+    ++stores;
+    return first;
+  }
+  uint64_t row_capacity() const override { return capacity_; }
+  std::vector<Row> stored;
+  int stores = 0;
+
+ private:
+  uint64_t capacity_;
+};
+
+// How a process maps `path`'s text, the way the kernel lays out a PIE or library: the
+// executable PT_LOAD (the second one, at its own file offset) at `base` + its vaddr.
+target::Mapping text_mapping(const std::string& path, uint64_t base) {
+  UnwindTable table = build_unwind_table(path);
+  target::Mapping mapping;
+  for (const auto& segment : table.segments) {
+    if (segment.file_offset == 0) continue;  // the read-only headers
+    mapping.start = base + segment.vaddr;
+    mapping.end = mapping.start + ((segment.file_size + 4095) & ~uint64_t{4095});
+    mapping.file_offset = segment.file_offset;
+    break;
+  }
+  mapping.readable = mapping.executable = true;
+  mapping.inode = 1;
+  mapping.path = std::filesystem::absolute(path).string();
+  return mapping;
+}
+
+TEST(UnwindMode, ParsesTheThreeModesAndNothingElse) {
+  EXPECT_EQ(parse_unwind_mode("fp"), UnwindMode::kFramePointers);
+  EXPECT_EQ(parse_unwind_mode("dwarf"), UnwindMode::kDwarf);
+  EXPECT_EQ(parse_unwind_mode("auto"), UnwindMode::kAuto);
+  EXPECT_FALSE(parse_unwind_mode("DWARF"));
+  EXPECT_FALSE(parse_unwind_mode(""));
+  EXPECT_STREQ(unwind_mode_name(UnwindMode::kDwarf), "dwarf");
+}
+
+TEST(LoadBias, MapsTheSegmentHoldingTheMappingsFileOffset) {
+  std::vector<LoadSegment> segments{{0x0, 0x0, 0x1000}, {0x2000, 0x1000, 0x500}};
+  target::Mapping text;
+  text.start = 0x7f0000002000;
+  text.end = 0x7f0000003000;
+  text.file_offset = 0x1000;
+  // Runtime 0x7f0000002000 holds vaddr 0x2000: every runtime address minus the bias is a vaddr.
+  EXPECT_EQ(load_bias(text, segments), 0x7f0000000000u);
+  // A segment whose vaddr and file offset differ (lld's layout) is handled the same way.
+  segments[1] = {0x3000, 0x1000, 0x500};
+  EXPECT_EQ(load_bias(text, segments), 0x7f0000002000u - 0x3000);
+  text.file_offset = 0x9000;  // beyond every segment
+  EXPECT_FALSE(load_bias(text, segments));
+}
+
+TEST(ModuleTables, DwarfModeStoresEachFilesRowsOnceAndPointsEveryProcessAtThem) {
+  VectorStore store(1u << 20);
+  ModuleTables tables(UnwindMode::kDwarf, store);
+  auto lib = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000);
+  auto exe = text_mapping(UNWIND_FIXTURE_O0, 0x555500000000);
+  auto first = tables.mappings_for(getpid(), {lib, exe});
+  ASSERT_EQ(first.size(), 2u);
+  // Sorted by address, whatever the order of the maps file.
+  EXPECT_EQ(first[0].start, exe.start);
+  EXPECT_EQ(first[1].start, lib.start);
+  for (const auto& entry : first) {
+    EXPECT_EQ(entry.method, MEMTRAIL_UNWIND_BY_TABLE);  // dwarf: frame pointers or not
+    EXPECT_GT(entry.rows, 0u);
+  }
+  UnwindTable lib_table = build_unwind_table(UNWIND_FIXTURE_LIB_O2);
+  EXPECT_EQ(first[1].rows, lib_table.rows.size());
+  EXPECT_EQ(first[1].bias, 0x7f0000000000u);
+  // The rows stored are the builder's, at the entry's first_row.
+  ASSERT_LE(first[1].first_row + first[1].rows, store.stored.size());
+  for (size_t i = 0; i < lib_table.rows.size(); ++i) {
+    EXPECT_EQ(store.stored[first[1].first_row + i].pc, lib_table.rows[i].pc);
+    EXPECT_EQ(store.stored[first[1].first_row + i].rules, lib_table.rows[i].rules);
+  }
+
+  // A second process mapping the same library elsewhere shares the rows: nothing stored again.
+  int stores = store.stores;
+  auto moved = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
+  auto second = tables.mappings_for(getpid(), {moved});
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(store.stores, stores);
+  EXPECT_EQ(second[0].first_row, first[1].first_row);
+  EXPECT_EQ(second[0].bias, 0x7e0000000000u);
+  EXPECT_EQ(tables.modules().size(), 2u);
+  EXPECT_EQ(tables.rows_stored(), store.stored.size());
+}
+
+TEST(ModuleTables, AutoModeWalksFramePointerBuildsByFramePointer) {
+  VectorStore store(1u << 20);
+  ModuleTables tables(UnwindMode::kAuto, store);
+  auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O0, 0x7f0000000000),
+                                                text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000)});
+  ASSERT_EQ(entries.size(), 2u);
+  // O2 (no frame pointers) at the lower address: a table; O0 (frame pointers): none needed.
+  EXPECT_EQ(entries[0].method, MEMTRAIL_UNWIND_BY_TABLE);
+  EXPECT_EQ(entries[1].method, MEMTRAIL_UNWIND_BY_FRAME_POINTER);
+  EXPECT_EQ(entries[1].rows, 0u);
+  const auto& modules = tables.modules();
+  ASSERT_EQ(modules.size(), 2u);
+  EXPECT_EQ(modules[0].method, "frame_pointers");
+  EXPECT_NE(modules[0].reason.find("keep a frame pointer"), std::string::npos) << modules[0].reason;
+  EXPECT_EQ(modules[1].method, "cfi");
+  EXPECT_EQ(store.stored.size(), modules[1].rows);  // only the O2 library's rows
+}
+
+TEST(ModuleTables, AModuleWithoutCfiIsGuessedInAutoModeAndNotInDwarfMode) {
+  for (auto [mode, method, walker] :
+       {std::tuple{UnwindMode::kAuto, "frame_pointers", MEMTRAIL_UNWIND_BY_FRAME_POINTER},
+        std::tuple{UnwindMode::kDwarf, "none", MEMTRAIL_UNWIND_BY_NOTHING}}) {
+    VectorStore store(1u << 20);
+    ModuleTables tables(mode, store);
+    auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_NO_CFI, 0x7f0000000000)});
+    ASSERT_EQ(entries.size(), 1u);
+    EXPECT_EQ(entries[0].method, static_cast<uint32_t>(walker));
+    EXPECT_EQ(tables.modules().at(0).method, method);
+    EXPECT_FALSE(tables.modules().at(0).reason.empty());
+  }
+}
+
+TEST(ModuleTables, AFullRowMapIsSaidAndTheModuleFallsBack) {
+  VectorStore store(10);  // far too small for any table
+  ModuleTables tables(UnwindMode::kDwarf, store);
+  auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].method, MEMTRAIL_UNWIND_BY_NOTHING);
+  EXPECT_NE(tables.modules().at(0).reason.find("--unwind-table-mib"), std::string::npos);
+  EXPECT_TRUE(store.stored.empty());
+}
+
+TEST(ModuleTables, FilesThatAreGoneOrNotCodeAreSkipped) {
+  VectorStore store(1u << 20);
+  ModuleTables tables(UnwindMode::kDwarf, store);
+  auto gone = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000);
+  gone.path = "/nonexistent/libgone.so";
+  auto data = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
+  data.executable = false;
+  target::Mapping anonymous;
+  anonymous.start = 0x1000;
+  anonymous.end = 0x2000;
+  anonymous.executable = true;
+  EXPECT_TRUE(tables.mappings_for(getpid(), {gone, data, anonymous}).empty());
+  EXPECT_TRUE(tables.modules().empty());
+}
+
+TEST(ModuleTables, AnotherCopyOfTheSameBinarySharesRowsByBuildId) {
+  VectorStore store(1u << 20);
+  ModuleTables tables(UnwindMode::kDwarf, store);
+  std::string copy = testing::TempDir() + "/libcopy.so";
+  std::filesystem::copy_file(UNWIND_FIXTURE_LIB_O2, copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  auto original = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
+  int stores = store.stores;
+  auto copied = tables.mappings_for(getpid(), {text_mapping(copy, 0x7e0000000000)});
+  ASSERT_EQ(copied.size(), 1u);
+  EXPECT_EQ(store.stores, stores);
+  EXPECT_EQ(copied[0].first_row, original[0].first_row);
+  EXPECT_NE(tables.modules().back().reason.find("same build id"), std::string::npos);
+  std::filesystem::remove(copy);
+}
+
+}  // namespace
+}  // namespace memtrail::unwind

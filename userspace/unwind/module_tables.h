@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+// Which module is unwound how (--unwind), the tables the BPF walker reads for each, and the
+// per-process list of executable mappings that points the walker at them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "target/proc_maps.h"
+#include "unwind/table_builder.h"
+
+namespace memtrail::unwind {
+
+enum class UnwindMode {
+  kFramePointers,  // fp: the frame-pointer walk everywhere, no table
+  kDwarf,          // dwarf: CFI tables for every module that has CFI; nothing is guessed
+  kAuto,           // auto: tables for modules built without frame pointers
+};
+
+std::optional<UnwindMode> parse_unwind_mode(std::string_view name);
+const char* unwind_mode_name(UnwindMode mode);
+
+// How the walker unwinds frames in one module, and why.
+struct ModuleUnwind {
+  std::string path;         // as the first process that mapped it sees it
+  std::string method;       // "cfi", "frame_pointers" or "none"
+  std::string reason;       // why this method (always set: the report shows it)
+  uint32_t first_row = 0;   // in the walker's row map
+  uint32_t rows = 0;        // 0 unless method is "cfi"
+  double build_ms = 0;      // reading the CFI and building the rows
+  std::vector<LoadSegment> segments;
+};
+
+// Where rows go: the tracer's BPF map (tests use a vector). Returns the index of the first row
+// stored, or nullopt when the rows do not fit in what is left.
+class RowStore {
+ public:
+  virtual ~RowStore() = default;
+  virtual std::optional<uint32_t> store_rows(std::span<const Row> rows) = 0;
+  virtual uint64_t row_capacity() const = 0;
+};
+
+// The walker's view of one process mapping: bpf/unwind_table.h's struct, built in userspace.
+using WalkerMapping = memtrail_unwind_mapping;
+
+class ModuleTables {
+ public:
+  ModuleTables(UnwindMode mode, RowStore& store) : mode_(mode), store_(store) {}
+
+  // The walker's entries for a process's executable file mappings, sorted by address: at most
+  // MEMTRAIL_UNWIND_MAX_MAPPINGS (the rest is counted in mappings_beyond_limit). Builds and
+  // stores the table of every file not seen before; a file another process maps already (same
+  // file, or same build id) shares its table. Files are opened through /proc/PID/root.
+  std::vector<WalkerMapping> mappings_for(uint32_t pid,
+                                          const std::vector<target::Mapping>& mappings);
+
+  UnwindMode mode() const { return mode_; }
+  // Every module met so far, in the order first seen.
+  const std::vector<ModuleUnwind>& modules() const { return modules_; }
+  uint64_t rows_stored() const { return rows_stored_; }
+  uint64_t mappings_beyond_limit() const { return mappings_beyond_limit_; }
+
+ private:
+  // Index into modules_ of the file `open_path`, building its table on first sight; nullopt
+  // when the file is gone.
+  std::optional<size_t> module_for(const std::string& path, const std::string& open_path);
+  ModuleUnwind describe(const std::string& path, const std::string& open_path);
+
+  UnwindMode mode_;
+  RowStore& store_;
+  std::vector<ModuleUnwind> modules_;
+  std::unordered_map<std::string, size_t> by_file_;      // "dev:inode:size:mtime"
+  std::unordered_map<std::string, size_t> by_build_id_;
+  uint64_t rows_stored_ = 0;
+  uint64_t mappings_beyond_limit_ = 0;
+};
+
+// The walker's entry for `mapping` of a module whose PT_LOAD segments are `segments`: bias is
+// what turns a runtime address into the ELF virtual address its rows are keyed by. nullopt when
+// no segment holds the mapping's file offset.
+std::optional<uint64_t> load_bias(const target::Mapping& mapping,
+                                  std::span<const LoadSegment> segments);
+
+}  // namespace memtrail::unwind
