@@ -407,6 +407,7 @@ struct walk {
 	__u32 mapping_hint; /* the previous frame's mapping: callers are often in the same one */
 	__u16 flags;
 	__u8 bp_known; /* false once a frame's CFI says rbp cannot be recovered */
+	__u8 exact_pc; /* pc is where a signal struck, not a return address: no - 1 */
 };
 
 /* The two binary searches are global functions: the verifier checks each once, on its own,
@@ -479,6 +480,26 @@ static __always_inline long walk_ends(struct walk *walk, enum memtrail_truncatio
 	return WALK_STOP;
 }
 
+/* The signal trampoline: the kernel saved the interrupted registers in the frame. The next
+ * pc is where the signal struck, not a return address. */
+static __always_inline long signal_frame_step(struct walk *walk, __u64 *return_address)
+{
+	__u64 sp_ip[2], bp;
+
+	if (bpf_probe_read_user(sp_ip, sizeof(sp_ip), (void *)(walk->sp + MEMTRAIL_SIGFRAME_RSP)) ||
+	    bpf_probe_read_user(&bp, sizeof(bp), (void *)(walk->sp + MEMTRAIL_SIGFRAME_RBP)))
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	if (!sp_ip[1])
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	walk->flags |= MEMTRAIL_STACK_USED_TABLES;
+	walk->sp = sp_ip[0];
+	walk->bp = bp;
+	walk->bp_known = 1;
+	walk->exact_pc = 1;
+	*return_address = sp_ip[1];
+	return WALK_CONTINUE;
+}
+
 /* One frame by its CFI row: the caller's pc, sp and bp, or the end of the walk. */
 static __always_inline long table_step(struct walk *walk, struct memtrail_unwind_mapping *mapping,
 				       __u64 *return_address)
@@ -488,7 +509,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 		struct memtrail_unwind_row fields;
 	} found;
 	struct memtrail_unwind_row *row = &found.fields;
-	__u64 pc = walk->pc - 1 - mapping->bias, cfa, saved[2];
+	__u64 pc = walk->pc - (walk->exact_pc ? 0 : 1) - mapping->bias, cfa, saved[2];
 	__s64 rbp_slot;
 
 	found.bits = unwind_find_row(mapping->first_row, mapping->rows, pc);
@@ -502,10 +523,12 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 		cfa = walk->bp + row->cfa_offset;
 		break;
 	case MEMTRAIL_UNWIND_CFA_PLT:
-		cfa = walk->sp + row->cfa_offset + (((walk->pc - 1) & 15) >= row->rbp_offset ? 8 : 0);
+		cfa = walk->sp + row->cfa_offset + ((pc & 15) >= row->rbp_offset ? 8 : 0);
 		break;
 	case MEMTRAIL_UNWIND_CFA_OUTERMOST:
 		return walk_ends(walk, 0); /* _start, a thread's start routine: complete */
+	case MEMTRAIL_UNWIND_CFA_SIGNAL:
+		return signal_frame_step(walk, return_address);
 	case MEMTRAIL_UNWIND_CFA_NONE:
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_CFI);
 	default:
@@ -541,6 +564,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 		*return_address = saved[1];
 	}
 	walk->sp = cfa;
+	walk->exact_pc = 0;
 	if (*return_address == 0)
 		return walk_ends(walk, 0); /* an outermost frame without CFI saying so */
 	return WALK_CONTINUE;
@@ -568,6 +592,7 @@ static __always_inline long frame_pointer_step(struct walk *walk, __u64 *return_
 	/* A caller's rbp at or below this one fails the span check of the next step: no loops. */
 	walk->bp = frame.next_fp;
 	walk->sp = fp + 16;
+	walk->exact_pc = 0;
 	*return_address = frame.return_address;
 	return WALK_CONTINUE;
 }
@@ -581,14 +606,19 @@ static long unwind_step(__u32 index, struct walk *walk)
 	long outcome;
 
 	if (walk->process) {
-		int found = unwind_find_mapping(walk->process, walk->pc - 1, walk->mapping_hint);
+		int found = unwind_find_mapping(walk->process, walk->pc - (walk->exact_pc ? 0 : 1),
+						walk->mapping_hint);
 
 		if (found >= 0) {
 			walk->mapping_hint = found;
 			mapping = &walk->process->mappings[found & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
 			method = mapping->method;
-		} else if (!unknown_code_by_frame_pointer) {
-			return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_MAPPING);
+		} else {
+			/* A library mapped since userspace last read the process's mappings, most
+			 * likely (dlopen): the counter makes it read them again at once. */
+			count(MEMTRAIL_CTR_UNKNOWN_CODE);
+			if (!unknown_code_by_frame_pointer)
+				return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_MAPPING);
 		}
 	}
 	if (mapping && method == MEMTRAIL_UNWIND_BY_TABLE)

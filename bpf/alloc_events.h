@@ -57,7 +57,9 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_MISSED_ENTRIES = 8,  /* return without a recorded entry (attached mid-call) */
 	MEMTRAIL_CTR_UNSAMPLED = 9,       /* allocations passed over by --sample-rate */
 	MEMTRAIL_CTR_MISMATCHED = 10,     /* blocks released by the wrong function (new/free, ...) */
-	MEMTRAIL_CTR_COUNT = 11,
+	MEMTRAIL_CTR_UNKNOWN_CODE = 11,   /* stack frames in code no known mapping holds: userspace
+					   * re-reads the process's mappings when this grows */
+	MEMTRAIL_CTR_COUNT = 12,
 };
 
 /* Byte sampling (--sample-rate): each byte allocated is sampled with probability 1/rate, so an

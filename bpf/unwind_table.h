@@ -53,7 +53,12 @@ enum memtrail_unwind_cfa {
 					      * (_start, a thread's start routine); not an error */
 	MEMTRAIL_UNWIND_CFA_UNSUPPORTED = 5, /* rules the walker cannot evaluate (DWARF expression,
 					      * other base register, offset out of range...) */
+	MEMTRAIL_UNWIND_CFA_SIGNAL = 6,      /* the signal trampoline (__restore_rt): rsp points at
+					      * the kernel's ucontext; the interrupted rbp, rsp and
+					      * rip are at rsp + 120, 160 and 168 */
 };
+#define MEMTRAIL_SIGFRAME_RBP 120
+#define MEMTRAIL_SIGFRAME_RSP 160 /* rip follows at +168 */
 
 /* Where the caller's rbp is: the high nibble of `rules`. */
 enum memtrail_unwind_rbp {

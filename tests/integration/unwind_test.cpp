@@ -26,6 +26,8 @@ using nlohmann::json;
 // What tests/targets/unwind_chain.c and unwind_cxx.cpp do (the same numbers are there).
 constexpr int kChainCount = 4;          // UNWIND_CHAIN_COUNT blocks ...
 constexpr int kChainBytes = 12345;      // ... of UNWIND_CHAIN_BYTES bytes: 49,380 outstanding
+constexpr int kPluginCount = 5;         // UNWIND_PLUGIN_COUNT blocks through the dlopen'ed plugin
+constexpr int kSignalCount = 3;         // UNWIND_SIGNAL_COUNT blocks in the signal handler
 constexpr int kCxxNodes = 6;            // kUnwindCxxNodes nodes ...
 constexpr int kCxxNodeBytes = 104;      // ... of sizeof(Node) bytes: 624 outstanding
 
@@ -69,10 +71,10 @@ struct Traced {
 // Attaches `memtrail leaks -p PID --unwind MODE --json FILE -q --duration 2` (plus `options`)
 // to `program` at its gate, lets the program run its chain, and reads the report memtrail
 // writes when the duration has elapsed. The program keeps running meanwhile.
-Traced trace_by_pid(const std::string& program, const std::string& mode,
+Traced trace_by_pid(std::vector<std::string> program, const std::string& mode,
                     std::vector<std::string> options = {}) {
   TempDir dir;
-  Target target({program});
+  Target target(std::move(program));
   std::vector<std::string> args{MEMTRAIL_BINARY, "leaks", "-p",
                                 std::to_string(target.process.pid()), "--unwind", mode,
                                 "--json", dir.file("r.json"), "-q", "--duration", "2"};
@@ -244,14 +246,14 @@ void expect_chain_report(const Traced& traced) {
 
 TEST(UnwindDwarf, AttachedByPidShowsTheWholeChainThroughALibraryWithoutFramePointers) {
   REQUIRE_BPF_OR_SKIP();
-  Traced traced = trace_by_pid(MEMTRAIL_UNWIND_CHAIN, "dwarf");
+  Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CHAIN}, "dwarf");
   expect_chain_report(traced);
   expect_unwind_summary(traced.report, {"dwarf", kChainCfiFiles});
 }
 
 TEST(UnwindAuto, AttachedByPidShowsTheWholeChainThroughALibraryWithoutFramePointers) {
   REQUIRE_BPF_OR_SKIP();
-  Traced traced = trace_by_pid(MEMTRAIL_UNWIND_CHAIN, "auto");
+  Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CHAIN}, "auto");
   expect_chain_report(traced);
   // No module of the chain has frame pointers: auto can only have walked them by their CFI.
   expect_unwind_summary(traced.report, {"auto", kChainCfiFiles});
@@ -283,13 +285,84 @@ TEST(UnwindDwarf, ALaunchedCommandShowsTheWholeChain) {
   expect_unwind_summary(traced.report, {"dwarf", kChainCfiFiles});
 }
 
+// The chain run in a signal handler: between the handler and raise() lies the kernel's signal
+// frame, which glibc's __restore_rt describes with DWARF expressions; the walker reads the
+// interrupted registers from it and goes on through libc's raise() down to main.
+TEST(UnwindDwarf, TheStackCrossesASignalFrameDownToMain) {
+  REQUIRE_BPF_OR_SKIP();
+  Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CHAIN, "signal"}, "dwarf");
+  auto sites = sites_with_function(traced.report, "lib_level_two");
+  ASSERT_EQ(sites.size(), 1u) << traced.report.dump(2);
+  const json& site = sites[0];
+  EXPECT_EQ(site["outstanding_bytes"], kSignalCount * kChainBytes);
+  EXPECT_EQ(site["outstanding_allocations"], kSignalCount);
+  std::vector<json> frames = called_frames(site);
+  std::string shown = names_of(frames);
+  std::vector<std::string> in_handler(kChain.begin(), kChain.end() - 1);  // all but main
+  in_handler.push_back("on_signal");
+  ASSERT_GT(frames.size(), in_handler.size() + 1) << shown;
+  for (size_t i = 0; i < in_handler.size(); ++i) {
+    EXPECT_EQ(function_of(frames[i]), in_handler[i]) << "frame " << i << " of " << shown;
+  }
+  // Past the signal frame: raise() in libc (its inner functions vary with glibc's build),
+  // then main, then main's caller in libc.
+  size_t main_at = 0;
+  for (size_t i = in_handler.size(); i < frames.size(); ++i) {
+    if (function_of(frames[i]) == "main") main_at = i;
+  }
+  ASSERT_GT(main_at, in_handler.size()) << "main not reached across the signal frame: " << shown;
+  for (size_t i = in_handler.size(); i < main_at; ++i) {
+    EXPECT_EQ(file_name(frames[i]["module"]), "libc.so.6") << shown;
+  }
+  EXPECT_EQ(site["stack_truncated"], false) << shown;
+}
+
+// Code mapped after memtrail attached: the program dlopen()s a plugin (the library built again
+// under other names) and leaks through it. memtrail builds the plugin's table when it re-reads
+// the process's mappings (-v announces it; the test waits for that line before the leak, as a
+// long-running program would be past it), and the stack goes through the plugin down to main.
+TEST(UnwindDwarf, ALibraryLoadedWithDlopenAfterAttachGetsItsTable) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_UNWIND_CHAIN, "dlopen", MEMTRAIL_UNWIND_PLUGIN});
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-p", std::to_string(target.process.pid()),
+                     "--unwind", "dwarf", "-v", "--json", dir.file("r.json"), "-q"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 60s).has_value())
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("go\n");
+  ASSERT_TRUE(target.process.wait_for_stdout("loaded", 10s).has_value());
+  auto built = tracer.wait_for_stderr(std::string("memtrail: unwind ") + MEMTRAIL_UNWIND_PLUGIN +
+                                          ": cfi",
+                                      10s);
+  ASSERT_TRUE(built.has_value()) << "no table built for the plugin:\n" << tracer.stderr_seen();
+  Traced traced;
+  traced.pid = target.process.pid();
+  traced.lines = run_to_done(target.process, target.process);
+  tracer.signal(SIGINT);
+  auto code = tracer.wait(60s);
+  ASSERT_TRUE(code.has_value()) << "memtrail did not stop on SIGINT";
+  EXPECT_EQ(*code, 0);
+  traced.report = read_json(dir.file("r.json"));
+  auto sites = sites_with_function(traced.report, "plugin_level_two");
+  ASSERT_EQ(sites.size(), 1u) << traced.report.dump(2);
+  EXPECT_EQ(sites[0]["outstanding_bytes"], kPluginCount * kChainBytes);
+  EXPECT_EQ(sites[0]["outstanding_allocations"], kPluginCount);
+  expect_whole_chain(sites[0], {"plugin_level_two", "plugin_level_one", "call_plugin", "main"});
+  std::vector<json> frames = called_frames(sites[0]);
+  ASSERT_FALSE(frames.empty());
+  EXPECT_EQ(file_name(frames[0]["module"]), "unwind_plugin.so");
+  EXPECT_EQ(frames[0]["line"], traced.lines.count("plugin_level_two")
+                                   ? traced.lines.at("plugin_level_two") : -1);
+  expect_unwind_summary(traced.report, {"dwarf", {"unwind_chain", "unwind_plugin.so", "libc.so.6"}});
+}
+
 // The control: frame pointers alone cannot walk this chain (%rbp holds data there, not frame
 // addresses), so without DWARF unwinding the tests above would fail. Seen with GCC 12: %rbp is
 // 0 at the malloc calls (a counter in lib_level_one), which the walk takes for _start's cleared
 // %rbp: one frame, lib_level_two, and not marked truncated; hence "no main, or truncated".
 TEST(UnwindFramePointers, TheSameChainIsIncompleteWithoutCfi) {
   REQUIRE_BPF_OR_SKIP();
-  Traced traced = trace_by_pid(MEMTRAIL_UNWIND_CHAIN, "fp");
+  Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CHAIN}, "fp");
   const json& report = traced.report;
   auto sites = sites_with_function(report, "lib_level_two");
   ASSERT_EQ(sites.size(), 1u) << report.dump(2);
@@ -312,7 +385,7 @@ TEST(UnwindFramePointers, TheSameChainIsIncompleteWithoutCfi) {
 
 TEST(UnwindDwarf, CxxNewShowsTheWholeChainOfMethods) {
   REQUIRE_BPF_OR_SKIP();
-  Traced traced = trace_by_pid(MEMTRAIL_UNWIND_CXX, "dwarf", {"--cxx"});
+  Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CXX}, "dwarf", {"--cxx"});
   const json& report = traced.report;
   // C++ names are demangled with their parameters.
   auto sites = sites_with_function(report, "make_node(int)");

@@ -12,9 +12,20 @@
 // lib_level_one keeps a counter there, 0 during the malloc calls), so a frame-pointer walk
 // stops after the first frame; CFI rows restore %rbp from where each function saved it.
 //
-// Usage: unwind_chain. Same protocol as leaky.c: prints "ready PID", waits for a line on stdin,
+// With the argument "signal", the chain runs in a SIGUSR1 handler that main raises, UNWIND_SIGNAL_COUNT
+// times: the stack then crosses the kernel's signal frame (glibc's __restore_rt) between the
+// handler and raise(), and must still reach main.
+//
+// With "dlopen PLUGIN", main loads PLUGIN (unwind_plugin.so, the library built again under
+// other names) after the first line, prints "loaded", waits for a second line, then leaks
+// UNWIND_PLUGIN_COUNT blocks through call_plugin -> plugin_level_one -> plugin_level_two: code
+// mapped after memtrail attached.
+//
+// Usage: unwind_chain [signal | dlopen PLUGIN]. Same protocol as leaky.c: prints "ready PID", waits for a line on stdin,
 // runs the chain, prints "line lib_level_two N" (N: the source line of the malloc call in
 // unwind_chain_lib.c) and "done", then waits for "quit" or end of input.
+#include <dlfcn.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +36,8 @@
 #define UNWIND_CHAIN_BYTES 12345  // 4 x 12,345 = 49,380 bytes outstanding
 #define UNWIND_FREED_COUNT 10
 #define UNWIND_FREED_BYTES 777
+#define UNWIND_SIGNAL_COUNT 3     // "signal": 3 x 12,345 = 37,035 bytes outstanding
+#define UNWIND_PLUGIN_COUNT 5     // "dlopen": 5 x 12,345 = 61,725 bytes outstanding
 
 // Every function of the chain stays a real frame: noinline and noclone keep it a function of
 // its own name; the empty asm after each call keeps the call from becoming a tail call (a jmp
@@ -84,13 +97,62 @@ CHAIN_FUNCTION void chain_freed(int count, size_t bytes) {
   }
 }
 
-int main(void) {
+static volatile int signal_kept;
+
+// Calling malloc in a signal handler is safe here only because the signal is raised
+// synchronously, from main, outside any allocator call.
+CHAIN_FUNCTION void on_signal(int number) {
+  (void)number;
+  signal_kept = chain_outer(UNWIND_SIGNAL_COUNT, UNWIND_CHAIN_BYTES);
+  AFTER_CALL();
+}
+
+typedef int (*level_one_function)(int count, size_t bytes);
+
+CHAIN_FUNCTION int call_plugin(level_one_function level_one, int count, size_t bytes) {
+  volatile unsigned char scratch[48];
+  for (size_t i = 0; i < sizeof(scratch); ++i) scratch[i] = (unsigned char)(i * 3);
+  int kept = level_one(count, bytes);
+  AFTER_CALL();
+  return kept + (scratch[2] == 0xff);
+}
+
+// Loads the plugin, says so, waits for the go-ahead, leaks through it; returns what it kept.
+static int leak_through_plugin(const char *path) {
+  void *plugin = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!plugin) {
+    fprintf(stderr, "unwind_chain: %s\n", dlerror());
+    exit(5);
+  }
+  level_one_function level_one = (level_one_function)dlsym(plugin, "plugin_level_one");
+  int (*malloc_line)(void) = (int (*)(void))dlsym(plugin, "plugin_malloc_line");
+  if (!level_one || !malloc_line) exit(5);
+  printf("loaded\n");
+  wait_for_line();
+  int kept = call_plugin(level_one, UNWIND_PLUGIN_COUNT, UNWIND_CHAIN_BYTES);
+  AFTER_CALL();
+  printf("line plugin_level_two %d\n", malloc_line());
+  return kept == UNWIND_PLUGIN_COUNT ? UNWIND_CHAIN_COUNT : -1;
+}
+
+int main(int argc, char **argv) {
+  int in_signal_handler = argc > 1 && strcmp(argv[1], "signal") == 0;
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (in_signal_handler) signal(SIGUSR1, on_signal);
   printf("ready %d\n", (int)getpid());
   wait_for_line();
 
-  int kept = chain_outer(UNWIND_CHAIN_COUNT, UNWIND_CHAIN_BYTES);
-  AFTER_CALL();
+  int kept;
+  if (argc > 2 && strcmp(argv[1], "dlopen") == 0) {
+    kept = leak_through_plugin(argv[2]);
+  } else if (in_signal_handler) {
+    raise(SIGUSR1);
+    AFTER_CALL();
+    kept = signal_kept == UNWIND_SIGNAL_COUNT ? UNWIND_CHAIN_COUNT : -1;
+  } else {
+    kept = chain_outer(UNWIND_CHAIN_COUNT, UNWIND_CHAIN_BYTES);
+    AFTER_CALL();
+  }
   chain_freed(UNWIND_FREED_COUNT, UNWIND_FREED_BYTES);
   AFTER_CALL();
   if (kept != UNWIND_CHAIN_COUNT) return 4;

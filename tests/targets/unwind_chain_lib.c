@@ -2,6 +2,15 @@
 // The library half of unwind_chain's call chain (see unwind_chain.c): lib_level_one ->
 // lib_level_two -> malloc, built like distribution code (-O2 -fomit-frame-pointer), so that
 // only call-frame information can walk through its frames.
+// Built a second time as unwind_plugin.so (UNWIND_PLUGIN), which unwind_chain dlopen()s: the
+// same functions under their own names, so that neither copy binds to the other's.
+#ifdef UNWIND_PLUGIN
+#define lib_level_one plugin_level_one
+#define lib_level_two plugin_level_two
+#define lib_kept plugin_kept
+#define lib_malloc_line plugin_malloc_line
+#endif
+
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>

@@ -140,8 +140,10 @@ Expected expected_row(const ReadelfRow& row) {
   std::smatch match;
   long long offset = 0;
   if (row.cfa == "exp") {
-    // Only the PLT's expression is understood; which one it is, the PLT test checks.
-    expected.cfa_kinds = {MEMTRAIL_UNWIND_CFA_PLT, MEMTRAIL_UNWIND_CFA_UNSUPPORTED};
+    // Only the PLT's and the signal trampoline's expressions are understood; which one it is,
+    // the PLT test and the signal frame test check.
+    expected.cfa_kinds = {MEMTRAIL_UNWIND_CFA_PLT, MEMTRAIL_UNWIND_CFA_SIGNAL,
+                          MEMTRAIL_UNWIND_CFA_UNSUPPORTED};
     return expected;
   }
   if (!std::regex_match(row.cfa, match, register_plus) ||
@@ -536,6 +538,12 @@ TEST(UnwindTable, SystemLibcMatchesReadelf) {
   EXPECT_GE(table.outermost_rows, 1u);
   EXPECT_LT(table.unsupported_rows * 100, table.dwarf_rows);
   expect_plt_rows(libc);
+  // The signal trampoline (__restore_rt, from its CIE's 'S' augmentation and the rt_sigframe
+  // expression) is one SIGNAL row, which the walker follows through the saved registers.
+  EXPECT_EQ(table.signal_rows, 1u);
+  size_t signal_rows = 0;
+  for (const auto& row : table.rows) signal_rows += cfa_kind(row) == MEMTRAIL_UNWIND_CFA_SIGNAL;
+  EXPECT_EQ(signal_rows, 1u);
 }
 
 TEST(UnwindTable, SystemLibstdcxxMatchesReadelf) {

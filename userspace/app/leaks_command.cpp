@@ -331,15 +331,23 @@ class LeaksSession {
     }
     auto next_report = start_ + interval;
     auto next_refresh = start_;
+    auto next_full_refresh = start_;
     for (;;) {
       auto now = Clock::now();
       if (deadline && now >= *deadline) return;
       if (now >= next_refresh) {
-        for (auto& process : targets_) refresh_mappings(process);
-        // Frequent at first: a launched command maps its libraries right after exec.
-        next_refresh = now + (now - start_ < std::chrono::seconds(2)
-                                  ? std::chrono::milliseconds(100)
-                                  : std::chrono::milliseconds(1000));
+        // Code the stack walker met outside every known mapping (a library just dlopen'ed)
+        // makes the next check come at once rather than within a second.
+        uint64_t unknown_code = unwind_tables_ ? tracer_->unknown_code_frames() : 0;
+        if (now >= next_full_refresh || unknown_code != unknown_code_seen_) {
+          for (auto& process : targets_) refresh_mappings(process);
+          unknown_code_seen_ = unknown_code;
+          // Frequent at first: a launched command maps its libraries right after exec.
+          next_full_refresh = now + (now - start_ < std::chrono::seconds(2)
+                                         ? std::chrono::milliseconds(100)
+                                         : std::chrono::milliseconds(1000));
+        }
+        next_refresh = now + std::chrono::milliseconds(unwind_tables_ ? 50 : 100);
       }
       if (now >= next_report) {
         if (options_.quiet || !interval_reports_on_stdout()) {
@@ -531,6 +539,7 @@ class LeaksSession {
   UniqueFd signal_fd_;
   std::unique_ptr<tracer::AllocTracer> tracer_;
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
+  uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<target::GatedChild> child_;
   std::vector<TracedProcess> targets_;

@@ -146,6 +146,19 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
   }
 }
 
+uint64_t AllocTracer::unknown_code_frames() const {
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) fail("count possible CPUs", -cpus);
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
+  uint32_t index = MEMTRAIL_CTR_UNKNOWN_CODE;
+  if (bpf_map_lookup_elem(bpf_map__fd(skeleton_->maps.counters), &index, per_cpu.data()) != 0) {
+    fail("read BPF map counters", errno);
+  }
+  uint64_t total = 0;
+  for (uint64_t value : per_cpu) total += value;
+  return total;
+}
+
 void AllocTracer::forget_unwind_mappings(uint32_t pid) {
   if (row_capacity_ == 0) return;
   // ENOENT: never stored (a process that exited before its mappings were read).

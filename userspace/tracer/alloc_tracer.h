@@ -52,6 +52,9 @@ class AllocTracer : public unwind::RowStore {
   // Tells the walker where process `pid` maps code and how to unwind each mapping (replaces
   // what it had). Throws memtrail::Error when the map refuses it.
   void set_unwind_mappings(uint32_t pid, std::span<const unwind::WalkerMapping> mappings);
+  // Stack frames met so far in code outside every mapping the walker knows: when this grows,
+  // a traced process has mapped code since its mappings were last set.
+  uint64_t unknown_code_frames() const;
   // Drops a process's mappings (it exited).
   void forget_unwind_mappings(uint32_t pid);
 

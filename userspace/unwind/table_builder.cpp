@@ -162,6 +162,7 @@ struct Cie {
   uint64_t return_address_register = kRegRip;
   uint8_t fde_encoding = DW_EH_PE_absptr;  // .eh_frame's 'R' augmentation
   bool sized_augmentation = false;         // 'z': FDEs carry a ULEB128-sized augmentation block
+  bool signal_frame = false;               // 'S': the FDEs describe a signal trampoline
   const uint8_t* initial_instructions = nullptr;
   const uint8_t* initial_instructions_end = nullptr;
 };
@@ -197,7 +198,7 @@ Cie parse_cie(const Dwarf_CIE& entry, const CfiSection& section) {
         if (!read_encoded(data, encoding & 0x7f, section)) return cie;
         break;
       }
-      case 'S': break;  // signal frame: its CFA rules are expressions, reported as such
+      case 'S': cie.signal_frame = true; break;  // see match_signal_frame_expression
       default: return cie;
     }
   }
@@ -207,7 +208,7 @@ Cie parse_cie(const Dwarf_CIE& entry, const CfiSection& section) {
 
 // The rule for the CFA and for the two registers the walker tracks, as DWARF states them.
 struct CfaRule {
-  enum Kind : uint8_t { kUndefined, kRegister, kPlt, kExpression } kind = kUndefined;
+  enum Kind : uint8_t { kUndefined, kRegister, kPlt, kSignal, kExpression } kind = kUndefined;
   uint64_t reg = 0;
   int64_t offset = 0;
   uint8_t plt_threshold = 0;
@@ -254,6 +255,17 @@ bool match_plt_expression(std::span<const uint8_t> expression, CfaRule& rule) {
   return true;
 }
 
+// Recognizes the CFA expression of the x86-64 Linux signal trampoline (glibc's __restore_rt,
+// in an FDE of a CIE with the 'S' augmentation): DW_OP_breg7 (rsp) 160; DW_OP_deref, i.e. the
+// interrupted rsp saved in the kernel's rt_sigframe, whose ucontext starts at the trampoline's
+// rsp (sigcontext at +40: rbp +80, rsp +120, rip +128). The walker reads those three registers
+// from the frame (MEMTRAIL_UNWIND_CFA_SIGNAL) rather than evaluate DWARF expressions.
+bool match_signal_frame_expression(std::span<const uint8_t> expression) {
+  Reader ops(expression.data(), expression.data() + expression.size());
+  if (ops.u8() != DW_OP_breg7 || ops.sleb() != 160 || ops.u8() != DW_OP_deref) return false;
+  return !ops.failed() && ops.at_end();
+}
+
 // Turns DWARF's rules at one address into the walker's row, counting what does not fit.
 Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
   auto stop = [](memtrail_unwind_cfa kind) {
@@ -274,6 +286,11 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
     return stop(MEMTRAIL_UNWIND_CFA_OUTERMOST);
   }
 
+  // The trampoline's return address and rbp rules are expressions too: the row says it all.
+  if (state.cfa.kind == CfaRule::kSignal) {
+    ++table.signal_rows;
+    return stop(MEMTRAIL_UNWIND_CFA_SIGNAL);
+  }
   Row row{0, 0, 0, 0};
   memtrail_unwind_cfa cfa_kind;
   switch (state.cfa.kind) {
@@ -490,7 +507,11 @@ class CfaProgram {
         }
         case DW_CFA_def_cfa_expression: {
           std::span<const uint8_t> expression = in.block();
-          if (!match_plt_expression(expression, state.cfa)) state.cfa = {CfaRule::kExpression};
+          if (cie_.signal_frame && match_signal_frame_expression(expression)) {
+            state.cfa = {CfaRule::kSignal};
+          } else if (!match_plt_expression(expression, state.cfa)) {
+            state.cfa = {CfaRule::kExpression};
+          }
           break;
         }
         case DW_CFA_GNU_args_size: in.uleb(); break;  // stack adjustment for landing pads only

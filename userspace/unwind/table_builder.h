@@ -61,6 +61,7 @@ struct UnwindTable {
   uint64_t dwarf_rows = 0;        // rows of their CFA programs, before merging
   uint64_t plt_rows = 0;          // of which PLT rows
   uint64_t outermost_rows = 0;    // of which OUTERMOST rows (return address undefined)
+  uint64_t signal_rows = 0;       // of which SIGNAL rows (the signal trampoline)
   uint64_t unsupported_rows = 0;  // of which UNSUPPORTED rows; reasons below
   UnsupportedCounts unsupported;
   SkippedFdes skipped;
