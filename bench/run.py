@@ -7,7 +7,8 @@ and the median of the rounds is reported. Every memtrail run must have recorded 
 loop's allocations, or the benchmark fails. Results are appended to bench/RESULTS.md with the
 date, kernel and commit. See bench/README.md.
 
-Tools: untraced; memtrail (memtrail leaks -p PID, full tracking); memtrail-sampled (with
+Tools: untraced; memtrail (memtrail leaks -p PID, full tracking, --unwind auto); memtrail-fp and
+memtrail-dwarf (the same with --unwind fp / dwarf: the stack walk's cost); memtrail-sampled (with
 --sample-rate, only once memtrail has that option); memtrail-probe-floor (memtrail's probes
 with programs that return at once: what the uprobe traps alone cost, the floor of any
 uprobe-based tracer); bcc-free-fix (BCC memleak with its free probe moved past free's NULL
@@ -30,8 +31,45 @@ from benchlib import (BenchError, LineReader, other_tracers, report_results,  # 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
-ALL_TOOLS = ["untraced", "memtrail", "memtrail-sampled", "memtrail-probe-floor", "bcc-free-fix",
-             "bcc"]
+ALL_TOOLS = ["untraced", "memtrail", "memtrail-fp", "memtrail-dwarf", "memtrail-sampled",
+             "memtrail-probe-floor", "bcc-free-fix", "bcc"]
+# --unwind of each memtrail row; "memtrail" runs the default (auto).
+UNWIND_OF = {"memtrail-fp": "fp", "memtrail-dwarf": "dwarf"}
+# What the memtrail-dwarf runs' reports said about the unwind tables (memory, modules).
+unwind_reports = []
+# Per memtrail tool: ns of BPF time per run of the malloc return probe (stack walk and record),
+# from the kernel's BPF statistics: the stack walk's cost without the traps' noise.
+return_probe_ns = {}
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def return_probe_cost(tracer_pid):
+    """ns per run of the tracer's pointer_exit program (kernel BPF statistics), or None."""
+    try:
+        listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                            capture_output=True, text=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
+    owned = set()  # program ids the tracer holds file descriptors of
+    fd_dir = f"/proc/{tracer_pid}/fd"
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
+                    continue
+                with open(f"/proc/{tracer_pid}/fdinfo/{fd}") as info:
+                    for line in info:
+                        if line.startswith("prog_id:"):
+                            owned.add(int(line.split()[1]))
+            except OSError:
+                continue
+    except OSError:
+        return None
+    for program in listing:
+        if program.get("name") == "pointer_exit" and program.get("id") in owned:
+            runs = program.get("run_cnt", 0)
+            return program.get("run_time_ns", 0) / runs if runs else None
+    return None
 
 
 def free_probe_offset():
@@ -99,6 +137,8 @@ def start_tracer(tool, args, pid, json_path, started):
             command += ["--sample-rate", str(args.sample_rate)]
         if tool == "memtrail-probe-floor":
             command += ["--probe-floor"]
+        if tool in UNWIND_OF:
+            command += ["--unwind", UNWIND_OF[tool]]
         tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(tracer)
         reader = LineReader(tracer.stderr)
@@ -136,6 +176,8 @@ def run_once(tool, args, work_dir, run_index):
                "--wait-timeout", str(args.attach_timeout + 90)]
     if args.threads > 1:
         command += ["--threads", str(args.threads)]
+    if args.call_depth:
+        command += ["--call-depth", str(args.call_depth)]
     began = time.monotonic()
     work = subprocess.Popen(command, stdout=subprocess.PIPE)
     tracer, started = None, []
@@ -159,6 +201,10 @@ def run_once(tool, args, work_dir, run_index):
             raise BenchError(f"workload failed under {tool} (exit status {work.returncode}): "
                              f"{output.text()!r}")
         ns_per_pair = float(match.group(1))
+        if tracer is not None and tool.startswith("memtrail") and tool != "memtrail-probe-floor":
+            cost = return_probe_cost(tracer.pid)
+            if cost is not None:
+                return_probe_ns.setdefault(tool, []).append(cost)
         if tracer is not None and tool.startswith("bcc") and tracer.poll() is not None:
             raise BenchError(f"{tool}: memleak exited during the loop (status "
                              f"{tracer.returncode}):\n{reader.text()}")
@@ -178,6 +224,8 @@ def run_once(tool, args, work_dir, run_index):
             with open(json_path) as report_file:
                 report = json.load(report_file)
             recorded = int(report["totals"]["allocations"])
+            if tool == "memtrail-dwarf":
+                unwind_reports.append(report["unwind"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise BenchError(f"{tool}: no usable JSON report ({error}):\n{reader.text()}")
         expected = args.steps * args.threads
@@ -218,7 +266,43 @@ def make_table(tools, results, seconds):
             rows.append(f"No uprobe-based tracer of every malloc and free can do better than the "
                         f"floor: {(floor - base) / bcc_added:.3f} of BCC memleak's added cost "
                         "in this run.")
+    rows += unwind_summary(medians, base)
     return "\n".join(rows)
+
+
+def unwind_summary(medians, base):
+    """The cost of DWARF unwinding next to the frame-pointer walk on the same stacks, and the
+    kernel memory its tables took (issue 8's goal: within 1.5x of the frame-pointer walk)."""
+    if base is None or "memtrail-fp" not in medians or "memtrail-dwarf" not in medians:
+        return []
+    fp_added = medians["memtrail-fp"] - base
+    dwarf_added = medians["memtrail-dwarf"] - base
+    rows = ["", f"Stack walk: leak tracking with DWARF unwinding (every frame by its CFI table) "
+                f"adds {dwarf_added:,.0f} ns/pair, with the frame-pointer walk {fp_added:,.0f}: "
+                f"{dwarf_added / fp_added:.2f}x (goal <= 1.5x); CFI lookups cost about "
+                f"{medians['memtrail-dwarf'] - medians['memtrail-fp']:,.0f} ns per stack walked "
+                "(one walk per malloc)."]
+    if "memtrail-fp" in return_probe_ns and "memtrail-dwarf" in return_probe_ns:
+        fp_ns = statistics.median(return_probe_ns["memtrail-fp"])
+        dwarf_ns = statistics.median(return_probe_ns["memtrail-dwarf"])
+        rows.append(f"In the kernel (BPF statistics, median of the runs): the malloc return "
+                    f"probe (stack walk and record) runs {dwarf_ns:,.0f} ns with DWARF unwinding, "
+                    f"{fp_ns:,.0f} ns with frame pointers ({dwarf_ns / fp_ns:.2f}x).")
+    floor = medians.get("memtrail-probe-floor")
+    if floor is not None and medians["memtrail-fp"] > floor:
+        rows.append(f"Above the traps (the floor row): memtrail's BPF work is "
+                    f"{medians['memtrail-dwarf'] - floor:,.0f} ns/pair with DWARF unwinding, "
+                    f"{medians['memtrail-fp'] - floor:,.0f} with frame pointers "
+                    f"({(medians['memtrail-dwarf'] - floor) / (medians['memtrail-fp'] - floor):.2f}x)."
+                    )
+    if unwind_reports:
+        unwind = unwind_reports[-1]
+        modules = ", ".join(f"{os.path.basename(m['path'])} {m['rows']:,} rows"
+                            for m in unwind["modules"] if m["method"] == "cfi")
+        rows.append(f"Unwind tables: {unwind['table_rows']:,} rows, "
+                    f"{unwind['table_bytes'] / 1024:,.0f} KiB of kernel memory ({modules}); "
+                    f"{unwind['truncated_stacks']} of {unwind['stacks']} stacks truncated.")
+    return rows
 
 
 def main():
@@ -228,6 +312,9 @@ def main():
                         "(per thread); default 1,000,000 (a BCC run then takes ~20 s)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per tool (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="threads (multi-threaded variant)")
+    parser.add_argument("--call-depth", type=int, default=0,
+                        help="run the C workload's loop this many calls deeper (deeper stacks "
+                        "for every tracer: the stack walk's cost per frame)")
     parser.add_argument("--workload", choices=["c", "cxx"], default="c",
                         help="c: malloc/free; cxx: new[]/delete[]")
     parser.add_argument("--tools", default=",".join(ALL_TOOLS),
@@ -258,6 +345,10 @@ def main():
     if unknown or not tools:
         sys.exit(f"bench: unknown tool(s) {', '.join(unknown) or '(none given)'}; "
                  f"choose from {', '.join(ALL_TOOLS)}")
+    if args.call_depth and args.workload != "c":
+        sys.exit("bench: --call-depth is for the C workload")
+    if args.call_depth < 0 or args.call_depth > 1000:
+        sys.exit("bench: --call-depth must be from 0 to 1000")
     if args.steps <= 0 or args.rounds <= 0 or args.threads <= 0:
         sys.exit("bench: --steps, --rounds and --threads must be positive")
     notes = []
@@ -301,6 +392,29 @@ def main():
     for note in notes:
         print("note: " + note, flush=True)
 
+    # The kernel's BPF run-time statistics (two clock reads per program run, the same for
+    # every memtrail row), restored when the run ends.
+    stats_before = None
+    if any(tool in UNWIND_OF for tool in tools) and os.access(BPF_STATS, os.W_OK):
+        with open(BPF_STATS) as stats:
+            stats_before = stats.read().strip()
+        with open(BPF_STATS, "w") as stats:
+            stats.write("1")
+    try:
+        results, seconds = run_rounds(tools, args, notes)
+    finally:
+        if stats_before is not None:
+            with open(BPF_STATS, "w") as stats:
+                stats.write(stats_before)
+    table = make_table(tools, results, seconds)
+    report_results(table, notes, not args.no_record,
+                   description=f"workload {args.variant}, {args.threads} thread(s), "
+                   + (f"loop {args.call_depth} calls deeper, " if args.call_depth else "")
+                   + f"{args.steps:,} steps, {args.rounds} rounds interleaved.")
+
+
+def run_rounds(tools, args, notes):
+    """Every tool once per round, interleaved; returns (ns per pair, seconds) per tool."""
     results = {tool: [] for tool in tools}
     seconds = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="memtrail-bench-") as work_dir:
@@ -320,11 +434,7 @@ def main():
                 seconds[tool].append(took)
                 print(f"round {round_number + 1}/{args.rounds} {tool:17} {value:10.1f} ns/pair"
                       f"   ({took:.1f} s with attach)", flush=True)
-
-    table = make_table(tools, results, seconds)
-    report_results(table, notes, not args.no_record,
-                   description=f"workload {args.variant}, {args.threads} thread(s), "
-                   f"{args.steps:,} steps, {args.rounds} rounds interleaved.")
+    return results, seconds
 
 
 if __name__ == "__main__":

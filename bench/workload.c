@@ -4,7 +4,7 @@
 // timed around the loop alone.
 //
 // Usage: memtrail-bench-workload [--steps N] [--threads T] [--wait-file PATH]
-//                                [--wait-timeout SECONDS] [--hold K]
+//                                [--wait-timeout SECONDS] [--call-depth D] [--hold K]
 // --wait-file: print "waiting PID", then start only once PATH exists (polled every 10 ms, for at
 //   most --wait-timeout seconds, default 120; exit status 3 on timeout), so that a tracer can
 //   attach by PID first.
@@ -12,6 +12,8 @@
 //   ns_per_pair: each thread's loop time / its steps, averaged over threads (with one thread,
 //   simply the loop's time per pair). wall_ns_per_pair: wall time from the common start of the
 //   loops to the end of the last one / all pairs of all threads (throughput).
+// --call-depth D: run the loop D nested calls deeper (every malloc's stack gets D more frames),
+//   for the cost of the stack walk per frame.
 // --hold K: then allocate K blocks of 16-528 bytes, print "held K" and keep them until killed
 //   (for memtrail's memory per outstanding allocation, bench/footprint.py).
 #define _GNU_SOURCE
@@ -27,6 +29,7 @@
 #define MAX_THREADS 64
 
 static long steps = 1000000;
+static int call_depth = 0;
 static pthread_barrier_t start_line;
 
 struct worker {
@@ -41,13 +44,32 @@ static double now_ns(void) {
   return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+static void loop(struct worker *self, void **window);
+
+// Recurses `depth` times, then runs the loop: a real frame per level (no inlining, no tail call).
+__attribute__((noinline)) static void descend(int depth, struct worker *self, void **window) {
+  if (depth > 0) {
+    descend(depth - 1, self, window);
+    __asm__ volatile("" ::: "memory");
+    return;
+  }
+  loop(self, window);
+}
+
 static void *run(void *arg) {
   struct worker *self = arg;
   void **window = malloc(sizeof(void *) * WINDOW);
-  uint32_t x = self->seed | 1;
   if (!window) abort();
   for (int i = 0; i < WINDOW; ++i) window[i] = malloc(16);
   pthread_barrier_wait(&start_line);  // all windows filled: the loops start together
+  descend(call_depth, self, window);
+  for (int i = 0; i < WINDOW; ++i) free(window[i]);
+  free(window);
+  return NULL;
+}
+
+__attribute__((noinline)) static void loop(struct worker *self, void **window) {
+  uint32_t x = self->seed | 1;
   self->start_ns = now_ns();
   for (long i = 0; i < steps; ++i) {
     x ^= x << 13;  // xorshift32: cheap, deterministic sizes
@@ -60,9 +82,6 @@ static void *run(void *arg) {
     window[i & (WINDOW - 1)] = block;
   }
   self->end_ns = now_ns();
-  for (int i = 0; i < WINDOW; ++i) free(window[i]);
-  free(window);
-  return NULL;
 }
 
 static int wait_for_file(const char *path, double timeout_s) {
@@ -92,17 +111,19 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--wait-file") && i + 1 < argc) wait_file = argv[++i];
     else if (!strcmp(argv[i], "--wait-timeout") && i + 1 < argc) wait_timeout = atof(argv[++i]);
     else if (!strcmp(argv[i], "--hold") && i + 1 < argc) hold = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--call-depth") && i + 1 < argc) call_depth = atoi(argv[++i]);
     else {
       fprintf(stderr,
               "usage: %s [--steps N] [--threads T] [--wait-file PATH] [--wait-timeout S] "
-              "[--hold K]\n",
+              "[--call-depth D] [--hold K]\n",
               argv[0]);
       return 2;
     }
   }
-  if (steps <= 0 || threads <= 0 || threads > MAX_THREADS || wait_timeout <= 0) {
+  if (steps <= 0 || threads <= 0 || threads > MAX_THREADS || wait_timeout <= 0 ||
+      call_depth < 0 || call_depth > 1000) {
     fprintf(stderr, "memtrail-bench-workload: need steps > 0, 1 <= threads <= %d, "
-                    "wait-timeout > 0\n", MAX_THREADS);
+                    "wait-timeout > 0, 0 <= call-depth <= 1000\n", MAX_THREADS);
     return 2;
   }
   if (wait_file && wait_for_file(wait_file, wait_timeout) != 0) return 3;

@@ -102,27 +102,6 @@ Traced trace_scenario(Target& target, std::vector<std::string> options = {},
   return traced;
 }
 
-std::vector<json> sites_with_function(const json& report, const std::string& function,
-                                      std::optional<int> pid = std::nullopt) {
-  std::vector<json> found;
-  for (const auto& site : report["leaks"]) {
-    if (pid && site["pid"] != *pid) continue;
-    for (const auto& frame : site["stack"]) {
-      if (frame["function"] == function) {
-        found.push_back(site);
-        break;
-      }
-    }
-  }
-  return found;
-}
-
-std::string file_name(const json& value) {
-  if (!value.is_string()) return "";
-  std::string path = value;
-  return path.substr(path.rfind('/') + 1);
-}
-
 // The BPF programs loaded on the machine, as bpftool lists them.
 json loaded_programs() {
   std::string text;

@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace memtrail::testing {
 
@@ -45,6 +47,31 @@ inline nlohmann::json read_json(const std::string& path) {
   EXPECT_TRUE(in.good()) << "no JSON report at " << path;
   if (!in.good()) return nlohmann::json::object();
   return nlohmann::json::parse(in);
+}
+
+// The sites of a leak report whose stack holds `function` (of process `pid` only, if given).
+inline std::vector<nlohmann::json> sites_with_function(const nlohmann::json& report,
+                                                       const std::string& function,
+                                                       std::optional<int> pid = std::nullopt) {
+  std::vector<nlohmann::json> found;
+  if (!report.contains("leaks")) return found;
+  for (const auto& site : report["leaks"]) {
+    if (pid && site["pid"] != *pid) continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["function"] == function) {
+        found.push_back(site);
+        break;
+      }
+    }
+  }
+  return found;
+}
+
+// The last component of a path in a JSON string ("" for null).
+inline std::string file_name(const nlohmann::json& value) {
+  if (!value.is_string()) return "";
+  std::string path = value;
+  return path.substr(path.rfind('/') + 1);
 }
 
 }  // namespace memtrail::testing

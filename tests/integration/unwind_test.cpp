@@ -96,26 +96,6 @@ Traced trace_by_pid(std::vector<std::string> program, const std::string& mode,
   return traced;
 }
 
-std::vector<json> sites_with_function(const json& report, const std::string& function) {
-  std::vector<json> found;
-  if (!report.contains("leaks")) return found;
-  for (const auto& site : report["leaks"]) {
-    for (const auto& frame : site["stack"]) {
-      if (frame["function"] == function) {
-        found.push_back(site);
-        break;
-      }
-    }
-  }
-  return found;
-}
-
-std::string file_name(const json& value) {
-  if (!value.is_string()) return "";
-  std::string path = value;
-  return path.substr(path.rfind('/') + 1);
-}
-
 std::string function_of(const json& frame) {
   return frame["function"].is_string() ? frame["function"].get<std::string>() : "?";
 }

@@ -682,27 +682,16 @@ SectionLookup find_cfi_sections(Elf* elf, UnwindTable& table) {
   return found;
 }
 
-std::vector<AddressRange> executable_segments(Elf* elf) {
-  std::vector<AddressRange> text;
-  size_t count = 0;
-  if (elf_getphdrnum(elf, &count) != 0) return text;
-  for (size_t i = 0; i < count; ++i) {
-    GElf_Phdr header;
-    if (gelf_getphdr(elf, static_cast<int>(i), &header) && header.p_type == PT_LOAD &&
-        (header.p_flags & PF_X))
-      text.push_back({header.p_vaddr, header.p_vaddr + header.p_memsz});
-  }
-  return text;
-}
-
-std::vector<LoadSegment> load_segments(Elf* elf) {
+// Every PT_LOAD segment, and the address ranges of the executable ones (where FDEs belong).
+std::vector<LoadSegment> load_segments(Elf* elf, std::vector<AddressRange>& text) {
   std::vector<LoadSegment> segments;
   size_t count = 0;
   if (elf_getphdrnum(elf, &count) != 0) return segments;
   for (size_t i = 0; i < count; ++i) {
     GElf_Phdr header;
-    if (gelf_getphdr(elf, static_cast<int>(i), &header) && header.p_type == PT_LOAD)
-      segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
+    if (!gelf_getphdr(elf, static_cast<int>(i), &header) || header.p_type != PT_LOAD) continue;
+    segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
+    if (header.p_flags & PF_X) text.push_back({header.p_vaddr, header.p_vaddr + header.p_memsz});
   }
   return segments;
 }
@@ -755,7 +744,8 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
                 std::to_string(ehdr.e_machine) + "): memtrail unwinds x86-64 code only");
 
   UnwindTable table;
-  table.segments = load_segments(elf.get());
+  std::vector<AddressRange> text;
+  table.segments = load_segments(elf.get(), text);
   table.build_id = build_id_hex(elf.get());
   SectionLookup sections = find_cfi_sections(elf.get(), table);
   if (!sections.eh_frame && !sections.debug_frame) {
@@ -763,7 +753,7 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
     return table;
   }
 
-  FdeCollector collector(ehdr.e_ident, executable_segments(elf.get()), table);
+  FdeCollector collector(ehdr.e_ident, std::move(text), table);
   if (sections.eh_frame) collector.collect(*sections.eh_frame, 0);
   if (sections.debug_frame) collector.collect(*sections.debug_frame, 1);
 
