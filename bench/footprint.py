@@ -14,10 +14,8 @@
 Results are appended to bench/RESULTS.md unless --no-record.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -27,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, BenchError, LineReader, append_results, git_commit  # noqa: E402
+from benchlib import ROOT, BenchError, LineReader, report_results, run_main  # noqa: E402
 
 
 def pinned_to(cpu):
@@ -234,16 +232,10 @@ def main():
                  f"{neighbor['beside traced']:.1f} ns/pair vs {neighbor['beside untraced']:.1f} "
                  f"beside an untraced one ({change:+.1%}) |")
     table = "| measure | result |\n|---|---|\n" + "\n".join(lines)
-    print("\n" + table)
-    if not args.no_record:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        append_results(f"\n## {stamp} — commit {git_commit()} — footprint\n\n"
-                       f"Kernel {platform.release()}, {os.cpu_count()} CPUs.\n\n{table}\n")
-        print("\nrecorded in bench/RESULTS.md")
+    report_results(table, [], not args.no_record, title=" — footprint",
+                   description=f"{args.rounds} rounds; BPF maps include the unwind row table "
+                   "(--unwind-table-mib, 16 MiB by default).")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as error:
-        sys.exit(f"footprint: {error}")
+    run_main(main)
