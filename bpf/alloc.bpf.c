@@ -86,6 +86,15 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Losses per process (struct memtrail_process_losses); a process beyond max_entries is counted
+ * in the global counters only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_process_losses);
+} process_losses SEC(".maps");
+
 /* Arguments of the allocator call a thread is in, from entry to return. Task-local storage is
  * freed with the thread, so threads that die mid-call leave nothing behind. */
 struct inflight_call {
@@ -116,6 +125,29 @@ static __always_inline void count(enum memtrail_counter counter)
 		*value += 1; /* per-CPU slot: no atomic needed */
 }
 
+/* Counts an event memtrail could not track, in total and for its process. */
+static __always_inline void count_loss(enum memtrail_counter counter, enum memtrail_loss loss,
+				       __u32 tgid)
+{
+	struct memtrail_process_losses *losses, fresh = {};
+
+	count(counter);
+	losses = bpf_map_lookup_elem(&process_losses, &tgid);
+	if (!losses) {
+		/* -EEXIST: another CPU created it first; -E2BIG: the map is full */
+		bpf_map_update_elem(&process_losses, &tgid, &fresh, BPF_NOEXIST);
+		losses = bpf_map_lookup_elem(&process_losses, &tgid);
+		if (!losses)
+			return;
+	}
+	__sync_fetch_and_add(&losses->counts[loss & 7], 1);
+}
+
+static __always_inline __u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
 static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 size, __u64 aux)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -128,7 +160,7 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	now = bpf_ktime_get_ns();
 	call = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
-		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return;
 	}
 	/* A call made from inside another traced allocator (realloc(NULL, n) -> malloc, memalign
@@ -159,7 +191,7 @@ static __always_inline struct inflight_call *call_exit(void)
 		return NULL;
 	call = bpf_task_storage_get(&inflight, task, 0, 0);
 	if (!call || call->depth == 0) {
-		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return NULL;
 	}
 	call->depth--;
@@ -192,7 +224,7 @@ static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller,
 		struct memtrail_site_totals *totals = bpf_map_lookup_elem(&site_totals, &index);
 
 		if (!totals) {
-			count(MEMTRAIL_CTR_SITE_DROPS);
+			count_loss(MEMTRAIL_CTR_SITE_DROPS, MEMTRAIL_LOSS_SITE_DROPS, tgid);
 			return;
 		}
 		/* This CPU's copy: no atomics, and no cache line bouncing between the CPUs of a
@@ -203,7 +235,7 @@ static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller,
 	}
 	fallback = fallback_lookup_or_create(tgid, site_id, caller);
 	if (!fallback) {
-		count(MEMTRAIL_CTR_SITE_DROPS);
+		count_loss(MEMTRAIL_CTR_SITE_DROPS, MEMTRAIL_LOSS_SITE_DROPS, tgid);
 		return;
 	}
 	__sync_fetch_and_add(&fallback->total_bytes, bytes);
@@ -629,7 +661,10 @@ static long unwind_step(__u32 index, struct walk *walk)
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_CFI);
 	if (outcome != WALK_CONTINUE)
 		return outcome;
-	depth = walk->depth;
+	/* The frame's slot comes from bpf_loop's index, not from walk->depth: the verifier knows
+	 * the index only as a range, so the states of successive iterations converge; a depth
+	 * carried in walk would be a different constant each time and multiply its work. */
+	depth = index + 1; /* ips[0] is the caller */
 	if (depth >= MEMTRAIL_MAX_STACK_DEPTH)
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_DEPTH);
 	walk->stack->ips[depth & (MEMTRAIL_MAX_STACK_DEPTH - 1)] = return_address;
@@ -687,7 +722,7 @@ static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u32 tgid, __u6
 	if (known)
 		return known->id;
 fallback:
-	count(MEMTRAIL_CTR_STACK_FAILURES);
+	count_loss(MEMTRAIL_CTR_STACK_FAILURES, MEMTRAIL_LOSS_STACK_FAILURES, tgid);
 	hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
 	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
 }
@@ -745,7 +780,7 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 	if (table_insert(tgid, address, size, kind, site_id, bpf_ktime_get_ns()))
 		count(MEMTRAIL_CTR_ALLOCATIONS);
 	else
-		count(MEMTRAIL_CTR_DROPS); /* both candidate buckets full */
+		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
 }
 
 enum release_mode {
@@ -794,7 +829,7 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 	/* A miss means the block predates attach (or a concurrent double free removed it). */
 	if (!find_slot(tgid, address, &found)) {
 		if (mode != RELEASE_REALLOC_ZERO)
-			count(MEMTRAIL_CTR_UNMATCHED_FREES);
+			count_loss(MEMTRAIL_CTR_UNMATCHED_FREES, MEMTRAIL_LOSS_UNMATCHED_FREES, tgid);
 		return;
 	}
 	info = &found.bucket->info[found.slot & 7];
@@ -807,7 +842,7 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 	if (table_remove(&found, address))
 		count(MEMTRAIL_CTR_FREES);
 	else if (mode != RELEASE_REALLOC && mode != RELEASE_REALLOC_ZERO)
-		count(MEMTRAIL_CTR_UNMATCHED_FREES);
+		count_loss(MEMTRAIL_CTR_UNMATCHED_FREES, MEMTRAIL_LOSS_UNMATCHED_FREES, tgid);
 }
 
 /* Records the block a call returned, unless --sample-rate passes it over. */
@@ -963,7 +998,7 @@ int BPF_KPROBE(delete_enter, __u64 address)
 	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
 				    BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
-		count(MEMTRAIL_CTR_MISSED_ENTRIES);
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return 0;
 	}
 	if (call->pending_free == address)

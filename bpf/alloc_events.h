@@ -62,6 +62,21 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_COUNT = 12,
 };
 
+/* What memtrail could not track, per process (tgid), in the process_losses map: updated on the
+ * failure paths only, so the common path pays nothing. Indices into memtrail_process_losses. */
+enum memtrail_loss {
+	MEMTRAIL_LOSS_DROPS = 0,           /* MEMTRAIL_CTR_DROPS */
+	MEMTRAIL_LOSS_STACK_FAILURES = 1,  /* MEMTRAIL_CTR_STACK_FAILURES */
+	MEMTRAIL_LOSS_SITE_DROPS = 2,      /* MEMTRAIL_CTR_SITE_DROPS */
+	MEMTRAIL_LOSS_MISSED_ENTRIES = 3,  /* MEMTRAIL_CTR_MISSED_ENTRIES */
+	MEMTRAIL_LOSS_UNMATCHED_FREES = 4, /* MEMTRAIL_CTR_UNMATCHED_FREES */
+	MEMTRAIL_LOSS_COUNT = 5,
+};
+
+struct memtrail_process_losses {
+	__u64 counts[8]; /* enum memtrail_loss; a power of two for the verifier */
+};
+
 /* Byte sampling (--sample-rate): each byte allocated is sampled with probability 1/rate, so an
  * allocation of s bytes is recorded with probability 1 - exp(-s/rate), as in tcmalloc and
  * jemalloc. Userspace fills two tables before load (see userspace/aggregator/sampling.h):

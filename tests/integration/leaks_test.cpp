@@ -205,6 +205,9 @@ TEST(LeaksIntegration, AFullTableCountsDropsAndSaysSo) {
   EXPECT_GE(recorded, 1024);  // the table fills to what it promises before it drops
   EXPECT_EQ(leaks[0]["total_allocations"], 3000);  // totals count every call
   EXPECT_GE(report["totals"]["drops"], 3000 - recorded);
+  // The process that lost them says so itself (the only traced one: all of the drops).
+  ASSERT_EQ(report["targets"].size(), 1u);
+  EXPECT_EQ(report["targets"][0]["losses"]["drops"], report["totals"]["drops"]);
   bool noted = false;
   for (const auto& note : report["notes"]) {
     noted |= note.get<std::string>().find("--max-allocations") != std::string::npos;
@@ -633,6 +636,8 @@ TEST(LeaksIntegration, FreesOfBlocksAllocatedBeforeAttachAreUnmatchedNotMisattri
   std::this_thread::sleep_for(300ms);  // the program has been running a while before attach
   json report = trace_scenario(target).report;
   EXPECT_GE(report["totals"]["unmatched_frees"], 20);
+  EXPECT_EQ(report["targets"][0]["losses"]["unmatched_frees"], report["totals"]["unmatched_frees"]);
+  EXPECT_EQ(report["targets"][0]["losses"]["drops"], 0);
   auto leaks = sites_with_function(report, "leak_malloc");
   ASSERT_EQ(leaks.size(), 1u);
   EXPECT_EQ(leaks[0]["outstanding_bytes"], 1200);

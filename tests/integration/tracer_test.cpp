@@ -44,5 +44,33 @@ TEST(AllocTracer, EveryProgramLoadsAndAFreshTracerIsEmpty) {
   EXPECT_GT(snapshot.taken_at_ns, 0u);
 }
 
+// Each --unwind mode (and sampling) specializes the programs differently before the verifier
+// sees them (read-only data prunes branches): every combination must stay within its budget.
+TEST(AllocTracer, EveryUnwindModeAndSamplingPassesTheVerifier) {
+  if (geteuid() != 0) {
+    if (bpf_required()) FAIL() << "MEMTRAIL_REQUIRE_BPF=1 but not root";
+    GTEST_SKIP() << "loading BPF programs needs root";
+  }
+  for (auto mode : {unwind::UnwindMode::kFramePointers, unwind::UnwindMode::kDwarf,
+                    unwind::UnwindMode::kAuto}) {
+    for (uint64_t sample_rate : {uint64_t{0}, uint64_t{1} << 19}) {
+      TracerConfig config;
+      config.max_outstanding_allocations = 4096;
+      config.max_fallback_sites = 256;
+      config.max_stacks = 256;
+      config.unwind_mode = mode;
+      config.unwind_table_rows = 1024;
+      config.sample_rate = sample_rate;
+      try {
+        AllocTracer tracer(config);
+        EXPECT_EQ(tracer.row_capacity(), mode == unwind::UnwindMode::kFramePointers ? 0u : 1024u);
+      } catch (const Error& error) {
+        ADD_FAILURE() << "--unwind " << unwind::unwind_mode_name(mode) << ", --sample-rate "
+                      << sample_rate << ": " << error.what() << " / " << error.hint();
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace memtrail::tracer

@@ -50,7 +50,7 @@ model::Report two_site_report() {
   report.final = true;
   report.targets.push_back(
       {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt,
-       "glibc", {}, {}});
+       "glibc", {}, {}, {}});
   model::LeakSite leak;
   leak.pid = 42;
   leak.allocator = "malloc";
@@ -173,6 +173,9 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   EXPECT_EQ(reread.unwind->modules[0].rows, 28274u);
   EXPECT_EQ(reread.leaks[0].stack_truncation_reason, "unknown_code");
   EXPECT_FALSE(read.unwind);  // a report without one reads back without one
+  with_unwind.targets[0].losses.drops = 7;
+  EXPECT_EQ(from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump()))
+                .targets[0].losses.drops, 7u);
   // Version 1 reads too, without verdicts.
   model::Report v1 = from_json(nlohmann::json::parse(to_json(original, 5.0, 1).dump()));
   EXPECT_FALSE(v1.leaks[0].growth);
@@ -304,7 +307,7 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
   report.targets[0].memory = memory;
   report.targets.push_back(
       {43, "worker", {"worker"}, "/srv/worker", "/lib/libc.so.6", true, std::nullopt, "glibc",
-       {}, {}});
+       {}, {}, {}});
   // A slower grower in the same process (drawn after the leak), one that shrinks (not drawn)
   // and one in the second process, which has no memory samples yet.
   model::LeakSite slower = report.leaks[0];

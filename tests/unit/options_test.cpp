@@ -29,8 +29,23 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_EQ(options.json_path, "x.json");
   EXPECT_DOUBLE_EQ(options.interval_s, 5);
   EXPECT_EQ(options.top, 10u);
+  EXPECT_FALSE(options.max_allocations);  // sized from available memory at start
   EXPECT_EQ(options.unwind, "auto");  // whole stacks by default
   EXPECT_EQ(options.unwind_table_mib, 16u);
+}
+
+TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
+  auto command = parse({"leaks", "-p", "1", "--max-allocations", "4096"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  EXPECT_EQ(std::get<LeaksOptions>(command).max_allocations, 4096u);
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  // 1/256 of available memory at 64 bytes each, in steps of 65,536, within [2^18, 2^22].
+  EXPECT_EQ(max_allocations_for(24 * kGiB), 1572864u);  // 96 MiB of table on 24 GiB
+  EXPECT_EQ(max_allocations_for(16 * kGiB), 1048576u);
+  EXPECT_EQ(max_allocations_for(1 * kGiB), 262144u);    // the floor: 16 MiB
+  EXPECT_EQ(max_allocations_for(0), 262144u);           // meminfo unreadable
+  EXPECT_EQ(max_allocations_for(1024 * kGiB), 4194304u);  // the ceiling: 256 MiB
+  EXPECT_EQ(max_allocations_for(20 * kGiB) % 65536, 0u);
 }
 
 TEST(Options, UnwindModeAndTableSize) {

@@ -39,7 +39,8 @@ model::Report sample_report() {
                        {"malloc", "free", "mallocx"}, ""},
                       {"glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6", {"reallocarray"}, ""}},
                      {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
-                       false}}}};
+                       false}},
+                     {2, 0, 0, 0, 3}}};  // losses: 2 drops, 3 unmatched frees
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -124,6 +125,9 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   // --top 1: the second site is in the model but not in the text.
   EXPECT_EQ(text.find("from calloc"), std::string::npos);
   EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
+  EXPECT_NE(text.find("    lost: 2 allocations dropped (table full: --max-allocations), 3 frees "
+                      "of blocks from before attach\n"),
+            std::string::npos) << text;
   // Which allocator each process uses, what else is probed, and what is not traced.
   EXPECT_NE(text.find("allocator jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
             std::string::npos) << text;
@@ -145,6 +149,8 @@ TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
 TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   auto json = to_json(sample_report(), 5.0);
   EXPECT_EQ(json["schema"], "memtrail.leaks/2");
+  EXPECT_EQ(json["targets"][0]["losses"]["drops"], 2);
+  EXPECT_EQ(json["targets"][0]["losses"]["unmatched_frees"], 3);
   EXPECT_EQ(json["unwind"]["mode"], "auto");
   EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
   EXPECT_EQ(json["unwind"]["modules"][1]["method"], "frame_pointers");

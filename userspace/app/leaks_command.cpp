@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <cerrno>
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -29,6 +31,7 @@
 #include "report/json_report.h"
 #include "report/report_builder.h"
 #include "report/text_report.h"
+#include "sampler/host.h"
 #include "symbolizer/symbolizer.h"
 #include "target/allocator.h"
 #include "target/process.h"
@@ -98,6 +101,16 @@ void describe_allocators(const target::ProcessAllocators& allocators, model::Tar
   }
 }
 
+// MemAvailable in bytes; 0 when /proc/meminfo cannot be read (the smallest table then).
+uint64_t available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::stringstream text;
+  text << meminfo.rdbuf();
+  model::HostSample sample;
+  sampler::parse_meminfo(text.str(), sample);
+  return sample.mem_available_bytes;
+}
+
 UniqueFd open_pidfd(uint32_t pid) {
   int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
   if (fd < 0) {
@@ -125,7 +138,9 @@ class LeaksSession {
     // Load (and verify) the BPF programs first: without BPF permission nothing else matters,
     // and the message should say so rather than fail on a target's /proc files.
     tracer::TracerConfig config;
-    config.max_outstanding_allocations = options_.max_allocations;
+    max_allocations_ = options_.max_allocations ? *options_.max_allocations
+                                                : cli::max_allocations_for(available_memory());
+    config.max_outstanding_allocations = max_allocations_;
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
     config.verbose = options_.verbose;
@@ -140,7 +155,8 @@ class LeaksSession {
     }
     if (options_.verbose) {
       std::cerr << "memtrail: BPF maps hold " << tracer_->map_memory_bytes() / (1024 * 1024)
-                << " MiB of kernel memory (--max-allocations " << options_.max_allocations
+                << " MiB of kernel memory (--max-allocations " << max_allocations_
+                << (options_.max_allocations ? "" : ", from available memory")
                 << ")\n";
     }
     prepare_targets();
@@ -404,7 +420,7 @@ class LeaksSession {
     context.sample_rate = options_.sample_rate;
     context.top = options_.top;
     context.final = final;
-    context.max_outstanding_allocations = options_.max_allocations;
+    context.max_outstanding_allocations = max_allocations_;
     context.history = &history_;
     context.suppressions = &suppressions_;
     context.unwind = unwind_summary();
@@ -540,6 +556,7 @@ class LeaksSession {
   std::unique_ptr<tracer::AllocTracer> tracer_;
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
+  uint32_t max_allocations_ = 0;    // --max-allocations, or sized from available memory
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<target::GatedChild> child_;
   std::vector<TracedProcess> targets_;

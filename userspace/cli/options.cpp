@@ -131,6 +131,13 @@ that does not pair with their allocator (new/free, malloc/delete) are reported.)
 
 }  // namespace
 
+uint32_t max_allocations_for(uint64_t available_bytes) {
+  constexpr uint64_t kLeast = 1u << 18, kMost = 1u << 22, kStep = 1u << 16;
+  uint64_t allocations = available_bytes / 256 / 64;
+  allocations = std::clamp(allocations, kLeast, kMost);
+  return static_cast<uint32_t>(allocations / kStep * kStep);
+}
+
 Command parse_command_line(int argc, const char* const* argv) {
   CLI::App app{kDescription, "memtrail"};
   app.footer(std::string(kExamples) + kExitStatus);
@@ -139,7 +146,7 @@ Command parse_command_line(int argc, const char* const* argv) {
 
   LeaksOptions options;
   double duration = 0;
-  double max_allocations = options.max_allocations;
+  double max_allocations = 0;
   CLI::App* leaks = app.add_subcommand(
       "leaks", "Trace allocations of processes and report where outstanding memory comes from");
   leaks->footer(std::string(kLeaksFooter) + "\n\n" + kExamples + kExitStatus);
@@ -185,8 +192,9 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("N")
       ->check(CLI::IsMember({1, 2}));
   leaks->add_option("--max-allocations", max_allocations,
-                    "Outstanding allocations memtrail can hold (default 1048576): sizes its "
-                    "table, 64 bytes of kernel memory each; more are counted as drops")
+                    "Outstanding allocations memtrail can hold: sizes its table, 64 bytes of "
+                    "kernel memory each; more are counted as drops (default: from available "
+                    "memory, 1/256 of it, 262144 to 4194304)")
       ->type_name("N");
   double sample_rate = 0;
   leaks->add_option("--sample-rate", sample_rate,
@@ -393,11 +401,13 @@ Command parse_command_line(int argc, const char* const* argv) {
   if (!(options.min_age_s >= 0) || !std::isfinite(options.min_age_s)) {
     return usage("--min-age must be >= 0 seconds");
   }
-  if (!(max_allocations >= 1024) || max_allocations > (1u << 28) ||
-      max_allocations != std::floor(max_allocations)) {
-    return usage("--max-allocations must be a whole number from 1024 to 268435456");
+  if (leaks->count("--max-allocations")) {
+    if (!(max_allocations >= 1024) || max_allocations > (1u << 28) ||
+        max_allocations != std::floor(max_allocations)) {
+      return usage("--max-allocations must be a whole number from 1024 to 268435456");
+    }
+    options.max_allocations = static_cast<uint32_t>(max_allocations);
   }
-  options.max_allocations = static_cast<uint32_t>(max_allocations);
   if (!(sample_rate >= 0) || sample_rate > 4294967296.0 || sample_rate != std::floor(sample_rate)) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }

@@ -26,6 +26,11 @@ struct AllocatorOption {
   std::vector<Function> functions;
 };
 
+// The default --max-allocations for a host with `available_bytes` of MemAvailable: the table
+// (64 bytes of kernel memory per allocation) gets 1/256 of it, from 262,144 allocations (16 MiB)
+// to 4,194,304 (256 MiB), rounded down to a multiple of 65,536.
+uint32_t max_allocations_for(uint64_t available_bytes);
+
 // Parses one --allocator value; nullopt and `error` set when it is malformed.
 std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
                                                       std::string& error);
@@ -38,7 +43,8 @@ struct LeaksOptions {
   uint32_t top = 10;
   double min_age_s = 0;
   std::string json_path;
-  uint32_t max_allocations = 1u << 20;
+  // --max-allocations; nullopt: sized from the host's available memory (max_allocations_for).
+  std::optional<uint32_t> max_allocations;
   uint64_t sample_rate = 0;  // bytes between samples on average; 0: every allocation
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;

@@ -106,6 +106,7 @@ struct Target {
   std::string allocator;         // its name: "glibc", "jemalloc", ... (see TracedAllocator)
   std::vector<TracedAllocator> allocators;  // every probed module, in load order
   std::vector<UntracedAllocator> untraced_allocators;
+  ProcessLosses losses;  // what could not be tracked in this process
 };
 
 struct Totals {

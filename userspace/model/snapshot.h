@@ -46,6 +46,18 @@ struct TracerCounters {
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
 };
 
+// What memtrail could not track in one process (bpf/alloc_events.h, enum memtrail_loss).
+struct ProcessLosses {
+  uint64_t drops = 0;            // allocations not recorded: the table was full
+  uint64_t stack_failures = 0;   // stacks not stored: the stack map was full
+  uint64_t site_drops = 0;       // per-site totals lost
+  uint64_t missed_entries = 0;   // returns without their entry (calls in flight at attach)
+  uint64_t unmatched_frees = 0;  // frees of blocks allocated before attach
+  bool any() const {
+    return drops || stack_failures || site_drops || missed_entries || unmatched_frees;
+  }
+};
+
 // Receives outstanding allocations one by one as the tracer reads them, so that millions of
 // them need not be held in memory at once (the aggregator is one).
 class AllocationSink {
@@ -72,6 +84,7 @@ struct Snapshot {
   };
   std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;
+  std::unordered_map<uint32_t, ProcessLosses> losses;  // by pid; processes that lost nothing absent
 };
 
 }  // namespace memtrail::model

@@ -147,6 +147,13 @@ model::Report from_json(const json& document) {
             {allocator.at("name").get<std::string>(), allocator.at("path").get<std::string>(),
              allocator.at("reason").get<std::string>(), allocator.value("expected", false)});
       }
+      if (target_json.contains("losses")) {  // absent before per-process losses
+        const json& lost = target_json.at("losses");
+        target.losses = {lost.at("drops").get<uint64_t>(), lost.at("stack_failures").get<uint64_t>(),
+                         lost.at("site_drops").get<uint64_t>(),
+                         lost.at("missed_entries").get<uint64_t>(),
+                         lost.at("unmatched_frees").get<uint64_t>()};
+      }
       if (target_json.contains("memory")) {
         const json& memory_json = target_json.at("memory");
         model::ProcessMemory memory;

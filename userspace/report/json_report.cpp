@@ -92,6 +92,12 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       entry["allocator"] = target.allocator;
       entry["allocators"] = std::move(allocators);
       entry["untraced_allocators"] = std::move(untraced);
+      const auto& lost = target.losses;
+      entry["losses"] = {{"drops", lost.drops},
+                         {"stack_failures", lost.stack_failures},
+                         {"site_drops", lost.site_drops},
+                         {"missed_entries", lost.missed_entries},
+                         {"unmatched_frees", lost.unmatched_frees}};
     }
     if (target.memory && version >= 2) {
       const auto& memory = *target.memory;

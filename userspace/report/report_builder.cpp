@@ -110,6 +110,10 @@ model::Report build_report(const model::Snapshot& snapshot,
   report.top = context.top;
   report.final = context.final;
   report.targets = context.targets;
+  for (auto& target : report.targets) {
+    auto lost = snapshot.losses.find(target.pid);
+    if (lost != snapshot.losses.end()) target.losses = lost->second;
+  }
 
   const auto& counters = snapshot.counters;
   auto& totals = report.totals;

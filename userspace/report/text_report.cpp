@@ -48,6 +48,26 @@ std::string truncation_text(const std::string& reason) {
   return "the stack walk stopped here";
 }
 
+// What could not be tracked in one process, in one line; the Totals line sums all processes.
+void render_losses(const model::ProcessLosses& lost, std::ostream& out) {
+  out << "    lost:";
+  const char* separator = " ";
+  auto item = [&](uint64_t count, const char* one, const char* many) {
+    if (count == 0) return;
+    out << separator << with_thousands(count) << " " << (count == 1 ? one : many);
+    separator = ", ";
+  };
+  item(lost.drops, "allocation dropped (table full: --max-allocations)",
+       "allocations dropped (table full: --max-allocations)");
+  item(lost.stack_failures, "stack not stored (stack map full)",
+       "stacks not stored (stack map full)");
+  item(lost.site_drops, "site total lost", "site totals lost");
+  item(lost.unmatched_frees, "free of a block from before attach",
+       "frees of blocks from before attach");
+  item(lost.missed_entries, "call in flight at attach", "calls in flight at attach");
+  out << "\n";
+}
+
 // One line on how stacks were walked, and one on what ended some of them early.
 void render_unwind(const model::UnwindSummary& unwind, std::ostream& out) {
   size_t by_table = 0, by_frame_pointer = 0, by_nothing = 0;
@@ -140,6 +160,7 @@ void render_text(const model::Report& report, std::ostream& out) {
       out << "    not traced: " << untraced.name << " " << untraced.path
           << (untraced.expected ? " (shadowed, as expected)" : "") << "\n";
     }
+    if (target.losses.any()) render_losses(target.losses, out);
     if (target.memory && target.memory->assessed) {
       out << "    memory: " << human_bytes(static_cast<uint64_t>(target.memory->rss_anon_bytes))
           << " private; " << target.memory->reason << "\n";

@@ -21,8 +21,10 @@ extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__des
 namespace memtrail::tracer {
 namespace {
 
-// Processes whose code mappings the walker can hold at once (16 KiB each, allocated on use).
+// Processes whose code mappings the walker can hold at once (20 KiB each, allocated on use).
 constexpr uint32_t kMaxUnwindProcesses = 4096;
+// Processes whose losses are counted one by one (48 bytes each); the totals count all.
+constexpr uint32_t kMaxLossProcesses = 16384;
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -88,6 +90,7 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
                {maps.site_totals, config.max_stacks},
                {maps.stacks, config.max_stacks},
                {maps.fallback_sites, config.max_fallback_sites},
+               {maps.process_losses, kMaxLossProcesses},
                // The frame-pointer walk reads neither: one entry each, no memory.
                {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u}};
@@ -292,6 +295,16 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
         snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
                                   site.total_allocations, site.caller_address,
                                   site.mismatched_frees});
+      });
+
+  read_hash_map<uint32_t, memtrail_process_losses>(
+      bpf_map__fd(maps.process_losses), 256, "process_losses",
+      [&](uint32_t pid, const memtrail_process_losses& lost) {
+        snapshot.losses[pid] = {lost.counts[MEMTRAIL_LOSS_DROPS],
+                                lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
+                                lost.counts[MEMTRAIL_LOSS_SITE_DROPS],
+                                lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
+                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES]};
       });
 
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));

@@ -33,8 +33,14 @@ std::string load_failure_hint(int error_number, const std::string& map_size_opti
   if (error_number == EPERM || error_number == EACCES) {
     return "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN";
   }
-  if (error_number == ENOMEM || error_number == E2BIG) {
+  if (error_number == ENOMEM) {
     return "lower " + map_size_option + ": the kernel could not allocate the maps";
+  }
+  if (error_number == E2BIG) {
+    // Both a map larger than the kernel allows and a program the verifier gave up on.
+    return "lower " + map_size_option + " (a map may be larger than the kernel allows); if "
+           "that does not help, the verifier rejected a program as too complex: run with -v "
+           "and report its output";
   }
   return "run with -v to see the libbpf and verifier output";
 }
