@@ -686,6 +686,59 @@ TEST(LeaksIntegration, ALaunchedCommandEndsWhenMemtrailStops) {
   EXPECT_EQ(errno, ESRCH) << "the launched command " << command << " outlived memtrail";
 }
 
+// One of two targets exits: its outstanding memory is reported as it was at its exit, and its
+// blocks leave memtrail's table (what the table still holds is the other process's alone).
+TEST(LeaksIntegration, AProcessThatExitsFirstIsReportedThenPurgedWhileTheOtherIsTraced) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target exiting({MEMTRAIL_LEAKY, "basic", "3", "100", "--exit"});
+  Target staying({MEMTRAIL_LEAKY, "basic", "5", "40"});
+  int exiting_pid = exiting.process.pid(), staying_pid = staying.process.pid();
+  Tracer tracer({"-p", std::to_string(exiting_pid), "-p", std::to_string(staying_pid), "--json",
+                 dir.file("r.json"), "-q"});
+  tracer.expect_attached(2);
+  exiting.run();
+  ASSERT_TRUE(exiting.process.wait(10s).has_value());
+  auto noticed = tracer.process.wait_for_stderr("memtrail: pid " + std::to_string(exiting_pid) +
+                                                " exited with ", 10s);
+  ASSERT_TRUE(noticed.has_value()) << tracer.process.stderr_seen();
+  staying.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  ASSERT_EQ(report["targets"].size(), 2u);
+  const json* gone = nullptr;
+  for (const auto& target : report["targets"]) {
+    if (target["pid"] == exiting_pid) gone = &target;
+    if (target["pid"] == staying_pid) {
+      EXPECT_FALSE(target.contains("exit")) << target.dump(2);
+    }
+  }
+  ASSERT_NE(gone, nullptr);
+  EXPECT_EQ((*gone)["exited"], true);
+  ASSERT_TRUE(gone->contains("exit")) << gone->dump(2);
+  const json& exit = (*gone)["exit"];
+  // Its sites, as they were at its exit: the leak, with its exact bytes, among them.
+  auto leak = sites_with_function(report, "leak_malloc", exiting_pid);
+  ASSERT_EQ(leak.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leak[0]["outstanding_bytes"], 300);
+  uint64_t exited_bytes = 0, exited_allocations = 0, staying_bytes = 0, staying_allocations = 0;
+  for (const auto& site : report["leaks"]) {
+    bool exited_site = site["pid"] == exiting_pid;
+    (exited_site ? exited_bytes : staying_bytes) += site["outstanding_bytes"].get<uint64_t>();
+    (exited_site ? exited_allocations : staying_allocations) +=
+        site["outstanding_allocations"].get<uint64_t>();
+  }
+  EXPECT_EQ(exit["outstanding_bytes"], exited_bytes);
+  EXPECT_EQ(exit["outstanding_allocations"], exited_allocations);
+  EXPECT_EQ(exit["purged_blocks"], exited_allocations);  // every block of it left the table
+  // The table holds the other process's blocks only.
+  EXPECT_EQ(report["totals"]["outstanding_bytes"], staying_bytes);
+  EXPECT_EQ(report["totals"]["outstanding_allocations"], staying_allocations);
+  auto kept = sites_with_function(report, "leak_malloc", staying_pid);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0]["outstanding_bytes"], 200);
+}
+
 TEST(LeaksIntegration, StopsWhenTheTargetExits) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;

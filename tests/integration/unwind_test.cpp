@@ -199,13 +199,21 @@ const std::vector<std::string> kCxxCfiFiles = {"unwind_cxx", "libc.so.6"};
 // What every complete run of unwind_chain shows: one site through lib_level_two with exactly
 // the leaked blocks, the whole chain with its modules and the malloc call's line, and nothing
 // of chain_freed, which freed what it allocated.
+// The one site whose stack holds lib_level_two, with exactly the chain's leaked blocks (right
+// whatever the stack walk: the site's caller comes from the return address); null if absent.
+json chain_site(const json& report) {
+  auto sites = sites_with_function(report, "lib_level_two");
+  EXPECT_EQ(sites.size(), 1u) << report.dump(2);
+  if (sites.size() != 1) return nullptr;
+  EXPECT_EQ(sites[0]["outstanding_bytes"], kChainCount * kChainBytes);
+  EXPECT_EQ(sites[0]["outstanding_allocations"], kChainCount);
+  return sites[0];
+}
+
 void expect_chain_report(const Traced& traced) {
   const json& report = traced.report;
-  auto sites = sites_with_function(report, "lib_level_two");
-  ASSERT_EQ(sites.size(), 1u) << report.dump(2);
-  const json& site = sites[0];
-  EXPECT_EQ(site["outstanding_bytes"], kChainCount * kChainBytes);
-  EXPECT_EQ(site["outstanding_allocations"], kChainCount);
+  json site = chain_site(report);
+  ASSERT_FALSE(site.is_null());
   EXPECT_EQ(site["total_allocations"], kChainCount);
   EXPECT_EQ(site["allocator"], "malloc");
   EXPECT_EQ(site["pid"], traced.pid);
@@ -344,12 +352,8 @@ TEST(UnwindFramePointers, TheSameChainIsIncompleteWithoutCfi) {
   REQUIRE_BPF_OR_SKIP();
   Traced traced = trace_by_pid({MEMTRAIL_UNWIND_CHAIN}, "fp");
   const json& report = traced.report;
-  auto sites = sites_with_function(report, "lib_level_two");
-  ASSERT_EQ(sites.size(), 1u) << report.dump(2);
-  const json& site = sites[0];
-  // The bytes are right whatever the stack: the caller is found through the return address.
-  EXPECT_EQ(site["outstanding_bytes"], kChainCount * kChainBytes);
-  EXPECT_EQ(site["outstanding_allocations"], kChainCount);
+  json site = chain_site(report);
+  ASSERT_FALSE(site.is_null());
   std::vector<json> frames = called_frames(site);
   ASSERT_FALSE(frames.empty());
   EXPECT_EQ(function_of(frames[0]), "lib_level_two");

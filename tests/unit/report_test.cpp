@@ -40,7 +40,8 @@ model::Report sample_report() {
                       {"glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6", {"reallocarray"}, ""}},
                      {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
                        false}},
-                     {2, 0, 0, 0, 3}}};  // losses: 2 drops, 3 unmatched frees
+                     {2, 0, 0, 0, 3},  // losses: 2 drops, 3 unmatched frees
+                     std::nullopt}};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -138,6 +139,21 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
             std::string::npos);
 }
 
+TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {
+  model::Report report = sample_report();
+  report.targets[0].exited = true;
+  report.targets[0].exit = model::ExitSummary{12.5, 7010, 8, 2, 8};
+  std::ostringstream out;
+  render_text(report, out);
+  EXPECT_NE(out.str().find("    exited after 12.5s with 7,010 B outstanding in 8 allocations at "
+                           "2 sites (shown as they were at its exit; its 8 blocks were removed "
+                           "from memtrail's table)"),
+            std::string::npos) << out.str();
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["targets"][0]["exit"]["outstanding_bytes"], 7010);
+  EXPECT_EQ(json["targets"][0]["exit"]["purged_blocks"], 8);
+}
+
 TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
   model::Report report = sample_report();
   report.leaks.clear();
@@ -150,6 +166,7 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   auto json = to_json(sample_report(), 5.0);
   EXPECT_EQ(json["schema"], "memtrail.leaks/2");
   EXPECT_EQ(json["targets"][0]["losses"]["drops"], 2);
+  EXPECT_FALSE(json["targets"][0].contains("exit"));  // still running at the end
   EXPECT_EQ(json["targets"][0]["losses"]["unmatched_frees"], 3);
   EXPECT_EQ(json["unwind"]["mode"], "auto");
   EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
@@ -231,6 +248,13 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   broken["leaks"][0].erase("outstanding_bytes");
   write_json_file(broken, path);
   EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+
+  // A process that exited early carries its exit summary.
+  model::Report exited = sample_report();
+  exited.targets[0].exited = true;
+  exited.targets[0].exit = model::ExitSummary{3.5, 100, 2, 1, 2};
+  write_json_file(to_json(exited, 5.0), path);
+  EXPECT_EQ(std::system(command.c_str()), 0) << "an exit summary failed the schema";
 
   // Version 1 validates too; a version 2 site without its verdict does not.
   write_json_file(to_json(sample_report(), 5.0, 1), path);

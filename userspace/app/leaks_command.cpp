@@ -51,6 +51,10 @@ struct TracedProcess {
   std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
   UniqueFd pidfd;                         // readable once the process has exited
   bool launched = false;
+  // Exited while others were still traced: what it left, and its sites as they were then
+  // (its blocks were purged from the maps).
+  std::optional<model::ExitSummary> exit;
+  std::vector<model::LeakSite> exit_sites;
 };
 
 std::vector<target::Mapping> live_mappings(uint32_t pid) {
@@ -399,6 +403,11 @@ class LeaksSession {
         process.pidfd.reset();
         tracer_->forget_unwind_mappings(process.info.pid);
         if (process.launched && child_) child_->reap_if_exited();
+        // The last one is covered by the final report, which comes now.
+        if (std::any_of(targets_.begin(), targets_.end(),
+                        [](const auto& other) { return !other.info.exited; })) {
+          record_exit(process);
+        }
       }
       if (std::all_of(targets_.begin(), targets_.end(),
                       [](const auto& process) { return process.info.exited; })) {
@@ -407,11 +416,37 @@ class LeaksSession {
     }
   }
 
+  // Keeps what an exited process left outstanding (its sites as they are now), then removes its
+  // blocks, stacks and counters from the maps: dead processes must not fill them, and a new
+  // process reusing the PID must not inherit them.
+  void record_exit(TracedProcess& process) {
+    uint32_t pid = process.info.pid;
+    model::Report now = take_report(false, SIZE_MAX);
+    model::ExitSummary summary;
+    summary.after_s = std::chrono::duration<double>(Clock::now() - start_).count();
+    for (auto& site : now.leaks) {
+      if (site.pid != pid) continue;
+      summary.outstanding_bytes += site.outstanding_bytes;
+      summary.outstanding_allocations += site.outstanding_allocations;
+      ++summary.sites;
+      process.exit_sites.push_back(std::move(site));
+    }
+    for (const auto& target : now.targets) {
+      if (target.pid == pid) process.info.losses = target.losses;  // the purge drops the map's
+    }
+    summary.purged_blocks = tracer_->purge_process(pid);
+    process.exit = summary;
+    std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
+              << " bytes outstanding in " << summary.outstanding_allocations
+              << " allocations at " << summary.sites << " sites; still tracing the others\n";
+  }
+
   report::ReportContext context(bool final) const {
     report::ReportContext context;
     for (const auto& process : targets_) {
       context.targets.push_back(process.info);
       context.targets.back().memory = process_memory(process.info.pid);
+      context.targets.back().exit = process.exit;
     }
     context.start_unix_ms = start_unix_ms_;
     context.end_unix_ms = unix_now_ms();
@@ -496,6 +531,13 @@ class LeaksSession {
     auto symbolizing = Clock::now();
     auto report = report::build_report(measurement.snapshot, aggregate, symbolizer_,
                                        context(final), std::min(sites, aggregate.sites.size()));
+    // Processes that exited earlier: their sites as they were at the exit, after the live ones.
+    for (const auto& process : targets_) {
+      for (const auto& site : process.exit_sites) {
+        if (report.leaks.size() >= sites) break;
+        report.leaks.push_back(site);
+      }
+    }
     auto built = Clock::now();
     if (options_.verbose) {
       std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations

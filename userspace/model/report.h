@@ -95,6 +95,17 @@ struct UntracedAllocator {
   bool expected = false;  // glibc's malloc shadowed by the process's allocator: normal
 };
 
+// A traced process that exited while others were still traced: what it left behind. Its
+// blocks were then removed from memtrail's maps (so that dead processes never fill them); its
+// sites stay in the report as they were at its exit.
+struct ExitSummary {
+  double after_s = 0;  // seconds after tracing started
+  uint64_t outstanding_bytes = 0;
+  uint64_t outstanding_allocations = 0;
+  uint64_t sites = 0;
+  uint64_t purged_blocks = 0;  // table slots freed for other processes
+};
+
 struct Target {
   uint32_t pid = 0;
   std::string comm;
@@ -107,6 +118,7 @@ struct Target {
   std::vector<TracedAllocator> allocators;  // every probed module, in load order
   std::vector<UntracedAllocator> untraced_allocators;
   ProcessLosses losses;  // what could not be tracked in this process
+  std::optional<ExitSummary> exit;  // set when it exited before the end of tracing
 };
 
 struct Totals {

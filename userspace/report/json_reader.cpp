@@ -154,6 +154,14 @@ model::Report from_json(const json& document) {
                          lost.at("missed_entries").get<uint64_t>(),
                          lost.at("unmatched_frees").get<uint64_t>()};
       }
+      if (target_json.contains("exit")) {
+        const json& exit = target_json.at("exit");
+        target.exit = model::ExitSummary{exit.at("after_s").get<double>(),
+                                         exit.at("outstanding_bytes").get<uint64_t>(),
+                                         exit.at("outstanding_allocations").get<uint64_t>(),
+                                         exit.at("sites").get<uint64_t>(),
+                                         exit.at("purged_blocks").get<uint64_t>()};
+      }
       if (target_json.contains("memory")) {
         const json& memory_json = target_json.at("memory");
         model::ProcessMemory memory;

@@ -98,6 +98,13 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"site_drops", lost.site_drops},
                          {"missed_entries", lost.missed_entries},
                          {"unmatched_frees", lost.unmatched_frees}};
+      if (target.exit) {
+        entry["exit"] = {{"after_s", target.exit->after_s},
+                         {"outstanding_bytes", target.exit->outstanding_bytes},
+                         {"outstanding_allocations", target.exit->outstanding_allocations},
+                         {"sites", target.exit->sites},
+                         {"purged_blocks", target.exit->purged_blocks}};
+      }
     }
     if (target.memory && version >= 2) {
       const auto& memory = *target.memory;

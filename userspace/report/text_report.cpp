@@ -143,6 +143,15 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     if (target.exited) out << "  [exited]";
     out << "\n";
+    if (target.exit) {
+      const auto& exit = *target.exit;
+      out << "    exited after " << human_duration(exit.after_s) << " with "
+          << with_thousands(exit.outstanding_bytes) << " B outstanding in "
+          << with_thousands(exit.outstanding_allocations) << " allocations at "
+          << with_thousands(exit.sites) << (exit.sites == 1 ? " site" : " sites")
+          << " (shown as they were at its exit; its " << with_thousands(exit.purged_blocks)
+          << " blocks were removed from memtrail's table)\n";
+    }
     // The other probed modules (libc's reallocarray under jemalloc, libstdc++, --allocator).
     for (const auto& allocator : target.allocators) {
       if (allocator.path == target.allocator_module) continue;

@@ -114,7 +114,8 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   if (err < 0) {
     fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
-  allocs_view_ = map_values(maps.allocs);
+  // Writable: purge_process() frees the slots of processes that exited.
+  allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
     row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
@@ -147,6 +148,48 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
                                      " processes traced at once with --unwind dwarf/auto"
                                : "");
   }
+}
+
+uint64_t AllocTracer::purge_process(uint32_t pid) {
+  // The BPF programs' removal protocol (bpf/alloc_events.h): timestamp, then tgid, then the
+  // address back to 0 by compare-and-swap. No program writes a dead process's slots; a slot
+  // another CPU is claiming meanwhile has tgid 0 until it is filled, so it is never taken here.
+  auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
+  uint32_t bucket_count = bpf_map__max_entries(skeleton_->maps.allocs);
+  uint64_t freed = 0;
+  for (uint32_t b = 0; b < bucket_count; ++b) {
+    memtrail_alloc_bucket& bucket = buckets[b];
+    for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; ++slot) {
+      std::atomic_ref<__u64> address(bucket.address[slot]);
+      __u64 held = address.load(std::memory_order_acquire);
+      memtrail_alloc_info& info = bucket.info[slot];
+      if (held == 0 || std::atomic_ref<__u32>(info.tgid).load() != pid) continue;
+      std::atomic_ref<__u64>(info.timestamp_ns).store(0, std::memory_order_release);
+      std::atomic_ref<__u32>(info.tgid).store(0, std::memory_order_release);
+      if (address.compare_exchange_strong(held, 0)) ++freed;
+    }
+  }
+  // Keys first, deletes after: deleting while iterating a hash map restarts the iteration.
+  std::vector<uint64_t> stacks;
+  read_hash_map<uint64_t, memtrail_stack>(
+      bpf_map__fd(skeleton_->maps.stacks), 256, "stacks",
+      [&](uint64_t key, const memtrail_stack& stack) {
+        if (stack.tgid == pid) stacks.push_back(key);
+      });
+  for (uint64_t key : stacks) bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.stacks), &key);
+  std::vector<memtrail_fallback_key> fallbacks;
+  read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
+      bpf_map__fd(skeleton_->maps.fallback_sites), 4096, "fallback_sites",
+      [&](const memtrail_fallback_key& key, const memtrail_fallback_totals&) {
+        if (key.tgid == pid) fallbacks.push_back(key);
+      });
+  for (const auto& key : fallbacks) {
+    bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.fallback_sites), &key);
+  }
+  // ENOENT for each of these is fine: nothing was stored for the process.
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
+  forget_unwind_mappings(pid);
+  return freed;
 }
 
 uint64_t AllocTracer::unknown_code_frames() const {

@@ -58,6 +58,12 @@ class AllocTracer : public unwind::RowStore {
   // Drops a process's mappings (it exited).
   void forget_unwind_mappings(uint32_t pid);
 
+  // Removes everything the maps hold for process `pid`, which has exited: its outstanding
+  // blocks (table slots freed the way the BPF programs free them), its stacks, fallback sites,
+  // losses and code mappings. Site totals stay (stack ids are never reused). Returns the number
+  // of table slots freed.
+  uint64_t purge_process(uint32_t pid);
+
   // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
   uint64_t map_memory_bytes() const;
 
