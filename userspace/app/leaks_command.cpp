@@ -352,16 +352,22 @@ class LeaksSession {
     auto next_report = start_ + interval;
     auto next_refresh = start_;
     auto next_full_refresh = start_;
+    auto last_full_refresh = start_;
     for (;;) {
       auto now = Clock::now();
       if (deadline && now >= *deadline) return;
       if (now >= next_refresh) {
         // Code the stack walker met outside every known mapping (a library just dlopen'ed)
         // makes the next check come at once rather than within a second.
+        // At most every 200 ms: a JIT compiler's code is unknown for good, and re-reading a
+        // large maps file at every tick would cost the host more than it brings.
         uint64_t unknown_code = unwind_tables_ ? tracer_->unknown_code_frames() : 0;
-        if (now >= next_full_refresh || unknown_code != unknown_code_seen_) {
+        if (now >= next_full_refresh ||
+            (unknown_code != unknown_code_seen_ &&
+             now - last_full_refresh >= std::chrono::milliseconds(200))) {
           for (auto& process : targets_) refresh_mappings(process);
           unknown_code_seen_ = unknown_code;
+          last_full_refresh = now;
           // Frequent at first: a launched command maps its libraries right after exec.
           next_full_refresh = now + (now - start_ < std::chrono::seconds(2)
                                          ? std::chrono::milliseconds(100)
