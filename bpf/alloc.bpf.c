@@ -410,6 +410,15 @@ struct {
 	__type(value, struct memtrail_unwind_row);
 } unwind_rows SEC(".maps");
 
+/* Every module's page index (see struct memtrail_unwind_mapping), one after the other. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_unwind_page);
+} unwind_pages SEC(".maps");
+
 /* Executable mappings of each traced process, by tgid. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -474,15 +483,30 @@ __noinline int unwind_find_mapping(struct memtrail_unwind_process *process, __u6
 	return -1;
 }
 
-/* The last row of rows [first, first + rows) whose pc <= pc (as unwind::find_row), as its 8
+/* The last row of the mapping's module whose pc <= pc (as unwind::find_row_paged), as its 8
  * bytes (a global function returns a scalar); 0, a NONE row, when there is none. */
-__noinline __u64 unwind_find_row(__u32 first, __u32 rows, __u64 pc)
+__noinline __u64 unwind_find_row(struct memtrail_unwind_mapping *mapping, __u64 pc)
 {
 	struct memtrail_unwind_row *row;
-	__u32 low = 0, high = rows, middle, index;
+	__u32 first, rows, low = 0, high, middle, index;
+	struct memtrail_unwind_page *bounds;
+	__u64 page;
 
-	if (pc > 0xffffffffULL)
+	if (!mapping || pc > 0xffffffffULL)
 		return 0;
+	first = mapping->first_row;
+	rows = mapping->rows;
+	high = rows;
+	page = pc >> MEMTRAIL_UNWIND_PAGE_SHIFT;
+	if (mapping->pages && page >= mapping->page_base &&
+	    page - mapping->page_base < mapping->pages) {
+		index = mapping->first_page + (__u32)(page - mapping->page_base);
+		bounds = bpf_map_lookup_elem(&unwind_pages, &index);
+		if (bounds) {
+			low = bounds->first_row ? bounds->first_row - 1 : 0;
+			high = bounds->end_row < rows ? bounds->end_row : rows;
+		}
+	}
 	for (int step = 0; step < MEMTRAIL_UNWIND_MAX_SEARCH_STEPS && low < high; step++) {
 		middle = low + (high - low) / 2;
 		index = first + middle;
@@ -544,7 +568,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 	__u64 pc = walk->pc - (walk->exact_pc ? 0 : 1) - mapping->bias, cfa, saved[2];
 	__s64 rbp_slot;
 
-	found.bits = unwind_find_row(mapping->first_row, mapping->rows, pc);
+	found.bits = unwind_find_row(mapping, pc);
 	switch (MEMTRAIL_UNWIND_CFA_KIND(row)) {
 	case MEMTRAIL_UNWIND_CFA_RSP:
 		cfa = walk->sp + row->cfa_offset;

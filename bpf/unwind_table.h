@@ -95,14 +95,33 @@ enum memtrail_unwind_method {
 						* walk ends here, marked MEMTRAIL_TRUNCATED_NO_CFI */
 };
 
+/*
+ * A module's page index narrows the row search to a few rows: for each 256-byte page of its
+ * code, from page `page_base` (its first row's pc >> MEMTRAIL_UNWIND_PAGE_SHIFT) on, the index
+ * (within the module's rows) of the first row at or after the page's start (the last index
+ * being the row count), stored as `pages` entries of struct memtrail_unwind_page in the
+ * unwind_pages map. The last row whose pc <= X, X in page p, lies in [index[p] - 1,
+ * index[p + 1]). 8 bytes per 256 bytes of code (libc: 44 KiB).
+ */
+#define MEMTRAIL_UNWIND_PAGE_SHIFT 8
+
+/* One page's entry in unwind_pages: index[p] and index[p + 1] side by side, so that one lookup
+ * gives both bounds (and array map values are 8-byte slots anyway). */
+struct memtrail_unwind_page {
+	__u32 first_row; /* index[p]: the first row at or after the page's start */
+	__u32 end_row;   /* index[p + 1] */
+};
+
 struct memtrail_unwind_mapping {
 	__u64 start; /* runtime addresses [start, end) */
 	__u64 end;
 	__u64 bias;  /* runtime address - ELF virtual address: what the row pcs are relative to */
 	__u32 first_row;
 	__u32 rows;
-	__u32 method; /* enum memtrail_unwind_method */
-	__u32 pad;
+	__u32 method;     /* enum memtrail_unwind_method */
+	__u32 first_page; /* the module's page index in unwind_pages */
+	__u32 pages;      /* 0: no page index (it did not fit): the search covers every row */
+	__u32 page_base;
 };
 
 struct memtrail_unwind_process {

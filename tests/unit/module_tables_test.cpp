@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 namespace memtrail::unwind {
 namespace {
@@ -24,7 +25,16 @@ class VectorStore : public RowStore {
     return first;
   }
   uint64_t row_capacity() const override { return capacity_; }
+  // As the tracer: one entry per page (its bounds), the index's own first_rows kept here.
+  std::optional<uint32_t> store_page_index(std::span<const uint32_t> first_rows) override {
+    auto first = static_cast<uint32_t>(pages.size());
+    pages.insert(pages.end(), first_rows.begin(), first_rows.end() - 1);
+    ends[first] = first_rows.back();
+    return first;
+  }
+  std::map<uint32_t, uint32_t> ends;  // by first entry: the index's last value (the row count)
   std::vector<Row> stored;
+  std::vector<uint32_t> pages;
   int stores = 0;
 
  private:
@@ -96,6 +106,15 @@ TEST(ModuleTables, DwarfModeStoresEachFilesRowsOnceAndPointsEveryProcessAtThem) 
     EXPECT_EQ(store.stored[first[1].first_row + i].pc, lib_table.rows[i].pc);
     EXPECT_EQ(store.stored[first[1].first_row + i].rules, lib_table.rows[i].rules);
   }
+
+  // Its page index is stored too, and narrows every search to the row find_row finds.
+  ASSERT_GT(first[1].pages, 0u);
+  std::vector<uint32_t> stored_index(store.pages.begin() + first[1].first_page,
+                                     store.pages.begin() + first[1].first_page + first[1].pages);
+  stored_index.push_back(store.ends.at(first[1].first_page));
+  PageIndex expected = build_page_index(lib_table.rows);
+  EXPECT_EQ(stored_index, expected.first_rows);
+  EXPECT_EQ(first[1].page_base, expected.page_base);
 
   // A second process mapping the same library elsewhere shares the rows: nothing stored again.
   int stores = store.stores;

@@ -220,7 +220,8 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->type_name("MODE");
   leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
                     "Kernel memory for CFI unwind tables, shared by all traced processes "
-                    "(default 16; libc takes 0.2): modules that do not fit are unwound by "
+                    "(default 16, and a quarter more for page indexes; libc takes 0.25): modules "
+                    "that do not fit are unwound by "
                     "frame pointers (auto) or not at all (dwarf), and the report says so")
       ->type_name("MIB");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");

@@ -93,6 +93,9 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
                {maps.process_losses, kMaxLossProcesses},
                // The frame-pointer walk reads neither: one entry each, no memory.
                {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
+               // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
+               // 5,600 for 28,274): room for every table's, with a margin.
+               {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
@@ -119,6 +122,8 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
     row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
+    pages_view_ = map_values(maps.unwind_pages, PROT_READ | PROT_WRITE);
+    page_capacity_ = bpf_map__max_entries(maps.unwind_pages);
   }
 }
 
@@ -129,6 +134,19 @@ std::optional<uint32_t> AllocTracer::store_rows(std::span<const unwind::Row> row
   // syscall: the stores are visible by then).
   std::copy(rows.begin(), rows.end(), rows_view_.writable_values<memtrail_unwind_row>() + first);
   rows_used_ += rows.size();
+  return first;
+}
+
+std::optional<uint32_t> AllocTracer::store_page_index(std::span<const uint32_t> first_rows) {
+  if (first_rows.size() < 2 || first_rows.size() - 1 > page_capacity_ - pages_used_) {
+    return std::nullopt;
+  }
+  auto first = static_cast<uint32_t>(pages_used_);
+  auto* pages = pages_view_.writable_values<memtrail_unwind_page>() + first;
+  for (size_t page = 0; page + 1 < first_rows.size(); ++page) {
+    pages[page] = {first_rows[page], first_rows[page + 1]};
+  }
+  pages_used_ += first_rows.size() - 1;
   return first;
 }
 

@@ -48,6 +48,7 @@ class AllocTracer : public unwind::RowStore {
   // the first, or nullopt when they do not fit in what is left.
   std::optional<uint32_t> store_rows(std::span<const unwind::Row> rows) override;
   uint64_t row_capacity() const override { return row_capacity_; }
+  std::optional<uint32_t> store_page_index(std::span<const uint32_t> first_rows) override;
 
   // Tells the walker where process `pid` maps code and how to unwind each mapping (replaces
   // what it had). Throws memtrail::Error when the map refuses it.
@@ -76,6 +77,9 @@ class AllocTracer : public unwind::RowStore {
   MappedMap rows_view_;      // the unwind rows, written in place
   uint64_t row_capacity_ = 0;
   uint64_t rows_used_ = 0;
+  MappedMap pages_view_;     // the modules' page indexes, written in place
+  uint64_t page_capacity_ = 0;
+  uint64_t pages_used_ = 0;
   std::vector<Link> links_;  // declared last: destroyed first
 };
 

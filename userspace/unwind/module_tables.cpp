@@ -98,6 +98,13 @@ ModuleUnwind ModuleTables::describe(const std::string& path, const std::string& 
   module.method = "cfi";
   module.first_row = *first;
   module.rows = static_cast<uint32_t>(table.rows.size());
+  // Without its page index (no room left) the walker still finds rows, by a longer search.
+  PageIndex index = build_page_index(table.rows);
+  if (auto first_page = store_.store_page_index(index.first_rows)) {
+    module.first_page = *first_page;
+    module.pages = static_cast<uint32_t>(index.first_rows.size() - 1);
+    module.page_base = index.page_base;
+  }
   rows_stored_ += module.rows;
   module.reason = std::to_string(table.fdes) + " functions with CFI" +
                   (table.used_debug_frame ? " (.eh_frame and .debug_frame)" : "") +
@@ -142,6 +149,9 @@ std::vector<WalkerMapping> ModuleTables::mappings_for(
       entry.method = MEMTRAIL_UNWIND_BY_TABLE;
       entry.first_row = module.first_row;
       entry.rows = module.rows;
+      entry.first_page = module.first_page;
+      entry.pages = module.pages;
+      entry.page_base = module.page_base;
     } else {
       entry.method = module.method == "frame_pointers" ? MEMTRAIL_UNWIND_BY_FRAME_POINTER
                                                        : MEMTRAIL_UNWIND_BY_NOTHING;

@@ -32,6 +32,9 @@ struct ModuleUnwind {
   std::string reason;       // why this method (always set: the report shows it)
   uint32_t first_row = 0;   // in the walker's row map
   uint32_t rows = 0;        // 0 unless method is "cfi"
+  uint32_t first_page = 0;  // its page index in the walker's page map
+  uint32_t pages = 0;       // 0: no page index (it did not fit): the walker searches all rows
+  uint32_t page_base = 0;
   double build_ms = 0;      // reading the CFI and building the rows
   std::vector<LoadSegment> segments;
 };
@@ -43,6 +46,8 @@ class RowStore {
   virtual ~RowStore() = default;
   virtual std::optional<uint32_t> store_rows(std::span<const Row> rows) = 0;
   virtual uint64_t row_capacity() const = 0;
+  // The same for a module's page index (PageIndex::first_rows).
+  virtual std::optional<uint32_t> store_page_index(std::span<const uint32_t> first_rows) = 0;
 };
 
 // The walker's view of one process mapping: bpf/unwind_table.h's struct, built in userspace.

@@ -807,12 +807,29 @@ std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, u
   }
 }
 
-std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc) {
-  if (pc > std::numeric_limits<uint32_t>::max()) return std::nullopt;
-  // Invariant: rows[i].pc <= pc for every i < low, rows[i].pc > pc for every i >= high. The
-  // step bound is what lets the BPF verifier accept the same loop.
-  uint32_t low = 0;
-  uint32_t high = static_cast<uint32_t>(rows.size());
+PageIndex build_page_index(std::span<const Row> rows) {
+  PageIndex index;
+  if (rows.empty()) return index;
+  index.page_base = rows.front().pc >> MEMTRAIL_UNWIND_PAGE_SHIFT;
+  uint64_t pages = (rows.back().pc >> MEMTRAIL_UNWIND_PAGE_SHIFT) - index.page_base + 1;
+  index.first_rows.reserve(pages + 1);
+  size_t row = 0;
+  for (uint64_t page = 0; page < pages; ++page) {
+    uint64_t start = (index.page_base + page) << MEMTRAIL_UNWIND_PAGE_SHIFT;
+    while (row < rows.size() && rows[row].pc < start) ++row;
+    index.first_rows.push_back(static_cast<uint32_t>(row));
+  }
+  index.first_rows.push_back(static_cast<uint32_t>(rows.size()));
+  return index;
+}
+
+namespace {
+
+// The last row of rows[low, high) whose pc <= pc, by the BPF walker's bounded binary search.
+// Invariant: rows[i].pc <= pc for every i < low, rows[i].pc > pc for every i >= high. The step
+// bound is what lets the BPF verifier accept the same loop.
+std::optional<Row> search_rows(std::span<const Row> rows, uint32_t low, uint32_t high,
+                               uint64_t pc) {
   for (int step = 0; step < MEMTRAIL_UNWIND_MAX_SEARCH_STEPS && low < high; ++step) {
     uint32_t middle = low + (high - low) / 2;
     if (rows[middle].pc <= pc)
@@ -822,6 +839,29 @@ std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc) {
   }
   if (low == 0) return std::nullopt;
   return rows[low - 1];
+}
+
+}  // namespace
+
+std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index,
+                                  uint64_t pc) {
+  if (pc > std::numeric_limits<uint32_t>::max()) return std::nullopt;
+  uint32_t low = 0, high = static_cast<uint32_t>(rows.size());
+  uint64_t page = pc >> MEMTRAIL_UNWIND_PAGE_SHIFT;
+  size_t pages = index.first_rows.empty() ? 0 : index.first_rows.size() - 1;
+  if (page >= index.page_base && page - index.page_base < pages) {
+    size_t p = page - index.page_base;
+    low = index.first_rows[p] ? index.first_rows[p] - 1 : 0;
+    high = std::min(index.first_rows[p + 1], high);
+  }
+  return search_rows(rows, low, high, pc);
+}
+
+std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc) {
+  if (pc > std::numeric_limits<uint32_t>::max()) return std::nullopt;
+  uint32_t low = 0;
+  uint32_t high = static_cast<uint32_t>(rows.size());
+  return search_rows(rows, low, high, pc);
 }
 
 }  // namespace memtrail::unwind

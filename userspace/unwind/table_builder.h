@@ -92,6 +92,19 @@ UnwindTable build_unwind_table(const std::string& elf_path);
 // nullopt before the first row. A NONE row means no CFI covers `pc`.
 std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc);
 
+// A module's page index for the BPF walker (bpf/unwind_table.h, MEMTRAIL_UNWIND_PAGE_SHIFT):
+// for each page from `page_base` on, the index of its first row at or after the page's start,
+// then the row count. Empty for an empty table.
+struct PageIndex {
+  uint32_t page_base = 0;
+  std::vector<uint32_t> first_rows;  // pages + 1 entries
+};
+PageIndex build_page_index(std::span<const Row> rows);
+
+// find_row narrowed by the page index, the way the BPF walker searches (the two must agree).
+std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index,
+                                  uint64_t pc);
+
 // The CFA of the frame executing at `pc` given its rsp and rbp, as the BPF walker computes it;
 // nullopt for the rows that end the walk (NONE, OUTERMOST, UNSUPPORTED).
 std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, uint64_t rbp);
