@@ -671,7 +671,7 @@ static long unwind_step(__u32 index, struct walk *walk)
 			method = mapping->method;
 		} else {
 			/* A library mapped since userspace last read the process's mappings, most
-			 * likely (dlopen): the counter makes it read them again at once. */
+			 * likely (dlopen): the counter makes it read them again soon (<= 250 ms). */
 			count(MEMTRAIL_CTR_UNKNOWN_CODE);
 			if (!unknown_code_by_frame_pointer)
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_MAPPING);

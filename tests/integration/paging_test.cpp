@@ -277,7 +277,9 @@ TEST_F(PagingTest, GrowthWithoutPressureIsNoCulprit) {
   ASSERT_TRUE(process) << report["processes"].dump(1);  // it grew: listed, without a role
   EXPECT_EQ((*process)["role"], "none");
   EXPECT_GT((*process)["footprint_growth_bytes"].get<int64_t>(), 40ll << 20);
-  EXPECT_EQ((*process)["major_faults"], 0);
+  // Its growth faulted nothing in: at most the few pages of its own code and libraries, which
+  // the file-thrashing tests before it may have evicted from the page cache (seen once: 1).
+  EXPECT_LE((*process)["major_faults"].get<int64_t>(), 16);
 }
 
 TEST_F(PagingTest, BadInputGetsOneLineAndAnExitCode) {

@@ -327,7 +327,7 @@ class LeaksSession {
     }
   }
 
-  std::optional<model::UnwindSummary> unwind_summary() const {
+  model::UnwindSummary unwind_summary() const {
     model::UnwindSummary summary;
     summary.mode = options_.unwind;
     if (!unwind_tables_) return summary;
@@ -358,9 +358,9 @@ class LeaksSession {
       if (deadline && now >= *deadline) return;
       if (now >= next_refresh) {
         // Code the stack walker met outside every known mapping (a library just dlopen'ed)
-        // makes the next check come at once rather than within a second.
-        // At most every 200 ms: a JIT compiler's code is unknown for good, and re-reading a
-        // large maps file at every tick would cost the host more than it brings.
+        // brings the next re-read forward, to at most every 200 ms: a JIT compiler's code is
+        // unknown for good, and re-reading a large maps file at every tick would cost the host
+        // more than it brings.
         uint64_t unknown_code = unwind_tables_ ? tracer_->unknown_code_frames() : 0;
         if (now >= next_full_refresh ||
             (unknown_code != unknown_code_seen_ &&
@@ -407,7 +407,6 @@ class LeaksSession {
         TracedProcess& process = *polled[i - 1];
         process.info.exited = true;
         process.pidfd.reset();
-        tracer_->forget_unwind_mappings(process.info.pid);
         if (process.launched && child_) child_->reap_if_exited();
         // The last one is covered by the final report, which comes now.
         if (std::any_of(targets_.begin(), targets_.end(),

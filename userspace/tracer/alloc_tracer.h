@@ -56,8 +56,6 @@ class AllocTracer : public unwind::RowStore {
   // Stack frames met so far in code outside every mapping the walker knows: when this grows,
   // a traced process has mapped code since its mappings were last set.
   uint64_t unknown_code_frames() const;
-  // Drops a process's mappings (it exited).
-  void forget_unwind_mappings(uint32_t pid);
 
   // Removes everything the maps hold for process `pid`, which has exited: its outstanding
   // blocks (table slots freed the way the BPF programs free them), its stacks, fallback sites,
@@ -71,6 +69,9 @@ class AllocTracer : public unwind::RowStore {
   const TracerConfig& config() const { return config_; }
 
  private:
+  // Drops a process's code mappings (it exited).
+  void forget_unwind_mappings(uint32_t pid);
+
   TracerConfig config_;
   AllocSkeleton skeleton_;
   MappedMap allocs_view_;    // the outstanding-allocations table, read in place
