@@ -210,17 +210,20 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   return freed;
 }
 
-uint64_t AllocTracer::unknown_code_frames() const {
+uint64_t AllocTracer::counter_total(uint32_t index) const {
   int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0) fail("count possible CPUs", -cpus);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
-  uint32_t index = MEMTRAIL_CTR_UNKNOWN_CODE;
   if (bpf_map_lookup_elem(bpf_map__fd(skeleton_->maps.counters), &index, per_cpu.data()) != 0) {
     fail("read BPF map counters", errno);
   }
   uint64_t total = 0;
   for (uint64_t value : per_cpu) total += value;
   return total;
+}
+
+uint64_t AllocTracer::unknown_code_frames() const {
+  return counter_total(MEMTRAIL_CTR_UNKNOWN_CODE);
 }
 
 void AllocTracer::forget_unwind_mappings(uint32_t pid) {
@@ -368,13 +371,9 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
                                 lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES]};
       });
 
-  std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
   uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
   for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {
-    if (bpf_map_lookup_elem(bpf_map__fd(maps.counters), &index, per_cpu.data()) != 0) {
-      fail("read BPF map counters", errno);
-    }
-    for (uint64_t value : per_cpu) counter_totals[index] += value;
+    counter_totals[index] = counter_total(index);
   }
   auto& counters = snapshot.counters;
   counters.allocations = counter_totals[MEMTRAIL_CTR_ALLOCATIONS];

@@ -71,6 +71,8 @@ class AllocTracer : public unwind::RowStore {
  private:
   // Drops a process's code mappings (it exited).
   void forget_unwind_mappings(uint32_t pid);
+  // One entry of the per-CPU `counters` map, summed over the CPUs.
+  uint64_t counter_total(uint32_t index) const;
 
   TracerConfig config_;
   AllocSkeleton skeleton_;
