@@ -107,6 +107,11 @@ struct inflight_call {
 	__s64 sample_countdown; /* bytes until this thread's next sample */
 	__u64 sampler_ready;    /* sample_countdown has been drawn */
 	__u64 pending_free;     /* released by operator delete: its nested free() is not a free */
+	/* A system call between its entry and exit tracepoints (enum syscall_state). */
+	__u32 syscall_state;
+	__u32 syscall_flags;    /* mremap's flags */
+	__u64 syscall_length;   /* mmap: length asked; mremap: new length */
+	__u64 old_break;        /* brk: the break before the call */
 };
 
 struct {
@@ -263,25 +268,50 @@ static __always_inline struct memtrail_alloc_bucket *candidate_bucket(__u32 tgid
 	return bpf_map_lookup_elem(&allocs, &index);
 }
 
-/* Searches one bucket for (tgid, address): returns its slot, or -1 with *free_slots set to
- * the number of free slots and *first_free to the first of them. Integers, not pointers: the
- * verifier tracks them better. */
-static __always_inline int scan_bucket(struct memtrail_alloc_bucket *bucket, __u32 tgid,
-				       __u64 address, int *free_slots, int *first_free)
+/* The bucket searches are global functions, checked once each by the verifier: inlined, their
+ * 8-slot loops multiplied the paths of every program that records a block (about a second of
+ * verification for each return probe, most of memtrail's start-up). */
+
+#define SCAN_MISSED 0x100 /* scan_bucket_packed: not found; free slots << 4 | first free */
+#define SCAN_NO_FREE_SLOT 15
+
+/* Searches one bucket for (tgid, address): its slot (0-7), or SCAN_MISSED with the number of
+ * free slots and the first of them packed in. */
+__noinline int scan_bucket_packed(struct memtrail_alloc_bucket *bucket, __u32 tgid,
+				  __u64 address)
 {
-	*free_slots = 0;
-	*first_free = -1;
+	int free_slots = 0, first_free = SCAN_NO_FREE_SLOT;
+
+	if (!bucket)
+		return SCAN_MISSED | SCAN_NO_FREE_SLOT;
 	for (int slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; slot++) {
 		__u64 held = READ_ONCE_U64(bucket->address[slot]);
 
 		if (held == address && READ_ONCE_U32(bucket->info[slot].tgid) == tgid)
 			return slot;
 		if (held == 0) {
-			if (*first_free < 0)
-				*first_free = slot;
-			(*free_slots)++;
+			if (first_free == SCAN_NO_FREE_SLOT)
+				first_free = slot;
+			free_slots++;
 		}
 	}
+	return SCAN_MISSED | (free_slots << 4) | first_free;
+}
+
+/* Searches one bucket for (tgid, address): returns its slot, or -1 with *free_slots set to
+ * the number of free slots and *first_free to the first of them (-1: none). */
+static __always_inline int scan_bucket(struct memtrail_alloc_bucket *bucket, __u32 tgid,
+				       __u64 address, int *free_slots, int *first_free)
+{
+	int packed = scan_bucket_packed(bucket, tgid, address);
+
+	if (!(packed & SCAN_MISSED)) {
+		*free_slots = 0;
+		*first_free = -1;
+		return packed & (MEMTRAIL_BUCKET_SLOTS - 1);
+	}
+	*free_slots = (packed >> 4) & 0xf;
+	*first_free = (packed & 0xf) == SCAN_NO_FREE_SLOT ? -1 : (packed & 7);
 	return -1;
 }
 
@@ -317,22 +347,33 @@ static __always_inline void fill_slot(struct memtrail_alloc_info *info, __u32 tg
 	WRITE_ONCE_U64(info->timestamp_ns, now); /* last: the slot is complete */
 }
 
-/* Claims a free slot of `bucket` from `first_free` on; false if none is left. */
+/* Claims a free slot of `bucket` for `address`, from `first_free` on: its index, or -1 when
+ * none is left. */
+__noinline int claim_slot_index(struct memtrail_alloc_bucket *bucket, int first_free,
+				__u64 address)
+{
+	if (!bucket || first_free < 0)
+		return -1;
+	for (int slot = first_free & 7; slot < MEMTRAIL_BUCKET_SLOTS; slot++) {
+		/* A failed compare-and-swap means another CPU took the slot: try the next. */
+		if (READ_ONCE_U64(bucket->address[slot]) == 0 &&
+		    __sync_val_compare_and_swap(&bucket->address[slot], 0, address) == 0)
+			return slot;
+	}
+	return -1;
+}
+
+/* Claims a free slot of `bucket` from `first_free` on and fills it; false if none is left. */
 static __always_inline bool claim_slot(struct memtrail_alloc_bucket *bucket, int first_free,
 				       __u32 tgid, __u64 address, __u64 size, __u32 kind,
 				       __s32 site_id, __u64 now)
 {
-	if (first_free < 0)
+	int slot = claim_slot_index(bucket, first_free, address);
+
+	if (slot < 0)
 		return false;
-	for (int slot = first_free & 7; slot < MEMTRAIL_BUCKET_SLOTS; slot++) {
-		/* A failed compare-and-swap means another CPU took the slot: try the next. */
-		if (READ_ONCE_U64(bucket->address[slot]) == 0 &&
-		    __sync_val_compare_and_swap(&bucket->address[slot], 0, address) == 0) {
-			fill_slot(&bucket->info[slot], tgid, size, kind, site_id, now);
-			return true;
-		}
-	}
-	return false;
+	fill_slot(&bucket->info[slot & 7], tgid, size, kind, site_id, now);
+	return true;
 }
 
 /* Records a block (placement: see memtrail_bucket_of); false when both candidate buckets are
@@ -378,6 +419,17 @@ replace:
 	compiler_barrier();
 	fill_slot(stale, tgid, size, kind, site_id, now);
 	return true;
+}
+
+/* table_insert as a global function: the verifier checks it once, on its own, rather than in
+ * every program and on every path that records a block (which took it about a second for each
+ * return probe, most of memtrail's start-up). Five arguments at most: size and kind packed as
+ * in the table. Returns 1 when recorded. */
+__noinline int table_insert_block(__u32 tgid, __u64 address, __u64 size_kind, __s32 site_id,
+				  __u64 now)
+{
+	return table_insert(tgid, address, size_kind & MEMTRAIL_SIZE_MASK,
+			    size_kind >> MEMTRAIL_SIZE_BITS, site_id, now);
 }
 
 /* Frees a slot found by find_slot. False if a concurrent double free emptied it first. */
@@ -699,19 +751,20 @@ static long unwind_step(__u32 index, struct walk *walk)
 }
 
 /* Walks the user stack and returns the stack's dense id, or a negative fallback id derived
- * from the caller when the stacks map is full. Called in a uretprobe: the registers are the
+ * from the caller when the stacks map is full. Called in a uretprobe, the registers are the
  * caller's, with the instruction pointer already set back to the return address, so the first
- * frame is always the function that called the allocator. Every frame is unwound by its
+ * frame is always the function that called the allocator; at a system call, the first frame is
+ * the libc wrapper (userspace skips it). Every frame is unwound by its
  * module's CFI table where userspace loaded one, else by frame pointer, as unwind_processes
  * says (bpf/unwind_table.h). A walk that cannot go on ends there and says why in the stack's
  * flags: no frame is ever guessed. This walk replaces bpf_get_stackid, whose perf callchain
  * machinery cost about twice as much per allocation as the frame-pointer walk here. */
-static __always_inline __s32 capture_stack(struct pt_regs *ctx, __u32 tgid, __u64 caller)
+static __always_inline __s32 capture_stack(__u64 caller, __u64 sp, __u64 bp, __u32 tgid)
 {
 	struct walk walk = {
 		.pc = caller,
-		.sp = PT_REGS_SP(ctx),
-		.bp = PT_REGS_FP(ctx),
+		.sp = sp,
+		.bp = bp,
 		/* Stacks are per process: the pid is part of the hash, and a stack id names a site. */
 		.hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL,
 		.depth = 1,
@@ -796,12 +849,14 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 caller = PT_REGS_IP(ctx);
-	__s32 site_id = capture_stack(ctx, tgid, caller);
+	__s32 site_id = capture_stack(caller, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
 
 	/* With sampling, the totals add up estimates: bytes and calls this sample stands for
 	 * (calls: rounded down; a sample of size 0 never happens). */
 	add_to_site(tgid, site_id, caller, weight_bytes, size ? weight_bytes / size : 1);
-	if (table_insert(tgid, address, size, kind, site_id, bpf_ktime_get_ns()))
+	if (table_insert_block(tgid, address,
+			       (size & MEMTRAIL_SIZE_MASK) | ((__u64)kind << MEMTRAIL_SIZE_BITS), site_id,
+			       bpf_ktime_get_ns()))
 		count(MEMTRAIL_CTR_ALLOCATIONS);
 	else
 		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
@@ -1031,5 +1086,245 @@ int BPF_KPROBE(delete_enter, __u64 address)
 	release(address, bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
 									     : RELEASE_DELETE,
 		0);
+	return 0;
+}
+
+/* ---- memory mapped by system calls (struct memtrail_region_event) ---- */
+
+#define MAP_SHARED 0x01
+#define MAP_PRIVATE 0x02
+#define MAP_TYPE 0x0f
+#define MAP_FIXED 0x10
+#define MAP_ANONYMOUS 0x20
+#define PROT_NONE 0x0
+#define MREMAP_DONTUNMAP 4
+#define MAX_ERRNO 4095
+
+/* Processes whose mmap/munmap/mremap/brk calls are followed (userspace adds each target). The
+ * tracepoints fire for every process on the host: this lookup is all the others pay. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} region_processes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096); /* set by userspace */
+} region_events SEC(".maps");
+
+enum syscall_state {
+	SYSCALL_NONE = 0,
+	SYSCALL_MMAP_RECORD,  /* an anonymous private mapping made outside the allocators */
+	SYSCALL_MMAP_REPLACE, /* a MAP_FIXED mapping not recorded: it replaces what was there */
+	SYSCALL_MREMAP,
+	SYSCALL_BRK,
+};
+
+static __always_inline bool region_traced(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&region_processes, &tgid) != NULL;
+}
+
+/* Inside a traced allocator call: malloc mapping a large block, realloc moving one, an arena
+ * growing. The allocator's own blocks account for that memory. */
+static __always_inline bool in_allocator_call(struct inflight_call *call)
+{
+	return call->depth > 0 && bpf_ktime_get_ns() - call->start_ns < NESTED_CALL_WINDOW_NS;
+}
+
+static __always_inline void emit_region(__u32 tgid, __u8 type, __u64 address, __u64 length,
+					__s32 site_id, __u8 flags)
+{
+	struct memtrail_region_event *event;
+
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+		return;
+	}
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->address = address;
+	event->length = length;
+	event->tgid = tgid;
+	event->tid = (__u32)bpf_get_current_pid_tgid();
+	event->site_id = site_id;
+	event->type = type;
+	event->flags = flags;
+	event->pad = 0;
+	/* Userspace drains the buffer on its own schedule: no wake-up per event. */
+	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+}
+
+/* The call stack of the system call being made: the user registers saved at kernel entry. */
+static __always_inline __s32 syscall_site(__u32 tgid, __u64 *caller)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	*caller = PT_REGS_IP_CORE(regs);
+	return capture_stack(*caller, PT_REGS_SP_CORE(regs), PT_REGS_FP_CORE(regs), tgid);
+}
+
+/* The thread's call state for a system call of a traced process, or NULL. */
+static __always_inline struct inflight_call *syscall_call(__u32 tgid, __u64 create)
+{
+	struct inflight_call *call;
+
+	if (probe_floor || !region_traced(tgid))
+		return NULL;
+	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, create);
+	if (!call && create)
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+	return call;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int region_mmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 length = ctx->args[1], protection = ctx->args[2], flags = ctx->args[3];
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!call)
+		return 0;
+	call->syscall_length = length;
+	call->syscall_state = SYSCALL_NONE;
+	/* PROT_NONE reserves address space, which holds no memory. */
+	if ((flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE &&
+	    protection != PROT_NONE && !in_allocator_call(call))
+		call->syscall_state = SYSCALL_MMAP_RECORD;
+	else if (flags & MAP_FIXED)
+		call->syscall_state = SYSCALL_MMAP_REPLACE;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int region_mmap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, 0);
+	__u64 address = ctx->ret, length, caller;
+	__u32 state;
+	__s32 site_id;
+
+	if (!call)
+		return 0;
+	state = call->syscall_state;
+	length = call->syscall_length;
+	call->syscall_state = SYSCALL_NONE;
+	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
+		return 0; /* failed: nothing mapped, nothing replaced */
+	if (state == SYSCALL_MMAP_REPLACE) {
+		emit_region(tgid, MEMTRAIL_REGION_UNMAP, address, length, 0, 0);
+	} else if (state == SYSCALL_MMAP_RECORD) {
+		site_id = syscall_site(tgid, &caller);
+		add_to_site(tgid, site_id, caller, length, 1);
+		emit_region(tgid, MEMTRAIL_REGION_MAP, address, length, site_id, 0);
+	}
+	return 0;
+}
+
+/* At entry, not exit: once the range is unmapped another thread may map it again, and that
+ * mapping's event must come after this one. */
+SEC("tracepoint/syscalls/sys_enter_munmap")
+int region_munmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = current_tgid();
+
+	if (probe_floor || !region_traced(tgid))
+		return 0;
+	emit_region(tgid, MEMTRAIL_REGION_UNMAP, ctx->args[0], ctx->args[1], 0, 0);
+	return 0;
+}
+
+/* mremap: the old range leaves at entry (the same ordering argument as munmap), and the exit
+ * says where it went, or that it stayed. */
+SEC("tracepoint/syscalls/sys_enter_mremap")
+int region_mremap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!call)
+		return 0;
+	call->syscall_state = SYSCALL_NONE;
+	if (in_allocator_call(call))
+		return 0; /* realloc moving a block it mapped */
+	call->syscall_state = SYSCALL_MREMAP;
+	call->syscall_length = ctx->args[2];
+	call->syscall_flags = ctx->args[3];
+	emit_region(tgid, MEMTRAIL_REGION_REMAP_BEGIN, ctx->args[0], ctx->args[1], 0, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_mremap")
+int region_mremap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, 0);
+	__u64 address = ctx->ret;
+
+	if (!call || call->syscall_state != SYSCALL_MREMAP)
+		return 0;
+	call->syscall_state = SYSCALL_NONE;
+	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
+		address = 0;
+	emit_region(tgid, MEMTRAIL_REGION_REMAP_END, address, call->syscall_length, 0,
+		    (call->syscall_flags & MREMAP_DONTUNMAP) ? MEMTRAIL_REGION_KEEP_OLD : 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_brk")
+int region_brk_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (!call)
+		return 0;
+	call->syscall_state = SYSCALL_BRK;
+	call->old_break = BPF_CORE_READ(task, mm, brk);
+	return 0;
+}
+
+/* brk returns the new break, or the old one when it failed or was only asked for. */
+SEC("tracepoint/syscalls/sys_exit_brk")
+int region_brk_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct inflight_call *call = syscall_call(tgid, 0);
+	__u64 new_break = ctx->ret, old_break, caller;
+	__s32 site_id = 0;
+
+	if (!call || call->syscall_state != SYSCALL_BRK)
+		return 0;
+	call->syscall_state = SYSCALL_NONE;
+	old_break = call->old_break;
+	if (new_break == old_break || old_break == 0)
+		return 0;
+	if (in_allocator_call(call)) {
+		emit_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, 0,
+			    MEMTRAIL_REGION_IN_ALLOCATOR);
+		return 0;
+	}
+	if (new_break > old_break) {
+		site_id = syscall_site(tgid, &caller);
+		add_to_site(tgid, site_id, caller, new_break - old_break, 1);
+	}
+	emit_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, site_id, 0);
+	return 0;
+}
+
+/* The old image's regions died with it. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *binprm)
+{
+	__u32 tgid = task->tgid;
+
+	if (probe_floor || !region_traced(tgid))
+		return 0;
+	emit_region(tgid, MEMTRAIL_REGION_EXEC, 0, 0, 0, 0);
 	return 0;
 }

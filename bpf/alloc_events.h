@@ -29,7 +29,12 @@ enum memtrail_alloc_kind {
 	MEMTRAIL_KIND_PVALLOC = 8,
 	MEMTRAIL_KIND_NEW = 9,        /* C++ operator new (all its variants) */
 	MEMTRAIL_KIND_NEW_ARRAY = 10, /* C++ operator new[] */
-	MEMTRAIL_KIND_COUNT = 11,
+	/* Memory mapped by system calls outside every traced allocator call: regions, not blocks.
+	 * They are tracked in userspace from region events (struct memtrail_region_event), never
+	 * sampled, and a munmap may release part of one. */
+	MEMTRAIL_KIND_MMAP = 11, /* anonymous private mmap, grown or moved by mremap */
+	MEMTRAIL_KIND_BRK = 12,  /* the program break moved by brk/sbrk */
+	MEMTRAIL_KIND_COUNT = 13,
 	/* Kinds from here to 255 are named by userspace at attach time: the extension functions
 	 * of jemalloc (mallocx, ...), tcmalloc, mimalloc and --allocator's custom functions. To BPF
 	 * they are plain malloc-family kinds (released by free, never mismatched). */
@@ -59,7 +64,8 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_MISMATCHED = 10,     /* blocks released by the wrong function (new/free, ...) */
 	MEMTRAIL_CTR_UNKNOWN_CODE = 11,   /* stack frames in code no known mapping holds: userspace
 					   * re-reads the process's mappings when this grows */
-	MEMTRAIL_CTR_COUNT = 12,
+	MEMTRAIL_CTR_REGION_EVENTS_LOST = 12, /* mmap/munmap/mremap/brk events: ring buffer full */
+	MEMTRAIL_CTR_COUNT = 13,
 };
 
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the
@@ -70,7 +76,8 @@ enum memtrail_loss {
 	MEMTRAIL_LOSS_SITE_DROPS = 2,      /* MEMTRAIL_CTR_SITE_DROPS */
 	MEMTRAIL_LOSS_MISSED_ENTRIES = 3,  /* MEMTRAIL_CTR_MISSED_ENTRIES */
 	MEMTRAIL_LOSS_UNMATCHED_FREES = 4, /* MEMTRAIL_CTR_UNMATCHED_FREES */
-	MEMTRAIL_LOSS_COUNT = 5,
+	MEMTRAIL_LOSS_REGION_EVENTS = 5,   /* MEMTRAIL_CTR_REGION_EVENTS_LOST */
+	MEMTRAIL_LOSS_COUNT = 6,
 };
 
 struct memtrail_process_losses {
@@ -196,5 +203,45 @@ struct memtrail_stack {
 /* At least one frame was unwound with a CFI table (the rest by frame pointers). */
 #define MEMTRAIL_STACK_USED_TABLES 2
 /* Bits 8..11: enum memtrail_truncation (bpf/unwind_table.h) when TRUNCATED is set. */
+
+/* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
+ * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions
+ * (userspace/tracer/mapped_regions.h), because a munmap may release any part of a mapping and
+ * a mapping may be moved, which a table keyed by address cannot follow. The syscalls are rare
+ * next to malloc, and the buffer is drained every tick with no wake-up per event. Calls made
+ * inside a traced allocator call (malloc mapping a large block, realloc moving it) are the
+ * allocator's business and are not sent, except brk moves, for the per-process heap figure. */
+enum memtrail_region_event_type {
+	MEMTRAIL_REGION_MAP = 1,          /* [address, address + length) mapped, from site_id */
+	MEMTRAIL_REGION_UNMAP = 2,        /* [address, address + length) released (or replaced) */
+	MEMTRAIL_REGION_REMAP_BEGIN = 3,  /* mremap of [address, address + length) by thread tid */
+	MEMTRAIL_REGION_REMAP_END = 4,    /* its outcome: the region now at address (0: failed),
+					   * length bytes long */
+	MEMTRAIL_REGION_BRK = 5,          /* the break moved from address to length */
+	MEMTRAIL_REGION_EXEC = 6,         /* the process executed a new program: regions gone */
+};
+
+/* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */
+#define MEMTRAIL_REGION_IN_ALLOCATOR 1
+/* MEMTRAIL_REGION_REMAP_END: MREMAP_DONTUNMAP, the old range stays mapped. */
+#define MEMTRAIL_REGION_KEEP_OLD 2
+
+struct memtrail_region_event {
+	__u64 timestamp_ns; /* CLOCK_MONOTONIC */
+	__u64 address;
+	__u64 length; /* MEMTRAIL_REGION_BRK: the new break */
+	__u32 tgid;
+	__u32 tid;
+	__s32 site_id; /* MEMTRAIL_REGION_MAP and a growing MEMTRAIL_REGION_BRK */
+	__u8 type;     /* enum memtrail_region_event_type */
+	__u8 flags;    /* MEMTRAIL_REGION_IN_ALLOCATOR, MEMTRAIL_REGION_KEEP_OLD */
+	__u16 pad;
+};
+
+/* Regions are recorded whole, never sampled. */
+static inline int memtrail_kind_is_region(__u32 kind)
+{
+	return kind == MEMTRAIL_KIND_MMAP || kind == MEMTRAIL_KIND_BRK;
+}
 
 #endif /* MEMTRAIL_ALLOC_EVENTS_H */

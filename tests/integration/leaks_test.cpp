@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -216,9 +217,11 @@ TEST(LeaksIntegration, AFullTableCountsDropsAndSaysSo) {
 }
 
 // Verdicts from growth over time: 3 s scenarios sampled every 0.25 s.
-json verdict_run(const std::string& scenario, std::string& reason) {
+json verdict_run(const std::string& scenario, std::string& reason,
+                 std::vector<std::string> options = {}) {
   Target target({MEMTRAIL_LEAKY, scenario, "3", "1000"});
-  json report = trace_scenario(target, {"--interval", "0.25"}).report;
+  options.insert(options.end(), {"--interval", "0.25"});
+  json report = trace_scenario(target, options).report;
   EXPECT_EQ(report["schema"], "memtrail.leaks/2");
   reason = report.dump(2);
   return report;
@@ -271,7 +274,8 @@ TEST(LeaksVerdicts, AStartUpPoolIsNotALeak) {
 TEST(LeaksVerdicts, GrowthOutsideTheTracedAllocatorsIsFlaggedPerProcess) {
   REQUIRE_BPF_OR_SKIP();
   std::string dump;
-  json report = verdict_run("mmap", dump);  // ~15 MiB of anonymous mappings, no malloc
+  // ~15 MiB of anonymous mappings, no malloc; --no-mmap leaves them untraced.
+  json report = verdict_run("mmap", dump, {"--no-mmap"});
   ASSERT_EQ(report["targets"].size(), 1u);
   const json& memory = report["targets"][0]["memory"];
   ASSERT_TRUE(memory.is_object()) << dump;
@@ -279,6 +283,22 @@ TEST(LeaksVerdicts, GrowthOutsideTheTracedAllocatorsIsFlaggedPerProcess) {
   EXPECT_GT(memory["rss_growth_bytes_per_s"].get<double>(), 2e6);  // ~5 MB/s nominal
   EXPECT_EQ(memory["untraced_growth"], true) << memory["reason"];
   EXPECT_GE(memory["series"].size(), 8u);
+}
+
+TEST(LeaksVerdicts, AnMmapLeakIsATracedLeakExplainingTheProcessGrowth) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  json report = verdict_run("mmap", dump);  // 512 KiB mapped every 100 ms for 3 s
+  auto sites = sites_with_function(report, "mmap_growth");
+  ASSERT_EQ(sites.size(), 1u) << dump;
+  EXPECT_EQ(sites[0]["allocator"], "mmap");
+  EXPECT_EQ(sites[0]["stack"][0]["function"], "mmap_growth");  // libc's wrapper is skipped
+  EXPECT_EQ(sites[0]["outstanding_bytes"].get<uint64_t>() % (512 << 10), 0u);
+  EXPECT_GE(sites[0]["outstanding_allocations"], 25);
+  EXPECT_EQ(sites[0]["verdict"], "leak") << sites[0].dump(2);
+  const json& memory = report["targets"][0]["memory"];
+  ASSERT_TRUE(memory.is_object()) << dump;
+  EXPECT_EQ(memory["untraced_growth"], false) << memory["reason"];
 }
 
 TEST(LeaksVerdicts, AMallocLeakIsExplainedByTheTracedHeap) {
@@ -612,6 +632,93 @@ TEST(LeaksCxx, WithoutCxxOnlyTheMallocFamilyIsTraced) {
   ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
   EXPECT_EQ(leaks[0]["allocator"], "malloc");
   EXPECT_EQ(report["totals"]["mismatched_frees"], 0);
+}
+
+// One site of `function` in `report`, of the given allocator kind.
+json only_site(const json& report, const std::string& function, const std::string& allocator) {
+  auto sites = sites_with_function(report, function);
+  EXPECT_EQ(sites.size(), 1u) << function << ": " << report.dump(2);
+  if (sites.size() != 1) return json::object();
+  EXPECT_EQ(sites[0]["allocator"], allocator) << function;
+  return sites[0];
+}
+
+TEST(LeaksRegions, MmapMunmapMremapAndBrkOutsideTheAllocatorsAreFollowedExactly) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "regions", "3"});
+  auto [report, lines] = trace_scenario(target);
+  constexpr uint64_t kPage = 4096;
+  // Three mappings of 4 pages, kept.
+  json mapped = only_site(report, "leak_mmap", "mmap");
+  EXPECT_EQ(mapped["outstanding_bytes"], 3 * 4 * kPage);
+  EXPECT_EQ(mapped["outstanding_allocations"], 3);
+  EXPECT_EQ(mapped["total_allocated_bytes"], 3 * 4 * kPage);
+  EXPECT_EQ(mapped["stack"][0]["function"], "map_anonymous");  // the wrapper is skipped
+  EXPECT_EQ(mapped["stack"][1]["function"], "leak_mmap");
+  EXPECT_EQ(mapped["stack"][1]["line"], lines.at("leak_mmap"));
+  // 8 pages with 3 unmapped in two munmap calls: one mapping, 5 pages left.
+  json partial = only_site(report, "partial_munmap", "mmap");
+  EXPECT_EQ(partial["outstanding_bytes"], 5 * kPage);
+  EXPECT_EQ(partial["outstanding_allocations"], 1);
+  EXPECT_EQ(partial["total_allocated_bytes"], 8 * kPage);
+  // 2 pages grown to 6 by mremap: the site that mapped them holds 6.
+  json grown = only_site(report, "grow_by_mremap", "mmap");
+  EXPECT_EQ(grown["outstanding_bytes"], 6 * kPage);
+  EXPECT_EQ(grown["outstanding_allocations"], 1);
+  // The break moved by sbrk outside malloc: 16 pages, at the caller of sbrk.
+  json moved = only_site(report, "grow_break", "brk");
+  EXPECT_EQ(moved["outstanding_bytes"], 16 * kPage);
+  EXPECT_EQ(moved["stack"][0]["function"], "grow_break");
+  EXPECT_EQ(moved["stack"][0]["line"], lines.at("grow_break"));
+  ASSERT_EQ(report["targets"].size(), 1u);
+  EXPECT_GE(report["targets"][0]["break_growth_bytes"], 16 * kPage);
+  // malloc maps a 1 MiB block itself: one malloc site, not an mmap one as well.
+  json large = only_site(report, "leak_large_malloc", "malloc");
+  EXPECT_EQ(large["outstanding_bytes"], 1 << 20);
+  // Unmapped, reserved (PROT_NONE), shared or file-backed: nothing.
+  EXPECT_TRUE(sites_with_function(report, "mmap_then_munmap").empty()) << report.dump(2);
+  EXPECT_TRUE(sites_with_function(report, "untracked_mappings").empty()) << report.dump(2);
+  EXPECT_EQ(report["totals"]["region_events_lost"], 0);
+  EXPECT_EQ(report["targets"][0]["losses"]["region_events_lost"], 0);
+}
+
+TEST(LeaksLifecycle, ExecDropsWhatTheOldProgramHeldAndTracesTheNewOne) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "exec", "5", "1000"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  target.collect_lines("exec");  // the old program leaked 5 x 1000 B by malloc and 5 mappings
+  ASSERT_TRUE(target.process.wait_for_stdout("ready ", 10s).has_value()) << "no new program";
+  std::string pid = std::to_string(target.process.pid());
+  auto executed = tracer.process.wait_for_stderr("memtrail: pid " + pid + " executed", 10s);
+  ASSERT_TRUE(executed.has_value()) << tracer.process.stderr_seen();
+  std::smatch dropped;
+  ASSERT_TRUE(std::regex_search(*executed, dropped, std::regex(": (\\d+) blocks of the old")))
+      << *executed;
+  EXPECT_GE(std::stoi(dropped[1]), 5) << *executed;
+  target.run();  // the new program: leak_malloc(2, 500)
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 1000);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 2);
+  EXPECT_TRUE(sites_with_function(report, "leak_mmap").empty()) << report.dump(2);
+  EXPECT_EQ(report["targets"][0]["exited"], false);
+}
+
+TEST(LeaksRegions, NoMmapLeavesMappedMemoryOut) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "regions", "3"});
+  json report = trace_scenario(target, {"--no-mmap"}).report;
+  for (const auto& site : report["leaks"]) {
+    EXPECT_NE(site["allocator"], "mmap") << site.dump(2);
+    EXPECT_NE(site["allocator"], "brk") << site.dump(2);
+  }
+  EXPECT_EQ(only_site(report, "leak_large_malloc", "malloc")["outstanding_bytes"], 1 << 20);
+  EXPECT_FALSE(report["targets"][0].contains("break_growth_bytes"));
 }
 
 TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {

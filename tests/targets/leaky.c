@@ -5,6 +5,7 @@
 // Prints "ready PID", waits for a line on stdin (the test sends it once memtrail is attached),
 // runs the scenario, prints "line NAME N" for each allocation call it made (N = its source
 // line) and "done", then exits if --exit was given, else waits for "quit" or end of input.
+#define _GNU_SOURCE  // mremap
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -172,6 +173,73 @@ static void mmap_growth(double seconds) {
   }
 }
 
+// Memory mapped with system calls, each case at its own site (scenario "regions").
+static void *map_anonymous(size_t length) {
+  void *region = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (region == MAP_FAILED) exit(8);
+  return region;
+}
+
+// `count` mappings of `pages` pages, kept.
+__attribute__((noinline)) void leak_mmap(int count, int pages) {
+  int line = 0;
+  for (int i = 0; i < count; ++i) line = __LINE__, sink = map_anonymous((size_t)pages << 12);
+  report_line("leak_mmap", line);
+}
+
+// Mapped and unmapped: nothing is left.
+__attribute__((noinline)) void mmap_then_munmap(int count) {
+  for (int i = 0; i < count; ++i) munmap(map_anonymous(3 << 12), 3 << 12);
+}
+
+// 8 pages mapped, the 3rd and 4th unmapped, then the last: 5 pages of one mapping are left.
+__attribute__((noinline)) void partial_munmap(void) {
+  int line = __LINE__;
+  char *region = map_anonymous(8 << 12);
+  munmap(region + (2 << 12), 2 << 12);
+  munmap(region + (7 << 12), 1 << 12);
+  sink = region;
+  report_line("partial_munmap", line);
+}
+
+// 2 pages grown to 6 by mremap (moved if it must be): one mapping of 6 pages.
+__attribute__((noinline)) void grow_by_mremap(void) {
+  int line = __LINE__;
+  char *region = map_anonymous(2 << 12);
+  void *grown = mremap(region, 2 << 12, 6 << 12, MREMAP_MAYMOVE);
+  if (grown == MAP_FAILED) exit(9);
+  sink = grown;
+  report_line("grow_by_mremap", line);
+}
+
+// Not memory a leak can hold: address space reserved with PROT_NONE, a shared mapping, a
+// mapping of a file.
+__attribute__((noinline)) void untracked_mappings(void) {
+  sink = mmap(NULL, 16 << 12, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  sink = mmap(NULL, 16 << 12, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  FILE *self = fopen("/proc/self/exe", "r");
+  if (self) {
+    sink = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fileno(self), 0);
+    fclose(self);
+  }
+}
+
+// malloc maps a block this large itself: it is a malloc site, counted once, not an mmap.
+__attribute__((noinline)) void leak_large_malloc(size_t size) {
+  int line = __LINE__;
+  sink = malloc(size);
+  report_line("leak_large_malloc", line);
+}
+
+// The program break moved by the program itself, outside malloc.
+__attribute__((noinline)) void grow_break(int pages) {
+  int line;
+  void *old_break = (line = __LINE__, sbrk(pages << 12));
+  if (old_break == (void *)-1) exit(10);
+  sink = old_break;
+  report_line("grow_break", line);
+}
+
 // A pool allocated once at start-up and kept: never a leak.
 __attribute__((noinline)) void startup_pool(double seconds, size_t size) {
   static void *pool[64];
@@ -260,6 +328,14 @@ int main(int argc, char **argv) {
     grow_steadily(count, size);  // count: seconds
   } else if (strcmp(scenario, "cache") == 0) {
     lru_cache(count, size);
+  } else if (strcmp(scenario, "regions") == 0) {
+    leak_mmap(count, 4);
+    mmap_then_munmap(10);
+    partial_munmap();
+    grow_by_mremap();
+    untracked_mappings();
+    leak_large_malloc(1 << 20);
+    grow_break(16);
   } else if (strcmp(scenario, "mmap") == 0) {
     mmap_growth(count);
   } else if (strcmp(scenario, "pool") == 0) {
@@ -268,6 +344,14 @@ int main(int argc, char **argv) {
     if (threads_scenario(count, size) != 0) return 5;
   } else if (strcmp(scenario, "busy") == 0) {
     return busy_loop();
+  } else if (strcmp(scenario, "exec") == 0) {
+    // Leaks, then becomes `leaky basic 2 500`: the same process, a new program.
+    leak_malloc(count, size);
+    leak_mmap(count, 4);
+    printf("exec\n");
+    char *new_argv[] = {argv[0], "basic", "2", "500", NULL};
+    execv("/proc/self/exe", new_argv);
+    return 11;
   } else {
     fprintf(stderr, "leaky: unknown scenario %s\n", scenario);
     return 2;

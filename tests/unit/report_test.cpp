@@ -40,8 +40,8 @@ model::Report sample_report() {
                       {"glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6", {"reallocarray"}, ""}},
                      {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
                        false}},
-                     {2, 0, 0, 0, 3},  // losses: 2 drops, 3 unmatched frees
-                     std::nullopt}};
+                     {2, 0, 0, 0, 3, 4},  // losses: 2 drops, 3 unmatched frees, 4 region events
+                     std::nullopt, 3 << 20}};  // the break moved 3 MiB
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -127,8 +127,10 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   EXPECT_EQ(text.find("from calloc"), std::string::npos);
   EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
   EXPECT_NE(text.find("    lost: 2 allocations dropped (table full: --max-allocations), 3 frees "
-                      "of blocks from before attach\n"),
+                      "of blocks from before attach, 4 mmap/munmap/brk calls not followed "
+                      "(event buffer full)\n"),
             std::string::npos) << text;
+  EXPECT_NE(text.find("    heap break: +3.0 MiB since attach"), std::string::npos) << text;
   // Which allocator each process uses, what else is probed, and what is not traced.
   EXPECT_NE(text.find("allocator jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
             std::string::npos) << text;
@@ -168,6 +170,8 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["targets"][0]["losses"]["drops"], 2);
   EXPECT_FALSE(json["targets"][0].contains("exit"));  // still running at the end
   EXPECT_EQ(json["targets"][0]["losses"]["unmatched_frees"], 3);
+  EXPECT_EQ(json["targets"][0]["losses"]["region_events_lost"], 4);
+  EXPECT_EQ(json["targets"][0]["break_growth_bytes"], 3 << 20);
   EXPECT_EQ(json["unwind"]["mode"], "auto");
   EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
   EXPECT_EQ(json["unwind"]["modules"][1]["method"], "frame_pointers");

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "aggregator/sampling.h"
+#include "alloc_events.h"
 
 namespace memtrail::aggregator {
 namespace {
@@ -19,9 +20,11 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 }  // namespace
 
 void Accumulator::add(const model::OutstandingAllocation& allocation) {
-  double bytes = sample_rate_ ? estimated_bytes(allocation.size, sample_rate_)
-                              : static_cast<double>(allocation.size);
-  double allocations = sample_rate_ ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
+  // Mapped regions are recorded whole, never sampled.
+  bool sampled = sample_rate_ != 0 && !memtrail_kind_is_region(allocation.kind);
+  double bytes = sampled ? estimated_bytes(allocation.size, sample_rate_)
+                         : static_cast<double>(allocation.size);
+  double allocations = sampled ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
   total_.bytes += bytes;
   total_.allocations += allocations;
   // A block recorded after the snapshot's clock reading has age 0, never negative.

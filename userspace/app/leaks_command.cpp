@@ -55,6 +55,7 @@ struct TracedProcess {
   // (its blocks were purged from the maps).
   std::optional<model::ExitSummary> exit;
   std::vector<model::LeakSite> exit_sites;
+  uint32_t execs = 0;  // new programs it executed while traced (a launched command's first is its start)
 };
 
 std::vector<target::Mapping> live_mappings(uint32_t pid) {
@@ -147,6 +148,7 @@ class LeaksSession {
     config.max_outstanding_allocations = max_allocations_;
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
+    config.trace_regions = !options_.no_mmap;
     config.verbose = options_.verbose;
     config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
     config.unwind_table_rows = static_cast<uint32_t>(
@@ -373,6 +375,7 @@ class LeaksSession {
                                          ? std::chrono::milliseconds(100)
                                          : std::chrono::milliseconds(1000));
         }
+        for (const auto& exec : tracer_->drain_region_events()) handle_exec(exec);
         next_refresh = now + std::chrono::milliseconds(unwind_tables_ ? 50 : 100);
       }
       if (now >= next_report) {
@@ -421,6 +424,23 @@ class LeaksSession {
     }
   }
 
+  // A traced process executed a new program: the old image's blocks, regions and stacks mean
+  // nothing now (its memory is gone) and must not be reported as leaks of the new one.
+  void handle_exec(const tracer::AllocTracer::Exec& exec) {
+    for (auto& process : targets_) {
+      if (process.info.pid != exec.pid || process.info.exited) continue;
+      if (process.launched && process.execs++ == 0) return;  // the command starting
+      if (!process.launched) ++process.execs;
+      uint64_t dropped = tracer_->drop_old_image(exec);
+      process.mappings.clear();  // the new image's code: read again now
+      refresh_mappings(process);
+      std::cerr << "memtrail: pid " << exec.pid << " executed " << process.info.exe << ": "
+                << dropped << " blocks of the old program dropped, and its mappings; still "
+                << "tracing it through the allocator probes attached before\n";
+      return;
+    }
+  }
+
   // Keeps what an exited process left outstanding (its sites as they are now), then removes its
   // blocks, stacks and counters from the maps: dead processes must not fill them, and a new
   // process reusing the PID must not inherit them.
@@ -452,6 +472,9 @@ class LeaksSession {
       context.targets.push_back(process.info);
       context.targets.back().memory = process_memory(process.info.pid);
       context.targets.back().exit = process.exit;
+      if (!options_.no_mmap) {
+        context.targets.back().break_growth_bytes = tracer_->break_growth(process.info.pid);
+      }
     }
     context.start_unix_ms = start_unix_ms_;
     context.end_unix_ms = unix_now_ms();

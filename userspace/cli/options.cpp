@@ -206,6 +206,9 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Also probe C++ operators new and delete (libstdc++): sites show new/new[], "
                   "mismatched new/free and malloc/delete are reported; costs more traps per "
                   "new/delete (see README)");
+  leaks->add_flag("--no-mmap", options.no_mmap,
+                  "Leave out memory the program maps itself (anonymous mmap, mremap, brk "
+                  "outside the allocators), followed by default through syscall tracepoints");
   std::vector<std::string> allocator_texts;
   leaks->add_option("--allocator", allocator_texts,
                     "Also trace a custom allocator: its file and functions, each in the role "

@@ -119,6 +119,9 @@ struct Target {
   std::vector<UntracedAllocator> untraced_allocators;
   ProcessLosses losses;  // what could not be tracked in this process
   std::optional<ExitSummary> exit;  // set when it exited before the end of tracing
+  // Bytes the program break moved since attach, whoever moved it (malloc's main heap
+  // included); absent when mapped memory is not followed (--no-mmap).
+  std::optional<int64_t> break_growth_bytes;
 };
 
 struct Totals {
@@ -133,6 +136,7 @@ struct Totals {
   uint64_t site_drops = 0;
   uint64_t unsampled_allocations = 0;  // calls passed over by --sample-rate
   uint64_t mismatched_frees = 0;       // blocks released by the wrong function
+  uint64_t region_events_lost = 0;     // mmap/munmap/mremap/brk calls not followed
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
 };
 

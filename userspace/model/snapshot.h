@@ -44,6 +44,7 @@ struct TracerCounters {
   uint64_t unsampled = 0;  // successful allocations passed over by --sample-rate
   uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
+  uint64_t region_events_lost = 0;    // mmap/munmap/mremap/brk events: ring buffer full
 };
 
 // What memtrail could not track in one process (bpf/alloc_events.h, enum memtrail_loss).
@@ -53,8 +54,10 @@ struct ProcessLosses {
   uint64_t site_drops = 0;       // per-site totals lost
   uint64_t missed_entries = 0;   // returns without their entry (calls in flight at attach)
   uint64_t unmatched_frees = 0;  // frees of blocks allocated before attach
+  uint64_t region_events_lost = 0;  // mmap/munmap/mremap/brk calls not followed
   bool any() const {
-    return drops || stack_failures || site_drops || missed_entries || unmatched_frees;
+    return drops || stack_failures || site_drops || missed_entries || unmatched_frees ||
+           region_events_lost;
   }
 };
 

@@ -152,7 +152,11 @@ model::Report from_json(const json& document) {
         target.losses = {lost.at("drops").get<uint64_t>(), lost.at("stack_failures").get<uint64_t>(),
                          lost.at("site_drops").get<uint64_t>(),
                          lost.at("missed_entries").get<uint64_t>(),
-                         lost.at("unmatched_frees").get<uint64_t>()};
+                         lost.at("unmatched_frees").get<uint64_t>(),
+                         lost.value("region_events_lost", uint64_t{0})};
+      }
+      if (target_json.contains("break_growth_bytes")) {
+        target.break_growth_bytes = target_json.at("break_growth_bytes").get<int64_t>();
       }
       if (target_json.contains("exit")) {
         const json& exit = target_json.at("exit");
@@ -191,6 +195,7 @@ model::Report from_json(const json& document) {
     report.totals.site_drops = totals.value("site_drops", uint64_t{0});
     report.totals.unsampled_allocations = totals.value("unsampled_allocations", uint64_t{0});
     report.totals.mismatched_frees = totals.value("mismatched_frees", uint64_t{0});
+    report.totals.region_events_lost = totals.value("region_events_lost", uint64_t{0});
     for (const auto& site : document.at("leaks")) report.leaks.push_back(site_from(site));
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();

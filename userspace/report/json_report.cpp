@@ -97,7 +97,9 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"stack_failures", lost.stack_failures},
                          {"site_drops", lost.site_drops},
                          {"missed_entries", lost.missed_entries},
-                         {"unmatched_frees", lost.unmatched_frees}};
+                         {"unmatched_frees", lost.unmatched_frees},
+                         {"region_events_lost", lost.region_events_lost}};
+      if (target.break_growth_bytes) entry["break_growth_bytes"] = *target.break_growth_bytes;
       if (target.exit) {
         entry["exit"] = {{"after_s", target.exit->after_s},
                          {"outstanding_bytes", target.exit->outstanding_bytes},
@@ -199,6 +201,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
             {"mismatched_frees", totals.mismatched_frees}}},
           {"leaks", std::move(leaks)},
           {"notes", report.notes}};
+  if (version >= 2) json["totals"]["region_events_lost"] = totals.region_events_lost;
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
   return json;
 }

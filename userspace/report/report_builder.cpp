@@ -11,6 +11,7 @@
 #include "common/format.h"
 #include "common/host.h"
 #include "common/version.h"
+#include "alloc_events.h"
 #include "target/allocator.h"
 
 namespace memtrail::report {
@@ -25,6 +26,15 @@ bool is_entry_function(const std::optional<std::string>& function) {
       "_start",       "start_thread",           "clone",             "clone3",
       "__clone",      "__clone3",               "__GI___clone",      "__GI___clone3"};
   return function && kEntries.count(*function) != 0;
+}
+
+// libc's wrappers of the system calls that map memory, and their internal names.
+bool is_syscall_wrapper(const std::optional<std::string>& function) {
+  static const std::set<std::string> kWrappers = {
+      "mmap",   "mmap64",  "__mmap",   "__mmap64", "mremap", "__mremap", "brk",
+      "__brk",  "sbrk",    "__sbrk",   "syscall",  "__GI___mmap64", "__GI___mremap",
+      "__GI___brk", "__GI___sbrk", "__brk_call"};
+  return function && kWrappers.count(*function) != 0;
 }
 
 std::vector<std::string> notes_for(const model::Totals& totals, const ReportContext& context,
@@ -48,6 +58,11 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                     " allocations were not tracked because the outstanding-allocation table (" +
                     with_thousands(context.max_outstanding_allocations) +
                     " allocations) had no room for them: raise --max-allocations.");
+  }
+  if (totals.region_events_lost > 0) {
+    notes.push_back(with_thousands(totals.region_events_lost) +
+                    " mmap/munmap/mremap/brk calls were not followed (their event buffer was "
+                    "full): mapped memory may be missing or shown after it was released.");
   }
   if (totals.stack_failures > 0) {
     notes.push_back(with_thousands(totals.stack_failures) +
@@ -128,6 +143,7 @@ model::Report build_report(const model::Snapshot& snapshot,
   totals.stack_failures = counters.stack_failures;
   totals.site_drops = counters.site_drops;
   totals.mismatched_frees = counters.mismatched_frees;
+  totals.region_events_lost = counters.region_events_lost;
   totals.sites = aggregate.sites.size();
 
   size_t count = std::min(max_sites, aggregate.sites.size());
@@ -159,6 +175,12 @@ model::Report build_report(const model::Snapshot& snapshot,
     for (uint64_t address : addresses) {
       auto frames = symbolizer.symbolize(site.pid, address);
       leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
+    }
+    // A region's stack starts in the system call's libc wrapper: the site is its caller.
+    if (memtrail_kind_is_region(site.kind)) {
+      while (leak.stack.size() > 1 && is_syscall_wrapper(leak.stack.front().function)) {
+        leak.stack.erase(leak.stack.begin());
+      }
     }
     if (leak.stack_truncated && !leak.stack.empty() && site.site_id >= 0 &&
         std::any_of(leak.stack.begin(), leak.stack.end(),

@@ -65,6 +65,8 @@ void render_losses(const model::ProcessLosses& lost, std::ostream& out) {
   item(lost.unmatched_frees, "free of a block from before attach",
        "frees of blocks from before attach");
   item(lost.missed_entries, "call in flight at attach", "calls in flight at attach");
+  item(lost.region_events_lost, "mmap/munmap/brk call not followed (event buffer full)",
+       "mmap/munmap/brk calls not followed (event buffer full)");
   out << "\n";
 }
 
@@ -170,6 +172,12 @@ void render_text(const model::Report& report, std::ostream& out) {
           << (untraced.expected ? " (shadowed, as expected)" : "") << "\n";
     }
     if (target.losses.any()) render_losses(target.losses, out);
+    if (target.break_growth_bytes && *target.break_growth_bytes != 0) {
+      int64_t growth = *target.break_growth_bytes;
+      out << "    heap break: " << (growth > 0 ? "+" : "-")
+          << human_bytes(static_cast<uint64_t>(growth > 0 ? growth : -growth))
+          << " since attach (brk; malloc's main heap included)\n";
+    }
     if (target.memory && target.memory->assessed) {
       out << "    memory: " << human_bytes(static_cast<uint64_t>(target.memory->rss_anon_bytes))
           << " private; " << target.memory->reason << "\n";

@@ -279,6 +279,8 @@ const std::vector<std::string>& custom_role_names() {
 std::string kind_name(uint32_t kind) {
   if (kind == MEMTRAIL_KIND_NEW) return "new";
   if (kind == MEMTRAIL_KIND_NEW_ARRAY) return "new[]";
+  if (kind == MEMTRAIL_KIND_MMAP) return "mmap";
+  if (kind == MEMTRAIL_KIND_BRK) return "brk";
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && spec.kind == kind) return spec.name;
   }

@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <string>
+#include <utility>
 
 #include "alloc.skel.h"
 #include "aggregator/sampling.h"
@@ -25,6 +27,8 @@ namespace {
 constexpr uint32_t kMaxUnwindProcesses = 4096;
 // Processes whose losses are counted one by one (48 bytes each); the totals count all.
 constexpr uint32_t kMaxLossProcesses = 16384;
+// Processes whose mmap/munmap/mremap/brk calls can be followed at once.
+constexpr uint32_t kMaxRegionProcesses = 65536;
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -75,7 +79,10 @@ const char* truncation_reason_name(unsigned reason) {
 
 }  // namespace
 
-AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
+AllocTracer::AllocTracer(const TracerConfig& config)
+    : config_(config),
+      regions_(config.max_outstanding_allocations,
+               static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
   route_libbpf_log(config.verbose);
 
   skeleton_.reset(alloc_bpf__open());
@@ -96,10 +103,22 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
                // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
                // 5,600 for 28,274): room for every table's, with a margin.
                {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
-               {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u}};
+               {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
+               {maps.region_processes, config.trace_regions ? kMaxRegionProcesses : 1u},
+               {maps.region_events, config.trace_regions ? config.region_buffer_bytes
+                                                         : static_cast<uint32_t>(sysconf(
+                                                               _SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
+  }
+  if (!config.trace_regions) {
+    auto& p = skeleton_->progs;
+    for (bpf_program* program : {p.region_mmap_enter, p.region_mmap_exit, p.region_munmap_enter,
+                                 p.region_mremap_enter, p.region_mremap_exit, p.region_brk_enter,
+                                 p.region_brk_exit, p.region_exec}) {
+      bpf_program__set_autoload(program, false);
+    }
   }
   auto* rodata = skeleton_->rodata;
   rodata->alloc_buckets = buckets;
@@ -125,6 +144,55 @@ AllocTracer::AllocTracer(const TracerConfig& config) : config_(config) {
     pages_view_ = map_values(maps.unwind_pages, PROT_READ | PROT_WRITE);
     page_capacity_ = bpf_map__max_entries(maps.unwind_pages);
   }
+  if (config.trace_regions) attach_region_tracepoints();
+}
+
+void AllocTracer::attach_region_tracepoints() {
+  const std::string hint =
+      "mount tracefs (mount -t tracefs nodev /sys/kernel/tracing), or leave mapped memory "
+      "out with --no-mmap";
+  ensure_tracefs("mmap tracking", hint);
+  auto& p = skeleton_->progs;
+  struct {
+    bpf_program* program;
+    const char* tracepoint;
+  } syscalls[] = {{p.region_mmap_enter, "sys_enter_mmap"},
+                  {p.region_mmap_exit, "sys_exit_mmap"},
+                  {p.region_munmap_enter, "sys_enter_munmap"},
+                  {p.region_mremap_enter, "sys_enter_mremap"},
+                  {p.region_mremap_exit, "sys_exit_mremap"},
+                  {p.region_brk_enter, "sys_enter_brk"},
+                  {p.region_brk_exit, "sys_exit_brk"}};
+  // Host-wide, but each program returns at once for a process that is not a target (one hash
+  // lookup), and the region_processes map is empty until attach().
+  for (const auto& [program, tracepoint] : syscalls) {
+    bpf_link* link = bpf_program__attach_tracepoint(program, "syscalls", tracepoint);
+    if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
+    links_.emplace_back(link);
+  }
+  bpf_link* link = bpf_program__attach(p.region_exec);
+  if (!link) fail("attach tracepoint sched_process_exec", errno);
+  links_.emplace_back(link);
+  region_reader_.reset(ring_buffer__new(bpf_map__fd(skeleton_->maps.region_events),
+                                        &AllocTracer::on_region_event, this, nullptr));
+  if (!region_reader_) fail("open the ring buffer of BPF map region_events", errno);
+}
+
+int AllocTracer::on_region_event(void* self, void* data, size_t size) {
+  auto* tracer = static_cast<AllocTracer*>(self);
+  memtrail_region_event event{};
+  if (size < sizeof(event)) return 0;
+  std::memcpy(&event, data, sizeof(event));
+  if (tracer->regions_.apply(event)) tracer->executed_.push_back({event.tgid, event.timestamp_ns});
+  return 0;
+}
+
+std::vector<AllocTracer::Exec> AllocTracer::drain_region_events() {
+  if (region_reader_) {
+    int consumed = ring_buffer__consume(region_reader_.get());
+    if (consumed < 0) fail("read BPF ring buffer region_events", -consumed);
+  }
+  return std::exchange(executed_, {});
 }
 
 std::optional<uint32_t> AllocTracer::store_rows(std::span<const unwind::Row> rows) {
@@ -168,10 +236,15 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
   }
 }
 
-uint64_t AllocTracer::purge_process(uint32_t pid) {
+uint64_t AllocTracer::drop_old_image(const Exec& exec) {
+  return free_slots_of(exec.pid, exec.at_ns);
+}
+
+uint64_t AllocTracer::free_slots_of(uint32_t pid, uint64_t before_ns) {
   // The BPF programs' removal protocol (bpf/alloc_events.h): timestamp, then tgid, then the
-  // address back to 0 by compare-and-swap. No program writes a dead process's slots; a slot
-  // another CPU is claiming meanwhile has tgid 0 until it is filled, so it is never taken here.
+  // address back to 0 by compare-and-swap. No program writes these slots (their blocks belong
+  // to a dead process or a program that is gone); a slot another CPU is claiming meanwhile has
+  // tgid 0 or no timestamp until it is filled, so it is never taken here.
   auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
   uint32_t bucket_count = bpf_map__max_entries(skeleton_->maps.allocs);
   uint64_t freed = 0;
@@ -182,11 +255,18 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
       __u64 held = address.load(std::memory_order_acquire);
       memtrail_alloc_info& info = bucket.info[slot];
       if (held == 0 || std::atomic_ref<__u32>(info.tgid).load() != pid) continue;
+      uint64_t allocated_at = std::atomic_ref<__u64>(info.timestamp_ns).load();
+      if (allocated_at == 0 || allocated_at >= before_ns) continue;
       std::atomic_ref<__u64>(info.timestamp_ns).store(0, std::memory_order_release);
       std::atomic_ref<__u32>(info.tgid).store(0, std::memory_order_release);
       if (address.compare_exchange_strong(held, 0)) ++freed;
     }
   }
+  return freed;
+}
+
+uint64_t AllocTracer::purge_process(uint32_t pid) {
+  uint64_t freed = free_slots_of(pid, UINT64_MAX);
   // Keys first, deletes after: deleting while iterating a hash map restarts the iteration.
   std::vector<uint64_t> stacks;
   read_hash_map<uint64_t, memtrail_stack>(
@@ -207,6 +287,15 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   // ENOENT for each of these is fine: nothing was stored for the process.
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
   forget_unwind_mappings(pid);
+  if (config_.trace_regions) {
+    uint64_t regions = 0;
+    regions_.for_each([&](const model::OutstandingAllocation& region) {
+      if (region.pid == pid) ++regions;
+    });
+    freed += regions;
+    regions_.forget_process(pid);
+    bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.region_processes), &pid);
+  }
   return freed;
 }
 
@@ -275,13 +364,27 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
     attach_one(programs.entry, function.probe_offset, false, function.kind, function.name);
   }
   for (auto& link : attached) links_.push_back(std::move(link));
+  if (config_.trace_regions) {
+    uint32_t followed = 1;
+    if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.region_processes), &pid, &followed,
+                            BPF_ANY) != 0) {
+      int error_number = errno;
+      fail("follow the mmap and brk calls of pid " + std::to_string(pid), error_number,
+           error_number == E2BIG ? "more than " + std::to_string(kMaxRegionProcesses) +
+                                       " processes traced at once"
+                                 : "");
+    }
+  }
   // From now on free() checks whether it runs inside a traced operator delete.
   bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
                                 [](const auto& f) { return f.role == target::ProbeRole::kDelete; });
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
-model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
+model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
+  // Exec events found here are left for the next drain_region_events() call to report.
+  auto executed = drain_region_events();
+  executed_.insert(executed_.begin(), executed.begin(), executed.end());
   model::Snapshot snapshot;
   snapshot.taken_at_ns = monotonic_now_ns();
   if (sink) sink->begin(snapshot.taken_at_ns);
@@ -321,6 +424,14 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
       }
     }
   }
+
+  regions_.for_each([&](const model::OutstandingAllocation& region) {
+    if (sink) {
+      sink->add(region);
+    } else {
+      snapshot.allocations.push_back(region);
+    }
+  });
 
   // Few distinct stacks exist and each is written once, so the whole map is read every time;
   // a stack is a site, with its totals (one copy per CPU) at its id.
@@ -368,8 +479,14 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
                                 lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
                                 lost.counts[MEMTRAIL_LOSS_SITE_DROPS],
                                 lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
-                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES]};
+                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES],
+                                lost.counts[MEMTRAIL_LOSS_REGION_EVENTS]};
       });
+  uint64_t region_drops = 0;
+  for (const auto& [pid, drops] : regions_.drops()) {
+    snapshot.losses[pid].drops += drops;
+    region_drops += drops;
+  }
 
   uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
   for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {
@@ -379,7 +496,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
   counters.allocations = counter_totals[MEMTRAIL_CTR_ALLOCATIONS];
   counters.frees = counter_totals[MEMTRAIL_CTR_FREES];
   counters.unmatched_frees = counter_totals[MEMTRAIL_CTR_UNMATCHED_FREES];
-  counters.drops = counter_totals[MEMTRAIL_CTR_DROPS];
+  counters.drops = counter_totals[MEMTRAIL_CTR_DROPS] + region_drops;
   counters.failed_calls = counter_totals[MEMTRAIL_CTR_FAILED_CALLS];
   counters.stack_failures = counter_totals[MEMTRAIL_CTR_STACK_FAILURES];
   counters.site_drops = counter_totals[MEMTRAIL_CTR_SITE_DROPS];
@@ -387,6 +504,9 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) const {
   counters.missed_entries = counter_totals[MEMTRAIL_CTR_MISSED_ENTRIES];
   counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
   counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
+  counters.region_events_lost = counter_totals[MEMTRAIL_CTR_REGION_EVENTS_LOST];
+  counters.allocations += regions_.mapped_total();
+  counters.frees += regions_.released_total();
   return snapshot;
 }
 

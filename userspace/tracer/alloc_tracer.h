@@ -9,6 +9,7 @@
 #include "model/snapshot.h"
 #include "target/allocator.h"
 #include "tracer/libbpf_raii.h"
+#include "tracer/mapped_regions.h"
 #include "unwind/module_tables.h"
 
 namespace memtrail::tracer {
@@ -22,6 +23,9 @@ struct TracerConfig {
   // frame as set_unwind_mappings says.
   unwind::UnwindMode unwind_mode = unwind::UnwindMode::kFramePointers;
   uint32_t unwind_table_rows = 1u << 21;  // capacity of the row map (8 bytes a row)
+  // Follow anonymous mmap/munmap/mremap and brk of the targets (syscall tracepoints).
+  bool trace_regions = true;
+  uint32_t region_buffer_bytes = 4u << 20;  // ring buffer of region events: a power of two
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
@@ -42,7 +46,23 @@ class AllocTracer : public unwind::RowStore {
 
   // Reads the maps. Entries that change while being read are skipped and counted. With a
   // sink, the outstanding allocations go to it as they are read, not into the snapshot.
-  model::Snapshot snapshot(model::AllocationSink* sink = nullptr) const;
+  // Region events are drained first, so mapped regions are as current as the table.
+  model::Snapshot snapshot(model::AllocationSink* sink = nullptr);
+
+  // A traced process executed a new program at `at_ns` (CLOCK_MONOTONIC).
+  struct Exec {
+    uint32_t pid = 0;
+    uint64_t at_ns = 0;
+  };
+  // Reads the region events the kernel sent since the last call (cheap; call it often, so the
+  // ring buffer never fills). Returns the processes that executed a new program meanwhile:
+  // their regions are gone; their blocks from before belong to the old image (drop_old_image).
+  std::vector<Exec> drain_region_events();
+  // Frees the table slots of `exec.pid`'s blocks allocated before its exec (the new program's
+  // are kept); returns how many. Its stacks stay: the new program may already use some.
+  uint64_t drop_old_image(const Exec& exec);
+  // Bytes the program break of `pid` moved since attach (the allocator's heap included).
+  int64_t break_growth(uint32_t pid) const { return regions_.break_growth(pid); }
 
   // Appends a module's unwind rows to the walker's row map (written in place): the index of
   // the first, or nullopt when they do not fit in what is left.
@@ -58,9 +78,9 @@ class AllocTracer : public unwind::RowStore {
   uint64_t unknown_code_frames() const;
 
   // Removes everything the maps hold for process `pid`, which has exited: its outstanding
-  // blocks (table slots freed the way the BPF programs free them), its stacks, fallback sites,
-  // losses and code mappings. Site totals stay (stack ids are never reused). Returns the number
-  // of table slots freed.
+  // blocks (table slots freed the way the BPF programs free them), its mapped regions, stacks,
+  // fallback sites, losses and code mappings. Site totals stay (stack ids are never reused).
+  // Returns the number of blocks and regions dropped.
   uint64_t purge_process(uint32_t pid);
 
   // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
@@ -69,6 +89,10 @@ class AllocTracer : public unwind::RowStore {
   const TracerConfig& config() const { return config_; }
 
  private:
+  static int on_region_event(void* self, void* data, size_t size);
+  void attach_region_tracepoints();
+  // Frees the table slots of `pid` allocated before `before_ns`; returns how many.
+  uint64_t free_slots_of(uint32_t pid, uint64_t before_ns);
   // Drops a process's code mappings (it exited).
   void forget_unwind_mappings(uint32_t pid);
   // One entry of the per-CPU `counters` map, summed over the CPUs.
@@ -83,6 +107,9 @@ class AllocTracer : public unwind::RowStore {
   MappedMap pages_view_;     // the modules' page indexes, written in place
   uint64_t page_capacity_ = 0;
   uint64_t pages_used_ = 0;
+  MappedRegions regions_;
+  std::vector<Exec> executed_;  // MEMTRAIL_REGION_EXEC seen by the ring buffer callback
+  RingBuffer region_reader_;
   std::vector<Link> links_;  // declared last: destroyed first
 };
 

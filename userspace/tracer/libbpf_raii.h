@@ -27,6 +27,12 @@ struct AllocSkeletonDeleter {
 // The loaded BPF object with its programs and maps.
 using AllocSkeleton = std::unique_ptr<alloc_bpf, AllocSkeletonDeleter>;
 
+struct RingBufferDeleter {
+  void operator()(ring_buffer* buffer) const { ring_buffer__free(buffer); }
+};
+// A reader of a BPF ring buffer map.
+using RingBuffer = std::unique_ptr<ring_buffer, RingBufferDeleter>;
+
 // A mapping of a BPF_F_MMAPABLE array map's values, unmapped on destruction.
 class MappedMap {
  public:

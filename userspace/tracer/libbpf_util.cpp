@@ -2,7 +2,9 @@
 // What every tracer does with libbpf: log routing, errors, clocks, map memory.
 #include "tracer/libbpf_util.h"
 
+#include <sys/mount.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cstdarg>
 #include <cstdio>
@@ -43,6 +45,19 @@ std::string load_failure_hint(int error_number, const std::string& map_size_opti
            "and report its output";
   }
   return "run with -v to see the libbpf and verifier output";
+}
+
+void ensure_tracefs(const std::string& what_needs_it, const std::string& hint) {
+  if (access("/sys/kernel/tracing/events", F_OK) == 0) return;
+  // libbpf 1.1 prefers this path whenever it exists.
+  if (access("/sys/kernel/debug/tracing", F_OK) == 0) {
+    if (access("/sys/kernel/debug/tracing/events", F_OK) == 0) return;
+    fail("find tracefs for " + what_needs_it + ": /sys/kernel/debug/tracing has no events",
+         ENOENT, hint);
+  }
+  if (mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0) {
+    fail("mount tracefs at /sys/kernel/tracing for " + what_needs_it, errno, hint);
+  }
 }
 
 uint64_t monotonic_now_ns() {

@@ -26,6 +26,11 @@ void route_libbpf_log(bool verbose);
 // The hint for a failed skeleton load: permissions, map sizes, or where to see the verifier.
 std::string load_failure_hint(int error_number, const std::string& map_size_option);
 
+// Makes sure tracefs is mounted, where libbpf looks for tracepoint ids (/sys/kernel/tracing,
+// or /sys/kernel/debug/tracing): mounts it at /sys/kernel/tracing when neither has it, as the
+// kernel's own tools expect it there. Throws memtrail::Error with `what_needs_it` and `hint`.
+void ensure_tracefs(const std::string& what_needs_it, const std::string& hint);
+
 // CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
 uint64_t monotonic_now_ns();
 
