@@ -1317,6 +1317,36 @@ int region_brk_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+/* Set by userspace: a traced process's children are traced too (userspace attaches their
+ * probes when it reads the fork event; their mmap calls are followed from the start). */
+const volatile bool follow_forks = false;
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 parent_tgid = parent->tgid, child_tgid = child->tgid, followed = 1;
+	struct memtrail_region_event *event;
+
+	/* A new thread of the same process is not a new process. */
+	if (probe_floor || !follow_forks || child_tgid == parent_tgid || child->pid != child_tgid ||
+	    !region_traced(parent_tgid))
+		return 0;
+	bpf_map_update_elem(&region_processes, &child_tgid, &followed, BPF_ANY);
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, parent_tgid);
+		return 0;
+	}
+	__builtin_memset(event, 0, sizeof(*event));
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->address = child_tgid;
+	event->tgid = parent_tgid;
+	event->type = MEMTRAIL_REGION_FORK;
+	/* Woken at once: the child runs untraced until userspace attaches its probes. */
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
 /* The old image's regions died with it. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *binprm)

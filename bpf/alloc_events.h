@@ -219,6 +219,7 @@ enum memtrail_region_event_type {
 					   * length bytes long */
 	MEMTRAIL_REGION_BRK = 5,          /* the break moved from address to length */
 	MEMTRAIL_REGION_EXEC = 6,         /* the process executed a new program: regions gone */
+	MEMTRAIL_REGION_FORK = 7,         /* tgid forked a new process: address is its pid */
 };
 
 /* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */

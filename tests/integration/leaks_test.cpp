@@ -709,6 +709,43 @@ TEST(LeaksLifecycle, ExecDropsWhatTheOldProgramHeldAndTracesTheNewOne) {
   EXPECT_EQ(report["targets"][0]["exited"], false);
 }
 
+TEST(LeaksLifecycle, AForkedChildIsTracedWithOnlyWhatItAllocatedAfterTheFork) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "fork", "3", "1000"});
+  auto [report, lines] = trace_scenario(target);
+  int parent = target.process.pid();
+  ASSERT_EQ(report["targets"].size(), 2u) << report.dump(2);
+  const json& child_target = report["targets"][1];
+  int child = child_target["pid"];
+  EXPECT_NE(child, parent);
+  EXPECT_EQ(child_target["parent_pid"], parent);
+  EXPECT_EQ(child_target["exited"], true);
+  ASSERT_TRUE(child_target.contains("exit")) << child_target.dump(2);
+  EXPECT_EQ(child_target["exit"]["outstanding_bytes"], 4 * 700);
+  // The child: its own leak, exact; the block it freed was its parent's: an unmatched free,
+  // and the parent's copy of it stays the parent's.
+  auto in_child = sites_with_function(report, "leak_in_child", child);
+  ASSERT_EQ(in_child.size(), 1u) << report.dump(2);
+  EXPECT_EQ(in_child[0]["outstanding_bytes"], 4 * 700);
+  EXPECT_EQ(in_child[0]["outstanding_allocations"], 4);
+  EXPECT_TRUE(sites_with_function(report, "leak_malloc", child).empty()) << report.dump(2);
+  EXPECT_GE(child_target["losses"]["unmatched_frees"], 1);
+  // The parent: its leak, nothing of the child's.
+  auto in_parent = sites_with_function(report, "leak_malloc", parent);
+  ASSERT_EQ(in_parent.size(), 1u) << report.dump(2);
+  EXPECT_EQ(in_parent[0]["outstanding_bytes"], 3000);
+  EXPECT_TRUE(sites_with_function(report, "leak_in_child", parent).empty());
+}
+
+TEST(LeaksLifecycle, NoFollowForksLeavesTheChildAlone) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "fork", "3", "1000"});
+  json report = trace_scenario(target, {"--no-follow-forks"}).report;
+  ASSERT_EQ(report["targets"].size(), 1u) << report.dump(2);
+  EXPECT_TRUE(sites_with_function(report, "leak_in_child").empty()) << report.dump(2);
+  EXPECT_EQ(sites_with_function(report, "leak_malloc").size(), 1u);
+}
+
 TEST(LeaksRegions, NoMmapLeavesMappedMemoryOut) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "regions", "3"});

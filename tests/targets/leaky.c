@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/select.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void *volatile sink;  // keeps every allocation observable, also at -O2
@@ -240,6 +241,16 @@ __attribute__((noinline)) void grow_break(int pages) {
   report_line("grow_break", line);
 }
 
+// The child of scenario "fork": waits until memtrail has attached to it (half a second), leaks
+// `count` blocks of `size` bytes, frees one block inherited from its parent.
+__attribute__((noinline)) void leak_in_child(int count, size_t size, void *inherited) {
+  usleep(500000);
+  free(inherited);
+  int line = 0;
+  for (int i = 0; i < count; ++i) line = __LINE__, sink = malloc(size);
+  report_line("leak_in_child", line);
+}
+
 // A pool allocated once at start-up and kept: never a leak.
 __attribute__((noinline)) void startup_pool(double seconds, size_t size) {
   static void *pool[64];
@@ -344,6 +355,23 @@ int main(int argc, char **argv) {
     if (threads_scenario(count, size) != 0) return 5;
   } else if (strcmp(scenario, "busy") == 0) {
     return busy_loop();
+  } else if (strcmp(scenario, "fork") == 0) {
+    // The parent leaks count x size before and after forking; the child leaks 4 x 700 B.
+    leak_malloc(count, size);
+    void *inherited = malloc(64);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) return 12;
+    if (child == 0) {
+      leak_in_child(4, 700, inherited);
+      printf("child %d\n", (int)getpid());
+      fflush(stdout);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 13;
+    free(inherited);
   } else if (strcmp(scenario, "exec") == 0) {
     // Leaks, then becomes `leaky basic 2 500`: the same process, a new program.
     leak_malloc(count, size);

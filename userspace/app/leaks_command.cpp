@@ -149,6 +149,7 @@ class LeaksSession {
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
     config.trace_regions = !options_.no_mmap;
+    config.follow_forks = !options_.no_follow_forks && !options_.no_mmap;
     config.verbose = options_.verbose;
     config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
     config.unwind_table_rows = static_cast<uint32_t>(
@@ -302,6 +303,7 @@ class LeaksSession {
     // The launched command's name and image are known only after exec.
     model::Target info = target::read_target_info(process.info.pid);
     if (!info.comm.empty()) {
+      info.parent_pid = process.info.parent_pid;
       describe_allocators(process.allocators, info);
       process.info = std::move(info);
     }
@@ -375,7 +377,7 @@ class LeaksSession {
                                          ? std::chrono::milliseconds(100)
                                          : std::chrono::milliseconds(1000));
         }
-        for (const auto& exec : tracer_->drain_region_events()) handle_exec(exec);
+        follow_lifecycle();
         next_refresh = now + std::chrono::milliseconds(unwind_tables_ ? 50 : 100);
       }
       if (now >= next_report) {
@@ -392,6 +394,10 @@ class LeaksSession {
       auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - Clock::now());
 
       std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
+      // A fork event wakes memtrail at once: the child runs untraced until it is attached.
+      int region_fd = tracer_->region_events_fd();
+      if (region_fd >= 0) fds.push_back({region_fd, POLLIN, 0});
+      size_t first_pidfd = fds.size();
       std::vector<TracedProcess*> polled;
       for (auto& process : targets_) {
         if (process.info.exited) continue;
@@ -405,9 +411,10 @@ class LeaksSession {
         consume_signal(signal_fd_.get());
         return;
       }
-      for (size_t i = 1; i < fds.size(); ++i) {
+      if (region_fd >= 0 && fds[1].revents) follow_lifecycle();
+      for (size_t i = first_pidfd; i < fds.size(); ++i) {
         if (fds[i].revents == 0) continue;
-        TracedProcess& process = *polled[i - 1];
+        TracedProcess& process = *polled[i - first_pidfd];
         process.info.exited = true;
         process.pidfd.reset();
         if (process.launched && child_) child_->reap_if_exited();
@@ -422,6 +429,45 @@ class LeaksSession {
         return;
       }
     }
+  }
+
+  // Exec and fork of the traced processes, as the kernel reported them.
+  void follow_lifecycle() {
+    auto news = tracer_->drain_region_events();
+    for (const auto& exec : news.execs) handle_exec(exec);
+    for (const auto& fork : news.forks) handle_fork(fork);
+  }
+
+  // A traced process forked: its child is traced too, with the same allocator modules (its
+  // memory is a copy of the parent's). Its probes are attached now, so what it allocates from
+  // here on is seen; the blocks it inherited are the parent's (frees of them are unmatched).
+  void handle_fork(const tracer::AllocTracer::Fork& fork) {
+    const TracedProcess* parent = nullptr;
+    for (const auto& process : targets_) {
+      if (process.info.pid == fork.parent && !process.info.exited) parent = &process;
+    }
+    if (!parent) {
+      tracer_->purge_process(fork.child);  // the kernel started following its mmap calls
+      return;
+    }
+    TracedProcess child;
+    child.allocators = parent->allocators;
+    child.info = target::read_target_info(fork.child);
+    child.info.parent_pid = fork.parent;
+    describe_allocators(child.allocators, child.info);
+    try {
+      for (const auto& module : child.allocators.modules) tracer_->attach(fork.child, module);
+      child.pidfd = open_pidfd(fork.child);
+    } catch (const Error& error) {
+      std::cerr << "memtrail: warning: pid " << fork.child << ", forked by pid " << fork.parent
+                << ", is not traced: " << error.what() << "\n";
+      tracer_->purge_process(fork.child);
+      return;
+    }
+    targets_.push_back(std::move(child));
+    refresh_mappings(targets_.back());
+    std::cerr << "memtrail: tracing pid " << fork.child << " ("
+              << targets_.back().info.comm << "), forked by pid " << fork.parent << "\n";
   }
 
   // A traced process executed a new program: the old image's blocks, regions and stacks mean

@@ -209,6 +209,9 @@ Command parse_command_line(int argc, const char* const* argv) {
   leaks->add_flag("--no-mmap", options.no_mmap,
                   "Leave out memory the program maps itself (anonymous mmap, mremap, brk "
                   "outside the allocators), followed by default through syscall tracepoints");
+  leaks->add_flag("--no-follow-forks", options.no_follow_forks,
+                  "Do not trace the processes the targets fork (traced by default, from their "
+                  "fork on; needs mmap following, so --no-mmap implies it)");
   std::vector<std::string> allocator_texts;
   leaks->add_option("--allocator", allocator_texts,
                     "Also trace a custom allocator: its file and functions, each in the role "

@@ -55,7 +55,8 @@ struct LeaksOptions {
   std::string plot_path;          // --plot: an SVG chart of memory over time per process
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
-  bool no_mmap = false;      // --no-mmap: leave memory mapped by mmap/mremap/brk out
+  bool no_mmap = false;
+  bool no_follow_forks = false;  // --no-follow-forks: leave the targets' children alone      // --no-mmap: leave memory mapped by mmap/mremap/brk out
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
   std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
   uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory

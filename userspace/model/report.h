@@ -122,6 +122,7 @@ struct Target {
   // Bytes the program break moved since attach, whoever moved it (malloc's main heap
   // included); absent when mapped memory is not followed (--no-mmap).
   std::optional<int64_t> break_growth_bytes;
+  std::optional<uint32_t> parent_pid;  // traced because this traced process forked it
 };
 
 struct Totals {

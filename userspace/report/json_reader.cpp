@@ -155,6 +155,9 @@ model::Report from_json(const json& document) {
                          lost.at("unmatched_frees").get<uint64_t>(),
                          lost.value("region_events_lost", uint64_t{0})};
       }
+      if (target_json.contains("parent_pid")) {
+        target.parent_pid = target_json.at("parent_pid").get<uint32_t>();
+      }
       if (target_json.contains("break_growth_bytes")) {
         target.break_growth_bytes = target_json.at("break_growth_bytes").get<int64_t>();
       }

@@ -143,6 +143,7 @@ void render_text(const model::Report& report, std::ostream& out) {
     } else if (!target.allocator_module.empty()) {
       out << "  allocator " << target.allocator_module;
     }
+    if (target.parent_pid) out << "  forked by pid " << *target.parent_pid;
     if (target.exited) out << "  [exited]";
     out << "\n";
     if (target.exit) {

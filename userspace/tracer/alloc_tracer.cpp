@@ -116,13 +116,14 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     auto& p = skeleton_->progs;
     for (bpf_program* program : {p.region_mmap_enter, p.region_mmap_exit, p.region_munmap_enter,
                                  p.region_mremap_enter, p.region_mremap_exit, p.region_brk_enter,
-                                 p.region_brk_exit, p.region_exec}) {
+                                 p.region_brk_exit, p.region_exec, p.region_fork}) {
       bpf_program__set_autoload(program, false);
     }
   }
   auto* rodata = skeleton_->rodata;
   rodata->alloc_buckets = buckets;
   rodata->probe_floor = config.probe_floor;
+  rodata->follow_forks = config.follow_forks && config.trace_regions;
   rodata->sample_rate = config.sample_rate;
   rodata->unwind_mode = tables ? MEMTRAIL_UNWIND_MODE_TABLES : MEMTRAIL_UNWIND_MODE_FP;
   rodata->unknown_code_by_frame_pointer = config.unwind_mode != unwind::UnwindMode::kDwarf;
@@ -170,9 +171,12 @@ void AllocTracer::attach_region_tracepoints() {
     if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
     links_.emplace_back(link);
   }
-  bpf_link* link = bpf_program__attach(p.region_exec);
-  if (!link) fail("attach tracepoint sched_process_exec", errno);
-  links_.emplace_back(link);
+  for (auto [program, name] : {std::pair{p.region_exec, "sched_process_exec"},
+                                std::pair{p.region_fork, "sched_process_fork"}}) {
+    bpf_link* link = bpf_program__attach(program);
+    if (!link) fail(std::string("attach tracepoint ") + name, errno);
+    links_.emplace_back(link);
+  }
   region_reader_.reset(ring_buffer__new(bpf_map__fd(skeleton_->maps.region_events),
                                         &AllocTracer::on_region_event, this, nullptr));
   if (!region_reader_) fail("open the ring buffer of BPF map region_events", errno);
@@ -183,16 +187,24 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   memtrail_region_event event{};
   if (size < sizeof(event)) return 0;
   std::memcpy(&event, data, sizeof(event));
-  if (tracer->regions_.apply(event)) tracer->executed_.push_back({event.tgid, event.timestamp_ns});
+  if (event.type == MEMTRAIL_REGION_FORK) {
+    tracer->lifecycle_.forks.push_back({event.tgid, static_cast<uint32_t>(event.address)});
+  } else if (tracer->regions_.apply(event)) {
+    tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns});
+  }
   return 0;
 }
 
-std::vector<AllocTracer::Exec> AllocTracer::drain_region_events() {
+AllocTracer::Lifecycle AllocTracer::drain_region_events() {
   if (region_reader_) {
     int consumed = ring_buffer__consume(region_reader_.get());
     if (consumed < 0) fail("read BPF ring buffer region_events", -consumed);
   }
-  return std::exchange(executed_, {});
+  return std::exchange(lifecycle_, {});
+}
+
+int AllocTracer::region_events_fd() const {
+  return region_reader_ ? ring_buffer__epoll_fd(region_reader_.get()) : -1;
 }
 
 std::optional<uint32_t> AllocTracer::store_rows(std::span<const unwind::Row> rows) {
@@ -382,9 +394,10 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
 }
 
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
-  // Exec events found here are left for the next drain_region_events() call to report.
-  auto executed = drain_region_events();
-  executed_.insert(executed_.begin(), executed.begin(), executed.end());
+  // Exec and fork events found here are left for the next drain_region_events() call.
+  auto news = drain_region_events();
+  lifecycle_.execs.insert(lifecycle_.execs.begin(), news.execs.begin(), news.execs.end());
+  lifecycle_.forks.insert(lifecycle_.forks.begin(), news.forks.begin(), news.forks.end());
   model::Snapshot snapshot;
   snapshot.taken_at_ns = monotonic_now_ns();
   if (sink) sink->begin(snapshot.taken_at_ns);

@@ -25,6 +25,8 @@ struct TracerConfig {
   uint32_t unwind_table_rows = 1u << 21;  // capacity of the row map (8 bytes a row)
   // Follow anonymous mmap/munmap/mremap and brk of the targets (syscall tracepoints).
   bool trace_regions = true;
+  // Trace the processes the targets fork (needs trace_regions: the fork event comes with them).
+  bool follow_forks = false;
   uint32_t region_buffer_bytes = 4u << 20;  // ring buffer of region events: a power of two
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
@@ -54,10 +56,21 @@ class AllocTracer : public unwind::RowStore {
     uint32_t pid = 0;
     uint64_t at_ns = 0;
   };
+  // A traced process forked a new one (with follow_forks).
+  struct Fork {
+    uint32_t parent = 0, child = 0;
+  };
+  struct Lifecycle {
+    std::vector<Exec> execs;
+    std::vector<Fork> forks;
+  };
   // Reads the region events the kernel sent since the last call (cheap; call it often, so the
-  // ring buffer never fills). Returns the processes that executed a new program meanwhile:
-  // their regions are gone; their blocks from before belong to the old image (drop_old_image).
-  std::vector<Exec> drain_region_events();
+  // ring buffer never fills). Returns the processes that executed a new program meanwhile
+  // (their regions are gone; their blocks from before belong to the old image: see
+  // drop_old_image) and those forked by a target (attach() them to trace them).
+  Lifecycle drain_region_events();
+  // Readable when a fork event waits (the others wake nobody): for poll(); -1 without regions.
+  int region_events_fd() const;
   // Frees the table slots of `exec.pid`'s blocks allocated before its exec (the new program's
   // are kept); returns how many. Its stacks stay: the new program may already use some.
   uint64_t drop_old_image(const Exec& exec);
@@ -108,7 +121,7 @@ class AllocTracer : public unwind::RowStore {
   uint64_t page_capacity_ = 0;
   uint64_t pages_used_ = 0;
   MappedRegions regions_;
-  std::vector<Exec> executed_;  // MEMTRAIL_REGION_EXEC seen by the ring buffer callback
+  Lifecycle lifecycle_;  // exec and fork events seen by the ring buffer callback
   RingBuffer region_reader_;
   std::vector<Link> links_;  // declared last: destroyed first
 };
