@@ -95,6 +95,32 @@ struct {
 	__type(value, struct memtrail_process_losses);
 } process_losses SEC(".maps");
 
+/* The traced processes (userspace adds each target; the fork tracepoint adds their children).
+ * The syscall and scheduler tracepoints fire for every process on the host, and so do the
+ * allocator probes in host-wide mode (--all), which attaches them to files, not processes:
+ * this lookup is all that the others pay. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced_processes SEC(".maps");
+
+/* Host-wide mode (--all): the allocator probes are on files, for every process; only those in
+ * traced_processes are recorded. Per-PID probes need no check. */
+const volatile bool filter_processes = false;
+
+static __always_inline bool process_traced(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&traced_processes, &tgid) != NULL;
+}
+
+/* For the allocator probes: false for a process host-wide mode leaves out. */
+static __always_inline bool probe_applies(void)
+{
+	return !filter_processes || process_traced(bpf_get_current_pid_tgid() >> 32);
+}
+
 /* Arguments of the allocator call a thread is in, from entry to return. Task-local storage is
  * freed with the thread, so threads that die mid-call leave nothing behind. */
 struct inflight_call {
@@ -160,7 +186,7 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 now;
 
-	if (probe_floor)
+	if (probe_floor || !probe_applies())
 		return;
 	now = bpf_ktime_get_ns();
 	call = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -192,7 +218,7 @@ static __always_inline struct inflight_call *call_exit(void)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct inflight_call *call;
 
-	if (probe_floor)
+	if (probe_floor || !probe_applies())
 		return NULL;
 	call = bpf_task_storage_get(&inflight, task, 0, 0);
 	if (!call || call->depth == 0) {
@@ -1047,7 +1073,7 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 SEC("uprobe")
 int BPF_KPROBE(free_enter, __u64 address)
 {
-	if (!address || probe_floor)
+	if (!address || probe_floor || !probe_applies())
 		return 0;
 	if (cxx_probes_attached) {
 		/* libstdc++'s operator delete ends in free(): the delete probe already released
@@ -1072,7 +1098,7 @@ int BPF_KPROBE(delete_enter, __u64 address)
 {
 	struct inflight_call *call;
 
-	if (!address || probe_floor)
+	if (!address || probe_floor || !probe_applies())
 		return 0;
 	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
 				    BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1100,14 +1126,6 @@ int BPF_KPROBE(delete_enter, __u64 address)
 #define MREMAP_DONTUNMAP 4
 #define MAX_ERRNO 4095
 
-/* Processes whose mmap/munmap/mremap/brk calls are followed (userspace adds each target). The
- * tracepoints fire for every process on the host: this lookup is all the others pay. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} region_processes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -1122,10 +1140,6 @@ enum syscall_state {
 	SYSCALL_BRK,
 };
 
-static __always_inline bool region_traced(__u32 tgid)
-{
-	return bpf_map_lookup_elem(&region_processes, &tgid) != NULL;
-}
 
 /* Inside a traced allocator call: malloc mapping a large block, realloc moving one, an arena
  * growing. The allocator's own blocks account for that memory. */
@@ -1134,8 +1148,8 @@ static __always_inline bool in_allocator_call(struct inflight_call *call)
 	return call->depth > 0 && bpf_ktime_get_ns() - call->start_ns < NESTED_CALL_WINDOW_NS;
 }
 
-static __always_inline void emit_region(__u32 tgid, __u8 type, __u64 address, __u64 length,
-					__s32 site_id, __u8 flags)
+static __always_inline void emit_region_waking(__u32 tgid, __u8 type, __u64 address,
+					       __u64 length, __s32 site_id, __u8 flags, __u64 wake)
 {
 	struct memtrail_region_event *event;
 
@@ -1153,8 +1167,14 @@ static __always_inline void emit_region(__u32 tgid, __u8 type, __u64 address, __
 	event->type = type;
 	event->flags = flags;
 	event->pad = 0;
-	/* Userspace drains the buffer on its own schedule: no wake-up per event. */
-	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(event, wake ? 0 : BPF_RB_NO_WAKEUP);
+}
+
+/* Userspace drains the buffer on its own schedule: no wake-up per event. */
+static __always_inline void emit_region(__u32 tgid, __u8 type, __u64 address, __u64 length,
+					__s32 site_id, __u8 flags)
+{
+	emit_region_waking(tgid, type, address, length, site_id, flags, 0);
 }
 
 /* The call stack of the system call being made: the user registers saved at kernel entry. */
@@ -1171,12 +1191,35 @@ static __always_inline struct inflight_call *syscall_call(__u32 tgid, __u64 crea
 {
 	struct inflight_call *call;
 
-	if (probe_floor || !region_traced(tgid))
+	if (probe_floor || !process_traced(tgid))
 		return NULL;
 	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, create);
 	if (!call && create)
 		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
 	return call;
+}
+
+/* The thread's system call that just returned: its state (enum syscall_state), then reset. */
+static __always_inline struct inflight_call *finish_syscall(__u32 tgid, __u32 *state)
+{
+	struct inflight_call *call = syscall_call(tgid, 0);
+
+	if (!call)
+		return NULL;
+	*state = call->syscall_state;
+	call->syscall_state = SYSCALL_NONE;
+	return call;
+}
+
+/* A region mapped from the current call stack: `bytes` go to its site's totals. */
+static __always_inline void record_region(__u32 tgid, __u8 type, __u64 address, __u64 length,
+					  __u64 bytes)
+{
+	__u64 caller;
+	__s32 site_id = syscall_site(tgid, &caller);
+
+	add_to_site(tgid, site_id, caller, bytes, 1);
+	emit_region(tgid, type, address, length, site_id, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_mmap")
@@ -1202,26 +1245,17 @@ int region_mmap_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_mmap")
 int region_mmap_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tgid = current_tgid();
-	struct inflight_call *call = syscall_call(tgid, 0);
-	__u64 address = ctx->ret, length, caller;
-	__u32 state;
-	__s32 site_id;
+	__u32 tgid = current_tgid(), state = SYSCALL_NONE;
+	struct inflight_call *call = finish_syscall(tgid, &state);
+	__u64 address = ctx->ret, length;
 
-	if (!call)
-		return 0;
-	state = call->syscall_state;
-	length = call->syscall_length;
-	call->syscall_state = SYSCALL_NONE;
-	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
+	if (!call || (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO))
 		return 0; /* failed: nothing mapped, nothing replaced */
-	if (state == SYSCALL_MMAP_REPLACE) {
+	length = call->syscall_length;
+	if (state == SYSCALL_MMAP_REPLACE)
 		emit_region(tgid, MEMTRAIL_REGION_UNMAP, address, length, 0, 0);
-	} else if (state == SYSCALL_MMAP_RECORD) {
-		site_id = syscall_site(tgid, &caller);
-		add_to_site(tgid, site_id, caller, length, 1);
-		emit_region(tgid, MEMTRAIL_REGION_MAP, address, length, site_id, 0);
-	}
+	else if (state == SYSCALL_MMAP_RECORD)
+		record_region(tgid, MEMTRAIL_REGION_MAP, address, length, length);
 	return 0;
 }
 
@@ -1232,7 +1266,7 @@ int region_munmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 tgid = current_tgid();
 
-	if (probe_floor || !region_traced(tgid))
+	if (probe_floor || !process_traced(tgid))
 		return 0;
 	emit_region(tgid, MEMTRAIL_REGION_UNMAP, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
@@ -1261,13 +1295,12 @@ int region_mremap_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_mremap")
 int region_mremap_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tgid = current_tgid();
-	struct inflight_call *call = syscall_call(tgid, 0);
+	__u32 tgid = current_tgid(), state = SYSCALL_NONE;
+	struct inflight_call *call = finish_syscall(tgid, &state);
 	__u64 address = ctx->ret;
 
-	if (!call || call->syscall_state != SYSCALL_MREMAP)
+	if (!call || state != SYSCALL_MREMAP)
 		return 0;
-	call->syscall_state = SYSCALL_NONE;
 	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
 		address = 0;
 	emit_region(tgid, MEMTRAIL_REGION_REMAP_END, address, call->syscall_length, 0,
@@ -1293,14 +1326,12 @@ int region_brk_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_brk")
 int region_brk_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tgid = current_tgid();
-	struct inflight_call *call = syscall_call(tgid, 0);
-	__u64 new_break = ctx->ret, old_break, caller;
-	__s32 site_id = 0;
+	__u32 tgid = current_tgid(), state = SYSCALL_NONE;
+	struct inflight_call *call = finish_syscall(tgid, &state);
+	__u64 new_break = ctx->ret, old_break;
 
-	if (!call || call->syscall_state != SYSCALL_BRK)
+	if (!call || state != SYSCALL_BRK)
 		return 0;
-	call->syscall_state = SYSCALL_NONE;
 	old_break = call->old_break;
 	if (new_break == old_break || old_break == 0)
 		return 0;
@@ -1309,11 +1340,10 @@ int region_brk_exit(struct trace_event_raw_sys_exit *ctx)
 			    MEMTRAIL_REGION_IN_ALLOCATOR);
 		return 0;
 	}
-	if (new_break > old_break) {
-		site_id = syscall_site(tgid, &caller);
-		add_to_site(tgid, site_id, caller, new_break - old_break, 1);
-	}
-	emit_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, site_id, 0);
+	if (new_break > old_break)
+		record_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, new_break - old_break);
+	else
+		emit_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, 0, 0);
 	return 0;
 }
 
@@ -1329,9 +1359,9 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 
 	/* A new thread of the same process is not a new process. */
 	if (probe_floor || !follow_forks || child_tgid == parent_tgid || child->pid != child_tgid ||
-	    !region_traced(parent_tgid))
+	    !process_traced(parent_tgid))
 		return 0;
-	bpf_map_update_elem(&region_processes, &child_tgid, &followed, BPF_ANY);
+	bpf_map_update_elem(&traced_processes, &child_tgid, &followed, BPF_ANY);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
 		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, parent_tgid);
@@ -1347,14 +1377,16 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* The old image's regions died with it. */
+/* The old image's regions died with it. In host-wide mode every exec is reported: the new
+ * program may be one to trace (--comm), and userspace decides. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *binprm)
 {
 	__u32 tgid = task->tgid;
 
-	if (probe_floor || !region_traced(tgid))
+	if (probe_floor || (!filter_processes && !process_traced(tgid)))
 		return 0;
-	emit_region(tgid, MEMTRAIL_REGION_EXEC, 0, 0, 0, 0);
+	/* Host-wide, a program just started runs untraced until userspace has looked at it. */
+	emit_region_waking(tgid, MEMTRAIL_REGION_EXEC, 0, 0, 0, 0, filter_processes);
 	return 0;
 }

@@ -2,6 +2,7 @@
 // memtrail leaks end to end: the real binary, real BPF, real child processes.
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -744,6 +745,98 @@ TEST(LeaksLifecycle, NoFollowForksLeavesTheChildAlone) {
   ASSERT_EQ(report["targets"].size(), 1u) << report.dump(2);
   EXPECT_TRUE(sites_with_function(report, "leak_in_child").empty()) << report.dump(2);
   EXPECT_EQ(sites_with_function(report, "leak_malloc").size(), 1u);
+}
+
+// Host-wide mode: the pids of the processes a report traced.
+std::set<int> traced_pids(const json& report) {
+  std::set<int> pids;
+  for (const auto& target : report["targets"]) pids.insert(target["pid"].get<int>());
+  return pids;
+}
+
+TEST(LeaksHostWide, CatchesALeakingProcessStartedAfterMemtrail) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Tracer tracer({"--all", "--comm", "leaky", "--json", dir.file("r.json"), "-q", "-v"});
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
+      << tracer.process.stderr_seen();
+  // Started after memtrail, by a process memtrail does not trace (this test).
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  std::string pid = std::to_string(target.process.pid());
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing pid " + pid, 10s).has_value())
+      << tracer.process.stderr_seen();
+  auto lines = target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_EQ(traced_pids(report), std::set<int>{target.process.pid()}) << report.dump(2);
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["outstanding_bytes"], 7000);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 7);
+  EXPECT_EQ(leaks[0]["stack"][0]["line"], lines.at("leak_malloc"));
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty());
+}
+
+// A cgroup of the unified hierarchy for one test, removed after it.
+struct TestCgroup {
+  TestCgroup() {
+    for (const char* root : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}) {
+      if (::access((std::string(root) + "/cgroup.procs").c_str(), W_OK) != 0) continue;
+      if (std::ifstream(std::string(root) + "/cgroup.controllers").good() ||
+          std::string(root) == "/sys/fs/cgroup/unified") {
+        root_ = root;
+        break;
+      }
+    }
+    name_ = "/memtrail-hostwide-" + std::to_string(::getpid());
+    if (!root_.empty()) ::mkdir((root_ + name_).c_str(), 0755);
+  }
+  ~TestCgroup() {
+    if (root_.empty()) return;
+    for (int attempt = 0; attempt < 50 && ::rmdir((root_ + name_).c_str()) != 0; ++attempt) {
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+  bool ok() const { return !root_.empty(); }
+  void enter(pid_t pid) const {
+    std::ofstream(root_ + name_ + "/cgroup.procs") << pid << "\n";
+  }
+  const std::string& name() const { return name_; }
+  std::string root_, name_;
+};
+
+TEST(LeaksHostWide, FiltersPickProcessesByNameCgroupAndPid) {
+  REQUIRE_BPF_OR_SKIP();
+  TestCgroup cgroup;
+  ASSERT_TRUE(cgroup.ok()) << "no writable unified cgroup hierarchy";
+  Target outside({MEMTRAIL_LEAKY, "basic", "3", "100"});
+  Target inside({MEMTRAIL_LEAKY, "basic", "4", "100"});
+  cgroup.enter(inside.process.pid());
+  auto run = [&](std::vector<std::string> filters) {
+    TempDir dir;
+    filters.insert(filters.begin(), "--all");
+    filters.insert(filters.end(), {"--json", dir.file("r.json"), "-q"});
+    Tracer tracer(filters);
+    EXPECT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
+        << tracer.process.stderr_seen();
+    tracer.stop();
+    return read_json(dir.file("r.json"));
+  };
+  json by_cgroup = run({"--comm", "leaky", "--cgroup", cgroup.name()});
+  EXPECT_EQ(traced_pids(by_cgroup), std::set<int>{inside.process.pid()}) << by_cgroup.dump(2);
+  ASSERT_EQ(by_cgroup["targets"].size(), 1u);
+  EXPECT_EQ(by_cgroup["targets"][0]["cgroup"], cgroup.name());
+  json by_pid = run({"--comm", "leaky", "--exclude-pid", std::to_string(inside.process.pid())});
+  EXPECT_TRUE(traced_pids(by_pid).count(outside.process.pid())) << by_pid.dump(2);
+  EXPECT_FALSE(traced_pids(by_pid).count(inside.process.pid())) << by_pid.dump(2);
+  // Without --comm, neither this test nor any other process without a traced allocator: but
+  // never memtrail itself.
+  json everything = run({});
+  EXPECT_TRUE(traced_pids(everything).count(inside.process.pid()));
+  EXPECT_TRUE(traced_pids(everything).count(outside.process.pid()));
+  for (const auto& target : everything["targets"]) EXPECT_NE(target["comm"], "memtrail");
+  outside.process.write_stdin("quit\n");
+  inside.process.write_stdin("quit\n");
 }
 
 TEST(LeaksRegions, NoMmapLeavesMappedMemoryOut) {

@@ -50,7 +50,7 @@ model::Report two_site_report() {
   report.final = true;
   report.targets.push_back(
       {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt,
-       "glibc", {}, {}, {}, std::nullopt, std::nullopt, std::nullopt});
+       "glibc", {}, {}, {}, std::nullopt, std::nullopt, std::nullopt, ""});
   model::LeakSite leak;
   leak.pid = 42;
   leak.allocator = "malloc";
@@ -307,7 +307,7 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
   report.targets[0].memory = memory;
   report.targets.push_back(
       {43, "worker", {"worker"}, "/srv/worker", "/lib/libc.so.6", true, std::nullopt, "glibc",
-       {}, {}, {}, std::nullopt, std::nullopt, std::nullopt});
+       {}, {}, {}, std::nullopt, std::nullopt, std::nullopt, ""});
   // A slower grower in the same process (drawn after the leak), one that shrinks (not drawn)
   // and one in the second process, which has no memory samples yet.
   model::LeakSite slower = report.leaks[0];

@@ -46,6 +46,12 @@ TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
   EXPECT_EQ(max_allocations_for(0), 262144u);           // meminfo unreadable
   EXPECT_EQ(max_allocations_for(1024 * kGiB), 4194304u);  // the ceiling: 256 MiB
   EXPECT_EQ(max_allocations_for(20 * kGiB) % 65536, 0u);
+  EXPECT_EQ(max_stacks_for(24 * kGiB), 36864u);  // about 22 MiB of stacks on 24 GiB
+  EXPECT_EQ(max_stacks_for(0), 16384u);
+  EXPECT_EQ(max_stacks_for(1024 * kGiB), 262144u);
+  auto given = std::get<LeaksOptions>(parse({"leaks", "-p", "1", "--max-stacks", "5000"}));
+  EXPECT_EQ(given.max_stacks, 5000u);
+  EXPECT_FALSE(std::get<LeaksOptions>(parse({"leaks", "-p", "1"})).max_stacks.has_value());
 }
 
 TEST(Options, UnwindModeAndTableSize) {
@@ -87,6 +93,7 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--duration", "0"}, "--duration");
   expect_usage_error({"leaks", "-p", "1", "--min-age", "-1"}, "--min-age");
   expect_usage_error({"leaks", "-p", "1", "--max-allocations", "10"}, "--max-allocations");
+  expect_usage_error({"leaks", "-p", "1", "--max-stacks", "10"}, "--max-stacks");
   expect_usage_error({"leaks", "-p", "1", "--unwind", "lbr"}, "--unwind must be auto, dwarf or fp");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "0"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "5000"}, "--unwind-table-mib");
@@ -96,6 +103,25 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--bogus"}, "bogus");
   expect_usage_error({}, "subcommand");
   expect_usage_error({"frobnicate"}, "unknown command 'frobnicate'");
+}
+
+TEST(Options, HostWideFiltersAndLifecycleFlags) {
+  auto command = parse({"leaks", "--all", "--comm", "nginx", "--comm", "php-fpm", "--cgroup",
+                        "/system.slice", "--exclude-pid", "42", "--no-mmap", "--no-follow-forks"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
+  const auto& options = std::get<LeaksOptions>(command);
+  EXPECT_TRUE(options.all);
+  EXPECT_EQ(options.comms, (std::vector<std::string>{"nginx", "php-fpm"}));
+  EXPECT_EQ(options.cgroups, (std::vector<std::string>{"/system.slice"}));
+  EXPECT_EQ(options.excluded_pids, (std::vector<uint32_t>{42}));
+  EXPECT_TRUE(options.no_mmap);
+  EXPECT_TRUE(options.no_follow_forks);
+  auto defaults = std::get<LeaksOptions>(parse({"leaks", "-p", "1"}));
+  EXPECT_FALSE(defaults.all || defaults.no_mmap || defaults.no_follow_forks);
+  expect_usage_error({"leaks", "--all", "-p", "1"}, "--all traces every process");
+  expect_usage_error({"leaks", "-p", "1", "--comm", "x"}, "give --all too");
+  expect_usage_error({"leaks", "-p", "1", "--exclude-pid", "2"}, "give --all too");
+  expect_usage_error({"leaks", "--all", "--exclude-pid", "0"}, "exclude-pid");
 }
 
 TEST(Options, HelpAndVersionExitZero) {

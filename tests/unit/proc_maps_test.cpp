@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Parsing /proc/PID/maps text.
 #include "target/proc_maps.h"
+#include "target/process.h"
 
 #include <unistd.h>
 
@@ -61,6 +62,28 @@ TEST(ProcMaps, ReadsALiveProcessAndReportsAMissingOne) {
   EXPECT_TRUE(found_self);
   EXPECT_FALSE(read_proc_maps(999999999).has_value());
   EXPECT_EQ(path_in_process_root(42, "/usr/lib/libc.so.6"), "/proc/42/root/usr/lib/libc.so.6");
+}
+
+}  // namespace
+}  // namespace memtrail::target
+
+namespace memtrail::target {
+namespace {
+
+TEST(Cgroups, TheUnifiedPathComesFirstAndAncestorsMatchOnWholeComponents) {
+  auto paths = cgroup_paths(
+      "12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n1:name=systemd:/system.slice/x\n"
+      "0::/system.slice/x.service\n");
+  ASSERT_EQ(paths.size(), 3u);
+  EXPECT_EQ(paths[0], "/system.slice/x.service");
+  EXPECT_EQ(paths[1], "/docker/abc");
+  EXPECT_EQ(paths[2], "/system.slice/x");
+  EXPECT_TRUE(cgroup_within("/docker/abc", "/docker"));
+  EXPECT_TRUE(cgroup_within("/docker/abc", "/docker/abc/"));
+  EXPECT_TRUE(cgroup_within("/docker", "/"));
+  EXPECT_FALSE(cgroup_within("/dockerd/abc", "/docker"));
+  EXPECT_FALSE(cgroup_within("/docker", "/docker/abc"));
+  EXPECT_TRUE(cgroup_paths("").empty());
 }
 
 }  // namespace

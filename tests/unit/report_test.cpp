@@ -41,7 +41,7 @@ model::Report sample_report() {
                      {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
                        false}},
                      {2, 0, 0, 0, 3, 4},  // losses: 2 drops, 3 unmatched frees, 4 region events
-                     std::nullopt, 3 << 20, 4000}};  // the break moved 3 MiB; forked by 4000
+                     std::nullopt, 3 << 20, 4000, "/system.slice/server.service"}};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -132,6 +132,7 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
             std::string::npos) << text;
   EXPECT_NE(text.find("    heap break: +3.0 MiB since attach"), std::string::npos) << text;
   EXPECT_NE(text.find("forked by pid 4000"), std::string::npos) << text;
+  EXPECT_NE(text.find("cgroup /system.slice/server.service"), std::string::npos) << text;
   // Which allocator each process uses, what else is probed, and what is not traced.
   EXPECT_NE(text.find("allocator jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
             std::string::npos) << text;
@@ -174,6 +175,7 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["targets"][0]["losses"]["region_events_lost"], 4);
   EXPECT_EQ(json["targets"][0]["break_growth_bytes"], 3 << 20);
   EXPECT_EQ(json["targets"][0]["parent_pid"], 4000);
+  EXPECT_EQ(json["targets"][0]["cgroup"], "/system.slice/server.service");
   EXPECT_EQ(json["unwind"]["mode"], "auto");
   EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
   EXPECT_EQ(json["unwind"]["modules"][1]["method"], "frame_pointers");

@@ -3,6 +3,8 @@
 #include "app/leaks_command.h"
 
 #include <poll.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -16,9 +18,13 @@
 #include <cstdint>
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
+#include <set>
+#include <tuple>
 #include <fstream>
 #include <sstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -146,10 +152,13 @@ class LeaksSession {
     max_allocations_ = options_.max_allocations ? *options_.max_allocations
                                                 : cli::max_allocations_for(available_memory());
     config.max_outstanding_allocations = max_allocations_;
+    config.max_stacks = options_.max_stacks ? *options_.max_stacks
+                                            : cli::max_stacks_for(available_memory());
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
     config.trace_regions = !options_.no_mmap;
-    config.follow_forks = !options_.no_follow_forks && !options_.no_mmap;
+    config.follow_forks = !options_.no_follow_forks;
+    config.host_wide = options_.all;
     config.verbose = options_.verbose;
     config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
     config.unwind_table_rows = static_cast<uint32_t>(
@@ -164,10 +173,14 @@ class LeaksSession {
       std::cerr << "memtrail: BPF maps hold " << tracer_->map_memory_bytes() / (1024 * 1024)
                 << " MiB of kernel memory (--max-allocations " << max_allocations_
                 << (options_.max_allocations ? "" : ", from available memory")
-                << ")\n";
+                << "; --max-stacks " << config.max_stacks << ")\n";
     }
-    prepare_targets();
-    attach_all();
+    if (options_.all) {
+      start_host_wide();
+    } else {
+      prepare_targets();
+      attach_all();
+    }
     start_ = Clock::now();
     start_unix_ms_ = unix_now_ms();
     loop();
@@ -378,6 +391,7 @@ class LeaksSession {
                                          : std::chrono::milliseconds(1000));
         }
         follow_lifecycle();
+        if (!pending_programs_.empty()) look_at_pending_programs();
         next_refresh = now + std::chrono::milliseconds(unwind_tables_ ? 50 : 100);
       }
       if (now >= next_report) {
@@ -398,11 +412,12 @@ class LeaksSession {
       int region_fd = tracer_->region_events_fd();
       if (region_fd >= 0) fds.push_back({region_fd, POLLIN, 0});
       size_t first_pidfd = fds.size();
-      std::vector<TracedProcess*> polled;
-      for (auto& process : targets_) {
-        if (process.info.exited) continue;
-        fds.push_back({process.pidfd.get(), POLLIN, 0});
-        polled.push_back(&process);
+      // Indices, not pointers: following a fork adds targets, and may move them.
+      std::vector<size_t> polled;
+      for (size_t index = 0; index < targets_.size(); ++index) {
+        if (targets_[index].info.exited) continue;
+        fds.push_back({targets_[index].pidfd.get(), POLLIN, 0});
+        polled.push_back(index);
       }
       int ready = ::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(0, timeout.count()) + 1));
       if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
@@ -413,21 +428,35 @@ class LeaksSession {
       }
       if (region_fd >= 0 && fds[1].revents) follow_lifecycle();
       for (size_t i = first_pidfd; i < fds.size(); ++i) {
-        if (fds[i].revents == 0) continue;
-        TracedProcess& process = *polled[i - first_pidfd];
-        process.info.exited = true;
-        process.pidfd.reset();
-        if (process.launched && child_) child_->reap_if_exited();
-        // The last one is covered by the final report, which comes now.
-        if (std::any_of(targets_.begin(), targets_.end(),
-                        [](const auto& other) { return !other.info.exited; })) {
-          record_exit(process);
-        }
+        if (fds[i].revents != 0) process_exited(targets_[polled[i - first_pidfd]]);
       }
-      if (std::all_of(targets_.begin(), targets_.end(),
-                      [](const auto& process) { return process.info.exited; })) {
+      if (!options_.all && std::all_of(targets_.begin(), targets_.end(), [](const auto& process) {
+            return process.info.exited;
+          })) {
         return;
       }
+    }
+  }
+
+  void process_exited(TracedProcess& process) {
+    process.info.exited = true;
+    process.pidfd.reset();
+    if (process.launched && child_) child_->reap_if_exited();
+    // The last one is covered by the final report, which comes now.
+    if (std::any_of(targets_.begin(), targets_.end(),
+                    [](const auto& other) { return !other.info.exited; })) {
+      record_exit(process);
+    }
+  }
+
+  // Exits not handled yet when memtrail stops (a child that ended just before): the final
+  // report should say so.
+  void notice_exits() {
+    for (size_t index = 0; index < targets_.size(); ++index) {
+      TracedProcess& process = targets_[index];
+      if (process.info.exited || process.pidfd.get() < 0) continue;
+      pollfd fd{process.pidfd.get(), POLLIN, 0};
+      if (::poll(&fd, 1, 0) == 1) process_exited(process);
     }
   }
 
@@ -456,7 +485,10 @@ class LeaksSession {
     child.info.parent_pid = fork.parent;
     describe_allocators(child.allocators, child.info);
     try {
-      for (const auto& module : child.allocators.modules) tracer_->attach(fork.child, module);
+      // Host-wide, the probes are on the files already, and the kernel follows the child.
+      if (!options_.all) {
+        for (const auto& module : child.allocators.modules) tracer_->attach(fork.child, module);
+      }
       child.pidfd = open_pidfd(fork.child);
     } catch (const Error& error) {
       std::cerr << "memtrail: warning: pid " << fork.child << ", forked by pid " << fork.parent
@@ -473,6 +505,21 @@ class LeaksSession {
   // A traced process executed a new program: the old image's blocks, regions and stacks mean
   // nothing now (its memory is gone) and must not be reported as leaks of the new one.
   void handle_exec(const tracer::AllocTracer::Exec& exec) {
+    bool known = std::any_of(targets_.begin(), targets_.end(), [&](const auto& process) {
+      return process.info.pid == exec.pid && !process.info.exited;
+    });
+    // Host-wide, a program started since memtrail attached: trace it if it is wanted. Right
+    // after exec only the executable and the dynamic linker are mapped: its allocator is
+    // looked up again at each tick until its libraries are loaded (for up to 2 s). Meanwhile
+    // it is already followed in the kernel, so the probes already on its libraries (libc's,
+    // nearly always) record its allocations from the start.
+    if (!known && options_.all) {
+      if (!wanted_host_process(exec.pid)) return;
+      tracer_->follow(exec.pid);
+      pending_programs_[exec.pid] = Clock::now() + std::chrono::seconds(2);
+      look_at_pending_programs();
+      return;
+    }
     for (auto& process : targets_) {
       if (process.info.pid != exec.pid || process.info.exited) continue;
       if (process.launched && process.execs++ == 0) return;  // the command starting
@@ -484,6 +531,128 @@ class LeaksSession {
                 << dropped << " blocks of the old program dropped, and its mappings; still "
                 << "tracing it through the allocator probes attached before\n";
       return;
+    }
+  }
+
+  // ---- host-wide mode (--all) ----
+
+  // Every process now running that uses a traced allocator and passes the filters; the rest
+  // come as they start (exec) or are forked by a traced process.
+  void start_host_wide() {
+    raise_open_file_limit();  // a pidfd per traced process
+    uint32_t skipped = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+      const std::string name = entry.path().filename();
+      if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+      uint32_t pid = static_cast<uint32_t>(std::stoul(name));
+      if (!add_host_process(pid)) ++skipped;
+    }
+    std::cerr << "memtrail: tracing " << targets_.size()
+              << " processes host-wide (--all), and those started from now on; " << skipped
+              << " others have no traced allocator, are kernel threads or are left out by the "
+              << "filters\n";
+    std::cerr.flush();
+  }
+
+  // Programs started since (host-wide) whose allocator is not known yet: see handle_exec.
+  void look_at_pending_programs() {
+    auto now = Clock::now();
+    for (auto it = pending_programs_.begin(); it != pending_programs_.end();) {
+      auto [pid, deadline] = *it;
+      bool added = add_host_process(pid, /*quiet=*/now < deadline);
+      if (added && options_.verbose) {
+        std::cerr << "memtrail: tracing pid " << pid << " (" << targets_.back().info.comm
+                  << "), started since\n";
+      }
+      if (added || now >= deadline) {
+        if (!added) tracer_->purge_process(pid);  // no traced allocator: stop following it
+        it = pending_programs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Whether --comm, --cgroup and --exclude-pid let `pid` in (never memtrail itself).
+  bool wanted_host_process(uint32_t pid) const {
+    if (pid == static_cast<uint32_t>(::getpid())) return false;
+    const auto& excluded = options_.excluded_pids;
+    if (std::find(excluded.begin(), excluded.end(), pid) != excluded.end()) return false;
+    if (!options_.comms.empty()) {
+      std::string comm = target::read_target_info(pid).comm;
+      if (std::find(options_.comms.begin(), options_.comms.end(), comm) == options_.comms.end()) {
+        return false;
+      }
+    }
+    if (!options_.cgroups.empty()) {
+      auto paths = target::process_cgroups(pid);
+      bool inside = std::any_of(paths.begin(), paths.end(), [&](const std::string& path) {
+        return std::any_of(options_.cgroups.begin(), options_.cgroups.end(),
+                           [&](const std::string& wanted) {
+                             return target::cgroup_within(path, wanted);
+                           });
+      });
+      if (!inside) return false;
+    }
+    return true;
+  }
+
+  // Traces one more process host-wide; false when it is not wanted, has no traced allocator,
+  // or is gone. Its allocator's functions are probed in their files, for every process, once.
+  bool add_host_process(uint32_t pid, bool quiet = false) {
+    if (!wanted_host_process(pid)) return false;
+    if (target::process_state(pid) != target::ProcessState::kRunning) return false;
+    auto mappings = target::read_proc_maps(pid);
+    if (!mappings || mappings->empty()) return false;  // a kernel thread, or exiting
+    TracedProcess process;
+    try {
+      auto order = target::process_load_order(pid, *mappings);
+      process.allocators =
+          target::resolve_allocators(pid, order, options_.trace_cxx, custom_allocators(pid));
+      if (process.allocators.modules.empty()) return false;
+      for (const auto& module : process.allocators.modules) attach_everywhere(module);
+      tracer_->follow(pid);
+      process.pidfd = open_pidfd(pid);
+    } catch (const Error& error) {
+      if (options_.verbose && !quiet) {
+        std::cerr << "memtrail: pid " << pid << " not traced: " << error.what() << "\n";
+      }
+      return false;
+    }
+    process.info = target::read_target_info(pid);
+    describe_allocators(process.allocators, process.info);
+    targets_.push_back(std::move(process));
+    refresh_mappings(targets_.back());
+    return true;
+  }
+
+  // Probes a module's functions for every process, each (file, offset, role) once.
+  void attach_everywhere(const target::AllocatorModule& module) {
+    struct stat file {};
+    if (::stat(module.open_path.c_str(), &file) != 0) {
+      throw Error(errno_message("stat " + module.open_path, errno));
+    }
+    target::AllocatorModule fresh = module;
+    fresh.functions.clear();
+    for (const auto& function : module.functions) {
+      auto key = std::make_tuple(static_cast<uint64_t>(file.st_dev),
+                                 static_cast<uint64_t>(file.st_ino), function.probe_offset,
+                                 static_cast<int>(function.role));
+      if (probed_everywhere_.insert(key).second) fresh.functions.push_back(function);
+    }
+    if (fresh.functions.empty()) return;
+    tracer_->attach_everywhere(fresh);
+    if (options_.verbose) {
+      std::cerr << "memtrail: " << fresh.functions.size() << " functions of " << module.path
+                << " probed for every process\n";
+    }
+  }
+
+  static void raise_open_file_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+      limit.rlim_cur = limit.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &limit);  // best effort: fewer processes traced otherwise
     }
   }
 
@@ -640,6 +809,8 @@ class LeaksSession {
   }
 
   void finish() {
+    follow_lifecycle();
+    notice_exits();
     // Code mapped since the last refresh (a command stopped right after it started) must be
     // known to the symbolizer, or its frames print as [unknown].
     for (auto& process : targets_) refresh_mappings(process);
@@ -676,6 +847,9 @@ class LeaksSession {
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<target::GatedChild> child_;
   std::vector<TracedProcess> targets_;
+  // --all: (device, inode, offset, role) of every function probed for every process.
+  std::set<std::tuple<uint64_t, uint64_t, uint64_t, int>> probed_everywhere_;
+  std::map<uint32_t, Clock::time_point> pending_programs_;  // --all: pid -> give up at
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
   aggregator::ProcessMemoryHistory process_memory_;

@@ -138,6 +138,13 @@ uint32_t max_allocations_for(uint64_t available_bytes) {
   return static_cast<uint32_t>(allocations / kStep * kStep);
 }
 
+uint32_t max_stacks_for(uint64_t available_bytes) {
+  constexpr uint64_t kLeast = 1u << 14, kMost = 1u << 18, kStep = 1u << 12;
+  uint64_t stacks = available_bytes / 1024 / 640;
+  stacks = std::clamp(stacks, kLeast, kMost);
+  return static_cast<uint32_t>(stacks / kStep * kStep);
+}
+
 Command parse_command_line(int argc, const char* const* argv) {
   CLI::App app{kDescription, "memtrail"};
   app.footer(std::string(kExamples) + kExitStatus);
@@ -151,6 +158,21 @@ Command parse_command_line(int argc, const char* const* argv) {
       "leaks", "Trace allocations of processes and report where outstanding memory comes from");
   leaks->footer(std::string(kLeaksFooter) + "\n\n" + kExamples + kExitStatus);
   leaks->add_option("-p,--pid", options.pids, "Process to trace (repeat for several)")
+      ->check(CLI::PositiveNumber);
+  leaks->add_flag("-a,--all", options.all,
+                  "Trace every process that uses a traced allocator, also those started later "
+                  "(host-wide; narrow it with --comm, --cgroup, --exclude-pid)");
+  leaks->add_option("--comm", options.comms,
+                    "With --all: only processes whose name (comm, as ps -o comm shows it) is "
+                    "NAME (repeat for several)")
+      ->type_name("NAME");
+  leaks->add_option("--cgroup", options.cgroups,
+                    "With --all: only processes in this cgroup or below it: a path as in "
+                    "/proc/PID/cgroup, e.g. /system.slice/nginx.service (repeat for several)")
+      ->type_name("PATH");
+  leaks->add_option("--exclude-pid", options.excluded_pids,
+                    "With --all: leave this process out (repeat for several)")
+      ->type_name("PID")
       ->check(CLI::PositiveNumber);
   leaks->add_option("-d,--duration", duration, "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
@@ -196,6 +218,12 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "kernel memory each; more are counted as drops (default: from available "
                     "memory, 1/256 of it, 262144 to 4194304)")
       ->type_name("N");
+  double max_stacks = 0;
+  leaks->add_option("--max-stacks", max_stacks,
+                    "Distinct call stacks (sites) memtrail can hold, about 600 bytes of kernel "
+                    "memory each; an allocation from one more is kept under its calling function "
+                    "only (default: from available memory, 1/1024 of it, 16384 to 262144)")
+      ->type_name("N");
   double sample_rate = 0;
   leaks->add_option("--sample-rate", sample_rate,
                     "Record one allocation per BYTES allocated on average, as tcmalloc does, "
@@ -211,7 +239,7 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "outside the allocators), followed by default through syscall tracepoints");
   leaks->add_flag("--no-follow-forks", options.no_follow_forks,
                   "Do not trace the processes the targets fork (traced by default, from their "
-                  "fork on; needs mmap following, so --no-mmap implies it)");
+                  "fork on)");
   std::vector<std::string> allocator_texts;
   leaks->add_option("--allocator", allocator_texts,
                     "Also trace a custom allocator: its file and functions, each in the role "
@@ -415,6 +443,12 @@ Command parse_command_line(int argc, const char* const* argv) {
     }
     options.max_allocations = static_cast<uint32_t>(max_allocations);
   }
+  if (leaks->count("--max-stacks")) {
+    if (!(max_stacks >= 1024) || max_stacks > (1u << 22) || max_stacks != std::floor(max_stacks)) {
+      return usage("--max-stacks must be a whole number from 1024 to 4194304");
+    }
+    options.max_stacks = static_cast<uint32_t>(max_stacks);
+  }
   if (!(sample_rate >= 0) || sample_rate > 4294967296.0 || sample_rate != std::floor(sample_rate)) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }
@@ -437,8 +471,15 @@ Command parse_command_line(int argc, const char* const* argv) {
     if (!allocator) return usage(error);
     options.allocators.push_back(std::move(*allocator));
   }
-  if (options.pids.empty() && options.command.empty()) {
-    return usage("nothing to trace: give -p PID or -- COMMAND");
+  if (options.all && (!options.pids.empty() || !options.command.empty())) {
+    return usage("--all traces every process: give it without -p or a command");
+  }
+  if (!options.all &&
+      (!options.comms.empty() || !options.cgroups.empty() || !options.excluded_pids.empty())) {
+    return usage("--comm, --cgroup and --exclude-pid narrow --all: give --all too");
+  }
+  if (options.pids.empty() && options.command.empty() && !options.all) {
+    return usage("nothing to trace: give -p PID, -- COMMAND or --all");
   }
   return options;
 }

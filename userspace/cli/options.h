@@ -30,6 +30,9 @@ struct AllocatorOption {
 // (64 bytes of kernel memory per allocation) gets 1/256 of it, from 262,144 allocations (16 MiB)
 // to 4,194,304 (256 MiB), rounded down to a multiple of 65,536.
 uint32_t max_allocations_for(uint64_t available_bytes);
+// The default --max-stacks: distinct call stacks (sites) memtrail can hold, about 600 bytes of
+// kernel memory each, from 1/1024 of the available memory (16384 to 262144).
+uint32_t max_stacks_for(uint64_t available_bytes);
 
 // Parses one --allocator value; nullopt and `error` set when it is malformed.
 std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
@@ -45,6 +48,7 @@ struct LeaksOptions {
   std::string json_path;
   // --max-allocations; nullopt: sized from the host's available memory (max_allocations_for).
   std::optional<uint32_t> max_allocations;
+  std::optional<uint32_t> max_stacks;  // --max-stacks; nullopt: max_stacks_for(MemAvailable)
   uint64_t sample_rate = 0;  // bytes between samples on average; 0: every allocation
   bool quiet = false;  // no interval reports, only the final one
   bool verbose = false;
@@ -55,8 +59,13 @@ struct LeaksOptions {
   std::string plot_path;          // --plot: an SVG chart of memory over time per process
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
-  bool no_mmap = false;
-  bool no_follow_forks = false;  // --no-follow-forks: leave the targets' children alone      // --no-mmap: leave memory mapped by mmap/mremap/brk out
+  bool no_mmap = false;          // --no-mmap: leave memory mapped by mmap/mremap/brk out
+  bool no_follow_forks = false;  // --no-follow-forks: leave the targets' children alone
+  // --all: every process using a traced allocator, now and started later, narrowed by these.
+  bool all = false;
+  std::vector<std::string> comms;         // --comm NAME: only processes of this name
+  std::vector<std::string> cgroups;       // --cgroup PATH: only processes in this cgroup (or below)
+  std::vector<uint32_t> excluded_pids;    // --exclude-pid PID
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
   std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
   uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory

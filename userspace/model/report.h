@@ -123,6 +123,7 @@ struct Target {
   // included); absent when mapped memory is not followed (--no-mmap).
   std::optional<int64_t> break_growth_bytes;
   std::optional<uint32_t> parent_pid;  // traced because this traced process forked it
+  std::string cgroup;  // its cgroup (the unified hierarchy's path, else the first listed)
 };
 
 struct Totals {

@@ -155,6 +155,7 @@ model::Report from_json(const json& document) {
                          lost.at("unmatched_frees").get<uint64_t>(),
                          lost.value("region_events_lost", uint64_t{0})};
       }
+      target.cgroup = target_json.value("cgroup", std::string());
       if (target_json.contains("parent_pid")) {
         target.parent_pid = target_json.at("parent_pid").get<uint32_t>();
       }

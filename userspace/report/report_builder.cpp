@@ -66,8 +66,9 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
   }
   if (totals.stack_failures > 0) {
     notes.push_back(with_thousands(totals.stack_failures) +
-                    " call stacks could not be captured (stack map full or collision); those "
-                    "sites show only the calling function and are marked truncated.");
+                    " call stacks could not be stored (the stack map was full: raise "
+                    "--max-stacks); those sites show only the calling function and are marked "
+                    "truncated.");
   }
   if (context.history && context.history->sites_not_followed() > 0) {
     notes.push_back(with_thousands(context.history->sites_not_followed()) +

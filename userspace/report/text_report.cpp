@@ -59,8 +59,8 @@ void render_losses(const model::ProcessLosses& lost, std::ostream& out) {
   };
   item(lost.drops, "allocation dropped (table full: --max-allocations)",
        "allocations dropped (table full: --max-allocations)");
-  item(lost.stack_failures, "stack not stored (stack map full)",
-       "stacks not stored (stack map full)");
+  item(lost.stack_failures, "stack not stored (stack map full: --max-stacks)",
+       "stacks not stored (stack map full: --max-stacks)");
   item(lost.site_drops, "site total lost", "site totals lost");
   item(lost.unmatched_frees, "free of a block from before attach",
        "frees of blocks from before attach");
@@ -144,6 +144,7 @@ void render_text(const model::Report& report, std::ostream& out) {
       out << "  allocator " << target.allocator_module;
     }
     if (target.parent_pid) out << "  forked by pid " << *target.parent_pid;
+    if (!target.cgroup.empty() && target.cgroup != "/") out << "  cgroup " << target.cgroup;
     if (target.exited) out << "  [exited]";
     out << "\n";
     if (target.exit) {

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -70,7 +71,42 @@ model::Target read_target_info(uint32_t pid) {
   char exe[PATH_MAX];
   ssize_t length = ::readlink(proc_path(pid, "exe").c_str(), exe, sizeof(exe) - 1);
   if (length > 0) target.exe.assign(exe, static_cast<size_t>(length));
+  auto cgroups = process_cgroups(pid);
+  if (!cgroups.empty()) target.cgroup = cgroups.front();
   return target;
+}
+
+std::vector<std::string> cgroup_paths(const std::string& text) {
+  std::vector<std::string> paths;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // "ID:CONTROLLERS:PATH"; the unified hierarchy is "0::PATH".
+    size_t first = line.find(':'), second = first == std::string::npos
+                                                 ? std::string::npos
+                                                 : line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    std::string path = line.substr(second + 1);
+    if (path.empty()) continue;
+    if (line.compare(0, 3, "0::") == 0) {
+      paths.insert(paths.begin(), path);
+    } else if (std::find(paths.begin(), paths.end(), path) == paths.end()) {
+      paths.push_back(path);
+    }
+  }
+  return paths;
+}
+
+std::vector<std::string> process_cgroups(uint32_t pid) {
+  return cgroup_paths(read_file(proc_path(pid, "cgroup")));
+}
+
+bool cgroup_within(const std::string& path, const std::string& ancestor) {
+  std::string base = ancestor;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  if (base == "/") return true;
+  return path == base || (path.size() > base.size() && path.compare(0, base.size(), base) == 0 &&
+                          path[base.size()] == '/');
 }
 
 std::string resolve_command(const std::string& command) {

@@ -23,6 +23,13 @@ ProcessState process_state(uint32_t pid);
 // pid, comm, cmdline and exe of a live process; fields it cannot read stay empty.
 model::Target read_target_info(uint32_t pid);
 
+// The cgroup paths a process belongs to, one per hierarchy, from /proc/PID/cgroup's text (the
+// unified hierarchy's first). Empty when the process is gone.
+std::vector<std::string> cgroup_paths(const std::string& proc_cgroup_text);
+std::vector<std::string> process_cgroups(uint32_t pid);
+// Whether `path` is `ancestor` or below it ("/a/b" is below "/a", "/ab" is not).
+bool cgroup_within(const std::string& path, const std::string& ancestor);
+
 // The process's private memory (RssAnon in /proc/PID/status: heap and anonymous mappings), or
 // nothing once it has exited.
 std::optional<uint64_t> read_private_memory(uint32_t pid);

@@ -27,8 +27,8 @@ namespace {
 constexpr uint32_t kMaxUnwindProcesses = 4096;
 // Processes whose losses are counted one by one (48 bytes each); the totals count all.
 constexpr uint32_t kMaxLossProcesses = 16384;
-// Processes whose mmap/munmap/mremap/brk calls can be followed at once.
-constexpr uint32_t kMaxRegionProcesses = 65536;
+// Processes traced at once (their mmap calls followed, or picked by --all).
+constexpr uint32_t kMaxTracedProcesses = 65536;
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -89,6 +89,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   if (!skeleton_) fail("open BPF object alloc.bpf.o", errno);
   auto& maps = skeleton_->maps;
   uint32_t buckets = memtrail_alloc_buckets_for(config.max_outstanding_allocations);
+  // Exec and fork events: for mapped regions, children, and the processes --all picks up.
+  bool lifecycle = config.trace_regions || config.follow_forks || config.host_wide;
   bool tables = config.unwind_mode != unwind::UnwindMode::kFramePointers;
   struct {
     bpf_map* map;
@@ -104,26 +106,30 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                // 5,600 for 28,274): room for every table's, with a margin.
                {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
-               {maps.region_processes, config.trace_regions ? kMaxRegionProcesses : 1u},
-               {maps.region_events, config.trace_regions ? config.region_buffer_bytes
-                                                         : static_cast<uint32_t>(sysconf(
-                                                               _SC_PAGESIZE))}};
+               {maps.traced_processes, lifecycle ? kMaxTracedProcesses : 1u},
+               {maps.region_events, lifecycle ? config.region_buffer_bytes
+                                              : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
   }
+  auto& p = skeleton_->progs;
   if (!config.trace_regions) {
-    auto& p = skeleton_->progs;
     for (bpf_program* program : {p.region_mmap_enter, p.region_mmap_exit, p.region_munmap_enter,
                                  p.region_mremap_enter, p.region_mremap_exit, p.region_brk_enter,
-                                 p.region_brk_exit, p.region_exec, p.region_fork}) {
+                                 p.region_brk_exit}) {
       bpf_program__set_autoload(program, false);
     }
+  }
+  if (!lifecycle) {
+    bpf_program__set_autoload(p.region_exec, false);
+    bpf_program__set_autoload(p.region_fork, false);
   }
   auto* rodata = skeleton_->rodata;
   rodata->alloc_buckets = buckets;
   rodata->probe_floor = config.probe_floor;
-  rodata->follow_forks = config.follow_forks && config.trace_regions;
+  rodata->follow_forks = config.follow_forks;
+  rodata->filter_processes = config.host_wide;
   rodata->sample_rate = config.sample_rate;
   rodata->unwind_mode = tables ? MEMTRAIL_UNWIND_MODE_TABLES : MEMTRAIL_UNWIND_MODE_FP;
   rodata->unknown_code_by_frame_pointer = config.unwind_mode != unwind::UnwindMode::kDwarf;
@@ -145,14 +151,13 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     pages_view_ = map_values(maps.unwind_pages, PROT_READ | PROT_WRITE);
     page_capacity_ = bpf_map__max_entries(maps.unwind_pages);
   }
-  if (config.trace_regions) attach_region_tracepoints();
+  if (lifecycle) attach_lifecycle_tracepoints();
 }
 
-void AllocTracer::attach_region_tracepoints() {
+void AllocTracer::attach_lifecycle_tracepoints() {
   const std::string hint =
       "mount tracefs (mount -t tracefs nodev /sys/kernel/tracing), or leave mapped memory "
       "out with --no-mmap";
-  ensure_tracefs("mmap tracking", hint);
   auto& p = skeleton_->progs;
   struct {
     bpf_program* program;
@@ -165,8 +170,10 @@ void AllocTracer::attach_region_tracepoints() {
                   {p.region_brk_enter, "sys_enter_brk"},
                   {p.region_brk_exit, "sys_exit_brk"}};
   // Host-wide, but each program returns at once for a process that is not a target (one hash
-  // lookup), and the region_processes map is empty until attach().
+  // lookup), and the traced_processes map is empty until attach().
+  if (config_.trace_regions) ensure_tracefs("mmap tracking", hint);
   for (const auto& [program, tracepoint] : syscalls) {
+    if (!config_.trace_regions) break;
     bpf_link* link = bpf_program__attach_tracepoint(program, "syscalls", tracepoint);
     if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
     links_.emplace_back(link);
@@ -299,6 +306,7 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   // ENOENT for each of these is fine: nothing was stored for the process.
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
   forget_unwind_mappings(pid);
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid);
   if (config_.trace_regions) {
     uint64_t regions = 0;
     regions_.for_each([&](const model::OutstandingAllocation& region) {
@@ -306,7 +314,6 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
     });
     freed += regions;
     regions_.forget_process(pid);
-    bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.region_processes), &pid);
   }
   return freed;
 }
@@ -335,13 +342,31 @@ void AllocTracer::forget_unwind_mappings(uint32_t pid) {
 
 AllocTracer::~AllocTracer() = default;
 
+void AllocTracer::follow(uint32_t pid) {
+  if (bpf_map__max_entries(skeleton_->maps.traced_processes) <= 1) return;  // not needed
+  uint32_t followed = 1;
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid, &followed,
+                          BPF_ANY) != 0) {
+    int error_number = errno;
+    fail("add pid " + std::to_string(pid) + " to the traced processes", error_number,
+         error_number == E2BIG ? "more than " + std::to_string(kMaxTracedProcesses) +
+                                     " processes traced at once"
+                               : "");
+  }
+}
+
+void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
+  attach(kEveryProcess, module);
+}
+
 void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   std::vector<Link> attached;
   auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint32_t kind,
                         const std::string& function) {
     LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = kind, .retprobe = retprobe);
-    bpf_link* link = bpf_program__attach_uprobe_opts(program, static_cast<pid_t>(pid),
-                                                     module.open_path.c_str(), offset, &options);
+    pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
+    bpf_link* link = bpf_program__attach_uprobe_opts(program, probed, module.open_path.c_str(),
+                                                     offset, &options);
     if (!link) {
       int error_number = errno;
       std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") +
@@ -376,17 +401,7 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
     attach_one(programs.entry, function.probe_offset, false, function.kind, function.name);
   }
   for (auto& link : attached) links_.push_back(std::move(link));
-  if (config_.trace_regions) {
-    uint32_t followed = 1;
-    if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.region_processes), &pid, &followed,
-                            BPF_ANY) != 0) {
-      int error_number = errno;
-      fail("follow the mmap and brk calls of pid " + std::to_string(pid), error_number,
-           error_number == E2BIG ? "more than " + std::to_string(kMaxRegionProcesses) +
-                                       " processes traced at once"
-                                 : "");
-    }
-  }
+  if (pid != kEveryProcess) follow(pid);
   // From now on free() checks whether it runs inside a traced operator delete.
   bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
                                 [](const auto& f) { return f.role == target::ProbeRole::kDelete; });

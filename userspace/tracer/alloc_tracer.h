@@ -27,6 +27,9 @@ struct TracerConfig {
   bool trace_regions = true;
   // Trace the processes the targets fork (needs trace_regions: the fork event comes with them).
   bool follow_forks = false;
+  // --all: allocator probes go on files, for every process, and record only the processes
+  // added with follow().
+  bool host_wide = false;
   uint32_t region_buffer_bytes = 4u << 20;  // ring buffer of region events: a power of two
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
@@ -40,6 +43,12 @@ class AllocTracer : public unwind::RowStore {
   ~AllocTracer() override;
   AllocTracer(const AllocTracer&) = delete;
   AllocTracer& operator=(const AllocTracer&) = delete;
+
+  // Host-wide mode: attaches every probe of `module` for every process mapping the file; only
+  // the processes added with follow() are recorded.
+  void attach_everywhere(const target::AllocatorModule& module);
+  // Adds `pid` to the processes traced (done by attach(); fork adds children in the kernel).
+  void follow(uint32_t pid);
 
   // Attaches every probe of `module` for process `pid` only; other processes mapping the same
   // file pay nothing. All or nothing: on failure the probes attached so far are removed and
@@ -103,7 +112,8 @@ class AllocTracer : public unwind::RowStore {
 
  private:
   static int on_region_event(void* self, void* data, size_t size);
-  void attach_region_tracepoints();
+  void attach_lifecycle_tracepoints();
+  static constexpr uint32_t kEveryProcess = UINT32_MAX;
   // Frees the table slots of `pid` allocated before `before_ns`; returns how many.
   uint64_t free_slots_of(uint32_t pid, uint64_t before_ns);
   // Drops a process's code mappings (it exited).
