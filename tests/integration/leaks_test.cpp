@@ -1296,6 +1296,40 @@ json check_allocator_target(const std::string& binary, const AllocatorExpectatio
   return report;
 }
 
+TEST(LeaksAllocators, AnAllocatorDlopenedAfterAttachIsProbedWhenItIsMapped) {
+  REQUIRE_BPF_OR_SKIP();
+  // mimalloc: glibc cannot dlopen jemalloc or tcmalloc (initial-exec TLS).
+  ASSERT_TRUE(std::filesystem::exists("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"))
+      << "install libmimalloc2.0 (scripts/install-deps.sh --tests)";
+  Target target({MEMTRAIL_LEAKY, "dlopen", "3", "4096"});
+  TempDir dir;
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  auto lines = target.run();
+  auto probing = tracer.process.wait_for_stderr(
+      "memtrail: pid " + std::to_string(target.process.pid()) + " mapped mimalloc", 5s);
+  ASSERT_TRUE(probing.has_value()) << tracer.process.stderr_seen();
+  EXPECT_NE(probing->find("mi_zalloc"), std::string::npos) << *probing;
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  // (dlopen's own allocations also have leak_with_mi_zalloc in their stacks.)
+  std::vector<json> sites;
+  for (const auto& site : report["leaks"]) {
+    if (site["stack"][0]["function"] == "leak_with_mi_zalloc") sites.push_back(site);
+  }
+  ASSERT_EQ(sites.size(), 1u) << report.dump(2);
+  EXPECT_EQ(sites[0]["allocator"], "mi_zalloc");
+  EXPECT_EQ(sites[0]["outstanding_bytes"], 3 * 4096);
+  EXPECT_EQ(sites[0]["outstanding_allocations"], 3);
+  EXPECT_EQ(sites[0]["stack"][0]["line"], lines.at("leak_with_mi_zalloc"));
+  // Now listed among the probed modules.
+  bool listed = false;
+  for (const auto& allocator : report["targets"][0]["allocators"]) {
+    listed = listed || allocator["name"] == "mimalloc";
+  }
+  EXPECT_TRUE(listed) << report["targets"][0].dump(2);
+}
+
 TEST(LeaksAllocators, Jemalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");

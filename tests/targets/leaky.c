@@ -6,6 +6,7 @@
 // runs the scenario, prints "line NAME N" for each allocation call it made (N = its source
 // line) and "done", then exits if --exit was given, else waits for "quit" or end of input.
 #define _GNU_SOURCE  // mremap
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -251,6 +252,28 @@ __attribute__((noinline)) void leak_in_child(int count, size_t size, void *inher
   report_line("leak_in_child", line);
 }
 
+// mimalloc loaded with dlopen after memtrail attached (scenario "dlopen"): `count` blocks of
+// `size` bytes leaked through its mi_zalloc, one more allocated and freed with mi_free.
+// (jemalloc and tcmalloc use initial-exec TLS: glibc refuses to dlopen them.)
+typedef void *(*zalloc_fn)(size_t);
+typedef void (*free_fn)(void *);
+__attribute__((noinline)) int leak_with_mi_zalloc(int count, size_t size) {
+  void *library = dlopen("libmimalloc.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!library) {
+    fprintf(stderr, "leaky: %s (install libmimalloc2.0)\n", dlerror());
+    return 14;
+  }
+  zalloc_fn zalloc = (zalloc_fn)dlsym(library, "mi_zalloc");
+  free_fn release = (free_fn)dlsym(library, "mi_free");
+  if (!zalloc || !release) return 15;
+  usleep(1500000);  // memtrail reads the process's mappings every second
+  int line = 0;
+  for (int i = 0; i < count; ++i) line = __LINE__, sink = zalloc(size);
+  release(zalloc(size));
+  report_line("leak_with_mi_zalloc", line);
+  return 0;
+}
+
 // A pool allocated once at start-up and kept: never a leak.
 __attribute__((noinline)) void startup_pool(double seconds, size_t size) {
   static void *pool[64];
@@ -372,6 +395,9 @@ int main(int argc, char **argv) {
     waitpid(child, &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 13;
     free(inherited);
+  } else if (strcmp(scenario, "dlopen") == 0) {
+    int failed = leak_with_mi_zalloc(count, size);
+    if (failed) return failed;
   } else if (strcmp(scenario, "exec") == 0) {
     // Leaks, then becomes `leaky basic 2 500`: the same process, a new program.
     leak_malloc(count, size);

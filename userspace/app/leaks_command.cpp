@@ -62,7 +62,19 @@ struct TracedProcess {
   std::optional<model::ExitSummary> exit;
   std::vector<model::LeakSite> exit_sites;
   uint32_t execs = 0;  // new programs it executed while traced (a launched command's first is its start)
+  // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
+  // bring an allocator, or functions of one, that need probes.
+  std::set<std::string> resolved_code_files;
 };
+
+// The files a process maps code from.
+std::set<std::string> code_files(const std::vector<target::Mapping>& mappings) {
+  std::set<std::string> files;
+  for (const auto& mapping : mappings) {
+    if (mapping.executable && mapping.is_file()) files.insert(mapping.path);
+  }
+  return files;
+}
 
 std::vector<target::Mapping> live_mappings(uint32_t pid) {
   auto state = target::process_state(pid);
@@ -323,6 +335,64 @@ class LeaksSession {
     symbolizer_.set_process_mappings(process.info.pid, process.mappings,
                                      "/proc/" + std::to_string(process.info.pid) + "/root");
     update_unwind_mappings(process);
+    rebind_allocators(process);
+  }
+
+  // A process that mapped code since its allocators were resolved (dlopen, or a launched
+  // command's libraries after exec): resolves them again and probes what is new, e.g.
+  // jemalloc's mallocx once a plugin loads libjemalloc. Functions already probed stay.
+  void rebind_allocators(TracedProcess& process) {
+    auto files = code_files(process.mappings);
+    if (process.resolved_code_files.empty()) {  // the first look: resolved at attach
+      process.resolved_code_files = std::move(files);
+      return;
+    }
+    if (std::includes(process.resolved_code_files.begin(), process.resolved_code_files.end(),
+                      files.begin(), files.end())) {
+      return;
+    }
+    uint32_t pid = process.info.pid;
+    target::ProcessAllocators fresh;
+    try {
+      auto order = target::process_load_order(pid, process.mappings);
+      fresh = target::resolve_allocators(pid, order, options_.trace_cxx, custom_allocators(pid));
+    } catch (const Error&) {
+      return;  // the link map is not readable yet (right after exec): next time
+    }
+    process.resolved_code_files = std::move(files);
+    std::set<std::pair<std::string, uint64_t>> probed;  // (path, probe offset)
+    for (const auto& module : process.allocators.modules) {
+      for (const auto& function : module.functions) {
+        probed.insert({module.path, function.probe_offset});
+      }
+    }
+    for (const auto& module : fresh.modules) {
+      target::AllocatorModule added = module;
+      added.functions.clear();
+      for (const auto& function : module.functions) {
+        if (!probed.count({module.path, function.probe_offset})) {
+          added.functions.push_back(function);
+        }
+      }
+      if (added.functions.empty()) continue;
+      try {
+        if (options_.all) {
+          attach_everywhere(added);
+        } else {
+          tracer_->attach(pid, added);
+        }
+      } catch (const Error& error) {
+        std::cerr << "memtrail: warning: pid " << pid << ": " << module.path
+                  << " not probed: " << error.what() << "\n";
+        continue;
+      }
+      std::string names;
+      for (const auto& function : added.functions) names += (names.empty() ? "" : ", ") + function.name;
+      std::cerr << "memtrail: pid " << pid << " mapped " << module.name << " " << module.path
+                << " since attach: probing " << names << "\n";
+    }
+    process.allocators = std::move(fresh);
+    describe_allocators(process.allocators, process.info);
   }
 
   // Points the stack walker at the tables of every code module the process maps now (a
