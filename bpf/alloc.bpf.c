@@ -90,6 +90,7 @@ struct {
  * in the global counters only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries only for processes that lost something */
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct memtrail_process_losses);
@@ -101,6 +102,7 @@ struct {
  * this lookup is all that the others pay. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory for the processes traced, not the limit */
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);

@@ -30,7 +30,7 @@ struct TracerConfig {
   // --all: allocator probes go on files, for every process, and record only the processes
   // added with follow().
   bool host_wide = false;
-  uint32_t region_buffer_bytes = 4u << 20;  // ring buffer of region events: a power of two
+  uint32_t region_buffer_bytes = 2u << 20;  // ring buffer of region events: a power of two
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
