@@ -839,6 +839,36 @@ TEST(LeaksHostWide, FiltersPickProcessesByNameCgroupAndPid) {
   inside.process.write_stdin("quit\n");
 }
 
+TEST(LeaksRegions, APythonListGrowingShowsAsGrowingPymallocArenas) {
+  REQUIRE_BPF_OR_SKIP();
+  // Debian's interpreter: pymalloc serves objects from 1 MiB arenas it maps itself, with its
+  // fast paths inlined (no probe sees each object), so the arenas are what memtrail sees.
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_GROW_LIST_PY});
+  json report = trace_scenario(target, {"--interval", "0.25"}).report;
+  std::vector<json> arenas;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "mmap") continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["function"] == "_PyEval_EvalFrameDefault") {
+        arenas.push_back(site);
+        break;
+      }
+    }
+  }
+  ASSERT_FALSE(arenas.empty()) << report.dump(2);
+  uint64_t bytes = 0;
+  bool growing = false;
+  for (const auto& site : arenas) {
+    bytes += site["outstanding_bytes"].get<uint64_t>();
+    EXPECT_EQ(site["outstanding_bytes"].get<uint64_t>() % (1 << 20), 0u);  // whole arenas
+    growing = growing || site["verdict"] == "leak";
+  }
+  // 240,000 dicts kept (~60 MB with their strings and keys): many arenas, and a leak verdict.
+  EXPECT_GE(bytes, 16u << 20) << report.dump(2);
+  EXPECT_TRUE(growing) << report.dump(2);
+}
+
 TEST(LeaksRegions, NoMmapLeavesMappedMemoryOut) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "regions", "3"});
