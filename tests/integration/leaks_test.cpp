@@ -769,6 +769,8 @@ TEST(LeaksHostWide, CatchesALeakingProcessStartedAfterMemtrail) {
   tracer.stop();
   json report = read_json(dir.file("r.json"));
   EXPECT_EQ(traced_pids(report), std::set<int>{target.process.pid()}) << report.dump(2);
+  EXPECT_GE(report["targets"][0]["outstanding_bytes"], 7000);
+  EXPECT_GE(report["targets"][0]["sites"], 1);
   auto leaks = sites_with_function(report, "leak_malloc");
   ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
   EXPECT_EQ(leaks[0]["outstanding_bytes"], 7000);

@@ -158,6 +158,51 @@ TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {
   EXPECT_EQ(json["targets"][0]["exit"]["purged_blocks"], 8);
 }
 
+TEST(TextReport, SeveralProcessesAreListedProcessByProcessTheLargestFirst) {
+  model::Report report;
+  report.top = 10;
+  report.targets.resize(2);
+  report.targets[0].pid = 100;
+  report.targets[0].comm = "small";
+  report.targets[0].outstanding_bytes = 300;
+  report.targets[0].sites = 2;
+  report.targets[1].pid = 200;
+  report.targets[1].comm = "big";
+  report.targets[1].cgroup = "/system.slice/big.service";
+  report.targets[1].outstanding_bytes = 5000;
+  report.targets[1].sites = 1;
+  for (auto [pid, bytes] : {std::pair{100u, 200u}, std::pair{200u, 5000u}, std::pair{100u, 100u}}) {
+    model::LeakSite site;
+    site.pid = pid;
+    site.allocator = "malloc";
+    site.outstanding_bytes = bytes;
+    site.outstanding_allocations = 1;
+    report.leaks.push_back(site);
+  }
+  report.totals.sites = 3;
+  std::ostringstream out;
+  render_text(report, out);
+  std::string text = out.str();
+  size_t big = text.find("== pid 200 big: 4.9 KiB outstanding in 1 site, cgroup /system.slice/big.service");
+  size_t small = text.find("== pid 100 small: 300 B outstanding in 2 sites");
+  ASSERT_NE(big, std::string::npos) << text;
+  ASSERT_NE(small, std::string::npos) << text;
+  EXPECT_LT(big, small) << text;
+  // Within a process, sites keep their rank and number.
+  size_t first = text.find("#1  200 B"), third = text.find("#3  100 B");
+  EXPECT_LT(small, first) << text;
+  EXPECT_LT(first, third) << text;
+  EXPECT_LT(text.find("#2  5,000 B"), small) << text;
+  // One process: no grouping.
+  report.leaks.erase(report.leaks.begin() + 1);
+  std::ostringstream single;
+  render_text(report, single);
+  EXPECT_EQ(single.str().find("== pid"), std::string::npos);
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["targets"][1]["outstanding_bytes"], 5000);
+  EXPECT_EQ(json["targets"][0]["sites"], 2);
+}
+
 TEST(TextReport, SaysSoWhenNothingIsOutstanding) {
   model::Report report = sample_report();
   report.leaks.clear();

@@ -124,6 +124,9 @@ struct Target {
   std::optional<int64_t> break_growth_bytes;
   std::optional<uint32_t> parent_pid;  // traced because this traced process forked it
   std::string cgroup;  // its cgroup (the unified hierarchy's path, else the first listed)
+  // Its sites with outstanding memory (all of them, not only the reported top ones).
+  uint64_t outstanding_bytes = 0;
+  uint64_t sites = 0;
 };
 
 struct Totals {

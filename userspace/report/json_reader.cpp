@@ -156,6 +156,8 @@ model::Report from_json(const json& document) {
                          lost.value("region_events_lost", uint64_t{0})};
       }
       target.cgroup = target_json.value("cgroup", std::string());
+      target.outstanding_bytes = target_json.value("outstanding_bytes", uint64_t{0});
+      target.sites = target_json.value("sites", uint64_t{0});
       if (target_json.contains("parent_pid")) {
         target.parent_pid = target_json.at("parent_pid").get<uint32_t>();
       }

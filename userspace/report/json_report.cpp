@@ -102,6 +102,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       if (target.break_growth_bytes) entry["break_growth_bytes"] = *target.break_growth_bytes;
       if (target.parent_pid) entry["parent_pid"] = *target.parent_pid;
       if (!target.cgroup.empty()) entry["cgroup"] = target.cgroup;
+      entry["outstanding_bytes"] = target.outstanding_bytes;
+      entry["sites"] = target.sites;
       if (target.exit) {
         entry["exit"] = {{"after_s", target.exit->after_s},
                          {"outstanding_bytes", target.exit->outstanding_bytes},

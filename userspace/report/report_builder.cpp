@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <set>
+#include <unordered_map>
 
 #include "common/format.h"
 #include "common/host.h"
@@ -126,9 +127,21 @@ model::Report build_report(const model::Snapshot& snapshot,
   report.top = context.top;
   report.final = context.final;
   report.targets = context.targets;
+  std::unordered_map<uint32_t, model::Target*> target_of;
   for (auto& target : report.targets) {
     auto lost = snapshot.losses.find(target.pid);
     if (lost != snapshot.losses.end()) target.losses = lost->second;
+    target_of[target.pid] = &target;
+    if (target.exit) {  // its sites were taken out of the maps when it exited
+      target.outstanding_bytes = target.exit->outstanding_bytes;
+      target.sites = target.exit->sites;
+    }
+  }
+  for (const auto& site : aggregate.sites) {
+    auto target = target_of.find(site.pid);
+    if (target == target_of.end()) continue;
+    target->second->outstanding_bytes += site.outstanding_bytes;
+    ++target->second->sites;
   }
 
   const auto& counters = snapshot.counters;

@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <cctype>
 #include <sstream>
+#include <vector>
+#include <unordered_map>
+#include <set>
+#include <numeric>
 
 #include "common/format.h"
 #include "report/names.h"
@@ -197,8 +201,47 @@ void render_text(const model::Report& report, std::ostream& out) {
         << (assessed ? " allocation sites, leaks first, by growth:\n\n"
                      : " allocation sites by outstanding bytes:\n\n");
   }
-  for (size_t i = 0; i < shown; ++i) {
+  // Several processes (--all, or -p given twice): the sites by process, the process holding the
+  // most first; each process's sites in their rank.
+  std::vector<size_t> order(shown);
+  std::iota(order.begin(), order.end(), 0);
+  std::unordered_map<uint32_t, size_t> process_rank;
+  {
+    std::vector<const model::Target*> ranked;
+    for (const auto& target : report.targets) ranked.push_back(&target);
+    std::stable_sort(ranked.begin(), ranked.end(), [](const auto* a, const auto* b) {
+      return a->outstanding_bytes > b->outstanding_bytes;
+    });
+    for (size_t rank = 0; rank < ranked.size(); ++rank) process_rank[ranked[rank]->pid] = rank;
+  }
+  auto rank_of = [&](uint32_t pid) {
+    auto it = process_rank.find(pid);
+    return it == process_rank.end() ? process_rank.size() : it->second;
+  };
+  std::set<uint32_t> pids_shown;
+  for (size_t i = 0; i < shown; ++i) pids_shown.insert(report.leaks[i].pid);
+  bool grouped = pids_shown.size() > 1;
+  if (grouped) {
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return rank_of(report.leaks[a].pid) < rank_of(report.leaks[b].pid);
+    });
+  }
+  uint32_t group_pid = 0;
+  for (size_t position = 0; position < shown; ++position) {
+    size_t i = order[position];
     const auto& site = report.leaks[i];
+    if (grouped && (position == 0 || site.pid != group_pid)) {
+      group_pid = site.pid;
+      out << "== pid " << site.pid;
+      for (const auto& target : report.targets) {
+        if (target.pid != site.pid) continue;
+        out << " " << target.comm << ": " << human_bytes(target.outstanding_bytes)
+            << " outstanding in " << with_thousands(target.sites) << " site"
+            << (target.sites == 1 ? "" : "s");
+        if (!target.cgroup.empty() && target.cgroup != "/") out << ", cgroup " << target.cgroup;
+      }
+      out << "\n\n";
+    }
     out << "#" << (i + 1) << "  " << bytes_with_human(site.outstanding_bytes) << " outstanding in "
         << with_thousands(site.outstanding_allocations) << " allocation"
         << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator
