@@ -202,11 +202,14 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   return 0;
 }
 
+void AllocTracer::consume_region_events() {
+  if (!region_reader_) return;
+  int consumed = ring_buffer__consume(region_reader_.get());
+  if (consumed < 0) fail("read BPF ring buffer region_events", -consumed);
+}
+
 AllocTracer::Lifecycle AllocTracer::drain_region_events() {
-  if (region_reader_) {
-    int consumed = ring_buffer__consume(region_reader_.get());
-    if (consumed < 0) fail("read BPF ring buffer region_events", -consumed);
-  }
+  consume_region_events();
   return std::exchange(lifecycle_, {});
 }
 
@@ -409,10 +412,8 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
 }
 
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
-  // Exec and fork events found here are left for the next drain_region_events() call.
-  auto news = drain_region_events();
-  lifecycle_.execs.insert(lifecycle_.execs.begin(), news.execs.begin(), news.execs.end());
-  lifecycle_.forks.insert(lifecycle_.forks.begin(), news.forks.begin(), news.forks.end());
+  // Exec and fork events found here wait in lifecycle_ for drain_region_events().
+  consume_region_events();
   model::Snapshot snapshot;
   snapshot.taken_at_ns = monotonic_now_ns();
   if (sink) sink->begin(snapshot.taken_at_ns);

@@ -112,6 +112,8 @@ class AllocTracer : public unwind::RowStore {
 
  private:
   static int on_region_event(void* self, void* data, size_t size);
+  // Applies the region events waiting in the ring buffer; exec and fork go to lifecycle_.
+  void consume_region_events();
   void attach_lifecycle_tracepoints();
   static constexpr uint32_t kEveryProcess = UINT32_MAX;
   // Frees the table slots of `pid` allocated before `before_ns`; returns how many.
