@@ -275,8 +275,8 @@ TEST(LeaksVerdicts, AStartUpPoolIsNotALeak) {
 TEST(LeaksVerdicts, GrowthOutsideTheTracedAllocatorsIsFlaggedPerProcess) {
   REQUIRE_BPF_OR_SKIP();
   std::string dump;
-  // ~15 MiB of anonymous mappings, no malloc; --no-mmap leaves them untraced.
-  json report = verdict_run("mmap", dump, {"--no-mmap"});
+  // ~15 MiB of anonymous mappings, no malloc; without --mmap they are not traced.
+  json report = verdict_run("mmap", dump);
   ASSERT_EQ(report["targets"].size(), 1u);
   const json& memory = report["targets"][0]["memory"];
   ASSERT_TRUE(memory.is_object()) << dump;
@@ -289,7 +289,7 @@ TEST(LeaksVerdicts, GrowthOutsideTheTracedAllocatorsIsFlaggedPerProcess) {
 TEST(LeaksVerdicts, AnMmapLeakIsATracedLeakExplainingTheProcessGrowth) {
   REQUIRE_BPF_OR_SKIP();
   std::string dump;
-  json report = verdict_run("mmap", dump);  // 512 KiB mapped every 100 ms for 3 s
+  json report = verdict_run("mmap", dump, {"--mmap"});  // 512 KiB mapped every 100 ms, 3 s
   auto sites = sites_with_function(report, "mmap_growth");
   ASSERT_EQ(sites.size(), 1u) << dump;
   EXPECT_EQ(sites[0]["allocator"], "mmap");
@@ -647,7 +647,7 @@ json only_site(const json& report, const std::string& function, const std::strin
 TEST(LeaksRegions, MmapMunmapMremapAndBrkOutsideTheAllocatorsAreFollowedExactly) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "regions", "3"});
-  auto [report, lines] = trace_scenario(target);
+  auto [report, lines] = trace_scenario(target, {"--mmap"});
   constexpr uint64_t kPage = 4096;
   // Three mappings of 4 pages, kept.
   json mapped = only_site(report, "leak_mmap", "mmap");
@@ -687,7 +687,8 @@ TEST(LeaksLifecycle, ExecDropsWhatTheOldProgramHeldAndTracesTheNewOne) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
   Target target({MEMTRAIL_LEAKY, "exec", "5", "1000"});
-  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q",
+                  "--mmap"});
   tracer.expect_attached();
   target.process.write_stdin("go\n");
   target.collect_lines("exec");  // the old program leaked 5 x 1000 B by malloc and 5 mappings
@@ -847,7 +848,7 @@ TEST(LeaksRegions, APythonListGrowingShowsAsGrowingPymallocArenas) {
   // fast paths inlined (no probe sees each object), so the arenas are what memtrail sees.
   ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
   Target target({"/usr/bin/python3", MEMTRAIL_GROW_LIST_PY});
-  json report = trace_scenario(target, {"--interval", "0.25"}).report;
+  json report = trace_scenario(target, {"--interval", "0.25", "--mmap"}).report;
   std::vector<json> arenas;
   for (const auto& site : report["leaks"]) {
     if (site["allocator"] != "mmap") continue;
@@ -871,10 +872,10 @@ TEST(LeaksRegions, APythonListGrowingShowsAsGrowingPymallocArenas) {
   EXPECT_TRUE(growing) << report.dump(2);
 }
 
-TEST(LeaksRegions, NoMmapLeavesMappedMemoryOut) {
+TEST(LeaksRegions, WithoutMmapMappedMemoryIsLeftOut) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "regions", "3"});
-  json report = trace_scenario(target, {"--no-mmap"}).report;
+  json report = trace_scenario(target).report;
   for (const auto& site : report["leaks"]) {
     EXPECT_NE(site["allocator"], "mmap") << site.dump(2);
     EXPECT_NE(site["allocator"], "brk") << site.dump(2);

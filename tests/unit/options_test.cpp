@@ -107,17 +107,17 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
 
 TEST(Options, HostWideFiltersAndLifecycleFlags) {
   auto command = parse({"leaks", "--all", "--comm", "nginx", "--comm", "php-fpm", "--cgroup",
-                        "/system.slice", "--exclude-pid", "42", "--no-mmap", "--no-follow-forks"});
+                        "/system.slice", "--exclude-pid", "42", "--mmap", "--no-follow-forks"});
   ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
   const auto& options = std::get<LeaksOptions>(command);
   EXPECT_TRUE(options.all);
   EXPECT_EQ(options.comms, (std::vector<std::string>{"nginx", "php-fpm"}));
   EXPECT_EQ(options.cgroups, (std::vector<std::string>{"/system.slice"}));
   EXPECT_EQ(options.excluded_pids, (std::vector<uint32_t>{42}));
-  EXPECT_TRUE(options.no_mmap);
+  EXPECT_TRUE(options.mmap);
   EXPECT_TRUE(options.no_follow_forks);
   auto defaults = std::get<LeaksOptions>(parse({"leaks", "-p", "1"}));
-  EXPECT_FALSE(defaults.all || defaults.no_mmap || defaults.no_follow_forks);
+  EXPECT_FALSE(defaults.all || defaults.mmap || defaults.no_follow_forks);
   expect_usage_error({"leaks", "--all", "-p", "1"}, "--all traces every process");
   expect_usage_error({"leaks", "-p", "1", "--comm", "x"}, "give --all too");
   expect_usage_error({"leaks", "-p", "1", "--exclude-pid", "2"}, "give --all too");

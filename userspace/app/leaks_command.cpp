@@ -168,7 +168,7 @@ class LeaksSession {
                                             : cli::max_stacks_for(available_memory());
     config.sample_rate = options_.sample_rate;
     config.probe_floor = options_.probe_floor;
-    config.trace_regions = !options_.no_mmap;
+    config.trace_regions = options_.mmap;
     config.follow_forks = !options_.no_follow_forks;
     config.host_wide = options_.all;
     config.verbose = options_.verbose;
@@ -757,7 +757,7 @@ class LeaksSession {
       context.targets.push_back(process.info);
       context.targets.back().memory = process_memory(process.info.pid);
       context.targets.back().exit = process.exit;
-      if (!options_.no_mmap) {
+      if (options_.mmap) {
         context.targets.back().break_growth_bytes = tracer_->break_growth(process.info.pid);
       }
     }

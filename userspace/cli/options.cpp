@@ -234,9 +234,10 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Also probe C++ operators new and delete (libstdc++): sites show new/new[], "
                   "mismatched new/free and malloc/delete are reported; costs more traps per "
                   "new/delete (see README)");
-  leaks->add_flag("--no-mmap", options.no_mmap,
-                  "Leave out memory the program maps itself (anonymous mmap, mremap, brk "
-                  "outside the allocators), followed by default through syscall tracepoints");
+  leaks->add_flag("--mmap", options.mmap,
+                  "Also follow memory the program maps itself (anonymous mmap, mremap, brk "
+                  "outside the allocators) with syscall tracepoints; while on, every system "
+                  "call of every process on the host pays for them (see README)");
   leaks->add_flag("--no-follow-forks", options.no_follow_forks,
                   "Do not trace the processes the targets fork (traced by default, from their "
                   "fork on)");

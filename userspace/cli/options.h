@@ -59,7 +59,7 @@ struct LeaksOptions {
   std::string plot_path;          // --plot: an SVG chart of memory over time per process
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
   bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
-  bool no_mmap = false;          // --no-mmap: leave memory mapped by mmap/mremap/brk out
+  bool mmap = false;  // --mmap: follow memory mapped by mmap/mremap/brk (costs every process)
   bool no_follow_forks = false;  // --no-follow-forks: leave the targets' children alone
   // --all: every process using a traced allocator, now and started later, narrowed by these.
   bool all = false;

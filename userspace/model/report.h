@@ -120,7 +120,7 @@ struct Target {
   ProcessLosses losses;  // what could not be tracked in this process
   std::optional<ExitSummary> exit;  // set when it exited before the end of tracing
   // Bytes the program break moved since attach, whoever moved it (malloc's main heap
-  // included); absent when mapped memory is not followed (--no-mmap).
+  // included); absent when mapped memory is not followed (no --mmap).
   std::optional<int64_t> break_growth_bytes;
   std::optional<uint32_t> parent_pid;  // traced because this traced process forked it
   std::string cgroup;  // its cgroup (the unified hierarchy's path, else the first listed)

@@ -157,7 +157,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
 void AllocTracer::attach_lifecycle_tracepoints() {
   const std::string hint =
       "mount tracefs (mount -t tracefs nodev /sys/kernel/tracing), or leave mapped memory "
-      "out with --no-mmap";
+      "out (no --mmap)";
   auto& p = skeleton_->progs;
   struct {
     bpf_program* program;

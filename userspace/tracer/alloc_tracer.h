@@ -24,8 +24,8 @@ struct TracerConfig {
   unwind::UnwindMode unwind_mode = unwind::UnwindMode::kFramePointers;
   uint32_t unwind_table_rows = 1u << 21;  // capacity of the row map (8 bytes a row)
   // Follow anonymous mmap/munmap/mremap and brk of the targets (syscall tracepoints).
-  bool trace_regions = true;
-  // Trace the processes the targets fork (needs trace_regions: the fork event comes with them).
+  bool trace_regions = false;
+  // Trace the processes the targets fork (the fork event comes through the region events).
   bool follow_forks = false;
   // --all: allocator probes go on files, for every process, and record only the processes
   // added with follow().
