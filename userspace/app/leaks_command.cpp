@@ -546,7 +546,7 @@ class LeaksSession {
       if (process.info.pid == fork.parent && !process.info.exited) parent = &process;
     }
     if (!parent) {
-      tracer_->purge_process(fork.child);  // the kernel started following its mmap calls
+      tracer_->unfollow(fork.child);  // the kernel started following it
       return;
     }
     TracedProcess child;
@@ -563,7 +563,7 @@ class LeaksSession {
     } catch (const Error& error) {
       std::cerr << "memtrail: warning: pid " << fork.child << ", forked by pid " << fork.parent
                 << ", is not traced: " << error.what() << "\n";
-      tracer_->purge_process(fork.child);
+      tracer_->purge_process(fork.child);  // its probes may have recorded blocks already
       return;
     }
     targets_.push_back(std::move(child));
@@ -635,7 +635,7 @@ class LeaksSession {
                   << "), started since\n";
       }
       if (added || now >= deadline) {
-        if (!added) tracer_->purge_process(pid);  // no traced allocator: stop following it
+        if (!added) tracer_->unfollow(pid);  // no traced allocator: stop following it
         it = pending_programs_.erase(it);
       } else {
         ++it;

@@ -358,6 +358,12 @@ void AllocTracer::follow(uint32_t pid) {
   }
 }
 
+void AllocTracer::unfollow(uint32_t pid) {
+  // ENOENT: never followed.
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid);
+  regions_.forget_process(pid);
+}
+
 void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
   attach(kEveryProcess, module);
 }
