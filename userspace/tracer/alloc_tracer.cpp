@@ -171,12 +171,13 @@ void AllocTracer::attach_lifecycle_tracepoints() {
                   {p.region_brk_exit, "sys_exit_brk"}};
   // Host-wide, but each program returns at once for a process that is not a target (one hash
   // lookup), and the traced_processes map is empty until attach().
-  if (config_.trace_regions) ensure_tracefs("mmap tracking", hint);
-  for (const auto& [program, tracepoint] : syscalls) {
-    if (!config_.trace_regions) break;
-    bpf_link* link = bpf_program__attach_tracepoint(program, "syscalls", tracepoint);
-    if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
-    links_.emplace_back(link);
+  if (config_.trace_regions) {
+    ensure_tracefs("mmap tracking", hint);
+    for (const auto& [program, tracepoint] : syscalls) {
+      bpf_link* link = bpf_program__attach_tracepoint(program, "syscalls", tracepoint);
+      if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
+      links_.emplace_back(link);
+    }
   }
   for (auto [program, name] : {std::pair{p.region_exec, "sched_process_exec"},
                                 std::pair{p.region_fork, "sched_process_fork"}}) {
@@ -309,16 +310,7 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   // ENOENT for each of these is fine: nothing was stored for the process.
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
   forget_unwind_mappings(pid);
-  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid);
-  if (config_.trace_regions) {
-    uint64_t regions = 0;
-    regions_.for_each([&](const model::OutstandingAllocation& region) {
-      if (region.pid == pid) ++regions;
-    });
-    freed += regions;
-    regions_.forget_process(pid);
-  }
-  return freed;
+  return freed + unfollow(pid);  // and its mapped regions
 }
 
 uint64_t AllocTracer::counter_total(uint32_t index) const {
@@ -358,10 +350,10 @@ void AllocTracer::follow(uint32_t pid) {
   }
 }
 
-void AllocTracer::unfollow(uint32_t pid) {
+uint64_t AllocTracer::unfollow(uint32_t pid) {
   // ENOENT: never followed.
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid);
-  regions_.forget_process(pid);
+  return regions_.forget_process(pid);
 }
 
 void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {

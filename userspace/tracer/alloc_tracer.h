@@ -50,8 +50,9 @@ class AllocTracer : public unwind::RowStore {
   // Adds `pid` to the processes traced (done by attach(); fork adds children in the kernel).
   void follow(uint32_t pid);
   // Takes a process that was followed but never attached (no traced allocator) out again: it
-  // has no blocks in the table, so this is cheap, unlike purge_process().
-  void unfollow(uint32_t pid);
+  // has no blocks in the table, so this is cheap, unlike purge_process(). Returns the mapped
+  // regions dropped.
+  uint64_t unfollow(uint32_t pid);
 
   // Attaches every probe of `module` for process `pid` only; other processes mapping the same
   // file pay nothing. All or nothing: on failure the probes attached so far are removed and

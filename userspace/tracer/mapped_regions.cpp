@@ -180,10 +180,10 @@ void MappedRegions::for_each(
   }
 }
 
-void MappedRegions::forget_process(uint32_t pid) {
+uint64_t MappedRegions::forget_process(uint32_t pid) {
   processes_.erase(pid);
-  std::erase_if(mappings_, [pid](const auto& entry) { return entry.second.pid == pid; });
   drops_.erase(pid);
+  return std::erase_if(mappings_, [pid](const auto& entry) { return entry.second.pid == pid; });
 }
 
 int64_t MappedRegions::break_growth(uint32_t pid) const {

@@ -30,8 +30,8 @@ class MappedRegions {
   // still mapped, the time and site of the call that mapped it.
   void for_each(const std::function<void(const model::OutstandingAllocation&)>& visit) const;
 
-  // The process exited: everything about it goes.
-  void forget_process(uint32_t pid);
+  // The process exited: everything about it goes. Returns the mappings dropped.
+  uint64_t forget_process(uint32_t pid);
 
   // Bytes the program break moved since memtrail attached, whoever moved it (the allocator's
   // heap included).
