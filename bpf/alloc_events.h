@@ -204,6 +204,62 @@ struct memtrail_stack {
 #define MEMTRAIL_STACK_USED_TABLES 2
 /* Bits 8..11: enum memtrail_truncation (bpf/unwind_table.h) when TRUNCATED is set. */
 
+/* ---- Python frames (--python-frames) ----
+ * In a CPython process the native stack shows the interpreter's eval loop, not the Python code
+ * it runs. The walker then also reads the Python frame chain of the allocating thread: the
+ * thread's PyThreadState (the one holding the GIL, else found in the interpreter's thread list
+ * by the thread's pthread id, its %fs base), its current _PyInterpreterFrame, and each frame's
+ * code object and last instruction, following `previous`. Userspace turns code objects into
+ * names, files and lines when it builds a report (userspace/python/). Struct offsets come from
+ * the CPython headers memtrail was built with (userspace/python/cpython_layout.c); processes of
+ * another CPython version are not walked, and the report says so. */
+#define MEMTRAIL_MAX_PYTHON_DEPTH 32
+
+/* Where each field lies, as userspace read it from the CPython headers; rodata of the program. */
+struct memtrail_python_layout {
+	__u32 runtime_tstate_current; /* _PyRuntimeState.gilstate.tstate_current */
+	__u32 runtime_interp_main;    /* _PyRuntimeState.interpreters.main */
+	__u32 interp_threads_head;    /* PyInterpreterState.threads.head */
+	__u32 tstate_next;            /* PyThreadState.next */
+	__u32 tstate_thread_id;       /* PyThreadState.thread_id: pthread_self() */
+	__u32 tstate_cframe;          /* PyThreadState.cframe */
+	__u32 cframe_current_frame;   /* _PyCFrame.current_frame */
+	__u32 frame_code;             /* _PyInterpreterFrame.f_code */
+	__u32 frame_previous;         /* _PyInterpreterFrame.previous */
+	__u32 frame_prev_instr;       /* _PyInterpreterFrame.prev_instr */
+	__u32 frame_is_entry;         /* _PyInterpreterFrame.is_entry: first frame of an eval loop */
+	__u32 frame_owner;            /* _PyInterpreterFrame.owner */
+	__u32 code_adaptive;          /* PyCodeObject.co_code_adaptive: the first instruction */
+	__u32 owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
+};
+
+/* Bytes read from each frame at once: every field above lies within them. */
+#define MEMTRAIL_PYTHON_FRAME_READ 80
+
+/* A traced CPython process: where its runtime state lies (the _PyRuntime symbol). */
+struct memtrail_python_process {
+	__u64 runtime_address;
+};
+
+/* One Python frame: the code object's address (low 48 bits), the index of its last instruction
+ * in code units (15 bits, saturated) and whether the frame is the first of an eval loop call
+ * (bit 63): native frames of _PyEval_EvalFrameDefault and Python frames pair up by it. */
+#define MEMTRAIL_PYTHON_CODE_MASK ((1ULL << 48) - 1)
+#define MEMTRAIL_PYTHON_LASTI_SHIFT 48
+#define MEMTRAIL_PYTHON_LASTI_MAX 0x7fffULL
+#define MEMTRAIL_PYTHON_ENTRY (1ULL << 63)
+
+/* The Python frames of one stack, innermost first, in the python_stacks map under its id. */
+struct memtrail_python_stack {
+	__u32 tgid;
+	__u16 depth;
+	__u16 flags; /* MEMTRAIL_PYTHON_* */
+	__u64 frames[MEMTRAIL_MAX_PYTHON_DEPTH];
+};
+#define MEMTRAIL_PYTHON_TRUNCATED 1  /* more frames than MEMTRAIL_MAX_PYTHON_DEPTH */
+#define MEMTRAIL_PYTHON_UNREADABLE 2 /* a frame could not be read: the walk stopped there */
+#define MEMTRAIL_PYTHON_NO_THREAD 4  /* no thread state of this thread was found */
+
 /* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
  * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions
  * (userspace/tracer/mapped_regions.h), because a munmap may release any part of a mapping and

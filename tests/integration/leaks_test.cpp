@@ -853,8 +853,8 @@ TEST(LeaksRegions, APythonListGrowingShowsAsGrowingPymallocArenas) {
   for (const auto& site : report["leaks"]) {
     if (site["allocator"] != "mmap") continue;
     for (const auto& frame : site["stack"]) {
-      if (frame["function"] == "_PyEval_EvalFrameDefault") {
-        arenas.push_back(site);
+      if (frame["language"] == "python" && frame["function"] == "grow") {
+        arenas.push_back(site);  // the arena grow() needed: named by its Python frame
         break;
       }
     }
@@ -870,6 +870,110 @@ TEST(LeaksRegions, APythonListGrowingShowsAsGrowingPymallocArenas) {
   // 240,000 dicts kept (~60 MB with their strings and keys): many arenas, and a leak verdict.
   EXPECT_GE(bytes, 16u << 20) << report.dump(2);
   EXPECT_TRUE(growing) << report.dump(2);
+}
+
+// ---- CPython: Python frames (--python-frames) ----
+
+// The Python frames of a site's stack, innermost first, as "function@line".
+std::vector<std::string> python_frames(const json& site) {
+  std::vector<std::string> frames;
+  for (const auto& frame : site["stack"]) {
+    if (frame["language"] != "python") continue;
+    frames.push_back(frame["function"].get<std::string>() + "@" +
+                     (frame["line"].is_null() ? "?" : std::to_string(frame["line"].get<int>())));
+  }
+  return frames;
+}
+
+TEST(LeaksPython, NamesThePythonFunctionFileAndLineThatLeaks) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_LEAK_PY});
+  auto traced = trace_scenario(target, {"--interval", "0.25"});
+  const json& report = traced.report;
+  ASSERT_EQ(report["targets"].size(), 1u);
+  const auto& python = report["targets"][0]["python"];
+  ASSERT_TRUE(python.is_object()) << report["targets"].dump(2);
+  EXPECT_EQ(python["version"].get<std::string>().substr(0, 5), "3.11.");
+  EXPECT_EQ(python["frames"], true);
+  std::string grow = "grow@" + std::to_string(traced.lines["grow"]);
+  std::string step = "Worker.step@" + std::to_string(traced.lines["step"]);
+  std::string native = "leak_native@" + std::to_string(traced.lines["leak_native"]);
+  uint64_t kept_bytes = 0, kept_objects = 0, native_bytes = 0;
+  for (const auto& site : report["leaks"]) {
+    auto frames = python_frames(site);
+    if (frames.empty()) continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["language"] == "python") {
+        EXPECT_EQ(file_name(frame["file"]), "python_leak.py") << site.dump(2);
+        break;
+      }
+    }
+    // churn() allocates as much as grow() and keeps nothing: none of its frames is left.
+    for (const auto& frame : frames) {
+      EXPECT_EQ(frame.find("churn"), std::string::npos) << site.dump(2);
+    }
+    if (frames[0] == grow && site["allocator"] == "calloc") {  // bytes(1000): 1,033 bytes each
+      kept_bytes += site["outstanding_bytes"].get<uint64_t>();
+      kept_objects += site["outstanding_allocations"].get<uint64_t>();
+      ASSERT_GE(frames.size(), 3u) << site.dump(2);
+      EXPECT_EQ(frames[1], step) << site.dump(2);  // a method: its qualified name
+      EXPECT_EQ(frames.back().substr(0, 9), "<module>@") << site.dump(2);
+    }
+    if (frames[0] == native) {
+      native_bytes += site["outstanding_bytes"].get<uint64_t>();
+      // The mixed stack: libffi's native frames, then the Python function that called malloc.
+      bool native_before = false;
+      for (const auto& frame : site["stack"]) {
+        if (frame["language"] == "python") break;
+        if (frame["module"].get<std::string>().find("libffi") != std::string::npos) {
+          native_before = true;
+        }
+      }
+      EXPECT_TRUE(native_before) << site.dump(2);
+      EXPECT_EQ(site["allocator"], "malloc");
+    }
+  }
+  // deep() allocated 40 Python frames down: the 32 innermost are kept, and the site says so.
+  bool deep_found = false;  // the bytearray's 2,001-byte buffer (kept's growth may be there too)
+  for (const auto& site : report["leaks"]) {
+    auto frames = python_frames(site);
+    if (frames.empty() || frames[0] != "deep@" + std::to_string(traced.lines["deep"])) continue;
+    deep_found = deep_found || site["outstanding_bytes"] == 2001;
+    EXPECT_EQ(frames.size(), 32u) << site.dump(2);
+    EXPECT_EQ(site["stack_truncation_reason"], "python_depth") << site.dump(2);
+  }
+  EXPECT_TRUE(deep_found) << report.dump(2);
+  EXPECT_EQ(kept_objects, 10u * 200) << report.dump(2);
+  EXPECT_EQ(kept_bytes, 10u * 200 * 1033);
+  EXPECT_EQ(native_bytes, 10u * 3 * 4000) << report.dump(2);
+  target.process.write_stdin("quit\n");
+}
+
+TEST(LeaksPython, NativeModeShowsTheInterpretersFramesOnly) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_LEAK_PY});
+  auto traced = trace_scenario(target, {"--python-frames", "native"});
+  const json& report = traced.report;
+  EXPECT_EQ(report["targets"][0]["python"]["frames"], false);
+  bool eval_loop = false;
+  for (const auto& site : report["leaks"]) {
+    EXPECT_TRUE(python_frames(site).empty()) << site.dump(2);
+    for (const auto& frame : site["stack"]) {
+      eval_loop = eval_loop || frame["function"] == "_PyEval_EvalFrameDefault";
+    }
+  }
+  EXPECT_TRUE(eval_loop);
+  // Without Python frames grow() and churn() share one native stack: one site for both, which
+  // has allocated twice what it keeps.
+  bool merged = false;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] == "calloc" && site["outstanding_allocations"] == 2000) {
+      merged = site["total_allocations"] == 4000;
+    }
+  }
+  EXPECT_TRUE(merged) << report.dump(2);
+  target.process.write_stdin("quit\n");
 }
 
 TEST(LeaksRegions, WithoutMmapMappedMemoryIsLeftOut) {

@@ -32,6 +32,7 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_FALSE(options.max_allocations);  // sized from available memory at start
   EXPECT_EQ(options.unwind, "auto");  // whole stacks by default
   EXPECT_EQ(options.unwind_table_mib, 16u);
+  EXPECT_EQ(options.python_frames, "mixed");  // Python frames where there are any
 }
 
 TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
@@ -95,6 +96,8 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--max-allocations", "10"}, "--max-allocations");
   expect_usage_error({"leaks", "-p", "1", "--max-stacks", "10"}, "--max-stacks");
   expect_usage_error({"leaks", "-p", "1", "--unwind", "lbr"}, "--unwind must be auto, dwarf or fp");
+  expect_usage_error({"leaks", "-p", "1", "--python-frames", "both"},
+                     "--python-frames must be mixed, python or native");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "0"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "5000"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "0"}, "pid");

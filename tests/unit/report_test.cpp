@@ -42,6 +42,7 @@ model::Report sample_report() {
                        false}},
                      {2, 0, 0, 0, 3, 4},  // losses: 2 drops, 3 unmatched frees, 4 region events
                      std::nullopt, 3 << 20, 4000, "/system.slice/server.service"}};
+  report.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -61,7 +62,9 @@ model::Report sample_report() {
   leak.stack = {{0x5555'0000'1234, "/srv/server", 0x1234, "inlined_helper", "/src/a.c", 10, true},
                 {0x5555'0000'1234, "/srv/server", 0x1234, "leak_here(int)", "/src/a.c", 42, false},
                 {0x7f00'0000'5678, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x5678, std::nullopt,
-                 std::nullopt, std::nullopt, false}};
+                 std::nullopt, std::nullopt, false},
+                // A Python frame (--python-frames): the code object, its bytecode offset.
+                {0x7f12'3456'0000, "[python]", 0x58, "Cache.fill", "/srv/app.py", 24, false, true}};
   leak.stack_truncated = true;
   leak.stack_truncation_reason = "no_cfi";
   model::Growth growth;
@@ -141,6 +144,30 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   EXPECT_NE(text.find("not traced: tcmalloc /opt/libtcmalloc.so.4"), std::string::npos) << text;
   EXPECT_NE(text.find("Note: Allocations made before memtrail attached are invisible."),
             std::string::npos);
+}
+
+TEST(Report, PythonFramesAndTheInterpreterAreInTextAndJson) {
+  auto report = sample_report();
+  report.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
+  std::ostringstream text;
+  render_text(report, text);
+  EXPECT_NE(text.str().find("CPython 3.11.2"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("Cache.fill"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("app.py:24"), std::string::npos) << text.str();
+  auto json = to_json(report, 5.0);
+  const auto& frames = json["leaks"][0]["stack"];
+  EXPECT_EQ(frames[0]["language"], "native");
+  EXPECT_EQ(frames[frames.size() - 1]["language"], "python");
+  EXPECT_EQ(frames[frames.size() - 1]["function"], "Cache.fill");
+  EXPECT_EQ(json["targets"][0]["python"]["version"], "3.11.2");
+  EXPECT_EQ(json["targets"][0]["python"]["frames"], true);
+  // An interpreter memtrail cannot walk: native frames, and a note that says why.
+  report.targets[0].python = model::PythonRuntime{"3.12.1", "/usr/bin/python3.12", false,
+                                                  "CPython 3.12.1 is not supported"};
+  std::ostringstream unsupported;
+  render_text(report, unsupported);
+  EXPECT_NE(unsupported.str().find("CPython 3.12.1 (native frames only)"), std::string::npos)
+      << unsupported.str();
 }
 
 TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {

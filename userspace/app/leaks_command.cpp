@@ -20,6 +20,7 @@
 #include <chrono>
 #include <filesystem>
 #include <set>
+#include <span>
 #include <tuple>
 #include <fstream>
 #include <sstream>
@@ -34,6 +35,7 @@
 #include "app/runtime.h"
 #include "common/error.h"
 #include "common/format.h"
+#include "python/cpython.h"
 #include "report/json_report.h"
 #include "report/report_builder.h"
 #include "report/text_report.h"
@@ -65,7 +67,19 @@ struct TracedProcess {
   // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
   // bring an allocator, or functions of one, that need probes.
   std::set<std::string> resolved_code_files;
+  // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
+  std::string python_key;
 };
+
+// What identifies the files that may hold a CPython runtime, where they are mapped.
+std::string python_candidates_key(const std::vector<target::Mapping>& mappings) {
+  std::string key;
+  for (const auto& mapping : mappings) {
+    if (!mapping.executable || mapping.path.find("python") == std::string::npos) continue;
+    key += mapping.path + "@" + std::to_string(mapping.start) + ";";
+  }
+  return key;
+}
 
 // The files a process maps code from.
 std::set<std::string> code_files(const std::vector<target::Mapping>& mappings) {
@@ -173,6 +187,11 @@ class LeaksSession {
     config.host_wide = options_.all;
     config.verbose = options_.verbose;
     config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
+    python_naming_.mode = *python::parse_frames_mode(options_.python_frames);  // validated too
+    python_naming_.reader = &python_reader_;
+    if (python_naming_.mode != python::FramesMode::kNative) {
+      config.python_layout = python::built_layout().walker;
+    }
     config.unwind_table_rows = static_cast<uint32_t>(
         std::min<uint64_t>(uint64_t{options_.unwind_table_mib} * 1024 * 1024 /
                                sizeof(memtrail_unwind_row),
@@ -329,6 +348,7 @@ class LeaksSession {
     model::Target info = target::read_target_info(process.info.pid);
     if (!info.comm.empty()) {
       info.parent_pid = process.info.parent_pid;
+      info.python = process.info.python;
       describe_allocators(process.allocators, info);
       process.info = std::move(info);
     }
@@ -336,6 +356,57 @@ class LeaksSession {
                                      "/proc/" + std::to_string(process.info.pid) + "/root");
     update_unwind_mappings(process);
     rebind_allocators(process);
+    update_python(process);
+  }
+
+  // Finds the CPython runtime a process runs (again when its interpreter's mappings changed)
+  // and points the Python frame walker at it.
+  void update_python(TracedProcess& process) {
+    uint32_t pid = process.info.pid;
+    auto key = python_candidates_key(process.mappings);
+    if (key == process.python_key) return;
+    process.python_key = key;
+    auto interpreter =
+        key.empty() ? std::nullopt
+                    : python::find_interpreter(process.mappings, "/proc/" + std::to_string(pid) +
+                                                                     "/root");
+    if (!interpreter) {
+      process.info.python.reset();
+      python_naming_.interpreters.erase(pid);
+      tracer_->forget_python_process(pid);
+      return;
+    }
+    bool walk = interpreter->supported && python_naming_.mode != python::FramesMode::kNative;
+    model::PythonRuntime runtime{interpreter->version, interpreter->module, walk,
+                                 interpreter->reason};
+    if (!interpreter->supported) {
+      std::cerr << "memtrail: warning: pid " << pid << ": " << interpreter->reason << "\n";
+    } else if (!walk) {
+      runtime.reason = "--python-frames native";
+    }
+    if (walk) {
+      tracer_->set_python_process(pid, interpreter->runtime_address);
+      python_naming_.interpreters[pid] = *interpreter;
+    }
+    process.info.python = std::move(runtime);
+  }
+
+  // Names the Python frames of stacks new since the last look, while their process lives:
+  // code objects are read from its memory, which is gone once it exits.
+  void name_python_frames() {
+    if (python_naming_.interpreters.empty()) return;
+    uint32_t created = tracer_->stacks_created();
+    if (created == python_stacks_seen_) return;
+    python_stacks_seen_ = created;
+    tracer_->for_each_python_stack(
+        [&](uint32_t id, uint32_t pid, std::span<const uint64_t> frames) {
+          if (!python_stacks_named_.insert(id).second) return;
+          auto interpreter = python_naming_.interpreters.find(pid);
+          if (interpreter == python_naming_.interpreters.end()) return;
+          for (uint64_t packed : frames) {
+            python_reader_.frame(pid, interpreter->second, python::PackedFrame::unpack(packed));
+          }
+        });
   }
 
   // A process that mapped code since its allocators were resolved (dlopen, or a launched
@@ -462,6 +533,7 @@ class LeaksSession {
         }
         follow_lifecycle();
         if (!pending_programs_.empty()) look_at_pending_programs();
+        name_python_frames();
         next_refresh = now + std::chrono::milliseconds(unwind_tables_ ? 50 : 100);
       }
       if (now >= next_report) {
@@ -596,6 +668,8 @@ class LeaksSession {
       if (!process.launched) ++process.execs;
       uint64_t dropped = tracer_->drop_old_image(exec);
       process.mappings.clear();  // the new image's code: read again now
+      process.python_key = "(exec)";
+      python_reader_.forget(exec.pid);
       refresh_mappings(process);
       std::cerr << "memtrail: pid " << exec.pid << " executed " << process.info.exe << ": "
                 << dropped << " blocks of the old program dropped, and its mappings; still "
@@ -745,6 +819,8 @@ class LeaksSession {
       if (target.pid == pid) process.info.losses = target.losses;  // the purge drops the map's
     }
     summary.purged_blocks = tracer_->purge_process(pid);
+    python_naming_.interpreters.erase(pid);
+    python_reader_.forget(pid);
     process.exit = summary;
     std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
               << " bytes outstanding in " << summary.outstanding_allocations
@@ -772,6 +848,7 @@ class LeaksSession {
     context.history = &history_;
     context.suppressions = &suppressions_;
     context.unwind = unwind_summary();
+    context.python = &python_naming_;
     return context;
   }
 
@@ -913,6 +990,10 @@ class LeaksSession {
   std::unique_ptr<tracer::AllocTracer> tracer_;
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
+  python::CodeReader python_reader_;
+  report::PythonNaming python_naming_;
+  uint32_t python_stacks_seen_ = 0;           // tracer_->stacks_created() at the last look
+  std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
   uint32_t max_allocations_ = 0;    // --max-allocations, or sized from available memory
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<target::GatedChild> child_;

@@ -253,6 +253,12 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "(CFI tables wherever there is CFI, nothing guessed) or fp (frame pointers "
                     "only: cheapest, stops at the first frame without one)")
       ->type_name("MODE");
+  leaks->add_option("--python-frames", options.python_frames,
+                    "What stacks of CPython processes show: mixed (default: Python frames, "
+                    "with file and line, in place of the interpreter's eval loop, between the "
+                    "native frames of C code), python (Python frames only) or native (the "
+                    "interpreter's C frames only; no Python frame walk, no cost)")
+      ->type_name("MODE");
   leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
                     "Kernel memory for CFI unwind tables, shared by all traced processes "
                     "(default 16, and a quarter more for page indexes; libc takes 0.25): modules "
@@ -456,6 +462,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   options.sample_rate = static_cast<uint64_t>(sample_rate);
   if (options.unwind != "auto" && options.unwind != "dwarf" && options.unwind != "fp") {
     return usage("--unwind must be auto, dwarf or fp");
+  }
+  if (options.python_frames != "mixed" && options.python_frames != "python" &&
+      options.python_frames != "native") {
+    return usage("--python-frames must be mixed, python or native");
   }
   if (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096) {
     return usage("--unwind-table-mib must be from 1 to 4096");

@@ -68,6 +68,8 @@ struct LeaksOptions {
   std::vector<uint32_t> excluded_pids;    // --exclude-pid PID
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
   std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
+  // --python-frames native|python|mixed: what CPython processes' stacks show.
+  std::string python_frames = "mixed";
   uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };

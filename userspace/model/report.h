@@ -22,6 +22,9 @@ struct Frame {
   std::optional<std::string> file;
   std::optional<uint32_t> line;
   bool inlined = false;
+  // A Python frame (--python-frames): address is the code object's, module "[python]", offset
+  // the bytecode offset of its instruction, function the qualified name.
+  bool python = false;
 };
 
 // How a site's outstanding memory moved over the run, and what that makes it.
@@ -106,6 +109,14 @@ struct ExitSummary {
   uint64_t purged_blocks = 0;  // table slots freed for other processes
 };
 
+// The CPython interpreter a traced process runs (--python-frames).
+struct PythonRuntime {
+  std::string version;  // "3.11.2"
+  std::string module;   // the file defining _PyRuntime: the python executable or libpython
+  bool frames = false;  // its stacks show Python frames
+  std::string reason;   // why not, when not
+};
+
 struct Target {
   uint32_t pid = 0;
   std::string comm;
@@ -127,6 +138,7 @@ struct Target {
   // Its sites with outstanding memory (all of them, not only the reported top ones).
   uint64_t outstanding_bytes = 0;
   uint64_t sites = 0;
+  std::optional<PythonRuntime> python = std::nullopt;  // absent: not a CPython process (or not looked at)
 };
 
 struct Totals {

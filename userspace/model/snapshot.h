@@ -84,6 +84,10 @@ struct Snapshot {
     // "bad_frame_pointer", "unknown_code", "loop" (see bpf/unwind_table.h).
     std::string truncation_reason;
     bool used_tables = false;  // at least one frame was unwound with a CFI table
+    // Python frames of a CPython process (--python-frames), innermost first, as packed by the
+    // walker (bpf/alloc_events.h: code object, last instruction, entry flag).
+    std::vector<uint64_t> python_frames;
+    uint32_t python_flags = 0;  // MEMTRAIL_PYTHON_*
   };
   std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;

@@ -42,6 +42,7 @@ model::Frame frame_from(const json& object) {
   frame.file = optional_field<std::string>(object, "file");
   frame.line = optional_field<uint32_t>(object, "line");
   frame.inlined = object.value("inlined", false);
+  frame.python = object.value("language", std::string("native")) == "python";
   return frame;
 }
 
@@ -156,6 +157,13 @@ model::Report from_json(const json& document) {
                          lost.value("region_events_lost", uint64_t{0})};
       }
       target.cgroup = target_json.value("cgroup", std::string());
+      if (target_json.contains("python")) {
+        const auto& python = target_json.at("python");
+        target.python = model::PythonRuntime{python.at("version").get<std::string>(),
+                                             python.at("module").get<std::string>(),
+                                             python.at("frames").get<bool>(),
+                                             python.value("reason", std::string())};
+      }
       target.outstanding_bytes = target_json.value("outstanding_bytes", uint64_t{0});
       target.sites = target_json.value("sites", uint64_t{0});
       if (target_json.contains("parent_pid")) {

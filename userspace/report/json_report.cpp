@@ -29,7 +29,8 @@ ordered_json frame_json(const model::Frame& frame) {
           {"function", optional_value(frame.function)},
           {"file", optional_value(frame.file)},
           {"line", optional_value(frame.line)},
-          {"inlined", frame.inlined}};
+          {"inlined", frame.inlined},
+          {"language", frame.python ? "python" : "native"}};
 }
 
 std::string temporary_path_for(const std::string& path) {
@@ -102,6 +103,12 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       if (target.break_growth_bytes) entry["break_growth_bytes"] = *target.break_growth_bytes;
       if (target.parent_pid) entry["parent_pid"] = *target.parent_pid;
       if (!target.cgroup.empty()) entry["cgroup"] = target.cgroup;
+      if (target.python) {
+        entry["python"] = {{"version", target.python->version},
+                           {"module", target.python->module},
+                           {"frames", target.python->frames},
+                           {"reason", target.python->reason}};
+      }
       entry["outstanding_bytes"] = target.outstanding_bytes;
       entry["sites"] = target.sites;
       if (target.exit) {

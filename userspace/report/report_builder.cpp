@@ -95,6 +95,11 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                       untraced.path + "), which memtrail does not trace: " + untraced.reason +
                       ".");
     }
+    if (target.python && !target.python->frames && !target.python->reason.empty() &&
+        target.python->reason != "--python-frames native") {
+      notes.push_back("pid " + std::to_string(target.pid) + " (" + target.python->module +
+                      "): " + target.python->reason + ".");
+    }
     for (const auto& allocator : target.allocators) {
       if (allocator.note.empty()) continue;
       notes.push_back("pid " + std::to_string(target.pid) + ", " + allocator.name + " (" +
@@ -107,6 +112,30 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                     "they were not counted.");
   }
   return notes;
+}
+
+// Puts the Python frames the walker recorded into a CPython process's stack, as
+// --python-frames says. The native frames were symbolized (and judged complete) first.
+void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stack,
+                       const PythonNaming& naming) {
+  if (stack.python_frames.empty() || naming.mode == python::FramesMode::kNative || !naming.reader) {
+    return;
+  }
+  auto interpreter = naming.interpreters.find(leak.pid);
+  if (interpreter == naming.interpreters.end()) return;
+  std::vector<model::Frame> frames;
+  std::vector<bool> entries;
+  for (uint64_t packed : stack.python_frames) {
+    auto frame = python::PackedFrame::unpack(packed);
+    frames.push_back(naming.reader->frame(leak.pid, interpreter->second, frame));
+    entries.push_back(frame.entry);
+  }
+  leak.stack = python::mix_frames(leak.stack, frames, entries, interpreter->second.module,
+                                  naming.mode);
+  if (stack.python_flags & MEMTRAIL_PYTHON_TRUNCATED) {
+    leak.stack_truncated = true;
+    leak.stack_truncation_reason = "python_depth";
+  }
 }
 
 }  // namespace
@@ -201,6 +230,9 @@ model::Report build_report(const model::Snapshot& snapshot,
                     [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
       leak.stack_truncated = false;
       leak.stack_truncation_reason.clear();
+    }
+    if (context.python && stack != snapshot.stacks.end() && site.site_id >= 0) {
+      add_python_frames(leak, stack->second, *context.python);
     }
     if (site.growth) {
       const auto& assessed = *site.growth;

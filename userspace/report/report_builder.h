@@ -5,15 +5,24 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "aggregator/aggregator.h"
 #include "model/report.h"
 #include "model/snapshot.h"
+#include "python/cpython.h"
 #include "report/suppressions.h"
 #include "symbolizer/symbolizer.h"
 
 namespace memtrail::report {
+
+// What names the Python frames of CPython processes' stacks.
+struct PythonNaming {
+  python::FramesMode mode = python::FramesMode::kMixed;
+  python::CodeReader* reader = nullptr;
+  std::unordered_map<uint32_t, python::Interpreter> interpreters;  // walked processes, by pid
+};
 
 struct ReportContext {
   std::vector<model::Target> targets;
@@ -29,6 +38,7 @@ struct ReportContext {
   const Suppressions* suppressions = nullptr;  // sites kept on purpose: marked, ranked last
   // Mode and modules of the stack walker; the builder adds the stack counts. Absent: none.
   std::optional<model::UnwindSummary> unwind;
+  const PythonNaming* python = nullptr;  // absent: stacks stay native
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

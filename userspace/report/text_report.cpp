@@ -48,6 +48,7 @@ std::string truncation_text(const std::string& reason) {
     return "the frame-pointer walk stopped here (no frame pointer; try --unwind dwarf)";
   if (reason == "unknown_code") return "the walk reached code in no known module";
   if (reason == "loop") return "the walk did not move up the stack";
+  if (reason == "python_depth") return "the Python stack is deeper than the 32 frames kept";
   if (reason == "stack_map_full") return "the stack map was full: only the caller is known";
   return "the stack walk stopped here";
 }
@@ -149,6 +150,10 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     if (target.parent_pid) out << "  forked by pid " << *target.parent_pid;
     if (!target.cgroup.empty() && target.cgroup != "/") out << "  cgroup " << target.cgroup;
+    if (target.python) {
+      out << "  CPython " << target.python->version
+          << (target.python->frames ? "" : " (native frames only)");
+    }
     if (target.exited) out << "  [exited]";
     out << "\n";
     if (target.exit) {

@@ -30,7 +30,8 @@ ElfFile::ElfFile(ElfFile&& other) noexcept
       interpreter_(std::move(other.interpreter_)),
       fd_(std::exchange(other.fd_, -1)),
       segments_(std::move(other.segments_)),
-      functions_(std::move(other.functions_)) {}
+      functions_(std::move(other.functions_)),
+      objects_(std::move(other.objects_)) {}
 
 ElfFile& ElfFile::operator=(ElfFile&& other) noexcept {
   if (this != &other) {
@@ -40,6 +41,7 @@ ElfFile& ElfFile::operator=(ElfFile&& other) noexcept {
     fd_ = std::exchange(other.fd_, -1);
     segments_ = std::move(other.segments_);
     functions_ = std::move(other.functions_);
+    objects_ = std::move(other.objects_);
   }
   return *this;
 }
@@ -110,12 +112,18 @@ ElfFile ElfFile::open(const std::string& path) {
       GElf_Sym symbol;
       if (!gelf_getsym(data, static_cast<int>(i), &symbol)) continue;
       int type = GELF_ST_TYPE(symbol.st_info);
-      if ((type != STT_FUNC && type != STT_GNU_IFUNC) || symbol.st_shndx == SHN_UNDEF ||
-          symbol.st_value == 0) {
+      if ((type != STT_FUNC && type != STT_GNU_IFUNC && type != STT_OBJECT) ||
+          symbol.st_shndx == SHN_UNDEF || symbol.st_value == 0) {
         continue;
       }
       const char* name = elf_strptr(elf.get(), section_header.sh_link, symbol.st_name);
       if (!name || !*name) continue;
+      if (type == STT_OBJECT) {  // variables: exported ones only (e.g. CPython's _PyRuntime)
+        if (section_header.sh_type == SHT_DYNSYM) {
+          file.objects_.try_emplace(name, FunctionSymbol{name, symbol.st_value, symbol.st_size, true});
+        }
+        continue;
+      }
       bool hidden_version = false;
       if (versions) {
         GElf_Versym version;
@@ -143,6 +151,21 @@ std::optional<FunctionSymbol> ElfFile::find_function(std::string_view name) cons
   auto it = functions_.find(std::string(name));
   if (it == functions_.end()) return std::nullopt;
   return it->second;
+}
+
+std::optional<FunctionSymbol> ElfFile::find_object(std::string_view name) const {
+  auto it = objects_.find(std::string(name));
+  if (it == objects_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<uint64_t> ElfFile::address_at_file_offset(uint64_t file_offset) const {
+  for (const Segment& segment : segments_) {
+    if (file_offset >= segment.file_offset && file_offset < segment.file_offset + segment.file_size) {
+      return segment.vaddr + (file_offset - segment.file_offset);
+    }
+  }
+  return std::nullopt;
 }
 
 std::optional<uint64_t> ElfFile::file_offset_of(uint64_t address) const {

@@ -35,6 +35,13 @@ class ElfFile {
   // versions exist (name@VER), the default version is the one the dynamic linker binds to.
   std::optional<FunctionSymbol> find_function(std::string_view name) const;
 
+  // A variable exported in .dynsym (STT_OBJECT) under `name`, e.g. CPython's _PyRuntime.
+  std::optional<FunctionSymbol> find_object(std::string_view name) const;
+
+  // The virtual address of the byte stored at `file_offset` (a mapping's offset gives its load
+  // bias), or nullopt when no loadable segment holds it.
+  std::optional<uint64_t> address_at_file_offset(uint64_t file_offset) const;
+
   // The file offset at which the byte at virtual address `address` is stored (what a uprobe
   // is attached at), or nullopt when no loadable segment holds it.
   std::optional<uint64_t> file_offset_of(uint64_t address) const;
@@ -58,6 +65,7 @@ class ElfFile {
   int fd_ = -1;  // kept open for read_code; the file may be large, so it is never slurped
   std::vector<Segment> segments_;
   std::unordered_map<std::string, FunctionSymbol> functions_;
+  std::unordered_map<std::string, FunctionSymbol> objects_;  // exported variables
 };
 
 }  // namespace memtrail::target

@@ -107,6 +107,9 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
                {maps.traced_processes, lifecycle ? kMaxTracedProcesses : 1u},
+               // Entries only for CPython processes and their stacks (no preallocation).
+               {maps.python_processes, config.python_layout ? kMaxTracedProcesses : 1u},
+               {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
                {maps.region_events, lifecycle ? config.region_buffer_bytes
                                               : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
@@ -131,6 +134,20 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   rodata->follow_forks = config.follow_forks;
   rodata->filter_processes = config.host_wide;
   rodata->sample_rate = config.sample_rate;
+  if (config.python_layout) {
+    const auto& layout = *config.python_layout;
+    for (uint32_t offset : {layout.frame_code, layout.frame_previous, layout.frame_prev_instr}) {
+      if (offset + sizeof(uint64_t) > MEMTRAIL_PYTHON_FRAME_READ) {
+        throw Error("CPython's frame layout puts a field at offset " + std::to_string(offset) +
+                        ", beyond the " + std::to_string(MEMTRAIL_PYTHON_FRAME_READ) +
+                        " bytes memtrail reads of a frame",
+                    "build memtrail against the CPython it should walk, or use "
+                    "--python-frames native");
+      }
+    }
+    rodata->python_frames = true;
+    const_cast<memtrail_python_layout&>(rodata->python_layout) = layout;
+  }
   rodata->unwind_mode = tables ? MEMTRAIL_UNWIND_MODE_TABLES : MEMTRAIL_UNWIND_MODE_FP;
   rodata->unknown_code_by_frame_pointer = config.unwind_mode != unwind::UnwindMode::kDwarf;
   if (config.sample_rate != 0) {
@@ -292,12 +309,21 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   uint64_t freed = free_slots_of(pid, UINT64_MAX);
   // Keys first, deletes after: deleting while iterating a hash map restarts the iteration.
   std::vector<uint64_t> stacks;
+  std::vector<uint32_t> stack_ids;
   read_hash_map<uint64_t, memtrail_stack>(
       bpf_map__fd(skeleton_->maps.stacks), 256, "stacks",
       [&](uint64_t key, const memtrail_stack& stack) {
-        if (stack.tgid == pid) stacks.push_back(key);
+        if (stack.tgid != pid) return;
+        stacks.push_back(key);
+        stack_ids.push_back(stack.id);
       });
   for (uint64_t key : stacks) bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.stacks), &key);
+  if (config_.python_layout) {
+    for (uint32_t id : stack_ids) {
+      bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_stacks), &id);  // ENOENT: none
+    }
+    forget_python_process(pid);
+  }
   std::vector<memtrail_fallback_key> fallbacks;
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(skeleton_->maps.fallback_sites), 4096, "fallback_sites",
@@ -333,6 +359,38 @@ void AllocTracer::forget_unwind_mappings(uint32_t pid) {
   if (row_capacity_ == 0) return;
   // ENOENT: never stored (a process that exited before its mappings were read).
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.unwind_processes), &pid);
+}
+
+void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address) {
+  if (!config_.python_layout) return;
+  memtrail_python_process process{runtime_address};
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid, &process,
+                          BPF_ANY) != 0) {
+    fail("add CPython process " + std::to_string(pid) + " to the Python frame walker", errno);
+  }
+}
+
+uint32_t AllocTracer::stacks_created() const {
+  return std::atomic_ref<uint32_t>(skeleton_->bss->next_stack_id).load(std::memory_order_relaxed);
+}
+
+void AllocTracer::for_each_python_stack(
+    const std::function<void(uint32_t, uint32_t, std::span<const uint64_t>)>& visit) const {
+  if (!config_.python_layout) return;
+  read_hash_map<uint32_t, memtrail_python_stack>(
+      bpf_map__fd(skeleton_->maps.python_stacks), 256, "python_stacks",
+      [&](uint32_t id, const memtrail_python_stack& python) {
+        uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
+        // __u64 is unsigned long long, uint64_t unsigned long: the same 64 bits.
+        visit(id, python.tgid,
+              std::span<const uint64_t>(reinterpret_cast<const uint64_t*>(python.frames), depth));
+      });
+}
+
+void AllocTracer::forget_python_process(uint32_t pid) {
+  if (!config_.python_layout) return;
+  // ENOENT: not a CPython process.
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid);
 }
 
 AllocTracer::~AllocTracer() = default;
@@ -491,6 +549,17 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         }
         snapshot.sites.push_back(site);
       });
+  if (config_.python_layout) {
+    read_hash_map<uint32_t, memtrail_python_stack>(
+        bpf_map__fd(maps.python_stacks), 256, "python_stacks",
+        [&](uint32_t id, const memtrail_python_stack& python) {
+          auto stack = snapshot.stacks.find(static_cast<int32_t>(id));
+          if (stack == snapshot.stacks.end()) return;  // an orphan (see capture_stack)
+          uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
+          stack->second.python_frames.assign(python.frames, python.frames + depth);
+          stack->second.python_flags = python.flags;
+        });
+  }
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
       [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -31,6 +33,9 @@ struct TracerConfig {
   // added with follow().
   bool host_wide = false;
   uint32_t region_buffer_bytes = 2u << 20;  // ring buffer of region events: a power of two
+  // Walk the Python frames of the CPython processes added with set_python_process(), with
+  // this layout (--python-frames other than native).
+  std::optional<memtrail_python_layout> python_layout;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
@@ -99,6 +104,17 @@ class AllocTracer : public unwind::RowStore {
   // Tells the walker where process `pid` maps code and how to unwind each mapping (replaces
   // what it had). Throws memtrail::Error when the map refuses it.
   void set_unwind_mappings(uint32_t pid, std::span<const unwind::WalkerMapping> mappings);
+  // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their
+  // Python frames (needs config python_layout). Throws memtrail::Error when the map refuses it.
+  void set_python_process(uint32_t pid, uint64_t runtime_address);
+  // It no longer runs CPython (exec) or has exited.
+  void forget_python_process(uint32_t pid);
+  // Stacks created so far (the walker numbers them): unchanged, no new site appeared.
+  uint32_t stacks_created() const;
+  // Every stack with Python frames: (stack id, pid, packed frames).
+  void for_each_python_stack(
+      const std::function<void(uint32_t id, uint32_t pid, std::span<const uint64_t> frames)>&
+          visit) const;
   // Stack frames met so far in code outside every mapping the walker knows: when this grows,
   // a traced process has mapped code since its mappings were last set.
   uint64_t unknown_code_frames() const;

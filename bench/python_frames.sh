@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# What walking Python frames costs (--python-frames): Debian's /usr/bin/python3 makes and drops
+# bytes(1000) objects 12 Python frames deep (bench/python_workload.py: one calloc and one free
+# each), untraced, traced with --python-frames native (the interpreter's C frames only), and
+# traced with the default, mixed (the Python frame chain read at every allocation). Prints the
+# time per object of each run; rounds interleaved. Root; run nothing else meanwhile.
+#   bench/python_frames.sh [--build DIR] [--rounds N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=build rounds=3
+while (($#)); do
+  case $1 in
+    --build) build=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--rounds N]" >&2; exit 2 ;;
+  esac
+done
+memtrail=$build/memtrail python=/usr/bin/python3
+[[ -x $memtrail ]] || { echo "python_frames: build first (scripts/build.sh)" >&2; exit 1; }
+[[ -x $python ]] || { echo "python_frames: needs Debian's python3" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# run MODE: untraced | native | mixed
+run() {
+  mkfifo "$work/gate"
+  "$python" bench/python_workload.py < "$work/gate" > "$work/out" &
+  local pid=$! tracer=""
+  exec 3> "$work/gate"
+  until grep -q ready "$work/out" 2>/dev/null; do sleep 0.05; done
+  if [[ $1 != untraced ]]; then
+    "$memtrail" leaks -p "$pid" --python-frames "$1" -q --json "$work/r.json" > /dev/null \
+      2> "$work/err" &
+    tracer=$!
+    until grep -q "tracing pid" "$work/err" 2>/dev/null; do sleep 0.05; done
+  fi
+  echo go >&3
+  wait "$pid"
+  exec 3>&-
+  if [[ -n $tracer ]]; then kill -INT "$tracer"; wait "$tracer" || true; fi
+  rm -f "$work/gate"
+  printf '%-9s %s\n' "$1" "$(grep alloc_free_ns "$work/out")"
+}
+
+for ((round = 1; round <= rounds; round++)); do
+  for mode in untraced native mixed; do run $mode; done
+done

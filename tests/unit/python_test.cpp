@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CPython layout memtrail was built with, checked against the installed interpreter: what
+// Debian's /usr/bin/python3 says of its thread state, frames and code objects is read again
+// from outside, with memtrail's offsets, as the BPF walker and the report do. No BPF here.
+#include <gtest/gtest.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "python/cpython.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::python {
+namespace {
+
+const char* kPython = "/usr/bin/python3";
+const std::string kFixture = std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_frames.py";
+
+// The fixture, running: its first line of output, and its pid. Closing stdin lets it end.
+class Fixture {
+ public:
+  Fixture() {
+    int to_child[2], from_child[2];
+    if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(to_child[0], 0);
+      ::dup2(from_child[1], 1);
+      ::close(to_child[1]);
+      ::close(from_child[0]);
+      ::execl(kPython, kPython, kFixture.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(to_child[0]);
+    ::close(from_child[1]);
+    input_ = to_child[1];
+    FILE* output = ::fdopen(from_child[0], "r");
+    char* line = nullptr;
+    size_t capacity = 0;
+    if (output && ::getline(&line, &capacity, output) > 0) report_ = nlohmann::json::parse(line);
+    std::free(line);
+    if (output) std::fclose(output);
+  }
+  ~Fixture() {
+    if (input_ >= 0) ::close(input_);
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+  pid_t pid() const { return pid_; }
+  const nlohmann::json& report() const { return report_; }
+
+ private:
+  pid_t pid_ = -1;
+  int input_ = -1;
+  nlohmann::json report_;
+};
+
+uint64_t read_u64(pid_t pid, uint64_t address) {
+  uint64_t value = 0;
+  iovec local{&value, sizeof(value)}, remote{reinterpret_cast<void*>(address), sizeof(value)};
+  EXPECT_EQ(::process_vm_readv(pid, &local, 1, &remote, 1, 0), 8) << "at 0x" << std::hex << address;
+  return value;
+}
+
+uint8_t read_u8(pid_t pid, uint64_t address) {
+  uint8_t value = 0;
+  iovec local{&value, 1}, remote{reinterpret_cast<void*>(address), 1};
+  EXPECT_EQ(::process_vm_readv(pid, &local, 1, &remote, 1, 0), 1);
+  return value;
+}
+
+std::string unhex(const std::string& hex) {
+  std::string bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  }
+  return bytes;
+}
+
+// The line of the fixture that carries `marker` in a comment.
+uint32_t fixture_line(const std::string& marker) {
+  std::ifstream file(kFixture);
+  std::string text;
+  for (uint32_t number = 1; std::getline(file, text); ++number) {
+    if (text.find("# line: " + marker) != std::string::npos) return number;
+  }
+  return 0;
+}
+
+TEST(Python, LayoutIsTheInstalledInterpreters) {
+  Fixture fixture;
+  ASSERT_FALSE(fixture.report().is_null()) << kPython << " did not run the fixture";
+  auto mappings = target::read_proc_maps(static_cast<uint32_t>(fixture.pid()));
+  ASSERT_TRUE(mappings);
+  auto interpreter = find_interpreter(*mappings, "");
+  ASSERT_TRUE(interpreter) << "no _PyRuntime found in " << kPython << "'s mappings";
+  EXPECT_TRUE(interpreter->supported) << interpreter->reason;
+  EXPECT_EQ(interpreter->version.substr(0, 5), "3.11.");
+  const auto& layout = built_layout();
+  const auto& walker = layout.walker;
+  pid_t pid = fixture.pid();
+  const auto& report = fixture.report();
+
+  // The main thread blocks in read() without the GIL: the walker finds its state in the
+  // interpreter's list, by the pthread id, as for any thread not holding the GIL.
+  uint64_t interp = read_u64(pid, interpreter->runtime_address + walker.runtime_interp_main);
+  uint64_t tstate = read_u64(pid, interp + walker.interp_threads_head);
+  EXPECT_EQ(tstate, report["tstate"].get<uint64_t>());
+  EXPECT_EQ(read_u64(pid, tstate + walker.tstate_thread_id), report["thread_id"].get<uint64_t>());
+  EXPECT_EQ(read_u64(pid, tstate + walker.tstate_next), 0u);  // the only thread
+
+  // The frame chain: inner, outer, <module>; only <module> begins an eval-loop call.
+  uint64_t cframe = read_u64(pid, tstate + walker.tstate_cframe);
+  uint64_t frame = read_u64(pid, cframe + walker.cframe_current_frame);
+  const char* keys[] = {"inner_code", "outer_code", "module_code"};
+  const bool entries[] = {false, false, true};
+  std::vector<model::Frame> named;
+  CodeReader reader;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_NE(frame, 0u) << "frame " << i;
+    uint64_t code = read_u64(pid, frame + walker.frame_code);
+    EXPECT_EQ(code, report[keys[i]].get<uint64_t>()) << keys[i];
+    EXPECT_EQ(read_u8(pid, frame + walker.frame_is_entry) != 0, entries[i]) << keys[i];
+    uint64_t prev_instr = read_u64(pid, frame + walker.frame_prev_instr);
+    ASSERT_GE(prev_instr, code + walker.code_adaptive);
+    PackedFrame packed{code, static_cast<uint32_t>((prev_instr - code - walker.code_adaptive) / 2),
+                       entries[i]};
+    named.push_back(reader.frame(static_cast<uint32_t>(pid), *interpreter, packed));
+    frame = read_u64(pid, frame + walker.frame_previous);
+  }
+  EXPECT_EQ(frame, 0u) << "frames beyond <module>";
+  EXPECT_EQ(named[0].function, "inner");
+  EXPECT_EQ(named[1].function, "outer");
+  EXPECT_EQ(named[2].function, "<module>");
+  for (const auto& frame_named : named) {
+    EXPECT_TRUE(frame_named.python);
+    EXPECT_EQ(frame_named.file, report["file"].get<std::string>());
+  }
+  EXPECT_EQ(named[0].line, fixture_line("blocked"));
+  EXPECT_GT(named[2].line.value_or(0), named[1].line.value_or(0));  // outer() is called last
+}
+
+TEST(Python, LineTableDecodingAgreesWithCoLines) {
+  Fixture fixture;
+  ASSERT_FALSE(fixture.report().is_null());
+  size_t checked = 0;
+  for (const auto& table : fixture.report()["tables"]) {
+    std::string bytes = unhex(table["table"].get<std::string>());
+    int first = table["first"].get<int>();
+    const auto& lines = table["lines"];
+    for (size_t unit = 0; unit < lines.size(); ++unit) {
+      auto decoded = line_of(bytes, first, static_cast<uint32_t>(unit));
+      if (lines[unit].is_null()) {
+        EXPECT_FALSE(decoded) << table["name"] << " unit " << unit;
+      } else {
+        EXPECT_EQ(decoded, lines[unit].get<uint32_t>()) << table["name"] << " unit " << unit;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 100u);
+}
+
+model::Frame native(const std::string& function, const std::string& module) {
+  model::Frame frame;
+  frame.function = function;
+  frame.module = module;
+  return frame;
+}
+
+model::Frame python_frame(const std::string& function) {
+  model::Frame frame;
+  frame.function = function;
+  frame.module = "[python]";
+  frame.python = true;
+  return frame;
+}
+
+std::vector<std::string> names(const std::vector<model::Frame>& frames) {
+  std::vector<std::string> out;
+  for (const auto& frame : frames) out.push_back(frame.function.value_or("??"));
+  return out;
+}
+
+TEST(Python, MixedFramesReplaceTheEvalLoopsAndDropPlumbing) {
+  const std::string exe = "/usr/bin/python3.11";
+  // malloc <- ffi_call (libffi) <- _ctypes <- call plumbing <- eval loop (runs leak_native and
+  // its callers, down to run) <- plumbing <- eval loop (runs <module>) <- main <- libc start.
+  std::vector<model::Frame> stack = {
+      native("ffi_call", "/usr/lib/libffi.so.8"),  native("PyCFuncPtr_call", "/usr/lib/_ctypes.so"),
+      native("_PyObject_MakeTpCall", exe),         native("_PyEval_EvalFrameDefault", exe),
+      native("_PyObject_Call", exe),               native("_PyEval_EvalFrameDefault", exe),
+      native("Py_RunMain", exe),                   native("__libc_start_main", "/lib/libc.so.6")};
+  std::vector<model::Frame> python = {python_frame("leak_native"), python_frame("Worker.step"),
+                                      python_frame("run"), python_frame("<module>")};
+  std::vector<bool> entries = {false, false, true, true};
+  EXPECT_EQ(names(mix_frames(stack, python, entries, exe, FramesMode::kMixed)),
+            (std::vector<std::string>{"ffi_call", "PyCFuncPtr_call", "_PyObject_MakeTpCall",
+                                      "leak_native", "Worker.step", "run", "<module>",
+                                      "__libc_start_main"}));
+  EXPECT_EQ(names(mix_frames(stack, python, entries, exe, FramesMode::kPython)),
+            (std::vector<std::string>{"leak_native", "Worker.step", "run", "<module>"}));
+  EXPECT_EQ(names(mix_frames(stack, python, entries, exe, FramesMode::kNative)), names(stack));
+  // The native walk stopped before the outer eval loop: its Python frames come last.
+  std::vector<model::Frame> cut(stack.begin(), stack.begin() + 4);
+  EXPECT_EQ(names(mix_frames(cut, python, entries, exe, FramesMode::kMixed)),
+            (std::vector<std::string>{"ffi_call", "PyCFuncPtr_call", "_PyObject_MakeTpCall",
+                                      "leak_native", "Worker.step", "run", "<module>"}));
+  // No Python frame recorded (a thread without a thread state): the native stack as it is.
+  EXPECT_EQ(names(mix_frames(stack, {}, {}, exe, FramesMode::kPython)), names(stack));
+}
+
+TEST(Python, FramesModeParses) {
+  EXPECT_EQ(parse_frames_mode("mixed"), FramesMode::kMixed);
+  EXPECT_EQ(parse_frames_mode("python"), FramesMode::kPython);
+  EXPECT_EQ(parse_frames_mode("native"), FramesMode::kNative);
+  EXPECT_FALSE(parse_frames_mode("both"));
+}
+
+}  // namespace
+}  // namespace memtrail::python

@@ -1,0 +1,349 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "python/cpython.h"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "common/error.h"
+#include "target/elf_file.h"
+
+namespace memtrail::python {
+namespace {
+
+constexpr size_t kMaxNameBytes = 4096;         // a qualified name or a file name
+constexpr size_t kMaxLineTableBytes = 1 << 20;  // a huge module's location table
+
+bool read_memory(uint32_t pid, uint64_t address, void* buffer, size_t size) {
+  if (size == 0) return true;
+  iovec local{buffer, size};
+  iovec remote{reinterpret_cast<void*>(address), size};
+  return ::process_vm_readv(static_cast<pid_t>(pid), &local, 1, &remote, 1, 0) ==
+         static_cast<ssize_t>(size);
+}
+
+template <typename T>
+T field(const std::vector<uint8_t>& raw, size_t offset) {
+  T value{};
+  if (offset + sizeof(T) <= raw.size()) std::memcpy(&value, raw.data() + offset, sizeof(T));
+  return value;
+}
+
+void append_utf8(std::string& out, uint32_t code_point) {
+  if (code_point < 0x80) {
+    out += static_cast<char>(code_point);
+  } else if (code_point < 0x800) {
+    out += static_cast<char>(0xC0 | (code_point >> 6));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else if (code_point < 0x10000) {
+    out += static_cast<char>(0xE0 | (code_point >> 12));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (code_point >> 18));
+    out += static_cast<char>(0x80 | ((code_point >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  }
+}
+
+// A str object (compact: every name the compiler makes is) as UTF-8.
+std::optional<std::string> read_str(uint32_t pid, uint64_t address) {
+  const auto& layout = built_layout();
+  if (!address) return std::nullopt;
+  std::vector<uint8_t> header(layout.compact_data);
+  if (!read_memory(pid, address, header.data(), header.size())) return std::nullopt;
+  auto state = field<uint32_t>(header, layout.unicode_state);
+  auto length = field<int64_t>(header, layout.unicode_length);
+  unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
+  bool compact = (state >> layout.state_compact_bit) & 1;
+  bool ascii = (state >> layout.state_ascii_bit) & 1;
+  if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
+  size_t characters = std::min<size_t>(static_cast<size_t>(length), kMaxNameBytes);
+  std::vector<uint8_t> data(characters * kind);
+  if (!read_memory(pid, address + (ascii ? layout.ascii_data : layout.compact_data), data.data(),
+                   data.size())) {
+    return std::nullopt;
+  }
+  std::string text;
+  text.reserve(characters);
+  for (size_t i = 0; i < characters; ++i) {
+    uint32_t code_point = 0;
+    std::memcpy(&code_point, data.data() + i * kind, kind);  // little-endian
+    append_utf8(text, code_point);
+  }
+  return text;
+}
+
+std::optional<std::string> read_bytes(uint32_t pid, uint64_t address) {
+  const auto& layout = built_layout();
+  if (!address) return std::nullopt;
+  std::vector<uint8_t> header(layout.bytes_data);
+  if (!read_memory(pid, address, header.data(), header.size())) return std::nullopt;
+  auto size = field<int64_t>(header, layout.var_size);
+  if (size < 0 || static_cast<size_t>(size) > kMaxLineTableBytes) return std::nullopt;
+  std::string data(static_cast<size_t>(size), '\0');
+  if (!read_memory(pid, address + layout.bytes_data, data.data(), data.size())) return std::nullopt;
+  return data;
+}
+
+std::string base_name(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// "python3.11", "libpython3.11.so.1.0", "python3.11d": a file that may define _PyRuntime.
+bool may_be_interpreter(const std::string& path) {
+  auto name = base_name(path);
+  return name.rfind("python", 0) == 0 || name.rfind("libpython", 0) == 0;
+}
+
+// "3.9" from "libpython3.9.so.1.0" or "python3.9": for versions without Py_Version.
+std::string version_from_name(const std::string& path) {
+  auto name = base_name(path);
+  auto at = name.find("python");
+  std::string version;
+  for (size_t i = at + 6; i < name.size() && (std::isdigit(static_cast<unsigned char>(name[i])) ||
+                                               name[i] == '.');
+       ++i) {
+    version += name[i];
+  }
+  while (!version.empty() && version.back() == '.') version.pop_back();
+  return version.empty() ? "unknown" : version;
+}
+
+// The location table's variable-length integers (CPython's Objects/locations.md).
+struct TableCursor {
+  std::string_view table;
+  size_t at = 0;
+  bool done() const { return at >= table.size(); }
+  uint8_t byte() { return done() ? 0 : static_cast<uint8_t>(table[at++]); }
+  uint32_t varint() {
+    uint8_t read = byte();
+    uint32_t value = read & 63;
+    unsigned shift = 6;
+    while ((read & 64) && !done() && shift < 32) {
+      read = byte();
+      value |= static_cast<uint32_t>(read & 63) << shift;
+      shift += 6;
+    }
+    return value;
+  }
+  int32_t signed_varint() {
+    uint32_t value = varint();
+    return (value & 1) ? -static_cast<int32_t>(value >> 1) : static_cast<int32_t>(value >> 1);
+  }
+};
+
+bool is_eval_loop(const model::Frame& frame) {
+  return !frame.inlined && frame.function && *frame.function == "_PyEval_EvalFrameDefault";
+}
+
+}  // namespace
+
+std::optional<FramesMode> parse_frames_mode(std::string_view text) {
+  if (text == "native") return FramesMode::kNative;
+  if (text == "python") return FramesMode::kPython;
+  if (text == "mixed") return FramesMode::kMixed;
+  return std::nullopt;
+}
+
+const memtrail_cpython_layout& built_layout() {
+  static const memtrail_cpython_layout layout = [] {
+    memtrail_cpython_layout described;
+    memtrail_cpython_describe(&described);
+    return described;
+  }();
+  return layout;
+}
+
+std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& mappings,
+                                            const std::string& root) {
+  std::set<std::string> seen;
+  for (const auto& mapping : mappings) {
+    if (!mapping.executable || !mapping.is_file() || !may_be_interpreter(mapping.path) ||
+        !seen.insert(mapping.path).second) {
+      continue;
+    }
+    std::optional<target::ElfFile> file;
+    try {
+      file.emplace(target::ElfFile::open(root + mapping.path));
+    } catch (const Error&) {
+      continue;
+    }
+    auto runtime = file->find_object("_PyRuntime");
+    if (!runtime) continue;
+    // The load bias, from any mapping of the file whose offset a segment holds.
+    std::optional<uint64_t> bias;
+    for (const auto& other : mappings) {
+      if (other.path != mapping.path || other.inode != mapping.inode) continue;
+      if (auto address = file->address_at_file_offset(other.file_offset)) {
+        bias = other.start - *address;
+        break;
+      }
+    }
+    if (!bias) continue;
+    Interpreter interpreter;
+    interpreter.module = mapping.path;
+    interpreter.runtime_address = *bias + runtime->address;
+    if (auto code_type = file->find_object("PyCode_Type")) {
+      interpreter.code_type_address = *bias + code_type->address;
+    }
+    unsigned major = 0, minor = 0;
+    if (auto version_symbol = file->find_object("Py_Version")) {  // PY_VERSION_HEX, 3.11 on
+      auto bytes = file->read_code(version_symbol->address, 4);
+      if (bytes.size() == 4) {
+        uint32_t hex = 0;
+        std::memcpy(&hex, bytes.data(), 4);
+        major = hex >> 24;
+        minor = (hex >> 16) & 0xff;
+        interpreter.version = std::to_string(major) + "." + std::to_string(minor) + "." +
+                              std::to_string((hex >> 8) & 0xff);
+      }
+    }
+    if (interpreter.version.empty()) interpreter.version = version_from_name(mapping.path);
+    const auto& layout = built_layout();
+    interpreter.supported = major == layout.major && minor == layout.minor;
+    if (!interpreter.supported) {
+      interpreter.reason = "CPython " + interpreter.version + " is not supported (memtrail " +
+                           "knows the frame layout of CPython " + std::to_string(layout.major) +
+                           "." + std::to_string(layout.minor) + "): its stacks show the " +
+                           "interpreter's native frames only";
+    }
+    return interpreter;
+  }
+  return std::nullopt;
+}
+
+std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t lasti) {
+  TableCursor cursor{table};
+  int line = first_line;
+  uint64_t start = 0;  // code units
+  while (!cursor.done()) {
+    uint8_t first = cursor.byte();
+    if (!(first & 0x80)) return std::nullopt;  // not the start of an entry: a bad table
+    unsigned code = (first >> 3) & 15;
+    uint64_t length = (first & 7) + 1u;
+    bool no_line = false;
+    switch (code) {
+      case 15:  // no location
+        no_line = true;
+        break;
+      case 14:  // long form: line delta, end line delta, column, end column
+        line += cursor.signed_varint();
+        cursor.varint();
+        cursor.varint();
+        cursor.varint();
+        break;
+      case 13:  // no columns
+        line += cursor.signed_varint();
+        break;
+      case 10:
+      case 11:
+      case 12:  // one line form: the delta is in the code, two column bytes
+        line += static_cast<int>(code) - 10;
+        cursor.byte();
+        cursor.byte();
+        break;
+      default:  // short form: same line, one column byte
+        cursor.byte();
+        break;
+    }
+    if (lasti >= start && lasti < start + length) {
+      if (no_line || line <= 0) return std::nullopt;
+      return static_cast<uint32_t>(line);
+    }
+    start += length;
+  }
+  return std::nullopt;
+}
+
+PackedFrame PackedFrame::unpack(uint64_t packed) {
+  PackedFrame frame;
+  frame.code = packed & MEMTRAIL_PYTHON_CODE_MASK;
+  frame.lasti = static_cast<uint32_t>((packed >> MEMTRAIL_PYTHON_LASTI_SHIFT) &
+                                      MEMTRAIL_PYTHON_LASTI_MAX);
+  frame.entry = (packed & MEMTRAIL_PYTHON_ENTRY) != 0;
+  return frame;
+}
+
+std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid,
+                                                      const Interpreter& interpreter,
+                                                      uint64_t address) {
+  const auto& layout = built_layout();
+  std::vector<uint8_t> raw(layout.code_size);
+  if (!read_memory(pid, address, raw.data(), raw.size())) return std::nullopt;
+  // A code object freed since (its memory reused) is not named after whatever lies there now.
+  if (interpreter.code_type_address &&
+      field<uint64_t>(raw, layout.object_type) != interpreter.code_type_address) {
+    return std::nullopt;
+  }
+  Code code;
+  auto qualname = read_str(pid, field<uint64_t>(raw, layout.code_qualname));
+  auto filename = read_str(pid, field<uint64_t>(raw, layout.code_filename));
+  auto linetable = read_bytes(pid, field<uint64_t>(raw, layout.code_linetable));
+  if (!qualname) return std::nullopt;
+  code.qualname = std::move(*qualname);
+  code.filename = filename.value_or("");
+  code.linetable = linetable.value_or("");
+  code.first_line = field<int32_t>(raw, layout.code_firstlineno);
+  return code;
+}
+
+model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
+                               const PackedFrame& packed) {
+  auto key = std::make_pair(pid, packed.code);
+  auto it = codes_.find(key);
+  if (it == codes_.end()) it = codes_.emplace(key, read_code(pid, interpreter, packed.code)).first;
+  model::Frame frame;
+  frame.python = true;
+  frame.address = packed.code;
+  frame.module = "[python]";
+  frame.offset = uint64_t{packed.lasti} * 2;  // the bytecode offset, as dis shows it
+  if (!it->second) {
+    frame.function = "<unreadable code object>";
+    return frame;
+  }
+  const Code& code = *it->second;
+  frame.function = code.qualname;
+  if (!code.filename.empty()) frame.file = code.filename;
+  frame.line = line_of(code.linetable, code.first_line, packed.lasti);
+  return frame;
+}
+
+void CodeReader::forget(uint32_t pid) {
+  codes_.erase(codes_.lower_bound({pid, 0}), codes_.lower_bound({pid + 1, 0}));
+}
+
+std::vector<model::Frame> mix_frames(const std::vector<model::Frame>& native,
+                                     const std::vector<model::Frame>& python,
+                                     const std::vector<bool>& entries,
+                                     const std::string& interpreter_module, FramesMode mode) {
+  if (python.empty() || mode == FramesMode::kNative) return native;
+  if (mode == FramesMode::kPython) return python;
+  std::vector<model::Frame> mixed;
+  mixed.reserve(native.size() + python.size());
+  size_t next_python = 0;
+  bool in_python = false;  // outside the innermost C code: the interpreter's frames are plumbing
+  for (const auto& frame : native) {
+    if (is_eval_loop(frame)) {
+      in_python = true;
+      while (next_python < python.size()) {
+        mixed.push_back(python[next_python]);
+        bool entry = next_python < entries.size() && entries[next_python];
+        ++next_python;
+        if (entry) break;
+      }
+      continue;
+    }
+    if (in_python && frame.module == interpreter_module) continue;
+    mixed.push_back(frame);
+  }
+  // Frames of eval-loop calls the native walk did not reach (it stopped early).
+  mixed.insert(mixed.end(), python.begin() + static_cast<std::ptrdiff_t>(next_python), python.end());
+  return mixed;
+}
+
+}  // namespace memtrail::python

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPython processes seen from outside: find a process's interpreter, name the code objects the
+// BPF walker recorded (qualified name, file, line), and put Python frames in the native stack.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "model/report.h"
+#include "python/cpython_layout.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::python {
+
+// --python-frames: what a CPython process's stacks show.
+enum class FramesMode {
+  kNative,  // the interpreter's own C frames only (no Python walk: costs nothing)
+  kPython,  // Python frames only (native ones where no Python frame was found)
+  kMixed,   // Python frames in place of the eval loop's, between the native frames of C code
+};
+std::optional<FramesMode> parse_frames_mode(std::string_view text);
+
+// The CPython layout memtrail was built against (userspace/python/cpython_layout.c).
+const memtrail_cpython_layout& built_layout();
+
+// A process's interpreter: the module defining _PyRuntime (the python executable, or
+// libpython for embedders), where that lies in the process, and whether memtrail walks it.
+struct Interpreter {
+  std::string module;  // path as the process sees it
+  std::string version;  // "3.11.2", from Py_Version; "3.9" from the file name when older
+  uint64_t runtime_address = 0;    // &_PyRuntime in the process
+  uint64_t code_type_address = 0;  // &PyCode_Type: what a live code object's ob_type is
+  bool supported = false;
+  std::string reason;  // why not, when not supported
+};
+
+// The CPython interpreter `pid` runs, from its mappings (files opened under `root`, normally
+// /proc/PID/root); nullopt when it maps none. Throws nothing.
+std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& mappings,
+                                            const std::string& root);
+
+// The line of the instruction at `lasti` (in code units) in a code object whose co_linetable
+// (CPython 3.11's location table) is `table` and co_firstlineno `first_line`; nullopt for an
+// instruction without a line (or past the table).
+std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t lasti);
+
+// One Python frame as the BPF walker recorded it (bpf/alloc_events.h).
+struct PackedFrame {
+  uint64_t code = 0;   // the code object's address in the process
+  uint32_t lasti = 0;  // its last instruction, in code units
+  bool entry = false;  // the first frame of an eval-loop call
+  static PackedFrame unpack(uint64_t packed);
+};
+
+// Names the code objects of live processes by reading their memory (process_vm_readv), and
+// remembers what it read: a code object lives as long as its function, and a site's frames
+// are named once, while the process runs.
+class CodeReader {
+ public:
+  // A frame for `frame` of process `pid`: module "[python]", function the qualified name, file
+  // and line; the function is "<unreadable code object>" when the memory cannot be read.
+  model::Frame frame(uint32_t pid, const Interpreter& interpreter, const PackedFrame& frame);
+  void forget(uint32_t pid);
+
+ private:
+  struct Code {
+    std::string qualname, filename, linetable;
+    int first_line = 0;
+  };
+  std::optional<Code> read_code(uint32_t pid, const Interpreter& interpreter, uint64_t address);
+  std::map<std::pair<uint32_t, uint64_t>, std::optional<Code>> codes_;
+};
+
+// The stack of a site as --python-frames shows it. `native` is symbolized, innermost first;
+// `python` the Python frames, innermost first, with `entries` saying which begin an eval-loop
+// call. Mixed: each native frame of the eval loop (_PyEval_EvalFrameDefault) gives way to the
+// Python frames it ran (up to its entry frame); the interpreter's other frames outside the
+// innermost C code (calls, vectorcall plumbing, its main) are left out; frames of other modules
+// (extensions, libffi, libc) stay. Python frames the native walk did not reach go last.
+std::vector<model::Frame> mix_frames(const std::vector<model::Frame>& native,
+                                     const std::vector<model::Frame>& python,
+                                     const std::vector<bool>& entries,
+                                     const std::string& interpreter_module, FramesMode mode);
+
+}  // namespace memtrail::python

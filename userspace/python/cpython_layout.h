@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The layout of the CPython memtrail was built against, taken from that CPython's own headers
+ * (internal ones included) by cpython_layout.c: offsets are never guessed. Plain C, because
+ * CPython's internal headers are C. */
+#ifndef MEMTRAIL_CPYTHON_LAYOUT_H
+#define MEMTRAIL_CPYTHON_LAYOUT_H
+
+#include "alloc_events.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct memtrail_cpython_layout {
+	unsigned major, minor; /* the CPython version of the headers: only it is walked */
+	const char *version;   /* PY_VERSION of the headers, e.g. "3.11.2" */
+	struct memtrail_python_layout walker; /* what the BPF walker reads */
+	/* What userspace reads of code objects to name a frame. */
+	unsigned object_type;     /* PyObject.ob_type */
+	unsigned code_filename;   /* PyCodeObject.co_filename (str) */
+	unsigned code_qualname;   /* PyCodeObject.co_qualname (str) */
+	unsigned code_linetable;  /* PyCodeObject.co_linetable (bytes) */
+	unsigned code_firstlineno;/* PyCodeObject.co_firstlineno (int) */
+	unsigned code_size;       /* offsetof co_code_adaptive: the fixed part read at once */
+	unsigned var_size;        /* PyVarObject.ob_size */
+	unsigned bytes_data;      /* PyBytesObject.ob_sval */
+	unsigned unicode_length;  /* PyASCIIObject.length (code points) */
+	unsigned unicode_state;   /* PyASCIIObject.state (a 32-bit word of bit fields) */
+	unsigned ascii_data;      /* sizeof(PyASCIIObject): a compact ASCII string's characters */
+	unsigned compact_data;    /* sizeof(PyCompactUnicodeObject): other compact strings' */
+	unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
+	unsigned state_compact_bit, state_ascii_bit;
+};
+
+/* Fills `layout` from the headers compiled in. */
+void memtrail_cpython_describe(struct memtrail_cpython_layout *layout);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
