@@ -3,8 +3,11 @@
 # What walking Python frames costs (--python-frames): Debian's /usr/bin/python3 makes and drops
 # bytes(1000) objects 12 Python frames deep (bench/python_workload.py: one calloc and one free
 # each), untraced, traced with --python-frames native (the interpreter's C frames only), and
-# traced with the default, mixed (the Python frame chain read at every allocation). Prints the
-# time per object of each run; rounds interleaved. Root; run nothing else meanwhile.
+# traced with the default, mixed (the Python frame chain read at every allocation). Then the
+# cost of --python-types: instances of a small class made and dropped (pymalloc's: no malloc
+# probe fires), untraced, traced by default, and traced with --python-types (a probe on each
+# object made and freed). Prints the time per object of each run; rounds interleaved. Root;
+# run nothing else meanwhile.
 #   bench/python_frames.sh [--build DIR] [--rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +25,18 @@ memtrail=$build/memtrail python=/usr/bin/python3
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# run MODE: untraced | native | mixed
+# run MODE WORKLOAD: MODE untraced | native | mixed | types
 run() {
+  local options=(--python-frames "$1")
+  [[ $1 == types ]] && options=(--python-types)
+  rm -f "$work/out" "$work/err"  # "ready" must come from this run's process
   mkfifo "$work/gate"
-  "$python" bench/python_workload.py < "$work/gate" > "$work/out" &
+  WORKLOAD=$2 "$python" bench/python_workload.py < "$work/gate" > "$work/out" &
   local pid=$! tracer=""
   exec 3> "$work/gate"
   until grep -q ready "$work/out" 2>/dev/null; do sleep 0.05; done
   if [[ $1 != untraced ]]; then
-    "$memtrail" leaks -p "$pid" --python-frames "$1" -q --json "$work/r.json" > /dev/null \
+    "$memtrail" leaks -p "$pid" "${options[@]}" -q --json "$work/r.json" > /dev/null \
       2> "$work/err" &
     tracer=$!
     until grep -q "tracing pid" "$work/err" 2>/dev/null; do sleep 0.05; done
@@ -40,9 +46,12 @@ run() {
   exec 3>&-
   if [[ -n $tracer ]]; then kill -INT "$tracer"; wait "$tracer" || true; fi
   rm -f "$work/gate"
-  printf '%-9s %s\n' "$1" "$(grep alloc_free_ns "$work/out")"
+  printf '%-8s %-9s %s\n' "$2" "$1" "$(grep alloc_free_ns "$work/out")"
 }
 
 for ((round = 1; round <= rounds; round++)); do
-  for mode in untraced native mixed; do run $mode; done
+  for mode in untraced native mixed; do run $mode bytes; done
+done
+for ((round = 1; round <= rounds; round++)); do
+  for mode in untraced mixed types; do run $mode objects; done
 done

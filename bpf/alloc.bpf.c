@@ -941,6 +941,74 @@ static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, 
 	return stack;
 }
 
+/* ---- Python objects by type (see struct memtrail_python_type_counts) ---- */
+
+const volatile struct memtrail_python_type_layout python_type_layout = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct memtrail_python_type_key);
+	__type(value, struct memtrail_python_type_counts);
+} python_types SEC(".maps");
+
+/* Entry of CPython's object allocators (the attach cookie says which): counted at entry, so
+ * one trap an object; an allocation that fails (out of memory) is counted all the same. */
+SEC("uprobe")
+int BPF_KPROBE(python_object_new, __u64 type, __u64 nitems)
+{
+	struct memtrail_python_type_key key = {};
+	struct memtrail_python_type_counts *counts, zero = {};
+	__u64 call = bpf_get_attach_cookie(ctx);
+
+	if (probe_floor || !probe_applies() || !type)
+		return 0;
+	if (call == MEMTRAIL_PYTHON_GC_NEW)
+		nitems = 0;
+	/* tp_alloc of non-GC types too; their objects are freed elsewhere: left out. */
+	if (call == MEMTRAIL_PYTHON_GENERIC_ALLOC &&
+	    !(read_user_u64(type + python_type_layout.type_flags) & python_type_layout.have_gc))
+		return 0;
+	key.tgid = current_tgid();
+	key.type = type;
+	counts = bpf_map_lookup_elem(&python_types, &key);
+	if (!counts) {
+		bpf_map_update_elem(&python_types, &key, &zero, BPF_NOEXIST);
+		counts = bpf_map_lookup_elem(&python_types, &key);
+		if (!counts) {
+			count(MEMTRAIL_CTR_PYTHON_TYPES_LOST);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&counts->made, 1);
+	if (nitems)
+		__sync_fetch_and_add(&counts->items_made, nitems);
+	return 0;
+}
+
+/* PyObject_GC_Del(op): the type is still in the object (ob_type), and so is ob_size. */
+SEC("uprobe")
+int BPF_KPROBE(python_object_free, __u64 object)
+{
+	struct memtrail_python_type_key key = {};
+	struct memtrail_python_type_counts *counts;
+	__u64 header[3]; /* ob_refcnt, ob_type, ob_size */
+
+	if (probe_floor || !probe_applies() || !object)
+		return 0;
+	if (bpf_probe_read_user(header, sizeof(header), (const void *)object))
+		return 0;
+	key.tgid = current_tgid();
+	key.type = header[1];
+	counts = bpf_map_lookup_elem(&python_types, &key);
+	if (!counts)
+		return 0; /* a type never seen made since attach */
+	__sync_fetch_and_add(&counts->freed, 1);
+	__sync_fetch_and_add(&counts->items_freed, header[2]);
+	return 0;
+}
+
 /* Walks the user stack and returns the stack's dense id, or a negative fallback id derived
  * from the caller when the stacks map is full. Called in a uretprobe, the registers are the
  * caller's, with the instruction pointer already set back to the return address, so the first

@@ -65,7 +65,8 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_UNKNOWN_CODE = 11,   /* stack frames in code no known mapping holds: userspace
 					   * re-reads the process's mappings when this grows */
 	MEMTRAIL_CTR_REGION_EVENTS_LOST = 12, /* mmap/munmap/mremap/brk events: ring buffer full */
-	MEMTRAIL_CTR_COUNT = 13,
+	MEMTRAIL_CTR_PYTHON_TYPES_LOST = 13,  /* Python objects not counted: python_types full */
+	MEMTRAIL_CTR_COUNT = 14,
 };
 
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the
@@ -259,6 +260,39 @@ struct memtrail_python_stack {
 #define MEMTRAIL_PYTHON_TRUNCATED 1  /* more frames than MEMTRAIL_MAX_PYTHON_DEPTH */
 #define MEMTRAIL_PYTHON_UNREADABLE 2 /* a frame could not be read: the walk stopped there */
 #define MEMTRAIL_PYTHON_NO_THREAD 4  /* no thread state of this thread was found */
+
+/* ---- Python objects by type (--python-types) ----
+ * CPython creates the objects its garbage collector tracks (class instances, dicts, lists,
+ * tuples, sets, ...) through a few functions that receive the type, and frees them through
+ * one, which finds it in the object: per process and type, the kernel counts objects made and
+ * freed, and their items (the variable part: a tuple's elements). Userspace names the types
+ * and turns counts into objects, bytes and growth. Frees of types never seen made are not
+ * counted (objects from before attach of a type not made since). */
+enum memtrail_python_object_call {
+	MEMTRAIL_PYTHON_GENERIC_ALLOC = 0, /* PyType_GenericAlloc(type, nitems): GC types only */
+	MEMTRAIL_PYTHON_GC_NEW = 1,        /* _PyObject_GC_New(type) */
+	MEMTRAIL_PYTHON_GC_NEWVAR = 2,     /* _PyObject_GC_NewVar(type, nitems) */
+};
+
+struct memtrail_python_type_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 type; /* the PyTypeObject's address in the process */
+};
+
+struct memtrail_python_type_counts {
+	__u64 made;
+	__u64 freed;
+	__u64 items_made;
+	__u64 items_freed; /* ob_size at the free: meaningful for types with items only */
+};
+
+/* Where userspace reads a type's flags from (PyTypeObject.tp_flags), and the flag of GC types. */
+struct memtrail_python_type_layout {
+	__u32 type_flags;
+	__u32 pad;
+	__u64 have_gc; /* Py_TPFLAGS_HAVE_GC */
+};
 
 /* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
  * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions

@@ -4,12 +4,19 @@
 import time
 
 
+class Session:
+    def __init__(self, request_id, blob):
+        self.request_id = request_id
+        self.blob = blob
+
+
 class SessionCache:
     def __init__(self):
         self.sessions = {}
 
     def remember(self, request_id, payload):
-        self.sessions[request_id] = payload.encode() * 4  # never evicted: the leak
+        session = Session(request_id, payload.encode() * 4)  # never evicted: the leak
+        self.sessions[request_id] = session
 
 
 def render(payload):

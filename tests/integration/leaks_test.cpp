@@ -976,6 +976,50 @@ TEST(LeaksPython, NativeModeShowsTheInterpretersFramesOnly) {
   target.process.write_stdin("quit\n");
 }
 
+TEST(LeaksPython, PythonTypesShowTheAppendedTypesGrowing) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_TYPES_PY});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                 "--interval", "0.25", "--python-types"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  auto size_line = target.process.wait_for_stdout("size Session ", 10s);
+  ASSERT_TRUE(size_line.has_value());
+  uint64_t session_size = std::stoull(size_line->substr(13));  // sys.getsizeof(Session(0))
+  auto kept_line = target.process.wait_for_stdout("kept ", 20s);
+  ASSERT_TRUE(kept_line.has_value());
+  int64_t kept = std::stoll(kept_line->substr(5));
+  ASSERT_TRUE(target.process.wait_for_stdout("done", 10s).has_value());
+  tracer.stop();
+  json report = read_json(json_path);
+  ASSERT_TRUE(report.contains("python_types")) << report.dump(2);
+  std::map<std::string, json> types;
+  for (const auto& type : report["python_types"]) {
+    EXPECT_EQ(type["pid"], target.process.pid());
+    types[type["type"].get<std::string>()] = type;
+  }
+  ASSERT_TRUE(types.count("Session")) << report["python_types"].dump(2);
+  // Every Session kept is counted, those made and dropped are not, and each takes what
+  // sys.getsizeof says.
+  const auto& session = types["Session"];
+  EXPECT_EQ(session["outstanding_objects"].get<int64_t>(), kept) << session.dump(2);
+  EXPECT_EQ(session["outstanding_bytes"].get<uint64_t>(), kept * session_size) << session.dump(2);
+  EXPECT_GE(session["made"].get<int64_t>(), 2 * kept);  // the churned ones too
+  EXPECT_GT(session["growth_objects_per_s"].get<double>(), 0.0);
+  // The kept dicts: as many, give or take the interpreter's free list of 80 dicts.
+  ASSERT_TRUE(types.count("dict"));
+  EXPECT_NEAR(types["dict"]["outstanding_objects"].get<double>(), static_cast<double>(kept), 100)
+      << types["dict"].dump(2);
+  EXPECT_GT(types["dict"]["growth_objects_per_s"].get<double>(), 0.0);
+  // Fastest growing first: the two appended types lead.
+  std::set<std::string> first_two = {report["python_types"][0]["type"].get<std::string>(),
+                                     report["python_types"][1]["type"].get<std::string>()};
+  EXPECT_EQ(first_two, (std::set<std::string>{"Session", "dict"}));
+  target.process.write_stdin("quit\n");
+}
+
 TEST(LeaksRegions, WithoutMmapMappedMemoryIsLeftOut) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "regions", "3"});

@@ -176,6 +176,21 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   with_unwind.targets[0].losses.drops = 7;
   EXPECT_EQ(from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump()))
                 .targets[0].losses.drops, 7u);
+  // So do Python frames, the interpreter and the objects by type (report FILE shows them).
+  model::Report python = original;
+  python.leaks[0].stack[1].python = true;
+  python.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
+  python.python_types = std::vector<model::PythonType>{{42, "Session", 2000, 112000, 800.5, 6001, 4001}};
+  model::Report python_read = from_json(nlohmann::json::parse(to_json(python, 5.0).dump()));
+  EXPECT_TRUE(python_read.leaks[0].stack[1].python);
+  EXPECT_FALSE(python_read.leaks[0].stack[0].python);
+  ASSERT_TRUE(python_read.targets[0].python);
+  EXPECT_EQ(python_read.targets[0].python->version, "3.11.2");
+  ASSERT_TRUE(python_read.python_types);
+  ASSERT_EQ(python_read.python_types->size(), 1u);
+  EXPECT_EQ((*python_read.python_types)[0].outstanding_bytes, 112000);
+  EXPECT_DOUBLE_EQ((*python_read.python_types)[0].growth_objects_per_s, 800.5);
+  EXPECT_FALSE(read.python_types);
   // Version 1 reads too, without verdicts.
   model::Report v1 = from_json(nlohmann::json::parse(to_json(original, 5.0, 1).dump()));
   EXPECT_FALSE(v1.leaks[0].growth);

@@ -165,6 +165,38 @@ TEST(Python, LineTableDecodingAgreesWithCoLines) {
   EXPECT_GT(checked, 100u);
 }
 
+TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
+  Fixture fixture;
+  ASSERT_FALSE(fixture.report().is_null());
+  auto pid = static_cast<uint32_t>(fixture.pid());
+  auto mappings = target::read_proc_maps(pid);
+  ASSERT_TRUE(mappings);
+  auto interpreter = find_interpreter(*mappings, "");
+  ASSERT_TRUE(interpreter);
+  EXPECT_EQ(interpreter->object_probes.size(), 4u) << interpreter->types_reason;
+  std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
+  const auto& report = fixture.report();
+  uint64_t dict_type = report["dict_type"].get<uint64_t>();
+  uint64_t plain_type = report["plain_type"].get<uint64_t>();
+  TypeTracker tracker;
+  // Counts as the kernel keeps them: running totals, read at t = 0, 1 and 2 s.
+  tracker.record(0, {{pid, dict_type, 10, 4, 0, 0}, {pid, plain_type, 5, 5, 0, 0}}, interpreters);
+  tracker.record(1, {{pid, dict_type, 20, 4, 0, 0}, {pid, plain_type, 6, 5, 0, 0}}, interpreters);
+  tracker.record(2, {{pid, dict_type, 30, 4, 0, 0}, {pid, plain_type, 7, 5, 0, 0}}, interpreters);
+  auto types = tracker.report();
+  ASSERT_EQ(types.size(), 2u);
+  EXPECT_EQ(types[0].type, "dict");  // fastest growing first
+  EXPECT_EQ(types[0].outstanding_objects, 26);
+  EXPECT_EQ(types[0].outstanding_bytes, 26 * report["dict_size"].get<int64_t>());
+  EXPECT_NEAR(types[0].growth_objects_per_s, 10.0, 1e-9);
+  EXPECT_EQ(types[1].type, "Plain");
+  EXPECT_EQ(types[1].outstanding_objects, 2);
+  EXPECT_EQ(types[1].outstanding_bytes, 2 * report["plain_size"].get<int64_t>());
+  EXPECT_NEAR(types[1].growth_objects_per_s, 1.0, 1e-9);
+  EXPECT_EQ(types[1].made, 7u);
+  EXPECT_EQ(types[1].freed, 5u);
+}
+
 model::Frame native(const std::string& function, const std::string& module) {
   model::Frame frame;
   frame.function = function;

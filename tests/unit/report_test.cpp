@@ -43,6 +43,8 @@ model::Report sample_report() {
                      {2, 0, 0, 0, 3, 4},  // losses: 2 drops, 3 unmatched frees, 4 region events
                      std::nullopt, 3 << 20, 4000, "/system.slice/server.service"}};
   report.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
+  report.python_types = std::vector<model::PythonType>{
+      {4242, "Session", 2000, 112000, 800.5, 6001, 4001}, {4242, "dict", -3, -192, 0, 10, 13}};
   report.totals.allocations = 100;
   report.totals.frees = 90;
   report.totals.outstanding_bytes = 7000;
@@ -161,6 +163,15 @@ TEST(Report, PythonFramesAndTheInterpreterAreInTextAndJson) {
   EXPECT_EQ(frames[frames.size() - 1]["function"], "Cache.fill");
   EXPECT_EQ(json["targets"][0]["python"]["version"], "3.11.2");
   EXPECT_EQ(json["targets"][0]["python"]["frames"], true);
+  ASSERT_EQ(json["python_types"].size(), 2u);
+  EXPECT_EQ(json["python_types"][0]["type"], "Session");
+  EXPECT_EQ(json["python_types"][0]["outstanding_objects"], 2000);
+  EXPECT_EQ(json["python_types"][1]["outstanding_bytes"], -192);
+  // --top 1: the fastest growing type, then how many more.
+  EXPECT_NE(text.str().find("pid 4242  Session  +48,030 objects/min   2,000 objects     109.4 KiB"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("... and 1 more type\n"), std::string::npos) << text.str();
   // An interpreter memtrail cannot walk: native frames, and a note that says why.
   report.targets[0].python = model::PythonRuntime{"3.12.1", "/usr/bin/python3.12", false,
                                                   "CPython 3.12.1 is not supported"};

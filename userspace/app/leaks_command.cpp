@@ -69,6 +69,7 @@ struct TracedProcess {
   std::set<std::string> resolved_code_files;
   // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
   std::string python_key;
+  std::string python_types_module;  // the interpreter file --python-types probes, once
 };
 
 // What identifies the files that may hold a CPython runtime, where they are mapped.
@@ -192,6 +193,7 @@ class LeaksSession {
     if (python_naming_.mode != python::FramesMode::kNative) {
       config.python_layout = python::built_layout().walker;
     }
+    if (options_.python_types) config.python_type_layout = python::built_layout().types;
     config.unwind_table_rows = static_cast<uint32_t>(
         std::min<uint64_t>(uint64_t{options_.unwind_table_mib} * 1024 * 1024 /
                                sizeof(memtrail_unwind_row),
@@ -386,9 +388,35 @@ class LeaksSession {
     }
     if (walk) {
       tracer_->set_python_process(pid, interpreter->runtime_address);
-      python_naming_.interpreters[pid] = *interpreter;
     }
+    if (interpreter->supported) python_naming_.interpreters[pid] = *interpreter;
+    if (options_.python_types && interpreter->supported) attach_python_types(process, *interpreter);
     process.info.python = std::move(runtime);
+  }
+
+  // --python-types: the interpreter's object allocators, probed for this process (once per
+  // interpreter file it maps).
+  void attach_python_types(TracedProcess& process, const python::Interpreter& interpreter) {
+    uint32_t pid = process.info.pid;
+    if (process.python_types_module == interpreter.module) return;
+    if (interpreter.object_probes.empty()) {
+      std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
+                << "type: " << interpreter.types_reason << "\n";
+      return;
+    }
+    std::vector<tracer::AllocTracer::PythonObjectProbe> probes;
+    for (const auto& probe : interpreter.object_probes) {
+      probes.push_back({probe.function, probe.file_offset, probe.release, probe.call});
+    }
+    try {
+      tracer_->attach_python_types(pid, target::path_in_process_root(pid, interpreter.module),
+                                   interpreter.module, probes);
+    } catch (const Error& error) {
+      std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
+                << "type: " << error.what() << "\n";
+      return;
+    }
+    process.python_types_module = interpreter.module;
   }
 
   // Names the Python frames of stacks new since the last look, while their process lives:
@@ -849,6 +877,7 @@ class LeaksSession {
     context.suppressions = &suppressions_;
     context.unwind = unwind_summary();
     context.python = &python_naming_;
+    if (options_.python_types) context.python_types = python_types_.report();
     return context;
   }
 
@@ -873,6 +902,9 @@ class LeaksSession {
     double t_s = std::chrono::duration<double>(read - start_).count();
     history_.record(t_s, measurement.aggregate);
     record_process_memory(t_s, measurement.aggregate);
+    if (options_.python_types) {
+      python_types_.record(t_s, measurement.snapshot.python_types, python_naming_.interpreters);
+    }
     aggregator::assess_sites(measurement.aggregate, history_, options_.interval_s,
                              measurement.snapshot.taken_at_ns);
     auto ranked = Clock::now();
@@ -992,6 +1024,7 @@ class LeaksSession {
   uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
   python::CodeReader python_reader_;
   report::PythonNaming python_naming_;
+  python::TypeTracker python_types_;  // --python-types
   uint32_t python_stacks_seen_ = 0;           // tracer_->stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
   uint32_t max_allocations_ = 0;    // --max-allocations, or sized from available memory

@@ -259,6 +259,11 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "native frames of C code), python (Python frames only) or native (the "
                     "interpreter's C frames only; no Python frame walk, no cost)")
       ->type_name("MODE");
+  leaks->add_flag("--python-types", options.python_types,
+                  "For CPython processes, also count the objects the garbage collector tracks "
+                  "by type (class instances, dict, list, tuple, ...): made minus freed since "
+                  "attach, their bytes and growth (python_types in JSON). A probe per object "
+                  "made and freed: opt-in");
   leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
                     "Kernel memory for CFI unwind tables, shared by all traced processes "
                     "(default 16, and a quarter more for page indexes; libc takes 0.25): modules "

@@ -70,6 +70,7 @@ struct LeaksOptions {
   std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
   // --python-frames native|python|mixed: what CPython processes' stacks show.
   std::string python_frames = "mixed";
+  bool python_types = false;  // --python-types: CPython objects by type (a probe per object)
   uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };

@@ -141,6 +141,17 @@ struct Target {
   std::optional<PythonRuntime> python = std::nullopt;  // absent: not a CPython process (or not looked at)
 };
 
+// CPython objects of one type in one process (--python-types): those the garbage collector
+// tracks, made minus freed since memtrail attached.
+struct PythonType {
+  uint32_t pid = 0;
+  std::string type;  // tp_name: "dict", "Session", "collections.OrderedDict"
+  int64_t outstanding_objects = 0;  // made minus freed since attach (negative: more freed)
+  int64_t outstanding_bytes = 0;    // those objects' own size (as sys.getsizeof, GC header included)
+  double growth_objects_per_s = 0;  // least-squares slope of outstanding_objects over the run
+  uint64_t made = 0, freed = 0;
+};
+
 struct Totals {
   uint64_t allocations = 0;  // successful allocator calls seen (sampled or not)
   uint64_t frees = 0;
@@ -193,6 +204,8 @@ struct Report {
   Totals totals;
   std::vector<LeakSite> leaks;      // ranked by outstanding bytes, at most `top`
   std::optional<UnwindSummary> unwind;  // absent in reports from before --unwind
+  // --python-types: CPython objects by type, fastest growing first; absent without it.
+  std::optional<std::vector<PythonType>> python_types;
   std::vector<std::string> notes;   // caveats the reader must see (drops, invisible pre-attach allocations)
 };
 

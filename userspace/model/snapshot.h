@@ -45,6 +45,7 @@ struct TracerCounters {
   uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
   uint64_t region_events_lost = 0;    // mmap/munmap/mremap/brk events: ring buffer full
+  uint64_t python_types_lost = 0;     // Python objects not counted: the type map was full
 };
 
 // What memtrail could not track in one process (bpf/alloc_events.h, enum memtrail_loss).
@@ -91,6 +92,13 @@ struct Snapshot {
   };
   std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;
+  // CPython objects by type (--python-types): the kernel's running counts.
+  struct PythonTypeCounts {
+    uint32_t pid = 0;
+    uint64_t type = 0;  // the PyTypeObject's address in the process
+    uint64_t made = 0, freed = 0, items_made = 0, items_freed = 0;
+  };
+  std::vector<PythonTypeCounts> python_types;
   std::unordered_map<uint32_t, ProcessLosses> losses;  // by pid; processes that lost nothing absent
 };
 

@@ -206,6 +206,25 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
     if (interpreter.version.empty()) interpreter.version = version_from_name(mapping.path);
     const auto& layout = built_layout();
     interpreter.supported = major == layout.major && minor == layout.minor;
+    // The object allocators, for --python-types.
+    struct Wanted {
+      const char* name;
+      bool release;
+      uint32_t call;
+    };
+    for (const Wanted& wanted : {Wanted{"PyType_GenericAlloc", false, MEMTRAIL_PYTHON_GENERIC_ALLOC},
+                                 Wanted{"_PyObject_GC_New", false, MEMTRAIL_PYTHON_GC_NEW},
+                                 Wanted{"_PyObject_GC_NewVar", false, MEMTRAIL_PYTHON_GC_NEWVAR},
+                                 Wanted{"PyObject_GC_Del", true, 0}}) {
+      auto function = file->find_function(wanted.name);
+      auto offset = function ? file->file_offset_of(function->address) : std::nullopt;
+      if (!offset) {
+        interpreter.object_probes.clear();
+        interpreter.types_reason = std::string(wanted.name) + " not found in " + mapping.path;
+        break;
+      }
+      interpreter.object_probes.push_back({wanted.name, *offset, wanted.release, wanted.call});
+    }
     if (!interpreter.supported) {
       interpreter.reason = "CPython " + interpreter.version + " is not supported (memtrail " +
                            "knows the frame layout of CPython " + std::to_string(layout.major) +
@@ -315,6 +334,85 @@ model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
 
 void CodeReader::forget(uint32_t pid) {
   codes_.erase(codes_.lower_bound({pid, 0}), codes_.lower_bound({pid + 1, 0}));
+}
+
+void TypeTracker::record(double t_s,
+                         const std::vector<model::Snapshot::PythonTypeCounts>& counts,
+                         const std::unordered_map<uint32_t, Interpreter>& interpreters) {
+  const auto& layout = built_layout();
+  for (const auto& count : counts) {
+    auto key = std::make_pair(count.pid, count.type);
+    auto it = types_.find(key);
+    if (it == types_.end()) {
+      if (!interpreters.count(count.pid)) continue;  // not a process memtrail walks (any more)
+      Tracked tracked;
+      std::vector<uint8_t> raw(std::max({layout.type_name, layout.type_basicsize,
+                                         layout.type_itemsize, layout.types.type_flags}) + 8);
+      if (!read_memory(count.pid, count.type, raw.data(), raw.size())) continue;  // next time
+      uint64_t name_address = field<uint64_t>(raw, layout.type_name);
+      char name[128] = {};
+      if (!name_address || !read_memory(count.pid, name_address, name, sizeof(name) - 1)) {
+        // A name across the end of a mapping: read less.
+        if (!name_address || !read_memory(count.pid, name_address, name, 16)) continue;
+      }
+      name[sizeof(name) - 1] = '\0';
+      tracked.info.name = std::string(name, strnlen(name, sizeof(name) - 1));
+      tracked.info.basic_size = field<int64_t>(raw, layout.type_basicsize);
+      tracked.info.item_size = field<int64_t>(raw, layout.type_itemsize);
+      uint64_t flags = field<uint64_t>(raw, layout.types.type_flags);
+      tracked.info.pre_header =
+          layout.gc_header_size + ((flags & layout.managed_dict) ? 2 * sizeof(void*) : 0);
+      it = types_.emplace(key, std::move(tracked)).first;
+    }
+    auto& tracked = it->second;
+    tracked.last = count;
+    if (tracked.series.size() >= 480) {  // a long run: every other point, the whole span kept
+      for (size_t i = 0; i < tracked.series.size() / 2; ++i) tracked.series[i] = tracked.series[2 * i];
+      tracked.series.resize(tracked.series.size() / 2);
+    }
+    tracked.series.emplace_back(t_s, static_cast<double>(count.made) - static_cast<double>(count.freed));
+  }
+}
+
+std::vector<model::PythonType> TypeTracker::report() const {
+  std::vector<model::PythonType> types;
+  for (const auto& [key, tracked] : types_) {
+    model::PythonType type;
+    type.pid = key.first;
+    type.type = tracked.info.name;
+    type.made = tracked.last.made;
+    type.freed = tracked.last.freed;
+    type.outstanding_objects =
+        static_cast<int64_t>(tracked.last.made) - static_cast<int64_t>(tracked.last.freed);
+    int64_t items = tracked.info.item_size
+                        ? static_cast<int64_t>(tracked.last.items_made) -
+                              static_cast<int64_t>(tracked.last.items_freed)
+                        : 0;
+    type.outstanding_bytes = type.outstanding_objects *
+                                 (tracked.info.basic_size + tracked.info.pre_header) +
+                             items * tracked.info.item_size;
+    // Least-squares slope of outstanding objects over time.
+    const auto& series = tracked.series;
+    if (series.size() >= 2) {
+      double n = static_cast<double>(series.size()), sum_t = 0, sum_y = 0, sum_tt = 0, sum_ty = 0;
+      for (const auto& [t, y] : series) {
+        sum_t += t;
+        sum_y += y;
+        sum_tt += t * t;
+        sum_ty += t * y;
+      }
+      double denominator = n * sum_tt - sum_t * sum_t;
+      if (denominator > 0) type.growth_objects_per_s = (n * sum_ty - sum_t * sum_y) / denominator;
+    }
+    types.push_back(std::move(type));
+  }
+  std::sort(types.begin(), types.end(), [](const auto& a, const auto& b) {
+    if (a.growth_objects_per_s != b.growth_objects_per_s) {
+      return a.growth_objects_per_s > b.growth_objects_per_s;
+    }
+    return a.outstanding_objects > b.outstanding_objects;
+  });
+  return types;
 }
 
 std::vector<model::Frame> mix_frames(const std::vector<model::Frame>& native,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "model/report.h"
+#include "model/snapshot.h"
 #include "python/cpython_layout.h"
 #include "target/proc_maps.h"
 
@@ -28,6 +30,14 @@ std::optional<FramesMode> parse_frames_mode(std::string_view text);
 // The CPython layout memtrail was built against (userspace/python/cpython_layout.c).
 const memtrail_cpython_layout& built_layout();
 
+// A function of the interpreter's file that --python-types probes.
+struct ObjectProbe {
+  std::string function;
+  uint64_t file_offset = 0;  // where the uprobe goes
+  bool release = false;      // PyObject_GC_Del: an object freed; else one made
+  uint32_t call = 0;         // enum memtrail_python_object_call, for the ones that make
+};
+
 // A process's interpreter: the module defining _PyRuntime (the python executable, or
 // libpython for embedders), where that lies in the process, and whether memtrail walks it.
 struct Interpreter {
@@ -37,6 +47,10 @@ struct Interpreter {
   uint64_t code_type_address = 0;  // &PyCode_Type: what a live code object's ob_type is
   bool supported = false;
   std::string reason;  // why not, when not supported
+  // The object allocators and PyObject_GC_Del, for --python-types; empty when one is missing
+  // (types_reason says which).
+  std::vector<ObjectProbe> object_probes;
+  std::string types_reason;
 };
 
 // The CPython interpreter `pid` runs, from its mappings (files opened under `root`, normally
@@ -74,6 +88,29 @@ class CodeReader {
   };
   std::optional<Code> read_code(uint32_t pid, const Interpreter& interpreter, uint64_t address);
   std::map<std::pair<uint32_t, uint64_t>, std::optional<Code>> codes_;
+};
+
+// CPython objects by type over the run (--python-types), from the kernel's counts at each
+// interval: names the types (read from the live process once), and keeps each one's outstanding
+// objects over time for its growth.
+class TypeTracker {
+ public:
+  void record(double t_s, const std::vector<model::Snapshot::PythonTypeCounts>& counts,
+              const std::unordered_map<uint32_t, Interpreter>& interpreters);
+  // Every type seen, fastest growing first (then most objects).
+  std::vector<model::PythonType> report() const;
+
+ private:
+  struct TypeInfo {
+    std::string name;
+    int64_t basic_size = 0, item_size = 0, pre_header = 0;
+  };
+  struct Tracked {
+    TypeInfo info;
+    model::Snapshot::PythonTypeCounts last;
+    std::vector<std::pair<double, double>> series;  // (t_s, outstanding objects)
+  };
+  std::map<std::pair<uint32_t, uint64_t>, Tracked> types_;
 };
 
 // The stack of a site as --python-frames shows it. `native` is symbolized, innermost first;

@@ -73,6 +73,14 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout)
 	layout->ascii_data = sizeof(PyASCIIObject);
 	layout->compact_data = sizeof(PyCompactUnicodeObject);
 
+	layout->types.type_flags = offsetof(PyTypeObject, tp_flags);
+	layout->types.have_gc = Py_TPFLAGS_HAVE_GC;
+	layout->type_name = offsetof(PyTypeObject, tp_name);
+	layout->type_basicsize = offsetof(PyTypeObject, tp_basicsize);
+	layout->type_itemsize = offsetof(PyTypeObject, tp_itemsize);
+	layout->managed_dict = Py_TPFLAGS_MANAGED_DICT;
+	layout->gc_header_size = sizeof(PyGC_Head);
+
 	memset(&probe, 0, sizeof(probe));
 	probe.state.kind = 7;
 	kind_mask = state_word(&probe);

@@ -30,6 +30,13 @@ struct memtrail_cpython_layout {
 	unsigned compact_data;    /* sizeof(PyCompactUnicodeObject): other compact strings' */
 	unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
 	unsigned state_compact_bit, state_ascii_bit;
+	/* Types (--python-types): their name, sizes and flags. */
+	struct memtrail_python_type_layout types; /* what the BPF programs read */
+	unsigned type_name;      /* PyTypeObject.tp_name (const char *) */
+	unsigned type_basicsize; /* PyTypeObject.tp_basicsize */
+	unsigned type_itemsize;  /* PyTypeObject.tp_itemsize */
+	unsigned long managed_dict; /* Py_TPFLAGS_MANAGED_DICT: two pointers before the GC header */
+	unsigned gc_header_size;    /* sizeof(PyGC_Head), before every GC object */
 };
 
 /* Fills `layout` from the headers compiled in. */

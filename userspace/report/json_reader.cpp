@@ -214,6 +214,21 @@ model::Report from_json(const json& document) {
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();
     if (document.contains("unwind")) report.unwind = unwind_from(document.at("unwind"));
+    if (document.contains("python_types")) {
+      std::vector<model::PythonType> types;
+      for (const auto& entry : document.at("python_types")) {
+        model::PythonType type;
+        type.pid = entry.at("pid").get<uint32_t>();
+        type.type = entry.at("type").get<std::string>();
+        type.outstanding_objects = entry.at("outstanding_objects").get<int64_t>();
+        type.outstanding_bytes = entry.at("outstanding_bytes").get<int64_t>();
+        type.growth_objects_per_s = entry.at("growth_objects_per_s").get<double>();
+        type.made = entry.value("made", uint64_t{0});
+        type.freed = entry.value("freed", uint64_t{0});
+        types.push_back(std::move(type));
+      }
+      report.python_types = std::move(types);
+    }
     return report;
   } catch (const json::exception& error) {
     throw Error(std::string("malformed memtrail report: ") + error.what());

@@ -214,6 +214,19 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
           {"notes", report.notes}};
   if (version >= 2) json["totals"]["region_events_lost"] = totals.region_events_lost;
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
+  if (report.python_types && version >= 2) {
+    ordered_json types = ordered_json::array();
+    for (const auto& type : *report.python_types) {
+      types.push_back({{"pid", type.pid},
+                       {"type", type.type},
+                       {"outstanding_objects", type.outstanding_objects},
+                       {"outstanding_bytes", type.outstanding_bytes},
+                       {"growth_objects_per_s", type.growth_objects_per_s},
+                       {"made", type.made},
+                       {"freed", type.freed}});
+    }
+    json["python_types"] = std::move(types);
+  }
   return json;
 }
 

@@ -260,7 +260,20 @@ model::Report build_report(const model::Snapshot& snapshot,
   }
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
                         [](const model::LeakSite& leak) { return !leak.suppressed; });
+  report.python_types = context.python_types;
   report.notes = notes_for(totals, context, counters.missed_entries);
+  if (counters.python_types_lost > 0) {
+    report.notes.push_back(with_thousands(counters.python_types_lost) +
+                           " Python objects were not counted by type: the map of (process, type) "
+                           "pairs was full.");
+  }
+  if (report.python_types) {
+    report.notes.push_back(
+        "Python objects by type count the objects CPython's garbage collector tracks (class "
+        "instances, dict, list, tuple, set, ...), made minus freed since memtrail attached: an "
+        "object from before attach that is freed makes the count lower. A type's free lists "
+        "(up to 80 dicts or lists kept for reuse) may show as outstanding.");
+  }
   if (context.unwind) {
     report.unwind = context.unwind;
     auto& unwind = *report.unwind;

@@ -39,6 +39,7 @@ struct ReportContext {
   // Mode and modules of the stack walker; the builder adds the stack counts. Absent: none.
   std::optional<model::UnwindSummary> unwind;
   const PythonNaming* python = nullptr;  // absent: stacks stay native
+  std::optional<std::vector<model::PythonType>> python_types;  // --python-types
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

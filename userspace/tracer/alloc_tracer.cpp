@@ -29,6 +29,8 @@ constexpr uint32_t kMaxUnwindProcesses = 4096;
 constexpr uint32_t kMaxLossProcesses = 16384;
 // Processes traced at once (their mmap calls followed, or picked by --all).
 constexpr uint32_t kMaxTracedProcesses = 65536;
+// (process, Python type) pairs counted by --python-types; more are counted as lost.
+constexpr uint32_t kMaxPythonTypes = 1u << 17;
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -110,6 +112,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                // Entries only for CPython processes and their stacks (no preallocation).
                {maps.python_processes, config.python_layout ? kMaxTracedProcesses : 1u},
                {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
+               {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
                {maps.region_events, lifecycle ? config.region_buffer_bytes
                                               : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
@@ -123,6 +126,13 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                                  p.region_brk_exit}) {
       bpf_program__set_autoload(program, false);
     }
+  }
+  if (!config.python_type_layout) {
+    bpf_program__set_autoload(p.python_object_new, false);
+    bpf_program__set_autoload(p.python_object_free, false);
+  } else {
+    const_cast<memtrail_python_type_layout&>(skeleton_->rodata->python_type_layout) =
+        *config.python_type_layout;
   }
   if (!lifecycle) {
     bpf_program__set_autoload(p.region_exec, false);
@@ -324,6 +334,17 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
     }
     forget_python_process(pid);
   }
+  if (config_.python_type_layout) {
+    std::vector<memtrail_python_type_key> types;
+    read_hash_map<memtrail_python_type_key, memtrail_python_type_counts>(
+        bpf_map__fd(skeleton_->maps.python_types), 1024, "python_types",
+        [&](const memtrail_python_type_key& key, const memtrail_python_type_counts&) {
+          if (key.tgid == pid) types.push_back(key);
+        });
+    for (const auto& key : types) {
+      bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_types), &key);
+    }
+  }
   std::vector<memtrail_fallback_key> fallbacks;
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(skeleton_->maps.fallback_sites), 4096, "fallback_sites",
@@ -467,6 +488,28 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
+void AllocTracer::attach_python_types(uint32_t pid, const std::string& open_path,
+                                      const std::string& path,
+                                      const std::vector<PythonObjectProbe>& probes) {
+  if (!config_.python_type_layout) return;
+  std::vector<Link> attached;
+  for (const auto& probe : probes) {
+    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = probe.call);
+    bpf_program* program =
+        probe.release ? skeleton_->progs.python_object_free : skeleton_->progs.python_object_new;
+    bpf_link* link = bpf_program__attach_uprobe_opts(program, static_cast<pid_t>(pid),
+                                                     open_path.c_str(), probe.file_offset,
+                                                     &options);
+    if (!link) {
+      fail("attach uprobe " + probe.function + " in " + path + " (pid " + std::to_string(pid) +
+               ", --python-types)",
+           errno);
+    }
+    attached.emplace_back(link);
+  }
+  for (auto& link : attached) links_.push_back(std::move(link));
+}
+
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Exec and fork events found here wait in lifecycle_ for drain_region_events().
   consume_region_events();
@@ -549,6 +592,14 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         }
         snapshot.sites.push_back(site);
       });
+  if (config_.python_type_layout) {
+    read_hash_map<memtrail_python_type_key, memtrail_python_type_counts>(
+        bpf_map__fd(maps.python_types), 1024, "python_types",
+        [&](const memtrail_python_type_key& key, const memtrail_python_type_counts& counts) {
+          snapshot.python_types.push_back({key.tgid, key.type, counts.made, counts.freed,
+                                           counts.items_made, counts.items_freed});
+        });
+  }
   if (config_.python_layout) {
     read_hash_map<uint32_t, memtrail_python_stack>(
         bpf_map__fd(maps.python_stacks), 256, "python_stacks",
@@ -601,6 +652,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
   counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
   counters.region_events_lost = counter_totals[MEMTRAIL_CTR_REGION_EVENTS_LOST];
+  counters.python_types_lost = counter_totals[MEMTRAIL_CTR_PYTHON_TYPES_LOST];
   counters.allocations += regions_.mapped_total();
   counters.frees += regions_.released_total();
   return snapshot;

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "model/snapshot.h"
@@ -36,6 +37,9 @@ struct TracerConfig {
   // Walk the Python frames of the CPython processes added with set_python_process(), with
   // this layout (--python-frames other than native).
   std::optional<memtrail_python_layout> python_layout;
+  // Count CPython objects by type (--python-types), with this layout: programs loaded and the
+  // map sized only then.
+  std::optional<memtrail_python_type_layout> python_type_layout;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
@@ -104,6 +108,18 @@ class AllocTracer : public unwind::RowStore {
   // Tells the walker where process `pid` maps code and how to unwind each mapping (replaces
   // what it had). Throws memtrail::Error when the map refuses it.
   void set_unwind_mappings(uint32_t pid, std::span<const unwind::WalkerMapping> mappings);
+  // A function of a CPython interpreter's file that counts objects by type (--python-types).
+  struct PythonObjectProbe {
+    std::string function;
+    uint64_t file_offset = 0;
+    bool release = false;  // frees an object (PyObject_GC_Del); else makes one
+    uint32_t call = 0;     // enum memtrail_python_object_call
+  };
+  // Attaches them for process `pid`, the file opened at `open_path` (`path` as the process
+  // sees it, for messages). All or nothing; throws memtrail::Error.
+  void attach_python_types(uint32_t pid, const std::string& open_path, const std::string& path,
+                           const std::vector<PythonObjectProbe>& probes);
+
   // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their
   // Python frames (needs config python_layout). Throws memtrail::Error when the map refuses it.
   void set_python_process(uint32_t pid, uint64_t runtime_address);
