@@ -335,8 +335,11 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
   shrinking.growth->bytes_per_s = -10;
   model::LeakSite other = slower;
   other.pid = 43;
+  // A Python program's site is named by its innermost Python frame, not the C code below it.
+  model::Frame python_frame{0x7f00'0000'0000, "[python]", 0x2a, "Cache.remember", "/srv/app.py",
+                            18, false, true};
   other.stack = {frame(0x5000, "/srv/worker", 0x500, std::nullopt),
-                 frame(0x5100, "/srv/worker", 0x510, "work", false, 3)};
+                 frame(0x5100, "/srv/worker", 0x510, "work", false, 3), python_frame};
   report.leaks.push_back(slower);
   report.leaks.push_back(shrinking);
   report.leaks.push_back(other);
@@ -369,12 +372,12 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
                                       "polyline\thelper (a.c:5): leak, +230 B/s\t3",
                                       "polyline\ttraced outstanding bytes\t4",
                                       "polyline\tRSS (private: RssAnon)\t4",
-                                      "polyline\twork (a.c:3): suspect, +50 B/s\t2"}))
+                                      "polyline\tCache.remember (app.py:18): suspect, +50 B/s\t2"}))
       << all;
   // The legend names every line.
   for (const char* name : {"RSS (private: RssAnon)", "traced outstanding bytes",
                            "helper (a.c:5): leak, +230 B/s", "grower (a.c:7): suspect, +50 B/s",
-                           "work (a.c:3): suspect, +50 B/s"}) {
+                           "Cache.remember (app.py:18): suspect, +50 B/s"}) {
     EXPECT_TRUE(has_line(lines, std::string("legend\t") + name + "\t0")) << name << "\n" << all;
   }
   // Bytes in MiB up to 2.5 MiB in steps of 0.5; time in seconds past the 30.5 s run.

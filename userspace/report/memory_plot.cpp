@@ -91,15 +91,22 @@ Axis time_axis(double max_s) {
   return axis;
 }
 
-// The site as the legend names it: its innermost frame with a function name (an unsymbolized
-// allocator wrapper says little), with that frame's file:line.
+// The site as the legend names it: its innermost Python frame in a Python program, else its
+// innermost frame with a function name (an unsymbolized allocator wrapper says little), with
+// that frame's file:line.
 std::string site_label(const model::LeakSite& site) {
   if (site.stack.empty()) return "(no stack)";
   const model::Frame* named = &site.stack.front();
-  for (const auto& frame : site.stack) {
-    if (frame.function) {
-      named = &frame;
-      break;
+  auto python = std::find_if(site.stack.begin(), site.stack.end(),
+                             [](const model::Frame& frame) { return frame.python; });
+  if (python != site.stack.end()) {
+    named = &*python;
+  } else {
+    for (const auto& frame : site.stack) {
+      if (frame.function) {
+        named = &frame;
+        break;
+      }
     }
   }
   std::string label = frame_name(*named);
