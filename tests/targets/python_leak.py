@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # A Python program for memtrail's Python frames, run by Debian's /usr/bin/python3. One function
 # keeps what it allocates in a module-level list (grow), one allocates as much and drops it
-# (churn), and one leaks through C: malloc called with ctypes (leak_native). Blocks of more than
+# (churn), and one leaks through C: malloc called with ctypes (leak_native); another thread
+# keeps 50 more (threaded_leak), and deep() keeps one 40 Python frames down. Blocks of more than
 # 512 bytes leave pymalloc for the C allocator, so each bytes(1000) is one calloc of 1,033
 # bytes (the object's 33-byte header, then its data). Prints "ready PID", waits for a line,
 # prints the lines marked "# line: NAME", runs ROUNDS rounds, prints "done", then waits for
@@ -9,6 +10,7 @@
 import ctypes
 import os
 import sys
+import threading
 import time
 
 ROUNDS = int(os.environ.get("ROUNDS", "10"))
@@ -42,6 +44,11 @@ def deep(depth):
     kept.append(bytearray(2000))  # line: deep
 
 
+def threaded_leak(count):
+    for _ in range(count):
+        kept.append(bytes(3000))  # line: threaded
+
+
 class Worker:
     def step(self):
         grow(PER_ROUND)  # line: step
@@ -57,6 +64,10 @@ with open(__file__) as source:
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {number}", flush=True)
 deep(40)
+# Another thread: its own thread state and frames (the main thread waits without the GIL).
+thread = threading.Thread(target=threaded_leak, args=(50,))
+thread.start()
+thread.join()
 worker = Worker()
 for _ in range(ROUNDS):
     worker.step()
