@@ -1064,6 +1064,9 @@ TEST(LeaksPython, PythonTypesShowTheAppendedTypesGrowing) {
   auto size_line = target.process.wait_for_stdout("size Session ", 10s);
   ASSERT_TRUE(size_line.has_value());
   uint64_t session_size = std::stoull(size_line->substr(13));  // sys.getsizeof(Session(0))
+  auto grow_line = target.process.wait_for_stdout("line grow ", 10s);
+  ASSERT_TRUE(grow_line.has_value());
+  std::string grow = "grow@" + grow_line->substr(10);
   auto kept_line = target.process.wait_for_stdout("kept ", 20s);
   ASSERT_TRUE(kept_line.has_value());
   int64_t kept = std::stoll(kept_line->substr(5));
@@ -1093,6 +1096,15 @@ TEST(LeaksPython, PythonTypesShowTheAppendedTypesGrowing) {
   std::set<std::string> first_two = {report["python_types"][0]["type"].get<std::string>(),
                                      report["python_types"][1]["type"].get<std::string>()};
   EXPECT_EQ(first_two, (std::set<std::string>{"Session", "dict"}));
+  // The same run's stacks: the list grow() appends to outgrows pymalloc (3,000 pointers), so
+  // its item array is a malloc site under grow(), at the appending line; churn() keeps nothing.
+  bool grow_site = false;
+  for (const auto& site : report["leaks"]) {
+    auto frames = python_frames(site);
+    if (!frames.empty() && frames[0] == grow) grow_site = true;
+    for (const auto& frame : frames) EXPECT_EQ(frame.find("churn"), std::string::npos) << site.dump(2);
+  }
+  EXPECT_TRUE(grow_site) << report["leaks"].dump(2);
   target.process.write_stdin("quit\n");
 }
 
@@ -1551,6 +1563,35 @@ json check_allocator_target(const std::string& binary, const AllocatorExpectatio
     }
   }
   return report;
+}
+
+TEST(LeaksLifecycle, ExecIntoAProgramWithAnotherAllocatorProbesThatAllocator) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");
+  TempDir dir;
+  Target target({MEMTRAIL_LEAKY, "exec_into", "4", "700", MEMTRAIL_LEAKY_JEMALLOC});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  target.collect_lines("exec");  // glibc's malloc: 4 x 700 B, then exec
+  ASSERT_TRUE(target.process.wait_for_stdout("ready ", 10s).has_value()) << "no new program";
+  // The new program's libraries are mapped by now (it waits at its gate): memtrail binds its
+  // allocator again and probes jemalloc's functions.
+  auto probing = tracer.process.wait_for_stderr(
+      "memtrail: pid " + std::to_string(target.process.pid()) + " mapped jemalloc", 10s);
+  ASSERT_TRUE(probing.has_value()) << tracer.process.stderr_seen();
+  target.run();  // leak_standard: 5 x 1000 B by jemalloc's malloc; leak_extension: mallocx
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_TRUE(sites_with_function(report, "leak_malloc").empty()) << report.dump(2);
+  auto standard = sites_with_function(report, "leak_standard");
+  ASSERT_EQ(standard.size(), 1u) << report.dump(2);
+  EXPECT_EQ(standard[0]["outstanding_bytes"], 5000);
+  auto extension = sites_with_function(report, "leak_extension");
+  ASSERT_EQ(extension.size(), 1u) << report.dump(2);
+  EXPECT_EQ(extension[0]["outstanding_bytes"], 900);
+  EXPECT_EQ(extension[0]["allocator"], "mallocx");
+  EXPECT_EQ(report["targets"][0]["allocator"], "jemalloc") << report["targets"].dump(2);
 }
 
 TEST(LeaksAllocators, AnAllocatorDlopenedAfterAttachIsProbedWhenItIsMapped) {

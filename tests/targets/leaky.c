@@ -398,6 +398,13 @@ int main(int argc, char **argv) {
   } else if (strcmp(scenario, "dlopen") == 0) {
     int failed = leak_with_mi_zalloc(count, size);
     if (failed) return failed;
+  } else if (strcmp(scenario, "exec_into") == 0 && argc > 4) {
+    // Leaks, then executes another program (argv[4]): e.g. one linked against jemalloc.
+    leak_malloc(count, size);
+    printf("exec\n");
+    char *new_argv[] = {argv[4], NULL};
+    execv(argv[4], new_argv);
+    return 11;
   } else if (strcmp(scenario, "exec") == 0) {
     // Leaks, then becomes `leaky basic 2 500`: the same process, a new program.
     leak_malloc(count, size);

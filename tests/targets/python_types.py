@@ -2,7 +2,8 @@
 # For memtrail's --python-types, run by Debian's /usr/bin/python3: each round keeps PER_ROUND
 # Session objects and as many dicts in module-level lists (grow), and makes and drops as many
 # of each (churn). Prints "ready PID", waits for a line, prints "size Session N" (what
-# sys.getsizeof says of one, GC header included) and "kept N" at the end, runs ROUNDS rounds
+# sys.getsizeof says of one, GC header included), "line grow N" (where grow appends), and
+# "kept N" at the end, runs ROUNDS rounds
 # 0.1 s apart, prints "done", then waits for "quit" or end of input.
 import os
 import sys
@@ -23,7 +24,7 @@ records = []
 
 def grow(count):
     for number in range(count):
-        sessions.append(Session(number))
+        sessions.append(Session(number))  # line: grow
         records.append({"number": number})
 
 
@@ -36,6 +37,10 @@ def churn(count):
 print(f"ready {os.getpid()}", flush=True)
 sys.stdin.readline()
 print(f"size Session {sys.getsizeof(Session(0))}", flush=True)
+with open(__file__) as source:
+    for number, text in enumerate(source, 1):
+        if "# line: " in text and "print" not in text:
+            print(f"line {text.split('# line: ')[1].strip()} {number}", flush=True)
 for _ in range(ROUNDS):
     grow(PER_ROUND)
     churn(PER_ROUND)
