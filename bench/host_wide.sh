@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # What `memtrail leaks --all` costs on a host that starts many short-lived processes: a
-# spawner runs RATE programs a second (each a short `sh -c`, which allocates through glibc)
+# spawner runs RATE programs a second (each a short `sh -c` running a command substitution:
+# two processes, both allocating through glibc)
 # for SECONDS, first untraced, then beside `memtrail leaks --all`. Prints the spawner's
 # wall time for both, memtrail's CPU time (user + system) as a share of one CPU, and how many
 # processes its report holds (each one traced from its exec and summarized at its exit).
@@ -25,19 +26,25 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 
-# Starts RATE * SECONDS programs, paced to RATE a second; prints the seconds it took.
+# Starts RATE * SECONDS programs, paced to RATE a second; prints the seconds it took. The
+# pacing forks nothing of its own (bash's clock, and `read -t` on a pipe to wait), so the
+# programs started are the ones counted.
 spawn() {
-  local total=$((rate * seconds)) started
-  started=$(date +%s.%N)
+  local total=$((rate * seconds)) started_us now_us due_us wait_us
+  exec {pause}<> <(:)
+  started_us=${EPOCHREALTIME/./}
   for ((i = 0; i < total; i++)); do
     sh -c 'x=$(printf "%s" "run $0"); : "$x"' "$i"
-    # Pace: where the schedule says this program should have started.
-    local due ahead
-    due=$(calc "$started + ($i + 1) / $rate")
-    ahead=$(calc "$due - $(date +%s.%N)")
-    if [[ $ahead != -* ]]; then sleep "$ahead"; fi
+    due_us=$((started_us + (i + 1) * 1000000 / rate))
+    now_us=${EPOCHREALTIME/./}
+    wait_us=$((due_us - now_us))
+    if ((wait_us > 0)); then
+      read -r -t "$((wait_us / 1000000)).$(printf '%06d' $((wait_us % 1000000)))" -u "$pause" || true
+    fi
   done
-  calc "$(date +%s.%N) - $started"
+  exec {pause}>&-
+  now_us=${EPOCHREALTIME/./}
+  calc "($now_us - $started_us) / 1000000"
 }
 
 # CPU seconds (user + system) process PID has used.

@@ -12,6 +12,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libgtest-dev libprotobuf-dev protobuf-compiler
   binutils util-linux python3 python3-jsonschema
   libpython3.11-dev  # CPython 3.11 headers: the frame layout --python-frames reads
+  libjemalloc-dev    # memtrail's own allocator, linked in (see userspace/CMakeLists.txt)
 )
 if [[ ${1:-} == --tests ]]; then
   packages+=(chromium libjemalloc2 libgoogle-perftools4 libtcmalloc-minimal4 libmimalloc2.0)

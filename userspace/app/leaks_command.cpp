@@ -45,6 +45,7 @@
 #include "target/process.h"
 #include "target/proc_maps.h"
 #include "tracer/alloc_tracer.h"
+#include "tracer/libbpf_util.h"
 #include "unwind/module_tables.h"
 
 namespace memtrail::app {
@@ -70,6 +71,7 @@ struct TracedProcess {
   // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
   std::string python_key;
   std::string python_types_module;  // the interpreter file --python-types probes, once
+  uint64_t exited_at_ns = 0;  // CLOCK_MONOTONIC when memtrail saw it exit
 };
 
 // What identifies the files that may hold a CPython runtime, where they are mapped.
@@ -542,6 +544,7 @@ class LeaksSession {
     for (;;) {
       auto now = Clock::now();
       if (deadline && now >= *deadline) return;
+      settle_lifecycle();
       if (now >= next_refresh) {
         // Code the stack walker met outside every known mapping (a library just dlopen'ed)
         // brings the next re-read forward, to at most every 200 ms: a JIT compiler's code is
@@ -612,11 +615,8 @@ class LeaksSession {
     process.info.exited = true;
     process.pidfd.reset();
     if (process.launched && child_) child_->reap_if_exited();
-    // The last one is covered by the final report, which comes now.
-    if (std::any_of(targets_.begin(), targets_.end(),
-                    [](const auto& other) { return !other.info.exited; })) {
-      record_exit(process);
-    }
+    process.exited_at_ns = tracer::monotonic_now_ns();
+    exits_to_record_.push_back(process.info.pid);
   }
 
   // Exits not handled yet when memtrail stops (a child that ended just before): the final
@@ -628,27 +628,37 @@ class LeaksSession {
       pollfd fd{process.pidfd.get(), POLLIN, 0};
       if (::poll(&fd, 1, 0) == 1) process_exited(process);
     }
+    settle_lifecycle(/*now_or_never=*/true);
   }
 
   // Exec and fork of the traced processes, as the kernel reported them.
   void follow_lifecycle() {
     auto news = tracer_->drain_region_events();
-    for (const auto& exec : news.execs) handle_exec(exec);
+    // Forks first: a child forked by a target and executing a program at once is the target's
+    // child that executed, not a program started elsewhere.
     for (const auto& fork : news.forks) handle_fork(fork);
+    for (const auto& exec : news.execs) handle_exec(exec);
+  }
+
+  // The traced process `pid` still running, or nullptr.
+  TracedProcess* live_target(uint32_t pid) {
+    for (auto& process : targets_) {
+      if (process.info.pid == pid && !process.info.exited) return &process;
+    }
+    return nullptr;
   }
 
   // A traced process forked: its child is traced too, with the same allocator modules (its
   // memory is a copy of the parent's). Its probes are attached now, so what it allocates from
   // here on is seen; the blocks it inherited are the parent's (frees of them are unmatched).
   void handle_fork(const tracer::AllocTracer::Fork& fork) {
-    const TracedProcess* parent = nullptr;
-    for (const auto& process : targets_) {
-      if (process.info.pid == fork.parent && !process.info.exited) parent = &process;
-    }
+    const TracedProcess* parent = live_target(fork.parent);
     if (!parent) {
       tracer_->unfollow(fork.child);  // the kernel started following it
       return;
     }
+    if (live_target(fork.child)) return;  // already traced (host-wide, seen at its exec)
+    pending_programs_.erase(fork.child);  // traced from now on as the target's child
     TracedProcess child;
     child.allocators = parent->allocators;
     child.info = target::read_target_info(fork.child);
@@ -661,13 +671,20 @@ class LeaksSession {
       }
       child.pidfd = open_pidfd(fork.child);
     } catch (const Error& error) {
-      std::cerr << "memtrail: warning: pid " << fork.child << ", forked by pid " << fork.parent
-                << ", is not traced: " << error.what() << "\n";
-      tracer_->purge_process(fork.child);  // its probes may have recorded blocks already
+      // Most often a child that exited at once (a shell's command): counted, and said once in
+      // the report; one line each only with -v, as a busy host forks hundreds a second.
+      ++children_missed_;
+      if (options_.verbose) {
+        std::cerr << "memtrail: pid " << fork.child << ", forked by pid " << fork.parent
+                  << ", is not traced: " << error.what() << "\n";
+      }
+      // Its probes may have recorded blocks already: those from before now are its own.
+      purge_later_[fork.child] = tracer::monotonic_now_ns();
       return;
     }
     targets_.push_back(std::move(child));
     refresh_mappings(targets_.back());
+    if (options_.all && !options_.verbose) return;  // many a second host-wide: -v says each
     std::cerr << "memtrail: tracing pid " << fork.child << " ("
               << targets_.back().info.comm << "), forked by pid " << fork.parent << "\n";
   }
@@ -694,14 +711,11 @@ class LeaksSession {
       if (process.info.pid != exec.pid || process.info.exited) continue;
       if (process.launched && process.execs++ == 0) return;  // the command starting
       if (!process.launched) ++process.execs;
-      uint64_t dropped = tracer_->drop_old_image(exec);
       process.mappings.clear();  // the new image's code: read again now
       process.python_key = "(exec)";
       python_reader_.forget(exec.pid);
       refresh_mappings(process);
-      std::cerr << "memtrail: pid " << exec.pid << " executed " << process.info.exe << ": "
-                << dropped << " blocks of the old program dropped, and its mappings; still "
-                << "tracing it through the allocator probes attached before\n";
+      stale_execs_.push_back(exec);  // its old blocks: freed with others (settle_lifecycle)
       return;
     }
   }
@@ -731,6 +745,10 @@ class LeaksSession {
     auto now = Clock::now();
     for (auto it = pending_programs_.begin(); it != pending_programs_.end();) {
       auto [pid, deadline] = *it;
+      if (live_target(pid)) {  // traced meanwhile (a traced process's child)
+        it = pending_programs_.erase(it);
+        continue;
+      }
       bool added = add_host_process(pid, /*quiet=*/now < deadline);
       if (added && options_.verbose) {
         std::cerr << "memtrail: tracing pid " << pid << " (" << targets_.back().info.comm
@@ -831,33 +849,83 @@ class LeaksSession {
   // Keeps what an exited process left outstanding (its sites as they are now), then removes its
   // blocks, stacks and counters from the maps: dead processes must not fill them, and a new
   // process reusing the PID must not inherit them.
-  void record_exit(TracedProcess& process) {
-    uint32_t pid = process.info.pid;
-    model::Report now = take_report(false, SIZE_MAX);
-    model::ExitSummary summary;
-    summary.after_s = std::chrono::duration<double>(Clock::now() - start_).count();
-    for (auto& site : now.leaks) {
-      if (site.pid != pid) continue;
-      summary.outstanding_bytes += site.outstanding_bytes;
-      summary.outstanding_allocations += site.outstanding_allocations;
-      ++summary.sites;
-      process.exit_sites.push_back(std::move(site));
+  // What the lifecycle left to do since the last call, done together at most every 500 ms
+  // (now_or_never: at once): the processes that exited get their exit summary (the last one
+  // to exit is covered by the final report instead) from one report; then their blocks, the
+  // old blocks of processes that executed a program, and those of children that could not be
+  // followed leave the table in one pass, which costs a read of the whole table (hundreds of
+  // MiB at most): a busy host forks, executes and ends dozens of programs a second. Slots are
+  // chosen by pid and time, so a pid reused meanwhile loses nothing.
+  void settle_lifecycle(bool now_or_never = false) {
+    if (exits_to_record_.empty() && stale_execs_.empty() && purge_later_.empty()) return;
+    auto started = Clock::now();
+    if (!now_or_never && started - last_settled_ < std::chrono::milliseconds(500)) return;
+    last_settled_ = started;
+    bool others_live = std::any_of(targets_.begin(), targets_.end(),
+                                   [](const auto& other) { return !other.info.exited; });
+    std::unordered_map<uint32_t, TracedProcess*> exited;
+    if (others_live) {
+      for (auto& process : targets_) {
+        if (process.info.exited && !process.exit &&
+            std::find(exits_to_record_.begin(), exits_to_record_.end(), process.info.pid) !=
+                exits_to_record_.end()) {
+          exited[process.info.pid] = &process;
+        }
+      }
     }
-    for (const auto& target : now.targets) {
-      if (target.pid == pid) process.info.losses = target.losses;  // the purge drops the map's
+    exits_to_record_.clear();
+    std::unordered_map<uint32_t, model::ExitSummary> summaries;
+    if (!exited.empty()) {
+      model::Report now = take_report(false, SIZE_MAX, &exited);
+      double after_s = std::chrono::duration<double>(Clock::now() - start_).count();
+      for (auto& site : now.leaks) {
+        auto process = exited.find(site.pid);
+        if (process == exited.end()) continue;
+        auto& summary = summaries[site.pid];
+        summary.outstanding_bytes += site.outstanding_bytes;
+        summary.outstanding_allocations += site.outstanding_allocations;
+        ++summary.sites;
+        process->second->exit_sites.push_back(std::move(site));
+      }
+      for (const auto& target : now.targets) {
+        auto process = exited.find(target.pid);
+        // The purge drops the map's losses: keep them.
+        if (process != exited.end()) process->second->info.losses = target.losses;
+      }
+      for (auto& [pid, process] : exited) summaries[pid].after_s = after_s;
     }
-    summary.purged_blocks = tracer_->purge_process(pid);
-    python_naming_.interpreters.erase(pid);
-    python_reader_.forget(pid);
-    process.exit = summary;
-    std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
-              << " bytes outstanding in " << summary.outstanding_allocations
-              << " allocations at " << summary.sites << " sites; still tracing the others\n";
+    auto purge = std::move(purge_later_);
+    purge_later_.clear();
+    for (const auto& [pid, process] : exited) purge[pid] = process->exited_at_ns;
+    auto dropped = tracer_->purge_processes(purge, stale_execs_);
+    for (auto& [pid, process] : exited) {
+      auto& summary = summaries[pid];
+      summary.purged_blocks = dropped[pid];
+      python_naming_.interpreters.erase(pid);
+      python_reader_.forget(pid);
+      process->exit = summary;
+      if (options_.all && !options_.verbose) continue;  // many a second: -v says each
+      std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
+                << " bytes outstanding in " << summary.outstanding_allocations
+                << " allocations at " << summary.sites << " sites; still tracing the others\n";
+    }
+    for (const auto& exec : stale_execs_) {
+      if (options_.all && !options_.verbose) continue;
+      const TracedProcess* process = live_target(exec.pid);
+      std::cerr << "memtrail: pid " << exec.pid << " executed "
+                << (process ? process->info.exe : std::string("a new program")) << ": "
+                << dropped[exec.pid] << " blocks of the old program dropped, and its mappings; "
+                << "still tracing it through the allocator probes attached before\n";
+    }
+    stale_execs_.clear();
   }
 
-  report::ReportContext context(bool final) const {
+  // `only`: the processes a report is for (see take_report); every target otherwise.
+  report::ReportContext context(
+      bool final, const std::unordered_map<uint32_t, TracedProcess*>* only = nullptr) const {
     report::ReportContext context;
     for (const auto& process : targets_) {
+      if (only && !only->count(process.info.pid)) continue;
       context.targets.push_back(process.info);
       context.targets.back().memory = process_memory(process.info.pid);
       context.targets.back().exit = process.exit;
@@ -877,6 +945,7 @@ class LeaksSession {
     context.suppressions = &suppressions_;
     context.unwind = unwind_summary();
     context.python = &python_naming_;
+    context.children_missed = children_missed_;
     if (options_.python_types) context.python_types = python_types_.report();
     return context;
   }
@@ -947,14 +1016,21 @@ class LeaksSession {
 
   // Measures and builds a report with `sites` symbolized sites; with -v, says how long each
   // stage took (the benchmark reads these lines).
-  model::Report take_report(bool final, size_t sites) {
+  // `only`: the report is for these processes (they exited): the others' sites are left out,
+  // and so is their symbolization.
+  model::Report take_report(bool final, size_t sites,
+                            const std::unordered_map<uint32_t, TracedProcess*>* only = nullptr) {
     Measurement measurement = measure();
-    const auto& aggregate = measurement.aggregate;
+    auto& aggregate = measurement.aggregate;
+    if (only) {
+      std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
+    }
     auto symbolizing = Clock::now();
     auto report = report::build_report(measurement.snapshot, aggregate, symbolizer_,
-                                       context(final), std::min(sites, aggregate.sites.size()));
+                                       context(final, only), std::min(sites, aggregate.sites.size()));
     // Processes that exited earlier: their sites as they were at the exit, after the live ones.
     for (const auto& process : targets_) {
+      if (only) break;
       for (const auto& site : process.exit_sites) {
         if (report.leaks.size() >= sites) break;
         report.leaks.push_back(site);
@@ -1034,6 +1110,11 @@ class LeaksSession {
   // --all: (device, inode, offset, role) of every function probed for every process.
   std::set<std::tuple<uint64_t, uint64_t, uint64_t, int>> probed_everywhere_;
   std::map<uint32_t, Clock::time_point> pending_programs_;  // --all: pid -> give up at
+  std::vector<uint32_t> exits_to_record_;  // exited since the last settle_lifecycle()
+  std::unordered_map<uint32_t, uint64_t> purge_later_;  // unfollowable children: pid -> by
+  std::vector<tracer::AllocTracer::Exec> stale_execs_;  // old images' slots to free
+  uint64_t children_missed_ = 0;           // how many, over the run (a note in the report)
+  Clock::time_point last_settled_{};
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
   aggregator::ProcessMemoryHistory process_memory_;

@@ -167,9 +167,9 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
         !seen.insert(mapping.path).second) {
       continue;
     }
-    std::optional<target::ElfFile> file;
+    std::shared_ptr<const target::ElfFile> file;
     try {
-      file.emplace(target::ElfFile::open(root + mapping.path));
+      file = target::ElfFile::open_shared(root + mapping.path);
     } catch (const Error&) {
       continue;
     }

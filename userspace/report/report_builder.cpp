@@ -106,6 +106,11 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                       allocator.path + "): " + allocator.note + ".");
     }
   }
+  if (context.children_missed > 0) {
+    notes.push_back(with_thousands(context.children_missed) +
+                    " processes forked by traced ones exited before memtrail could follow them "
+                    "(short-lived commands, most often): what they allocated is not in the report.");
+  }
   if (missed_entries > 0) {
     notes.push_back(with_thousands(missed_entries) +
                     " allocator returns had no recorded call (e.g. calls in progress at attach); "

@@ -39,6 +39,7 @@ struct ReportContext {
   // Mode and modules of the stack walker; the builder adds the stack counts. Absent: none.
   std::optional<model::UnwindSummary> unwind;
   const PythonNaming* python = nullptr;  // absent: stacks stay native
+  uint64_t children_missed = 0;  // forked children that exited before they could be followed
   std::optional<std::vector<model::PythonType>> python_types;  // --python-types
 };
 

@@ -310,7 +310,14 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   // The whole function is decoded to verify a placement past the entry; bounded, since a
   // symbol's size can be wrong in hand-written assembly.
   size_t code_size = std::clamp<size_t>(symbol.size, 16, 64 * 1024);
-  Placement placement = choose_probe_placement(spec.role, elf.read_code(symbol.address, code_size));
+  auto key = std::make_pair(symbol.address, static_cast<int>(spec.role));
+  auto known = elf.placements.find(key);
+  if (known == elf.placements.end()) {
+    Placement chosen =
+        choose_probe_placement(spec.role, elf.read_code(symbol.address, code_size));
+    known = elf.placements.emplace(key, std::make_pair(chosen.offset, chosen.reason)).first;
+  }
+  Placement placement{known->second.first, known->second.second};
   uint32_t kind = spec.kind == kNamedKind ? intern_kind(name) : spec.kind;
   return FunctionProbe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason};
 }
@@ -370,15 +377,15 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
                                      const std::vector<CustomAllocator>& custom) {
   struct Loaded {
     const ModuleFile* file;
-    std::optional<ElfFile> elf;
+    std::shared_ptr<const ElfFile> elf;
     std::string name;
   };
   std::vector<Loaded> loaded;
   std::vector<std::string> unreadable;
   for (const ModuleFile& file : order.modules) {
     try {
-      ElfFile elf = ElfFile::open(file.open_path);
-      std::string name = classify(elf, file.path, file.main_program, order.static_executable);
+      auto elf = ElfFile::open_shared(file.open_path);
+      std::string name = classify(*elf, file.path, file.main_program, order.static_executable);
       loaded.push_back(Loaded{&file, std::move(elf), std::move(name)});
     } catch (const Error& error) {
       unreadable.push_back(error.what());  // an unreadable file cannot be the allocator we probe

@@ -3,6 +3,7 @@
 #include "target/elf_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <gelf.h>
 #include <libelf.h>
 #include <unistd.h>
@@ -48,6 +49,22 @@ ElfFile& ElfFile::operator=(ElfFile&& other) noexcept {
 
 ElfFile::~ElfFile() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+std::shared_ptr<const ElfFile> ElfFile::open_shared(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return std::make_shared<const ElfFile>(open(path));
+  std::string key = std::to_string(info.st_dev) + ":" + std::to_string(info.st_ino) + ":" +
+                    std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) +
+                    "." + std::to_string(info.st_mtim.tv_nsec);
+  // Each entry holds a descriptor: a bounded number of files, forgotten all at once when full.
+  static std::unordered_map<std::string, std::shared_ptr<const ElfFile>> opened;
+  auto it = opened.find(key);
+  if (it != opened.end()) return it->second;
+  auto file = std::make_shared<const ElfFile>(open(path));
+  if (opened.size() >= 128) opened.clear();
+  opened.emplace(std::move(key), file);
+  return file;
 }
 
 ElfFile ElfFile::open(const std::string& path) {

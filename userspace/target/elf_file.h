@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +27,10 @@ class ElfFile {
   // Opens and indexes `path`. Throws memtrail::Error naming the file when it cannot be read or
   // is not an ELF file.
   static ElfFile open(const std::string& path);
+  // The same file, opened once for every caller while it is unchanged (same device, inode,
+  // size and modification time): host-wide, every new process maps the same libc, and
+  // indexing its symbols again for each would cost more than everything else memtrail does.
+  static std::shared_ptr<const ElfFile> open_shared(const std::string& path);
 
   ElfFile(ElfFile&&) noexcept;
   ElfFile& operator=(ElfFile&&) noexcept;
@@ -50,6 +55,10 @@ class ElfFile {
   std::vector<uint8_t> read_code(uint64_t address, size_t length) const;
 
   const std::string& path() const { return path_; }
+
+  // Where allocator.cpp placed a probe in this file, by (function address, role), remembered:
+  // the placement disassembles the function, and a shared file serves many processes.
+  mutable std::map<std::pair<uint64_t, int>, std::pair<uint64_t, std::string>> placements;
   // The program interpreter (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2); empty for a static
   // executable or a shared library.
   const std::string& interpreter() const { return interpreter_; }

@@ -287,43 +287,89 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
 }
 
 uint64_t AllocTracer::drop_old_image(const Exec& exec) {
-  return free_slots_of(exec.pid, exec.at_ns);
+  return drop_old_images(std::span<const Exec>(&exec, 1))[exec.pid];
 }
 
-uint64_t AllocTracer::free_slots_of(uint32_t pid, uint64_t before_ns) {
+std::unordered_map<uint32_t, uint64_t> AllocTracer::drop_old_images(std::span<const Exec> execs) {
+  std::unordered_map<uint32_t, uint64_t> before_by_pid;
+  for (const auto& exec : execs) {
+    auto& before = before_by_pid[exec.pid];
+    before = std::max(before, exec.at_ns);  // executed twice since: the later one
+  }
+  return free_slots_of(before_by_pid);
+}
+
+std::unordered_map<uint32_t, uint64_t> AllocTracer::free_slots_of(
+    const std::unordered_map<uint32_t, uint64_t>& before_by_pid) {
   // The BPF programs' removal protocol (bpf/alloc_events.h): timestamp, then tgid, then the
   // address back to 0 by compare-and-swap. No program writes these slots (their blocks belong
   // to a dead process or a program that is gone); a slot another CPU is claiming meanwhile has
   // tgid 0 or no timestamp until it is filled, so it is never taken here.
+  // One pass over the whole table, whatever the number of processes: a host-wide run sees
+  // dozens of exits a second, and the table may be hundreds of MiB.
+  std::unordered_map<uint32_t, uint64_t> freed;
+  if (before_by_pid.empty()) return freed;
+  uint32_t only_pid = before_by_pid.size() == 1 ? before_by_pid.begin()->first : 0;
+  uint64_t only_before = before_by_pid.size() == 1 ? before_by_pid.begin()->second : 0;
   auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
   uint32_t bucket_count = bpf_map__max_entries(skeleton_->maps.allocs);
-  uint64_t freed = 0;
   for (uint32_t b = 0; b < bucket_count; ++b) {
     memtrail_alloc_bucket& bucket = buckets[b];
     for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; ++slot) {
       std::atomic_ref<__u64> address(bucket.address[slot]);
       __u64 held = address.load(std::memory_order_acquire);
+      if (held == 0) continue;
       memtrail_alloc_info& info = bucket.info[slot];
-      if (held == 0 || std::atomic_ref<__u32>(info.tgid).load() != pid) continue;
+      uint32_t tgid = std::atomic_ref<__u32>(info.tgid).load();
+      uint64_t before_ns;
+      if (only_pid) {
+        if (tgid != only_pid) continue;
+        before_ns = only_before;
+      } else {
+        auto wanted = before_by_pid.find(tgid);
+        if (wanted == before_by_pid.end()) continue;
+        before_ns = wanted->second;
+      }
       uint64_t allocated_at = std::atomic_ref<__u64>(info.timestamp_ns).load();
       if (allocated_at == 0 || allocated_at >= before_ns) continue;
       std::atomic_ref<__u64>(info.timestamp_ns).store(0, std::memory_order_release);
       std::atomic_ref<__u32>(info.tgid).store(0, std::memory_order_release);
-      if (address.compare_exchange_strong(held, 0)) ++freed;
+      if (address.compare_exchange_strong(held, 0)) ++freed[tgid];
     }
   }
   return freed;
 }
 
 uint64_t AllocTracer::purge_process(uint32_t pid) {
-  uint64_t freed = free_slots_of(pid, UINT64_MAX);
+  return purge_processes(std::span<const uint32_t>(&pid, 1))[pid];
+}
+
+std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
+    std::span<const uint32_t> pids) {
+  std::unordered_map<uint32_t, uint64_t> everything;
+  for (uint32_t pid : pids) everything[pid] = UINT64_MAX;
+  return purge_processes(everything);
+}
+
+std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
+    const std::unordered_map<uint32_t, uint64_t>& before_by_pid, std::span<const Exec> old_images) {
+  std::vector<uint32_t> pids;
+  for (const auto& [pid, before] : before_by_pid) pids.push_back(pid);
+  auto slots = before_by_pid;
+  for (const auto& exec : old_images) {
+    auto& before = slots[exec.pid];
+    before = std::max(before, exec.at_ns);  // a process that exited too: its purge time
+  }
+  auto dropped = free_slots_of(slots);
+  if (pids.empty()) return dropped;
+  auto purged = [&](uint32_t tgid) { return before_by_pid.count(tgid) != 0; };
   // Keys first, deletes after: deleting while iterating a hash map restarts the iteration.
   std::vector<uint64_t> stacks;
   std::vector<uint32_t> stack_ids;
   read_hash_map<uint64_t, memtrail_stack>(
       bpf_map__fd(skeleton_->maps.stacks), 256, "stacks",
       [&](uint64_t key, const memtrail_stack& stack) {
-        if (stack.tgid != pid) return;
+        if (!purged(stack.tgid)) return;
         stacks.push_back(key);
         stack_ids.push_back(stack.id);
       });
@@ -332,14 +378,14 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
     for (uint32_t id : stack_ids) {
       bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_stacks), &id);  // ENOENT: none
     }
-    forget_python_process(pid);
+    for (uint32_t pid : pids) forget_python_process(pid);
   }
   if (config_.python_type_layout) {
     std::vector<memtrail_python_type_key> types;
     read_hash_map<memtrail_python_type_key, memtrail_python_type_counts>(
         bpf_map__fd(skeleton_->maps.python_types), 1024, "python_types",
         [&](const memtrail_python_type_key& key, const memtrail_python_type_counts&) {
-          if (key.tgid == pid) types.push_back(key);
+          if (purged(key.tgid)) types.push_back(key);
         });
     for (const auto& key : types) {
       bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_types), &key);
@@ -349,15 +395,22 @@ uint64_t AllocTracer::purge_process(uint32_t pid) {
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(skeleton_->maps.fallback_sites), 4096, "fallback_sites",
       [&](const memtrail_fallback_key& key, const memtrail_fallback_totals&) {
-        if (key.tgid == pid) fallbacks.push_back(key);
+        if (purged(key.tgid)) fallbacks.push_back(key);
       });
   for (const auto& key : fallbacks) {
     bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.fallback_sites), &key);
   }
-  // ENOENT for each of these is fine: nothing was stored for the process.
-  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
-  forget_unwind_mappings(pid);
-  return freed + unfollow(pid);  // and its mapped regions
+  std::unordered_map<uint32_t, uint64_t> removed;
+  for (uint32_t pid : pids) {
+    // ENOENT for each of these is fine: nothing was stored for the process.
+    bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_losses), &pid);
+    forget_unwind_mappings(pid);
+    removed[pid] = dropped[pid] + unfollow(pid);  // and its mapped regions
+  }
+  for (const auto& exec : old_images) {
+    if (!removed.count(exec.pid)) removed[exec.pid] = dropped[exec.pid];
+  }
+  return removed;
 }
 
 uint64_t AllocTracer::counter_total(uint32_t index) const {

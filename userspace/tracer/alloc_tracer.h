@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "model/snapshot.h"
@@ -96,6 +97,8 @@ class AllocTracer : public unwind::RowStore {
   // Frees the table slots of `exec.pid`'s blocks allocated before its exec (the new program's
   // are kept); returns how many. Its stacks stay: the new program may already use some.
   uint64_t drop_old_image(const Exec& exec);
+  // The same for several, in one pass over the table: slots freed per pid.
+  std::unordered_map<uint32_t, uint64_t> drop_old_images(std::span<const Exec> execs);
   // Bytes the program break of `pid` moved since attach (the allocator's heap included).
   int64_t break_growth(uint32_t pid) const { return regions_.break_growth(pid); }
 
@@ -140,6 +143,15 @@ class AllocTracer : public unwind::RowStore {
   // fallback sites, losses and code mappings. Site totals stay (stack ids are never reused).
   // Returns the number of blocks and regions dropped.
   uint64_t purge_process(uint32_t pid);
+  // The same for several processes, in one pass over each map (the table may be hundreds of
+  // MiB): what was dropped, per pid.
+  std::unordered_map<uint32_t, uint64_t> purge_processes(std::span<const uint32_t> pids);
+  // The same, where each process's table slots go only up to a time (CLOCK_MONOTONIC ns): what
+  // a new process reusing the pid allocated later stays. `old_images`: execs whose old blocks
+  // go in the same pass over the table (as drop_old_images). Slots freed per pid.
+  std::unordered_map<uint32_t, uint64_t> purge_processes(
+      const std::unordered_map<uint32_t, uint64_t>& before_by_pid,
+      std::span<const Exec> old_images = {});
 
   // Bytes of kernel memory in the BPF maps, as the kernel charges them (fdinfo memlock).
   uint64_t map_memory_bytes() const;
@@ -152,8 +164,10 @@ class AllocTracer : public unwind::RowStore {
   void consume_region_events();
   void attach_lifecycle_tracepoints();
   static constexpr uint32_t kEveryProcess = UINT32_MAX;
-  // Frees the table slots of `pid` allocated before `before_ns`; returns how many.
-  uint64_t free_slots_of(uint32_t pid, uint64_t before_ns);
+  // Frees the table slots of each pid allocated before its time (CLOCK_MONOTONIC ns); returns
+  // how many per pid.
+  std::unordered_map<uint32_t, uint64_t> free_slots_of(
+      const std::unordered_map<uint32_t, uint64_t>& before_by_pid);
   // Drops a process's code mappings (it exited).
   void forget_unwind_mappings(uint32_t pid);
   // One entry of the per-CPU `counters` map, summed over the CPUs.
