@@ -8,18 +8,9 @@
 #   bench/mmap_cost.sh [--build DIR] [--rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=build rounds=3
-while (($#)); do
-  case $1 in
-    --build) build=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--rounds N]" >&2; exit 2 ;;
-  esac
-done
-loop=$build/bench/memtrail-bench-mmap memtrail=$build/memtrail
-[[ -x $loop && -x $memtrail ]] || { echo "mmap_cost: build first (scripts/build.sh)" >&2; exit 1; }
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/rounds.sh
+loop=$build/bench/memtrail-bench-mmap
+[[ -x $loop ]] || { echo "mmap_cost: build first (scripts/build.sh)" >&2; exit 1; }
 
 # run MODE: untraced | traced (memtrail --mmap -p the loop) | neighbour (memtrail --mmap -p a
 # sleeper) | default (memtrail -p a sleeper)

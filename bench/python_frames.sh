@@ -11,19 +11,9 @@
 #   bench/python_frames.sh [--build DIR] [--rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=build rounds=3
-while (($#)); do
-  case $1 in
-    --build) build=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--rounds N]" >&2; exit 2 ;;
-  esac
-done
-memtrail=$build/memtrail python=/usr/bin/python3
-[[ -x $memtrail ]] || { echo "python_frames: build first (scripts/build.sh)" >&2; exit 1; }
+source bench/rounds.sh
+python=/usr/bin/python3
 [[ -x $python ]] || { echo "python_frames: needs Debian's python3" >&2; exit 1; }
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # run MODE WORKLOAD: MODE untraced | native | mixed | types
 run() {
