@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail's entry point: parse the command line, run it, turn failures into one stderr line.
-#include <malloc.h>
 #include <signal.h>
 
 #include <exception>
@@ -13,14 +12,16 @@
 #include "cli/options.h"
 #include "common/error.h"
 
+// memtrail allocates with its own jemalloc, linked in (userspace/CMakeLists.txt says why): one
+// arena, as memtrail does its work on one thread, and freed pages returned within a second, so
+// that the buffers of a report are not kept between reports.
+extern "C" const char* malloc_conf;
+const char* malloc_conf = "narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
 int main(int argc, char** argv) {
   // A closed stdout (memtrail ... | head) must not kill memtrail before it detaches and writes
   // its JSON file.
   signal(SIGPIPE, SIG_IGN);
-  // Each report builds large transient buffers (per-site sums, symbolized stacks, rendered
-  // output) that are freed once it is written. glibc would raise its mmap threshold after the
-  // first such free and keep later buffers in the heap between reports; a fixed one returns it.
-  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   auto command = memtrail::cli::parse_command_line(argc, argv);
   if (auto* request = std::get_if<memtrail::cli::ExitRequest>(&command)) {
     (request->code == memtrail::kExitOk ? std::cout : std::cerr) << request->message;
