@@ -17,6 +17,7 @@ loop=$build/bench/memtrail-bench-mmap
 run() {
   local memtrail_options=--mmap
   [[ $1 == default ]] && memtrail_options=
+  rm -f "$work/out" "$work/err"  # the lines waited for must come from this run
   mkfifo "$work/gate"
   "$loop" < "$work/gate" > "$work/out" &
   local loop_pid=$! tracer=""

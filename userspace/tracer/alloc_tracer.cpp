@@ -170,7 +170,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   if (err < 0) {
     fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
-  // Writable: purge_process() frees the slots of processes that exited.
+  // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
@@ -286,18 +286,6 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
   }
 }
 
-uint64_t AllocTracer::drop_old_image(const Exec& exec) {
-  return drop_old_images(std::span<const Exec>(&exec, 1))[exec.pid];
-}
-
-std::unordered_map<uint32_t, uint64_t> AllocTracer::drop_old_images(std::span<const Exec> execs) {
-  std::unordered_map<uint32_t, uint64_t> before_by_pid;
-  for (const auto& exec : execs) {
-    auto& before = before_by_pid[exec.pid];
-    before = std::max(before, exec.at_ns);  // executed twice since: the later one
-  }
-  return free_slots_of(before_by_pid);
-}
 
 std::unordered_map<uint32_t, uint64_t> AllocTracer::free_slots_of(
     const std::unordered_map<uint32_t, uint64_t>& before_by_pid) {
@@ -340,17 +328,6 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::free_slots_of(
   return freed;
 }
 
-uint64_t AllocTracer::purge_process(uint32_t pid) {
-  return purge_processes(std::span<const uint32_t>(&pid, 1))[pid];
-}
-
-std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
-    std::span<const uint32_t> pids) {
-  std::unordered_map<uint32_t, uint64_t> everything;
-  for (uint32_t pid : pids) everything[pid] = UINT64_MAX;
-  return purge_processes(everything);
-}
-
 std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
     const std::unordered_map<uint32_t, uint64_t>& before_by_pid, std::span<const Exec> old_images) {
   std::vector<uint32_t> pids;
@@ -358,7 +335,7 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
   auto slots = before_by_pid;
   for (const auto& exec : old_images) {
     auto& before = slots[exec.pid];
-    before = std::max(before, exec.at_ns);  // a process that exited too: its purge time
+    before = std::max(before, exec.at_ns);  // executed twice, or exited too: the later time
   }
   auto dropped = free_slots_of(slots);
   if (pids.empty()) return dropped;

@@ -60,7 +60,7 @@ class AllocTracer : public unwind::RowStore {
   // Adds `pid` to the processes traced (done by attach(); fork adds children in the kernel).
   void follow(uint32_t pid);
   // Takes a process that was followed but never attached (no traced allocator) out again: it
-  // has no blocks in the table, so this is cheap, unlike purge_process(). Returns the mapped
+  // has no blocks in the table, so this is cheap, unlike purge_processes(). Returns the mapped
   // regions dropped.
   uint64_t unfollow(uint32_t pid);
 
@@ -90,15 +90,10 @@ class AllocTracer : public unwind::RowStore {
   // Reads the region events the kernel sent since the last call (cheap; call it often, so the
   // ring buffer never fills). Returns the processes that executed a new program meanwhile
   // (their regions are gone; their blocks from before belong to the old image: see
-  // drop_old_image) and those forked by a target (attach() them to trace them).
+  // purge_processes) and those forked by a target (attach() them to trace them).
   Lifecycle drain_region_events();
   // Readable when a fork event waits (the others wake nobody): for poll(); -1 without regions.
   int region_events_fd() const;
-  // Frees the table slots of `exec.pid`'s blocks allocated before its exec (the new program's
-  // are kept); returns how many. Its stacks stay: the new program may already use some.
-  uint64_t drop_old_image(const Exec& exec);
-  // The same for several, in one pass over the table: slots freed per pid.
-  std::unordered_map<uint32_t, uint64_t> drop_old_images(std::span<const Exec> execs);
   // Bytes the program break of `pid` moved since attach (the allocator's heap included).
   int64_t break_growth(uint32_t pid) const { return regions_.break_growth(pid); }
 
@@ -138,17 +133,14 @@ class AllocTracer : public unwind::RowStore {
   // a traced process has mapped code since its mappings were last set.
   uint64_t unknown_code_frames() const;
 
-  // Removes everything the maps hold for process `pid`, which has exited: its outstanding
-  // blocks (table slots freed the way the BPF programs free them), its mapped regions, stacks,
-  // fallback sites, losses and code mappings. Site totals stay (stack ids are never reused).
-  // Returns the number of blocks and regions dropped.
-  uint64_t purge_process(uint32_t pid);
-  // The same for several processes, in one pass over each map (the table may be hundreds of
-  // MiB): what was dropped, per pid.
-  std::unordered_map<uint32_t, uint64_t> purge_processes(std::span<const uint32_t> pids);
-  // The same, where each process's table slots go only up to a time (CLOCK_MONOTONIC ns): what
-  // a new process reusing the pid allocated later stays. `old_images`: execs whose old blocks
-  // go in the same pass over the table (as drop_old_images). Slots freed per pid.
+  // Removes everything the maps hold for the processes of `before_by_pid`, which have exited:
+  // their outstanding blocks allocated before the time given (CLOCK_MONOTONIC ns; a process
+  // reusing the pid since keeps what it allocated), freed the way the BPF programs free them,
+  // their mapped regions, stacks, fallback sites, losses and code mappings (site totals stay:
+  // stack ids are never reused). In the same pass over the table, the blocks of `old_images`,
+  // processes that executed a new program, allocated before their exec (the new program's are
+  // kept; their stacks too: the new program may already use some). One pass for all, because
+  // the table may be hundreds of MiB. Returns, per pid, the blocks and regions dropped.
   std::unordered_map<uint32_t, uint64_t> purge_processes(
       const std::unordered_map<uint32_t, uint64_t>& before_by_pid,
       std::span<const Exec> old_images = {});
