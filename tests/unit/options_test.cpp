@@ -31,7 +31,9 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_EQ(options.top, 10u);
   EXPECT_FALSE(options.max_allocations);  // sized from available memory at start
   EXPECT_EQ(options.unwind, "auto");  // whole stacks by default
-  EXPECT_EQ(options.unwind_table_mib, 16u);
+  EXPECT_EQ(options.unwind_table_mib, 0u);  // chosen at start: unwind_table_mib_for
+  EXPECT_EQ(unwind_table_mib_for(false), 8u);
+  EXPECT_EQ(unwind_table_mib_for(true), 16u);  // --all: every binary of the host
   EXPECT_EQ(options.python_frames, "mixed");  // Python frames where there are any
 }
 

@@ -196,8 +196,11 @@ class LeaksSession {
       config.python_layout = python::built_layout().walker;
     }
     if (options_.python_types) config.python_type_layout = python::built_layout().types;
+    uint32_t unwind_table_mib = options_.unwind_table_mib
+                                    ? options_.unwind_table_mib
+                                    : cli::unwind_table_mib_for(options_.all);
     config.unwind_table_rows = static_cast<uint32_t>(
-        std::min<uint64_t>(uint64_t{options_.unwind_table_mib} * 1024 * 1024 /
+        std::min<uint64_t>(uint64_t{unwind_table_mib} * 1024 * 1024 /
                                sizeof(memtrail_unwind_row),
                            UINT32_MAX));
     tracer_ = std::make_unique<tracer::AllocTracer>(config);

@@ -145,6 +145,8 @@ uint32_t max_stacks_for(uint64_t available_bytes) {
   return static_cast<uint32_t>(stacks / kStep * kStep);
 }
 
+uint32_t unwind_table_mib_for(bool host_wide) { return host_wide ? 16 : 8; }
+
 Command parse_command_line(int argc, const char* const* argv) {
   CLI::App app{kDescription, "memtrail"};
   app.footer(std::string(kExamples) + kExitStatus);
@@ -266,7 +268,8 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "made and freed: opt-in");
   leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
                     "Kernel memory for CFI unwind tables, shared by all traced processes "
-                    "(default 16, and a quarter more for page indexes; libc takes 0.25): modules "
+                    "(default 8, 16 with --all, and a quarter more for page indexes; libc takes "
+                    "0.25): modules "
                     "that do not fit are unwound by "
                     "frame pointers (auto) or not at all (dwarf), and the report says so")
       ->type_name("MIB");
@@ -472,7 +475,8 @@ Command parse_command_line(int argc, const char* const* argv) {
       options.python_frames != "native") {
     return usage("--python-frames must be mixed, python or native");
   }
-  if (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096) {
+  if (leaks->count("--unwind-table-mib") &&
+      (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096)) {
     return usage("--unwind-table-mib must be from 1 to 4096");
   }
   auto format = format_of(leaks_format);

@@ -33,6 +33,9 @@ uint32_t max_allocations_for(uint64_t available_bytes);
 // The default --max-stacks: distinct call stacks (sites) memtrail can hold, about 600 bytes of
 // kernel memory each, from 1/1024 of the available memory (16384 to 262144).
 uint32_t max_stacks_for(uint64_t available_bytes);
+// The default --unwind-table-mib: 8 MiB (a million rows: a large program's libraries take one
+// or two), 16 MiB with --all, where every binary of the host may need its table.
+uint32_t unwind_table_mib_for(bool host_wide);
 
 // Parses one --allocator value; nullopt and `error` set when it is malformed.
 std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
@@ -71,7 +74,8 @@ struct LeaksOptions {
   // --python-frames native|python|mixed: what CPython processes' stacks show.
   std::string python_frames = "mixed";
   bool python_types = false;  // --python-types: CPython objects by type (a probe per object)
-  uint32_t unwind_table_mib = 16;  // --unwind-table-mib: room for CFI tables in kernel memory
+  // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
+  uint32_t unwind_table_mib = 0;
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
 };
 

@@ -29,6 +29,10 @@ constexpr uint32_t kMaxUnwindProcesses = 4096;
 constexpr uint32_t kMaxLossProcesses = 16384;
 // Processes traced at once (their mmap calls followed, or picked by --all).
 constexpr uint32_t kMaxTracedProcesses = 65536;
+// Processes traced at once without --all: the targets and the children they fork.
+constexpr uint32_t kMaxTracedTrees = 4096;
+// The ring buffer's size when it carries only fork and exec events (no --mmap).
+constexpr uint32_t kLifecycleBufferBytes = 256u << 10;
 // (process, Python type) pairs counted by --python-types; more are counted as lost.
 constexpr uint32_t kMaxPythonTypes = 1u << 17;
 
@@ -94,6 +98,11 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   // Exec and fork events: for mapped regions, children, and the processes --all picks up.
   bool lifecycle = config.trace_regions || config.follow_forks || config.host_wide;
   bool tables = config.unwind_mode != unwind::UnwindMode::kFramePointers;
+  // Hash maps without preallocation still allocate their bucket array (16 bytes a bucket):
+  // room for the host's processes with --all, for a target's process tree otherwise.
+  uint32_t traced_processes = config.host_wide ? kMaxTracedProcesses : kMaxTracedTrees;
+  // Without --mmap only fork and exec events (a few a second at most) use the ring buffer.
+  uint32_t region_buffer = config.trace_regions ? config.region_buffer_bytes : kLifecycleBufferBytes;
   struct {
     bpf_map* map;
     uint32_t entries;
@@ -108,12 +117,12 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                // 5,600 for 28,274): room for every table's, with a margin.
                {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
-               {maps.traced_processes, lifecycle ? kMaxTracedProcesses : 1u},
+               {maps.traced_processes, lifecycle ? traced_processes : 1u},
                // Entries only for CPython processes and their stacks (no preallocation).
-               {maps.python_processes, config.python_layout ? kMaxTracedProcesses : 1u},
+               {maps.python_processes, config.python_layout ? traced_processes : 1u},
                {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
                {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
-               {maps.region_events, lifecycle ? config.region_buffer_bytes
+               {maps.region_events, lifecycle ? region_buffer
                                               : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
@@ -453,9 +462,12 @@ void AllocTracer::follow(uint32_t pid) {
                           BPF_ANY) != 0) {
     int error_number = errno;
     fail("add pid " + std::to_string(pid) + " to the traced processes", error_number,
-         error_number == E2BIG ? "more than " + std::to_string(kMaxTracedProcesses) +
-                                     " processes traced at once"
-                               : "");
+         error_number == E2BIG
+             ? "more than " +
+                   std::to_string(bpf_map__max_entries(skeleton_->maps.traced_processes)) +
+                   " processes traced at once (" + std::to_string(kMaxTracedProcesses) +
+                   " with --all)"
+             : "");
   }
 }
 
