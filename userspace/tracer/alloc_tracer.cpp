@@ -522,8 +522,10 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
     }
     attach_one(programs.entry, function.probe_offset, false, function.kind, function.name);
   }
-  for (auto& link : attached) links_.push_back(std::move(link));
+  // Followed before the links are kept: if the process map is full, the probes just attached
+  // go with `attached`, rather than record a process memtrail does not track.
   if (pid != kEveryProcess) follow(pid);
+  for (auto& link : attached) links_.push_back(std::move(link));
   // From now on free() checks whether it runs inside a traced operator delete.
   bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
                                 [](const auto& f) { return f.role == target::ProbeRole::kDelete; });
