@@ -695,32 +695,26 @@ class LeaksSession {
   // A traced process executed a new program: the old image's blocks, regions and stacks mean
   // nothing now (its memory is gone) and must not be reported as leaks of the new one.
   void handle_exec(const tracer::AllocTracer::Exec& exec) {
-    bool known = std::any_of(targets_.begin(), targets_.end(), [&](const auto& process) {
-      return process.info.pid == exec.pid && !process.info.exited;
-    });
+    TracedProcess* process = live_target(exec.pid);
     // Host-wide, a program started since memtrail attached: trace it if it is wanted. Right
     // after exec only the executable and the dynamic linker are mapped: its allocator is
     // looked up again at each tick until its libraries are loaded (for up to 2 s). Meanwhile
     // it is already followed in the kernel, so the probes already on its libraries (libc's,
     // nearly always) record its allocations from the start.
-    if (!known && options_.all) {
-      if (!wanted_host_process(exec.pid)) return;
+    if (!process) {
+      if (!options_.all || !wanted_host_process(exec.pid)) return;
       tracer_->follow(exec.pid);
       pending_programs_[exec.pid] = Clock::now() + std::chrono::seconds(2);
       look_at_pending_programs();
       return;
     }
-    for (auto& process : targets_) {
-      if (process.info.pid != exec.pid || process.info.exited) continue;
-      if (process.launched && process.execs++ == 0) return;  // the command starting
-      if (!process.launched) ++process.execs;
-      process.mappings.clear();  // the new image's code: read again now
-      process.python_key = "(exec)";
-      python_reader_.forget(exec.pid);
-      refresh_mappings(process);
-      stale_execs_.push_back(exec);  // its old blocks: freed with others (settle_lifecycle)
-      return;
-    }
+    if (process->launched && process->execs++ == 0) return;  // the command starting
+    if (!process->launched) ++process->execs;
+    process->mappings.clear();  // the new image's code: read again now
+    process->python_key = "(exec)";
+    python_reader_.forget(exec.pid);
+    refresh_mappings(*process);
+    stale_execs_.push_back(exec);  // its old blocks: freed with others (settle_lifecycle)
   }
 
   // ---- host-wide mode (--all) ----
