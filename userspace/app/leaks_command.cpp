@@ -33,6 +33,7 @@
 #include "aggregator/aggregator.h"
 #include "app/output.h"
 #include "app/runtime.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/format.h"
 #include "python/cpython.h"
@@ -45,7 +46,6 @@
 #include "target/process.h"
 #include "target/proc_maps.h"
 #include "tracer/alloc_tracer.h"
-#include "tracer/libbpf_util.h"
 #include "unwind/module_tables.h"
 
 namespace memtrail::app {
@@ -618,7 +618,7 @@ class LeaksSession {
     process.info.exited = true;
     process.pidfd.reset();
     if (process.launched && child_) child_->reap_if_exited();
-    process.exited_at_ns = tracer::monotonic_now_ns();
+    process.exited_at_ns = monotonic_now_ns();
     exits_to_record_.push_back(process.info.pid);
   }
 
@@ -682,7 +682,7 @@ class LeaksSession {
                   << ", is not traced: " << error.what() << "\n";
       }
       // Its probes may have recorded blocks already: those from before now are its own.
-      purge_later_[fork.child] = tracer::monotonic_now_ns();
+      purge_later_[fork.child] = monotonic_now_ns();
       return;
     }
     targets_.push_back(std::move(child));

@@ -17,6 +17,7 @@
 
 #include "aggregator/paging_analysis.h"
 #include "app/runtime.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/host.h"
 #include "report/json_report.h"
@@ -25,7 +26,6 @@
 #include "sampler/host.h"
 #include "sampler/pressure.h"
 #include "sampler/processes.h"
-#include "tracer/libbpf_util.h"
 #include "tracer/paging_tracer.h"
 
 namespace memtrail::app {
@@ -70,7 +70,7 @@ class PagingSession {
               << "; Ctrl-C to stop\n";
 
     // Loading took a moment: time (intervals, OOM kills) counts from the baseline.
-    start_ns_ = tracer::monotonic_now_ns();
+    start_ns_ = monotonic_now_ns();
     start_ = Clock::now();
     take_sample();  // the baseline
     loop();

@@ -31,10 +31,4 @@ void consume_signal(int fd) {
   (void)ignored;
 }
 
-int64_t unix_now_ms() {
-  timespec now{};
-  clock_gettime(CLOCK_REALTIME, &now);
-  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
-}
-
 }  // namespace memtrail::app

@@ -15,6 +15,7 @@
 #include "alloc.skel.h"
 #include "aggregator/sampling.h"
 #include "alloc_events.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "tracer/libbpf_util.h"
 

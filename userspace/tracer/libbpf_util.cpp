@@ -60,12 +60,6 @@ void ensure_tracefs(const std::string& what_needs_it, const std::string& hint) {
   }
 }
 
-uint64_t monotonic_now_ns() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
-}
-
 uint64_t map_memory_bytes(bpf_object* object) {
   uint64_t total = 0;
   bpf_map* map = nullptr;

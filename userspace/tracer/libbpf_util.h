@@ -31,9 +31,6 @@ std::string load_failure_hint(int error_number, const std::string& map_size_opti
 // kernel's own tools expect it there. Throws memtrail::Error with `what_needs_it` and `hint`.
 void ensure_tracefs(const std::string& what_needs_it, const std::string& hint);
 
-// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
-uint64_t monotonic_now_ns();
-
 // Bytes of kernel memory in an object's BPF maps, as the kernel charges them (fdinfo memlock).
 uint64_t map_memory_bytes(bpf_object* object);
 
