@@ -4,8 +4,11 @@
 # program, attach memtrail to it by PID for a few seconds and show the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 scripts/install-deps.sh
-scripts/build.sh
+echo "demo: packages ready after $((SECONDS - started)) s"
+# Only the tool and the demo program: the test suite is built by scripts/test.sh.
+scripts/build.sh memtrail memtrail-demo
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "demo: memtrail needs root (BPF); run: sudo $0" >&2
