@@ -475,6 +475,8 @@ TEST(PagingAnalysis, IdleHostIsOkEverywhereWithNoRoles) {
     EXPECT_DOUBLE_EQ(*interval.swapin_pages_per_s, 0);
     EXPECT_DOUBLE_EQ(interval.refault_file_per_s, 5);
     EXPECT_DOUBLE_EQ(interval.turnover_per_s, 5 * kPage / static_cast<double>(24 * kGiB));
+    EXPECT_TRUE(contains(interval.reason, "re-read: less than its whole 24.0 GiB an hour)"))
+        << interval.reason;
     EXPECT_EQ(interval.memory_bytes, 24 * kGiB);
     EXPECT_EQ(interval.usage_bytes, 6 * kGiB);
     EXPECT_EQ(interval.available_bytes, 18 * kGiB);
@@ -647,6 +649,8 @@ TEST(PagingAnalysis, FileThrashIsPageCacheThrashingAndTheReaderIsAVictim) {
     EXPECT_DOUBLE_EQ(interval.refault_file_per_s, 350'000);
     // The cgroup re-reads its whole 64 MiB about 21 times a second.
     EXPECT_DOUBLE_EQ(interval.turnover_per_s, 350'000 * kPage / static_cast<double>(64 * kMiB));
+    EXPECT_TRUE(contains(interval.reason, "(1.3 GiB/s re-read: its whole 64.0 MiB 21 times a second)"))
+        << interval.reason;
     EXPECT_DOUBLE_EQ(*interval.swapin_pages_per_s, 0);
   }
   EXPECT_EQ(report.verdict, PagingVerdict::kThrashing);

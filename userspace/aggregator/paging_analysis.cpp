@@ -201,6 +201,16 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
   return interval;
 }
 
+// How often the scope re-reads all of its memory, in words: "its whole 64.0 MiB 18 times a
+// second", or "as much as its whole 23.5 GiB every 21.0s" when that takes more than a second.
+static std::string turnover_text(double turnover_per_s, uint64_t memory_bytes) {
+  std::string whole = "its whole " + human_bytes(memory_bytes);
+  if (turnover_per_s >= 1.95) return whole + " " + fixed_text(turnover_per_s, "%.0f") + " times a second";
+  if (turnover_per_s >= 0.95) return whole + " about once a second";
+  if (turnover_per_s * 3600 < 1) return "less than " + whole + " an hour";
+  return "as much as " + whole + " every " + human_duration(1 / turnover_per_s);
+}
+
 // Decides an interval's verdict from its numbers and the run of thrashing-like intervals
 // before it, and says why.
 void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
@@ -246,9 +256,8 @@ void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
   if (anon + interval.refault_file_per_s > 0) {
     reason += ", refaults " + count_text(interval.refault_anon_per_s) + " anon + " +
               count_text(interval.refault_file_per_s) + " file pages/s (" +
-              human_bytes(static_cast<uint64_t>(reread_bytes_per_s)) + "/s, " +
-              fixed_text(interval.turnover_per_s, "%.2f") + "x its " +
-              human_bytes(interval.memory_bytes) + " per s)";
+              human_bytes(static_cast<uint64_t>(reread_bytes_per_s)) + "/s re-read: " +
+              turnover_text(interval.turnover_per_s, interval.memory_bytes) + ")";
   }
   if (swapins > 0) reason += ", swap-ins " + count_text(swapins) + " pages/s";
   if (reclaim > 0.001) reason += ", reclaim stall " + fixed_text(reclaim, "%.2f") + " s/s";
