@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config clang llvm
+  build-essential cmake pkg-config clang llvm clang-format
   libbpf-dev bpftool libelf-dev libdw-dev zlib1g-dev libcapstone-dev
   libcli11-dev nlohmann-json3-dev libgtest-dev libprotobuf-dev protobuf-compiler
   binutils util-linux python3 python3-jsonschema
