@@ -14,7 +14,11 @@
 /* A nested allocator call (see call_enter) arrives within microseconds of the outer entry. */
 #define NESTED_CALL_WINDOW_NS 1000000000ULL
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL"; /* bpf_get_stackid is GPL-only */
+/* GPL-compatible, as the SPDX line above says: the kernel lets only such programs call
+ * bpf_probe_read_user (the stack walks, posix_memalign's result), bpf_probe_read_kernel
+ * (BPF_CORE_READ), bpf_get_current_task_btf and bpf_task_pt_regs, or read kernel structs through
+ * BTF pointers (the tasks of the tp_btf programs, the thread's %fs base). */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Sizes are placeholders: userspace sets max_entries before load. */
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /* Paging pressure per process: major faults, reclaim stalls, swap-ins and refaults, OOM
  * victims. Everything is counted in maps keyed by tgid that userspace reads each interval; no
  * per-event wake-ups. Tier 1 programs fire only on major faults, reclaim passes, OOM kills and
@@ -14,6 +14,8 @@
 
 #define EEXIST 17 /* errno.h is not available to BPF programs */
 
+/* GPL-compatible, as the SPDX line above says: the kernel lets only such programs call
+ * bpf_probe_read_kernel (BPF_CORE_READ) and bpf_get_current_task_btf. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
