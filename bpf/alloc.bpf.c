@@ -45,7 +45,7 @@ volatile __u32 cxx_probes_attached = 0;
 static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size,
 					 __u32 kind, __u64 weight_bytes)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 tgid = current_tgid();
 	__u64 caller = PT_REGS_IP(ctx);
 	__s32 site_id = capture_stack(caller, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
 
@@ -81,7 +81,7 @@ static __always_inline bool mismatched(enum release_mode mode, __u32 kind)
 
 static __always_inline void release(__u64 address, enum release_mode mode, __u64 call_start_ns)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 tgid = current_tgid();
 	struct memtrail_alloc_info *info;
 	struct slot_ref found;
 
@@ -232,8 +232,7 @@ int BPF_KPROBE(free_enter, __u64 address)
 	if (cxx_probes_attached) {
 		/* libstdc++'s operator delete ends in free(): the delete probe already released
 		 * the block. */
-		struct inflight_call *call =
-			bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+		struct inflight_call *call = current_task_storage(&inflight, 0);
 
 		if (call && call->pending_free == address) {
 			call->pending_free = 0;
@@ -254,8 +253,7 @@ int BPF_KPROBE(delete_enter, __u64 address)
 
 	if (!address || probe_floor || !probe_applies())
 		return 0;
-	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
-				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
 		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return 0;
@@ -290,14 +288,10 @@ int BPF_KPROBE(python_object_new, __u64 type, __u64 nitems)
 		return 0;
 	key.tgid = current_tgid();
 	key.type = type;
-	counts = bpf_map_lookup_elem(&python_types, &key);
+	counts = map_lookup_or_insert(&python_types, &key, &zero);
 	if (!counts) {
-		bpf_map_update_elem(&python_types, &key, &zero, BPF_NOEXIST);
-		counts = bpf_map_lookup_elem(&python_types, &key);
-		if (!counts) {
-			count(MEMTRAIL_CTR_PYTHON_TYPES_LOST);
-			return 0;
-		}
+		count(MEMTRAIL_CTR_PYTHON_TYPES_LOST);
+		return 0;
 	}
 	__sync_fetch_and_add(&counts->made, 1);
 	if (nitems)

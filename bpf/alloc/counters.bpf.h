@@ -40,15 +40,9 @@ static __always_inline void count_loss(enum memtrail_counter counter, enum memtr
 	struct memtrail_process_losses *losses, fresh = {};
 
 	count(counter);
-	losses = bpf_map_lookup_elem(&process_losses, &tgid);
-	if (!losses) {
-		/* -EEXIST: another CPU created it first; -E2BIG: the map is full */
-		bpf_map_update_elem(&process_losses, &tgid, &fresh, BPF_NOEXIST);
-		losses = bpf_map_lookup_elem(&process_losses, &tgid);
-		if (!losses)
-			return;
-	}
-	__sync_fetch_and_add(&losses->counts[loss & 7], 1);
+	losses = map_lookup_or_insert(&process_losses, &tgid, &fresh);
+	if (losses)
+		__sync_fetch_and_add(&losses->counts[loss & 7], 1);
 }
 
 #endif /* MEMTRAIL_ALLOC_COUNTERS_BPF_H */

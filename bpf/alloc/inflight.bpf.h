@@ -39,7 +39,6 @@ struct {
 
 static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 size, __u64 aux)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
 	struct inflight_call *call;
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 now;
@@ -47,7 +46,7 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	if (probe_floor || !probe_applies())
 		return;
 	now = bpf_ktime_get_ns();
-	call = bpf_task_storage_get(&inflight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
 		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return;
@@ -73,12 +72,11 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 /* Returns the finished outermost call, or NULL while unwinding nested calls. */
 static __always_inline struct inflight_call *call_exit(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
 	struct inflight_call *call;
 
 	if (probe_floor || !probe_applies())
 		return NULL;
-	call = bpf_task_storage_get(&inflight, task, 0, 0);
+	call = current_task_storage(&inflight, 0);
 	if (!call || call->depth == 0) {
 		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
 		return NULL;

@@ -33,7 +33,7 @@ static __always_inline bool process_traced(__u32 tgid)
 /* For the allocator probes: false for a process host-wide mode leaves out. */
 static __always_inline bool probe_applies(void)
 {
-	return !filter_processes || process_traced(bpf_get_current_pid_tgid() >> 32);
+	return !filter_processes || process_traced(current_tgid());
 }
 
 #endif /* MEMTRAIL_ALLOC_PROCESSES_BPF_H */

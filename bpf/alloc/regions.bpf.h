@@ -78,7 +78,7 @@ static __always_inline struct inflight_call *syscall_call(__u32 tgid, __u64 crea
 
 	if (probe_floor || !process_traced(tgid))
 		return NULL;
-	call = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, create);
+	call = current_task_storage(&inflight, create);
 	if (!call && create)
 		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
 	return call;

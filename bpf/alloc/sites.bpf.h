@@ -112,14 +112,9 @@ static __always_inline struct memtrail_fallback_totals *fallback_lookup_or_creat
 										   __u64 caller)
 {
 	struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
-	struct memtrail_fallback_totals *totals = bpf_map_lookup_elem(&fallback_sites, &key);
 	struct memtrail_fallback_totals fresh = { .caller_address = caller };
 
-	if (totals)
-		return totals;
-	/* -EEXIST means another CPU created it first: the lookup below finds theirs. */
-	bpf_map_update_elem(&fallback_sites, &key, &fresh, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&fallback_sites, &key);
+	return map_lookup_or_insert(&fallback_sites, &key, &fresh);
 }
 
 /* Adds one allocation to its site's running totals. */
