@@ -16,6 +16,7 @@
  *   alloc/regions.bpf.h        memory mapped by system calls
  * Map sizes (max_entries 1) are placeholders: userspace sets them before load. */
 #include "common.bpf.h"
+#include "arch_x86_64.bpf.h" /* x86-64 only: what that assumes is listed there */
 #include "alloc_events.h"
 #include "unwind_table.h"
 

@@ -4,6 +4,7 @@
 #define MEMTRAIL_ALLOC_PYTHON_FRAMES_BPF_H
 
 #include "common.bpf.h"
+#include "arch_x86_64.bpf.h"
 #include "alloc_events.h"
 
 /* --python-frames other than native: CPython processes get their Python frames walked. */
@@ -107,7 +108,7 @@ static long python_step(__u32 index, struct python_walk *walk)
 
 /* The calling thread's PyThreadState: the GIL holder's when that is this thread (the common
  * case: Python code allocating), else the one in the interpreter's list whose thread_id is this
- * thread's pthread_self() (its %fs base on x86-64). 0 when none is. */
+ * thread's pthread_self() (arch_thread_pointer). 0 when none is. */
 __noinline __u64 python_thread_state(__u64 runtime, __u64 pthread_id)
 {
 	__u64 tstate, interp;
@@ -152,7 +153,7 @@ static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, 
 	stack->depth = 0;
 	stack->flags = 0;
 	task = bpf_get_current_task_btf();
-	tstate = python_thread_state(process->runtime_address, task->thread.fsbase);
+	tstate = python_thread_state(process->runtime_address, arch_thread_pointer(task));
 	if (!tstate) {
 		stack->flags = MEMTRAIL_PYTHON_NO_THREAD;
 	} else {

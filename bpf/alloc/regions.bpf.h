@@ -5,20 +5,14 @@
 #define MEMTRAIL_ALLOC_REGIONS_BPF_H
 
 #include "common.bpf.h"
+#include "arch_x86_64.bpf.h"
 #include "alloc_events.h"
 #include "alloc/counters.bpf.h"
 #include "alloc/processes.bpf.h"
 #include "alloc/inflight.bpf.h"
 #include "alloc/sites.bpf.h"
 
-#define MAP_SHARED 0x01
-#define MAP_PRIVATE 0x02
-#define MAP_TYPE 0x0f
-#define MAP_FIXED 0x10
-#define MAP_ANONYMOUS 0x20
-#define PROT_NONE 0x0
-#define MREMAP_DONTUNMAP 4
-#define MAX_ERRNO 4095
+#define MAX_ERRNO 4095 /* a system call's return value from -4095 to -1 is an error */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

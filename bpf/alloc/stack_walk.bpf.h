@@ -4,6 +4,7 @@
 #define MEMTRAIL_ALLOC_STACK_WALK_BPF_H
 
 #include "common.bpf.h"
+#include "arch_x86_64.bpf.h"
 #include "alloc_events.h"
 #include "unwind_table.h"
 #include "alloc/counters.bpf.h"

@@ -5,6 +5,7 @@
 #define MEMTRAIL_ALLOC_TABLE_BPF_H
 
 #include "common.bpf.h"
+#include "arch_x86_64.bpf.h"
 #include "alloc_events.h"
 #include "alloc/counters.bpf.h"
 
@@ -24,7 +25,7 @@ const volatile __u32 alloc_buckets = 1;
 #define WRITE_ONCE_U32(x, v) (*(volatile __u32 *)&(x) = (v))
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
-#define compiler_barrier() asm volatile("" ::: "memory")
+/* compiler_barrier() orders the stores of a slot: enough on x86-64 (arch_x86_64.bpf.h). */
 
 struct slot_ref {
 	struct memtrail_alloc_bucket *bucket;
