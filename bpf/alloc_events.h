@@ -7,6 +7,8 @@
 #include <linux/types.h>
 #endif
 
+#include "abi_layout.h"
+
 /* Deepest user stack captured per allocation site. */
 #define MEMTRAIL_MAX_STACK_DEPTH 64
 
@@ -84,6 +86,8 @@ enum memtrail_loss {
 struct memtrail_process_losses {
 	__u64 counts[8]; /* enum memtrail_loss; a power of two for the verifier */
 };
+MEMTRAIL_ABI_SIZE(memtrail_process_losses, 64);
+MEMTRAIL_ABI_ASSERT(MEMTRAIL_LOSS_COUNT <= 8, "counts[loss & 7] holds every enum memtrail_loss");
 
 /* Byte sampling (--sample-rate): each byte allocated is sampled with probability 1/rate, so an
  * allocation of s bytes is recorded with probability 1 - exp(-s/rate), as in tcmalloc and
@@ -117,6 +121,11 @@ struct memtrail_alloc_info {
 	__u32 tgid;
 	__s32 site_id;      /* stack id >= 0, or a fallback id < 0 (see above) */
 };
+MEMTRAIL_ABI_SIZE(memtrail_alloc_info, 24);
+MEMTRAIL_ABI_OFFSET(memtrail_alloc_info, size_kind, 0);
+MEMTRAIL_ABI_OFFSET(memtrail_alloc_info, timestamp_ns, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_alloc_info, tgid, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_alloc_info, site_id, 20);
 #define MEMTRAIL_SIZE_BITS 56
 #define MEMTRAIL_SIZE_MASK ((1ULL << MEMTRAIL_SIZE_BITS) - 1)
 
@@ -124,6 +133,9 @@ struct memtrail_alloc_bucket {
 	__u64 address[MEMTRAIL_BUCKET_SLOTS]; /* 0: free slot. One cache line to search. */
 	struct memtrail_alloc_info info[MEMTRAIL_BUCKET_SLOTS];
 };
+MEMTRAIL_ABI_SIZE(memtrail_alloc_bucket, 256);
+MEMTRAIL_ABI_OFFSET(memtrail_alloc_bucket, info, 64);
+MEMTRAIL_ABI_ASSERT(MEMTRAIL_BUCKET_SLOTS == 8, "the BPF table code masks slots with & 7");
 
 /* The two candidate buckets of a block: two independent hashes of its pid and address. The
  * table has twice as many slots as --max-allocations; a block goes to its first bucket while
@@ -172,12 +184,16 @@ struct memtrail_site_totals {
 	__u64 total_allocations; /* calls that returned memory */
 	__u64 mismatched_frees;  /* its blocks released by the wrong function (new/free, ...) */
 };
+MEMTRAIL_ABI_SIZE(memtrail_site_totals, 24);
+MEMTRAIL_ABI_OFFSET(memtrail_site_totals, mismatched_frees, 16);
 
 /* Sites whose stack could not be stored (fallback ids < 0) keep their totals in a hash map. */
 struct memtrail_fallback_key {
 	__u32 tgid;
 	__s32 site_id;
 };
+MEMTRAIL_ABI_SIZE(memtrail_fallback_key, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_fallback_key, site_id, 4);
 
 struct memtrail_fallback_totals {
 	__u64 total_bytes;
@@ -185,6 +201,8 @@ struct memtrail_fallback_totals {
 	__u64 mismatched_frees;
 	__u64 caller_address; /* return address in the caller: the site's only frame */
 };
+MEMTRAIL_ABI_SIZE(memtrail_fallback_totals, 32);
+MEMTRAIL_ABI_OFFSET(memtrail_fallback_totals, caller_address, 24);
 
 /* A distinct user call stack of one process, keyed in the stacks map by a 64-bit hash of its
  * pid and frames. The id is small and dense: it indexes site_totals. */
@@ -196,6 +214,13 @@ struct memtrail_stack {
 	__u32 pad;
 	__u64 ips[MEMTRAIL_MAX_STACK_DEPTH];
 };
+MEMTRAIL_ABI_SIZE(memtrail_stack, 16 + 8 * MEMTRAIL_MAX_STACK_DEPTH);
+MEMTRAIL_ABI_OFFSET(memtrail_stack, tgid, 4);
+MEMTRAIL_ABI_OFFSET(memtrail_stack, depth, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_stack, flags, 10);
+MEMTRAIL_ABI_OFFSET(memtrail_stack, ips, 16);
+MEMTRAIL_ABI_ASSERT((MEMTRAIL_MAX_STACK_DEPTH & (MEMTRAIL_MAX_STACK_DEPTH - 1)) == 0,
+		    "the BPF walker masks frame indices with MEMTRAIL_MAX_STACK_DEPTH - 1");
 
 /* The walk stopped before the outermost frame (whose saved frame pointer is 0): a frame
  * without a frame pointer, an unreadable frame, or the depth limit. The frames shown are
@@ -233,6 +258,9 @@ struct memtrail_python_layout {
 	__u32 code_adaptive;          /* PyCodeObject.co_code_adaptive: the first instruction */
 	__u32 owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_layout, 14 * 4);
+MEMTRAIL_ABI_OFFSET(memtrail_python_layout, frame_code, 7 * 4);
+MEMTRAIL_ABI_OFFSET(memtrail_python_layout, owner_cstack, 13 * 4);
 
 /* Bytes read from each frame at once: every field above lies within them. */
 #define MEMTRAIL_PYTHON_FRAME_READ 80
@@ -241,6 +269,7 @@ struct memtrail_python_layout {
 struct memtrail_python_process {
 	__u64 runtime_address;
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_process, 8);
 
 /* One Python frame: the code object's address (low 48 bits), the index of its last instruction
  * in code units (15 bits, saturated) and whether the frame is the first of an eval loop call
@@ -257,6 +286,12 @@ struct memtrail_python_stack {
 	__u16 flags; /* MEMTRAIL_PYTHON_* */
 	__u64 frames[MEMTRAIL_MAX_PYTHON_DEPTH];
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_stack, 8 + 8 * MEMTRAIL_MAX_PYTHON_DEPTH);
+MEMTRAIL_ABI_OFFSET(memtrail_python_stack, depth, 4);
+MEMTRAIL_ABI_OFFSET(memtrail_python_stack, flags, 6);
+MEMTRAIL_ABI_OFFSET(memtrail_python_stack, frames, 8);
+MEMTRAIL_ABI_ASSERT((MEMTRAIL_MAX_PYTHON_DEPTH & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)) == 0,
+		    "the BPF walker masks frame indices with MEMTRAIL_MAX_PYTHON_DEPTH - 1");
 #define MEMTRAIL_PYTHON_TRUNCATED 1  /* more frames than MEMTRAIL_MAX_PYTHON_DEPTH */
 #define MEMTRAIL_PYTHON_UNREADABLE 2 /* a frame could not be read: the walk stopped there */
 #define MEMTRAIL_PYTHON_NO_THREAD 4  /* no thread state of this thread was found */
@@ -279,6 +314,8 @@ struct memtrail_python_type_key {
 	__u32 pad;
 	__u64 type; /* the PyTypeObject's address in the process */
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_type_key, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_python_type_key, type, 8);
 
 struct memtrail_python_type_counts {
 	__u64 made;
@@ -286,6 +323,8 @@ struct memtrail_python_type_counts {
 	__u64 items_made;
 	__u64 items_freed; /* ob_size at the free: meaningful for types with items only */
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_type_counts, 32);
+MEMTRAIL_ABI_OFFSET(memtrail_python_type_counts, items_freed, 24);
 
 /* Where userspace reads a type's flags from (PyTypeObject.tp_flags), and the flag of GC types. */
 struct memtrail_python_type_layout {
@@ -293,6 +332,8 @@ struct memtrail_python_type_layout {
 	__u32 pad;
 	__u64 have_gc; /* Py_TPFLAGS_HAVE_GC */
 };
+MEMTRAIL_ABI_SIZE(memtrail_python_type_layout, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_python_type_layout, have_gc, 8);
 
 /* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
  * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions
@@ -328,6 +369,13 @@ struct memtrail_region_event {
 	__u8 flags;    /* MEMTRAIL_REGION_IN_ALLOCATOR, MEMTRAIL_REGION_KEEP_OLD */
 	__u16 pad;
 };
+MEMTRAIL_ABI_SIZE(memtrail_region_event, 40);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, length, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, tgid, 24);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, tid, 28);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, site_id, 32);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, type, 36);
+MEMTRAIL_ABI_OFFSET(memtrail_region_event, flags, 37);
 
 /* Regions are recorded whole, never sampled. */
 static inline int memtrail_kind_is_region(__u32 kind)

@@ -1,19 +1,15 @@
-// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /* Paging pressure per process: major faults, reclaim stalls, swap-ins and refaults, OOM
  * victims. Everything is counted in maps keyed by tgid that userspace reads each interval; no
  * per-event wake-ups. Tier 1 programs fire only on major faults, reclaim passes, OOM kills and
  * exits, and stay attached; tier 2 ("deep") programs fire on every fault and are attached by
  * userspace only while memory is under pressure. Only tracepoints and perf events are used:
  * kprobes and fentry are not available on every kernel memtrail runs on. */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-
+#include "common.bpf.h"
 #include "paging_events.h"
 
-#define EEXIST 17 /* errno.h is not available to BPF programs */
-
+/* GPL-compatible, as the SPDX line above says: the kernel lets only such programs call
+ * bpf_probe_read_kernel (BPF_CORE_READ) and bpf_get_current_task_btf. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
@@ -78,27 +74,24 @@ static __always_inline __u64 current_memcg_id(void)
 /* The current process's counters, created on its first event. */
 static struct memtrail_task_stats *current_stats(void)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 tgid = current_tgid();
 	struct memtrail_task_stats *stats = bpf_map_lookup_elem(&task_stats, &tgid);
 	struct memtrail_task_stats fresh = {};
-	long err;
 
 	if (stats)
 		return stats;
+	/* Filled only for a process seen for the first time: the lookup is the common case. */
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
 	fresh.memcg_id = current_memcg_id();
-	err = bpf_map_update_elem(&task_stats, &tgid, &fresh, BPF_NOEXIST);
-	if (err && err != -EEXIST) { /* -EEXIST: another thread of it created it first */
+	stats = map_insert_and_lookup(&task_stats, &tgid, &fresh); /* or another thread's */
+	if (!stats)
 		count(MEMTRAIL_PAGING_CTR_TASKS_FULL);
-		return NULL;
-	}
-	return bpf_map_lookup_elem(&task_stats, &tgid);
+	return stats;
 }
 
 static __always_inline struct thread_state *current_thread_state(bool create)
 {
-	return bpf_task_storage_get(&thread_states, bpf_get_current_task_btf(), 0,
-				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	return current_task_storage(&thread_states, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 
 /* ---- Tier 1 ---------------------------------------------------------------------------- */
@@ -294,16 +287,10 @@ int BPF_PROG(on_count_memcg_events, struct mem_cgroup *memcg, int item, unsigned
 		__sync_fetch_and_add(zswap ? &stats->zswapin_pages : &stats->swapin_pages, val);
 		stats->memcg_id = id;
 	}
-	cgroup = bpf_map_lookup_elem(&memcg_stats, &id);
+	cgroup = map_lookup_or_insert(&memcg_stats, &id, &fresh);
 	if (!cgroup) {
-		if (bpf_map_update_elem(&memcg_stats, &id, &fresh, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&memcg_stats, &id)) {
-			count(MEMTRAIL_PAGING_CTR_MEMCG_FULL);
-			return 0;
-		}
-		cgroup = bpf_map_lookup_elem(&memcg_stats, &id);
-		if (!cgroup)
-			return 0;
+		count(MEMTRAIL_PAGING_CTR_MEMCG_FULL);
+		return 0;
 	}
 	__sync_fetch_and_add(zswap ? &cgroup->zswapin_pages : &cgroup->swapin_pages, val);
 	return 0;

@@ -7,6 +7,8 @@
 #include <linux/types.h>
 #endif
 
+#include "abi_layout.h"
+
 #define MEMTRAIL_COMM_LEN 16
 
 /* What one process (thread group) did, cumulative since memtrail attached or the process
@@ -35,6 +37,11 @@ struct memtrail_task_stats {
 	__u32 pad;
 	char comm[MEMTRAIL_COMM_LEN];
 };
+MEMTRAIL_ABI_SIZE(memtrail_task_stats, 15 * 8 + 8 + MEMTRAIL_COMM_LEN);
+MEMTRAIL_ABI_OFFSET(memtrail_task_stats, timed_major_faults, 6 * 8);
+MEMTRAIL_ABI_OFFSET(memtrail_task_stats, memcg_id, 14 * 8);
+MEMTRAIL_ABI_OFFSET(memtrail_task_stats, exited, 15 * 8);
+MEMTRAIL_ABI_OFFSET(memtrail_task_stats, comm, 16 * 8);
 
 /* Swap-ins of a memory cgroup (deep mode): cgroup v1's memory.stat has no such counter.
  * Keyed by memcg kernfs id. */
@@ -42,6 +49,7 @@ struct memtrail_memcg_stats {
 	__u64 swapin_pages;
 	__u64 zswapin_pages;
 };
+MEMTRAIL_ABI_SIZE(memtrail_memcg_stats, 16);
 
 /* A process the OOM killer chose (oom:mark_victim); keyed by pid, read and deleted by
  * userspace. RSS from the mm's counters at that moment (per-CPU parts not folded in). */
@@ -54,6 +62,9 @@ struct memtrail_oom_victim {
 	__u64 swap_entries;
 	char comm[MEMTRAIL_COMM_LEN];
 };
+MEMTRAIL_ABI_SIZE(memtrail_oom_victim, 6 * 8 + MEMTRAIL_COMM_LEN);
+MEMTRAIL_ABI_OFFSET(memtrail_oom_victim, swap_entries, 5 * 8);
+MEMTRAIL_ABI_OFFSET(memtrail_oom_victim, comm, 6 * 8);
 
 /* Indices into the global `paging_counters` array: events memtrail could not record. */
 enum memtrail_paging_counter {

@@ -7,6 +7,8 @@
 #include <linux/types.h>
 #endif
 
+#include "abi_layout.h"
+
 /*
  * A module's table is an array of rows sorted by `pc`, strictly increasing. A row applies from
  * its `pc` up to the next row's `pc`; the last row of every address range with call-frame
@@ -41,6 +43,11 @@ struct memtrail_unwind_row {
 	__u8 rules;       /* enum memtrail_unwind_cfa | (enum memtrail_unwind_rbp << 4) */
 	__s8 rbp_offset;  /* RBP AT_CFA: caller's rbp at CFA + 8 * rbp_offset; PLT: threshold */
 };
+/* The BPF walker reads a row as one 8-byte scalar (unwind_find_row returns it so). */
+MEMTRAIL_ABI_SIZE(memtrail_unwind_row, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_row, cfa_offset, 4);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_row, rules, 6);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_row, rbp_offset, 7);
 
 /* How to find the CFA: the low nibble of `rules`. Every kind but RSP, RBP and PLT ends the
  * walk: the walker reports the stack as truncated there rather than guess a frame. */
@@ -111,6 +118,8 @@ struct memtrail_unwind_page {
 	__u32 first_row; /* index[p]: the first row at or after the page's start */
 	__u32 end_row;   /* index[p + 1] */
 };
+MEMTRAIL_ABI_SIZE(memtrail_unwind_page, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_page, end_row, 4);
 
 struct memtrail_unwind_mapping {
 	__u64 start; /* runtime addresses [start, end) */
@@ -123,12 +132,21 @@ struct memtrail_unwind_mapping {
 	__u32 pages;      /* 0: no page index (it did not fit): the search covers every row */
 	__u32 page_base;
 };
+MEMTRAIL_ABI_SIZE(memtrail_unwind_mapping, 48);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_mapping, bias, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_mapping, first_row, 24);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_mapping, method, 32);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_mapping, page_base, 44);
 
 struct memtrail_unwind_process {
 	__u32 count; /* valid entries of mappings */
 	__u32 pad;
 	struct memtrail_unwind_mapping mappings[MEMTRAIL_UNWIND_MAX_MAPPINGS];
 };
+MEMTRAIL_ABI_SIZE(memtrail_unwind_process, 8 + 48 * MEMTRAIL_UNWIND_MAX_MAPPINGS);
+MEMTRAIL_ABI_OFFSET(memtrail_unwind_process, mappings, 8);
+MEMTRAIL_ABI_ASSERT((MEMTRAIL_UNWIND_MAX_MAPPINGS & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)) == 0,
+		    "the BPF walker masks mapping indices with MEMTRAIL_UNWIND_MAX_MAPPINGS - 1");
 
 /* The walker's mode, set by userspace before load (--unwind). */
 enum memtrail_unwind_mode {
@@ -151,9 +169,5 @@ enum memtrail_truncation {
 };
 #define MEMTRAIL_STACK_REASON_SHIFT 8
 #define MEMTRAIL_STACK_REASON_MASK 0xf
-
-#ifdef __cplusplus
-static_assert(sizeof(struct memtrail_unwind_row) == 8, "the BPF walker reads 8-byte rows");
-#endif
 
 #endif /* MEMTRAIL_UNWIND_TABLE_H */

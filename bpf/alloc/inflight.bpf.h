@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* The allocator call, or system call, each thread is in: from its entry probe to its return. */
+#ifndef MEMTRAIL_ALLOC_INFLIGHT_BPF_H
+#define MEMTRAIL_ALLOC_INFLIGHT_BPF_H
+
+#include "common.bpf.h"
+#include "alloc_events.h"
+#include "alloc/counters.bpf.h"
+#include "alloc/processes.bpf.h"
+
+/* A nested allocator call (see call_enter) arrives within microseconds of the outer entry. */
+#define NESTED_CALL_WINDOW_NS 1000000000ULL
+
+/* Arguments of the allocator call a thread is in, from entry to return. Task-local storage is
+ * freed with the thread, so threads that die mid-call leave nothing behind. */
+struct inflight_call {
+	__u64 size;
+	__u64 aux;        /* realloc: old pointer; posix_memalign: the void ** it writes */
+	__u64 start_ns;   /* realloc: tells the old block from a block reusing its address */
+	__u64 entry_sp;   /* stack pointer at the outermost entry: detects a lost return */
+	__u32 kind;
+	__u32 depth;      /* > 1 while an allocator calls another (memalign -> malloc, ...) */
+	__s64 sample_countdown; /* bytes until this thread's next sample */
+	__u64 sampler_ready;    /* sample_countdown has been drawn */
+	__u64 pending_free;     /* released by operator delete: its nested free() is not a free */
+	/* A system call between its entry and exit tracepoints (enum syscall_state, regions.bpf.h). */
+	__u32 syscall_state;
+	__u32 syscall_flags;    /* mremap's flags */
+	__u64 syscall_length;   /* mmap: length asked; mremap: new length */
+	__u64 old_break;        /* brk: the break before the call */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inflight_call);
+} inflight SEC(".maps");
+
+static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 size, __u64 aux)
+{
+	struct inflight_call *call;
+	__u64 sp = PT_REGS_SP(ctx);
+	__u64 now;
+
+	if (probe_floor || !probe_applies())
+		return;
+	now = bpf_ktime_get_ns();
+	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call) {
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
+		return;
+	}
+	/* A call made from inside another traced allocator (realloc(NULL, n) -> malloc, memalign
+	 * -> malloc) runs deeper on the stack, or at the same depth for a tail call (glibc's
+	 * reallocarray jumps to realloc): the outer call accounts for the memory. A call above the
+	 * recorded stack pointer, or long after the outer entry, means that the outer return was
+	 * lost (the kernel could not hijack it): start afresh rather than ignore calls forever. */
+	if (call->depth > 0 && sp <= call->entry_sp && now - call->start_ns < NESTED_CALL_WINDOW_NS) {
+		call->depth++;
+		return;
+	}
+	call->depth = 1;
+	call->pending_free = 0; /* a delete whose free() never came (an allocation comes first) */
+	call->entry_sp = sp;
+	call->kind = kind;
+	call->size = size;
+	call->aux = aux;
+	call->start_ns = now;
+}
+
+/* Returns the finished outermost call, or NULL while unwinding nested calls. */
+static __always_inline struct inflight_call *call_exit(void)
+{
+	struct inflight_call *call;
+
+	if (probe_floor || !probe_applies())
+		return NULL;
+	call = current_task_storage(&inflight, 0);
+	if (!call || call->depth == 0) {
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
+		return NULL;
+	}
+	call->depth--;
+	return call->depth == 0 ? call : NULL;
+}
+
+/* Inside a traced allocator call: malloc mapping a large block, realloc moving one, an arena
+ * growing. The allocator's own blocks account for that memory. */
+static __always_inline bool in_allocator_call(struct inflight_call *call)
+{
+	return call->depth > 0 && bpf_ktime_get_ns() - call->start_ns < NESTED_CALL_WINDOW_NS;
+}
+
+#endif /* MEMTRAIL_ALLOC_INFLIGHT_BPF_H */

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* The Python frames of an allocating CPython thread (see struct memtrail_python_layout). */
+#ifndef MEMTRAIL_ALLOC_PYTHON_FRAMES_BPF_H
+#define MEMTRAIL_ALLOC_PYTHON_FRAMES_BPF_H
+
+#include "common.bpf.h"
+#include "arch_x86_64.bpf.h"
+#include "alloc_events.h"
+
+/* --python-frames other than native: CPython processes get their Python frames walked. */
+const volatile bool python_frames = false;
+const volatile struct memtrail_python_layout python_layout = {};
+
+/* CPython processes, by tgid (userspace adds them when it finds their _PyRuntime). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_python_process);
+} python_processes SEC(".maps");
+
+/* The Python frames of each stack that has any, by stack id. Memory only for Python stacks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_python_stack);
+} python_stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_python_stack);
+} python_scratch SEC(".maps");
+
+/* Threads searched in the interpreter's list when the GIL holder is another thread. */
+#define PYTHON_MAX_THREADS 16
+
+static __always_inline __u64 read_user_u64(__u64 address)
+{
+	__u64 value = 0;
+
+	if (bpf_probe_read_user(&value, sizeof(value), (const void *)address))
+		return 0;
+	return value;
+}
+
+struct python_walk {
+	struct memtrail_python_stack *stack;
+	__u64 frame;
+	__u64 hash;
+};
+
+static __always_inline __u64 frame_u64(const __u8 *raw, __u32 offset)
+{
+	if (offset > MEMTRAIL_PYTHON_FRAME_READ - sizeof(__u64))
+		return 0;
+	return *(const __u64 *)&raw[offset];
+}
+
+static __always_inline __u8 frame_u8(const __u8 *raw, __u32 offset)
+{
+	if (offset > MEMTRAIL_PYTHON_FRAME_READ - 1)
+		return 0;
+	return raw[offset];
+}
+
+static long python_step(__u32 index, struct python_walk *walk)
+{
+	__u8 raw[MEMTRAIL_PYTHON_FRAME_READ];
+	__u64 code, previous, prev_instr, first_instr, lasti, packed;
+	__u8 is_entry, owner;
+
+	if (!walk->frame)
+		return 1;
+	if (index >= MEMTRAIL_MAX_PYTHON_DEPTH) {
+		walk->stack->flags |= MEMTRAIL_PYTHON_TRUNCATED;
+		return 1;
+	}
+	if (bpf_probe_read_user(raw, sizeof(raw), (const void *)walk->frame)) {
+		walk->stack->flags |= MEMTRAIL_PYTHON_UNREADABLE;
+		return 1;
+	}
+	/* Userspace checks that every field lies within raw; the bounds are for the verifier. */
+	code = frame_u64(raw, python_layout.frame_code);
+	previous = frame_u64(raw, python_layout.frame_previous);
+	prev_instr = frame_u64(raw, python_layout.frame_prev_instr);
+	is_entry = frame_u8(raw, python_layout.frame_is_entry);
+	owner = frame_u8(raw, python_layout.frame_owner);
+	walk->frame = previous;
+	if (owner == python_layout.owner_cstack)
+		return 0; /* a shim the interpreter pushes for C calls: no Python code */
+	first_instr = code + python_layout.code_adaptive;
+	/* A frame being set up has no instruction yet (prev_instr before the first): index 0. */
+	lasti = prev_instr >= first_instr ? (prev_instr - first_instr) / 2 : 0;
+	if (lasti > MEMTRAIL_PYTHON_LASTI_MAX)
+		lasti = MEMTRAIL_PYTHON_LASTI_MAX;
+	packed = (code & MEMTRAIL_PYTHON_CODE_MASK) | (lasti << MEMTRAIL_PYTHON_LASTI_SHIFT) |
+		 (is_entry ? MEMTRAIL_PYTHON_ENTRY : 0);
+	walk->stack->frames[index & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)] = packed;
+	walk->stack->depth = index + 1;
+	walk->hash = (walk->hash ^ packed) * 0x100000001B3ULL;
+	return 0;
+}
+
+/* The calling thread's PyThreadState: the GIL holder's when that is this thread (the common
+ * case: Python code allocating), else the one in the interpreter's list whose thread_id is this
+ * thread's pthread_self() (arch_thread_pointer). 0 when none is. */
+__noinline __u64 python_thread_state(__u64 runtime, __u64 pthread_id)
+{
+	__u64 tstate, interp;
+
+	if (!runtime || !pthread_id)
+		return 0;
+	tstate = read_user_u64(runtime + python_layout.runtime_tstate_current);
+	if (tstate && read_user_u64(tstate + python_layout.tstate_thread_id) == pthread_id)
+		return tstate;
+	interp = read_user_u64(runtime + python_layout.runtime_interp_main);
+	if (!interp)
+		return 0;
+	tstate = read_user_u64(interp + python_layout.interp_threads_head);
+	for (int i = 0; i < PYTHON_MAX_THREADS && tstate; i++) {
+		if (read_user_u64(tstate + python_layout.tstate_thread_id) == pthread_id)
+			return tstate;
+		tstate = read_user_u64(tstate + python_layout.tstate_next);
+	}
+	return 0;
+}
+
+/* Reads the Python frames of the calling thread into the scratch stack and mixes them into
+ * `hash`; NULL when the process is not a CPython one memtrail walks. */
+static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, __u64 *hash)
+{
+	struct python_walk walk = {};
+	struct memtrail_python_process *process;
+	struct memtrail_python_stack *stack;
+	struct task_struct *task;
+	__u64 tstate, cframe;
+	__u32 zero = 0;
+
+	if (!python_frames)
+		return NULL;
+	process = bpf_map_lookup_elem(&python_processes, &tgid);
+	if (!process)
+		return NULL;
+	stack = bpf_map_lookup_elem(&python_scratch, &zero);
+	if (!stack)
+		return NULL;
+	stack->tgid = tgid;
+	stack->depth = 0;
+	stack->flags = 0;
+	task = bpf_get_current_task_btf();
+	tstate = python_thread_state(process->runtime_address, arch_thread_pointer(task));
+	if (!tstate) {
+		stack->flags = MEMTRAIL_PYTHON_NO_THREAD;
+	} else {
+		cframe = read_user_u64(tstate + python_layout.tstate_cframe);
+		walk.frame = cframe ? read_user_u64(cframe + python_layout.cframe_current_frame) : 0;
+		walk.stack = stack;
+		walk.hash = *hash;
+		bpf_loop(MEMTRAIL_MAX_PYTHON_DEPTH + 1, python_step, &walk, 0);
+		*hash = walk.hash;
+	}
+	*hash ^= ((__u64)stack->flags << 56) | stack->depth;
+	return stack;
+}
+
+#endif /* MEMTRAIL_ALLOC_PYTHON_FRAMES_BPF_H */

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Allocation sites: a call stack of one process, its dense id, and its running totals. */
+#ifndef MEMTRAIL_ALLOC_SITES_BPF_H
+#define MEMTRAIL_ALLOC_SITES_BPF_H
+
+#include "common.bpf.h"
+#include "alloc_events.h"
+#include "alloc/counters.bpf.h"
+#include "alloc/stack_walk.bpf.h"
+#include "alloc/python_frames.bpf.h"
+
+/* Distinct call stacks by hash of their frames (see capture_stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct memtrail_stack);
+} stacks SEC(".maps");
+
+/* Where a stack is assembled before it is known to be new: too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_stack);
+} stack_scratch SEC(".maps");
+
+__u32 next_stack_id = 0;
+
+/* Totals per stack id (stacks are per process, so a stack id is a site), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct memtrail_site_totals);
+} site_totals SEC(".maps");
+
+/* Totals of sites whose stack could not be stored. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct memtrail_fallback_key);
+	__type(value, struct memtrail_fallback_totals);
+} fallback_sites SEC(".maps");
+
+/* Walks the user stack and returns the stack's dense id, or a negative fallback id derived
+ * from the caller when the stacks map is full. Called in a uretprobe, the registers are the
+ * caller's, with the instruction pointer already set back to the return address, so the first
+ * frame is always the function that called the allocator; at a system call, the first frame is
+ * the libc wrapper (userspace skips it). Every frame is unwound by its
+ * module's CFI table where userspace loaded one, else by frame pointer, as unwind_processes
+ * says (bpf/unwind_table.h). A walk that cannot go on ends there and says why in the stack's
+ * flags: no frame is ever guessed. This walk replaces bpf_get_stackid, whose perf callchain
+ * machinery cost about twice as much per allocation as the frame-pointer walk here. */
+static __always_inline __s32 capture_stack(__u64 caller, __u64 sp, __u64 bp, __u32 tgid)
+{
+	struct walk walk = {
+		.pc = caller,
+		.sp = sp,
+		.bp = bp,
+		/* Stacks are per process: the pid is part of the hash, and a stack id names a site. */
+		.hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL,
+		.depth = 1,
+		.bp_known = 1,
+		.flags = MEMTRAIL_STACK_TRUNCATED |
+			 (MEMTRAIL_TRUNCATED_DEPTH << MEMTRAIL_STACK_REASON_SHIFT),
+	};
+	struct memtrail_stack *stack, *known;
+	struct memtrail_python_stack *python;
+	__u32 zero = 0, python_id;
+	__u64 hash;
+
+	stack = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!stack)
+		goto fallback;
+	walk.stack = stack;
+	if (unwind_mode == MEMTRAIL_UNWIND_MODE_TABLES)
+		walk.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
+	stack->ips[0] = caller;
+	stack->tgid = tgid;
+	bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
+	stack->flags = walk.flags;
+	hash = walk.hash ^ walk.depth;
+	python = capture_python(tgid, &hash);
+
+	known = bpf_map_lookup_elem(&stacks, &hash);
+	if (known)
+		return known->id;
+	stack->depth = walk.depth;
+	stack->id = __sync_fetch_and_add(&next_stack_id, 1) & 0x7fffffff;
+	/* Before the stack is published: a reader that finds the stack finds its Python frames.
+	 * (Lost if another CPU publishes the same stack first: an orphan purged with the process.) */
+	if (python) {
+		python_id = stack->id;
+		bpf_map_update_elem(&python_stacks, &python_id, python, BPF_ANY);
+	}
+	/* -EEXIST: another CPU stored the same stack first; its id is the one to use. */
+	bpf_map_update_elem(&stacks, &hash, stack, BPF_NOEXIST);
+	known = bpf_map_lookup_elem(&stacks, &hash);
+	if (known)
+		return known->id;
+fallback:
+	count_loss(MEMTRAIL_CTR_STACK_FAILURES, MEMTRAIL_LOSS_STACK_FAILURES, tgid);
+	hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
+	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
+}
+
+static __always_inline struct memtrail_fallback_totals *fallback_lookup_or_create(__u32 tgid,
+										   __s32 site_id,
+										   __u64 caller)
+{
+	struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
+	struct memtrail_fallback_totals fresh = { .caller_address = caller };
+
+	return map_lookup_or_insert(&fallback_sites, &key, &fresh);
+}
+
+/* Adds one allocation to its site's running totals. */
+static __always_inline void add_to_site(__u32 tgid, __s32 site_id, __u64 caller, __u64 bytes,
+					__u64 calls)
+{
+	struct memtrail_fallback_totals *fallback;
+
+	if (site_id >= 0) {
+		__u32 index = site_id;
+		struct memtrail_site_totals *totals = bpf_map_lookup_elem(&site_totals, &index);
+
+		if (!totals) {
+			count_loss(MEMTRAIL_CTR_SITE_DROPS, MEMTRAIL_LOSS_SITE_DROPS, tgid);
+			return;
+		}
+		/* This CPU's copy: no atomics, and no cache line bouncing between the CPUs of a
+		 * multi-threaded program allocating from the same site. */
+		totals->total_bytes += bytes;
+		totals->total_allocations += calls;
+		return;
+	}
+	fallback = fallback_lookup_or_create(tgid, site_id, caller);
+	if (!fallback) {
+		count_loss(MEMTRAIL_CTR_SITE_DROPS, MEMTRAIL_LOSS_SITE_DROPS, tgid);
+		return;
+	}
+	__sync_fetch_and_add(&fallback->total_bytes, bytes);
+	__sync_fetch_and_add(&fallback->total_allocations, calls);
+}
+
+static __always_inline void count_mismatch(__u32 tgid, __s32 site_id)
+{
+	count(MEMTRAIL_CTR_MISMATCHED);
+	if (site_id >= 0) {
+		__u32 index = site_id;
+		struct memtrail_site_totals *totals = bpf_map_lookup_elem(&site_totals, &index);
+
+		if (totals)
+			totals->mismatched_frees += 1; /* this CPU's copy */
+	} else {
+		struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
+		struct memtrail_fallback_totals *totals = bpf_map_lookup_elem(&fallback_sites, &key);
+
+		if (totals)
+			__sync_fetch_and_add(&totals->mismatched_frees, 1);
+	}
+}
+
+#endif /* MEMTRAIL_ALLOC_SITES_BPF_H */
