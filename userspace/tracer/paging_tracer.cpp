@@ -60,7 +60,10 @@ std::vector<Link> attach_loaded(const std::vector<bpf_program*>& programs) {
   for (bpf_program* program : programs) {
     if (!bpf_program__autoload(program)) continue;
     bpf_link* link = bpf_program__attach(program);
-    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
+    if (!link) {
+      int error_number = errno;
+      fail(std::string("attach BPF program ") + bpf_program__name(program), error_number);
+    }
     links.emplace_back(link);
   }
   return links;
@@ -71,13 +74,17 @@ std::vector<Link> attach_loaded(const std::vector<bpf_program*>& programs) {
 PagingTracer::PagingTracer(const PagingTracerConfig& config) {
   route_libbpf_log(config.verbose);
   skeleton_.reset(paging_bpf__open());
-  if (!skeleton_) fail("open BPF object paging.bpf.o", errno);
+  if (!skeleton_) {
+    int error_number = errno;
+    fail("open BPF object paging.bpf.o", error_number);
+  }
   int err = bpf_map__set_max_entries(skeleton_->maps.task_stats, config.max_processes);
   if (err < 0) fail("size BPF map task_stats", -err);
 
   btf* vmlinux = btf__load_vmlinux_btf();
   if (!vmlinux) {
-    fail("read the kernel's BTF (/sys/kernel/btf/vmlinux)", errno,
+    int error_number = errno;
+    fail("read the kernel's BTF (/sys/kernel/btf/vmlinux)", error_number,
          "memtrail needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
   }
   auto& progs = skeleton_->progs;
