@@ -2,17 +2,21 @@
 // Allocator discovery in real ELF files, and placement of entry probes on emulated instructions.
 #include "target/allocator.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <gtest/gtest.h>
 #include <set>
 
 #include "alloc_events.h"
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "target/elf_file.h"
 
 namespace memtrail::target {
@@ -429,6 +433,83 @@ TEST(AllocatorClassification, NamesTheAllocatorFromItsSymbols) {
   if (access(jemalloc.c_str(), R_OK) == 0) {
     EXPECT_EQ(classify_allocator(jemalloc, false, false), "jemalloc");
   }
+}
+
+// --- ElfFile: what the unwind-table builder and the symbolizer read through it ---------------
+
+std::string build_id_by_readelf(const std::string& path) {
+  std::string command = "readelf -n '" + path + "' 2>/dev/null";
+  std::string build_id;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), pipe)) {
+      std::string text = line;
+      size_t label = text.find("Build ID: ");
+      if (label == std::string::npos) continue;
+      build_id = text.substr(label + 10);
+      while (!build_id.empty() && std::isspace(static_cast<unsigned char>(build_id.back())))
+        build_id.pop_back();
+    }
+    pclose(pipe);
+  }
+  return build_id;
+}
+
+TEST(ElfFile, ReadsTheHeaderSegmentsSectionsAndBuildIdOfThisTest) {
+  std::string self = real("/proc/self/exe");
+  ElfFile elf = ElfFile::open(self);
+  EXPECT_TRUE(elf.is_x86_64());
+  EXPECT_EQ(elf.header().e_ident[EI_CLASS], ELFCLASS64);
+  EXPECT_NE(elf.elf(), nullptr);
+  bool executable = false;
+  for (const LoadSegment& segment : elf.load_segments()) {
+    EXPECT_GE(segment.memory_size, segment.file_size);
+    executable = executable || segment.executable;
+  }
+  EXPECT_TRUE(executable) << "no executable PT_LOAD in " << self;
+
+  auto text = elf.find_section(".text");
+  ASSERT_TRUE(text);
+  EXPECT_EQ(text->header.sh_type, static_cast<uint32_t>(SHT_PROGBITS));
+  Elf_Data* data = elf.section_data(*text);
+  ASSERT_NE(data, nullptr);
+  EXPECT_EQ(data->d_size, text->header.sh_size);
+  // The section's first bytes are the code read_code finds at its address.
+  std::vector<uint8_t> code = elf.read_code(text->header.sh_addr, 16);
+  ASSERT_EQ(code.size(), 16u);
+  EXPECT_EQ(std::memcmp(code.data(), data->d_buf, code.size()), 0);
+  EXPECT_FALSE(elf.find_section(".no_such_section"));
+
+  std::string expected = build_id_by_readelf(self);
+  ASSERT_FALSE(expected.empty()) << "readelf shows no build id for " << self;
+  EXPECT_EQ(elf.build_id(), expected);
+}
+
+TEST(ElfFile, OwnsTheDescriptorItIsOpenedFrom) {
+  std::string self = real("/proc/self/exe");
+  UniqueFd fd(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd);
+  int raw = fd.get();
+  {
+    ElfFile elf = ElfFile::open(std::move(fd), self);
+    EXPECT_EQ(elf.fd(), raw);
+    EXPECT_EQ(elf.path(), self);
+    EXPECT_TRUE(elf.find_function("main"));
+  }
+  EXPECT_EQ(::fcntl(raw, F_GETFD), -1) << "the descriptor outlived its ElfFile";
+
+  // Also when the file is refused: the message names it and says why.
+  UniqueFd text(::open("/etc/hostname", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(text);
+  raw = text.get();
+  try {
+    ElfFile::open(std::move(text), "/etc/hostname");
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("/etc/hostname is not an ELF file"), std::string::npos)
+        << error.what();
+  }
+  EXPECT_EQ(::fcntl(raw, F_GETFD), -1) << "a refused file's descriptor was left open";
 }
 
 }  // namespace

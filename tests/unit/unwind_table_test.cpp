@@ -509,6 +509,36 @@ TEST(UnwindTable, DebugFrameFillsWhatEhFrameLacks) {
   EXPECT_EQ(cfa_kind(*row), MEMTRAIL_UNWIND_CFA_RSP) << describe(*row);
 }
 
+TEST(UnwindTable, CompressedDebugFrameGivesTheSameRows) {
+  // A separate debug-info file, or `objcopy --compress-debug-sections`, compresses .debug_frame.
+  char directory[] = "/tmp/memtrail-unwind-XXXXXX";
+  ASSERT_NE(mkdtemp(directory), nullptr);
+  std::string compressed = std::string(directory) + "/libcompressed.so";
+  std::string output = run_command("objcopy --compress-debug-sections=zlib '" +
+                                   std::string(UNWIND_FIXTURE_LIB_DEBUG_FRAME) + "' '" +
+                                   compressed + "' 2>&1");
+  std::optional<target::ElfSection> section;
+  UnwindTable plain, table;
+  try {
+    target::ElfFile elf = target::ElfFile::open(compressed);
+    section = elf.find_section(".debug_frame");
+    plain = build_unwind_table(UNWIND_FIXTURE_LIB_DEBUG_FRAME);
+    table = build_unwind_table(compressed);
+  } catch (const Error& error) {
+    ADD_FAILURE() << error.what() << "\n" << output;
+  }
+  unlink(compressed.c_str());
+  rmdir(directory);
+  ASSERT_TRUE(section) << output;
+  ASSERT_TRUE(section->header.sh_flags & SHF_COMPRESSED) << "objcopy left .debug_frame as it was";
+  EXPECT_TRUE(table.used_debug_frame);
+  EXPECT_EQ(table.skipped.unreadable_sections, 0u);
+  ASSERT_EQ(table.rows.size(), plain.rows.size());
+  for (size_t i = 0; i < table.rows.size(); ++i) {
+    EXPECT_EQ(describe(table.rows[i]), describe(plain.rows[i])) << i;
+  }
+}
+
 // --- PLT ------------------------------------------------------------------------------------
 
 // A lazy PLT entry after PLT0 is `jmp *GOT(%rip)` (6 bytes), `push $index` (5 bytes, opcode

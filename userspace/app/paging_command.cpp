@@ -186,7 +186,10 @@ class PagingSession {
       std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
       for (const auto& trigger : triggers_) fds.push_back({trigger.fd(), POLLPRI, 0});
       int ready = ::poll(fds.data(), fds.size(), static_cast<int>(timeout.count()) + 1);
-      if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
+      if (ready < 0) {
+        int error_number = errno;
+        if (error_number != EINTR) throw Error(errno_message("poll", error_number));
+      }
       if (ready <= 0) continue;
       if (fds[0].revents & POLLIN) {
         consume_signal(signal_fd_.get());

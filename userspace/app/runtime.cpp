@@ -18,11 +18,15 @@ UniqueFd open_signalfd() {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   if (sigprocmask(SIG_BLOCK, &signals, nullptr) != 0) {
-    throw Error(errno_message("block SIGINT and SIGTERM", errno));
+    int error_number = errno;
+    throw Error(errno_message("block SIGINT and SIGTERM", error_number));
   }
-  int fd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (fd < 0) throw Error(errno_message("signalfd", errno));
-  return UniqueFd(fd);
+  UniqueFd fd(::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!fd) {
+    int error_number = errno;
+    throw Error(errno_message("signalfd", error_number));
+  }
+  return fd;
 }
 
 void consume_signal(int fd) {

@@ -238,7 +238,8 @@ model::Report from_json(const json& document) {
 model::Report read_json_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    throw Error(errno_message("read report " + path, errno),
+    int error_number = errno;
+    throw Error(errno_message("read report " + path, error_number),
                 "give the path of a file written by memtrail leaks --json");
   }
   try {

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/format.h"
+#include "common/unique_fd.h"
 
 namespace memtrail::report {
 namespace {
@@ -253,13 +254,13 @@ void write_file(const std::string& text, const std::string& path) {
 
 void check_writable(const std::string& path) {
   std::string temporary = temporary_path_for(path);
-  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
+  UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd) {
     int error_number = errno;
     throw Error("cannot write --json " + path + ": " + std::strerror(error_number),
                 "choose a path in an existing, writable directory");
   }
-  ::close(fd);
+  fd.reset();
   ::unlink(temporary.c_str());
 }
 

@@ -39,7 +39,8 @@ Suppressions Suppressions::builtin() {
 void Suppressions::load_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    throw Error(errno_message("read suppressions file " + path, errno),
+    int error_number = errno;
+    throw Error(errno_message("read suppressions file " + path, error_number),
                 "check the path given to --suppressions");
   }
   std::string line;

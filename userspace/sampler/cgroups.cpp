@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "sampler/pressure.h"
 #include "sampler/proc_text.h"
 
@@ -127,13 +128,11 @@ bool is_memory_cgroup(int dir_fd, int version, bool is_root) {
 
 void walk_cgroups(int dir_fd, const std::string& relative, int version,
                   std::vector<std::string>& out) {
-  int list_fd = ::dup(dir_fd);
-  if (list_fd < 0) return;
-  DIR* dir = ::fdopendir(list_fd);
-  if (dir == nullptr) {
-    ::close(list_fd);
-    return;
-  }
+  UniqueFd list_fd(::dup(dir_fd));
+  if (!list_fd) return;
+  DIR* dir = ::fdopendir(list_fd.get());
+  if (dir == nullptr) return;
+  list_fd.release();  // the DIR stream owns it now: closedir() closes it
   std::vector<std::string> children;
   while (dirent* entry = ::readdir(dir)) {
     std::string_view name = entry->d_name;
@@ -151,14 +150,13 @@ void walk_cgroups(int dir_fd, const std::string& relative, int version,
   ::closedir(dir);
   std::sort(children.begin(), children.end());
   for (const std::string& name : children) {
-    int child_fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (child_fd < 0) continue;  // removed since readdir: nothing to report
-    if (is_memory_cgroup(child_fd, version, false)) {
+    UniqueFd child_fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!child_fd) continue;  // removed since readdir: nothing to report
+    if (is_memory_cgroup(child_fd.get(), version, false)) {
       std::string child = relative == "/" ? "/" + name : relative + "/" + name;
       out.push_back(child);
-      walk_cgroups(child_fd, child, version, out);
+      walk_cgroups(child_fd.get(), child, version, out);
     }
-    ::close(child_fd);
   }
 }
 
@@ -268,11 +266,10 @@ CgroupLayout detect_cgroup_layout() {
 
 std::vector<std::string> list_memory_cgroups(const CgroupLayout& layout) {
   std::vector<std::string> out;
-  int root_fd = ::open(layout.memory_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (root_fd < 0) return out;
+  UniqueFd root_fd(::open(layout.memory_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root_fd) return out;
   out.push_back("/");
-  walk_cgroups(root_fd, "/", layout.version, out);
-  ::close(root_fd);
+  walk_cgroups(root_fd.get(), "/", layout.version, out);
   return out;
 }
 
@@ -317,13 +314,10 @@ std::optional<model::CgroupSample> read_cgroup_sample(const CgroupLayout& layout
   if (!relative) return std::nullopt;
   const bool is_root = *relative == "/";
   const std::string dir = join_path(layout.memory_root, *relative);
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return std::nullopt;
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return std::nullopt;
   struct stat info {};
-  if (::fstat(dir_fd, &info) != 0) {
-    ::close(dir_fd);
-    return std::nullopt;
-  }
+  if (::fstat(dir_fd.get(), &info) != 0) return std::nullopt;
 
   model::CgroupSample sample;
   sample.path = *relative;
@@ -333,7 +327,7 @@ std::optional<model::CgroupSample> read_cgroup_sample(const CgroupLayout& layout
   std::string text;
   auto read = [&](const char* name) {
     // cgroupfs files show one record each (kernfs emulates single_open()).
-    int error = read_text_file_at(dir_fd, name, text, ReadUntil::kShortRead);
+    int error = read_text_file_at(dir_fd.get(), name, text, ReadUntil::kShortRead);
     if (error != 0 && is_gone_error(error) && !is_root) {
       // Tell "this kernel has no such file" from "the cgroup is gone": the directory
       // disappears (or is replaced) only in the second case.
@@ -381,7 +375,6 @@ std::optional<model::CgroupSample> read_cgroup_sample(const CgroupLayout& layout
     }
     sample.psi = read_pressure(dir + "/memory.pressure");
   }
-  ::close(dir_fd);
   // Without memory.stat this is not (or no longer) a memory cgroup; the root always is.
   if (vanished || (!have_stat && !is_root)) return std::nullopt;
   return sample;
@@ -398,12 +391,10 @@ std::optional<std::string> resolve_cgroup_argument(const CgroupLayout& layout,
   std::optional<std::string> normalized = normalize_relative(relative ? *relative : path);
   if (!normalized) return std::nullopt;
   if (*normalized == "/") return normalized;
-  int dir_fd = ::open(join_path(layout.memory_root, *normalized).c_str(),
-                      O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return std::nullopt;
-  bool memory = is_memory_cgroup(dir_fd, layout.version, false);
-  ::close(dir_fd);
-  if (!memory) return std::nullopt;
+  UniqueFd dir_fd(::open(join_path(layout.memory_root, *normalized).c_str(),
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return std::nullopt;
+  if (!is_memory_cgroup(dir_fd.get(), layout.version, false)) return std::nullopt;
   return normalized;
 }
 

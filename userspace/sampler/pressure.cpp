@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <charconv>
-#include <utility>
 
 #include "common/error.h"
 #include "sampler/proc_text.h"
@@ -84,35 +83,18 @@ PressureTrigger::PressureTrigger(const std::string& path, StallKind kind, uint64
   std::string spec = std::string(kind == StallKind::kSome ? "some " : "full ") +
                      std::to_string(stall_us) + " " + std::to_string(window_us);
   std::string what = "arm PSI trigger \"" + spec + "\" on " + path;
-  fd_ = ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd_ < 0) {
+  fd_.reset(::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+  if (!fd_) {
     int error = errno;
     throw Error(errno_message(what, error), trigger_hint(error, window_us));
   }
   // psi.rst writes the terminating NUL too; the kernel parses up to it.
-  ssize_t written = ::write(fd_, spec.c_str(), spec.size() + 1);
+  ssize_t written = ::write(fd_.get(), spec.c_str(), spec.size() + 1);
   if (written < 0) {
     int error = errno;
-    ::close(fd_);
-    fd_ = -1;
+    fd_.reset();
     throw Error(errno_message(what, error), trigger_hint(error, window_us));
   }
-}
-
-PressureTrigger::~PressureTrigger() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-PressureTrigger::PressureTrigger(PressureTrigger&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
-
-PressureTrigger& PressureTrigger::operator=(PressureTrigger&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = std::exchange(other.fd_, -1);
-    path_ = std::move(other.path_);
-  }
-  return *this;
 }
 
 }  // namespace memtrail::sampler

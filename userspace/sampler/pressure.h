@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/unique_fd.h"
 #include "model/paging.h"
 
 namespace memtrail::sampler {
@@ -32,17 +33,12 @@ class PressureTrigger {
   // Throws memtrail::Error when it cannot: missing file, no permission, or a window the kernel
   // refuses (500 ms..10 s; without CAP_SYS_RESOURCE only multiples of 2 s).
   PressureTrigger(const std::string& path, StallKind kind, uint64_t stall_us, uint64_t window_us);
-  ~PressureTrigger();
-  PressureTrigger(PressureTrigger&& other) noexcept;
-  PressureTrigger& operator=(PressureTrigger&& other) noexcept;
-  PressureTrigger(const PressureTrigger&) = delete;
-  PressureTrigger& operator=(const PressureTrigger&) = delete;
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
 
  private:
-  int fd_ = -1;
+  UniqueFd fd_;
   std::string path_;
 };
 

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <charconv>
 
+#include "common/unique_fd.h"
+
 namespace memtrail::sampler {
 namespace {
 
@@ -36,24 +38,24 @@ int read_fd(int fd, std::string& buffer, ReadUntil until) {
   return 0;
 }
 
-int read_and_close(int fd, std::string& buffer, ReadUntil until) {
-  if (fd < 0) {
+// `fd` is what open() returned: on -1, the open's errno.
+int read_and_close(UniqueFd fd, std::string& buffer, ReadUntil until) {
+  if (!fd) {
+    int error = errno;
     buffer.clear();
-    return errno;
+    return error;
   }
-  int error = read_fd(fd, buffer, until);
-  ::close(fd);
-  return error;
+  return read_fd(fd.get(), buffer, until);
 }
 
 }  // namespace
 
 int read_text_file(const char* path, std::string& buffer, ReadUntil until) {
-  return read_and_close(::open(path, O_RDONLY | O_CLOEXEC), buffer, until);
+  return read_and_close(UniqueFd(::open(path, O_RDONLY | O_CLOEXEC)), buffer, until);
 }
 
 int read_text_file_at(int dir_fd, const char* name, std::string& buffer, ReadUntil until) {
-  return read_and_close(::openat(dir_fd, name, O_RDONLY | O_CLOEXEC), buffer, until);
+  return read_and_close(UniqueFd(::openat(dir_fd, name, O_RDONLY | O_CLOEXEC)), buffer, until);
 }
 
 std::string_view next_line(std::string_view& rest) {

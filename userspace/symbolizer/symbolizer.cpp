@@ -12,6 +12,12 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <utility>
+
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "target/elf_file.h"
 
 namespace memtrail::symbolizer {
 namespace {
@@ -56,19 +62,6 @@ std::optional<std::string> die_function_name(Dwarf_Die* die) {
   return std::nullopt;
 }
 
-std::string build_id_hex(Dwfl_Module* module) {
-  const unsigned char* bits = nullptr;
-  GElf_Addr vaddr = 0;
-  int length = dwfl_module_build_id(module, &bits, &vaddr);
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string hex;
-  for (int i = 0; i < length; ++i) {
-    hex += kDigits[bits[i] >> 4];
-    hex += kDigits[bits[i] & 0xf];
-  }
-  return hex;
-}
-
 // Function, file and line of one frame, without the address fields that differ per process.
 struct FrameInfo {
   std::optional<std::string> function;
@@ -85,22 +78,8 @@ struct Symbolizer::Module {
   std::unique_ptr<Dwfl, DwflDeleter> dwfl;
   Dwfl_Module* module = nullptr;
   std::string build_id;
-  struct Segment {
-    uint64_t vaddr, file_offset, file_size;
-  };
-  std::vector<Segment> segments;
+  std::vector<target::LoadSegment> segments;
   std::unordered_map<uint64_t, std::vector<FrameInfo>> cache;  // by looked-up ELF address
-
-  // The ELF virtual address of the byte at `file_offset` in the file.
-  std::optional<uint64_t> vaddr_of_file_offset(uint64_t file_offset) const {
-    for (const auto& segment : segments) {
-      if (file_offset >= segment.file_offset &&
-          file_offset < segment.file_offset + segment.file_size) {
-        return file_offset - segment.file_offset + segment.vaddr;
-      }
-    }
-    return std::nullopt;
-  }
 
   std::vector<FrameInfo> lookup(uint64_t vaddr);
 };
@@ -201,45 +180,49 @@ std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(const Process& proces
 
   std::shared_ptr<Module> module;
   std::string open_path = process.root + mapping.path;
-  int fd = ::open(open_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  UniqueFd fd(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
     // The process is gone (no /proc/PID/root): the file may still be at its path if the
     // process shared memtrail's mount namespace.
     open_path = mapping.path;
-    fd = ::open(open_path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd.reset(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
   }
-  std::unique_ptr<Dwfl, DwflDeleter> dwfl(fd >= 0 ? dwfl_begin(&kCallbacks) : nullptr);
-  // dwfl_report_elf takes ownership of fd, also when it fails.
+  std::optional<target::ElfFile> elf;
+  if (fd) {
+    try {
+      elf = target::ElfFile::open(std::move(fd), open_path);
+    } catch (const Error&) {
+      // Not an ELF file: frames in it keep their file offset (symbolize() never throws).
+    }
+  }
+  std::string build_id = elf ? elf->build_id() : "";
+  // The same file seen through another path or process: share what was already loaded.
+  if (!build_id.empty()) {
+    auto same = modules_.find("build-id:" + build_id);
+    if (same != modules_.end()) {
+      modules_[file_key] = same->second;
+      return same->second;
+    }
+  }
+  // libdwfl reads the file through an Elf of its own: dwfl_report_elf takes a descriptor, not
+  // an Elf*, and ends what it opened at dwfl_end. It also finds the separate debug file by
+  // itself (kCallbacks). So it gets a duplicate of the ElfFile's descriptor: the same file,
+  // whatever happens to its path in the meantime.
+  std::unique_ptr<Dwfl, DwflDeleter> dwfl(elf ? dwfl_begin(&kCallbacks) : nullptr);
+  UniqueFd dwfl_fd(dwfl ? ::dup(elf->fd()) : -1);
+  // dwfl_report_elf takes ownership of the descriptor, also when it fails.
   Dwfl_Module* dwfl_module =
       // Base 0 with add_p_vaddr: addresses are the file's own virtual addresses (bias 0) for
       // shared objects, PIE and fixed-address executables alike.
-      dwfl ? dwfl_report_elf(dwfl.get(), mapping.path.c_str(), open_path.c_str(), fd, 0, true)
-           : nullptr;
-  if (!dwfl && fd >= 0) ::close(fd);
+      dwfl_fd ? dwfl_report_elf(dwfl.get(), mapping.path.c_str(), open_path.c_str(),
+                                dwfl_fd.release(), 0, true)
+              : nullptr;
   if (dwfl_module && dwfl_report_end(dwfl.get(), nullptr, nullptr) == 0) {
     module = std::make_shared<Module>();
-    module->build_id = build_id_hex(dwfl_module);
-    // The same file seen through another path or process: share what was already loaded.
-    if (!module->build_id.empty()) {
-      auto same = modules_.find("build-id:" + module->build_id);
-      if (same != modules_.end()) {
-        modules_[file_key] = same->second;
-        return same->second;
-      }
-    }
+    module->build_id = std::move(build_id);
     module->dwfl = std::move(dwfl);
     module->module = dwfl_module;
-    GElf_Addr bias = 0;
-    if (Elf* elf = dwfl_module_getelf(dwfl_module, &bias)) {
-      size_t count = 0;
-      elf_getphdrnum(elf, &count);
-      for (size_t i = 0; i < count; ++i) {
-        GElf_Phdr header;
-        if (gelf_getphdr(elf, static_cast<int>(i), &header) && header.p_type == PT_LOAD) {
-          module->segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
-        }
-      }
-    }
+    module->segments = elf->load_segments();
     if (!module->build_id.empty()) modules_["build-id:" + module->build_id] = module;
   }
   modules_[file_key] = module;  // a file that cannot be read is not retried for every address
@@ -271,7 +254,8 @@ std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
 
   std::shared_ptr<Module> module = module_for(process->second, *mapping);
   if (!module) return {unknown};
-  auto vaddr = module->vaddr_of_file_offset(address - mapping->start + mapping->file_offset);
+  auto vaddr = target::address_at_file_offset(module->segments,
+                                              address - mapping->start + mapping->file_offset);
   if (!vaddr) return {unknown};
 
   // A return address points after the call; the call itself is one byte earlier.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Read function symbols and segment layout of an ELF file with libelf.
+// The one reader of ELF files: opening and checking, segments, sections, symbols, build-id.
 #include "target/elf_file.h"
 
 #include <fcntl.h>
@@ -17,38 +17,40 @@
 namespace memtrail::target {
 namespace {
 
-struct ElfCloser {
-  void operator()(Elf* elf) const { elf_end(elf); }
-};
-
 // Version index 0 and 1 are local/global; bit 15 marks a hidden (non-default) version.
 constexpr uint16_t kVersionHidden = 0x8000;
 
-}  // namespace
-
-ElfFile::ElfFile(ElfFile&& other) noexcept
-    : path_(std::move(other.path_)),
-      interpreter_(std::move(other.interpreter_)),
-      fd_(std::exchange(other.fd_, -1)),
-      segments_(std::move(other.segments_)),
-      functions_(std::move(other.functions_)),
-      objects_(std::move(other.objects_)) {}
-
-ElfFile& ElfFile::operator=(ElfFile&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    path_ = std::move(other.path_);
-    interpreter_ = std::move(other.interpreter_);
-    fd_ = std::exchange(other.fd_, -1);
-    segments_ = std::move(other.segments_);
-    functions_ = std::move(other.functions_);
-    objects_ = std::move(other.objects_);
+// The build-id note among the notes of `data`, in hex; empty when there is none.
+std::string build_id_in_notes(Elf_Data* data) {
+  if (!data || !data->d_buf) return "";
+  GElf_Nhdr note;
+  size_t offset = 0, name_offset = 0, desc_offset = 0;
+  while ((offset = gelf_getnote(data, offset, &note, &name_offset, &desc_offset)) > 0) {
+    if (note.n_type != NT_GNU_BUILD_ID || note.n_namesz != 4 ||
+        std::memcmp(static_cast<const char*>(data->d_buf) + name_offset, "GNU", 4) != 0)
+      continue;
+    static const char digits[] = "0123456789abcdef";
+    std::string hex;
+    const auto* bytes = static_cast<const unsigned char*>(data->d_buf) + desc_offset;
+    for (size_t i = 0; i < note.n_descsz; ++i) {
+      hex += digits[bytes[i] >> 4];
+      hex += digits[bytes[i] & 15];
+    }
+    return hex;
   }
-  return *this;
+  return "";
 }
 
-ElfFile::~ElfFile() {
-  if (fd_ >= 0) ::close(fd_);
+}  // namespace
+
+std::optional<uint64_t> address_at_file_offset(std::span<const LoadSegment> segments,
+                                               uint64_t file_offset) {
+  for (const LoadSegment& segment : segments) {
+    if (file_offset >= segment.file_offset && file_offset < segment.file_offset + segment.file_size) {
+      return segment.vaddr + (file_offset - segment.file_offset);
+    }
+  }
+  return std::nullopt;
 }
 
 std::shared_ptr<const ElfFile> ElfFile::open_shared(const std::string& path) {
@@ -68,45 +70,111 @@ std::shared_ptr<const ElfFile> ElfFile::open_shared(const std::string& path) {
 }
 
 ElfFile ElfFile::open(const std::string& path) {
-  ElfFile file;
-  file.path_ = path;
-  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd_ < 0) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
     int error_number = errno;
     throw Error(errno_message("open " + path, error_number), hint_for_errno(error_number));
   }
+  return open(std::move(fd), path);
+}
+
+ElfFile ElfFile::open(UniqueFd fd, const std::string& path) {
+  ElfFile file;
+  file.path_ = path;
+  file.fd_ = std::move(fd);
 
   elf_version(EV_CURRENT);
-  std::unique_ptr<Elf, ElfCloser> elf(elf_begin(file.fd_, ELF_C_READ_MMAP, nullptr));
-  GElf_Ehdr header;
-  if (!elf || elf_kind(elf.get()) != ELF_K_ELF || !gelf_getehdr(elf.get(), &header)) {
-    throw Error(path + " is not an ELF file: " + elf_errmsg(-1));
+  file.elf_.reset(elf_begin(file.fd_.get(), ELF_C_READ_MMAP, nullptr));
+  Elf* elf = file.elf_.get();
+  if (!elf) throw Error(path + " is not an ELF file: " + elf_errmsg(-1));
+  // libelf opens any file; only its kind tells an ELF file from text or an ar archive.
+  if (elf_kind(elf) != ELF_K_ELF) {
+    throw Error(path + " is not an ELF file" +
+                (elf_kind(elf) == ELF_K_AR ? " (an ar archive)" : " (no ELF magic number)"));
+  }
+  if (!gelf_getehdr(elf, &file.header_)) {
+    throw Error(path + " has no readable ELF header: " + elf_errmsg(-1));
   }
 
   size_t header_count = 0;
-  elf_getphdrnum(elf.get(), &header_count);
+  elf_getphdrnum(elf, &header_count);
   for (size_t i = 0; i < header_count; ++i) {
     GElf_Phdr program_header;
-    if (!gelf_getphdr(elf.get(), static_cast<int>(i), &program_header)) continue;
+    if (!gelf_getphdr(elf, static_cast<int>(i), &program_header)) continue;
     if (program_header.p_type == PT_LOAD) {
-      file.segments_.push_back(
-          {program_header.p_vaddr, program_header.p_offset, program_header.p_filesz});
+      file.segments_.push_back({program_header.p_vaddr, program_header.p_offset,
+                                program_header.p_filesz, program_header.p_memsz,
+                                (program_header.p_flags & PF_X) != 0});
     } else if (program_header.p_type == PT_INTERP && program_header.p_filesz > 1 &&
                program_header.p_filesz < 4096) {
       std::string interpreter(program_header.p_filesz, '\0');
-      if (::pread(file.fd_, interpreter.data(), interpreter.size(),
+      if (::pread(file.fd_.get(), interpreter.data(), interpreter.size(),
                   static_cast<off_t>(program_header.p_offset)) ==
           static_cast<ssize_t>(interpreter.size())) {
         file.interpreter_ = interpreter.c_str();  // up to its terminating NUL
       }
     }
   }
+  return file;
+}
 
+bool ElfFile::is_x86_64() const {
+  return header_.e_ident[EI_CLASS] == ELFCLASS64 && header_.e_machine == EM_X86_64;
+}
+
+std::optional<ElfSection> ElfFile::find_section(std::string_view name) const {
+  size_t names = 0;
+  if (elf_getshdrstrndx(elf(), &names) != 0) return std::nullopt;
+  for (Elf_Scn* scn = elf_nextscn(elf(), nullptr); scn; scn = elf_nextscn(elf(), scn)) {
+    ElfSection section{scn, {}};
+    if (!gelf_getshdr(scn, &section.header)) continue;
+    const char* section_name = elf_strptr(elf(), names, section.header.sh_name);
+    if (section_name && section_name == name) return section;
+  }
+  return std::nullopt;
+}
+
+Elf_Data* ElfFile::section_data(const ElfSection& section) const {
+  // The header as it is now: an earlier call may have inflated the section already.
+  GElf_Shdr header;
+  if (!gelf_getshdr(section.handle, &header)) return nullptr;
+  // gABI section 4.1.4; libelf inflates the section in memory, in place.
+  if ((header.sh_flags & SHF_COMPRESSED) && elf_compress(section.handle, 0, 0) < 0) return nullptr;
+  return elf_getdata(section.handle, nullptr);
+}
+
+std::string ElfFile::build_id() const {
+  if (elf_nextscn(elf(), nullptr) != nullptr) {
+    for (Elf_Scn* scn = elf_nextscn(elf(), nullptr); scn; scn = elf_nextscn(elf(), scn)) {
+      GElf_Shdr header;
+      if (!gelf_getshdr(scn, &header) || header.sh_type != SHT_NOTE) continue;
+      std::string hex = build_id_in_notes(elf_getdata(scn, nullptr));
+      if (!hex.empty()) return hex;
+    }
+    return "";
+  }
+  size_t count = 0;
+  if (elf_getphdrnum(elf(), &count) != 0) return "";
+  for (size_t i = 0; i < count; ++i) {
+    GElf_Phdr header;
+    if (!gelf_getphdr(elf(), static_cast<int>(i), &header) || header.p_type != PT_NOTE) continue;
+    std::string hex = build_id_in_notes(elf_getdata_rawchunk(
+        elf(), static_cast<int64_t>(header.p_offset), header.p_filesz,
+        header.p_align == 8 ? ELF_T_NHDR8 : ELF_T_NHDR));
+    if (!hex.empty()) return hex;
+  }
+  return "";
+}
+
+const ElfFile::Symbols& ElfFile::symbols() const {
+  if (symbols_) return *symbols_;
+  Symbols& index = symbols_.emplace();
+  Elf* elf = elf_.get();
   // .symtab (when not stripped) has local and static functions too; .dynsym is what the
   // dynamic linker binds. Both are read; the first definition of a name wins unless a later
   // one is the default version of a versioned symbol.
   Elf_Scn* section = nullptr;
-  while ((section = elf_nextscn(elf.get(), section)) != nullptr) {
+  while ((section = elf_nextscn(elf, section)) != nullptr) {
     GElf_Shdr section_header;
     if (!gelf_getshdr(section, &section_header) ||
         (section_header.sh_type != SHT_SYMTAB && section_header.sh_type != SHT_DYNSYM)) {
@@ -117,7 +185,7 @@ ElfFile ElfFile::open(const std::string& path) {
     Elf_Data* versions = nullptr;
     if (section_header.sh_type == SHT_DYNSYM) {
       Elf_Scn* other = nullptr;
-      while ((other = elf_nextscn(elf.get(), other)) != nullptr) {
+      while ((other = elf_nextscn(elf, other)) != nullptr) {
         GElf_Shdr other_header;
         if (gelf_getshdr(other, &other_header) && other_header.sh_type == SHT_GNU_versym) {
           versions = elf_getdata(other, nullptr);
@@ -133,11 +201,11 @@ ElfFile ElfFile::open(const std::string& path) {
           symbol.st_shndx == SHN_UNDEF || symbol.st_value == 0) {
         continue;
       }
-      const char* name = elf_strptr(elf.get(), section_header.sh_link, symbol.st_name);
+      const char* name = elf_strptr(elf, section_header.sh_link, symbol.st_name);
       if (!name || !*name) continue;
       if (type == STT_OBJECT) {  // variables: exported ones only (e.g. CPython's _PyRuntime)
         if (section_header.sh_type == SHT_DYNSYM) {
-          file.objects_.try_emplace(name, FunctionSymbol{name, symbol.st_value, symbol.st_size, true});
+          index.objects.try_emplace(name, FunctionSymbol{name, symbol.st_value, symbol.st_size, true});
         }
         continue;
       }
@@ -154,39 +222,32 @@ ElfFile ElfFile::open(const std::string& path) {
                       (binding == STB_GLOBAL || binding == STB_WEAK) &&
                       GELF_ST_VISIBILITY(symbol.st_other) != STV_HIDDEN &&
                       GELF_ST_VISIBILITY(symbol.st_other) != STV_INTERNAL;
-      auto [it, inserted] = file.functions_.try_emplace(
+      auto [it, inserted] = index.functions.try_emplace(
           name, FunctionSymbol{name, symbol.st_value, symbol.st_size, exported});
       if (!inserted && !hidden_version && section_header.sh_type == SHT_DYNSYM) {
         it->second = FunctionSymbol{name, symbol.st_value, symbol.st_size, exported};
       }
     }
   }
-  return file;
+  return index;
 }
 
 std::optional<FunctionSymbol> ElfFile::find_function(std::string_view name) const {
-  auto it = functions_.find(std::string(name));
-  if (it == functions_.end()) return std::nullopt;
+  const auto& functions = symbols().functions;
+  auto it = functions.find(std::string(name));
+  if (it == functions.end()) return std::nullopt;
   return it->second;
 }
 
 std::optional<FunctionSymbol> ElfFile::find_object(std::string_view name) const {
-  auto it = objects_.find(std::string(name));
-  if (it == objects_.end()) return std::nullopt;
+  const auto& objects = symbols().objects;
+  auto it = objects.find(std::string(name));
+  if (it == objects.end()) return std::nullopt;
   return it->second;
 }
 
-std::optional<uint64_t> ElfFile::address_at_file_offset(uint64_t file_offset) const {
-  for (const Segment& segment : segments_) {
-    if (file_offset >= segment.file_offset && file_offset < segment.file_offset + segment.file_size) {
-      return segment.vaddr + (file_offset - segment.file_offset);
-    }
-  }
-  return std::nullopt;
-}
-
 std::optional<uint64_t> ElfFile::file_offset_of(uint64_t address) const {
-  for (const Segment& segment : segments_) {
+  for (const LoadSegment& segment : segments_) {
     if (address >= segment.vaddr && address < segment.vaddr + segment.file_size) {
       return address - segment.vaddr + segment.file_offset;
     }
@@ -198,7 +259,7 @@ std::vector<uint8_t> ElfFile::read_code(uint64_t address, size_t length) const {
   auto offset = file_offset_of(address);
   if (!offset) return {};
   std::vector<uint8_t> code(length);
-  ssize_t got = ::pread(fd_, code.data(), length, static_cast<off_t>(*offset));
+  ssize_t got = ::pread(fd_.get(), code.data(), length, static_cast<off_t>(*offset));
   code.resize(got > 0 ? static_cast<size_t>(got) : 0);
   return code;
 }

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "target/elf_file.h"
 
 extern char** environ;
@@ -29,21 +30,17 @@ namespace {
 class ProcessMemory {
  public:
   explicit ProcessMemory(uint32_t pid) : pid_(pid) {
-    fd_ = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) {
+    fd_.reset(::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd_) {
       int error_number = errno;
       throw Error(errno_message("open /proc/" + std::to_string(pid) + "/mem", error_number),
                   hint_for_errno(error_number));
     }
   }
-  ~ProcessMemory() { ::close(fd_); }
-  ProcessMemory(const ProcessMemory&) = delete;
-  ProcessMemory& operator=(const ProcessMemory&) = delete;
-
   template <typename T>
   std::optional<T> read(uint64_t address) const {
     T value;
-    if (::pread(fd_, &value, sizeof(value), static_cast<off_t>(address)) !=
+    if (::pread(fd_.get(), &value, sizeof(value), static_cast<off_t>(address)) !=
         static_cast<ssize_t>(sizeof(value))) {
       return std::nullopt;
     }
@@ -52,7 +49,7 @@ class ProcessMemory {
 
  private:
   uint32_t pid_;
-  int fd_ = -1;
+  UniqueFd fd_;
 };
 
 const Mapping* mapping_at(const std::vector<Mapping>& mappings, uint64_t address) {
@@ -189,10 +186,14 @@ LoadOrder command_load_order(const std::string& executable) {
     return order;
   }
   int pipe_fds[2];
-  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw Error(errno_message("pipe", errno));
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    int error_number = errno;
+    throw Error(errno_message("pipe", error_number));
+  }
+  UniqueFd output_read(pipe_fds[0]), output_write(pipe_fds[1]);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, output_write.get(), STDOUT_FILENO);
   std::string interpreter = elf.interpreter();
   std::vector<std::string> argv_storage{interpreter, "--list", executable};
   std::vector<char*> argv;
@@ -202,17 +203,17 @@ LoadOrder command_load_order(const std::string& executable) {
   int spawn_error = posix_spawn(&child, interpreter.c_str(), &actions, nullptr, argv.data(),
                                 environ);
   posix_spawn_file_actions_destroy(&actions);
-  ::close(pipe_fds[1]);
+  output_write.reset();  // the loader's is the only write end left: its exit ends the read
   std::string output;
   if (spawn_error == 0) {
     char buffer[4096];
     ssize_t got;
-    while ((got = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0 ||
+    while ((got = ::read(output_read.get(), buffer, sizeof(buffer))) > 0 ||
            (got < 0 && errno == EINTR)) {
       if (got > 0) output.append(buffer, static_cast<size_t>(got));
     }
   }
-  ::close(pipe_fds[0]);
+  output_read.reset();
   int status = 0;
   if (spawn_error == 0) {
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "common/error.h"
 
@@ -36,11 +37,6 @@ bool is_executable_file(const std::string& path) {
   struct stat info {};
   return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
          ::access(path.c_str(), X_OK) == 0;
-}
-
-void close_fd(int& fd) {
-  if (fd >= 0) ::close(fd);
-  fd = -1;
 }
 
 }  // namespace
@@ -135,13 +131,16 @@ std::string resolve_command(const std::string& command) {
 GatedChild::GatedChild(const std::string& executable, const std::vector<std::string>& argv)
     : executable_(executable) {
   int gate[2], exec_error[2];
-  if (::pipe2(gate, O_CLOEXEC) != 0) throw Error(errno_message("pipe", errno));
-  if (::pipe2(exec_error, O_CLOEXEC) != 0) {
+  if (::pipe2(gate, O_CLOEXEC) != 0) {
     int error_number = errno;
-    ::close(gate[0]);
-    ::close(gate[1]);
     throw Error(errno_message("pipe", error_number));
   }
+  UniqueFd gate_read(gate[0]), gate_write(gate[1]);
+  if (::pipe2(exec_error, O_CLOEXEC) != 0) {
+    int error_number = errno;
+    throw Error(errno_message("pipe", error_number));
+  }
+  UniqueFd error_read(exec_error[0]), error_write(exec_error[1]);
   std::vector<char*> args;
   for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
@@ -149,7 +148,6 @@ GatedChild::GatedChild(const std::string& executable, const std::vector<std::str
   pid_ = ::fork();
   if (pid_ < 0) {
     int error_number = errno;
-    for (int fd : {gate[0], gate[1], exec_error[0], exec_error[1]}) ::close(fd);
     throw Error(errno_message("fork", error_number));
   }
   if (pid_ == 0) {
@@ -160,29 +158,29 @@ GatedChild::GatedChild(const std::string& executable, const std::vector<std::str
     sigprocmask(SIG_UNBLOCK, &all, nullptr);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    ::close(gate[1]);
-    ::close(exec_error[0]);
+    gate_write.reset();
+    error_read.reset();
     char go = 0;
     ssize_t got;
     do {
-      got = ::read(gate[0], &go, 1);
+      got = ::read(gate_read.get(), &go, 1);
     } while (got < 0 && errno == EINTR);
     if (got != 1) _exit(127);  // memtrail gave up or died before attaching: do not run untraced
     ::execv(executable_.c_str(), args.data());
     int error_number = errno;
-    ssize_t ignored = ::write(exec_error[1], &error_number, sizeof(error_number));
+    ssize_t ignored = ::write(error_write.get(), &error_number, sizeof(error_number));
     (void)ignored;
     _exit(127);
   }
-  ::close(gate[0]);
-  ::close(exec_error[1]);
-  gate_fd_ = gate[1];
-  exec_error_fd_ = exec_error[0];
+  gate_read.reset();
+  error_write.reset();
+  gate_fd_ = std::move(gate_write);
+  exec_error_fd_ = std::move(error_read);
 }
 
 GatedChild::~GatedChild() {
-  close_fd(gate_fd_);  // an unreleased child reads EOF and exits without running the command
-  close_fd(exec_error_fd_);
+  gate_fd_.reset();  // an unreleased child reads EOF and exits without running the command
+  exec_error_fd_.reset();
   if (!released_ && pid_ > 0 && !reaped_) {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
@@ -191,15 +189,18 @@ GatedChild::~GatedChild() {
 
 void GatedChild::release() {
   char go = 'g';
-  if (::write(gate_fd_, &go, 1) != 1) throw Error(errno_message("release launched command", errno));
+  if (::write(gate_fd_.get(), &go, 1) != 1) {
+    int error_number = errno;
+    throw Error(errno_message("release launched command", error_number));
+  }
   released_ = true;
-  close_fd(gate_fd_);
+  gate_fd_.reset();
   int exec_errno = 0;
   ssize_t got;
   do {
-    got = ::read(exec_error_fd_, &exec_errno, sizeof(exec_errno));
+    got = ::read(exec_error_fd_.get(), &exec_errno, sizeof(exec_errno));
   } while (got < 0 && errno == EINTR);
-  close_fd(exec_error_fd_);
+  exec_error_fd_.reset();
   if (got == static_cast<ssize_t>(sizeof(exec_errno))) {
     reap_if_exited();
     throw Error(errno_message("exec " + executable_, exec_errno));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "model/report.h"
 
 namespace memtrail::target {
@@ -59,8 +60,8 @@ class GatedChild {
 
  private:
   pid_t pid_ = -1;
-  int gate_fd_ = -1;        // write end: one byte releases the child
-  int exec_error_fd_ = -1;  // read end: closed by a successful exec (O_CLOEXEC), else errno
+  UniqueFd gate_fd_;        // write end: one byte releases the child
+  UniqueFd exec_error_fd_;  // read end: closed by a successful exec (O_CLOEXEC), else errno
   bool released_ = false;
   bool reaped_ = false;
   std::string executable_;

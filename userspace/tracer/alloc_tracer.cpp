@@ -66,7 +66,10 @@ MappedMap map_values(bpf_map* map, int protection = PROT_READ) {
   size_t length = static_cast<size_t>(bpf_map__value_size(map)) * bpf_map__max_entries(map);
   length = (length + page - 1) / page * page;
   void* address = mmap(nullptr, length, protection, MAP_SHARED, bpf_map__fd(map), 0);
-  if (address == MAP_FAILED) fail(std::string("map BPF map ") + bpf_map__name(map), errno);
+  if (address == MAP_FAILED) {
+    int error_number = errno;
+    fail(std::string("map BPF map ") + bpf_map__name(map), error_number);
+  }
   return MappedMap(address, length);
 }
 
@@ -93,7 +96,10 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   route_libbpf_log(config.verbose);
 
   skeleton_.reset(alloc_bpf__open());
-  if (!skeleton_) fail("open BPF object alloc.bpf.o", errno);
+  if (!skeleton_) {
+    int error_number = errno;
+    fail("open BPF object alloc.bpf.o", error_number);
+  }
   auto& maps = skeleton_->maps;
   uint32_t buckets = memtrail_alloc_buckets_for(config.max_outstanding_allocations);
   // Exec and fork events: for mapped regions, children, and the processes --all picks up.
@@ -212,19 +218,28 @@ void AllocTracer::attach_lifecycle_tracepoints() {
     ensure_tracefs("mmap tracking", hint);
     for (const auto& [program, tracepoint] : syscalls) {
       bpf_link* link = bpf_program__attach_tracepoint(program, "syscalls", tracepoint);
-      if (!link) fail(std::string("attach tracepoint syscalls:") + tracepoint, errno, hint);
+      if (!link) {
+        int error_number = errno;
+        fail(std::string("attach tracepoint syscalls:") + tracepoint, error_number, hint);
+      }
       links_.emplace_back(link);
     }
   }
   for (auto [program, name] : {std::pair{p.region_exec, "sched_process_exec"},
                                 std::pair{p.region_fork, "sched_process_fork"}}) {
     bpf_link* link = bpf_program__attach(program);
-    if (!link) fail(std::string("attach tracepoint ") + name, errno);
+    if (!link) {
+      int error_number = errno;
+      fail(std::string("attach tracepoint ") + name, error_number);
+    }
     links_.emplace_back(link);
   }
   region_reader_.reset(ring_buffer__new(bpf_map__fd(skeleton_->maps.region_events),
                                         &AllocTracer::on_region_event, this, nullptr));
-  if (!region_reader_) fail("open the ring buffer of BPF map region_events", errno);
+  if (!region_reader_) {
+    int error_number = errno;
+    fail("open the ring buffer of BPF map region_events", error_number);
+  }
 }
 
 int AllocTracer::on_region_event(void* self, void* data, size_t size) {
@@ -405,7 +420,8 @@ uint64_t AllocTracer::counter_total(uint32_t index) const {
   if (cpus <= 0) fail("count possible CPUs", -cpus);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
   if (bpf_map_lookup_elem(bpf_map__fd(skeleton_->maps.counters), &index, per_cpu.data()) != 0) {
-    fail("read BPF map counters", errno);
+    int error_number = errno;
+    fail("read BPF map counters", error_number);
   }
   uint64_t total = 0;
   for (uint64_t value : per_cpu) total += value;
@@ -427,7 +443,9 @@ void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address) {
   memtrail_python_process process{runtime_address};
   if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid, &process,
                           BPF_ANY) != 0) {
-    fail("add CPython process " + std::to_string(pid) + " to the Python frame walker", errno);
+    int error_number = errno;
+    fail("add CPython process " + std::to_string(pid) + " to the Python frame walker",
+         error_number);
   }
 }
 
@@ -546,9 +564,10 @@ void AllocTracer::attach_python_types(uint32_t pid, const std::string& open_path
                                                      open_path.c_str(), probe.file_offset,
                                                      &options);
     if (!link) {
+      int error_number = errno;
       fail("attach uprobe " + probe.function + " in " + path + " (pid " + std::to_string(pid) +
                ", --python-types)",
-           errno);
+           error_number);
     }
     attached.emplace_back(link);
   }
@@ -627,7 +646,8 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         if (stack.id >= max_stacks) return;
         uint32_t index = stack.id;
         if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {
-          fail("read BPF map site_totals", errno);
+          int error_number = errno;
+          fail("read BPF map site_totals", error_number);
         }
         model::SiteTotals site{stack.tgid, id, 0, 0, stack.ips[0]};
         for (const auto& on_cpu : site_per_cpu) {

@@ -56,7 +56,8 @@ void ensure_tracefs(const std::string& what_needs_it, const std::string& hint) {
          ENOENT, hint);
   }
   if (mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0) {
-    fail("mount tracefs at /sys/kernel/tracing for " + what_needs_it, errno, hint);
+    int error_number = errno;
+    fail("mount tracefs at /sys/kernel/tracing for " + what_needs_it, error_number, hint);
   }
 }
 

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "paging.skel.h"
 #include "paging_events.h"
 #include "tracer/libbpf_util.h"
@@ -59,7 +60,10 @@ std::vector<Link> attach_loaded(const std::vector<bpf_program*>& programs) {
   for (bpf_program* program : programs) {
     if (!bpf_program__autoload(program)) continue;
     bpf_link* link = bpf_program__attach(program);
-    if (!link) fail(std::string("attach BPF program ") + bpf_program__name(program), errno);
+    if (!link) {
+      int error_number = errno;
+      fail(std::string("attach BPF program ") + bpf_program__name(program), error_number);
+    }
     links.emplace_back(link);
   }
   return links;
@@ -70,13 +74,17 @@ std::vector<Link> attach_loaded(const std::vector<bpf_program*>& programs) {
 PagingTracer::PagingTracer(const PagingTracerConfig& config) {
   route_libbpf_log(config.verbose);
   skeleton_.reset(paging_bpf__open());
-  if (!skeleton_) fail("open BPF object paging.bpf.o", errno);
+  if (!skeleton_) {
+    int error_number = errno;
+    fail("open BPF object paging.bpf.o", error_number);
+  }
   int err = bpf_map__set_max_entries(skeleton_->maps.task_stats, config.max_processes);
   if (err < 0) fail("size BPF map task_stats", -err);
 
   btf* vmlinux = btf__load_vmlinux_btf();
   if (!vmlinux) {
-    fail("read the kernel's BTF (/sys/kernel/btf/vmlinux)", errno,
+    int error_number = errno;
+    fail("read the kernel's BTF (/sys/kernel/btf/vmlinux)", error_number,
          "memtrail needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
   }
   auto& progs = skeleton_->progs;
@@ -104,23 +112,24 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
     attr.type = PERF_TYPE_SOFTWARE;
     attr.config = PERF_COUNT_SW_PAGE_FAULTS_MAJ;
     attr.sample_period = 1;
-    int fd = static_cast<int>(
-        syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC));
-    if (fd < 0) {
-      if (errno == ENODEV) continue;  // a possible CPU that is offline
-      fail("open perf event PAGE_FAULTS_MAJ on CPU " + std::to_string(cpu), errno,
-           errno == EACCES || errno == EPERM
+    UniqueFd event(static_cast<int>(
+        syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)));
+    if (!event) {
+      int error_number = errno;
+      if (error_number == ENODEV) continue;  // a possible CPU that is offline
+      fail("open perf event PAGE_FAULTS_MAJ on CPU " + std::to_string(cpu), error_number,
+           error_number == EACCES || error_number == EPERM
                ? "run memtrail as root, or grant it CAP_PERFMON (or lower "
                  "kernel.perf_event_paranoid)"
                : "");
     }
-    bpf_link* link = bpf_program__attach_perf_event(progs.on_major_fault, fd);
+    bpf_link* link = bpf_program__attach_perf_event(progs.on_major_fault, event.get());
     if (!link) {
       int error_number = errno;
-      close(fd);
       fail("attach BPF program on_major_fault to CPU " + std::to_string(cpu), error_number);
     }
-    links_.emplace_back(link);  // the link closes the perf event's fd
+    event.release();  // the link closes the perf event's fd
+    links_.emplace_back(link);
   }
   for (auto& link : attach_loaded(always_attached(skeleton_.get()))) {
     links_.push_back(std::move(link));

@@ -28,14 +28,9 @@ const char* unwind_mode_name(UnwindMode mode) {
 
 std::optional<uint64_t> load_bias(const target::Mapping& mapping,
                                   std::span<const LoadSegment> segments) {
-  for (const auto& segment : segments) {
-    if (mapping.file_offset < segment.file_offset ||
-        mapping.file_offset >= segment.file_offset + segment.file_size)
-      continue;
-    uint64_t vaddr = segment.vaddr + (mapping.file_offset - segment.file_offset);
-    return mapping.start - vaddr;  // modulo 2^64, as the walker subtracts it
-  }
-  return std::nullopt;
+  auto vaddr = target::address_at_file_offset(segments, mapping.file_offset);
+  if (!vaddr) return std::nullopt;
+  return mapping.start - *vaddr;  // modulo 2^64, as the walker subtracts it
 }
 
 ModuleUnwind ModuleTables::describe(const std::string& path, const std::string& open_path) {

@@ -5,19 +5,15 @@
 
 #include <dwarf.h>
 #include <elfutils/libdw.h>
-#include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <limits>
-#include <memory>
 #include <unordered_map>
 
 #include "common/error.h"
+#include "target/elf_file.h"
 
 namespace memtrail::unwind {
 namespace {
@@ -30,24 +26,6 @@ constexpr uint64_t kRegRip = 16;
 // The return address slot: `call` pushes it right below the caller's stack pointer, which is
 // the CFA by definition, so every x86-64 CIE says ra = [CFA - 8].
 constexpr int64_t kReturnAddressOffset = -8;
-
-struct ElfCloser {
-  void operator()(Elf* elf) const { elf_end(elf); }
-};
-
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 // Bounds-checked little-endian reads over a byte range; any overrun sets `failed` and reads 0,
 // so one check after a group of reads is enough.
@@ -655,105 +633,48 @@ struct SectionLookup {
   std::optional<CfiSection> debug_frame;
 };
 
-SectionLookup find_cfi_sections(Elf* elf, UnwindTable& table) {
+SectionLookup find_cfi_sections(const target::ElfFile& elf, UnwindTable& table) {
   SectionLookup found;
-  size_t names = 0;
-  if (elf_getshdrstrndx(elf, &names) != 0) return found;
-  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
-    GElf_Shdr header;
-    if (!gelf_getshdr(scn, &header) || header.sh_type == SHT_NOBITS) continue;
-    const char* name = elf_strptr(elf, names, header.sh_name);
-    if (!name) continue;
-    bool eh = std::strcmp(name, ".eh_frame") == 0;
-    if (!eh && std::strcmp(name, ".debug_frame") != 0) continue;
+  for (bool eh : {true, false}) {
+    auto section = elf.find_section(eh ? ".eh_frame" : ".debug_frame");
+    if (!section || section->header.sh_type == SHT_NOBITS) continue;
     // A separate debug-info file or `objcopy --compress-debug-sections` compresses
-    // .debug_frame (SHF_COMPRESSED, gABI section 4.1.4); libelf inflates it in memory.
-    if ((header.sh_flags & SHF_COMPRESSED) && elf_compress(scn, 0, 0) < 0) {
-      ++table.skipped.unreadable_sections;
-      continue;
-    }
-    Elf_Data* data = elf_getdata(scn, nullptr);
+    // .debug_frame; section_data inflates it.
+    Elf_Data* data = elf.section_data(*section);
     if (!data || !data->d_buf || data->d_size == 0) {
       if (!data) ++table.skipped.unreadable_sections;
       continue;
     }
-    (eh ? found.eh_frame : found.debug_frame) = CfiSection{data, header.sh_addr, eh};
+    (eh ? found.eh_frame : found.debug_frame) = CfiSection{data, section->header.sh_addr, eh};
   }
   return found;
-}
-
-// Every PT_LOAD segment, and the address ranges of the executable ones (where FDEs belong).
-std::vector<LoadSegment> load_segments(Elf* elf, std::vector<AddressRange>& text) {
-  std::vector<LoadSegment> segments;
-  size_t count = 0;
-  if (elf_getphdrnum(elf, &count) != 0) return segments;
-  for (size_t i = 0; i < count; ++i) {
-    GElf_Phdr header;
-    if (!gelf_getphdr(elf, static_cast<int>(i), &header) || header.p_type != PT_LOAD) continue;
-    segments.push_back({header.p_vaddr, header.p_offset, header.p_filesz});
-    if (header.p_flags & PF_X) text.push_back({header.p_vaddr, header.p_vaddr + header.p_memsz});
-  }
-  return segments;
-}
-
-// The GNU build id note (in .note.gnu.build-id of every Debian binary), in hex.
-std::string build_id_hex(Elf* elf) {
-  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
-    GElf_Shdr header;
-    if (!gelf_getshdr(scn, &header) || header.sh_type != SHT_NOTE) continue;
-    Elf_Data* data = elf_getdata(scn, nullptr);
-    if (!data) continue;
-    GElf_Nhdr note;
-    size_t offset = 0, name_offset = 0, desc_offset = 0;
-    while ((offset = gelf_getnote(data, offset, &note, &name_offset, &desc_offset)) > 0) {
-      if (note.n_type != NT_GNU_BUILD_ID || note.n_namesz != 4 ||
-          std::memcmp(static_cast<const char*>(data->d_buf) + name_offset, "GNU", 4) != 0)
-        continue;
-      static const char digits[] = "0123456789abcdef";
-      std::string hex;
-      const auto* bytes = static_cast<const unsigned char*>(data->d_buf) + desc_offset;
-      for (size_t i = 0; i < note.n_descsz; ++i) {
-        hex += digits[bytes[i] >> 4];
-        hex += digits[bytes[i] & 15];
-      }
-      return hex;
-    }
-  }
-  return "";
 }
 
 }  // namespace
 
 UnwindTable build_unwind_table(const std::string& elf_path) {
-  FileDescriptor fd(::open(elf_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    int error_number = errno;
-    throw Error(errno_message("open " + elf_path, error_number), hint_for_errno(error_number));
-  }
-  elf_version(EV_CURRENT);
-  std::unique_ptr<Elf, ElfCloser> elf(elf_begin(fd.get(), ELF_C_READ_MMAP, nullptr));
-  if (!elf || elf_kind(elf.get()) != ELF_K_ELF)
-    throw Error(elf_path + " is not an ELF file: " + elf_errmsg(-1));
-  GElf_Ehdr ehdr;
-  if (!gelf_getehdr(elf.get(), &ehdr))
-    throw Error(elf_path + " has no readable ELF header: " + elf_errmsg(-1));
+  // The section data the FDEs point into lives as long as `elf`: to the end of this function.
+  target::ElfFile elf = target::ElfFile::open(elf_path);
   // Rows hold x86-64 registers and the 8-byte return address slot: another machine's CFI
   // would be misread, not merely unsupported.
-  if (ehdr.e_ident[EI_CLASS] != ELFCLASS64 || ehdr.e_machine != EM_X86_64)
+  if (!elf.is_x86_64())
     throw Error(elf_path + " is not an x86-64 ELF file (e_machine " +
-                std::to_string(ehdr.e_machine) + "): memtrail unwinds x86-64 code only");
+                std::to_string(elf.header().e_machine) + "): memtrail unwinds x86-64 code only");
 
   UnwindTable table;
-  std::vector<AddressRange> text;
-  table.segments = load_segments(elf.get(), text);
-  table.build_id = build_id_hex(elf.get());
-  SectionLookup sections = find_cfi_sections(elf.get(), table);
+  table.segments = elf.load_segments();
+  table.build_id = elf.build_id();
+  std::vector<AddressRange> text;  // where FDEs belong: the executable segments
+  for (const LoadSegment& segment : table.segments) {
+    if (segment.executable) text.push_back({segment.vaddr, segment.vaddr + segment.memory_size});
+  }
+  SectionLookup sections = find_cfi_sections(elf, table);
   if (!sections.eh_frame && !sections.debug_frame) {
     table.no_cfi_reason = "no .eh_frame or .debug_frame section with contents";
     return table;
   }
 
-  FdeCollector collector(ehdr.e_ident, std::move(text), table);
+  FdeCollector collector(elf.header().e_ident, std::move(text), table);
   if (sections.eh_frame) collector.collect(*sections.eh_frame, 0);
   if (sections.debug_frame) collector.collect(*sections.debug_frame, 1);
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "target/elf_file.h"
 #include "unwind_table.h"  // bpf/: struct memtrail_unwind_row
 
 namespace memtrail::unwind {
@@ -43,11 +44,7 @@ struct SkippedFdes {
 
 // A PT_LOAD segment: how file offsets (what /proc/PID/maps shows) map to ELF virtual addresses
 // (what rows are keyed by).
-struct LoadSegment {
-  uint64_t vaddr = 0;
-  uint64_t file_offset = 0;
-  uint64_t file_size = 0;
-};
+using LoadSegment = target::LoadSegment;
 
 struct UnwindTable {
   // Sorted by pc (ELF virtual address: runtime pc - load bias), strictly increasing; adjacent
