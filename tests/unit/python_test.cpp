@@ -45,6 +45,7 @@ class Fixture {
     if (output && ::getline(&line, &capacity, output) > 0) report_ = nlohmann::json::parse(line);
     std::free(line);
     if (output) std::fclose(output);
+    wait_until_blocked_in_read();
   }
   ~Fixture() {
     if (input_ >= 0) ::close(input_);
@@ -54,6 +55,19 @@ class Fixture {
   const nlohmann::json& report() const { return report_; }
 
  private:
+  // The fixture prints its line and then reaches `sys.stdin.read()`: until it sits in read(2)
+  // its frame may still point at the print. /proc/PID/syscall names the system call a blocked
+  // task is in (0: read on x86-64). At most 5 s; a test then fails on the frame it reads.
+  void wait_until_blocked_in_read() const {
+    if (pid_ <= 0) return;
+    for (int attempt = 0; attempt < 500; ++attempt) {
+      std::ifstream syscall_file("/proc/" + std::to_string(pid_) + "/syscall");
+      std::string number;
+      if (syscall_file >> number && number == "0") return;
+      ::usleep(10'000);
+    }
+  }
+
   pid_t pid_ = -1;
   int input_ = -1;
   nlohmann::json report_;
