@@ -193,15 +193,15 @@ class LeaksSession {
     python_naming_.mode = *python::parse_frames_mode(options_.python_frames);  // validated too
     python_naming_.reader = &python_reader_;
     if (python_naming_.mode != python::FramesMode::kNative) {
-      config.python_layout = python::built_layout().walker;
+      config.python_layout = python::frame_layout();
     }
-    if (options_.python_types) config.python_type_layout = python::built_layout().types;
+    if (options_.python_types) config.python_type_layout = python::type_layout();
     uint32_t unwind_table_mib = options_.unwind_table_mib
                                     ? options_.unwind_table_mib
                                     : cli::unwind_table_mib_for(options_.all);
     config.unwind_table_rows = static_cast<uint32_t>(
         std::min<uint64_t>(uint64_t{unwind_table_mib} * 1024 * 1024 /
-                               sizeof(memtrail_unwind_row),
+                               tracer::kUnwindRowBytes,
                            UINT32_MAX));
     tracer_ = std::make_unique<tracer::AllocTracer>(config);
     if (config.unwind_mode != unwind::UnwindMode::kFramePointers) {
@@ -432,12 +432,12 @@ class LeaksSession {
     if (created == python_stacks_seen_) return;
     python_stacks_seen_ = created;
     tracer_->for_each_python_stack(
-        [&](uint32_t id, uint32_t pid, std::span<const uint64_t> frames) {
+        [&](uint32_t id, uint32_t pid, std::span<const model::PythonFrame> frames) {
           if (!python_stacks_named_.insert(id).second) return;
           auto interpreter = python_naming_.interpreters.find(pid);
           if (interpreter == python_naming_.interpreters.end()) return;
-          for (uint64_t packed : frames) {
-            python_reader_.frame(pid, interpreter->second, python::PackedFrame::unpack(packed));
+          for (const auto& frame : frames) {
+            python_reader_.frame(pid, interpreter->second, frame);
           }
         });
   }
@@ -526,7 +526,7 @@ class LeaksSession {
       summary.modules.push_back({module.path, module.method, module.reason, module.rows});
     }
     summary.table_rows = unwind_tables_->rows_stored();
-    summary.table_bytes = summary.table_rows * sizeof(memtrail_unwind_row);
+    summary.table_bytes = summary.table_rows * tracer::kUnwindRowBytes;
     summary.table_capacity_rows = tracer_->row_capacity();
     summary.mappings_beyond_limit = unwind_tables_->mappings_beyond_limit();
     return summary;

@@ -12,7 +12,6 @@
 #include "common/format.h"
 #include "common/host.h"
 #include "common/version.h"
-#include "alloc_events.h"
 #include "target/allocator.h"
 
 namespace memtrail::report {
@@ -130,14 +129,13 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
   if (interpreter == naming.interpreters.end()) return;
   std::vector<model::Frame> frames;
   std::vector<bool> entries;
-  for (uint64_t packed : stack.python_frames) {
-    auto frame = python::PackedFrame::unpack(packed);
+  for (const auto& frame : stack.python_frames) {
     frames.push_back(naming.reader->frame(leak.pid, interpreter->second, frame));
     entries.push_back(frame.entry);
   }
   leak.stack = python::mix_frames(leak.stack, frames, entries, interpreter->second.module,
                                   naming.mode);
-  if (stack.python_flags & MEMTRAIL_PYTHON_TRUNCATED) {
+  if (stack.python_truncated) {
     leak.stack_truncated = true;
     leak.stack_truncation_reason = "python_depth";
   }
@@ -225,7 +223,7 @@ model::Report build_report(const model::Snapshot& snapshot,
       leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
     }
     // A region's stack starts in the system call's libc wrapper: the site is its caller.
-    if (memtrail_kind_is_region(site.kind)) {
+    if (model::is_region(site.kind)) {
       while (leak.stack.size() > 1 && is_syscall_wrapper(leak.stack.front().function)) {
         leak.stack.erase(leak.stack.begin());
       }
