@@ -33,12 +33,12 @@
 #include "aggregator/aggregator.h"
 #include "app/output.h"
 #include "app/runtime.h"
+#include "assemble/report_builder.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/format.h"
 #include "python/cpython.h"
 #include "report/json_report.h"
-#include "report/report_builder.h"
 #include "report/text_report.h"
 #include "sampler/host.h"
 #include "symbolizer/symbolizer.h"
@@ -918,9 +918,9 @@ class LeaksSession {
   }
 
   // `only`: the processes a report is for (see take_report); every target otherwise.
-  report::ReportContext context(
+  assemble::ReportContext context(
       bool final, const std::unordered_map<uint32_t, TracedProcess*>* only = nullptr) const {
-    report::ReportContext context;
+    assemble::ReportContext context;
     for (const auto& process : targets_) {
       if (only && !only->count(process.info.pid)) continue;
       context.targets.push_back(process.info);
@@ -1023,7 +1023,7 @@ class LeaksSession {
       std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
     }
     auto symbolizing = Clock::now();
-    auto report = report::build_report(measurement.snapshot, aggregate, symbolizer_,
+    auto report = assemble::build_report(measurement.snapshot, aggregate, symbolizer_,
                                        context(final, only), std::min(sites, aggregate.sites.size()));
     // Processes that exited earlier: their sites as they were at the exit, after the live ones.
     for (const auto& process : targets_) {
@@ -1096,7 +1096,7 @@ class LeaksSession {
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
   python::CodeReader python_reader_;
-  report::PythonNaming python_naming_;
+  assemble::PythonNaming python_naming_;
   python::TypeTracker python_types_;  // --python-types
   uint32_t python_stacks_seen_ = 0;           // tracer_->stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
@@ -1115,7 +1115,7 @@ class LeaksSession {
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
   aggregator::ProcessMemoryHistory process_memory_;
-  report::Suppressions suppressions_ = report::Suppressions::builtin();
+  assemble::Suppressions suppressions_ = assemble::Suppressions::builtin();
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;
 };

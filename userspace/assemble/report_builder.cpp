@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Assemble the report model from a snapshot, its aggregate and the symbolizer.
-#include "report/report_builder.h"
+#include "assemble/report_builder.h"
 
 #include <unistd.h>
 
@@ -14,7 +14,7 @@
 #include "common/version.h"
 #include "target/allocator.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 namespace {
 
 // Functions at the bottom of every user stack: a walk that got this far has every frame the
@@ -291,4 +291,4 @@ model::Report build_report(const model::Snapshot& snapshot,
   return report;
 }
 
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble
