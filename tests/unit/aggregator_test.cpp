@@ -8,12 +8,13 @@
 #include <random>
 
 #include "aggregator/sampling.h"
-#include "alloc_events.h"
 
 namespace memtrail::aggregator {
 namespace {
 
 constexpr uint64_t kSecond = 1'000'000'000ull;
+constexpr auto kMalloc = model::AllocationKind::kMalloc;
+constexpr auto kCalloc = model::AllocationKind::kCalloc;
 
 model::Snapshot snapshot_at(uint64_t now_ns) {
   model::Snapshot snapshot;
@@ -24,8 +25,8 @@ model::Snapshot snapshot_at(uint64_t now_ns) {
 TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
   auto snapshot = snapshot_at(100 * kSecond);
   snapshot.allocations = {
-      {1, 0x1000, 100, 90 * kSecond, 7, 0}, {1, 0x2000, 100, 80 * kSecond, 7, 0},
-      {1, 0x3000, 500, 95 * kSecond, 8, 1}, {2, 0x1000, 50, 99 * kSecond, 7, 0},
+      {1, 0x1000, 100, 90 * kSecond, 7, kMalloc}, {1, 0x2000, 100, 80 * kSecond, 7, kMalloc},
+      {1, 0x3000, 500, 95 * kSecond, 8, kCalloc}, {2, 0x1000, 50, 99 * kSecond, 7, kMalloc},
   };
   snapshot.sites = {{1, 7, 1000, 10, 0xaaa}, {1, 8, 500, 1, 0xbbb}, {2, 7, 50, 1, 0xccc}};
   Aggregate result = aggregate(snapshot, 0);
@@ -33,7 +34,7 @@ TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
   ASSERT_EQ(result.sites.size(), 3u);
   EXPECT_EQ(result.sites[0].site_id, 8);
   EXPECT_EQ(result.sites[0].outstanding_bytes, 500u);
-  EXPECT_EQ(result.sites[0].kind, 1u);
+  EXPECT_EQ(result.sites[0].kind, kCalloc);
   EXPECT_EQ(result.sites[1].pid, 1u);
   EXPECT_EQ(result.sites[1].site_id, 7);
   EXPECT_EQ(result.sites[1].outstanding_bytes, 200u);
@@ -51,9 +52,9 @@ TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
 
 TEST(Aggregator, MinAgeHidesYoungAllocationsButKeepsThemInTotals) {
   auto snapshot = snapshot_at(100 * kSecond);
-  snapshot.allocations = {{1, 0x1000, 100, 99 * kSecond, 1, 0},   // 1 s old
-                          {1, 0x2000, 300, 95 * kSecond, 1, 0},   // 5 s old
-                          {1, 0x3000, 700, 99 * kSecond, 2, 0}};  // 1 s old
+  snapshot.allocations = {{1, 0x1000, 100, 99 * kSecond, 1, kMalloc},   // 1 s old
+                          {1, 0x2000, 300, 95 * kSecond, 1, kMalloc},   // 5 s old
+                          {1, 0x3000, 700, 99 * kSecond, 2, kMalloc}};  // 1 s old
   Aggregate result = aggregate(snapshot, 2 * kSecond);
   ASSERT_EQ(result.sites.size(), 1u);
   EXPECT_EQ(result.sites[0].site_id, 1);
@@ -64,18 +65,18 @@ TEST(Aggregator, MinAgeHidesYoungAllocationsButKeepsThemInTotals) {
 
 TEST(Aggregator, AllocationNewerThanSnapshotClockCountsAsAgeZero) {
   auto snapshot = snapshot_at(10 * kSecond);
-  snapshot.allocations = {{1, 0x1000, 100, 11 * kSecond, 1, 0}};
+  snapshot.allocations = {{1, 0x1000, 100, 11 * kSecond, 1, kMalloc}};
   EXPECT_EQ(aggregate(snapshot, 0).sites.size(), 1u);
   EXPECT_TRUE(aggregate(snapshot, 1).sites.empty());
 }
 
 TEST(Aggregator, TiesAreBrokenByCountThenPidThenSite) {
   auto snapshot = snapshot_at(10 * kSecond);
-  snapshot.allocations = {{2, 0x1, 100, 0, 5, 0},
-                          {1, 0x2, 100, 0, 9, 0},
-                          {1, 0x3, 100, 0, 3, 0},
-                          {3, 0x4, 50, 0, 1, 0},
-                          {3, 0x5, 50, 0, 1, 0}};
+  snapshot.allocations = {{2, 0x1, 100, 0, 5, kMalloc},
+                          {1, 0x2, 100, 0, 9, kMalloc},
+                          {1, 0x3, 100, 0, 3, kMalloc},
+                          {3, 0x4, 50, 0, 1, kMalloc},
+                          {3, 0x5, 50, 0, 1, kMalloc}};
   auto sites = aggregate(snapshot, 0).sites;
   ASSERT_EQ(sites.size(), 4u);
   EXPECT_EQ(sites[0].pid, 3u);  // 100 bytes in 2 allocations beats 100 bytes in 1
@@ -87,7 +88,7 @@ TEST(Aggregator, TiesAreBrokenByCountThenPidThenSite) {
 
 TEST(Aggregator, FallbackSitesWithNegativeIdsAreKeptApart) {
   auto snapshot = snapshot_at(10 * kSecond);
-  snapshot.allocations = {{1, 0x1, 10, 0, -5, 0}, {1, 0x2, 20, 0, 5, 0}};
+  snapshot.allocations = {{1, 0x1, 10, 0, -5, kMalloc}, {1, 0x2, 20, 0, 5, kMalloc}};
   auto sites = aggregate(snapshot, 0).sites;
   ASSERT_EQ(sites.size(), 2u);
   EXPECT_EQ(sites[0].site_id, 5);
@@ -115,10 +116,13 @@ TEST(Sampling, ProbabilityAndEstimatesFollowTheByteSamplingLaw) {
 // Simulates the BPF side's sampler with its own tables: the estimate of the total must land
 // near the truth (unbiased), which a wrong weight or distance table would miss by far.
 TEST(Sampling, TablesGiveUnbiasedEstimates) {
-  auto quantiles = exponential_quantiles();
-  auto weights = sample_weight_table();
-  ASSERT_EQ(quantiles.size(), static_cast<size_t>(MEMTRAIL_SAMPLE_QUANTILES));
-  ASSERT_EQ(weights.size(), static_cast<size_t>(MEMTRAIL_SAMPLE_WEIGHTS));
+  // The sizes the tracer asks for: its BPF program's (bpf/alloc_events.h).
+  constexpr size_t kQuantiles = 1024, kWeights = 1025;
+  constexpr uint32_t kWeightSteps = 128;
+  auto quantiles = exponential_quantiles(kQuantiles);
+  auto weights = sample_weight_table(kWeights, kWeightSteps);
+  ASSERT_EQ(quantiles.size(), kQuantiles);
+  ASSERT_EQ(weights.size(), kWeights);
   EXPECT_EQ(weights[0], 65536u);
   const uint64_t rate = 4096;
   std::mt19937 random(42);
@@ -132,7 +136,7 @@ TEST(Sampling, TablesGiveUnbiasedEstimates) {
     if (countdown > 0) continue;
     countdown = static_cast<int64_t>(rate * quantiles[random() % quantiles.size()] >> 16) + 1;
     // The kernel's interpolation in the weight table.
-    uint64_t position = size * MEMTRAIL_SAMPLE_WEIGHT_STEPS;
+    uint64_t position = size * kWeightSteps;
     uint64_t index = position / rate, remainder = position - index * rate;
     ASSERT_LT(index, weights.size() - 1);
     double kernel_estimate = static_cast<double>(
@@ -145,7 +149,7 @@ TEST(Sampling, TablesGiveUnbiasedEstimates) {
 
 TEST(Aggregator, SampledAllocationsAreWeightedIntoEstimates) {
   auto snapshot = snapshot_at(10 * kSecond);
-  snapshot.allocations = {{1, 0x1, 4096, 0, 1, 0}, {1, 0x2, 4096, 0, 1, 0}};
+  snapshot.allocations = {{1, 0x1, 4096, 0, 1, kMalloc}, {1, 0x2, 4096, 0, 1, kMalloc}};
   auto result = aggregate(snapshot, 0, 4096);
   ASSERT_EQ(result.sites.size(), 1u);
   double each = 4096 / (1 - std::exp(-1.0));

@@ -14,7 +14,6 @@
 #include <gtest/gtest.h>
 #include <set>
 
-#include "alloc_events.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
 #include "target/elf_file.h"
@@ -173,16 +172,16 @@ TEST(AllocatorDiscovery, NoAllocatorAmongMappingsIsAClearError) {
 }
 
 TEST(AllocatorKinds, EveryKindHasItsFunctionName) {
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_MALLOC), "malloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_CALLOC), "calloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_REALLOC), "realloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_REALLOCARRAY), "reallocarray");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_POSIX_MEMALIGN), "posix_memalign");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_ALIGNED_ALLOC), "aligned_alloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_MEMALIGN), "memalign");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_VALLOC), "valloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_PVALLOC), "pvalloc");
-  EXPECT_EQ(kind_name(MEMTRAIL_KIND_COUNT), "unknown");
+  EXPECT_EQ(kind_name(model::AllocationKind::kMalloc), "malloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kCalloc), "calloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kRealloc), "realloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kReallocArray), "reallocarray");
+  EXPECT_EQ(kind_name(model::AllocationKind::kPosixMemalign), "posix_memalign");
+  EXPECT_EQ(kind_name(model::AllocationKind::kAlignedAlloc), "aligned_alloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kMemalign), "memalign");
+  EXPECT_EQ(kind_name(model::AllocationKind::kValloc), "valloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kPvalloc), "pvalloc");
+  EXPECT_EQ(kind_name(model::AllocationKind::kUnknown), "unknown");
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 
 #include <map>
 
+#include "alloc_events.h"
+
 namespace memtrail::tracer {
 namespace {
 
@@ -39,7 +41,7 @@ memtrail_region_event unmapped(uint64_t address, uint64_t pages) {
 struct Left {
   uint64_t bytes;
   int32_t site;
-  uint32_t kind;
+  model::AllocationKind kind;
   bool operator==(const Left&) const = default;
 };
 std::map<uint64_t, Left> left(const MappedRegions& regions) {
@@ -53,15 +55,17 @@ std::map<uint64_t, Left> left(const MappedRegions& regions) {
 }
 
 constexpr uint64_t A = 0x10000000, B = 0x20000000;
+constexpr auto kMmap = model::AllocationKind::kMmap;
+constexpr auto kBrk = model::AllocationKind::kBrk;
 
 TEST(MappedRegions, AMappingIsOneAllocationUntilAllOfItIsUnmapped) {
   MappedRegions regions(100);
   regions.apply(mapped(A, 8, 7));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {8 * kPage, 7, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {8 * kPage, 7, kMmap}}}));
   regions.apply(unmapped(A + 2 * kPage, 2));  // a hole in the middle: still one mapping
   regions.apply(unmapped(A + 7 * kPage, 1));  // the last page
   regions.apply(unmapped(A, 1));              // the first page
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {4 * kPage, 7, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {4 * kPage, 7, kMmap}}}));
   // Unmapping across the hole and past the end releases the rest in one call.
   regions.apply(unmapped(A, 16));
   EXPECT_TRUE(left(regions).empty());
@@ -75,8 +79,8 @@ TEST(MappedRegions, OneMunmapAcrossNeighboursTrimsEachAndLengthsRoundUpToPages) 
   regions.apply(event(MEMTRAIL_REGION_MAP, A + 4 * kPage, 3 * kPage - 100, 2));  // 3 pages
   regions.apply(event(MEMTRAIL_REGION_UNMAP, A + 3 * kPage, 1));  // rounds to one page each
   regions.apply(event(MEMTRAIL_REGION_UNMAP, A + 4 * kPage, kPage + 1));  // two pages
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, MEMTRAIL_KIND_MMAP}},
-                                                     {A + 4 * kPage, {kPage, 2, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, kMmap}},
+                                                     {A + 4 * kPage, {kPage, 2, kMmap}}}));
   regions.apply(unmapped(B, 10));  // nothing of ours there: no change
   EXPECT_EQ(left(regions).size(), 2u);
 }
@@ -85,8 +89,8 @@ TEST(MappedRegions, AFixedMappingReplacesWhatWasThere) {
   MappedRegions regions(100);
   regions.apply(mapped(A, 4, 1));
   regions.apply(mapped(A + kPage, 2, 2));  // MAP_FIXED over the middle
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {2 * kPage, 1, MEMTRAIL_KIND_MMAP}},
-                                                     {A + kPage, {2 * kPage, 2, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {2 * kPage, 1, kMmap}},
+                                                     {A + kPage, {2 * kPage, 2, kMmap}}}));
 }
 
 TEST(MappedRegions, MremapMovesGrowsAndShrinksAMappingKeepingItsSite) {
@@ -95,12 +99,12 @@ TEST(MappedRegions, MremapMovesGrowsAndShrinksAMappingKeepingItsSite) {
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, A, 2 * kPage, 0, 11));
   EXPECT_TRUE(left(regions).empty());  // in flight
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B, 6 * kPage, 0, 11));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {6 * kPage, 5, MEMTRAIL_KIND_MMAP}}}))
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {6 * kPage, 5, kMmap}}}))
       << "reported at the address it was first mapped at";
   // Shrunk in place to 1 page: the rest is released.
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, B, 6 * kPage, 0, 11));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B, kPage, 0, 11));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {kPage, 5, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {kPage, 5, kMmap}}}));
   regions.apply(unmapped(B, 1));
   EXPECT_TRUE(left(regions).empty());
 }
@@ -110,7 +114,7 @@ TEST(MappedRegions, AFailedMremapLeavesTheMappingWhereItWas) {
   regions.apply(mapped(A, 3, 5));
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, A, 3 * kPage, 0, 11));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, 0, 9 * kPage, 0, 11));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 5, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 5, kMmap}}}));
   regions.apply(unmapped(A, 3));
   EXPECT_TRUE(left(regions).empty());
 }
@@ -120,8 +124,8 @@ TEST(MappedRegions, MremapDontunmapKeepsBothRanges) {
   regions.apply(mapped(A, 2, 5));
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, A, 2 * kPage, 0, 11));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B, 2 * kPage, 0, 11, MEMTRAIL_REGION_KEEP_OLD));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {2 * kPage, 5, MEMTRAIL_KIND_MMAP}},
-                                                     {B, {2 * kPage, 5, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {2 * kPage, 5, kMmap}},
+                                                     {B, {2 * kPage, 5, kMmap}}}));
 }
 
 TEST(MappedRegions, RemapsOfTwoThreadsDoNotMix) {
@@ -132,8 +136,8 @@ TEST(MappedRegions, RemapsOfTwoThreadsDoNotMix) {
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, B, kPage, 0, 200));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B + 8 * kPage, 2 * kPage, 0, 200));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, A + 8 * kPage, 3 * kPage, 0, 100));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, MEMTRAIL_KIND_MMAP}},
-                                                     {B, {2 * kPage, 2, MEMTRAIL_KIND_MMAP}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, kMmap}},
+                                                     {B, {2 * kPage, 2, kMmap}}}));
 }
 
 TEST(MappedRegions, TheBreakMovedOutsideTheAllocatorIsARegionAndAllMovesAreSummed) {
@@ -144,10 +148,10 @@ TEST(MappedRegions, TheBreakMovedOutsideTheAllocatorIsARegionAndAllMovesAreSumme
   EXPECT_TRUE(left(regions).empty());
   regions.apply(event(MEMTRAIL_REGION_BRK, A + 32 * kPage, A + 40 * kPage, 9));  // sbrk(+8 pages)
   EXPECT_EQ(left(regions),
-            (std::map<uint64_t, Left>{{A + 32 * kPage, {8 * kPage, 9, MEMTRAIL_KIND_BRK}}}));
+            (std::map<uint64_t, Left>{{A + 32 * kPage, {8 * kPage, 9, kBrk}}}));
   regions.apply(event(MEMTRAIL_REGION_BRK, A + 40 * kPage, A + 37 * kPage, 0));  // sbrk(-3 pages)
   EXPECT_EQ(left(regions),
-            (std::map<uint64_t, Left>{{A + 32 * kPage, {5 * kPage, 9, MEMTRAIL_KIND_BRK}}}));
+            (std::map<uint64_t, Left>{{A + 32 * kPage, {5 * kPage, 9, kBrk}}}));
   EXPECT_EQ(regions.break_growth(kPid), static_cast<int64_t>(37 * kPage));
 }
 

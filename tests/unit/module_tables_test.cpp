@@ -94,7 +94,7 @@ TEST(ModuleTables, DwarfModeStoresEachFilesRowsOnceAndPointsEveryProcessAtThem) 
   EXPECT_EQ(first[0].start, exe.start);
   EXPECT_EQ(first[1].start, lib.start);
   for (const auto& entry : first) {
-    EXPECT_EQ(entry.method, MEMTRAIL_UNWIND_BY_TABLE);  // dwarf: frame pointers or not
+    EXPECT_EQ(entry.method, WalkMethod::kTable);  // dwarf: frame pointers or not
     EXPECT_GT(entry.rows, 0u);
   }
   UnwindTable lib_table = build_unwind_table(UNWIND_FIXTURE_LIB_O2);
@@ -104,7 +104,8 @@ TEST(ModuleTables, DwarfModeStoresEachFilesRowsOnceAndPointsEveryProcessAtThem) 
   ASSERT_LE(first[1].first_row + first[1].rows, store.stored.size());
   for (size_t i = 0; i < lib_table.rows.size(); ++i) {
     EXPECT_EQ(store.stored[first[1].first_row + i].pc, lib_table.rows[i].pc);
-    EXPECT_EQ(store.stored[first[1].first_row + i].rules, lib_table.rows[i].rules);
+    EXPECT_EQ(store.stored[first[1].first_row + i].cfa, lib_table.rows[i].cfa);
+    EXPECT_EQ(store.stored[first[1].first_row + i].rbp, lib_table.rows[i].rbp);
   }
 
   // Its page index is stored too, and narrows every search to the row find_row finds.
@@ -135,8 +136,8 @@ TEST(ModuleTables, AutoModeWalksFramePointerBuildsByFramePointer) {
                                                 text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000)});
   ASSERT_EQ(entries.size(), 2u);
   // O2 (no frame pointers) at the lower address: a table; O0 (frame pointers): none needed.
-  EXPECT_EQ(entries[0].method, MEMTRAIL_UNWIND_BY_TABLE);
-  EXPECT_EQ(entries[1].method, MEMTRAIL_UNWIND_BY_FRAME_POINTER);
+  EXPECT_EQ(entries[0].method, WalkMethod::kTable);
+  EXPECT_EQ(entries[1].method, WalkMethod::kFramePointer);
   EXPECT_EQ(entries[1].rows, 0u);
   const auto& modules = tables.modules();
   ASSERT_EQ(modules.size(), 2u);
@@ -148,13 +149,13 @@ TEST(ModuleTables, AutoModeWalksFramePointerBuildsByFramePointer) {
 
 TEST(ModuleTables, AModuleWithoutCfiIsGuessedInAutoModeAndNotInDwarfMode) {
   for (auto [mode, method, walker] :
-       {std::tuple{UnwindMode::kAuto, "frame_pointers", MEMTRAIL_UNWIND_BY_FRAME_POINTER},
-        std::tuple{UnwindMode::kDwarf, "none", MEMTRAIL_UNWIND_BY_NOTHING}}) {
+       {std::tuple{UnwindMode::kAuto, "frame_pointers", WalkMethod::kFramePointer},
+        std::tuple{UnwindMode::kDwarf, "none", WalkMethod::kNothing}}) {
     VectorStore store(1u << 20);
     ModuleTables tables(mode, store);
     auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_NO_CFI, 0x7f0000000000)});
     ASSERT_EQ(entries.size(), 1u);
-    EXPECT_EQ(entries[0].method, static_cast<uint32_t>(walker));
+    EXPECT_EQ(entries[0].method, walker);
     EXPECT_EQ(tables.modules().at(0).method, method);
     EXPECT_FALSE(tables.modules().at(0).reason.empty());
   }
@@ -165,7 +166,7 @@ TEST(ModuleTables, AFullRowMapIsSaidAndTheModuleFallsBack) {
   ModuleTables tables(UnwindMode::kDwarf, store);
   auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
   ASSERT_EQ(entries.size(), 1u);
-  EXPECT_EQ(entries[0].method, MEMTRAIL_UNWIND_BY_NOTHING);
+  EXPECT_EQ(entries[0].method, WalkMethod::kNothing);
   EXPECT_NE(tables.modules().at(0).reason.find("--unwind-table-mib"), std::string::npos);
   EXPECT_TRUE(store.stored.empty());
 }

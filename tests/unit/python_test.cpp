@@ -141,9 +141,9 @@ TEST(Python, LayoutIsTheInstalledInterpreters) {
     EXPECT_EQ(read_u8(pid, frame + walker.frame_is_entry) != 0, entries[i]) << keys[i];
     uint64_t prev_instr = read_u64(pid, frame + walker.frame_prev_instr);
     ASSERT_GE(prev_instr, code + walker.code_adaptive);
-    PackedFrame packed{code, static_cast<uint32_t>((prev_instr - code - walker.code_adaptive) / 2),
-                       entries[i]};
-    named.push_back(reader.frame(static_cast<uint32_t>(pid), *interpreter, packed));
+    model::PythonFrame recorded{
+        code, static_cast<uint32_t>((prev_instr - code - walker.code_adaptive) / 2), entries[i]};
+    named.push_back(reader.frame(static_cast<uint32_t>(pid), *interpreter, recorded));
     frame = read_u64(pid, frame + walker.frame_previous);
   }
   EXPECT_EQ(frame, 0u) << "frames beyond <module>";

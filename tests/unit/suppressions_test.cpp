@@ -7,9 +7,9 @@
 #include <string>
 
 #include "common/error.h"
-#include "report/suppressions.h"
+#include "assemble/suppressions.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 namespace {
 
 model::Frame frame(std::string function, std::string module) {
@@ -88,4 +88,4 @@ TEST(Suppressions, AnUnreadableFileOrABadLineIsAClearError) {
 }
 
 }  // namespace
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble

@@ -124,16 +124,16 @@ std::vector<ReadelfFde> readelf_fdes(const std::string& path) {
 
 // What a row must say, derived from readelf's text the way the header documents the format.
 struct Expected {
-  std::vector<memtrail_unwind_cfa> cfa_kinds;  // any of these
+  std::vector<CfaKind> cfa_kinds;  // any of these
   uint16_t cfa_offset = 0;
-  memtrail_unwind_rbp rbp = MEMTRAIL_UNWIND_RBP_UNCHANGED;
+  RbpKind rbp = RbpKind::kUnchanged;
   int8_t rbp_slots = 0;
 };
 
 Expected expected_row(const ReadelfRow& row) {
   Expected expected;
   if (row.ra == "u") {
-    expected.cfa_kinds = {MEMTRAIL_UNWIND_CFA_OUTERMOST};
+    expected.cfa_kinds = {CfaKind::kOutermost};
     return expected;
   }
   static const std::regex register_plus(R"(^(r\w+)\+(-?\d+)$)");
@@ -142,17 +142,16 @@ Expected expected_row(const ReadelfRow& row) {
   if (row.cfa == "exp") {
     // Only the PLT's and the signal trampoline's expressions are understood; which one it is,
     // the PLT test and the signal frame test check.
-    expected.cfa_kinds = {MEMTRAIL_UNWIND_CFA_PLT, MEMTRAIL_UNWIND_CFA_SIGNAL,
-                          MEMTRAIL_UNWIND_CFA_UNSUPPORTED};
+    expected.cfa_kinds = {CfaKind::kPlt, CfaKind::kSignal, CfaKind::kUnsupported};
     return expected;
   }
   if (!std::regex_match(row.cfa, match, register_plus) ||
       (match[1] != "rsp" && match[1] != "rbp") || (offset = std::stoll(match[2])) < 0 ||
       offset > 65535 || row.ra != "c-8") {
-    expected.cfa_kinds = {MEMTRAIL_UNWIND_CFA_UNSUPPORTED};
+    expected.cfa_kinds = {CfaKind::kUnsupported};
     return expected;
   }
-  expected.cfa_kinds = {match[1] == "rsp" ? MEMTRAIL_UNWIND_CFA_RSP : MEMTRAIL_UNWIND_CFA_RBP};
+  expected.cfa_kinds = {match[1] == "rsp" ? CfaKind::kRsp : CfaKind::kRbp};
   expected.cfa_offset = static_cast<uint16_t>(offset);
   // "u" is both "never mentioned" and DW_CFA_undefined in readelf; GCC only writes the former
   // for rbp, which the ABI makes "unchanged" (rbp is callee-saved).
@@ -160,18 +159,19 @@ Expected expected_row(const ReadelfRow& row) {
   long long rbp_offset = 0;
   if (row.rbp[0] == 'c' && (rbp_offset = std::stoll(row.rbp.substr(1))) % 8 == 0 &&
       rbp_offset >= -1024 && rbp_offset <= 1016) {
-    expected.rbp = MEMTRAIL_UNWIND_RBP_AT_CFA;
+    expected.rbp = RbpKind::kAtCfa;
     expected.rbp_slots = static_cast<int8_t>(rbp_offset / 8);
   } else {
-    expected.rbp = MEMTRAIL_UNWIND_RBP_UNKNOWN;
+    expected.rbp = RbpKind::kUnknown;
   }
   return expected;
 }
 
 std::string describe(const Row& row) {
   std::ostringstream out;
-  out << "{pc 0x" << std::hex << row.pc << std::dec << " cfa kind " << cfa_kind(row) << " +"
-      << row.cfa_offset << " rbp kind " << rbp_kind(row) << " " << int{row.rbp_offset} << "}";
+  out << "{pc 0x" << std::hex << row.pc << std::dec << " cfa kind " << static_cast<int>(row.cfa)
+      << " +" << row.cfa_offset << " rbp kind " << static_cast<int>(row.rbp) << " "
+      << int{row.rbp_offset} << "}";
   return out.str();
 }
 
@@ -196,12 +196,12 @@ size_t expect_matches_readelf(const std::string& path, const UnwindTable& table,
     std::optional<Row> row = find_row(table.rows, pc);
     bool ok = row.has_value();
     if (ok) {
-      memtrail_unwind_cfa kind = cfa_kind(*row);
+      CfaKind kind = row->cfa;
       ok = std::find(expected.cfa_kinds.begin(), expected.cfa_kinds.end(), kind) !=
            expected.cfa_kinds.end();
-      if (ok && (kind == MEMTRAIL_UNWIND_CFA_RSP || kind == MEMTRAIL_UNWIND_CFA_RBP)) {
-        ok = row->cfa_offset == expected.cfa_offset && rbp_kind(*row) == expected.rbp &&
-             (expected.rbp != MEMTRAIL_UNWIND_RBP_AT_CFA || row->rbp_offset == expected.rbp_slots);
+      if (ok && (kind == CfaKind::kRsp || kind == CfaKind::kRbp)) {
+        ok = row->cfa_offset == expected.cfa_offset && row->rbp == expected.rbp &&
+             (expected.rbp != RbpKind::kAtCfa || row->rbp_offset == expected.rbp_slots);
       }
     }
     if (!ok && ++failures <= 10) {
@@ -231,7 +231,7 @@ size_t expect_matches_readelf(const std::string& path, const UnwindTable& table,
     }
     if (!starts.count(fde.end)) {
       std::optional<Row> after = find_row(table.rows, fde.end);
-      EXPECT_TRUE(after && cfa_kind(*after) == MEMTRAIL_UNWIND_CFA_NONE)
+      EXPECT_TRUE(after && after->cfa == CfaKind::kNone)
           << path << ": address 0x" << std::hex << fde.end << " right after an FDE has rules";
     }
   }
@@ -243,11 +243,12 @@ void expect_well_formed(const UnwindTable& table) {
     const Row& a = table.rows[i - 1];
     const Row& b = table.rows[i];
     ASSERT_LT(a.pc, b.pc) << "rows must be sorted and unique, at index " << i;
-    EXPECT_FALSE(a.rules == b.rules && a.cfa_offset == b.cfa_offset && a.rbp_offset == b.rbp_offset)
+    EXPECT_FALSE(a.cfa == b.cfa && a.rbp == b.rbp && a.cfa_offset == b.cfa_offset &&
+                 a.rbp_offset == b.rbp_offset)
         << "identical adjacent rows must be merged: " << describe(a) << " " << describe(b);
   }
   if (!table.rows.empty()) {
-    EXPECT_EQ(cfa_kind(table.rows.back()), MEMTRAIL_UNWIND_CFA_NONE);
+    EXPECT_EQ(table.rows.back().cfa, CfaKind::kNone);
   }
 }
 
@@ -329,27 +330,27 @@ std::string loaded_library(const char* suffix) {
 
 // --- lookup -------------------------------------------------------------------------------
 
-Row make_row(uint32_t pc, memtrail_unwind_cfa cfa, uint16_t offset) {
-  return Row{pc, offset, make_rules(cfa, MEMTRAIL_UNWIND_RBP_UNCHANGED), 0};
+Row make_row(uint32_t pc, CfaKind cfa, uint16_t offset) {
+  return Row{pc, offset, cfa, RbpKind::kUnchanged, 0};
 }
 
 TEST(UnwindLookup, FindsTheLastRowStartingAtOrBeforeThePc) {
   std::vector<Row> rows = {
-      make_row(0x1000, MEMTRAIL_UNWIND_CFA_RSP, 8), make_row(0x1004, MEMTRAIL_UNWIND_CFA_RSP, 16),
-      make_row(0x1010, MEMTRAIL_UNWIND_CFA_NONE, 0), make_row(0x2000, MEMTRAIL_UNWIND_CFA_RBP, 16),
-      make_row(0x2100, MEMTRAIL_UNWIND_CFA_NONE, 0)};
+      make_row(0x1000, CfaKind::kRsp, 8), make_row(0x1004, CfaKind::kRsp, 16),
+      make_row(0x1010, CfaKind::kNone, 0), make_row(0x2000, CfaKind::kRbp, 16),
+      make_row(0x2100, CfaKind::kNone, 0)};
   EXPECT_FALSE(find_row(rows, 0x0fff)) << "before the first row nothing applies";
   EXPECT_EQ(find_row(rows, 0x1000)->cfa_offset, 8);
   EXPECT_EQ(find_row(rows, 0x1003)->cfa_offset, 8);
   EXPECT_EQ(find_row(rows, 0x1004)->cfa_offset, 16);
   EXPECT_EQ(find_row(rows, 0x100f)->cfa_offset, 16);
-  EXPECT_EQ(cfa_kind(*find_row(rows, 0x1010)), MEMTRAIL_UNWIND_CFA_NONE) << "gap between FDEs";
-  EXPECT_EQ(cfa_kind(*find_row(rows, 0x1fff)), MEMTRAIL_UNWIND_CFA_NONE);
-  EXPECT_EQ(cfa_kind(*find_row(rows, 0x2050)), MEMTRAIL_UNWIND_CFA_RBP);
-  EXPECT_EQ(cfa_kind(*find_row(rows, 0xffffffff)), MEMTRAIL_UNWIND_CFA_NONE);
+  EXPECT_EQ(find_row(rows, 0x1010)->cfa, CfaKind::kNone) << "gap between FDEs";
+  EXPECT_EQ(find_row(rows, 0x1fff)->cfa, CfaKind::kNone);
+  EXPECT_EQ(find_row(rows, 0x2050)->cfa, CfaKind::kRbp);
+  EXPECT_EQ(find_row(rows, 0xffffffff)->cfa, CfaKind::kNone);
   EXPECT_FALSE(find_row(rows, 0x100000000)) << "a u32 table cannot describe this address";
   EXPECT_FALSE(find_row({}, 0x1000));
-  std::vector<Row> one = {make_row(0x10, MEMTRAIL_UNWIND_CFA_RSP, 8)};
+  std::vector<Row> one = {make_row(0x10, CfaKind::kRsp, 8)};
   EXPECT_FALSE(find_row(one, 0xf));
   EXPECT_TRUE(find_row(one, 0x10));
 }
@@ -384,9 +385,9 @@ TEST(UnwindLookup, ThePageIndexFindsTheSameRowAsTheFullSearch) {
 }
 
 TEST(UnwindLookup, ComputesTheCfaOfEachKind) {
-  Row rsp = make_row(0, MEMTRAIL_UNWIND_CFA_RSP, 24);
-  Row rbp = make_row(0, MEMTRAIL_UNWIND_CFA_RBP, 16);
-  Row plt = make_row(0, MEMTRAIL_UNWIND_CFA_PLT, 8);
+  Row rsp = make_row(0, CfaKind::kRsp, 24);
+  Row rbp = make_row(0, CfaKind::kRbp, 16);
+  Row plt = make_row(0, CfaKind::kPlt, 8);
   plt.rbp_offset = 11;
   EXPECT_EQ(compute_cfa(rsp, 0x1234, 0x7000, 0x9000), 0x7000u + 24);
   EXPECT_EQ(compute_cfa(rbp, 0x1234, 0x7000, 0x9000), 0x9000u + 16);
@@ -395,9 +396,8 @@ TEST(UnwindLookup, ComputesTheCfaOfEachKind) {
   EXPECT_EQ(compute_cfa(plt, 0x102a, 0x7000, 0), 0x7008u);
   EXPECT_EQ(compute_cfa(plt, 0x102b, 0x7000, 0), 0x7010u);
   EXPECT_EQ(compute_cfa(plt, 0x102f, 0x7000, 0), 0x7010u);
-  for (auto stop :
-       {MEMTRAIL_UNWIND_CFA_NONE, MEMTRAIL_UNWIND_CFA_OUTERMOST, MEMTRAIL_UNWIND_CFA_UNSUPPORTED})
-    EXPECT_FALSE(compute_cfa(make_row(0, stop, 8), 0, 0x7000, 0x9000)) << stop;
+  for (auto stop : {CfaKind::kNone, CfaKind::kOutermost, CfaKind::kUnsupported})
+    EXPECT_FALSE(compute_cfa(make_row(0, stop, 8), 0, 0x7000, 0x9000)) << static_cast<int>(stop);
 }
 
 // --- errors and files without CFI ---------------------------------------------------------------
@@ -454,25 +454,25 @@ TEST(UnwindTable, OmittedFramePointerShapes) {
 
   // A leaf has no frame: the return address is right at rsp throughout.
   for (const Row& row : rows_of(table, functions["unwind_lib_leaf"])) {
-    EXPECT_EQ(cfa_kind(row), MEMTRAIL_UNWIND_CFA_RSP) << describe(row);
+    EXPECT_EQ(row.cfa, CfaKind::kRsp) << describe(row);
     EXPECT_EQ(row.cfa_offset, 8) << describe(row);
   }
   // Without frame pointers rbp is just another callee-saved register, pushed and restored.
   bool rbp_saved = false;
   for (const Row& row : rows_of(table, functions["unwind_lib_pressure"])) {
-    EXPECT_EQ(cfa_kind(row), MEMTRAIL_UNWIND_CFA_RSP) << describe(row);
-    rbp_saved |= rbp_kind(row) == MEMTRAIL_UNWIND_RBP_AT_CFA;
+    EXPECT_EQ(row.cfa, CfaKind::kRsp) << describe(row);
+    rbp_saved |= row.rbp == RbpKind::kAtCfa;
   }
   EXPECT_TRUE(rbp_saved);
   // alloca needs a frame pointer, whatever the flags say.
   bool rbp_based = false;
   for (const Row& row : rows_of(table, functions["unwind_lib_alloca"]))
-    rbp_based |= cfa_kind(row) == MEMTRAIL_UNWIND_CFA_RBP && row.cfa_offset == 16;
+    rbp_based |= row.cfa == CfaKind::kRbp && row.cfa_offset == 16;
   EXPECT_TRUE(rbp_based);
   // A 40,000-byte frame: beyond s16, within the row's u16.
   uint16_t largest = 0;
   for (const Row& row : rows_of(table, functions["unwind_lib_big_frame"]))
-    if (cfa_kind(row) == MEMTRAIL_UNWIND_CFA_RSP) largest = std::max(largest, row.cfa_offset);
+    if (row.cfa == CfaKind::kRsp) largest = std::max(largest, row.cfa_offset);
   EXPECT_GT(largest, 40000);
 }
 
@@ -487,12 +487,12 @@ TEST(UnwindTable, FramePointerBuildsUseRbpAfterThePrologue) {
       std::vector<Row> rows = rows_of(table, function);
       ASSERT_FALSE(rows.empty()) << name;
       // push %rbp; mov %rsp,%rbp: CFA = rsp+8, then rsp+16 with rbp at CFA-16, then rbp+16.
-      EXPECT_EQ(cfa_kind(rows.front()), MEMTRAIL_UNWIND_CFA_RSP) << name;
+      EXPECT_EQ(rows.front().cfa, CfaKind::kRsp) << name;
       EXPECT_EQ(rows.front().cfa_offset, 8) << name;
       bool framed = false;
       for (const Row& row : rows)
-        framed |= cfa_kind(row) == MEMTRAIL_UNWIND_CFA_RBP && row.cfa_offset == 16 &&
-                  rbp_kind(row) == MEMTRAIL_UNWIND_RBP_AT_CFA && row.rbp_offset == -2;
+        framed |= row.cfa == CfaKind::kRbp && row.cfa_offset == 16 &&
+                  row.rbp == RbpKind::kAtCfa && row.rbp_offset == -2;
       EXPECT_TRUE(framed) << name << " never has CFA = rbp+16 with rbp at CFA-16";
     }
     EXPECT_EQ(seen, functions) << path;
@@ -506,7 +506,7 @@ TEST(UnwindTable, DebugFrameFillsWhatEhFrameLacks) {
   ASSERT_TRUE(functions.count("unwind_lib_pressure"));
   std::optional<Row> row = find_row(table.rows, functions["unwind_lib_pressure"].address);
   ASSERT_TRUE(row);
-  EXPECT_EQ(cfa_kind(*row), MEMTRAIL_UNWIND_CFA_RSP) << describe(*row);
+  EXPECT_EQ(row->cfa, CfaKind::kRsp) << describe(*row);
 }
 
 TEST(UnwindTable, CompressedDebugFrameGivesTheSameRows) {
@@ -553,7 +553,7 @@ void expect_plt_rows(const std::string& path) {
     uint64_t address = plt->address + entry;
     std::optional<Row> row = find_row(table.rows, address);
     ASSERT_TRUE(row) << std::hex << address;
-    ASSERT_EQ(cfa_kind(*row), MEMTRAIL_UNWIND_CFA_PLT) << path << " " << describe(*row);
+    ASSERT_EQ(row->cfa, CfaKind::kPlt) << path << " " << describe(*row);
     // The IBT variant (-z ibtplt, Ubuntu's default) starts with endbr64 and pushes at byte 4;
     // its threshold is ld's to choose, so there only the entry's two ends are checked.
     const uint8_t* code = &plt->bytes[entry];
@@ -569,7 +569,7 @@ void expect_plt_rows(const std::string& path) {
   // PLT0 (push GOT+8; jmp *GOT+16) has ordinary rows: CFA = rsp+16, then rsp+24.
   std::optional<Row> plt0 = find_row(table.rows, plt->address);
   ASSERT_TRUE(plt0);
-  EXPECT_EQ(cfa_kind(*plt0), MEMTRAIL_UNWIND_CFA_RSP);
+  EXPECT_EQ(plt0->cfa, CfaKind::kRsp);
   EXPECT_EQ(plt0->cfa_offset, 16);
   EXPECT_EQ(compute_cfa(*find_row(table.rows, plt->address + 6), plt->address + 6, 0x7000, 0),
             0x7000u + 24);
@@ -601,7 +601,7 @@ TEST(UnwindTable, SystemLibcMatchesReadelf) {
   // expression) is one SIGNAL row, which the walker follows through the saved registers.
   EXPECT_EQ(table.signal_rows, 1u);
   size_t signal_rows = 0;
-  for (const auto& row : table.rows) signal_rows += cfa_kind(row) == MEMTRAIL_UNWIND_CFA_SIGNAL;
+  for (const auto& row : table.rows) signal_rows += row.cfa == CfaKind::kSignal;
   EXPECT_EQ(signal_rows, 1u);
 }
 

@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "aggregator/sampling.h"
-#include "alloc_events.h"
 
 namespace memtrail::aggregator {
 namespace {
@@ -21,7 +20,7 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 
 void Accumulator::add(const model::OutstandingAllocation& allocation) {
   // Mapped regions are recorded whole, never sampled.
-  bool sampled = sample_rate_ != 0 && !memtrail_kind_is_region(allocation.kind);
+  bool sampled = sample_rate_ != 0 && !model::is_region(allocation.kind);
   double bytes = sampled ? estimated_bytes(allocation.size, sample_rate_)
                          : static_cast<double>(allocation.size);
   double allocations = sampled ? estimated_allocations(allocation.size, sample_rate_) : 1.0;

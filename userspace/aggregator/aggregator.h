@@ -27,7 +27,7 @@ struct SiteSummary {
   static constexpr size_t kAgeBuckets = 24;
   std::array<uint32_t, kAgeBuckets> age_histogram{};
   uint64_t caller_address = 0;  // first frame when the stack could not be captured
-  uint32_t kind = 0;            // allocator function of the site's blocks
+  model::AllocationKind kind = model::AllocationKind::kMalloc;  // function of the site's blocks
   uint64_t mismatched_frees = 0;  // its blocks released by the wrong function
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
 };

@@ -4,8 +4,6 @@
 
 #include <cmath>
 
-#include "alloc_events.h"
-
 namespace memtrail::aggregator {
 namespace {
 
@@ -28,8 +26,8 @@ double estimated_allocations(uint64_t size, uint64_t rate) {
   return probability > 0 ? 1.0 / probability : 0.0;
 }
 
-std::vector<uint32_t> exponential_quantiles() {
-  std::vector<uint32_t> table(MEMTRAIL_SAMPLE_QUANTILES);
+std::vector<uint32_t> exponential_quantiles(size_t count) {
+  std::vector<uint32_t> table(count);
   for (size_t i = 0; i < table.size(); ++i) {
     double uniform = (static_cast<double>(i) + 0.5) / static_cast<double>(table.size());
     table[i] = fixed_16_16(-std::log1p(-uniform));
@@ -37,10 +35,10 @@ std::vector<uint32_t> exponential_quantiles() {
   return table;
 }
 
-std::vector<uint32_t> sample_weight_table() {
-  std::vector<uint32_t> table(MEMTRAIL_SAMPLE_WEIGHTS);
+std::vector<uint32_t> sample_weight_table(size_t count, uint32_t steps_per_rate) {
+  std::vector<uint32_t> table(count);
   for (size_t i = 0; i < table.size(); ++i) {
-    double x = static_cast<double>(i) / MEMTRAIL_SAMPLE_WEIGHT_STEPS;
+    double x = static_cast<double>(i) / steps_per_rate;
     table[i] = fixed_16_16(i == 0 ? 1.0 : x / -std::expm1(-x));  // the limit at 0 is 1
   }
   return table;

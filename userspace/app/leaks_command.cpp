@@ -33,12 +33,12 @@
 #include "aggregator/aggregator.h"
 #include "app/output.h"
 #include "app/runtime.h"
+#include "assemble/report_builder.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/format.h"
 #include "python/cpython.h"
 #include "report/json_report.h"
-#include "report/report_builder.h"
 #include "report/text_report.h"
 #include "sampler/host.h"
 #include "symbolizer/symbolizer.h"
@@ -193,15 +193,15 @@ class LeaksSession {
     python_naming_.mode = *python::parse_frames_mode(options_.python_frames);  // validated too
     python_naming_.reader = &python_reader_;
     if (python_naming_.mode != python::FramesMode::kNative) {
-      config.python_layout = python::built_layout().walker;
+      config.python_layout = python::frame_layout();
     }
-    if (options_.python_types) config.python_type_layout = python::built_layout().types;
+    if (options_.python_types) config.python_type_layout = python::type_layout();
     uint32_t unwind_table_mib = options_.unwind_table_mib
                                     ? options_.unwind_table_mib
                                     : cli::unwind_table_mib_for(options_.all);
     config.unwind_table_rows = static_cast<uint32_t>(
         std::min<uint64_t>(uint64_t{unwind_table_mib} * 1024 * 1024 /
-                               sizeof(memtrail_unwind_row),
+                               tracer::kUnwindRowBytes,
                            UINT32_MAX));
     tracer_ = std::make_unique<tracer::AllocTracer>(config);
     if (config.unwind_mode != unwind::UnwindMode::kFramePointers) {
@@ -432,12 +432,12 @@ class LeaksSession {
     if (created == python_stacks_seen_) return;
     python_stacks_seen_ = created;
     tracer_->for_each_python_stack(
-        [&](uint32_t id, uint32_t pid, std::span<const uint64_t> frames) {
+        [&](uint32_t id, uint32_t pid, std::span<const model::PythonFrame> frames) {
           if (!python_stacks_named_.insert(id).second) return;
           auto interpreter = python_naming_.interpreters.find(pid);
           if (interpreter == python_naming_.interpreters.end()) return;
-          for (uint64_t packed : frames) {
-            python_reader_.frame(pid, interpreter->second, python::PackedFrame::unpack(packed));
+          for (const auto& frame : frames) {
+            python_reader_.frame(pid, interpreter->second, frame);
           }
         });
   }
@@ -526,7 +526,7 @@ class LeaksSession {
       summary.modules.push_back({module.path, module.method, module.reason, module.rows});
     }
     summary.table_rows = unwind_tables_->rows_stored();
-    summary.table_bytes = summary.table_rows * sizeof(memtrail_unwind_row);
+    summary.table_bytes = summary.table_rows * tracer::kUnwindRowBytes;
     summary.table_capacity_rows = tracer_->row_capacity();
     summary.mappings_beyond_limit = unwind_tables_->mappings_beyond_limit();
     return summary;
@@ -918,9 +918,9 @@ class LeaksSession {
   }
 
   // `only`: the processes a report is for (see take_report); every target otherwise.
-  report::ReportContext context(
+  assemble::ReportContext context(
       bool final, const std::unordered_map<uint32_t, TracedProcess*>* only = nullptr) const {
-    report::ReportContext context;
+    assemble::ReportContext context;
     for (const auto& process : targets_) {
       if (only && !only->count(process.info.pid)) continue;
       context.targets.push_back(process.info);
@@ -1023,7 +1023,7 @@ class LeaksSession {
       std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
     }
     auto symbolizing = Clock::now();
-    auto report = report::build_report(measurement.snapshot, aggregate, symbolizer_,
+    auto report = assemble::build_report(measurement.snapshot, aggregate, symbolizer_,
                                        context(final, only), std::min(sites, aggregate.sites.size()));
     // Processes that exited earlier: their sites as they were at the exit, after the live ones.
     for (const auto& process : targets_) {
@@ -1096,7 +1096,7 @@ class LeaksSession {
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   uint64_t unknown_code_seen_ = 0;  // tracer_->unknown_code_frames() at the last refresh
   python::CodeReader python_reader_;
-  report::PythonNaming python_naming_;
+  assemble::PythonNaming python_naming_;
   python::TypeTracker python_types_;  // --python-types
   uint32_t python_stacks_seen_ = 0;           // tracer_->stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
@@ -1115,7 +1115,7 @@ class LeaksSession {
   symbolizer::Symbolizer symbolizer_;
   aggregator::GrowthHistory history_;
   aggregator::ProcessMemoryHistory process_memory_;
-  report::Suppressions suppressions_ = report::Suppressions::builtin();
+  assemble::Suppressions suppressions_ = assemble::Suppressions::builtin();
   Clock::time_point start_;
   int64_t start_unix_ms_ = 0;
 };

@@ -8,7 +8,39 @@
 #include <unordered_map>
 #include <vector>
 
+#include "model/python.h"
+
 namespace memtrail::model {
+
+// The allocator function that returned a block; reports name it (target::kind_name). Besides
+// the standard functions, the extension functions of jemalloc (mallocx, ...), tcmalloc,
+// mimalloc and --allocator's custom functions get a kind of their own when first probed,
+// numbered from kFirstNamed (the BPF programs handle them as malloc: released by free, never
+// mismatched).
+enum class AllocationKind : uint8_t {
+  kMalloc,
+  kCalloc,
+  kRealloc,
+  kReallocArray,
+  kPosixMemalign,
+  kAlignedAlloc,
+  kMemalign,
+  kValloc,
+  kPvalloc,
+  kNew,       // C++ operator new (all its variants)
+  kNewArray,  // C++ operator new[]
+  // Memory mapped by system calls outside every traced allocator call: regions, not blocks.
+  kMmap,  // anonymous private mmap, grown or moved by mremap
+  kBrk,   // the program break moved by brk/sbrk
+  kUnknown,  // a code the tracer does not know
+  kFirstNamed = 16,
+  kLastNamed = 255,
+};
+
+// Regions are recorded whole, never sampled.
+constexpr bool is_region(AllocationKind kind) {
+  return kind == AllocationKind::kMmap || kind == AllocationKind::kBrk;
+}
 
 // One allocation that was outstanding when the snapshot was taken.
 struct OutstandingAllocation {
@@ -17,7 +49,7 @@ struct OutstandingAllocation {
   uint64_t size = 0;
   uint64_t timestamp_ns = 0;  // CLOCK_MONOTONIC at allocation
   int32_t site_id = 0;        // >= 0: stack id; < 0: stack capture failed, caller only
-  uint32_t kind = 0;          // memtrail_alloc_kind
+  AllocationKind kind = AllocationKind::kMalloc;
 };
 
 // Running totals of one allocation site (one call stack in one process), kept by the kernel.
@@ -48,7 +80,7 @@ struct TracerCounters {
   uint64_t python_types_lost = 0;     // Python objects not counted: the type map was full
 };
 
-// What memtrail could not track in one process (bpf/alloc_events.h, enum memtrail_loss).
+// What memtrail could not track in one process (the tracer reads it per process).
 struct ProcessLosses {
   uint64_t drops = 0;            // allocations not recorded: the table was full
   uint64_t stack_failures = 0;   // stacks not stored: the stack map was full
@@ -82,13 +114,14 @@ struct Snapshot {
     std::vector<uint64_t> addresses;
     bool truncated = false;  // the walk stopped before the outermost frame
     // Why, when truncated: "depth", "no_cfi", "unsupported_cfi", "rbp_unknown", "unreadable",
-    // "bad_frame_pointer", "unknown_code", "loop" (see bpf/unwind_table.h).
+    // "bad_frame_pointer", "unknown_code", "loop" (the tracer names the walker's reasons).
     std::string truncation_reason;
     bool used_tables = false;  // at least one frame was unwound with a CFI table
-    // Python frames of a CPython process (--python-frames), innermost first, as packed by the
-    // walker (bpf/alloc_events.h: code object, last instruction, entry flag).
-    std::vector<uint64_t> python_frames;
-    uint32_t python_flags = 0;  // MEMTRAIL_PYTHON_*
+    // Python frames of a CPython process (--python-frames), innermost first.
+    std::vector<PythonFrame> python_frames;
+    bool python_truncated = false;   // more Python frames than the walker records
+    bool python_unreadable = false;  // a frame could not be read: the walk stopped there
+    bool python_no_thread = false;   // no thread state of the allocating thread was found
   };
   std::unordered_map<int32_t, Stack> stacks;
   TracerCounters counters;

@@ -159,6 +159,20 @@ const memtrail_cpython_layout& built_layout() {
   return layout;
 }
 
+model::PythonFrameLayout frame_layout() {
+  const auto& walker = built_layout().walker;
+  return {walker.runtime_tstate_current, walker.runtime_interp_main, walker.interp_threads_head,
+          walker.tstate_next,            walker.tstate_thread_id,    walker.tstate_cframe,
+          walker.cframe_current_frame,   walker.frame_code,          walker.frame_previous,
+          walker.frame_prev_instr,       walker.frame_is_entry,      walker.frame_owner,
+          walker.code_adaptive,          walker.owner_cstack};
+}
+
+model::PythonTypeLayout type_layout() {
+  const auto& types = built_layout().types;
+  return {types.type_flags, types.have_gc};
+}
+
 std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& mappings,
                                             const std::string& root) {
   std::set<std::string> seen;
@@ -210,12 +224,13 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
     struct Wanted {
       const char* name;
       bool release;
-      uint32_t call;
+      model::PythonObjectCall call;
     };
-    for (const Wanted& wanted : {Wanted{"PyType_GenericAlloc", false, MEMTRAIL_PYTHON_GENERIC_ALLOC},
-                                 Wanted{"_PyObject_GC_New", false, MEMTRAIL_PYTHON_GC_NEW},
-                                 Wanted{"_PyObject_GC_NewVar", false, MEMTRAIL_PYTHON_GC_NEWVAR},
-                                 Wanted{"PyObject_GC_Del", true, 0}}) {
+    using Call = model::PythonObjectCall;
+    for (const Wanted& wanted : {Wanted{"PyType_GenericAlloc", false, Call::kGenericAlloc},
+                                 Wanted{"_PyObject_GC_New", false, Call::kGcNew},
+                                 Wanted{"_PyObject_GC_NewVar", false, Call::kGcNewVar},
+                                 Wanted{"PyObject_GC_Del", true, Call::kGenericAlloc}}) {
       auto function = file->find_function(wanted.name);
       auto offset = function ? file->file_offset_of(function->address) : std::nullopt;
       if (!offset) {
@@ -279,15 +294,6 @@ std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t
   return std::nullopt;
 }
 
-PackedFrame PackedFrame::unpack(uint64_t packed) {
-  PackedFrame frame;
-  frame.code = packed & MEMTRAIL_PYTHON_CODE_MASK;
-  frame.lasti = static_cast<uint32_t>((packed >> MEMTRAIL_PYTHON_LASTI_SHIFT) &
-                                      MEMTRAIL_PYTHON_LASTI_MAX);
-  frame.entry = (packed & MEMTRAIL_PYTHON_ENTRY) != 0;
-  return frame;
-}
-
 std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid,
                                                       const Interpreter& interpreter,
                                                       uint64_t address) {
@@ -312,15 +318,17 @@ std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid,
 }
 
 model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
-                               const PackedFrame& packed) {
-  auto key = std::make_pair(pid, packed.code);
+                               const model::PythonFrame& recorded) {
+  auto key = std::make_pair(pid, recorded.code);
   auto it = codes_.find(key);
-  if (it == codes_.end()) it = codes_.emplace(key, read_code(pid, interpreter, packed.code)).first;
+  if (it == codes_.end()) {
+    it = codes_.emplace(key, read_code(pid, interpreter, recorded.code)).first;
+  }
   model::Frame frame;
   frame.python = true;
-  frame.address = packed.code;
+  frame.address = recorded.code;
   frame.module = "[python]";
-  frame.offset = uint64_t{packed.lasti} * 2;  // the bytecode offset, as dis shows it
+  frame.offset = uint64_t{recorded.lasti} * 2;  // the bytecode offset, as dis shows it
   if (!it->second) {
     frame.function = "<unreadable code object>";
     return frame;
@@ -328,7 +336,7 @@ model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
   const Code& code = *it->second;
   frame.function = code.qualname;
   if (!code.filename.empty()) frame.file = code.filename;
-  frame.line = line_of(code.linetable, code.first_line, packed.lasti);
+  frame.line = line_of(code.linetable, code.first_line, recorded.lasti);
   return frame;
 }
 

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/python.h"
 #include "model/report.h"
 #include "model/snapshot.h"
 #include "python/cpython_layout.h"
@@ -29,13 +30,18 @@ std::optional<FramesMode> parse_frames_mode(std::string_view text);
 
 // The CPython layout memtrail was built against (userspace/python/cpython_layout.c).
 const memtrail_cpython_layout& built_layout();
+// Its offsets as the tracer takes them: what the Python frame walker reads (--python-frames),
+// and what the object counters read of a type (--python-types).
+model::PythonFrameLayout frame_layout();
+model::PythonTypeLayout type_layout();
 
 // A function of the interpreter's file that --python-types probes.
 struct ObjectProbe {
   std::string function;
   uint64_t file_offset = 0;  // where the uprobe goes
   bool release = false;      // PyObject_GC_Del: an object freed; else one made
-  uint32_t call = 0;         // enum memtrail_python_object_call, for the ones that make
+  // The function, for the ones that make.
+  model::PythonObjectCall call = model::PythonObjectCall::kGenericAlloc;
 };
 
 // A process's interpreter: the module defining _PyRuntime (the python executable, or
@@ -63,14 +69,6 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
 // instruction without a line (or past the table).
 std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t lasti);
 
-// One Python frame as the BPF walker recorded it (bpf/alloc_events.h).
-struct PackedFrame {
-  uint64_t code = 0;   // the code object's address in the process
-  uint32_t lasti = 0;  // its last instruction, in code units
-  bool entry = false;  // the first frame of an eval-loop call
-  static PackedFrame unpack(uint64_t packed);
-};
-
 // Names the code objects of live processes by reading their memory (process_vm_readv), and
 // remembers what it read: a code object lives as long as its function, and a site's frames
 // are named once, while the process runs.
@@ -78,7 +76,8 @@ class CodeReader {
  public:
   // A frame for `frame` of process `pid`: module "[python]", function the qualified name, file
   // and line; the function is "<unreadable code object>" when the memory cannot be read.
-  model::Frame frame(uint32_t pid, const Interpreter& interpreter, const PackedFrame& frame);
+  model::Frame frame(uint32_t pid, const Interpreter& interpreter,
+                     const model::PythonFrame& frame);
   void forget(uint32_t pid);
 
  private:

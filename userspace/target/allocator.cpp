@@ -9,32 +9,38 @@
 #include <set>
 #include <unordered_map>
 
-#include "alloc_events.h"
 #include "common/error.h"
 #include "target/elf_file.h"
 
 namespace memtrail::target {
 namespace {
 
+using Kind = model::AllocationKind;
+
+// A kind named after the function when it is first probed (see intern_kind).
+constexpr std::optional<Kind> kNamedKind = std::nullopt;
+// What a free records: nothing (its programs take no kind).
+constexpr Kind kNoKind = Kind::kMalloc;
+
 struct FunctionSpec {
   const char* name;
   ProbeRole role;
-  uint32_t kind;
+  std::optional<Kind> kind;  // kNamedKind: named after the function
 };
 
 // Order matters where two names share an address: the first name is used in reports.
 const std::vector<FunctionSpec>& function_specs() {
   static const std::vector<FunctionSpec> specs = {
-      {"malloc", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_MALLOC},
-      {"calloc", ProbeRole::kCalloc, MEMTRAIL_KIND_CALLOC},
-      {"realloc", ProbeRole::kRealloc, MEMTRAIL_KIND_REALLOC},
-      {"reallocarray", ProbeRole::kReallocArray, MEMTRAIL_KIND_REALLOCARRAY},
-      {"posix_memalign", ProbeRole::kPosixMemalign, MEMTRAIL_KIND_POSIX_MEMALIGN},
-      {"aligned_alloc", ProbeRole::kAlignedAlloc, MEMTRAIL_KIND_ALIGNED_ALLOC},
-      {"memalign", ProbeRole::kAlignedAlloc, MEMTRAIL_KIND_MEMALIGN},
-      {"valloc", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_VALLOC},
-      {"pvalloc", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_PVALLOC},
-      {"free", ProbeRole::kFree, 0},
+      {"malloc", ProbeRole::kSizeAlloc, Kind::kMalloc},
+      {"calloc", ProbeRole::kCalloc, Kind::kCalloc},
+      {"realloc", ProbeRole::kRealloc, Kind::kRealloc},
+      {"reallocarray", ProbeRole::kReallocArray, Kind::kReallocArray},
+      {"posix_memalign", ProbeRole::kPosixMemalign, Kind::kPosixMemalign},
+      {"aligned_alloc", ProbeRole::kAlignedAlloc, Kind::kAlignedAlloc},
+      {"memalign", ProbeRole::kAlignedAlloc, Kind::kMemalign},
+      {"valloc", ProbeRole::kSizeAlloc, Kind::kValloc},
+      {"pvalloc", ProbeRole::kSizeAlloc, Kind::kPvalloc},
+      {"free", ProbeRole::kFree, kNoKind},
   };
   return specs;
 }
@@ -45,24 +51,24 @@ const std::vector<FunctionSpec>& function_specs() {
 // BPF side accounts the outermost.
 const std::vector<FunctionSpec>& cxx_specs() {
   static const std::vector<FunctionSpec> specs = {
-      {"_Znwm", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
-      {"_Znam", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
-      {"_ZnwmRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
-      {"_ZnamRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
-      {"_ZnwmSt11align_val_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
-      {"_ZnamSt11align_val_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
-      {"_ZnwmSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW},
-      {"_ZnamSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, MEMTRAIL_KIND_NEW_ARRAY},
-      {"_ZdlPv", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
-      {"_ZdlPvm", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
-      {"_ZdlPvSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
-      {"_ZdlPvmSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
-      {"_ZdlPvRKSt9nothrow_t", ProbeRole::kDelete, MEMTRAIL_DELETE_SCALAR},
-      {"_ZdaPv", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
-      {"_ZdaPvm", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
-      {"_ZdaPvSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
-      {"_ZdaPvmSt11align_val_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
-      {"_ZdaPvRKSt9nothrow_t", ProbeRole::kDelete, MEMTRAIL_DELETE_ARRAY},
+      {"_Znwm", ProbeRole::kSizeAlloc, Kind::kNew},
+      {"_Znam", ProbeRole::kSizeAlloc, Kind::kNewArray},
+      {"_ZnwmRKSt9nothrow_t", ProbeRole::kSizeAlloc, Kind::kNew},
+      {"_ZnamRKSt9nothrow_t", ProbeRole::kSizeAlloc, Kind::kNewArray},
+      {"_ZnwmSt11align_val_t", ProbeRole::kSizeAlloc, Kind::kNew},
+      {"_ZnamSt11align_val_t", ProbeRole::kSizeAlloc, Kind::kNewArray},
+      {"_ZnwmSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, Kind::kNew},
+      {"_ZnamSt11align_val_tRKSt9nothrow_t", ProbeRole::kSizeAlloc, Kind::kNewArray},
+      {"_ZdlPv", ProbeRole::kDelete, Kind::kNew},
+      {"_ZdlPvm", ProbeRole::kDelete, Kind::kNew},
+      {"_ZdlPvSt11align_val_t", ProbeRole::kDelete, Kind::kNew},
+      {"_ZdlPvmSt11align_val_t", ProbeRole::kDelete, Kind::kNew},
+      {"_ZdlPvRKSt9nothrow_t", ProbeRole::kDelete, Kind::kNew},
+      {"_ZdaPv", ProbeRole::kDelete, Kind::kNewArray},
+      {"_ZdaPvm", ProbeRole::kDelete, Kind::kNewArray},
+      {"_ZdaPvSt11align_val_t", ProbeRole::kDelete, Kind::kNewArray},
+      {"_ZdaPvmSt11align_val_t", ProbeRole::kDelete, Kind::kNewArray},
+      {"_ZdaPvRKSt9nothrow_t", ProbeRole::kDelete, Kind::kNewArray},
   };
   return specs;
 }
@@ -155,24 +161,27 @@ Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& cod
 
 namespace {
 
-// Extension functions get a kind named after them when first probed (see alloc_events.h).
-constexpr uint32_t kNamedKind = UINT32_MAX;
-
+// Extension functions get a kind named after them when first probed (see AllocationKind).
 std::vector<std::string>& named_kinds() {
   static std::vector<std::string> names;
   return names;
 }
 
-uint32_t intern_kind(const std::string& name) {
+constexpr size_t kFirstNamed = static_cast<size_t>(Kind::kFirstNamed);
+constexpr size_t kLastNamed = static_cast<size_t>(Kind::kLastNamed);
+
+Kind named_kind(size_t index) { return static_cast<Kind>(kFirstNamed + index); }
+
+Kind intern_kind(const std::string& name) {
   auto& names = named_kinds();
   for (size_t i = 0; i < names.size(); ++i) {
-    if (names[i] == name) return MEMTRAIL_KIND_DYNAMIC_FIRST + static_cast<uint32_t>(i);
+    if (names[i] == name) return named_kind(i);
   }
-  if (MEMTRAIL_KIND_DYNAMIC_FIRST + names.size() > MEMTRAIL_KIND_DYNAMIC_LAST) {
-    return MEMTRAIL_KIND_MALLOC;  // 240 distinct names in one run: report the rest as malloc
+  if (kFirstNamed + names.size() > kLastNamed) {
+    return Kind::kMalloc;  // 240 distinct names in one run: report the rest as malloc
   }
   names.push_back(name);
-  return MEMTRAIL_KIND_DYNAMIC_FIRST + static_cast<uint32_t>(names.size() - 1);
+  return named_kind(names.size() - 1);
 }
 
 // jemalloc's non-standard API (Debian's libjemalloc2 exports it unprefixed). xallocx resizes in
@@ -181,8 +190,8 @@ const std::vector<FunctionSpec>& jemalloc_specs() {
   static const std::vector<FunctionSpec> specs = {
       {"mallocx", ProbeRole::kSizeAlloc, kNamedKind},  // (size, flags)
       {"rallocx", ProbeRole::kRealloc, kNamedKind},    // (ptr, size, flags)
-      {"dallocx", ProbeRole::kFree, 0},                // (ptr, flags)
-      {"sdallocx", ProbeRole::kFree, 0},               // (ptr, size, flags)
+      {"dallocx", ProbeRole::kFree, kNoKind},          // (ptr, flags)
+      {"sdallocx", ProbeRole::kFree, kNoKind},         // (ptr, size, flags)
   };
   return specs;
 }
@@ -199,10 +208,10 @@ const std::vector<FunctionSpec>& tcmalloc_specs() {
       {"tc_posix_memalign", ProbeRole::kPosixMemalign, kNamedKind},
       {"tc_valloc", ProbeRole::kSizeAlloc, kNamedKind},
       {"tc_pvalloc", ProbeRole::kSizeAlloc, kNamedKind},
-      {"tc_free", ProbeRole::kFree, 0},
-      {"tc_cfree", ProbeRole::kFree, 0},
-      {"tc_free_sized", ProbeRole::kFree, 0},
-      {"cfree", ProbeRole::kFree, 0},
+      {"tc_free", ProbeRole::kFree, kNoKind},
+      {"tc_cfree", ProbeRole::kFree, kNoKind},
+      {"tc_free_sized", ProbeRole::kFree, kNoKind},
+      {"cfree", ProbeRole::kFree, kNoKind},
   };
   return specs;
 }
@@ -228,10 +237,10 @@ const std::vector<FunctionSpec>& mimalloc_specs() {
       {"mi_recalloc", ProbeRole::kReallocArray, kNamedKind},
       {"mi_heap_malloc", ProbeRole::kHeapAlloc, kNamedKind},    // (heap, size)
       {"mi_heap_zalloc", ProbeRole::kHeapAlloc, kNamedKind},
-      {"mi_free", ProbeRole::kFree, 0},
-      {"mi_free_size", ProbeRole::kFree, 0},
-      {"mi_free_aligned", ProbeRole::kFree, 0},
-      {"mi_free_size_aligned", ProbeRole::kFree, 0},
+      {"mi_free", ProbeRole::kFree, kNoKind},
+      {"mi_free_size", ProbeRole::kFree, kNoKind},
+      {"mi_free_aligned", ProbeRole::kFree, kNoKind},
+      {"mi_free_size_aligned", ProbeRole::kFree, kNoKind},
   };
   return specs;
 }
@@ -276,18 +285,16 @@ const std::vector<std::string>& custom_role_names() {
   return names;
 }
 
-std::string kind_name(uint32_t kind) {
-  if (kind == MEMTRAIL_KIND_NEW) return "new";
-  if (kind == MEMTRAIL_KIND_NEW_ARRAY) return "new[]";
-  if (kind == MEMTRAIL_KIND_MMAP) return "mmap";
-  if (kind == MEMTRAIL_KIND_BRK) return "brk";
+std::string kind_name(Kind kind) {
+  if (kind == Kind::kNew) return "new";
+  if (kind == Kind::kNewArray) return "new[]";
+  if (kind == Kind::kMmap) return "mmap";
+  if (kind == Kind::kBrk) return "brk";
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && spec.kind == kind) return spec.name;
   }
-  if (kind >= MEMTRAIL_KIND_DYNAMIC_FIRST &&
-      kind - MEMTRAIL_KIND_DYNAMIC_FIRST < named_kinds().size()) {
-    return named_kinds()[kind - MEMTRAIL_KIND_DYNAMIC_FIRST];
-  }
+  auto index = static_cast<size_t>(kind) - kFirstNamed;
+  if (kind >= Kind::kFirstNamed && index < named_kinds().size()) return named_kinds()[index];
   return "unknown";
 }
 
@@ -318,7 +325,7 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
     known = elf.placements.emplace(key, std::make_pair(chosen.offset, chosen.reason)).first;
   }
   Placement placement{known->second.first, known->second.second};
-  uint32_t kind = spec.kind == kNamedKind ? intern_kind(name) : spec.kind;
+  Kind kind = spec.kind ? *spec.kind : intern_kind(name);
   return FunctionProbe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason};
 }
 
@@ -446,12 +453,12 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     for (auto entry : bound[i]) {
       if (delete_is_free && entry.spec.role == ProbeRole::kDelete) {
         entry.spec.role = ProbeRole::kFree;
-        entry.spec.kind = 0;
+        entry.spec.kind = kNoKind;
       }
       std::string name = entry.spec.name;
-      if (delete_is_free && (entry.spec.kind == MEMTRAIL_KIND_NEW ||
-                             entry.spec.kind == MEMTRAIL_KIND_NEW_ARRAY)) {
-        entry.spec.kind = intern_kind(entry.spec.kind == MEMTRAIL_KIND_NEW ? "new" : "new[]");
+      if (delete_is_free && (entry.spec.kind == Kind::kNew ||
+                             entry.spec.kind == Kind::kNewArray)) {
+        entry.spec.kind = intern_kind(entry.spec.kind == Kind::kNew ? "new" : "new[]");
       }
       if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
       if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name)) {
@@ -495,7 +502,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
         throw Error("--allocator: unknown role " + function.role + " for " + function.symbol);
       }
       FunctionSpec spec{function.symbol.c_str(), role->role,
-                        role->role == ProbeRole::kFree ? 0 : kNamedKind};
+                        role->role == ProbeRole::kFree ? kNoKind : kNamedKind};
       auto probe = probe_for(elf, spec, *symbol, function.symbol);
       if (!probe) {
         throw Error("--allocator " + allocator.path + ": " + function.symbol +

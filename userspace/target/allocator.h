@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "model/snapshot.h"
 #include "target/load_order.h"
 #include "target/proc_maps.h"
 
@@ -21,14 +22,16 @@ enum class ProbeRole {
   kAlignedAlloc,   // aligned_alloc, memalign: (alignment, size) -> pointer
   kPosixMemalign,  // (void **, alignment, size) -> int
   kFree,           // (pointer)
-  kDelete,         // C++ operator delete/delete[] (pointer, ...): kind is the delete kind
+  kDelete,         // C++ operator delete/delete[] (pointer, ...): kind is what it releases
   kHeapAlloc,      // (heap, size) -> pointer: mimalloc's mi_heap_malloc
 };
 
 struct FunctionProbe {
   std::string name;             // e.g. "malloc"; aliases at the same address are merged
   ProbeRole role = ProbeRole::kFree;
-  uint32_t kind = 0;            // memtrail_alloc_kind recorded with each allocation
+  // Recorded with each allocation; for kDelete, the kind of the blocks it releases (kNew for
+  // operator delete, kNewArray for operator delete[]).
+  model::AllocationKind kind = model::AllocationKind::kMalloc;
   uint64_t entry_offset = 0;    // file offset of the function's first instruction
   uint64_t probe_offset = 0;    // file offset of the entry probe (may skip a leading check)
   std::string placement;        // why probe_offset was chosen, for -v and the docs
@@ -75,7 +78,7 @@ struct ProcessAllocators {
 // The glibc allocator functions memtrail traces, with their report names.
 const std::vector<std::string>& traced_function_names();
 // The report name of an allocation kind ("malloc", "calloc", "mallocx", ...).
-std::string kind_name(uint32_t kind);
+std::string kind_name(model::AllocationKind kind);
 // The standard functions whose role a custom function can take (--allocator).
 const std::vector<std::string>& custom_role_names();
 

@@ -12,9 +12,11 @@
 #include <string>
 #include <utility>
 
+// The BPF ABI first: the skeleton's rodata holds its structs.
+#include "tracer/bpf_codes.h"
 #include "alloc.skel.h"
+
 #include "aggregator/sampling.h"
-#include "alloc_events.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "tracer/libbpf_util.h"
@@ -73,19 +75,7 @@ MappedMap map_values(bpf_map* map, int protection = PROT_READ) {
   return MappedMap(address, length);
 }
 
-const char* truncation_reason_name(unsigned reason) {
-  switch (reason) {
-    case MEMTRAIL_TRUNCATED_DEPTH: return "depth";
-    case MEMTRAIL_TRUNCATED_NO_CFI: return "no_cfi";
-    case MEMTRAIL_TRUNCATED_UNSUPPORTED: return "unsupported_cfi";
-    case MEMTRAIL_TRUNCATED_RBP_UNKNOWN: return "rbp_unknown";
-    case MEMTRAIL_TRUNCATED_UNREADABLE: return "unreadable";
-    case MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER: return "bad_frame_pointer";
-    case MEMTRAIL_TRUNCATED_NO_MAPPING: return "unknown_code";
-    case MEMTRAIL_TRUNCATED_LOOP: return "loop";
-  }
-  return "unknown";
-}
+static_assert(sizeof(memtrail_unwind_row) == kUnwindRowBytes);
 
 }  // namespace
 
@@ -148,7 +138,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     bpf_program__set_autoload(p.python_object_free, false);
   } else {
     const_cast<memtrail_python_type_layout&>(skeleton_->rodata->python_type_layout) =
-        *config.python_type_layout;
+        bpf::python_type_layout(*config.python_type_layout);
   }
   if (!lifecycle) {
     bpf_program__set_autoload(p.region_exec, false);
@@ -172,13 +162,14 @@ AllocTracer::AllocTracer(const TracerConfig& config)
       }
     }
     rodata->python_frames = true;
-    const_cast<memtrail_python_layout&>(rodata->python_layout) = layout;
+    const_cast<memtrail_python_layout&>(rodata->python_layout) = bpf::python_layout(layout);
   }
   rodata->unwind_mode = tables ? MEMTRAIL_UNWIND_MODE_TABLES : MEMTRAIL_UNWIND_MODE_FP;
   rodata->unknown_code_by_frame_pointer = config.unwind_mode != unwind::UnwindMode::kDwarf;
   if (config.sample_rate != 0) {
-    auto quantiles = aggregator::exponential_quantiles();
-    auto weights = aggregator::sample_weight_table();
+    auto quantiles = aggregator::exponential_quantiles(MEMTRAIL_SAMPLE_QUANTILES);
+    auto weights =
+        aggregator::sample_weight_table(MEMTRAIL_SAMPLE_WEIGHTS, MEMTRAIL_SAMPLE_WEIGHT_STEPS);
     std::copy(quantiles.begin(), quantiles.end(), const_cast<uint32_t*>(rodata->sample_quantiles));
     std::copy(weights.begin(), weights.end(), const_cast<uint32_t*>(rodata->sample_weights));
   }
@@ -275,7 +266,8 @@ std::optional<uint32_t> AllocTracer::store_rows(std::span<const unwind::Row> row
   auto first = static_cast<uint32_t>(rows_used_);
   // No walker reads these rows before set_unwind_mappings() points a process at them (a
   // syscall: the stores are visible by then).
-  std::copy(rows.begin(), rows.end(), rows_view_.writable_values<memtrail_unwind_row>() + first);
+  auto* stored = rows_view_.writable_values<memtrail_unwind_row>() + first;
+  std::transform(rows.begin(), rows.end(), stored, bpf::unwind_row);
   rows_used_ += rows.size();
   return first;
 }
@@ -298,7 +290,8 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
   if (row_capacity_ == 0) return;  // --unwind fp
   auto process = std::make_unique<memtrail_unwind_process>();
   size_t count = std::min<size_t>(mappings.size(), MEMTRAIL_UNWIND_MAX_MAPPINGS);
-  std::copy_n(mappings.begin(), count, process->mappings);
+  std::transform(mappings.begin(), mappings.begin() + static_cast<ptrdiff_t>(count),
+                 process->mappings, bpf::unwind_mapping);
   process->count = static_cast<uint32_t>(count);
   if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.unwind_processes), &pid, process.get(),
                           BPF_ANY) != 0) {
@@ -454,15 +447,17 @@ uint32_t AllocTracer::stacks_created() const {
 }
 
 void AllocTracer::for_each_python_stack(
-    const std::function<void(uint32_t, uint32_t, std::span<const uint64_t>)>& visit) const {
+    const std::function<void(uint32_t, uint32_t, std::span<const model::PythonFrame>)>& visit)
+    const {
   if (!config_.python_layout) return;
+  std::vector<model::PythonFrame> frames;
   read_hash_map<uint32_t, memtrail_python_stack>(
       bpf_map__fd(skeleton_->maps.python_stacks), 256, "python_stacks",
       [&](uint32_t id, const memtrail_python_stack& python) {
         uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
-        // __u64 is unsigned long long, uint64_t unsigned long: the same 64 bits.
-        visit(id, python.tgid,
-              std::span<const uint64_t>(reinterpret_cast<const uint64_t*>(python.frames), depth));
+        frames.resize(depth);
+        std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
+        visit(id, python.tgid, frames);
       });
 }
 
@@ -502,9 +497,9 @@ void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
 
 void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   std::vector<Link> attached;
-  auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint32_t kind,
+  auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint64_t cookie,
                         const std::string& function) {
-    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = kind, .retprobe = retprobe);
+    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = cookie, .retprobe = retprobe);
     pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
     bpf_link* link = bpf_program__attach_uprobe_opts(program, probed, module.open_path.c_str(),
                                                      offset, &options);
@@ -531,15 +526,16 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   };
   for (const auto& function : module.functions) {
     ProbePrograms programs = programs_for(skeleton_.get(), function.role);
+    uint64_t cookie = bpf::probe_cookie(function.role, function.kind);
     // The return probe goes first: an entry recorded without its return probe in place would
     // leave the thread's call state waiting for a return that never comes.
     // At the same address as the entry probe: one trap serves both. The entry probe is past
     // the function's first instruction only where that instruction changes nothing a return
     // probe needs (endbr64; free's NULL check has no return probe).
     if (programs.exit) {
-      attach_one(programs.exit, function.probe_offset, true, function.kind, function.name);
+      attach_one(programs.exit, function.probe_offset, true, cookie, function.name);
     }
-    attach_one(programs.entry, function.probe_offset, false, function.kind, function.name);
+    attach_one(programs.entry, function.probe_offset, false, cookie, function.name);
   }
   // Followed before the links are kept: if the process map is full, the probes just attached
   // go with `attached`, rather than record a process memtrail does not track.
@@ -557,7 +553,7 @@ void AllocTracer::attach_python_types(uint32_t pid, const std::string& open_path
   if (!config_.python_type_layout) return;
   std::vector<Link> attached;
   for (const auto& probe : probes) {
-    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = probe.call);
+    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = bpf::object_call_code(probe.call));
     bpf_program* program =
         probe.release ? skeleton_->progs.python_object_free : skeleton_->progs.python_object_new;
     bpf_link* link = bpf_program__attach_uprobe_opts(program, static_cast<pid_t>(pid),
@@ -608,7 +604,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
       }
       model::OutstandingAllocation allocation{
           tgid, address, size_kind & MEMTRAIL_SIZE_MASK, timestamp, site_id,
-          static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS)};
+          bpf::kind_from_code(static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS))};
       if (sink) {
         sink->add(allocation);
       } else {
@@ -637,12 +633,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         auto id = static_cast<int32_t>(stack.id);
         auto& entry = snapshot.stacks[id];
         entry.addresses.assign(stack.ips, stack.ips + depth);
-        entry.truncated = (stack.flags & MEMTRAIL_STACK_TRUNCATED) != 0;
-        entry.used_tables = (stack.flags & MEMTRAIL_STACK_USED_TABLES) != 0;
-        if (entry.truncated) {
-          entry.truncation_reason = truncation_reason_name(
-              (stack.flags >> MEMTRAIL_STACK_REASON_SHIFT) & MEMTRAIL_STACK_REASON_MASK);
-        }
+        bpf::read_stack_flags(stack.flags, entry);
         if (stack.id >= max_stacks) return;
         uint32_t index = stack.id;
         if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {
@@ -672,8 +663,10 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
           auto stack = snapshot.stacks.find(static_cast<int32_t>(id));
           if (stack == snapshot.stacks.end()) return;  // an orphan (see capture_stack)
           uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
-          stack->second.python_frames.assign(python.frames, python.frames + depth);
-          stack->second.python_flags = python.flags;
+          auto& frames = stack->second.python_frames;
+          frames.resize(depth);
+          std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
+          bpf::read_python_flags(python.flags, stack->second);
         });
   }
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(

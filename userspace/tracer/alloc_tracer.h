@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "model/python.h"
 #include "model/snapshot.h"
 #include "target/allocator.h"
 #include "tracer/libbpf_raii.h"
@@ -17,6 +18,9 @@
 #include "unwind/module_tables.h"
 
 namespace memtrail::tracer {
+
+// Bytes one unwind row takes in the walker's row map (what --unwind-table-mib buys).
+inline constexpr uint32_t kUnwindRowBytes = 8;
 
 struct TracerConfig {
   uint32_t max_outstanding_allocations = 1u << 20;  // the table has two slots for each
@@ -37,10 +41,10 @@ struct TracerConfig {
   uint32_t region_buffer_bytes = 2u << 20;  // ring buffer of region events: a power of two
   // Walk the Python frames of the CPython processes added with set_python_process(), with
   // this layout (--python-frames other than native).
-  std::optional<memtrail_python_layout> python_layout;
+  std::optional<model::PythonFrameLayout> python_layout;
   // Count CPython objects by type (--python-types), with this layout: programs loaded and the
   // map sized only then.
-  std::optional<memtrail_python_type_layout> python_type_layout;
+  std::optional<model::PythonTypeLayout> python_type_layout;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   bool verbose = false;      // libbpf debug output on stderr
 };
@@ -111,7 +115,8 @@ class AllocTracer : public unwind::RowStore {
     std::string function;
     uint64_t file_offset = 0;
     bool release = false;  // frees an object (PyObject_GC_Del); else makes one
-    uint32_t call = 0;     // enum memtrail_python_object_call
+    // The function, for the ones that make.
+    model::PythonObjectCall call = model::PythonObjectCall::kGenericAlloc;
   };
   // Attaches them for process `pid`, the file opened at `open_path` (`path` as the process
   // sees it, for messages). All or nothing; throws memtrail::Error.
@@ -125,10 +130,10 @@ class AllocTracer : public unwind::RowStore {
   void forget_python_process(uint32_t pid);
   // Stacks created so far (the walker numbers them): unchanged, no new site appeared.
   uint32_t stacks_created() const;
-  // Every stack with Python frames: (stack id, pid, packed frames).
+  // Every stack with Python frames: (stack id, pid, frames innermost first).
   void for_each_python_stack(
-      const std::function<void(uint32_t id, uint32_t pid, std::span<const uint64_t> frames)>&
-          visit) const;
+      const std::function<void(uint32_t id, uint32_t pid,
+                               std::span<const model::PythonFrame> frames)>& visit) const;
   // Stack frames met so far in code outside every mapping the walker knows: when this grows,
   // a traced process has mapped code since its mappings were last set.
   uint64_t unknown_code_frames() const;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <iterator>
 
+#include "tracer/bpf_codes.h"
+
 namespace memtrail::tracer {
 
 bool MappedRegions::apply(const memtrail_region_event& event) {
@@ -16,7 +18,7 @@ bool MappedRegions::apply(const memtrail_region_event& event) {
   switch (event.type) {
     case MEMTRAIL_REGION_MAP:
       map(process, event.tgid, event.address, page_round(event.length), event.site_id,
-          MEMTRAIL_KIND_MMAP, event.timestamp_ns);
+          model::AllocationKind::kMmap, event.timestamp_ns);
       break;
     case MEMTRAIL_REGION_UNMAP:
       unmap(process, event.address, event.address + page_round(event.length), nullptr);
@@ -38,7 +40,7 @@ bool MappedRegions::apply(const memtrail_region_event& event) {
       if (event.flags & MEMTRAIL_REGION_IN_ALLOCATOR) break;  // the allocator's own heap
       if (new_break > old_break) {
         map(process, event.tgid, old_break, new_break - old_break, event.site_id,
-            MEMTRAIL_KIND_BRK, event.timestamp_ns);
+            model::AllocationKind::kBrk, event.timestamp_ns);
       } else {
         unmap(process, new_break, old_break, nullptr);
       }
@@ -51,7 +53,7 @@ bool MappedRegions::apply(const memtrail_region_event& event) {
 }
 
 void MappedRegions::map(Process& process, uint32_t pid, uint64_t start, uint64_t length,
-                        int32_t site_id, uint32_t kind, uint64_t timestamp_ns) {
+                        int32_t site_id, model::AllocationKind kind, uint64_t timestamp_ns) {
   if (length == 0) return;
   unmap(process, start, start + length, nullptr);  // MAP_FIXED replaces what was there
   if (mappings_.size() >= max_mappings_) {

@@ -10,8 +10,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "alloc_events.h"
 #include "model/snapshot.h"
+
+struct memtrail_region_event;  // bpf/alloc_events.h
 
 namespace memtrail::tracer {
 
@@ -26,8 +27,8 @@ class MappedRegions {
   // to drop the rest of its state too).
   bool apply(const memtrail_region_event& event);
 
-  // Every mapping still (partly) mapped, as one allocation: its first address, the bytes of it
-  // still mapped, the time and site of the call that mapped it.
+  // Every mapping still (partly) mapped, as one allocation (of kind kMmap or kBrk): its first
+  // address, the bytes of it still mapped, the time and site of the call that mapped it.
   void for_each(const std::function<void(const model::OutstandingAllocation&)>& visit) const;
 
   // The process exited: everything about it goes. Returns the mappings dropped.
@@ -49,7 +50,7 @@ class MappedRegions {
   struct Mapping {
     uint32_t pid = 0;
     int32_t site_id = 0;
-    uint32_t kind = 0;
+    model::AllocationKind kind = model::AllocationKind::kMmap;
     uint64_t address = 0;       // where it was first mapped
     uint64_t timestamp_ns = 0;  // when
     uint64_t mapped_bytes = 0;  // what is left of it
@@ -78,7 +79,7 @@ class MappedRegions {
     return (length + page_size_ - 1) / page_size_ * page_size_;
   }
   void map(Process& process, uint32_t pid, uint64_t start, uint64_t length, int32_t site_id,
-           uint32_t kind, uint64_t timestamp_ns);
+           model::AllocationKind kind, uint64_t timestamp_ns);
   // Removes [start, end); with `taken`, the removed pieces go there (held), else their
   // mappings shrink and go when nothing is left of them.
   void unmap(Process& process, uint64_t start, uint64_t end, std::vector<HeldPiece>* taken);

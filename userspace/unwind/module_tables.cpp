@@ -141,23 +141,23 @@ std::vector<WalkerMapping> ModuleTables::mappings_for(
     entry.end = mapping.end;
     entry.bias = *bias;
     if (module.method == "cfi") {
-      entry.method = MEMTRAIL_UNWIND_BY_TABLE;
+      entry.method = WalkMethod::kTable;
       entry.first_row = module.first_row;
       entry.rows = module.rows;
       entry.first_page = module.first_page;
       entry.pages = module.pages;
       entry.page_base = module.page_base;
     } else {
-      entry.method = module.method == "frame_pointers" ? MEMTRAIL_UNWIND_BY_FRAME_POINTER
-                                                       : MEMTRAIL_UNWIND_BY_NOTHING;
+      entry.method = module.method == "frame_pointers" ? WalkMethod::kFramePointer
+                                                       : WalkMethod::kNothing;
     }
     entries.push_back(entry);
   }
   std::sort(entries.begin(), entries.end(),
             [](const auto& a, const auto& b) { return a.start < b.start; });
-  if (entries.size() > MEMTRAIL_UNWIND_MAX_MAPPINGS) {
-    mappings_beyond_limit_ += entries.size() - MEMTRAIL_UNWIND_MAX_MAPPINGS;
-    entries.resize(MEMTRAIL_UNWIND_MAX_MAPPINGS);
+  if (entries.size() > kMaxWalkerMappings) {
+    mappings_beyond_limit_ += entries.size() - kMaxWalkerMappings;
+    entries.resize(kMaxWalkerMappings);
   }
   return entries;
 }

@@ -3,6 +3,7 @@
 // per-process list of executable mappings that points the walker at them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -50,15 +51,36 @@ class RowStore {
   virtual std::optional<uint32_t> store_page_index(std::span<const uint32_t> first_rows) = 0;
 };
 
-// The walker's view of one process mapping: bpf/unwind_table.h's struct, built in userspace.
-using WalkerMapping = memtrail_unwind_mapping;
+// How the walker unwinds a frame in one mapping.
+enum class WalkMethod : uint8_t {
+  kTable,         // rows [first_row, first_row + rows) of the row map
+  kFramePointer,  // the module keeps frame pointers (auto mode), or it has no table and the
+                  // mode allows the guess
+  kNothing,       // no table and frame pointers not allowed: the walk ends here (no_cfi)
+};
+
+// The walker's view of one process mapping; the tracer hands the process's list to the walker.
+struct WalkerMapping {
+  uint64_t start = 0;  // runtime addresses [start, end)
+  uint64_t end = 0;
+  uint64_t bias = 0;  // runtime address - ELF virtual address: what the row pcs are relative to
+  uint32_t first_row = 0;
+  uint32_t rows = 0;
+  WalkMethod method = WalkMethod::kTable;
+  uint32_t first_page = 0;  // the module's page index in the walker's page map
+  uint32_t pages = 0;       // 0: no page index (it did not fit): the search covers every row
+  uint32_t page_base = 0;
+};
+
+// Mappings the walker holds per process (the rest is counted in mappings_beyond_limit).
+inline constexpr size_t kMaxWalkerMappings = 512;
 
 class ModuleTables {
  public:
   ModuleTables(UnwindMode mode, RowStore& store) : mode_(mode), store_(store) {}
 
   // The walker's entries for a process's executable file mappings, sorted by address: at most
-  // MEMTRAIL_UNWIND_MAX_MAPPINGS (the rest is counted in mappings_beyond_limit). Builds and
+  // kMaxWalkerMappings (the rest is counted in mappings_beyond_limit). Builds and
   // stores the table of every file not seen before; a file another process maps already (same
   // file, or same build id) shares its table. Files are opened through /proc/PID/root.
   std::vector<WalkerMapping> mappings_for(uint32_t pid,

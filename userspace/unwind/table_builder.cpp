@@ -237,7 +237,7 @@ bool match_plt_expression(std::span<const uint8_t> expression, CfaRule& rule) {
 // in an FDE of a CIE with the 'S' augmentation): DW_OP_breg7 (rsp) 160; DW_OP_deref, i.e. the
 // interrupted rsp saved in the kernel's rt_sigframe, whose ucontext starts at the trampoline's
 // rsp (sigcontext at +40: rbp +80, rsp +120, rip +128). The walker reads those three registers
-// from the frame (MEMTRAIL_UNWIND_CFA_SIGNAL) rather than evaluate DWARF expressions.
+// from the frame (CfaKind::kSignal) rather than evaluate DWARF expressions.
 bool match_signal_frame_expression(std::span<const uint8_t> expression) {
   Reader ops(expression.data(), expression.data() + expression.size());
   if (ops.u8() != DW_OP_breg7 || ops.sleb() != 160 || ops.u8() != DW_OP_deref) return false;
@@ -246,43 +246,41 @@ bool match_signal_frame_expression(std::span<const uint8_t> expression) {
 
 // Turns DWARF's rules at one address into the walker's row, counting what does not fit.
 Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
-  auto stop = [](memtrail_unwind_cfa kind) {
-    return Row{0, 0, make_rules(kind, MEMTRAIL_UNWIND_RBP_UNCHANGED), 0};
-  };
+  auto stop = [](CfaKind kind) { return Row{0, 0, kind, RbpKind::kUnchanged, 0}; };
   ++table.dwarf_rows;
   UnsupportedCounts& why = table.unsupported;
   auto unsupported = [&](uint64_t& reason) {
     ++reason;
     ++table.unsupported_rows;
-    return stop(MEMTRAIL_UNWIND_CFA_UNSUPPORTED);
+    return stop(CfaKind::kUnsupported);
   };
   if (malformed) return unsupported(why.malformed);
   // DW_CFA_undefined on the return address column marks the outermost frame (glibc's _start,
   // clone's child): the stack ends here, by design.
   if (state.ra.kind == RegisterRule::kUndefined) {
     ++table.outermost_rows;
-    return stop(MEMTRAIL_UNWIND_CFA_OUTERMOST);
+    return stop(CfaKind::kOutermost);
   }
 
   // The trampoline's return address and rbp rules are expressions too: the row says it all.
   if (state.cfa.kind == CfaRule::kSignal) {
     ++table.signal_rows;
-    return stop(MEMTRAIL_UNWIND_CFA_SIGNAL);
+    return stop(CfaKind::kSignal);
   }
-  Row row{0, 0, 0, 0};
-  memtrail_unwind_cfa cfa_kind;
+  Row row;
+  CfaKind cfa_kind;
   switch (state.cfa.kind) {
     case CfaRule::kRegister:
       if (state.cfa.reg == kRegRsp) {
-        cfa_kind = MEMTRAIL_UNWIND_CFA_RSP;
+        cfa_kind = CfaKind::kRsp;
       } else if (state.cfa.reg == kRegRbp) {
-        cfa_kind = MEMTRAIL_UNWIND_CFA_RBP;
+        cfa_kind = CfaKind::kRbp;
       } else {
         return unsupported(why.cfa_register);
       }
       break;
     case CfaRule::kPlt:
-      cfa_kind = MEMTRAIL_UNWIND_CFA_PLT;
+      cfa_kind = CfaKind::kPlt;
       row.rbp_offset = static_cast<int8_t>(state.cfa.plt_threshold);
       break;
     case CfaRule::kExpression: return unsupported(why.cfa_expression);
@@ -294,24 +292,24 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
   if (state.ra.kind != RegisterRule::kOffset || state.ra.offset != kReturnAddressOffset)
     return unsupported(why.return_address);
   row.cfa_offset = static_cast<uint16_t>(state.cfa.offset);
-  if (cfa_kind == MEMTRAIL_UNWIND_CFA_PLT) ++table.plt_rows;
+  if (cfa_kind == CfaKind::kPlt) ++table.plt_rows;
 
-  memtrail_unwind_rbp rbp_kind = MEMTRAIL_UNWIND_RBP_UNKNOWN;
+  RbpKind rbp_kind = RbpKind::kUnknown;
   switch (state.rbp.kind) {
     // rbp is callee-saved (psABI section 3.2.1): without a rule, the frame has not changed it.
     case RegisterRule::kUnspecified:
-    case RegisterRule::kSameValue: rbp_kind = MEMTRAIL_UNWIND_RBP_UNCHANGED; break;
+    case RegisterRule::kSameValue: rbp_kind = RbpKind::kUnchanged; break;
     case RegisterRule::kUndefined: break;
     case RegisterRule::kOffset: {
       int64_t slots = state.rbp.offset / 8;
       // A PLT row's rbp_offset holds its threshold; PLT stubs never save rbp anyway.
-      if (cfa_kind == MEMTRAIL_UNWIND_CFA_PLT) {
+      if (cfa_kind == CfaKind::kPlt) {
         ++why.rbp_rule;
       } else if (state.rbp.offset % 8 != 0 || slots < std::numeric_limits<int8_t>::min() ||
                  slots > std::numeric_limits<int8_t>::max()) {
         ++why.rbp_offset_range;
       } else {
-        rbp_kind = MEMTRAIL_UNWIND_RBP_AT_CFA;
+        rbp_kind = RbpKind::kAtCfa;
         row.rbp_offset = static_cast<int8_t>(slots);
       }
       break;
@@ -319,7 +317,8 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
     case RegisterRule::kOther:
     default: ++why.rbp_rule; break;
   }
-  row.rules = make_rules(cfa_kind, rbp_kind);
+  row.cfa = cfa_kind;
+  row.rbp = rbp_kind;
   return row;
 }
 
@@ -609,7 +608,7 @@ class FdeCollector {
 // Appends the row starting at `pc`, keeping the table sorted, strictly increasing and merged.
 void append_row(std::vector<Row>& rows, uint64_t pc, Row row, UnwindTable& table) {
   if (pc > std::numeric_limits<uint32_t>::max()) {
-    if (MEMTRAIL_UNWIND_CFA_KIND(&row) != MEMTRAIL_UNWIND_CFA_NONE) {
+    if (row.cfa != CfaKind::kNone) {
       ++table.unsupported.pc_range;
       ++table.unsupported_rows;
     }
@@ -621,7 +620,7 @@ void append_row(std::vector<Row>& rows, uint64_t pc, Row row, UnwindTable& table
   if (!rows.empty() && rows.back().pc == row.pc) rows.pop_back();
   if (!rows.empty()) {
     const Row& last = rows.back();
-    if (last.rules == row.rules && last.cfa_offset == row.cfa_offset &&
+    if (last.cfa == row.cfa && last.rbp == row.rbp && last.cfa_offset == row.cfa_offset &&
         last.rbp_offset == row.rbp_offset)
       return;
   }
@@ -685,7 +684,7 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
     return a.start != b.start ? a.start < b.start : a.priority < b.priority;
   });
 
-  const Row none{0, 0, make_rules(MEMTRAIL_UNWIND_CFA_NONE, MEMTRAIL_UNWIND_RBP_UNCHANGED), 0};
+  const Row none{0, 0, CfaKind::kNone, RbpKind::kUnchanged, 0};
   std::vector<StateRow> state_rows;
   uint64_t covered_end = 0;
   for (const FdeRef& fde : fdes) {
@@ -707,7 +706,7 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
       // The row where decoding stopped says nothing reliable about the rest of the FDE.
       bool malformed = !ok && i + 1 == state_rows.size();
       Row row = encode_row(state_rows[i].state, malformed, table);
-      frame_pointer = frame_pointer || cfa_kind(row) == MEMTRAIL_UNWIND_CFA_RBP;
+      frame_pointer = frame_pointer || row.cfa == CfaKind::kRbp;
       append_row(table.rows, state_rows[i].location, row, table);
     }
     if (frame_pointer) ++table.fdes_with_frame_pointer;
@@ -719,10 +718,10 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
 }
 
 std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, uint64_t rbp) {
-  switch (cfa_kind(row)) {
-    case MEMTRAIL_UNWIND_CFA_RSP: return rsp + row.cfa_offset;
-    case MEMTRAIL_UNWIND_CFA_RBP: return rbp + row.cfa_offset;
-    case MEMTRAIL_UNWIND_CFA_PLT:
+  switch (row.cfa) {
+    case CfaKind::kRsp: return rsp + row.cfa_offset;
+    case CfaKind::kRbp: return rbp + row.cfa_offset;
+    case CfaKind::kPlt:
       return rsp + row.cfa_offset + ((pc & 15) >= static_cast<uint64_t>(row.rbp_offset) ? 8 : 0);
     default: return std::nullopt;
   }
@@ -731,12 +730,12 @@ std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, u
 PageIndex build_page_index(std::span<const Row> rows) {
   PageIndex index;
   if (rows.empty()) return index;
-  index.page_base = rows.front().pc >> MEMTRAIL_UNWIND_PAGE_SHIFT;
-  uint64_t pages = (rows.back().pc >> MEMTRAIL_UNWIND_PAGE_SHIFT) - index.page_base + 1;
+  index.page_base = rows.front().pc >> kPageShift;
+  uint64_t pages = (rows.back().pc >> kPageShift) - index.page_base + 1;
   index.first_rows.reserve(pages + 1);
   size_t row = 0;
   for (uint64_t page = 0; page < pages; ++page) {
-    uint64_t start = (index.page_base + page) << MEMTRAIL_UNWIND_PAGE_SHIFT;
+    uint64_t start = (index.page_base + page) << kPageShift;
     while (row < rows.size() && rows[row].pc < start) ++row;
     index.first_rows.push_back(static_cast<uint32_t>(row));
   }
@@ -751,7 +750,7 @@ namespace {
 // bound is what lets the BPF verifier accept the same loop.
 std::optional<Row> search_rows(std::span<const Row> rows, uint32_t low, uint32_t high,
                                uint64_t pc) {
-  for (int step = 0; step < MEMTRAIL_UNWIND_MAX_SEARCH_STEPS && low < high; ++step) {
+  for (int step = 0; step < kMaxSearchSteps && low < high; ++step) {
     uint32_t middle = low + (high - low) / 2;
     if (rows[middle].pc <= pc)
       low = middle + 1;
@@ -768,7 +767,7 @@ std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& in
                                   uint64_t pc) {
   if (pc > std::numeric_limits<uint32_t>::max()) return std::nullopt;
   uint32_t low = 0, high = static_cast<uint32_t>(rows.size());
-  uint64_t page = pc >> MEMTRAIL_UNWIND_PAGE_SHIFT;
+  uint64_t page = pc >> kPageShift;
   size_t pages = index.first_rows.empty() ? 0 : index.first_rows.size() - 1;
   if (page >= index.page_base && page - index.page_base < pages) {
     size_t p = page - index.page_base;

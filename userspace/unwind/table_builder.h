@@ -9,11 +9,56 @@
 #include <vector>
 
 #include "target/elf_file.h"
-#include "unwind_table.h"  // bpf/: struct memtrail_unwind_row
 
 namespace memtrail::unwind {
 
-using Row = memtrail_unwind_row;
+// How the walker finds a frame's CFA (the canonical frame address: the caller's stack pointer).
+// Every kind but kRsp, kRbp and kPlt ends the walk: the walker reports the stack as truncated
+// there rather than guess a frame.
+enum class CfaKind : uint8_t {
+  kNone,         // no call-frame information covers this address
+  kRsp,          // CFA = rsp + cfa_offset
+  kRbp,          // CFA = rbp + cfa_offset
+  kPlt,          // lazy-binding PLT entry: rsp + cfa_offset, + 8 from byte rbp_offset (pc & 15)
+  kOutermost,    // return address undefined: the stack's first frame (_start, a thread's
+                 // start routine); not an error
+  kUnsupported,  // rules the walker cannot evaluate (DWARF expression, other base register,
+                 // offset out of range...)
+  kSignal,       // the signal trampoline (__restore_rt): the interrupted registers are read
+                 // from the kernel's signal frame
+};
+
+// Where the caller's rbp is.
+enum class RbpKind : uint8_t {
+  // Not saved by this frame: rbp is callee-saved in the System V ABI, so a frame whose CFI
+  // says nothing about it (or DW_CFA_same_value) has left it as the caller had it.
+  kUnchanged,
+  kAtCfa,    // saved at CFA + 8 * rbp_offset
+  kUnknown,  // undefined, or a rule the walker cannot evaluate
+};
+
+// One row of a module's table, as the builder computes it; the tracer stores it in the
+// walker's row map (8 bytes there). A row applies from its `pc` up to the next row's. The
+// widths are the walker's: `pc` is the ELF virtual address (runtime pc - load bias), which fits
+// 32 bits short of 4 GiB of text; the CFA lies above the register it is computed from, and the
+// largest frame seen in Debian 12's libc.so.6, libstdc++.so.6 and cc1plus is 33,360 bytes, so
+// `cfa_offset` is a u16; the caller's rbp is saved 8-byte aligned 16 to 48 bytes below the
+// CFA in all of their 525,000 rsp- or rbp-based rows, so an s8 in 8-byte units (-1024..+1016
+// bytes) covers it with room to spare. Rows that do not fit are emitted as kUnsupported (or
+// with a kUnknown rbp) and counted by the builder.
+struct Row {
+  uint32_t pc = 0;          // first ELF virtual address the row applies to
+  uint16_t cfa_offset = 0;  // bytes added to the CFA's base register
+  CfaKind cfa = CfaKind::kNone;
+  RbpKind rbp = RbpKind::kUnchanged;
+  int8_t rbp_offset = 0;  // kAtCfa: caller's rbp at CFA + 8 * rbp_offset; kPlt: the threshold
+};
+
+// Parameters of the walker's search that the builder reproduces (the tracer checks that the
+// BPF program agrees): pages of the page index are 2^kPageShift bytes of code; a binary
+// search over rows takes at most kMaxSearchSteps halvings (fewer than 2^32 rows).
+inline constexpr uint32_t kPageShift = 8;
+inline constexpr int kMaxSearchSteps = 32;
 
 // Why DWARF rows became UNSUPPORTED rows (or lost their rbp rule), counted per DWARF row before
 // adjacent identical rows are merged. None of them is fatal: the walker stops at such a row
@@ -74,8 +119,6 @@ struct UnwindTable {
   bool keeps_frame_pointers() const {
     return fdes > 0 && fdes_with_frame_pointer * 2 >= fdes;
   }
-
-  size_t size_bytes() const { return rows.size() * sizeof(Row); }
 };
 
 // Builds the table of the ELF file at `elf_path` from its .eh_frame and, for functions that
@@ -85,13 +128,14 @@ struct UnwindTable {
 UnwindTable build_unwind_table(const std::string& elf_path);
 
 // The row that applies at ELF virtual address `pc`: the last row whose pc is <= `pc`, found by
-// the same binary search the BPF walker performs (bounded by MEMTRAIL_UNWIND_MAX_SEARCH_STEPS).
+// the same binary search the BPF walker performs (bounded by kMaxSearchSteps).
 // nullopt before the first row. A NONE row means no CFI covers `pc`.
 std::optional<Row> find_row(std::span<const Row> rows, uint64_t pc);
 
-// A module's page index for the BPF walker (bpf/unwind_table.h, MEMTRAIL_UNWIND_PAGE_SHIFT):
-// for each page from `page_base` on, the index of its first row at or after the page's start,
-// then the row count. Empty for an empty table.
+// A module's page index for the BPF walker: for each page of 2^kPageShift bytes from
+// `page_base` (its first row's pc >> kPageShift) on, the index of its first row at or after the
+// page's start, then the row count. Empty for an empty table. The last row whose pc <= X, X in
+// page p, lies in [first_rows[p] - 1, first_rows[p + 1]).
 struct PageIndex {
   uint32_t page_base = 0;
   std::vector<uint32_t> first_rows;  // pages + 1 entries
@@ -105,16 +149,5 @@ std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& in
 // The CFA of the frame executing at `pc` given its rsp and rbp, as the BPF walker computes it;
 // nullopt for the rows that end the walk (NONE, OUTERMOST, UNSUPPORTED).
 std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, uint64_t rbp);
-
-// Row accessors, spelled as the BPF macros are.
-inline memtrail_unwind_cfa cfa_kind(const Row& row) {
-  return static_cast<memtrail_unwind_cfa>(MEMTRAIL_UNWIND_CFA_KIND(&row));
-}
-inline memtrail_unwind_rbp rbp_kind(const Row& row) {
-  return static_cast<memtrail_unwind_rbp>(MEMTRAIL_UNWIND_RBP_KIND(&row));
-}
-constexpr uint8_t make_rules(memtrail_unwind_cfa cfa, memtrail_unwind_rbp rbp) {
-  return static_cast<uint8_t>(MEMTRAIL_UNWIND_RULES(cfa, rbp));
-}
 
 }  // namespace memtrail::unwind

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Assemble the report model from a snapshot, its aggregate and the symbolizer.
-#include "report/report_builder.h"
+#include "assemble/report_builder.h"
 
 #include <unistd.h>
 
@@ -12,10 +12,9 @@
 #include "common/format.h"
 #include "common/host.h"
 #include "common/version.h"
-#include "alloc_events.h"
 #include "target/allocator.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 namespace {
 
 // Functions at the bottom of every user stack: a walk that got this far has every frame the
@@ -130,14 +129,13 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
   if (interpreter == naming.interpreters.end()) return;
   std::vector<model::Frame> frames;
   std::vector<bool> entries;
-  for (uint64_t packed : stack.python_frames) {
-    auto frame = python::PackedFrame::unpack(packed);
+  for (const auto& frame : stack.python_frames) {
     frames.push_back(naming.reader->frame(leak.pid, interpreter->second, frame));
     entries.push_back(frame.entry);
   }
   leak.stack = python::mix_frames(leak.stack, frames, entries, interpreter->second.module,
                                   naming.mode);
-  if (stack.python_flags & MEMTRAIL_PYTHON_TRUNCATED) {
+  if (stack.python_truncated) {
     leak.stack_truncated = true;
     leak.stack_truncation_reason = "python_depth";
   }
@@ -225,7 +223,7 @@ model::Report build_report(const model::Snapshot& snapshot,
       leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
     }
     // A region's stack starts in the system call's libc wrapper: the site is its caller.
-    if (memtrail_kind_is_region(site.kind)) {
+    if (model::is_region(site.kind)) {
       while (leak.stack.size() > 1 && is_syscall_wrapper(leak.stack.front().function)) {
         leak.stack.erase(leak.stack.begin());
       }
@@ -293,4 +291,4 @@ model::Report build_report(const model::Snapshot& snapshot,
   return report;
 }
 
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble

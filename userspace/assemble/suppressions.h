@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Sites whose memory is kept on purpose (stdio buffers, the C++ runtime's emergency pool, the
 // dynamic loader's thread-local storage, and the user's own): shown as such, ranked last,
-// never called leaks.
+// never called leaks. Matched while the report is assembled, against the symbolized stacks;
+// the report keeps only each site's reason (LeakSite::suppressed), which is all renderers and
+// saved reports need.
 #pragma once
 
 #include <optional>
@@ -10,7 +12,7 @@
 
 #include "model/report.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 
 struct Suppression {
   std::string function_glob;  // fnmatch pattern on a frame's (demangled) function name
@@ -36,4 +38,4 @@ class Suppressions {
   std::vector<Suppression> list_;
 };
 
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Assemble the report model from a snapshot, its aggregate and the symbolizer.
+// The assemble stage: the report model from a snapshot, its aggregate, the symbolizer and the
+// live CPython processes (their code objects are read to name Python frames); the renderers in
+// report/ take it from there.
 #pragma once
 
 #include <cstddef>
@@ -9,13 +11,13 @@
 #include <vector>
 
 #include "aggregator/aggregator.h"
+#include "assemble/suppressions.h"
 #include "model/report.h"
 #include "model/snapshot.h"
 #include "python/cpython.h"
-#include "report/suppressions.h"
 #include "symbolizer/symbolizer.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 
 // What names the Python frames of CPython processes' stacks.
 struct PythonNaming {
@@ -51,4 +53,4 @@ model::Report build_report(const model::Snapshot& snapshot,
                            symbolizer::Symbolizer& symbolizer, const ReportContext& context,
                            size_t max_sites);
 
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble

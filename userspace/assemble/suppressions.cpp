@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Sites whose memory is kept on purpose.
-#include "report/suppressions.h"
+#include "assemble/suppressions.h"
 
 #include <fnmatch.h>
 
@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 
-namespace memtrail::report {
+namespace memtrail::assemble {
 namespace {
 
 std::string file_name(const std::string& path) {
@@ -83,4 +83,4 @@ std::optional<std::string> Suppressions::match(const std::vector<model::Frame>& 
   return std::nullopt;
 }
 
-}  // namespace memtrail::report
+}  // namespace memtrail::assemble

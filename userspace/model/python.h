@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPython as the tracer sees it: the offsets its walker reads, the frames it records and the
+// object calls it counts. Plain data; the tracer turns it into (and out of) BPF's encoding.
+#pragma once
+
+#include <cstdint>
+
+namespace memtrail::model {
+
+// Where each field lies, as the CPython headers memtrail was built with say (python/): what the
+// Python frame walker reads (--python-frames).
+struct PythonFrameLayout {
+  uint32_t runtime_tstate_current = 0;  // _PyRuntimeState.gilstate.tstate_current
+  uint32_t runtime_interp_main = 0;     // _PyRuntimeState.interpreters.main
+  uint32_t interp_threads_head = 0;     // PyInterpreterState.threads.head
+  uint32_t tstate_next = 0;             // PyThreadState.next
+  uint32_t tstate_thread_id = 0;        // PyThreadState.thread_id: pthread_self()
+  uint32_t tstate_cframe = 0;           // PyThreadState.cframe
+  uint32_t cframe_current_frame = 0;    // _PyCFrame.current_frame
+  uint32_t frame_code = 0;              // _PyInterpreterFrame.f_code
+  uint32_t frame_previous = 0;          // _PyInterpreterFrame.previous
+  uint32_t frame_prev_instr = 0;        // _PyInterpreterFrame.prev_instr
+  uint32_t frame_is_entry = 0;          // _PyInterpreterFrame.is_entry: first frame of an eval loop
+  uint32_t frame_owner = 0;             // _PyInterpreterFrame.owner
+  uint32_t code_adaptive = 0;           // PyCodeObject.co_code_adaptive: the first instruction
+  uint32_t owner_cstack = 0;            // owner of a C-stack shim frame (none in 3.11: 255)
+};
+
+// Where the object counters (--python-types) read a type's flags (PyTypeObject.tp_flags), and
+// the flag of the types the garbage collector tracks.
+struct PythonTypeLayout {
+  uint32_t type_flags = 0;
+  uint64_t have_gc = 0;  // Py_TPFLAGS_HAVE_GC
+};
+
+// The CPython function an object-making probe of --python-types sits on.
+enum class PythonObjectCall : uint8_t {
+  kGenericAlloc,  // PyType_GenericAlloc(type, nitems): GC types only
+  kGcNew,         // _PyObject_GC_New(type)
+  kGcNewVar,      // _PyObject_GC_NewVar(type, nitems)
+};
+
+// One Python frame as the walker recorded it.
+struct PythonFrame {
+  uint64_t code = 0;   // the code object's address in the process
+  uint32_t lasti = 0;  // its last instruction, in code units (saturated at 0x7fff)
+  bool entry = false;  // the first frame of an eval-loop call
+};
+
+}  // namespace memtrail::model
