@@ -189,8 +189,8 @@ class LeaksSession {
     config.follow_forks = !options_.no_follow_forks;
     config.host_wide = options_.all;
     config.verbose = options_.verbose;
-    config.unwind_mode = *unwind::parse_unwind_mode(options_.unwind);  // validated by the CLI
-    python_naming_.mode = *python::parse_frames_mode(options_.python_frames);  // validated too
+    config.unwind_mode = options_.unwind;
+    python_naming_.mode = options_.python_frames;
     python_naming_.reader = &python_reader_;
     if (python_naming_.mode != python::FramesMode::kNative) {
       config.python_layout = python::built_layout().walker;
@@ -520,7 +520,7 @@ class LeaksSession {
 
   model::UnwindSummary unwind_summary() const {
     model::UnwindSummary summary;
-    summary.mode = options_.unwind;
+    summary.mode = model::unwind_mode_name(options_.unwind);
     if (!unwind_tables_) return summary;
     for (const auto& module : unwind_tables_->modules()) {
       summary.modules.push_back({module.path, module.method, module.reason, module.rows});
