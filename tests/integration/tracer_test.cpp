@@ -65,7 +65,7 @@ TEST(AllocTracer, EveryUnwindModeAndSamplingPassesTheVerifier) {
         AllocTracer tracer(config);
         EXPECT_EQ(tracer.row_capacity(), mode == unwind::UnwindMode::kFramePointers ? 0u : 1024u);
       } catch (const Error& error) {
-        ADD_FAILURE() << "--unwind " << unwind::unwind_mode_name(mode) << ", --sample-rate "
+        ADD_FAILURE() << "--unwind " << model::unwind_mode_name(mode) << ", --sample-rate "
                       << sample_rate << ": " << error.what() << " / " << error.hint();
       }
     }

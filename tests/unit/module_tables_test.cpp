@@ -60,12 +60,12 @@ target::Mapping text_mapping(const std::string& path, uint64_t base) {
 }
 
 TEST(UnwindMode, ParsesTheThreeModesAndNothingElse) {
-  EXPECT_EQ(parse_unwind_mode("fp"), UnwindMode::kFramePointers);
-  EXPECT_EQ(parse_unwind_mode("dwarf"), UnwindMode::kDwarf);
-  EXPECT_EQ(parse_unwind_mode("auto"), UnwindMode::kAuto);
-  EXPECT_FALSE(parse_unwind_mode("DWARF"));
-  EXPECT_FALSE(parse_unwind_mode(""));
-  EXPECT_STREQ(unwind_mode_name(UnwindMode::kDwarf), "dwarf");
+  EXPECT_EQ(model::parse_unwind_mode("fp"), UnwindMode::kFramePointers);
+  EXPECT_EQ(model::parse_unwind_mode("dwarf"), UnwindMode::kDwarf);
+  EXPECT_EQ(model::parse_unwind_mode("auto"), UnwindMode::kAuto);
+  EXPECT_FALSE(model::parse_unwind_mode("DWARF"));
+  EXPECT_FALSE(model::parse_unwind_mode(""));
+  EXPECT_STREQ(model::unwind_mode_name(UnwindMode::kDwarf), "dwarf");
 }
 
 TEST(LoadBias, MapsTheSegmentHoldingTheMappingsFileOffset) {

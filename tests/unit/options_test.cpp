@@ -30,11 +30,12 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_DOUBLE_EQ(options.interval_s, 5);
   EXPECT_EQ(options.top, 10u);
   EXPECT_FALSE(options.max_allocations);  // sized from available memory at start
-  EXPECT_EQ(options.unwind, "auto");  // whole stacks by default
+  EXPECT_EQ(options.unwind, model::UnwindMode::kAuto);  // whole stacks by default
   EXPECT_EQ(options.unwind_table_mib, 0u);  // chosen at start: unwind_table_mib_for
   EXPECT_EQ(unwind_table_mib_for(false), 8u);
   EXPECT_EQ(unwind_table_mib_for(true), 16u);  // --all: every binary of the host
-  EXPECT_EQ(options.python_frames, "mixed");  // Python frames where there are any
+  // Python frames where there are any
+  EXPECT_EQ(options.python_frames, model::PythonFramesMode::kMixed);
 }
 
 TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
@@ -61,7 +62,7 @@ TEST(Options, UnwindModeAndTableSize) {
   for (const char* mode : {"fp", "dwarf", "auto"}) {
     auto command = parse({"leaks", "-p", "1", "--unwind", mode, "--unwind-table-mib", "64"});
     ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command)) << mode;
-    EXPECT_EQ(std::get<LeaksOptions>(command).unwind, mode);
+    EXPECT_STREQ(model::unwind_mode_name(std::get<LeaksOptions>(command).unwind), mode);
     EXPECT_EQ(std::get<LeaksOptions>(command).unwind_table_mib, 64u);
   }
 }

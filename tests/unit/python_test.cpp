@@ -261,10 +261,10 @@ TEST(Python, MixedFramesReplaceTheEvalLoopsAndDropPlumbing) {
 }
 
 TEST(Python, FramesModeParses) {
-  EXPECT_EQ(parse_frames_mode("mixed"), FramesMode::kMixed);
-  EXPECT_EQ(parse_frames_mode("python"), FramesMode::kPython);
-  EXPECT_EQ(parse_frames_mode("native"), FramesMode::kNative);
-  EXPECT_FALSE(parse_frames_mode("both"));
+  EXPECT_EQ(model::parse_python_frames_mode("mixed"), FramesMode::kMixed);
+  EXPECT_EQ(model::parse_python_frames_mode("python"), FramesMode::kPython);
+  EXPECT_EQ(model::parse_python_frames_mode("native"), FramesMode::kNative);
+  EXPECT_FALSE(model::parse_python_frames_mode("both"));
 }
 
 }  // namespace

@@ -249,13 +249,15 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "of a standard one, e.g. /usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free "
                     "(repeat for several)")
       ->type_name("PATH:SYMBOL=ROLE,...");
-  leaks->add_option("--unwind", options.unwind,
+  std::string unwind_mode = "auto";
+  leaks->add_option("--unwind", unwind_mode,
                     "How call stacks are walked: auto (default: CFI tables from .eh_frame for "
                     "modules built without frame pointers, frame pointers elsewhere), dwarf "
                     "(CFI tables wherever there is CFI, nothing guessed) or fp (frame pointers "
                     "only: cheapest, stops at the first frame without one)")
       ->type_name("MODE");
-  leaks->add_option("--python-frames", options.python_frames,
+  std::string python_frames = "mixed";
+  leaks->add_option("--python-frames", python_frames,
                     "What stacks of CPython processes show: mixed (default: Python frames, "
                     "with file and line, in place of the interpreter's eval loop, between the "
                     "native frames of C code), python (Python frames only) or native (the "
@@ -468,13 +470,12 @@ Command parse_command_line(int argc, const char* const* argv) {
     return usage("--sample-rate must be a whole number of bytes from 0 to 4294967296");
   }
   options.sample_rate = static_cast<uint64_t>(sample_rate);
-  if (options.unwind != "auto" && options.unwind != "dwarf" && options.unwind != "fp") {
-    return usage("--unwind must be auto, dwarf or fp");
-  }
-  if (options.python_frames != "mixed" && options.python_frames != "python" &&
-      options.python_frames != "native") {
-    return usage("--python-frames must be mixed, python or native");
-  }
+  auto unwind = model::parse_unwind_mode(unwind_mode);
+  if (!unwind) return usage("--unwind must be auto, dwarf or fp");
+  options.unwind = *unwind;
+  auto frames = model::parse_python_frames_mode(python_frames);
+  if (!frames) return usage("--python-frames must be mixed, python or native");
+  options.python_frames = *frames;
   if (leaks->count("--unwind-table-mib") &&
       (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096)) {
     return usage("--unwind-table-mib must be from 1 to 4096");

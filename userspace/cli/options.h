@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include "model/stack_modes.h"
+
 namespace memtrail::cli {
 
 // How a report is written: text for people, JSON for tooling, folded stacks for flame graph
@@ -70,9 +72,9 @@ struct LeaksOptions {
   std::vector<std::string> cgroups;       // --cgroup PATH: only processes in this cgroup (or below)
   std::vector<uint32_t> excluded_pids;    // --exclude-pid PID
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
-  std::string unwind = "auto";   // --unwind fp|dwarf|auto: how stacks are walked
+  model::UnwindMode unwind = model::UnwindMode::kAuto;  // --unwind fp|dwarf|auto
   // --python-frames native|python|mixed: what CPython processes' stacks show.
-  std::string python_frames = "mixed";
+  model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
   bool python_types = false;  // --python-types: CPython objects by type (a probe per object)
   // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
   uint32_t unwind_table_mib = 0;

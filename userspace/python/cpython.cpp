@@ -143,13 +143,6 @@ bool is_eval_loop(const model::Frame& frame) {
 
 }  // namespace
 
-std::optional<FramesMode> parse_frames_mode(std::string_view text) {
-  if (text == "native") return FramesMode::kNative;
-  if (text == "python") return FramesMode::kPython;
-  if (text == "mixed") return FramesMode::kMixed;
-  return std::nullopt;
-}
-
 const memtrail_cpython_layout& built_layout() {
   static const memtrail_cpython_layout layout = [] {
     memtrail_cpython_layout described;

@@ -15,18 +15,14 @@
 #include "model/python.h"
 #include "model/report.h"
 #include "model/snapshot.h"
+#include "model/stack_modes.h"
 #include "python/cpython_layout.h"
 #include "target/proc_maps.h"
 
 namespace memtrail::python {
 
-// --python-frames: what a CPython process's stacks show.
-enum class FramesMode {
-  kNative,  // the interpreter's own C frames only (no Python walk: costs nothing)
-  kPython,  // Python frames only (native ones where no Python frame was found)
-  kMixed,   // Python frames in place of the eval loop's, between the native frames of C code
-};
-std::optional<FramesMode> parse_frames_mode(std::string_view text);
+// --python-frames, parsed by cli/ (model/stack_modes.h).
+using FramesMode = model::PythonFramesMode;
 
 // The CPython layout memtrail was built against (userspace/python/cpython_layout.c).
 const memtrail_cpython_layout& built_layout();

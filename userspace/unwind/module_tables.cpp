@@ -10,22 +10,6 @@
 
 namespace memtrail::unwind {
 
-std::optional<UnwindMode> parse_unwind_mode(std::string_view name) {
-  if (name == "fp") return UnwindMode::kFramePointers;
-  if (name == "dwarf") return UnwindMode::kDwarf;
-  if (name == "auto") return UnwindMode::kAuto;
-  return std::nullopt;
-}
-
-const char* unwind_mode_name(UnwindMode mode) {
-  switch (mode) {
-    case UnwindMode::kFramePointers: return "fp";
-    case UnwindMode::kDwarf: return "dwarf";
-    case UnwindMode::kAuto: return "auto";
-  }
-  return "?";
-}
-
 std::optional<uint64_t> load_bias(const target::Mapping& mapping,
                                   std::span<const LoadSegment> segments) {
   auto vaddr = target::address_at_file_offset(segments, mapping.file_offset);

@@ -8,23 +8,17 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "model/stack_modes.h"
 #include "target/proc_maps.h"
 #include "unwind/table_builder.h"
 
 namespace memtrail::unwind {
 
-enum class UnwindMode {
-  kFramePointers,  // fp: the frame-pointer walk everywhere, no table
-  kDwarf,          // dwarf: CFI tables for every module that has CFI; nothing is guessed
-  kAuto,           // auto: tables for modules built without frame pointers
-};
-
-std::optional<UnwindMode> parse_unwind_mode(std::string_view name);
-const char* unwind_mode_name(UnwindMode mode);
+// --unwind, parsed by cli/ (model/stack_modes.h).
+using UnwindMode = model::UnwindMode;
 
 // How the walker unwinds frames in one module, and why.
 struct ModuleUnwind {

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// The traced processes of a session: found by pid while live, kept in order after exit.
+#include "session/targets.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace memtrail::session {
+namespace {
+
+TracedProcess process(uint32_t pid) {
+  TracedProcess traced;
+  traced.info.pid = pid;
+  return traced;
+}
+
+std::vector<uint32_t> pids(const Targets& targets) {
+  std::vector<uint32_t> listed;
+  for (const auto& traced : targets) listed.push_back(traced.info.pid);
+  return listed;
+}
+
+TEST(Targets, FindsLiveProcessesByPidAndKeepsExitedOnesInOrder) {
+  Targets targets;
+  EXPECT_FALSE(targets.any_live());
+  TracedProcess& first = targets.add(process(10));
+  targets.add(process(20));
+  for (uint32_t pid = 100; pid < 200; ++pid) targets.add(process(pid));  // no move of `first`
+  EXPECT_EQ(targets.live(10), &first);
+  EXPECT_EQ(targets.live(20)->info.pid, 20u);
+  EXPECT_EQ(targets.live(30), nullptr);
+  EXPECT_TRUE(targets.any_live());
+
+  targets.mark_exited(first);
+  EXPECT_TRUE(first.info.exited);
+  EXPECT_EQ(targets.live(10), nullptr);
+  // The pid reused by a new process: found, and the exited one is still listed first.
+  TracedProcess& reused = targets.add(process(10));
+  EXPECT_EQ(targets.live(10), &reused);
+  EXPECT_EQ(targets.size(), 103u);
+  EXPECT_EQ(pids(targets).front(), 10u);
+  EXPECT_EQ(pids(targets).back(), 10u);
+  EXPECT_EQ(&targets.back(), &reused);
+}
+
+TEST(Targets, APidGivenTwiceIsFoundUntilBothExited) {
+  Targets targets;
+  TracedProcess& first = targets.add(process(7));
+  TracedProcess& second = targets.add(process(7));
+  EXPECT_EQ(targets.live(7), &first);  // the first added, as a search in order finds it
+  targets.mark_exited(first);
+  EXPECT_EQ(targets.live(7), &second);
+  targets.mark_exited(second);
+  EXPECT_EQ(targets.live(7), nullptr);
+  EXPECT_FALSE(targets.any_live());
+}
+
+TEST(Targets, DescribesAllocatorsForTheReport) {
+  target::ProcessAllocators allocators;
+  target::AllocatorModule libc;
+  libc.name = "glibc";
+  libc.path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+  libc.functions.resize(2);
+  libc.functions[0].name = "malloc";
+  libc.functions[1].name = "free";
+  allocators.modules.push_back(libc);
+  allocators.untraced.push_back({"tcmalloc", "/usr/lib/libtcmalloc.so", "not bound", false});
+  model::Target info;
+  describe_allocators(allocators, info);
+  EXPECT_EQ(info.allocator, "glibc");
+  EXPECT_EQ(info.allocator_module, libc.path);
+  ASSERT_EQ(info.allocators.size(), 1u);
+  EXPECT_EQ(info.allocators[0].functions, (std::vector<std::string>{"malloc", "free"}));
+  ASSERT_EQ(info.untraced_allocators.size(), 1u);
+  EXPECT_EQ(info.untraced_allocators[0].name, "tcmalloc");
+}
+
+}  // namespace
+}  // namespace memtrail::session

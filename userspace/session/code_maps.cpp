@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: Apache-2.0
+// Each traced process's code, followed as its mappings change.
+#include "session/code_maps.h"
+
+#include <algorithm>
+#include <iostream>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/error.h"
+#include "target/load_order.h"
+#include "target/process.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::session {
+namespace {
+
+// What identifies the files that may hold a CPython runtime, where they are mapped.
+std::string python_candidates_key(const std::vector<target::Mapping>& mappings) {
+  std::string key;
+  for (const auto& mapping : mappings) {
+    if (!mapping.executable || mapping.path.find("python") == std::string::npos) continue;
+    key += mapping.path + "@" + std::to_string(mapping.start) + ";";
+  }
+  return key;
+}
+
+// The files a process maps code from.
+std::set<std::string> code_files(const std::vector<target::Mapping>& mappings) {
+  std::set<std::string> files;
+  for (const auto& mapping : mappings) {
+    if (mapping.executable && mapping.is_file()) files.insert(mapping.path);
+  }
+  return files;
+}
+
+bool same_mappings(const std::vector<target::Mapping>& a, const std::vector<target::Mapping>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+    return x.start == y.start && x.end == y.end && x.inode == y.inode && x.path == y.path;
+  });
+}
+
+}  // namespace
+
+CodeMaps::CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Probes& probes)
+    : config_(config), tracer_(tracer), probes_(probes) {
+  python_naming_.mode = config.python_frames;
+  python_naming_.reader = &python_reader_;
+  if (config.tracer.unwind_mode != unwind::UnwindMode::kFramePointers) {
+    unwind_tables_.emplace(config.tracer.unwind_mode, tracer_);
+  }
+}
+
+void CodeMaps::refresh(TracedProcess& process) {
+  if (process.info.exited) return;
+  auto mappings = target::read_proc_maps(process.info.pid);
+  if (!mappings || mappings->empty() || same_mappings(*mappings, process.mappings)) return;
+  process.mappings = std::move(*mappings);
+  // The launched command's name and image are known only after exec.
+  model::Target info = target::read_target_info(process.info.pid);
+  if (!info.comm.empty()) {
+    info.parent_pid = process.info.parent_pid;
+    info.python = process.info.python;
+    describe_allocators(process.allocators, info);
+    process.info = std::move(info);
+  }
+  symbolizer_.set_process_mappings(process.info.pid, process.mappings,
+                                   "/proc/" + std::to_string(process.info.pid) + "/root");
+  update_unwind_mappings(process);
+  rebind_allocators(process);
+  update_python(process);
+}
+
+void CodeMaps::refresh_when_due(Targets& targets, Clock::time_point now,
+                                Clock::time_point start) {
+  // Code the stack walker met outside every known mapping (a library just dlopen'ed)
+  // brings the next re-read forward, to at most every 200 ms: a JIT compiler's code is
+  // unknown for good, and re-reading a large maps file at every tick would cost the host
+  // more than it brings.
+  uint64_t unknown_code = unwind_tables_ ? tracer_.unknown_code_frames() : 0;
+  if (now >= next_full_refresh_ ||
+      (unknown_code != unknown_code_seen_ &&
+       now - last_full_refresh_ >= std::chrono::milliseconds(200))) {
+    for (auto& process : targets) refresh(process);
+    unknown_code_seen_ = unknown_code;
+    last_full_refresh_ = now;
+    // Frequent at first: a launched command maps its libraries right after exec.
+    next_full_refresh_ = now + (now - start < std::chrono::seconds(2)
+                                    ? std::chrono::milliseconds(100)
+                                    : std::chrono::milliseconds(1000));
+  }
+}
+
+// Finds the CPython runtime a process runs (again when its interpreter's mappings changed)
+// and points the Python frame walker at it.
+void CodeMaps::update_python(TracedProcess& process) {
+  uint32_t pid = process.info.pid;
+  auto key = python_candidates_key(process.mappings);
+  if (key == process.python_key) return;
+  process.python_key = key;
+  auto interpreter =
+      key.empty() ? std::nullopt
+                  : python::find_interpreter(process.mappings, "/proc/" + std::to_string(pid) +
+                                                                   "/root");
+  if (!interpreter) {
+    process.info.python.reset();
+    python_naming_.interpreters.erase(pid);
+    tracer_.forget_python_process(pid);
+    return;
+  }
+  bool walk = interpreter->supported && python_naming_.mode != python::FramesMode::kNative;
+  model::PythonRuntime runtime{interpreter->version, interpreter->module, walk,
+                               interpreter->reason};
+  if (!interpreter->supported) {
+    std::cerr << "memtrail: warning: pid " << pid << ": " << interpreter->reason << "\n";
+  } else if (!walk) {
+    runtime.reason = "--python-frames native";
+  }
+  if (walk) {
+    tracer_.set_python_process(pid, interpreter->runtime_address);
+  }
+  if (interpreter->supported) python_naming_.interpreters[pid] = *interpreter;
+  if (config_.python_types && interpreter->supported) attach_python_types(process, *interpreter);
+  process.info.python = std::move(runtime);
+}
+
+// --python-types: the interpreter's object allocators, probed for this process (once per
+// interpreter file it maps).
+void CodeMaps::attach_python_types(TracedProcess& process,
+                                   const python::Interpreter& interpreter) {
+  uint32_t pid = process.info.pid;
+  if (process.python_types_module == interpreter.module) return;
+  if (interpreter.object_probes.empty()) {
+    std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
+              << "type: " << interpreter.types_reason << "\n";
+    return;
+  }
+  std::vector<tracer::AllocTracer::PythonObjectProbe> probes;
+  for (const auto& probe : interpreter.object_probes) {
+    probes.push_back({probe.function, probe.file_offset, probe.release, probe.call});
+  }
+  try {
+    tracer_.attach_python_types(pid, target::path_in_process_root(pid, interpreter.module),
+                                interpreter.module, probes);
+  } catch (const Error& error) {
+    std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
+              << "type: " << error.what() << "\n";
+    return;
+  }
+  process.python_types_module = interpreter.module;
+}
+
+// Code objects are read from the process's memory, which is gone once it exits.
+void CodeMaps::name_python_frames() {
+  if (python_naming_.interpreters.empty()) return;
+  uint32_t created = tracer_.stacks_created();
+  if (created == python_stacks_seen_) return;
+  python_stacks_seen_ = created;
+  tracer_.for_each_python_stack(
+      [&](uint32_t id, uint32_t pid, std::span<const model::PythonFrame> frames) {
+        if (!python_stacks_named_.insert(id).second) return;
+        auto interpreter = python_naming_.interpreters.find(pid);
+        if (interpreter == python_naming_.interpreters.end()) return;
+        for (const auto& frame : frames) python_reader_.frame(pid, interpreter->second, frame);
+      });
+}
+
+void CodeMaps::forget_exited(uint32_t pid) {
+  python_naming_.interpreters.erase(pid);
+  python_reader_.forget(pid);
+}
+
+// A process that mapped code since its allocators were resolved (dlopen, or a launched
+// command's libraries after exec): resolves them again and probes what is new, e.g.
+// jemalloc's mallocx once a plugin loads libjemalloc. Functions already probed stay.
+void CodeMaps::rebind_allocators(TracedProcess& process) {
+  auto files = code_files(process.mappings);
+  if (process.resolved_code_files.empty()) {  // the first look: resolved at attach
+    process.resolved_code_files = std::move(files);
+    return;
+  }
+  if (std::includes(process.resolved_code_files.begin(), process.resolved_code_files.end(),
+                    files.begin(), files.end())) {
+    return;
+  }
+  uint32_t pid = process.info.pid;
+  target::ProcessAllocators fresh;
+  try {
+    auto order = target::process_load_order(pid, process.mappings);
+    fresh = target::resolve_allocators(pid, order, config_.trace_cxx,
+                                       config_.custom_allocators_for(pid));
+  } catch (const Error&) {
+    return;  // the link map is not readable yet (right after exec): next time
+  }
+  process.resolved_code_files = std::move(files);
+  std::set<std::pair<std::string, uint64_t>> probed;  // (path, probe offset)
+  for (const auto& module : process.allocators.modules) {
+    for (const auto& function : module.functions) {
+      probed.insert({module.path, function.probe_offset});
+    }
+  }
+  for (const auto& module : fresh.modules) {
+    target::AllocatorModule added = module;
+    added.functions.clear();
+    for (const auto& function : module.functions) {
+      if (!probed.count({module.path, function.probe_offset})) {
+        added.functions.push_back(function);
+      }
+    }
+    if (added.functions.empty()) continue;
+    try {
+      probes_.attach(pid, added);
+    } catch (const Error& error) {
+      std::cerr << "memtrail: warning: pid " << pid << ": " << module.path
+                << " not probed: " << error.what() << "\n";
+      continue;
+    }
+    std::string names;
+    for (const auto& function : added.functions) names += (names.empty() ? "" : ", ") + function.name;
+    std::cerr << "memtrail: pid " << pid << " mapped " << module.name << " " << module.path
+              << " since attach: probing " << names << "\n";
+  }
+  process.allocators = std::move(fresh);
+  describe_allocators(process.allocators, process.info);
+}
+
+// Points the stack walker at the tables of every code module the process maps now (a
+// module seen for the first time gets its table built and stored).
+void CodeMaps::update_unwind_mappings(const TracedProcess& process) {
+  if (!unwind_tables_) return;
+  size_t known = unwind_tables_->modules().size();
+  auto entries = unwind_tables_->mappings_for(process.info.pid, process.mappings);
+  tracer_.set_unwind_mappings(process.info.pid, entries);
+  if (!config_.verbose()) return;
+  const auto& modules = unwind_tables_->modules();
+  for (size_t i = known; i < modules.size(); ++i) {
+    std::cerr << "memtrail: unwind " << modules[i].path << ": " << modules[i].method;
+    if (modules[i].rows) {
+      std::cerr << ", " << modules[i].rows << " rows built in " << modules[i].build_ms
+                << " ms";
+    }
+    std::cerr << " (" << modules[i].reason << ")\n";
+  }
+}
+
+model::UnwindSummary CodeMaps::unwind_summary() const {
+  model::UnwindSummary summary;
+  summary.mode = model::unwind_mode_name(config_.tracer.unwind_mode);
+  if (!unwind_tables_) return summary;
+  for (const auto& module : unwind_tables_->modules()) {
+    summary.modules.push_back({module.path, module.method, module.reason, module.rows});
+  }
+  summary.table_rows = unwind_tables_->rows_stored();
+  summary.table_bytes = summary.table_rows * tracer::kUnwindRowBytes;
+  summary.table_capacity_rows = tracer_.row_capacity();
+  summary.mappings_beyond_limit = unwind_tables_->mappings_beyond_limit();
+  return summary;
+}
+
+}  // namespace memtrail::session

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+// The command line's leaks options translated into a session's configuration.
+#include "session/config.h"
+
+#include <algorithm>
+#include <climits>
+
+#include "python/cpython.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::session {
+
+std::vector<target::CustomAllocator> SessionConfig::custom_allocators_for(uint32_t pid) const {
+  std::vector<target::CustomAllocator> custom = allocators;
+  for (auto& allocator : custom) {
+    allocator.open_path =
+        pid ? target::path_in_process_root(pid, allocator.path) : allocator.path;
+  }
+  return custom;
+}
+
+SessionConfig session_config(const cli::LeaksOptions& options, uint64_t available_bytes) {
+  SessionConfig config;
+  tracer::TracerConfig& tracer = config.tracer;
+  config.max_allocations_from_memory = !options.max_allocations;
+  tracer.max_outstanding_allocations = options.max_allocations
+                                           ? *options.max_allocations
+                                           : cli::max_allocations_for(available_bytes);
+  tracer.max_stacks =
+      options.max_stacks ? *options.max_stacks : cli::max_stacks_for(available_bytes);
+  tracer.sample_rate = options.sample_rate;
+  tracer.probe_floor = options.probe_floor;
+  tracer.trace_regions = options.mmap;
+  tracer.follow_forks = !options.no_follow_forks;
+  tracer.host_wide = options.all;
+  tracer.verbose = options.verbose;
+  tracer.unwind_mode = options.unwind;
+  if (options.python_frames != model::PythonFramesMode::kNative) {
+    tracer.python_layout = python::frame_layout();
+  }
+  if (options.python_types) tracer.python_type_layout = python::type_layout();
+  uint32_t unwind_table_mib = options.unwind_table_mib
+                                  ? options.unwind_table_mib
+                                  : cli::unwind_table_mib_for(options.all);
+  tracer.unwind_table_rows = static_cast<uint32_t>(
+      std::min<uint64_t>(uint64_t{unwind_table_mib} * 1024 * 1024 / tracer::kUnwindRowBytes,
+                         UINT32_MAX));
+
+  config.pids = options.pids;
+  config.command = options.command;
+  config.comms = options.comms;
+  config.cgroups = options.cgroups;
+  config.excluded_pids = options.excluded_pids;
+  config.trace_cxx = options.trace_cxx;
+  for (const auto& option : options.allocators) {
+    target::CustomAllocator allocator;
+    allocator.path = option.path;
+    for (const auto& function : option.functions) {
+      allocator.functions.push_back({function.symbol, function.role});
+    }
+    config.allocators.push_back(std::move(allocator));
+  }
+  config.python_frames = options.python_frames;
+  config.python_types = options.python_types;
+  config.interval_s = options.interval_s;
+  config.min_age_s = options.min_age_s;
+  config.top = options.top;
+  return config;
+}
+
+}  // namespace memtrail::session

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+// Forks followed, execs and exits purged from the maps in batches.
+#include "session/lifecycle.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <iostream>
+#include <string>
+
+#include "common/clock.h"
+#include "common/error.h"
+
+namespace memtrail::session {
+
+void Lifecycle::follow() {
+  auto news = tracer_.drain_region_events();
+  // Forks first: a child forked by a target and executing a program at once is the target's
+  // child that executed, not a program started elsewhere.
+  for (const auto& fork : news.forks) handle_fork(fork);
+  for (const auto& exec : news.execs) handle_exec(exec);
+}
+
+void Lifecycle::process_exited(TracedProcess& process) {
+  targets_.mark_exited(process);
+  process.pidfd.reset();
+  if (process.launched && child_) child_->reap_if_exited();
+  process.exited_at_ns = monotonic_now_ns();
+  exits_to_record_.push_back(process.info.pid);
+}
+
+void Lifecycle::notice_exits(const ReportOf& report_of, Clock::time_point start) {
+  for (auto& process : targets_) {
+    if (process.info.exited || process.pidfd.get() < 0) continue;
+    pollfd fd{process.pidfd.get(), POLLIN, 0};
+    if (::poll(&fd, 1, 0) == 1) process_exited(process);
+  }
+  settle(report_of, start, /*now_or_never=*/true);
+}
+
+// A traced process forked: its child is traced too, with the same allocator modules (its
+// memory is a copy of the parent's). Its probes are attached now, so what it allocates from
+// here on is seen; the blocks it inherited are the parent's (frees of them are unmatched).
+void Lifecycle::handle_fork(const tracer::AllocTracer::Fork& fork) {
+  const TracedProcess* parent = targets_.live(fork.parent);
+  if (!parent) {
+    tracer_.unfollow(fork.child);  // the kernel started following it
+    return;
+  }
+  if (targets_.live(fork.child)) return;  // already traced (host-wide, seen at its exec)
+  if (host_wide_) host_wide_->forget_pending(fork.child);  // traced from now on as the child
+  TracedProcess child;
+  child.allocators = parent->allocators;
+  child.info = target::read_target_info(fork.child);
+  child.info.parent_pid = fork.parent;
+  describe_allocators(child.allocators, child.info);
+  try {
+    // Host-wide, the probes are on the files already, and the kernel follows the child.
+    if (!config_.host_wide()) {
+      for (const auto& module : child.allocators.modules) tracer_.attach(fork.child, module);
+    }
+    child.pidfd = open_pidfd(fork.child);
+  } catch (const Error& error) {
+    // Most often a child that exited at once (a shell's command): counted, and said once in
+    // the report; one line each only with -v, as a busy host forks hundreds a second.
+    ++children_missed_;
+    if (config_.verbose()) {
+      std::cerr << "memtrail: pid " << fork.child << ", forked by pid " << fork.parent
+                << ", is not traced: " << error.what() << "\n";
+    }
+    // Its probes may have recorded blocks already: those from before now are its own.
+    purge_later_[fork.child] = monotonic_now_ns();
+    return;
+  }
+  TracedProcess& traced = targets_.add(std::move(child));
+  code_maps_.refresh(traced);
+  if (config_.host_wide() && !config_.verbose()) return;  // many a second host-wide: -v says each
+  std::cerr << "memtrail: tracing pid " << fork.child << " (" << traced.info.comm
+            << "), forked by pid " << fork.parent << "\n";
+}
+
+// A traced process executed a new program: the old image's blocks, regions and stacks mean
+// nothing now (its memory is gone) and must not be reported as leaks of the new one.
+void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
+  TracedProcess* process = targets_.live(exec.pid);
+  // Host-wide, a program started since memtrail attached: traced if it is wanted.
+  if (!process) {
+    if (host_wide_) host_wide_->program_started(exec.pid);
+    return;
+  }
+  if (process->launched && process->execs++ == 0) return;  // the command starting
+  if (!process->launched) ++process->execs;
+  process->mappings.clear();  // the new image's code: read again now
+  process->python_key = "(exec)";
+  code_maps_.forget_python_code(exec.pid);
+  code_maps_.refresh(*process);
+  stale_execs_.push_back(exec);  // its old blocks: freed with others (settle)
+}
+
+// Keeps what an exited process left outstanding (its sites as they are now), then removes its
+// blocks, stacks and counters from the maps: dead processes must not fill them, and a new
+// process reusing the PID must not inherit them.
+// What the lifecycle left to do since the last call, done together at most every 500 ms
+// (now_or_never: at once): the processes that exited get their exit summary (the last one
+// to exit is covered by the final report instead) from one report; then their blocks, the
+// old blocks of processes that executed a program, and those of children that could not be
+// followed leave the table in one pass, which costs a read of the whole table (hundreds of
+// MiB at most): a busy host forks, executes and ends dozens of programs a second. Slots are
+// chosen by pid and time, so a pid reused meanwhile loses nothing.
+void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool now_or_never) {
+  if (exits_to_record_.empty() && stale_execs_.empty() && purge_later_.empty()) return;
+  auto started = Clock::now();
+  if (!now_or_never && started - last_settled_ < std::chrono::milliseconds(500)) return;
+  last_settled_ = started;
+  bool others_live = targets_.any_live();
+  Exited exited;
+  if (others_live) {
+    for (auto& process : targets_) {
+      if (process.info.exited && !process.exit &&
+          std::find(exits_to_record_.begin(), exits_to_record_.end(), process.info.pid) !=
+              exits_to_record_.end()) {
+        exited[process.info.pid] = &process;
+      }
+    }
+  }
+  exits_to_record_.clear();
+  std::unordered_map<uint32_t, model::ExitSummary> summaries;
+  if (!exited.empty()) {
+    model::Report now = report_of(exited);
+    double after_s = std::chrono::duration<double>(Clock::now() - start).count();
+    for (auto& site : now.leaks) {
+      auto process = exited.find(site.pid);
+      if (process == exited.end()) continue;
+      auto& summary = summaries[site.pid];
+      summary.outstanding_bytes += site.outstanding_bytes;
+      summary.outstanding_allocations += site.outstanding_allocations;
+      ++summary.sites;
+      process->second->exit_sites.push_back(std::move(site));
+    }
+    for (const auto& target : now.targets) {
+      auto process = exited.find(target.pid);
+      // The purge drops the map's losses: keep them.
+      if (process != exited.end()) process->second->info.losses = target.losses;
+    }
+    for (auto& [pid, process] : exited) summaries[pid].after_s = after_s;
+  }
+  auto purge = std::move(purge_later_);
+  purge_later_.clear();
+  for (const auto& [pid, process] : exited) purge[pid] = process->exited_at_ns;
+  auto dropped = tracer_.purge_processes(purge, stale_execs_);
+  for (auto& [pid, process] : exited) {
+    auto& summary = summaries[pid];
+    summary.purged_blocks = dropped[pid];
+    code_maps_.forget_exited(pid);
+    process->exit = summary;
+    if (config_.host_wide() && !config_.verbose()) continue;  // many a second: -v says each
+    std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
+              << " bytes outstanding in " << summary.outstanding_allocations
+              << " allocations at " << summary.sites << " sites; still tracing the others\n";
+  }
+  for (const auto& exec : stale_execs_) {
+    if (config_.host_wide() && !config_.verbose()) continue;
+    const TracedProcess* process = targets_.live(exec.pid);
+    std::cerr << "memtrail: pid " << exec.pid << " executed "
+              << (process ? process->info.exe : std::string("a new program")) << ": "
+              << dropped[exec.pid] << " blocks of the old program dropped, and its mappings; "
+              << "still tracing it through the allocator probes attached before\n";
+  }
+  stale_execs_.clear();
+}
+
+}  // namespace memtrail::session

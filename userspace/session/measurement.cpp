@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+// One reading of the maps, recorded into the session's histories.
+#include "session/measurement.h"
+
+#include <unordered_map>
+
+#include "target/process.h"
+
+namespace memtrail::session {
+
+Measurement::Reading Measurement::measure(Clock::time_point start) {
+  auto started = Clock::now();
+  Reading reading;
+  // The allocations stream into the aggregator as they are read: at no point are millions of
+  // them copied into memtrail's memory.
+  aggregator::Accumulator accumulator(static_cast<uint64_t>(config_.min_age_s * 1e9),
+                                      config_.tracer.sample_rate);
+  reading.snapshot = tracer_.snapshot(&accumulator);
+  auto read = Clock::now();
+  reading.aggregate = std::move(accumulator).finish(reading.snapshot.sites);
+  double t_s = std::chrono::duration<double>(read - start).count();
+  history_.record(t_s, reading.aggregate);
+  record_process_memory(t_s, reading.aggregate);
+  if (config_.python_types) {
+    python_types_.record(t_s, reading.snapshot.python_types,
+                         code_maps_.python_naming().interpreters);
+  }
+  aggregator::assess_sites(reading.aggregate, history_, config_.interval_s,
+                           reading.snapshot.taken_at_ns);
+  auto ranked = Clock::now();
+  reading.read_ms = std::chrono::duration<double, std::milli>(read - started).count();
+  reading.ranked_ms = std::chrono::duration<double, std::milli>(ranked - read).count();
+  return reading;
+}
+
+// Each live target's private memory next to what its traced allocations hold.
+void Measurement::record_process_memory(double t_s, const aggregator::Aggregate& aggregate) {
+  std::unordered_map<uint32_t, double> traced_by_pid;  // one pass over the sites
+  for (const auto& site : aggregate.sites) {
+    traced_by_pid[site.pid] += static_cast<double>(site.outstanding_bytes);
+  }
+  for (const auto& process : targets_) {
+    if (process.info.exited) continue;
+    auto rss = target::read_private_memory(process.info.pid);
+    if (!rss) continue;
+    process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss),
+                                              traced_by_pid[process.info.pid]});
+  }
+}
+
+std::optional<model::ProcessMemory> Measurement::process_memory(uint32_t pid) const {
+  const auto* series = process_memory_.series(pid);
+  if (!series || series->empty()) return std::nullopt;
+  auto growth = aggregator::assess_process_memory(*series, config_.interval_s);
+  model::ProcessMemory memory;
+  memory.rss_anon_bytes = series->back().rss_bytes;
+  memory.assessed = growth.assessed;
+  memory.rss_bytes_per_s = growth.rss_bytes_per_s;
+  memory.traced_bytes_per_s = growth.traced_bytes_per_s;
+  memory.untraced_growth = growth.untraced_growth;
+  memory.reason = growth.reason;
+  for (const auto& point : *series) {
+    memory.series.push_back({point.t_s, point.rss_bytes, point.traced_bytes});
+  }
+  return memory;
+}
+
+}  // namespace memtrail::session

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+// Readings of the maps over a session: sites summed and ranked, and the histories behind the
+// growth verdicts.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "aggregator/aggregator.h"
+#include "aggregator/growth.h"
+#include "model/report.h"
+#include "model/snapshot.h"
+#include "python/cpython.h"
+#include "session/code_maps.h"
+#include "session/config.h"
+#include "session/targets.h"
+#include "tracer/alloc_tracer.h"
+
+namespace memtrail::session {
+
+// Each reading adds a point to every site's history, to each live target's private memory
+// history and (--python-types) to each CPython type's; a site's verdict is scored on its
+// history. A report is built from the last reading and these histories.
+class Measurement {
+ public:
+  // One reading of the maps: the sites summed, scored and ranked, and how long each took.
+  struct Reading {
+    model::Snapshot snapshot;
+    aggregator::Aggregate aggregate;
+    double read_ms = 0, ranked_ms = 0;
+  };
+
+  Measurement(const SessionConfig& config, tracer::AllocTracer& tracer, const Targets& targets,
+              const CodeMaps& code_maps)
+      : config_(config), tracer_(tracer), targets_(targets), code_maps_(code_maps) {}
+  Measurement(const Measurement&) = delete;
+  Measurement& operator=(const Measurement&) = delete;
+
+  // Reads the maps; points are timed from `start`, when tracing started.
+  Reading measure(Clock::time_point start);
+
+  // The private memory of process `pid` over the run next to what its traced allocations
+  // hold, assessed for growth; nullopt before its first point.
+  std::optional<model::ProcessMemory> process_memory(uint32_t pid) const;
+  const aggregator::GrowthHistory& history() const { return history_; }
+  // --python-types: every type seen, fastest growing first.
+  std::vector<model::PythonType> python_types() const { return python_types_.report(); }
+
+ private:
+  void record_process_memory(double t_s, const aggregator::Aggregate& aggregate);
+
+  const SessionConfig& config_;
+  tracer::AllocTracer& tracer_;
+  const Targets& targets_;
+  const CodeMaps& code_maps_;
+  aggregator::GrowthHistory history_;
+  aggregator::ProcessMemoryHistory process_memory_;
+  python::TypeTracker python_types_;  // --python-types
+};
+
+}  // namespace memtrail::session

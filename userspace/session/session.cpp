@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: Apache-2.0
+// A leaks tracing session: the owners wired together, targets attached, reports built.
+#include "session/session.h"
+
+#include <climits>
+#include <cstdlib>
+
+#include <algorithm>
+#include <cerrno>
+#include <iostream>
+#include <string>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "target/load_order.h"
+#include "target/process.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::session {
+
+Session::Session(SessionConfig config)
+    : config_(std::move(config)),
+      tracer_(config_.tracer),
+      probes_(tracer_, config_.host_wide(), config_.verbose()),
+      code_maps_(config_, tracer_, probes_),
+      host_wide_(config_.host_wide()
+                     ? std::make_unique<HostWide>(config_, tracer_, targets_, probes_, code_maps_)
+                     : nullptr),
+      lifecycle_(config_, tracer_, targets_, code_maps_, host_wide_.get(), child_),
+      measurement_(config_, tracer_, targets_, code_maps_) {
+  if (config_.verbose()) {
+    std::cerr << "memtrail: BPF maps hold " << tracer_.map_memory_bytes() / (1024 * 1024)
+              << " MiB of kernel memory (--max-allocations "
+              << config_.tracer.max_outstanding_allocations
+              << (config_.max_allocations_from_memory ? ", from available memory" : "")
+              << "; --max-stacks " << config_.tracer.max_stacks << ")\n";
+  }
+}
+
+void Session::start() {
+  if (host_wide_) {
+    host_wide_->start();
+  } else {
+    prepare_targets();
+    attach_all();
+  }
+  start_ = Clock::now();
+  start_unix_ms_ = unix_now_ms();
+  next_housekeeping_ = start_;
+}
+
+void Session::prepare_targets() {
+  for (uint32_t pid : config_.pids) {
+    TracedProcess process;
+    // process.mappings stays empty: CodeMaps::refresh() hands them to the symbolizer.
+    auto mappings = live_mappings(pid);
+    // Each function is probed where the process binds it: the link map gives the order.
+    auto order = target::process_load_order(pid, mappings);
+    process.allocators = target::resolve_allocators(pid, order, config_.trace_cxx,
+                                                    config_.custom_allocators_for(pid));
+    warn_unmapped_custom(pid, mappings);
+    process.info = target::read_target_info(pid);
+    describe_allocators(process.allocators, process.info);
+    targets_.add(std::move(process));
+  }
+  if (!config_.command.empty()) {
+    std::string executable = target::resolve_command(config_.command.front());
+    // The command runs in memtrail's mount namespace and environment: before it runs, its
+    // loader says which libraries it will load, in which order. Probes attach to files, so
+    // they are in place when the libraries get mapped.
+    char resolved[PATH_MAX];
+    std::string real_executable =
+        ::realpath(executable.c_str(), resolved) ? resolved : executable;
+    auto order = target::command_load_order(real_executable);
+    TracedProcess process;
+    process.allocators = target::resolve_allocators(0, order, config_.trace_cxx,
+                                                    config_.custom_allocators_for(0));
+    child_.emplace(executable, config_.command);
+    process.info.pid = static_cast<uint32_t>(child_->pid());
+    describe_allocators(process.allocators, process.info);
+    process.launched = true;
+    targets_.add(std::move(process));
+  }
+}
+
+// A custom allocator the process has not mapped (yet) is probed all the same (a uprobe is on
+// the file), but if it never loads it, nothing will show: say so.
+void Session::warn_unmapped_custom(uint32_t pid,
+                                   const std::vector<target::Mapping>& mappings) const {
+  for (const auto& allocator : config_.allocators) {
+    bool mapped = std::any_of(mappings.begin(), mappings.end(),
+                              [&](const auto& mapping) { return mapping.path == allocator.path; });
+    if (!mapped) {
+      std::cerr << "memtrail: warning: pid " << pid << " does not map " << allocator.path
+                << " (--allocator): its functions are probed in case it loads it later\n";
+    }
+  }
+}
+
+void Session::attach_all() {
+  // The walker needs a process's code mappings before its first allocation is recorded.
+  for (auto& process : targets_) {
+    if (!process.launched) code_maps_.refresh(process);
+  }
+  for (auto& process : targets_) {
+    if (config_.verbose()) {
+      std::cerr << "memtrail: pid " << process.info.pid << ": load order from "
+                << process.allocators.order_source << "\n";
+    }
+    for (const auto& module : process.allocators.modules) {
+      tracer_.attach(process.info.pid, module);
+      if (!config_.verbose()) continue;
+      for (const auto& function : module.functions) {
+        std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
+                  << " probed at " << module.path << "+0x" << std::hex
+                  << function.probe_offset << std::dec << ": " << function.placement << "\n";
+      }
+    }
+  }
+  // The probes are in place; a process that died meanwhile cannot be traced.
+  for (auto& process : targets_) {
+    if (process.launched) continue;
+    process.pidfd = open_pidfd(process.info.pid);
+    if (target::process_state(process.info.pid) != target::ProcessState::kRunning) {
+      throw Error("process " + std::to_string(process.info.pid) +
+                      " exited while memtrail was attaching",
+                  "trace a process that keeps running");
+    }
+  }
+  if (child_) {
+    auto& process = targets_.back();
+    process.pidfd = open_pidfd(process.info.pid);
+    child_->release();
+  }
+  for (auto& process : targets_) {
+    code_maps_.refresh(process);
+    std::cerr << "memtrail: tracing pid " << process.info.pid
+              << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via ";
+    const auto& modules = process.allocators.modules;
+    for (size_t i = 0; i < modules.size(); ++i) {
+      std::cerr << (i == 0 ? "" : " and ") << modules[i].name << " " << modules[i].path
+                << " (" << modules[i].functions.size() << " functions)";
+    }
+    std::cerr << "\n";
+    for (const auto& untraced : process.allocators.untraced) {
+      if (untraced.expected) continue;
+      std::cerr << "memtrail: warning: pid " << process.info.pid << " maps " << untraced.name
+                << " " << untraced.path << ", not traced: " << untraced.reason << "\n";
+    }
+  }
+  std::cerr.flush();
+}
+
+void Session::housekeep(Clock::time_point now) {
+  lifecycle_.settle(report_of(), start_);
+  if (now < next_housekeeping_) return;
+  code_maps_.refresh_when_due(targets_, now, start_);
+  lifecycle_.follow();
+  if (host_wide_ && host_wide_->has_pending_programs()) host_wide_->look_at_pending_programs();
+  code_maps_.name_python_frames();
+  next_housekeeping_ =
+      now + std::chrono::milliseconds(code_maps_.walks_unwind_tables() ? 50 : 100);
+}
+
+void Session::add_poll_fds(std::vector<pollfd>& fds) {
+  // A fork event wakes memtrail at once: the child runs untraced until it is attached.
+  int region_fd = tracer_.region_events_fd();
+  polled_region_events_ = region_fd >= 0;
+  if (polled_region_events_) fds.push_back({region_fd, POLLIN, 0});
+  // Pointers stay valid: following a fork adds targets, but does not move them.
+  polled_.clear();
+  for (auto& process : targets_) {
+    if (process.info.exited) continue;
+    fds.push_back({process.pidfd.get(), POLLIN, 0});
+    polled_.push_back(&process);
+  }
+}
+
+void Session::handle_polled(std::span<const pollfd> polled) {
+  size_t first_pidfd = 0;
+  if (polled_region_events_) {
+    if (polled[0].revents) lifecycle_.follow();
+    first_pidfd = 1;
+  }
+  for (size_t i = first_pidfd; i < polled.size(); ++i) {
+    if (polled[i].revents != 0) lifecycle_.process_exited(*polled_[i - first_pidfd]);
+  }
+}
+
+bool Session::wait(Clock::time_point until, int wake_fd) {
+  auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+  std::vector<pollfd> fds;
+  if (wake_fd >= 0) fds.push_back({wake_fd, POLLIN, 0});
+  size_t first = fds.size();
+  add_poll_fds(fds);
+  int ready = ::poll(fds.data(), fds.size(),
+                     static_cast<int>(std::max<int64_t>(0, timeout.count()) + 1));
+  if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
+  if (ready <= 0) return false;
+  if (wake_fd >= 0 && (fds[0].revents & POLLIN)) return true;
+  handle_polled(std::span<const pollfd>(fds).subspan(first));
+  return false;
+}
+
+bool Session::finished() const { return !config_.host_wide() && !targets_.any_live(); }
+
+void Session::measure() { measurement_.measure(start_); }
+
+model::Report Session::take_report(bool final, size_t sites) {
+  return take_report(final, sites, nullptr);
+}
+
+Lifecycle::ReportOf Session::report_of() {
+  return [this](const Lifecycle::Exited& only) { return take_report(false, SIZE_MAX, &only); };
+}
+
+// With -v, says how long each stage took (the benchmark reads these lines).
+model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Exited* only) {
+  Measurement::Reading reading = measurement_.measure(start_);
+  auto& aggregate = reading.aggregate;
+  if (only) {
+    std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
+  }
+  auto symbolizing = Clock::now();
+  auto report = assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
+                                     context(final, only), std::min(sites, aggregate.sites.size()));
+  // Processes that exited earlier: their sites as they were at the exit, after the live ones.
+  for (const auto& process : targets_) {
+    if (only) break;
+    for (const auto& site : process.exit_sites) {
+      if (report.leaks.size() >= sites) break;
+      report.leaks.push_back(site);
+    }
+  }
+  auto built = Clock::now();
+  if (config_.verbose()) {
+    std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations
+              << " outstanding allocations read and summed in " << reading.read_ms
+              << " ms, ranked in " << reading.ranked_ms << " ms, " << report.leaks.size()
+              << " sites symbolized in "
+              << std::chrono::duration<double, std::milli>(built - symbolizing).count() << " ms";
+    if (reading.snapshot.counters.snapshot_read_errors != 0) {
+      std::cerr << " (" << reading.snapshot.counters.snapshot_read_errors
+                << " entries changing while read, left for the next report)";
+    }
+    std::cerr << "\n";
+  }
+  return report;
+}
+
+// `only`: the processes a report is for (see take_report); every target otherwise.
+assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* only) const {
+  assemble::ReportContext context;
+  for (const auto& process : targets_) {
+    if (only && !only->count(process.info.pid)) continue;
+    context.targets.push_back(process.info);
+    context.targets.back().memory = measurement_.process_memory(process.info.pid);
+    context.targets.back().exit = process.exit;
+    if (config_.tracer.trace_regions) {
+      context.targets.back().break_growth_bytes = tracer_.break_growth(process.info.pid);
+    }
+  }
+  context.start_unix_ms = start_unix_ms_;
+  context.end_unix_ms = unix_now_ms();
+  context.duration_s = std::chrono::duration<double>(Clock::now() - start_).count();
+  context.min_age_s = config_.min_age_s;
+  context.sample_rate = config_.tracer.sample_rate;
+  context.top = config_.top;
+  context.final = final;
+  context.max_outstanding_allocations = config_.tracer.max_outstanding_allocations;
+  context.history = &measurement_.history();
+  context.suppressions = &config_.suppressions;
+  context.unwind = code_maps_.unwind_summary();
+  context.python = &code_maps_.python_naming();
+  context.children_missed = lifecycle_.children_missed();
+  if (config_.python_types) context.python_types = measurement_.python_types();
+  return context;
+}
+
+void Session::stop() {
+  lifecycle_.follow();
+  lifecycle_.notice_exits(report_of(), start_);
+  // Code mapped since the last refresh (a command stopped right after it started) must be
+  // known to the symbolizer, or its frames print as [unknown].
+  for (auto& process : targets_) code_maps_.refresh(process);
+}
+
+void Session::end_launched_command() {
+  if (child_) child_->terminate(std::chrono::seconds(2));
+}
+
+}  // namespace memtrail::session

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+// A leaks tracing session: attach to the targets, follow them, and report on demand.
+#pragma once
+
+#include <poll.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "model/report.h"
+#include "assemble/report_builder.h"
+#include "session/code_maps.h"
+#include "session/config.h"
+#include "session/host_wide.h"
+#include "session/lifecycle.h"
+#include "session/measurement.h"
+#include "session/probes.h"
+#include "session/targets.h"
+#include "target/process.h"
+#include "tracer/alloc_tracer.h"
+
+namespace memtrail::session {
+
+// One tracing session, as `memtrail leaks` runs it: the BPF programs loaded for it, its
+// targets attached, followed through fork, exec and exit, and reports taken when the caller
+// asks. The caller owns the schedule (how long, when to report), signals and output; the
+// session only writes its diagnostics on stderr. Errors are thrown as memtrail::Error.
+//
+//   Session session(config);   // loads the BPF programs
+//   session.start();           // attaches
+//   while (...) { session.housekeep(now); ...; session.wait(until, fd); }
+//   session.stop();
+//   auto report = session.take_report(/*final=*/true, sites);
+class Session {
+ public:
+  // Loads (and verifies) the BPF programs: without BPF permission nothing else matters, and
+  // the error should say so rather than fail on a target's /proc files.
+  explicit Session(SessionConfig config);
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Finds the targets and attaches to them: the processes given, the command (launched at a
+  // gate, let run once its probes are in) or host-wide every process wanted. The run's clock
+  // starts when they are traced.
+  void start();
+  Clock::time_point started_at() const { return start_; }
+
+  // Does what is due at `now`: the lifecycle settled (exit summaries, purges), and at each
+  // tick (next_housekeeping()) mappings re-read, forks and execs followed, programs started
+  // host-wide looked at, Python frames named.
+  void housekeep(Clock::time_point now);
+  Clock::time_point next_housekeeping() const { return next_housekeeping_; }
+
+  // Waits until `until` for the session's events (a fork to follow, a target exiting) or for
+  // `wake_fd` (the caller's, e.g. its signalfd; -1: none) to become readable, and handles the
+  // session's. Returns true when `wake_fd` is readable (it is not read).
+  bool wait(Clock::time_point until, int wake_fd = -1);
+  // The same for a caller that polls several sessions at once: the descriptors to poll,
+  // appended to `fds`, and, after poll(), the entries appended, with their results.
+  void add_poll_fds(std::vector<pollfd>& fds);
+  void handle_polled(std::span<const pollfd> polled);
+  // Every target has exited (never host-wide, where programs keep starting).
+  bool finished() const;
+
+  // Reads the maps for the histories behind the verdicts, without a report.
+  void measure();
+  // Reads the maps and builds a report with `sites` sites symbolized (the rest are counted).
+  model::Report take_report(bool final, size_t sites);
+
+  // Stops following: last forks, execs and exits handled, mappings read again, so that the
+  // final report (take_report(true, ...)) sees the processes as they ended.
+  void stop();
+  // Ends the command the session launched, if any, and still running: after the final report,
+  // so that the report sees the program as it was (as a workload ends with `perf record`).
+  void end_launched_command();
+
+ private:
+  void prepare_targets();
+  void warn_unmapped_custom(uint32_t pid, const std::vector<target::Mapping>& mappings) const;
+  void attach_all();
+  // `only`: the report is for these processes (they exited): the others' sites are left out,
+  // and so is their symbolization.
+  model::Report take_report(bool final, size_t sites, const Lifecycle::Exited* only);
+  assemble::ReportContext context(bool final, const Lifecycle::Exited* only) const;
+  Lifecycle::ReportOf report_of();
+
+  SessionConfig config_;
+  tracer::AllocTracer tracer_;
+  // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
+  std::optional<target::GatedChild> child_;
+  Targets targets_;
+  Probes probes_;
+  CodeMaps code_maps_;
+  std::unique_ptr<HostWide> host_wide_;  // --all
+  Lifecycle lifecycle_;
+  Measurement measurement_;
+  Clock::time_point start_{};
+  int64_t start_unix_ms_ = 0;
+  Clock::time_point next_housekeeping_{};
+  // What add_poll_fds() appended after the fork events' descriptor (if any): whose pidfds.
+  bool polled_region_events_ = false;
+  std::vector<TracedProcess*> polled_;
+};
+
+}  // namespace memtrail::session

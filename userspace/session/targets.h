@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+// The processes a session traces, indexed by pid, and what memtrail keeps about each.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "model/report.h"
+#include "target/allocator.h"
+#include "target/proc_maps.h"
+
+namespace memtrail::session {
+
+// One traced process and what memtrail keeps about it.
+struct TracedProcess {
+  model::Target info;
+  target::ProcessAllocators allocators;  // every probed module: malloc's, libc's rest, C++, custom
+  std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
+  UniqueFd pidfd;                         // readable once the process has exited
+  bool launched = false;
+  // Exited while others were still traced: what it left, and its sites as they were then
+  // (its blocks were purged from the maps).
+  std::optional<model::ExitSummary> exit;
+  std::vector<model::LeakSite> exit_sites;
+  uint32_t execs = 0;  // new programs it executed while traced (a launched command's first is its start)
+  // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
+  // bring an allocator, or functions of one, that need probes.
+  std::set<std::string> resolved_code_files;
+  // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
+  std::string python_key;
+  std::string python_types_module;  // the interpreter file --python-types probes, once
+  uint64_t exited_at_ns = 0;  // CLOCK_MONOTONIC when memtrail saw it exit
+};
+
+// Every process traced so far, live or exited, in the order they were added (reports list
+// them so). At most one live process per pid is found by live(); a pid reused after an exit is
+// a new process.
+class Targets {
+ public:
+  Targets() = default;
+  Targets(const Targets&) = delete;
+  Targets& operator=(const Targets&) = delete;
+
+  // Adds a process that has not exited. The reference stays valid while Targets lives (adding
+  // others does not move it).
+  TracedProcess& add(TracedProcess process);
+  // The traced process `pid` still running, or nullptr.
+  TracedProcess* live(uint32_t pid);
+  const TracedProcess* live(uint32_t pid) const;
+  // Records that `process` exited: live() no longer finds it.
+  void mark_exited(TracedProcess& process);
+  bool any_live() const { return !live_.empty(); }
+
+  size_t size() const { return processes_.size(); }
+  auto begin() { return processes_.begin(); }
+  auto end() { return processes_.end(); }
+  auto begin() const { return processes_.begin(); }
+  auto end() const { return processes_.end(); }
+  TracedProcess& back() { return processes_.back(); }
+
+ private:
+  std::deque<TracedProcess> processes_;  // a deque: adding does not move the others
+  // The live processes by pid (the first added, if a pid was given twice).
+  std::unordered_map<uint32_t, TracedProcess*> live_;
+};
+
+// What the report says about a process's allocators, from what was resolved for it.
+void describe_allocators(const target::ProcessAllocators& allocators, model::Target& info);
+
+// A pidfd for `pid`: readable once it exits. Throws memtrail::Error (the process exited while
+// memtrail was attaching, for ESRCH).
+UniqueFd open_pidfd(uint32_t pid);
+
+// The mappings of a process about to be traced. Throws memtrail::Error when there is none: no
+// such process, a zombie, a kernel thread, or /proc unreadable.
+std::vector<target::Mapping> live_mappings(uint32_t pid);
+
+}  // namespace memtrail::session
