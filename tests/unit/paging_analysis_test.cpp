@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "aggregator/paging_analysis.h"
-#include "report/paging_report.h"
+#include "report/paging_renderers.h"
 
 namespace memtrail::aggregator {
 namespace {

@@ -21,7 +21,7 @@
 #include "common/error.h"
 #include "common/host.h"
 #include "report/json_report.h"
-#include "report/paging_report.h"
+#include "report/paging_renderers.h"
 #include "sampler/cgroups.h"
 #include "sampler/host.h"
 #include "sampler/pressure.h"

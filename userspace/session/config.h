@@ -11,7 +11,7 @@
 #include "model/stack_modes.h"
 #include "assemble/suppressions.h"
 #include "target/allocator.h"
-#include "tracer/alloc_tracer.h"
+#include "tracer/tracer_config.h"
 
 namespace memtrail::session {
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Render a paging report as text for people and as memtrail.paging/1 JSON for tools.
-#include "report/paging_report.h"
+#include "report/paging_renderers.h"
 
 #include <algorithm>
 #include <cctype>
