@@ -8,6 +8,7 @@
 #include <libelf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -173,7 +174,18 @@ const ElfFile::Symbols& ElfFile::symbols() const {
   // .symtab (when not stripped) has local and static functions too; .dynsym is what the
   // dynamic linker binds. Both are read; the first definition of a name wins unless a later
   // one is the default version of a versioned symbol.
+  // The versions of .dynsym's symbols (the last SHT_GNU_versym, as before), found in one pass
+  // first: a file may claim any number of sections (extended numbering), and a search per
+  // symbol table would cost their square.
+  Elf_Data* versions = nullptr;
   Elf_Scn* section = nullptr;
+  while ((section = elf_nextscn(elf, section)) != nullptr) {
+    GElf_Shdr section_header;
+    if (gelf_getshdr(section, &section_header) && section_header.sh_type == SHT_GNU_versym) {
+      versions = elf_getdata(section, nullptr);
+    }
+  }
+  section = nullptr;
   while ((section = elf_nextscn(elf, section)) != nullptr) {
     GElf_Shdr section_header;
     if (!gelf_getshdr(section, &section_header) ||
@@ -182,17 +194,9 @@ const ElfFile::Symbols& ElfFile::symbols() const {
     }
     Elf_Data* data = elf_getdata(section, nullptr);
     if (!data || section_header.sh_entsize == 0) continue;
-    Elf_Data* versions = nullptr;
-    if (section_header.sh_type == SHT_DYNSYM) {
-      Elf_Scn* other = nullptr;
-      while ((other = elf_nextscn(elf, other)) != nullptr) {
-        GElf_Shdr other_header;
-        if (gelf_getshdr(other, &other_header) && other_header.sh_type == SHT_GNU_versym) {
-          versions = elf_getdata(other, nullptr);
-        }
-      }
-    }
-    size_t count = section_header.sh_size / section_header.sh_entsize;
+    // The symbols libelf could read, whatever sh_size claims.
+    size_t count = std::min<uint64_t>(section_header.sh_size, data->d_size) /
+                   section_header.sh_entsize;
     for (size_t i = 0; i < count; ++i) {
       GElf_Sym symbol;
       if (!gelf_getsym(data, static_cast<int>(i), &symbol)) continue;
@@ -210,7 +214,7 @@ const ElfFile::Symbols& ElfFile::symbols() const {
         continue;
       }
       bool hidden_version = false;
-      if (versions) {
+      if (versions && section_header.sh_type == SHT_DYNSYM) {
         GElf_Versym version;
         if (gelf_getversym(versions, static_cast<int>(i), &version)) {
           hidden_version = (version & kVersionHidden) != 0;
