@@ -89,7 +89,8 @@ ModuleUnwind ModuleTables::describe(const std::string& path, const std::string& 
                   (table.used_debug_frame ? " (.eh_frame and .debug_frame)" : "") +
                   (table.unsupported_rows ? ", " + std::to_string(table.unsupported_rows) +
                                                 " rows the walker cannot follow"
-                                          : "");
+                                          : "") +
+                  (table.limit_reached.empty() ? "" : "; " + table.limit_reached);
   return module;
 }
 

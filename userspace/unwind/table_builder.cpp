@@ -27,6 +27,9 @@ constexpr uint64_t kRegRip = 16;
 // the CFA by definition, so every x86-64 CIE says ra = [CFA - 8].
 constexpr int64_t kReturnAddressOffset = -8;
 
+// DW_CFA_remember_state nesting one CFA program may reach (GCC's epilogues use one or two).
+constexpr size_t kMaxRememberedStates = 64;
+
 // Bounds-checked little-endian reads over a byte range; any overrun sets `failed` and reads 0,
 // so one check after a group of reads is enough.
 class Reader {
@@ -338,10 +341,16 @@ class CfaProgram {
   // False if they cannot be decoded.
   bool run_initial() {
     in_cie_ = true;
+    saved_.clear();
     bool ok = run(cie_.initial_instructions, cie_.initial_instructions_end, initial_);
     in_cie_ = false;
     return ok;
   }
+  // The state run_initial() left, to start the next FDE of the same CIE from: a CIE's
+  // instructions are run once, however many FDEs share it (a file could otherwise make the
+  // builder run one long CIE for each of its FDEs: their product in time).
+  const FrameState& initial_state() const { return initial_; }
+  void set_initial_state(const FrameState& state) { initial_ = state; }
 
   // Runs one FDE's instructions for [start, end) and stores its rows in `rows` (cleared first),
   // rows starting at or past `end` left out. False if an instruction could not be decoded: the
@@ -446,7 +455,12 @@ class CfaProgram {
           break;
         // DWARF 5 section 6.4.2.4: remember/restore_state push and pop the whole row,
         // CFA included, as GCC's epilogues expect.
-        case DW_CFA_remember_state: saved_.push_back(state); break;
+        case DW_CFA_remember_state:
+          // Compilers nest a few; a file that pushes more is not describing real code, and
+          // each state costs memory.
+          if (saved_.size() >= kMaxRememberedStates) return false;
+          saved_.push_back(state);
+          break;
         case DW_CFA_restore_state:
           if (saved_.empty()) return false;
           state = saved_.back();
@@ -686,10 +700,20 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
 
   const Row none{0, 0, CfaKind::kNone, RbpKind::kUnchanged, 0};
   std::vector<StateRow> state_rows;
+  // Each CIE's initial state, computed at its first FDE (ok: its instructions decoded).
+  struct InitialState {
+    bool ok = false;
+    FrameState state;
+  };
+  std::unordered_map<const Cie*, InitialState> initial_states;
   uint64_t covered_end = 0;
   for (const FdeRef& fde : fdes) {
     if (fde.start < covered_end) {
       ++table.skipped.overlapping;
+      continue;
+    }
+    if (table.rows.size() >= kMaxRowsPerFile) {
+      ++table.skipped.beyond_row_limit;
       continue;
     }
     covered_end = fde.end;
@@ -697,9 +721,16 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
     if (fde.priority == 1) table.used_debug_frame = true;
 
     CfaProgram program(*fde.cie, *fde.section);
+    auto [initial, first_use] = initial_states.try_emplace(fde.cie);
+    if (first_use) {
+      initial->second.ok = program.run_initial();
+      initial->second.state = program.initial_state();
+    } else {
+      program.set_initial_state(initial->second.state);
+    }
     state_rows.clear();
-    bool ok = program.run_initial() && program.run_fde(fde.instructions, fde.instructions_end,
-                                                       fde.start, fde.end, state_rows);
+    bool ok = initial->second.ok && program.run_fde(fde.instructions, fde.instructions_end,
+                                                    fde.start, fde.end, state_rows);
     if (!ok && state_rows.empty()) state_rows.push_back({fde.start, FrameState{}});
     bool frame_pointer = false;
     for (size_t i = 0; i < state_rows.size(); ++i) {
@@ -714,6 +745,11 @@ UnwindTable build_unwind_table(const std::string& elf_path) {
   }
   if (table.rows.empty())
     table.no_cfi_reason = "no FDE of .eh_frame or .debug_frame describes executable code";
+  if (table.skipped.beyond_row_limit)
+    table.limit_reached = "its table stops at " + std::to_string(kMaxRowsPerFile) +
+                          " rows, the most one file may have: " +
+                          std::to_string(table.skipped.beyond_row_limit) +
+                          " functions after them have no rows";
   return table;
 }
 

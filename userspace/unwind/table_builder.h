@@ -85,7 +85,13 @@ struct SkippedFdes {
                               // does not know: the FDE's address range cannot be decoded
   uint64_t unreadable_sections = 0;  // a CFI section whose data or framing could not be read
                                      // (from the break on, its FDEs are missing)
+  uint64_t beyond_row_limit = 0;     // FDEs after the table reached kMaxRowsPerFile rows
 };
+
+// The most rows one file's table may have (128 MiB of rows, 8 times what the walker's map holds
+// by default): what one file, however crafted, can cost the builder. Real code stays far
+// below: Debian 12's cc1plus, one of its largest binaries, has a few hundred thousand.
+inline constexpr uint64_t kMaxRowsPerFile = uint64_t{1} << 24;
 
 // A PT_LOAD segment: how file offsets (what /proc/PID/maps shows) map to ELF virtual addresses
 // (what rows are keyed by).
@@ -98,6 +104,8 @@ struct UnwindTable {
   // Why `rows` is empty although the file was read, e.g. "no .eh_frame or .debug_frame";
   // empty otherwise.
   std::string no_cfi_reason;
+  // Why `rows` stops short of the file's CFI (kMaxRowsPerFile); empty when it does not.
+  std::string limit_reached;
 
   uint64_t fdes = 0;              // FDEs turned into rows
   uint64_t dwarf_rows = 0;        // rows of their CFA programs, before merging
