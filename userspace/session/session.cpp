@@ -56,8 +56,7 @@ void Session::prepare_targets() {
     auto mappings = live_mappings(pid);
     // Each function is probed where the process binds it: the link map gives the order.
     auto order = target::process_load_order(pid, mappings);
-    process.allocators = target::resolve_allocators(pid, order, config_.trace_cxx,
-                                                    config_.custom_allocators_for(pid));
+    process.allocators = allocators_or_mappings_only(pid, order);
     warn_unmapped_custom(pid, mappings);
     process.info = target::read_target_info(pid);
     describe_allocators(process.allocators, process.info);
@@ -73,13 +72,32 @@ void Session::prepare_targets() {
         ::realpath(executable.c_str(), resolved) ? resolved : executable;
     auto order = target::command_load_order(real_executable);
     TracedProcess process;
-    process.allocators = target::resolve_allocators(0, order, config_.trace_cxx,
-                                                    config_.custom_allocators_for(0));
+    process.allocators = allocators_or_mappings_only(0, order);
     child_.emplace(executable, config_.command);
     process.info.pid = static_cast<uint32_t>(child_->pid());
     describe_allocators(process.allocators, process.info);
     process.launched = true;
     targets_.add(std::move(process));
+  }
+}
+
+// The allocators of `pid` (0: the command). A program without the malloc family (Go's
+// runtime maps its memory itself) is refused, unless --mmap traces its mappings: then it is
+// traced for those alone, and one line says what cannot be.
+target::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
+                                                               const target::LoadOrder& order) {
+  try {
+    return target::resolve_allocators(pid, order, config_.trace_cxx,
+                                      config_.custom_allocators_for(pid));
+  } catch (const target::NoAllocatorFound&) {
+    if (!config_.tracer.trace_regions) throw;
+    std::cerr << "memtrail: " << (pid ? "pid " + std::to_string(pid) : std::string("the command"))
+              << " has no malloc family to probe: tracing its anonymous mappings (--mmap) "
+                 "only; objects of a garbage-collected heap (e.g. Go's) inside them are not "
+                 "traced\n";
+    target::ProcessAllocators none;
+    none.order_source = order.source;
+    return none;
   }
 }
 
@@ -107,6 +125,9 @@ void Session::attach_all() {
       std::cerr << "memtrail: pid " << process.info.pid << ": load order from "
                 << process.allocators.order_source << "\n";
     }
+    // Without a module to attach (--mmap only), the process is followed all the same: its
+    // mappings are what is traced.
+    if (process.allocators.modules.empty()) tracer_.follow(process.info.pid);
     for (const auto& module : process.allocators.modules) {
       tracer_.attach(process.info.pid, module);
       if (!config_.verbose()) continue;
@@ -137,6 +158,7 @@ void Session::attach_all() {
     std::cerr << "memtrail: tracing pid " << process.info.pid
               << (process.info.comm.empty() ? "" : " (" + process.info.comm + ")") << " via ";
     const auto& modules = process.allocators.modules;
+    if (modules.empty()) std::cerr << "its anonymous mappings only (--mmap)";
     for (size_t i = 0; i < modules.size(); ++i) {
       std::cerr << (i == 0 ? "" : " and ") << modules[i].name << " " << modules[i].path
                 << " (" << modules[i].functions.size() << " functions)";

@@ -81,6 +81,8 @@ class Session {
 
  private:
   void prepare_targets();
+  target::ProcessAllocators allocators_or_mappings_only(uint32_t pid,
+                                                        const target::LoadOrder& order);
   void warn_unmapped_custom(uint32_t pid, const std::vector<target::Mapping>& mappings) const;
   void attach_all();
   // `only`: the report is for these processes (they exited): the others' sites are left out,

@@ -426,7 +426,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
                           ": none of its " + std::to_string(order.modules.size()) +
                           " modules defines malloc and free";
     if (!unreadable.empty()) message += " (" + unreadable.front() + ")";
-    throw Error(message,
+    throw NoAllocatorFound(message,
                 "memtrail traces the malloc family (glibc, jemalloc, tcmalloc, mimalloc); for "
                 "another allocator name its functions with --allocator PATH:SYMBOLS");
   }

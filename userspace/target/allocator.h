@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "model/snapshot.h"
 #include "target/load_order.h"
 #include "target/proc_maps.h"
@@ -104,6 +105,12 @@ std::string classify_allocator(const std::string& open_path, bool main_program,
 // custom file or symbol is missing.
 ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
                                      const std::vector<CustomAllocator>& custom);
+// What resolve_allocators throws when nothing binds malloc or free ("no allocator found"):
+// with --mmap the process is still traced, for its mappings alone.
+class NoAllocatorFound : public Error {
+ public:
+  using Error::Error;
+};
 
 // Where to place the entry probe of a function, given all of its code. x86 uprobes emulate
 // some instructions (push, nop, jumps) and single-step the others out of line, which costs
