@@ -3,7 +3,7 @@
 # Install the Debian packages memtrail needs to build, run and test. Idempotent and quick when
 # everything is already there. --tests adds what only the test suite needs (headless Chromium,
 # which checks that the SVG flame graph renders and its script runs; the allocator libraries the
-# allocator tests link their leaking programs against: jemalloc, tcmalloc, mimalloc).
+# allocator tests link their leaking programs against: jemalloc, tcmalloc, mimalloc; Go).
 set -euo pipefail
 
 packages=(
@@ -15,7 +15,8 @@ packages=(
   libjemalloc-dev    # memtrail's own allocator, linked in (see userspace/CMakeLists.txt)
 )
 if [[ ${1:-} == --tests ]]; then
-  packages+=(chromium libjemalloc2 libgoogle-perftools4 libtcmalloc-minimal4 libmimalloc2.0)
+  packages+=(chromium libjemalloc2 libgoogle-perftools4 libtcmalloc-minimal4 libmimalloc2.0
+             golang-go)  # a Go program: traced by its mappings alone (--mmap)
 fi
 
 missing=()

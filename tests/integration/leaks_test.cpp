@@ -1656,6 +1656,35 @@ TEST(LeaksAllocators, TcmallocMinimal) {
                          {"tcmalloc", "libtcmalloc_minimal.so.4", "calloc"});
 }
 
+// A Go program has no malloc family: its runtime maps memory itself. With --mmap it is traced
+// by its anonymous mappings, with stacks (Go keeps frame pointers), and one line says what is
+// not: the objects of its garbage-collected heap.
+TEST(LeaksAllocators, GoProgramIsTracedByItsMappingsUnderMmap) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");
+  Target target({MEMTRAIL_GO_GROW});  // 48 buffers of 1 MiB kept in a slice, on "go"
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", json_path, "-q", "--mmap"});
+  auto line = tracer.process.wait_for_stderr("memtrail: pid ", 20s);
+  ASSERT_TRUE(line.has_value()) << tracer.process.stderr_seen() << tracer.process.drain_stderr();
+  EXPECT_NE(line->find("objects of a garbage-collected heap"), std::string::npos) << *line;
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  json report = read_json(json_path);
+  uint64_t mapped = 0;
+  bool heap_grows = false;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "mmap") continue;
+    mapped += site["outstanding_bytes"].get<uint64_t>();
+    for (const auto& frame : site["stack"]) heap_grows |= frame["function"] == "runtime.(*mheap).grow";
+  }
+  EXPECT_GE(mapped, uint64_t{32} << 20) << report.dump(2);
+  EXPECT_TRUE(heap_grows) << "no mmap site with runtime.(*mheap).grow in its stack: "
+                          << report.dump(2);
+}
+
 TEST(LeaksAllocators, Mimalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_MIMALLOC, "libmimalloc2.0");
