@@ -236,7 +236,7 @@ class LeaksSession {
     for (const auto& option : options_.allocators) {
       target::CustomAllocator allocator;
       allocator.path = option.path;
-      allocator.open_path = pid ? target::path_in_process_root(pid, option.path) : option.path;
+      allocator.file = target::file_in_root(pid, option.path);
       for (const auto& function : option.functions) {
         allocator.functions.push_back({function.symbol, function.role});
       }
@@ -359,8 +359,7 @@ class LeaksSession {
       describe_allocators(process.allocators, info);
       process.info = std::move(info);
     }
-    symbolizer_.set_process_mappings(process.info.pid, process.mappings,
-                                     "/proc/" + std::to_string(process.info.pid) + "/root");
+    symbolizer_.set_process_mappings(process.info.pid, process.mappings);
     update_unwind_mappings(process);
     rebind_allocators(process);
     update_python(process);
@@ -374,9 +373,7 @@ class LeaksSession {
     if (key == process.python_key) return;
     process.python_key = key;
     auto interpreter =
-        key.empty() ? std::nullopt
-                    : python::find_interpreter(process.mappings, "/proc/" + std::to_string(pid) +
-                                                                     "/root");
+        key.empty() ? std::nullopt : python::find_interpreter(pid, process.mappings);
     if (!interpreter) {
       process.info.python.reset();
       python_naming_.interpreters.erase(pid);
@@ -414,8 +411,7 @@ class LeaksSession {
       probes.push_back({probe.function, probe.file_offset, probe.release, probe.call});
     }
     try {
-      tracer_->attach_python_types(pid, target::path_in_process_root(pid, interpreter.module),
-                                   interpreter.module, probes);
+      tracer_->attach_python_types(pid, interpreter.file, probes);
     } catch (const Error& error) {
       std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
                 << "type: " << error.what() << "\n";
@@ -815,15 +811,10 @@ class LeaksSession {
 
   // Probes a module's functions for every process, each (file, offset, role) once.
   void attach_everywhere(const target::AllocatorModule& module) {
-    struct stat file {};
-    if (::stat(module.open_path.c_str(), &file) != 0) {
-      throw Error(errno_message("stat " + module.open_path, errno));
-    }
     target::AllocatorModule fresh = module;
     fresh.functions.clear();
     for (const auto& function : module.functions) {
-      auto key = std::make_tuple(static_cast<uint64_t>(file.st_dev),
-                                 static_cast<uint64_t>(file.st_ino), function.probe_offset,
+      auto key = std::make_tuple(module.file.device, module.file.inode, function.probe_offset,
                                  static_cast<int>(function.role));
       if (probed_everywhere_.insert(key).second) fresh.functions.push_back(function);
     }

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "target/elf_file.h"
+#include "target/process_file.h"
 
 namespace memtrail::python {
 namespace {
@@ -159,8 +160,8 @@ const memtrail_cpython_layout& built_layout() {
   return layout;
 }
 
-std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& mappings,
-                                            const std::string& root) {
+std::optional<Interpreter> find_interpreter(uint32_t pid,
+                                            const std::vector<target::Mapping>& mappings) {
   std::set<std::string> seen;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || !mapping.is_file() || !may_be_interpreter(mapping.path) ||
@@ -169,7 +170,8 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
     }
     std::shared_ptr<const target::ElfFile> file;
     try {
-      file = target::ElfFile::open_shared(root + mapping.path);
+      file = target::ElfFile::open_shared(
+          target::open_file(target::mapped_file(pid, mapping)).fd, mapping.path);
     } catch (const Error&) {
       continue;
     }
@@ -187,6 +189,7 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
     if (!bias) continue;
     Interpreter interpreter;
     interpreter.module = mapping.path;
+    interpreter.file = target::mapped_file(pid, mapping);
     interpreter.runtime_address = *bias + runtime->address;
     if (auto code_type = file->find_object("PyCode_Type")) {
       interpreter.code_type_address = *bias + code_type->address;
