@@ -212,6 +212,7 @@ TEST(ModuleTables, FilesThatAreGoneOrNotCodeAreSkipped) {
   ModuleTables tables(UnwindMode::kDwarf, store);
   auto gone = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000);
   unmap(gone);
+  gone.path = "/nonexistent/libgone.so";
   auto data = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
   data.executable = false;
   target::Mapping anonymous;

@@ -33,21 +33,32 @@ std::string described(const ProcessFile& file) {
   return file.path;
 }
 
-// Finds the file without opening it (O_PATH: a FIFO does not block, a device's driver is not
-// called), or returns an invalid descriptor with errno set.
-UniqueFd locate(const ProcessFile& file) {
-  if (file.mapped()) return UniqueFd(::open(map_files_path(file).c_str(), O_PATH | O_CLOEXEC));
-  if (file.pid == 0) return UniqueFd(::open(file.path.c_str(), O_PATH | O_CLOEXEC));
-  UniqueFd root(::open(("/proc/" + std::to_string(file.pid) + "/root").c_str(),
+// `path` resolved inside the root of process `pid`: absolute symlinks and ".." stay inside it,
+// as they do for the process; magic links (/proc/self/...) could lead anywhere and are refused.
+UniqueFd locate_in_root(uint32_t pid, const std::string& path) {
+  UniqueFd root(::open(("/proc/" + std::to_string(pid) + "/root").c_str(),
                        O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root) return root;
-  // Absolute symlinks and ".." stay inside the process's root, as they do for the process;
-  // magic links (/proc/self/...) could lead anywhere and are refused.
   open_how how{};
   how.flags = O_PATH | O_CLOEXEC;
   how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-  return UniqueFd(static_cast<int>(::syscall(SYS_openat2, root.get(), file.path.c_str(), &how,
-                                             sizeof(how))));
+  return UniqueFd(
+      static_cast<int>(::syscall(SYS_openat2, root.get(), path.c_str(), &how, sizeof(how))));
+}
+
+// Finds the file without opening it (O_PATH: a FIFO does not block, a device's driver is not
+// called), or returns an invalid descriptor with errno set.
+UniqueFd locate(const ProcessFile& file) {
+  if (file.pid == 0) return UniqueFd(::open(file.path.c_str(), O_PATH | O_CLOEXEC));
+  if (!file.mapped()) return locate_in_root(file.pid, file.path);
+  UniqueFd mapped(::open(map_files_path(file).c_str(), O_PATH | O_CLOEXEC));
+  if (mapped || (errno != EPERM && errno != EACCES)) return mapped;
+  // Following map_files takes CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE), which a user tracing
+  // their own processes lacks: then the mapped name, resolved inside the process's root, and
+  // accepted by open_file() only as the very file mapped (same device and inode).
+  UniqueFd named = locate_in_root(file.pid, file.path);
+  if (!named) errno = EPERM;  // what kept memtrail from the mapping itself
+  return named;
 }
 
 Error locate_error(const ProcessFile& file, int error_number) {
@@ -102,7 +113,7 @@ OpenedFile open_file(const ProcessFile& file) {
                               : described(file) + " is not a regular file");
   }
   if (!is_expected(file, status, located.get())) {
-    throw Error(file.mapped() ? described(file) + ", but another file is mapped there now"
+    throw Error(file.mapped() ? described(file) + ", but memtrail finds another file there now"
                               : described(file) + " was replaced since memtrail first read it");
   }
   // Opened through the descriptor just checked: the same file, whatever its name leads to now.
