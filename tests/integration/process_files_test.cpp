@@ -111,7 +111,8 @@ void expect_the_leak(const json& report, const std::map<std::string, int>& lines
   ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
   EXPECT_EQ(leaks[0]["outstanding_bytes"], kLeakCount * kLeakBytes);
   EXPECT_EQ(leaks[0]["outstanding_allocations"], kLeakCount);
-  EXPECT_EQ(leaks[0]["stack"][0]["line"], lines.count("leak_malloc") ? lines.at("leak_malloc") : -1);
+  auto line = lines.find("leak_malloc");
+  EXPECT_EQ(leaks[0]["stack"][0]["line"], line == lines.end() ? -1 : line->second);
   EXPECT_TRUE(sites_with_function(report, "free_all").empty()) << report.dump(2);
   ASSERT_EQ(report["targets"].size(), 1u);
   EXPECT_EQ(report["targets"][0]["allocator_module"], libc);

@@ -418,7 +418,8 @@ TEST(AllocatorBinding, CustomFunctionsAreProbedInTheirRoleUnderTheirOwnName) {
 }
 
 TEST(AllocatorBinding, CustomErrorsNameTheFileAndTheSymbol) {
-  std::vector<CustomAllocator> missing_symbol{{kLibc, file_in_root(0, kLibc), {{"no_such_alloc", "malloc"}}}};
+  std::vector<CustomAllocator> missing_symbol{
+      {kLibc, file_in_root(0, kLibc), {{"no_such_alloc", "malloc"}}}};
   try {
     resolve_allocators(1, order_of({kLibc}), false, missing_symbol);
     FAIL() << "expected an error";
@@ -427,7 +428,8 @@ TEST(AllocatorBinding, CustomErrorsNameTheFileAndTheSymbol) {
               std::string::npos)
         << error.what();
   }
-  std::vector<CustomAllocator> missing_file{{"/nonexistent.so", file_in_root(0, "/nonexistent.so"), {}}};
+  std::vector<CustomAllocator> missing_file{
+      {"/nonexistent.so", file_in_root(0, "/nonexistent.so"), {}}};
   EXPECT_THROW(resolve_allocators(1, order_of({kLibc}), false, missing_file), Error);
 }
 

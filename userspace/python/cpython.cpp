@@ -168,10 +168,10 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
         !seen.insert(mapping.path).second) {
       continue;
     }
+    target::ProcessFile module_file = target::mapped_file(pid, mapping);
     std::shared_ptr<const target::ElfFile> file;
     try {
-      file = target::ElfFile::open_shared(
-          target::open_file(target::mapped_file(pid, mapping)).fd, mapping.path);
+      file = target::ElfFile::open_shared(target::open_file(module_file).fd, mapping.path);
     } catch (const Error&) {
       continue;
     }
@@ -189,7 +189,7 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
     if (!bias) continue;
     Interpreter interpreter;
     interpreter.module = mapping.path;
-    interpreter.file = target::mapped_file(pid, mapping);
+    interpreter.file = module_file;
     interpreter.runtime_address = *bias + runtime->address;
     if (auto code_type = file->find_object("PyCode_Type")) {
       interpreter.code_type_address = *bias + code_type->address;

@@ -2,13 +2,11 @@
 // The one reader of ELF files: opening and checking, segments, sections, symbols, build-id.
 #include "target/elf_file.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <gelf.h>
 #include <libelf.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstring>
 #include <utility>
 
@@ -56,7 +54,9 @@ std::optional<uint64_t> address_at_file_offset(std::span<const LoadSegment> segm
 
 std::shared_ptr<const ElfFile> ElfFile::open_shared(UniqueFd fd, const std::string& path) {
   struct stat info {};
-  if (::fstat(fd.get(), &info) != 0) return std::make_shared<const ElfFile>(open(std::move(fd), path));
+  if (::fstat(fd.get(), &info) != 0) {
+    return std::make_shared<const ElfFile>(open(std::move(fd), path));
+  }
   std::string key = std::to_string(info.st_dev) + ":" + std::to_string(info.st_ino) + ":" +
                     std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) +
                     "." + std::to_string(info.st_mtim.tv_nsec);
