@@ -210,9 +210,13 @@ TEST(ModuleTables, AFullRowMapIsSaidAndTheModuleFallsBack) {
 TEST(ModuleTables, FilesThatAreGoneOrNotCodeAreSkipped) {
   VectorStore store(1u << 20);
   ModuleTables tables(UnwindMode::kDwarf, store);
-  auto gone = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000);
+  // A file no longer mapped, nor anywhere under its name.
+  std::string copy = testing::TempDir() + "/libgone.so";
+  std::filesystem::copy_file(UNWIND_FIXTURE_LIB_O2, copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  auto gone = text_mapping(copy, 0x7f0000000000);
   unmap(gone);
-  gone.path = "/nonexistent/libgone.so";
+  std::filesystem::remove(copy);
   auto data = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
   data.executable = false;
   target::Mapping anonymous;

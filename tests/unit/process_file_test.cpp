@@ -76,10 +76,10 @@ TEST(ProcessFile, ANameIsOpenedOnceKnownAsThatFileOnly) {
 TEST(ProcessFile, AMappedFileIsOpenedAsTheFileMapped) {
   ScratchDir dir;
   std::string path = dir.path + "/mapped.so";
-  std::ofstream(path) << std::string(4096, 'x');
+  std::ofstream(path) << std::string(8192, 'x');
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
-  void* region = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+  auto* region = static_cast<char*>(mmap(nullptr, 8192, PROT_READ, MAP_PRIVATE, fd, 0));
   close(fd);
   ASSERT_NE(region, MAP_FAILED);
   auto mappings = read_proc_maps(own_pid());
@@ -100,6 +100,10 @@ TEST(ProcessFile, AMappedFileIsOpenedAsTheFileMapped) {
   ProcessFile other = file;
   other.inode += 1;
   EXPECT_NE(error_of(other).find("memtrail finds another file there now"), std::string::npos);
+  // Split in two since the maps were read (as mprotect, or the loader at work, does): the
+  // mapping read is gone, the file is still mapped.
+  ASSERT_EQ(mprotect(region + 4096, 4096, PROT_NONE), 0);
+  EXPECT_NO_THROW(open_file(file));
   // Deleted, it is still there to read through the mapping (which takes CAP_SYS_ADMIN).
   std::filesystem::remove(path);
   if (geteuid() == 0) {
@@ -107,7 +111,7 @@ TEST(ProcessFile, AMappedFileIsOpenedAsTheFileMapped) {
   } else {
     EXPECT_NE(error_of(file).find("Operation not permitted"), std::string::npos);
   }
-  munmap(region, 4096);
+  munmap(region, 8192);
   EXPECT_NE(error_of(file).find("no longer maps " + path), std::string::npos) << error_of(file);
 }
 

@@ -19,11 +19,33 @@
 namespace memtrail::target {
 namespace {
 
-std::string map_files_path(const ProcessFile& file) {
+std::string map_files_path(uint32_t pid, uint64_t start, uint64_t end) {
   char range[40];
-  std::snprintf(range, sizeof(range), "%llx-%llx", static_cast<unsigned long long>(file.map_start),
-                static_cast<unsigned long long>(file.map_end));
-  return "/proc/" + std::to_string(file.pid) + "/map_files/" + range;
+  std::snprintf(range, sizeof(range), "%llx-%llx", static_cast<unsigned long long>(start),
+                static_cast<unsigned long long>(end));
+  return "/proc/" + std::to_string(pid) + "/map_files/" + range;
+}
+
+std::string map_files_path(const ProcessFile& file) {
+  return map_files_path(file.pid, file.map_start, file.map_end);
+}
+
+// The file through its mapping. A mapping read a moment ago may be gone while the file is
+// still mapped (the loader maps a library in steps, mprotect splits a mapping): then through
+// any mapping of the same file (device and inode) the process has now.
+UniqueFd locate_mapped(const ProcessFile& file) {
+  UniqueFd mapped(::open(map_files_path(file).c_str(), O_PATH | O_CLOEXEC));
+  if (mapped || errno != ENOENT) return mapped;
+  if (auto mappings = read_proc_maps(file.pid)) {
+    for (const Mapping& mapping : *mappings) {
+      if (mapping.inode != file.inode || mapping.device != file.device) continue;
+      mapped.reset(::open(map_files_path(file.pid, mapping.start, mapping.end).c_str(),
+                          O_PATH | O_CLOEXEC));
+      if (mapped || errno != ENOENT) return mapped;
+    }
+  }
+  errno = ENOENT;
+  return mapped;
 }
 
 // The file as messages name it.
@@ -51,7 +73,7 @@ UniqueFd locate_in_root(uint32_t pid, const std::string& path) {
 UniqueFd locate(const ProcessFile& file) {
   if (file.pid == 0) return UniqueFd(::open(file.path.c_str(), O_PATH | O_CLOEXEC));
   if (!file.mapped()) return locate_in_root(file.pid, file.path);
-  UniqueFd mapped(::open(map_files_path(file).c_str(), O_PATH | O_CLOEXEC));
+  UniqueFd mapped = locate_mapped(file);
   if (mapped || (errno != EPERM && errno != EACCES)) return mapped;
   // Following map_files takes CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE), which a user tracing
   // their own processes lacks: then the mapped name, resolved inside the process's root, and
