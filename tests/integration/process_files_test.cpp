@@ -63,6 +63,10 @@ std::vector<std::string> leaky_via(std::vector<std::string> launcher,
   return launcher;
 }
 
+// Runs a command in a mount namespace of its own, which no mount made there leaves.
+const std::vector<std::string> kOwnMountNamespace{"/usr/bin/unshare", "--mount", "--propagation",
+                                                  "private", "--"};
+
 // The file name of the mapping of `pid` whose name holds `part`, as /proc/PID/maps gives it.
 std::string mapped_name(pid_t pid, const std::string& part) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
@@ -121,7 +125,7 @@ void expect_the_leak(const json& report, const std::map<std::string, int>& lines
 // A target in a mount namespace of its own whose libc name becomes, after it started, an
 // absolute symlink to `host_file`: followed through /proc/PID/root, it resolves on the host.
 void expect_symlink_not_followed(const TempDir& dir, const std::string& host_file) {
-  Target target(leaky_via({"/usr/bin/unshare", "--mount", "--propagation", "private", "--"}));
+  Target target(leaky_via(kOwnMountNamespace));
   pid_t pid = target.process.pid();
   std::string libc = mapped_name(pid, "/libc.so");
   // A directory holding the symlink, mounted over libc's directory in the target's namespace.
@@ -153,7 +157,7 @@ TEST(ProcessFiles, AContainersSymlinkToAHostFifoNeverBlocksMemtrail) {
 TEST(ProcessFiles, AFileBindMountedOverLibcAfterStartIsNotTheOneProbed) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
-  Target target(leaky_via({"/usr/bin/unshare", "--mount", "--propagation", "private", "--"}));
+  Target target(leaky_via(kOwnMountNamespace));
   pid_t pid = target.process.pid();
   std::string libc = mapped_name(pid, "/libc.so");
   // The same bytes, another file: probes on it would never fire for the target.
