@@ -103,7 +103,11 @@ AllocatorModule own_allocator() {
 TEST(AllocatorDiscovery, FindsTheCLibraryOfALiveProcess) {
   AllocatorModule module = own_allocator();
   EXPECT_NE(module.path.find("libc.so"), std::string::npos) << module.path;
-  EXPECT_EQ(module.open_path, "/proc/" + std::to_string(getpid()) + "/root" + module.path);
+  // Opened and probed through the process's own mapping of the file, not by its name.
+  EXPECT_TRUE(module.file.mapped());
+  EXPECT_EQ(module.file.pid, static_cast<uint32_t>(getpid()));
+  EXPECT_EQ(module.file.path, module.path);
+  EXPECT_NE(module.file.inode, 0u);
   std::set<std::string> names;
   std::set<uint64_t> entries;
   for (const auto& function : module.functions) {
@@ -121,7 +125,7 @@ TEST(AllocatorDiscovery, FindsTheCLibraryOfALiveProcess) {
 
 TEST(AllocatorDiscovery, EntryOffsetsMatchTheSymbolTable) {
   AllocatorModule module = own_allocator();
-  ElfFile elf = ElfFile::open(module.open_path);
+  ElfFile elf = ElfFile::open(open_file(module.file).fd, module.path);
   for (const auto& function : module.functions) {
     auto symbol = elf.find_function(function.name);
     ASSERT_TRUE(symbol.has_value()) << function.name;
@@ -136,13 +140,13 @@ TEST(AllocatorDiscovery, FileWithoutMallocIsNotAnAllocator) {
   // The dynamic loader has its own minimal allocator but exports no malloc.
   std::string loader = "/lib64/ld-linux-x86-64.so.2";
   if (access(loader.c_str(), R_OK) == 0) {
-    EXPECT_FALSE(allocator_in_file(loader, loader).has_value());
+    EXPECT_FALSE(allocator_in_file(file_in_root(0, loader)).has_value());
   }
 }
 
 TEST(AllocatorDiscovery, NonElfFileIsAClearError) {
   try {
-    allocator_in_file("/etc/hostname", "/etc/hostname");
+    allocator_in_file(file_in_root(0, "/etc/hostname"));
     FAIL() << "expected an error";
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("not an ELF file"), std::string::npos) << error.what();
@@ -151,7 +155,7 @@ TEST(AllocatorDiscovery, NonElfFileIsAClearError) {
 
 TEST(AllocatorDiscovery, MissingFileIsAClearError) {
   try {
-    allocator_in_file("/nonexistent/lib.so", "/nonexistent/lib.so");
+    allocator_in_file(file_in_root(0, "/nonexistent/lib.so"));
     FAIL() << "expected an error";
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("/nonexistent/lib.so"), std::string::npos);
@@ -160,8 +164,8 @@ TEST(AllocatorDiscovery, MissingFileIsAClearError) {
 
 TEST(AllocatorDiscovery, NoAllocatorAmongMappingsIsAClearError) {
   LoadOrder order;
-  order.modules.push_back({"/etc/hostname", "/etc/hostname", true});
-  order.modules.push_back({"/lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2", false});
+  order.modules.push_back({file_in_root(0, "/etc/hostname"), true});
+  order.modules.push_back({file_in_root(0, "/lib64/ld-linux-x86-64.so.2"), false});
   try {
     resolve_allocators(static_cast<uint32_t>(getpid()), order, false, {});
     FAIL() << "expected an error";
@@ -244,16 +248,17 @@ TEST(LoadOrder, ALiveProcessIsItsExecutableThenItsNeededLibrariesInOrder) {
   EXPECT_FALSE(order.static_executable);
   ASSERT_GE(order.modules.size(), 3u);
   EXPECT_TRUE(order.modules[0].main_program);
-  EXPECT_EQ(order.modules[0].path, real("/proc/self/exe"));
+  EXPECT_EQ(order.modules[0].file.path, real("/proc/self/exe"));
   // Breadth first: right after the executable come its own DT_NEEDED libraries, in its order
   // (this test runs without LD_PRELOAD), whatever addresses the kernel mapped them at.
-  std::vector<std::string> needed = needed_of(order.modules[0].path);
+  std::vector<std::string> needed = needed_of(order.modules[0].file.path);
   ASSERT_FALSE(needed.empty());
   for (size_t i = 0; i < needed.size(); ++i) {
     ASSERT_LT(i + 1, order.modules.size());
     // The maps name the real file (libelf-0.188.so), DT_NEEDED its soname (libelf.so.1).
-    EXPECT_EQ(soname_of(order.modules[i + 1].path), needed[i])
-        << "position " << i + 1 << ": " << order.modules[i + 1].path << ", expected " << needed[i];
+    EXPECT_EQ(soname_of(order.modules[i + 1].file.path), needed[i])
+        << "position " << i + 1 << ": " << order.modules[i + 1].file.path << ", expected "
+        << needed[i];
   }
 }
 
@@ -275,7 +280,7 @@ TEST(LoadOrder, ACommandIsOrderedByItsOwnLoader) {
   ASSERT_GE(order.modules.size(), 2u);
   EXPECT_TRUE(order.modules[0].main_program);
   bool libc = false;
-  for (const auto& module : order.modules) libc |= file_name(module.path) == "libc.so.6";
+  for (const auto& module : order.modules) libc |= file_name(module.file.path) == "libc.so.6";
   EXPECT_TRUE(libc);
 }
 
@@ -286,8 +291,8 @@ const std::string kLibc = kLibDir + "libc.so.6";
 
 LoadOrder order_of(std::vector<std::string> libraries) {
   LoadOrder order;
-  order.modules.push_back({"/bin/true", "/bin/true", true});
-  for (const auto& library : libraries) order.modules.push_back({library, library, false});
+  order.modules.push_back({file_in_root(0, "/bin/true"), true});
+  for (const auto& library : libraries) order.modules.push_back({file_in_root(0, library), false});
   return order;
 }
 
@@ -402,7 +407,7 @@ TEST(AllocatorBinding, ASecondAllocatorLaterInLoadOrderKeepsOnlyItsOwnNames) {
 
 TEST(AllocatorBinding, CustomFunctionsAreProbedInTheirRoleUnderTheirOwnName) {
   std::vector<CustomAllocator> custom{
-      {kLibc, kLibc, {{"__libc_malloc", "malloc"}, {"__libc_free", "free"}}}};
+      {kLibc, file_in_root(0, kLibc), {{"__libc_malloc", "malloc"}, {"__libc_free", "free"}}}};
   ProcessAllocators allocators = resolve_allocators(1, order_of({kLibc}), false, custom);
   ASSERT_EQ(allocators.modules.size(), 1u);  // same file: added to its module
   EXPECT_EQ(allocators.primary()->name, "glibc");
@@ -412,7 +417,8 @@ TEST(AllocatorBinding, CustomFunctionsAreProbedInTheirRoleUnderTheirOwnName) {
 }
 
 TEST(AllocatorBinding, CustomErrorsNameTheFileAndTheSymbol) {
-  std::vector<CustomAllocator> missing_symbol{{kLibc, kLibc, {{"no_such_alloc", "malloc"}}}};
+  std::vector<CustomAllocator> missing_symbol{
+      {kLibc, file_in_root(0, kLibc), {{"no_such_alloc", "malloc"}}}};
   try {
     resolve_allocators(1, order_of({kLibc}), false, missing_symbol);
     FAIL() << "expected an error";
@@ -421,16 +427,17 @@ TEST(AllocatorBinding, CustomErrorsNameTheFileAndTheSymbol) {
               std::string::npos)
         << error.what();
   }
-  std::vector<CustomAllocator> missing_file{{"/nonexistent.so", "/nonexistent.so", {}}};
+  std::vector<CustomAllocator> missing_file{
+      {"/nonexistent.so", file_in_root(0, "/nonexistent.so"), {}}};
   EXPECT_THROW(resolve_allocators(1, order_of({kLibc}), false, missing_file), Error);
 }
 
 TEST(AllocatorClassification, NamesTheAllocatorFromItsSymbols) {
-  EXPECT_EQ(classify_allocator(kLibc, false, false), "glibc");
-  EXPECT_EQ(classify_allocator("/lib64/ld-linux-x86-64.so.2", false, false), "");
+  EXPECT_EQ(classify_allocator(file_in_root(0, kLibc), false, false), "glibc");
+  EXPECT_EQ(classify_allocator(file_in_root(0, "/lib64/ld-linux-x86-64.so.2"), false, false), "");
   std::string jemalloc = kLibDir + "libjemalloc.so.2";
   if (access(jemalloc.c_str(), R_OK) == 0) {
-    EXPECT_EQ(classify_allocator(jemalloc, false, false), "jemalloc");
+    EXPECT_EQ(classify_allocator(file_in_root(0, jemalloc), false, false), "jemalloc");
   }
 }
 

@@ -10,6 +10,7 @@
 #include <elf.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 #include "python/cpython.h"
 #include "symbolizer/symbolizer.h"
 #include "target/allocator.h"
+#include "target/process_file.h"
 #include "target/elf_file.h"
 #include "target/proc_maps.h"
 #include "unwind/table_builder.h"
@@ -130,7 +132,13 @@ struct Seed {
       mapping.file_offset = phdr.p_offset & ~uint64_t{0xfff};
       mapping.readable = true;
       mapping.executable = (phdr.p_flags & PF_X) != 0;
-      mapping.inode = 1;
+      // The file as stat() sees it: memtrail checks what it opens against the mapping's
+      // device and inode (pid 0: a file of memtrail's own, opened by its path).
+      struct stat status {};
+      if (::stat(path.c_str(), &status) == 0) {
+        mapping.device = status.st_dev;
+        mapping.inode = status.st_ino;
+      }
       mapping.path = path;
       result.push_back(mapping);
     }
@@ -178,24 +186,24 @@ int run_readers(const Seed& seed, const std::string& dir, const std::string& pat
     ok = error_names_file(error) && ok;
   }
   try {
-    (void)target::allocator_in_file(path, path);
-    (void)target::classify_allocator(path, false, false);
+    (void)target::allocator_in_file(target::file_in_root(0, path));
+    (void)target::classify_allocator(target::file_in_root(0, path), false, false);
   } catch (const Error& error) {
     ok = error_names_file(error) && ok;
   }
   // CPython detection reads any module named like an interpreter.
   fs::copy_file(path, dir + "/libpython3.11.so.1.0", fs::copy_options::overwrite_existing);
-  auto python_mappings = seed.mappings("/libpython3.11.so.1.0");
-  (void)python::find_interpreter(python_mappings, dir);
+  auto python_mappings = seed.mappings(dir + "/libpython3.11.so.1.0");
+  (void)python::find_interpreter(0, python_mappings);
 
   symbolizer::Symbolizer symbolizer;
   auto mappings = seed.mappings(path);
-  symbolizer.set_process_mappings(4242, mappings, "");
+  symbolizer.set_process_mappings(0, mappings);
   for (const auto& mapping : mappings) {
     if (!mapping.executable) continue;
     for (uint64_t step = 0; step < 16; ++step) {
       uint64_t address = mapping.start + (mapping.end - mapping.start) / 16 * step + 5;
-      (void)symbolizer.symbolize(4242, address);
+      (void)symbolizer.symbolize(0, address);
     }
   }
   return ok ? 0 : 4;

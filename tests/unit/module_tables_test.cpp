@@ -3,9 +3,14 @@
 // are shared, and how a process mapping turns into the walker's entry (bias, rows, method).
 #include "unwind/module_tables.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -41,8 +46,13 @@ class VectorStore : public RowStore {
   uint64_t capacity_;
 };
 
+// The mappings text_mapping() made, as (start, end).
+std::vector<std::pair<uint64_t, uint64_t>> test_mappings;
+
 // How a process maps `path`'s text, the way the kernel lays out a PIE or library: the
-// executable PT_LOAD (the second one, at its own file offset) at `base` + its vaddr.
+// executable PT_LOAD (the second one, at its own file offset) at `base` + its vaddr. Mapped for
+// real in this process (read-only), since memtrail opens a module through the mapping itself
+// (/proc/PID/map_files), never by its name; it stays until a later call maps over it.
 target::Mapping text_mapping(const std::string& path, uint64_t base) {
   UnwindTable table = build_unwind_table(path);
   target::Mapping mapping;
@@ -54,9 +64,36 @@ target::Mapping text_mapping(const std::string& path, uint64_t base) {
     break;
   }
   mapping.readable = mapping.executable = true;
-  mapping.inode = 1;
   mapping.path = std::filesystem::absolute(path).string();
+  // Earlier calls' mappings that overlap this one go first: this process's own are left alone.
+  for (auto it = test_mappings.begin(); it != test_mappings.end();) {
+    if (it->first < mapping.end && mapping.start < it->second) {
+      munmap(reinterpret_cast<void*>(it->first), it->second - it->first);
+      it = test_mappings.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat status {};
+  EXPECT_EQ(fstat(fd, &status), 0) << path;
+  void* where = mmap(reinterpret_cast<void*>(mapping.start), mapping.end - mapping.start,
+                     PROT_READ, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd,
+                     static_cast<off_t>(mapping.file_offset));
+  EXPECT_EQ(where, reinterpret_cast<void*>(mapping.start))
+      << "cannot map " << path << " at 0x" << std::hex << mapping.start << ": "
+      << std::strerror(errno);
+  if (where != MAP_FAILED) test_mappings.push_back({mapping.start, mapping.end});
+  close(fd);
+  mapping.device = status.st_dev;
+  mapping.inode = status.st_ino;
   return mapping;
+}
+
+// Unmaps a mapping made by text_mapping(): its process no longer maps the file.
+void unmap(const target::Mapping& mapping) {
+  munmap(reinterpret_cast<void*>(mapping.start), mapping.end - mapping.start);
+  std::erase(test_mappings, std::make_pair(mapping.start, mapping.end));
 }
 
 TEST(UnwindMode, ParsesTheThreeModesAndNothingElse) {
@@ -174,8 +211,13 @@ TEST(ModuleTables, AFullRowMapIsSaidAndTheModuleFallsBack) {
 TEST(ModuleTables, FilesThatAreGoneOrNotCodeAreSkipped) {
   VectorStore store(1u << 20);
   ModuleTables tables(UnwindMode::kDwarf, store);
-  auto gone = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000);
-  gone.path = "/nonexistent/libgone.so";
+  // A file no longer mapped, nor anywhere under its name.
+  std::string copy = testing::TempDir() + "/libgone.so";
+  std::filesystem::copy_file(UNWIND_FIXTURE_LIB_O2, copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  auto gone = text_mapping(copy, 0x7f0000000000);
+  unmap(gone);
+  std::filesystem::remove(copy);
   auto data = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
   data.executable = false;
   target::Mapping anonymous;

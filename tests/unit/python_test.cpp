@@ -110,7 +110,7 @@ TEST(Python, LayoutIsTheInstalledInterpreters) {
   ASSERT_FALSE(fixture.report().is_null()) << kPython << " did not run the fixture";
   auto mappings = target::read_proc_maps(static_cast<uint32_t>(fixture.pid()));
   ASSERT_TRUE(mappings);
-  auto interpreter = find_interpreter(*mappings, "");
+  auto interpreter = find_interpreter(static_cast<uint32_t>(fixture.pid()), *mappings);
   ASSERT_TRUE(interpreter) << "no _PyRuntime found in " << kPython << "'s mappings";
   EXPECT_TRUE(interpreter->supported) << interpreter->reason;
   EXPECT_EQ(interpreter->version.substr(0, 5), "3.11.");
@@ -185,7 +185,7 @@ TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   auto pid = static_cast<uint32_t>(fixture.pid());
   auto mappings = target::read_proc_maps(pid);
   ASSERT_TRUE(mappings);
-  auto interpreter = find_interpreter(*mappings, "");
+  auto interpreter = find_interpreter(pid, *mappings);
   ASSERT_TRUE(interpreter);
   EXPECT_EQ(interpreter->object_probes.size(), 4u) << interpreter->types_reason;
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};

@@ -142,14 +142,18 @@ TEST(SessionConfig, CustomAllocatorsAreOpenedThroughEachProcesssRoot) {
   auto in_process = config.custom_allocators_for(4242);
   ASSERT_EQ(in_process.size(), 1u);
   EXPECT_EQ(in_process[0].path, "/usr/lib/libfoo.so");
-  EXPECT_EQ(in_process[0].open_path, "/proc/4242/root/usr/lib/libfoo.so");
+  // Resolved inside the process's root when probed, never by a path out of it.
+  EXPECT_EQ(in_process[0].file.pid, 4242u);
+  EXPECT_EQ(in_process[0].file.path, "/usr/lib/libfoo.so");
+  EXPECT_FALSE(in_process[0].file.mapped());
   ASSERT_EQ(in_process[0].functions.size(), 2u);
   EXPECT_EQ(in_process[0].functions[0].symbol, "foo_alloc");
   EXPECT_EQ(in_process[0].functions[0].role, "malloc");
   EXPECT_EQ(in_process[0].functions[1].symbol, "foo_free");
   EXPECT_EQ(in_process[0].functions[1].role, "free");
   // pid 0: memtrail's own view (a command not started yet).
-  EXPECT_EQ(config.custom_allocators_for(0)[0].open_path, "/usr/lib/libfoo.so");
+  EXPECT_EQ(config.custom_allocators_for(0)[0].file.pid, 0u);
+  EXPECT_EQ(config.custom_allocators_for(0)[0].file.path, "/usr/lib/libfoo.so");
 }
 
 }  // namespace

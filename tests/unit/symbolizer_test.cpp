@@ -84,8 +84,7 @@ class SymbolizerTest : public ::testing::Test {
   void SetUp() override {
     auto mappings = target::read_proc_maps(fixture_.pid());
     ASSERT_TRUE(mappings.has_value());
-    symbolizer_.set_process_mappings(fixture_.pid(), *mappings,
-                                     "/proc/" + std::to_string(fixture_.pid()) + "/root");
+    symbolizer_.set_process_mappings(fixture_.pid(), *mappings);
   }
   Fixture fixture_;
   Symbolizer symbolizer_;

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "target/elf_file.h"
+#include "target/process_file.h"
 
 namespace memtrail::python {
 namespace {
@@ -166,17 +167,19 @@ model::PythonTypeLayout type_layout() {
   return {types.type_flags, types.have_gc};
 }
 
-std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& mappings,
-                                            const std::string& root) {
+std::optional<Interpreter> find_interpreter(uint32_t pid,
+                                            const std::vector<target::Mapping>& mappings) {
+
   std::set<std::string> seen;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || !mapping.is_file() || !may_be_interpreter(mapping.path) ||
         !seen.insert(mapping.path).second) {
       continue;
     }
+    target::ProcessFile module_file = target::mapped_file(pid, mapping);
     std::shared_ptr<const target::ElfFile> file;
     try {
-      file = target::ElfFile::open_shared(root + mapping.path);
+      file = target::ElfFile::open_shared(target::open_file(module_file).fd, mapping.path);
     } catch (const Error&) {
       continue;
     }
@@ -194,6 +197,7 @@ std::optional<Interpreter> find_interpreter(const std::vector<target::Mapping>& 
     if (!bias) continue;
     Interpreter interpreter;
     interpreter.module = mapping.path;
+    interpreter.file = module_file;
     interpreter.runtime_address = *bias + runtime->address;
     if (auto code_type = file->find_object("PyCode_Type")) {
       interpreter.code_type_address = *bias + code_type->address;

@@ -66,8 +66,7 @@ void CodeMaps::refresh(TracedProcess& process) {
     describe_allocators(process.allocators, info);
     process.info = std::move(info);
   }
-  symbolizer_.set_process_mappings(process.info.pid, process.mappings,
-                                   "/proc/" + std::to_string(process.info.pid) + "/root");
+  symbolizer_.set_process_mappings(process.info.pid, process.mappings);
   update_unwind_mappings(process);
   rebind_allocators(process);
   update_python(process);
@@ -101,9 +100,7 @@ void CodeMaps::update_python(TracedProcess& process) {
   if (key == process.python_key) return;
   process.python_key = key;
   auto interpreter =
-      key.empty() ? std::nullopt
-                  : python::find_interpreter(process.mappings, "/proc/" + std::to_string(pid) +
-                                                                   "/root");
+      key.empty() ? std::nullopt : python::find_interpreter(pid, process.mappings);
   if (!interpreter) {
     process.info.python.reset();
     python_naming_.interpreters.erase(pid);
@@ -142,8 +139,7 @@ void CodeMaps::attach_python_types(TracedProcess& process,
     probes.push_back({probe.function, probe.file_offset, probe.release, probe.call});
   }
   try {
-    tracer_.attach_python_types(pid, target::path_in_process_root(pid, interpreter.module),
-                                interpreter.module, probes);
+    tracer_.attach_python_types(pid, interpreter.file, probes);
   } catch (const Error& error) {
     std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not counted by "
               << "type: " << error.what() << "\n";

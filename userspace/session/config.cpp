@@ -6,15 +6,14 @@
 #include <climits>
 
 #include "python/cpython.h"
-#include "target/proc_maps.h"
+#include "target/process_file.h"
 
 namespace memtrail::session {
 
 std::vector<target::CustomAllocator> SessionConfig::custom_allocators_for(uint32_t pid) const {
   std::vector<target::CustomAllocator> custom = allocators;
   for (auto& allocator : custom) {
-    allocator.open_path =
-        pid ? target::path_in_process_root(pid, allocator.path) : allocator.path;
+    allocator.file = target::file_in_root(pid, allocator.path);
   }
   return custom;
 }

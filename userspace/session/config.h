@@ -35,7 +35,7 @@ struct SessionConfig {
   std::vector<uint32_t> excluded_pids;
 
   bool trace_cxx = false;  // probe C++ operators new and delete too
-  // Custom allocators as the processes see them (open_path empty: custom_allocators_for).
+  // Custom allocators as the command line names them (their files: custom_allocators_for).
   std::vector<target::CustomAllocator> allocators;
 
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;

@@ -20,16 +20,10 @@ void Probes::attach(uint32_t pid, const target::AllocatorModule& module) {
 }
 
 void Probes::attach_everywhere(const target::AllocatorModule& module) {
-  struct stat file {};
-  if (::stat(module.open_path.c_str(), &file) != 0) {
-    int error_number = errno;
-    throw Error(errno_message("stat " + module.open_path, error_number));
-  }
   target::AllocatorModule fresh = module;
   fresh.functions.clear();
   for (const auto& function : module.functions) {
-    auto key = std::make_tuple(static_cast<uint64_t>(file.st_dev),
-                               static_cast<uint64_t>(file.st_ino), function.probe_offset,
+    auto key = std::make_tuple(module.file.device, module.file.inode, function.probe_offset,
                                static_cast<int>(function.role));
     if (probed_everywhere_.insert(key).second) fresh.functions.push_back(function);
   }

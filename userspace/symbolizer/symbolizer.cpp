@@ -6,7 +6,6 @@
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
-#include <fcntl.h>
 #include <gelf.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include "common/error.h"
 #include "common/unique_fd.h"
 #include "target/elf_file.h"
+#include "target/process_file.h"
 
 namespace memtrail::symbolizer {
 namespace {
@@ -26,11 +26,14 @@ struct DwflDeleter {
   void operator()(Dwfl* dwfl) const { dwfl_end(dwfl); }
 };
 
-// Debug info is looked up next to the file, under /usr/lib/debug (by build-id and by path) and
-// through .gnu_debuglink: the libdwfl defaults, minus the network (see Symbolizer()).
+// Separate debug info is looked up by build-id under /usr/lib/debug/.build-id: a directory of
+// the host only root writes, and a name made of hex digits. Not by libdwfl's standard search:
+// it also opens paths made of the file's own directory and its .gnu_debuglink name, which a
+// traced process chooses ("../../../run/some-fifo" would leave memtrail blocked in open()).
+// And never through the network (see Symbolizer()).
 const Dwfl_Callbacks kCallbacks = {
     .find_elf = dwfl_build_id_find_elf,
-    .find_debuginfo = dwfl_standard_find_debuginfo,
+    .find_debuginfo = dwfl_build_id_find_debuginfo,
     .section_address = dwfl_offline_section_address,
     .debuginfo_path = nullptr,
 };
@@ -161,36 +164,40 @@ Symbolizer::Symbolizer() {
 
 Symbolizer::~Symbolizer() = default;
 
-void Symbolizer::set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings,
-                                      std::string root) {
+void Symbolizer::set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings) {
   Process& process = processes_[pid];
-  process = Process{std::move(mappings), std::move(root)};
-  // Open the code modules now, while /proc/PID/root still leads to them: a report is often
-  // symbolized after the process has exited. libdwfl reads debug info only when first used.
+  process = Process{std::move(mappings)};
+  // Open the code modules now, while the process maps them: a report is often symbolized
+  // after the process has exited. libdwfl reads debug info only when first used.
   for (const auto& mapping : process.mappings) {
-    if (mapping.executable && mapping.is_file()) module_for(process, mapping);
+    if (mapping.executable && mapping.is_file()) module_for(pid, mapping);
   }
 }
 
-std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(const Process& process,
+std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(uint32_t pid,
                                                            const target::Mapping& mapping) {
   std::string file_key = mapping.path + "\n" + std::to_string(mapping.inode);
   auto known = modules_.find(file_key);
   if (known != modules_.end()) return known->second;
 
   std::shared_ptr<Module> module;
-  std::string open_path = process.root + mapping.path;
-  UniqueFd fd(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    // The process is gone (no /proc/PID/root): the file may still be at its path if the
-    // process shared memtrail's mount namespace.
-    open_path = mapping.path;
-    fd.reset(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
+  // The process is gone (no mapping to open the file through): the same file (same device
+  // and inode) may still be at its name, if the process shared memtrail's root.
+  target::ProcessFile own = target::file_in_root(0, mapping.path);
+  own.device = mapping.device;
+  own.inode = mapping.inode;
+  std::optional<target::OpenedFile> opened;
+  for (const target::ProcessFile& where : {target::mapped_file(pid, mapping), own}) {
+    try {
+      opened = target::open_file(where);
+      break;
+    } catch (const Error&) {
+    }
   }
   std::optional<target::ElfFile> elf;
-  if (fd) {
+  if (opened) {
     try {
-      elf = target::ElfFile::open(std::move(fd), open_path);
+      elf = target::ElfFile::open(std::move(opened->fd), mapping.path);
     } catch (const Error&) {
       // Not an ELF file: frames in it keep their file offset (symbolize() never throws).
     }
@@ -214,7 +221,7 @@ std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(const Process& proces
   Dwfl_Module* dwfl_module =
       // Base 0 with add_p_vaddr: addresses are the file's own virtual addresses (bias 0) for
       // shared objects, PIE and fixed-address executables alike.
-      dwfl_fd ? dwfl_report_elf(dwfl.get(), mapping.path.c_str(), open_path.c_str(),
+      dwfl_fd ? dwfl_report_elf(dwfl.get(), mapping.path.c_str(), mapping.path.c_str(),
                                 dwfl_fd.release(), 0, true)
               : nullptr;
   if (dwfl_module && dwfl_report_end(dwfl.get(), nullptr, nullptr) == 0) {
@@ -252,7 +259,7 @@ std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
   unknown.module = mapping->path;
   unknown.offset = address - mapping->start + mapping->file_offset;  // best effort: file offset
 
-  std::shared_ptr<Module> module = module_for(process->second, *mapping);
+  std::shared_ptr<Module> module = module_for(pid, *mapping);
   if (!module) return {unknown};
   auto vaddr = target::address_at_file_offset(module->segments,
                                               address - mapping->start + mapping->file_offset);

@@ -14,9 +14,9 @@
 namespace memtrail::symbolizer {
 
 // Symbolizes addresses of any number of processes. Module debug information is loaded once per
-// file identity (GNU build-id, else path + inode) and shared between processes. Debug info is
-// found next to the file, by build-id under /usr/lib/debug/.build-id and via .gnu_debuglink.
-// Never contacts a debuginfod server: a tracer must not block on the network.
+// file identity (GNU build-id, else path + inode) and shared between processes. Separate debug
+// info is found by build-id under /usr/lib/debug/.build-id. Never contacts a debuginfod server:
+// a tracer must not block on the network.
 class Symbolizer {
  public:
   Symbolizer();
@@ -24,10 +24,10 @@ class Symbolizer {
   Symbolizer(const Symbolizer&) = delete;
   Symbolizer& operator=(const Symbolizer&) = delete;
 
-  // Remembers how `pid` maps its files. Call it while the process is alive; the last mappings
-  // are kept after it exits so that its report can still be symbolized. Files are opened
-  // under `root` (normally /proc/PID/root) so that containerized processes work.
-  void set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings, std::string root);
+  // Remembers how `pid` maps its files. Call it while the process is alive: its code files are
+  // opened now, through its mappings (target/process_file.h), and the last mappings are kept
+  // after it exits so that its report can still be symbolized.
+  void set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings);
 
   // Frames for one code address of `pid`: inlined frames first (inlined = true), then the
   // function that contains the address. Never throws: what is unknown stays nullopt, and an
@@ -42,9 +42,8 @@ class Symbolizer {
  private:
   struct Process {
     std::vector<target::Mapping> mappings;
-    std::string root;
   };
-  std::shared_ptr<Module> module_for(const Process& process, const target::Mapping& mapping);
+  std::shared_ptr<Module> module_for(uint32_t pid, const target::Mapping& mapping);
 
   std::unordered_map<uint32_t, Process> processes_;
   std::unordered_map<std::string, std::shared_ptr<Module>> modules_;  // by build-id or path+inode

@@ -366,34 +366,36 @@ std::string classify(const ElfFile& elf, const std::string& path, bool main_prog
 
 }  // namespace
 
-std::optional<AllocatorModule> allocator_in_file(const std::string& path,
-                                                 const std::string& open_path) {
-  ElfFile elf = ElfFile::open(open_path);
+std::optional<AllocatorModule> allocator_in_file(const ProcessFile& file) {
+  OpenedFile opened = open_file(file);
+  ElfFile elf = ElfFile::open(std::move(opened.fd), file.path);
   if (!elf.find_function("malloc") || !elf.find_function("free")) return std::nullopt;
-  return AllocatorModule{path, open_path, classify(elf, path, false, false),
+  return AllocatorModule{file.path, std::move(opened.file), classify(elf, file.path, false, false),
                          probes_in(elf, function_specs()), ""};
 }
 
-std::string classify_allocator(const std::string& open_path, bool main_program,
+std::string classify_allocator(const ProcessFile& file, bool main_program,
                                bool static_executable) {
-  ElfFile elf = ElfFile::open(open_path);
-  return classify(elf, open_path, main_program, static_executable);
+  ElfFile elf = ElfFile::open(open_file(file).fd, file.path);
+  return classify(elf, file.path, main_program, static_executable);
 }
 
 ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
                                      const std::vector<CustomAllocator>& custom) {
   struct Loaded {
-    const ModuleFile* file;
+    ProcessFile file;  // as opened: its device and inode known
     std::shared_ptr<const ElfFile> elf;
     std::string name;
   };
   std::vector<Loaded> loaded;
   std::vector<std::string> unreadable;
-  for (const ModuleFile& file : order.modules) {
+  for (const ModuleFile& module : order.modules) {
     try {
-      auto elf = ElfFile::open_shared(file.open_path);
-      std::string name = classify(*elf, file.path, file.main_program, order.static_executable);
-      loaded.push_back(Loaded{&file, std::move(elf), std::move(name)});
+      OpenedFile opened = open_file(module.file);
+      auto elf = ElfFile::open_shared(std::move(opened.fd), module.file.path);
+      std::string name =
+          classify(*elf, module.file.path, module.main_program, order.static_executable);
+      loaded.push_back(Loaded{std::move(opened.file), std::move(elf), std::move(name)});
     } catch (const Error& error) {
       unreadable.push_back(error.what());  // an unreadable file cannot be the allocator we probe
     }
@@ -435,8 +437,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
   result.order_source = order.source;
   for (size_t i = 0; i < loaded.size(); ++i) {
     if (bound[i].empty()) continue;
-    AllocatorModule module{loaded[i].file->path, loaded[i].file->open_path, loaded[i].name, {},
-                           ""};
+    AllocatorModule module{loaded[i].file.path, loaded[i].file, loaded[i].name, {}, ""};
     // tcmalloc and mimalloc make operator delete the same function as free (and new[] the
     // same as new): one probe serves both, so it cannot tell delete from free. Their new is
     // then probed as a plain allocation named "new", and mismatched pairs go undetected.
@@ -473,9 +474,18 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
   }
 
   for (const CustomAllocator& allocator : custom) {
+    // The file the process maps under that name, if it does: that one runs.
+    ProcessFile where = allocator.file;
+    for (const auto* files : {&order.modules, &order.unlinked}) {
+      for (const ModuleFile& module : *files) {
+        if (module.file.path == allocator.path) where = module.file;
+      }
+    }
     ElfFile elf = [&] {
       try {
-        return ElfFile::open(allocator.open_path);
+        OpenedFile opened = open_file(where);
+        where = opened.file;  // its device and inode, for probing the very file read
+        return ElfFile::open(std::move(opened.fd), allocator.path);
       } catch (const Error& error) {
         throw Error(std::string("--allocator ") + allocator.path + ": " + error.what(),
                     "give the path of the allocator's file as the process sees it");
@@ -484,8 +494,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     auto existing = std::find_if(result.modules.begin(), result.modules.end(),
                                  [&](const auto& module) { return module.path == allocator.path; });
     if (existing == result.modules.end()) {
-      result.modules.push_back(AllocatorModule{allocator.path, allocator.open_path, "custom", {},
-                                               ""});
+      result.modules.push_back(AllocatorModule{allocator.path, where, "custom", {}, ""});
       existing = result.modules.end() - 1;
     }
     std::set<uint64_t> probed;
@@ -520,7 +529,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     if (!bound[i].empty() || loaded[i].name.empty() || is_cxx_runtime_name(loaded[i].name)) {
       continue;
     }
-    UntracedAllocator untraced{loaded[i].name, loaded[i].file->path, "", false};
+    UntracedAllocator untraced{loaded[i].name, loaded[i].file.path, "", false};
     untraced.reason = "its functions are shadowed: every one of them binds to " +
                       (primary_name.empty() ? std::string("another module") : primary_name) +
                       " earlier in load order; calls that bypass symbol binding (dlsym, "
@@ -528,12 +537,12 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     untraced.expected = loaded[i].name == "glibc";
     result.untraced.push_back(std::move(untraced));
   }
-  for (const ModuleFile& file : order.unlinked) {
+  for (const ModuleFile& module : order.unlinked) {
     try {
-      std::string name = classify_allocator(file.open_path, false, false);
+      std::string name = classify_allocator(module.file, false, false);
       if (name.empty() || is_cxx_runtime_name(name)) continue;
       result.untraced.push_back(UntracedAllocator{
-          name, file.path,
+          name, module.file.path,
           "mapped outside the dynamic linker's link map (dlmopen, or mapped by hand): its "
           "functions are not probed; name them with --allocator to trace them",
           false});

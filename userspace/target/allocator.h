@@ -11,6 +11,7 @@
 #include "model/snapshot.h"
 #include "target/load_order.h"
 #include "target/proc_maps.h"
+#include "target/process_file.h"
 
 namespace memtrail::target {
 
@@ -39,8 +40,8 @@ struct FunctionProbe {
 };
 
 struct AllocatorModule {
-  std::string path;       // as the process sees it (for reports)
-  std::string open_path;  // where memtrail opens it: through /proc/PID/root
+  std::string path;  // as the process sees it (for reports)
+  ProcessFile file;  // where memtrail opens and probes it: its device and inode known
   // What it is: "glibc", "static glibc", "jemalloc", "tcmalloc", "mimalloc", "libstdc++",
   // "libc++", "custom" (--allocator), or "other" for an unknown module defining malloc.
   std::string name;
@@ -58,8 +59,10 @@ struct UntracedAllocator {
 
 // A --allocator PATH:SYMBOLS entry: each symbol probed in the role of a standard function.
 struct CustomAllocator {
-  std::string path;       // as the process sees it
-  std::string open_path;  // where memtrail opens it
+  std::string path;  // as the process sees it
+  // Where memtrail opens it while the process does not map it (file_in_root): a file it maps
+  // under this path is the one probed.
+  ProcessFile file;
   struct Function {
     std::string symbol;
     std::string role;  // "malloc", "calloc", "realloc", "reallocarray", "free", ...
@@ -86,12 +89,11 @@ const std::vector<std::string>& custom_role_names();
 // Looks up glibc's allocator functions in one ELF file. Functions sharing an address (glibc's
 // aligned_alloc and memalign before 2.38) are probed once. nullopt when the file does not
 // define both malloc and free.
-std::optional<AllocatorModule> allocator_in_file(const std::string& path,
-                                                 const std::string& open_path);
+std::optional<AllocatorModule> allocator_in_file(const ProcessFile& file);
 
 // What the allocator in one module is (see AllocatorModule::name), from the symbols it
 // defines; empty when it defines none of the allocator functions memtrail knows.
-std::string classify_allocator(const std::string& open_path, bool main_program,
+std::string classify_allocator(const ProcessFile& file, bool main_program,
                                bool static_executable);
 
 // Binds every allocator function memtrail knows (glibc's malloc family; jemalloc's mallocx,

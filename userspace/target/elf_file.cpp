@@ -2,7 +2,6 @@
 // The one reader of ELF files: opening and checking, segments, sections, symbols, build-id.
 #include "target/elf_file.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <gelf.h>
 #include <libelf.h>
@@ -14,6 +13,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "target/process_file.h"
 
 namespace memtrail::target {
 namespace {
@@ -54,9 +54,11 @@ std::optional<uint64_t> address_at_file_offset(std::span<const LoadSegment> segm
   return std::nullopt;
 }
 
-std::shared_ptr<const ElfFile> ElfFile::open_shared(const std::string& path) {
+std::shared_ptr<const ElfFile> ElfFile::open_shared(UniqueFd fd, const std::string& path) {
   struct stat info {};
-  if (::stat(path.c_str(), &info) != 0) return std::make_shared<const ElfFile>(open(path));
+  if (::fstat(fd.get(), &info) != 0) {
+    return std::make_shared<const ElfFile>(open(std::move(fd), path));
+  }
   std::string key = std::to_string(info.st_dev) + ":" + std::to_string(info.st_ino) + ":" +
                     std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) +
                     "." + std::to_string(info.st_mtim.tv_nsec);
@@ -64,19 +66,14 @@ std::shared_ptr<const ElfFile> ElfFile::open_shared(const std::string& path) {
   static std::unordered_map<std::string, std::shared_ptr<const ElfFile>> opened;
   auto it = opened.find(key);
   if (it != opened.end()) return it->second;
-  auto file = std::make_shared<const ElfFile>(open(path));
+  auto file = std::make_shared<const ElfFile>(open(std::move(fd), path));
   if (opened.size() >= 128) opened.clear();
   opened.emplace(std::move(key), file);
   return file;
 }
 
 ElfFile ElfFile::open(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    int error_number = errno;
-    throw Error(errno_message("open " + path, error_number), hint_for_errno(error_number));
-  }
-  return open(std::move(fd), path);
+  return open(open_file(file_in_root(0, path)).fd, path);
 }
 
 ElfFile ElfFile::open(UniqueFd fd, const std::string& path) {

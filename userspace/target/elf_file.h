@@ -60,16 +60,18 @@ struct ElfDeleter {
 // lookup, also through a const object.
 class ElfFile {
  public:
-  // Opens `path`. Throws memtrail::Error naming the file when it cannot be opened, is not an
-  // ELF file or has no readable ELF header.
+  // Opens `path` in memtrail's own root: a regular file only, never blocking (open_file).
+  // Throws memtrail::Error naming the file when it cannot be opened, is not an ELF file or has
+  // no readable ELF header. A traced process's files are opened with open_file() first.
   static ElfFile open(const std::string& path);
-  // The same for `fd`, already open on the file that `path` names (for messages), e.g. found
-  // by trying several places; the ElfFile owns it from now on, also when this throws.
+  // The same for `fd`, already open on the file that `path` names (for messages), e.g. a
+  // traced process's file (open_file); the ElfFile owns it from now on, also when this throws.
   static ElfFile open(UniqueFd fd, const std::string& path);
   // The same file, opened once for every caller while it is unchanged (same device, inode,
   // size and modification time): host-wide, every new process maps the same libc, and
   // indexing its symbols again for each would cost more than everything else memtrail does.
-  static std::shared_ptr<const ElfFile> open_shared(const std::string& path);
+  // `fd` is closed when the file is known already.
+  static std::shared_ptr<const ElfFile> open_shared(UniqueFd fd, const std::string& path);
 
   // The libelf descriptor, for libelf and libdw calls. It lives as long as this ElfFile: never
   // end it.

@@ -59,8 +59,8 @@ const Mapping* mapping_at(const std::vector<Mapping>& mappings, uint64_t address
   return nullptr;
 }
 
-ModuleFile module_of(uint32_t pid, const std::string& path, bool main_program) {
-  return ModuleFile{path, path_in_process_root(pid, path), main_program};
+ModuleFile module_of(uint32_t pid, const Mapping& mapping, bool main_program) {
+  return ModuleFile{mapped_file(pid, mapping), main_program};
 }
 
 // Mapped regular files that are not in `order`: candidates for allocators the link map does
@@ -68,12 +68,12 @@ ModuleFile module_of(uint32_t pid, const std::string& path, bool main_program) {
 std::vector<ModuleFile> unlinked_files(uint32_t pid, const std::vector<Mapping>& mappings,
                                        const std::vector<ModuleFile>& order) {
   std::set<std::string> known;
-  for (const auto& module : order) known.insert(module.path);
+  for (const auto& module : order) known.insert(module.file.path);
   std::vector<ModuleFile> unlinked;
   for (const Mapping& mapping : mappings) {
     // Code is mapped executable: data files (locale archives, caches) are not candidates.
     if (!mapping.is_file() || !mapping.executable || !known.insert(mapping.path).second) continue;
-    unlinked.push_back(module_of(pid, mapping.path, false));
+    unlinked.push_back(module_of(pid, mapping, false));
   }
   return unlinked;
 }
@@ -97,7 +97,7 @@ LoadOrder process_load_order(uint32_t pid, const std::vector<Mapping>& mappings)
                 "run memtrail as root, on a process that has finished starting");
   }
   LoadOrder order;
-  order.modules.push_back(module_of(pid, executable->path, true));
+  order.modules.push_back(module_of(pid, *executable, true));
 
   ProcessMemory memory(pid);
   std::optional<uint64_t> bias;
@@ -143,7 +143,7 @@ LoadOrder process_load_order(uint32_t pid, const std::vector<Mapping>& mappings)
     // used (l_name may be /lib/... where the maps say /usr/lib/...). The vdso maps no file.
     const Mapping* mapping = mapping_at(mappings, reinterpret_cast<uint64_t>(entry_map->l_ld));
     if (mapping && mapping->is_file() && seen.insert(mapping->path).second) {
-      order.modules.push_back(module_of(pid, mapping->path, false));
+      order.modules.push_back(module_of(pid, *mapping, false));
     }
     entry_address = reinterpret_cast<uint64_t>(entry_map->l_next);
   }
@@ -179,7 +179,7 @@ std::vector<std::string> parse_loader_list(std::string_view text) {
 LoadOrder command_load_order(const std::string& executable) {
   ElfFile elf = ElfFile::open(executable);
   LoadOrder order;
-  order.modules.push_back(ModuleFile{executable, executable, true});
+  order.modules.push_back(ModuleFile{file_in_root(0, executable), true});
   if (elf.interpreter().empty()) {
     order.static_executable = true;
     order.source = "static executable (no program interpreter): it binds its own symbols";
@@ -231,7 +231,7 @@ LoadOrder command_load_order(const std::string& executable) {
     // rest of memtrail, by their real path.
     char resolved[PATH_MAX];
     std::string path = ::realpath(listed.c_str(), resolved) ? resolved : listed;
-    if (seen.insert(path).second) order.modules.push_back(ModuleFile{path, path, false});
+    if (seen.insert(path).second) order.modules.push_back(ModuleFile{file_in_root(0, path), false});
   }
   order.source = "the dynamic linker's own list (" + interpreter + " --list)";
   return order;

@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "target/proc_maps.h"
+#include "target/process_file.h"
 
 namespace memtrail::target {
 
 struct ModuleFile {
-  std::string path;       // as the process sees it (as in /proc/PID/maps)
-  std::string open_path;  // where memtrail opens it: through /proc/PID/root
+  ProcessFile file;  // file.path: as the process sees it (as in /proc/PID/maps)
   bool main_program = false;
 };
 

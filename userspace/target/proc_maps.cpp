@@ -2,6 +2,8 @@
 // Parse /proc/PID/maps.
 #include "target/proc_maps.h"
 
+#include <sys/sysmacros.h>
+
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -43,27 +45,33 @@ std::optional<Mapping> parse_line(std::string_view line) {
   std::string_view device = next_field(rest);
   std::string_view inode = next_field(rest);
   size_t dash = range.find('-');
-  if (dash == std::string_view::npos || perms.size() < 4 || device.empty() ||
+  size_t colon = device.find(':');
+  uint64_t major = 0, minor = 0;
+  if (dash == std::string_view::npos || perms.size() < 4 || colon == std::string_view::npos ||
       !parse_hex(range.substr(0, dash), mapping.start) ||
       !parse_hex(range.substr(dash + 1), mapping.end) ||
-      !parse_hex(offset, mapping.file_offset) || !parse_dec(inode, mapping.inode)) {
+      !parse_hex(offset, mapping.file_offset) || !parse_hex(device.substr(0, colon), major) ||
+      !parse_hex(device.substr(colon + 1), minor) || major > UINT32_MAX || minor > UINT32_MAX ||
+      !parse_dec(inode, mapping.inode)) {
     return std::nullopt;
   }
+  mapping.device = makedev(static_cast<unsigned>(major), static_cast<unsigned>(minor));
   mapping.readable = perms[0] == 'r';
   mapping.executable = perms[2] == 'x';
   size_t path_begin = rest.find_first_not_of(' ');
   if (path_begin != std::string_view::npos) mapping.path = std::string(rest.substr(path_begin));
+  static constexpr std::string_view kDeleted = " (deleted)";
+  if (mapping.inode != 0 && mapping.path.size() > kDeleted.size() &&
+      mapping.path.compare(mapping.path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0) {
+    mapping.path.resize(mapping.path.size() - kDeleted.size());
+    mapping.deleted = true;
+  }
   return mapping;
 }
 
 }  // namespace
 
-bool Mapping::is_file() const {
-  static constexpr std::string_view kDeleted = " (deleted)";
-  return inode != 0 && !path.empty() && path.front() == '/' &&
-         !(path.size() > kDeleted.size() &&
-           path.compare(path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0);
-}
+bool Mapping::is_file() const { return inode != 0 && !path.empty() && path.front() == '/'; }
 
 std::vector<Mapping> parse_proc_maps(std::string_view text) {
   std::vector<Mapping> mappings;
@@ -83,10 +91,6 @@ std::optional<std::vector<Mapping>> read_proc_maps(uint32_t pid) {
   text << file.rdbuf();
   if (file.bad()) return std::nullopt;
   return parse_proc_maps(text.str());
-}
-
-std::string path_in_process_root(uint32_t pid, const std::string& path) {
-  return "/proc/" + std::to_string(pid) + "/root" + path;
 }
 
 }  // namespace memtrail::target

@@ -16,11 +16,18 @@ struct Mapping {
   uint64_t file_offset = 0;
   bool readable = false;
   bool executable = false;
+  uint64_t device = 0;  // of the mapped file, as makedev() builds it from the maps' major:minor
   uint64_t inode = 0;
-  std::string path;  // as the process sees it; empty for anonymous memory; "[vdso]" etc.
+  // The file's name as the maps give it (a container's files relative to its own root, a
+  // chrooted process's with the chroot's prefix), without the " (deleted)" the kernel appends
+  // to a file deleted or replaced since: for reports and messages. memtrail opens the mapped
+  // file through the mapping itself (target/process_file.h), never by this name. Empty for
+  // anonymous memory; "[heap]", "[vdso]" etc.
+  std::string path;
+  bool deleted = false;  // the name said " (deleted)": the file is still there to read
 
   bool contains(uint64_t address) const { return address >= start && address < end; }
-  // A regular file (not anonymous, not [heap]/[stack]/[vdso], not a deleted file).
+  // A file (not anonymous, not [heap]/[stack]/[vdso]), deleted or not.
   bool is_file() const;
 };
 
@@ -31,9 +38,5 @@ std::vector<Mapping> parse_proc_maps(std::string_view text);
 // Reads /proc/PID/maps. nullopt when the process does not exist or cannot be read; an empty
 // vector for a process without an address space (a zombie, a kernel thread).
 std::optional<std::vector<Mapping>> read_proc_maps(uint32_t pid);
-
-// The path under which memtrail opens a file that `pid` maps, so that files of processes in
-// other mount namespaces (containers) are found: /proc/PID/root/<path>.
-std::string path_in_process_root(uint32_t pid, const std::string& path);
 
 }  // namespace memtrail::target

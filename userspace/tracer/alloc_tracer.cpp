@@ -19,6 +19,7 @@
 #include "aggregator/sampling.h"
 #include "common/clock.h"
 #include "common/error.h"
+#include "target/process_file.h"
 #include "tracer/libbpf_util.h"
 
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__destroy(skeleton); }
@@ -496,12 +497,16 @@ void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
 }
 
 void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
+  // Open while the probes are attached: the kernel resolves the descriptor's path to the
+  // very file checked, whatever its name or the process's mappings lead to meanwhile.
+  target::OpenedFile file = target::open_file(module.file);
+  std::string kernel_path = file.kernel_path();
   std::vector<Link> attached;
   auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint64_t cookie,
                         const std::string& function) {
     LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = cookie, .retprobe = retprobe);
     pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
-    bpf_link* link = bpf_program__attach_uprobe_opts(program, probed, module.open_path.c_str(),
+    bpf_link* link = bpf_program__attach_uprobe_opts(program, probed, kernel_path.c_str(),
                                                      offset, &options);
     if (!link) {
       int error_number = errno;
@@ -547,21 +552,22 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
-void AllocTracer::attach_python_types(uint32_t pid, const std::string& open_path,
-                                      const std::string& path,
+void AllocTracer::attach_python_types(uint32_t pid, const target::ProcessFile& file,
                                       const std::vector<PythonObjectProbe>& probes) {
   if (!config_.python_type_layout) return;
+  target::OpenedFile opened = target::open_file(file);  // see attach()
+  std::string kernel_path = opened.kernel_path();
   std::vector<Link> attached;
   for (const auto& probe : probes) {
     LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = bpf::object_call_code(probe.call));
     bpf_program* program =
         probe.release ? skeleton_->progs.python_object_free : skeleton_->progs.python_object_new;
     bpf_link* link = bpf_program__attach_uprobe_opts(program, static_cast<pid_t>(pid),
-                                                     open_path.c_str(), probe.file_offset,
+                                                     kernel_path.c_str(), probe.file_offset,
                                                      &options);
     if (!link) {
       int error_number = errno;
-      fail("attach uprobe " + probe.function + " in " + path + " (pid " + std::to_string(pid) +
+      fail("attach uprobe " + probe.function + " in " + file.path + " (pid " + std::to_string(pid) +
                ", --python-types)",
            error_number);
     }

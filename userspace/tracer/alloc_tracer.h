@@ -38,8 +38,9 @@ class AllocTracer : public unwind::RowStore {
   uint64_t unfollow(uint32_t pid);
 
   // Attaches every probe of `module` for process `pid` only; other processes mapping the same
-  // file pay nothing. All or nothing: on failure the probes attached so far are removed and
-  // memtrail::Error is thrown.
+  // file pay nothing. The probes go on module.file as open_file() opens it (the file mapped,
+  // never a name followed elsewhere). All or nothing: on failure the probes attached so far
+  // are removed and memtrail::Error is thrown.
   void attach(uint32_t pid, const target::AllocatorModule& module);
 
   // Reads the maps. Entries that change while being read are skipped and counted. With a
@@ -87,9 +88,9 @@ class AllocTracer : public unwind::RowStore {
     // The function, for the ones that make.
     model::PythonObjectCall call = model::PythonObjectCall::kGenericAlloc;
   };
-  // Attaches them for process `pid`, the file opened at `open_path` (`path` as the process
-  // sees it, for messages). All or nothing; throws memtrail::Error.
-  void attach_python_types(uint32_t pid, const std::string& open_path, const std::string& path,
+  // Attaches them for process `pid`, in the interpreter's `file`. All or nothing; throws
+  // memtrail::Error.
+  void attach_python_types(uint32_t pid, const target::ProcessFile& file,
                            const std::vector<PythonObjectProbe>& probes);
 
   // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their

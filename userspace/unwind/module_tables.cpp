@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "common/error.h"
+#include "target/process_file.h"
 
 namespace memtrail::unwind {
 
@@ -17,14 +18,14 @@ std::optional<uint64_t> load_bias(const target::Mapping& mapping,
   return mapping.start - *vaddr;  // modulo 2^64, as the walker subtracts it
 }
 
-ModuleUnwind ModuleTables::describe(const std::string& path, const std::string& open_path) {
+ModuleUnwind ModuleTables::describe(const std::string& path, UniqueFd fd) {
   ModuleUnwind module;
   module.path = path;
   bool guess_allowed = mode_ != UnwindMode::kDwarf;
   auto started = std::chrono::steady_clock::now();
   UnwindTable table;
   try {
-    table = build_unwind_table(open_path);
+    table = build_unwind_table(target::ElfFile::open(std::move(fd), path));
   } catch (const Error& error) {
     module.method = guess_allowed ? "frame_pointers" : "none";
     module.reason = error.what();
@@ -94,17 +95,22 @@ ModuleUnwind ModuleTables::describe(const std::string& path, const std::string& 
   return module;
 }
 
-std::optional<size_t> ModuleTables::module_for(const std::string& path, const std::string& open_path) {
+std::optional<size_t> ModuleTables::module_for(uint32_t pid, const target::Mapping& mapping) {
+  std::optional<target::OpenedFile> file;
+  try {
+    file = target::open_file(target::mapped_file(pid, mapping));
+  } catch (const Error&) {
+    return std::nullopt;  // gone with its process, or not a regular file: nothing to build
+  }
   struct stat status {};
-  // Gone with its process (or deleted since it was mapped): nothing to build, nothing to say.
-  if (::stat(open_path.c_str(), &status) != 0) return std::nullopt;
+  if (::fstat(file->fd.get(), &status) != 0) return std::nullopt;
   std::string file_key = std::to_string(status.st_dev) + ":" + std::to_string(status.st_ino) +
                          ":" + std::to_string(status.st_size) + ":" +
                          std::to_string(status.st_mtim.tv_sec) + "." +
                          std::to_string(status.st_mtim.tv_nsec);
   auto known = by_file_.find(file_key);
   if (known != by_file_.end()) return known->second;
-  ModuleUnwind module = describe(path, open_path);
+  ModuleUnwind module = describe(mapping.path, std::move(file->fd));
   size_t index = modules_.size();
   modules_.push_back(std::move(module));
   by_file_.emplace(file_key, index);
@@ -116,7 +122,7 @@ std::vector<WalkerMapping> ModuleTables::mappings_for(
   std::vector<WalkerMapping> entries;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || !mapping.is_file()) continue;
-    auto index = module_for(mapping.path, target::path_in_process_root(pid, mapping.path));
+    auto index = module_for(pid, mapping);
     if (!index) continue;
     const ModuleUnwind& module = modules_[*index];
     auto bias = load_bias(mapping, module.segments);

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "model/stack_modes.h"
 #include "target/proc_maps.h"
 #include "unwind/table_builder.h"
@@ -76,7 +77,8 @@ class ModuleTables {
   // The walker's entries for a process's executable file mappings, sorted by address: at most
   // kMaxWalkerMappings (the rest is counted in mappings_beyond_limit). Builds and
   // stores the table of every file not seen before; a file another process maps already (same
-  // file, or same build id) shares its table. Files are opened through /proc/PID/root.
+  // file, or same build id) shares its table. Files are opened through the process's
+  // mappings (target/process_file.h).
   std::vector<WalkerMapping> mappings_for(uint32_t pid,
                                           const std::vector<target::Mapping>& mappings);
 
@@ -87,10 +89,10 @@ class ModuleTables {
   uint64_t mappings_beyond_limit() const { return mappings_beyond_limit_; }
 
  private:
-  // Index into modules_ of the file `open_path`, building its table on first sight; nullopt
-  // when the file is gone.
-  std::optional<size_t> module_for(const std::string& path, const std::string& open_path);
-  ModuleUnwind describe(const std::string& path, const std::string& open_path);
+  // Index into modules_ of the file that `mapping` of `pid` maps, building its table on first
+  // sight; nullopt when the file cannot be opened (the process is gone).
+  std::optional<size_t> module_for(uint32_t pid, const target::Mapping& mapping);
+  ModuleUnwind describe(const std::string& path, UniqueFd fd);
 
   UnwindMode mode_;
   RowStore& store_;

@@ -666,12 +666,15 @@ SectionLookup find_cfi_sections(const target::ElfFile& elf, UnwindTable& table) 
 }  // namespace
 
 UnwindTable build_unwind_table(const std::string& elf_path) {
-  // The section data the FDEs point into lives as long as `elf`: to the end of this function.
-  target::ElfFile elf = target::ElfFile::open(elf_path);
+  return build_unwind_table(target::ElfFile::open(elf_path));
+}
+
+UnwindTable build_unwind_table(const target::ElfFile& elf) {
+  // The section data the FDEs point into lives as long as `elf`, which outlives this call.
   // Rows hold x86-64 registers and the 8-byte return address slot: another machine's CFI
   // would be misread, not merely unsupported.
   if (!elf.is_x86_64())
-    throw Error(elf_path + " is not an x86-64 ELF file (e_machine " +
+    throw Error(elf.path() + " is not an x86-64 ELF file (e_machine " +
                 std::to_string(elf.header().e_machine) + "): memtrail unwinds x86-64 code only");
 
   UnwindTable table;

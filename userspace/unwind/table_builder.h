@@ -129,10 +129,13 @@ struct UnwindTable {
   }
 };
 
-// Builds the table of the ELF file at `elf_path` from its .eh_frame and, for functions that
-// .eh_frame does not describe, its .debug_frame. Throws memtrail::Error when the file cannot be
-// read or is not an x86-64 ELF file; a file without call-frame information yields no rows and
-// says why in `no_cfi_reason`.
+// Builds the table of the ELF file `elf` from its .eh_frame and, for functions that .eh_frame
+// does not describe, its .debug_frame. Throws memtrail::Error when the file is not an x86-64
+// ELF file; a file without call-frame information yields no rows and says why in
+// `no_cfi_reason`.
+UnwindTable build_unwind_table(const target::ElfFile& elf);
+// The same for the file at `elf_path` in memtrail's own root (ElfFile::open), which throws
+// memtrail::Error when the file cannot be read.
 UnwindTable build_unwind_table(const std::string& elf_path);
 
 // The row that applies at ELF virtual address `pc`: the last row whose pc is <= `pc`, found by
