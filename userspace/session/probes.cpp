@@ -14,7 +14,7 @@ namespace memtrail::session {
 
 void Probes::attach(uint32_t pid, const target::AllocatorModule& module) {
   if (host_wide_) {
-    attach_everywhere(module);
+    attach_everywhere(module, pid);
   } else {
     tracer_.attach(pid, module);
   }

@@ -175,6 +175,7 @@ void Session::retire_exited() {
     process->memory_at_exit = measurement_.process_memory(pid);
     measurement_.forget_process(pid);
     code_maps_.forget_retired(pid);
+    probes_.forget_waiting(pid);
     process->retired = true;
     process->mappings = {};
     process->allocators = {};
