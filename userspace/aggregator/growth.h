@@ -73,6 +73,13 @@ class GrowthHistory {
   // Drops the series of process `pid` (it exited and its summary is kept): the sites of a
   // dead process must not fill the cap, nor pass to a process reusing its pid.
   void forget_process(uint32_t pid);
+  // Drops the series of every process `keep` says no to (not traced, or gone).
+  template <typename Keep>
+  void keep_processes(Keep keep) {
+    std::erase_if(series_, [&](const auto& entry) {
+      return !keep(static_cast<uint32_t>(entry.first >> 32));
+    });
+  }
 
  private:
   size_t max_points_, max_sites_;

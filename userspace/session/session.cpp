@@ -238,7 +238,19 @@ bool Session::wait(Clock::time_point until, int wake_fd) {
 
 bool Session::finished() const { return !config_.host_wide() && !targets_.any_live(); }
 
-void Session::measure() { measurement_.measure(start_); }
+void Session::measure() {
+  measurement_.measure(start_);
+  say_state();
+}
+
+// With -v, what the session holds: a long run's (bench/soak.sh reads this line).
+void Session::say_state() const {
+  if (!config_.verbose()) return;
+  std::cerr << "memtrail: state: " << targets_.size() << " targets kept (" << kept_exits_.size()
+            << " exit summaries), " << folded_exits_.nothing_outstanding
+            << " exits with nothing outstanding and " << folded_exits_.over_cap
+            << " older exit summaries folded\n";
+}
 
 model::Report Session::take_report(bool final, size_t sites) {
   return take_report(final, sites, nullptr);
@@ -287,12 +299,7 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
 void Session::add_run_facts(model::Report& report) const {
   report.attach_failures = probes_.attach_failures();
   report.folded_exits = folded_exits_;
-  if (config_.verbose()) {
-    std::cerr << "memtrail: state: " << targets_.size() << " targets kept ("
-              << kept_exits_.size() << " exit summaries), " << folded_exits_.nothing_outstanding
-              << " exits with nothing outstanding and " << folded_exits_.over_cap
-              << " older exit summaries folded\n";
-  }
+  say_state();
 }
 
 // `only`: the processes a report is for (see take_report); every target otherwise.

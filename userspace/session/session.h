@@ -91,6 +91,7 @@ class Session {
   Lifecycle::ReportOf report_of();
   void retire_exited();
   void add_run_facts(model::Report& report) const;
+  void say_state() const;
 
   SessionConfig config_;
   tracer::AllocTracer tracer_;
