@@ -92,7 +92,8 @@ void HostWide::look_at_blocked() {
   auto blocked = std::move(blocked_);
   blocked_.clear();
   for (uint32_t pid : blocked) {
-    if (target::process_state(pid) != target::ProcessState::kRunning) {
+    if (targets_.live(pid) ||
+        target::process_state(pid) != target::ProcessState::kRunning) {
       probes_.forget_waiting(pid);
       continue;
     }
