@@ -68,8 +68,10 @@ sample() {
   private=$(awk '/^Private_(Clean|Dirty):/ {sum += $2} END {print sum * 1024}' \
     "/proc/$pid/smaps_rollup")
   ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  memlock=$(awk '/^map_type:/ {map[FILENAME] = 1} /^memlock:/ {bytes[FILENAME] = $2}
-                 END {for (f in map) sum += bytes[f]; print sum + 0}' /proc/"$pid"/fdinfo/* 2>/dev/null || true)
+  # One stream (a descriptor closed meanwhile is skipped): each fdinfo starts with pos:.
+  memlock=$(cat /proc/"$pid"/fdinfo/* 2>/dev/null |
+    awk '/^pos:/ {map = 0} /^map_type:/ {map = 1} /^memlock:/ && map {sum += $2}
+         END {print sum + 0}')
   outstanding=$(grep -o 'report: [0-9]* outstanding' "$work/err" | tail -1 | grep -o '[0-9]*' || true)
   state=$(grep '^memtrail: state:' "$work/err" | tail -1 |
     sed -E 's/.*state: ([0-9]+) targets kept \(([0-9]+) exit summaries\), ([0-9]+) exits .* and ([0-9]+) older.*/\1,\2,\3,\4/' || true)
@@ -142,7 +144,8 @@ lines = [
      f"{mib(last['private'])} at the end ({100 * growth:+.1f} %; max {mib(max(r['private'] for r in after))})"),
     ("RssAnon", f"{mib(warm_row['rss_anon'])} -> {mib(last['rss_anon'])} ({100 * rss_growth:+.1f} %)"),
     ("CPU after warm-up", f"{cpu:.1f} % of a CPU on average, {peak_cpu:.1f} % at most over {int(after[1]['t_s'] - after[0]['t_s']) if len(after) > 1 else 0} s (bound {max_cpu:.0f} %)"),
-    ("BPF maps (memlock)", f"{mib(warm_row['bpf_memlock'])} -> {mib(last['bpf_memlock'])}"),
+    ("BPF maps (memlock)", f"{mib(warm_row['bpf_memlock'])} -> {mib(last['bpf_memlock'])}"
+     f" (max {mib(max(r['bpf_memlock'] for r in rows))})"),
     ("outstanding allocations read", f"{int(warm_row['outstanding']):,} -> {int(last['outstanding']):,}"),
     ("targets kept (exit summaries)", f"{int(warm_row['targets']):,} ({int(warm_row['exit_summaries'])}) -> "
      f"{int(last['targets']):,} ({int(last['exit_summaries'])})"),
