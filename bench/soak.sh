@@ -71,7 +71,7 @@ sample() {
   # One stream (a descriptor closed meanwhile is skipped): each fdinfo starts with pos:.
   memlock=$(cat /proc/"$pid"/fdinfo/* 2>/dev/null |
     awk '/^pos:/ {map = 0} /^map_type:/ {map = 1} /^memlock:/ && map {sum += $2}
-         END {print sum + 0}')
+         END {print sum + 0}' || true)
   outstanding=$(grep -o 'report: [0-9]* outstanding' "$work/err" | tail -1 | grep -o '[0-9]*' || true)
   state=$(grep '^memtrail: state:' "$work/err" | tail -1 |
     sed -E 's/.*state: ([0-9]+) targets kept \(([0-9]+) exit summaries\), ([0-9]+) exits .* and ([0-9]+) older.*/\1,\2,\3,\4/' || true)
