@@ -191,6 +191,10 @@ const std::vector<GrowthPoint>* GrowthHistory::series(uint32_t pid, int32_t site
   return it == series_.end() ? nullptr : &it->second;
 }
 
+void GrowthHistory::forget_process(uint32_t pid) {
+  std::erase_if(series_, [pid](const auto& entry) { return (entry.first >> 32) == pid; });
+}
+
 double median_age_s(const std::array<uint32_t, SiteSummary::kAgeBuckets>& histogram) {
   uint64_t blocks = 0;
   for (uint32_t count : histogram) blocks += count;

@@ -70,6 +70,16 @@ class GrowthHistory {
   void record(double t_s, const Aggregate& aggregate);
   const std::vector<GrowthPoint>* series(uint32_t pid, int32_t site_id) const;
   size_t sites_not_followed() const { return sites_not_followed_; }
+  // Drops the series of process `pid` (it exited and its summary is kept): the sites of a
+  // dead process must not fill the cap, nor pass to a process reusing its pid.
+  void forget_process(uint32_t pid);
+  // Drops the series of every process `keep` says no to (not traced, or gone).
+  template <typename Keep>
+  void keep_processes(Keep keep) {
+    std::erase_if(series_, [&](const auto& entry) {
+      return !keep(static_cast<uint32_t>(entry.first >> 32));
+    });
+  }
 
  private:
   size_t max_points_, max_sites_;
@@ -90,6 +100,7 @@ class ProcessMemoryHistory {
   explicit ProcessMemoryHistory(size_t max_points = 240) : max_points_(max_points) {}
   void record(uint32_t pid, const ProcessMemoryPoint& point);
   const std::vector<ProcessMemoryPoint>* series(uint32_t pid) const;
+  void forget_process(uint32_t pid) { series_.erase(pid); }
 
  private:
   size_t max_points_;

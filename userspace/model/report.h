@@ -189,6 +189,23 @@ struct UnwindSummary {
   uint64_t mappings_beyond_limit = 0;  // code mappings the walker had no room for
 };
 
+// Probes that could not be attached (host-wide, --all): on which file, why, and what it cost.
+struct AttachFailure {
+  std::string path;             // the allocator's file
+  std::string reason;           // the last failure's message
+  uint64_t failures = 0;        // attempts that failed
+  uint64_t processes = 0;       // processes left untraced because of it (at discovery)
+  bool attached = false;        // a later attempt succeeded
+};
+
+// Exited processes folded into counts rather than listed, so that a host starting programs
+// all day keeps a bounded report (and memtrail bounded state).
+struct FoldedExits {
+  uint64_t nothing_outstanding = 0;  // exited with no outstanding bytes
+  uint64_t over_cap = 0;             // exit summaries beyond the kept ones
+  uint64_t over_cap_outstanding_bytes = 0;
+};
+
 struct Report {
   std::string tool_version;
   std::string host;
@@ -207,6 +224,8 @@ struct Report {
   // --python-types: CPython objects by type, fastest growing first; absent without it.
   std::optional<std::vector<PythonType>> python_types;
   std::vector<std::string> notes;   // caveats the reader must see (drops, invisible pre-attach allocations)
+  std::vector<AttachFailure> attach_failures;  // version 2; empty: every attach succeeded
+  FoldedExits folded_exits;                    // version 2
 };
 
 }  // namespace memtrail::model

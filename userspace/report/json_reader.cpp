@@ -214,6 +214,24 @@ model::Report from_json(const json& document) {
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();
     if (document.contains("unwind")) report.unwind = unwind_from(document.at("unwind"));
+    if (document.contains("attach_failures")) {
+      for (const auto& entry : document.at("attach_failures")) {
+        model::AttachFailure failure;
+        failure.path = entry.at("path").get<std::string>();
+        failure.reason = entry.at("reason").get<std::string>();
+        failure.failures = entry.at("failures").get<uint64_t>();
+        failure.processes = entry.at("processes").get<uint64_t>();
+        failure.attached = entry.at("attached").get<bool>();
+        report.attach_failures.push_back(std::move(failure));
+      }
+    }
+    if (document.contains("folded_exits")) {
+      const json& folded = document.at("folded_exits");
+      report.folded_exits.nothing_outstanding = folded.at("nothing_outstanding").get<uint64_t>();
+      report.folded_exits.over_cap = folded.at("over_cap").get<uint64_t>();
+      report.folded_exits.over_cap_outstanding_bytes =
+          folded.at("over_cap_outstanding_bytes").get<uint64_t>();
+    }
     if (document.contains("python_types")) {
       std::vector<model::PythonType> types;
       for (const auto& entry : document.at("python_types")) {

@@ -213,7 +213,22 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
             {"mismatched_frees", totals.mismatched_frees}}},
           {"leaks", std::move(leaks)},
           {"notes", report.notes}};
-  if (version >= 2) json["totals"]["region_events_lost"] = totals.region_events_lost;
+  if (version >= 2) {
+    json["totals"]["region_events_lost"] = totals.region_events_lost;
+    ordered_json failures = ordered_json::array();
+    for (const auto& failure : report.attach_failures) {
+      failures.push_back({{"path", failure.path},
+                          {"reason", failure.reason},
+                          {"failures", failure.failures},
+                          {"processes", failure.processes},
+                          {"attached", failure.attached}});
+    }
+    json["attach_failures"] = std::move(failures);
+    json["folded_exits"] = {
+        {"nothing_outstanding", report.folded_exits.nothing_outstanding},
+        {"over_cap", report.folded_exits.over_cap},
+        {"over_cap_outstanding_bytes", report.folded_exits.over_cap_outstanding_bytes}};
+  }
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();

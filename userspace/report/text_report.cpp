@@ -225,6 +225,23 @@ void render_text(const model::Report& report, std::ostream& out) {
           << " private; " << target.memory->reason << "\n";
     }
   }
+  const auto& folded = report.folded_exits;
+  if (folded.nothing_outstanding > 0) {
+    out << "  " << with_thousands(folded.nothing_outstanding)
+        << " short-lived processes exited with nothing outstanding (not listed)\n";
+  }
+  if (folded.over_cap > 0) {
+    out << "  " << with_thousands(folded.over_cap)
+        << " older exited processes not listed, with "
+        << human_bytes(folded.over_cap_outstanding_bytes) << " outstanding at their exits\n";
+  }
+  for (const auto& failure : report.attach_failures) {
+    out << "  could not probe " << failure.path << ": " << failure.reason << " ("
+        << with_thousands(failure.failures) << (failure.failures == 1 ? " attempt" : " attempts")
+        << " failed; " << with_thousands(failure.processes)
+        << (failure.processes == 1 ? " process" : " processes") << " left untraced meanwhile"
+        << (failure.attached ? "; probed at a later attempt" : "") << ")\n";
+  }
   out << "\n";
 
   size_t shown = std::min<size_t>(report.top, report.leaks.size());

@@ -45,6 +45,8 @@ class CodeMaps {
   void forget_python_code(uint32_t pid) { python_reader_.forget(pid); }
   // Process `pid` has exited (and its maps were purged).
   void forget_exited(uint32_t pid);
+  // Process `pid` has exited and its exit summary is symbolized: how it mapped its code goes.
+  void forget_retired(uint32_t pid) { symbolizer_.forget_process(pid); }
 
   // The stack walker reads unwind tables (--unwind dwarf/auto): mappings matter more often.
   bool walks_unwind_tables() const { return unwind_tables_.has_value(); }

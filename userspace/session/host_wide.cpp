@@ -38,10 +38,16 @@ void HostWide::start() {
     uint32_t pid = static_cast<uint32_t>(std::stoul(name));
     if (!add(pid)) ++skipped;
   }
+  skipped -= static_cast<uint32_t>(blocked_.size());
   std::cerr << "memtrail: tracing " << targets_.size()
             << " processes host-wide (--all), and those started from now on; " << skipped
             << " others have no traced allocator, are kernel threads or are left out by the "
-            << "filters\n";
+            << "filters";
+  if (!blocked_.empty()) {
+    std::cerr << "; " << blocked_.size()
+              << " wait for their allocator's probes (the attach failed, see above)";
+  }
+  std::cerr << "\n";
   std::cerr.flush();
 }
 
@@ -69,11 +75,36 @@ void HostWide::look_at_pending_programs() {
       std::cerr << "memtrail: tracing pid " << pid << " (" << targets_.back().info.comm
                 << "), started since\n";
     }
-    if (added || now >= deadline) {
+    if (added || now >= deadline || blocked_.count(pid)) {
       if (!added) tracer_.unfollow(pid);  // no traced allocator: stop following it
       it = pending_programs_.erase(it);
     } else {
       ++it;
+    }
+  }
+  if (!blocked_.empty() && probes_.retry_due(now)) look_at_blocked();
+}
+
+// A failed attach may succeed now (the other tool is gone): the processes it left untraced
+// are tried again, the first one attempting the attach, the others then traced or failing at
+// once. Those that exited meanwhile are dropped.
+void HostWide::look_at_blocked() {
+  auto blocked = std::move(blocked_);
+  blocked_.clear();
+  for (uint32_t pid : blocked) {
+    if (targets_.live(pid) ||
+        target::process_state(pid) != target::ProcessState::kRunning) {
+      probes_.forget_waiting(pid);
+      continue;
+    }
+    if (add(pid, /*quiet=*/true)) {
+      probes_.forget_waiting(pid);
+      if (config_.verbose()) {
+        std::cerr << "memtrail: tracing pid " << pid << " (" << targets_.back().info.comm
+                  << "), its allocator probed at last\n";
+      }
+    } else if (!blocked_.count(pid)) {
+      probes_.forget_waiting(pid);  // no longer wanted, or failed for another reason
     }
   }
 }
@@ -115,9 +146,18 @@ bool HostWide::add(uint32_t pid, bool quiet) {
     process.allocators = target::resolve_allocators(pid, order, config_.trace_cxx,
                                                     config_.custom_allocators_for(pid));
     if (process.allocators.modules.empty()) return false;
-    for (const auto& module : process.allocators.modules) probes_.attach_everywhere(module);
+    for (const auto& module : process.allocators.modules) {
+      probes_.attach_everywhere(module, pid);
+    }
     tracer_.follow(pid);
     process.pidfd = open_pidfd(pid);
+  } catch (const AttachFailed& error) {
+    // Said once per file by Probes, counted in the report; tried again later.
+    blocked_.insert(pid);
+    if (config_.verbose() && !quiet) {
+      std::cerr << "memtrail: pid " << pid << " not traced for now: " << error.what() << "\n";
+    }
+    return false;
   } catch (const Error& error) {
     if (config_.verbose() && !quiet) {
       std::cerr << "memtrail: pid " << pid << " not traced: " << error.what() << "\n";

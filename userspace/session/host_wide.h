@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 
 #include "session/code_maps.h"
 #include "session/config.h"
@@ -32,9 +33,12 @@ class HostWide {
   // Process `pid`, not traced, executed a program: traced if wanted, once its allocator is
   // known (looked for at each tick, for up to 2 s).
   void program_started(uint32_t pid);
-  // Looks again at the programs started since whose allocator was not known yet.
+  // Looks again at the programs started since whose allocator was not known yet, and, when a
+  // failed attach may be tried again, at the processes it left untraced.
   void look_at_pending_programs();
-  bool has_pending_programs() const { return !pending_programs_.empty(); }
+  bool has_pending_programs() const {
+    return !pending_programs_.empty() || (!blocked_.empty() && probes_.retry_due(Clock::now()));
+  }
   // `pid` is traced from now on as a traced process's child: no longer pending.
   void forget_pending(uint32_t pid) { pending_programs_.erase(pid); }
 
@@ -47,7 +51,12 @@ class HostWide {
   Targets& targets_;
   Probes& probes_;
   CodeMaps& code_maps_;
+  void look_at_blocked();
+
   std::map<uint32_t, Clock::time_point> pending_programs_;  // pid -> give up at
+  // Processes not traced because their allocator's file could not be probed (AttachFailed):
+  // looked at again when Probes says an attempt is due.
+  std::set<uint32_t> blocked_;
 };
 
 }  // namespace memtrail::session

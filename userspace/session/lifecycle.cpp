@@ -153,6 +153,7 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
     summary.purged_blocks = dropped[pid];
     code_maps_.forget_exited(pid);
     process->exit = summary;
+    summarized_.push_back(process);
     if (config_.host_wide() && !config_.verbose()) continue;  // many a second: -v says each
     std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
               << " bytes outstanding in " << summary.outstanding_allocations

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "model/report.h"
@@ -50,6 +51,9 @@ class Lifecycle {
 
   // Forked children that could not be followed (exited at once, mostly), over the run.
   uint64_t children_missed() const { return children_missed_; }
+  // The processes given an exit summary since the last call: the session may let go of
+  // what it holds for them. Valid until targets are removed.
+  std::vector<TracedProcess*> take_summarized() { return std::exchange(summarized_, {}); }
 
  private:
   void handle_fork(const tracer::AllocTracer::Fork& fork);
@@ -64,6 +68,7 @@ class Lifecycle {
   std::vector<uint32_t> exits_to_record_;  // exited since the last settle()
   std::unordered_map<uint32_t, uint64_t> purge_later_;  // unfollowable children: pid -> by
   std::vector<tracer::AllocTracer::Exec> stale_execs_;  // old images' slots to free
+  std::vector<TracedProcess*> summarized_;  // exit summaries given since take_summarized()
   uint64_t children_missed_ = 0;           // how many, over the run (a note in the report)
   Clock::time_point last_settled_{};
 };

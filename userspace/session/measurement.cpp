@@ -3,6 +3,7 @@
 #include "session/measurement.h"
 
 #include <unordered_map>
+#include <unordered_set>
 
 #include "target/process.h"
 
@@ -20,6 +21,12 @@ Measurement::Reading Measurement::measure(Clock::time_point start) {
   reading.aggregate = std::move(accumulator).finish(reading.snapshot.sites);
   double t_s = std::chrono::duration<double>(read - start).count();
   history_.record(t_s, reading.aggregate);
+  // Sites of processes that are not (or no longer) targets: children gone before they could
+  // be followed, programs not picked yet. Their series would otherwise stay for the whole
+  // run, filling the cap.
+  std::unordered_set<uint32_t> traced;
+  for (const auto& process : targets_) traced.insert(process.info.pid);
+  history_.keep_processes([&traced](uint32_t pid) { return traced.count(pid) != 0; });
   record_process_memory(t_s, reading.aggregate);
   if (config_.python_types) {
     python_types_.record(t_s, reading.snapshot.python_types,

@@ -44,6 +44,11 @@ class Measurement {
   // hold, assessed for growth; nullopt before its first point.
   std::optional<model::ProcessMemory> process_memory(uint32_t pid) const;
   const aggregator::GrowthHistory& history() const { return history_; }
+  // Process `pid` exited and its summary is kept: its series go (sites and private memory).
+  void forget_process(uint32_t pid) {
+    history_.forget_process(pid);
+    process_memory_.forget_process(pid);
+  }
   // --python-types: every type seen, fastest growing first.
   std::vector<model::PythonType> python_types() const { return python_types_.report(); }
 

@@ -175,6 +175,7 @@ void Session::attach_all() {
 
 void Session::housekeep(Clock::time_point now) {
   lifecycle_.settle(report_of(), start_);
+  retire_exited();
   if (now < next_housekeeping_) return;
   code_maps_.refresh_when_due(targets_, now, start_);
   lifecycle_.follow();
@@ -182,6 +183,39 @@ void Session::housekeep(Clock::time_point now) {
   code_maps_.name_python_frames();
   next_housekeeping_ =
       now + std::chrono::milliseconds(code_maps_.walks_unwind_tables() ? 50 : 100);
+}
+
+// Processes that exited and got their summary: memtrail lets go of what it held for them
+// (their mappings for the symbolizer, growth and private-memory series, allocator details),
+// so that a host starting programs all day keeps memtrail's memory flat. Host-wide, those that
+// left nothing outstanding are only counted; of the others, the latest kMaxExitSummaries
+// summaries are kept, and older ones counted with their bytes.
+void Session::retire_exited() {
+  for (TracedProcess* process : lifecycle_.take_summarized()) {
+    if (process->retired || !process->exit) continue;
+    uint32_t pid = process->info.pid;
+    process->memory_at_exit = measurement_.process_memory(pid);
+    measurement_.forget_process(pid);
+    code_maps_.forget_retired(pid);
+    probes_.forget_waiting(pid);
+    process->retired = true;
+    process->mappings = {};
+    process->allocators = {};
+    process->resolved_code_files = {};
+    if (config_.host_wide() && process->exit->outstanding_bytes == 0) {
+      ++folded_exits_.nothing_outstanding;
+      targets_.remove(*process);
+      continue;
+    }
+    kept_exits_.push_back(process);
+  }
+  while (kept_exits_.size() > kMaxExitSummaries) {
+    const TracedProcess* oldest = kept_exits_.front();
+    kept_exits_.pop_front();
+    ++folded_exits_.over_cap;
+    folded_exits_.over_cap_outstanding_bytes += oldest->exit->outstanding_bytes;
+    targets_.remove(*oldest);
+  }
 }
 
 void Session::add_poll_fds(std::vector<pollfd>& fds) {
@@ -226,7 +260,19 @@ bool Session::wait(Clock::time_point until, int wake_fd) {
 
 bool Session::finished() const { return !config_.host_wide() && !targets_.any_live(); }
 
-void Session::measure() { measurement_.measure(start_); }
+void Session::measure() {
+  measurement_.measure(start_);
+  say_state();
+}
+
+// With -v, what the session holds: a long run's (bench/soak.sh reads this line).
+void Session::say_state() const {
+  if (!config_.verbose()) return;
+  std::cerr << "memtrail: state: " << targets_.size() << " targets kept (" << kept_exits_.size()
+            << " exit summaries), " << folded_exits_.nothing_outstanding
+            << " exits with nothing outstanding and " << folded_exits_.over_cap
+            << " older exit summaries folded\n";
+}
 
 model::Report Session::take_report(bool final, size_t sites) {
   return take_report(final, sites, nullptr);
@@ -254,6 +300,7 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
       report.leaks.push_back(site);
     }
   }
+  if (!only) add_run_facts(report);
   auto built = Clock::now();
   if (config_.verbose()) {
     std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations
@@ -270,13 +317,22 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
   return report;
 }
 
+// What the run could not trace, and what it folded into counts.
+void Session::add_run_facts(model::Report& report) const {
+  report.attach_failures = probes_.attach_failures();
+  report.folded_exits = folded_exits_;
+  say_state();
+}
+
 // `only`: the processes a report is for (see take_report); every target otherwise.
 assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* only) const {
   assemble::ReportContext context;
   for (const auto& process : targets_) {
     if (only && !only->count(process.info.pid)) continue;
     context.targets.push_back(process.info);
-    context.targets.back().memory = measurement_.process_memory(process.info.pid);
+    context.targets.back().memory = process.retired
+                                        ? process.memory_at_exit
+                                        : measurement_.process_memory(process.info.pid);
     context.targets.back().exit = process.exit;
     if (config_.tracer.trace_regions) {
       context.targets.back().break_growth_bytes = tracer_.break_growth(process.info.pid);
@@ -302,6 +358,7 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
 void Session::stop() {
   lifecycle_.follow();
   lifecycle_.notice_exits(report_of(), start_);
+  retire_exited();
   // Code mapped since the last refresh (a command stopped right after it started) must be
   // known to the symbolizer, or its frames print as [unknown].
   for (auto& process : targets_) code_maps_.refresh(process);

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -90,6 +91,9 @@ class Session {
   model::Report take_report(bool final, size_t sites, const Lifecycle::Exited* only);
   assemble::ReportContext context(bool final, const Lifecycle::Exited* only) const;
   Lifecycle::ReportOf report_of();
+  void retire_exited();
+  void add_run_facts(model::Report& report) const;
+  void say_state() const;
 
   SessionConfig config_;
   tracer::AllocTracer tracer_;
@@ -107,6 +111,13 @@ class Session {
   // What add_poll_fds() appended after the fork events' descriptor (if any): whose pidfds.
   bool polled_region_events_ = false;
   std::vector<TracedProcess*> polled_;
+  // Exited processes whose summary is kept, oldest first (at most kMaxExitSummaries), and
+  // those folded into counts.
+  std::deque<const TracedProcess*> kept_exits_;
+  model::FoldedExits folded_exits_;
 };
+
+// Exit summaries a session keeps; older ones are folded into a count.
+inline constexpr size_t kMaxExitSummaries = 100;
 
 }  // namespace memtrail::session

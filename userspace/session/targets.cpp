@@ -42,6 +42,12 @@ void Targets::mark_exited(TracedProcess& process) {
   }
 }
 
+void Targets::remove(const TracedProcess& process) {
+  auto found = live_.find(process.info.pid);
+  if (found != live_.end() && found->second == &process) live_.erase(found);
+  processes_.remove_if([&](const TracedProcess& each) { return &each == &process; });
+}
+
 void describe_allocators(const target::ProcessAllocators& allocators, model::Target& info) {
   const target::AllocatorModule* primary = allocators.primary();
   info.allocator_module = primary ? primary->path : "";

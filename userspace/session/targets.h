@@ -3,7 +3,7 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <optional>
 #include <set>
 #include <string>
@@ -36,6 +36,10 @@ struct TracedProcess {
   std::string python_key;
   std::string python_types_module;  // the interpreter file --python-types probes, once
   uint64_t exited_at_ns = 0;  // CLOCK_MONOTONIC when memtrail saw it exit
+  // Its exit summary is kept and what memtrail held for it was let go (Session::retire): its
+  // private memory as it was then stays with it.
+  bool retired = false;
+  std::optional<model::ProcessMemory> memory_at_exit;
 };
 
 // Every process traced so far, live or exited, in the order they were added (reports list
@@ -55,6 +59,8 @@ class Targets {
   const TracedProcess* live(uint32_t pid) const;
   // Records that `process` exited: live() no longer finds it.
   void mark_exited(TracedProcess& process);
+  // Forgets `process`, which has exited: references to the others stay valid.
+  void remove(const TracedProcess& process);
   bool any_live() const { return !live_.empty(); }
 
   size_t size() const { return processes_.size(); }
@@ -65,7 +71,8 @@ class Targets {
   TracedProcess& back() { return processes_.back(); }
 
  private:
-  std::deque<TracedProcess> processes_;  // a deque: adding does not move the others
+  // A list: adding or removing one does not move the others.
+  std::list<TracedProcess> processes_;
   // The live processes by pid (the first added, if a pid was given twice).
   std::unordered_map<uint32_t, TracedProcess*> live_;
 };

@@ -28,6 +28,9 @@ class Symbolizer {
   // opened now, through its mappings (target/process_file.h), and the last mappings are kept
   // after it exits so that its report can still be symbolized.
   void set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings);
+  // Forgets how `pid` mapped its files (it exited and its report was kept): a long run must not
+  // keep every process it saw. The modules stay, shared with other processes.
+  void forget_process(uint32_t pid) { processes_.erase(pid); }
 
   // Frames for one code address of `pid`: inlined frames first (inlined = true), then the
   // function that contains the address. Never throws: what is unknown stays nullopt, and an

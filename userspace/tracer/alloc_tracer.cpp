@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -492,6 +493,20 @@ uint64_t AllocTracer::unfollow(uint32_t pid) {
   return regions_.forget_process(pid);
 }
 
+// MEMTRAIL_TEST_FAIL_ATTACH=N (tests only): the first N uprobe attaches fail as the kernel
+// fails them when another tool holds a probe with another reference counter (EINVAL), so
+// that a test can check what memtrail does then without running that tool.
+bool AllocTracer::injected_attach_failure() {
+  static int remaining = [] {
+    const char* value = std::getenv("MEMTRAIL_TEST_FAIL_ATTACH");
+    return value ? std::atoi(value) : 0;
+  }();
+  if (remaining <= 0) return false;
+  --remaining;
+  errno = EINVAL;
+  return true;
+}
+
 void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
   attach(kEveryProcess, module);
 }
@@ -506,8 +521,10 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
                         const std::string& function) {
     LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = cookie, .retprobe = retprobe);
     pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
-    bpf_link* link = bpf_program__attach_uprobe_opts(program, probed, kernel_path.c_str(),
-                                                     offset, &options);
+    bpf_link* link = injected_attach_failure()
+                         ? nullptr
+                         : bpf_program__attach_uprobe_opts(program, probed, kernel_path.c_str(),
+                                                           offset, &options);
     if (!link) {
       int error_number = errno;
       std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") +

@@ -126,6 +126,7 @@ class AllocTracer : public unwind::RowStore {
   const TracerConfig& config() const { return config_; }
 
  private:
+  static bool injected_attach_failure();
   static int on_region_event(void* self, void* data, size_t size);
   // Applies the region events waiting in the ring buffer; exec and fork go to lifecycle_.
   void consume_region_events();
