@@ -79,6 +79,7 @@ void Session::prepare_targets() {
     process.info.pid = static_cast<uint32_t>(child_->pid());
     describe_allocators(process.allocators, process.info);
     process.launched = true;
+    process.info.traced_from_start = true;
     targets_.add(std::move(process));
   }
 }
@@ -216,7 +217,8 @@ Lifecycle::ReportOf Session::report_of() {
 
 // With -v, says how long each stage took (the benchmark reads these lines).
 model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Exited* only) {
-  Measurement::Reading reading = measurement_.measure(start_);
+  // An exit report reads at any moment: it must not add a point to the histories.
+  Measurement::Reading reading = measurement_.measure(start_, /*record=*/only == nullptr);
   auto& aggregate = reading.aggregate;
   if (only) {
     std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
@@ -283,6 +285,8 @@ void Session::stop() {
   // Code mapped since the last refresh (a command stopped right after it started) must be
   // known to the symbolizer, or its frames print as [unknown].
   for (auto& process : targets_) code_maps_.refresh(process);
+  // Nothing is counted after the stop: the final report's counts are exact and consistent.
+  tracer_.detach_all();
 }
 
 void Session::end_launched_command() {
