@@ -204,7 +204,7 @@ model::Report build_report(const model::Snapshot& snapshot,
   totals.outstanding_allocations = aggregate.totals.outstanding_allocations;
   totals.unmatched_frees = context.sample_rate > 0 ? 0 : counters.unmatched_frees;
   totals.untracked_frees = context.sample_rate > 0 ? counters.unmatched_frees : 0;
-  totals.exact = context.final;  // the session removed the probes before the final reading
+  totals.exact = context.final;  // the probes stopped counting before the final reading
   totals.drops = counters.drops;
   totals.failed_calls = counters.failed_calls;
   totals.stack_failures = counters.stack_failures;

@@ -176,7 +176,7 @@ struct Totals {
   uint64_t mismatched_frees = 0;       // blocks released by the wrong function
   uint64_t region_events_lost = 0;     // mmap/munmap/mremap/brk calls not followed
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
-  // Read with the probes removed (the final report): every count exact. Otherwise read while
+  // Read once the probes stopped counting (the final report): every count exact. Otherwise read while
   // the programs run: a block freed during the read counts as freed already.
   bool exact = false;
 };

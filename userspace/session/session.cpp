@@ -79,7 +79,6 @@ void Session::prepare_targets() {
     process.info.pid = static_cast<uint32_t>(child_->pid());
     describe_allocators(process.allocators, process.info);
     process.launched = true;
-    process.info.traced_from_start = true;
     targets_.add(std::move(process));
   }
 }
@@ -258,6 +257,7 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
     context.targets.push_back(process.info);
     context.targets.back().memory = measurement_.process_memory(process.info.pid);
     context.targets.back().exit = process.exit;
+    context.targets.back().traced_from_start = process.launched;
     if (config_.tracer.trace_regions) {
       context.targets.back().break_growth_bytes = tracer_.break_growth(process.info.pid);
     }
@@ -286,7 +286,7 @@ void Session::stop() {
   // known to the symbolizer, or its frames print as [unknown].
   for (auto& process : targets_) code_maps_.refresh(process);
   // Nothing is counted after the stop: the final report's counts are exact and consistent.
-  tracer_.detach_all();
+  tracer_.stop_counting();
 }
 
 void Session::end_launched_command() {

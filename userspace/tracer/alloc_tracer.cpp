@@ -570,6 +570,8 @@ void AllocTracer::attach_python_types(uint32_t pid, const std::string& open_path
   for (auto& link : attached) links_.push_back(std::move(link));
 }
 
+void AllocTracer::stop_counting() { skeleton_->bss->tracing_stopped = 1; }
+
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Exec and fork events found here wait in lifecycle_ for drain_region_events().
   consume_region_events();

@@ -42,9 +42,10 @@ class AllocTracer : public unwind::RowStore {
   // memtrail::Error is thrown.
   void attach(uint32_t pid, const target::AllocatorModule& module);
 
-  // Removes every probe and tracepoint: from then on the maps hold still, so a snapshot's
-  // counts are exact (the final report's). Region events already sent are still read.
-  void detach_all() { links_.clear(); }
+  // From now on the probes record and release no block (removing them would take seconds):
+  // the table and the running totals hold still, so a snapshot's counts are exact (the final
+  // report's).
+  void stop_counting();
 
   // Reads the maps. Entries that change while being read are skipped and counted. With a
   // sink, the outstanding allocations go to it as they are read, not into the snapshot.
