@@ -41,6 +41,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * a delete it is nested in (one task-storage lookup per free). */
 volatile __u32 cxx_probes_attached = 0;
 
+/* Set by userspace when tracing stops, before the final reading: from then on no block is
+ * recorded or released, so the final report's counts are exact (removing hundreds of uprobes
+ * would take seconds). */
+volatile __u32 tracing_stopped = 0;
+
 /* ---- recording and releasing blocks: what the allocator probes share ---- */
 
 static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size,
@@ -48,7 +53,11 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 {
 	__u32 tgid = current_tgid();
 	__u64 caller = PT_REGS_IP(ctx);
-	__s32 site_id = capture_stack(caller, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
+	__s32 site_id;
+
+	if (tracing_stopped)
+		return;
+	site_id = capture_stack(caller, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
 
 	/* With sampling, the totals add up estimates: bytes and calls this sample stands for
 	 * (calls: rounded down; a sample of size 0 never happens). */
@@ -86,6 +95,8 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 	struct memtrail_alloc_info *info;
 	struct slot_ref found;
 
+	if (tracing_stopped)
+		return;
 	/* A miss means the block predates attach (or a concurrent double free removed it). */
 	if (!find_slot(tgid, address, &found)) {
 		if (mode != RELEASE_REALLOC_ZERO)

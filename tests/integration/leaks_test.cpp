@@ -176,6 +176,31 @@ TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
             std::string::npos);
 }
 
+// The final report is read with the probes removed: every count is exact and they add up,
+// per site (total = freed + outstanding) and in the totals (every recorded allocation is
+// freed or outstanding).
+TEST(LeaksIntegration, TheFinalReportsCountsAreExactAndAddUp) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  json report = trace_scenario(target).report;
+  auto leaks = sites_with_function(report, "leak_malloc");
+  ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+  EXPECT_EQ(leaks[0]["total_allocations"], 7);
+  EXPECT_EQ(leaks[0]["outstanding_allocations"], 7);
+  EXPECT_EQ(leaks[0]["freed_allocations"], 0);  // it never frees
+  for (const auto& site : report["leaks"]) {
+    EXPECT_EQ(site["total_allocations"].get<uint64_t>(),
+              site["freed_allocations"].get<uint64_t>() +
+                  site["outstanding_allocations"].get<uint64_t>())
+        << site.dump(2);
+  }
+  const json& totals = report["totals"];
+  EXPECT_EQ(totals["exact"], true);
+  EXPECT_EQ(totals["allocations"].get<uint64_t>() - totals["unsampled_allocations"].get<uint64_t>(),
+            totals["frees"].get<uint64_t>() + totals["outstanding_allocations"].get<uint64_t>())
+      << totals.dump(2);
+}
+
 TEST(LeaksIntegration, ConcurrentThreadsLeaveExactlyTheirLeaks) {
   REQUIRE_BPF_OR_SKIP();
   // 4 threads, each 20,000 malloc/free pairs and 256 blocks freed by the main thread, on both
@@ -234,6 +259,35 @@ std::vector<json> sites_called_from(const json& report, const std::string& funct
     if (!site["stack"].empty() && site["stack"][0]["function"] == function) found.push_back(site);
   }
   return found;
+}
+
+// While the program runs, a site that never frees shows 0 freed in every interval report
+// (the table was read before the site totals: its calls during the read counted as frees).
+TEST(LeaksVerdicts, ASiteThatNeverFreesShowsNoFreesInIntervalReports) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "grow", "3", "1000"});
+  TempDir dir;
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"),
+                 "--interval", "0.5", "--top", "5"});
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  std::string text = tracer.process.drain_stdout();
+  std::regex freed_text("(LEAK|SUSPECT|TRANSIENT): .* ([0-9,]+) of ([0-9,]+) freed");
+  int leak_lines = 0;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch match;
+    if (!std::regex_search(line, match, freed_text)) continue;
+    if (match[1] == "LEAK") ++leak_lines;
+    EXPECT_EQ(match[2], "0") << line << "\n" << text;
+  }
+  EXPECT_GE(leak_lines, 1) << text;
+  json report = read_json(dir.file("r.json"));
+  auto sites = sites_called_from(report, "grow_steadily");
+  ASSERT_EQ(sites.size(), 1u) << report.dump(2);
+  EXPECT_EQ(sites[0]["freed_allocations"], 0);
+  EXPECT_EQ(sites[0]["total_allocations"], sites[0]["outstanding_allocations"]);
 }
 
 TEST(LeaksVerdicts, ASteadyLeakIsALeakAndRankedFirst) {
@@ -1176,6 +1230,32 @@ TEST(LeaksIntegration, LaunchesACommandAndTracesItFromTheStart) {
   EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
 }
 
+// Under --sample-rate, a free of a block the sampler passed over finds nothing: for a command
+// memtrail launched (traced from its first instruction) that is no loss, and no "before attach".
+TEST(LeaksIntegration, SamplingCountsFreesOfUnsampledBlocksApartNotAsLosses) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "--json", dir.file("r.json"), "--sample-rate",
+                     "4096", "--", MEMTRAIL_LEAKY, "basic", "5", "200", "--exit"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s)) << tracer.drain_stderr();
+  tracer.write_stdin("go\n");
+  auto code = tracer.wait(30s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+  std::string text = tracer.drain_stdout();
+  json report = read_json(dir.file("r.json"));
+  ASSERT_EQ(report["targets"].size(), 1u);
+  const json& target = report["targets"][0];
+  EXPECT_EQ(target["traced_from_start"], true);
+  EXPECT_EQ(target["losses"]["unmatched_frees"], 0) << target.dump(2);
+  EXPECT_GT(target["untracked_frees"].get<uint64_t>(), 0u) << target.dump(2);
+  EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+  EXPECT_EQ(report["totals"]["untracked_frees"], target["untracked_frees"]);
+  EXPECT_EQ(text.find("from before attach"), std::string::npos) << text;
+  EXPECT_EQ(text.find("lost:"), std::string::npos) << text;
+  EXPECT_NE(text.find("frees of blocks the sampler passed over"), std::string::npos) << text;
+}
+
 TEST(LeaksIntegration, ALaunchedCommandEndsWhenMemtrailStops) {
   REQUIRE_BPF_OR_SKIP();
   // The command would wait for its gate forever; --duration ends memtrail, and the command
@@ -1243,6 +1323,38 @@ TEST(LeaksIntegration, AProcessThatExitsFirstIsReportedThenPurgedWhileTheOtherIs
   auto kept = sites_with_function(report, "leak_malloc", staying_pid);
   ASSERT_EQ(kept.size(), 1u);
   EXPECT_EQ(kept[0]["outstanding_bytes"], 200);
+}
+
+// A process's exit report reads the maps at once, between two intervals: it must not add a
+// point to the histories, which hold one per interval (extra points dilute the verdicts).
+TEST(LeaksVerdicts, AnExitReportAddsNoPointToTheHistories) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Target exiting({MEMTRAIL_LEAKY, "basic", "3", "100", "--exit"});
+  Target growing({MEMTRAIL_LEAKY, "grow", "4", "1000"});
+  int exiting_pid = exiting.process.pid();
+  Tracer tracer({"-p", std::to_string(exiting_pid), "-p", std::to_string(growing.process.pid()),
+                 "--json", dir.file("r.json"), "-q", "--interval", "1"});
+  tracer.expect_attached(2);
+  growing.process.write_stdin("go\n");
+  std::this_thread::sleep_for(1500ms);
+  exiting.run();
+  ASSERT_TRUE(exiting.process.wait(10s).has_value());
+  auto noticed = tracer.process.wait_for_stderr("memtrail: pid " + std::to_string(exiting_pid) +
+                                                " exited with ", 10s);
+  ASSERT_TRUE(noticed.has_value()) << tracer.process.stderr_seen();
+  growing.collect_lines("done");
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  auto sites = sites_with_function(report, "grow_steadily");
+  ASSERT_EQ(sites.size(), 1u) << report.dump(2);
+  const json& series = sites[0]["growth"]["series"];
+  ASSERT_GE(series.size(), 4u) << series.dump();
+  // One point per interval (the final reading may come at any time after the last one).
+  for (size_t i = 1; i + 1 < series.size(); ++i) {
+    double gap = series[i][0].get<double>() - series[i - 1][0].get<double>();
+    EXPECT_GT(gap, 0.6) << series.dump();
+  }
 }
 
 TEST(LeaksIntegration, StopsWhenTheTargetExits) {

@@ -63,11 +63,65 @@ TEST(Aggregator, MinAgeHidesYoungAllocationsButKeepsThemInTotals) {
   EXPECT_EQ(result.totals.outstanding_bytes, 1100u);
 }
 
-TEST(Aggregator, AllocationNewerThanSnapshotClockCountsAsAgeZero) {
+// The tracer reads the site totals at the snapshot's time, then the table: a block allocated
+// after that time is not in the totals yet, so it waits for the next snapshot (it used to be
+// counted with age 0, and made its site's totals disagree with its blocks).
+TEST(Aggregator, AllocationAfterTheSnapshotTimeWaitsForTheNextSnapshot) {
   auto snapshot = snapshot_at(10 * kSecond);
-  snapshot.allocations = {{1, 0x1000, 100, 11 * kSecond, 1, kMalloc}};
-  EXPECT_EQ(aggregate(snapshot, 0).sites.size(), 1u);
-  EXPECT_TRUE(aggregate(snapshot, 1).sites.empty());
+  snapshot.allocations = {{1, 0x1000, 100, 11 * kSecond, 1, kMalloc},
+                          {1, 0x2000, 100, 9 * kSecond, 1, kMalloc}};
+  snapshot.sites = {{1, 1, 100, 1, 0xaaa}};
+  Aggregate result = aggregate(snapshot, 0);
+  ASSERT_EQ(result.sites.size(), 1u);
+  EXPECT_EQ(result.sites[0].outstanding_allocations, 1u);
+  EXPECT_EQ(result.sites[0].total_allocations, 1u);
+  EXPECT_EQ(result.sites[0].freed_allocations, 0u);
+  EXPECT_EQ(result.totals.outstanding_allocations, 1u);
+}
+
+// Blocks allocated after their site's totals were read (but before the snapshot's time) are
+// not in those totals yet: they are added, never taken for frees.
+TEST(Aggregator, BlocksAllocatedAfterTheirSiteTotalsAreAddedToThem) {
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {{1, 0x1000, 10, 90 * kSecond, 1, kMalloc},
+                          {1, 0x2000, 30, 97 * kSecond, 1, kMalloc},
+                          {1, 0x3000, 10, 91 * kSecond, 2, kMalloc}};
+  model::SiteTotals never{1, 1, 10, 1, 0xaaa};
+  never.read_at_ns = 95 * kSecond;
+  model::SiteTotals freeing{1, 2, 40, 4, 0xbbb};
+  freeing.read_at_ns = 95 * kSecond;
+  snapshot.sites = {never, freeing};
+  Aggregate result = aggregate(snapshot, 0);
+  ASSERT_EQ(result.sites.size(), 2u);
+  EXPECT_EQ(result.sites[0].site_id, 1);
+  EXPECT_EQ(result.sites[0].outstanding_allocations, 2u);
+  EXPECT_EQ(result.sites[0].total_allocations, 2u);
+  EXPECT_EQ(result.sites[0].total_allocated_bytes, 40u);
+  EXPECT_EQ(result.sites[0].freed_allocations, 0u);
+  EXPECT_EQ(result.sites[1].total_allocations, 4u);
+  EXPECT_EQ(result.sites[1].freed_allocations, 3u);
+}
+
+// A site that never frees shows 0 freed, even with blocks that --min-age hides (they are
+// outstanding, only too young to list) and blocks allocated while the table was read.
+TEST(Aggregator, FreedCountsOnlyRealFrees) {
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {{1, 0x1000, 10, 50 * kSecond, 1, kMalloc},
+                          {1, 0x2000, 10, 60 * kSecond, 1, kMalloc},
+                          {1, 0x3000, 10, 99 * kSecond, 1, kMalloc},    // young
+                          {1, 0x4000, 10, 101 * kSecond, 1, kMalloc},   // after the totals
+                          {1, 0x5000, 10, 40 * kSecond, 2, kMalloc}};
+  // Site 1: 3 calls by the snapshot's time, none freed; site 2: 5 calls, 4 freed.
+  snapshot.sites = {{1, 1, 30, 3, 0xaaa}, {1, 2, 50, 5, 0xbbb}};
+  Aggregate result = aggregate(snapshot, 2 * kSecond);
+  ASSERT_EQ(result.sites.size(), 2u);
+  const auto& never = result.sites[0].site_id == 1 ? result.sites[0] : result.sites[1];
+  const auto& freeing = result.sites[0].site_id == 2 ? result.sites[0] : result.sites[1];
+  EXPECT_EQ(never.outstanding_allocations, 2u);  // the young one is hidden, not freed
+  EXPECT_EQ(never.total_allocations, 3u);
+  EXPECT_EQ(never.freed_allocations, 0u);
+  EXPECT_EQ(freeing.freed_allocations, 4u);
+  EXPECT_EQ(result.totals.outstanding_allocations, 4u);
 }
 
 TEST(Aggregator, TiesAreBrokenByCountThenPidThenSite) {

@@ -53,7 +53,7 @@ TEST(Growth, NoisyGrowthIsStillALeakWhenTheTrendIsClear) {
 TEST(Growth, ACacheThatFillsThenStaysFlatIsSteady) {
   // An LRU cache: grows for a third of the run, then replaces entries at a constant size.
   auto series = series_of(18, [](double t) { return std::min(t, 30.0) * 2000; });
-  SiteNow now{40, 20.0, 300, 900};  // entries are evicted (freed), the survivors are old
+  SiteNow now{40, 20.0, 300, 900, 600};  // entries are evicted (freed), the survivors are old
   auto result = assess_growth(series, now, kInterval);
   EXPECT_EQ(result.verdict, Verdict::kSteady) << result.reason;
   EXPECT_NE(result.reason.find("flat at"), std::string::npos) << result.reason;
@@ -69,14 +69,14 @@ TEST(Growth, AStartUpPoolIsSteadyNeverALeak) {
 TEST(Growth, ASawtoothOfBlocksFreedInBatchesIsTransient) {
   // Fills for 4 intervals, then everything is freed: the oldest block is never old.
   auto series = series_of(16, [](double t) { return std::fmod(t, 20.0) * 1000; });
-  SiteNow now{12, 6.0, 15, 4000};
+  SiteNow now{12, 6.0, 15, 4000, 3985};
   auto result = assess_growth(series, now, kInterval);
   EXPECT_EQ(result.verdict, Verdict::kTransient) << result.reason;
 }
 
 TEST(Growth, ABurstThatIsGoneAgainIsNotALeak) {
   auto series = series_of(12, [](double t) { return t > 20 && t < 35 ? 5e6 : 1000.0; });
-  SiteNow now{58, 29.0, 1, 5001};
+  SiteNow now{58, 29.0, 1, 5001, 5000};
   auto result = assess_growth(series, now, kInterval);
   EXPECT_NE(result.verdict, Verdict::kLeak) << result.reason;
   EXPECT_NE(result.verdict, Verdict::kSuspect) << result.reason;
@@ -95,6 +95,35 @@ TEST(Growth, TooLittleHistorySaysSoInsteadOfGuessing) {
   EXPECT_EQ(result.verdict, Verdict::kTooShort);
   EXPECT_NE(result.reason.find("too little history"), std::string::npos) << result.reason;
   EXPECT_STREQ(verdict_name(result.verdict), "too_short");
+}
+
+// A 4-second run with -i 1: readings at about 1, 2 and 3 s, late by a few ms each, and the
+// final one at 4 s. The rule (4 points over 3 intervals) must hold whatever the jitter.
+TEST(Growth, FourReadingsOneIntervalApartGetAVerdictDespiteJitter) {
+  std::vector<GrowthPoint> series{{1.043, 1000, 10}, {2.012, 2000, 20}, {3.027, 3000, 30},
+                                  {3.981, 4000, 40}};  // span 2.938 s: less than 3 intervals
+  auto result = assess_growth(series, never_freed(3.5, 40), 1.0);
+  EXPECT_NE(result.verdict, Verdict::kTooShort) << result.reason;
+  EXPECT_EQ(result.verdict, Verdict::kLeak) << result.reason;
+  std::vector<ProcessMemoryPoint> memory{{1.043, 1e6, 0}, {2.012, 2e6, 0}, {3.027, 3e6, 0},
+                                         {3.981, 4e6, 0}};
+  EXPECT_TRUE(assess_process_memory(memory, 1.0).assessed);
+  // Three readings, or four within two intervals, are still too little.
+  series.pop_back();
+  EXPECT_EQ(assess_growth(series, never_freed(3.5, 30), 1.0).verdict, Verdict::kTooShort);
+  std::vector<GrowthPoint> close{{1, 1, 1}, {1.5, 2, 2}, {2, 3, 3}, {2.4, 4, 4}};
+  EXPECT_EQ(assess_growth(close, never_freed(3.5, 4), 1.0).verdict, Verdict::kTooShort);
+}
+
+// "Freed" is the aggregator's count of real frees, not total less the listed blocks (which
+// --min-age and the read's timing make fewer than the blocks not freed).
+TEST(Growth, FreedIsTheCountOfRealFrees) {
+  auto series = series_of(12, [](double t) { return 1000 * t; });
+  SiteNow now{60, 30, 500, 600, 0};  // 100 blocks too young to list, none freed
+  auto result = assess_growth(series, now, kInterval);
+  EXPECT_EQ(result.verdict, Verdict::kLeak) << result.reason;
+  EXPECT_FALSE(result.freed_any);
+  EXPECT_NE(result.reason.find("0 of 600 freed"), std::string::npos) << result.reason;
 }
 
 TEST(Growth, HistoryRecordsZeroesForSitesThatEmptiedAndStaysBounded) {

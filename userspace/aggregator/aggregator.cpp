@@ -18,7 +18,16 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 
 }  // namespace
 
+void Accumulator::begin(uint64_t taken_at_ns, const std::vector<model::SiteTotals>& sites) {
+  taken_at_ns_ = taken_at_ns;
+  for (const auto& site : sites) {
+    if (site.read_at_ns != 0) totals_read_at_[site_key(site.pid, site.site_id)] = site.read_at_ns;
+  }
+}
+
 void Accumulator::add(const model::OutstandingAllocation& allocation) {
+  // Allocated after the snapshot's time: the next snapshot counts it (see the class).
+  if (taken_at_ns_ != 0 && allocation.timestamp_ns > taken_at_ns_) return;
   // Mapped regions are recorded whole, never sampled.
   bool sampled = sample_rate_ != 0 && !model::is_region(allocation.kind);
   double bytes = sampled ? estimated_bytes(allocation.size, sample_rate_)
@@ -26,11 +35,19 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
   double allocations = sampled ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
   total_.bytes += bytes;
   total_.allocations += allocations;
-  // A block recorded after the snapshot's clock reading has age 0, never negative.
+  uint64_t key = site_key(allocation.pid, allocation.site_id);
+  Blocks& blocks = site_blocks_[key];
+  auto read_at = totals_read_at_.find(key);
+  if (read_at != totals_read_at_.end() && allocation.timestamp_ns > read_at->second) {
+    blocks.later_allocations += allocations;
+    blocks.later_bytes += bytes;
+  } else {
+    blocks.counted += allocations;
+  }
+  // A snapshot without a time (taken_at_ns 0) has ages of 0, never negative.
   uint64_t age =
       taken_at_ns_ > allocation.timestamp_ns ? taken_at_ns_ - allocation.timestamp_ns : 0;
   if (age < min_age_ns_) return;
-  uint64_t key = site_key(allocation.pid, allocation.site_id);
   SiteSummary& site = by_site_[key];
   Sums& sums = site_sums_[key];
   if (sums.allocations == 0) {
@@ -60,8 +77,16 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
   for (const auto& totals : site_totals) {
     auto it = by_site_.find(site_key(totals.pid, totals.site_id));
     if (it == by_site_.end()) continue;
-    it->second.total_allocated_bytes = totals.total_bytes;
-    it->second.total_allocations = totals.total_allocations;
+    const Blocks& blocks = site_blocks_[it->first];
+    auto counted = static_cast<uint64_t>(std::llround(blocks.counted));
+    // With sampling, both sides are estimates: the difference is clamped at 0.
+    it->second.freed_allocations =
+        totals.total_allocations > counted ? totals.total_allocations - counted : 0;
+    it->second.total_allocated_bytes =
+        totals.total_bytes + static_cast<uint64_t>(std::llround(blocks.later_bytes));
+    it->second.total_allocations =
+        it->second.freed_allocations + counted +
+        static_cast<uint64_t>(std::llround(blocks.later_allocations));
     it->second.caller_address = totals.caller_address;
     it->second.mismatched_frees = totals.mismatched_frees;
   }
@@ -80,7 +105,7 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
 
 Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64_t sample_rate) {
   Accumulator accumulator(min_age_ns, sample_rate);
-  accumulator.begin(snapshot.taken_at_ns);
+  accumulator.begin(snapshot.taken_at_ns, snapshot.sites);
   for (const auto& allocation : snapshot.allocations) accumulator.add(allocation);
   return std::move(accumulator).finish(snapshot.sites);
 }

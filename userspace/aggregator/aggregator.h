@@ -21,6 +21,10 @@ struct SiteSummary {
   uint64_t outstanding_allocations = 0;
   uint64_t total_allocated_bytes = 0;  // since attach, from the kernel's running totals
   uint64_t total_allocations = 0;
+  // Of those, freed by the snapshot's time: total_allocations less every block of the site
+  // still in the table, whatever its age (--min-age hides young blocks from outstanding_*, it
+  // does not free them). Never more than the frees that really happened (see Accumulator).
+  uint64_t freed_allocations = 0;
   uint64_t oldest_timestamp_ns = 0;
   // Outstanding blocks by age: bucket i holds ages in [2^(i-1), 2^i) seconds (bucket 0: under
   // 1 s), the last one everything older.
@@ -44,11 +48,22 @@ struct Aggregate {
 
 // Sums outstanding allocations per (pid, site) as they arrive (see aggregate() below), then
 // ranks the sites.
+//
+// Counts stay consistent although the BPF programs run on while the maps are read: the tracer
+// reads the kernel's running totals first, each site's at its time (SiteTotals::read_at_ns),
+// then takes the snapshot's time T, then reads the table. The accumulator leaves out every
+// block allocated after T (counted by the next snapshot); of a site's blocks, those allocated
+// after its totals were read are added to its totals (the kernel counts a call before it
+// stamps the block). So for every site, total = freed + outstanding (all ages), and a site
+// whose blocks are never freed shows 0 freed. The one approximation left while processes
+// run: a block freed after T but before the table read reached it counts as freed already
+// (it was, milliseconds later). Once the probes are detached (the final report) every count
+// is exact.
 class Accumulator final : public model::AllocationSink {
  public:
   Accumulator(uint64_t min_age_ns, uint64_t sample_rate)
       : min_age_ns_(min_age_ns), sample_rate_(sample_rate) {}
-  void begin(uint64_t taken_at_ns) override { taken_at_ns_ = taken_at_ns; }
+  void begin(uint64_t taken_at_ns, const std::vector<model::SiteTotals>& sites) override;
   void add(const model::OutstandingAllocation& allocation) override;
   // Adds the kernel's running totals of the sites and ranks them.
   Aggregate finish(const std::vector<model::SiteTotals>& site_totals) &&;
@@ -61,6 +76,12 @@ class Accumulator final : public model::AllocationSink {
   Sums total_;
   std::unordered_map<uint64_t, SiteSummary> by_site_;
   std::unordered_map<uint64_t, Sums> site_sums_;
+  struct Blocks {  // of one site, every age
+    double counted = 0;  // allocated by the time its totals were read: counted in them
+    double later_allocations = 0, later_bytes = 0;  // allocated after: not counted yet
+  };
+  std::unordered_map<uint64_t, uint64_t> totals_read_at_;  // by site; absent: taken_at_ns_
+  std::unordered_map<uint64_t, Blocks> site_blocks_;
 };
 
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the

@@ -12,9 +12,16 @@
 namespace memtrail::aggregator {
 namespace {
 
-// A verdict needs this many points, over at least this many intervals.
+// A verdict needs this many points, over at least this many intervals, less a tolerance for
+// timing jitter (readings late by scheduling and reading time, or a final one early): half an
+// interval, so that 4 readings one interval apart always qualify, whatever their jitter.
 constexpr size_t kMinPoints = 4;
 constexpr double kMinIntervals = 3;
+constexpr double kJitterIntervals = 0.5;
+
+bool enough_history(size_t points, double span_s, double interval_s) {
+  return points >= kMinPoints && span_s >= (kMinIntervals - kJitterIntervals) * interval_s;
+}
 // A least-squares line this good, and growth in this share of the intervals, is "steady".
 constexpr double kSteadyFit = 0.8;
 constexpr double kSteadyGrowShare = 0.5;
@@ -100,15 +107,12 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
   GrowthAssessment result;
   result.points = series.size();
   result.span_s = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
-  result.freed_any = now.total_allocations > now.outstanding_allocations;
+  result.freed_any = now.freed_allocations > 0;
   result.oldest_age_s = now.oldest_age_s;
   result.median_age_s = now.median_age_s;
-  uint64_t freed = now.total_allocations > now.outstanding_allocations
-                       ? now.total_allocations - now.outstanding_allocations
-                       : 0;
-  std::string freed_text = with_thousands(freed) + " of " + with_thousands(now.total_allocations) +
-                           " freed";
-  if (series.size() < kMinPoints || result.span_s < kMinIntervals * interval_s * 0.99) {
+  std::string freed_text = with_thousands(now.freed_allocations) + " of " +
+                           with_thousands(now.total_allocations) + " freed";
+  if (!enough_history(series.size(), result.span_s, interval_s)) {
     result.verdict = Verdict::kTooShort;
     result.reason = "too little history for a verdict: " + std::to_string(series.size()) +
                     " samples over " + human_duration(result.span_s) + " (needs " +
@@ -221,6 +225,7 @@ void assess_sites(Aggregate& aggregate, const GrowthHistory& history, double int
                            : 0;
     now.outstanding_allocations = site.outstanding_allocations;
     now.total_allocations = site.total_allocations;
+    now.freed_allocations = site.freed_allocations;
     now.median_age_s = median_age_s(site.age_histogram);
     site.growth = assess_growth(series ? *series : kNoHistory, now, interval_s);
   }
@@ -262,7 +267,7 @@ ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& serie
                                     double interval_s) {
   ProcessGrowth result;
   double span = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
-  if (series.size() < kMinPoints || span < kMinIntervals * interval_s * 0.99) {
+  if (!enough_history(series.size(), span, interval_s)) {
     result.reason = "too little history to compare";
     return result;
   }

@@ -49,11 +49,14 @@ struct SiteNow {
   double oldest_age_s = 0;
   double median_age_s = 0;
   uint64_t outstanding_allocations = 0;
-  uint64_t total_allocations = 0;  // since attach: more than outstanding means some were freed
+  uint64_t total_allocations = 0;  // since attach
+  uint64_t freed_allocations = 0;  // of those (SiteSummary::freed_allocations)
 };
 
 // Scores one site's series. `interval_s`: the sampling interval, which sets how much history a
-// verdict needs (4 points over at least 3 intervals) and what counts as "freed soon".
+// verdict needs (4 points over at least 3 intervals, less half an interval: readings come late
+// by scheduling and reading time, and a last reading may come early, at the end of the run)
+// and what counts as "freed soon".
 GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const SiteNow& now,
                                double interval_s);
 

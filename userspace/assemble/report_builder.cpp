@@ -40,14 +40,29 @@ bool is_syscall_wrapper(const std::optional<std::string>& function) {
 std::vector<std::string> notes_for(const model::Totals& totals, const ReportContext& context,
                                    uint64_t missed_entries) {
   std::vector<std::string> notes;
-  notes.push_back(
-      "Allocations made before memtrail attached are invisible; frees of such blocks are "
-      "counted as unmatched frees (" + with_thousands(totals.unmatched_frees) + " so far).");
-  if (context.sample_rate > 0) {
+  bool all_from_start =
+      !context.targets.empty() &&
+      std::all_of(context.targets.begin(), context.targets.end(),
+                  [](const model::Target& target) { return target.traced_from_start; });
+  if (context.sample_rate == 0) {
+    notes.push_back(
+        "Allocations made before memtrail attached are invisible; frees of such blocks are "
+        "counted as unmatched frees (" + with_thousands(totals.unmatched_frees) + " so far).");
+  } else {
+    // A free of a block the sampler passed over finds nothing, like one from before attach:
+    // neither is a loss, and they cannot be told apart.
     notes.push_back("Sampling one allocation per " + human_bytes(context.sample_rate) +
                     " allocated on average (--sample-rate): outstanding and total bytes and "
-                    "counts are unbiased estimates; unmatched frees include frees of unsampled "
-                    "blocks.");
+                    "counts are unbiased estimates. " + with_thousands(totals.untracked_frees) +
+                    (all_from_start ? " frees of blocks the sampler passed over were counted "
+                                      "apart (no loss)."
+                                    : " frees of blocks not tracked (unsampled, or from before "
+                                      "attach) were counted apart (no loss)."));
+  }
+  if (!totals.exact) {
+    notes.push_back("Counts are read while the traced programs run: a block freed during the "
+                    "read (milliseconds) counts as freed already. The final report's counts "
+                    "are exact.");
   }
   if (context.min_age_s > 0) {
     notes.push_back("Allocations younger than " + human_duration(context.min_age_s) +
@@ -163,6 +178,10 @@ model::Report build_report(const model::Snapshot& snapshot,
   for (auto& target : report.targets) {
     auto lost = snapshot.losses.find(target.pid);
     if (lost != snapshot.losses.end()) target.losses = lost->second;
+    if (context.sample_rate > 0) {  // frees of unsampled blocks: no loss (see notes_for)
+      target.untracked_frees = target.losses.unmatched_frees;
+      target.losses.unmatched_frees = 0;
+    }
     target_of[target.pid] = &target;
     if (target.exit) {  // its sites were taken out of the maps when it exited
       target.outstanding_bytes = target.exit->outstanding_bytes;
@@ -183,7 +202,9 @@ model::Report build_report(const model::Snapshot& snapshot,
   totals.frees = counters.frees;
   totals.outstanding_bytes = aggregate.totals.outstanding_bytes;
   totals.outstanding_allocations = aggregate.totals.outstanding_allocations;
-  totals.unmatched_frees = counters.unmatched_frees;
+  totals.unmatched_frees = context.sample_rate > 0 ? 0 : counters.unmatched_frees;
+  totals.untracked_frees = context.sample_rate > 0 ? counters.unmatched_frees : 0;
+  totals.exact = context.final;  // the probes stopped counting before the final reading
   totals.drops = counters.drops;
   totals.failed_calls = counters.failed_calls;
   totals.stack_failures = counters.stack_failures;
@@ -202,6 +223,7 @@ model::Report build_report(const model::Snapshot& snapshot,
     leak.outstanding_allocations = site.outstanding_allocations;
     leak.total_allocated_bytes = site.total_allocated_bytes;
     leak.total_allocations = site.total_allocations;
+    leak.freed_allocations = site.freed_allocations;
     leak.oldest_age_s = snapshot.taken_at_ns > site.oldest_timestamp_ns
                             ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
                             : 0.0;

@@ -52,6 +52,9 @@ struct LeakSite {
   uint64_t outstanding_allocations = 0;
   uint64_t total_allocated_bytes = 0;
   uint64_t total_allocations = 0;
+  // Of total_allocations, those freed: total_allocations = freed_allocations + the site's
+  // blocks not freed (outstanding_allocations, plus those --min-age hides).
+  uint64_t freed_allocations = 0;
   double oldest_age_s = 0;
   std::string allocator;         // the traced function that returned the memory, e.g. "malloc"
   uint64_t mismatched_frees = 0;  // its blocks released by the wrong function (new/free, ...)
@@ -139,6 +142,12 @@ struct Target {
   uint64_t outstanding_bytes = 0;
   uint64_t sites = 0;
   std::optional<PythonRuntime> python = std::nullopt;  // absent: not a CPython process (or not looked at)
+  // A command memtrail launched: traced from its first instruction, nothing predates attach.
+  bool traced_from_start = false;
+  // With --sample-rate: frees of blocks the tracer never recorded, because the sampler passed
+  // them over (or, in a process attached later, they predate attach). No loss: counted apart
+  // from losses.unmatched_frees, which is then 0.
+  uint64_t untracked_frees = 0;
 };
 
 // CPython objects of one type in one process (--python-types): those the garbage collector
@@ -158,6 +167,7 @@ struct Totals {
   uint64_t outstanding_bytes = 0;
   uint64_t outstanding_allocations = 0;
   uint64_t unmatched_frees = 0;
+  uint64_t untracked_frees = 0;  // --sample-rate: frees of unsampled blocks (Target::untracked_frees)
   uint64_t drops = 0;
   uint64_t failed_calls = 0;
   uint64_t stack_failures = 0;
@@ -166,6 +176,9 @@ struct Totals {
   uint64_t mismatched_frees = 0;       // blocks released by the wrong function
   uint64_t region_events_lost = 0;     // mmap/munmap/mremap/brk calls not followed
   uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
+  // Read once the probes stopped counting (the final report): every count exact. Otherwise read while
+  // the programs run: a block freed during the read counts as freed already.
+  bool exact = false;
 };
 
 // How call stacks were walked (--unwind), and how many ended early.

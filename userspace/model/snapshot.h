@@ -60,6 +60,9 @@ struct SiteTotals {
   uint64_t total_allocations = 0;
   uint64_t caller_address = 0;  // the return address in the function that called the allocator
   uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
+  // CLOCK_MONOTONIC just after these totals were read: they count every block allocated by
+  // then (0: at the snapshot's time).
+  uint64_t read_at_ns = 0;
 };
 
 // Counters of everything the tracer did or could not do, summed over CPUs.
@@ -99,7 +102,9 @@ struct ProcessLosses {
 class AllocationSink {
  public:
   virtual ~AllocationSink() = default;
-  virtual void begin(uint64_t taken_at_ns) = 0;  // before the first add
+  // Before the first add: the snapshot's time, and the sites' running totals, read before the
+  // blocks (a block allocated after its site's totals were read is not counted in them).
+  virtual void begin(uint64_t taken_at_ns, const std::vector<SiteTotals>& sites) = 0;
   virtual void add(const OutstandingAllocation& allocation) = 0;
 };
 

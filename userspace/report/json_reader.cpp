@@ -75,6 +75,11 @@ model::LeakSite site_from(const json& object) {
   site.outstanding_allocations = object.at("outstanding_allocations").get<uint64_t>();
   site.total_allocated_bytes = object.at("total_allocated_bytes").get<uint64_t>();
   site.total_allocations = object.at("total_allocations").get<uint64_t>();
+  // Absent before it was counted apart: what the site's blocks then said.
+  site.freed_allocations = object.value(
+      "freed_allocations", site.total_allocations > site.outstanding_allocations
+                               ? site.total_allocations - site.outstanding_allocations
+                               : uint64_t{0});
   site.oldest_age_s = object.at("oldest_age_s").get<double>();
   site.stack_truncated = object.at("stack_truncated").get<bool>();
   site.stack_truncation_reason = object.value("stack_truncation_reason", std::string());
@@ -157,6 +162,8 @@ model::Report from_json(const json& document) {
                          lost.value("region_events_lost", uint64_t{0})};
       }
       target.cgroup = target_json.value("cgroup", std::string());
+      target.traced_from_start = target_json.value("traced_from_start", false);
+      target.untracked_frees = target_json.value("untracked_frees", uint64_t{0});
       if (target_json.contains("python")) {
         const auto& python = target_json.at("python");
         target.python = model::PythonRuntime{python.at("version").get<std::string>(),
@@ -203,6 +210,8 @@ model::Report from_json(const json& document) {
     report.totals.outstanding_bytes = totals.at("outstanding_bytes").get<uint64_t>();
     report.totals.outstanding_allocations = totals.at("outstanding_allocations").get<uint64_t>();
     report.totals.unmatched_frees = totals.at("unmatched_frees").get<uint64_t>();
+    report.totals.untracked_frees = totals.value("untracked_frees", uint64_t{0});
+    report.totals.exact = totals.value("exact", false);
     report.totals.drops = totals.at("drops").get<uint64_t>();
     report.totals.failed_calls = totals.at("failed_calls").get<uint64_t>();
     report.totals.stack_failures = totals.value("stack_failures", uint64_t{0});

@@ -104,6 +104,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       if (target.break_growth_bytes) entry["break_growth_bytes"] = *target.break_growth_bytes;
       if (target.parent_pid) entry["parent_pid"] = *target.parent_pid;
       if (!target.cgroup.empty()) entry["cgroup"] = target.cgroup;
+      entry["traced_from_start"] = target.traced_from_start;
+      entry["untracked_frees"] = target.untracked_frees;
       if (target.python) {
         entry["python"] = {{"version", target.python->version},
                            {"module", target.python->module},
@@ -161,6 +163,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                           {"oldest_age_s", site.oldest_age_s},
                           {"stack_truncated", site.stack_truncated},
                           {"stack", std::move(stack)}};
+    if (version >= 2) entry["freed_allocations"] = site.freed_allocations;
     if (version >= 2 && !site.stack_truncation_reason.empty()) {
       entry["stack_truncation_reason"] = site.stack_truncation_reason;
     }
@@ -228,6 +231,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
         {"nothing_outstanding", report.folded_exits.nothing_outstanding},
         {"over_cap", report.folded_exits.over_cap},
         {"over_cap_outstanding_bytes", report.folded_exits.over_cap_outstanding_bytes}};
+    json["totals"]["untracked_frees"] = totals.untracked_frees;
+    json["totals"]["exact"] = totals.exact;
   }
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
   if (report.python_types && version >= 2) {

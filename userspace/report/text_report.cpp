@@ -214,6 +214,12 @@ void render_text(const model::Report& report, std::ostream& out) {
           << (untraced.expected ? " (shadowed, as expected)" : "") << "\n";
     }
     if (target.losses.any()) render_losses(target.losses, out);
+    if (target.untracked_frees > 0) {  // --sample-rate: no loss, so not among the losses
+      out << "    not tracked (no loss): " << with_thousands(target.untracked_frees)
+          << (target.traced_from_start
+                  ? " frees of blocks the sampler passed over\n"
+                  : " frees of blocks not tracked (unsampled, or from before attach)\n");
+    }
     if (target.break_growth_bytes && *target.break_growth_bytes != 0) {
       int64_t growth = *target.break_growth_bytes;
       out << "    heap break: " << (growth > 0 ? "+" : "-")
@@ -328,7 +334,11 @@ void render_text(const model::Report& report, std::ostream& out) {
       << " outstanding (" << human_bytes(totals.outstanding_bytes) << "), "
       << with_thousands(totals.unmatched_frees) << " unmatched frees, "
       << with_thousands(totals.drops) << " drops, " << with_thousands(totals.failed_calls)
-      << " failed calls\n";
+      << " failed calls";
+  if (totals.untracked_frees > 0) {
+    out << ", " << with_thousands(totals.untracked_frees) << " frees of untracked blocks";
+  }
+  out << "\n";
   if (report.unwind) render_unwind(*report.unwind, out);
   for (const auto& note : report.notes) out << "Note: " << note << "\n";
   out << std::flush;

@@ -9,7 +9,7 @@
 
 namespace memtrail::session {
 
-Measurement::Reading Measurement::measure(Clock::time_point start) {
+Measurement::Reading Measurement::measure(Clock::time_point start, bool record) {
   auto started = Clock::now();
   Reading reading;
   // The allocations stream into the aggregator as they are read: at no point are millions of
@@ -20,17 +20,19 @@ Measurement::Reading Measurement::measure(Clock::time_point start) {
   auto read = Clock::now();
   reading.aggregate = std::move(accumulator).finish(reading.snapshot.sites);
   double t_s = std::chrono::duration<double>(read - start).count();
-  history_.record(t_s, reading.aggregate);
-  // Sites of processes that are not (or no longer) targets: children gone before they could
-  // be followed, programs not picked yet. Their series would otherwise stay for the whole
-  // run, filling the cap.
-  std::unordered_set<uint32_t> traced;
-  for (const auto& process : targets_) traced.insert(process.info.pid);
-  history_.keep_processes([&traced](uint32_t pid) { return traced.count(pid) != 0; });
-  record_process_memory(t_s, reading.aggregate);
-  if (config_.python_types) {
-    python_types_.record(t_s, reading.snapshot.python_types,
-                         code_maps_.python_naming().interpreters);
+  if (record) {
+    history_.record(t_s, reading.aggregate);
+    // Sites of processes that are not (or no longer) targets: children gone before they could
+    // be followed, programs not picked yet. Their series would otherwise stay for the whole
+    // run, filling the cap.
+    std::unordered_set<uint32_t> traced;
+    for (const auto& process : targets_) traced.insert(process.info.pid);
+    history_.keep_processes([&traced](uint32_t pid) { return traced.count(pid) != 0; });
+    record_process_memory(t_s, reading.aggregate);
+    if (config_.python_types) {
+      python_types_.record(t_s, reading.snapshot.python_types,
+                           code_maps_.python_naming().interpreters);
+    }
   }
   aggregator::assess_sites(reading.aggregate, history_, config_.interval_s,
                            reading.snapshot.taken_at_ns);

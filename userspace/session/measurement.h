@@ -19,9 +19,11 @@
 
 namespace memtrail::session {
 
-// Each reading adds a point to every site's history, to each live target's private memory
-// history and (--python-types) to each CPython type's; a site's verdict is scored on its
-// history. A report is built from the last reading and these histories.
+// Each recorded reading adds a point to every site's history, to each live target's private
+// memory history and (--python-types) to each CPython type's; a site's verdict is scored on
+// its history. A report is built from the last reading and these histories. The histories
+// promise one point per interval: only the interval readings (and the final one) are
+// recorded, never the extra readings of exit reports, which would dilute the verdicts.
 class Measurement {
  public:
   // One reading of the maps: the sites summed, scored and ranked, and how long each took.
@@ -37,8 +39,9 @@ class Measurement {
   Measurement(const Measurement&) = delete;
   Measurement& operator=(const Measurement&) = delete;
 
-  // Reads the maps; points are timed from `start`, when tracing started.
-  Reading measure(Clock::time_point start);
+  // Reads the maps; points are timed from `start`, when tracing started. `record`: add the
+  // reading to the histories (false: score the sites on the histories as they are).
+  Reading measure(Clock::time_point start, bool record = true);
 
   // The private memory of process `pid` over the run next to what its traced allocations
   // hold, assessed for growth; nullopt before its first point.

@@ -284,7 +284,8 @@ Lifecycle::ReportOf Session::report_of() {
 
 // With -v, says how long each stage took (the benchmark reads these lines).
 model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Exited* only) {
-  Measurement::Reading reading = measurement_.measure(start_);
+  // An exit report reads at any moment: it must not add a point to the histories.
+  Measurement::Reading reading = measurement_.measure(start_, /*record=*/only == nullptr);
   auto& aggregate = reading.aggregate;
   if (only) {
     std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
@@ -334,6 +335,7 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
                                         ? process.memory_at_exit
                                         : measurement_.process_memory(process.info.pid);
     context.targets.back().exit = process.exit;
+    context.targets.back().traced_from_start = process.launched;
     if (config_.tracer.trace_regions) {
       context.targets.back().break_growth_bytes = tracer_.break_growth(process.info.pid);
     }
@@ -362,6 +364,8 @@ void Session::stop() {
   // Code mapped since the last refresh (a command stopped right after it started) must be
   // known to the symbolizer, or its frames print as [unknown].
   for (auto& process : targets_) code_maps_.refresh(process);
+  // Nothing is counted after the stop: the final report's counts are exact and consistent.
+  tracer_.stop_counting();
 }
 
 void Session::end_launched_command() {

@@ -74,7 +74,8 @@ class Session {
   model::Report take_report(bool final, size_t sites);
 
   // Stops following: last forks, execs and exits handled, mappings read again, so that the
-  // final report (take_report(true, ...)) sees the processes as they ended.
+  // final report (take_report(true, ...)) sees the processes as they ended; then the probes
+  // stop counting, so that the final report's counts are exact.
   void stop();
   // Ends the command the session launched, if any, and still running: after the final report,
   // so that the report sees the program as it was (as a workload ends with `perf record`).

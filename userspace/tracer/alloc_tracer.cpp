@@ -593,14 +593,120 @@ void AllocTracer::attach_python_types(uint32_t pid, const target::ProcessFile& f
   for (auto& link : attached) links_.push_back(std::move(link));
 }
 
+void AllocTracer::stop_counting() { skeleton_->bss->tracing_stopped = 1; }
+
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Exec and fork events found here wait in lifecycle_ for drain_region_events().
   consume_region_events();
   model::Snapshot snapshot;
-  snapshot.taken_at_ns = monotonic_now_ns();
-  if (sink) sink->begin(snapshot.taken_at_ns);
+  // The running totals first, each site's with the time it was read, then the snapshot's
+  // time, then the table: the aggregator can tell which blocks the totals count (see
+  // aggregator::Accumulator). Reading the table first made a site that never frees show
+  // frees (its calls during the read) and young leaks look transient.
   const auto& maps = skeleton_->maps;
 
+  // Few distinct stacks exist and each is written once, so the whole map is read every time;
+  // a stack is a site, with its totals (one copy per CPU) at its id.
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) fail("count possible CPUs", -cpus);
+  uint32_t max_stacks = bpf_map__max_entries(maps.site_totals);
+  std::vector<memtrail_site_totals> site_per_cpu(static_cast<size_t>(cpus));
+  read_hash_map<uint64_t, memtrail_stack>(
+      bpf_map__fd(maps.stacks), 256, "stacks", [&](uint64_t, const memtrail_stack& stack) {
+        uint32_t depth = std::min<uint32_t>(stack.depth, MEMTRAIL_MAX_STACK_DEPTH);
+        auto id = static_cast<int32_t>(stack.id);
+        auto& entry = snapshot.stacks[id];
+        entry.addresses.assign(stack.ips, stack.ips + depth);
+        bpf::read_stack_flags(stack.flags, entry);
+        if (stack.id >= max_stacks) return;
+        uint32_t index = stack.id;
+        if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {
+          int error_number = errno;
+          fail("read BPF map site_totals", error_number);
+        }
+        model::SiteTotals site{stack.tgid, id, 0, 0, stack.ips[0]};
+        site.read_at_ns = monotonic_now_ns();
+        for (const auto& on_cpu : site_per_cpu) {
+          site.total_bytes += on_cpu.total_bytes;
+          site.total_allocations += on_cpu.total_allocations;
+          site.mismatched_frees += on_cpu.mismatched_frees;
+        }
+        snapshot.sites.push_back(site);
+      });
+  if (config_.python_type_layout) {
+    read_hash_map<memtrail_python_type_key, memtrail_python_type_counts>(
+        bpf_map__fd(maps.python_types), 1024, "python_types",
+        [&](const memtrail_python_type_key& key, const memtrail_python_type_counts& counts) {
+          snapshot.python_types.push_back({key.tgid, key.type, counts.made, counts.freed,
+                                           counts.items_made, counts.items_freed});
+        });
+  }
+  if (config_.python_layout) {
+    read_hash_map<uint32_t, memtrail_python_stack>(
+        bpf_map__fd(maps.python_stacks), 256, "python_stacks",
+        [&](uint32_t id, const memtrail_python_stack& python) {
+          auto stack = snapshot.stacks.find(static_cast<int32_t>(id));
+          if (stack == snapshot.stacks.end()) return;  // an orphan (see capture_stack)
+          uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
+          auto& frames = stack->second.python_frames;
+          frames.resize(depth);
+          std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
+          bpf::read_python_flags(python.flags, stack->second);
+        });
+  }
+  size_t first_fallback = snapshot.sites.size();
+  read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
+      bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
+      [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {
+        snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
+                                  site.total_allocations, site.caller_address,
+                                  site.mismatched_frees});
+      });
+  // Read in batches: all of them by now.
+  uint64_t fallbacks_read_at = monotonic_now_ns();
+  for (size_t i = first_fallback; i < snapshot.sites.size(); ++i) {
+    snapshot.sites[i].read_at_ns = fallbacks_read_at;
+  }
+
+  read_hash_map<uint32_t, memtrail_process_losses>(
+      bpf_map__fd(maps.process_losses), 256, "process_losses",
+      [&](uint32_t pid, const memtrail_process_losses& lost) {
+        snapshot.losses[pid] = {lost.counts[MEMTRAIL_LOSS_DROPS],
+                                lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
+                                lost.counts[MEMTRAIL_LOSS_SITE_DROPS],
+                                lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
+                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES],
+                                lost.counts[MEMTRAIL_LOSS_REGION_EVENTS]};
+      });
+  uint64_t region_drops = 0;
+  for (const auto& [pid, drops] : regions_.drops()) {
+    snapshot.losses[pid].drops += drops;
+    region_drops += drops;
+  }
+
+  uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
+  for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {
+    counter_totals[index] = counter_total(index);
+  }
+  auto& counters = snapshot.counters;
+  counters.allocations = counter_totals[MEMTRAIL_CTR_ALLOCATIONS];
+  counters.frees = counter_totals[MEMTRAIL_CTR_FREES];
+  counters.unmatched_frees = counter_totals[MEMTRAIL_CTR_UNMATCHED_FREES];
+  counters.drops = counter_totals[MEMTRAIL_CTR_DROPS] + region_drops;
+  counters.failed_calls = counter_totals[MEMTRAIL_CTR_FAILED_CALLS];
+  counters.stack_failures = counter_totals[MEMTRAIL_CTR_STACK_FAILURES];
+  counters.site_drops = counter_totals[MEMTRAIL_CTR_SITE_DROPS];
+  counters.stale_replaced = counter_totals[MEMTRAIL_CTR_STALE_REPLACED];
+  counters.missed_entries = counter_totals[MEMTRAIL_CTR_MISSED_ENTRIES];
+  counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
+  counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
+  counters.region_events_lost = counter_totals[MEMTRAIL_CTR_REGION_EVENTS_LOST];
+  counters.python_types_lost = counter_totals[MEMTRAIL_CTR_PYTHON_TYPES_LOST];
+  counters.allocations += regions_.mapped_total();
+  counters.frees += regions_.released_total();
+
+  snapshot.taken_at_ns = monotonic_now_ns();
+  if (sink) sink->begin(snapshot.taken_at_ns, snapshot.sites);
   // The table is written concurrently by the BPF programs: each slot is taken only when it is
   // complete and unchanged across the read (protocol: bpf/alloc_events.h). Plain loads in
   // order suffice on x86-64; the atomic_refs keep the compiler from merging or reordering them.
@@ -644,98 +750,6 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
     }
   });
 
-  // Few distinct stacks exist and each is written once, so the whole map is read every time;
-  // a stack is a site, with its totals (one copy per CPU) at its id.
-  int cpus = libbpf_num_possible_cpus();
-  if (cpus <= 0) fail("count possible CPUs", -cpus);
-  uint32_t max_stacks = bpf_map__max_entries(maps.site_totals);
-  std::vector<memtrail_site_totals> site_per_cpu(static_cast<size_t>(cpus));
-  read_hash_map<uint64_t, memtrail_stack>(
-      bpf_map__fd(maps.stacks), 256, "stacks", [&](uint64_t, const memtrail_stack& stack) {
-        uint32_t depth = std::min<uint32_t>(stack.depth, MEMTRAIL_MAX_STACK_DEPTH);
-        auto id = static_cast<int32_t>(stack.id);
-        auto& entry = snapshot.stacks[id];
-        entry.addresses.assign(stack.ips, stack.ips + depth);
-        bpf::read_stack_flags(stack.flags, entry);
-        if (stack.id >= max_stacks) return;
-        uint32_t index = stack.id;
-        if (bpf_map_lookup_elem(bpf_map__fd(maps.site_totals), &index, site_per_cpu.data()) != 0) {
-          int error_number = errno;
-          fail("read BPF map site_totals", error_number);
-        }
-        model::SiteTotals site{stack.tgid, id, 0, 0, stack.ips[0]};
-        for (const auto& on_cpu : site_per_cpu) {
-          site.total_bytes += on_cpu.total_bytes;
-          site.total_allocations += on_cpu.total_allocations;
-          site.mismatched_frees += on_cpu.mismatched_frees;
-        }
-        snapshot.sites.push_back(site);
-      });
-  if (config_.python_type_layout) {
-    read_hash_map<memtrail_python_type_key, memtrail_python_type_counts>(
-        bpf_map__fd(maps.python_types), 1024, "python_types",
-        [&](const memtrail_python_type_key& key, const memtrail_python_type_counts& counts) {
-          snapshot.python_types.push_back({key.tgid, key.type, counts.made, counts.freed,
-                                           counts.items_made, counts.items_freed});
-        });
-  }
-  if (config_.python_layout) {
-    read_hash_map<uint32_t, memtrail_python_stack>(
-        bpf_map__fd(maps.python_stacks), 256, "python_stacks",
-        [&](uint32_t id, const memtrail_python_stack& python) {
-          auto stack = snapshot.stacks.find(static_cast<int32_t>(id));
-          if (stack == snapshot.stacks.end()) return;  // an orphan (see capture_stack)
-          uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
-          auto& frames = stack->second.python_frames;
-          frames.resize(depth);
-          std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
-          bpf::read_python_flags(python.flags, stack->second);
-        });
-  }
-  read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
-      bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
-      [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {
-        snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
-                                  site.total_allocations, site.caller_address,
-                                  site.mismatched_frees});
-      });
-
-  read_hash_map<uint32_t, memtrail_process_losses>(
-      bpf_map__fd(maps.process_losses), 256, "process_losses",
-      [&](uint32_t pid, const memtrail_process_losses& lost) {
-        snapshot.losses[pid] = {lost.counts[MEMTRAIL_LOSS_DROPS],
-                                lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
-                                lost.counts[MEMTRAIL_LOSS_SITE_DROPS],
-                                lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
-                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES],
-                                lost.counts[MEMTRAIL_LOSS_REGION_EVENTS]};
-      });
-  uint64_t region_drops = 0;
-  for (const auto& [pid, drops] : regions_.drops()) {
-    snapshot.losses[pid].drops += drops;
-    region_drops += drops;
-  }
-
-  uint64_t counter_totals[MEMTRAIL_CTR_COUNT] = {};
-  for (uint32_t index = 0; index < MEMTRAIL_CTR_COUNT; ++index) {
-    counter_totals[index] = counter_total(index);
-  }
-  auto& counters = snapshot.counters;
-  counters.allocations = counter_totals[MEMTRAIL_CTR_ALLOCATIONS];
-  counters.frees = counter_totals[MEMTRAIL_CTR_FREES];
-  counters.unmatched_frees = counter_totals[MEMTRAIL_CTR_UNMATCHED_FREES];
-  counters.drops = counter_totals[MEMTRAIL_CTR_DROPS] + region_drops;
-  counters.failed_calls = counter_totals[MEMTRAIL_CTR_FAILED_CALLS];
-  counters.stack_failures = counter_totals[MEMTRAIL_CTR_STACK_FAILURES];
-  counters.site_drops = counter_totals[MEMTRAIL_CTR_SITE_DROPS];
-  counters.stale_replaced = counter_totals[MEMTRAIL_CTR_STALE_REPLACED];
-  counters.missed_entries = counter_totals[MEMTRAIL_CTR_MISSED_ENTRIES];
-  counters.unsampled = counter_totals[MEMTRAIL_CTR_UNSAMPLED];
-  counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
-  counters.region_events_lost = counter_totals[MEMTRAIL_CTR_REGION_EVENTS_LOST];
-  counters.python_types_lost = counter_totals[MEMTRAIL_CTR_PYTHON_TYPES_LOST];
-  counters.allocations += regions_.mapped_total();
-  counters.frees += regions_.released_total();
   return snapshot;
 }
 

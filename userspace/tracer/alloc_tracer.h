@@ -43,6 +43,11 @@ class AllocTracer : public unwind::RowStore {
   // are removed and memtrail::Error is thrown.
   void attach(uint32_t pid, const target::AllocatorModule& module);
 
+  // From now on the probes record and release no block (removing them would take seconds):
+  // the table and the running totals hold still, so a snapshot's counts are exact (the final
+  // report's).
+  void stop_counting();
+
   // Reads the maps. Entries that change while being read are skipped and counted. With a
   // sink, the outstanding allocations go to it as they are read, not into the snapshot.
   // Region events are drained first, so mapped regions are as current as the table.
