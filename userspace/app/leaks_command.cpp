@@ -12,6 +12,7 @@
 
 #include "app/output.h"
 #include "app/runtime.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "report/json_report.h"
 #include "report/text_report.h"
@@ -45,13 +46,9 @@ bool interval_reports_on_stdout(const cli::LeaksOptions& options) {
 void run_until_stopped(const cli::LeaksOptions& options, session::Session& session,
                        int signal_fd) {
   const Clock::time_point start = session.started_at();
-  const auto interval = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double>(options.interval_s));
+  const auto interval = duration_from_seconds(options.interval_s);
   std::optional<Clock::time_point> deadline;
-  if (options.duration_s) {
-    deadline = start + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(*options.duration_s));
-  }
+  if (options.duration_s) deadline = start + duration_from_seconds(*options.duration_s);
   auto next_report = start + interval;
   for (;;) {
     auto now = Clock::now();

@@ -155,13 +155,9 @@ class PagingSession {
   }
 
   void loop() {
-    auto interval = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(options_.interval_s));
+    auto interval = duration_from_seconds(options_.interval_s);
     std::optional<Clock::time_point> deadline;
-    if (options_.duration_s) {
-      deadline = start_ + std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(*options_.duration_s));
-    }
+    if (options_.duration_s) deadline = start_ + duration_from_seconds(*options_.duration_s);
     auto next_tick = start_ + interval;
     bool screen = !options_.quiet;
     bool terminal = ::isatty(STDOUT_FILENO) == 1;
@@ -182,10 +178,9 @@ class PagingSession {
         continue;
       }
       auto wake = deadline ? std::min(next_tick, *deadline) : next_tick;
-      auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
       std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
       for (const auto& trigger : triggers_) fds.push_back({trigger.fd(), POLLPRI, 0});
-      int ready = ::poll(fds.data(), fds.size(), static_cast<int>(timeout.count()) + 1);
+      int ready = ::poll(fds.data(), fds.size(), poll_timeout_ms(wake, now));
       if (ready < 0) {
         int error_number = errno;
         if (error_number != EINTR) throw Error(errno_message("poll", error_number));
