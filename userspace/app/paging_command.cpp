@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/host.h"
+#include "common/output_file.h"
 #include "report/json_report.h"
 #include "report/paging_renderers.h"
 #include "sampler/cgroups.h"
@@ -56,7 +57,7 @@ class PagingSession {
       }
       cgroup_filter_ = *resolved;
     }
-    if (!options_.json_path.empty()) report::check_writable(options_.json_path);
+    if (!options_.json_path.empty()) check_output_path(options_.json_path, "--json");
     signal_fd_ = open_signalfd();
 
     tracer::PagingTracerConfig config;
@@ -87,7 +88,7 @@ class PagingSession {
     report::render_paging_summary(report, std::cout);
     std::cout.flush();
     if (!options_.json_path.empty()) {
-      report::write_file(report::paging_json(report).dump(2) + "\n", options_.json_path);
+      write_output_file(report::paging_json(report).dump(2) + "\n", options_.json_path);
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
     return kExitOk;
