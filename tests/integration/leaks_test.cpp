@@ -643,6 +643,83 @@ TEST(LeaksBadInput, OfflineCommandsRefuseMissingOrForeignFilesInOneLine) {
   EXPECT_EQ(unknown_format.code, 2);
 }
 
+TEST(LeaksBadInput, UnwritableOutputPathsAreRefusedBeforeAnythingIsTraced) {
+  TempDir dir;
+  std::string directory = dir.file("out");
+  ::mkdir(directory.c_str(), 0755);
+  struct Case {
+    std::vector<std::string> arguments;
+    std::string message;
+  };
+  // --json DIR passed the old check and traced the whole run, then lost it.
+  for (const auto& c : std::vector<Case>{
+           {{"--json", directory}, "cannot write --json " + directory + ": it is a directory"},
+           {{"-o", dir.file("missing/r.txt")},
+            "cannot write -o " + dir.file("missing/r.txt") + ": directory " +
+                dir.file("missing") + " does not exist"},
+           {{"--flamegraph", "/proc/f.svg"}, "cannot write --flamegraph /proc/f.svg: "},
+           {{"--plot", dir.file("out/")}, "cannot write --plot " + dir.file("out/")}}) {
+    std::vector<std::string> args{"leaks", "-d", "30"};
+    args.insert(args.end(), c.arguments.begin(), c.arguments.end());
+    args.insert(args.end(), {"--", "/bin/sleep", "30"});
+    auto start = std::chrono::steady_clock::now();
+    auto finished = run_command(args);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << c.arguments[0];
+    EXPECT_EQ(finished.code, 1) << finished.err;
+    EXPECT_EQ(finished.err.rfind("memtrail: error: " + c.message, 0), 0u) << finished.err;
+    EXPECT_EQ(finished.err.find("tracing pid"), std::string::npos) << finished.err;
+  }
+}
+
+TEST(LeaksBadInput, AFailedWriteIsAFailureAndTheOtherOutputsAreStillWritten) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  // /dev/full takes no byte: memtrail said "wrote /dev/full" (after renaming a file over it).
+  auto finished = run_command({"leaks", "-q", "-d", "1", "-o", "/dev/full", "--json",
+                               dir.file("r.json"), "--", MEMTRAIL_LEAKY, "basic", "2", "64",
+                               "--exit"});
+  EXPECT_EQ(finished.code, 1) << finished.err;
+  EXPECT_NE(finished.err.find("memtrail: error: writing /dev/full failed: No space left on device"),
+            std::string::npos)
+      << finished.err;
+  EXPECT_EQ(finished.err.find("wrote /dev/full"), std::string::npos) << finished.err;
+  EXPECT_NE(finished.err.find("memtrail: wrote " + dir.file("r.json")), std::string::npos)
+      << finished.err;
+  EXPECT_EQ(read_json(dir.file("r.json"))["schema"], "memtrail.leaks/2");
+  struct stat info {};
+  ASSERT_EQ(::stat("/dev/full", &info), 0);
+  EXPECT_TRUE(S_ISCHR(info.st_mode)) << "/dev/full was replaced";
+}
+
+TEST(LeaksBadInput, DurationsBeyondAClocksRangeNeitherOverflowNorHang) {
+  // --interval 1e10 overflowed the clock's nanoseconds and -d 2 never ended: refused at once.
+  auto interval = run_command({"leaks", "-i", "1e10", "-d", "2", "--", "/bin/true"});
+  EXPECT_EQ(interval.code, 2);
+  EXPECT_EQ(interval.err.rfind("memtrail: error: --interval must be from 0.01 to 86400 seconds, "
+                               "not '1e10'",
+                               0),
+            0u)
+      << interval.err;
+  auto pid = run_command({"leaks", "-p", "0"});
+  EXPECT_EQ(pid.code, 2);
+  EXPECT_EQ(pid.err.rfind("memtrail: error: --pid must be a positive process id", 0), 0u)
+      << pid.err;
+  REQUIRE_BPF_OR_SKIP();
+  // A duration of 1e12 s became a deadline in the past: the run ended before the command
+  // did. It now lasts until the command exits, with a final report.
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  auto finished = run_command({"leaks", "-q", "-d", "1e12", "-i", "0.5", "--json",
+                               dir.file("r.json"), "--", "/bin/sleep", "2"});
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(finished.code, 0) << finished.err;
+  EXPECT_GE(elapsed, 1900ms);
+  EXPECT_LT(elapsed, 20s);
+  json report = read_json(dir.file("r.json"));
+  EXPECT_GE(report["duration_s"].get<double>(), 1.5);
+  EXPECT_EQ(report["targets"][0]["exited"], true);
+}
+
 TEST(LeaksCxx, NewAndNewArrayAreTheirOwnKindsCountedOnceAndMismatchesReported) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY_CXX});

@@ -2,6 +2,7 @@
 // memtrail paging end to end: real thrashing in a memory cgroup the test makes (file-backed,
 // and anonymous with a temporary swap file), the real binary, real BPF.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -287,6 +288,8 @@ TEST_F(PagingTest, GrowthWithoutPressureIsNoCulprit) {
 
 TEST_F(PagingTest, BadInputGetsOneLineAndAnExitCode) {
   TempDir dir;
+  std::string directory = dir.file("out");
+  ::mkdir(directory.c_str(), 0755);
   struct Case {
     std::vector<std::string> arguments;
     int code;
@@ -297,6 +300,10 @@ TEST_F(PagingTest, BadInputGetsOneLineAndAnExitCode) {
       {{"--json", "/nonexistent-dir/paging.json"}, 1, "cannot write"},
       {{"--deep", "sometimes"}, 2, "--deep must be auto, always or never"},
       {{"--interval", "0"}, 2, "--interval"},
+      // 1e10 s overflowed to an interval of 0, and paging spun.
+      {{"--interval", "1e10"}, 2, "--interval must be from 0.1 to 86400 seconds"},
+      // A directory passed the old check, and the report was lost at the end.
+      {{"--json", directory}, 1, "cannot write --json " + directory + ": it is a directory"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> argv{MEMTRAIL_BINARY, "paging", "--duration", "1"};
@@ -307,6 +314,27 @@ TEST_F(PagingTest, BadInputGetsOneLineAndAnExitCode) {
     EXPECT_EQ(error.rfind("memtrail: error: ", 0), 0u) << error;
     EXPECT_NE(error.find(c.message), std::string::npos) << error;
   }
+}
+
+TEST_F(PagingTest, AHugeDurationRunsUntilStoppedAndAFailedJsonWriteIsAFailure) {
+  // --duration 1e12 overflowed into a deadline in the past: paging ended at once.
+  auto start = std::chrono::steady_clock::now();
+  auto memtrail = start_memtrail({"--duration", "1e12", "--interval", "0.5", "-q", "--json",
+                                  "/dev/full"});
+  std::this_thread::sleep_for(2s);
+  EXPECT_FALSE(memtrail->wait(0ms).has_value()) << "paging stopped before it was asked to";
+  memtrail->signal(SIGINT);
+  auto code = memtrail->wait(30s);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 2s);
+  std::string summary = memtrail->drain_stdout();
+  std::string error = memtrail->stderr_seen() + memtrail->drain_stderr();
+  EXPECT_FALSE(summary.empty());
+  // /dev/full takes no byte: that is a failure, never "wrote".
+  EXPECT_EQ(code, 1) << error;
+  EXPECT_NE(error.find("memtrail: error: writing /dev/full failed: No space left on device"),
+            std::string::npos)
+      << error;
+  EXPECT_EQ(error.find("wrote /dev/full"), std::string::npos) << error;
 }
 
 }  // namespace

@@ -520,3 +520,44 @@ TEST(ElfFile, OwnsTheDescriptorItIsOpenedFrom) {
 
 }  // namespace
 }  // namespace memtrail::target
+
+namespace memtrail::target {
+namespace {
+
+// The message ElfFile::open throws for the first `size` bytes of /bin/true ("" if none).
+std::string error_opening_truncated_true(size_t size) {
+  std::FILE* source = std::fopen("/bin/true", "rb");
+  if (!source) return "no /bin/true";
+  std::vector<char> bytes(size);
+  size_t got = std::fread(bytes.data(), 1, size, source);
+  std::fclose(source);
+  char path[] = "/tmp/memtrail-truncated-elf-XXXXXX";
+  int fd = ::mkstemp(path);
+  if (fd < 0) return "mkstemp failed";
+  ssize_t written = ::write(fd, bytes.data(), got);
+  ::close(fd);
+  std::string message;
+  if (written != static_cast<ssize_t>(got)) return "write failed";
+  try {
+    ElfFile::open(path);
+  } catch (const Error& error) {
+    message = error.what();
+  }
+  ::unlink(path);
+  return message + "|" + path;
+}
+
+TEST(ElfFile, ATruncatedFileSaysSoInsteadOfHavingNoSymbols) {
+  // Cut inside the program headers and after them: libelf read what was there, and the
+  // allocator then "defines no function malloc".
+  for (size_t size : {size_t{100}, size_t{3000}}) {
+    std::string result = error_opening_truncated_true(size);
+    std::string path = result.substr(result.find('|') + 1);
+    EXPECT_EQ(result.substr(0, result.find('|')),
+              path + " is truncated or damaged: its ELF header points past its end (" +
+                  std::to_string(size) + " bytes)");
+  }
+}
+
+}  // namespace
+}  // namespace memtrail::target

@@ -205,8 +205,66 @@ TEST(JsonReader, RefusesWhatIsNotAMemtrailReport) {
     from_json(nlohmann::json::parse(broken.dump()));
     FAIL() << "no error";
   } catch (const Error& error) {
-    EXPECT_NE(std::string(error.what()).find("malformed memtrail report"), std::string::npos);
+    // Where and what, in words: not the JSON library's "[json.exception.out_of_range.403]".
+    EXPECT_EQ(std::string(error.what()),
+              "not a valid memtrail.leaks report: leaks[0]: field 'stack' is missing");
   }
+}
+
+// The message from_json throws for `document`, or "" when it reads.
+std::string reader_error(const nlohmann::json& document) {
+  try {
+    from_json(document);
+    return "";
+  } catch (const Error& error) {
+    return error.what();
+  }
+}
+
+TEST(JsonReader, SaysWhichSchemaItFoundInOneLine) {
+  EXPECT_EQ(reader_error(nlohmann::json::parse("[1, 2]")),
+            "not a memtrail.leaks report: it holds a JSON array, not an object");
+  EXPECT_EQ(reader_error(nlohmann::json::parse(R"({"schema": 7})")),
+            "not a memtrail.leaks report: it has no \"schema\" naming one");
+  EXPECT_NE(reader_error(nlohmann::json::parse(R"({"schema": "memtrail.paging/1"})"))
+                .find("not a memtrail.leaks report: its schema is \"memtrail.paging/1\" "
+                      "(memtrail paging --json)"),
+            std::string::npos);
+  EXPECT_EQ(reader_error(nlohmann::json::parse(R"({"schema": "memtrail.leaks/9"})")),
+            "a memtrail.leaks/9 report; this memtrail reads memtrail.leaks/1 and "
+            "memtrail.leaks/2");
+  auto mistyped = to_json(two_site_report(), 5.0);
+  mistyped["totals"]["frees"] = "many";
+  EXPECT_EQ(reader_error(nlohmann::json::parse(mistyped.dump())),
+            "not a valid memtrail.leaks report: totals: frees is string, not a number");
+}
+
+TEST(JsonReader, RefusesCountsOutOfRangeInsteadOfRenderingOtherNumbers) {
+  // 1e308 bytes was read as 0 and shown as "0 B"; -1 would have been 16 EiB.
+  for (const char* bad : {"1e308", "-1", "18446744073709551616", "2.5"}) {
+    auto report = to_json(two_site_report(), 5.0);
+    report["leaks"][1]["outstanding_bytes"] = nlohmann::json::parse(bad);
+    EXPECT_NE(reader_error(nlohmann::json::parse(report.dump()))
+                  .find("not a valid memtrail.leaks report: leaks[1]: outstanding_bytes is "),
+              std::string::npos)
+        << bad << ": " << reader_error(nlohmann::json::parse(report.dump()));
+  }
+  auto absurd = to_json(two_site_report(), 5.0);
+  absurd["leaks"][0]["outstanding_bytes"] = 1e308;
+  EXPECT_EQ(reader_error(nlohmann::json::parse(absurd.dump())),
+            "not a valid memtrail.leaks report: leaks[0]: outstanding_bytes is 1e+308, not a "
+            "whole number from 0 to 18446744073709551615");
+  auto pid = to_json(two_site_report(), 5.0);
+  pid["targets"][0]["pid"] = 5000000000;
+  EXPECT_NE(reader_error(nlohmann::json::parse(pid.dump())).find("targets[0]: pid is 5000000000"),
+            std::string::npos);
+  // Whole numbers written as 3000.0 by another tool, and the largest count, still read.
+  auto written_as_float = to_json(two_site_report(), 5.0);
+  written_as_float["leaks"][0]["outstanding_bytes"] = 3000.0;
+  written_as_float["totals"]["allocations"] = 18446744073709551615ull;
+  model::Report read = from_json(nlohmann::json::parse(written_as_float.dump()));
+  EXPECT_EQ(read.leaks[0].outstanding_bytes, 3000u);
+  EXPECT_EQ(read.totals.allocations, 18446744073709551615ull);
 }
 
 TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {

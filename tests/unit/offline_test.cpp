@@ -5,6 +5,7 @@
 #include "app/offline_commands.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -13,6 +14,8 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/output_file.h"
+#include "report/json_reader.h"
 #include "report/json_report.h"
 
 namespace memtrail::app {
@@ -103,6 +106,93 @@ TEST_F(OfflineCommands, RenderASavedReportInEveryFormatAndDiffTwo) {
   std::string out = ::testing::internal::GetCapturedStdout();
   EXPECT_EQ(code, kExitOk);
   EXPECT_NE(out.find("leak_here"), std::string::npos) << out;
+}
+
+// The message of the memtrail::Error `run` throws, or "" when it throws none.
+template <typename Run>
+std::string error_of(Run run) {
+  try {
+    run();
+    return "";
+  } catch (const Error& error) {
+    return error.what();
+  }
+}
+
+TEST_F(OfflineCommands, OutputPathsAreCheckedBeforeAnyWork) {
+  EXPECT_EQ(error_of([&] { check_output_path(dir_.string(), "--json"); }),
+            "cannot write --json " + dir_.string() + ": it is a directory; give a file name, "
+            "e.g. " + dir_.string() + "/report");
+  EXPECT_EQ(error_of([&] { check_output_path(path("missing/r.json"), "-o"); }),
+            "cannot write -o " + path("missing/r.json") + ": directory " + path("missing") +
+                " does not exist");
+  report::write_json_file(report::to_json(saved_report(3000), 10), path("file.json"));
+  EXPECT_NE(error_of([&] { check_output_path(path("file.json/x"), "--plot"); })
+                .find("cannot write --plot " + path("file.json/x") + ": "),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { check_output_path(path("new/"), "-o"); }).find("-o"),
+            std::string::npos);
+  EXPECT_EQ(error_of([&] { check_output_path("/proc/memtrail-test.json", "--json"); })
+                .rfind("cannot write --json /proc/memtrail-test.json: cannot create files in /proc",
+                       0),
+            0u);
+  // What can be written passes, and leaves nothing behind.
+  EXPECT_EQ(error_of([&] { check_output_path(path("new.json"), "--json"); }), "");
+  EXPECT_EQ(error_of([&] { check_output_path(path("file.json"), "--json"); }), "");
+  EXPECT_EQ(error_of([&] { check_output_path("/dev/null", "-o"); }), "");
+  EXPECT_FALSE(std::filesystem::exists(path("new.json")));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_),
+                          std::filesystem::directory_iterator()),
+            1);
+
+  // `memtrail report -o DIR` says so before reading its input (which does not exist here).
+  cli::ReportOptions options;
+  options.input_path = path("absent.json");
+  options.output_path = dir_.string();
+  EXPECT_NE(error_of([&] { run_report(options); }).find("cannot write -o"), std::string::npos);
+}
+
+TEST_F(OfflineCommands, AFailedWriteIsAFailureNeverWrote) {
+  // /dev/full: every write fails with ENOSPC. It was written in a temporary file and renamed
+  // over the device, or said "wrote" without a byte written.
+  EXPECT_EQ(error_of([] { write_output_file("report\n", "/dev/full"); }),
+            "writing /dev/full failed: No space left on device");
+  report::write_json_file(report::to_json(saved_report(3000), 10), path("r.json"));
+  cli::ReportOptions options;
+  options.input_path = path("r.json");
+  options.output_path = "/dev/full";
+  options.plot_path = path("plot.svg");
+  ::testing::internal::CaptureStderr();
+  int code = run_report(options);
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(code, kExitFailure);
+  EXPECT_NE(err.find("memtrail: error: writing /dev/full failed: No space left on device"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(err.find("wrote /dev/full"), std::string::npos) << err;
+  // The other output is still written.
+  EXPECT_NE(err.find("memtrail: wrote " + path("plot.svg")), std::string::npos) << err;
+  EXPECT_NE(read_file(path("plot.svg")).find("<svg"), std::string::npos);
+  struct stat info {};
+  ASSERT_EQ(::stat("/dev/full", &info), 0);
+  EXPECT_TRUE(S_ISCHR(info.st_mode)) << "/dev/full was replaced";
+  // A device is written in place.
+  EXPECT_EQ(error_of([] { write_output_file("report\n", "/dev/null"); }), "");
+}
+
+TEST_F(OfflineCommands, ADirectoryOrNonJsonInputIsOneLineNamingTheFile) {
+  EXPECT_EQ(error_of([&] { report::read_json_file(dir_.string()); }),
+            dir_.string() + " is not a memtrail.leaks report: it is a directory");
+  std::ofstream(path("text.json")) << "hello";
+  EXPECT_EQ(error_of([&] { report::read_json_file(path("text.json")); }),
+            path("text.json") + " is not a memtrail.leaks report: not JSON (syntax error at byte 1)");
+  std::ofstream(path("empty.json")).flush();
+  EXPECT_EQ(error_of([&] { report::read_json_file(path("empty.json")); }),
+            path("empty.json") + " is not a memtrail.leaks report: it is empty");
+  std::ofstream(path("paging.json")) << R"({"schema": "memtrail.paging/1"})";
+  EXPECT_EQ(error_of([&] { report::read_json_file(path("paging.json")); })
+                .rfind(path("paging.json") + " is not a memtrail.leaks report: its schema is", 0),
+            0u);
 }
 
 TEST(OfflineLinks, NoTracingLibraryIsLoaded) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -109,6 +110,75 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--bogus"}, "bogus");
   expect_usage_error({}, "subcommand");
   expect_usage_error({"frobnicate"}, "unknown command 'frobnicate'");
+}
+
+TEST(Options, NumbersOutOfRangeSayWhatTheyMustBe) {
+  // Not CLI11's "0 not in range [1 - 1.79769e+308]"-style wording: what a pid is.
+  expect_usage_error({"leaks", "-p", "0"},
+                     "--pid must be a positive process id (1 to 4194304), not '0'");
+  expect_usage_error({"leaks", "-p", "-5"}, "--pid must be a positive process id");
+  expect_usage_error({"leaks", "-p", "99999999999999999999999"}, "--pid must be a positive");
+  expect_usage_error({"leaks", "--all", "--exclude-pid", "1.5"},
+                     "--exclude-pid must be a positive process id");
+  // Seconds that overflow a clock's nanoseconds, or make no sense, are refused up front.
+  expect_usage_error({"leaks", "-p", "1", "--interval", "1e10"},
+                     "--interval must be from 0.01 to 86400 seconds, not '1e10'");
+  expect_usage_error({"leaks", "-p", "1", "--interval", "0.001"}, "from 0.01 to 86400");
+  expect_usage_error({"leaks", "-p", "1", "--interval", "nan"}, "--interval");
+  expect_usage_error({"paging", "--interval", "1e10"},
+                     "--interval must be from 0.1 to 86400 seconds, not '1e10'");
+  expect_usage_error({"leaks", "-p", "1", "--duration", "inf"},
+                     "--duration must be a number of seconds above 0, not 'inf'");
+  expect_usage_error({"leaks", "-p", "1", "--duration", "nan"}, "--duration");
+  expect_usage_error({"paging", "--duration", "-1"}, "--duration must be a number of seconds");
+  expect_usage_error({"leaks", "-p", "1", "--min-age", "inf"}, "--min-age must be a number");
+  expect_usage_error({"leaks", "-p", "1", "--top", "99999999999"},
+                     "--top must be a whole number from 1 to 1000000");
+  expect_usage_error({"leaks", "-p", "1", "--top", "2.5"}, "--top must be a whole number");
+  expect_usage_error({"report", "r.json", "--top", "0"}, "--top must be a whole number");
+  expect_usage_error({"diff", "a", "b", "--top", "x"}, "--top must be a whole number");
+  expect_usage_error({"paging", "--max-processes", "99999999"}, "--max-processes must be");
+  expect_usage_error({"leaks", "-p", "1", "--json-version", "3"}, "--json-version");
+  // The edges of the ranges are allowed; a long --duration is fine (it is clamped, not
+  // converted with overflow).
+  auto edges = parse({"leaks", "-p", "4194304", "--interval", "86400", "--top", "1000000",
+                      "--duration", "1e300", "--min-age", "0"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(edges)) << std::get<ExitRequest>(edges).message;
+  EXPECT_EQ(std::get<LeaksOptions>(edges).pids, (std::vector<uint32_t>{4194304}));
+  EXPECT_DOUBLE_EQ(std::get<LeaksOptions>(edges).interval_s, 86400);
+  EXPECT_DOUBLE_EQ(*std::get<LeaksOptions>(edges).duration_s, 1e300);
+  auto fast = parse({"leaks", "-p", "1", "-i", "0.01"});
+  ASSERT_TRUE(std::holds_alternative<LeaksOptions>(fast));
+  EXPECT_DOUBLE_EQ(std::get<LeaksOptions>(fast).interval_s, 0.01);
+}
+
+TEST(Options, HelpOfEveryCommandNamesValuesInWordsNotLibraryTypes) {
+  for (const char* command : {"", "leaks", "paging", "report", "diff"}) {
+    std::vector<const char*> args;
+    if (*command) args.push_back(command);
+    args.push_back("--help");
+    std::vector<const char*> argv{"memtrail"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto parsed = parse_command_line(static_cast<int>(argv.size()), argv.data());
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(parsed)) << command;
+    const std::string& help = std::get<ExitRequest>(parsed).message;
+    EXPECT_NE(help.find("Usage"), std::string::npos) << command;
+    // CLI11's names of C++ types and of its validators.
+    for (const char* jargon : {"UINT", "INT", "TEXT", "FLOAT", "POSITIVE", "NONNEGATIVE", "ENUM",
+                               "NUMBER", "BOOLEAN", ":{", "[ARGS...] ..."}) {
+      std::string word(jargon);
+      size_t at = help.find(word);
+      while (at != std::string::npos) {
+        // Words the help itself uses may contain these letters: only a whole word counts.
+        bool alone = (at == 0 || !std::isalpha(static_cast<unsigned char>(help[at - 1]))) &&
+                     (at + word.size() >= help.size() ||
+                      !std::isalpha(static_cast<unsigned char>(help[at + word.size()])));
+        EXPECT_FALSE(alone) << "memtrail " << command << " --help shows '" << word << "':\n"
+                            << help;
+        at = help.find(word, at + 1);
+      }
+    }
+  }
 }
 
 TEST(Options, HostWideFiltersAndLifecycleFlags) {

@@ -3,8 +3,17 @@
 #include "session/targets.h"
 
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
 #include <vector>
+
+#include "common/error.h"
 
 namespace memtrail::session {
 namespace {
@@ -54,6 +63,58 @@ TEST(Targets, APidGivenTwiceIsFoundUntilBothExited) {
   targets.mark_exited(second);
   EXPECT_EQ(targets.live(7), nullptr);
   EXPECT_FALSE(targets.any_live());
+}
+
+// The message and hint of the memtrail::Error `run` throws.
+template <typename Run>
+std::pair<std::string, std::string> error_of(Run run) {
+  try {
+    run();
+  } catch (const Error& error) {
+    return {error.what(), error.hint()};
+  }
+  return {"", ""};
+}
+
+TEST(Targets, AThreadIdIsRefusedNamingItsProcess) {
+  // pidfd_open of a thread said "pidfd_open failed: No such file or directory".
+  std::mutex mutex;
+  std::condition_variable changed;
+  pid_t tid = 0;
+  bool done = false;
+  std::thread thread([&] {
+    std::unique_lock lock(mutex);
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    changed.notify_all();
+    changed.wait(lock, [&] { return done; });
+  });
+  {
+    std::unique_lock lock(mutex);
+    changed.wait(lock, [&] { return tid != 0; });
+  }
+  std::string pid = std::to_string(::getpid());
+  std::string expected = std::to_string(tid) + " is a thread of process " + pid +
+                         ", not a process; trace " + pid;
+  EXPECT_EQ(error_of([&] { live_mappings(static_cast<uint32_t>(tid)); }).first, expected);
+  EXPECT_EQ(error_of([&] { open_pidfd(static_cast<uint32_t>(tid)); }).first, expected);
+  {
+    std::lock_guard lock(mutex);
+    done = true;
+  }
+  changed.notify_all();
+  thread.join();
+}
+
+TEST(Targets, RootRefusedAProcessIsNotToldToRunAsRoot) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  // PID 1 of a sandbox or of another user namespace: where memtrail may read its maps, there
+  // is nothing to test.
+  if (std::ifstream("/proc/1/maps").peek() != EOF) GTEST_SKIP() << "/proc/1/maps is readable";
+  auto [message, hint] = error_of([] { live_mappings(1); });
+  EXPECT_EQ(message, "read /proc/1/maps failed: Permission denied");
+  EXPECT_EQ(hint.find("run memtrail as root"), std::string::npos) << hint;
+  EXPECT_NE(hint.find("memtrail runs as root"), std::string::npos) << hint;
+  EXPECT_EQ(hint_for_errno(EPERM).find("run memtrail as root"), std::string::npos);
 }
 
 TEST(Targets, DescribesAllocatorsForTheReport) {

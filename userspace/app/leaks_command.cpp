@@ -12,6 +12,7 @@
 
 #include "app/output.h"
 #include "app/runtime.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "report/json_report.h"
 #include "report/text_report.h"
@@ -45,13 +46,9 @@ bool interval_reports_on_stdout(const cli::LeaksOptions& options) {
 void run_until_stopped(const cli::LeaksOptions& options, session::Session& session,
                        int signal_fd) {
   const Clock::time_point start = session.started_at();
-  const auto interval = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double>(options.interval_s));
+  const auto interval = duration_from_seconds(options.interval_s);
   std::optional<Clock::time_point> deadline;
-  if (options.duration_s) {
-    deadline = start + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(*options.duration_s));
-  }
+  if (options.duration_s) deadline = start + duration_from_seconds(*options.duration_s);
   auto next_report = start + interval;
   for (;;) {
     auto now = Clock::now();
@@ -78,8 +75,9 @@ void run_until_stopped(const cli::LeaksOptions& options, session::Session& sessi
   }
 }
 
-// The final report, to stdout or -o in --format, and the files asked for besides.
-void write_final_report(const cli::LeaksOptions& options, session::Session& session) {
+// The final report, to stdout or -o in --format, and the files asked for besides. False when
+// one of them could not be written (each failure said on stderr; the others are still written).
+bool write_final_report(const cli::LeaksOptions& options, session::Session& session) {
   // The JSON file carries every site; the text report only the top ones. The plot picks
   // the fastest growing sites among all of them.
   bool every_site = !options.json_path.empty() || !options.flamegraph_path.empty() ||
@@ -90,26 +88,31 @@ void write_final_report(const cli::LeaksOptions& options, session::Session& sess
   final_output.path = options.output_path;
   final_output.json_version = options.json_version;
   final_output.interval_s = options.interval_s;
-  write_report(report, final_output);
-  if (!options.output_path.empty()) {
-    std::cerr << "memtrail: wrote " << options.output_path << "\n";
-  }
+  bool written = write_or_say_why([&] { write_report(report, final_output); });
   if (!options.json_path.empty()) {
-    report::write_json_file(report::to_json(report, options.interval_s, options.json_version),
-                            options.json_path);
-    std::cerr << "memtrail: wrote " << options.json_path << "\n";
+    written &= write_or_say_why([&] {
+      report::write_json_file(report::to_json(report, options.interval_s, options.json_version),
+                              options.json_path);
+      std::cerr << "memtrail: wrote " << options.json_path << "\n";
+    });
   }
-  if (!options.flamegraph_path.empty()) write_flamegraph(report, options.flamegraph_path);
-  if (!options.plot_path.empty()) write_memory_plot(report, options.plot_path);
+  if (!options.flamegraph_path.empty()) {
+    written &= write_or_say_why([&] { write_flamegraph(report, options.flamegraph_path); });
+  }
+  if (!options.plot_path.empty()) {
+    written &= write_or_say_why([&] { write_memory_plot(report, options.plot_path); });
+  }
+  return written;
 }
 
 }  // namespace
 
 int run_leaks(const cli::LeaksOptions& options) {
-  if (!options.json_path.empty()) report::check_writable(options.json_path);
-  if (!options.output_path.empty()) report::check_writable(options.output_path);
-  if (!options.flamegraph_path.empty()) report::check_writable(options.flamegraph_path);
-  if (!options.plot_path.empty()) report::check_writable(options.plot_path);
+  // Before anything is loaded: a path that cannot be written must not cost the run.
+  check_output_paths({{options.json_path, "--json"},
+                      {options.output_path, "-o"},
+                      {options.flamegraph_path, "--flamegraph"},
+                      {options.plot_path, "--plot"}});
   session::SessionConfig config = session::session_config(options, available_memory());
   if (!options.suppressions_path.empty()) config.suppressions.load_file(options.suppressions_path);
   UniqueFd signal_fd = open_signalfd();
@@ -117,9 +120,9 @@ int run_leaks(const cli::LeaksOptions& options) {
   session.start();
   run_until_stopped(options, session, signal_fd.get());
   session.stop();
-  write_final_report(options, session);
+  bool written = write_final_report(options, session);
   session.end_launched_command();
-  return kExitOk;
+  return written ? kExitOk : kExitFailure;
 }
 
 }  // namespace memtrail::app

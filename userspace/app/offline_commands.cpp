@@ -12,17 +12,23 @@
 namespace memtrail::app {
 
 int run_report(const cli::ReportOptions& options) {
+  check_output_paths({{options.output_path, "-o"},
+                      {options.flamegraph_path, "--flamegraph"},
+                      {options.plot_path, "--plot"}});
   model::Report report = report::read_json_file(options.input_path);
   report.top = options.top;
   OutputRequest request;
   request.format = options.format;
   request.path = options.output_path;
   request.json_version = options.json_version;
-  write_report(report, request);
-  if (!options.output_path.empty()) std::cerr << "memtrail: wrote " << options.output_path << "\n";
-  if (!options.flamegraph_path.empty()) write_flamegraph(report, options.flamegraph_path);
-  if (!options.plot_path.empty()) write_memory_plot(report, options.plot_path);
-  return kExitOk;
+  bool written = write_or_say_why([&] { write_report(report, request); });
+  if (!options.flamegraph_path.empty()) {
+    written &= write_or_say_why([&] { write_flamegraph(report, options.flamegraph_path); });
+  }
+  if (!options.plot_path.empty()) {
+    written &= write_or_say_why([&] { write_memory_plot(report, options.plot_path); });
+  }
+  return written ? kExitOk : kExitFailure;
 }
 
 int run_diff(const cli::DiffOptions& options) {

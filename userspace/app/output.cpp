@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/output_file.h"
 #include "report/flamegraph.h"
 #include "report/formats.h"
 #include "report/json_report.h"
@@ -38,20 +39,38 @@ void write_report(const model::Report& report, const OutputRequest& request) {
       break;
   }
   if (request.path.empty()) {
-    std::cout << content << std::flush;
+    write_stdout(content);
   } else {
-    report::write_file(content, request.path);
+    write_output_file(content, request.path);
+    std::cerr << "memtrail: wrote " << request.path << "\n";
   }
 }
 
 void write_flamegraph(const model::Report& report, const std::string& path) {
-  report::write_file(report::render_flamegraph_svg(report), path);
+  write_output_file(report::render_flamegraph_svg(report), path);
   std::cerr << "memtrail: wrote " << path << "\n";
 }
 
 void write_memory_plot(const model::Report& report, const std::string& path) {
-  report::write_file(report::render_memory_plot_svg(report), path);
+  write_output_file(report::render_memory_plot_svg(report), path);
   std::cerr << "memtrail: wrote " << path << "\n";
+}
+
+void check_output_paths(const std::vector<OutputPath>& paths) {
+  for (const auto& [path, option] : paths) {
+    if (!path.empty()) check_output_path(path, option);
+  }
+}
+
+bool write_or_say_why(const std::function<void()>& write) {
+  try {
+    write();
+    return true;
+  } catch (const Error& error) {
+    std::cerr << "memtrail: error: " << error.what() << "\n";
+    if (!error.hint().empty()) std::cerr << "memtrail: hint: " << error.hint() << "\n";
+    return false;
+  }
 }
 
 }  // namespace memtrail::app

@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/host.h"
+#include "common/output_file.h"
 #include "report/json_report.h"
 #include "report/paging_renderers.h"
 #include "sampler/cgroups.h"
@@ -56,7 +57,7 @@ class PagingSession {
       }
       cgroup_filter_ = *resolved;
     }
-    if (!options_.json_path.empty()) report::check_writable(options_.json_path);
+    if (!options_.json_path.empty()) check_output_path(options_.json_path, "--json");
     signal_fd_ = open_signalfd();
 
     tracer::PagingTracerConfig config;
@@ -87,7 +88,7 @@ class PagingSession {
     report::render_paging_summary(report, std::cout);
     std::cout.flush();
     if (!options_.json_path.empty()) {
-      report::write_file(report::paging_json(report).dump(2) + "\n", options_.json_path);
+      write_output_file(report::paging_json(report).dump(2) + "\n", options_.json_path);
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
     return kExitOk;
@@ -155,13 +156,9 @@ class PagingSession {
   }
 
   void loop() {
-    auto interval = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(options_.interval_s));
+    auto interval = duration_from_seconds(options_.interval_s);
     std::optional<Clock::time_point> deadline;
-    if (options_.duration_s) {
-      deadline = start_ + std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(*options_.duration_s));
-    }
+    if (options_.duration_s) deadline = start_ + duration_from_seconds(*options_.duration_s);
     auto next_tick = start_ + interval;
     bool screen = !options_.quiet;
     bool terminal = ::isatty(STDOUT_FILENO) == 1;
@@ -182,10 +179,9 @@ class PagingSession {
         continue;
       }
       auto wake = deadline ? std::min(next_tick, *deadline) : next_tick;
-      auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
       std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
       for (const auto& trigger : triggers_) fds.push_back({trigger.fd(), POLLPRI, 0});
-      int ready = ::poll(fds.data(), fds.size(), static_cast<int>(timeout.count()) + 1);
+      int ready = ::poll(fds.data(), fds.size(), poll_timeout_ms(wake, now));
       if (ready < 0) {
         int error_number = errno;
         if (error_number != EINTR) throw Error(errno_message("poll", error_number));

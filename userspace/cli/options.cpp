@@ -4,8 +4,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <map>
+#include <sstream>
 
 #include "common/error.h"
 #include "common/version.h"
@@ -129,6 +133,85 @@ the executable itself when statically linked); C++ operators new, new[], delete 
 (all variants) in the module that defines them (libstdc++). Blocks released by a function
 that does not pair with their allocator (new/free, malloc/delete) are reported.)";
 
+// The largest pid Linux hands out (PID_MAX_LIMIT on 64-bit).
+constexpr uint64_t kMaxPid = 4'194'304;
+// The most sites or processes a report can list: beyond any screen, and far from overflow.
+constexpr uint64_t kMaxTop = 1'000'000;
+// The longest --interval: a day. Longer intervals would never report before --duration.
+constexpr double kMaxIntervalSeconds = 86'400;
+
+// All of `text` as a number (what strtod reads: 2, 0.5, 1e3, also inf and nan, which the
+// ranges then refuse); nullopt for anything else.
+std::optional<double> number_in(const std::string& text) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return std::nullopt;
+  char* end = nullptr;
+  double value = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size()) return std::nullopt;
+  return value;
+}
+
+// All of `text` as a whole decimal number from `least` to `most`; nullopt for anything else
+// (signs, fractions, exponents, numbers too large for 64 bits).
+std::optional<uint64_t> whole_in(const std::string& text, uint64_t least, uint64_t most) {
+  if (text.empty() || text.size() > 20 ||
+      !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  errno = 0;
+  unsigned long long value = std::strtoull(text.c_str(), nullptr, 10);
+  if (errno == ERANGE || value < least || value > most) return std::nullopt;
+  return value;
+}
+
+// The numbers of a command line, given as text to CLI11 so that memtrail, not CLI11, says what
+// a bad one should be. Each check returns the message of a usage error, or empty.
+std::string seconds_between(const char* name, const std::string& text, double least, double most,
+                            double& seconds) {
+  auto value = number_in(text);
+  if (!value || !(*value >= least) || !(*value <= most)) {
+    std::ostringstream message;
+    message << name << " must be from " << least << " to " << most << " seconds, not '" << text
+            << "'";
+    return message.str();
+  }
+  seconds = *value;
+  return "";
+}
+
+std::string seconds_above_zero(const char* name, const std::string& text, double& seconds) {
+  auto value = number_in(text);
+  if (!value || !(*value > 0) || !std::isfinite(*value)) {
+    return std::string(name) + " must be a number of seconds above 0, not '" + text + "'";
+  }
+  seconds = *value;
+  return "";
+}
+
+template <typename T>
+std::string whole_between(const char* name, const std::string& text, uint64_t least,
+                          uint64_t most, T& number) {
+  auto value = whole_in(text, least, most);
+  if (!value) {
+    return std::string(name) + " must be a whole number from " + std::to_string(least) + " to " +
+           std::to_string(most) + ", not '" + text + "'";
+  }
+  number = static_cast<T>(*value);
+  return "";
+}
+
+std::string pids_of(const char* name, const std::vector<std::string>& texts,
+                    std::vector<uint32_t>& pids) {
+  for (const auto& text : texts) {
+    auto pid = whole_in(text, 1, kMaxPid);
+    if (!pid) {
+      return std::string(name) + " must be a positive process id (1 to " +
+             std::to_string(kMaxPid) + "), not '" + text + "'";
+    }
+    pids.push_back(static_cast<uint32_t>(*pid));
+  }
+  return "";
+}
+
 }  // namespace
 
 uint32_t max_allocations_for(uint64_t available_bytes) {
@@ -154,13 +237,16 @@ Command parse_command_line(int argc, const char* const* argv) {
   app.require_subcommand(1);
 
   LeaksOptions options;
-  double duration = 0;
+  // Numbers as the user typed them: checked below, with messages of memtrail's own.
+  std::vector<std::string> pid_texts, excluded_pid_texts;
+  std::string duration_text, interval_text, top_text, min_age_text, json_version_text,
+      unwind_table_mib_text;
   double max_allocations = 0;
   CLI::App* leaks = app.add_subcommand(
       "leaks", "Trace allocations of processes and report where outstanding memory comes from");
   leaks->footer(std::string(kLeaksFooter) + "\n\n" + kExamples + kExitStatus);
-  leaks->add_option("-p,--pid", options.pids, "Process to trace (repeat for several)")
-      ->check(CLI::PositiveNumber);
+  leaks->add_option("-p,--pid", pid_texts, "Process to trace (repeat for several)")
+      ->type_name("PID");
   leaks->add_flag("-a,--all", options.all,
                   "Trace every process that uses a traced allocator, also those started later "
                   "(host-wide; narrow it with --comm, --cgroup, --exclude-pid)");
@@ -172,19 +258,18 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "With --all: only processes in this cgroup or below it: a path as in "
                     "/proc/PID/cgroup, e.g. /system.slice/nginx.service (repeat for several)")
       ->type_name("PATH");
-  leaks->add_option("--exclude-pid", options.excluded_pids,
+  leaks->add_option("--exclude-pid", excluded_pid_texts,
                     "With --all: leave this process out (repeat for several)")
-      ->type_name("PID")
-      ->check(CLI::PositiveNumber);
-  leaks->add_option("-d,--duration", duration, "Stop after SECONDS (default: until Ctrl-C)")
+      ->type_name("PID");
+  leaks->add_option("-d,--duration", duration_text, "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
-  leaks->add_option("-i,--interval", options.interval_s,
+  leaks->add_option("-i,--interval", interval_text,
                     "Print the top sites, and sample each site's memory for its verdict, every "
                     "SECONDS (default 5)")
       ->type_name("SECONDS");
-  leaks->add_option("-n,--top", options.top, "Sites shown in text reports (default 10)")
+  leaks->add_option("-n,--top", top_text, "Sites shown in text reports (default 10)")
       ->type_name("N");
-  leaks->add_option("--min-age", options.min_age_s,
+  leaks->add_option("--min-age", min_age_text,
                     "Hide allocations younger than SECONDS (default 0)")
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
@@ -210,11 +295,10 @@ Command parse_command_line(int argc, const char* const* argv) {
                     "Sites to report as memory kept on purpose, besides the built-in ones: one "
                     "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
       ->type_name("FILE");
-  leaks->add_option("--json-version", options.json_version,
+  leaks->add_option("--json-version", json_version_text,
                     "JSON schema version to write: 2 (default: with leak verdicts and growth "
                     "series) or 1 (for readers of memtrail.leaks/1)")
-      ->type_name("N")
-      ->check(CLI::IsMember({1, 2}));
+      ->type_name("N");
   leaks->add_option("--max-allocations", max_allocations,
                     "Outstanding allocations memtrail can hold: sizes its table, 64 bytes of "
                     "kernel memory each; more are counted as drops (default: from available "
@@ -268,7 +352,7 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "by type (class instances, dict, list, tuple, ...): made minus freed since "
                   "attach, their bytes and growth (python_types in JSON). A probe per object "
                   "made and freed: opt-in");
-  leaks->add_option("--unwind-table-mib", options.unwind_table_mib,
+  leaks->add_option("--unwind-table-mib", unwind_table_mib_text,
                     "Kernel memory for CFI unwind tables, shared by all traced processes "
                     "(default 8, 16 with --all, and a quarter more for page indexes; libc takes "
                     "0.25): modules "
@@ -283,20 +367,20 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Attach every probe with programs that do nothing (benchmarks)")
       ->group("");
   leaks->add_option("command", options.command, "Command to launch and trace (after --)")
-      ->type_name("-- COMMAND [ARGS...]");
+      ->type_name("COMMAND [ARGS]");
   app.positionals_at_end(false);
 
   PagingOptions paging_options;
-  double paging_duration = 0;
+  std::string paging_duration_text, paging_interval_text, paging_top_text, max_processes_text;
   std::string deep_mode = "auto";
   CLI::App* paging = app.add_subcommand(
       "paging", "Diagnose paging pressure and thrashing: host, memory cgroups, culprits and victims");
-  paging->add_option("-d,--duration", paging_duration, "Stop after SECONDS (default: until Ctrl-C)")
+  paging->add_option("-d,--duration", paging_duration_text, "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
-  paging->add_option("-i,--interval", paging_options.interval_s,
+  paging->add_option("-i,--interval", paging_interval_text,
                      "One screen, and one point of every series, every SECONDS (default 2)")
       ->type_name("SECONDS");
-  paging->add_option("-n,--top", paging_options.top, "Processes shown (default 10)")->type_name("N");
+  paging->add_option("-n,--top", paging_top_text, "Processes shown (default 10)")->type_name("N");
   paging->add_option("-j,--json", paging_options.json_path,
                      "Write the final report as JSON (memtrail.paging/1) to FILE")
       ->type_name("FILE");
@@ -308,7 +392,7 @@ Command parse_command_line(int argc, const char* const* argv) {
                      "Per-fault hooks (fault timing, refaults and swap-ins per process): auto "
                      "(default: attached while memory is under pressure), always, never")
       ->type_name("MODE");
-  paging->add_option("--max-processes", paging_options.max_processes,
+  paging->add_option("--max-processes", max_processes_text,
                      "Processes with BPF counters at once (default 32768); events of more are "
                      "counted as not recorded")
       ->type_name("N");
@@ -327,6 +411,7 @@ Command parse_command_line(int argc, const char* const* argv) {
       "3 calm intervals. See README, \"Diagnosing thrashing\", and docs/paging-format.md.\n");
 
   ReportOptions report_options;
+  std::string report_top_text, report_json_version_text;
   CLI::App* report = app.add_subcommand(
       "report", "Render a saved JSON report (memtrail leaks --json) in another format");
   report->add_option("file", report_options.input_path, "JSON report written by memtrail leaks")
@@ -344,18 +429,18 @@ Command parse_command_line(int argc, const char* const* argv) {
   report->add_option("--plot", report_options.plot_path,
                      "Also write an SVG chart of memory over time per process to FILE")
       ->type_name("FILE.svg");
-  report->add_option("-n,--top", report_options.top, "Sites shown as text (default 10)")
+  report->add_option("-n,--top", report_top_text, "Sites shown as text (default 10)")
       ->type_name("N");
-  report->add_option("--json-version", report_options.json_version,
+  report->add_option("--json-version", report_json_version_text,
                      "JSON schema version to write: 2 (default) or 1")
-      ->type_name("N")
-      ->check(CLI::IsMember({1, 2}));
+      ->type_name("N");
   report->footer("EXAMPLES\n"
                  "  memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg\n"
                  "  memtrail report leaks.json --format pprof -o leaks.pb.gz && "
                  "go tool pprof -http=: leaks.pb.gz\n");
 
   DiffOptions diff_options;
+  std::string diff_top_text;
   CLI::App* diff = app.add_subcommand(
       "diff", "Show which allocation sites grew between two saved JSON reports");
   diff->add_option("before", diff_options.before_path, "The earlier report")
@@ -364,7 +449,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   diff->add_option("after", diff_options.after_path, "The later report")
       ->required()
       ->type_name("AFTER.json");
-  diff->add_option("-n,--top", diff_options.top, "Sites shown (default 20)")->type_name("N");
+  diff->add_option("-n,--top", diff_top_text, "Sites shown (default 20)")->type_name("N");
   diff->footer("Sites match by command name and call stack (module and offset of each frame), "
                "so reports\nof two runs of the same programs compare even though pids and "
                "addresses differ.\n");
@@ -406,26 +491,40 @@ Command parse_command_line(int argc, const char* const* argv) {
     auto format = format_of(report_format);
     if (!format) return usage_of("report", "--format must be text, json, folded or pprof");
     report_options.format = *format;
-    if (report_options.top == 0) return usage_of("report", "--top must be at least 1");
+    std::string error;
+    if (report->count("--top")) {
+      error = whole_between("--top", report_top_text, 1, kMaxTop, report_options.top);
+    }
+    if (error.empty() && report->count("--json-version")) {
+      error = whole_between("--json-version", report_json_version_text, 1, 2,
+                            report_options.json_version);
+    }
+    if (!error.empty()) return usage_of("report", error);
     if (report_options.format == Format::kPprof && report_options.output_path.empty()) {
       return usage_of("report", "pprof is a binary format: give -o FILE");
     }
     return report_options;
   }
   if (paging->parsed()) {
+    std::string error;
     if (paging->count("--duration")) {
-      if (!(paging_duration > 0) || !std::isfinite(paging_duration)) {
-        return usage_of("paging", "--duration must be > 0 seconds");
-      }
-      paging_options.duration_s = paging_duration;
+      double duration = 0;
+      error = seconds_above_zero("--duration", paging_duration_text, duration);
+      paging_options.duration_s = duration;
     }
-    if (!(paging_options.interval_s >= 0.1) || !std::isfinite(paging_options.interval_s)) {
-      return usage_of("paging", "--interval must be at least 0.1 seconds");
+    // Below 0.1 s a screen per interval would be all memtrail does.
+    if (error.empty() && paging->count("--interval")) {
+      error = seconds_between("--interval", paging_interval_text, 0.1, kMaxIntervalSeconds,
+                              paging_options.interval_s);
     }
-    if (paging_options.top == 0) return usage_of("paging", "--top must be at least 1");
-    if (paging_options.max_processes < 64) {
-      return usage_of("paging", "--max-processes must be at least 64");
+    if (error.empty() && paging->count("--top")) {
+      error = whole_between("--top", paging_top_text, 1, kMaxTop, paging_options.top);
     }
+    if (error.empty() && paging->count("--max-processes")) {
+      error = whole_between("--max-processes", max_processes_text, 64, kMaxPid,
+                            paging_options.max_processes);
+    }
+    if (!error.empty()) return usage_of("paging", error);
     static const std::map<std::string, DeepMode> kDeepModes{
         {"auto", DeepMode::kAuto}, {"always", DeepMode::kAlways}, {"never", DeepMode::kNever}};
     auto mode = kDeepModes.find(deep_mode);
@@ -434,7 +533,10 @@ Command parse_command_line(int argc, const char* const* argv) {
     return paging_options;
   }
   if (diff->parsed()) {
-    if (diff_options.top == 0) return usage_of("diff", "--top must be at least 1");
+    if (diff->count("--top")) {
+      std::string error = whole_between("--top", diff_top_text, 1, kMaxTop, diff_options.top);
+      if (!error.empty()) return usage_of("diff", error);
+    }
     return diff_options;
   }
 
@@ -442,16 +544,38 @@ Command parse_command_line(int argc, const char* const* argv) {
     return ExitRequest{kExitUsage, "memtrail: error: " + message +
                                        "\nmemtrail: hint: see memtrail leaks --help\n"};
   };
-  if (leaks->count("--duration")) {
-    if (!(duration > 0) || !std::isfinite(duration)) return usage("--duration must be > 0 seconds");
-    options.duration_s = duration;
-  }
-  if (!(options.interval_s > 0) || !std::isfinite(options.interval_s)) {
-    return usage("--interval must be > 0 seconds");
-  }
-  if (options.top == 0) return usage("--top must be at least 1");
-  if (!(options.min_age_s >= 0) || !std::isfinite(options.min_age_s)) {
-    return usage("--min-age must be >= 0 seconds");
+  {
+    std::string error = pids_of("--pid", pid_texts, options.pids);
+    if (error.empty()) error = pids_of("--exclude-pid", excluded_pid_texts, options.excluded_pids);
+    if (error.empty() && leaks->count("--duration")) {
+      double duration = 0;
+      error = seconds_above_zero("--duration", duration_text, duration);
+      options.duration_s = duration;
+    }
+    // Below 10 ms, reading the maps would be all memtrail does.
+    if (error.empty() && leaks->count("--interval")) {
+      error = seconds_between("--interval", interval_text, 0.01, kMaxIntervalSeconds,
+                              options.interval_s);
+    }
+    if (error.empty() && leaks->count("--top")) {
+      error = whole_between("--top", top_text, 1, kMaxTop, options.top);
+    }
+    if (error.empty() && leaks->count("--min-age")) {
+      auto min_age = number_in(min_age_text);
+      if (!min_age || !(*min_age >= 0) || !std::isfinite(*min_age)) {
+        error = "--min-age must be a number of seconds, 0 or more, not '" + min_age_text + "'";
+      } else {
+        options.min_age_s = *min_age;
+      }
+    }
+    if (error.empty() && leaks->count("--json-version")) {
+      error = whole_between("--json-version", json_version_text, 1, 2, options.json_version);
+    }
+    if (error.empty() && leaks->count("--unwind-table-mib")) {
+      error = whole_between("--unwind-table-mib", unwind_table_mib_text, 1, 4096,
+                            options.unwind_table_mib);
+    }
+    if (!error.empty()) return usage(error);
   }
   if (leaks->count("--max-allocations")) {
     if (!(max_allocations >= 1024) || max_allocations > (1u << 28) ||
@@ -476,10 +600,6 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto frames = model::parse_python_frames_mode(python_frames);
   if (!frames) return usage("--python-frames must be mixed, python or native");
   options.python_frames = *frames;
-  if (leaks->count("--unwind-table-mib") &&
-      (options.unwind_table_mib < 1 || options.unwind_table_mib > 4096)) {
-    return usage("--unwind-table-mib must be from 1 to 4096");
-  }
   auto format = format_of(leaks_format);
   if (!format) return usage("--format must be text, json, folded or pprof");
   options.format = *format;

@@ -2,6 +2,8 @@
 // Messages and hints for errno-style failures.
 #include "common/error.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -15,6 +17,12 @@ std::string hint_for_errno(int error_number) {
   switch (error_number) {
     case EPERM:
     case EACCES:
+      // Telling root to run as root helps no one: then something else refuses.
+      if (::geteuid() == 0) {
+        return "memtrail runs as root, so a capability is missing from its set (a container "
+               "may drop CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN or CAP_SYS_PTRACE), or a security "
+               "policy (kernel lockdown, a security module, a sandbox) refuses it";
+      }
       return "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN";
     case ESRCH:
     case ENOENT:

@@ -2,8 +2,13 @@
 // Read a saved JSON report back into the report model.
 #include "report/json_reader.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
+#include <cmath>
 #include <fstream>
+#include <limits>
+#include <type_traits>
 
 #include "common/error.h"
 #include "report/json_report.h"
@@ -13,11 +18,73 @@ namespace {
 
 using nlohmann::json;
 
+// `value` as a whole number of type T, or an Error naming `name`. The JSON library would
+// convert 1e308 or -1 to some other number without a word, and a report then shows 0 B or
+// 16 EiB: a number out of range is refused, not rendered wrong.
+template <typename T>
+T whole_number(const json& value, const char* name) {
+  static_assert(std::is_integral_v<T>);
+  using Limits = std::numeric_limits<T>;
+  if (value.is_number_unsigned()) {
+    uint64_t number = value.get<uint64_t>();
+    if (number <= static_cast<uint64_t>(Limits::max())) return static_cast<T>(number);
+  } else if (value.is_number_integer()) {  // negative
+    int64_t number = value.get<int64_t>();
+    if (Limits::is_signed && number >= static_cast<int64_t>(Limits::min())) {
+      return static_cast<T>(number);
+    }
+  } else if (value.is_number_float()) {
+    // 3000.0 from another tool is 3000; the range check comes before the conversion, which
+    // is undefined for a double beyond T. max() + 1 is a power of two, exact as a double.
+    double number = value.get<double>();
+    if (number == std::floor(number) && number >= static_cast<double>(Limits::min()) &&
+        number < static_cast<double>(Limits::max()) + 1.0) {
+      return static_cast<T>(number);
+    }
+  } else {
+    throw Error(std::string(name) + " is " + value.type_name() + ", not a number");
+  }
+  throw Error(std::string(name) + " is " + value.dump() + ", not a whole number from " +
+              std::to_string(Limits::min()) + " to " + std::to_string(Limits::max()));
+}
+
+template <typename T>
+T whole(const json& object, const char* name) {
+  return whole_number<T>(object.at(name), name);
+}
+
+template <typename T>
+T whole_or(const json& object, const char* name, T fallback) {
+  auto it = object.find(name);
+  if (it == object.end()) return fallback;
+  return whole_number<T>(*it, name);
+}
+
 template <typename T>
 std::optional<T> optional_field(const json& object, const char* name) {
   auto it = object.find(name);
   if (it == object.end() || it->is_null()) return std::nullopt;
-  return it->get<T>();
+  if constexpr (std::is_integral_v<T>) {
+    return whole_number<T>(*it, name);
+  } else {
+    return it->get<T>();
+  }
+}
+
+// What is wrong, in words, without the JSON library's "[json.exception.type_error.302]".
+std::string describe(const json::exception& error) {
+  std::string message = error.what();
+  size_t bracket = message.find("] ");
+  if (message.rfind("[json.exception.", 0) == 0 && bracket != std::string::npos) {
+    message = message.substr(bracket + 2);
+  }
+  // out_of_range.403: "key 'stack' not found"
+  if (error.id == 403 && message.rfind("key '", 0) == 0) {
+    size_t end = message.find('\'', 5);
+    if (end != std::string::npos) return "field '" + message.substr(5, end - 5) + "' is missing";
+  }
+  if (error.id == 302) return "a value has the wrong type (" + message + ")";
+  return message;
 }
 
 int64_t unix_ms_of(const std::string& iso8601) {
@@ -35,9 +102,9 @@ int64_t unix_ms_of(const std::string& iso8601) {
 
 model::Frame frame_from(const json& object) {
   model::Frame frame;
-  frame.address = object.at("address").get<uint64_t>();
+  frame.address = whole<uint64_t>(object, "address");
   frame.module = object.at("module").get<std::string>();
-  frame.offset = object.at("offset").get<uint64_t>();
+  frame.offset = whole<uint64_t>(object, "offset");
   frame.function = optional_field<std::string>(object, "function");
   frame.file = optional_field<std::string>(object, "file");
   frame.line = optional_field<uint32_t>(object, "line");
@@ -49,37 +116,38 @@ model::Frame frame_from(const json& object) {
 model::UnwindSummary unwind_from(const json& object) {
   model::UnwindSummary unwind;
   unwind.mode = object.at("mode").get<std::string>();
-  unwind.stacks = object.at("stacks").get<uint64_t>();
-  unwind.stacks_using_tables = object.at("stacks_using_tables").get<uint64_t>();
-  unwind.truncated_stacks = object.at("truncated_stacks").get<uint64_t>();
+  unwind.stacks = whole<uint64_t>(object, "stacks");
+  unwind.stacks_using_tables = whole<uint64_t>(object, "stacks_using_tables");
+  unwind.truncated_stacks = whole<uint64_t>(object, "truncated_stacks");
   unwind.truncated_by_reason =
       object.at("truncated_by_reason").get<std::map<std::string, uint64_t>>();
-  unwind.table_rows = object.at("table_rows").get<uint64_t>();
-  unwind.table_bytes = object.at("table_bytes").get<uint64_t>();
-  unwind.table_capacity_rows = object.at("table_capacity_rows").get<uint64_t>();
-  unwind.mappings_beyond_limit = object.at("mappings_beyond_limit").get<uint64_t>();
+  unwind.table_rows = whole<uint64_t>(object, "table_rows");
+  unwind.table_bytes = whole<uint64_t>(object, "table_bytes");
+  unwind.table_capacity_rows = whole<uint64_t>(object, "table_capacity_rows");
+  unwind.mappings_beyond_limit = whole<uint64_t>(object, "mappings_beyond_limit");
   for (const auto& module : object.at("modules")) {
     unwind.modules.push_back({module.at("path").get<std::string>(),
                               module.at("method").get<std::string>(),
                               module.at("reason").get<std::string>(),
-                              module.at("rows").get<uint64_t>()});
+                              whole<uint64_t>(module, "rows")});
   }
   return unwind;
 }
 
 model::LeakSite site_from(const json& object) {
   model::LeakSite site;
-  site.pid = object.at("pid").get<uint32_t>();
+  site.pid = whole<uint32_t>(object, "pid");
   site.allocator = object.at("allocator").get<std::string>();
-  site.outstanding_bytes = object.at("outstanding_bytes").get<uint64_t>();
-  site.outstanding_allocations = object.at("outstanding_allocations").get<uint64_t>();
-  site.total_allocated_bytes = object.at("total_allocated_bytes").get<uint64_t>();
-  site.total_allocations = object.at("total_allocations").get<uint64_t>();
+  site.outstanding_bytes = whole<uint64_t>(object, "outstanding_bytes");
+  site.outstanding_allocations = whole<uint64_t>(object, "outstanding_allocations");
+  site.total_allocated_bytes = whole<uint64_t>(object, "total_allocated_bytes");
+  site.total_allocations = whole<uint64_t>(object, "total_allocations");
   // Absent before it was counted apart: what the site's blocks then said.
-  site.freed_allocations = object.value(
-      "freed_allocations", site.total_allocations > site.outstanding_allocations
-                               ? site.total_allocations - site.outstanding_allocations
-                               : uint64_t{0});
+  site.freed_allocations = whole_or<uint64_t>(
+      object, "freed_allocations",
+      site.total_allocations > site.outstanding_allocations
+          ? site.total_allocations - site.outstanding_allocations
+          : uint64_t{0});
   site.oldest_age_s = object.at("oldest_age_s").get<double>();
   site.stack_truncated = object.at("stack_truncated").get<bool>();
   site.stack_truncation_reason = object.value("stack_truncation_reason", std::string());
@@ -92,7 +160,7 @@ model::LeakSite site_from(const json& object) {
     growth.reason = growth_json.at("reason").get<std::string>();
     growth.r_squared = growth_json.at("r_squared").get<double>();
     growth.grew_share = growth_json.at("grew_share").get<double>();
-    growth.points = growth_json.at("points").get<size_t>();
+    growth.points = whole<size_t>(growth_json, "points");
     growth.span_s = growth_json.at("span_s").get<double>();
     growth.freed_any = growth_json.at("freed_any").get<bool>();
     growth.median_age_s = growth_json.value("median_age_s", 0.0);
@@ -103,22 +171,35 @@ model::LeakSite site_from(const json& object) {
     site.growth = std::move(growth);
   }
   site.suppressed = optional_field<std::string>(object, "suppressed");
-  site.mismatched_frees = object.value("mismatched_frees", uint64_t{0});
+  site.mismatched_frees = whole_or<uint64_t>(object, "mismatched_frees", 0);
   return site;
 }
 
 }  // namespace
 
 model::Report from_json(const json& document) {
-  if (!document.is_object() || !document.contains("schema")) {
-    throw Error("not a memtrail report: no \"schema\" field");
+  if (!document.is_object()) {
+    throw Error(std::string("not a memtrail.leaks report: it holds a JSON ") +
+                document.type_name() + ", not an object");
   }
-  std::string schema = document.at("schema").get<std::string>();
+  auto schema_field = document.find("schema");
+  if (schema_field == document.end() || !schema_field->is_string()) {
+    throw Error("not a memtrail.leaks report: it has no \"schema\" naming one");
+  }
+  std::string schema = schema_field->get<std::string>();
   if (schema != kLeaksSchemaV1 && schema != kLeaksSchemaV2) {
-    throw Error("unsupported report version \"" + schema + "\" (this memtrail reads " +
-                    kLeaksSchemaV1 + " and " + kLeaksSchemaV2 + ")",
-                "convert it with the memtrail version that wrote it");
+    if (schema.rfind("memtrail.leaks/", 0) == 0) {
+      throw Error("a " + schema + " report; this memtrail reads " + kLeaksSchemaV1 + " and " +
+                      kLeaksSchemaV2,
+                  "render it with the memtrail version that wrote it");
+    }
+    throw Error("not a memtrail.leaks report: its schema is \"" + schema + "\"" +
+                    (schema.rfind("memtrail.paging/", 0) == 0
+                         ? " (memtrail paging --json); memtrail report reads memtrail leaks --json"
+                         : ""));
   }
+  // The part being read, named in an error: "leaks[3]", "totals".
+  std::string where = "the top level";
   try {
     model::Report report;
     report.tool_version = document.at("tool").at("version").get<std::string>();
@@ -127,14 +208,16 @@ model::Report from_json(const json& document) {
     report.start_time_unix_ms = unix_ms_of(document.at("start_time").get<std::string>());
     report.end_time_unix_ms = unix_ms_of(document.at("end_time").get<std::string>());
     report.duration_s = document.at("duration_s").get<double>();
+    where = "options";
     const json& options = document.at("options");
     report.min_age_s = options.at("min_age_s").get<double>();
-    report.top = options.at("top").get<uint32_t>();
-    report.sample_rate = options.value("sample_rate", uint64_t{0});
+    report.top = whole<uint32_t>(options, "top");
+    report.sample_rate = whole_or<uint64_t>(options, "sample_rate", 0);
     report.final = true;
     for (const auto& target_json : document.at("targets")) {
+      where = "targets[" + std::to_string(report.targets.size()) + "]";
       model::Target target;
-      target.pid = target_json.at("pid").get<uint32_t>();
+      target.pid = whole<uint32_t>(target_json, "pid");
       target.comm = target_json.at("comm").get<std::string>();
       target.cmdline = target_json.at("cmdline").get<std::vector<std::string>>();
       target.exe = target_json.at("exe").get<std::string>();
@@ -155,15 +238,15 @@ model::Report from_json(const json& document) {
       }
       if (target_json.contains("losses")) {  // absent before per-process losses
         const json& lost = target_json.at("losses");
-        target.losses = {lost.at("drops").get<uint64_t>(), lost.at("stack_failures").get<uint64_t>(),
-                         lost.at("site_drops").get<uint64_t>(),
-                         lost.at("missed_entries").get<uint64_t>(),
-                         lost.at("unmatched_frees").get<uint64_t>(),
-                         lost.value("region_events_lost", uint64_t{0})};
+        target.losses = {whole<uint64_t>(lost, "drops"), whole<uint64_t>(lost, "stack_failures"),
+                         whole<uint64_t>(lost, "site_drops"),
+                         whole<uint64_t>(lost, "missed_entries"),
+                         whole<uint64_t>(lost, "unmatched_frees"),
+                         whole_or<uint64_t>(lost, "region_events_lost", 0)};
       }
       target.cgroup = target_json.value("cgroup", std::string());
       target.traced_from_start = target_json.value("traced_from_start", false);
-      target.untracked_frees = target_json.value("untracked_frees", uint64_t{0});
+      target.untracked_frees = whole_or<uint64_t>(target_json, "untracked_frees", 0);
       if (target_json.contains("python")) {
         const auto& python = target_json.at("python");
         target.python = model::PythonRuntime{python.at("version").get<std::string>(),
@@ -171,21 +254,21 @@ model::Report from_json(const json& document) {
                                              python.at("frames").get<bool>(),
                                              python.value("reason", std::string())};
       }
-      target.outstanding_bytes = target_json.value("outstanding_bytes", uint64_t{0});
-      target.sites = target_json.value("sites", uint64_t{0});
+      target.outstanding_bytes = whole_or<uint64_t>(target_json, "outstanding_bytes", 0);
+      target.sites = whole_or<uint64_t>(target_json, "sites", 0);
       if (target_json.contains("parent_pid")) {
-        target.parent_pid = target_json.at("parent_pid").get<uint32_t>();
+        target.parent_pid = whole<uint32_t>(target_json, "parent_pid");
       }
       if (target_json.contains("break_growth_bytes")) {
-        target.break_growth_bytes = target_json.at("break_growth_bytes").get<int64_t>();
+        target.break_growth_bytes = whole<int64_t>(target_json, "break_growth_bytes");
       }
       if (target_json.contains("exit")) {
         const json& exit = target_json.at("exit");
         target.exit = model::ExitSummary{exit.at("after_s").get<double>(),
-                                         exit.at("outstanding_bytes").get<uint64_t>(),
-                                         exit.at("outstanding_allocations").get<uint64_t>(),
-                                         exit.at("sites").get<uint64_t>(),
-                                         exit.at("purged_blocks").get<uint64_t>()};
+                                         whole<uint64_t>(exit, "outstanding_bytes"),
+                                         whole<uint64_t>(exit, "outstanding_allocations"),
+                                         whole<uint64_t>(exit, "sites"),
+                                         whole<uint64_t>(exit, "purged_blocks")};
       }
       if (target_json.contains("memory")) {
         const json& memory_json = target_json.at("memory");
@@ -204,78 +287,100 @@ model::Report from_json(const json& document) {
       }
       report.targets.push_back(std::move(target));
     }
+    where = "totals";
     const json& totals = document.at("totals");
-    report.totals.allocations = totals.at("allocations").get<uint64_t>();
-    report.totals.frees = totals.at("frees").get<uint64_t>();
-    report.totals.outstanding_bytes = totals.at("outstanding_bytes").get<uint64_t>();
-    report.totals.outstanding_allocations = totals.at("outstanding_allocations").get<uint64_t>();
-    report.totals.unmatched_frees = totals.at("unmatched_frees").get<uint64_t>();
-    report.totals.untracked_frees = totals.value("untracked_frees", uint64_t{0});
+    report.totals.allocations = whole<uint64_t>(totals, "allocations");
+    report.totals.frees = whole<uint64_t>(totals, "frees");
+    report.totals.outstanding_bytes = whole<uint64_t>(totals, "outstanding_bytes");
+    report.totals.outstanding_allocations = whole<uint64_t>(totals, "outstanding_allocations");
+    report.totals.unmatched_frees = whole<uint64_t>(totals, "unmatched_frees");
+    report.totals.untracked_frees = whole_or<uint64_t>(totals, "untracked_frees", 0);
     report.totals.exact = totals.value("exact", false);
-    report.totals.drops = totals.at("drops").get<uint64_t>();
-    report.totals.failed_calls = totals.at("failed_calls").get<uint64_t>();
-    report.totals.stack_failures = totals.value("stack_failures", uint64_t{0});
-    report.totals.site_drops = totals.value("site_drops", uint64_t{0});
-    report.totals.unsampled_allocations = totals.value("unsampled_allocations", uint64_t{0});
-    report.totals.mismatched_frees = totals.value("mismatched_frees", uint64_t{0});
-    report.totals.region_events_lost = totals.value("region_events_lost", uint64_t{0});
-    for (const auto& site : document.at("leaks")) report.leaks.push_back(site_from(site));
+    report.totals.drops = whole<uint64_t>(totals, "drops");
+    report.totals.failed_calls = whole<uint64_t>(totals, "failed_calls");
+    report.totals.stack_failures = whole_or<uint64_t>(totals, "stack_failures", 0);
+    report.totals.site_drops = whole_or<uint64_t>(totals, "site_drops", 0);
+    report.totals.unsampled_allocations = whole_or<uint64_t>(totals, "unsampled_allocations", 0);
+    report.totals.mismatched_frees = whole_or<uint64_t>(totals, "mismatched_frees", 0);
+    report.totals.region_events_lost = whole_or<uint64_t>(totals, "region_events_lost", 0);
+    for (const auto& site : document.at("leaks")) {
+      where = "leaks[" + std::to_string(report.leaks.size()) + "]";
+      report.leaks.push_back(site_from(site));
+    }
+    where = "the top level";
     report.totals.sites = report.leaks.size();
     report.notes = document.at("notes").get<std::vector<std::string>>();
+    where = "unwind";
     if (document.contains("unwind")) report.unwind = unwind_from(document.at("unwind"));
     if (document.contains("attach_failures")) {
       for (const auto& entry : document.at("attach_failures")) {
         model::AttachFailure failure;
         failure.path = entry.at("path").get<std::string>();
         failure.reason = entry.at("reason").get<std::string>();
-        failure.failures = entry.at("failures").get<uint64_t>();
-        failure.processes = entry.at("processes").get<uint64_t>();
+        failure.failures = whole<uint64_t>(entry, "failures");
+        failure.processes = whole<uint64_t>(entry, "processes");
         failure.attached = entry.at("attached").get<bool>();
         report.attach_failures.push_back(std::move(failure));
       }
     }
     if (document.contains("folded_exits")) {
       const json& folded = document.at("folded_exits");
-      report.folded_exits.nothing_outstanding = folded.at("nothing_outstanding").get<uint64_t>();
-      report.folded_exits.over_cap = folded.at("over_cap").get<uint64_t>();
+      report.folded_exits.nothing_outstanding = whole<uint64_t>(folded, "nothing_outstanding");
+      report.folded_exits.over_cap = whole<uint64_t>(folded, "over_cap");
       report.folded_exits.over_cap_outstanding_bytes =
-          folded.at("over_cap_outstanding_bytes").get<uint64_t>();
+          whole<uint64_t>(folded, "over_cap_outstanding_bytes");
     }
     if (document.contains("python_types")) {
       std::vector<model::PythonType> types;
       for (const auto& entry : document.at("python_types")) {
+        where = "python_types[" + std::to_string(types.size()) + "]";
         model::PythonType type;
-        type.pid = entry.at("pid").get<uint32_t>();
+        type.pid = whole<uint32_t>(entry, "pid");
         type.type = entry.at("type").get<std::string>();
-        type.outstanding_objects = entry.at("outstanding_objects").get<int64_t>();
-        type.outstanding_bytes = entry.at("outstanding_bytes").get<int64_t>();
+        type.outstanding_objects = whole<int64_t>(entry, "outstanding_objects");
+        type.outstanding_bytes = whole<int64_t>(entry, "outstanding_bytes");
         type.growth_objects_per_s = entry.at("growth_objects_per_s").get<double>();
-        type.made = entry.value("made", uint64_t{0});
-        type.freed = entry.value("freed", uint64_t{0});
+        type.made = whole_or<uint64_t>(entry, "made", 0);
+        type.freed = whole_or<uint64_t>(entry, "freed", 0);
         types.push_back(std::move(type));
       }
       report.python_types = std::move(types);
     }
     return report;
   } catch (const json::exception& error) {
-    throw Error(std::string("malformed memtrail report: ") + error.what());
+    throw Error("not a valid memtrail.leaks report: " + where + ": " + describe(error));
+  } catch (const Error& error) {
+    throw Error("not a valid memtrail.leaks report: " + where + ": " + error.what());
   }
 }
 
 model::Report read_json_file(const std::string& path) {
+  // One line each, naming the file: what the JSON library says is for its own developers.
+  struct stat info {};
+  bool found = ::stat(path.c_str(), &info) == 0;
+  if (found && S_ISDIR(info.st_mode)) {
+    throw Error(path + " is not a memtrail.leaks report: it is a directory");
+  }
   std::ifstream in(path);
   if (!in) {
     int error_number = errno;
     throw Error(errno_message("read report " + path, error_number),
                 "give the path of a file written by memtrail leaks --json");
   }
+  json document;
   try {
-    return from_json(json::parse(in));
+    document = json::parse(in);
   } catch (const json::parse_error& error) {
-    throw Error(path + ": not JSON (" + error.what() + ")",
-                "give the path of a file written by memtrail leaks --json");
+    if (in.bad()) throw Error("read report " + path + " failed");
+    bool empty = found && S_ISREG(info.st_mode) && info.st_size == 0;
+    throw Error(path + " is not a memtrail.leaks report: " +
+                (empty ? std::string("it is empty")
+                       : "not JSON (syntax error at byte " + std::to_string(error.byte) + ")"));
+  }
+  try {
+    return from_json(document);
   } catch (const Error& error) {
-    throw Error(path + ": " + error.what(), error.hint());
+    throw Error(path + " is " + error.what(), error.hint());
   }
 }
 

@@ -2,16 +2,10 @@
 // Render a leak report as versioned JSON for tools.
 #include "report/json_report.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 
-#include "common/error.h"
 #include "common/format.h"
-#include "common/unique_fd.h"
+#include "common/output_file.h"
 
 namespace memtrail::report {
 namespace {
@@ -32,15 +26,6 @@ ordered_json frame_json(const model::Frame& frame) {
           {"line", optional_value(frame.line)},
           {"inlined", frame.inlined},
           {"language", frame.python ? "python" : "native"}};
-}
-
-std::string temporary_path_for(const std::string& path) {
-  return path + ".tmp." + std::to_string(::getpid());
-}
-
-[[noreturn]] void fail_write(const std::string& path, int error_number) {
-  throw Error(errno_message("write report " + path, error_number),
-              "choose an output path in an existing, writable directory");
 }
 
 ordered_json unwind_json(const model::UnwindSummary& unwind) {
@@ -252,36 +237,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
 }
 
 void write_json_file(const ordered_json& json, const std::string& path) {
-  write_file(json.dump(2) + "\n", path);
-}
-
-void write_file(const std::string& text, const std::string& path) {
-  std::string temporary = temporary_path_for(path);
-  FILE* file = std::fopen(temporary.c_str(), "w");
-  if (!file) fail_write(path, errno);
-  bool ok = std::fwrite(text.data(), 1, text.size(), file) == text.size();
-  int error_number = errno;
-  if (std::fclose(file) != 0 && ok) {
-    ok = false;
-    error_number = errno;
-  }
-  if (!ok || std::rename(temporary.c_str(), path.c_str()) != 0) {
-    if (ok) error_number = errno;
-    std::remove(temporary.c_str());
-    fail_write(path, error_number);
-  }
-}
-
-void check_writable(const std::string& path) {
-  std::string temporary = temporary_path_for(path);
-  UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd) {
-    int error_number = errno;
-    throw Error("cannot write --json " + path + ": " + std::strerror(error_number),
-                "choose a path in an existing, writable directory");
-  }
-  fd.reset();
-  ::unlink(temporary.c_str());
+  write_output_file(json.dump(2) + "\n", path);
 }
 
 }  // namespace memtrail::report

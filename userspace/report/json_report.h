@@ -19,14 +19,8 @@ inline constexpr const char* kLeaksSchemaV2 = "memtrail.leaks/2";
 nlohmann::ordered_json to_json(const model::Report& report, double interval_s,
                                int version = kLeaksSchemaVersion);
 
-// Writes the JSON to `path` atomically (temporary file + rename) so that a reader never sees a
-// half-written report. Throws memtrail::Error when the file cannot be written.
+// Writes the JSON to `path` with write_output_file (common/output_file.h): atomically, so that
+// a reader never sees a half-written report. Throws memtrail::Error when it cannot be written.
 void write_json_file(const nlohmann::ordered_json& json, const std::string& path);
-// The same for any content (text, folded stacks, a pprof file).
-void write_file(const std::string& content, const std::string& path);
-
-// Fails early, before anything is attached, when `path` cannot be written: creates and removes
-// a temporary file next to it. Throws memtrail::Error.
-void check_writable(const std::string& path);
 
 }  // namespace memtrail::report

@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/clock.h"
 #include "target/process.h"
 
 namespace memtrail::session {
@@ -14,7 +15,7 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
   Reading reading;
   // The allocations stream into the aggregator as they are read: at no point are millions of
   // them copied into memtrail's memory.
-  aggregator::Accumulator accumulator(static_cast<uint64_t>(config_.min_age_s * 1e9),
+  aggregator::Accumulator accumulator(ns_from_seconds(config_.min_age_s),
                                       config_.tracer.sample_rate);
   reading.snapshot = tracer_.snapshot(&accumulator);
   auto read = Clock::now();

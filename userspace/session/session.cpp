@@ -244,13 +244,11 @@ void Session::handle_polled(std::span<const pollfd> polled) {
 }
 
 bool Session::wait(Clock::time_point until, int wake_fd) {
-  auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
   std::vector<pollfd> fds;
   if (wake_fd >= 0) fds.push_back({wake_fd, POLLIN, 0});
   size_t first = fds.size();
   add_poll_fds(fds);
-  int ready = ::poll(fds.data(), fds.size(),
-                     static_cast<int>(std::max<int64_t>(0, timeout.count()) + 1));
+  int ready = ::poll(fds.data(), fds.size(), poll_timeout_ms(until, Clock::now()));
   if (ready < 0 && errno != EINTR) throw Error(errno_message("poll", errno));
   if (ready <= 0) return false;
   if (wake_fd >= 0 && (fds[0].revents & POLLIN)) return true;

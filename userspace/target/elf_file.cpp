@@ -18,6 +18,12 @@
 namespace memtrail::target {
 namespace {
 
+// libelf's reason for its last failure; it has none for some (it says "no error" then).
+std::string libelf_reason() {
+  int error = elf_errno();
+  return error != 0 ? elf_errmsg(error) : "unreadable ELF data";
+}
+
 // Version index 0 and 1 are local/global; bit 15 marks a hidden (non-default) version.
 constexpr uint16_t kVersionHidden = 0x8000;
 
@@ -84,14 +90,29 @@ ElfFile ElfFile::open(UniqueFd fd, const std::string& path) {
   elf_version(EV_CURRENT);
   file.elf_.reset(elf_begin(file.fd_.get(), ELF_C_READ_MMAP, nullptr));
   Elf* elf = file.elf_.get();
-  if (!elf) throw Error(path + " is not an ELF file: " + elf_errmsg(-1));
+  if (!elf) throw Error(path + " is not an ELF file: " + libelf_reason());
   // libelf opens any file; only its kind tells an ELF file from text or an ar archive.
   if (elf_kind(elf) != ELF_K_ELF) {
     throw Error(path + " is not an ELF file" +
                 (elf_kind(elf) == ELF_K_AR ? " (an ar archive)" : " (no ELF magic number)"));
   }
   if (!gelf_getehdr(elf, &file.header_)) {
-    throw Error(path + " has no readable ELF header: " + elf_errmsg(-1));
+    throw Error(path + " has no readable ELF header: " + libelf_reason());
+  }
+  // A file cut short (an interrupted copy or download): libelf reads what is there and finds
+  // no symbols, which would read as "defines no function malloc".
+  struct stat info {};
+  if (::fstat(file.fd_.get(), &info) == 0 && S_ISREG(info.st_mode)) {
+    uint64_t size = static_cast<uint64_t>(info.st_size);
+    auto past_end = [size](uint64_t offset, uint64_t count, uint64_t entry_size) {
+      return count != 0 && (offset > size || count * entry_size > size - offset);
+    };
+    const GElf_Ehdr& header = file.header_;
+    if (past_end(header.e_phoff, header.e_phnum, header.e_phentsize) ||
+        past_end(header.e_shoff, header.e_shnum, header.e_shentsize)) {
+      throw Error(path + " is truncated or damaged: its ELF header points past its end (" +
+                  std::to_string(size) + " bytes)");
+    }
   }
 
   size_t header_count = 0;
