@@ -23,7 +23,7 @@
  *   mman.h values below.
  *
  * Userspace
- * - userspace/target/allocator.cpp decodes the start of each allocator function with capstone
+ * - userspace/inspect/allocator.cpp decodes the start of each allocator function with capstone
  *   (CS_ARCH_X86, CS_MODE_64) to place its entry probe on an instruction x86 uprobes emulate.
  * - userspace/unwind/table_builder.cpp evaluates CFI with the x86-64 psABI's DWARF register
  *   numbers (rbp 6, rsp 7, rip 16) and return address slot (CFA - 8), recognizes the x86-64 PLT

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Allocator discovery in real ELF files, and placement of entry probes on emulated instructions.
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -16,9 +16,9 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 using Bytes = std::vector<uint8_t>;
@@ -189,11 +189,11 @@ TEST(AllocatorKinds, EveryKindHasItsFunctionName) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect
 
 // ---- load order and binding (no root: this process's own memory, Debian's libraries) ----
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 std::string real(const std::string& path) {
@@ -519,9 +519,9 @@ TEST(ElfFile, OwnsTheDescriptorItIsOpenedFrom) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 // The message ElfFile::open throws for the first `size` bytes of /bin/true ("" if none).
@@ -560,4 +560,4 @@ TEST(ElfFile, ATruncatedFileSaysSoInsteadOfHavingNoSymbols) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

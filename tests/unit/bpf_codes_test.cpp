@@ -45,7 +45,7 @@ TEST(BpfCodes, EveryModelKindMapsToACodeAndBack) {
 }
 
 TEST(BpfCodes, ProbeCookiesAreTheKindOrWhatADeleteReleases) {
-  using target::ProbeRole;
+  using inspect::ProbeRole;
   EXPECT_EQ(probe_cookie(ProbeRole::kSizeAlloc, AllocationKind::kNew), MEMTRAIL_KIND_NEW);
   EXPECT_EQ(probe_cookie(ProbeRole::kCalloc, AllocationKind::kCalloc), MEMTRAIL_KIND_CALLOC);
   auto named = static_cast<AllocationKind>(static_cast<uint32_t>(AllocationKind::kFirstNamed) + 3);

@@ -29,10 +29,10 @@
 #include "common/error.h"
 #include "python/cpython.h"
 #include "symbolizer/symbolizer.h"
-#include "target/allocator.h"
-#include "target/process_file.h"
-#include "target/elf_file.h"
-#include "target/proc_maps.h"
+#include "inspect/allocator.h"
+#include "inspect/process_file.h"
+#include "inspect/elf_file.h"
+#include "inspect/proc_maps.h"
 #include "unwind/table_builder.h"
 
 namespace memtrail {
@@ -122,11 +122,11 @@ struct Seed {
   }
 
   // Mappings that place the file as the loader would, at 0x400000 + vaddr.
-  std::vector<target::Mapping> mappings(const std::string& path) const {
-    std::vector<target::Mapping> result;
+  std::vector<inspect::Mapping> mappings(const std::string& path) const {
+    std::vector<inspect::Mapping> result;
     for (const auto& [at, phdr] : program_headers) {
       if (phdr.p_type != PT_LOAD) continue;
-      target::Mapping mapping;
+      inspect::Mapping mapping;
       mapping.start = 0x400000 + (phdr.p_vaddr & ~uint64_t{0xfff});
       mapping.end = 0x400000 + ((phdr.p_vaddr + phdr.p_memsz + 0xfff) & ~uint64_t{0xfff});
       mapping.file_offset = phdr.p_offset & ~uint64_t{0xfff};
@@ -164,7 +164,7 @@ int run_readers(const Seed& seed, const std::string& dir, const std::string& pat
   };
   bool ok = true;
   try {
-    target::ElfFile elf = target::ElfFile::open(path);
+    inspect::ElfFile elf = inspect::ElfFile::open(path);
     (void)elf.interpreter();
     (void)elf.build_id();
     (void)elf.is_x86_64();
@@ -186,8 +186,8 @@ int run_readers(const Seed& seed, const std::string& dir, const std::string& pat
     ok = error_names_file(error) && ok;
   }
   try {
-    (void)target::allocator_in_file(target::file_in_root(0, path));
-    (void)target::classify_allocator(target::file_in_root(0, path), false, false);
+    (void)inspect::allocator_in_file(inspect::file_in_root(0, path));
+    (void)inspect::classify_allocator(inspect::file_in_root(0, path), false, false);
   } catch (const Error& error) {
     ok = error_names_file(error) && ok;
   }

@@ -53,9 +53,9 @@ std::vector<std::pair<uint64_t, uint64_t>> test_mappings;
 // executable PT_LOAD (the second one, at its own file offset) at `base` + its vaddr. Mapped for
 // real in this process (read-only), since memtrail opens a module through the mapping itself
 // (/proc/PID/map_files), never by its name; it stays until a later call maps over it.
-target::Mapping text_mapping(const std::string& path, uint64_t base) {
+inspect::Mapping text_mapping(const std::string& path, uint64_t base) {
   UnwindTable table = build_unwind_table(path);
-  target::Mapping mapping;
+  inspect::Mapping mapping;
   for (const auto& segment : table.segments) {
     if (segment.file_offset == 0) continue;  // the read-only headers
     mapping.start = base + segment.vaddr;
@@ -91,7 +91,7 @@ target::Mapping text_mapping(const std::string& path, uint64_t base) {
 }
 
 // Unmaps a mapping made by text_mapping(): its process no longer maps the file.
-void unmap(const target::Mapping& mapping) {
+void unmap(const inspect::Mapping& mapping) {
   munmap(reinterpret_cast<void*>(mapping.start), mapping.end - mapping.start);
   std::erase(test_mappings, std::make_pair(mapping.start, mapping.end));
 }
@@ -107,7 +107,7 @@ TEST(UnwindMode, ParsesTheThreeModesAndNothingElse) {
 
 TEST(LoadBias, MapsTheSegmentHoldingTheMappingsFileOffset) {
   std::vector<LoadSegment> segments{{0x0, 0x0, 0x1000}, {0x2000, 0x1000, 0x500}};
-  target::Mapping text;
+  inspect::Mapping text;
   text.start = 0x7f0000002000;
   text.end = 0x7f0000003000;
   text.file_offset = 0x1000;
@@ -220,7 +220,7 @@ TEST(ModuleTables, FilesThatAreGoneOrNotCodeAreSkipped) {
   std::filesystem::remove(copy);
   auto data = text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000);
   data.executable = false;
-  target::Mapping anonymous;
+  inspect::Mapping anonymous;
   anonymous.start = 0x1000;
   anonymous.end = 0x2000;
   anonymous.executable = true;

@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Parsing /proc/PID/maps text.
-#include "target/proc_maps.h"
-#include "target/process.h"
+#include "inspect/proc_maps.h"
+#include "inspect/process.h"
 
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 TEST(ProcMaps, ParsesFileBackedAnonymousAndSpecialMappings) {
@@ -70,9 +70,9 @@ TEST(ProcMaps, ReadsALiveProcessAndReportsAMissingOne) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 TEST(Cgroups, TheUnifiedPathComesFirstAndAncestorsMatchOnWholeComponents) {
@@ -92,4 +92,4 @@ TEST(Cgroups, TheUnifiedPathComesFirstAndAncestorsMatchOnWholeComponents) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Opening a traced process's files: through its mapping, by a name inside its root, regular
 // files only, the expected file only, never blocking.
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,7 +16,7 @@
 
 #include "common/error.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 // A scratch directory, removed with what it holds.
@@ -116,4 +116,4 @@ TEST(ProcessFile, AMappedFileIsOpenedAsTheFileMapped) {
 }
 
 }  // namespace
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "python/cpython.h"
-#include "target/proc_maps.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::python {
 namespace {
@@ -108,7 +108,7 @@ uint32_t fixture_line(const std::string& marker) {
 TEST(Python, LayoutIsTheInstalledInterpreters) {
   Fixture fixture;
   ASSERT_FALSE(fixture.report().is_null()) << kPython << " did not run the fixture";
-  auto mappings = target::read_proc_maps(static_cast<uint32_t>(fixture.pid()));
+  auto mappings = inspect::read_proc_maps(static_cast<uint32_t>(fixture.pid()));
   ASSERT_TRUE(mappings);
   auto interpreter = find_interpreter(static_cast<uint32_t>(fixture.pid()), *mappings);
   ASSERT_TRUE(interpreter) << "no _PyRuntime found in " << kPython << "'s mappings";
@@ -183,7 +183,7 @@ TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   Fixture fixture;
   ASSERT_FALSE(fixture.report().is_null());
   auto pid = static_cast<uint32_t>(fixture.pid());
-  auto mappings = target::read_proc_maps(pid);
+  auto mappings = inspect::read_proc_maps(pid);
   ASSERT_TRUE(mappings);
   auto interpreter = find_interpreter(pid, *mappings);
   ASSERT_TRUE(interpreter);

@@ -118,8 +118,8 @@ TEST(Targets, RootRefusedAProcessIsNotToldToRunAsRoot) {
 }
 
 TEST(Targets, DescribesAllocatorsForTheReport) {
-  target::ProcessAllocators allocators;
-  target::AllocatorModule libc;
+  inspect::ProcessAllocators allocators;
+  inspect::AllocatorModule libc;
   libc.name = "glibc";
   libc.path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
   libc.functions.resize(2);

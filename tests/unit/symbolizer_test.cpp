@@ -13,8 +13,8 @@
 #include <map>
 #include <sstream>
 
-#include "target/elf_file.h"
-#include "target/proc_maps.h"
+#include "inspect/elf_file.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::symbolizer {
 namespace {
@@ -82,7 +82,7 @@ std::string base_name(const std::optional<std::string>& path) {
 class SymbolizerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto mappings = target::read_proc_maps(fixture_.pid());
+    auto mappings = inspect::read_proc_maps(fixture_.pid());
     ASSERT_TRUE(mappings.has_value());
     symbolizer_.set_process_mappings(fixture_.pid(), *mappings);
   }
@@ -107,7 +107,7 @@ TEST_F(SymbolizerTest, CxxNamesAreDemangledAndOffsetsAreElfAddresses) {
   ASSERT_EQ(frames.size(), 1u);
   EXPECT_EQ(frames[0].function, "fixture::Widget::build(int)");
   // The offset is what the ELF symbol table says, whatever address the PIE was loaded at.
-  auto elf = target::ElfFile::open(MEMTRAIL_SYMBOLIZE_FIXTURE);
+  auto elf = inspect::ElfFile::open(MEMTRAIL_SYMBOLIZE_FIXTURE);
   auto symbol = elf.find_function("_ZN7fixture6Widget5buildEi");
   ASSERT_TRUE(symbol.has_value());
   EXPECT_EQ(frames[0].offset, symbol->address);

@@ -517,10 +517,10 @@ TEST(UnwindTable, CompressedDebugFrameGivesTheSameRows) {
   std::string output = run_command("objcopy --compress-debug-sections=zlib '" +
                                    std::string(UNWIND_FIXTURE_LIB_DEBUG_FRAME) + "' '" +
                                    compressed + "' 2>&1");
-  std::optional<target::ElfSection> section;
+  std::optional<inspect::ElfSection> section;
   UnwindTable plain, table;
   try {
-    target::ElfFile elf = target::ElfFile::open(compressed);
+    inspect::ElfFile elf = inspect::ElfFile::open(compressed);
     section = elf.find_section(".debug_frame");
     plain = build_unwind_table(UNWIND_FIXTURE_LIB_DEBUG_FRAME);
     table = build_unwind_table(compressed);

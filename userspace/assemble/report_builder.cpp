@@ -12,7 +12,7 @@
 #include "common/format.h"
 #include "common/host.h"
 #include "common/version.h"
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 
 namespace memtrail::assemble {
 namespace {
@@ -227,7 +227,7 @@ model::Report build_report(const model::Snapshot& snapshot,
     leak.oldest_age_s = snapshot.taken_at_ns > site.oldest_timestamp_ns
                             ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
                             : 0.0;
-    leak.allocator = target::kind_name(site.kind);
+    leak.allocator = inspect::kind_name(site.kind);
     leak.mismatched_frees = site.mismatched_frees;
     std::vector<uint64_t> addresses;
     auto stack = snapshot.stacks.find(site.site_id);

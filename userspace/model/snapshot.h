@@ -12,7 +12,7 @@
 
 namespace memtrail::model {
 
-// The allocator function that returned a block; reports name it (target::kind_name). Besides
+// The allocator function that returned a block; reports name it (inspect::kind_name). Besides
 // the standard functions, the extension functions of jemalloc (mallocx, ...), tcmalloc,
 // mimalloc and --allocator's custom functions get a kind of their own when first probed,
 // numbered from kFirstNamed (the BPF programs handle them as malloc: released by free, never

@@ -8,8 +8,8 @@
 #include <set>
 
 #include "common/error.h"
-#include "target/elf_file.h"
-#include "target/process_file.h"
+#include "inspect/elf_file.h"
+#include "inspect/process_file.h"
 
 namespace memtrail::python {
 namespace {
@@ -168,7 +168,7 @@ model::PythonTypeLayout type_layout() {
 }
 
 std::optional<Interpreter> find_interpreter(uint32_t pid,
-                                            const std::vector<target::Mapping>& mappings) {
+                                            const std::vector<inspect::Mapping>& mappings) {
 
   std::set<std::string> seen;
   for (const auto& mapping : mappings) {
@@ -176,10 +176,10 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
         !seen.insert(mapping.path).second) {
       continue;
     }
-    target::ProcessFile module_file = target::mapped_file(pid, mapping);
-    std::shared_ptr<const target::ElfFile> file;
+    inspect::ProcessFile module_file = inspect::mapped_file(pid, mapping);
+    std::shared_ptr<const inspect::ElfFile> file;
     try {
-      file = target::ElfFile::open_shared(target::open_file(module_file).fd, mapping.path);
+      file = inspect::ElfFile::open_shared(inspect::open_file(module_file).fd, mapping.path);
     } catch (const Error&) {
       continue;
     }

@@ -17,8 +17,8 @@
 #include "model/snapshot.h"
 #include "model/stack_modes.h"
 #include "python/cpython_layout.h"
-#include "target/proc_maps.h"
-#include "target/process_file.h"
+#include "inspect/proc_maps.h"
+#include "inspect/process_file.h"
 
 namespace memtrail::python {
 
@@ -45,7 +45,7 @@ struct ObjectProbe {
 // libpython for embedders), where that lies in the process, and whether memtrail walks it.
 struct Interpreter {
   std::string module;  // path as the process sees it
-  target::ProcessFile file;  // the module's file, as memtrail opens and probes it
+  inspect::ProcessFile file;  // the module's file, as memtrail opens and probes it
   std::string version;  // "3.11.2", from Py_Version; "3.9" from the file name when older
   uint64_t runtime_address = 0;    // &_PyRuntime in the process
   uint64_t code_type_address = 0;  // &PyCode_Type: what a live code object's ob_type is
@@ -58,9 +58,9 @@ struct Interpreter {
 };
 
 // The CPython interpreter `pid` runs, from its mappings (files opened through them:
-// target/process_file.h); nullopt when it maps none. Throws nothing.
+// inspect/process_file.h); nullopt when it maps none. Throws nothing.
 std::optional<Interpreter> find_interpreter(uint32_t pid,
-                                            const std::vector<target::Mapping>& mappings);
+                                            const std::vector<inspect::Mapping>& mappings);
 
 // The line of the instruction at `lasti` (in code units) in a code object whose co_linetable
 // (CPython 3.11's location table) is `table` and co_firstlineno `first_line`; nullopt for an

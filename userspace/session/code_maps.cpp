@@ -10,15 +10,15 @@
 #include <vector>
 
 #include "common/error.h"
-#include "target/load_order.h"
-#include "target/process.h"
-#include "target/proc_maps.h"
+#include "inspect/load_order.h"
+#include "inspect/process.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::session {
 namespace {
 
 // What identifies the files that may hold a CPython runtime, where they are mapped.
-std::string python_candidates_key(const std::vector<target::Mapping>& mappings) {
+std::string python_candidates_key(const std::vector<inspect::Mapping>& mappings) {
   std::string key;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || mapping.path.find("python") == std::string::npos) continue;
@@ -28,7 +28,7 @@ std::string python_candidates_key(const std::vector<target::Mapping>& mappings) 
 }
 
 // The files a process maps code from.
-std::set<std::string> code_files(const std::vector<target::Mapping>& mappings) {
+std::set<std::string> code_files(const std::vector<inspect::Mapping>& mappings) {
   std::set<std::string> files;
   for (const auto& mapping : mappings) {
     if (mapping.executable && mapping.is_file()) files.insert(mapping.path);
@@ -36,7 +36,7 @@ std::set<std::string> code_files(const std::vector<target::Mapping>& mappings) {
   return files;
 }
 
-bool same_mappings(const std::vector<target::Mapping>& a, const std::vector<target::Mapping>& b) {
+bool same_mappings(const std::vector<inspect::Mapping>& a, const std::vector<inspect::Mapping>& b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
     return x.start == y.start && x.end == y.end && x.inode == y.inode && x.path == y.path;
   });
@@ -55,11 +55,11 @@ CodeMaps::CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Pro
 
 void CodeMaps::refresh(TracedProcess& process) {
   if (process.info.exited) return;
-  auto mappings = target::read_proc_maps(process.info.pid);
+  auto mappings = inspect::read_proc_maps(process.info.pid);
   if (!mappings || mappings->empty() || same_mappings(*mappings, process.mappings)) return;
   process.mappings = std::move(*mappings);
   // The launched command's name and image are known only after exec.
-  model::Target info = target::read_target_info(process.info.pid);
+  model::Target info = inspect::read_target_info(process.info.pid);
   if (!info.comm.empty()) {
     info.parent_pid = process.info.parent_pid;
     info.python = process.info.python;
@@ -182,10 +182,10 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
     return;
   }
   uint32_t pid = process.info.pid;
-  target::ProcessAllocators fresh;
+  inspect::ProcessAllocators fresh;
   try {
-    auto order = target::process_load_order(pid, process.mappings);
-    fresh = target::resolve_allocators(pid, order, config_.trace_cxx,
+    auto order = inspect::process_load_order(pid, process.mappings);
+    fresh = inspect::resolve_allocators(pid, order, config_.trace_cxx,
                                        config_.custom_allocators_for(pid));
   } catch (const Error&) {
     return;  // the link map is not readable yet (right after exec): next time
@@ -198,7 +198,7 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
     }
   }
   for (const auto& module : fresh.modules) {
-    target::AllocatorModule added = module;
+    inspect::AllocatorModule added = module;
     added.functions.clear();
     for (const auto& function : module.functions) {
       if (!probed.count({module.path, function.probe_offset})) {

@@ -6,14 +6,14 @@
 #include <climits>
 
 #include "python/cpython.h"
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 
 namespace memtrail::session {
 
-std::vector<target::CustomAllocator> SessionConfig::custom_allocators_for(uint32_t pid) const {
-  std::vector<target::CustomAllocator> custom = allocators;
+std::vector<inspect::CustomAllocator> SessionConfig::custom_allocators_for(uint32_t pid) const {
+  std::vector<inspect::CustomAllocator> custom = allocators;
   for (auto& allocator : custom) {
-    allocator.file = target::file_in_root(pid, allocator.path);
+    allocator.file = inspect::file_in_root(pid, allocator.path);
   }
   return custom;
 }
@@ -52,7 +52,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   config.excluded_pids = options.excluded_pids;
   config.trace_cxx = options.trace_cxx;
   for (const auto& option : options.allocators) {
-    target::CustomAllocator allocator;
+    inspect::CustomAllocator allocator;
     allocator.path = option.path;
     for (const auto& function : option.functions) {
       allocator.functions.push_back({function.symbol, function.role});

@@ -10,7 +10,7 @@
 #include "cli/options.h"
 #include "model/stack_modes.h"
 #include "assemble/suppressions.h"
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 #include "tracer/tracer_config.h"
 
 namespace memtrail::session {
@@ -36,7 +36,7 @@ struct SessionConfig {
 
   bool trace_cxx = false;  // probe C++ operators new and delete too
   // Custom allocators as the command line names them (their files: custom_allocators_for).
-  std::vector<target::CustomAllocator> allocators;
+  std::vector<inspect::CustomAllocator> allocators;
 
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
   bool python_types = false;  // CPython objects counted by type
@@ -51,7 +51,7 @@ struct SessionConfig {
   bool host_wide() const { return tracer.host_wide; }
   bool verbose() const { return tracer.verbose; }
   // The custom allocators for one process: opened through its root (pid 0: memtrail's own).
-  std::vector<target::CustomAllocator> custom_allocators_for(uint32_t pid) const;
+  std::vector<inspect::CustomAllocator> custom_allocators_for(uint32_t pid) const;
 };
 
 // The session `options` ask for on a host with `available_bytes` of MemAvailable (sizes the

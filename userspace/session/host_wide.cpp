@@ -12,9 +12,9 @@
 #include <string>
 
 #include "common/error.h"
-#include "target/load_order.h"
-#include "target/process.h"
-#include "target/proc_maps.h"
+#include "inspect/load_order.h"
+#include "inspect/process.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::session {
 namespace {
@@ -93,7 +93,7 @@ void HostWide::look_at_blocked() {
   blocked_.clear();
   for (uint32_t pid : blocked) {
     if (targets_.live(pid) ||
-        target::process_state(pid) != target::ProcessState::kRunning) {
+        inspect::process_state(pid) != inspect::ProcessState::kRunning) {
       probes_.forget_waiting(pid);
       continue;
     }
@@ -115,17 +115,17 @@ bool HostWide::wanted(uint32_t pid) const {
   const auto& excluded = config_.excluded_pids;
   if (std::find(excluded.begin(), excluded.end(), pid) != excluded.end()) return false;
   if (!config_.comms.empty()) {
-    std::string comm = target::read_target_info(pid).comm;
+    std::string comm = inspect::read_target_info(pid).comm;
     if (std::find(config_.comms.begin(), config_.comms.end(), comm) == config_.comms.end()) {
       return false;
     }
   }
   if (!config_.cgroups.empty()) {
-    auto paths = target::process_cgroups(pid);
+    auto paths = inspect::process_cgroups(pid);
     bool inside = std::any_of(paths.begin(), paths.end(), [&](const std::string& path) {
       return std::any_of(config_.cgroups.begin(), config_.cgroups.end(),
                          [&](const std::string& wanted_cgroup) {
-                           return target::cgroup_within(path, wanted_cgroup);
+                           return inspect::cgroup_within(path, wanted_cgroup);
                          });
     });
     if (!inside) return false;
@@ -137,13 +137,13 @@ bool HostWide::wanted(uint32_t pid) const {
 // or is gone. Its allocator's functions are probed in their files, for every process, once.
 bool HostWide::add(uint32_t pid, bool quiet) {
   if (!wanted(pid)) return false;
-  if (target::process_state(pid) != target::ProcessState::kRunning) return false;
-  auto mappings = target::read_proc_maps(pid);
+  if (inspect::process_state(pid) != inspect::ProcessState::kRunning) return false;
+  auto mappings = inspect::read_proc_maps(pid);
   if (!mappings || mappings->empty()) return false;  // a kernel thread, or exiting
   TracedProcess process;
   try {
-    auto order = target::process_load_order(pid, *mappings);
-    process.allocators = target::resolve_allocators(pid, order, config_.trace_cxx,
+    auto order = inspect::process_load_order(pid, *mappings);
+    process.allocators = inspect::resolve_allocators(pid, order, config_.trace_cxx,
                                                     config_.custom_allocators_for(pid));
     if (process.allocators.modules.empty()) return false;
     for (const auto& module : process.allocators.modules) {
@@ -164,7 +164,7 @@ bool HostWide::add(uint32_t pid, bool quiet) {
     }
     return false;
   }
-  process.info = target::read_target_info(pid);
+  process.info = inspect::read_target_info(pid);
   describe_allocators(process.allocators, process.info);
   code_maps_.refresh(targets_.add(std::move(process)));
   return true;

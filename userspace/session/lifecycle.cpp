@@ -51,7 +51,7 @@ void Lifecycle::handle_fork(const tracer::AllocTracer::Fork& fork) {
   if (host_wide_) host_wide_->forget_pending(fork.child);  // traced from now on as the child
   TracedProcess child;
   child.allocators = parent->allocators;
-  child.info = target::read_target_info(fork.child);
+  child.info = inspect::read_target_info(fork.child);
   child.info.parent_pid = fork.parent;
   describe_allocators(child.allocators, child.info);
   try {

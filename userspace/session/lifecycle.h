@@ -14,7 +14,7 @@
 #include "session/config.h"
 #include "session/host_wide.h"
 #include "session/targets.h"
-#include "target/process.h"
+#include "inspect/process.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
@@ -32,7 +32,7 @@ class Lifecycle {
   // `host_wide`: set with --all (programs started since are its to trace). `child`: the
   // command the session launched, if any (reaped when it exits).
   Lifecycle(const SessionConfig& config, tracer::AllocTracer& tracer, Targets& targets,
-            CodeMaps& code_maps, HostWide* host_wide, std::optional<target::GatedChild>& child)
+            CodeMaps& code_maps, HostWide* host_wide, std::optional<inspect::GatedChild>& child)
       : config_(config), tracer_(tracer), targets_(targets), code_maps_(code_maps),
         host_wide_(host_wide), child_(child) {}
   Lifecycle(const Lifecycle&) = delete;
@@ -64,7 +64,7 @@ class Lifecycle {
   Targets& targets_;
   CodeMaps& code_maps_;
   HostWide* host_wide_;
-  std::optional<target::GatedChild>& child_;
+  std::optional<inspect::GatedChild>& child_;
   std::vector<uint32_t> exits_to_record_;  // exited since the last settle()
   std::unordered_map<uint32_t, uint64_t> purge_later_;  // unfollowable children: pid -> by
   std::vector<tracer::AllocTracer::Exec> stale_execs_;  // old images' slots to free

@@ -6,7 +6,7 @@
 #include <unordered_set>
 
 #include "common/clock.h"
-#include "target/process.h"
+#include "inspect/process.h"
 
 namespace memtrail::session {
 
@@ -51,7 +51,7 @@ void Measurement::record_process_memory(double t_s, const aggregator::Aggregate&
   }
   for (const auto& process : targets_) {
     if (process.info.exited) continue;
-    auto rss = target::read_private_memory(process.info.pid);
+    auto rss = inspect::read_private_memory(process.info.pid);
     if (!rss) continue;
     process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss),
                                               traced_by_pid[process.info.pid]});

@@ -12,7 +12,7 @@
 
 namespace memtrail::session {
 
-void Probes::attach(uint32_t pid, const target::AllocatorModule& module) {
+void Probes::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   if (host_wide_) {
     attach_everywhere(module, pid);
   } else {
@@ -20,10 +20,10 @@ void Probes::attach(uint32_t pid, const target::AllocatorModule& module) {
   }
 }
 
-void Probes::attach_everywhere(const target::AllocatorModule& module, uint32_t pid) {
+void Probes::attach_everywhere(const inspect::AllocatorModule& module, uint32_t pid) {
   const uint64_t device = module.file.device;
   const uint64_t inode = module.file.inode;
-  target::AllocatorModule fresh = module;
+  inspect::AllocatorModule fresh = module;
   fresh.functions.clear();
   std::vector<std::tuple<uint64_t, uint64_t, uint64_t, int>> keys;
   for (const auto& function : module.functions) {

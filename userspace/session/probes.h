@@ -15,7 +15,7 @@
 #include "model/report.h"
 #include "session/config.h"
 
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
@@ -38,7 +38,7 @@ class Probes {
 
   // A module process `pid` maps: probed for every process host-wide, for `pid` only otherwise.
   // Throws memtrail::Error.
-  void attach(uint32_t pid, const target::AllocatorModule& module);
+  void attach(uint32_t pid, const inspect::AllocatorModule& module);
   // Probes the module's functions not probed yet for every process. Throws memtrail::Error.
   // A function counts as probed only once its attach succeeded. A file whose attach failed
   // (another tool holds a probe there, most often) is tried again after a back-off (1 s,
@@ -46,7 +46,7 @@ class Probes {
   // first failure on a file is said on stderr; each is counted (attach_failures()), with the
   // processes it leaves untraced (`pid`, once each). Throws AttachFailed for those, or
   // memtrail::Error.
-  void attach_everywhere(const target::AllocatorModule& module, uint32_t pid = 0);
+  void attach_everywhere(const inspect::AllocatorModule& module, uint32_t pid = 0);
   // `pid` is gone, or traced: no longer counted as waiting for a file's probes.
   void forget_waiting(uint32_t pid);
   // Some file whose attach failed may be tried again now: the processes it left untraced

@@ -12,9 +12,9 @@
 
 #include "common/clock.h"
 #include "common/error.h"
-#include "target/load_order.h"
-#include "target/process.h"
-#include "target/proc_maps.h"
+#include "inspect/load_order.h"
+#include "inspect/process.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::session {
 
@@ -55,22 +55,22 @@ void Session::prepare_targets() {
     // process.mappings stays empty: CodeMaps::refresh() hands them to the symbolizer.
     auto mappings = live_mappings(pid);
     // Each function is probed where the process binds it: the link map gives the order.
-    auto order = target::process_load_order(pid, mappings);
+    auto order = inspect::process_load_order(pid, mappings);
     process.allocators = allocators_or_mappings_only(pid, order);
     warn_unmapped_custom(pid, mappings);
-    process.info = target::read_target_info(pid);
+    process.info = inspect::read_target_info(pid);
     describe_allocators(process.allocators, process.info);
     targets_.add(std::move(process));
   }
   if (!config_.command.empty()) {
-    std::string executable = target::resolve_command(config_.command.front());
+    std::string executable = inspect::resolve_command(config_.command.front());
     // The command runs in memtrail's mount namespace and environment: before it runs, its
     // loader says which libraries it will load, in which order. Probes attach to files, so
     // they are in place when the libraries get mapped.
     char resolved[PATH_MAX];
     std::string real_executable =
         ::realpath(executable.c_str(), resolved) ? resolved : executable;
-    auto order = target::command_load_order(real_executable);
+    auto order = inspect::command_load_order(real_executable);
     TracedProcess process;
     process.allocators = allocators_or_mappings_only(0, order);
     child_.emplace(executable, config_.command);
@@ -84,18 +84,18 @@ void Session::prepare_targets() {
 // The allocators of `pid` (0: the command). A program without the malloc family (Go's
 // runtime maps its memory itself) is refused, unless --mmap traces its mappings: then it is
 // traced for those alone, and one line says what cannot be.
-target::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
-                                                               const target::LoadOrder& order) {
+inspect::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
+                                                               const inspect::LoadOrder& order) {
   try {
-    return target::resolve_allocators(pid, order, config_.trace_cxx,
+    return inspect::resolve_allocators(pid, order, config_.trace_cxx,
                                       config_.custom_allocators_for(pid));
-  } catch (const target::NoAllocatorFound&) {
+  } catch (const inspect::NoAllocatorFound&) {
     if (!config_.tracer.trace_regions) throw;
     std::cerr << "memtrail: " << (pid ? "pid " + std::to_string(pid) : std::string("the command"))
               << " has no malloc family to probe: tracing its anonymous mappings (--mmap) "
                  "only; objects of a garbage-collected heap (e.g. Go's) inside them are not "
                  "traced\n";
-    target::ProcessAllocators none;
+    inspect::ProcessAllocators none;
     none.order_source = order.source;
     return none;
   }
@@ -104,7 +104,7 @@ target::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
 // A custom allocator the process has not mapped (yet) is probed all the same (a uprobe is on
 // the file), but if it never loads it, nothing will show: say so.
 void Session::warn_unmapped_custom(uint32_t pid,
-                                   const std::vector<target::Mapping>& mappings) const {
+                                   const std::vector<inspect::Mapping>& mappings) const {
   for (const auto& allocator : config_.allocators) {
     bool mapped = std::any_of(mappings.begin(), mappings.end(),
                               [&](const auto& mapping) { return mapping.path == allocator.path; });
@@ -142,7 +142,7 @@ void Session::attach_all() {
   for (auto& process : targets_) {
     if (process.launched) continue;
     process.pidfd = open_pidfd(process.info.pid);
-    if (target::process_state(process.info.pid) != target::ProcessState::kRunning) {
+    if (inspect::process_state(process.info.pid) != inspect::ProcessState::kRunning) {
       throw Error("process " + std::to_string(process.info.pid) +
                       " exited while memtrail was attaching",
                   "trace a process that keeps running");

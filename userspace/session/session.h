@@ -22,7 +22,7 @@
 #include "session/measurement.h"
 #include "session/probes.h"
 #include "session/targets.h"
-#include "target/process.h"
+#include "inspect/process.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
@@ -83,9 +83,9 @@ class Session {
 
  private:
   void prepare_targets();
-  target::ProcessAllocators allocators_or_mappings_only(uint32_t pid,
-                                                        const target::LoadOrder& order);
-  void warn_unmapped_custom(uint32_t pid, const std::vector<target::Mapping>& mappings) const;
+  inspect::ProcessAllocators allocators_or_mappings_only(uint32_t pid,
+                                                        const inspect::LoadOrder& order);
+  void warn_unmapped_custom(uint32_t pid, const std::vector<inspect::Mapping>& mappings) const;
   void attach_all();
   // `only`: the report is for these processes (they exited): the others' sites are left out,
   // and so is their symbolization.
@@ -99,7 +99,7 @@ class Session {
   SessionConfig config_;
   tracer::AllocTracer tracer_;
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
-  std::optional<target::GatedChild> child_;
+  std::optional<inspect::GatedChild> child_;
   Targets targets_;
   Probes probes_;
   CodeMaps code_maps_;

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "common/error.h"
-#include "target/process.h"
+#include "inspect/process.h"
 
 namespace memtrail::session {
 namespace {
@@ -104,8 +104,8 @@ void Targets::remove(const TracedProcess& process) {
   processes_.remove_if([&](const TracedProcess& each) { return &each == &process; });
 }
 
-void describe_allocators(const target::ProcessAllocators& allocators, model::Target& info) {
-  const target::AllocatorModule* primary = allocators.primary();
+void describe_allocators(const inspect::ProcessAllocators& allocators, model::Target& info) {
+  const inspect::AllocatorModule* primary = allocators.primary();
   info.allocator_module = primary ? primary->path : "";
   info.allocator = primary ? primary->name : "";
   info.allocators.clear();
@@ -135,19 +135,19 @@ UniqueFd open_pidfd(uint32_t pid) {
   return UniqueFd(fd);
 }
 
-std::vector<target::Mapping> live_mappings(uint32_t pid) {
-  auto state = target::process_state(pid);
-  if (state == target::ProcessState::kMissing) {
+std::vector<inspect::Mapping> live_mappings(uint32_t pid) {
+  auto state = inspect::process_state(pid);
+  if (state == inspect::ProcessState::kMissing) {
     throw Error("no process with pid " + std::to_string(pid),
                 "check the PID (ps -p " + std::to_string(pid) + ")");
   }
   // /proc/TID answers for a thread too, but a thread is not a process to attach to.
   if (auto process = process_of_thread(pid)) refuse_thread(pid, *process);
-  if (state == target::ProcessState::kZombie) {
+  if (state == inspect::ProcessState::kZombie) {
     throw Error("process " + std::to_string(pid) + " has exited (it is a zombie)",
                 "trace a process that is still running");
   }
-  auto mappings = target::read_proc_maps(pid);
+  auto mappings = inspect::read_proc_maps(pid);
   if (!mappings) {
     int error_number = errno;
     throw Error(errno_message("read /proc/" + std::to_string(pid) + "/maps", error_number),

@@ -12,16 +12,16 @@
 
 #include "common/unique_fd.h"
 #include "model/report.h"
-#include "target/allocator.h"
-#include "target/proc_maps.h"
+#include "inspect/allocator.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::session {
 
 // One traced process and what memtrail keeps about it.
 struct TracedProcess {
   model::Target info;
-  target::ProcessAllocators allocators;  // every probed module: malloc's, libc's rest, C++, custom
-  std::vector<target::Mapping> mappings;  // last seen: kept after exit for symbolization
+  inspect::ProcessAllocators allocators;  // every probed module: malloc's, libc's rest, C++, custom
+  std::vector<inspect::Mapping> mappings;  // last seen: kept after exit for symbolization
   UniqueFd pidfd;                         // readable once the process has exited
   bool launched = false;
   // Exited while others were still traced: what it left, and its sites as they were then
@@ -78,7 +78,7 @@ class Targets {
 };
 
 // What the report says about a process's allocators, from what was resolved for it.
-void describe_allocators(const target::ProcessAllocators& allocators, model::Target& info);
+void describe_allocators(const inspect::ProcessAllocators& allocators, model::Target& info);
 
 // A pidfd for `pid`: readable once it exits. Throws memtrail::Error (the process exited while
 // memtrail was attaching, for ESRCH).
@@ -86,6 +86,6 @@ UniqueFd open_pidfd(uint32_t pid);
 
 // The mappings of a process about to be traced. Throws memtrail::Error when there is none: no
 // such process, a zombie, a kernel thread, or /proc unreadable.
-std::vector<target::Mapping> live_mappings(uint32_t pid);
+std::vector<inspect::Mapping> live_mappings(uint32_t pid);
 
 }  // namespace memtrail::session

@@ -16,8 +16,8 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
-#include "target/elf_file.h"
-#include "target/process_file.h"
+#include "inspect/elf_file.h"
+#include "inspect/process_file.h"
 
 namespace memtrail::symbolizer {
 namespace {
@@ -81,7 +81,7 @@ struct Symbolizer::Module {
   std::unique_ptr<Dwfl, DwflDeleter> dwfl;
   Dwfl_Module* module = nullptr;
   std::string build_id;
-  std::vector<target::LoadSegment> segments;
+  std::vector<inspect::LoadSegment> segments;
   std::unordered_map<uint64_t, std::vector<FrameInfo>> cache;  // by looked-up ELF address
 
   std::vector<FrameInfo> lookup(uint64_t vaddr);
@@ -164,7 +164,7 @@ Symbolizer::Symbolizer() {
 
 Symbolizer::~Symbolizer() = default;
 
-void Symbolizer::set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings) {
+void Symbolizer::set_process_mappings(uint32_t pid, std::vector<inspect::Mapping> mappings) {
   Process& process = processes_[pid];
   process = Process{std::move(mappings)};
   // Open the code modules now, while the process maps them: a report is often symbolized
@@ -175,7 +175,7 @@ void Symbolizer::set_process_mappings(uint32_t pid, std::vector<target::Mapping>
 }
 
 std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(uint32_t pid,
-                                                           const target::Mapping& mapping) {
+                                                           const inspect::Mapping& mapping) {
   std::string file_key = mapping.path + "\n" + std::to_string(mapping.inode);
   auto known = modules_.find(file_key);
   if (known != modules_.end()) return known->second;
@@ -183,21 +183,21 @@ std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(uint32_t pid,
   std::shared_ptr<Module> module;
   // The process is gone (no mapping to open the file through): the same file (same device
   // and inode) may still be at its name, if the process shared memtrail's root.
-  target::ProcessFile own = target::file_in_root(0, mapping.path);
+  inspect::ProcessFile own = inspect::file_in_root(0, mapping.path);
   own.device = mapping.device;
   own.inode = mapping.inode;
-  std::optional<target::OpenedFile> opened;
-  for (const target::ProcessFile& where : {target::mapped_file(pid, mapping), own}) {
+  std::optional<inspect::OpenedFile> opened;
+  for (const inspect::ProcessFile& where : {inspect::mapped_file(pid, mapping), own}) {
     try {
-      opened = target::open_file(where);
+      opened = inspect::open_file(where);
       break;
     } catch (const Error&) {
     }
   }
-  std::optional<target::ElfFile> elf;
+  std::optional<inspect::ElfFile> elf;
   if (opened) {
     try {
-      elf = target::ElfFile::open(std::move(opened->fd), mapping.path);
+      elf = inspect::ElfFile::open(std::move(opened->fd), mapping.path);
     } catch (const Error&) {
       // Not an ELF file: frames in it keep their file offset (symbolize() never throws).
     }
@@ -245,7 +245,7 @@ std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
 
   auto process = processes_.find(pid);
   if (process == processes_.end()) return {unknown};
-  const target::Mapping* mapping = nullptr;
+  const inspect::Mapping* mapping = nullptr;
   for (const auto& candidate : process->second.mappings) {
     if (candidate.contains(address)) {
       mapping = &candidate;
@@ -261,7 +261,7 @@ std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
 
   std::shared_ptr<Module> module = module_for(pid, *mapping);
   if (!module) return {unknown};
-  auto vaddr = target::address_at_file_offset(module->segments,
+  auto vaddr = inspect::address_at_file_offset(module->segments,
                                               address - mapping->start + mapping->file_offset);
   if (!vaddr) return {unknown};
 

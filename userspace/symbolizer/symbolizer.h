@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "model/report.h"
-#include "target/proc_maps.h"
+#include "inspect/proc_maps.h"
 
 namespace memtrail::symbolizer {
 
@@ -25,9 +25,9 @@ class Symbolizer {
   Symbolizer& operator=(const Symbolizer&) = delete;
 
   // Remembers how `pid` maps its files. Call it while the process is alive: its code files are
-  // opened now, through its mappings (target/process_file.h), and the last mappings are kept
+  // opened now, through its mappings (inspect/process_file.h), and the last mappings are kept
   // after it exits so that its report can still be symbolized.
-  void set_process_mappings(uint32_t pid, std::vector<target::Mapping> mappings);
+  void set_process_mappings(uint32_t pid, std::vector<inspect::Mapping> mappings);
   // Forgets how `pid` mapped its files (it exited and its report was kept): a long run must not
   // keep every process it saw. The modules stay, shared with other processes.
   void forget_process(uint32_t pid) { processes_.erase(pid); }
@@ -44,9 +44,9 @@ class Symbolizer {
 
  private:
   struct Process {
-    std::vector<target::Mapping> mappings;
+    std::vector<inspect::Mapping> mappings;
   };
-  std::shared_ptr<Module> module_for(uint32_t pid, const target::Mapping& mapping);
+  std::shared_ptr<Module> module_for(uint32_t pid, const inspect::Mapping& mapping);
 
   std::unordered_map<uint32_t, Process> processes_;
   std::unordered_map<std::string, std::shared_ptr<Module>> modules_;  // by build-id or path+inode

@@ -20,7 +20,7 @@
 #include "aggregator/sampling.h"
 #include "common/clock.h"
 #include "common/error.h"
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 #include "tracer/libbpf_util.h"
 
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__destroy(skeleton); }
@@ -46,20 +46,20 @@ struct ProbePrograms {
   bpf_program* exit;  // nullptr: no return probe (free)
 };
 
-ProbePrograms programs_for(alloc_bpf* skeleton, target::ProbeRole role) {
+ProbePrograms programs_for(alloc_bpf* skeleton, inspect::ProbeRole role) {
   auto& p = skeleton->progs;
   switch (role) {
-    case target::ProbeRole::kSizeAlloc: return {p.size_alloc_enter, p.pointer_exit};
-    case target::ProbeRole::kCalloc: return {p.calloc_enter, p.pointer_exit};
-    case target::ProbeRole::kRealloc: return {p.realloc_enter, p.realloc_exit};
-    case target::ProbeRole::kReallocArray: return {p.reallocarray_enter, p.realloc_exit};
-    case target::ProbeRole::kAlignedAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kSizeAlloc: return {p.size_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kCalloc: return {p.calloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kRealloc: return {p.realloc_enter, p.realloc_exit};
+    case inspect::ProbeRole::kReallocArray: return {p.reallocarray_enter, p.realloc_exit};
+    case inspect::ProbeRole::kAlignedAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
     // (heap, size): the size is the second argument, as in aligned_alloc.
-    case target::ProbeRole::kHeapAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
-    case target::ProbeRole::kPosixMemalign:
+    case inspect::ProbeRole::kHeapAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kPosixMemalign:
       return {p.posix_memalign_enter, p.posix_memalign_exit};
-    case target::ProbeRole::kFree: return {p.free_enter, nullptr};
-    case target::ProbeRole::kDelete: return {p.delete_enter, nullptr};
+    case inspect::ProbeRole::kFree: return {p.free_enter, nullptr};
+    case inspect::ProbeRole::kDelete: return {p.delete_enter, nullptr};
   }
   return {nullptr, nullptr};
 }
@@ -507,14 +507,14 @@ bool AllocTracer::injected_attach_failure() {
   return true;
 }
 
-void AllocTracer::attach_everywhere(const target::AllocatorModule& module) {
+void AllocTracer::attach_everywhere(const inspect::AllocatorModule& module) {
   attach(kEveryProcess, module);
 }
 
-void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
+void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   // Open while the probes are attached: the kernel resolves the descriptor's path to the
   // very file checked, whatever its name or the process's mappings lead to meanwhile.
-  target::OpenedFile file = target::open_file(module.file);
+  inspect::OpenedFile file = inspect::open_file(module.file);
   std::string kernel_path = file.kernel_path();
   std::vector<Link> attached;
   auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint64_t cookie,
@@ -565,14 +565,14 @@ void AllocTracer::attach(uint32_t pid, const target::AllocatorModule& module) {
   for (auto& link : attached) links_.push_back(std::move(link));
   // From now on free() checks whether it runs inside a traced operator delete.
   bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
-                                [](const auto& f) { return f.role == target::ProbeRole::kDelete; });
+                                [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
-void AllocTracer::attach_python_types(uint32_t pid, const target::ProcessFile& file,
+void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& file,
                                       const std::vector<PythonObjectProbe>& probes) {
   if (!config_.python_type_layout) return;
-  target::OpenedFile opened = target::open_file(file);  // see attach()
+  inspect::OpenedFile opened = inspect::open_file(file);  // see attach()
   std::string kernel_path = opened.kernel_path();
   std::vector<Link> attached;
   for (const auto& probe : probes) {

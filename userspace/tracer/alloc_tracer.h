@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "model/snapshot.h"
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 #include "tracer/libbpf_raii.h"
 #include "tracer/mapped_regions.h"
 #include "tracer/tracer_config.h"
@@ -29,7 +29,7 @@ class AllocTracer : public unwind::RowStore {
 
   // Host-wide mode: attaches every probe of `module` for every process mapping the file; only
   // the processes added with follow() are recorded.
-  void attach_everywhere(const target::AllocatorModule& module);
+  void attach_everywhere(const inspect::AllocatorModule& module);
   // Adds `pid` to the processes traced (done by attach(); fork adds children in the kernel).
   void follow(uint32_t pid);
   // Takes a process that was followed but never attached (no traced allocator) out again: it
@@ -41,7 +41,7 @@ class AllocTracer : public unwind::RowStore {
   // file pay nothing. The probes go on module.file as open_file() opens it (the file mapped,
   // never a name followed elsewhere). All or nothing: on failure the probes attached so far
   // are removed and memtrail::Error is thrown.
-  void attach(uint32_t pid, const target::AllocatorModule& module);
+  void attach(uint32_t pid, const inspect::AllocatorModule& module);
 
   // From now on the probes record and release no block (removing them would take seconds):
   // the table and the running totals hold still, so a snapshot's counts are exact (the final
@@ -95,7 +95,7 @@ class AllocTracer : public unwind::RowStore {
   };
   // Attaches them for process `pid`, in the interpreter's `file`. All or nothing; throws
   // memtrail::Error.
-  void attach_python_types(uint32_t pid, const target::ProcessFile& file,
+  void attach_python_types(uint32_t pid, const inspect::ProcessFile& file,
                            const std::vector<PythonObjectProbe>& probes);
 
   // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their

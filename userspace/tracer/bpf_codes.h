@@ -11,7 +11,7 @@
 #include "alloc_events.h"
 #include "model/python.h"
 #include "model/snapshot.h"
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 #include "unwind/module_tables.h"
 #include "unwind/table_builder.h"
 #include "unwind_table.h"
@@ -91,8 +91,8 @@ static_assert(every_kind_code_round_trips());
 
 // The attach cookie of an allocator function's probes: the kind its blocks are recorded with,
 // or for operator delete and delete[], the delete kind (which blocks it releases).
-constexpr uint64_t probe_cookie(target::ProbeRole role, model::AllocationKind kind) {
-  if (role == target::ProbeRole::kDelete) {
+constexpr uint64_t probe_cookie(inspect::ProbeRole role, model::AllocationKind kind) {
+  if (role == inspect::ProbeRole::kDelete) {
     return kind == model::AllocationKind::kNewArray ? MEMTRAIL_DELETE_ARRAY
                                                     : MEMTRAIL_DELETE_SCALAR;
   }

@@ -7,13 +7,13 @@
 #include <chrono>
 
 #include "common/error.h"
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 
 namespace memtrail::unwind {
 
-std::optional<uint64_t> load_bias(const target::Mapping& mapping,
+std::optional<uint64_t> load_bias(const inspect::Mapping& mapping,
                                   std::span<const LoadSegment> segments) {
-  auto vaddr = target::address_at_file_offset(segments, mapping.file_offset);
+  auto vaddr = inspect::address_at_file_offset(segments, mapping.file_offset);
   if (!vaddr) return std::nullopt;
   return mapping.start - *vaddr;  // modulo 2^64, as the walker subtracts it
 }
@@ -25,7 +25,7 @@ ModuleUnwind ModuleTables::describe(const std::string& path, UniqueFd fd) {
   auto started = std::chrono::steady_clock::now();
   UnwindTable table;
   try {
-    table = build_unwind_table(target::ElfFile::open(std::move(fd), path));
+    table = build_unwind_table(inspect::ElfFile::open(std::move(fd), path));
   } catch (const Error& error) {
     module.method = guess_allowed ? "frame_pointers" : "none";
     module.reason = error.what();
@@ -95,10 +95,10 @@ ModuleUnwind ModuleTables::describe(const std::string& path, UniqueFd fd) {
   return module;
 }
 
-std::optional<size_t> ModuleTables::module_for(uint32_t pid, const target::Mapping& mapping) {
-  std::optional<target::OpenedFile> file;
+std::optional<size_t> ModuleTables::module_for(uint32_t pid, const inspect::Mapping& mapping) {
+  std::optional<inspect::OpenedFile> file;
   try {
-    file = target::open_file(target::mapped_file(pid, mapping));
+    file = inspect::open_file(inspect::mapped_file(pid, mapping));
   } catch (const Error&) {
     return std::nullopt;  // gone with its process, or not a regular file: nothing to build
   }
@@ -118,7 +118,7 @@ std::optional<size_t> ModuleTables::module_for(uint32_t pid, const target::Mappi
 }
 
 std::vector<WalkerMapping> ModuleTables::mappings_for(
-    uint32_t pid, const std::vector<target::Mapping>& mappings) {
+    uint32_t pid, const std::vector<inspect::Mapping>& mappings) {
   std::vector<WalkerMapping> entries;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || !mapping.is_file()) continue;

@@ -13,7 +13,7 @@
 
 #include "common/unique_fd.h"
 #include "model/stack_modes.h"
-#include "target/proc_maps.h"
+#include "inspect/proc_maps.h"
 #include "unwind/table_builder.h"
 
 namespace memtrail::unwind {
@@ -78,9 +78,9 @@ class ModuleTables {
   // kMaxWalkerMappings (the rest is counted in mappings_beyond_limit). Builds and
   // stores the table of every file not seen before; a file another process maps already (same
   // file, or same build id) shares its table. Files are opened through the process's
-  // mappings (target/process_file.h).
+  // mappings (inspect/process_file.h).
   std::vector<WalkerMapping> mappings_for(uint32_t pid,
-                                          const std::vector<target::Mapping>& mappings);
+                                          const std::vector<inspect::Mapping>& mappings);
 
   UnwindMode mode() const { return mode_; }
   // Every module met so far, in the order first seen.
@@ -91,7 +91,7 @@ class ModuleTables {
  private:
   // Index into modules_ of the file that `mapping` of `pid` maps, building its table on first
   // sight; nullopt when the file cannot be opened (the process is gone).
-  std::optional<size_t> module_for(uint32_t pid, const target::Mapping& mapping);
+  std::optional<size_t> module_for(uint32_t pid, const inspect::Mapping& mapping);
   ModuleUnwind describe(const std::string& path, UniqueFd fd);
 
   UnwindMode mode_;
@@ -106,7 +106,7 @@ class ModuleTables {
 // The walker's entry for `mapping` of a module whose PT_LOAD segments are `segments`: bias is
 // what turns a runtime address into the ELF virtual address its rows are keyed by. nullopt when
 // no segment holds the mapping's file offset.
-std::optional<uint64_t> load_bias(const target::Mapping& mapping,
+std::optional<uint64_t> load_bias(const inspect::Mapping& mapping,
                                   std::span<const LoadSegment> segments);
 
 }  // namespace memtrail::unwind

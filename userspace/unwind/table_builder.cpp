@@ -13,7 +13,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
 namespace memtrail::unwind {
 namespace {
@@ -646,7 +646,7 @@ struct SectionLookup {
   std::optional<CfiSection> debug_frame;
 };
 
-SectionLookup find_cfi_sections(const target::ElfFile& elf, UnwindTable& table) {
+SectionLookup find_cfi_sections(const inspect::ElfFile& elf, UnwindTable& table) {
   SectionLookup found;
   for (bool eh : {true, false}) {
     auto section = elf.find_section(eh ? ".eh_frame" : ".debug_frame");
@@ -666,10 +666,10 @@ SectionLookup find_cfi_sections(const target::ElfFile& elf, UnwindTable& table) 
 }  // namespace
 
 UnwindTable build_unwind_table(const std::string& elf_path) {
-  return build_unwind_table(target::ElfFile::open(elf_path));
+  return build_unwind_table(inspect::ElfFile::open(elf_path));
 }
 
-UnwindTable build_unwind_table(const target::ElfFile& elf) {
+UnwindTable build_unwind_table(const inspect::ElfFile& elf) {
   // The section data the FDEs point into lives as long as `elf`, which outlives this call.
   // Rows hold x86-64 registers and the 8-byte return address slot: another machine's CFI
   // would be misread, not merely unsupported.

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
 namespace memtrail::unwind {
 
@@ -95,7 +95,7 @@ inline constexpr uint64_t kMaxRowsPerFile = uint64_t{1} << 24;
 
 // A PT_LOAD segment: how file offsets (what /proc/PID/maps shows) map to ELF virtual addresses
 // (what rows are keyed by).
-using LoadSegment = target::LoadSegment;
+using LoadSegment = inspect::LoadSegment;
 
 struct UnwindTable {
   // Sorted by pc (ELF virtual address: runtime pc - load bias), strictly increasing; adjacent
@@ -133,7 +133,7 @@ struct UnwindTable {
 // does not describe, its .debug_frame. Throws memtrail::Error when the file is not an x86-64
 // ELF file; a file without call-frame information yields no rows and says why in
 // `no_cfi_reason`.
-UnwindTable build_unwind_table(const target::ElfFile& elf);
+UnwindTable build_unwind_table(const inspect::ElfFile& elf);
 // The same for the file at `elf_path` in memtrail's own root (ElfFile::open), which throws
 // memtrail::Error when the file cannot be read.
 UnwindTable build_unwind_table(const std::string& elf_path);

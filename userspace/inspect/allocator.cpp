@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Find the allocator a process uses and where to probe its functions.
-#include "target/allocator.h"
+#include "inspect/allocator.h"
 
 #include <capstone/capstone.h>
 
@@ -10,9 +10,9 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 using Kind = model::AllocationKind;
@@ -553,4 +553,4 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
   return result;
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The one reader of ELF files: opening and checking, segments, sections, symbols, build-id.
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
 #include <sys/stat.h>
 #include <gelf.h>
@@ -13,9 +13,9 @@
 #include <utility>
 
 #include "common/error.h"
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 // libelf's reason for its last failure; it has none for some (it says "no error" then).
@@ -286,4 +286,4 @@ std::vector<uint8_t> ElfFile::read_code(uint64_t address, size_t length) const {
   return code;
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -13,7 +13,7 @@
 #include "common/unique_fd.h"
 #include "model/report.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 enum class ProcessState { kRunning, kZombie, kMissing };
 
@@ -67,4 +67,4 @@ class GatedChild {
   std::string executable_;
 };
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -9,11 +9,11 @@
 
 #include "common/error.h"
 #include "model/snapshot.h"
-#include "target/load_order.h"
-#include "target/proc_maps.h"
-#include "target/process_file.h"
+#include "inspect/load_order.h"
+#include "inspect/proc_maps.h"
+#include "inspect/process_file.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 // What a probed function does with its arguments; selects the BPF programs to attach.
 enum class ProbeRole {
@@ -127,4 +127,4 @@ struct Placement {
 };
 Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& code);
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Opening the files of a traced process: what it maps, or a path resolved inside its own root.
-#include "target/process_file.h"
+#include "inspect/process_file.h"
 
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -16,7 +16,7 @@
 
 #include "common/error.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 std::string map_files_path(uint32_t pid, uint64_t start, uint64_t end) {
@@ -154,4 +154,4 @@ OpenedFile open_file(const ProcessFile& file) {
   return opened;
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

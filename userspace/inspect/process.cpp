@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // /proc facts about traced processes, and the gated child for `memtrail leaks -- COMMAND`.
-#include "target/process.h"
+#include "inspect/process.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,7 +19,7 @@
 
 #include "common/error.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 std::string proc_path(uint32_t pid, const char* leaf) {
@@ -237,4 +237,4 @@ bool GatedChild::reap_if_exited() {
   return reaped_;
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -17,7 +17,7 @@
 
 #include "common/unique_fd.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 struct FunctionSymbol {
   std::string name;
@@ -109,7 +109,7 @@ class ElfFile {
   // The virtual address of the byte stored at `file_offset` (a mapping's offset gives its load
   // bias), or nullopt when no loadable segment holds it.
   std::optional<uint64_t> address_at_file_offset(uint64_t file_offset) const {
-    return target::address_at_file_offset(segments_, file_offset);
+    return inspect::address_at_file_offset(segments_, file_offset);
   }
 
   // The file offset at which the byte at virtual address `address` is stored (what a uprobe
@@ -150,4 +150,4 @@ class ElfFile {
   mutable std::optional<Symbols> symbols_;
 };
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Parse /proc/PID/maps.
-#include "target/proc_maps.h"
+#include "inspect/proc_maps.h"
 
 #include <sys/sysmacros.h>
 
@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 bool parse_hex(std::string_view text, uint64_t& value) {
@@ -93,4 +93,4 @@ std::optional<std::vector<Mapping>> read_proc_maps(uint32_t pid) {
   return parse_proc_maps(text.str());
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 struct Mapping {
   uint64_t start = 0;
@@ -21,7 +21,7 @@ struct Mapping {
   // The file's name as the maps give it (a container's files relative to its own root, a
   // chrooted process's with the chroot's prefix), without the " (deleted)" the kernel appends
   // to a file deleted or replaced since: for reports and messages. memtrail opens the mapped
-  // file through the mapping itself (target/process_file.h), never by this name. Empty for
+  // file through the mapping itself (inspect/process_file.h), never by this name. Empty for
   // anonymous memory; "[heap]", "[vdso]" etc.
   std::string path;
   bool deleted = false;  // the name said " (deleted)": the file is still there to read
@@ -39,4 +39,4 @@ std::vector<Mapping> parse_proc_maps(std::string_view text);
 // vector for a process without an address space (a zombie, a kernel thread).
 std::optional<std::vector<Mapping>> read_proc_maps(uint32_t pid);
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

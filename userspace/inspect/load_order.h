@@ -7,10 +7,10 @@
 #include <string_view>
 #include <vector>
 
-#include "target/proc_maps.h"
-#include "target/process_file.h"
+#include "inspect/proc_maps.h"
+#include "inspect/process_file.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 struct ModuleFile {
   ProcessFile file;  // file.path: as the process sees it (as in /proc/PID/maps)
@@ -46,4 +46,4 @@ LoadOrder command_load_order(const std::string& executable);
 // The library paths in `ld.so --list` output, in its order (the link map's).
 std::vector<std::string> parse_loader_list(std::string_view text);
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // A process's modules in the order the dynamic linker searches them for symbols.
-#include "target/load_order.h"
+#include "inspect/load_order.h"
 
 #include <elf.h>
 #include <fcntl.h>
@@ -19,11 +19,11 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
-#include "target/elf_file.h"
+#include "inspect/elf_file.h"
 
 extern char** environ;
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 namespace {
 
 // Reads fixed-size values from another process's memory.
@@ -237,4 +237,4 @@ LoadOrder command_load_order(const std::string& executable) {
   return order;
 }
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect

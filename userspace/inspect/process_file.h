@@ -6,9 +6,9 @@
 #include <string>
 
 #include "common/unique_fd.h"
-#include "target/proc_maps.h"
+#include "inspect/proc_maps.h"
 
-namespace memtrail::target {
+namespace memtrail::inspect {
 
 // A file of a traced process, as memtrail finds it again. memtrail runs as root and reads
 // files that processes name, some of them in containers: a name is never followed out of the
@@ -54,4 +54,4 @@ struct OpenedFile {
 // a regular file").
 OpenedFile open_file(const ProcessFile& file);
 
-}  // namespace memtrail::target
+}  // namespace memtrail::inspect
