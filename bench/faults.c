@@ -175,9 +175,10 @@ int main(int argc, char **argv) {
   free(residency);
   long faults = (long)pages * rounds, proc_minflt, proc_majflt;
   faults_so_far(&proc_minflt, &proc_majflt);
-  printf("ns_per_fault %.1f cpu_ns_per_fault %.1f faults %ld minflt %ld majflt %ld proc_minflt %ld "
-         "proc_majflt %ld resident_before %ld wall_s %.3f\n",
-         loop_ns / (double)faults, loop_cpu_ns / (double)faults, faults, minflt_total,
-         majflt_total, proc_minflt, proc_majflt, resident_before, (now_ns() - began) / 1e9);
+  printf(
+      "ns_per_fault %.1f cpu_ns_per_fault %.1f faults %ld minflt %ld majflt %ld proc_minflt %ld "
+      "proc_majflt %ld resident_before %ld wall_s %.3f\n",
+      loop_ns / (double)faults, loop_cpu_ns / (double)faults, faults, minflt_total, majflt_total,
+      proc_minflt, proc_majflt, resident_before, (now_ns() - began) / 1e9);
   return 0;
 }

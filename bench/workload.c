@@ -91,8 +91,7 @@ static int wait_for_file(const char *path, double timeout_s) {
   double deadline = now_ns() + timeout_s * 1e9;
   while (access(path, F_OK) != 0) {
     if (now_ns() > deadline) {
-      fprintf(stderr, "memtrail-bench-workload: %s did not appear within %g s\n", path,
-              timeout_s);
+      fprintf(stderr, "memtrail-bench-workload: %s did not appear within %g s\n", path, timeout_s);
       return -1;
     }
     usleep(10000);
@@ -106,12 +105,18 @@ int main(int argc, char **argv) {
   double wait_timeout = 120;
   const char *wait_file = NULL;
   for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
-    else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--wait-file") && i + 1 < argc) wait_file = argv[++i];
-    else if (!strcmp(argv[i], "--wait-timeout") && i + 1 < argc) wait_timeout = atof(argv[++i]);
-    else if (!strcmp(argv[i], "--hold") && i + 1 < argc) hold = atol(argv[++i]);
-    else if (!strcmp(argv[i], "--call-depth") && i + 1 < argc) call_depth = atoi(argv[++i]);
+    if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+      steps = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--wait-file") && i + 1 < argc)
+      wait_file = argv[++i];
+    else if (!strcmp(argv[i], "--wait-timeout") && i + 1 < argc)
+      wait_timeout = atof(argv[++i]);
+    else if (!strcmp(argv[i], "--hold") && i + 1 < argc)
+      hold = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--call-depth") && i + 1 < argc)
+      call_depth = atoi(argv[++i]);
     else {
       fprintf(stderr,
               "usage: %s [--steps N] [--threads T] [--wait-file PATH] [--wait-timeout S] "
@@ -120,10 +125,12 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (steps <= 0 || threads <= 0 || threads > MAX_THREADS || wait_timeout <= 0 ||
-      call_depth < 0 || call_depth > 1000) {
-    fprintf(stderr, "memtrail-bench-workload: need steps > 0, 1 <= threads <= %d, "
-                    "wait-timeout > 0, 0 <= call-depth <= 1000\n", MAX_THREADS);
+  if (steps <= 0 || threads <= 0 || threads > MAX_THREADS || wait_timeout <= 0 || call_depth < 0 ||
+      call_depth > 1000) {
+    fprintf(stderr,
+            "memtrail-bench-workload: need steps > 0, 1 <= threads <= %d, "
+            "wait-timeout > 0, 0 <= call-depth <= 1000\n",
+            MAX_THREADS);
     return 2;
   }
   if (wait_file && wait_for_file(wait_file, wait_timeout) != 0) return 3;

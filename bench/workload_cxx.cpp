@@ -57,9 +57,12 @@ int main(int argc, char** argv) {
   double wait_timeout = 120;
   const char* wait_file = nullptr;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) steps = std::atol(argv[++i]);
-    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--wait-file") && i + 1 < argc) wait_file = argv[++i];
+    if (!std::strcmp(argv[i], "--steps") && i + 1 < argc)
+      steps = std::atol(argv[++i]);
+    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--wait-file") && i + 1 < argc)
+      wait_file = argv[++i];
     else if (!std::strcmp(argv[i], "--wait-timeout") && i + 1 < argc)
       wait_timeout = std::atof(argv[++i]);
     else {

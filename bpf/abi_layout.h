@@ -14,11 +14,11 @@
 #define MEMTRAIL_ABI_ASSERT(condition, message) _Static_assert(condition, message)
 #endif
 
-#define MEMTRAIL_ABI_SIZE(type, size)                                                           \
-	MEMTRAIL_ABI_ASSERT(sizeof(struct type) == (size),                                      \
+#define MEMTRAIL_ABI_SIZE(type, size)                                                              \
+	MEMTRAIL_ABI_ASSERT(sizeof(struct type) == (size),                                         \
 			    "struct " #type ": BPF and userspace expect " #size " bytes")
-#define MEMTRAIL_ABI_OFFSET(type, field, offset)                                                \
-	MEMTRAIL_ABI_ASSERT(__builtin_offsetof(struct type, field) == (offset),                 \
+#define MEMTRAIL_ABI_OFFSET(type, field, offset)                                                   \
+	MEMTRAIL_ABI_ASSERT(__builtin_offsetof(struct type, field) == (offset),                    \
 			    "struct " #type ": BPF and userspace expect " #field " at " #offset)
 
 #endif /* MEMTRAIL_ABI_LAYOUT_H */

@@ -48,8 +48,8 @@ volatile __u32 tracing_stopped = 0;
 
 /* ---- recording and releasing blocks: what the allocator probes share ---- */
 
-static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size,
-					 __u32 kind, __u64 weight_bytes)
+static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size, __u32 kind,
+					 __u64 weight_bytes)
 {
 	__u32 tgid = current_tgid();
 	__u64 caller = PT_REGS_IP(ctx);
@@ -63,19 +63,19 @@ static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u
 	 * (calls: rounded down; a sample of size 0 never happens). */
 	add_to_site(tgid, site_id, caller, weight_bytes, size ? weight_bytes / size : 1);
 	if (table_insert_block(tgid, address,
-			       (size & MEMTRAIL_SIZE_MASK) | ((__u64)kind << MEMTRAIL_SIZE_BITS), site_id,
-			       bpf_ktime_get_ns()))
+			       (size & MEMTRAIL_SIZE_MASK) | ((__u64)kind << MEMTRAIL_SIZE_BITS),
+			       site_id, bpf_ktime_get_ns()))
 		count(MEMTRAIL_CTR_ALLOCATIONS);
 	else
 		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
 }
 
 enum release_mode {
-	RELEASE_FREE,          /* free(p): p unknown means it predates attach */
-	RELEASE_REALLOC,       /* realloc moved p: only if recorded before the call began */
-	RELEASE_REALLOC_ZERO,  /* realloc(p, 0): glibc's nested free() already released p */
-	RELEASE_DELETE,        /* operator delete(p) */
-	RELEASE_DELETE_ARRAY,  /* operator delete[](p) */
+	RELEASE_FREE,	      /* free(p): p unknown means it predates attach */
+	RELEASE_REALLOC,      /* realloc moved p: only if recorded before the call began */
+	RELEASE_REALLOC_ZERO, /* realloc(p, 0): glibc's nested free() already released p */
+	RELEASE_DELETE,	      /* operator delete(p) */
+	RELEASE_DELETE_ARRAY, /* operator delete[](p) */
 };
 
 /* A block released by a function that does not pair with the one that allocated it: new and
@@ -100,7 +100,8 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 	/* A miss means the block predates attach (or a concurrent double free removed it). */
 	if (!find_slot(tgid, address, &found)) {
 		if (mode != RELEASE_REALLOC_ZERO)
-			count_loss(MEMTRAIL_CTR_UNMATCHED_FREES, MEMTRAIL_LOSS_UNMATCHED_FREES, tgid);
+			count_loss(MEMTRAIL_CTR_UNMATCHED_FREES, MEMTRAIL_LOSS_UNMATCHED_FREES,
+				   tgid);
 		return;
 	}
 	info = &found.bucket->info[found.slot & 7];
@@ -205,7 +206,8 @@ int BPF_KRETPROBE(realloc_exit, __u64 address)
 	size = call->size;
 	if (!address) {
 		if (old && size == 0)
-			release(old, RELEASE_REALLOC_ZERO, call->start_ns); /* freed, returns NULL */
+			release(old, RELEASE_REALLOC_ZERO,
+				call->start_ns); /* freed, returns NULL */
 		else
 			count(MEMTRAIL_CTR_FAILED_CALLS); /* failed: the old block is untouched */
 		return 0;
@@ -225,8 +227,8 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 
 	if (!call)
 		return 0;
-	if (result != 0 ||
-	    bpf_probe_read_user(&address, sizeof(address), (void *)call->aux) != 0 || !address) {
+	if (result != 0 || bpf_probe_read_user(&address, sizeof(address), (void *)call->aux) != 0 ||
+	    !address) {
 		count(MEMTRAIL_CTR_FAILED_CALLS);
 		return 0;
 	}
@@ -267,14 +269,16 @@ int BPF_KPROBE(delete_enter, __u64 address)
 		return 0;
 	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
-		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES,
+			   current_tgid());
 		return 0;
 	}
 	if (call->pending_free == address)
 		return 0; /* nested in a delete of the same block */
 	call->pending_free = address;
-	release(address, bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
-									     : RELEASE_DELETE,
+	release(address,
+		bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
+								    : RELEASE_DELETE,
 		0);
 	return 0;
 }
@@ -454,7 +458,8 @@ int region_brk_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	}
 	if (new_break > old_break)
-		record_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, new_break - old_break);
+		record_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break,
+			      new_break - old_break);
 	else
 		emit_region(tgid, MEMTRAIL_REGION_BRK, old_break, new_break, 0, 0);
 	return 0;
@@ -477,7 +482,8 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	bpf_map_update_elem(&traced_processes, &child_tgid, &followed, BPF_ANY);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
-		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, parent_tgid);
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS,
+			   parent_tgid);
 		return 0;
 	}
 	__builtin_memset(event, 0, sizeof(*event));

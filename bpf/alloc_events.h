@@ -29,13 +29,13 @@ enum memtrail_alloc_kind {
 	MEMTRAIL_KIND_MEMALIGN = 6,
 	MEMTRAIL_KIND_VALLOC = 7,
 	MEMTRAIL_KIND_PVALLOC = 8,
-	MEMTRAIL_KIND_NEW = 9,        /* C++ operator new (all its variants) */
+	MEMTRAIL_KIND_NEW = 9,	      /* C++ operator new (all its variants) */
 	MEMTRAIL_KIND_NEW_ARRAY = 10, /* C++ operator new[] */
 	/* Memory mapped by system calls outside every traced allocator call: regions, not blocks.
 	 * They are tracked in userspace from region events (struct memtrail_region_event), never
 	 * sampled, and a munmap may release part of one. */
 	MEMTRAIL_KIND_MMAP = 11, /* anonymous private mmap, grown or moved by mremap */
-	MEMTRAIL_KIND_BRK = 12,  /* the program break moved by brk/sbrk */
+	MEMTRAIL_KIND_BRK = 12,	 /* the program break moved by brk/sbrk */
 	MEMTRAIL_KIND_COUNT = 13,
 	/* Kinds from here to 255 are named by userspace at attach time: the extension functions
 	 * of jemalloc (mallocx, ...), tcmalloc, mimalloc and --allocator's custom functions. To BPF
@@ -53,18 +53,19 @@ enum memtrail_delete_kind {
 /* Indices into the per-CPU `counters` array. Every event that memtrail cannot track is counted
  * here; nothing is dropped in silence. */
 enum memtrail_counter {
-	MEMTRAIL_CTR_ALLOCATIONS = 0,     /* successful allocations recorded */
-	MEMTRAIL_CTR_FREES = 1,           /* frees of recorded blocks */
-	MEMTRAIL_CTR_UNMATCHED_FREES = 2, /* frees of blocks not in the map (allocated before attach) */
-	MEMTRAIL_CTR_DROPS = 3,           /* allocations lost: both candidate buckets were full */
-	MEMTRAIL_CTR_FAILED_CALLS = 4,    /* allocator returned NULL / an error: not an allocation */
-	MEMTRAIL_CTR_STACK_FAILURES = 5,  /* stack map full: site keyed by caller only */
-	MEMTRAIL_CTR_SITE_DROPS = 6,      /* per-site totals lost: no room for the site */
-	MEMTRAIL_CTR_STALE_REPLACED = 7,  /* an address was handed out again while still recorded */
-	MEMTRAIL_CTR_MISSED_ENTRIES = 8,  /* return without a recorded entry (attached mid-call) */
-	MEMTRAIL_CTR_UNSAMPLED = 9,       /* allocations passed over by --sample-rate */
-	MEMTRAIL_CTR_MISMATCHED = 10,     /* blocks released by the wrong function (new/free, ...) */
-	MEMTRAIL_CTR_UNKNOWN_CODE = 11,   /* stack frames in code no known mapping holds: userspace
+	MEMTRAIL_CTR_ALLOCATIONS = 0, /* successful allocations recorded */
+	MEMTRAIL_CTR_FREES = 1,	      /* frees of recorded blocks */
+	MEMTRAIL_CTR_UNMATCHED_FREES =
+		2,		/* frees of blocks not in the map (allocated before attach) */
+	MEMTRAIL_CTR_DROPS = 3, /* allocations lost: both candidate buckets were full */
+	MEMTRAIL_CTR_FAILED_CALLS = 4,	 /* allocator returned NULL / an error: not an allocation */
+	MEMTRAIL_CTR_STACK_FAILURES = 5, /* stack map full: site keyed by caller only */
+	MEMTRAIL_CTR_SITE_DROPS = 6,	 /* per-site totals lost: no room for the site */
+	MEMTRAIL_CTR_STALE_REPLACED = 7, /* an address was handed out again while still recorded */
+	MEMTRAIL_CTR_MISSED_ENTRIES = 8, /* return without a recorded entry (attached mid-call) */
+	MEMTRAIL_CTR_UNSAMPLED = 9,	 /* allocations passed over by --sample-rate */
+	MEMTRAIL_CTR_MISMATCHED = 10,	 /* blocks released by the wrong function (new/free, ...) */
+	MEMTRAIL_CTR_UNKNOWN_CODE = 11,	 /* stack frames in code no known mapping holds: userspace
 					   * re-reads the process's mappings when this grows */
 	MEMTRAIL_CTR_REGION_EVENTS_LOST = 12, /* mmap/munmap/mremap/brk events: ring buffer full */
 	MEMTRAIL_CTR_PYTHON_TYPES_LOST = 13,  /* Python objects not counted: python_types full */
@@ -74,9 +75,9 @@ enum memtrail_counter {
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the
  * failure paths only, so the common path pays nothing. Indices into memtrail_process_losses. */
 enum memtrail_loss {
-	MEMTRAIL_LOSS_DROPS = 0,           /* MEMTRAIL_CTR_DROPS */
+	MEMTRAIL_LOSS_DROPS = 0,	   /* MEMTRAIL_CTR_DROPS */
 	MEMTRAIL_LOSS_STACK_FAILURES = 1,  /* MEMTRAIL_CTR_STACK_FAILURES */
-	MEMTRAIL_LOSS_SITE_DROPS = 2,      /* MEMTRAIL_CTR_SITE_DROPS */
+	MEMTRAIL_LOSS_SITE_DROPS = 2,	   /* MEMTRAIL_CTR_SITE_DROPS */
 	MEMTRAIL_LOSS_MISSED_ENTRIES = 3,  /* MEMTRAIL_CTR_MISSED_ENTRIES */
 	MEMTRAIL_LOSS_UNMATCHED_FREES = 4, /* MEMTRAIL_CTR_UNMATCHED_FREES */
 	MEMTRAIL_LOSS_REGION_EVENTS = 5,   /* MEMTRAIL_CTR_REGION_EVENTS_LOST */
@@ -97,7 +98,7 @@ MEMTRAIL_ABI_ASSERT(MEMTRAIL_LOSS_COUNT <= 8, "counts[loss & 7] holds every enum
  * Both in 16.16 fixed point. */
 #define MEMTRAIL_SAMPLE_QUANTILES 1024
 #define MEMTRAIL_SAMPLE_WEIGHT_STEPS 128 /* table points per `rate` bytes */
-#define MEMTRAIL_SAMPLE_WEIGHTS 1025     /* x from 0 to 8: beyond, a sample stands for itself */
+#define MEMTRAIL_SAMPLE_WEIGHTS 1025	 /* x from 0 to 8: beyond, a sample stands for itself */
 
 /* Outstanding allocations live in a table of buckets, an array map that userspace maps into its
  * memory and reads in place. A block's (tgid, address) hashes to two candidate buckets and it
@@ -119,7 +120,7 @@ struct memtrail_alloc_info {
 	__u64 size_kind;    /* bytes requested (low 56 bits), enum memtrail_alloc_kind << 56 */
 	__u64 timestamp_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at return; 0: slot in flux */
 	__u32 tgid;
-	__s32 site_id;      /* stack id >= 0, or a fallback id < 0 (see above) */
+	__s32 site_id; /* stack id >= 0, or a fallback id < 0 (see above) */
 };
 MEMTRAIL_ABI_SIZE(memtrail_alloc_info, 24);
 MEMTRAIL_ABI_OFFSET(memtrail_alloc_info, size_kind, 0);
@@ -180,9 +181,9 @@ static inline __u32 memtrail_alloc_buckets_for(__u32 max_outstanding)
  * per interval and never handles one event per malloc. What is still outstanding is not kept
  * here: userspace derives it from the allocations table, so free() never touches totals. */
 struct memtrail_site_totals {
-	__u64 total_bytes;       /* bytes ever allocated from this site since attach */
+	__u64 total_bytes;	 /* bytes ever allocated from this site since attach */
 	__u64 total_allocations; /* calls that returned memory */
-	__u64 mismatched_frees;  /* its blocks released by the wrong function (new/free, ...) */
+	__u64 mismatched_frees;	 /* its blocks released by the wrong function (new/free, ...) */
 };
 MEMTRAIL_ABI_SIZE(memtrail_site_totals, 24);
 MEMTRAIL_ABI_OFFSET(memtrail_site_totals, mismatched_frees, 16);
@@ -246,17 +247,17 @@ struct memtrail_python_layout {
 	__u32 runtime_tstate_current; /* _PyRuntimeState.gilstate.tstate_current */
 	__u32 runtime_interp_main;    /* _PyRuntimeState.interpreters.main */
 	__u32 interp_threads_head;    /* PyInterpreterState.threads.head */
-	__u32 tstate_next;            /* PyThreadState.next */
-	__u32 tstate_thread_id;       /* PyThreadState.thread_id: pthread_self() */
-	__u32 tstate_cframe;          /* PyThreadState.cframe */
+	__u32 tstate_next;	      /* PyThreadState.next */
+	__u32 tstate_thread_id;	      /* PyThreadState.thread_id: pthread_self() */
+	__u32 tstate_cframe;	      /* PyThreadState.cframe */
 	__u32 cframe_current_frame;   /* _PyCFrame.current_frame */
-	__u32 frame_code;             /* _PyInterpreterFrame.f_code */
-	__u32 frame_previous;         /* _PyInterpreterFrame.previous */
-	__u32 frame_prev_instr;       /* _PyInterpreterFrame.prev_instr */
-	__u32 frame_is_entry;         /* _PyInterpreterFrame.is_entry: first frame of an eval loop */
-	__u32 frame_owner;            /* _PyInterpreterFrame.owner */
-	__u32 code_adaptive;          /* PyCodeObject.co_code_adaptive: the first instruction */
-	__u32 owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
+	__u32 frame_code;	      /* _PyInterpreterFrame.f_code */
+	__u32 frame_previous;	      /* _PyInterpreterFrame.previous */
+	__u32 frame_prev_instr;	      /* _PyInterpreterFrame.prev_instr */
+	__u32 frame_is_entry; /* _PyInterpreterFrame.is_entry: first frame of an eval loop */
+	__u32 frame_owner;    /* _PyInterpreterFrame.owner */
+	__u32 code_adaptive;  /* PyCodeObject.co_code_adaptive: the first instruction */
+	__u32 owner_cstack;   /* owner of a C-stack shim frame (none in 3.11: 255) */
 };
 MEMTRAIL_ABI_SIZE(memtrail_python_layout, 14 * 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_layout, frame_code, 7 * 4);
@@ -305,8 +306,8 @@ MEMTRAIL_ABI_ASSERT((MEMTRAIL_MAX_PYTHON_DEPTH & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)
  * counted (objects from before attach of a type not made since). */
 enum memtrail_python_object_call {
 	MEMTRAIL_PYTHON_GENERIC_ALLOC = 0, /* PyType_GenericAlloc(type, nitems): GC types only */
-	MEMTRAIL_PYTHON_GC_NEW = 1,        /* _PyObject_GC_New(type) */
-	MEMTRAIL_PYTHON_GC_NEWVAR = 2,     /* _PyObject_GC_NewVar(type, nitems) */
+	MEMTRAIL_PYTHON_GC_NEW = 1,	   /* _PyObject_GC_New(type) */
+	MEMTRAIL_PYTHON_GC_NEWVAR = 2,	   /* _PyObject_GC_NewVar(type, nitems) */
 };
 
 struct memtrail_python_type_key {
@@ -343,14 +344,14 @@ MEMTRAIL_ABI_OFFSET(memtrail_python_type_layout, have_gc, 8);
  * inside a traced allocator call (malloc mapping a large block, realloc moving it) are the
  * allocator's business and are not sent, except brk moves, for the per-process heap figure. */
 enum memtrail_region_event_type {
-	MEMTRAIL_REGION_MAP = 1,          /* [address, address + length) mapped, from site_id */
-	MEMTRAIL_REGION_UNMAP = 2,        /* [address, address + length) released (or replaced) */
-	MEMTRAIL_REGION_REMAP_BEGIN = 3,  /* mremap of [address, address + length) by thread tid */
-	MEMTRAIL_REGION_REMAP_END = 4,    /* its outcome: the region now at address (0: failed),
+	MEMTRAIL_REGION_MAP = 1,	 /* [address, address + length) mapped, from site_id */
+	MEMTRAIL_REGION_UNMAP = 2,	 /* [address, address + length) released (or replaced) */
+	MEMTRAIL_REGION_REMAP_BEGIN = 3, /* mremap of [address, address + length) by thread tid */
+	MEMTRAIL_REGION_REMAP_END = 4,	 /* its outcome: the region now at address (0: failed),
 					   * length bytes long */
-	MEMTRAIL_REGION_BRK = 5,          /* the break moved from address to length */
-	MEMTRAIL_REGION_EXEC = 6,         /* the process executed a new program: regions gone */
-	MEMTRAIL_REGION_FORK = 7,         /* tgid forked a new process: address is its pid */
+	MEMTRAIL_REGION_BRK = 5,	 /* the break moved from address to length */
+	MEMTRAIL_REGION_EXEC = 6,	 /* the process executed a new program: regions gone */
+	MEMTRAIL_REGION_FORK = 7,	 /* tgid forked a new process: address is its pid */
 };
 
 /* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */

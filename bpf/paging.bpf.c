@@ -15,7 +15,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768); /* resized by userspace (--max-processes) */
-	__type(key, __u32);         /* tgid */
+	__type(key, __u32);	    /* tgid */
 	__type(value, struct memtrail_task_stats);
 } task_stats SEC(".maps");
 

@@ -38,9 +38,9 @@
  * counted by the builder.
  */
 struct memtrail_unwind_row {
-	__u32 pc;         /* first ELF virtual address the row applies to */
+	__u32 pc;	  /* first ELF virtual address the row applies to */
 	__u16 cfa_offset; /* bytes added to the CFA's base register */
-	__u8 rules;       /* enum memtrail_unwind_cfa | (enum memtrail_unwind_rbp << 4) */
+	__u8 rules;	  /* enum memtrail_unwind_cfa | (enum memtrail_unwind_rbp << 4) */
 	__s8 rbp_offset;  /* RBP AT_CFA: caller's rbp at CFA + 8 * rbp_offset; PLT: threshold */
 };
 /* The BPF walker reads a row as one 8-byte scalar (unwind_find_row returns it so). */
@@ -52,15 +52,15 @@ MEMTRAIL_ABI_OFFSET(memtrail_unwind_row, rbp_offset, 7);
 /* How to find the CFA: the low nibble of `rules`. Every kind but RSP, RBP and PLT ends the
  * walk: the walker reports the stack as truncated there rather than guess a frame. */
 enum memtrail_unwind_cfa {
-	MEMTRAIL_UNWIND_CFA_NONE = 0,        /* no call-frame information covers this address */
-	MEMTRAIL_UNWIND_CFA_RSP = 1,         /* CFA = rsp + cfa_offset */
-	MEMTRAIL_UNWIND_CFA_RBP = 2,         /* CFA = rbp + cfa_offset */
-	MEMTRAIL_UNWIND_CFA_PLT = 3,         /* lazy-binding PLT entry: see above */
+	MEMTRAIL_UNWIND_CFA_NONE = 0,	     /* no call-frame information covers this address */
+	MEMTRAIL_UNWIND_CFA_RSP = 1,	     /* CFA = rsp + cfa_offset */
+	MEMTRAIL_UNWIND_CFA_RBP = 2,	     /* CFA = rbp + cfa_offset */
+	MEMTRAIL_UNWIND_CFA_PLT = 3,	     /* lazy-binding PLT entry: see above */
 	MEMTRAIL_UNWIND_CFA_OUTERMOST = 4,   /* return address undefined: the stack's first frame
 					      * (_start, a thread's start routine); not an error */
 	MEMTRAIL_UNWIND_CFA_UNSUPPORTED = 5, /* rules the walker cannot evaluate (DWARF expression,
 					      * other base register, offset out of range...) */
-	MEMTRAIL_UNWIND_CFA_SIGNAL = 6,      /* the signal trampoline (__restore_rt): rsp points at
+	MEMTRAIL_UNWIND_CFA_SIGNAL = 6,	     /* the signal trampoline (__restore_rt): rsp points at
 					      * the kernel's ucontext; the interrupted rbp, rsp and
 					      * rip are at rsp + 120, 160 and 168 */
 };
@@ -72,7 +72,7 @@ enum memtrail_unwind_rbp {
 	/* Not saved by this frame: rbp is callee-saved in the System V ABI, so a frame whose CFI
 	 * says nothing about it (or DW_CFA_same_value) has left it as the caller had it. */
 	MEMTRAIL_UNWIND_RBP_UNCHANGED = 0,
-	MEMTRAIL_UNWIND_RBP_AT_CFA = 1, /* saved at CFA + 8 * rbp_offset */
+	MEMTRAIL_UNWIND_RBP_AT_CFA = 1,	 /* saved at CFA + 8 * rbp_offset */
 	MEMTRAIL_UNWIND_RBP_UNKNOWN = 2, /* undefined, or a rule the walker cannot evaluate */
 };
 
@@ -82,7 +82,6 @@ enum memtrail_unwind_rbp {
 
 /* Binary search over a table of N rows needs at most this many halvings (N < 2^32). */
 #define MEMTRAIL_UNWIND_MAX_SEARCH_STEPS 32
-
 
 /*
  * Where the walker finds the rows for an address: the executable mappings of one traced
@@ -95,10 +94,10 @@ enum memtrail_unwind_rbp {
 
 /* How a frame in a mapping is unwound: the low bits of `method`. */
 enum memtrail_unwind_method {
-	MEMTRAIL_UNWIND_BY_TABLE = 0,          /* rows [first_row, first_row + rows) */
-	MEMTRAIL_UNWIND_BY_FRAME_POINTER = 1,  /* the module keeps frame pointers (auto mode), or
+	MEMTRAIL_UNWIND_BY_TABLE = 0,	      /* rows [first_row, first_row + rows) */
+	MEMTRAIL_UNWIND_BY_FRAME_POINTER = 1, /* the module keeps frame pointers (auto mode), or
 						* it has no table and the mode allows the guess */
-	MEMTRAIL_UNWIND_BY_NOTHING = 2,        /* no table and frame pointers not allowed: the
+	MEMTRAIL_UNWIND_BY_NOTHING = 2,	      /* no table and frame pointers not allowed: the
 						* walk ends here, marked MEMTRAIL_TRUNCATED_NO_CFI */
 };
 
@@ -116,7 +115,7 @@ enum memtrail_unwind_method {
  * gives both bounds (and array map values are 8-byte slots anyway). */
 struct memtrail_unwind_page {
 	__u32 first_row; /* index[p]: the first row at or after the page's start */
-	__u32 end_row;   /* index[p + 1] */
+	__u32 end_row;	 /* index[p + 1] */
 };
 MEMTRAIL_ABI_SIZE(memtrail_unwind_page, 8);
 MEMTRAIL_ABI_OFFSET(memtrail_unwind_page, end_row, 4);
@@ -124,12 +123,12 @@ MEMTRAIL_ABI_OFFSET(memtrail_unwind_page, end_row, 4);
 struct memtrail_unwind_mapping {
 	__u64 start; /* runtime addresses [start, end) */
 	__u64 end;
-	__u64 bias;  /* runtime address - ELF virtual address: what the row pcs are relative to */
+	__u64 bias; /* runtime address - ELF virtual address: what the row pcs are relative to */
 	__u32 first_row;
 	__u32 rows;
-	__u32 method;     /* enum memtrail_unwind_method */
+	__u32 method;	  /* enum memtrail_unwind_method */
 	__u32 first_page; /* the module's page index in unwind_pages */
-	__u32 pages;      /* 0: no page index (it did not fit): the search covers every row */
+	__u32 pages;	  /* 0: no page index (it did not fit): the search covers every row */
 	__u32 page_base;
 };
 MEMTRAIL_ABI_SIZE(memtrail_unwind_mapping, 48);
@@ -150,21 +149,21 @@ MEMTRAIL_ABI_ASSERT((MEMTRAIL_UNWIND_MAX_MAPPINGS & (MEMTRAIL_UNWIND_MAX_MAPPING
 
 /* The walker's mode, set by userspace before load (--unwind). */
 enum memtrail_unwind_mode {
-	MEMTRAIL_UNWIND_MODE_FP = 0,    /* frame pointers only: no table is read */
+	MEMTRAIL_UNWIND_MODE_FP = 0,	 /* frame pointers only: no table is read */
 	MEMTRAIL_UNWIND_MODE_TABLES = 1, /* per mapping, as unwind_processes says (dwarf, auto) */
 };
 
 /* Why a walk stopped before the outermost frame: bits 8..11 of memtrail_stack.flags. */
 enum memtrail_truncation {
-	MEMTRAIL_TRUNCATED_DEPTH = 1,          /* MEMTRAIL_MAX_STACK_DEPTH frames taken */
-	MEMTRAIL_TRUNCATED_NO_CFI = 2,         /* an address no row describes */
-	MEMTRAIL_TRUNCATED_UNSUPPORTED = 3,    /* a row the walker cannot evaluate */
-	MEMTRAIL_TRUNCATED_RBP_UNKNOWN = 4,    /* the frame needs rbp, and a callee lost it */
-	MEMTRAIL_TRUNCATED_UNREADABLE = 5,     /* stack memory could not be read */
+	MEMTRAIL_TRUNCATED_DEPTH = 1,		  /* MEMTRAIL_MAX_STACK_DEPTH frames taken */
+	MEMTRAIL_TRUNCATED_NO_CFI = 2,		  /* an address no row describes */
+	MEMTRAIL_TRUNCATED_UNSUPPORTED = 3,	  /* a row the walker cannot evaluate */
+	MEMTRAIL_TRUNCATED_RBP_UNKNOWN = 4,	  /* the frame needs rbp, and a callee lost it */
+	MEMTRAIL_TRUNCATED_UNREADABLE = 5,	  /* stack memory could not be read */
 	MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER = 6, /* frame-pointer walk: implausible %rbp */
-	MEMTRAIL_TRUNCATED_NO_MAPPING = 7,     /* an address in no known module (JIT code, or a
+	MEMTRAIL_TRUNCATED_NO_MAPPING = 7,	  /* an address in no known module (JIT code, or a
 						* library mapped since userspace last looked) */
-	MEMTRAIL_TRUNCATED_LOOP = 8,           /* the stack pointer did not move up */
+	MEMTRAIL_TRUNCATED_LOOP = 8,		  /* the stack pointer did not move up */
 	MEMTRAIL_TRUNCATED_REASONS = 9,
 };
 #define MEMTRAIL_STACK_REASON_SHIFT 8

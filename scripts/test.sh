@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The README's test command: install dependencies, build, run every test (unit and, as root,
-# integration tests with real BPF against real child processes).
+# The README's test command: install dependencies, check the formatting, build, run every test
+# (unit and, as root, integration tests with real BPF against real child processes).
 # MEMTRAIL_REQUIRE_BPF=1 turns "BPF not permitted here" skips into failures (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --tests
+scripts/format.sh --check  # fails, naming the files, on code clang-format would change
 scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 300 "$@"

@@ -15,19 +15,19 @@
  * freed with the thread, so threads that die mid-call leave nothing behind. */
 struct inflight_call {
 	__u64 size;
-	__u64 aux;        /* realloc: old pointer; posix_memalign: the void ** it writes */
-	__u64 start_ns;   /* realloc: tells the old block from a block reusing its address */
-	__u64 entry_sp;   /* stack pointer at the outermost entry: detects a lost return */
+	__u64 aux;	/* realloc: old pointer; posix_memalign: the void ** it writes */
+	__u64 start_ns; /* realloc: tells the old block from a block reusing its address */
+	__u64 entry_sp; /* stack pointer at the outermost entry: detects a lost return */
 	__u32 kind;
-	__u32 depth;      /* > 1 while an allocator calls another (memalign -> malloc, ...) */
+	__u32 depth;		/* > 1 while an allocator calls another (memalign -> malloc, ...) */
 	__s64 sample_countdown; /* bytes until this thread's next sample */
-	__u64 sampler_ready;    /* sample_countdown has been drawn */
-	__u64 pending_free;     /* released by operator delete: its nested free() is not a free */
+	__u64 sampler_ready;	/* sample_countdown has been drawn */
+	__u64 pending_free;	/* released by operator delete: its nested free() is not a free */
 	/* A system call between its entry and exit tracepoints (enum syscall_state, regions.bpf.h). */
 	__u32 syscall_state;
-	__u32 syscall_flags;    /* mremap's flags */
-	__u64 syscall_length;   /* mmap: length asked; mremap: new length */
-	__u64 old_break;        /* brk: the break before the call */
+	__u32 syscall_flags;  /* mremap's flags */
+	__u64 syscall_length; /* mmap: length asked; mremap: new length */
+	__u64 old_break;      /* brk: the break before the call */
 };
 
 struct {
@@ -48,7 +48,8 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	now = bpf_ktime_get_ns();
 	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
-		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES,
+			   current_tgid());
 		return;
 	}
 	/* A call made from inside another traced allocator (realloc(NULL, n) -> malloc, memalign
@@ -56,7 +57,8 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	 * reallocarray jumps to realloc): the outer call accounts for the memory. A call above the
 	 * recorded stack pointer, or long after the outer entry, means that the outer return was
 	 * lost (the kernel could not hijack it): start afresh rather than ignore calls forever. */
-	if (call->depth > 0 && sp <= call->entry_sp && now - call->start_ns < NESTED_CALL_WINDOW_NS) {
+	if (call->depth > 0 && sp <= call->entry_sp &&
+	    now - call->start_ns < NESTED_CALL_WINDOW_NS) {
 		call->depth++;
 		return;
 	}
@@ -78,7 +80,8 @@ static __always_inline struct inflight_call *call_exit(void)
 		return NULL;
 	call = current_task_storage(&inflight, 0);
 	if (!call || call->depth == 0) {
-		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, current_tgid());
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES,
+			   current_tgid());
 		return NULL;
 	}
 	call->depth--;

@@ -158,7 +158,8 @@ static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, 
 		stack->flags = MEMTRAIL_PYTHON_NO_THREAD;
 	} else {
 		cframe = read_user_u64(tstate + python_layout.tstate_cframe);
-		walk.frame = cframe ? read_user_u64(cframe + python_layout.cframe_current_frame) : 0;
+		walk.frame =
+			cframe ? read_user_u64(cframe + python_layout.cframe_current_frame) : 0;
 		walk.stack = stack;
 		walk.hash = *hash;
 		bpf_loop(MEMTRAIL_MAX_PYTHON_DEPTH + 1, python_step, &walk, 0);

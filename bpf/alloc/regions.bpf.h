@@ -27,8 +27,8 @@ enum syscall_state {
 	SYSCALL_BRK,
 };
 
-static __always_inline void emit_region_waking(__u32 tgid, __u8 type, __u64 address,
-					       __u64 length, __s32 site_id, __u8 flags, __u64 wake)
+static __always_inline void emit_region_waking(__u32 tgid, __u8 type, __u64 address, __u64 length,
+					       __s32 site_id, __u8 flags, __u64 wake)
 {
 	struct memtrail_region_event *event;
 

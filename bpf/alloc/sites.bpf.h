@@ -107,9 +107,8 @@ fallback:
 	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
 }
 
-static __always_inline struct memtrail_fallback_totals *fallback_lookup_or_create(__u32 tgid,
-										   __s32 site_id,
-										   __u64 caller)
+static __always_inline struct memtrail_fallback_totals *
+fallback_lookup_or_create(__u32 tgid, __s32 site_id, __u64 caller)
 {
 	struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
 	struct memtrail_fallback_totals fresh = { .caller_address = caller };
@@ -157,7 +156,8 @@ static __always_inline void count_mismatch(__u32 tgid, __s32 site_id)
 			totals->mismatched_frees += 1; /* this CPU's copy */
 	} else {
 		struct memtrail_fallback_key key = { .tgid = tgid, .site_id = site_id };
-		struct memtrail_fallback_totals *totals = bpf_map_lookup_elem(&fallback_sites, &key);
+		struct memtrail_fallback_totals *totals =
+			bpf_map_lookup_elem(&fallback_sites, &key);
 
 		if (totals)
 			__sync_fetch_and_add(&totals->mismatched_frees, 1);

@@ -145,9 +145,9 @@ __noinline __u64 unwind_find_row(struct memtrail_unwind_mapping *mapping, __u64 
 
 static __always_inline long walk_ends(struct walk *walk, enum memtrail_truncation reason)
 {
-	walk->flags = (walk->flags & MEMTRAIL_STACK_USED_TABLES) |
-		      (reason ? MEMTRAIL_STACK_TRUNCATED | (reason << MEMTRAIL_STACK_REASON_SHIFT)
-			      : 0);
+	walk->flags =
+		(walk->flags & MEMTRAIL_STACK_USED_TABLES) |
+		(reason ? MEMTRAIL_STACK_TRUNCATED | (reason << MEMTRAIL_STACK_REASON_SHIFT) : 0);
 	return WALK_STOP;
 }
 
@@ -218,7 +218,8 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 			walk->bp = saved[0];
 			*return_address = saved[1];
 		} else {
-			if (bpf_probe_read_user(&saved[0], sizeof(saved[0]), (void *)(cfa + rbp_slot)) ||
+			if (bpf_probe_read_user(&saved[0], sizeof(saved[0]),
+						(void *)(cfa + rbp_slot)) ||
 			    bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
 			walk->bp = saved[0];
@@ -282,7 +283,8 @@ static long unwind_step(__u32 index, struct walk *walk)
 
 		if (found >= 0) {
 			walk->mapping_hint = found;
-			mapping = &walk->process->mappings[found & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
+			mapping = &walk->process
+					   ->mappings[found & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
 			method = mapping->method;
 		} else {
 			/* A library mapped since userspace last read the process's mappings, most

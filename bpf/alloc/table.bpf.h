@@ -49,8 +49,7 @@ static __always_inline struct memtrail_alloc_bucket *candidate_bucket(__u32 tgid
 
 /* Searches one bucket for (tgid, address): its slot (0-7), or SCAN_MISSED with the number of
  * free slots and the first of them packed in. */
-__noinline int scan_bucket_packed(struct memtrail_alloc_bucket *bucket, __u32 tgid,
-				  __u64 address)
+__noinline int scan_bucket_packed(struct memtrail_alloc_bucket *bucket, __u32 tgid, __u64 address)
 {
 	int free_slots = 0, first_free = SCAN_NO_FREE_SLOT;
 
@@ -112,8 +111,8 @@ static __always_inline void fill_slot(struct memtrail_alloc_info *info, __u32 tg
 				      __u32 kind, __s32 site_id, __u64 now)
 {
 	WRITE_ONCE_U32(info->tgid, tgid);
-	WRITE_ONCE_U64(info->size_kind, (size & MEMTRAIL_SIZE_MASK) |
-					((__u64)kind << MEMTRAIL_SIZE_BITS));
+	WRITE_ONCE_U64(info->size_kind,
+		       (size & MEMTRAIL_SIZE_MASK) | ((__u64)kind << MEMTRAIL_SIZE_BITS));
 	info->site_id = site_id;
 	compiler_barrier();
 	WRITE_ONCE_U64(info->timestamp_ns, now); /* last: the slot is complete */
@@ -121,8 +120,7 @@ static __always_inline void fill_slot(struct memtrail_alloc_info *info, __u32 tg
 
 /* Claims a free slot of `bucket` for `address`, from `first_free` on: its index, or -1 when
  * none is left. */
-__noinline int claim_slot_index(struct memtrail_alloc_bucket *bucket, int first_free,
-				__u64 address)
+__noinline int claim_slot_index(struct memtrail_alloc_bucket *bucket, int first_free, __u64 address)
 {
 	if (!bucket || first_free < 0)
 		return -1;

@@ -1,20 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail leaks end to end: the real binary, real BPF, real child processes.
-#include <signal.h>
-#include <sys/wait.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
@@ -189,9 +188,9 @@ TEST(LeaksIntegration, TheFinalReportsCountsAreExactAndAddUp) {
   EXPECT_EQ(leaks[0]["outstanding_allocations"], 7);
   EXPECT_EQ(leaks[0]["freed_allocations"], 0);  // it never frees
   for (const auto& site : report["leaks"]) {
-    EXPECT_EQ(site["total_allocations"].get<uint64_t>(),
-              site["freed_allocations"].get<uint64_t>() +
-                  site["outstanding_allocations"].get<uint64_t>())
+    EXPECT_EQ(
+        site["total_allocations"].get<uint64_t>(),
+        site["freed_allocations"].get<uint64_t>() + site["outstanding_allocations"].get<uint64_t>())
         << site.dump(2);
   }
   const json& totals = report["totals"];
@@ -425,8 +424,8 @@ TEST(LeaksSuppressions, AMissingSuppressionsFileIsRefusedBeforeAttaching) {
   ASSERT_TRUE(code.has_value());
   EXPECT_EQ(*code, 1);
   std::string error = tracer.drain_stderr();
-  EXPECT_NE(error.find("memtrail: error: read suppressions file /nonexistent/x"),
-            std::string::npos) << error;
+  EXPECT_NE(error.find("memtrail: error: read suppressions file /nonexistent/x"), std::string::npos)
+      << error;
 }
 
 // Runs a command to its end; returns its exit code (-1: it hung), stdout and stderr.
@@ -480,8 +479,7 @@ TEST(LeaksFormats, PprofAndOfflineConversionsAgreeWithTheRun) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
   Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
-  trace_scenario(target, {"--format", "pprof", "-o", dir.file("p.pb.gz")},
-                 dir.file("saved.json"));
+  trace_scenario(target, {"--format", "pprof", "-o", dir.file("p.pb.gz")}, dir.file("saved.json"));
   // The pprof file: gzip, profile.proto, a sample of 7 blocks and 7000 bytes in use.
   std::ifstream in(dir.file("p.pb.gz"), std::ios::binary);
   std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -496,14 +494,14 @@ TEST(LeaksFormats, PprofAndOfflineConversionsAgreeWithTheRun) {
   // memtrail report: the saved JSON rendered again, offline.
   auto folded = run_command({"report", dir.file("saved.json"), "--format", "folded"});
   EXPECT_EQ(folded.code, 0) << folded.err;
-  EXPECT_NE(folded_line_of(folded.out, ";leak_malloc").find("leak_malloc 7000"),
-            std::string::npos) << folded.out;
+  EXPECT_NE(folded_line_of(folded.out, ";leak_malloc").find("leak_malloc 7000"), std::string::npos)
+      << folded.out;
   auto text = run_command({"report", dir.file("saved.json")});
   EXPECT_EQ(text.code, 0) << text.err;
   EXPECT_NE(text.out.find("7,000 B (6.8 KiB) outstanding in 7 allocations"), std::string::npos)
       << text.out;
   auto v1 = run_command({"report", dir.file("saved.json"), "--format", "json", "--json-version",
-                          "1", "-o", dir.file("v1.json")});
+                         "1", "-o", dir.file("v1.json")});
   EXPECT_EQ(v1.code, 0) << v1.err;
   EXPECT_EQ(read_json(dir.file("v1.json"))["schema"], "memtrail.leaks/1");
 
@@ -570,8 +568,8 @@ TEST(LeaksFormats, TheFlameGraphRendersAndZoomsInHeadlessChromium) {
   std::string dom = chromium_dom("file://" + dir.file("leaks.svg"), dir);
   EXPECT_EQ(attribute_of(dom, 0, "data-rendered"), std::to_string(boxes)) << dom.substr(0, 400);
   // Zoomed into leak_malloc (as a click would): it spans the whole width.
-  std::string zoomed = chromium_dom("file://" + dir.file("leaks.svg") + "#zoom=" +
-                                        leak_id.substr(1), dir);
+  std::string zoomed =
+      chromium_dom("file://" + dir.file("leaks.svg") + "#zoom=" + leak_id.substr(1), dir);
   EXPECT_EQ(attribute_of(zoomed, 0, "data-zoom"), leak_id);
   size_t box = zoomed.find("id=\"" + leak_id + "\"");
   ASSERT_NE(box, std::string::npos);
@@ -600,12 +598,12 @@ TEST(LeaksFormats, TheMemoryPlotRendersInHeadlessChromiumLiveAndFromASavedReport
     ++polylines;
   }
   EXPECT_GE(polylines, 3u) << svg;
-  std::string site = "grow_steadily (leaky.c:" + std::to_string(traced.lines["grow_steadily"]) +
-                     "): leak, +";
+  std::string site =
+      "grow_steadily (leaky.c:" + std::to_string(traced.lines["grow_steadily"]) + "): leak, +";
   EXPECT_NE(svg.find(site), std::string::npos) << svg;
-  EXPECT_NE(svg.find("memory over time of pid " + std::to_string(target.process.pid()) +
-                     " (leaky)"),
-            std::string::npos);
+  EXPECT_NE(
+      svg.find("memory over time of pid " + std::to_string(target.process.pid()) + " (leaky)"),
+      std::string::npos);
 
   // The browser loads it, runs its hover script, and shows the legend.
   std::string dom = chromium_dom("file://" + dir.file("live.svg"), dir);
@@ -655,8 +653,8 @@ TEST(LeaksBadInput, UnwritableOutputPathsAreRefusedBeforeAnythingIsTraced) {
   for (const auto& c : std::vector<Case>{
            {{"--json", directory}, "cannot write --json " + directory + ": it is a directory"},
            {{"-o", dir.file("missing/r.txt")},
-            "cannot write -o " + dir.file("missing/r.txt") + ": directory " +
-                dir.file("missing") + " does not exist"},
+            "cannot write -o " + dir.file("missing/r.txt") + ": directory " + dir.file("missing") +
+                " does not exist"},
            {{"--flamegraph", "/proc/f.svg"}, "cannot write --flamegraph /proc/f.svg: "},
            {{"--plot", dir.file("out/")}, "cannot write --plot " + dir.file("out/")}}) {
     std::vector<std::string> args{"leaks", "-d", "30"};
@@ -675,9 +673,9 @@ TEST(LeaksBadInput, AFailedWriteIsAFailureAndTheOtherOutputsAreStillWritten) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
   // /dev/full takes no byte: memtrail said "wrote /dev/full" (after renaming a file over it).
-  auto finished = run_command({"leaks", "-q", "-d", "1", "-o", "/dev/full", "--json",
-                               dir.file("r.json"), "--", MEMTRAIL_LEAKY, "basic", "2", "64",
-                               "--exit"});
+  auto finished =
+      run_command({"leaks", "-q", "-d", "1", "-o", "/dev/full", "--json", dir.file("r.json"), "--",
+                   MEMTRAIL_LEAKY, "basic", "2", "64", "--exit"});
   EXPECT_EQ(finished.code, 1) << finished.err;
   EXPECT_NE(finished.err.find("memtrail: error: writing /dev/full failed: No space left on device"),
             std::string::npos)
@@ -818,8 +816,8 @@ TEST(LeaksLifecycle, ExecDropsWhatTheOldProgramHeldAndTracesTheNewOne) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
   Target target({MEMTRAIL_LEAKY, "exec", "5", "1000"});
-  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q",
-                  "--mmap"});
+  Tracer tracer(
+      {"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q", "--mmap"});
   tracer.expect_attached();
   target.process.write_stdin("go\n");
   target.collect_lines("exec");  // the old program leaked 5 x 1000 B by malloc and 5 mappings
@@ -932,9 +930,7 @@ struct TestCgroup {
     }
   }
   bool ok() const { return !root_.empty(); }
-  void enter(pid_t pid) const {
-    std::ofstream(root_ + name_ + "/cgroup.procs") << pid << "\n";
-  }
+  void enter(pid_t pid) const { std::ofstream(root_ + name_ + "/cgroup.procs") << pid << "\n"; }
   const std::string& name() const { return name_; }
   std::string root_, name_;
 };
@@ -1084,7 +1080,8 @@ TEST(LeaksPython, NamesThePythonFunctionFileAndLineThatLeaks) {
   uint64_t threaded_bytes = 0;
   for (const auto& site : report["leaks"]) {
     auto frames = python_frames(site);
-    if (frames.empty() || frames[0] != "threaded_leak@" + std::to_string(traced.lines["threaded"])) {
+    if (frames.empty() ||
+        frames[0] != "threaded_leak@" + std::to_string(traced.lines["threaded"])) {
       continue;
     }
     if (site["allocator"] == "calloc") threaded_bytes += site["outstanding_bytes"].get<uint64_t>();
@@ -1133,16 +1130,17 @@ TEST(LeaksPython, AnotherCPythonVersionGetsNativeFramesAndANote) {
   std::filesystem::copy_file("/usr/bin/python3.11", copy);
   // Py_Version's file offset, from readelf: its address, minus its segment's address, plus the
   // segment's offset. The interpreter is not position-independent on Debian; so read them.
-  std::string command = "python3 -c \"import subprocess,sys\n"
-                        "out=subprocess.run(['readelf','-W','--dyn-syms','-l',sys.argv[1]],"
-                        "capture_output=True,text=True).stdout.split('\\n')\n"
-                        "addr=[int(l.split()[1],16) for l in out if l.endswith(' Py_Version')][0]\n"
-                        "for l in out:\n"
-                        " f=l.split()\n"
-                        " if f and f[0]=='LOAD':\n"
-                        "  off,va,fs=int(f[1],16),int(f[2],16),int(f[4],16)\n"
-                        "  if va<=addr<va+fs: print(addr-va+off)\n\" " +
-                        copy;
+  std::string command =
+      "python3 -c \"import subprocess,sys\n"
+      "out=subprocess.run(['readelf','-W','--dyn-syms','-l',sys.argv[1]],"
+      "capture_output=True,text=True).stdout.split('\\n')\n"
+      "addr=[int(l.split()[1],16) for l in out if l.endswith(' Py_Version')][0]\n"
+      "for l in out:\n"
+      " f=l.split()\n"
+      " if f and f[0]=='LOAD':\n"
+      "  off,va,fs=int(f[1],16),int(f[2],16),int(f[4],16)\n"
+      "  if va<=addr<va+fs: print(addr-va+off)\n\" " +
+      copy;
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   char buffer[64] = {};
@@ -1170,8 +1168,8 @@ TEST(LeaksPython, AnotherCPythonVersionGetsNativeFramesAndANote) {
   EXPECT_NE(python["reason"].get<std::string>().find("not supported"), std::string::npos);
   bool noted = false;
   for (const auto& note : report["notes"]) {
-    noted = noted || note.get<std::string>().find("CPython 3.12.1 is not supported") !=
-                         std::string::npos;
+    noted = noted ||
+            note.get<std::string>().find("CPython 3.12.1 is not supported") != std::string::npos;
   }
   EXPECT_TRUE(noted) << report["notes"].dump(2);
   size_t sites = 0;
@@ -1233,7 +1231,8 @@ TEST(LeaksPython, PythonTypesShowTheAppendedTypesGrowing) {
   for (const auto& site : report["leaks"]) {
     auto frames = python_frames(site);
     if (!frames.empty() && frames[0] == grow) grow_site = true;
-    for (const auto& frame : frames) EXPECT_EQ(frame.find("churn"), std::string::npos) << site.dump(2);
+    for (const auto& frame : frames)
+      EXPECT_EQ(frame.find("churn"), std::string::npos) << site.dump(2);
   }
   EXPECT_TRUE(grow_site) << report["leaks"].dump(2);
   target.process.write_stdin("quit\n");
@@ -1260,11 +1259,12 @@ TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
   tracer.stop(SIGTERM);
   std::string text = tracer.process.drain_stdout();
   EXPECT_NE(text.find("1,536 B (1.5 KiB) outstanding in 3 allocations from malloc"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("leak_malloc"), std::string::npos) << text;
   EXPECT_EQ(text.find("free_all"), std::string::npos) << text;
-  EXPECT_NE(text.find("Allocations made before memtrail attached are invisible"),
-            std::string::npos) << text;
+  EXPECT_NE(text.find("Allocations made before memtrail attached are invisible"), std::string::npos)
+      << text;
 }
 
 TEST(LeaksIntegration, FreesOfBlocksAllocatedBeforeAttachAreUnmatchedNotMisattributed) {
@@ -1337,8 +1337,8 @@ TEST(LeaksIntegration, ALaunchedCommandEndsWhenMemtrailStops) {
   REQUIRE_BPF_OR_SKIP();
   // The command would wait for its gate forever; --duration ends memtrail, and the command
   // must not be left behind, orphaned.
-  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--duration", "1", "--", MEMTRAIL_LEAKY,
-                     "basic"});
+  Subprocess tracer(
+      {MEMTRAIL_BINARY, "leaks", "-q", "--duration", "1", "--", MEMTRAIL_LEAKY, "basic"});
   auto attached = tracer.wait_for_stderr("memtrail: tracing pid ", 20s);
   ASSERT_TRUE(attached) << tracer.drain_stderr();
   pid_t command = std::stoi(attached->substr(std::string("memtrail: tracing pid ").size()));
@@ -1362,8 +1362,8 @@ TEST(LeaksIntegration, AProcessThatExitsFirstIsReportedThenPurgedWhileTheOtherIs
   tracer.expect_attached(2);
   exiting.run();
   ASSERT_TRUE(exiting.process.wait(10s).has_value());
-  auto noticed = tracer.process.wait_for_stderr("memtrail: pid " + std::to_string(exiting_pid) +
-                                                " exited with ", 10s);
+  auto noticed = tracer.process.wait_for_stderr(
+      "memtrail: pid " + std::to_string(exiting_pid) + " exited with ", 10s);
   ASSERT_TRUE(noticed.has_value()) << tracer.process.stderr_seen();
   staying.run();
   tracer.stop();
@@ -1417,8 +1417,8 @@ TEST(LeaksVerdicts, AnExitReportAddsNoPointToTheHistories) {
   std::this_thread::sleep_for(1500ms);
   exiting.run();
   ASSERT_TRUE(exiting.process.wait(10s).has_value());
-  auto noticed = tracer.process.wait_for_stderr("memtrail: pid " + std::to_string(exiting_pid) +
-                                                " exited with ", 10s);
+  auto noticed = tracer.process.wait_for_stderr(
+      "memtrail: pid " + std::to_string(exiting_pid) + " exited with ", 10s);
   ASSERT_TRUE(noticed.has_value()) << tracer.process.stderr_seen();
   growing.collect_lines("done");
   tracer.stop();
@@ -1654,9 +1654,9 @@ TEST(LeaksBadInput, NoBpfPermission) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic"});
   // Root without any capability: BPF is refused.
-  auto outcome = run_memtrail({"-p", std::to_string(target.process.pid())},
-                              {"/usr/bin/setpriv", "--bounding-set=-all", "--inh-caps=-all",
-                               "--ambient-caps=-all", "--"});
+  auto outcome = run_memtrail(
+      {"-p", std::to_string(target.process.pid())},
+      {"/usr/bin/setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"});
   expect_one_error_line(outcome, 1, "Operation not permitted");
   EXPECT_NE(outcome.stderr_text.find("memtrail: hint: run memtrail as root"), std::string::npos)
       << outcome.stderr_text;
@@ -1693,22 +1693,22 @@ namespace {
 
 // A target built against a Debian allocator package; CMake leaves the path empty when the
 // library was not found. Like a missing BPF permission, that fails under MEMTRAIL_REQUIRE_BPF=1.
-#define REQUIRE_ALLOCATOR_TARGET(path, package)                                               \
-  do {                                                                                        \
-    if (std::string(path).empty()) {                                                          \
-      const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                             \
-      if (required && std::string(required) == "1") {                                        \
-        FAIL() << "the test program for " package " was not built: install " package          \
-                  " (scripts/install-deps.sh --tests) and re-run cmake";                     \
-      }                                                                                       \
+#define REQUIRE_ALLOCATOR_TARGET(path, package)                                                 \
+  do {                                                                                          \
+    if (std::string(path).empty()) {                                                            \
+      const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                               \
+      if (required && std::string(required) == "1") {                                           \
+        FAIL() << "the test program for " package " was not built: install " package            \
+                  " (scripts/install-deps.sh --tests) and re-run cmake";                        \
+      }                                                                                         \
       GTEST_SKIP() << "install " package " (scripts/install-deps.sh --tests) and re-run cmake"; \
-    }                                                                                         \
+    }                                                                                           \
   } while (0)
 
 struct AllocatorExpectation {
-  std::string name;           // targets[].allocator
-  std::string module;         // a fragment of targets[].allocator_module
-  std::string extension;      // the kind leak_extension's site reports; empty: none
+  std::string name;       // targets[].allocator
+  std::string module;     // a fragment of targets[].allocator_module
+  std::string extension;  // the kind leak_extension's site reports; empty: none
 };
 
 // Runs leaky_alloc built for one allocator and checks what every such build must show: the
@@ -1741,8 +1741,7 @@ json check_allocator_target(const std::string& binary, const AllocatorExpectatio
   EXPECT_EQ(report["targets"].size(), 1u);
   const json& process = report["targets"][0];
   EXPECT_EQ(process["allocator"], expected.name) << process.dump(2);
-  EXPECT_NE(process["allocator_module"].get<std::string>().find(expected.module),
-            std::string::npos)
+  EXPECT_NE(process["allocator_module"].get<std::string>().find(expected.module), std::string::npos)
       << process.dump(2);
   for (const auto& module : process["allocators"]) {
     if (module["name"] != "glibc" || expected.name == "glibc") continue;
@@ -1820,8 +1819,8 @@ TEST(LeaksAllocators, AnAllocatorDlopenedAfterAttachIsProbedWhenItIsMapped) {
 TEST(LeaksAllocators, Jemalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");
-  json report = check_allocator_target(MEMTRAIL_LEAKY_JEMALLOC,
-                                       {"jemalloc", "libjemalloc.so.2", "mallocx"});
+  json report =
+      check_allocator_target(MEMTRAIL_LEAKY_JEMALLOC, {"jemalloc", "libjemalloc.so.2", "mallocx"});
   // glibc is listed, not silently ignored: partly traced (reallocarray, pvalloc: jemalloc has
   // none) or, for its malloc, shadowed.
   bool glibc_listed = false;
@@ -1867,7 +1866,8 @@ TEST(LeaksAllocators, GoProgramIsTracedByItsMappingsUnderMmap) {
   for (const auto& site : report["leaks"]) {
     if (site["allocator"] != "mmap") continue;
     mapped += site["outstanding_bytes"].get<uint64_t>();
-    for (const auto& frame : site["stack"]) heap_grows |= frame["function"] == "runtime.(*mheap).grow";
+    for (const auto& frame : site["stack"])
+      heap_grows |= frame["function"] == "runtime.(*mheap).grow";
   }
   EXPECT_GE(mapped, uint64_t{32} << 20) << report.dump(2);
   EXPECT_TRUE(heap_grows) << "no mmap site with runtime.(*mheap).grow in its stack: "

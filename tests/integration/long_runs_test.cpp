@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail leaks --all over long runs: never blind after a failed attach, bounded state.
+#include <gtest/gtest.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -68,8 +67,8 @@ TEST(LeaksLongRuns, AFailedAttachIsSaidCountedAndRetriedNotBlindForTheRestOfTheR
   std::optional<Subprocess> tracer;
   {
     ScopedEnv fail("MEMTRAIL_TEST_FAIL_ATTACH", "1");
-    tracer.emplace(memtrail({"--all", "--comm", "leaky", "--json", dir.file("r.json"), "-q",
-                             "-v"}));
+    tracer.emplace(
+        memtrail({"--all", "--comm", "leaky", "--json", dir.file("r.json"), "-q", "-v"}));
   }
   ASSERT_TRUE(tracer->wait_for_stderr("memtrail: tracing ", 20s).has_value())
       << tracer->stderr_seen();

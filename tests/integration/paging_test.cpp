@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail paging end to end: real thrashing in a memory cgroup the test makes (file-backed,
 // and anonymous with a temporary swap file), the real binary, real BPF.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
@@ -113,8 +112,8 @@ TEST_F(PagingTest, FileThrashingInACgroupIsThrashingWithTheReaderAsVictim) {
   cgroup.set_limit(64ull << 20);
   std::string json_path = dir.file("paging.json");
   // --cgroup given as the directory a user would paste.
-  auto memtrail = start_memtrail({"--cgroup", cgroup.memory_dir(), "--interval", "1",
-                                  "--duration", "12", "--quiet", "--json", json_path});
+  auto memtrail = start_memtrail({"--cgroup", cgroup.memory_dir(), "--interval", "1", "--duration",
+                                  "12", "--quiet", "--json", json_path});
   auto reader = spawn_in_cgroup(cgroup, {MEMTRAIL_THRASH, "file", file.path(), "0"});
   reader.wait_ready(10s);
   std::this_thread::sleep_for(9s);
@@ -233,8 +232,8 @@ TEST_F(PagingTest, AnOomKillAtTheLimitIsReportedWithItsVictim) {
     limit << (cgroup.v1() ? std::to_string(64ull << 20) : std::string("0"));
   }
   std::string json_path = dir.file("paging.json");
-  auto memtrail = start_memtrail({"--cgroup", cgroup.path(), "--interval", "1", "--duration",
-                                  "5", "--quiet", "--json", json_path});
+  auto memtrail = start_memtrail({"--cgroup", cgroup.path(), "--interval", "1", "--duration", "5",
+                                  "--quiet", "--json", json_path});
   auto grower = spawn_in_cgroup(cgroup, {MEMTRAIL_THRASH, "grow", "64", "256"});
   grower.wait_ready(10s);
   auto code = grower.wait(10s);
@@ -268,8 +267,8 @@ TEST_F(PagingTest, GrowthWithoutPressureIsNoCulprit) {
   MemoryCgroup cgroup;
   cgroup.set_limit(1ull << 30);
   std::string json_path = dir.file("paging.json");
-  auto memtrail = start_memtrail({"--cgroup", cgroup.path(), "--interval", "1", "--duration",
-                                  "6", "--quiet", "--json", json_path});
+  auto memtrail = start_memtrail({"--cgroup", cgroup.path(), "--interval", "1", "--duration", "6",
+                                  "--quiet", "--json", json_path});
   auto grower = spawn_in_cgroup(cgroup, {MEMTRAIL_THRASH, "grow", "16", "80"});
   grower.wait_ready(10s);
   json report = finish(*memtrail, json_path);
@@ -319,8 +318,8 @@ TEST_F(PagingTest, BadInputGetsOneLineAndAnExitCode) {
 TEST_F(PagingTest, AHugeDurationRunsUntilStoppedAndAFailedJsonWriteIsAFailure) {
   // --duration 1e12 overflowed into a deadline in the past: paging ended at once.
   auto start = std::chrono::steady_clock::now();
-  auto memtrail = start_memtrail({"--duration", "1e12", "--interval", "0.5", "-q", "--json",
-                                  "/dev/full"});
+  auto memtrail =
+      start_memtrail({"--duration", "1e12", "--interval", "0.5", "-q", "--json", "/dev/full"});
   std::this_thread::sleep_for(2s);
   EXPECT_FALSE(memtrail->wait(0ms).has_value()) << "paging stopped before it was asked to";
   memtrail->signal(SIGINT);

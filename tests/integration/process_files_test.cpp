@@ -3,10 +3,9 @@
 // targets in a mount namespace of their own (unshare) whose libc name was changed after start
 // (an absolute symlink out to a host file or FIFO, a bind mount over it), a chrooted target, a
 // target whose libc was deleted. Mounts live only in the target's namespace and end with it.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -58,8 +57,8 @@ struct Target {
 // the PID is leaky's), with `path` the leaky binary as the launched process names it.
 std::vector<std::string> leaky_via(std::vector<std::string> launcher,
                                    const std::string& path = MEMTRAIL_LEAKY) {
-  launcher.insert(launcher.end(), {path, "basic", std::to_string(kLeakCount),
-                                   std::to_string(kLeakBytes)});
+  launcher.insert(launcher.end(),
+                  {path, "basic", std::to_string(kLeakCount), std::to_string(kLeakBytes)});
   return launcher;
 }
 
@@ -93,8 +92,8 @@ void bind_mount_in_namespace_of(pid_t pid, const std::string& source, const std:
 json trace(Target& target, std::map<std::string, int>& lines) {
   TempDir dir;
   std::string json_path = dir.file("r.json");
-  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-p", std::to_string(target.process.pid()),
-                     "--json", json_path, "-q"});
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-p", std::to_string(target.process.pid()), "--json",
+                     json_path, "-q"});
   if (!tracer.wait_for_stderr("memtrail: tracing pid ", 20s)) {
     ADD_FAILURE() << "memtrail did not attach within 20 s; stderr:\n"
                   << tracer.stderr_seen() << tracer.drain_stderr();

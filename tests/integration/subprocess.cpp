@@ -110,8 +110,8 @@ std::optional<std::string> Subprocess::wait_for(ReadLine read_line, const std::s
                                                 std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
-    auto line = read_line(
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    auto line =
+        read_line(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
     if (!line) return std::nullopt;
     if (line->rfind(prefix, 0) == 0) return line;
   }

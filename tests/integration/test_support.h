@@ -2,9 +2,8 @@
 // What every end-to-end test needs: the root check, a scratch directory, reading a JSON report.
 #pragma once
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -21,7 +20,7 @@ namespace memtrail::testing {
   do {                                                                                     \
     if (geteuid() != 0) {                                                                  \
       const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");                          \
-      if (required && std::string(required) == "1") {                                     \
+      if (required && std::string(required) == "1") {                                      \
         FAIL() << "MEMTRAIL_REQUIRE_BPF=1 but not running as root: BPF tests cannot run";  \
       }                                                                                    \
       GTEST_SKIP() << "integration tests load BPF programs and need root; run as root or " \

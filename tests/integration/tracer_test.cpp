@@ -1,11 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The BPF object itself: every program passes the verifier, maps are sized as configured, and a
 // tracer with nothing attached reads back an empty snapshot.
-#include "tracer/alloc_tracer.h"
-
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -18,6 +15,7 @@
 
 #include "common/error.h"
 #include "python/cpython.h"
+#include "tracer/alloc_tracer.h"
 
 namespace memtrail::tracer {
 namespace {
@@ -79,7 +77,6 @@ TEST(AllocTracer, EveryUnwindModeAndSamplingPassesTheVerifier) {
   }
 }
 
-
 // Every switch userspace can set on the BPF object (tracer::TracerConfig, as session_config
 // translates the options) changes which programs load and what read-only data prunes in them,
 // so the verifier sees a different program for each combination: --mmap (trace_regions),
@@ -107,19 +104,18 @@ struct Switches {
 // The switches as factors: 7 on/off, then the unwind mode (3 values).
 constexpr int kFactors = 8;
 std::array<int, kFactors> levels_of(const Switches& s) {
-  return {s.trace_regions, s.follow_forks, s.host_wide, s.python_frames, s.python_types,
-          s.sampling,      s.probe_floor,  static_cast<int>(s.unwind)};
+  return {s.trace_regions, s.follow_forks, s.host_wide,   s.python_frames,
+          s.python_types,  s.sampling,     s.probe_floor, static_cast<int>(s.unwind)};
 }
 
 // Every combination: 2^7 x 3 = 384.
 std::vector<Switches> every_combination() {
   std::vector<Switches> combinations;
   for (unsigned bits = 0; bits < (1u << 7); ++bits) {
-    for (auto mode : {model::UnwindMode::kFramePointers, model::UnwindMode::kDwarf,
-                      model::UnwindMode::kAuto}) {
-      combinations.push_back({(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0,
-                              (bits & 8) != 0, (bits & 16) != 0, (bits & 32) != 0,
-                              (bits & 64) != 0, mode});
+    for (auto mode :
+         {model::UnwindMode::kFramePointers, model::UnwindMode::kDwarf, model::UnwindMode::kAuto}) {
+      combinations.push_back({(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0,
+                              (bits & 16) != 0, (bits & 32) != 0, (bits & 64) != 0, mode});
     }
   }
   return combinations;

@@ -2,9 +2,8 @@
 // memtrail leaks --unwind end to end: whole call stacks through code built without frame
 // pointers (-O2 -fomit-frame-pointer, in an executable and in a shared library), walked by the
 // modules' call-frame information (.eh_frame) in BPF. The targets are tests/targets/unwind_*.
-#include <signal.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <map>
@@ -24,12 +23,12 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 // What tests/targets/unwind_chain.c and unwind_cxx.cpp do (the same numbers are there).
-constexpr int kChainCount = 4;          // UNWIND_CHAIN_COUNT blocks ...
-constexpr int kChainBytes = 12345;      // ... of UNWIND_CHAIN_BYTES bytes: 49,380 outstanding
-constexpr int kPluginCount = 5;         // UNWIND_PLUGIN_COUNT blocks through the dlopen'ed plugin
-constexpr int kSignalCount = 3;         // UNWIND_SIGNAL_COUNT blocks in the signal handler
-constexpr int kCxxNodes = 6;            // kUnwindCxxNodes nodes ...
-constexpr int kCxxNodeBytes = 104;      // ... of sizeof(Node) bytes: 624 outstanding
+constexpr int kChainCount = 4;      // UNWIND_CHAIN_COUNT blocks ...
+constexpr int kChainBytes = 12345;  // ... of UNWIND_CHAIN_BYTES bytes: 49,380 outstanding
+constexpr int kPluginCount = 5;     // UNWIND_PLUGIN_COUNT blocks through the dlopen'ed plugin
+constexpr int kSignalCount = 3;     // UNWIND_SIGNAL_COUNT blocks in the signal handler
+constexpr int kCxxNodes = 6;        // kUnwindCxxNodes nodes ...
+constexpr int kCxxNodeBytes = 104;  // ... of sizeof(Node) bytes: 624 outstanding
 
 // The chain of real (not inlined) frames each site must show, innermost first.
 const std::vector<std::string> kChain = {"lib_level_two", "lib_level_one", "chain_inner",
@@ -75,9 +74,17 @@ Traced trace_by_pid(std::vector<std::string> program, const std::string& mode,
                     std::vector<std::string> options = {}) {
   TempDir dir;
   Target target(std::move(program));
-  std::vector<std::string> args{MEMTRAIL_BINARY, "leaks", "-p",
-                                std::to_string(target.process.pid()), "--unwind", mode,
-                                "--json", dir.file("r.json"), "-q", "--duration", "2"};
+  std::vector<std::string> args{MEMTRAIL_BINARY,
+                                "leaks",
+                                "-p",
+                                std::to_string(target.process.pid()),
+                                "--unwind",
+                                mode,
+                                "--json",
+                                dir.file("r.json"),
+                                "-q",
+                                "--duration",
+                                "2"};
   args.insert(args.end(), options.begin(), options.end());
   Subprocess tracer(args);
   Traced traced;
@@ -144,7 +151,7 @@ void expect_whole_chain(const json& site, const std::vector<std::string>& chain)
 // ---- the report's "unwind" summary: every assertion on it is here ----
 
 struct UnwindExpectation {
-  std::string mode;                   // "dwarf", "auto", "fp"
+  std::string mode;                    // "dwarf", "auto", "fp"
   std::vector<std::string> cfi_files;  // modules (file names) walked by their CFI, with rows
 };
 
@@ -221,8 +228,8 @@ void expect_chain_report(const Traced& traced) {
   std::vector<json> frames = called_frames(site);
   if (frames.size() >= kChain.size()) {
     EXPECT_EQ(file_name(frames[0]["file"]), "unwind_chain_lib.c");
-    EXPECT_EQ(frames[0]["line"], traced.lines.count("lib_level_two")
-                                     ? traced.lines.at("lib_level_two") : -1);
+    EXPECT_EQ(frames[0]["line"],
+              traced.lines.count("lib_level_two") ? traced.lines.at("lib_level_two") : -1);
     EXPECT_EQ(file_name(frames[0]["module"]), "libunwind_chain_lib.so");
     EXPECT_EQ(file_name(frames[1]["module"]), "libunwind_chain_lib.so");
     for (size_t i = 2; i < kChain.size(); ++i) {
@@ -319,9 +326,8 @@ TEST(UnwindDwarf, ALibraryLoadedWithDlopenAfterAttachGetsItsTable) {
       << tracer.stderr_seen() << tracer.drain_stderr();
   target.process.write_stdin("go\n");
   ASSERT_TRUE(target.process.wait_for_stdout("loaded", 10s).has_value());
-  auto built = tracer.wait_for_stderr(std::string("memtrail: unwind ") + MEMTRAIL_UNWIND_PLUGIN +
-                                          ": cfi",
-                                      10s);
+  auto built = tracer.wait_for_stderr(
+      std::string("memtrail: unwind ") + MEMTRAIL_UNWIND_PLUGIN + ": cfi", 10s);
   ASSERT_TRUE(built.has_value()) << "no table built for the plugin:\n" << tracer.stderr_seen();
   Traced traced;
   traced.pid = target.process.pid();
@@ -339,9 +345,10 @@ TEST(UnwindDwarf, ALibraryLoadedWithDlopenAfterAttachGetsItsTable) {
   std::vector<json> frames = called_frames(sites[0]);
   ASSERT_FALSE(frames.empty());
   EXPECT_EQ(file_name(frames[0]["module"]), "unwind_plugin.so");
-  EXPECT_EQ(frames[0]["line"], traced.lines.count("plugin_level_two")
-                                   ? traced.lines.at("plugin_level_two") : -1);
-  expect_unwind_summary(traced.report, {"dwarf", {"unwind_chain", "unwind_plugin.so", "libc.so.6"}});
+  EXPECT_EQ(frames[0]["line"],
+            traced.lines.count("plugin_level_two") ? traced.lines.at("plugin_level_two") : -1);
+  expect_unwind_summary(traced.report,
+                        {"dwarf", {"unwind_chain", "unwind_plugin.so", "libc.so.6"}});
 }
 
 // The control: frame pointers alone cannot walk this chain (%rbp holds data there, not frame
@@ -384,8 +391,8 @@ TEST(UnwindDwarf, CxxNewShowsTheWholeChainOfMethods) {
   std::vector<json> frames = called_frames(site);
   if (!frames.empty()) {
     EXPECT_EQ(file_name(frames[0]["file"]), "unwind_cxx.cpp");
-    EXPECT_EQ(frames[0]["line"], traced.lines.count("make_node") ? traced.lines.at("make_node")
-                                                                 : -1);
+    EXPECT_EQ(frames[0]["line"],
+              traced.lines.count("make_node") ? traced.lines.at("make_node") : -1);
   }
   // new and delete in Parser::discard: nothing left.
   EXPECT_TRUE(sites_with_function(report, "Parser::discard(int)").empty()) << report.dump(2);

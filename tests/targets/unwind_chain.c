@@ -12,18 +12,18 @@
 // lib_level_one keeps a counter there, 0 during the malloc calls), so a frame-pointer walk
 // stops after the first frame; CFI rows restore %rbp from where each function saved it.
 //
-// With the argument "signal", the chain runs in a SIGUSR1 handler that main raises, UNWIND_SIGNAL_COUNT
-// times: the stack then crosses the kernel's signal frame (glibc's __restore_rt) between the
-// handler and raise(), and must still reach main.
+// With the argument "signal", the chain runs in a SIGUSR1 handler that main raises,
+// UNWIND_SIGNAL_COUNT times: the stack then crosses the kernel's signal frame (glibc's
+// __restore_rt) between the handler and raise(), and must still reach main.
 //
 // With "dlopen PLUGIN", main loads PLUGIN (unwind_plugin.so, the library built again under
 // other names) after the first line, prints "loaded", waits for a second line, then leaks
 // UNWIND_PLUGIN_COUNT blocks through call_plugin -> plugin_level_one -> plugin_level_two: code
 // mapped after memtrail attached.
 //
-// Usage: unwind_chain [signal | dlopen PLUGIN]. Same protocol as leaky.c: prints "ready PID", waits for a line on stdin,
-// runs the chain, prints "line lib_level_two N" (N: the source line of the malloc call in
-// unwind_chain_lib.c) and "done", then waits for "quit" or end of input.
+// Usage: unwind_chain [signal | dlopen PLUGIN]. Same protocol as leaky.c: prints "ready PID", waits
+// for a line on stdin, runs the chain, prints "line lib_level_two N" (N: the source line of the
+// malloc call in unwind_chain_lib.c) and "done", then waits for "quit" or end of input.
 #include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,8 +36,8 @@
 #define UNWIND_CHAIN_BYTES 12345  // 4 x 12,345 = 49,380 bytes outstanding
 #define UNWIND_FREED_COUNT 10
 #define UNWIND_FREED_BYTES 777
-#define UNWIND_SIGNAL_COUNT 3     // "signal": 3 x 12,345 = 37,035 bytes outstanding
-#define UNWIND_PLUGIN_COUNT 5     // "dlopen": 5 x 12,345 = 61,725 bytes outstanding
+#define UNWIND_SIGNAL_COUNT 3  // "signal": 3 x 12,345 = 37,035 bytes outstanding
+#define UNWIND_PLUGIN_COUNT 5  // "dlopen": 5 x 12,345 = 61,725 bytes outstanding
 
 // Every function of the chain stays a real frame: noinline and noclone keep it a function of
 // its own name; the empty asm after each call keeps the call from becoming a tail call (a jmp

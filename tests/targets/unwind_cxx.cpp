@@ -37,7 +37,8 @@ int new_line;  // source line of the new expression in make_node
 
 CHAIN_FUNCTION Node* make_node(int id) {
   volatile char scratch[120];
-  for (int i = 0; i < static_cast<int>(sizeof(scratch)); ++i) scratch[i] = static_cast<char>(i + id);
+  for (int i = 0; i < static_cast<int>(sizeof(scratch)); ++i)
+    scratch[i] = static_cast<char>(i + id);
   new_line = __LINE__ + 1;
   Node* node = new Node;
   AFTER_CALL();

@@ -25,8 +25,10 @@ model::Snapshot snapshot_at(uint64_t now_ns) {
 TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
   auto snapshot = snapshot_at(100 * kSecond);
   snapshot.allocations = {
-      {1, 0x1000, 100, 90 * kSecond, 7, kMalloc}, {1, 0x2000, 100, 80 * kSecond, 7, kMalloc},
-      {1, 0x3000, 500, 95 * kSecond, 8, kCalloc}, {2, 0x1000, 50, 99 * kSecond, 7, kMalloc},
+      {1, 0x1000, 100, 90 * kSecond, 7, kMalloc},
+      {1, 0x2000, 100, 80 * kSecond, 7, kMalloc},
+      {1, 0x3000, 500, 95 * kSecond, 8, kCalloc},
+      {2, 0x1000, 50, 99 * kSecond, 7, kMalloc},
   };
   snapshot.sites = {{1, 7, 1000, 10, 0xaaa}, {1, 8, 500, 1, 0xbbb}, {2, 7, 50, 1, 0xccc}};
   Aggregate result = aggregate(snapshot, 0);
@@ -108,8 +110,8 @@ TEST(Aggregator, FreedCountsOnlyRealFrees) {
   auto snapshot = snapshot_at(100 * kSecond);
   snapshot.allocations = {{1, 0x1000, 10, 50 * kSecond, 1, kMalloc},
                           {1, 0x2000, 10, 60 * kSecond, 1, kMalloc},
-                          {1, 0x3000, 10, 99 * kSecond, 1, kMalloc},    // young
-                          {1, 0x4000, 10, 101 * kSecond, 1, kMalloc},   // after the totals
+                          {1, 0x3000, 10, 99 * kSecond, 1, kMalloc},   // young
+                          {1, 0x4000, 10, 101 * kSecond, 1, kMalloc},  // after the totals
                           {1, 0x5000, 10, 40 * kSecond, 2, kMalloc}};
   // Site 1: 3 calls by the snapshot's time, none freed; site 2: 5 calls, 4 freed.
   snapshot.sites = {{1, 1, 30, 3, 0xaaa}, {1, 2, 50, 5, 0xbbb}};

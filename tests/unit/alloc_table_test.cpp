@@ -51,8 +51,10 @@ TEST(AllocTable, HasTwoSlotsForEachPromisedAllocation) {
 TEST(AllocTable, CandidatesDependOnProcessAndAddress) {
   uint32_t buckets = memtrail_alloc_buckets_for(1u << 20);
   uint64_t address = 0x7f0000123010;
-  EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets), memtrail_bucket_of(42, address, 1, buckets));
-  EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets), memtrail_bucket_of(43, address, 0, buckets));
+  EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets),
+            memtrail_bucket_of(42, address, 1, buckets));
+  EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets),
+            memtrail_bucket_of(43, address, 0, buckets));
   EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets),
             memtrail_bucket_of(42, address + 16, 0, buckets));
 }

@@ -3,6 +3,7 @@
 #include "inspect/allocator.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -10,8 +11,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-
-#include <gtest/gtest.h>
 #include <set>
 
 #include "common/error.h"
@@ -63,22 +62,23 @@ TEST(ProbePlacement, OnlyFreeMaySkipItsFirstInstructions) {
 // Code built for CET starts with endbr64 (single-stepped): libstdc++'s operators.
 TEST(ProbePlacement, SkipsEndbr64WhenTheNextInstructionIsEmulated) {
   // endbr64; jmp free@plt (operator delete)
-  Placement jump = choose_probe_placement(ProbeRole::kDelete,
-                                          Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xe9, 0x87, 0x2f, 0xff, 0xff});
+  Placement jump = choose_probe_placement(
+      ProbeRole::kDelete, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xe9, 0x87, 0x2f, 0xff, 0xff});
   EXPECT_EQ(jump.offset, 4u);
   EXPECT_EQ(jump.reason, "after endbr64, on an emulated jmp");
   // endbr64; push %rbx
-  EXPECT_EQ(choose_probe_placement(ProbeRole::kSizeAlloc, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0x53}).offset,
-            4u);
+  EXPECT_EQ(
+      choose_probe_placement(ProbeRole::kSizeAlloc, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0x53}).offset,
+      4u);
   // endbr64; test %rdi,%rdi (operator new): no emulated instruction to move to.
   Placement entry = choose_probe_placement(
       ProbeRole::kSizeAlloc, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x85, 0xff, 0xb8, 1, 0, 0, 0});
   EXPECT_EQ(entry.offset, 0u);
   EXPECT_EQ(entry.reason, "entry (endbr64, single-stepped)");
   // An indirect jump is not emulated.
-  EXPECT_EQ(choose_probe_placement(ProbeRole::kDelete, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xff, 0xe0})
-                .offset,
-            0u);
+  EXPECT_EQ(
+      choose_probe_placement(ProbeRole::kDelete, Bytes{0xf3, 0x0f, 0x1e, 0xfa, 0xff, 0xe0}).offset,
+      0u);
 }
 
 TEST(ProbePlacement, ShortOrEmptyCodeIsProbedAtEntry) {
@@ -311,11 +311,11 @@ std::set<std::string> names_of(const AllocatorModule* module) {
   return names;
 }
 
-#define REQUIRE_LIBRARY(path)                                                      \
-  do {                                                                             \
-    if (access((path).c_str(), R_OK) != 0) {                                       \
+#define REQUIRE_LIBRARY(path)                                                          \
+  do {                                                                                 \
+    if (access((path).c_str(), R_OK) != 0) {                                           \
       GTEST_SKIP() << (path) << " is not installed (scripts/install-deps.sh --tests)"; \
-    }                                                                              \
+    }                                                                                  \
   } while (0)
 
 TEST(AllocatorBinding, JemallocBeforeLibcTakesTheMallocFamilyAndLibcKeepsTheRest) {
@@ -326,8 +326,8 @@ TEST(AllocatorBinding, JemallocBeforeLibcTakesTheMallocFamilyAndLibcKeepsTheRest
   EXPECT_EQ(allocators.primary()->name, "jemalloc");
   EXPECT_EQ(allocators.primary()->path, jemalloc);
   auto je = names_of(module_at(allocators, jemalloc));
-  for (const char* name : {"malloc", "calloc", "realloc", "free", "posix_memalign",
-                           "aligned_alloc", "mallocx", "rallocx", "dallocx", "sdallocx"}) {
+  for (const char* name : {"malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc",
+                           "mallocx", "rallocx", "dallocx", "sdallocx"}) {
     EXPECT_TRUE(je.count(name)) << name;
   }
   // libc's malloc and free are shadowed: never probed. Its reallocarray and pvalloc, which

@@ -57,8 +57,8 @@ TEST(BpfCodes, ProbeCookiesAreTheKindOrWhatADeleteReleases) {
 TEST(BpfCodes, EveryPythonObjectCallHasItsOwnCode) {
   using model::PythonObjectCall;
   std::set<uint32_t> codes;
-  for (auto call : {PythonObjectCall::kGenericAlloc, PythonObjectCall::kGcNew,
-                    PythonObjectCall::kGcNewVar}) {
+  for (auto call :
+       {PythonObjectCall::kGenericAlloc, PythonObjectCall::kGcNew, PythonObjectCall::kGcNewVar}) {
     codes.insert(object_call_code(call));
   }
   EXPECT_EQ(codes, (std::set<uint32_t>{MEMTRAIL_PYTHON_GENERIC_ALLOC, MEMTRAIL_PYTHON_GC_NEW,
@@ -90,9 +90,9 @@ TEST(BpfCodes, EveryTruncationReasonHasItsOwnName) {
   std::set<std::string> names;
   for (unsigned reason = 1; reason < MEMTRAIL_TRUNCATED_REASONS; ++reason) {
     model::Snapshot::Stack stack;
-    read_stack_flags(static_cast<uint16_t>(MEMTRAIL_STACK_TRUNCATED |
-                                           (reason << MEMTRAIL_STACK_REASON_SHIFT)),
-                     stack);
+    read_stack_flags(
+        static_cast<uint16_t>(MEMTRAIL_STACK_TRUNCATED | (reason << MEMTRAIL_STACK_REASON_SHIFT)),
+        stack);
     EXPECT_TRUE(stack.truncated);
     EXPECT_FALSE(stack.used_tables);
     EXPECT_NE(stack.truncation_reason, "unknown") << reason;
@@ -108,8 +108,8 @@ TEST(BpfCodes, EveryTruncationReasonHasItsOwnName) {
 TEST(BpfCodes, UnwindRowsKeepEveryRuleAndOffset) {
   using unwind::CfaKind;
   using unwind::RbpKind;
-  const CfaKind cfas[] = {CfaKind::kNone,      CfaKind::kRsp,         CfaKind::kRbp,
-                          CfaKind::kPlt,       CfaKind::kOutermost,   CfaKind::kUnsupported,
+  const CfaKind cfas[] = {CfaKind::kNone,  CfaKind::kRsp,       CfaKind::kRbp,
+                          CfaKind::kPlt,   CfaKind::kOutermost, CfaKind::kUnsupported,
                           CfaKind::kSignal};
   const RbpKind rbps[] = {RbpKind::kUnchanged, RbpKind::kAtCfa, RbpKind::kUnknown};
   std::set<unsigned> cfa_codes, rbp_codes;
@@ -127,14 +127,14 @@ TEST(BpfCodes, UnwindRowsKeepEveryRuleAndOffset) {
     }
   }
   // One code per kind, and every code the walker knows is used.
-  EXPECT_EQ(cfa_codes, (std::set<unsigned>{MEMTRAIL_UNWIND_CFA_NONE, MEMTRAIL_UNWIND_CFA_RSP,
-                                           MEMTRAIL_UNWIND_CFA_RBP, MEMTRAIL_UNWIND_CFA_PLT,
-                                           MEMTRAIL_UNWIND_CFA_OUTERMOST,
-                                           MEMTRAIL_UNWIND_CFA_UNSUPPORTED,
-                                           MEMTRAIL_UNWIND_CFA_SIGNAL}));
-  EXPECT_EQ(rbp_codes, (std::set<unsigned>{MEMTRAIL_UNWIND_RBP_UNCHANGED,
-                                           MEMTRAIL_UNWIND_RBP_AT_CFA,
-                                           MEMTRAIL_UNWIND_RBP_UNKNOWN}));
+  EXPECT_EQ(cfa_codes,
+            (std::set<unsigned>{MEMTRAIL_UNWIND_CFA_NONE, MEMTRAIL_UNWIND_CFA_RSP,
+                                MEMTRAIL_UNWIND_CFA_RBP, MEMTRAIL_UNWIND_CFA_PLT,
+                                MEMTRAIL_UNWIND_CFA_OUTERMOST, MEMTRAIL_UNWIND_CFA_UNSUPPORTED,
+                                MEMTRAIL_UNWIND_CFA_SIGNAL}));
+  EXPECT_EQ(rbp_codes,
+            (std::set<unsigned>{MEMTRAIL_UNWIND_RBP_UNCHANGED, MEMTRAIL_UNWIND_RBP_AT_CFA,
+                                MEMTRAIL_UNWIND_RBP_UNKNOWN}));
 }
 
 TEST(BpfCodes, WalkerMappingsKeepEveryField) {
@@ -153,8 +153,7 @@ TEST(BpfCodes, WalkerMappingsKeepEveryField) {
     EXPECT_EQ(stored.page_base, 8u);
     methods.insert(stored.method);
   }
-  EXPECT_EQ(methods, (std::set<uint32_t>{MEMTRAIL_UNWIND_BY_TABLE,
-                                         MEMTRAIL_UNWIND_BY_FRAME_POINTER,
+  EXPECT_EQ(methods, (std::set<uint32_t>{MEMTRAIL_UNWIND_BY_TABLE, MEMTRAIL_UNWIND_BY_FRAME_POINTER,
                                          MEMTRAIL_UNWIND_BY_NOTHING}));
 }
 

@@ -8,13 +8,12 @@
 // file) or a partial result.
 #include <dwarf.h>
 #include <elf.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <exception>
@@ -27,12 +26,12 @@
 #include <vector>
 
 #include "common/error.h"
-#include "python/cpython.h"
-#include "symbolizer/symbolizer.h"
 #include "inspect/allocator.h"
-#include "inspect/process_file.h"
 #include "inspect/elf_file.h"
 #include "inspect/proc_maps.h"
+#include "inspect/process_file.h"
+#include "python/cpython.h"
+#include "symbolizer/symbolizer.h"
 #include "unwind/table_builder.h"
 
 namespace memtrail {
@@ -89,7 +88,8 @@ struct Seed {
       uint64_t at = header.e_phoff + uint64_t{i} * sizeof(Elf64_Phdr);
       program_headers.emplace_back(at, get<Elf64_Phdr>(bytes, at));
     }
-    Elf64_Shdr names = get<Elf64_Shdr>(bytes, header.e_shoff + header.e_shstrndx * sizeof(Elf64_Shdr));
+    Elf64_Shdr names =
+        get<Elf64_Shdr>(bytes, header.e_shoff + header.e_shstrndx * sizeof(Elf64_Shdr));
     for (unsigned i = 0; i < header.e_shnum; ++i) {
       Section section;
       section.header_offset = header.e_shoff + uint64_t{i} * sizeof(Elf64_Shdr);
@@ -304,9 +304,13 @@ std::vector<Case> truncations(const Seed& seed) {
 std::vector<Case> header_fields(const Seed& seed) {
   std::vector<Case> cases;
   uint64_t size = seed.bytes.size();
-  const std::vector<std::pair<std::string, uint64_t>> offsets{
-      {"0", 0}, {"file size", size}, {"file size - 1", size - 1}, {"4 GiB", 0xffffffffull},
-      {"2^62", 1ull << 62}, {"~0", ~0ull}, {"odd", 3}};
+  const std::vector<std::pair<std::string, uint64_t>> offsets{{"0", 0},
+                                                              {"file size", size},
+                                                              {"file size - 1", size - 1},
+                                                              {"4 GiB", 0xffffffffull},
+                                                              {"2^62", 1ull << 62},
+                                                              {"~0", ~0ull},
+                                                              {"odd", 3}};
   for (const auto& [label, value] : offsets) {
     add(cases, "e_shoff = " + label,
         [v = value](Bytes& b) { put<uint64_t>(b, offsetof(Elf64_Ehdr, e_shoff), v); });
@@ -315,8 +319,10 @@ std::vector<Case> header_fields(const Seed& seed) {
   }
   for (uint16_t value : {0, 1, 0xff00, 0xffff}) {
     std::string v = std::to_string(value);
-    add(cases, "e_shnum = " + v, [value](Bytes& b) { put(b, offsetof(Elf64_Ehdr, e_shnum), value); });
-    add(cases, "e_phnum = " + v, [value](Bytes& b) { put(b, offsetof(Elf64_Ehdr, e_phnum), value); });
+    add(cases, "e_shnum = " + v,
+        [value](Bytes& b) { put(b, offsetof(Elf64_Ehdr, e_shnum), value); });
+    add(cases, "e_phnum = " + v,
+        [value](Bytes& b) { put(b, offsetof(Elf64_Ehdr, e_phnum), value); });
     add(cases, "e_shstrndx = " + v,
         [value](Bytes& b) { put(b, offsetof(Elf64_Ehdr, e_shstrndx), value); });
     add(cases, "e_shentsize = " + v,
@@ -335,9 +341,8 @@ std::vector<Case> header_fields(const Seed& seed) {
   });
   add(cases, "ELFCLASS32", [](Bytes& b) { b[EI_CLASS] = ELFCLASS32; });
   add(cases, "big-endian", [](Bytes& b) { b[EI_DATA] = ELFDATA2MSB; });
-  add(cases, "e_machine aarch64", [](Bytes& b) {
-    put<uint16_t>(b, offsetof(Elf64_Ehdr, e_machine), EM_AARCH64);
-  });
+  add(cases, "e_machine aarch64",
+      [](Bytes& b) { put<uint16_t>(b, offsetof(Elf64_Ehdr, e_machine), EM_AARCH64); });
   add(cases, "no magic", [](Bytes& b) { b[1] = 'X'; });
   add(cases, "empty file", [](Bytes& b) { b.clear(); });
   add(cases, "4 KiB of zeros appended", [](Bytes& b) { b.resize(b.size() + 4096, 0); });
@@ -352,10 +357,11 @@ std::vector<Case> section_fields(const Seed& seed, const std::vector<std::string
     if (!section) continue;
     uint64_t at = section->header_offset;
     auto field = [&](const std::string& label, uint64_t offset, auto value) {
-      add(cases, name + ": " + label, [at, offset, value](Bytes& b) { put(b, at + offset, value); });
+      add(cases, name + ": " + label,
+          [at, offset, value](Bytes& b) { put(b, at + offset, value); });
     };
-    for (uint64_t value : {uint64_t{0}, uint64_t{1}, uint64_t{0xffffffff}, uint64_t{1} << 62,
-                           size, ~uint64_t{0}}) {
+    for (uint64_t value :
+         {uint64_t{0}, uint64_t{1}, uint64_t{0xffffffff}, uint64_t{1} << 62, size, ~uint64_t{0}}) {
       field("sh_size = " + std::to_string(value), offsetof(Elf64_Shdr, sh_size), value);
     }
     for (uint64_t value : {size, size - 1, uint64_t{0xffffffff}, ~uint64_t{0} - 16}) {
@@ -378,7 +384,8 @@ std::vector<Case> section_fields(const Seed& seed, const std::vector<std::string
     field("sh_addralign 2^63", offsetof(Elf64_Shdr, sh_addralign), uint64_t{1} << 63);
     // A compressed section whose header claims 4 GiB once inflated.
     add(cases, name + ": compressed, claims 4 GiB", [at, section](Bytes& b) {
-      put<uint64_t>(b, at + offsetof(Elf64_Shdr, sh_flags), section->header.sh_flags | SHF_COMPRESSED);
+      put<uint64_t>(b, at + offsetof(Elf64_Shdr, sh_flags),
+                    section->header.sh_flags | SHF_COMPRESSED);
       uint64_t data = section->header.sh_offset;
       Elf64_Chdr chdr{ELFCOMPRESS_ZLIB, 0, 0xffffffffull, 1};
       put(b, data, chdr);
@@ -391,8 +398,8 @@ std::vector<Case> program_header_fields(const Seed& seed) {
   std::vector<Case> cases;
   int index = 0;
   for (const auto& [at, phdr] : seed.program_headers) {
-    std::string name = "program header " + std::to_string(index++) + " (type " +
-                       std::to_string(phdr.p_type) + ")";
+    std::string name =
+        "program header " + std::to_string(index++) + " (type " + std::to_string(phdr.p_type) + ")";
     auto field = [&](const std::string& label, uint64_t offset, uint64_t value) {
       add(cases, name + ": " + label,
           [a = at, offset, value](Bytes& b) { put(b, a + offset, value); });
@@ -457,7 +464,8 @@ std::vector<Case> string_and_note_offsets(const Seed& seed) {
     uint64_t table = (b.size() + 7) / 8 * 8;
     b.resize(table + kCount * sizeof(Elf64_Shdr), 0);
     for (const Section& s : seed.sections)
-      std::memcpy(b.data() + table + (s.header_offset - seed.header.e_shoff), &s.header, sizeof(s.header));
+      std::memcpy(b.data() + table + (s.header_offset - seed.header.e_shoff), &s.header,
+                  sizeof(s.header));
     for (uint64_t i = seed.sections.size(); i < kCount; ++i) {
       Elf64_Shdr header{};
       header.sh_type = SHT_DYNSYM;
@@ -540,41 +548,39 @@ std::vector<Case> cfi_mutations(const Seed& seed, const std::string& section_nam
   for (size_t i = 0; i < fdes.size() && i < 4; ++i) {
     const CfiEntry fde = fdes[i];
     std::string n = "FDE " + std::to_string(i) + " ";
-    add(cases, prefix + n + "CIE pointer to itself", [=](Bytes& b) {
-      put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fde.offset));
-    });
+    add(cases, prefix + n + "CIE pointer to itself",
+        [=](Bytes& b) { put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fde.offset)); });
     add(cases, prefix + n + "CIE pointer into its own body", [=](Bytes& b) {
       put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fde.offset + 8));
     });
-    add(cases, prefix + n + "CIE pointer past the section", [=](Bytes& b) {
-      put<uint32_t>(b, base + fde.offset + 4, eh ? 0x80000000u : 0x7ffffff0u);
-    });
+    add(cases, prefix + n + "CIE pointer past the section",
+        [=](Bytes& b) { put<uint32_t>(b, base + fde.offset + 4, eh ? 0x80000000u : 0x7ffffff0u); });
     add(cases, prefix + n + "length 0xffffffff (64-bit, huge)", [=](Bytes& b) {
       put<uint32_t>(b, base + fde.offset, 0xffffffffu);
       put<uint64_t>(b, base + fde.offset + 4, ~0ull - 64);
     });
-    add(cases, prefix + n + "length 2^31", [=](Bytes& b) {
-      put<uint32_t>(b, base + fde.offset, 0x80000000u);
-    });
+    add(cases, prefix + n + "length 2^31",
+        [=](Bytes& b) { put<uint32_t>(b, base + fde.offset, 0x80000000u); });
     add(cases, prefix + n + "length 1", [=](Bytes& b) { put<uint32_t>(b, base + fde.offset, 1); });
     add(cases, prefix + n + "range 4 GiB", [=](Bytes& b) {
       put<uint32_t>(b, base + fde.offset + (eh ? 12 : 16), 0xffffffffu);
       if (!eh) put<uint64_t>(b, base + fde.offset + 16, 0xffffffffull);
     });
     add(cases, prefix + n + "instructions: remember_state to the end", [=](Bytes& b) {
-      for (uint64_t at = (eh ? 17 : 24); at < 4 + fde.length; ++at) b[base + fde.offset + at] = DW_CFA_remember_state;
+      for (uint64_t at = (eh ? 17 : 24); at < 4 + fde.length; ++at)
+        b[base + fde.offset + at] = DW_CFA_remember_state;
     });
     add(cases, prefix + n + "instructions: restore_state to the end", [=](Bytes& b) {
-      for (uint64_t at = (eh ? 17 : 24); at < 4 + fde.length; ++at) b[base + fde.offset + at] = DW_CFA_restore_state;
+      for (uint64_t at = (eh ? 17 : 24); at < 4 + fde.length; ++at)
+        b[base + fde.offset + at] = DW_CFA_restore_state;
     });
     add(cases, prefix + n + "instructions: advance_loc4 ~0", [=](Bytes& b) {
       uint64_t at = base + fde.offset + (eh ? 17 : 24);
       b[at] = DW_CFA_advance_loc4;
       put<uint32_t>(b, at + 1, 0xffffffffu);
     });
-    add(cases, prefix + n + "augmentation length past the end", [=](Bytes& b) {
-      b[base + fde.offset + 16] = 0x7f;
-    });
+    add(cases, prefix + n + "augmentation length past the end",
+        [=](Bytes& b) { b[base + fde.offset + 16] = 0x7f; });
   }
   for (size_t i = 0; i < cies.size() && i < 3; ++i) {
     const CfiEntry cie = cies[i];
@@ -610,12 +616,14 @@ std::vector<Case> cfi_mutations(const Seed& seed, const std::string& section_nam
     });
   }
   add(cases, prefix + "every FDE's range 2 GiB (all overlap)", [=](Bytes& b) {
-    for (const CfiEntry& fde : fdes) put<uint32_t>(b, base + fde.offset + (eh ? 12 : 16), 0x7fffffffu);
+    for (const CfiEntry& fde : fdes)
+      put<uint32_t>(b, base + fde.offset + (eh ? 12 : 16), 0x7fffffffu);
   });
   add(cases, prefix + "every FDE on the first FDE's address", [=](Bytes& b) {
     if (fdes.empty()) return;
     if (!eh) {
-      for (const CfiEntry& fde : fdes) put(b, base + fde.offset + 8, get<uint64_t>(b, base + fdes[0].offset + 8));
+      for (const CfiEntry& fde : fdes)
+        put(b, base + fde.offset + 8, get<uint64_t>(b, base + fdes[0].offset + 8));
       return;
     }
     int32_t first = get<int32_t>(b, base + fdes[0].offset + 8);
@@ -625,19 +633,21 @@ std::vector<Case> cfi_mutations(const Seed& seed, const std::string& section_nam
     }
   });
   add(cases, prefix + "every FDE's CIE pointer to itself", [=](Bytes& b) {
-    for (const CfiEntry& fde : fdes) put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fde.offset));
+    for (const CfiEntry& fde : fdes)
+      put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fde.offset));
   });
   add(cases, prefix + "every FDE's CIE pointer to the first FDE", [=](Bytes& b) {
     if (fdes.empty()) return;
-    for (const CfiEntry& fde : fdes) put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fdes[0].offset));
+    for (const CfiEntry& fde : fdes)
+      put<uint32_t>(b, base + fde.offset + 4, cie_pointer(fde, fdes[0].offset));
   });
   add(cases, prefix + "every entry's length 0xfffffff0", [=](Bytes& b) {
     for (const CfiEntry& entry : entries) put<uint32_t>(b, base + entry.offset, 0xfffffff0u);
   });
-  add(cases, prefix + "every byte remember_state", [=](Bytes& b) {
-    std::memset(b.data() + base, DW_CFA_remember_state, section_size);
-  });
-  add(cases, prefix + "every byte 0xff", [=](Bytes& b) { std::memset(b.data() + base, 0xff, section_size); });
+  add(cases, prefix + "every byte remember_state",
+      [=](Bytes& b) { std::memset(b.data() + base, DW_CFA_remember_state, section_size); });
+  add(cases, prefix + "every byte 0xff",
+      [=](Bytes& b) { std::memset(b.data() + base, 0xff, section_size); });
   // One CIE with long initial instructions shared by every FDE after it: without care, a
   // builder runs the CIE's program once per FDE (cost: FDEs x CIE length).
   uint64_t text = 0;
@@ -645,9 +655,8 @@ std::vector<Case> cfi_mutations(const Seed& seed, const std::string& section_nam
     if (phdr.p_type == PT_LOAD && (phdr.p_flags & PF_X)) text = phdr.p_vaddr;
   }
   uint64_t section_address = section->header.sh_addr;
-  add(cases, prefix + "one long CIE, every FDE shares it", [=](Bytes& b) {
-    write_long_cie(b, base, section_size, section_address, eh, text);
-  });
+  add(cases, prefix + "one long CIE, every FDE shares it",
+      [=](Bytes& b) { write_long_cie(b, base, section_size, section_address, eh, text); });
   // The same over the space of .text, the largest section, which the CFI section's header
   // now claims: about 20,000 FDEs behind a CIE of 750 KB in libc.
   if (const Section* code = seed.section(".text")) {
@@ -673,9 +682,9 @@ std::vector<Case> random_flips(const Seed& seed, int count) {
        {seed.header.e_phoff, uint64_t{seed.header.e_phnum} * sizeof(Elf64_Phdr)}},
       {"section headers",
        {seed.header.e_shoff, uint64_t{seed.header.e_shnum} * sizeof(Elf64_Shdr)}}};
-  for (const char* name : {".eh_frame", ".debug_frame", ".dynsym", ".symtab", ".gnu.version",
-                           ".debug_info", ".debug_abbrev", ".debug_line", ".debug_str",
-                           ".note.gnu.build-id", ".text"}) {
+  for (const char* name :
+       {".eh_frame", ".debug_frame", ".dynsym", ".symtab", ".gnu.version", ".debug_info",
+        ".debug_abbrev", ".debug_line", ".debug_str", ".note.gnu.build-id", ".text"}) {
     if (const Section* section = seed.section(name))
       regions.push_back({name, {section->header.sh_offset, section->header.sh_size}});
   }
@@ -686,7 +695,8 @@ std::vector<Case> random_flips(const Seed& seed, int count) {
     std::vector<std::pair<uint64_t, uint8_t>> changes;
     for (int f = 0; f < flips; ++f)
       changes.push_back({range.first + random() % range.second, static_cast<uint8_t>(random())});
-    add(cases, "random #" + std::to_string(i) + ": " + std::to_string(flips) + " bytes of " + region,
+    add(cases,
+        "random #" + std::to_string(i) + ": " + std::to_string(flips) + " bytes of " + region,
         [changes](Bytes& b) {
           for (const auto& [at, value] : changes) {
             if (at < b.size()) b[at] = value;
@@ -727,9 +737,8 @@ class ElfFuzz : public ::testing::Test {
         slowest_name = test_case.name;
       }
     }
-    std::printf("%s: %zu cases, unmutated %.2f s of CPU, slowest %.2f s (%s)\n",
-                seed.name.c_str(), cases.size(), pristine.cpu_seconds, slowest,
-                slowest_name.c_str());
+    std::printf("%s: %zu cases, unmutated %.2f s of CPU, slowest %.2f s (%s)\n", seed.name.c_str(),
+                cases.size(), pristine.cpu_seconds, slowest, slowest_name.c_str());
   }
 
   std::string dir_;
@@ -749,10 +758,11 @@ const Seed& libc_seed() {
   return seed;
 }
 
-const std::vector<std::string> kSections{
-    ".eh_frame", ".eh_frame_hdr", ".debug_frame", ".dynsym", ".symtab", ".dynstr", ".strtab",
-    ".gnu.version", ".note.gnu.build-id", ".debug_info", ".debug_line", ".debug_abbrev",
-    ".shstrtab", ".interp"};
+const std::vector<std::string> kSections{".eh_frame",   ".eh_frame_hdr", ".debug_frame",
+                                         ".dynsym",     ".symtab",       ".dynstr",
+                                         ".strtab",     ".gnu.version",  ".note.gnu.build-id",
+                                         ".debug_info", ".debug_line",   ".debug_abbrev",
+                                         ".shstrtab",   ".interp"};
 
 TEST_F(ElfFuzz, Truncated) {
   for (const Seed* seed : {&fixture_seed(), &debug_frame_seed(), &libc_seed()})

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Folded stacks, pprof, reading JSON back, and diffs: each output parsed back and checked.
-#include <gtest/gtest.h>
+#include "report/formats.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,7 +17,6 @@
 #include "profile.pb.h"
 #include "report/diff.h"
 #include "report/flamegraph.h"
-#include "report/formats.h"
 #include "report/json_reader.h"
 #include "report/json_report.h"
 #include "report/memory_plot.h"
@@ -48,9 +48,21 @@ model::Report two_site_report() {
   report.duration_s = 30.5;
   report.top = 10;
   report.final = true;
-  report.targets.push_back(
-      {42, "server", {"server", "-x"}, "/srv/server", "/lib/libc.so.6", false, std::nullopt,
-       "glibc", {}, {}, {}, std::nullopt, std::nullopt, std::nullopt, ""});
+  report.targets.push_back({42,
+                            "server",
+                            {"server", "-x"},
+                            "/srv/server",
+                            "/lib/libc.so.6",
+                            false,
+                            std::nullopt,
+                            "glibc",
+                            {},
+                            {},
+                            {},
+                            std::nullopt,
+                            std::nullopt,
+                            std::nullopt,
+                            ""});
   model::LeakSite leak;
   leak.pid = 42;
   leak.allocator = "malloc";
@@ -174,13 +186,15 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   EXPECT_EQ(reread.leaks[0].stack_truncation_reason, "unknown_code");
   EXPECT_FALSE(read.unwind);  // a report without one reads back without one
   with_unwind.targets[0].losses.drops = 7;
-  EXPECT_EQ(from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump()))
-                .targets[0].losses.drops, 7u);
+  EXPECT_EQ(
+      from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump())).targets[0].losses.drops,
+      7u);
   // So do Python frames, the interpreter and the objects by type (report FILE shows them).
   model::Report python = original;
   python.leaks[0].stack[1].python = true;
   python.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
-  python.python_types = std::vector<model::PythonType>{{42, "Session", 2000, 112000, 800.5, 6001, 4001}};
+  python.python_types =
+      std::vector<model::PythonType>{{42, "Session", 2000, 112000, 800.5, 6001, 4001}};
   model::Report python_read = from_json(nlohmann::json::parse(to_json(python, 5.0).dump()));
   EXPECT_TRUE(python_read.leaks[0].stack[1].python);
   EXPECT_FALSE(python_read.leaks[0].stack[0].python);
@@ -375,12 +389,26 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
   model::Report report = two_site_report();
   report.targets[0].comm = "server<1>";  // escaped, not raw markup
   model::ProcessMemory memory;
-  memory.series = {{0, 1 << 20, 0}, {10, 1.5 * (1 << 20), 2000}, {20, 2 << 20, 4500},
+  memory.series = {{0, 1 << 20, 0},
+                   {10, 1.5 * (1 << 20), 2000},
+                   {20, 2 << 20, 4500},
                    {30, 2.5 * (1 << 20), 7000}};
   report.targets[0].memory = memory;
-  report.targets.push_back(
-      {43, "worker", {"worker"}, "/srv/worker", "/lib/libc.so.6", true, std::nullopt, "glibc",
-       {}, {}, {}, std::nullopt, std::nullopt, std::nullopt, ""});
+  report.targets.push_back({43,
+                            "worker",
+                            {"worker"},
+                            "/srv/worker",
+                            "/lib/libc.so.6",
+                            true,
+                            std::nullopt,
+                            "glibc",
+                            {},
+                            {},
+                            {},
+                            std::nullopt,
+                            std::nullopt,
+                            std::nullopt,
+                            ""});
   // A slower grower in the same process (drawn after the leak), one that shrinks (not drawn)
   // and one in the second process, which has no memory samples yet.
   model::LeakSite slower = report.leaks[0];
@@ -394,8 +422,8 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
   model::LeakSite other = slower;
   other.pid = 43;
   // A Python program's site is named by its innermost Python frame, not the C code below it.
-  model::Frame python_frame{0x7f00'0000'0000, "[python]", 0x2a, "Cache.remember", "/srv/app.py",
-                            18, false, true};
+  model::Frame python_frame{0x7f00'0000'0000, "[python]", 0x2a,  "Cache.remember",
+                            "/srv/app.py",    18,         false, true};
   other.stack = {frame(0x5000, "/srv/worker", 0x500, std::nullopt),
                  frame(0x5100, "/srv/worker", 0x510, "work", false, 3), python_frame};
   report.leaks.push_back(slower);
@@ -414,8 +442,7 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
 
   EXPECT_TRUE(has_line(lines, "panel\t42\t0")) << all;
   EXPECT_TRUE(has_line(lines, "panel\t43\t0")) << all;
-  EXPECT_TRUE(has_line(lines, "title\tmemtrail: memory over time of pid 42 (server<1>)\t0"))
-      << all;
+  EXPECT_TRUE(has_line(lines, "title\tmemtrail: memory over time of pid 42 (server<1>)\t0")) << all;
   EXPECT_TRUE(has_line(lines, "title\tmemtrail: memory over time of pid 43 (worker), exited\t0"))
       << all;
   // One polyline per series, one point per sample: the two growing sites of 42 (slowest drawn
@@ -433,9 +460,9 @@ TEST(MemoryPlot, IsWellFormedSvgWithOnePolylinePerSeriesAxesInUnitsAndALegend) {
                                       "polyline\tCache.remember (app.py:18): suspect, +50 B/s\t2"}))
       << all;
   // The legend names every line.
-  for (const char* name : {"RSS (private: RssAnon)", "traced outstanding bytes",
-                           "helper (a.c:5): leak, +230 B/s", "grower (a.c:7): suspect, +50 B/s",
-                           "Cache.remember (app.py:18): suspect, +50 B/s"}) {
+  for (const char* name :
+       {"RSS (private: RssAnon)", "traced outstanding bytes", "helper (a.c:5): leak, +230 B/s",
+        "grower (a.c:7): suspect, +50 B/s", "Cache.remember (app.py:18): suspect, +50 B/s"}) {
     EXPECT_TRUE(has_line(lines, std::string("legend\t") + name + "\t0")) << name << "\n" << all;
   }
   // Bytes in MiB up to 2.5 MiB in steps of 0.5; time in seconds past the 30.5 s run.

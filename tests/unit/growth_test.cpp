@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // Leak verdicts on synthetic series: what each shape of memory over time must be called.
+#include "aggregator/growth.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
 #include "aggregator/aggregator.h"
-#include "aggregator/growth.h"
 
 namespace memtrail::aggregator {
 namespace {
@@ -100,13 +101,15 @@ TEST(Growth, TooLittleHistorySaysSoInsteadOfGuessing) {
 // A 4-second run with -i 1: readings at about 1, 2 and 3 s, late by a few ms each, and the
 // final one at 4 s. The rule (4 points over 3 intervals) must hold whatever the jitter.
 TEST(Growth, FourReadingsOneIntervalApartGetAVerdictDespiteJitter) {
-  std::vector<GrowthPoint> series{{1.043, 1000, 10}, {2.012, 2000, 20}, {3.027, 3000, 30},
+  std::vector<GrowthPoint> series{{1.043, 1000, 10},
+                                  {2.012, 2000, 20},
+                                  {3.027, 3000, 30},
                                   {3.981, 4000, 40}};  // span 2.938 s: less than 3 intervals
   auto result = assess_growth(series, never_freed(3.5, 40), 1.0);
   EXPECT_NE(result.verdict, Verdict::kTooShort) << result.reason;
   EXPECT_EQ(result.verdict, Verdict::kLeak) << result.reason;
-  std::vector<ProcessMemoryPoint> memory{{1.043, 1e6, 0}, {2.012, 2e6, 0}, {3.027, 3e6, 0},
-                                         {3.981, 4e6, 0}};
+  std::vector<ProcessMemoryPoint> memory{
+      {1.043, 1e6, 0}, {2.012, 2e6, 0}, {3.027, 3e6, 0}, {3.981, 4e6, 0}};
   EXPECT_TRUE(assess_process_memory(memory, 1.0).assessed);
   // Three readings, or four within two intervals, are still too little.
   series.pop_back();

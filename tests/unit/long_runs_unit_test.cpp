@@ -84,13 +84,16 @@ TEST(LongRuns, TheReportSaysWhatWasFoldedAndWhatCouldNotBeProbed) {
   std::ostringstream out;
   report::render_text(folded_report(), out);
   EXPECT_NE(out.str().find("1,234 short-lived processes exited with nothing outstanding"),
-            std::string::npos) << out.str();
+            std::string::npos)
+      << out.str();
   EXPECT_NE(out.str().find("5 older exited processes not listed, with 2.0 KiB outstanding"),
-            std::string::npos) << out.str();
+            std::string::npos)
+      << out.str();
   EXPECT_NE(out.str().find("could not probe /usr/lib/x86_64-linux-gnu/libc.so.6: attach uprobe "
                            "malloc: Invalid argument (3 attempts failed; 17 processes left "
                            "untraced meanwhile; probed at a later attempt)"),
-            std::string::npos) << out.str();
+            std::string::npos)
+      << out.str();
   auto json = report::to_json(folded_report(), 1.0);
   EXPECT_EQ(json["folded_exits"]["nothing_outstanding"], 1234);
   EXPECT_EQ(json["attach_failures"][0]["processes"], 17);
@@ -103,10 +106,11 @@ TEST(LongRuns, TheReportSaysWhatWasFoldedAndWhatCouldNotBeProbed) {
   // And it follows the documented schema.
   std::string path = ::testing::TempDir() + "/long_runs_report.json";
   report::write_json_file(json, path);
-  std::string command = "python3 -c 'import json, sys, jsonschema; "
-                        "jsonschema.validate(json.load(open(sys.argv[1])), "
-                        "json.load(open(sys.argv[2])))' " +
-                        path + " " MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  std::string command =
+      "python3 -c 'import json, sys, jsonschema; "
+      "jsonschema.validate(json.load(open(sys.argv[1])), "
+      "json.load(open(sys.argv[2])))' " +
+      path + " " MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
   EXPECT_EQ(std::system(command.c_str()), 0) << command;
   std::remove(path.c_str());
 }

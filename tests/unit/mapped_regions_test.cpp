@@ -77,7 +77,7 @@ TEST(MappedRegions, OneMunmapAcrossNeighboursTrimsEachAndLengthsRoundUpToPages) 
   MappedRegions regions(100);
   regions.apply(mapped(A, 4, 1));
   regions.apply(event(MEMTRAIL_REGION_MAP, A + 4 * kPage, 3 * kPage - 100, 2));  // 3 pages
-  regions.apply(event(MEMTRAIL_REGION_UNMAP, A + 3 * kPage, 1));  // rounds to one page each
+  regions.apply(event(MEMTRAIL_REGION_UNMAP, A + 3 * kPage, 1));          // rounds to one page each
   regions.apply(event(MEMTRAIL_REGION_UNMAP, A + 4 * kPage, kPage + 1));  // two pages
   EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, kMmap}},
                                                      {A + 4 * kPage, {kPage, 2, kMmap}}}));
@@ -124,8 +124,8 @@ TEST(MappedRegions, MremapDontunmapKeepsBothRanges) {
   regions.apply(mapped(A, 2, 5));
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, A, 2 * kPage, 0, 11));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B, 2 * kPage, 0, 11, MEMTRAIL_REGION_KEEP_OLD));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {2 * kPage, 5, kMmap}},
-                                                     {B, {2 * kPage, 5, kMmap}}}));
+  EXPECT_EQ(left(regions),
+            (std::map<uint64_t, Left>{{A, {2 * kPage, 5, kMmap}}, {B, {2 * kPage, 5, kMmap}}}));
 }
 
 TEST(MappedRegions, RemapsOfTwoThreadsDoNotMix) {
@@ -136,22 +136,20 @@ TEST(MappedRegions, RemapsOfTwoThreadsDoNotMix) {
   regions.apply(event(MEMTRAIL_REGION_REMAP_BEGIN, B, kPage, 0, 200));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, B + 8 * kPage, 2 * kPage, 0, 200));
   regions.apply(event(MEMTRAIL_REGION_REMAP_END, A + 8 * kPage, 3 * kPage, 0, 100));
-  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A, {3 * kPage, 1, kMmap}},
-                                                     {B, {2 * kPage, 2, kMmap}}}));
+  EXPECT_EQ(left(regions),
+            (std::map<uint64_t, Left>{{A, {3 * kPage, 1, kMmap}}, {B, {2 * kPage, 2, kMmap}}}));
 }
 
 TEST(MappedRegions, TheBreakMovedOutsideTheAllocatorIsARegionAndAllMovesAreSummed) {
   MappedRegions regions(100);
   // malloc's own heap: counted in the break's growth only.
-  regions.apply(event(MEMTRAIL_REGION_BRK, A, A + 32 * kPage, 0, kPid,
-                      MEMTRAIL_REGION_IN_ALLOCATOR));
+  regions.apply(
+      event(MEMTRAIL_REGION_BRK, A, A + 32 * kPage, 0, kPid, MEMTRAIL_REGION_IN_ALLOCATOR));
   EXPECT_TRUE(left(regions).empty());
   regions.apply(event(MEMTRAIL_REGION_BRK, A + 32 * kPage, A + 40 * kPage, 9));  // sbrk(+8 pages)
-  EXPECT_EQ(left(regions),
-            (std::map<uint64_t, Left>{{A + 32 * kPage, {8 * kPage, 9, kBrk}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A + 32 * kPage, {8 * kPage, 9, kBrk}}}));
   regions.apply(event(MEMTRAIL_REGION_BRK, A + 40 * kPage, A + 37 * kPage, 0));  // sbrk(-3 pages)
-  EXPECT_EQ(left(regions),
-            (std::map<uint64_t, Left>{{A + 32 * kPage, {5 * kPage, 9, kBrk}}}));
+  EXPECT_EQ(left(regions), (std::map<uint64_t, Left>{{A + 32 * kPage, {5 * kPage, 9, kBrk}}}));
   EXPECT_EQ(regions.break_growth(kPid), static_cast<int64_t>(37 * kPage));
 }
 

@@ -77,9 +77,9 @@ inspect::Mapping text_mapping(const std::string& path, uint64_t base) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   struct stat status {};
   EXPECT_EQ(fstat(fd, &status), 0) << path;
-  void* where = mmap(reinterpret_cast<void*>(mapping.start), mapping.end - mapping.start,
-                     PROT_READ, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd,
-                     static_cast<off_t>(mapping.file_offset));
+  void* where =
+      mmap(reinterpret_cast<void*>(mapping.start), mapping.end - mapping.start, PROT_READ,
+           MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, static_cast<off_t>(mapping.file_offset));
   EXPECT_EQ(where, reinterpret_cast<void*>(mapping.start))
       << "cannot map " << path << " at 0x" << std::hex << mapping.start << ": "
       << std::strerror(errno);
@@ -169,8 +169,9 @@ TEST(ModuleTables, DwarfModeStoresEachFilesRowsOnceAndPointsEveryProcessAtThem) 
 TEST(ModuleTables, AutoModeWalksFramePointerBuildsByFramePointer) {
   VectorStore store(1u << 20);
   ModuleTables tables(UnwindMode::kAuto, store);
-  auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O0, 0x7f0000000000),
-                                                text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000)});
+  auto entries =
+      tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O0, 0x7f0000000000),
+                                     text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7e0000000000)});
   ASSERT_EQ(entries.size(), 2u);
   // O2 (no frame pointers) at the lower address: a table; O0 (frame pointers): none needed.
   EXPECT_EQ(entries[0].method, WalkMethod::kTable);
@@ -190,7 +191,8 @@ TEST(ModuleTables, AModuleWithoutCfiIsGuessedInAutoModeAndNotInDwarfMode) {
         std::tuple{UnwindMode::kDwarf, "none", WalkMethod::kNothing}}) {
     VectorStore store(1u << 20);
     ModuleTables tables(mode, store);
-    auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_NO_CFI, 0x7f0000000000)});
+    auto entries =
+        tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_NO_CFI, 0x7f0000000000)});
     ASSERT_EQ(entries.size(), 1u);
     EXPECT_EQ(entries[0].method, walker);
     EXPECT_EQ(tables.modules().at(0).method, method);
@@ -201,7 +203,8 @@ TEST(ModuleTables, AModuleWithoutCfiIsGuessedInAutoModeAndNotInDwarfMode) {
 TEST(ModuleTables, AFullRowMapIsSaidAndTheModuleFallsBack) {
   VectorStore store(10);  // far too small for any table
   ModuleTables tables(UnwindMode::kDwarf, store);
-  auto entries = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
+  auto entries =
+      tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
   ASSERT_EQ(entries.size(), 1u);
   EXPECT_EQ(entries[0].method, WalkMethod::kNothing);
   EXPECT_NE(tables.modules().at(0).reason.find("--unwind-table-mib"), std::string::npos);
@@ -234,7 +237,8 @@ TEST(ModuleTables, AnotherCopyOfTheSameBinarySharesRowsByBuildId) {
   std::string copy = testing::TempDir() + "/libcopy.so";
   std::filesystem::copy_file(UNWIND_FIXTURE_LIB_O2, copy,
                              std::filesystem::copy_options::overwrite_existing);
-  auto original = tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
+  auto original =
+      tables.mappings_for(getpid(), {text_mapping(UNWIND_FIXTURE_LIB_O2, 0x7f0000000000)});
   int stores = store.stores;
   auto copied = tables.mappings_for(getpid(), {text_mapping(copy, 0x7e0000000000)});
   ASSERT_EQ(copied.size(), 1u);

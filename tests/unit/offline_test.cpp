@@ -2,8 +2,6 @@
 // `memtrail report` and `memtrail diff` on saved JSON files, linked with memtrail_offline alone:
 // a renderer that needed the symbolizer, the tracer or the Python reader would fail to link
 // here, and the libraries tracing needs (libdw, libelf, capstone, libbpf) are not even loaded.
-#include "app/offline_commands.h"
-
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "app/offline_commands.h"
 #include "common/error.h"
 #include "common/output_file.h"
 #include "report/json_reader.h"
@@ -121,21 +120,24 @@ std::string error_of(Run run) {
 
 TEST_F(OfflineCommands, OutputPathsAreCheckedBeforeAnyWork) {
   EXPECT_EQ(error_of([&] { check_output_path(dir_.string(), "--json"); }),
-            "cannot write --json " + dir_.string() + ": it is a directory; give a file name, "
-            "e.g. " + dir_.string() + "/report");
+            "cannot write --json " + dir_.string() +
+                ": it is a directory; give a file name, "
+                "e.g. " +
+                dir_.string() + "/report");
   EXPECT_EQ(error_of([&] { check_output_path(path("missing/r.json"), "-o"); }),
             "cannot write -o " + path("missing/r.json") + ": directory " + path("missing") +
                 " does not exist");
   report::write_json_file(report::to_json(saved_report(3000), 10), path("file.json"));
-  EXPECT_NE(error_of([&] { check_output_path(path("file.json/x"), "--plot"); })
-                .find("cannot write --plot " + path("file.json/x") + ": "),
+  EXPECT_NE(error_of([&] {
+              check_output_path(path("file.json/x"), "--plot");
+            }).find("cannot write --plot " + path("file.json/x") + ": "),
             std::string::npos);
-  EXPECT_NE(error_of([&] { check_output_path(path("new/"), "-o"); }).find("-o"),
-            std::string::npos);
-  EXPECT_EQ(error_of([&] { check_output_path("/proc/memtrail-test.json", "--json"); })
-                .rfind("cannot write --json /proc/memtrail-test.json: cannot create files in /proc",
-                       0),
-            0u);
+  EXPECT_NE(error_of([&] { check_output_path(path("new/"), "-o"); }).find("-o"), std::string::npos);
+  EXPECT_EQ(
+      error_of([&] {
+        check_output_path("/proc/memtrail-test.json", "--json");
+      }).rfind("cannot write --json /proc/memtrail-test.json: cannot create files in /proc", 0),
+      0u);
   // What can be written passes, and leaves nothing behind.
   EXPECT_EQ(error_of([&] { check_output_path(path("new.json"), "--json"); }), "");
   EXPECT_EQ(error_of([&] { check_output_path(path("file.json"), "--json"); }), "");
@@ -184,14 +186,16 @@ TEST_F(OfflineCommands, ADirectoryOrNonJsonInputIsOneLineNamingTheFile) {
   EXPECT_EQ(error_of([&] { report::read_json_file(dir_.string()); }),
             dir_.string() + " is not a memtrail.leaks report: it is a directory");
   std::ofstream(path("text.json")) << "hello";
-  EXPECT_EQ(error_of([&] { report::read_json_file(path("text.json")); }),
-            path("text.json") + " is not a memtrail.leaks report: not JSON (syntax error at byte 1)");
+  EXPECT_EQ(
+      error_of([&] { report::read_json_file(path("text.json")); }),
+      path("text.json") + " is not a memtrail.leaks report: not JSON (syntax error at byte 1)");
   std::ofstream(path("empty.json")).flush();
   EXPECT_EQ(error_of([&] { report::read_json_file(path("empty.json")); }),
             path("empty.json") + " is not a memtrail.leaks report: it is empty");
   std::ofstream(path("paging.json")) << R"({"schema": "memtrail.paging/1"})";
-  EXPECT_EQ(error_of([&] { report::read_json_file(path("paging.json")); })
-                .rfind(path("paging.json") + " is not a memtrail.leaks report: its schema is", 0),
+  EXPECT_EQ(error_of([&] {
+              report::read_json_file(path("paging.json"));
+            }).rfind(path("paging.json") + " is not a memtrail.leaks report: its schema is", 0),
             0u);
 }
 

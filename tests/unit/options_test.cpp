@@ -21,7 +21,8 @@ Command parse(std::initializer_list<const char*> args) {
 }
 
 TEST(Options, ParsesPidsDurationAndJson) {
-  auto command = parse({"leaks", "-p", "4242", "-p", "4243", "--duration", "30", "--json", "x.json"});
+  auto command =
+      parse({"leaks", "-p", "4242", "-p", "4243", "--duration", "30", "--json", "x.json"});
   ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
   const auto& options = std::get<LeaksOptions>(command);
   EXPECT_EQ(options.pids, (std::vector<uint32_t>{4242, 4243}));
@@ -30,9 +31,9 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_EQ(options.json_path, "x.json");
   EXPECT_DOUBLE_EQ(options.interval_s, 5);
   EXPECT_EQ(options.top, 10u);
-  EXPECT_FALSE(options.max_allocations);  // sized from available memory at start
+  EXPECT_FALSE(options.max_allocations);                // sized from available memory at start
   EXPECT_EQ(options.unwind, model::UnwindMode::kAuto);  // whole stacks by default
-  EXPECT_EQ(options.unwind_table_mib, 0u);  // chosen at start: unwind_table_mib_for
+  EXPECT_EQ(options.unwind_table_mib, 0u);              // chosen at start: unwind_table_mib_for
   EXPECT_EQ(unwind_table_mib_for(false), 8u);
   EXPECT_EQ(unwind_table_mib_for(true), 16u);  // --all: every binary of the host
   // Python frames where there are any
@@ -47,8 +48,8 @@ TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
   // 1/256 of available memory at 64 bytes each, in steps of 65,536, within [2^18, 2^22].
   EXPECT_EQ(max_allocations_for(24 * kGiB), 1572864u);  // 96 MiB of table on 24 GiB
   EXPECT_EQ(max_allocations_for(16 * kGiB), 1048576u);
-  EXPECT_EQ(max_allocations_for(1 * kGiB), 262144u);    // the floor: 16 MiB
-  EXPECT_EQ(max_allocations_for(0), 262144u);           // meminfo unreadable
+  EXPECT_EQ(max_allocations_for(1 * kGiB), 262144u);      // the floor: 16 MiB
+  EXPECT_EQ(max_allocations_for(0), 262144u);             // meminfo unreadable
   EXPECT_EQ(max_allocations_for(1024 * kGiB), 4194304u);  // the ceiling: 256 MiB
   EXPECT_EQ(max_allocations_for(20 * kGiB) % 65536, 0u);
   EXPECT_EQ(max_stacks_for(24 * kGiB), 36864u);  // about 22 MiB of stacks on 24 GiB
@@ -216,9 +217,9 @@ TEST(Options, HelpAndVersionExitZero) {
 }
 
 TEST(Options, FormatsOutputAndFlameGraph) {
-  auto command = parse({"leaks", "-p", "1", "--format", "pprof", "-o", "h.pb.gz", "--flamegraph",
-                        "f.svg", "--plot", "p.svg", "--suppressions", "s.txt",
-                        "--json-version", "1"});
+  auto command =
+      parse({"leaks", "-p", "1", "--format", "pprof", "-o", "h.pb.gz", "--flamegraph", "f.svg",
+             "--plot", "p.svg", "--suppressions", "s.txt", "--json-version", "1"});
   ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));
   const auto& options = std::get<LeaksOptions>(command);
   EXPECT_EQ(options.format, Format::kPprof);
@@ -235,8 +236,8 @@ TEST(Options, BadFormatsAndPprofWithoutAFileAreUsageErrors) {
   for (auto command : {parse({"leaks", "-p", "1", "--format", "svg"}),
                        parse({"leaks", "-p", "1", "--format", "pprof"}),
                        parse({"leaks", "-p", "1", "--json-version", "3"}),
-                       parse({"report", "r.json", "--format", "pprof"}),
-                       parse({"report"}), parse({"diff", "a.json"})}) {
+                       parse({"report", "r.json", "--format", "pprof"}), parse({"report"}),
+                       parse({"diff", "a.json"})}) {
     ASSERT_TRUE(std::holds_alternative<ExitRequest>(command));
     EXPECT_EQ(std::get<ExitRequest>(command).code, kExitUsage)
         << std::get<ExitRequest>(command).message;
@@ -246,8 +247,8 @@ TEST(Options, BadFormatsAndPprofWithoutAFileAreUsageErrors) {
 }
 
 TEST(Options, ReportAndDiffSubcommands) {
-  auto report = parse({"report", "r.json", "--format", "folded", "-o", "out.txt", "-n", "3",
-                       "--plot", "p.svg"});
+  auto report = parse(
+      {"report", "r.json", "--format", "folded", "-o", "out.txt", "-n", "3", "--plot", "p.svg"});
   ASSERT_TRUE(std::holds_alternative<ReportOptions>(report));
   EXPECT_EQ(std::get<ReportOptions>(report).input_path, "r.json");
   EXPECT_EQ(std::get<ReportOptions>(report).format, Format::kFolded);
@@ -322,9 +323,9 @@ TEST(Options, AllocatorMapsEachSymbolToTheRoleOfAStandardFunction) {
 }
 
 TEST(Options, MalformedAllocatorIsOneUsageErrorLine) {
-  for (const char* bad : {"/usr/lib/libfoo.so", "relative.so:f=malloc", "/x.so:", "/x.so:f=",
-                          "/x.so:=malloc", "/x.so:f=grab", "/x.so:foo_alloc",
-                          "/x.so:f=free,f=free"}) {
+  for (const char* bad :
+       {"/usr/lib/libfoo.so", "relative.so:f=malloc", "/x.so:", "/x.so:f=", "/x.so:=malloc",
+        "/x.so:f=grab", "/x.so:foo_alloc", "/x.so:f=free,f=free"}) {
     auto command = parse({"leaks", "-p", "1", "--allocator", bad});
     ASSERT_TRUE(std::holds_alternative<ExitRequest>(command)) << bad;
     const auto& request = std::get<ExitRequest>(command);

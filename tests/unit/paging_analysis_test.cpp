@@ -7,6 +7,8 @@
 // cgroup with swap (PSI some/full ≈ 28/26 %, ≈ 45k anon refaults/s, a leaker growing 128 MiB/s
 // to 640 MiB, an idle victim flat at 128 MiB, a file victim reclaiming ≈ 0.39 s/s) and a file
 // thrash in a 64 MiB cgroup (PSI full ≈ 13 %, ≈ 350k file refaults/s).
+#include "aggregator/paging_analysis.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -21,7 +23,6 @@
 #include <string>
 #include <vector>
 
-#include "aggregator/paging_analysis.h"
 #include "report/paging_renderers.h"
 
 namespace memtrail::aggregator {
@@ -649,7 +650,8 @@ TEST(PagingAnalysis, FileThrashIsPageCacheThrashingAndTheReaderIsAVictim) {
     EXPECT_DOUBLE_EQ(interval.refault_file_per_s, 350'000);
     // The cgroup re-reads its whole 64 MiB about 21 times a second.
     EXPECT_DOUBLE_EQ(interval.turnover_per_s, 350'000 * kPage / static_cast<double>(64 * kMiB));
-    EXPECT_TRUE(contains(interval.reason, "(1.3 GiB/s re-read: its whole 64.0 MiB 21 times a second)"))
+    EXPECT_TRUE(
+        contains(interval.reason, "(1.3 GiB/s re-read: its whole 64.0 MiB 21 times a second)"))
         << interval.reason;
     EXPECT_DOUBLE_EQ(*interval.swapin_pages_per_s, 0);
   }

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Parsing /proc/PID/maps text.
 #include "inspect/proc_maps.h"
-#include "inspect/process.h"
 
+#include <gtest/gtest.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
+#include "inspect/process.h"
 
 namespace memtrail::inspect {
 namespace {

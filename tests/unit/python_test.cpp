@@ -12,14 +12,15 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "python/cpython.h"
 #include "inspect/proc_maps.h"
+#include "python/cpython.h"
 
 namespace memtrail::python {
 namespace {
 
 const char* kPython = "/usr/bin/python3";
-const std::string kFixture = std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_frames.py";
+const std::string kFixture =
+    std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_frames.py";
 
 // The fixture, running: its first line of output, and its pid. Closing stdin lets it end.
 class Fixture {
@@ -236,11 +237,14 @@ TEST(Python, MixedFramesReplaceTheEvalLoopsAndDropPlumbing) {
   const std::string exe = "/usr/bin/python3.11";
   // malloc <- ffi_call (libffi) <- _ctypes <- call plumbing <- eval loop (runs leak_native and
   // its callers, down to run) <- plumbing <- eval loop (runs <module>) <- main <- libc start.
-  std::vector<model::Frame> stack = {
-      native("ffi_call", "/usr/lib/libffi.so.8"),  native("PyCFuncPtr_call", "/usr/lib/_ctypes.so"),
-      native("_PyObject_MakeTpCall", exe),         native("_PyEval_EvalFrameDefault", exe),
-      native("_PyObject_Call", exe),               native("_PyEval_EvalFrameDefault", exe),
-      native("Py_RunMain", exe),                   native("__libc_start_main", "/lib/libc.so.6")};
+  std::vector<model::Frame> stack = {native("ffi_call", "/usr/lib/libffi.so.8"),
+                                     native("PyCFuncPtr_call", "/usr/lib/_ctypes.so"),
+                                     native("_PyObject_MakeTpCall", exe),
+                                     native("_PyEval_EvalFrameDefault", exe),
+                                     native("_PyObject_Call", exe),
+                                     native("_PyEval_EvalFrameDefault", exe),
+                                     native("Py_RunMain", exe),
+                                     native("__libc_start_main", "/lib/libc.so.6")};
   std::vector<model::Frame> python = {python_frame("leak_native"), python_frame("Worker.step"),
                                       python_frame("run"), python_frame("<module>")};
   std::vector<bool> entries = {false, false, true, true};

@@ -31,18 +31,29 @@ model::Report sample_report() {
   memory.rss_bytes_per_s = 40000;
   memory.traced_bytes_per_s = 200;
   memory.untraced_growth = true;
-  memory.reason = "private memory (RssAnon) +2.3 MiB/min, traced allocations +11.7 KiB/min: "
-                  "growth outside the traced allocators";
+  memory.reason =
+      "private memory (RssAnon) +2.3 MiB/min, traced allocations +11.7 KiB/min: "
+      "growth outside the traced allocators";
   memory.series = {{5, 40 << 20, 5000}, {10, 45 << 20, 6000}, {15, 50 << 20, 7000}};
-  report.targets = {{4242, "server", {"./server", "--port", "8080"}, "/srv/server",
-                     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", true, memory, "jemalloc",
-                     {{"jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-                       {"malloc", "free", "mallocx"}, ""},
+  report.targets = {{4242,
+                     "server",
+                     {"./server", "--port", "8080"},
+                     "/srv/server",
+                     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                     true,
+                     memory,
+                     "jemalloc",
+                     {{"jemalloc",
+                       "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                       {"malloc", "free", "mallocx"},
+                       ""},
                       {"glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6", {"reallocarray"}, ""}},
-                     {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map",
-                       false}},
+                     {{"tcmalloc", "/opt/libtcmalloc.so.4", "mapped outside the link map", false}},
                      {2, 0, 0, 0, 3, 4},  // losses: 2 drops, 3 unmatched frees, 4 region events
-                     std::nullopt, 3 << 20, 4000, "/system.slice/server.service"}};
+                     std::nullopt,
+                     3 << 20,
+                     4000,
+                     "/system.slice/server.service"}};
   report.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
   report.python_types = std::vector<model::PythonType>{
       {4242, "Session", 2000, 112000, 800.5, 6001, 4001}, {4242, "dict", -3, -192, 0, 10, 13}};
@@ -96,8 +107,9 @@ model::Report sample_report() {
   unwind.stacks_using_tables = 10;
   unwind.truncated_stacks = 2;
   unwind.truncated_by_reason = {{"no_cfi", 1}, {"depth", 1}};
-  unwind.modules = {{"/srv/server", "cfi", "41 functions with CFI", 300},
-                    {"/usr/lib/libfp.so", "frame_pointers", "9 of 10 functions keep a frame pointer", 0}};
+  unwind.modules = {
+      {"/srv/server", "cfi", "41 functions with CFI", 300},
+      {"/usr/lib/libfp.so", "frame_pointers", "9 of 10 functions keep a frame pointer", 0}};
   unwind.table_rows = 300;
   unwind.table_bytes = 2400;
   unwind.table_capacity_rows = 1u << 21;
@@ -113,37 +125,45 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
   EXPECT_NE(text.find("pid 4242 server"), std::string::npos);
   EXPECT_NE(text.find("    memory: 50.0 MiB private; private memory (RssAnon) +2.3 MiB/min, "
                       "traced allocations +11.7 KiB/min: growth outside the traced allocators"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("7,000 B (6.8 KiB) outstanding in 7 allocations from malloc"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("leak_here(int)"), std::string::npos);
   EXPECT_NE(text.find("a.c:42"), std::string::npos);
   EXPECT_NE(text.find("inlined_helper (inlined)"), std::string::npos) << text;
   EXPECT_NE(text.find("outer callers unknown: the walk reached code that no CFI describes"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("Stacks (--unwind auto): 12 captured, 2 truncated (depth 1, no_cfi 1); "
                       "modules by CFI table 1, by frame pointers 1; 300 table rows (2.3 KiB)"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
   EXPECT_NE(text.find("Top 1 of 2 allocation sites, leaks first, by growth"), std::string::npos)
       << text;
   EXPECT_NE(text.find("LEAK: +11.7 KiB/min for 10.0s, R² 0.98, oldest 3.5s, 2 of 9 freed"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   // --top 1: the second site is in the model but not in the text.
   EXPECT_EQ(text.find("from calloc"), std::string::npos);
   EXPECT_NE(text.find("3 unmatched frees, 2 drops"), std::string::npos) << text;
   EXPECT_NE(text.find("    lost: 2 allocations dropped (table full: --max-allocations), 3 frees "
                       "of blocks from before attach, 4 mmap/munmap/brk calls not followed "
                       "(event buffer full)\n"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("    heap break: +3.0 MiB since attach"), std::string::npos) << text;
   EXPECT_NE(text.find("forked by pid 4000"), std::string::npos) << text;
   EXPECT_NE(text.find("cgroup /system.slice/server.service"), std::string::npos) << text;
   // Which allocator each process uses, what else is probed, and what is not traced.
   EXPECT_NE(text.find("allocator jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("also traced: glibc /usr/lib/x86_64-linux-gnu/libc.so.6 (reallocarray)"),
-            std::string::npos) << text;
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("not traced: tcmalloc /opt/libtcmalloc.so.4"), std::string::npos) << text;
   EXPECT_NE(text.find("Note: Allocations made before memtrail attached are invisible."),
             std::string::npos);
@@ -191,7 +211,8 @@ TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {
   EXPECT_NE(out.str().find("    exited after 12.5s with 7,010 B outstanding in 8 allocations at "
                            "2 sites (shown as they were at its exit; its 8 blocks were removed "
                            "from memtrail's table)"),
-            std::string::npos) << out.str();
+            std::string::npos)
+      << out.str();
   auto json = to_json(report, 5.0);
   EXPECT_EQ(json["targets"][0]["exit"]["outstanding_bytes"], 7010);
   EXPECT_EQ(json["targets"][0]["exit"]["purged_blocks"], 8);
@@ -222,7 +243,8 @@ TEST(TextReport, SeveralProcessesAreListedProcessByProcessTheLargestFirst) {
   std::ostringstream out;
   render_text(report, out);
   std::string text = out.str();
-  size_t big = text.find("== pid 200 big: 4.9 KiB outstanding in 1 site, cgroup /system.slice/big.service");
+  size_t big =
+      text.find("== pid 200 big: 4.9 KiB outstanding in 1 site, cgroup /system.slice/big.service");
   size_t small = text.find("== pid 100 small: 300 B outstanding in 2 sites");
   ASSERT_NE(big, std::string::npos) << text;
   ASSERT_NE(small, std::string::npos) << text;
@@ -330,9 +352,10 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(to_json(sample_report(), 5.0), path);
-  std::string command = "python3 -c 'import json, sys, jsonschema; "
-                        "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
-                        path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  std::string command =
+      "python3 -c 'import json, sys, jsonschema; "
+      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
   EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
 
   // And a report that breaks the schema is caught, so the check above can fail.

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tier-0 sampler: parsing procfs/cgroupfs texts captured on a real host, fake trees, live reads.
 #include <errno.h>  // program_invocation_short_name
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdlib>

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // The leaks options translated into a session's configuration: pure, no root, no BPF.
-#include "session/config.h"
-
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
 #include "cli/options.h"
+#include "session/config.h"
 
 namespace memtrail::session {
 namespace {

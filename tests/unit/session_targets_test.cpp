@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // The traced processes of a session: found by pid while live, kept in order after exit.
-#include "session/targets.h"
-
 #include <gtest/gtest.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "session/targets.h"
 
 namespace memtrail::session {
 namespace {
@@ -93,8 +92,8 @@ TEST(Targets, AThreadIdIsRefusedNamingItsProcess) {
     changed.wait(lock, [&] { return tid != 0; });
   }
   std::string pid = std::to_string(::getpid());
-  std::string expected = std::to_string(tid) + " is a thread of process " + pid +
-                         ", not a process; trace " + pid;
+  std::string expected =
+      std::to_string(tid) + " is a thread of process " + pid + ", not a process; trace " + pid;
   EXPECT_EQ(error_of([&] { live_mappings(static_cast<uint32_t>(tid)); }).first, expected);
   EXPECT_EQ(error_of([&] { open_pidfd(static_cast<uint32_t>(tid)); }).first, expected);
   {

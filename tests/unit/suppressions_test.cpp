@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Suppressions: built-in ones for memory runtimes keep on purpose, and the user's file.
+#include "assemble/suppressions.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -7,7 +9,6 @@
 #include <string>
 
 #include "common/error.h"
-#include "assemble/suppressions.h"
 
 namespace memtrail::assemble {
 namespace {
@@ -28,9 +29,9 @@ TEST(Suppressions, BuiltInsNameTheStdioBufferTheEmergencyPoolAndLoaderTls) {
   EXPECT_EQ(builtin.match({frame("(anonymous namespace)::pool::pool()",
                                  "/usr/lib/x86_64-linux-gnu/libstdc++.so.6")}),
             "libstdc++ emergency exception pool");
-  EXPECT_EQ(builtin.match({frame("calloc", kLibc),
-                           frame("allocate_dtv", "/lib64/ld-linux-x86-64.so.2")}),
-            "dynamic loader TLS");
+  EXPECT_EQ(
+      builtin.match({frame("calloc", kLibc), frame("allocate_dtv", "/lib64/ld-linux-x86-64.so.2")}),
+      "dynamic loader TLS");
 }
 
 TEST(Suppressions, TheModuleMustMatchToo) {

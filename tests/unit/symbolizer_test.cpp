@@ -3,11 +3,10 @@
 // stripped libraries, unknown addresses, and symbolization after the process exited.
 #include "symbolizer/symbolizer.h"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstdio>
 #include <map>

@@ -335,10 +335,9 @@ Row make_row(uint32_t pc, CfaKind cfa, uint16_t offset) {
 }
 
 TEST(UnwindLookup, FindsTheLastRowStartingAtOrBeforeThePc) {
-  std::vector<Row> rows = {
-      make_row(0x1000, CfaKind::kRsp, 8), make_row(0x1004, CfaKind::kRsp, 16),
-      make_row(0x1010, CfaKind::kNone, 0), make_row(0x2000, CfaKind::kRbp, 16),
-      make_row(0x2100, CfaKind::kNone, 0)};
+  std::vector<Row> rows = {make_row(0x1000, CfaKind::kRsp, 8), make_row(0x1004, CfaKind::kRsp, 16),
+                           make_row(0x1010, CfaKind::kNone, 0), make_row(0x2000, CfaKind::kRbp, 16),
+                           make_row(0x2100, CfaKind::kNone, 0)};
   EXPECT_FALSE(find_row(rows, 0x0fff)) << "before the first row nothing applies";
   EXPECT_EQ(find_row(rows, 0x1000)->cfa_offset, 8);
   EXPECT_EQ(find_row(rows, 0x1003)->cfa_offset, 8);
@@ -491,8 +490,8 @@ TEST(UnwindTable, FramePointerBuildsUseRbpAfterThePrologue) {
       EXPECT_EQ(rows.front().cfa_offset, 8) << name;
       bool framed = false;
       for (const Row& row : rows)
-        framed |= row.cfa == CfaKind::kRbp && row.cfa_offset == 16 &&
-                  row.rbp == RbpKind::kAtCfa && row.rbp_offset == -2;
+        framed |= row.cfa == CfaKind::kRbp && row.cfa_offset == 16 && row.rbp == RbpKind::kAtCfa &&
+                  row.rbp_offset == -2;
       EXPECT_TRUE(framed) << name << " never has CFA = rbp+16 with rbp at CFA-16";
     }
     EXPECT_EQ(seen, functions) << path;
@@ -514,9 +513,9 @@ TEST(UnwindTable, CompressedDebugFrameGivesTheSameRows) {
   char directory[] = "/tmp/memtrail-unwind-XXXXXX";
   ASSERT_NE(mkdtemp(directory), nullptr);
   std::string compressed = std::string(directory) + "/libcompressed.so";
-  std::string output = run_command("objcopy --compress-debug-sections=zlib '" +
-                                   std::string(UNWIND_FIXTURE_LIB_DEBUG_FRAME) + "' '" +
-                                   compressed + "' 2>&1");
+  std::string output =
+      run_command("objcopy --compress-debug-sections=zlib '" +
+                  std::string(UNWIND_FIXTURE_LIB_DEBUG_FRAME) + "' '" + compressed + "' 2>&1");
   std::optional<inspect::ElfSection> section;
   UnwindTable plain, table;
   try {

@@ -60,8 +60,9 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
   sums.allocations += allocations;
   site.oldest_timestamp_ns = std::min(site.oldest_timestamp_ns, allocation.timestamp_ns);
   uint64_t age_s = age / 1'000'000'000ull;
-  size_t bucket = age_s == 0 ? 0 : std::min<size_t>(SiteSummary::kAgeBuckets - 1,
-                                                    64 - static_cast<size_t>(__builtin_clzll(age_s)));
+  size_t bucket = age_s == 0 ? 0
+                             : std::min<size_t>(SiteSummary::kAgeBuckets - 1,
+                                                64 - static_cast<size_t>(__builtin_clzll(age_s)));
   ++site.age_histogram[bucket];
 }
 
@@ -84,16 +85,16 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
         totals.total_allocations > counted ? totals.total_allocations - counted : 0;
     it->second.total_allocated_bytes =
         totals.total_bytes + static_cast<uint64_t>(std::llround(blocks.later_bytes));
-    it->second.total_allocations =
-        it->second.freed_allocations + counted +
-        static_cast<uint64_t>(std::llround(blocks.later_allocations));
+    it->second.total_allocations = it->second.freed_allocations + counted +
+                                   static_cast<uint64_t>(std::llround(blocks.later_allocations));
     it->second.caller_address = totals.caller_address;
     it->second.mismatched_frees = totals.mismatched_frees;
   }
   result.sites.reserve(by_site_.size());
   for (auto& [key, site] : by_site_) result.sites.push_back(site);
   std::sort(result.sites.begin(), result.sites.end(), [](const auto& a, const auto& b) {
-    if (a.outstanding_bytes != b.outstanding_bytes) return a.outstanding_bytes > b.outstanding_bytes;
+    if (a.outstanding_bytes != b.outstanding_bytes)
+      return a.outstanding_bytes > b.outstanding_bytes;
     if (a.outstanding_allocations != b.outstanding_allocations) {
       return a.outstanding_allocations > b.outstanding_allocations;
     }

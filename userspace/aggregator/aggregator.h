@@ -32,7 +32,7 @@ struct SiteSummary {
   std::array<uint32_t, kAgeBuckets> age_histogram{};
   uint64_t caller_address = 0;  // first frame when the stack could not be captured
   model::AllocationKind kind = model::AllocationKind::kMalloc;  // function of the site's blocks
-  uint64_t mismatched_frees = 0;  // its blocks released by the wrong function
+  uint64_t mismatched_frees = 0;           // its blocks released by the wrong function
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
 };
 
@@ -76,7 +76,7 @@ class Accumulator final : public model::AllocationSink {
   Sums total_;
   std::unordered_map<uint64_t, SiteSummary> by_site_;
   std::unordered_map<uint64_t, Sums> site_sums_;
-  struct Blocks {  // of one site, every age
+  struct Blocks {        // of one site, every age
     double counted = 0;  // allocated by the time its totals were read: counted in them
     double later_allocations = 0, later_bytes = 0;  // allocated after: not counted yet
   };
@@ -89,7 +89,6 @@ class Accumulator final : public model::AllocationSink {
 // outstanding bytes, then allocation count, then pid and site id so that ties are stable.
 // With `sample_rate` > 0 the allocations are byte samples, and bytes and counts are the
 // unbiased estimates they stand for (rounded to whole numbers).
-Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns,
-                    uint64_t sample_rate = 0);
+Aggregate aggregate(const model::Snapshot& snapshot, uint64_t min_age_ns, uint64_t sample_rate = 0);
 
 }  // namespace memtrail::aggregator

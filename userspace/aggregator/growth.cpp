@@ -93,11 +93,16 @@ std::string format(const char* pattern, double value) {
 
 const char* verdict_name(Verdict verdict) {
   switch (verdict) {
-    case Verdict::kLeak: return "leak";
-    case Verdict::kSuspect: return "suspect";
-    case Verdict::kSteady: return "steady";
-    case Verdict::kTransient: return "transient";
-    case Verdict::kTooShort: return "too_short";
+    case Verdict::kLeak:
+      return "leak";
+    case Verdict::kSuspect:
+      return "suspect";
+    case Verdict::kSteady:
+      return "steady";
+    case Verdict::kTransient:
+      return "transient";
+    case Verdict::kTooShort:
+      return "too_short";
   }
   return "too_short";
 }
@@ -140,8 +145,8 @@ GrowthAssessment assess_growth(const std::vector<GrowthPoint>& series, const Sit
 
   if (result.freed_any && now.oldest_age_s < std::max(2 * interval_s, 0.25 * result.span_s)) {
     result.verdict = Verdict::kTransient;
-    result.reason = "blocks are freed soon: oldest " + human_duration(now.oldest_age_s) + ", " +
-                    freed_text;
+    result.reason =
+        "blocks are freed soon: oldest " + human_duration(now.oldest_age_s) + ", " + freed_text;
   } else if (fit.slope > 0 && fit.r_squared >= kSteadyFit &&
              result.grew_share >= kSteadyGrowShare && net_growth > 0 &&
              now.oldest_age_s >= 0.5 * result.span_s) {

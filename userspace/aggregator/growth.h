@@ -22,11 +22,11 @@ struct GrowthPoint {
 
 // Ordered by how much the reader should care: leaks first.
 enum class Verdict {
-  kLeak,        // grows steadily and keeps its old blocks
-  kSuspect,     // grows, but unsteadily, or while also freeing old blocks
-  kSteady,      // has stopped growing: a bounded cache or pool, start-up memory
-  kTransient,   // its blocks are freed soon after they are allocated
-  kTooShort,    // too little history to tell
+  kLeak,       // grows steadily and keeps its old blocks
+  kSuspect,    // grows, but unsteadily, or while also freeing old blocks
+  kSteady,     // has stopped growing: a bounded cache or pool, start-up memory
+  kTransient,  // its blocks are freed soon after they are allocated
+  kTooShort,   // too little history to tell
 };
 
 const char* verdict_name(Verdict verdict);  // "leak", "suspect", ... as in the JSON
@@ -37,11 +37,11 @@ struct GrowthAssessment {
   double r_squared = 0;           // how well that line fits (1: perfectly steady)
   double grew_share = 0;          // share of intervals in which the site grew
   size_t points = 0;
-  double span_s = 0;              // time the series covers
-  bool freed_any = false;         // some block of the site has been freed since attach
+  double span_s = 0;       // time the series covers
+  bool freed_any = false;  // some block of the site has been freed since attach
   double oldest_age_s = 0;
-  double median_age_s = 0;        // of the outstanding blocks (to a factor of 2: log buckets)
-  std::string reason;             // e.g. "+1.2 MiB/min for 5m0s, R² 0.98, oldest 4m10s, 0 freed"
+  double median_age_s = 0;  // of the outstanding blocks (to a factor of 2: log buckets)
+  std::string reason;       // e.g. "+1.2 MiB/min for 5m0s, R² 0.98, oldest 4m10s, 0 freed"
 };
 
 // What a site looks like now, besides its series.

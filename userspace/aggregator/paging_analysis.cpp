@@ -14,18 +14,24 @@ namespace memtrail::model {
 
 const char* paging_verdict_name(PagingVerdict verdict) {
   switch (verdict) {
-    case PagingVerdict::kOk: return "ok";
-    case PagingVerdict::kPressure: return "pressure";
-    case PagingVerdict::kThrashing: return "thrashing";
+    case PagingVerdict::kOk:
+      return "ok";
+    case PagingVerdict::kPressure:
+      return "pressure";
+    case PagingVerdict::kThrashing:
+      return "thrashing";
   }
   return "ok";
 }
 
 const char* process_role_name(ProcessRole role) {
   switch (role) {
-    case ProcessRole::kNone: return "none";
-    case ProcessRole::kCulprit: return "culprit";
-    case ProcessRole::kVictim: return "victim";
+    case ProcessRole::kNone:
+      return "none";
+    case ProcessRole::kCulprit:
+      return "culprit";
+    case ProcessRole::kVictim:
+      return "victim";
   }
   return "none";
 }
@@ -81,8 +87,9 @@ uint64_t footprint_of(const model::ProcessSample& process) {
 
 bool in_cgroup(const std::string& path, const std::string& filter) {
   if (filter.empty() || filter == "/") return true;
-  return path == filter || (path.size() > filter.size() && path.compare(0, filter.size(), filter) == 0 &&
-                            path[filter.size()] == '/');
+  return path == filter ||
+         (path.size() > filter.size() && path.compare(0, filter.size(), filter) == 0 &&
+          path[filter.size()] == '/');
 }
 
 // Keeps a bounded series: when full, every other point goes (the whole span at half the
@@ -108,8 +115,10 @@ model::ScopeInterval shared_interval(const Counters& now, const Counters& before
   interval.duration_s = duration_s;
   interval.unix_ms = sample.unix_ms;
   if (now.psi.available && before.psi.available) {
-    interval.psi_some_pct = per_s(now.psi.some_total_us, before.psi.some_total_us, duration_s) / 1e4;
-    interval.psi_full_pct = per_s(now.psi.full_total_us, before.psi.full_total_us, duration_s) / 1e4;
+    interval.psi_some_pct =
+        per_s(now.psi.some_total_us, before.psi.some_total_us, duration_s) / 1e4;
+    interval.psi_full_pct =
+        per_s(now.psi.full_total_us, before.psi.full_total_us, duration_s) / 1e4;
   }
   interval.major_faults_per_s = per_s(now.pgmajfault, before.pgmajfault, duration_s);
   interval.minor_faults_per_s =
@@ -152,9 +161,11 @@ model::ScopeInterval PagingAnalyzer::host_interval(const model::PagingSample& sa
   interval.direct_scan_pages_per_s = per_s(now.pgscan_direct, before.pgscan_direct, duration_s);
   interval.memory_bytes = now.mem_total_bytes;
   interval.available_bytes = now.mem_available_bytes;
-  interval.usage_bytes = now.mem_total_bytes - std::min(now.mem_total_bytes, now.mem_available_bytes);
+  interval.usage_bytes =
+      now.mem_total_bytes - std::min(now.mem_total_bytes, now.mem_available_bytes);
   interval.swap_total_bytes = now.swap_total_bytes;
-  interval.swap_used_bytes = now.swap_total_bytes - std::min(now.swap_total_bytes, now.swap_free_bytes);
+  interval.swap_used_bytes =
+      now.swap_total_bytes - std::min(now.swap_total_bytes, now.swap_free_bytes);
   add_reclaim_stall(interval, sample, [](const model::TaskPagingStats&) { return true; });
   return interval;
 }
@@ -168,7 +179,8 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
     interval.swapin_pages_per_s = per_s(*now.pswpin, *before.pswpin, duration_s);
   } else {
     // cgroup v1 counts no swap-ins; the deep hooks do, per cgroup, while attached.
-    auto find = [&](const std::vector<model::MemcgPagingStats>& memcgs) -> const model::MemcgPagingStats* {
+    auto find =
+        [&](const std::vector<model::MemcgPagingStats>& memcgs) -> const model::MemcgPagingStats* {
       for (const auto& memcg : memcgs) {
         if (memcg.id == now.id) return &memcg;
       }
@@ -205,7 +217,8 @@ model::ScopeInterval PagingAnalyzer::cgroup_interval(const model::CgroupSample& 
 // second", or "as much as its whole 23.5 GiB every 21.0s" when that takes more than a second.
 static std::string turnover_text(double turnover_per_s, uint64_t memory_bytes) {
   std::string whole = "its whole " + human_bytes(memory_bytes);
-  if (turnover_per_s >= 1.95) return whole + " " + fixed_text(turnover_per_s, "%.0f") + " times a second";
+  if (turnover_per_s >= 1.95)
+    return whole + " " + fixed_text(turnover_per_s, "%.0f") + " times a second";
   if (turnover_per_s >= 0.95) return whole + " about once a second";
   if (turnover_per_s * 3600 < 1) return "less than " + whole + " an hour";
   return "as much as " + whole + " every " + human_duration(1 / turnover_per_s);
@@ -236,8 +249,9 @@ void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
   bool thrashing_like = stalled && rereading;
   thrashing_run = thrashing_like ? thrashing_run + 1 : 0;
 
-  std::string anon_kind =
-      interval.zswapin_pages_per_s > interval.swapin_pages_per_s.value_or(0) ? "zswap" : "anon/swap";
+  std::string anon_kind = interval.zswapin_pages_per_s > interval.swapin_pages_per_s.value_or(0)
+                              ? "zswap"
+                              : "anon/swap";
   double file = interval.refault_file_per_s;
   if (anon > 0 || file > 0) {
     bool anon_first = anon >= file;
@@ -256,8 +270,8 @@ void PagingAnalyzer::judge(model::ScopeInterval& interval, int& thrashing_run,
   if (anon + interval.refault_file_per_s > 0) {
     reason += ", refaults " + count_text(interval.refault_anon_per_s) + " anon + " +
               count_text(interval.refault_file_per_s) + " file pages/s (" +
-              human_bytes(static_cast<uint64_t>(reread_bytes_per_s)) + "/s re-read: " +
-              turnover_text(interval.turnover_per_s, interval.memory_bytes) + ")";
+              human_bytes(static_cast<uint64_t>(reread_bytes_per_s)) +
+              "/s re-read: " + turnover_text(interval.turnover_per_s, interval.memory_bytes) + ")";
   }
   if (swapins > 0) reason += ", swap-ins " + count_text(swapins) + " pages/s";
   if (reclaim > 0.001) reason += ", reclaim stall " + fixed_text(reclaim, "%.2f") + " s/s";
@@ -407,7 +421,8 @@ void PagingAnalyzer::add(const model::PagingSample& sample, bool closes_interval
         history.report.reason = interval.reason;
       }
       if (interval.verdict != PagingVerdict::kOk) under_pressure_ = true;
-      if (interval.verdict != PagingVerdict::kOk && cgroup.limit_bytes && pressured_cgroup.empty()) {
+      if (interval.verdict != PagingVerdict::kOk && cgroup.limit_bytes &&
+          pressured_cgroup.empty()) {
         pressured_cgroup = cgroup.path;
       }
       if (interval.verdict == PagingVerdict::kThrashing && thrashing_cgroup.empty()) {
@@ -458,8 +473,8 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
                              : history.last.major_faults -
                                    std::min(history.last.major_faults, history.first.major_faults);
   if (history.in_proc) {
-    process.minor_faults = history.last.minor_faults - std::min(history.last.minor_faults,
-                                                                history.first.minor_faults);
+    process.minor_faults =
+        history.last.minor_faults - std::min(history.last.minor_faults, history.first.minor_faults);
   }
   process.swapins = bpf.swapin_pages + bpf.zswapin_pages;
   process.refault_anon = bpf.refault_anon;
@@ -475,8 +490,8 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
     process.major_faults_per_s = static_cast<double>(process.major_faults) / process.observed_s;
     process.minor_faults_per_s = static_cast<double>(process.minor_faults) / process.observed_s;
   }
-  process.rss_bytes = history.last.rss_anon_bytes + history.last.rss_file_bytes +
-                      history.last.rss_shmem_bytes;
+  process.rss_bytes =
+      history.last.rss_anon_bytes + history.last.rss_file_bytes + history.last.rss_shmem_bytes;
   process.swap_bytes = history.last.swap_bytes;
   process.footprint_bytes = footprint_of(history.last);
   if (!history.footprint.empty()) {
@@ -529,11 +544,12 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
 
   auto& evidence = process.evidence;
   if (grows) {
-    evidence.push_back("footprint (anon + shmem + swap) grew " +
-                       human_bytes(history.min_footprint == UINT64_MAX ? 0 : history.min_footprint) +
-                       " -> " + human_bytes(process.footprint_bytes) + ", +" +
-                       human_bytes(static_cast<uint64_t>(process.footprint_growth_bytes_per_s)) +
-                       "/s in " + std::to_string(history.growth_intervals) + " intervals");
+    evidence.push_back(
+        "footprint (anon + shmem + swap) grew " +
+        human_bytes(history.min_footprint == UINT64_MAX ? 0 : history.min_footprint) + " -> " +
+        human_bytes(process.footprint_bytes) + ", +" +
+        human_bytes(static_cast<uint64_t>(process.footprint_growth_bytes_per_s)) + "/s in " +
+        std::to_string(history.growth_intervals) + " intervals");
   } else if (!history.footprint.empty()) {
     evidence.push_back("footprint " + human_bytes(process.footprint_bytes) + ", not growing");
   }
@@ -543,14 +559,14 @@ model::ProcessReport PagingAnalyzer::assess(const ProcessHistory& history,
   }
   if (grows && !report.host.empty()) {
     const auto& host = report.host.back();
-    uint64_t swap_free = host.swap_total_bytes - std::min(host.swap_total_bytes, host.swap_used_bytes);
+    uint64_t swap_free =
+        host.swap_total_bytes - std::min(host.swap_total_bytes, host.swap_used_bytes);
     if (host.swap_total_bytes == 0) {
       evidence.push_back("no swap on the host: the OOM killer acts once memory is used up");
     } else if (process.footprint_growth_bytes_per_s > 0 && history.grew_last) {
-      evidence.push_back("at this rate the host's free swap (" + human_bytes(swap_free) +
-                         ") lasts " +
-                         human_duration(static_cast<double>(swap_free) /
-                                        process.footprint_growth_bytes_per_s));
+      evidence.push_back(
+          "at this rate the host's free swap (" + human_bytes(swap_free) + ") lasts " +
+          human_duration(static_cast<double>(swap_free) / process.footprint_growth_bytes_per_s));
     }
   }
   if (process.scope_share >= 0.01) {

@@ -21,9 +21,9 @@ namespace memtrail::aggregator {
 // with a turnover of 0.4-1.5/s, a file thrash in 64 MiB PSI full 9-15 % with a turnover of
 // 20-28/s.
 struct PagingThresholds {
-  double pressure_some_pct = 5;   // PSI some at or above: memory pressure
-  double reclaim_stall = 0.05;    // or processes stalled this many s/s reclaiming
-  double thrashing_full_pct = 10; // PSI full at or above (or some at thrashing_some_pct) ...
+  double pressure_some_pct = 5;    // PSI some at or above: memory pressure
+  double reclaim_stall = 0.05;     // or processes stalled this many s/s reclaiming
+  double thrashing_full_pct = 10;  // PSI full at or above (or some at thrashing_some_pct) ...
   double thrashing_some_pct = 20;
   // ... while memory is re-read fast: refaults and swap-ins of at least this share of the
   // scope's memory per second, or of active pages (restores) at this share, or at least this
@@ -31,7 +31,7 @@ struct PagingThresholds {
   double thrashing_turnover = 0.2;
   double thrashing_restore_turnover = 0.05;
   double thrashing_refault_bytes_per_s = 64.0 * (1 << 20);
-  int thrashing_intervals = 2;          // for this many intervals in a row
+  int thrashing_intervals = 2;  // for this many intervals in a row
   // Culprit: the footprint grew in at least this many intervals, by at least the larger of
   // these in total, net and without its largest step (a process that allocates once at start,
   // or whose footprint wobbles while it is swapped, is not growing).
@@ -79,12 +79,12 @@ class PagingAnalyzer {
     model::ProcessSample first, last;
     model::TaskPagingStats bpf;  // latest; cumulative since the process's first event
     std::vector<FootprintPoint> footprint;
-    int growth_intervals = 0;  // intervals in which the footprint grew by a step
-    uint64_t growth_bytes = 0; // the sum of those steps
-    uint64_t largest_step = 0; // the largest of them: one allocation at start-up is no trend
-    double growth_time_s = 0;  // the length of those intervals
+    int growth_intervals = 0;   // intervals in which the footprint grew by a step
+    uint64_t growth_bytes = 0;  // the sum of those steps
+    uint64_t largest_step = 0;  // the largest of them: one allocation at start-up is no trend
+    double growth_time_s = 0;   // the length of those intervals
     uint64_t min_footprint = UINT64_MAX;
-    bool grew_last = false;    // in the latest interval: the growth rate still applies
+    bool grew_last = false;  // in the latest interval: the growth rate still applies
   };
   struct CgroupHistory {
     model::CgroupReport report;
@@ -101,8 +101,8 @@ class PagingAnalyzer {
   // `at_limit`: the scope is a cgroup with a limit of its own (said in the reason).
   void judge(model::ScopeInterval& interval, int& thrashing_run, bool at_limit) const;
   void track_processes(const model::PagingSample& sample);
-  model::ProcessReport assess(const ProcessHistory& history, const model::PagingReport& report)
-      const;
+  model::ProcessReport assess(const ProcessHistory& history,
+                              const model::PagingReport& report) const;
 
   PagingThresholds thresholds_;
   size_t max_points_;
@@ -113,7 +113,7 @@ class PagingAnalyzer {
   std::vector<model::ScopeInterval> host_;
   int host_thrashing_run_ = 0;
   std::map<std::string, CgroupHistory> cgroups_;
-  std::unordered_map<uint64_t, std::string> cgroup_paths_;  // kernfs id -> path
+  std::unordered_map<uint64_t, std::string> cgroup_paths_;             // kernfs id -> path
   std::map<std::pair<uint32_t, uint64_t>, ProcessHistory> processes_;  // (pid, start time)
   std::unordered_map<uint32_t, uint64_t> live_start_;  // pid -> start time, last sample
   std::vector<model::OomKill> oom_kills_;

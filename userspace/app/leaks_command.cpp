@@ -43,8 +43,7 @@ bool interval_reports_on_stdout(const cli::LeaksOptions& options) {
 
 // Until a signal, --duration, or (unless host-wide) every target has exited: the session's
 // work at each tick, and a report (or, without one, a reading for the verdicts) every interval.
-void run_until_stopped(const cli::LeaksOptions& options, session::Session& session,
-                       int signal_fd) {
+void run_until_stopped(const cli::LeaksOptions& options, session::Session& session, int signal_fd) {
   const Clock::time_point start = session.started_at();
   const auto interval = duration_from_seconds(options.interval_s);
   std::optional<Clock::time_point> deadline;

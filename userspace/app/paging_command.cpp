@@ -207,9 +207,12 @@ class PagingSession {
 
   std::string deep_mode_name() const {
     switch (options_.deep) {
-      case cli::DeepMode::kAuto: return "auto";
-      case cli::DeepMode::kAlways: return "always";
-      case cli::DeepMode::kNever: return "never";
+      case cli::DeepMode::kAuto:
+        return "auto";
+      case cli::DeepMode::kAlways:
+        return "always";
+      case cli::DeepMode::kNever:
+        return "never";
     }
     return "auto";
   }
@@ -223,7 +226,8 @@ class PagingSession {
         "processes: /proc/PID/{stat,status,cgroup} every interval",
         "major faults per process: BPF perf_event on PAGE_FAULTS_MAJ (as /proc/PID/stat counts "
         "them, without faults taken by the kernel on a process's behalf)",
-        "reclaim stalls per process: BPF tp_btf vmscan:mm_vmscan_{direct,memcg}_reclaim_{begin,end}",
+        "reclaim stalls per process: BPF tp_btf "
+        "vmscan:mm_vmscan_{direct,memcg}_reclaim_{begin,end}",
         "OOM kills: BPF tp_btf oom:mark_victim",
         std::string("per-fault hooks (fault wait, refaults, swap-ins per process): BPF tp_btf "
                     "exceptions:page_fault_user, memcg:count_memcg_events, "
@@ -232,7 +236,8 @@ class PagingSession {
              : options_.deep == cli::DeepMode::kAlways ? "always"
                                                        : "never"),
     };
-    for (const auto& missing : tracer_->deep_unavailable()) list.push_back("unavailable: " + missing);
+    for (const auto& missing : tracer_->deep_unavailable())
+      list.push_back("unavailable: " + missing);
     for (const auto& failure : trigger_failures_) {
       list.push_back("PSI trigger not armed (hooks follow the interval check): " + failure);
     }

@@ -21,19 +21,27 @@ namespace {
 // user cares about, even if it stopped inside the C library's start code (built without frame
 // pointers) before the last frame.
 bool is_entry_function(const std::optional<std::string>& function) {
-  static const std::set<std::string> kEntries = {
-      "main",         "__libc_start_call_main", "__libc_start_main", "__libc_start_main_impl",
-      "_start",       "start_thread",           "clone",             "clone3",
-      "__clone",      "__clone3",               "__GI___clone",      "__GI___clone3"};
+  static const std::set<std::string> kEntries = {"main",
+                                                 "__libc_start_call_main",
+                                                 "__libc_start_main",
+                                                 "__libc_start_main_impl",
+                                                 "_start",
+                                                 "start_thread",
+                                                 "clone",
+                                                 "clone3",
+                                                 "__clone",
+                                                 "__clone3",
+                                                 "__GI___clone",
+                                                 "__GI___clone3"};
   return function && kEntries.count(*function) != 0;
 }
 
 // libc's wrappers of the system calls that map memory, and their internal names.
 bool is_syscall_wrapper(const std::optional<std::string>& function) {
   static const std::set<std::string> kWrappers = {
-      "mmap",   "mmap64",  "__mmap",   "__mmap64", "mremap", "__mremap", "brk",
-      "__brk",  "sbrk",    "__sbrk",   "syscall",  "__GI___mmap64", "__GI___mremap",
-      "__GI___brk", "__GI___sbrk", "__brk_call"};
+      "mmap",          "mmap64",     "__mmap",      "__mmap64",  "mremap",  "__mremap",
+      "brk",           "__brk",      "sbrk",        "__sbrk",    "syscall", "__GI___mmap64",
+      "__GI___mremap", "__GI___brk", "__GI___sbrk", "__brk_call"};
   return function && kWrappers.count(*function) != 0;
 }
 
@@ -47,22 +55,25 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
   if (context.sample_rate == 0) {
     notes.push_back(
         "Allocations made before memtrail attached are invisible; frees of such blocks are "
-        "counted as unmatched frees (" + with_thousands(totals.unmatched_frees) + " so far).");
+        "counted as unmatched frees (" +
+        with_thousands(totals.unmatched_frees) + " so far).");
   } else {
     // A free of a block the sampler passed over finds nothing, like one from before attach:
     // neither is a loss, and they cannot be told apart.
     notes.push_back("Sampling one allocation per " + human_bytes(context.sample_rate) +
                     " allocated on average (--sample-rate): outstanding and total bytes and "
-                    "counts are unbiased estimates. " + with_thousands(totals.untracked_frees) +
+                    "counts are unbiased estimates. " +
+                    with_thousands(totals.untracked_frees) +
                     (all_from_start ? " frees of blocks the sampler passed over were counted "
                                       "apart (no loss)."
                                     : " frees of blocks not tracked (unsampled, or from before "
                                       "attach) were counted apart (no loss)."));
   }
   if (!totals.exact) {
-    notes.push_back("Counts are read while the traced programs run: a block freed during the "
-                    "read (milliseconds) counts as freed already. The final report's counts "
-                    "are exact.");
+    notes.push_back(
+        "Counts are read while the traced programs run: a block freed during the "
+        "read (milliseconds) counts as freed already. The final report's counts "
+        "are exact.");
   }
   if (context.min_age_s > 0) {
     notes.push_back("Allocations younger than " + human_duration(context.min_age_s) +
@@ -106,8 +117,7 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
     for (const auto& untraced : target.untraced_allocators) {
       if (untraced.expected) continue;
       notes.push_back("pid " + std::to_string(target.pid) + " maps " + untraced.name + " (" +
-                      untraced.path + "), which memtrail does not trace: " + untraced.reason +
-                      ".");
+                      untraced.path + "), which memtrail does not trace: " + untraced.reason + ".");
     }
     if (target.python && !target.python->frames && !target.python->reason.empty() &&
         target.python->reason != "--python-frames native") {
@@ -121,9 +131,10 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
     }
   }
   if (context.children_missed > 0) {
-    notes.push_back(with_thousands(context.children_missed) +
-                    " processes forked by traced ones exited before memtrail could follow them "
-                    "(short-lived commands, most often): what they allocated is not in the report.");
+    notes.push_back(
+        with_thousands(context.children_missed) +
+        " processes forked by traced ones exited before memtrail could follow them "
+        "(short-lived commands, most often): what they allocated is not in the report.");
   }
   if (missed_entries > 0) {
     notes.push_back(with_thousands(missed_entries) +
@@ -148,8 +159,8 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
     frames.push_back(naming.reader->frame(leak.pid, interpreter->second, frame));
     entries.push_back(frame.entry);
   }
-  leak.stack = python::mix_frames(leak.stack, frames, entries, interpreter->second.module,
-                                  naming.mode);
+  leak.stack =
+      python::mix_frames(leak.stack, frames, entries, interpreter->second.module, naming.mode);
   if (stack.python_truncated) {
     leak.stack_truncated = true;
     leak.stack_truncation_reason = "python_depth";
@@ -158,8 +169,7 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
 
 }  // namespace
 
-model::Report build_report(const model::Snapshot& snapshot,
-                           const aggregator::Aggregate& aggregate,
+model::Report build_report(const model::Snapshot& snapshot, const aggregator::Aggregate& aggregate,
                            symbolizer::Symbolizer& symbolizer, const ReportContext& context,
                            size_t max_sites) {
   model::Report report;
@@ -224,9 +234,10 @@ model::Report build_report(const model::Snapshot& snapshot,
     leak.total_allocated_bytes = site.total_allocated_bytes;
     leak.total_allocations = site.total_allocations;
     leak.freed_allocations = site.freed_allocations;
-    leak.oldest_age_s = snapshot.taken_at_ns > site.oldest_timestamp_ns
-                            ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
-                            : 0.0;
+    leak.oldest_age_s =
+        snapshot.taken_at_ns > site.oldest_timestamp_ns
+            ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
+            : 0.0;
     leak.allocator = inspect::kind_name(site.kind);
     leak.mismatched_frees = site.mismatched_frees;
     std::vector<uint64_t> addresses;
@@ -271,8 +282,8 @@ model::Report build_report(const model::Snapshot& snapshot,
       growth.freed_any = assessed.freed_any;
       growth.median_age_s = assessed.median_age_s;
       growth.reason = assessed.reason;
-      const auto* series = context.history ? context.history->series(site.pid, site.site_id)
-                                           : nullptr;
+      const auto* series =
+          context.history ? context.history->series(site.pid, site.site_id) : nullptr;
       if (series) {
         for (const auto& point : *series) {
           growth.series.push_back({point.t_s, point.bytes, point.allocations});

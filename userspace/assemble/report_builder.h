@@ -35,9 +35,9 @@ struct ReportContext {
   uint64_t sample_rate = 0;
   uint32_t top = 10;
   bool final = false;
-  uint32_t max_outstanding_allocations = 0;  // the map's size, for the note on drops
+  uint32_t max_outstanding_allocations = 0;            // the map's size, for the note on drops
   const aggregator::GrowthHistory* history = nullptr;  // the series behind verdicts, if any
-  const Suppressions* suppressions = nullptr;  // sites kept on purpose: marked, ranked last
+  const Suppressions* suppressions = nullptr;          // sites kept on purpose: marked, ranked last
   // Mode and modules of the stack walker; the builder adds the stack counts. Absent: none.
   std::optional<model::UnwindSummary> unwind;
   const PythonNaming* python = nullptr;  // absent: stacks stay native
@@ -48,8 +48,7 @@ struct ReportContext {
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the
 // JSON file; the top N for a text interval). Suppressed sites keep their rank among themselves,
 // after all others.
-model::Report build_report(const model::Snapshot& snapshot,
-                           const aggregator::Aggregate& aggregate,
+model::Report build_report(const model::Snapshot& snapshot, const aggregator::Aggregate& aggregate,
                            symbolizer::Symbolizer& symbolizer, const ReportContext& context,
                            size_t max_sites);
 

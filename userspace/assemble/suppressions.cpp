@@ -59,8 +59,10 @@ void Suppressions::load_file(const std::string& path) {
     words >> suppression.module_glob;
     std::string extra;
     if (words >> extra) {
-      throw Error(path + ":" + std::to_string(number) + ": expected FUNCTION_GLOB [MODULE_GLOB] "
-                  "[# REASON], found a third word \"" + extra + "\"",
+      throw Error(path + ":" + std::to_string(number) +
+                      ": expected FUNCTION_GLOB [MODULE_GLOB] "
+                      "[# REASON], found a third word \"" +
+                      extra + "\"",
                   "put a reason after a # sign");
     }
     suppression.reason = reason;

@@ -16,16 +16,16 @@
 
 namespace memtrail::cli {
 
-std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
-                                                      std::string& error) {
+std::optional<AllocatorOption> parse_allocator_option(const std::string& text, std::string& error) {
   static const std::vector<std::string> kRoles = {
       "malloc",         "calloc",        "realloc",  "reallocarray", "free",
       "posix_memalign", "aligned_alloc", "memalign", "valloc",       "pvalloc"};
   auto is_role = [](const std::string& name) {
     return std::find(kRoles.begin(), kRoles.end(), name) != kRoles.end();
   };
-  const std::string syntax = " (expected PATH:SYMBOL=ROLE,..., e.g. "
-                             "/usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free)";
+  const std::string syntax =
+      " (expected PATH:SYMBOL=ROLE,..., e.g. "
+      "/usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free)";
   // Symbols never contain ':' (C++ names are given mangled), paths might: split at the last.
   size_t colon = text.rfind(':');
   if (colon == std::string::npos || colon == 0) {
@@ -116,7 +116,8 @@ memtrail needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN). The traced proc
 stopped, restarted or modified; if memtrail is killed, the kernel removes its probes and the
 process runs on.)";
 
-constexpr const char* kLeaksFooter = R"(The target keeps running untouched: no restart, no preload, no ptrace. memtrail stops
+constexpr const char* kLeaksFooter =
+    R"(The target keeps running untouched: no restart, no preload, no ptrace. memtrail stops
 on Ctrl-C, SIGTERM, when --duration has elapsed, or when every target has exited; then it
 prints the final report and writes the JSON file (--json). Allocations made before memtrail
 attached are invisible; frees of them are counted as unmatched frees.
@@ -188,8 +189,8 @@ std::string seconds_above_zero(const char* name, const std::string& text, double
 }
 
 template <typename T>
-std::string whole_between(const char* name, const std::string& text, uint64_t least,
-                          uint64_t most, T& number) {
+std::string whole_between(const char* name, const std::string& text, uint64_t least, uint64_t most,
+                          T& number) {
   auto value = whole_in(text, least, most);
   if (!value) {
     return std::string(name) + " must be a whole number from " + std::to_string(least) + " to " +
@@ -204,8 +205,8 @@ std::string pids_of(const char* name, const std::vector<std::string>& texts,
   for (const auto& text : texts) {
     auto pid = whole_in(text, 1, kMaxPid);
     if (!pid) {
-      return std::string(name) + " must be a positive process id (1 to " +
-             std::to_string(kMaxPid) + "), not '" + text + "'";
+      return std::string(name) + " must be a positive process id (1 to " + std::to_string(kMaxPid) +
+             "), not '" + text + "'";
     }
     pids.push_back(static_cast<uint32_t>(*pid));
   }
@@ -250,71 +251,83 @@ Command parse_command_line(int argc, const char* const* argv) {
   leaks->add_flag("-a,--all", options.all,
                   "Trace every process that uses a traced allocator, also those started later "
                   "(host-wide; narrow it with --comm, --cgroup, --exclude-pid)");
-  leaks->add_option("--comm", options.comms,
-                    "With --all: only processes whose name (comm, as ps -o comm shows it) is "
-                    "NAME (repeat for several)")
+  leaks
+      ->add_option("--comm", options.comms,
+                   "With --all: only processes whose name (comm, as ps -o comm shows it) is "
+                   "NAME (repeat for several)")
       ->type_name("NAME");
-  leaks->add_option("--cgroup", options.cgroups,
-                    "With --all: only processes in this cgroup or below it: a path as in "
-                    "/proc/PID/cgroup, e.g. /system.slice/nginx.service (repeat for several)")
+  leaks
+      ->add_option("--cgroup", options.cgroups,
+                   "With --all: only processes in this cgroup or below it: a path as in "
+                   "/proc/PID/cgroup, e.g. /system.slice/nginx.service (repeat for several)")
       ->type_name("PATH");
-  leaks->add_option("--exclude-pid", excluded_pid_texts,
-                    "With --all: leave this process out (repeat for several)")
+  leaks
+      ->add_option("--exclude-pid", excluded_pid_texts,
+                   "With --all: leave this process out (repeat for several)")
       ->type_name("PID");
   leaks->add_option("-d,--duration", duration_text, "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
-  leaks->add_option("-i,--interval", interval_text,
-                    "Print the top sites, and sample each site's memory for its verdict, every "
-                    "SECONDS (default 5)")
+  leaks
+      ->add_option("-i,--interval", interval_text,
+                   "Print the top sites, and sample each site's memory for its verdict, every "
+                   "SECONDS (default 5)")
       ->type_name("SECONDS");
   leaks->add_option("-n,--top", top_text, "Sites shown in text reports (default 10)")
       ->type_name("N");
-  leaks->add_option("--min-age", min_age_text,
-                    "Hide allocations younger than SECONDS (default 0)")
+  leaks->add_option("--min-age", min_age_text, "Hide allocations younger than SECONDS (default 0)")
       ->type_name("SECONDS");
   leaks->add_option("-j,--json", options.json_path, "Write the final report as JSON to FILE")
       ->type_name("FILE");
   std::string leaks_format = "text";
-  leaks->add_option("-f,--format", leaks_format,
-                    "Format of the final report: text (default), json, folded (flame graph "
-                    "stacks) or pprof (gzipped profile.proto; needs -o)")
+  leaks
+      ->add_option("-f,--format", leaks_format,
+                   "Format of the final report: text (default), json, folded (flame graph "
+                   "stacks) or pprof (gzipped profile.proto; needs -o)")
       ->type_name("FORMAT");
-  leaks->add_option("-o,--output", options.output_path,
-                    "Write the final report to FILE instead of stdout")
+  leaks
+      ->add_option("-o,--output", options.output_path,
+                   "Write the final report to FILE instead of stdout")
       ->type_name("FILE");
-  leaks->add_option("--flamegraph", options.flamegraph_path,
-                    "Also write an interactive SVG flame graph of outstanding bytes to FILE "
-                    "(open it in a browser)")
+  leaks
+      ->add_option("--flamegraph", options.flamegraph_path,
+                   "Also write an interactive SVG flame graph of outstanding bytes to FILE "
+                   "(open it in a browser)")
       ->type_name("FILE.svg");
-  leaks->add_option("--plot", options.plot_path,
-                    "Also write an SVG chart of memory over time to FILE, one per process: "
-                    "private memory (RSS), traced outstanding bytes and the fastest growing "
-                    "sites (open it in a browser)")
+  leaks
+      ->add_option("--plot", options.plot_path,
+                   "Also write an SVG chart of memory over time to FILE, one per process: "
+                   "private memory (RSS), traced outstanding bytes and the fastest growing "
+                   "sites (open it in a browser)")
       ->type_name("FILE.svg");
-  leaks->add_option("--suppressions", options.suppressions_path,
-                    "Sites to report as memory kept on purpose, besides the built-in ones: one "
-                    "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
+  leaks
+      ->add_option("--suppressions", options.suppressions_path,
+                   "Sites to report as memory kept on purpose, besides the built-in ones: one "
+                   "per line, FUNCTION_GLOB [MODULE_GLOB] [# REASON]")
       ->type_name("FILE");
-  leaks->add_option("--json-version", json_version_text,
-                    "JSON schema version to write: 2 (default: with leak verdicts and growth "
-                    "series) or 1 (for readers of memtrail.leaks/1)")
+  leaks
+      ->add_option("--json-version", json_version_text,
+                   "JSON schema version to write: 2 (default: with leak verdicts and growth "
+                   "series) or 1 (for readers of memtrail.leaks/1)")
       ->type_name("N");
-  leaks->add_option("--max-allocations", max_allocations,
-                    "Outstanding allocations memtrail can hold: sizes its table, 64 bytes of "
-                    "kernel memory each; more are counted as drops (default: from available "
-                    "memory, 1/256 of it, 262144 to 4194304)")
+  leaks
+      ->add_option("--max-allocations", max_allocations,
+                   "Outstanding allocations memtrail can hold: sizes its table, 64 bytes of "
+                   "kernel memory each; more are counted as drops (default: from available "
+                   "memory, 1/256 of it, 262144 to 4194304)")
       ->type_name("N");
   double max_stacks = 0;
-  leaks->add_option("--max-stacks", max_stacks,
-                    "Distinct call stacks (sites) memtrail can hold, about 600 bytes of kernel "
-                    "memory each; an allocation from one more is kept under its calling function "
-                    "only (default: from available memory, 1/1024 of it, 16384 to 262144)")
+  leaks
+      ->add_option("--max-stacks", max_stacks,
+                   "Distinct call stacks (sites) memtrail can hold, about 600 bytes of kernel "
+                   "memory each; an allocation from one more is kept under its calling function "
+                   "only (default: from available memory, 1/1024 of it, 16384 to 262144)")
       ->type_name("N");
   double sample_rate = 0;
-  leaks->add_option("--sample-rate", sample_rate,
-                    "Record one allocation per BYTES allocated on average, as tcmalloc does, "
-                    "for less overhead; totals stay unbiased estimates (default 0: every "
-                    "allocation)")
+  leaks
+      ->add_option("--sample-rate", sample_rate,
+                   "Record one allocation per BYTES allocated on average, as tcmalloc does, "
+                   "for less overhead; totals stay unbiased estimates (default 0: every "
+                   "allocation)")
       ->type_name("BYTES");
   leaks->add_flag("--cxx", options.trace_cxx,
                   "Also probe C++ operators new and delete (libstdc++): sites show new/new[], "
@@ -328,43 +341,48 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Do not trace the processes the targets fork (traced by default, from their "
                   "fork on)");
   std::vector<std::string> allocator_texts;
-  leaks->add_option("--allocator", allocator_texts,
-                    "Also trace a custom allocator: its file and functions, each in the role "
-                    "of a standard one, e.g. /usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free "
-                    "(repeat for several)")
+  leaks
+      ->add_option("--allocator", allocator_texts,
+                   "Also trace a custom allocator: its file and functions, each in the role "
+                   "of a standard one, e.g. /usr/lib/libfoo.so:foo_alloc=malloc,foo_free=free "
+                   "(repeat for several)")
       ->type_name("PATH:SYMBOL=ROLE,...");
   std::string unwind_mode = "auto";
-  leaks->add_option("--unwind", unwind_mode,
-                    "How call stacks are walked: auto (default: CFI tables from .eh_frame for "
-                    "modules built without frame pointers, frame pointers elsewhere), dwarf "
-                    "(CFI tables wherever there is CFI, nothing guessed) or fp (frame pointers "
-                    "only: cheapest, stops at the first frame without one)")
+  leaks
+      ->add_option("--unwind", unwind_mode,
+                   "How call stacks are walked: auto (default: CFI tables from .eh_frame for "
+                   "modules built without frame pointers, frame pointers elsewhere), dwarf "
+                   "(CFI tables wherever there is CFI, nothing guessed) or fp (frame pointers "
+                   "only: cheapest, stops at the first frame without one)")
       ->type_name("MODE");
   std::string python_frames = "mixed";
-  leaks->add_option("--python-frames", python_frames,
-                    "What stacks of CPython processes show: mixed (default: Python frames, "
-                    "with file and line, in place of the interpreter's eval loop, between the "
-                    "native frames of C code), python (Python frames only) or native (the "
-                    "interpreter's C frames only; no Python frame walk, no cost)")
+  leaks
+      ->add_option("--python-frames", python_frames,
+                   "What stacks of CPython processes show: mixed (default: Python frames, "
+                   "with file and line, in place of the interpreter's eval loop, between the "
+                   "native frames of C code), python (Python frames only) or native (the "
+                   "interpreter's C frames only; no Python frame walk, no cost)")
       ->type_name("MODE");
   leaks->add_flag("--python-types", options.python_types,
                   "For CPython processes, also count the objects the garbage collector tracks "
                   "by type (class instances, dict, list, tuple, ...): made minus freed since "
                   "attach, their bytes and growth (python_types in JSON). A probe per object "
                   "made and freed: opt-in");
-  leaks->add_option("--unwind-table-mib", unwind_table_mib_text,
-                    "Kernel memory for CFI unwind tables, shared by all traced processes "
-                    "(default 8, 16 with --all, and a quarter more for page indexes; libc takes "
-                    "0.25): modules "
-                    "that do not fit are unwound by "
-                    "frame pointers (auto) or not at all (dwarf), and the report says so")
+  leaks
+      ->add_option("--unwind-table-mib", unwind_table_mib_text,
+                   "Kernel memory for CFI unwind tables, shared by all traced processes "
+                   "(default 8, 16 with --all, and a quarter more for page indexes; libc takes "
+                   "0.25): modules "
+                   "that do not fit are unwound by "
+                   "frame pointers (auto) or not at all (dwarf), and the report says so")
       ->type_name("MIB");
   leaks->add_flag("-q,--quiet", options.quiet, "Print only the final report");
   leaks->add_flag("-v,--verbose", options.verbose,
                   "Show probe placement, map memory, report timing and libbpf messages");
   // Hidden (empty group): for bench/run.py, which measures what the probes' traps alone cost.
-  leaks->add_flag("--probe-floor", options.probe_floor,
-                  "Attach every probe with programs that do nothing (benchmarks)")
+  leaks
+      ->add_flag("--probe-floor", options.probe_floor,
+                 "Attach every probe with programs that do nothing (benchmarks)")
       ->group("");
   leaks->add_option("command", options.command, "Command to launch and trace (after --)")
       ->type_name("COMMAND [ARGS]");
@@ -374,27 +392,35 @@ Command parse_command_line(int argc, const char* const* argv) {
   std::string paging_duration_text, paging_interval_text, paging_top_text, max_processes_text;
   std::string deep_mode = "auto";
   CLI::App* paging = app.add_subcommand(
-      "paging", "Diagnose paging pressure and thrashing: host, memory cgroups, culprits and victims");
-  paging->add_option("-d,--duration", paging_duration_text, "Stop after SECONDS (default: until Ctrl-C)")
+      "paging",
+      "Diagnose paging pressure and thrashing: host, memory cgroups, culprits and victims");
+  paging
+      ->add_option("-d,--duration", paging_duration_text,
+                   "Stop after SECONDS (default: until Ctrl-C)")
       ->type_name("SECONDS");
-  paging->add_option("-i,--interval", paging_interval_text,
-                     "One screen, and one point of every series, every SECONDS (default 2)")
+  paging
+      ->add_option("-i,--interval", paging_interval_text,
+                   "One screen, and one point of every series, every SECONDS (default 2)")
       ->type_name("SECONDS");
   paging->add_option("-n,--top", paging_top_text, "Processes shown (default 10)")->type_name("N");
-  paging->add_option("-j,--json", paging_options.json_path,
-                     "Write the final report as JSON (memtrail.paging/1) to FILE")
+  paging
+      ->add_option("-j,--json", paging_options.json_path,
+                   "Write the final report as JSON (memtrail.paging/1) to FILE")
       ->type_name("FILE");
-  paging->add_option("--cgroup", paging_options.cgroup,
-                     "Focus on one memory cgroup and its processes: a cgroup v1 or v2 directory, "
-                     "or its path as in /proc/PID/cgroup")
+  paging
+      ->add_option("--cgroup", paging_options.cgroup,
+                   "Focus on one memory cgroup and its processes: a cgroup v1 or v2 directory, "
+                   "or its path as in /proc/PID/cgroup")
       ->type_name("PATH");
-  paging->add_option("--deep", deep_mode,
-                     "Per-fault hooks (fault timing, refaults and swap-ins per process): auto "
-                     "(default: attached while memory is under pressure), always, never")
+  paging
+      ->add_option("--deep", deep_mode,
+                   "Per-fault hooks (fault timing, refaults and swap-ins per process): auto "
+                   "(default: attached while memory is under pressure), always, never")
       ->type_name("MODE");
-  paging->add_option("--max-processes", max_processes_text,
-                     "Processes with BPF counters at once (default 32768); events of more are "
-                     "counted as not recorded")
+  paging
+      ->add_option("--max-processes", max_processes_text,
+                   "Processes with BPF counters at once (default 32768); events of more are "
+                   "counted as not recorded")
       ->type_name("N");
   paging->add_flag("-q,--quiet", paging_options.quiet, "Print only the final report");
   paging->add_flag("-v,--verbose", paging_options.verbose, "Show libbpf messages and timings");
@@ -418,31 +444,35 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->required()
       ->type_name("FILE");
   std::string report_format = "text";
-  report->add_option("-f,--format", report_format,
-                     "text (default), json, folded or pprof (needs -o)")
+  report
+      ->add_option("-f,--format", report_format, "text (default), json, folded or pprof (needs -o)")
       ->type_name("FORMAT");
   report->add_option("-o,--output", report_options.output_path, "Write to FILE, not stdout")
       ->type_name("FILE");
-  report->add_option("--flamegraph", report_options.flamegraph_path,
-                     "Also write an interactive SVG flame graph of outstanding bytes to FILE")
+  report
+      ->add_option("--flamegraph", report_options.flamegraph_path,
+                   "Also write an interactive SVG flame graph of outstanding bytes to FILE")
       ->type_name("FILE.svg");
-  report->add_option("--plot", report_options.plot_path,
-                     "Also write an SVG chart of memory over time per process to FILE")
+  report
+      ->add_option("--plot", report_options.plot_path,
+                   "Also write an SVG chart of memory over time per process to FILE")
       ->type_name("FILE.svg");
   report->add_option("-n,--top", report_top_text, "Sites shown as text (default 10)")
       ->type_name("N");
-  report->add_option("--json-version", report_json_version_text,
-                     "JSON schema version to write: 2 (default) or 1")
+  report
+      ->add_option("--json-version", report_json_version_text,
+                   "JSON schema version to write: 2 (default) or 1")
       ->type_name("N");
-  report->footer("EXAMPLES\n"
-                 "  memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg\n"
-                 "  memtrail report leaks.json --format pprof -o leaks.pb.gz && "
-                 "go tool pprof -http=: leaks.pb.gz\n");
+  report->footer(
+      "EXAMPLES\n"
+      "  memtrail report leaks.json --format folded | flamegraph.pl > leaks.svg\n"
+      "  memtrail report leaks.json --format pprof -o leaks.pb.gz && "
+      "go tool pprof -http=: leaks.pb.gz\n");
 
   DiffOptions diff_options;
   std::string diff_top_text;
-  CLI::App* diff = app.add_subcommand(
-      "diff", "Show which allocation sites grew between two saved JSON reports");
+  CLI::App* diff =
+      app.add_subcommand("diff", "Show which allocation sites grew between two saved JSON reports");
   diff->add_option("before", diff_options.before_path, "The earlier report")
       ->required()
       ->type_name("BEFORE.json");
@@ -450,9 +480,10 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->required()
       ->type_name("AFTER.json");
   diff->add_option("-n,--top", diff_top_text, "Sites shown (default 20)")->type_name("N");
-  diff->footer("Sites match by command name and call stack (module and offset of each frame), "
-               "so reports\nof two runs of the same programs compare even though pids and "
-               "addresses differ.\n");
+  diff->footer(
+      "Sites match by command name and call stack (module and offset of each frame), "
+      "so reports\nof two runs of the same programs compare even though pids and "
+      "addresses differ.\n");
 
   // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
   std::string command_name = argc > 1 ? argv[1] : "";
@@ -471,16 +502,16 @@ Command parse_command_line(int argc, const char* const* argv) {
   } catch (const CLI::CallForVersion&) {
     return ExitRequest{kExitOk, std::string("memtrail ") + kVersion + "\n"};
   } catch (const CLI::ParseError& error) {
-    return ExitRequest{kExitUsage, std::string("memtrail: error: ") + error.what() +
-                                       "\nmemtrail: hint: see memtrail " +
-                                       (command_name.empty() || command_name[0] == '-'
-                                            ? std::string("")
-                                            : command_name + " ") +
-                                       "--help\n"};
+    return ExitRequest{kExitUsage,
+                       std::string("memtrail: error: ") + error.what() +
+                           "\nmemtrail: hint: see memtrail " +
+                           (command_name.empty() || command_name[0] == '-' ? std::string("")
+                                                                           : command_name + " ") +
+                           "--help\n"};
   }
   auto usage_of = [](const std::string& command, const std::string& message) {
-    return ExitRequest{kExitUsage, "memtrail: error: " + message + "\nmemtrail: hint: see memtrail " +
-                                       command + " --help\n"};
+    return ExitRequest{kExitUsage, "memtrail: error: " + message +
+                                       "\nmemtrail: hint: see memtrail " + command + " --help\n"};
   };
   auto format_of = [](const std::string& name) -> std::optional<Format> {
     auto it = kFormats.find(name);

@@ -40,8 +40,7 @@ uint32_t max_stacks_for(uint64_t available_bytes);
 uint32_t unwind_table_mib_for(bool host_wide);
 
 // Parses one --allocator value; nullopt and `error` set when it is malformed.
-std::optional<AllocatorOption> parse_allocator_option(const std::string& text,
-                                                      std::string& error);
+std::optional<AllocatorOption> parse_allocator_option(const std::string& text, std::string& error);
 
 struct LeaksOptions {
   std::vector<uint32_t> pids;
@@ -54,23 +53,23 @@ struct LeaksOptions {
   // --max-allocations; nullopt: sized from the host's available memory (max_allocations_for).
   std::optional<uint32_t> max_allocations;
   std::optional<uint32_t> max_stacks;  // --max-stacks; nullopt: max_stacks_for(MemAvailable)
-  uint64_t sample_rate = 0;  // bytes between samples on average; 0: every allocation
-  bool quiet = false;  // no interval reports, only the final one
+  uint64_t sample_rate = 0;            // bytes between samples on average; 0: every allocation
+  bool quiet = false;                  // no interval reports, only the final one
   bool verbose = false;
-  int json_version = 2;      // memtrail.leaks/N written by --json
+  int json_version = 2;           // memtrail.leaks/N written by --json
   Format format = Format::kText;  // of the final report (stdout, or output_path)
   std::string output_path;        // -o: the final report goes to this file
   std::string flamegraph_path;    // --flamegraph: an SVG flame graph of the final report
   std::string plot_path;          // --plot: an SVG chart of memory over time per process
   std::string suppressions_path;  // --suppressions FILE: the user's own, besides the built-ins
-  bool trace_cxx = false;    // --cxx: probe C++ operators new/delete too
+  bool trace_cxx = false;         // --cxx: probe C++ operators new/delete too
   bool mmap = false;  // --mmap: follow memory mapped by mmap/mremap/brk (costs every process)
   bool no_follow_forks = false;  // --no-follow-forks: leave the targets' children alone
   // --all: every process using a traced allocator, now and started later, narrowed by these.
   bool all = false;
-  std::vector<std::string> comms;         // --comm NAME: only processes of this name
-  std::vector<std::string> cgroups;       // --cgroup PATH: only processes in this cgroup (or below)
-  std::vector<uint32_t> excluded_pids;    // --exclude-pid PID
+  std::vector<std::string> comms;       // --comm NAME: only processes of this name
+  std::vector<std::string> cgroups;     // --cgroup PATH: only processes in this cgroup (or below)
+  std::vector<uint32_t> excluded_pids;  // --exclude-pid PID
   std::vector<AllocatorOption> allocators;  // --allocator: custom allocators, probed as well
   model::UnwindMode unwind = model::UnwindMode::kAuto;  // --unwind fp|dwarf|auto
   // --python-frames native|python|mixed: what CPython processes' stacks show.
@@ -89,7 +88,7 @@ struct PagingOptions {
   double interval_s = 2;
   uint32_t top = 10;
   std::string json_path;
-  std::string cgroup;  // --cgroup: a memory cgroup (v1 or v2 path) to focus on
+  std::string cgroup;               // --cgroup: a memory cgroup (v1 or v2 path) to focus on
   DeepMode deep = DeepMode::kAuto;  // per-fault hooks: while under pressure, always, never
   uint32_t max_processes = 32768;
   bool quiet = false;  // no screen per interval, only the final report
@@ -119,8 +118,7 @@ struct ExitRequest {
   int code = 0;
   std::string message;  // printed to stdout for code 0, to stderr otherwise
 };
-using Command =
-    std::variant<LeaksOptions, PagingOptions, ReportOptions, DiffOptions, ExitRequest>;
+using Command = std::variant<LeaksOptions, PagingOptions, ReportOptions, DiffOptions, ExitRequest>;
 
 Command parse_command_line(int argc, const char* const* argv);
 

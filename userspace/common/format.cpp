@@ -44,8 +44,8 @@ std::string human_duration(double seconds) {
   uint64_t hours = whole / 3600, minutes = whole / 60 % 60, secs = whole % 60;
   if (hours > 0) {
     std::snprintf(buffer, sizeof(buffer), "%lluh%02llum%02llus",
-                  static_cast<unsigned long long>(hours),
-                  static_cast<unsigned long long>(minutes), static_cast<unsigned long long>(secs));
+                  static_cast<unsigned long long>(hours), static_cast<unsigned long long>(minutes),
+                  static_cast<unsigned long long>(secs));
   } else {
     std::snprintf(buffer, sizeof(buffer), "%llum%02llus", static_cast<unsigned long long>(minutes),
                   static_cast<unsigned long long>(secs));

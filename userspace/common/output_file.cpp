@@ -65,8 +65,9 @@ void check_output_path(const std::string& path, const std::string& option) {
   struct stat info {};
   if (::stat(path.c_str(), &info) == 0) {
     if (S_ISDIR(info.st_mode)) {
-      fail_check(option, path, "it is a directory; give a file name, e.g. " +
-                                   (path.back() == '/' ? path : path + "/") + "report");
+      fail_check(option, path,
+                 "it is a directory; give a file name, e.g. " +
+                     (path.back() == '/' ? path : path + "/") + "report");
     }
     if (!S_ISREG(info.st_mode)) {
       // A device or FIFO is written in place: its permission is all there is to check.

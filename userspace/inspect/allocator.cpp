@@ -158,7 +158,6 @@ Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& cod
                       raw[first + 2].mnemonic};
 }
 
-
 namespace {
 
 // Extension functions get a kind named after them when first probed (see AllocationKind).
@@ -228,14 +227,14 @@ const std::vector<FunctionSpec>& mimalloc_specs() {
       {"mi_malloc_aligned", ProbeRole::kSizeAlloc, kNamedKind},  // (size, alignment)
       {"mi_zalloc_aligned", ProbeRole::kSizeAlloc, kNamedKind},
       {"mi_calloc", ProbeRole::kCalloc, kNamedKind},
-      {"mi_mallocn", ProbeRole::kCalloc, kNamedKind},           // (count, size)
-      {"mi_calloc_aligned", ProbeRole::kCalloc, kNamedKind},    // (count, size, alignment)
+      {"mi_mallocn", ProbeRole::kCalloc, kNamedKind},         // (count, size)
+      {"mi_calloc_aligned", ProbeRole::kCalloc, kNamedKind},  // (count, size, alignment)
       {"mi_realloc", ProbeRole::kRealloc, kNamedKind},
       {"mi_rezalloc", ProbeRole::kRealloc, kNamedKind},
       {"mi_realloc_aligned", ProbeRole::kRealloc, kNamedKind},  // (ptr, size, alignment)
       {"mi_reallocn", ProbeRole::kReallocArray, kNamedKind},    // (ptr, count, size)
       {"mi_recalloc", ProbeRole::kReallocArray, kNamedKind},
-      {"mi_heap_malloc", ProbeRole::kHeapAlloc, kNamedKind},    // (heap, size)
+      {"mi_heap_malloc", ProbeRole::kHeapAlloc, kNamedKind},  // (heap, size)
       {"mi_heap_zalloc", ProbeRole::kHeapAlloc, kNamedKind},
       {"mi_free", ProbeRole::kFree, kNoKind},
       {"mi_free_size", ProbeRole::kFree, kNoKind},
@@ -252,11 +251,16 @@ struct RoleSpec {
 
 const std::vector<RoleSpec>& custom_roles() {
   static const std::vector<RoleSpec> roles = {
-      {"malloc", ProbeRole::kSizeAlloc},          {"calloc", ProbeRole::kCalloc},
-      {"realloc", ProbeRole::kRealloc},           {"reallocarray", ProbeRole::kReallocArray},
-      {"posix_memalign", ProbeRole::kPosixMemalign}, {"aligned_alloc", ProbeRole::kAlignedAlloc},
-      {"memalign", ProbeRole::kAlignedAlloc},     {"valloc", ProbeRole::kSizeAlloc},
-      {"pvalloc", ProbeRole::kSizeAlloc},         {"free", ProbeRole::kFree},
+      {"malloc", ProbeRole::kSizeAlloc},
+      {"calloc", ProbeRole::kCalloc},
+      {"realloc", ProbeRole::kRealloc},
+      {"reallocarray", ProbeRole::kReallocArray},
+      {"posix_memalign", ProbeRole::kPosixMemalign},
+      {"aligned_alloc", ProbeRole::kAlignedAlloc},
+      {"memalign", ProbeRole::kAlignedAlloc},
+      {"valloc", ProbeRole::kSizeAlloc},
+      {"pvalloc", ProbeRole::kSizeAlloc},
+      {"free", ProbeRole::kFree},
   };
   return roles;
 }
@@ -320,8 +324,7 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   auto key = std::make_pair(symbol.address, static_cast<int>(spec.role));
   auto known = elf.placements.find(key);
   if (known == elf.placements.end()) {
-    Placement chosen =
-        choose_probe_placement(spec.role, elf.read_code(symbol.address, code_size));
+    Placement chosen = choose_probe_placement(spec.role, elf.read_code(symbol.address, code_size));
     known = elf.placements.emplace(key, std::make_pair(chosen.offset, chosen.reason)).first;
   }
   Placement placement{known->second.first, known->second.second};
@@ -374,8 +377,7 @@ std::optional<AllocatorModule> allocator_in_file(const ProcessFile& file) {
                          probes_in(elf, function_specs()), ""};
 }
 
-std::string classify_allocator(const ProcessFile& file, bool main_program,
-                               bool static_executable) {
+std::string classify_allocator(const ProcessFile& file, bool main_program, bool static_executable) {
   ElfFile elf = ElfFile::open(open_file(file).fd, file.path);
   return classify(elf, file.path, main_program, static_executable);
 }
@@ -428,9 +430,10 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
                           ": none of its " + std::to_string(order.modules.size()) +
                           " modules defines malloc and free";
     if (!unreadable.empty()) message += " (" + unreadable.front() + ")";
-    throw NoAllocatorFound(message,
-                "memtrail traces the malloc family (glibc, jemalloc, tcmalloc, mimalloc); for "
-                "another allocator name its functions with --allocator PATH:SYMBOLS");
+    throw NoAllocatorFound(
+        message,
+        "memtrail traces the malloc family (glibc, jemalloc, tcmalloc, mimalloc); for "
+        "another allocator name its functions with --allocator PATH:SYMBOLS");
   }
 
   ProcessAllocators result;
@@ -447,8 +450,8 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     }
     bool delete_is_free = false;
     for (const auto& entry : bound[i]) {
-      delete_is_free |= entry.spec.role == ProbeRole::kDelete &&
-                        free_addresses.count(entry.symbol.address) > 0;
+      delete_is_free |=
+          entry.spec.role == ProbeRole::kDelete && free_addresses.count(entry.symbol.address) > 0;
     }
     std::set<uint64_t> probed;
     for (auto entry : bound[i]) {
@@ -457,8 +460,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
         entry.spec.kind = kNoKind;
       }
       std::string name = entry.spec.name;
-      if (delete_is_free && (entry.spec.kind == Kind::kNew ||
-                             entry.spec.kind == Kind::kNewArray)) {
+      if (delete_is_free && (entry.spec.kind == Kind::kNew || entry.spec.kind == Kind::kNewArray)) {
         entry.spec.kind = intern_kind(entry.spec.kind == Kind::kNew ? "new" : "new[]");
       }
       if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
@@ -467,8 +469,9 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
       }
     }
     if (delete_is_free) {
-      module.note = "its operator delete is free itself: mismatched new/free pairs cannot be "
-                    "told apart here";
+      module.note =
+          "its operator delete is free itself: mismatched new/free pairs cannot be "
+          "told apart here";
     }
     result.modules.push_back(std::move(module));
   }

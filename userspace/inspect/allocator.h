@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "common/error.h"
-#include "model/snapshot.h"
 #include "inspect/load_order.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process_file.h"
+#include "model/snapshot.h"
 
 namespace memtrail::inspect {
 
@@ -29,14 +29,14 @@ enum class ProbeRole {
 };
 
 struct FunctionProbe {
-  std::string name;             // e.g. "malloc"; aliases at the same address are merged
+  std::string name;  // e.g. "malloc"; aliases at the same address are merged
   ProbeRole role = ProbeRole::kFree;
   // Recorded with each allocation; for kDelete, the kind of the blocks it releases (kNew for
   // operator delete, kNewArray for operator delete[]).
   model::AllocationKind kind = model::AllocationKind::kMalloc;
-  uint64_t entry_offset = 0;    // file offset of the function's first instruction
-  uint64_t probe_offset = 0;    // file offset of the entry probe (may skip a leading check)
-  std::string placement;        // why probe_offset was chosen, for -v and the docs
+  uint64_t entry_offset = 0;  // file offset of the function's first instruction
+  uint64_t probe_offset = 0;  // file offset of the entry probe (may skip a leading check)
+  std::string placement;      // why probe_offset was chosen, for -v and the docs
 };
 
 struct AllocatorModule {
@@ -93,8 +93,7 @@ std::optional<AllocatorModule> allocator_in_file(const ProcessFile& file);
 
 // What the allocator in one module is (see AllocatorModule::name), from the symbols it
 // defines; empty when it defines none of the allocator functions memtrail knows.
-std::string classify_allocator(const ProcessFile& file, bool main_program,
-                               bool static_executable);
+std::string classify_allocator(const ProcessFile& file, bool main_program, bool static_executable);
 
 // Binds every allocator function memtrail knows (glibc's malloc family; jemalloc's mallocx,
 // rallocx, sdallocx, dallocx; tcmalloc's tc_*; mimalloc's mi_*; with `cxx`, operators new and

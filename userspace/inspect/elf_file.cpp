@@ -2,9 +2,9 @@
 // The one reader of ELF files: opening and checking, segments, sections, symbols, build-id.
 #include "inspect/elf_file.h"
 
-#include <sys/stat.h>
 #include <gelf.h>
 #include <libelf.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,7 +53,8 @@ std::string build_id_in_notes(Elf_Data* data) {
 std::optional<uint64_t> address_at_file_offset(std::span<const LoadSegment> segments,
                                                uint64_t file_offset) {
   for (const LoadSegment& segment : segments) {
-    if (file_offset >= segment.file_offset && file_offset < segment.file_offset + segment.file_size) {
+    if (file_offset >= segment.file_offset &&
+        file_offset < segment.file_offset + segment.file_size) {
       return segment.vaddr + (file_offset - segment.file_offset);
     }
   }
@@ -66,8 +67,8 @@ std::shared_ptr<const ElfFile> ElfFile::open_shared(UniqueFd fd, const std::stri
     return std::make_shared<const ElfFile>(open(std::move(fd), path));
   }
   std::string key = std::to_string(info.st_dev) + ":" + std::to_string(info.st_ino) + ":" +
-                    std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) +
-                    "." + std::to_string(info.st_mtim.tv_nsec);
+                    std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) + "." +
+                    std::to_string(info.st_mtim.tv_nsec);
   // Each entry holds a descriptor: a bounded number of files, forgotten all at once when full.
   static std::unordered_map<std::string, std::shared_ptr<const ElfFile>> opened;
   auto it = opened.find(key);
@@ -177,9 +178,9 @@ std::string ElfFile::build_id() const {
   for (size_t i = 0; i < count; ++i) {
     GElf_Phdr header;
     if (!gelf_getphdr(elf(), static_cast<int>(i), &header) || header.p_type != PT_NOTE) continue;
-    std::string hex = build_id_in_notes(elf_getdata_rawchunk(
-        elf(), static_cast<int64_t>(header.p_offset), header.p_filesz,
-        header.p_align == 8 ? ELF_T_NHDR8 : ELF_T_NHDR));
+    std::string hex = build_id_in_notes(
+        elf_getdata_rawchunk(elf(), static_cast<int64_t>(header.p_offset), header.p_filesz,
+                             header.p_align == 8 ? ELF_T_NHDR8 : ELF_T_NHDR));
     if (!hex.empty()) return hex;
   }
   return "";
@@ -213,8 +214,8 @@ const ElfFile::Symbols& ElfFile::symbols() const {
     Elf_Data* data = elf_getdata(section, nullptr);
     if (!data || section_header.sh_entsize == 0) continue;
     // The symbols libelf could read, whatever sh_size claims.
-    size_t count = std::min<uint64_t>(section_header.sh_size, data->d_size) /
-                   section_header.sh_entsize;
+    size_t count =
+        std::min<uint64_t>(section_header.sh_size, data->d_size) / section_header.sh_entsize;
     for (size_t i = 0; i < count; ++i) {
       GElf_Sym symbol;
       if (!gelf_getsym(data, static_cast<int>(i), &symbol)) continue;
@@ -227,7 +228,8 @@ const ElfFile::Symbols& ElfFile::symbols() const {
       if (!name || !*name) continue;
       if (type == STT_OBJECT) {  // variables: exported ones only (e.g. CPython's _PyRuntime)
         if (section_header.sh_type == SHT_DYNSYM) {
-          index.objects.try_emplace(name, FunctionSymbol{name, symbol.st_value, symbol.st_size, true});
+          index.objects.try_emplace(name,
+                                    FunctionSymbol{name, symbol.st_value, symbol.st_size, true});
         }
         continue;
       }

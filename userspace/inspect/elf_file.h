@@ -24,7 +24,8 @@ struct FunctionSymbol {
   uint64_t address = 0;  // ELF virtual address
   uint64_t size = 0;
   // In .dynsym with global or weak binding and a default version: what the dynamic linker can
-  // bind other modules' references to. A static executable binds everything internally, .symtab included.
+  // bind other modules' references to. A static executable binds everything internally, .symtab
+  // included.
   bool exported = false;
 };
 

@@ -200,8 +200,8 @@ LoadOrder command_load_order(const std::string& executable) {
   for (auto& argument : argv_storage) argv.push_back(argument.data());
   argv.push_back(nullptr);
   pid_t child = -1;
-  int spawn_error = posix_spawn(&child, interpreter.c_str(), &actions, nullptr, argv.data(),
-                                environ);
+  int spawn_error =
+      posix_spawn(&child, interpreter.c_str(), &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   output_write.reset();  // the loader's is the only write end left: its exit ends the read
   std::string output;

@@ -24,9 +24,9 @@ struct ModuleFile {
 // places each mmap below the previous one, and ASLR shuffles the rest.
 struct LoadOrder {
   std::vector<ModuleFile> modules;
-  bool static_executable = false;   // no dynamic linker: the executable binds everything itself
+  bool static_executable = false;    // no dynamic linker: the executable binds everything itself
   std::vector<ModuleFile> unlinked;  // mapped ELF-looking files outside the link map
-  std::string source;               // how the order was found, for -v and the report
+  std::string source;                // how the order was found, for -v and the report
 };
 
 // Reads the link map of a running process: the executable's DT_DEBUG entry points at the

@@ -49,10 +49,9 @@ std::optional<Mapping> parse_line(std::string_view line) {
   uint64_t major = 0, minor = 0;
   if (dash == std::string_view::npos || perms.size() < 4 || colon == std::string_view::npos ||
       !parse_hex(range.substr(0, dash), mapping.start) ||
-      !parse_hex(range.substr(dash + 1), mapping.end) ||
-      !parse_hex(offset, mapping.file_offset) || !parse_hex(device.substr(0, colon), major) ||
-      !parse_hex(device.substr(colon + 1), minor) || major > UINT32_MAX || minor > UINT32_MAX ||
-      !parse_dec(inode, mapping.inode)) {
+      !parse_hex(range.substr(dash + 1), mapping.end) || !parse_hex(offset, mapping.file_offset) ||
+      !parse_hex(device.substr(0, colon), major) || !parse_hex(device.substr(colon + 1), minor) ||
+      major > UINT32_MAX || minor > UINT32_MAX || !parse_dec(inode, mapping.inode)) {
     return std::nullopt;
   }
   mapping.device = makedev(static_cast<unsigned>(major), static_cast<unsigned>(minor));

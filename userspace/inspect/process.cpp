@@ -78,9 +78,8 @@ std::vector<std::string> cgroup_paths(const std::string& text) {
   std::string line;
   while (std::getline(lines, line)) {
     // "ID:CONTROLLERS:PATH"; the unified hierarchy is "0::PATH".
-    size_t first = line.find(':'), second = first == std::string::npos
-                                                 ? std::string::npos
-                                                 : line.find(':', first + 1);
+    size_t first = line.find(':'),
+           second = first == std::string::npos ? std::string::npos : line.find(':', first + 1);
     if (second == std::string::npos) continue;
     std::string path = line.substr(second + 1);
     if (path.empty()) continue;
@@ -108,10 +107,10 @@ bool cgroup_within(const std::string& path, const std::string& ancestor) {
 std::string resolve_command(const std::string& command) {
   if (command.find('/') != std::string::npos) {
     if (is_executable_file(command)) return command;
-    throw Error("cannot run " + command + ": " +
-                    (::access(command.c_str(), F_OK) == 0 ? "not an executable file"
-                                                          : "no such file"),
-                "check the command's path and permissions");
+    throw Error(
+        "cannot run " + command + ": " +
+            (::access(command.c_str(), F_OK) == 0 ? "not an executable file" : "no such file"),
+        "check the command's path and permissions");
   }
   const char* path_env = std::getenv("PATH");
   std::string search = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";

@@ -39,8 +39,8 @@ UniqueFd locate_mapped(const ProcessFile& file) {
   if (auto mappings = read_proc_maps(file.pid)) {
     for (const Mapping& mapping : *mappings) {
       if (mapping.inode != file.inode || mapping.device != file.device) continue;
-      mapped.reset(::open(map_files_path(file.pid, mapping.start, mapping.end).c_str(),
-                          O_PATH | O_CLOEXEC));
+      mapped.reset(
+          ::open(map_files_path(file.pid, mapping.start, mapping.end).c_str(), O_PATH | O_CLOEXEC));
       if (mapped || errno != ENOENT) return mapped;
     }
   }
@@ -58,8 +58,8 @@ std::string described(const ProcessFile& file) {
 // `path` resolved inside the root of process `pid`: absolute symlinks and ".." stay inside it,
 // as they do for the process; magic links (/proc/self/...) could lead anywhere and are refused.
 UniqueFd locate_in_root(uint32_t pid, const std::string& path) {
-  UniqueFd root(::open(("/proc/" + std::to_string(pid) + "/root").c_str(),
-                       O_PATH | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd root(
+      ::open(("/proc/" + std::to_string(pid) + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root) return root;
   open_how how{};
   how.flags = O_PATH | O_CLOEXEC;

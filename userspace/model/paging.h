@@ -13,8 +13,8 @@ namespace memtrail::model {
 
 // One PSI resource file (/proc/pressure/memory, <cgroup v2>/memory.pressure).
 struct PressureStall {
-  bool available = false;  // the file exists and parsed
-  double some_avg10 = 0, full_avg10 = 0;  // percent, as the kernel prints them
+  bool available = false;                         // the file exists and parsed
+  double some_avg10 = 0, full_avg10 = 0;          // percent, as the kernel prints them
   uint64_t some_total_us = 0, full_total_us = 0;  // cumulative stall time
 };
 
@@ -35,7 +35,7 @@ struct HostSample {
   uint64_t mem_total_bytes = 0, mem_available_bytes = 0;
   uint64_t swap_total_bytes = 0, swap_free_bytes = 0;
   uint64_t zswap_pool_bytes = 0, zswapped_bytes = 0;  // meminfo Zswap / Zswapped
-  bool zswap_enabled = false;  // /sys/module/zswap/parameters/enabled
+  bool zswap_enabled = false;                         // /sys/module/zswap/parameters/enabled
 };
 
 // One memory cgroup at one instant, v1 or v2. Counters a version lacks stay unset.
@@ -46,8 +46,8 @@ struct CgroupSample {
   uint64_t id = 0;  // inode of the cgroup directory = kernfs id, which BPF sees for its memcg
   int version = 2;  // 1: /sys/fs/cgroup/memory (v1 controller); 2: unified hierarchy
   std::optional<uint64_t> limit_bytes;  // none: unlimited (v1 huge value, v2 "max")
-  uint64_t usage_bytes = 0;  // v1 memory.usage_in_bytes, v2 memory.current
-  uint64_t swap_bytes = 0;   // v1 memory.stat swap (total_swap), v2 memory.swap.current
+  uint64_t usage_bytes = 0;             // v1 memory.usage_in_bytes, v2 memory.current
+  uint64_t swap_bytes = 0;              // v1 memory.stat swap (total_swap), v2 memory.swap.current
   PressureStall psi;  // v2 memory.pressure; for v1, the same path under the unified mount
   // memory.stat, hierarchical totals where v1 offers them (total_*).
   uint64_t pgfault = 0, pgmajfault = 0;
@@ -55,7 +55,7 @@ struct CgroupSample {
   uint64_t workingset_restore_anon = 0, workingset_restore_file = 0;
   std::optional<uint64_t> pswpin, pswpout, zswpin;  // v2 only (v1: from BPF in deep mode)
   std::optional<uint64_t> pgscan;                   // v2 only
-  uint64_t oom_kill = 0;  // v1 memory.oom_control oom_kill, v2 memory.events oom_kill
+  uint64_t oom_kill = 0;            // v1 memory.oom_control oom_kill, v2 memory.events oom_kill
   std::optional<uint64_t> failcnt;  // v1 memory.failcnt: times usage hit the limit
 };
 
@@ -76,9 +76,9 @@ struct TaskPagingStats {
   std::string comm;
   uint64_t memcg_id = 0;  // kernfs id of its memory cgroup at its last counted event
   bool exited = false;
-  uint64_t major_faults = 0;        // perf software event PAGE_FAULTS_MAJ
-  uint64_t timed_major_faults = 0;  // major faults whose wait was timed (deep mode)
-  uint64_t major_fault_wait_ns = 0; // their wait, less reclaim done inside them
+  uint64_t major_faults = 0;         // perf software event PAGE_FAULTS_MAJ
+  uint64_t timed_major_faults = 0;   // major faults whose wait was timed (deep mode)
+  uint64_t major_fault_wait_ns = 0;  // their wait, less reclaim done inside them
   uint64_t direct_reclaim_ns = 0, memcg_reclaim_ns = 0;  // time stalled reclaiming
   uint64_t reclaim_passes = 0, pages_reclaimed = 0;
   uint64_t swapout_pages = 0;  // anon pages this task wrote to swap as a reclaimer
@@ -106,22 +106,22 @@ struct OomKill {
 
 // What the paging tracer dropped or could not do; shown in every report.
 struct PagingTracerCounters {
-  uint64_t processes_not_tracked = 0;  // per-process map full
-  uint64_t oom_kills_not_recorded = 0; // OOM victims map full
-  uint64_t cgroups_not_tracked = 0;    // per-cgroup swap-in map full
-  uint64_t stalls_not_timed = 0;       // no task storage for a thread: a stall went untimed
+  uint64_t processes_not_tracked = 0;   // per-process map full
+  uint64_t oom_kills_not_recorded = 0;  // OOM victims map full
+  uint64_t cgroups_not_tracked = 0;     // per-cgroup swap-in map full
+  uint64_t stalls_not_timed = 0;        // no task storage for a thread: a stall went untimed
 };
 
 // Everything sampled at one tick.
 struct PagingSample {
-  double t_s = 0;        // seconds since memtrail started (monotonic)
-  int64_t unix_ms = 0;   // wall clock, for the report
+  double t_s = 0;       // seconds since memtrail started (monotonic)
+  int64_t unix_ms = 0;  // wall clock, for the report
   HostSample host;
   std::vector<CgroupSample> cgroups;
   std::vector<ProcessSample> processes;
-  std::vector<TaskPagingStats> tasks;  // from BPF
+  std::vector<TaskPagingStats> tasks;    // from BPF
   std::vector<MemcgPagingStats> memcgs;  // from BPF, deep mode
-  std::vector<OomKill> oom_kills;      // new since the previous sample
+  std::vector<OomKill> oom_kills;        // new since the previous sample
   PagingTracerCounters counters;
   bool deep = false;  // deep-mode hooks were attached during (part of) the interval ending here
 };

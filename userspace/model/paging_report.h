@@ -28,7 +28,7 @@ struct ScopeInterval {
   // Host only: the pressure is that of memory cgroups at their own limits; the host does no
   // global reclaim, so processes outside those cgroups are not its victims.
   bool memcg_limited = false;
-  std::string reason;  // the numbers that decided the verdict
+  std::string reason;                                // the numbers that decided the verdict
   std::optional<double> psi_some_pct, psi_full_pct;  // share of the interval stalled
   double major_faults_per_s = 0, minor_faults_per_s = 0;
   std::optional<double> swapin_pages_per_s, swapout_pages_per_s;
@@ -40,11 +40,11 @@ struct ScopeInterval {
   // Seconds per second that the scope's processes stalled reclaiming (summed over threads).
   double direct_reclaim_stall = 0, memcg_reclaim_stall = 0;
   double kswapd_scan_pages_per_s = 0, direct_scan_pages_per_s = 0;  // host only
-  uint64_t memory_bytes = 0;     // the limit, or RAM
+  uint64_t memory_bytes = 0;                                        // the limit, or RAM
   uint64_t usage_bytes = 0;      // in use (cgroup usage; host: RAM - available)
   uint64_t available_bytes = 0;  // host MemAvailable; cgroup: limit - usage
   uint64_t swap_used_bytes = 0, swap_total_bytes = 0;  // swap_total: host only
-  uint64_t oom_kills = 0;        // in this interval
+  uint64_t oom_kills = 0;                              // in this interval
 };
 
 struct CgroupReport {
@@ -68,18 +68,18 @@ struct ProcessReport {
   bool exited = false;
   // Over the run (since memtrail started, or since the process started if later).
   uint64_t major_faults = 0, minor_faults = 0;
-  uint64_t swapins = 0;  // pages (deep mode)
+  uint64_t swapins = 0;                         // pages (deep mode)
   uint64_t refault_anon = 0, refault_file = 0;  // pages (deep mode)
-  double reclaim_stall_s = 0;  // direct + memcg reclaim, summed over threads
-  double fault_wait_s = 0;     // major faults' own wait (deep mode), summed over threads
+  double reclaim_stall_s = 0;                   // direct + memcg reclaim, summed over threads
+  double fault_wait_s = 0;  // major faults' own wait (deep mode), summed over threads
   uint64_t timed_major_faults = 0;
-  double stall_share = 0;      // (reclaim + fault wait) / time observed
+  double stall_share = 0;  // (reclaim + fault wait) / time observed
   double major_faults_per_s = 0, minor_faults_per_s = 0;
   double observed_s = 0;
   // Memory now, and its footprint (anonymous + shmem + swap: what reclaim cannot drop).
   uint64_t rss_bytes = 0, swap_bytes = 0;
   uint64_t footprint_bytes = 0;
-  int64_t footprint_growth_bytes = 0;  // last - first seen
+  int64_t footprint_growth_bytes = 0;       // last - first seen
   double footprint_growth_bytes_per_s = 0;  // over the intervals it grew in
   double scope_share = 0;  // footprint / the memory of its scope (cgroup limit, or RAM)
   std::vector<std::string> evidence;
@@ -109,7 +109,7 @@ struct PagingReport {
   size_t processes_omitted = 0;          // beyond top N
   std::vector<OomKill> oom_kills;
   PagingTracerCounters counters;
-  double deep_s = 0;  // time the deep hooks were attached
+  double deep_s = 0;                 // time the deep hooks were attached
   std::vector<std::string> sources;  // where each signal came from, and what was unavailable
   std::string cgroup_filter;         // --cgroup, if given
 };

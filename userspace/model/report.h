@@ -56,9 +56,9 @@ struct LeakSite {
   // blocks not freed (outstanding_allocations, plus those --min-age hides).
   uint64_t freed_allocations = 0;
   double oldest_age_s = 0;
-  std::string allocator;         // the traced function that returned the memory, e.g. "malloc"
+  std::string allocator;          // the traced function that returned the memory, e.g. "malloc"
   uint64_t mismatched_frees = 0;  // its blocks released by the wrong function (new/free, ...)
-  std::vector<Frame> stack;      // innermost (the allocator's caller) first
+  std::vector<Frame> stack;       // innermost (the allocator's caller) first
   // The stack stops before the program's outermost frame: a frame without a frame pointer (or
   // the depth limit) ended the walk, or the stack could not be stored and only the calling
   // function is known. The frames shown are right; outer callers are missing.
@@ -73,11 +73,11 @@ struct LeakSite {
 
 // A traced process's private memory over the run next to its traced allocations.
 struct ProcessMemory {
-  double rss_anon_bytes = 0;      // at the report (RssAnon: heap and anonymous mappings)
-  bool assessed = false;          // enough history to compare the two
-  double rss_bytes_per_s = 0;     // least-squares slopes over the run
+  double rss_anon_bytes = 0;   // at the report (RssAnon: heap and anonymous mappings)
+  bool assessed = false;       // enough history to compare the two
+  double rss_bytes_per_s = 0;  // least-squares slopes over the run
   double traced_bytes_per_s = 0;
-  bool untraced_growth = false;   // private memory grows beyond what traced allocations explain
+  bool untraced_growth = false;  // private memory grows beyond what traced allocations explain
   std::string reason;
   struct Point {
     double t_s = 0, rss_anon_bytes = 0, traced_bytes = 0;
@@ -128,10 +128,10 @@ struct Target {
   std::string allocator_module;  // file whose malloc was probed (the primary allocator)
   bool exited = false;
   std::optional<ProcessMemory> memory;  // absent before the first interval
-  std::string allocator;         // its name: "glibc", "jemalloc", ... (see TracedAllocator)
+  std::string allocator;                // its name: "glibc", "jemalloc", ... (see TracedAllocator)
   std::vector<TracedAllocator> allocators;  // every probed module, in load order
   std::vector<UntracedAllocator> untraced_allocators;
-  ProcessLosses losses;  // what could not be tracked in this process
+  ProcessLosses losses;             // what could not be tracked in this process
   std::optional<ExitSummary> exit;  // set when it exited before the end of tracing
   // Bytes the program break moved since attach, whoever moved it (malloc's main heap
   // included); absent when mapped memory is not followed (no --mmap).
@@ -141,7 +141,8 @@ struct Target {
   // Its sites with outstanding memory (all of them, not only the reported top ones).
   uint64_t outstanding_bytes = 0;
   uint64_t sites = 0;
-  std::optional<PythonRuntime> python = std::nullopt;  // absent: not a CPython process (or not looked at)
+  std::optional<PythonRuntime> python =
+      std::nullopt;  // absent: not a CPython process (or not looked at)
   // A command memtrail launched: traced from its first instruction, nothing predates attach.
   bool traced_from_start = false;
   // With --sample-rate: frees of blocks the tracer never recorded, because the sampler passed
@@ -154,9 +155,9 @@ struct Target {
 // tracks, made minus freed since memtrail attached.
 struct PythonType {
   uint32_t pid = 0;
-  std::string type;  // tp_name: "dict", "Session", "collections.OrderedDict"
+  std::string type;                 // tp_name: "dict", "Session", "collections.OrderedDict"
   int64_t outstanding_objects = 0;  // made minus freed since attach (negative: more freed)
-  int64_t outstanding_bytes = 0;    // those objects' own size (as sys.getsizeof, GC header included)
+  int64_t outstanding_bytes = 0;  // those objects' own size (as sys.getsizeof, GC header included)
   double growth_objects_per_s = 0;  // least-squares slope of outstanding_objects over the run
   uint64_t made = 0, freed = 0;
 };
@@ -167,7 +168,8 @@ struct Totals {
   uint64_t outstanding_bytes = 0;
   uint64_t outstanding_allocations = 0;
   uint64_t unmatched_frees = 0;
-  uint64_t untracked_frees = 0;  // --sample-rate: frees of unsampled blocks (Target::untracked_frees)
+  uint64_t untracked_frees =
+      0;  // --sample-rate: frees of unsampled blocks (Target::untracked_frees)
   uint64_t drops = 0;
   uint64_t failed_calls = 0;
   uint64_t stack_failures = 0;
@@ -175,9 +177,9 @@ struct Totals {
   uint64_t unsampled_allocations = 0;  // calls passed over by --sample-rate
   uint64_t mismatched_frees = 0;       // blocks released by the wrong function
   uint64_t region_events_lost = 0;     // mmap/munmap/mremap/brk calls not followed
-  uint64_t sites = 0;  // distinct sites with outstanding memory (before --top)
-  // Read once the probes stopped counting (the final report): every count exact. Otherwise read while
-  // the programs run: a block freed during the read counts as freed already.
+  uint64_t sites = 0;                  // distinct sites with outstanding memory (before --top)
+  // Read once the probes stopped counting (the final report): every count exact. Otherwise read
+  // while the programs run: a block freed during the read counts as freed already.
   bool exact = false;
 };
 
@@ -190,8 +192,8 @@ struct UnwindModule {
 };
 
 struct UnwindSummary {
-  std::string mode;  // "auto", "dwarf" or "fp"
-  uint64_t stacks = 0;            // distinct stacks captured
+  std::string mode;                  // "auto", "dwarf" or "fp"
+  uint64_t stacks = 0;               // distinct stacks captured
   uint64_t stacks_using_tables = 0;  // of which at least one frame was unwound by CFI
   uint64_t truncated_stacks = 0;
   std::map<std::string, uint64_t> truncated_by_reason;
@@ -204,11 +206,11 @@ struct UnwindSummary {
 
 // Probes that could not be attached (host-wide, --all): on which file, why, and what it cost.
 struct AttachFailure {
-  std::string path;             // the allocator's file
-  std::string reason;           // the last failure's message
-  uint64_t failures = 0;        // attempts that failed
-  uint64_t processes = 0;       // processes left untraced because of it (at discovery)
-  bool attached = false;        // a later attempt succeeded
+  std::string path;        // the allocator's file
+  std::string reason;      // the last failure's message
+  uint64_t failures = 0;   // attempts that failed
+  uint64_t processes = 0;  // processes left untraced because of it (at discovery)
+  bool attached = false;   // a later attempt succeeded
 };
 
 // Exited processes folded into counts rather than listed, so that a host starting programs
@@ -232,11 +234,12 @@ struct Report {
   bool final = false;  // the last report of the run (not an interval)
   std::vector<Target> targets;
   Totals totals;
-  std::vector<LeakSite> leaks;      // ranked by outstanding bytes, at most `top`
+  std::vector<LeakSite> leaks;          // ranked by outstanding bytes, at most `top`
   std::optional<UnwindSummary> unwind;  // absent in reports from before --unwind
   // --python-types: CPython objects by type, fastest growing first; absent without it.
   std::optional<std::vector<PythonType>> python_types;
-  std::vector<std::string> notes;   // caveats the reader must see (drops, invisible pre-attach allocations)
+  std::vector<std::string>
+      notes;  // caveats the reader must see (drops, invisible pre-attach allocations)
   std::vector<AttachFailure> attach_failures;  // version 2; empty: every attach succeeded
   FoldedExits folded_exits;                    // version 2
 };

@@ -30,8 +30,8 @@ enum class AllocationKind : uint8_t {
   kNew,       // C++ operator new (all its variants)
   kNewArray,  // C++ operator new[]
   // Memory mapped by system calls outside every traced allocator call: regions, not blocks.
-  kMmap,  // anonymous private mmap, grown or moved by mremap
-  kBrk,   // the program break moved by brk/sbrk
+  kMmap,     // anonymous private mmap, grown or moved by mremap
+  kBrk,      // the program break moved by brk/sbrk
   kUnknown,  // a code the tracer does not know
   kFirstNamed = 16,
   kLastNamed = 255,
@@ -58,7 +58,7 @@ struct SiteTotals {
   int32_t site_id = 0;
   uint64_t total_bytes = 0;
   uint64_t total_allocations = 0;
-  uint64_t caller_address = 0;  // the return address in the function that called the allocator
+  uint64_t caller_address = 0;    // the return address in the function that called the allocator
   uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
   // CLOCK_MONOTONIC just after these totals were read: they count every block allocated by
   // then (0: at the snapshot's time).
@@ -76,8 +76,8 @@ struct TracerCounters {
   uint64_t site_drops = 0;
   uint64_t stale_replaced = 0;
   uint64_t missed_entries = 0;
-  uint64_t unsampled = 0;  // successful allocations passed over by --sample-rate
-  uint64_t mismatched_frees = 0;  // blocks released by the wrong function (new/free, ...)
+  uint64_t unsampled = 0;             // successful allocations passed over by --sample-rate
+  uint64_t mismatched_frees = 0;      // blocks released by the wrong function (new/free, ...)
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
   uint64_t region_events_lost = 0;    // mmap/munmap/mremap/brk events: ring buffer full
   uint64_t python_types_lost = 0;     // Python objects not counted: the type map was full
@@ -85,11 +85,11 @@ struct TracerCounters {
 
 // What memtrail could not track in one process (the tracer reads it per process).
 struct ProcessLosses {
-  uint64_t drops = 0;            // allocations not recorded: the table was full
-  uint64_t stack_failures = 0;   // stacks not stored: the stack map was full
-  uint64_t site_drops = 0;       // per-site totals lost
-  uint64_t missed_entries = 0;   // returns without their entry (calls in flight at attach)
-  uint64_t unmatched_frees = 0;  // frees of blocks allocated before attach
+  uint64_t drops = 0;               // allocations not recorded: the table was full
+  uint64_t stack_failures = 0;      // stacks not stored: the stack map was full
+  uint64_t site_drops = 0;          // per-site totals lost
+  uint64_t missed_entries = 0;      // returns without their entry (calls in flight at attach)
+  uint64_t unmatched_frees = 0;     // frees of blocks allocated before attach
   uint64_t region_events_lost = 0;  // mmap/munmap/mremap/brk calls not followed
   bool any() const {
     return drops || stack_failures || site_drops || missed_entries || unmatched_frees ||

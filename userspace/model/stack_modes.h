@@ -25,9 +25,12 @@ inline std::optional<UnwindMode> parse_unwind_mode(std::string_view name) {
 // The --unwind name of `mode` (the report's unwind.mode).
 inline const char* unwind_mode_name(UnwindMode mode) {
   switch (mode) {
-    case UnwindMode::kFramePointers: return "fp";
-    case UnwindMode::kDwarf: return "dwarf";
-    case UnwindMode::kAuto: return "auto";
+    case UnwindMode::kFramePointers:
+      return "fp";
+    case UnwindMode::kDwarf:
+      return "dwarf";
+    case UnwindMode::kAuto:
+      return "auto";
   }
   return "?";
 }

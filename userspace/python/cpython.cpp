@@ -14,7 +14,7 @@
 namespace memtrail::python {
 namespace {
 
-constexpr size_t kMaxNameBytes = 4096;         // a qualified name or a file name
+constexpr size_t kMaxNameBytes = 4096;          // a qualified name or a file name
 constexpr size_t kMaxLineTableBytes = 1 << 20;  // a huge module's location table
 
 bool read_memory(uint32_t pid, uint64_t address, void* buffer, size_t size) {
@@ -106,8 +106,8 @@ std::string version_from_name(const std::string& path) {
   auto name = base_name(path);
   auto at = name.find("python");
   std::string version;
-  for (size_t i = at + 6; i < name.size() && (std::isdigit(static_cast<unsigned char>(name[i])) ||
-                                               name[i] == '.');
+  for (size_t i = at + 6;
+       i < name.size() && (std::isdigit(static_cast<unsigned char>(name[i])) || name[i] == '.');
        ++i) {
     version += name[i];
   }
@@ -155,10 +155,12 @@ const memtrail_cpython_layout& built_layout() {
 
 model::PythonFrameLayout frame_layout() {
   const auto& walker = built_layout().walker;
-  return {walker.runtime_tstate_current, walker.runtime_interp_main, walker.interp_threads_head,
-          walker.tstate_next,            walker.tstate_thread_id,    walker.tstate_cframe,
-          walker.cframe_current_frame,   walker.frame_code,          walker.frame_previous,
-          walker.frame_prev_instr,       walker.frame_is_entry,      walker.frame_owner,
+  return {walker.runtime_tstate_current, walker.runtime_interp_main,
+          walker.interp_threads_head,    walker.tstate_next,
+          walker.tstate_thread_id,       walker.tstate_cframe,
+          walker.cframe_current_frame,   walker.frame_code,
+          walker.frame_previous,         walker.frame_prev_instr,
+          walker.frame_is_entry,         walker.frame_owner,
           walker.code_adaptive,          walker.owner_cstack};
 }
 
@@ -169,7 +171,6 @@ model::PythonTypeLayout type_layout() {
 
 std::optional<Interpreter> find_interpreter(uint32_t pid,
                                             const std::vector<inspect::Mapping>& mappings) {
-
   std::set<std::string> seen;
   for (const auto& mapping : mappings) {
     if (!mapping.executable || !mapping.is_file() || !may_be_interpreter(mapping.path) ||
@@ -291,8 +292,7 @@ std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t
   return std::nullopt;
 }
 
-std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid,
-                                                      const Interpreter& interpreter,
+std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid, const Interpreter& interpreter,
                                                       uint64_t address) {
   const auto& layout = built_layout();
   std::vector<uint8_t> raw(layout.code_size);
@@ -341,8 +341,7 @@ void CodeReader::forget(uint32_t pid) {
   codes_.erase(codes_.lower_bound({pid, 0}), codes_.lower_bound({pid + 1, 0}));
 }
 
-void TypeTracker::record(double t_s,
-                         const std::vector<model::Snapshot::PythonTypeCounts>& counts,
+void TypeTracker::record(double t_s, const std::vector<model::Snapshot::PythonTypeCounts>& counts,
                          const std::unordered_map<uint32_t, Interpreter>& interpreters) {
   const auto& layout = built_layout();
   for (const auto& count : counts) {
@@ -352,7 +351,8 @@ void TypeTracker::record(double t_s,
       if (!interpreters.count(count.pid)) continue;  // not a process memtrail walks (any more)
       Tracked tracked;
       std::vector<uint8_t> raw(std::max({layout.type_name, layout.type_basicsize,
-                                         layout.type_itemsize, layout.types.type_flags}) + 8);
+                                         layout.type_itemsize, layout.types.type_flags}) +
+                               8);
       if (!read_memory(count.pid, count.type, raw.data(), raw.size())) continue;  // next time
       uint64_t name_address = field<uint64_t>(raw, layout.type_name);
       char name[128] = {};
@@ -372,10 +372,12 @@ void TypeTracker::record(double t_s,
     auto& tracked = it->second;
     tracked.last = count;
     if (tracked.series.size() >= 480) {  // a long run: every other point, the whole span kept
-      for (size_t i = 0; i < tracked.series.size() / 2; ++i) tracked.series[i] = tracked.series[2 * i];
+      for (size_t i = 0; i < tracked.series.size() / 2; ++i)
+        tracked.series[i] = tracked.series[2 * i];
       tracked.series.resize(tracked.series.size() / 2);
     }
-    tracked.series.emplace_back(t_s, static_cast<double>(count.made) - static_cast<double>(count.freed));
+    tracked.series.emplace_back(t_s,
+                                static_cast<double>(count.made) - static_cast<double>(count.freed));
   }
 }
 
@@ -389,13 +391,12 @@ std::vector<model::PythonType> TypeTracker::report() const {
     type.freed = tracked.last.freed;
     type.outstanding_objects =
         static_cast<int64_t>(tracked.last.made) - static_cast<int64_t>(tracked.last.freed);
-    int64_t items = tracked.info.item_size
-                        ? static_cast<int64_t>(tracked.last.items_made) -
-                              static_cast<int64_t>(tracked.last.items_freed)
-                        : 0;
-    type.outstanding_bytes = type.outstanding_objects *
-                                 (tracked.info.basic_size + tracked.info.pre_header) +
-                             items * tracked.info.item_size;
+    int64_t items = tracked.info.item_size ? static_cast<int64_t>(tracked.last.items_made) -
+                                                 static_cast<int64_t>(tracked.last.items_freed)
+                                           : 0;
+    type.outstanding_bytes =
+        type.outstanding_objects * (tracked.info.basic_size + tracked.info.pre_header) +
+        items * tracked.info.item_size;
     // Least-squares slope of outstanding objects over time.
     const auto& series = tracked.series;
     if (series.size() >= 2) {
@@ -445,7 +446,8 @@ std::vector<model::Frame> mix_frames(const std::vector<model::Frame>& native,
     mixed.push_back(frame);
   }
   // Frames of eval-loop calls the native walk did not reach (it stopped early).
-  mixed.insert(mixed.end(), python.begin() + static_cast<std::ptrdiff_t>(next_python), python.end());
+  mixed.insert(mixed.end(), python.begin() + static_cast<std::ptrdiff_t>(next_python),
+               python.end());
   return mixed;
 }
 

@@ -5,20 +5,20 @@
 
 #include <cstdint>
 #include <map>
-#include <unordered_map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "inspect/proc_maps.h"
+#include "inspect/process_file.h"
 #include "model/python.h"
 #include "model/report.h"
 #include "model/snapshot.h"
 #include "model/stack_modes.h"
 #include "python/cpython_layout.h"
-#include "inspect/proc_maps.h"
-#include "inspect/process_file.h"
 
 namespace memtrail::python {
 
@@ -44,9 +44,9 @@ struct ObjectProbe {
 // A process's interpreter: the module defining _PyRuntime (the python executable, or
 // libpython for embedders), where that lies in the process, and whether memtrail walks it.
 struct Interpreter {
-  std::string module;  // path as the process sees it
-  inspect::ProcessFile file;  // the module's file, as memtrail opens and probes it
-  std::string version;  // "3.11.2", from Py_Version; "3.9" from the file name when older
+  std::string module;              // path as the process sees it
+  inspect::ProcessFile file;       // the module's file, as memtrail opens and probes it
+  std::string version;             // "3.11.2", from Py_Version; "3.9" from the file name when older
   uint64_t runtime_address = 0;    // &_PyRuntime in the process
   uint64_t code_type_address = 0;  // &PyCode_Type: what a live code object's ob_type is
   bool supported = false;
@@ -74,8 +74,7 @@ class CodeReader {
  public:
   // A frame for `frame` of process `pid`: module "[python]", function the qualified name, file
   // and line; the function is "<unreadable code object>" when the memory cannot be read.
-  model::Frame frame(uint32_t pid, const Interpreter& interpreter,
-                     const model::PythonFrame& frame);
+  model::Frame frame(uint32_t pid, const Interpreter& interpreter, const model::PythonFrame& frame);
   void forget(uint32_t pid);
 
  private:

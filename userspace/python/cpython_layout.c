@@ -3,93 +3,89 @@
  * Py_BUILD_CORE for the interpreter's internal structs: every offset memtrail uses to read a
  * CPython process comes from here. */
 #define Py_BUILD_CORE 1
+#include "cpython_layout.h"
+
 #include <Python.h>
 #include <internal/pycore_frame.h>
 #include <internal/pycore_interp.h>
 #include <internal/pycore_runtime.h>
-
 #include <stddef.h>
 #include <string.h>
 
-#include "cpython_layout.h"
-
 #if PY_MAJOR_VERSION != 3 || PY_MINOR_VERSION != 11
-#error "memtrail's Python frame walker knows CPython 3.11's frame chain; point MEMTRAIL_CPYTHON_INCLUDE_DIR at CPython 3.11 headers"
+#error \
+    "memtrail's Python frame walker knows CPython 3.11's frame chain; point MEMTRAIL_CPYTHON_INCLUDE_DIR at CPython 3.11 headers"
 #endif
 
 /* The position of the one bit set in a 32-bit word (state bit fields are compiler-laid). */
-static unsigned bit_index(unsigned word)
-{
-	unsigned index = 0;
+static unsigned bit_index(unsigned word) {
+  unsigned index = 0;
 
-	while (index < 32 && !(word & (1u << index)))
-		index++;
-	return index;
+  while (index < 32 && !(word & (1u << index))) index++;
+  return index;
 }
 
-static unsigned state_word(const PyASCIIObject *object)
-{
-	unsigned word;
+static unsigned state_word(const PyASCIIObject *object) {
+  unsigned word;
 
-	memcpy(&word, (const char *)object + offsetof(PyASCIIObject, state), sizeof(word));
-	return word;
+  memcpy(&word, (const char *)object + offsetof(PyASCIIObject, state), sizeof(word));
+  return word;
 }
 
-void memtrail_cpython_describe(struct memtrail_cpython_layout *layout)
-{
-	PyASCIIObject probe;
-	unsigned kind_mask;
+void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
+  PyASCIIObject probe;
+  unsigned kind_mask;
 
-	memset(layout, 0, sizeof(*layout));
-	layout->major = PY_MAJOR_VERSION;
-	layout->minor = PY_MINOR_VERSION;
-	layout->version = PY_VERSION;
+  memset(layout, 0, sizeof(*layout));
+  layout->major = PY_MAJOR_VERSION;
+  layout->minor = PY_MINOR_VERSION;
+  layout->version = PY_VERSION;
 
-	layout->walker.runtime_tstate_current = offsetof(_PyRuntimeState, gilstate.tstate_current);
-	layout->walker.runtime_interp_main = offsetof(_PyRuntimeState, interpreters.main);
-	layout->walker.interp_threads_head = offsetof(PyInterpreterState, threads.head);
-	layout->walker.tstate_next = offsetof(PyThreadState, next);
-	layout->walker.tstate_thread_id = offsetof(PyThreadState, thread_id);
-	layout->walker.tstate_cframe = offsetof(PyThreadState, cframe);
-	layout->walker.cframe_current_frame = offsetof(_PyCFrame, current_frame);
-	layout->walker.frame_code = offsetof(_PyInterpreterFrame, f_code);
-	layout->walker.frame_previous = offsetof(_PyInterpreterFrame, previous);
-	layout->walker.frame_prev_instr = offsetof(_PyInterpreterFrame, prev_instr);
-	layout->walker.frame_is_entry = offsetof(_PyInterpreterFrame, is_entry);
-	layout->walker.frame_owner = offsetof(_PyInterpreterFrame, owner);
-	layout->walker.code_adaptive = offsetof(PyCodeObject, co_code_adaptive);
-	layout->walker.owner_cstack = 255; /* 3.11 pushes no C-stack shim frames */
+  layout->walker.runtime_tstate_current = offsetof(_PyRuntimeState, gilstate.tstate_current);
+  layout->walker.runtime_interp_main = offsetof(_PyRuntimeState, interpreters.main);
+  layout->walker.interp_threads_head = offsetof(PyInterpreterState, threads.head);
+  layout->walker.tstate_next = offsetof(PyThreadState, next);
+  layout->walker.tstate_thread_id = offsetof(PyThreadState, thread_id);
+  layout->walker.tstate_cframe = offsetof(PyThreadState, cframe);
+  layout->walker.cframe_current_frame = offsetof(_PyCFrame, current_frame);
+  layout->walker.frame_code = offsetof(_PyInterpreterFrame, f_code);
+  layout->walker.frame_previous = offsetof(_PyInterpreterFrame, previous);
+  layout->walker.frame_prev_instr = offsetof(_PyInterpreterFrame, prev_instr);
+  layout->walker.frame_is_entry = offsetof(_PyInterpreterFrame, is_entry);
+  layout->walker.frame_owner = offsetof(_PyInterpreterFrame, owner);
+  layout->walker.code_adaptive = offsetof(PyCodeObject, co_code_adaptive);
+  layout->walker.owner_cstack = 255; /* 3.11 pushes no C-stack shim frames */
 
-	layout->object_type = offsetof(PyObject, ob_type);
-	layout->code_filename = offsetof(PyCodeObject, co_filename);
-	layout->code_qualname = offsetof(PyCodeObject, co_qualname);
-	layout->code_linetable = offsetof(PyCodeObject, co_linetable);
-	layout->code_firstlineno = offsetof(PyCodeObject, co_firstlineno);
-	layout->code_size = offsetof(PyCodeObject, co_code_adaptive);
-	layout->var_size = offsetof(PyVarObject, ob_size);
-	layout->bytes_data = offsetof(PyBytesObject, ob_sval);
-	layout->unicode_length = offsetof(PyASCIIObject, length);
-	layout->unicode_state = offsetof(PyASCIIObject, state);
-	layout->ascii_data = sizeof(PyASCIIObject);
-	layout->compact_data = sizeof(PyCompactUnicodeObject);
+  layout->object_type = offsetof(PyObject, ob_type);
+  layout->code_filename = offsetof(PyCodeObject, co_filename);
+  layout->code_qualname = offsetof(PyCodeObject, co_qualname);
+  layout->code_linetable = offsetof(PyCodeObject, co_linetable);
+  layout->code_firstlineno = offsetof(PyCodeObject, co_firstlineno);
+  layout->code_size = offsetof(PyCodeObject, co_code_adaptive);
+  layout->var_size = offsetof(PyVarObject, ob_size);
+  layout->bytes_data = offsetof(PyBytesObject, ob_sval);
+  layout->unicode_length = offsetof(PyASCIIObject, length);
+  layout->unicode_state = offsetof(PyASCIIObject, state);
+  layout->ascii_data = sizeof(PyASCIIObject);
+  layout->compact_data = sizeof(PyCompactUnicodeObject);
 
-	layout->types.type_flags = offsetof(PyTypeObject, tp_flags);
-	layout->types.have_gc = Py_TPFLAGS_HAVE_GC;
-	layout->type_name = offsetof(PyTypeObject, tp_name);
-	layout->type_basicsize = offsetof(PyTypeObject, tp_basicsize);
-	layout->type_itemsize = offsetof(PyTypeObject, tp_itemsize);
-	layout->managed_dict = Py_TPFLAGS_MANAGED_DICT;
-	layout->gc_header_size = sizeof(PyGC_Head);
+  layout->types.type_flags = offsetof(PyTypeObject, tp_flags);
+  layout->types.have_gc = Py_TPFLAGS_HAVE_GC;
+  layout->type_name = offsetof(PyTypeObject, tp_name);
+  layout->type_basicsize = offsetof(PyTypeObject, tp_basicsize);
+  layout->type_itemsize = offsetof(PyTypeObject, tp_itemsize);
+  layout->managed_dict = Py_TPFLAGS_MANAGED_DICT;
+  layout->gc_header_size = sizeof(PyGC_Head);
 
-	memset(&probe, 0, sizeof(probe));
-	probe.state.kind = 7;
-	kind_mask = state_word(&probe);
-	layout->state_kind_shift = bit_index(kind_mask);
-	layout->state_kind_bits = 3;
-	memset(&probe, 0, sizeof(probe));
-	probe.state.compact = 1;
-	layout->state_compact_bit = bit_index(state_word(&probe));
-	memset(&probe, 0, sizeof(probe));
-	probe.state.ascii = 1;
-	layout->state_ascii_bit = bit_index(state_word(&probe));
+  memset(&probe, 0, sizeof(probe));
+  probe.state.kind = 7;
+  kind_mask = state_word(&probe);
+  layout->state_kind_shift = bit_index(kind_mask);
+  layout->state_kind_bits = 3;
+  memset(&probe, 0, sizeof(probe));
+  probe.state.compact = 1;
+  layout->state_compact_bit = bit_index(state_word(&probe));
+  memset(&probe, 0, sizeof(probe));
+  probe.state.ascii = 1;
+  layout->state_ascii_bit = bit_index(state_word(&probe));
 }

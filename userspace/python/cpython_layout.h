@@ -12,54 +12,54 @@ extern "C" {
 /* What the Python frame walker reads (--python-frames): python/cpython.cpp hands it to the
  * tracer as a model::PythonFrameLayout, field for field. */
 struct memtrail_cpython_walker_offsets {
-	unsigned runtime_tstate_current; /* _PyRuntimeState.gilstate.tstate_current */
-	unsigned runtime_interp_main;    /* _PyRuntimeState.interpreters.main */
-	unsigned interp_threads_head;    /* PyInterpreterState.threads.head */
-	unsigned tstate_next;            /* PyThreadState.next */
-	unsigned tstate_thread_id;       /* PyThreadState.thread_id: pthread_self() */
-	unsigned tstate_cframe;          /* PyThreadState.cframe */
-	unsigned cframe_current_frame;   /* _PyCFrame.current_frame */
-	unsigned frame_code;             /* _PyInterpreterFrame.f_code */
-	unsigned frame_previous;         /* _PyInterpreterFrame.previous */
-	unsigned frame_prev_instr;       /* _PyInterpreterFrame.prev_instr */
-	unsigned frame_is_entry;         /* _PyInterpreterFrame.is_entry */
-	unsigned frame_owner;            /* _PyInterpreterFrame.owner */
-	unsigned code_adaptive;          /* PyCodeObject.co_code_adaptive */
-	unsigned owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
+  unsigned runtime_tstate_current; /* _PyRuntimeState.gilstate.tstate_current */
+  unsigned runtime_interp_main;    /* _PyRuntimeState.interpreters.main */
+  unsigned interp_threads_head;    /* PyInterpreterState.threads.head */
+  unsigned tstate_next;            /* PyThreadState.next */
+  unsigned tstate_thread_id;       /* PyThreadState.thread_id: pthread_self() */
+  unsigned tstate_cframe;          /* PyThreadState.cframe */
+  unsigned cframe_current_frame;   /* _PyCFrame.current_frame */
+  unsigned frame_code;             /* _PyInterpreterFrame.f_code */
+  unsigned frame_previous;         /* _PyInterpreterFrame.previous */
+  unsigned frame_prev_instr;       /* _PyInterpreterFrame.prev_instr */
+  unsigned frame_is_entry;         /* _PyInterpreterFrame.is_entry */
+  unsigned frame_owner;            /* _PyInterpreterFrame.owner */
+  unsigned code_adaptive;          /* PyCodeObject.co_code_adaptive */
+  unsigned owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
 };
 
 /* What the object counters read of a type (--python-types): a model::PythonTypeLayout. */
 struct memtrail_cpython_type_offsets {
-	unsigned type_flags;     /* PyTypeObject.tp_flags */
-	unsigned long have_gc;   /* Py_TPFLAGS_HAVE_GC */
+  unsigned type_flags;   /* PyTypeObject.tp_flags */
+  unsigned long have_gc; /* Py_TPFLAGS_HAVE_GC */
 };
 
 struct memtrail_cpython_layout {
-	unsigned major, minor; /* the CPython version of the headers: only it is walked */
-	const char *version;   /* PY_VERSION of the headers, e.g. "3.11.2" */
-	struct memtrail_cpython_walker_offsets walker; /* what the BPF walker reads */
-	/* What userspace reads of code objects to name a frame. */
-	unsigned object_type;     /* PyObject.ob_type */
-	unsigned code_filename;   /* PyCodeObject.co_filename (str) */
-	unsigned code_qualname;   /* PyCodeObject.co_qualname (str) */
-	unsigned code_linetable;  /* PyCodeObject.co_linetable (bytes) */
-	unsigned code_firstlineno;/* PyCodeObject.co_firstlineno (int) */
-	unsigned code_size;       /* offsetof co_code_adaptive: the fixed part read at once */
-	unsigned var_size;        /* PyVarObject.ob_size */
-	unsigned bytes_data;      /* PyBytesObject.ob_sval */
-	unsigned unicode_length;  /* PyASCIIObject.length (code points) */
-	unsigned unicode_state;   /* PyASCIIObject.state (a 32-bit word of bit fields) */
-	unsigned ascii_data;      /* sizeof(PyASCIIObject): a compact ASCII string's characters */
-	unsigned compact_data;    /* sizeof(PyCompactUnicodeObject): other compact strings' */
-	unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
-	unsigned state_compact_bit, state_ascii_bit;
-	/* Types (--python-types): their name, sizes and flags. */
-	struct memtrail_cpython_type_offsets types; /* what the BPF programs read */
-	unsigned type_name;      /* PyTypeObject.tp_name (const char *) */
-	unsigned type_basicsize; /* PyTypeObject.tp_basicsize */
-	unsigned type_itemsize;  /* PyTypeObject.tp_itemsize */
-	unsigned long managed_dict; /* Py_TPFLAGS_MANAGED_DICT: two pointers before the GC header */
-	unsigned gc_header_size;    /* sizeof(PyGC_Head), before every GC object */
+  unsigned major, minor; /* the CPython version of the headers: only it is walked */
+  const char *version;   /* PY_VERSION of the headers, e.g. "3.11.2" */
+  struct memtrail_cpython_walker_offsets walker; /* what the BPF walker reads */
+  /* What userspace reads of code objects to name a frame. */
+  unsigned object_type;      /* PyObject.ob_type */
+  unsigned code_filename;    /* PyCodeObject.co_filename (str) */
+  unsigned code_qualname;    /* PyCodeObject.co_qualname (str) */
+  unsigned code_linetable;   /* PyCodeObject.co_linetable (bytes) */
+  unsigned code_firstlineno; /* PyCodeObject.co_firstlineno (int) */
+  unsigned code_size;        /* offsetof co_code_adaptive: the fixed part read at once */
+  unsigned var_size;         /* PyVarObject.ob_size */
+  unsigned bytes_data;       /* PyBytesObject.ob_sval */
+  unsigned unicode_length;   /* PyASCIIObject.length (code points) */
+  unsigned unicode_state;    /* PyASCIIObject.state (a 32-bit word of bit fields) */
+  unsigned ascii_data;       /* sizeof(PyASCIIObject): a compact ASCII string's characters */
+  unsigned compact_data;     /* sizeof(PyCompactUnicodeObject): other compact strings' */
+  unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
+  unsigned state_compact_bit, state_ascii_bit;
+  /* Types (--python-types): their name, sizes and flags. */
+  struct memtrail_cpython_type_offsets types; /* what the BPF programs read */
+  unsigned type_name;                         /* PyTypeObject.tp_name (const char *) */
+  unsigned type_basicsize;                    /* PyTypeObject.tp_basicsize */
+  unsigned type_itemsize;                     /* PyTypeObject.tp_itemsize */
+  unsigned long managed_dict; /* Py_TPFLAGS_MANAGED_DICT: two pointers before the GC header */
+  unsigned gc_header_size;    /* sizeof(PyGC_Head), before every GC object */
 };
 
 /* Fills `layout` from the headers compiled in. */

@@ -39,8 +39,8 @@ std::string short_stack(const model::LeakSite& site) {
     if (i > 0) text += " < ";
     text += frame.function.value_or(base_name(frame.module) + "+?");
     if (i == 0 && frame.file) {
-      text += " (" + base_name(*frame.file) + (frame.line ? ":" + std::to_string(*frame.line) : "") +
-              ")";
+      text += " (" + base_name(*frame.file) +
+              (frame.line ? ":" + std::to_string(*frame.line) : "") + ")";
     }
   }
   return text.empty() ? "(no stack)" : text;
@@ -95,8 +95,8 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
   for (const auto& change : changes) {
     if (change.delta_bytes() <= 0 || shown++ == top) break;
     const auto& site = *change.example;
-    out << "  " << signed_bytes(change.delta_bytes()) << "  "
-        << human_bytes(change.bytes_before) << " -> " << human_bytes(change.bytes_after) << ", "
+    out << "  " << signed_bytes(change.delta_bytes()) << "  " << human_bytes(change.bytes_before)
+        << " -> " << human_bytes(change.bytes_after) << ", "
         << with_thousands(change.allocations_before) << " -> "
         << with_thousands(change.allocations_after) << " blocks"
         << (!change.in_before ? ", new" : "")
@@ -109,7 +109,8 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
     gone += change.in_before && !change.in_after;
   }
   if (shrank > 0) {
-    out << "\n" << shrank << " site" << (shrank == 1 ? "" : "s") << " shrank (" << gone
+    out << "\n"
+        << shrank << " site" << (shrank == 1 ? "" : "s") << " shrank (" << gone
         << " gone entirely).\n";
   }
 }

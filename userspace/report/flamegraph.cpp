@@ -115,7 +115,8 @@ std::string render_flamegraph_svg(const model::Report& report) {
     for (auto frame = site.stack.rbegin(); frame != site.stack.rend(); ++frame) {
       std::string location;
       if (frame->file) {
-        location = base_name(*frame->file) + (frame->line ? ":" + std::to_string(*frame->line) : "");
+        location =
+            base_name(*frame->file) + (frame->line ? ":" + std::to_string(*frame->line) : "");
       }
       path.push_back({frame_name(*frame), location});
     }
@@ -135,42 +136,48 @@ std::string render_flamegraph_svg(const model::Report& report) {
 
   int height = kTop + static_cast<int>(max_depth + 1) * kFrameHeight + kBottom;
   std::ostringstream svg;
-  svg << R"(<?xml version="1.0" encoding="UTF-8" standalone="no"?>)" << "\n"
+  svg << R"(<?xml version="1.0" encoding="UTF-8" standalone="no"?>)"
+      << "\n"
       << R"(<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width=")" << kWidth
       << R"(" height=")" << height << R"(" viewBox="0 0 )" << kWidth << ' ' << height << R"(">)"
       << "\n<style>text { font: 12px monospace; fill: #000; } g.f { cursor: pointer; } "
-         "g.f:hover rect { stroke: #000; stroke-width: 0.5; } #unzoom { cursor: pointer; }</style>\n"
+         "g.f:hover rect { stroke: #000; stroke-width: 0.5; } #unzoom { cursor: pointer; "
+         "}</style>\n"
       << "<script><![CDATA[";
   std::string script = kScript;
   script.replace(script.find("%WIDTH%"), 7, std::to_string(kWidth));
   svg << script << "]]></script>\n"
-      << R"(<rect width="100%" height="100%" fill="#fafafa"/>)" << "\n"
+      << R"(<rect width="100%" height="100%" fill="#fafafa"/>)"
+      << "\n"
       << R"(<text x=")" << kWidth / 2 << R"(" y="24" text-anchor="middle" style="font-size:16px">)"
-      << "memtrail: outstanding bytes by call stack ("
-      << xml_escape(human_bytes(root.bytes)) << ")</text>\n"
-      << R"(<text id="unzoom" x="10" y="24" style="opacity:0">Reset zoom</text>)" << "\n"
-      << R"(<text id="details" x="10" y=")" << height - 8 << R"("> </text>)" << "\n<g>\n";
+      << "memtrail: outstanding bytes by call stack (" << xml_escape(human_bytes(root.bytes))
+      << ")</text>\n"
+      << R"(<text id="unzoom" x="10" y="24" style="opacity:0">Reset zoom</text>)"
+      << "\n"
+      << R"(<text id="details" x="10" y=")" << height - 8 << R"("> </text>)"
+      << "\n<g>\n";
 
   int next_id = 0;
   std::function<void(const Node&, double, size_t)> emit = [&](const Node& node, double x,
-                                                                size_t depth) {
-    double share = root.bytes ? static_cast<double>(node.bytes) / static_cast<double>(root.bytes)
-                              : 0;
+                                                              size_t depth) {
+    double share =
+        root.bytes ? static_cast<double>(node.bytes) / static_cast<double>(root.bytes) : 0;
     int y = height - kBottom - static_cast<int>(depth + 1) * kFrameHeight;
     char percent[16];
     std::snprintf(percent, sizeof(percent), "%.1f%%", share * 100);
     std::string info = node.name + (node.location.empty() ? "" : " at " + node.location) + " (" +
                        with_thousands(node.bytes) + " B, " + percent + ")";
     std::string color = !node.leaf_color.empty() && node.children.empty() ? node.leaf_color
-                        : depth == 0                                     ? "#d8d8d8"
-                                                                         : warm_color(node.name);
-    svg << R"(<g class="f" id="f)" << next_id++ << R"(" data-x=")" << x << R"(" data-w=")"
-        << share << R"(" data-d=")" << depth << R"(" data-name=")" << xml_escape(node.name)
+                        : depth == 0                                      ? "#d8d8d8"
+                                                                          : warm_color(node.name);
+    svg << R"(<g class="f" id="f)" << next_id++ << R"(" data-x=")" << x << R"(" data-w=")" << share
+        << R"(" data-d=")" << depth << R"(" data-name=")" << xml_escape(node.name)
         << R"(" data-info=")" << xml_escape(info) << R"("><title>)" << xml_escape(info)
         << R"(</title><rect x=")" << 10 + x * (kWidth - 20) << R"(" y=")" << y << R"(" width=")"
         << std::max(share * (kWidth - 20) - 0.5, 0.1) << R"(" height=")" << kFrameHeight - 1
         << R"(" rx="2" fill=")" << color << R"("/><text x=")" << 13 + x * (kWidth - 20)
-        << R"(" y=")" << y + kFrameHeight - 5 << R"("></text></g>)" << "\n";
+        << R"(" y=")" << y + kFrameHeight - 5 << R"("></text></g>)"
+        << "\n";
     // Children side by side, biggest first.
     std::vector<const Node*> children;
     for (const auto& [name, child] : node.children) children.push_back(child.get());
@@ -179,8 +186,8 @@ std::string render_flamegraph_svg(const model::Report& report) {
     double child_x = x;
     for (const Node* child : children) {
       emit(*child, child_x, depth + 1);
-      child_x += root.bytes ? static_cast<double>(child->bytes) / static_cast<double>(root.bytes)
-                            : 0;
+      child_x +=
+          root.bytes ? static_cast<double>(child->bytes) / static_cast<double>(root.bytes) : 0;
     }
   };
   emit(root, 0, 0);

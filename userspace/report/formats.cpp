@@ -10,8 +10,8 @@
 #include <utility>
 
 #include "common/error.h"
-#include "report/names.h"
 #include "profile.pb.h"
+#include "report/names.h"
 
 namespace memtrail::report {
 namespace {
@@ -75,9 +75,9 @@ void render_folded(const model::Report& report, std::ostream& out) {
 std::string to_pprof(const model::Report& report) {
   perftools::profiles::Profile profile;
   StringTable strings(profile);
-  for (auto [type, unit] : {std::pair{"alloc_objects", "count"}, std::pair{"alloc_space", "bytes"},
-                            std::pair{"inuse_objects", "count"},
-                            std::pair{"inuse_space", "bytes"}}) {
+  for (auto [type, unit] :
+       {std::pair{"alloc_objects", "count"}, std::pair{"alloc_space", "bytes"},
+        std::pair{"inuse_objects", "count"}, std::pair{"inuse_space", "bytes"}}) {
     auto* sample_type = profile.add_sample_type();
     sample_type->set_type(strings.index(type));
     sample_type->set_unit(strings.index(unit));
@@ -86,9 +86,9 @@ std::string to_pprof(const model::Report& report) {
   profile.set_time_nanos(report.start_time_unix_ms * 1'000'000);
   profile.set_duration_nanos(static_cast<int64_t>(report.duration_s * 1e9));
 
-  std::map<std::string, uint64_t> mappings;                     // module -> id
+  std::map<std::string, uint64_t> mappings;                           // module -> id
   std::map<std::pair<std::string, std::string>, uint64_t> functions;  // (name, file) -> id
-  std::map<std::pair<uint32_t, uint64_t>, uint64_t> locations;  // (pid, address) -> id
+  std::map<std::pair<uint32_t, uint64_t>, uint64_t> locations;        // (pid, address) -> id
   auto mapping_id = [&](const std::string& module) {
     auto [it, added] = mappings.emplace(module, mappings.size() + 1);
     if (added) {

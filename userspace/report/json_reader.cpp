@@ -126,10 +126,9 @@ model::UnwindSummary unwind_from(const json& object) {
   unwind.table_capacity_rows = whole<uint64_t>(object, "table_capacity_rows");
   unwind.mappings_beyond_limit = whole<uint64_t>(object, "mappings_beyond_limit");
   for (const auto& module : object.at("modules")) {
-    unwind.modules.push_back({module.at("path").get<std::string>(),
-                              module.at("method").get<std::string>(),
-                              module.at("reason").get<std::string>(),
-                              whole<uint64_t>(module, "rows")});
+    unwind.modules.push_back(
+        {module.at("path").get<std::string>(), module.at("method").get<std::string>(),
+         module.at("reason").get<std::string>(), whole<uint64_t>(module, "rows")});
   }
   return unwind;
 }
@@ -143,11 +142,11 @@ model::LeakSite site_from(const json& object) {
   site.total_allocated_bytes = whole<uint64_t>(object, "total_allocated_bytes");
   site.total_allocations = whole<uint64_t>(object, "total_allocations");
   // Absent before it was counted apart: what the site's blocks then said.
-  site.freed_allocations = whole_or<uint64_t>(
-      object, "freed_allocations",
-      site.total_allocations > site.outstanding_allocations
-          ? site.total_allocations - site.outstanding_allocations
-          : uint64_t{0});
+  site.freed_allocations =
+      whole_or<uint64_t>(object, "freed_allocations",
+                         site.total_allocations > site.outstanding_allocations
+                             ? site.total_allocations - site.outstanding_allocations
+                             : uint64_t{0});
   site.oldest_age_s = object.at("oldest_age_s").get<double>();
   site.stack_truncated = object.at("stack_truncated").get<bool>();
   site.stack_truncation_reason = object.value("stack_truncation_reason", std::string());
@@ -194,9 +193,9 @@ model::Report from_json(const json& document) {
                   "render it with the memtrail version that wrote it");
     }
     throw Error("not a memtrail.leaks report: its schema is \"" + schema + "\"" +
-                    (schema.rfind("memtrail.paging/", 0) == 0
-                         ? " (memtrail paging --json); memtrail report reads memtrail leaks --json"
-                         : ""));
+                (schema.rfind("memtrail.paging/", 0) == 0
+                     ? " (memtrail paging --json); memtrail report reads memtrail leaks --json"
+                     : ""));
   }
   // The part being read, named in an error: "leaks[3]", "totals".
   std::string where = "the top level";
@@ -226,10 +225,10 @@ model::Report from_json(const json& document) {
       // Absent from reports written before allocator detection (memtrail.leaks/1 too).
       target.allocator = target_json.value("allocator", std::string());
       for (const auto& allocator : target_json.value("allocators", json::array())) {
-        target.allocators.push_back(
-            {allocator.at("name").get<std::string>(), allocator.at("path").get<std::string>(),
-             allocator.at("functions").get<std::vector<std::string>>(),
-             allocator.value("note", std::string())});
+        target.allocators.push_back({allocator.at("name").get<std::string>(),
+                                     allocator.at("path").get<std::string>(),
+                                     allocator.at("functions").get<std::vector<std::string>>(),
+                                     allocator.value("note", std::string())});
       }
       for (const auto& allocator : target_json.value("untraced_allocators", json::array())) {
         target.untraced_allocators.push_back(
@@ -238,7 +237,8 @@ model::Report from_json(const json& document) {
       }
       if (target_json.contains("losses")) {  // absent before per-process losses
         const json& lost = target_json.at("losses");
-        target.losses = {whole<uint64_t>(lost, "drops"), whole<uint64_t>(lost, "stack_failures"),
+        target.losses = {whole<uint64_t>(lost, "drops"),
+                         whole<uint64_t>(lost, "stack_failures"),
                          whole<uint64_t>(lost, "site_drops"),
                          whole<uint64_t>(lost, "missed_entries"),
                          whole<uint64_t>(lost, "unmatched_frees"),
@@ -249,10 +249,9 @@ model::Report from_json(const json& document) {
       target.untracked_frees = whole_or<uint64_t>(target_json, "untracked_frees", 0);
       if (target_json.contains("python")) {
         const auto& python = target_json.at("python");
-        target.python = model::PythonRuntime{python.at("version").get<std::string>(),
-                                             python.at("module").get<std::string>(),
-                                             python.at("frames").get<bool>(),
-                                             python.value("reason", std::string())};
+        target.python = model::PythonRuntime{
+            python.at("version").get<std::string>(), python.at("module").get<std::string>(),
+            python.at("frames").get<bool>(), python.value("reason", std::string())};
       }
       target.outstanding_bytes = whole_or<uint64_t>(target_json, "outstanding_bytes", 0);
       target.sites = whole_or<uint64_t>(target_json, "sites", 0);
@@ -264,11 +263,10 @@ model::Report from_json(const json& document) {
       }
       if (target_json.contains("exit")) {
         const json& exit = target_json.at("exit");
-        target.exit = model::ExitSummary{exit.at("after_s").get<double>(),
-                                         whole<uint64_t>(exit, "outstanding_bytes"),
-                                         whole<uint64_t>(exit, "outstanding_allocations"),
-                                         whole<uint64_t>(exit, "sites"),
-                                         whole<uint64_t>(exit, "purged_blocks")};
+        target.exit = model::ExitSummary{
+            exit.at("after_s").get<double>(), whole<uint64_t>(exit, "outstanding_bytes"),
+            whole<uint64_t>(exit, "outstanding_allocations"), whole<uint64_t>(exit, "sites"),
+            whole<uint64_t>(exit, "purged_blocks")};
       }
       if (target_json.contains("memory")) {
         const json& memory_json = target_json.at("memory");

@@ -15,25 +15,25 @@ namespace memtrail::report {
 namespace {
 
 constexpr int kWidth = 1000;
-constexpr int kLeft = 90;    // room for the byte labels
+constexpr int kLeft = 90;  // room for the byte labels
 constexpr int kRight = 30;
-constexpr int kTitle = 46;   // title and the hover line
+constexpr int kTitle = 46;  // title and the hover line
 constexpr int kPlotHeight = 280;
-constexpr int kAxis = 44;    // time labels and the axis name
+constexpr int kAxis = 44;  // time labels and the axis name
 constexpr int kLegendRow = 18;
-constexpr int kGap = 24;     // between two processes' charts
+constexpr int kGap = 24;  // between two processes' charts
 
 struct Series {
-  std::string name;   // in the legend
+  std::string name;  // in the legend
   std::string color;
-  std::string dash;   // stroke-dasharray, empty for a solid line
+  std::string dash;  // stroke-dasharray, empty for a solid line
   double width = 1.5;
   std::vector<std::pair<double, double>> points;  // seconds, bytes
 };
 
 // Site lines: distinct from the two process lines (RSS black, traced red).
-constexpr const char* kSiteColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
-                                       "#17becf", "#e377c2"};
+constexpr const char* kSiteColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
+                                       "#8c564b", "#17becf", "#e377c2"};
 
 std::string number(double value) {
   char buffer[32];
@@ -56,7 +56,7 @@ double nice_step(double max, int ticks) {
 }
 
 struct Axis {
-  double max = 1;   // top (or right) end, a whole number of steps
+  double max = 1;  // top (or right) end, a whole number of steps
   double step = 1;
   double unit = 1;  // labels are value / unit followed by unit_name
   std::string unit_name;
@@ -148,7 +148,10 @@ std::vector<Series> series_of(const model::Report& report, const model::Target& 
   for (size_t i = 0; i < growing.size(); ++i) {
     const auto& growth = *growing[i]->growth;
     Series line{site_label(*growing[i]) + ": " + growth.verdict + ", " + rate(growth.bytes_per_s),
-                kSiteColors[i % std::size(kSiteColors)], "", 1.5, {}};
+                kSiteColors[i % std::size(kSiteColors)],
+                "",
+                1.5,
+                {}};
     for (const auto& point : growth.series) line.points.emplace_back(point.t_s, point.bytes);
     all.push_back(std::move(line));
   }
@@ -214,15 +217,18 @@ std::string render_memory_plot_svg(const model::Report& report) {
   if (panels.empty()) total_height = 60;
 
   std::ostringstream svg;
-  svg << R"(<?xml version="1.0" encoding="UTF-8" standalone="no"?>)" << "\n"
+  svg << R"(<?xml version="1.0" encoding="UTF-8" standalone="no"?>)"
+      << "\n"
       << R"(<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width=")" << kWidth
       << R"(" height=")" << total_height << R"(" viewBox="0 0 )" << kWidth << ' ' << total_height
-      << R"(">)" << "\n"
+      << R"(">)"
+      << "\n"
       << "<style>text { font: 12px sans-serif; fill: #000; } .title { font-size: 16px; } "
          ".tick { fill: #444; } .grid { stroke: #e4e4e4; } .axis { stroke: #444; } "
          ".details { font: 11px monospace; fill: #333; }</style>\n"
       << "<script><![CDATA[" << kScript << "]]></script>\n"
-      << R"(<rect width="100%" height="100%" fill="#ffffff"/>)" << "\n";
+      << R"(<rect width="100%" height="100%" fill="#ffffff"/>)"
+      << "\n";
   if (panels.empty()) {
     svg << R"(<text x="20" y="34" class="title">)"
         << "memtrail: no traced process in this report</text>\n";
@@ -252,9 +258,11 @@ std::string render_memory_plot_svg(const model::Report& report) {
                         target.comm + ")" + (target.exited ? ", exited" : "");
     svg << R"(<text x=")" << kLeft << R"(" y="22" class="title">)" << xml_escape(title)
         << "</text>\n"
-        << R"(<text x=")" << kLeft << R"(" y="38" class="details"></text>)" << "\n"
+        << R"(<text x=")" << kLeft << R"(" y="38" class="details"></text>)"
+        << "\n"
         << R"(<rect class="area" x=")" << kLeft << R"(" y=")" << plot_top << R"(" width=")"
-        << plot_width << R"(" height=")" << kPlotHeight << R"(" fill="#fcfcfc"/>)" << "\n";
+        << plot_width << R"(" height=")" << kPlotHeight << R"(" fill="#fcfcfc"/>)"
+        << "\n";
 
     // Grid lines and tick labels: bytes on the left, time below.
     for (double value = 0; value <= y_axis.max + 1e-9; value += y_axis.step) {
@@ -272,11 +280,11 @@ std::string render_memory_plot_svg(const model::Report& report) {
           << R"(" text-anchor="middle">)" << number(value) << ' ' << x_axis.unit_name
           << "</text>\n";
     }
-    svg << R"(<line class="axis" x1=")" << kLeft << R"(" x2=")" << kLeft << R"(" y1=")"
-        << plot_top << R"(" y2=")" << plot_top + kPlotHeight << R"("/>)"
-        << R"(<line class="axis" x1=")" << kLeft << R"(" x2=")" << kLeft + plot_width
-        << R"(" y1=")" << plot_top + kPlotHeight << R"(" y2=")" << plot_top + kPlotHeight
-        << R"("/>)" << "\n"
+    svg << R"(<line class="axis" x1=")" << kLeft << R"(" x2=")" << kLeft << R"(" y1=")" << plot_top
+        << R"(" y2=")" << plot_top + kPlotHeight << R"("/>)"
+        << R"(<line class="axis" x1=")" << kLeft << R"(" x2=")" << kLeft + plot_width << R"(" y1=")"
+        << plot_top + kPlotHeight << R"(" y2=")" << plot_top + kPlotHeight << R"("/>)"
+        << "\n"
         << R"(<text x=")" << kLeft + plot_width / 2 << R"(" y=")" << plot_top + kPlotHeight + 34
         << R"(" text-anchor="middle">time since tracing started ()" << x_axis.unit_name
         << ")</text>\n"
@@ -303,8 +311,8 @@ std::string render_memory_plot_svg(const model::Report& report) {
       svg << R"(" points=")";
       char pair[64];
       for (size_t i = 0; i < line.points.size(); ++i) {
-        std::snprintf(pair, sizeof(pair), "%s%.1f,%.1f", i ? " " : "",
-                      x_of(line.points[i].first), y_of(line.points[i].second));
+        std::snprintf(pair, sizeof(pair), "%s%.1f,%.1f", i ? " " : "", x_of(line.points[i].first),
+                      y_of(line.points[i].second));
         svg << pair;
       }
       svg << R"("><title>)" << xml_escape(line.name) << "</title></polyline>\n";
@@ -313,15 +321,16 @@ std::string render_memory_plot_svg(const model::Report& report) {
     for (const auto& line : panel.series) {
       // Its legend row: a short stroke of the line's style, then its name.
       svg << R"(<line x1=")" << kLeft << R"(" x2=")" << kLeft + 28 << R"(" y1=")" << legend_y - 4
-          << R"(" y2=")" << legend_y - 4 << R"(" stroke=")" << line.color
-          << R"(" stroke-width=")" << line.width << '"';
+          << R"(" y2=")" << legend_y - 4 << R"(" stroke=")" << line.color << R"(" stroke-width=")"
+          << line.width << '"';
       if (!line.dash.empty()) svg << R"( stroke-dasharray=")" << line.dash << '"';
       svg << R"(/><text class="legend" x=")" << kLeft + 36 << R"(" y=")" << legend_y << R"(">)"
           << xml_escape(line.name) << "</text>\n";
       legend_y += kLegendRow;
     }
     svg << R"(<line class="cursor" x1="0" x2="0" y1=")" << plot_top << R"(" y2=")"
-        << plot_top + kPlotHeight << R"(" stroke="#888" style="display:none"/>)" << "\n"
+        << plot_top + kPlotHeight << R"(" stroke="#888" style="display:none"/>)"
+        << "\n"
         << "</g>\n";
     top += panel.height + kGap;
   }

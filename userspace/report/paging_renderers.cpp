@@ -12,9 +12,9 @@
 namespace memtrail::report {
 namespace {
 
-using nlohmann::ordered_json;
 using model::PagingVerdict;
 using model::ProcessRole;
+using nlohmann::ordered_json;
 
 constexpr const char* kPagingSchema = "memtrail.paging/1";
 
@@ -53,8 +53,8 @@ std::string clock_time(int64_t unix_ms) {
 
 std::string psi_text(const model::ScopeInterval& interval) {
   if (!interval.psi_some_pct) return "PSI n/a";
-  return "PSI some " + number(*interval.psi_some_pct) + "% full " +
-         number(*interval.psi_full_pct) + "%";
+  return "PSI some " + number(*interval.psi_some_pct) + "% full " + number(*interval.psi_full_pct) +
+         "%";
 }
 
 // The figures of one interval of a scope, on two lines.
@@ -62,11 +62,14 @@ void render_scope_interval(const model::ScopeInterval& interval, bool host, std:
   out << "  " << psi_text(interval) << "  faults " << count(interval.minor_faults_per_s)
       << " minor/s " << count(interval.major_faults_per_s) << " major/s  swap-in "
       << (interval.swapin_pages_per_s ? count(*interval.swapin_pages_per_s) + " pg/s" : "n/a");
-  if (interval.swapout_pages_per_s) out << " out " << count(*interval.swapout_pages_per_s) << " pg/s";
-  if (interval.zswapin_pages_per_s > 0) out << "  zswap-in " << count(interval.zswapin_pages_per_s) << " pg/s";
+  if (interval.swapout_pages_per_s)
+    out << " out " << count(*interval.swapout_pages_per_s) << " pg/s";
+  if (interval.zswapin_pages_per_s > 0)
+    out << "  zswap-in " << count(interval.zswapin_pages_per_s) << " pg/s";
   out << "\n  refaults anon " << count(interval.refault_anon_per_s) << "/s file "
-      << count(interval.refault_file_per_s) << "/s (turnover " << number(interval.turnover_per_s, "%.2f")
-      << "x/s)  reclaim stall: memcg " << number(interval.memcg_reclaim_stall, "%.2f") << " direct "
+      << count(interval.refault_file_per_s) << "/s (turnover "
+      << number(interval.turnover_per_s, "%.2f") << "x/s)  reclaim stall: memcg "
+      << number(interval.memcg_reclaim_stall, "%.2f") << " direct "
       << number(interval.direct_reclaim_stall, "%.2f") << " s/s";
   if (host) {
     out << "  scanned: kswapd " << count(interval.kswapd_scan_pages_per_s) << " direct "
@@ -104,13 +107,15 @@ void render_processes(const model::PagingReport& report, std::ostream& out) {
     return pad(p.comm + (p.exited ? " (exited)" : ""), 18);
   };
   if (any_culprit) {
-    out << "\nCULPRITS (footprint grows while memory is short)\n  "
-        << pad("pid", 8) << pad("comm", 18) << pad_left("growth", 12) << pad_left("footprint", 12)
+    out << "\nCULPRITS (footprint grows while memory is short)\n  " << pad("pid", 8)
+        << pad("comm", 18) << pad_left("growth", 12) << pad_left("footprint", 12)
         << pad_left("share", 8) << pad_left("swap", 11) << pad_left("majflt/s", 10) << "  next\n";
     for (const auto& p : report.processes) {
       if (p.role != ProcessRole::kCulprit) continue;
       out << "  " << pad(std::to_string(p.pid), 8) << name(p)
-          << pad_left("+" + human_bytes(static_cast<uint64_t>(p.footprint_growth_bytes_per_s)) + "/s", 12)
+          << pad_left(
+                 "+" + human_bytes(static_cast<uint64_t>(p.footprint_growth_bytes_per_s)) + "/s",
+                 12)
           << pad_left(human_bytes(p.footprint_bytes), 12)
           << pad_left(number(100 * p.scope_share, "%.0f") + "%", 8)
           << pad_left(human_bytes(p.swap_bytes), 11) << pad_left(count(p.major_faults_per_s), 10)
@@ -127,7 +132,8 @@ void render_processes(const model::PagingReport& report, std::ostream& out) {
       if (p.role != ProcessRole::kVictim) continue;
       std::string wait =
           p.timed_major_faults
-              ? number(1e3 * p.fault_wait_s / static_cast<double>(p.timed_major_faults), "%.2f") + " ms"
+              ? number(1e3 * p.fault_wait_s / static_cast<double>(p.timed_major_faults), "%.2f") +
+                    " ms"
               : "-";
       out << "  " << pad(std::to_string(p.pid), 8) << name(p)
           << pad_left(number(100 * p.stall_share, "%.0f") + "%", 9)
@@ -163,9 +169,9 @@ void render_processes(const model::PagingReport& report, std::ostream& out) {
 void render_footer(const model::PagingReport& report, std::ostream& out) {
   for (const auto& kill : report.oom_kills) {
     out << "OOM kill at +" << human_duration(kill.t_s) << ": pid " << kill.pid << " (" << kill.comm
-        << ")" << (kill.cgroup.empty() ? "" : " in " + kill.cgroup) << ", anon " << human_bytes(kill.anon_rss_bytes) << ", file "
-        << human_bytes(kill.file_rss_bytes) << ", shmem " << human_bytes(kill.shmem_rss_bytes)
-        << "\n";
+        << ")" << (kill.cgroup.empty() ? "" : " in " + kill.cgroup) << ", anon "
+        << human_bytes(kill.anon_rss_bytes) << ", file " << human_bytes(kill.file_rss_bytes)
+        << ", shmem " << human_bytes(kill.shmem_rss_bytes) << "\n";
   }
   const auto& c = report.counters;
   if (c.processes_not_tracked || c.oom_kills_not_recorded || c.cgroups_not_tracked ||
@@ -242,8 +248,9 @@ void render_paging_summary(const model::PagingReport& report, std::ostream& out)
       << iso8601_utc(report.started_unix_ms) << ", " << report.host.size() << " intervals\n";
   out << "VERDICT: " << upper(model::paging_verdict_name(report.verdict));
   if (report.verdict != PagingVerdict::kOk) {
-    out << " in " << (report.verdict_scope == "host" ? std::string("the host")
-                                                     : "memory cgroup " + report.verdict_scope);
+    out << " in "
+        << (report.verdict_scope == "host" ? std::string("the host")
+                                           : "memory cgroup " + report.verdict_scope);
   }
   out << "\n  " << report.verdict_reason << "\n";
   auto worst = [](const std::vector<model::ScopeInterval>& intervals) {
@@ -266,10 +273,10 @@ void render_paging_summary(const model::PagingReport& report, std::ostream& out)
   for (const auto& cgroup : report.cgroups) {
     if (const auto* interval = worst(cgroup.intervals)) {
       size_t thrashing = static_cast<size_t>(
-          std::count_if(cgroup.intervals.begin(), cgroup.intervals.end(), [](const auto& i) {
-            return i.verdict == PagingVerdict::kThrashing;
-          }));
-      out << "\n" << cgroup_title(cgroup) << ": " << upper(model::paging_verdict_name(cgroup.verdict))
+          std::count_if(cgroup.intervals.begin(), cgroup.intervals.end(),
+                        [](const auto& i) { return i.verdict == PagingVerdict::kThrashing; }));
+      out << "\n"
+          << cgroup_title(cgroup) << ": " << upper(model::paging_verdict_name(cgroup.verdict))
           << " (thrashing in " << thrashing << " of " << cgroup.intervals.size()
           << " intervals), worst at +" << human_duration(interval->t_s) << ":\n  "
           << interval->reason << "\n";
@@ -288,8 +295,8 @@ nlohmann::ordered_json paging_json(const model::PagingReport& report) {
   json["host"] = report.host_name;
   json["kernel"] = report.kernel;
   json["started_at"] = iso8601_utc(report.started_unix_ms);
-  json["ended_at"] = iso8601_utc(report.started_unix_ms +
-                                 static_cast<int64_t>(report.duration_s * 1000));
+  json["ended_at"] =
+      iso8601_utc(report.started_unix_ms + static_cast<int64_t>(report.duration_s * 1000));
   json["options"] = {{"interval_s", report.options.interval_s},
                      {"deep", report.options.deep},
                      {"top", report.options.top},
@@ -305,15 +312,16 @@ nlohmann::ordered_json paging_json(const model::PagingReport& report) {
   for (const auto& interval : report.host) json["intervals"].push_back(interval_json(interval));
   json["cgroups"] = ordered_json::array();
   for (const auto& cgroup : report.cgroups) {
-    ordered_json entry = {
-        {"path", cgroup.path},
-        {"id", cgroup.id},
-        {"cgroup_version", cgroup.version},
-        {"limit_bytes", cgroup.limit_bytes ? ordered_json(*cgroup.limit_bytes) : ordered_json(nullptr)},
-        {"verdict", model::paging_verdict_name(cgroup.verdict)},
-        {"reason", cgroup.reason},
-        {"intervals", ordered_json::array()}};
-    for (const auto& interval : cgroup.intervals) entry["intervals"].push_back(interval_json(interval));
+    ordered_json entry = {{"path", cgroup.path},
+                          {"id", cgroup.id},
+                          {"cgroup_version", cgroup.version},
+                          {"limit_bytes", cgroup.limit_bytes ? ordered_json(*cgroup.limit_bytes)
+                                                             : ordered_json(nullptr)},
+                          {"verdict", model::paging_verdict_name(cgroup.verdict)},
+                          {"reason", cgroup.reason},
+                          {"intervals", ordered_json::array()}};
+    for (const auto& interval : cgroup.intervals)
+      entry["intervals"].push_back(interval_json(interval));
     json["cgroups"].push_back(std::move(entry));
   }
   json["processes"] = ordered_json::array();
@@ -344,7 +352,8 @@ nlohmann::ordered_json paging_json(const model::PagingReport& report) {
          {"footprint_growth_bytes_per_s", p.footprint_growth_bytes_per_s},
          {"scope_share", p.scope_share},
          {"evidence", p.evidence},
-         {"next_command", p.next_command.empty() ? ordered_json(nullptr) : ordered_json(p.next_command)}});
+         {"next_command",
+          p.next_command.empty() ? ordered_json(nullptr) : ordered_json(p.next_command)}});
   }
   json["processes_omitted"] = report.processes_omitted;
   json["oom_kills"] = ordered_json::array();

@@ -6,11 +6,11 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
-#include <vector>
-#include <unordered_map>
-#include <set>
 #include <numeric>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+#include <vector>
 
 #include "common/format.h"
 #include "report/names.h"
@@ -132,8 +132,8 @@ void render_stack(const model::LeakSite& site, std::ostream& out) {
   }
   if (site.stack.empty()) out << "      (no stack)\n";
   if (site.stack_truncated) {
-    out << "      ... outer callers unknown: "
-        << truncation_text(site.stack_truncation_reason) << "\n";
+    out << "      ... outer callers unknown: " << truncation_text(site.stack_truncation_reason)
+        << "\n";
   }
 }
 
@@ -143,16 +143,17 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
   out << "Python objects by type (made minus freed since attach), growing first:\n";
   if (types.empty()) out << "  (none counted yet)\n";
   size_t width = 0;
-  for (size_t i = 0; i < types.size() && i < top; ++i) width = std::max(width, types[i].type.size());
+  for (size_t i = 0; i < types.size() && i < top; ++i)
+    width = std::max(width, types[i].type.size());
   for (size_t i = 0; i < types.size() && i < top; ++i) {
     const auto& type = types[i];
     double per_min = type.growth_objects_per_s * 60;
     std::string growth = (per_min >= 0 ? "+" : "-") +
                          with_thousands(static_cast<uint64_t>(std::llround(std::fabs(per_min)))) +
                          " objects/min";
-    std::string objects = (type.outstanding_objects < 0 ? "-" : "") +
-                          with_thousands(static_cast<uint64_t>(std::llabs(type.outstanding_objects))) +
-                          " objects";
+    std::string objects =
+        (type.outstanding_objects < 0 ? "-" : "") +
+        with_thousands(static_cast<uint64_t>(std::llabs(type.outstanding_objects))) + " objects";
     std::string bytes = type.outstanding_bytes < 0
                             ? "-" + human_bytes(static_cast<uint64_t>(-type.outstanding_bytes))
                             : human_bytes(static_cast<uint64_t>(type.outstanding_bytes));
@@ -160,8 +161,8 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
         << pad(objects, 18) << bytes << "\n";
   }
   if (types.size() > top) {
-    out << "  ... and " << types.size() - top << " more type" << (types.size() - top == 1 ? "" : "s")
-        << "\n";
+    out << "  ... and " << types.size() - top << " more type"
+        << (types.size() - top == 1 ? "" : "s") << "\n";
   }
   out << "\n";
 }
@@ -170,8 +171,8 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
 
 void render_text(const model::Report& report, std::ostream& out) {
   out << "memtrail leaks: " << (report.final ? "final report" : "interval report") << " after "
-      << human_duration(report.duration_s) << " of tracing (" << iso8601_utc(report.end_time_unix_ms)
-      << ")\n";
+      << human_duration(report.duration_s) << " of tracing ("
+      << iso8601_utc(report.end_time_unix_ms) << ")\n";
   for (const auto& target : report.targets) {
     out << "  pid " << target.pid << " " << target.comm;
     if (!target.allocator.empty()) {
@@ -237,8 +238,7 @@ void render_text(const model::Report& report, std::ostream& out) {
         << " short-lived processes exited with nothing outstanding (not listed)\n";
   }
   if (folded.over_cap > 0) {
-    out << "  " << with_thousands(folded.over_cap)
-        << " older exited processes not listed, with "
+    out << "  " << with_thousands(folded.over_cap) << " older exited processes not listed, with "
         << human_bytes(folded.over_cap_outstanding_bytes) << " outstanding at their exits\n";
   }
   for (const auto& failure : report.attach_failures) {
@@ -303,8 +303,8 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     out << "#" << (i + 1) << "  " << bytes_with_human(site.outstanding_bytes) << " outstanding in "
         << with_thousands(site.outstanding_allocations) << " allocation"
-        << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator
-        << "  pid " << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
+        << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator << "  pid "
+        << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
     if (site.suppressed) {
       out << "    SUPPRESSED: " << *site.suppressed << " (kept on purpose)";
       if (site.growth) out << "; " << site.growth->verdict << ": " << site.growth->reason;
@@ -330,11 +330,11 @@ void render_text(const model::Report& report, std::ostream& out) {
 
   const auto& totals = report.totals;
   out << "Totals: " << with_thousands(totals.allocations) << " allocations, "
-      << with_thousands(totals.frees) << " frees, " << with_thousands(totals.outstanding_allocations)
-      << " outstanding (" << human_bytes(totals.outstanding_bytes) << "), "
-      << with_thousands(totals.unmatched_frees) << " unmatched frees, "
-      << with_thousands(totals.drops) << " drops, " << with_thousands(totals.failed_calls)
-      << " failed calls";
+      << with_thousands(totals.frees) << " frees, "
+      << with_thousands(totals.outstanding_allocations) << " outstanding ("
+      << human_bytes(totals.outstanding_bytes) << "), " << with_thousands(totals.unmatched_frees)
+      << " unmatched frees, " << with_thousands(totals.drops) << " drops, "
+      << with_thousands(totals.failed_calls) << " failed calls";
   if (totals.untracked_frees > 0) {
     out << ", " << with_thousands(totals.untracked_frees) << " frees of untracked blocks";
   }

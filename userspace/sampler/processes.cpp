@@ -204,10 +204,17 @@ std::vector<model::ProcessSample> ProcessScanner::scan(ProcessScanCounters* coun
       unsigned period = same ? refresh_scans_ : 1 + sample.pid % refresh_scans_;
       scans_left = period - 1;
     }
-    known[sample.pid] = {sample.start_time_ticks, sample.comm,           sample.cgroup,
-                         scans_left,              stat->minflt,          stat->majflt,
-                         stat->rss_pages,         sample.rss_anon_bytes, sample.rss_file_bytes,
-                         sample.rss_shmem_bytes,  sample.swap_bytes};
+    known[sample.pid] = {sample.start_time_ticks,
+                         sample.comm,
+                         sample.cgroup,
+                         scans_left,
+                         stat->minflt,
+                         stat->majflt,
+                         stat->rss_pages,
+                         sample.rss_anon_bytes,
+                         sample.rss_file_bytes,
+                         sample.rss_shmem_bytes,
+                         sample.swap_bytes};
     processes.push_back(std::move(sample));
   }
   ::closedir(dir);

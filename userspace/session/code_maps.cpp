@@ -11,8 +11,8 @@
 
 #include "common/error.h"
 #include "inspect/load_order.h"
-#include "inspect/process.h"
 #include "inspect/proc_maps.h"
+#include "inspect/process.h"
 
 namespace memtrail::session {
 namespace {
@@ -72,23 +72,21 @@ void CodeMaps::refresh(TracedProcess& process) {
   update_python(process);
 }
 
-void CodeMaps::refresh_when_due(Targets& targets, Clock::time_point now,
-                                Clock::time_point start) {
+void CodeMaps::refresh_when_due(Targets& targets, Clock::time_point now, Clock::time_point start) {
   // Code the stack walker met outside every known mapping (a library just dlopen'ed)
   // brings the next re-read forward, to at most every 200 ms: a JIT compiler's code is
   // unknown for good, and re-reading a large maps file at every tick would cost the host
   // more than it brings.
   uint64_t unknown_code = unwind_tables_ ? tracer_.unknown_code_frames() : 0;
-  if (now >= next_full_refresh_ ||
-      (unknown_code != unknown_code_seen_ &&
-       now - last_full_refresh_ >= std::chrono::milliseconds(200))) {
+  if (now >= next_full_refresh_ || (unknown_code != unknown_code_seen_ &&
+                                    now - last_full_refresh_ >= std::chrono::milliseconds(200))) {
     for (auto& process : targets) refresh(process);
     unknown_code_seen_ = unknown_code;
     last_full_refresh_ = now;
     // Frequent at first: a launched command maps its libraries right after exec.
-    next_full_refresh_ = now + (now - start < std::chrono::seconds(2)
-                                    ? std::chrono::milliseconds(100)
-                                    : std::chrono::milliseconds(1000));
+    next_full_refresh_ =
+        now + (now - start < std::chrono::seconds(2) ? std::chrono::milliseconds(100)
+                                                     : std::chrono::milliseconds(1000));
   }
 }
 
@@ -99,8 +97,7 @@ void CodeMaps::update_python(TracedProcess& process) {
   auto key = python_candidates_key(process.mappings);
   if (key == process.python_key) return;
   process.python_key = key;
-  auto interpreter =
-      key.empty() ? std::nullopt : python::find_interpreter(pid, process.mappings);
+  auto interpreter = key.empty() ? std::nullopt : python::find_interpreter(pid, process.mappings);
   if (!interpreter) {
     process.info.python.reset();
     python_naming_.interpreters.erase(pid);
@@ -125,8 +122,7 @@ void CodeMaps::update_python(TracedProcess& process) {
 
 // --python-types: the interpreter's object allocators, probed for this process (once per
 // interpreter file it maps).
-void CodeMaps::attach_python_types(TracedProcess& process,
-                                   const python::Interpreter& interpreter) {
+void CodeMaps::attach_python_types(TracedProcess& process, const python::Interpreter& interpreter) {
   uint32_t pid = process.info.pid;
   if (process.python_types_module == interpreter.module) return;
   if (interpreter.object_probes.empty()) {
@@ -186,7 +182,7 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
   try {
     auto order = inspect::process_load_order(pid, process.mappings);
     fresh = inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                       config_.custom_allocators_for(pid));
+                                        config_.custom_allocators_for(pid));
   } catch (const Error&) {
     return;  // the link map is not readable yet (right after exec): next time
   }
@@ -214,7 +210,8 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
       continue;
     }
     std::string names;
-    for (const auto& function : added.functions) names += (names.empty() ? "" : ", ") + function.name;
+    for (const auto& function : added.functions)
+      names += (names.empty() ? "" : ", ") + function.name;
     std::cerr << "memtrail: pid " << pid << " mapped " << module.name << " " << module.path
               << " since attach: probing " << names << "\n";
   }
@@ -234,8 +231,7 @@ void CodeMaps::update_unwind_mappings(const TracedProcess& process) {
   for (size_t i = known; i < modules.size(); ++i) {
     std::cerr << "memtrail: unwind " << modules[i].path << ": " << modules[i].method;
     if (modules[i].rows) {
-      std::cerr << ", " << modules[i].rows << " rows built in " << modules[i].build_ms
-                << " ms";
+      std::cerr << ", " << modules[i].rows << " rows built in " << modules[i].build_ms << " ms";
     }
     std::cerr << " (" << modules[i].reason << ")\n";
   }

@@ -8,9 +8,9 @@
 #include <set>
 #include <unordered_map>
 
+#include "assemble/report_builder.h"
 #include "model/report.h"
 #include "python/cpython.h"
-#include "assemble/report_builder.h"
 #include "session/config.h"
 #include "session/probes.h"
 #include "session/targets.h"
@@ -66,8 +66,8 @@ class CodeMaps {
   symbolizer::Symbolizer symbolizer_;
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   python::CodeReader python_reader_;
-  assemble::PythonNaming python_naming_;  // its reader: python_reader_
-  uint32_t python_stacks_seen_ = 0;           // tracer_.stacks_created() at the last look
+  assemble::PythonNaming python_naming_;    // its reader: python_reader_
+  uint32_t python_stacks_seen_ = 0;         // tracer_.stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
   uint64_t unknown_code_seen_ = 0;  // tracer_.unknown_code_frames() at the last full refresh
   Clock::time_point next_full_refresh_{};

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <climits>
 
-#include "python/cpython.h"
 #include "inspect/process_file.h"
+#include "python/cpython.h"
 
 namespace memtrail::session {
 
@@ -38,12 +38,10 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
     tracer.python_layout = python::frame_layout();
   }
   if (options.python_types) tracer.python_type_layout = python::type_layout();
-  uint32_t unwind_table_mib = options.unwind_table_mib
-                                  ? options.unwind_table_mib
-                                  : cli::unwind_table_mib_for(options.all);
-  tracer.unwind_table_rows = static_cast<uint32_t>(
-      std::min<uint64_t>(uint64_t{unwind_table_mib} * 1024 * 1024 / tracer::kUnwindRowBytes,
-                         UINT32_MAX));
+  uint32_t unwind_table_mib =
+      options.unwind_table_mib ? options.unwind_table_mib : cli::unwind_table_mib_for(options.all);
+  tracer.unwind_table_rows = static_cast<uint32_t>(std::min<uint64_t>(
+      uint64_t{unwind_table_mib} * 1024 * 1024 / tracer::kUnwindRowBytes, UINT32_MAX));
 
   config.pids = options.pids;
   config.command = options.command;

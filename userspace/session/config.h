@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "cli/options.h"
-#include "model/stack_modes.h"
 #include "assemble/suppressions.h"
+#include "cli/options.h"
 #include "inspect/allocator.h"
+#include "model/stack_modes.h"
 #include "tracer/tracer_config.h"
 
 namespace memtrail::session {

@@ -13,8 +13,8 @@
 
 #include "common/error.h"
 #include "inspect/load_order.h"
-#include "inspect/process.h"
 #include "inspect/proc_maps.h"
+#include "inspect/process.h"
 
 namespace memtrail::session {
 namespace {
@@ -92,8 +92,7 @@ void HostWide::look_at_blocked() {
   auto blocked = std::move(blocked_);
   blocked_.clear();
   for (uint32_t pid : blocked) {
-    if (targets_.live(pid) ||
-        inspect::process_state(pid) != inspect::ProcessState::kRunning) {
+    if (targets_.live(pid) || inspect::process_state(pid) != inspect::ProcessState::kRunning) {
       probes_.forget_waiting(pid);
       continue;
     }
@@ -144,7 +143,7 @@ bool HostWide::add(uint32_t pid, bool quiet) {
   try {
     auto order = inspect::process_load_order(pid, *mappings);
     process.allocators = inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                                    config_.custom_allocators_for(pid));
+                                                     config_.custom_allocators_for(pid));
     if (process.allocators.modules.empty()) return false;
     for (const auto& module : process.allocators.modules) {
       probes_.attach_everywhere(module, pid);

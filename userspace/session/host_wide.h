@@ -22,7 +22,10 @@ class HostWide {
  public:
   HostWide(const SessionConfig& config, tracer::AllocTracer& tracer, Targets& targets,
            Probes& probes, CodeMaps& code_maps)
-      : config_(config), tracer_(tracer), targets_(targets), probes_(probes),
+      : config_(config),
+        tracer_(tracer),
+        targets_(targets),
+        probes_(probes),
         code_maps_(code_maps) {}
   HostWide(const HostWide&) = delete;
   HostWide& operator=(const HostWide&) = delete;

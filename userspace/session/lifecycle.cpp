@@ -156,8 +156,8 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
     summarized_.push_back(process);
     if (config_.host_wide() && !config_.verbose()) continue;  // many a second: -v says each
     std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
-              << " bytes outstanding in " << summary.outstanding_allocations
-              << " allocations at " << summary.sites << " sites; still tracing the others\n";
+              << " bytes outstanding in " << summary.outstanding_allocations << " allocations at "
+              << summary.sites << " sites; still tracing the others\n";
   }
   for (const auto& exec : stale_execs_) {
     if (config_.host_wide() && !config_.verbose()) continue;

@@ -9,12 +9,12 @@
 #include <utility>
 #include <vector>
 
+#include "inspect/process.h"
 #include "model/report.h"
 #include "session/code_maps.h"
 #include "session/config.h"
 #include "session/host_wide.h"
 #include "session/targets.h"
-#include "inspect/process.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
@@ -33,8 +33,12 @@ class Lifecycle {
   // command the session launched, if any (reaped when it exits).
   Lifecycle(const SessionConfig& config, tracer::AllocTracer& tracer, Targets& targets,
             CodeMaps& code_maps, HostWide* host_wide, std::optional<inspect::GatedChild>& child)
-      : config_(config), tracer_(tracer), targets_(targets), code_maps_(code_maps),
-        host_wide_(host_wide), child_(child) {}
+      : config_(config),
+        tracer_(tracer),
+        targets_(targets),
+        code_maps_(code_maps),
+        host_wide_(host_wide),
+        child_(child) {}
   Lifecycle(const Lifecycle&) = delete;
   Lifecycle& operator=(const Lifecycle&) = delete;
 
@@ -65,11 +69,11 @@ class Lifecycle {
   CodeMaps& code_maps_;
   HostWide* host_wide_;
   std::optional<inspect::GatedChild>& child_;
-  std::vector<uint32_t> exits_to_record_;  // exited since the last settle()
+  std::vector<uint32_t> exits_to_record_;               // exited since the last settle()
   std::unordered_map<uint32_t, uint64_t> purge_later_;  // unfollowable children: pid -> by
   std::vector<tracer::AllocTracer::Exec> stale_execs_;  // old images' slots to free
   std::vector<TracedProcess*> summarized_;  // exit summaries given since take_summarized()
-  uint64_t children_missed_ = 0;           // how many, over the run (a note in the report)
+  uint64_t children_missed_ = 0;            // how many, over the run (a note in the report)
   Clock::time_point last_settled_{};
 };
 

@@ -53,8 +53,8 @@ void Measurement::record_process_memory(double t_s, const aggregator::Aggregate&
     if (process.info.exited) continue;
     auto rss = inspect::read_private_memory(process.info.pid);
     if (!rss) continue;
-    process_memory_.record(process.info.pid, {t_s, static_cast<double>(*rss),
-                                              traced_by_pid[process.info.pid]});
+    process_memory_.record(process.info.pid,
+                           {t_s, static_cast<double>(*rss), traced_by_pid[process.info.pid]});
   }
 }
 

@@ -27,8 +27,8 @@ void Probes::attach_everywhere(const inspect::AllocatorModule& module, uint32_t 
   fresh.functions.clear();
   std::vector<std::tuple<uint64_t, uint64_t, uint64_t, int>> keys;
   for (const auto& function : module.functions) {
-    auto key = std::make_tuple(device, inode, function.probe_offset,
-                               static_cast<int>(function.role));
+    auto key =
+        std::make_tuple(device, inode, function.probe_offset, static_cast<int>(function.role));
     if (!probed_everywhere_.count(key)) {
       fresh.functions.push_back(function);
       keys.push_back(key);
@@ -55,12 +55,13 @@ void Probes::attach_everywhere(const inspect::AllocatorModule& module, uint32_t 
       failed = failures_.emplace(std::make_pair(device, inode), Failure{}).first;
       failed->second.order = failures_.size();
       failed->second.report.path = module.path;
-      std::cerr << "memtrail: warning: cannot probe " << module.path << " for every process: "
-                << error.what() << (error.hint().empty() ? "" : " (" + error.hint() + ")")
+      std::cerr << "memtrail: warning: cannot probe " << module.path
+                << " for every process: " << error.what()
+                << (error.hint().empty() ? "" : " (" + error.hint() + ")")
                 << "; the processes using it are not traced until a later attempt succeeds\n";
     } else {
-      failed->second.backoff = std::min<std::chrono::seconds>(failed->second.backoff * 2,
-                                                              std::chrono::seconds(60));
+      failed->second.backoff =
+          std::min<std::chrono::seconds>(failed->second.backoff * 2, std::chrono::seconds(60));
     }
     failed->second.report.reason = error.what();
     failed->second.report.attached = false;

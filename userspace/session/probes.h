@@ -12,10 +12,9 @@
 #include <vector>
 
 #include "common/error.h"
+#include "inspect/allocator.h"
 #include "model/report.h"
 #include "session/config.h"
-
-#include "inspect/allocator.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {

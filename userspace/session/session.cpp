@@ -2,19 +2,18 @@
 // A leaks tracing session: the owners wired together, targets attached, reports built.
 #include "session/session.h"
 
-#include <climits>
-#include <cstdlib>
-
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
 #include "common/clock.h"
 #include "common/error.h"
 #include "inspect/load_order.h"
-#include "inspect/process.h"
 #include "inspect/proc_maps.h"
+#include "inspect/process.h"
 
 namespace memtrail::session {
 
@@ -68,8 +67,7 @@ void Session::prepare_targets() {
     // loader says which libraries it will load, in which order. Probes attach to files, so
     // they are in place when the libraries get mapped.
     char resolved[PATH_MAX];
-    std::string real_executable =
-        ::realpath(executable.c_str(), resolved) ? resolved : executable;
+    std::string real_executable = ::realpath(executable.c_str(), resolved) ? resolved : executable;
     auto order = inspect::command_load_order(real_executable);
     TracedProcess process;
     process.allocators = allocators_or_mappings_only(0, order);
@@ -85,10 +83,10 @@ void Session::prepare_targets() {
 // runtime maps its memory itself) is refused, unless --mmap traces its mappings: then it is
 // traced for those alone, and one line says what cannot be.
 inspect::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
-                                                               const inspect::LoadOrder& order) {
+                                                                const inspect::LoadOrder& order) {
   try {
     return inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                      config_.custom_allocators_for(pid));
+                                       config_.custom_allocators_for(pid));
   } catch (const inspect::NoAllocatorFound&) {
     if (!config_.tracer.trace_regions) throw;
     std::cerr << "memtrail: " << (pid ? "pid " + std::to_string(pid) : std::string("the command"))
@@ -132,9 +130,9 @@ void Session::attach_all() {
       tracer_.attach(process.info.pid, module);
       if (!config_.verbose()) continue;
       for (const auto& function : module.functions) {
-        std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
-                  << " probed at " << module.path << "+0x" << std::hex
-                  << function.probe_offset << std::dec << ": " << function.placement << "\n";
+        std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
+                  << module.path << "+0x" << std::hex << function.probe_offset << std::dec << ": "
+                  << function.placement << "\n";
       }
     }
   }
@@ -143,9 +141,9 @@ void Session::attach_all() {
     if (process.launched) continue;
     process.pidfd = open_pidfd(process.info.pid);
     if (inspect::process_state(process.info.pid) != inspect::ProcessState::kRunning) {
-      throw Error("process " + std::to_string(process.info.pid) +
-                      " exited while memtrail was attaching",
-                  "trace a process that keeps running");
+      throw Error(
+          "process " + std::to_string(process.info.pid) + " exited while memtrail was attaching",
+          "trace a process that keeps running");
     }
   }
   if (child_) {
@@ -160,14 +158,14 @@ void Session::attach_all() {
     const auto& modules = process.allocators.modules;
     if (modules.empty()) std::cerr << "its anonymous mappings only (--mmap)";
     for (size_t i = 0; i < modules.size(); ++i) {
-      std::cerr << (i == 0 ? "" : " and ") << modules[i].name << " " << modules[i].path
-                << " (" << modules[i].functions.size() << " functions)";
+      std::cerr << (i == 0 ? "" : " and ") << modules[i].name << " " << modules[i].path << " ("
+                << modules[i].functions.size() << " functions)";
     }
     std::cerr << "\n";
     for (const auto& untraced : process.allocators.untraced) {
       if (untraced.expected) continue;
-      std::cerr << "memtrail: warning: pid " << process.info.pid << " maps " << untraced.name
-                << " " << untraced.path << ", not traced: " << untraced.reason << "\n";
+      std::cerr << "memtrail: warning: pid " << process.info.pid << " maps " << untraced.name << " "
+                << untraced.path << ", not traced: " << untraced.reason << "\n";
     }
   }
   std::cerr.flush();
@@ -181,8 +179,7 @@ void Session::housekeep(Clock::time_point now) {
   lifecycle_.follow();
   if (host_wide_ && host_wide_->has_pending_programs()) host_wide_->look_at_pending_programs();
   code_maps_.name_python_frames();
-  next_housekeeping_ =
-      now + std::chrono::milliseconds(code_maps_.walks_unwind_tables() ? 50 : 100);
+  next_housekeeping_ = now + std::chrono::milliseconds(code_maps_.walks_unwind_tables() ? 50 : 100);
 }
 
 // Processes that exited and got their summary: memtrail lets go of what it held for them
@@ -289,8 +286,9 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
     std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
   }
   auto symbolizing = Clock::now();
-  auto report = assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
-                                     context(final, only), std::min(sites, aggregate.sites.size()));
+  auto report =
+      assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
+                             context(final, only), std::min(sites, aggregate.sites.size()));
   // Processes that exited earlier: their sites as they were at the exit, after the live ones.
   for (const auto& process : targets_) {
     if (only) break;
@@ -329,9 +327,8 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
   for (const auto& process : targets_) {
     if (only && !only->count(process.info.pid)) continue;
     context.targets.push_back(process.info);
-    context.targets.back().memory = process.retired
-                                        ? process.memory_at_exit
-                                        : measurement_.process_memory(process.info.pid);
+    context.targets.back().memory =
+        process.retired ? process.memory_at_exit : measurement_.process_memory(process.info.pid);
     context.targets.back().exit = process.exit;
     context.targets.back().traced_from_start = process.launched;
     if (config_.tracer.trace_regions) {

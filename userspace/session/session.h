@@ -13,8 +13,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "model/report.h"
 #include "assemble/report_builder.h"
+#include "inspect/process.h"
+#include "model/report.h"
 #include "session/code_maps.h"
 #include "session/config.h"
 #include "session/host_wide.h"
@@ -22,7 +23,6 @@
 #include "session/measurement.h"
 #include "session/probes.h"
 #include "session/targets.h"
-#include "inspect/process.h"
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
@@ -84,7 +84,7 @@ class Session {
  private:
   void prepare_targets();
   inspect::ProcessAllocators allocators_or_mappings_only(uint32_t pid,
-                                                        const inspect::LoadOrder& order);
+                                                         const inspect::LoadOrder& order);
   void warn_unmapped_custom(uint32_t pid, const std::vector<inspect::Mapping>& mappings) const;
   void attach_all();
   // `only`: the report is for these processes (they exited): the others' sites are left out,

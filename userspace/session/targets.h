@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "common/unique_fd.h"
-#include "model/report.h"
 #include "inspect/allocator.h"
 #include "inspect/proc_maps.h"
+#include "model/report.h"
 
 namespace memtrail::session {
 
@@ -22,20 +22,21 @@ struct TracedProcess {
   model::Target info;
   inspect::ProcessAllocators allocators;  // every probed module: malloc's, libc's rest, C++, custom
   std::vector<inspect::Mapping> mappings;  // last seen: kept after exit for symbolization
-  UniqueFd pidfd;                         // readable once the process has exited
+  UniqueFd pidfd;                          // readable once the process has exited
   bool launched = false;
   // Exited while others were still traced: what it left, and its sites as they were then
   // (its blocks were purged from the maps).
   std::optional<model::ExitSummary> exit;
   std::vector<model::LeakSite> exit_sites;
-  uint32_t execs = 0;  // new programs it executed while traced (a launched command's first is its start)
+  uint32_t execs =
+      0;  // new programs it executed while traced (a launched command's first is its start)
   // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
   // bring an allocator, or functions of one, that need probes.
   std::set<std::string> resolved_code_files;
   // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
   std::string python_key;
   std::string python_types_module;  // the interpreter file --python-types probes, once
-  uint64_t exited_at_ns = 0;  // CLOCK_MONOTONIC when memtrail saw it exit
+  uint64_t exited_at_ns = 0;        // CLOCK_MONOTONIC when memtrail saw it exit
   // Its exit summary is kept and what memtrail held for it was let go (Session::retire): its
   // private memory as it was then stays with it.
   bool retired = false;

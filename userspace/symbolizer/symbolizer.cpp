@@ -97,8 +97,8 @@ std::vector<FrameInfo> Symbolizer::Module::lookup(uint64_t vaddr) {
   std::optional<uint32_t> line;
   if (Dwfl_Line* line_info = dwfl_module_getsrc(module, vaddr)) {
     int line_number = 0;
-    if (const char* source = dwfl_lineinfo(line_info, nullptr, &line_number, nullptr, nullptr,
-                                           nullptr)) {
+    if (const char* source =
+            dwfl_lineinfo(line_info, nullptr, &line_number, nullptr, nullptr, nullptr)) {
       file = source;
       if (line_number > 0) line = static_cast<uint32_t>(line_number);
     }
@@ -122,15 +122,15 @@ std::vector<FrameInfo> Symbolizer::Module::lookup(uint64_t vaddr) {
     for (int i = 0; i < count; ++i) {
       int tag = dwarf_tag(&chain[i]);
       if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram) continue;
-      frames.push_back({die_function_name(&chain[i]), file, line,
-                        tag == DW_TAG_inlined_subroutine});
+      frames.push_back(
+          {die_function_name(&chain[i]), file, line, tag == DW_TAG_inlined_subroutine});
       if (tag == DW_TAG_subprogram) break;
       Dwarf_Attribute attribute;
       Dwarf_Word value = 0;
       file.reset();
       line.reset();
-      if (have_files && dwarf_formudata(dwarf_attr(&chain[i], DW_AT_call_file, &attribute),
-                                        &value) == 0) {
+      if (have_files &&
+          dwarf_formudata(dwarf_attr(&chain[i], DW_AT_call_file, &attribute), &value) == 0) {
         if (const char* name = dwarf_filesrc(files, value, nullptr, nullptr)) file = name;
       }
       if (dwarf_formudata(dwarf_attr(&chain[i], DW_AT_call_line, &attribute), &value) == 0 &&
@@ -146,8 +146,8 @@ std::vector<FrameInfo> Symbolizer::Module::lookup(uint64_t vaddr) {
   if (frames.empty() || !frames.back().function) {
     GElf_Off offset = 0;
     GElf_Sym symbol;
-    const char* name = dwfl_module_addrinfo(module, vaddr, &offset, &symbol, nullptr, nullptr,
-                                            nullptr);
+    const char* name =
+        dwfl_module_addrinfo(module, vaddr, &offset, &symbol, nullptr, nullptr, nullptr);
     if (frames.empty()) frames.push_back({std::nullopt, file, line, false});
     if (name) frames.back().function = demangle(name);
   }
@@ -262,7 +262,7 @@ std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,
   std::shared_ptr<Module> module = module_for(pid, *mapping);
   if (!module) return {unknown};
   auto vaddr = inspect::address_at_file_offset(module->segments,
-                                              address - mapping->start + mapping->file_offset);
+                                               address - mapping->start + mapping->file_offset);
   if (!vaddr) return {unknown};
 
   // A return address points after the call; the call itself is one byte earlier.

@@ -8,8 +8,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "model/report.h"
 #include "inspect/proc_maps.h"
+#include "model/report.h"
 
 namespace memtrail::symbolizer {
 

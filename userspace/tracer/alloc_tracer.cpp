@@ -5,23 +5,23 @@
 #include <bpf/bpf.h>
 #include <sys/mman.h>
 
-#include <cerrno>
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
 
 // The BPF ABI first: the skeleton's rodata holds its structs.
-#include "tracer/bpf_codes.h"
-#include "alloc.skel.h"
-
 #include "aggregator/sampling.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "inspect/process_file.h"
+#include "tracer/bpf_codes.h"
 #include "tracer/libbpf_util.h"
+
+#include "alloc.skel.h"
 
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton) { alloc_bpf__destroy(skeleton); }
 
@@ -49,17 +49,25 @@ struct ProbePrograms {
 ProbePrograms programs_for(alloc_bpf* skeleton, inspect::ProbeRole role) {
   auto& p = skeleton->progs;
   switch (role) {
-    case inspect::ProbeRole::kSizeAlloc: return {p.size_alloc_enter, p.pointer_exit};
-    case inspect::ProbeRole::kCalloc: return {p.calloc_enter, p.pointer_exit};
-    case inspect::ProbeRole::kRealloc: return {p.realloc_enter, p.realloc_exit};
-    case inspect::ProbeRole::kReallocArray: return {p.reallocarray_enter, p.realloc_exit};
-    case inspect::ProbeRole::kAlignedAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kSizeAlloc:
+      return {p.size_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kCalloc:
+      return {p.calloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kRealloc:
+      return {p.realloc_enter, p.realloc_exit};
+    case inspect::ProbeRole::kReallocArray:
+      return {p.reallocarray_enter, p.realloc_exit};
+    case inspect::ProbeRole::kAlignedAlloc:
+      return {p.aligned_alloc_enter, p.pointer_exit};
     // (heap, size): the size is the second argument, as in aligned_alloc.
-    case inspect::ProbeRole::kHeapAlloc: return {p.aligned_alloc_enter, p.pointer_exit};
+    case inspect::ProbeRole::kHeapAlloc:
+      return {p.aligned_alloc_enter, p.pointer_exit};
     case inspect::ProbeRole::kPosixMemalign:
       return {p.posix_memalign_enter, p.posix_memalign_exit};
-    case inspect::ProbeRole::kFree: return {p.free_enter, nullptr};
-    case inspect::ProbeRole::kDelete: return {p.delete_enter, nullptr};
+    case inspect::ProbeRole::kFree:
+      return {p.free_enter, nullptr};
+    case inspect::ProbeRole::kDelete:
+      return {p.delete_enter, nullptr};
   }
   return {nullptr, nullptr};
 }
@@ -83,8 +91,7 @@ static_assert(sizeof(memtrail_unwind_row) == kUnwindRowBytes);
 
 AllocTracer::AllocTracer(const TracerConfig& config)
     : config_(config),
-      regions_(config.max_outstanding_allocations,
-               static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
+      regions_(config.max_outstanding_allocations, static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
   route_libbpf_log(config.verbose);
 
   skeleton_.reset(alloc_bpf__open());
@@ -101,7 +108,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   // room for the host's processes with --all, for a target's process tree otherwise.
   uint32_t traced_processes = config.host_wide ? kMaxTracedProcesses : kMaxTracedTrees;
   // Without --mmap only fork and exec events (a few a second at most) use the ring buffer.
-  uint32_t region_buffer = config.trace_regions ? config.region_buffer_bytes : kLifecycleBufferBytes;
+  uint32_t region_buffer =
+      config.trace_regions ? config.region_buffer_bytes : kLifecycleBufferBytes;
   struct {
     bpf_map* map;
     uint32_t entries;
@@ -121,17 +129,17 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                {maps.python_processes, config.python_layout ? traced_processes : 1u},
                {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
                {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
-               {maps.region_events, lifecycle ? region_buffer
-                                              : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
+               {maps.region_events,
+                lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
   }
   auto& p = skeleton_->progs;
   if (!config.trace_regions) {
-    for (bpf_program* program : {p.region_mmap_enter, p.region_mmap_exit, p.region_munmap_enter,
-                                 p.region_mremap_enter, p.region_mremap_exit, p.region_brk_enter,
-                                 p.region_brk_exit}) {
+    for (bpf_program* program :
+         {p.region_mmap_enter, p.region_mmap_exit, p.region_munmap_enter, p.region_mremap_enter,
+          p.region_mremap_exit, p.region_brk_enter, p.region_brk_exit}) {
       bpf_program__set_autoload(program, false);
     }
   }
@@ -198,13 +206,11 @@ void AllocTracer::attach_lifecycle_tracepoints() {
   struct {
     bpf_program* program;
     const char* tracepoint;
-  } syscalls[] = {{p.region_mmap_enter, "sys_enter_mmap"},
-                  {p.region_mmap_exit, "sys_exit_mmap"},
-                  {p.region_munmap_enter, "sys_enter_munmap"},
-                  {p.region_mremap_enter, "sys_enter_mremap"},
-                  {p.region_mremap_exit, "sys_exit_mremap"},
-                  {p.region_brk_enter, "sys_enter_brk"},
-                  {p.region_brk_exit, "sys_exit_brk"}};
+  } syscalls[] = {
+      {p.region_mmap_enter, "sys_enter_mmap"},     {p.region_mmap_exit, "sys_exit_mmap"},
+      {p.region_munmap_enter, "sys_enter_munmap"}, {p.region_mremap_enter, "sys_enter_mremap"},
+      {p.region_mremap_exit, "sys_exit_mremap"},   {p.region_brk_enter, "sys_enter_brk"},
+      {p.region_brk_exit, "sys_exit_brk"}};
   // Host-wide, but each program returns at once for a process that is not a target (one hash
   // lookup), and the traced_processes map is empty until attach().
   if (config_.trace_regions) {
@@ -219,7 +225,7 @@ void AllocTracer::attach_lifecycle_tracepoints() {
     }
   }
   for (auto [program, name] : {std::pair{p.region_exec, "sched_process_exec"},
-                                std::pair{p.region_fork, "sched_process_fork"}}) {
+                               std::pair{p.region_fork, "sched_process_fork"}}) {
     bpf_link* link = bpf_program__attach(program);
     if (!link) {
       int error_number = errno;
@@ -306,7 +312,6 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
   }
 }
 
-
 std::unordered_map<uint32_t, uint64_t> AllocTracer::free_slots_of(
     const std::unordered_map<uint32_t, uint64_t>& before_by_pid) {
   // The BPF programs' removal protocol (bpf/alloc_events.h): timestamp, then tgid, then the
@@ -363,13 +368,12 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
   // Keys first, deletes after: deleting while iterating a hash map restarts the iteration.
   std::vector<uint64_t> stacks;
   std::vector<uint32_t> stack_ids;
-  read_hash_map<uint64_t, memtrail_stack>(
-      bpf_map__fd(skeleton_->maps.stacks), 256, "stacks",
-      [&](uint64_t key, const memtrail_stack& stack) {
-        if (!purged(stack.tgid)) return;
-        stacks.push_back(key);
-        stack_ids.push_back(stack.id);
-      });
+  read_hash_map<uint64_t, memtrail_stack>(bpf_map__fd(skeleton_->maps.stacks), 256, "stacks",
+                                          [&](uint64_t key, const memtrail_stack& stack) {
+                                            if (!purged(stack.tgid)) return;
+                                            stacks.push_back(key);
+                                            stack_ids.push_back(stack.id);
+                                          });
   for (uint64_t key : stacks) bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.stacks), &key);
   if (config_.python_layout) {
     for (uint32_t id : stack_ids) {
@@ -436,8 +440,8 @@ void AllocTracer::forget_unwind_mappings(uint32_t pid) {
 void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address) {
   if (!config_.python_layout) return;
   memtrail_python_process process{runtime_address};
-  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid, &process,
-                          BPF_ANY) != 0) {
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid, &process, BPF_ANY) !=
+      0) {
     int error_number = errno;
     fail("add CPython process " + std::to_string(pid) + " to the Python frame walker",
          error_number);
@@ -527,8 +531,8 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
                                                            offset, &options);
     if (!link) {
       int error_number = errno;
-      std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") +
-                         function + " in " + module.path + " (pid " + std::to_string(pid) + ")";
+      std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") + function +
+                         " in " + module.path + " (pid " + std::to_string(pid) + ")";
       if (error_number == ESRCH) {
         throw Error("process " + std::to_string(pid) + " exited while memtrail was attaching",
                     "trace a process that keeps running, or launch it with `memtrail leaks -- "
@@ -564,8 +568,9 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   if (pid != kEveryProcess) follow(pid);
   for (auto& link : attached) links_.push_back(std::move(link));
   // From now on free() checks whether it runs inside a traced operator delete.
-  bool has_delete = std::any_of(module.functions.begin(), module.functions.end(),
-                                [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
+  bool has_delete =
+      std::any_of(module.functions.begin(), module.functions.end(),
+                  [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
@@ -579,9 +584,8 @@ void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& 
     LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = bpf::object_call_code(probe.call));
     bpf_program* program =
         probe.release ? skeleton_->progs.python_object_free : skeleton_->progs.python_object_new;
-    bpf_link* link = bpf_program__attach_uprobe_opts(program, static_cast<pid_t>(pid),
-                                                     kernel_path.c_str(), probe.file_offset,
-                                                     &options);
+    bpf_link* link = bpf_program__attach_uprobe_opts(
+        program, static_cast<pid_t>(pid), kernel_path.c_str(), probe.file_offset, &options);
     if (!link) {
       int error_number = errno;
       fail("attach uprobe " + probe.function + " in " + file.path + " (pid " + std::to_string(pid) +
@@ -658,9 +662,8 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   read_hash_map<memtrail_fallback_key, memtrail_fallback_totals>(
       bpf_map__fd(maps.fallback_sites), 4096, "fallback_sites",
       [&](const memtrail_fallback_key& key, const memtrail_fallback_totals& site) {
-        snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes,
-                                  site.total_allocations, site.caller_address,
-                                  site.mismatched_frees});
+        snapshot.sites.push_back({key.tgid, key.site_id, site.total_bytes, site.total_allocations,
+                                  site.caller_address, site.mismatched_frees});
       });
   // Read in batches: all of them by now.
   uint64_t fallbacks_read_at = monotonic_now_ns();
@@ -671,12 +674,10 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   read_hash_map<uint32_t, memtrail_process_losses>(
       bpf_map__fd(maps.process_losses), 256, "process_losses",
       [&](uint32_t pid, const memtrail_process_losses& lost) {
-        snapshot.losses[pid] = {lost.counts[MEMTRAIL_LOSS_DROPS],
-                                lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
-                                lost.counts[MEMTRAIL_LOSS_SITE_DROPS],
-                                lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
-                                lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES],
-                                lost.counts[MEMTRAIL_LOSS_REGION_EVENTS]};
+        snapshot.losses[pid] = {
+            lost.counts[MEMTRAIL_LOSS_DROPS],           lost.counts[MEMTRAIL_LOSS_STACK_FAILURES],
+            lost.counts[MEMTRAIL_LOSS_SITE_DROPS],      lost.counts[MEMTRAIL_LOSS_MISSED_ENTRIES],
+            lost.counts[MEMTRAIL_LOSS_UNMATCHED_FREES], lost.counts[MEMTRAIL_LOSS_REGION_EVENTS]};
       });
   uint64_t region_drops = 0;
   for (const auto& [pid, drops] : regions_.drops()) {
@@ -732,7 +733,11 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         continue;
       }
       model::OutstandingAllocation allocation{
-          tgid, address, size_kind & MEMTRAIL_SIZE_MASK, timestamp, site_id,
+          tgid,
+          address,
+          size_kind & MEMTRAIL_SIZE_MASK,
+          timestamp,
+          site_id,
           bpf::kind_from_code(static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS))};
       if (sink) {
         sink->add(allocation);
@@ -753,8 +758,6 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   return snapshot;
 }
 
-uint64_t AllocTracer::map_memory_bytes() const {
-  return tracer::map_memory_bytes(skeleton_->obj);
-}
+uint64_t AllocTracer::map_memory_bytes() const { return tracer::map_memory_bytes(skeleton_->obj); }
 
 }  // namespace memtrail::tracer

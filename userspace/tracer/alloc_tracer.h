@@ -10,8 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "model/snapshot.h"
 #include "inspect/allocator.h"
+#include "model/snapshot.h"
 #include "tracer/libbpf_raii.h"
 #include "tracer/mapped_regions.h"
 #include "tracer/tracer_config.h"
@@ -148,11 +148,11 @@ class AllocTracer : public unwind::RowStore {
 
   TracerConfig config_;
   AllocSkeleton skeleton_;
-  MappedMap allocs_view_;    // the outstanding-allocations table, read in place
-  MappedMap rows_view_;      // the unwind rows, written in place
+  MappedMap allocs_view_;  // the outstanding-allocations table, read in place
+  MappedMap rows_view_;    // the unwind rows, written in place
   uint64_t row_capacity_ = 0;
   uint64_t rows_used_ = 0;
-  MappedMap pages_view_;     // the modules' page indexes, written in place
+  MappedMap pages_view_;  // the modules' page indexes, written in place
   uint64_t page_capacity_ = 0;
   uint64_t pages_used_ = 0;
   MappedRegions regions_;

@@ -9,9 +9,9 @@
 #include <cstdint>
 
 #include "alloc_events.h"
+#include "inspect/allocator.h"
 #include "model/python.h"
 #include "model/snapshot.h"
-#include "inspect/allocator.h"
 #include "unwind/module_tables.h"
 #include "unwind/table_builder.h"
 #include "unwind_table.h"
@@ -34,19 +34,32 @@ constexpr model::AllocationKind kind_from_code(uint32_t code) {
                              (code - MEMTRAIL_KIND_DYNAMIC_FIRST));
   }
   switch (code) {
-    case MEMTRAIL_KIND_MALLOC: return Kind::kMalloc;
-    case MEMTRAIL_KIND_CALLOC: return Kind::kCalloc;
-    case MEMTRAIL_KIND_REALLOC: return Kind::kRealloc;
-    case MEMTRAIL_KIND_REALLOCARRAY: return Kind::kReallocArray;
-    case MEMTRAIL_KIND_POSIX_MEMALIGN: return Kind::kPosixMemalign;
-    case MEMTRAIL_KIND_ALIGNED_ALLOC: return Kind::kAlignedAlloc;
-    case MEMTRAIL_KIND_MEMALIGN: return Kind::kMemalign;
-    case MEMTRAIL_KIND_VALLOC: return Kind::kValloc;
-    case MEMTRAIL_KIND_PVALLOC: return Kind::kPvalloc;
-    case MEMTRAIL_KIND_NEW: return Kind::kNew;
-    case MEMTRAIL_KIND_NEW_ARRAY: return Kind::kNewArray;
-    case MEMTRAIL_KIND_MMAP: return Kind::kMmap;
-    case MEMTRAIL_KIND_BRK: return Kind::kBrk;
+    case MEMTRAIL_KIND_MALLOC:
+      return Kind::kMalloc;
+    case MEMTRAIL_KIND_CALLOC:
+      return Kind::kCalloc;
+    case MEMTRAIL_KIND_REALLOC:
+      return Kind::kRealloc;
+    case MEMTRAIL_KIND_REALLOCARRAY:
+      return Kind::kReallocArray;
+    case MEMTRAIL_KIND_POSIX_MEMALIGN:
+      return Kind::kPosixMemalign;
+    case MEMTRAIL_KIND_ALIGNED_ALLOC:
+      return Kind::kAlignedAlloc;
+    case MEMTRAIL_KIND_MEMALIGN:
+      return Kind::kMemalign;
+    case MEMTRAIL_KIND_VALLOC:
+      return Kind::kValloc;
+    case MEMTRAIL_KIND_PVALLOC:
+      return Kind::kPvalloc;
+    case MEMTRAIL_KIND_NEW:
+      return Kind::kNew;
+    case MEMTRAIL_KIND_NEW_ARRAY:
+      return Kind::kNewArray;
+    case MEMTRAIL_KIND_MMAP:
+      return Kind::kMmap;
+    case MEMTRAIL_KIND_BRK:
+      return Kind::kBrk;
   }
   return Kind::kUnknown;
 }
@@ -60,20 +73,34 @@ constexpr uint32_t code_of(model::AllocationKind kind) {
            (static_cast<uint32_t>(kind) - static_cast<uint32_t>(Kind::kFirstNamed));
   }
   switch (kind) {
-    case Kind::kMalloc: return MEMTRAIL_KIND_MALLOC;
-    case Kind::kCalloc: return MEMTRAIL_KIND_CALLOC;
-    case Kind::kRealloc: return MEMTRAIL_KIND_REALLOC;
-    case Kind::kReallocArray: return MEMTRAIL_KIND_REALLOCARRAY;
-    case Kind::kPosixMemalign: return MEMTRAIL_KIND_POSIX_MEMALIGN;
-    case Kind::kAlignedAlloc: return MEMTRAIL_KIND_ALIGNED_ALLOC;
-    case Kind::kMemalign: return MEMTRAIL_KIND_MEMALIGN;
-    case Kind::kValloc: return MEMTRAIL_KIND_VALLOC;
-    case Kind::kPvalloc: return MEMTRAIL_KIND_PVALLOC;
-    case Kind::kNew: return MEMTRAIL_KIND_NEW;
-    case Kind::kNewArray: return MEMTRAIL_KIND_NEW_ARRAY;
-    case Kind::kMmap: return MEMTRAIL_KIND_MMAP;
-    case Kind::kBrk: return MEMTRAIL_KIND_BRK;
-    default: break;  // kUnknown, and the gap before kFirstNamed
+    case Kind::kMalloc:
+      return MEMTRAIL_KIND_MALLOC;
+    case Kind::kCalloc:
+      return MEMTRAIL_KIND_CALLOC;
+    case Kind::kRealloc:
+      return MEMTRAIL_KIND_REALLOC;
+    case Kind::kReallocArray:
+      return MEMTRAIL_KIND_REALLOCARRAY;
+    case Kind::kPosixMemalign:
+      return MEMTRAIL_KIND_POSIX_MEMALIGN;
+    case Kind::kAlignedAlloc:
+      return MEMTRAIL_KIND_ALIGNED_ALLOC;
+    case Kind::kMemalign:
+      return MEMTRAIL_KIND_MEMALIGN;
+    case Kind::kValloc:
+      return MEMTRAIL_KIND_VALLOC;
+    case Kind::kPvalloc:
+      return MEMTRAIL_KIND_PVALLOC;
+    case Kind::kNew:
+      return MEMTRAIL_KIND_NEW;
+    case Kind::kNewArray:
+      return MEMTRAIL_KIND_NEW_ARRAY;
+    case Kind::kMmap:
+      return MEMTRAIL_KIND_MMAP;
+    case Kind::kBrk:
+      return MEMTRAIL_KIND_BRK;
+    default:
+      break;  // kUnknown, and the gap before kFirstNamed
   }
   return MEMTRAIL_KIND_COUNT;
 }
@@ -105,14 +132,22 @@ constexpr uint64_t probe_cookie(inspect::ProbeRole role, model::AllocationKind k
 // report names it.
 constexpr const char* truncation_reason_name(unsigned reason) {
   switch (reason) {
-    case MEMTRAIL_TRUNCATED_DEPTH: return "depth";
-    case MEMTRAIL_TRUNCATED_NO_CFI: return "no_cfi";
-    case MEMTRAIL_TRUNCATED_UNSUPPORTED: return "unsupported_cfi";
-    case MEMTRAIL_TRUNCATED_RBP_UNKNOWN: return "rbp_unknown";
-    case MEMTRAIL_TRUNCATED_UNREADABLE: return "unreadable";
-    case MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER: return "bad_frame_pointer";
-    case MEMTRAIL_TRUNCATED_NO_MAPPING: return "unknown_code";
-    case MEMTRAIL_TRUNCATED_LOOP: return "loop";
+    case MEMTRAIL_TRUNCATED_DEPTH:
+      return "depth";
+    case MEMTRAIL_TRUNCATED_NO_CFI:
+      return "no_cfi";
+    case MEMTRAIL_TRUNCATED_UNSUPPORTED:
+      return "unsupported_cfi";
+    case MEMTRAIL_TRUNCATED_RBP_UNKNOWN:
+      return "rbp_unknown";
+    case MEMTRAIL_TRUNCATED_UNREADABLE:
+      return "unreadable";
+    case MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER:
+      return "bad_frame_pointer";
+    case MEMTRAIL_TRUNCATED_NO_MAPPING:
+      return "unknown_code";
+    case MEMTRAIL_TRUNCATED_LOOP:
+      return "loop";
   }
   return "unknown";
 }
@@ -122,18 +157,18 @@ inline void read_stack_flags(uint16_t flags, model::Snapshot::Stack& stack) {
   stack.truncated = (flags & MEMTRAIL_STACK_TRUNCATED) != 0;
   stack.used_tables = (flags & MEMTRAIL_STACK_USED_TABLES) != 0;
   if (stack.truncated) {
-    stack.truncation_reason = truncation_reason_name(
-        (flags >> MEMTRAIL_STACK_REASON_SHIFT) & MEMTRAIL_STACK_REASON_MASK);
+    stack.truncation_reason =
+        truncation_reason_name((flags >> MEMTRAIL_STACK_REASON_SHIFT) & MEMTRAIL_STACK_REASON_MASK);
   }
 }
 
 // One Python frame as the walker packs it: the code object's address (low 48 bits), its last
 // instruction (15 bits) and the eval loop's entry flag (bit 63).
 constexpr model::PythonFrame python_frame(uint64_t packed) {
-  return {packed & MEMTRAIL_PYTHON_CODE_MASK,
-          static_cast<uint32_t>((packed >> MEMTRAIL_PYTHON_LASTI_SHIFT) &
-                                MEMTRAIL_PYTHON_LASTI_MAX),
-          (packed & MEMTRAIL_PYTHON_ENTRY) != 0};
+  return {
+      packed & MEMTRAIL_PYTHON_CODE_MASK,
+      static_cast<uint32_t>((packed >> MEMTRAIL_PYTHON_LASTI_SHIFT) & MEMTRAIL_PYTHON_LASTI_MAX),
+      (packed & MEMTRAIL_PYTHON_ENTRY) != 0};
 }
 
 // The flags of a Python stack (MEMTRAIL_PYTHON_*) into its model fields.
@@ -175,9 +210,12 @@ inline memtrail_python_type_layout python_type_layout(const model::PythonTypeLay
 
 constexpr uint32_t object_call_code(model::PythonObjectCall call) {
   switch (call) {
-    case model::PythonObjectCall::kGenericAlloc: return MEMTRAIL_PYTHON_GENERIC_ALLOC;
-    case model::PythonObjectCall::kGcNew: return MEMTRAIL_PYTHON_GC_NEW;
-    case model::PythonObjectCall::kGcNewVar: return MEMTRAIL_PYTHON_GC_NEWVAR;
+    case model::PythonObjectCall::kGenericAlloc:
+      return MEMTRAIL_PYTHON_GENERIC_ALLOC;
+    case model::PythonObjectCall::kGcNew:
+      return MEMTRAIL_PYTHON_GC_NEW;
+    case model::PythonObjectCall::kGcNewVar:
+      return MEMTRAIL_PYTHON_GC_NEWVAR;
   }
   return MEMTRAIL_PYTHON_GENERIC_ALLOC;
 }
@@ -190,22 +228,32 @@ static_assert(unwind::kMaxWalkerMappings == MEMTRAIL_UNWIND_MAX_MAPPINGS);
 
 constexpr uint8_t cfa_code(unwind::CfaKind kind) {
   switch (kind) {
-    case unwind::CfaKind::kNone: return MEMTRAIL_UNWIND_CFA_NONE;
-    case unwind::CfaKind::kRsp: return MEMTRAIL_UNWIND_CFA_RSP;
-    case unwind::CfaKind::kRbp: return MEMTRAIL_UNWIND_CFA_RBP;
-    case unwind::CfaKind::kPlt: return MEMTRAIL_UNWIND_CFA_PLT;
-    case unwind::CfaKind::kOutermost: return MEMTRAIL_UNWIND_CFA_OUTERMOST;
-    case unwind::CfaKind::kUnsupported: return MEMTRAIL_UNWIND_CFA_UNSUPPORTED;
-    case unwind::CfaKind::kSignal: return MEMTRAIL_UNWIND_CFA_SIGNAL;
+    case unwind::CfaKind::kNone:
+      return MEMTRAIL_UNWIND_CFA_NONE;
+    case unwind::CfaKind::kRsp:
+      return MEMTRAIL_UNWIND_CFA_RSP;
+    case unwind::CfaKind::kRbp:
+      return MEMTRAIL_UNWIND_CFA_RBP;
+    case unwind::CfaKind::kPlt:
+      return MEMTRAIL_UNWIND_CFA_PLT;
+    case unwind::CfaKind::kOutermost:
+      return MEMTRAIL_UNWIND_CFA_OUTERMOST;
+    case unwind::CfaKind::kUnsupported:
+      return MEMTRAIL_UNWIND_CFA_UNSUPPORTED;
+    case unwind::CfaKind::kSignal:
+      return MEMTRAIL_UNWIND_CFA_SIGNAL;
   }
   return MEMTRAIL_UNWIND_CFA_UNSUPPORTED;
 }
 
 constexpr uint8_t rbp_code(unwind::RbpKind kind) {
   switch (kind) {
-    case unwind::RbpKind::kUnchanged: return MEMTRAIL_UNWIND_RBP_UNCHANGED;
-    case unwind::RbpKind::kAtCfa: return MEMTRAIL_UNWIND_RBP_AT_CFA;
-    case unwind::RbpKind::kUnknown: return MEMTRAIL_UNWIND_RBP_UNKNOWN;
+    case unwind::RbpKind::kUnchanged:
+      return MEMTRAIL_UNWIND_RBP_UNCHANGED;
+    case unwind::RbpKind::kAtCfa:
+      return MEMTRAIL_UNWIND_RBP_AT_CFA;
+    case unwind::RbpKind::kUnknown:
+      return MEMTRAIL_UNWIND_RBP_UNKNOWN;
   }
   return MEMTRAIL_UNWIND_RBP_UNKNOWN;
 }
@@ -219,9 +267,12 @@ constexpr memtrail_unwind_row unwind_row(const unwind::Row& row) {
 
 constexpr uint32_t walk_method_code(unwind::WalkMethod method) {
   switch (method) {
-    case unwind::WalkMethod::kTable: return MEMTRAIL_UNWIND_BY_TABLE;
-    case unwind::WalkMethod::kFramePointer: return MEMTRAIL_UNWIND_BY_FRAME_POINTER;
-    case unwind::WalkMethod::kNothing: return MEMTRAIL_UNWIND_BY_NOTHING;
+    case unwind::WalkMethod::kTable:
+      return MEMTRAIL_UNWIND_BY_TABLE;
+    case unwind::WalkMethod::kFramePointer:
+      return MEMTRAIL_UNWIND_BY_FRAME_POINTER;
+    case unwind::WalkMethod::kNothing:
+      return MEMTRAIL_UNWIND_BY_NOTHING;
   }
   return MEMTRAIL_UNWIND_BY_NOTHING;
 }

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <bpf/libbpf.h>
-
 #include <sys/mman.h>
 
 #include <cstddef>
@@ -51,10 +50,14 @@ class MappedMap {
     if (address_) munmap(const_cast<void*>(address_), length_);
   }
   template <typename Value>
-  const Value* values() const { return static_cast<const Value*>(address_); }
+  const Value* values() const {
+    return static_cast<const Value*>(address_);
+  }
   // Only for a mapping made writable (PROT_WRITE).
   template <typename Value>
-  Value* writable_values() const { return static_cast<Value*>(const_cast<void*>(address_)); }
+  Value* writable_values() const {
+    return static_cast<Value*>(const_cast<void*>(address_));
+  }
 
  private:
   const void* address_ = nullptr;

@@ -40,7 +40,8 @@ std::string load_failure_hint(int error_number, const std::string& map_size_opti
   }
   if (error_number == E2BIG) {
     // Both a map larger than the kernel allows and a program the verifier gave up on.
-    return "lower " + map_size_option + " (a map may be larger than the kernel allows); if "
+    return "lower " + map_size_option +
+           " (a map may be larger than the kernel allows); if "
            "that does not help, the verifier rejected a program as too complex: run with -v "
            "and report its output";
   }
@@ -52,8 +53,8 @@ void ensure_tracefs(const std::string& what_needs_it, const std::string& hint) {
   // libbpf 1.1 prefers this path whenever it exists.
   if (access("/sys/kernel/debug/tracing", F_OK) == 0) {
     if (access("/sys/kernel/debug/tracing/events", F_OK) == 0) return;
-    fail("find tracefs for " + what_needs_it + ": /sys/kernel/debug/tracing has no events",
-         ENOENT, hint);
+    fail("find tracefs for " + what_needs_it + ": /sys/kernel/debug/tracing has no events", ENOENT,
+         hint);
   }
   if (mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0) {
     int error_number = errno;

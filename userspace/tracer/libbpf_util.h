@@ -44,8 +44,8 @@ void read_hash_map(int map_fd, uint32_t batch_size, const char* map_name, Sink&&
   for (;;) {
     uint32_t count = batch_size;
     LIBBPF_OPTS(bpf_map_batch_opts, options);
-    int err = bpf_map_lookup_batch(map_fd, first ? nullptr : &next_batch, &next_batch,
-                                   keys.data(), values.data(), &count, &options);
+    int err = bpf_map_lookup_batch(map_fd, first ? nullptr : &next_batch, &next_batch, keys.data(),
+                                   values.data(), &count, &options);
     int error_number = err < 0 ? errno : 0;
     for (uint32_t i = 0; i < count; ++i) sink(keys[i], values[i]);
     if (err < 0) {

@@ -66,8 +66,7 @@ void MappedRegions::map(Process& process, uint32_t pid, uint64_t start, uint64_t
   insert_piece(process, start, start + length, id);
 }
 
-void MappedRegions::insert_piece(Process& process, uint64_t start, uint64_t end,
-                                 uint64_t mapping) {
+void MappedRegions::insert_piece(Process& process, uint64_t start, uint64_t end, uint64_t mapping) {
   if (start < end) process.pieces[start] = {end, mapping};
 }
 

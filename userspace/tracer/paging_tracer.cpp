@@ -14,13 +14,12 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
-#include "paging.skel.h"
 #include "paging_events.h"
 #include "tracer/libbpf_util.h"
 
-extern "C" void memtrail_paging_bpf_destroy(paging_bpf* skeleton) {
-  paging_bpf__destroy(skeleton);
-}
+#include "paging.skel.h"
+
+extern "C" void memtrail_paging_bpf_destroy(paging_bpf* skeleton) { paging_bpf__destroy(skeleton); }
 
 namespace memtrail::tracer {
 namespace {
@@ -112,8 +111,8 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
     attr.type = PERF_TYPE_SOFTWARE;
     attr.config = PERF_COUNT_SW_PAGE_FAULTS_MAJ;
     attr.sample_period = 1;
-    UniqueFd event(static_cast<int>(
-        syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)));
+    UniqueFd event(
+        static_cast<int>(syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)));
     if (!event) {
       int error_number = errno;
       if (error_number == ENODEV) continue;  // a possible CPU that is offline
@@ -150,31 +149,30 @@ void PagingTracer::set_deep(bool on) {
 void PagingTracer::read(model::PagingSample& sample, uint64_t start_ns) {
   auto& maps = skeleton_->maps;
   std::vector<uint32_t> exited;
-  read_hash_map<uint32_t, memtrail_task_stats>(
-      bpf_map__fd(maps.task_stats), 1024, "task_stats",
-      [&](uint32_t tgid, const memtrail_task_stats& s) {
-        model::TaskPagingStats task;
-        task.tgid = tgid;
-        task.comm = comm_of(s.comm);
-        task.memcg_id = s.memcg_id;
-        task.exited = s.exited != 0;
-        task.major_faults = s.major_faults;
-        task.timed_major_faults = s.timed_major_faults;
-        task.major_fault_wait_ns = s.major_fault_wait_ns;
-        task.direct_reclaim_ns = s.direct_reclaim_ns;
-        task.memcg_reclaim_ns = s.memcg_reclaim_ns;
-        task.reclaim_passes = s.reclaim_passes;
-        task.pages_reclaimed = s.pages_reclaimed;
-        task.swapout_pages = s.swapout_folios;
-        task.swapin_pages = s.swapin_pages;
-        task.zswapin_pages = s.zswapin_pages;
-        task.refault_anon = s.refault_anon;
-        task.refault_file = s.refault_file;
-        task.restore_anon = s.restore_anon;
-        task.restore_file = s.restore_file;
-        if (task.exited) exited.push_back(tgid);
-        sample.tasks.push_back(std::move(task));
-      });
+  read_hash_map<uint32_t, memtrail_task_stats>(bpf_map__fd(maps.task_stats), 1024, "task_stats",
+                                               [&](uint32_t tgid, const memtrail_task_stats& s) {
+                                                 model::TaskPagingStats task;
+                                                 task.tgid = tgid;
+                                                 task.comm = comm_of(s.comm);
+                                                 task.memcg_id = s.memcg_id;
+                                                 task.exited = s.exited != 0;
+                                                 task.major_faults = s.major_faults;
+                                                 task.timed_major_faults = s.timed_major_faults;
+                                                 task.major_fault_wait_ns = s.major_fault_wait_ns;
+                                                 task.direct_reclaim_ns = s.direct_reclaim_ns;
+                                                 task.memcg_reclaim_ns = s.memcg_reclaim_ns;
+                                                 task.reclaim_passes = s.reclaim_passes;
+                                                 task.pages_reclaimed = s.pages_reclaimed;
+                                                 task.swapout_pages = s.swapout_folios;
+                                                 task.swapin_pages = s.swapin_pages;
+                                                 task.zswapin_pages = s.zswapin_pages;
+                                                 task.refault_anon = s.refault_anon;
+                                                 task.refault_file = s.refault_file;
+                                                 task.restore_anon = s.restore_anon;
+                                                 task.restore_file = s.restore_file;
+                                                 if (task.exited) exited.push_back(tgid);
+                                                 sample.tasks.push_back(std::move(task));
+                                               });
   // Reported once; a pid the kernel hands out again starts from zero.
   for (uint32_t tgid : exited) bpf_map_delete_elem(bpf_map__fd(maps.task_stats), &tgid);
 
@@ -209,8 +207,6 @@ void PagingTracer::read(model::PagingSample& sample, uint64_t start_ns) {
   sample.counters.stalls_not_timed = counters[MEMTRAIL_PAGING_CTR_NO_STORAGE];
 }
 
-uint64_t PagingTracer::map_memory_bytes() const {
-  return tracer::map_memory_bytes(skeleton_->obj);
-}
+uint64_t PagingTracer::map_memory_bytes() const { return tracer::map_memory_bytes(skeleton_->obj); }
 
 }  // namespace memtrail::tracer

@@ -104,8 +104,8 @@ std::optional<size_t> ModuleTables::module_for(uint32_t pid, const inspect::Mapp
   }
   struct stat status {};
   if (::fstat(file->fd.get(), &status) != 0) return std::nullopt;
-  std::string file_key = std::to_string(status.st_dev) + ":" + std::to_string(status.st_ino) +
-                         ":" + std::to_string(status.st_size) + ":" +
+  std::string file_key = std::to_string(status.st_dev) + ":" + std::to_string(status.st_ino) + ":" +
+                         std::to_string(status.st_size) + ":" +
                          std::to_string(status.st_mtim.tv_sec) + "." +
                          std::to_string(status.st_mtim.tv_nsec);
   auto known = by_file_.find(file_key);
@@ -139,8 +139,8 @@ std::vector<WalkerMapping> ModuleTables::mappings_for(
       entry.pages = module.pages;
       entry.page_base = module.page_base;
     } else {
-      entry.method = module.method == "frame_pointers" ? WalkMethod::kFramePointer
-                                                       : WalkMethod::kNothing;
+      entry.method =
+          module.method == "frame_pointers" ? WalkMethod::kFramePointer : WalkMethod::kNothing;
     }
     entries.push_back(entry);
   }

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "common/unique_fd.h"
-#include "model/stack_modes.h"
 #include "inspect/proc_maps.h"
+#include "model/stack_modes.h"
 #include "unwind/table_builder.h"
 
 namespace memtrail::unwind {
@@ -31,7 +31,7 @@ struct ModuleUnwind {
   uint32_t first_page = 0;  // its page index in the walker's page map
   uint32_t pages = 0;       // 0: no page index (it did not fit): the walker searches all rows
   uint32_t page_base = 0;
-  double build_ms = 0;      // reading the CFI and building the rows
+  double build_ms = 0;  // reading the CFI and building the rows
   std::vector<LoadSegment> segments;
 };
 
@@ -97,7 +97,7 @@ class ModuleTables {
   UnwindMode mode_;
   RowStore& store_;
   std::vector<ModuleUnwind> modules_;
-  std::unordered_map<std::string, size_t> by_file_;      // "dev:inode:size:mtime"
+  std::unordered_map<std::string, size_t> by_file_;  // "dev:inode:size:mtime"
   std::unordered_map<std::string, size_t> by_build_id_;
   uint64_t rows_stored_ = 0;
   uint64_t mappings_beyond_limit_ = 0;

@@ -112,26 +112,44 @@ std::optional<uint64_t> read_encoded(Reader& reader, uint8_t encoding, const Cfi
   const uint8_t* field = reader.pos();
   uint64_t value = 0;
   switch (encoding & 0x0f) {
-    case DW_EH_PE_absptr: value = reader.fixed(8); break;
-    case DW_EH_PE_uleb128: value = reader.uleb(); break;
-    case DW_EH_PE_udata2: value = reader.fixed(2); break;
-    case DW_EH_PE_udata4: value = reader.fixed(4); break;
-    case DW_EH_PE_udata8: value = reader.fixed(8); break;
-    case DW_EH_PE_sleb128: value = static_cast<uint64_t>(reader.sleb()); break;
+    case DW_EH_PE_absptr:
+      value = reader.fixed(8);
+      break;
+    case DW_EH_PE_uleb128:
+      value = reader.uleb();
+      break;
+    case DW_EH_PE_udata2:
+      value = reader.fixed(2);
+      break;
+    case DW_EH_PE_udata4:
+      value = reader.fixed(4);
+      break;
+    case DW_EH_PE_udata8:
+      value = reader.fixed(8);
+      break;
+    case DW_EH_PE_sleb128:
+      value = static_cast<uint64_t>(reader.sleb());
+      break;
     case DW_EH_PE_sdata2:
       value = static_cast<uint64_t>(static_cast<int16_t>(reader.fixed(2)));
       break;
     case DW_EH_PE_sdata4:
       value = static_cast<uint64_t>(static_cast<int32_t>(reader.fixed(4)));
       break;
-    case DW_EH_PE_sdata8: value = reader.fixed(8); break;
-    default: return std::nullopt;
+    case DW_EH_PE_sdata8:
+      value = reader.fixed(8);
+      break;
+    default:
+      return std::nullopt;
   }
   if (reader.failed()) return std::nullopt;
   switch (encoding & 0xf0) {
-    case DW_EH_PE_absptr: return value;
-    case DW_EH_PE_pcrel: return value + section.address_of(field);
-    default: return std::nullopt;
+    case DW_EH_PE_absptr:
+      return value;
+    case DW_EH_PE_pcrel:
+      return value + section.address_of(field);
+    default:
+      return std::nullopt;
   }
 }
 
@@ -170,8 +188,12 @@ Cie parse_cie(const Dwarf_CIE& entry, const CfiSection& section) {
   Reader data(entry.augmentation_data, entry.augmentation_data + entry.augmentation_data_size);
   for (const char* letter = augmentation + 1; *letter != '\0'; ++letter) {
     switch (*letter) {
-      case 'R': cie.fde_encoding = data.u8(); break;
-      case 'L': data.u8(); break;
+      case 'R':
+        cie.fde_encoding = data.u8();
+        break;
+      case 'L':
+        data.u8();
+        break;
       case 'P': {
         uint8_t encoding = data.u8();
         // The personality pointer's value does not matter here, only its size; an indirect
@@ -179,8 +201,11 @@ Cie parse_cie(const Dwarf_CIE& entry, const CfiSection& section) {
         if (!read_encoded(data, encoding & 0x7f, section)) return cie;
         break;
       }
-      case 'S': cie.signal_frame = true; break;  // see match_signal_frame_expression
-      default: return cie;
+      case 'S':
+        cie.signal_frame = true;
+        break;  // see match_signal_frame_expression
+      default:
+        return cie;
     }
   }
   cie.usable = !data.failed();
@@ -286,9 +311,11 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
       cfa_kind = CfaKind::kPlt;
       row.rbp_offset = static_cast<int8_t>(state.cfa.plt_threshold);
       break;
-    case CfaRule::kExpression: return unsupported(why.cfa_expression);
+    case CfaRule::kExpression:
+      return unsupported(why.cfa_expression);
     case CfaRule::kUndefined:
-    default: return unsupported(why.malformed);  // an FDE row without any CFA rule
+    default:
+      return unsupported(why.malformed);  // an FDE row without any CFA rule
   }
   if (state.cfa.offset < 0 || state.cfa.offset > std::numeric_limits<uint16_t>::max())
     return unsupported(why.cfa_offset_range);
@@ -301,8 +328,11 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
   switch (state.rbp.kind) {
     // rbp is callee-saved (psABI section 3.2.1): without a rule, the frame has not changed it.
     case RegisterRule::kUnspecified:
-    case RegisterRule::kSameValue: rbp_kind = RbpKind::kUnchanged; break;
-    case RegisterRule::kUndefined: break;
+    case RegisterRule::kSameValue:
+      rbp_kind = RbpKind::kUnchanged;
+      break;
+    case RegisterRule::kUndefined:
+      break;
     case RegisterRule::kOffset: {
       int64_t slots = state.rbp.offset / 8;
       // A PLT row's rbp_offset holds its threshold; PLT stubs never save rbp anyway.
@@ -318,7 +348,9 @@ Row encode_row(const FrameState& state, bool malformed, UnwindTable& table) {
       break;
     }
     case RegisterRule::kOther:
-    default: ++why.rbp_rule; break;
+    default:
+      ++why.rbp_rule;
+      break;
   }
   row.cfa = cfa_kind;
   row.rbp = rbp_kind;
@@ -402,11 +434,15 @@ class CfaProgram {
           set_rule(low, {RegisterRule::kOffset, static_cast<int64_t>(in.uleb()) * daf}, state);
           if (in.failed()) return false;
           continue;
-        case DW_CFA_restore: restore(low, state); continue;
-        default: break;
+        case DW_CFA_restore:
+          restore(low, state);
+          continue;
+        default:
+          break;
       }
       switch (op) {
-        case DW_CFA_nop: break;
+        case DW_CFA_nop:
+          break;
         case DW_CFA_set_loc: {
           auto next = read_encoded(in, cie_.fde_encoding, section_);
           if (!next || !advance(*next, state)) return false;
@@ -436,9 +472,15 @@ class CfaProgram {
           set_rule(reg, {RegisterRule::kOffset, -static_cast<int64_t>(in.uleb()) * daf}, state);
           break;
         }
-        case DW_CFA_restore_extended: restore(in.uleb(), state); break;
-        case DW_CFA_undefined: set_rule(in.uleb(), {RegisterRule::kUndefined, 0}, state); break;
-        case DW_CFA_same_value: set_rule(in.uleb(), {RegisterRule::kSameValue, 0}, state); break;
+        case DW_CFA_restore_extended:
+          restore(in.uleb(), state);
+          break;
+        case DW_CFA_undefined:
+          set_rule(in.uleb(), {RegisterRule::kUndefined, 0}, state);
+          break;
+        case DW_CFA_same_value:
+          set_rule(in.uleb(), {RegisterRule::kSameValue, 0}, state);
+          break;
         case DW_CFA_register:
           set_rule(in.uleb(), {RegisterRule::kOther, 0}, state);
           in.uleb();
@@ -505,8 +547,11 @@ class CfaProgram {
           }
           break;
         }
-        case DW_CFA_GNU_args_size: in.uleb(); break;  // stack adjustment for landing pads only
-        default: return false;  // DW_CFA_GNU_window_save and vendor opcodes of other targets
+        case DW_CFA_GNU_args_size:
+          in.uleb();
+          break;  // stack adjustment for landing pads only
+        default:
+          return false;  // DW_CFA_GNU_window_save and vendor opcodes of other targets
       }
       if (in.failed()) return false;
     }
@@ -749,20 +794,23 @@ UnwindTable build_unwind_table(const inspect::ElfFile& elf) {
   if (table.rows.empty())
     table.no_cfi_reason = "no FDE of .eh_frame or .debug_frame describes executable code";
   if (table.skipped.beyond_row_limit)
-    table.limit_reached = "its table stops at " + std::to_string(kMaxRowsPerFile) +
-                          " rows, the most one file may have: " +
-                          std::to_string(table.skipped.beyond_row_limit) +
-                          " functions after them have no rows";
+    table.limit_reached =
+        "its table stops at " + std::to_string(kMaxRowsPerFile) +
+        " rows, the most one file may have: " + std::to_string(table.skipped.beyond_row_limit) +
+        " functions after them have no rows";
   return table;
 }
 
 std::optional<uint64_t> compute_cfa(const Row& row, uint64_t pc, uint64_t rsp, uint64_t rbp) {
   switch (row.cfa) {
-    case CfaKind::kRsp: return rsp + row.cfa_offset;
-    case CfaKind::kRbp: return rbp + row.cfa_offset;
+    case CfaKind::kRsp:
+      return rsp + row.cfa_offset;
+    case CfaKind::kRbp:
+      return rbp + row.cfa_offset;
     case CfaKind::kPlt:
       return rsp + row.cfa_offset + ((pc & 15) >= static_cast<uint64_t>(row.rbp_offset) ? 8 : 0);
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -802,8 +850,7 @@ std::optional<Row> search_rows(std::span<const Row> rows, uint32_t low, uint32_t
 
 }  // namespace
 
-std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index,
-                                  uint64_t pc) {
+std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index, uint64_t pc) {
   if (pc > std::numeric_limits<uint32_t>::max()) return std::nullopt;
   uint32_t low = 0, high = static_cast<uint32_t>(rows.size());
   uint64_t page = pc >> kPageShift;

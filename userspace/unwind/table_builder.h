@@ -124,9 +124,7 @@ struct UnwindTable {
 
   // Most functions keep a frame pointer (-fno-omit-frame-pointer): a frame-pointer walk is
   // right through this module and cheaper than its table.
-  bool keeps_frame_pointers() const {
-    return fdes > 0 && fdes_with_frame_pointer * 2 >= fdes;
-  }
+  bool keeps_frame_pointers() const { return fdes > 0 && fdes_with_frame_pointer * 2 >= fdes; }
 };
 
 // Builds the table of the ELF file `elf` from its .eh_frame and, for functions that .eh_frame
@@ -154,8 +152,7 @@ struct PageIndex {
 PageIndex build_page_index(std::span<const Row> rows);
 
 // find_row narrowed by the page index, the way the BPF walker searches (the two must agree).
-std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index,
-                                  uint64_t pc);
+std::optional<Row> find_row_paged(std::span<const Row> rows, const PageIndex& index, uint64_t pc);
 
 // The CFA of the frame executing at `pc` given its rsp and rbp, as the BPF walker computes it;
 // nullopt for the rows that end the walk (NONE, OUTERMOST, UNSUPPORTED).
