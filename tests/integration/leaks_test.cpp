@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "gated_target.h"
 #include "profile.pb.h"
 #include "report/formats.h"
 #include "subprocess.h"
@@ -27,32 +28,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-
-// A target program at its gate: started, "ready PID" read.
-struct Target {
-  explicit Target(std::vector<std::string> argv) : process(std::move(argv)) {
-    auto ready = process.wait_for_stdout("ready ", 10s);
-    EXPECT_TRUE(ready.has_value()) << "target did not start";
-  }
-  // Lets it run its scenario and collects the "line NAME N" it prints, until "done".
-  std::map<std::string, int> run() {
-    process.write_stdin("go\n");
-    return collect_lines("done");
-  }
-  std::map<std::string, int> collect_lines(const std::string& until) {
-    std::map<std::string, int> lines;
-    while (auto line = process.read_stdout_line(10s)) {
-      if (*line == until) return lines;
-      std::istringstream words(*line);
-      std::string tag, name;
-      int number = 0;
-      if (words >> tag >> name >> number && tag == "line") lines[name] = number;
-    }
-    ADD_FAILURE() << "target did not print " << until;
-    return lines;
-  }
-  Subprocess process;
-};
 
 // memtrail leaks with the given arguments, started and waited for until its probes are in.
 struct Tracer {

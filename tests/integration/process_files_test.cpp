@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "gated_target.h"
 #include "subprocess.h"
 #include "test_support.h"
 
@@ -29,29 +30,6 @@ using nlohmann::json;
 // What `leaky basic 7 1000` leaks at leak_malloc.
 constexpr int kLeakCount = 7;
 constexpr int kLeakBytes = 1000;
-
-// A target at its gate (the protocol of tests/targets/leaky.c): started, "ready PID" read.
-struct Target {
-  explicit Target(std::vector<std::string> argv) : process(std::move(argv)) {
-    auto ready = process.wait_for_stdout("ready ", 10s);
-    EXPECT_TRUE(ready.has_value()) << "target did not start: " << process.drain_stderr();
-  }
-  // Lets it run its scenario; its "line NAME N" lines until "done".
-  std::map<std::string, int> run() {
-    process.write_stdin("go\n");
-    std::map<std::string, int> lines;
-    while (auto line = process.read_stdout_line(10s)) {
-      if (*line == "done") return lines;
-      std::istringstream words(*line);
-      std::string tag, name;
-      int number = 0;
-      if (words >> tag >> name >> number && tag == "line") lines[name] = number;
-    }
-    ADD_FAILURE() << "target did not print done";
-    return lines;
-  }
-  Subprocess process;
-};
 
 // `leaky basic 7 1000` run by `launcher` (unshare, chroot, env: each executes it in place, so
 // the PID is leaky's), with `path` the leaky binary as the launched process names it.

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "gated_target.h"
 #include "subprocess.h"
 #include "test_support.h"
 
@@ -35,31 +36,6 @@ const std::vector<std::string> kChain = {"lib_level_two", "lib_level_one", "chai
                                          "chain_middle",  "chain_outer",   "main"};
 const std::vector<std::string> kCxxChain = {"make_node(int)", "Parser::parse(int)",
                                             "Service::handle(int)", "main"};
-
-// A target at its gate (the protocol of tests/targets/leaky.c): started, "ready PID" read.
-struct Target {
-  explicit Target(std::vector<std::string> argv) : process(std::move(argv)) {
-    auto ready = process.wait_for_stdout("ready ", 10s);
-    EXPECT_TRUE(ready.has_value()) << "target did not start";
-  }
-  Subprocess process;
-};
-
-// Sends the gate line to a target whose stdout is `out` (the target's own, or memtrail's for a
-// command it launched) and collects its "line NAME N" lines until "done".
-std::map<std::string, int> run_to_done(Subprocess& out, Subprocess& in) {
-  in.write_stdin("go\n");
-  std::map<std::string, int> lines;
-  while (auto line = out.read_stdout_line(10s)) {
-    if (*line == "done") return lines;
-    std::istringstream words(*line);
-    std::string tag, name;
-    int number = 0;
-    if (words >> tag >> name >> number && tag == "line") lines[name] = number;
-  }
-  ADD_FAILURE() << "target did not print done";
-  return lines;
-}
 
 struct Traced {
   json report;
