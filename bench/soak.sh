@@ -74,8 +74,8 @@ sample() {
          END {print sum + 0}' || true)
   outstanding=$(grep -o 'report: [0-9]* outstanding' "$work/err" | tail -1 | grep -o '[0-9]*' || true)
   state=$(grep '^memtrail: state:' "$work/err" | tail -1 |
-    sed -E 's/.*state: ([0-9]+) targets kept \(([0-9]+) exit summaries\), ([0-9]+) exits .* and ([0-9]+) older.*/\1,\2,\3,\4/' || true)
-  echo "$t,$rss,$private,$ticks,$memlock,${outstanding:-0},${state:-0,0,0,0}"
+    sed -E 's/.*state: ([0-9]+) targets kept \(([0-9]+) exit summaries\), ([0-9]+) exits .* and ([0-9]+) older exit summaries folded; ([0-9]+) sites in the maps, of ([0-9]+) processes.*/\1,\2,\3,\4,\5,\6/' || true)
+  echo "$t,$rss,$private,$ticks,$memlock,${outstanding:-0},${state:-0,0,0,0,0,0}"
 }
 
 "$memtrail" leaks --all "${filter[@]}" -q -v -i "$sample_s" --json "$work/r.json" > /dev/null 2> "$work/err" &
@@ -94,7 +94,7 @@ rate=$rate "$spawner" -c "$(declare -f spawn); spawn" &
 spawner_pid=$!
 echo "soak: $minutes min of memtrail leaks --all (pid $tracer) beside $rate commands a second" \
   "and a leaking service; a sample every $sample_s s"
-echo "t_s,rss_anon,private,cpu_ticks,bpf_memlock,outstanding,targets,exit_summaries,folded_nothing,folded_over_cap" > "$work/samples.csv"
+echo "t_s,rss_anon,private,cpu_ticks,bpf_memlock,outstanding,targets,exit_summaries,folded_nothing,folded_over_cap,map_sites,untraced_processes" > "$work/samples.csv"
 begin=$(date +%s)
 for ((t = 0; t <= seconds; t += sample_s)); do
   sleep $((begin + t - $(date +%s) > 0 ? begin + t - $(date +%s) : 0))
@@ -146,6 +146,10 @@ lines = [
     ("CPU after warm-up", f"{cpu:.1f} % of a CPU on average, {peak_cpu:.1f} % at most over {int(after[1]['t_s'] - after[0]['t_s']) if len(after) > 1 else 0} s (bound {max_cpu:.0f} %)"),
     ("BPF maps (memlock)", f"{mib(warm_row['bpf_memlock'])} -> {mib(last['bpf_memlock'])}"
      f" (max {mib(max(r['bpf_memlock'] for r in rows))})"),
+    ("sites in the BPF maps (of processes not live)",
+     f"{int(warm_row['map_sites']):,} ({int(warm_row['untraced_processes'])}) -> "
+     f"{int(last['map_sites']):,} ({int(last['untraced_processes'])}); max "
+     f"{int(max(r['map_sites'] for r in after)):,}"),
     ("outstanding allocations read", f"{int(warm_row['outstanding']):,} -> {int(last['outstanding']):,}"),
     ("targets kept (exit summaries)", f"{int(warm_row['targets']):,} ({int(warm_row['exit_summaries'])}) -> "
      f"{int(last['targets']):,} ({int(last['exit_summaries'])})"),

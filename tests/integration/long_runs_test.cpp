@@ -5,9 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -167,6 +170,58 @@ TEST(LeaksLongRuns, ShortLivedProcessesAreFoldedIntoACountAndTheLeakIsStillFound
   EXPECT_EQ(grow["outstanding_bytes"], grow["total_allocated_bytes"]);
   EXPECT_EQ(grow["outstanding_bytes"], 4 * 10 * 20 * 1000);  // every block of 4 s of growth
   EXPECT_TRUE(report["attach_failures"].empty());
+}
+
+// A shell's command substitution: the subshell is forked and the shell exits right after it,
+// often before memtrail has followed the fork (a report may have read the fork event already).
+// The child must be followed while its parent still counts as live, or purged with what the
+// kernel recorded for it: nothing may stay in the maps under a pid no report knows (the state
+// line counts the sites of processes that are not live; it was thousands after a soak).
+TEST(LeaksLongRuns, ChildrenOfExitingShellsLeaveNothingInTheMaps) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  std::string spawner = dir.file("mt_spawner");  // a bash named for the --comm filter
+  ASSERT_EQ(std::system(("cp /bin/bash " + spawner).c_str()), 0);
+  Subprocess tracer(memtrail({"--all", "--comm", "mt_spawner", "--interval", "0.25", "--json",
+                              dir.file("r.json"), "-q", "-v"}));
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing ", 20s).has_value())
+      << tracer.stderr_seen();
+  std::atomic<bool> done = false;
+  std::thread shells([&] {
+    std::string script = "for i in $(seq 150); do sh -c 'x=$(printf %s \"$0\"); : \"$x\"' $i; done";
+    EXPECT_EQ(
+        std::system((spawner + " -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'")
+                        .c_str()),
+        0);
+    done = true;
+  });
+  // Read memtrail's -v lines meanwhile (a full pipe would stop it), and after the shells are
+  // gone and their exits settled, the state lines of a few more reports.
+  std::vector<std::string> states;
+  auto settled_by = std::chrono::steady_clock::time_point::max();
+  while (std::chrono::steady_clock::now() < settled_by) {
+    if (done && settled_by == std::chrono::steady_clock::time_point::max()) {
+      settled_by = std::chrono::steady_clock::now() + 3s;
+      states.clear();
+    }
+    auto line = tracer.read_stderr_line(100ms);
+    if (line && line->rfind("memtrail: state:", 0) == 0) states.push_back(*line);
+  }
+  shells.join();
+  ASSERT_GE(states.size(), 4u) << tracer.stderr_seen();
+  std::smatch counts;
+  ASSERT_TRUE(std::regex_search(
+      states.back(), counts, std::regex("(\\d+) sites in the maps, of (\\d+) processes not live")))
+      << states.back();
+  EXPECT_EQ(counts[2], "0") << states.back();
+  EXPECT_EQ(counts[1], "0") << states.back();  // the spawner exited too: nothing is traced
+  stop(tracer);
+  json report = read_json(dir.file("r.json"));
+  std::set<int> targets;
+  for (const auto& target : report["targets"]) targets.insert(target["pid"].get<int>());
+  for (const auto& site : report["leaks"]) {
+    EXPECT_TRUE(targets.count(site["pid"].get<int>())) << site.dump(2);
+  }
 }
 
 }  // namespace long_runs

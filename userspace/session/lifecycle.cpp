@@ -44,7 +44,18 @@ void Lifecycle::notice_exits(const ReportOf& report_of, Clock::time_point start)
 void Lifecycle::handle_fork(const tracer::AllocTracer::Fork& fork) {
   const TracedProcess* parent = targets_.live(fork.parent);
   if (!parent) {
-    tracer_.unfollow(fork.child);  // the kernel started following it
+    // Not a traced process's child (or a parent memtrail already let go of: the session
+    // drains fork events before it looks at exits, so a traced parent is still live here).
+    // The kernel followed the child from its fork and may have recorded its blocks and
+    // stacks already: they leave the maps with the next purge, or they would stay there for
+    // the whole run, under a pid no report knows.
+    tracer_.unfollow(fork.child);
+    purge_later_[fork.child] = monotonic_now_ns();
+    ++children_missed_;
+    if (config_.verbose()) {
+      std::cerr << "memtrail: pid " << fork.child << ", forked by pid " << fork.parent
+                << ", is not traced: its parent is no longer traced\n";
+    }
     return;
   }
   if (targets_.live(fork.child)) return;  // already traced (host-wide, seen at its exec)
@@ -112,7 +123,10 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
   auto started = Clock::now();
   if (!now_or_never && started - last_settled_ < std::chrono::milliseconds(500)) return;
   last_settled_ = started;
-  bool others_live = targets_.any_live();
+  // The last target to exit is left to the final report, which follows at once when the
+  // session ends with it. Host-wide it does not end: programs keep starting, and an exit left
+  // unsettled would keep its blocks and stacks in the maps for the rest of the run.
+  bool others_live = targets_.any_live() || config_.host_wide();
   Exited exited;
   if (others_live) {
     for (auto& process : targets_) {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <unordered_set>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -172,11 +173,12 @@ void Session::attach_all() {
 }
 
 void Session::housekeep(Clock::time_point now) {
+  // Forks before the exits settle: see handle_polled().
+  lifecycle_.follow();
   lifecycle_.settle(report_of(), start_);
   retire_exited();
   if (now < next_housekeeping_) return;
   code_maps_.refresh_when_due(targets_, now, start_);
-  lifecycle_.follow();
   if (host_wide_ && host_wide_->has_pending_programs()) host_wide_->look_at_pending_programs();
   code_maps_.name_python_frames();
   next_housekeeping_ = now + std::chrono::milliseconds(code_maps_.walks_unwind_tables() ? 50 : 100);
@@ -230,11 +232,14 @@ void Session::add_poll_fds(std::vector<pollfd>& fds) {
 }
 
 void Session::handle_polled(std::span<const pollfd> polled) {
-  size_t first_pidfd = 0;
-  if (polled_region_events_) {
-    if (polled[0].revents) lifecycle_.follow();
-    first_pidfd = 1;
-  }
+  size_t first_pidfd = polled_region_events_ ? 1 : 0;
+  bool exits = std::any_of(polled.begin() + static_cast<std::ptrdiff_t>(first_pidfd), polled.end(),
+                           [](const pollfd& fd) { return fd.revents != 0; });
+  // Forks before exits: a traced parent forks and exits at once (a shell's command
+  // substitution, a daemon detaching), and its fork event may already have been read from
+  // the ring buffer by a report (it waits in the tracer, not on the descriptor). Following it
+  // while the parent is still live keeps the child traced, and its blocks with a known owner.
+  if ((polled_region_events_ && polled[0].revents) || exits) lifecycle_.follow();
   for (size_t i = first_pidfd; i < polled.size(); ++i) {
     if (polled[i].revents != 0) lifecycle_.process_exited(*polled_[i - first_pidfd]);
   }
@@ -256,17 +261,24 @@ bool Session::wait(Clock::time_point until, int wake_fd) {
 bool Session::finished() const { return !config_.host_wide() && !targets_.any_live(); }
 
 void Session::measure() {
-  measurement_.measure(start_);
-  say_state();
+  Measurement::Reading reading = measurement_.measure(start_);
+  say_state(reading.snapshot);
 }
 
 // With -v, what the session holds: a long run's (bench/soak.sh reads this line).
-void Session::say_state() const {
+void Session::say_state(const model::Snapshot& snapshot) const {
   if (!config_.verbose()) return;
+  // Sites in the maps of processes that are not live targets: those of exits not settled
+  // yet, for a moment; any that stay are state nothing will ever free (bench/soak.sh).
+  std::unordered_set<uint32_t> untraced;
+  for (const auto& site : snapshot.sites) {
+    if (!targets_.live(site.pid)) untraced.insert(site.pid);
+  }
   std::cerr << "memtrail: state: " << targets_.size() << " targets kept (" << kept_exits_.size()
             << " exit summaries), " << folded_exits_.nothing_outstanding
             << " exits with nothing outstanding and " << folded_exits_.over_cap
-            << " older exit summaries folded\n";
+            << " older exit summaries folded; " << snapshot.sites.size()
+            << " sites in the maps, of " << untraced.size() << " processes not live\n";
 }
 
 model::Report Session::take_report(bool final, size_t sites) {
@@ -297,7 +309,7 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
       report.leaks.push_back(site);
     }
   }
-  if (!only) add_run_facts(report);
+  if (!only) add_run_facts(report, reading.snapshot);
   auto built = Clock::now();
   if (config_.verbose()) {
     std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations
@@ -315,10 +327,10 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
 }
 
 // What the run could not trace, and what it folded into counts.
-void Session::add_run_facts(model::Report& report) const {
+void Session::add_run_facts(model::Report& report, const model::Snapshot& snapshot) const {
   report.attach_failures = probes_.attach_failures();
   report.folded_exits = folded_exits_;
-  say_state();
+  say_state(snapshot);
 }
 
 // `only`: the processes a report is for (see take_report); every target otherwise.

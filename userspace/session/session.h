@@ -93,8 +93,8 @@ class Session {
   assemble::ReportContext context(bool final, const Lifecycle::Exited* only) const;
   Lifecycle::ReportOf report_of();
   void retire_exited();
-  void add_run_facts(model::Report& report) const;
-  void say_state() const;
+  void add_run_facts(model::Report& report, const model::Snapshot& snapshot) const;
+  void say_state(const model::Snapshot& snapshot) const;
 
   SessionConfig config_;
   tracer::AllocTracer tracer_;
