@@ -46,6 +46,10 @@ volatile __u32 cxx_probes_attached = 0;
  * would take seconds). */
 volatile __u32 tracing_stopped = 0;
 
+/* Set by userspace when it stops following the processes (the run ends): no exec is held from
+ * then on, as nobody would continue it. */
+volatile __u32 holds_released = 0;
+
 /* ---- recording and releasing blocks: what the allocator probes share ---- */
 
 static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size, __u32 kind,
@@ -472,13 +476,18 @@ const volatile bool follow_forks = false;
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 {
-	__u32 parent_tgid = parent->tgid, child_tgid = child->tgid, followed = 1;
+	__u32 parent_tgid = parent->tgid, child_tgid = child->tgid, followed;
 	struct memtrail_region_event *event;
+	__u32 *parent_bits;
 
 	/* A new thread of the same process is not a new process. */
-	if (probe_floor || !follow_forks || child_tgid == parent_tgid || child->pid != child_tgid ||
-	    !process_traced(parent_tgid))
+	if (probe_floor || !follow_forks || child_tgid == parent_tgid || child->pid != child_tgid)
 		return 0;
+	parent_bits = bpf_map_lookup_elem(&traced_processes, &parent_tgid);
+	if (!parent_bits)
+		return 0;
+	/* The child of a launched command is held at its execs as its parent is. */
+	followed = *parent_bits;
 	bpf_map_update_elem(&traced_processes, &child_tgid, &followed, BPF_ANY);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
@@ -496,16 +505,41 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+/* SIGSTOP as the kernel numbers it on x86-64 (vmlinux.h carries no macros). */
+#define MEMTRAIL_SIGSTOP 19
+
 /* The old image's regions died with it. In host-wide mode every exec is reported: the new
  * program may be one to trace (--comm), and userspace decides. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *binprm)
 {
-	__u32 tgid = task->tgid;
+	__u32 tgid = task->tgid, *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
+	struct memtrail_region_event *event;
+	__u8 flags = 0;
 
-	if (probe_floor || (!filter_processes && !process_traced(tgid)))
+	if (probe_floor || (!filter_processes && !bits))
 		return 0;
-	/* Host-wide, a program just started runs untraced until userspace has looked at it. */
-	emit_region_waking(tgid, MEMTRAIL_REGION_EXEC, 0, 0, 0, 0, filter_processes);
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		/* Not held: nobody would hear of it to continue it. */
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+		return 0;
+	}
+	/* A launched command's new program: stopped before its first instruction (the signal is
+	 * sent now and acted on when the task returns to user mode), so that userspace places its
+	 * allocator probes and reads its code before it allocates. The event is sent after the
+	 * signal: the SIGCONT that answers it always finds the stop generated. */
+	if (bits && (*bits & MEMTRAIL_PROCESS_HOLD_EXEC) && !holds_released)
+		flags = bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
+							       : MEMTRAIL_REGION_HOLD_FAILED;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->tgid = tgid;
+	event->tid = (__u32)bpf_get_current_pid_tgid();
+	event->type = MEMTRAIL_REGION_EXEC;
+	event->flags = flags;
+	/* Host-wide, a program just started runs untraced until userspace has looked at it; a
+	 * held one waits for it. */
+	bpf_ringbuf_submit(event, filter_processes || flags ? 0 : BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -358,6 +358,17 @@ enum memtrail_region_event_type {
 #define MEMTRAIL_REGION_IN_ALLOCATOR 1
 /* MEMTRAIL_REGION_REMAP_END: MREMAP_DONTUNMAP, the old range stays mapped. */
 #define MEMTRAIL_REGION_KEEP_OLD 2
+/* MEMTRAIL_REGION_EXEC: the process is stopped (SIGSTOP) before the new program's first
+ * instruction; userspace continues it (SIGCONT) once the program's probes are in. */
+#define MEMTRAIL_REGION_HELD 4
+/* MEMTRAIL_REGION_EXEC: it was to be held, but the kernel refused the signal: it runs on. */
+#define MEMTRAIL_REGION_HOLD_FAILED 8
+
+/* Values in traced_processes: bits. A process launched by memtrail (and what it forks) is held
+ * at each exec until userspace has probed the new program: a wrapper script that executes the
+ * real program is traced from the real program's first instruction. */
+#define MEMTRAIL_PROCESS_TRACED 1
+#define MEMTRAIL_PROCESS_HOLD_EXEC 2
 
 struct memtrail_region_event {
 	__u64 timestamp_ns; /* CLOCK_MONOTONIC */
@@ -367,7 +378,7 @@ struct memtrail_region_event {
 	__u32 tid;
 	__s32 site_id; /* MEMTRAIL_REGION_MAP and a growing MEMTRAIL_REGION_BRK */
 	__u8 type;     /* enum memtrail_region_event_type */
-	__u8 flags;    /* MEMTRAIL_REGION_IN_ALLOCATOR, MEMTRAIL_REGION_KEEP_OLD */
+	__u8 flags;    /* MEMTRAIL_REGION_IN_ALLOCATOR, _KEEP_OLD, _HELD, _HOLD_FAILED */
 	__u16 pad;
 };
 MEMTRAIL_ABI_SIZE(memtrail_region_event, 40);

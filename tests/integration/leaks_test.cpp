@@ -340,6 +340,51 @@ TEST(LeaksVerdicts, AMallocLeakIsExplainedByTheTracedHeap) {
   EXPECT_GT(memory["traced_growth_bytes_per_s"].get<double>(), 100'000);
 }
 
+// The coverage statement: which share of the RssAnon growth the traced blocks explain.
+TEST(LeaksCoverage, AProcessWhoseEveryByteIsMallocedIsExplainedByItsTracedBlocks) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "heap", "3"});  // 8 x 64 KiB malloc'd and written every 100 ms
+  TempDir dir;
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q",
+                 "--interval", "0.25"});
+  tracer.expect_attached();
+  target.run();
+  tracer.stop();
+  std::string text = tracer.process.drain_stdout();
+  json report = read_json(dir.file("r.json"));
+  const json& coverage = report["targets"][0]["memory"]["coverage"];
+  ASSERT_TRUE(coverage.is_object()) << report["targets"].dump(2);
+  EXPECT_EQ(coverage["assessed"], true) << coverage["reason"];
+  EXPECT_GT(coverage["rss_anon_growth_bytes"].get<double>(), 8e6);  // ~5 MiB/s nominal
+  // Malloc's 16-byte chunk headers and page rounding: a percent or two either way.
+  EXPECT_GE(coverage["share"].get<double>(), 0.9) << coverage.dump(2);
+  EXPECT_LE(coverage["share"].get<double>(), 1.1) << coverage.dump(2);
+  std::regex line(
+      "\n    traced: (\\d+) % of RssAnon growth \\(\\+[0-9.]+ MiB traced, \\+[0-9.]+ MiB "
+      "RssAnon over [0-9.]+s\\)\n");
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(text, match, line)) << text;
+  EXPECT_EQ(std::stoi(match[1]), std::lround(coverage["share"].get<double>() * 100));
+}
+
+TEST(LeaksCoverage, MemoryMappedOutsideTheAllocatorsIsAsUnexplainedAsItIs) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string dump;
+  // 512 KiB mapped and written every 100 ms, no malloc: without --mmap, nothing of it traced.
+  json report = verdict_run("mmap", dump);
+  const json& coverage = report["targets"][0]["memory"]["coverage"];
+  ASSERT_TRUE(coverage.is_object()) << dump;
+  EXPECT_EQ(coverage["assessed"], true) << coverage["reason"];
+  EXPECT_GT(coverage["rss_anon_growth_bytes"].get<double>(), 8e6);
+  EXPECT_LE(coverage["share"].get<double>(), 0.05) << coverage.dump(2);
+  // With --mmap the same mappings are traced, and explain it all.
+  json traced = verdict_run("mmap", dump, {"--mmap"});
+  const json& covered = traced["targets"][0]["memory"]["coverage"];
+  EXPECT_EQ(covered["assessed"], true) << covered["reason"];
+  EXPECT_GE(covered["share"].get<double>(), 0.9) << covered.dump(2);
+  EXPECT_LE(covered["share"].get<double>(), 1.1) << covered.dump(2);
+}
+
 TEST(LeaksVerdicts, AShortRunSaysItHasTooLittleHistory) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "5", "100"});

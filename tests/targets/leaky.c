@@ -175,6 +175,20 @@ static void mmap_growth(double seconds) {
   }
 }
 
+// Memory that malloc hands out, every byte written: 8 blocks of 64 KiB (from the heap, under
+// malloc's mmap threshold) every 100 ms, never freed.
+__attribute__((noinline)) void heap_growth(double seconds) {
+  int line = 0;
+  for (int step = 0; step < (int)(seconds * 10); ++step) {
+    for (int i = 0; i < 8; ++i) {
+      line = __LINE__, sink = malloc(64 << 10);
+      memset(sink, 1, 64 << 10);
+    }
+    usleep(100000);
+  }
+  report_line("heap_growth", line);
+}
+
 // Memory mapped with system calls, each case at its own site (scenario "regions").
 static void *map_anonymous(size_t length) {
   void *region = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -372,6 +386,8 @@ int main(int argc, char **argv) {
     grow_break(16);
   } else if (strcmp(scenario, "mmap") == 0) {
     mmap_growth(count);
+  } else if (strcmp(scenario, "heap") == 0) {
+    heap_growth(count);
   } else if (strcmp(scenario, "pool") == 0) {
     startup_pool(count, size);
   } else if (strcmp(scenario, "threads") == 0) {

@@ -205,6 +205,21 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   EXPECT_EQ((*python_read.python_types)[0].outstanding_bytes, 112000);
   EXPECT_DOUBLE_EQ((*python_read.python_types)[0].growth_objects_per_s, 800.5);
   EXPECT_FALSE(read.python_types);
+  // The coverage statement survives the trip; a report written before it reads without one.
+  model::Report covered = original;
+  covered.targets[0].memory = model::ProcessMemory{};
+  covered.targets[0].memory->coverage =
+      model::ProcessMemory::Coverage{true, 12.5, 4 << 20, 3 << 20, 0.75, ""};
+  model::Report covered_read = from_json(nlohmann::json::parse(to_json(covered, 5.0).dump()));
+  ASSERT_TRUE(covered_read.targets[0].memory && covered_read.targets[0].memory->coverage);
+  EXPECT_DOUBLE_EQ(covered_read.targets[0].memory->coverage->share, 0.75);
+  EXPECT_DOUBLE_EQ(covered_read.targets[0].memory->coverage->traced_growth_bytes, 3 << 20);
+  EXPECT_DOUBLE_EQ(covered_read.targets[0].memory->coverage->span_s, 12.5);
+  auto older = nlohmann::json::parse(to_json(covered, 5.0).dump());
+  older["targets"][0]["memory"].erase("coverage");
+  model::Report older_read = from_json(older);
+  ASSERT_TRUE(older_read.targets[0].memory);
+  EXPECT_FALSE(older_read.targets[0].memory->coverage);
   // Version 1 reads too, without verdicts.
   model::Report v1 = from_json(nlohmann::json::parse(to_json(original, 5.0, 1).dump()));
   EXPECT_FALSE(v1.leaks[0].growth);

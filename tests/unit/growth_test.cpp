@@ -233,5 +233,39 @@ TEST(ProcessMemory, TooShortASeriesIsNotAssessed) {
   EXPECT_FALSE(assess_process_memory(series, kInterval).assessed);
 }
 
+TEST(MemoryCoverage, TheShareIsTracedGrowthOverRssAnonGrowthFittedOverTheRun) {
+  // 40 kB/s of RssAnon, 36 kB/s traced, over 9 intervals of 5 s: 1.8 MB against 1.62 MB.
+  auto coverage = assess_coverage(process_series(40'000, 36'000), kInterval);
+  ASSERT_TRUE(coverage.assessed) << coverage.reason;
+  EXPECT_DOUBLE_EQ(coverage.span_s, 45);
+  EXPECT_NEAR(coverage.rss_growth_bytes, 1.8e6, 1e-3);
+  EXPECT_NEAR(coverage.traced_growth_bytes, 1.62e6, 1e-3);
+  EXPECT_NEAR(coverage.share, 0.9, 1e-9);
+  EXPECT_TRUE(coverage.reason.empty());
+  // Traced bytes that shrink explain none of it; more traced than resident is said as such.
+  EXPECT_EQ(assess_coverage(process_series(40'000, -1'000), kInterval).share, 0);
+  EXPECT_NEAR(assess_coverage(process_series(40'000, 60'000), kInterval).share, 1.5, 1e-9);
+}
+
+TEST(MemoryCoverage, NoShareIsSaidWithoutGrowthOrHistory) {
+  // 5 kB/s over 45 s: 225 kB, under 256 KiB.
+  auto flat = assess_coverage(process_series(5'000, 5'000), kInterval);
+  EXPECT_FALSE(flat.assessed);
+  EXPECT_EQ(
+      flat.reason,
+      "RssAnon grew by only 219.7 KiB over 45.0s (less than 256.0 KiB): no growth to explain");
+  auto shrinking = assess_coverage(process_series(-40'000, 0), kInterval);
+  EXPECT_FALSE(shrinking.assessed);
+  EXPECT_EQ(shrinking.reason.rfind("RssAnon shrank by 1.7 MiB over 45.0s", 0), 0u)
+      << shrinking.reason;
+  auto series = process_series(40'000, 36'000);
+  series.resize(3);
+  auto short_run = assess_coverage(series, kInterval);
+  EXPECT_FALSE(short_run.assessed);
+  EXPECT_EQ(short_run.reason,
+            "too short a history: 3 readings over 10.0s (4 over 3 intervals needed)");
+  EXPECT_FALSE(assess_coverage({}, kInterval).assessed);
+}
+
 }  // namespace
 }  // namespace memtrail::aggregator

@@ -35,6 +35,8 @@ model::Report sample_report() {
       "private memory (RssAnon) +2.3 MiB/min, traced allocations +11.7 KiB/min: "
       "growth outside the traced allocators";
   memory.series = {{5, 40 << 20, 5000}, {10, 45 << 20, 6000}, {15, 50 << 20, 7000}};
+  memory.coverage =
+      model::ProcessMemory::Coverage{true, 10, 10 << 20, 2000, 2000.0 / (10 << 20), ""};
   report.targets = {{4242,
                      "server",
                      {"./server", "--port", "8080"},
@@ -127,6 +129,12 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
                       "traced allocations +11.7 KiB/min: growth outside the traced allocators"),
             std::string::npos)
       << text;
+  EXPECT_NE(text.find("    memory: 50.0 MiB private; private memory (RssAnon) +2.3 MiB/min, "
+                      "traced allocations +11.7 KiB/min: growth outside the traced allocators\n"
+                      "    traced: 0 % of RssAnon growth (+2.0 KiB traced, +10.0 MiB RssAnon "
+                      "over 10.0s)\n"),
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("7,000 B (6.8 KiB) outstanding in 7 allocations from malloc"),
             std::string::npos)
       << text;
@@ -200,6 +208,32 @@ TEST(Report, PythonFramesAndTheInterpreterAreInTextAndJson) {
   render_text(report, unsupported);
   EXPECT_NE(unsupported.str().find("CPython 3.12.1 (native frames only)"), std::string::npos)
       << unsupported.str();
+}
+
+TEST(TextReport, SaysWhyNoShareOfRssAnonGrowthIsGivenAndWhenTracedExceedsIt) {
+  model::Report report = sample_report();
+  report.targets[0].memory->coverage = model::ProcessMemory::Coverage{
+      false, 0.5, 0, 0, 0, "too short a history: 2 readings over 0.5s (4 over 3 intervals needed)"};
+  std::ostringstream out;
+  render_text(report, out);
+  EXPECT_NE(out.str().find("\n    traced: no share of RssAnon growth to say: too short a history: "
+                           "2 readings over 0.5s (4 over 3 intervals needed)\n"),
+            std::string::npos)
+      << out.str();
+  report.targets[0].memory->coverage =
+      model::ProcessMemory::Coverage{true, 20, 1 << 20, 1.5 * (1 << 20), 1.5, ""};
+  std::ostringstream over;
+  render_text(report, over);
+  EXPECT_NE(over.str().find("    traced: 150 % of RssAnon growth (+1.5 MiB traced, +1.0 MiB "
+                            "RssAnon over 20.0s); over 100 %: traced blocks not all touched, or "
+                            "in memory resident before\n"),
+            std::string::npos)
+      << over.str();
+  // A report from before the coverage statement says nothing of it.
+  report.targets[0].memory->coverage.reset();
+  std::ostringstream old;
+  render_text(report, old);
+  EXPECT_EQ(old.str().find("    traced:"), std::string::npos) << old.str();
 }
 
 TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {
@@ -299,6 +333,9 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["targets"][0]["untraced_allocators"][0]["path"], "/opt/libtcmalloc.so.4");
   EXPECT_EQ(json["targets"][0]["untraced_allocators"][0]["expected"], false);
   EXPECT_EQ(json["targets"][0]["memory"]["series"][2][1], 50 << 20);
+  EXPECT_EQ(json["targets"][0]["memory"]["coverage"]["assessed"], true);
+  EXPECT_EQ(json["targets"][0]["memory"]["coverage"]["rss_anon_growth_bytes"], 10 << 20);
+  EXPECT_EQ(json["targets"][0]["memory"]["coverage"]["traced_growth_bytes"], 2000);
   EXPECT_EQ(json["totals"]["unmatched_frees"], 3);
   EXPECT_EQ(json["totals"]["drops"], 2);
   ASSERT_EQ(json["leaks"].size(), 2u);  // the JSON keeps every site, not only --top

@@ -294,4 +294,34 @@ ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& serie
   return result;
 }
 
+MemoryCoverage assess_coverage(const std::vector<ProcessMemoryPoint>& series, double interval_s) {
+  MemoryCoverage result;
+  result.span_s = series.size() >= 2 ? series.back().t_s - series.front().t_s : 0;
+  std::string over = format(" over %.1fs", result.span_s);
+  if (!enough_history(series.size(), result.span_s, interval_s)) {
+    result.reason = "too short a history: " + std::to_string(series.size()) + " readings" + over +
+                    " (" + std::to_string(kMinPoints) + " over " + format("%.0f", kMinIntervals) +
+                    " intervals needed)";
+    return result;
+  }
+  result.rss_growth_bytes =
+      fit_line(series, [](const ProcessMemoryPoint& point) { return point.rss_bytes; }).slope *
+      result.span_s;
+  result.traced_growth_bytes =
+      fit_line(series, [](const ProcessMemoryPoint& point) { return point.traced_bytes; }).slope *
+      result.span_s;
+  if (result.rss_growth_bytes < kCoverageGrowthMin) {
+    auto size =
+        human_bytes(static_cast<uint64_t>(std::llround(std::fabs(result.rss_growth_bytes))));
+    result.reason = (result.rss_growth_bytes < 0 ? "RssAnon shrank by " + size
+                                                 : "RssAnon grew by only " + size) +
+                    over + " (less than " + human_bytes(static_cast<uint64_t>(kCoverageGrowthMin)) +
+                    "): no growth to explain";
+    return result;
+  }
+  result.assessed = true;
+  result.share = std::max(result.traced_growth_bytes, 0.0) / result.rss_growth_bytes;
+  return result;
+}
+
 }  // namespace memtrail::aggregator

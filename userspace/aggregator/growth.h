@@ -121,6 +121,27 @@ struct ProcessGrowth {
 ProcessGrowth assess_process_memory(const std::vector<ProcessMemoryPoint>& series,
                                     double interval_s);
 
+// Which share of a process's private memory growth its traced blocks explain. Growth over the
+// run is the least-squares slope through the readings times the span from the first reading to
+// the last (every reading counts, not only the two ends), for RssAnon and for the traced bytes
+// alike; the share is traced growth / RssAnon growth. Said only when the history is long enough (as
+// a verdict's) and RssAnon grew by at least kCoverageGrowthMin: below that, page and arena
+// granularity make any share meaningless, and `reason` says so instead.
+struct MemoryCoverage {
+  bool assessed = false;
+  double span_s = 0;               // first reading to last
+  double rss_growth_bytes = 0;     // fitted RssAnon growth over the span
+  double traced_growth_bytes = 0;  // fitted traced growth over the span (may be negative)
+  // traced / RssAnon growth, 0 when traced bytes shrank; above 1 when traced blocks are not all
+  // resident or reuse memory that was resident already.
+  double share = 0;
+  std::string reason;  // why it is not assessed
+};
+
+inline constexpr double kCoverageGrowthMin = 256 << 10;
+
+MemoryCoverage assess_coverage(const std::vector<ProcessMemoryPoint>& series, double interval_s);
+
 // The median age of a site's outstanding blocks from its age histogram (SiteSummary), to a
 // factor of 2.
 double median_age_s(const std::array<uint32_t, 24>& histogram);

@@ -176,7 +176,8 @@ std::vector<std::string> parse_loader_list(std::string_view text) {
   return paths;
 }
 
-LoadOrder command_load_order(const std::string& executable) {
+LoadOrder command_load_order(const std::string& executable,
+                             const std::vector<std::string>* environment) {
   ElfFile elf = ElfFile::open(executable);
   LoadOrder order;
   order.modules.push_back(ModuleFile{file_in_root(0, executable), true});
@@ -199,9 +200,14 @@ LoadOrder command_load_order(const std::string& executable) {
   std::vector<char*> argv;
   for (auto& argument : argv_storage) argv.push_back(argument.data());
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  if (environment) {
+    for (const auto& variable : *environment) envp.push_back(const_cast<char*>(variable.c_str()));
+    envp.push_back(nullptr);
+  }
   pid_t child = -1;
-  int spawn_error =
-      posix_spawn(&child, interpreter.c_str(), &actions, nullptr, argv.data(), environ);
+  int spawn_error = posix_spawn(&child, interpreter.c_str(), &actions, nullptr, argv.data(),
+                                environment ? envp.data() : environ);
   posix_spawn_file_actions_destroy(&actions);
   output_write.reset();  // the loader's is the only write end left: its exit ends the read
   std::string output;

@@ -40,8 +40,10 @@ LoadOrder process_load_order(uint32_t pid, const std::vector<Mapping>& mappings)
 // The load order a command will have once executed, before it runs: its program interpreter
 // lists it (`ld.so --list EXE`, what ldd does: the loader maps and orders the libraries in this
 // process's environment, LD_PRELOAD and LD_LIBRARY_PATH included, and runs none of their code).
-// Throws memtrail::Error when the loader cannot load the command.
-LoadOrder command_load_order(const std::string& executable);
+// `environment`: the one the command runs with (a program a traced process executes), else
+// memtrail's. Throws memtrail::Error when the loader cannot load the command.
+LoadOrder command_load_order(const std::string& executable,
+                             const std::vector<std::string>* environment = nullptr);
 
 // The library paths in `ld.so --list` output, in its order (the link map's).
 std::vector<std::string> parse_loader_list(std::string_view text);

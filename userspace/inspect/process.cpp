@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,12 +30,6 @@ std::string read_file(const std::string& path) {
   std::ostringstream text;
   text << file.rdbuf();
   return text.str();
-}
-
-bool is_executable_file(const std::string& path) {
-  struct stat info {};
-  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
-         ::access(path.c_str(), X_OK) == 0;
 }
 
 }  // namespace
@@ -102,29 +95,6 @@ bool cgroup_within(const std::string& path, const std::string& ancestor) {
   if (base == "/") return true;
   return path == base || (path.size() > base.size() && path.compare(0, base.size(), base) == 0 &&
                           path[base.size()] == '/');
-}
-
-std::string resolve_command(const std::string& command) {
-  if (command.find('/') != std::string::npos) {
-    if (is_executable_file(command)) return command;
-    throw Error(
-        "cannot run " + command + ": " +
-            (::access(command.c_str(), F_OK) == 0 ? "not an executable file" : "no such file"),
-        "check the command's path and permissions");
-  }
-  const char* path_env = std::getenv("PATH");
-  std::string search = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
-  size_t begin = 0;
-  while (begin <= search.size()) {
-    size_t end = search.find(':', begin);
-    if (end == std::string::npos) end = search.size();
-    std::string directory = search.substr(begin, end - begin);
-    std::string candidate = (directory.empty() ? "." : directory) + "/" + command;
-    if (is_executable_file(candidate)) return candidate;
-    begin = end + 1;
-  }
-  throw Error("cannot run " + command + ": command not found in PATH",
-              "give the command's full path");
 }
 
 GatedChild::GatedChild(const std::string& executable, const std::vector<std::string>& argv)

@@ -35,10 +35,6 @@ bool cgroup_within(const std::string& path, const std::string& ancestor);
 // nothing once it has exited.
 std::optional<uint64_t> read_private_memory(uint32_t pid);
 
-// Resolves a command name like execvp would (PATH search). Throws memtrail::Error when it is
-// not found or not executable.
-std::string resolve_command(const std::string& command);
-
 // A child process that runs `argv` once released. It is forked early and waits at a gate so
 // that probes can be attached before it executes a single instruction of the command. If
 // memtrail dies before releasing it, the child exits without running the command.

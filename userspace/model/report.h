@@ -83,6 +83,17 @@ struct ProcessMemory {
     double t_s = 0, rss_anon_bytes = 0, traced_bytes = 0;
   };
   std::vector<Point> series;
+  // Which share of the RssAnon growth over the run the traced bytes explain (defined in
+  // aggregator::MemoryCoverage). Absent in reports written before memtrail said it.
+  struct Coverage {
+    bool assessed = false;
+    double span_s = 0;
+    double rss_anon_growth_bytes = 0;
+    double traced_growth_bytes = 0;
+    double share = 0;    // traced / RssAnon growth, when assessed
+    std::string reason;  // why not, when not
+  };
+  std::optional<Coverage> coverage;
 };
 
 // One module whose functions memtrail probes in a process.

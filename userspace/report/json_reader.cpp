@@ -281,6 +281,16 @@ model::Report from_json(const json& document) {
           memory.series.push_back(
               {point.at(0).get<double>(), point.at(1).get<double>(), point.at(2).get<double>()});
         }
+        if (memory_json.contains("coverage")) {  // absent before memtrail said it
+          const json& coverage = memory_json.at("coverage");
+          memory.coverage =
+              model::ProcessMemory::Coverage{coverage.at("assessed").get<bool>(),
+                                             coverage.at("span_s").get<double>(),
+                                             coverage.at("rss_anon_growth_bytes").get<double>(),
+                                             coverage.at("traced_growth_bytes").get<double>(),
+                                             coverage.at("share").get<double>(),
+                                             coverage.at("reason").get<std::string>()};
+        }
         target.memory = std::move(memory);
       }
       report.targets.push_back(std::move(target));

@@ -120,6 +120,15 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"untraced_growth", memory.untraced_growth},
                          {"reason", memory.reason},
                          {"series", std::move(series)}};
+      if (memory.coverage) {
+        const auto& coverage = *memory.coverage;
+        entry["memory"]["coverage"] = {{"assessed", coverage.assessed},
+                                       {"share", coverage.share},
+                                       {"rss_anon_growth_bytes", coverage.rss_anon_growth_bytes},
+                                       {"traced_growth_bytes", coverage.traced_growth_bytes},
+                                       {"span_s", coverage.span_s},
+                                       {"reason", coverage.reason}};
+      }
     }
     targets.push_back(std::move(entry));
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <set>
@@ -78,6 +79,27 @@ void render_losses(const model::ProcessLosses& lost, std::ostream& out) {
 }
 
 // One line on how stacks were walked, and one on what ended some of them early.
+// "traced: 92 % of RssAnon growth (...)", or why no share is said.
+void render_coverage(const model::ProcessMemory::Coverage& coverage, std::ostream& out) {
+  char span[32];
+  std::snprintf(span, sizeof(span), "%.1fs", coverage.span_s);
+  if (!coverage.assessed) {
+    out << "    traced: no share of RssAnon growth to say: " << coverage.reason << "\n";
+    return;
+  }
+  double traced = coverage.traced_growth_bytes;
+  out << "    traced: " << std::llround(coverage.share * 100) << " % of RssAnon growth ("
+      << (traced < 0 ? "-" : "+")
+      << human_bytes(static_cast<uint64_t>(std::llround(std::fabs(traced)))) << " traced, +"
+      << human_bytes(static_cast<uint64_t>(std::llround(coverage.rss_anon_growth_bytes)))
+      << " RssAnon over " << span << ")";
+  // Page rounding and allocator headers make a few percent either way.
+  if (coverage.share > 1.1) {
+    out << "; over 100 %: traced blocks not all touched, or in memory resident before";
+  }
+  out << "\n";
+}
+
 void render_unwind(const model::UnwindSummary& unwind, std::ostream& out) {
   size_t by_table = 0, by_frame_pointer = 0, by_nothing = 0;
   for (const auto& module : unwind.modules) {
@@ -231,6 +253,7 @@ void render_text(const model::Report& report, std::ostream& out) {
       out << "    memory: " << human_bytes(static_cast<uint64_t>(target.memory->rss_anon_bytes))
           << " private; " << target.memory->reason << "\n";
     }
+    if (target.memory && target.memory->coverage) render_coverage(*target.memory->coverage, out);
   }
   const auto& folded = report.folded_exits;
   if (folded.nothing_outstanding > 0) {

@@ -2,7 +2,13 @@
 // Each traced process's code, followed as its mappings change.
 #include "session/code_maps.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <fstream>
 #include <iostream>
 #include <span>
 #include <string>
@@ -187,6 +193,13 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
     return;  // the link map is not readable yet (right after exec): next time
   }
   process.resolved_code_files = std::move(files);
+  probe_new_functions(process, std::move(fresh), "mapped", " since attach");
+}
+
+size_t CodeMaps::probe_new_functions(TracedProcess& process, inspect::ProcessAllocators fresh,
+                                     const std::string& how, const std::string& when) {
+  uint32_t pid = process.info.pid;
+  size_t added_functions = 0;
   std::set<std::pair<std::string, uint64_t>> probed;  // (path, probe offset)
   for (const auto& module : process.allocators.modules) {
     for (const auto& function : module.functions) {
@@ -209,14 +222,56 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
                 << " not probed: " << error.what() << "\n";
       continue;
     }
+    added_functions += added.functions.size();
     std::string names;
     for (const auto& function : added.functions)
       names += (names.empty() ? "" : ", ") + function.name;
-    std::cerr << "memtrail: pid " << pid << " mapped " << module.name << " " << module.path
-              << " since attach: probing " << names << "\n";
+    std::cerr << "memtrail: pid " << pid << " " << how << " " << module.name << " " << module.path
+              << when << ": probing " << names << "\n";
   }
   process.allocators = std::move(fresh);
   describe_allocators(process.allocators, process.info);
+  return added_functions;
+}
+
+// The program is mapped, its libraries not yet: the loader lists them as for a launched
+// command, with the process's environment (a wrapper may set LD_LIBRARY_PATH or LD_PRELOAD
+// before it executes the real program). A process in another root or mount namespace would
+// name files memtrail cannot see as it does: left to the binding after its libraries are
+// mapped.
+std::string CodeMaps::probe_executed_program(TracedProcess& process) {
+  uint32_t pid = process.info.pid;
+  std::string proc = "/proc/" + std::to_string(pid);
+  auto same_file = [](const std::string& a, const std::string& b) {
+    struct stat first {
+    }, second{};
+    return ::stat(a.c_str(), &first) == 0 && ::stat(b.c_str(), &second) == 0 &&
+           first.st_dev == second.st_dev && first.st_ino == second.st_ino;
+  };
+  if (!same_file(proc + "/root", "/proc/self/root") ||
+      !same_file(proc + "/ns/mnt", "/proc/self/ns/mnt")) {
+    throw Error("it runs in another root or mount namespace");
+  }
+  char exe[PATH_MAX];
+  ssize_t length = ::readlink((proc + "/exe").c_str(), exe, sizeof(exe) - 1);
+  if (length <= 0) throw Error(errno_message("readlink " + proc + "/exe", errno));
+  std::string program(exe, static_cast<size_t>(length));
+  std::ifstream environ_file(proc + "/environ", std::ios::binary);
+  std::vector<std::string> environment;
+  for (std::string variable; std::getline(environ_file, variable, '\0');) {
+    environment.push_back(std::move(variable));
+  }
+  auto order = inspect::command_load_order(program, &environment);
+  auto fresh =
+      inspect::resolve_allocators(0, order, config_.trace_cxx, config_.custom_allocators_for(0));
+  std::set<std::string> files;
+  for (const auto& module : order.modules) files.insert(module.file.path);
+  size_t added =
+      probe_new_functions(process, std::move(fresh), "executed a program that loads", "");
+  // Its libraries, once mapped, are these: bound already.
+  process.resolved_code_files = std::move(files);
+  return program + " (" + std::to_string(added) + " functions newly probed; load order from " +
+         order.source + ")";
 }
 
 // Points the stack walker at the tables of every code module the process maps now (a

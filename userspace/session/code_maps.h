@@ -41,6 +41,12 @@ class CodeMaps {
   // Names the Python frames of stacks new since the last look, while their process lives.
   void name_python_frames();
 
+  // A process held at the first instruction of a program it executed (exec): resolves that
+  // program's allocators before it runs (its loader's list, in the process's environment) and
+  // probes the functions not probed yet. Returns what was done, for -v; throws memtrail::Error
+  // when the program cannot be looked at so (then its allocators are bound once its libraries
+  // are mapped, as after any exec).
+  std::string probe_executed_program(TracedProcess& process);
   // Process `pid` executed a program: the code objects read from the old one mean nothing.
   void forget_python_code(uint32_t pid) { python_reader_.forget(pid); }
   // Process `pid` has exited (and its maps were purged).
@@ -58,6 +64,11 @@ class CodeMaps {
   void update_python(TracedProcess& process);
   void attach_python_types(TracedProcess& process, const python::Interpreter& interpreter);
   void rebind_allocators(TracedProcess& process);
+  // Probes the functions of `fresh` that `process` has no probe on yet, and makes `fresh` its
+  // allocators. `how` and `when` say how the modules came, in the line saying what was probed
+  // ("pid N HOW jemalloc PATH WHEN: probing ..."). Returns the functions probed.
+  size_t probe_new_functions(TracedProcess& process, inspect::ProcessAllocators fresh,
+                             const std::string& how, const std::string& when);
   void update_unwind_mappings(const TracedProcess& process);
 
   const SessionConfig& config_;

@@ -32,6 +32,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   tracer.trace_regions = options.mmap;
   tracer.follow_forks = !options.no_follow_forks;
   tracer.host_wide = options.all;
+  tracer.hold_execs = !options.command.empty();
   tracer.verbose = options.verbose;
   tracer.unwind_mode = options.unwind;
   if (options.python_frames != model::PythonFramesMode::kNative) {

@@ -3,6 +3,7 @@
 #include "session/lifecycle.h"
 
 #include <poll.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <iostream>
@@ -92,20 +93,63 @@ void Lifecycle::handle_fork(const tracer::AllocTracer::Fork& fork) {
 
 // A traced process executed a new program: the old image's blocks, regions and stacks mean
 // nothing now (its memory is gone) and must not be reported as leaks of the new one.
+// A launched command's program (or its child's) is held at its first instruction: its
+// allocator probes go in and its code is read (stack walker, CPython runtime) before it runs, so
+// that a wrapper script executing the real program loses none of its allocations.
 void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
+  // Stopped by the kernel at the exec: continued on every way out of here.
+  HeldExec held(exec.held ? exec.pid : 0);
+  auto began = Clock::now();
   TracedProcess* process = targets_.live(exec.pid);
   // Host-wide, a program started since memtrail attached: traced if it is wanted.
   if (!process) {
     if (host_wide_) host_wide_->program_started(exec.pid);
     return;
   }
-  if (process->launched && process->execs++ == 0) return;  // the command starting
-  if (!process->launched) ++process->execs;
-  process->mappings.clear();  // the new image's code: read again now
-  process->python_key = "(exec)";
-  code_maps_.forget_python_code(exec.pid);
-  code_maps_.refresh(*process);
-  stale_execs_.push_back(exec);  // its old blocks: freed with others (settle)
+  if (exec.hold_failed) {
+    std::cerr << "memtrail: warning: pid " << exec.pid << " executed a program that could not "
+              << "be held at its first instruction (the kernel refused the stop signal): its "
+              << "allocations before its probes are in are not seen\n";
+  }
+  bool starting = process->launched && process->execs == 0;  // the command starting
+  ++process->execs;
+  std::string probed;
+  if (exec.held && !starting) {
+    try {
+      probed = code_maps_.probe_executed_program(*process);
+    } catch (const Error& error) {
+      probed =
+          std::string("its allocators bound once its libraries are mapped (") + error.what() + ")";
+    }
+  }
+  if (starting) {
+    if (exec.held) code_maps_.refresh(*process);
+  } else {
+    process->mappings.clear();  // the new image's code: read again now
+    process->python_key = "(exec)";
+    code_maps_.forget_python_code(exec.pid);
+    code_maps_.refresh(*process);
+    stale_execs_.push_back(exec);  // its old blocks: freed with others (settle)
+  }
+  if (exec.held && config_.verbose()) {
+    std::cerr << "memtrail: pid " << exec.pid << " held at the first instruction of "
+              << (probed.empty() ? process->info.exe : probed) << " for "
+              << std::chrono::duration<double, std::milli>(Clock::now() - began).count()
+              << " ms while its code was read" << (probed.empty() ? "" : " and probed") << "\n";
+  }
+}
+
+void Lifecycle::release_held() {
+  tracer_.release_holds();
+  for (const auto& exec : tracer_.drain_region_events().execs) {
+    if (exec.held) {
+      HeldExec resume(exec.pid);
+    }
+  }
+}
+
+Lifecycle::HeldExec::~HeldExec() {
+  if (pid_ != 0) ::kill(static_cast<pid_t>(pid_), SIGCONT);
 }
 
 // Keeps what an exited process left outstanding (its sites as they are now), then removes its

@@ -53,6 +53,11 @@ class Lifecycle {
   // at once). `start`: when tracing started (exit summaries say how long after).
   void settle(const ReportOf& report_of, Clock::time_point start, bool now_or_never = false);
 
+  // Ends the holds (the run ends): no exec is held from now on, and those held but not handled
+  // yet run on, unprobed. For a session torn down early; stop() hands the last execs to
+  // follow() instead.
+  void release_held();
+
   // Forked children that could not be followed (exited at once, mostly), over the run.
   uint64_t children_missed() const { return children_missed_; }
   // The processes given an exit summary since the last call: the session may let go of
@@ -62,6 +67,19 @@ class Lifecycle {
  private:
   void handle_fork(const tracer::AllocTracer::Fork& fork);
   void handle_exec(const tracer::AllocTracer::Exec& exec);
+
+  // A process the kernel stopped at its exec (hold_execs): continued (SIGCONT) when this goes,
+  // whatever happened meanwhile. pid 0: none.
+  class HeldExec {
+   public:
+    explicit HeldExec(uint32_t pid) : pid_(pid) {}
+    ~HeldExec();
+    HeldExec(const HeldExec&) = delete;
+    HeldExec& operator=(const HeldExec&) = delete;
+
+   private:
+    uint32_t pid_;
+  };
 
   const SessionConfig& config_;
   tracer::AllocTracer& tracer_;

@@ -43,12 +43,18 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
   return reading;
 }
 
+std::unordered_map<uint32_t, double> traced_bytes_by_process(
+    const aggregator::Aggregate& aggregate) {
+  std::unordered_map<uint32_t, double> traced;  // one pass over the sites
+  for (const auto& site : aggregate.sites) {
+    traced[site.pid] += static_cast<double>(site.outstanding_bytes);
+  }
+  return traced;
+}
+
 // Each live target's private memory next to what its traced allocations hold.
 void Measurement::record_process_memory(double t_s, const aggregator::Aggregate& aggregate) {
-  std::unordered_map<uint32_t, double> traced_by_pid;  // one pass over the sites
-  for (const auto& site : aggregate.sites) {
-    traced_by_pid[site.pid] += static_cast<double>(site.outstanding_bytes);
-  }
+  auto traced_by_pid = traced_bytes_by_process(aggregate);
   for (const auto& process : targets_) {
     if (process.info.exited) continue;
     auto rss = inspect::read_private_memory(process.info.pid);
@@ -72,6 +78,10 @@ std::optional<model::ProcessMemory> Measurement::process_memory(uint32_t pid) co
   for (const auto& point : *series) {
     memory.series.push_back({point.t_s, point.rss_bytes, point.traced_bytes});
   }
+  auto coverage = aggregator::assess_coverage(*series, config_.interval_s);
+  memory.coverage = model::ProcessMemory::Coverage{
+      coverage.assessed, coverage.span_s, coverage.rss_growth_bytes, coverage.traced_growth_bytes,
+      coverage.share,    coverage.reason};
   return memory;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "aggregator/aggregator.h"
@@ -18,6 +19,14 @@
 #include "tracer/alloc_tracer.h"
 
 namespace memtrail::session {
+
+// What memtrail traces of each process now, in bytes: the one place that sums it, read by the
+// private-memory comparison and the coverage statement ("traced: N % of RssAnon growth").
+// Everything outstanding at the process's sites counts (blocks older than --min-age): its
+// allocators' blocks, and with --mmap its own mappings and break. Whatever else comes to be
+// traced per process (CPython's objects) must be added here to count as explained.
+std::unordered_map<uint32_t, double> traced_bytes_by_process(
+    const aggregator::Aggregate& aggregate);
 
 // Each recorded reading adds a point to every site's history, to each live target's private
 // memory history and (--python-types) to each CPython type's; a site's verdict is scored on

@@ -12,6 +12,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "inspect/launch.h"
 #include "inspect/load_order.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process.h"
@@ -63,16 +64,24 @@ void Session::prepare_targets() {
     targets_.add(std::move(process));
   }
   if (!config_.command.empty()) {
-    std::string executable = inspect::resolve_command(config_.command.front());
+    // A script is followed through its #! lines to the program the kernel loads for it; a
+    // program executed later (env's, a wrapper's `exec`) is held at its exec and probed then.
+    const char* path = std::getenv("PATH");
+    auto chain = inspect::resolve_launch(config_.command.front(),
+                                         path ? path : "/usr/local/bin:/usr/bin:/bin");
+    if (config_.verbose()) {
+      for (const auto& step : chain.steps) std::cerr << "memtrail: command: " << step << "\n";
+    }
     // The command runs in memtrail's mount namespace and environment: before it runs, its
     // loader says which libraries it will load, in which order. Probes attach to files, so
     // they are in place when the libraries get mapped.
     char resolved[PATH_MAX];
-    std::string real_executable = ::realpath(executable.c_str(), resolved) ? resolved : executable;
-    auto order = inspect::command_load_order(real_executable);
+    std::string real_program =
+        ::realpath(chain.program.c_str(), resolved) ? resolved : chain.program;
+    auto order = inspect::command_load_order(real_program);
     TracedProcess process;
     process.allocators = allocators_or_mappings_only(0, order);
-    child_.emplace(executable, config_.command);
+    child_.emplace(chain.executable, config_.command);
     process.info.pid = static_cast<uint32_t>(child_->pid());
     describe_allocators(process.allocators, process.info);
     process.launched = true;
@@ -150,7 +159,10 @@ void Session::attach_all() {
   if (child_) {
     auto& process = targets_.back();
     process.pidfd = open_pidfd(process.info.pid);
+    // Held at the exec into the command, and at each it makes after: its code is read there.
+    tracer_.hold_execs(process.info.pid);
     child_->release();
+    await_command_start();
   }
   for (auto& process : targets_) {
     code_maps_.refresh(process);
@@ -170,6 +182,26 @@ void Session::attach_all() {
     }
   }
   std::cerr.flush();
+}
+
+// The command is held before its first instruction: handled at once rather than at the next
+// tick, so that it starts without delay. The exec event follows the exec by microseconds.
+void Session::await_command_start() {
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (!targets_.back().execs && Clock::now() < deadline) {
+    pollfd fd{tracer_.region_events_fd(), POLLIN, 0};
+    ::poll(&fd, 1, 100);
+    lifecycle_.follow();
+  }
+}
+
+Session::~Session() {
+  // An exec held and not handled yet (an error ended the run) must not stay stopped.
+  try {
+    lifecycle_.release_held();
+  } catch (const std::exception& error) {
+    std::cerr << "memtrail: warning: " << error.what() << "\n";
+  }
 }
 
 void Session::housekeep(Clock::time_point now) {
@@ -365,6 +397,8 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
 }
 
 void Session::stop() {
+  // No exec is held from here: the last ones are handled (and continued) just below.
+  tracer_.release_holds();
   lifecycle_.follow();
   lifecycle_.notice_exits(report_of(), start_);
   retire_exited();

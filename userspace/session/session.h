@@ -42,6 +42,7 @@ class Session {
   // Loads (and verifies) the BPF programs: without BPF permission nothing else matters, and
   // the error should say so rather than fail on a target's /proc files.
   explicit Session(SessionConfig config);
+  ~Session();  // continues an exec still held (never left stopped)
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -87,6 +88,7 @@ class Session {
                                                          const inspect::LoadOrder& order);
   void warn_unmapped_custom(uint32_t pid, const std::vector<inspect::Mapping>& mappings) const;
   void attach_all();
+  void await_command_start();
   // `only`: the report is for these processes (they exited): the others' sites are left out,
   // and so is their symbolization.
   model::Report take_report(bool final, size_t sites, const Lifecycle::Exited* only);

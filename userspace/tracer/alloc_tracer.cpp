@@ -102,7 +102,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   auto& maps = skeleton_->maps;
   uint32_t buckets = memtrail_alloc_buckets_for(config.max_outstanding_allocations);
   // Exec and fork events: for mapped regions, children, and the processes --all picks up.
-  bool lifecycle = config.trace_regions || config.follow_forks || config.host_wide;
+  bool lifecycle =
+      config.trace_regions || config.follow_forks || config.host_wide || config.hold_execs;
   bool tables = config.unwind_mode != unwind::UnwindMode::kFramePointers;
   // Hash maps without preallocation still allocate their bucket array (16 bytes a bucket):
   // room for the host's processes with --all, for a target's process tree otherwise.
@@ -249,7 +250,9 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   if (event.type == MEMTRAIL_REGION_FORK) {
     tracer->lifecycle_.forks.push_back({event.tgid, static_cast<uint32_t>(event.address)});
   } else if (tracer->regions_.apply(event)) {
-    tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns});
+    tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
+                                        (event.flags & MEMTRAIL_REGION_HELD) != 0,
+                                        (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
   }
   return 0;
 }
@@ -477,9 +480,11 @@ AllocTracer::~AllocTracer() = default;
 
 void AllocTracer::follow(uint32_t pid) {
   if (bpf_map__max_entries(skeleton_->maps.traced_processes) <= 1) return;  // not needed
-  uint32_t followed = 1;
+  uint32_t followed = MEMTRAIL_PROCESS_TRACED;
+  // A process followed already keeps its bits (held at exec: attached again after one).
   if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid, &followed,
-                          BPF_ANY) != 0) {
+                          BPF_NOEXIST) != 0 &&
+      errno != EEXIST) {
     int error_number = errno;
     fail("add pid " + std::to_string(pid) + " to the traced processes", error_number,
          error_number == E2BIG
@@ -490,6 +495,20 @@ void AllocTracer::follow(uint32_t pid) {
              : "");
   }
 }
+
+void AllocTracer::hold_execs(uint32_t pid) {
+  if (!region_reader_)
+    throw Error("hold the execs of pid " + std::to_string(pid) +
+                ": no exec events (hold_execs was not configured)");
+  uint32_t bits = MEMTRAIL_PROCESS_TRACED | MEMTRAIL_PROCESS_HOLD_EXEC;
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.traced_processes), &pid, &bits, BPF_ANY) !=
+      0) {
+    int error_number = errno;
+    fail("hold the execs of pid " + std::to_string(pid), error_number);
+  }
+}
+
+void AllocTracer::release_holds() { skeleton_->bss->holds_released = 1; }
 
 uint64_t AllocTracer::unfollow(uint32_t pid) {
   // ENOENT: never followed.

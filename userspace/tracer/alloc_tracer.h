@@ -32,6 +32,13 @@ class AllocTracer : public unwind::RowStore {
   void attach_everywhere(const inspect::AllocatorModule& module);
   // Adds `pid` to the processes traced (done by attach(); fork adds children in the kernel).
   void follow(uint32_t pid);
+  // From now on each program `pid` executes, and those of the processes it forks, is stopped
+  // (SIGSTOP) before its first instruction and reported as a held Exec: the caller probes the
+  // new program, then continues it. For a launched command only (its parent is memtrail, which
+  // no job-control shell watches). Throws memtrail::Error.
+  void hold_execs(uint32_t pid);
+  // No exec is held from now on (the run ends): those held already still wait to be drained.
+  void release_holds();
   // Takes a process that was followed but never attached (no traced allocator) out again: it
   // has no blocks in the table, so this is cheap, unlike purge_processes(). Returns the mapped
   // regions dropped.
@@ -57,6 +64,10 @@ class AllocTracer : public unwind::RowStore {
   struct Exec {
     uint32_t pid = 0;
     uint64_t at_ns = 0;
+    // Stopped before the new program's first instruction (hold_execs): continue it (SIGCONT)
+    // once its probes are in. hold_failed: it was to be, but the kernel refused the signal.
+    bool held = false;
+    bool hold_failed = false;
   };
   // A traced process forked a new one (with follow_forks).
   struct Fork {

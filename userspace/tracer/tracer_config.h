@@ -27,6 +27,9 @@ struct TracerConfig {
   bool trace_regions = false;
   // Trace the processes the targets fork (the fork event comes through the region events).
   bool follow_forks = false;
+  // A launched command: each program it (or a child) executes is held at its first
+  // instruction until probed (AllocTracer::hold_execs); needs the exec events.
+  bool hold_execs = false;
   // --all: allocator probes go on files, for every process, and record only the processes
   // added with follow().
   bool host_wide = false;

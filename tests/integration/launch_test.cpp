@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: Apache-2.0
+// memtrail leaks -- COMMAND where COMMAND is a script: its #! interpreter, env, and wrapper
+// scripts that execute the real program, traced from that program's first instruction.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "subprocess.h"
+#include "test_support.h"
+
+namespace memtrail::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// A Python program that leaks at once, with no gate: 300 bytes(1000) objects, each one calloc
+// of 1,033 bytes (a 33-byte header, then the data) at line kLeakLine, kept in a module-level
+// list. Only a process traced from the interpreter's first instruction, its CPython runtime
+// known before any Python code runs, has them all under that line. Then it says "done" and
+// waits for the end of its input.
+constexpr int kLeakLine = 6;
+constexpr uint64_t kLeakBytes = 300 * 1033;
+std::string python_program(const std::string& shebang) {
+  return shebang +
+         "\n"
+         "import sys\n"
+         "kept = []\n"
+         "def leak(count):\n"
+         "    for _ in range(count):\n"
+         "        kept.append(bytes(1000))\n"  // kLeakLine
+         "leak(300)\n"
+         "print('done', flush=True)\n"
+         "sys.stdin.readline()\n";
+}
+
+// The directory itself, without the slash TempDir::file() would add.
+std::string path_of(const TempDir& dir) {
+  std::string path = dir.file("");
+  path.pop_back();
+  return path;
+}
+
+void write_file(const std::string& path, const std::string& text, mode_t mode = 0755) {
+  std::ofstream(path) << text;
+  ::chmod(path.c_str(), mode);
+}
+
+// `memtrail leaks -v` running `command` with PATH set to `path`.
+std::vector<std::string> memtrail_with_path(const std::string& path, const std::string& json_path,
+                                            std::vector<std::string> command) {
+  std::vector<std::string> argv{
+      "/usr/bin/env", "PATH=" + path, MEMTRAIL_BINARY, "leaks", "-v", "-q", "--top", "3",
+      "--json",       json_path,      "--interval",    "0.25",  "--"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  return argv;
+}
+
+// Runs memtrail until the command printed `until` (after writing `input`, if any), stops it
+// with SIGINT and returns its report; `stderr_text` gets what it said.
+json run_until(Subprocess& tracer, const std::string& json_path, const std::string& until,
+               std::string& stderr_text, const std::string& input = "") {
+  auto attached = tracer.wait_for_stderr("memtrail: tracing pid ", 30s);
+  EXPECT_TRUE(attached.has_value()) << tracer.stderr_seen() << tracer.drain_stderr();
+  if (!input.empty()) tracer.write_stdin(input);
+  EXPECT_TRUE(tracer.wait_for_stdout(until, 30s).has_value()) << tracer.stderr_seen();
+  tracer.signal(SIGINT);
+  auto code = tracer.wait(30s);
+  stderr_text = tracer.stderr_seen() + tracer.drain_stderr();
+  EXPECT_EQ(code, std::optional<int>(0)) << stderr_text;
+  return read_json(json_path);
+}
+
+// The bytes and blocks calloc'd under the leaking Python line: (bytes, blocks).
+std::pair<uint64_t, uint64_t> leaked_at_python_line(const json& report, int line) {
+  uint64_t bytes = 0, blocks = 0;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "calloc") continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["language"] != "python") continue;
+      if (frame["function"] == "leak" && frame["line"] == line) {
+        bytes += site["outstanding_bytes"].get<uint64_t>();
+        blocks += site["outstanding_allocations"].get<uint64_t>();
+      }
+      break;  // the innermost Python frame only
+    }
+  }
+  return {bytes, blocks};
+}
+
+bool said(const std::string& text, const std::string& fragment) {
+  return text.find(fragment) != std::string::npos;
+}
+
+// A console script (what pip installs for gunicorn) found on PATH, and an app started as
+// ./manage.py: `#!/usr/bin/python3` is one exec; `#!/usr/bin/env python3` is env, which then
+// executes python3: held at that exec until its probes are in and its runtime known.
+TEST(LeaksLaunch, AConsoleScriptOnPathAndAnEnvScriptReportTheLeakingPythonLineExactly) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  for (std::string shebang : {"#!/usr/bin/python3", "#!/usr/bin/env python3"}) {
+    SCOPED_TRACE(shebang);
+    TempDir dir;
+    std::string script = dir.file("leaky-console");
+    write_file(script, python_program(shebang));
+    Subprocess tracer(
+        memtrail_with_path(path_of(dir) + ":/usr/bin:/bin", dir.file("r.json"), {"leaky-console"}));
+    std::string err;
+    json report = run_until(tracer, dir.file("r.json"), "done", err);
+    auto [bytes, blocks] = leaked_at_python_line(report, kLeakLine);
+    EXPECT_EQ(bytes, kLeakBytes) << report["leaks"].dump(2) << err;
+    EXPECT_EQ(blocks, 300u);
+    EXPECT_TRUE(said(err, "memtrail: command: " + script + ": a script, " + shebang)) << err;
+    if (shebang.find("env") != std::string::npos) {
+      EXPECT_TRUE(said(err, "memtrail: command: /usr/bin/env: a program (ELF)")) << err;
+      EXPECT_TRUE(said(err, "memtrail: command: env executes python3: /usr/bin/python3")) << err;
+      EXPECT_TRUE(said(err, " held at the first instruction of /usr/bin/python3")) << err;
+    }
+    ASSERT_EQ(report["targets"].size(), 1u);
+    EXPECT_EQ(report["targets"][0]["python"]["frames"], true);
+  }
+}
+
+// A pyenv/asdf-style shim: `python3` on PATH is a shell script that executes the real
+// interpreter. dash runs first; its exec of /usr/bin/python3 is held, probed, then continued.
+TEST(LeaksLaunch, AShellShimThatExecutesPython3ReportsTheLeakingPythonLineExactly) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  write_file(dir.file("python3"), "#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n");
+  std::string app = dir.file("app.py");
+  write_file(app, python_program("# no #! line: run by the interpreter"), 0644);
+  Subprocess tracer(
+      memtrail_with_path(path_of(dir) + ":/usr/bin:/bin", dir.file("r.json"), {"python3", app}));
+  std::string err;
+  json report = run_until(tracer, dir.file("r.json"), "done", err);
+  auto [bytes, blocks] = leaked_at_python_line(report, kLeakLine);
+  EXPECT_EQ(bytes, kLeakBytes) << report["leaks"].dump(2) << err;
+  EXPECT_EQ(blocks, 300u);
+  EXPECT_TRUE(said(err, "memtrail: command: " + dir.file("python3") + ": a script, #!/bin/sh"))
+      << err;
+  EXPECT_TRUE(said(err, " held at the first instruction of /usr/bin/python3")) << err;
+  ASSERT_EQ(report["targets"].size(), 1u);  // one process: the shim became python
+  EXPECT_EQ(report["targets"][0]["comm"], "python3");
+}
+
+// Any script, not only Python: a shell script that runs a C program (a child of the shell,
+// followed at its fork and held at its exec). The program frees the 20 blocks it allocated
+// before its gate: traced from its first instruction, none of those frees is unmatched.
+TEST(LeaksLaunch, AShellScriptRunningACProgramTracesItFromItsFirstInstruction) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  std::string script = dir.file("run-leaky.sh");
+  write_file(script, std::string("#!/bin/sh\n") + MEMTRAIL_LEAKY + " preattach 5 200\necho end\n");
+  Subprocess tracer(memtrail_with_path("/usr/bin:/bin", dir.file("r.json"), {script}));
+  std::string err;
+  json report = run_until(tracer, dir.file("r.json"), "done", err, "go\n");
+  const json* leaky = nullptr;
+  for (const auto& target : report["targets"]) {
+    if (target["comm"] == "leaky") leaky = &target;
+  }
+  ASSERT_NE(leaky, nullptr) << report["targets"].dump(2) << err;
+  EXPECT_EQ((*leaky)["losses"]["unmatched_frees"], 0) << leaky->dump(2);
+  uint64_t leaked = 0;
+  for (const auto& site : report["leaks"]) {
+    if (site["pid"] == (*leaky)["pid"] && !site["stack"].empty() &&
+        site["stack"][0]["function"] == "leak_malloc") {
+      leaked += site["outstanding_bytes"].get<uint64_t>();
+    }
+  }
+  EXPECT_EQ(leaked, 1000u) << report["leaks"].dump(2);
+  EXPECT_TRUE(said(err, " held at the first instruction of " + std::string(MEMTRAIL_LEAKY))) << err;
+}
+
+struct Outcome {
+  int code = -1;
+  std::string err;
+};
+
+Outcome run_to_end(const std::vector<std::string>& argv) {
+  Subprocess process(argv);
+  auto code = process.wait(20s);
+  EXPECT_TRUE(code.has_value()) << "memtrail hung";
+  return {code.value_or(-1), process.drain_stderr()};
+}
+
+// Scripts that cannot run: one error line naming the file and why, a hint, exit code 1, and
+// nothing started.
+TEST(LeaksLaunch, ScriptsThatCannotRunAreOneClearLine) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  write_file(dir.file("missing"), "#!/usr/bin/no-such-python3.99\nprint(1)\n");
+  write_file(dir.file("plain"), "#!/bin/sh\necho hi\n", 0644);
+  write_file(dir.file("a"), "#!" + dir.file("b") + "\n");
+  write_file(dir.file("b"), "#!" + dir.file("a") + "\n");
+  write_file(dir.file("nopython"), "#!/usr/bin/env no-such-interpreter\n");
+  struct Case {
+    std::string command, error;
+  } cases[] = {
+      {dir.file("missing"), "cannot run " + dir.file("missing") +
+                                ": its #! interpreter /usr/bin/no-such-python3.99 does not exist"},
+      {dir.file("plain"), "cannot run " + dir.file("plain") + ": not an executable file"},
+      {dir.file("a"), "cannot run " + dir.file("a") + ": its #! interpreters loop"},
+      {dir.file("nopython"), "cannot run " + dir.file("nopython") +
+                                 ": its #! line runs `env no-such-interpreter`, and "
+                                 "no-such-interpreter is not found in PATH"},
+  };
+  for (const auto& each : cases) {
+    Outcome outcome = run_to_end({MEMTRAIL_BINARY, "leaks", "--", each.command});
+    EXPECT_EQ(outcome.code, 1) << outcome.err;
+    std::istringstream lines(outcome.err);
+    std::vector<std::string> errors, hints;
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("memtrail: error: ", 0) == 0) errors.push_back(line);
+      if (line.rfind("memtrail: hint: ", 0) == 0) hints.push_back(line);
+    }
+    ASSERT_EQ(errors.size(), 1u) << outcome.err;
+    EXPECT_EQ(errors[0].rfind("memtrail: error: " + each.error, 0), 0u) << errors[0];
+    EXPECT_EQ(hints.size(), 1u) << outcome.err;
+    EXPECT_FALSE(said(outcome.err, "memtrail: tracing")) << outcome.err;
+  }
+}
+
+}  // namespace
+}  // namespace memtrail::testing
