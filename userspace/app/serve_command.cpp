@@ -610,7 +610,9 @@ void Agent::setup_routes(httplib::Server& server) {
   });
   server.set_error_handler([this](const httplib::Request& request, httplib::Response& response) {
     if (!response.body.empty()) return;
-    if (request.method != "GET" && request.method != "HEAD") {
+    static const std::set<std::string> kOtherMethods = {"POST",    "PUT",     "DELETE", "PATCH",
+                                                        "OPTIONS", "CONNECT", "TRACE"};
+    if (kOtherMethods.count(request.method)) {
       say(response, 405,
           "method not allowed: " + request.method.substr(0, 16) +
               " (every endpoint is read-only: GET)");
@@ -688,6 +690,12 @@ void Agent::run(int signal_fd) {
   size_t threads = options_.max_sessions + 4;
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.set_payload_max_length(64 * 1024);
+  // httplib's default also sets SO_REUSEPORT, which would let a second agent share the port
+  // in silence: only SO_REUSEADDR (a restarted agent binds at once).
+  server.set_socket_options([](socket_t socket) {
+    int yes = 1;
+    ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   setup_routes(server);
   if (!server.bind_to_port(options_.listen_address.c_str(), options_.listen_port)) {
     throw Error("listen on " + options_.listen_address + ":" +
