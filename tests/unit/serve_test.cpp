@@ -7,6 +7,7 @@
 
 #include "serve/host_memory.h"
 #include "serve/metrics_text.h"
+#include "serve/paging_watch.h"
 #include "serve/pod_identity.h"
 #include "serve/pyroscope.h"
 #include "serve/requests.h"
@@ -300,6 +301,42 @@ TEST(TracedSites, StableIdFunctionAndVerdictSeries) {
   EXPECT_EQ(lines_with(text, "memtrail_site_verdict{").size(), 5u);
   EXPECT_EQ(lines_with(text, "memtrail_site_outstanding_bytes{" + labels + "} 4096").size(), 1u);
   EXPECT_EQ(lines_with(text, "memtrail_trace_sites_folded{target=\"pid:42\"} 2").size(), 1u);
+}
+
+TEST(PagingWatch, HostVerdictFromPressureAndRestartAfterTheWindow) {
+  PagingWatch watch(3, 20);
+  MetricsText empty;
+  watch.render(empty);
+  EXPECT_TRUE(lines_with(empty.text(), "memtrail_paging_verdict{").empty());
+  auto sample = [](double t_s, uint64_t some_us) {
+    model::PagingSample sample;
+    sample.t_s = t_s;
+    sample.host.psi.available = true;
+    sample.host.psi.some_total_us = some_us;
+    sample.host.mem_total_bytes = 8ull << 30;
+    sample.host.mem_available_bytes = 4ull << 30;
+    return sample;
+  };
+  watch.add(sample(0, 0));
+  watch.add(sample(1, 300000));  // stalled 30 % of the second: pressure
+  MetricsText out;
+  watch.render(out);
+  EXPECT_EQ(lines_with(out.text(), "memtrail_paging_verdict{scope=\"host\",verdict=\"pressure\"} 1")
+                .size(),
+            1u)
+      << out.text();
+  EXPECT_EQ(
+      lines_with(out.text(), "memtrail_paging_verdict{scope=\"host\",verdict=\"ok\"} 0").size(),
+      1u);
+  watch.add(sample(2, 300000));  // calm again
+  // The window (3 samples) is full: a new analyzer starts, the last verdict stays meanwhile.
+  watch.add(sample(3, 300000));
+  MetricsText kept;
+  watch.render(kept);
+  EXPECT_EQ(
+      lines_with(kept.text(), "memtrail_paging_verdict{scope=\"host\",verdict=\"ok\"} 1").size(),
+      1u)
+      << kept.text();
 }
 
 TEST(Pyroscope, NameAndIngestTarget) {

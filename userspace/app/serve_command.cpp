@@ -36,6 +36,7 @@
 #include "sampler/processes.h"
 #include "serve/host_memory.h"
 #include "serve/metrics_text.h"
+#include "serve/paging_watch.h"
 #include "serve/pyroscope.h"
 #include "serve/requests.h"
 #include "serve/traced_sites.h"
@@ -147,6 +148,7 @@ class Agent {
       : options_(options),
         host_(serve::HostMemoryConfig{options.interval_s, options.window, options.max_processes,
                                       options.max_cgroups}),
+        paging_(options.window, 20),
         started_(Clock::now()) {
     if (!options.auth_token_file.empty()) token_ = read_token(options.auth_token_file);
     for (const auto& text : options.trace) {
@@ -201,8 +203,9 @@ class Agent {
   std::condition_variable stop_cv_;
   bool stopping_ = false;
 
-  mutable std::mutex host_mutex_;  // host_, host_metrics_, scan counters
+  mutable std::mutex host_mutex_;  // host_, paging_, host_metrics_, scan counters
   serve::HostMemory host_;
+  serve::PagingWatch paging_;
   std::string host_metrics_;
   uint64_t scans_ = 0;
   double scan_seconds_ = 0, last_scan_seconds_ = 0;
@@ -243,10 +246,18 @@ void Agent::scan_once(sampler::ProcessScanner& scanner) {
     }
   }
   double t_s = std::chrono::duration<double>(begin - started_).count();
+  model::PagingSample paging;
+  paging.t_s = t_s;
+  paging.unix_ms = unix_now_ms();
+  paging.host = sampler::read_host_sample();
+  paging.cgroups = cgroups;
   MetricsText text;
   std::lock_guard lock(host_mutex_);
   host_.update(t_s, processes, cgroups);
   host_.render(text);
+  paging.processes = std::move(processes);
+  paging_.add(paging);
+  paging_.render(text);
   host_metrics_ = text.take();
   ++scans_;
   last_scan_seconds_ = std::chrono::duration<double>(Clock::now() - begin).count();
