@@ -84,8 +84,6 @@ std::string read_token(const std::string& path) {
 
 // The agent's own process: the metrics node_exporter-style exporters give about themselves.
 void render_own_process(MetricsText& out, Clock::time_point started) {
-  sampler::ProcessScanCounters ignored;
-  (void)ignored;
   auto stat = sampler::parse_proc_stat(read_text_file("/proc/self/stat"));
   model::ProcessSample sample;
   sampler::parse_proc_status(read_text_file("/proc/self/status"), sample);

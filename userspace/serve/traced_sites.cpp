@@ -3,9 +3,6 @@
 #include "serve/traced_sites.h"
 
 #include <cstdio>
-#include <map>
-
-#include "aggregator/growth.h"
 
 namespace memtrail::serve {
 namespace {
