@@ -276,6 +276,69 @@ TEST(Serve, BearerTokenAndStartupErrors) {
   EXPECT_EQ(agent.wait(20s), 0);
 }
 
+// SIGTERM while a profile is being traced: the client gets a 503 saying why, and the agent
+// exits 0 with its probes gone.
+TEST(Serve, SigtermStopsCleanlyDuringAProfile) {
+  REQUIRE_BPF_OR_SKIP();
+  GrowingTarget target(30);
+  std::string pid = std::to_string(target.process.pid());
+  auto agent = std::make_unique<Agent>(std::vector<std::string>{"-i", "0.5"});
+  Reply reply;
+  int port = agent->port();
+  std::thread profile(
+      [&] { reply = get(port, "/debug/pprof/heap?pid=" + pid + "&seconds=60", {}, 90); });
+  auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline &&
+         lines_with(agent->get("/metrics").body, "memtrail_profile_sessions_active 1").empty()) {
+    std::this_thread::sleep_for(50ms);
+  }
+  auto stopped_at = Clock::now();
+  agent->process().signal(SIGTERM);
+  EXPECT_EQ(agent->process().wait(20s), 0);
+  profile.join();
+  EXPECT_LT(Clock::now() - stopped_at, 15s);
+  EXPECT_EQ(reply.status, 503);
+  EXPECT_EQ(reply.body, "memtrail is stopping: the profile was not finished\n");
+  // The target runs on, untraced.
+  EXPECT_EQ(::kill(target.process.pid(), 0), 0);
+}
+
+// --trace comm:NAME traces host-wide, narrowed to that name: a program of that name started
+// after the agent has its leaking site in /metrics, and nothing else is listed.
+TEST(Serve, TraceByCommFindsAProgramStartedLater) {
+  REQUIRE_BPF_OR_SKIP();
+  Agent agent({"-i", "1", "--trace", "comm:leaky", "--trace-interval", "1"});
+  auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline &&
+         lines_with(agent.get("/metrics").body, "memtrail_trace_target_up{target=\"comm:leaky\"} 1")
+             .empty()) {
+    std::this_thread::sleep_for(100ms);
+  }
+  GrowingTarget target(30);
+  std::string pid = std::to_string(target.process.pid());
+  std::vector<std::string> sites;
+  deadline = Clock::now() + 30s;
+  std::string metrics;
+  while (Clock::now() < deadline) {
+    metrics = agent.get("/metrics").body;
+    sites = lines_with(metrics, "memtrail_site_outstanding_bytes{target=\"comm:leaky\",pid=\"" +
+                                    pid + "\",comm=\"leaky\",");
+    bool found = false;
+    for (const auto& line : sites)
+      found |= line.find("function=\"grow_steadily\"") != std::string::npos;
+    if (found) break;
+    std::this_thread::sleep_for(500ms);
+  }
+  bool grow_site = false;
+  for (const auto& line : sites) {
+    grow_site |= line.find("function=\"grow_steadily\"") != std::string::npos;
+  }
+  EXPECT_TRUE(grow_site) << metrics;
+  for (const auto& line : lines_with(metrics, "memtrail_site_outstanding_bytes{")) {
+    EXPECT_NE(line.find("comm=\"leaky\""), std::string::npos) << line;
+  }
+}
+
 // A real Prometheus scraping every second: the growing process's verdict and growth rate, and
 // with --trace its leaking site's verdict, through Prometheus' HTTP API; promtool accepts
 // /metrics.
