@@ -13,10 +13,12 @@ packages=(
   binutils util-linux python3 python3-jsonschema
   libpython3.11-dev  # CPython 3.11 headers: the frame layout --python-frames reads
   libjemalloc-dev    # memtrail's own allocator, linked in (see userspace/CMakeLists.txt)
+  libcpp-httplib-dev # memtrail serve's HTTP server and its Pyroscope client
 )
 if [[ ${1:-} == --tests ]]; then
   packages+=(chromium libjemalloc2 libgoogle-perftools4 libtcmalloc-minimal4 libmimalloc2.0
-             golang-go)  # a Go program: traced by its mappings alone (--mmap)
+             golang-go  # a Go program: traced by its mappings alone (--mmap); go tool pprof
+             prometheus)  # memtrail serve scraped by a real Prometheus; promtool checks /metrics
 fi
 
 missing=()

@@ -9,6 +9,7 @@
 #include "app/leaks_command.h"
 #include "app/offline_commands.h"
 #include "app/paging_command.h"
+#include "app/serve_command.h"
 #include "cli/options.h"
 #include "common/error.h"
 
@@ -33,6 +34,9 @@ int main(int argc, char** argv) {
     }
     if (auto* paging = std::get_if<memtrail::cli::PagingOptions>(&command)) {
       return memtrail::app::run_paging(*paging);
+    }
+    if (auto* serve = std::get_if<memtrail::cli::ServeOptions>(&command)) {
+      return memtrail::app::run_serve(*serve);
     }
     if (auto* diff = std::get_if<memtrail::cli::DiffOptions>(&command)) {
       return memtrail::app::run_diff(*diff);

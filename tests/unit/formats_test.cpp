@@ -105,6 +105,33 @@ TEST(Folded, OneLinePerSiteOutermostFirstWithItsBytes) {
             "server;libc.so.6+0x700 4096\n");
 }
 
+TEST(Pprof, PeriodTypeDefaultTypeAndStringLabels) {
+  auto report = two_site_report();
+  PprofOptions options;
+  options.default_sample_type = "alloc_space";
+  options.labels = {{"comm", "leaky"}, {"pod_uid", ""}, {"container_id", "abc123"}};
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report, options))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  EXPECT_EQ(text(profile.default_sample_type()), "alloc_space");
+  EXPECT_EQ(text(profile.period_type().type()), "space");
+  EXPECT_EQ(text(profile.period_type().unit()), "bytes");
+  EXPECT_EQ(profile.period(), 1);  // every allocation recorded
+  for (const auto& sample : profile.sample()) {
+    std::map<std::string, std::string> labels;
+    for (const auto& label : sample.label()) {
+      if (label.str() != 0) labels[text(label.key())] = text(label.str());
+    }
+    // Beside the site's own (verdict, suppressed); empty values are left out.
+    EXPECT_EQ(labels["comm"], "leaky");
+    EXPECT_EQ(labels["container_id"], "abc123");
+    EXPECT_EQ(labels.count("pod_uid"), 0u);
+  }
+  report.sample_rate = 4096;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report))));
+  EXPECT_EQ(profile.period(), 4096);
+}
+
 TEST(Pprof, DecodesBackToTheSameSitesTypesAndInlinedLines) {
   std::string gz = to_pprof(two_site_report());
   ASSERT_GE(gz.size(), 2u);

@@ -334,5 +334,58 @@ TEST(Options, MalformedAllocatorIsOneUsageErrorLine) {
   }
 }
 
+TEST(Options, ServeDefaultsAndValues) {
+  auto defaults = parse({"serve"});
+  ASSERT_TRUE(std::holds_alternative<ServeOptions>(defaults));
+  const auto& d = std::get<ServeOptions>(defaults);
+  EXPECT_EQ(d.listen_address, "127.0.0.1");  // another address only when asked
+  EXPECT_EQ(d.listen_port, 9752);
+  EXPECT_DOUBLE_EQ(d.interval_s, 10);
+  EXPECT_EQ(d.max_sessions, 2u);
+  EXPECT_DOUBLE_EQ(d.max_profile_s, 300);
+  EXPECT_EQ(d.max_processes, 200u);
+  auto command =
+      parse({"serve", "--listen", "0.0.0.0:8080", "-i", "2", "--trace", "pid:7", "--trace",
+             "comm:db", "--pyroscope-url", "http://p:4040", "--max-profile-seconds", "5"});
+  ASSERT_TRUE(std::holds_alternative<ServeOptions>(command));
+  const auto& o = std::get<ServeOptions>(command);
+  EXPECT_EQ(o.listen_address, "0.0.0.0");
+  EXPECT_EQ(o.listen_port, 8080);
+  EXPECT_DOUBLE_EQ(o.interval_s, 2);
+  EXPECT_EQ(o.trace, (std::vector<std::string>{"pid:7", "comm:db"}));
+  EXPECT_EQ(o.pyroscope_url, "http://p:4040");
+  EXPECT_DOUBLE_EQ(o.max_profile_s, 5);
+  EXPECT_DOUBLE_EQ(o.default_profile_s, 5);  // the default profile fits the maximum
+}
+
+TEST(Options, ServeRefusals) {
+  struct Case {
+    std::vector<const char*> args;
+    std::string message;
+  };
+  for (const auto& bad : std::vector<Case>{
+           {{"serve", "--listen", "9752"},
+            "--listen must be ADDR:PORT, as 127.0.0.1:9752, not '9752'"},
+           {{"serve", "--listen", "127.0.0.1:70000"},
+            "--listen's port must be a whole number from 1 to 65535, not '70000'"},
+           {{"serve", "-i", "0"}, "--interval must be from 0.1 to 86400 seconds, not '0'"},
+           {{"serve", "--pyroscope-url", "http://p:4040"},
+            "--pyroscope-url pushes the --trace targets' profiles: give --trace too"},
+           {{"serve", "--trace", "pid:1", "--pyroscope-url", "ftp://p"},
+            "--pyroscope-url must start with http:// or https://, not 'ftp://p'"},
+           {{"serve", "--max-sessions", "17"},
+            "--max-sessions must be a whole number from 0 to 16, not '17'"},
+       }) {
+    std::vector<const char*> argv{"memtrail"};
+    argv.insert(argv.end(), bad.args.begin(), bad.args.end());
+    auto command = parse_command_line(static_cast<int>(argv.size()), argv.data());
+    ASSERT_TRUE(std::holds_alternative<ExitRequest>(command));
+    const auto& request = std::get<ExitRequest>(command);
+    EXPECT_EQ(request.code, kExitUsage);
+    EXPECT_EQ(request.message,
+              "memtrail: error: " + bad.message + "\nmemtrail: hint: see memtrail serve --help\n");
+  }
+}
+
 }  // namespace
 }  // namespace memtrail::cli

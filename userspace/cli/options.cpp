@@ -485,12 +485,79 @@ Command parse_command_line(int argc, const char* const* argv) {
       "so reports\nof two runs of the same programs compare even though pids and "
       "addresses differ.\n");
 
+  ServeOptions serve_options;
+  std::string listen_text, serve_interval_text, window_text, serve_max_processes_text,
+      max_cgroups_text, max_sessions_text, max_profile_text, trace_interval_text, max_sites_text,
+      pyroscope_interval_text;
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "Run as an agent: memory of every process and cgroup as Prometheus metrics, "
+      "exact leak profiles on demand (pprof, JSON)");
+  serve
+      ->add_option("--listen", listen_text,
+                   "Address and port of the HTTP server (default 127.0.0.1:9752)")
+      ->type_name("ADDR:PORT");
+  serve
+      ->add_option("--auth-token-file", serve_options.auth_token_file,
+                   "Ask every request for 'Authorization: Bearer TOKEN', TOKEN read from FILE")
+      ->type_name("FILE");
+  serve
+      ->add_option("-i,--interval", serve_interval_text,
+                   "Scan every process and memory cgroup every SECONDS (default 10)")
+      ->type_name("SECONDS");
+  serve->add_option("--window", window_text, "Scans a growth verdict looks back on (default 60)")
+      ->type_name("N");
+  serve
+      ->add_option("--max-processes", serve_max_processes_text,
+                   "Processes with series of their own, largest first (default 200); growing "
+                   "ones always have theirs, the rest are folded")
+      ->type_name("N");
+  serve
+      ->add_option("--max-cgroups", max_cgroups_text,
+                   "Memory cgroups with series of their own (default 200), as --max-processes")
+      ->type_name("N");
+  serve
+      ->add_option("--max-sessions", max_sessions_text,
+                   "On-demand profiles traced at once (default 2); more are answered 429")
+      ->type_name("N");
+  serve
+      ->add_option("--max-profile-seconds", max_profile_text,
+                   "Longest on-demand profile (default 300)")
+      ->type_name("SECONDS");
+  serve
+      ->add_option("--trace", serve_options.trace,
+                   "Trace this target exactly all the time, its sites in /metrics: pid:N, "
+                   "comm:NAME or cgroup:PATH (repeat for several)")
+      ->type_name("TARGET");
+  serve
+      ->add_option("--trace-interval", trace_interval_text,
+                   "Read the --trace targets' sites every SECONDS (default 10)")
+      ->type_name("SECONDS");
+  serve
+      ->add_option("--max-sites", max_sites_text,
+                   "Sites of each --trace target in /metrics, leaks first (default 50)")
+      ->type_name("N");
+  serve
+      ->add_option("--pyroscope-url", serve_options.pyroscope_url,
+                   "Push each --trace target's profile to this Pyroscope server")
+      ->type_name("URL");
+  serve
+      ->add_option("--pyroscope-interval", pyroscope_interval_text,
+                   "Push every SECONDS (default 15)")
+      ->type_name("SECONDS");
+  serve->add_flag("-v,--verbose", serve_options.verbose, "Log every request and session");
+  serve->footer(
+      "Endpoints: / (this list), /healthz, /readyz, /metrics (Prometheus text),\n"
+      "/debug/pprof/heap?pid=N&seconds=S (also comm=NAME, cgroup=PATH; gzipped pprof,\n"
+      "inuse_space), /debug/pprof/allocs (alloc_space), /report.json (memtrail.leaks JSON).\n"
+      "SIGTERM or SIGINT stops the agent. See README, \"Running on a fleet\".\n");
+
   // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
   std::string command_name = argc > 1 ? argv[1] : "";
   if (argc > 1 && argv[1][0] != '-' && command_name != "leaks" && command_name != "report" &&
-      command_name != "diff" && command_name != "paging") {
+      command_name != "diff" && command_name != "paging" && command_name != "serve") {
     return ExitRequest{kExitUsage, "memtrail: error: unknown command '" + command_name +
-                                       "' (commands: leaks, paging, report, diff)\n"
+                                       "' (commands: leaks, paging, report, diff, serve)\n"
                                        "memtrail: hint: see memtrail --help\n"};
   }
   try {
@@ -562,6 +629,67 @@ Command parse_command_line(int argc, const char* const* argv) {
     if (mode == kDeepModes.end()) return usage_of("paging", "--deep must be auto, always or never");
     paging_options.deep = mode->second;
     return paging_options;
+  }
+  if (serve->parsed()) {
+    std::string error;
+    if (serve->count("--listen")) {
+      auto colon = listen_text.rfind(':');
+      uint16_t port = 0;
+      if (colon == std::string::npos || colon == 0) {
+        error = "--listen must be ADDR:PORT, as 127.0.0.1:9752, not '" + listen_text + "'";
+      } else {
+        error = whole_between("--listen's port", listen_text.substr(colon + 1), 1, 65535, port);
+        serve_options.listen_address = listen_text.substr(0, colon);
+        serve_options.listen_port = port;
+      }
+    }
+    if (error.empty() && serve->count("--interval")) {
+      error = seconds_between("--interval", serve_interval_text, 0.1, kMaxIntervalSeconds,
+                              serve_options.interval_s);
+    }
+    if (error.empty() && serve->count("--window")) {
+      error = whole_between("--window", window_text, 4, 100000, serve_options.window);
+    }
+    if (error.empty() && serve->count("--max-processes")) {
+      error = whole_between("--max-processes", serve_max_processes_text, 0, 100000,
+                            serve_options.max_processes);
+    }
+    if (error.empty() && serve->count("--max-cgroups")) {
+      error =
+          whole_between("--max-cgroups", max_cgroups_text, 0, 100000, serve_options.max_cgroups);
+    }
+    if (error.empty() && serve->count("--max-sessions")) {
+      error = whole_between("--max-sessions", max_sessions_text, 0, 16, serve_options.max_sessions);
+    }
+    if (error.empty() && serve->count("--max-profile-seconds")) {
+      error = seconds_between("--max-profile-seconds", max_profile_text, 1, 3600,
+                              serve_options.max_profile_s);
+      serve_options.max_profile_s = std::floor(serve_options.max_profile_s);
+    }
+    if (error.empty() && serve->count("--trace-interval")) {
+      error = seconds_between("--trace-interval", trace_interval_text, 0.1, kMaxIntervalSeconds,
+                              serve_options.trace_interval_s);
+    }
+    if (error.empty() && serve->count("--max-sites")) {
+      error = whole_between("--max-sites", max_sites_text, 1, 100000, serve_options.max_sites);
+    }
+    if (error.empty() && serve->count("--pyroscope-interval")) {
+      error = seconds_between("--pyroscope-interval", pyroscope_interval_text, 1,
+                              kMaxIntervalSeconds, serve_options.pyroscope_interval_s);
+    }
+    if (error.empty() && !serve_options.pyroscope_url.empty() &&
+        serve_options.pyroscope_url.rfind("http://", 0) != 0 &&
+        serve_options.pyroscope_url.rfind("https://", 0) != 0) {
+      error = "--pyroscope-url must start with http:// or https://, not '" +
+              serve_options.pyroscope_url + "'";
+    }
+    if (error.empty() && !serve_options.pyroscope_url.empty() && serve_options.trace.empty()) {
+      error = "--pyroscope-url pushes the --trace targets' profiles: give --trace too";
+    }
+    if (!error.empty()) return usage_of("serve", error);
+    serve_options.default_profile_s =
+        std::min(serve_options.default_profile_s, serve_options.max_profile_s);
+    return serve_options;
   }
   if (diff->parsed()) {
     if (diff->count("--top")) {

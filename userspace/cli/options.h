@@ -112,13 +112,34 @@ struct DiffOptions {
   uint32_t top = 20;
 };
 
+// `memtrail serve`: the always-on agent (HTTP: /metrics, /debug/pprof/heap, /report.json, ...).
+struct ServeOptions {
+  std::string listen_address = "127.0.0.1";  // --listen ADDR:PORT
+  uint16_t listen_port = 9752;
+  std::string auth_token_file;   // --auth-token-file: every request needs "Bearer <token>"
+  double interval_s = 10;        // --interval: one scan of every process and cgroup
+  uint32_t window = 60;          // --window: scans a verdict looks at
+  uint32_t max_processes = 200;  // --max-processes: per-process series (growing ones always)
+  uint32_t max_cgroups = 200;    // --max-cgroups: per-cgroup series (growing ones always)
+  uint32_t max_sessions = 2;     // --max-sessions: on-demand profiles at once
+  double max_profile_s = 300;    // --max-profile-seconds
+  double default_profile_s = 10;
+  std::vector<std::string> trace;    // --trace pid:N|comm:NAME|cgroup:PATH (checked by serve/)
+  double trace_interval_s = 10;      // --trace-interval: a report of each --trace target
+  uint32_t max_sites = 50;           // --max-sites: sites per --trace target in /metrics
+  std::string pyroscope_url;         // --pyroscope-url: push each --trace target's profile
+  double pyroscope_interval_s = 15;  // --pyroscope-interval
+  bool verbose = false;
+};
+
 // What main should do: run a subcommand, or exit with `code` after printing `message`
 // (help, version, or a usage error).
 struct ExitRequest {
   int code = 0;
   std::string message;  // printed to stdout for code 0, to stderr otherwise
 };
-using Command = std::variant<LeaksOptions, PagingOptions, ReportOptions, DiffOptions, ExitRequest>;
+using Command = std::variant<LeaksOptions, PagingOptions, ReportOptions, DiffOptions, ServeOptions,
+                             ExitRequest>;
 
 Command parse_command_line(int argc, const char* const* argv);
 

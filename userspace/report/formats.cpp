@@ -72,7 +72,7 @@ void render_folded(const model::Report& report, std::ostream& out) {
   }
 }
 
-std::string to_pprof(const model::Report& report) {
+std::string to_pprof(const model::Report& report, const PprofOptions& options) {
   perftools::profiles::Profile profile;
   StringTable strings(profile);
   for (auto [type, unit] :
@@ -82,7 +82,12 @@ std::string to_pprof(const model::Report& report) {
     sample_type->set_type(strings.index(type));
     sample_type->set_unit(strings.index(unit));
   }
-  profile.set_default_sample_type(strings.index("inuse_space"));
+  profile.set_default_sample_type(strings.index(options.default_sample_type));
+  // Readers name and scale a profile by its period type (Pyroscope needs one).
+  auto* period_type = profile.mutable_period_type();
+  period_type->set_type(strings.index("space"));
+  period_type->set_unit(strings.index("bytes"));
+  profile.set_period(report.sample_rate > 0 ? static_cast<int64_t>(report.sample_rate) : 1);
   profile.set_time_nanos(report.start_time_unix_ms * 1'000'000);
   profile.set_duration_nanos(static_cast<int64_t>(report.duration_s * 1e9));
 
@@ -155,6 +160,12 @@ std::string to_pprof(const model::Report& report) {
       auto* verdict = sample->add_label();
       verdict->set_key(strings.index("verdict"));
       verdict->set_str(strings.index(site.growth->verdict));
+    }
+    for (const auto& [key, value] : options.labels) {
+      if (value.empty()) continue;
+      auto* label = sample->add_label();
+      label->set_key(strings.index(key));
+      label->set_str(strings.index(value));
     }
     if (site.suppressed) {
       auto* suppressed = sample->add_label();
