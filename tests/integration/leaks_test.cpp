@@ -1849,6 +1849,100 @@ TEST(LeaksAllocators, GoProgramIsTracedByItsMappingsUnderMmap) {
                           << report.dump(2);
 }
 
+// go tool pprof with a HOME and temporary directory of its own (it writes to both).
+Finished go_tool_pprof(const TempDir& dir, std::vector<std::string> args) {
+  std::filesystem::create_directories(dir.file("home"));
+  std::filesystem::create_directories(dir.file("pprof"));
+  args.insert(args.begin(), {"/usr/bin/env", "HOME=" + dir.file("home"),
+                             "PPROF_TMPDIR=" + dir.file("pprof"), "go", "tool", "pprof"});
+  return run_to_end(args);
+}
+
+// The pprof file read by the tool people use: its File is the traced executable, the mappings
+// have their real ranges, in use the leak, and alloc_space also the site that freed everything.
+TEST(LeaksFormats, GoToolPprofShowsTheExecutableTheLeakAndASiteThatFreedEverything) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");  // built when the go tool is there
+  TempDir dir;
+  // basic: leak_malloc keeps 7 blocks of 1000 bytes, free_all frees its 50 blocks of 64 bytes.
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  trace_scenario(target, {"--format", "pprof", "-o", dir.file("p.pb.gz")}, dir.file("r.json"));
+  std::string exe = std::filesystem::canonical(MEMTRAIL_LEAKY).string();
+
+  std::ifstream in(dir.file("p.pb.gz"), std::ios::binary);
+  std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(memtrail::report::gunzip(gz)));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  ASSERT_GE(profile.mapping_size(), 2) << profile.DebugString();
+  const auto& main = profile.mapping(0);
+  EXPECT_EQ(text(main.filename()), exe);
+  EXPECT_GT(main.memory_start(), 0u);
+  EXPECT_GT(main.memory_limit(), main.memory_start());
+  std::map<uint64_t, const perftools::profiles::Mapping*> mappings;
+  for (const auto& mapping : profile.mapping()) mappings[mapping.id()] = &mapping;
+  std::map<std::string, std::vector<int64_t>> values_of;  // innermost function -> values
+  std::map<uint64_t, std::string> functions;
+  for (const auto& function : profile.function()) functions[function.id()] = text(function.name());
+  std::map<uint64_t, const perftools::profiles::Location*> locations;
+  for (const auto& location : profile.location()) {
+    locations[location.id()] = &location;
+    // Every location lies in its mapping; the program's own functions in the executable's.
+    const auto& mapping = *mappings.at(location.mapping_id());
+    if (mapping.memory_limit() == 0) continue;  // a name only (none expected here)
+    EXPECT_GE(location.address(), mapping.memory_start());
+    EXPECT_LT(location.address(), mapping.memory_limit());
+    std::string function = functions.at(location.line(0).function_id());
+    if (function == "leak_malloc" || function == "free_all" || function == "main") {
+      EXPECT_EQ(location.mapping_id(), main.id()) << function;
+    }
+  }
+  for (const auto& sample : profile.sample()) {
+    std::string innermost =
+        functions.at(locations.at(sample.location_id(0))->line(0).function_id());
+    values_of[innermost] = {sample.value().begin(), sample.value().end()};
+  }
+  EXPECT_EQ(values_of["leak_malloc"], (std::vector<int64_t>{7, 7000, 7, 7000}));
+  EXPECT_EQ(values_of["free_all"], (std::vector<int64_t>{50, 3200, 0, 0}));
+  // The JSON report lists it apart from the leaks, with the same totals.
+  json report = read_json(dir.file("r.json"));
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty()) << report.dump(2);
+  bool listed = false;
+  for (const auto& site : report["freed_sites"]) {
+    if (site["stack"][0]["function"] != "free_all") continue;
+    listed = true;
+    EXPECT_EQ(site["total_allocated_bytes"], 3200);
+    EXPECT_EQ(site["total_allocations"], 50);
+  }
+  EXPECT_TRUE(listed) << report["freed_sites"].dump(2);
+  EXPECT_EQ(report["targets"][0]["mappings"][0]["path"], exe);
+
+  // go tool pprof: File is the executable, the mapping has its range.
+  auto raw = go_tool_pprof(dir, {"-raw", dir.file("p.pb.gz")});
+  ASSERT_EQ(raw.code, 0) << raw.err;
+  std::smatch range;
+  ASSERT_TRUE(std::regex_search(
+      raw.out, range, std::regex("\n1: (0x[0-9a-f]+)/(0x[0-9a-f]+)/(0x[0-9a-f]+) " + exe)))
+      << raw.out;
+  EXPECT_EQ(std::stoull(range[1].str(), nullptr, 16), main.memory_start());
+  EXPECT_EQ(std::stoull(range[2].str(), nullptr, 16), main.memory_limit());
+  EXPECT_EQ(std::stoull(range[3].str(), nullptr, 16), main.file_offset());
+  auto inuse = go_tool_pprof(dir, {"-top", dir.file("p.pb.gz")});
+  ASSERT_EQ(inuse.code, 0) << inuse.err;
+  EXPECT_NE(inuse.out.find("File: leaky\n"), std::string::npos) << inuse.out;
+  EXPECT_NE(inuse.out.find("Type: inuse_space"), std::string::npos) << inuse.out;
+  EXPECT_TRUE(std::regex_search(inuse.out, std::regex("6\\.84kB +[0-9.]+% .* leak_malloc\n")))
+      << inuse.out;
+  EXPECT_EQ(inuse.out.find("free_all"), std::string::npos) << inuse.out;
+  auto allocated = go_tool_pprof(dir, {"-top", "-sample_index=alloc_space", dir.file("p.pb.gz")});
+  ASSERT_EQ(allocated.code, 0) << allocated.err;
+  EXPECT_NE(allocated.out.find("File: leaky\n"), std::string::npos) << allocated.out;
+  EXPECT_TRUE(std::regex_search(allocated.out, std::regex("3\\.12kB +[0-9.]+% .* free_all\n")))
+      << allocated.out;
+  EXPECT_TRUE(std::regex_search(allocated.out, std::regex("6\\.84kB +[0-9.]+% .* leak_malloc\n")))
+      << allocated.out;
+}
+
 TEST(LeaksAllocators, Mimalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_MIMALLOC, "libmimalloc2.0");

@@ -28,6 +28,9 @@ struct TracedProcess {
   // (its blocks were purged from the maps).
   std::optional<model::ExitSummary> exit;
   std::vector<model::LeakSite> exit_sites;
+  // Its sites that had freed everything at the exit, and those its exit report only counted.
+  std::vector<model::LeakSite> exit_freed_sites;
+  model::FreedSitesOmitted exit_freed_omitted;
   uint32_t execs =
       0;  // new programs it executed while traced (a launched command's first is its start)
   // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
