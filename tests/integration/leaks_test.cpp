@@ -1943,6 +1943,45 @@ TEST(LeaksFormats, GoToolPprofShowsTheExecutableTheLeakAndASiteThatFreedEverythi
       << allocated.out;
 }
 
+// Host-wide, a Go program started meanwhile is traced by its mappings as with -p, and the one
+// line says what is not: the objects of its garbage-collected heap.
+TEST(LeaksHostWide, AGoProgramStartedMeanwhileIsTracedByItsMappingsUnderMmap) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");
+  TempDir dir;
+  // --comm: only this test's program, whatever else runs on the host.
+  Tracer tracer({"--all", "--mmap", "--comm", "go_grow", "--json", dir.file("r.json"), "-q", "-v"});
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
+      << tracer.process.stderr_seen();
+  Target target({MEMTRAIL_GO_GROW});  // 48 buffers of 1 MiB kept in a slice, on "go"
+  std::string pid = std::to_string(target.process.pid());
+  auto said =
+      tracer.process.wait_for_stderr("memtrail: pid " + pid + " (go_grow) has no malloc", 10s);
+  ASSERT_TRUE(said.has_value()) << tracer.process.stderr_seen();
+  EXPECT_NE(said->find("tracing its anonymous mappings (--mmap) only; objects of a "
+                       "garbage-collected heap (e.g. Go's) inside them are not traced"),
+            std::string::npos)
+      << *said;
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing pid " + pid, 10s).has_value())
+      << tracer.process.stderr_seen();
+  target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_EQ(traced_pids(report), std::set<int>{target.process.pid()}) << report.dump(2);
+  EXPECT_TRUE(report["targets"][0]["allocators"].empty()) << report["targets"][0].dump(2);
+  uint64_t mapped = 0;
+  bool heap_grows = false;
+  for (const auto& site : report["leaks"]) {
+    EXPECT_EQ(site["allocator"], "mmap") << site.dump(2);
+    mapped += site["outstanding_bytes"].get<uint64_t>();
+    for (const auto& frame : site["stack"])
+      heap_grows |= frame["function"] == "runtime.(*mheap).grow";
+  }
+  EXPECT_GE(mapped, uint64_t{32} << 20) << report.dump(2);
+  EXPECT_TRUE(heap_grows) << "no mmap site with runtime.(*mheap).grow in its stack: "
+                          << report.dump(2);
+}
+
 TEST(LeaksAllocators, Mimalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_MIMALLOC, "libmimalloc2.0");

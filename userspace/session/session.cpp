@@ -89,10 +89,8 @@ inspect::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
                                        config_.custom_allocators_for(pid));
   } catch (const inspect::NoAllocatorFound&) {
     if (!config_.tracer.trace_regions) throw;
-    std::cerr << "memtrail: " << (pid ? "pid " + std::to_string(pid) : std::string("the command"))
-              << " has no malloc family to probe: tracing its anonymous mappings (--mmap) "
-                 "only; objects of a garbage-collected heap (e.g. Go's) inside them are not "
-                 "traced\n";
+    std::cerr << mappings_only_line(pid ? "pid " + std::to_string(pid)
+                                        : std::string("the command"));
     inspect::ProcessAllocators none;
     none.order_source = order.source;
     return none;

@@ -84,6 +84,11 @@ class Targets {
 // What the report says about a process's allocators, from what was resolved for it.
 void describe_allocators(const inspect::ProcessAllocators& allocators, model::Target& info);
 
+// The line that says a process without the malloc family (Go's runtime maps its memory
+// itself) is traced by its anonymous mappings alone under --mmap, and what is not traced.
+// `who`: "pid N (comm)" or "the command".
+std::string mappings_only_line(const std::string& who);
+
 // A pidfd for `pid`: readable once it exits. Throws memtrail::Error (the process exited while
 // memtrail was attaching, for ESRCH).
 UniqueFd open_pidfd(uint32_t pid);
