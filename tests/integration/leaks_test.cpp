@@ -1943,6 +1943,46 @@ TEST(LeaksFormats, GoToolPprofShowsTheExecutableTheLeakAndASiteThatFreedEverythi
       << allocated.out;
 }
 
+// A command without any allocator module, launched under --mmap: traced from its first
+// instruction by its anonymous mappings alone, and its one region is there with its bytes.
+TEST(LeaksRegions, ALaunchedCommandWithoutAnyAllocatorIsTracedByItsMappings) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "--mmap", "--json", dir.file("r.json"), "-q", "--",
+                     MEMTRAIL_NO_ALLOCATOR});
+  auto said = tracer.wait_for_stderr("memtrail: the command has no malloc family", 20s);
+  ASSERT_TRUE(said.has_value()) << tracer.stderr_seen() << tracer.drain_stderr();
+  EXPECT_NE(said->find("tracing its anonymous mappings (--mmap) only"), std::string::npos);
+  auto attached = tracer.wait_for_stderr("memtrail: tracing pid ", 20s);
+  ASSERT_TRUE(attached.has_value()) << tracer.stderr_seen() << tracer.drain_stderr();
+  EXPECT_NE(attached->find("via its anonymous mappings only (--mmap)"), std::string::npos)
+      << *attached;
+  // The command's stdout is memtrail's: it says when its region is mapped.
+  ASSERT_TRUE(tracer.wait_for_stdout("mapped 20480", 20s).has_value()) << tracer.stderr_seen();
+  tracer.signal(SIGINT);
+  auto code = tracer.wait(30s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << tracer.stderr_seen() << tracer.drain_stderr();
+  json report = read_json(dir.file("r.json"));
+  ASSERT_EQ(report["targets"].size(), 1u) << report.dump(2);
+  EXPECT_EQ(report["targets"][0]["comm"], "no_allocator");
+  EXPECT_TRUE(report["targets"][0]["allocators"].empty()) << report["targets"][0].dump(2);
+  EXPECT_EQ(report["targets"][0]["traced_from_start"], true);
+  ASSERT_EQ(report["leaks"].size(), 1u) << report.dump(2);
+  const json& region = report["leaks"][0];
+  EXPECT_EQ(region["allocator"], "mmap");
+  EXPECT_EQ(region["outstanding_bytes"], 20480);
+  EXPECT_EQ(region["outstanding_allocations"], 1);
+  EXPECT_EQ(region["total_allocated_bytes"], 20480);
+  // The system call is made where raw_syscall6 is inlined into map_region.
+  ASSERT_GE(region["stack"].size(), 2u) << region.dump(2);
+  EXPECT_EQ(region["stack"][0]["function"], "raw_syscall6") << region.dump(2);
+  EXPECT_EQ(region["stack"][0]["inlined"], true) << region.dump(2);
+  EXPECT_EQ(region["stack"][1]["function"], "map_region") << region.dump(2);
+  EXPECT_EQ(report["totals"]["outstanding_bytes"], 20480);
+  EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+}
+
 // Host-wide, a Go program started meanwhile is traced by its mappings as with -p, and the one
 // line says what is not: the objects of its garbage-collected heap.
 TEST(LeaksHostWide, AGoProgramStartedMeanwhileIsTracedByItsMappingsUnderMmap) {
