@@ -181,12 +181,11 @@ void render_freed_sites(const model::Report& report, std::ostream& out) {
       << (sites == 1 ? "it" : "they") << " allocated: " << human_bytes(bytes) << " in "
       << with_thousands(allocations) << (allocations == 1 ? " call" : " calls");
   if (!report.freed_sites.empty()) {
+    // Named by its innermost frame, inlined or not: the code that called the allocator.
     const auto& biggest = report.freed_sites.front();
-    auto frame = std::find_if(biggest.stack.begin(), biggest.stack.end(),
-                              [](const model::Frame& candidate) { return !candidate.inlined; });
-    if (frame != biggest.stack.end()) {
+    if (!biggest.stack.empty()) {
       out << ", the most (" << human_bytes(biggest.total_allocated_bytes) << ") from "
-          << frame_name(*frame) << " in pid " << biggest.pid;
+          << frame_name(biggest.stack.front()) << " in pid " << biggest.pid;
     }
   }
   out << " (--json and --pprof list them)\n\n";
