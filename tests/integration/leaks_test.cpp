@@ -904,6 +904,14 @@ std::set<int> traced_pids(const json& report) {
   return pids;
 }
 
+// The report's entry for process `pid`, or nullptr.
+const json* target_in(const json& report, int pid) {
+  for (const auto& target : report["targets"]) {
+    if (target["pid"] == pid) return &target;
+  }
+  return nullptr;
+}
+
 TEST(LeaksHostWide, CatchesALeakingProcessStartedAfterMemtrail) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
@@ -918,15 +926,18 @@ TEST(LeaksHostWide, CatchesALeakingProcessStartedAfterMemtrail) {
   auto lines = target.run();
   tracer.stop();
   json report = read_json(dir.file("r.json"));
-  EXPECT_EQ(traced_pids(report), std::set<int>{target.process.pid()}) << report.dump(2);
-  EXPECT_GE(report["targets"][0]["outstanding_bytes"], 7000);
-  EXPECT_GE(report["targets"][0]["sites"], 1);
-  auto leaks = sites_with_function(report, "leak_malloc");
+  // Only this test's process is counted: another program named leaky on the host would be
+  // traced too (--comm), but is not this test's business.
+  const json* traced = target_in(report, target.process.pid());
+  ASSERT_NE(traced, nullptr) << report.dump(2);
+  EXPECT_GE((*traced)["outstanding_bytes"], 7000);
+  EXPECT_GE((*traced)["sites"], 1);
+  auto leaks = sites_with_function(report, "leak_malloc", target.process.pid());
   ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
   EXPECT_EQ(leaks[0]["outstanding_bytes"], 7000);
   EXPECT_EQ(leaks[0]["outstanding_allocations"], 7);
   EXPECT_EQ(leaks[0]["stack"][0]["line"], lines.at("leak_malloc"));
-  EXPECT_TRUE(sites_with_function(report, "free_all").empty());
+  EXPECT_TRUE(sites_with_function(report, "free_all", target.process.pid()).empty());
 }
 
 // A cgroup of the unified hierarchy for one test, removed after it.
@@ -962,11 +973,13 @@ TEST(LeaksHostWide, FiltersPickProcessesByNameCgroupAndPid) {
   Target outside({MEMTRAIL_LEAKY, "basic", "3", "100"});
   Target inside({MEMTRAIL_LEAKY, "basic", "4", "100"});
   cgroup.enter(inside.process.pid());
+  int memtrail_pid = 0;
   auto run = [&](std::vector<std::string> filters) {
     TempDir dir;
     filters.insert(filters.begin(), "--all");
     filters.insert(filters.end(), {"--json", dir.file("r.json"), "-q"});
     Tracer tracer(filters);
+    memtrail_pid = tracer.process.pid();
     EXPECT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
         << tracer.process.stderr_seen();
     tracer.stop();
@@ -979,12 +992,14 @@ TEST(LeaksHostWide, FiltersPickProcessesByNameCgroupAndPid) {
   json by_pid = run({"--comm", "leaky", "--exclude-pid", std::to_string(inside.process.pid())});
   EXPECT_TRUE(traced_pids(by_pid).count(outside.process.pid())) << by_pid.dump(2);
   EXPECT_FALSE(traced_pids(by_pid).count(inside.process.pid())) << by_pid.dump(2);
-  // Without --comm, neither this test nor any other process without a traced allocator: but
-  // never memtrail itself.
-  json everything = run({});
+  // Without --comm, every process with a traced allocator, but never memtrail itself (another
+  // memtrail running on the host is a process like any other). Only which processes are traced
+  // matters here: --min-age hides every site (all are seconds old), so that the final report
+  // does not symbolize the whole host's sites (over 30 s beside another memtrail --all).
+  json everything = run({"--min-age", "3600"});
   EXPECT_TRUE(traced_pids(everything).count(inside.process.pid()));
   EXPECT_TRUE(traced_pids(everything).count(outside.process.pid()));
-  for (const auto& target : everything["targets"]) EXPECT_NE(target["comm"], "memtrail");
+  EXPECT_FALSE(traced_pids(everything).count(memtrail_pid)) << everything["targets"].dump(1);
   outside.process.write_stdin("quit\n");
   inside.process.write_stdin("quit\n");
 }
@@ -1282,7 +1297,13 @@ TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("leak_malloc"), std::string::npos) << text;
-  EXPECT_EQ(text.find("free_all"), std::string::npos) << text;
+  // free_all freed everything: no site of the list, only named on the line that counts them.
+  std::string freed = ", the most (3.1 KiB) from free_all in pid " +
+                      std::to_string(target.process.pid()) + " (--json and --pprof list them)\n";
+  size_t named = text.find("free_all");
+  ASSERT_NE(text.find(freed), std::string::npos) << text;
+  EXPECT_EQ(named, text.find(freed) + 26) << text;
+  EXPECT_EQ(text.find("free_all", named + 1), std::string::npos) << text;
   EXPECT_NE(text.find("Allocations made before memtrail attached are invisible"), std::string::npos)
       << text;
 }
@@ -1885,6 +1906,179 @@ TEST(LeaksAllocators, GoProgramIsTracedByItsMappingsUnderMmap) {
   bool heap_grows = false;
   for (const auto& site : report["leaks"]) {
     if (site["allocator"] != "mmap") continue;
+    mapped += site["outstanding_bytes"].get<uint64_t>();
+    for (const auto& frame : site["stack"])
+      heap_grows |= frame["function"] == "runtime.(*mheap).grow";
+  }
+  EXPECT_GE(mapped, uint64_t{32} << 20) << report.dump(2);
+  EXPECT_TRUE(heap_grows) << "no mmap site with runtime.(*mheap).grow in its stack: "
+                          << report.dump(2);
+}
+
+// go tool pprof with a HOME and temporary directory of its own (it writes to both).
+Finished go_tool_pprof(const TempDir& dir, std::vector<std::string> args) {
+  std::filesystem::create_directories(dir.file("home"));
+  std::filesystem::create_directories(dir.file("pprof"));
+  args.insert(args.begin(), {"/usr/bin/env", "HOME=" + dir.file("home"),
+                             "PPROF_TMPDIR=" + dir.file("pprof"), "go", "tool", "pprof"});
+  return run_to_end(args);
+}
+
+// The pprof file read by the tool people use: its File is the traced executable, the mappings
+// have their real ranges, in use the leak, and alloc_space also the site that freed everything.
+TEST(LeaksFormats, GoToolPprofShowsTheExecutableTheLeakAndASiteThatFreedEverything) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");  // built when the go tool is there
+  TempDir dir;
+  // basic: leak_malloc keeps 7 blocks of 1000 bytes, free_all frees its 50 blocks of 64 bytes.
+  Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+  trace_scenario(target, {"--format", "pprof", "-o", dir.file("p.pb.gz")}, dir.file("r.json"));
+  std::string exe = std::filesystem::canonical(MEMTRAIL_LEAKY).string();
+
+  std::ifstream in(dir.file("p.pb.gz"), std::ios::binary);
+  std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(memtrail::report::gunzip(gz)));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  ASSERT_GE(profile.mapping_size(), 2) << profile.DebugString();
+  const auto& main = profile.mapping(0);
+  EXPECT_EQ(text(main.filename()), exe);
+  EXPECT_GT(main.memory_start(), 0u);
+  EXPECT_GT(main.memory_limit(), main.memory_start());
+  std::map<uint64_t, const perftools::profiles::Mapping*> mappings;
+  for (const auto& mapping : profile.mapping()) mappings[mapping.id()] = &mapping;
+  std::map<std::string, std::vector<int64_t>> values_of;  // innermost function -> values
+  std::map<uint64_t, std::string> functions;
+  for (const auto& function : profile.function()) functions[function.id()] = text(function.name());
+  std::map<uint64_t, const perftools::profiles::Location*> locations;
+  for (const auto& location : profile.location()) {
+    locations[location.id()] = &location;
+    // Every location lies in its mapping; the program's own functions in the executable's.
+    const auto& mapping = *mappings.at(location.mapping_id());
+    if (mapping.memory_limit() == 0) continue;  // a name only (none expected here)
+    EXPECT_GE(location.address(), mapping.memory_start());
+    EXPECT_LT(location.address(), mapping.memory_limit());
+    std::string function = functions.at(location.line(0).function_id());
+    if (function == "leak_malloc" || function == "free_all" || function == "main") {
+      EXPECT_EQ(location.mapping_id(), main.id()) << function;
+    }
+  }
+  for (const auto& sample : profile.sample()) {
+    std::string innermost =
+        functions.at(locations.at(sample.location_id(0))->line(0).function_id());
+    values_of[innermost] = {sample.value().begin(), sample.value().end()};
+  }
+  EXPECT_EQ(values_of["leak_malloc"], (std::vector<int64_t>{7, 7000, 7, 7000}));
+  EXPECT_EQ(values_of["free_all"], (std::vector<int64_t>{50, 3200, 0, 0}));
+  // The JSON report lists it apart from the leaks, with the same totals.
+  json report = read_json(dir.file("r.json"));
+  EXPECT_TRUE(sites_with_function(report, "free_all").empty()) << report.dump(2);
+  bool listed = false;
+  for (const auto& site : report["freed_sites"]) {
+    if (site["stack"][0]["function"] != "free_all") continue;
+    listed = true;
+    EXPECT_EQ(site["total_allocated_bytes"], 3200);
+    EXPECT_EQ(site["total_allocations"], 50);
+  }
+  EXPECT_TRUE(listed) << report["freed_sites"].dump(2);
+  EXPECT_EQ(report["targets"][0]["mappings"][0]["path"], exe);
+
+  // go tool pprof: File is the executable, the mapping has its range.
+  auto raw = go_tool_pprof(dir, {"-raw", dir.file("p.pb.gz")});
+  ASSERT_EQ(raw.code, 0) << raw.err;
+  std::smatch range;
+  ASSERT_TRUE(std::regex_search(
+      raw.out, range, std::regex("\n1: (0x[0-9a-f]+)/(0x[0-9a-f]+)/(0x[0-9a-f]+) " + exe)))
+      << raw.out;
+  EXPECT_EQ(std::stoull(range[1].str(), nullptr, 16), main.memory_start());
+  EXPECT_EQ(std::stoull(range[2].str(), nullptr, 16), main.memory_limit());
+  EXPECT_EQ(std::stoull(range[3].str(), nullptr, 16), main.file_offset());
+  auto inuse = go_tool_pprof(dir, {"-top", dir.file("p.pb.gz")});
+  ASSERT_EQ(inuse.code, 0) << inuse.err;
+  EXPECT_NE(inuse.out.find("File: leaky\n"), std::string::npos) << inuse.out;
+  EXPECT_NE(inuse.out.find("Type: inuse_space"), std::string::npos) << inuse.out;
+  EXPECT_TRUE(std::regex_search(inuse.out, std::regex("6\\.84kB +[0-9.]+% .* leak_malloc\n")))
+      << inuse.out;
+  EXPECT_EQ(inuse.out.find("free_all"), std::string::npos) << inuse.out;
+  auto allocated = go_tool_pprof(dir, {"-top", "-sample_index=alloc_space", dir.file("p.pb.gz")});
+  ASSERT_EQ(allocated.code, 0) << allocated.err;
+  EXPECT_NE(allocated.out.find("File: leaky\n"), std::string::npos) << allocated.out;
+  EXPECT_TRUE(std::regex_search(allocated.out, std::regex("3\\.12kB +[0-9.]+% .* free_all\n")))
+      << allocated.out;
+  EXPECT_TRUE(std::regex_search(allocated.out, std::regex("6\\.84kB +[0-9.]+% .* leak_malloc\n")))
+      << allocated.out;
+}
+
+// A command without any allocator module, launched under --mmap: traced from its first
+// instruction by its anonymous mappings alone, and its one region is there with its bytes.
+TEST(LeaksRegions, ALaunchedCommandWithoutAnyAllocatorIsTracedByItsMappings) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "--mmap", "--json", dir.file("r.json"), "-q", "--",
+                     MEMTRAIL_NO_ALLOCATOR});
+  auto said = tracer.wait_for_stderr("memtrail: the command has no malloc family", 20s);
+  ASSERT_TRUE(said.has_value()) << tracer.stderr_seen() << tracer.drain_stderr();
+  EXPECT_NE(said->find("tracing its anonymous mappings (--mmap) only"), std::string::npos);
+  auto attached = tracer.wait_for_stderr("memtrail: tracing pid ", 20s);
+  ASSERT_TRUE(attached.has_value()) << tracer.stderr_seen() << tracer.drain_stderr();
+  EXPECT_NE(attached->find("via its anonymous mappings only (--mmap)"), std::string::npos)
+      << *attached;
+  // The command's stdout is memtrail's: it says when its region is mapped.
+  ASSERT_TRUE(tracer.wait_for_stdout("mapped 20480", 20s).has_value()) << tracer.stderr_seen();
+  tracer.signal(SIGINT);
+  auto code = tracer.wait(30s);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << tracer.stderr_seen() << tracer.drain_stderr();
+  json report = read_json(dir.file("r.json"));
+  ASSERT_EQ(report["targets"].size(), 1u) << report.dump(2);
+  EXPECT_EQ(report["targets"][0]["comm"], "no_allocator");
+  EXPECT_TRUE(report["targets"][0]["allocators"].empty()) << report["targets"][0].dump(2);
+  EXPECT_EQ(report["targets"][0]["traced_from_start"], true);
+  ASSERT_EQ(report["leaks"].size(), 1u) << report.dump(2);
+  const json& region = report["leaks"][0];
+  EXPECT_EQ(region["allocator"], "mmap");
+  EXPECT_EQ(region["outstanding_bytes"], 20480);
+  EXPECT_EQ(region["outstanding_allocations"], 1);
+  EXPECT_EQ(region["total_allocated_bytes"], 20480);
+  // The system call is made where raw_syscall6 is inlined into map_region.
+  ASSERT_GE(region["stack"].size(), 2u) << region.dump(2);
+  EXPECT_EQ(region["stack"][0]["function"], "raw_syscall6") << region.dump(2);
+  EXPECT_EQ(region["stack"][0]["inlined"], true) << region.dump(2);
+  EXPECT_EQ(region["stack"][1]["function"], "map_region") << region.dump(2);
+  EXPECT_EQ(report["totals"]["outstanding_bytes"], 20480);
+  EXPECT_EQ(report["totals"]["unmatched_frees"], 0);
+}
+
+// Host-wide, a Go program started meanwhile is traced by its mappings as with -p, and the one
+// line says what is not: the objects of its garbage-collected heap.
+TEST(LeaksHostWide, AGoProgramStartedMeanwhileIsTracedByItsMappingsUnderMmap) {
+  REQUIRE_BPF_OR_SKIP();
+  REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");
+  TempDir dir;
+  // --comm: only this test's program, whatever else runs on the host.
+  Tracer tracer({"--all", "--mmap", "--comm", "go_grow", "--json", dir.file("r.json"), "-q", "-v"});
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
+      << tracer.process.stderr_seen();
+  Target target({MEMTRAIL_GO_GROW});  // 48 buffers of 1 MiB kept in a slice, on "go"
+  std::string pid = std::to_string(target.process.pid());
+  auto said =
+      tracer.process.wait_for_stderr("memtrail: pid " + pid + " (go_grow) has no malloc", 10s);
+  ASSERT_TRUE(said.has_value()) << tracer.process.stderr_seen();
+  EXPECT_NE(said->find("tracing its anonymous mappings (--mmap) only; objects of a "
+                       "garbage-collected heap (e.g. Go's) inside them are not traced"),
+            std::string::npos)
+      << *said;
+  ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing pid " + pid, 10s).has_value())
+      << tracer.process.stderr_seen();
+  target.run();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  EXPECT_EQ(traced_pids(report), std::set<int>{target.process.pid()}) << report.dump(2);
+  EXPECT_TRUE(report["targets"][0]["allocators"].empty()) << report["targets"][0].dump(2);
+  uint64_t mapped = 0;
+  bool heap_grows = false;
+  for (const auto& site : report["leaks"]) {
+    EXPECT_EQ(site["allocator"], "mmap") << site.dump(2);
     mapped += site["outstanding_bytes"].get<uint64_t>();
     for (const auto& frame : site["stack"])
       heap_grows |= frame["function"] == "runtime.(*mheap).grow";

@@ -117,7 +117,9 @@ TEST(LeaksLongRuns, AFailedAttachIsSaidCountedAndRetriedNotBlindForTheRestOfTheR
 }
 
 // Starts `count` short-lived programs, `batch` at a time, each living `seconds`; waits for all.
-void churn(int count, int batch, const std::string& seconds) {
+// Returns their pids.
+std::set<int> churn(int count, int batch, const std::string& seconds) {
+  std::set<int> started_pids;
   for (int started = 0; started < count;) {
     std::vector<pid_t> pids;
     for (int i = 0; i < batch && started < count; ++i, ++started) {
@@ -126,10 +128,12 @@ void churn(int count, int batch, const std::string& seconds) {
                       nullptr};
       if (::posix_spawn(&pid, MEMTRAIL_SHORT_LIVED, nullptr, nullptr, argv, environ) == 0) {
         pids.push_back(pid);
+        started_pids.insert(pid);
       }
     }
     for (pid_t pid : pids) ::waitpid(pid, nullptr, 0);
   }
+  return started_pids;
 }
 
 // A host starting programs all day: each short-lived program that exits with nothing
@@ -141,26 +145,35 @@ TEST(LeaksLongRuns, ShortLivedProcessesAreFoldedIntoACountAndTheLeakIsStillFound
   Leaky leaky({MEMTRAIL_LEAKY, "grow", "4", "1000"});
   Subprocess tracer(memtrail({"--all", "--comm", "leaky", "--comm", "short_lived", "--interval",
                               "0.25", "--json", dir.file("r.json"), "-q"}));
-  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing 1 processes", 20s).has_value())
+  // (Processes of these names elsewhere on the host would be traced too: every assertion
+  // below is about this test's own processes, by pid.)
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing ", 20s).has_value())
       << tracer.stderr_seen();
   constexpr int kPrograms = 300;
-  std::thread programs([] { churn(kPrograms, 30, "0.3"); });
+  std::set<int> programs_started;
+  std::thread programs([&programs_started] { programs_started = churn(kPrograms, 30, "0.3"); });
   leaky.run();
   programs.join();
   std::this_thread::sleep_for(1500ms);  // the last exits settled
   stop(tracer);
   json report = read_json(dir.file("r.json"));
-  // Only the leaky service is listed; the programs are a count.
-  EXPECT_LE(report["targets"].size(), 3u) << report["targets"].dump(2);
+  ASSERT_EQ(programs_started.size(), static_cast<size_t>(kPrograms));
+  // Only the leaky service is listed; the programs are a count (two may still be listed: they
+  // exited as the run ended).
+  size_t programs_listed = 0;
+  for (const auto& target : report["targets"]) {
+    programs_listed += programs_started.count(target["pid"].get<int>());
+  }
+  EXPECT_LE(programs_listed, 2u) << report["targets"].dump(2);
   uint64_t folded = report["folded_exits"]["nothing_outstanding"].get<uint64_t>();
   EXPECT_GE(folded, kPrograms * 8 / 10) << report["folded_exits"].dump();
-  EXPECT_LE(folded, static_cast<uint64_t>(kPrograms));
   EXPECT_EQ(report["folded_exits"]["over_cap"], 0);
   for (const auto& site : report["leaks"]) {
-    EXPECT_EQ(site["pid"], leaky.process.pid()) << site.dump(2);
+    EXPECT_FALSE(programs_started.count(site["pid"].get<int>())) << site.dump(2);
   }
   json grow;
   for (const auto& site : report["leaks"]) {
+    if (site["pid"] != leaky.process.pid()) continue;
     for (const auto& frame : site["stack"]) {
       if (frame["function"] == "grow_steadily") grow = site;
     }

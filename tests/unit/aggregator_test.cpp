@@ -126,6 +126,32 @@ TEST(Aggregator, FreedCountsOnlyRealFrees) {
   EXPECT_EQ(result.totals.outstanding_allocations, 4u);
 }
 
+// A site whose blocks were all freed has no block in the table: it is kept apart with its
+// totals, the most bytes first. A site with a block too young to show is not one of them.
+TEST(Aggregator, SitesThatFreedEverythingAreKeptApartWithTheirTotals) {
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {{1, 0x1000, 10, 50 * kSecond, 1, kMalloc},
+                          {1, 0x2000, 10, 99 * kSecond, 4, kMalloc}};  // young: hidden
+  snapshot.sites = {{1, 1, 30, 3, 0xaaa},
+                    {1, 2, 500, 50, 0xbbb},
+                    {2, 3, 9000, 3, 0xccc, 2},
+                    {1, 4, 10, 1, 0xddd},
+                    {1, 5, 0, 0, 0xeee}};  // nothing allocated yet: not a site
+  Aggregate result = aggregate(snapshot, 2 * kSecond);
+  ASSERT_EQ(result.sites.size(), 1u);
+  ASSERT_EQ(result.freed_sites.size(), 2u);
+  EXPECT_EQ(result.freed_sites[0].pid, 2u);
+  EXPECT_EQ(result.freed_sites[0].site_id, 3);
+  EXPECT_EQ(result.freed_sites[0].total_allocated_bytes, 9000u);
+  EXPECT_EQ(result.freed_sites[0].total_allocations, 3u);
+  EXPECT_EQ(result.freed_sites[0].freed_allocations, 3u);
+  EXPECT_EQ(result.freed_sites[0].outstanding_bytes, 0u);
+  EXPECT_EQ(result.freed_sites[0].mismatched_frees, 2u);
+  EXPECT_EQ(result.freed_sites[0].caller_address, 0xcccu);
+  EXPECT_EQ(result.freed_sites[1].site_id, 2);
+  EXPECT_EQ(result.freed_sites[1].total_allocated_bytes, 500u);
+}
+
 TEST(Aggregator, TiesAreBrokenByCountThenPidThenSite) {
   auto snapshot = snapshot_at(10 * kSecond);
   snapshot.allocations = {{2, 0x1, 100, 0, 5, kMalloc},

@@ -172,6 +172,127 @@ TEST(Pprof, DecodesBackToTheSameSitesTypesAndInlinedLines) {
   EXPECT_EQ(labels["suppressed"], "glibc stdio buffer");
 }
 
+// two_site_report() with what the process mapped (its executable's code first, as assemble
+// puts it, then the library) and a site that freed everything it allocated.
+model::Report mapped_report() {
+  model::Report report = two_site_report();
+  report.targets[0].mappings = {{"/srv/server", 0x1000, 0x3000, 0x1000},
+                                {"/lib/libc.so.6", 0x7000, 0x8000, 0x26000}};
+  model::LeakSite churn;
+  churn.pid = 42;
+  churn.total_allocated_bytes = 64000;
+  churn.total_allocations = 1000;
+  churn.freed_allocations = 1000;
+  churn.stack = {frame(0x1800, "/srv/server", 0x180, "churn", false, 12),
+                 frame(0x2000, "/srv/server", 0x200, "main", false, 99)};
+  report.freed_sites = {churn};
+  report.freed_omitted = {3, 30, 3000};
+  return report;
+}
+
+// go tool pprof names the first mapping as the profile's File, and turns an address into a
+// file offset through its mapping: each location points into the mapping that holds it.
+TEST(Pprof, MappingsCarryTheirRangesTheExecutableFirstAndLocationsPointIntoThem) {
+  model::Report report = mapped_report();
+  // A Python frame and an address no file maps get a mapping that has only their name.
+  report.leaks[1].stack.push_back(frame(0x9000, "[unknown]", 0x9000, std::nullopt));
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  ASSERT_EQ(profile.mapping_size(), 3);
+  const auto& main = profile.mapping(0);
+  EXPECT_EQ(main.id(), 1u);
+  EXPECT_EQ(text(main.filename()), "/srv/server");
+  EXPECT_EQ(main.memory_start(), 0x1000u);
+  EXPECT_EQ(main.memory_limit(), 0x3000u);
+  EXPECT_EQ(main.file_offset(), 0x1000u);
+  EXPECT_EQ(text(profile.mapping(1).filename()), "/lib/libc.so.6");
+  EXPECT_EQ(profile.mapping(1).memory_start(), 0x7000u);
+  EXPECT_EQ(profile.mapping(1).memory_limit(), 0x8000u);
+  EXPECT_EQ(profile.mapping(1).file_offset(), 0x26000u);
+  EXPECT_EQ(text(profile.mapping(2).filename()), "[unknown]");
+  EXPECT_EQ(profile.mapping(2).memory_limit(), 0u);
+  std::map<uint64_t, uint64_t> mapping_of;  // address -> mapping id
+  for (const auto& location : profile.location()) {
+    mapping_of[location.address()] = location.mapping_id();
+  }
+  EXPECT_EQ(mapping_of.at(0x1000), 1u);
+  EXPECT_EQ(mapping_of.at(0x2000), 1u);
+  EXPECT_EQ(mapping_of.at(0x1800), 1u);
+  EXPECT_EQ(mapping_of.at(0x7000), 2u);
+  EXPECT_EQ(mapping_of.at(0x9000), 3u);
+}
+
+// alloc_objects and alloc_space count every allocation, also of sites that freed them all;
+// those beyond the listed ones are said in a comment.
+TEST(Pprof, SitesThatFreedEverythingCountInAllocSpaceWithNothingInUse) {
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(mapped_report()))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  ASSERT_EQ(profile.sample_size(), 3);
+  const auto& freed = profile.sample(2);
+  EXPECT_EQ(std::vector<int64_t>(freed.value().begin(), freed.value().end()),
+            (std::vector<int64_t>{1000, 64000, 0, 0}));
+  std::map<uint64_t, std::string> function_of_location;
+  std::map<uint64_t, std::string> functions;
+  for (const auto& function : profile.function()) functions[function.id()] = text(function.name());
+  for (const auto& location : profile.location()) {
+    function_of_location[location.id()] = functions.at(location.line(0).function_id());
+  }
+  ASSERT_EQ(freed.location_id_size(), 2);
+  EXPECT_EQ(function_of_location.at(freed.location_id(0)), "churn");
+  EXPECT_EQ(function_of_location.at(freed.location_id(1)), "main");
+  ASSERT_EQ(profile.comment_size(), 1);
+  EXPECT_EQ(text(profile.comment(0)),
+            "3 more sites freed all they allocated (3000 bytes in 30 allocations): not in "
+            "alloc_objects/alloc_space");
+  // Without any, no comment.
+  model::Report none = two_site_report();
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(none))));
+  EXPECT_EQ(profile.comment_size(), 0);
+  EXPECT_EQ(profile.sample_size(), 2);
+}
+
+TEST(JsonReader, ReadsBackFreedSitesAndMappings) {
+  model::Report original = mapped_report();
+  auto json = to_json(original, 5.0);
+  ASSERT_EQ(json["freed_sites"].size(), 1u);
+  EXPECT_EQ(json["freed_sites"][0]["total_allocated_bytes"], 64000);
+  EXPECT_FALSE(json["freed_sites"][0].contains("outstanding_bytes"));
+  EXPECT_EQ(json["freed_sites_omitted"]["sites"], 3);
+  EXPECT_EQ(json["targets"][0]["mappings"][0]["start"], 0x1000);
+  model::Report read = from_json(nlohmann::json::parse(json.dump()));
+  ASSERT_EQ(read.freed_sites.size(), 1u);
+  EXPECT_EQ(read.freed_sites[0].pid, 42u);
+  EXPECT_EQ(read.freed_sites[0].total_allocated_bytes, 64000u);
+  EXPECT_EQ(read.freed_sites[0].total_allocations, 1000u);
+  EXPECT_EQ(read.freed_sites[0].freed_allocations, 1000u);
+  EXPECT_EQ(read.freed_sites[0].outstanding_bytes, 0u);
+  ASSERT_EQ(read.freed_sites[0].stack.size(), 2u);
+  EXPECT_EQ(read.freed_sites[0].stack[0].function, "churn");
+  EXPECT_EQ(read.freed_omitted.sites, 3u);
+  EXPECT_EQ(read.freed_omitted.allocations, 30u);
+  EXPECT_EQ(read.freed_omitted.bytes, 3000u);
+  ASSERT_EQ(read.targets[0].mappings.size(), 2u);
+  EXPECT_EQ(read.targets[0].mappings[1].path, "/lib/libc.so.6");
+  EXPECT_EQ(read.targets[0].mappings[1].start, 0x7000u);
+  EXPECT_EQ(read.targets[0].mappings[1].limit, 0x8000u);
+  EXPECT_EQ(read.targets[0].mappings[1].file_offset, 0x26000u);
+  // The pprof of a report read back is the pprof of the run.
+  EXPECT_EQ(gunzip(to_pprof(read)), gunzip(to_pprof(original)));
+  // A report from before either existed reads with none; version 1 writes none.
+  auto old = to_json(two_site_report(), 5.0);
+  old.erase("freed_sites");
+  old.erase("freed_sites_omitted");
+  model::Report old_read = from_json(nlohmann::json::parse(old.dump()));
+  EXPECT_TRUE(old_read.freed_sites.empty());
+  EXPECT_EQ(old_read.freed_omitted.sites, 0u);
+  EXPECT_TRUE(old_read.targets[0].mappings.empty());
+  auto v1 = to_json(original, 5.0, 1);
+  EXPECT_FALSE(v1.contains("freed_sites"));
+  EXPECT_FALSE(v1["targets"][0].contains("mappings"));
+}
+
 TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   model::Report original = two_site_report();
   model::Report read = from_json(nlohmann::json::parse(to_json(original, 5.0).dump()));

@@ -177,6 +177,33 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
             std::string::npos);
 }
 
+// Sites that freed all they allocated are no leak: the text says how many and the biggest in
+// one line; JSON and pprof list them.
+TEST(TextReport, SitesThatFreedEverythingAreOneLineWithTheBiggest) {
+  model::Report report = sample_report();
+  model::LeakSite churn;
+  churn.pid = 4242;
+  churn.total_allocated_bytes = 64000;
+  churn.total_allocations = 1000;
+  churn.stack = {{0x10, "/srv/server", 0x10, "churn_inner", "/src/a.c", 7, true},
+                 {0x10, "/srv/server", 0x10, "churn", "/src/a.c", 8, false}};
+  model::LeakSite small = churn;
+  small.total_allocated_bytes = 100;
+  small.total_allocations = 1;
+  report.freed_sites = {churn, small};
+  report.freed_omitted = {2, 24, 1936};
+  std::ostringstream out;
+  render_text(report, out);
+  EXPECT_NE(
+      out.str().find("4 sites freed all they allocated: 64.5 KiB in 1,025 calls, the most "
+                     "(62.5 KiB) from churn_inner in pid 4242 (--json and --pprof list them)\n"),
+      std::string::npos)
+      << out.str();
+  std::ostringstream none;
+  render_text(sample_report(), none);
+  EXPECT_EQ(none.str().find("freed all"), std::string::npos);
+}
+
 TEST(Report, PythonFramesAndTheInterpreterAreInTextAndJson) {
   auto report = sample_report();
   report.targets[0].python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
@@ -407,6 +434,24 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   exited.targets[0].exit = model::ExitSummary{3.5, 100, 2, 1, 2};
   write_json_file(to_json(exited, 5.0), path);
   EXPECT_EQ(std::system(command.c_str()), 0) << "an exit summary failed the schema";
+
+  // Sites that freed everything and the mapped files validate.
+  model::Report freed = sample_report();
+  freed.targets[0].mappings = {{"/srv/server", 0x5555'0000'1000, 0x5555'0000'9000, 0x1000}};
+  model::LeakSite churn;
+  churn.pid = 4242;
+  churn.total_allocated_bytes = 6400;
+  churn.total_allocations = 100;
+  churn.freed_allocations = 100;
+  churn.stack = {{0x5555'0000'2000, "/srv/server", 0x2000, "churn", "/src/a.c", 7, false}};
+  freed.freed_sites = {churn};
+  freed.freed_omitted = {1, 2, 3};
+  write_json_file(to_json(freed, 5.0), path);
+  EXPECT_EQ(std::system(command.c_str()), 0) << "freed sites or mappings failed the schema";
+  auto freed_broken = to_json(freed, 5.0);
+  freed_broken["freed_sites"][0]["outstanding_bytes"] = 0;  // a freed site holds nothing
+  write_json_file(freed_broken, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
 
   // Version 1 validates too; a version 2 site without its verdict does not.
   write_json_file(to_json(sample_report(), 5.0, 1), path);

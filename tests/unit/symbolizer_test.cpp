@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The symbolizer against a live fixture process: functions, C++ names, lines, inlined frames,
-// stripped libraries, unknown addresses, and symbolization after the process exited.
+// stripped libraries, unknown addresses, and symbolization after the process exited; and the
+// assemble stage's use of it: the mapped files a report (and its pprof) carries.
 #include "symbolizer/symbolizer.h"
 
 #include <gtest/gtest.h>
@@ -12,8 +13,12 @@
 #include <map>
 #include <sstream>
 
+#include "aggregator/aggregator.h"
+#include "assemble/report_builder.h"
 #include "inspect/elf_file.h"
 #include "inspect/proc_maps.h"
+#include "profile.pb.h"
+#include "report/formats.h"
 
 namespace memtrail::symbolizer {
 namespace {
@@ -166,6 +171,118 @@ TEST_F(SymbolizerTest, RepeatedLookupsGiveTheSameFrames) {
     EXPECT_EQ(first[i].function, second[i].function);
     EXPECT_EQ(first[i].line, second[i].line);
   }
+}
+
+TEST_F(SymbolizerTest, MappingsAreFoundByAddressAndTheExecutableByItsName) {
+  uint32_t pid = fixture_.pid();
+  const auto* main = symbolizer_.mapping_at(pid, fixture_.value("build_return"));
+  ASSERT_NE(main, nullptr);
+  EXPECT_EQ(main->path, MEMTRAIL_SYMBOLIZE_FIXTURE);
+  EXPECT_TRUE(main->executable);
+  EXPECT_EQ(symbolizer_.executable_mapping(pid, MEMTRAIL_SYMBOLIZE_FIXTURE), main);
+  // /proc/PID/exe of a replaced program says so; the maps' names do not.
+  EXPECT_EQ(symbolizer_.executable_mapping(pid, MEMTRAIL_SYMBOLIZE_FIXTURE " (deleted)"), main);
+  const auto* library = symbolizer_.mapping_at(pid, fixture_.value("library_function"));
+  ASSERT_NE(library, nullptr);
+  EXPECT_NE(library->path.find("libsymbolize_fixture_lib.so"), std::string::npos);
+  EXPECT_EQ(symbolizer_.mapping_at(pid, 0x10), nullptr);
+  EXPECT_EQ(symbolizer_.mapping_at(999999999, fixture_.value("build_return")), nullptr);
+  EXPECT_FALSE(symbolizer_.knows(999999999));
+}
+
+// A snapshot of the fixture: site 1 (a block outstanding, called from the library and main)
+// and site 2 (called from main, everything freed).
+model::Snapshot fixture_snapshot(const Fixture& fixture) {
+  model::Snapshot snapshot;
+  snapshot.taken_at_ns = 100'000'000'000;
+  snapshot.stacks[1].addresses = {fixture.value("library_function") + 1,
+                                  fixture.value("build_return")};
+  snapshot.stacks[2].addresses = {fixture.value("build_return")};
+  snapshot.allocations = {
+      {fixture.pid(), 0x1000, 64, 50'000'000'000, 1, model::AllocationKind::kMalloc}};
+  snapshot.sites = {{fixture.pid(), 1, 64, 1, 0}, {fixture.pid(), 2, 48000, 1000, 0}};
+  return snapshot;
+}
+
+// Each target carries its executable's code mapping first, then the files its frames point
+// into, with their real ranges; the pprof made from it names the executable first and puts
+// every location in its mapping; a site that freed everything counts in alloc_space.
+TEST_F(SymbolizerTest, TheReportCarriesTheMappedFilesAndSitesThatFreedEverything) {
+  uint32_t pid = fixture_.pid();
+  model::Snapshot snapshot = fixture_snapshot(fixture_);
+  aggregator::Aggregate aggregate = aggregator::aggregate(snapshot, 0);
+  assemble::ReportContext context;
+  model::Target target;
+  target.pid = pid;
+  target.exe = MEMTRAIL_SYMBOLIZE_FIXTURE;
+  context.targets = {target};
+  context.final = true;
+  model::Report report =
+      assemble::build_report(snapshot, aggregate, symbolizer_, context, SIZE_MAX);
+
+  ASSERT_EQ(report.leaks.size(), 1u);
+  ASSERT_EQ(report.freed_sites.size(), 1u);
+  const auto& churn = report.freed_sites[0];
+  EXPECT_EQ(churn.total_allocated_bytes, 48000u);
+  EXPECT_EQ(churn.total_allocations, 1000u);
+  EXPECT_EQ(churn.freed_allocations, 1000u);
+  EXPECT_EQ(churn.outstanding_bytes, 0u);
+  ASSERT_FALSE(churn.stack.empty());
+  EXPECT_EQ(churn.stack[0].function, "main");
+
+  const auto* main = symbolizer_.mapping_at(pid, fixture_.value("build_return"));
+  const auto* library = symbolizer_.mapping_at(pid, fixture_.value("library_function"));
+  ASSERT_TRUE(main && library);
+  const auto& mappings = report.targets[0].mappings;
+  ASSERT_EQ(mappings.size(), 2u);
+  EXPECT_EQ(mappings[0].path, MEMTRAIL_SYMBOLIZE_FIXTURE);
+  EXPECT_EQ(mappings[0].start, main->start);
+  EXPECT_EQ(mappings[0].limit, main->end);
+  EXPECT_EQ(mappings[0].file_offset, main->file_offset);
+  EXPECT_NE(mappings[0].file_offset, 0u) << "the code segment of a PIE starts past its headers";
+  EXPECT_EQ(mappings[1].path, library->path);
+  EXPECT_EQ(mappings[1].start, library->start);
+
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(report::gunzip(report::to_pprof(report))));
+  ASSERT_EQ(profile.mapping_size(), 2);
+  EXPECT_EQ(profile.string_table(static_cast<int>(profile.mapping(0).filename())),
+            MEMTRAIL_SYMBOLIZE_FIXTURE);
+  EXPECT_EQ(profile.mapping(0).memory_start(), main->start);
+  EXPECT_EQ(profile.mapping(0).memory_limit(), main->end);
+  for (const auto& location : profile.location()) {
+    const auto& mapping = profile.mapping(static_cast<int>(location.mapping_id()) - 1);
+    EXPECT_GE(location.address(), mapping.memory_start());
+    EXPECT_LT(location.address(), mapping.memory_limit());
+  }
+  ASSERT_EQ(profile.sample_size(), 2);
+  EXPECT_EQ(profile.sample(1).value(1), 48000);  // alloc_space
+  EXPECT_EQ(profile.sample(1).value(3), 0);      // inuse_space
+
+  // Once the process is gone and forgotten, the report keeps the mappings it had.
+  symbolizer_.forget_process(pid);
+  context.targets = report.targets;
+  model::Report later = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  ASSERT_EQ(later.targets[0].mappings.size(), 2u);
+  EXPECT_EQ(later.targets[0].mappings[0].start, main->start);
+}
+
+// At most kMaxFreedSites are listed, the most bytes first; the others are counted.
+TEST(FreedSites, AreBoundedTheBiggestKeptAndTheRestCounted) {
+  model::Report report;
+  std::vector<model::LeakSite> sites(model::Report::kMaxFreedSites + 5);
+  for (size_t i = 0; i < sites.size(); ++i) {
+    sites[i].pid = 7;
+    sites[i].total_allocated_bytes = 1000 + i;
+    sites[i].total_allocations = 2;
+  }
+  assemble::add_freed_sites(report, sites, {1, 10, 100});
+  ASSERT_EQ(report.freed_sites.size(), model::Report::kMaxFreedSites);
+  EXPECT_EQ(report.freed_sites.front().total_allocated_bytes, 1000 + sites.size() - 1);
+  EXPECT_EQ(report.freed_sites.back().total_allocated_bytes, 1005u);
+  EXPECT_EQ(report.freed_omitted.sites, 6u);
+  EXPECT_EQ(report.freed_omitted.allocations, 10u + 5 * 2);
+  EXPECT_EQ(report.freed_omitted.bytes, 100u + 1000 + 1001 + 1002 + 1003 + 1004);
 }
 
 }  // namespace

@@ -76,8 +76,25 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
         std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(site_sums_[key].allocations)));
   }
   for (const auto& totals : site_totals) {
-    auto it = by_site_.find(site_key(totals.pid, totals.site_id));
-    if (it == by_site_.end()) continue;
+    uint64_t key = site_key(totals.pid, totals.site_id);
+    auto it = by_site_.find(key);
+    if (it == by_site_.end()) {
+      // No block in the table: everything its totals count was freed (a block younger than
+      // --min-age is in site_blocks_, and one allocated after the totals were read is not
+      // counted in them).
+      if (totals.total_allocations == 0 || site_blocks_.count(key) != 0) continue;
+      SiteSummary freed;
+      freed.pid = totals.pid;
+      freed.site_id = totals.site_id;
+      freed.total_allocated_bytes = totals.total_bytes;
+      freed.total_allocations = totals.total_allocations;
+      freed.freed_allocations = totals.total_allocations;
+      freed.caller_address = totals.caller_address;
+      freed.mismatched_frees = totals.mismatched_frees;
+      freed.kind = model::AllocationKind::kUnknown;  // known only from its blocks
+      result.freed_sites.push_back(freed);
+      continue;
+    }
     const Blocks& blocks = site_blocks_[it->first];
     auto counted = static_cast<uint64_t>(std::llround(blocks.counted));
     // With sampling, both sides are estimates: the difference is clamped at 0.
@@ -97,6 +114,16 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
       return a.outstanding_bytes > b.outstanding_bytes;
     if (a.outstanding_allocations != b.outstanding_allocations) {
       return a.outstanding_allocations > b.outstanding_allocations;
+    }
+    if (a.pid != b.pid) return a.pid < b.pid;
+    return a.site_id < b.site_id;
+  });
+  std::sort(result.freed_sites.begin(), result.freed_sites.end(), [](const auto& a, const auto& b) {
+    if (a.total_allocated_bytes != b.total_allocated_bytes) {
+      return a.total_allocated_bytes > b.total_allocated_bytes;
+    }
+    if (a.total_allocations != b.total_allocations) {
+      return a.total_allocations > b.total_allocations;
     }
     if (a.pid != b.pid) return a.pid < b.pid;
     return a.site_id < b.site_id;

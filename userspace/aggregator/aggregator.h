@@ -44,6 +44,10 @@ struct Totals {
 struct Aggregate {
   std::vector<SiteSummary> sites;  // every site with visible outstanding memory, ranked
   Totals totals;                   // all outstanding memory, whatever its age
+  // Every site that allocated and freed it all by the snapshot's time (no block of it in the
+  // table, whatever its age): outstanding 0, freed = total. Most bytes allocated first. The
+  // kernel keeps one per stack, so the stack map's size bounds them.
+  std::vector<SiteSummary> freed_sites;
 };
 
 // Sums outstanding allocations per (pid, site) as they arrive (see aggregate() below), then

@@ -167,6 +167,91 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
   }
 }
 
+// A site's model without its growth: counts, symbolized stack, suppression.
+model::LeakSite symbolized_site(const aggregator::SiteSummary& site,
+                                const model::Snapshot& snapshot, symbolizer::Symbolizer& symbolizer,
+                                const ReportContext& context) {
+  model::LeakSite leak;
+  leak.pid = site.pid;
+  leak.outstanding_bytes = site.outstanding_bytes;
+  leak.outstanding_allocations = site.outstanding_allocations;
+  leak.total_allocated_bytes = site.total_allocated_bytes;
+  leak.total_allocations = site.total_allocations;
+  leak.freed_allocations = site.freed_allocations;
+  leak.oldest_age_s =
+      snapshot.taken_at_ns > site.oldest_timestamp_ns
+          ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
+          : 0.0;
+  leak.allocator = inspect::kind_name(site.kind);
+  leak.mismatched_frees = site.mismatched_frees;
+  std::vector<uint64_t> addresses;
+  auto stack = snapshot.stacks.find(site.site_id);
+  if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {
+    addresses = stack->second.addresses;
+    leak.stack_truncated = stack->second.truncated;
+    leak.stack_truncation_reason = stack->second.truncation_reason;
+  } else {
+    leak.stack_truncated = true;  // only the caller is known
+    leak.stack_truncation_reason = "stack_map_full";
+    if (site.caller_address != 0) addresses.push_back(site.caller_address);
+  }
+  for (uint64_t address : addresses) {
+    auto frames = symbolizer.symbolize(site.pid, address);
+    leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
+  }
+  // A region's stack starts in the system call's libc wrapper: the site is its caller. (A
+  // freed site's kind is unknown: it may have been a region.)
+  if (model::is_region(site.kind) || site.kind == model::AllocationKind::kUnknown) {
+    while (leak.stack.size() > 1 && is_syscall_wrapper(leak.stack.front().function)) {
+      leak.stack.erase(leak.stack.begin());
+    }
+  }
+  if (leak.stack_truncated && !leak.stack.empty() && site.site_id >= 0 &&
+      std::any_of(leak.stack.begin(), leak.stack.end(),
+                  [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
+    leak.stack_truncated = false;
+    leak.stack_truncation_reason.clear();
+  }
+  if (context.python && stack != snapshot.stacks.end() && site.site_id >= 0) {
+    add_python_frames(leak, stack->second, *context.python);
+  }
+  if (context.suppressions) leak.suppressed = context.suppressions->match(leak.stack);
+  return leak;
+}
+
+// The files `target`'s reported frames point into, its executable's first: what pprof's
+// mappings need. A process the symbolizer forgot (retired) keeps those it had.
+void add_mappings(model::Target& target, const model::Report& report,
+                  symbolizer::Symbolizer& symbolizer) {
+  if (!symbolizer.knows(target.pid)) return;
+  std::vector<model::MappedFile> mappings;
+  auto add = [&mappings](const inspect::Mapping& mapping) {
+    for (const auto& known : mappings) {
+      if (known.start == mapping.start && known.path == mapping.path) return;
+    }
+    mappings.push_back({mapping.path, mapping.start, mapping.end, mapping.file_offset});
+  };
+  if (const auto* main = symbolizer.executable_mapping(target.pid, target.exe)) add(*main);
+  for (const auto* sites : {&report.leaks, &report.freed_sites}) {
+    for (const auto& site : *sites) {
+      if (site.pid != target.pid) continue;
+      for (const auto& frame : site.stack) {
+        if (frame.python) continue;
+        const auto* mapping = symbolizer.mapping_at(target.pid, frame.address);
+        if (mapping && mapping->is_file()) add(*mapping);
+      }
+    }
+  }
+  // Frames of mappings kept from before (a process that executed a new program, say) stay.
+  for (const auto& kept : target.mappings) {
+    bool present = std::any_of(mappings.begin(), mappings.end(), [&](const auto& mapping) {
+      return mapping.start == kept.start && mapping.path == kept.path;
+    });
+    if (!present) mappings.push_back(kept);
+  }
+  target.mappings = std::move(mappings);
+}
+
 }  // namespace
 
 model::Report build_report(const model::Snapshot& snapshot, const aggregator::Aggregate& aggregate,
@@ -227,49 +312,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   report.leaks.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     const auto& site = aggregate.sites[i];
-    model::LeakSite leak;
-    leak.pid = site.pid;
-    leak.outstanding_bytes = site.outstanding_bytes;
-    leak.outstanding_allocations = site.outstanding_allocations;
-    leak.total_allocated_bytes = site.total_allocated_bytes;
-    leak.total_allocations = site.total_allocations;
-    leak.freed_allocations = site.freed_allocations;
-    leak.oldest_age_s =
-        snapshot.taken_at_ns > site.oldest_timestamp_ns
-            ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
-            : 0.0;
-    leak.allocator = inspect::kind_name(site.kind);
-    leak.mismatched_frees = site.mismatched_frees;
-    std::vector<uint64_t> addresses;
-    auto stack = snapshot.stacks.find(site.site_id);
-    if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {
-      addresses = stack->second.addresses;
-      leak.stack_truncated = stack->second.truncated;
-      leak.stack_truncation_reason = stack->second.truncation_reason;
-    } else {
-      leak.stack_truncated = true;  // only the caller is known
-      leak.stack_truncation_reason = "stack_map_full";
-      if (site.caller_address != 0) addresses.push_back(site.caller_address);
-    }
-    for (uint64_t address : addresses) {
-      auto frames = symbolizer.symbolize(site.pid, address);
-      leak.stack.insert(leak.stack.end(), frames.begin(), frames.end());
-    }
-    // A region's stack starts in the system call's libc wrapper: the site is its caller.
-    if (model::is_region(site.kind)) {
-      while (leak.stack.size() > 1 && is_syscall_wrapper(leak.stack.front().function)) {
-        leak.stack.erase(leak.stack.begin());
-      }
-    }
-    if (leak.stack_truncated && !leak.stack.empty() && site.site_id >= 0 &&
-        std::any_of(leak.stack.begin(), leak.stack.end(),
-                    [](const model::Frame& frame) { return is_entry_function(frame.function); })) {
-      leak.stack_truncated = false;
-      leak.stack_truncation_reason.clear();
-    }
-    if (context.python && stack != snapshot.stacks.end() && site.site_id >= 0) {
-      add_python_frames(leak, stack->second, *context.python);
-    }
+    model::LeakSite leak = symbolized_site(site, snapshot, symbolizer, context);
     if (site.growth) {
       const auto& assessed = *site.growth;
       model::Growth growth;
@@ -291,9 +334,24 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
       }
       leak.growth = std::move(growth);
     }
-    if (context.suppressions) leak.suppressed = context.suppressions->match(leak.stack);
     report.leaks.push_back(std::move(leak));
   }
+  // Sites that freed all they allocated, of the report's processes: the most allocated bytes
+  // first, up to the cap (and `max_sites`: an interval's text shows only their sum); the rest
+  // counted.
+  size_t freed_cap = std::min(max_sites, model::Report::kMaxFreedSites);
+  for (const auto& site : aggregate.freed_sites) {
+    if (!target_of.count(site.pid)) continue;
+    if (report.freed_sites.size() < freed_cap) {
+      report.freed_sites.push_back(symbolized_site(site, snapshot, symbolizer, context));
+      report.freed_sites.back().allocator.clear();  // known only from blocks, all gone
+      continue;
+    }
+    ++report.freed_omitted.sites;
+    report.freed_omitted.allocations += site.total_allocations;
+    report.freed_omitted.bytes += site.total_allocated_bytes;
+  }
+  for (auto& target : report.targets) add_mappings(target, report, symbolizer);
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
                         [](const model::LeakSite& leak) { return !leak.suppressed; });
   report.python_types = context.python_types;
@@ -322,6 +380,33 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     }
   }
   return report;
+}
+
+void count_omitted(model::FreedSitesOmitted& omitted, const std::vector<model::LeakSite>& sites) {
+  for (const auto& site : sites) {
+    ++omitted.sites;
+    omitted.allocations += site.total_allocations;
+    omitted.bytes += site.total_allocated_bytes;
+  }
+}
+
+void add_freed_sites(model::Report& report, const std::vector<model::LeakSite>& sites,
+                     const model::FreedSitesOmitted& omitted) {
+  report.freed_omitted.sites += omitted.sites;
+  report.freed_omitted.allocations += omitted.allocations;
+  report.freed_omitted.bytes += omitted.bytes;
+  if (sites.empty()) return;
+  auto& kept = report.freed_sites;
+  kept.insert(kept.end(), sites.begin(), sites.end());
+  std::stable_sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
+    return a.total_allocated_bytes > b.total_allocated_bytes;
+  });
+  if (kept.size() <= model::Report::kMaxFreedSites) return;
+  std::vector<model::LeakSite> beyond(
+      std::make_move_iterator(kept.begin() + model::Report::kMaxFreedSites),
+      std::make_move_iterator(kept.end()));
+  kept.resize(model::Report::kMaxFreedSites);
+  count_omitted(report.freed_omitted, beyond);
 }
 
 }  // namespace memtrail::assemble

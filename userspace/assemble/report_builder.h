@@ -46,10 +46,20 @@ struct ReportContext {
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the
-// JSON file; the top N for a text interval). Suppressed sites keep their rank among themselves,
-// after all others.
+// JSON file; the top N for a text interval), and as many of the sites that freed everything
+// (at most model::Report::kMaxFreedSites; the others counted). Suppressed sites keep their rank
+// among themselves, after all others.
 model::Report build_report(const model::Snapshot& snapshot, const aggregator::Aggregate& aggregate,
                            symbolizer::Symbolizer& symbolizer, const ReportContext& context,
                            size_t max_sites);
+
+// Adds sites that freed everything (those kept for processes that exited earlier) and what
+// was counted instead of listed, keeping at most model::Report::kMaxFreedSites in the report,
+// the most allocated bytes first; the others are counted in report.freed_omitted.
+void add_freed_sites(model::Report& report, const std::vector<model::LeakSite>& sites,
+                     const model::FreedSitesOmitted& omitted);
+
+// What `sites` allocated, counted as omitted sites (a process whose freed sites are let go).
+void count_omitted(model::FreedSitesOmitted& omitted, const std::vector<model::LeakSite>& sites);
 
 }  // namespace memtrail::assemble

@@ -131,6 +131,15 @@ struct PythonRuntime {
   std::string reason;   // why not, when not
 };
 
+// A file mapped by a traced process, where the frames of its reported sites point (pprof's
+// Mapping: go tool pprof names the first one, the main executable, as the profile's File).
+struct MappedFile {
+  std::string path;
+  uint64_t start = 0;        // first address of the mapping
+  uint64_t limit = 0;        // one past its last address
+  uint64_t file_offset = 0;  // offset in the file of `start`
+};
+
 struct Target {
   uint32_t pid = 0;
   std::string comm;
@@ -160,6 +169,10 @@ struct Target {
   // them over (or, in a process attached later, they predate attach). No loss: counted apart
   // from losses.unmatched_frees, which is then 0.
   uint64_t untracked_frees = 0;
+  // Its executable's code mapping first (when known), then every other file mapping that a
+  // frame of its reported sites (leaks and freed sites) points into. Empty in reports from
+  // before they were kept, and for what memtrail never saw mapped.
+  std::vector<MappedFile> mappings = {};
 };
 
 // CPython objects of one type in one process (--python-types): those the garbage collector
@@ -232,6 +245,14 @@ struct FoldedExits {
   uint64_t over_cap_outstanding_bytes = 0;
 };
 
+// Sites whose blocks were all freed, beyond those the report lists (Report::freed_sites):
+// counted with what they allocated.
+struct FreedSitesOmitted {
+  uint64_t sites = 0;
+  uint64_t allocations = 0;
+  uint64_t bytes = 0;
+};
+
 struct Report {
   std::string tool_version;
   std::string host;
@@ -253,6 +274,13 @@ struct Report {
       notes;  // caveats the reader must see (drops, invisible pre-attach allocations)
   std::vector<AttachFailure> attach_failures;  // version 2; empty: every attach succeeded
   FoldedExits folded_exits;                    // version 2
+  // Sites that allocated and freed everything (outstanding 0): what they allocated, for
+  // alloc_space/alloc_objects in pprof and "freed_sites" in JSON; the leak list is about
+  // outstanding memory. The kMaxFreedSites that allocated the most bytes, most first; the rest
+  // counted in freed_omitted.
+  static constexpr size_t kMaxFreedSites = 200;
+  std::vector<LeakSite> freed_sites;
+  FreedSitesOmitted freed_omitted;
 };
 
 }  // namespace memtrail::model

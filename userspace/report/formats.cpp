@@ -6,8 +6,10 @@
 
 #include <map>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "common/error.h"
 #include "profile.pb.h"
@@ -91,22 +93,53 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
   profile.set_time_nanos(report.start_time_unix_ms * 1'000'000);
   profile.set_duration_nanos(static_cast<int64_t>(report.duration_s * 1e9));
 
-  std::map<std::string, uint64_t> mappings;                           // module -> id
+  // Each traced process's mapped files first, in target order: go tool pprof names the first
+  // mapping (the first target's executable) as the profile's File. Frames outside them (a
+  // Python frame, an address no file maps, a report from before mappings were kept) get a
+  // mapping that has only a name.
+  std::map<std::tuple<uint32_t, uint64_t, std::string>, uint64_t> mappings;  // (pid, start, path)
+  std::map<std::string, uint64_t> named_mappings;                            // module -> id
+  auto add_mapping = [&](const std::string& path, uint64_t start, uint64_t limit,
+                         uint64_t file_offset) {
+    auto* mapping = profile.add_mapping();
+    mapping->set_id(static_cast<uint64_t>(profile.mapping_size()));
+    mapping->set_memory_start(start);
+    mapping->set_memory_limit(limit);
+    mapping->set_file_offset(file_offset);
+    mapping->set_filename(strings.index(path));
+    mapping->set_has_functions(true);
+    mapping->set_has_filenames(true);
+    mapping->set_has_line_numbers(true);
+    mapping->set_has_inline_frames(true);
+    return mapping->id();
+  };
+  std::unordered_map<uint32_t, const model::Target*> target_of;
+  for (const auto& target : report.targets) {
+    target_of.emplace(target.pid, &target);
+    for (const auto& file : target.mappings) {
+      auto key = std::tuple{target.pid, file.start, file.path};
+      if (!mappings.count(key)) {
+        mappings[key] = add_mapping(file.path, file.start, file.limit, file.file_offset);
+      }
+    }
+  }
+  auto mapping_id = [&](uint32_t pid, const model::Frame& frame) {
+    auto target = target_of.find(pid);
+    if (target != target_of.end() && !frame.python) {
+      for (const auto& file : target->second->mappings) {
+        if (frame.address >= file.start && frame.address < file.limit) {
+          return mappings.at(std::tuple{pid, file.start, file.path});
+        }
+      }
+    }
+    auto named = named_mappings.find(frame.module);
+    if (named != named_mappings.end()) return named->second;
+    uint64_t id = add_mapping(frame.module, 0, 0, 0);
+    named_mappings.emplace(frame.module, id);
+    return id;
+  };
   std::map<std::pair<std::string, std::string>, uint64_t> functions;  // (name, file) -> id
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> locations;        // (pid, address) -> id
-  auto mapping_id = [&](const std::string& module) {
-    auto [it, added] = mappings.emplace(module, mappings.size() + 1);
-    if (added) {
-      auto* mapping = profile.add_mapping();
-      mapping->set_id(it->second);
-      mapping->set_filename(strings.index(module));
-      mapping->set_has_functions(true);
-      mapping->set_has_filenames(true);
-      mapping->set_has_line_numbers(true);
-      mapping->set_has_inline_frames(true);
-    }
-    return it->second;
-  };
   auto function_id = [&](const model::Frame& frame) {
     std::string name = frame_name(frame);
     std::string file = frame.file.value_or("");
@@ -121,7 +154,12 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
     return it->second;
   };
 
-  for (const auto& site : report.leaks) {
+  // Sites that freed everything count in alloc_objects and alloc_space, with 0 in use.
+  std::vector<const model::LeakSite*> sites;
+  for (const auto& site : report.leaks) sites.push_back(&site);
+  for (const auto& site : report.freed_sites) sites.push_back(&site);
+  for (const auto* site_pointer : sites) {
+    const model::LeakSite& site = *site_pointer;
     auto* sample = profile.add_sample();
     // Frames of one address (inlined functions, then the function they are in) make one
     // location with several lines, innermost first, as pprof orders them.
@@ -138,7 +176,7 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
       if (added) {
         auto* location = profile.add_location();
         location->set_id(it->second);
-        location->set_mapping_id(mapping_id(site.stack[i].module));
+        location->set_mapping_id(mapping_id(site.pid, site.stack[i]));
         location->set_address(site.stack[i].address);
         for (size_t j = i; j < end; ++j) {
           auto* line = location->add_line();
@@ -172,6 +210,13 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
       suppressed->set_key(strings.index("suppressed"));
       suppressed->set_str(strings.index(*site.suppressed));
     }
+  }
+  if (report.freed_omitted.sites > 0) {
+    profile.add_comment(strings.index(std::to_string(report.freed_omitted.sites) +
+                                      " more sites freed all they allocated (" +
+                                      std::to_string(report.freed_omitted.bytes) + " bytes in " +
+                                      std::to_string(report.freed_omitted.allocations) +
+                                      " allocations): not in alloc_objects/alloc_space"));
   }
   std::string serialized;
   if (!profile.SerializeToString(&serialized)) throw Error("encode the pprof profile");

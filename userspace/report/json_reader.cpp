@@ -261,6 +261,11 @@ model::Report from_json(const json& document) {
       if (target_json.contains("break_growth_bytes")) {
         target.break_growth_bytes = whole<int64_t>(target_json, "break_growth_bytes");
       }
+      for (const auto& file : target_json.value("mappings", json::array())) {
+        target.mappings.push_back({file.at("path").get<std::string>(),
+                                   whole<uint64_t>(file, "start"), whole<uint64_t>(file, "limit"),
+                                   whole<uint64_t>(file, "file_offset")});
+      }
       if (target_json.contains("exit")) {
         const json& exit = target_json.at("exit");
         target.exit = model::ExitSummary{
@@ -337,6 +342,28 @@ model::Report from_json(const json& document) {
       report.folded_exits.over_cap = whole<uint64_t>(folded, "over_cap");
       report.folded_exits.over_cap_outstanding_bytes =
           whole<uint64_t>(folded, "over_cap_outstanding_bytes");
+    }
+    // Absent before sites that freed everything were kept.
+    for (const auto& entry : document.value("freed_sites", json::array())) {
+      where = "freed_sites[" + std::to_string(report.freed_sites.size()) + "]";
+      model::LeakSite site;
+      site.pid = whole<uint32_t>(entry, "pid");
+      site.total_allocated_bytes = whole<uint64_t>(entry, "total_allocated_bytes");
+      site.total_allocations = whole<uint64_t>(entry, "total_allocations");
+      site.freed_allocations = site.total_allocations;
+      site.mismatched_frees = whole_or<uint64_t>(entry, "mismatched_frees", 0);
+      site.stack_truncated = entry.at("stack_truncated").get<bool>();
+      site.stack_truncation_reason = entry.value("stack_truncation_reason", std::string());
+      for (const auto& frame : entry.at("stack")) site.stack.push_back(frame_from(frame));
+      site.suppressed = optional_field<std::string>(entry, "suppressed");
+      report.freed_sites.push_back(std::move(site));
+    }
+    if (document.contains("freed_sites_omitted")) {
+      where = "freed_sites_omitted";
+      const json& omitted = document.at("freed_sites_omitted");
+      report.freed_omitted = {whole<uint64_t>(omitted, "sites"),
+                              whole<uint64_t>(omitted, "allocations"),
+                              whole<uint64_t>(omitted, "bytes")};
     }
     if (document.contains("python_types")) {
       std::vector<model::PythonType> types;

@@ -99,6 +99,16 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       }
       entry["outstanding_bytes"] = target.outstanding_bytes;
       entry["sites"] = target.sites;
+      if (!target.mappings.empty()) {
+        ordered_json mappings = ordered_json::array();
+        for (const auto& file : target.mappings) {
+          mappings.push_back({{"path", file.path},
+                              {"start", file.start},
+                              {"limit", file.limit},
+                              {"file_offset", file.file_offset}});
+        }
+        entry["mappings"] = std::move(mappings);
+      }
       if (target.exit) {
         entry["exit"] = {{"after_s", target.exit->after_s},
                          {"outstanding_bytes", target.exit->outstanding_bytes},
@@ -225,6 +235,26 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
         {"nothing_outstanding", report.folded_exits.nothing_outstanding},
         {"over_cap", report.folded_exits.over_cap},
         {"over_cap_outstanding_bytes", report.folded_exits.over_cap_outstanding_bytes}};
+    ordered_json freed = ordered_json::array();
+    for (const auto& site : report.freed_sites) {
+      ordered_json stack = ordered_json::array();
+      for (const auto& frame : site.stack) stack.push_back(frame_json(frame));
+      ordered_json entry = {{"pid", site.pid},
+                            {"total_allocated_bytes", site.total_allocated_bytes},
+                            {"total_allocations", site.total_allocations},
+                            {"mismatched_frees", site.mismatched_frees},
+                            {"stack_truncated", site.stack_truncated}};
+      if (!site.stack_truncation_reason.empty()) {
+        entry["stack_truncation_reason"] = site.stack_truncation_reason;
+      }
+      entry["stack"] = std::move(stack);
+      if (site.suppressed) entry["suppressed"] = *site.suppressed;
+      freed.push_back(std::move(entry));
+    }
+    json["freed_sites"] = std::move(freed);
+    json["freed_sites_omitted"] = {{"sites", report.freed_omitted.sites},
+                                   {"allocations", report.freed_omitted.allocations},
+                                   {"bytes", report.freed_omitted.bytes}};
     json["totals"]["untracked_frees"] = totals.untracked_frees;
     json["totals"]["exact"] = totals.exact;
   }

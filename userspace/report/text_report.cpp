@@ -189,6 +189,30 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
   out << "\n";
 }
 
+// Sites that freed all they allocated are no leak: one line, with the biggest, so that the
+// reader knows --json and --pprof hold them (their allocations count in alloc_space).
+void render_freed_sites(const model::Report& report, std::ostream& out) {
+  uint64_t sites = report.freed_sites.size() + report.freed_omitted.sites;
+  if (sites == 0) return;
+  uint64_t bytes = report.freed_omitted.bytes, allocations = report.freed_omitted.allocations;
+  for (const auto& site : report.freed_sites) {
+    bytes += site.total_allocated_bytes;
+    allocations += site.total_allocations;
+  }
+  out << with_thousands(sites) << (sites == 1 ? " site" : " sites") << " freed all "
+      << (sites == 1 ? "it" : "they") << " allocated: " << human_bytes(bytes) << " in "
+      << with_thousands(allocations) << (allocations == 1 ? " call" : " calls");
+  if (!report.freed_sites.empty()) {
+    // Named by its innermost frame, inlined or not: the code that called the allocator.
+    const auto& biggest = report.freed_sites.front();
+    if (!biggest.stack.empty()) {
+      out << ", the most (" << human_bytes(biggest.total_allocated_bytes) << ") from "
+          << frame_name(biggest.stack.front()) << " in pid " << biggest.pid;
+    }
+  }
+  out << " (--json and --pprof list them)\n\n";
+}
+
 }  // namespace
 
 void render_text(const model::Report& report, std::ostream& out) {
@@ -350,6 +374,7 @@ void render_text(const model::Report& report, std::ostream& out) {
     out << "\n";
   }
   if (report.python_types) render_python_types(*report.python_types, report.top, out);
+  render_freed_sites(report, out);
 
   const auto& totals = report.totals;
   out << "Totals: " << with_thousands(totals.allocations) << " allocations, "

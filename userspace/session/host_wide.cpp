@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "inspect/allocator.h"
 #include "inspect/load_order.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process.h"
@@ -140,11 +141,22 @@ bool HostWide::add(uint32_t pid, bool quiet) {
   auto mappings = inspect::read_proc_maps(pid);
   if (!mappings || mappings->empty()) return false;  // a kernel thread, or exiting
   TracedProcess process;
+  bool mappings_only = false;
   try {
     auto order = inspect::process_load_order(pid, *mappings);
-    process.allocators = inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                                     config_.custom_allocators_for(pid));
-    if (process.allocators.modules.empty()) return false;
+    try {
+      process.allocators = inspect::resolve_allocators(pid, order, config_.trace_cxx,
+                                                       config_.custom_allocators_for(pid));
+    } catch (const inspect::NoAllocatorFound&) {
+      // No malloc family (Go's runtime maps its memory itself): with --mmap it is traced by
+      // its anonymous mappings, as with -p. A dynamically linked program just started may not
+      // have mapped its libraries yet: it is looked at again until its deadline first.
+      if (!config_.tracer.trace_regions || (quiet && !order.static_executable)) throw;
+      process.allocators = {};
+      process.allocators.order_source = order.source;
+      mappings_only = true;
+    }
+    if (process.allocators.modules.empty() && !mappings_only) return false;
     for (const auto& module : process.allocators.modules) {
       probes_.attach_everywhere(module, pid);
     }
@@ -165,6 +177,10 @@ bool HostWide::add(uint32_t pid, bool quiet) {
   }
   process.info = inspect::read_target_info(pid);
   describe_allocators(process.allocators, process.info);
+  // Said once per program: a host may start the same one all day.
+  if (mappings_only && said_mappings_only_.insert(process.info.exe).second) {
+    std::cerr << mappings_only_line("pid " + std::to_string(pid) + " (" + process.info.comm + ")");
+  }
   code_maps_.refresh(targets_.add(std::move(process)));
   return true;
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <set>
+#include <string>
 
 #include "session/code_maps.h"
 #include "session/config.h"
@@ -60,6 +61,8 @@ class HostWide {
   // Processes not traced because their allocator's file could not be probed (AttachFailed):
   // looked at again when Probes says an attempt is due.
   std::set<uint32_t> blocked_;
+  // Programs traced by their mappings alone (--mmap, no malloc family): said once each.
+  std::set<std::string> said_mappings_only_;
 };
 
 }  // namespace memtrail::session

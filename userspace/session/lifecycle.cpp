@@ -195,10 +195,18 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
       ++summary.sites;
       process->second->exit_sites.push_back(std::move(site));
     }
+    for (auto& site : now.freed_sites) {
+      auto process = exited.find(site.pid);
+      if (process != exited.end()) process->second->exit_freed_sites.push_back(std::move(site));
+    }
+    // Counted, not listed: kept with one of them (reports only sum them).
+    exited.begin()->second->exit_freed_omitted = now.freed_omitted;
     for (const auto& target : now.targets) {
       auto process = exited.find(target.pid);
-      // The purge drops the map's losses: keep them.
-      if (process != exited.end()) process->second->info.losses = target.losses;
+      // The purge drops the map's losses: keep them; and the process's mappings go with it.
+      if (process == exited.end()) continue;
+      process->second->info.losses = target.losses;
+      process->second->info.mappings = target.mappings;
     }
     for (auto& [pid, process] : exited) summaries[pid].after_s = after_s;
   }

@@ -99,10 +99,8 @@ inspect::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
                                        config_.custom_allocators_for(pid));
   } catch (const inspect::NoAllocatorFound&) {
     if (!config_.tracer.trace_regions) throw;
-    std::cerr << "memtrail: " << (pid ? "pid " + std::to_string(pid) : std::string("the command"))
-              << " has no malloc family to probe: tracing its anonymous mappings (--mmap) "
-                 "only; objects of a garbage-collected heap (e.g. Go's) inside them are not "
-                 "traced\n";
+    std::cerr << mappings_only_line(pid ? "pid " + std::to_string(pid)
+                                        : std::string("the command"));
     inspect::ProcessAllocators none;
     none.order_source = order.source;
     return none;
@@ -235,6 +233,7 @@ void Session::retire_exited() {
     process->resolved_code_files = {};
     if (config_.host_wide() && process->exit->outstanding_bytes == 0) {
       ++folded_exits_.nothing_outstanding;
+      fold_freed_sites(*process);
       targets_.remove(*process);
       continue;
     }
@@ -245,8 +244,17 @@ void Session::retire_exited() {
     kept_exits_.pop_front();
     ++folded_exits_.over_cap;
     folded_exits_.over_cap_outstanding_bytes += oldest->exit->outstanding_bytes;
+    fold_freed_sites(*oldest);
     targets_.remove(*oldest);
   }
+}
+
+// A process let go: its freed sites become counts.
+void Session::fold_freed_sites(const TracedProcess& process) {
+  assemble::count_omitted(freed_sites_folded_, process.exit_freed_sites);
+  freed_sites_folded_.sites += process.exit_freed_omitted.sites;
+  freed_sites_folded_.allocations += process.exit_freed_omitted.allocations;
+  freed_sites_folded_.bytes += process.exit_freed_omitted.bytes;
 }
 
 void Session::add_poll_fds(std::vector<pollfd>& fds) {
@@ -328,6 +336,7 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
   auto& aggregate = reading.aggregate;
   if (only) {
     std::erase_if(aggregate.sites, [&](const auto& site) { return !only->count(site.pid); });
+    std::erase_if(aggregate.freed_sites, [&](const auto& site) { return !only->count(site.pid); });
   }
   auto symbolizing = Clock::now();
   auto report =
@@ -341,7 +350,13 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
       report.leaks.push_back(site);
     }
   }
-  if (!only) add_run_facts(report, reading.snapshot);
+  if (!only) {
+    for (const auto& process : targets_) {
+      assemble::add_freed_sites(report, process.exit_freed_sites, process.exit_freed_omitted);
+    }
+    assemble::add_freed_sites(report, {}, freed_sites_folded_);
+    add_run_facts(report, reading.snapshot);
+  }
   auto built = Clock::now();
   if (config_.verbose()) {
     std::cerr << "memtrail: report: " << aggregate.totals.outstanding_allocations

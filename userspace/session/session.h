@@ -95,6 +95,7 @@ class Session {
   assemble::ReportContext context(bool final, const Lifecycle::Exited* only) const;
   Lifecycle::ReportOf report_of();
   void retire_exited();
+  void fold_freed_sites(const TracedProcess& process);
   void add_run_facts(model::Report& report, const model::Snapshot& snapshot) const;
   void say_state(const model::Snapshot& snapshot) const;
 
@@ -118,6 +119,8 @@ class Session {
   // those folded into counts.
   std::deque<const TracedProcess*> kept_exits_;
   model::FoldedExits folded_exits_;
+  // Freed sites of exited processes no longer kept: counted.
+  model::FreedSitesOmitted freed_sites_folded_;
 };
 
 // Exit summaries a session keeps; older ones are folded into a count.

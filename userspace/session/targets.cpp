@@ -104,6 +104,12 @@ void Targets::remove(const TracedProcess& process) {
   processes_.remove_if([&](const TracedProcess& each) { return &each == &process; });
 }
 
+std::string mappings_only_line(const std::string& who) {
+  return "memtrail: " + who +
+         " has no malloc family to probe: tracing its anonymous mappings (--mmap) only; objects "
+         "of a garbage-collected heap (e.g. Go's) inside them are not traced\n";
+}
+
 void describe_allocators(const inspect::ProcessAllocators& allocators, model::Target& info) {
   const inspect::AllocatorModule* primary = allocators.primary();
   info.allocator_module = primary ? primary->path : "";

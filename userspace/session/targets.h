@@ -28,6 +28,9 @@ struct TracedProcess {
   // (its blocks were purged from the maps).
   std::optional<model::ExitSummary> exit;
   std::vector<model::LeakSite> exit_sites;
+  // Its sites that had freed everything at the exit, and those its exit report only counted.
+  std::vector<model::LeakSite> exit_freed_sites;
+  model::FreedSitesOmitted exit_freed_omitted;
   uint32_t execs =
       0;  // new programs it executed while traced (a launched command's first is its start)
   // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
@@ -80,6 +83,11 @@ class Targets {
 
 // What the report says about a process's allocators, from what was resolved for it.
 void describe_allocators(const inspect::ProcessAllocators& allocators, model::Target& info);
+
+// The line that says a process without the malloc family (Go's runtime maps its memory
+// itself) is traced by its anonymous mappings alone under --mmap, and what is not traced.
+// `who`: "pid N (comm)" or "the command".
+std::string mappings_only_line(const std::string& who);
 
 // A pidfd for `pid`: readable once it exits. Throws memtrail::Error (the process exited while
 // memtrail was attaching, for ESRCH).

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "common/error.h"
@@ -234,6 +235,30 @@ std::shared_ptr<Symbolizer::Module> Symbolizer::module_for(uint32_t pid,
   }
   modules_[file_key] = module;  // a file that cannot be read is not retried for every address
   return module;
+}
+
+const inspect::Mapping* Symbolizer::mapping_at(uint32_t pid, uint64_t address) const {
+  auto process = processes_.find(pid);
+  if (process == processes_.end()) return nullptr;
+  for (const auto& candidate : process->second.mappings) {
+    if (candidate.contains(address)) return &candidate;
+  }
+  return nullptr;
+}
+
+const inspect::Mapping* Symbolizer::executable_mapping(uint32_t pid, const std::string& exe) const {
+  auto process = processes_.find(pid);
+  if (process == processes_.end() || exe.empty()) return nullptr;
+  // The link /proc/PID/exe says " (deleted)" as the maps do; the maps' names have it removed.
+  std::string path = exe;
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (path.size() > kDeleted.size() && path.ends_with(kDeleted)) {
+    path.resize(path.size() - kDeleted.size());
+  }
+  for (const auto& candidate : process->second.mappings) {
+    if (candidate.executable && candidate.is_file() && candidate.path == path) return &candidate;
+  }
+  return nullptr;
 }
 
 std::vector<model::Frame> Symbolizer::symbolize(uint32_t pid, uint64_t address,

@@ -40,6 +40,14 @@ class Symbolizer {
   std::vector<model::Frame> symbolize(uint32_t pid, uint64_t address,
                                       bool is_return_address = true);
 
+  // Whether the mappings of `pid` are known (set and not forgotten).
+  bool knows(uint32_t pid) const { return processes_.count(pid) != 0; }
+  // The mapping of `pid` that holds `address`, or nullptr.
+  const inspect::Mapping* mapping_at(uint32_t pid, uint64_t address) const;
+  // The executable code mapping of `exe` (the program's file, as /proc/PID/exe names it) in
+  // `pid`, or nullptr.
+  const inspect::Mapping* executable_mapping(uint32_t pid, const std::string& exe) const;
+
   struct Module;  // one ELF file with its debug info (defined in symbolizer.cpp)
 
  private:
