@@ -38,7 +38,10 @@ struct TracerConfig {
   // map sized only then.
   std::optional<model::PythonTypeLayout> python_type_layout;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
-  bool verbose = false;      // libbpf debug output on stderr
+  // malloc and calloc probed at their return sites where proven (one trap a call) rather than
+  // at entry and return (two). Off (--entry-return-probes) for comparison and diagnosis.
+  bool return_sites = true;
+  bool verbose = false;  // libbpf debug output on stderr
 };
 
 }  // namespace memtrail::tracer
