@@ -78,8 +78,8 @@ struct LeaksOptions {
   // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
   uint32_t unwind_table_mib = 0;
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
-  // Tests and diagnosis: malloc and calloc probed at entry and return, never at return sites.
-  bool entry_return_probes = false;
+  // malloc and calloc probed at their return sites (one kernel entry a call) where proven.
+  bool return_sites = false;
 };
 
 // `memtrail paging`: host-wide paging pressure, per memory cgroup and per process.

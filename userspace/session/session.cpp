@@ -139,14 +139,12 @@ void Session::attach_all() {
         std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
                   << module.path << "+0x" << std::hex << function.probe_offset << std::dec << ": "
                   << function.placement << "\n";
-        if (!function.return_sites_reason.empty()) {
+        if (config_.tracer.return_sites && !function.return_sites_reason.empty()) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
                     << " keeps its entry and return probes: "
                     << (function.return_sites.empty()
                             ? "its return sites are not proven: " + function.return_sites_reason
-                            : std::string(config_.tracer.trace_regions
-                                              ? "--mmap tells malloc's own mappings by its entry"
-                                              : "--entry-return-probes"))
+                            : std::string("--mmap tells malloc's own mappings by its entry"))
                     << "\n";
         }
       }
