@@ -84,7 +84,7 @@ def owned_programs(tracer_pid):
 def return_probe_cost(programs):
     """ns per run of the program that records a malloc: its return probe, or its return-site
     probe (kernel BPF statistics), or None."""
-    for name in ("pointer_exit", "site_size_in_register"):
+    for name in ("pointer_exit", "site_size_in_chunk_header", "site_size_in_register"):
         for program in programs or []:
             if program.get("name") == name:
                 runs = program.get("run_cnt", 0)
@@ -292,6 +292,12 @@ def make_table(tools, results, seconds):
         rows.append("Kernel entries per malloc+free pair (BPF program runs / pairs, median): "
                     + ", ".join(f"{tool} {statistics.median(values):.2f}"
                                 for tool, values in entries_per_pair.items()) + ".")
+    recorders = {tool: values for tool, values in return_probe_ns.items() if tool in
+                 ("memtrail", "memtrail-return-sites")}
+    if recorders:
+        rows.append("In the kernel (BPF statistics, median): the program that records a malloc "
+                    "runs " + ", ".join(f"{statistics.median(values):,.0f} ns in {tool}"
+                                        for tool, values in recorders.items()) + ".")
     for tracker, floor_tool in (("memtrail", "memtrail-probe-floor"),
                                 ("memtrail-return-sites", "memtrail-two-trap-floor")):
         if floor_tool not in medians or tracker not in medians or base is None:
