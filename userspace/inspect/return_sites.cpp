@@ -377,6 +377,16 @@ class Analysis {
     return true;
   }
 
+  bool calls_traced(uint64_t target) const {
+    if (inside(target) || !query_.classify_tail_call) return false;
+    auto known = traced_calls_.find(target);
+    if (known == traced_calls_.end()) {
+      bool traced = query_.classify_tail_call(target) == TailCall::kRecordedElsewhere;
+      known = traced_calls_.emplace(target, traced).first;
+    }
+    return known->second;
+  }
+
   std::optional<size_t> index_of_target(uint64_t target) const {
     if (target < query_.address) return std::nullopt;
     auto found = index_.find(target - query_.address);
@@ -756,6 +766,11 @@ class Analysis {
         case Flow::kCall:
         case Flow::kIndirectCall: {
           if (in.flow == Flow::kCall && noreturn_.count(in.target)) break;  // aborts
+          // A call to a traced allocator records its block itself (its own probes): a site
+          // after it would count the block again, or another one.
+          if (in.flow == Flow::kCall && calls_traced(in.target)) {
+            return {Problem::kFatal, "calls a traced allocator function at " + where, {}, 0};
+          }
           for (int reg : {kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) s.set(reg, kUnknown);
           s.zero_test = kNoRegister;
           if (auto problem = next(s)) return *problem;
@@ -916,6 +931,7 @@ class Analysis {
   std::vector<Instruction> code_;
   std::unordered_map<uint64_t, size_t> index_;  // offset -> instruction
   std::set<uint64_t> noreturn_;
+  mutable std::map<uint64_t, bool> traced_calls_;  // call target -> a traced allocator
   std::string reason_;
 };
 

@@ -56,7 +56,8 @@ struct ReturnSiteAnalysis {
 // that returns a non-NULL pointer (ret, or a tail call to memset that returns it) passes
 // exactly one site, with that very pointer still in the register the function returns it in;
 // NULL returns pass none with a non-NULL pointer; nothing returns through an indirect jump or
-// an unknown tail call. Calls are taken to return, except calls to a target that this function
+// an unknown tail call, and no path calls an allocator function memtrail probes (its block
+// would be counted twice). Calls are taken to return, except calls to a target that this function
 // also calls right before padding or its end (glibc's malloc_printerr): those abort.
 ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query);
 
