@@ -7,12 +7,18 @@ and the median of the rounds is reported. Every memtrail run must have recorded 
 loop's allocations, or the benchmark fails. Results are appended to bench/RESULTS.md with the
 date, kernel and commit. See bench/README.md.
 
-Tools: untraced; memtrail (memtrail leaks -p PID, full tracking, --unwind auto); memtrail-fp and
-memtrail-dwarf (the same with --unwind fp / dwarf: the stack walk's cost); memtrail-sampled (with
---sample-rate, only once memtrail has that option); memtrail-probe-floor (memtrail's probes
-with programs that return at once: what the uprobe traps alone cost, the floor of any
-uprobe-based tracer); bcc-free-fix (BCC memleak with its free probe moved past free's NULL
-check); bcc (memleak-bpfcc -p PID as shipped).
+Tools: untraced; memtrail (memtrail leaks -p PID, full tracking, --unwind auto: malloc probed
+at entry and return, three kernel entries per malloc+free); memtrail-fp and memtrail-dwarf (the
+same with --unwind fp / dwarf: the stack walk's cost); memtrail-sampled (with --sample-rate, only
+once memtrail has that option); memtrail-probe-floor (memtrail's probes with programs that return
+at once: what its three uprobe traps alone cost); memtrail-return-sites and
+memtrail-two-trap-floor (the same two with --return-sites: malloc probed where it returns, two
+entries per pair); bcc-free-fix (BCC memleak with its free probe moved
+past free's NULL check); bcc (memleak-bpfcc -p PID as shipped).
+
+Every memtrail row also says how many times per malloc+free pair the kernel ran its programs
+(the kernel's BPF statistics: one program run per uprobe trap or uretprobe return), that is
+the kernel entries it pays.
 """
 import argparse
 import json
@@ -32,7 +38,12 @@ from benchlib import (BenchError, LineReader, other_tracers, report_results,  # 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
 ALL_TOOLS = ["untraced", "memtrail", "memtrail-fp", "memtrail-dwarf", "memtrail-sampled",
-             "memtrail-probe-floor", "bcc-free-fix", "bcc"]
+             "memtrail-probe-floor", "memtrail-return-sites", "memtrail-two-trap-floor",
+             "bcc-free-fix", "bcc"]
+# Rows whose programs return at once: they record nothing.
+FLOOR_TOOLS = {"memtrail-probe-floor", "memtrail-two-trap-floor"}
+# Rows with malloc and calloc probed at their return sites (--return-sites).
+RETURN_SITE_TOOLS = {"memtrail-return-sites", "memtrail-two-trap-floor"}
 # --unwind of each memtrail row; "memtrail" runs the default (auto).
 UNWIND_OF = {"memtrail-fp": "fp", "memtrail-dwarf": "dwarf"}
 # What the memtrail-dwarf runs' reports said about the unwind tables (memory, modules).
@@ -40,11 +51,13 @@ unwind_reports = []
 # Per memtrail tool: ns of BPF time per run of the malloc return probe (stack walk and record),
 # from the kernel's BPF statistics: the stack walk's cost without the traps' noise.
 return_probe_ns = {}
+# Per memtrail tool: the runs of its programs per malloc+free pair (kernel entries paid).
+entries_per_pair = {}
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 
-def return_probe_cost(tracer_pid):
-    """ns per run of the tracer's pointer_exit program (kernel BPF statistics), or None."""
+def owned_programs(tracer_pid):
+    """The BPF programs (bpftool's JSON) the tracer holds, or None."""
     try:
         listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
                                             capture_output=True, text=True).stdout)
@@ -65,10 +78,18 @@ def return_probe_cost(tracer_pid):
                 continue
     except OSError:
         return None
-    for program in listing:
-        if program.get("name") == "pointer_exit" and program.get("id") in owned:
-            runs = program.get("run_cnt", 0)
-            return program.get("run_time_ns", 0) / runs if runs else None
+    return [program for program in listing if program.get("id") in owned]
+
+
+def return_probe_cost(programs):
+    """ns per run of the program that records a malloc: its return probe, or its return-site
+    probe (kernel BPF statistics), or None."""
+    for name in ("pointer_exit", "site_size_in_chunk_header", "site_size_in_register"):
+        for program in programs or []:
+            if program.get("name") == name:
+                runs = program.get("run_cnt", 0)
+                if runs:
+                    return program.get("run_time_ns", 0) / runs
     return None
 
 
@@ -135,8 +156,12 @@ def start_tracer(tool, args, pid, json_path, started):
         command = [args.memtrail, "leaks", "-p", pid, "-q", "--json", json_path]
         if tool == "memtrail-sampled":
             command += ["--sample-rate", str(args.sample_rate)]
-        if tool == "memtrail-probe-floor":
+        if tool in FLOOR_TOOLS:
             command += ["--probe-floor"]
+        if tool in RETURN_SITE_TOOLS:
+            command += ["--return-sites"]
+        if args.variant.startswith("C++"):
+            command += ["--cxx"]
         if tool in UNWIND_OF:
             command += ["--unwind", UNWIND_OF[tool]]
         tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -201,8 +226,14 @@ def run_once(tool, args, work_dir, run_index):
             raise BenchError(f"workload failed under {tool} (exit status {work.returncode}): "
                              f"{output.text()!r}")
         ns_per_pair = float(match.group(1))
-        if tracer is not None and tool.startswith("memtrail") and tool != "memtrail-probe-floor":
-            cost = return_probe_cost(tracer.pid)
+        if tracer is not None and tool.startswith("memtrail"):
+            programs = owned_programs(tracer.pid)
+            if programs:
+                runs = sum(program.get("run_cnt", 0) for program in programs)
+                if runs:
+                    entries_per_pair.setdefault(tool, []).append(
+                        runs / (args.steps * args.threads))
+            cost = return_probe_cost(programs) if tool not in FLOOR_TOOLS else None
             if cost is not None:
                 return_probe_ns.setdefault(tool, []).append(cost)
         if tracer is not None and tool.startswith("bcc") and tracer.poll() is not None:
@@ -218,7 +249,7 @@ def run_once(tool, args, work_dir, run_index):
     if tool.startswith("memtrail"):
         if tracer.returncode != 0:
             raise BenchError(f"{tool} exited with status {tracer.returncode}:\n{reader.text()}")
-        if tool == "memtrail-probe-floor":
+        if tool in FLOOR_TOOLS:
             return ns_per_pair, seconds  # its programs record nothing, by design
         try:
             with open(json_path) as report_file:
@@ -256,16 +287,36 @@ def make_table(tools, results, seconds):
         run_seconds = f"{statistics.median(seconds[tool]):.1f}"
         rows.append(f"| {tool} | {median:,.1f} | {runs} | {slowdown} | {added_text} | {fraction} "
                     f"| {run_seconds} |")
-    if "memtrail-probe-floor" in medians and "memtrail" in medians:
-        floor = medians["memtrail-probe-floor"]
+    if entries_per_pair:
         rows.append("")
-        rows.append(f"The floor (memtrail's probes with programs that return at once: the "
-                    f"uprobe traps alone) is {floor:,.0f} ns/pair; memtrail's BPF work adds "
-                    f"{medians['memtrail'] - floor:,.0f} ns/pair above it.")
+        rows.append("Kernel entries per malloc+free pair (BPF program runs / pairs, median): "
+                    + ", ".join(f"{tool} {statistics.median(values):.2f}"
+                                for tool, values in entries_per_pair.items()) + ".")
+    recorders = {tool: values for tool, values in return_probe_ns.items() if tool in
+                 ("memtrail", "memtrail-return-sites")}
+    if recorders:
+        rows.append("In the kernel (BPF statistics, median): the program that records a malloc "
+                    "runs " + ", ".join(f"{statistics.median(values):,.0f} ns in {tool}"
+                                        for tool, values in recorders.items()) + ".")
+    for tracker, floor_tool in (("memtrail", "memtrail-probe-floor"),
+                                ("memtrail-return-sites", "memtrail-two-trap-floor")):
+        if floor_tool not in medians or tracker not in medians or base is None:
+            continue
+        floor = medians[floor_tool]
+        rows.append("")
+        rows.append(f"{floor_tool} (the probes of {tracker} with programs that return at once: "
+                    f"the uprobe traps alone) is {floor:,.0f} ns/pair; {tracker}'s BPF work adds "
+                    f"{medians[tracker] - floor:,.0f} ns/pair above it: its added cost is "
+                    f"{(medians[tracker] - base) / (floor - base):.3f}x the floor's"
+                    + (" (goal <= 1.1x)." if tracker == "memtrail-return-sites" else "."))
         if bcc_added:
-            rows.append(f"No uprobe-based tracer of every malloc and free can do better than the "
-                        f"floor: {(floor - base) / bcc_added:.3f} of BCC memleak's added cost "
-                        "in this run.")
+            rows.append(f"That floor is {(floor - base) / bcc_added:.3f} of BCC memleak's added "
+                        "cost in this run.")
+    if "memtrail-return-sites" in medians and "memtrail-two-trap-floor" in medians and base:
+        rows.append(f"memtrail-return-sites's added cost is "
+                    f"{(medians['memtrail-return-sites'] - base) / (medians['memtrail-two-trap-floor'] - base):.3f}x"
+                    " the two-trap floor's: no tracer of every malloc and free with uprobes "
+                    "pays fewer than two kernel entries per pair.")
     rows += unwind_summary(medians, base)
     return "\n".join(rows)
 
@@ -395,7 +446,7 @@ def main():
     # The kernel's BPF run-time statistics (two clock reads per program run, the same for
     # every memtrail row), restored when the run ends.
     stats_before = None
-    if any(tool in UNWIND_OF for tool in tools) and os.access(BPF_STATS, os.W_OK):
+    if any(tool.startswith("memtrail") for tool in tools) and os.access(BPF_STATS, os.W_OK):
         with open(BPF_STATS) as stats:
             stats_before = stats.read().strip()
         with open(BPF_STATS, "w") as stats:

@@ -52,16 +52,16 @@ volatile __u32 holds_released = 0;
 
 /* ---- recording and releasing blocks: what the allocator probes share ---- */
 
-static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size, __u32 kind,
-					 __u64 weight_bytes)
+/* `caller`, `sp` and `bp`: the registers as the allocator's return leaves them to its caller. */
+static __always_inline void record_alloc_from(__u64 caller, __u64 sp, __u64 bp, __u64 address,
+					      __u64 size, __u32 kind, __u64 weight_bytes)
 {
 	__u32 tgid = current_tgid();
-	__u64 caller = PT_REGS_IP(ctx);
 	__s32 site_id;
 
 	if (tracing_stopped)
 		return;
-	site_id = capture_stack(caller, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
+	site_id = capture_stack(caller, sp, bp, tgid);
 
 	/* With sampling, the totals add up estimates: bytes and calls this sample stands for
 	 * (calls: rounded down; a sample of size 0 never happens). */
@@ -119,6 +119,14 @@ static __always_inline void release(__u64 address, enum release_mode mode, __u64
 		count(MEMTRAIL_CTR_FREES);
 	else if (mode != RELEASE_REALLOC && mode != RELEASE_REALLOC_ZERO)
 		count_loss(MEMTRAIL_CTR_UNMATCHED_FREES, MEMTRAIL_LOSS_UNMATCHED_FREES, tgid);
+}
+
+/* In a return probe, the registers are the caller's already. */
+static __always_inline void record_alloc(struct pt_regs *ctx, __u64 address, __u64 size, __u32 kind,
+					 __u64 weight_bytes)
+{
+	record_alloc_from(PT_REGS_IP(ctx), PT_REGS_SP(ctx), PT_REGS_FP(ctx), address, size, kind,
+			  weight_bytes);
 }
 
 /* Records the block a call returned, unless --sample-rate passes it over. */
@@ -238,6 +246,170 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 	}
 	record_returned(ctx, call, address, call->size);
 	return 0;
+}
+
+/* ---- return sites: one emulated probe inside malloc or calloc instead of entry and return ---- */
+
+/* Register `number` (x86 encoding: 0 rax, 1 rcx, 2 rdx, 3 rbx, 4 rsp, 5 rbp, 6 rsi, 7 rdi,
+ * 8..15 r8..r15) of the probed thread. */
+static __always_inline __u64 register_value(struct pt_regs *ctx, __u64 number)
+{
+	__u64 value = 0;
+	__u32 offset;
+
+	/* Read through bpf_probe_read_kernel: clang turns the cases into one load at a computed
+	 * offset, which the verifier refuses for a context pointer. */
+	switch (number & 15) {
+	case 0:
+		offset = offsetof(struct pt_regs, ax);
+		break;
+	case 1:
+		offset = offsetof(struct pt_regs, cx);
+		break;
+	case 2:
+		offset = offsetof(struct pt_regs, dx);
+		break;
+	case 3:
+		offset = offsetof(struct pt_regs, bx);
+		break;
+	case 4:
+		offset = offsetof(struct pt_regs, sp);
+		break;
+	case 5:
+		offset = offsetof(struct pt_regs, bp);
+		break;
+	case 6:
+		offset = offsetof(struct pt_regs, si);
+		break;
+	case 7:
+		offset = offsetof(struct pt_regs, di);
+		break;
+	case 8:
+		offset = offsetof(struct pt_regs, r8);
+		break;
+	case 9:
+		offset = offsetof(struct pt_regs, r9);
+		break;
+	case 10:
+		offset = offsetof(struct pt_regs, r10);
+		break;
+	case 11:
+		offset = offsetof(struct pt_regs, r11);
+		break;
+	case 12:
+		offset = offsetof(struct pt_regs, r12);
+		break;
+	case 13:
+		offset = offsetof(struct pt_regs, r13);
+		break;
+	case 14:
+		offset = offsetof(struct pt_regs, r14);
+		break;
+	default:
+		offset = offsetof(struct pt_regs, r15);
+		break;
+	}
+	bpf_probe_read_kernel(&value, sizeof(value), (void *)ctx + offset);
+	return value;
+}
+
+/* glibc's chunk header, the word before the block: its size with flag bits; an mmapped chunk
+ * (bit 1) has 16 bytes of overhead, others 8 (malloc_usable_size). */
+static __always_inline bool usable_size(__u64 address, __u64 *size)
+{
+	__u64 header = 0;
+
+	if (bpf_probe_read_user(&header, sizeof(header), (const void *)(address - 8)))
+		return false;
+	*size = (header & ~7ULL) - ((header & 2) ? 16 : 8);
+	return true;
+}
+
+/* The return address in `slot` (where malloc's caller pushed it). Another tracer's return probe
+ * on malloc (a second memtrail, BCC's memleak) replaces it with the kernel's trampoline while
+ * the call runs; the thread's return instance for that slot keeps the real one. */
+static __always_inline __u64 return_address(__u64 slot, __u64 value)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct return_instance *instance = BPF_CORE_READ(task, utask, return_instances);
+
+	for (int i = 0; i < 8 && instance; i++) {
+		if (BPF_CORE_READ(instance, stack) == slot)
+			return BPF_CORE_READ(instance, orig_ret_vaddr);
+		instance = BPF_CORE_READ(instance, next);
+	}
+	return value;
+}
+
+/* The site's cookie says where the pointer, the size, the return address and the caller's rbp
+ * are (userspace proved it over every path through the function). */
+static __always_inline int record_at_site(struct pt_regs *ctx, bool chunk_header)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight;
+	struct inflight_call *call;
+	__u32 tgid;
+
+	if (probe_floor || !probe_applies())
+		return 0;
+	address = register_value(ctx, cookie >> MEMTRAIL_SITE_POINTER_SHIFT);
+	if (!address)
+		return 0; /* failed: the call returns NULL (not counted as a failed call here) */
+	/* Inside a traced call (memalign, realloc(NULL, n), operator new: their entry probes ran),
+	 * the outer call records the block at its return. */
+	call = current_task_storage(&inflight, sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (call && in_allocator_call(call))
+		return 0;
+	tgid = current_tgid();
+	sp = PT_REGS_SP(ctx);
+	frame = (cookie >> MEMTRAIL_SITE_FRAME_SHIFT) & 0xffff;
+	caller_bp = PT_REGS_FP(ctx);
+	if (chunk_header) {
+		if (!usable_size(address, &size)) {
+			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid);
+			return 0;
+		}
+		count(MEMTRAIL_CTR_USABLE_SIZES);
+	} else {
+		size = register_value(ctx, cookie >> MEMTRAIL_SITE_SIZE_SHIFT);
+	}
+	if (bpf_probe_read_user(&caller, sizeof(caller), (const void *)(sp + frame)) ||
+	    ((cookie & MEMTRAIL_SITE_BP_SAVED) &&
+	     bpf_probe_read_user(
+		     &caller_bp, sizeof(caller_bp),
+		     (const void *)(sp + ((cookie >> MEMTRAIL_SITE_BP_SHIFT) & 0xffff))))) {
+		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid);
+		return 0;
+	}
+	weight = size;
+	if (sample_rate) {
+		if (!call) {
+			count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES, tgid);
+			return 0;
+		}
+		weight = sampled_bytes(call, size);
+		if (!weight)
+			return 0;
+	}
+	caller = return_address(sp + frame, caller);
+	/* After the return: the caller's pc, its sp above the return address, its rbp. */
+	record_alloc_from(caller, sp + frame + 8, caller_bp, address, size,
+			  cookie & MEMTRAIL_SITE_KIND_MASK, weight);
+	return 0;
+}
+
+/* A site where a register holds the size asked for. */
+SEC("uprobe")
+int site_size_in_register(struct pt_regs *ctx)
+{
+	return record_at_site(ctx, false);
+}
+
+/* A site where no register holds it: the usable size, counted as such. */
+SEC("uprobe")
+int site_size_in_chunk_header(struct pt_regs *ctx)
+{
+	return record_at_site(ctx, true);
 }
 
 /* free: may be attached past a leading NULL check (see userspace probe placement), so it never

@@ -44,6 +44,15 @@ enum memtrail_alloc_kind {
 	MEMTRAIL_KIND_DYNAMIC_LAST = 255,
 };
 
+/* The attach cookie of a return-site probe (userspace/inspect/return_sites.h): an emulated
+ * instruction inside malloc or calloc where a register holds the pointer the call returns. */
+#define MEMTRAIL_SITE_KIND_MASK 0xffULL /* bits 0..7: the kind recorded */
+#define MEMTRAIL_SITE_POINTER_SHIFT 8	/* bits 8..11: the register holding the pointer */
+#define MEMTRAIL_SITE_SIZE_SHIFT 12	/* bits 12..15: the register holding the size */
+#define MEMTRAIL_SITE_FRAME_SHIFT 16	/* bits 16..31: the return address is at sp + this */
+#define MEMTRAIL_SITE_BP_SHIFT 32	/* bits 32..47: the caller's rbp is saved at sp + this */
+#define MEMTRAIL_SITE_BP_SAVED (1ULL << 48) /* else the caller's rbp is still in rbp */
+
 /* The attach cookie of the C++ delete probes: which operator releases the block. */
 enum memtrail_delete_kind {
 	MEMTRAIL_DELETE_SCALAR = 0, /* operator delete: for blocks of operator new */
@@ -69,7 +78,9 @@ enum memtrail_counter {
 					   * re-reads the process's mappings when this grows */
 	MEMTRAIL_CTR_REGION_EVENTS_LOST = 12, /* mmap/munmap/mremap/brk events: ring buffer full */
 	MEMTRAIL_CTR_PYTHON_TYPES_LOST = 13,  /* Python objects not counted: python_types full */
-	MEMTRAIL_CTR_COUNT = 14,
+	MEMTRAIL_CTR_USABLE_SIZES = 14, /* blocks recorded at the allocator's usable size: at a
+					 * return site where no register holds the size asked */
+	MEMTRAIL_CTR_COUNT = 15,
 };
 
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the

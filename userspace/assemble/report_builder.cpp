@@ -101,6 +101,12 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                     " samples of sites beyond the first 20,000 were not kept: those sites have no "
                     "growth history and show as too_short.");
   }
+  if (totals.usable_size_allocations > 0) {
+    notes.push_back(with_thousands(totals.usable_size_allocations) +
+                    " allocations were recorded at the allocator's usable size (the size asked "
+                    "for rounded up to its chunk size), not the size asked for: malloc's probe on "
+                    "that path sees no register holding it (usable_size_allocations).");
+  }
   if (totals.mismatched_frees > 0) {
     notes.push_back(with_thousands(totals.mismatched_frees) +
                     " blocks were released by a function that does not pair with the one that "
@@ -305,6 +311,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   totals.stack_failures = counters.stack_failures;
   totals.site_drops = counters.site_drops;
   totals.mismatched_frees = counters.mismatched_frees;
+  totals.usable_size_allocations = counters.usable_size_allocations;
   totals.region_events_lost = counters.region_events_lost;
   totals.sites = aggregate.sites.size();
 

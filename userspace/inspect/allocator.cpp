@@ -302,6 +302,32 @@ std::string kind_name(Kind kind) {
   return "unknown";
 }
 
+TailCall classify_tail_call(const ElfFile& elf, uint64_t target) {
+  std::string name = elf.plt_target(target);
+  if (name.empty()) {
+    // A direct jump: to one of the allocator functions memtrail probes in this file?
+    for (const auto* specs :
+         {&function_specs(), &jemalloc_specs(), &tcmalloc_specs(), &mimalloc_specs()}) {
+      for (const auto& spec : *specs) {
+        if (spec.role == ProbeRole::kFree) continue;
+        auto symbol = elf.find_function(spec.name);
+        if (symbol && symbol->address == target) return TailCall::kRecordedElsewhere;
+      }
+    }
+    return TailCall::kUnknown;
+  }
+  size_t start = name.find_first_not_of('_');
+  std::string core = start == std::string::npos ? name : name.substr(start);
+  if (core.rfind("GI_", 0) == 0) core = core.substr(3);
+  if (core == "memset" || core == "memcpy" || core == "memmove") {
+    return TailCall::kReturnsFirstArgument;
+  }
+  for (const auto& spec : function_specs()) {
+    if (spec.role != ProbeRole::kFree && name == spec.name) return TailCall::kRecordedElsewhere;
+  }
+  return TailCall::kUnknown;
+}
+
 const AllocatorModule* ProcessAllocators::primary() const {
   for (const auto& module : modules) {
     for (const auto& function : module.functions) {
@@ -312,6 +338,15 @@ const AllocatorModule* ProcessAllocators::primary() const {
 }
 
 namespace {
+
+// Whether `spec`'s calls may be recorded at return sites: malloc and calloc and their
+// equivalents. C++'s new calls malloc without an entry probe of its own to tell, and the other
+// functions (realloc, memalign, ...) keep their entry probes: the old pointer, the alignment.
+bool return_sites_apply(const FunctionSpec& spec) {
+  if (spec.role != ProbeRole::kSizeAlloc && spec.role != ProbeRole::kCalloc) return false;
+  return spec.kind != Kind::kNew && spec.kind != Kind::kNewArray && spec.kind != Kind::kValloc &&
+         spec.kind != Kind::kPvalloc;
+}
 
 // A probe for `spec` at `symbol` in `elf`, placed (see choose_probe_placement).
 std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& spec,
@@ -329,7 +364,31 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   }
   Placement placement{known->second.first, known->second.second};
   Kind kind = spec.kind ? *spec.kind : intern_kind(name);
-  return FunctionProbe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason};
+  FunctionProbe probe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason,
+                      {},   ""};
+  bool glibc = elf.find_function("__libc_malloc").has_value();
+  if (return_sites_apply(spec) && !glibc) {
+    // The analysis finds none in jemalloc's or mimalloc's malloc, and one in tcmalloc's calloc
+    // that no test has traced yet: glibc only, until one does.
+    probe.return_sites_reason = "return sites are used in glibc only so far";
+  } else if (return_sites_apply(spec)) {
+    auto known_sites = elf.return_sites.find(symbol.address);
+    if (known_sites == elf.return_sites.end()) {
+      ReturnSiteQuery query;
+      query.address = symbol.address;
+      query.code = elf.read_code(symbol.address, code_size);
+      query.product_of_arguments = spec.role == ProbeRole::kCalloc;
+      // glibc's chunk header precedes every block it returns: the usable size is there.
+      query.chunk_header_sizes = glibc;
+      query.classify_tail_call = [&elf](uint64_t target) {
+        return classify_tail_call(elf, target);
+      };
+      known_sites = elf.return_sites.emplace(symbol.address, find_return_sites(query)).first;
+    }
+    probe.return_sites = known_sites->second.sites;
+    probe.return_sites_reason = known_sites->second.reason;
+  }
+  return probe;
 }
 
 // The probes of `specs` that `elf` defines, each placed.

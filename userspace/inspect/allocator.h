@@ -11,6 +11,7 @@
 #include "inspect/load_order.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process_file.h"
+#include "inspect/return_sites.h"
 #include "model/snapshot.h"
 
 namespace memtrail::inspect {
@@ -37,6 +38,11 @@ struct FunctionProbe {
   uint64_t entry_offset = 0;  // file offset of the function's first instruction
   uint64_t probe_offset = 0;  // file offset of the entry probe (may skip a leading check)
   std::string placement;      // why probe_offset was chosen, for -v and the docs
+  // malloc and calloc (and allocators' equivalents): where one emulated probe sees the
+  // returned pointer on every path (find_return_sites), file offsets of the function's code
+  // given by entry_offset + offset. Empty when not proven: entry and return probes then.
+  std::vector<ReturnSite> return_sites;
+  std::string return_sites_reason;  // what the analysis proved or could not, for -v
 };
 
 struct AllocatorModule {
@@ -125,5 +131,11 @@ struct Placement {
   std::string reason;   // one line, shown with -v
 };
 Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& code);
+
+class ElfFile;
+// What a jump from an allocator function to `target` in the same file leads to: memset,
+// memcpy or memmove (through the PLT: calloc's tail call) return their first argument; an
+// allocator function memtrail probes records the call itself; anything else is unknown.
+TailCall classify_tail_call(const ElfFile& elf, uint64_t target);
 
 }  // namespace memtrail::inspect

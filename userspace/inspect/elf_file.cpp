@@ -288,4 +288,51 @@ std::vector<uint8_t> ElfFile::read_code(uint64_t address, size_t length) const {
   return code;
 }
 
+std::string ElfFile::plt_target(uint64_t address) const {
+  std::vector<uint8_t> stub = read_code(address, 16);
+  size_t at = 0;
+  const uint8_t endbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
+  if (stub.size() >= 4 && std::equal(endbr64, endbr64 + 4, stub.begin())) at = 4;
+  if (at < stub.size() && stub[at] == 0xf2) ++at;  // bnd
+  if (at + 6 > stub.size() || stub[at] != 0xff || stub[at + 1] != 0x25) return "";
+  int32_t displacement = 0;
+  std::memcpy(&displacement, &stub[at + 2], sizeof(displacement));
+  uint64_t slot = address + at + 6 + static_cast<uint64_t>(static_cast<int64_t>(displacement));
+  Elf* elf = elf_.get();
+  Elf_Scn* section = nullptr;
+  while ((section = elf_nextscn(elf, section)) != nullptr) {
+    GElf_Shdr header;
+    if (!gelf_getshdr(section, &header) || header.sh_type != SHT_RELA || header.sh_entsize == 0) {
+      continue;
+    }
+    Elf_Data* data = elf_getdata(section, nullptr);
+    if (!data) continue;
+    size_t count = std::min<uint64_t>(header.sh_size, data->d_size) / header.sh_entsize;
+    for (size_t i = 0; i < count; ++i) {
+      GElf_Rela rela;
+      if (!gelf_getrela(data, static_cast<int>(i), &rela) || rela.r_offset != slot) continue;
+      auto type = GELF_R_TYPE(rela.r_info);
+      if (type == R_X86_64_IRELATIVE) {
+        for (const auto& [name, symbol] : symbols().functions) {
+          if (symbol.address == static_cast<uint64_t>(rela.r_addend)) return name;
+        }
+        return "";
+      }
+      if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) return "";
+      Elf_Scn* symbols_section = elf_getscn(elf, header.sh_link);
+      GElf_Shdr symbols_header;
+      if (!symbols_section || !gelf_getshdr(symbols_section, &symbols_header)) return "";
+      Elf_Data* symbols_data = elf_getdata(symbols_section, nullptr);
+      GElf_Sym symbol;
+      if (!symbols_data ||
+          !gelf_getsym(symbols_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &symbol)) {
+        return "";
+      }
+      const char* name = elf_strptr(elf, symbols_header.sh_link, symbol.st_name);
+      return name ? name : "";
+    }
+  }
+  return "";
+}
+
 }  // namespace memtrail::inspect

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "inspect/return_sites.h"
 
 namespace memtrail::inspect {
 
@@ -120,11 +121,19 @@ class ElfFile {
   // Up to `length` bytes of code starting at virtual address `address`.
   std::vector<uint8_t> read_code(uint64_t address, size_t length) const;
 
+  // The function a PLT stub at `address` jumps to (`jmp *GOT(%rip)`, after an optional
+  // endbr64 and bnd prefix), by the relocation of its GOT slot: the symbol of a JUMP_SLOT or
+  // GLOB_DAT, or for an IRELATIVE (glibc's own calls to memset) the IFUNC symbol whose
+  // resolver the addend is. Empty when `address` holds no such stub.
+  std::string plt_target(uint64_t address) const;
+
   const std::string& path() const { return path_; }
 
   // Where allocator.cpp placed a probe in this file, by (function address, role), remembered:
   // the placement disassembles the function, and a shared file serves many processes.
   mutable std::map<std::pair<uint64_t, int>, std::pair<uint64_t, std::string>> placements;
+  // The return sites found in this file, by function address (allocator.cpp).
+  mutable std::map<uint64_t, ReturnSiteAnalysis> return_sites;
   // The program interpreter (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2); empty for a static
   // executable or a shared library.
   const std::string& interpreter() const { return interpreter_; }

@@ -198,10 +198,11 @@ struct Totals {
   uint64_t failed_calls = 0;
   uint64_t stack_failures = 0;
   uint64_t site_drops = 0;
-  uint64_t unsampled_allocations = 0;  // calls passed over by --sample-rate
-  uint64_t mismatched_frees = 0;       // blocks released by the wrong function
-  uint64_t region_events_lost = 0;     // mmap/munmap/mremap/brk calls not followed
-  uint64_t sites = 0;                  // distinct sites with outstanding memory (before --top)
+  uint64_t unsampled_allocations = 0;    // calls passed over by --sample-rate
+  uint64_t mismatched_frees = 0;         // blocks released by the wrong function
+  uint64_t usable_size_allocations = 0;  // recorded at the allocator's usable size
+  uint64_t region_events_lost = 0;       // mmap/munmap/mremap/brk calls not followed
+  uint64_t sites = 0;                    // distinct sites with outstanding memory (before --top)
   // Read once the probes stopped counting (the final report): every count exact. Otherwise read
   // while the programs run: a block freed during the read counts as freed already.
   bool exact = false;

@@ -81,6 +81,9 @@ struct TracerCounters {
   uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
   uint64_t region_events_lost = 0;    // mmap/munmap/mremap/brk events: ring buffer full
   uint64_t python_types_lost = 0;     // Python objects not counted: the type map was full
+  // Blocks recorded at the allocator's usable size, not the size asked: a return site where
+  // no register held it (glibc's single-threaded malloc path).
+  uint64_t usable_size_allocations = 0;
 };
 
 // What memtrail could not track in one process (the tracer reads it per process).

@@ -315,6 +315,8 @@ model::Report from_json(const json& document) {
     report.totals.site_drops = whole_or<uint64_t>(totals, "site_drops", 0);
     report.totals.unsampled_allocations = whole_or<uint64_t>(totals, "unsampled_allocations", 0);
     report.totals.mismatched_frees = whole_or<uint64_t>(totals, "mismatched_frees", 0);
+    report.totals.usable_size_allocations =
+        whole_or<uint64_t>(totals, "usable_size_allocations", 0);
     report.totals.region_events_lost = whole_or<uint64_t>(totals, "region_events_lost", 0);
     for (const auto& site : document.at("leaks")) {
       where = "leaks[" + std::to_string(report.leaks.size()) + "]";

@@ -217,7 +217,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                          {"stack_failures", totals.stack_failures},
                          {"site_drops", totals.site_drops},
                          {"unsampled_allocations", totals.unsampled_allocations},
-                         {"mismatched_frees", totals.mismatched_frees}}},
+                         {"mismatched_frees", totals.mismatched_frees},
+                         {"usable_size_allocations", totals.usable_size_allocations}}},
                        {"leaks", std::move(leaks)},
                        {"notes", report.notes}};
   if (version >= 2) {

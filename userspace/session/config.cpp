@@ -29,6 +29,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
       options.max_stacks ? *options.max_stacks : cli::max_stacks_for(available_bytes);
   tracer.sample_rate = options.sample_rate;
   tracer.probe_floor = options.probe_floor;
+  tracer.return_sites = options.return_sites;
   tracer.trace_regions = options.mmap;
   tracer.follow_forks = !options.no_follow_forks;
   tracer.host_wide = options.all;

@@ -138,9 +138,23 @@ void Session::attach_all() {
       tracer_.attach(process.info.pid, module);
       if (!config_.verbose()) continue;
       for (const auto& function : module.functions) {
+        if (tracer_.uses_return_sites(function)) {
+          std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
+                    << " probed inside, where it returns (one trap a call): "
+                    << function.return_sites_reason << "\n";
+          continue;
+        }
         std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
                   << module.path << "+0x" << std::hex << function.probe_offset << std::dec << ": "
                   << function.placement << "\n";
+        if (config_.tracer.return_sites && !function.return_sites_reason.empty()) {
+          std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
+                    << " keeps its entry and return probes: "
+                    << (function.return_sites.empty()
+                            ? "its return sites are not proven: " + function.return_sites_reason
+                            : std::string("--mmap tells malloc's own mappings by its entry"))
+                    << "\n";
+        }
       }
     }
   }

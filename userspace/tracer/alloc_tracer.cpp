@@ -570,6 +570,15 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
     attached.emplace_back(link);
   };
   for (const auto& function : module.functions) {
+    if (uses_return_sites(function)) {
+      for (const auto& site : function.return_sites) {
+        attach_one(site.size_register ? skeleton_->progs.site_size_in_register
+                                      : skeleton_->progs.site_size_in_chunk_header,
+                   function.entry_offset + site.offset, false,
+                   bpf::site_cookie(function.kind, site), function.name);
+      }
+      continue;
+    }
     ProbePrograms programs = programs_for(skeleton_.get(), function.role);
     uint64_t cookie = bpf::probe_cookie(function.role, function.kind);
     // The return probe goes first: an entry recorded without its return probe in place would
@@ -591,6 +600,15 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
       std::any_of(module.functions.begin(), module.functions.end(),
                   [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
+}
+
+bool AllocTracer::uses_return_sites(const inspect::FunctionProbe& function) const {
+  if (!config_.return_sites || config_.trace_regions || function.return_sites.empty()) return false;
+  return std::all_of(function.return_sites.begin(), function.return_sites.end(),
+                     [](const inspect::ReturnSite& site) {
+                       return site.frame_bytes <= 0xffff &&
+                              site.saved_bp_offset.value_or(0) <= 0xffff;
+                     });
 }
 
 void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& file,
@@ -722,6 +740,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   counters.mismatched_frees = counter_totals[MEMTRAIL_CTR_MISMATCHED];
   counters.region_events_lost = counter_totals[MEMTRAIL_CTR_REGION_EVENTS_LOST];
   counters.python_types_lost = counter_totals[MEMTRAIL_CTR_PYTHON_TYPES_LOST];
+  counters.usable_size_allocations = counter_totals[MEMTRAIL_CTR_USABLE_SIZES];
   counters.allocations += regions_.mapped_total();
   counters.frees += regions_.released_total();
 

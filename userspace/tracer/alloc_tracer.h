@@ -50,6 +50,11 @@ class AllocTracer : public unwind::RowStore {
   // are removed and memtrail::Error is thrown.
   void attach(uint32_t pid, const inspect::AllocatorModule& module);
 
+  // Whether attach() probes `function` at its return sites (one trap a call) rather than at
+  // entry and return: they were proven, fit the cookie, and the configuration allows them
+  // (not with --mmap, which tells the allocator's own mappings by its entry probe).
+  bool uses_return_sites(const inspect::FunctionProbe& function) const;
+
   // From now on the probes record and release no block (removing them would take seconds):
   // the table and the running totals hold still, so a snapshot's counts are exact (the final
   // report's).

@@ -126,6 +126,19 @@ constexpr uint64_t probe_cookie(inspect::ProbeRole role, model::AllocationKind k
   return code_of(kind);
 }
 
+// The attach cookie of a return-site probe (bpf/alloc_events.h, MEMTRAIL_SITE_*).
+constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::ReturnSite& site) {
+  uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
+  cookie |= uint64_t{site.pointer_register} << MEMTRAIL_SITE_POINTER_SHIFT;
+  cookie |= uint64_t{site.size_register.value_or(0)} << MEMTRAIL_SITE_SIZE_SHIFT;
+  cookie |= uint64_t{site.frame_bytes & 0xffff} << MEMTRAIL_SITE_FRAME_SHIFT;
+  if (site.saved_bp_offset) {
+    cookie |= uint64_t{*site.saved_bp_offset & 0xffff} << MEMTRAIL_SITE_BP_SHIFT;
+    cookie |= MEMTRAIL_SITE_BP_SAVED;
+  }
+  return cookie;
+}
+
 // ---- Stacks: flags of the native walk, and the Python frames of CPython processes ----
 
 // Why a walk stopped before the outermost frame (bits 8..11 of memtrail_stack.flags), as the

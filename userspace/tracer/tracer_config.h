@@ -41,7 +41,11 @@ struct TracerConfig {
   // map sized only then.
   std::optional<model::PythonTypeLayout> python_type_layout;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
-  bool verbose = false;      // libbpf debug output on stderr
+  // malloc and calloc probed at their return sites where proven (one trap a call) rather than
+  // at entry and return (two): --return-sites. Opt-in for now: glibc's single-threaded arena
+  // path records usable sizes, and a malloc that fails is not counted as a failed call.
+  bool return_sites = false;
+  bool verbose = false;  // libbpf debug output on stderr
 };
 
 }  // namespace memtrail::tracer

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+// Return-site probes against entry and return probes on every path of glibc's malloc and calloc:
+// the same blocks, sizes and stacks, each successful call recorded exactly once.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gated_target.h"
+#include "subprocess.h"
+#include "test_support.h"
+
+namespace memtrail::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+constexpr int kCount = 5;
+
+// Per leaking function: bytes asked for and malloc_usable_size's sum, as the target says.
+struct Asked {
+  uint64_t bytes = 0, usable = 0;
+  int reports = 0;  // the thread sites run in two threads
+};
+
+struct TracedRun {
+  json report;
+  std::map<std::string, Asked> asked;
+  std::string stderr_text;
+};
+
+TracedRun trace(const std::vector<std::string>& extra) {
+  Subprocess target({MEMTRAIL_ALLOC_PATHS, std::to_string(kCount)});
+  EXPECT_TRUE(target.wait_for_stdout("ready ", 10s).has_value());
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  std::vector<std::string> args{MEMTRAIL_BINARY, "leaks",   "-p", std::to_string(target.pid()),
+                                "--json",        json_path, "-q", "-v"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  Subprocess memtrail(args);
+  auto attached = memtrail.wait_for_stderr("memtrail: tracing pid ", 30s);
+  EXPECT_TRUE(attached.has_value()) << memtrail.stderr_seen() << memtrail.drain_stderr();
+  TracedRun run;
+  target.write_stdin("go\n");
+  while (auto line = target.read_stdout_line(20s)) {
+    if (*line == "done") break;
+    std::istringstream words(*line);
+    std::string tag, name;
+    uint64_t asked = 0, usable = 0;
+    if (words >> tag >> name >> asked >> usable && tag == "bytes") {
+      run.asked[name].bytes += asked;
+      run.asked[name].usable += usable;
+      ++run.asked[name].reports;
+    }
+  }
+  memtrail.signal(SIGINT);
+  auto code = memtrail.wait(30s);
+  EXPECT_EQ(code, std::optional<int>(0));
+  run.stderr_text = memtrail.stderr_seen() + memtrail.drain_stderr();
+  run.report = read_json(json_path);
+  return run;
+}
+
+// The functions and lines of a site's stack, innermost first.
+std::vector<std::string> frames_of(const json& site) {
+  std::vector<std::string> frames;
+  for (const auto& frame : site["stack"]) {
+    // Unsymbolized frames (no function, no line: libc without debug info) by address.
+    frames.push_back(frame["function"].is_string() ? frame["function"].get<std::string>()
+                                                   : frame["address"].dump());
+    if (frame["line"].is_number()) frames.back() += ":" + frame["line"].dump();
+  }
+  return frames;
+}
+
+TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
+  REQUIRE_BPF_OR_SKIP();
+  TracedRun sites = trace({"--return-sites"});
+  TracedRun entry = trace({});
+  // Both designs were really used.
+  EXPECT_NE(sites.stderr_text.find("malloc probed inside, where it returns"), std::string::npos)
+      << sites.stderr_text;
+  EXPECT_NE(sites.stderr_text.find("calloc probed inside, where it returns"), std::string::npos)
+      << sites.stderr_text;
+  EXPECT_EQ(entry.stderr_text.find("probed inside"), std::string::npos) << entry.stderr_text;
+
+  ASSERT_EQ(sites.asked.size(), 13u);
+  // Paths where glibc's malloc keeps no register with the size: the single-threaded arena
+  // (also its mmapped blocks), recorded at the usable size there, and said so.
+  const std::set<std::string> usable_paths{"single_arena", "single_arena_odd", "single_mmapped"};
+  uint64_t usable_blocks = 0;
+  for (const auto& [function, asked] : sites.asked) {
+    SCOPED_TRACE(function);
+    json with_sites = sites_with_function(sites.report, function).size() == 1
+                          ? sites_with_function(sites.report, function)[0]
+                          : json();
+    json with_entry = sites_with_function(entry.report, function).size() == 1
+                          ? sites_with_function(entry.report, function)[0]
+                          : json();
+    ASSERT_TRUE(with_sites.is_object()) << sites.report.dump(2);
+    ASSERT_TRUE(with_entry.is_object()) << entry.report.dump(2);
+    int blocks = kCount * asked.reports;
+    EXPECT_EQ(with_sites["outstanding_allocations"], blocks);
+    EXPECT_EQ(with_entry["outstanding_allocations"], blocks);
+    EXPECT_EQ(with_sites["allocator"], with_entry["allocator"]);
+    EXPECT_EQ(with_entry["outstanding_bytes"], asked.bytes);
+    if (usable_paths.count(function)) {
+      EXPECT_EQ(with_sites["outstanding_bytes"], asked.usable);
+      usable_blocks += static_cast<uint64_t>(blocks);
+    } else {
+      EXPECT_EQ(with_sites["outstanding_bytes"], asked.bytes);
+    }
+    EXPECT_EQ(frames_of(with_sites), frames_of(with_entry));
+    EXPECT_GE(frames_of(with_sites).size(), 2u);
+  }
+  // 1000 = 16 * 62 + 8 is its own usable size: the two designs agree on it exactly.
+  EXPECT_EQ(sites.asked["single_arena"].usable, sites.asked["single_arena"].bytes);
+  EXPECT_NE(sites.asked["single_arena_odd"].usable, sites.asked["single_arena_odd"].bytes);
+  // Every call of the program since attach, each once: the same totals in both designs.
+  for (const char* total : {"allocations", "frees", "outstanding_allocations", "drops"}) {
+    EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
+  }
+  EXPECT_EQ(sites.report["totals"]["drops"], 0);
+  EXPECT_EQ(entry.report["totals"]["usable_size_allocations"], 0);
+  // The usable-size blocks, and the churn's blocks on the same path, are counted as such.
+  EXPECT_GE(sites.report["totals"]["usable_size_allocations"].get<uint64_t>(), usable_blocks);
+  bool noted = false;
+  for (const auto& note : sites.report["notes"]) {
+    noted |= note.get<std::string>().find("usable size") != std::string::npos;
+  }
+  EXPECT_TRUE(noted) << sites.report["notes"].dump(2);
+}
+
+}  // namespace
+}  // namespace memtrail::testing

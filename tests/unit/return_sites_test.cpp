@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// Return sites of malloc and calloc: glibc 2.36 as installed, and synthetic code that must fall
+// back to entry and return probes.
+#include "inspect/return_sites.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <iostream>
+
+#include "inspect/allocator.h"
+#include "inspect/elf_file.h"
+
+namespace memtrail::inspect {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+constexpr const char* kLibc = "/lib/x86_64-linux-gnu/libc.so.6";
+
+ReturnSiteQuery synthetic(Bytes code) {
+  ReturnSiteQuery query;
+  query.address = 0x1000;
+  query.code = std::move(code);
+  query.classify_tail_call = [](uint64_t) { return TailCall::kUnknown; };
+  return query;
+}
+
+// push %rbx; mov %rdi,%rbx; call +0 (returns); test %rax,%rax; je null; pop %rbx; ret;
+// null: xor %eax,%eax; pop %rbx; ret: the je sees the pointer, the size in %rbx.
+const Bytes kSimple{0x53, 0x48, 0x89, 0xfb, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48,
+                    0x85, 0xc0, 0x74, 0x02, 0x5b, 0xc3, 0x31, 0xc0, 0x5b, 0xc3};
+
+TEST(ReturnSites, ASimpleFunctionHasOneSiteWithTheSizeInACalleeSavedRegister) {
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(kSimple));
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  const ReturnSite& site = analysis.sites[0];
+  EXPECT_EQ(site.offset, 12u);          // the je
+  EXPECT_EQ(site.pointer_register, 0);  // rax
+  ASSERT_TRUE(site.size_register.has_value());
+  EXPECT_EQ(*site.size_register, 3);  // rbx
+  EXPECT_EQ(site.frame_bytes, 8u);    // one push
+  EXPECT_FALSE(site.saved_bp_offset.has_value());
+}
+
+TEST(ReturnSites, AnIndirectJumpFallsBack) {
+  // push %rbx; call +0; jmp *%rax
+  ReturnSiteAnalysis analysis =
+      find_return_sites(synthetic({0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0xff, 0xe0}));
+  EXPECT_TRUE(analysis.sites.empty());
+  EXPECT_NE(analysis.reason.find("indirect jump"), std::string::npos) << analysis.reason;
+}
+
+TEST(ReturnSites, AnUnknownTailCallFallsBack) {
+  // call +0; jmp 0x5000 (outside)
+  Bytes code{0xe8, 0x00, 0x00, 0x00, 0x00, 0xe9, 0x00, 0x00, 0x00, 0x00};
+  int32_t displacement = 0x5000 - (0x1000 + 10);
+  std::memcpy(&code[6], &displacement, 4);
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(code));
+  EXPECT_TRUE(analysis.sites.empty());
+  EXPECT_NE(analysis.reason.find("unknown function"), std::string::npos) << analysis.reason;
+}
+
+TEST(ReturnSites, APointerReturnedWithoutAnEmulatedInstructionAfterItFallsBack) {
+  // call +0; ret: nothing the kernel emulates between the pointer and the return.
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic({0xe8, 0x00, 0x00, 0x00, 0x00, 0xc3}));
+  EXPECT_TRUE(analysis.sites.empty());
+  EXPECT_NE(analysis.reason.find("no emulated instruction"), std::string::npos) << analysis.reason;
+}
+
+TEST(ReturnSites, ASizeLostAtTheSiteFallsBackWithoutChunkHeaders) {
+  // push %rbx; call +0; test %rax,%rax; je null; pop %rbx; ret; null: xor; pop; ret: the size
+  // (rdi) is clobbered by the call.
+  Bytes code{0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0,
+             0x74, 0x02, 0x5b, 0xc3, 0x31, 0xc0, 0x5b, 0xc3};
+  ReturnSiteAnalysis without = find_return_sites(synthetic(code));
+  EXPECT_TRUE(without.sites.empty());
+  EXPECT_NE(without.reason.find("size"), std::string::npos) << without.reason;
+  ReturnSiteQuery query = synthetic(code);
+  query.chunk_header_sizes = true;
+  ReturnSiteAnalysis with = find_return_sites(query);
+  ASSERT_EQ(with.sites.size(), 1u) << with.reason;
+  EXPECT_FALSE(with.sites[0].size_register.has_value());
+}
+
+TEST(ReturnSites, ALoopBackThroughTheSiteFallsBack) {
+  // top: call +0; test %rax,%rax; jne top; ret: the site would see every pointer but the
+  // last one is returned... and NULL is what returns: no pointer is ever returned here, but
+  // the jne is passed again with a pointer in rax.
+  Bytes code{0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0, 0x75, 0xf6, 0xc3};
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(code));
+  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
+}
+
+// The installed glibc's functions, classified as memtrail classifies them.
+ReturnSiteQuery libc_query(const ElfFile& elf, const char* name, bool calloc) {
+  auto symbol = elf.find_function(name);
+  EXPECT_TRUE(symbol.has_value());
+  ReturnSiteQuery query;
+  query.address = symbol->address;
+  query.code = elf.read_code(symbol->address, symbol->size);
+  query.product_of_arguments = calloc;
+  query.chunk_header_sizes = true;
+  query.classify_tail_call = [&elf](uint64_t target) { return classify_tail_call(elf, target); };
+  return query;
+}
+
+// glibc 2.36's malloc: the tcache path, the arena path of a multi-threaded process, and
+// _int_malloc on the main arena of a single-threaded one, where the size is gone (rbx then
+// holds &main_arena): three conditional jumps with the pointer in rax, under a 40-byte frame
+// (three pushes and 16 bytes) with the caller's rbp saved 16 bytes below the return address.
+TEST(ReturnSitesGlibc, MallocIsCoveredOnTheTcacheArenaAndSingleThreadPaths) {
+  ElfFile elf = ElfFile::open(kLibc);
+  ReturnSiteAnalysis analysis = find_return_sites(libc_query(elf, "malloc", false));
+  ASSERT_EQ(analysis.sites.size(), 3u) << analysis.reason;
+  int usable = 0;
+  for (const auto& site : analysis.sites) {
+    EXPECT_EQ(site.pointer_register, 0) << analysis.reason;  // rax
+    EXPECT_EQ(site.frame_bytes, 40u);
+    EXPECT_EQ(site.saved_bp_offset, std::optional<uint32_t>(24));
+    EXPECT_TRUE(site.instruction == "jne" || site.instruction == "je") << site.instruction;
+    if (site.size_register) {
+      EXPECT_EQ(*site.size_register, 3) << analysis.reason;  // rbx = the size asked for
+    } else {
+      ++usable;
+    }
+  }
+  EXPECT_EQ(usable, 1) << analysis.reason;
+}
+
+// calloc returns through memset (a tail call through the PLT, an IRELATIVE slot) or a ret
+// after zeroing in place; two sites cover both, the size (count * size) in rbx.
+TEST(ReturnSitesGlibc, CallocIsCoveredIncludingItsTailCallToMemset) {
+  ElfFile elf = ElfFile::open(kLibc);
+  ReturnSiteAnalysis analysis = find_return_sites(libc_query(elf, "calloc", true));
+  ASSERT_EQ(analysis.sites.size(), 2u) << analysis.reason;
+  for (const auto& site : analysis.sites) {
+    EXPECT_EQ(site.pointer_register, 0);
+    ASSERT_TRUE(site.size_register.has_value()) << analysis.reason;
+    EXPECT_EQ(*site.size_register, 3);
+    EXPECT_EQ(site.frame_bytes, 56u);
+  }
+}
+
+TEST(ReturnSitesGlibc, WithoutMemsetKnownCallocFallsBack) {
+  ElfFile elf = ElfFile::open(kLibc);
+  ReturnSiteQuery query = libc_query(elf, "calloc", true);
+  query.classify_tail_call = [](uint64_t) { return TailCall::kUnknown; };
+  ReturnSiteAnalysis analysis = find_return_sites(query);
+  EXPECT_TRUE(analysis.sites.empty());
+  EXPECT_NE(analysis.reason.find("unknown function"), std::string::npos) << analysis.reason;
+}
+
+TEST(ReturnSitesGlibc, ThePltStubOfCallocsTailCallIsMemset) {
+  ElfFile elf = ElfFile::open(kLibc);
+  auto memset = elf.find_function("memset");
+  ASSERT_TRUE(memset.has_value());
+  // Every PLT stub of libc is an IRELATIVE slot; one of them resolves to memset's resolver.
+  auto calloc = elf.find_function("calloc");
+  Bytes code = elf.read_code(calloc->address, calloc->size);
+  bool found = false;
+  for (size_t i = 0; i + 5 <= code.size(); ++i) {
+    if (code[i] != 0xe9) continue;  // jmp rel32
+    int32_t displacement = 0;
+    std::memcpy(&displacement, &code[i + 1], 4);
+    uint64_t target = calloc->address + i + 5 + static_cast<uint64_t>(int64_t{displacement});
+    if (elf.plt_target(target) == "memset") found = true;
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(classify_tail_call(elf, elf.find_function("malloc")->address),
+            TailCall::kRecordedElsewhere);
+}
+
+}  // namespace
+}  // namespace memtrail::inspect

@@ -1,0 +1,948 @@
+// SPDX-License-Identifier: Apache-2.0
+// Finds and proves the return sites of an allocation function by abstract interpretation.
+#include "inspect/return_sites.h"
+
+#include <capstone/capstone.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace memtrail::inspect {
+namespace {
+
+constexpr int kRax = 0, kRcx = 1, kRdx = 2, kRbx = 3, kRsp = 4, kRbp = 5, kRsi = 6, kRdi = 7;
+constexpr int kNoRegister = -1;
+// Paths explored per proof: glibc's malloc needs a few thousand states.
+constexpr size_t kMaxStates = 200000;
+// Rounds of choosing sites and re-verifying before giving up.
+constexpr int kMaxRounds = 64;
+
+// What a register or stack slot is known to hold.
+enum Tag : uint8_t {
+  kUnknown = 0,
+  kSize,      // the size asked for
+  kArg0,      // calloc's count
+  kArg1,      // calloc's element size
+  kZero,      // 0
+  kValue,     // the pointer a site saw
+  kCallerBp,  // the caller's %rbp
+};
+
+// The 64-bit register (x86 number) a capstone register is part of, or kNoRegister.
+int gpr_of(unsigned reg) {
+  switch (reg) {
+    case X86_REG_AL:
+    case X86_REG_AH:
+    case X86_REG_AX:
+    case X86_REG_EAX:
+    case X86_REG_RAX:
+      return 0;
+    case X86_REG_CL:
+    case X86_REG_CH:
+    case X86_REG_CX:
+    case X86_REG_ECX:
+    case X86_REG_RCX:
+      return 1;
+    case X86_REG_DL:
+    case X86_REG_DH:
+    case X86_REG_DX:
+    case X86_REG_EDX:
+    case X86_REG_RDX:
+      return 2;
+    case X86_REG_BL:
+    case X86_REG_BH:
+    case X86_REG_BX:
+    case X86_REG_EBX:
+    case X86_REG_RBX:
+      return 3;
+    case X86_REG_SPL:
+    case X86_REG_SP:
+    case X86_REG_ESP:
+    case X86_REG_RSP:
+      return 4;
+    case X86_REG_BPL:
+    case X86_REG_BP:
+    case X86_REG_EBP:
+    case X86_REG_RBP:
+      return 5;
+    case X86_REG_SIL:
+    case X86_REG_SI:
+    case X86_REG_ESI:
+    case X86_REG_RSI:
+      return 6;
+    case X86_REG_DIL:
+    case X86_REG_DI:
+    case X86_REG_EDI:
+    case X86_REG_RDI:
+      return 7;
+    case X86_REG_R8B:
+    case X86_REG_R8W:
+    case X86_REG_R8D:
+    case X86_REG_R8:
+      return 8;
+    case X86_REG_R9B:
+    case X86_REG_R9W:
+    case X86_REG_R9D:
+    case X86_REG_R9:
+      return 9;
+    case X86_REG_R10B:
+    case X86_REG_R10W:
+    case X86_REG_R10D:
+    case X86_REG_R10:
+      return 10;
+    case X86_REG_R11B:
+    case X86_REG_R11W:
+    case X86_REG_R11D:
+    case X86_REG_R11:
+      return 11;
+    case X86_REG_R12B:
+    case X86_REG_R12W:
+    case X86_REG_R12D:
+    case X86_REG_R12:
+      return 12;
+    case X86_REG_R13B:
+    case X86_REG_R13W:
+    case X86_REG_R13D:
+    case X86_REG_R13:
+      return 13;
+    case X86_REG_R14B:
+    case X86_REG_R14W:
+    case X86_REG_R14D:
+    case X86_REG_R14:
+      return 14;
+    case X86_REG_R15B:
+    case X86_REG_R15W:
+    case X86_REG_R15D:
+    case X86_REG_R15:
+      return 15;
+    default:
+      return kNoRegister;
+  }
+}
+
+bool is_64bit_register(unsigned reg) {
+  switch (reg) {
+    case X86_REG_RAX:
+    case X86_REG_RCX:
+    case X86_REG_RDX:
+    case X86_REG_RBX:
+    case X86_REG_RSP:
+    case X86_REG_RBP:
+    case X86_REG_RSI:
+    case X86_REG_RDI:
+    case X86_REG_R8:
+    case X86_REG_R9:
+    case X86_REG_R10:
+    case X86_REG_R11:
+    case X86_REG_R12:
+    case X86_REG_R13:
+    case X86_REG_R14:
+    case X86_REG_R15:
+      return true;
+    default:
+      return false;
+  }
+}
+
+enum class Flow {
+  kNext,  // falls through
+  kRet,
+  kJump,          // jmp rel
+  kConditional,   // jcc rel: both
+  kIndirectJump,  // jmp *reg / *mem
+  kCall,          // call rel
+  kIndirectCall,  // call *reg / *mem
+  kStop,          // hlt, ud2, int3: the process ends here
+};
+
+struct Instruction {
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  unsigned id = 0;
+  Flow flow = Flow::kNext;
+  uint64_t target = 0;    // absolute, for kJump, kConditional, kCall
+  bool emulated = false;  // the kernel's uprobe emulates it (arch/x86/kernel/uprobes.c)
+  std::string mnemonic;
+  cs_x86 x86{};
+  std::vector<int> written;  // 64-bit registers written (implicitly too)
+  bool writes_flags = false;
+};
+
+// The abstract state at an instruction.
+struct State {
+  std::array<uint8_t, 16> tags{};
+  std::vector<std::pair<int32_t, uint8_t>> slots;  // stack offset from the entry %rsp -> tag
+  int32_t delta = 0;                               // %rsp - entry %rsp
+  bool delta_known = true;
+  int8_t zero_test = kNoRegister;  // flags say whether this register is zero (test r,r)
+  int16_t fired = -1;              // the site that fired on this path, or -1
+
+  uint8_t slot(int32_t offset) const {
+    for (const auto& [at, tag] : slots) {
+      if (at == offset) return tag;
+    }
+    return kUnknown;
+  }
+  void set_slot(int32_t offset, uint8_t tag) {
+    slots.erase(std::remove_if(slots.begin(), slots.end(),
+                               [&](const auto& s) { return s.first == offset; }),
+                slots.end());
+    if (tag != kUnknown) {
+      slots.emplace_back(offset, tag);
+      std::sort(slots.begin(), slots.end());
+    }
+  }
+  void set(int reg, uint8_t tag) {
+    if (reg == kNoRegister) return;
+    tags[static_cast<size_t>(reg)] = tag;
+    if (reg == zero_test) zero_test = kNoRegister;
+  }
+  std::string key(size_t instruction) const {
+    std::string k(reinterpret_cast<const char*>(&instruction), sizeof(instruction));
+    k.append(reinterpret_cast<const char*>(tags.data()), tags.size());
+    for (const auto& [at, tag] : slots) {
+      k.append(reinterpret_cast<const char*>(&at), sizeof(at));
+      k.push_back(static_cast<char>(tag));
+    }
+    k.append(reinterpret_cast<const char*>(&delta), sizeof(delta));
+    k.push_back(delta_known ? 1 : 0);
+    k.push_back(zero_test);
+    k.append(reinterpret_cast<const char*>(&fired), sizeof(fired));
+    return k;
+  }
+};
+
+// What a site saw, over every path that fired it.
+struct Observed {
+  bool seen = false;
+  uint16_t size_registers = 0xffff;
+  std::optional<int32_t> delta;
+  bool delta_consistent = true;
+  bool bp_in_register = true;
+  // Entry-relative offsets holding the caller's rbp on every path.
+  std::optional<std::set<int32_t>> bp_slots;
+};
+
+struct Problem {
+  enum Kind {
+    kNone,
+    kUncovered,  // a path returns a pointer no site saw
+    kDouble,     // a path passes two sites
+    kLoop,       // a site is passed again (final check)
+    kConflict,   // reaches another chosen site (final check)
+    kFatal,      // cannot be proven at all (indirect jump, unknown tail call, ...)
+  } kind = kNone;
+  std::string what;
+  std::vector<size_t> path;  // instruction indices, entry first (kUncovered)
+  size_t site = 0;           // kDouble: the second site; kConflict: the site reached
+};
+
+class Analysis {
+ public:
+  explicit Analysis(const ReturnSiteQuery& query) : query_(query) {}
+
+  ReturnSiteAnalysis run() {
+    if (!decode()) return {{}, reason_};
+    std::set<size_t> banned;
+    // site instruction index -> pointer register
+    std::map<size_t, int> sites;
+    for (int round = 0; round < kMaxRounds; ++round) {
+      std::map<size_t, Observed> observed;
+      Problem problem = verify(sites, observed);
+      if (problem.kind == Problem::kNone) return describe(sites, observed);
+      if (problem.kind == Problem::kDouble) {
+        sites.erase(problem.site);
+        banned.insert(problem.site);
+        continue;
+      }
+      if (problem.kind != Problem::kUncovered) return {{}, problem.what};
+      if (!choose_site(problem.path, sites, banned)) {
+        return {{},
+                "no emulated instruction holds the returned pointer on the path to +0x" +
+                    hex(code_[problem.path.back()].offset) + " (" + problem.what + ")"};
+      }
+    }
+    return {{}, "no set of sites found in " + std::to_string(kMaxRounds) + " rounds"};
+  }
+
+ private:
+  static std::string hex(uint64_t value) {
+    char text[24];
+    std::snprintf(text, sizeof(text), "%llx", static_cast<unsigned long long>(value));
+    return text;
+  }
+
+  bool decode() {
+    csh handle = 0;
+    if (cs_open(CS_ARCH_X86, CS_MODE_64, &handle) != CS_ERR_OK) {
+      reason_ = "no disassembler";
+      return false;
+    }
+    struct Closer {
+      csh* handle;
+      ~Closer() { cs_close(handle); }
+    } closer{&handle};
+    cs_option(handle, CS_OPT_DETAIL, CS_OPT_ON);
+    cs_insn* raw = nullptr;
+    size_t count =
+        cs_disasm(handle, query_.code.data(), query_.code.size(), query_.address, 0, &raw);
+    std::unique_ptr<cs_insn, std::function<void(cs_insn*)>> owned(
+        raw, [count](cs_insn* p) { cs_free(p, count); });
+    if (count == 0) {
+      reason_ = "code could not be decoded";
+      return false;
+    }
+    uint64_t decoded = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const cs_insn& in = raw[i];
+      Instruction instruction;
+      instruction.offset = in.address - query_.address;
+      instruction.size = in.size;
+      instruction.id = in.id;
+      instruction.mnemonic = in.mnemonic;
+      instruction.x86 = in.detail->x86;
+      const cs_x86& x86 = in.detail->x86;
+      bool relative = x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM;
+      bool prefixed = x86.prefix[0] || x86.prefix[1] || x86.prefix[2] || x86.prefix[3];
+      bool jump = cs_insn_group(handle, &in, CS_GRP_JUMP);
+      if (in.id == X86_INS_RET) {
+        instruction.flow = Flow::kRet;
+      } else if (in.id == X86_INS_JMP) {
+        instruction.flow = relative ? Flow::kJump : Flow::kIndirectJump;
+      } else if (jump) {
+        instruction.flow = relative ? Flow::kConditional : Flow::kIndirectJump;
+      } else if (in.id == X86_INS_CALL) {
+        instruction.flow = relative ? Flow::kCall : Flow::kIndirectCall;
+      } else if (in.id == X86_INS_HLT || in.id == X86_INS_UD2 || in.id == X86_INS_INT3) {
+        instruction.flow = Flow::kStop;
+      }
+      if (relative && instruction.flow != Flow::kNext) {
+        instruction.target = static_cast<uint64_t>(x86.operands[0].imm);
+      }
+      // What the kernel emulates rather than single-steps: relative jumps, conditional
+      // jumps and calls, the one-byte nop, and push of a register, none with a prefix
+      // (branch_setup_xol_ops refuses some, e.g. 0x66).
+      switch (in.id) {
+        case X86_INS_PUSH:
+          instruction.emulated = !prefixed && x86.op_count == 1 &&
+                                 x86.operands[0].type == X86_OP_REG &&
+                                 is_64bit_register(x86.operands[0].reg);
+          break;
+        case X86_INS_NOP:
+          instruction.emulated = in.size == 1;
+          break;
+        default:
+          instruction.emulated =
+              !prefixed && relative &&
+              (instruction.flow == Flow::kJump || instruction.flow == Flow::kConditional ||
+               instruction.flow == Flow::kCall);
+      }
+      cs_regs read_regs, write_regs;
+      uint8_t read_count = 0, write_count = 0;
+      if (cs_regs_access(handle, &in, read_regs, &read_count, write_regs, &write_count) ==
+          CS_ERR_OK) {
+        for (uint8_t w = 0; w < write_count; ++w) {
+          if (write_regs[w] == X86_REG_EFLAGS) instruction.writes_flags = true;
+          int gpr = gpr_of(write_regs[w]);
+          if (gpr != kNoRegister) instruction.written.push_back(gpr);
+        }
+      } else {
+        reason_ = "capstone cannot say which registers " + instruction.mnemonic + " writes";
+        return false;
+      }
+      index_[instruction.offset] = code_.size();
+      code_.push_back(std::move(instruction));
+      decoded = in.address - query_.address + in.size;
+    }
+    if (decoded < query_.code.size()) {
+      reason_ = "undecodable byte at +0x" + hex(decoded);
+      return false;
+    }
+    // A call right before padding or the function's end never returns (malloc_printerr):
+    // compilers put nothing reachable after it.
+    for (size_t i = 0; i < code_.size(); ++i) {
+      if (code_[i].flow != Flow::kCall) continue;
+      bool last = i + 1 == code_.size();
+      if (last || code_[i + 1].id == X86_INS_NOP || code_[i + 1].id == X86_INS_INT3) {
+        noreturn_.insert(code_[i].target);
+      }
+    }
+    return true;
+  }
+
+  bool calls_traced(uint64_t target) const {
+    if (inside(target) || !query_.classify_tail_call) return false;
+    auto known = traced_calls_.find(target);
+    if (known == traced_calls_.end()) {
+      bool traced = query_.classify_tail_call(target) == TailCall::kRecordedElsewhere;
+      known = traced_calls_.emplace(target, traced).first;
+    }
+    return known->second;
+  }
+
+  std::optional<size_t> index_of_target(uint64_t target) const {
+    if (target < query_.address) return std::nullopt;
+    auto found = index_.find(target - query_.address);
+    if (found == index_.end()) return std::nullopt;
+    return found->second;
+  }
+  bool inside(uint64_t target) const {
+    return target >= query_.address && target < query_.address + query_.code.size();
+  }
+
+  // The effect of an ordinary instruction (no control flow) on `s`.
+  static void apply(const Instruction& in, State& s) {
+    const cs_x86& x = in.x86;
+    auto op_reg = [&](int n) -> int {
+      return x.operands[n].type == X86_OP_REG ? gpr_of(x.operands[n].reg) : kNoRegister;
+    };
+    auto op_is_reg64 = [&](int n) {
+      return x.operands[n].type == X86_OP_REG && is_64bit_register(x.operands[n].reg);
+    };
+    auto stack_slot = [&](int n) -> std::optional<int32_t> {
+      const auto& op = x.operands[n];
+      if (op.type != X86_OP_MEM || op.mem.base != X86_REG_RSP || op.mem.index != X86_REG_INVALID ||
+          op.mem.segment != X86_REG_INVALID || !s.delta_known) {
+        return std::nullopt;
+      }
+      return s.delta + static_cast<int32_t>(op.mem.disp);
+    };
+    int8_t zero_test = s.zero_test;
+    bool handled = false;
+    switch (in.id) {
+      case X86_INS_PUSH:
+        if (s.delta_known) {
+          s.delta -= 8;
+          s.set_slot(s.delta, op_reg(0) != kNoRegister && op_is_reg64(0)
+                                  ? s.tags[static_cast<size_t>(op_reg(0))]
+                                  : uint8_t{kUnknown});
+        }
+        handled = true;
+        break;
+      case X86_INS_POP:
+        if (s.delta_known) {
+          uint8_t tag = s.slot(s.delta);
+          s.set_slot(s.delta, kUnknown);
+          s.delta += 8;
+          s.set(op_reg(0), op_is_reg64(0) ? tag : uint8_t{kUnknown});
+        } else {
+          s.set(op_reg(0), kUnknown);
+        }
+        handled = true;
+        break;
+      case X86_INS_MOV:
+        if (x.op_count == 2) {
+          const auto& dst = x.operands[0];
+          const auto& src = x.operands[1];
+          if (op_is_reg64(0) && op_is_reg64(1) && op_reg(0) != kRsp) {
+            s.set(op_reg(0), s.tags[static_cast<size_t>(op_reg(1))]);
+            handled = true;
+          } else if (dst.type == X86_OP_REG && src.type == X86_OP_IMM && op_reg(0) != kRsp &&
+                     dst.size >= 4) {
+            s.set(op_reg(0), src.imm == 0 ? uint8_t{kZero} : uint8_t{kUnknown});
+            handled = true;
+          } else if (dst.type == X86_OP_REG && src.type == X86_OP_REG && dst.size == 4 &&
+                     op_reg(0) != kRsp) {
+            // 32-bit moves zero-extend: only a zero stays known.
+            s.set(op_reg(0), s.tags[static_cast<size_t>(op_reg(1))] == kZero ? uint8_t{kZero}
+                                                                             : uint8_t{kUnknown});
+            handled = true;
+          } else if (auto slot = stack_slot(0)) {
+            s.set_slot(*slot,
+                       op_is_reg64(1) ? s.tags[static_cast<size_t>(op_reg(1))] : uint8_t{kUnknown});
+            handled = true;
+          } else if (op_is_reg64(0) && op_reg(0) != kRsp && stack_slot(1)) {
+            s.set(op_reg(0), s.slot(*stack_slot(1)));
+            handled = true;
+          }
+        }
+        break;
+      case X86_INS_XOR:
+      case X86_INS_SUB:
+        if (x.op_count == 2 && x.operands[0].type == X86_OP_REG &&
+            x.operands[1].type == X86_OP_REG && x.operands[0].reg == x.operands[1].reg &&
+            x.operands[0].size >= 4) {
+          s.set(op_reg(0), kZero);
+          zero_test = kNoRegister;
+          handled = true;
+        } else if (in.id == X86_INS_SUB && op_reg(0) == kRsp && x.op_count == 2 &&
+                   x.operands[1].type == X86_OP_IMM) {
+          s.delta -= static_cast<int32_t>(x.operands[1].imm);
+          zero_test = kNoRegister;
+          handled = true;
+        }
+        break;
+      case X86_INS_ADD:
+        if (op_reg(0) == kRsp && x.op_count == 2 && x.operands[1].type == X86_OP_IMM) {
+          s.delta += static_cast<int32_t>(x.operands[1].imm);
+          // Slots below the stack pointer are dead.
+          s.slots.erase(std::remove_if(s.slots.begin(), s.slots.end(),
+                                       [&](const auto& slot) { return slot.first < s.delta; }),
+                        s.slots.end());
+          zero_test = kNoRegister;
+          handled = true;
+        }
+        break;
+      case X86_INS_MUL:
+        if (x.op_count == 1 && op_is_reg64(0)) {
+          uint8_t a = s.tags[kRax], b = s.tags[static_cast<size_t>(op_reg(0))];
+          bool product = (a == kArg0 && b == kArg1) || (a == kArg1 && b == kArg0);
+          s.set(kRax, product ? uint8_t{kSize} : uint8_t{kUnknown});
+          s.set(kRdx, kUnknown);
+          zero_test = kNoRegister;
+          handled = true;
+        }
+        break;
+      case X86_INS_IMUL:
+        if (x.op_count == 2 && op_is_reg64(0) && op_is_reg64(1)) {
+          uint8_t a = s.tags[static_cast<size_t>(op_reg(0))];
+          uint8_t b = s.tags[static_cast<size_t>(op_reg(1))];
+          bool product = (a == kArg0 && b == kArg1) || (a == kArg1 && b == kArg0);
+          s.set(op_reg(0), product ? uint8_t{kSize} : uint8_t{kUnknown});
+          zero_test = kNoRegister;
+          handled = true;
+        }
+        break;
+      case X86_INS_TEST:
+        if (x.op_count == 2 && op_is_reg64(0) && op_is_reg64(1) &&
+            x.operands[0].reg == x.operands[1].reg) {
+          zero_test = static_cast<int8_t>(op_reg(0));
+          handled = true;
+        }
+        break;
+      case X86_INS_CMP:
+        if (x.op_count == 2 && op_is_reg64(0) && x.operands[1].type == X86_OP_IMM &&
+            x.operands[1].imm == 0) {
+          zero_test = static_cast<int8_t>(op_reg(0));
+          handled = true;
+        }
+        break;
+      default:
+        break;
+    }
+    if (!handled) {
+      for (int reg : in.written) {
+        if (reg == kRsp) {
+          s.delta_known = false;
+          s.slots.clear();
+        } else {
+          s.set(reg, kUnknown);
+        }
+      }
+      // A store to the stack forgets the slot it overwrites.
+      for (uint8_t n = 0; n < x.op_count; ++n) {
+        if ((x.operands[n].access & CS_AC_WRITE) != 0) {
+          if (auto slot = stack_slot(n)) s.set_slot(*slot, kUnknown);
+        }
+      }
+      if (in.writes_flags) zero_test = kNoRegister;
+    }
+    s.zero_test = zero_test;
+    if (s.zero_test != kNoRegister) {
+      // A register written since the test no longer is what the flags describe.
+      for (int reg : in.written) {
+        if (reg == s.zero_test && in.id != X86_INS_TEST && in.id != X86_INS_CMP) {
+          s.zero_test = kNoRegister;
+        }
+      }
+    }
+  }
+
+  // The register `reg` is known zero on this edge: a pointer a site saw there was NULL, so
+  // nothing was recorded.
+  static void known_zero(State& s, int reg) {
+    if (s.tags[static_cast<size_t>(reg)] == kValue) {
+      for (auto& tag : s.tags) {
+        if (tag == kValue) tag = kZero;
+      }
+      for (auto& slot : s.slots) {
+        if (slot.second == kValue) slot.second = kZero;
+      }
+      s.fired = -1;
+    }
+    s.tags[static_cast<size_t>(reg)] = kZero;
+  }
+
+  static bool holds_value(const State& s) {
+    if (std::find(s.tags.begin(), s.tags.end(), kValue) != s.tags.end()) return true;
+    return std::any_of(s.slots.begin(), s.slots.end(),
+                       [](const auto& slot) { return slot.second == kValue; });
+  }
+
+  // How a path that leaves the function ends, given the register holding what it returns.
+  Problem leave(const State& s, int result, const std::string& where) const {
+    uint8_t tag = s.tags[static_cast<size_t>(result)];
+    if (s.fired >= 0) {
+      if (tag == kValue) return {};
+      if (tag == kZero) return {};  // the site saw NULL: nothing recorded
+      return {Problem::kFatal,
+              where + " returns something other than the pointer the site at +0x" +
+                  hex(code_[static_cast<size_t>(s.fired)].offset) + " saw",
+              {},
+              0};
+    }
+    if (tag == kZero) return {};
+    return {Problem::kUncovered, where + " returns a pointer no site saw", {}, 0};
+  }
+
+  struct Mode {
+    const std::map<size_t, int>* sites = nullptr;  // verify: the chosen sites
+    std::map<size_t, Observed>* observed = nullptr;
+    // Final check: the candidate (fired at the start), other sites it must not reach, and an
+    // instruction whose passing ends a path (post-dominance).
+    std::optional<size_t> start;
+    const std::map<size_t, int>* others = nullptr;
+    std::optional<size_t> avoid;
+  };
+
+  // Explores every path; the first problem found, or kNone.
+  Problem explore(size_t first, State initial, const Mode& mode) const {
+    struct Node {
+      size_t instruction;
+      State state;
+      size_t parent;
+    };
+    std::vector<Node> nodes;
+    std::vector<size_t> stack;
+    std::unordered_set<std::string> seen;
+    auto push = [&](size_t instruction, State state, size_t parent) {
+      if (!seen.insert(state.key(instruction)).second) return;
+      nodes.push_back(Node{instruction, std::move(state), parent});
+      stack.push_back(nodes.size() - 1);
+    };
+    push(first, std::move(initial), SIZE_MAX);
+    auto path_of = [&](size_t node) {
+      std::vector<size_t> path;
+      for (size_t n = node; n != SIZE_MAX; n = nodes[n].parent)
+        path.push_back(nodes[n].instruction);
+      std::reverse(path.begin(), path.end());
+      return path;
+    };
+    bool at_start = true;
+    while (!stack.empty()) {
+      if (nodes.size() > kMaxStates) {
+        return {Problem::kFatal, "more than " + std::to_string(kMaxStates) + " paths", {}, 0};
+      }
+      size_t node = stack.back();
+      stack.pop_back();
+      size_t i = nodes[node].instruction;
+      State s = nodes[node].state;
+      const Instruction& in = code_[i];
+      std::string where = "+0x" + hex(in.offset);
+      bool starting = at_start;
+      at_start = false;
+      if (mode.start && !starting) {
+        if (i == *mode.start) return {Problem::kLoop, where + " is passed again", {}, 0};
+        if (mode.avoid && i == *mode.avoid) continue;  // passed: this path is covered
+        if (mode.others && mode.others->count(i)) {
+          return {Problem::kConflict, "reaches the site at " + where, {}, i};
+        }
+      }
+      if (mode.sites) {
+        auto site = mode.sites->find(i);
+        if (site != mode.sites->end()) {
+          if (s.fired >= 0) {
+            return {Problem::kDouble,
+                    "a path passes the sites at +0x" +
+                        hex(code_[static_cast<size_t>(s.fired)].offset) + " and " + where,
+                    path_of(node), i};
+          }
+          uint8_t tag = s.tags[static_cast<size_t>(site->second)];
+          if (tag != kZero) {
+            Observed& seen_here = (*mode.observed)[i];
+            seen_here.seen = true;
+            uint16_t sizes = 0;
+            for (size_t r = 0; r < 16; ++r) {
+              if (s.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
+            }
+            seen_here.size_registers &= sizes;
+            if (!s.delta_known || (seen_here.delta && *seen_here.delta != s.delta)) {
+              seen_here.delta_consistent = false;
+            }
+            seen_here.delta = s.delta;
+            if (s.tags[kRbp] != kCallerBp) seen_here.bp_in_register = false;
+            std::set<int32_t> bp;
+            for (const auto& [at, slot_tag] : s.slots) {
+              if (slot_tag == kCallerBp) bp.insert(at);
+            }
+            if (seen_here.bp_slots) {
+              std::set<int32_t> both;
+              std::set_intersection(seen_here.bp_slots->begin(), seen_here.bp_slots->end(),
+                                    bp.begin(), bp.end(), std::inserter(both, both.begin()));
+              bp = both;
+            }
+            seen_here.bp_slots = bp;
+            s.tags[static_cast<size_t>(site->second)] = kValue;
+            s.fired = static_cast<int16_t>(i);
+          }
+        }
+      }
+      auto next = [&](State state) -> std::optional<Problem> {
+        if (i + 1 >= code_.size()) {
+          return Problem{Problem::kFatal, "falls off its end after " + where, {}, 0};
+        }
+        push(i + 1, std::move(state), node);
+        return std::nullopt;
+      };
+      // Checking post-dominance: a return of the pointer that did not pass `avoid`.
+      auto returns_unseen = [&](const State& state, int result) {
+        return mode.avoid && state.fired >= 0 && state.tags[static_cast<size_t>(result)] == kValue;
+      };
+      auto tail_call = [&](const State& state, uint64_t target) -> Problem {
+        TailCall kind =
+            query_.classify_tail_call ? query_.classify_tail_call(target) : TailCall::kUnknown;
+        std::string to = where + " (tail call to 0x" + hex(target) + ")";
+        if (kind == TailCall::kReturnsFirstArgument) {
+          if (returns_unseen(state, kRdi)) return {Problem::kFatal, to + " returns unseen", {}, 0};
+          return leave(state, kRdi, to);
+        }
+        if (kind == TailCall::kRecordedElsewhere) {
+          if (state.fired >= 0) {
+            return {Problem::kFatal, to + " after a site: counted twice", {}, 0};
+          }
+          return {};
+        }
+        return {Problem::kFatal, to + ": unknown function", {}, 0};
+      };
+      auto with_path = [&](Problem problem) {
+        if (problem.kind == Problem::kUncovered) problem.path = path_of(node);
+        return problem;
+      };
+      switch (in.flow) {
+        case Flow::kRet: {
+          if (returns_unseen(s, kRax)) return {Problem::kFatal, where + " returns unseen", {}, 0};
+          Problem problem = leave(s, kRax, where);
+          if (problem.kind != Problem::kNone) return with_path(problem);
+          break;
+        }
+        case Flow::kStop:
+          break;
+        case Flow::kIndirectJump:
+          return {Problem::kFatal, "indirect jump at " + where, {}, 0};
+        case Flow::kJump:
+          if (auto target = index_of_target(in.target)) {
+            push(*target, s, node);
+          } else if (inside(in.target)) {
+            return {Problem::kFatal, "jump into an instruction at " + where, {}, 0};
+          } else {
+            Problem problem = tail_call(s, in.target);
+            if (problem.kind != Problem::kNone) return with_path(problem);
+          }
+          break;
+        case Flow::kConditional: {
+          State taken = s, fallthrough = s;
+          int8_t tested = s.zero_test;
+          bool taken_done = false, fallthrough_done = false;
+          if (tested != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE)) {
+            State& zero = in.id == X86_INS_JE ? taken : fallthrough;
+            known_zero(zero, tested);
+            // Checking a candidate: once its pointer is known NULL, the path is none of its
+            // business (nothing was recorded).
+            if (mode.start && zero.fired < 0) {
+              (in.id == X86_INS_JE ? taken_done : fallthrough_done) = true;
+            }
+          }
+          if (taken_done) {
+          } else if (auto target = index_of_target(in.target)) {
+            push(*target, taken, node);
+          } else if (inside(in.target)) {
+            return {Problem::kFatal, "jump into an instruction at " + where, {}, 0};
+          } else {
+            Problem problem = tail_call(taken, in.target);
+            if (problem.kind != Problem::kNone) return with_path(problem);
+          }
+          if (!fallthrough_done) {
+            if (auto problem = next(fallthrough)) return *problem;
+          }
+          break;
+        }
+        case Flow::kCall:
+        case Flow::kIndirectCall: {
+          if (in.flow == Flow::kCall && noreturn_.count(in.target)) break;  // aborts
+          // A call to a traced allocator records its block itself (its own probes): a site
+          // after it would count the block again, or another one.
+          if (in.flow == Flow::kCall && calls_traced(in.target)) {
+            return {Problem::kFatal, "calls a traced allocator function at " + where, {}, 0};
+          }
+          for (int reg : {kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) s.set(reg, kUnknown);
+          s.zero_test = kNoRegister;
+          if (auto problem = next(s)) return *problem;
+          break;
+        }
+        case Flow::kNext:
+          apply(in, s);
+          if (auto problem = next(s)) return *problem;
+          break;
+      }
+    }
+    return {};
+  }
+
+  State entry_state() const {
+    State s;
+    if (query_.product_of_arguments) {
+      s.tags[kRdi] = kArg0;
+      s.tags[kRsi] = kArg1;
+    } else {
+      s.tags[kRdi] = kSize;
+    }
+    s.tags[kRbp] = kCallerBp;
+    return s;
+  }
+
+  Problem verify(const std::map<size_t, int>& sites, std::map<size_t, Observed>& observed) const {
+    Mode mode;
+    mode.sites = &sites;
+    mode.observed = &observed;
+    return explore(0, entry_state(), mode);
+  }
+
+  // From `candidate`, with the pointer in `reg`: every path returns that pointer (or finds it
+  // NULL, or aborts) without passing the candidate again or a site of `others`, and, with
+  // `avoid`, passes it before returning.
+  Problem final_check(size_t candidate, int reg, const std::map<size_t, int>* others,
+                      std::optional<size_t> avoid = std::nullopt) const {
+    State s;
+    s.tags[static_cast<size_t>(reg)] = kValue;
+    s.fired = static_cast<int16_t>(candidate);
+    Mode mode;
+    mode.start = candidate;
+    mode.others = others;
+    mode.avoid = avoid;
+    return explore(candidate, s, mode);
+  }
+
+  std::optional<int> final_register(size_t candidate) const {
+    for (int reg : {kRax, kRdi, kRbx, kRbp, 12, 13, 14, 15, kRcx, kRdx, kRsi, 8, 9, 10, 11}) {
+      if (final_check(candidate, reg, nullptr).kind == Problem::kNone) return reg;
+    }
+    return std::nullopt;
+  }
+
+  // Adds a site for an uncovered path: the latest emulated instruction on it that every
+  // return from the path's first final point passes, and that neither reaches nor is reached
+  // from the sites chosen so far. Sites in the way are dropped and banned.
+  bool choose_site(const std::vector<size_t>& path, std::map<size_t, int>& sites,
+                   std::set<size_t>& banned) const {
+    std::vector<std::pair<size_t, int>> finals;  // in path order, no repeats
+    std::set<size_t> listed;
+    for (size_t i : path) {
+      if (!code_[i].emulated || banned.count(i) || sites.count(i) || !listed.insert(i).second) {
+        continue;
+      }
+      if (auto reg = final_register(i)) finals.emplace_back(i, *reg);
+    }
+    if (finals.empty()) return false;
+    auto [earliest, earliest_reg] = finals.front();
+    std::set<size_t> in_the_way;
+    for (auto it = finals.rbegin(); it != finals.rend(); ++it) {
+      auto [candidate, reg] = *it;
+      if (candidate != earliest &&
+          final_check(earliest, earliest_reg, nullptr, candidate).kind != Problem::kNone) {
+        continue;  // some return from the earliest point does not pass it
+      }
+      bool clear = true;
+      Problem forward = final_check(candidate, reg, &sites);
+      if (forward.kind == Problem::kConflict) {
+        in_the_way.insert(forward.site);
+        clear = false;
+      }
+      std::map<size_t, int> just{{candidate, reg}};
+      for (const auto& [site, site_reg] : sites) {
+        if (final_check(site, site_reg, &just).kind == Problem::kConflict) {
+          in_the_way.insert(site);
+          clear = false;
+        }
+      }
+      if (clear) {
+        sites[candidate] = reg;
+        return true;
+      }
+    }
+    if (in_the_way.empty()) return false;
+    for (size_t site : in_the_way) {
+      sites.erase(site);
+      banned.insert(site);
+    }
+    return true;
+  }
+
+  ReturnSiteAnalysis describe(const std::map<size_t, int>& sites,
+                              const std::map<size_t, Observed>& observed) const {
+    ReturnSiteAnalysis result;
+    if (sites.empty()) return {{}, "no path returns a pointer"};
+    std::string list;
+    bool usable = false;
+    for (const auto& [i, reg] : sites) {
+      const Instruction& in = code_[i];
+      auto seen = observed.find(i);
+      std::string where = "+0x" + hex(in.offset);
+      if (seen == observed.end() || !seen->second.seen) continue;  // only ever sees NULL
+      const Observed& o = seen->second;
+      if (!o.delta_consistent || !o.delta || *o.delta > 0) {
+        return {{}, "the stack depth at " + where + " differs between paths"};
+      }
+      ReturnSite site;
+      site.offset = in.offset;
+      site.pointer_register = static_cast<uint8_t>(reg);
+      site.frame_bytes = static_cast<uint32_t>(-*o.delta);
+      site.instruction = in.mnemonic;
+      if (o.size_registers != 0) {
+        // Callee-saved registers first: the most likely to be what the source calls bytes.
+        for (int r : {kRbx, kRbp, 12, 13, 14, 15, kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) {
+          if (o.size_registers & (1u << r)) {
+            site.size_register = static_cast<uint8_t>(r);
+            break;
+          }
+        }
+      } else if (!query_.chunk_header_sizes) {
+        return {{}, "no register holds the size asked for at " + where};
+      } else {
+        usable = true;
+      }
+      if (!o.bp_in_register) {
+        if (!o.bp_slots || o.bp_slots->empty()) {
+          return {{}, "the caller's %rbp is lost at " + where};
+        }
+        site.saved_bp_offset = static_cast<uint32_t>(*o.bp_slots->begin() - *o.delta);
+      }
+      list += (list.empty() ? "" : ", ") + where + " " + in.mnemonic + " (" +
+              register_name(site.pointer_register) + ", size " +
+              (site.size_register ? std::string(register_name(*site.size_register))
+                                  : std::string("usable, from the chunk header")) +
+              ")";
+      result.sites.push_back(site);
+    }
+    if (result.sites.empty()) return {{}, "no path returns a pointer"};
+    result.reason = "returns seen at " + std::to_string(result.sites.size()) +
+                    " emulated instructions, every path proven: " + list;
+    (void)usable;
+    return result;
+  }
+
+  const ReturnSiteQuery& query_;
+  std::vector<Instruction> code_;
+  std::unordered_map<uint64_t, size_t> index_;  // offset -> instruction
+  std::set<uint64_t> noreturn_;
+  mutable std::map<uint64_t, bool> traced_calls_;  // call target -> a traced allocator
+  std::string reason_;
+};
+
+}  // namespace
+
+const char* register_name(uint8_t number) {
+  static const char* names[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                                  "r8",  "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
+  return number < 16 ? names[number] : "?";
+}
+
+ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query) { return Analysis(query).run(); }
+
+}  // namespace memtrail::inspect

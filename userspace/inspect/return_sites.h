@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+// Where inside malloc or calloc a single emulated uprobe sees the pointer it returns.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace memtrail::inspect {
+
+// What a jump out of the analysed function (a tail call) leads to.
+enum class TailCall {
+  kUnknown,               // unprovable: the analysis falls back
+  kReturnsFirstArgument,  // memset, memcpy: the caller's result is the first argument (rdi)
+  kRecordedElsewhere,     // an allocator function with its own probes (malloc from calloc)
+};
+
+// One function's code and how to read it.
+struct ReturnSiteQuery {
+  uint64_t address = 0;               // virtual address of code[0], the function's first byte
+  std::vector<uint8_t> code;          // the whole function (its symbol's size)
+  bool product_of_arguments = false;  // calloc: the size is rdi * rsi; else rdi
+  // glibc's chunk header is readable at the pointer - 8: where no register holds the size,
+  // the site may record the usable size from it.
+  bool chunk_header_sizes = false;
+  std::function<TailCall(uint64_t target)> classify_tail_call;
+};
+
+// An instruction where one uprobe, which the kernel emulates (a jump, a nop, a push of a
+// register), sees the pointer the call will return, on every path that returns it.
+struct ReturnSite {
+  uint64_t offset = 0;           // from the function's first byte
+  uint8_t pointer_register = 0;  // x86 register number: 0 rax, 1 rcx, 2 rdx, 3 rbx, ... 15 r15
+  // The register holding the size asked for, on every path to the site; nullopt: none does,
+  // the usable size is read from the chunk header (only with chunk_header_sizes).
+  std::optional<uint8_t> size_register;
+  uint32_t frame_bytes = 0;  // the return address is at site %rsp + frame_bytes
+  // Where the caller's %rbp is at the site: in %rbp (nullopt), or saved at site %rsp + this.
+  std::optional<uint32_t> saved_bp_offset;
+  std::string instruction;  // e.g. "jne", for -v
+};
+
+// Either sites covering every return (each successful call passes exactly one, and a failed
+// call returning NULL passes none holding a pointer), or why that could not be proven.
+struct ReturnSiteAnalysis {
+  std::vector<ReturnSite> sites;  // empty: not proven, see reason
+  std::string reason;             // one line for -v: what was proven, or what was not
+};
+
+// Decodes the function (capstone) and follows every path from its entry by abstract
+// interpretation of the registers and stack slots: which hold the pointer a site saw, the size
+// asked for, the caller's %rbp, and known zeros (xor, or `test r,r` before je/jne). Sites are
+// chosen among emulated instructions, then the choice is verified over every path: each path
+// that returns a non-NULL pointer (ret, or a tail call to memset that returns it) passes
+// exactly one site, with that very pointer still in the register the function returns it in;
+// NULL returns pass none with a non-NULL pointer; nothing returns through an indirect jump or
+// an unknown tail call, and no path calls an allocator function memtrail probes (its block
+// would be counted twice). Calls are taken to return, except calls to a target that this function
+// also calls right before padding or its end (glibc's malloc_printerr): those abort.
+ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query);
+
+// The name of x86 register `number` (0..15), e.g. "rax".
+const char* register_name(uint8_t number);
+
+}  // namespace memtrail::inspect
