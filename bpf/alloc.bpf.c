@@ -513,6 +513,57 @@ int BPF_KPROBE(python_object_free, __u64 object)
 	return 0;
 }
 
+/* ---- Python objects at their creation (see alloc_events.h) ---- */
+
+/* The registers read at constant offsets first: a switch over them compiles to one read of the
+ * context at a variable offset, which the verifier refuses. */
+static __always_inline __u64 object_register(struct pt_regs *regs, __u64 which)
+{
+	__u64 values[16] = {
+		[MEMTRAIL_PYREG_RAX] = regs->ax,  [MEMTRAIL_PYREG_RBX] = regs->bx,
+		[MEMTRAIL_PYREG_RCX] = regs->cx,  [MEMTRAIL_PYREG_RDX] = regs->dx,
+		[MEMTRAIL_PYREG_RSI] = regs->si,  [MEMTRAIL_PYREG_RDI] = regs->di,
+		[MEMTRAIL_PYREG_RBP] = regs->bp,  [MEMTRAIL_PYREG_R8] = regs->r8,
+		[MEMTRAIL_PYREG_R9] = regs->r9,	  [MEMTRAIL_PYREG_R10] = regs->r10,
+		[MEMTRAIL_PYREG_R11] = regs->r11, [MEMTRAIL_PYREG_R12] = regs->r12,
+		[MEMTRAIL_PYREG_R13] = regs->r13, [MEMTRAIL_PYREG_R14] = regs->r14,
+		[MEMTRAIL_PYREG_R15] = regs->r15,
+	};
+
+	return values[which & 15];
+}
+
+/* On the branch after _Py_NewReference's flag check; the attach cookie names the register that
+ * holds the new object. Its type is set by then (_PyObject_Init sets ob_type first); its size
+ * may not be (a str's length comes later): userspace reads it. */
+SEC("uprobe")
+int python_object_created(struct pt_regs *ctx)
+{
+	__u64 object = object_register(ctx, bpf_get_attach_cookie(ctx)), type;
+	__u64 pc = PT_REGS_IP(ctx);
+	__u32 tgid;
+	__s32 site_id;
+
+	if (tracing_stopped || probe_floor || !probe_applies() || !object)
+		return 0;
+	tgid = current_tgid();
+	type = read_user_u64(object + MEMTRAIL_PYTHON_OB_TYPE);
+	if (!type || type > MEMTRAIL_SIZE_MASK) {
+		count(MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED);
+		return 0;
+	}
+	site_id = capture_stack_here(pc, PT_REGS_SP(ctx), PT_REGS_FP(ctx), tgid);
+	/* Bytes are added by userspace, which reads sizes; here, the creation is counted. */
+	add_to_site(tgid, site_id, pc, 0, 1);
+	if (table_insert_block(tgid, object,
+			       type | ((__u64)MEMTRAIL_KIND_PYTHON_OBJECT << MEMTRAIL_SIZE_BITS),
+			       site_id, bpf_ktime_get_ns()))
+		count(MEMTRAIL_CTR_PYTHON_OBJECTS);
+	else
+		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
+	return 0;
+}
+
 /* ---- memory mapped by system calls (alloc/regions.bpf.h) ---- */
 
 SEC("tracepoint/syscalls/sys_enter_mmap")

@@ -36,7 +36,10 @@ enum memtrail_alloc_kind {
 	 * sampled, and a munmap may release part of one. */
 	MEMTRAIL_KIND_MMAP = 11, /* anonymous private mmap, grown or moved by mremap */
 	MEMTRAIL_KIND_BRK = 12,	 /* the program break moved by brk/sbrk */
-	MEMTRAIL_KIND_COUNT = 13,
+	/* A CPython object, recorded where it was created (see the Python objects section below):
+	 * its slot's size field holds the object's type until userspace reads its size. */
+	MEMTRAIL_KIND_PYTHON_OBJECT = 13,
+	MEMTRAIL_KIND_COUNT = 14,
 	/* Kinds from here to 255 are named by userspace at attach time: the extension functions
 	 * of jemalloc (mallocx, ...), tcmalloc, mimalloc and --allocator's custom functions. To BPF
 	 * they are plain malloc-family kinds (released by free, never mismatched). */
@@ -80,7 +83,9 @@ enum memtrail_counter {
 	MEMTRAIL_CTR_PYTHON_TYPES_LOST = 13,  /* Python objects not counted: python_types full */
 	MEMTRAIL_CTR_USABLE_SIZES = 14, /* blocks recorded at the allocator's usable size: at a
 					 * return site where no register holds the size asked */
-	MEMTRAIL_CTR_COUNT = 15,
+	MEMTRAIL_CTR_PYTHON_OBJECTS = 15,     /* Python objects recorded at their creation */
+	MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED = 16, /* created with no type read: not recorded */
+	MEMTRAIL_CTR_COUNT = 17,
 };
 
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the
@@ -346,6 +351,35 @@ struct memtrail_python_type_layout {
 };
 MEMTRAIL_ABI_SIZE(memtrail_python_type_layout, 16);
 MEMTRAIL_ABI_OFFSET(memtrail_python_type_layout, have_gc, 8);
+
+/* ---- Python objects at their creation ----
+ * Every CPython object, free-list reuse included, is created through _Py_NewReference (inlined
+ * in hundreds of places): userspace finds each of its flag-check branches in the interpreter's
+ * code (userspace/python/creation_sites.h) and probes it, with the register that holds the new
+ * object as the attach cookie. The program records the object in the allocations table
+ * (MEMTRAIL_KIND_PYTHON_OBJECT) with its type in place of its size, and its stack. No probe
+ * sees objects die: userspace reads each recorded object's refcount and type every interval
+ * and removes the dead (refcount 0 or a free-list link, another type, unreadable). An address
+ * reused by a new object is a new creation, which replaces the old record. */
+enum memtrail_python_register {
+	MEMTRAIL_PYREG_RAX = 0,
+	MEMTRAIL_PYREG_RBX = 1,
+	MEMTRAIL_PYREG_RCX = 2,
+	MEMTRAIL_PYREG_RDX = 3,
+	MEMTRAIL_PYREG_RSI = 4,
+	MEMTRAIL_PYREG_RDI = 5,
+	MEMTRAIL_PYREG_RBP = 6,
+	MEMTRAIL_PYREG_R8 = 7,
+	MEMTRAIL_PYREG_R9 = 8,
+	MEMTRAIL_PYREG_R10 = 9,
+	MEMTRAIL_PYREG_R11 = 10,
+	MEMTRAIL_PYREG_R12 = 11,
+	MEMTRAIL_PYREG_R13 = 12,
+	MEMTRAIL_PYREG_R14 = 13,
+	MEMTRAIL_PYREG_R15 = 14,
+};
+/* PyObject.ob_type: the same offset in every CPython version. */
+#define MEMTRAIL_PYTHON_OB_TYPE 8
 
 /* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
  * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions

@@ -54,7 +54,8 @@ struct {
  * says (bpf/unwind_table.h). A walk that cannot go on ends there and says why in the stack's
  * flags: no frame is ever guessed. This walk replaces bpf_get_stackid, whose perf callchain
  * machinery cost about twice as much per allocation as the frame-pointer walk here. */
-static __always_inline __s32 capture_stack(__u64 caller, __u64 sp, __u64 bp, __u32 tgid)
+static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp, __u32 tgid,
+						__u8 exact_pc)
 {
 	struct walk walk = {
 		.pc = caller,
@@ -64,6 +65,7 @@ static __always_inline __s32 capture_stack(__u64 caller, __u64 sp, __u64 bp, __u
 		.hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL,
 		.depth = 1,
 		.bp_known = 1,
+		.exact_pc = exact_pc,
 		.flags = MEMTRAIL_STACK_TRUNCATED |
 			 (MEMTRAIL_TRUNCATED_DEPTH << MEMTRAIL_STACK_REASON_SHIFT),
 	};
@@ -105,6 +107,18 @@ fallback:
 	count_loss(MEMTRAIL_CTR_STACK_FAILURES, MEMTRAIL_LOSS_STACK_FAILURES, tgid);
 	hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
 	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;
+}
+
+static __always_inline __s32 capture_stack(__u64 caller, __u64 sp, __u64 bp, __u32 tgid)
+{
+	return capture_stack_from(caller, sp, bp, tgid, 0);
+}
+
+/* A stack whose first frame is the probed instruction itself (not a return address): the
+ * Python object probes sit on a branch inside the function that creates the object. */
+static __always_inline __s32 capture_stack_here(__u64 pc, __u64 sp, __u64 bp, __u32 tgid)
+{
+	return capture_stack_from(pc, sp, bp, tgid, 1);
 }
 
 static __always_inline struct memtrail_fallback_totals *

@@ -184,7 +184,10 @@ static __always_inline bool table_insert(__u32 tgid, __u64 address, __u64 size, 
 	       claim_slot(second, second_free, tgid, address, size, kind, site_id, now);
 
 replace:
-	count(MEMTRAIL_CTR_STALE_REPLACED);
+	/* A Python object's address taken by a new object: the old one died unseen (no probe
+	 * watches deaths), which is normal, not a lost free. */
+	if (kind != MEMTRAIL_KIND_PYTHON_OBJECT)
+		count(MEMTRAIL_CTR_STALE_REPLACED);
 	WRITE_ONCE_U64(stale->timestamp_ns, 0);
 	compiler_barrier();
 	fill_slot(stale, tgid, size, kind, site_id, now);

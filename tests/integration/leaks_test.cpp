@@ -1129,6 +1129,46 @@ TEST(LeaksPython, NamesThePythonFunctionFileAndLineThatLeaks) {
   target.process.write_stdin("quit\n");
 }
 
+// ---- CPython: objects charged to the line that created them (default) ----
+
+// Python-object bytes outstanding per innermost Python frame ("function@line"), and the total.
+struct ObjectBytes {
+  std::map<std::string, uint64_t> bytes, objects;
+  uint64_t total = 0;
+};
+ObjectBytes python_object_bytes(const json& report) {
+  ObjectBytes found;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "python_object") continue;
+    auto frames = python_frames(site);
+    std::string where = frames.empty() ? "?" : frames[0];
+    found.bytes[where] += site["outstanding_bytes"].get<uint64_t>();
+    found.objects[where] += site["outstanding_allocations"].get<uint64_t>();
+    found.total += site["outstanding_bytes"].get<uint64_t>();
+  }
+  return found;
+}
+
+TEST(LeaksPythonObjects, TheKeepersLineHoldsTheObjectsTheChurnersLineDoesNot) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_KEEPER_PY});
+  auto traced = trace_scenario(target, {"--interval", "0.25", "--python-objects", "on"});
+  auto found = python_object_bytes(traced.report);
+  std::string keep = "Keeper.keep@" + std::to_string(traced.lines["keep"]);
+  std::string churn = "churn@" + std::to_string(traced.lines["churn"]);
+  std::ostringstream shares;
+  for (const auto& [where, bytes] : found.bytes) {
+    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
+  }
+  ASSERT_GT(found.total, 0u) << traced.report.dump(2);
+  // 5,000 calls of keep(), each keeping what it made: a Record, a str, two tuples and three ints.
+  EXPECT_EQ(found.objects[keep], 5000u * 7) << shares.str();
+  EXPECT_GE(found.bytes[keep], found.total * 8 / 10) << shares.str();
+  EXPECT_LT(found.bytes[churn], found.total / 10) << shares.str();
+  target.process.write_stdin("quit\n");
+}
+
 TEST(LeaksPython, NativeModeShowsTheInterpretersFramesOnly) {
   REQUIRE_BPF_OR_SKIP();
   Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_LEAK_PY});

@@ -363,6 +363,13 @@ Command parse_command_line(int argc, const char* const* argv) {
                    "native frames of C code), python (Python frames only) or native (the "
                    "interpreter's C frames only; no Python frame walk, no cost)")
       ->type_name("MODE");
+  std::string python_objects = "off";
+  leaks
+      ->add_option("--python-objects", python_objects,
+                   "For CPython processes (3.11), charge every Python object to the stack that "
+                   "created it (file and line), with its size as sys.getsizeof counts it: on or "
+                   "off (default, for now). A probe on each of the interpreter's object creations")
+      ->type_name("on|off");
   leaks->add_flag("--python-types", options.python_types,
                   "For CPython processes, also count the objects the garbage collector tracks "
                   "by type (class instances, dict, list, tuple, ...): made minus freed since "
@@ -760,6 +767,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto unwind = model::parse_unwind_mode(unwind_mode);
   if (!unwind) return usage("--unwind must be auto, dwarf or fp");
   options.unwind = *unwind;
+  if (python_objects != "on" && python_objects != "off") {
+    return usage("--python-objects must be on or off");
+  }
+  options.python_objects = python_objects == "on";
   auto frames = model::parse_python_frames_mode(python_frames);
   if (!frames) return usage("--python-frames must be mixed, python or native");
   options.python_frames = *frames;

@@ -294,6 +294,7 @@ std::string kind_name(Kind kind) {
   if (kind == Kind::kNewArray) return "new[]";
   if (kind == Kind::kMmap) return "mmap";
   if (kind == Kind::kBrk) return "brk";
+  if (kind == Kind::kPythonObject) return "python_object";
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && spec.kind == kind) return spec.name;
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 namespace memtrail::model {
 
@@ -45,6 +46,25 @@ struct PythonFrame {
   uint64_t code = 0;   // the code object's address in the process
   uint32_t lasti = 0;  // its last instruction, in code units (saturated at 0x7fff)
   bool entry = false;  // the first frame of an eval-loop call
+};
+
+// A CPython object recorded at its creation, as the liveness read judges it (no probe sees an
+// object die: the tracer asks a judge every interval).
+struct TrackedPythonObject {
+  uint32_t pid = 0;
+  uint64_t address = 0;
+  uint64_t type = 0;      // its PyTypeObject, as recorded at creation
+  bool alive = false;     // judged: refcount in [1, 2^32) and still of that type
+  uint64_t size = 0;      // judged: sys.getsizeof's figure
+  bool pymalloc = false;  // judged: its memory came from pymalloc (512 bytes or less); larger
+                          // objects are malloc'd blocks, counted on the malloc path
+};
+
+class PythonObjectJudge {
+ public:
+  virtual ~PythonObjectJudge() = default;
+  // Sets alive, size and pymalloc of each object (sorted by pid) from the process's memory.
+  virtual void judge(std::span<TrackedPythonObject> objects) = 0;
 };
 
 }  // namespace memtrail::model

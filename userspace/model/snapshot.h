@@ -30,8 +30,11 @@ enum class AllocationKind : uint8_t {
   kNew,       // C++ operator new (all its variants)
   kNewArray,  // C++ operator new[]
   // Memory mapped by system calls outside every traced allocator call: regions, not blocks.
-  kMmap,     // anonymous private mmap, grown or moved by mremap
-  kBrk,      // the program break moved by brk/sbrk
+  kMmap,  // anonymous private mmap, grown or moved by mremap
+  kBrk,   // the program break moved by brk/sbrk
+  // A CPython object, charged to the stack that created it (its size as sys.getsizeof counts
+  // it); pymalloc's memory, so never a malloc'd block too.
+  kPythonObject,
   kUnknown,  // a code the tracer does not know
   kFirstNamed = 16,
   kLastNamed = 255,
@@ -50,6 +53,7 @@ struct OutstandingAllocation {
   uint64_t timestamp_ns = 0;  // CLOCK_MONOTONIC at allocation
   int32_t site_id = 0;        // >= 0: stack id; < 0: stack capture failed, caller only
   AllocationKind kind = AllocationKind::kMalloc;
+  uint64_t python_type = 0;  // kPythonObject: its PyTypeObject's address in the process
 };
 
 // Running totals of one allocation site (one call stack in one process), kept by the kernel.
@@ -76,11 +80,15 @@ struct TracerCounters {
   uint64_t site_drops = 0;
   uint64_t stale_replaced = 0;
   uint64_t missed_entries = 0;
-  uint64_t unsampled = 0;             // successful allocations passed over by --sample-rate
-  uint64_t mismatched_frees = 0;      // blocks released by the wrong function (new/free, ...)
-  uint64_t snapshot_read_errors = 0;  // map entries that vanished or failed while being read
-  uint64_t region_events_lost = 0;    // mmap/munmap/mremap/brk events: ring buffer full
-  uint64_t python_types_lost = 0;     // Python objects not counted: the type map was full
+  uint64_t unsampled = 0;               // successful allocations passed over by --sample-rate
+  uint64_t mismatched_frees = 0;        // blocks released by the wrong function (new/free, ...)
+  uint64_t snapshot_read_errors = 0;    // map entries that vanished or failed while being read
+  uint64_t region_events_lost = 0;      // mmap/munmap/mremap/brk events: ring buffer full
+  uint64_t python_types_lost = 0;       // Python objects not counted: the type map was full
+  uint64_t python_objects = 0;          // CPython objects recorded at their creation
+  uint64_t python_objects_untyped = 0;  // created without a readable type: not recorded
+  uint64_t python_objects_dead = 0;     // found dead by the liveness reads, and removed
+  uint64_t python_objects_large = 0;    // alive but over 512 bytes: malloc'd, counted as blocks
   // Blocks recorded at the allocator's usable size, not the size asked: a return site where
   // no register held it (glibc's single-threaded malloc path).
   uint64_t usable_size_allocations = 0;

@@ -169,6 +169,29 @@ model::PythonTypeLayout type_layout() {
   return {types.type_flags, types.have_gc};
 }
 
+CreationScan scan_interpreter(const inspect::ElfFile& file) {
+  CreationScan refused;
+  auto config = file.find_object("_Py_tracemalloc_config");
+  auto new_reference = file.find_function("_Py_NewReference");
+  auto text = file.find_section(".text");
+  if (!config || !new_reference || !text) {
+    refused.refusal = std::string(!config          ? "_Py_tracemalloc_config"
+                                  : !new_reference ? "_Py_NewReference"
+                                                   : "the .text section") +
+                      " not found";
+    return refused;
+  }
+  Elf_Data* data = file.section_data(*text);
+  if (!data || !data->d_buf) {
+    refused.refusal = "the .text section could not be read";
+    return refused;
+  }
+  std::span<const uint8_t> code(static_cast<const uint8_t*>(data->d_buf), data->d_size);
+  return scan_creation_sites(code, text->header.sh_addr,
+                             config->address + built_layout().tracemalloc_tracing,
+                             new_reference->address, new_reference->size);
+}
+
 std::optional<Interpreter> find_interpreter(uint32_t pid,
                                             const std::vector<inspect::Mapping>& mappings) {
   std::set<std::string> seen;
@@ -237,6 +260,21 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
         break;
       }
       interpreter.object_probes.push_back({wanted.name, *offset, wanted.release, wanted.call});
+    }
+    if (auto unicode_type = file->find_object("PyUnicode_Type")) {
+      interpreter.unicode_type_address = *bias + unicode_type->address;
+    }
+    if (interpreter.supported) {
+      CreationScan scan = scan_interpreter(*file);
+      for (const auto& site : scan.sites) {
+        if (auto offset = file->file_offset_of(site.branch)) {
+          interpreter.object_sites.push_back({*offset, site.object});
+        }
+      }
+      interpreter.objects_reason = scan.refusal;
+      if (!scan.refusal.empty()) interpreter.objects_reason += " in " + mapping.path;
+    } else {
+      interpreter.objects_reason = "CPython " + interpreter.version + " is not supported";
     }
     if (!interpreter.supported) {
       interpreter.reason = "CPython " + interpreter.version + " is not supported (memtrail " +

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "inspect/elf_file.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process_file.h"
 #include "model/python.h"
@@ -19,6 +20,7 @@
 #include "model/snapshot.h"
 #include "model/stack_modes.h"
 #include "python/cpython_layout.h"
+#include "python/creation_sites.h"
 
 namespace memtrail::python {
 
@@ -55,7 +57,20 @@ struct Interpreter {
   // (types_reason says which).
   std::vector<ObjectProbe> object_probes;
   std::string types_reason;
+  // Where it creates objects (python/creation_sites.h), as file offsets of the probed branches;
+  // empty when the scan refused the file (objects_reason says why).
+  struct ObjectSite {
+    uint64_t file_offset = 0;
+    ObjectRegister object = ObjectRegister::kRax;
+  };
+  std::vector<ObjectSite> object_sites;
+  std::string objects_reason;
+  uint64_t unicode_type_address = 0;  // &PyUnicode_Type: str sizes are computed, not basic
 };
+
+// The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.
+// Refused (sites empty, refusal set) when a symbol the scan needs is missing.
+CreationScan scan_interpreter(const inspect::ElfFile& file);
 
 // The CPython interpreter `pid` runs, from its mappings (files opened through them:
 // inspect/process_file.h); nullopt when it maps none. Throws nothing.

@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <internal/pycore_frame.h>
 #include <internal/pycore_interp.h>
+#include <internal/pycore_pymem.h>
 #include <internal/pycore_runtime.h>
 #include <stddef.h>
 #include <string.h>
@@ -76,6 +77,7 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->type_itemsize = offsetof(PyTypeObject, tp_itemsize);
   layout->managed_dict = Py_TPFLAGS_MANAGED_DICT;
   layout->gc_header_size = sizeof(PyGC_Head);
+  layout->tracemalloc_tracing = offsetof(struct _PyTraceMalloc_Config, tracing);
 
   memset(&probe, 0, sizeof(probe));
   probe.state.kind = 7;

@@ -60,6 +60,9 @@ struct memtrail_cpython_layout {
   unsigned type_itemsize;                     /* PyTypeObject.tp_itemsize */
   unsigned long managed_dict; /* Py_TPFLAGS_MANAGED_DICT: two pointers before the GC header */
   unsigned gc_header_size;    /* sizeof(PyGC_Head), before every GC object */
+  /* The creation-site scan (python/creation_sites.h): _PyTraceMalloc_Config.tracing, the flag
+   * every _Py_NewReference checks. */
+  unsigned tracemalloc_tracing;
 };
 
 /* Fills `layout` from the headers compiled in. */

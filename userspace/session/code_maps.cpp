@@ -57,7 +57,10 @@ CodeMaps::CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Pro
   if (config.tracer.unwind_mode != unwind::UnwindMode::kFramePointers) {
     unwind_tables_.emplace(config.tracer.unwind_mode, tracer_);
   }
+  if (config.tracer.python_objects) tracer_.set_python_object_judge(&python_objects_);
 }
+
+CodeMaps::~CodeMaps() { tracer_.set_python_object_judge(nullptr); }
 
 void CodeMaps::refresh(TracedProcess& process) {
   if (process.info.exited) return;
@@ -123,6 +126,7 @@ void CodeMaps::update_python(TracedProcess& process) {
   }
   if (interpreter->supported) python_naming_.interpreters[pid] = *interpreter;
   if (config_.python_types && interpreter->supported) attach_python_types(process, *interpreter);
+  if (config_.tracer.python_objects) attach_python_objects(process, *interpreter);
   process.info.python = std::move(runtime);
 }
 
@@ -150,6 +154,30 @@ void CodeMaps::attach_python_types(TracedProcess& process, const python::Interpr
   process.python_types_module = interpreter.module;
 }
 
+// Python objects charged to the line that created them: the interpreter's creation sites,
+// probed for this process (once per interpreter file it maps).
+void CodeMaps::attach_python_objects(TracedProcess& process,
+                                     const python::Interpreter& interpreter) {
+  uint32_t pid = process.info.pid;
+  if (process.python_objects_module == interpreter.module) return;
+  process.python_objects_module = interpreter.module;  // said once, whatever the outcome
+  if (interpreter.object_sites.empty()) {
+    std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not traced (only "
+              << "native allocations are): " << interpreter.objects_reason << "\n";
+    return;
+  }
+  std::vector<tracer::AllocTracer::PythonObjectSite> sites;
+  for (const auto& site : interpreter.object_sites) {
+    sites.push_back({site.file_offset, static_cast<uint32_t>(site.object)});
+  }
+  try {
+    tracer_.attach_python_objects(pid, interpreter.file, sites);
+  } catch (const Error& error) {
+    std::cerr << "memtrail: warning: pid " << pid
+              << ": Python objects are not traced: " << error.what() << "\n";
+  }
+}
+
 // Code objects are read from the process's memory, which is gone once it exits.
 void CodeMaps::name_python_frames() {
   if (python_naming_.interpreters.empty()) return;
@@ -167,6 +195,7 @@ void CodeMaps::name_python_frames() {
 
 void CodeMaps::forget_exited(uint32_t pid) {
   python_naming_.interpreters.erase(pid);
+  python_objects_.forget(pid);
   python_reader_.forget(pid);
 }
 

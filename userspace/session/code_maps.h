@@ -11,6 +11,7 @@
 #include "assemble/report_builder.h"
 #include "model/report.h"
 #include "python/cpython.h"
+#include "python/objects.h"
 #include "session/config.h"
 #include "session/probes.h"
 #include "session/targets.h"
@@ -28,6 +29,7 @@ class CodeMaps {
  public:
   // --unwind dwarf/auto: the unwind tables are stored into `tracer`.
   CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Probes& probes);
+  ~CodeMaps();
   CodeMaps(const CodeMaps&) = delete;
   CodeMaps& operator=(const CodeMaps&) = delete;
 
@@ -59,10 +61,12 @@ class CodeMaps {
   model::UnwindSummary unwind_summary() const;
   symbolizer::Symbolizer& symbolizer() { return symbolizer_; }
   const assemble::PythonNaming& python_naming() const { return python_naming_; }
+  const python::ObjectLiveness& python_objects() const { return python_objects_; }
 
  private:
   void update_python(TracedProcess& process);
   void attach_python_types(TracedProcess& process, const python::Interpreter& interpreter);
+  void attach_python_objects(TracedProcess& process, const python::Interpreter& interpreter);
   void rebind_allocators(TracedProcess& process);
   // Probes the functions of `fresh` that `process` has no probe on yet, and makes `fresh` its
   // allocators. `how` and `when` say how the modules came, in the line saying what was probed
@@ -77,7 +81,8 @@ class CodeMaps {
   symbolizer::Symbolizer symbolizer_;
   std::optional<unwind::ModuleTables> unwind_tables_;  // --unwind dwarf/auto: stores into tracer_
   python::CodeReader python_reader_;
-  assemble::PythonNaming python_naming_;    // its reader: python_reader_
+  assemble::PythonNaming python_naming_;  // its reader: python_reader_
+  python::ObjectLiveness python_objects_{python_naming_.interpreters};  // the tracer's judge
   uint32_t python_stacks_seen_ = 0;         // tracer_.stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
   uint64_t unknown_code_seen_ = 0;  // tracer_.unknown_code_frames() at the last full refresh

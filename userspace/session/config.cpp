@@ -40,6 +40,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
     tracer.python_layout = python::frame_layout();
   }
   if (options.python_types) tracer.python_type_layout = python::type_layout();
+  tracer.python_objects = options.python_objects;
   uint32_t unwind_table_mib =
       options.unwind_table_mib ? options.unwind_table_mib : cli::unwind_table_mib_for(options.all);
   tracer.unwind_table_rows = static_cast<uint32_t>(std::min<uint64_t>(
@@ -61,6 +62,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   }
   config.python_frames = options.python_frames;
   config.python_types = options.python_types;
+  config.python_objects = options.python_objects;
   config.interval_s = options.interval_s;
   config.min_age_s = options.min_age_s;
   config.top = options.top;

@@ -40,6 +40,8 @@ struct SessionConfig {
 
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
   bool python_types = false;  // CPython objects counted by type
+  // CPython objects charged to the stack that created them (--python-objects on).
+  bool python_objects = false;
 
   // Reports: the interval behind the growth verdicts, the age below which allocations are left
   // out, the sites a text report shows, and the sites kept on purpose.

@@ -38,8 +38,9 @@ struct TracedProcess {
   std::set<std::string> resolved_code_files;
   // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
   std::string python_key;
-  std::string python_types_module;  // the interpreter file --python-types probes, once
-  uint64_t exited_at_ns = 0;        // CLOCK_MONOTONIC when memtrail saw it exit
+  std::string python_types_module;    // the interpreter file --python-types probes, once
+  std::string python_objects_module;  // the interpreter file whose creation sites are probed
+  uint64_t exited_at_ns = 0;          // CLOCK_MONOTONIC when memtrail saw it exit
   // Its exit summary is kept and what memtrail held for it was let go (Session::retire): its
   // private memory as it was then stays with it.
   bool retired = false;

@@ -10,12 +10,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "inspect/allocator.h"
 #include "model/snapshot.h"
 #include "tracer/libbpf_raii.h"
 #include "tracer/mapped_regions.h"
 #include "tracer/tracer_config.h"
 #include "unwind/module_tables.h"
+
+struct memtrail_alloc_bucket;
 
 namespace memtrail::tracer {
 
@@ -114,6 +117,20 @@ class AllocTracer : public unwind::RowStore {
   void attach_python_types(uint32_t pid, const inspect::ProcessFile& file,
                            const std::vector<PythonObjectProbe>& probes);
 
+  // A creation site of CPython objects (python/creation_sites.h): where in the interpreter's
+  // file, and which register holds the new object (enum memtrail_python_register).
+  struct PythonObjectSite {
+    uint64_t file_offset = 0;
+    uint32_t object_register = 0;
+  };
+  // Attaches the object-creation program to every site, for process `pid`. All or nothing;
+  // throws memtrail::Error.
+  void attach_python_objects(uint32_t pid, const inspect::ProcessFile& file,
+                             const std::vector<PythonObjectSite>& sites);
+  // Who decides, at each snapshot, which recorded objects still live and their sizes; without
+  // one, recorded objects are neither reported nor removed.
+  void set_python_object_judge(model::PythonObjectJudge* judge) { python_judge_ = judge; }
+
   // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their
   // Python frames (needs config python_layout). Throws memtrail::Error when the map refuses it.
   void set_python_process(uint32_t pid, uint64_t runtime_address);
@@ -162,7 +179,20 @@ class AllocTracer : public unwind::RowStore {
   // One entry of the per-CPU `counters` map, summed over the CPUs.
   uint64_t counter_total(uint32_t index) const;
 
+  // Judges the Python objects read from the table; removes the dead from it, hands the live
+  // ones served by pymalloc to `sink` (or the snapshot).
+  struct PythonSlot {
+    memtrail_alloc_bucket* bucket = nullptr;
+    uint32_t slot = 0;
+    uint64_t timestamp_ns = 0;
+    int32_t site_id = 0;
+  };
+  void judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
+                            const std::vector<PythonSlot>& slots, model::Snapshot& snapshot,
+                            model::AllocationSink* sink);
+
   TracerConfig config_;
+  model::PythonObjectJudge* python_judge_ = nullptr;
   AllocSkeleton skeleton_;
   MappedMap allocs_view_;  // the outstanding-allocations table, read in place
   MappedMap rows_view_;    // the unwind rows, written in place
@@ -174,7 +204,8 @@ class AllocTracer : public unwind::RowStore {
   MappedRegions regions_;
   Lifecycle lifecycle_;  // exec and fork events seen by the ring buffer callback
   RingBuffer region_reader_;
-  std::vector<Link> links_;  // declared last: destroyed first
+  std::vector<Link> links_;             // declared last: destroyed first
+  std::vector<UniqueFd> python_links_;  // uprobe_multi links of the Python object probes
 };
 
 }  // namespace memtrail::tracer

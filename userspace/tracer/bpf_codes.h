@@ -60,6 +60,8 @@ constexpr model::AllocationKind kind_from_code(uint32_t code) {
       return Kind::kMmap;
     case MEMTRAIL_KIND_BRK:
       return Kind::kBrk;
+    case MEMTRAIL_KIND_PYTHON_OBJECT:
+      return Kind::kPythonObject;
   }
   return Kind::kUnknown;
 }
@@ -99,6 +101,8 @@ constexpr uint32_t code_of(model::AllocationKind kind) {
       return MEMTRAIL_KIND_MMAP;
     case Kind::kBrk:
       return MEMTRAIL_KIND_BRK;
+    case Kind::kPythonObject:
+      return MEMTRAIL_KIND_PYTHON_OBJECT;
     default:
       break;  // kUnknown, and the gap before kFirstNamed
   }

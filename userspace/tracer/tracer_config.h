@@ -40,6 +40,9 @@ struct TracerConfig {
   // Count CPython objects by type (--python-types), with this layout: programs loaded and the
   // map sized only then.
   std::optional<model::PythonTypeLayout> python_type_layout;
+  // Record CPython objects where they are created (attach_python_objects): the program is
+  // loaded only then.
+  bool python_objects = false;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   // malloc and calloc probed at their return sites where proven (one trap a call) rather than
   // at entry and return (two): --return-sites. Opt-in for now: glibc's single-threaded arena

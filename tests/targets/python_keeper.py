@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: Apache-2.0
+# For memtrail's Python objects, run by Debian's /usr/bin/python3: a keeper stores a class
+# instance, a str and a tuple (of two large ints) in a dict attribute, all made on one line,
+# while a churner builds three times as many of the same and drops them. Every object is
+# smaller than 512 bytes (pymalloc's). Prints "ready PID", waits for a line, prints
+# "line keep N" and "line churn N" (the lines that make the objects), runs ROUNDS rounds of
+# PER_ROUND 0.1 s apart, prints "kept N" and "done", then waits for "quit" or end of input.
+import os
+import sys
+import time
+
+ROUNDS = int(os.environ.get("ROUNDS", "10"))
+PER_ROUND = 500
+
+
+class Record:
+    def __init__(self, number):
+        self.number = number
+
+
+class Keeper:
+    def __init__(self):
+        self.kept = {}
+
+    def keep(self, number):
+        self.kept[number + 100000] = (Record(number), "k" * 60 + str(number), (number + 1000000, number + 2000000))  # line: keep
+
+
+def churn(number):
+    for copy in range(3):
+        dropped = (Record(number), "c" * 60 + str(number), (number + 1000000, number + 2000000))  # line: churn
+        del dropped
+
+
+keeper = Keeper()
+print(f"ready {os.getpid()}", flush=True)
+sys.stdin.readline()
+with open(__file__) as source:
+    for line_number, text in enumerate(source, 1):
+        if "# line: " in text and "print" not in text:
+            print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
+number = 0
+for _ in range(ROUNDS):
+    for _ in range(PER_ROUND):
+        keeper.keep(number)
+        churn(number)
+        number += 1
+    time.sleep(0.1)
+print(f"kept {len(keeper.kept)}", flush=True)
+print("done", flush=True)
+for line in sys.stdin:
+    if line.startswith("quit"):
+        break

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "python/objects.h"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+namespace memtrail::python {
+namespace {
+
+// pymalloc serves requests up to this size; larger ones go to malloc (SMALL_REQUEST_THRESHOLD).
+constexpr uint64_t kPymallocLargest = 512;
+// Objects read with one process_vm_readv (IOV_MAX remote pieces).
+constexpr size_t kObjectsPerRead = 1024;
+
+template <typename T>
+T at(std::span<const uint8_t> raw, size_t offset) {
+  T value{};
+  if (offset + sizeof(T) <= raw.size()) std::memcpy(&value, raw.data() + offset, sizeof(T));
+  return value;
+}
+
+bool read_memory(uint32_t pid, uint64_t address, void* buffer, size_t size) {
+  iovec local{buffer, size};
+  iovec remote{reinterpret_cast<void*>(address), size};
+  return ::process_vm_readv(static_cast<pid_t>(pid), &local, 1, &remote, 1, 0) ==
+         static_cast<ssize_t>(size);
+}
+
+// Reads the headers of `objects` (one process) into `headers`; an object whose memory cannot
+// be read keeps `readable` false. The kernel stops a read at the first remote piece it cannot
+// read: the read goes on after it.
+void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
+                  std::vector<uint8_t>& headers, std::vector<bool>& readable) {
+  headers.assign(objects.size() * kObjectHeaderBytes, 0);
+  readable.assign(objects.size(), false);
+  size_t next = 0;
+  std::vector<iovec> remote;
+  while (next < objects.size()) {
+    size_t count = std::min(kObjectsPerRead, objects.size() - next);
+    remote.resize(count);
+    for (size_t i = 0; i < count; ++i) {
+      remote[i] = {reinterpret_cast<void*>(objects[next + i].address), kObjectHeaderBytes};
+    }
+    iovec local{headers.data() + next * kObjectHeaderBytes, count * kObjectHeaderBytes};
+    ssize_t got = ::process_vm_readv(static_cast<pid_t>(pid), &local, 1, remote.data(),
+                                     static_cast<unsigned long>(count), 0);
+    if (got < 0) {
+      // The first piece cannot be read (or the process is gone: then none can).
+      if (errno == ESRCH) return;
+      ++next;
+      continue;
+    }
+    size_t whole = static_cast<size_t>(got) / kObjectHeaderBytes;
+    for (size_t i = 0; i < whole; ++i) readable[next + i] = true;
+    next += whole;
+    if (whole < count) ++next;  // the piece that stopped the read
+  }
+}
+
+}  // namespace
+
+bool still_alive(uint64_t recorded_type, std::span<const uint8_t> header) {
+  auto refcount = at<uint64_t>(header, 0);
+  auto type = at<uint64_t>(header, built_layout().object_type);
+  return refcount >= 1 && refcount < (uint64_t{1} << 32) && type == recorded_type;
+}
+
+std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header) {
+  const auto& layout = built_layout();
+  uint64_t size = 0;
+  if (type.is_str) {
+    auto state = at<uint32_t>(header, layout.unicode_state);
+    auto length = at<int64_t>(header, layout.unicode_length);
+    unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
+    bool compact = (state >> layout.state_compact_bit) & 1;
+    bool ascii = (state >> layout.state_ascii_bit) & 1;
+    if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
+    size = ascii ? layout.ascii_data + static_cast<uint64_t>(length) + 1
+                 : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
+  } else {
+    if (type.basic_size <= 0) return std::nullopt;
+    size = static_cast<uint64_t>(type.basic_size);
+    if (type.item_size > 0) {
+      auto items = at<int64_t>(header, layout.var_size);
+      if (items == INT64_MIN) return std::nullopt;
+      size +=
+          static_cast<uint64_t>(items < 0 ? -items : items) * static_cast<uint64_t>(type.item_size);
+    }
+  }
+  if (type.flags & layout.types.have_gc) size += layout.gc_header_size;
+  if (type.flags & layout.managed_dict) size += 2 * sizeof(void*);
+  return ObjectSize{size, size <= kPymallocLargest};
+}
+
+const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
+  auto key = std::make_pair(pid, type);
+  auto it = types_.find(key);
+  if (it != types_.end()) return it->second ? &*it->second : nullptr;
+  auto interpreter = interpreters_.find(pid);
+  if (interpreter == interpreters_.end()) return nullptr;  // not cached: it may come
+  const auto& layout = built_layout();
+  std::vector<uint8_t> raw(std::max({layout.type_name, layout.type_basicsize, layout.type_itemsize,
+                                     layout.types.type_flags}) +
+                           8);
+  std::optional<TypeFacts> facts;
+  if (read_memory(pid, type, raw.data(), raw.size())) {
+    TypeFacts read;
+    read.basic_size = at<int64_t>(raw, layout.type_basicsize);
+    read.item_size = at<int64_t>(raw, layout.type_itemsize);
+    read.flags = at<uint64_t>(raw, layout.types.type_flags);
+    read.is_str = type == interpreter->second.unicode_type_address;
+    char name[128] = {};
+    uint64_t name_address = at<uint64_t>(raw, layout.type_name);
+    if (name_address && (read_memory(pid, name_address, name, sizeof(name) - 1) ||
+                         read_memory(pid, name_address, name, 16))) {
+      read.name.assign(name, strnlen(name, sizeof(name) - 1));
+    }
+    if (read.name.empty()) read.name.push_back('?');
+    facts = std::move(read);
+  }
+  // A type that cannot be read is not a type: the objects recorded with it are judged dead.
+  return types_.emplace(key, std::move(facts)).first->second ? &*types_[key] : nullptr;
+}
+
+void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
+  std::vector<uint8_t> headers;
+  std::vector<bool> readable;
+  size_t begin = 0;
+  while (begin < objects.size()) {
+    uint32_t pid = objects[begin].pid;
+    size_t end = begin;
+    while (end < objects.size() && objects[end].pid == pid) ++end;
+    auto batch = objects.subspan(begin, end - begin);
+    read_headers(pid, batch, headers, readable);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto& object = batch[i];
+      std::span<const uint8_t> header(headers.data() + i * kObjectHeaderBytes, kObjectHeaderBytes);
+      object.alive = false;
+      if (!readable[i] || !still_alive(object.type, header)) continue;
+      const TypeFacts* type = facts(pid, object.type);
+      if (!type) continue;
+      auto size = object_size(*type, header);
+      object.alive = true;
+      object.size = size ? size->size : 0;
+      object.pymalloc = size && size->pymalloc;
+    }
+    begin = end;
+  }
+}
+
+std::string ObjectLiveness::type_name(uint32_t pid, uint64_t type) const {
+  auto it = types_.find({pid, type});
+  return it != types_.end() && it->second ? it->second->name : "?";
+}
+
+void ObjectLiveness::forget(uint32_t pid) {
+  types_.erase(types_.lower_bound({pid, 0}), types_.lower_bound({pid + 1, 0}));
+}
+
+}  // namespace memtrail::python
