@@ -81,9 +81,9 @@ enum memtrail_counter {
 					   * re-reads the process's mappings when this grows */
 	MEMTRAIL_CTR_REGION_EVENTS_LOST = 12, /* mmap/munmap/mremap/brk events: ring buffer full */
 	MEMTRAIL_CTR_PYTHON_TYPES_LOST = 13,  /* Python objects not counted: python_types full */
-	MEMTRAIL_CTR_USABLE_SIZES = 14, /* blocks recorded at the allocator's usable size: at a
+	MEMTRAIL_CTR_USABLE_SIZES = 14,	  /* blocks recorded at the allocator's usable size: at a
 					 * return site where no register holds the size asked */
-	MEMTRAIL_CTR_PYTHON_OBJECTS = 15,     /* Python objects recorded at their creation */
+	MEMTRAIL_CTR_PYTHON_OBJECTS = 15, /* Python objects recorded at their creation */
 	MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED = 16, /* created with no type read: not recorded */
 	MEMTRAIL_CTR_COUNT = 17,
 };
