@@ -81,10 +81,13 @@ TEST(AllocTracer, EveryUnwindModeAndSamplingPassesTheVerifier) {
 // translates the options) changes which programs load and what read-only data prunes in them,
 // so the verifier sees a different program for each combination: --mmap (trace_regions),
 // forks followed or not (--no-follow-forks), --all (host_wide), --python-frames (a frame
-// layout), --python-types (a type layout), each --unwind mode, --sample-rate, and the
-// benchmarks' probe floor. Every combination loads, through AllocTracer as memtrail does.
+// layout), --python-types (a type layout), --python-objects, a launched command's execs held,
+// each --unwind mode, --sample-rate, and the benchmarks' probe floor (--return-sites chooses
+// where the loaded programs are attached, not which load). Every combination loads, through
+// AllocTracer as memtrail does.
 struct Switches {
-  bool trace_regions, follow_forks, host_wide, python_frames, python_types, sampling, probe_floor;
+  bool trace_regions, follow_forks, host_wide, python_frames, python_types, sampling, probe_floor,
+      python_objects, hold_execs;
   model::UnwindMode unwind;
 
   std::string describe() const {
@@ -96,26 +99,32 @@ struct Switches {
         << (python_types ? "--python-types" : "no --python-types") << ", --unwind "
         << model::unwind_mode_name(unwind) << ", "
         << (sampling ? "--sample-rate 512KiB" : "no sampling") << ", "
-        << (probe_floor ? "probe floor" : "no probe floor");
+        << (probe_floor ? "probe floor" : "no probe floor") << ", "
+        << (python_objects ? "--python-objects on" : "--python-objects off") << ", "
+        << (hold_execs ? "execs held" : "execs not held");
     return out.str();
   }
 };
 
-// The switches as factors: 7 on/off, then the unwind mode (3 values).
-constexpr int kFactors = 8;
+// The switches as factors: 9 on/off, then the unwind mode (3 values).
+constexpr int kFactors = 10;
 std::array<int, kFactors> levels_of(const Switches& s) {
-  return {s.trace_regions, s.follow_forks, s.host_wide,   s.python_frames,
-          s.python_types,  s.sampling,     s.probe_floor, static_cast<int>(s.unwind)};
+  return {s.trace_regions, s.follow_forks,
+          s.host_wide,     s.python_frames,
+          s.python_types,  s.sampling,
+          s.probe_floor,   s.python_objects,
+          s.hold_execs,    static_cast<int>(s.unwind)};
 }
 
-// Every combination: 2^7 x 3 = 384.
+// Every combination: 2^9 x 3 = 1,536.
 std::vector<Switches> every_combination() {
   std::vector<Switches> combinations;
-  for (unsigned bits = 0; bits < (1u << 7); ++bits) {
+  for (unsigned bits = 0; bits < (1u << 9); ++bits) {
     for (auto mode :
          {model::UnwindMode::kFramePointers, model::UnwindMode::kDwarf, model::UnwindMode::kAuto}) {
       combinations.push_back({(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0,
-                              (bits & 16) != 0, (bits & 32) != 0, (bits & 64) != 0, mode});
+                              (bits & 16) != 0, (bits & 32) != 0, (bits & 64) != 0,
+                              (bits & 128) != 0, (bits & 256) != 0, mode});
     }
   }
   return combinations;
@@ -123,8 +132,8 @@ std::vector<Switches> every_combination() {
 
 // A covering array of strength 3, chosen greedily from every combination: for any three
 // switches, every setting of those three is in some combination loaded. Verifier failures
-// come from switches meeting (one branch kept by one, pruned by another): loading all 384
-// took 296 s (0.77 s each on 2 busy cores); these 20 take 12 s.
+// come from switches meeting (one branch kept by one, pruned by another): loading all of
+// them takes about 0.77 s each on 2 busy cores; the covering array takes a few dozen.
 std::vector<Switches> covering_array(const std::vector<Switches>& all) {
   auto key = [](int a, int b, int c, const std::array<int, kFactors>& l) {
     return ((a * kFactors + b) * kFactors + c) * 27 + (l[a] * 3 + l[b]) * 3 + l[c];
@@ -165,7 +174,7 @@ TEST(AllocTracer, EveryCombinationOfSwitchesPassesTheVerifier) {
     if (bpf_required()) FAIL() << "MEMTRAIL_REQUIRE_BPF=1 but not root";
     GTEST_SKIP() << "loading BPF programs needs root";
   }
-  // MEMTRAIL_VERIFIER_ALL=1 loads all of them (about 5 minutes).
+  // MEMTRAIL_VERIFIER_ALL=1 loads all of them (about 20 minutes).
   const char* all = std::getenv("MEMTRAIL_VERIFIER_ALL");
   std::vector<Switches> combinations = every_combination();
   if (!all || std::string(all) != "1") combinations = covering_array(combinations);
@@ -184,6 +193,8 @@ TEST(AllocTracer, EveryCombinationOfSwitchesPassesTheVerifier) {
     config.unwind_mode = switches.unwind;
     config.sample_rate = switches.sampling ? uint64_t{1} << 19 : 0;
     config.probe_floor = switches.probe_floor;
+    config.python_objects = switches.python_objects;
+    config.hold_execs = switches.hold_execs;
     try {
       AllocTracer tracer(config);  // open + load: the verifier runs here
     } catch (const Error& error) {
