@@ -125,11 +125,11 @@ void HostMemory::render(MetricsText& out) const {
   for (const auto* entry : kept) {
     folded_bytes -= entry->second.anon_bytes + entry->second.swap_bytes;
   }
-  auto labels_of = [](const ProcessEntry& entry) {
-    return pod_labels({{"pid", std::to_string(entry.first)},
-                       {"comm", entry.second.comm},
-                       {"cgroup", entry.second.cgroup}},
-                      entry.second.pod);
+  auto labels_of = [](const ProcessEntry* entry) {
+    return pod_labels({{"pid", std::to_string(entry->first)},
+                       {"comm", entry->second.comm},
+                       {"cgroup", entry->second.cgroup}},
+                      entry->second.pod);
   };
 
   out.family("memtrail_processes", "gauge",
@@ -143,29 +143,27 @@ void HostMemory::render(MetricsText& out) const {
              "Private memory (RssAnon + VmSwap) of the folded processes together.");
   out.sample("memtrail_folded_processes_private_bytes", {}, static_cast<double>(folded_bytes));
 
-  out.family("memtrail_process_anon_bytes", "gauge",
-             "Resident anonymous memory of a process (RssAnon: heap, anonymous mappings).");
-  for (const auto* entry : kept) {
-    out.sample("memtrail_process_anon_bytes", labels_of(*entry),
-               static_cast<double>(entry->second.anon_bytes));
-  }
-  out.family("memtrail_process_swap_bytes", "gauge", "Swapped-out memory of a process (VmSwap).");
-  for (const auto* entry : kept) {
-    out.sample("memtrail_process_swap_bytes", labels_of(*entry),
-               static_cast<double>(entry->second.swap_bytes));
-  }
-  out.family("memtrail_process_private_growth_bytes_per_second", "gauge",
-             "Slope of a process's private memory (RssAnon + VmSwap) over the window; 0 until it "
-             "has a verdict.");
-  for (const auto* entry : kept) {
-    out.sample("memtrail_process_private_growth_bytes_per_second", labels_of(*entry),
-               entry->second.series.growth.growth_bytes_per_s);
-  }
+  out.family_of("memtrail_process_anon_bytes", "gauge",
+                "Resident anonymous memory of a process (RssAnon: heap, anonymous mappings).", kept,
+                labels_of, [](const auto* entry) -> std::optional<double> {
+                  return static_cast<double>(entry->second.anon_bytes);
+                });
+  out.family_of("memtrail_process_swap_bytes", "gauge", "Swapped-out memory of a process (VmSwap).",
+                kept, labels_of, [](const auto* entry) -> std::optional<double> {
+                  return static_cast<double>(entry->second.swap_bytes);
+                });
+  out.family_of(
+      "memtrail_process_private_growth_bytes_per_second", "gauge",
+      "Slope of a process's private memory (RssAnon + VmSwap) over the window; 0 until it "
+      "has a verdict.",
+      kept, labels_of, [](const auto* entry) -> std::optional<double> {
+        return entry->second.series.growth.growth_bytes_per_s;
+      });
   out.family("memtrail_process_memory_verdict", "gauge",
              "1 for the growth verdict of a process's private memory over the window (leak: "
              "steady growth, suspect: unsteady growth, steady, too_short), 0 for the others.");
   for (const auto* entry : kept) {
-    verdict_samples(out, "memtrail_process_memory_verdict", labels_of(*entry),
+    verdict_samples(out, "memtrail_process_memory_verdict", labels_of(entry),
                     entry->second.series.growth.verdict);
   }
 
@@ -177,59 +175,53 @@ void HostMemory::render(MetricsText& out) const {
   });
   std::sort(kept_cgroups.begin(), kept_cgroups.end(),
             [](const CgroupEntry* a, const CgroupEntry* b) { return a->first < b->first; });
-  auto cgroup_labels = [](const CgroupEntry& entry) {
-    return pod_labels({{"cgroup", entry.first}}, entry.second.pod);
+  auto cgroup_labels = [](const CgroupEntry* entry) {
+    return pod_labels({{"cgroup", entry->first}}, entry->second.pod);
   };
   out.family("memtrail_cgroups_folded", "gauge",
              "Memory cgroups without series of their own (over --max-cgroups, none growing).");
   out.sample("memtrail_cgroups_folded", {},
              static_cast<double>(cgroups_.size() - kept_cgroups.size()));
-  out.family("memtrail_cgroup_processes", "gauge", "Processes in a memory cgroup (not below it).");
-  for (const auto* entry : kept_cgroups) {
-    out.sample("memtrail_cgroup_processes", cgroup_labels(*entry),
-               static_cast<double>(entry->second.processes));
-  }
-  out.family("memtrail_cgroup_anon_bytes", "gauge",
-             "RssAnon of the processes in a memory cgroup (not below it), summed.");
-  for (const auto* entry : kept_cgroups) {
-    out.sample("memtrail_cgroup_anon_bytes", cgroup_labels(*entry),
-               static_cast<double>(entry->second.anon_bytes));
-  }
-  out.family("memtrail_cgroup_swap_bytes", "gauge",
-             "VmSwap of the processes in a memory cgroup (not below it), summed.");
-  for (const auto* entry : kept_cgroups) {
-    out.sample("memtrail_cgroup_swap_bytes", cgroup_labels(*entry),
-               static_cast<double>(entry->second.swap_bytes));
-  }
-  out.family("memtrail_cgroup_usage_bytes", "gauge",
-             "Memory charged to a memory cgroup and below (v1 memory.usage_in_bytes, v2 "
-             "memory.current).");
-  for (const auto* entry : kept_cgroups) {
-    if (entry->second.sample) {
-      out.sample("memtrail_cgroup_usage_bytes", cgroup_labels(*entry),
-                 static_cast<double>(entry->second.sample->usage_bytes));
-    }
-  }
-  out.family("memtrail_cgroup_limit_bytes", "gauge",
-             "A memory cgroup's limit (v1 memory.limit_in_bytes, v2 memory.max); none when "
-             "unlimited.");
-  for (const auto* entry : kept_cgroups) {
-    if (entry->second.sample && entry->second.sample->limit_bytes) {
-      out.sample("memtrail_cgroup_limit_bytes", cgroup_labels(*entry),
-                 static_cast<double>(*entry->second.sample->limit_bytes));
-    }
-  }
-  out.family("memtrail_cgroup_private_growth_bytes_per_second", "gauge",
-             "Slope of a memory cgroup's processes' private memory over the window.");
-  for (const auto* entry : kept_cgroups) {
-    out.sample("memtrail_cgroup_private_growth_bytes_per_second", cgroup_labels(*entry),
-               entry->second.series.growth.growth_bytes_per_s);
-  }
+  out.family_of("memtrail_cgroup_processes", "gauge",
+                "Processes in a memory cgroup (not below it).", kept_cgroups, cgroup_labels,
+                [](const auto* entry) -> std::optional<double> {
+                  return static_cast<double>(entry->second.processes);
+                });
+  out.family_of("memtrail_cgroup_anon_bytes", "gauge",
+                "RssAnon of the processes in a memory cgroup (not below it), summed.", kept_cgroups,
+                cgroup_labels, [](const auto* entry) -> std::optional<double> {
+                  return static_cast<double>(entry->second.anon_bytes);
+                });
+  out.family_of("memtrail_cgroup_swap_bytes", "gauge",
+                "VmSwap of the processes in a memory cgroup (not below it), summed.", kept_cgroups,
+                cgroup_labels, [](const auto* entry) -> std::optional<double> {
+                  return static_cast<double>(entry->second.swap_bytes);
+                });
+  out.family_of("memtrail_cgroup_usage_bytes", "gauge",
+                "Memory charged to a memory cgroup and below (v1 memory.usage_in_bytes, v2 "
+                "memory.current).",
+                kept_cgroups, cgroup_labels, [](const auto* entry) -> std::optional<double> {
+                  if (!entry->second.sample) return std::nullopt;
+                  return static_cast<double>(entry->second.sample->usage_bytes);
+                });
+  out.family_of("memtrail_cgroup_limit_bytes", "gauge",
+                "A memory cgroup's limit (v1 memory.limit_in_bytes, v2 memory.max); none when "
+                "unlimited.",
+                kept_cgroups, cgroup_labels, [](const auto* entry) -> std::optional<double> {
+                  if (!entry->second.sample || !entry->second.sample->limit_bytes)
+                    return std::nullopt;
+                  return static_cast<double>(*entry->second.sample->limit_bytes);
+                });
+  out.family_of("memtrail_cgroup_private_growth_bytes_per_second", "gauge",
+                "Slope of a memory cgroup's processes' private memory over the window.",
+                kept_cgroups, cgroup_labels, [](const auto* entry) -> std::optional<double> {
+                  return entry->second.series.growth.growth_bytes_per_s;
+                });
   out.family("memtrail_cgroup_memory_verdict", "gauge",
              "1 for the growth verdict of a memory cgroup's processes' private memory over the "
              "window, 0 for the others.");
   for (const auto* entry : kept_cgroups) {
-    verdict_samples(out, "memtrail_cgroup_memory_verdict", cgroup_labels(*entry),
+    verdict_samples(out, "memtrail_cgroup_memory_verdict", cgroup_labels(entry),
                     entry->second.series.growth.verdict);
   }
 }

@@ -2,6 +2,7 @@
 // The Prometheus text exposition format (version 0.0.4), written family by family.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,6 +21,17 @@ class MetricsText {
   void family(std::string_view name, std::string_view type, std::string_view help);
   // A sample of the family last begun, under `name` (the family's name).
   void sample(std::string_view name, const Labels& labels, double value);
+  // A whole family: one sample per row, labelled and valued by the two functions (a row whose
+  // value is std::nullopt has no sample: a limit that is not set, say).
+  template <typename Rows, typename LabelsOf, typename ValueOf>
+  void family_of(std::string_view name, std::string_view type, std::string_view help,
+                 const Rows& rows, LabelsOf labels_of, ValueOf value_of) {
+    family(name, type, help);
+    for (const auto& row : rows) {
+      std::optional<double> value = value_of(row);
+      if (value) sample(name, labels_of(row), *value);
+    }
+  }
   const std::string& text() const { return text_; }
   std::string take() { return std::move(text_); }
 

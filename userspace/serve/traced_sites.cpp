@@ -79,30 +79,27 @@ void render_traced_sites(const std::vector<TracedTarget>& targets, MetricsText& 
   for (const auto& target : targets) {
     out.sample("memtrail_trace_target_up", {{"target", target.selector}}, target.running ? 1 : 0);
   }
-  out.family("memtrail_site_outstanding_bytes", "gauge",
-             "Bytes a traced allocation site holds (allocated, not freed).");
-  for (const auto& row : rows) {
-    out.sample("memtrail_site_outstanding_bytes", row.labels,
-               static_cast<double>(row.site->outstanding_bytes));
-  }
-  out.family("memtrail_site_outstanding_allocations", "gauge",
-             "Blocks a traced allocation site holds.");
-  for (const auto& row : rows) {
-    out.sample("memtrail_site_outstanding_allocations", row.labels,
-               static_cast<double>(row.site->outstanding_allocations));
-  }
-  out.family("memtrail_site_allocated_bytes_total", "counter",
-             "Bytes a traced allocation site has allocated since tracing began.");
-  for (const auto& row : rows) {
-    out.sample("memtrail_site_allocated_bytes_total", row.labels,
-               static_cast<double>(row.site->total_allocated_bytes));
-  }
-  out.family("memtrail_site_growth_bytes_per_second", "gauge",
-             "Slope of a traced site's outstanding bytes over the run.");
-  for (const auto& row : rows) {
-    out.sample("memtrail_site_growth_bytes_per_second", row.labels,
-               row.site->growth ? row.site->growth->bytes_per_s : 0);
-  }
+  auto site_labels = [](const auto& row) { return row.labels; };
+  out.family_of("memtrail_site_outstanding_bytes", "gauge",
+                "Bytes a traced allocation site holds (allocated, not freed).", rows, site_labels,
+                [](const auto& row) -> std::optional<double> {
+                  return static_cast<double>(row.site->outstanding_bytes);
+                });
+  out.family_of("memtrail_site_outstanding_allocations", "gauge",
+                "Blocks a traced allocation site holds.", rows, site_labels,
+                [](const auto& row) -> std::optional<double> {
+                  return static_cast<double>(row.site->outstanding_allocations);
+                });
+  out.family_of("memtrail_site_allocated_bytes_total", "counter",
+                "Bytes a traced allocation site has allocated since tracing began.", rows,
+                site_labels, [](const auto& row) -> std::optional<double> {
+                  return static_cast<double>(row.site->total_allocated_bytes);
+                });
+  out.family_of("memtrail_site_growth_bytes_per_second", "gauge",
+                "Slope of a traced site's outstanding bytes over the run.", rows, site_labels,
+                [](const auto& row) -> std::optional<double> {
+                  return row.site->growth ? row.site->growth->bytes_per_s : 0;
+                });
   out.family("memtrail_site_verdict", "gauge",
              "1 for a traced site's growth verdict (leak, suspect, steady, transient, "
              "too_short), 0 for the others.");
