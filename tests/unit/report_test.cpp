@@ -196,7 +196,7 @@ TEST(TextReport, SitesThatFreedEverythingAreOneLineWithTheBiggest) {
   render_text(report, out);
   EXPECT_NE(
       out.str().find("4 sites freed all they allocated: 64.5 KiB in 1,025 calls, the most "
-                     "(62.5 KiB) from churn_inner in pid 4242 (--json and --pprof list them)\n"),
+                     "(62.5 KiB) from churn_inner in pid 4242 (the JSON and pprof reports list them)\n"),
       std::string::npos)
       << out.str();
   std::ostringstream none;

@@ -190,7 +190,7 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
 }
 
 // Sites that freed all they allocated are no leak: one line, with the biggest, so that the
-// reader knows --json and --pprof hold them (their allocations count in alloc_space).
+// reader knows the JSON and pprof reports hold them (their allocations count in alloc_space).
 void render_freed_sites(const model::Report& report, std::ostream& out) {
   uint64_t sites = report.freed_sites.size() + report.freed_omitted.sites;
   if (sites == 0) return;
@@ -210,7 +210,7 @@ void render_freed_sites(const model::Report& report, std::ostream& out) {
           << frame_name(biggest.stack.front()) << " in pid " << biggest.pid;
     }
   }
-  out << " (--json and --pprof list them)\n\n";
+  out << " (the JSON and pprof reports list them)\n\n";
 }
 
 }  // namespace
