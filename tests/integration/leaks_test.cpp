@@ -1339,7 +1339,8 @@ TEST(LeaksIntegration, TextReportNamesTheLeakingFunction) {
   EXPECT_NE(text.find("leak_malloc"), std::string::npos) << text;
   // free_all freed everything: no site of the list, only named on the line that counts them.
   std::string freed = ", the most (3.1 KiB) from free_all in pid " +
-                      std::to_string(target.process.pid()) + " (the JSON and pprof reports list them)\n";
+                      std::to_string(target.process.pid()) +
+                      " (the JSON and pprof reports list them)\n";
   size_t named = text.find("free_all");
   ASSERT_NE(text.find(freed), std::string::npos) << text;
   EXPECT_EQ(named, text.find(freed) + 26) << text;

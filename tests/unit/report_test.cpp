@@ -194,10 +194,10 @@ TEST(TextReport, SitesThatFreedEverythingAreOneLineWithTheBiggest) {
   report.freed_omitted = {2, 24, 1936};
   std::ostringstream out;
   render_text(report, out);
-  EXPECT_NE(
-      out.str().find("4 sites freed all they allocated: 64.5 KiB in 1,025 calls, the most "
-                     "(62.5 KiB) from churn_inner in pid 4242 (the JSON and pprof reports list them)\n"),
-      std::string::npos)
+  EXPECT_NE(out.str().find(
+                "4 sites freed all they allocated: 64.5 KiB in 1,025 calls, the most "
+                "(62.5 KiB) from churn_inner in pid 4242 (the JSON and pprof reports list them)\n"),
+            std::string::npos)
       << out.str();
   std::ostringstream none;
   render_text(sample_report(), none);
