@@ -109,6 +109,22 @@ void HostMemory::update(double t_s, const std::vector<model::ProcessSample>& pro
   cgroups_ = std::move(next_cgroups);
 }
 
+// The growth slope and the verdict of a process's or a cgroup's private memory: the same two
+// families for both (memtrail_KIND_private_growth_bytes_per_second, memtrail_KIND_memory_verdict).
+template <typename Rows, typename LabelsOf>
+void growth_families(MetricsText& out, const std::string& kind, std::string_view growth_help,
+                     std::string_view verdict_help, const Rows& rows, LabelsOf labels_of) {
+  out.family_of("memtrail_" + kind + "_private_growth_bytes_per_second", "gauge", growth_help, rows,
+                labels_of, [](const auto* entry) -> std::optional<double> {
+                  return entry->second.series.growth.growth_bytes_per_s;
+                });
+  std::string verdict = "memtrail_" + kind + "_memory_verdict";
+  out.family(verdict, "gauge", verdict_help);
+  for (const auto* entry : rows) {
+    verdict_samples(out, verdict.c_str(), labels_of(entry), entry->second.series.growth.verdict);
+  }
+}
+
 void HostMemory::render(MetricsText& out) const {
   using ProcessEntry = std::pair<const uint32_t, Process>;
   std::vector<const ProcessEntry*> all;
@@ -152,20 +168,12 @@ void HostMemory::render(MetricsText& out) const {
                 kept, labels_of, [](const auto* entry) -> std::optional<double> {
                   return static_cast<double>(entry->second.swap_bytes);
                 });
-  out.family_of(
-      "memtrail_process_private_growth_bytes_per_second", "gauge",
-      "Slope of a process's private memory (RssAnon + VmSwap) over the window; 0 until it "
-      "has a verdict.",
-      kept, labels_of, [](const auto* entry) -> std::optional<double> {
-        return entry->second.series.growth.growth_bytes_per_s;
-      });
-  out.family("memtrail_process_memory_verdict", "gauge",
-             "1 for the growth verdict of a process's private memory over the window (leak: "
-             "steady growth, suspect: unsteady growth, steady, too_short), 0 for the others.");
-  for (const auto* entry : kept) {
-    verdict_samples(out, "memtrail_process_memory_verdict", labels_of(entry),
-                    entry->second.series.growth.verdict);
-  }
+  growth_families(out, "process",
+                  "Slope of a process's private memory (RssAnon + VmSwap) over the window; 0 "
+                  "until it has a verdict.",
+                  "1 for the growth verdict of a process's private memory over the window (leak: "
+                  "steady growth, suspect: unsteady growth, steady, too_short), 0 for the others.",
+                  kept, labels_of);
 
   using CgroupEntry = std::pair<const std::string, Cgroup>;
   std::vector<const CgroupEntry*> all_cgroups;
@@ -212,18 +220,11 @@ void HostMemory::render(MetricsText& out) const {
                     return std::nullopt;
                   return static_cast<double>(*entry->second.sample->limit_bytes);
                 });
-  out.family_of("memtrail_cgroup_private_growth_bytes_per_second", "gauge",
-                "Slope of a memory cgroup's processes' private memory over the window.",
-                kept_cgroups, cgroup_labels, [](const auto* entry) -> std::optional<double> {
-                  return entry->second.series.growth.growth_bytes_per_s;
-                });
-  out.family("memtrail_cgroup_memory_verdict", "gauge",
-             "1 for the growth verdict of a memory cgroup's processes' private memory over the "
-             "window, 0 for the others.");
-  for (const auto* entry : kept_cgroups) {
-    verdict_samples(out, "memtrail_cgroup_memory_verdict", cgroup_labels(entry),
-                    entry->second.series.growth.verdict);
-  }
+  growth_families(out, "cgroup",
+                  "Slope of a memory cgroup's processes' private memory over the window.",
+                  "1 for the growth verdict of a memory cgroup's processes' private memory over "
+                  "the window, 0 for the others.",
+                  kept_cgroups, cgroup_labels);
 }
 
 std::optional<ProcessView> HostMemory::process(uint32_t pid) const {
