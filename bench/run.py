@@ -84,7 +84,8 @@ def owned_programs(tracer_pid):
 def return_probe_cost(programs):
     """ns per run of the program that records a malloc: its return probe, or its return-site
     probe (kernel BPF statistics), or None."""
-    for name in ("pointer_exit", "site_size_in_chunk_header", "site_size_in_register"):
+    for name in ("pointer_exit", "site_size_in_chunk_header", "site_size_in_register",
+                 "site_size_taken"):
         for program in programs or []:
             if program.get("name") == name:
                 runs = program.get("run_cnt", 0)

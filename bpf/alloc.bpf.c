@@ -341,9 +341,49 @@ static __always_inline __u64 return_address(__u64 slot, __u64 value)
 	return value;
 }
 
+/* Where a site finds the size asked for. */
+enum site_size_source {
+	SITE_SIZE_IN_REGISTER,
+	SITE_SIZE_TAKEN,	   /* taken earlier in the call by site_take_size */
+	SITE_SIZE_IN_CHUNK_HEADER, /* only the usable size is known */
+};
+
+/* The size site_take_size took for the call whose return address is at `frame`. */
+struct taken_size {
+	__u64 frame;
+	__u64 size;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct taken_size);
+} taken_sizes SEC(".maps");
+
+/* The size this very call asked for, taken earlier on its path (a nested call, deeper on the
+ * stack, has its return address elsewhere), or else the usable size from glibc's chunk header,
+ * counted as such. */
+static __always_inline bool site_size(__u64 address, __u64 frame, bool taken_first, __u64 *size)
+{
+	if (taken_first) {
+		struct taken_size *taken = current_task_storage(&taken_sizes, 0);
+
+		if (taken && taken->frame == frame) {
+			taken->frame = 0;
+			*size = taken->size;
+			return true;
+		}
+	}
+	if (!usable_size(address, size))
+		return false;
+	count(MEMTRAIL_CTR_USABLE_SIZES);
+	return true;
+}
+
 /* The site's cookie says where the pointer, the size, the return address and the caller's rbp
  * are (userspace proved it over every path through the function). */
-static __always_inline int record_at_site(struct pt_regs *ctx, bool chunk_header)
+static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_source source)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight;
@@ -354,7 +394,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, bool chunk_header
 		return 0;
 	address = register_value(ctx, cookie >> MEMTRAIL_SITE_POINTER_SHIFT);
 	if (!address)
-		return 0; /* failed: the call returns NULL (not counted as a failed call here) */
+		return 0; /* failed: counted by site_failed_call on the NULL path */
 	/* Inside a traced call (memalign, realloc(NULL, n), operator new: their entry probes ran),
 	 * the outer call records the block at its return. */
 	call = current_task_storage(&inflight, sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
@@ -364,12 +404,11 @@ static __always_inline int record_at_site(struct pt_regs *ctx, bool chunk_header
 	sp = PT_REGS_SP(ctx);
 	frame = (cookie >> MEMTRAIL_SITE_FRAME_SHIFT) & 0xffff;
 	caller_bp = PT_REGS_FP(ctx);
-	if (chunk_header) {
-		if (!usable_size(address, &size)) {
+	if (source != SITE_SIZE_IN_REGISTER) {
+		if (!site_size(address, sp + frame, source == SITE_SIZE_TAKEN, &size)) {
 			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid);
 			return 0;
 		}
-		count(MEMTRAIL_CTR_USABLE_SIZES);
 	} else {
 		size = register_value(ctx, cookie >> MEMTRAIL_SITE_SIZE_SHIFT);
 	}
@@ -402,14 +441,55 @@ static __always_inline int record_at_site(struct pt_regs *ctx, bool chunk_header
 SEC("uprobe")
 int site_size_in_register(struct pt_regs *ctx)
 {
-	return record_at_site(ctx, false);
+	return record_at_site(ctx, SITE_SIZE_IN_REGISTER);
+}
+
+/* A site whose size site_take_size took on every path to it (glibc's single-threaded arena). */
+SEC("uprobe")
+int site_size_taken(struct pt_regs *ctx)
+{
+	return record_at_site(ctx, SITE_SIZE_TAKEN);
 }
 
 /* A site where no register holds it: the usable size, counted as such. */
 SEC("uprobe")
 int site_size_in_chunk_header(struct pt_regs *ctx)
 {
-	return record_at_site(ctx, true);
+	return record_at_site(ctx, SITE_SIZE_IN_CHUNK_HEADER);
+}
+
+/* Before a site that sees no register holding the size: keeps it for this call. The cookie is
+ * a site cookie (its size register and frame). */
+SEC("uprobe")
+int site_take_size(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct taken_size *taken;
+
+	if (probe_floor || !probe_applies())
+		return 0;
+	taken = current_task_storage(&taken_sizes, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!taken)
+		return 0; /* the site falls back to the usable size, counted */
+	taken->frame = PT_REGS_SP(ctx) + ((cookie >> MEMTRAIL_SITE_FRAME_SHIFT) & 0xffff);
+	taken->size = register_value(ctx, (cookie >> MEMTRAIL_SITE_SIZE_SHIFT) & 0xf);
+	return 0;
+}
+
+/* On a path only failing calls take (userspace proved which): malloc or calloc returns NULL. */
+SEC("uprobe")
+int site_failed_call(struct pt_regs *ctx)
+{
+	struct inflight_call *call;
+
+	if (probe_floor || !probe_applies())
+		return 0;
+	/* Inside a traced call (memalign -> malloc): its return probe counts the failure. */
+	call = current_task_storage(&inflight, 0);
+	if (call && in_allocator_call(call))
+		return 0;
+	count(MEMTRAIL_CTR_FAILED_CALLS);
+	return 0;
 }
 
 /* free: may be attached past a leading NULL check (see userspace probe placement), so it never

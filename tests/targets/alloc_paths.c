@@ -6,10 +6,12 @@
 // and prints "line NAME N" and "bytes NAME ASKED USABLE" per site (USABLE: malloc_usable_size
 // summed), then "done", and waits for end of input. Single-threaded first (tcache, the main
 // arena without locks, mmapped blocks, calloc, memalign, realloc(NULL)); then with threads
-// (the locked main arena, thread arenas, their mmapped blocks and calloc).
+// (the locked main arena, thread arenas, their mmapped blocks and calloc). Calls that fail
+// (NULL) on each path come with them; "failed N" before "done" says how many.
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,18 @@ __attribute__((noinline)) static void churn(size_t size, int times) {
   }
 }
 
+// Calls glibc cannot serve: a size above PTRDIFF_MAX (refused before any arena), one that
+// overflows when padded (refused inside _int_malloc), calloc's overflowing product.
+static volatile size_t huge = SIZE_MAX;
+static int failed;
+__attribute__((noinline)) static void fail_calls(void) {
+  void *blocks[3] = {malloc(huge), malloc(huge / 2), calloc(huge / 2, 4)};
+  for (int i = 0; i < 3; ++i) {
+    if (blocks[i]) exit(5);
+    __atomic_add_fetch(&failed, 1, __ATOMIC_RELAXED);
+  }
+}
+
 static void *worker(void *unused) {
   (void)unused;
   churn(40, 3);
@@ -70,6 +84,7 @@ static void *worker(void *unused) {
   thread_mmapped();
   thread_calloc();
   thread_memalign();
+  fail_calls();
   return NULL;
 }
 
@@ -97,6 +112,7 @@ int main(int argc, char **argv) {
   single_calloc();
   single_memalign();
   single_realloc_null();
+  fail_calls();
 
   // From the first thread on, glibc takes the locked paths for good.
   pthread_t threads[2];
@@ -107,7 +123,7 @@ int main(int argc, char **argv) {
   threaded_main_arena_odd();
   for (int i = 0; i < 2; ++i) pthread_create(&threads[i], NULL, worker, NULL);
   for (int i = 0; i < 2; ++i) pthread_join(threads[i], NULL);
-  printf("done\n");
+  printf("failed %d\ndone\n", failed);
   while (fgets(gate, sizeof(gate), stdin)) {
   }
   return 0;

@@ -40,6 +40,20 @@ TEST(ReturnSites, ASimpleFunctionHasOneSiteWithTheSizeInACalleeSavedRegister) {
   EXPECT_EQ(*site.size_register, 3);  // rbx
   EXPECT_EQ(site.frame_bytes, 8u);    // one push
   EXPECT_FALSE(site.saved_bp_offset.has_value());
+  EXPECT_TRUE(analysis.captures.empty());
+  // The NULL path's own ret: only failing calls pass it.
+  EXPECT_EQ(analysis.failure_offsets, std::vector<uint64_t>{19}) << analysis.reason;
+}
+
+TEST(ReturnSites, ANullReturnSharingEveryInstructionWithAPointerFallsBack) {
+  // push %rbx; mov %rdi,%rbx; call +0; test %rax,%rax; je out; nop; out: pop %rbx; ret: a
+  // failed call and a successful one leave by the same instructions.
+  ReturnSiteAnalysis analysis =
+      find_return_sites(synthetic({0x53, 0x48, 0x89, 0xfb, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85,
+                                   0xc0, 0x74, 0x01, 0x90, 0x5b, 0xc3}));
+  EXPECT_TRUE(analysis.sites.empty());
+  EXPECT_NE(analysis.reason.find("a failing call (NULL) cannot be counted"), std::string::npos)
+      << analysis.reason;
 }
 
 TEST(ReturnSites, AnIndirectJumpFallsBack) {
@@ -67,11 +81,26 @@ TEST(ReturnSites, APointerReturnedWithoutAnEmulatedInstructionAfterItFallsBack) 
   EXPECT_NE(analysis.reason.find("no emulated instruction"), std::string::npos) << analysis.reason;
 }
 
-TEST(ReturnSites, ASizeLostAtTheSiteFallsBackWithoutChunkHeaders) {
+TEST(ReturnSites, ASizeLostAtTheSiteIsTakenByTheCallThatClobbersIt) {
   // push %rbx; call +0; test %rax,%rax; je null; pop %rbx; ret; null: xor; pop; ret: the size
-  // (rdi) is clobbered by the call.
+  // (rdi) is clobbered by the call, which still sees it.
   Bytes code{0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0,
              0x74, 0x02, 0x5b, 0xc3, 0x31, 0xc0, 0x5b, 0xc3};
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(code));
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_FALSE(analysis.sites[0].size_register.has_value());
+  EXPECT_TRUE(analysis.sites[0].size_captured);
+  ASSERT_EQ(analysis.captures.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.captures[0].offset, 1u);        // the call
+  EXPECT_EQ(analysis.captures[0].size_register, 7);  // rdi
+  EXPECT_EQ(analysis.captures[0].frame_bytes, 8u);   // after the push
+}
+
+TEST(ReturnSites, ASizeLostOnEveryPathFallsBackWithoutChunkHeaders) {
+  // xor %edi,%edi; push %rbx; call +0; test %rax,%rax; je null; pop %rbx; ret; null: xor; pop;
+  // ret: no emulated instruction ever sees the size.
+  Bytes code{0x31, 0xff, 0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85,
+             0xc0, 0x74, 0x02, 0x5b, 0xc3, 0x31, 0xc0, 0x5b, 0xc3};
   ReturnSiteAnalysis without = find_return_sites(synthetic(code));
   EXPECT_TRUE(without.sites.empty());
   EXPECT_NE(without.reason.find("size"), std::string::npos) << without.reason;
@@ -80,6 +109,7 @@ TEST(ReturnSites, ASizeLostAtTheSiteFallsBackWithoutChunkHeaders) {
   ReturnSiteAnalysis with = find_return_sites(query);
   ASSERT_EQ(with.sites.size(), 1u) << with.reason;
   EXPECT_FALSE(with.sites[0].size_register.has_value());
+  EXPECT_FALSE(with.sites[0].size_captured);
 }
 
 TEST(ReturnSites, ALoopBackThroughTheSiteFallsBack) {
@@ -108,11 +138,13 @@ ReturnSiteQuery libc_query(const ElfFile& elf, const char* name, bool calloc) {
 // _int_malloc on the main arena of a single-threaded one, where the size is gone (rbx then
 // holds &main_arena): three conditional jumps with the pointer in rax, under a 40-byte frame
 // (three pushes and 16 bytes) with the caller's rbp saved 16 bytes below the return address.
+// The call into _int_malloc there takes the size (rsi); the ret that only NULL reaches counts
+// failed calls.
 TEST(ReturnSitesGlibc, MallocIsCoveredOnTheTcacheArenaAndSingleThreadPaths) {
   ElfFile elf = ElfFile::open(kLibc);
   ReturnSiteAnalysis analysis = find_return_sites(libc_query(elf, "malloc", false));
   ASSERT_EQ(analysis.sites.size(), 3u) << analysis.reason;
-  int usable = 0;
+  int taken = 0;
   for (const auto& site : analysis.sites) {
     EXPECT_EQ(site.pointer_register, 0) << analysis.reason;  // rax
     EXPECT_EQ(site.frame_bytes, 40u);
@@ -121,10 +153,15 @@ TEST(ReturnSitesGlibc, MallocIsCoveredOnTheTcacheArenaAndSingleThreadPaths) {
     if (site.size_register) {
       EXPECT_EQ(*site.size_register, 3) << analysis.reason;  // rbx = the size asked for
     } else {
-      ++usable;
+      EXPECT_TRUE(site.size_captured) << analysis.reason;
+      ++taken;
     }
   }
-  EXPECT_EQ(usable, 1) << analysis.reason;
+  EXPECT_EQ(taken, 1) << analysis.reason;
+  ASSERT_EQ(analysis.captures.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.captures[0].size_register, 6) << analysis.reason;  // rsi, _int_malloc's bytes
+  EXPECT_EQ(analysis.captures[0].frame_bytes, 40u);
+  EXPECT_EQ(analysis.failure_offsets.size(), 1u) << analysis.reason;
 }
 
 // calloc returns through memset (a tail call through the PLT, an IRELATIVE slot) or a ret
@@ -139,6 +176,8 @@ TEST(ReturnSitesGlibc, CallocIsCoveredIncludingItsTailCallToMemset) {
     EXPECT_EQ(*site.size_register, 3);
     EXPECT_EQ(site.frame_bytes, 56u);
   }
+  EXPECT_TRUE(analysis.captures.empty());
+  EXPECT_EQ(analysis.failure_offsets.size(), 1u) << analysis.reason;
 }
 
 TEST(ReturnSitesGlibc, WithoutMemsetKnownCallocFallsBack) {

@@ -366,7 +366,7 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   Placement placement{known->second.first, known->second.second};
   Kind kind = spec.kind ? *spec.kind : intern_kind(name);
   FunctionProbe probe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason,
-                      {},   ""};
+                      {},   {},        {},   ""};
   bool glibc = elf.find_function("__libc_malloc").has_value();
   if (return_sites_apply(spec) && !glibc) {
     // The analysis finds none in jemalloc's or mimalloc's malloc, and one in tcmalloc's calloc
@@ -387,6 +387,8 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
       known_sites = elf.return_sites.emplace(symbol.address, find_return_sites(query)).first;
     }
     probe.return_sites = known_sites->second.sites;
+    probe.size_captures = known_sites->second.captures;
+    probe.failure_offsets = known_sites->second.failure_offsets;
     probe.return_sites_reason = known_sites->second.reason;
   }
   return probe;

@@ -42,7 +42,9 @@ struct FunctionProbe {
   // returned pointer on every path (find_return_sites), file offsets of the function's code
   // given by entry_offset + offset. Empty when not proven: entry and return probes then.
   std::vector<ReturnSite> return_sites;
-  std::string return_sites_reason;  // what the analysis proved or could not, for -v
+  std::vector<SizeCapture> size_captures;  // for the sites that see no register with the size
+  std::vector<uint64_t> failure_offsets;   // from entry_offset: only calls returning NULL pass
+  std::string return_sites_reason;         // what the analysis proved or could not, for -v
 };
 
 struct AllocatorModule {

@@ -183,6 +183,8 @@ struct State {
   bool delta_known = true;
   int8_t zero_test = kNoRegister;  // flags say whether this register is zero (test r,r)
   int16_t fired = -1;              // the site that fired on this path, or -1
+  bool captured = false;           // a size capture took the size asked for on this path
+  uint8_t failed = 0;              // failure sites passed (counted failed calls), up to 2
 
   uint8_t slot(int32_t offset) const {
     for (const auto& [at, tag] : slots) {
@@ -215,6 +217,8 @@ struct State {
     k.push_back(delta_known ? 1 : 0);
     k.push_back(zero_test);
     k.append(reinterpret_cast<const char*>(&fired), sizeof(fired));
+    k.push_back(captured ? 1 : 0);
+    k.push_back(static_cast<char>(failed));
     return k;
   }
 };
@@ -228,16 +232,33 @@ struct Observed {
   bool bp_in_register = true;
   // Entry-relative offsets holding the caller's rbp on every path.
   std::optional<std::set<int32_t>> bp_slots;
+  bool captured_always = true;  // every path passed a size capture holding the size
+  // The first path that fired it: each instruction with the registers holding the size there
+  // and the stack depth, to choose a size capture on.
+  struct Step {
+    size_t instruction;
+    uint16_t sizes;
+    std::optional<int32_t> delta;
+  };
+  std::vector<Step> first_path;
+};
+
+// A size capture being checked: the register, and the stack depth it expects.
+struct Capture {
+  int reg = 0;
+  int32_t delta = 0;
 };
 
 struct Problem {
   enum Kind {
     kNone,
-    kUncovered,  // a path returns a pointer no site saw
-    kDouble,     // a path passes two sites
-    kLoop,       // a site is passed again (final check)
-    kConflict,   // reaches another chosen site (final check)
-    kFatal,      // cannot be proven at all (indirect jump, unknown tail call, ...)
+    kUncovered,         // a path returns a pointer no site saw
+    kDouble,            // a path passes two sites
+    kLoop,              // a site is passed again (final check)
+    kConflict,          // reaches another chosen site (final check)
+    kFatal,             // cannot be proven at all (indirect jump, unknown tail call, ...)
+    kUncoveredFailure,  // a path returns NULL without passing a failure site
+    kMiscounted,        // a path passes failure sites and returns a pointer, or passes two
   } kind = kNone;
   std::string what;
   std::vector<size_t> path;  // instruction indices, entry first (kUncovered)
@@ -249,27 +270,35 @@ class Analysis {
   explicit Analysis(const ReturnSiteQuery& query) : query_(query) {}
 
   ReturnSiteAnalysis run() {
-    if (!decode()) return {{}, reason_};
+    if (!decode()) return unproven(reason_);
     std::set<size_t> banned;
     // site instruction index -> pointer register
     std::map<size_t, int> sites;
     for (int round = 0; round < kMaxRounds; ++round) {
       std::map<size_t, Observed> observed;
       Problem problem = verify(sites, observed);
-      if (problem.kind == Problem::kNone) return describe(sites, observed);
+      if (problem.kind == Problem::kNone) {
+        std::map<size_t, Capture> captures;
+        for (const auto& [site, reg] : sites) {
+          const Observed& o = observed[site];
+          if (o.seen && o.size_registers == 0) choose_capture(site, sites, captures, observed);
+        }
+        std::set<size_t> failures;
+        std::optional<std::string> unproven = choose_failures(sites, captures, failures);
+        return describe(sites, observed, captures, failures, unproven);
+      }
       if (problem.kind == Problem::kDouble) {
         sites.erase(problem.site);
         banned.insert(problem.site);
         continue;
       }
-      if (problem.kind != Problem::kUncovered) return {{}, problem.what};
+      if (problem.kind != Problem::kUncovered) return unproven(problem.what);
       if (!choose_site(problem.path, sites, banned)) {
-        return {{},
-                "no emulated instruction holds the returned pointer on the path to +0x" +
-                    hex(code_[problem.path.back()].offset) + " (" + problem.what + ")"};
+        return unproven("no emulated instruction holds the returned pointer on the path to +0x" +
+                        hex(code_[problem.path.back()].offset) + " (" + problem.what + ")");
       }
     }
-    return {{}, "no set of sites found in " + std::to_string(kMaxRounds) + " rounds"};
+    return unproven("no set of sites found in " + std::to_string(kMaxRounds) + " rounds");
   }
 
  private:
@@ -441,8 +470,8 @@ class Analysis {
         if (x.op_count == 2) {
           const auto& dst = x.operands[0];
           const auto& src = x.operands[1];
-          if (op_is_reg64(0) && op_is_reg64(1) && op_reg(0) != kRsp) {
-            s.set(op_reg(0), s.tags[static_cast<size_t>(op_reg(1))]);
+          if (op_is_reg64(0) && op_is_reg64(1) && op_reg(0) != kRsp && op_reg(1) >= 0) {
+            s.set(op_reg(0), s.tags[static_cast<size_t>(op_reg(1)) & 15]);
             handled = true;
           } else if (dst.type == X86_OP_REG && src.type == X86_OP_IMM && op_reg(0) != kRsp &&
                      dst.size >= 4) {
@@ -577,8 +606,22 @@ class Analysis {
   }
 
   // How a path that leaves the function ends, given the register holding what it returns.
-  Problem leave(const State& s, int result, const std::string& where) const {
+  Problem leave(const State& s, int result, const std::string& where,
+                bool check_failures = false) const {
     uint8_t tag = s.tags[static_cast<size_t>(result)];
+    if (check_failures) {
+      // NULL is a failed call, counted once on its way out; a pointer is not.
+      if (tag == kZero && s.failed == 0) {
+        return {Problem::kUncoveredFailure, where + " returns NULL past no failure site", {}, 0};
+      }
+      if ((tag == kZero && s.failed > 1) || (tag != kZero && s.failed > 0)) {
+        return {Problem::kMiscounted,
+                where + (tag == kZero ? " returns NULL past two failure sites"
+                                      : " returns a pointer past a failure site"),
+                {},
+                0};
+      }
+    }
     if (s.fired >= 0) {
       if (tag == kValue) return {};
       if (tag == kZero) return {};  // the site saw NULL: nothing recorded
@@ -595,6 +638,9 @@ class Analysis {
   struct Mode {
     const std::map<size_t, int>* sites = nullptr;  // verify: the chosen sites
     std::map<size_t, Observed>* observed = nullptr;
+    const std::map<size_t, Capture>* captures = nullptr;
+    const std::set<size_t>* failures = nullptr;
+    bool check_failures = false;  // every NULL return passes exactly one failure site
     // Final check: the candidate (fired at the start), other sites it must not reach, and an
     // instruction whose passing ends a path (post-dominance).
     std::optional<size_t> start;
@@ -635,15 +681,25 @@ class Analysis {
       size_t i = nodes[node].instruction;
       State s = nodes[node].state;
       const Instruction& in = code_[i];
-      std::string where = "+0x" + hex(in.offset);
+      auto where = [&] { return "+0x" + hex(in.offset); };
       bool starting = at_start;
       at_start = false;
       if (mode.start && !starting) {
-        if (i == *mode.start) return {Problem::kLoop, where + " is passed again", {}, 0};
+        if (i == *mode.start) return {Problem::kLoop, where() + " is passed again", {}, 0};
         if (mode.avoid && i == *mode.avoid) continue;  // passed: this path is covered
         if (mode.others && mode.others->count(i)) {
-          return {Problem::kConflict, "reaches the site at " + where, {}, i};
+          return {Problem::kConflict, "reaches the site at " + where(), {}, i};
         }
+      }
+      if (mode.captures) {
+        auto capture = mode.captures->find(i);
+        if (capture != mode.captures->end()) {
+          s.captured = s.tags[static_cast<size_t>(capture->second.reg)] == kSize && s.delta_known &&
+                       s.delta == capture->second.delta;
+        }
+      }
+      if (mode.failures && mode.failures->count(i)) {
+        s.failed = static_cast<uint8_t>(std::min(s.failed + 1, 2));
       }
       if (mode.sites) {
         auto site = mode.sites->find(i);
@@ -651,7 +707,7 @@ class Analysis {
           if (s.fired >= 0) {
             return {Problem::kDouble,
                     "a path passes the sites at +0x" +
-                        hex(code_[static_cast<size_t>(s.fired)].offset) + " and " + where,
+                        hex(code_[static_cast<size_t>(s.fired)].offset) + " and " + where(),
                     path_of(node), i};
           }
           uint8_t tag = s.tags[static_cast<size_t>(site->second)];
@@ -679,6 +735,20 @@ class Analysis {
               bp = both;
             }
             seen_here.bp_slots = bp;
+            if (!s.captured) seen_here.captured_always = false;
+            if (seen_here.first_path.empty()) {
+              for (size_t n = node; n != SIZE_MAX; n = nodes[n].parent) {
+                const State& at = nodes[n].state;
+                uint16_t held = 0;
+                for (size_t r = 0; r < 16; ++r) {
+                  if (at.tags[r] == kSize) held = static_cast<uint16_t>(held | (1u << r));
+                }
+                seen_here.first_path.push_back(
+                    {nodes[n].instruction, held,
+                     at.delta_known ? std::optional<int32_t>(at.delta) : std::nullopt});
+              }
+              std::reverse(seen_here.first_path.begin(), seen_here.first_path.end());
+            }
             s.tags[static_cast<size_t>(site->second)] = kValue;
             s.fired = static_cast<int16_t>(i);
           }
@@ -686,7 +756,7 @@ class Analysis {
       }
       auto next = [&](State state) -> std::optional<Problem> {
         if (i + 1 >= code_.size()) {
-          return Problem{Problem::kFatal, "falls off its end after " + where, {}, 0};
+          return Problem{Problem::kFatal, "falls off its end after " + where(), {}, 0};
         }
         push(i + 1, std::move(state), node);
         return std::nullopt;
@@ -698,10 +768,10 @@ class Analysis {
       auto tail_call = [&](const State& state, uint64_t target) -> Problem {
         TailCall kind =
             query_.classify_tail_call ? query_.classify_tail_call(target) : TailCall::kUnknown;
-        std::string to = where + " (tail call to 0x" + hex(target) + ")";
+        std::string to = where() + " (tail call to 0x" + hex(target) + ")";
         if (kind == TailCall::kReturnsFirstArgument) {
           if (returns_unseen(state, kRdi)) return {Problem::kFatal, to + " returns unseen", {}, 0};
-          return leave(state, kRdi, to);
+          return leave(state, kRdi, to, mode.check_failures);
         }
         if (kind == TailCall::kRecordedElsewhere) {
           if (state.fired >= 0) {
@@ -712,25 +782,27 @@ class Analysis {
         return {Problem::kFatal, to + ": unknown function", {}, 0};
       };
       auto with_path = [&](Problem problem) {
-        if (problem.kind == Problem::kUncovered) problem.path = path_of(node);
+        if (problem.kind == Problem::kUncovered || problem.kind == Problem::kUncoveredFailure) {
+          problem.path = path_of(node);
+        }
         return problem;
       };
       switch (in.flow) {
         case Flow::kRet: {
-          if (returns_unseen(s, kRax)) return {Problem::kFatal, where + " returns unseen", {}, 0};
-          Problem problem = leave(s, kRax, where);
+          if (returns_unseen(s, kRax)) return {Problem::kFatal, where() + " returns unseen", {}, 0};
+          Problem problem = leave(s, kRax, where(), mode.check_failures);
           if (problem.kind != Problem::kNone) return with_path(problem);
           break;
         }
         case Flow::kStop:
           break;
         case Flow::kIndirectJump:
-          return {Problem::kFatal, "indirect jump at " + where, {}, 0};
+          return {Problem::kFatal, "indirect jump at " + where(), {}, 0};
         case Flow::kJump:
           if (auto target = index_of_target(in.target)) {
             push(*target, s, node);
           } else if (inside(in.target)) {
-            return {Problem::kFatal, "jump into an instruction at " + where, {}, 0};
+            return {Problem::kFatal, "jump into an instruction at " + where(), {}, 0};
           } else {
             Problem problem = tail_call(s, in.target);
             if (problem.kind != Problem::kNone) return with_path(problem);
@@ -740,7 +812,11 @@ class Analysis {
           State taken = s, fallthrough = s;
           int8_t tested = s.zero_test;
           bool taken_done = false, fallthrough_done = false;
-          if (tested != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE)) {
+          if (tested != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE) &&
+              s.tags[static_cast<size_t>(tested)] == kZero) {
+            // Known zero: the edge taken when it is not never runs.
+            (in.id == X86_INS_JE ? fallthrough_done : taken_done) = true;
+          } else if (tested != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE)) {
             State& zero = in.id == X86_INS_JE ? taken : fallthrough;
             known_zero(zero, tested);
             // Checking a candidate: once its pointer is known NULL, the path is none of its
@@ -753,7 +829,7 @@ class Analysis {
           } else if (auto target = index_of_target(in.target)) {
             push(*target, taken, node);
           } else if (inside(in.target)) {
-            return {Problem::kFatal, "jump into an instruction at " + where, {}, 0};
+            return {Problem::kFatal, "jump into an instruction at " + where(), {}, 0};
           } else {
             Problem problem = tail_call(taken, in.target);
             if (problem.kind != Problem::kNone) return with_path(problem);
@@ -769,7 +845,7 @@ class Analysis {
           // A call to a traced allocator records its block itself (its own probes): a site
           // after it would count the block again, or another one.
           if (in.flow == Flow::kCall && calls_traced(in.target)) {
-            return {Problem::kFatal, "calls a traced allocator function at " + where, {}, 0};
+            return {Problem::kFatal, "calls a traced allocator function at " + where(), {}, 0};
           }
           for (int reg : {kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) s.set(reg, kUnknown);
           s.zero_test = kNoRegister;
@@ -797,11 +873,73 @@ class Analysis {
     return s;
   }
 
-  Problem verify(const std::map<size_t, int>& sites, std::map<size_t, Observed>& observed) const {
+  Problem verify(const std::map<size_t, int>& sites, std::map<size_t, Observed>& observed,
+                 const std::map<size_t, Capture>* captures = nullptr,
+                 const std::set<size_t>* failures = nullptr) const {
     Mode mode;
     mode.sites = &sites;
     mode.observed = &observed;
+    mode.captures = captures;
+    mode.failures = failures;
+    mode.check_failures = failures != nullptr;
     return explore(0, entry_state(), mode);
+  }
+
+  // A size capture for `site`, which sees no register holding the size: the latest emulated
+  // instruction on a path to it where a register holds the size, such that every path to the
+  // site passes it with the size there (then the site reads what it took).
+  bool choose_capture(size_t site, const std::map<size_t, int>& sites,
+                      std::map<size_t, Capture>& captures,
+                      std::map<size_t, Observed>& observed) const {
+    std::vector<Observed::Step> path = observed[site].first_path;
+    for (auto step = path.rbegin(); step != path.rend(); ++step) {
+      size_t i = step->instruction;
+      if (i == site || !code_[i].emulated || !step->sizes || !step->delta || sites.count(i) ||
+          captures.count(i)) {
+        continue;
+      }
+      for (int r : {kRbx, kRbp, 12, 13, 14, 15, kRdi, kRsi, kRdx, kRcx, 8, 9, 10, 11, kRax}) {
+        if (!(step->sizes & (1u << r))) continue;
+        std::map<size_t, Capture> trial = captures;
+        trial[i] = Capture{r, *step->delta};
+        std::map<size_t, Observed> seen;
+        if (verify(sites, seen, &trial).kind == Problem::kNone && seen[site].captured_always) {
+          captures = std::move(trial);
+          observed = std::move(seen);
+          return true;
+        }
+        break;  // the same instruction with another register proves no more
+      }
+    }
+    return false;
+  }
+
+  // Failure sites until every NULL return passes exactly one; the reason when none can be found.
+  std::optional<std::string> choose_failures(const std::map<size_t, int>& sites,
+                                             const std::map<size_t, Capture>& captures,
+                                             std::set<size_t>& failures) const {
+    for (int round = 0; round < kMaxRounds; ++round) {
+      std::map<size_t, Observed> observed;
+      Problem problem = verify(sites, observed, &captures, &failures);
+      if (problem.kind == Problem::kNone) return std::nullopt;
+      if (problem.kind != Problem::kUncoveredFailure) return problem.what;
+      bool chosen = false;
+      // The latest instruction of the path that only failing calls pass: one site there
+      // serves every failure that joins before it.
+      for (auto it = problem.path.rbegin(); it != problem.path.rend() && !chosen; ++it) {
+        if (sites.count(*it) || captures.count(*it) || failures.count(*it)) continue;
+        std::set<size_t> trial = failures;
+        trial.insert(*it);
+        std::map<size_t, Observed> seen;
+        Problem after = verify(sites, seen, &captures, &trial);
+        if (after.kind == Problem::kNone || after.kind == Problem::kUncoveredFailure) {
+          failures = std::move(trial);
+          chosen = true;
+        }
+      }
+      if (!chosen) return problem.what;
+    }
+    return "no set of failure sites found in " + std::to_string(kMaxRounds) + " rounds";
   }
 
   // From `candidate`, with the pointer in `reg`: every path returns that pointer (or finds it
@@ -874,12 +1012,23 @@ class Analysis {
     return true;
   }
 
-  ReturnSiteAnalysis describe(const std::map<size_t, int>& sites,
-                              const std::map<size_t, Observed>& observed) const {
+  static ReturnSiteAnalysis unproven(std::string reason) {
     ReturnSiteAnalysis result;
-    if (sites.empty()) return {{}, "no path returns a pointer"};
+    result.reason = std::move(reason);
+    return result;
+  }
+
+  ReturnSiteAnalysis describe(const std::map<size_t, int>& sites,
+                              const std::map<size_t, Observed>& observed,
+                              const std::map<size_t, Capture>& captures,
+                              const std::set<size_t>& failures,
+                              const std::optional<std::string>& failures_unproven) const {
+    if (failures_unproven) {
+      return unproven("a failing call (NULL) cannot be counted: " + *failures_unproven);
+    }
+    ReturnSiteAnalysis result;
+    if (sites.empty()) return unproven("no path returns a pointer");
     std::string list;
-    bool usable = false;
     for (const auto& [i, reg] : sites) {
       const Instruction& in = code_[i];
       auto seen = observed.find(i);
@@ -887,7 +1036,7 @@ class Analysis {
       if (seen == observed.end() || !seen->second.seen) continue;  // only ever sees NULL
       const Observed& o = seen->second;
       if (!o.delta_consistent || !o.delta || *o.delta > 0) {
-        return {{}, "the stack depth at " + where + " differs between paths"};
+        return unproven("the stack depth at " + where + " differs between paths");
       }
       ReturnSite site;
       site.offset = in.offset;
@@ -902,28 +1051,40 @@ class Analysis {
             break;
           }
         }
+      } else if (o.captured_always) {
+        site.size_captured = true;
       } else if (!query_.chunk_header_sizes) {
-        return {{}, "no register holds the size asked for at " + where};
-      } else {
-        usable = true;
+        return unproven("no register holds the size asked for at " + where);
       }
       if (!o.bp_in_register) {
         if (!o.bp_slots || o.bp_slots->empty()) {
-          return {{}, "the caller's %rbp is lost at " + where};
+          return unproven("the caller's %rbp is lost at " + where);
         }
         site.saved_bp_offset = static_cast<uint32_t>(*o.bp_slots->begin() - *o.delta);
       }
       list += (list.empty() ? "" : ", ") + where + " " + in.mnemonic + " (" +
               register_name(site.pointer_register) + ", size " +
-              (site.size_register ? std::string(register_name(*site.size_register))
-                                  : std::string("usable, from the chunk header")) +
+              (site.size_register   ? std::string(register_name(*site.size_register))
+               : site.size_captured ? std::string("as taken earlier")
+                                    : std::string("usable, from the chunk header")) +
               ")";
       result.sites.push_back(site);
     }
-    if (result.sites.empty()) return {{}, "no path returns a pointer"};
+    if (result.sites.empty()) return unproven("no path returns a pointer");
     result.reason = "returns seen at " + std::to_string(result.sites.size()) +
                     " emulated instructions, every path proven: " + list;
-    (void)usable;
+    for (const auto& [i, capture] : captures) {
+      result.captures.push_back(SizeCapture{code_[i].offset, static_cast<uint8_t>(capture.reg),
+                                            static_cast<uint32_t>(-capture.delta)});
+      result.reason += "; size taken at +0x" + hex(code_[i].offset) + " " + code_[i].mnemonic +
+                       " (" + register_name(static_cast<uint8_t>(capture.reg)) + ")";
+    }
+    for (size_t i : failures) result.failure_offsets.push_back(code_[i].offset);
+    result.reason += "; failed calls (NULL) counted at";
+    if (failures.empty()) result.reason += " none: no path returns NULL";
+    for (size_t i : failures) {
+      result.reason += " +0x" + hex(code_[i].offset) + " " + code_[i].mnemonic;
+    }
     return result;
   }
 

@@ -34,19 +34,35 @@ struct ReturnSite {
   uint64_t offset = 0;           // from the function's first byte
   uint8_t pointer_register = 0;  // x86 register number: 0 rax, 1 rcx, 2 rdx, 3 rbx, ... 15 r15
   // The register holding the size asked for, on every path to the site; nullopt: none does,
-  // the usable size is read from the chunk header (only with chunk_header_sizes).
+  // then the size a SizeCapture took earlier in the same call (size_captured), else the usable
+  // size read from the chunk header (only with chunk_header_sizes).
   std::optional<uint8_t> size_register;
+  bool size_captured = false;
   uint32_t frame_bytes = 0;  // the return address is at site %rsp + frame_bytes
   // Where the caller's %rbp is at the site: in %rbp (nullopt), or saved at site %rsp + this.
   std::optional<uint32_t> saved_bp_offset;
   std::string instruction;  // e.g. "jne", for -v
 };
 
+// An emulated instruction that every path to a site without a size register passes, with the
+// size asked for in a register: it keeps that size for the site, for the thread and this call
+// (told apart from nested calls by where the return address is).
+struct SizeCapture {
+  uint64_t offset = 0;
+  uint8_t size_register = 0;
+  uint32_t frame_bytes = 0;  // the return address is at %rsp + frame_bytes here
+};
+
 // Either sites covering every return (each successful call passes exactly one, and a failed
 // call returning NULL passes none holding a pointer), or why that could not be proven.
 struct ReturnSiteAnalysis {
   std::vector<ReturnSite> sites;  // empty: not proven, see reason
-  std::string reason;             // one line for -v: what was proven, or what was not
+  std::vector<SizeCapture> captures;
+  // Instructions only paths returning NULL pass, each such path exactly one: a probe there
+  // counts a failed call. Any instruction (they run on failures only, so a single-stepped
+  // probe costs nothing that matters).
+  std::vector<uint64_t> failure_offsets;
+  std::string reason;  // one line for -v: what was proven, or what was not
 };
 
 // Decodes the function (capstone) and follows every path from its entry by abstract
@@ -58,7 +74,10 @@ struct ReturnSiteAnalysis {
 // NULL returns pass none with a non-NULL pointer; nothing returns through an indirect jump or
 // an unknown tail call, and no path calls an allocator function memtrail probes (its block
 // would be counted twice). Calls are taken to return, except calls to a target that this function
-// also calls right before padding or its end (glibc's malloc_printerr): those abort.
+// also calls right before padding or its end (glibc's malloc_printerr): those abort. A site
+// with no register holding the size gets a size capture on every path to it, where one exists;
+// every path returning NULL gets exactly one failure site, which no path returning a pointer
+// passes, or nothing is proven (failed calls are counted, as by a return probe).
 ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query);
 
 // The name of x86 register `number` (0..15), e.g. "rax".

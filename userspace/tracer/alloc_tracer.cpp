@@ -592,10 +592,21 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   };
   for (const auto& function : module.functions) {
     if (uses_return_sites(function)) {
+      // Sizes are taken before the sites that read them are in place, so that no call finds
+      // a site without its size.
+      for (const auto& capture : function.size_captures) {
+        attach_one(skeleton_->progs.site_take_size, function.entry_offset + capture.offset, false,
+                   bpf::capture_cookie(capture), function.name);
+      }
+      for (uint64_t offset : function.failure_offsets) {
+        attach_one(skeleton_->progs.site_failed_call, function.entry_offset + offset, false, 0,
+                   function.name);
+      }
       for (const auto& site : function.return_sites) {
-        attach_one(site.size_register ? skeleton_->progs.site_size_in_register
-                                      : skeleton_->progs.site_size_in_chunk_header,
-                   function.entry_offset + site.offset, false,
+        bpf_program* program = site.size_register   ? skeleton_->progs.site_size_in_register
+                               : site.size_captured ? skeleton_->progs.site_size_taken
+                                                    : skeleton_->progs.site_size_in_chunk_header;
+        attach_one(program, function.entry_offset + site.offset, false,
                    bpf::site_cookie(function.kind, site), function.name);
       }
       continue;
@@ -629,7 +640,10 @@ bool AllocTracer::uses_return_sites(const inspect::FunctionProbe& function) cons
                      [](const inspect::ReturnSite& site) {
                        return site.frame_bytes <= 0xffff &&
                               site.saved_bp_offset.value_or(0) <= 0xffff;
-                     });
+                     }) &&
+         std::all_of(
+             function.size_captures.begin(), function.size_captures.end(),
+             [](const inspect::SizeCapture& capture) { return capture.frame_bytes <= 0xffff; });
 }
 
 void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& file,

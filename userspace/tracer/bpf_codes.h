@@ -143,6 +143,13 @@ constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::Return
   return cookie;
 }
 
+// The attach cookie of site_take_size: the register holding the size, where the return
+// address is (a site cookie's fields).
+constexpr uint64_t capture_cookie(const inspect::SizeCapture& capture) {
+  return uint64_t{capture.size_register} << MEMTRAIL_SITE_SIZE_SHIFT |
+         uint64_t{capture.frame_bytes & 0xffff} << MEMTRAIL_SITE_FRAME_SHIFT;
+}
+
 // ---- Stacks: flags of the native walk, and the Python frames of CPython processes ----
 
 // Why a walk stopped before the outermost frame (bits 8..11 of memtrail_stack.flags), as the
