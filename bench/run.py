@@ -7,14 +7,16 @@ and the median of the rounds is reported. Every memtrail run must have recorded 
 loop's allocations, or the benchmark fails. Results are appended to bench/RESULTS.md with the
 date, kernel and commit. See bench/README.md.
 
-Tools: untraced; memtrail (memtrail leaks -p PID, full tracking, --unwind auto: malloc probed
-at entry and return, three kernel entries per malloc+free); memtrail-fp and memtrail-dwarf (the
-same with --unwind fp / dwarf: the stack walk's cost); memtrail-sampled (with --sample-rate, only
-once memtrail has that option); memtrail-probe-floor (memtrail's probes with programs that return
-at once: what its three uprobe traps alone cost); memtrail-return-sites and
-memtrail-two-trap-floor (the same two with --return-sites: malloc probed where it returns, two
-entries per pair); bcc-free-fix (BCC memleak with its free probe moved
-past free's NULL check); bcc (memleak-bpfcc -p PID as shipped).
+Tools: untraced; memtrail (memtrail leaks -p PID, full tracking, --unwind auto, as shipped:
+malloc probed where it returns, two kernel entries per malloc+free); memtrail-fp and
+memtrail-dwarf (the same with --unwind fp / dwarf: the stack walk's cost); memtrail-sampled (with
+--sample-rate); memtrail-two-trap-floor (memtrail's probes with programs that return at once:
+what its two uprobe traps alone cost); memtrail-entry-return and memtrail-three-trap-floor (the
+same two with --no-return-sites: malloc probed at entry and return, three entries per pair);
+bcc-free-fix (BCC memleak with its free probe moved past free's NULL check); bcc (memleak-bpfcc
+-p PID as shipped). memtrail-return-sites and memtrail-probe-floor, the names of the two
+designs before return sites were the default, are taken as memtrail and
+memtrail-three-trap-floor.
 
 Every memtrail row also says how many times per malloc+free pair the kernel ran its programs
 (the kernel's BPF statistics: one program run per uprobe trap or uretprobe return), that is
@@ -38,12 +40,15 @@ from benchlib import (BenchError, LineReader, other_tracers, report_results,  # 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
 ALL_TOOLS = ["untraced", "memtrail", "memtrail-fp", "memtrail-dwarf", "memtrail-sampled",
-             "memtrail-probe-floor", "memtrail-return-sites", "memtrail-two-trap-floor",
+             "memtrail-two-trap-floor", "memtrail-entry-return", "memtrail-three-trap-floor",
              "bcc-free-fix", "bcc"]
+# Earlier names of rows, as results and scripts before return sites were the default used them.
+OLD_TOOL_NAMES = {"memtrail-return-sites": "memtrail", "memtrail-probe-floor":
+                  "memtrail-three-trap-floor"}
 # Rows whose programs return at once: they record nothing.
-FLOOR_TOOLS = {"memtrail-probe-floor", "memtrail-two-trap-floor"}
-# Rows with malloc and calloc probed at their return sites (--return-sites).
-RETURN_SITE_TOOLS = {"memtrail-return-sites", "memtrail-two-trap-floor"}
+FLOOR_TOOLS = {"memtrail-three-trap-floor", "memtrail-two-trap-floor"}
+# Rows with malloc and calloc probed at entry and return (--no-return-sites).
+ENTRY_RETURN_TOOLS = {"memtrail-entry-return", "memtrail-three-trap-floor"}
 # --unwind of each memtrail row; "memtrail" runs the default (auto).
 UNWIND_OF = {"memtrail-fp": "fp", "memtrail-dwarf": "dwarf"}
 # What the memtrail-dwarf runs' reports said about the unwind tables (memory, modules).
@@ -159,8 +164,8 @@ def start_tracer(tool, args, pid, json_path, started):
             command += ["--sample-rate", str(args.sample_rate)]
         if tool in FLOOR_TOOLS:
             command += ["--probe-floor"]
-        if tool in RETURN_SITE_TOOLS:
-            command += ["--return-sites"]
+        if tool in ENTRY_RETURN_TOOLS:
+            command += ["--no-return-sites"]
         if args.variant.startswith("C++"):
             command += ["--cxx"]
         if tool in UNWIND_OF:
@@ -294,13 +299,13 @@ def make_table(tools, results, seconds):
                     + ", ".join(f"{tool} {statistics.median(values):.2f}"
                                 for tool, values in entries_per_pair.items()) + ".")
     recorders = {tool: values for tool, values in return_probe_ns.items() if tool in
-                 ("memtrail", "memtrail-return-sites")}
+                 ("memtrail", "memtrail-entry-return")}
     if recorders:
         rows.append("In the kernel (BPF statistics, median): the program that records a malloc "
                     "runs " + ", ".join(f"{statistics.median(values):,.0f} ns in {tool}"
                                         for tool, values in recorders.items()) + ".")
-    for tracker, floor_tool in (("memtrail", "memtrail-probe-floor"),
-                                ("memtrail-return-sites", "memtrail-two-trap-floor")):
+    for tracker, floor_tool in (("memtrail", "memtrail-two-trap-floor"),
+                                ("memtrail-entry-return", "memtrail-three-trap-floor")):
         if floor_tool not in medians or tracker not in medians or base is None:
             continue
         floor = medians[floor_tool]
@@ -309,13 +314,13 @@ def make_table(tools, results, seconds):
                     f"the uprobe traps alone) is {floor:,.0f} ns/pair; {tracker}'s BPF work adds "
                     f"{medians[tracker] - floor:,.0f} ns/pair above it: its added cost is "
                     f"{(medians[tracker] - base) / (floor - base):.3f}x the floor's"
-                    + (" (goal <= 1.1x)." if tracker == "memtrail-return-sites" else "."))
+                    + (" (goal <= 1.1x)." if tracker == "memtrail" else "."))
         if bcc_added:
             rows.append(f"That floor is {(floor - base) / bcc_added:.3f} of BCC memleak's added "
                         "cost in this run.")
-    if "memtrail-return-sites" in medians and "memtrail-two-trap-floor" in medians and base:
-        rows.append(f"memtrail-return-sites's added cost is "
-                    f"{(medians['memtrail-return-sites'] - base) / (medians['memtrail-two-trap-floor'] - base):.3f}x"
+    if "memtrail" in medians and "memtrail-two-trap-floor" in medians and base:
+        rows.append(f"memtrail's added cost is "
+                    f"{(medians['memtrail'] - base) / (medians['memtrail-two-trap-floor'] - base):.3f}x"
                     " the two-trap floor's: no tracer of every malloc and free with uprobes "
                     "pays fewer than two kernel entries per pair.")
     rows += unwind_summary(medians, base)
@@ -340,7 +345,7 @@ def unwind_summary(medians, base):
         rows.append(f"In the kernel (BPF statistics, median of the runs): the malloc return "
                     f"probe (stack walk and record) runs {dwarf_ns:,.0f} ns with DWARF unwinding, "
                     f"{fp_ns:,.0f} ns with frame pointers ({dwarf_ns / fp_ns:.2f}x).")
-    floor = medians.get("memtrail-probe-floor")
+    floor = medians.get("memtrail-two-trap-floor")
     if floor is not None and medians["memtrail-fp"] > floor:
         rows.append(f"Above the traps (the floor row): memtrail's BPF work is "
                     f"{medians['memtrail-dwarf'] - floor:,.0f} ns/pair with DWARF unwinding, "
@@ -392,7 +397,9 @@ def main():
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, terminate)
-    tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
+    tools = [OLD_TOOL_NAMES.get(tool.strip(), tool.strip())
+             for tool in args.tools.split(",") if tool.strip()]
+    tools = list(dict.fromkeys(tools))  # an old name and its new one: one row
     unknown = [tool for tool in tools if tool not in ALL_TOOLS]
     if unknown or not tools:
         sys.exit(f"bench: unknown tool(s) {', '.join(unknown) or '(none given)'}; "

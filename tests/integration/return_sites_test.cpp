@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Return-site probes against entry and return probes on every path of glibc's malloc and calloc:
-// the same blocks, sizes and stacks, each successful call recorded exactly once.
+// Return-site probes (the default) against entry and return probes (--no-return-sites) on every
+// path of glibc's malloc and calloc: the same blocks, sizes, stacks and failed calls, each
+// successful call recorded exactly once.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -82,8 +83,8 @@ std::vector<std::string> frames_of(const json& site) {
 
 TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
   REQUIRE_BPF_OR_SKIP();
-  TracedRun sites = trace({"--return-sites"});
-  TracedRun entry = trace({});
+  TracedRun sites = trace({});  // the default
+  TracedRun entry = trace({"--no-return-sites"});
   // Both designs were really used.
   EXPECT_NE(sites.stderr_text.find("malloc probed inside, where it returns"), std::string::npos)
       << sites.stderr_text;

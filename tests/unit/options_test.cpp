@@ -40,6 +40,13 @@ TEST(Options, ParsesPidsDurationAndJson) {
   EXPECT_EQ(options.python_frames, model::PythonFramesMode::kMixed);
 }
 
+TEST(Options, ReturnSitesAreOnByDefaultAndCanBeTurnedOff) {
+  EXPECT_TRUE(std::get<LeaksOptions>(parse({"leaks", "-p", "1"})).return_sites);
+  EXPECT_TRUE(std::get<LeaksOptions>(parse({"leaks", "-p", "1", "--return-sites"})).return_sites);
+  EXPECT_FALSE(
+      std::get<LeaksOptions>(parse({"leaks", "-p", "1", "--no-return-sites"})).return_sites);
+}
+
 TEST(Options, MaxAllocationsGivenOrSizedFromAvailableMemory) {
   auto command = parse({"leaks", "-p", "1", "--max-allocations", "4096"});
   ASSERT_TRUE(std::holds_alternative<LeaksOptions>(command));

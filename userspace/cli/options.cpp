@@ -391,10 +391,11 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->add_flag("--probe-floor", options.probe_floor,
                  "Attach every probe with programs that do nothing (benchmarks)")
       ->group("");
-  leaks->add_flag("--return-sites", options.return_sites,
-                  "Probe malloc and calloc inside, where they return (one kernel entry a call, "
-                  "not two), where memtrail proves it from their code; sizes on glibc's "
-                  "single-threaded path are usable sizes (counted), failed calls go uncounted");
+  leaks->add_flag("--return-sites,!--no-return-sites", options.return_sites,
+                  "On by default: probe malloc and calloc inside, where they return (one kernel "
+                  "entry a call, not two), where memtrail proves from their code that every "
+                  "path is seen with its size; -v says where, or why not. --no-return-sites: "
+                  "at entry and return, as before");
   leaks->add_option("command", options.command, "Command to launch and trace (after --)")
       ->type_name("COMMAND [ARGS]");
   app.positionals_at_end(false);

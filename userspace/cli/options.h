@@ -79,8 +79,9 @@ struct LeaksOptions {
   // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
   uint32_t unwind_table_mib = 0;
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
-  // malloc and calloc probed at their return sites (one kernel entry a call) where proven.
-  bool return_sites = false;
+  // malloc and calloc probed at their return sites (one kernel entry a call) where proven;
+  // --no-return-sites: at entry and return.
+  bool return_sites = true;
 };
 
 // `memtrail paging`: host-wide paging pressure, per memory cgroup and per process.

@@ -351,7 +351,8 @@ bool return_sites_apply(const FunctionSpec& spec) {
 
 // A probe for `spec` at `symbol` in `elf`, placed (see choose_probe_placement).
 std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& spec,
-                                       const FunctionSymbol& symbol, const std::string& name) {
+                                       const FunctionSymbol& symbol, const std::string& name,
+                                       bool return_sites) {
   auto entry = elf.file_offset_of(symbol.address);
   if (!entry) return std::nullopt;
   // The whole function is decoded to verify a placement past the entry; bounded, since a
@@ -368,11 +369,14 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   FunctionProbe probe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason,
                       {},   {},        {},   ""};
   bool glibc = elf.find_function("__libc_malloc").has_value();
-  if (return_sites_apply(spec) && !glibc) {
+  if (!return_sites_apply(spec)) {
+  } else if (!return_sites) {
+    probe.return_sites_reason = "return sites are off here (--no-return-sites, or --mmap)";
+  } else if (!glibc) {
     // The analysis finds none in jemalloc's or mimalloc's malloc, and one in tcmalloc's calloc
     // that no test has traced yet: glibc only, until one does.
     probe.return_sites_reason = "return sites are used in glibc only so far";
-  } else if (return_sites_apply(spec)) {
+  } else {
     auto known_sites = elf.return_sites.find(symbol.address);
     if (known_sites == elf.return_sites.end()) {
       ReturnSiteQuery query;
@@ -401,7 +405,7 @@ std::vector<FunctionProbe> probes_in(const ElfFile& elf, const std::vector<Funct
   for (const auto& spec : specs) {
     auto symbol = elf.find_function(spec.name);
     if (!symbol || !probed_addresses.insert(symbol->address).second) continue;
-    if (auto probe = probe_for(elf, spec, *symbol, spec.name)) probes.push_back(*probe);
+    if (auto probe = probe_for(elf, spec, *symbol, spec.name, false)) probes.push_back(*probe);
   }
   return probes;
 }
@@ -445,7 +449,8 @@ std::string classify_allocator(const ProcessFile& file, bool main_program, bool 
 }
 
 ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
-                                     const std::vector<CustomAllocator>& custom) {
+                                     const std::vector<CustomAllocator>& custom,
+                                     bool return_sites) {
   struct Loaded {
     ProcessFile file;  // as opened: its device and inode known
     std::shared_ptr<const ElfFile> elf;
@@ -526,7 +531,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
         entry.spec.kind = intern_kind(entry.spec.kind == Kind::kNew ? "new" : "new[]");
       }
       if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
-      if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name)) {
+      if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name, return_sites)) {
         module.functions.push_back(*probe);
       }
     }
@@ -577,7 +582,7 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
       }
       FunctionSpec spec{function.symbol.c_str(), role->role,
                         role->role == ProbeRole::kFree ? kNoKind : kNamedKind};
-      auto probe = probe_for(elf, spec, *symbol, function.symbol);
+      auto probe = probe_for(elf, spec, *symbol, function.symbol, return_sites);
       if (!probe) {
         throw Error("--allocator " + allocator.path + ": " + function.symbol +
                     " is not in a loadable segment");

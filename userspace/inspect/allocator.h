@@ -112,8 +112,11 @@ std::string classify_allocator(const ProcessFile& file, bool main_program, bool 
 // once. `custom` functions are added in their own modules. Mapped allocators left without any
 // probe are listed as untraced. Throws memtrail::Error when nothing binds malloc or free, or a
 // custom file or symbol is missing.
+// With `return_sites`, malloc and calloc's code is analysed for return sites (find_return_sites);
+// without, it is not (the analysis costs tens of milliseconds per file).
 ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool cxx,
-                                     const std::vector<CustomAllocator>& custom);
+                                     const std::vector<CustomAllocator>& custom,
+                                     bool return_sites = false);
 // What resolve_allocators throws when nothing binds malloc or free ("no allocator found"):
 // with --mmap the process is still traced, for its mappings alone.
 class NoAllocatorFound : public Error {

@@ -217,7 +217,8 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
   try {
     auto order = inspect::process_load_order(pid, process.mappings);
     fresh = inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                        config_.custom_allocators_for(pid));
+                                        config_.custom_allocators_for(pid),
+                                        config_.analyse_return_sites());
   } catch (const Error&) {
     return;  // the link map is not readable yet (right after exec): next time
   }
@@ -292,7 +293,8 @@ std::string CodeMaps::probe_executed_program(TracedProcess& process) {
   }
   auto order = inspect::command_load_order(program, &environment);
   auto fresh =
-      inspect::resolve_allocators(0, order, config_.trace_cxx, config_.custom_allocators_for(0));
+      inspect::resolve_allocators(0, order, config_.trace_cxx, config_.custom_allocators_for(0),
+                                  config_.analyse_return_sites());
   std::set<std::string> files;
   for (const auto& module : order.modules) files.insert(module.file.path);
   size_t added =

@@ -54,6 +54,9 @@ struct SessionConfig {
   bool verbose() const { return tracer.verbose; }
   // The custom allocators for one process: opened through its root (pid 0: memtrail's own).
   std::vector<inspect::CustomAllocator> custom_allocators_for(uint32_t pid) const;
+  // Whether malloc and calloc may be probed at return sites, so their code is worth analysing:
+  // not with --no-return-sites, nor with --mmap (which tells malloc's mappings by its entry).
+  bool analyse_return_sites() const { return tracer.return_sites && !tracer.trace_regions; }
 };
 
 // The session `options` ask for on a host with `available_bytes` of MemAvailable (sizes the

@@ -146,7 +146,8 @@ bool HostWide::add(uint32_t pid, bool quiet) {
     auto order = inspect::process_load_order(pid, *mappings);
     try {
       process.allocators = inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                                       config_.custom_allocators_for(pid));
+                                                       config_.custom_allocators_for(pid),
+                                                       config_.analyse_return_sites());
     } catch (const inspect::NoAllocatorFound&) {
       // No malloc family (Go's runtime maps its memory itself): with --mmap it is traced by
       // its anonymous mappings, as with -p. A dynamically linked program just started may not

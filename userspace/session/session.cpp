@@ -96,7 +96,8 @@ inspect::ProcessAllocators Session::allocators_or_mappings_only(uint32_t pid,
                                                                 const inspect::LoadOrder& order) {
   try {
     return inspect::resolve_allocators(pid, order, config_.trace_cxx,
-                                       config_.custom_allocators_for(pid));
+                                       config_.custom_allocators_for(pid),
+                                       config_.analyse_return_sites());
   } catch (const inspect::NoAllocatorFound&) {
     if (!config_.tracer.trace_regions) throw;
     std::cerr << mappings_only_line(pid ? "pid " + std::to_string(pid)
@@ -150,9 +151,9 @@ void Session::attach_all() {
         if (config_.tracer.return_sites && !function.return_sites_reason.empty()) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
                     << " keeps its entry and return probes: "
-                    << (function.return_sites.empty()
-                            ? "its return sites are not proven: " + function.return_sites_reason
-                            : std::string("--mmap tells malloc's own mappings by its entry"))
+                    << (config_.tracer.trace_regions
+                            ? std::string("--mmap tells malloc's own mappings by its entry")
+                            : "its return sites are not proven: " + function.return_sites_reason)
                     << "\n";
         }
       }
