@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -36,8 +37,12 @@ struct TracedRun {
   std::string stderr_text;
 };
 
-TracedRun trace(const std::vector<std::string>& extra) {
-  Subprocess target({MEMTRAIL_ALLOC_PATHS, std::to_string(kCount)});
+// alloc_paths traced by memtrail with `extra` options; with `preload`, another allocator
+// preloaded into it.
+TracedRun trace(const std::vector<std::string>& extra, const std::string& preload = "") {
+  std::vector<std::string> argv{MEMTRAIL_ALLOC_PATHS, std::to_string(kCount)};
+  if (!preload.empty()) argv.insert(argv.begin(), {"/usr/bin/env", "LD_PRELOAD=" + preload});
+  Subprocess target(argv);
   EXPECT_TRUE(target.wait_for_stdout("ready ", 10s).has_value());
   TempDir dir;
   std::string json_path = dir.file("r.json");
@@ -133,6 +138,49 @@ TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndSt
   EXPECT_EQ(entry.report["totals"]["failed_calls"], entry.failed);
   // Every size is the one asked for: none is the allocator's usable size.
   EXPECT_EQ(entry.report["totals"]["usable_size_allocations"], 0);
+  EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
+}
+
+// tcmalloc's calloc has return sites (its malloc tail-calls its slow path, so it keeps entry
+// and return probes, and says why): the same blocks, sizes, stacks and failed calls as with
+// entry and return probes.
+TEST(ReturnSites, TcmallocsCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string library = MEMTRAIL_LIB_TCMALLOC_MINIMAL;
+  if (library.empty()) {
+    const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");
+    if (required && std::string(required) == "1") FAIL() << "install libtcmalloc-minimal4";
+    GTEST_SKIP() << "install libtcmalloc-minimal4 (scripts/install-deps.sh --tests)";
+  }
+  TracedRun sites = trace({}, library);
+  TracedRun entry = trace({"--no-return-sites"}, library);
+  EXPECT_NE(sites.stderr_text.find("calloc probed inside, where it returns"), std::string::npos)
+      << sites.stderr_text;
+  EXPECT_NE(sites.stderr_text.find("malloc keeps its entry and return probes: its return sites "
+                                   "are not proven"),
+            std::string::npos)
+      << sites.stderr_text;
+  EXPECT_EQ(entry.stderr_text.find("probed inside"), std::string::npos) << entry.stderr_text;
+  for (const char* function : {"single_calloc", "thread_calloc", "single_arena", "thread_arena"}) {
+    SCOPED_TRACE(function);
+    auto with_sites = sites_with_function(sites.report, function);
+    auto with_entry = sites_with_function(entry.report, function);
+    ASSERT_EQ(with_sites.size(), 1u) << sites.report.dump(2);
+    ASSERT_EQ(with_entry.size(), 1u) << entry.report.dump(2);
+    int blocks = kCount * sites.asked[function].reports;
+    EXPECT_EQ(with_sites[0]["outstanding_allocations"], blocks);
+    EXPECT_EQ(with_entry[0]["outstanding_allocations"], blocks);
+    EXPECT_EQ(with_sites[0]["outstanding_bytes"], sites.asked[function].bytes);
+    EXPECT_EQ(with_entry[0]["outstanding_bytes"], entry.asked[function].bytes);
+    EXPECT_EQ(with_sites[0]["allocator"], with_entry[0]["allocator"]);
+    EXPECT_EQ(frames_of(with_sites[0]), frames_of(with_entry[0]));
+  }
+  for (const char* total :
+       {"allocations", "frees", "outstanding_allocations", "drops", "failed_calls"}) {
+    EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
+  }
+  EXPECT_EQ(sites.failed, 9);
+  EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
   EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
 }
 
