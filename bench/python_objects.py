@@ -38,6 +38,11 @@ MODES = {
     "objects": ["--python-objects", "on"],  # --duty adds --python-objects-duty
     "objects-exact": ["--python-objects", "exact"],
     "objects-floor": ["--python-objects", "exact", "--probe-floor"],
+    # Where python_object_created's time goes (not in the default --modes): without the
+    # native walk past the creating function (python3.11 keeps no frame pointers), and
+    # without the Python frame walk.
+    "objects-exact-fp": ["--python-objects", "exact", "--unwind", "fp"],
+    "objects-exact-native": ["--python-objects", "exact", "--python-frames", "native"],
 }
 DESCRIPTIONS = {
     "untraced": "the workload alone",
@@ -47,6 +52,8 @@ DESCRIPTIONS = {
     "objects-floor": "--python-objects exact --probe-floor: the same probes with programs that "
                      "return at once (what the traps alone cost; also what keeping the probes "
                      "attached and disabled by a flag would cost)",
+    "objects-exact-fp": "--python-objects exact --unwind fp: no CFI walk of the native frames",
+    "objects-exact-native": "--python-objects exact --python-frames native: no Python frames",
 }
 UNITS = {"objects": "object", "web": "request"}
 

@@ -22,44 +22,42 @@ double DutyCycle::next_switch_s(double t_s) const {
   return t_s < close ? close : start + period_s;
 }
 
-void ObservedShare::add_process(uint32_t pid, double user_cpu_s, bool attached) {
+void ObservedShare::add_process(uint32_t pid, double clock_s, bool attached) {
   Process process;
-  process.base_s = user_cpu_s;
-  process.last_s = user_cpu_s;
-  if (attached) process.window_start_s = user_cpu_s;
+  process.base_s = clock_s;
+  process.last_s = clock_s;
+  if (attached) process.window_start_s = clock_s;
   processes_[pid] = process;
 }
 
-void ObservedShare::switched(uint32_t pid, bool attached, double user_cpu_s) {
+void ObservedShare::switched(uint32_t pid, bool attached, double clock_s) {
   auto it = processes_.find(pid);
   if (it == processes_.end()) return;
   Process& process = it->second;
-  // The kernel's user time never goes back; a reading that does (another process under a
-  // reused pid is forgotten before) is clamped rather than trusted.
-  user_cpu_s = std::max(user_cpu_s, process.last_s);
-  process.last_s = user_cpu_s;
+  // The clock never goes back; a reading that does is clamped rather than trusted.
+  clock_s = std::max(clock_s, process.last_s);
+  process.last_s = clock_s;
   if (attached) {
-    if (!process.window_start_s) process.window_start_s = user_cpu_s;
+    if (!process.window_start_s) process.window_start_s = clock_s;
     return;
   }
-  if (process.window_start_s) process.observed_s += user_cpu_s - *process.window_start_s;
+  if (process.window_start_s) process.observed_s += clock_s - *process.window_start_s;
   process.window_start_s.reset();
 }
 
-ObservedShare::Sums ObservedShare::sums(uint32_t pid, std::optional<double> user_cpu_s) const {
+ObservedShare::Sums ObservedShare::sums(uint32_t pid, std::optional<double> clock_s) const {
   auto it = processes_.find(pid);
   if (it == processes_.end()) return {};
   const Process& process = it->second;
-  double now = std::max(user_cpu_s.value_or(process.last_s), process.last_s);
+  double now = std::max(clock_s.value_or(process.last_s), process.last_s);
   double observed = process.observed_s;
   if (process.window_start_s) observed += now - *process.window_start_s;
   return {observed, now - process.base_s};
 }
 
-std::optional<double> ObservedShare::fraction(uint32_t pid,
-                                              std::optional<double> user_cpu_s) const {
+std::optional<double> ObservedShare::fraction(uint32_t pid, std::optional<double> clock_s) const {
   if (!knows(pid)) return std::nullopt;
-  Sums seen = sums(pid, user_cpu_s);
+  Sums seen = sums(pid, clock_s);
   if (seen.total_s <= 0) return 1.0;
   return std::clamp(seen.observed_s / seen.total_s, 0.0, 1.0);
 }

@@ -21,36 +21,37 @@ struct DutyCycle {
   double next_switch_s(double t_s) const;
 };
 
-// Which share of each process's object creations the attached windows saw. A process creates
-// objects as it runs its own code, so the share is its user CPU time inside attached windows
-// over its user CPU time since its probes were placed. User time, not all of it: the traps and
-// the BPF programs run in the kernel, and slow the process only while attached; counting them
-// would make the windows look bigger than the work they saw. Exact when the process creates
-// objects at a steady rate per unit of its CPU time; an estimate otherwise (and the kernel
-// samples user and system time at its tick: short runs are noisier).
+// Which share of each process's object creations the attached windows saw, measured on a clock:
+// the share of the time since its probes were placed that fell inside attached windows.
+// memtrail reads the wall clock (session::ObjectWindows); a process's own CPU time cannot
+// serve: the user time the kernel reports is split from the run time by tick samples and held
+// still rather than let go back, and under a trap on every object it stood still for seconds
+// (measured). The share is right when the process creates objects at the same rate with and
+// without the probes (a service waiting for its requests); a busy process slows under the
+// traps and creates fewer objects while attached: its share is overstated, and the estimates
+// scaled by it are low (bench/python_objects.py measures by how much).
 class ObservedShare {
  public:
-  // Process `pid` got its object probes with `user_cpu_s` of user CPU time used so far, and
-  // they are attached now or not (they wait for the next window).
-  void add_process(uint32_t pid, double user_cpu_s, bool attached);
-  // The probes of every process were attached (true) or detached (false); `user_cpu_s` is this
-  // process's user CPU time at that moment. Unknown pids are ignored.
-  void switched(uint32_t pid, bool attached, double user_cpu_s);
-  // The share seen, with `user_cpu_s` its user CPU time now (nullopt: it could not be read, e.g.
-  // it exited: the last reading stands). 1 while it has used no CPU time since its probes
-  // were placed (it can have created nothing unseen). nullopt for a pid never added.
-  std::optional<double> fraction(uint32_t pid, std::optional<double> user_cpu_s) const;
-  // Sums over the processes, for a report-level share: seen and total user CPU seconds.
+  // Process `pid` got its object probes at clock reading `clock_s`, attached now or not (then
+  // they wait for the next window).
+  void add_process(uint32_t pid, double clock_s, bool attached);
+  // The probes were attached (true) or detached (false) at `clock_s`. Unknown pids are ignored.
+  void switched(uint32_t pid, bool attached, double clock_s);
+  // The share seen, with `clock_s` the reading now (nullopt: the process exited, its last
+  // reading stands). 1 while no time has passed since its probes were placed. nullopt for a
+  // pid never added.
+  std::optional<double> fraction(uint32_t pid, std::optional<double> clock_s) const;
+  // For a report-level share over processes: seconds seen and seconds since the placement.
   struct Sums {
     double observed_s = 0, total_s = 0;
   };
-  Sums sums(uint32_t pid, std::optional<double> user_cpu_s) const;
+  Sums sums(uint32_t pid, std::optional<double> clock_s) const;
   bool knows(uint32_t pid) const { return processes_.count(pid) != 0; }
   void forget(uint32_t pid) { processes_.erase(pid); }
 
  private:
   struct Process {
-    double base_s = 0;                     // user CPU time when the probes were placed
+    double base_s = 0;                     // the clock when the probes were placed
     double observed_s = 0;                 // in closed attached windows
     std::optional<double> window_start_s;  // the open attached window's start
     double last_s = 0;                     // the latest reading

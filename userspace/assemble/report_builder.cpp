@@ -379,12 +379,13 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     const auto& objects = *report.python_objects;
     report.notes.push_back(
         "Python objects were seen " + percent(objects.observed_fraction) +
-        " of the time the processes ran their own code (probes attached " +
-        percent(objects.attached_share) + " of every " + human_duration(objects.period_s) +
+        " of the time (probes attached " + percent(objects.attached_share) + " of every " +
+        human_duration(objects.period_s) +
         "; --python-objects exact attaches them all the time): their sites' counts, bytes and "
-        "growth, marked ~, are what was seen scaled up by that share, estimates. Objects "
-        "created while the probes were detached are not seen; those seen stay followed "
-        "until they die.");
+        "growth, marked ~, are what was seen scaled up by that share: estimates, and so are "
+        "the totals that include them. Objects created while the probes were detached are not "
+        "seen; those seen stay followed until they die. A busy process slows under the probes "
+        "and creates fewer objects while they are attached: its estimates are low.");
   }
   if (counters.python_types_lost > 0) {
     report.notes.push_back(with_thousands(counters.python_types_lost) +

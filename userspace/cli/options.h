@@ -44,7 +44,7 @@ std::optional<AllocatorOption> parse_allocator_option(const std::string& text, s
 
 // --python-objects on: the share of each period the object probes are attached by default,
 // and the period (bench/python_objects.py measured what they cost: README, "Python objects").
-inline constexpr double kDefaultPythonObjectsDuty = 0.25;
+inline constexpr double kDefaultPythonObjectsDuty = 0.10;
 inline constexpr double kPythonObjectsPeriodS = 1.0;
 
 struct LeaksOptions {

@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <utility>
 
@@ -195,22 +194,6 @@ std::optional<uint64_t> read_private_memory(uint32_t pid) {
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8)) * 1024;  // in kB
-  }
-  return std::nullopt;
-}
-
-std::optional<double> user_cpu_seconds(uint32_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  // The command name (field 2) may hold spaces and parentheses: the fields follow the last ')'.
-  auto close = text.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream fields(text.substr(close + 1));
-  std::string field;
-  for (int index = 3; index <= 14 && fields >> field; ++index) {
-    if (index == 14) {
-      return std::strtod(field.c_str(), nullptr) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-    }
   }
   return std::nullopt;
 }

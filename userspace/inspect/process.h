@@ -35,11 +35,6 @@ bool cgroup_within(const std::string& path, const std::string& ancestor);
 // nothing once it has exited.
 std::optional<uint64_t> read_private_memory(uint32_t pid);
 
-// The user CPU time of all the process's threads so far, in seconds (utime in /proc/PID/stat:
-// the kernel splits the precise run time between user and system by its tick samples), or
-// nothing once it has exited.
-std::optional<double> user_cpu_seconds(uint32_t pid);
-
 // A child process that runs `argv` once released. It is forked early and waits at a gate so
 // that probes can be attached before it executes a single instruction of the command. If
 // memtrail dies before releasing it, the child exits without running the command.

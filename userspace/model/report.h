@@ -177,8 +177,8 @@ struct Target {
   // frame of its reported sites (leaks and freed sites) points into. Empty in reports from
   // before they were kept, and for what memtrail never saw mapped.
   std::vector<MappedFile> mappings = {};
-  // --python-objects on: the share of its Python objects the duty-cycled probes saw (user CPU
-  // time inside attached windows over its user CPU time since they were placed); its object
+  // --python-objects on: the share of its Python objects the duty-cycled probes saw (the time
+  // inside attached windows over the time since they were placed); its object
   // sites are that share scaled up. Absent: exact, or no object probes.
   std::optional<double> python_objects_observed_fraction = std::nullopt;
 };
@@ -267,8 +267,8 @@ struct PythonObjectsCoverage {
   bool exact = true;          // attached all the time: counts are counts
   double attached_share = 1;  // of each period, when duty-cycled
   double period_s = 0;
-  // Over the traced CPython processes: the share of their objects the probes saw (their user
-  // CPU time inside attached windows over their user CPU time since the probes were placed).
+  // Over the traced CPython processes: the share of their objects the probes saw (the time
+  // inside attached windows over the time since their probes were placed).
   // Sites marked estimated are what was seen divided by their process's share.
   double observed_fraction = 1;
 };

@@ -202,6 +202,7 @@ void CodeMaps::forget_exited(uint32_t pid) {
   python_objects_.forget(pid);
   python_reader_.forget(pid);
   tracer_.forget_python_objects(pid);
+  object_windows_.process_exited(pid);
 }
 
 // A process that mapped code since its allocators were resolved (dlopen, or a launched

@@ -6,9 +6,22 @@
 #include <chrono>
 #include <cmath>
 
-#include "inspect/process.h"
-
 namespace memtrail::session {
+
+double ObjectWindows::clock_s() const {
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
+std::optional<double> ObjectWindows::reading(uint32_t pid) const {
+  if (exited_.count(pid)) return std::nullopt;  // its last reading, at the exit, stands
+  return clock_s();
+}
+
+void ObjectWindows::process_exited(uint32_t pid) {
+  if (!processes_.count(pid) || exited_.count(pid)) return;
+  share_.switched(pid, false, clock_s());  // it creates nothing more: its window closes
+  exited_.insert(pid);
+}
 
 void ObjectWindows::start(Clock::time_point start) {
   start_ = start;
@@ -27,26 +40,28 @@ Clock::time_point ObjectWindows::tick(Clock::time_point now) {
 }
 
 void ObjectWindows::switch_to(bool attached) {
-  // The windows count from when the probes are in (attach) until they are out (detach).
-  tracer_.set_python_objects_attached(attached);
-  for (uint32_t pid : processes_) {
-    if (auto cpu = inspect::user_cpu_seconds(pid)) share_.switched(pid, attached, *cpu);
-  }
-  if (!attached) tracer_.sweep_python_objects();
+  // A window counts from when the probes are in (after the attach) until they start coming
+  // out (before the detach): closing the links waits for the kernel's grace periods, tens of
+  // milliseconds during which the process runs without traps, and sees few objects.
+  if (attached) tracer_.set_python_objects_attached(true);
+  double now_s = clock_s();
+  for (uint32_t pid : processes_) share_.switched(pid, attached, now_s);
+  if (attached) return;
+  tracer_.set_python_objects_attached(false);
+  tracer_.sweep_python_objects();
 }
 
 void ObjectWindows::add_process(uint32_t pid) {
   processes_.insert(pid);
   if (cycle_.exact()) return;
-  share_.add_process(pid, inspect::user_cpu_seconds(pid).value_or(0),
-                     tracer_.python_objects_attached());
+  share_.add_process(pid, clock_s(), tracer_.python_objects_attached());
 }
 
 std::unordered_map<uint32_t, double> ObjectWindows::observed_shares() const {
   std::unordered_map<uint32_t, double> shares;
   if (cycle_.exact()) return shares;
   for (uint32_t pid : processes_) {
-    if (auto share = share_.fraction(pid, inspect::user_cpu_seconds(pid))) shares[pid] = *share;
+    if (auto share = share_.fraction(pid, reading(pid))) shares[pid] = *share;
   }
   return shares;
 }
@@ -60,7 +75,7 @@ std::optional<model::PythonObjectsCoverage> ObjectWindows::coverage() const {
   if (coverage.exact) return coverage;
   aggregator::ObservedShare::Sums all;
   for (uint32_t pid : processes_) {
-    auto sums = share_.sums(pid, inspect::user_cpu_seconds(pid));
+    auto sums = share_.sums(pid, reading(pid));
     all.observed_s += sums.observed_s;
     all.total_s += sums.total_s;
   }

@@ -16,7 +16,7 @@
 namespace memtrail::session {
 
 // Drives the tracer's object probes through the duty cycle (exact: never detached) and keeps,
-// for each process that got them, the user CPU time its attached windows covered.
+// for each process that got them, the time its attached windows covered.
 class ObjectWindows {
  public:
   ObjectWindows(tracer::AllocTracer& tracer, aggregator::DutyCycle cycle)
@@ -30,9 +30,12 @@ class ObjectWindows {
   Clock::time_point tick(Clock::time_point now);
   // Process `pid` got object probes (attached now or at the next window).
   void add_process(uint32_t pid);
+  // It exited: its share stops growing (it creates nothing more).
+  void process_exited(uint32_t pid);
   // It exited and its report is done.
   void forget(uint32_t pid) {
     processes_.erase(pid);
+    exited_.erase(pid);
     share_.forget(pid);
   }
 
@@ -43,11 +46,14 @@ class ObjectWindows {
 
  private:
   void switch_to(bool attached);
+  double clock_s() const;                             // the steady clock, in seconds
+  std::optional<double> reading(uint32_t pid) const;  // none once it exited
 
   tracer::AllocTracer& tracer_;
   aggregator::DutyCycle cycle_;
   aggregator::ObservedShare share_;
   std::unordered_set<uint32_t> processes_;  // pids with object probes
+  std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
   std::optional<Clock::time_point> start_;
 };
 
