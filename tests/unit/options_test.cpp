@@ -110,6 +110,11 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--unwind", "lbr"}, "--unwind must be auto, dwarf or fp");
   expect_usage_error({"leaks", "-p", "1", "--python-frames", "both"},
                      "--python-frames must be mixed, python or native");
+  expect_usage_error({"leaks", "-p", "1", "--python-objects", "always"},
+                     "--python-objects must be on, exact or off");
+  expect_usage_error({"leaks", "-p", "1", "--python-objects-duty", "0"},
+                     "--python-objects-duty must be a percentage above 0, at most 100");
+  expect_usage_error({"leaks", "-p", "1", "--python-objects-duty", "150"}, "--python-objects-duty");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "0"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "1", "--unwind-table-mib", "5000"}, "--unwind-table-mib");
   expect_usage_error({"leaks", "-p", "0"}, "pid");
@@ -118,6 +123,22 @@ TEST(Options, RejectsBadValuesWithExitCode2) {
   expect_usage_error({"leaks", "-p", "1", "--bogus"}, "bogus");
   expect_usage_error({}, "subcommand");
   expect_usage_error({"frobnicate"}, "unknown command 'frobnicate'");
+}
+
+// on: duty-cycled (the default share, or --python-objects-duty); exact: always attached.
+TEST(Options, PythonObjectsOnExactOffAndTheDuty) {
+  auto on = std::get<LeaksOptions>(parse({"leaks", "-p", "1", "--python-objects", "on"}));
+  EXPECT_TRUE(on.python_objects);
+  EXPECT_DOUBLE_EQ(on.python_objects_duty, kDefaultPythonObjectsDuty);
+  auto duty = std::get<LeaksOptions>(
+      parse({"leaks", "-p", "1", "--python-objects", "on", "--python-objects-duty", "40"}));
+  EXPECT_DOUBLE_EQ(duty.python_objects_duty, 0.4);
+  auto exact = std::get<LeaksOptions>(
+      parse({"leaks", "-p", "1", "--python-objects", "exact", "--python-objects-duty", "40"}));
+  EXPECT_TRUE(exact.python_objects);
+  EXPECT_DOUBLE_EQ(exact.python_objects_duty, 1.0);
+  auto off = std::get<LeaksOptions>(parse({"leaks", "-p", "1", "--python-objects", "off"}));
+  EXPECT_FALSE(off.python_objects);
 }
 
 TEST(Options, NumbersOutOfRangeSayWhatTheyMustBe) {

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/output_file.h"
+#include "report/json_reader.h"
 #include "report/json_report.h"
 #include "report/text_report.h"
 
@@ -462,6 +463,55 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
   std::remove(path.c_str());
   rmdir(dir.c_str());
+}
+
+// --python-objects on: estimated sites say so in text ("~") and JSON ("estimated"), with the
+// share seen per process and for the report; a site that is a count says nothing; the JSON
+// validates and reads back.
+TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
+  model::Report report = sample_report();
+  report.leaks[0].allocator = "python_object";
+  report.leaks[0].estimated = true;
+  report.targets[0].python_objects_observed_fraction = 0.125;
+  report.python_objects = model::PythonObjectsCoverage{false, 0.25, 1.0, 0.125};
+  std::ostringstream text;
+  render_text(report, text);
+  EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("(estimated)"), std::string::npos) << text.str();
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["leaks"][0]["estimated"], true);
+  EXPECT_FALSE(json["leaks"][1].contains("estimated"));
+  EXPECT_EQ(json["targets"][0]["python_objects_observed_fraction"], 0.125);
+  EXPECT_EQ(json["python_objects"]["mode"], "duty_cycle");
+  EXPECT_EQ(json["python_objects"]["observed_fraction"], 0.125);
+  EXPECT_EQ(json["python_objects"]["attached_share"], 0.25);
+  std::string dir = temp_dir();
+  std::string path = dir + "/report.json";
+  write_json_file(json, path);
+  std::string command =
+      "python3 -c 'import json, sys, jsonschema; "
+      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+  model::Report read = from_json(nlohmann::json::parse(json.dump()));
+  EXPECT_TRUE(read.leaks[0].estimated);
+  EXPECT_FALSE(read.leaks[1].estimated);
+  ASSERT_TRUE(read.python_objects);
+  EXPECT_FALSE(read.python_objects->exact);
+  EXPECT_DOUBLE_EQ(read.python_objects->observed_fraction, 0.125);
+  EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
+  // Exact: counts are counts, nothing marked.
+  report.leaks[0].estimated = false;
+  report.targets[0].python_objects_observed_fraction.reset();
+  report.python_objects = model::PythonObjectsCoverage{};
+  auto exact = to_json(report, 5.0);
+  EXPECT_EQ(exact["python_objects"]["mode"], "exact");
+  EXPECT_FALSE(exact["leaks"][0].contains("estimated"));
+  std::ostringstream exact_text;
+  render_text(report, exact_text);
+  EXPECT_EQ(exact_text.str().find("~"), std::string::npos);
 }
 
 TEST(JsonReport, WritesAtomicallyAndLeavesNoTemporaryFile) {

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "aggregator/object_windows.h"
 #include "aggregator/sampling.h"
 
 namespace memtrail::aggregator {
@@ -33,6 +34,15 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
   double bytes = sampled ? estimated_bytes(allocation.size, sample_rate_)
                          : static_cast<double>(allocation.size);
   double allocations = sampled ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
+  bool estimated = false;
+  if (allocation.kind == model::AllocationKind::kPythonObject && !object_shares_.empty()) {
+    auto share = object_shares_.find(allocation.pid);
+    if (share != object_shares_.end()) {
+      bytes = scale_to_whole(bytes, share->second);
+      allocations = scale_to_whole(allocations, share->second);
+      estimated = true;
+    }
+  }
   total_.bytes += bytes;
   total_.allocations += allocations;
   uint64_t key = site_key(allocation.pid, allocation.site_id);
@@ -55,6 +65,7 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
     site.site_id = allocation.site_id;
     site.oldest_timestamp_ns = allocation.timestamp_ns;
     site.kind = allocation.kind;
+    site.estimated = estimated;
   }
   sums.bytes += bytes;
   sums.allocations += allocations;
@@ -97,9 +108,17 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
     }
     const Blocks& blocks = site_blocks_[it->first];
     auto counted = static_cast<uint64_t>(std::llround(blocks.counted));
+    // The kernel counted the objects it saw; the blocks were scaled: so are the totals.
+    uint64_t total_allocations = totals.total_allocations;
+    if (it->second.estimated) {
+      auto share = object_shares_.find(totals.pid);
+      if (share != object_shares_.end()) {
+        total_allocations = static_cast<uint64_t>(
+            std::llround(scale_to_whole(static_cast<double>(total_allocations), share->second)));
+      }
+    }
     // With sampling, both sides are estimates: the difference is clamped at 0.
-    it->second.freed_allocations =
-        totals.total_allocations > counted ? totals.total_allocations - counted : 0;
+    it->second.freed_allocations = total_allocations > counted ? total_allocations - counted : 0;
     it->second.total_allocated_bytes =
         totals.total_bytes + static_cast<uint64_t>(std::llround(blocks.later_bytes));
     it->second.total_allocations = it->second.freed_allocations + counted +

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "aggregator/growth.h"
@@ -32,6 +33,9 @@ struct SiteSummary {
   std::array<uint32_t, kAgeBuckets> age_histogram{};
   uint64_t caller_address = 0;  // first frame when the stack could not be captured
   model::AllocationKind kind = model::AllocationKind::kMalloc;  // function of the site's blocks
+  // Its figures are estimates: Python objects seen in part of the time (--python-objects on),
+  // scaled by the share seen (Accumulator::set_object_shares).
+  bool estimated = false;
   uint64_t mismatched_frees = 0;           // its blocks released by the wrong function
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
 };
@@ -67,6 +71,12 @@ class Accumulator final : public model::AllocationSink {
  public:
   Accumulator(uint64_t min_age_ns, uint64_t sample_rate)
       : min_age_ns_(min_age_ns), sample_rate_(sample_rate) {}
+  // --python-objects on: the share of each process's Python objects that the probes saw. Each
+  // object of such a process then stands for 1 / share objects (its bytes likewise), and its
+  // site's figures, totals included, are estimates (SiteSummary::estimated). Before begin().
+  void set_object_shares(std::unordered_map<uint32_t, double> shares) {
+    object_shares_ = std::move(shares);
+  }
   void begin(uint64_t taken_at_ns, const std::vector<model::SiteTotals>& sites) override;
   void add(const model::OutstandingAllocation& allocation) override;
   // Adds the kernel's running totals of the sites and ranks them.
@@ -77,6 +87,7 @@ class Accumulator final : public model::AllocationSink {
     double bytes = 0, allocations = 0;
   };
   uint64_t min_age_ns_, sample_rate_, taken_at_ns_ = 0;
+  std::unordered_map<uint32_t, double> object_shares_;
   Sums total_;
   std::unordered_map<uint64_t, SiteSummary> by_site_;
   std::unordered_map<uint64_t, Sums> site_sums_;

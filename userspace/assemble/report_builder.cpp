@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <set>
 #include <unordered_map>
 
@@ -16,6 +17,15 @@
 
 namespace memtrail::assemble {
 namespace {
+
+// "42 %", "1.8 %", "0.05 %": two significant digits below 10 %.
+std::string percent(double share) {
+  char text[32];
+  double value = share * 100;
+  std::snprintf(text, sizeof(text), value >= 10 ? "%.0f %%" : (value >= 1 ? "%.1f %%" : "%.2f %%"),
+                value);
+  return text;
+}
 
 // Functions at the bottom of every user stack: a walk that got this far has every frame the
 // user cares about, even if it stopped inside the C library's start code (built without frame
@@ -190,6 +200,7 @@ model::LeakSite symbolized_site(const aggregator::SiteSummary& site,
           : 0.0;
   leak.allocator = inspect::kind_name(site.kind);
   leak.mismatched_frees = site.mismatched_frees;
+  leak.estimated = site.estimated;
   std::vector<uint64_t> addresses;
   auto stack = snapshot.stacks.find(site.site_id);
   if (site.site_id >= 0 && stack != snapshot.stacks.end() && !stack->second.addresses.empty()) {
@@ -362,7 +373,20 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
                         [](const model::LeakSite& leak) { return !leak.suppressed; });
   report.python_types = context.python_types;
+  report.python_objects = context.python_objects;
   report.notes = notes_for(totals, context, counters.missed_entries);
+  if (report.python_objects && !report.python_objects->exact) {
+    const auto& objects = *report.python_objects;
+    report.notes.push_back(
+        "Python objects were seen " + percent(objects.observed_fraction) +
+        " of the time (probes attached " + percent(objects.attached_share) + " of every " +
+        human_duration(objects.period_s) +
+        "; --python-objects exact attaches them all the time): their sites' counts, bytes and "
+        "growth, marked ~, are what was seen scaled up by that share: estimates, and so are "
+        "the totals that include them. Objects created while the probes were detached are not "
+        "seen; those seen stay followed until they die. A busy process slows under the probes "
+        "and creates fewer objects while they are attached: its estimates are low.");
+  }
   if (counters.python_types_lost > 0) {
     report.notes.push_back(with_thousands(counters.python_types_lost) +
                            " Python objects were not counted by type: the map of (process, type) "

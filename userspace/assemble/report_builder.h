@@ -43,6 +43,8 @@ struct ReportContext {
   const PythonNaming* python = nullptr;  // absent: stacks stay native
   uint64_t children_missed = 0;  // forked children that exited before they could be followed
   std::optional<std::vector<model::PythonType>> python_types;  // --python-types
+  // --python-objects: how the probes ran; with a duty cycle, the targets carry their shares.
+  std::optional<model::PythonObjectsCoverage> python_objects;
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

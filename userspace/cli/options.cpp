@@ -368,8 +368,19 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->add_option("--python-objects", python_objects,
                    "For CPython processes (3.11), charge every Python object to the stack that "
                    "created it (file and line), with its size as sys.getsizeof counts it: on or "
-                   "off (default, for now). A probe on each of the interpreter's object creations")
-      ->type_name("on|off");
+                   "off (default, for now). A probe on each of the interpreter's object creations "
+                   "costs microseconds an object: on attaches them part of the time "
+                   "(--python-objects-duty) and scales what they saw, marked as estimates; "
+                   "exact attaches them all the time (for a short diagnosis)")
+      ->type_name("on|exact|off");
+  double python_objects_duty_percent = kDefaultPythonObjectsDuty * 100;
+  leaks
+      ->add_option("--python-objects-duty", python_objects_duty_percent,
+                   "With --python-objects on, the share of each second the object probes are "
+                   "attached, in percent (default " +
+                       std::to_string(static_cast<int>(kDefaultPythonObjectsDuty * 100)) +
+                       "); 100 is exact")
+      ->type_name("PERCENT");
   leaks->add_flag("--python-types", options.python_types,
                   "For CPython processes, also count the objects the garbage collector tracks "
                   "by type (class instances, dict, list, tuple, ...): made minus freed since "
@@ -768,10 +779,14 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto unwind = model::parse_unwind_mode(unwind_mode);
   if (!unwind) return usage("--unwind must be auto, dwarf or fp");
   options.unwind = *unwind;
-  if (python_objects != "on" && python_objects != "off") {
-    return usage("--python-objects must be on or off");
+  if (python_objects != "on" && python_objects != "exact" && python_objects != "off") {
+    return usage("--python-objects must be on, exact or off");
   }
-  options.python_objects = python_objects == "on";
+  options.python_objects = python_objects != "off";
+  if (!(python_objects_duty_percent > 0 && python_objects_duty_percent <= 100)) {
+    return usage("--python-objects-duty must be a percentage above 0, at most 100");
+  }
+  options.python_objects_duty = python_objects == "exact" ? 1.0 : python_objects_duty_percent / 100;
   auto frames = model::parse_python_frames_mode(python_frames);
   if (!frames) return usage("--python-frames must be mixed, python or native");
   options.python_frames = *frames;

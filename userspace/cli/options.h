@@ -42,6 +42,11 @@ uint32_t unwind_table_mib_for(bool host_wide);
 // Parses one --allocator value; nullopt and `error` set when it is malformed.
 std::optional<AllocatorOption> parse_allocator_option(const std::string& text, std::string& error);
 
+// --python-objects on: the share of each period the object probes are attached by default,
+// and the period (bench/python_objects.py measured what they cost: README, "Python objects").
+inline constexpr double kDefaultPythonObjectsDuty = 0.10;
+inline constexpr double kPythonObjectsPeriodS = 1.0;
+
 struct LeaksOptions {
   std::vector<uint32_t> pids;
   std::vector<std::string> command;  // after `--`: launched and traced
@@ -74,8 +79,12 @@ struct LeaksOptions {
   model::UnwindMode unwind = model::UnwindMode::kAuto;  // --unwind fp|dwarf|auto
   // --python-frames native|python|mixed: what CPython processes' stacks show.
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
-  bool python_types = false;    // --python-types: CPython objects by type (a probe per object)
-  bool python_objects = false;  // --python-objects on|off: objects charged to their creating line
+  bool python_types = false;  // --python-types: CPython objects by type (a probe per object)
+  bool python_objects =
+      false;  // --python-objects on|exact|off: objects charged to their creating line
+  // --python-objects on: the object probes attached this share of each period (duty cycle),
+  // the counts scaled; exact: 1, always attached (--python-objects-duty PERCENT).
+  double python_objects_duty = kDefaultPythonObjectsDuty;
   // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
   uint32_t unwind_table_mib = 0;
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing

@@ -69,6 +69,10 @@ struct LeakSite {
   std::optional<Growth> growth;  // absent only in reports built without a history
   // Memory kept on purpose (a built-in or --suppressions entry matched a frame): why.
   std::optional<std::string> suppressed;
+  // Its counts and bytes are estimates: Python objects seen in part of the time
+  // (--python-objects on), scaled by the share of the process's objects the probes saw
+  // (Target::python_objects_observed_fraction).
+  bool estimated = false;
 };
 
 // A traced process's private memory over the run next to its traced allocations.
@@ -173,6 +177,10 @@ struct Target {
   // frame of its reported sites (leaks and freed sites) points into. Empty in reports from
   // before they were kept, and for what memtrail never saw mapped.
   std::vector<MappedFile> mappings = {};
+  // --python-objects on: the share of its Python objects the duty-cycled probes saw (the time
+  // inside attached windows over the time since they were placed); its object
+  // sites are that share scaled up. Absent: exact, or no object probes.
+  std::optional<double> python_objects_observed_fraction = std::nullopt;
 };
 
 // CPython objects of one type in one process (--python-types): those the garbage collector
@@ -254,6 +262,17 @@ struct FreedSitesOmitted {
   uint64_t bytes = 0;
 };
 
+// How the Python object probes ran (--python-objects on or exact).
+struct PythonObjectsCoverage {
+  bool exact = true;          // attached all the time: counts are counts
+  double attached_share = 1;  // of each period, when duty-cycled
+  double period_s = 0;
+  // Over the traced CPython processes: the share of their objects the probes saw (the time
+  // inside attached windows over the time since their probes were placed).
+  // Sites marked estimated are what was seen divided by their process's share.
+  double observed_fraction = 1;
+};
+
 struct Report {
   std::string tool_version;
   std::string host;
@@ -271,6 +290,8 @@ struct Report {
   std::optional<UnwindSummary> unwind;  // absent in reports from before --unwind
   // --python-types: CPython objects by type, fastest growing first; absent without it.
   std::optional<std::vector<PythonType>> python_types;
+  // --python-objects on or exact; absent without object probes.
+  std::optional<PythonObjectsCoverage> python_objects;
   std::vector<std::string>
       notes;  // caveats the reader must see (drops, invisible pre-attach allocations)
   std::vector<AttachFailure> attach_failures;  // version 2; empty: every attach succeeded

@@ -150,6 +150,7 @@ model::LeakSite site_from(const json& object) {
   site.oldest_age_s = object.at("oldest_age_s").get<double>();
   site.stack_truncated = object.at("stack_truncated").get<bool>();
   site.stack_truncation_reason = object.value("stack_truncation_reason", std::string());
+  site.estimated = object.value("estimated", false);
   for (const auto& frame : object.at("stack")) site.stack.push_back(frame_from(frame));
   if (object.contains("verdict")) {
     const json& growth_json = object.at("growth");
@@ -255,6 +256,8 @@ model::Report from_json(const json& document) {
       }
       target.outstanding_bytes = whole_or<uint64_t>(target_json, "outstanding_bytes", 0);
       target.sites = whole_or<uint64_t>(target_json, "sites", 0);
+      target.python_objects_observed_fraction =
+          optional_field<double>(target_json, "python_objects_observed_fraction");
       if (target_json.contains("parent_pid")) {
         target.parent_pid = whole<uint32_t>(target_json, "parent_pid");
       }
@@ -366,6 +369,16 @@ model::Report from_json(const json& document) {
       report.freed_omitted = {whole<uint64_t>(omitted, "sites"),
                               whole<uint64_t>(omitted, "allocations"),
                               whole<uint64_t>(omitted, "bytes")};
+    }
+    if (document.contains("python_objects")) {
+      where = "python_objects";
+      const json& objects = document.at("python_objects");
+      model::PythonObjectsCoverage coverage;
+      coverage.exact = objects.at("mode").get<std::string>() == "exact";
+      coverage.attached_share = objects.at("attached_share").get<double>();
+      coverage.period_s = objects.at("period_s").get<double>();
+      coverage.observed_fraction = objects.at("observed_fraction").get<double>();
+      report.python_objects = coverage;
     }
     if (document.contains("python_types")) {
       std::vector<model::PythonType> types;

@@ -99,6 +99,9 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       }
       entry["outstanding_bytes"] = target.outstanding_bytes;
       entry["sites"] = target.sites;
+      if (target.python_objects_observed_fraction) {
+        entry["python_objects_observed_fraction"] = *target.python_objects_observed_fraction;
+      }
       if (!target.mappings.empty()) {
         ordered_json mappings = ordered_json::array();
         for (const auto& file : target.mappings) {
@@ -168,6 +171,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                           {"stack_truncated", site.stack_truncated},
                           {"stack", std::move(stack)}};
     if (version >= 2) entry["freed_allocations"] = site.freed_allocations;
+    if (version >= 2 && site.estimated) entry["estimated"] = true;
     if (version >= 2 && !site.stack_truncation_reason.empty()) {
       entry["stack_truncation_reason"] = site.stack_truncation_reason;
     }
@@ -260,6 +264,13 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
     json["totals"]["exact"] = totals.exact;
   }
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
+  if (report.python_objects && version >= 2) {
+    const auto& objects = *report.python_objects;
+    json["python_objects"] = {{"mode", objects.exact ? "exact" : "duty_cycle"},
+                              {"attached_share", objects.attached_share},
+                              {"period_s", objects.period_s},
+                              {"observed_fraction", objects.observed_fraction}};
+  }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();
     for (const auto& type : *report.python_types) {

@@ -348,10 +348,13 @@ void render_text(const model::Report& report, std::ostream& out) {
       }
       out << "\n\n";
     }
-    out << "#" << (i + 1) << "  " << bytes_with_human(site.outstanding_bytes) << " outstanding in "
-        << with_thousands(site.outstanding_allocations) << " allocation"
-        << (site.outstanding_allocations == 1 ? "" : "s") << " from " << site.allocator << "  pid "
-        << site.pid << "  oldest " << human_duration(site.oldest_age_s) << "\n";
+    // "~": estimated (Python objects seen part of the time, scaled: see the notes).
+    const char* about = site.estimated ? "~" : "";
+    out << "#" << (i + 1) << "  " << about << bytes_with_human(site.outstanding_bytes)
+        << " outstanding in " << about << with_thousands(site.outstanding_allocations)
+        << " allocation" << (site.outstanding_allocations == 1 ? "" : "s") << " from "
+        << site.allocator << "  pid " << site.pid << "  oldest "
+        << human_duration(site.oldest_age_s) << (site.estimated ? "  (estimated)" : "") << "\n";
     if (site.suppressed) {
       out << "    SUPPRESSED: " << *site.suppressed << " (kept on purpose)";
       if (site.growth) out << "; " << site.growth->verdict << ": " << site.growth->reason;
@@ -362,8 +365,8 @@ void render_text(const model::Report& report, std::ostream& out) {
                      [](unsigned char c) { return c == '_' ? ' ' : std::toupper(c); });
       out << "    " << verdict << ": " << site.growth->reason << "\n";
     }
-    out << "    " << with_thousands(site.total_allocated_bytes) << " B allocated in "
-        << with_thousands(site.total_allocations) << " calls since attach\n";
+    out << "    " << about << with_thousands(site.total_allocated_bytes) << " B allocated in "
+        << about << with_thousands(site.total_allocations) << " calls since attach\n";
     if (site.mismatched_frees > 0) {
       out << "    MISMATCHED: " << with_thousands(site.mismatched_frees) << " of its blocks "
           << (site.mismatched_frees == 1 ? "was" : "were")

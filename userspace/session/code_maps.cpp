@@ -51,7 +51,10 @@ bool same_mappings(const std::vector<inspect::Mapping>& a, const std::vector<ins
 }  // namespace
 
 CodeMaps::CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Probes& probes)
-    : config_(config), tracer_(tracer), probes_(probes) {
+    : config_(config),
+      tracer_(tracer),
+      probes_(probes),
+      object_windows_(tracer, config.python_object_cycle) {
   python_naming_.mode = config.python_frames;
   python_naming_.reader = &python_reader_;
   if (config.tracer.unwind_mode != unwind::UnwindMode::kFramePointers) {
@@ -172,6 +175,7 @@ void CodeMaps::attach_python_objects(TracedProcess& process,
   }
   try {
     tracer_.attach_python_objects(pid, interpreter.file, sites);
+    object_windows_.add_process(pid);
   } catch (const Error& error) {
     std::cerr << "memtrail: warning: pid " << pid
               << ": Python objects are not traced: " << error.what() << "\n";
@@ -197,6 +201,8 @@ void CodeMaps::forget_exited(uint32_t pid) {
   python_naming_.interpreters.erase(pid);
   python_objects_.forget(pid);
   python_reader_.forget(pid);
+  tracer_.forget_python_objects(pid);
+  object_windows_.process_exited(pid);
 }
 
 // A process that mapped code since its allocators were resolved (dlopen, or a launched

@@ -13,6 +13,7 @@
 #include "python/cpython.h"
 #include "python/objects.h"
 #include "session/config.h"
+#include "session/object_windows.h"
 #include "session/probes.h"
 #include "session/targets.h"
 #include "symbolizer/symbolizer.h"
@@ -54,7 +55,10 @@ class CodeMaps {
   // Process `pid` has exited (and its maps were purged).
   void forget_exited(uint32_t pid);
   // Process `pid` has exited and its exit summary is symbolized: how it mapped its code goes.
-  void forget_retired(uint32_t pid) { symbolizer_.forget_process(pid); }
+  void forget_retired(uint32_t pid) {
+    symbolizer_.forget_process(pid);
+    object_windows_.forget(pid);
+  }
 
   // The stack walker reads unwind tables (--unwind dwarf/auto): mappings matter more often.
   bool walks_unwind_tables() const { return unwind_tables_.has_value(); }
@@ -62,6 +66,9 @@ class CodeMaps {
   symbolizer::Symbolizer& symbolizer() { return symbolizer_; }
   const assemble::PythonNaming& python_naming() const { return python_naming_; }
   const python::ObjectLiveness& python_objects() const { return python_objects_; }
+  // The object probes' duty cycle (--python-objects on) and the share of objects they saw.
+  ObjectWindows& object_windows() { return object_windows_; }
+  const ObjectWindows& object_windows() const { return object_windows_; }
 
  private:
   void update_python(TracedProcess& process);
@@ -83,6 +90,7 @@ class CodeMaps {
   python::CodeReader python_reader_;
   assemble::PythonNaming python_naming_;  // its reader: python_reader_
   python::ObjectLiveness python_objects_{python_naming_.interpreters};  // the tracer's judge
+  ObjectWindows object_windows_;
   uint32_t python_stacks_seen_ = 0;         // tracer_.stacks_created() at the last look
   std::set<uint32_t> python_stacks_named_;  // stacks whose Python frames were read
   uint64_t unknown_code_seen_ = 0;  // tracer_.unknown_code_frames() at the last full refresh

@@ -63,6 +63,8 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   config.python_frames = options.python_frames;
   config.python_types = options.python_types;
   config.python_objects = options.python_objects;
+  config.python_object_cycle.attached_share = options.python_objects_duty;
+  config.python_object_cycle.period_s = cli::kPythonObjectsPeriodS;
   config.interval_s = options.interval_s;
   config.min_age_s = options.min_age_s;
   config.top = options.top;

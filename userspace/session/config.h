@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/object_windows.h"
 #include "assemble/suppressions.h"
 #include "cli/options.h"
 #include "inspect/allocator.h"
@@ -42,6 +43,8 @@ struct SessionConfig {
   bool python_types = false;  // CPython objects counted by type
   // CPython objects charged to the stack that created them (--python-objects on).
   bool python_objects = false;
+  // When their probes are attached: all the time (exact) or part of each period (on).
+  aggregator::DutyCycle python_object_cycle;
 
   // Reports: the interval behind the growth verdicts, the age below which allocations are left
   // out, the sites a text report shows, and the sites kept on purpose.

@@ -48,6 +48,7 @@ void Session::start() {
   start_ = Clock::now();
   start_unix_ms_ = unix_now_ms();
   next_housekeeping_ = start_;
+  code_maps_.object_windows().start(start_);
 }
 
 void Session::prepare_targets() {
@@ -222,6 +223,7 @@ void Session::housekeep(Clock::time_point now) {
   lifecycle_.follow();
   lifecycle_.settle(report_of(), start_);
   retire_exited();
+  next_object_switch_ = code_maps_.object_windows().tick(now);
   if (now < next_housekeeping_) return;
   code_maps_.refresh_when_due(targets_, now, start_);
   if (host_wide_ && host_wide_->has_pending_programs()) host_wide_->look_at_pending_programs();
@@ -423,6 +425,15 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
   context.python = &code_maps_.python_naming();
   context.children_missed = lifecycle_.children_missed();
   if (config_.python_types) context.python_types = measurement_.python_types();
+  const auto& windows = code_maps_.object_windows();
+  context.python_objects = windows.coverage();
+  if (context.python_objects && !context.python_objects->exact) {
+    auto shares = windows.observed_shares();
+    for (auto& target : context.targets) {
+      auto share = shares.find(target.pid);
+      if (share != shares.end()) target.python_objects_observed_fraction = share->second;
+    }
+  }
   return context;
 }
 

@@ -4,6 +4,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -56,7 +57,9 @@ class Session {
   // tick (next_housekeeping()) mappings re-read, forks and execs followed, programs started
   // host-wide looked at, Python frames named.
   void housekeep(Clock::time_point now);
-  Clock::time_point next_housekeeping() const { return next_housekeeping_; }
+  Clock::time_point next_housekeeping() const {
+    return std::min(next_housekeeping_, next_object_switch_);
+  }
 
   // Waits until `until` for the session's events (a fork to follow, a target exiting) or for
   // `wake_fd` (the caller's, e.g. its signalfd; -1: none) to become readable, and handles the
@@ -112,6 +115,7 @@ class Session {
   Clock::time_point start_{};
   int64_t start_unix_ms_ = 0;
   Clock::time_point next_housekeeping_{};
+  Clock::time_point next_object_switch_ = Clock::time_point::max();  // --python-objects on
   // What add_poll_fds() appended after the fork events' descriptor (if any): whose pidfds.
   bool polled_region_events_ = false;
   std::vector<TracedProcess*> polled_;

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <utility>
 
@@ -672,29 +673,78 @@ void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& 
 void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile& file,
                                         const std::vector<PythonObjectSite>& sites) {
   if (!config_.python_objects) return;
-  inspect::OpenedFile opened = inspect::open_file(file);  // see attach()
-  std::string kernel_path = opened.kernel_path();
-  std::vector<uint64_t> offsets, cookies;
+  PythonObjectProbes probes;
+  probes.pid = pid;
+  probes.file = inspect::open_file(file);  // see attach()
+  probes.path = file.path;
   for (const auto& site : sites) {
-    offsets.push_back(site.file_offset);
-    cookies.push_back(site.object_register);
+    probes.offsets.push_back(site.file_offset);
+    probes.cookies.push_back(site.object_register);
   }
+  if (python_objects_attached_) {
+    int error_number = link_python_objects(probes);
+    if (error_number != 0) {
+      fail("attach " + std::to_string(sites.size()) + " uprobes (uprobe_multi) in " + file.path +
+               " (pid " + std::to_string(pid) + ", Python object creation)",
+           error_number, "Linux 6.6 or later is needed; or use --python-objects off");
+    }
+  }
+  python_probes_.push_back(std::move(probes));
+}
+
+int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
+  std::string kernel_path = probes.file.kernel_path();
   UprobeMultiAttr attr;
   attr.prog_fd = static_cast<uint32_t>(bpf_program__fd(skeleton_->progs.python_object_created));
   attr.attach_type = kUprobeMultiAttachType;
   attr.path = reinterpret_cast<uint64_t>(kernel_path.c_str());
-  attr.offsets = reinterpret_cast<uint64_t>(offsets.data());
-  attr.cookies = reinterpret_cast<uint64_t>(cookies.data());
-  attr.count = static_cast<uint32_t>(offsets.size());
-  attr.pid = pid;
+  attr.offsets = reinterpret_cast<uint64_t>(probes.offsets.data());
+  attr.cookies = reinterpret_cast<uint64_t>(probes.cookies.data());
+  attr.count = static_cast<uint32_t>(probes.offsets.size());
+  attr.pid = probes.pid;
   long link = ::syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
-  if (link < 0) {
-    int error_number = errno;
-    fail("attach " + std::to_string(sites.size()) + " uprobes (uprobe_multi) in " + file.path +
-             " (pid " + std::to_string(pid) + ", Python object creation)",
-         error_number, "Linux 6.6 or later is needed; or use --python-objects off");
+  if (link < 0) return errno;
+  probes.link = UniqueFd(static_cast<int>(link));
+  return 0;
+}
+
+void AllocTracer::set_python_objects_attached(bool attached) {
+  if (attached == python_objects_attached_) return;
+  python_objects_attached_ = attached;
+  if (!attached) {
+    // Closing the link removes the breakpoints from the process.
+    for (auto& probes : python_probes_) probes.link.reset();
+    return;
   }
-  python_links_.emplace_back(static_cast<int>(link));
+  std::erase_if(python_probes_, [this](PythonObjectProbes& probes) {
+    int error_number = link_python_objects(probes);
+    if (error_number == 0) return false;
+    if (error_number != ESRCH) {
+      std::cerr << "memtrail: warning: pid " << probes.pid << ": Python objects no longer "
+                << "traced: attach " << probes.offsets.size() << " uprobes (uprobe_multi) in "
+                << probes.path << " again failed: " << std::strerror(error_number) << "\n";
+    }
+    return true;
+  });
+}
+
+void AllocTracer::forget_python_objects(uint32_t pid) {
+  std::erase_if(python_probes_,
+                [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
+}
+
+uint64_t AllocTracer::sweep_python_objects() {
+  if (!config_.python_objects || !python_judge_) return 0;
+  class Discard final : public model::AllocationSink {
+    void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
+    void add(const model::OutstandingAllocation&) override {}
+  } discard;
+  model::Snapshot snapshot;
+  std::vector<model::TrackedPythonObject> objects;
+  std::vector<PythonSlot> slots;
+  read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
+  judge_python_objects(objects, slots, snapshot, &discard);
+  return snapshot.counters.python_objects_dead;
 }
 
 void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
@@ -745,6 +795,57 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
 }
 
 void AllocTracer::stop_counting() { skeleton_->bss->tracing_stopped = 1; }
+
+// One pass over the table: the Python objects into `python_objects` and `python_slots`, to be
+// judged after the pass, all at once; every other block to `sink` or the snapshot, unless
+// `python_only`.
+void AllocTracer::read_table(std::vector<model::TrackedPythonObject>& python_objects,
+                             std::vector<PythonSlot>& python_slots, model::Snapshot& snapshot,
+                             model::AllocationSink* sink, bool python_only) {
+  const auto& maps = skeleton_->maps;
+  auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
+  uint32_t bucket_count = bpf_map__max_entries(maps.allocs);
+  auto load = [](const auto& field) {
+    using Field = std::remove_cv_t<std::remove_reference_t<decltype(field)>>;
+    return std::atomic_ref<Field>(const_cast<Field&>(field)).load(std::memory_order_acquire);
+  };
+  for (uint32_t b = 0; b < bucket_count; ++b) {
+    const memtrail_alloc_bucket& bucket = buckets[b];
+    for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; ++slot) {
+      uint64_t address = load(bucket.address[slot]);
+      if (address == 0) continue;
+      const memtrail_alloc_info& info = bucket.info[slot];
+      uint64_t timestamp = load(info.timestamp_ns);
+      if (timestamp == 0) continue;  // being written or removed
+      uint32_t tgid = load(info.tgid);
+      uint64_t size_kind = load(info.size_kind);
+      int32_t site_id = load(info.site_id);
+      if (load(info.timestamp_ns) != timestamp || load(bucket.address[slot]) != address) {
+        ++snapshot.counters.snapshot_read_errors;  // changed while read: next time
+        continue;
+      }
+      auto kind_code = static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS);
+      if (kind_code == MEMTRAIL_KIND_PYTHON_OBJECT) {
+        // Its size field holds its type: judged after the pass, all objects at once.
+        model::TrackedPythonObject object;
+        object.pid = tgid;
+        object.address = address;
+        object.type = size_kind & MEMTRAIL_SIZE_MASK;
+        python_objects.push_back(object);
+        python_slots.push_back({&buckets[b], slot, timestamp, site_id});
+        continue;
+      }
+      if (python_only) continue;
+      model::OutstandingAllocation allocation{tgid,      address, size_kind & MEMTRAIL_SIZE_MASK,
+                                              timestamp, site_id, bpf::kind_from_code(kind_code)};
+      if (sink) {
+        sink->add(allocation);
+      } else {
+        snapshot.allocations.push_back(allocation);
+      }
+    }
+  }
+}
 
 model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Exec and fork events found here wait in lifecycle_ for drain_region_events().
@@ -861,49 +962,9 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // The table is written concurrently by the BPF programs: each slot is taken only when it is
   // complete and unchanged across the read (protocol: bpf/alloc_events.h). Plain loads in
   // order suffice on x86-64; the atomic_refs keep the compiler from merging or reordering them.
-  auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
-  uint32_t bucket_count = bpf_map__max_entries(maps.allocs);
   std::vector<model::TrackedPythonObject> python_objects;
   std::vector<PythonSlot> python_slots;
-  auto load = [](const auto& field) {
-    using Field = std::remove_cv_t<std::remove_reference_t<decltype(field)>>;
-    return std::atomic_ref<Field>(const_cast<Field&>(field)).load(std::memory_order_acquire);
-  };
-  for (uint32_t b = 0; b < bucket_count; ++b) {
-    const memtrail_alloc_bucket& bucket = buckets[b];
-    for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS; ++slot) {
-      uint64_t address = load(bucket.address[slot]);
-      if (address == 0) continue;
-      const memtrail_alloc_info& info = bucket.info[slot];
-      uint64_t timestamp = load(info.timestamp_ns);
-      if (timestamp == 0) continue;  // being written or removed
-      uint32_t tgid = load(info.tgid);
-      uint64_t size_kind = load(info.size_kind);
-      int32_t site_id = load(info.site_id);
-      if (load(info.timestamp_ns) != timestamp || load(bucket.address[slot]) != address) {
-        ++snapshot.counters.snapshot_read_errors;  // changed while read: next time
-        continue;
-      }
-      auto kind_code = static_cast<uint32_t>(size_kind >> MEMTRAIL_SIZE_BITS);
-      if (kind_code == MEMTRAIL_KIND_PYTHON_OBJECT) {
-        // Its size field holds its type: judged after the pass, all objects at once.
-        model::TrackedPythonObject object;
-        object.pid = tgid;
-        object.address = address;
-        object.type = size_kind & MEMTRAIL_SIZE_MASK;
-        python_objects.push_back(object);
-        python_slots.push_back({&buckets[b], slot, timestamp, site_id});
-        continue;
-      }
-      model::OutstandingAllocation allocation{tgid,      address, size_kind & MEMTRAIL_SIZE_MASK,
-                                              timestamp, site_id, bpf::kind_from_code(kind_code)};
-      if (sink) {
-        sink->add(allocation);
-      } else {
-        snapshot.allocations.push_back(allocation);
-      }
-    }
-  }
+  read_table(python_objects, python_slots, snapshot, sink, /*python_only=*/false);
 
   judge_python_objects(python_objects, python_slots, snapshot, sink);
 

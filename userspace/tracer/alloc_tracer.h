@@ -12,6 +12,7 @@
 
 #include "common/unique_fd.h"
 #include "inspect/allocator.h"
+#include "inspect/process_file.h"
 #include "model/snapshot.h"
 #include "tracer/libbpf_raii.h"
 #include "tracer/mapped_regions.h"
@@ -127,6 +128,21 @@ class AllocTracer : public unwind::RowStore {
   // throws memtrail::Error.
   void attach_python_objects(uint32_t pid, const inspect::ProcessFile& file,
                              const std::vector<PythonObjectSite>& sites);
+  // Detaches every process's creation sites (false) or attaches them again (true): the duty
+  // cycle of --python-objects on. Detaching removes the traps themselves; a flag the program
+  // checks would not (a disabled uprobe still traps). Objects recorded stay in the table and
+  // are judged as before. A process whose sites cannot be attached again (it exited) is
+  // dropped, and said on stderr unless it is gone. Sites of a process added while detached
+  // wait for the next attach.
+  void set_python_objects_attached(bool attached);
+  bool python_objects_attached() const { return python_objects_attached_; }
+  // Process `pid` is gone: its sites are not attached again.
+  void forget_python_objects(uint32_t pid);
+  // Reads every recorded Python object's liveness now and removes the dead ones from the
+  // table (the judge's work of a snapshot, without a snapshot): at the end of an attached
+  // window, so that an address freed by then and reused while detached by an object of the
+  // same type does not keep a dead object's site alive. Returns the objects removed.
+  uint64_t sweep_python_objects();
   // Who decides, at each snapshot, which recorded objects still live and their sizes; without
   // one, recorded objects are neither reported nor removed.
   void set_python_object_judge(model::PythonObjectJudge* judge) { python_judge_ = judge; }
@@ -187,6 +203,9 @@ class AllocTracer : public unwind::RowStore {
     uint64_t timestamp_ns = 0;
     int32_t site_id = 0;
   };
+  void read_table(std::vector<model::TrackedPythonObject>& python_objects,
+                  std::vector<PythonSlot>& python_slots, model::Snapshot& snapshot,
+                  model::AllocationSink* sink, bool python_only);
   void judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
                             const std::vector<PythonSlot>& slots, model::Snapshot& snapshot,
                             model::AllocationSink* sink);
@@ -204,8 +223,19 @@ class AllocTracer : public unwind::RowStore {
   MappedRegions regions_;
   Lifecycle lifecycle_;  // exec and fork events seen by the ring buffer callback
   RingBuffer region_reader_;
-  std::vector<Link> links_;             // declared last: destroyed first
-  std::vector<UniqueFd> python_links_;  // uprobe_multi links of the Python object probes
+  std::vector<Link> links_;  // declared last: destroyed first
+  // The Python object probes of each process: what attaches them again after a detach.
+  struct PythonObjectProbes {
+    uint32_t pid = 0;
+    inspect::OpenedFile file;  // held open: its kernel path must keep naming the same file
+    std::string path;          // as the process maps it, for messages
+    std::vector<uint64_t> offsets, cookies;
+    UniqueFd link;  // the uprobe_multi link; closed while detached
+  };
+  // Creates the uprobe_multi link of `probes`; returns the errno on failure, 0 on success.
+  int link_python_objects(PythonObjectProbes& probes);
+  std::vector<PythonObjectProbes> python_probes_;
+  bool python_objects_attached_ = true;
 };
 
 }  // namespace memtrail::tracer

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: Apache-2.0
+// --python-objects on: attaches and detaches the object probes on a duty cycle, and says which
+// share of each process's objects they saw.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "aggregator/object_windows.h"
+#include "model/report.h"
+#include "session/config.h"
+#include "tracer/alloc_tracer.h"
+
+namespace memtrail::session {
+
+// Drives the tracer's object probes through the duty cycle (exact: never detached) and keeps,
+// for each process that got them, the time its attached windows covered.
+class ObjectWindows {
+ public:
+  ObjectWindows(tracer::AllocTracer& tracer, aggregator::DutyCycle cycle)
+      : tracer_(tracer), cycle_(cycle) {}
+
+  // The run's clock starts: the probes are attached or not as the cycle says for time 0.
+  void start(Clock::time_point start);
+  // Switches the probes if the cycle says so at `now`; at the end of an attached window, the
+  // objects that died by then are removed (see AllocTracer::sweep_python_objects). Returns
+  // the time of the next switch (time_point::max() when exact or not started).
+  Clock::time_point tick(Clock::time_point now);
+  // Process `pid` got object probes (attached now or at the next window).
+  void add_process(uint32_t pid);
+  // It exited: its share stops growing (it creates nothing more).
+  void process_exited(uint32_t pid);
+  // It exited and its report is done.
+  void forget(uint32_t pid) {
+    processes_.erase(pid);
+    exited_.erase(pid);
+    share_.forget(pid);
+  }
+
+  // For each process with object probes, the share of its objects they saw; empty when exact.
+  std::unordered_map<uint32_t, double> observed_shares() const;
+  // How the probes ran, with the share over all the processes; absent without object probes.
+  std::optional<model::PythonObjectsCoverage> coverage() const;
+
+ private:
+  void switch_to(bool attached);
+  double clock_s() const;                             // the steady clock, in seconds
+  std::optional<double> reading(uint32_t pid) const;  // none once it exited
+
+  tracer::AllocTracer& tracer_;
+  aggregator::DutyCycle cycle_;
+  aggregator::ObservedShare share_;
+  std::unordered_set<uint32_t> processes_;  // pids with object probes
+  std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
+  std::optional<Clock::time_point> start_;
+};
+
+}  // namespace memtrail::session
