@@ -13,6 +13,12 @@
 
 namespace memtrail::aggregator {
 
+// A site's Python objects of one type (its PyTypeObject's address in the process).
+struct PythonTypeSum {
+  uint64_t type = 0;
+  uint64_t objects = 0, bytes = 0;
+};
+
 // Outstanding memory of one site (one call stack in one process) at snapshot time.
 struct SiteSummary {
   uint32_t pid = 0;
@@ -34,6 +40,8 @@ struct SiteSummary {
   model::AllocationKind kind = model::AllocationKind::kMalloc;  // function of the site's blocks
   uint64_t mismatched_frees = 0;           // its blocks released by the wrong function
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
+  // Its Python objects by type (kind kPythonObject), most bytes first; empty for other kinds.
+  std::vector<PythonTypeSum> python_types;
 };
 
 struct Totals {
@@ -86,6 +94,9 @@ class Accumulator final : public model::AllocationSink {
   };
   std::unordered_map<uint64_t, uint64_t> totals_read_at_;  // by site; absent: taken_at_ns_
   std::unordered_map<uint64_t, Blocks> site_blocks_;
+  // Python objects by site, then type: (objects, bytes).
+  std::unordered_map<uint64_t, std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>>>
+      site_types_;
 };
 
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the
