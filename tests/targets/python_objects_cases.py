@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # For memtrail's Python objects (--python-objects on), run by Debian's /usr/bin/python3: one
 # scenario, named by the first argument, whose outcome the interpreter itself states.
-#   exact     one line keeps exactly 3,000 Item instances, 2,000 strs and 1,000 tuples
+#   exact     one line keeps exactly 3,000 Item instances, 2,000 strs and 1,000 tuples;
+#             another keeps 100 bytes objects of 2,000 bytes (malloc's blocks)
 #   freelist  a churner makes dicts and drops them (onto the dict free list); the keeper's
 #             dicts are then taken from that free list
 #   reuse     a first line keeps Items for a while, then drops them; a second line makes as
@@ -30,8 +31,13 @@ def exact():
         kept.append(Item() if i % 6 < 3 else ("s" * 40 + str(i)) if i % 6 < 5 else (i, i))  # line: exact
         if i % 1000 == 999:
             time.sleep(0.1)
+    big = []
+    for i in range(100):
+        big.append(b"b" * 2000 + bytes(1 + i % 2))  # line: big
+    print(f"count bytes_big {sum(sys.getsizeof(blob) for blob in big)}", flush=True)
+    kept.append(big)
     sizes = {}
-    for thing in kept:
+    for thing in kept[:-1]:
         name = type(thing).__name__
         sizes[name] = sizes.get(name, 0) + sys.getsizeof(thing)
     for name, total in sorted(sizes.items()):

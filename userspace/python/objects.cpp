@@ -272,6 +272,7 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
       object.alive = true;
       object.size = size ? size->charged() : 0;
       object.pymalloc = size && size->pymalloc;
+      object.block_at_object = !(types[i]->flags & (layout.types.have_gc | layout.managed_dict));
     }
     begin = end;
   }
