@@ -1139,7 +1139,7 @@ struct ObjectBytes {
 ObjectBytes python_object_bytes(const json& report) {
   ObjectBytes found;
   for (const auto& site : report["leaks"]) {
-    if (site["allocator"] != "python_object") continue;
+    if (site["kind"] != "python_objects") continue;
     auto frames = python_frames(site);
     std::string where = frames.empty() ? "?" : frames[0];
     found.bytes[where] += site["outstanding_bytes"].get<uint64_t>();
@@ -1217,6 +1217,156 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
   EXPECT_LE(estimate, truth * 1.5) << shares.str();
   EXPECT_LE(estimate * share, truth * 1.01) << shares.str();
   target.process.write_stdin("quit\n");
+// A scenario of tests/targets/python_objects_cases.py traced with --python-objects on: the
+// report, the target's lines, and what the target stated of itself ("count NAME N").
+struct ObjectCase {
+  json report;
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+};
+ObjectCase trace_object_case(const std::string& scenario) {
+  ObjectCase result;
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, scenario});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                 "--interval", "0.25", "--python-objects", "on"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  bool done = false;
+  while (auto line = target.process.read_stdout_line(20s)) {
+    if (*line == "done") {
+      done = true;
+      break;
+    }
+    std::istringstream words(*line);
+    std::string tag, name;
+    uint64_t number = 0;
+    if (!(words >> tag >> name >> number)) continue;
+    if (tag == "line") result.lines[name] = static_cast<int>(number);
+    if (tag == "count") result.counts[name] = number;
+  }
+  EXPECT_TRUE(done) << "the target did not finish its scenario " << scenario;
+  tracer.stop();
+  result.report = read_json(json_path);
+  target.process.write_stdin("quit\n");
+  return result;
+}
+
+// The Python objects of every site whose innermost Python frame is `where` ("function@line"),
+// by type as the sites' python_types say, and their sums as the sites' own figures say.
+struct TypesAt {
+  std::map<std::string, uint64_t> objects, bytes;
+  uint64_t site_objects = 0, site_bytes = 0;
+};
+TypesAt types_at(const json& report, const std::string& where) {
+  TypesAt found;
+  for (const auto& site : report["leaks"]) {
+    if (site["kind"] != "python_objects") continue;
+    auto frames = python_frames(site);
+    if (frames.empty() || frames[0] != where) continue;
+    found.site_objects += site["outstanding_allocations"].get<uint64_t>();
+    found.site_bytes += site["outstanding_bytes"].get<uint64_t>();
+    for (const auto& type : site["python_types"]) {
+      found.objects[type["type"]] += type["outstanding_objects"].get<uint64_t>();
+      found.bytes[type["type"]] += type["outstanding_bytes"].get<uint64_t>();
+    }
+  }
+  return found;
+}
+
+std::string describe(const TypesAt& found) {
+  std::ostringstream text;
+  text << found.site_objects << " objects, " << found.site_bytes << " B:";
+  for (const auto& [type, objects] : found.objects) {
+    text << " " << type << " " << objects << " (" << found.bytes.at(type) << " B)";
+  }
+  return text.str();
+}
+
+// One line keeps exactly 3,000 instances, 2,000 strs and 1,000 tuples: its sites' types say
+// so, and their bytes are what sys.getsizeof says in the target, type by type.
+TEST(LeaksPythonObjects, TypesPerSiteAreExactAndSizedAsSysGetsizeof) {
+  REQUIRE_BPF_OR_SKIP();
+  auto traced = trace_object_case("exact");
+  std::string where = "exact@" + std::to_string(traced.lines["exact"]);
+  auto found = types_at(traced.report, where);
+  std::map<std::string, uint64_t> expected{{"Item", 3000}, {"str", 2000}, {"tuple", 1000}};
+  EXPECT_EQ(found.objects, expected) << describe(found);
+  EXPECT_EQ(found.site_objects, 6000u) << describe(found);
+  for (const auto& type : {"Item", "str", "tuple"}) {
+    EXPECT_EQ(found.bytes[type], traced.counts[std::string("bytes_") + type]) << type;
+  }
+  EXPECT_EQ(found.site_bytes, traced.counts["bytes"]) << describe(found);
+  // Objects of 2,000 bytes are malloc's blocks, each starting at its object: charged once, to
+  // the line that made them, as Python objects; no malloc site there holds them again (only
+  // the list's item array, under 2,000 bytes).
+  std::string big_line = "exact@" + std::to_string(traced.lines["big"]);
+  auto big = types_at(traced.report, big_line);
+  EXPECT_EQ(big.objects, (std::map<std::string, uint64_t>{{"bytes", 100}})) << describe(big);
+  EXPECT_EQ(big.site_bytes, traced.counts["bytes_big"]) << describe(big);
+  uint64_t native_there = 0;
+  for (const auto& site : traced.report["leaks"]) {
+    auto frames = python_frames(site);
+    if (site["kind"] == "native" && !frames.empty() && frames[0] == big_line) {
+      native_there += site["outstanding_bytes"].get<uint64_t>();
+    }
+  }
+  EXPECT_LT(native_there, 2000u);
+  // Per process: the types of all its sites, from the tracked objects, with their growth.
+  const json* item = nullptr;
+  for (const auto& type : traced.report["python_types"]) {
+    if (type["type"] == "Item") item = &type;
+  }
+  ASSERT_NE(item, nullptr) << traced.report["python_types"].dump(2);
+  EXPECT_EQ((*item)["source"], "objects");
+  EXPECT_EQ((*item)["outstanding_objects"], 3000);
+  EXPECT_EQ((*item)["outstanding_bytes"], traced.counts["bytes_Item"]);
+  EXPECT_GT((*item)["growth_objects_per_s"].get<double>(), 0);
+  // Every site says its kind: the objects' sites, and malloc's.
+  size_t native = 0;
+  for (const auto& site : traced.report["leaks"]) {
+    bool objects = site["allocator"] == "python_object";
+    EXPECT_EQ(site["kind"], objects ? "python_objects" : "native") << site.dump();
+    EXPECT_EQ(site.contains("python_types"), objects) << site.dump();
+    native += !objects;
+  }
+  EXPECT_GT(native, 0u);  // the list's item array, malloc's once over 512 bytes
+}
+
+// The churner's dicts go onto CPython's dict free list when it drops them; the keeper's dicts
+// are taken from it (the target checks their addresses). They are the keeper's.
+TEST(LeaksPythonObjects, AnObjectFromAFreeListIsChargedToTheLineThatTookIt) {
+  REQUIRE_BPF_OR_SKIP();
+  auto traced = trace_object_case("freelist");
+  ASSERT_EQ(traced.counts["kept"], 1000u);
+  ASSERT_GE(traced.counts["reused"], 500u) << "the dict free list was not used: no test";
+  auto keep = types_at(traced.report, "keep_dict@" + std::to_string(traced.lines["keep"]));
+  auto churn = types_at(traced.report, "churn@" + std::to_string(traced.lines["churn"]));
+  EXPECT_EQ(keep.objects, (std::map<std::string, uint64_t>{{"dict", 1000}})) << describe(keep);
+  EXPECT_EQ(churn.site_objects, 0u) << describe(churn);
+}
+
+// Items kept at one line for a second (seen alive by several reports), then dropped; as many
+// made at another line, at the same addresses (the target checks with id()). The dead ones
+// are gone from the report; the new ones are the second line's.
+TEST(LeaksPythonObjects, AnAddressReusedByAnObjectOfTheSameTypeDoesNotKeepTheDeadOne) {
+  REQUIRE_BPF_OR_SKIP();
+  auto traced = trace_object_case("reuse");
+  ASSERT_EQ(traced.counts["kept"], 2000u);
+  ASSERT_GE(traced.counts["reused"], 1000u) << "few addresses were reused: no test";
+  auto first = types_at(traced.report, "first@" + std::to_string(traced.lines["first"]));
+  auto second = types_at(traced.report, "second@" + std::to_string(traced.lines["second"]));
+  EXPECT_EQ(first.site_objects, 0u) << describe(first);
+  EXPECT_EQ(second.objects, (std::map<std::string, uint64_t>{{"Item", 2000}})) << describe(second);
+}
+
+TEST(LeaksPythonObjects, AThreadsObjectsAreChargedToItsLine) {
+  REQUIRE_BPF_OR_SKIP();
+  auto traced = trace_object_case("thread");
+  ASSERT_EQ(traced.counts["kept"], 3000u);
+  auto thread = types_at(traced.report, "in_thread@" + std::to_string(traced.lines["thread"]));
+  EXPECT_EQ(thread.objects, (std::map<std::string, uint64_t>{{"Item", 3000}})) << describe(thread);
 }
 
 TEST(LeaksPython, NativeModeShowsTheInterpretersFramesOnly) {

@@ -22,6 +22,45 @@ model::Snapshot snapshot_at(uint64_t now_ns) {
   return snapshot;
 }
 
+// Python objects: each site's by type (the type in place of nothing: their sizes are read),
+// never scaled as samples, however --sample-rate is set.
+TEST(Aggregator, SumsEachSitesPythonObjectsByTypeAndNeverScalesThem) {
+  constexpr auto kObject = model::AllocationKind::kPythonObject;
+  constexpr uint64_t kDict = 0x7000, kStr = 0x8000;
+  auto snapshot = snapshot_at(100 * kSecond);
+  snapshot.allocations = {
+      {1, 0x1000, 64, 90 * kSecond, 7, kObject, kDict},
+      {1, 0x2000, 184, 90 * kSecond, 7, kObject, kDict},
+      {1, 0x3000, 110, 90 * kSecond, 7, kObject, kStr},
+      {1, 0x4000, 100, 99 * kSecond, 7, kObject, kStr},  // younger than --min-age
+      {1, 0x5000, 4096, 90 * kSecond, 8, kMalloc},
+  };
+  snapshot.sites = {{1, 7, 0, 5, 0xaaa}, {1, 8, 4096, 1, 0xbbb}};
+  Aggregate result = aggregate(snapshot, 5 * kSecond, /*sample_rate=*/1 << 20);
+  ASSERT_EQ(result.sites.size(), 2u);
+  const auto& objects = result.sites[1].site_id == 7 ? result.sites[1] : result.sites[0];
+  EXPECT_EQ(objects.outstanding_bytes, 64u + 184 + 110);
+  EXPECT_EQ(objects.outstanding_allocations, 3u);
+  ASSERT_EQ(objects.python_types.size(), 2u);
+  EXPECT_EQ(objects.python_types[0].type, kDict);  // most bytes first
+  EXPECT_EQ(objects.python_types[0].objects, 2u);
+  EXPECT_EQ(objects.python_types[0].bytes, 248u);
+  EXPECT_EQ(objects.python_types[1].type, kStr);
+  EXPECT_EQ(objects.python_types[1].objects, 1u);
+  EXPECT_EQ(objects.python_types[1].bytes, 110u);
+  EXPECT_TRUE(
+      (result.sites[0].site_id == 8 ? result.sites[0] : result.sites[1]).python_types.empty());
+  // By name, per site and per process; two types of one name add up.
+  auto totals = python_type_totals(result, [](uint32_t, uint64_t type) {
+    return type == kDict ? std::string("dict") : std::string("str");
+  });
+  EXPECT_EQ(totals.size(), 4u);
+  EXPECT_EQ((totals[{1, 7, "dict"}].objects), 2u);
+  EXPECT_EQ((totals[{1, std::nullopt, "str"}].bytes), 110u);
+  auto one_name = python_type_totals(result, [](uint32_t, uint64_t) { return std::string("x"); });
+  EXPECT_EQ((one_name[{1, std::nullopt, "x"}].objects), 3u);
+}
+
 TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {
   auto snapshot = snapshot_at(100 * kSecond);
   snapshot.allocations = {

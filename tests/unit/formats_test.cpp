@@ -170,6 +170,24 @@ TEST(Pprof, DecodesBackToTheSameSitesTypesAndInlinedLines) {
   EXPECT_EQ(labels["pid"], "42");
   EXPECT_EQ(labels["verdict"], "steady");
   EXPECT_EQ(labels["suppressed"], "glibc stdio buffer");
+  EXPECT_EQ(labels.count("kind"), 0u);  // a site that does not say it (an older report)
+}
+
+// Each sample says what its site holds: `go tool pprof -tagfocus kind=python_objects`.
+TEST(Pprof, EachSampleSaysItsSitesKind) {
+  auto report = two_site_report();
+  report.leaks[0].kind = "python_objects";
+  report.leaks[1].kind = "native";
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  std::vector<std::string> kinds;
+  for (const auto& sample : profile.sample()) {
+    for (const auto& label : sample.label()) {
+      if (text(label.key()) == "kind") kinds.push_back(text(label.str()));
+    }
+  }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"python_objects", "native"}));
 }
 
 // two_site_report() with what the process mapped (its executable's code first, as assemble
@@ -352,7 +370,29 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   ASSERT_EQ(python_read.python_types->size(), 1u);
   EXPECT_EQ((*python_read.python_types)[0].outstanding_bytes, 112000);
   EXPECT_DOUBLE_EQ((*python_read.python_types)[0].growth_objects_per_s, 800.5);
+  EXPECT_EQ((*python_read.python_types)[0].made, 6001u);
+  EXPECT_EQ((*python_read.python_types)[0].source, "allocator_probes");
   EXPECT_FALSE(read.python_types);
+  // A site of Python objects: its kind and its types, from the tracked objects.
+  python.leaks[0].kind = "python_objects";
+  python.leaks[0].allocator = "python_object";
+  model::PythonType record{42, "Record", 3000, 168000, 50};
+  record.growth_bytes_per_s = 2800;
+  record.source = "objects";
+  python.leaks[0].python_types = {record};
+  python.leaks[1].kind = "native";
+  (*python.python_types)[0] = record;
+  python_read = from_json(nlohmann::json::parse(to_json(python, 5.0).dump()));
+  EXPECT_EQ(python_read.leaks[0].kind, "python_objects");
+  EXPECT_EQ(python_read.leaks[1].kind, "native");
+  ASSERT_EQ(python_read.leaks[0].python_types.size(), 1u);
+  EXPECT_EQ(python_read.leaks[0].python_types[0].type, "Record");
+  EXPECT_EQ(python_read.leaks[0].python_types[0].outstanding_objects, 3000);
+  EXPECT_EQ(python_read.leaks[0].python_types[0].outstanding_bytes, 168000);
+  EXPECT_DOUBLE_EQ(python_read.leaks[0].python_types[0].growth_bytes_per_s, 2800);
+  EXPECT_EQ((*python_read.python_types)[0].source, "objects");
+  EXPECT_DOUBLE_EQ((*python_read.python_types)[0].growth_bytes_per_s, 2800);
+  EXPECT_TRUE(read.leaks[0].kind.empty());  // written before sites said their kind
   // The coverage statement survives the trip; a report written before it reads without one.
   model::Report covered = original;
   covered.targets[0].memory = model::ProcessMemory{};

@@ -30,6 +30,31 @@ SiteNow never_freed(double oldest_age_s, uint64_t outstanding) {
   return {oldest_age_s, oldest_age_s / 2, outstanding, outstanding};
 }
 
+// Types' growth: least-squares slopes of objects and bytes per interval; a type gone from a
+// site counts 0 from then on.
+TEST(Growth, PythonTypesGrowByTheirObjectsAndBytesOverTheRun) {
+  PythonTypeHistory history;
+  PythonTypeKey site{1, 7, "Record"}, process{1, std::nullopt, "Record"};
+  for (int i = 0; i < 4; ++i) {
+    PythonTypeTotals totals;
+    totals[site] = {static_cast<uint64_t>(100 * i), static_cast<uint64_t>(5600 * i)};
+    totals[process] = totals[site];
+    if (i < 2) totals[{1, 8, "dict"}] = {10, 640};
+    history.record(kInterval * (i + 1), totals);
+  }
+  auto growth = history.growth(site);
+  ASSERT_TRUE(growth);
+  EXPECT_EQ(growth->points, 4u);
+  EXPECT_NEAR(growth->objects_per_s, 100 / kInterval, 1e-9);
+  EXPECT_NEAR(growth->bytes_per_s, 5600 / kInterval, 1e-9);
+  auto gone = history.growth({1, 8, "dict"});
+  ASSERT_TRUE(gone);
+  EXPECT_LT(gone->objects_per_s, 0);  // 10, 10, 0, 0
+  EXPECT_FALSE(history.growth({2, 7, "Record"}));
+  history.forget_process(1);
+  EXPECT_FALSE(history.growth(process));
+}
+
 TEST(Growth, SteadyLinearGrowthThatKeepsItsOldBlocksIsALeak) {
   auto series = series_of(12, [](double t) { return 1000 * t; });
   auto result = assess_growth(series, never_freed(60, 600), kInterval);

@@ -14,6 +14,7 @@
 
 #include "inspect/proc_maps.h"
 #include "python/cpython.h"
+#include "python/objects.h"
 
 namespace memtrail::python {
 namespace {
@@ -25,7 +26,7 @@ const std::string kFixture =
 // The fixture, running: its first line of output, and its pid. Closing stdin lets it end.
 class Fixture {
  public:
-  Fixture() {
+  explicit Fixture(const std::string& script = kFixture) {
     int to_child[2], from_child[2];
     if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) return;
     pid_ = ::fork();
@@ -34,7 +35,7 @@ class Fixture {
       ::dup2(from_child[1], 1);
       ::close(to_child[1]);
       ::close(from_child[0]);
-      ::execl(kPython, kPython, kFixture.c_str(), static_cast<char*>(nullptr));
+      ::execl(kPython, kPython, script.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     ::close(to_child[0]);
@@ -210,6 +211,52 @@ TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   EXPECT_NEAR(types[1].growth_objects_per_s, 1.0, 1e-9);
   EXPECT_EQ(types[1].made, 7u);
   EXPECT_EQ(types[1].freed, 5u);
+}
+
+// sys.getsizeof as memtrail computes it from outside, for the common types: each object's
+// size as the interpreter reports it, less a separate buffer over 512 bytes (malloc's: counted
+// at malloc's site).
+TEST(Python, ObjectSizesAreSysGetsizeofs) {
+  Fixture fixture(std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_sizes.py");
+  ASSERT_TRUE(fixture.report().is_array());
+  auto pid = static_cast<uint32_t>(fixture.pid());
+  auto mappings = inspect::read_proc_maps(pid);
+  ASSERT_TRUE(mappings);
+  auto interpreter = find_interpreter(pid, *mappings);
+  ASSERT_TRUE(interpreter);
+  std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
+  ObjectLiveness liveness(interpreters);
+  std::vector<model::TrackedPythonObject> objects;
+  for (const auto& entry : fixture.report()) {
+    model::TrackedPythonObject object;
+    object.pid = pid;
+    object.address = entry["address"].get<uint64_t>();
+    object.type = entry["type"].get<uint64_t>();
+    objects.push_back(object);
+  }
+  liveness.judge(objects);
+  size_t with_malloc_buffer = 0;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    const auto& entry = fixture.report()[i];
+    std::string name = entry["name"].get<std::string>();
+    auto size = entry["getsizeof"].get<uint64_t>();
+    auto buffer = entry["buffer"].get<uint64_t>();
+    uint64_t expected = buffer > 512 ? size - buffer : size;
+    with_malloc_buffer += buffer > 512;
+    EXPECT_TRUE(objects[i].alive) << name;
+    EXPECT_EQ(objects[i].size, expected)
+        << name << ": sys.getsizeof " << size << ", buffer " << buffer;
+    bool big = name.ends_with("_big");
+    EXPECT_EQ(objects[i].pymalloc, !big) << name;
+    // A block behind a GC header stays malloc's; one that starts at the object is the object's.
+    EXPECT_EQ(objects[i].block_at_object,
+              name == "bytes_big" || name.starts_with("int") || name.starts_with("float") ||
+                  name.starts_with("str") || name == "bytes" || name.starts_with("bytearray"))
+        << name;
+    EXPECT_EQ(liveness.type_name(pid, objects[i].type), entry["type_name"].get<std::string>())
+        << name;
+  }
+  EXPECT_EQ(with_malloc_buffer, 5u);  // list_long, dict_large, dict_deleted, set_large, set_shrunk
 }
 
 model::Frame native(const std::string& function, const std::string& module) {

@@ -238,6 +238,67 @@ TEST(Report, PythonFramesAndTheInterpreterAreInTextAndJson) {
       << unsupported.str();
 }
 
+// A sample report whose first site holds Python objects (--python-objects on), with the
+// process's types from the tracked objects.
+model::Report python_objects_report() {
+  auto report = sample_report();
+  auto& site = report.leaks[0];
+  site.kind = "python_objects";
+  site.allocator = "python_object";
+  site.outstanding_allocations = 6000;
+  site.outstanding_bytes = 409631;
+  site.total_allocations = 6500;
+  site.freed_allocations = 500;
+  site.total_allocated_bytes = 0;
+  auto type = [](const char* name, int64_t objects, int64_t bytes, double per_s) {
+    model::PythonType entry{4242, name, objects, bytes, per_s};
+    entry.growth_bytes_per_s = per_s * 56;
+    entry.source = "objects";
+    return entry;
+  };
+  site.python_types = {type("str", 2000, 185631, 200), type("Item", 3000, 168000, 300),
+                       type("tuple", 1000, 56000, 100)};
+  report.leaks[1].kind = "native";
+  report.python_types = std::vector<model::PythonType>{type("Item", 3000, 168000, 300),
+                                                       type("str", 2000, 185631, 200)};
+  return report;
+}
+
+TEST(Report, PythonObjectSitesSayTheirKindAndTypesInTextAndJson) {
+  auto report = python_objects_report();
+  report.top = 2;
+  std::ostringstream text;
+  render_text(report, text);
+  EXPECT_NE(text.str().find("#1  409,631 B (400.0 KiB) outstanding in 6,000 Python objects  pid "
+                            "4242"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("    6,500 created since attach, 500 of them gone\n"
+                            "    by type: str 2,000 (181.3 KiB) · Item 3,000 (164.1 KiB) · "
+                            "tuple 1,000 (54.7 KiB)\n"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("outstanding in 7 allocations from calloc"), std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("Python objects by type (live at this report; growth over the "
+                            "run), growing first:\n"
+                            "  pid 4242  Item  +18,000 objects/min  +984.4 KiB/min"),
+            std::string::npos)
+      << text.str();
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["leaks"][0]["kind"], "python_objects");
+  EXPECT_EQ(json["leaks"][1]["kind"], "native");
+  ASSERT_EQ(json["leaks"][0]["python_types"].size(), 3u);
+  EXPECT_EQ(json["leaks"][0]["python_types"][1],
+            nlohmann::ordered_json::parse(R"({"type": "Item", "outstanding_objects": 3000,
+              "outstanding_bytes": 168000, "growth_objects_per_s": 300.0,
+              "growth_bytes_per_s": 16800.0})"));
+  EXPECT_FALSE(json["leaks"][1].contains("python_types"));
+  EXPECT_EQ(json["python_types"][0]["source"], "objects");
+  EXPECT_EQ(json["python_types"][0]["growth_bytes_per_s"], 16800.0);
+  EXPECT_FALSE(json["python_types"][0].contains("made"));  // the allocator probes' only
+}
+
 TEST(TextReport, SaysWhyNoShareOfRssAnonGrowthIsGivenAndWhenTracedExceedsIt) {
   model::Report report = sample_report();
   report.targets[0].memory->coverage = model::ProcessMemory::Coverage{
@@ -452,6 +513,14 @@ TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   auto freed_broken = to_json(freed, 5.0);
   freed_broken["freed_sites"][0]["outstanding_bytes"] = 0;  // a freed site holds nothing
   write_json_file(freed_broken, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+
+  // Sites of Python objects, with their kinds and types, and the types by process.
+  write_json_file(to_json(python_objects_report(), 5.0), path);
+  EXPECT_EQ(std::system(command.c_str()), 0) << "Python objects' sites failed the schema";
+  auto bad_kind = to_json(python_objects_report(), 5.0);
+  bad_kind["leaks"][0]["kind"] = "python";
+  write_json_file(bad_kind, path);
   EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
 
   // Version 1 validates too; a version 2 site without its verdict does not.

@@ -71,6 +71,7 @@ TEST(SessionConfig, PythonLayoutsOnlyWhenTheirWalkIsWanted) {
   auto options = pid_options();
   options.python_frames = model::PythonFramesMode::kNative;
   options.python_types = true;
+  options.python_objects = false;
   auto native = session_config(options, kGiB);
   EXPECT_EQ(native.python_frames, model::PythonFramesMode::kNative);
   EXPECT_FALSE(native.tracer.python_layout.has_value());  // no Python walk: no cost
@@ -79,6 +80,17 @@ TEST(SessionConfig, PythonLayoutsOnlyWhenTheirWalkIsWanted) {
 
   options.python_frames = model::PythonFramesMode::kPython;
   EXPECT_TRUE(session_config(options, kGiB).tracer.python_layout.has_value());
+}
+
+// With object tracking, the types come from the tracked objects: --python-types adds no probe.
+TEST(SessionConfig, PythonTypesComeFromTheTrackedObjectsWhenObjectsAreTracked) {
+  auto options = pid_options();
+  options.python_types = true;
+  options.python_objects = true;
+  auto config = session_config(options, kGiB);
+  EXPECT_TRUE(config.tracer.python_objects);
+  EXPECT_FALSE(config.tracer.python_type_layout.has_value());
+  EXPECT_FALSE(config.python_types);
 }
 
 TEST(SessionConfig, ModesTargetsAndReportSettingsCarryOver) {

@@ -29,8 +29,9 @@ void Accumulator::begin(uint64_t taken_at_ns, const std::vector<model::SiteTotal
 void Accumulator::add(const model::OutstandingAllocation& allocation) {
   // Allocated after the snapshot's time: the next snapshot counts it (see the class).
   if (taken_at_ns_ != 0 && allocation.timestamp_ns > taken_at_ns_) return;
-  // Mapped regions are recorded whole, never sampled.
-  bool sampled = sample_rate_ != 0 && !model::is_region(allocation.kind);
+  // Mapped regions and Python objects are recorded whole, never sampled.
+  bool sampled = sample_rate_ != 0 && !model::is_region(allocation.kind) &&
+                 allocation.kind != model::AllocationKind::kPythonObject;
   double bytes = sampled ? estimated_bytes(allocation.size, sample_rate_)
                          : static_cast<double>(allocation.size);
   double allocations = sampled ? estimated_allocations(allocation.size, sample_rate_) : 1.0;
@@ -75,6 +76,11 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
                              : std::min<size_t>(SiteSummary::kAgeBuckets - 1,
                                                 64 - static_cast<size_t>(__builtin_clzll(age_s)));
   ++site.age_histogram[bucket];
+  if (allocation.kind == model::AllocationKind::kPythonObject) {
+    auto& of_type = site_types_[key][allocation.python_type];
+    of_type.first += allocations;
+    of_type.second += bytes;
+  }
 }
 
 Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals) && {
@@ -85,6 +91,17 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
     site.outstanding_bytes = static_cast<uint64_t>(std::llround(site_sums_[key].bytes));
     site.outstanding_allocations =
         std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(site_sums_[key].allocations)));
+    auto types = site_types_.find(key);
+    if (types == site_types_.end()) continue;
+    for (const auto& [type, sums] : types->second) {
+      site.python_types.push_back({type, static_cast<uint64_t>(std::llround(sums.first)),
+                                   static_cast<uint64_t>(std::llround(sums.second))});
+    }
+    std::sort(site.python_types.begin(), site.python_types.end(), [](const auto& a, const auto& b) {
+      if (a.bytes != b.bytes) return a.bytes > b.bytes;
+      if (a.objects != b.objects) return a.objects > b.objects;
+      return a.type < b.type;
+    });
   }
   for (const auto& totals : site_totals) {
     uint64_t key = site_key(totals.pid, totals.site_id);

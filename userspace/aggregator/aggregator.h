@@ -14,6 +14,12 @@
 
 namespace memtrail::aggregator {
 
+// A site's Python objects of one type (its PyTypeObject's address in the process).
+struct PythonTypeSum {
+  uint64_t type = 0;
+  uint64_t objects = 0, bytes = 0;
+};
+
 // Outstanding memory of one site (one call stack in one process) at snapshot time.
 struct SiteSummary {
   uint32_t pid = 0;
@@ -38,6 +44,8 @@ struct SiteSummary {
   bool estimated = false;
   uint64_t mismatched_frees = 0;           // its blocks released by the wrong function
   std::optional<GrowthAssessment> growth;  // set by assess_sites() when there is a history
+  // Its Python objects by type (kind kPythonObject), most bytes first; empty for other kinds.
+  std::vector<PythonTypeSum> python_types;
 };
 
 struct Totals {
@@ -97,6 +105,9 @@ class Accumulator final : public model::AllocationSink {
   };
   std::unordered_map<uint64_t, uint64_t> totals_read_at_;  // by site; absent: taken_at_ns_
   std::unordered_map<uint64_t, Blocks> site_blocks_;
+  // Python objects by site, then type: (objects, bytes), scaled as the site's (duty cycle).
+  std::unordered_map<uint64_t, std::unordered_map<uint64_t, std::pair<double, double>>>
+      site_types_;
 };
 
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the

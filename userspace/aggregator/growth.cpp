@@ -204,6 +204,60 @@ void GrowthHistory::forget_process(uint32_t pid) {
   std::erase_if(series_, [pid](const auto& entry) { return (entry.first >> 32) == pid; });
 }
 
+PythonTypeTotals python_type_totals(const Aggregate& aggregate,
+                                    const std::function<std::string(uint32_t, uint64_t)>& name) {
+  PythonTypeTotals totals;
+  for (const auto& site : aggregate.sites) {
+    for (const auto& sum : site.python_types) {
+      std::string type = name(site.pid, sum.type);
+      for (auto key : {PythonTypeKey{site.pid, site.site_id, type},
+                       PythonTypeKey{site.pid, std::nullopt, type}}) {
+        auto& amount = totals[key];
+        amount.objects += sum.objects;
+        amount.bytes += sum.bytes;
+      }
+    }
+  }
+  return totals;
+}
+
+void PythonTypeHistory::record(double t_s, const PythonTypeTotals& totals) {
+  for (const auto& [key, amount] : totals) {
+    auto it = series_.find(key);
+    if (it == series_.end()) {
+      if (series_.size() >= max_series_) {
+        ++series_not_followed_;
+        continue;
+      }
+      it = series_.emplace(key, std::vector<GrowthPoint>{}).first;
+    }
+    append_bounded(
+        it->second,
+        GrowthPoint{t_s, static_cast<double>(amount.bytes), static_cast<double>(amount.objects)},
+        max_points_);
+  }
+  for (auto& [key, series] : series_) {
+    if (!totals.count(key)) append_bounded(series, GrowthPoint{t_s, 0, 0}, max_points_);
+  }
+}
+
+std::optional<PythonTypeHistory::Growth> PythonTypeHistory::growth(const PythonTypeKey& key) const {
+  auto it = series_.find(key);
+  if (it == series_.end()) return std::nullopt;
+  Growth growth;
+  growth.points = it->second.size();
+  if (growth.points < 2) return growth;
+  growth.bytes_per_s =
+      fit_line(it->second, [](const GrowthPoint& point) { return point.bytes; }).slope;
+  growth.objects_per_s =
+      fit_line(it->second, [](const GrowthPoint& point) { return point.allocations; }).slope;
+  return growth;
+}
+
+void PythonTypeHistory::forget_process(uint32_t pid) {
+  std::erase_if(series_, [pid](const auto& entry) { return entry.first.pid == pid; });
+}
+
 double median_age_s(const std::array<uint32_t, SiteSummary::kAgeBuckets>& histogram) {
   uint64_t blocks = 0;
   for (uint32_t count : histogram) blocks += count;

@@ -6,6 +6,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -88,6 +91,50 @@ class GrowthHistory {
   size_t max_points_, max_sites_;
   size_t sites_not_followed_ = 0;
   std::unordered_map<uint64_t, std::vector<GrowthPoint>> series_;
+};
+
+// Python objects of one type name: of one site, or of a whole process (no site).
+struct PythonTypeKey {
+  uint32_t pid = 0;
+  std::optional<int32_t> site_id;  // nullopt: every site of the process
+  std::string type;                // tp_name
+  bool operator<(const PythonTypeKey& other) const {
+    if (pid != other.pid) return pid < other.pid;
+    if (site_id != other.site_id) return site_id < other.site_id;
+    return type < other.type;
+  }
+};
+struct PythonTypeAmount {
+  uint64_t objects = 0, bytes = 0;
+};
+using PythonTypeTotals = std::map<PythonTypeKey, PythonTypeAmount>;
+
+// The Python objects of `aggregate`'s sites (SiteSummary::python_types) by type name, per site
+// and per process; `name` names a type of a process (types of one name add up).
+PythonTypeTotals python_type_totals(const Aggregate& aggregate,
+                                    const std::function<std::string(uint32_t, uint64_t)>& name);
+
+// How the Python objects of each type grew over the run: one point per interval, per site and
+// per process, as GrowthHistory keeps them for sites (bounded the same way), and least-squares
+// slopes of objects and bytes through them. A type gone from a site gets a 0 point.
+class PythonTypeHistory {
+ public:
+  explicit PythonTypeHistory(size_t max_points = 240, size_t max_series = 20000)
+      : max_points_(max_points), max_series_(max_series) {}
+  void record(double t_s, const PythonTypeTotals& totals);
+  struct Growth {
+    double objects_per_s = 0, bytes_per_s = 0;
+    size_t points = 0;
+  };
+  // nullopt: not followed (too many series) or never seen.
+  std::optional<Growth> growth(const PythonTypeKey& key) const;
+  size_t series_not_followed() const { return series_not_followed_; }
+  void forget_process(uint32_t pid);
+
+ private:
+  size_t max_points_, max_series_;
+  size_t series_not_followed_ = 0;
+  std::map<PythonTypeKey, std::vector<GrowthPoint>> series_;  // bytes, allocations: objects
 };
 
 // A traced process's private memory (RssAnon: heap, anonymous mappings) next to the memory its

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -183,6 +184,66 @@ void add_python_frames(model::LeakSite& leak, const model::Snapshot::Stack& stac
   }
 }
 
+// A type's figures as the report shows them, with its growth over the run when followed.
+model::PythonType python_type(const aggregator::PythonTypeKey& key,
+                              const aggregator::PythonTypeAmount& amount,
+                              const ReportContext& context) {
+  model::PythonType type;
+  type.pid = key.pid;
+  type.type = key.type;
+  type.outstanding_objects = static_cast<int64_t>(amount.objects);
+  type.outstanding_bytes = static_cast<int64_t>(amount.bytes);
+  type.source = "objects";
+  if (context.python_type_history) {
+    if (auto growth = context.python_type_history->growth(key)) {
+      type.growth_objects_per_s = growth->objects_per_s;
+      type.growth_bytes_per_s = growth->bytes_per_s;
+    }
+  }
+  return type;
+}
+
+// The Python objects of a site by type name (types of one name add up), most bytes first.
+std::vector<model::PythonType> site_python_types(const aggregator::SiteSummary& site,
+                                                 const ReportContext& context) {
+  std::vector<model::PythonType> types;
+  if (site.python_types.empty() || !context.python_type_name) return types;
+  std::map<std::string, aggregator::PythonTypeAmount> by_name;
+  for (const auto& sum : site.python_types) {
+    auto& amount = by_name[context.python_type_name(site.pid, sum.type)];
+    amount.objects += sum.objects;
+    amount.bytes += sum.bytes;
+  }
+  for (const auto& [name, amount] : by_name) {
+    types.push_back(python_type({site.pid, site.site_id, name}, amount, context));
+  }
+  std::stable_sort(types.begin(), types.end(), [](const auto& a, const auto& b) {
+    if (a.outstanding_bytes != b.outstanding_bytes)
+      return a.outstanding_bytes > b.outstanding_bytes;
+    return a.outstanding_objects > b.outstanding_objects;
+  });
+  return types;
+}
+
+// Every process's Python objects by type (of all its sites, not only those listed), fastest
+// growing first, then most bytes.
+std::vector<model::PythonType> process_python_types(const aggregator::PythonTypeTotals& totals,
+                                                    const ReportContext& context,
+                                                    const std::set<uint32_t>& pids) {
+  std::vector<model::PythonType> types;
+  for (const auto& [key, amount] : totals) {
+    if (key.site_id || !pids.count(key.pid)) continue;
+    types.push_back(python_type(key, amount, context));
+  }
+  std::stable_sort(types.begin(), types.end(), [](const auto& a, const auto& b) {
+    if (a.growth_bytes_per_s != b.growth_bytes_per_s) {
+      return a.growth_bytes_per_s > b.growth_bytes_per_s;
+    }
+    return a.outstanding_bytes > b.outstanding_bytes;
+  });
+  return types;
+}
+
 // A site's model without its growth: counts, symbolized stack, suppression.
 model::LeakSite symbolized_site(const aggregator::SiteSummary& site,
                                 const model::Snapshot& snapshot, symbolizer::Symbolizer& symbolizer,
@@ -199,6 +260,8 @@ model::LeakSite symbolized_site(const aggregator::SiteSummary& site,
           ? static_cast<double>(snapshot.taken_at_ns - site.oldest_timestamp_ns) / 1e9
           : 0.0;
   leak.allocator = inspect::kind_name(site.kind);
+  leak.kind = site.kind == model::AllocationKind::kPythonObject ? "python_objects" : "native";
+  leak.python_types = site_python_types(site, context);
   leak.mismatched_frees = site.mismatched_frees;
   leak.estimated = site.estimated;
   std::vector<uint64_t> addresses;
@@ -363,6 +426,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     if (report.freed_sites.size() < freed_cap) {
       report.freed_sites.push_back(symbolized_site(site, snapshot, symbolizer, context));
       report.freed_sites.back().allocator.clear();  // known only from blocks, all gone
+      report.freed_sites.back().kind.clear();
       continue;
     }
     ++report.freed_omitted.sites;
@@ -372,7 +436,13 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   for (auto& target : report.targets) add_mappings(target, report, symbolizer);
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
                         [](const model::LeakSite& leak) { return !leak.suppressed; });
-  report.python_types = context.python_types;
+  if (context.python_object_types) {
+    std::set<uint32_t> pids;
+    for (const auto& target : report.targets) pids.insert(target.pid);
+    report.python_types = process_python_types(*context.python_object_types, context, pids);
+  } else {
+    report.python_types = context.python_types;
+  }
   report.python_objects = context.python_objects;
   report.notes = notes_for(totals, context, counters.missed_entries);
   if (report.python_objects && !report.python_objects->exact) {
@@ -392,7 +462,12 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
                            " Python objects were not counted by type: the map of (process, type) "
                            "pairs was full.");
   }
-  if (report.python_types) {
+  if (context.python_type_history && context.python_type_history->series_not_followed() > 0) {
+    report.notes.push_back(with_thousands(context.python_type_history->series_not_followed()) +
+                           " samples of Python types beyond the first 20,000 (type, site) "
+                           "pairs were not kept: those types show no growth.");
+  }
+  if (report.python_types && !context.python_object_types) {
     report.notes.push_back(
         "Python objects by type count the objects CPython's garbage collector tracks (class "
         "instances, dict, list, tuple, set, ...), made minus freed since memtrail attached: an "

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <unordered_map>
 #include <vector>
@@ -42,9 +43,14 @@ struct ReportContext {
   std::optional<model::UnwindSummary> unwind;
   const PythonNaming* python = nullptr;  // absent: stacks stay native
   uint64_t children_missed = 0;  // forked children that exited before they could be followed
-  std::optional<std::vector<model::PythonType>> python_types;  // --python-types
   // --python-objects: how the probes ran; with a duty cycle, the targets carry their shares.
   std::optional<model::PythonObjectsCoverage> python_objects;
+  std::optional<std::vector<model::PythonType>> python_types;  // --python-types (allocator probes)
+  // Python objects by type (--python-objects on): this reading's totals, their history over the
+  // run and the types' names. Without totals (object tracking off) sites show no types.
+  const aggregator::PythonTypeTotals* python_object_types = nullptr;
+  const aggregator::PythonTypeHistory* python_type_history = nullptr;
+  std::function<std::string(uint32_t pid, uint64_t type)> python_type_name;
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

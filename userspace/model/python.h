@@ -58,6 +58,9 @@ struct TrackedPythonObject {
   uint64_t size = 0;      // judged: sys.getsizeof's figure
   bool pymalloc = false;  // judged: its memory came from pymalloc (512 bytes or less); larger
                           // objects are malloc'd blocks, counted on the malloc path
+  // judged: its block starts at the object (no GC header or other pre-header before it): a
+  // malloc'd block's record in the table is then this object's creation record.
+  bool block_at_object = false;
 };
 
 class PythonObjectJudge {

@@ -46,6 +46,21 @@ struct Growth {
   std::vector<Point> series;
 };
 
+// CPython objects of one type, in one process or at one site. From the tracked objects
+// (--python-objects on): the live objects found at the report, by the type they were created
+// with. From the allocator probes (--python-types with --python-objects off): the objects the
+// garbage collector tracks, made minus freed since memtrail attached.
+struct PythonType {
+  uint32_t pid = 0;
+  std::string type;                 // tp_name: "dict", "Session", "collections.OrderedDict"
+  int64_t outstanding_objects = 0;  // (allocator probes: negative when more were freed)
+  int64_t outstanding_bytes = 0;  // those objects' own size (as sys.getsizeof, GC header included)
+  double growth_objects_per_s = 0;  // least-squares slope of outstanding_objects over the run
+  uint64_t made = 0, freed = 0;     // allocator probes only
+  double growth_bytes_per_s = 0;    // of outstanding_bytes (tracked objects only)
+  std::string source = "allocator_probes";  // or "objects"
+};
+
 struct LeakSite {
   uint32_t pid = 0;
   uint64_t outstanding_bytes = 0;
@@ -73,6 +88,12 @@ struct LeakSite {
   // (--python-objects on), scaled by the share of the process's objects the probes saw
   // (Target::python_objects_observed_fraction).
   bool estimated = false;
+  // What the site holds: "python_objects" (CPython objects charged to the stack that created
+  // them) or "native" (blocks of a traced allocator, mapped regions); empty when not known (a
+  // site that freed everything, a report from before sites said it).
+  std::string kind;
+  // Its Python objects by type, most bytes first (kind "python_objects").
+  std::vector<PythonType> python_types;
 };
 
 // A traced process's private memory over the run next to its traced allocations.
@@ -183,17 +204,6 @@ struct Target {
   std::optional<double> python_objects_observed_fraction = std::nullopt;
 };
 
-// CPython objects of one type in one process (--python-types): those the garbage collector
-// tracks, made minus freed since memtrail attached.
-struct PythonType {
-  uint32_t pid = 0;
-  std::string type;                 // tp_name: "dict", "Session", "collections.OrderedDict"
-  int64_t outstanding_objects = 0;  // made minus freed since attach (negative: more freed)
-  int64_t outstanding_bytes = 0;  // those objects' own size (as sys.getsizeof, GC header included)
-  double growth_objects_per_s = 0;  // least-squares slope of outstanding_objects over the run
-  uint64_t made = 0, freed = 0;
-};
-
 struct Totals {
   uint64_t allocations = 0;  // successful allocator calls seen (sampled or not)
   uint64_t frees = 0;
@@ -288,7 +298,9 @@ struct Report {
   Totals totals;
   std::vector<LeakSite> leaks;          // ranked by outstanding bytes, at most `top`
   std::optional<UnwindSummary> unwind;  // absent in reports from before --unwind
-  // --python-types: CPython objects by type, fastest growing first; absent without it.
+  // CPython objects by type and process, fastest growing first: from the tracked objects
+  // (--python-objects on), else from the allocator probes (--python-types); absent without
+  // either.
   std::optional<std::vector<PythonType>> python_types;
   // --python-objects on or exact; absent without object probes.
   std::optional<PythonObjectsCoverage> python_objects;

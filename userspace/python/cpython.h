@@ -66,6 +66,9 @@ struct Interpreter {
   std::vector<ObjectSite> object_sites;
   std::string objects_reason;
   uint64_t unicode_type_address = 0;  // &PyUnicode_Type: str sizes are computed, not basic
+  // &PySet_Type, &PyFrozenSet_Type, &PyByteArray_Type: their sizes add a buffer of their own
+  // (dict and list are known by their type flags).
+  uint64_t set_type_address = 0, frozenset_type_address = 0, bytearray_type_address = 0;
 };
 
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.

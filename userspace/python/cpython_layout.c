@@ -6,6 +6,7 @@
 #include "cpython_layout.h"
 
 #include <Python.h>
+#include <internal/pycore_dict.h>
 #include <internal/pycore_frame.h>
 #include <internal/pycore_interp.h>
 #include <internal/pycore_pymem.h>
@@ -78,6 +79,26 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->managed_dict = Py_TPFLAGS_MANAGED_DICT;
   layout->gc_header_size = sizeof(PyGC_Head);
   layout->tracemalloc_tracing = offsetof(struct _PyTraceMalloc_Config, tracing);
+
+  layout->dict_subclass = Py_TPFLAGS_DICT_SUBCLASS;
+  layout->list_subclass = Py_TPFLAGS_LIST_SUBCLASS;
+  layout->dict_keys = offsetof(PyDictObject, ma_keys);
+  layout->dict_values = offsetof(PyDictObject, ma_values);
+  layout->keys_refcnt = offsetof(PyDictKeysObject, dk_refcnt);
+  layout->keys_log2_size = offsetof(PyDictKeysObject, dk_log2_size);
+  layout->keys_log2_index_bytes = offsetof(PyDictKeysObject, dk_log2_index_bytes);
+  layout->keys_kind = offsetof(PyDictKeysObject, dk_kind);
+  layout->keys_usable = offsetof(PyDictKeysObject, dk_usable);
+  layout->keys_nentries = offsetof(PyDictKeysObject, dk_nentries);
+  layout->keys_size = sizeof(PyDictKeysObject);
+  layout->keys_general = DICT_KEYS_GENERAL;
+  layout->key_entry_size = sizeof(PyDictKeyEntry);
+  layout->unicode_entry_size = sizeof(PyDictUnicodeEntry);
+  layout->list_allocated = offsetof(PyListObject, allocated);
+  layout->set_mask = offsetof(PySetObject, mask);
+  layout->set_min_size = PySet_MINSIZE;
+  layout->set_entry_size = sizeof(setentry);
+  layout->bytearray_alloc = offsetof(PyByteArrayObject, ob_alloc);
 
   memset(&probe, 0, sizeof(probe));
   probe.state.kind = 7;

@@ -60,6 +60,27 @@ struct memtrail_cpython_layout {
   unsigned type_itemsize;                     /* PyTypeObject.tp_itemsize */
   unsigned long managed_dict; /* Py_TPFLAGS_MANAGED_DICT: two pointers before the GC header */
   unsigned gc_header_size;    /* sizeof(PyGC_Head), before every GC object */
+  /* sys.getsizeof of the containers whose __sizeof__ adds a buffer of their own (python/objects.h):
+   * dict (and subclasses: Py_TPFLAGS_DICT_SUBCLASS), list (Py_TPFLAGS_LIST_SUBCLASS), set and
+   * frozenset, bytearray. */
+  unsigned long dict_subclass, list_subclass;
+  unsigned dict_keys;             /* PyDictObject.ma_keys */
+  unsigned dict_values;           /* PyDictObject.ma_values: a split table's values */
+  unsigned keys_refcnt;           /* PyDictKeysObject.dk_refcnt: 1 when the dict owns its keys */
+  unsigned keys_log2_size;        /* .dk_log2_size */
+  unsigned keys_log2_index_bytes; /* .dk_log2_index_bytes */
+  unsigned keys_kind;             /* .dk_kind */
+  unsigned keys_usable;           /* .dk_usable */
+  unsigned keys_nentries;         /* .dk_nentries */
+  unsigned keys_size;             /* sizeof(PyDictKeysObject), before its indices */
+  unsigned keys_general;          /* DICT_KEYS_GENERAL: entries are PyDictKeyEntry */
+  unsigned key_entry_size;        /* sizeof(PyDictKeyEntry) */
+  unsigned unicode_entry_size;    /* sizeof(PyDictUnicodeEntry) */
+  unsigned list_allocated;        /* PyListObject.allocated */
+  unsigned set_mask;              /* PySetObject.mask: table size - 1 */
+  unsigned set_min_size;          /* PySet_MINSIZE: the table inside the object */
+  unsigned set_entry_size;        /* sizeof(setentry) */
+  unsigned bytearray_alloc;       /* PyByteArrayObject.ob_alloc */
   /* The creation-site scan (python/creation_sites.h): _PyTraceMalloc_Config.tracing, the flag
    * every _Py_NewReference checks. */
   unsigned tracemalloc_tracing;

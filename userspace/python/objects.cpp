@@ -30,22 +30,34 @@ bool read_memory(uint32_t pid, uint64_t address, void* buffer, size_t size) {
          static_cast<ssize_t>(size);
 }
 
-// Reads the headers of `objects` (one process) into `headers`; an object whose memory cannot
-// be read keeps `readable` false. The kernel stops a read at the first remote piece it cannot
-// read: the read goes on after it.
-void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
-                  std::vector<uint8_t>& headers, std::vector<bool>& readable) {
-  headers.assign(objects.size() * kObjectHeaderBytes, 0);
-  readable.assign(objects.size(), false);
+// Reads `pieces` (address, length) of process `pid` into `out` (each piece at its own offset,
+// the lengths summed); a piece that cannot be read keeps `readable` false. The kernel stops a
+// read at the first remote piece it cannot read: the read goes on after it.
+struct Piece {
+  uint64_t address = 0;
+  size_t length = 0;
+};
+void read_pieces(uint32_t pid, std::span<const Piece> pieces, std::vector<uint8_t>& out,
+                 std::vector<bool>& readable) {
+  size_t total = 0;
+  std::vector<size_t> offsets(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    offsets[i] = total;
+    total += pieces[i].length;
+  }
+  out.assign(total, 0);
+  readable.assign(pieces.size(), false);
   size_t next = 0;
   std::vector<iovec> remote;
-  while (next < objects.size()) {
-    size_t count = std::min(kObjectsPerRead, objects.size() - next);
+  while (next < pieces.size()) {
+    size_t count = std::min(kObjectsPerRead, pieces.size() - next);
     remote.resize(count);
+    size_t bytes = 0;
     for (size_t i = 0; i < count; ++i) {
-      remote[i] = {reinterpret_cast<void*>(objects[next + i].address), kObjectHeaderBytes};
+      remote[i] = {reinterpret_cast<void*>(pieces[next + i].address), pieces[next + i].length};
+      bytes += pieces[next + i].length;
     }
-    iovec local{headers.data() + next * kObjectHeaderBytes, count * kObjectHeaderBytes};
+    iovec local{out.data() + offsets[next], bytes};
     ssize_t got = ::process_vm_readv(static_cast<pid_t>(pid), &local, 1, remote.data(),
                                      static_cast<unsigned long>(count), 0);
     if (got < 0) {
@@ -54,11 +66,34 @@ void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
       ++next;
       continue;
     }
-    size_t whole = static_cast<size_t>(got) / kObjectHeaderBytes;
-    for (size_t i = 0; i < whole; ++i) readable[next + i] = true;
+    size_t whole = 0;
+    for (size_t left = static_cast<size_t>(got);
+         whole < count && left >= pieces[next + whole].length; ++whole) {
+      left -= pieces[next + whole].length;
+      readable[next + whole] = true;
+    }
     next += whole;
     if (whole < count) ++next;  // the piece that stopped the read
   }
+}
+
+// The table of a dict from its header, and its keys object's (nullopt: not a sane one).
+std::optional<DictTable> dict_table(uint64_t values, std::span<const uint8_t> keys) {
+  const auto& layout = built_layout();
+  DictTable table;
+  table.split = values != 0;
+  table.keys_refcount = at<int64_t>(keys, layout.keys_refcnt);
+  table.log2_size = at<uint8_t>(keys, layout.keys_log2_size);
+  table.log2_index_bytes = at<uint8_t>(keys, layout.keys_log2_index_bytes);
+  table.kind = at<uint8_t>(keys, layout.keys_kind);
+  table.usable = at<int64_t>(keys, layout.keys_usable);
+  table.entries = at<int64_t>(keys, layout.keys_nentries);
+  // A keys object being freed or reused as the dict is read: its size is not believed.
+  if (table.keys_refcount < 1 || table.log2_size > 40 || table.log2_index_bytes > 43 ||
+      table.usable < 0 || table.entries < 0) {
+    return std::nullopt;
+  }
+  return table;
 }
 
 }  // namespace
@@ -69,10 +104,19 @@ bool still_alive(uint64_t recorded_type, std::span<const uint8_t> header) {
   return refcount >= 1 && refcount < (uint64_t{1} << 32) && type == recorded_type;
 }
 
-std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header) {
+std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header,
+                                      const DictTable* dict) {
   const auto& layout = built_layout();
   uint64_t size = 0;
-  if (type.is_str) {
+  // Buffers of the object's own (their sizes as __sizeof__ counts them): any over pymalloc's
+  // largest block is malloc's.
+  uint64_t malloc_bytes = 0;
+  auto buffer = [&](uint64_t bytes) {
+    size += bytes;
+    if (bytes > kPymallocLargest) malloc_bytes += bytes;
+  };
+  auto field = [&](unsigned offset) { return at<int64_t>(header, offset); };
+  if (type.sizing == Sizing::kStr) {
     auto state = at<uint32_t>(header, layout.unicode_state);
     auto length = at<int64_t>(header, layout.unicode_length);
     unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
@@ -85,7 +129,7 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
     if (type.basic_size <= 0) return std::nullopt;
     size = static_cast<uint64_t>(type.basic_size);
     if (type.item_size > 0) {
-      auto items = at<int64_t>(header, layout.var_size);
+      auto items = field(layout.var_size);
       if (items == INT64_MIN) return std::nullopt;
       size +=
           static_cast<uint64_t>(items < 0 ? -items : items) * static_cast<uint64_t>(type.item_size);
@@ -93,7 +137,48 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
   }
   if (type.flags & layout.types.have_gc) size += layout.gc_header_size;
   if (type.flags & layout.managed_dict) size += 2 * sizeof(void*);
-  return ObjectSize{size, size <= kPymallocLargest};
+  bool pymalloc = size <= kPymallocLargest;  // the object's own block
+  switch (type.sizing) {
+    case Sizing::kDict:
+      // CPython 3.11's _PyDict_SizeOf: a split table's values, and the keys when the dict
+      // owns them (a split table's keys belong to its class; the empty keys are shared).
+      if (dict) {
+        if (dict->split) buffer(static_cast<uint64_t>(dict->entries + dict->usable) * 8);
+        if (dict->keys_refcount == 1) {
+          uint64_t entry =
+              dict->kind == layout.keys_general ? layout.key_entry_size : layout.unicode_entry_size;
+          uint64_t slots = uint64_t{1} << dict->log2_size;
+          buffer(layout.keys_size + (uint64_t{1} << dict->log2_index_bytes) +
+                 (slots << 1) / 3 * entry);  // USABLE_FRACTION
+        }
+      }
+      break;
+    case Sizing::kList: {
+      auto allocated = field(layout.list_allocated);
+      if (allocated < 0) return std::nullopt;
+      buffer(static_cast<uint64_t>(allocated) * sizeof(void*));
+      break;
+    }
+    case Sizing::kSet: {
+      // The table is the one inside the object (smalltable) exactly when it has
+      // PySet_MINSIZE slots: set_table_resize takes smalltable for that size only.
+      auto mask = field(layout.set_mask);
+      if (mask < 0) return std::nullopt;
+      if (static_cast<uint64_t>(mask) + 1 != layout.set_min_size) {
+        buffer((static_cast<uint64_t>(mask) + 1) * layout.set_entry_size);
+      }
+      break;
+    }
+    case Sizing::kByteArray: {
+      auto allocated = field(layout.bytearray_alloc);
+      if (allocated < 0) return std::nullopt;
+      buffer(static_cast<uint64_t>(allocated));
+      break;
+    }
+    default:
+      break;
+  }
+  return ObjectSize{size, pymalloc, malloc_bytes};
 }
 
 const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
@@ -112,7 +197,18 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
     read.basic_size = at<int64_t>(raw, layout.type_basicsize);
     read.item_size = at<int64_t>(raw, layout.type_itemsize);
     read.flags = at<uint64_t>(raw, layout.types.type_flags);
-    read.is_str = type == interpreter->second.unicode_type_address;
+    const Interpreter& process = interpreter->second;
+    if (type == process.unicode_type_address) {
+      read.sizing = Sizing::kStr;
+    } else if (read.flags & layout.dict_subclass) {
+      read.sizing = Sizing::kDict;
+    } else if (read.flags & layout.list_subclass) {
+      read.sizing = Sizing::kList;
+    } else if (type == process.set_type_address || type == process.frozenset_type_address) {
+      read.sizing = Sizing::kSet;
+    } else if (type == process.bytearray_type_address) {
+      read.sizing = Sizing::kByteArray;
+    }
     char name[128] = {};
     uint64_t name_address = at<uint64_t>(raw, layout.type_name);
     if (name_address && (read_memory(pid, name_address, name, sizeof(name) - 1) ||
@@ -127,26 +223,56 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
 }
 
 void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
-  std::vector<uint8_t> headers;
-  std::vector<bool> readable;
+  const auto& layout = built_layout();
+  std::vector<uint8_t> headers, tables;
+  std::vector<bool> readable, tables_readable;
+  std::vector<Piece> pieces;
+  std::vector<size_t> dicts;  // of the batch: the live dicts, whose tables are read next
   size_t begin = 0;
   while (begin < objects.size()) {
     uint32_t pid = objects[begin].pid;
     size_t end = begin;
     while (end < objects.size() && objects[end].pid == pid) ++end;
     auto batch = objects.subspan(begin, end - begin);
-    read_headers(pid, batch, headers, readable);
+    pieces.clear();
+    for (const auto& object : batch) pieces.push_back({object.address, kObjectHeaderBytes});
+    read_pieces(pid, pieces, headers, readable);
+    auto header_of = [&](size_t i) {
+      return std::span<const uint8_t>(headers.data() + i * kObjectHeaderBytes, kObjectHeaderBytes);
+    };
+    std::vector<const TypeFacts*> types(batch.size(), nullptr);
+    dicts.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
+      batch[i].alive = false;
+      if (!readable[i] || !still_alive(batch[i].type, header_of(i))) continue;
+      types[i] = facts(pid, batch[i].type);
+      if (types[i] && types[i]->sizing == Sizing::kDict) dicts.push_back(i);
+    }
+    // A dict's size needs its ma_values (past the header) and its keys object's header.
+    pieces.clear();
+    for (size_t i : dicts) {
+      pieces.push_back({batch[i].address + layout.dict_values, sizeof(uint64_t)});
+      pieces.push_back({at<uint64_t>(header_of(i), layout.dict_keys), kDictKeysHeaderBytes});
+    }
+    read_pieces(pid, pieces, tables, tables_readable);
+    std::vector<std::optional<DictTable>> dict_tables(batch.size());
+    size_t offset = 0;
+    for (size_t k = 0; k < dicts.size(); ++k) {
+      std::span<const uint8_t> values(tables.data() + offset, sizeof(uint64_t));
+      std::span<const uint8_t> keys(tables.data() + offset + sizeof(uint64_t),
+                                    kDictKeysHeaderBytes);
+      offset += sizeof(uint64_t) + kDictKeysHeaderBytes;
+      if (!tables_readable[2 * k] || !tables_readable[2 * k + 1]) continue;
+      dict_tables[dicts[k]] = dict_table(at<uint64_t>(values, 0), keys);
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!types[i]) continue;
       auto& object = batch[i];
-      std::span<const uint8_t> header(headers.data() + i * kObjectHeaderBytes, kObjectHeaderBytes);
-      object.alive = false;
-      if (!readable[i] || !still_alive(object.type, header)) continue;
-      const TypeFacts* type = facts(pid, object.type);
-      if (!type) continue;
-      auto size = object_size(*type, header);
+      auto size = object_size(*types[i], header_of(i), dict_tables[i] ? &*dict_tables[i] : nullptr);
       object.alive = true;
-      object.size = size ? size->size : 0;
+      object.size = size ? size->charged() : 0;
       object.pymalloc = size && size->pymalloc;
+      object.block_at_object = !(types[i]->flags & (layout.types.have_gc | layout.managed_dict));
     }
     begin = end;
   }

@@ -16,27 +16,56 @@
 
 namespace memtrail::python {
 
+// How sys.getsizeof sizes an object of a type: its basic and item sizes (object.__sizeof__),
+// or, for the common types whose __sizeof__ adds a buffer of their own, from their fields.
+enum class Sizing : uint8_t {
+  kBasic,      // tp_basicsize + |ob_size| * tp_itemsize (int, float, tuple, bytes, instances)
+  kStr,        // a compact str: its header and characters
+  kDict,       // dict and its subclasses: the keys table it owns, a split table's values
+  kList,       // list and its subclasses: the item array (allocated, not ob_size)
+  kSet,        // set, frozenset: the hash table when it is not the one inside the object
+  kByteArray,  // bytearray: ob_alloc bytes
+};
+
 // What an object's size needs of its type, read once per (process, type).
 struct TypeFacts {
   std::string name;
   int64_t basic_size = 0, item_size = 0;
   uint64_t flags = 0;
-  bool is_str = false;
+  Sizing sizing = Sizing::kBasic;
 };
 
 // The bytes of an object read at once: refcount, type, ob_size (or a str's length), a str's
-// hash and state.
+// hash and state; a list's allocated, a set's mask, a dict's keys pointer, a bytearray's
+// ob_alloc.
 inline constexpr size_t kObjectHeaderBytes = 40;
 
+// What a dict's size needs beyond its header: whether its table is split (ma_values), and its
+// keys object's header (PyDictKeysObject), read in a second pass.
+struct DictTable {
+  bool split = false;
+  int64_t keys_refcount = 0;
+  uint8_t log2_size = 0, log2_index_bytes = 0, kind = 0;
+  int64_t usable = 0, entries = 0;
+};
+// The bytes of a dict's keys object read for it.
+inline constexpr size_t kDictKeysHeaderBytes = 32;
+
 // The object's figures from its header and type: sys.getsizeof's size (with the GC header and
-// a managed dict's pre-header, as --python-types counts them) and the bytes pymalloc served
-// (the same, but the pre-headers are part of the block either way). nullopt for a str whose
-// representation is not compact (legacy, never made by Python code).
+// a managed dict's pre-header), whether the object's own block is pymalloc's (512 bytes or
+// less; larger ones are malloc'd blocks on the malloc path), and how many of those bytes are in
+// separate buffers over 512 bytes (a large dict's keys table, a long list's item array): malloc
+// serves those, so they are counted at malloc's sites, not again with the object. `dict` is the
+// dict's table (nullptr: not read; its keys and values then count for nothing). nullopt for a
+// str whose representation is not compact (legacy, never made by Python code).
 struct ObjectSize {
   uint64_t size = 0;
-  bool pymalloc = false;  // 512 bytes or less: pymalloc's block, not malloc's
+  bool pymalloc = false;
+  uint64_t malloc_bytes = 0;
+  uint64_t charged() const { return size - malloc_bytes; }  // what the object's site holds
 };
-std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header);
+std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header,
+                                      const DictTable* dict = nullptr);
 
 // Is the object still the one recorded: refcount in [1, 2^32) and of the recorded type? A
 // freed object has refcount 0 (free lists keep it so), or pymalloc's free-list link (an

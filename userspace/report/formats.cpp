@@ -194,6 +194,11 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
     auto* pid = sample->add_label();
     pid->set_key(strings.index("pid"));
     pid->set_num(site.pid);
+    if (!site.kind.empty()) {  // python_objects or native: `-tagfocus kind=python_objects`
+      auto* kind = sample->add_label();
+      kind->set_key(strings.index("kind"));
+      kind->set_str(strings.index(site.kind));
+    }
     if (site.growth) {
       auto* verdict = sample->add_label();
       verdict->set_key(strings.index("verdict"));

@@ -172,6 +172,19 @@ model::LeakSite site_from(const json& object) {
   }
   site.suppressed = optional_field<std::string>(object, "suppressed");
   site.mismatched_frees = whole_or<uint64_t>(object, "mismatched_frees", 0);
+  // Absent from reports written before sites said their kind.
+  site.kind = object.value("kind", std::string());
+  for (const auto& entry : object.value("python_types", json::array())) {
+    model::PythonType type;
+    type.pid = site.pid;
+    type.type = entry.at("type").get<std::string>();
+    type.outstanding_objects = whole<int64_t>(entry, "outstanding_objects");
+    type.outstanding_bytes = whole<int64_t>(entry, "outstanding_bytes");
+    type.growth_objects_per_s = entry.value("growth_objects_per_s", 0.0);
+    type.growth_bytes_per_s = entry.value("growth_bytes_per_s", 0.0);
+    type.source = "objects";
+    site.python_types.push_back(std::move(type));
+  }
   return site;
 }
 
@@ -392,6 +405,9 @@ model::Report from_json(const json& document) {
         type.growth_objects_per_s = entry.at("growth_objects_per_s").get<double>();
         type.made = whole_or<uint64_t>(entry, "made", 0);
         type.freed = whole_or<uint64_t>(entry, "freed", 0);
+        type.growth_bytes_per_s = entry.value("growth_bytes_per_s", 0.0);
+        // Absent before object tracking: the allocator probes' counts.
+        type.source = entry.value("source", std::string("allocator_probes"));
         types.push_back(std::move(type));
       }
       report.python_types = std::move(types);

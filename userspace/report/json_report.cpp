@@ -50,6 +50,24 @@ ordered_json unwind_json(const model::UnwindSummary& unwind) {
           {"modules", std::move(modules)}};
 }
 
+// A type's figures; `pid` and the allocator probes' counts only where they say something.
+ordered_json python_type_json(const model::PythonType& type, bool with_pid) {
+  ordered_json entry = ordered_json::object();
+  if (with_pid) entry["pid"] = type.pid;
+  entry["type"] = type.type;
+  entry["outstanding_objects"] = type.outstanding_objects;
+  entry["outstanding_bytes"] = type.outstanding_bytes;
+  entry["growth_objects_per_s"] = type.growth_objects_per_s;
+  if (type.source == "objects") {
+    entry["growth_bytes_per_s"] = type.growth_bytes_per_s;
+  } else {
+    entry["made"] = type.made;
+    entry["freed"] = type.freed;
+  }
+  if (with_pid) entry["source"] = type.source;
+  return entry;
+}
+
 }  // namespace
 
 ordered_json to_json(const model::Report& report, double interval_s, int version) {
@@ -172,6 +190,12 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                           {"stack", std::move(stack)}};
     if (version >= 2) entry["freed_allocations"] = site.freed_allocations;
     if (version >= 2 && site.estimated) entry["estimated"] = true;
+    if (version >= 2 && !site.kind.empty()) entry["kind"] = site.kind;
+    if (version >= 2 && !site.python_types.empty()) {
+      ordered_json types = ordered_json::array();
+      for (const auto& type : site.python_types) types.push_back(python_type_json(type, false));
+      entry["python_types"] = std::move(types);
+    }
     if (version >= 2 && !site.stack_truncation_reason.empty()) {
       entry["stack_truncation_reason"] = site.stack_truncation_reason;
     }
@@ -273,15 +297,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();
-    for (const auto& type : *report.python_types) {
-      types.push_back({{"pid", type.pid},
-                       {"type", type.type},
-                       {"outstanding_objects", type.outstanding_objects},
-                       {"outstanding_bytes", type.outstanding_bytes},
-                       {"growth_objects_per_s", type.growth_objects_per_s},
-                       {"made", type.made},
-                       {"freed", type.freed}});
-    }
+    for (const auto& type : *report.python_types) types.push_back(python_type_json(type, true));
     json["python_types"] = std::move(types);
   }
   return json;

@@ -159,32 +159,66 @@ void render_stack(const model::LeakSite& site, std::ostream& out) {
   }
 }
 
-// "  pid 4242  Session   +1,200 objects/min   2,000 objects   109.4 KiB", growing first.
+// "+1,200 objects/min", signed.
+std::string per_minute(double per_s, const std::string& unit) {
+  double per_min = per_s * 60;
+  return (per_min >= 0 ? "+" : "-") +
+         with_thousands(static_cast<uint64_t>(std::llround(std::fabs(per_min)))) + " " + unit +
+         "/min";
+}
+
+std::string signed_bytes(int64_t bytes) {
+  return bytes < 0 ? "-" + human_bytes(static_cast<uint64_t>(-bytes))
+                   : human_bytes(static_cast<uint64_t>(bytes));
+}
+
+// "  pid 4242  Session   +1,200 objects/min   2,000 objects   109.4 KiB", growing first; from
+// the tracked objects, their bytes' growth too.
 void render_python_types(const std::vector<model::PythonType>& types, uint32_t top,
                          std::ostream& out) {
-  out << "Python objects by type (made minus freed since attach), growing first:\n";
+  bool from_objects = !types.empty() && types.front().source == "objects";
+  out << (from_objects ? "Python objects by type (live at this report; growth over the run), "
+                         "growing first:\n"
+                       : "Python objects by type (made minus freed since attach), growing "
+                         "first:\n");
   if (types.empty()) out << "  (none counted yet)\n";
   size_t width = 0;
   for (size_t i = 0; i < types.size() && i < top; ++i)
     width = std::max(width, types[i].type.size());
   for (size_t i = 0; i < types.size() && i < top; ++i) {
     const auto& type = types[i];
-    double per_min = type.growth_objects_per_s * 60;
-    std::string growth = (per_min >= 0 ? "+" : "-") +
-                         with_thousands(static_cast<uint64_t>(std::llround(std::fabs(per_min)))) +
-                         " objects/min";
+    std::string growth = per_minute(type.growth_objects_per_s, "objects");
+    if (type.source == "objects") {
+      double per_min = type.growth_bytes_per_s * 60;
+      growth += std::string("  ") + (per_min >= 0 ? "+" : "-") +
+                human_bytes(static_cast<uint64_t>(std::llround(std::fabs(per_min)))) + "/min";
+    }
     std::string objects =
         (type.outstanding_objects < 0 ? "-" : "") +
         with_thousands(static_cast<uint64_t>(std::llabs(type.outstanding_objects))) + " objects";
-    std::string bytes = type.outstanding_bytes < 0
-                            ? "-" + human_bytes(static_cast<uint64_t>(-type.outstanding_bytes))
-                            : human_bytes(static_cast<uint64_t>(type.outstanding_bytes));
-    out << "  pid " << type.pid << "  " << pad(type.type, width) << "  " << pad(growth, 22)
-        << pad(objects, 18) << bytes << "\n";
+    out << "  pid " << type.pid << "  " << pad(type.type, width) << "  "
+        << pad(growth, from_objects ? 36 : 22) << pad(objects, 18)
+        << signed_bytes(type.outstanding_bytes) << "\n";
   }
   if (types.size() > top) {
     out << "  ... and " << types.size() - top << " more type"
         << (types.size() - top == 1 ? "" : "s") << "\n";
+  }
+  out << "\n";
+}
+
+// "    by type: Record 10,000 (546.9 KiB) · str 10,000 (1.0 MiB) · ...", most bytes first.
+void render_site_types(const model::LeakSite& site, std::ostream& out) {
+  constexpr size_t kShown = 6;
+  out << "    by type:";
+  for (size_t i = 0; i < site.python_types.size() && i < kShown; ++i) {
+    const auto& type = site.python_types[i];
+    out << (i ? " · " : " ") << type.type << " "
+        << with_thousands(static_cast<uint64_t>(std::max<int64_t>(0, type.outstanding_objects)))
+        << " (" << signed_bytes(type.outstanding_bytes) << ")";
+  }
+  if (site.python_types.size() > kShown) {
+    out << " · " << site.python_types.size() - kShown << " more types";
   }
   out << "\n";
 }
@@ -350,11 +384,17 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     // "~": estimated (Python objects seen part of the time, scaled: see the notes).
     const char* about = site.estimated ? "~" : "";
+    bool objects = site.kind == "python_objects";
     out << "#" << (i + 1) << "  " << about << bytes_with_human(site.outstanding_bytes)
-        << " outstanding in " << about << with_thousands(site.outstanding_allocations)
-        << " allocation" << (site.outstanding_allocations == 1 ? "" : "s") << " from "
-        << site.allocator << "  pid " << site.pid << "  oldest "
-        << human_duration(site.oldest_age_s) << (site.estimated ? "  (estimated)" : "") << "\n";
+        << " outstanding in " << about << with_thousands(site.outstanding_allocations);
+    if (objects) {
+      out << " Python object" << (site.outstanding_allocations == 1 ? "" : "s");
+    } else {
+      out << " allocation" << (site.outstanding_allocations == 1 ? "" : "s") << " from "
+          << site.allocator;
+    }
+    out << "  pid " << site.pid << "  oldest " << human_duration(site.oldest_age_s)
+        << (site.estimated ? "  (estimated)" : "") << "\n";
     if (site.suppressed) {
       out << "    SUPPRESSED: " << *site.suppressed << " (kept on purpose)";
       if (site.growth) out << "; " << site.growth->verdict << ": " << site.growth->reason;
@@ -365,8 +405,15 @@ void render_text(const model::Report& report, std::ostream& out) {
                      [](unsigned char c) { return c == '_' ? ' ' : std::toupper(c); });
       out << "    " << verdict << ": " << site.growth->reason << "\n";
     }
-    out << "    " << about << with_thousands(site.total_allocated_bytes) << " B allocated in "
-        << about << with_thousands(site.total_allocations) << " calls since attach\n";
+    if (objects) {
+      // Sizes are read at each report, not at creation: no bytes allocated to say.
+      out << "    " << about << with_thousands(site.total_allocations) << " created since attach, "
+          << about << with_thousands(site.freed_allocations) << " of them gone\n";
+      if (!site.python_types.empty()) render_site_types(site, out);
+    } else {
+      out << "    " << about << with_thousands(site.total_allocated_bytes) << " B allocated in "
+          << about << with_thousands(site.total_allocations) << " calls since attach\n";
+    }
     if (site.mismatched_frees > 0) {
       out << "    MISMATCHED: " << with_thousands(site.mismatched_frees) << " of its blocks "
           << (site.mismatched_frees == 1 ? "was" : "were")

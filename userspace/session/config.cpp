@@ -39,7 +39,11 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   if (options.python_frames != model::PythonFramesMode::kNative) {
     tracer.python_layout = python::frame_layout();
   }
-  if (options.python_types) tracer.python_type_layout = python::type_layout();
+  // --python-types counts by the allocator probes only without object tracking: with it, the
+  // types come from the tracked objects (every type, str and int included, each on the line
+  // that created it), and a second probe per object would add cost for less.
+  bool allocator_types = options.python_types && !options.python_objects;
+  if (allocator_types) tracer.python_type_layout = python::type_layout();
   tracer.python_objects = options.python_objects;
   uint32_t unwind_table_mib =
       options.unwind_table_mib ? options.unwind_table_mib : cli::unwind_table_mib_for(options.all);
@@ -61,7 +65,7 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
     config.allocators.push_back(std::move(allocator));
   }
   config.python_frames = options.python_frames;
-  config.python_types = options.python_types;
+  config.python_types = allocator_types;
   config.python_objects = options.python_objects;
   config.python_object_cycle.attached_share = options.python_objects_duty;
   config.python_object_cycle.period_s = cli::kPythonObjectsPeriodS;

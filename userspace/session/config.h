@@ -40,7 +40,9 @@ struct SessionConfig {
   std::vector<inspect::CustomAllocator> allocators;
 
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
-  bool python_types = false;  // CPython objects counted by type
+  // CPython objects counted by type by the allocator probes (--python-types without object
+  // tracking; with it, the types come from the tracked objects).
+  bool python_types = false;
   // CPython objects charged to the stack that created them (--python-objects on).
   bool python_objects = false;
   // When their probes are attached: all the time (exact) or part of each period (on).

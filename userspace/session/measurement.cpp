@@ -22,6 +22,12 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
   auto read = Clock::now();
   reading.aggregate = std::move(accumulator).finish(reading.snapshot.sites);
   double t_s = std::chrono::duration<double>(read - start).count();
+  if (config_.tracer.python_objects) {
+    const auto& objects = code_maps_.python_objects();
+    reading.python_types = aggregator::python_type_totals(
+        reading.aggregate,
+        [&objects](uint32_t pid, uint64_t type) { return objects.type_name(pid, type); });
+  }
   if (record) {
     history_.record(t_s, reading.aggregate);
     // Sites of processes that are not (or no longer) targets: children gone before they could
@@ -31,6 +37,7 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
     for (const auto& process : targets_) traced.insert(process.info.pid);
     history_.keep_processes([&traced](uint32_t pid) { return traced.count(pid) != 0; });
     record_process_memory(t_s, reading.aggregate);
+    if (config_.tracer.python_objects) python_type_history_.record(t_s, reading.python_types);
     if (config_.python_types) {
       python_types_.record(t_s, reading.snapshot.python_types,
                            code_maps_.python_naming().interpreters);

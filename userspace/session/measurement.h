@@ -39,6 +39,8 @@ class Measurement {
   struct Reading {
     model::Snapshot snapshot;
     aggregator::Aggregate aggregate;
+    // Python objects by type, per site and process (--python-objects on; else empty).
+    aggregator::PythonTypeTotals python_types;
     double read_ms = 0, ranked_ms = 0;
   };
 
@@ -60,7 +62,10 @@ class Measurement {
   void forget_process(uint32_t pid) {
     history_.forget_process(pid);
     process_memory_.forget_process(pid);
+    python_type_history_.forget_process(pid);
   }
+  // --python-objects on: the Python objects' types over the run.
+  const aggregator::PythonTypeHistory& python_type_history() const { return python_type_history_; }
   // --python-types: every type seen, fastest growing first.
   std::vector<model::PythonType> python_types() const { return python_types_.report(); }
 
@@ -73,7 +78,8 @@ class Measurement {
   const CodeMaps& code_maps_;
   aggregator::GrowthHistory history_;
   aggregator::ProcessMemoryHistory process_memory_;
-  python::TypeTracker python_types_;  // --python-types
+  python::TypeTracker python_types_;                   // --python-types (allocator probes)
+  aggregator::PythonTypeHistory python_type_history_;  // --python-objects on
 };
 
 }  // namespace memtrail::session

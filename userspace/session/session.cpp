@@ -356,9 +356,17 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
     std::erase_if(aggregate.freed_sites, [&](const auto& site) { return !only->count(site.pid); });
   }
   auto symbolizing = Clock::now();
-  auto report =
-      assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
-                             context(final, only), std::min(sites, aggregate.sites.size()));
+  auto report_context = context(final, only);
+  if (config_.tracer.python_objects) {
+    const auto& objects = code_maps_.python_objects();
+    report_context.python_object_types = &reading.python_types;
+    report_context.python_type_history = &measurement_.python_type_history();
+    report_context.python_type_name = [&objects](uint32_t pid, uint64_t type) {
+      return objects.type_name(pid, type);
+    };
+  }
+  auto report = assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
+                                       report_context, std::min(sites, aggregate.sites.size()));
   // Processes that exited earlier: their sites as they were at the exit, after the live ones.
   for (const auto& process : targets_) {
     if (only) break;

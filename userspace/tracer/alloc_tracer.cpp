@@ -778,7 +778,11 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       ++counters.python_objects_dead;
       continue;
     }
-    if (!object.pymalloc) {
+    // Over 512 bytes, the object is a malloc'd block. Behind a GC header (or a managed
+    // dict's pre-header) the block starts before the object: malloc's record of it stays,
+    // at malloc's site. Without one the block starts at the object, and its creation record
+    // took the place of malloc's: the object carries the block, or nothing would.
+    if (!object.pymalloc && !object.block_at_object) {
       ++counters.python_objects_large;
       continue;
     }
