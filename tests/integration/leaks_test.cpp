@@ -1217,6 +1217,8 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
   EXPECT_LE(estimate, truth * 1.5) << shares.str();
   EXPECT_LE(estimate * share, truth * 1.01) << shares.str();
   target.process.write_stdin("quit\n");
+}
+
 // A scenario of tests/targets/python_objects_cases.py traced with --python-objects on: the
 // report, the target's lines, and what the target stated of itself ("count NAME N").
 struct ObjectCase {
