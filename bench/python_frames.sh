@@ -31,14 +31,27 @@ run() {
     tracer=$!
     until grep -q "tracing pid" "$work/err" 2>/dev/null; do sleep 0.05; done
   fi
+  local entries=""
+  [[ -n $tracer ]] && bench/program_runs.py "$tracer" > "$work/runs"
   echo go >&3
+  # The kernel entries of the warm-up and the loop (1.1 x COUNT objects), read before the
+  # interpreter's exit frees everything.
+  until grep -q alloc_free_ns "$work/out" 2>/dev/null; do sleep 0.05; done
+  if [[ -n $tracer ]]; then
+    entries=" $(bench/program_runs.py "$tracer" --since "$work/runs" --per $((count * 11 / 10)))"
+  fi
   wait "$pid"
   exec 3>&-
   if [[ -n $tracer ]]; then kill -INT "$tracer"; wait "$tracer" || true; fi
   rm -f "$work/gate"
-  printf '%-8s %-9s %s\n' "$2" "$1" "$(grep alloc_free_ns "$work/out")"
+  printf '%-8s %-9s %s%s\n' "$2" "$1" "$(grep alloc_free_ns "$work/out")" "$entries"
 }
 
+count=${COUNT:-200000}  # python_workload.py's
+# Kernel entries per object: the runs of memtrail's BPF programs (the statistics on meanwhile).
+stats_before=$(cat /proc/sys/kernel/bpf_stats_enabled)
+trap 'echo "$stats_before" > /proc/sys/kernel/bpf_stats_enabled; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
 for ((round = 1; round <= rounds; round++)); do
   for mode in untraced native mixed; do run $mode bytes; done
 done

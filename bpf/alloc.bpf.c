@@ -251,66 +251,17 @@ int BPF_KRETPROBE(posix_memalign_exit, int result)
 /* ---- return sites: one emulated probe inside malloc or calloc instead of entry and return ---- */
 
 /* Register `number` (x86 encoding: 0 rax, 1 rcx, 2 rdx, 3 rbx, 4 rsp, 5 rbp, 6 rsi, 7 rdi,
- * 8..15 r8..r15) of the probed thread. */
+ * 8..15 r8..r15) of the probed thread. The registers are loaded at constant offsets and picked
+ * from a copy: one load of the context at a computed offset is refused by the verifier, and a
+ * bpf_probe_read_kernel of it is a helper call on every event. */
 static __always_inline __u64 register_value(struct pt_regs *ctx, __u64 number)
 {
-	__u64 value = 0;
-	__u32 offset;
+	__u64 values[16] = {
+		ctx->ax, ctx->cx, ctx->dx,  ctx->bx,  ctx->sp,	ctx->bp,  ctx->si,  ctx->di,
+		ctx->r8, ctx->r9, ctx->r10, ctx->r11, ctx->r12, ctx->r13, ctx->r14, ctx->r15,
+	};
 
-	/* Read through bpf_probe_read_kernel: clang turns the cases into one load at a computed
-	 * offset, which the verifier refuses for a context pointer. */
-	switch (number & 15) {
-	case 0:
-		offset = offsetof(struct pt_regs, ax);
-		break;
-	case 1:
-		offset = offsetof(struct pt_regs, cx);
-		break;
-	case 2:
-		offset = offsetof(struct pt_regs, dx);
-		break;
-	case 3:
-		offset = offsetof(struct pt_regs, bx);
-		break;
-	case 4:
-		offset = offsetof(struct pt_regs, sp);
-		break;
-	case 5:
-		offset = offsetof(struct pt_regs, bp);
-		break;
-	case 6:
-		offset = offsetof(struct pt_regs, si);
-		break;
-	case 7:
-		offset = offsetof(struct pt_regs, di);
-		break;
-	case 8:
-		offset = offsetof(struct pt_regs, r8);
-		break;
-	case 9:
-		offset = offsetof(struct pt_regs, r9);
-		break;
-	case 10:
-		offset = offsetof(struct pt_regs, r10);
-		break;
-	case 11:
-		offset = offsetof(struct pt_regs, r11);
-		break;
-	case 12:
-		offset = offsetof(struct pt_regs, r12);
-		break;
-	case 13:
-		offset = offsetof(struct pt_regs, r13);
-		break;
-	case 14:
-		offset = offsetof(struct pt_regs, r14);
-		break;
-	default:
-		offset = offsetof(struct pt_regs, r15);
-		break;
-	}
-	bpf_probe_read_kernel(&value, sizeof(value), (void *)ctx + offset);
-	return value;
+	return values[number & 15];
 }
 
 /* glibc's chunk header, the word before the block: its size with flag bits; an mmapped chunk
@@ -330,13 +281,14 @@ static __always_inline bool usable_size(__u64 address, __u64 *size)
  * the call runs; the thread's return instance for that slot keeps the real one. */
 static __always_inline __u64 return_address(__u64 slot, __u64 value)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct return_instance *instance = BPF_CORE_READ(task, utask, return_instances);
+	/* Direct loads through the task's BTF pointers (faults read as 0): no helper call. */
+	struct uprobe_task *utask = bpf_get_current_task_btf()->utask;
+	struct return_instance *instance = utask ? utask->return_instances : NULL;
 
 	for (int i = 0; i < 8 && instance; i++) {
-		if (BPF_CORE_READ(instance, stack) == slot)
-			return BPF_CORE_READ(instance, orig_ret_vaddr);
-		instance = BPF_CORE_READ(instance, next);
+		if (instance->stack == slot)
+			return instance->orig_ret_vaddr;
+		instance = instance->next;
 	}
 	return value;
 }

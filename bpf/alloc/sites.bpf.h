@@ -45,6 +45,22 @@ struct {
 	__type(value, struct memtrail_fallback_totals);
 } fallback_sites SEC(".maps");
 
+/* Keeps the walk just noted in `memo`, from `key`, as stack `id` (unless it was dropped). Not for
+ * a CPython process: its Python frames are not among the words noted (userspace bumps
+ * stack_memo_generation when it adds one). A global function: checked once by the verifier. */
+__noinline int stack_memo_keep(struct stack_memo *memo, struct stack_memo_key *key, __s32 id)
+{
+	if (!memo || !key || memo->dropped || memo->reads == 0 || id < 0 ||
+	    (python_frames && bpf_map_lookup_elem(&python_processes, &key->tgid))) {
+		if (memo)
+			memo->reads = 0;
+		return 0;
+	}
+	memo->key = *key;
+	memo->id = id;
+	return 0;
+}
+
 /* Walks the user stack and returns the stack's dense id, or a negative fallback id derived
  * from the caller when the stacks map is full. Called in a uretprobe, the registers are the
  * caller's, with the instruction pointer already set back to the return address, so the first
@@ -72,7 +88,33 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	struct memtrail_stack *stack, *known;
 	struct memtrail_python_stack *python;
 	__u32 zero = 0, python_id;
+	struct stack_memo_key key = {
+		.pc = caller,
+		.sp = sp,
+		.bp = bp,
+		.tgid = tgid,
+		.generation = stack_memo_generation,
+		.exact_pc = exact_pc,
+	};
+	__u32 memo_slot = ((caller ^ sp ^ (bp << 7)) * 0x9E3779B97F4A7C15ULL) >> 60;
+	struct stack_memo *memo;
+	struct stack_memo_bytes *memo_bytes;
+	__s32 memoized;
 	__u64 hash;
+
+	/* The same walk as before, from the same registers over the same stack words (see
+	 * struct stack_memo): its stack, without walking again. */
+	memo = bpf_map_lookup_elem(&stack_memos, &memo_slot);
+	memo_bytes = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
+	/* (Never NULL: per-CPU arrays, indices in range. Going on without a memo would have the
+	 * verifier check the whole walk twice, with and without.) */
+	if (!memo || !memo_bytes)
+		goto fallback;
+	memoized = stack_memo_hit(memo, memo_bytes, &key);
+	if (memoized >= 0)
+		return memoized;
+	stack_memo_begin(memo);
+	walk.memo = memo;
 
 	stack = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (!stack)
@@ -89,7 +131,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 
 	known = bpf_map_lookup_elem(&stacks, &hash);
 	if (known)
-		return known->id;
+		goto found;
 	stack->depth = walk.depth;
 	stack->id = __sync_fetch_and_add(&next_stack_id, 1) & 0x7fffffff;
 	/* Before the stack is published: a reader that finds the stack finds its Python frames.
@@ -101,9 +143,13 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	/* -EEXIST: another CPU stored the same stack first; its id is the one to use. */
 	bpf_map_update_elem(&stacks, &hash, stack, BPF_NOEXIST);
 	known = bpf_map_lookup_elem(&stacks, &hash);
-	if (known)
-		return known->id;
+	if (!known)
+		goto fallback;
+found:
+	stack_memo_keep(memo, &key, known->id);
+	return known->id;
 fallback:
+	stack_memo_keep(memo, &key, -1);
 	count_loss(MEMTRAIL_CTR_STACK_FAILURES, MEMTRAIL_LOSS_STACK_FAILURES, tgid);
 	hash = (caller ^ ((__u64)tgid << 32)) * 0x9E3779B97F4A7C15ULL;
 	return -(__s32)((hash >> 32) & MEMTRAIL_SITE_ID_FALLBACK_MASK) - 1;

@@ -43,6 +43,65 @@ struct {
 	__type(value, struct memtrail_unwind_process);
 } unwind_processes SEC(".maps");
 
+/* Bumped by userspace after it changes what a walk reads besides the stack (unwind_processes)
+ * or removes stacks (a process purged): a stack memo (below) made before is not used. */
+volatile __u32 stack_memo_generation = 0;
+
+/* ---- stack memos: the last walks of each CPU, reused while the stack words they read are the
+ * same ----
+ * A walk is a function of its starting registers, the process's unwind tables and the stack
+ * words it reads: with the same registers, the same tables (unwind_generation) and the same
+ * words, it gives the same frames. A memo keeps those inputs and the walk's hash; a later walk
+ * from the same registers reads the words again, in one read of the span they cover, and reuses
+ * the hash when every one is unchanged, without the per-frame table searches and reads. A loop
+ * allocating from one place (the common case) walks its stack once. */
+#define STACK_MEMO_READS 64  /* reads a memoized walk may make (power of two) */
+#define STACK_MEMO_SPAN 4096 /* bytes of stack they may cover (power of two) */
+#define STACK_MEMO_SLOTS 16  /* memos per CPU, by starting registers (power of two) */
+
+struct stack_memo_read {
+	__u64 address;
+	__u64 words[2];
+	__u64 length; /* 8 or 16 */
+};
+
+/* What a walk starts from besides the stack: its registers, process and tables. */
+struct stack_memo_key {
+	__u64 pc, sp, bp;
+	__u32 tgid;
+	__u32 generation; /* stack_memo_generation when the walk began */
+	__u64 exact_pc;
+};
+
+struct stack_memo {
+	struct stack_memo_key key;
+	__u64 low;     /* lowest address read */
+	__u32 span;    /* bytes from low to the end of the highest read */
+	__u32 reads;   /* valid entries of read; 0: no memo */
+	__s32 id;      /* the stack's id */
+	__u32 dropped; /* the walk being noted will not be kept */
+	struct stack_memo_read read[STACK_MEMO_READS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STACK_MEMO_SLOTS);
+	__type(key, __u32);
+	__type(value, struct stack_memo);
+} stack_memos SEC(".maps");
+
+/* The span of stack a memo's check reads at once. */
+struct stack_memo_bytes {
+	__u8 bytes[STACK_MEMO_SPAN + 16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack_memo_bytes);
+} stack_memo_scratch SEC(".maps");
+
 /* Frame pointers of the caller's frames lie above its stack pointer, within a thread stack.
  * Checking that first rejects the garbage a frame-pointer-less function leaves in %rbp
  * without a faulting read, which costs far more than a successful one. */
@@ -54,6 +113,7 @@ struct {
  * path by path). */
 struct walk {
 	struct memtrail_stack *stack;
+	struct stack_memo *memo;		 /* where the words read are noted (NULL: none) */
 	struct memtrail_unwind_process *process; /* NULL: frame pointers everywhere */
 	__u64 pc; /* a return address: the instruction before it is the call */
 	__u64 sp;
@@ -140,11 +200,116 @@ __noinline __u64 unwind_find_row(struct memtrail_unwind_mapping *mapping, __u64 
 	return row ? *(__u64 *)row : 0;
 }
 
+/* Notes a stack read in `memo` (length 0: the walk is not to be kept; so is one that reads more,
+ * or farther). A global function: the verifier checks it once, not on every path of the frame
+ * step that calls it (inlined, it made loading the programs take seconds more). */
+__noinline int stack_memo_note(struct stack_memo *memo, __u64 address, __u64 first, __u64 second,
+			       __u64 length)
+{
+	struct stack_memo_read *read;
+	__u64 low, end = address + length;
+	__u32 reads;
+
+	if (!memo || memo->dropped)
+		return 0;
+	reads = memo->reads;
+	if (length == 0 || reads >= STACK_MEMO_READS) {
+		memo->dropped = 1;
+		return 0;
+	}
+	low = memo->low;
+	if (reads == 0 || address < low) {
+		if (reads && low + memo->span > end)
+			end = low + memo->span;
+		low = address;
+	} else if (low + memo->span > end) {
+		end = low + memo->span;
+	}
+	if (end - low > STACK_MEMO_SPAN) {
+		memo->dropped = 1;
+		return 0;
+	}
+	memo->low = low;
+	memo->span = end - low;
+	read = &memo->read[reads & (STACK_MEMO_READS - 1)];
+	read->address = address;
+	read->words[0] = first;
+	read->words[1] = second;
+	read->length = length;
+	memo->reads = reads + 1;
+	return 0;
+}
+
+static __always_inline void memo_note(struct walk *walk, __u64 address, __u64 first, __u64 second,
+				      __u64 length)
+{
+	if (walk->memo)
+		stack_memo_note(walk->memo, address, first, second, length);
+}
+
+struct memo_check {
+	struct stack_memo *memo;
+	struct stack_memo_bytes *scratch;
+	long same;
+};
+
+/* One noted read against the stack read now (a bpf_loop callback: checked once by the verifier,
+ * where a plain loop of STACK_MEMO_READS was checked iteration by iteration). */
+static long memo_check_read(__u32 index, struct memo_check *check)
+{
+	struct stack_memo_read *read = &check->memo->read[index & (STACK_MEMO_READS - 1)];
+	__u32 offset = (read->address - check->memo->low) & (STACK_MEMO_SPAN - 1);
+
+	if (*(__u64 *)&check->scratch->bytes[offset] != read->words[0] ||
+	    (read->length == 16 &&
+	     *(__u64 *)&check->scratch->bytes[offset + 8] != read->words[1])) {
+		check->same = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* The stack id of `memo` when it was made from `key` and every stack word it noted still holds
+ * what it held (read in one span into `scratch`); else -1. A global function: checked once by
+ * the verifier. */
+__noinline __s32 stack_memo_hit(struct stack_memo *memo, struct stack_memo_bytes *scratch,
+				struct stack_memo_key *key)
+{
+	struct memo_check check = { .memo = memo, .scratch = scratch, .same = 1 };
+	__u32 span, reads;
+
+	if (!memo || !scratch || !key)
+		return -1;
+	if (memo->dropped || memo->key.pc != key->pc || memo->key.sp != key->sp ||
+	    memo->key.bp != key->bp || memo->key.tgid != key->tgid ||
+	    memo->key.generation != key->generation || memo->key.exact_pc != key->exact_pc)
+		return -1;
+	span = memo->span;
+	reads = memo->reads;
+	if (reads == 0 || reads > STACK_MEMO_READS || span == 0 || span > STACK_MEMO_SPAN)
+		return -1;
+	if (bpf_probe_read_user(scratch->bytes, span, (const void *)memo->low))
+		return -1;
+	bpf_loop(reads, memo_check_read, &check, 0);
+	return check.same ? memo->id : -1;
+}
+
+/* Starts noting a walk in `memo`. */
+static __always_inline void stack_memo_begin(struct stack_memo *memo)
+{
+	memo->reads = 0;
+	memo->dropped = 0;
+	memo->key.pc = 0; /* no hit until kept */
+}
+
 #define WALK_CONTINUE 0
 #define WALK_STOP 1
 
 static __always_inline long walk_ends(struct walk *walk, enum memtrail_truncation reason)
 {
+	/* A read that failed may succeed next time: such a walk is not kept. */
+	if (reason == MEMTRAIL_TRUNCATED_UNREADABLE)
+		memo_note(walk, 0, 0, 0, 0);
 	walk->flags =
 		(walk->flags & MEMTRAIL_STACK_USED_TABLES) |
 		(reason ? MEMTRAIL_STACK_TRUNCATED | (reason << MEMTRAIL_STACK_REASON_SHIFT) : 0);
@@ -160,6 +325,8 @@ static __always_inline long signal_frame_step(struct walk *walk, __u64 *return_a
 	if (bpf_probe_read_user(sp_ip, sizeof(sp_ip), (void *)(walk->sp + MEMTRAIL_SIGFRAME_RSP)) ||
 	    bpf_probe_read_user(&bp, sizeof(bp), (void *)(walk->sp + MEMTRAIL_SIGFRAME_RBP)))
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	memo_note(walk, walk->sp + MEMTRAIL_SIGFRAME_RSP, sp_ip[0], sp_ip[1], 16);
+	memo_note(walk, walk->sp + MEMTRAIL_SIGFRAME_RBP, bp, 0, 8);
 	if (!sp_ip[1])
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
 	walk->flags |= MEMTRAIL_STACK_USED_TABLES;
@@ -215,6 +382,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 			/* push %rbp right after the call: one read for both (the common case) */
 			if (bpf_probe_read_user(saved, sizeof(saved), (void *)(cfa - 16)))
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+			memo_note(walk, cfa - 16, saved[0], saved[1], 16);
 			walk->bp = saved[0];
 			*return_address = saved[1];
 		} else {
@@ -222,6 +390,8 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 						(void *)(cfa + rbp_slot)) ||
 			    bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+			memo_note(walk, cfa + rbp_slot, saved[0], 0, 8);
+			memo_note(walk, cfa - 8, saved[1], 0, 8);
 			walk->bp = saved[0];
 			*return_address = saved[1];
 		}
@@ -233,6 +403,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 	default: /* UNCHANGED: rbp is callee-saved and this frame left it alone */
 		if (bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
 			return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+		memo_note(walk, cfa - 8, saved[1], 0, 8);
 		*return_address = saved[1];
 	}
 	walk->sp = cfa;
@@ -259,6 +430,7 @@ static __always_inline long frame_pointer_step(struct walk *walk, __u64 *return_
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
 	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp))
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	memo_note(walk, fp, frame.next_fp, frame.return_address, 16);
 	if (!frame.return_address)
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
 	/* A caller's rbp at or below this one fails the span check of the next step: no loops. */
@@ -290,6 +462,8 @@ static long unwind_step(__u32 index, struct walk *walk)
 			/* A library mapped since userspace last read the process's mappings, most
 			 * likely (dlopen): the counter makes it read them again soon (<= 250 ms). */
 			count(MEMTRAIL_CTR_UNKNOWN_CODE);
+			memo_note(walk, 0, 0, 0,
+				  0); /* counted on every walk until userspace looks */
 			if (!unknown_code_by_frame_pointer)
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_NO_MAPPING);
 		}

@@ -150,6 +150,33 @@ TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
             std::string::npos);
 }
 
+// The same malloc call reached from two callers leaves the same registers at its return; only
+// the return address on the stack differs. Each caller gets its own site with its exact count,
+// with frame pointers (-O0) and with CFI tables (-O2 without them), though the walks' memo
+// (bpf/alloc/stack_walk.bpf.h) is keyed by those registers.
+TEST(LeaksIntegration, OneCallReachedFromTwoCallersIsTwoSitesWithExactCounts) {
+  REQUIRE_BPF_OR_SKIP();
+  for (const char* binary : {MEMTRAIL_LEAKY, MEMTRAIL_LEAKY_O2_NOFP}) {
+    SCOPED_TRACE(binary);
+    Target target({binary, "two_callers", "40", "96"});
+    json report = trace_scenario(target).report;
+    auto a = sites_with_function(report, "caller_a");
+    auto b = sites_with_function(report, "caller_b");
+    ASSERT_EQ(a.size(), 1u) << report.dump(2);
+    ASSERT_EQ(b.size(), 1u) << report.dump(2);
+    EXPECT_EQ(a[0]["total_allocations"], 40);
+    EXPECT_EQ(a[0]["outstanding_bytes"], 40 * 96);
+    EXPECT_EQ(b[0]["total_allocations"], 80);
+    EXPECT_EQ(b[0]["outstanding_bytes"], 80 * 96);
+    EXPECT_EQ(a[0]["stack"][0]["function"], "leak_from_leaf");
+    EXPECT_EQ(b[0]["stack"][0]["function"], "leak_from_leaf");
+    EXPECT_EQ(a[0]["stack"][1]["function"], "caller_a");
+    EXPECT_EQ(b[0]["stack"][1]["function"], "caller_b");
+    EXPECT_EQ(a[0]["stack_truncated"], false);
+    EXPECT_EQ(b[0]["stack_truncated"], false);
+  }
+}
+
 // The final report is read with the probes removed: every count is exact and they add up,
 // per site (total = freed + outstanding) and in the totals (every recorded allocation is
 // freed or outstanding).

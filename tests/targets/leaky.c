@@ -93,6 +93,19 @@ __attribute__((noinline)) void leak_aligned_alloc(size_t size) {
   report_line("leak_aligned_alloc", line);
 }
 
+// One malloc call reached through two callers with identical frames: at the malloc's return
+// the registers are the same for both, only the return address into the caller differs (the
+// stack memos of bpf/alloc/stack_walk.bpf.h must tell them apart).
+__attribute__((noinline)) void *leak_from_leaf(size_t size) {
+  void *block = malloc(size);
+  memset(block, 0xcd, size);
+  return block;
+}
+
+__attribute__((noinline)) void caller_a(size_t size) { sink = leak_from_leaf(size); }
+
+__attribute__((noinline)) void caller_b(size_t size) { sink = leak_from_leaf(size); }
+
 // Threads allocating and freeing at once, each leaking `count` blocks of `size` bytes at one
 // site; blocks they hand off are freed by another thread than the one that allocated them.
 struct worker_args {
@@ -350,6 +363,10 @@ int main(int argc, char **argv) {
   if (strcmp(scenario, "basic") == 0) {
     leak_malloc(count, size);
     free_all(50, 64);
+  } else if (strcmp(scenario, "two_callers") == 0) {
+    // a, b, b, a, ...: from one call instruction, so that the registers are the same.
+    void (*volatile callers[2])(size_t) = {caller_a, caller_b};
+    for (int i = 0; i < 3 * count; ++i) callers[i % 3 != 0](size);
   } else if (strcmp(scenario, "preattach") == 0) {
     for (int i = 0; i < 20; ++i) free(early[i]);
     leak_malloc(count, size);

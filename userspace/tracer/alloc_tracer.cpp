@@ -335,6 +335,8 @@ void AllocTracer::set_unwind_mappings(uint32_t pid,
                                      " processes traced at once with --unwind dwarf/auto"
                                : "");
   }
+  // Stack memos made with the old mappings are not used (bpf/alloc/stack_walk.bpf.h).
+  ++skeleton_->bss->stack_memo_generation;
 }
 
 std::unordered_map<uint32_t, uint64_t> AllocTracer::free_slots_of(
@@ -433,6 +435,9 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
     forget_unwind_mappings(pid);
     removed[pid] = dropped[pid] + unfollow(pid);  // and its mapped regions
   }
+  // After the deletes: no stack memo keeps the id of a stack deleted above, nor mappings
+  // forgotten (bpf/alloc/stack_walk.bpf.h).
+  ++skeleton_->bss->stack_memo_generation;
   for (const auto& exec : old_images) {
     if (!removed.count(exec.pid)) removed[exec.pid] = dropped[exec.pid];
   }
@@ -471,6 +476,8 @@ void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address) {
     fail("add CPython process " + std::to_string(pid) + " to the Python frame walker",
          error_number);
   }
+  // Its stacks now have Python frames: no stack memo made before is used.
+  ++skeleton_->bss->stack_memo_generation;
 }
 
 uint32_t AllocTracer::stacks_created() const {
