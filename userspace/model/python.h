@@ -58,6 +58,7 @@ struct TrackedPythonObject {
   uint64_t size = 0;      // judged: sys.getsizeof's figure
   bool pymalloc = false;  // judged: its memory came from pymalloc (512 bytes or less); larger
                           // objects are malloc'd blocks, counted on the malloc path
+  bool gone = false;      // its process's memory is gone (it exited): not judged, not dead
 };
 
 class PythonObjectJudge {

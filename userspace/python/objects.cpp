@@ -36,7 +36,7 @@ bool read_memory(uint32_t pid, uint64_t address, void* buffer, size_t size) {
 // Reads the headers of `objects` at `indexes` (one process), one remote piece per object, into
 // `headers`; an object whose memory cannot be read keeps `readable` false. The kernel stops a
 // read at the first remote piece it cannot read: the read goes on after it.
-void read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
+bool read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
                              std::span<const size_t> indexes, std::vector<uint8_t>& headers,
                              std::vector<bool>& readable) {
   std::vector<iovec> local, remote;
@@ -54,7 +54,7 @@ void read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonO
                                      static_cast<unsigned long>(count), 0);
     if (got < 0) {
       // The first piece cannot be read (or the process is gone: then none can).
-      if (errno == ESRCH) return;
+      if (errno == ESRCH) return false;
       ++next;
       continue;
     }
@@ -63,14 +63,15 @@ void read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonO
     next += whole;
     if (whole < count) ++next;  // the piece that stopped the read
   }
+  return true;
 }
 
 // Reads the headers of `objects` (one process) into `headers`. Objects lie packed in
 // pymalloc's pools: the headers within one page are read as one remote piece, from the first
 // to the end of the last (one piece per object cost about 8 µs an object, seconds for a few
 // hundred thousand). A piece that cannot be read whole (the end of a mapping) is read again
-// object by object.
-void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
+// object by object. False when the process's memory is gone (it exited).
+bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
                   std::vector<uint8_t>& headers, std::vector<bool>& readable) {
   headers.assign(objects.size() * kObjectHeaderBytes, 0);
   readable.assign(objects.size(), false);
@@ -110,7 +111,7 @@ void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
     iovec local{buffer.data(), bytes};
     ssize_t got = ::process_vm_readv(static_cast<pid_t>(pid), &local, 1, remote.data(),
                                      static_cast<unsigned long>(count), 0);
-    if (got < 0 && errno == ESRCH) return;  // the process is gone
+    if (got < 0 && errno == ESRCH) return false;  // the process is gone
     size_t copied = got < 0 ? 0 : static_cast<size_t>(got), offset = 0, i = 0;
     for (; i < count; ++i) {
       const Piece& piece = pieces[next + i];
@@ -132,7 +133,7 @@ void read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
     }
     next += i;
   }
-  if (!retry.empty()) read_headers_one_by_one(pid, objects, retry, headers, readable);
+  return retry.empty() || read_headers_one_by_one(pid, objects, retry, headers, readable);
 }
 
 }  // namespace
@@ -209,9 +210,10 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
     size_t end = begin;
     while (end < objects.size() && objects[end].pid == pid) ++end;
     auto batch = objects.subspan(begin, end - begin);
-    read_headers(pid, batch, headers, readable);
+    bool gone = !read_headers(pid, batch, headers, readable);
     for (size_t i = 0; i < batch.size(); ++i) {
       auto& object = batch[i];
+      object.gone = gone;
       std::span<const uint8_t> header(headers.data() + i * kObjectHeaderBytes, kObjectHeaderBytes);
       object.alive = false;
       if (!readable[i] || !still_alive(object.type, header)) continue;

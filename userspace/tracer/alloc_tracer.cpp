@@ -714,6 +714,25 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
   for (size_t k = 0; k < sorted.size(); ++k) {
     const auto& object = sorted[k];
     const PythonSlot& where = slots[order[k]];
+    if (object.gone) {
+      // Its process exited (its report is being made): each object stays as the last report
+      // found it, alive with its size; those never found alive are not reported.
+      auto sized = python_objects_sized_.find({object.pid, object.address});
+      if (sized == python_objects_sized_.end() ||
+          sized->second.timestamp_ns != where.timestamp_ns) {
+        continue;
+      }
+      model::OutstandingAllocation allocation{
+          object.pid,         object.address, sized->second.size,
+          where.timestamp_ns, where.site_id,  model::AllocationKind::kPythonObject,
+          object.type};
+      if (sink) {
+        sink->add(allocation);
+      } else {
+        snapshot.allocations.push_back(allocation);
+      }
+      continue;
+    }
     if (!object.alive) {
       // The removal protocol (bpf/alloc_events.h), from the timestamp read: a new object
       // created at this address since (a new timestamp) is left alone.
@@ -742,12 +761,13 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     }
     auto site = site_index.find(site_key(object.pid, where.site_id));
     if (site != site_index.end() && where.timestamp_ns <= snapshot.sites[site->second].read_at_ns) {
-      auto [sized, first] =
-          python_objects_sized_.try_emplace({object.pid, object.address}, where.timestamp_ns);
-      if (first || sized->second != where.timestamp_ns) {  // new, or a new object there
-        sized->second = where.timestamp_ns;
+      auto [sized, first] = python_objects_sized_.try_emplace(
+          {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
+      if (first || sized->second.timestamp_ns != where.timestamp_ns) {  // new, or a new one there
+        sized->second = {where.timestamp_ns, object.size};
         python_site_bytes_[site->first] += object.size;
       }
+      sized->second.size = object.size;  // as last read
     }
     model::OutstandingAllocation allocation{object.pid,    object.address,
                                             object.size,   where.timestamp_ns,

@@ -204,7 +204,13 @@ class AllocTracer : public unwind::RowStore {
       return std::hash<uint64_t>()(key.address ^ (uint64_t{key.pid} << 47) ^ key.pid);
     }
   };
-  std::unordered_map<PythonObjectKey, uint64_t, PythonObjectKeyHash> python_objects_sized_;
+  // The size of each object sized, kept for when its process has exited (then it can no
+  // longer be read: its exit report shows it as the last report found it).
+  struct SizedObject {
+    uint64_t timestamp_ns = 0;
+    uint64_t size = 0;
+  };
+  std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
   // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
   std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
 
