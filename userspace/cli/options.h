@@ -74,8 +74,8 @@ struct LeaksOptions {
   model::UnwindMode unwind = model::UnwindMode::kAuto;  // --unwind fp|dwarf|auto
   // --python-frames native|python|mixed: what CPython processes' stacks show.
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
-  bool python_types = false;    // --python-types: CPython objects by type (a probe per object)
-  bool python_objects = false;  // --python-objects on|off: objects charged to their creating line
+  bool python_types = false;   // --python-types: CPython objects by type (a probe per object)
+  bool python_objects = true;  // --python-objects on|off: objects charged to their creating line
   // --unwind-table-mib: room for CFI tables in kernel memory; 0: unwind_table_mib_for(all).
   uint32_t unwind_table_mib = 0;
   bool probe_floor = false;  // benchmarks only: probes attached, programs do nothing
