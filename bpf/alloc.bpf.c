@@ -565,6 +565,26 @@ static __always_inline __u64 object_register(struct pt_regs *regs, __u64 which)
 	return values[which & 15];
 }
 
+/* Does a block the malloc family served, and that is recorded as such, hold the object? An object
+ * pymalloc does not serve (over 512 bytes) is malloc'd: it starts its block, or follows the
+ * block's GC header (16 bytes), or that and a managed dict's two pointers (16 more). Such an
+ * object is counted once, as that block (its site names the same stack): recorded as an object
+ * too, it would overwrite the block's record (same address) or be counted twice. A pymalloc
+ * object cannot lie in a malloc'd block: pymalloc serves its own arenas. */
+static __always_inline bool in_recorded_block(__u32 tgid, __u64 object)
+{
+	struct slot_ref found;
+
+	for (__u64 header = 0; header <= 32; header += 16) {
+		if (find_slot(tgid, object - header, &found) &&
+		    READ_ONCE_U64(found.bucket->info[found.slot & 7].size_kind) >>
+				    MEMTRAIL_SIZE_BITS !=
+			    MEMTRAIL_KIND_PYTHON_OBJECT)
+			return true;
+	}
+	return false;
+}
+
 /* On the branch after _Py_NewReference's flag check; the attach cookie names the register that
  * holds the new object. Its type is set by then (_PyObject_Init sets ob_type first); its size
  * may not be (a str's length comes later): userspace reads it. */
@@ -579,6 +599,8 @@ int python_object_created(struct pt_regs *ctx)
 	if (tracing_stopped || probe_floor || !probe_applies() || !object)
 		return 0;
 	tgid = current_tgid();
+	if (in_recorded_block(tgid, object))
+		return 0; /* counted on the malloc path */
 	type = read_user_u64(object + MEMTRAIL_PYTHON_OB_TYPE);
 	if (!type || type > MEMTRAIL_SIZE_MASK) {
 		count(MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED);

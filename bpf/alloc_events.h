@@ -126,7 +126,14 @@ MEMTRAIL_ABI_ASSERT(MEMTRAIL_LOSS_COUNT <= 8, "counts[loss & 7] holds every enum
  * Publication protocol (x86-64 stores are seen in program order):
  * - insert: claim a slot with compare-and-swap of its address from 0, write tgid, size and
  *   site, then timestamp_ns last;
- * - remove: clear timestamp_ns, then tgid, then swap the address back to 0.
+ * - remove: clear timestamp_ns, then tgid, then swap the address back to 0;
+ * - replace (a new record of the same pid and address, found recorded): clear timestamp_ns,
+ *   write tgid, size and site, timestamp_ns, then compare-and-swap the address from 0 back to
+ *   itself, for userspace may have removed the old record meanwhile;
+ * - userspace removes a Python object it found dead: compare-and-swap timestamp_ns from the
+ *   value it read to 0 (nothing else changed the record), then swap the address back to 0; a
+ *   timestamp_ns non-zero after that is a replace that completed in between, whose address it
+ *   puts back (tgid is left alone: a free slot's is never read).
  * A reader takes a slot whose address and timestamp_ns are non-zero and the same before and
  * after it read the rest; anything else is a slot in flux, left for the next read. */
 #define MEMTRAIL_BUCKET_SLOTS 8

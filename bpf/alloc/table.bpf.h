@@ -154,16 +154,17 @@ static __always_inline bool claim_slot(struct memtrail_alloc_bucket *bucket, int
 static __always_inline bool table_insert(__u32 tgid, __u64 address, __u64 size, __u32 kind,
 					 __s32 site_id, __u64 now)
 {
-	struct memtrail_alloc_bucket *first, *second;
+	struct memtrail_alloc_bucket *first, *second, *held;
 	int free_first, free_second, first_free, second_free, slot;
 	struct memtrail_alloc_info *stale;
+	__u64 found;
 
 	first = candidate_bucket(tgid, address, 0);
 	if (!first)
 		return false;
 	slot = scan_bucket(first, tgid, address, &free_first, &first_free);
 	if (slot >= 0) {
-		stale = &first->info[slot & 7];
+		held = first;
 		goto replace;
 	}
 	if (MEMTRAIL_BUCKET_SLOTS - free_first < MEMTRAIL_FIRST_BUCKET_LIMIT &&
@@ -174,7 +175,7 @@ static __always_inline bool table_insert(__u32 tgid, __u64 address, __u64 size, 
 		return false;
 	slot = scan_bucket(second, tgid, address, &free_second, &second_free);
 	if (slot >= 0) {
-		stale = &second->info[slot & 7];
+		held = second;
 		goto replace;
 	}
 	if (free_second > free_first)
@@ -188,10 +189,16 @@ replace:
 	 * watches deaths), which is normal, not a lost free. */
 	if (kind != MEMTRAIL_KIND_PYTHON_OBJECT)
 		count(MEMTRAIL_CTR_STALE_REPLACED);
+	stale = &held->info[slot & 7];
 	WRITE_ONCE_U64(stale->timestamp_ns, 0);
 	compiler_barrier();
 	fill_slot(stale, tgid, size, kind, site_id, now);
-	return true;
+	/* Userspace may have removed the old record meanwhile (a Python object it found dead:
+	 * timestamp, then address back to 0), after this slot was found: the address is put back
+	 * unless another block claimed the freed slot (then this record is lost). A locked
+	 * compare-and-swap, also a full barrier: the record is complete before it is read. */
+	found = __sync_val_compare_and_swap(&held->address[slot & 7], 0, address);
+	return found == 0 || found == address;
 }
 
 /* table_insert as a global function: the verifier checks it once, on its own, rather than in

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // memtrail leaks -- COMMAND where COMMAND is a script: its #! interpreter, env, and wrapper
 // scripts that execute the real program, traced from that program's first instruction.
+#include <elf.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -24,11 +27,13 @@ using nlohmann::json;
 
 // A Python program that leaks at once, with no gate: 300 bytes(1000) objects, each one calloc
 // of 1,033 bytes (a 33-byte header, then the data) at line kLeakLine, kept in a module-level
-// list. Only a process traced from the interpreter's first instruction, its CPython runtime
-// known before any Python code runs, has them all under that line. Then it says "done" and
-// waits for the end of its input.
+// list, and 300 object() instances (16 bytes each, pymalloc's: Python objects) in a list (56
+// bytes; its array of 300 pointers is malloc'd) at line kSmallLine. Only a process traced from the
+// interpreter's first instruction, its CPython runtime known before any Python code runs, has them
+// all under those lines. Then it says "done" and waits for the end of its input.
 constexpr int kLeakLine = 6;
 constexpr uint64_t kLeakBytes = 300 * 1033;
+constexpr int kSmallLine = 8;
 std::string python_program(const std::string& shebang) {
   return shebang +
          "\n"
@@ -38,6 +43,7 @@ std::string python_program(const std::string& shebang) {
          "    for _ in range(count):\n"
          "        kept.append(bytes(1000))\n"  // kLeakLine
          "leak(300)\n"
+         "small = [object() for _ in range(300)]\n"  // kSmallLine
          "print('done', flush=True)\n"
          "sys.stdin.readline()\n";
 }
@@ -96,6 +102,23 @@ std::pair<uint64_t, uint64_t> leaked_at_python_line(const json& report, int line
   return {bytes, blocks};
 }
 
+// The Python objects created under a Python line and still alive: (bytes, objects).
+std::pair<uint64_t, uint64_t> objects_at_python_line(const json& report, int line) {
+  uint64_t bytes = 0, objects = 0;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "python_object") continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["language"] != "python") continue;
+      if (frame["line"] == line) {
+        bytes += site["outstanding_bytes"].get<uint64_t>();
+        objects += site["outstanding_allocations"].get<uint64_t>();
+      }
+      break;  // the innermost Python frame only
+    }
+  }
+  return {bytes, objects};
+}
+
 bool said(const std::string& text, const std::string& fragment) {
   return text.find(fragment) != std::string::npos;
 }
@@ -118,6 +141,10 @@ TEST(LeaksLaunch, AConsoleScriptOnPathAndAnEnvScriptReportTheLeakingPythonLineEx
     auto [bytes, blocks] = leaked_at_python_line(report, kLeakLine);
     EXPECT_EQ(bytes, kLeakBytes) << report["leaks"].dump(2) << err;
     EXPECT_EQ(blocks, 300u);
+    // Python objects are traced by default, also in a program reached through env's exec.
+    EXPECT_EQ(objects_at_python_line(report, kSmallLine),
+              std::make_pair(uint64_t{300 * 16 + 56}, uint64_t{301}))
+        << report["leaks"].dump(2);
     EXPECT_TRUE(said(err, "memtrail: command: " + script + ": a script, " + shebang)) << err;
     if (shebang.find("env") != std::string::npos) {
       EXPECT_TRUE(said(err, "memtrail: command: /usr/bin/env: a program (ELF)")) << err;
@@ -144,11 +171,102 @@ TEST(LeaksLaunch, AShellShimThatExecutesPython3ReportsTheLeakingPythonLineExactl
   auto [bytes, blocks] = leaked_at_python_line(report, kLeakLine);
   EXPECT_EQ(bytes, kLeakBytes) << report["leaks"].dump(2) << err;
   EXPECT_EQ(blocks, 300u);
+  EXPECT_EQ(objects_at_python_line(report, kSmallLine),
+            std::make_pair(uint64_t{300 * 16 + 56}, uint64_t{301}))
+      << report["leaks"].dump(2);
   EXPECT_TRUE(said(err, "memtrail: command: " + dir.file("python3") + ": a script, #!/bin/sh"))
       << err;
   EXPECT_TRUE(said(err, " held at the first instruction of /usr/bin/python3")) << err;
   ASSERT_EQ(report["targets"].size(), 1u);  // one process: the shim became python
   EXPECT_EQ(report["targets"][0]["comm"], "python3");
+}
+
+// The file offset of the dynamic symbol `name` in the ELF executable at `path` (0: not found).
+uint64_t symbol_file_offset(const std::string& path, const std::string& name) {
+  std::ifstream in(path, std::ios::binary);
+  std::string image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto at = [&](uint64_t offset, auto& value) {
+    if (offset + sizeof(value) <= image.size())
+      std::memcpy(&value, image.data() + offset, sizeof(value));
+  };
+  Elf64_Ehdr header{};
+  at(0, header);
+  Elf64_Shdr dynsym{}, dynstr{};
+  for (unsigned i = 0; i < header.e_shnum; ++i) {
+    Elf64_Shdr section{};
+    at(header.e_shoff + i * sizeof(Elf64_Shdr), section);
+    if (section.sh_type == SHT_DYNSYM) {
+      dynsym = section;
+      at(header.e_shoff + section.sh_link * sizeof(Elf64_Shdr), dynstr);
+    }
+  }
+  for (uint64_t i = 0; dynsym.sh_entsize && i < dynsym.sh_size / dynsym.sh_entsize; ++i) {
+    Elf64_Sym symbol{};
+    at(dynsym.sh_offset + i * sizeof(Elf64_Sym), symbol);
+    if (std::string(image.c_str() + dynstr.sh_offset + symbol.st_name) != name) continue;
+    for (unsigned p = 0; p < header.e_phnum; ++p) {
+      Elf64_Phdr segment{};
+      at(header.e_phoff + p * sizeof(Elf64_Phdr), segment);
+      if (segment.p_type == PT_LOAD && segment.p_vaddr <= symbol.st_value &&
+          symbol.st_value < segment.p_vaddr + segment.p_filesz) {
+        return symbol.st_value - segment.p_vaddr + segment.p_offset;
+      }
+    }
+  }
+  return 0;
+}
+
+// An interpreter whose code is not what the creation-site scan expects: Debian's python3.11
+// copied, the out-of-line _Py_NewReference's read of _Py_tracemalloc_config.tracing replaced
+// by `xor %eax, %eax` (the copy still runs: only tracemalloc, unused here, would miss objects).
+// memtrail must refuse to probe its object creations, in one line, and trace the rest.
+TEST(LeaksLaunch, AnInterpreterWhoseCodeTheScanDoesNotExpectIsTracedNativelyAndSaidSo) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  std::string copy = dir.file("python3.11");
+  std::filesystem::copy_file("/usr/bin/python3.11", copy);
+  uint64_t offset = symbol_file_offset(copy, "_Py_NewReference");
+  ASSERT_NE(offset, 0u);
+  {
+    std::fstream binary(copy, std::ios::in | std::ios::out | std::ios::binary);
+    binary.seekg(static_cast<std::streamoff>(offset));
+    unsigned char code[8] = {};
+    binary.read(reinterpret_cast<char*>(code), sizeof(code));
+    // mov tracing(%rip), %eax; test %eax, %eax: 3.11.2's first 8 bytes.
+    ASSERT_TRUE(code[0] == 0x8b && code[1] == 0x05 && code[6] == 0x85 && code[7] == 0xc0)
+        << "_Py_NewReference does not start as on Debian's 3.11.2";
+    // xor %eax, %eax; a 6-byte nop: the flag reads as 0, as it does without tracemalloc.
+    const unsigned char patched[8] = {0x31, 0xc0, 0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00};
+    binary.seekp(static_cast<std::streamoff>(offset));
+    binary.write(reinterpret_cast<const char*>(patched), sizeof(patched));
+  }
+  std::filesystem::permissions(copy, std::filesystem::perms::owner_all);
+  std::string app = dir.file("app.py");
+  write_file(app, python_program("# run by the patched copy"), 0644);
+  Subprocess tracer(memtrail_with_path("/usr/bin:/bin", dir.file("r.json"), {copy, app}));
+  std::string err;
+  json report = run_until(tracer, dir.file("r.json"), "done", err);
+  // One line says it, naming why; the note in the report too.
+  std::string why =
+      "its Python objects are not traced (its native allocations are): "
+      "_Py_NewReference does not check _Py_tracemalloc_config.tracing";
+  size_t first = err.find(why);
+  EXPECT_NE(first, std::string::npos) << err;
+  EXPECT_EQ(err.find(why, first + 1), std::string::npos) << "said once: " << err;
+  bool noted = false;
+  for (const auto& note : report["notes"]) {
+    noted = noted || note.get<std::string>().find(why) != std::string::npos;
+  }
+  EXPECT_TRUE(noted) << report["notes"].dump(2);
+  // No object sites; the native leak is whole, under its Python line (frames still walked).
+  for (const auto& site : report["leaks"]) {
+    EXPECT_NE(site["allocator"], "python_object") << site.dump(2);
+  }
+  auto [bytes, blocks] = leaked_at_python_line(report, kLeakLine);
+  EXPECT_EQ(bytes, kLeakBytes) << report["leaks"].dump(2) << err;
+  EXPECT_EQ(blocks, 300u);
+  ASSERT_EQ(report["targets"].size(), 1u);
+  EXPECT_EQ(report["targets"][0]["python"]["frames"], true);
 }
 
 // Any script, not only Python: a shell script that runs a C program (a child of the shell,

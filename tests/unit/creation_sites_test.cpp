@@ -153,6 +153,45 @@ TEST(CreationSites, InstalledPython311) {
     // REX.W (+B for r8-r15), C7 /0, then ModRM: the immediate 1 follows.
     EXPECT_TRUE(store[0] == 0x48 || store[0] == 0x49) << std::hex << site.store;
     EXPECT_EQ(store[1], 0xc7) << std::hex << site.store;
+    // ModRM: mod 00 (no displacement) or 01 with a displacement of 0 (rbp, r13 need one), reg
+    // 0, rm the object's register (REX.B its bit 3); the immediate is 1. That register is the
+    // one the probe reads at the branch.
+    // r12 (rm 4 with REX.B) takes a SIB byte, 0x24: no index, that base.
+    auto wide = file.read_code(site.store, 10);
+    ASSERT_EQ(wide.size(), 10u);
+    unsigned mod = wide[2] >> 6;
+    size_t at = 3;
+    if ((wide[2] & 7) == 4) {
+      EXPECT_EQ(wide[at++], 0x24) << std::hex << site.store;
+    }
+    EXPECT_TRUE(mod == 0 || (mod == 1 && wide[at] == 0)) << std::hex << site.store;
+    if (mod == 1) ++at;
+    EXPECT_EQ((wide[2] >> 3) & 7, 0) << std::hex << site.store;
+    uint32_t immediate = 0;
+    std::memcpy(&immediate, wide.data() + at, 4);
+    EXPECT_EQ(immediate, 1u) << std::hex << site.store;
+    unsigned encoded = (wide[2] & 7) | ((wide[0] & 1) << 3);
+    // x86 register numbers (rax 0, rcx 1, rdx 2, rbx 3, rsp 4, rbp 5, rsi 6, rdi 7, r8-r15) as
+    // the scan names them.
+    static const ObjectRegister by_number[16] = {ObjectRegister::kRax,
+                                                 ObjectRegister::kRcx,
+                                                 ObjectRegister::kRdx,
+                                                 ObjectRegister::kRbx,
+                                                 ObjectRegister::kRax /* rsp: never an object */,
+                                                 ObjectRegister::kRbp,
+                                                 ObjectRegister::kRsi,
+                                                 ObjectRegister::kRdi,
+                                                 ObjectRegister::kR8,
+                                                 ObjectRegister::kR9,
+                                                 ObjectRegister::kR10,
+                                                 ObjectRegister::kR11,
+                                                 ObjectRegister::kR12,
+                                                 ObjectRegister::kR13,
+                                                 ObjectRegister::kR14,
+                                                 ObjectRegister::kR15};
+    EXPECT_NE(encoded, 4u) << std::hex << site.store;  // rsp
+    EXPECT_EQ(site.object, by_number[encoded])
+        << std::hex << site.store << ": " << register_name(site.object);
   }
 }
 

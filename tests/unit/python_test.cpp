@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -257,6 +258,52 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
         << name;
   }
   EXPECT_EQ(with_malloc_buffer, 5u);  // list_long, dict_large, dict_deleted, set_large, set_shrunk
+}
+
+// The liveness read: thousands of live objects of many types, read from the running process
+// (page by page), each alive with sys.getsizeof's size; an object recorded with another type,
+// or at an address the process does not map, is dead.
+TEST(Python, ObjectLivenessFindsLiveObjectsAndTheirSizes) {
+  Fixture fixture;
+  ASSERT_FALSE(fixture.report().is_null());
+  auto pid = static_cast<uint32_t>(fixture.pid());
+  auto mappings = inspect::read_proc_maps(pid);
+  ASSERT_TRUE(mappings);
+  auto interpreter = find_interpreter(pid, *mappings);
+  ASSERT_TRUE(interpreter);
+  std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
+  ObjectLiveness liveness(interpreters);
+  const auto& kept = fixture.report()["kept"];
+  ASSERT_GT(kept.size(), 5000u);
+  std::vector<model::TrackedPythonObject> objects;
+  for (const auto& object : kept) {
+    model::TrackedPythonObject tracked;
+    tracked.pid = pid;
+    tracked.address = object[0].get<uint64_t>();
+    tracked.type = object[1].get<uint64_t>();
+    objects.push_back(tracked);
+  }
+  size_t live = objects.size();
+  auto wrong_type = objects[0];
+  wrong_type.type = objects[600].type;  // a Plain said to be a str
+  objects.push_back(wrong_type);
+  auto unmapped = objects[1];
+  unmapped.address = 0x1000;  // never mapped
+  objects.push_back(unmapped);
+  std::reverse(objects.begin(), objects.end());  // any order
+  liveness.judge(objects);
+  std::reverse(objects.begin(), objects.end());
+  size_t large = 0;
+  for (size_t i = 0; i < live; ++i) {
+    ASSERT_TRUE(objects[i].alive) << i << ": " << kept[i].dump();
+    EXPECT_EQ(objects[i].size, kept[i][2].get<uint64_t>()) << i << ": " << kept[i].dump();
+    EXPECT_EQ(objects[i].pymalloc, objects[i].size <= 512) << i;
+    large += objects[i].pymalloc ? 0 : 1;
+  }
+  EXPECT_GT(large, 0u);  // the long bytes: malloc's
+  EXPECT_FALSE(objects[live].alive);
+  EXPECT_FALSE(objects[live + 1].alive);
+  EXPECT_EQ(liveness.type_name(pid, objects[0].type), "Plain");
 }
 
 model::Frame native(const std::string& function, const std::string& module) {

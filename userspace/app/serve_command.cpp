@@ -471,6 +471,9 @@ void Agent::trace_loop(size_t index) {
   cli::LeaksOptions leaks;
   leaks.verbose = options_.verbose;
   leaks.interval_s = options_.trace_interval_s;
+  // Always on, a trap for every Python object created would slow every CPython service of the
+  // node for good: objects are for the profiles asked for (/debug/pprof/heap?seconds=N).
+  leaks.python_objects = false;
   switch (selector.kind) {
     case serve::TargetSelector::Kind::kPid:
       leaks.pids = {selector.pid};

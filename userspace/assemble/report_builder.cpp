@@ -141,6 +141,11 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
       notes.push_back("pid " + std::to_string(target.pid) + " (" + target.python->module +
                       "): " + target.python->reason + ".");
     }
+    if (target.python && !target.python_objects_reason.empty()) {
+      notes.push_back("pid " + std::to_string(target.pid) + " (" + target.python->module +
+                      "): its Python objects are not traced (its native allocations are): " +
+                      target.python_objects_reason + ".");
+    }
     for (const auto& allocator : target.allocators) {
       if (allocator.note.empty()) continue;
       notes.push_back("pid " + std::to_string(target.pid) + ", " + allocator.name + " (" +

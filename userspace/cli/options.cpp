@@ -363,12 +363,12 @@ Command parse_command_line(int argc, const char* const* argv) {
                    "native frames of C code), python (Python frames only) or native (the "
                    "interpreter's C frames only; no Python frame walk, no cost)")
       ->type_name("MODE");
-  std::string python_objects = "off";
+  std::string python_objects = "on";
   leaks
       ->add_option("--python-objects", python_objects,
                    "For CPython processes (3.11), charge every Python object to the stack that "
-                   "created it (file and line), with its size as sys.getsizeof counts it: on or "
-                   "off (default, for now). A probe on each of the interpreter's object creations "
+                   "created it (file and line), with its size as sys.getsizeof counts it: on "
+                   "(default), exact or off. A probe on each of the interpreter's object creations "
                    "costs microseconds an object: on attaches them part of the time "
                    "(--python-objects-duty) and scales what they saw, marked as estimates; "
                    "exact attaches them all the time (for a short diagnosis)")

@@ -188,6 +188,9 @@ struct Target {
   uint64_t sites = 0;
   std::optional<PythonRuntime> python =
       std::nullopt;  // absent: not a CPython process (or not looked at)
+  // Why its Python objects are not traced although its frames are (the interpreter's code is
+  // not what the creation-site scan expects, or the probes failed): a note says it.
+  std::string python_objects_reason = std::string();
   // A command memtrail launched: traced from its first instruction, nothing predates attach.
   bool traced_from_start = false;
   // With --sample-rate: frees of blocks the tracer never recorded, because the sampler passed

@@ -286,7 +286,8 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
       interpreter.reason = "CPython " + interpreter.version + " is not supported (memtrail " +
                            "knows the frame layout of CPython " + std::to_string(layout.major) +
                            "." + std::to_string(layout.minor) + "): its stacks show the " +
-                           "interpreter's native frames only";
+                           "interpreter's native frames only, and its Python objects are not " +
+                           "traced (its native allocations are)";
     }
     return interpreter;
   }

@@ -75,6 +75,7 @@ void CodeMaps::refresh(TracedProcess& process) {
   if (!info.comm.empty()) {
     info.parent_pid = process.info.parent_pid;
     info.python = process.info.python;
+    info.python_objects_reason = process.info.python_objects_reason;
     describe_allocators(process.allocators, info);
     process.info = std::move(info);
   }
@@ -129,7 +130,13 @@ void CodeMaps::update_python(TracedProcess& process) {
   }
   if (interpreter->supported) python_naming_.interpreters[pid] = *interpreter;
   if (config_.python_types && interpreter->supported) attach_python_types(process, *interpreter);
-  if (config_.tracer.python_objects) attach_python_objects(process, *interpreter);
+  // Objects are charged to the Python line that created them: without the frame walk (another
+  // version, or --python-frames native, which promises no cost) there is no line to charge.
+  std::string objects_reason;
+  if (config_.tracer.python_objects && walk) {
+    objects_reason = attach_python_objects(process, *interpreter);
+  }
+  process.info.python_objects_reason = std::move(objects_reason);
   process.info.python = std::move(runtime);
 }
 
@@ -158,28 +165,32 @@ void CodeMaps::attach_python_types(TracedProcess& process, const python::Interpr
 }
 
 // Python objects charged to the line that created them: the interpreter's creation sites,
-// probed for this process (once per interpreter file it maps).
-void CodeMaps::attach_python_objects(TracedProcess& process,
-                                     const python::Interpreter& interpreter) {
+// probed for this process (once per interpreter file it maps). Returns why they are not traced
+// (empty when they are), said once on stderr.
+std::string CodeMaps::attach_python_objects(TracedProcess& process,
+                                            const python::Interpreter& interpreter) {
   uint32_t pid = process.info.pid;
-  if (process.python_objects_module == interpreter.module) return;
+  if (process.python_objects_module == interpreter.module) {
+    return process.info.python_objects_reason;
+  }
   process.python_objects_module = interpreter.module;  // said once, whatever the outcome
-  if (interpreter.object_sites.empty()) {
-    std::cerr << "memtrail: warning: pid " << pid << ": Python objects are not traced (only "
-              << "native allocations are): " << interpreter.objects_reason << "\n";
-    return;
+  std::string reason = interpreter.objects_reason;
+  if (!interpreter.object_sites.empty()) {
+    std::vector<tracer::AllocTracer::PythonObjectSite> sites;
+    for (const auto& site : interpreter.object_sites) {
+      sites.push_back({site.file_offset, static_cast<uint32_t>(site.object)});
+    }
+    try {
+      tracer_.attach_python_objects(pid, interpreter.file, sites);
+      object_windows_.add_process(pid);
+      return {};
+    } catch (const Error& error) {
+      reason = error.what();
+    }
   }
-  std::vector<tracer::AllocTracer::PythonObjectSite> sites;
-  for (const auto& site : interpreter.object_sites) {
-    sites.push_back({site.file_offset, static_cast<uint32_t>(site.object)});
-  }
-  try {
-    tracer_.attach_python_objects(pid, interpreter.file, sites);
-    object_windows_.add_process(pid);
-  } catch (const Error& error) {
-    std::cerr << "memtrail: warning: pid " << pid
-              << ": Python objects are not traced: " << error.what() << "\n";
-  }
+  std::cerr << "memtrail: warning: pid " << pid << ": its Python objects are not traced (its "
+            << "native allocations are): " << reason << "\n";
+  return reason;
 }
 
 // Code objects are read from the process's memory, which is gone once it exits.

@@ -407,6 +407,11 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
       bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_stacks), &id);  // ENOENT: none
     }
     for (uint32_t pid : pids) forget_python_process(pid);
+    std::erase_if(python_objects_sized_,
+                  [&](const auto& entry) { return purged(entry.first.pid); });
+    std::erase_if(python_site_bytes_, [&](const auto& entry) {
+      return purged(static_cast<uint32_t>(entry.first >> 32));
+    });
   }
   if (config_.python_type_layout) {
     std::vector<memtrail_python_type_key> types;
@@ -768,21 +773,57 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
   for (size_t i : order) sorted.push_back(objects[i]);
   python_judge_->judge(sorted);
   auto& counters = snapshot.counters;
+  auto site_key = [](uint32_t pid, int32_t site_id) {
+    return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
+  };
+  // When each site's totals were read: an object created after that is counted by the
+  // aggregator as a later allocation, bytes included; it is sized into the totals next time.
+  std::unordered_map<uint64_t, size_t> site_index;
+  for (size_t i = 0; i < snapshot.sites.size(); ++i) {
+    site_index[site_key(snapshot.sites[i].pid, snapshot.sites[i].site_id)] = i;
+  }
   for (size_t k = 0; k < sorted.size(); ++k) {
     const auto& object = sorted[k];
     const PythonSlot& where = slots[order[k]];
+    if (object.gone) {
+      // Its process exited (its report is being made): each object stays as the last report
+      // found it, alive with its size; those never found alive are not reported.
+      auto sized = python_objects_sized_.find({object.pid, object.address});
+      if (sized == python_objects_sized_.end() ||
+          sized->second.timestamp_ns != where.timestamp_ns) {
+        continue;
+      }
+      model::OutstandingAllocation allocation{
+          object.pid,         object.address, sized->second.size,
+          where.timestamp_ns, where.site_id,  model::AllocationKind::kPythonObject,
+          object.type};
+      if (sink) {
+        sink->add(allocation);
+      } else {
+        snapshot.allocations.push_back(allocation);
+      }
+      continue;
+    }
     if (!object.alive) {
       // The removal protocol (bpf/alloc_events.h), from the timestamp read: a new object
       // created at this address since (a new timestamp) is left alone.
+      // A replace (a new object at the address) may run between the two swaps: it writes
+      // the record whole, then puts the address back itself if it sees it 0, else this does.
+      // tgid is not cleared: a store of it here could land in the new record.
       memtrail_alloc_info& info = where.bucket->info[where.slot];
       __u64 expected = where.timestamp_ns;
       if (!std::atomic_ref<__u64>(info.timestamp_ns).compare_exchange_strong(expected, 0)) {
         continue;
       }
-      std::atomic_ref<__u32>(info.tgid).store(0, std::memory_order_release);
+      std::atomic_ref<__u64> address(where.bucket->address[where.slot]);
       __u64 held = object.address;
-      std::atomic_ref<__u64>(where.bucket->address[where.slot]).compare_exchange_strong(held, 0);
+      if (address.compare_exchange_strong(held, 0) &&
+          std::atomic_ref<__u64>(info.timestamp_ns).load() != 0) {
+        __u64 freed = 0;
+        address.compare_exchange_strong(freed, object.address);
+      }
       ++counters.python_objects_dead;
+      python_objects_sized_.erase({object.pid, object.address});
       continue;
     }
     // Over 512 bytes, the object is a malloc'd block. Behind a GC header (or a managed
@@ -792,6 +833,16 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     if (!object.pymalloc && !object.block_at_object) {
       ++counters.python_objects_large;
       continue;
+    }
+    auto site = site_index.find(site_key(object.pid, where.site_id));
+    if (site != site_index.end() && where.timestamp_ns <= snapshot.sites[site->second].read_at_ns) {
+      auto [sized, first] = python_objects_sized_.try_emplace(
+          {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
+      if (first || sized->second.timestamp_ns != where.timestamp_ns) {  // new, or a new one there
+        sized->second = {where.timestamp_ns, object.size};
+        python_site_bytes_[site->first] += object.size;
+      }
+      sized->second.size = object.size;  // as last read
     }
     model::OutstandingAllocation allocation{object.pid,    object.address,
                                             object.size,   where.timestamp_ns,
@@ -978,6 +1029,13 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   read_table(python_objects, python_slots, snapshot, sink, /*python_only=*/false);
 
   judge_python_objects(python_objects, python_slots, snapshot, sink);
+  if (!python_site_bytes_.empty()) {
+    for (auto& site : snapshot.sites) {
+      auto sized =
+          python_site_bytes_.find((uint64_t{site.pid} << 32) | static_cast<uint32_t>(site.site_id));
+      if (sized != python_site_bytes_.end()) site.total_bytes += sized->second;
+    }
+  }
 
   regions_.for_each([&](const model::OutstandingAllocation& region) {
     if (sink) {

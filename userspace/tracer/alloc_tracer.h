@@ -209,6 +209,29 @@ class AllocTracer : public unwind::RowStore {
   void judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
                             const std::vector<PythonSlot>& slots, model::Snapshot& snapshot,
                             model::AllocationSink* sink);
+  // The bytes of Python objects: the BPF program counts each creation in its site's totals,
+  // but not its size, which only the liveness read knows. Each object found alive is sized
+  // once (by pid, address and creation time) and its bytes added to its site's total from then
+  // on; an object that dies between two reads is counted in allocations, not in bytes.
+  struct PythonObjectKey {
+    uint32_t pid = 0;
+    uint64_t address = 0;
+    bool operator==(const PythonObjectKey&) const = default;
+  };
+  struct PythonObjectKeyHash {
+    size_t operator()(const PythonObjectKey& key) const {
+      return std::hash<uint64_t>()(key.address ^ (uint64_t{key.pid} << 47) ^ key.pid);
+    }
+  };
+  // The size of each object sized, kept for when its process has exited (then it can no
+  // longer be read: its exit report shows it as the last report found it).
+  struct SizedObject {
+    uint64_t timestamp_ns = 0;
+    uint64_t size = 0;
+  };
+  std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
+  // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
+  std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
 
   TracerConfig config_;
   model::PythonObjectJudge* python_judge_ = nullptr;
