@@ -106,8 +106,7 @@ class Accumulator final : public model::AllocationSink {
   std::unordered_map<uint64_t, uint64_t> totals_read_at_;  // by site; absent: taken_at_ns_
   std::unordered_map<uint64_t, Blocks> site_blocks_;
   // Python objects by site, then type: (objects, bytes), scaled as the site's (duty cycle).
-  std::unordered_map<uint64_t, std::unordered_map<uint64_t, std::pair<double, double>>>
-      site_types_;
+  std::unordered_map<uint64_t, std::unordered_map<uint64_t, std::pair<double, double>>> site_types_;
 };
 
 // Sums outstanding allocations per (pid, site). Allocations younger than `min_age_ns` at the

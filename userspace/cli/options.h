@@ -79,7 +79,7 @@ struct LeaksOptions {
   model::UnwindMode unwind = model::UnwindMode::kAuto;  // --unwind fp|dwarf|auto
   // --python-frames native|python|mixed: what CPython processes' stacks show.
   model::PythonFramesMode python_frames = model::PythonFramesMode::kMixed;
-  bool python_types = false;  // --python-types: CPython objects by type (a probe per object)
+  bool python_types = false;   // --python-types: CPython objects by type (a probe per object)
   bool python_objects = true;  // --python-objects on|exact|off: objects charged to their line
   // --python-objects on: the object probes attached this share of each period (duty cycle),
   // the counts scaled; exact: 1, always attached (--python-objects-duty PERCENT).

@@ -61,7 +61,7 @@ struct TrackedPythonObject {
   // judged: its block starts at the object (no GC header or other pre-header before it): a
   // malloc'd block's record in the table is then this object's creation record.
   bool block_at_object = false;
-  bool gone = false;      // its process's memory is gone (it exited): not judged, not dead
+  bool gone = false;  // its process's memory is gone (it exited): not judged, not dead
 };
 
 class PythonObjectJudge {

@@ -126,18 +126,18 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return objects[a].address < objects[b].address; });
-  struct Piece {
+  struct PagePiece {
     uint64_t start = 0, end = 0;
     size_t first = 0, last = 0;  // in `order`, last excluded
   };
-  std::vector<Piece> pieces;
+  std::vector<PagePiece> pieces;
   for (size_t k = 0; k < order.size(); ++k) {
     uint64_t address = objects[order[k]].address;
     if (pieces.empty() || address / kPageBytes != pieces.back().start / kPageBytes ||
         address < pieces.back().start) {
       pieces.push_back({address, address, k, k});
     }
-    Piece& piece = pieces.back();
+    PagePiece& piece = pieces.back();
     piece.end = std::max(piece.end, address + kObjectHeaderBytes);
     piece.last = k + 1;
   }
@@ -150,7 +150,7 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
     remote.resize(count);
     size_t bytes = 0;
     for (size_t i = 0; i < count; ++i) {
-      const Piece& piece = pieces[next + i];
+      const PagePiece& piece = pieces[next + i];
       remote[i] = {reinterpret_cast<void*>(piece.start), piece.end - piece.start};
       bytes += piece.end - piece.start;
     }
@@ -161,7 +161,7 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
     if (got < 0 && errno == ESRCH) return false;  // the process is gone
     size_t copied = got < 0 ? 0 : static_cast<size_t>(got), offset = 0, i = 0;
     for (; i < count; ++i) {
-      const Piece& piece = pieces[next + i];
+      const PagePiece& piece = pieces[next + i];
       size_t length = piece.end - piece.start;
       if (offset + length > copied) break;  // this piece stopped the read
       for (size_t k = piece.first; k < piece.last; ++k) {
@@ -174,7 +174,7 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
       offset += length;
     }
     if (i < count) {
-      const Piece& piece = pieces[next + i];
+      const PagePiece& piece = pieces[next + i];
       for (size_t k = piece.first; k < piece.last; ++k) retry.push_back(order[k]);
       ++i;
     }
