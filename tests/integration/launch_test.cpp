@@ -63,9 +63,21 @@ void write_file(const std::string& path, const std::string& text, mode_t mode = 
 // `memtrail leaks -v` running `command` with PATH set to `path`.
 std::vector<std::string> memtrail_with_path(const std::string& path, const std::string& json_path,
                                             std::vector<std::string> command) {
-  std::vector<std::string> argv{
-      "/usr/bin/env", "PATH=" + path, MEMTRAIL_BINARY, "leaks", "-v", "-q", "--top", "3",
-      "--json",       json_path,      "--interval",    "0.25",  "--"};
+  std::vector<std::string> argv{"/usr/bin/env",
+                                "PATH=" + path,
+                                MEMTRAIL_BINARY,
+                                "leaks",
+                                "-v",
+                                "-q",
+                                "--top",
+                                "3",
+                                "--json",
+                                json_path,
+                                "--interval",
+                                "0.25",
+                                "--python-objects",
+                                "exact",
+                                "--"};
   argv.insert(argv.end(), command.begin(), command.end());
   return argv;
 }
