@@ -4,8 +4,10 @@
 output with deadlines, refusing to run next to other tracers, and recording where a result
 came from (commit, CPU). Standard library only."""
 import datetime
+import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +32,7 @@ def terminate(signum, _frame):
 def install_termination_handlers():
     """SIGTERM and SIGHUP raise Terminated, so that `finally` blocks stop what a run started."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _terminate)
+        signal.signal(signum, terminate)
 
 
 class LineReader:
@@ -66,6 +68,43 @@ class LineReader:
     def text(self, last=40):
         with self.condition:
             return "\n".join(self.lines[-last:])
+
+
+def owned_programs(tracer_pid):
+    """The BPF programs (bpftool's JSON) the tracer holds, or None."""
+    try:
+        listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                            capture_output=True, text=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
+    owned = set()  # program ids the tracer holds file descriptors of
+    fd_dir = f"/proc/{tracer_pid}/fd"
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
+                    continue
+                with open(f"/proc/{tracer_pid}/fdinfo/{fd}") as info:
+                    for line in info:
+                        if line.startswith("prog_id:"):
+                            owned.add(int(line.split()[1]))
+            except OSError:
+                continue
+    except OSError:
+        return None
+    return [program for program in listing if program.get("id") in owned]
+
+
+def stop(process):
+    """Stops a tracer as a user would (SIGINT: it writes its final report), killing it after
+    a minute."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def other_tracers():

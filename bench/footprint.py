@@ -14,10 +14,8 @@
 Results are appended to bench/RESULTS.md unless --no-record.
 """
 import argparse
-import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, BenchError, LineReader, report_results, run_main  # noqa: E402
+from benchlib import ROOT, BenchError, LineReader, report_results, run_main, stop  # noqa: E402
 
 
 def pinned_to(cpu):
@@ -40,16 +38,6 @@ def start_workload(workload, gate, extra, cpu=None):
         process.kill()
         raise BenchError(f"workload did not start: {line!r}")
     return process, line.split()[1]
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def status_bytes(pid, field):

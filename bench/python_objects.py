@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
-from benchlib import BenchError, LineReader  # noqa: E402
+from benchlib import BenchError, LineReader, owned_programs, stop  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 WORKLOAD = os.path.join(benchlib.ROOT, "bench", "python_objects_workload.py")
@@ -58,35 +58,6 @@ DESCRIPTIONS = {
 UNITS = {"objects": "object", "web": "request"}
 
 
-def owned_programs(tracer_pid):
-    """bpftool's JSON of the BPF programs the tracer holds descriptors of ([] if none)."""
-    listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
-                                        capture_output=True, text=True).stdout)
-    owned = set()
-    fd_dir = f"/proc/{tracer_pid}/fd"
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{tracer_pid}/fdinfo/{fd}") as info:
-                for line in info:
-                    if line.startswith("prog_id:"):
-                        owned.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return [program for program in listing if program.get("id") in owned]
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def run_once(mode, workload, args, work_dir):
     """One fresh workload process under `mode`: a dict of its figures."""
     env = dict(os.environ, WORKLOAD=workload, SECONDS=str(args.seconds))
@@ -116,7 +87,7 @@ def run_once(mode, workload, args, work_dir):
         figures = {key: float(value) for key, value in re.findall(r"(\w+)=([0-9.]+)", result)}
         python.wait(timeout=30)
         if tracer is not None:
-            programs = owned_programs(tracer.pid)
+            programs = owned_programs(tracer.pid) or []
             figures["runs"] = sum(p.get("run_cnt", 0) for p in programs)
             created = [p for p in programs if p.get("name") == PROGRAM]
             figures["object_runs"] = sum(p.get("run_cnt", 0) for p in created)

@@ -34,8 +34,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, LineReader, other_tracers, report_results,  # noqa: E402
-                      run_main, stale_memtrail, terminate)
+from benchlib import (BenchError, LineReader, other_tracers, owned_programs,  # noqa: E402
+                      report_results, run_main, stale_memtrail, terminate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMLEAK = "/usr/sbin/memleak-bpfcc"
@@ -59,31 +59,6 @@ return_probe_ns = {}
 # Per memtrail tool: the runs of its programs per malloc+free pair (kernel entries paid).
 entries_per_pair = {}
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
-
-
-def owned_programs(tracer_pid):
-    """The BPF programs (bpftool's JSON) the tracer holds, or None."""
-    try:
-        listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
-                                            capture_output=True, text=True).stdout)
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        return None
-    owned = set()  # program ids the tracer holds file descriptors of
-    fd_dir = f"/proc/{tracer_pid}/fd"
-    try:
-        for fd in os.listdir(fd_dir):
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
-                    continue
-                with open(f"/proc/{tracer_pid}/fdinfo/{fd}") as info:
-                    for line in info:
-                        if line.startswith("prog_id:"):
-                            owned.add(int(line.split()[1]))
-            except OSError:
-                continue
-    except OSError:
-        return None
-    return [program for program in listing if program.get("id") in owned]
 
 
 def return_probe_cost(programs):
