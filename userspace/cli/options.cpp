@@ -382,10 +382,10 @@ Command parse_command_line(int argc, const char* const* argv) {
                        "); 100 is exact")
       ->type_name("PERCENT");
   leaks->add_flag("--python-types", options.python_types,
-                  "For CPython processes, also count the objects the garbage collector tracks "
-                  "by type (class instances, dict, list, tuple, ...): made minus freed since "
-                  "attach, their bytes and growth (python_types in JSON). A probe per object "
-                  "made and freed: opt-in");
+                  "CPython objects by type (python_types in JSON). With Python objects tracked "
+                  "(the default) they come from them and this adds nothing; with "
+                  "--python-objects off, count the objects the garbage collector tracks "
+                  "(made minus freed since attach) by a probe per object made and freed");
   leaks
       ->add_option("--unwind-table-mib", unwind_table_mib_text,
                    "Kernel memory for CFI unwind tables, shared by all traced processes "
@@ -402,11 +402,15 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->add_flag("--probe-floor", options.probe_floor,
                  "Attach every probe with programs that do nothing (benchmarks)")
       ->group("");
-  leaks->add_flag("--return-sites,!--no-return-sites", options.return_sites,
+  // Two flags rather than CLI11's "!--no-" form, whose help prints a bare "{false}".
+  leaks->add_flag("--return-sites", options.return_sites,
                   "On by default: probe malloc and calloc inside, where they return (one kernel "
                   "entry a call, not two), where memtrail proves from their code that every "
-                  "path is seen with its size; -v says where, or why not. --no-return-sites: "
-                  "at entry and return, as before");
+                  "path is seen with its size; -v says where, or why not");
+  leaks->add_flag_callback(
+      "--no-return-sites", [&options] { options.return_sites = false; },
+      "Probe malloc and calloc at entry and return instead (three kernel entries per "
+      "malloc+free pair, not two)");
   leaks->add_option("command", options.command, "Command to launch and trace (after --)")
       ->type_name("COMMAND [ARGS]");
   app.positionals_at_end(false);
