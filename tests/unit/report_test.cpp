@@ -543,6 +543,9 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.leaks[0].estimated = true;
   report.targets[0].python_objects_observed_fraction = 0.125;
   report.python_objects = model::PythonObjectsCoverage{false, 0.25, 1.0, 0.125};
+  report.python_objects->recorded = 5000;
+  report.python_objects->untyped = 3;
+  report.python_objects->found_dead = 4000;
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -554,6 +557,9 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["mode"], "duty_cycle");
   EXPECT_EQ(json["python_objects"]["observed_fraction"], 0.125);
   EXPECT_EQ(json["python_objects"]["attached_share"], 0.25);
+  EXPECT_EQ(json["python_objects"]["recorded"], 5000);
+  EXPECT_EQ(json["python_objects"]["untyped"], 3);
+  EXPECT_EQ(json["python_objects"]["found_dead"], 4000);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -570,6 +576,9 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   ASSERT_TRUE(read.python_objects);
   EXPECT_FALSE(read.python_objects->exact);
   EXPECT_DOUBLE_EQ(read.python_objects->observed_fraction, 0.125);
+  EXPECT_EQ(read.python_objects->recorded, 5000u);
+  EXPECT_EQ(read.python_objects->untyped, 3u);
+  EXPECT_EQ(read.python_objects->found_dead, 4000u);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   // Exact: counts are counts, nothing marked.
   report.leaks[0].estimated = false;

@@ -204,6 +204,34 @@ model::Snapshot fixture_snapshot(const Fixture& fixture) {
   return snapshot;
 }
 
+// The object probes' counts reach the report, and objects created without a readable type
+// (not recorded) are said in a note, never dropped in silence.
+TEST_F(SymbolizerTest, PythonObjectCountsAndUntypedObjectsAreSaid) {
+  model::Snapshot snapshot = fixture_snapshot(fixture_);
+  snapshot.counters.python_objects = 1200;
+  snapshot.counters.python_objects_untyped = 7;
+  snapshot.counters.python_objects_dead = 900;
+  aggregator::Aggregate aggregate = aggregator::aggregate(snapshot, 0);
+  assemble::ReportContext context;
+  context.python_objects = model::PythonObjectsCoverage{};
+  model::Report report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  ASSERT_TRUE(report.python_objects);
+  EXPECT_EQ(report.python_objects->recorded, 1200u);
+  EXPECT_EQ(report.python_objects->untyped, 7u);
+  EXPECT_EQ(report.python_objects->found_dead, 900u);
+  bool said = false;
+  for (const auto& note : report.notes) {
+    said = said || note.find("7 Python objects were created without a readable type") == 0;
+  }
+  EXPECT_TRUE(said);
+  // Without object probes: no such figures, no note.
+  context.python_objects.reset();
+  report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  EXPECT_FALSE(report.python_objects);
+  for (const auto& note : report.notes)
+    EXPECT_EQ(note.find("Python objects were created"), std::string::npos);
+}
+
 // Each target carries its executable's code mapping first, then the files its frames point
 // into, with their real ranges; the pprof made from it names the executable first and puts
 // every location in its mapping; a site that freed everything counts in alloc_space.

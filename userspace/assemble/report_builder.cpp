@@ -449,6 +449,12 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     report.python_types = context.python_types;
   }
   report.python_objects = context.python_objects;
+  if (report.python_objects) {
+    report.python_objects->recorded = counters.python_objects;
+    report.python_objects->untyped = counters.python_objects_untyped;
+    report.python_objects->found_dead = counters.python_objects_dead;
+  }
+  bool untyped_objects = report.python_objects && report.python_objects->untyped > 0;
   report.notes = notes_for(totals, context, counters.missed_entries);
   if (report.python_objects && !report.python_objects->exact) {
     const auto& objects = *report.python_objects;
@@ -461,6 +467,11 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
         "the totals that include them. Objects created while the probes were detached are not "
         "seen; those seen stay followed until they die. A busy process slows under the probes "
         "and creates fewer objects while they are attached: its estimates are low.");
+  }
+  if (untyped_objects) {
+    report.notes.push_back(with_thousands(report.python_objects->untyped) +
+                           " Python objects were created without a readable type and were not "
+                           "recorded: the object sites miss them.");
   }
   if (counters.python_types_lost > 0) {
     report.notes.push_back(with_thousands(counters.python_types_lost) +

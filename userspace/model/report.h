@@ -284,6 +284,10 @@ struct PythonObjectsCoverage {
   // inside attached windows over the time since their probes were placed).
   // Sites marked estimated are what was seen divided by their process's share.
   double observed_fraction = 1;
+  // Since attach, over all processes: objects recorded at their creation, those created
+  // without a readable type (not recorded: never dropped in silence), and those the liveness
+  // reads found dead and removed.
+  uint64_t recorded = 0, untyped = 0, found_dead = 0;
 };
 
 struct Report {

@@ -391,6 +391,10 @@ model::Report from_json(const json& document) {
       coverage.attached_share = objects.at("attached_share").get<double>();
       coverage.period_s = objects.at("period_s").get<double>();
       coverage.observed_fraction = objects.at("observed_fraction").get<double>();
+      // Absent in reports from before they were said.
+      coverage.recorded = objects.value("recorded", uint64_t{0});
+      coverage.untyped = objects.value("untyped", uint64_t{0});
+      coverage.found_dead = objects.value("found_dead", uint64_t{0});
       report.python_objects = coverage;
     }
     if (document.contains("python_types")) {

@@ -293,7 +293,10 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
     json["python_objects"] = {{"mode", objects.exact ? "exact" : "duty_cycle"},
                               {"attached_share", objects.attached_share},
                               {"period_s", objects.period_s},
-                              {"observed_fraction", objects.observed_fraction}};
+                              {"observed_fraction", objects.observed_fraction},
+                              {"recorded", objects.recorded},
+                              {"untyped", objects.untyped},
+                              {"found_dead", objects.found_dead}};
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();
