@@ -17,8 +17,10 @@ python=/usr/bin/python3
 
 # run MODE WORKLOAD: MODE untraced | native | mixed | types
 run() {
-  local options=(--python-frames "$1")
-  [[ $1 == types ]] && options=(--python-types)
+  # Object tracking off: this measures the frame walk and the type counts (the cost of
+  # --python-objects is bench/python_objects.py's).
+  local options=(--python-frames "$1" --python-objects off)
+  [[ $1 == types ]] && options=(--python-types --python-objects off)
   rm -f "$work/out" "$work/err"  # "ready" must come from this run's process
   mkfifo "$work/gate"
   WORKLOAD=$2 "$python" bench/python_workload.py < "$work/gate" > "$work/out" &
