@@ -826,10 +826,12 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       python_objects_sized_.erase({object.pid, object.address});
       continue;
     }
-    // Over 512 bytes, the object is a malloc'd block. Behind a GC header (or a managed
-    // dict's pre-header) the block starts before the object: malloc's record of it stays,
-    // at malloc's site. Without one the block starts at the object, and its creation record
-    // took the place of malloc's: the object carries the block, or nothing would.
+    // Over 512 bytes, the object is a malloc'd block, counted as that block: the BPF program
+    // records no object where malloc's record of its block is (in_recorded_block). Behind a
+    // GC header (or a managed dict's pre-header) the block starts before the object and
+    // malloc's record stays. Without one, a creation record here means malloc recorded no
+    // block at the object (passed over by --sample-rate, the table full): the object carries
+    // the block, or nothing would.
     if (!object.pymalloc && !object.block_at_object) {
       ++counters.python_objects_large;
       continue;
