@@ -45,8 +45,8 @@ struct TracerConfig {
   bool python_objects = false;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   // malloc and calloc probed at their return sites where proven (one trap a call) rather than
-  // at entry and return (two): --return-sites. Opt-in for now: glibc's single-threaded arena
-  // path records usable sizes, and a malloc that fails is not counted as a failed call.
+  // at entry and return (two). The command line turns it on by default (--no-return-sites);
+  // a config built elsewhere (tests, tools) asks for it.
   bool return_sites = false;
   bool verbose = false;  // libbpf debug output on stderr
 };
