@@ -182,13 +182,18 @@ TEST(Python, LineTableDecodingAgreesWithCoLines) {
   EXPECT_GT(checked, 100u);
 }
 
+// The CPython runtime of live process `pid`, as memtrail finds it from its mappings.
+std::optional<Interpreter> interpreter_of(uint32_t pid) {
+  auto mappings = inspect::read_proc_maps(pid);
+  if (!mappings) return std::nullopt;
+  return find_interpreter(pid, *mappings);
+}
+
 TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   Fixture fixture;
   ASSERT_FALSE(fixture.report().is_null());
   auto pid = static_cast<uint32_t>(fixture.pid());
-  auto mappings = inspect::read_proc_maps(pid);
-  ASSERT_TRUE(mappings);
-  auto interpreter = find_interpreter(pid, *mappings);
+  auto interpreter = interpreter_of(pid);
   ASSERT_TRUE(interpreter);
   EXPECT_EQ(interpreter->object_probes.size(), 4u) << interpreter->types_reason;
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
@@ -221,9 +226,7 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
   Fixture fixture(std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_sizes.py");
   ASSERT_TRUE(fixture.report().is_array());
   auto pid = static_cast<uint32_t>(fixture.pid());
-  auto mappings = inspect::read_proc_maps(pid);
-  ASSERT_TRUE(mappings);
-  auto interpreter = find_interpreter(pid, *mappings);
+  auto interpreter = interpreter_of(pid);
   ASSERT_TRUE(interpreter);
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
   ObjectLiveness liveness(interpreters);
@@ -267,9 +270,7 @@ TEST(Python, ObjectLivenessFindsLiveObjectsAndTheirSizes) {
   Fixture fixture;
   ASSERT_FALSE(fixture.report().is_null());
   auto pid = static_cast<uint32_t>(fixture.pid());
-  auto mappings = inspect::read_proc_maps(pid);
-  ASSERT_TRUE(mappings);
-  auto interpreter = find_interpreter(pid, *mappings);
+  auto interpreter = interpreter_of(pid);
   ASSERT_TRUE(interpreter);
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
   ObjectLiveness liveness(interpreters);
