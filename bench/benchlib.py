@@ -124,11 +124,34 @@ def other_tracers():
             continue
         names = [os.path.basename(word) for word in words[:3]]
         if any(name == "memtrail" or name.endswith("-bpfcc") or name == "bpftrace"
-               or name in ("memleak-free-fix.py", "footprint.py", "paging_cost.py")
+               or name in ("memleak-free-fix.py", "footprint.py", "paging_cost.py",
+                            "python_objects.py", "python_web.py")
                or (name == "run.py" and "bench" in " ".join(words[:3]))
                or (name.endswith("_integration_test") and names.index(name) == 0)
                or "/bcc/tools/" in word for name, word in zip(names, words)):
             found.append(f"{entry} {' '.join(words)[:100]}")
+    return found
+
+
+def foreign_uprobes(allowed_pids=()):
+    """Uprobes some process other than `allowed_pids` holds BPF programs on (bpftool's perf and
+    link listings), one line each. Another tool's probe on libc's malloc traps in every process
+    using it, the benchmark's included, and its holder may not show up by name (other_tracers);
+    its refcount offset also makes memtrail's own attach fail. None when bpftool cannot say."""
+    found = []
+    try:
+        for listing in (["perf"], ["link"]):
+            entries = json.loads(subprocess.run(["bpftool", "-j"] + listing, check=True,
+                                                capture_output=True, text=True).stdout or "[]")
+            for entry in entries:
+                kind = str(entry.get("fd_type") or entry.get("type") or "")
+                if "uprobe" not in kind or entry.get("pid") in allowed_pids:
+                    continue
+                found.append(f"{kind} by pid {entry.get('pid', '?')} on "
+                             f"{entry.get('filename', '?')}+{entry.get('offset', '?')} "
+                             f"(program {entry.get('prog_id', '?')})")
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
     return found
 
 

@@ -5,15 +5,17 @@
 # itertools.repeat, which creates none). WORKLOAD=web: one unit is one request handled the way
 # a JSON web service handles it, in process (no socket): a JSON body parsed, a price table
 # looked up, dicts, floats and strs built, the response serialized, headers formatted and the
-# whole encoded. Prints "ready PID", waits for a line (so a tracer can attach first), warms up
+# whole encoded (the handler is bench/python_web_app.py's, which bench/python_web.py serves over
+# HTTP). Prints "ready PID", waits for a line (so a tracer can attach first), warms up
 # for WARMUP seconds, then runs; prints "ns_per_unit=X cpu_ns_per_unit=Y units=N units_total=M":
 # wall and CPU time (the process's, user and system: the traps' kernel time included) per unit,
 # and units_total, which counts the warm-up too (what a tracer attached before the gate saw).
 import itertools
-import json
 import os
 import sys
 import time
+
+from python_web_app import BODIES, respond
 
 SECONDS = float(os.environ.get("SECONDS", "3"))
 WARMUP = float(os.environ.get("WARMUP", "0.3"))
@@ -30,31 +32,8 @@ def make_objects(count):
         Point()
 
 
-PRICES = {f"sku-{n}": 1.5 + n * 0.25 for n in range(64)}
-
-
-def request_body(n):
-    items = [{"sku": f"sku-{(n * 7 + k) % 64}", "qty": 1 + (n + k) % 4} for k in range(1 + n % 5)]
-    return json.dumps({"user": 1000 + n, "name": f"customer {n}", "items": items,
-                       "note": "leave at the door" if n % 3 == 0 else ""}).encode()
-
-
-BODIES = [request_body(n) for n in range(64)]
-
-
 def handle(body):
-    request = json.loads(body)
-    lines = []
-    total = 0.0
-    for item in request["items"]:
-        cost = PRICES[item["sku"]] * item["qty"]
-        total += cost
-        lines.append({"sku": item["sku"], "qty": item["qty"], "cost": round(cost, 2)})
-    response = {"user": request["user"], "lines": lines, "total": round(total, 2),
-                "message": f"Thanks {request['name']}, {len(lines)} items"}
-    if request["note"]:
-        response["note"] = request["note"].upper()
-    payload = json.dumps(response).encode()
+    payload = respond(body)
     headers = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(payload)}\r\n\r\n")
     return headers.encode() + payload
