@@ -46,6 +46,7 @@ MODES = {
     # walk of native frames (python3.11 keeps no frame pointers: the walk stops after the
     # allocating function), and without the Python frame walk.
     "objects-off-fp": ["--python-objects", "off", "--unwind", "fp"],
+    "default-fp": ["--unwind", "fp"],
     "objects-off-native": ["--python-objects", "off", "--python-frames", "native"],
 }
 DESCRIPTIONS = {
@@ -59,6 +60,7 @@ DESCRIPTIONS = {
     "objects-off-floor": "--python-objects off --probe-floor: the allocator probes' traps alone",
     "objects-off-fp": "--python-objects off --unwind fp: no CFI walk of the native frames",
     "objects-off-native": "--python-objects off --python-frames native: no Python frame walk",
+    "default-fp": "--unwind fp: the default without the CFI walk (Python frames kept)",
 }
 
 
