@@ -134,24 +134,31 @@ def other_tracers():
 
 
 def foreign_uprobes(allowed_pids=()):
-    """Uprobes some process other than `allowed_pids` holds BPF programs on (bpftool's perf and
-    link listings), one line each. Another tool's probe on libc's malloc traps in every process
-    using it, the benchmark's included, and its holder may not show up by name (other_tracers);
-    its refcount offset also makes memtrail's own attach fail. None when bpftool cannot say."""
-    found = []
+    """Processes other than `allowed_pids` that hold BPF programs on uprobes (bpftool's perf and
+    link listings), one line each: "pid N (command): K uprobes". Another tool's probe on libc's
+    malloc traps in every process using it, the benchmark's included, and its holder may not
+    show up by name (other_tracers); its refcount offset also makes memtrail's own attach fail.
+    None when bpftool cannot say."""
+    held = {}  # pid -> uprobes
     try:
-        for listing in (["perf"], ["link"]):
-            entries = json.loads(subprocess.run(["bpftool", "-j"] + listing, check=True,
+        for listing in ("perf", "link"):
+            entries = json.loads(subprocess.run(["bpftool", "-j", listing], check=True,
                                                 capture_output=True, text=True).stdout or "[]")
             for entry in entries:
                 kind = str(entry.get("fd_type") or entry.get("type") or "")
-                if "uprobe" not in kind or entry.get("pid") in allowed_pids:
-                    continue
-                found.append(f"{kind} by pid {entry.get('pid', '?')} on "
-                             f"{entry.get('filename', '?')}+{entry.get('offset', '?')} "
-                             f"(program {entry.get('prog_id', '?')})")
+                pid = entry.get("pid")
+                if "uprobe" in kind and pid not in allowed_pids:
+                    held[pid] = held.get(pid, 0) + 1
     except (OSError, subprocess.CalledProcessError, ValueError):
         return None
+    found = []
+    for pid, count in sorted(held.items(), key=lambda item: str(item[0])):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                name = comm.read().strip()
+        except (OSError, TypeError):
+            name = "?"
+        found.append(f"pid {pid} ({name}): {count} uprobes")
     return found
 
 

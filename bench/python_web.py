@@ -64,14 +64,19 @@ DESCRIPTIONS = {
 }
 
 
+def refuse_foreign_uprobes(args):
+    """Fails when another process holds uprobes (this run's tracers are all stopped here)."""
+    foreign = benchlib.foreign_uprobes()
+    if foreign is None:
+        raise BenchError("bpftool cannot list the uprobes attached (bpftool -j perf)")
+    if foreign and not args.allow_concurrent:
+        raise BenchError("another process holds uprobes (its probes would trap in the server "
+                         "too): " + "; ".join(foreign))
+
+
 def run_once(mode, args, work_dir, bodies_path):
     """One fresh server under `mode`, loaded by the client: a dict of its figures."""
-    if MODES[mode] is not None:
-        foreign = benchlib.foreign_uprobes()
-        if foreign is None:
-            raise BenchError("bpftool cannot list the uprobes attached (bpftool -j perf)")
-        if foreign and not args.allow_concurrent:
-            raise BenchError("uprobes of another process are attached: " + "; ".join(foreign))
+    refuse_foreign_uprobes(args)
     server = subprocess.Popen([PYTHON, SERVER], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tracer = None
@@ -260,6 +265,7 @@ def main():
     others = benchlib.other_tracers()
     if others and not args.allow_concurrent:
         raise BenchError("other tracers or benchmarks run: " + "; ".join(others))
+    refuse_foreign_uprobes(args)
     if benchlib.stale_memtrail(args.memtrail):
         notes.append("the memtrail binary is older than bpf/ or userspace/")
     benchlib.install_termination_handlers()
