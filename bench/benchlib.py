@@ -123,6 +123,8 @@ def other_tracers():
         except OSError:
             continue
         names = [os.path.basename(word) for word in words[:3]]
+        if names and names[0] == "flock":
+            continue  # waiting for a lock, or the parent of what holds it (seen on its own)
         if any(name == "memtrail" or name.endswith("-bpfcc") or name == "bpftrace"
                or name in ("memleak-free-fix.py", "footprint.py", "paging_cost.py",
                             "python_objects.py", "python_web.py")

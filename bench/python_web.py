@@ -11,7 +11,7 @@ client's own CPU, and the kernel's BPF statistics per request and per program. R
 nothing else meanwhile. Appends to bench/RESULTS.md unless --no-record.
 
   bench/python_web.py [--build DIR] [--rounds N] [--seconds S] [--connections C]
-                      [--modes a,b] [--no-record]"""
+                      [--modes a,b] [--no-pin] [--no-record]"""
 import argparse
 import json
 import os
@@ -74,11 +74,20 @@ def refuse_foreign_uprobes(args):
                          "too): " + "; ".join(foreign))
 
 
+def pin_to(cpus):
+    """A preexec_fn that keeps the child on `cpus` (None: anywhere)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_once(mode, args, work_dir, bodies_path):
     """One fresh server under `mode`, loaded by the client: a dict of its figures."""
     refuse_foreign_uprobes(args)
+    server_cpus, client_cpus = args.cpus
     server = subprocess.Popen([PYTHON, SERVER], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=pin_to(server_cpus))
     tracer = None
     try:
         output = LineReader(server.stdout)
@@ -100,7 +109,7 @@ def run_once(mode, args, work_dir, bodies_path):
         client = subprocess.run(
             [args.client, str(port), str(server.pid), bodies_path, str(args.connections),
              str(WARMUP), str(args.seconds)], capture_output=True, text=True,
-            timeout=args.seconds * 10 + 60)
+            timeout=args.seconds * 10 + 60, preexec_fn=pin_to(client_cpus))
         if client.returncode != 0:
             raise BenchError(f"{mode}: the client failed: {client.stderr.strip()!r} (server: "
                              f"{server_errors.text()!r})")
@@ -241,9 +250,17 @@ def main():
     parser.add_argument("--seconds", type=float, default=4.0, help="each run's measured time")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--modes", default="untraced,default,objects-off,objects-exact")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the server and the client run on any CPU")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--allow-concurrent", action="store_true")
     args = parser.parse_args()
+    # The server on the last CPU, the client on the others (memtrail anywhere): unpinned, the
+    # server's threads hand the GIL across CPUs when the host is idle, and its CPU per request
+    # swings by 60 % between runs (135 against 215 µs, untraced, in one invocation).
+    cpus = sorted(os.sched_getaffinity(0))
+    args.cpus = ((None, None) if args.no_pin or len(cpus) < 2
+                 else ({cpus[-1]}, set(cpus[:-1])))
     args.memtrail = os.path.join(args.build, "memtrail")
     args.client = os.path.join(args.build, "bench", "memtrail-bench-http-load")
     if os.geteuid() != 0:
@@ -294,6 +311,9 @@ def main():
             stats.write(stats_before)
     table, program_table, table_notes = tables(modes, results)
     rows = "; ".join(f"{mode}: {DESCRIPTIONS[mode]}" for mode in modes)
+    pinning = ("server and client unpinned" if args.cpus[0] is None else
+               f"server pinned to CPU {min(args.cpus[0])}, client to CPU "
+               f"{','.join(str(c) for c in sorted(args.cpus[1]))}")
     benchlib.report_results(
         f"{table}\n\nBPF programs, per request served since attach (warm-up included):\n\n"
         f"{program_table}", notes + table_notes, not args.no_record,
@@ -301,7 +321,8 @@ def main():
         description=f"`bench/python_web.py --rounds {args.rounds} --seconds {args.seconds:g} "
         f"--connections {args.connections}` ({PYTHON}, http.server.ThreadingHTTPServer with "
         f"keep-alive on loopback, bench/python_web_server.py; load from "
-        f"memtrail-bench-http-load, {args.connections} connections, untraced; each run a fresh "
+        f"memtrail-bench-http-load, {args.connections} connections, untraced; {pinning}; "
+        f"each run a fresh "
         f"server traced by PID, {args.seconds:g} s measured after {WARMUP:g} s of load; rounds "
         f"interleaved). {rows}.")
 
