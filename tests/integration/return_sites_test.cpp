@@ -205,15 +205,16 @@ TEST(ReturnSites, MimallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndSta
 }
 
 // jemalloc's malloc returns its fast path's block by mov and ret with no emulated instruction
-// after the branch that tells a full cache bin from an empty one: entry and return probes, and
-// -v says why; the blocks are the same either way.
+// after the branch that tells a full cache bin from an empty one, and its calloc has no register
+// holding the size where it could be probed: entry and return probes, and -v says why; the
+// blocks are the same either way.
 TEST(ReturnSites, JemallocKeepsEntryAndReturnProbesAndSaysWhy) {
   REQUIRE_BPF_OR_SKIP();
   compare_preloaded(MEMTRAIL_LIB_JEMALLOC, "libjemalloc2",
                     {"malloc keeps its entry and return probes: its return sites are not proven: "
                      "no emulated instruction holds the returned pointer",
                      "calloc keeps its entry and return probes: its return sites are not proven: "
-                     "no emulated instruction holds the returned pointer"});
+                     "no register holds the size asked for"});
 }
 
 }  // namespace

@@ -323,6 +323,9 @@ TailCall classify_tail_call(const ElfFile& elf, uint64_t target) {
   if (core == "memset" || core == "memcpy" || core == "memmove") {
     return TailCall::kReturnsFirstArgument;
   }
+  if (core == "stack_chk_fail" || core == "abort" || core == "assert_fail") {
+    return TailCall::kNoReturn;
+  }
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && name == spec.name) return TailCall::kRecordedElsewhere;
   }

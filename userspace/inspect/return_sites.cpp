@@ -307,7 +307,8 @@ class Analysis {
       if (problem.kind != Problem::kUncovered) return unproven(problem.what);
       if (!choose_site(problem.path, uncovered_sizes_, sites, banned)) {
         return unproven("no emulated instruction holds the returned pointer on the path to +0x" +
-                        hex(code_[problem.path.back()].offset) + " (" + problem.what + ")");
+                        hex(code_[problem.path.back()].offset) + " (" + problem.what + ")" +
+                        why_no_site(problem.path));
       }
     }
     return unproven("no set of sites found in " + std::to_string(kMaxRounds) + " rounds");
@@ -867,6 +868,7 @@ class Analysis {
           if (returns_unseen(state, kRdi)) return {Problem::kFatal, to + " returns unseen", {}, 0};
           return leave(state, kRdi, to, mode.check_failures);
         }
+        if (kind == TailCall::kNoReturn) return {};  // the process ends there
         if (kind == TailCall::kRecordedElsewhere) {
           if (state.fired >= 0) {
             return {Problem::kFatal, to + " after a site: counted twice", {}, 0};
@@ -948,7 +950,10 @@ class Analysis {
         }
         case Flow::kCall:
         case Flow::kIndirectCall: {
-          if (in.flow == Flow::kCall && noreturn_.count(in.target)) break;  // aborts
+          if (in.flow == Flow::kCall &&
+              (noreturn_.count(in.target) || classify(in.target) == TailCall::kNoReturn)) {
+            break;  // aborts
+          }
           // A call to a traced allocator records its block itself (its own probes): a site
           // after it would count the block again, or another one.
           if (in.flow == Flow::kCall && calls_traced(in.target)) {
@@ -1103,6 +1108,32 @@ class Analysis {
   // Adds a site for an uncovered path: the latest emulated instruction on it that every
   // return from the path's first final point passes, and that neither reaches nor is reached
   // from the sites chosen so far. Sites in the way are dropped and banned.
+  // Why the latest emulated instruction on an uncovered path is no site, where a jump out of
+  // the function after it says it (jemalloc: the je on its cache bin's low-water mark can still
+  // end in the slow path); empty otherwise.
+  std::string why_no_site(const std::vector<size_t>& path) const {
+    for (auto it = path.rbegin(); it != path.rend(); ++it) {
+      if (!code_[*it].emulated) continue;
+      for (int reg : {kRax, kRdi, kRbx, kRbp, 12, 13, 14, 15, kRcx, kRdx, kRsi, 8, 9, 10, 11}) {
+        Problem problem = final_check(*it, reg, nullptr);
+        if (problem.kind == Problem::kFatal &&
+            problem.what.find("tail call") != std::string::npos) {
+          return "; the latest emulated instruction before it, +0x" + hex(code_[*it].offset) + " " +
+                 code_[*it].mnemonic + ", also leads to " + problem.what +
+                 ", the slow path, whose entry and return probes would record the block again";
+        }
+        if (problem.kind == Problem::kFatal &&
+            problem.what.find("other than") == std::string::npos) {
+          return "; the latest emulated instruction before it, +0x" + hex(code_[*it].offset) + " " +
+                 code_[*it].mnemonic + ", with the pointer in " +
+                 register_name(static_cast<uint8_t>(reg)) + ": " + problem.what;
+        }
+      }
+      return "";
+    }
+    return "";
+  }
+
   // Candidates where a register holds the size on this path come first: a site without one
   // needs a size capture, a second trap (mimalloc's calloc: its je on the free list rather than
   // its call to memset).

@@ -15,6 +15,7 @@ enum class TailCall {
   kUnknown,               // unprovable: the analysis falls back
   kReturnsFirstArgument,  // memset, memcpy: the caller's result is the first argument (rdi)
   kRecordedElsewhere,     // an allocator function with its own probes (malloc from calloc)
+  kNoReturn,              // __stack_chk_fail, abort: the process ends there
 };
 
 // One function's code and how to read it.
