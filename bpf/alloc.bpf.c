@@ -428,6 +428,31 @@ int site_take_size(struct pt_regs *ctx)
 	return 0;
 }
 
+/* At a jump from malloc or calloc to its slow path, with the stack as at the entry (userspace
+ * proved it): the entry probe of that path alone. pointer_exit, attached at the same place,
+ * records what the call returns (the kernel hijacks the return address at %rsp, the caller's). */
+SEC("uprobe")
+int handoff_enter(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 size = register_value(ctx, (cookie >> MEMTRAIL_SITE_SIZE_SHIFT) & 0xf);
+	__u64 sp = PT_REGS_SP(ctx);
+	struct taken_size *taken;
+
+	if (cookie & MEMTRAIL_HANDOFF_SIZE_TAKEN) {
+		taken = current_task_storage(&taken_sizes, 0);
+		/* None taken for this call: no entry, and pointer_exit counts the missed entry. */
+		if (!taken || taken->frame != sp)
+			return 0;
+		taken->frame = 0;
+		size = taken->size;
+	}
+	/* call_enter reads the context afresh: not through the pointer offset above. */
+	barrier_var(ctx);
+	call_enter(ctx, cookie & MEMTRAIL_SITE_KIND_MASK, size, 0);
+	return 0;
+}
+
 /* On a path only failing calls take (userspace proved which): malloc or calloc returns NULL. */
 SEC("uprobe")
 int site_failed_call(struct pt_regs *ctx)

@@ -55,6 +55,9 @@ enum memtrail_alloc_kind {
 #define MEMTRAIL_SITE_FRAME_SHIFT 16	/* bits 16..31: the return address is at sp + this */
 #define MEMTRAIL_SITE_BP_SHIFT 32	/* bits 32..47: the caller's rbp is saved at sp + this */
 #define MEMTRAIL_SITE_BP_SAVED (1ULL << 48) /* else the caller's rbp is still in rbp */
+/* The attach cookie of handoff_enter (a jump to the slow path, userspace/inspect/return_sites.h):
+ * the kind and size register as in a site cookie, or this flag: site_take_size took the size. */
+#define MEMTRAIL_HANDOFF_SIZE_TAKEN (1ULL << 49)
 
 /* The attach cookie of the C++ delete probes: which operator releases the block. */
 enum memtrail_delete_kind {

@@ -141,27 +141,26 @@ TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndSt
   EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
 }
 
-// tcmalloc's calloc has return sites (its malloc tail-calls its slow path, so it keeps entry
-// and return probes, and says why): the same blocks, sizes, stacks and failed calls as with
-// entry and return probes.
-TEST(ReturnSites, TcmallocsCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
-  REQUIRE_BPF_OR_SKIP();
-  std::string library = MEMTRAIL_LIB_TCMALLOC_MINIMAL;
+// `library` preloaded into alloc_paths, traced with return sites (the default) and with entry and
+// return probes: the same blocks, sizes, stacks and failed calls on its malloc's fast and slow
+// paths (the slow ones through the entry and return probes at the jumps to them) and its
+// calloc's. `expected` are lines -v must show.
+void compare_preloaded(const std::string& library, const char* package,
+                       const std::vector<std::string>& expected) {
   if (library.empty()) {
     const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");
-    if (required && std::string(required) == "1") FAIL() << "install libtcmalloc-minimal4";
-    GTEST_SKIP() << "install libtcmalloc-minimal4 (scripts/install-deps.sh --tests)";
+    if (required && std::string(required) == "1") FAIL() << "install " << package;
+    GTEST_SKIP() << "install " << package << " (scripts/install-deps.sh --tests)";
   }
   TracedRun sites = trace({}, library);
   TracedRun entry = trace({"--no-return-sites"}, library);
-  EXPECT_NE(sites.stderr_text.find("calloc probed inside, where it returns"), std::string::npos)
-      << sites.stderr_text;
-  EXPECT_NE(sites.stderr_text.find("malloc keeps its entry and return probes: its return sites "
-                                   "are not proven"),
-            std::string::npos)
-      << sites.stderr_text;
+  for (const auto& line : expected) {
+    EXPECT_NE(sites.stderr_text.find(line), std::string::npos) << line << "\n" << sites.stderr_text;
+  }
   EXPECT_EQ(entry.stderr_text.find("probed inside"), std::string::npos) << entry.stderr_text;
-  for (const char* function : {"single_calloc", "thread_calloc", "single_arena", "thread_arena"}) {
+  for (const char* function :
+       {"single_calloc", "thread_calloc", "single_arena", "thread_arena", "single_arena_odd",
+        "single_tcache", "single_mmapped", "thread_mmapped"}) {
     SCOPED_TRACE(function);
     auto with_sites = sites_with_function(sites.report, function);
     auto with_entry = sites_with_function(entry.report, function);
@@ -179,9 +178,43 @@ TEST(ReturnSites, TcmallocsCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
        {"allocations", "frees", "outstanding_allocations", "drops", "failed_calls"}) {
     EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
   }
+  EXPECT_EQ(sites.report["totals"]["drops"], 0);
   EXPECT_EQ(sites.failed, 9);
   EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
+  // Every size is the one asked for, on the slow paths too.
   EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
+}
+
+// tcmalloc's malloc: one site on its thread cache's free list with the size taken before it,
+// and four slow paths (FetchFromCentralCache, the OOM handlers) handed to entry and return
+// probes; its calloc has sites of its own.
+TEST(ReturnSites, TcmallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndStacks) {
+  REQUIRE_BPF_OR_SKIP();
+  compare_preloaded(MEMTRAIL_LIB_TCMALLOC_MINIMAL, "libtcmalloc-minimal4",
+                    {"malloc probed inside, where it returns", "slow paths left to entry and",
+                     "calloc probed inside, where it returns"});
+}
+
+// mimalloc's malloc and calloc: one site on the free list's head each, the slow paths
+// (_mi_malloc_generic) handed to entry and return probes.
+TEST(ReturnSites, MimallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndStacks) {
+  REQUIRE_BPF_OR_SKIP();
+  compare_preloaded(MEMTRAIL_LIB_MIMALLOC, "libmimalloc2.0",
+                    {"malloc probed inside, where it returns", "slow paths left to entry and",
+                     "calloc probed inside, where it returns"});
+}
+
+// jemalloc's malloc returns its fast path's block by mov and ret with no emulated instruction
+// after the branch that tells a full cache bin from an empty one, and its calloc has no register
+// holding the size where it could be probed: entry and return probes, and -v says why; the
+// blocks are the same either way.
+TEST(ReturnSites, JemallocKeepsEntryAndReturnProbesAndSaysWhy) {
+  REQUIRE_BPF_OR_SKIP();
+  compare_preloaded(MEMTRAIL_LIB_JEMALLOC, "libjemalloc2",
+                    {"malloc keeps its entry and return probes: its return sites are not proven: "
+                     "no emulated instruction holds the returned pointer",
+                     "calloc keeps its entry and return probes: its return sites are not proven: "
+                     "no register holds the size asked for"});
 }
 
 }  // namespace

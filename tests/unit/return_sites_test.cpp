@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Return sites of malloc and calloc: glibc 2.36 as installed, and synthetic code that must fall
-// back to entry and return probes.
+// Return sites of malloc and calloc: glibc 2.36, mimalloc, tcmalloc and jemalloc as installed,
+// and synthetic code, some of which must fall back to entry and return probes.
 #include "inspect/return_sites.h"
 
 #include <gtest/gtest.h>
@@ -64,14 +64,55 @@ TEST(ReturnSites, AnIndirectJumpFallsBack) {
   EXPECT_NE(analysis.reason.find("indirect jump"), std::string::npos) << analysis.reason;
 }
 
-TEST(ReturnSites, AnUnknownTailCallFallsBack) {
-  // call +0; jmp 0x5000 (outside)
-  Bytes code{0xe8, 0x00, 0x00, 0x00, 0x00, 0xe9, 0x00, 0x00, 0x00, 0x00};
-  int32_t displacement = 0x5000 - (0x1000 + 10);
-  std::memcpy(&code[6], &displacement, 4);
+TEST(ReturnSites, AnUnknownTailCallWithAFrameOnTheStackFallsBack) {
+  // push %rbx; call +0; jmp 0x5000 (outside): its return address is not at %rsp.
+  Bytes code{0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0xe9, 0x00, 0x00, 0x00, 0x00};
+  int32_t displacement = 0x5000 - (0x1000 + 11);
+  std::memcpy(&code[7], &displacement, 4);
   ReturnSiteAnalysis analysis = find_return_sites(synthetic(code));
   EXPECT_TRUE(analysis.sites.empty());
-  EXPECT_NE(analysis.reason.find("unknown function"), std::string::npos) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("unknown function, called with a frame on the stack"),
+            std::string::npos)
+      << analysis.reason;
+}
+
+// push %rbx; mov %rdi,%rbx; call +0; test %rax,%rax; je slow; pop %rbx; ret;
+// slow: mov %rbx,%rdi; pop %rbx; jmp 0x5000: the je sees the pointer; the jump to the slow
+// path, with the entry's stack and the size in rdi, gets entry and return probes.
+Bytes with_slow_path(bool pop_before_jump) {
+  Bytes code{0x53, 0x48, 0x89, 0xfb, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0, 0x74,
+             0x02, 0x5b, 0xc3, 0x48, 0x89, 0xdf, 0x5b, 0xe9, 0x00, 0x00, 0x00, 0x00};
+  if (!pop_before_jump) code[19] = 0x90;  // nop
+  int32_t displacement = 0x5000 - (0x1000 + 25);
+  std::memcpy(&code[21], &displacement, 4);
+  return code;
+}
+
+TEST(ReturnSites, AJumpToTheSlowPathWithTheEntrysStackIsHandedOver) {
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(with_slow_path(true)));
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.sites[0].offset, 12u);  // the je
+  ASSERT_EQ(analysis.handoffs.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.handoffs[0].offset, 20u);                               // the jmp
+  EXPECT_EQ(analysis.handoffs[0].size_register, std::optional<uint8_t>(7));  // rdi
+  EXPECT_EQ(analysis.handoffs[0].target, 0x5000u);
+  // The slow path's NULL is counted by its return probe: no failure site.
+  EXPECT_TRUE(analysis.failure_offsets.empty()) << analysis.reason;
+  ReturnSiteAnalysis framed = find_return_sites(synthetic(with_slow_path(false)));
+  EXPECT_TRUE(framed.sites.empty());
+  EXPECT_NE(framed.reason.find("called with a frame on the stack"), std::string::npos)
+      << framed.reason;
+}
+
+TEST(ReturnSites, ASiteFollowedByAJumpToTheSlowPathFallsBack) {
+  // call +0; test %rax,%rax; jne over; over: jmp 0x5000: the only instruction seeing the
+  // pointer (the jne) is followed by the slow path, whose return probe would record it again.
+  Bytes code{0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0,
+             0x75, 0x00, 0xe9, 0x00, 0x00, 0x00, 0x00, 0xc3};
+  int32_t displacement = 0x5000 - (0x1000 + 15);
+  std::memcpy(&code[11], &displacement, 4);
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(code));
+  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
 }
 
 TEST(ReturnSites, APointerReturnedWithoutAnEmulatedInstructionAfterItFallsBack) {
@@ -165,11 +206,12 @@ TEST(ReturnSitesGlibc, MallocIsCoveredOnTheTcacheArenaAndSingleThreadPaths) {
 }
 
 // calloc returns through memset (a tail call through the PLT, an IRELATIVE slot) or a ret
-// after zeroing in place; two sites cover both, the size (count * size) in rbx.
+// after zeroing in place; a site right after each of its three calls to _int_malloc (whose
+// NULL is tested right before) covers both, the size (count * size) in rbx.
 TEST(ReturnSitesGlibc, CallocIsCoveredIncludingItsTailCallToMemset) {
   ElfFile elf = ElfFile::open(kLibc);
   ReturnSiteAnalysis analysis = find_return_sites(libc_query(elf, "calloc", true));
-  ASSERT_EQ(analysis.sites.size(), 2u) << analysis.reason;
+  ASSERT_EQ(analysis.sites.size(), 3u) << analysis.reason;
   for (const auto& site : analysis.sites) {
     EXPECT_EQ(site.pointer_register, 0);
     ASSERT_TRUE(site.size_register.has_value()) << analysis.reason;
@@ -186,7 +228,10 @@ TEST(ReturnSitesGlibc, WithoutMemsetKnownCallocFallsBack) {
   query.classify_tail_call = [](uint64_t) { return TailCall::kUnknown; };
   ReturnSiteAnalysis analysis = find_return_sites(query);
   EXPECT_TRUE(analysis.sites.empty());
-  EXPECT_NE(analysis.reason.find("unknown function"), std::string::npos) << analysis.reason;
+  // The jump to memset, taken for a slow path, follows the sites that saw the pointer.
+  EXPECT_NE(analysis.reason.find("no emulated instruction holds the returned pointer"),
+            std::string::npos)
+      << analysis.reason;
 }
 
 TEST(ReturnSitesGlibc, ThePltStubOfCallocsTailCallIsMemset) {
@@ -207,6 +252,97 @@ TEST(ReturnSitesGlibc, ThePltStubOfCallocsTailCallIsMemset) {
   EXPECT_TRUE(found);
   EXPECT_EQ(classify_tail_call(elf, elf.find_function("malloc")->address),
             TailCall::kRecordedElsewhere);
+}
+
+// The allocators' own libraries, as installed (scripts/install-deps.sh --tests), analysed as
+// memtrail analyses them: no chunk header to read a usable size from.
+ReturnSiteAnalysis analyse(const char* path, const char* name) {
+  ElfFile elf = ElfFile::open(path);
+  ReturnSiteQuery query = libc_query(elf, name, std::string(name) == "calloc");
+  query.chunk_header_sizes = false;
+  return find_return_sites(query);
+}
+
+constexpr const char* kMimalloc = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
+constexpr const char* kTcmalloc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4";
+constexpr const char* kJemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+// mimalloc 2.0.9's malloc: the je on the free list's head (tested for NULL right before) sees
+// the block in rdx and the size in rsi (rdi holds the heap); both slow paths jump to
+// _mi_malloc_generic(heap, size, ...) with the entry's stack: entry and return probes there.
+TEST(ReturnSitesMimalloc, MallocHasOneSiteOnItsFreeListAndHandsItsSlowPathsOver) {
+  ReturnSiteAnalysis analysis = analyse(kMimalloc, "malloc");
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.sites[0].instruction, "je");
+  EXPECT_EQ(analysis.sites[0].pointer_register, 2) << analysis.reason;  // rdx
+  EXPECT_EQ(analysis.sites[0].size_register, std::optional<uint8_t>(6)) << analysis.reason;
+  EXPECT_EQ(analysis.sites[0].frame_bytes, 0u);
+  EXPECT_TRUE(analysis.captures.empty()) << analysis.reason;
+  ASSERT_EQ(analysis.handoffs.size(), 2u) << analysis.reason;
+  for (const auto& handoff : analysis.handoffs) {
+    EXPECT_EQ(handoff.size_register, std::optional<uint8_t>(6)) << analysis.reason;  // rsi
+    EXPECT_EQ(handoff.target, analysis.handoffs[0].target);  // the same slow path
+  }
+  EXPECT_TRUE(analysis.failure_offsets.empty()) << analysis.reason;
+}
+
+// Its calloc: count * size in rsi (or the size alone when count is 1, which it tests), the
+// block in rcx on the jne before memset; one slow path; the overflow returns NULL.
+TEST(ReturnSitesMimalloc, CallocHasOneSiteWithTheProductInARegister) {
+  ReturnSiteAnalysis analysis = analyse(kMimalloc, "calloc");
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.sites[0].pointer_register, 1) << analysis.reason;  // rcx
+  EXPECT_EQ(analysis.sites[0].size_register, std::optional<uint8_t>(6)) << analysis.reason;
+  EXPECT_TRUE(analysis.captures.empty()) << analysis.reason;
+  ASSERT_EQ(analysis.handoffs.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.handoffs[0].size_register, std::optional<uint8_t>(6)) << analysis.reason;
+  EXPECT_EQ(analysis.failure_offsets.size(), 1u) << analysis.reason;
+}
+
+// tcmalloc 2.10's malloc: one site on its thread cache's free list (the size is gone there: a
+// conditional jump that sees it in rdi earlier takes it), four slow paths (the OOM handlers,
+// with the size in rdi, and FetchFromCentralCache, with the size taken).
+TEST(ReturnSitesTcmalloc, MallocHasOneSiteAndFourSlowPaths) {
+  ReturnSiteAnalysis analysis = analyse(kTcmalloc, "malloc");
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_TRUE(analysis.sites[0].size_captured) << analysis.reason;
+  ASSERT_EQ(analysis.captures.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.captures[0].size_register, 7) << analysis.reason;  // rdi
+  EXPECT_EQ(analysis.captures[0].frame_bytes, 0u);
+  ASSERT_EQ(analysis.handoffs.size(), 4u) << analysis.reason;
+  int taken = 0;
+  for (const auto& handoff : analysis.handoffs) {
+    if (!handoff.size_register) {
+      ++taken;
+    } else {
+      EXPECT_EQ(*handoff.size_register, 7) << analysis.reason;
+    }
+  }
+  EXPECT_EQ(taken, 1) << analysis.reason;
+}
+
+// jemalloc 5.3's malloc pops its cache bin and returns by mov and ret: the only emulated
+// instruction that sees the block (r11) is the je on the bin's low-water mark, whose taken edge
+// can still end in the slow path (an empty bin), where entry and return probes would record the
+// block again.
+TEST(ReturnSitesJemalloc, MallocFallsBackAndSaysWhy) {
+  ReturnSiteAnalysis analysis = analyse(kJemalloc, "malloc");
+  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("no emulated instruction holds the returned pointer"),
+            std::string::npos)
+      << analysis.reason;
+  EXPECT_NE(analysis.reason.find("also leads to"), std::string::npos) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("the slow path"), std::string::npos) << analysis.reason;
+}
+
+// Its calloc returns the block through its stack protector's jne (r13 holds it there, and
+// __stack_chk_fail never returns), but by then no register holds count * size, and no emulated
+// instruction before it has it on every path.
+TEST(ReturnSitesJemalloc, CallocFallsBackForWantOfTheSize) {
+  ReturnSiteAnalysis analysis = analyse(kJemalloc, "calloc");
+  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("no register holds the size asked for"), std::string::npos)
+      << analysis.reason;
 }
 
 }  // namespace

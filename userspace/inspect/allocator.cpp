@@ -323,6 +323,9 @@ TailCall classify_tail_call(const ElfFile& elf, uint64_t target) {
   if (core == "memset" || core == "memcpy" || core == "memmove") {
     return TailCall::kReturnsFirstArgument;
   }
+  if (core == "stack_chk_fail" || core == "abort" || core == "assert_fail") {
+    return TailCall::kNoReturn;
+  }
   for (const auto& spec : function_specs()) {
     if (spec.role != ProbeRole::kFree && name == spec.name) return TailCall::kRecordedElsewhere;
   }
@@ -366,18 +369,22 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   }
   Placement placement{known->second.first, known->second.second};
   Kind kind = spec.kind ? *spec.kind : intern_kind(name);
-  FunctionProbe probe{name, spec.role, kind, *entry, *entry + placement.offset, placement.reason,
-                      {},   {},        {},   ""};
+  FunctionProbe probe{
+      name, spec.role, kind, *entry, *entry + placement.offset, placement.reason, {},
+      {},   {},        {},   ""};
   bool glibc = elf.find_function("__libc_malloc").has_value();
-  bool tcmalloc = elf.find_function("tc_calloc").has_value();
+  // jemalloc, tcmalloc and mimalloc: their malloc and calloc, which tests trace both ways (their
+  // extension functions keep entry and return probes).
+  bool other_allocator = (elf.find_function("mallocx") && elf.find_function("sdallocx")) ||
+                         elf.find_function("tc_calloc") || elf.find_function("mi_malloc");
+  bool analysed = glibc || (other_allocator && (name == "malloc" || name == "calloc"));
   if (!return_sites_apply(spec)) {
   } else if (!return_sites) {
     probe.return_sites_reason = "return sites are off here (--no-return-sites, or --mmap)";
-  } else if (!glibc && !tcmalloc) {
-    // The analysis finds none in jemalloc's or mimalloc's malloc and calloc (2026-12-07: a
-    // return no emulated instruction precedes); tcmalloc's calloc has them (its malloc
-    // tail-calls its slow path: entry and return probes), and a test traces it.
-    probe.return_sites_reason = "return sites are used in glibc and tcmalloc only so far";
+  } else if (!analysed) {
+    probe.return_sites_reason =
+        "return sites are used in the malloc and calloc of glibc, jemalloc, tcmalloc and "
+        "mimalloc only";
   } else {
     auto known_sites = elf.return_sites.find(symbol.address);
     if (known_sites == elf.return_sites.end()) {
@@ -394,6 +401,7 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
     }
     probe.return_sites = known_sites->second.sites;
     probe.size_captures = known_sites->second.captures;
+    probe.handoffs = known_sites->second.handoffs;
     probe.failure_offsets = known_sites->second.failure_offsets;
     probe.return_sites_reason = known_sites->second.reason;
   }

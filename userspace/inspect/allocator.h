@@ -43,6 +43,7 @@ struct FunctionProbe {
   // given by entry_offset + offset. Empty when not proven: entry and return probes then.
   std::vector<ReturnSite> return_sites;
   std::vector<SizeCapture> size_captures;  // for the sites that see no register with the size
+  std::vector<HandOff> handoffs;           // jumps to slow paths: entry and return probes there
   std::vector<uint64_t> failure_offsets;   // from entry_offset: only calls returning NULL pass
   std::string return_sites_reason;         // what the analysis proved or could not, for -v
 };

@@ -182,6 +182,7 @@ struct State {
   int32_t delta = 0;                               // %rsp - entry %rsp
   bool delta_known = true;
   int8_t zero_test = kNoRegister;  // flags say whether this register is zero (test r,r)
+  int8_t one_test = kNoRegister;   // flags say whether this register is 1 (cmp $1,r)
   int16_t fired = -1;              // the site that fired on this path, or -1
   bool captured = false;           // a size capture took the size asked for on this path
   uint8_t failed = 0;              // failure sites passed (counted failed calls), up to 2
@@ -216,6 +217,7 @@ struct State {
     k.append(reinterpret_cast<const char*>(&delta), sizeof(delta));
     k.push_back(delta_known ? 1 : 0);
     k.push_back(zero_test);
+    k.push_back(one_test);
     k.append(reinterpret_cast<const char*>(&fired), sizeof(fired));
     k.push_back(captured ? 1 : 0);
     k.push_back(static_cast<char>(failed));
@@ -275,17 +277,27 @@ class Analysis {
     // site instruction index -> pointer register
     std::map<size_t, int> sites;
     for (int round = 0; round < kMaxRounds; ++round) {
-      std::map<size_t, Observed> observed;
-      Problem problem = verify(sites, observed);
+      std::map<size_t, Observed> observed, handoffs;
+      Problem problem = verify(sites, observed, nullptr, nullptr, &handoffs);
       if (problem.kind == Problem::kNone) {
         std::map<size_t, Capture> captures;
         for (const auto& [site, reg] : sites) {
           const Observed& o = observed[site];
-          if (o.seen && o.size_registers == 0) choose_capture(site, sites, captures, observed);
+          if (o.seen && o.size_registers == 0) {
+            choose_capture(site, sites, captures, observed, handoffs);
+          }
+        }
+        std::vector<size_t> jumps;
+        for (const auto& [jump, o] : handoffs) jumps.push_back(jump);
+        for (size_t jump : jumps) {
+          const Observed& o = handoffs[jump];
+          if (o.seen && o.size_registers == 0 && !o.captured_always) {
+            choose_capture(jump, sites, captures, observed, handoffs, true);
+          }
         }
         std::set<size_t> failures;
         std::optional<std::string> unproven = choose_failures(sites, captures, failures);
-        return describe(sites, observed, captures, failures, unproven);
+        return describe(sites, observed, handoffs, captures, failures, unproven);
       }
       if (problem.kind == Problem::kDouble) {
         sites.erase(problem.site);
@@ -293,9 +305,10 @@ class Analysis {
         continue;
       }
       if (problem.kind != Problem::kUncovered) return unproven(problem.what);
-      if (!choose_site(problem.path, sites, banned)) {
+      if (!choose_site(problem.path, uncovered_sizes_, sites, banned)) {
         return unproven("no emulated instruction holds the returned pointer on the path to +0x" +
-                        hex(code_[problem.path.back()].offset) + " (" + problem.what + ")");
+                        hex(code_[problem.path.back()].offset) + " (" + problem.what + ")" +
+                        why_no_site(problem.path));
       }
     }
     return unproven("no set of sites found in " + std::to_string(kMaxRounds) + " rounds");
@@ -394,6 +407,11 @@ class Analysis {
       reason_ = "undecodable byte at +0x" + hex(decoded);
       return false;
     }
+    for (const Instruction& in : code_) {
+      if (in.flow == Flow::kJump || in.flow == Flow::kConditional || in.flow == Flow::kCall) {
+        if (inside(in.target)) branch_targets_.insert(in.target - query_.address);
+      }
+    }
     // A call right before padding or the function's end never returns (malloc_printerr):
     // compilers put nothing reachable after it.
     for (size_t i = 0; i < code_.size(); ++i) {
@@ -404,6 +422,15 @@ class Analysis {
       }
     }
     return true;
+  }
+
+  TailCall classify(uint64_t target) const {
+    if (inside(target) || !query_.classify_tail_call) return TailCall::kUnknown;
+    auto known = classified_.find(target);
+    if (known == classified_.end()) {
+      known = classified_.emplace(target, query_.classify_tail_call(target)).first;
+    }
+    return known->second;
   }
 
   bool calls_traced(uint64_t target) const {
@@ -444,6 +471,7 @@ class Analysis {
       return s.delta + static_cast<int32_t>(op.mem.disp);
     };
     int8_t zero_test = s.zero_test;
+    int8_t one_test = kNoRegister;
     bool handled = false;
     switch (in.id) {
       case X86_INS_PUSH:
@@ -551,6 +579,12 @@ class Analysis {
             x.operands[1].imm == 0) {
           zero_test = static_cast<int8_t>(op_reg(0));
           handled = true;
+        } else if (x.op_count == 2 && op_is_reg64(0) && x.operands[1].type == X86_OP_IMM &&
+                   x.operands[1].imm == 1) {
+          // calloc(1, n) skips the multiplication (mimalloc): then n is the size.
+          one_test = static_cast<int8_t>(op_reg(0));
+          zero_test = kNoRegister;
+          handled = true;
         }
         break;
       default:
@@ -574,6 +608,11 @@ class Analysis {
       if (in.writes_flags) zero_test = kNoRegister;
     }
     s.zero_test = zero_test;
+    if (!in.writes_flags && one_test == kNoRegister) one_test = s.one_test;
+    s.one_test = one_test;
+    for (int reg : in.written) {
+      if (reg == s.one_test && in.id != X86_INS_CMP) s.one_test = kNoRegister;
+    }
     if (s.zero_test != kNoRegister) {
       // A register written since the test no longer is what the flags describe.
       for (int reg : in.written) {
@@ -597,6 +636,20 @@ class Analysis {
       s.fired = -1;
     }
     s.tags[static_cast<size_t>(reg)] = kZero;
+  }
+
+  // The register `reg` is known to be 1 on this edge: if it is calloc's count, the element
+  // size is the size asked for, and the other way round.
+  static void known_one(State& s, int reg) {
+    uint8_t tag = s.tags[static_cast<size_t>(reg)];
+    uint8_t other = tag == kArg0 ? kArg1 : tag == kArg1 ? kArg0 : kUnknown;
+    if (other == kUnknown) return;
+    for (auto& t : s.tags) {
+      if (t == other) t = kSize;
+    }
+    for (auto& slot : s.slots) {
+      if (slot.second == other) slot.second = kSize;
+    }
   }
 
   static bool holds_value(const State& s) {
@@ -624,7 +677,16 @@ class Analysis {
     }
     if (s.fired >= 0) {
       if (tag == kValue) return {};
-      if (tag == kZero) return {};  // the site saw NULL: nothing recorded
+      // (A pointer the site saw and found NULL is no longer tagged: known_zero.) A NULL made
+      // after the site is returned although it recorded something else: glibc's calloc tests
+      // its overflow flag in %rax right before its NULL return.
+      if (tag == kZero) {
+        return {Problem::kFatal,
+                where + " returns NULL after the site at +0x" +
+                    hex(code_[static_cast<size_t>(s.fired)].offset) + " saw something else",
+                {},
+                0};
+      }
       return {Problem::kFatal,
               where + " returns something other than the pointer the site at +0x" +
                   hex(code_[static_cast<size_t>(s.fired)].offset) + " saw",
@@ -641,6 +703,9 @@ class Analysis {
     const std::map<size_t, Capture>* captures = nullptr;
     const std::set<size_t>* failures = nullptr;
     bool check_failures = false;  // every NULL return passes exactly one failure site
+    // Verify: jumps out to unknown code, with what their paths hold (see HandOff); null: such
+    // a jump cannot be proven (checking a candidate site: its pointer would not return).
+    std::map<size_t, Observed>* handoffs = nullptr;
     // Final check: the candidate (fired at the start), other sites it must not reach, and an
     // instruction whose passing ends a path (post-dominance).
     std::optional<size_t> start;
@@ -670,6 +735,21 @@ class Analysis {
         path.push_back(nodes[n].instruction);
       std::reverse(path.begin(), path.end());
       return path;
+    };
+    // The path to `node`: each instruction with the registers holding the size and the depth.
+    auto steps_of = [&](size_t node) {
+      std::vector<Observed::Step> steps;
+      for (size_t n = node; n != SIZE_MAX; n = nodes[n].parent) {
+        const State& at = nodes[n].state;
+        uint16_t held = 0;
+        for (size_t r = 0; r < 16; ++r) {
+          if (at.tags[r] == kSize) held = static_cast<uint16_t>(held | (1u << r));
+        }
+        steps.push_back({nodes[n].instruction, held,
+                         at.delta_known ? std::optional<int32_t>(at.delta) : std::nullopt});
+      }
+      std::reverse(steps.begin(), steps.end());
+      return steps;
     };
     bool at_start = true;
     while (!stack.empty()) {
@@ -736,19 +816,7 @@ class Analysis {
             }
             seen_here.bp_slots = bp;
             if (!s.captured) seen_here.captured_always = false;
-            if (seen_here.first_path.empty()) {
-              for (size_t n = node; n != SIZE_MAX; n = nodes[n].parent) {
-                const State& at = nodes[n].state;
-                uint16_t held = 0;
-                for (size_t r = 0; r < 16; ++r) {
-                  if (at.tags[r] == kSize) held = static_cast<uint16_t>(held | (1u << r));
-                }
-                seen_here.first_path.push_back(
-                    {nodes[n].instruction, held,
-                     at.delta_known ? std::optional<int32_t>(at.delta) : std::nullopt});
-              }
-              std::reverse(seen_here.first_path.begin(), seen_here.first_path.end());
-            }
+            if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
             s.tags[static_cast<size_t>(site->second)] = kValue;
             s.fired = static_cast<int16_t>(i);
           }
@@ -765,25 +833,56 @@ class Analysis {
       auto returns_unseen = [&](const State& state, int result) {
         return mode.avoid && state.fired >= 0 && state.tags[static_cast<size_t>(result)] == kValue;
       };
+      // A jmp to code not analysed: entry and return probes there, if nothing was recorded
+      // before on this path, the return address is at %rsp, and the size is known.
+      auto hand_off = [&](const State& state, const std::string& to) -> Problem {
+        if (state.fired >= 0) {
+          return {Problem::kDouble,
+                  to + " after the site at +0x" +
+                      hex(code_[static_cast<size_t>(state.fired)].offset) +
+                      ": its return probe would record the block again",
+                  path_of(node), static_cast<size_t>(state.fired)};
+        }
+        if (!state.delta_known || state.delta != 0) {
+          return {
+              Problem::kFatal, to + ": unknown function, called with a frame on the stack", {}, 0};
+        }
+        if (mode.check_failures && state.failed > 0) {
+          return {Problem::kMiscounted, to + " after a failure site: a NULL counted twice", {}, 0};
+        }
+        Observed& seen_here = (*mode.handoffs)[i];
+        seen_here.seen = true;
+        uint16_t sizes = 0;
+        for (size_t r = 0; r < 16; ++r) {
+          if (state.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
+        }
+        seen_here.size_registers &= sizes;
+        if (!state.captured) seen_here.captured_always = false;
+        if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
+        return {};
+      };
       auto tail_call = [&](const State& state, uint64_t target) -> Problem {
-        TailCall kind =
-            query_.classify_tail_call ? query_.classify_tail_call(target) : TailCall::kUnknown;
+        TailCall kind = classify(target);
         std::string to = where() + " (tail call to 0x" + hex(target) + ")";
         if (kind == TailCall::kReturnsFirstArgument) {
           if (returns_unseen(state, kRdi)) return {Problem::kFatal, to + " returns unseen", {}, 0};
           return leave(state, kRdi, to, mode.check_failures);
         }
+        if (kind == TailCall::kNoReturn) return {};  // the process ends there
         if (kind == TailCall::kRecordedElsewhere) {
           if (state.fired >= 0) {
             return {Problem::kFatal, to + " after a site: counted twice", {}, 0};
           }
           return {};
         }
-        return {Problem::kFatal, to + ": unknown function", {}, 0};
+        if (!mode.handoffs) return {Problem::kFatal, to + ": unknown function", {}, 0};
+        return hand_off(state, to);
       };
       auto with_path = [&](Problem problem) {
         if (problem.kind == Problem::kUncovered || problem.kind == Problem::kUncoveredFailure) {
           problem.path = path_of(node);
+          uncovered_sizes_.clear();
+          for (const auto& step : steps_of(node)) uncovered_sizes_.push_back(step.sizes);
         }
         return problem;
       };
@@ -812,6 +911,9 @@ class Analysis {
           State taken = s, fallthrough = s;
           int8_t tested = s.zero_test;
           bool taken_done = false, fallthrough_done = false;
+          if (s.one_test != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE)) {
+            known_one(in.id == X86_INS_JE ? taken : fallthrough, s.one_test);
+          }
           if (tested != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE) &&
               s.tags[static_cast<size_t>(tested)] == kZero) {
             // Known zero: the edge taken when it is not never runs.
@@ -830,6 +932,13 @@ class Analysis {
             push(*target, taken, node);
           } else if (inside(in.target)) {
             return {Problem::kFatal, "jump into an instruction at " + where(), {}, 0};
+          } else if (classify(in.target) == TailCall::kUnknown) {
+            // A probe on a conditional jump fires on both edges: no hand-off here.
+            return {
+                Problem::kFatal,
+                where() + " (conditional tail call to 0x" + hex(in.target) + "): unknown function",
+                {},
+                0};
           } else {
             Problem problem = tail_call(taken, in.target);
             if (problem.kind != Problem::kNone) return with_path(problem);
@@ -841,14 +950,25 @@ class Analysis {
         }
         case Flow::kCall:
         case Flow::kIndirectCall: {
-          if (in.flow == Flow::kCall && noreturn_.count(in.target)) break;  // aborts
+          if (in.flow == Flow::kCall &&
+              (noreturn_.count(in.target) || classify(in.target) == TailCall::kNoReturn)) {
+            break;  // aborts
+          }
           // A call to a traced allocator records its block itself (its own probes): a site
           // after it would count the block again, or another one.
           if (in.flow == Flow::kCall && calls_traced(in.target)) {
             return {Problem::kFatal, "calls a traced allocator function at " + where(), {}, 0};
           }
+          // memset and memcpy return their first argument (mimalloc's calloc returns what
+          // its call to memset returns).
+          uint8_t returned =
+              in.flow == Flow::kCall && classify(in.target) == TailCall::kReturnsFirstArgument
+                  ? s.tags[kRdi]
+                  : uint8_t{kUnknown};
           for (int reg : {kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) s.set(reg, kUnknown);
+          s.set(kRax, returned);
           s.zero_test = kNoRegister;
+          s.one_test = kNoRegister;
           if (auto problem = next(s)) return *problem;
           break;
         }
@@ -875,8 +995,11 @@ class Analysis {
 
   Problem verify(const std::map<size_t, int>& sites, std::map<size_t, Observed>& observed,
                  const std::map<size_t, Capture>* captures = nullptr,
-                 const std::set<size_t>* failures = nullptr) const {
+                 const std::set<size_t>* failures = nullptr,
+                 std::map<size_t, Observed>* handoffs = nullptr) const {
+    std::map<size_t, Observed> handoffs_here;
     Mode mode;
+    mode.handoffs = handoffs ? handoffs : &handoffs_here;
     mode.sites = &sites;
     mode.observed = &observed;
     mode.captures = captures;
@@ -888,10 +1011,11 @@ class Analysis {
   // A size capture for `site`, which sees no register holding the size: the latest emulated
   // instruction on a path to it where a register holds the size, such that every path to the
   // site passes it with the size there (then the site reads what it took).
+  // With `handoff`, `site` is a HandOff's jump, observed in `handoffs`.
   bool choose_capture(size_t site, const std::map<size_t, int>& sites,
-                      std::map<size_t, Capture>& captures,
-                      std::map<size_t, Observed>& observed) const {
-    std::vector<Observed::Step> path = observed[site].first_path;
+                      std::map<size_t, Capture>& captures, std::map<size_t, Observed>& observed,
+                      std::map<size_t, Observed>& handoffs, bool handoff = false) const {
+    std::vector<Observed::Step> path = (handoff ? handoffs : observed)[site].first_path;
     for (auto step = path.rbegin(); step != path.rend(); ++step) {
       size_t i = step->instruction;
       if (i == site || !code_[i].emulated || !step->sizes || !step->delta || sites.count(i) ||
@@ -902,10 +1026,12 @@ class Analysis {
         if (!(step->sizes & (1u << r))) continue;
         std::map<size_t, Capture> trial = captures;
         trial[i] = Capture{r, *step->delta};
-        std::map<size_t, Observed> seen;
-        if (verify(sites, seen, &trial).kind == Problem::kNone && seen[site].captured_always) {
+        std::map<size_t, Observed> seen, seen_handoffs;
+        if (verify(sites, seen, &trial, nullptr, &seen_handoffs).kind == Problem::kNone &&
+            (handoff ? seen_handoffs : seen)[site].captured_always) {
           captures = std::move(trial);
           observed = std::move(seen);
+          handoffs = std::move(seen_handoffs);
           return true;
         }
         break;  // the same instruction with another register proves no more
@@ -950,11 +1076,26 @@ class Analysis {
     State s;
     s.tags[static_cast<size_t>(reg)] = kValue;
     s.fired = static_cast<int16_t>(candidate);
+    s.zero_test = tested_right_before(candidate);
     Mode mode;
     mode.start = candidate;
     mode.others = others;
     mode.avoid = avoid;
     return explore(candidate, s, mode);
+  }
+
+  // The register a `test r,r` (or `cmp $0,r`) right before a je or jne at `candidate` tests,
+  // when every path to the candidate comes through that test (no branch lands on the jump):
+  // the edge taken when it is zero sees no pointer (mimalloc's empty free list).
+  int8_t tested_right_before(size_t candidate) const {
+    const Instruction& in = code_[candidate];
+    if (candidate == 0 || (in.id != X86_INS_JE && in.id != X86_INS_JNE) ||
+        branch_targets_.count(in.offset)) {
+      return kNoRegister;
+    }
+    State s;
+    apply(code_[candidate - 1], s);
+    return s.zero_test;
   }
 
   std::optional<int> final_register(size_t candidate) const {
@@ -967,20 +1108,59 @@ class Analysis {
   // Adds a site for an uncovered path: the latest emulated instruction on it that every
   // return from the path's first final point passes, and that neither reaches nor is reached
   // from the sites chosen so far. Sites in the way are dropped and banned.
-  bool choose_site(const std::vector<size_t>& path, std::map<size_t, int>& sites,
-                   std::set<size_t>& banned) const {
+  // Why the latest emulated instruction on an uncovered path is no site, where a jump out of
+  // the function after it says it (jemalloc: the je on its cache bin's low-water mark can still
+  // end in the slow path); empty otherwise.
+  std::string why_no_site(const std::vector<size_t>& path) const {
+    for (auto it = path.rbegin(); it != path.rend(); ++it) {
+      if (!code_[*it].emulated) continue;
+      for (int reg : {kRax, kRdi, kRbx, kRbp, 12, 13, 14, 15, kRcx, kRdx, kRsi, 8, 9, 10, 11}) {
+        Problem problem = final_check(*it, reg, nullptr);
+        if (problem.kind == Problem::kFatal &&
+            problem.what.find("tail call") != std::string::npos) {
+          return "; the latest emulated instruction before it, +0x" + hex(code_[*it].offset) + " " +
+                 code_[*it].mnemonic + ", also leads to " + problem.what +
+                 ", the slow path, whose entry and return probes would record the block again";
+        }
+        if (problem.kind == Problem::kFatal &&
+            problem.what.find("other than") == std::string::npos) {
+          return "; the latest emulated instruction before it, +0x" + hex(code_[*it].offset) + " " +
+                 code_[*it].mnemonic + ", with the pointer in " +
+                 register_name(static_cast<uint8_t>(reg)) + ": " + problem.what;
+        }
+      }
+      return "";
+    }
+    return "";
+  }
+
+  // Candidates where a register holds the size on this path come first: a site without one
+  // needs a size capture, a second trap (mimalloc's calloc: its je on the free list rather than
+  // its call to memset).
+  bool choose_site(const std::vector<size_t>& path, const std::vector<uint16_t>& sizes,
+                   std::map<size_t, int>& sites, std::set<size_t>& banned) const {
     std::vector<std::pair<size_t, int>> finals;  // in path order, no repeats
-    std::set<size_t> listed;
-    for (size_t i : path) {
+    std::set<size_t> listed, sized;
+    for (size_t n = 0; n < path.size(); ++n) {
+      size_t i = path[n];
       if (!code_[i].emulated || banned.count(i) || sites.count(i) || !listed.insert(i).second) {
         continue;
       }
-      if (auto reg = final_register(i)) finals.emplace_back(i, *reg);
+      if (auto reg = final_register(i)) {
+        finals.emplace_back(i, *reg);
+        if (n < sizes.size() && sizes[n] != 0) sized.insert(i);
+      }
     }
     if (finals.empty()) return false;
     auto [earliest, earliest_reg] = finals.front();
     std::set<size_t> in_the_way;
-    for (auto it = finals.rbegin(); it != finals.rend(); ++it) {
+    std::vector<std::pair<size_t, int>> ordered;
+    for (bool with_size : {true, false}) {
+      for (auto it = finals.rbegin(); it != finals.rend(); ++it) {
+        if (sized.count(it->first) == static_cast<size_t>(with_size)) ordered.push_back(*it);
+      }
+    }
+    for (auto it = ordered.begin(); it != ordered.end(); ++it) {
       auto [candidate, reg] = *it;
       if (candidate != earliest &&
           final_check(earliest, earliest_reg, nullptr, candidate).kind != Problem::kNone) {
@@ -1020,6 +1200,7 @@ class Analysis {
 
   ReturnSiteAnalysis describe(const std::map<size_t, int>& sites,
                               const std::map<size_t, Observed>& observed,
+                              const std::map<size_t, Observed>& handoffs,
                               const std::map<size_t, Capture>& captures,
                               const std::set<size_t>& failures,
                               const std::optional<std::string>& failures_unproven) const {
@@ -1079,6 +1260,31 @@ class Analysis {
       result.reason += "; size taken at +0x" + hex(code_[i].offset) + " " + code_[i].mnemonic +
                        " (" + register_name(static_cast<uint8_t>(capture.reg)) + ")";
     }
+    for (const auto& [i, o] : handoffs) {
+      const Instruction& in = code_[i];
+      std::string where = "+0x" + hex(in.offset) + " " + in.mnemonic + " 0x" + hex(in.target);
+      HandOff handoff{in.offset, std::nullopt, in.target};
+      if (o.size_registers != 0) {
+        for (int r : {kRdi, kRsi, kRdx, kRcx, 8, 9, kRax, kRbx, kRbp, 12, 13, 14, 15, 10, 11}) {
+          if (o.size_registers & (1u << r)) {
+            handoff.size_register = static_cast<uint8_t>(r);
+            break;
+          }
+        }
+      } else if (!o.captured_always) {
+        return unproven("no register holds the size asked for at the jump to the slow path at " +
+                        where + ", and no emulated instruction before it takes it on every path");
+      }
+      result.handoffs.push_back(handoff);
+      result.reason +=
+          std::string(result.handoffs.size() == 1 ? "; " : ", ") +
+          (result.handoffs.size() == 1 ? "slow paths left to entry and return probes "
+                                         "at the jumps to them: "
+                                       : "") +
+          where + " (size " +
+          (handoff.size_register ? register_name(*handoff.size_register) : "as taken earlier") +
+          ")";
+    }
     for (size_t i : failures) result.failure_offsets.push_back(code_[i].offset);
     result.reason += "; failed calls (NULL) counted at";
     if (failures.empty()) result.reason += " none: no path returns NULL";
@@ -1092,7 +1298,11 @@ class Analysis {
   std::vector<Instruction> code_;
   std::unordered_map<uint64_t, size_t> index_;  // offset -> instruction
   std::set<uint64_t> noreturn_;
-  mutable std::map<uint64_t, bool> traced_calls_;  // call target -> a traced allocator
+  mutable std::map<uint64_t, bool> traced_calls_;    // call target -> a traced allocator
+  mutable std::map<uint64_t, TailCall> classified_;  // jump or call target -> what it is
+  std::set<uint64_t> branch_targets_;                // offsets some jump or call lands on
+  // The registers holding the size at each instruction of the last uncovered path found.
+  mutable std::vector<uint16_t> uncovered_sizes_;
   std::string reason_;
 };
 

@@ -15,6 +15,7 @@ enum class TailCall {
   kUnknown,               // unprovable: the analysis falls back
   kReturnsFirstArgument,  // memset, memcpy: the caller's result is the first argument (rdi)
   kRecordedElsewhere,     // an allocator function with its own probes (malloc from calloc)
+  kNoReturn,              // __stack_chk_fail, abort: the process ends there
 };
 
 // One function's code and how to read it.
@@ -53,11 +54,26 @@ struct SizeCapture {
   uint32_t frame_bytes = 0;  // the return address is at %rsp + frame_bytes here
 };
 
+// A jump out of the function to code the analysis does not follow (an allocator's slow path,
+// e.g. jemalloc's malloc_default, tcmalloc's FetchFromCentralCache), with the stack as at the
+// function's entry and no site passed: an entry probe there and a return probe at the same
+// place (the kernel hijacks the return address at %rsp, the caller's) record what the call
+// returns, as entry and return probes at the function's entry would, on that path only. The
+// jump is emulated (a relative jmp): the fast paths pay one trap, the slow path two.
+struct HandOff {
+  uint64_t offset = 0;  // of the jmp, from the function's first byte
+  // The register holding the size asked for on every path to the jump; nullopt: the size a
+  // SizeCapture took earlier in the same call.
+  std::optional<uint8_t> size_register;
+  uint64_t target = 0;  // virtual address jumped to, for -v
+};
+
 // Either sites covering every return (each successful call passes exactly one, and a failed
 // call returning NULL passes none holding a pointer), or why that could not be proven.
 struct ReturnSiteAnalysis {
   std::vector<ReturnSite> sites;  // empty: not proven, see reason
   std::vector<SizeCapture> captures;
+  std::vector<HandOff> handoffs;  // slow paths left to entry and return probes
   // Instructions only paths returning NULL pass, each such path exactly one: a probe there
   // counts a failed call. Any instruction (they run on failures only, so a single-stepped
   // probe costs nothing that matters).
@@ -71,13 +87,15 @@ struct ReturnSiteAnalysis {
 // chosen among emulated instructions, then the choice is verified over every path: each path
 // that returns a non-NULL pointer (ret, or a tail call to memset that returns it) passes
 // exactly one site, with that very pointer still in the register the function returns it in;
-// NULL returns pass none with a non-NULL pointer; nothing returns through an indirect jump or
-// an unknown tail call, and no path calls an allocator function memtrail probes (its block
-// would be counted twice). Calls are taken to return, except calls to a target that this function
-// also calls right before padding or its end (glibc's malloc_printerr): those abort. A site
-// with no register holding the size gets a size capture on every path to it, where one exists;
-// every path returning NULL gets exactly one failure site, which no path returning a pointer
-// passes, or nothing is proven (failed calls are counted, as by a return probe).
+// NULL returns pass none with a non-NULL pointer; nothing returns through an indirect jump, an
+// unknown tail call is a HandOff (a jmp with the entry's stack, passed after no site, where a
+// register holds the size or a capture took it) or unprovable, and no path calls an allocator
+// function memtrail probes (its block would be counted twice). A call to memset or memcpy returns
+// its first argument. Calls are taken to return, except calls to a target that this function also
+// calls right before padding or its end (glibc's malloc_printerr): those abort. A site with no
+// register holding the size gets a size capture on every path to it, where one exists; every path
+// returning NULL gets exactly one failure site, which no path returning a pointer passes, or
+// nothing is proven (failed calls are counted, as by a return probe).
 ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query);
 
 // The name of x86 register `number` (0..15), e.g. "rax".

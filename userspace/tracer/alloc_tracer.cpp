@@ -615,6 +615,15 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
         attach_one(skeleton_->progs.site_failed_call, function.entry_offset + offset, false, 0,
                    function.name);
       }
+      // Slow paths: entry and return probes at the jump to them, the return probe first (see
+      // below).
+      for (const auto& handoff : function.handoffs) {
+        uint64_t offset = function.entry_offset + handoff.offset;
+        attach_one(skeleton_->progs.pointer_exit, offset, true,
+                   bpf::probe_cookie(function.role, function.kind), function.name);
+        attach_one(skeleton_->progs.handoff_enter, offset, false,
+                   bpf::handoff_cookie(function.kind, handoff), function.name);
+      }
       for (const auto& site : function.return_sites) {
         bpf_program* program = site.size_register   ? skeleton_->progs.site_size_in_register
                                : site.size_captured ? skeleton_->progs.site_size_taken

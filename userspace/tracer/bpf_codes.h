@@ -143,6 +143,18 @@ constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::Return
   return cookie;
 }
 
+// The attach cookie of handoff_enter: the kind, and the register holding the size or the flag
+// saying that site_take_size took it.
+constexpr uint64_t handoff_cookie(model::AllocationKind kind, const inspect::HandOff& handoff) {
+  uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
+  if (handoff.size_register) {
+    cookie |= uint64_t{*handoff.size_register} << MEMTRAIL_SITE_SIZE_SHIFT;
+  } else {
+    cookie |= MEMTRAIL_HANDOFF_SIZE_TAKEN;
+  }
+  return cookie;
+}
+
 // The attach cookie of site_take_size: the register holding the size, where the return
 // address is (a site cookie's fields).
 constexpr uint64_t capture_cookie(const inspect::SizeCapture& capture) {
