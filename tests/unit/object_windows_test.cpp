@@ -34,43 +34,106 @@ TEST(DutyCycle, ExactIsAlwaysAttachedAndNeverSwitches) {
   EXPECT_TRUE(std::isinf(exact.next_switch_s(3)));
 }
 
-// The share seen is the time inside attached windows over the time since the probes were
-// placed: 2 s of 8 here.
-TEST(ObservedShare, UserCpuTimeInsideAttachedWindowsOverAllSinceThePlacement) {
+// Without allocations counted, the share seen is the time inside attached windows over the
+// time since the probes were placed: 2 s of 8 here.
+TEST(ObservedShare, TimeInsideAttachedWindowsOverAllSinceThePlacement) {
   ObservedShare share;
-  share.add_process(7, 10.0, /*attached=*/true);  // placed at 10 s
-  share.switched(7, false, 11.0);                 // 1 s attached
-  share.switched(7, true, 14.0);                  // 3 s detached
-  share.switched(7, false, 15.0);                 // 1 s attached
-  share.switched(8, true, 99.0);                  // an unknown pid: ignored
-  auto seen = share.fraction(7, 18.0);            // 3 s detached, still
+  share.add_process(7, {10.0}, /*attached=*/true);  // placed at 10 s
+  share.switched(7, false, {11.0});                 // 1 s attached
+  share.switched(7, true, {14.0});                  // 3 s detached
+  share.switched(7, false, {15.0});                 // 1 s attached
+  share.switched(8, true, {99.0});                  // an unknown pid: ignored
+  auto seen = share.share(7, WorkReading{18.0});    // 3 s detached, still
   ASSERT_TRUE(seen);
-  EXPECT_DOUBLE_EQ(*seen, 2.0 / 8.0);
+  EXPECT_DOUBLE_EQ(seen->fraction, 2.0 / 8.0);
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_STREQ(share_basis_name(seen->basis), "time");
   // An open attached window counts up to the reading.
-  share.switched(7, true, 18.0);
-  EXPECT_DOUBLE_EQ(*share.fraction(7, 20.0), 4.0 / 10.0);
+  share.switched(7, true, {18.0});
+  EXPECT_DOUBLE_EQ(*share.fraction(7, WorkReading{20.0}), 4.0 / 10.0);
   // Without a reading (it exited), the last one stands: the switch at 18 s.
   EXPECT_DOUBLE_EQ(*share.fraction(7, std::nullopt), 2.0 / 8.0);
-  auto sums = share.sums(7, 20.0);
-  EXPECT_DOUBLE_EQ(sums.observed_s, 4.0);
-  EXPECT_DOUBLE_EQ(sums.total_s, 10.0);
-  EXPECT_FALSE(share.fraction(8, 1.0));
+  auto sums = share.sums(7, WorkReading{20.0});
+  EXPECT_DOUBLE_EQ(sums.observed, 4.0);
+  EXPECT_DOUBLE_EQ(sums.total, 10.0);
+  EXPECT_FALSE(share.fraction(8, WorkReading{1.0}));
   share.forget(7);
   EXPECT_FALSE(share.knows(7));
 }
 
 TEST(ObservedShare, ProbesPlacedWhileDetachedCountFromTheNextWindow) {
   ObservedShare share;
-  share.add_process(3, 0.0, /*attached=*/false);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 0.0), 1.0);  // no CPU time yet: nothing missed
-  share.switched(3, true, 0.5);
-  share.switched(3, false, 1.0);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 2.0), 0.25);
+  share.add_process(3, {0.0}, /*attached=*/false);
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{0.0}), 1.0);  // no time yet: nothing missed
+  share.switched(3, true, {0.5});
+  share.switched(3, false, {1.0});
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{2.0}), 0.25);
   // A reading that goes back (it cannot) is clamped to the last one, never a negative window:
   // this window opens at 1.0 s, not 0.7.
-  share.switched(3, true, 0.7);
-  share.switched(3, false, 2.5);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 2.5), (0.5 + 1.5) / 2.5);
+  share.switched(3, true, {0.7});
+  share.switched(3, false, {2.5});
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{2.5}), (0.5 + 1.5) / 2.5);
+}
+
+// A busy process, as bench/python_objects.py measured one: attached 10 % of each second it
+// slows 60x, so its windows hold 10 % of the time but few of its allocations (and objects).
+// The share is of allocations: 200 of 19,000 here, where the time says 3 s of 30.
+TEST(ObservedShare, AllocationsInsideAttachedWindowsOverAllSinceThePlacement) {
+  ObservedShare share;
+  share.add_process(5, {0.0, 1000}, /*attached=*/true);  // 1,000 before the placement
+  double clock = 0;
+  uint64_t allocations = 1000;
+  for (int second = 0; second < 30; ++second) {
+    allocations += 20;  // 0.1 s attached
+    clock += 0.1;
+    share.switched(5, false, {clock, allocations});
+    allocations += 600;  // 0.9 s detached: 60x the pace
+    clock += 0.9;
+    share.switched(5, true, {clock, allocations});
+  }
+  // The window open at the reading counts up to it: 10 more allocations in it.
+  auto seen = share.share(5, WorkReading{clock + 0.05, allocations + 10});
+  ASSERT_TRUE(seen);
+  EXPECT_EQ(seen->basis, ShareBasis::kAllocations);
+  EXPECT_STREQ(share_basis_name(seen->basis), "allocations");
+  EXPECT_DOUBLE_EQ(seen->fraction, (30.0 * 20 + 10) / (30.0 * 620 + 10));
+  auto sums = share.sums(5, WorkReading{clock + 0.05, allocations + 10});
+  EXPECT_DOUBLE_EQ(sums.observed, 610);
+  EXPECT_DOUBLE_EQ(sums.total, 18610);
+  // Exited: its last reading stands (the window opened at the last switch holds nothing).
+  EXPECT_DOUBLE_EQ(*share.fraction(5, std::nullopt), 600.0 / 18600.0);
+  // A reading without the count (it could not be read) leaves the count as it was, and the
+  // time goes on.
+  share.switched(5, false, {clock + 0.1, std::nullopt});
+  EXPECT_DOUBLE_EQ(*share.fraction(5, WorkReading{clock + 0.1, allocations}), 600.0 / 18600.0);
+}
+
+// Fewer than kMinAllocationsSeen allocations inside the windows measure nothing to within
+// +-10 %: a process that allocates little (a loop of small objects, all pymalloc's) gets the
+// share of time. Past the threshold, allocations are the basis.
+TEST(ObservedShare, TooFewAllocationsSeenFallBackToTheTime) {
+  ObservedShare share;
+  share.add_process(9, {0.0, 0}, /*attached=*/true);
+  share.switched(9, false, {0.25, 99});  // 99 allocations in the first window
+  share.switched(9, true, {1.0, 5000});
+  auto seen = share.share(9, WorkReading{1.0, 5000});
+  ASSERT_TRUE(seen);
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(seen->fraction, 0.25);
+  auto sums = share.sums(9, WorkReading{1.0, 5000});
+  EXPECT_EQ(sums.basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(sums.total, 1.0);
+  // One more inside the open window: 100 seen.
+  seen = share.share(9, WorkReading{1.1, 5001});
+  EXPECT_EQ(seen->basis, ShareBasis::kAllocations);
+  EXPECT_DOUBLE_EQ(seen->fraction, 100.0 / 5001.0);
+  // None counted at all (the count could not be set up): time, whatever the switches carry.
+  share.add_process(10, {0.0}, /*attached=*/false);
+  share.switched(10, true, {0.5, 1000});
+  share.switched(10, false, {1.0, 2000});
+  seen = share.share(10, WorkReading{2.0, 3000});
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(seen->fraction, 0.25);
 }
 
 TEST(ScaleToWhole, DividesByTheShareAndSeesNothingOfNothing) {

@@ -16,7 +16,7 @@
 namespace memtrail::session {
 
 // Drives the tracer's object probes through the duty cycle (exact: never detached) and keeps,
-// for each process that got them, the time its attached windows covered.
+// for each process that got them, the work its attached windows covered.
 class ObjectWindows {
  public:
   ObjectWindows(tracer::AllocTracer& tracer, aggregator::DutyCycle cycle)
@@ -37,23 +37,30 @@ class ObjectWindows {
     processes_.erase(pid);
     exited_.erase(pid);
     share_.forget(pid);
+    if (counted_.erase(pid)) tracer_.stop_counting_allocations(pid);
   }
 
-  // For each process with object probes, the share of its objects they saw; empty when exact.
+  // For each process with object probes, the share of its objects they saw, and what it was
+  // measured by; empty when exact.
+  std::unordered_map<uint32_t, aggregator::ObservedShare::Share> shares() const;
+  // The same, the fractions only.
   std::unordered_map<uint32_t, double> observed_shares() const;
   // How the probes ran, with the share over all the processes; absent without object probes.
   std::optional<model::PythonObjectsCoverage> coverage() const;
 
  private:
   void switch_to(bool attached);
-  double clock_s() const;                             // the steady clock, in seconds
-  std::optional<double> reading(uint32_t pid) const;  // none once it exited
+  double clock_s() const;  // the steady clock, in seconds
+  // Its work now: the clock, and its allocations when they are counted.
+  aggregator::WorkReading work(uint32_t pid, double clock_s) const;
+  std::optional<aggregator::WorkReading> reading(uint32_t pid) const;  // none once it exited
 
   tracer::AllocTracer& tracer_;
   aggregator::DutyCycle cycle_;
   aggregator::ObservedShare share_;
   std::unordered_set<uint32_t> processes_;  // pids with object probes
   std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
+  std::unordered_set<uint32_t> counted_;    // of those, the ones whose allocations are counted
   std::optional<Clock::time_point> start_;
 };
 
