@@ -1304,6 +1304,19 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
   auto found = python_object_bytes(report);
   std::string keep = "Keeper.keep@" + std::to_string(lines["keep"]);
   std::string churn = "churn@" + std::to_string(lines["churn"]);
+  // Sites that freed all their objects (the churner's) say so, and are estimates too.
+  uint64_t churned_sites = 0;
+  for (const auto& site : report["freed_sites"]) {
+    if (site.value("kind", "") != "python_objects") {
+      EXPECT_FALSE(site.contains("estimated")) << site.dump(2);
+      continue;
+    }
+    EXPECT_EQ(site["allocator"], "python_object") << site.dump(2);
+    EXPECT_EQ(site.value("estimated", false), true) << site.dump(2);
+    auto frames = python_frames(site);
+    if (!frames.empty() && frames[0] == churn) ++churned_sites;
+  }
+  EXPECT_GT(churned_sites, 0u) << report["freed_sites"].dump(2);
   std::ostringstream shares;
   for (const auto& [where, bytes] : found.bytes) {
     shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "aggregator/aggregator.h"
 
@@ -145,7 +147,8 @@ TEST(ScaleToWhole, DividesByTheShareAndSeesNothingOfNothing) {
 
 // Python objects of a process seen a quarter of its time stand for 4 each, bytes and totals
 // alike, and their sites say they are estimates; its malloc'd blocks, and another process's
-// objects, stay counts.
+// objects, stay counts. A site that freed all its objects is known for one by where it starts
+// (a creation site's address) and scaled the same; another freed site's kind stays unknown.
 TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   constexpr uint64_t kSecond = 1'000'000'000ull;
   constexpr auto kObject = model::AllocationKind::kPythonObject;
@@ -155,10 +158,17 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
                           {1, 0x2000, 56, 91 * kSecond, 5, kObject},
                           {1, 0x3000, 4000, 92 * kSecond, 6, model::AllocationKind::kMalloc},
                           {2, 0x1000, 48, 93 * kSecond, 5, kObject}};
-  // Site 5 of pid 1: 10 objects seen created, 2 alive.
-  snapshot.sites = {{1, 5, 0, 10, 0xaaa}, {1, 6, 4000, 1, 0xbbb}, {2, 5, 0, 1, 0xccc}};
+  // Site 5 of pid 1: 10 objects seen created (560 bytes), 2 alive. Site 7: 12 seen (600
+  // bytes), all freed; site 8, a block freed.
+  snapshot.sites = {{1, 5, 560, 10, 0xaaa},
+                    {1, 6, 4000, 1, 0xbbb},
+                    {2, 5, 0, 1, 0xccc},
+                    {1, 7, 600, 12, 0xaaa},
+                    {1, 8, 64, 1, 0xddd}};
   Accumulator accumulator(0, 0);
   accumulator.set_object_shares({{1, 0.25}});
+  std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites{{1, {0xaaa}}};
+  accumulator.set_object_creation_sites(&creation_sites);
   accumulator.begin(snapshot.taken_at_ns, snapshot.sites);
   for (const auto& allocation : snapshot.allocations) accumulator.add(allocation);
   Aggregate result = std::move(accumulator).finish(snapshot.sites);
@@ -177,11 +187,26 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   EXPECT_EQ(objects->outstanding_bytes, 448u);
   EXPECT_EQ(objects->total_allocations, 40u);
   EXPECT_EQ(objects->freed_allocations, 32u);
+  EXPECT_EQ(objects->total_allocated_bytes, 2240u);
   EXPECT_FALSE(blocks->estimated);
   EXPECT_EQ(blocks->outstanding_bytes, 4000u);
   EXPECT_FALSE(other->estimated);
   EXPECT_EQ(other->outstanding_allocations, 1u);
   EXPECT_EQ(result.totals.outstanding_bytes, 448u + 4000u + 48u);
+  ASSERT_EQ(result.freed_sites.size(), 2u);
+  const SiteSummary& freed_objects = result.freed_sites[0];  // the most bytes first
+  EXPECT_EQ(freed_objects.site_id, 7);
+  EXPECT_EQ(freed_objects.kind, kObject);
+  EXPECT_TRUE(freed_objects.estimated);
+  EXPECT_EQ(freed_objects.total_allocations, 48u);
+  EXPECT_EQ(freed_objects.freed_allocations, 48u);
+  EXPECT_EQ(freed_objects.total_allocated_bytes, 2400u);
+  const SiteSummary& freed_block = result.freed_sites[1];
+  EXPECT_EQ(freed_block.site_id, 8);
+  EXPECT_EQ(freed_block.kind, model::AllocationKind::kUnknown);
+  EXPECT_FALSE(freed_block.estimated);
+  EXPECT_EQ(freed_block.total_allocations, 1u);
+  EXPECT_EQ(freed_block.total_allocated_bytes, 64u);
 }
 
 }  // namespace

@@ -547,6 +547,13 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.python_objects->recorded = 5000;
   report.python_objects->untyped = 3;
   report.python_objects->found_dead = 4000;
+  // A site of Python objects that freed them all: known by where it starts, scaled alike.
+  model::LeakSite freed = report.leaks[0];
+  freed.kind = "python_objects";
+  freed.outstanding_bytes = freed.outstanding_allocations = 0;
+  freed.total_allocations = freed.freed_allocations = 48;
+  freed.total_allocated_bytes = 2400;
+  report.freed_sites = {freed};
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -563,6 +570,10 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["recorded"], 5000);
   EXPECT_EQ(json["python_objects"]["untyped"], 3);
   EXPECT_EQ(json["python_objects"]["found_dead"], 4000);
+  EXPECT_EQ(json["freed_sites"][0]["allocator"], "python_object");
+  EXPECT_EQ(json["freed_sites"][0]["kind"], "python_objects");
+  EXPECT_EQ(json["freed_sites"][0]["estimated"], true);
+  EXPECT_EQ(json["freed_sites"][0]["total_allocations"], 48);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -583,6 +594,10 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read.python_objects->recorded, 5000u);
   EXPECT_EQ(read.python_objects->untyped, 3u);
   EXPECT_EQ(read.python_objects->found_dead, 4000u);
+  ASSERT_EQ(read.freed_sites.size(), 1u);
+  EXPECT_EQ(read.freed_sites[0].allocator, "python_object");
+  EXPECT_EQ(read.freed_sites[0].kind, "python_objects");
+  EXPECT_TRUE(read.freed_sites[0].estimated);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   EXPECT_EQ(read.targets[0].python_objects_share_basis, "allocations");
   // A report from before the basis was said measured by time.

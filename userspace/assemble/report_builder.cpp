@@ -430,8 +430,11 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     if (!target_of.count(site.pid)) continue;
     if (report.freed_sites.size() < freed_cap) {
       report.freed_sites.push_back(symbolized_site(site, snapshot, symbolizer, context));
-      report.freed_sites.back().allocator.clear();  // known only from blocks, all gone
-      report.freed_sites.back().kind.clear();
+      // Known from blocks, all gone; a site of Python objects is known by where it starts.
+      if (site.kind == model::AllocationKind::kUnknown) {
+        report.freed_sites.back().allocator.clear();
+        report.freed_sites.back().kind.clear();
+      }
       continue;
     }
     ++report.freed_omitted.sites;

@@ -379,6 +379,10 @@ model::Report from_json(const json& document) {
       site.stack_truncation_reason = entry.value("stack_truncation_reason", std::string());
       for (const auto& frame : entry.at("stack")) site.stack.push_back(frame_from(frame));
       site.suppressed = optional_field<std::string>(entry, "suppressed");
+      // Absent for native sites, and in reports from before object sites said so.
+      site.allocator = entry.value("allocator", std::string());
+      site.kind = entry.value("kind", std::string());
+      site.estimated = entry.value("estimated", false);
       report.freed_sites.push_back(std::move(site));
     }
     if (document.contains("freed_sites_omitted")) {

@@ -281,6 +281,10 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       }
       entry["stack"] = std::move(stack);
       if (site.suppressed) entry["suppressed"] = *site.suppressed;
+      // Python objects (their kind known by where the site starts), estimated as live ones.
+      if (!site.allocator.empty()) entry["allocator"] = site.allocator;
+      if (!site.kind.empty()) entry["kind"] = site.kind;
+      if (site.estimated) entry["estimated"] = true;
       freed.push_back(std::move(entry));
     }
     json["freed_sites"] = std::move(freed);

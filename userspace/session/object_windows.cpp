@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <utility>
 
 namespace memtrail::session {
 
@@ -58,8 +59,9 @@ void ObjectWindows::switch_to(bool attached) {
   tracer_.sweep_python_objects();
 }
 
-void ObjectWindows::add_process(uint32_t pid) {
+void ObjectWindows::add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses) {
   processes_.insert(pid);
+  creation_sites_[pid] = std::move(creation_addresses);
   if (cycle_.exact()) return;
   // Its allocations are the work its share is measured by; uncounted, the time is.
   if (tracer_.count_allocations(pid)) counted_.insert(pid);

@@ -28,14 +28,16 @@ class ObjectWindows {
   // objects that died by then are removed (see AllocTracer::sweep_python_objects). Returns
   // the time of the next switch (time_point::max() when exact or not started).
   Clock::time_point tick(Clock::time_point now);
-  // Process `pid` got object probes (attached now or at the next window).
-  void add_process(uint32_t pid);
+  // Process `pid` got object probes (attached now or at the next window), at
+  // `creation_addresses` in its address space.
+  void add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses);
   // It exited: its share stops growing (it creates nothing more).
   void process_exited(uint32_t pid);
   // It exited and its report is done.
   void forget(uint32_t pid) {
     processes_.erase(pid);
     exited_.erase(pid);
+    creation_sites_.erase(pid);
     share_.forget(pid);
     if (counted_.erase(pid)) tracer_.stop_counting_allocations(pid);
   }
@@ -45,6 +47,10 @@ class ObjectWindows {
   std::unordered_map<uint32_t, aggregator::ObservedShare::Share> shares() const;
   // The same, the fractions only.
   std::unordered_map<uint32_t, double> observed_shares() const;
+  // Where each process's objects are created (aggregator::Accumulator's creation sites).
+  const std::unordered_map<uint32_t, std::unordered_set<uint64_t>>& creation_sites() const {
+    return creation_sites_;
+  }
   // How the probes ran, with the share over all the processes; absent without object probes.
   std::optional<model::PythonObjectsCoverage> coverage() const;
 
@@ -61,6 +67,7 @@ class ObjectWindows {
   std::unordered_set<uint32_t> processes_;  // pids with object probes
   std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
   std::unordered_set<uint32_t> counted_;    // of those, the ones whose allocations are counted
+  std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites_;
   std::optional<Clock::time_point> start_;
 };
 
