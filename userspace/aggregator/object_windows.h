@@ -38,7 +38,7 @@ const char* share_basis_name(ShareBasis basis);  // "allocations", "time"
 // its allocations (malloc and the rest, as the allocator probes record them): those probes
 // stay attached and cost the same in and out of the windows, so a process that slows 50-80x
 // under the object traps makes as few allocations as objects while attached, and the share
-// stays right (bench/python_objects.py: the share of time was 60x too high on a busy request
+// stays right (bench/python_objects.py: the share of time was 11x too high on a request
 // handler). It assumes allocations come at the same pace as objects, as they do in a process
 // doing the same kind of work throughout. A process that made fewer than
 // kMinAllocationsSeen allocations inside the windows (a loop of small objects alone calls
