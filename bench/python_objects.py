@@ -129,13 +129,15 @@ def table_for(workload, modes, results):
                                          for r in results[mode])
     rows = [f"| mode | CPU ns/{unit} (median) | runs | CPU slowdown | wall ns/{unit} | "
             f"wall slowdown | added CPU ns/object | BPF runs/{unit} | objects seen (runs of "
-            f"{PROGRAM} / objects) | share the report states | BPF ns/run of {PROGRAM} |",
+            f"{PROGRAM} / objects) | share the report states (measured by) | BPF ns/run of "
+            f"{PROGRAM} |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode in modes:
         cpu = statistics.median(r["cpu_ns_per_unit"] for r in results[mode])
         wall = statistics.median(r["ns_per_unit"] for r in results[mode])
         added = (cpu - cpu_base) / per_unit if per_unit and mode != "untraced" else None
         runs = seen = run_ns = stated = None
+        bases = []
         if mode != "untraced":
             runs = statistics.median(r["runs"] / r["units_total"] for r in results[mode])
             if per_unit:
@@ -144,13 +146,16 @@ def table_for(workload, modes, results):
             timed = [r["object_run_ns"] / r["object_runs"] for r in results[mode]
                      if r["object_runs"]]
             run_ns = statistics.median(timed) if timed else None
-            shares = [r["report"]["python_objects"]["observed_fraction"] for r in results[mode]
-                      if "python_objects" in r.get("report", {})]
-            stated = statistics.median(shares) if shares else None
+            reports = [r["report"]["python_objects"] for r in results[mode]
+                       if "python_objects" in r.get("report", {})]
+            stated = statistics.median(o["observed_fraction"] for o in reports) if reports else None
+            # What the share was measured by (absent before memtrail said it: time).
+            bases = sorted({o.get("share_basis", "time") for o in reports if o["mode"] != "exact"})
+        basis = f" ({', '.join(bases)})" if mode != "untraced" and bases else ""
         values = ", ".join(f"{r['cpu_ns_per_unit']:.0f}" for r in results[mode])
         rows.append(f"| {mode} | {fmt(cpu, 1)} | {values} | {cpu / cpu_base:.2f}x | "
                     f"{fmt(wall, 1)} | {wall / wall_base:.2f}x | {fmt(added)} | {fmt(runs, 2)} | "
-                    f"{fmt(seen, 4)} | {fmt(stated, 4)} | {fmt(run_ns)} |")
+                    f"{fmt(seen, 4)} | {fmt(stated, 4)}{basis} | {fmt(run_ns)} |")
     notes = []
     if per_unit:
         notes.append(f"{workload}: {per_unit:.2f} objects created per {unit} (the exact mode's "

@@ -5,7 +5,7 @@
  * Every program of the object is in this file. The maps and functions they share are in
  * alloc/, one header per concern, all compiled into this one object (one skeleton):
  *   alloc/processes.bpf.h      which processes are recorded: traced_processes, --all
- *   alloc/counters.bpf.h       the counters, and losses per process
+ *   alloc/counters.bpf.h       the counters, losses and allocations per process
  *   alloc/inflight.bpf.h       the allocator call (or system call) each thread is in
  *   alloc/table.bpf.h          the outstanding-allocations table, read in place by userspace
  *   alloc/stack_walk.bpf.h     the user stack walk: CFI tables, frame pointers
@@ -61,6 +61,7 @@ static __always_inline void record_alloc_from(__u64 caller, __u64 sp, __u64 bp, 
 
 	if (tracing_stopped)
 		return;
+	count_process_allocation(tgid);
 	site_id = capture_stack(caller, sp, bp, tgid);
 
 	/* With sampling, the totals add up estimates: bytes and calls this sample stands for

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* What alloc.bpf.c counts (enum memtrail_counter), and what it lost, per process. */
+/* What alloc.bpf.c counts (enum memtrail_counter), what it lost, and allocations, per process. */
 #ifndef MEMTRAIL_ALLOC_COUNTERS_BPF_H
 #define MEMTRAIL_ALLOC_COUNTERS_BPF_H
 
@@ -23,6 +23,35 @@ struct {
 	__type(key, __u32);
 	__type(value, struct memtrail_process_losses);
 } process_losses SEC(".maps");
+
+/* --python-objects on: the allocations of each process whose object probes are duty-cycled.
+ * The allocator probes stay attached and cost the same in and out of the object windows, so
+ * these calls are the process's work, counted in both: userspace reads them at every attach
+ * and detach, and the share made inside the windows is the share of its objects they saw (the
+ * share of time is not, for a process that slows under the object probes). Entries only for
+ * those processes, added and removed by userspace; one copy per CPU: no atomics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory only for the processes counted */
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} process_allocations SEC(".maps");
+
+/* Set by userspace once process_allocations has an entry: until then (every run without
+ * duty-cycled Python objects) an allocation pays one load, not a lookup. */
+volatile __u32 processes_counted = 0;
+
+static __always_inline void count_process_allocation(__u32 tgid)
+{
+	__u64 *value;
+
+	if (!processes_counted)
+		return;
+	value = bpf_map_lookup_elem(&process_allocations, &tgid);
+	if (value)
+		*value += 1; /* per-CPU slot */
+}
 
 static __always_inline void count(enum memtrail_counter counter)
 {

@@ -5,11 +5,17 @@
 # smaller than 512 bytes (pymalloc's). Prints "ready PID", waits for a line, prints
 # "line keep N" and "line churn N" (the lines that make the objects), runs ROUNDS rounds of
 # PER_ROUND 0.1 s apart, prints "kept N" and "done", then waits for "quit" or end of input.
+# BUSY=S: instead of the rounds, keeps and churns without a pause for S seconds, each time also
+# handling a 64 KiB body the way a service handles a request (built, encoded and checksummed:
+# three malloc'd blocks, as pymalloc serves only 512 bytes or less), CPU-bound throughout; then
+# prints "count kept N" too.
 import os
 import sys
 import time
+import zlib
 
 ROUNDS = int(os.environ.get("ROUNDS", "10"))
+BUSY = float(os.environ.get("BUSY", "0"))
 PER_ROUND = 500
 
 
@@ -40,13 +46,23 @@ with open(__file__) as source:
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
 number = 0
-for _ in range(ROUNDS):
-    for _ in range(PER_ROUND):
+if BUSY:
+    deadline = time.monotonic() + BUSY
+    while time.monotonic() < deadline:
         keeper.keep(number)
         churn(number)
+        zlib.crc32(("b" * 65536 + str(number)).encode())
         number += 1
-    time.sleep(0.1)
+else:
+    for _ in range(ROUNDS):
+        for _ in range(PER_ROUND):
+            keeper.keep(number)
+            churn(number)
+            number += 1
+        time.sleep(0.1)
 print(f"kept {len(keeper.kept)}", flush=True)
+if BUSY:
+    print(f"count kept {len(keeper.kept)}", flush=True)
 print("done", flush=True)
 for line in sys.stdin:
     if line.startswith("quit"):

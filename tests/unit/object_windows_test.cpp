@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "aggregator/aggregator.h"
 
@@ -34,43 +36,106 @@ TEST(DutyCycle, ExactIsAlwaysAttachedAndNeverSwitches) {
   EXPECT_TRUE(std::isinf(exact.next_switch_s(3)));
 }
 
-// The share seen is the time inside attached windows over the time since the probes were
-// placed: 2 s of 8 here.
-TEST(ObservedShare, UserCpuTimeInsideAttachedWindowsOverAllSinceThePlacement) {
+// Without allocations counted, the share seen is the time inside attached windows over the
+// time since the probes were placed: 2 s of 8 here.
+TEST(ObservedShare, TimeInsideAttachedWindowsOverAllSinceThePlacement) {
   ObservedShare share;
-  share.add_process(7, 10.0, /*attached=*/true);  // placed at 10 s
-  share.switched(7, false, 11.0);                 // 1 s attached
-  share.switched(7, true, 14.0);                  // 3 s detached
-  share.switched(7, false, 15.0);                 // 1 s attached
-  share.switched(8, true, 99.0);                  // an unknown pid: ignored
-  auto seen = share.fraction(7, 18.0);            // 3 s detached, still
+  share.add_process(7, {10.0}, /*attached=*/true);  // placed at 10 s
+  share.switched(7, false, {11.0});                 // 1 s attached
+  share.switched(7, true, {14.0});                  // 3 s detached
+  share.switched(7, false, {15.0});                 // 1 s attached
+  share.switched(8, true, {99.0});                  // an unknown pid: ignored
+  auto seen = share.share(7, WorkReading{18.0});    // 3 s detached, still
   ASSERT_TRUE(seen);
-  EXPECT_DOUBLE_EQ(*seen, 2.0 / 8.0);
+  EXPECT_DOUBLE_EQ(seen->fraction, 2.0 / 8.0);
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_STREQ(share_basis_name(seen->basis), "time");
   // An open attached window counts up to the reading.
-  share.switched(7, true, 18.0);
-  EXPECT_DOUBLE_EQ(*share.fraction(7, 20.0), 4.0 / 10.0);
+  share.switched(7, true, {18.0});
+  EXPECT_DOUBLE_EQ(*share.fraction(7, WorkReading{20.0}), 4.0 / 10.0);
   // Without a reading (it exited), the last one stands: the switch at 18 s.
   EXPECT_DOUBLE_EQ(*share.fraction(7, std::nullopt), 2.0 / 8.0);
-  auto sums = share.sums(7, 20.0);
-  EXPECT_DOUBLE_EQ(sums.observed_s, 4.0);
-  EXPECT_DOUBLE_EQ(sums.total_s, 10.0);
-  EXPECT_FALSE(share.fraction(8, 1.0));
+  auto sums = share.sums(7, WorkReading{20.0});
+  EXPECT_DOUBLE_EQ(sums.observed, 4.0);
+  EXPECT_DOUBLE_EQ(sums.total, 10.0);
+  EXPECT_FALSE(share.fraction(8, WorkReading{1.0}));
   share.forget(7);
   EXPECT_FALSE(share.knows(7));
 }
 
 TEST(ObservedShare, ProbesPlacedWhileDetachedCountFromTheNextWindow) {
   ObservedShare share;
-  share.add_process(3, 0.0, /*attached=*/false);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 0.0), 1.0);  // no CPU time yet: nothing missed
-  share.switched(3, true, 0.5);
-  share.switched(3, false, 1.0);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 2.0), 0.25);
+  share.add_process(3, {0.0}, /*attached=*/false);
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{0.0}), 1.0);  // no time yet: nothing missed
+  share.switched(3, true, {0.5});
+  share.switched(3, false, {1.0});
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{2.0}), 0.25);
   // A reading that goes back (it cannot) is clamped to the last one, never a negative window:
   // this window opens at 1.0 s, not 0.7.
-  share.switched(3, true, 0.7);
-  share.switched(3, false, 2.5);
-  EXPECT_DOUBLE_EQ(*share.fraction(3, 2.5), (0.5 + 1.5) / 2.5);
+  share.switched(3, true, {0.7});
+  share.switched(3, false, {2.5});
+  EXPECT_DOUBLE_EQ(*share.fraction(3, WorkReading{2.5}), (0.5 + 1.5) / 2.5);
+}
+
+// A busy process, as bench/python_objects.py measured one: attached 10 % of each second it
+// slows 60x, so its windows hold 10 % of the time but few of its allocations (and objects).
+// The share is of allocations: 200 of 19,000 here, where the time says 3 s of 30.
+TEST(ObservedShare, AllocationsInsideAttachedWindowsOverAllSinceThePlacement) {
+  ObservedShare share;
+  share.add_process(5, {0.0, 1000}, /*attached=*/true);  // 1,000 before the placement
+  double clock = 0;
+  uint64_t allocations = 1000;
+  for (int second = 0; second < 30; ++second) {
+    allocations += 20;  // 0.1 s attached
+    clock += 0.1;
+    share.switched(5, false, {clock, allocations});
+    allocations += 600;  // 0.9 s detached: 60x the pace
+    clock += 0.9;
+    share.switched(5, true, {clock, allocations});
+  }
+  // The window open at the reading counts up to it: 10 more allocations in it.
+  auto seen = share.share(5, WorkReading{clock + 0.05, allocations + 10});
+  ASSERT_TRUE(seen);
+  EXPECT_EQ(seen->basis, ShareBasis::kAllocations);
+  EXPECT_STREQ(share_basis_name(seen->basis), "allocations");
+  EXPECT_DOUBLE_EQ(seen->fraction, (30.0 * 20 + 10) / (30.0 * 620 + 10));
+  auto sums = share.sums(5, WorkReading{clock + 0.05, allocations + 10});
+  EXPECT_DOUBLE_EQ(sums.observed, 610);
+  EXPECT_DOUBLE_EQ(sums.total, 18610);
+  // Exited: its last reading stands (the window opened at the last switch holds nothing).
+  EXPECT_DOUBLE_EQ(*share.fraction(5, std::nullopt), 600.0 / 18600.0);
+  // A reading without the count (it could not be read) leaves the count as it was, and the
+  // time goes on.
+  share.switched(5, false, {clock + 0.1, std::nullopt});
+  EXPECT_DOUBLE_EQ(*share.fraction(5, WorkReading{clock + 0.1, allocations}), 600.0 / 18600.0);
+}
+
+// Fewer than kMinAllocationsSeen allocations inside the windows measure nothing to within
+// +-10 %: a process that allocates little (a loop of small objects, all pymalloc's) gets the
+// share of time. Past the threshold, allocations are the basis.
+TEST(ObservedShare, TooFewAllocationsSeenFallBackToTheTime) {
+  ObservedShare share;
+  share.add_process(9, {0.0, 0}, /*attached=*/true);
+  share.switched(9, false, {0.25, 99});  // 99 allocations in the first window
+  share.switched(9, true, {1.0, 5000});
+  auto seen = share.share(9, WorkReading{1.0, 5000});
+  ASSERT_TRUE(seen);
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(seen->fraction, 0.25);
+  auto sums = share.sums(9, WorkReading{1.0, 5000});
+  EXPECT_EQ(sums.basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(sums.total, 1.0);
+  // One more inside the open window: 100 seen.
+  seen = share.share(9, WorkReading{1.1, 5001});
+  EXPECT_EQ(seen->basis, ShareBasis::kAllocations);
+  EXPECT_DOUBLE_EQ(seen->fraction, 100.0 / 5001.0);
+  // None counted at all (the count could not be set up): time, whatever the switches carry.
+  share.add_process(10, {0.0}, /*attached=*/false);
+  share.switched(10, true, {0.5, 1000});
+  share.switched(10, false, {1.0, 2000});
+  seen = share.share(10, WorkReading{2.0, 3000});
+  EXPECT_EQ(seen->basis, ShareBasis::kTime);
+  EXPECT_DOUBLE_EQ(seen->fraction, 0.25);
 }
 
 TEST(ScaleToWhole, DividesByTheShareAndSeesNothingOfNothing) {
@@ -82,7 +147,8 @@ TEST(ScaleToWhole, DividesByTheShareAndSeesNothingOfNothing) {
 
 // Python objects of a process seen a quarter of its time stand for 4 each, bytes and totals
 // alike, and their sites say they are estimates; its malloc'd blocks, and another process's
-// objects, stay counts.
+// objects, stay counts. A site that freed all its objects is known for one by where it starts
+// (a creation site's address) and scaled the same; another freed site's kind stays unknown.
 TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   constexpr uint64_t kSecond = 1'000'000'000ull;
   constexpr auto kObject = model::AllocationKind::kPythonObject;
@@ -92,10 +158,17 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
                           {1, 0x2000, 56, 91 * kSecond, 5, kObject},
                           {1, 0x3000, 4000, 92 * kSecond, 6, model::AllocationKind::kMalloc},
                           {2, 0x1000, 48, 93 * kSecond, 5, kObject}};
-  // Site 5 of pid 1: 10 objects seen created, 2 alive.
-  snapshot.sites = {{1, 5, 0, 10, 0xaaa}, {1, 6, 4000, 1, 0xbbb}, {2, 5, 0, 1, 0xccc}};
+  // Site 5 of pid 1: 10 objects seen created (560 bytes), 2 alive. Site 7: 12 seen (600
+  // bytes), all freed; site 8, a block freed.
+  snapshot.sites = {{1, 5, 560, 10, 0xaaa},
+                    {1, 6, 4000, 1, 0xbbb},
+                    {2, 5, 0, 1, 0xccc},
+                    {1, 7, 600, 12, 0xaaa},
+                    {1, 8, 64, 1, 0xddd}};
   Accumulator accumulator(0, 0);
   accumulator.set_object_shares({{1, 0.25}});
+  std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites{{1, {0xaaa}}};
+  accumulator.set_object_creation_sites(&creation_sites);
   accumulator.begin(snapshot.taken_at_ns, snapshot.sites);
   for (const auto& allocation : snapshot.allocations) accumulator.add(allocation);
   Aggregate result = std::move(accumulator).finish(snapshot.sites);
@@ -114,11 +187,26 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   EXPECT_EQ(objects->outstanding_bytes, 448u);
   EXPECT_EQ(objects->total_allocations, 40u);
   EXPECT_EQ(objects->freed_allocations, 32u);
+  EXPECT_EQ(objects->total_allocated_bytes, 2240u);
   EXPECT_FALSE(blocks->estimated);
   EXPECT_EQ(blocks->outstanding_bytes, 4000u);
   EXPECT_FALSE(other->estimated);
   EXPECT_EQ(other->outstanding_allocations, 1u);
   EXPECT_EQ(result.totals.outstanding_bytes, 448u + 4000u + 48u);
+  ASSERT_EQ(result.freed_sites.size(), 2u);
+  const SiteSummary& freed_objects = result.freed_sites[0];  // the most bytes first
+  EXPECT_EQ(freed_objects.site_id, 7);
+  EXPECT_EQ(freed_objects.kind, kObject);
+  EXPECT_TRUE(freed_objects.estimated);
+  EXPECT_EQ(freed_objects.total_allocations, 48u);
+  EXPECT_EQ(freed_objects.freed_allocations, 48u);
+  EXPECT_EQ(freed_objects.total_allocated_bytes, 2400u);
+  const SiteSummary& freed_block = result.freed_sites[1];
+  EXPECT_EQ(freed_block.site_id, 8);
+  EXPECT_EQ(freed_block.kind, model::AllocationKind::kUnknown);
+  EXPECT_FALSE(freed_block.estimated);
+  EXPECT_EQ(freed_block.total_allocations, 1u);
+  EXPECT_EQ(freed_block.total_allocated_bytes, 64u);
 }
 
 }  // namespace

@@ -542,10 +542,18 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.leaks[0].allocator = "python_object";
   report.leaks[0].estimated = true;
   report.targets[0].python_objects_observed_fraction = 0.125;
-  report.python_objects = model::PythonObjectsCoverage{false, 0.25, 1.0, 0.125};
+  report.targets[0].python_objects_share_basis = "allocations";
+  report.python_objects = model::PythonObjectsCoverage{false, 0.25, 1.0, 0.125, "allocations"};
   report.python_objects->recorded = 5000;
   report.python_objects->untyped = 3;
   report.python_objects->found_dead = 4000;
+  // A site of Python objects that freed them all: known by where it starts, scaled alike.
+  model::LeakSite freed = report.leaks[0];
+  freed.kind = "python_objects";
+  freed.outstanding_bytes = freed.outstanding_allocations = 0;
+  freed.total_allocations = freed.freed_allocations = 48;
+  freed.total_allocated_bytes = 2400;
+  report.freed_sites = {freed};
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -554,12 +562,18 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["leaks"][0]["estimated"], true);
   EXPECT_FALSE(json["leaks"][1].contains("estimated"));
   EXPECT_EQ(json["targets"][0]["python_objects_observed_fraction"], 0.125);
+  EXPECT_EQ(json["targets"][0]["python_objects_share_basis"], "allocations");
   EXPECT_EQ(json["python_objects"]["mode"], "duty_cycle");
   EXPECT_EQ(json["python_objects"]["observed_fraction"], 0.125);
+  EXPECT_EQ(json["python_objects"]["share_basis"], "allocations");
   EXPECT_EQ(json["python_objects"]["attached_share"], 0.25);
   EXPECT_EQ(json["python_objects"]["recorded"], 5000);
   EXPECT_EQ(json["python_objects"]["untyped"], 3);
   EXPECT_EQ(json["python_objects"]["found_dead"], 4000);
+  EXPECT_EQ(json["freed_sites"][0]["allocator"], "python_object");
+  EXPECT_EQ(json["freed_sites"][0]["kind"], "python_objects");
+  EXPECT_EQ(json["freed_sites"][0]["estimated"], true);
+  EXPECT_EQ(json["freed_sites"][0]["total_allocations"], 48);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -576,10 +590,23 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   ASSERT_TRUE(read.python_objects);
   EXPECT_FALSE(read.python_objects->exact);
   EXPECT_DOUBLE_EQ(read.python_objects->observed_fraction, 0.125);
+  EXPECT_EQ(read.python_objects->share_basis, "allocations");
   EXPECT_EQ(read.python_objects->recorded, 5000u);
   EXPECT_EQ(read.python_objects->untyped, 3u);
   EXPECT_EQ(read.python_objects->found_dead, 4000u);
+  ASSERT_EQ(read.freed_sites.size(), 1u);
+  EXPECT_EQ(read.freed_sites[0].allocator, "python_object");
+  EXPECT_EQ(read.freed_sites[0].kind, "python_objects");
+  EXPECT_TRUE(read.freed_sites[0].estimated);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
+  EXPECT_EQ(read.targets[0].python_objects_share_basis, "allocations");
+  // A report from before the basis was said measured by time.
+  auto older = nlohmann::json::parse(json.dump());
+  older["python_objects"].erase("share_basis");
+  older["targets"][0].erase("python_objects_share_basis");
+  model::Report read_older = from_json(older);
+  EXPECT_EQ(read_older.python_objects->share_basis, "time");
+  EXPECT_EQ(read_older.targets[0].python_objects_share_basis, "time");
   // Exact: counts are counts, nothing marked.
   report.leaks[0].estimated = false;
   report.targets[0].python_objects_observed_fraction.reset();

@@ -19,6 +19,17 @@ uint64_t site_key(uint32_t pid, int32_t site_id) {
 
 }  // namespace
 
+bool Accumulator::object_creation_site(uint32_t pid, uint64_t caller_address) const {
+  if (!object_creation_sites_) return false;
+  auto sites = object_creation_sites_->find(pid);
+  return sites != object_creation_sites_->end() && sites->second.count(caller_address) != 0;
+}
+
+double Accumulator::scaled(uint32_t pid, double observed) const {
+  auto share = object_shares_.find(pid);
+  return share == object_shares_.end() ? observed : scale_to_whole(observed, share->second);
+}
+
 void Accumulator::begin(uint64_t taken_at_ns, const std::vector<model::SiteTotals>& sites) {
   taken_at_ns_ = taken_at_ns;
   for (const auto& site : sites) {
@@ -116,28 +127,39 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
       freed.site_id = totals.site_id;
       freed.total_allocated_bytes = totals.total_bytes;
       freed.total_allocations = totals.total_allocations;
-      freed.freed_allocations = totals.total_allocations;
       freed.caller_address = totals.caller_address;
       freed.mismatched_frees = totals.mismatched_frees;
-      freed.kind = model::AllocationKind::kUnknown;  // known only from its blocks
+      // Known from its blocks, all gone; a site of Python objects from where it starts: the
+      // objects seen there (and their bytes) stand for more, as its live objects would.
+      freed.kind = model::AllocationKind::kUnknown;
+      if (object_creation_site(totals.pid, totals.caller_address)) {
+        freed.kind = model::AllocationKind::kPythonObject;
+        freed.estimated = object_shares_.count(totals.pid) != 0;
+        freed.total_allocated_bytes = static_cast<uint64_t>(
+            std::llround(scaled(totals.pid, static_cast<double>(totals.total_bytes))));
+        freed.total_allocations = static_cast<uint64_t>(
+            std::llround(scaled(totals.pid, static_cast<double>(totals.total_allocations))));
+      }
+      freed.freed_allocations = freed.total_allocations;
       result.freed_sites.push_back(freed);
       continue;
     }
     const Blocks& blocks = site_blocks_[it->first];
     auto counted = static_cast<uint64_t>(std::llround(blocks.counted));
-    // The kernel counted the objects it saw; the blocks were scaled: so are the totals.
+    // The kernel counted the objects it saw (and userspace their bytes); the blocks were
+    // scaled: so are the totals.
     uint64_t total_allocations = totals.total_allocations;
+    uint64_t total_bytes = totals.total_bytes;
     if (it->second.estimated) {
-      auto share = object_shares_.find(totals.pid);
-      if (share != object_shares_.end()) {
-        total_allocations = static_cast<uint64_t>(
-            std::llround(scale_to_whole(static_cast<double>(total_allocations), share->second)));
-      }
+      total_allocations = static_cast<uint64_t>(
+          std::llround(scaled(totals.pid, static_cast<double>(total_allocations))));
+      total_bytes =
+          static_cast<uint64_t>(std::llround(scaled(totals.pid, static_cast<double>(total_bytes))));
     }
     // With sampling, both sides are estimates: the difference is clamped at 0.
     it->second.freed_allocations = total_allocations > counted ? total_allocations - counted : 0;
     it->second.total_allocated_bytes =
-        totals.total_bytes + static_cast<uint64_t>(std::llround(blocks.later_bytes));
+        total_bytes + static_cast<uint64_t>(std::llround(blocks.later_bytes));
     it->second.total_allocations = it->second.freed_allocations + counted +
                                    static_cast<uint64_t>(std::llround(blocks.later_allocations));
     it->second.caller_address = totals.caller_address;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -85,6 +86,14 @@ class Accumulator final : public model::AllocationSink {
   void set_object_shares(std::unordered_map<uint32_t, double> shares) {
     object_shares_ = std::move(shares);
   }
+  // Where each process's Python objects are created: the addresses of the creation sites
+  // probed, each an object site's first frame. A site that freed every block is known for one
+  // by it (its kind is known from blocks otherwise), and is scaled as above. `sites` must
+  // outlive finish(). Before begin().
+  void set_object_creation_sites(
+      const std::unordered_map<uint32_t, std::unordered_set<uint64_t>>* sites) {
+    object_creation_sites_ = sites;
+  }
   void begin(uint64_t taken_at_ns, const std::vector<model::SiteTotals>& sites) override;
   void add(const model::OutstandingAllocation& allocation) override;
   // Adds the kernel's running totals of the sites and ranks them.
@@ -96,6 +105,11 @@ class Accumulator final : public model::AllocationSink {
   };
   uint64_t min_age_ns_, sample_rate_, taken_at_ns_ = 0;
   std::unordered_map<uint32_t, double> object_shares_;
+  const std::unordered_map<uint32_t, std::unordered_set<uint64_t>>* object_creation_sites_ =
+      nullptr;
+  bool object_creation_site(uint32_t pid, uint64_t caller_address) const;
+  // `observed` scaled up by the share of `pid`'s objects seen; as is without one.
+  double scaled(uint32_t pid, double observed) const;
   Sums total_;
   std::unordered_map<uint64_t, SiteSummary> by_site_;
   std::unordered_map<uint64_t, Sums> site_sums_;

@@ -22,44 +22,80 @@ double DutyCycle::next_switch_s(double t_s) const {
   return t_s < close ? close : start + period_s;
 }
 
-void ObservedShare::add_process(uint32_t pid, double clock_s, bool attached) {
+const char* share_basis_name(ShareBasis basis) {
+  return basis == ShareBasis::kAllocations ? "allocations" : "time";
+}
+
+void ObservedShare::Meter::start(double at, bool attached) {
+  base = last = at;
+  observed = 0;
+  window_start.reset();
+  if (attached) window_start = at;
+}
+
+void ObservedShare::Meter::switched(bool attached, double at) {
+  // Neither the clock nor a count goes back; a reading that does is clamped rather than
+  // trusted.
+  at = std::max(at, last);
+  last = at;
+  if (attached) {
+    if (!window_start) window_start = at;
+    return;
+  }
+  if (window_start) observed += at - *window_start;
+  window_start.reset();
+}
+
+std::pair<double, double> ObservedShare::Meter::seen(std::optional<double> now) const {
+  double at = std::max(now.value_or(last), last);
+  double in_windows = observed;
+  if (window_start) in_windows += at - *window_start;
+  return {in_windows, at - base};
+}
+
+void ObservedShare::add_process(uint32_t pid, WorkReading reading, bool attached) {
   Process process;
-  process.base_s = clock_s;
-  process.last_s = clock_s;
-  if (attached) process.window_start_s = clock_s;
+  process.time.start(reading.clock_s, attached);
+  if (reading.allocations) {
+    process.allocations.emplace();
+    process.allocations->start(static_cast<double>(*reading.allocations), attached);
+  }
   processes_[pid] = process;
 }
 
-void ObservedShare::switched(uint32_t pid, bool attached, double clock_s) {
+void ObservedShare::switched(uint32_t pid, bool attached, WorkReading reading) {
   auto it = processes_.find(pid);
   if (it == processes_.end()) return;
   Process& process = it->second;
-  // The clock never goes back; a reading that does is clamped rather than trusted.
-  clock_s = std::max(clock_s, process.last_s);
-  process.last_s = clock_s;
-  if (attached) {
-    if (!process.window_start_s) process.window_start_s = clock_s;
-    return;
+  process.time.switched(attached, reading.clock_s);
+  // A reading without the count (it could not be read) leaves the count's window as it was.
+  if (process.allocations && reading.allocations) {
+    process.allocations->switched(attached, static_cast<double>(*reading.allocations));
   }
-  if (process.window_start_s) process.observed_s += clock_s - *process.window_start_s;
-  process.window_start_s.reset();
 }
 
-ObservedShare::Sums ObservedShare::sums(uint32_t pid, std::optional<double> clock_s) const {
+ObservedShare::Sums ObservedShare::sums(uint32_t pid, std::optional<WorkReading> reading) const {
   auto it = processes_.find(pid);
   if (it == processes_.end()) return {};
   const Process& process = it->second;
-  double now = std::max(clock_s.value_or(process.last_s), process.last_s);
-  double observed = process.observed_s;
-  if (process.window_start_s) observed += now - *process.window_start_s;
-  return {observed, now - process.base_s};
+  if (process.allocations) {
+    std::optional<double> now;
+    if (reading && reading->allocations) now = static_cast<double>(*reading->allocations);
+    auto [observed, total] = process.allocations->seen(now);
+    if (observed >= kMinAllocationsSeen) return {observed, total, ShareBasis::kAllocations};
+  }
+  std::optional<double> now;
+  if (reading) now = reading->clock_s;
+  auto [observed, total] = process.time.seen(now);
+  return {observed, total, ShareBasis::kTime};
 }
 
-std::optional<double> ObservedShare::fraction(uint32_t pid, std::optional<double> clock_s) const {
+std::optional<ObservedShare::Share> ObservedShare::share(uint32_t pid,
+                                                         std::optional<WorkReading> reading) const {
   if (!knows(pid)) return std::nullopt;
-  Sums seen = sums(pid, clock_s);
-  if (seen.total_s <= 0) return 1.0;
-  return std::clamp(seen.observed_s / seen.total_s, 0.0, 1.0);
+  Sums seen = sums(pid, reading);
+  if (seen.total <= 0) return Share{1.0, seen.basis};
+  return Share{std::clamp(seen.observed / seen.total, 0.0, 1.0), seen.basis};
 }
 
 double scale_to_whole(double observed, double fraction) {

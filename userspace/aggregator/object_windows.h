@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 
 namespace memtrail::aggregator {
 
@@ -21,40 +22,79 @@ struct DutyCycle {
   double next_switch_s(double t_s) const;
 };
 
-// Which share of each process's object creations the attached windows saw, measured on a clock:
-// the share of the time since its probes were placed that fell inside attached windows.
-// memtrail reads the wall clock (session::ObjectWindows); a process's own CPU time cannot
-// serve: the user time the kernel reports is split from the run time by tick samples and held
-// still rather than let go back, and under a trap on every object it stood still for seconds
-// (measured). The share is right when the process creates objects at the same rate with and
-// without the probes (a service waiting for its requests); a busy process slows under the
-// traps and creates fewer objects while attached: its share is overstated, and the estimates
-// scaled by it are low (bench/python_objects.py measures by how much).
+// A reading of a process's work at one instant: the clock (seconds), and the allocations the
+// allocator probes counted for it so far, when they are counted.
+struct WorkReading {
+  double clock_s = 0;
+  std::optional<uint64_t> allocations = std::nullopt;
+};
+
+// What a share was measured by: the process's allocations, or the time.
+enum class ShareBasis { kAllocations, kTime };
+const char* share_basis_name(ShareBasis basis);  // "allocations", "time"
+
+// Which share of each process's object creations the attached windows saw, measured by the
+// work the process did inside them over all it did since its probes were placed. The work is
+// its allocations (malloc and the rest, as the allocator probes record them): those probes
+// stay attached and cost the same in and out of the windows, so a process that slows 50-80x
+// under the object traps makes as few allocations as objects while attached, and the share
+// stays right (bench/python_objects.py: the share of time was 11x too high on a request
+// handler). It assumes allocations come at the same pace as objects, as they do in a process
+// doing the same kind of work throughout. A process that made fewer than
+// kMinAllocationsSeen allocations inside the windows (a loop of small objects alone calls
+// malloc almost never: pymalloc serves them) gets the share of time instead: the time inside
+// the windows over the time since the placement, right for a process that creates objects at
+// its own pace probed or not (a service waiting for its requests), too high for a busy one.
+// A process's own CPU time cannot serve: the user time the kernel reports is split from the run
+// time by tick samples and held still rather than let go back, and under a trap on every object
+// it stood still for seconds (measured).
 class ObservedShare {
  public:
-  // Process `pid` got its object probes at clock reading `clock_s`, attached now or not (then
-  // they wait for the next window).
-  void add_process(uint32_t pid, double clock_s, bool attached);
-  // The probes were attached (true) or detached (false) at `clock_s`. Unknown pids are ignored.
-  void switched(uint32_t pid, bool attached, double clock_s);
-  // The share seen, with `clock_s` the reading now (nullopt: the process exited, its last
-  // reading stands). 1 while no time has passed since its probes were placed. nullopt for a
-  // pid never added.
-  std::optional<double> fraction(uint32_t pid, std::optional<double> clock_s) const;
-  // For a report-level share over processes: seconds seen and seconds since the placement.
-  struct Sums {
-    double observed_s = 0, total_s = 0;
+  // With 100 allocations seen, a share counted from allocations that come independently is
+  // known to about +-10 % (the square root of the count seen); fewer, and time is the basis.
+  static constexpr double kMinAllocationsSeen = 100;
+
+  // Process `pid` got its object probes at `reading`, attached now or not (then they wait
+  // for the next window). Without allocations in the reading, its share is of time.
+  void add_process(uint32_t pid, WorkReading reading, bool attached);
+  // The probes were attached (true) or detached (false) at `reading`. Unknown pids are ignored.
+  void switched(uint32_t pid, bool attached, WorkReading reading);
+  struct Share {
+    double fraction = 1;
+    ShareBasis basis = ShareBasis::kTime;
   };
-  Sums sums(uint32_t pid, std::optional<double> clock_s) const;
+  // The share seen, with `reading` the one now (nullopt: the process exited, its last reading
+  // stands). 1 while no work was done since its probes were placed. nullopt for a pid never
+  // added.
+  std::optional<Share> share(uint32_t pid, std::optional<WorkReading> reading) const;
+  std::optional<double> fraction(uint32_t pid, std::optional<WorkReading> reading) const {
+    auto seen = share(pid, reading);
+    return seen ? std::optional<double>(seen->fraction) : std::nullopt;
+  }
+  // For a report-level share over processes: the work seen and the work since the placement,
+  // in the unit of the basis share() uses for this process (allocations or seconds).
+  struct Sums {
+    double observed = 0, total = 0;
+    ShareBasis basis = ShareBasis::kTime;
+  };
+  Sums sums(uint32_t pid, std::optional<WorkReading> reading) const;
   bool knows(uint32_t pid) const { return processes_.count(pid) != 0; }
   void forget(uint32_t pid) { processes_.erase(pid); }
 
  private:
+  // One measure of work (seconds, or allocations): what the attached windows saw of it.
+  struct Meter {
+    double base = 0;                     // the reading when the probes were placed
+    double observed = 0;                 // in closed attached windows
+    std::optional<double> window_start;  // the open attached window's start
+    double last = 0;                     // the latest reading
+    void start(double at, bool attached);
+    void switched(bool attached, double at);
+    std::pair<double, double> seen(std::optional<double> now) const;  // observed, total
+  };
   struct Process {
-    double base_s = 0;                     // the clock when the probes were placed
-    double observed_s = 0;                 // in closed attached windows
-    std::optional<double> window_start_s;  // the open attached window's start
-    double last_s = 0;                     // the latest reading
+    Meter time;
+    std::optional<Meter> allocations;  // absent when not counted
   };
   std::unordered_map<uint32_t, Process> processes_;
 };

@@ -430,8 +430,11 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     if (!target_of.count(site.pid)) continue;
     if (report.freed_sites.size() < freed_cap) {
       report.freed_sites.push_back(symbolized_site(site, snapshot, symbolizer, context));
-      report.freed_sites.back().allocator.clear();  // known only from blocks, all gone
-      report.freed_sites.back().kind.clear();
+      // Known from blocks, all gone; a site of Python objects is known by where it starts.
+      if (site.kind == model::AllocationKind::kUnknown) {
+        report.freed_sites.back().allocator.clear();
+        report.freed_sites.back().kind.clear();
+      }
       continue;
     }
     ++report.freed_omitted.sites;
@@ -458,15 +461,26 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   report.notes = notes_for(totals, context, counters.missed_entries);
   if (report.python_objects && !report.python_objects->exact) {
     const auto& objects = *report.python_objects;
+    // What the share was measured by (aggregator::ObservedShare).
+    std::string measured =
+        objects.share_basis == "allocations"
+            ? "each process's allocations made while they were attached (the allocator probes "
+              "count them "
+              "all the time; a process slowed by the object probes makes fewer of both then)"
+        : objects.share_basis == "mixed"
+            ? "allocations for some processes and time for others (each target's "
+              "python_objects_share_basis in JSON)"
+            : "the time they were attached (too few allocations to measure by: a busy process "
+              "slows under the probes and creates fewer objects while they are attached, so "
+              "its estimates are low)";
     report.notes.push_back(
         "Python objects were seen " + percent(objects.observed_fraction) +
-        " of the time (probes attached " + percent(objects.attached_share) + " of every " +
-        human_duration(objects.period_s) +
-        "; --python-objects exact attaches them all the time): their sites' counts, bytes and "
+        " of the work, measured by " + measured + "; probes attached " +
+        percent(objects.attached_share) + " of every " + human_duration(objects.period_s) +
+        ", --python-objects exact attaches them all the time. Their sites' counts, bytes and "
         "growth, marked ~, are what was seen scaled up by that share: estimates, and so are "
         "the totals that include them. Objects created while the probes were detached are not "
-        "seen; those seen stay followed until they die. A busy process slows under the probes "
-        "and creates fewer objects while they are attached: its estimates are low.");
+        "seen; those seen stay followed until they die.");
   }
   if (untyped_objects) {
     report.notes.push_back(with_thousands(report.python_objects->untyped) +

@@ -201,10 +201,13 @@ struct Target {
   // frame of its reported sites (leaks and freed sites) points into. Empty in reports from
   // before they were kept, and for what memtrail never saw mapped.
   std::vector<MappedFile> mappings = {};
-  // --python-objects on: the share of its Python objects the duty-cycled probes saw (the time
-  // inside attached windows over the time since they were placed); its object
-  // sites are that share scaled up. Absent: exact, or no object probes.
+  // --python-objects on: the share of its Python objects the duty-cycled probes saw (its
+  // allocations, or else the time, inside attached windows over all since they were placed;
+  // aggregator::ObservedShare); its object sites are that share scaled up. Absent: exact, or
+  // no object probes.
   std::optional<double> python_objects_observed_fraction = std::nullopt;
+  // What that share was measured by: "allocations" or "time" (empty when absent).
+  std::string python_objects_share_basis = {};
 };
 
 struct Totals {
@@ -280,10 +283,13 @@ struct PythonObjectsCoverage {
   bool exact = true;          // attached all the time: counts are counts
   double attached_share = 1;  // of each period, when duty-cycled
   double period_s = 0;
-  // Over the traced CPython processes: the share of their objects the probes saw (the time
-  // inside attached windows over the time since their probes were placed).
-  // Sites marked estimated are what was seen divided by their process's share.
+  // Over the traced CPython processes: the share of their objects the probes saw (their
+  // allocations, or else the time, inside attached windows over all since their probes were
+  // placed), and what it was measured by: "allocations", "time", or "mixed" (processes
+  // measured differently: the mean of their shares). Sites marked estimated are what was seen
+  // divided by their process's share.
   double observed_fraction = 1;
+  std::string share_basis = "time";
   // Since attach, over all processes: objects recorded at their creation, those created
   // without a readable type (not recorded: never dropped in silence), and those the liveness
   // reads found dead and removed.

@@ -271,6 +271,11 @@ model::Report from_json(const json& document) {
       target.sites = whole_or<uint64_t>(target_json, "sites", 0);
       target.python_objects_observed_fraction =
           optional_field<double>(target_json, "python_objects_observed_fraction");
+      // Absent in reports from before it was said: those measured by time.
+      if (target.python_objects_observed_fraction) {
+        target.python_objects_share_basis =
+            target_json.value("python_objects_share_basis", std::string("time"));
+      }
       if (target_json.contains("parent_pid")) {
         target.parent_pid = whole<uint32_t>(target_json, "parent_pid");
       }
@@ -374,6 +379,10 @@ model::Report from_json(const json& document) {
       site.stack_truncation_reason = entry.value("stack_truncation_reason", std::string());
       for (const auto& frame : entry.at("stack")) site.stack.push_back(frame_from(frame));
       site.suppressed = optional_field<std::string>(entry, "suppressed");
+      // Absent for native sites, and in reports from before object sites said so.
+      site.allocator = entry.value("allocator", std::string());
+      site.kind = entry.value("kind", std::string());
+      site.estimated = entry.value("estimated", false);
       report.freed_sites.push_back(std::move(site));
     }
     if (document.contains("freed_sites_omitted")) {
@@ -391,6 +400,7 @@ model::Report from_json(const json& document) {
       coverage.attached_share = objects.at("attached_share").get<double>();
       coverage.period_s = objects.at("period_s").get<double>();
       coverage.observed_fraction = objects.at("observed_fraction").get<double>();
+      coverage.share_basis = objects.value("share_basis", std::string("time"));
       // Absent in reports from before they were said.
       coverage.recorded = objects.value("recorded", uint64_t{0});
       coverage.untyped = objects.value("untyped", uint64_t{0});

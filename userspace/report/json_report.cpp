@@ -119,6 +119,9 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       entry["sites"] = target.sites;
       if (target.python_objects_observed_fraction) {
         entry["python_objects_observed_fraction"] = *target.python_objects_observed_fraction;
+        if (!target.python_objects_share_basis.empty()) {
+          entry["python_objects_share_basis"] = target.python_objects_share_basis;
+        }
       }
       if (!target.mappings.empty()) {
         ordered_json mappings = ordered_json::array();
@@ -278,6 +281,10 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
       }
       entry["stack"] = std::move(stack);
       if (site.suppressed) entry["suppressed"] = *site.suppressed;
+      // Python objects (their kind known by where the site starts), estimated as live ones.
+      if (!site.allocator.empty()) entry["allocator"] = site.allocator;
+      if (!site.kind.empty()) entry["kind"] = site.kind;
+      if (site.estimated) entry["estimated"] = true;
       freed.push_back(std::move(entry));
     }
     json["freed_sites"] = std::move(freed);
@@ -294,6 +301,7 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"attached_share", objects.attached_share},
                               {"period_s", objects.period_s},
                               {"observed_fraction", objects.observed_fraction},
+                              {"share_basis", objects.share_basis},
                               {"recorded", objects.recorded},
                               {"untyped", objects.untyped},
                               {"found_dead", objects.found_dead}};

@@ -182,7 +182,19 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
     }
     try {
       tracer_.attach_python_objects(pid, interpreter.file, sites);
-      object_windows_.add_process(pid);
+      // Where the probes sit in the process: each object site's first frame is one of them.
+      std::unordered_set<uint64_t> addresses;
+      for (const auto& site : interpreter.object_sites) {
+        for (const auto& mapping : process.mappings) {
+          if (!mapping.executable || mapping.path != interpreter.module ||
+              site.file_offset < mapping.file_offset ||
+              site.file_offset - mapping.file_offset >= mapping.end - mapping.start) {
+            continue;
+          }
+          addresses.insert(mapping.start + (site.file_offset - mapping.file_offset));
+        }
+      }
+      object_windows_.add_process(pid, std::move(addresses));
       return {};
     } catch (const Error& error) {
       reason = error.what();

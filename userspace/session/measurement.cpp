@@ -18,6 +18,7 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
   aggregator::Accumulator accumulator(ns_from_seconds(config_.min_age_s),
                                       config_.tracer.sample_rate);
   accumulator.set_object_shares(code_maps_.object_windows().observed_shares());
+  accumulator.set_object_creation_sites(&code_maps_.object_windows().creation_sites());
   reading.snapshot = tracer_.snapshot(&accumulator);
   auto read = Clock::now();
   reading.aggregate = std::move(accumulator).finish(reading.snapshot.sites);

@@ -3,8 +3,10 @@
 // share of each process's objects they saw.
 #include "session/object_windows.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <utility>
 
 namespace memtrail::session {
 
@@ -12,14 +14,18 @@ double ObjectWindows::clock_s() const {
   return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
 }
 
-std::optional<double> ObjectWindows::reading(uint32_t pid) const {
+aggregator::WorkReading ObjectWindows::work(uint32_t pid, double clock_s) const {
+  return {clock_s, counted_.count(pid) ? tracer_.allocations_counted(pid) : std::nullopt};
+}
+
+std::optional<aggregator::WorkReading> ObjectWindows::reading(uint32_t pid) const {
   if (exited_.count(pid)) return std::nullopt;  // its last reading, at the exit, stands
-  return clock_s();
+  return work(pid, clock_s());
 }
 
 void ObjectWindows::process_exited(uint32_t pid) {
   if (!processes_.count(pid) || exited_.count(pid)) return;
-  share_.switched(pid, false, clock_s());  // it creates nothing more: its window closes
+  share_.switched(pid, false, work(pid, clock_s()));  // it creates nothing more: its window closes
   exited_.insert(pid);
 }
 
@@ -45,25 +51,36 @@ void ObjectWindows::switch_to(bool attached) {
   // milliseconds during which the process runs without traps, and sees few objects.
   if (attached) tracer_.set_python_objects_attached(true);
   double now_s = clock_s();
-  for (uint32_t pid : processes_) share_.switched(pid, attached, now_s);
+  for (uint32_t pid : processes_) {
+    if (!exited_.count(pid)) share_.switched(pid, attached, work(pid, now_s));
+  }
   if (attached) return;
   tracer_.set_python_objects_attached(false);
   tracer_.sweep_python_objects();
 }
 
-void ObjectWindows::add_process(uint32_t pid) {
+void ObjectWindows::add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses) {
   processes_.insert(pid);
+  creation_sites_[pid] = std::move(creation_addresses);
   if (cycle_.exact()) return;
-  share_.add_process(pid, clock_s(), tracer_.python_objects_attached());
+  // Its allocations are the work its share is measured by; uncounted, the time is.
+  if (tracer_.count_allocations(pid)) counted_.insert(pid);
+  share_.add_process(pid, work(pid, clock_s()), tracer_.python_objects_attached());
+}
+
+std::unordered_map<uint32_t, aggregator::ObservedShare::Share> ObjectWindows::shares() const {
+  std::unordered_map<uint32_t, aggregator::ObservedShare::Share> shares;
+  if (cycle_.exact()) return shares;
+  for (uint32_t pid : processes_) {
+    if (auto share = share_.share(pid, reading(pid))) shares[pid] = *share;
+  }
+  return shares;
 }
 
 std::unordered_map<uint32_t, double> ObjectWindows::observed_shares() const {
-  std::unordered_map<uint32_t, double> shares;
-  if (cycle_.exact()) return shares;
-  for (uint32_t pid : processes_) {
-    if (auto share = share_.fraction(pid, reading(pid))) shares[pid] = *share;
-  }
-  return shares;
+  std::unordered_map<uint32_t, double> fractions;
+  for (const auto& [pid, share] : shares()) fractions[pid] = share.fraction;
+  return fractions;
 }
 
 std::optional<model::PythonObjectsCoverage> ObjectWindows::coverage() const {
@@ -73,13 +90,26 @@ std::optional<model::PythonObjectsCoverage> ObjectWindows::coverage() const {
   coverage.attached_share = cycle_.attached_share;
   coverage.period_s = cycle_.exact() ? 0 : cycle_.period_s;
   if (coverage.exact) return coverage;
-  aggregator::ObservedShare::Sums all;
+  // Over the processes, each basis summed apart (allocations and seconds do not add up); when
+  // their bases differ, the mean of their shares.
+  std::optional<aggregator::ShareBasis> basis;
+  bool mixed = false;
+  double observed = 0, total = 0, shares_sum = 0;
   for (uint32_t pid : processes_) {
     auto sums = share_.sums(pid, reading(pid));
-    all.observed_s += sums.observed_s;
-    all.total_s += sums.total_s;
+    if (basis && *basis != sums.basis) mixed = true;
+    basis = sums.basis;
+    observed += sums.observed;
+    total += sums.total;
+    shares_sum += sums.total > 0 ? std::clamp(sums.observed / sums.total, 0.0, 1.0) : 1.0;
   }
-  coverage.observed_fraction = all.total_s > 0 ? all.observed_s / all.total_s : 1.0;
+  if (mixed) {
+    coverage.share_basis = "mixed";
+    coverage.observed_fraction = shares_sum / static_cast<double>(processes_.size());
+  } else {
+    coverage.share_basis = aggregator::share_basis_name(*basis);
+    coverage.observed_fraction = total > 0 ? std::clamp(observed / total, 0.0, 1.0) : 1.0;
+  }
   return coverage;
 }
 

@@ -16,7 +16,7 @@
 namespace memtrail::session {
 
 // Drives the tracer's object probes through the duty cycle (exact: never detached) and keeps,
-// for each process that got them, the time its attached windows covered.
+// for each process that got them, the work its attached windows covered.
 class ObjectWindows {
  public:
   ObjectWindows(tracer::AllocTracer& tracer, aggregator::DutyCycle cycle)
@@ -28,32 +28,46 @@ class ObjectWindows {
   // objects that died by then are removed (see AllocTracer::sweep_python_objects). Returns
   // the time of the next switch (time_point::max() when exact or not started).
   Clock::time_point tick(Clock::time_point now);
-  // Process `pid` got object probes (attached now or at the next window).
-  void add_process(uint32_t pid);
+  // Process `pid` got object probes (attached now or at the next window), at
+  // `creation_addresses` in its address space.
+  void add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses);
   // It exited: its share stops growing (it creates nothing more).
   void process_exited(uint32_t pid);
   // It exited and its report is done.
   void forget(uint32_t pid) {
     processes_.erase(pid);
     exited_.erase(pid);
+    creation_sites_.erase(pid);
     share_.forget(pid);
+    if (counted_.erase(pid)) tracer_.stop_counting_allocations(pid);
   }
 
-  // For each process with object probes, the share of its objects they saw; empty when exact.
+  // For each process with object probes, the share of its objects they saw, and what it was
+  // measured by; empty when exact.
+  std::unordered_map<uint32_t, aggregator::ObservedShare::Share> shares() const;
+  // The same, the fractions only.
   std::unordered_map<uint32_t, double> observed_shares() const;
+  // Where each process's objects are created (aggregator::Accumulator's creation sites).
+  const std::unordered_map<uint32_t, std::unordered_set<uint64_t>>& creation_sites() const {
+    return creation_sites_;
+  }
   // How the probes ran, with the share over all the processes; absent without object probes.
   std::optional<model::PythonObjectsCoverage> coverage() const;
 
  private:
   void switch_to(bool attached);
-  double clock_s() const;                             // the steady clock, in seconds
-  std::optional<double> reading(uint32_t pid) const;  // none once it exited
+  double clock_s() const;  // the steady clock, in seconds
+  // Its work now: the clock, and its allocations when they are counted.
+  aggregator::WorkReading work(uint32_t pid, double clock_s) const;
+  std::optional<aggregator::WorkReading> reading(uint32_t pid) const;  // none once it exited
 
   tracer::AllocTracer& tracer_;
   aggregator::DutyCycle cycle_;
   aggregator::ObservedShare share_;
   std::unordered_set<uint32_t> processes_;  // pids with object probes
   std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
+  std::unordered_set<uint32_t> counted_;    // of those, the ones whose allocations are counted
+  std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites_;
   std::optional<Clock::time_point> start_;
 };
 

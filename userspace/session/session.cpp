@@ -436,10 +436,12 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
   const auto& windows = code_maps_.object_windows();
   context.python_objects = windows.coverage();
   if (context.python_objects && !context.python_objects->exact) {
-    auto shares = windows.observed_shares();
+    auto shares = windows.shares();
     for (auto& target : context.targets) {
       auto share = shares.find(target.pid);
-      if (share != shares.end()) target.python_objects_observed_fraction = share->second;
+      if (share == shares.end()) continue;
+      target.python_objects_observed_fraction = share->second.fraction;
+      target.python_objects_share_basis = aggregator::share_basis_name(share->second.basis);
     }
   }
   return context;

@@ -144,6 +144,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                {maps.python_processes, config.python_layout ? traced_processes : 1u},
                {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
                {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
+               // Entries only for the processes whose object probes are duty-cycled.
+               {maps.process_allocations, config.python_objects ? traced_processes : 1u},
                {maps.region_events,
                 lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
@@ -752,6 +754,33 @@ void AllocTracer::set_python_objects_attached(bool attached) {
 void AllocTracer::forget_python_objects(uint32_t pid) {
   std::erase_if(python_probes_,
                 [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
+}
+
+bool AllocTracer::count_allocations(uint32_t pid) {
+  if (!config_.python_objects) return false;
+  int map = bpf_map__fd(skeleton_->maps.process_allocations);
+  std::vector<uint64_t> zeros(static_cast<size_t>(std::max(libbpf_num_possible_cpus(), 1)), 0);
+  if (bpf_map_update_elem(map, &pid, zeros.data(), BPF_ANY) != 0) return false;
+  skeleton_->bss->processes_counted = 1;
+  return true;
+}
+
+std::optional<uint64_t> AllocTracer::allocations_counted(uint32_t pid) const {
+  if (!config_.python_objects) return std::nullopt;
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(std::max(libbpf_num_possible_cpus(), 1)));
+  if (bpf_map_lookup_elem(bpf_map__fd(skeleton_->maps.process_allocations), &pid, per_cpu.data()) !=
+      0) {
+    return std::nullopt;
+  }
+  uint64_t sum = 0;
+  for (uint64_t count : per_cpu) sum += count;
+  return sum;
+}
+
+void AllocTracer::stop_counting_allocations(uint32_t pid) {
+  if (!config_.python_objects) return;
+  // ENOENT: never counted.
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_allocations), &pid);
 }
 
 uint64_t AllocTracer::sweep_python_objects() {

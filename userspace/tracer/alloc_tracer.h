@@ -138,6 +138,15 @@ class AllocTracer : public unwind::RowStore {
   bool python_objects_attached() const { return python_objects_attached_; }
   // Process `pid` is gone: its sites are not attached again.
   void forget_python_objects(uint32_t pid);
+  // --python-objects on: counts process `pid`'s allocations from now on (those the allocator
+  // probes record, sampled ones with --sample-rate): the work by which the share of its objects
+  // the attached windows saw is measured. False when they cannot be counted (no object probes
+  // configured, or the map is full).
+  bool count_allocations(uint32_t pid);
+  // Its allocations counted so far; nullopt when they are not counted.
+  std::optional<uint64_t> allocations_counted(uint32_t pid) const;
+  // It is gone: no longer counted.
+  void stop_counting_allocations(uint32_t pid);
   // Reads every recorded Python object's liveness now and removes the dead ones from the
   // table (the judge's work of a snapshot, without a snapshot): at the end of an attached
   // window, so that an address freed by then and reused while detached by an object of the
