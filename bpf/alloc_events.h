@@ -255,6 +255,9 @@ MEMTRAIL_ABI_ASSERT((MEMTRAIL_MAX_STACK_DEPTH & (MEMTRAIL_MAX_STACK_DEPTH - 1)) 
 #define MEMTRAIL_STACK_TRUNCATED 1
 /* At least one frame was unwound with a CFI table (the rest by frame pointers). */
 #define MEMTRAIL_STACK_USED_TABLES 2
+/* The walk ended, complete, at the outermost eval-loop frame of a CPython thread: its Python
+ * frames stand for the frames below (see struct memtrail_python_process). */
+#define MEMTRAIL_STACK_PYTHON_BASE 4
 /* Bits 8..11: enum memtrail_truncation (bpf/unwind_table.h) when TRUNCATED is set. */
 
 /* ---- Python frames (--python-frames) ----
@@ -292,11 +295,19 @@ MEMTRAIL_ABI_OFFSET(memtrail_python_layout, owner_cstack, 13 * 4);
 /* Bytes read from each frame at once: every field above lies within them. */
 #define MEMTRAIL_PYTHON_FRAME_READ 80
 
-/* A traced CPython process: where its runtime state lies (the _PyRuntime symbol). */
+/* A traced CPython process: where its runtime state lies (the _PyRuntime symbol), and where
+ * its eval loop's code lies (_PyEval_EvalFrameDefault, [start, end); 0, 0 when unknown). Each
+ * native frame of the eval loop runs the Python frames up to an entry frame, so a walk that
+ * found as many eval-loop frames as the Python chain has entry frames has reached the outermost
+ * one: the frames below it are the interpreter's start-up (Py_RunMain, main, libc's start), the
+ * same for every stack, and the native walk ends there (MEMTRAIL_STACK_PYTHON_BASE). */
 struct memtrail_python_process {
 	__u64 runtime_address;
+	__u64 eval_loop_start;
+	__u64 eval_loop_end;
 };
-MEMTRAIL_ABI_SIZE(memtrail_python_process, 8);
+MEMTRAIL_ABI_SIZE(memtrail_python_process, 24);
+MEMTRAIL_ABI_OFFSET(memtrail_python_process, eval_loop_start, 8);
 
 /* One Python frame: the code object's address (low 48 bits), the index of its last instruction
  * in code units (15 bits, saturated) and whether the frame is the first of an eval loop call

@@ -52,6 +52,15 @@ struct python_walk {
 	struct memtrail_python_stack *stack;
 	__u64 frame;
 	__u64 hash;
+	__u32 entries; /* entry frames read: one per eval-loop call */
+};
+
+/* Where the native walk of a Python stack may end: after `count` frames of the eval loop, whose
+ * code is [start, end) (see struct memtrail_python_process); count 0: it walks on. */
+struct python_eval_loops {
+	__u64 start;
+	__u64 end;
+	__u32 count;
 };
 
 static __always_inline __u64 frame_u64(const __u8 *raw, __u32 offset)
@@ -103,6 +112,8 @@ static long python_step(__u32 index, struct python_walk *walk)
 	walk->stack->frames[index & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)] = packed;
 	walk->stack->depth = index + 1;
 	walk->hash = (walk->hash ^ packed) * 0x100000001B3ULL;
+	if (is_entry)
+		walk->entries++;
 	return 0;
 }
 
@@ -131,8 +142,11 @@ __noinline __u64 python_thread_state(__u64 runtime, __u64 pthread_id)
 }
 
 /* Reads the Python frames of the calling thread into the scratch stack and mixes them into
- * `hash`; NULL when the process is not a CPython one memtrail walks. */
-static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, __u64 *hash)
+ * `hash`; NULL when the process is not a CPython one memtrail walks. `eval_loops` says where
+ * the native walk may end: after the eval-loop frame of the outermost entry frame, when every
+ * frame of the chain was read (a chain cut short leaves eval loops unaccounted for: count 0). */
+static __always_inline struct memtrail_python_stack *
+capture_python(__u32 tgid, __u64 *hash, struct python_eval_loops *eval_loops)
 {
 	struct python_walk walk = {};
 	struct memtrail_python_process *process;
@@ -164,6 +178,11 @@ static __always_inline struct memtrail_python_stack *capture_python(__u32 tgid, 
 		walk.hash = *hash;
 		bpf_loop(MEMTRAIL_MAX_PYTHON_DEPTH + 1, python_step, &walk, 0);
 		*hash = walk.hash;
+		if (!stack->flags && process->eval_loop_end > process->eval_loop_start) {
+			eval_loops->start = process->eval_loop_start;
+			eval_loops->end = process->eval_loop_end;
+			eval_loops->count = walk.entries;
+		}
 	}
 	*hash ^= ((__u64)stack->flags << 56) | stack->depth;
 	return stack;

@@ -69,7 +69,11 @@ __noinline int stack_memo_keep(struct stack_memo *memo, struct stack_memo_key *k
  * module's CFI table where userspace loaded one, else by frame pointer, as unwind_processes
  * says (bpf/unwind_table.h). A walk that cannot go on ends there and says why in the stack's
  * flags: no frame is ever guessed. This walk replaces bpf_get_stackid, whose perf callchain
- * machinery cost about twice as much per allocation as the frame-pointer walk here. */
+ * machinery cost about twice as much per allocation as the frame-pointer walk here.
+ * In a CPython process the Python frames are read first: their entry frames say how many
+ * eval-loop frames the native walk will meet, and it ends at the outermost one (the C frames
+ * between nested eval loops, a C extension calling back into Python, are walked; the
+ * interpreter's start-up below them is not: about 15 frames of every Python stack). */
 static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp, __u32 tgid,
 						__u8 exact_pc)
 {
@@ -87,6 +91,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	};
 	struct memtrail_stack *stack, *known;
 	struct memtrail_python_stack *python;
+	struct python_eval_loops eval_loops = {};
 	__u32 zero = 0, python_id;
 	struct stack_memo_key key = {
 		.pc = caller,
@@ -100,7 +105,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	struct stack_memo *memo;
 	struct stack_memo_bytes *memo_bytes;
 	__s32 memoized;
-	__u64 hash;
+	__u64 hash, python_hash = 0;
 
 	/* The same walk as before, from the same registers over the same stack words (see
 	 * struct stack_memo): its stack, without walking again. */
@@ -124,10 +129,18 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 		walk.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
 	stack->ips[0] = caller;
 	stack->tgid = tgid;
-	bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
+	python = capture_python(tgid, &python_hash, &eval_loops);
+	walk.eval_loops = eval_loops.count;
+	walk.eval_start = eval_loops.start;
+	walk.eval_end = eval_loops.end;
+	if (last_eval_loop(&walk, caller)) /* the allocating code is the eval loop's own */
+		walk.flags = MEMTRAIL_STACK_PYTHON_BASE;
+	else
+		bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
 	stack->flags = walk.flags;
 	hash = walk.hash ^ walk.depth;
-	python = capture_python(tgid, &hash);
+	if (python)
+		hash = (hash ^ python_hash) * 0x100000001B3ULL;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);
 	if (known)

@@ -124,7 +124,22 @@ struct walk {
 	__u16 flags;
 	__u8 bp_known; /* false once a frame's CFI says rbp cannot be recovered */
 	__u8 exact_pc; /* pc is where a signal struck, not a return address: no - 1 */
+	/* CPython: the walk ends after `eval_loops` more frames in [eval_start, eval_end), the
+	 * eval loop's code: the Python frames stand for the rest (struct python_eval_loops). */
+	__u32 eval_loops;
+	__u64 eval_start;
+	__u64 eval_end;
 };
+
+/* Whether the frame at `pc` is the last eval-loop frame the walk needed: its outermost. */
+static __always_inline bool last_eval_loop(struct walk *walk, __u64 pc)
+{
+	pc -= walk->exact_pc ? 0 : 1;
+	if (!walk->eval_loops || pc < walk->eval_start || pc >= walk->eval_end)
+		return false;
+	walk->eval_loops--;
+	return walk->eval_loops == 0;
+}
 
 /* The two binary searches are global functions: the verifier checks each once, on its own,
  * instead of once per path through the frame step that calls them (inlined, the walk's paths
@@ -486,6 +501,11 @@ static long unwind_step(__u32 index, struct walk *walk)
 	walk->depth = depth + 1;
 	walk->hash = (walk->hash ^ return_address) * 0x100000001B3ULL; /* FNV-1a style mix */
 	walk->pc = return_address;
+	if (last_eval_loop(walk, return_address)) {
+		walk_ends(walk, 0);
+		walk->flags |= MEMTRAIL_STACK_PYTHON_BASE;
+		return WALK_STOP;
+	}
 	return WALK_CONTINUE;
 }
 

@@ -1185,6 +1185,54 @@ TEST(LeaksPython, NamesThePythonFunctionFileAndLineThatLeaks) {
   target.process.write_stdin("quit\n");
 }
 
+// Python called back from C: libc's qsort, called through ctypes by sort_pairs(), calls the
+// Python comparator through libffi's closure, and the comparator keeps a bytes(1000) per call.
+// The stack nests two eval-loop calls with C code between them: those C frames stay between the
+// comparator and sort_pairs() (the native walk goes on to the outermost eval loop), and nothing
+// follows the script's <module> frame (the walk ends there: the interpreter's start-up, the
+// same in every stack, is not walked).
+TEST(LeaksPython, ACallbackFromCIntoPythonKeepsTheCFramesBetweenThePythonFunctions) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_CALLBACK_PY});
+  auto traced = trace_scenario(target, {"--interval", "0.25"});
+  const json& report = traced.report;
+  std::string compare = "compare@" + std::to_string(traced.lines["compare"]);
+  std::string sort_pairs = "sort_pairs@" + std::to_string(traced.lines["sort_pairs"]);
+  uint64_t kept_bytes = 0, kept_blocks = 0;
+  for (const auto& site : report["leaks"]) {
+    auto frames = python_frames(site);
+    if (frames.empty() || frames[0] != compare || site["allocator"] != "calloc") continue;
+    kept_bytes += site["outstanding_bytes"].get<uint64_t>();
+    kept_blocks += site["outstanding_allocations"].get<uint64_t>();
+    ASSERT_EQ(frames.size(), 3u) << site.dump(2);
+    EXPECT_EQ(frames[1], sort_pairs) << site.dump(2);
+    EXPECT_EQ(frames[2].substr(0, 9), "<module>@") << site.dump(2);
+    // The native frames between the comparator and sort_pairs(): libffi's and libc's (qsort).
+    const auto& stack = site["stack"];
+    size_t python_seen = 0;
+    bool libffi_between = false, libc_between = false;
+    for (const auto& frame : stack) {
+      if (frame["language"] == "python") {
+        ++python_seen;
+        continue;
+      }
+      EXPECT_NE(frame["function"], "_PyEval_EvalFrameDefault") << site.dump(2);
+      if (python_seen != 1) continue;
+      std::string module = frame["module"].get<std::string>();
+      libffi_between = libffi_between || module.find("libffi") != std::string::npos;
+      libc_between = libc_between || module.find("libc.so") != std::string::npos;
+    }
+    EXPECT_TRUE(libffi_between) << site.dump(2);
+    EXPECT_TRUE(libc_between) << site.dump(2);
+    EXPECT_EQ(stack.back()["language"], "python") << site.dump(2);
+    EXPECT_FALSE(site["stack_truncated"].get<bool>()) << site.dump(2);
+  }
+  EXPECT_EQ(kept_blocks, 300u) << report.dump(2);
+  EXPECT_EQ(kept_bytes, 300u * 1033) << report.dump(2);
+  target.process.write_stdin("quit\n");
+}
+
 // ---- CPython: objects charged to the line that created them (default) ----
 
 // Python-object bytes outstanding per innermost Python frame ("function@line"), and the total.

@@ -16,6 +16,7 @@
 #include "inspect/proc_maps.h"
 #include "python/cpython.h"
 #include "python/objects.h"
+#include "symbolizer/symbolizer.h"
 
 namespace memtrail::python {
 namespace {
@@ -187,6 +188,34 @@ std::optional<Interpreter> interpreter_of(uint32_t pid) {
   auto mappings = inspect::read_proc_maps(pid);
   if (!mappings) return std::nullopt;
   return find_interpreter(pid, *mappings);
+}
+
+// The native walk of a Python stack ends at its outermost frame in [eval_loop_start,
+// eval_loop_end) (bpf/alloc/sites.bpf.h), and mix_frames() puts Python frames in place of the
+// frames the symbolizer names _PyEval_EvalFrameDefault: both must be the same code. Its first
+// and last bytes are named so, the bytes just outside it are not.
+TEST(Python, EvalLoopRangeIsTheCodeTheMergeReplaces) {
+  Fixture fixture;
+  ASSERT_FALSE(fixture.report().is_null()) << kPython << " did not run the fixture";
+  auto pid = static_cast<uint32_t>(fixture.pid());
+  auto interpreter = interpreter_of(pid);
+  ASSERT_TRUE(interpreter);
+  uint64_t start = interpreter->eval_loop_start, end = interpreter->eval_loop_end;
+  ASSERT_NE(start, 0u) << "_PyEval_EvalFrameDefault not found in " << interpreter->module;
+  ASSERT_GT(end, start + 4096) << "the eval loop is one large function";
+  auto mappings = inspect::read_proc_maps(pid);
+  ASSERT_TRUE(mappings);
+  symbolizer::Symbolizer symbolizer;
+  symbolizer.set_process_mappings(pid, *mappings);
+  auto function_at = [&](uint64_t address) {
+    auto frames = symbolizer.symbolize(pid, address, false);
+    return frames.empty() ? std::string("(none)") : frames.back().function.value_or("??");
+  };
+  EXPECT_EQ(function_at(start), "_PyEval_EvalFrameDefault");
+  EXPECT_EQ(function_at(start + (end - start) / 2), "_PyEval_EvalFrameDefault");
+  EXPECT_EQ(function_at(end - 1), "_PyEval_EvalFrameDefault");
+  EXPECT_NE(function_at(start - 1), "_PyEval_EvalFrameDefault");
+  EXPECT_NE(function_at(end), "_PyEval_EvalFrameDefault");
 }
 
 TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {

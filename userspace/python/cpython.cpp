@@ -138,8 +138,10 @@ struct TableCursor {
   }
 };
 
+constexpr const char* kEvalLoop = "_PyEval_EvalFrameDefault";
+
 bool is_eval_loop(const model::Frame& frame) {
-  return !frame.inlined && frame.function && *frame.function == "_PyEval_EvalFrameDefault";
+  return !frame.inlined && frame.function && *frame.function == kEvalLoop;
 }
 
 }  // namespace
@@ -225,6 +227,11 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
     interpreter.runtime_address = *bias + runtime->address;
     if (auto code_type = file->find_object("PyCode_Type")) {
       interpreter.code_type_address = *bias + code_type->address;
+    }
+    // The function mix_frames() replaces by Python frames (is_eval_loop), by the same symbol.
+    if (auto eval_loop = file->find_function(kEvalLoop); eval_loop && eval_loop->size) {
+      interpreter.eval_loop_start = *bias + eval_loop->address;
+      interpreter.eval_loop_end = interpreter.eval_loop_start + eval_loop->size;
     }
     unsigned major = 0, minor = 0;
     if (auto version_symbol = file->find_object("Py_Version")) {  // PY_VERSION_HEX, 3.11 on

@@ -46,10 +46,13 @@ struct ObjectProbe {
 // A process's interpreter: the module defining _PyRuntime (the python executable, or
 // libpython for embedders), where that lies in the process, and whether memtrail walks it.
 struct Interpreter {
-  std::string module;              // path as the process sees it
-  inspect::ProcessFile file;       // the module's file, as memtrail opens and probes it
-  std::string version;             // "3.11.2", from Py_Version; "3.9" from the file name when older
-  uint64_t runtime_address = 0;    // &_PyRuntime in the process
+  std::string module;            // path as the process sees it
+  inspect::ProcessFile file;     // the module's file, as memtrail opens and probes it
+  std::string version;           // "3.11.2", from Py_Version; "3.9" from the file name when older
+  uint64_t runtime_address = 0;  // &_PyRuntime in the process
+  // _PyEval_EvalFrameDefault's code in the process, [start, end): the native walk of a Python
+  // stack ends at its outermost frame (0, 0 when the symbol is missing: the walk goes on).
+  uint64_t eval_loop_start = 0, eval_loop_end = 0;
   uint64_t code_type_address = 0;  // &PyCode_Type: what a live code object's ob_type is
   bool supported = false;
   std::string reason;  // why not, when not supported

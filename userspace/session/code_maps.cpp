@@ -126,7 +126,8 @@ void CodeMaps::update_python(TracedProcess& process) {
     runtime.reason = "--python-frames native";
   }
   if (walk) {
-    tracer_.set_python_process(pid, interpreter->runtime_address);
+    tracer_.set_python_process(pid, interpreter->runtime_address, interpreter->eval_loop_start,
+                               interpreter->eval_loop_end);
   }
   if (interpreter->supported) python_naming_.interpreters[pid] = *interpreter;
   if (config_.python_types && interpreter->supported) attach_python_types(process, *interpreter);

@@ -474,9 +474,10 @@ void AllocTracer::forget_unwind_mappings(uint32_t pid) {
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.unwind_processes), &pid);
 }
 
-void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address) {
+void AllocTracer::set_python_process(uint32_t pid, uint64_t runtime_address,
+                                     uint64_t eval_loop_start, uint64_t eval_loop_end) {
   if (!config_.python_layout) return;
-  memtrail_python_process process{runtime_address};
+  memtrail_python_process process{runtime_address, eval_loop_start, eval_loop_end};
   if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid, &process, BPF_ANY) !=
       0) {
     int error_number = errno;

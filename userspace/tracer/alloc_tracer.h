@@ -157,8 +157,11 @@ class AllocTracer : public unwind::RowStore {
   void set_python_object_judge(model::PythonObjectJudge* judge) { python_judge_ = judge; }
 
   // Process `pid` runs CPython with its _PyRuntime at `runtime_address`: its stacks get their
-  // Python frames (needs config python_layout). Throws memtrail::Error when the map refuses it.
-  void set_python_process(uint32_t pid, uint64_t runtime_address);
+  // Python frames (needs config python_layout), and their native walk ends at the outermost
+  // frame of the eval loop, whose code is [eval_loop_start, eval_loop_end) (0, 0: unknown, the
+  // walk goes on). Throws memtrail::Error when the map refuses it.
+  void set_python_process(uint32_t pid, uint64_t runtime_address, uint64_t eval_loop_start,
+                          uint64_t eval_loop_end);
   // It no longer runs CPython (exec) or has exited.
   void forget_python_process(uint32_t pid);
   // Stacks created so far (the walker numbers them): unchanged, no new site appeared.
