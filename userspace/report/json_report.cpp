@@ -296,7 +296,12 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"observed_fraction", objects.observed_fraction},
                               {"recorded", objects.recorded},
                               {"untyped", objects.untyped},
-                              {"found_dead", objects.found_dead}};
+                              {"found_dead", objects.found_dead},
+                              {"found_replaced", objects.found_replaced},
+                              {"at_risk", objects.at_risk},
+                              {"window_sweeps", objects.window_sweeps},
+                              {"sweep_objects_read", objects.sweep_objects_read},
+                              {"whole_table_sweeps", objects.whole_table_sweeps}};
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();
