@@ -546,6 +546,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.python_objects->recorded = 5000;
   report.python_objects->untyped = 3;
   report.python_objects->found_dead = 4000;
+  report.python_objects->found_replaced = 300;
+  report.python_objects->at_risk = 20;
+  report.python_objects->window_sweeps = 9;
+  report.python_objects->sweep_objects_read = 7000;
+  report.python_objects->whole_table_sweeps = 1;
+  report.python_objects->sweep_seconds = 0.5;
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -560,6 +566,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["recorded"], 5000);
   EXPECT_EQ(json["python_objects"]["untyped"], 3);
   EXPECT_EQ(json["python_objects"]["found_dead"], 4000);
+  EXPECT_EQ(json["python_objects"]["found_replaced"], 300);
+  EXPECT_EQ(json["python_objects"]["at_risk"], 20);
+  EXPECT_EQ(json["python_objects"]["window_sweeps"], 9);
+  EXPECT_EQ(json["python_objects"]["sweep_objects_read"], 7000);
+  EXPECT_EQ(json["python_objects"]["whole_table_sweeps"], 1);
+  EXPECT_EQ(json["python_objects"]["sweep_seconds"], 0.5);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -579,6 +591,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read.python_objects->recorded, 5000u);
   EXPECT_EQ(read.python_objects->untyped, 3u);
   EXPECT_EQ(read.python_objects->found_dead, 4000u);
+  EXPECT_EQ(read.python_objects->found_replaced, 300u);
+  EXPECT_EQ(read.python_objects->at_risk, 20u);
+  EXPECT_EQ(read.python_objects->window_sweeps, 9u);
+  EXPECT_EQ(read.python_objects->sweep_objects_read, 7000u);
+  EXPECT_EQ(read.python_objects->whole_table_sweeps, 1u);
+  EXPECT_DOUBLE_EQ(read.python_objects->sweep_seconds, 0.5);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   // Exact: counts are counts, nothing marked.
   report.leaks[0].estimated = false;

@@ -458,6 +458,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     report.python_objects->window_sweeps = counters.python_sweeps;
     report.python_objects->sweep_objects_read = counters.python_sweep_objects;
     report.python_objects->whole_table_sweeps = counters.python_sweeps_whole;
+    report.python_objects->sweep_seconds = counters.python_sweep_seconds;
   }
   bool untyped_objects = report.python_objects && report.python_objects->untyped > 0;
   report.notes = notes_for(totals, context, counters.missed_entries);

@@ -295,6 +295,7 @@ struct PythonObjectsCoverage {
   // The liveness reads at each attached window's close, the objects they read, and those that
   // read the whole table (see AllocTracer::sweep_python_objects).
   uint64_t window_sweeps = 0, sweep_objects_read = 0, whole_table_sweeps = 0;
+  double sweep_seconds = 0;  // their time, summed
 };
 
 struct Report {

@@ -753,6 +753,7 @@ void AllocTracer::forget_python_objects(uint32_t pid) {
 AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   SweepWork work;
   if (!config_.python_objects || !python_judge_) return work;
+  uint64_t began_ns = monotonic_now_ns();
   class Discard final : public model::AllocationSink {
     void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
     void add(const model::OutstandingAllocation&) override {}
@@ -799,6 +800,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   ++sweep_totals_.sweeps;
   sweep_totals_.objects_read += work.objects_read;
   sweep_totals_.whole_table += work.whole_table;
+  sweep_totals_.seconds += static_cast<double>(window_closed_ns_ - began_ns) / 1e9;
   return work;
 }
 
@@ -1189,6 +1191,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   counters.python_sweeps = sweep_totals_.sweeps;
   counters.python_sweep_objects = sweep_totals_.objects_read;
   counters.python_sweeps_whole = sweep_totals_.whole_table;
+  counters.python_sweep_seconds = sweep_totals_.seconds;
   if (!python_site_bytes_.empty()) {
     for (auto& site : snapshot.sites) {
       auto sized =

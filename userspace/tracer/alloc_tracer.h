@@ -159,6 +159,7 @@ class AllocTracer : public unwind::RowStore {
   // Since attach: the window-close sweeps, the objects they read, and those that overflowed.
   struct SweepTotals {
     uint64_t sweeps = 0, objects_read = 0, whole_table = 0;
+    double seconds = 0;  // spent in them, the process meanwhile running with no probe
   };
   const SweepTotals& python_sweep_totals() const { return sweep_totals_; }
   // Who decides, at each snapshot, which recorded objects still live and their sizes; without
