@@ -476,11 +476,12 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     if (objects.at_risk > 0) {
       report.notes.push_back(
           with_thousands(objects.at_risk) +
-          " live Python objects cannot be proved to be the objects recorded: lists, class "
-          "instances, sets (nothing identifies them) and dicts changed while the probes were "
-          "detached. If one of them died then and a new object of its type took its address, "
-          "the new one is counted at the dead one's line. strs, bytes, ints, floats, tuples and "
-          "unchanged dicts are proved by their content or version (" +
+          " live Python objects recorded (as seen, not scaled) cannot be proved to be the "
+          "objects recorded: lists, class instances, sets (nothing identifies them) and dicts "
+          "changed while the probes were detached. If one of them died then and a new object "
+          "of its type took its address, the new one is counted at the dead one's line. strs, "
+          "bytes, ints, floats, tuples and unchanged dicts are proved by their content or "
+          "version (" +
           with_thousands(objects.found_replaced) +
           " found replaced and removed); --python-objects exact sees every creation.");
     }
