@@ -611,6 +611,30 @@ static __always_inline bool in_recorded_block(__u32 tgid, __u64 object)
 	return false;
 }
 
+/* The objects recorded since userspace last read (see struct memtrail_python_logged). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* userspace reads it in place */
+	__uint(max_entries, MEMTRAIL_PYTHON_LOG_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct memtrail_python_logged);
+} python_new_objects SEC(".maps");
+
+/* Objects logged since attach: the next index into python_new_objects (masked). */
+volatile __u64 python_objects_logged = 0;
+
+static __always_inline void log_new_object(__u32 tgid, __u64 object)
+{
+	__u32 index =
+		__sync_fetch_and_add(&python_objects_logged, 1) & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1);
+	struct memtrail_python_logged *entry = bpf_map_lookup_elem(&python_new_objects, &index);
+
+	if (!entry)
+		return;
+	entry->address = object;
+	entry->tgid = tgid;
+}
+
 /* On the branch after _Py_NewReference's flag check; the attach cookie names the register that
  * holds the new object. Its type is set by then (_PyObject_Init sets ob_type first); its size
  * may not be (a str's length comes later): userspace reads it. */
@@ -637,9 +661,10 @@ int python_object_created(struct pt_regs *ctx)
 	add_to_site(tgid, site_id, pc, 0, 1);
 	if (table_insert_block(tgid, object,
 			       type | ((__u64)MEMTRAIL_KIND_PYTHON_OBJECT << MEMTRAIL_SIZE_BITS),
-			       site_id, bpf_ktime_get_ns()))
+			       site_id, bpf_ktime_get_ns())) {
 		count(MEMTRAIL_CTR_PYTHON_OBJECTS);
-	else
+		log_new_object(tgid, object);
+	} else
 		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
 	return 0;
 }

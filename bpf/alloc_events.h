@@ -402,6 +402,23 @@ enum memtrail_python_register {
 /* PyObject.ob_type: the same offset in every CPython version. */
 #define MEMTRAIL_PYTHON_OB_TYPE 8
 
+/* The objects recorded since userspace last looked, in the python_new_objects ring (an array
+ * map userspace reads in place): the program takes the next index from a counter in .bss,
+ * python_objects_logged, and writes the object there. With --python-objects on, userspace
+ * reads it at each window's close, once the probes are out (no program still writes): the
+ * liveness read then covers these objects, not the whole table. More objects in a window than
+ * the ring holds: the read covers the whole table instead. */
+#define MEMTRAIL_PYTHON_LOG_ENTRIES (1 << 16)
+struct memtrail_python_logged {
+	__u64 address;
+	__u32 tgid;
+	__u32 pad;
+};
+MEMTRAIL_ABI_SIZE(memtrail_python_logged, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_python_logged, tgid, 8);
+MEMTRAIL_ABI_ASSERT((MEMTRAIL_PYTHON_LOG_ENTRIES & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1)) == 0,
+		    "the program masks log indices with MEMTRAIL_PYTHON_LOG_ENTRIES - 1");
+
 /* ---- memory mapped by system calls: mmap, munmap, mremap, brk ----
  * Syscall tracepoints send these events through a ring buffer; userspace keeps the regions
  * (userspace/tracer/mapped_regions.h), because a munmap may release any part of a mapping and

@@ -8,6 +8,13 @@
 #   reuse     a first line keeps Items for a while, then drops them; a second line makes as
 #             many Items, at the same addresses
 #   thread    a thread keeps Items
+#   immutable for the duty cycle: rounds in which a first line keeps strs and tuples for a
+#             while, then drops them, and a second line at once makes as many of the same
+#             types and sizes, other content, at the same addresses (mostly while the probes
+#             are detached, as they are 90 % of the time)
+#   many      for the duty cycle: about 250,000 strs kept, then a quiet time
+#   churn     for the duty cycle: rounds in which a churner keeps dicts for a while, then drops
+#             them onto the dict free list, and a keeper at once takes them from it
 # Prints "ready PID", waits for a line, prints "line NAME N" for the lines memtrail must find,
 # runs the scenario, prints "count NAME N" for what it states (sys.getsizeof sums, how many
 # addresses were reused, verified with id()), "done", then waits for "quit" or end of input.
@@ -104,6 +111,91 @@ def reuse():
     print(f"count reused {reused}", flush=True)
 
 
+def make_first(count, round_number):
+    made = []
+    for i in range(count):
+        if i % 2:
+            made.append(f"first-{round_number:04d}-{i:050d}")  # line: first_str
+        else:
+            made.append((i % 200, round_number % 200, 0))  # line: first_tuple
+    return made
+
+
+def make_second(count, round_number):
+    for i in range(count):
+        if i % 2:
+            kept.append(f"other-{round_number:04d}-{i:051d}")  # line: second_str
+        else:
+            kept.append((i % 200, round_number % 200, 1))  # line: second_tuple
+
+
+def same_addresses(old, new):
+    addresses = set(id(thing) for thing in old)
+    return sum(id(thing) in addresses for thing in new)
+
+
+def immutable():
+    reused = 0
+    rounds = int(os.environ.get("ROUNDS", "12"))
+    for round_number in range(rounds):
+        old = []
+        for _ in range(10):  # over 0.5 s: some of them in attached windows
+            old.extend(make_first(200, round_number))
+            time.sleep(0.05)
+        time.sleep(0.3)
+        addresses = set(id(thing) for thing in old)
+        del old[:]
+        start = len(kept)
+        make_second(2000, round_number)
+        reused += sum(id(thing) in addresses for thing in kept[start:])
+        addresses.clear()
+    time.sleep(0.5)
+    print(f"count kept {len(kept)}", flush=True)
+    print(f"count reused {reused}", flush=True)
+
+
+def churn_dicts(count, round_number):
+    made = []
+    for j in range(count):
+        made.append({"c": round_number, "j": j})  # line: churn_dict
+    return made
+
+
+def keep_dicts(count, round_number):
+    for j in range(count):
+        kept.append({"k": round_number, "j": j})  # line: keep_dict
+
+
+def churn_rounds():
+    reused = 0
+    rounds = int(os.environ.get("ROUNDS", "12"))
+    for round_number in range(rounds):
+        held = []
+        for _ in range(10):
+            held.extend(churn_dicts(8, round_number))
+            time.sleep(0.05)
+        addresses = set(id(d) for d in held)
+        del held[:]  # the last 80 onto the dict free list
+        start = len(kept)
+        keep_dicts(80, round_number)
+        reused += sum(id(d) in addresses for d in kept[start:])
+        addresses.clear()
+    time.sleep(0.5)
+    print(f"count kept {len(kept)}", flush=True)
+    print(f"count reused {reused}", flush=True)
+
+
+def many():
+    # About 250,000 strs kept over 5 s (the probes see those made while attached), then a
+    # quiet second and a half: window closes with many objects tracked and few new.
+    for batch in range(250):
+        for i in range(1000):
+            kept.append(f"many-{batch:04d}-{i:030d}")  # line: many
+        time.sleep(0.02)
+    time.sleep(1.5)
+    print(f"count kept {len(kept)}", flush=True)
+
+
 def in_thread(count):
     for _ in range(count):
         kept.append(Item())  # line: thread
@@ -124,7 +216,8 @@ with open(__file__) as source:
     for line_number, text in enumerate(source, 1):
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
-{"exact": exact, "freelist": freelist, "reuse": reuse, "thread": thread}[scenario]()
+{"exact": exact, "freelist": freelist, "reuse": reuse, "thread": thread, "immutable": immutable,
+ "churn": churn_rounds, "many": many}[scenario]()
 time.sleep(0.3)
 print("done", flush=True)
 for line in sys.stdin:

@@ -554,6 +554,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   freed.total_allocations = freed.freed_allocations = 48;
   freed.total_allocated_bytes = 2400;
   report.freed_sites = {freed};
+  report.python_objects->found_replaced = 300;
+  report.python_objects->at_risk = 20;
+  report.python_objects->window_sweeps = 9;
+  report.python_objects->sweep_objects_read = 7000;
+  report.python_objects->whole_table_sweeps = 1;
+  report.python_objects->sweep_seconds = 0.5;
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -574,6 +580,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["freed_sites"][0]["kind"], "python_objects");
   EXPECT_EQ(json["freed_sites"][0]["estimated"], true);
   EXPECT_EQ(json["freed_sites"][0]["total_allocations"], 48);
+  EXPECT_EQ(json["python_objects"]["found_replaced"], 300);
+  EXPECT_EQ(json["python_objects"]["at_risk"], 20);
+  EXPECT_EQ(json["python_objects"]["window_sweeps"], 9);
+  EXPECT_EQ(json["python_objects"]["sweep_objects_read"], 7000);
+  EXPECT_EQ(json["python_objects"]["whole_table_sweeps"], 1);
+  EXPECT_EQ(json["python_objects"]["sweep_seconds"], 0.5);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -598,6 +610,12 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read.freed_sites[0].allocator, "python_object");
   EXPECT_EQ(read.freed_sites[0].kind, "python_objects");
   EXPECT_TRUE(read.freed_sites[0].estimated);
+  EXPECT_EQ(read.python_objects->found_replaced, 300u);
+  EXPECT_EQ(read.python_objects->at_risk, 20u);
+  EXPECT_EQ(read.python_objects->window_sweeps, 9u);
+  EXPECT_EQ(read.python_objects->sweep_objects_read, 7000u);
+  EXPECT_EQ(read.python_objects->whole_table_sweeps, 1u);
+  EXPECT_DOUBLE_EQ(read.python_objects->sweep_seconds, 0.5);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   EXPECT_EQ(read.targets[0].python_objects_share_basis, "allocations");
   // A report from before the basis was said measured by time.

@@ -456,6 +456,12 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     report.python_objects->recorded = counters.python_objects;
     report.python_objects->untyped = counters.python_objects_untyped;
     report.python_objects->found_dead = counters.python_objects_dead;
+    report.python_objects->found_replaced = counters.python_objects_replaced;
+    report.python_objects->at_risk = counters.python_objects_at_risk;
+    report.python_objects->window_sweeps = counters.python_sweeps;
+    report.python_objects->sweep_objects_read = counters.python_sweep_objects;
+    report.python_objects->whole_table_sweeps = counters.python_sweeps_whole;
+    report.python_objects->sweep_seconds = counters.python_sweep_seconds;
   }
   bool untyped_objects = report.python_objects && report.python_objects->untyped > 0;
   report.notes = notes_for(totals, context, counters.missed_entries);
@@ -481,6 +487,18 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
         "growth, marked ~, are what was seen scaled up by that share: estimates, and so are "
         "the totals that include them. Objects created while the probes were detached are not "
         "seen; those seen stay followed until they die.");
+    if (objects.at_risk > 0) {
+      report.notes.push_back(
+          with_thousands(objects.at_risk) +
+          " live Python objects recorded (as seen, not scaled) cannot be proved to be the "
+          "objects recorded: lists, class instances, sets (nothing identifies them) and dicts "
+          "changed while the probes were detached. If one of them died then and a new object "
+          "of its type took its address, the new one is counted at the dead one's line. strs, "
+          "bytes, ints, floats, tuples and unchanged dicts are proved by their content or "
+          "version (" +
+          with_thousands(objects.found_replaced) +
+          " found replaced and removed); --python-objects exact sees every creation.");
+    }
   }
   if (untyped_objects) {
     report.notes.push_back(with_thousands(report.python_objects->untyped) +

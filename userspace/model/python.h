@@ -48,6 +48,17 @@ struct PythonFrame {
   bool entry = false;  // the first frame of an eval-loop call
 };
 
+// What identifies one CPython object among those of its type that take the same address in
+// turn (python/objects.h, object_identity).
+enum class ObjectIdentity : uint8_t {
+  kNone,     // nothing known: a list, a class instance, a set (mutable, no version); or an
+             // immutable object not complete yet (a tuple with an empty item)
+  kContent,  // a digest of an immutable object's content (str, bytes, int, float, tuple): a
+             // different digest is a different object
+  kVersion,  // a dict's version tag: the same tag is the same dict; another is a change to it
+             // or another dict, which cannot be told apart
+};
+
 // A CPython object recorded at its creation, as the liveness read judges it (no probe sees an
 // object die: the tracer asks a judge every interval).
 struct TrackedPythonObject {
@@ -62,6 +73,10 @@ struct TrackedPythonObject {
   // malloc'd block's record in the table is then this object's creation record.
   bool block_at_object = false;
   bool gone = false;  // its process's memory is gone (it exited): not judged, not dead
+  // judged, for live objects: what tells this object from another of its type created later at
+  // the same address (while the object probes were detached, no creation is seen):
+  ObjectIdentity identity_kind = ObjectIdentity::kNone;
+  uint64_t identity = 0;
 };
 
 class PythonObjectJudge {

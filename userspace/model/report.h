@@ -294,6 +294,14 @@ struct PythonObjectsCoverage {
   // without a readable type (not recorded: never dropped in silence), and those the liveness
   // reads found dead and removed.
   uint64_t recorded = 0, untyped = 0, found_dead = 0;
+  // Of found_dead, those whose content showed another object of the same type at their address
+  // (created while the probes were detached); and, at this report, live records that may be
+  // such another object, nothing proving otherwise (0 when exact).
+  uint64_t found_replaced = 0, at_risk = 0;
+  // The liveness reads at each attached window's close, the objects they read, and those that
+  // read the whole table (see AllocTracer::sweep_python_objects).
+  uint64_t window_sweeps = 0, sweep_objects_read = 0, whole_table_sweeps = 0;
+  double sweep_seconds = 0;  // their time, summed
 };
 
 struct Report {

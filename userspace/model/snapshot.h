@@ -88,7 +88,18 @@ struct TracerCounters {
   uint64_t python_objects = 0;          // CPython objects recorded at their creation
   uint64_t python_objects_untyped = 0;  // created without a readable type: not recorded
   uint64_t python_objects_dead = 0;     // found dead by the liveness reads, and removed
-  uint64_t python_objects_large = 0;    // alive but over 512 bytes: malloc'd, counted as blocks
+  // Of those, found replaced: a different object of the same type at the address, which its
+  // content told (created while the object probes were detached).
+  uint64_t python_objects_replaced = 0;
+  // Live now, and perhaps not the object recorded: nothing could prove that the object was not
+  // replaced by another of its type while the probes were detached (lists, class instances,
+  // sets, dicts changed meanwhile). 0 when the probes are attached all the time.
+  uint64_t python_objects_at_risk = 0;
+  // The liveness reads at the close of each attached window: how many, the objects they read,
+  // and those that read the whole table (more new objects than the ring holds).
+  uint64_t python_sweeps = 0, python_sweep_objects = 0, python_sweeps_whole = 0;
+  double python_sweep_seconds = 0;    // the time they took
+  uint64_t python_objects_large = 0;  // alive but over 512 bytes: malloc'd, counted as blocks
   // Blocks recorded at the allocator's usable size, not the size asked: a return site where
   // no register held it (glibc's single-threaded malloc path).
   uint64_t usable_size_allocations = 0;

@@ -271,10 +271,13 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
     if (auto unicode_type = file->find_object("PyUnicode_Type")) {
       interpreter.unicode_type_address = *bias + unicode_type->address;
     }
-    for (auto [name, address] :
-         {std::pair{"PySet_Type", &interpreter.set_type_address},
-          std::pair{"PyFrozenSet_Type", &interpreter.frozenset_type_address},
-          std::pair{"PyByteArray_Type", &interpreter.bytearray_type_address}}) {
+    for (auto [name, address] : {std::pair{"PySet_Type", &interpreter.set_type_address},
+                                 std::pair{"PyFrozenSet_Type", &interpreter.frozenset_type_address},
+                                 std::pair{"PyByteArray_Type", &interpreter.bytearray_type_address},
+                                 std::pair{"PyBytes_Type", &interpreter.bytes_type_address},
+                                 std::pair{"PyLong_Type", &interpreter.long_type_address},
+                                 std::pair{"PyFloat_Type", &interpreter.float_type_address},
+                                 std::pair{"PyTuple_Type", &interpreter.tuple_type_address}}) {
       if (auto type = file->find_object(name)) *address = *bias + type->address;
     }
     if (interpreter.supported) {

@@ -72,6 +72,10 @@ struct Interpreter {
   // &PySet_Type, &PyFrozenSet_Type, &PyByteArray_Type: their sizes add a buffer of their own
   // (dict and list are known by their type flags).
   uint64_t set_type_address = 0, frozenset_type_address = 0, bytearray_type_address = 0;
+  // &PyBytes_Type, &PyLong_Type, &PyFloat_Type, &PyTuple_Type: immutable, so their content
+  // tells one object from another at the same address (python/objects.h, Identity).
+  uint64_t bytes_type_address = 0, long_type_address = 0, float_type_address = 0,
+           tuple_type_address = 0;
 };
 
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.

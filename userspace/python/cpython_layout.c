@@ -84,6 +84,9 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->list_subclass = Py_TPFLAGS_LIST_SUBCLASS;
   layout->dict_keys = offsetof(PyDictObject, ma_keys);
   layout->dict_values = offsetof(PyDictObject, ma_values);
+  layout->dict_version = offsetof(PyDictObject, ma_version_tag);
+  /* ob_shash, just before ob_sval (named, it warns: deprecated in 3.11) */
+  layout->bytes_hash = offsetof(PyBytesObject, ob_sval) - sizeof(Py_hash_t);
   layout->keys_refcnt = offsetof(PyDictKeysObject, dk_refcnt);
   layout->keys_log2_size = offsetof(PyDictKeysObject, dk_log2_size);
   layout->keys_log2_index_bytes = offsetof(PyDictKeysObject, dk_log2_index_bytes);

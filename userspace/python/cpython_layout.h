@@ -64,10 +64,14 @@ struct memtrail_cpython_layout {
    * dict (and subclasses: Py_TPFLAGS_DICT_SUBCLASS), list (Py_TPFLAGS_LIST_SUBCLASS), set and
    * frozenset, bytearray. */
   unsigned long dict_subclass, list_subclass;
-  unsigned dict_keys;             /* PyDictObject.ma_keys */
-  unsigned dict_values;           /* PyDictObject.ma_values: a split table's values */
-  unsigned keys_refcnt;           /* PyDictKeysObject.dk_refcnt: 1 when the dict owns its keys */
-  unsigned keys_log2_size;        /* .dk_log2_size */
+  unsigned dict_keys;   /* PyDictObject.ma_keys */
+  unsigned dict_values; /* PyDictObject.ma_values: a split table's values */
+  /* PyDictObject.ma_version_tag: every dict created, and every change to one, takes the next
+   * value of one interpreter-wide counter, so an unchanged tag is the same dict. */
+  unsigned dict_version;
+  unsigned bytes_hash;     /* PyBytesObject.ob_shash: a cache (-1 until hashed), not content */
+  unsigned keys_refcnt;    /* PyDictKeysObject.dk_refcnt: 1 when the dict owns its keys */
+  unsigned keys_log2_size; /* .dk_log2_size */
   unsigned keys_log2_index_bytes; /* .dk_log2_index_bytes */
   unsigned keys_kind;             /* .dk_kind */
   unsigned keys_usable;           /* .dk_usable */

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <functional>
+#include <tuple>
 #include <vector>
 
 namespace memtrail::python {
@@ -204,6 +206,127 @@ std::optional<DictTable> dict_table(uint64_t values, std::span<const uint8_t> ke
 
 }  // namespace
 
+namespace {
+
+// A compact str's characters: where they start and how many bytes (nullopt: not compact).
+std::optional<std::pair<size_t, size_t>> str_characters(std::span<const uint8_t> header) {
+  const auto& layout = built_layout();
+  auto state = at<uint32_t>(header, layout.unicode_state);
+  auto length = at<int64_t>(header, layout.unicode_length);
+  unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
+  bool compact = (state >> layout.state_compact_bit) & 1;
+  bool ascii = (state >> layout.state_ascii_bit) & 1;
+  if (!compact || length < 0 || length > static_cast<int64_t>(kPymallocLargest) ||
+      (kind != 1 && kind != 2 && kind != 4)) {
+    return std::nullopt;
+  }
+  return std::pair{size_t{ascii ? layout.ascii_data : layout.compact_data},
+                   static_cast<size_t>(length) * kind};
+}
+
+// A 64-bit digest of byte ranges (murmur3's finalizer over 8-byte words): not cryptographic,
+// only unlikely to match by chance.
+class Digest {
+ public:
+  void add(std::span<const uint8_t> bytes) {
+    for (size_t i = 0; i < bytes.size(); i += 8) {
+      uint64_t word = 0;
+      std::memcpy(&word, bytes.data() + i, std::min<size_t>(8, bytes.size() - i));
+      mix(word);
+    }
+    mix(bytes.size());
+  }
+  uint64_t value() const { return state_; }
+
+ private:
+  void mix(uint64_t word) {
+    uint64_t x = state_ ^ word;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    state_ = x + 0x9E3779B97F4A7C15ULL;
+  }
+  uint64_t state_ = 0;
+};
+
+}  // namespace
+
+size_t identity_bytes(const TypeFacts& type, std::span<const uint8_t> header) {
+  const auto& layout = built_layout();
+  size_t bytes = 0;
+  switch (type.identity) {
+    case IdentityBy::kStr: {
+      auto characters = str_characters(header);
+      if (!characters) return 0;
+      bytes = characters->first + characters->second;
+      break;
+    }
+    case IdentityBy::kBytes:
+    case IdentityBy::kFields: {
+      // ob_size only where there are items (a float's value lies there).
+      auto items = type.item_size > 0 ? at<int64_t>(header, layout.var_size) : 0;
+      if (type.basic_size <= 0 || items < -static_cast<int64_t>(kPymallocLargest) ||
+          items > static_cast<int64_t>(kPymallocLargest)) {
+        return 0;
+      }
+      bytes = static_cast<size_t>(type.basic_size) +
+              static_cast<size_t>(items < 0 ? -items : items) *
+                  static_cast<size_t>(std::max<int64_t>(type.item_size, 0));
+      break;
+    }
+    default:
+      return 0;
+  }
+  return bytes <= kPymallocLargest ? bytes : 0;
+}
+
+std::pair<model::ObjectIdentity, uint64_t> object_identity(const TypeFacts& type,
+                                                           std::span<const uint8_t> object) {
+  const auto& layout = built_layout();
+  constexpr std::pair none{model::ObjectIdentity::kNone, uint64_t{0}};
+  if (type.identity == IdentityBy::kVersion) {
+    if (object.size() < layout.dict_version + sizeof(uint64_t)) return none;
+    return {model::ObjectIdentity::kVersion, at<uint64_t>(object, layout.dict_version)};
+  }
+  size_t length = identity_bytes(type, object);
+  if (length == 0 || object.size() < length) return none;
+  Digest digest;
+  switch (type.identity) {
+    case IdentityBy::kStr: {
+      // The length, kind and characters; not the hash, the interned state or the UTF-8 and
+      // wchar_t caches, which CPython fills in later on the same object.
+      auto characters = str_characters(object);
+      auto state = at<uint32_t>(object, layout.unicode_state);
+      uint32_t kept = (((1u << layout.state_kind_bits) - 1) << layout.state_kind_shift) |
+                      (1u << layout.state_compact_bit) | (1u << layout.state_ascii_bit);
+      uint64_t fixed[2] = {at<uint64_t>(object, layout.unicode_length), state & kept};
+      digest.add({reinterpret_cast<const uint8_t*>(fixed), sizeof(fixed)});
+      digest.add(object.subspan(characters->first, characters->second));
+      break;
+    }
+    case IdentityBy::kBytes:
+      // The size and the bytes, not the cached hash between them.
+      digest.add(object.subspan(layout.var_size, sizeof(int64_t)));
+      digest.add(object.subspan(layout.bytes_data, length - layout.bytes_data));
+      break;
+    case IdentityBy::kFields:
+      if (type.tuple) {
+        // PyTuple_New leaves the items empty for its caller to fill: not complete yet.
+        for (size_t item = static_cast<size_t>(type.basic_size); item + 8 <= length; item += 8) {
+          if (at<uint64_t>(object, item) == 0) return none;
+        }
+      }
+      digest.add(object.subspan(layout.object_type + sizeof(uint64_t),
+                                length - layout.object_type - sizeof(uint64_t)));
+      break;
+    default:
+      return none;
+  }
+  return {model::ObjectIdentity::kContent, digest.value()};
+}
+
 bool still_alive(uint64_t recorded_type, std::span<const uint8_t> header) {
   auto refcount = at<uint64_t>(header, 0);
   auto type = at<uint64_t>(header, built_layout().object_type);
@@ -315,6 +438,18 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
     } else if (type == process.bytearray_type_address) {
       read.sizing = Sizing::kByteArray;
     }
+    // Exact types only: a subclass's instances may carry a dict of attributes, changed freely.
+    if (type == process.unicode_type_address) {
+      read.identity = IdentityBy::kStr;
+    } else if (read.flags & layout.dict_subclass) {
+      read.identity = IdentityBy::kVersion;
+    } else if (type == process.bytes_type_address) {
+      read.identity = IdentityBy::kBytes;
+    } else if (type == process.long_type_address || type == process.float_type_address ||
+               type == process.tuple_type_address) {
+      read.identity = IdentityBy::kFields;
+      read.tuple = type == process.tuple_type_address;
+    }
     char name[128] = {};
     uint64_t name_address = at<uint64_t>(raw, layout.type_name);
     if (name_address && (read_memory(pid, name_address, name, sizeof(name) - 1) ||
@@ -370,6 +505,7 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
       if (!tables_readable[2 * k] || !tables_readable[2 * k + 1]) continue;
       dict_tables[dicts[k]] = dict_table(at<uint64_t>(values, 0), keys);
     }
+    if (read_identities_) read_identities(pid, batch, types, header_of);
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!types[i]) continue;
       auto& object = batch[i];
@@ -380,6 +516,38 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
       object.block_at_object = !(types[i]->flags & (layout.types.have_gc | layout.managed_dict));
     }
     begin = end;
+  }
+}
+
+void ObjectLiveness::read_identities(
+    uint32_t pid, std::span<model::TrackedPythonObject> batch,
+    const std::vector<const TypeFacts*>& types,
+    const std::function<std::span<const uint8_t>(size_t)>& header_of) {
+  // A dict's version is in its header; the others' content is read whole, in one more pass.
+  std::vector<Piece> pieces;
+  std::vector<size_t> read;  // of the batch
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].identity_kind = model::ObjectIdentity::kNone;
+    if (!types[i]) continue;
+    if (types[i]->identity == IdentityBy::kVersion) {
+      std::tie(batch[i].identity_kind, batch[i].identity) =
+          object_identity(*types[i], header_of(i));
+    } else if (size_t length = identity_bytes(*types[i], header_of(i))) {
+      pieces.push_back({batch[i].address, length});
+      read.push_back(i);
+    }
+  }
+  if (pieces.empty()) return;
+  std::vector<uint8_t> content;
+  std::vector<bool> readable;
+  read_pieces(pid, pieces, content, readable);
+  size_t offset = 0;
+  for (size_t k = 0; k < read.size(); ++k) {
+    std::span<const uint8_t> object(content.data() + offset, pieces[k].length);
+    offset += pieces[k].length;
+    if (!readable[k]) continue;
+    auto& target = batch[read[k]];
+    std::tie(target.identity_kind, target.identity) = object_identity(*types[read[k]], object);
   }
 }
 

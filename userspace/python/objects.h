@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "model/python.h"
 #include "python/cpython.h"
@@ -27,12 +29,24 @@ enum class Sizing : uint8_t {
   kByteArray,  // bytearray: ob_alloc bytes
 };
 
+// What tells one object of a type from another made later at the same address (with the
+// object probes detached, a new object there is not seen): model::ObjectIdentity.
+enum class IdentityBy : uint8_t {
+  kNothing,  // mutable and unversioned: lists, class instances, sets, subclasses of the below
+  kStr,      // exact str: its length, kind and characters (not its hash or UTF-8 caches)
+  kBytes,    // exact bytes: its size and bytes (not its cached hash)
+  kFields,   // exact int, float, tuple: every byte past the type (size, digits, value, items)
+  kVersion,  // dict and its subclasses: ma_version_tag
+};
+
 // What an object's size needs of its type, read once per (process, type).
 struct TypeFacts {
   std::string name;
   int64_t basic_size = 0, item_size = 0;
   uint64_t flags = 0;
   Sizing sizing = Sizing::kBasic;
+  IdentityBy identity = IdentityBy::kNothing;
+  bool tuple = false;  // its items must all be set before its content identifies it
 };
 
 // The bytes of an object read at once: refcount, type, ob_size (or a str's length), a str's
@@ -67,6 +81,17 @@ struct ObjectSize {
 std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header,
                                       const DictTable* dict = nullptr);
 
+// The bytes from the object's address that its identity reads (IdentityBy kStr, kBytes,
+// kFields), from its header: 0 when its type has no content identity or the header is not sane.
+// At most the object itself (pymalloc's objects: 512 bytes or less).
+size_t identity_bytes(const TypeFacts& type, std::span<const uint8_t> header);
+// The object's identity from `object` (identity_bytes() of it, from its address; for kVersion,
+// its header): kNone when its type has none or it is not complete yet (a tuple with an empty
+// item, just created and still being filled). A 64-bit digest of the content: two objects of
+// equal content have the same (such a reuse cannot be seen; see README "Python objects").
+std::pair<model::ObjectIdentity, uint64_t> object_identity(const TypeFacts& type,
+                                                           std::span<const uint8_t> object);
+
 // Is the object still the one recorded: refcount in [1, 2^32) and of the recorded type? A
 // freed object has refcount 0 (free lists keep it so), or pymalloc's free-list link (an
 // address) in its place, or another type once its memory is reused.
@@ -77,6 +102,9 @@ class ObjectLiveness : public model::PythonObjectJudge {
   // `interpreters`: the CPython processes traced, by pid (objects of others are judged dead).
   explicit ObjectLiveness(const std::unordered_map<uint32_t, Interpreter>& interpreters)
       : interpreters_(interpreters) {}
+  // Also read each live object's identity (model::TrackedPythonObject::identity): needed when
+  // the object probes are detached part of the time (--python-objects on), and a read more.
+  void set_read_identities(bool read) { read_identities_ = read; }
   void judge(std::span<model::TrackedPythonObject> objects) override;
   // The type's name (tp_name), once read; "?" when never read.
   std::string type_name(uint32_t pid, uint64_t type) const;
@@ -84,8 +112,13 @@ class ObjectLiveness : public model::PythonObjectJudge {
 
  private:
   const TypeFacts* facts(uint32_t pid, uint64_t type);
+  // Sets the identity of each live object of `batch` (one process; types[i] non-null: alive).
+  void read_identities(uint32_t pid, std::span<model::TrackedPythonObject> batch,
+                       const std::vector<const TypeFacts*>& types,
+                       const std::function<std::span<const uint8_t>(size_t)>& header_of);
   const std::unordered_map<uint32_t, Interpreter>& interpreters_;
   std::map<std::pair<uint32_t, uint64_t>, std::optional<TypeFacts>> types_;
+  bool read_identities_ = false;
 };
 
 }  // namespace memtrail::python

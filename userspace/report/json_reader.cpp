@@ -405,6 +405,12 @@ model::Report from_json(const json& document) {
       coverage.recorded = objects.value("recorded", uint64_t{0});
       coverage.untyped = objects.value("untyped", uint64_t{0});
       coverage.found_dead = objects.value("found_dead", uint64_t{0});
+      coverage.found_replaced = objects.value("found_replaced", uint64_t{0});
+      coverage.at_risk = objects.value("at_risk", uint64_t{0});
+      coverage.window_sweeps = objects.value("window_sweeps", uint64_t{0});
+      coverage.sweep_objects_read = objects.value("sweep_objects_read", uint64_t{0});
+      coverage.whole_table_sweeps = objects.value("whole_table_sweeps", uint64_t{0});
+      coverage.sweep_seconds = objects.value("sweep_seconds", 0.0);
       report.python_objects = coverage;
     }
     if (document.contains("python_types")) {

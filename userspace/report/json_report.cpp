@@ -304,7 +304,13 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"share_basis", objects.share_basis},
                               {"recorded", objects.recorded},
                               {"untyped", objects.untyped},
-                              {"found_dead", objects.found_dead}};
+                              {"found_dead", objects.found_dead},
+                              {"found_replaced", objects.found_replaced},
+                              {"at_risk", objects.at_risk},
+                              {"window_sweeps", objects.window_sweeps},
+                              {"sweep_objects_read", objects.sweep_objects_read},
+                              {"whole_table_sweeps", objects.whole_table_sweeps},
+                              {"sweep_seconds", objects.sweep_seconds}};
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();

@@ -60,7 +60,14 @@ CodeMaps::CodeMaps(const SessionConfig& config, tracer::AllocTracer& tracer, Pro
   if (config.tracer.unwind_mode != unwind::UnwindMode::kFramePointers) {
     unwind_tables_.emplace(config.tracer.unwind_mode, tracer_);
   }
-  if (config.tracer.python_objects) tracer_.set_python_object_judge(&python_objects_);
+  if (config.tracer.python_objects) {
+    tracer_.set_python_object_judge(&python_objects_);
+    // Detached part of the time, objects are created unseen: one may take a dead one's
+    // address, which only its identity can tell.
+    bool duty_cycled = !config.python_object_cycle.exact();
+    python_objects_.set_read_identities(duty_cycled);
+    tracer_.check_python_identities(duty_cycled);
+  }
 }
 
 CodeMaps::~CodeMaps() { tracer_.set_python_object_judge(nullptr); }

@@ -128,26 +128,28 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   struct {
     bpf_map* map;
     uint32_t entries;
-  } sizes[] = {{maps.allocs, buckets},
-               {maps.site_totals, config.max_stacks},
-               {maps.stacks, config.max_stacks},
-               {maps.fallback_sites, config.max_fallback_sites},
-               {maps.process_losses, kMaxLossProcesses},
-               // The frame-pointer walk reads neither: one entry each, no memory.
-               {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
-               // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
-               // 5,600 for 28,274): room for every table's, with a margin.
-               {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
-               {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
-               {maps.traced_processes, lifecycle ? traced_processes : 1u},
-               // Entries only for CPython processes and their stacks (no preallocation).
-               {maps.python_processes, config.python_layout ? traced_processes : 1u},
-               {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
-               {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
-               // Entries only for the processes whose object probes are duty-cycled.
-               {maps.process_allocations, config.python_objects ? traced_processes : 1u},
-               {maps.region_events,
-                lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
+  } sizes[] = {
+      {maps.allocs, buckets},
+      {maps.site_totals, config.max_stacks},
+      {maps.stacks, config.max_stacks},
+      {maps.fallback_sites, config.max_fallback_sites},
+      {maps.process_losses, kMaxLossProcesses},
+      // The frame-pointer walk reads neither: one entry each, no memory.
+      {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
+      // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
+      // 5,600 for 28,274): room for every table's, with a margin.
+      {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
+      {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
+      {maps.traced_processes, lifecycle ? traced_processes : 1u},
+      // Entries only for CPython processes and their stacks (no preallocation).
+      {maps.python_processes, config.python_layout ? traced_processes : 1u},
+      {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
+      {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
+      // Entries only for the processes whose object probes are duty-cycled.
+      {maps.process_allocations, config.python_objects ? traced_processes : 1u},
+      {maps.python_new_objects, config.python_objects ? uint32_t{MEMTRAIL_PYTHON_LOG_ENTRIES} : 1u},
+      {maps.region_events,
+       lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
@@ -214,6 +216,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   }
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
+  if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
     row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
@@ -736,7 +739,8 @@ void AllocTracer::set_python_objects_attached(bool attached) {
   if (attached == python_objects_attached_) return;
   python_objects_attached_ = attached;
   if (!attached) {
-    // Closing the link removes the breakpoints from the process.
+    // Closing the link removes the breakpoints from the process. The window counts as open
+    // until the sweep that follows has read (sweep_python_objects).
     for (auto& probes : python_probes_) probes.link.reset();
     return;
   }
@@ -755,6 +759,7 @@ void AllocTracer::set_python_objects_attached(bool attached) {
 void AllocTracer::forget_python_objects(uint32_t pid) {
   std::erase_if(python_probes_,
                 [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
+  std::erase_if(python_identities_, [pid](const auto& known) { return known.first.pid == pid; });
 }
 
 bool AllocTracer::count_allocations(uint32_t pid) {
@@ -784,8 +789,10 @@ void AllocTracer::stop_counting_allocations(uint32_t pid) {
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_allocations), &pid);
 }
 
-uint64_t AllocTracer::sweep_python_objects() {
-  if (!config_.python_objects || !python_judge_) return 0;
+AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
+  SweepWork work;
+  if (!config_.python_objects || !python_judge_) return work;
+  uint64_t began_ns = monotonic_now_ns();
   class Discard final : public model::AllocationSink {
     void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
     void add(const model::OutstandingAllocation&) override {}
@@ -793,9 +800,127 @@ uint64_t AllocTracer::sweep_python_objects() {
   model::Snapshot snapshot;
   std::vector<model::TrackedPythonObject> objects;
   std::vector<PythonSlot> slots;
-  read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
+  // No program writes the ring now (the links are closed, and closing waits for the programs
+  // running): every index below the counter is written.
+  uint64_t logged = skeleton_->bss->python_objects_logged;  // volatile: read once, here
+  std::atomic_thread_fence(std::memory_order_acquire);
+  uint64_t fresh = logged - python_log_read_;
+  python_log_read_ = logged;
+  std::vector<PythonObjectKey> watch_next;
+  watch_out_ = &watch_next;
+  sweeping_ = true;
+  if (fresh > MEMTRAIL_PYTHON_LOG_ENTRIES) {
+    work.whole_table = true;
+    read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
+  } else {
+    const auto* ring = python_log_view_.values<memtrail_python_logged>();
+    std::vector<PythonObjectKey> keys = python_watch_;
+    keys.reserve(keys.size() + fresh);
+    for (uint64_t n = logged - fresh; n < logged; ++n) {
+      const auto& entry = ring[n & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1)];
+      keys.push_back({entry.tgid, entry.address});
+    }
+    // An object on the watch list may have been recorded anew in the window: read once.
+    std::sort(keys.begin(), keys.end(), [](const PythonObjectKey& a, const PythonObjectKey& b) {
+      return std::pair{a.pid, a.address} < std::pair{b.pid, b.address};
+    });
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    find_python_slots(keys, objects, slots);
+  }
+  work.objects_read = objects.size();
   judge_python_objects(objects, slots, snapshot, &discard);
-  return snapshot.counters.python_objects_dead;
+  sweeping_ = false;
+  watch_out_ = nullptr;
+  python_watch_ = std::move(watch_next);
+  // The detached time begins: whatever is read from now on may be another object.
+  ++python_gaps_;
+  window_closed_ns_ = monotonic_now_ns();
+  work.removed = snapshot.counters.python_objects_dead;
+  ++sweep_totals_.sweeps;
+  sweep_totals_.objects_read += work.objects_read;
+  sweep_totals_.whole_table += work.whole_table;
+  sweep_totals_.seconds += static_cast<double>(window_closed_ns_ - began_ns) / 1e9;
+  return work;
+}
+
+void AllocTracer::find_python_slots(const std::vector<PythonObjectKey>& keys,
+                                    std::vector<model::TrackedPythonObject>& objects,
+                                    std::vector<PythonSlot>& slots) {
+  auto* buckets = allocs_view_.writable_values<memtrail_alloc_bucket>();
+  uint32_t bucket_count = bpf_map__max_entries(skeleton_->maps.allocs);
+  auto load = [](const auto& field) {
+    using Field = std::remove_cv_t<std::remove_reference_t<decltype(field)>>;
+    return std::atomic_ref<Field>(const_cast<Field&>(field)).load(std::memory_order_acquire);
+  };
+  for (const auto& key : keys) {
+    for (int which = 0; which < 2; ++which) {
+      memtrail_alloc_bucket& bucket =
+          buckets[memtrail_bucket_of(key.pid, key.address, which, bucket_count)];
+      bool found = false;
+      for (uint32_t slot = 0; slot < MEMTRAIL_BUCKET_SLOTS && !found; ++slot) {
+        if (load(bucket.address[slot]) != key.address) continue;
+        const memtrail_alloc_info& info = bucket.info[slot];
+        uint64_t timestamp = load(info.timestamp_ns);
+        uint64_t size_kind = load(info.size_kind);
+        if (timestamp == 0 || load(info.tgid) != key.pid ||
+            (size_kind >> MEMTRAIL_SIZE_BITS) != MEMTRAIL_KIND_PYTHON_OBJECT) {
+          continue;
+        }
+        model::TrackedPythonObject object;
+        object.pid = key.pid;
+        object.address = key.address;
+        object.type = size_kind & MEMTRAIL_SIZE_MASK;
+        objects.push_back(object);
+        slots.push_back({&bucket, slot, timestamp, load(info.site_id)});
+        found = true;
+      }
+      if (found) break;
+    }
+  }
+}
+
+AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPythonObject& object,
+                                                         uint64_t timestamp_ns, uint64_t now_ns) {
+  using model::ObjectIdentity;
+  // An object just created may still be being filled (a str's characters, a tuple's items,
+  // a dict's first keys): its content is not taken as its identity yet.
+  constexpr uint64_t kSettleNs = 2'000'000;
+  bool in_window = python_objects_attached_ || sweeping_;
+  ObjectIdentity kind = object.identity_kind;
+  if (now_ns < timestamp_ns + kSettleNs) kind = ObjectIdentity::kNone;
+  auto [known, first] = python_identities_.try_emplace({object.pid, object.address});
+  KnownIdentity& was = known->second;
+  if (first || was.timestamp_ns != timestamp_ns) {
+    // First found alive: if the probes were detached since its creation, the object now there
+    // may already be another one.
+    was = {timestamp_ns, object.identity, kind, timestamp_ns < window_closed_ns_ || !in_window,
+           python_gaps_, in_window};
+    return was.at_risk ? IdentityVerdict::kAtRisk : IdentityVerdict::kSame;
+  }
+  bool gap = was.gaps != python_gaps_ || !was.in_window;
+  if (gap) {
+    if (was.kind == ObjectIdentity::kContent && kind == ObjectIdentity::kContent &&
+        was.identity != object.identity) {
+      python_identities_.erase(known);
+      return IdentityVerdict::kReplaced;
+    }
+    // Nothing identifies it (its type has no identity, or it was not complete when first
+    // read), or a dict's version changed: changed, or another dict, cannot be told.
+    if (was.kind != ObjectIdentity::kContent || kind != ObjectIdentity::kContent) {
+      if (!(was.kind == ObjectIdentity::kVersion && kind == ObjectIdentity::kVersion &&
+            was.identity == object.identity)) {
+        was.at_risk = true;
+      }
+    }
+  }
+  // Without a gap, a change is the object's own: a tuple filled, a dict changed.
+  if (kind != ObjectIdentity::kNone) {
+    was.kind = kind;
+    was.identity = object.identity;
+  }
+  was.gaps = python_gaps_;
+  was.in_window = in_window;
+  return was.at_risk ? IdentityVerdict::kAtRisk : IdentityVerdict::kSame;
 }
 
 void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
@@ -811,6 +936,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
   sorted.reserve(objects.size());
   for (size_t i : order) sorted.push_back(objects[i]);
   python_judge_->judge(sorted);
+  uint64_t judged_at = monotonic_now_ns();
   auto& counters = snapshot.counters;
   auto site_key = [](uint32_t pid, int32_t site_id) {
     return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
@@ -843,7 +969,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       }
       continue;
     }
-    if (!object.alive) {
+    auto remove = [&] {
       // The removal protocol (bpf/alloc_events.h), from the timestamp read: a new object
       // created at this address since (a new timestamp) is left alone.
       // A replace (a new object at the address) may run between the two swaps: it writes
@@ -852,7 +978,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       memtrail_alloc_info& info = where.bucket->info[where.slot];
       __u64 expected = where.timestamp_ns;
       if (!std::atomic_ref<__u64>(info.timestamp_ns).compare_exchange_strong(expected, 0)) {
-        continue;
+        return false;
       }
       std::atomic_ref<__u64> address(where.bucket->address[where.slot]);
       __u64 held = object.address;
@@ -862,7 +988,13 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
         address.compare_exchange_strong(freed, object.address);
       }
       ++counters.python_objects_dead;
+      ++python_removed_total_;
       python_objects_sized_.erase({object.pid, object.address});
+      python_identities_.erase({object.pid, object.address});
+      return true;
+    };
+    if (!object.alive) {
+      remove();
       continue;
     }
     // Over 512 bytes, the object is a malloc'd block, counted as that block: the BPF program
@@ -874,6 +1006,23 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     if (!object.pymalloc && !object.block_at_object) {
       ++counters.python_objects_large;
       continue;
+    }
+    if (check_identities_) {
+      auto verdict = check_identity(object, where.timestamp_ns, judged_at);
+      if (verdict == IdentityVerdict::kReplaced) {
+        // Another object of its type, created unseen at its address: the one recorded died.
+        if (remove()) {
+          ++counters.python_objects_replaced;
+          ++python_replaced_total_;
+        }
+        continue;
+      }
+      if (verdict == IdentityVerdict::kAtRisk) ++counters.python_objects_at_risk;
+      // The next close sweep reads again what no content identifies.
+      if (watch_out_ && python_identities_[{object.pid, object.address}].kind !=
+                            model::ObjectIdentity::kContent) {
+        watch_out_->push_back({object.pid, object.address});
+      }
     }
     auto site = site_index.find(site_key(object.pid, where.site_id));
     if (site != site_index.end() && where.timestamp_ns <= snapshot.sites[site->second].read_at_ns) {
@@ -1069,7 +1218,19 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   std::vector<PythonSlot> python_slots;
   read_table(python_objects, python_slots, snapshot, sink, /*python_only=*/false);
 
+  // Every object is judged here: the watch list of the next close sweep is rebuilt from it.
+  std::vector<PythonObjectKey> watch_next;
+  watch_out_ = &watch_next;
   judge_python_objects(python_objects, python_slots, snapshot, sink);
+  watch_out_ = nullptr;
+  if (check_identities_) python_watch_ = std::move(watch_next);
+  // Since attach, the window-close sweeps included.
+  counters.python_objects_dead = python_removed_total_;
+  counters.python_objects_replaced = python_replaced_total_;
+  counters.python_sweeps = sweep_totals_.sweeps;
+  counters.python_sweep_objects = sweep_totals_.objects_read;
+  counters.python_sweeps_whole = sweep_totals_.whole_table;
+  counters.python_sweep_seconds = sweep_totals_.seconds;
   if (!python_site_bytes_.empty()) {
     for (auto& site : snapshot.sites) {
       auto sized =

@@ -147,11 +147,30 @@ class AllocTracer : public unwind::RowStore {
   std::optional<uint64_t> allocations_counted(uint32_t pid) const;
   // It is gone: no longer counted.
   void stop_counting_allocations(uint32_t pid);
-  // Reads every recorded Python object's liveness now and removes the dead ones from the
-  // table (the judge's work of a snapshot, without a snapshot): at the end of an attached
-  // window, so that an address freed by then and reused while detached by an object of the
-  // same type does not keep a dead object's site alive. Returns the objects removed.
-  uint64_t sweep_python_objects();
+  // At the end of an attached window, once the probes are out: reads the liveness of the
+  // objects that must be read before the detached time begins, and removes the dead ones from
+  // the table, so that an address freed by then and reused while detached by an object of the
+  // same type does not keep a dead object's site alive. Those are the objects recorded in the
+  // window (from the python_new_objects ring: also their identity is taken then, before any
+  // unseen reuse), and the live ones whose identity cannot prove them later (the watch list:
+  // lists, class instances, sets, dicts); not the immutable objects recorded before, whose
+  // content tells at the next report whether they are still the object recorded. More objects
+  // in the window than the ring holds: the whole table. Returns what it read.
+  struct SweepWork {
+    uint64_t objects_read = 0;  // objects judged
+    uint64_t removed = 0;       // found dead (or replaced) and removed
+    bool whole_table = false;   // the ring overflowed: every object was read
+  };
+  SweepWork sweep_python_objects();
+  // Object identities are checked (python/objects.h, IdentityBy): with --python-objects on,
+  // where objects are created unseen while the probes are detached.
+  void check_python_identities(bool check) { check_identities_ = check; }
+  // Since attach: the window-close sweeps, the objects they read, and those that overflowed.
+  struct SweepTotals {
+    uint64_t sweeps = 0, objects_read = 0, whole_table = 0;
+    double seconds = 0;  // spent in them, the process meanwhile running with no probe
+  };
+  const SweepTotals& python_sweep_totals() const { return sweep_totals_; }
   // Who decides, at each snapshot, which recorded objects still live and their sizes; without
   // one, recorded objects are neither reported nor removed.
   void set_python_object_judge(model::PythonObjectJudge* judge) { python_judge_ = judge; }
@@ -221,6 +240,17 @@ class AllocTracer : public unwind::RowStore {
   void judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
                             const std::vector<PythonSlot>& slots, model::Snapshot& snapshot,
                             model::AllocationSink* sink);
+  // The table slots of the Python objects `keys` (found in either candidate bucket).
+  struct PythonObjectKey;
+  void find_python_slots(const std::vector<PythonObjectKey>& keys,
+                         std::vector<model::TrackedPythonObject>& objects,
+                         std::vector<PythonSlot>& slots);
+  // The identity check of a live object (with check_identities_): still the object recorded,
+  // perhaps another one (at risk: nothing proves it either way), or surely another one created
+  // unseen at its address (replaced: it is removed as dead).
+  enum class IdentityVerdict { kSame, kAtRisk, kReplaced };
+  IdentityVerdict check_identity(const model::TrackedPythonObject& object, uint64_t timestamp_ns,
+                                 uint64_t now_ns);
   // The bytes of Python objects: the BPF program counts each creation in its site's totals,
   // but not its size, which only the liveness read knows. Each object found alive is sized
   // once (by pid, address and creation time) and its bytes added to its site's total from then
@@ -244,6 +274,33 @@ class AllocTracer : public unwind::RowStore {
   std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
   // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
   std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
+  // What identified each live object when last checked (check_identities_), and when: the
+  // object probes were detached in between (gaps differ, or it was checked while detached)
+  // means a new object may have taken its address unseen.
+  struct KnownIdentity {
+    uint64_t timestamp_ns = 0;  // of the record: a new record at the address starts afresh
+    uint64_t identity = 0;
+    model::ObjectIdentity kind = model::ObjectIdentity::kNone;
+    bool at_risk = false;    // once it could not be proved the same across a gap: for good
+    uint64_t gaps = 0;       // python_gaps_ at the check
+    bool in_window = false;  // checked inside an attached window (or at its close)
+  };
+  std::unordered_map<PythonObjectKey, KnownIdentity, PythonObjectKeyHash> python_identities_;
+  bool check_identities_ = false;
+  // Detached periods begun (each window's close, after its sweep), and when the last began.
+  uint64_t python_gaps_ = 0;
+  uint64_t window_closed_ns_ = 0;
+  bool sweeping_ = false;  // the close sweep runs: it reads as of the window's end
+  // python_new_objects, read in place, and how far the sweeps have read it.
+  MappedMap python_log_view_;
+  uint64_t python_log_read_ = 0;
+  // Live objects the next close sweep reads again (no content identity), from the last judge
+  // that saw them: (pid, address).
+  std::vector<PythonObjectKey> python_watch_;
+  std::vector<PythonObjectKey>* watch_out_ = nullptr;  // set while a judge collects it
+  SweepTotals sweep_totals_;
+  // Since attach: objects removed as dead, and of them those found replaced by their identity.
+  uint64_t python_removed_total_ = 0, python_replaced_total_ = 0;
 
   TracerConfig config_;
   model::PythonObjectJudge* python_judge_ = nullptr;
