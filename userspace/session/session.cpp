@@ -142,8 +142,11 @@ void Session::attach_all() {
       for (const auto& function : module.functions) {
         if (tracer_.uses_return_sites(function)) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
-                    << " probed inside, where it returns (one trap a call): "
-                    << function.return_sites_reason << "\n";
+                    << " probed inside, where it returns ("
+                    << (function.handoffs.empty() ? "one trap a call"
+                                                  : "one trap a call on its fast path, two on "
+                                                    "a slow path it hands off to")
+                    << "): " << function.return_sites_reason << "\n";
           continue;
         }
         std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name << " probed at "
