@@ -25,7 +25,8 @@ class ObjectWindows {
   // The run's clock starts: the probes are attached or not as the cycle says for time 0.
   void start(Clock::time_point start);
   // Switches the probes if the cycle says so at `now`; at the end of an attached window, the
-  // objects that died by then are removed (see AllocTracer::sweep_python_objects). Returns
+  // objects recorded in it and the live ones no content identifies are read, and the dead
+  // ones removed (see AllocTracer::sweep_python_objects). Returns
   // the time of the next switch (time_point::max() when exact or not started).
   Clock::time_point tick(Clock::time_point now);
   // Process `pid` got object probes (attached now or at the next window), at
