@@ -107,6 +107,38 @@ def stop(process):
             process.wait()
 
 
+def attach_memtrail(memtrail, pid, json_path, extra_args, label):
+    """Starts `memtrail leaks -p PID` writing its JSON report to `json_path` (removed first) and
+    waits until it traces: (the tracer, a LineReader of its stderr)."""
+    if os.path.exists(json_path):
+        os.unlink(json_path)
+    command = [memtrail, "leaks", "-p", str(pid), "-q", "--json", json_path] + list(extra_args)
+    tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = LineReader(tracer.stderr)
+    if errors.wait_for("memtrail: tracing pid", 60) is None:
+        kill_if_running(tracer)
+        raise BenchError(f"{label}: memtrail did not attach: {errors.text()!r}")
+    return tracer, errors
+
+
+def finish_memtrail(tracer, errors, label, json_path):
+    """Stops a tracer started by attach_memtrail; its JSON report, None when it wrote none."""
+    stop(tracer)
+    if tracer.returncode != 0:
+        raise BenchError(f"{label}: memtrail exited {tracer.returncode}: {errors.text()!r}")
+    if not os.path.exists(json_path):
+        return None
+    with open(json_path) as report_file:
+        return json.load(report_file)
+
+
+def kill_if_running(process):
+    """For the `finally` of a run: a process still running is killed and reaped."""
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def other_tracers():
     """Processes that would skew the run or share its hooks: any memtrail (its paging
     subcommand attaches host-wide, like this benchmark's), memtrail's integration tests (they

@@ -11,7 +11,6 @@ python_object_created). Root; run nothing else meanwhile. Appends to bench/RESUL
   bench/python_objects.py [--build DIR] [--rounds N] [--seconds S] [--modes a,b]
                           [--workloads objects,web] [--no-record]"""
 import argparse
-import json
 import os
 import re
 import signal
@@ -23,7 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
-from benchlib import BenchError, LineReader, owned_programs, stop  # noqa: E402
+from benchlib import (BenchError, LineReader, attach_memtrail, finish_memtrail,  # noqa: E402
+                      kill_if_running, owned_programs)
 
 PYTHON = "/usr/bin/python3"
 WORKLOAD = os.path.join(benchlib.ROOT, "bench", "python_objects_workload.py")
@@ -70,15 +70,9 @@ def run_once(mode, workload, args, work_dir):
         if ready is None:
             raise BenchError(f"{workload}: the workload did not start: {output.text()!r}")
         json_path = os.path.join(work_dir, "report.json")
-        if os.path.exists(json_path):
-            os.unlink(json_path)
         if MODES[mode] is not None:
-            command = [args.memtrail, "leaks", "-p", str(python.pid), "-q", "--json", json_path]
-            tracer = subprocess.Popen(command + MODES[mode], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
-            errors = LineReader(tracer.stderr)
-            if errors.wait_for("memtrail: tracing pid", 60) is None:
-                raise BenchError(f"{mode}: memtrail did not attach: {errors.text()!r}")
+            tracer, errors = attach_memtrail(args.memtrail, python.pid, json_path, MODES[mode],
+                                             mode)
         python.stdin.write(b"go\n")
         python.stdin.flush()
         result = output.wait_for("ns_per_unit=", args.seconds * 20 + 60)
@@ -92,22 +86,15 @@ def run_once(mode, workload, args, work_dir):
             created = [p for p in programs if p.get("name") == PROGRAM]
             figures["object_runs"] = sum(p.get("run_cnt", 0) for p in created)
             figures["object_run_ns"] = sum(p.get("run_time_ns", 0) for p in created)
-            stop(tracer)
-            if tracer.returncode != 0:
-                raise BenchError(f"{mode}: memtrail exited {tracer.returncode}: "
-                                 f"{errors.text()!r}")
+            report = finish_memtrail(tracer, errors, mode, json_path)
             if "--probe-floor" not in MODES[mode]:
-                with open(json_path) as report_file:
-                    report = json.load(report_file)
+                if report is None:
+                    raise BenchError(f"{mode}: memtrail wrote no report")
                 figures["report"] = report
         return figures
     finally:
-        if python.poll() is None:
-            python.kill()
-            python.wait()
-        if tracer is not None and tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
+        kill_if_running(python)
+        kill_if_running(tracer)
 
 
 def fmt(value, digits=0):

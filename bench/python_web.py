@@ -13,7 +13,6 @@ nothing else meanwhile. Appends to bench/RESULTS.md unless --no-record.
   bench/python_web.py [--build DIR] [--rounds N] [--seconds S] [--connections C]
                       [--modes a,b] [--no-pin] [--no-record]"""
 import argparse
-import json
 import os
 import re
 import statistics
@@ -23,7 +22,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
-from benchlib import BenchError, LineReader, owned_programs, stop  # noqa: E402
+from benchlib import (BenchError, LineReader, attach_memtrail, finish_memtrail,  # noqa: E402
+                      kill_if_running, owned_programs)
 from python_web_app import BODIES  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
@@ -97,15 +97,9 @@ def run_once(mode, args, work_dir, bodies_path):
             raise BenchError(f"the server did not start: {server_errors.text()!r}")
         port = int(ready.split()[2])
         json_path = os.path.join(work_dir, "report.json")
-        if os.path.exists(json_path):
-            os.unlink(json_path)
         if MODES[mode] is not None:
-            command = [args.memtrail, "leaks", "-p", str(server.pid), "-q", "--json", json_path]
-            tracer = subprocess.Popen(command + MODES[mode], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
-            errors = LineReader(tracer.stderr)
-            if errors.wait_for("memtrail: tracing pid", 60) is None:
-                raise BenchError(f"{mode}: memtrail did not attach: {errors.text()!r}")
+            tracer, errors = attach_memtrail(args.memtrail, server.pid, json_path, MODES[mode],
+                                             mode)
         client = subprocess.run(
             [args.client, str(port), str(server.pid), bodies_path, str(args.connections),
              str(WARMUP), str(args.seconds)], capture_output=True, text=True,
@@ -128,13 +122,10 @@ def run_once(mode, args, work_dir, bodies_path):
                 name = program.get("name", "?")
                 previous = figures["programs"].get(name, (0, 0))
                 figures["programs"][name] = (previous[0] + runs, previous[1] + ns)
-            stop(tracer)
-            if tracer.returncode != 0:
-                raise BenchError(f"{mode}: memtrail exited {tracer.returncode}: "
-                                 f"{errors.text()!r}")
+            report = finish_memtrail(tracer, errors, mode, json_path)
             if "--probe-floor" not in MODES[mode]:
-                with open(json_path) as report_file:
-                    report = json.load(report_file)
+                if report is None:
+                    raise BenchError(f"{mode}: memtrail wrote no report")
                 if report.get("totals", {}).get("allocations", 0) < figures["total_requests"]:
                     raise BenchError(f"{mode}: memtrail recorded fewer allocations than the "
                                      f"{figures['total_requests']:.0f} requests served: "
@@ -150,9 +141,7 @@ def run_once(mode, args, work_dir, bodies_path):
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-        if tracer is not None and tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
+        kill_if_running(tracer)
 
 
 def fmt(value, digits=0):

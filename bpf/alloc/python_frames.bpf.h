@@ -55,14 +55,6 @@ struct python_walk {
 	__u32 entries; /* entry frames read: one per eval-loop call */
 };
 
-/* Where the native walk of a Python stack may end: after `count` frames of the eval loop, whose
- * code is [start, end) (see struct memtrail_python_process); count 0: it walks on. */
-struct python_eval_loops {
-	__u64 start;
-	__u64 end;
-	__u32 count;
-};
-
 static __always_inline __u64 frame_u64(const __u8 *raw, __u32 offset)
 {
 	if (offset > MEMTRAIL_PYTHON_FRAME_READ - sizeof(__u64))
@@ -178,7 +170,8 @@ capture_python(__u32 tgid, __u64 *hash, struct python_eval_loops *eval_loops)
 		walk.hash = *hash;
 		bpf_loop(MEMTRAIL_MAX_PYTHON_DEPTH + 1, python_step, &walk, 0);
 		*hash = walk.hash;
-		if (!stack->flags && process->eval_loop_end > process->eval_loop_start) {
+		if (eval_loops && !stack->flags &&
+		    process->eval_loop_end > process->eval_loop_start) {
 			eval_loops->start = process->eval_loop_start;
 			eval_loops->end = process->eval_loop_end;
 			eval_loops->count = walk.entries;

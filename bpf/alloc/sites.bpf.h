@@ -91,7 +91,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	};
 	struct memtrail_stack *stack, *known;
 	struct memtrail_python_stack *python;
-	struct python_eval_loops eval_loops = {};
+	struct python_eval_loops *eval_loops;
 	__u32 zero = 0, python_id;
 	struct stack_memo_key key = {
 		.pc = caller,
@@ -111,9 +111,10 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	 * struct stack_memo): its stack, without walking again. */
 	memo = bpf_map_lookup_elem(&stack_memos, &memo_slot);
 	memo_bytes = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
+	eval_loops = bpf_map_lookup_elem(&eval_loop_scratch, &zero);
 	/* (Never NULL: per-CPU arrays, indices in range. Going on without a memo would have the
 	 * verifier check the whole walk twice, with and without.) */
-	if (!memo || !memo_bytes)
+	if (!memo || !memo_bytes || !eval_loops)
 		goto fallback;
 	memoized = stack_memo_hit(memo, memo_bytes, &key);
 	if (memoized >= 0)
@@ -129,18 +130,18 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 		walk.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
 	stack->ips[0] = caller;
 	stack->tgid = tgid;
-	python = capture_python(tgid, &python_hash, &eval_loops);
-	walk.eval_loops = eval_loops.count;
-	walk.eval_start = eval_loops.start;
-	walk.eval_end = eval_loops.end;
+	eval_loops->count = 0;
+	python = capture_python(tgid, &python_hash, eval_loops);
+	walk.eval_loops = eval_loops;
+	/* No branch here on what capture_python found (unwind_step checks the caller first, and
+	 * python_hash is 0 without Python frames): each one would have the verifier check the rest
+	 * of the program once per side, which made loading it several times slower. */
 	if (last_eval_loop(&walk, caller)) /* the allocating code is the eval loop's own */
 		walk.flags = MEMTRAIL_STACK_PYTHON_BASE;
 	else
 		bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
 	stack->flags = walk.flags;
-	hash = walk.hash ^ walk.depth;
-	if (python)
-		hash = (hash ^ python_hash) * 0x100000001B3ULL;
+	hash = ((walk.hash ^ walk.depth) ^ python_hash) * 0x100000001B3ULL;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);
 	if (known)

@@ -111,6 +111,22 @@ struct {
  * stack of capture_stack; unwind_step runs once per frame under bpf_loop, which the verifier
  * checks once (a plain loop of 64 frames, each with two binary searches, would be explored
  * path by path). */
+/* Where the native walk of a Python stack may end: after `count` frames of the eval loop, whose
+ * code is [start, end) (see struct memtrail_python_process); count 0: it walks on. Filled by
+ * capture_python, in a per-CPU scratch entry. */
+struct python_eval_loops {
+	__u64 start;
+	__u64 end;
+	__u32 count;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct python_eval_loops);
+} eval_loop_scratch SEC(".maps");
+
 struct walk {
 	struct memtrail_stack *stack;
 	struct stack_memo *memo;		 /* where the words read are noted (NULL: none) */
@@ -124,21 +140,23 @@ struct walk {
 	__u16 flags;
 	__u8 bp_known; /* false once a frame's CFI says rbp cannot be recovered */
 	__u8 exact_pc; /* pc is where a signal struck, not a return address: no - 1 */
-	/* CPython: the walk ends after `eval_loops` more frames in [eval_start, eval_end), the
-	 * eval loop's code: the Python frames stand for the rest (struct python_eval_loops). */
-	__u32 eval_loops;
-	__u64 eval_start;
-	__u64 eval_end;
+	/* CPython: where the walk may end (struct python_eval_loops). */
+	struct python_eval_loops *eval_loops;
 };
 
-/* Whether the frame at `pc` is the last eval-loop frame the walk needed: its outermost. */
+/* Whether the frame at `pc` is the last eval-loop frame the walk needed: its outermost. The
+ * count lives in map memory, not in struct walk on the stack: the verifier reads it as any
+ * number, so the states of unwind_step's iterations still converge; a count it tracked would
+ * differ at each frame and made loading the programs several times slower (measured). */
 static __always_inline bool last_eval_loop(struct walk *walk, __u64 pc)
 {
+	struct python_eval_loops *eval = walk->eval_loops;
+
 	pc -= walk->exact_pc ? 0 : 1;
-	if (!walk->eval_loops || pc < walk->eval_start || pc >= walk->eval_end)
+	if (!eval || !eval->count || pc < eval->start || pc >= eval->end)
 		return false;
-	walk->eval_loops--;
-	return walk->eval_loops == 0;
+	eval->count--;
+	return eval->count == 0;
 }
 
 /* The two binary searches are global functions: the verifier checks each once, on its own,

@@ -1296,6 +1296,22 @@ TEST(LeaksPythonObjects, TheKeepersLineHoldsTheObjectsTheChurnersLineDoesNot) {
   target.process.write_stdin("quit\n");
 }
 
+// Reads what a Python target states of itself until it prints "done": "line NAME N" (the line
+// numbers of its functions) and "count NAME N". False when it never said "done".
+bool read_target_statements(Target& target, std::map<std::string, int>& lines,
+                            std::map<std::string, uint64_t>& counts) {
+  while (auto line = target.process.read_stdout_line(20s)) {
+    if (*line == "done") return true;
+    std::istringstream words(*line);
+    std::string tag, name;
+    uint64_t number = 0;
+    if (!(words >> tag >> name >> number)) continue;
+    if (tag == "line") lines[name] = static_cast<int>(number);
+    if (tag == "count") counts[name] = number;
+  }
+  return false;
+}
+
 // --python-objects on: the probes attached half of each second, on a busy keeper (BUSY: it
 // keeps and churns without a pause, CPU-bound, handling a 64 KiB body each time). The keeper's
 // line still holds most of the object bytes and the churner's little (objects dead at the end
@@ -1318,21 +1334,9 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
   tracer.expect_attached();
   target.process.write_stdin("go\n");
   std::map<std::string, int> lines;
-  uint64_t kept = 0;
-  bool done = false;
-  while (auto line = target.process.read_stdout_line(20s)) {
-    if (*line == "done") {
-      done = true;
-      break;
-    }
-    std::istringstream words(*line);
-    std::string tag, name;
-    uint64_t number = 0;
-    if (!(words >> tag >> name >> number)) continue;
-    if (tag == "line") lines[name] = static_cast<int>(number);
-    if (tag == "count" && name == "kept") kept = number;
-  }
-  ASSERT_TRUE(done) << "the keeper did not finish";
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(target, lines, counts)) << "the keeper did not finish";
+  uint64_t kept = counts["kept"];
   tracer.stop();
   json report = read_json(json_path);
   ASSERT_GT(kept, 0u) << "the keeper did not say how many it kept";
@@ -1403,19 +1407,7 @@ ObjectCase trace_object_case(const std::string& scenario,
   Tracer tracer(arguments);
   tracer.expect_attached();
   target.process.write_stdin("go\n");
-  bool done = false;
-  while (auto line = target.process.read_stdout_line(20s)) {
-    if (*line == "done") {
-      done = true;
-      break;
-    }
-    std::istringstream words(*line);
-    std::string tag, name;
-    uint64_t number = 0;
-    if (!(words >> tag >> name >> number)) continue;
-    if (tag == "line") result.lines[name] = static_cast<int>(number);
-    if (tag == "count") result.counts[name] = number;
-  }
+  bool done = read_target_statements(target, result.lines, result.counts);
   EXPECT_TRUE(done) << "the target did not finish its scenario " << scenario;
   tracer.stop();
   result.report = read_json(json_path);

@@ -250,6 +250,19 @@ TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   EXPECT_EQ(types[1].freed, 5u);
 }
 
+// The objects a fixture listed (address and type each), as the tracer records them.
+std::vector<model::TrackedPythonObject> fixture_objects(const Fixture& fixture, uint32_t pid) {
+  std::vector<model::TrackedPythonObject> objects;
+  for (const auto& entry : fixture.report()) {
+    model::TrackedPythonObject object;
+    object.pid = pid;
+    object.address = entry["address"].get<uint64_t>();
+    object.type = entry["type"].get<uint64_t>();
+    objects.push_back(object);
+  }
+  return objects;
+}
+
 // sys.getsizeof as memtrail computes it from outside, for the common types: each object's
 // size as the interpreter reports it, less a separate buffer over 512 bytes (malloc's: counted
 // at malloc's site).
@@ -261,14 +274,7 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
   ASSERT_TRUE(interpreter);
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
   ObjectLiveness liveness(interpreters);
-  std::vector<model::TrackedPythonObject> objects;
-  for (const auto& entry : fixture.report()) {
-    model::TrackedPythonObject object;
-    object.pid = pid;
-    object.address = entry["address"].get<uint64_t>();
-    object.type = entry["type"].get<uint64_t>();
-    objects.push_back(object);
-  }
+  std::vector<model::TrackedPythonObject> objects = fixture_objects(fixture, pid);
   liveness.judge(objects);
   size_t with_malloc_buffer = 0;
   for (size_t i = 0; i < objects.size(); ++i) {
@@ -308,16 +314,9 @@ TEST(Python, ObjectIdentitiesAreContentOrVersionAndStable) {
   std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
   ObjectLiveness liveness(interpreters);
   liveness.set_read_identities(true);
-  std::vector<model::TrackedPythonObject> objects;
+  std::vector<model::TrackedPythonObject> objects = fixture_objects(fixture, pid);
   std::vector<std::string> names;
-  for (const auto& entry : fixture.report()) {
-    model::TrackedPythonObject object;
-    object.pid = pid;
-    object.address = entry["address"].get<uint64_t>();
-    object.type = entry["type"].get<uint64_t>();
-    objects.push_back(object);
-    names.push_back(entry["name"].get<std::string>());
-  }
+  for (const auto& entry : fixture.report()) names.push_back(entry["name"].get<std::string>());
   auto again = objects;
   liveness.judge(objects);
   liveness.judge(again);
