@@ -250,31 +250,41 @@ TEST(Python, TypeTrackerNamesTypesAndSizesThemFromTheLiveProcess) {
   EXPECT_EQ(types[1].freed, 5u);
 }
 
-// The objects a fixture listed (address and type each), as the tracer records them.
-std::vector<model::TrackedPythonObject> fixture_objects(const Fixture& fixture, uint32_t pid) {
+// tests/unit/fixtures/python_sizes.py running: the objects it listed (address and type each,
+// as the tracer records them), and its interpreter, for ObjectLiveness to judge them.
+struct LiveSizes {
+  Fixture fixture{std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_sizes.py"};
+  uint32_t pid = static_cast<uint32_t>(fixture.pid());
+  std::unordered_map<uint32_t, Interpreter> interpreters;
   std::vector<model::TrackedPythonObject> objects;
-  for (const auto& entry : fixture.report()) {
-    model::TrackedPythonObject object;
-    object.pid = pid;
-    object.address = entry["address"].get<uint64_t>();
-    object.type = entry["type"].get<uint64_t>();
-    objects.push_back(object);
+
+  // False when the fixture listed nothing or its interpreter was not found.
+  bool ready() {
+    if (!fixture.report().is_array()) return false;
+    auto interpreter = interpreter_of(pid);
+    if (!interpreter) return false;
+    interpreters.emplace(pid, *interpreter);
+    for (const auto& entry : fixture.report()) {
+      model::TrackedPythonObject object;
+      object.pid = pid;
+      object.address = entry["address"].get<uint64_t>();
+      object.type = entry["type"].get<uint64_t>();
+      objects.push_back(object);
+    }
+    return true;
   }
-  return objects;
-}
+};
 
 // sys.getsizeof as memtrail computes it from outside, for the common types: each object's
 // size as the interpreter reports it, less a separate buffer over 512 bytes (malloc's: counted
 // at malloc's site).
 TEST(Python, ObjectSizesAreSysGetsizeofs) {
-  Fixture fixture(std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_sizes.py");
-  ASSERT_TRUE(fixture.report().is_array());
-  auto pid = static_cast<uint32_t>(fixture.pid());
-  auto interpreter = interpreter_of(pid);
-  ASSERT_TRUE(interpreter);
-  std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
-  ObjectLiveness liveness(interpreters);
-  std::vector<model::TrackedPythonObject> objects = fixture_objects(fixture, pid);
+  LiveSizes sizes;
+  ASSERT_TRUE(sizes.ready());
+  const Fixture& fixture = sizes.fixture;
+  uint32_t pid = sizes.pid;
+  ObjectLiveness liveness(sizes.interpreters);
+  std::vector<model::TrackedPythonObject>& objects = sizes.objects;
   liveness.judge(objects);
   size_t with_malloc_buffer = 0;
   for (size_t i = 0; i < objects.size(); ++i) {
@@ -306,15 +316,12 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
 // same when read again; and the identity of two objects of one type and size but other
 // content differs.
 TEST(Python, ObjectIdentitiesAreContentOrVersionAndStable) {
-  Fixture fixture(std::string(MEMTRAIL_SOURCE_DIR) + "/tests/unit/fixtures/python_sizes.py");
-  ASSERT_TRUE(fixture.report().is_array());
-  auto pid = static_cast<uint32_t>(fixture.pid());
-  auto interpreter = interpreter_of(pid);
-  ASSERT_TRUE(interpreter);
-  std::unordered_map<uint32_t, Interpreter> interpreters{{pid, *interpreter}};
-  ObjectLiveness liveness(interpreters);
+  LiveSizes sizes;
+  ASSERT_TRUE(sizes.ready());
+  const Fixture& fixture = sizes.fixture;
+  ObjectLiveness liveness(sizes.interpreters);
   liveness.set_read_identities(true);
-  std::vector<model::TrackedPythonObject> objects = fixture_objects(fixture, pid);
+  std::vector<model::TrackedPythonObject>& objects = sizes.objects;
   std::vector<std::string> names;
   for (const auto& entry : fixture.report()) names.push_back(entry["name"].get<std::string>());
   auto again = objects;
