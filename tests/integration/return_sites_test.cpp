@@ -86,6 +86,20 @@ std::vector<std::string> frames_of(const json& site) {
   return frames;
 }
 
+// Every call of the program since attach, each once: the same totals with return sites as with
+// entry and return probes, no drop, the target's 9 failing calls counted as such, and every
+// size the one asked for (none the allocator's usable size).
+void expect_same_calls(const TracedRun& sites, const TracedRun& entry) {
+  for (const char* total :
+       {"allocations", "frees", "outstanding_allocations", "drops", "failed_calls"}) {
+    EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
+  }
+  EXPECT_EQ(sites.report["totals"]["drops"], 0);
+  EXPECT_EQ(sites.failed, 9);
+  EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
+  EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
+}
+
 TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndStacks) {
   REQUIRE_BPF_OR_SKIP();
   TracedRun sites = trace({});  // the default
@@ -125,20 +139,11 @@ TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndSt
   }
   // 100 asked is 104 usable: a usable size would show.
   EXPECT_NE(sites.asked["single_arena_odd"].usable, sites.asked["single_arena_odd"].bytes);
-  // Every call of the program since attach, each once: the same totals in both designs.
-  for (const char* total :
-       {"allocations", "frees", "outstanding_allocations", "drops", "failed_calls"}) {
-    EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
-  }
-  EXPECT_EQ(sites.report["totals"]["drops"], 0);
   // The failing calls of both threads and the main one: on the way out of malloc before any
   // arena, out of _int_malloc on the single-threaded and the locked paths, and out of calloc.
-  EXPECT_EQ(sites.failed, 9);
-  EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
+  expect_same_calls(sites, entry);
   EXPECT_EQ(entry.report["totals"]["failed_calls"], entry.failed);
-  // Every size is the one asked for: none is the allocator's usable size.
   EXPECT_EQ(entry.report["totals"]["usable_size_allocations"], 0);
-  EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
 }
 
 // `library` preloaded into alloc_paths, traced with return sites (the default) and with entry and
@@ -174,15 +179,7 @@ void compare_preloaded(const std::string& library, const char* package,
     EXPECT_EQ(with_sites[0]["allocator"], with_entry[0]["allocator"]);
     EXPECT_EQ(frames_of(with_sites[0]), frames_of(with_entry[0]));
   }
-  for (const char* total :
-       {"allocations", "frees", "outstanding_allocations", "drops", "failed_calls"}) {
-    EXPECT_EQ(sites.report["totals"][total], entry.report["totals"][total]) << total;
-  }
-  EXPECT_EQ(sites.report["totals"]["drops"], 0);
-  EXPECT_EQ(sites.failed, 9);
-  EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
-  // Every size is the one asked for, on the slow paths too.
-  EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
+  expect_same_calls(sites, entry);  // on the slow paths too
 }
 
 // tcmalloc's malloc: one site on its thread cache's free list with the size taken before it,
