@@ -60,6 +60,43 @@ struct ScopedEnv {
   const char* name_;
 };
 
+// Kernels before 6.6 have no uprobe_multi links: each allocator probe is then a perf-event link
+// of its own (MEMTRAIL_TEST_PERF_UPROBES takes that path on this kernel). Both ways record the
+// same blocks.
+TEST(LeaksLongRuns, WithoutUprobeMultiLinksEachProbeIsAPerfLinkAndTheLeakIsTheSame) {
+  REQUIRE_BPF_OR_SKIP();
+  for (bool perf_links : {true, false}) {
+    SCOPED_TRACE(perf_links ? "perf-event links" : "uprobe_multi links");
+    TempDir dir;
+    std::optional<Subprocess> tracer;
+    {
+      std::optional<ScopedEnv> forced;
+      if (perf_links) forced.emplace("MEMTRAIL_TEST_PERF_UPROBES", "1");
+      tracer.emplace(
+          memtrail({"--all", "--comm", "leaky", "--json", dir.file("r.json"), "-q", "-v"}));
+    }
+    ASSERT_TRUE(tracer->wait_for_stderr("memtrail: tracing ", 20s).has_value())
+        << tracer->stderr_seen();
+    Leaky leaky({MEMTRAIL_LEAKY, "basic", "7", "1000"});
+    ASSERT_TRUE(
+        tracer->wait_for_stderr("memtrail: tracing pid " + std::to_string(leaky.process.pid()), 10s)
+            .has_value())
+        << tracer->stderr_seen();
+    leaky.run();
+    stop(*tracer);
+    std::string said = perf_links ? "allocator probes: perf-event uprobes, one a probe"
+                                  : "allocator probes: uprobe_multi links";
+    EXPECT_NE(tracer->stderr_seen().find(said), std::string::npos) << tracer->stderr_seen();
+    json report = read_json(dir.file("r.json"));
+    auto leaks = sites_with_function(report, "leak_malloc", leaky.process.pid());
+    ASSERT_EQ(leaks.size(), 1u) << report.dump(2);
+    EXPECT_EQ(leaks[0]["outstanding_bytes"], 7000);
+    EXPECT_EQ(leaks[0]["outstanding_allocations"], 7);
+    EXPECT_TRUE(sites_with_function(report, "free_all", leaky.process.pid()).empty())
+        << report.dump(2);
+  }
+}
+
 // Another tool holding a probe on libc makes the kernel refuse memtrail's (EINVAL,
 // "ref_ctr_offset mismatch"); MEMTRAIL_TEST_FAIL_ATTACH fails the first attach the same way.
 // The failure must not mark libc's functions as probed: a glibc program started later is

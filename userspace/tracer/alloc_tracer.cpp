@@ -54,6 +54,47 @@ struct UprobeMultiAttr {
   uint64_t rest[8] = {};
 };
 static_assert(offsetof(UprobeMultiAttr, path) == 16 && offsetof(UprobeMultiAttr, count) == 48);
+constexpr uint32_t kUprobeMultiReturn = 1;  // BPF_F_UPROBE_MULTI_RETURN
+
+// Places `program` at `offsets` of the file at `path` in one uprobe_multi link, for `pid` (0:
+// every process); returns the link's descriptor, or -errno.
+int link_uprobe_multi(const bpf_program* program, const std::string& path,
+                      const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& cookies,
+                      uint32_t pid, bool retprobe) {
+  UprobeMultiAttr attr;
+  attr.prog_fd = static_cast<uint32_t>(bpf_program__fd(program));
+  attr.attach_type = kUprobeMultiAttachType;
+  attr.path = reinterpret_cast<uint64_t>(path.c_str());
+  attr.offsets = reinterpret_cast<uint64_t>(offsets.data());
+  attr.cookies = reinterpret_cast<uint64_t>(cookies.data());
+  attr.count = static_cast<uint32_t>(offsets.size());
+  attr.multi_flags = retprobe ? kUprobeMultiReturn : 0;
+  attr.pid = pid;
+  long link = ::syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
+  return link < 0 ? -errno : static_cast<int>(link);
+}
+
+// Whether this kernel has uprobe_multi links: a program of that attach type loads, and a link
+// to a directory is refused for not being a regular file (EBADF) rather than for an unknown
+// attach type (EINVAL), as libbpf's own feature probe does.
+bool kernel_has_uprobe_multi() {
+  const bpf_insn return_zero[] = {{BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0},
+                                  {BPF_JMP | BPF_EXIT, 0, 0, 0, 0}};
+  LIBBPF_OPTS(bpf_prog_load_opts, options,
+              .expected_attach_type = static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+  UniqueFd program(
+      bpf_prog_load(BPF_PROG_TYPE_KPROBE, "memtrail_probe", "GPL", return_zero, 2, &options));
+  if (!program) return false;
+  uint64_t offset = 0;
+  UprobeMultiAttr attr;
+  attr.prog_fd = static_cast<uint32_t>(program.get());
+  attr.attach_type = kUprobeMultiAttachType;
+  attr.path = reinterpret_cast<uint64_t>("/");
+  attr.offsets = reinterpret_cast<uint64_t>(&offset);
+  attr.count = 1;
+  UniqueFd link(static_cast<int>(::syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr))));
+  return link || errno == EBADF;
+}
 
 struct ProbePrograms {
   bpf_program* entry;
@@ -176,6 +217,22 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     // detached one by one, about 0.1 s each (27 s for python3.11's 263 sites at exit).
     bpf_program__set_expected_attach_type(p.python_object_created,
                                           static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+  }
+  // Detaching a perf-event uprobe takes ~0.1 s, one after another (the kernel serializes
+  // them): twenty allocator probes kept every exit waiting two seconds. uprobe_multi links
+  // place a program at all of a module's offsets at once and detach concurrently.
+  // MEMTRAIL_TEST_PERF_UPROBES=1 (tests only): the older kernels' way, on this one.
+  uprobe_multi_ = !std::getenv("MEMTRAIL_TEST_PERF_UPROBES") && kernel_has_uprobe_multi();
+  if (uprobe_multi_) {
+    for (bpf_program* program :
+         {p.size_alloc_enter, p.calloc_enter, p.realloc_enter, p.reallocarray_enter,
+          p.aligned_alloc_enter, p.posix_memalign_enter, p.pointer_exit, p.realloc_exit,
+          p.posix_memalign_exit, p.site_size_in_register, p.site_size_taken,
+          p.site_size_in_chunk_header, p.site_take_size, p.handoff_enter, p.site_failed_call,
+          p.free_enter, p.delete_enter}) {
+      bpf_program__set_expected_attach_type(program,
+                                            static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+    }
   }
   if (!lifecycle) {
     bpf_program__set_autoload(p.region_exec, false);
@@ -516,7 +573,14 @@ void AllocTracer::forget_python_process(uint32_t pid) {
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_processes), &pid);
 }
 
-AllocTracer::~AllocTracer() = default;
+AllocTracer::~AllocTracer() {
+  // Every probe detached at once (see release_concurrently), before the skeleton goes.
+  std::vector<UniqueFd> object_links;
+  for (auto& probes : python_probes_) object_links.push_back(std::move(probes.link));
+  release_concurrently(object_links);
+  release_concurrently(multi_links_);
+  release_concurrently(links_);
+}
 
 void AllocTracer::follow(uint32_t pid) {
   if (bpf_map__max_entries(skeleton_->maps.traced_processes) <= 1) return;  // not needed
@@ -579,63 +643,35 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   // very file checked, whatever its name or the process's mappings lead to meanwhile.
   inspect::OpenedFile file = inspect::open_file(module.file);
   std::string kernel_path = file.kernel_path();
-  std::vector<Link> attached;
-  auto attach_one = [&](bpf_program* program, uint64_t offset, bool retprobe, uint64_t cookie,
-                        const std::string& function) {
-    LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = cookie, .retprobe = retprobe);
-    pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
-    bpf_link* link = injected_attach_failure()
-                         ? nullptr
-                         : bpf_program__attach_uprobe_opts(program, probed, kernel_path.c_str(),
-                                                           offset, &options);
-    if (!link) {
-      int error_number = errno;
-      std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") + function +
-                         " in " + module.path + " (pid " + std::to_string(pid) + ")";
-      if (error_number == ESRCH) {
-        throw Error("process " + std::to_string(pid) + " exited while memtrail was attaching",
-                    "trace a process that keeps running, or launch it with `memtrail leaks -- "
-                    "COMMAND`");
-      }
-      if (error_number == EINVAL) {
-        // The kernel refuses a second uprobe on an address that another tool probed with a
-        // different reference-counter offset (dmesg: "ref_ctr_offset mismatch"); BCC 0.26's
-        // memleak does that.
-        fail(what, error_number,
-             "another tracer may hold a probe on the same function (dmesg shows "
-             "\"ref_ctr_offset mismatch\"); stop it, e.g. BCC's memleak, and retry");
-      }
-      fail(what, error_number);
-    }
-    attached.emplace_back(link);
-  };
+  auto& p = skeleton_->progs;
+  std::vector<ProbeRequest> requests;
   for (const auto& function : module.functions) {
     if (uses_return_sites(function)) {
       // Sizes are taken before the sites that read them are in place, so that no call finds
       // a site without its size.
       for (const auto& capture : function.size_captures) {
-        attach_one(skeleton_->progs.site_take_size, function.entry_offset + capture.offset, false,
-                   bpf::capture_cookie(capture), function.name);
+        requests.push_back({p.site_take_size, function.entry_offset + capture.offset, false,
+                            bpf::capture_cookie(capture), &function.name});
       }
       for (uint64_t offset : function.failure_offsets) {
-        attach_one(skeleton_->progs.site_failed_call, function.entry_offset + offset, false, 0,
-                   function.name);
+        requests.push_back(
+            {p.site_failed_call, function.entry_offset + offset, false, 0, &function.name});
       }
       // Slow paths: entry and return probes at the jump to them, the return probe first (see
       // below).
       for (const auto& handoff : function.handoffs) {
         uint64_t offset = function.entry_offset + handoff.offset;
-        attach_one(skeleton_->progs.pointer_exit, offset, true,
-                   bpf::probe_cookie(function.role, function.kind), function.name);
-        attach_one(skeleton_->progs.handoff_enter, offset, false,
-                   bpf::handoff_cookie(function.kind, handoff), function.name);
+        requests.push_back({p.pointer_exit, offset, true,
+                            bpf::probe_cookie(function.role, function.kind), &function.name});
+        requests.push_back({p.handoff_enter, offset, false,
+                            bpf::handoff_cookie(function.kind, handoff), &function.name});
       }
       for (const auto& site : function.return_sites) {
-        bpf_program* program = site.size_register   ? skeleton_->progs.site_size_in_register
-                               : site.size_captured ? skeleton_->progs.site_size_taken
-                                                    : skeleton_->progs.site_size_in_chunk_header;
-        attach_one(program, function.entry_offset + site.offset, false,
-                   bpf::site_cookie(function.kind, site), function.name);
+        bpf_program* program = site.size_register   ? p.site_size_in_register
+                               : site.size_captured ? p.site_size_taken
+                                                    : p.site_size_in_chunk_header;
+        requests.push_back({program, function.entry_offset + site.offset, false,
+                            bpf::site_cookie(function.kind, site), &function.name});
       }
       continue;
     }
@@ -647,19 +683,101 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
     // the function's first instruction only where that instruction changes nothing a return
     // probe needs (endbr64; free's NULL check has no return probe).
     if (programs.exit) {
-      attach_one(programs.exit, function.probe_offset, true, cookie, function.name);
+      requests.push_back({programs.exit, function.probe_offset, true, cookie, &function.name});
     }
-    attach_one(programs.entry, function.probe_offset, false, cookie, function.name);
+    requests.push_back({programs.entry, function.probe_offset, false, cookie, &function.name});
   }
+  PlacedProbes placed = place_probes(pid, module, kernel_path, requests);
   // Followed before the links are kept: if the process map is full, the probes just attached
-  // go with `attached`, rather than record a process memtrail does not track.
+  // go with `placed`, rather than record a process memtrail does not track.
   if (pid != kEveryProcess) follow(pid);
-  for (auto& link : attached) links_.push_back(std::move(link));
+  for (auto& link : placed.perf_links) links_.push_back(std::move(link));
+  for (auto& link : placed.multi_links) multi_links_.push_back(std::move(link));
   // From now on free() checks whether it runs inside a traced operator delete.
   bool has_delete =
       std::any_of(module.functions.begin(), module.functions.end(),
                   [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
   if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
+}
+
+AllocTracer::PlacedProbes AllocTracer::place_probes(uint32_t pid,
+                                                    const inspect::AllocatorModule& module,
+                                                    const std::string& kernel_path,
+                                                    const std::vector<ProbeRequest>& requests) {
+  auto attach_failed = [&](int error_number, bool retprobe, const std::string& functions) {
+    std::string what = std::string("attach ") + (retprobe ? "uretprobe " : "uprobe ") + functions +
+                       " in " + module.path + " (pid " + std::to_string(pid) + ")";
+    if (error_number == ESRCH) {
+      throw Error("process " + std::to_string(pid) + " exited while memtrail was attaching",
+                  "trace a process that keeps running, or launch it with `memtrail leaks -- "
+                  "COMMAND`");
+    }
+    if (error_number == EINVAL) {
+      // The kernel refuses a second uprobe on an address that another tool probed with a
+      // different reference-counter offset (dmesg: "ref_ctr_offset mismatch"); BCC 0.26's
+      // memleak does that.
+      fail(what, error_number,
+           "another tracer may hold a probe on the same function (dmesg shows "
+           "\"ref_ctr_offset mismatch\"); stop it, e.g. BCC's memleak, and retry");
+    }
+    fail(what, error_number);
+  };
+  PlacedProbes placed;
+  if (!uprobe_multi_) {
+    for (const auto& request : requests) {
+      LIBBPF_OPTS(bpf_uprobe_opts, options, .bpf_cookie = request.cookie,
+                  .retprobe = request.retprobe);
+      pid_t probed = pid == kEveryProcess ? -1 : static_cast<pid_t>(pid);
+      bpf_link* link = injected_attach_failure() ? nullptr
+                                                 : bpf_program__attach_uprobe_opts(
+                                                       request.program, probed, kernel_path.c_str(),
+                                                       request.offset, &options);
+      if (!link) attach_failed(errno, request.retprobe, *request.function);
+      placed.perf_links.emplace_back(link);
+    }
+    return placed;
+  }
+  // A link per (program, entry or return): every offset of the module at once. The order of
+  // the requests holds across links: sizes taken first, return probes before entry probes.
+  struct Group {
+    const ProbeRequest* first;
+    std::vector<uint64_t> offsets, cookies;
+    std::vector<std::string> functions;
+  };
+  std::vector<Group> groups;
+  for (const auto& request : requests) {
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+      return g.first->program == request.program && g.first->retprobe == request.retprobe;
+    });
+    if (group == groups.end()) group = groups.insert(groups.end(), Group{&request, {}, {}, {}});
+    group->offsets.push_back(request.offset);
+    group->cookies.push_back(request.cookie);
+    if (std::find(group->functions.begin(), group->functions.end(), *request.function) ==
+        group->functions.end()) {
+      group->functions.push_back(*request.function);
+    }
+  }
+  auto rank = [&](const Group& group) {
+    if (group.first->program == skeleton_->progs.site_take_size) return 0;
+    return group.first->retprobe ? 1 : 2;
+  };
+  std::stable_sort(groups.begin(), groups.end(),
+                   [&](const Group& a, const Group& b) { return rank(a) < rank(b); });
+  for (const auto& group : groups) {
+    int link =
+        injected_attach_failure()
+            ? -EINVAL
+            : link_uprobe_multi(group.first->program, kernel_path, group.offsets, group.cookies,
+                                pid == kEveryProcess ? 0 : pid, group.first->retprobe);
+    if (link < 0) {
+      release_concurrently(placed.multi_links);
+      std::string functions;
+      for (const auto& name : group.functions) functions += (functions.empty() ? "" : ", ") + name;
+      attach_failed(-link, group.first->retprobe, functions);
+    }
+    placed.multi_links.emplace_back(link);
+  }
+  return placed;
 }
 
 bool AllocTracer::uses_return_sites(const inspect::FunctionProbe& function) const {
@@ -720,18 +838,10 @@ void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile
 }
 
 int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
-  std::string kernel_path = probes.file.kernel_path();
-  UprobeMultiAttr attr;
-  attr.prog_fd = static_cast<uint32_t>(bpf_program__fd(skeleton_->progs.python_object_created));
-  attr.attach_type = kUprobeMultiAttachType;
-  attr.path = reinterpret_cast<uint64_t>(kernel_path.c_str());
-  attr.offsets = reinterpret_cast<uint64_t>(probes.offsets.data());
-  attr.cookies = reinterpret_cast<uint64_t>(probes.cookies.data());
-  attr.count = static_cast<uint32_t>(probes.offsets.size());
-  attr.pid = probes.pid;
-  long link = ::syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
-  if (link < 0) return errno;
-  probes.link = UniqueFd(static_cast<int>(link));
+  int link = link_uprobe_multi(skeleton_->progs.python_object_created, probes.file.kernel_path(),
+                               probes.offsets, probes.cookies, probes.pid, false);
+  if (link < 0) return -link;
+  probes.link = UniqueFd(link);
   return 0;
 }
 
@@ -741,7 +851,9 @@ void AllocTracer::set_python_objects_attached(bool attached) {
   if (!attached) {
     // Closing the link removes the breakpoints from the process. The window counts as open
     // until the sweep that follows has read (sweep_python_objects).
-    for (auto& probes : python_probes_) probes.link.reset();
+    std::vector<UniqueFd> object_links;
+    for (auto& probes : python_probes_) object_links.push_back(std::move(probes.link));
+    release_concurrently(object_links);
     return;
   }
   std::erase_if(python_probes_, [this](PythonObjectProbes& probes) {

@@ -209,9 +209,28 @@ class AllocTracer : public unwind::RowStore {
   uint64_t map_memory_bytes() const;
 
   const TracerConfig& config() const { return config_; }
+  // Whether allocator probes go in uprobe_multi links (else a perf-event link each).
+  bool uprobe_multi() const { return uprobe_multi_; }
 
  private:
   static bool injected_attach_failure();
+  // One uprobe (or uretprobe) an allocator module needs, in the order they must be placed.
+  struct ProbeRequest {
+    bpf_program* program;
+    uint64_t offset;
+    bool retprobe;
+    uint64_t cookie;
+    const std::string* function;
+  };
+  // The links that place `requests` in `file` for `pid` (kEveryProcess: every process); throws
+  // on a failure, detaching what it placed.
+  struct PlacedProbes {
+    std::vector<Link> perf_links;
+    std::vector<UniqueFd> multi_links;
+  };
+  PlacedProbes place_probes(uint32_t pid, const inspect::AllocatorModule& module,
+                            const std::string& kernel_path,
+                            const std::vector<ProbeRequest>& requests);
   static int on_region_event(void* self, void* data, size_t size);
   // Applies the region events waiting in the ring buffer; exec and fork go to lifecycle_.
   void consume_region_events();
@@ -315,6 +334,10 @@ class AllocTracer : public unwind::RowStore {
   MappedRegions regions_;
   Lifecycle lifecycle_;  // exec and fork events seen by the ring buffer callback
   RingBuffer region_reader_;
+  // Allocator probes: uprobe_multi links (Linux 6.6), a link per program and module, where the
+  // kernel has them; perf-event links, a probe each, where it does not.
+  bool uprobe_multi_ = false;
+  std::vector<UniqueFd> multi_links_;
   std::vector<Link> links_;  // declared last: destroyed first
   // The Python object probes of each process: what attaches them again after a detach.
   struct PythonObjectProbes {

@@ -5,9 +5,14 @@
 #include <bpf/libbpf.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <memory>
+#include <system_error>
+#include <thread>
 #include <utility>
+#include <vector>
 
 struct alloc_bpf;
 extern "C" void memtrail_alloc_bpf_destroy(alloc_bpf* skeleton);  // alloc_tracer.cpp
@@ -19,6 +24,32 @@ struct LinkDeleter {
 };
 // An attached probe. Destroying it detaches the probe from the target.
 using Link = std::unique_ptr<bpf_link, LinkDeleter>;
+
+// Destroys every owner in `owners` (links, link descriptors) and empties it. Closing a uprobe
+// link waits for grace periods in the kernel (~50 ms for a uprobe_multi link here); closed from
+// several threads at once, the waits overlap: twelve links in 70 ms instead of 0.6 s. (The
+// kernel serializes perf-event uprobes' detaches, ~0.1 s each, whatever the threads.) Falls back
+// to one thread when none can be started.
+template <typename Owner>
+void release_concurrently(std::vector<Owner>& owners) {
+  constexpr size_t kMaxThreads = 32;
+  std::atomic<size_t> next{0};
+  auto release_some = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < owners.size();) owners[i] = Owner{};
+  };
+  std::vector<std::thread> threads;
+  size_t wanted = std::min(owners.size(), kMaxThreads);
+  for (size_t t = 1; t < wanted; ++t) {
+    try {
+      threads.emplace_back(release_some);
+    } catch (const std::system_error&) {
+      break;  // the calling thread does the rest
+    }
+  }
+  release_some();
+  for (auto& thread : threads) thread.join();
+  owners.clear();
+}
 
 struct AllocSkeletonDeleter {
   void operator()(alloc_bpf* skeleton) const { memtrail_alloc_bpf_destroy(skeleton); }

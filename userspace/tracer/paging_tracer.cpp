@@ -135,11 +135,14 @@ PagingTracer::PagingTracer(const PagingTracerConfig& config) {
   }
 }
 
-PagingTracer::~PagingTracer() = default;
+PagingTracer::~PagingTracer() {
+  release_concurrently(deep_links_);
+  release_concurrently(links_);
+}
 
 void PagingTracer::set_deep(bool on) {
   if (!on) {
-    deep_links_.clear();
+    release_concurrently(deep_links_);
     return;
   }
   if (deep()) return;
