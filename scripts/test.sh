@@ -13,6 +13,8 @@ if (($#)); then
   exec ctest --output-on-failure --timeout 300 "$@"
 fi
 # Unit tests need no root and share nothing: both CPUs. Integration tests trace real processes
-# and count what they see: one at a time.
+# and mostly wait for them: two at a time, each counting only the processes it started (tests
+# that --all traces by name check their own pids; the paging tests, which fill cgroups and swap,
+# are RUN_SERIAL).
 ctest --output-on-failure --timeout 300 -L unit -j"$(nproc)"
-ctest --output-on-failure --timeout 300 -L integration
+ctest --output-on-failure --timeout 300 -L integration -j2
