@@ -2159,10 +2159,17 @@ int pid_beyond_max() {
   return pid_max + 1;
 }
 
+// Refused before the BPF programs load (seconds): -v would show libbpf loading them.
+void expect_refused_before_loading(const Outcome& outcome) {
+  EXPECT_EQ(outcome.stderr_text.find("libbpf: loading object"), std::string::npos)
+      << outcome.stderr_text;
+}
+
 TEST(LeaksBadInput, NoSuchProcess) {
   REQUIRE_BPF_OR_SKIP();
-  expect_one_error_line(run_memtrail({"-p", std::to_string(pid_beyond_max())}), 1,
-                        "no process with pid");
+  auto outcome = run_memtrail({"-v", "-p", std::to_string(pid_beyond_max())});
+  expect_one_error_line(outcome, 1, "no process with pid");
+  expect_refused_before_loading(outcome);
 }
 
 TEST(LeaksBadInput, ProcessThatHasExited) {
@@ -2170,9 +2177,10 @@ TEST(LeaksBadInput, ProcessThatHasExited) {
   pid_t zombie = fork();
   if (zombie == 0) _exit(0);
   std::this_thread::sleep_for(200ms);  // it is dead but not reaped: a zombie
-  auto outcome = run_memtrail({"-p", std::to_string(zombie)});
+  auto outcome = run_memtrail({"-v", "-p", std::to_string(zombie)});
   waitpid(zombie, nullptr, 0);
   expect_one_error_line(outcome, 1, "has exited");
+  expect_refused_before_loading(outcome);
 }
 
 TEST(LeaksBadInput, ProcessWithoutAnAllocator) {
@@ -2187,10 +2195,12 @@ TEST(LeaksBadInput, ProcessWithoutAnAllocator) {
 TEST(LeaksBadInput, NoBpfPermission) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic"});
-  // Root without any capability: BPF is refused.
-  auto outcome = run_memtrail(
-      {"-p", std::to_string(target.process.pid())},
-      {"/usr/bin/setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"});
+  // Root with no capability but CAP_SYS_PTRACE (the target is checked before the programs
+  // load, and reading its maps needs it): BPF is refused.
+  auto outcome =
+      run_memtrail({"-p", std::to_string(target.process.pid())},
+                   {"/usr/bin/setpriv", "--bounding-set=-all,+sys_ptrace",
+                    "--inh-caps=-all,+sys_ptrace", "--ambient-caps=-all,+sys_ptrace", "--"});
   expect_one_error_line(outcome, 1, "Operation not permitted");
   EXPECT_NE(outcome.stderr_text.find("memtrail: hint: run memtrail as root"), std::string::npos)
       << outcome.stderr_text;

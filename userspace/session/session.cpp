@@ -19,8 +19,25 @@
 
 namespace memtrail::session {
 
+namespace {
+
+// What can be checked of the targets before anything loads: each PID is a live process (not a
+// thread, not a zombie), the command resolves to a program. Returns the command's chain.
+std::optional<inspect::LaunchChain> check_targets(const SessionConfig& config) {
+  for (uint32_t pid : config.pids) live_mappings(pid);
+  if (config.command.empty()) return std::nullopt;
+  // A script is followed through its #! lines to the program the kernel loads for it; a
+  // program executed later (env's, a wrapper's `exec`) is held at its exec and probed then.
+  const char* path = std::getenv("PATH");
+  return inspect::resolve_launch(config.command.front(),
+                                 path ? path : "/usr/local/bin:/usr/bin:/bin");
+}
+
+}  // namespace
+
 Session::Session(SessionConfig config)
     : config_(std::move(config)),
+      launch_(check_targets(config_)),
       tracer_(config_.tracer),
       probes_(tracer_, config_.host_wide(), config_.verbose()),
       code_maps_(config_, tracer_, probes_),
@@ -69,12 +86,8 @@ void Session::prepare_targets() {
     describe_allocators(process.allocators, process.info);
     targets_.add(std::move(process));
   }
-  if (!config_.command.empty()) {
-    // A script is followed through its #! lines to the program the kernel loads for it; a
-    // program executed later (env's, a wrapper's `exec`) is held at its exec and probed then.
-    const char* path = std::getenv("PATH");
-    auto chain = inspect::resolve_launch(config_.command.front(),
-                                         path ? path : "/usr/local/bin:/usr/bin:/bin");
+  if (launch_) {
+    const inspect::LaunchChain& chain = *launch_;
     if (config_.verbose()) {
       for (const auto& step : chain.steps) std::cerr << "memtrail: command: " << step << "\n";
     }

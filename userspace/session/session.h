@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "assemble/report_builder.h"
+#include "inspect/launch.h"
 #include "inspect/process.h"
 #include "model/report.h"
 #include "session/code_maps.h"
@@ -103,6 +104,9 @@ class Session {
   void say_state(const model::Snapshot& snapshot) const;
 
   SessionConfig config_;
+  // The command's #! chain, resolved (and every PID checked) before the BPF programs load,
+  // which takes seconds: a mistyped PID or script is one line at once.
+  std::optional<inspect::LaunchChain> launch_;
   tracer::AllocTracer tracer_;
   // After tracer_: destroyed first, so an unreleased child is killed before the probes go.
   std::optional<inspect::GatedChild> child_;
