@@ -58,6 +58,9 @@ unwind_reports = []
 return_probe_ns = {}
 # Per memtrail tool: the runs of its programs per malloc+free pair (kernel entries paid).
 entries_per_pair = {}
+# Per memtrail tool and program: ns of BPF time per run, for the programs run at least once a
+# pair (what the record and free paths cost in the kernel, without the traps).
+program_ns = {}
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 
@@ -214,6 +217,10 @@ def run_once(tool, args, work_dir, run_index):
                 if runs:
                     entries_per_pair.setdefault(tool, []).append(
                         runs / (args.steps * args.threads))
+                for program in programs:
+                    if program.get("run_cnt", 0) >= args.steps * args.threads:
+                        program_ns.setdefault(tool, {}).setdefault(program["name"], []).append(
+                            program.get("run_time_ns", 0) / program["run_cnt"])
             cost = return_probe_cost(programs) if tool not in FLOOR_TOOLS else None
             if cost is not None:
                 return_probe_ns.setdefault(tool, []).append(cost)
@@ -279,6 +286,12 @@ def make_table(tools, results, seconds):
         rows.append("In the kernel (BPF statistics, median): the program that records a malloc "
                     "runs " + ", ".join(f"{statistics.median(values):,.0f} ns in {tool}"
                                         for tool, values in recorders.items()) + ".")
+    if program_ns:
+        rows.append("BPF time per run of each program run once a pair or more (median): "
+                    + "; ".join(f"{tool} " + ", ".join(
+                        f"{name} {statistics.median(values):,.0f} ns"
+                        for name, values in sorted(programs.items()))
+                        for tool, programs in program_ns.items()) + ".")
     for tracker, floor_tool in (("memtrail", "memtrail-two-trap-floor"),
                                 ("memtrail-entry-return", "memtrail-three-trap-floor")):
         if floor_tool not in medians or tracker not in medians or base is None:
