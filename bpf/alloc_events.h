@@ -287,8 +287,10 @@ struct memtrail_python_layout {
 	__u32 frame_owner;    /* _PyInterpreterFrame.owner */
 	__u32 code_adaptive;  /* PyCodeObject.co_code_adaptive: the first instruction */
 	__u32 owner_cstack;   /* owner of a C-stack shim frame (none in 3.11: 255) */
+	__u32 tstate_datastack_chunk; /* PyThreadState.datastack_chunk: the frames' current chunk */
+	__u32 tstate_datastack_limit; /* PyThreadState.datastack_limit: that chunk's end */
 };
-MEMTRAIL_ABI_SIZE(memtrail_python_layout, 14 * 4);
+MEMTRAIL_ABI_SIZE(memtrail_python_layout, 16 * 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_layout, frame_code, 7 * 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_layout, owner_cstack, 13 * 4);
 

@@ -1150,12 +1150,16 @@ TEST(LeaksPython, NamesThePythonFunctionFileAndLineThatLeaks) {
     }
   }
   // deep() allocated 40 Python frames down: the 32 innermost are kept, and the site says so.
+  // Every one of them is the recursive call's line: the frames beyond the span of the data
+  // stack the walker reads at once (4 KiB) are read one by one, and agree.
   bool deep_found = false;  // the bytearray's 2,001-byte buffer (kept's growth may be there too)
+  std::string deep_call = "deep@" + std::to_string(traced.lines["deep_call"]);
   for (const auto& site : report["leaks"]) {
     auto frames = python_frames(site);
     if (frames.empty() || frames[0] != "deep@" + std::to_string(traced.lines["deep"])) continue;
     deep_found = deep_found || site["outstanding_bytes"] == 2001;
     EXPECT_EQ(frames.size(), 32u) << site.dump(2);
+    for (size_t i = 1; i < frames.size(); i++) EXPECT_EQ(frames[i], deep_call) << site.dump(2);
     EXPECT_EQ(site["stack_truncation_reason"], "python_depth") << site.dump(2);
   }
   EXPECT_TRUE(deep_found) << report.dump(2);

@@ -38,9 +38,12 @@ def leak_native(count):
 
 
 def deep(depth):
-    """Allocates 40 Python frames down: more than memtrail keeps (32)."""
+    """Allocates 40 Python frames down: more than memtrail keeps (32). 16 locals (and as many
+    stack slots to unpack them) make each frame ~370 bytes: the 32 kept span more of the data
+    stack than the BPF walker reads at once (4 KiB), so the frames beyond are read one by one."""
+    _a, _b, _c, _d, _e, _f, _g, _h, _i, _j, _k, _l, _m, _n, _o, _p = range(16)
     if depth > 0:
-        return deep(depth - 1)
+        return deep(depth - 1)  # line: deep_call
     kept.append(bytearray(2000))  # line: deep
 
 

@@ -158,9 +158,9 @@ TEST(BpfCodes, WalkerMappingsKeepEveryField) {
 }
 
 TEST(BpfCodes, PythonLayoutsKeepEveryOffset) {
-  model::PythonFrameLayout layout{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
+  model::PythonFrameLayout layout{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
   memtrail_python_layout stored = python_layout(layout);
-  const uint32_t expected[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
+  const uint32_t expected[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
   static_assert(sizeof(stored) == sizeof(expected));
   EXPECT_EQ(std::memcmp(&stored, expected, sizeof(expected)), 0);
   memtrail_python_type_layout types = python_type_layout({168, 1ul << 14});

@@ -25,6 +25,8 @@ struct PythonFrameLayout {
   uint32_t frame_owner = 0;             // _PyInterpreterFrame.owner
   uint32_t code_adaptive = 0;           // PyCodeObject.co_code_adaptive: the first instruction
   uint32_t owner_cstack = 0;            // owner of a C-stack shim frame (none in 3.11: 255)
+  uint32_t tstate_datastack_chunk = 0;  // PyThreadState.datastack_chunk: the frames' chunk
+  uint32_t tstate_datastack_limit = 0;  // PyThreadState.datastack_limit: that chunk's end
 };
 
 // Where the object counters (--python-types) read a type's flags (PyTypeObject.tp_flags), and

@@ -163,7 +163,8 @@ model::PythonFrameLayout frame_layout() {
           walker.cframe_current_frame,   walker.frame_code,
           walker.frame_previous,         walker.frame_prev_instr,
           walker.frame_is_entry,         walker.frame_owner,
-          walker.code_adaptive,          walker.owner_cstack};
+          walker.code_adaptive,          walker.owner_cstack,
+          walker.tstate_datastack_chunk, walker.tstate_datastack_limit};
 }
 
 model::PythonTypeLayout type_layout() {

@@ -26,6 +26,8 @@ struct memtrail_cpython_walker_offsets {
   unsigned frame_owner;            /* _PyInterpreterFrame.owner */
   unsigned code_adaptive;          /* PyCodeObject.co_code_adaptive */
   unsigned owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
+  unsigned tstate_datastack_chunk; /* PyThreadState.datastack_chunk: the frames' chunk */
+  unsigned tstate_datastack_limit; /* PyThreadState.datastack_limit: that chunk's end */
 };
 
 /* What the object counters read of a type (--python-types): a model::PythonTypeLayout. */

@@ -232,9 +232,11 @@ inline memtrail_python_layout python_layout(const model::PythonFrameLayout& layo
   out.frame_owner = layout.frame_owner;
   out.code_adaptive = layout.code_adaptive;
   out.owner_cstack = layout.owner_cstack;
+  out.tstate_datastack_chunk = layout.tstate_datastack_chunk;
+  out.tstate_datastack_limit = layout.tstate_datastack_limit;
   return out;
 }
-static_assert(sizeof(memtrail_python_layout) == 14 * sizeof(uint32_t),
+static_assert(sizeof(memtrail_python_layout) == 16 * sizeof(uint32_t),
               "python_layout() copies every field of the BPF struct");
 
 inline memtrail_python_type_layout python_type_layout(const model::PythonTypeLayout& layout) {
