@@ -205,6 +205,15 @@ int BPF_KRETPROBE(pointer_exit, __u64 address)
 	return 0;
 }
 
+/* realloc's release of the block it moved, as a global function: the verifier checks it once,
+ * on its own. Inlined, what it left on the program's stack made two kinds of state reach the
+ * stack walk, which was checked for each: twice the instructions to load realloc_exit. */
+__noinline int release_moved_block(__u64 old, __u64 call_start_ns)
+{
+	release(old, RELEASE_REALLOC, call_start_ns);
+	return 0;
+}
+
 /* realloc, reallocarray: the old block is released only once the call is known to have
  * succeeded, and realloc(NULL, n) and realloc(p, 0) behave as in glibc. */
 SEC("uretprobe")
@@ -226,7 +235,7 @@ int BPF_KRETPROBE(realloc_exit, __u64 address)
 		return 0;
 	}
 	if (old)
-		release(old, RELEASE_REALLOC, call->start_ns);
+		release_moved_block(old, call->start_ns);
 	record_returned(ctx, call, address, size);
 	return 0;
 }

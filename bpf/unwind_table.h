@@ -90,7 +90,6 @@ enum memtrail_unwind_rbp {
  * so a walk sees either the old list or the new one).
  */
 #define MEMTRAIL_UNWIND_MAX_MAPPINGS 512 /* a power of two: the search is bounded by its log */
-#define MEMTRAIL_UNWIND_MAPPING_SEARCH_STEPS 10
 
 /* How a frame in a mapping is unwound: the low bits of `method`. */
 enum memtrail_unwind_method {
