@@ -653,11 +653,12 @@ struct {
 
 /* Objects logged since attach: the next index into python_new_objects (masked). */
 volatile __u64 python_objects_logged = 0;
+/* Set by userspace with python_new_objects' size, a power of two: its entries less one. */
+const volatile __u32 python_log_mask = MEMTRAIL_PYTHON_LOG_ENTRIES - 1;
 
 static __always_inline void log_new_object(__u32 tgid, __u64 object)
 {
-	__u32 index =
-		__sync_fetch_and_add(&python_objects_logged, 1) & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1);
+	__u32 index = __sync_fetch_and_add(&python_objects_logged, 1) & python_log_mask;
 	struct memtrail_python_logged *entry = bpf_map_lookup_elem(&python_new_objects, &index);
 
 	if (!entry)

@@ -409,7 +409,8 @@ enum memtrail_python_register {
  * python_objects_logged, and writes the object there. With --python-objects on, userspace
  * reads it at each window's close, once the probes are out (no program still writes): the
  * liveness read then covers these objects, not the whole table. More objects in a window than
- * the ring holds: the read covers the whole table instead. */
+ * the ring holds: the read covers the whole table instead. Userspace sizes the ring (a power
+ * of two: aggregator::NewObjectRing) and sets the program's mask; this is the default. */
 #define MEMTRAIL_PYTHON_LOG_ENTRIES (1 << 16)
 struct memtrail_python_logged {
 	__u64 address;

@@ -4,11 +4,18 @@
 # while a churner builds three times as many of the same and drops them. Every object is
 # smaller than 512 bytes (pymalloc's). Prints "ready PID", waits for a line, prints
 # "line keep N" and "line churn N" (the lines that make the objects), runs ROUNDS rounds of
-# PER_ROUND 0.1 s apart, prints "kept N" and "done", then waits for "quit" or end of input.
+# PER_ROUND (default 500) PAUSE s apart (default 0.1), prints "kept N" and "done", then waits
+# for "quit" or end of input.
 # BUSY=S: instead of the rounds, keeps and churns without a pause for S seconds, each time also
 # handling a 64 KiB body the way a service handles a request (built, encoded and checksummed:
 # three malloc'd blocks, as pymalloc serves only 512 bytes or less), CPU-bound throughout; then
 # prints "count kept N" too.
+# GATE=0: starts at once (a launched command: nothing to wait for), without reading a line
+# first. BODY=N: in BUSY, the body's size (default 65536; 0: no body, objects alone); in the
+# rounds (default 0: none), each keep() also makes and drops an N-byte bytes object (over 512
+# bytes: one malloc'd block, an allocation at the pace of the objects), and prints "count kept
+# N" too. STARTUP=N: first, as a program starting up (loading its modules and
+# configuration), makes and drops N bytes objects of 600 bytes (N allocations in a burst).
 import os
 import sys
 import time
@@ -16,7 +23,11 @@ import zlib
 
 ROUNDS = int(os.environ.get("ROUNDS", "10"))
 BUSY = float(os.environ.get("BUSY", "0"))
-PER_ROUND = 500
+PER_ROUND = int(os.environ.get("PER_ROUND", "500"))
+PAUSE = float(os.environ.get("PAUSE", "0.1"))
+GATE = os.environ.get("GATE", "1") != "0"
+BODY = int(os.environ.get("BODY", "65536" if BUSY else "0"))
+STARTUP = int(os.environ.get("STARTUP", "0"))
 
 
 class Record:
@@ -38,9 +49,13 @@ def churn(number):
         del dropped
 
 
+for _ in range(STARTUP):
+    loaded = bytes(600)
+    del loaded
 keeper = Keeper()
 print(f"ready {os.getpid()}", flush=True)
-sys.stdin.readline()
+if GATE:
+    sys.stdin.readline()
 with open(__file__) as source:
     for line_number, text in enumerate(source, 1):
         if "# line: " in text and "print" not in text:
@@ -51,17 +66,21 @@ if BUSY:
     while time.monotonic() < deadline:
         keeper.keep(number)
         churn(number)
-        zlib.crc32(("b" * 65536 + str(number)).encode())
+        if BODY:
+            zlib.crc32(("b" * BODY + str(number)).encode())
         number += 1
 else:
     for _ in range(ROUNDS):
         for _ in range(PER_ROUND):
             keeper.keep(number)
             churn(number)
+            if BODY:
+                body = bytes(BODY)
+                del body
             number += 1
-        time.sleep(0.1)
+        time.sleep(PAUSE)
 print(f"kept {len(keeper.kept)}", flush=True)
-if BUSY:
+if BUSY or BODY:
     print(f"count kept {len(keeper.kept)}", flush=True)
 print("done", flush=True)
 for line in sys.stdin:

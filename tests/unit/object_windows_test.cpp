@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "aggregator/aggregator.h"
+#include "common/error.h"
 
 namespace memtrail::aggregator {
 namespace {
@@ -136,6 +137,52 @@ TEST(ObservedShare, TooFewAllocationsSeenFallBackToTheTime) {
   seen = share.share(10, WorkReading{2.0, 3000});
   EXPECT_EQ(seen->basis, ShareBasis::kTime);
   EXPECT_DOUBLE_EQ(seen->fraction, 0.25);
+}
+
+// The ring holds what every CPU can create in a window and its close's delay, at the stated
+// maximum rate, as a power of two within the bounds: the default 10 % of a second on 2 CPUs
+// is 2 x 0.2 s x 500,000 = 200,000 objects, 262,144 entries, where 65,536 held a third of
+// it; 90 % of it, 1,000,000, 1,048,576 entries. Exact mode reads no ring.
+TEST(NewObjectRing, HoldsWhatEveryCpuCanCreateInAWindowBounded) {
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{0.1, 1.0}, 2), 262'144u);
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{0.9, 1.0}, 2), 1'048'576u);
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{0.1, 1.0}, 1), 131'072u);
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{0.001, 1.0}, 0), 65'536u);  // 0 CPUs: as 1
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{0.9, 1.0}, 256), NewObjectRing::kMaxRingEntries);
+  EXPECT_EQ(NewObjectRing::entries_for(DutyCycle{1.0, 1.0}, 2), 1u);
+  for (uint32_t cpus : {1u, 3u, 7u, 64u}) {
+    for (double share : {0.01, 0.1, 0.33, 0.5, 0.99}) {
+      uint32_t entries = NewObjectRing::entries_for(DutyCycle{share, 1.0}, cpus);
+      EXPECT_EQ(entries & (entries - 1), 0u) << entries;
+      EXPECT_GE(entries, NewObjectRing::kMinRingEntries);
+      EXPECT_LE(entries, NewObjectRing::kMaxRingEntries);
+      double most =
+          cpus * (share + NewObjectRing::kCloseDelayS) * NewObjectRing::kMaxCreationsPerCpuS;
+      if (entries < NewObjectRing::kMaxRingEntries) {
+        EXPECT_GE(entries, most) << cpus << " " << share;
+      }
+    }
+  }
+}
+
+// MEMTRAIL_PYTHON_LOG_ENTRIES overrides the size: a power of two from 16 to 2^24, else one
+// error line saying what is wrong and what to do.
+TEST(NewObjectRing, TheOverrideIsAPowerOfTwoInRangeOrAnError) {
+  EXPECT_FALSE(NewObjectRing::override_from(nullptr).has_value());
+  EXPECT_FALSE(NewObjectRing::override_from("").has_value());
+  EXPECT_EQ(NewObjectRing::override_from("16"), 16u);
+  EXPECT_EQ(NewObjectRing::override_from("65536"), 65'536u);
+  EXPECT_EQ(NewObjectRing::override_from("16777216"), 1u << 24);
+  for (const char* bad :
+       {"8", "1000", "33554432", "-64", "+64", " 64", "64k", "abc", "99999999999999999999999"}) {
+    try {
+      NewObjectRing::override_from(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find("MEMTRAIL_PYTHON_LOG_ENTRIES="), std::string::npos);
+      EXPECT_FALSE(error.hint().empty());
+    }
+  }
 }
 
 TEST(ScaleToWhole, DividesByTheShareAndSeesNothingOfNothing) {

@@ -564,6 +564,11 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
   EXPECT_NE(text.str().find("(estimated)"), std::string::npos) << text.str();
+  // The freed sites' sum holds an estimate: it is one.
+  EXPECT_NE(text.str().find("1 site freed all it allocated: ~2.3 KiB in ~48 calls, the most "
+                            "(~2.3 KiB)"),
+            std::string::npos)
+      << text.str();
   auto json = to_json(report, 5.0);
   EXPECT_EQ(json["leaks"][0]["estimated"], true);
   EXPECT_FALSE(json["leaks"][1].contains("estimated"));
@@ -627,6 +632,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read_older.targets[0].python_objects_share_basis, "time");
   // Exact: counts are counts, nothing marked.
   report.leaks[0].estimated = false;
+  report.freed_sites[0].estimated = false;
   report.targets[0].python_objects_observed_fraction.reset();
   report.python_objects = model::PythonObjectsCoverage{};
   auto exact = to_json(report, 5.0);

@@ -3,8 +3,14 @@
 #include "aggregator/object_windows.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
+
+#include "common/error.h"
 
 namespace memtrail::aggregator {
 
@@ -20,6 +26,30 @@ double DutyCycle::next_switch_s(double t_s) const {
   double start = std::floor(std::max(t_s, 0.0) / period_s) * period_s;
   double close = start + attached_share * period_s;
   return t_s < close ? close : start + period_s;
+}
+
+uint32_t NewObjectRing::entries_for(const DutyCycle& cycle, uint32_t cpus) {
+  if (cycle.exact()) return 1;
+  double window_s = std::max(cycle.attached_share, 0.0) * cycle.period_s + kCloseDelayS;
+  double most = std::max(cpus, 1u) * window_s * kMaxCreationsPerCpuS;
+  uint32_t entries = kMinRingEntries;
+  while (entries < kMaxRingEntries && entries < most) entries *= 2;
+  return entries;
+}
+
+std::optional<uint32_t> NewObjectRing::override_from(const char* text) {
+  if (!text || !*text) return std::nullopt;
+  constexpr uint64_t kMost = uint64_t{1} << 24;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long value = std::strtoull(text, &end, 10);
+  if (errno != 0 || *end != '\0' || !std::isdigit(static_cast<unsigned char>(*text)) ||
+      value < 16 || value > kMost || (value & (value - 1)) != 0) {
+    throw Error(std::string("MEMTRAIL_PYTHON_LOG_ENTRIES=") + text +
+                    " is not a power of two from 16 to " + std::to_string(kMost),
+                "unset it for a ring sized by the duty cycle and the CPUs, or give e.g. 65536");
+  }
+  return static_cast<uint32_t>(value);
 }
 
 const char* share_basis_name(ShareBasis basis) {

@@ -22,6 +22,28 @@ struct DutyCycle {
   double next_switch_s(double t_s) const;
 };
 
+// The ring of objects recorded in an attached window (BPF map python_new_objects), read at the
+// window's close so that the close reads those objects rather than the whole table; a window
+// that records more than it holds is closed by a read of the whole table (whole_table_sweeps).
+// Sized for what a window can record: every CPU creating objects at kMaxCreationsPerCpuS
+// throughout the window, its close's delay included, as a power of two (the BPF program masks
+// its index) within [kMinRingEntries, kMaxRingEntries]. One entry when exact: no window closes.
+struct NewObjectRing {
+  // Each creation traps and runs the record program, which walks the stack: 2.3-3.1 us a
+  // creation measured by default, 1.5-2.0 us with --unwind fp (bench/RESULTS.md, README
+  // Python). A CPU creates at most one object every 2 us while the probes are in.
+  static constexpr double kMaxCreationsPerCpuS = 500'000;
+  // The probes record past the window's planned end until their links are closed: the
+  // session's next tick, then one kernel grace period (tens of milliseconds) per process.
+  static constexpr double kCloseDelayS = 0.1;
+  static constexpr uint32_t kMinRingEntries = 1u << 12;
+  static constexpr uint32_t kMaxRingEntries = 1u << 21;  // 16 bytes each: 32 MiB
+  static uint32_t entries_for(const DutyCycle& cycle, uint32_t cpus);
+  // MEMTRAIL_PYTHON_LOG_ENTRIES, the override: a power of two within [16, 2^24]; nullopt for
+  // null or empty, memtrail::Error otherwise.
+  static std::optional<uint32_t> override_from(const char* text);
+};
+
 // A reading of a process's work at one instant: the clock (seconds), and the allocations the
 // allocator probes counted for it so far, when they are counted.
 struct WorkReading {

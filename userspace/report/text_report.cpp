@@ -229,18 +229,22 @@ void render_freed_sites(const model::Report& report, std::ostream& out) {
   uint64_t sites = report.freed_sites.size() + report.freed_omitted.sites;
   if (sites == 0) return;
   uint64_t bytes = report.freed_omitted.bytes, allocations = report.freed_omitted.allocations;
+  bool estimated = false;  // a sum with an estimate in it is an estimate: "~", as on the sites
   for (const auto& site : report.freed_sites) {
     bytes += site.total_allocated_bytes;
     allocations += site.total_allocations;
+    estimated = estimated || site.estimated;
   }
+  const char* about = estimated ? "~" : "";
   out << with_thousands(sites) << (sites == 1 ? " site" : " sites") << " freed all "
-      << (sites == 1 ? "it" : "they") << " allocated: " << human_bytes(bytes) << " in "
-      << with_thousands(allocations) << (allocations == 1 ? " call" : " calls");
+      << (sites == 1 ? "it" : "they") << " allocated: " << about << human_bytes(bytes) << " in "
+      << about << with_thousands(allocations) << (allocations == 1 ? " call" : " calls");
   if (!report.freed_sites.empty()) {
     // Named by its innermost frame, inlined or not: the code that called the allocator.
     const auto& biggest = report.freed_sites.front();
     if (!biggest.stack.empty()) {
-      out << ", the most (" << human_bytes(biggest.total_allocated_bytes) << ") from "
+      out << ", the most (" << (biggest.estimated ? "~" : "")
+          << human_bytes(biggest.total_allocated_bytes) << ") from "
           << frame_name(biggest.stack.front()) << " in pid " << biggest.pid;
     }
   }

@@ -189,7 +189,8 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
       sites.push_back({site.file_offset, static_cast<uint32_t>(site.object)});
     }
     try {
-      tracer_.attach_python_objects(pid, interpreter.file, sites);
+      tracer_.attach_python_objects(pid, interpreter.file, sites,
+                                    !object_windows_.measures_from_now());
       // Where the probes sit in the process: each object site's first frame is one of them.
       std::unordered_set<uint64_t> addresses;
       for (const auto& site : interpreter.object_sites) {

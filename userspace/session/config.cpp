@@ -2,8 +2,11 @@
 // The command line's leaks options translated into a session's configuration.
 #include "session/config.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 #include "inspect/process_file.h"
 #include "python/cpython.h"
@@ -69,6 +72,16 @@ SessionConfig session_config(const cli::LeaksOptions& options, uint64_t availabl
   config.python_objects = options.python_objects;
   config.python_object_cycle.attached_share = options.python_objects_duty;
   config.python_object_cycle.period_s = cli::kPythonObjectsPeriodS;
+  if (options.python_objects) {
+    // The CPUs that can create objects at once: every one configured (some may come online).
+    long cpus = ::sysconf(_SC_NPROCESSORS_CONF);
+    auto entries =
+        aggregator::NewObjectRing::override_from(std::getenv("MEMTRAIL_PYTHON_LOG_ENTRIES"));
+    tracer.python_log_entries =
+        entries ? *entries
+                : aggregator::NewObjectRing::entries_for(config.python_object_cycle,
+                                                         static_cast<uint32_t>(std::max(cpus, 1L)));
+  }
   config.interval_s = options.interval_s;
   config.min_age_s = options.min_age_s;
   config.top = options.top;

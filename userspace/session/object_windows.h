@@ -29,8 +29,12 @@ class ObjectWindows {
   // ones removed (see AllocTracer::sweep_python_objects). Returns
   // the time of the next switch (time_point::max() when exact or not started).
   Clock::time_point tick(Clock::time_point now);
-  // Process `pid` got object probes (attached now or at the next window), at
-  // `creation_addresses` in its address space.
+  // Whether a process placed now is measured from now on (exact, or the run not started: its
+  // first window is the run's first), or from the next window's start, its object probes
+  // attached only then (AllocTracer::attach_python_objects' at_next_attach).
+  bool measures_from_now() const { return cycle_.exact() || !start_; }
+  // Process `pid` got object probes (attached now, or at the next window: see
+  // measures_from_now()), at `creation_addresses` in its address space.
   void add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses);
   // It exited: its share stops growing (it creates nothing more).
   void process_exited(uint32_t pid);
@@ -38,6 +42,7 @@ class ObjectWindows {
   void forget(uint32_t pid) {
     processes_.erase(pid);
     exited_.erase(pid);
+    waiting_.erase(pid);
     creation_sites_.erase(pid);
     share_.forget(pid);
     if (counted_.erase(pid)) tracer_.stop_counting_allocations(pid);
@@ -68,6 +73,7 @@ class ObjectWindows {
   std::unordered_set<uint32_t> processes_;  // pids with object probes
   std::unordered_set<uint32_t> exited_;     // of those, the ones that exited
   std::unordered_set<uint32_t> counted_;    // of those, the ones whose allocations are counted
+  std::unordered_set<uint32_t> waiting_;    // of those, the ones whose first window is to come
   std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites_;
   std::optional<Clock::time_point> start_;
 };

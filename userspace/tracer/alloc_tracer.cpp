@@ -169,28 +169,27 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   struct {
     bpf_map* map;
     uint32_t entries;
-  } sizes[] = {
-      {maps.allocs, buckets},
-      {maps.site_totals, config.max_stacks},
-      {maps.stacks, config.max_stacks},
-      {maps.fallback_sites, config.max_fallback_sites},
-      {maps.process_losses, kMaxLossProcesses},
-      // The frame-pointer walk reads neither: one entry each, no memory.
-      {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
-      // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
-      // 5,600 for 28,274): room for every table's, with a margin.
-      {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
-      {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
-      {maps.traced_processes, lifecycle ? traced_processes : 1u},
-      // Entries only for CPython processes and their stacks (no preallocation).
-      {maps.python_processes, config.python_layout ? traced_processes : 1u},
-      {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
-      {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
-      // Entries only for the processes whose object probes are duty-cycled.
-      {maps.process_allocations, config.python_objects ? traced_processes : 1u},
-      {maps.python_new_objects, config.python_objects ? uint32_t{MEMTRAIL_PYTHON_LOG_ENTRIES} : 1u},
-      {maps.region_events,
-       lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
+  } sizes[] = {{maps.allocs, buckets},
+               {maps.site_totals, config.max_stacks},
+               {maps.stacks, config.max_stacks},
+               {maps.fallback_sites, config.max_fallback_sites},
+               {maps.process_losses, kMaxLossProcesses},
+               // The frame-pointer walk reads neither: one entry each, no memory.
+               {maps.unwind_rows, tables ? std::max(config.unwind_table_rows, 1u) : 1u},
+               // A page index entry (8 bytes) per 256 bytes of code, about one per 5 rows (libc:
+               // 5,600 for 28,274): room for every table's, with a margin.
+               {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
+               {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
+               {maps.traced_processes, lifecycle ? traced_processes : 1u},
+               // Entries only for CPython processes and their stacks (no preallocation).
+               {maps.python_processes, config.python_layout ? traced_processes : 1u},
+               {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
+               {maps.python_types, config.python_type_layout ? kMaxPythonTypes : 1u},
+               // Entries only for the processes whose object probes are duty-cycled.
+               {maps.process_allocations, config.python_objects ? traced_processes : 1u},
+               {maps.python_new_objects, config.python_objects ? config.python_log_entries : 1u},
+               {maps.region_events,
+                lifecycle ? region_buffer : static_cast<uint32_t>(sysconf(_SC_PAGESIZE))}};
   for (auto& [map, entries] : sizes) {
     int err = bpf_map__set_max_entries(map, entries);
     if (err < 0) fail(std::string("size BPF map ") + bpf_map__name(map), -err);
@@ -213,6 +212,12 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   if (!config.python_objects) {
     bpf_program__set_autoload(p.python_object_created, false);
   } else {
+    uint32_t entries = config.python_log_entries;
+    if (entries == 0 || (entries & (entries - 1)) != 0) {
+      throw Error("the ring of new Python objects must hold a power of two entries, not " +
+                  std::to_string(entries));
+    }
+    skeleton_->rodata->python_log_mask = entries - 1;
     // One uprobe_multi link for the hundreds of creation sites: perf-event uprobes are
     // detached one by one, about 0.1 s each (27 s for python3.11's 263 sites at exit).
     bpf_program__set_expected_attach_type(p.python_object_created,
@@ -273,7 +278,10 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   }
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
-  if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);
+  if (config.python_objects) {
+    python_log_view_ = map_values(maps.python_new_objects);
+    python_log_entries_ = config.python_log_entries;
+  }
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
     row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
@@ -816,7 +824,8 @@ void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& 
 }
 
 void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile& file,
-                                        const std::vector<PythonObjectSite>& sites) {
+                                        const std::vector<PythonObjectSite>& sites,
+                                        bool at_next_attach) {
   if (!config_.python_objects) return;
   PythonObjectProbes probes;
   probes.pid = pid;
@@ -826,7 +835,7 @@ void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile
     probes.offsets.push_back(site.file_offset);
     probes.cookies.push_back(site.object_register);
   }
-  if (python_objects_attached_) {
+  if (python_objects_attached_ && !at_next_attach) {
     int error_number = link_python_objects(probes);
     if (error_number != 0) {
       fail("attach " + std::to_string(sites.size()) + " uprobes (uprobe_multi) in " + file.path +
@@ -921,7 +930,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
   sweeping_ = true;
-  if (fresh > MEMTRAIL_PYTHON_LOG_ENTRIES) {
+  if (fresh > python_log_entries_) {
     work.whole_table = true;
     read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
   } else {
@@ -929,7 +938,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
     std::vector<PythonObjectKey> keys = python_watch_;
     keys.reserve(keys.size() + fresh);
     for (uint64_t n = logged - fresh; n < logged; ++n) {
-      const auto& entry = ring[n & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1)];
+      const auto& entry = ring[n & (python_log_entries_ - 1)];
       keys.push_back({entry.tgid, entry.address});
     }
     // An object on the watch list may have been recorded anew in the window: read once.

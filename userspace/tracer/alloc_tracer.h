@@ -125,9 +125,12 @@ class AllocTracer : public unwind::RowStore {
     uint32_t object_register = 0;
   };
   // Attaches the object-creation program to every site, for process `pid`. All or nothing;
-  // throws memtrail::Error.
+  // throws memtrail::Error. `at_next_attach`: the sites wait for the next attach even while
+  // attached (the duty cycle starts a process's first window with a window: see
+  // session::ObjectWindows::add_process); a failure then is said on stderr, not thrown.
   void attach_python_objects(uint32_t pid, const inspect::ProcessFile& file,
-                             const std::vector<PythonObjectSite>& sites);
+                             const std::vector<PythonObjectSite>& sites,
+                             bool at_next_attach = false);
   // Detaches every process's creation sites (false) or attaches them again (true): the duty
   // cycle of --python-objects on. Detaching removes the traps themselves; a flag the program
   // checks would not (a disabled uprobe still traps). Objects recorded stay in the table and
@@ -313,6 +316,7 @@ class AllocTracer : public unwind::RowStore {
   // python_new_objects, read in place, and how far the sweeps have read it.
   MappedMap python_log_view_;
   uint64_t python_log_read_ = 0;
+  uint64_t python_log_entries_ = 1;  // its size: a power of two
   // Live objects the next close sweep reads again (no content identity), from the last judge
   // that saw them: (pid, address).
   std::vector<PythonObjectKey> python_watch_;

@@ -43,6 +43,9 @@ struct TracerConfig {
   // Record CPython objects where they are created (attach_python_objects): the program is
   // loaded only then.
   bool python_objects = false;
+  // Entries of the ring of objects recorded in an attached window, read at its close: a power
+  // of two (aggregator::NewObjectRing).
+  uint32_t python_log_entries = 1u << 16;
   bool probe_floor = false;  // benchmarks: programs return at once (cost of the traps alone)
   // malloc and calloc probed at their return sites where proven (one trap a call) rather than
   // at entry and return (two). The command line turns it on by default (--no-return-sites);
