@@ -13,8 +13,8 @@ if (($#)); then
   exec ctest --output-on-failure --timeout 300 "$@"
 fi
 # Unit tests need no root and share nothing: both CPUs. Integration tests trace real processes
-# and mostly wait for them: two at a time, each counting only the processes it started (tests
-# that --all traces by name check their own pids; the paging tests, which fill cgroups and swap,
-# are RUN_SERIAL).
+# and mostly wait for them: two at a time, each counting only the processes it started. Those
+# that would see another test's processes run alone (RUN_SERIAL): the paging tests, which fill
+# cgroups and swap, and the long --all runs that pick processes by name (host_wide_integration_test).
 ctest --output-on-failure --timeout 300 -L unit -j"$(nproc)"
 ctest --output-on-failure --timeout 300 -L integration -j2
