@@ -851,6 +851,7 @@ int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
                                probes.offsets, probes.cookies, probes.pid, false);
   if (link < 0) return -link;
   probes.link = UniqueFd(link);
+  probes.linked = true;
   return 0;
 }
 
@@ -869,9 +870,11 @@ void AllocTracer::set_python_objects_attached(bool attached) {
     int error_number = link_python_objects(probes);
     if (error_number == 0) return false;
     if (error_number != ESRCH) {
-      std::cerr << "memtrail: warning: pid " << probes.pid << ": Python objects no longer "
-                << "traced: attach " << probes.offsets.size() << " uprobes (uprobe_multi) in "
-                << probes.path << " again failed: " << std::strerror(error_number) << "\n";
+      std::cerr << "memtrail: warning: pid " << probes.pid << ": Python objects "
+                << (probes.linked ? "no longer traced" : "not traced") << ": attach "
+                << probes.offsets.size() << " uprobes (uprobe_multi) in " << probes.path
+                << (probes.linked ? " again" : "") << " failed: " << std::strerror(error_number)
+                << "\n";
     }
     return true;
   });

@@ -349,7 +349,8 @@ class AllocTracer : public unwind::RowStore {
     inspect::OpenedFile file;  // held open: its kernel path must keep naming the same file
     std::string path;          // as the process maps it, for messages
     std::vector<uint64_t> offsets, cookies;
-    UniqueFd link;  // the uprobe_multi link; closed while detached
+    UniqueFd link;        // the uprobe_multi link; closed while detached
+    bool linked = false;  // once attached (a launched process's wait for the next window)
   };
   // Creates the uprobe_multi link of `probes`; returns the errno on failure, 0 on success.
   int link_python_objects(PythonObjectProbes& probes);
