@@ -24,6 +24,7 @@ namespace {
 // What can be checked of the targets before anything loads: each PID is a live process (not a
 // thread, not a zombie), the command resolves to a program. Returns the command's chain.
 std::optional<inspect::LaunchChain> check_targets(const SessionConfig& config) {
+  // The mappings are read again once the programs are loaded: they may change meanwhile.
   for (uint32_t pid : config.pids) live_mappings(pid);
   if (config.command.empty()) return std::nullopt;
   // A script is followed through its #! lines to the program the kernel loads for it; a

@@ -58,11 +58,10 @@ constexpr uint32_t kUprobeMultiReturn = 1;  // BPF_F_UPROBE_MULTI_RETURN
 
 // Places `program` at `offsets` of the file at `path` in one uprobe_multi link, for `pid` (0:
 // every process); returns the link's descriptor, or -errno.
-int link_uprobe_multi(const bpf_program* program, const std::string& path,
-                      const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& cookies,
-                      uint32_t pid, bool retprobe) {
+int link_uprobe_multi(int program_fd, const std::string& path, const std::vector<uint64_t>& offsets,
+                      const std::vector<uint64_t>& cookies, uint32_t pid, bool retprobe) {
   UprobeMultiAttr attr;
-  attr.prog_fd = static_cast<uint32_t>(bpf_program__fd(program));
+  attr.prog_fd = static_cast<uint32_t>(program_fd);
   attr.attach_type = kUprobeMultiAttachType;
   attr.path = reinterpret_cast<uint64_t>(path.c_str());
   attr.offsets = reinterpret_cast<uint64_t>(offsets.data());
@@ -85,15 +84,9 @@ bool kernel_has_uprobe_multi() {
   UniqueFd program(
       bpf_prog_load(BPF_PROG_TYPE_KPROBE, "memtrail_probe", "GPL", return_zero, 2, &options));
   if (!program) return false;
-  uint64_t offset = 0;
-  UprobeMultiAttr attr;
-  attr.prog_fd = static_cast<uint32_t>(program.get());
-  attr.attach_type = kUprobeMultiAttachType;
-  attr.path = reinterpret_cast<uint64_t>("/");
-  attr.offsets = reinterpret_cast<uint64_t>(&offset);
-  attr.count = 1;
-  UniqueFd link(static_cast<int>(::syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr))));
-  return link || errno == EBADF;
+  int link = link_uprobe_multi(program.get(), "/", {0}, {0}, 0, false);
+  UniqueFd closed(link < 0 ? -1 : link);
+  return link >= 0 || link == -EBADF;
 }
 
 struct ProbePrograms {
@@ -772,11 +765,11 @@ AllocTracer::PlacedProbes AllocTracer::place_probes(uint32_t pid,
   std::stable_sort(groups.begin(), groups.end(),
                    [&](const Group& a, const Group& b) { return rank(a) < rank(b); });
   for (const auto& group : groups) {
-    int link =
-        injected_attach_failure()
-            ? -EINVAL
-            : link_uprobe_multi(group.first->program, kernel_path, group.offsets, group.cookies,
-                                pid == kEveryProcess ? 0 : pid, group.first->retprobe);
+    int link = injected_attach_failure()
+                   ? -EINVAL
+                   : link_uprobe_multi(bpf_program__fd(group.first->program), kernel_path,
+                                       group.offsets, group.cookies, pid == kEveryProcess ? 0 : pid,
+                                       group.first->retprobe);
     if (link < 0) {
       release_concurrently(placed.multi_links);
       std::string functions;
@@ -847,8 +840,9 @@ void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile
 }
 
 int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
-  int link = link_uprobe_multi(skeleton_->progs.python_object_created, probes.file.kernel_path(),
-                               probes.offsets, probes.cookies, probes.pid, false);
+  int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.python_object_created),
+                               probes.file.kernel_path(), probes.offsets, probes.cookies,
+                               probes.pid, false);
   if (link < 0) return -link;
   probes.link = UniqueFd(link);
   probes.linked = true;
