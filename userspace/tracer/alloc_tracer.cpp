@@ -271,10 +271,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   }
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
-  if (config.python_objects) {
-    python_log_view_ = map_values(maps.python_new_objects);
-    python_log_entries_ = config.python_log_entries;
-  }
+  if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);
   if (tables) {
     rows_view_ = map_values(maps.unwind_rows, PROT_READ | PROT_WRITE);
     row_capacity_ = bpf_map__max_entries(maps.unwind_rows);
@@ -576,9 +573,7 @@ void AllocTracer::forget_python_process(uint32_t pid) {
 
 AllocTracer::~AllocTracer() {
   // Every probe detached at once (see release_concurrently), before the skeleton goes.
-  std::vector<UniqueFd> object_links;
-  for (auto& probes : python_probes_) object_links.push_back(std::move(probes.link));
-  release_concurrently(object_links);
+  unlink_python_objects();
   release_concurrently(multi_links_);
   release_concurrently(links_);
 }
@@ -839,6 +834,12 @@ void AllocTracer::attach_python_objects(uint32_t pid, const inspect::ProcessFile
   python_probes_.push_back(std::move(probes));
 }
 
+void AllocTracer::unlink_python_objects() {
+  std::vector<UniqueFd> links;
+  for (auto& probes : python_probes_) links.push_back(std::move(probes.link));
+  release_concurrently(links);
+}
+
 int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
   int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.python_object_created),
                                probes.file.kernel_path(), probes.offsets, probes.cookies,
@@ -855,9 +856,7 @@ void AllocTracer::set_python_objects_attached(bool attached) {
   if (!attached) {
     // Closing the link removes the breakpoints from the process. The window counts as open
     // until the sweep that follows has read (sweep_python_objects).
-    std::vector<UniqueFd> object_links;
-    for (auto& probes : python_probes_) object_links.push_back(std::move(probes.link));
-    release_concurrently(object_links);
+    unlink_python_objects();
     return;
   }
   std::erase_if(python_probes_, [this](PythonObjectProbes& probes) {
@@ -927,7 +926,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
   sweeping_ = true;
-  if (fresh > python_log_entries_) {
+  if (fresh > config_.python_log_entries) {
     work.whole_table = true;
     read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
   } else {
@@ -935,7 +934,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
     std::vector<PythonObjectKey> keys = python_watch_;
     keys.reserve(keys.size() + fresh);
     for (uint64_t n = logged - fresh; n < logged; ++n) {
-      const auto& entry = ring[n & (python_log_entries_ - 1)];
+      const auto& entry = ring[n & (config_.python_log_entries - 1)];
       keys.push_back({entry.tgid, entry.address});
     }
     // An object on the watch list may have been recorded anew in the window: read once.

@@ -316,7 +316,6 @@ class AllocTracer : public unwind::RowStore {
   // python_new_objects, read in place, and how far the sweeps have read it.
   MappedMap python_log_view_;
   uint64_t python_log_read_ = 0;
-  uint64_t python_log_entries_ = 1;  // its size: a power of two
   // Live objects the next close sweep reads again (no content identity), from the last judge
   // that saw them: (pid, address).
   std::vector<PythonObjectKey> python_watch_;
@@ -354,6 +353,8 @@ class AllocTracer : public unwind::RowStore {
   };
   // Creates the uprobe_multi link of `probes`; returns the errno on failure, 0 on success.
   int link_python_objects(PythonObjectProbes& probes);
+  // Closes every process's object link at once (release_concurrently); the sites stay.
+  void unlink_python_objects();
   std::vector<PythonObjectProbes> python_probes_;
   bool python_objects_attached_ = true;
 };
