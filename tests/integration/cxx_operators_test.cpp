@@ -153,6 +153,30 @@ TEST(CxxOperators, WithoutTheirOwnProbesBlocksKindsSizesStacksAndMismatchesAreTh
   }
 }
 
+// mimalloc's sized delete and mi_free_size only jump to mi_free, which is free: probed as free
+// too, they released each block a second time, an unmatched free (51 in this scenario).
+TEST(CxxOperators, UnderMimallocASizedDeleteReleasesItsBlockOnce) {
+  REQUIRE_BPF_OR_SKIP();
+  if (std::string(MEMTRAIL_LIB_MIMALLOC).empty()) {
+    const char* required = std::getenv("MEMTRAIL_REQUIRE_BPF");
+    if (required && std::string(required) == "1") FAIL() << "install libmimalloc2.0";
+    GTEST_SKIP() << "install libmimalloc2.0 (scripts/install-deps.sh --tests)";
+  }
+  Target target(
+      {"/usr/bin/env", std::string("LD_PRELOAD=") + MEMTRAIL_LIB_MIMALLOC, MEMTRAIL_LEAKY_CXX});
+  TempDir dir;
+  auto memtrail = start_memtrail(target.process.pid(), dir.file("r.json"), false);
+  target.run();
+  Stopped stopped = stop(*memtrail, dir.file("r.json"));
+  EXPECT_NE(stopped.said.find("mi_free_size has no probe of its own: it jumps to mi_free"),
+            std::string::npos)
+      << stopped.said;
+  const json& totals = stopped.report["totals"];
+  EXPECT_EQ(totals["allocations"], 5 + 3 + 2 * 50 + 2);
+  EXPECT_EQ(totals["frees"], 2 * 50 + 2);
+  EXPECT_EQ(totals["unmatched_frees"], 0);
+}
+
 // The runs of the uprobe programs process `pid` holds (kernel BPF statistics on): the kernel
 // entries its probes took. The tracepoints (region_*) fire for other processes too: left out.
 uint64_t probe_runs(pid_t pid) {

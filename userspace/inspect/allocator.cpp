@@ -493,6 +493,31 @@ void analyse_cxx_operator(const ElfFile& elf, const FunctionSymbol& symbol, size
                                                  : "";
 }
 
+// A function releasing as free does that only jumps to another of the module's (mimalloc's
+// mi_free_size, its sized and aligned deletes, cfree: `jmp mi_free`) would release the block a
+// second time through that one's probe, and count it as unmatched: it needs no probe of its own.
+void jumps_to_free(const ElfFile& elf, const FunctionSymbol& symbol, size_t index,
+                   const std::unordered_map<std::string, size_t>& binder,
+                   const std::set<uint64_t>& free_addresses, FunctionProbe& probe) {
+  auto target = forwarding_jump(symbol.address,
+                                elf.read_code(symbol.address, std::min<size_t>(symbol.size, 4096)));
+  if (!target) return;
+  std::string name = elf.plt_target(*target);
+  bool to_free = *target != symbol.address && free_addresses.count(*target) > 0;
+  if (!name.empty()) {
+    // Through the PLT: to a function of this module that releases as free, bound here.
+    auto defined = elf.find_function(name);
+    auto bound = binder.find(name);
+    to_free = defined && defined->address != symbol.address &&
+              free_addresses.count(defined->address) && bound != binder.end() &&
+              bound->second == index;
+  }
+  if (!to_free) return;
+  probe.forwards_to = "free";
+  probe.cxx_reason =
+      "jumps to " + (name.empty() ? std::string("free") : name) + ", which releases as free does";
+}
+
 // Which C++ operators go without probes, now that every module's are analysed: operator new
 // calling malloc, if that malloc is probed at its return sites alone; new[] jumping to such a
 // new; a delete jumping, directly or through others, to a probed delete of the same kind.
@@ -641,7 +666,8 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     }
     std::set<uint64_t> probed;
     for (auto entry : bound[i]) {
-      if (delete_is_free && entry.spec.role == ProbeRole::kDelete) {
+      bool released_as_free = delete_is_free && entry.spec.role == ProbeRole::kDelete;
+      if (released_as_free) {
         entry.spec.role = ProbeRole::kFree;
         entry.spec.kind = kNoKind;
       }
@@ -652,6 +678,9 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
       if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
       if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name, return_sites)) {
         if (!delete_is_free) analyse_cxx_operator(*loaded[i].elf, entry.symbol, i, binder, *probe);
+        if (released_as_free || entry.spec.role == ProbeRole::kFree) {
+          jumps_to_free(*loaded[i].elf, entry.symbol, i, binder, free_addresses, *probe);
+        }
         module.functions.push_back(*probe);
       }
     }
