@@ -383,7 +383,7 @@ volatile __u64 new_call_pages[64];
 /* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
  * that is an operator new userspace proved, whose code runs there byte for byte, the block is
  * the operator's, and the operator's caller the allocation's (operator new[] marked the call
- * when it jumped to it). False when the stack could not be read. */
+ * when it jumped to it). False when the code or the stack could not be read. */
 static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
 					      __u64 *slot, __u32 *kind)
 {
@@ -394,9 +394,12 @@ static __always_inline bool from_operator_new(struct inflight_call *call, __u64 
 	if (!known)
 		return true;
 	length = known->length;
-	if (length == 0 || length > sizeof(code) ||
-	    bpf_probe_read_user(code, length, (const void *)(*caller - known->call_return)))
-		return true; /* not the code proven: another function */
+	if (length == 0 || length > sizeof(code))
+		return true;
+	/* Code that just ran, so readable: a failure leaves the kind unknown, counted as a drop
+	 * rather than recorded as malloc's and reported mismatched by its delete. */
+	if (bpf_probe_read_user(code, length, (const void *)(*caller - known->call_return)))
+		return false;
 	for (int i = 0; i < MEMTRAIL_NEW_CODE_WORDS; i++) {
 		if ((code[i] ^ known->code[i]) & known->mask[i])
 			return true;
