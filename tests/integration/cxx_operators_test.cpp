@@ -36,13 +36,15 @@ struct ScopedEnv {
 
 // memtrail leaks -p PID --cxx --json FILE -q -v, attached; with `own_probes`, every operator
 // keeps its own probes.
-std::unique_ptr<Subprocess> start_memtrail(pid_t pid, const std::string& json_path,
-                                           bool own_probes) {
+std::unique_ptr<Subprocess> start_memtrail(pid_t pid, const std::string& json_path, bool own_probes,
+                                           const std::vector<std::string>& extra = {}) {
   std::optional<ScopedEnv> forced;
   if (own_probes) forced.emplace("MEMTRAIL_TEST_CXX_OWN_PROBES", "1");
-  auto memtrail = std::make_unique<Subprocess>(
-      std::vector<std::string>{MEMTRAIL_BINARY, "leaks", "-p", std::to_string(pid), "--cxx",
-                               "--json", json_path, "-q", "-v"});
+  std::vector<std::string> args{MEMTRAIL_BINARY,     "leaks", "-p",
+                                std::to_string(pid), "--cxx", "--json",
+                                json_path,           "-q",    "-v"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto memtrail = std::make_unique<Subprocess>(args);
   auto attached = memtrail->wait_for_stderr("memtrail: tracing pid ", 30s);
   EXPECT_TRUE(attached.has_value()) << memtrail->stderr_seen() << memtrail->drain_stderr();
   return memtrail;
@@ -151,6 +153,29 @@ TEST(CxxOperators, WithoutTheirOwnProbesBlocksKindsSizesStacksAndMismatchesAreTh
     }
     EXPECT_TRUE(found) << report.dump(2);
   }
+}
+
+// Where malloc keeps its entry and return probes, operator new keeps its own, and says why.
+TEST(CxxOperators, WithoutMallocsReturnSitesOperatorNewKeepsItsProbes) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY_CXX});
+  TempDir dir;
+  auto memtrail =
+      start_memtrail(target.process.pid(), dir.file("r.json"), false, {"--no-return-sites"});
+  target.run();
+  Stopped stopped = stop(*memtrail, dir.file("r.json"));
+  EXPECT_NE(stopped.said.find("_Znwm keeps its own probes: the malloc it calls is not probed at "
+                              "its return sites alone"),
+            std::string::npos)
+      << stopped.said;
+  EXPECT_NE(stopped.said.find("_Znam keeps its own probes: jumps to _Znwm, which keeps its probes"),
+            std::string::npos)
+      << stopped.said;
+  const json& totals = stopped.report["totals"];
+  EXPECT_EQ(totals["allocations"], 5 + 3 + 2 * 50 + 2);
+  EXPECT_EQ(totals["frees"], 2 * 50 + 2);
+  EXPECT_EQ(totals["mismatched_frees"], 2);
+  EXPECT_EQ(totals["unmatched_frees"], 0);
 }
 
 // mimalloc's sized delete and mi_free_size only jump to mi_free, which is free: probed as free
