@@ -70,15 +70,27 @@ TEST(OperatorNew, WhatIsNotProvenSaysWhy) {
               0x74, 0x02, 0x5b, 0xc3, 0xe8, 0xf4, 0xff, 0xff, 0xff, 0xeb, 0xf2};
   // push %rbx; call malloc; mov %rsp,%rbx; ... : the stack moved by a register.
   Bytes moves_rsp{0x53, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x89, 0xdc, 0x5b, 0xc3};
+  // test %rdi,%rdi; je out (outside: a tail call); then kNew.
+  Bytes leaves{0x48, 0x85, 0xff, 0x0f, 0x84, 0xf7, 0x3f, 0x00, 0x00};
+  leaves.insert(leaves.end(), kNew.begin(), kNew.end());
+  // test %rdi,%rdi; jne new; xor %eax,%eax; ret; new: kNew (a second ret, and one before the
+  // call to malloc).
+  Bytes returns_early{0x48, 0x85, 0xff, 0x75, 0x03, 0x31, 0xc0, 0xc3};
+  returns_early.insert(returns_early.end(), kNew.begin(), kNew.end());
   for (const Case& c : {Case{"the pointer changed", pops_into_rax, "changes the pointer"},
+                        Case{"a tail call before malloc", leaves, "je at +0x3 leaves it before"},
+                        Case{"two rets", returns_early, "it returns at 2 places"},
                         Case{"the stack not unwound", no_pop, "finds the stack 8 bytes below"},
                         Case{"rbp written", frame, "writes %rbp"},
                         Case{"malloc called twice", twice, "calls malloc twice"},
                         Case{"rsp moved", moves_rsp, "moves %rsp"},
                         Case{"too long", Bytes(65, 0x90), "more than the 64"}}) {
     SCOPED_TRACE(c.what);
-    OperatorNewAnalysis analysis =
-        analyse(c.code, c.code == moves_rsp ? kAddress + 6 : kAddress + 9);
+    uint64_t malloc_at = c.code == moves_rsp       ? kAddress + 6
+                         : c.code == leaves        ? kAddress + 9 + 9
+                         : c.code == returns_early ? kAddress + 8 + 9
+                                                   : kAddress + 9;
+    OperatorNewAnalysis analysis = analyse(c.code, malloc_at);
     EXPECT_FALSE(analysis.via_malloc.has_value());
     EXPECT_NE(analysis.reason.find(c.reason), std::string::npos) << analysis.reason;
   }

@@ -250,6 +250,39 @@ OperatorNewAnalysis analyse_operator_new(uint64_t address, const std::vector<uin
     result.reason = "nothing follows its call to malloc";
     return result;
   }
+  // Every block it returns comes from that call: no path from the entry returns, or leaves the
+  // function (a tail call), before it; only the NULL path after it may leave (the throw of
+  // bad_alloc); and one ret is reached at all, the one after the call (checked below).
+  std::set<size_t> before{0};
+  std::vector<size_t> pending{0};
+  size_t rets = 0;
+  for (const auto& [reached, at] : depth) {
+    if (code_[reached].flow == Flow::kRet) ++rets;
+  }
+  if (rets != 1) {
+    result.reason = "it returns at " + std::to_string(rets) + " places";
+    return result;
+  }
+  while (!pending.empty()) {
+    size_t at = pending.back();
+    pending.pop_back();
+    const Instruction& in = code_[at];
+    if (at == *malloc_call || in.flow == Flow::kStop) continue;
+    bool leaves = (in.flow == Flow::kJump || in.flow == Flow::kConditional) && !inside(in.target);
+    if (in.flow == Flow::kRet || leaves) {
+      result.reason = in.mnemonic + " at +0x" + hex(in.offset) +
+                      (leaves ? " leaves it" : " returns") + " before it calls malloc";
+      return result;
+    }
+    std::vector<size_t> next;
+    if (in.flow != Flow::kJump) next.push_back(at + 1);
+    if ((in.flow == Flow::kJump || in.flow == Flow::kConditional) && inside(in.target)) {
+      next.push_back(index[in.target - address]);
+    }
+    for (size_t successor : next) {
+      if (successor < code_.size() && before.insert(successor).second) pending.push_back(successor);
+    }
+  }
 
   // After the call, while %rax is not NULL: to `ret`, %rax untouched, the stack unwound.
   size_t i = *malloc_call + 1;

@@ -35,7 +35,8 @@ inline constexpr size_t kNewCodeBytes = 64;
 
 // Decodes `code` (the whole function at `address`, at most kNewCodeBytes) and proves that:
 // exactly one instruction calls malloc (`callee_name` of a call target: the PLT's symbol, or a
-// direct call's), none jumps to it; the stack depth at that call is the same on every path from
+// direct call's), none jumps to it; no path returns or leaves the function before that call,
+// and it has one reachable ret; the stack depth at that call is the same on every path from
 // the entry (only push, pop and add/sub of a constant move %rsp; calls return to the next
 // instruction); no instruction writes %rbp (the caller's %rbp stays where malloc's return sites
 // find it); and after the call, on the path where %rax is not NULL (`test %rax,%rax` and
