@@ -368,13 +368,64 @@ static __always_inline bool read_caller_frame(__u64 sp, __u64 cookie, __u64 *cal
 	       !bpf_probe_read_user(caller_bp, sizeof(*caller_bp), (const void *)(sp + bp_slot));
 }
 
+/* C++ operators new that call malloc (struct memtrail_new_call), by the offset in its page of
+ * the address malloc returns to; new_call_pages has a bit set for each key present, so that the
+ * other calls of malloc pay a load, not a map lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct memtrail_new_call);
+} new_calls SEC(".maps");
+
+volatile __u64 new_call_pages[64];
+
+/* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
+ * that is an operator new userspace proved, whose code runs there byte for byte, the block is
+ * the operator's, and the operator's caller the allocation's (operator new[] marked the call
+ * when it jumped to it). False when the code or the stack could not be read. */
+static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
+					      __u64 *slot, __u32 *kind)
+{
+	__u32 key = *caller & 0xfff, length;
+	struct memtrail_new_call *known = bpf_map_lookup_elem(&new_calls, &key);
+	__u64 code[MEMTRAIL_NEW_CODE_WORDS] = {}, outer_slot, outer = 0;
+
+	if (!known)
+		return true;
+	length = known->length;
+	if (length == 0 || length > sizeof(code))
+		return true;
+	/* Code that just ran, so readable: a failure leaves the kind unknown, counted as a drop
+	 * rather than recorded as malloc's and reported mismatched by its delete. */
+	if (bpf_probe_read_user(code, length, (const void *)(*caller - known->call_return)))
+		return false;
+	for (int i = 0; i < MEMTRAIL_NEW_CODE_WORDS; i++) {
+		if ((code[i] ^ known->code[i]) & known->mask[i])
+			return true;
+	}
+	outer_slot = *slot + known->frame_skip;
+	if (bpf_probe_read_user(&outer, sizeof(outer), (const void *)outer_slot))
+		return false;
+	outer = return_address(outer_slot, outer);
+	*kind = known->kind;
+	if (call && call->array_new_slot == outer_slot && call->array_new_return == outer) {
+		*kind = MEMTRAIL_KIND_NEW_ARRAY;
+		call->array_new_slot = 0;
+	}
+	*caller = outer;
+	*slot = outer_slot;
+	return true;
+}
+
 /* The site's cookie says where the pointer, the size, the return address and the caller's rbp
  * are (userspace proved it over every path through the function). */
 static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_source source)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight;
+	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight, slot;
 	struct inflight_call *call;
+	__u32 kind;
 
 	if (probe_floor || !probe_applies())
 		return 0;
@@ -415,9 +466,16 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 			return 0;
 	}
 	caller = return_address(sp + frame, caller);
-	/* After the return: the caller's pc, its sp above the return address, its rbp. */
-	record_alloc_from(caller, sp + frame + 8, caller_bp, address, size,
-			  cookie & MEMTRAIL_SITE_KIND_MASK, weight);
+	slot = sp + frame;
+	kind = cookie & MEMTRAIL_SITE_KIND_MASK;
+	if ((new_call_pages[(caller & 0xfff) >> 6] & (1ULL << (caller & 63))) &&
+	    !from_operator_new(call, &caller, &slot, &kind)) {
+		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, current_tgid());
+		return 0;
+	}
+	/* After the return: the caller's pc, its sp above the return address, its rbp (operator
+	 * new leaves rbp alone: userspace proved it). */
+	record_alloc_from(caller, slot + 8, caller_bp, address, size, kind, weight);
 	return 0;
 }
 
@@ -545,6 +603,31 @@ int BPF_KPROBE(delete_enter, __u64 address)
 		bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
 								    : RELEASE_DELETE,
 		0);
+	return 0;
+}
+
+/* operator new[] that jumps to an operator new in new_calls (userspace proved both): marks the
+ * call, so that malloc's return site inside records the block as new[]. The return address
+ * tells this call from one whose mark is stale (a new[] that threw). */
+SEC("uprobe")
+int new_array_enter(struct pt_regs *ctx)
+{
+	__u64 slot = PT_REGS_SP(ctx), returns_to = 0;
+	struct inflight_call *call;
+
+	if (probe_floor || !probe_applies())
+		return 0;
+	call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call || bpf_probe_read_user(&returns_to, sizeof(returns_to), (const void *)slot)) {
+		count_loss(MEMTRAIL_CTR_MISSED_ENTRIES, MEMTRAIL_LOSS_MISSED_ENTRIES,
+			   current_tgid());
+		return 0;
+	}
+	/* Inside a traced call (nothrow new[] -> new[]): the outer call records the block. */
+	if (in_allocator_call(call))
+		return 0;
+	call->array_new_slot = slot;
+	call->array_new_return = returns_to;
 	return 0;
 }
 

@@ -59,6 +59,23 @@ enum memtrail_alloc_kind {
  * the kind and size register as in a site cookie, or this flag: site_take_size took the size. */
 #define MEMTRAIL_HANDOFF_SIZE_TAKEN (1ULL << 49)
 
+/* A C++ operator new that calls malloc and returns its result (userspace/inspect/operator_new.h):
+ * malloc's return sites tell its calls by their return address, whose offset in its page is the
+ * key of the new_calls map, and whose function's bytes must be `code` (masked by `mask`). The
+ * block is then the operator's (`kind`), and its caller's return address is `frame_skip` bytes
+ * above malloc's. */
+#define MEMTRAIL_NEW_CODE_WORDS 8
+struct memtrail_new_call {
+	__u64 code[MEMTRAIL_NEW_CODE_WORDS]; /* the function's first bytes, from its start */
+	__u64 mask[MEMTRAIL_NEW_CODE_WORDS]; /* the bytes of code that count */
+	__u32 call_return;		     /* the return address, from the function's start */
+	__u32 frame_skip;
+	__u32 kind;   /* enum memtrail_alloc_kind */
+	__u32 length; /* of code: 1 to 8 * MEMTRAIL_NEW_CODE_WORDS bytes */
+};
+MEMTRAIL_ABI_SIZE(memtrail_new_call, 144);
+MEMTRAIL_ABI_OFFSET(memtrail_new_call, call_return, 128);
+
 /* The attach cookie of the C++ delete probes: which operator releases the block. */
 enum memtrail_delete_kind {
 	MEMTRAIL_DELETE_SCALAR = 0, /* operator delete: for blocks of operator new */

@@ -23,6 +23,10 @@ struct inflight_call {
 	__s64 sample_countdown; /* bytes until this thread's next sample */
 	__u64 sampler_ready;	/* sample_countdown has been drawn */
 	__u64 pending_free;	/* released by operator delete: its nested free() is not a free */
+	/* operator new[] entered with its return address at array_new_slot, holding this value:
+	 * the operator new it jumps to returns there (see new_array_enter). */
+	__u64 array_new_slot;
+	__u64 array_new_return;
 	/* A system call between its entry and exit tracepoints (enum syscall_state, regions.bpf.h). */
 	__u32 syscall_state;
 	__u32 syscall_flags;  /* mremap's flags */

@@ -5,6 +5,8 @@
 #include <capstone/capstone.h>
 
 #include <algorithm>
+#include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <unordered_map>
@@ -369,9 +371,13 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
   }
   Placement placement{known->second.first, known->second.second};
   Kind kind = spec.kind ? *spec.kind : intern_kind(name);
-  FunctionProbe probe{
-      name, spec.role, kind, *entry, *entry + placement.offset, placement.reason, {},
-      {},   {},        {},   ""};
+  FunctionProbe probe;
+  probe.name = name;
+  probe.role = spec.role;
+  probe.kind = kind;
+  probe.entry_offset = *entry;
+  probe.probe_offset = *entry + placement.offset;
+  probe.placement = placement.reason;
   bool glibc = elf.find_function("__libc_malloc").has_value();
   // jemalloc, tcmalloc and mimalloc: their malloc and calloc, which tests trace both ways (their
   // extension functions keep entry and return probes).
@@ -441,6 +447,134 @@ std::string classify(const ElfFile& elf, const std::string& path, bool main_prog
   }
   if (!name.empty() && main_program && static_executable) name = "static " + name;
   return name;
+}
+
+// The name of what code at `target` in module `index` (`elf`) calls or jumps to: through the
+// PLT, the symbol the dynamic linker binds; directly, a C++ operator or malloc defined there,
+// if that module is the one its name binds to (else the direct jump bypasses the binding, and
+// is not known).
+std::string callee_name(const ElfFile& elf, uint64_t target, size_t index,
+                        const std::unordered_map<std::string, size_t>& binder) {
+  std::string name = elf.plt_target(target);
+  if (!name.empty()) return name;
+  std::vector<const char*> names{"malloc"};
+  for (const auto& spec : cxx_specs()) names.push_back(spec.name);
+  for (const char* candidate : names) {
+    auto symbol = elf.find_function(candidate);
+    auto bound = binder.find(candidate);
+    if (symbol && symbol->address == target && bound != binder.end() && bound->second == index) {
+      return candidate;
+    }
+  }
+  return "";
+}
+
+// What the code of a C++ operator proves (operator_new.h), before it is known what the others
+// it leads to proved (settle_cxx_operators).
+void analyse_cxx_operator(const ElfFile& elf, const FunctionSymbol& symbol, size_t index,
+                          const std::unordered_map<std::string, size_t>& binder,
+                          FunctionProbe& probe) {
+  bool new_kind = probe.kind == Kind::kNew || probe.kind == Kind::kNewArray;
+  if (!(probe.role == ProbeRole::kSizeAlloc && new_kind) && probe.role != ProbeRole::kDelete) {
+    return;
+  }
+  auto name_of = [&](uint64_t target) { return callee_name(elf, target, index, binder); };
+  std::vector<uint8_t> code = elf.read_code(symbol.address, std::min<size_t>(symbol.size, 4096));
+  if (probe.kind == Kind::kNew && probe.role == ProbeRole::kSizeAlloc) {
+    OperatorNewAnalysis analysis = analyse_operator_new(symbol.address, code, name_of);
+    probe.new_via_malloc = analysis.via_malloc;
+    probe.cxx_reason = analysis.reason;
+    return;
+  }
+  auto target = forwarding_jump(symbol.address, code);
+  probe.forwards_to = target ? name_of(*target) : "";
+  probe.cxx_reason = !target                     ? "it does more than jump to another function"
+                     : probe.forwards_to.empty() ? "it jumps to code that is not a known operator"
+                                                 : "";
+}
+
+// A function releasing as free does that only jumps to another of the module's (mimalloc's
+// mi_free_size, its sized and aligned deletes, cfree: `jmp mi_free`) would release the block a
+// second time through that one's probe, and count it as unmatched: it needs no probe of its own.
+void jumps_to_free(const ElfFile& elf, const FunctionSymbol& symbol, size_t index,
+                   const std::unordered_map<std::string, size_t>& binder,
+                   const std::set<uint64_t>& free_addresses, FunctionProbe& probe) {
+  auto target = forwarding_jump(symbol.address,
+                                elf.read_code(symbol.address, std::min<size_t>(symbol.size, 4096)));
+  if (!target) return;
+  std::string name = elf.plt_target(*target);
+  bool to_free = *target != symbol.address && free_addresses.count(*target) > 0;
+  if (!name.empty()) {
+    // Through the PLT: to a function of this module that releases as free, bound here.
+    auto defined = elf.find_function(name);
+    auto bound = binder.find(name);
+    to_free = defined && defined->address != symbol.address &&
+              free_addresses.count(defined->address) && bound != binder.end() &&
+              bound->second == index;
+  }
+  if (!to_free) return;
+  probe.forwards_to = "free";
+  probe.cxx_reason =
+      "jumps to " + (name.empty() ? std::string("free") : name) + ", which releases as free does";
+}
+
+// Which C++ operators go without probes, now that every module's are analysed: operator new
+// calling malloc, if that malloc is probed at its return sites alone; new[] jumping to such a
+// new; a delete jumping, directly or through others, to a probed delete of the same kind.
+void settle_cxx_operators(ProcessAllocators& result) {
+  std::unordered_map<std::string, FunctionProbe*> bound;
+  for (auto& module : result.modules) {
+    for (auto& function : module.functions) bound.emplace(function.name, &function);
+  }
+  auto malloc_probe = bound.find("malloc");
+  bool malloc_sites = malloc_probe != bound.end() && !malloc_probe->second->return_sites.empty() &&
+                      malloc_probe->second->handoffs.empty();
+  for (auto& [name, function] : bound) {
+    if (function->new_via_malloc && !malloc_sites) {
+      function->new_via_malloc.reset();
+      function->cxx_reason = "the malloc it calls is not probed at its return sites alone";
+    }
+  }
+  for (auto& [name, function] : bound) {
+    if (function->role == ProbeRole::kSizeAlloc && function->kind == Kind::kNewArray &&
+        !function->forwards_to.empty()) {
+      auto target = bound.find(function->forwards_to);
+      if (target != bound.end() && target->second->new_via_malloc) {
+        function->array_of = target->second->new_via_malloc;
+        function->cxx_reason = "jumps to " + function->forwards_to + ", which calls malloc";
+      } else {
+        function->cxx_reason = "jumps to " + function->forwards_to + ", which keeps its probes";
+      }
+      function->forwards_to.clear();
+    }
+  }
+  // A delete's jumps, to the first delete of the same kind that is probed itself: one that
+  // jumps to free, to code not known, or to a delete of another kind (delete[] to delete).
+  std::map<std::string, std::string> settled;  // name -> the delete probed, or "" for itself
+  std::function<std::string(const FunctionProbe&, int)> probed_delete =
+      [&](const FunctionProbe& function, int hops) -> std::string {
+    if (auto known = settled.find(function.name); known != settled.end()) return known->second;
+    auto next = bound.find(function.forwards_to);
+    std::string probed;
+    if (hops < 8 && next != bound.end() && next->second->role == ProbeRole::kDelete &&
+        next->second->kind == function.kind) {
+      std::string further = probed_delete(*next->second, hops + 1);
+      probed = further.empty() ? next->second->name : further;
+    }
+    settled.emplace(function.name, probed);
+    return probed;
+  };
+  for (auto& [name, function] : bound) {
+    if (function->role == ProbeRole::kDelete) probed_delete(*function, 0);
+  }
+  for (auto& [name, final] : settled) {
+    FunctionProbe* function = bound[name];
+    if (function->forwards_to.empty()) continue;
+    function->cxx_reason = final.empty() ? "it jumps to " + function->forwards_to +
+                                               ", not to a delete of the same kind"
+                                         : "jumps to " + final + ", which is probed";
+    function->forwards_to = final;
+  }
 }
 
 }  // namespace
@@ -532,7 +666,8 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     }
     std::set<uint64_t> probed;
     for (auto entry : bound[i]) {
-      if (delete_is_free && entry.spec.role == ProbeRole::kDelete) {
+      bool released_as_free = delete_is_free && entry.spec.role == ProbeRole::kDelete;
+      if (released_as_free) {
         entry.spec.role = ProbeRole::kFree;
         entry.spec.kind = kNoKind;
       }
@@ -542,6 +677,10 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
       }
       if (!probed.insert(entry.symbol.address).second) continue;  // an alias: probed once
       if (auto probe = probe_for(*loaded[i].elf, entry.spec, entry.symbol, name, return_sites)) {
+        if (!delete_is_free) analyse_cxx_operator(*loaded[i].elf, entry.symbol, i, binder, *probe);
+        if (released_as_free || entry.spec.role == ProbeRole::kFree) {
+          jumps_to_free(*loaded[i].elf, entry.symbol, i, binder, free_addresses, *probe);
+        }
         module.functions.push_back(*probe);
       }
     }
@@ -552,6 +691,8 @@ ProcessAllocators resolve_allocators(uint32_t pid, const LoadOrder& order, bool 
     }
     result.modules.push_back(std::move(module));
   }
+
+  if (cxx) settle_cxx_operators(result);
 
   for (const CustomAllocator& allocator : custom) {
     // The file the process maps under that name, if it does: that one runs.

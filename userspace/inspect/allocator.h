@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "inspect/load_order.h"
+#include "inspect/operator_new.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process_file.h"
 #include "inspect/return_sites.h"
@@ -46,6 +47,17 @@ struct FunctionProbe {
   std::vector<HandOff> handoffs;           // jumps to slow paths: entry and return probes there
   std::vector<uint64_t> failure_offsets;   // from entry_offset: only calls returning NULL pass
   std::string return_sites_reason;         // what the analysis proved or could not, for -v
+  // --cxx: C++ operators that need no probe of their own, or fewer (operator_new.h).
+  // operator new calling malloc, where the malloc it binds to is probed at its return sites:
+  // those tell its calls by their return address, and record the block as new's.
+  std::optional<NewViaMalloc> new_via_malloc;
+  // operator new[] jumping to such an operator new (that one's analysis): an entry probe alone
+  // marks the call as new[].
+  std::optional<NewViaMalloc> array_of;
+  // operator delete (or delete[]) that only jumps to another of the same kind, probed: that
+  // one's name; the jump's probe releases the block.
+  std::string forwards_to;
+  std::string cxx_reason;  // what was proven or not, for -v
 };
 
 struct AllocatorModule {

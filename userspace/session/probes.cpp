@@ -27,8 +27,11 @@ void Probes::attach_everywhere(const inspect::AllocatorModule& module, uint32_t 
   fresh.functions.clear();
   std::vector<std::tuple<uint64_t, uint64_t, uint64_t, int>> keys;
   for (const auto& function : module.functions) {
-    auto key =
-        std::make_tuple(device, inode, function.probe_offset, static_cast<int>(function.role));
+    // How a C++ operator is probed depends on the process (the malloc it binds to): one
+    // process's operator new left to malloc's return sites does not spare another's its own
+    // probes. Both at once are correct (the return sites find the call nested, and leave it).
+    int how = static_cast<int>(function.role) * 4 + static_cast<int>(tracer_.cxx_probing(function));
+    auto key = std::make_tuple(device, inode, function.probe_offset, how);
     if (!probed_everywhere_.count(key)) {
       fresh.functions.push_back(function);
       keys.push_back(key);

@@ -159,6 +159,30 @@ void Session::attach_all() {
       tracer_.attach(process.info.pid, module);
       if (!config_.verbose()) continue;
       for (const auto& function : module.functions) {
+        std::string prefix = "memtrail: pid " + std::to_string(process.info.pid) + ": ";
+        switch (tracer_.cxx_probing(function)) {
+          case tracer::AllocTracer::CxxProbing::kAtMallocSites:
+            std::cerr << prefix << function.name
+                      << " has no probe of its own: malloc's return sites tell its calls by "
+                         "their return address; it "
+                      << function.cxx_reason << "\n";
+            continue;
+          case tracer::AllocTracer::CxxProbing::kForwarded:
+            std::cerr << prefix << function.name << " has no probe of its own: it "
+                      << function.cxx_reason << "\n";
+            continue;
+          case tracer::AllocTracer::CxxProbing::kMarksNewArray:
+            std::cerr << prefix << function.name << " probed at " << module.path << "+0x"
+                      << std::hex << function.probe_offset << std::dec
+                      << " only to mark its calls as new[]: it " << function.cxx_reason << "\n";
+            continue;
+          case tracer::AllocTracer::CxxProbing::kOwnProbes:
+            if (!function.cxx_reason.empty()) {
+              std::cerr << prefix << function.name
+                        << " keeps its own probes: " << function.cxx_reason << "\n";
+            }
+            break;
+        }
         if (tracer_.uses_return_sites(function)) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
                     << " probed inside, where it returns ("

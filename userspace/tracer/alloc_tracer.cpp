@@ -221,13 +221,14 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   // place a program at all of a module's offsets at once and detach concurrently.
   // MEMTRAIL_TEST_PERF_UPROBES=1 (tests only): the older kernels' way, on this one.
   uprobe_multi_ = !std::getenv("MEMTRAIL_TEST_PERF_UPROBES") && kernel_has_uprobe_multi();
+  cxx_own_probes_ = std::getenv("MEMTRAIL_TEST_CXX_OWN_PROBES") != nullptr;
   if (uprobe_multi_) {
     for (bpf_program* program :
          {p.size_alloc_enter, p.calloc_enter, p.realloc_enter, p.reallocarray_enter,
           p.aligned_alloc_enter, p.posix_memalign_enter, p.pointer_exit, p.realloc_exit,
           p.posix_memalign_exit, p.site_size_in_register, p.site_size_taken,
           p.site_size_in_chunk_header, p.site_take_size, p.handoff_enter, p.site_failed_call,
-          p.free_enter, p.delete_enter}) {
+          p.free_enter, p.delete_enter, p.new_array_enter}) {
       bpf_program__set_expected_attach_type(program,
                                             static_cast<bpf_attach_type>(kUprobeMultiAttachType));
     }
@@ -641,7 +642,19 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   std::string kernel_path = file.kernel_path();
   auto& p = skeleton_->progs;
   std::vector<ProbeRequest> requests;
+  // The operators new that malloc's return sites tell, known to BPF before anything is probed.
   for (const auto& function : module.functions) {
+    CxxProbing probing = cxx_probing(function);
+    if (probing == CxxProbing::kAtMallocSites) add_new_call(*function.new_via_malloc);
+    if (probing == CxxProbing::kMarksNewArray) add_new_call(*function.array_of);
+  }
+  for (const auto& function : module.functions) {
+    CxxProbing probing = cxx_probing(function);
+    if (probing == CxxProbing::kAtMallocSites || probing == CxxProbing::kForwarded) continue;
+    if (probing == CxxProbing::kMarksNewArray) {
+      requests.push_back({p.new_array_enter, function.probe_offset, false, 0, &function.name});
+      continue;
+    }
     if (uses_return_sites(function)) {
       // Sizes are taken before the sites that read them are in place, so that no call finds
       // a site without its size.
@@ -786,6 +799,55 @@ bool AllocTracer::uses_return_sites(const inspect::FunctionProbe& function) cons
          std::all_of(
              function.size_captures.begin(), function.size_captures.end(),
              [](const inspect::SizeCapture& capture) { return capture.frame_bytes <= 0xffff; });
+}
+
+AllocTracer::CxxProbing AllocTracer::cxx_probing(const inspect::FunctionProbe& function) const {
+  if (cxx_own_probes_) return CxxProbing::kOwnProbes;
+  // Not with --mmap or --no-return-sites: malloc keeps its entry and return probes then.
+  bool sites = config_.return_sites && !config_.trace_regions;
+  if (sites && function.new_via_malloc && new_call_known(*function.new_via_malloc)) {
+    return CxxProbing::kAtMallocSites;
+  }
+  if (sites && function.array_of && new_call_known(*function.array_of)) {
+    return CxxProbing::kMarksNewArray;
+  }
+  if (!function.forwards_to.empty()) return CxxProbing::kForwarded;
+  return CxxProbing::kOwnProbes;
+}
+
+namespace {
+
+uint32_t new_call_key(const inspect::NewViaMalloc& call) {
+  return static_cast<uint32_t>((call.address + call.call_return) & 0xfff);
+}
+
+}  // namespace
+
+// Known, or there is room for it: its key free, or taken by the same code.
+bool AllocTracer::new_call_known(const inspect::NewViaMalloc& call) const {
+  auto known = new_calls_.find(new_call_key(call));
+  if (known != new_calls_.end()) return known->second == call.code;
+  return new_calls_.size() < bpf_map__max_entries(skeleton_->maps.new_calls) &&
+         !call.code.empty() && call.code.size() <= sizeof(memtrail_new_call::code);
+}
+
+void AllocTracer::add_new_call(const inspect::NewViaMalloc& call) {
+  uint32_t key = new_call_key(call);
+  if (new_calls_.count(key)) return;
+  memtrail_new_call value{};
+  std::memcpy(value.code, call.code.data(), call.code.size());
+  std::memset(value.mask, 0xff, call.code.size());
+  value.call_return = static_cast<uint32_t>(call.call_return);
+  value.frame_skip = call.frame_skip;
+  value.kind = MEMTRAIL_KIND_NEW;
+  value.length = static_cast<uint32_t>(call.code.size());
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.new_calls), &key, &value, BPF_ANY) != 0) {
+    int error_number = errno;
+    fail("record an operator new for malloc's return sites", error_number);
+  }
+  // The map entry first: a set bit sends malloc's return sites to look it up.
+  skeleton_->bss->new_call_pages[key >> 6] |= 1ULL << (key & 63);
+  new_calls_.emplace(key, call.code);
 }
 
 void AllocTracer::attach_python_types(uint32_t pid, const inspect::ProcessFile& file,

@@ -59,6 +59,17 @@ class AllocTracer : public unwind::RowStore {
   // (not with --mmap, which tells the allocator's own mappings by its entry probe).
   bool uses_return_sites(const inspect::FunctionProbe& function) const;
 
+  // How attach() probes a C++ operator (--cxx; see inspect::FunctionProbe's new_via_malloc,
+  // array_of, forwards_to). MEMTRAIL_TEST_CXX_OWN_PROBES=1 (tests only): every operator
+  // keeps its own probes, as before the analysis, to compare the two.
+  enum class CxxProbing {
+    kOwnProbes,      // entry (and return) probes of its own
+    kAtMallocSites,  // operator new: none; malloc's return sites record its blocks
+    kMarksNewArray,  // operator new[]: one entry probe, which marks the call as new[]
+    kForwarded,      // operator delete: none; the delete it jumps to releases the block
+  };
+  CxxProbing cxx_probing(const inspect::FunctionProbe& function) const;
+
   // From now on the probes record and release no block (removing them would take seconds):
   // the table and the running totals hold still, so a snapshot's counts are exact (the final
   // report's).
@@ -340,6 +351,12 @@ class AllocTracer : public unwind::RowStore {
   // Allocator probes: uprobe_multi links (Linux 6.6), a link per program and module, where the
   // kernel has them; perf-event links, a probe each, where it does not.
   bool uprobe_multi_ = false;
+  bool cxx_own_probes_ = false;  // MEMTRAIL_TEST_CXX_OWN_PROBES
+  // The operators new in the new_calls map, by the offset in its page of the address malloc
+  // returns to: their code (one per key: a second, different one keeps its probes).
+  std::unordered_map<uint32_t, std::vector<uint8_t>> new_calls_;
+  bool new_call_known(const inspect::NewViaMalloc& call) const;
+  void add_new_call(const inspect::NewViaMalloc& call);
   std::vector<UniqueFd> multi_links_;
   std::vector<Link> links_;  // declared last: destroyed first
   // The Python object probes of each process: what attaches them again after a detach.
