@@ -382,6 +382,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   totals.frees = counters.frees;
   totals.outstanding_bytes = aggregate.totals.outstanding_bytes;
   totals.outstanding_allocations = aggregate.totals.outstanding_allocations;
+  totals.estimated = aggregate.totals.estimated;
   totals.unmatched_frees = context.sample_rate > 0 ? 0 : counters.unmatched_frees;
   totals.untracked_frees = context.sample_rate > 0 ? counters.unmatched_frees : 0;
   totals.exact = context.final;  // the probes stopped counting before the final reading
@@ -440,6 +441,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     ++report.freed_omitted.sites;
     report.freed_omitted.allocations += site.total_allocations;
     report.freed_omitted.bytes += site.total_allocated_bytes;
+    report.freed_omitted.estimated = report.freed_omitted.estimated || site.estimated;
   }
   for (auto& target : report.targets) add_mappings(target, report, symbolizer);
   std::stable_partition(report.leaks.begin(), report.leaks.end(),
@@ -541,6 +543,7 @@ void count_omitted(model::FreedSitesOmitted& omitted, const std::vector<model::L
     ++omitted.sites;
     omitted.allocations += site.total_allocations;
     omitted.bytes += site.total_allocated_bytes;
+    omitted.estimated = omitted.estimated || site.estimated;
   }
 }
 
@@ -549,6 +552,7 @@ void add_freed_sites(model::Report& report, const std::vector<model::LeakSite>& 
   report.freed_omitted.sites += omitted.sites;
   report.freed_omitted.allocations += omitted.allocations;
   report.freed_omitted.bytes += omitted.bytes;
+  report.freed_omitted.estimated = report.freed_omitted.estimated || omitted.estimated;
   if (sites.empty()) return;
   auto& kept = report.freed_sites;
   kept.insert(kept.end(), sites.begin(), sites.end());

@@ -227,6 +227,9 @@ struct Totals {
   uint64_t usable_size_allocations = 0;  // recorded at the allocator's usable size
   uint64_t region_events_lost = 0;       // mmap/munmap/mremap/brk calls not followed
   uint64_t sites = 0;                    // distinct sites with outstanding memory (before --top)
+  // outstanding_bytes and outstanding_allocations include Python objects seen part of the time
+  // and scaled (LeakSite::estimated): estimates. The other counts are counted.
+  bool estimated = false;
   // Read once the probes stopped counting (the final report): every count exact. Otherwise read
   // while the programs run: a block freed during the read counts as freed already.
   bool exact = false;
@@ -276,6 +279,9 @@ struct FreedSitesOmitted {
   uint64_t sites = 0;
   uint64_t allocations = 0;
   uint64_t bytes = 0;
+  // Some of those sites are Python objects seen part of the time (LeakSite::estimated): the
+  // sums are estimates.
+  bool estimated = false;
 };
 
 // How the Python object probes ran (--python-objects on or exact).
