@@ -202,6 +202,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     const_cast<memtrail_python_type_layout&>(skeleton_->rodata->python_type_layout) =
         bpf::python_type_layout(*config.python_type_layout);
   }
+  // Py_FinalizeEx's hold reports through the lifecycle events: none, no hold.
+  if (!config.python_objects || !lifecycle) bpf_program__set_autoload(p.python_finalizing, false);
   if (!config.python_objects) {
     bpf_program__set_autoload(p.python_object_created, false);
   } else {
@@ -214,6 +216,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     // One uprobe_multi link for the hundreds of creation sites: perf-event uprobes are
     // detached one by one, about 0.1 s each (27 s for python3.11's 263 sites at exit).
     bpf_program__set_expected_attach_type(p.python_object_created,
+                                          static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+    bpf_program__set_expected_attach_type(p.python_finalizing,
                                           static_cast<bpf_attach_type>(kUprobeMultiAttachType));
   }
   // Detaching a perf-event uprobe takes ~0.1 s, one after another (the kernel serializes
@@ -331,6 +335,10 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   std::memcpy(&event, data, sizeof(event));
   if (event.type == MEMTRAIL_REGION_FORK) {
     tracer->lifecycle_.forks.push_back({event.tgid, static_cast<uint32_t>(event.address)});
+  } else if (event.type == MEMTRAIL_REGION_PYTHON_FINALIZING) {
+    tracer->lifecycle_.python_finalizing.push_back(
+        {event.tgid, (event.flags & MEMTRAIL_REGION_HELD) != 0,
+         (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
   } else if (tracer->regions_.apply(event)) {
     tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
                                         (event.flags & MEMTRAIL_REGION_HELD) != 0,
@@ -874,6 +882,7 @@ void AllocTracer::set_python_objects_attached(bool attached) {
 }
 
 void AllocTracer::forget_python_objects(uint32_t pid) {
+  python_finalizing_links_.erase(pid);
   std::erase_if(python_probes_,
                 [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
   std::erase_if(python_identities_, [pid](const auto& known) { return known.first.pid == pid; });
@@ -1075,6 +1084,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
           sized->second.timestamp_ns != where.timestamp_ns) {
         continue;
       }
+      count_site_bytes(sized->second, object.pid, where.site_id, snapshot, site_index);
       model::OutstandingAllocation allocation{
           object.pid,         object.address, sized->second.size,
           where.timestamp_ns, where.site_id,  model::AllocationKind::kPythonObject,
@@ -1141,16 +1151,14 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
         watch_out_->push_back({object.pid, object.address});
       }
     }
-    auto site = site_index.find(site_key(object.pid, where.site_id));
-    if (site != site_index.end() && where.timestamp_ns <= snapshot.sites[site->second].read_at_ns) {
-      auto [sized, first] = python_objects_sized_.try_emplace(
-          {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
-      if (first || sized->second.timestamp_ns != where.timestamp_ns) {  // new, or a new one there
-        sized->second = {where.timestamp_ns, object.size};
-        python_site_bytes_[site->first] += object.size;
-      }
-      sized->second.size = object.size;  // as last read
+    // Kept with its size as read now, for its exit report, whichever read found it alive.
+    auto [sized, first] = python_objects_sized_.try_emplace(
+        {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
+    if (!first && sized->second.timestamp_ns != where.timestamp_ns) {  // a new one there
+      sized->second = {where.timestamp_ns, object.size};
     }
+    count_site_bytes(sized->second, object.pid, where.site_id, snapshot, site_index);
+    sized->second.size = object.size;  // as last read
     model::OutstandingAllocation allocation{object.pid,    object.address,
                                             object.size,   where.timestamp_ns,
                                             where.site_id, model::AllocationKind::kPythonObject,
@@ -1161,6 +1169,60 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       snapshot.allocations.push_back(allocation);
     }
   }
+}
+
+void AllocTracer::count_site_bytes(SizedObject& sized, uint32_t pid, int32_t site_id,
+                                   const model::Snapshot& snapshot,
+                                   const std::unordered_map<uint64_t, size_t>& site_index) {
+  if (sized.in_site_bytes) return;
+  uint64_t key = (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
+  auto site = site_index.find(key);
+  if (site == site_index.end() || sized.timestamp_ns > snapshot.sites[site->second].read_at_ns) {
+    return;
+  }
+  python_site_bytes_[key] += sized.size;
+  sized.in_site_bytes = true;
+}
+
+bool AllocTracer::attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
+                                           uint64_t file_offset) {
+  // Stopped with nobody to read the event, the process would wait forever.
+  if (!config_.python_objects || !region_reader_ || python_finalizing_links_.count(pid)) {
+    return python_finalizing_links_.count(pid) != 0;
+  }
+  auto opened = inspect::open_file(file);  // see attach()
+  int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.python_finalizing),
+                               opened.kernel_path(), {file_offset}, {0}, pid, false);
+  if (link < 0) return false;
+  python_finalizing_links_.emplace(pid, UniqueFd(link));
+  return true;
+}
+
+uint64_t AllocTracer::read_python_objects_of(uint32_t pid) {
+  if (!config_.python_objects || !python_judge_) return 0;
+  class Discard final : public model::AllocationSink {
+    void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
+    void add(const model::OutstandingAllocation&) override { ++alive; }
+
+   public:
+    uint64_t alive = 0;
+  } alive;
+  model::Snapshot snapshot;
+  std::vector<model::TrackedPythonObject> objects;
+  std::vector<PythonSlot> slots;
+  read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
+  std::vector<model::TrackedPythonObject> its_objects;
+  std::vector<PythonSlot> its_slots;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    if (objects[i].pid != pid) continue;
+    its_objects.push_back(objects[i]);
+    its_slots.push_back(slots[i]);
+  }
+  // Not a window's close: the watch list and the window's state stay as they are.
+  auto* watch = std::exchange(watch_out_, nullptr);
+  judge_python_objects(its_objects, its_slots, snapshot, &alive);
+  watch_out_ = watch;
+  return alive.alive;
 }
 
 void AllocTracer::stop_counting() { skeleton_->bss->tracing_stopped = 1; }
