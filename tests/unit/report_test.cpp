@@ -560,6 +560,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.python_objects->sweep_objects_read = 7000;
   report.python_objects->whole_table_sweeps = 1;
   report.python_objects->sweep_seconds = 0.5;
+  report.python_objects->unwatched = 1234;
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -591,6 +592,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["sweep_objects_read"], 7000);
   EXPECT_EQ(json["python_objects"]["whole_table_sweeps"], 1);
   EXPECT_EQ(json["python_objects"]["sweep_seconds"], 0.5);
+  EXPECT_EQ(json["python_objects"]["unwatched"], 1234);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -621,6 +623,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read.python_objects->sweep_objects_read, 7000u);
   EXPECT_EQ(read.python_objects->whole_table_sweeps, 1u);
   EXPECT_DOUBLE_EQ(read.python_objects->sweep_seconds, 0.5);
+  EXPECT_EQ(read.python_objects->unwatched, 1234u);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   EXPECT_EQ(read.targets[0].python_objects_share_basis, "allocations");
   // A report from before the basis was said measured by time.

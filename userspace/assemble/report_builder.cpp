@@ -464,6 +464,7 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
     report.python_objects->sweep_objects_read = counters.python_sweep_objects;
     report.python_objects->whole_table_sweeps = counters.python_sweeps_whole;
     report.python_objects->sweep_seconds = counters.python_sweep_seconds;
+    report.python_objects->unwatched = counters.python_unwatched;
   }
   bool untyped_objects = report.python_objects && report.python_objects->untyped > 0;
   report.notes = notes_for(totals, context, counters.missed_entries);
@@ -501,6 +502,15 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
           with_thousands(objects.found_replaced) +
           " found replaced and removed); --python-objects exact sees every creation.");
     }
+  }
+  if (report.python_objects && report.python_objects->unwatched > 0) {
+    report.notes.push_back(
+        with_thousands(report.python_objects->unwatched) +
+        " live Python objects no content identifies (lists, class instances, sets, dicts) were "
+        "beyond the bound of those each window's close reads (as many as the ring of new "
+        "objects holds): one of them dying while the probes are attached is found dead at the "
+        "next report instead; should a new object of its type take its address unseen "
+        "meanwhile, it is counted at the dead one's line (as those at risk).");
   }
   if (untyped_objects) {
     report.notes.push_back(with_thousands(report.python_objects->untyped) +

@@ -308,6 +308,10 @@ struct PythonObjectsCoverage {
   // read the whole table (see AllocTracer::sweep_python_objects).
   uint64_t window_sweeps = 0, sweep_objects_read = 0, whole_table_sweeps = 0;
   double sweep_seconds = 0;  // their time, summed
+  // Live objects no content identifies beyond the bound of those the window closes read (the
+  // watch list: as many as the ring of new objects holds), at the latest reading: their death
+  // while attached is found at the next report, not at the close.
+  uint64_t unwatched = 0;
 };
 
 struct Report {

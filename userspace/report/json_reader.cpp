@@ -412,6 +412,7 @@ model::Report from_json(const json& document) {
       coverage.sweep_objects_read = objects.value("sweep_objects_read", uint64_t{0});
       coverage.whole_table_sweeps = objects.value("whole_table_sweeps", uint64_t{0});
       coverage.sweep_seconds = objects.value("sweep_seconds", 0.0);
+      coverage.unwatched = objects.value("unwatched", uint64_t{0});
       report.python_objects = coverage;
     }
     if (document.contains("python_types")) {

@@ -313,7 +313,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"window_sweeps", objects.window_sweeps},
                               {"sweep_objects_read", objects.sweep_objects_read},
                               {"whole_table_sweeps", objects.whole_table_sweeps},
-                              {"sweep_seconds", objects.sweep_seconds}};
+                              {"sweep_seconds", objects.sweep_seconds},
+                              {"unwatched", objects.unwatched}};
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();

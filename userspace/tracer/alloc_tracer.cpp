@@ -934,6 +934,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   python_log_read_ = logged;
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
+  watch_skipped_ = 0;
   sweeping_ = true;
   if (fresh > config_.python_log_entries) {
     work.whole_table = true;
@@ -958,6 +959,9 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   sweeping_ = false;
   watch_out_ = nullptr;
   python_watch_ = std::move(watch_next);
+  // Those beyond the bound at the last rebuild stay unread (unless the whole table was); the
+  // next snapshot counts anew.
+  python_unwatched_ = watch_skipped_ + (work.whole_table ? 0 : python_unwatched_);
   // The detached time begins: whatever is read from now on may be another object.
   ++python_gaps_;
   window_closed_ns_ = monotonic_now_ns();
@@ -1148,7 +1152,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       // The next close sweep reads again what no content identifies.
       if (watch_out_ && python_identities_[{object.pid, object.address}].kind !=
                             model::ObjectIdentity::kContent) {
-        watch_out_->push_back({object.pid, object.address});
+        watch({object.pid, object.address});
       }
     }
     // Kept with its size as read now, for its exit report, whichever read found it alive.
@@ -1223,6 +1227,14 @@ uint64_t AllocTracer::read_python_objects_of(uint32_t pid) {
   judge_python_objects(its_objects, its_slots, snapshot, &alive);
   watch_out_ = watch;
   return alive.alive;
+}
+
+void AllocTracer::watch(const PythonObjectKey& key) {
+  if (watch_out_->size() < config_.python_log_entries) {
+    watch_out_->push_back(key);
+  } else {
+    ++watch_skipped_;
+  }
 }
 
 void AllocTracer::stop_counting() { skeleton_->bss->tracing_stopped = 1; }
@@ -1400,9 +1412,14 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Every object is judged here: the watch list of the next close sweep is rebuilt from it.
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
+  watch_skipped_ = 0;
   judge_python_objects(python_objects, python_slots, snapshot, sink);
   watch_out_ = nullptr;
-  if (check_identities_) python_watch_ = std::move(watch_next);
+  if (check_identities_) {
+    python_watch_ = std::move(watch_next);
+    python_unwatched_ = watch_skipped_;
+  }
+  counters.python_unwatched = python_unwatched_;
   // Since attach, the window-close sweeps included.
   counters.python_objects_dead = python_removed_total_;
   counters.python_objects_replaced = python_replaced_total_;

@@ -351,6 +351,11 @@ class AllocTracer : public unwind::RowStore {
   // that saw them: (pid, address).
   std::vector<PythonObjectKey> python_watch_;
   std::vector<PythonObjectKey>* watch_out_ = nullptr;  // set while a judge collects it
+  // The watch list's bound: as many as the ring of new objects holds, so that a close reads at
+  // most twice that; the live objects beyond it are counted (python_unwatched_, at the latest
+  // rebuild), not read at the closes.
+  uint64_t watch_skipped_ = 0, python_unwatched_ = 0;
+  void watch(const PythonObjectKey& key);
   SweepTotals sweep_totals_;
   // Since attach: objects removed as dead, and of them those found replaced by their identity.
   uint64_t python_removed_total_ = 0, python_replaced_total_ = 0;
