@@ -784,6 +784,45 @@ int python_object_created(struct pt_regs *ctx)
 	return 0;
 }
 
+/* SIGSTOP as the kernel numbers it on x86-64 (vmlinux.h carries no macros). */
+#define MEMTRAIL_SIGSTOP 19
+
+/* At Py_FinalizeEx's entry, attached for each process whose objects are traced: the program is
+ * ending, and the interpreter is about to free what its modules keep. No probe sees an object
+ * die (userspace reads which are alive), and once the process is gone nothing can be read:
+ * the process is stopped here (the signal is acted on when the trap returns to user mode) so
+ * that userspace reads its objects while they are what the program kept, then continues it.
+ * The event is sent after the signal: the SIGCONT that answers it always finds the stop
+ * generated. Not once the run ends (holds_released): nobody would continue it. Only a launched
+ * command and what it forks (held at their execs too): an interactive shell waiting for a
+ * process traced by -p would see it stop (waitpid WUNTRACED) and take the terminal back. */
+SEC("uprobe")
+int python_finalizing(struct pt_regs *ctx)
+{
+	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
+	struct memtrail_region_event *event;
+	__u8 flags;
+
+	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
+		return 0;
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		/* Not held: nobody would hear of it to continue it. */
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+		return 0;
+	}
+	flags = bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
+						       : MEMTRAIL_REGION_HOLD_FAILED;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->tgid = tgid;
+	event->tid = (__u32)bpf_get_current_pid_tgid();
+	event->type = MEMTRAIL_REGION_PYTHON_FINALIZING;
+	event->flags = flags;
+	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
+	return 0;
+}
+
 /* ---- memory mapped by system calls (alloc/regions.bpf.h) ---- */
 
 SEC("tracepoint/syscalls/sys_enter_mmap")
@@ -947,9 +986,6 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	bpf_ringbuf_submit(event, 0);
 	return 0;
 }
-
-/* SIGSTOP as the kernel numbers it on x86-64 (vmlinux.h carries no macros). */
-#define MEMTRAIL_SIGSTOP 19
 
 /* The old image's regions died with it. In host-wide mode every exec is reported: the new
  * program may be one to trace (--comm), and userspace decides. */

@@ -455,6 +455,9 @@ enum memtrail_region_event_type {
 	MEMTRAIL_REGION_BRK = 5,	 /* the break moved from address to length */
 	MEMTRAIL_REGION_EXEC = 6,	 /* the process executed a new program: regions gone */
 	MEMTRAIL_REGION_FORK = 7,	 /* tgid forked a new process: address is its pid */
+	MEMTRAIL_REGION_PYTHON_FINALIZING = 8, /* tgid's interpreter is about to free its
+						 * modules (Py_FinalizeEx): flags _HELD or
+						 * _HOLD_FAILED */
 };
 
 /* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */
@@ -462,7 +465,9 @@ enum memtrail_region_event_type {
 /* MEMTRAIL_REGION_REMAP_END: MREMAP_DONTUNMAP, the old range stays mapped. */
 #define MEMTRAIL_REGION_KEEP_OLD 2
 /* MEMTRAIL_REGION_EXEC: the process is stopped (SIGSTOP) before the new program's first
- * instruction; userspace continues it (SIGCONT) once the program's probes are in. */
+ * instruction; userspace continues it (SIGCONT) once the program's probes are in.
+ * MEMTRAIL_REGION_PYTHON_FINALIZING: stopped at Py_FinalizeEx's entry; continued once
+ * userspace has read which of its Python objects are alive. */
 #define MEMTRAIL_REGION_HELD 4
 /* MEMTRAIL_REGION_EXEC: it was to be held, but the kernel refused the signal: it runs on. */
 #define MEMTRAIL_REGION_HOLD_FAILED 8

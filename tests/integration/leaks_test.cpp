@@ -1489,6 +1489,9 @@ TEST(LeaksPythonObjects, DutyCycledLongBusyWindowsFitTheRingOfNewObjects) {
   EXPECT_EQ(sized["whole_table_sweeps"], 0) << sized.dump(2);
   json small = run("4096");
   EXPECT_GT(small["whole_table_sweeps"].get<uint64_t>(), 0u) << small.dump(2);
+  // The watch list (live objects no content identifies, read at every close) is bounded by
+  // the ring: the keeper's thousands of live records beyond 4,096 are counted, not read.
+  EXPECT_GT(small["unwatched"].get<uint64_t>(), 0u) << small.dump(2);
   std::cout << "long busy windows: sized ring " << sized.dump() << "\n4,096 entries "
             << small.dump() << "\n";
 }
@@ -1719,6 +1722,70 @@ TEST(LeaksPythonObjects, AThreadsObjectsAreChargedToItsLine) {
   ASSERT_EQ(traced.counts["kept"], 3000u);
   auto thread = types_at(traced.report, "in_thread@" + std::to_string(traced.lines["thread"]));
   EXPECT_EQ(thread.objects, (std::map<std::string, uint64_t>{{"Item", 3000}})) << describe(thread);
+}
+
+// tests/targets/python_late_objects.py: keeps 1,500 `Late` instances right before its program
+// ends, past memtrail's last report.
+std::string late_objects_script() {
+  return (std::filesystem::path(MEMTRAIL_PYTHON_OBJECTS_CASES_PY).parent_path() /
+          "python_late_objects.py")
+      .string();
+}
+
+// A launched Python program that keeps objects just before it ends, with no report between
+// (--interval 100): the object probes record no death, so only a read of the live process can
+// say they are alive, and once it exits there is none. Before the read at Py_FinalizeEx, the
+// report of that exit held none of them (each object stood as the last report had found it, and
+// no report had). Now the program is held where the interpreter starts to free its modules,
+// its objects read, and the report shows exactly the 1,500 kept, sized as sys.getsizeof says.
+TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"--json", json_path, "-q", "-v", "--interval", "100", "--python-objects", "exact",
+                 "--", "/usr/bin/python3", late_objects_script()});
+  tracer.expect_attached();
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
+      << "the program did not finish\n"
+      << tracer.process.stderr_seen();
+  ASSERT_EQ(counts["late"], 1500u);
+  auto code = tracer.process.wait(30s);
+  ASSERT_EQ(code, std::optional<int>(0))
+      << tracer.process.stderr_seen() << tracer.process.drain_stderr();
+  std::string stderr_text = tracer.process.stderr_seen() + tracer.process.drain_stderr();
+  EXPECT_NE(stderr_text.find("held at Py_FinalizeEx"), std::string::npos) << stderr_text;
+  json report = read_json(json_path);
+  auto found = types_at(report, "late@" + std::to_string(lines["late"]));
+  EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}})) << describe(found);
+  EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
+  EXPECT_EQ(report["python_objects"]["mode"], "exact");
+}
+
+// The same program traced by PID, memtrail stopped (SIGINT) after it kept them and before it
+// ends, no report between: the final report reads them alive and counts exactly 1,500.
+TEST(LeaksPythonObjects, ObjectsKeptRightBeforeMemtrailStopsAreInTheFinalReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Subprocess target({"/usr/bin/env", "HOLD=1", "/usr/bin/python3", late_objects_script()});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"-p", std::to_string(target.pid()), "--json", json_path, "-q", "--interval", "100",
+                 "--python-objects", "exact"});
+  tracer.expect_attached();
+  target.write_stdin("go\n");
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(target, lines, counts)) << "the program did not finish";
+  ASSERT_EQ(counts["late"], 1500u);
+  tracer.stop();
+  target.write_stdin("\n");
+  json report = read_json(json_path);
+  auto found = types_at(report, "late@" + std::to_string(lines["late"]));
+  EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}})) << describe(found);
+  EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
 }
 
 TEST(LeaksPython, NativeModeShowsTheInterpretersFramesOnly) {

@@ -264,6 +264,14 @@ TEST(Pprof, SitesThatFreedEverythingCountInAllocSpaceWithNothingInUse) {
   EXPECT_EQ(text(profile.comment(0)),
             "3 more sites freed all they allocated (3000 bytes in 30 allocations): not in "
             "alloc_objects/alloc_space");
+  // Some of them Python object sites seen part of the time: their sums are estimates.
+  model::Report estimated = mapped_report();
+  estimated.freed_omitted.estimated = true;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(estimated))));
+  ASSERT_EQ(profile.comment_size(), 1);
+  EXPECT_EQ(text(profile.comment(0)),
+            "3 more sites freed all they allocated (~3000 bytes in ~30 allocations, estimates: "
+            "Python objects seen part of the time): not in alloc_objects/alloc_space");
   // Without any, no comment.
   model::Report none = two_site_report();
   ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(none))));
@@ -521,6 +529,22 @@ TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {
   EXPECT_NE(text.find("server: helper (a.c:5) < leak_here < main"), std::string::npos) << text;
   EXPECT_NE(text.find(", new"), std::string::npos) << text;
   EXPECT_NE(text.find("1 site shrank (1 gone entirely)."), std::string::npos) << text;
+
+  // Python objects seen part of the time on one side: its figures, and the change, are
+  // estimates, and say so; the other side's counts stay plain.
+  after.leaks[0].estimated = true;
+  after.totals.estimated = true;
+  auto estimated = diff_reports(before, after);
+  ASSERT_EQ(estimated.size(), 3u);
+  EXPECT_FALSE(estimated[0].estimated_before);
+  EXPECT_TRUE(estimated[0].estimated_after);
+  std::ostringstream marked;
+  render_diff_text(estimated, before, after, 20, marked);
+  EXPECT_NE(marked.str().find("Outstanding: 10.8 KiB -> ~17.1 KiB (~+6.3 KiB)"), std::string::npos)
+      << marked.str();
+  EXPECT_NE(marked.str().find("~+9.8 KiB  6.8 KiB -> ~16.6 KiB, 7 -> ~17 blocks, leak"),
+            std::string::npos)
+      << marked.str();
 }
 
 TEST(FlameGraph, IsAnSvgWithOneBoxPerFrameSizedByBytesAndColoredByVerdict) {

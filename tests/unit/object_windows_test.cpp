@@ -240,6 +240,8 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   EXPECT_FALSE(other->estimated);
   EXPECT_EQ(other->outstanding_allocations, 1u);
   EXPECT_EQ(result.totals.outstanding_bytes, 448u + 4000u + 48u);
+  // The totals hold the scaled objects: an estimate, said so.
+  EXPECT_TRUE(result.totals.estimated);
   ASSERT_EQ(result.freed_sites.size(), 2u);
   const SiteSummary& freed_objects = result.freed_sites[0];  // the most bytes first
   EXPECT_EQ(freed_objects.site_id, 7);
@@ -254,6 +256,14 @@ TEST(Aggregator, ObjectsOfADutyCycledProcessAreScaledAndMarkedEstimated) {
   EXPECT_FALSE(freed_block.estimated);
   EXPECT_EQ(freed_block.total_allocations, 1u);
   EXPECT_EQ(freed_block.total_allocated_bytes, 64u);
+
+  // Without a share (exact, or no duty-cycled process), the totals are counts.
+  Accumulator exact(0, 0);
+  exact.begin(snapshot.taken_at_ns, snapshot.sites);
+  for (const auto& allocation : snapshot.allocations) exact.add(allocation);
+  Aggregate counted = std::move(exact).finish(snapshot.sites);
+  EXPECT_FALSE(counted.totals.estimated);
+  EXPECT_EQ(counted.totals.outstanding_bytes, 56u + 56u + 4000u + 48u);
 }
 
 }  // namespace

@@ -560,6 +560,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   report.python_objects->sweep_objects_read = 7000;
   report.python_objects->whole_table_sweeps = 1;
   report.python_objects->sweep_seconds = 0.5;
+  report.python_objects->unwatched = 1234;
   std::ostringstream text;
   render_text(report, text);
   EXPECT_NE(text.str().find("#1  ~"), std::string::npos) << text.str();
@@ -591,6 +592,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["sweep_objects_read"], 7000);
   EXPECT_EQ(json["python_objects"]["whole_table_sweeps"], 1);
   EXPECT_EQ(json["python_objects"]["sweep_seconds"], 0.5);
+  EXPECT_EQ(json["python_objects"]["unwatched"], 1234);
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
@@ -621,6 +623,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(read.python_objects->sweep_objects_read, 7000u);
   EXPECT_EQ(read.python_objects->whole_table_sweeps, 1u);
   EXPECT_DOUBLE_EQ(read.python_objects->sweep_seconds, 0.5);
+  EXPECT_EQ(read.python_objects->unwatched, 1234u);
   EXPECT_EQ(read.targets[0].python_objects_observed_fraction, 0.125);
   EXPECT_EQ(read.targets[0].python_objects_share_basis, "allocations");
   // A report from before the basis was said measured by time.
@@ -641,6 +644,75 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   std::ostringstream exact_text;
   render_text(report, exact_text);
   EXPECT_EQ(exact_text.str().find("~"), std::string::npos);
+}
+
+// The sums that hold estimates are marked too: the Totals line's outstanding figures when
+// scaled objects are in them, and the freed sites beyond those listed (freed_sites_omitted)
+// when some are object sites seen part of the time. In text ("~"), pprof's comment, JSON
+// ("estimated", schema-valid), and read back by `memtrail report` and `diff`; exact sums
+// say nothing.
+TEST(Report, EstimatedTotalsAndOmittedFreedSitesAreMarkedEverywhere) {
+  model::Report report = sample_report();
+  report.leaks[0].estimated = true;
+  report.totals.estimated = true;
+  report.freed_omitted = {3, 96, 4800, true};
+  std::ostringstream text;
+  render_text(report, text);
+  // sample_report's totals: 7 outstanding, 7,000 B.
+  EXPECT_NE(text.str().find("Totals: 100 allocations, 90 frees, ~7 outstanding (~6.8 KiB), "),
+            std::string::npos)
+      << text.str();
+  // No freed site listed, none estimated: the omitted ones alone make the sum an estimate.
+  EXPECT_NE(text.str().find("3 sites freed all they allocated: ~4.7 KiB in ~96 calls"),
+            std::string::npos)
+      << text.str();
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["totals"]["estimated"], true);
+  EXPECT_EQ(json["freed_sites_omitted"]["estimated"], true);
+  EXPECT_EQ(json["freed_sites_omitted"]["bytes"], 4800);
+  std::string dir = temp_dir();
+  std::string path = dir + "/report.json";
+  write_json_file(json, path);
+  std::string command =
+      "python3 -c 'import json, sys, jsonschema; "
+      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
+  // The schema knows the flag: only true is allowed (absent means exact).
+  auto wrong = json;
+  wrong["totals"]["estimated"] = false;
+  write_json_file(wrong, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+  wrong = json;
+  wrong["freed_sites_omitted"]["estimated"] = "yes";
+  write_json_file(wrong, path);
+  EXPECT_NE(std::system((command + " 2>/dev/null").c_str()), 0);
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+
+  model::Report read = from_json(nlohmann::json::parse(json.dump()));
+  EXPECT_TRUE(read.totals.estimated);
+  EXPECT_TRUE(read.freed_omitted.estimated);
+  EXPECT_EQ(read.freed_omitted.sites, 3u);
+  std::ostringstream reread;
+  render_text(read, reread);
+  EXPECT_EQ(reread.str().substr(reread.str().find("Totals: ")),
+            text.str().substr(text.str().find("Totals: ")));
+  EXPECT_NE(reread.str().find("~4.7 KiB in ~96 calls"), std::string::npos) << reread.str();
+
+  // Exact: nothing marked, and nothing in the JSON.
+  report.leaks[0].estimated = false;
+  report.totals.estimated = false;
+  report.freed_omitted.estimated = false;
+  std::ostringstream exact_text;
+  render_text(report, exact_text);
+  EXPECT_EQ(exact_text.str().find("~"), std::string::npos) << exact_text.str();
+  auto exact = to_json(report, 5.0);
+  EXPECT_FALSE(exact["totals"].contains("estimated"));
+  EXPECT_FALSE(exact["freed_sites_omitted"].contains("estimated"));
+  model::Report exact_read = from_json(nlohmann::json::parse(exact.dump()));
+  EXPECT_FALSE(exact_read.totals.estimated);
+  EXPECT_FALSE(exact_read.freed_omitted.estimated);
 }
 
 TEST(JsonReport, WritesAtomicallyAndLeavesNoTemporaryFile) {

@@ -224,6 +224,17 @@ TEST_F(SymbolizerTest, PythonObjectCountsAndUntypedObjectsAreSaid) {
     said = said || note.find("7 Python objects were created without a readable type") == 0;
   }
   EXPECT_TRUE(said);
+  // Live objects beyond the bound of the window closes' watch list: counted and said.
+  EXPECT_EQ(report.python_objects->unwatched, 0u);
+  snapshot.counters.python_unwatched = 5000;
+  report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  EXPECT_EQ(report.python_objects->unwatched, 5000u);
+  bool unwatched_said = false;
+  for (const auto& note : report.notes) {
+    unwatched_said =
+        unwatched_said || note.find("5,000 live Python objects no content identifies") == 0;
+  }
+  EXPECT_TRUE(unwatched_said);
   // Without object probes: no such figures, no note.
   context.python_objects.reset();
   report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);

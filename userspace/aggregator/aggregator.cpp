@@ -57,6 +57,7 @@ void Accumulator::add(const model::OutstandingAllocation& allocation) {
   }
   total_.bytes += bytes;
   total_.allocations += allocations;
+  total_estimated_ = total_estimated_ || estimated;
   uint64_t key = site_key(allocation.pid, allocation.site_id);
   Blocks& blocks = site_blocks_[key];
   auto read_at = totals_read_at_.find(key);
@@ -98,6 +99,7 @@ Aggregate Accumulator::finish(const std::vector<model::SiteTotals>& site_totals)
   Aggregate result;
   result.totals.outstanding_bytes = static_cast<uint64_t>(std::llround(total_.bytes));
   result.totals.outstanding_allocations = static_cast<uint64_t>(std::llround(total_.allocations));
+  result.totals.estimated = total_estimated_;
   for (auto& [key, site] : by_site_) {
     site.outstanding_bytes = static_cast<uint64_t>(std::llround(site_sums_[key].bytes));
     site.outstanding_allocations =

@@ -52,6 +52,8 @@ struct SiteSummary {
 struct Totals {
   uint64_t outstanding_bytes = 0;
   uint64_t outstanding_allocations = 0;
+  // They include Python objects scaled by the share seen (SiteSummary::estimated): estimates.
+  bool estimated = false;
 };
 
 struct Aggregate {
@@ -111,6 +113,7 @@ class Accumulator final : public model::AllocationSink {
   // `observed` scaled up by the share of `pid`'s objects seen; as is without one.
   double scaled(uint32_t pid, double observed) const;
   Sums total_;
+  bool total_estimated_ = false;  // total_ includes scaled Python objects
   std::unordered_map<uint64_t, SiteSummary> by_site_;
   std::unordered_map<uint64_t, Sums> site_sums_;
   struct Blocks {        // of one site, every age

@@ -227,6 +227,9 @@ struct Totals {
   uint64_t usable_size_allocations = 0;  // recorded at the allocator's usable size
   uint64_t region_events_lost = 0;       // mmap/munmap/mremap/brk calls not followed
   uint64_t sites = 0;                    // distinct sites with outstanding memory (before --top)
+  // outstanding_bytes and outstanding_allocations include Python objects seen part of the time
+  // and scaled (LeakSite::estimated): estimates. The other counts are counted.
+  bool estimated = false;
   // Read once the probes stopped counting (the final report): every count exact. Otherwise read
   // while the programs run: a block freed during the read counts as freed already.
   bool exact = false;
@@ -276,6 +279,9 @@ struct FreedSitesOmitted {
   uint64_t sites = 0;
   uint64_t allocations = 0;
   uint64_t bytes = 0;
+  // Some of those sites are Python objects seen part of the time (LeakSite::estimated): the
+  // sums are estimates.
+  bool estimated = false;
 };
 
 // How the Python object probes ran (--python-objects on or exact).
@@ -302,6 +308,10 @@ struct PythonObjectsCoverage {
   // read the whole table (see AllocTracer::sweep_python_objects).
   uint64_t window_sweeps = 0, sweep_objects_read = 0, whole_table_sweeps = 0;
   double sweep_seconds = 0;  // their time, summed
+  // Live objects no content identifies beyond the bound of those the window closes read (the
+  // watch list: as many as the ring of new objects holds), at the latest reading: their death
+  // while attached is found at the next report, not at the close.
+  uint64_t unwatched = 0;
 };
 
 struct Report {

@@ -98,7 +98,10 @@ struct TracerCounters {
   // The liveness reads at the close of each attached window: how many, the objects they read,
   // and those that read the whole table (more new objects than the ring holds).
   uint64_t python_sweeps = 0, python_sweep_objects = 0, python_sweeps_whole = 0;
-  double python_sweep_seconds = 0;    // the time they took
+  double python_sweep_seconds = 0;  // the time they took
+  // Live objects no content identifies that the window closes do not read: beyond the watch
+  // list's bound (AllocTracer::kept_watching), at its latest rebuild.
+  uint64_t python_unwatched = 0;
   uint64_t python_objects_large = 0;  // alive but over 512 bytes: malloc'd, counted as blocks
   // Blocks recorded at the allocator's usable size, not the size asked: a return site where
   // no register held it (glibc's single-threaded malloc path).

@@ -269,6 +269,9 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
       }
       interpreter.object_probes.push_back({wanted.name, *offset, wanted.release, wanted.call});
     }
+    if (auto finalize = file->find_function("Py_FinalizeEx")) {
+      interpreter.finalize_offset = file->file_offset_of(finalize->address);
+    }
     if (auto unicode_type = file->find_object("PyUnicode_Type")) {
       interpreter.unicode_type_address = *bias + unicode_type->address;
     }

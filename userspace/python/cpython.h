@@ -68,6 +68,9 @@ struct Interpreter {
   };
   std::vector<ObjectSite> object_sites;
   std::string objects_reason;
+  // Py_FinalizeEx's file offset: where a program ending (returning from its main module, or
+  // sys.exit) starts to free what its modules keep; nullopt when the symbol is missing.
+  std::optional<uint64_t> finalize_offset;
   uint64_t unicode_type_address = 0;  // &PyUnicode_Type: str sizes are computed, not basic
   // &PySet_Type, &PyFrozenSet_Type, &PyByteArray_Type: their sizes add a buffer of their own
   // (dict and list are known by their type flags).

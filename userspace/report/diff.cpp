@@ -60,6 +60,7 @@ std::vector<SiteChange> diff_reports(const model::Report& before, const model::R
       (is_after ? change.allocations_after : change.allocations_before) +=
           site.outstanding_allocations;
       (is_after ? change.in_after : change.in_before) = true;
+      if (site.estimated) (is_after ? change.estimated_after : change.estimated_before) = true;
     }
   };
   add(before, false);
@@ -81,9 +82,12 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
   int64_t total_delta = static_cast<int64_t>(after.totals.outstanding_bytes) -
                         static_cast<int64_t>(before.totals.outstanding_bytes);
   out << "memtrail diff: before " << when(before) << "; after " << when(after) << "\n";
-  out << "Outstanding: " << human_bytes(before.totals.outstanding_bytes) << " -> "
-      << human_bytes(after.totals.outstanding_bytes) << " (" << signed_bytes(total_delta)
-      << ")\n\n";
+  // "~": a total with scaled Python objects in it (--python-objects on) is an estimate.
+  auto about = [](const model::Report& report) { return report.totals.estimated ? "~" : ""; };
+  const char* delta_about = before.totals.estimated || after.totals.estimated ? "~" : "";
+  out << "Outstanding: " << about(before) << human_bytes(before.totals.outstanding_bytes) << " -> "
+      << about(after) << human_bytes(after.totals.outstanding_bytes) << " (" << delta_about
+      << signed_bytes(total_delta) << ")\n\n";
   size_t grew = 0;
   for (const auto& change : changes) grew += change.delta_bytes() > 0;
   if (grew == 0) {
@@ -95,9 +99,13 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
   for (const auto& change : changes) {
     if (change.delta_bytes() <= 0 || shown++ == top) break;
     const auto& site = *change.example;
-    out << "  " << signed_bytes(change.delta_bytes()) << "  " << human_bytes(change.bytes_before)
-        << " -> " << human_bytes(change.bytes_after) << ", "
-        << with_thousands(change.allocations_before) << " -> "
+    const char* before_about = change.estimated_before ? "~" : "";
+    const char* after_about = change.estimated_after ? "~" : "";
+    out << "  " << (change.estimated_before || change.estimated_after ? "~" : "")
+        << signed_bytes(change.delta_bytes()) << "  " << before_about
+        << human_bytes(change.bytes_before) << " -> " << after_about
+        << human_bytes(change.bytes_after) << ", " << before_about
+        << with_thousands(change.allocations_before) << " -> " << after_about
         << with_thousands(change.allocations_after) << " blocks"
         << (!change.in_before ? ", new" : "")
         << (change.in_after && site.growth ? ", " + site.growth->verdict : "") << "\n"

@@ -21,6 +21,8 @@ struct SiteChange {
   uint64_t bytes_before = 0, bytes_after = 0;
   uint64_t allocations_before = 0, allocations_after = 0;
   bool in_before = false, in_after = false;
+  // A side's figures include Python objects seen part of the time, scaled (LeakSite::estimated).
+  bool estimated_before = false, estimated_after = false;
   int64_t delta_bytes() const {
     return static_cast<int64_t>(bytes_after) - static_cast<int64_t>(bytes_before);
   }

@@ -217,11 +217,15 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
     }
   }
   if (report.freed_omitted.sites > 0) {
-    profile.add_comment(strings.index(std::to_string(report.freed_omitted.sites) +
-                                      " more sites freed all they allocated (" +
-                                      std::to_string(report.freed_omitted.bytes) + " bytes in " +
-                                      std::to_string(report.freed_omitted.allocations) +
-                                      " allocations): not in alloc_objects/alloc_space"));
+    profile.add_comment(strings.index(
+        std::to_string(report.freed_omitted.sites) + " more sites freed all they allocated (" +
+        std::string(report.freed_omitted.estimated ? "~" : "") +
+        std::to_string(report.freed_omitted.bytes) + " bytes in " +
+        std::string(report.freed_omitted.estimated ? "~" : "") +
+        std::to_string(report.freed_omitted.allocations) + " allocations" +
+        (report.freed_omitted.estimated ? ", estimates: Python objects seen part of the time"
+                                        : "") +
+        "): not in alloc_objects/alloc_space"));
   }
   std::string serialized;
   if (!profile.SerializeToString(&serialized)) throw Error("encode the pprof profile");

@@ -330,6 +330,7 @@ model::Report from_json(const json& document) {
     report.totals.unmatched_frees = whole<uint64_t>(totals, "unmatched_frees");
     report.totals.untracked_frees = whole_or<uint64_t>(totals, "untracked_frees", 0);
     report.totals.exact = totals.value("exact", false);
+    report.totals.estimated = totals.value("estimated", false);
     report.totals.drops = whole<uint64_t>(totals, "drops");
     report.totals.failed_calls = whole<uint64_t>(totals, "failed_calls");
     report.totals.stack_failures = whole_or<uint64_t>(totals, "stack_failures", 0);
@@ -390,7 +391,7 @@ model::Report from_json(const json& document) {
       const json& omitted = document.at("freed_sites_omitted");
       report.freed_omitted = {whole<uint64_t>(omitted, "sites"),
                               whole<uint64_t>(omitted, "allocations"),
-                              whole<uint64_t>(omitted, "bytes")};
+                              whole<uint64_t>(omitted, "bytes"), omitted.value("estimated", false)};
     }
     if (document.contains("python_objects")) {
       where = "python_objects";
@@ -411,6 +412,7 @@ model::Report from_json(const json& document) {
       coverage.sweep_objects_read = objects.value("sweep_objects_read", uint64_t{0});
       coverage.whole_table_sweeps = objects.value("whole_table_sweeps", uint64_t{0});
       coverage.sweep_seconds = objects.value("sweep_seconds", 0.0);
+      coverage.unwatched = objects.value("unwatched", uint64_t{0});
       report.python_objects = coverage;
     }
     if (document.contains("python_types")) {

@@ -291,8 +291,11 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
     json["freed_sites_omitted"] = {{"sites", report.freed_omitted.sites},
                                    {"allocations", report.freed_omitted.allocations},
                                    {"bytes", report.freed_omitted.bytes}};
+    // Only when true, as on the sites: scaled Python objects are in the sums.
+    if (report.freed_omitted.estimated) json["freed_sites_omitted"]["estimated"] = true;
     json["totals"]["untracked_frees"] = totals.untracked_frees;
     json["totals"]["exact"] = totals.exact;
+    if (totals.estimated) json["totals"]["estimated"] = true;
   }
   if (report.unwind && version >= 2) json["unwind"] = unwind_json(*report.unwind);
   if (report.python_objects && version >= 2) {
@@ -310,7 +313,8 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"window_sweeps", objects.window_sweeps},
                               {"sweep_objects_read", objects.sweep_objects_read},
                               {"whole_table_sweeps", objects.whole_table_sweeps},
-                              {"sweep_seconds", objects.sweep_seconds}};
+                              {"sweep_seconds", objects.sweep_seconds},
+                              {"unwatched", objects.unwatched}};
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();

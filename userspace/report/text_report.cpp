@@ -229,7 +229,8 @@ void render_freed_sites(const model::Report& report, std::ostream& out) {
   uint64_t sites = report.freed_sites.size() + report.freed_omitted.sites;
   if (sites == 0) return;
   uint64_t bytes = report.freed_omitted.bytes, allocations = report.freed_omitted.allocations;
-  bool estimated = false;  // a sum with an estimate in it is an estimate: "~", as on the sites
+  // A sum with an estimate in it is an estimate: "~", as on the sites.
+  bool estimated = report.freed_omitted.estimated;
   for (const auto& site : report.freed_sites) {
     bytes += site.total_allocated_bytes;
     allocations += site.total_allocations;
@@ -431,9 +432,12 @@ void render_text(const model::Report& report, std::ostream& out) {
   render_freed_sites(report, out);
 
   const auto& totals = report.totals;
+  // The calls and frees are counted; what is outstanding includes scaled Python objects
+  // when they were seen part of the time.
+  const char* about = totals.estimated ? "~" : "";
   out << "Totals: " << with_thousands(totals.allocations) << " allocations, "
-      << with_thousands(totals.frees) << " frees, "
-      << with_thousands(totals.outstanding_allocations) << " outstanding ("
+      << with_thousands(totals.frees) << " frees, " << about
+      << with_thousands(totals.outstanding_allocations) << " outstanding (" << about
       << human_bytes(totals.outstanding_bytes) << "), " << with_thousands(totals.unmatched_frees)
       << " unmatched frees, " << with_thousands(totals.drops) << " drops, "
       << with_thousands(totals.failed_calls) << " failed calls";

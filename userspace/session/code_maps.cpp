@@ -204,6 +204,23 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
         }
       }
       object_windows_.add_process(pid, std::move(addresses));
+      // Its objects are read once more when its program ends, before the interpreter frees
+      // them and the process is gone (Lifecycle::handle_python_finalizing). Without that
+      // probe, its exit report has those a report or a window's close found alive.
+      // (Not without the lifecycle events, --no-follow-forks without --mmap: said with -v.)
+      bool events = tracer_.region_events_fd() >= 0;
+      if (!interpreter.finalize_offset ||
+          (events && !tracer_.attach_python_finalizing(pid, interpreter.file,
+                                                       *interpreter.finalize_offset))) {
+        std::cerr << "memtrail: warning: pid " << pid << ": Py_FinalizeEx "
+                  << (interpreter.finalize_offset ? "could not be probed" : "not found")
+                  << ": if it exits, its report shows the Python objects the last report "
+                  << "found alive, not those created since\n";
+      } else if (!events && config_.verbose()) {
+        std::cerr << "memtrail: pid " << pid << ": Py_FinalizeEx not probed (no lifecycle "
+                  << "events with --no-follow-forks): if it exits, its report shows the Python "
+                  << "objects the last report found alive\n";
+      }
       return {};
     } catch (const Error& error) {
       reason = error.what();

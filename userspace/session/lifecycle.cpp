@@ -20,6 +20,28 @@ void Lifecycle::follow() {
   // child that executed, not a program started elsewhere.
   for (const auto& fork : news.forks) handle_fork(fork);
   for (const auto& exec : news.execs) handle_exec(exec);
+  for (const auto& finalizing : news.python_finalizing) handle_python_finalizing(finalizing);
+}
+
+// A launched CPython program ends: stopped at Py_FinalizeEx, before the interpreter frees what
+// its modules keep and before the process and its memory are gone. Its objects are read now,
+// those alive kept with their sizes: its report (at its exit, or the final one) shows what the
+// program kept to its end, also the objects created since the last report.
+void Lifecycle::handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing) {
+  HeldExec held(finalizing.held ? finalizing.pid : 0);
+  if (!targets_.live(finalizing.pid)) return;
+  if (finalizing.hold_failed) {
+    std::cerr << "memtrail: warning: pid " << finalizing.pid << " could not be held at "
+              << "Py_FinalizeEx (the kernel refused the stop signal): its report shows the "
+              << "Python objects the last reading found alive, not those created since\n";
+  }
+  auto began = Clock::now();
+  uint64_t alive = tracer_.read_python_objects_of(finalizing.pid);
+  if (config_.verbose()) {
+    std::cerr << "memtrail: pid " << finalizing.pid << " held at Py_FinalizeEx for "
+              << std::chrono::duration<double, std::milli>(Clock::now() - began).count()
+              << " ms while its Python objects were read: " << alive << " alive\n";
+  }
 }
 
 void Lifecycle::process_exited(TracedProcess& process) {
@@ -141,9 +163,15 @@ void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
 
 void Lifecycle::release_held() {
   tracer_.release_holds();
-  for (const auto& exec : tracer_.drain_region_events().execs) {
+  auto news = tracer_.drain_region_events();
+  for (const auto& exec : news.execs) {
     if (exec.held) {
       HeldExec resume(exec.pid);
+    }
+  }
+  for (const auto& finalizing : news.python_finalizing) {
+    if (finalizing.held) {
+      HeldExec resume(finalizing.pid);
     }
   }
 }

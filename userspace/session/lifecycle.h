@@ -67,9 +67,10 @@ class Lifecycle {
  private:
   void handle_fork(const tracer::AllocTracer::Fork& fork);
   void handle_exec(const tracer::AllocTracer::Exec& exec);
+  void handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing);
 
-  // A process the kernel stopped at its exec (hold_execs): continued (SIGCONT) when this goes,
-  // whatever happened meanwhile. pid 0: none.
+  // A process the kernel stopped at its exec (hold_execs) or at Py_FinalizeEx: continued
+  // (SIGCONT) when this goes, whatever happened meanwhile. pid 0: none.
   class HeldExec {
    public:
     explicit HeldExec(uint32_t pid) : pid_(pid) {}

@@ -318,6 +318,8 @@ void Session::fold_freed_sites(const TracedProcess& process) {
   freed_sites_folded_.sites += process.exit_freed_omitted.sites;
   freed_sites_folded_.allocations += process.exit_freed_omitted.allocations;
   freed_sites_folded_.bytes += process.exit_freed_omitted.bytes;
+  freed_sites_folded_.estimated =
+      freed_sites_folded_.estimated || process.exit_freed_omitted.estimated;
 }
 
 void Session::add_poll_fds(std::vector<pollfd>& fds) {

@@ -202,6 +202,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     const_cast<memtrail_python_type_layout&>(skeleton_->rodata->python_type_layout) =
         bpf::python_type_layout(*config.python_type_layout);
   }
+  // Py_FinalizeEx's hold reports through the lifecycle events: none, no hold.
+  if (!config.python_objects || !lifecycle) bpf_program__set_autoload(p.python_finalizing, false);
   if (!config.python_objects) {
     bpf_program__set_autoload(p.python_object_created, false);
   } else {
@@ -214,6 +216,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     // One uprobe_multi link for the hundreds of creation sites: perf-event uprobes are
     // detached one by one, about 0.1 s each (27 s for python3.11's 263 sites at exit).
     bpf_program__set_expected_attach_type(p.python_object_created,
+                                          static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+    bpf_program__set_expected_attach_type(p.python_finalizing,
                                           static_cast<bpf_attach_type>(kUprobeMultiAttachType));
   }
   // Detaching a perf-event uprobe takes ~0.1 s, one after another (the kernel serializes
@@ -332,6 +336,10 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   std::memcpy(&event, data, sizeof(event));
   if (event.type == MEMTRAIL_REGION_FORK) {
     tracer->lifecycle_.forks.push_back({event.tgid, static_cast<uint32_t>(event.address)});
+  } else if (event.type == MEMTRAIL_REGION_PYTHON_FINALIZING) {
+    tracer->lifecycle_.python_finalizing.push_back(
+        {event.tgid, (event.flags & MEMTRAIL_REGION_HELD) != 0,
+         (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
   } else if (tracer->regions_.apply(event)) {
     tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
                                         (event.flags & MEMTRAIL_REGION_HELD) != 0,
@@ -936,6 +944,7 @@ void AllocTracer::set_python_objects_attached(bool attached) {
 }
 
 void AllocTracer::forget_python_objects(uint32_t pid) {
+  python_finalizing_links_.erase(pid);
   std::erase_if(python_probes_,
                 [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
   std::erase_if(python_identities_, [pid](const auto& known) { return known.first.pid == pid; });
@@ -987,6 +996,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   python_log_read_ = logged;
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
+  watch_skipped_ = 0;
   sweeping_ = true;
   if (fresh > config_.python_log_entries) {
     work.whole_table = true;
@@ -1011,6 +1021,9 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   sweeping_ = false;
   watch_out_ = nullptr;
   python_watch_ = std::move(watch_next);
+  // Those beyond the bound at the last rebuild stay unread (unless the whole table was); the
+  // next snapshot counts anew.
+  python_unwatched_ = watch_skipped_ + (work.whole_table ? 0 : python_unwatched_);
   // The detached time begins: whatever is read from now on may be another object.
   ++python_gaps_;
   window_closed_ns_ = monotonic_now_ns();
@@ -1059,14 +1072,13 @@ void AllocTracer::find_python_slots(const std::vector<PythonObjectKey>& keys,
 }
 
 AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPythonObject& object,
-                                                         uint64_t timestamp_ns, uint64_t now_ns) {
+                                                         uint64_t timestamp_ns,
+                                                         uint64_t reads_began_ns) {
   using model::ObjectIdentity;
-  // An object just created may still be being filled (a str's characters, a tuple's items,
-  // a dict's first keys): its content is not taken as its identity yet.
-  constexpr uint64_t kSettleNs = 2'000'000;
+  // An object just created may still be being filled (a str's characters, a tuple's items):
+  // its content is not taken as its identity yet (model::kIdentitySettleNs says why).
   bool in_window = python_objects_attached_ || sweeping_;
-  ObjectIdentity kind = object.identity_kind;
-  if (now_ns < timestamp_ns + kSettleNs) kind = ObjectIdentity::kNone;
+  ObjectIdentity kind = model::settled_identity(object.identity_kind, timestamp_ns, reads_began_ns);
   auto [known, first] = python_identities_.try_emplace({object.pid, object.address});
   KnownIdentity& was = known->second;
   if (first || was.timestamp_ns != timestamp_ns) {
@@ -1114,8 +1126,9 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
   std::vector<model::TrackedPythonObject> sorted;
   sorted.reserve(objects.size());
   for (size_t i : order) sorted.push_back(objects[i]);
+  // Before the reads: an object's age at its read is at least the age from here.
+  uint64_t reads_began = monotonic_now_ns();
   python_judge_->judge(sorted);
-  uint64_t judged_at = monotonic_now_ns();
   auto& counters = snapshot.counters;
   auto site_key = [](uint32_t pid, int32_t site_id) {
     return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
@@ -1137,6 +1150,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
           sized->second.timestamp_ns != where.timestamp_ns) {
         continue;
       }
+      count_site_bytes(sized->second, object.pid, where.site_id, snapshot, site_index);
       model::OutstandingAllocation allocation{
           object.pid,         object.address, sized->second.size,
           where.timestamp_ns, where.site_id,  model::AllocationKind::kPythonObject,
@@ -1187,7 +1201,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       continue;
     }
     if (check_identities_) {
-      auto verdict = check_identity(object, where.timestamp_ns, judged_at);
+      auto verdict = check_identity(object, where.timestamp_ns, reads_began);
       if (verdict == IdentityVerdict::kReplaced) {
         // Another object of its type, created unseen at its address: the one recorded died.
         if (remove()) {
@@ -1200,19 +1214,17 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       // The next close sweep reads again what no content identifies.
       if (watch_out_ && python_identities_[{object.pid, object.address}].kind !=
                             model::ObjectIdentity::kContent) {
-        watch_out_->push_back({object.pid, object.address});
+        watch({object.pid, object.address});
       }
     }
-    auto site = site_index.find(site_key(object.pid, where.site_id));
-    if (site != site_index.end() && where.timestamp_ns <= snapshot.sites[site->second].read_at_ns) {
-      auto [sized, first] = python_objects_sized_.try_emplace(
-          {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
-      if (first || sized->second.timestamp_ns != where.timestamp_ns) {  // new, or a new one there
-        sized->second = {where.timestamp_ns, object.size};
-        python_site_bytes_[site->first] += object.size;
-      }
-      sized->second.size = object.size;  // as last read
+    // Kept with its size as read now, for its exit report, whichever read found it alive.
+    auto [sized, first] = python_objects_sized_.try_emplace(
+        {object.pid, object.address}, SizedObject{where.timestamp_ns, object.size});
+    if (!first && sized->second.timestamp_ns != where.timestamp_ns) {  // a new one there
+      sized->second = {where.timestamp_ns, object.size};
     }
+    count_site_bytes(sized->second, object.pid, where.site_id, snapshot, site_index);
+    sized->second.size = object.size;  // as last read
     model::OutstandingAllocation allocation{object.pid,    object.address,
                                             object.size,   where.timestamp_ns,
                                             where.site_id, model::AllocationKind::kPythonObject,
@@ -1222,6 +1234,68 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     } else {
       snapshot.allocations.push_back(allocation);
     }
+  }
+}
+
+void AllocTracer::count_site_bytes(SizedObject& sized, uint32_t pid, int32_t site_id,
+                                   const model::Snapshot& snapshot,
+                                   const std::unordered_map<uint64_t, size_t>& site_index) {
+  if (sized.in_site_bytes) return;
+  uint64_t key = (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
+  auto site = site_index.find(key);
+  if (site == site_index.end() || sized.timestamp_ns > snapshot.sites[site->second].read_at_ns) {
+    return;
+  }
+  python_site_bytes_[key] += sized.size;
+  sized.in_site_bytes = true;
+}
+
+bool AllocTracer::attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
+                                           uint64_t file_offset) {
+  // Stopped with nobody to read the event, the process would wait forever.
+  if (!config_.python_objects || !region_reader_ || python_finalizing_links_.count(pid)) {
+    return python_finalizing_links_.count(pid) != 0;
+  }
+  auto opened = inspect::open_file(file);  // see attach()
+  int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.python_finalizing),
+                               opened.kernel_path(), {file_offset}, {0}, pid, false);
+  if (link < 0) return false;
+  python_finalizing_links_.emplace(pid, UniqueFd(link));
+  return true;
+}
+
+uint64_t AllocTracer::read_python_objects_of(uint32_t pid) {
+  if (!config_.python_objects || !python_judge_) return 0;
+  class Discard final : public model::AllocationSink {
+    void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
+    void add(const model::OutstandingAllocation&) override { ++alive; }
+
+   public:
+    uint64_t alive = 0;
+  } alive;
+  model::Snapshot snapshot;
+  std::vector<model::TrackedPythonObject> objects;
+  std::vector<PythonSlot> slots;
+  read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
+  std::vector<model::TrackedPythonObject> its_objects;
+  std::vector<PythonSlot> its_slots;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    if (objects[i].pid != pid) continue;
+    its_objects.push_back(objects[i]);
+    its_slots.push_back(slots[i]);
+  }
+  // Not a window's close: the watch list and the window's state stay as they are.
+  auto* watch = std::exchange(watch_out_, nullptr);
+  judge_python_objects(its_objects, its_slots, snapshot, &alive);
+  watch_out_ = watch;
+  return alive.alive;
+}
+
+void AllocTracer::watch(const PythonObjectKey& key) {
+  if (watch_out_->size() < config_.python_log_entries) {
+    watch_out_->push_back(key);
+  } else {
+    ++watch_skipped_;
   }
 }
 
@@ -1400,9 +1474,14 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   // Every object is judged here: the watch list of the next close sweep is rebuilt from it.
   std::vector<PythonObjectKey> watch_next;
   watch_out_ = &watch_next;
+  watch_skipped_ = 0;
   judge_python_objects(python_objects, python_slots, snapshot, sink);
   watch_out_ = nullptr;
-  if (check_identities_) python_watch_ = std::move(watch_next);
+  if (check_identities_) {
+    python_watch_ = std::move(watch_next);
+    python_unwatched_ = watch_skipped_;
+  }
+  counters.python_unwatched = python_unwatched_;
   // Since attach, the window-close sweeps included.
   counters.python_objects_dead = python_removed_total_;
   counters.python_objects_replaced = python_replaced_total_;

@@ -93,9 +93,19 @@ class AllocTracer : public unwind::RowStore {
   struct Fork {
     uint32_t parent = 0, child = 0;
   };
+  // A traced CPython process entered Py_FinalizeEx (attach_python_finalizing): its program
+  // ends, and the interpreter is about to free what its modules keep.
+  struct PythonFinalizing {
+    uint32_t pid = 0;
+    // Stopped there: read its objects (read_python_objects_of), then continue it (SIGCONT).
+    // hold_failed: it was to be, but the kernel refused the signal.
+    bool held = false;
+    bool hold_failed = false;
+  };
   struct Lifecycle {
     std::vector<Exec> execs;
     std::vector<Fork> forks;
+    std::vector<PythonFinalizing> python_finalizing;
   };
   // Reads the region events the kernel sent since the last call (cheap; call it often, so the
   // ring buffer never fills). Returns the processes that executed a new program meanwhile
@@ -152,6 +162,17 @@ class AllocTracer : public unwind::RowStore {
   bool python_objects_attached() const { return python_objects_attached_; }
   // Process `pid` is gone: its sites are not attached again.
   void forget_python_objects(uint32_t pid);
+  // Stops process `pid` at the entry of Py_FinalizeEx (at `file_offset` in the interpreter's
+  // `file`) and says so through the region events (Lifecycle::python_finalizing): its objects
+  // can be read before the interpreter frees what its modules keep, and before the process and
+  // its memory are gone. Attached for good (not duty-cycled). False, and nothing attached, when
+  // nobody reads the region events (the process would stay stopped) or the kernel refused it.
+  bool attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
+                                uint64_t file_offset);
+  // Reads the liveness and size of every recorded object of process `pid` (a pass over the
+  // table), removes the dead ones, and keeps the size of the live ones for its exit report.
+  // Returns how many were found alive.
+  uint64_t read_python_objects_of(uint32_t pid);
   // --python-objects on: counts process `pid`'s allocations from now on (those the allocator
   // probes record, sampled ones with --sample-rate): the work by which the share of its objects
   // the attached windows saw is measured. False when they cannot be counted (no object probes
@@ -282,8 +303,9 @@ class AllocTracer : public unwind::RowStore {
   // perhaps another one (at risk: nothing proves it either way), or surely another one created
   // unseen at its address (replaced: it is removed as dead).
   enum class IdentityVerdict { kSame, kAtRisk, kReplaced };
+  // `reads_began_ns`: when the reads of the object's memory began (model::settled_identity).
   IdentityVerdict check_identity(const model::TrackedPythonObject& object, uint64_t timestamp_ns,
-                                 uint64_t now_ns);
+                                 uint64_t reads_began_ns);
   // The bytes of Python objects: the BPF program counts each creation in its site's totals,
   // but not its size, which only the liveness read knows. Each object found alive is sized
   // once (by pid, address and creation time) and its bytes added to its site's total from then
@@ -303,7 +325,16 @@ class AllocTracer : public unwind::RowStore {
   struct SizedObject {
     uint64_t timestamp_ns = 0;
     uint64_t size = 0;
+    // Its size is in its site's bytes (python_site_bytes_): done once the site's totals, read
+    // by a snapshot, count its creation. A liveness read without them (a window's close, the
+    // read at Py_FinalizeEx) sizes it, and a later snapshot counts it.
+    bool in_site_bytes = false;
   };
+  // Counts `sized` in the bytes of its site when `snapshot` read the site's totals after its
+  // creation (see SizedObject::in_site_bytes).
+  void count_site_bytes(SizedObject& sized, uint32_t pid, int32_t site_id,
+                        const model::Snapshot& snapshot,
+                        const std::unordered_map<uint64_t, size_t>& site_index);
   std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
   // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
   std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
@@ -331,6 +362,11 @@ class AllocTracer : public unwind::RowStore {
   // that saw them: (pid, address).
   std::vector<PythonObjectKey> python_watch_;
   std::vector<PythonObjectKey>* watch_out_ = nullptr;  // set while a judge collects it
+  // The watch list's bound: as many as the ring of new objects holds, so that a close reads at
+  // most twice that; the live objects beyond it are counted (python_unwatched_, at the latest
+  // rebuild), not read at the closes.
+  uint64_t watch_skipped_ = 0, python_unwatched_ = 0;
+  void watch(const PythonObjectKey& key);
   SweepTotals sweep_totals_;
   // Since attach: objects removed as dead, and of them those found replaced by their identity.
   uint64_t python_removed_total_ = 0, python_replaced_total_ = 0;
@@ -373,6 +409,8 @@ class AllocTracer : public unwind::RowStore {
   // Closes every process's object link at once (release_concurrently); the sites stay.
   void unlink_python_objects();
   std::vector<PythonObjectProbes> python_probes_;
+  // The Py_FinalizeEx probe of each process (attach_python_finalizing).
+  std::unordered_map<uint32_t, UniqueFd> python_finalizing_links_;
   bool python_objects_attached_ = true;
 };
 
