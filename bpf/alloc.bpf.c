@@ -368,6 +368,42 @@ static __always_inline bool read_caller_frame(__u64 sp, __u64 cookie, __u64 *cal
 	       !bpf_probe_read_user(caller_bp, sizeof(*caller_bp), (const void *)(sp + bp_slot));
 }
 
+/* Whether x86 condition `code` (as in jcc 0x70 + code) holds in `flags`: what the kernel's
+ * emulation of the jump at the site will decide. */
+static __always_inline bool condition_holds(__u64 code, __u64 flags)
+{
+	bool cf = flags & 0x1, pf = flags & 0x4, zf = flags & 0x40, sf = flags & 0x80,
+	     of = flags & 0x800, holds;
+
+	switch ((code >> 1) & 7) {
+	case 0:
+		holds = of;
+		break;
+	case 1:
+		holds = cf;
+		break;
+	case 2:
+		holds = zf;
+		break;
+	case 3:
+		holds = cf || zf;
+		break;
+	case 4:
+		holds = sf;
+		break;
+	case 5:
+		holds = pf;
+		break;
+	case 6:
+		holds = sf != of;
+		break;
+	default:
+		holds = zf || sf != of;
+		break;
+	}
+	return holds != (code & 1);
+}
+
 /* The site's cookie says where the pointer, the size, the return address and the caller's rbp
  * are (userspace proved it over every path through the function). */
 static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_source source)
@@ -377,6 +413,11 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	struct inflight_call *call;
 
 	if (probe_floor || !probe_applies())
+		return 0;
+	/* A site on one edge of its jump: the other edge leads where the block is not returned
+	 * (jemalloc's empty cache bin, its slow path recording the call itself). */
+	if ((cookie & MEMTRAIL_SITE_CONDITIONAL) &&
+	    !condition_holds(cookie >> MEMTRAIL_SITE_CONDITION_SHIFT, ctx->flags))
 		return 0;
 	address = register_value(ctx, cookie >> MEMTRAIL_SITE_POINTER_SHIFT);
 	if (!address)

@@ -140,6 +140,10 @@ constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::Return
     cookie |= uint64_t{*site.saved_bp_offset & 0xffff} << MEMTRAIL_SITE_BP_SHIFT;
     cookie |= MEMTRAIL_SITE_BP_SAVED;
   }
+  if (site.condition) {
+    cookie |= uint64_t{*site.condition & 0xfu} << MEMTRAIL_SITE_CONDITION_SHIFT;
+    cookie |= MEMTRAIL_SITE_CONDITIONAL;
+  }
   return cookie;
 }
 
