@@ -512,6 +512,8 @@ int handoff_enter(struct pt_regs *ctx)
 	__u64 sp = PT_REGS_SP(ctx);
 	struct taken_size *taken;
 
+	if (cookie & MEMTRAIL_HANDOFF_SIZE_PRODUCT)
+		size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
 	if (cookie & MEMTRAIL_HANDOFF_SIZE_TAKEN) {
 		taken = current_task_storage(&taken_sizes, 0);
 		/* None taken for this call: no entry, and pointer_exit counts the missed entry. */

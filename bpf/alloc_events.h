@@ -58,6 +58,8 @@ enum memtrail_alloc_kind {
 /* The attach cookie of handoff_enter (a jump to the slow path, userspace/inspect/return_sites.h):
  * the kind and size register as in a site cookie, or this flag: site_take_size took the size. */
 #define MEMTRAIL_HANDOFF_SIZE_TAKEN (1ULL << 49)
+/* Or this flag: the size is calloc's rdi * rsi (the jump comes before the multiplication). */
+#define MEMTRAIL_HANDOFF_SIZE_PRODUCT (1ULL << 61)
 /* A site on one edge of a conditional jump (jemalloc's malloc): it records only when the x86
  * condition code in bits 56..59 (as in jcc 0x70 + code) holds in the flags at the jump. */
 #define MEMTRAIL_SITE_CONDITION_SHIFT 56

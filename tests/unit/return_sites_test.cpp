@@ -327,6 +327,21 @@ TEST(ReturnSitesTcmalloc, MallocHasOneSiteAndFourSlowPaths) {
   EXPECT_EQ(taken, 1) << analysis.reason;
 }
 
+// Full tcmalloc 2.10's calloc (libgoogle-perftools4) jumps to EmergencyCalloc before it
+// multiplies count by size: that slow path's entry probe multiplies rdi by rsi, as calloc's own
+// entry probe would.
+TEST(ReturnSitesTcmalloc, FullCallocHandsItsEmergencyPathOverWithTheArgumentsProduct) {
+  ReturnSiteAnalysis analysis = analyse("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "calloc");
+  ASSERT_FALSE(analysis.sites.empty()) << analysis.reason;
+  EXPECT_TRUE(std::any_of(analysis.handoffs.begin(), analysis.handoffs.end(),
+                          [](const HandOff& handoff) {
+                            return handoff.size_is_arguments_product && !handoff.size_register;
+                          }))
+      << analysis.reason;
+  EXPECT_NE(analysis.reason.find("(size rdi * rsi, the arguments)"), std::string::npos)
+      << analysis.reason;
+}
+
 // jemalloc 5.3's malloc pops its cache bin and returns by mov and ret: the only emulated
 // instructions that see the block (r11) are the two je on the bin's low-water mark, whose taken
 // edges can still end in the slow path (an empty bin), where entry and return probes record the

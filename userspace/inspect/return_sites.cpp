@@ -287,6 +287,9 @@ struct Observed {
   // Entry-relative offsets holding the caller's rbp on every path.
   std::optional<std::set<int32_t>> bp_slots;
   bool captured_always = true;  // every path passed a size capture holding the size
+  // A hand-off: every path has calloc's arguments still in rdi and rsi (their product is the
+  // size: full tcmalloc's calloc jumps to EmergencyCalloc before it multiplies).
+  bool arguments_always = true;
   // The first path that fired it: each instruction with the registers holding the size there
   // and the stack depth, to choose a size capture on.
   struct Step {
@@ -921,6 +924,9 @@ class Analysis {
         }
         seen_here.size_registers &= sizes;
         if (!state.captured) seen_here.captured_always = false;
+        if (state.tags[kRdi] != kArg0 || state.tags[kRsi] != kArg1) {
+          seen_here.arguments_always = false;
+        }
         if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
         return {};
       };
@@ -1387,19 +1393,22 @@ class Analysis {
             break;
           }
         }
+      } else if (!o.captured_always && query_.product_of_arguments && o.arguments_always) {
+        handoff.size_is_arguments_product = true;
       } else if (!o.captured_always) {
         return unproven("no register holds the size asked for at the jump to the slow path at " +
                         where + ", and no emulated instruction before it takes it on every path");
       }
       result.handoffs.push_back(handoff);
-      result.reason +=
-          std::string(result.handoffs.size() == 1 ? "; " : ", ") +
-          (result.handoffs.size() == 1 ? "slow paths left to entry and return probes "
-                                         "at the jumps to them: "
-                                       : "") +
-          where + " (size " +
-          (handoff.size_register ? register_name(*handoff.size_register) : "as taken earlier") +
-          ")";
+      result.reason += std::string(result.handoffs.size() == 1 ? "; " : ", ") +
+                       (result.handoffs.size() == 1 ? "slow paths left to entry and return probes "
+                                                      "at the jumps to them: "
+                                                    : "") +
+                       where + " (size " +
+                       (handoff.size_register               ? register_name(*handoff.size_register)
+                        : handoff.size_is_arguments_product ? "rdi * rsi, the arguments"
+                                                            : "as taken earlier") +
+                       ")";
     }
     for (size_t i : failures) result.failure_offsets.push_back(code_[i].offset);
     result.reason += "; failed calls (NULL) counted at";

@@ -70,6 +70,10 @@ struct HandOff {
   // SizeCapture took earlier in the same call.
   std::optional<uint8_t> size_register;
   uint64_t target = 0;  // virtual address jumped to, for -v
+  // calloc's: no register holds count * size, but rdi and rsi still hold count and size (the
+  // jump comes before the multiplication): handoff_enter multiplies them, as calloc's entry
+  // probe does.
+  bool size_is_arguments_product = false;
 };
 
 // Either sites covering every return (each successful call passes exactly one, and a failed

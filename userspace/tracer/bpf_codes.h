@@ -153,6 +153,8 @@ constexpr uint64_t handoff_cookie(model::AllocationKind kind, const inspect::Han
   uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
   if (handoff.size_register) {
     cookie |= uint64_t{*handoff.size_register} << MEMTRAIL_SITE_SIZE_SHIFT;
+  } else if (handoff.size_is_arguments_product) {
+    cookie |= MEMTRAIL_HANDOFF_SIZE_PRODUCT;
   } else {
     cookie |= MEMTRAIL_HANDOFF_SIZE_TAKEN;
   }
