@@ -387,8 +387,9 @@ TEST(ReturnSites, AJumpThatAlsoLeadsToTheSlowPathIsASiteOnItsOtherEdgeOnly) {
 // Its calloc zeroes the block (a call to memset) and returns it through its stack protector's
 // jne, in r13; count * size (mul) is in r14 on the fast paths until the thread-event bookkeeping
 // reuses r14. Sites on the fast paths read it there, the others take it earlier (emulated
-// jumps that see it in r14); the jump to the slow path of an empty bin is the other edge of a
-// jne site; every path is proven.
+// jumps that see it in r14); every path is proven. The cache bin's fast path is one trap: the
+// site is the je on the bin's low-water mark, on the edge that falls through, not the call to
+// memset after it, which a refilled bin also reaches with r14 reused (that path takes the size).
 TEST(ReturnSitesJemalloc, CallocIsCoveredWithTheProductTakenWhereR14HoldsIt) {
   ReturnSiteAnalysis analysis = analyse(kJemalloc, "calloc");
   ASSERT_FALSE(analysis.sites.empty()) << analysis.reason;
@@ -402,6 +403,10 @@ TEST(ReturnSitesJemalloc, CallocIsCoveredWithTheProductTakenWhereR14HoldsIt) {
   for (const auto& capture : analysis.captures) {
     EXPECT_EQ(capture.size_register, 14) << analysis.reason;
   }
+  EXPECT_TRUE(std::any_of(analysis.sites.begin(), analysis.sites.end(), [](const ReturnSite& site) {
+    return site.instruction == "je" && site.condition == std::optional<uint8_t>(5) &&
+           site.size_register == std::optional<uint8_t>(14);
+  })) << analysis.reason;
   EXPECT_FALSE(analysis.failure_offsets.empty()) << analysis.reason;
 }
 

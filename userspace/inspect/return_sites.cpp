@@ -1244,6 +1244,19 @@ class Analysis {
     return "";
   }
 
+  // Whether a site at `candidate` beside `sites` is passed, on some path verification
+  // explores before its first problem, with no register holding the size (jemalloc's calloc:
+  // its call to memset, which a refilled cache bin reaches with r14 reused).
+  bool loses_size_elsewhere(size_t candidate, int choice,
+                            const std::map<size_t, int>& sites) const {
+    std::map<size_t, int> trial = sites;
+    trial[candidate] = choice;
+    std::map<size_t, Observed> observed, handoffs;
+    verify(trial, observed, nullptr, nullptr, &handoffs);
+    auto seen = observed.find(candidate);
+    return seen != observed.end() && seen->second.seen && seen->second.size_registers == 0;
+  }
+
   // Candidates where a register holds the size on this path come first: a site without one
   // needs a size capture, a second trap (mimalloc's calloc: its je on the free list rather than
   // its call to memset).
@@ -1274,8 +1287,12 @@ class Analysis {
         if (sized.count(it->first) == static_cast<size_t>(with_size)) ordered.push_back(*it);
       }
     }
+    // The first clear candidate with a size here that another path reaches without one: kept
+    // in case no clear candidate keeps its size on every path seen.
+    std::optional<std::pair<size_t, int>> size_lost_elsewhere;
     for (auto it = ordered.begin(); it != ordered.end(); ++it) {
       auto [candidate, reg] = *it;
+      if (size_lost_elsewhere && !sized.count(candidate)) break;
       if (candidate != earliest &&
           final_check(earliest, earliest_reg, nullptr, candidate, reg).kind != Problem::kNone) {
         continue;  // some return from the earliest point does not pass it
@@ -1293,10 +1310,18 @@ class Analysis {
           clear = false;
         }
       }
+      if (clear && sized.count(candidate) && loses_size_elsewhere(candidate, reg, sites)) {
+        if (!size_lost_elsewhere) size_lost_elsewhere = std::make_pair(candidate, reg);
+        continue;  // a site without the size needs a capture before it: a second trap
+      }
       if (clear) {
         sites[candidate] = reg;
         return true;
       }
+    }
+    if (size_lost_elsewhere) {
+      sites[size_lost_elsewhere->first] = size_lost_elsewhere->second;
+      return true;
     }
     if (in_the_way.empty()) return false;
     for (size_t site : in_the_way) {
