@@ -21,6 +21,11 @@ memtrail-three-trap-floor.
 Every memtrail row also says how many times per malloc+free pair the kernel ran its programs
 (the kernel's BPF statistics: one program run per uprobe trap or uretprobe return), that is
 the kernel entries it pays.
+
+--allocators glibc,jemalloc,tcmalloc,mimalloc runs the same tools once per allocator, the
+workload started with that allocator in LD_PRELOAD (glibc: none), one table each and a summary
+table of entries per pair and memtrail's cost against its two-trap floor per allocator. BCC's
+memleak is pointed at the allocator's library (-O), its mmap and munmap probes left on libc.
 """
 import argparse
 import json
@@ -62,6 +67,14 @@ entries_per_pair = {}
 # pair (what the record and free paths cost in the kernel, without the traps).
 program_ns = {}
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+# --allocators: the library each allocator's rows preload into the workload (glibc: none).
+ALLOCATOR_LIBRARIES = {
+    "glibc": None,
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "tcmalloc-full": "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+    "mimalloc": "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+}
 
 
 def return_probe_cost(programs):
@@ -116,6 +129,24 @@ def memleak_with_free_fix(directory):
     return path
 
 
+def memleak_for_allocator(directory):
+    """A copy of BCC's memleak for -O LIBRARY where LIBRARY is an allocator without mmap and
+    munmap of its own (jemalloc, mimalloc): those two stay probed in libc, as for glibc."""
+    with open(MEMLEAK) as original:
+        source = original.read()
+    patched = source.replace('attach_probes("mmap")\n',
+                             'obj, allocator_obj = "c", obj\n'
+                             '        attach_probes("mmap")\n'
+                             '        obj = allocator_obj\n', 1)
+    patched = patched.replace('name=obj, sym="munmap"', 'name="c", sym="munmap"', 1)
+    if patched.count('name="c", sym="munmap"') != 1 or "allocator_obj" not in patched:
+        return None
+    path = os.path.join(directory, "memleak-allocator.py")
+    with open(path, "w") as copy:
+        copy.write(patched)
+    return path
+
+
 def stop_process(process, timeout=30):
     """SIGINT (memtrail and memleak stop cleanly on it), then SIGKILL after `timeout`."""
     if process is None or process.poll() is not None:
@@ -157,8 +188,11 @@ def start_tracer(tool, args, pid, json_path, started):
                              f"({exit_text(tracer)}):\n{reader.text()}")
         return tracer, reader
     script = args.memleak_fixed if tool == "bcc-free-fix" else MEMLEAK
+    allocator_args = []
+    if getattr(args, "preload", None):
+        script, allocator_args = args.memleak_allocator, ["-O", args.preload]
     # -u: unbuffered, or the lines below would reach the pipe only at memleak's first flush.
-    tracer = subprocess.Popen(["/usr/bin/python3", "-u", script, "-p", pid],
+    tracer = subprocess.Popen(["/usr/bin/python3", "-u", script, "-p", pid] + allocator_args,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     started.append(tracer)
     reader = LineReader(tracer.stdout)
@@ -188,7 +222,10 @@ def run_once(tool, args, work_dir, run_index):
     if args.call_depth:
         command += ["--call-depth", str(args.call_depth)]
     began = time.monotonic()
-    work = subprocess.Popen(command, stdout=subprocess.PIPE)
+    environment = None
+    if getattr(args, "preload", None):
+        environment = dict(os.environ, LD_PRELOAD=args.preload)
+    work = subprocess.Popen(command, stdout=subprocess.PIPE, env=environment)
     tracer, started = None, []
     try:
         output = LineReader(work.stdout)
@@ -373,6 +410,10 @@ def main():
                         help="seconds a tracer may take to compile and attach")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run for CI: 100k steps, 1 round, no BCC, nothing recorded")
+    parser.add_argument("--allocators", default="glibc",
+                        help="comma-separated allocators to run every tool under, the workload "
+                        "started with each in LD_PRELOAD: " + ", ".join(ALLOCATOR_LIBRARIES)
+                        + " (default glibc)")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--allow-concurrent", action="store_true",
                         help="run even while other tracers or benchmark runs are running")
@@ -404,6 +445,18 @@ def main():
         if any(tool.startswith("bcc") for tool in tools):
             notes.append("--quick: BCC rows left out")
         tools = [tool for tool in tools if not tool.startswith("bcc")]
+    allocators = list(dict.fromkeys(a.strip() for a in args.allocators.split(",") if a.strip()))
+    unknown = [a for a in allocators if a not in ALLOCATOR_LIBRARIES]
+    if unknown or not allocators:
+        sys.exit(f"bench: unknown allocator(s) {', '.join(unknown) or '(none given)'}; "
+                 f"choose from {', '.join(ALLOCATOR_LIBRARIES)}")
+    for allocator in allocators:
+        library = ALLOCATOR_LIBRARIES[allocator]
+        if library and not os.path.exists(library):
+            sys.exit(f"bench: {library} ({allocator}) is missing: run scripts/install-deps.sh "
+                     "--tests, or leave it out of --allocators")
+    if allocators != ["glibc"] and "bcc-free-fix" in tools:
+        sys.exit("bench: bcc-free-fix patches glibc's free: run it with --allocators glibc")
     if os.geteuid() != 0 and tools != ["untraced"]:
         sys.exit("bench: tracing needs root")
     args.variant = "C++ new[]/delete[]" if args.workload == "cxx" else "C malloc/free"
@@ -447,17 +500,74 @@ def main():
             stats_before = stats.read().strip()
         with open(BPF_STATS, "w") as stats:
             stats.write("1")
+    tables, summaries = [], []
     try:
-        results, seconds = run_rounds(tools, args, notes)
+        for allocator in allocators:
+            args.preload = ALLOCATOR_LIBRARIES[allocator]
+            if len(allocators) > 1:
+                print(f"allocator {allocator}"
+                      + (f" (LD_PRELOAD={args.preload})" if args.preload else ""), flush=True)
+            results, seconds = run_rounds(tools, args, notes)
+            table = make_table(tools, results, seconds)
+            summaries.append(allocator_summary(allocator, results))
+            if len(allocators) > 1:
+                table = (f"### {allocator}"
+                         + (f" (LD_PRELOAD={args.preload})" if args.preload else "")
+                         + "\n\n" + table)
+            tables.append(table)
+            # The per-tool statistics are this allocator's.
+            for statistic in (return_probe_ns, entries_per_pair, program_ns):
+                statistic.clear()
+            unwind_reports.clear()
     finally:
         if stats_before is not None:
             with open(BPF_STATS, "w") as stats:
                 stats.write(stats_before)
-    table = make_table(tools, results, seconds)
-    report_results(table, notes, not args.no_record,
+    if len(allocators) > 1:
+        tables.append(summary_table(summaries))
+    report_results("\n\n".join(tables), notes, not args.no_record,
                    description=f"workload {args.variant}, {args.threads} thread(s), "
                    + (f"loop {args.call_depth} calls deeper, " if args.call_depth else "")
-                   + f"{args.steps:,} steps, {args.rounds} rounds interleaved.")
+                   + f"{args.steps:,} steps, {args.rounds} rounds interleaved"
+                   + (f"; allocators {', '.join(allocators)}, one after another"
+                      if allocators != ["glibc"] else "") + ".")
+
+
+def allocator_summary(allocator, results):
+    """One allocator's figures for the summary table (before its statistics are cleared)."""
+    medians = {tool: statistics.median(values) for tool, values in results.items() if values}
+    base = medians.get("untraced")
+    summary = {"allocator": allocator, "untraced": base}
+    for tool in ("memtrail", "memtrail-two-trap-floor"):
+        if tool in entries_per_pair:
+            summary[f"entries {tool}"] = statistics.median(entries_per_pair[tool])
+    if base is not None:
+        for tool in ("memtrail", "memtrail-two-trap-floor", "bcc"):
+            if tool in medians:
+                summary[f"added {tool}"] = medians[tool] - base
+    return summary
+
+
+def summary_table(summaries):
+    """Per allocator: the kernel entries memtrail pays a pair, and its added cost against its
+    two-trap floor's and BCC memleak's, each measured in that allocator's own rounds."""
+    def number(value, form):
+        return form.format(value) if value is not None else "-"
+    rows = ["### Per allocator", "",
+            "| allocator | untraced ns/pair | memtrail entries/pair | floor entries/pair "
+            "| memtrail added ns/pair | memtrail / two-trap floor | memtrail / BCC memleak |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        added = s.get("added memtrail")
+        floor = s.get("added memtrail-two-trap-floor")
+        bcc = s.get("added bcc")
+        rows.append(f"| {s['allocator']} | {number(s['untraced'], '{:,.1f}')} "
+                    f"| {number(s.get('entries memtrail'), '{:.2f}')} "
+                    f"| {number(s.get('entries memtrail-two-trap-floor'), '{:.2f}')} "
+                    f"| {number(added, '{:,.0f}')} "
+                    f"| {number(added / floor if added is not None and floor else None, '{:.2f}x')} "
+                    f"| {number(added / bcc if added is not None and bcc else None, '{:.3f}')} |")
+    return "\n".join(rows)
 
 
 def run_rounds(tools, args, notes):
@@ -465,6 +575,11 @@ def run_rounds(tools, args, notes):
     results = {tool: [] for tool in tools}
     seconds = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="memtrail-bench-") as work_dir:
+        if getattr(args, "preload", None) and any(tool.startswith("bcc") for tool in tools):
+            args.memleak_allocator = memleak_for_allocator(work_dir)
+            if not args.memleak_allocator:
+                raise BenchError("cannot point BCC's memleak at the allocator: its mmap and "
+                                 "munmap probes were not found to keep on libc")
         if "bcc-free-fix" in tools:
             args.memleak_fixed = memleak_with_free_fix(work_dir)
             if not args.memleak_fixed:

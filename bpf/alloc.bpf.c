@@ -418,6 +418,42 @@ static __always_inline bool from_operator_new(struct inflight_call *call, __u64 
 	return true;
 }
 
+/* Whether x86 condition `code` (as in jcc 0x70 + code) holds in `flags`: what the kernel's
+ * emulation of the jump at the site will decide. */
+static __always_inline bool condition_holds(__u64 code, __u64 flags)
+{
+	bool cf = flags & 0x1, pf = flags & 0x4, zf = flags & 0x40, sf = flags & 0x80,
+	     of = flags & 0x800, holds;
+
+	switch ((code >> 1) & 7) {
+	case 0:
+		holds = of;
+		break;
+	case 1:
+		holds = cf;
+		break;
+	case 2:
+		holds = zf;
+		break;
+	case 3:
+		holds = cf || zf;
+		break;
+	case 4:
+		holds = sf;
+		break;
+	case 5:
+		holds = pf;
+		break;
+	case 6:
+		holds = sf != of;
+		break;
+	default:
+		holds = zf || sf != of;
+		break;
+	}
+	return holds != (code & 1);
+}
+
 /* The site's cookie says where the pointer, the size, the return address and the caller's rbp
  * are (userspace proved it over every path through the function). */
 static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_source source)
@@ -428,6 +464,11 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	__u32 kind;
 
 	if (probe_floor || !probe_applies())
+		return 0;
+	/* A site on one edge of its jump: the other edge leads where the block is not returned
+	 * (jemalloc's empty cache bin, its slow path recording the call itself). */
+	if ((cookie & MEMTRAIL_SITE_CONDITIONAL) &&
+	    !condition_holds(cookie >> MEMTRAIL_SITE_CONDITION_SHIFT, ctx->flags))
 		return 0;
 	address = register_value(ctx, cookie >> MEMTRAIL_SITE_POINTER_SHIFT);
 	if (!address)
@@ -529,6 +570,8 @@ int handoff_enter(struct pt_regs *ctx)
 	__u64 sp = PT_REGS_SP(ctx);
 	struct taken_size *taken;
 
+	if (cookie & MEMTRAIL_HANDOFF_SIZE_PRODUCT)
+		size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
 	if (cookie & MEMTRAIL_HANDOFF_SIZE_TAKEN) {
 		taken = current_task_storage(&taken_sizes, 0);
 		/* None taken for this call: no entry, and pointer_exit counts the missed entry. */

@@ -58,6 +58,12 @@ enum memtrail_alloc_kind {
 /* The attach cookie of handoff_enter (a jump to the slow path, userspace/inspect/return_sites.h):
  * the kind and size register as in a site cookie, or this flag: site_take_size took the size. */
 #define MEMTRAIL_HANDOFF_SIZE_TAKEN (1ULL << 49)
+/* Or this flag: the size is calloc's rdi * rsi (the jump comes before the multiplication). */
+#define MEMTRAIL_HANDOFF_SIZE_PRODUCT (1ULL << 61)
+/* A site on one edge of a conditional jump (jemalloc's malloc): it records only when the x86
+ * condition code in bits 56..59 (as in jcc 0x70 + code) holds in the flags at the jump. */
+#define MEMTRAIL_SITE_CONDITION_SHIFT 56
+#define MEMTRAIL_SITE_CONDITIONAL (1ULL << 60)
 
 /* A C++ operator new that calls malloc and returns its result (userspace/inspect/operator_new.h):
  * malloc's return sites tell its calls by their return address, whose offset in its page is the
@@ -186,9 +192,11 @@ MEMTRAIL_ABI_ASSERT(MEMTRAIL_BUCKET_SLOTS == 8, "the BPF table code masks slots 
  * that holds fewer than MEMTRAIL_FIRST_BUCKET_LIMIT blocks (so that most inserts and frees touch
  * one bucket), else to the emptier of the two ("the power of two choices"). Simulated with
  * frees and allocations in steady state at the limit, no block is dropped; at 3/4 load, with
- * deletions, two choices already drop 0.7 % and the first bucket alone 2.6 %. Mapping
- * neighbouring blocks to neighbouring buckets (for locality) piles up dense heaps and glibc's
- * aligned arenas. See tests/unit/alloc_table_test.cpp. */
+ * deletions, two choices already drop 0.7 % and the first bucket alone 2.6 %. The first
+ * bucket keeps neighbouring blocks in neighbouring buckets (64 bytes of blocks a bucket, a page
+ * of them in a run of 64 buckets) for the TLB's sake; 128 bytes a bucket dropped 0.9 % of a
+ * dense heap of 16-byte blocks (8 to a bucket, 6 kept), and hashing each page to its run on its
+ * own made pages collide. See tests/unit/alloc_table_test.cpp. */
 #define MEMTRAIL_FIRST_BUCKET_LIMIT 6
 
 static inline __u64 memtrail_mix64(__u64 x)
@@ -208,6 +216,17 @@ static inline __u32 memtrail_bucket_of(__u32 tgid, __u64 address, int which, __u
 
 	if (which)
 		key ^= 0x9E3779B97F4A7C15ULL;
+	if (!which && buckets >= 2048) {
+		/* The first choice keeps a 4 KiB page of blocks in a run of 64 neighbouring buckets
+		 * (16 KiB of table, 64 bytes of blocks a bucket), and the pages of a 1 MiB region in
+		 * consecutive runs, from a place hashed from the region: blocks allocated and freed
+		 * near in time mostly lie near in memory, so their buckets share the TLB's pages, and
+		 * a dense heap fills its runs evenly. */
+		__u64 region = (address >> 20) ^ (wide_tgid << 47) ^ wide_tgid;
+		__u64 run = memtrail_mix64(region) + (address >> 12);
+
+		return (run % (buckets / 64)) * 64 + ((address >> 6) & 63);
+	}
 	return memtrail_mix64(key) % buckets;
 }
 

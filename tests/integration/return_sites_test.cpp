@@ -201,17 +201,24 @@ TEST(ReturnSites, MimallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndSta
                      "calloc probed inside, where it returns"});
 }
 
-// jemalloc's malloc returns its fast path's block by mov and ret with no emulated instruction
-// after the branch that tells a full cache bin from an empty one, and its calloc has no register
-// holding the size where it could be probed: entry and return probes, and -v says why; the
-// blocks are the same either way.
-TEST(ReturnSites, JemallocKeepsEntryAndReturnProbesAndSaysWhy) {
+// jemalloc's malloc returns its fast path's block by mov and ret after the je on its cache
+// bin's low-water mark, whose other edge can end in the slow path: each such je is a site on
+// the edge that returns the block only (its program reads the flags), and the slow path has
+// entry and return probes at the jump to it. Its calloc's sites read count * size where r14
+// still holds it, and take it earlier elsewhere.
+TEST(ReturnSites, JemallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndStacks) {
   REQUIRE_BPF_OR_SKIP();
   compare_preloaded(MEMTRAIL_LIB_JEMALLOC, "libjemalloc2",
-                    {"malloc keeps its entry and return probes: its return sites are not proven: "
-                     "no emulated instruction holds the returned pointer",
-                     "calloc keeps its entry and return probes: its return sites are not proven: "
-                     "no register holds the size asked for"});
+                    {"malloc probed inside, where it returns", "je when it falls through (r11",
+                     "slow paths left to entry and", "calloc probed inside, where it returns"});
+}
+
+// Full tcmalloc (libgoogle-perftools4): its calloc too.
+TEST(ReturnSites, FullTcmallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndStacks) {
+  REQUIRE_BPF_OR_SKIP();
+  compare_preloaded(
+      MEMTRAIL_LIB_TCMALLOC, "libgoogle-perftools4",
+      {"malloc probed inside, where it returns", "calloc probed inside, where it returns"});
 }
 
 }  // namespace

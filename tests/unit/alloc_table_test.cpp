@@ -56,7 +56,24 @@ TEST(AllocTable, CandidatesDependOnProcessAndAddress) {
   EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets),
             memtrail_bucket_of(43, address, 0, buckets));
   EXPECT_NE(memtrail_bucket_of(42, address, 0, buckets),
-            memtrail_bucket_of(42, address + 16, 0, buckets));
+            memtrail_bucket_of(42, address + (1u << 20), 0, buckets));
+  EXPECT_NE(memtrail_bucket_of(42, address, 1, buckets),
+            memtrail_bucket_of(42, address + 16, 1, buckets));
+}
+
+// The first candidates of the blocks of one 4 KiB page lie in one run of 64 buckets (16 KiB
+// of table), 64 bytes of blocks a bucket, and the next page's in the next run: blocks allocated
+// and freed near in time, mostly near in memory, share the table's pages in the TLB.
+TEST(AllocTable, NeighbouringBlocksHaveNeighbouringFirstBuckets) {
+  uint32_t buckets = memtrail_alloc_buckets_for(1u << 20);
+  uint64_t page = 0x7f0000123000;
+  uint32_t run = memtrail_bucket_of(42, page, 0, buckets) / 64;
+  for (uint64_t offset = 0; offset < 4096; offset += 16) {
+    uint32_t bucket = memtrail_bucket_of(42, page + offset, 0, buckets);
+    EXPECT_EQ(bucket / 64, run) << offset;
+    EXPECT_EQ(bucket % 64, offset / 64) << offset;
+  }
+  EXPECT_EQ(memtrail_bucket_of(42, page + 4096, 0, buckets) / 64, run + 1);
 }
 
 // glibc's thread arenas sit at 64 MiB-aligned addresses and fill alike: dense runs of 32-byte
@@ -93,6 +110,19 @@ TEST(AllocTable, ADenseHeapFitsUpToTheLimit) {
   uint64_t drops = 0;
   for (uint64_t chunk = 0; chunk < max; ++chunk) {
     drops += table.insert(99, 0x5555'5555'9010 + chunk * 32) < 0;
+  }
+  EXPECT_LE(drops, max / 10'000) << "drops: " << drops;
+}
+
+// jemalloc's and mimalloc's smallest classes: a heap of 16-byte blocks, 8 to a first bucket's
+// 128 bytes, up to the limit: the two of each 8 beyond the first bucket's limit find room in
+// their second.
+TEST(AllocTable, ADenseHeapOf16ByteBlocksFitsUpToTheLimit) {
+  const uint32_t max = 1u << 18;
+  TableModel table(max);
+  uint64_t drops = 0;
+  for (uint64_t block = 0; block < max; ++block) {
+    drops += table.insert(99, 0x7f12'3400'0000 + block * 16) < 0;
   }
   EXPECT_LE(drops, max / 10'000) << "drops: " << drops;
 }

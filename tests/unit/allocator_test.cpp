@@ -40,9 +40,29 @@ TEST(ProbePlacement, FreeSkipsNullCheckWithRel8Jump) {
   EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, code).offset, 5u);
 }
 
-TEST(ProbePlacement, FallsBackToEntryWhenTheInstructionAfterTheCheckIsNotEmulated) {
+// The instruction after the NULL check is single-stepped: the check's je itself (emulated) is
+// probed, the pointer still in rdi (free's program ignores a NULL).
+TEST(ProbePlacement, FreeIsProbedOnItsNullChecksJumpWhenTheInstructionAfterIsNotEmulated) {
   Bytes code{0x48, 0x85, 0xff, 0x74, 0x10, 0x48, 0x8b, 0x07, 0x90, 0x90, 0x90, 0x90, 0x90};
-  EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, code).offset, 0u);
+  Placement placement = choose_probe_placement(ProbeRole::kFree, code);
+  EXPECT_EQ(placement.offset, 3u);
+  EXPECT_EQ(placement.reason, "on the first jump, an emulated je, with the pointer still in rdi");
+}
+
+// jemalloc 5.3's free: loads and arithmetic (single-stepped) up to a jne, rdi untouched.
+TEST(ProbePlacement, FreeIsProbedOnTheFirstJumpOfItsStraightCode) {
+  // mov %rdi,%rax; mov %rdi,%rcx; shr $0x1a,%rax; cmp %rcx,%rax; jne +0x10; ret
+  Bytes code{0x48, 0x89, 0xf8, 0x48, 0x89, 0xf9, 0x48, 0xc1,
+             0xe8, 0x1a, 0x48, 0x39, 0xc8, 0x75, 0x10, 0xc3};
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, code).offset, 13u);
+  // Not when rdi is written on the way (lea -1(%rdi),%rdi), nor for malloc.
+  Bytes writes{0x48, 0x8d, 0x7f, 0xff, 0x75, 0x10, 0xc3};
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, writes).offset, 0u);
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kSizeAlloc, code).offset, 0u);
+  // Nor when a branch lands on the way: mov %rdi,%rax; cmp %rcx,%rax; jne; jmp back to the
+  // cmp; ret
+  Bytes lands{0x48, 0x89, 0xf8, 0x48, 0x39, 0xc8, 0x75, 0x10, 0xeb, 0xf9, 0xc3};
+  EXPECT_EQ(choose_probe_placement(ProbeRole::kFree, lands).offset, 0u);
 }
 
 TEST(ProbePlacement, FallsBackToEntryWhenABranchLandsOnTheProbedInstruction) {

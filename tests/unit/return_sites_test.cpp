@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 
@@ -222,16 +223,21 @@ TEST(ReturnSitesGlibc, CallocIsCoveredIncludingItsTailCallToMemset) {
   EXPECT_EQ(analysis.failure_offsets.size(), 1u) << analysis.reason;
 }
 
-TEST(ReturnSitesGlibc, WithoutMemsetKnownCallocFallsBack) {
+// Without memset known, calloc's tail call to it is a jump to an unknown function, and the
+// sites before it see the pointer on its way: the jne that guards the in-place zeroing becomes a
+// site on its other edge only, and the jump to memset is handed over to entry and return probes
+// (what calloc returns is what memset returns), its size taken earlier.
+TEST(ReturnSitesGlibc, WithoutMemsetKnownCallocHandsItsTailCallOver) {
   ElfFile elf = ElfFile::open(kLibc);
   ReturnSiteQuery query = libc_query(elf, "calloc", true);
   query.classify_tail_call = [](uint64_t) { return TailCall::kUnknown; };
   ReturnSiteAnalysis analysis = find_return_sites(query);
-  EXPECT_TRUE(analysis.sites.empty());
-  // The jump to memset, taken for a slow path, follows the sites that saw the pointer.
-  EXPECT_NE(analysis.reason.find("no emulated instruction holds the returned pointer"),
-            std::string::npos)
-      << analysis.reason;
+  ASSERT_FALSE(analysis.sites.empty()) << analysis.reason;
+  ASSERT_EQ(analysis.handoffs.size(), 1u) << analysis.reason;
+  EXPECT_EQ(elf.plt_target(analysis.handoffs[0].target), "memset") << analysis.reason;
+  EXPECT_TRUE(std::any_of(analysis.sites.begin(), analysis.sites.end(), [](const ReturnSite& site) {
+    return site.condition.has_value();
+  })) << analysis.reason;
 }
 
 TEST(ReturnSitesGlibc, ThePltStubOfCallocsTailCallIsMemset) {
@@ -321,28 +327,87 @@ TEST(ReturnSitesTcmalloc, MallocHasOneSiteAndFourSlowPaths) {
   EXPECT_EQ(taken, 1) << analysis.reason;
 }
 
-// jemalloc 5.3's malloc pops its cache bin and returns by mov and ret: the only emulated
-// instruction that sees the block (r11) is the je on the bin's low-water mark, whose taken edge
-// can still end in the slow path (an empty bin), where entry and return probes would record the
-// block again.
-TEST(ReturnSitesJemalloc, MallocFallsBackAndSaysWhy) {
-  ReturnSiteAnalysis analysis = analyse(kJemalloc, "malloc");
-  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
-  EXPECT_NE(analysis.reason.find("no emulated instruction holds the returned pointer"),
-            std::string::npos)
+// Full tcmalloc 2.10's calloc (libgoogle-perftools4) jumps to EmergencyCalloc before it
+// multiplies count by size: that slow path's entry probe multiplies rdi by rsi, as calloc's own
+// entry probe would.
+TEST(ReturnSitesTcmalloc, FullCallocHandsItsEmergencyPathOverWithTheArgumentsProduct) {
+  ReturnSiteAnalysis analysis = analyse("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "calloc");
+  ASSERT_FALSE(analysis.sites.empty()) << analysis.reason;
+  EXPECT_TRUE(std::any_of(analysis.handoffs.begin(), analysis.handoffs.end(),
+                          [](const HandOff& handoff) {
+                            return handoff.size_is_arguments_product && !handoff.size_register;
+                          }))
       << analysis.reason;
-  EXPECT_NE(analysis.reason.find("also leads to"), std::string::npos) << analysis.reason;
-  EXPECT_NE(analysis.reason.find("the slow path"), std::string::npos) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("(size rdi * rsi, the arguments)"), std::string::npos)
+      << analysis.reason;
 }
 
-// Its calloc returns the block through its stack protector's jne (r13 holds it there, and
-// __stack_chk_fail never returns), but by then no register holds count * size, and no emulated
-// instruction before it has it on every path.
-TEST(ReturnSitesJemalloc, CallocFallsBackForWantOfTheSize) {
-  ReturnSiteAnalysis analysis = analyse(kJemalloc, "calloc");
-  EXPECT_TRUE(analysis.sites.empty()) << analysis.reason;
-  EXPECT_NE(analysis.reason.find("no register holds the size asked for"), std::string::npos)
+// jemalloc 5.3's malloc pops its cache bin and returns by mov and ret: the only emulated
+// instructions that see the block (r11) are the two je on the bin's low-water mark, whose taken
+// edges can still end in the slow path (an empty bin), where entry and return probes record the
+// call. So each is a site on the edge that falls through to the return only (condition ne, read
+// from the flags), the size still in rdi; the jump to the slow path is handed over.
+TEST(ReturnSitesJemalloc, MallocHasTwoSitesOnTheEdgesThatReturnTheBlock) {
+  ReturnSiteAnalysis analysis = analyse(kJemalloc, "malloc");
+  ASSERT_EQ(analysis.sites.size(), 2u) << analysis.reason;
+  for (const auto& site : analysis.sites) {
+    EXPECT_EQ(site.instruction, "je") << analysis.reason;
+    EXPECT_EQ(site.condition, std::optional<uint8_t>(5)) << analysis.reason;  // ne: falls through
+    EXPECT_EQ(site.pointer_register, 11) << analysis.reason;                  // r11
+    EXPECT_EQ(site.size_register, std::optional<uint8_t>(7)) << analysis.reason;  // rdi
+    EXPECT_EQ(site.frame_bytes, 0u);
+  }
+  EXPECT_TRUE(analysis.captures.empty()) << analysis.reason;
+  ASSERT_EQ(analysis.handoffs.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.handoffs[0].size_register, std::optional<uint8_t>(7)) << analysis.reason;
+  EXPECT_TRUE(analysis.failure_offsets.empty()) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("je when it falls through (r11, size rdi)"), std::string::npos)
       << analysis.reason;
+}
+
+// Without edge sites the same code falls back: a site on both edges of the low-water je would
+// fire on the way to the slow path too. The synthetic shape: cmp; je slow; ... ret, where the
+// block is in rcx on the edge that falls through, and slow is a tail call (an unknown function)
+// with the entry's stack.
+// mov (%rdi),%rcx; cmp $0,%rdx; je slow; mov %rcx,%rax; ret; slow: jmp <outside>
+const Bytes kEdgeOnly{0x48, 0x8b, 0x0f, 0x48, 0x83, 0xfa, 0x00, 0x74, 0x04,
+                      0x48, 0x89, 0xc8, 0xc3, 0xe9, 0x00, 0x10, 0x00, 0x00};
+
+TEST(ReturnSites, AJumpThatAlsoLeadsToTheSlowPathIsASiteOnItsOtherEdgeOnly) {
+  ReturnSiteAnalysis analysis = find_return_sites(synthetic(kEdgeOnly));
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.sites[0].offset, 7u);
+  EXPECT_EQ(analysis.sites[0].pointer_register, 1);                       // rcx
+  EXPECT_EQ(analysis.sites[0].condition, std::optional<uint8_t>(5));      // ne
+  EXPECT_EQ(analysis.sites[0].size_register, std::optional<uint8_t>(7));  // rdi
+  ASSERT_EQ(analysis.handoffs.size(), 1u) << analysis.reason;
+  EXPECT_EQ(analysis.handoffs[0].offset, 13u);
+}
+
+// Its calloc zeroes the block (a call to memset) and returns it through its stack protector's
+// jne, in r13; count * size (mul) is in r14 on the fast paths until the thread-event bookkeeping
+// reuses r14. Sites on the fast paths read it there, the others take it earlier (emulated
+// jumps that see it in r14); every path is proven. The cache bin's fast path is one trap: the
+// site is the je on the bin's low-water mark, on the edge that falls through, not the call to
+// memset after it, which a refilled bin also reaches with r14 reused (that path takes the size).
+TEST(ReturnSitesJemalloc, CallocIsCoveredWithTheProductTakenWhereR14HoldsIt) {
+  ReturnSiteAnalysis analysis = analyse(kJemalloc, "calloc");
+  ASSERT_FALSE(analysis.sites.empty()) << analysis.reason;
+  for (const auto& site : analysis.sites) {
+    EXPECT_EQ(site.pointer_register, 13) << analysis.reason;  // r13
+    EXPECT_TRUE(site.size_register == std::optional<uint8_t>(14) || site.size_captured)
+        << analysis.reason;
+    EXPECT_EQ(site.frame_bytes, 6 * 8 + 0x88u) << analysis.reason;  // six pushes, sub $0x88
+  }
+  ASSERT_FALSE(analysis.captures.empty()) << analysis.reason;
+  for (const auto& capture : analysis.captures) {
+    EXPECT_EQ(capture.size_register, 14) << analysis.reason;
+  }
+  EXPECT_TRUE(std::any_of(analysis.sites.begin(), analysis.sites.end(), [](const ReturnSite& site) {
+    return site.instruction == "je" && site.condition == std::optional<uint8_t>(5) &&
+           site.size_register == std::optional<uint8_t>(14);
+  })) << analysis.reason;
+  EXPECT_FALSE(analysis.failure_offsets.empty()) << analysis.reason;
 }
 
 }  // namespace

@@ -108,6 +108,62 @@ bool is_test_rdi_rdi(const cs_insn& instruction) {
          x86.operands[1].type == X86_OP_REG && x86.operands[1].reg == X86_REG_RDI;
 }
 
+// free reads only its argument: its probe may go on the first jump (relative, conditional or
+// not, or a call: the kernel emulates those) of the straight code it starts with, if nothing
+// before it writes rdi and no branch lands on the way there (the probe would fire twice, or
+// be passed by). jemalloc's and tcmalloc's free start with loads and arithmetic, which the
+// kernel single-steps: several times an emulated trap's cost here. The jump's index, if any.
+std::optional<size_t> first_jump_keeping_rdi(csh handle, const cs_insn* raw, size_t count,
+                                             size_t first) {
+  constexpr size_t kLongestRun = 24;
+  for (size_t i = first; i < count && i < first + kLongestRun; ++i) {
+    const cs_insn& in = raw[i];
+    const cs_x86& x86 = in.detail->x86;
+    bool prefixed = x86.prefix[0] || x86.prefix[1] || x86.prefix[2] || x86.prefix[3];
+    bool relative = x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM;
+    bool branch =
+        cs_insn_group(handle, &in, CS_GRP_JUMP) || cs_insn_group(handle, &in, CS_GRP_CALL) ||
+        cs_insn_group(handle, &in, CS_GRP_RET) || cs_insn_group(handle, &in, CS_GRP_INT) ||
+        in.id == X86_INS_HLT || in.id == X86_INS_UD2;
+    if (branch) {
+      // Conditional jumps on the counter register (jrcxz, loop) are not emulated.
+      bool emulated = relative && !prefixed && in.id != X86_INS_JRCXZ && in.id != X86_INS_JECXZ &&
+                      in.id != X86_INS_JCXZ && in.id != X86_INS_LOOP && in.id != X86_INS_LOOPE &&
+                      in.id != X86_INS_LOOPNE;
+      if (!emulated || i == first) return std::nullopt;  // at the first: entry placement's case
+      // No branch of the function lands after the entry and up to the jump.
+      for (size_t j = 0; j < count; ++j) {
+        const cs_x86& other = raw[j].detail->x86;
+        bool lands = (cs_insn_group(handle, &raw[j], CS_GRP_JUMP) ||
+                      cs_insn_group(handle, &raw[j], CS_GRP_CALL)) &&
+                     other.op_count == 1 && other.operands[0].type == X86_OP_IMM &&
+                     static_cast<uint64_t>(other.operands[0].imm) > raw[first].address &&
+                     static_cast<uint64_t>(other.operands[0].imm) <= in.address;
+        if (lands) return std::nullopt;
+      }
+      return i;
+    }
+    cs_regs read_regs, write_regs;
+    uint8_t read_count = 0, write_count = 0;
+    if (cs_regs_access(handle, &in, read_regs, &read_count, write_regs, &write_count) !=
+        CS_ERR_OK) {
+      return std::nullopt;
+    }
+    for (uint8_t w = 0; w < write_count; ++w) {
+      switch (write_regs[w]) {
+        case X86_REG_RDI:
+        case X86_REG_EDI:
+        case X86_REG_DI:
+        case X86_REG_DIL:
+          return std::nullopt;
+        default:
+          break;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& code) {
@@ -150,6 +206,12 @@ Placement choose_probe_placement(ProbeRole role, const std::vector<uint8_t>& cod
   }
   if (role != ProbeRole::kFree || count < first + 3 || !is_test_rdi_rdi(raw[first]) ||
       raw[first + 1].id != X86_INS_JE || !is_emulated(raw[first + 2])) {
+    if (role == ProbeRole::kFree) {
+      if (auto jump = first_jump_keeping_rdi(handle, raw, count, first)) {
+        return {raw[*jump].address, prefix + "on the first jump, an emulated " +
+                                        raw[*jump].mnemonic + ", with the pointer still in rdi"};
+      }
+    }
     return {0, std::string("entry (") + raw[0].mnemonic + ", single-stepped)"};
   }
   uint64_t target = raw[first + 2].address;

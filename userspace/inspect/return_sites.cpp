@@ -24,6 +24,58 @@ constexpr size_t kMaxStates = 200000;
 // Rounds of choosing sites and re-verifying before giving up.
 constexpr int kMaxRounds = 64;
 
+// A site on a conditional jump records on both of its edges, or on one only: its program
+// evaluates the jump's condition from the flags (jemalloc's malloc: the je on its cache bin's
+// low-water mark sees the block on the edge that falls through to the return, and an empty bin
+// on the other, which ends in the slow path). A chosen site is its pointer register with the
+// edge in the bits above it (edge_site_choice).
+enum Edge : int { kBothEdges = 0, kTakenEdge = 1, kFallthroughEdge = 2 };
+constexpr int kEdgeShift = 4;
+int edge_site_choice(int reg, Edge edge) { return reg | edge << kEdgeShift; }
+int pointer_of(int choice) { return choice & 15; }
+Edge edge_of(int choice) { return static_cast<Edge>(choice >> kEdgeShift); }
+
+// The condition (x86 condition code, as in jcc 0x70 + code) under which a conditional jump is
+// taken; nullopt for jumps that test no flags (jrcxz, loop).
+std::optional<uint8_t> condition_code(unsigned id) {
+  switch (id) {
+    case X86_INS_JO:
+      return 0;
+    case X86_INS_JNO:
+      return 1;
+    case X86_INS_JB:
+      return 2;
+    case X86_INS_JAE:
+      return 3;
+    case X86_INS_JE:
+      return 4;
+    case X86_INS_JNE:
+      return 5;
+    case X86_INS_JBE:
+      return 6;
+    case X86_INS_JA:
+      return 7;
+    case X86_INS_JS:
+      return 8;
+    case X86_INS_JNS:
+      return 9;
+    case X86_INS_JP:
+      return 10;
+    case X86_INS_JNP:
+      return 11;
+    case X86_INS_JL:
+      return 12;
+    case X86_INS_JGE:
+      return 13;
+    case X86_INS_JLE:
+      return 14;
+    case X86_INS_JG:
+      return 15;
+    default:
+      return std::nullopt;
+  }
+}
+
 // What a register or stack slot is known to hold.
 enum Tag : uint8_t {
   kUnknown = 0,
@@ -235,6 +287,9 @@ struct Observed {
   // Entry-relative offsets holding the caller's rbp on every path.
   std::optional<std::set<int32_t>> bp_slots;
   bool captured_always = true;  // every path passed a size capture holding the size
+  // A hand-off: every path has calloc's arguments still in rdi and rsi (their product is the
+  // size: full tcmalloc's calloc jumps to EmergencyCalloc before it multiplies).
+  bool arguments_always = true;
   // The first path that fired it: each instruction with the registers holding the size there
   // and the stack depth, to choose a size capture on.
   struct Step {
@@ -711,6 +766,7 @@ class Analysis {
     std::optional<size_t> start;
     const std::map<size_t, int>* others = nullptr;
     std::optional<size_t> avoid;
+    Edge avoid_edge = kBothEdges;  // an edge site: passing `avoid` covers that edge only
   };
 
   // Explores every path; the first problem found, or kNone.
@@ -766,7 +822,8 @@ class Analysis {
       at_start = false;
       if (mode.start && !starting) {
         if (i == *mode.start) return {Problem::kLoop, where() + " is passed again", {}, 0};
-        if (mode.avoid && i == *mode.avoid) continue;  // passed: this path is covered
+        // Passed: this path is covered (on the avoided edge only, for an edge site: below).
+        if (mode.avoid && i == *mode.avoid && mode.avoid_edge == kBothEdges) continue;
         if (mode.others && mode.others->count(i)) {
           return {Problem::kConflict, "reaches the site at " + where(), {}, i};
         }
@@ -781,45 +838,54 @@ class Analysis {
       if (mode.failures && mode.failures->count(i)) {
         s.failed = static_cast<uint8_t>(std::min(s.failed + 1, 2));
       }
+      // The site at this instruction records in `s`, with the pointer in `reg`.
+      auto fire = [&](State& at, int reg) -> std::optional<Problem> {
+        if (at.fired >= 0) {
+          return Problem{Problem::kDouble,
+                         "a path passes the sites at +0x" +
+                             hex(code_[static_cast<size_t>(at.fired)].offset) + " and " + where(),
+                         path_of(node), i};
+        }
+        uint8_t tag = at.tags[static_cast<size_t>(reg)];
+        if (tag != kZero) {
+          Observed& seen_here = (*mode.observed)[i];
+          seen_here.seen = true;
+          uint16_t sizes = 0;
+          for (size_t r = 0; r < 16; ++r) {
+            if (at.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
+          }
+          seen_here.size_registers &= sizes;
+          if (!at.delta_known || (seen_here.delta && *seen_here.delta != at.delta)) {
+            seen_here.delta_consistent = false;
+          }
+          seen_here.delta = at.delta;
+          if (at.tags[kRbp] != kCallerBp) seen_here.bp_in_register = false;
+          std::set<int32_t> bp;
+          for (const auto& [offset, slot_tag] : at.slots) {
+            if (slot_tag == kCallerBp) bp.insert(offset);
+          }
+          if (seen_here.bp_slots) {
+            std::set<int32_t> both;
+            std::set_intersection(seen_here.bp_slots->begin(), seen_here.bp_slots->end(),
+                                  bp.begin(), bp.end(), std::inserter(both, both.begin()));
+            bp = both;
+          }
+          seen_here.bp_slots = bp;
+          if (!at.captured) seen_here.captured_always = false;
+          if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
+          at.tags[static_cast<size_t>(reg)] = kValue;
+          at.fired = static_cast<int16_t>(i);
+        }
+        return std::nullopt;
+      };
+      // A site on one edge of a conditional jump records on that edge only (below).
+      std::optional<int> edge_site;
       if (mode.sites) {
         auto site = mode.sites->find(i);
-        if (site != mode.sites->end()) {
-          if (s.fired >= 0) {
-            return {Problem::kDouble,
-                    "a path passes the sites at +0x" +
-                        hex(code_[static_cast<size_t>(s.fired)].offset) + " and " + where(),
-                    path_of(node), i};
-          }
-          uint8_t tag = s.tags[static_cast<size_t>(site->second)];
-          if (tag != kZero) {
-            Observed& seen_here = (*mode.observed)[i];
-            seen_here.seen = true;
-            uint16_t sizes = 0;
-            for (size_t r = 0; r < 16; ++r) {
-              if (s.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
-            }
-            seen_here.size_registers &= sizes;
-            if (!s.delta_known || (seen_here.delta && *seen_here.delta != s.delta)) {
-              seen_here.delta_consistent = false;
-            }
-            seen_here.delta = s.delta;
-            if (s.tags[kRbp] != kCallerBp) seen_here.bp_in_register = false;
-            std::set<int32_t> bp;
-            for (const auto& [at, slot_tag] : s.slots) {
-              if (slot_tag == kCallerBp) bp.insert(at);
-            }
-            if (seen_here.bp_slots) {
-              std::set<int32_t> both;
-              std::set_intersection(seen_here.bp_slots->begin(), seen_here.bp_slots->end(),
-                                    bp.begin(), bp.end(), std::inserter(both, both.begin()));
-              bp = both;
-            }
-            seen_here.bp_slots = bp;
-            if (!s.captured) seen_here.captured_always = false;
-            if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
-            s.tags[static_cast<size_t>(site->second)] = kValue;
-            s.fired = static_cast<int16_t>(i);
-          }
+        if (site != mode.sites->end() && edge_of(site->second) != kBothEdges) {
+          edge_site = site->second;
+        } else if (site != mode.sites->end()) {
+          if (auto problem = fire(s, pointer_of(site->second))) return *problem;
         }
       }
       auto next = [&](State state) -> std::optional<Problem> {
@@ -858,6 +924,9 @@ class Analysis {
         }
         seen_here.size_registers &= sizes;
         if (!state.captured) seen_here.captured_always = false;
+        if (state.tags[kRdi] != kArg0 || state.tags[kRsi] != kArg1) {
+          seen_here.arguments_always = false;
+        }
         if (seen_here.first_path.empty()) seen_here.first_path = steps_of(node);
         return {};
       };
@@ -911,6 +980,13 @@ class Analysis {
           State taken = s, fallthrough = s;
           int8_t tested = s.zero_test;
           bool taken_done = false, fallthrough_done = false;
+          if (edge_site) {
+            State& edge = edge_of(*edge_site) == kTakenEdge ? taken : fallthrough;
+            if (auto problem = fire(edge, pointer_of(*edge_site))) return *problem;
+          }
+          if (mode.start && !starting && mode.avoid && i == *mode.avoid) {
+            (mode.avoid_edge == kTakenEdge ? taken_done : fallthrough_done) = true;
+          }
           if (s.one_test != kNoRegister && (in.id == X86_INS_JE || in.id == X86_INS_JNE)) {
             known_one(in.id == X86_INS_JE ? taken : fallthrough, s.one_test);
           }
@@ -1068,11 +1144,13 @@ class Analysis {
     return "no set of failure sites found in " + std::to_string(kMaxRounds) + " rounds";
   }
 
-  // From `candidate`, with the pointer in `reg`: every path returns that pointer (or finds it
-  // NULL, or aborts) without passing the candidate again or a site of `others`, and, with
-  // `avoid`, passes it before returning.
-  Problem final_check(size_t candidate, int reg, const std::map<size_t, int>* others,
-                      std::optional<size_t> avoid = std::nullopt) const {
+  // From `candidate`, with the pointer in a register (`choice`: edge_site_choice): every path
+  // returns that pointer (or finds it NULL, or aborts) without passing the candidate again or a
+  // site of `others`, and, with `avoid` (and its choice's edge), passes it before returning.
+  // An edge site's paths start on its edge.
+  Problem final_check(size_t candidate, int choice, const std::map<size_t, int>* others,
+                      std::optional<size_t> avoid = std::nullopt, int avoid_choice = 0) const {
+    int reg = pointer_of(choice);
     State s;
     s.tags[static_cast<size_t>(reg)] = kValue;
     s.fired = static_cast<int16_t>(candidate);
@@ -1081,7 +1159,25 @@ class Analysis {
     mode.start = candidate;
     mode.others = others;
     mode.avoid = avoid;
-    return explore(candidate, s, mode);
+    mode.avoid_edge = edge_of(avoid_choice);
+    size_t first = candidate;
+    if (edge_of(choice) != kBothEdges) {
+      const Instruction& in = code_[candidate];
+      bool taken = edge_of(choice) == kTakenEdge;
+      // On the edge a je or jne takes when the tested register is zero, the pointer is NULL:
+      // nothing to record there.
+      if (s.zero_test == reg && taken == (in.id == X86_INS_JE)) {
+        return {Problem::kFatal, "sees NULL only on that edge", {}, 0};
+      }
+      s.zero_test = kNoRegister;
+      auto target = index_of_target(in.target);
+      if (in.flow != Flow::kConditional || !condition_code(in.id) || (taken && !target) ||
+          (!taken && candidate + 1 >= code_.size())) {
+        return {Problem::kFatal, "no edge to start from", {}, 0};
+      }
+      first = taken ? *target : candidate + 1;
+    }
+    return explore(first, s, mode);
   }
 
   // The register a `test r,r` (or `cmp $0,r`) right before a je or jne at `candidate` tests,
@@ -1098,11 +1194,25 @@ class Analysis {
     return s.zero_test;
   }
 
-  std::optional<int> final_register(size_t candidate) const {
+  // The choice (edge_site_choice) of a site at `candidate` recording on `edge`.
+  std::optional<int> final_register(size_t candidate, Edge edge = kBothEdges) const {
     for (int reg : {kRax, kRdi, kRbx, kRbp, 12, 13, 14, 15, kRcx, kRdx, kRsi, 8, 9, 10, 11}) {
-      if (final_check(candidate, reg, nullptr).kind == Problem::kNone) return reg;
+      int choice = edge_site_choice(reg, edge);
+      if (final_check(candidate, choice, nullptr).kind == Problem::kNone) return choice;
     }
     return std::nullopt;
+  }
+
+  // A conditional jump on `path` at position `n` that is no site on both edges may be one on
+  // the edge the path takes (its program tests the flags): that edge.
+  std::optional<Edge> edge_on_path(const std::vector<size_t>& path, size_t n) const {
+    const Instruction& in = code_[path[n]];
+    if (in.flow != Flow::kConditional || !condition_code(in.id) || n + 1 >= path.size()) {
+      return std::nullopt;
+    }
+    auto target = index_of_target(in.target);
+    if (target && *target == path[n] + 1) return std::nullopt;  // both edges lead there
+    return path[n + 1] == path[n] + 1 ? kFallthroughEdge : kTakenEdge;
   }
 
   // Adds a site for an uncovered path: the latest emulated instruction on it that every
@@ -1134,6 +1244,19 @@ class Analysis {
     return "";
   }
 
+  // Whether a site at `candidate` beside `sites` is passed, on some path verification
+  // explores before its first problem, with no register holding the size (jemalloc's calloc:
+  // its call to memset, which a refilled cache bin reaches with r14 reused).
+  bool loses_size_elsewhere(size_t candidate, int choice,
+                            const std::map<size_t, int>& sites) const {
+    std::map<size_t, int> trial = sites;
+    trial[candidate] = choice;
+    std::map<size_t, Observed> observed, handoffs;
+    verify(trial, observed, nullptr, nullptr, &handoffs);
+    auto seen = observed.find(candidate);
+    return seen != observed.end() && seen->second.seen && seen->second.size_registers == 0;
+  }
+
   // Candidates where a register holds the size on this path come first: a site without one
   // needs a size capture, a second trap (mimalloc's calloc: its je on the free list rather than
   // its call to memset).
@@ -1146,7 +1269,11 @@ class Analysis {
       if (!code_[i].emulated || banned.count(i) || sites.count(i) || !listed.insert(i).second) {
         continue;
       }
-      if (auto reg = final_register(i)) {
+      std::optional<int> reg = final_register(i);
+      if (!reg) {
+        if (auto edge = edge_on_path(path, n)) reg = final_register(i, *edge);
+      }
+      if (reg) {
         finals.emplace_back(i, *reg);
         if (n < sizes.size() && sizes[n] != 0) sized.insert(i);
       }
@@ -1160,10 +1287,14 @@ class Analysis {
         if (sized.count(it->first) == static_cast<size_t>(with_size)) ordered.push_back(*it);
       }
     }
+    // The first clear candidate with a size here that another path reaches without one: kept
+    // in case no clear candidate keeps its size on every path seen.
+    std::optional<std::pair<size_t, int>> size_lost_elsewhere;
     for (auto it = ordered.begin(); it != ordered.end(); ++it) {
       auto [candidate, reg] = *it;
+      if (size_lost_elsewhere && !sized.count(candidate)) break;
       if (candidate != earliest &&
-          final_check(earliest, earliest_reg, nullptr, candidate).kind != Problem::kNone) {
+          final_check(earliest, earliest_reg, nullptr, candidate, reg).kind != Problem::kNone) {
         continue;  // some return from the earliest point does not pass it
       }
       bool clear = true;
@@ -1179,10 +1310,18 @@ class Analysis {
           clear = false;
         }
       }
+      if (clear && sized.count(candidate) && loses_size_elsewhere(candidate, reg, sites)) {
+        if (!size_lost_elsewhere) size_lost_elsewhere = std::make_pair(candidate, reg);
+        continue;  // a site without the size needs a capture before it: a second trap
+      }
       if (clear) {
         sites[candidate] = reg;
         return true;
       }
+    }
+    if (size_lost_elsewhere) {
+      sites[size_lost_elsewhere->first] = size_lost_elsewhere->second;
+      return true;
     }
     if (in_the_way.empty()) return false;
     for (size_t site : in_the_way) {
@@ -1221,7 +1360,12 @@ class Analysis {
       }
       ReturnSite site;
       site.offset = in.offset;
-      site.pointer_register = static_cast<uint8_t>(reg);
+      site.pointer_register = static_cast<uint8_t>(pointer_of(reg));
+      if (edge_of(reg) != kBothEdges) {
+        // Recorded when the jump goes the site's way: its condition, or the opposite one.
+        site.condition = static_cast<uint8_t>(*condition_code(in.id) ^
+                                              (edge_of(reg) == kFallthroughEdge ? 1 : 0));
+      }
       site.frame_bytes = static_cast<uint32_t>(-*o.delta);
       site.instruction = in.mnemonic;
       if (o.size_registers != 0) {
@@ -1243,8 +1387,11 @@ class Analysis {
         }
         site.saved_bp_offset = static_cast<uint32_t>(*o.bp_slots->begin() - *o.delta);
       }
-      list += (list.empty() ? "" : ", ") + where + " " + in.mnemonic + " (" +
-              register_name(site.pointer_register) + ", size " +
+      list += (list.empty() ? "" : ", ") + where + " " + in.mnemonic +
+              (edge_of(reg) == kTakenEdge         ? " when taken"
+               : edge_of(reg) == kFallthroughEdge ? " when it falls through"
+                                                  : "") +
+              " (" + register_name(site.pointer_register) + ", size " +
               (site.size_register   ? std::string(register_name(*site.size_register))
                : site.size_captured ? std::string("as taken earlier")
                                     : std::string("usable, from the chunk header")) +
@@ -1271,19 +1418,22 @@ class Analysis {
             break;
           }
         }
+      } else if (!o.captured_always && query_.product_of_arguments && o.arguments_always) {
+        handoff.size_is_arguments_product = true;
       } else if (!o.captured_always) {
         return unproven("no register holds the size asked for at the jump to the slow path at " +
                         where + ", and no emulated instruction before it takes it on every path");
       }
       result.handoffs.push_back(handoff);
-      result.reason +=
-          std::string(result.handoffs.size() == 1 ? "; " : ", ") +
-          (result.handoffs.size() == 1 ? "slow paths left to entry and return probes "
-                                         "at the jumps to them: "
-                                       : "") +
-          where + " (size " +
-          (handoff.size_register ? register_name(*handoff.size_register) : "as taken earlier") +
-          ")";
+      result.reason += std::string(result.handoffs.size() == 1 ? "; " : ", ") +
+                       (result.handoffs.size() == 1 ? "slow paths left to entry and return probes "
+                                                      "at the jumps to them: "
+                                                    : "") +
+                       where + " (size " +
+                       (handoff.size_register               ? register_name(*handoff.size_register)
+                        : handoff.size_is_arguments_product ? "rdi * rsi, the arguments"
+                                                            : "as taken earlier") +
+                       ")";
     }
     for (size_t i : failures) result.failure_offsets.push_back(code_[i].offset);
     result.reason += "; failed calls (NULL) counted at";

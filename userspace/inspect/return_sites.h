@@ -42,6 +42,10 @@ struct ReturnSite {
   uint32_t frame_bytes = 0;  // the return address is at site %rsp + frame_bytes
   // Where the caller's %rbp is at the site: in %rbp (nullopt), or saved at site %rsp + this.
   std::optional<uint32_t> saved_bp_offset;
+  // A conditional jump may see the pointer on one edge only (the other leads to a slow path
+  // recorded by its own probes): then the site records only when this condition holds (x86
+  // condition code, as in jcc 0x70 + code: 4 e, 5 ne, ...), read from the flags at the jump.
+  std::optional<uint8_t> condition;
   std::string instruction;  // e.g. "jne", for -v
 };
 
@@ -66,6 +70,10 @@ struct HandOff {
   // SizeCapture took earlier in the same call.
   std::optional<uint8_t> size_register;
   uint64_t target = 0;  // virtual address jumped to, for -v
+  // calloc's: no register holds count * size, but rdi and rsi still hold count and size (the
+  // jump comes before the multiplication): handoff_enter multiplies them, as calloc's entry
+  // probe does.
+  bool size_is_arguments_product = false;
 };
 
 // Either sites covering every return (each successful call passes exactly one, and a failed

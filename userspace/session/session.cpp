@@ -186,9 +186,12 @@ void Session::attach_all() {
         if (tracer_.uses_return_sites(function)) {
           std::cerr << "memtrail: pid " << process.info.pid << ": " << function.name
                     << " probed inside, where it returns ("
-                    << (function.handoffs.empty() ? "one trap a call"
-                                                  : "one trap a call on its fast path, two on "
-                                                    "a slow path it hands off to")
+                    << (function.size_captures.empty()
+                            ? "one trap a call"
+                            : "one trap a call, two where the size is taken before the site")
+                    << (function.handoffs.empty() ? ""
+                                                  : "; entry and return probes on a slow path it "
+                                                    "hands off to")
                     << "): " << function.return_sites_reason << "\n";
           continue;
         }

@@ -140,6 +140,10 @@ constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::Return
     cookie |= uint64_t{*site.saved_bp_offset & 0xffff} << MEMTRAIL_SITE_BP_SHIFT;
     cookie |= MEMTRAIL_SITE_BP_SAVED;
   }
+  if (site.condition) {
+    cookie |= uint64_t{*site.condition & 0xfu} << MEMTRAIL_SITE_CONDITION_SHIFT;
+    cookie |= MEMTRAIL_SITE_CONDITIONAL;
+  }
   return cookie;
 }
 
@@ -149,6 +153,8 @@ constexpr uint64_t handoff_cookie(model::AllocationKind kind, const inspect::Han
   uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
   if (handoff.size_register) {
     cookie |= uint64_t{*handoff.size_register} << MEMTRAIL_SITE_SIZE_SHIFT;
+  } else if (handoff.size_is_arguments_product) {
+    cookie |= MEMTRAIL_HANDOFF_SIZE_PRODUCT;
   } else {
     cookie |= MEMTRAIL_HANDOFF_SIZE_TAKEN;
   }
