@@ -241,13 +241,12 @@ __noinline __u64 python_listed_thread_state(__u64 runtime, __u64 pthread_id)
 
 /* Reads the calling thread's PyThreadState into window->tstate: the GIL holder's when that is
  * this thread (the common case: Python code allocating), else the listed one that is. False
- * when none is, or it cannot be read. */
-static __always_inline bool python_thread_state(struct python_window *window, __u64 runtime,
-						__u64 pthread_id)
+ * when none is, or it cannot be read. A global function: checked once by the verifier. */
+__noinline bool python_thread_state(struct python_window *window, __u64 runtime, __u64 pthread_id)
 {
 	__u64 tstate;
 
-	if (!runtime || !pthread_id)
+	if (!window || !runtime || !pthread_id)
 		return false;
 	tstate = read_user_u64(runtime + python_layout.runtime_tstate_current);
 	if (read_thread_state(window, tstate) &&
@@ -297,8 +296,8 @@ capture_python(__u32 tgid, __u64 sp, __u64 *hash, struct walk_scratch *scratch)
 	} else {
 		cframe = tstate_u64(window, python_layout.tstate_cframe);
 		frame.word[0] = 0;
-		if (!cframe || stack_read(&scratch->span, &frame, 8,
-					  cframe + python_layout.cframe_current_frame))
+		if (!cframe ||
+		    stack_read(scratch, &frame, 8, cframe + python_layout.cframe_current_frame))
 			frame.word[0] = 0;
 		walk.frame = frame.word[0];
 		stack_span_reach(&scratch->span, cframe + python_layout.cframe_current_frame + 8);

@@ -145,10 +145,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	else
 		bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
 	stack->flags = walk.flags;
-	if (scratch->python) {
-		stack_span_reach(&scratch->span, walk.sp);
-		stack_span_learn(&scratch->span);
-	}
+	stack_span_learn(&scratch->span, walk.sp);
 	hash = ((walk.hash ^ walk.depth) ^ python_hash) * 0x100000001B3ULL;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);

@@ -172,11 +172,16 @@ struct {
 
 /* Reads the stack from `sp` up into `span`, as far as span->want says (rounded up), or when
  * that crosses the end of the stack's mapping (the read fails whole), the rest of sp's page
- * (mapped: it holds the frame at sp). */
-static __always_inline void stack_span_fill(struct stack_span *span, __u64 sp)
+ * (mapped: it holds the frame at sp). A global function, as the two below: the verifier checks
+ * each once, and their branches do not multiply the paths of the program that calls them
+ * (inlined, the three made loading each record program take twice as long, measured). */
+__noinline int stack_span_fill(struct stack_span *span, __u64 sp)
 {
-	__u64 size = (span->want + 255) & ~255ULL;
+	__u64 size;
 
+	if (!span)
+		return 0;
+	size = (span->want + 255) & ~255ULL;
 	if (size < STACK_SPAN_MIN)
 		size = STACK_SPAN_MIN;
 	if (size > STACK_SPAN)
@@ -186,31 +191,42 @@ static __always_inline void stack_span_fill(struct stack_span *span, __u64 sp)
 	span->reach = 0;
 	if (!bpf_probe_read_user(span->bytes, size, (const void *)sp)) {
 		span->length = size;
-		return;
+		return 0;
 	}
 	size = ((sp | 4095) + 1) - sp;
 	if (size <= STACK_SPAN && !bpf_probe_read_user(span->bytes, size, (const void *)sp))
 		span->length = size;
+	return 0;
 }
 
 /* Notes that the walk in progress needed the span's bytes up to `end`. */
-static __always_inline void stack_span_reach(struct stack_span *span, __u64 end)
+__noinline int stack_span_reach(struct stack_span *span, __u64 end)
 {
-	__u64 reach = end - span->low;
+	__u64 reach;
 
+	if (!span)
+		return 0;
+	reach = end - span->low;
 	if (end > span->low && reach <= STACK_SPAN && reach > span->reach)
 		span->reach = reach;
+	return 0;
 }
 
-/* After a walk: the next fill reads as far as this walk went, or as the last ones went less an
- * eighth (allocating functions differ in depth: the deepest recent one sets the size, the
- * others are served from it). */
-static __always_inline void stack_span_learn(struct stack_span *span)
+/* After a walk that ended at stack pointer `end` (a CPython process's; others have no span):
+ * the next fill reads as far as this walk went, or as the last ones went less an eighth
+ * (allocating functions differ in depth: the deepest recent one sets the size, the others are
+ * served from it). */
+__noinline int stack_span_learn(struct stack_span *span, __u64 end)
 {
-	__u64 want = span->want;
+	__u64 want;
 
+	if (!span || !span->length)
+		return 0;
+	stack_span_reach(span, end);
+	want = span->want;
 	want -= want >> 3;
 	span->want = span->reach > want ? span->reach : want;
+	return 0;
 }
 
 /* Two words of stack, as read by stack_read. */
@@ -218,19 +234,22 @@ struct stack_words {
 	__u64 word[2];
 };
 
-/* The `length` (8 or 16) bytes of stack at `address`, into `words`: from `span` when it holds
- * them, else read from the process. 0 when read, as bpf_probe_read_user. A global function: the
- * verifier checks it once; inlined in each read of a frame step, its two ways of filling the
- * words (a load from the span, a helper's write) kept the states of the step's paths from
- * converging (3x the instructions processed to load a program, measured). */
-__noinline long stack_read(struct stack_span *span, struct stack_words *words, __u32 length,
+/* The `length` (8 or 16) bytes of stack at `address`, into `words`: from the span of `scratch`
+ * (NULL: none) when it holds them, else read from the process. 0 when read, as
+ * bpf_probe_read_user. A global function: the verifier checks it once; inlined in each read of a
+ * frame step, its two ways of filling the words (a load from the span, a helper's write) kept
+ * the states of the step's paths from converging (3x the instructions processed to load a
+ * program, measured). */
+__noinline long stack_read(struct walk_scratch *scratch, struct stack_words *words, __u32 length,
 			   __u64 address)
 {
+	struct stack_span *span;
 	__u64 offset;
 
 	if (!words)
 		return -1;
-	if (span) {
+	if (scratch) {
+		span = &scratch->span;
 		offset = address - span->low;
 		if (offset <= STACK_SPAN - 16 && offset + length <= span->length) {
 			words->word[0] = *(__u64 *)&span->bytes[offset];
@@ -450,8 +469,8 @@ __noinline int stack_memo_note(struct stack_memo *memo, __u64 address, __u64 fir
 static __always_inline void memo_note(struct walk *walk, __u64 address, __u64 first, __u64 second,
 				      __u64 length)
 {
-	/* (dropped: set from the start for a CPython process, whose stacks are not memoized) */
-	if (walk->memo && !walk->memo->dropped)
+	/* (stack_memo_note returns at once for a CPython process: dropped from the start) */
+	if (walk->memo)
 		stack_memo_note(walk->memo, address, first, second, length);
 }
 
@@ -514,7 +533,7 @@ static __always_inline void stack_memo_begin(struct stack_memo *memo)
 static __always_inline long walk_read(struct walk *walk, struct stack_words *words, __u32 length,
 				      __u64 address)
 {
-	return stack_read(walk->scratch ? &walk->scratch->span : NULL, words, length, address);
+	return stack_read(walk->scratch, words, length, address);
 }
 
 #define WALK_CONTINUE 0
