@@ -1759,7 +1759,12 @@ TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsRe
   EXPECT_NE(stderr_text.find("held at Py_FinalizeEx"), std::string::npos) << stderr_text;
   json report = read_json(json_path);
   auto found = types_at(report, "late@" + std::to_string(lines["late"]));
-  EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}})) << describe(found);
+  // On a failure: where the process's Late instances are, if anywhere, and what memtrail said.
+  std::string elsewhere =
+      report["python_types"].dump() + "\n" + report["python_objects"].dump() + "\n" + stderr_text;
+  EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}}))
+      << describe(found) << "\n"
+      << elsewhere;
   EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
   EXPECT_EQ(report["python_objects"]["mode"], "exact");
 }
