@@ -10,6 +10,8 @@
 #include <set>
 #include <vector>
 
+#include "inspect/x86_code.h"
+
 namespace memtrail::inspect {
 namespace {
 
@@ -44,8 +46,6 @@ x86_reg family(x86_reg reg) {
   }
 }
 
-enum class Flow { kNext, kRet, kJump, kConditional, kCall, kIndirectCall, kIndirectJump, kStop };
-
 struct Instruction {
   uint64_t offset = 0;
   uint32_t size = 0;
@@ -61,65 +61,23 @@ struct Instruction {
 // The whole of `code`, or nullopt with `reason` set.
 std::optional<std::vector<Instruction>> decode(uint64_t address, const std::vector<uint8_t>& code,
                                                std::string& reason) {
-  csh handle = 0;
-  if (cs_open(CS_ARCH_X86, CS_MODE_64, &handle) != CS_ERR_OK) {
-    reason = "no disassembler";
-    return std::nullopt;
-  }
-  struct Closer {
-    csh* handle;
-    ~Closer() { cs_close(handle); }
-  } closer{&handle};
-  cs_option(handle, CS_OPT_DETAIL, CS_OPT_ON);
-  cs_insn* raw = nullptr;
-  size_t count = cs_disasm(handle, code.data(), code.size(), address, 0, &raw);
-  std::unique_ptr<cs_insn, std::function<void(cs_insn*)>> owned(
-      raw, [count](cs_insn* p) { cs_free(p, count); });
-  std::vector<Instruction> decoded;
-  uint64_t end = 0;
-  for (size_t i = 0; i < count; ++i) {
-    const cs_insn& in = raw[i];
+  auto decoded = decode_x86(address, code, reason);
+  if (!decoded) return std::nullopt;
+  std::vector<Instruction> instructions;
+  for (DecodedInstruction& in : *decoded) {
     Instruction instruction;
-    instruction.offset = in.address - address;
+    instruction.offset = in.offset;
     instruction.size = in.size;
     instruction.id = in.id;
-    instruction.mnemonic = in.mnemonic;
-    instruction.x86 = in.detail->x86;
-    const cs_x86& x86 = in.detail->x86;
-    bool relative = x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM;
-    instruction.prefixed = x86.prefix[0] || x86.prefix[1] || x86.prefix[2] || x86.prefix[3];
-    if (in.id == X86_INS_RET) {
-      instruction.flow = Flow::kRet;
-    } else if (in.id == X86_INS_JMP) {
-      instruction.flow = relative ? Flow::kJump : Flow::kIndirectJump;
-    } else if (cs_insn_group(handle, &in, CS_GRP_JUMP)) {
-      instruction.flow = relative ? Flow::kConditional : Flow::kIndirectJump;
-    } else if (in.id == X86_INS_CALL) {
-      instruction.flow = relative ? Flow::kCall : Flow::kIndirectCall;
-    } else if (in.id == X86_INS_HLT || in.id == X86_INS_UD2 || in.id == X86_INS_INT3) {
-      instruction.flow = Flow::kStop;
-    }
-    if (relative && instruction.flow != Flow::kNext) {
-      instruction.target = static_cast<uint64_t>(x86.operands[0].imm);
-    }
-    cs_regs read_regs, write_regs;
-    uint8_t read_count = 0, write_count = 0;
-    if (cs_regs_access(handle, &in, read_regs, &read_count, write_regs, &write_count) !=
-        CS_ERR_OK) {
-      reason = "capstone cannot say which registers " + instruction.mnemonic + " writes";
-      return std::nullopt;
-    }
-    for (uint8_t w = 0; w < write_count; ++w) {
-      instruction.written.insert(family(static_cast<x86_reg>(write_regs[w])));
-    }
-    decoded.push_back(std::move(instruction));
-    end = in.address - address + in.size;
+    instruction.mnemonic = std::move(in.mnemonic);
+    instruction.flow = in.flow;
+    instruction.target = in.target;
+    instruction.prefixed = in.prefixed;
+    for (x86_reg reg : in.written) instruction.written.insert(family(reg));
+    instruction.x86 = in.x86;
+    instructions.push_back(std::move(instruction));
   }
-  if (end < code.size()) {
-    reason = "undecodable byte at +0x" + hex(end);
-    return std::nullopt;
-  }
-  return decoded;
+  return instructions;
 }
 
 bool is_register(const cs_x86_op& operand, x86_reg reg) {

@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "inspect/x86_code.h"
+
 namespace memtrail::inspect {
 namespace {
 
@@ -179,41 +181,6 @@ int gpr_of(unsigned reg) {
   }
 }
 
-bool is_64bit_register(unsigned reg) {
-  switch (reg) {
-    case X86_REG_RAX:
-    case X86_REG_RCX:
-    case X86_REG_RDX:
-    case X86_REG_RBX:
-    case X86_REG_RSP:
-    case X86_REG_RBP:
-    case X86_REG_RSI:
-    case X86_REG_RDI:
-    case X86_REG_R8:
-    case X86_REG_R9:
-    case X86_REG_R10:
-    case X86_REG_R11:
-    case X86_REG_R12:
-    case X86_REG_R13:
-    case X86_REG_R14:
-    case X86_REG_R15:
-      return true;
-    default:
-      return false;
-  }
-}
-
-enum class Flow {
-  kNext,  // falls through
-  kRet,
-  kJump,          // jmp rel
-  kConditional,   // jcc rel: both
-  kIndirectJump,  // jmp *reg / *mem
-  kCall,          // call rel
-  kIndirectCall,  // call *reg / *mem
-  kStop,          // hlt, ud2, int3: the process ends here
-};
-
 struct Instruction {
   uint64_t offset = 0;
   uint64_t size = 0;
@@ -377,90 +344,29 @@ class Analysis {
   }
 
   bool decode() {
-    csh handle = 0;
-    if (cs_open(CS_ARCH_X86, CS_MODE_64, &handle) != CS_ERR_OK) {
-      reason_ = "no disassembler";
-      return false;
-    }
-    struct Closer {
-      csh* handle;
-      ~Closer() { cs_close(handle); }
-    } closer{&handle};
-    cs_option(handle, CS_OPT_DETAIL, CS_OPT_ON);
-    cs_insn* raw = nullptr;
-    size_t count =
-        cs_disasm(handle, query_.code.data(), query_.code.size(), query_.address, 0, &raw);
-    std::unique_ptr<cs_insn, std::function<void(cs_insn*)>> owned(
-        raw, [count](cs_insn* p) { cs_free(p, count); });
-    if (count == 0) {
+    auto decoded = decode_x86(query_.address, query_.code, reason_);
+    if (!decoded) return false;
+    if (decoded->empty()) {
       reason_ = "code could not be decoded";
       return false;
     }
-    uint64_t decoded = 0;
-    for (size_t i = 0; i < count; ++i) {
-      const cs_insn& in = raw[i];
+    for (DecodedInstruction& in : *decoded) {
       Instruction instruction;
-      instruction.offset = in.address - query_.address;
+      instruction.offset = in.offset;
       instruction.size = in.size;
       instruction.id = in.id;
-      instruction.mnemonic = in.mnemonic;
-      instruction.x86 = in.detail->x86;
-      const cs_x86& x86 = in.detail->x86;
-      bool relative = x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM;
-      bool prefixed = x86.prefix[0] || x86.prefix[1] || x86.prefix[2] || x86.prefix[3];
-      bool jump = cs_insn_group(handle, &in, CS_GRP_JUMP);
-      if (in.id == X86_INS_RET) {
-        instruction.flow = Flow::kRet;
-      } else if (in.id == X86_INS_JMP) {
-        instruction.flow = relative ? Flow::kJump : Flow::kIndirectJump;
-      } else if (jump) {
-        instruction.flow = relative ? Flow::kConditional : Flow::kIndirectJump;
-      } else if (in.id == X86_INS_CALL) {
-        instruction.flow = relative ? Flow::kCall : Flow::kIndirectCall;
-      } else if (in.id == X86_INS_HLT || in.id == X86_INS_UD2 || in.id == X86_INS_INT3) {
-        instruction.flow = Flow::kStop;
-      }
-      if (relative && instruction.flow != Flow::kNext) {
-        instruction.target = static_cast<uint64_t>(x86.operands[0].imm);
-      }
-      // What the kernel emulates rather than single-steps: relative jumps, conditional
-      // jumps and calls, the one-byte nop, and push of a register, none with a prefix
-      // (branch_setup_xol_ops refuses some, e.g. 0x66).
-      switch (in.id) {
-        case X86_INS_PUSH:
-          instruction.emulated = !prefixed && x86.op_count == 1 &&
-                                 x86.operands[0].type == X86_OP_REG &&
-                                 is_64bit_register(x86.operands[0].reg);
-          break;
-        case X86_INS_NOP:
-          instruction.emulated = in.size == 1;
-          break;
-        default:
-          instruction.emulated =
-              !prefixed && relative &&
-              (instruction.flow == Flow::kJump || instruction.flow == Flow::kConditional ||
-               instruction.flow == Flow::kCall);
-      }
-      cs_regs read_regs, write_regs;
-      uint8_t read_count = 0, write_count = 0;
-      if (cs_regs_access(handle, &in, read_regs, &read_count, write_regs, &write_count) ==
-          CS_ERR_OK) {
-        for (uint8_t w = 0; w < write_count; ++w) {
-          if (write_regs[w] == X86_REG_EFLAGS) instruction.writes_flags = true;
-          int gpr = gpr_of(write_regs[w]);
-          if (gpr != kNoRegister) instruction.written.push_back(gpr);
-        }
-      } else {
-        reason_ = "capstone cannot say which registers " + instruction.mnemonic + " writes";
-        return false;
+      instruction.flow = in.flow;
+      instruction.target = in.target;
+      instruction.emulated = in.emulated;
+      instruction.mnemonic = std::move(in.mnemonic);
+      instruction.x86 = in.x86;
+      for (x86_reg reg : in.written) {
+        if (reg == X86_REG_EFLAGS) instruction.writes_flags = true;
+        int gpr = gpr_of(reg);
+        if (gpr != kNoRegister) instruction.written.push_back(gpr);
       }
       index_[instruction.offset] = code_.size();
       code_.push_back(std::move(instruction));
-      decoded = in.address - query_.address + in.size;
-    }
-    if (decoded < query_.code.size()) {
-      reason_ = "undecodable byte at +0x" + hex(decoded);
-      return false;
     }
     for (const Instruction& in : code_) {
       if (in.flow == Flow::kJump || in.flow == Flow::kConditional || in.flow == Flow::kCall) {
