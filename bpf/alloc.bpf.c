@@ -830,6 +830,26 @@ int python_object_created(struct pt_regs *ctx)
 /* SIGSTOP as the kernel numbers it on x86-64 (vmlinux.h carries no macros). */
 #define MEMTRAIL_SIGSTOP 19
 
+/* Stops the calling process (the signal is acted on when the task returns to user mode):
+ * the flag of its event that says whether it is held. */
+static __always_inline __u8 hold_current_process(void)
+{
+	return bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
+						      : MEMTRAIL_REGION_HOLD_FAILED;
+}
+
+/* An event about the calling thread's process, `flags` saying whether it is held. */
+static __always_inline void fill_thread_event(struct memtrail_region_event *event, __u32 tgid,
+					      __u8 type, __u8 flags)
+{
+	__builtin_memset(event, 0, sizeof(*event));
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->tgid = tgid;
+	event->tid = (__u32)bpf_get_current_pid_tgid();
+	event->type = type;
+	event->flags = flags;
+}
+
 /* At Py_FinalizeEx's entry, attached for each process whose objects are traced: the program is
  * ending, and the interpreter is about to free what its modules keep. No probe sees an object
  * die (userspace reads which are alive), and once the process is gone nothing can be read:
@@ -844,7 +864,6 @@ int python_finalizing(struct pt_regs *ctx)
 {
 	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
 	struct memtrail_region_event *event;
-	__u8 flags;
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
@@ -854,14 +873,7 @@ int python_finalizing(struct pt_regs *ctx)
 		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
 		return 0;
 	}
-	flags = bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
-						       : MEMTRAIL_REGION_HOLD_FAILED;
-	__builtin_memset(event, 0, sizeof(*event));
-	event->timestamp_ns = bpf_ktime_get_ns();
-	event->tgid = tgid;
-	event->tid = (__u32)bpf_get_current_pid_tgid();
-	event->type = MEMTRAIL_REGION_PYTHON_FINALIZING;
-	event->flags = flags;
+	fill_thread_event(event, tgid, MEMTRAIL_REGION_PYTHON_FINALIZING, hold_current_process());
 	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
 	return 0;
 }
@@ -1052,14 +1064,8 @@ int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	 * allocator probes and reads its code before it allocates. The event is sent after the
 	 * signal: the SIGCONT that answers it always finds the stop generated. */
 	if (bits && (*bits & MEMTRAIL_PROCESS_HOLD_EXEC) && !holds_released)
-		flags = bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
-							       : MEMTRAIL_REGION_HOLD_FAILED;
-	__builtin_memset(event, 0, sizeof(*event));
-	event->timestamp_ns = bpf_ktime_get_ns();
-	event->tgid = tgid;
-	event->tid = (__u32)bpf_get_current_pid_tgid();
-	event->type = MEMTRAIL_REGION_EXEC;
-	event->flags = flags;
+		flags = hold_current_process();
+	fill_thread_event(event, tgid, MEMTRAIL_REGION_EXEC, flags);
 	/* Host-wide, a program just started runs untraced until userspace has looked at it; a
 	 * held one waits for it. */
 	bpf_ringbuf_submit(event, filter_processes || flags ? 0 : BPF_RB_NO_WAKEUP);
