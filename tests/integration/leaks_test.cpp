@@ -2514,7 +2514,7 @@ TEST(LeaksAllocators, AnAllocatorDlopenedAfterAttachIsProbedWhenItIsMapped) {
   tracer.expect_attached();
   auto lines = target.run();
   auto probing = tracer.process.wait_for_stderr(
-      "memtrail: pid " + std::to_string(target.process.pid()) + " mapped mimalloc", 5s);
+      "memtrail: pid " + std::to_string(target.process.pid()) + " mapped mimalloc", 20s);
   ASSERT_TRUE(probing.has_value()) << tracer.process.stderr_seen();
   EXPECT_NE(probing->find("mi_zalloc"), std::string::npos) << *probing;
   tracer.stop();
