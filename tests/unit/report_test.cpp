@@ -474,14 +474,19 @@ std::string temp_dir() {
   return dir ? dir : "/tmp";
 }
 
+// The shell command that validates the JSON file at `path` against docs/leaks.schema.json: it
+// exits 0 when the file follows the schema.
+std::string schema_check(const std::string& path) {
+  return "python3 -c 'import json, sys, jsonschema; "
+         "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
+         path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+}
+
 TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(to_json(sample_report(), 5.0), path);
-  std::string command =
-      "python3 -c 'import json, sys, jsonschema; "
-      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
-      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  std::string command = schema_check(path);
   EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
 
   // And a report that breaks the schema is caught, so the check above can fail.
@@ -596,10 +601,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
-  std::string command =
-      "python3 -c 'import json, sys, jsonschema; "
-      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
-      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  std::string command = schema_check(path);
   EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
   std::remove(path.c_str());
   rmdir(dir.c_str());
@@ -673,10 +675,7 @@ TEST(Report, EstimatedTotalsAndOmittedFreedSitesAreMarkedEverywhere) {
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
   write_json_file(json, path);
-  std::string command =
-      "python3 -c 'import json, sys, jsonschema; "
-      "jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' " +
-      path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
+  std::string command = schema_check(path);
   EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
   // The schema knows the flag: only true is allowed (absent means exact).
   auto wrong = json;
