@@ -80,19 +80,6 @@ Traced trace_scenario(Target& target, std::vector<std::string> options = {},
   return traced;
 }
 
-// The BPF programs loaded on the machine, as bpftool lists them.
-json loaded_programs() {
-  std::string text;
-  if (FILE* pipe = popen("bpftool -j prog show 2>/dev/null", "r")) {
-    char buffer[4096];
-    size_t got;
-    while ((got = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) text.append(buffer, got);
-    pclose(pipe);
-  }
-  json programs = json::parse(text, nullptr, false);
-  return programs.is_array() ? programs : json::array();
-}
-
 // IDs of the BPF programs process `pid` holds open, from /proc/PID/fdinfo ("prog_id:").
 // IDs are not reused while the machine runs, so a vanished ID means that program was unloaded.
 std::set<int> programs_owned_by(pid_t pid) {

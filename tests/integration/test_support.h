@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -71,6 +72,19 @@ inline std::string file_name(const nlohmann::json& value) {
   if (!value.is_string()) return "";
   std::string path = value;
   return path.substr(path.rfind('/') + 1);
+}
+
+// The BPF programs loaded on the machine, as bpftool lists them (empty when it cannot).
+inline nlohmann::json loaded_programs() {
+  std::string text;
+  if (FILE* pipe = popen("bpftool -j prog show 2>/dev/null", "r")) {
+    char buffer[4096];
+    size_t got;
+    while ((got = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) text.append(buffer, got);
+    pclose(pipe);
+  }
+  nlohmann::json programs = nlohmann::json::parse(text, nullptr, false);
+  return programs.is_array() ? programs : nlohmann::json::array();
 }
 
 }  // namespace memtrail::testing
