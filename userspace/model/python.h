@@ -61,6 +61,34 @@ enum class ObjectIdentity : uint8_t {
              // or another dict, which cannot be told apart
 };
 
+// An object's content is read as its identity only once its creator is done filling it. The
+// object probe fires at _Py_NewReference, before that: PyUnicode_New returns a str whose
+// characters its caller writes next, PyTuple_New a tuple whose items its caller sets (an empty
+// item says so: python::object_identity gives kNone), a bytes or an int is filled the same way.
+// A str read half-written carries a digest its finished content does not match, and once the
+// probes have been detached in between, that mismatch is taken for another object at the
+// address (the record removed as replaced): a live object lost. Filling takes microseconds (a
+// memcpy of characters the C function has at hand); kIdentitySettleNs leaves room for the
+// creating thread being preempted in between for a scheduler slice (EEVDF's default base slice:
+// 0.75 ms times 1 + log2 of the CPUs, up to 8: 0.75-3 ms, 1.5 ms on 2 CPUs). An object younger
+// than that at its read gets kNone: not proved, counted at risk if a detached time follows,
+// never removed; its content is taken at a later read. Not a bound: content written while
+// Python code runs (a str built piece by piece by a formatter calling __format__) can take
+// longer.
+inline constexpr uint64_t kIdentitySettleNs = 2'000'000;
+// The identity `kind` read for an object created at `created_ns`, with the reads of its
+// memory begun at `reads_began_ns` (CLOCK_MONOTONIC both; the reads of a batch take up to tens
+// of milliseconds, so a time taken after them would age it by as much): kNone while it is
+// younger than kIdentitySettleNs at the reads' start.
+inline ObjectIdentity settled_identity(ObjectIdentity kind, uint64_t created_ns,
+                                       uint64_t reads_began_ns) {
+  // A creation time after the reads began (the object was made while they ran) is younger.
+  if (reads_began_ns < created_ns || reads_began_ns - created_ns < kIdentitySettleNs) {
+    return ObjectIdentity::kNone;
+  }
+  return kind;
+}
+
 // A CPython object recorded at its creation, as the liveness read judges it (no probe sees an
 // object die: the tracer asks a judge every interval).
 struct TrackedPythonObject {

@@ -1083,14 +1083,13 @@ void AllocTracer::find_python_slots(const std::vector<PythonObjectKey>& keys,
 }
 
 AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPythonObject& object,
-                                                         uint64_t timestamp_ns, uint64_t now_ns) {
+                                                         uint64_t timestamp_ns,
+                                                         uint64_t reads_began_ns) {
   using model::ObjectIdentity;
-  // An object just created may still be being filled (a str's characters, a tuple's items,
-  // a dict's first keys): its content is not taken as its identity yet.
-  constexpr uint64_t kSettleNs = 2'000'000;
+  // An object just created may still be being filled (a str's characters, a tuple's items):
+  // its content is not taken as its identity yet (model::kIdentitySettleNs says why).
   bool in_window = python_objects_attached_ || sweeping_;
-  ObjectIdentity kind = object.identity_kind;
-  if (now_ns < timestamp_ns + kSettleNs) kind = ObjectIdentity::kNone;
+  ObjectIdentity kind = model::settled_identity(object.identity_kind, timestamp_ns, reads_began_ns);
   auto [known, first] = python_identities_.try_emplace({object.pid, object.address});
   KnownIdentity& was = known->second;
   if (first || was.timestamp_ns != timestamp_ns) {
@@ -1138,8 +1137,9 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
   std::vector<model::TrackedPythonObject> sorted;
   sorted.reserve(objects.size());
   for (size_t i : order) sorted.push_back(objects[i]);
+  // Before the reads: an object's age at its read is at least the age from here.
+  uint64_t reads_began = monotonic_now_ns();
   python_judge_->judge(sorted);
-  uint64_t judged_at = monotonic_now_ns();
   auto& counters = snapshot.counters;
   auto site_key = [](uint32_t pid, int32_t site_id) {
     return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
@@ -1212,7 +1212,7 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       continue;
     }
     if (check_identities_) {
-      auto verdict = check_identity(object, where.timestamp_ns, judged_at);
+      auto verdict = check_identity(object, where.timestamp_ns, reads_began);
       if (verdict == IdentityVerdict::kReplaced) {
         // Another object of its type, created unseen at its address: the one recorded died.
         if (remove()) {

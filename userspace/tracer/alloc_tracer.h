@@ -303,8 +303,9 @@ class AllocTracer : public unwind::RowStore {
   // perhaps another one (at risk: nothing proves it either way), or surely another one created
   // unseen at its address (replaced: it is removed as dead).
   enum class IdentityVerdict { kSame, kAtRisk, kReplaced };
+  // `reads_began_ns`: when the reads of the object's memory began (model::settled_identity).
   IdentityVerdict check_identity(const model::TrackedPythonObject& object, uint64_t timestamp_ns,
-                                 uint64_t now_ns);
+                                 uint64_t reads_began_ns);
   // The bytes of Python objects: the BPF program counts each creation in its site's totals,
   // but not its size, which only the liveness read knows. Each object found alive is sized
   // once (by pid, address and creation time) and its bytes added to its site's total from then
