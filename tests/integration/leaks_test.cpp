@@ -139,6 +139,23 @@ TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
             std::string::npos);
 }
 
+// A process that freed everything it allocated while traced: no leak site, and the sites that
+// freed all they allocated are still listed (they are what a user checks the run against).
+TEST(LeaksIntegration, AProcessThatFreedEverythingStillListsItsFreedSites) {
+  REQUIRE_BPF_OR_SKIP();
+  Target target({MEMTRAIL_LEAKY, "basic", "0", "1000"});
+  json report = trace_scenario(target).report;
+  EXPECT_TRUE(sites_with_function(report, "leak_malloc").empty()) << report.dump(2);
+  bool listed = false;
+  for (const auto& site : report["freed_sites"]) {
+    if (site["stack"][0]["function"] != "free_all") continue;
+    listed = true;
+    EXPECT_EQ(site["total_allocated_bytes"], 50 * 64);
+    EXPECT_EQ(site["total_allocations"], 50);
+  }
+  EXPECT_TRUE(listed) << report.dump(2);
+}
+
 // The same malloc call reached from two callers leaves the same registers at its return; only
 // the return address on the stack differs. Each caller gets its own site with its exact count,
 // with frame pointers (-O0) and with CFI tables (-O2 without them), though the walks' memo

@@ -416,8 +416,10 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
       return objects.type_name(pid, type);
     };
   }
+  // `sites` caps leak sites and freed sites each (build_report takes the smaller counts itself):
+  // a run with few leak sites still lists the sites that freed everything.
   auto report = assemble::build_report(reading.snapshot, aggregate, code_maps_.symbolizer(),
-                                       report_context, std::min(sites, aggregate.sites.size()));
+                                       report_context, sites);
   // Processes that exited earlier: their sites as they were at the exit, after the live ones.
   for (const auto& process : targets_) {
     if (only) break;
