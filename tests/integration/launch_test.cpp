@@ -432,31 +432,35 @@ std::string held_line(pid_t pid) {
          " was held (stopped) when memtrail ended: continued it (SIGCONT)";
 }
 
-// A wrapper script that executes the real program (as a pyenv shim does): leaky is held at its
-// first instruction, and memtrail killed right then (SIGKILL, from the test hook, as it reads
-// the hold). The guardian continues leaky: it runs to its normal end, exit code 0 and its
-// output, never stopped, and without the SIGHUP the kernel sends a job's stopped group when the
-// job's leader dies (before the guardian, exactly that: `reaped PID killed by signal 1`).
+// A wrapper script that executes the real program (as a pyenv shim does): the wrapper is held
+// at its first instruction (start), and leaky at its own (exec); memtrail killed right then
+// (SIGKILL, from the test hook, as it reads the hold). The guardian continues it: leaky runs to
+// its normal end, exit code 0 and its output, never stopped, and without the SIGHUP the kernel
+// sends a job's stopped group when the job's leader dies (before the guardian, exactly that:
+// `reaped PID killed by signal 1`).
 TEST(LeaksLaunch, MemtrailKilledWhileItHoldsTheProgramAWrapperExecutesLeavesItToRunToItsEnd) {
   REQUIRE_BPF_OR_SKIP();
   TempDir dir;
   std::string script = dir.file("wrapper.sh");
   write_file(script, std::string("#!/bin/sh\nexec ") + MEMTRAIL_LEAKY + " basic 3 100\n");
-  Job job({"MEMTRAIL_TEST_KILL_AT_HOLD=exec", MEMTRAIL_BINARY, "leaks", "-q", "--", script});
-  EXPECT_TRUE(job.line("job killed by signal 9", 30s)) << job.seen();
-  pid_t leaky = job.pid_in("ready ", 10s);  // it runs: continued
-  ASSERT_GT(leaky, 0) << job.seen();
-  EXPECT_TRUE(job.shell.wait_for_stderr(held_line(leaky), 10s)) << job.seen();
-  EXPECT_EQ(state_once_waiting(leaky), 'S') << "not waiting for its input";
-  job.shell.write_stdin("go\n");
-  EXPECT_TRUE(job.line("line leak_malloc ", 10s)) << job.seen();
-  ASSERT_TRUE(job.line("done", 10s)) << job.seen();
-  job.shell.write_stdin("quit\n");
-  auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
-  EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
-  // The guardian and its anchor ended too: nothing is left.
-  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
-  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  for (std::string hold : {"start", "exec"}) {
+    SCOPED_TRACE("killed at the hold of " + hold);
+    Job job({"MEMTRAIL_TEST_KILL_AT_HOLD=" + hold, MEMTRAIL_BINARY, "leaks", "-q", "--", script});
+    EXPECT_TRUE(job.line("job killed by signal 9", 30s)) << job.seen();
+    pid_t leaky = job.pid_in("ready ", 10s);  // it runs: continued
+    ASSERT_GT(leaky, 0) << job.seen();
+    EXPECT_TRUE(job.shell.wait_for_stderr(held_line(leaky), 10s)) << job.seen();
+    EXPECT_EQ(state_once_waiting(leaky), 'S') << "not waiting for its input";
+    job.shell.write_stdin("go\n");
+    EXPECT_TRUE(job.line("line leak_malloc ", 10s)) << job.seen();
+    ASSERT_TRUE(job.line("done", 10s)) << job.seen();
+    job.shell.write_stdin("quit\n");
+    auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
+    EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
+    // The guardian and its anchor ended too: nothing is left.
+    EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+    EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  }
 }
 
 // A CPython program is held at Py_FinalizeEx (its objects read before the interpreter frees

@@ -279,6 +279,10 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   if (err < 0) {
     fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
+  // Before any hold (memtrail killed while it holds a process must not leave it stopped), and
+  // before the tables are mapped: the guardian's copy of the mappings would keep those maps'
+  // memory (hundreds of MiB) for as long as it lives.
+  if (config.hold_execs) guardian_.emplace(bpf_map__fd(maps.held_processes));
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
   if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);
@@ -289,8 +293,6 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     page_capacity_ = bpf_map__max_entries(maps.unwind_pages);
   }
   if (lifecycle) attach_lifecycle_tracepoints();
-  // Before any hold: memtrail killed while it holds a process must not leave it stopped.
-  if (config.hold_execs) guardian_.emplace(bpf_map__fd(maps.held_processes));
 }
 
 void AllocTracer::attach_lifecycle_tracepoints() {
