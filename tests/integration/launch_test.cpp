@@ -547,6 +547,25 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   EXPECT_FALSE(said(err, "was held (stopped)")) << err;
 }
 
+// memtrail ignores SIGPIPE (a closed stdout must not kill it before its report), and an exec
+// keeps what is ignored: the command gets the default back, so that `yes | head -n 1` ends
+// yes by SIGPIPE, quietly, as outside memtrail (not "yes: standard output: Broken pipe").
+TEST(LeaksLaunch, TheCommandGetsTheDefaultSigpipeBackNotMemtrailsIgnoredOne) {
+  REQUIRE_BPF_OR_SKIP();
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--", "/bin/sh", "-c",
+                     "yes | head -n 1; grep SigIgn /proc/self/status"});
+  auto code = tracer.wait(30s);
+  std::string out = tracer.drain_stdout(), err = tracer.drain_stderr();
+  EXPECT_EQ(code, std::optional<int>(0)) << err;
+  EXPECT_FALSE(said(err, "Broken pipe")) << err;
+  // SIGPIPE (13) is bit 12 of the mask: the shell's mask has no such bit.
+  auto line = out.find("SigIgn:");
+  ASSERT_NE(line, std::string::npos) << out;
+  uint64_t ignored =
+      std::stoull(out.substr(line + 7, out.find('\n', line) - line - 7), nullptr, 16);
+  EXPECT_EQ(ignored & (1ull << (SIGPIPE - 1)), 0u) << out.substr(line, 30);
+}
+
 struct Outcome {
   int code = -1;
   std::string err;
