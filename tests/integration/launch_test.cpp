@@ -542,6 +542,10 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
   EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
   EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  // The kernel frees a detached program after grace periods (RCU, RCU tasks trace): soon.
+  for (int i = 0; i < 100 && !still_loaded(programs).empty(); ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
   EXPECT_TRUE(still_loaded(programs).empty());
   std::string err = job.shell.stderr_seen() + job.shell.drain_stderr();
   EXPECT_FALSE(said(err, "was held (stopped)")) << err;

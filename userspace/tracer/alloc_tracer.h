@@ -49,8 +49,6 @@ class AllocTracer : public unwind::RowStore {
   // Continues a process the kernel held (Exec::held, PythonFinalizing::held; `held_at_ns`:
   // their at_ns), and then forgets its hold.
   void continue_held(uint32_t pid, uint64_t held_at_ns);
-  // The guardian's PID, or -1 without one (no launched command).
-  pid_t guardian_pid() const { return guardian_ ? guardian_->pid() : -1; }
   // Takes a process that was followed but never attached (no traced allocator) out again: it
   // has no blocks in the table, so this is cheap, unlike purge_processes(). Returns the mapped
   // regions dropped.

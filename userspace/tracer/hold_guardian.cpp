@@ -28,7 +28,7 @@ namespace memtrail::tracer {
 namespace {
 
 // The guardian's descriptors, at fixed numbers (every other one is closed).
-constexpr int kCommandFd = 3;   // from memtrail: 'q' once it let go of its probes
+constexpr int kCommandFd = 3;   // to memtrail: 'r' once ready; from it: 'q' once it let go
 constexpr int kMemtrailFd = 4;  // pidfd of memtrail: readable once it is gone
 constexpr int kHeldFd = 5;      // the BPF map held_processes
 // More entries than the map can hold: the scan ends even if a removal kept failing.
@@ -151,7 +151,14 @@ void ignore(int signal_number) {
 pid_t start_anchor(pid_t memtrail_group) {
   pid_t guardian = ::getpid();
   pid_t anchor = ::fork();
-  if (anchor != 0) return anchor;  // -1: no anchor; the guardian continues the holds all the same
+  if (anchor > 0) {
+    // Set from both sides, as shells do: in the group once this returns, whichever runs first.
+    if (::setpgid(anchor, memtrail_group) == 0) return anchor;
+    ::kill(anchor, SIGKILL);
+    ::waitpid(anchor, nullptr, 0);
+    return -1;
+  }
+  if (anchor < 0) return -1;
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != guardian) _exit(0);
   ::prctl(PR_SET_NAME, "memtrail-anchor");
@@ -170,8 +177,11 @@ pid_t start_anchor(pid_t memtrail_group) {
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);  // memtrail blocks SIGINT and SIGTERM
-  ::setpgid(0, 0);
+  if (::setpgid(0, 0) != 0) _exit(1);
   pid_t anchor = start_anchor(memtrail_group);
+  if (anchor < 0) _exit(1);
+  char started = 'r';
+  if (::send(kCommandFd, &started, 1, MSG_NOSIGNAL) != 1) _exit(1);
   pollfd fds[2] = {{kCommandFd, POLLIN, 0}, {kMemtrailFd, POLLIN, 0}};
   for (;;) {
     int ready = ::poll(fds, 2, -1);
@@ -186,10 +196,8 @@ pid_t start_anchor(pid_t memtrail_group) {
   }
   wait_for_running_programs();
   continue_all_held(clock);
-  if (anchor > 0) {
-    ::kill(anchor, SIGKILL);
-    while (::waitpid(anchor, nullptr, 0) < 0 && errno == EINTR) {
-    }
+  ::kill(anchor, SIGKILL);
+  while (::waitpid(anchor, nullptr, 0) < 0 && errno == EINTR) {
   }
   _exit(0);
 }
@@ -256,6 +264,21 @@ HoldGuardian::HoldGuardian(int held_processes_fd) {
     guard(group, clock);
   }
   to_guardian_ = std::move(memtrail_end);
+  guardian_end.reset();
+  // Ready (its anchor in memtrail's group) before any hold; else it exited, saying nothing.
+  pollfd answer{to_guardian_.get(), POLLIN, 0};
+  char ready = 0;
+  int polled;
+  while ((polled = ::poll(&answer, 1, 5000)) < 0 && errno == EINTR) {
+  }
+  if (polled != 1 || ::read(to_guardian_.get(), &ready, 1) != 1 || ready != 'r') {
+    ::kill(pid_, SIGKILL);
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    throw Error(what + ": it did not start (out of processes or descriptors?)",
+                "check the limits on processes (ulimit -u) and open files (ulimit -n)");
+  }
 }
 
 HoldGuardian::~HoldGuardian() {

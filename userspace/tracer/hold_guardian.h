@@ -13,7 +13,7 @@ namespace memtrail::tracer {
 // stopped; and when memtrail's death orphans the process group (an interactive shell's job),
 // the kernel sends the stopped group SIGHUP, which ends most programs.
 //
-// The guardian is a process forked once the BPF object is loaded. It keeps only a pipe from
+// The guardian is a process forked once the BPF object is loaded. It keeps only a socket to
 // memtrail, a pidfd of memtrail and a descriptor of the BPF map held_processes (every hold not
 // answered yet: BPF records it before the stop signal, userspace removes it after its SIGCONT).
 // It closes every other descriptor: a link it kept would keep memtrail's probes attached.
