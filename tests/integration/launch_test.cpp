@@ -551,6 +551,27 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   EXPECT_FALSE(said(err, "was held (stopped)")) << err;
 }
 
+// Stopped (SIGTERM), memtrail ends the command it launched (SIGTERM), not what the command
+// started: that runs on, as README says. Its guardian and anchor end with memtrail (reaped).
+TEST(LeaksLaunch, StoppedMemtrailEndsTheCommandNotWhatItStartedAndLeavesNoGuardian) {
+  REQUIRE_BPF_OR_SKIP();
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--", "/bin/sh", "-c",
+                     "/bin/sleep 60 & echo child $!; wait"});
+  auto child_line = tracer.wait_for_stdout("child ", 30s);
+  ASSERT_TRUE(child_line) << tracer.stderr_seen();
+  pid_t sleeper = std::stoi(child_line->substr(6));
+  auto guardians = children_named(tracer.pid(), "memtrail-guard");
+  ASSERT_EQ(guardians.size(), 1u);
+  auto anchors = children_named(guardians[0], "memtrail-anchor");
+  ASSERT_EQ(anchors.size(), 1u);
+  tracer.signal(SIGTERM);
+  EXPECT_EQ(tracer.wait(30s), std::optional<int>(0)) << tracer.drain_stderr();
+  EXPECT_EQ(state_of(sleeper), 'S') << "the command's child did not run on";
+  EXPECT_EQ(state_of(guardians[0]), '?') << "the guardian outlived memtrail";
+  EXPECT_EQ(state_of(anchors[0]), '?') << "the anchor outlived memtrail";
+  ::kill(sleeper, SIGKILL);
+}
+
 // memtrail ignores SIGPIPE (a closed stdout must not kill it before its report), and an exec
 // keeps what is ignored: the command gets the default back, so that `yes | head -n 1` ends
 // yes by SIGPIPE, quietly, as outside memtrail (not "yes: standard output: Broken pipe").
