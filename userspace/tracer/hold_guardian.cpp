@@ -8,12 +8,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -139,6 +141,16 @@ void continue_all_held(const StartClock& clock) {
   }
 }
 
+// Closes every descriptor from `first` on (close_range: Linux 5.9; one by one before it).
+void close_from(unsigned first) {
+  if (::syscall(SYS_close_range, first, ~0u, 0u) == 0) return;
+  rlimit limit{};
+  unsigned last = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_max != RLIM_INFINITY
+                      ? static_cast<unsigned>(std::min<rlim_t>(limit.rlim_max, 1u << 20))
+                      : 1u << 20;
+  for (unsigned fd = first; fd < last; ++fd) ::close(static_cast<int>(fd));
+}
+
 void ignore(int signal_number) {
   struct sigaction action {};
   action.sa_handler = SIG_IGN;
@@ -163,7 +175,7 @@ pid_t start_anchor(pid_t memtrail_group) {
   if (::getppid() != guardian) _exit(0);
   ::prctl(PR_SET_NAME, "memtrail-anchor");
   ::setpgid(0, memtrail_group);
-  ::syscall(SYS_close_range, 0u, ~0u, 0u);
+  close_from(0);
   for (;;) ::pause();
 }
 
@@ -260,7 +272,7 @@ HoldGuardian::HoldGuardian(int held_processes_fd) {
       ::dup2(null, STDOUT_FILENO);
     }
     // Nothing else: a BPF link kept here would keep memtrail's probes in after its death.
-    ::syscall(SYS_close_range, static_cast<unsigned>(kHeldFd + 1), ~0u, 0u);
+    close_from(kHeldFd + 1);
     guard(group, clock);
   }
   to_guardian_ = std::move(memtrail_end);
