@@ -282,7 +282,9 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   // Before any hold (memtrail killed while it holds a process must not leave it stopped), and
   // before the tables are mapped: the guardian's copy of the mappings would keep those maps'
   // memory (hundreds of MiB) for as long as it lives.
-  if (config.hold_execs) guardian_.emplace(bpf_map__fd(maps.held_processes));
+  if (config.hold_execs) {
+    guardian_.emplace(bpf_map__fd(maps.held_processes), &skeleton_->bss->holds_released);
+  }
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
   if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);

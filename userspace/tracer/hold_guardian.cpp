@@ -115,10 +115,10 @@ bool continue_held(const memtrail_held_key& key, uint64_t started_ns, const Star
   return continued;
 }
 
-// A program that began before its link was closed may still run (a tracepoint runs its programs
-// in an RCU read-side section; a uprobe_multi link's release waits for its own): after an RCU
-// grace period none does. membarrier's global command waits for one (synchronize_rcu); where
-// it cannot (nohz_full CPUs), 100 ms do, as a run takes microseconds.
+// A program that began before holds_released was set may still run: the kernel runs the exec
+// tracepoint's programs and non-sleepable uprobe programs (Py_FinalizeEx's) in RCU read-side
+// sections, so after an RCU grace period none does. membarrier's global command waits for one
+// (synchronize_rcu); where it cannot (nohz_full CPUs), 100 ms do, as a run takes microseconds.
 void wait_for_running_programs() {
   if (::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0) return;
   timespec pause{0, 100'000'000};
@@ -179,7 +179,8 @@ pid_t start_anchor(pid_t memtrail_group) {
   for (;;) ::pause();
 }
 
-[[noreturn]] void guard(pid_t memtrail_group, const StartClock& clock) {
+[[noreturn]] void guard(pid_t memtrail_group, volatile uint32_t* holds_released,
+                        const StartClock& clock) {
   ::prctl(PR_SET_NAME, "memtrail-guard");
   // The terminal's signals are for memtrail's job, not for it: it ends when memtrail does.
   // SIGTTOU ignored: a line on a terminal with `stty tostop` is written, not stopped.
@@ -206,6 +207,8 @@ pid_t start_anchor(pid_t memtrail_group) {
     // End of file: memtrail is dying; its pidfd says when it is gone.
     if (got == 0 || (got < 0 && errno != EINTR)) fds[0].fd = -1;
   }
+  // No hold from here, whatever link is left; then none that began before is still running.
+  *holds_released = 1;
   wait_for_running_programs();
   continue_all_held(clock);
   ::kill(anchor, SIGKILL);
@@ -237,7 +240,7 @@ StartClock start_clock() {
 
 }  // namespace
 
-HoldGuardian::HoldGuardian(int held_processes_fd) {
+HoldGuardian::HoldGuardian(int held_processes_fd, volatile uint32_t* holds_released) {
   const std::string what = "start the process that continues held processes if memtrail dies";
   StartClock clock = start_clock();
   int ends[2];
@@ -273,7 +276,7 @@ HoldGuardian::HoldGuardian(int held_processes_fd) {
     }
     // Nothing else: a BPF link kept here would keep memtrail's probes in after its death.
     close_from(kHeldFd + 1);
-    guard(group, clock);
+    guard(group, holds_released, clock);
   }
   to_guardian_ = std::move(memtrail_end);
   guardian_end.reset();

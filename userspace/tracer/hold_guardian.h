@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include "common/unique_fd.h"
 
 namespace memtrail::tracer {
@@ -18,20 +20,24 @@ namespace memtrail::tracer {
 // answered yet: BPF records it before the stop signal, userspace removes it after its SIGCONT).
 // It closes every other descriptor: a link it kept would keep memtrail's probes attached.
 // When memtrail has let go of the probes (its pidfd says it is gone, or ~HoldGuardian says so
-// after the links are closed), it waits a grace period (no program can still be running), then
-// continues every process still in the map whose PID names the process held (its start time,
-// through a pidfd), and exits. It sits in a process group of its own (the terminal's Ctrl-C and
-// a group kill of memtrail's job miss it), and its one child, the anchor, sits in memtrail's
-// group until then: a member whose parent is in another group of the same session keeps the
-// group from being orphaned when memtrail dies, so the kernel sends it no SIGHUP.
+// after the links are closed), it sets holds_released in the BPF object's .bss (its mapping,
+// inherited), so that no program holds anything from then on, even one whose link outlives
+// memtrail for a moment in a child memtrail was spawning; waits a grace period (no program
+// that began before can still be running); then continues every process still in the map whose PID
+// names the process held (its start time, through a pidfd), and exits. It sits in a process group
+// of its own (the terminal's Ctrl-C and a group kill of memtrail's job miss it), and its one child,
+// the anchor, sits in memtrail's group until then: a member whose parent is in another group of the
+// same session keeps the group from being orphaned when memtrail dies, so the kernel sends it no
+// SIGHUP.
 //
 // Limits: memtrail as a PID namespace's init takes the namespace down with it (the kernel kills
 // every process in it); a process whose group is orphaned already is stopped with no SIGHUP, and
 // continued all the same.
 class HoldGuardian {
  public:
-  // Forks the guardian for the map of descriptor `held_processes_fd`. Throws memtrail::Error.
-  explicit HoldGuardian(int held_processes_fd);
+  // Forks the guardian for the map of descriptor `held_processes_fd`; `holds_released`: the BPF
+  // object's flag, in its mapped .bss. Throws memtrail::Error.
+  HoldGuardian(int held_processes_fd, volatile uint32_t* holds_released);
   // Tells the guardian that memtrail let go of its probes (call it once every link is closed):
   // it continues any hold left, ends, and is reaped here.
   ~HoldGuardian();
