@@ -830,20 +830,43 @@ int python_object_created(struct pt_regs *ctx)
 /* SIGSTOP as the kernel numbers it on x86-64 (vmlinux.h carries no macros). */
 #define MEMTRAIL_SIGSTOP 19
 
+/* Every hold not answered yet: (process, when) -> the process's start time (the leader's
+ * start_boottime, as /proc/PID/stat's starttime counts it). Written before the stop signal,
+ * in the same run of the program, and removed by userspace only after its SIGCONT: once no
+ * program runs any more, each process stopped by a hold and not continued has its entry.
+ * memtrail's guardian process (userspace/tracer/hold_guardian.cpp) holds this map alone and
+ * continues those still here when memtrail ends without doing so (SIGKILL, a crash), after
+ * checking by the start time that the PID still names the process held. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1); /* set by userspace when it holds execs */
+	__type(key, struct memtrail_held_key);
+	__type(value, __u64);
+} held_processes SEC(".maps");
+
 /* Stops the calling process (the signal is acted on when the task returns to user mode):
- * the flag of its event that says whether it is held. */
-static __always_inline __u8 hold_current_process(void)
+ * the flag of its event that says whether it is held. Not held when the hold cannot be
+ * recorded (the map is full): nobody could continue it if memtrail died. */
+static __always_inline __u8 hold_current_process(__u32 tgid, __u64 now)
 {
-	return bpf_send_signal(MEMTRAIL_SIGSTOP) == 0 ? MEMTRAIL_REGION_HELD
-						      : MEMTRAIL_REGION_HOLD_FAILED;
+	struct memtrail_held_key key = { .tgid = tgid, .held_at_ns = now };
+	__u64 started = bpf_get_current_task_btf()->group_leader->start_boottime;
+
+	if (bpf_map_update_elem(&held_processes, &key, &started, BPF_NOEXIST) != 0)
+		return MEMTRAIL_REGION_HOLD_FAILED;
+	if (bpf_send_signal(MEMTRAIL_SIGSTOP) == 0)
+		return MEMTRAIL_REGION_HELD;
+	bpf_map_delete_elem(&held_processes, &key);
+	return MEMTRAIL_REGION_HOLD_FAILED;
 }
 
-/* An event about the calling thread's process, `flags` saying whether it is held. */
+/* An event about the calling thread's process at `now`, `flags` saying whether it is held. */
 static __always_inline void fill_thread_event(struct memtrail_region_event *event, __u32 tgid,
-					      __u8 type, __u8 flags)
+					      __u64 now, __u8 type, __u8 flags)
 {
 	__builtin_memset(event, 0, sizeof(*event));
-	event->timestamp_ns = bpf_ktime_get_ns();
+	event->timestamp_ns = now;
 	event->tgid = tgid;
 	event->tid = (__u32)bpf_get_current_pid_tgid();
 	event->type = type;
@@ -864,6 +887,7 @@ int python_finalizing(struct pt_regs *ctx)
 {
 	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
 	struct memtrail_region_event *event;
+	__u64 now;
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
@@ -873,7 +897,9 @@ int python_finalizing(struct pt_regs *ctx)
 		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
 		return 0;
 	}
-	fill_thread_event(event, tgid, MEMTRAIL_REGION_PYTHON_FINALIZING, hold_current_process());
+	now = bpf_ktime_get_ns();
+	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_PYTHON_FINALIZING,
+			  hold_current_process(tgid, now));
 	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
 	return 0;
 }
@@ -1049,6 +1075,7 @@ int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_
 {
 	__u32 tgid = task->tgid, *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
 	struct memtrail_region_event *event;
+	__u64 now = bpf_ktime_get_ns();
 	__u8 flags = 0;
 
 	if (probe_floor || (!filter_processes && !bits))
@@ -1064,8 +1091,8 @@ int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	 * allocator probes and reads its code before it allocates. The event is sent after the
 	 * signal: the SIGCONT that answers it always finds the stop generated. */
 	if (bits && (*bits & MEMTRAIL_PROCESS_HOLD_EXEC) && !holds_released)
-		flags = hold_current_process();
-	fill_thread_event(event, tgid, MEMTRAIL_REGION_EXEC, flags);
+		flags = hold_current_process(tgid, now);
+	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_EXEC, flags);
 	/* Host-wide, a program just started runs untraced until userspace has looked at it; a
 	 * held one waits for it. */
 	bpf_ringbuf_submit(event, filter_processes || flags ? 0 : BPF_RB_NO_WAKEUP);

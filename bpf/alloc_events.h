@@ -488,8 +488,18 @@ enum memtrail_region_event_type {
  * MEMTRAIL_REGION_PYTHON_FINALIZING: stopped at Py_FinalizeEx's entry; continued once
  * userspace has read which of its Python objects are alive. */
 #define MEMTRAIL_REGION_HELD 4
-/* MEMTRAIL_REGION_EXEC: it was to be held, but the kernel refused the signal: it runs on. */
+/* It was to be held, but the kernel refused the signal, or the hold could not be recorded in
+ * held_processes (full): it runs on. */
 #define MEMTRAIL_REGION_HOLD_FAILED 8
+
+/* Key of held_processes: a hold not answered yet (its value: the process's start_boottime). */
+struct memtrail_held_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 held_at_ns; /* CLOCK_MONOTONIC: the timestamp_ns of the hold's event */
+};
+MEMTRAIL_ABI_SIZE(memtrail_held_key, 16);
+MEMTRAIL_ABI_OFFSET(memtrail_held_key, held_at_ns, 8);
 
 /* Values in traced_processes: bits. A process launched by memtrail (and what it forks) is held
  * at each exec until userspace has probed the new program: a wrapper script that executes the

@@ -5,15 +5,20 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "subprocess.h"
@@ -307,6 +312,283 @@ TEST(LeaksLaunch, AShellScriptRunningACProgramTracesItFromItsFirstInstruction) {
   }
   EXPECT_EQ(leaked, 1000u) << report["leaks"].dump(2);
   EXPECT_TRUE(said(err, " held at the first instruction of " + std::string(MEMTRAIL_LEAKY))) << err;
+}
+
+// ---- memtrail killed (SIGKILL) while it holds a launched program, or while it traces it ----
+
+// memtrail run by job_shell (tests/targets/job_shell.c) as an interactive shell runs a job: in a
+// process group of its own, in a session whose shell waits for it; what memtrail leaves when it
+// dies is reaped by job_shell, outside that session, so that the kernel sends SIGHUP to the
+// job's group if it has a stopped process once memtrail is gone, as it would under a terminal.
+// Its stdout lines (job_shell's and the program's) are kept as they come.
+class Job {
+ public:
+  explicit Job(const std::vector<std::string>& memtrail_command) : shell(argv(memtrail_command)) {}
+
+  // The first stdout line starting with `prefix`, read now or before; nullopt at the deadline.
+  std::optional<std::string> line(const std::string& prefix, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (size_t checked = 0;; ++checked) {
+      for (; checked < lines_.size(); ++checked) {
+        if (lines_[checked].rfind(prefix, 0) == 0) return lines_[checked];
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      auto next = shell.read_stdout_line(left);
+      if (!next) return std::nullopt;
+      lines_.push_back(*next);
+      --checked;
+    }
+  }
+  // The pid a line "WORD PID ..." names (job, ready).
+  pid_t pid_in(const std::string& prefix, std::chrono::milliseconds timeout) {
+    auto found = line(prefix, timeout);
+    return found ? std::stoi(found->substr(prefix.size())) : -1;
+  }
+  // Everything seen, for failure messages.
+  std::string seen() const {
+    std::string text = "stdout:\n";
+    for (const auto& each : lines_) text += each + "\n";
+    return text + "stderr:\n" + shell.stderr_seen();
+  }
+
+  Subprocess shell;
+
+ private:
+  static std::vector<std::string> argv(const std::vector<std::string>& memtrail_command) {
+    std::vector<std::string> all{MEMTRAIL_JOB_SHELL, "/usr/bin/env"};
+    all.insert(all.end(), memtrail_command.begin(), memtrail_command.end());
+    return all;
+  }
+  std::vector<std::string> lines_;
+};
+
+// The state letter of /proc/PID/stat ('S' sleeping, 'T' stopped), or '?' when it is gone.
+char state_of(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t name_end = text.rfind(')');
+  return name_end == std::string::npos || name_end + 2 >= text.size() ? '?' : text[name_end + 2];
+}
+
+// The state of `pid` once it is blocked reading its input ('S'), or the last one seen in 5 s.
+char state_once_waiting(pid_t pid) {
+  char state = '?';
+  for (int i = 0; i < 100 && (state = state_of(pid)) != 'S'; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  return state;
+}
+
+// Fields of /proc/PID/stat after the name: [0] is the state, [1] the parent, [2] the group.
+std::vector<std::string> stat_fields(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t name_end = text.rfind(')');
+  std::vector<std::string> fields;
+  if (name_end == std::string::npos) return fields;
+  std::istringstream rest(text.substr(name_end + 1));
+  for (std::string field; rest >> field;) fields.push_back(field);
+  return fields;
+}
+
+std::string comm_of(pid_t pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  return name;
+}
+
+// The children of `parent` named `comm`.
+std::vector<pid_t> children_named(pid_t parent, const std::string& comm) {
+  std::vector<pid_t> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t pid = std::stoi(name);
+    auto fields = stat_fields(pid);
+    if (fields.size() > 1 && fields[1] == std::to_string(parent) && comm_of(pid) == comm) {
+      found.push_back(pid);
+    }
+  }
+  return found;
+}
+
+// What each descriptor of `pid` refers to (readlink of /proc/PID/fd/N).
+std::map<int, std::string> descriptors_of(pid_t pid) {
+  std::map<int, std::string> descriptors;
+  std::string directory = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+    std::error_code error;
+    auto target = std::filesystem::read_symlink(entry.path(), error);
+    descriptors[std::stoi(entry.path().filename())] = error ? "?" : target.string();
+  }
+  return descriptors;
+}
+
+std::string held_line(pid_t pid) {
+  return "memtrail: pid " + std::to_string(pid) +
+         " was held (stopped) when memtrail ended: continued it (SIGCONT)";
+}
+
+// A wrapper script that executes the real program (as a pyenv shim does): the wrapper is held
+// at its first instruction (start), and leaky at its own (exec); memtrail killed right then
+// (SIGKILL, from the test hook, as it reads the hold). The guardian continues it: leaky runs to
+// its normal end, exit code 0 and its output, never stopped, and without the SIGHUP the kernel
+// sends a job's stopped group when the job's leader dies (before the guardian, exactly that:
+// `reaped PID killed by signal 1`).
+TEST(LeaksLaunch, MemtrailKilledWhileItHoldsTheProgramAWrapperExecutesLeavesItToRunToItsEnd) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  std::string script = dir.file("wrapper.sh");
+  write_file(script, std::string("#!/bin/sh\nexec ") + MEMTRAIL_LEAKY + " basic 3 100\n");
+  for (std::string hold : {"start", "exec"}) {
+    SCOPED_TRACE("killed at the hold of " + hold);
+    Job job({"MEMTRAIL_TEST_KILL_AT_HOLD=" + hold, MEMTRAIL_BINARY, "leaks", "-q", "--", script});
+    EXPECT_TRUE(job.line("job killed by signal 9", 30s)) << job.seen();
+    pid_t leaky = job.pid_in("ready ", 10s);  // it runs: continued
+    ASSERT_GT(leaky, 0) << job.seen();
+    EXPECT_TRUE(job.shell.wait_for_stderr(held_line(leaky), 10s)) << job.seen();
+    EXPECT_EQ(state_once_waiting(leaky), 'S') << "not waiting for its input";
+    job.shell.write_stdin("go\n");
+    EXPECT_TRUE(job.line("line leak_malloc ", 10s)) << job.seen();
+    ASSERT_TRUE(job.line("done", 10s)) << job.seen();
+    job.shell.write_stdin("quit\n");
+    auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
+    EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
+    // The guardian and its anchor ended too: nothing is left.
+    EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+    EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  }
+}
+
+// A CPython program is held at Py_FinalizeEx (its objects read before the interpreter frees
+// them), here through a wrapper that executes python3; memtrail killed right then. Continued by
+// the guardian, it finalizes as it would have: its atexit handler runs (and waits for a line,
+// not stopped), and it exits with its own code, 7.
+TEST(LeaksLaunch, MemtrailKilledWhileItHoldsAPythonProgramAtPyFinalizeExLeavesItToEndNormally) {
+  REQUIRE_BPF_OR_SKIP();
+  TempDir dir;
+  std::string program = dir.file("ends.py");
+  write_file(program,
+             "import atexit, os, sys\n"
+             "kept = [object() for _ in range(100)]\n"
+             "def at_end():\n"
+             "    print('finalizing', flush=True)\n"
+             "    sys.stdin.readline()\n"
+             "    print('bye', flush=True)\n"
+             "atexit.register(at_end)\n"
+             "print('ready', os.getpid(), flush=True)\n"
+             "sys.stdin.readline()\n"
+             "sys.exit(7)\n",
+             0644);
+  std::string script = dir.file("python3");
+  write_file(script, "#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n");
+  Job job({"MEMTRAIL_TEST_KILL_AT_HOLD=finalizing", MEMTRAIL_BINARY, "leaks", "-q",
+           "--python-objects", "exact", "--", script, program});
+  pid_t python = job.pid_in("ready ", 30s);
+  ASSERT_GT(python, 0) << job.seen();
+  // Its probes (Py_FinalizeEx's among them) are in once memtrail says it traces it.
+  ASSERT_TRUE(job.shell.wait_for_stderr("memtrail: tracing pid ", 30s)) << job.seen();
+  job.shell.write_stdin("\n");  // sys.exit(7): Py_FinalizeEx
+  EXPECT_TRUE(job.line("job killed by signal 9", 30s)) << job.seen();
+  EXPECT_TRUE(job.shell.wait_for_stderr(held_line(python), 10s)) << job.seen();
+  ASSERT_TRUE(job.line("finalizing", 10s)) << job.seen();
+  EXPECT_EQ(state_once_waiting(python), 'S') << "not waiting for its input";
+  job.shell.write_stdin("\n");
+  EXPECT_TRUE(job.line("bye", 10s)) << job.seen();
+  auto ended = job.line("reaped " + std::to_string(python) + " ", 10s);
+  EXPECT_EQ(ended, "reaped " + std::to_string(python) + " exited 7") << job.seen();
+  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+}
+
+// memtrail killed (kill -9) while it traces a launched program, nothing held: the program runs
+// on to its normal end. While memtrail runs, its guardian keeps nothing but its three
+// descriptors (no BPF program or link that would keep the probes in after memtrail), and its
+// anchor sits in memtrail's process group with none; after, memtrail's BPF programs are gone.
+TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt) {
+  REQUIRE_BPF_OR_SKIP();
+  Job job({MEMTRAIL_BINARY, "leaks", "-q", "--", MEMTRAIL_LEAKY, "basic", "3", "100"});
+  pid_t memtrail = job.pid_in("job ", 30s);
+  ASSERT_GT(memtrail, 0) << job.seen();
+  ASSERT_TRUE(job.shell.wait_for_stderr("memtrail: tracing pid ", 30s)) << job.seen();
+  pid_t leaky = job.pid_in("ready ", 10s);
+  ASSERT_GT(leaky, 0) << job.seen();
+  auto guardians = children_named(memtrail, "memtrail-guard");
+  ASSERT_EQ(guardians.size(), 1u);
+  auto descriptors = descriptors_of(guardians[0]);
+  ASSERT_EQ(descriptors.size(), 6u) << ::testing::PrintToString(descriptors);
+  EXPECT_EQ(descriptors[0], "/dev/null");
+  EXPECT_EQ(descriptors[1], "/dev/null");
+  EXPECT_EQ(descriptors[3].rfind("socket:", 0), 0u) << descriptors[3];
+  EXPECT_EQ(descriptors[4], "anon_inode:[pidfd]");
+  EXPECT_EQ(descriptors[5], "anon_inode:bpf-map");
+  auto anchors = children_named(guardians[0], "memtrail-anchor");
+  ASSERT_EQ(anchors.size(), 1u);
+  EXPECT_TRUE(descriptors_of(anchors[0]).empty());
+  EXPECT_EQ(stat_fields(anchors[0]).at(2), std::to_string(memtrail)) << "not in memtrail's group";
+  EXPECT_NE(stat_fields(guardians[0]).at(2), std::to_string(memtrail));
+  std::set<int> programs = programs_owned_by(memtrail);
+  EXPECT_GE(programs.size(), 5u);
+  job.shell.write_stdin("go\n");
+  ASSERT_TRUE(job.line("done", 10s)) << job.seen();
+  ASSERT_EQ(::kill(memtrail, SIGKILL), 0);
+  EXPECT_TRUE(job.line("job killed by signal 9", 10s)) << job.seen();
+  EXPECT_EQ(state_once_waiting(leaky), 'S');
+  job.shell.write_stdin("quit\n");
+  auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
+  EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
+  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  // The kernel frees a detached program after grace periods (RCU, RCU tasks trace): soon.
+  for (int i = 0; i < 100 && !still_loaded(programs).empty(); ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(still_loaded(programs).empty());
+  std::string err = job.shell.stderr_seen() + job.shell.drain_stderr();
+  EXPECT_FALSE(said(err, "was held (stopped)")) << err;
+}
+
+// Stopped (SIGTERM), memtrail ends the command it launched (SIGTERM), not what the command
+// started: that runs on, as README says. Its guardian and anchor end with memtrail (reaped).
+TEST(LeaksLaunch, StoppedMemtrailEndsTheCommandNotWhatItStartedAndLeavesNoGuardian) {
+  REQUIRE_BPF_OR_SKIP();
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--", "/bin/sh", "-c",
+                     "/bin/sleep 60 & echo child $!; wait"});
+  auto child_line = tracer.wait_for_stdout("child ", 30s);
+  ASSERT_TRUE(child_line) << tracer.stderr_seen();
+  pid_t sleeper = std::stoi(child_line->substr(6));
+  auto guardians = children_named(tracer.pid(), "memtrail-guard");
+  ASSERT_EQ(guardians.size(), 1u);
+  auto anchors = children_named(guardians[0], "memtrail-anchor");
+  ASSERT_EQ(anchors.size(), 1u);
+  tracer.signal(SIGTERM);
+  EXPECT_EQ(tracer.wait(30s), std::optional<int>(0)) << tracer.drain_stderr();
+  EXPECT_EQ(state_of(sleeper), 'S') << "the command's child did not run on";
+  EXPECT_EQ(state_of(guardians[0]), '?') << "the guardian outlived memtrail";
+  EXPECT_EQ(state_of(anchors[0]), '?') << "the anchor outlived memtrail";
+  ::kill(sleeper, SIGKILL);
+}
+
+// memtrail ignores SIGPIPE (a closed stdout must not kill it before its report), and an exec
+// keeps what is ignored: the command gets the default back, so that `yes | head -n 1` ends
+// yes by SIGPIPE, quietly, as outside memtrail (not "yes: standard output: Broken pipe").
+TEST(LeaksLaunch, TheCommandGetsTheDefaultSigpipeBackNotMemtrailsIgnoredOne) {
+  REQUIRE_BPF_OR_SKIP();
+  Subprocess tracer({MEMTRAIL_BINARY, "leaks", "-q", "--", "/bin/sh", "-c",
+                     "yes | head -n 1; grep SigIgn /proc/self/status"});
+  auto code = tracer.wait(30s);
+  std::string out = tracer.drain_stdout(), err = tracer.drain_stderr();
+  EXPECT_EQ(code, std::optional<int>(0)) << err;
+  EXPECT_FALSE(said(err, "Broken pipe")) << err;
+  // SIGPIPE (13) is bit 12 of the mask: the shell's mask has no such bit.
+  auto line = out.find("SigIgn:");
+  ASSERT_NE(line, std::string::npos) << out;
+  uint64_t ignored =
+      std::stoull(out.substr(line + 7, out.find('\n', line) - line - 7), nullptr, 16);
+  EXPECT_EQ(ignored & (1ull << (SIGPIPE - 1)), 0u) << out.substr(line, 30);
 }
 
 struct Outcome {

@@ -80,33 +80,6 @@ Traced trace_scenario(Target& target, std::vector<std::string> options = {},
   return traced;
 }
 
-// IDs of the BPF programs process `pid` holds open, from /proc/PID/fdinfo ("prog_id:").
-// IDs are not reused while the machine runs, so a vanished ID means that program was unloaded.
-std::set<int> programs_owned_by(pid_t pid) {
-  std::set<int> ids;
-  std::string directory = "/proc/" + std::to_string(pid) + "/fdinfo";
-  for (const auto& entry : std::filesystem::directory_iterator(directory)) {
-    std::ifstream info(entry.path());
-    std::string key;
-    while (info >> key) {
-      if (key == "prog_id:") {
-        int id = 0;
-        info >> id;
-        ids.insert(id);
-      }
-    }
-  }
-  return ids;
-}
-
-std::set<int> still_loaded(const std::set<int>& ids) {
-  std::set<int> loaded;
-  for (const auto& program : loaded_programs()) {
-    if (ids.count(program["id"].get<int>())) loaded.insert(program["id"].get<int>());
-  }
-  return loaded;
-}
-
 TEST(LeaksIntegration, FindsTheLeakingSiteWithExactBytesAndNotTheFreeingOne) {
   REQUIRE_BPF_OR_SKIP();
   Target target({MEMTRAIL_LEAKY, "basic", "7", "1000"});

@@ -3,13 +3,16 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -85,6 +88,33 @@ inline nlohmann::json loaded_programs() {
   }
   nlohmann::json programs = nlohmann::json::parse(text, nullptr, false);
   return programs.is_array() ? programs : nlohmann::json::array();
+}
+
+// IDs of the BPF programs process `pid` holds open, from /proc/PID/fdinfo ("prog_id:").
+// IDs are not reused while the machine runs, so a vanished ID means that program was unloaded.
+inline std::set<int> programs_owned_by(pid_t pid) {
+  std::set<int> ids;
+  std::string directory = "/proc/" + std::to_string(pid) + "/fdinfo";
+  for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+    std::ifstream info(entry.path());
+    std::string key;
+    while (info >> key) {
+      if (key == "prog_id:") {
+        int id = 0;
+        info >> id;
+        ids.insert(id);
+      }
+    }
+  }
+  return ids;
+}
+
+inline std::set<int> still_loaded(const std::set<int>& ids) {
+  std::set<int> loaded;
+  for (const auto& program : loaded_programs()) {
+    if (ids.count(program["id"].get<int>())) loaded.insert(program["id"].get<int>());
+  }
+  return loaded;
 }
 
 }  // namespace memtrail::testing

@@ -121,12 +121,14 @@ GatedChild::GatedChild(const std::string& executable, const std::vector<std::str
   }
   if (pid_ == 0) {
     // Child: only async-signal-safe calls from here on. memtrail blocks SIGINT and SIGTERM to
-    // read them from a signalfd; the command must get the normal defaults back.
+    // read them from a signalfd, and ignores SIGPIPE (main.cpp), which an exec keeps: the
+    // command must get the normal defaults back (`yes | head` ends quietly by SIGPIPE).
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_UNBLOCK, &all, nullptr);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
     gate_write.reset();
     error_read.reset();
     char go = 0;

@@ -4,8 +4,11 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <string>
 
@@ -13,6 +16,19 @@
 #include "common/error.h"
 
 namespace memtrail::session {
+
+namespace {
+
+// MEMTRAIL_TEST_KILL_AT_HOLD=start|exec|finalizing (tests only): memtrail kills itself
+// (SIGKILL) as it reads the first hold of that kind (the command's own exec; an exec the
+// running command or its child makes; Py_FinalizeEx), before it continues the process: the
+// moment a `kill -9` is the most harmful.
+void killed_here_in_tests(const char* hold) {
+  static const char* wanted = std::getenv("MEMTRAIL_TEST_KILL_AT_HOLD");
+  if (wanted && std::strcmp(wanted, hold) == 0) ::kill(::getpid(), SIGKILL);
+}
+
+}  // namespace
 
 void Lifecycle::follow() {
   auto news = tracer_.drain_region_events();
@@ -28,12 +44,14 @@ void Lifecycle::follow() {
 // those alive kept with their sizes: its report (at its exit, or the final one) shows what the
 // program kept to its end, also the objects created since the last report.
 void Lifecycle::handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing) {
-  HeldExec held(finalizing.held ? finalizing.pid : 0);
+  HeldExec held(tracer_, finalizing.held ? finalizing.pid : 0, finalizing.at_ns);
   if (!targets_.live(finalizing.pid)) return;
+  if (finalizing.held) killed_here_in_tests("finalizing");
   if (finalizing.hold_failed) {
     std::cerr << "memtrail: warning: pid " << finalizing.pid << " could not be held at "
-              << "Py_FinalizeEx (the kernel refused the stop signal): its report shows the "
-              << "Python objects the last reading found alive, not those created since\n";
+              << "Py_FinalizeEx (the kernel refused the stop signal, or too many processes "
+              << "were held at once): its report shows the Python objects the last reading "
+              << "found alive, not those created since\n";
   }
   auto began = Clock::now();
   uint64_t alive = tracer_.read_python_objects_of(finalizing.pid);
@@ -120,7 +138,7 @@ void Lifecycle::handle_fork(const tracer::AllocTracer::Fork& fork) {
 // that a wrapper script executing the real program loses none of its allocations.
 void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
   // Stopped by the kernel at the exec: continued on every way out of here.
-  HeldExec held(exec.held ? exec.pid : 0);
+  HeldExec held(tracer_, exec.held ? exec.pid : 0, exec.at_ns);
   auto began = Clock::now();
   TracedProcess* process = targets_.live(exec.pid);
   // Host-wide, a program started since memtrail attached: traced if it is wanted.
@@ -130,10 +148,12 @@ void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
   }
   if (exec.hold_failed) {
     std::cerr << "memtrail: warning: pid " << exec.pid << " executed a program that could not "
-              << "be held at its first instruction (the kernel refused the stop signal): its "
-              << "allocations before its probes are in are not seen\n";
+              << "be held at its first instruction (the kernel refused the stop signal, or "
+              << "too many processes were held at once): its allocations before its probes "
+              << "are in are not seen\n";
   }
   bool starting = process->launched && process->execs == 0;  // the command starting
+  if (exec.held) killed_here_in_tests(starting ? "start" : "exec");
   ++process->execs;
   std::string probed;
   if (exec.held && !starting) {
@@ -166,18 +186,18 @@ void Lifecycle::release_held() {
   auto news = tracer_.drain_region_events();
   for (const auto& exec : news.execs) {
     if (exec.held) {
-      HeldExec resume(exec.pid);
+      HeldExec resume(tracer_, exec.pid, exec.at_ns);
     }
   }
   for (const auto& finalizing : news.python_finalizing) {
     if (finalizing.held) {
-      HeldExec resume(finalizing.pid);
+      HeldExec resume(tracer_, finalizing.pid, finalizing.at_ns);
     }
   }
 }
 
 Lifecycle::HeldExec::~HeldExec() {
-  if (pid_ != 0) ::kill(static_cast<pid_t>(pid_), SIGCONT);
+  if (pid_ != 0) tracer_.continue_held(pid_, held_at_ns_);
 }
 
 // Keeps what an exited process left outstanding (its sites as they are now), then removes its

@@ -69,17 +69,20 @@ class Lifecycle {
   void handle_exec(const tracer::AllocTracer::Exec& exec);
   void handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing);
 
-  // A process the kernel stopped at its exec (hold_execs) or at Py_FinalizeEx: continued
-  // (SIGCONT) when this goes, whatever happened meanwhile. pid 0: none.
+  // A process the kernel stopped at its exec (hold_execs) or at Py_FinalizeEx at `held_at_ns`:
+  // continued (SIGCONT) when this goes, whatever happened meanwhile. pid 0: none.
   class HeldExec {
    public:
-    explicit HeldExec(uint32_t pid) : pid_(pid) {}
+    HeldExec(tracer::AllocTracer& tracer, uint32_t pid, uint64_t held_at_ns)
+        : tracer_(tracer), pid_(pid), held_at_ns_(held_at_ns) {}
     ~HeldExec();
     HeldExec(const HeldExec&) = delete;
     HeldExec& operator=(const HeldExec&) = delete;
 
    private:
+    tracer::AllocTracer& tracer_;
     uint32_t pid_;
+    uint64_t held_at_ns_;
   };
 
   const SessionConfig& config_;

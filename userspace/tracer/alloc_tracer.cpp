@@ -3,6 +3,7 @@
 #include "tracer/alloc_tracer.h"
 
 #include <bpf/bpf.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -41,6 +42,9 @@ constexpr uint32_t kMaxTracedProcesses = 65536;
 constexpr uint32_t kMaxTracedTrees = 4096;
 // The ring buffer's size when it carries only fork and exec events (no --mmap).
 constexpr uint32_t kLifecycleBufferBytes = 256u << 10;
+// Processes held at once (each for milliseconds, at an exec or Py_FinalizeEx): more are not
+// held, and say so.
+constexpr uint32_t kMaxHeldProcesses = 1024;
 // (process, Python type) pairs counted by --python-types; more are counted as lost.
 constexpr uint32_t kMaxPythonTypes = 1u << 17;
 
@@ -174,6 +178,7 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                {maps.unwind_pages, tables ? std::max(config.unwind_table_rows / 4, 1u) : 1u},
                {maps.unwind_processes, tables ? kMaxUnwindProcesses : 1u},
                {maps.traced_processes, lifecycle ? traced_processes : 1u},
+               {maps.held_processes, config.hold_execs ? kMaxHeldProcesses : 1u},
                // Entries only for CPython processes and their stacks (no preallocation).
                {maps.python_processes, config.python_layout ? traced_processes : 1u},
                {maps.python_stacks, config.python_layout ? config.max_stacks : 1u},
@@ -274,6 +279,12 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   if (err < 0) {
     fail("load BPF programs", -err, load_failure_hint(-err, "--max-allocations"));
   }
+  // Before any hold (memtrail killed while it holds a process must not leave it stopped), and
+  // before the tables are mapped: the guardian's copy of the mappings would keep those maps'
+  // memory (hundreds of MiB) for as long as it lives.
+  if (config.hold_execs) {
+    guardian_.emplace(bpf_map__fd(maps.held_processes), &skeleton_->bss->holds_released);
+  }
   // Writable: purge_processes() frees the slots of processes that exited.
   allocs_view_ = map_values(maps.allocs, PROT_READ | PROT_WRITE);
   if (config.python_objects) python_log_view_ = map_values(maps.python_new_objects);
@@ -338,7 +349,7 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
     tracer->lifecycle_.forks.push_back({event.tgid, static_cast<uint32_t>(event.address)});
   } else if (event.type == MEMTRAIL_REGION_PYTHON_FINALIZING) {
     tracer->lifecycle_.python_finalizing.push_back(
-        {event.tgid, (event.flags & MEMTRAIL_REGION_HELD) != 0,
+        {event.tgid, event.timestamp_ns, (event.flags & MEMTRAIL_REGION_HELD) != 0,
          (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
   } else if (tracer->regions_.apply(event)) {
     tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
@@ -618,6 +629,13 @@ void AllocTracer::hold_execs(uint32_t pid) {
 }
 
 void AllocTracer::release_holds() { skeleton_->bss->holds_released = 1; }
+
+void AllocTracer::continue_held(uint32_t pid, uint64_t held_at_ns) {
+  ::kill(static_cast<pid_t>(pid), SIGCONT);
+  // Forgotten after the signal: a hold still recorded is the guardian's to continue.
+  memtrail_held_key key{pid, 0, held_at_ns};
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.held_processes), &key);
+}
 
 uint64_t AllocTracer::unfollow(uint32_t pid) {
   // ENOENT: never followed.

@@ -14,6 +14,7 @@
 #include "inspect/allocator.h"
 #include "inspect/process_file.h"
 #include "model/snapshot.h"
+#include "tracer/hold_guardian.h"
 #include "tracer/libbpf_raii.h"
 #include "tracer/mapped_regions.h"
 #include "tracer/tracer_config.h"
@@ -39,10 +40,15 @@ class AllocTracer : public unwind::RowStore {
   // From now on each program `pid` executes, and those of the processes it forks, is stopped
   // (SIGSTOP) before its first instruction and reported as a held Exec: the caller probes the
   // new program, then continues it. For a launched command only (its parent is memtrail, which
-  // no job-control shell watches). Throws memtrail::Error.
+  // no job-control shell watches). Throws memtrail::Error. Each hold is recorded in the map
+  // held_processes until continue_held(): the guardian (HoldGuardian, started with the tracer
+  // when config.hold_execs) continues those left if memtrail dies holding them.
   void hold_execs(uint32_t pid);
   // No exec is held from now on (the run ends): those held already still wait to be drained.
   void release_holds();
+  // Continues a process the kernel held (Exec::held, PythonFinalizing::held; `held_at_ns`:
+  // their at_ns), and then forgets its hold.
+  void continue_held(uint32_t pid, uint64_t held_at_ns);
   // Takes a process that was followed but never attached (no traced allocator) out again: it
   // has no blocks in the table, so this is cheap, unlike purge_processes(). Returns the mapped
   // regions dropped.
@@ -97,6 +103,7 @@ class AllocTracer : public unwind::RowStore {
   // ends, and the interpreter is about to free what its modules keep.
   struct PythonFinalizing {
     uint32_t pid = 0;
+    uint64_t at_ns = 0;  // CLOCK_MONOTONIC
     // Stopped there: read its objects (read_python_objects_of), then continue it (SIGCONT).
     // hold_failed: it was to be, but the kernel refused the signal.
     bool held = false;
@@ -374,6 +381,8 @@ class AllocTracer : public unwind::RowStore {
   TracerConfig config_;
   model::PythonObjectJudge* python_judge_ = nullptr;
   AllocSkeleton skeleton_;
+  // After the skeleton, before every link owner: destroyed once they are all closed.
+  std::optional<HoldGuardian> guardian_;
   MappedMap allocs_view_;  // the outstanding-allocations table, read in place
   MappedMap rows_view_;    // the unwind rows, written in place
   uint64_t row_capacity_ = 0;
