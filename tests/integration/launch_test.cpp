@@ -516,7 +516,7 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   ASSERT_TRUE(job.shell.wait_for_stderr("memtrail: tracing pid ", 30s)) << job.seen();
   pid_t leaky = job.pid_in("ready ", 10s);
   ASSERT_GT(leaky, 0) << job.seen();
-  auto guardians = children_named(memtrail, "memtrail-guard");
+  auto guardians = children_named(memtrail, "mt-hold-guard");
   ASSERT_EQ(guardians.size(), 1u);
   auto descriptors = descriptors_of(guardians[0]);
   ASSERT_EQ(descriptors.size(), 6u) << ::testing::PrintToString(descriptors);
@@ -525,7 +525,7 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   EXPECT_EQ(descriptors[3].rfind("socket:", 0), 0u) << descriptors[3];
   EXPECT_EQ(descriptors[4], "anon_inode:[pidfd]");
   EXPECT_EQ(descriptors[5], "anon_inode:bpf-map");
-  auto anchors = children_named(guardians[0], "memtrail-anchor");
+  auto anchors = children_named(guardians[0], "mt-hold-anchor");
   ASSERT_EQ(anchors.size(), 1u);
   EXPECT_TRUE(descriptors_of(anchors[0]).empty());
   EXPECT_EQ(stat_fields(anchors[0]).at(2), std::to_string(memtrail)) << "not in memtrail's group";
@@ -560,9 +560,9 @@ TEST(LeaksLaunch, StoppedMemtrailEndsTheCommandNotWhatItStartedAndLeavesNoGuardi
   auto child_line = tracer.wait_for_stdout("child ", 30s);
   ASSERT_TRUE(child_line) << tracer.stderr_seen();
   pid_t sleeper = std::stoi(child_line->substr(6));
-  auto guardians = children_named(tracer.pid(), "memtrail-guard");
+  auto guardians = children_named(tracer.pid(), "mt-hold-guard");
   ASSERT_EQ(guardians.size(), 1u);
-  auto anchors = children_named(guardians[0], "memtrail-anchor");
+  auto anchors = children_named(guardians[0], "mt-hold-anchor");
   ASSERT_EQ(anchors.size(), 1u);
   tracer.signal(SIGTERM);
   EXPECT_EQ(tracer.wait(30s), std::optional<int>(0)) << tracer.drain_stderr();

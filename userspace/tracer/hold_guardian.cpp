@@ -173,7 +173,7 @@ pid_t start_anchor(pid_t memtrail_group) {
   if (anchor < 0) return -1;
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != guardian) _exit(0);
-  ::prctl(PR_SET_NAME, "memtrail-anchor");
+  ::prctl(PR_SET_NAME, "mt-hold-anchor");
   ::setpgid(0, memtrail_group);
   close_from(0);
   for (;;) ::pause();
@@ -181,7 +181,7 @@ pid_t start_anchor(pid_t memtrail_group) {
 
 [[noreturn]] void guard(pid_t memtrail_group, volatile uint32_t* holds_released,
                         const StartClock& clock) {
-  ::prctl(PR_SET_NAME, "memtrail-guard");
+  ::prctl(PR_SET_NAME, "mt-hold-guard");
   // The terminal's signals are for memtrail's job, not for it: it ends when memtrail does.
   // SIGTTOU ignored: a line on a terminal with `stty tostop` is written, not stopped.
   for (int signal_number : {SIGINT, SIGQUIT, SIGHUP, SIGTSTP, SIGTTIN, SIGTTOU, SIGPIPE}) {
