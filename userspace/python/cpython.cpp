@@ -285,6 +285,12 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
       if (auto type = file->find_object(name)) *address = *bias + type->address;
     }
     if (interpreter.supported) {
+      if (auto odict_type = file->find_object("PyODict_Type")) {
+        interpreter.odict_type_address = *bias + odict_type->address;
+      }
+      OrderedDictScan odict = scan_ordered_dict(*file);
+      interpreter.odict_sizing = odict.sizing;
+      interpreter.odict_reason = odict.refusal;
       CreationScan scan = scan_interpreter(*file);
       for (const auto& site : scan.sites) {
         if (auto offset = file->file_offset_of(site.branch)) {

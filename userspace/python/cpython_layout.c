@@ -104,6 +104,18 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->set_min_size = PySet_MINSIZE;
   layout->set_entry_size = sizeof(setentry);
   layout->bytearray_alloc = offsetof(PyByteArrayObject, ob_alloc);
+  layout->dict_used = offsetof(PyDictObject, ma_used);
+  layout->dict_size = sizeof(PyDictObject);
+  layout->type_methods = offsetof(PyTypeObject, tp_methods);
+  layout->type_base = offsetof(PyTypeObject, tp_base);
+  layout->method_def_size = sizeof(PyMethodDef);
+  layout->method_name = offsetof(PyMethodDef, ml_name);
+  layout->method_function = offsetof(PyMethodDef, ml_meth);
+  layout->unicode_wstr = offsetof(PyASCIIObject, wstr);
+  layout->compact_utf8_length = offsetof(PyCompactUnicodeObject, utf8_length);
+  layout->compact_utf8 = offsetof(PyCompactUnicodeObject, utf8);
+  layout->compact_wstr_length = offsetof(PyCompactUnicodeObject, wstr_length);
+  layout->wchar_size = sizeof(wchar_t);
 
   memset(&probe, 0, sizeof(probe));
   probe.state.kind = 7;
@@ -116,4 +128,7 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   memset(&probe, 0, sizeof(probe));
   probe.state.ascii = 1;
   layout->state_ascii_bit = bit_index(state_word(&probe));
+  memset(&probe, 0, sizeof(probe));
+  probe.state.ready = 1;
+  layout->state_ready_bit = bit_index(state_word(&probe));
 }

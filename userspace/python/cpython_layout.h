@@ -54,7 +54,15 @@ struct memtrail_cpython_layout {
   unsigned ascii_data;       /* sizeof(PyASCIIObject): a compact ASCII string's characters */
   unsigned compact_data;     /* sizeof(PyCompactUnicodeObject): other compact strings' */
   unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
-  unsigned state_compact_bit, state_ascii_bit;
+  unsigned state_compact_bit, state_ascii_bit, state_ready_bit;
+  /* A str's caches, which sys.getsizeof counts where they have memory of their own (3.11's
+   * unicode_sizeof): the wchar_t copy (PyASCIIObject.wstr, any str) and, past a compact
+   * non-ASCII str's PyASCIIObject, the UTF-8 copy and the wchar_t copy's length. */
+  unsigned unicode_wstr;        /* PyASCIIObject.wstr */
+  unsigned compact_utf8_length; /* PyCompactUnicodeObject.utf8_length (bytes, without NUL) */
+  unsigned compact_utf8;        /* PyCompactUnicodeObject.utf8 */
+  unsigned compact_wstr_length; /* PyCompactUnicodeObject.wstr_length (wchar_t units) */
+  unsigned wchar_size;          /* sizeof(wchar_t) */
   /* Types (--python-types): their name, sizes and flags. */
   struct memtrail_cpython_type_offsets types; /* what the BPF programs read */
   unsigned type_name;                         /* PyTypeObject.tp_name (const char *) */
@@ -87,6 +95,16 @@ struct memtrail_cpython_layout {
   unsigned set_min_size;          /* PySet_MINSIZE: the table inside the object */
   unsigned set_entry_size;        /* sizeof(setentry) */
   unsigned bytearray_alloc;       /* PyByteArrayObject.ob_alloc */
+  unsigned dict_used;             /* PyDictObject.ma_used: its items */
+  unsigned dict_size;             /* sizeof(PyDictObject): where a subclass's fields begin */
+  /* A type's methods (PyTypeObject.tp_methods, an array of PyMethodDef ending in a NULL
+   * name): where the private layouts of OrderedDict are read from its __sizeof__'s code
+   * (python/sizeof_code.h). */
+  unsigned type_methods;
+  unsigned type_base;       /* PyTypeObject.tp_base: is a type OrderedDict or a subclass */
+  unsigned method_def_size; /* sizeof(PyMethodDef) */
+  unsigned method_name;     /* PyMethodDef.ml_name */
+  unsigned method_function; /* PyMethodDef.ml_meth */
   /* The creation-site scan (python/creation_sites.h): _PyTraceMalloc_Config.tracing, the flag
    * every _Py_NewReference checks. */
   unsigned tracemalloc_tracing;
