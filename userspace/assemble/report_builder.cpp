@@ -146,6 +146,12 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                       "): its Python objects are not traced (its native allocations are): " +
                       target.python_objects_reason + ".");
     }
+    if (target.python && !target.python_sizes_reason.empty()) {
+      notes.push_back("pid " + std::to_string(target.pid) + " (" + target.python->module +
+                      "): its OrderedDict objects are sized as the dicts they are, without "
+                      "their nodes and fast-nodes array (lower bounds of sys.getsizeof): " +
+                      target.python_sizes_reason + ".");
+    }
     for (const auto& allocator : target.allocators) {
       if (allocator.note.empty()) continue;
       notes.push_back("pid " + std::to_string(target.pid) + ", " + allocator.name + " (" +
