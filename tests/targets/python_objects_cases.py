@@ -11,9 +11,12 @@
 #   sizes     one line per kind keeps 30 objects of one type (str of each width, one whose
 #             UTF-8 cache is filled after it is made, bytes, int, float, complex, tuple, list
 #             grown by appends, dict after deletions, set after growth, frozenset, instances
-#             plain and with __slots__, bytearray, OrderedDict, deque, defaultdict, Counter);
-#             states each kind's type name (tp_name), the sum of its sys.getsizeof, and the
-#             part of it in blocks malloc serves (a deque's, each over 512 bytes)
+#             plain and with __slots__, bytearray, OrderedDict, deque, defaultdict, Counter,
+#             an int subclass); states each kind's type name (tp_name), the sum of its
+#             sys.getsizeof, and the part of it in blocks malloc serves (a deque's, each over
+#             512 bytes); also keeps array.array and str-subclass objects, whose __sizeof__
+#             adds memory memtrail does not read ("count estimated_NAME 1": their types'
+#             __name__)
 #   immutable for the duty cycle: rounds in which a first line keeps strs and tuples for a
 #             while, then drops them, and a second line at once makes as many of the same
 #             types and sizes, other content, at the same addresses (mostly while the probes
@@ -24,6 +27,7 @@
 # Prints "ready PID", waits for a line, prints "line NAME N" for the lines memtrail must find,
 # runs the scenario, prints "count NAME N" for what it states (sys.getsizeof sums, how many
 # addresses were reused, verified with id()), "done", then waits for "quit" or end of input.
+import array
 import collections
 import os
 import sys
@@ -224,6 +228,14 @@ class Slotted:
         self.a = a
 
 
+class Number(int):
+    pass
+
+
+class Text(str):
+    pass
+
+
 def tp_name(kind):
     # A static type's tp_name names its module (but builtins'); a class's is its name.
     if kind.__flags__ & (1 << 9) or kind.__module__ == "builtins":  # Py_TPFLAGS_HEAPTYPE
@@ -236,7 +248,8 @@ def sizes():
     made = {kind: [] for kind in ("str_ascii", "str_latin1", "str_ucs2", "str_ucs4", "str_utf8",
                                   "bytes", "int", "float", "complex", "tuple", "list", "dict",
                                   "set", "frozenset", "instance", "slotted", "bytearray",
-                                  "odict", "deque", "defaultdict", "counter")}
+                                  "odict", "deque", "defaultdict", "counter", "int_subclass")}
+    estimated = []
     for i in range(count):
         made["str_ascii"].append("a" * 30 + str(i))  # line: str_ascii
         made["str_latin1"].append("é" * 10 + str(i))  # line: str_latin1
@@ -281,7 +294,11 @@ def sizes():
             default[k]
         made["defaultdict"].append(default)
         made["counter"].append(collections.Counter("abcdefg"[: i % 7 + 1]))  # line: counter
+        made["int_subclass"].append(Number(10**20 + i))  # line: int_subclass
+        estimated.append(array.array("d", [0.5] * i))
+        estimated.append(Text("text" + str(i)))
     kept.append(made)
+    kept.append(estimated)
     time.sleep(0.3)
     for kind, things in made.items():
         name = tp_name(type(things[0]))
@@ -294,6 +311,10 @@ def sizes():
         if kind == "deque":
             malloc = sum(t.__sizeof__() - object.__sizeof__(t) for t in things)
         print(f"count malloc_{kind} {malloc}", flush=True)
+    # Their names: the last part of a tp_name (array's type is a heap type made from a spec,
+    # whose tp_name "array.array" Python code cannot read).
+    for name in sorted(set(type(thing).__name__ for thing in estimated)):
+        print(f"count estimated_{name} 1", flush=True)
 
 
 print(f"ready {os.getpid()}", flush=True)

@@ -86,6 +86,10 @@ struct Interpreter {
   uint64_t odict_type_address = 0;
   std::optional<OrderedDictSizing> odict_sizing;
   std::string odict_reason;
+  // The __sizeof__ functions of the built-in types memtrail sizes as they do, in the process,
+  // by the type they belong to ("PyBaseObject_Type", "PyUnicode_Type", ...): an object whose
+  // type's __sizeof__ is another is sized by estimate (python/objects.h, TypeFacts::exact).
+  std::map<uint64_t, std::string> sizeof_owners;
 };
 
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.

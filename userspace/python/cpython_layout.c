@@ -84,6 +84,10 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
 
   layout->dict_subclass = Py_TPFLAGS_DICT_SUBCLASS;
   layout->list_subclass = Py_TPFLAGS_LIST_SUBCLASS;
+  layout->long_subclass = Py_TPFLAGS_LONG_SUBCLASS;
+  layout->heap_type = Py_TPFLAGS_HEAPTYPE;
+  layout->long_digits = offsetof(PyLongObject, ob_digit);
+  layout->digit_size = sizeof(digit);
   layout->dict_keys = offsetof(PyDictObject, ma_keys);
   layout->dict_values = offsetof(PyDictObject, ma_values);
   layout->dict_version = offsetof(PyDictObject, ma_version_tag);

@@ -74,8 +74,14 @@ struct memtrail_cpython_layout {
    * dict (and subclasses: Py_TPFLAGS_DICT_SUBCLASS), list (Py_TPFLAGS_LIST_SUBCLASS), set and
    * frozenset, bytearray. */
   unsigned long dict_subclass, list_subclass;
-  unsigned dict_keys;   /* PyDictObject.ma_keys */
-  unsigned dict_values; /* PyDictObject.ma_values: a split table's values */
+  /* int and its subclasses (Py_TPFLAGS_LONG_SUBCLASS): int.__sizeof__ counts the digits after
+   * PyLongObject's header, not a subclass's basic size (its __dict__ and weakref slots). */
+  unsigned long long_subclass;
+  unsigned long heap_type; /* Py_TPFLAGS_HEAPTYPE: a class (made at run time) */
+  unsigned long_digits;    /* offsetof(PyLongObject, ob_digit) */
+  unsigned digit_size;     /* sizeof(digit) */
+  unsigned dict_keys;      /* PyDictObject.ma_keys */
+  unsigned dict_values;    /* PyDictObject.ma_values: a split table's values */
   /* PyDictObject.ma_version_tag: every dict created, and every change to one, takes the next
    * value of one interpreter-wide counter, so an unchanged tag is the same dict. */
   unsigned dict_version;

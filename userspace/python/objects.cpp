@@ -376,6 +376,12 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
     if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
     size = ascii ? layout.ascii_data + static_cast<uint64_t>(length) + 1
                  : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
+  } else if (type.sizing == Sizing::kInt) {
+    // int.__sizeof__: the header and digits, whatever slots a subclass adds.
+    auto digits = field(layout.var_size);
+    if (digits == INT64_MIN) return std::nullopt;
+    size = layout.long_digits +
+           static_cast<uint64_t>(digits < 0 ? -digits : digits) * layout.digit_size;
   } else {
     if (type.basic_size <= 0) return std::nullopt;
     size = static_cast<uint64_t>(type.basic_size);
@@ -472,11 +478,48 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
   return ObjectSize{size, pymalloc, malloc_bytes};
 }
 
+bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap) {
+  if (owner.empty()) return !heap && name == "collections.deque" && sizing == Sizing::kBasic;
+  static const std::map<std::string, Sizing> computes = {
+      {"PyBaseObject_Type", Sizing::kBasic}, {"PyUnicode_Type", Sizing::kStr},
+      {"PyDict_Type", Sizing::kDict},        {"PyODict_Type", Sizing::kOrderedDict},
+      {"PyList_Type", Sizing::kList},        {"PySet_Type", Sizing::kSet},
+      {"PyFrozenSet_Type", Sizing::kSet},    {"PyByteArray_Type", Sizing::kByteArray},
+      {"PyBytes_Type", Sizing::kBasic},      {"PyLong_Type", Sizing::kInt},
+      {"PyTuple_Type", Sizing::kBasic},      {"PyFloat_Type", Sizing::kBasic},
+      {"PyComplex_Type", Sizing::kBasic}};
+  auto it = computes.find(owner);
+  return it != computes.end() && it->second == sizing;
+}
+
 namespace {
+
+// The generations of tp_base followed at most.
+constexpr int kMaxGenerations = 32;
+
+// The __sizeof__ function objects of `type` get: the first in the method tables along its
+// tp_base chain (0: none found, or unreadable).
+uint64_t resolve_sizeof(uint32_t pid, uint64_t type) {
+  const auto& layout = built_layout();
+  MemoryReader read = [pid](uint64_t address, size_t length) {
+    std::vector<uint8_t> bytes(length);
+    if (!read_memory(pid, address, bytes.data(), length)) bytes.clear();
+    return bytes;
+  };
+  for (int i = 0; i < kMaxGenerations && type; ++i) {
+    uint64_t methods = 0, base = 0;
+    if (!read_memory(pid, type + layout.type_methods, &methods, sizeof(methods)) ||
+        !read_memory(pid, type + layout.type_base, &base, sizeof(base))) {
+      return 0;
+    }
+    if (uint64_t function = sizeof_method(methods, read)) return function;
+    type = base;
+  }
+  return 0;
+}
 
 // Is `type` `base`, or derived from it (through tp_base, as far as a few generations)?
 bool is_or_derives_from(uint32_t pid, uint64_t type, uint64_t base) {
-  constexpr int kMaxGenerations = 32;
   for (int i = 0; i < kMaxGenerations && type && base; ++i) {
     if (type == base) return true;
     uint64_t next = 0;
@@ -519,6 +562,8 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
       read.sizing = Sizing::kSet;
     } else if (type == process.bytearray_type_address) {
       read.sizing = Sizing::kByteArray;
+    } else if (read.flags & layout.long_subclass) {
+      read.sizing = Sizing::kInt;
     }
     // Exact types only: a subclass's instances may carry a dict of attributes, changed freely.
     if (type == process.unicode_type_address) {
@@ -539,6 +584,9 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
       read.name.assign(name, strnlen(name, sizeof(name) - 1));
     }
     if (read.name.empty()) read.name.push_back('?');
+    auto owner = process.sizeof_owners.find(resolve_sizeof(pid, type));
+    read.exact = sizeof_matches(owner != process.sizeof_owners.end() ? owner->second : "",
+                                read.sizing, read.name, read.flags & layout.heap_type);
     facts = std::move(read);
   }
   // A type that cannot be read is not a type: the objects recorded with it are judged dead.
@@ -660,6 +708,16 @@ void ObjectLiveness::read_identities(
 std::string ObjectLiveness::type_name(uint32_t pid, uint64_t type) const {
   auto it = types_.find({pid, type});
   return it != types_.end() && it->second ? it->second->name : "?";
+}
+
+std::vector<std::string> ObjectLiveness::estimated_types(uint32_t pid) const {
+  std::vector<std::string> names;
+  for (auto it = types_.lower_bound({pid, 0}); it != types_.end() && it->first.first == pid; ++it) {
+    if (it->second && !it->second->exact) names.push_back(it->second->name);
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
 }
 
 void ObjectLiveness::forget(uint32_t pid) {

@@ -22,13 +22,14 @@ namespace memtrail::python {
 // How sys.getsizeof sizes an object of a type: its basic and item sizes (object.__sizeof__),
 // or, for the common types whose __sizeof__ adds a buffer of their own, from their fields.
 enum class Sizing : uint8_t {
-  kBasic,        // tp_basicsize + |ob_size| * tp_itemsize (int, float, tuple, bytes, instances)
+  kBasic,        // tp_basicsize + |ob_size| * tp_itemsize (float, tuple, bytes, instances)
   kStr,          // a compact str: its header and characters, and its UTF-8 and wchar_t caches
   kDict,         // dict and its subclasses: the keys table it owns, a split table's values
   kOrderedDict,  // OrderedDict and its subclasses: a dict's, its nodes and fast-nodes array
   kList,         // list and its subclasses: the item array (allocated, not ob_size)
   kSet,          // set, frozenset: the hash table when it is not the one inside the object
   kByteArray,    // bytearray: ob_alloc bytes
+  kInt,          // int and its subclasses: PyLongObject's header and digits, not a subclass's slots
 };
 
 // What tells one object of a type from another made later at the same address (with the
@@ -50,7 +51,18 @@ struct TypeFacts {
   IdentityBy identity = IdentityBy::kNothing;
   bool tuple = false;       // its items must all be set before its content identifies it
   OrderedDictSizing odict;  // kOrderedDict: what its __sizeof__ adds (python/sizeof_code.h)
+  // Its __sizeof__ (the first along tp_base) is the one `sizing` computes as it does: its
+  // objects' sizes are sys.getsizeof's. Else they are estimates: its basic and item sizes, for
+  // a type whose __sizeof__ adds memory memtrail does not read (array.array, a str subclass).
+  // A __sizeof__ defined in Python (in a class's dict, not its C methods) is not seen.
+  bool exact = true;
 };
+
+// Does `owner`'s __sizeof__ (a type Interpreter::sizeof_owners names; "" for any other
+// function) compute what `sizing` does? `name`: the type's tp_name, `heap`: a class (a heap
+// type). A deque (_collections' static "collections.deque") is sized exactly as far as memtrail
+// charges it: its blocks, 528 bytes each, are malloc's and counted at malloc's sites.
+bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap);
 
 // The bytes of an object read at once: refcount, type, ob_size (or a str's length), a str's
 // hash and state; a list's allocated, a set's mask, a dict's keys pointer, a bytearray's
@@ -123,6 +135,9 @@ class ObjectLiveness : public model::PythonObjectJudge {
   void judge(std::span<model::TrackedPythonObject> objects) override;
   // The type's name (tp_name), once read; "?" when never read.
   std::string type_name(uint32_t pid, uint64_t type) const;
+  // The names of the types of process `pid` whose objects were sized by estimate (TypeFacts::
+  // exact false), sorted.
+  std::vector<std::string> estimated_types(uint32_t pid) const;
   void forget(uint32_t pid);
 
  private:

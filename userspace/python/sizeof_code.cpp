@@ -399,15 +399,33 @@ OrderedDictScan analyse_ordered_dict_sizeof(std::span<const uint8_t> code, uint6
   return scan;
 }
 
-OrderedDictScan scan_ordered_dict(const inspect::ElfFile& file) {
+uint64_t sizeof_method(uint64_t methods, const MemoryReader& read) {
   const auto& layout = built_layout();
-  OrderedDictScan refused;
   auto read_u64 = [&](uint64_t address) -> std::optional<uint64_t> {
-    auto bytes = file.read_code(address, 8);
+    auto bytes = read(address, 8);
     if (bytes.size() != 8) return std::nullopt;
     uint64_t value = 0;
     std::memcpy(&value, bytes.data(), 8);
     return value;
+  };
+  for (size_t i = 0; methods && i < kMaxMethods; ++i) {
+    uint64_t entry = methods + i * layout.method_def_size;
+    auto name = read_u64(entry + layout.method_name);
+    if (!name || !*name) return 0;
+    auto text = read(*name, sizeof("__sizeof__"));
+    if (text.size() == sizeof("__sizeof__") &&
+        std::memcmp(text.data(), "__sizeof__", sizeof("__sizeof__")) == 0) {
+      return read_u64(entry + layout.method_function).value_or(0);
+    }
+  }
+  return 0;
+}
+
+OrderedDictScan scan_ordered_dict(const inspect::ElfFile& file) {
+  const auto& layout = built_layout();
+  OrderedDictScan refused;
+  MemoryReader read = [&](uint64_t address, size_t length) {
+    return file.read_code(address, length);
   };
   auto type = file.find_object("PyODict_Type");
   if (!type) {
@@ -416,23 +434,15 @@ OrderedDictScan scan_ordered_dict(const inspect::ElfFile& file) {
   }
   // tp_methods as the file stores it: an address the linker wrote (for a shared library, the
   // addend its relative relocation repeats).
-  auto methods = read_u64(type->address + layout.type_methods);
-  uint64_t sizeof_method = 0;
-  for (size_t i = 0; methods && *methods && i < kMaxMethods && !sizeof_method; ++i) {
-    uint64_t entry = *methods + i * layout.method_def_size;
-    auto name = read_u64(entry + layout.method_name);
-    if (!name || !*name) break;
-    auto text = file.read_code(*name, sizeof("__sizeof__"));
-    if (text.size() == sizeof("__sizeof__") &&
-        std::memcmp(text.data(), "__sizeof__", sizeof("__sizeof__")) == 0) {
-      sizeof_method = read_u64(entry + layout.method_function).value_or(0);
-    }
-  }
-  if (!sizeof_method) {
+  auto methods = read(type->address + layout.type_methods, 8);
+  uint64_t table = 0;
+  if (methods.size() == 8) std::memcpy(&table, methods.data(), 8);
+  uint64_t sizeof_function = sizeof_method(table, read);
+  if (!sizeof_function) {
     refused.refusal = "OrderedDict's __sizeof__ not found in its method table in " + file.path();
     return refused;
   }
-  auto code = file.read_code(sizeof_method, kCodeBytes);
+  auto code = file.read_code(sizeof_function, kCodeBytes);
   auto dict_sizeof = file.find_function("_PyDict_SizeOf");
   auto long_from = file.find_function("PyLong_FromSsize_t");
   auto function_at = [&](uint64_t address) -> std::string {
@@ -440,7 +450,7 @@ OrderedDictScan scan_ordered_dict(const inspect::ElfFile& file) {
     if (long_from && address == long_from->address) return "PyLong_FromSsize_t";
     return file.plt_target(address);
   };
-  auto scan = analyse_ordered_dict_sizeof(code, sizeof_method, function_at, layout.dict_used,
+  auto scan = analyse_ordered_dict_sizeof(code, sizeof_function, function_at, layout.dict_used,
                                           layout.dict_size);
   if (!scan.sizing) scan.refusal += " (in " + file.path() + ")";
   return scan;

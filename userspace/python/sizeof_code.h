@@ -8,6 +8,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "inspect/elf_file.h"
 
@@ -40,6 +41,14 @@ struct OrderedDictScan {
 OrderedDictScan analyse_ordered_dict_sizeof(std::span<const uint8_t> code, uint64_t address,
                                             const std::function<std::string(uint64_t)>& function_at,
                                             unsigned dict_used, unsigned dict_size);
+
+// Reads `length` bytes at `address` (an interpreter's file, or a live process): fewer when it
+// cannot.
+using MemoryReader = std::function<std::vector<uint8_t>(uint64_t address, size_t length)>;
+
+// The function a method table (tp_methods: PyMethodDef entries up to a NULL name) names for
+// "__sizeof__"; 0 when it has none, or the table cannot be read.
+uint64_t sizeof_method(uint64_t methods, const MemoryReader& read);
 
 // The same for an interpreter's file: its PyODict_Type's __sizeof__ found through the type's
 // method table (tp_methods, as the file stores it), then analysed. Refused when a symbol, the
