@@ -1593,11 +1593,12 @@ TEST(LeaksPythonObjects, TypesPerSiteAreExactAndSizedAsSysGetsizeof) {
 }
 
 // One line per kind keeps 30 objects of one type, of every common kind and shape (strs of
-// each width, one whose UTF-8 cache CPython filled after making it, a list grown by appends, a
-// dict after deletions, an OrderedDict, a deque, ...): each line's site holds exactly those
-// 30, their bytes the target's own sys.getsizeof sum, less what malloc serves (a deque's
-// blocks, over 512 bytes each), which its lines' malloc sites hold, exactly. Types it cannot
-// size so are named in a note.
+// each width, non-ASCII ones whose UTF-8 caches CPython filled after reports had read them:
+// sizes are as at the last read; a list grown by appends, a dict after deletions, an
+// OrderedDict, a deque, ...): each line's site holds exactly those 30, their bytes the
+// target's own sys.getsizeof sum, less what malloc serves (a deque's blocks, over 512 bytes
+// each), which its lines' malloc sites hold, exactly. Types it cannot size so are named in a
+// note.
 TEST(LeaksPythonObjects, EveryCommonTypeAtItsLineIsSizedAsSysGetsizeof) {
   REQUIRE_BPF_OR_SKIP();
   auto traced = trace_object_case("sizes");

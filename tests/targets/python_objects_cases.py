@@ -9,10 +9,10 @@
 #             many Items, at the same addresses
 #   thread    a thread keeps Items
 #   sizes     one line per kind keeps 30 objects of one type (str of each width, one whose
-#             UTF-8 cache is filled after it is made, bytes, int, float, complex, tuple, list
-#             grown by appends, dict after deletions, set after growth, frozenset, instances
-#             plain and with __slots__, bytearray, OrderedDict, deque, defaultdict, Counter,
-#             an int subclass); states each kind's type name (tp_name), the sum of its
+#             UTF-8 cache is filled after reports have read it, bytes, int, float, complex,
+#             tuple, list grown by appends, dict after deletions, set after growth, frozenset,
+#             instances plain and with __slots__, bytearray, OrderedDict, deque, defaultdict,
+#             Counter, an int subclass); states each kind's type name (tp_name), the sum of its
 #             sys.getsizeof, and the part of it in blocks malloc serves (a deque's, each over
 #             512 bytes); also keeps array.array and str-subclass objects, whose __sizeof__
 #             adds memory memtrail does not read ("count estimated_NAME 1": their types'
@@ -255,9 +255,7 @@ def sizes():
         made["str_latin1"].append("é" * 10 + str(i))  # line: str_latin1
         made["str_ucs2"].append("ሴ" * 10 + str(i))  # line: str_ucs2
         made["str_ucs4"].append("\U0001F600" * 10 + str(i))  # line: str_ucs4
-        text = "ü" * (10 + i) + str(i)  # line: str_utf8
-        type(text, (), {})  # a class named by it: CPython fills its UTF-8 cache
-        made["str_utf8"].append(text)
+        made["str_utf8"].append("ü" * (10 + i) + str(i))  # line: str_utf8
         made["bytes"].append(b"x" * (i % 50) + bytes(1))  # line: bytes
         made["int"].append(10**30 + i)  # line: int
         made["float"].append(i + 0.5)  # line: float
@@ -299,6 +297,9 @@ def sizes():
         estimated.append(Text("text" + str(i)))
     kept.append(made)
     kept.append(estimated)
+    time.sleep(0.6)  # read by reports (every 0.25 s) before their UTF-8 caches are filled
+    for text in made["str_utf8"]:
+        type(text, (), {})  # a class named by it: CPython fills its UTF-8 cache
     time.sleep(0.3)
     for kind, things in made.items():
         name = tp_name(type(things[0]))
