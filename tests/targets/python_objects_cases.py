@@ -12,11 +12,10 @@
 #             UTF-8 cache is filled after reports have read it, bytes, int, float, complex,
 #             tuple, list grown by appends, dict after deletions, set after growth, frozenset,
 #             instances plain and with __slots__, bytearray, OrderedDict, deque, defaultdict,
-#             Counter, an int subclass); states each kind's type name (tp_name), the sum of its
-#             sys.getsizeof, and the part of it in blocks malloc serves (a deque's, each over
-#             512 bytes); also keeps array.array and str-subclass objects, whose __sizeof__
-#             adds memory memtrail does not read ("count estimated_NAME 1": their types'
-#             __name__)
+#             Counter, int and str subclasses); states each kind's type name (tp_name), the sum
+#             of its sys.getsizeof, and the part of it in blocks malloc serves (a deque's, each
+#             over 512 bytes); also keeps array.array objects, whose __sizeof__ adds memory
+#             memtrail does not read ("count estimated_NAME 1": their type's __name__)
 #   immutable for the duty cycle: rounds in which a first line keeps strs and tuples for a
 #             while, then drops them, and a second line at once makes as many of the same
 #             types and sizes, other content, at the same addresses (mostly while the probes
@@ -248,7 +247,8 @@ def sizes():
     made = {kind: [] for kind in ("str_ascii", "str_latin1", "str_ucs2", "str_ucs4", "str_utf8",
                                   "bytes", "int", "float", "complex", "tuple", "list", "dict",
                                   "set", "frozenset", "instance", "slotted", "bytearray",
-                                  "odict", "deque", "defaultdict", "counter", "int_subclass")}
+                                  "odict", "deque", "defaultdict", "counter", "int_subclass",
+                                  "str_subclass")}
     estimated = []
     for i in range(count):
         made["str_ascii"].append("a" * 30 + str(i))  # line: str_ascii
@@ -293,8 +293,8 @@ def sizes():
         made["defaultdict"].append(default)
         made["counter"].append(collections.Counter("abcdefg"[: i % 7 + 1]))  # line: counter
         made["int_subclass"].append(Number(10**20 + i))  # line: int_subclass
+        made["str_subclass"].append(Text("ü" * i + str(i)))  # line: str_subclass
         estimated.append(array.array("d", [0.5] * i))
-        estimated.append(Text("text" + str(i)))
     kept.append(made)
     kept.append(estimated)
     time.sleep(0.6)  # read by reports (every 0.25 s) before their UTF-8 caches are filled

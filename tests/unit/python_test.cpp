@@ -126,6 +126,7 @@ TEST(Python, LayoutIsTheInstalledInterpreters) {
   // A str's header read at once reaches its caches; the header of every other object's read
   // holds what their sizes need (a dict's keys pointer).
   EXPECT_EQ(kStrHeaderBytes, layout.compact_data);
+  EXPECT_EQ(kUnicodeObjectBytes, layout.unicode_object_size);
   EXPECT_GE(kObjectHeaderBytes, layout.dict_keys + sizeof(uint64_t));
   // OrderedDict's __sizeof__ was read from its code (python/sizeof_code.h).
   EXPECT_NE(interpreter->odict_type_address, 0u);
@@ -329,8 +330,8 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
   // deque_empty, deque_long
   EXPECT_EQ(with_malloc_buffer, 9u);
   // The types sized by estimate are those, and only those, whose __sizeof__ memtrail does not
-  // compute: array.array (its items) and a str subclass (a str that is not compact).
-  EXPECT_EQ(estimated, (std::set<std::string>{"array", "MyStr"}));
+  // compute: array.array (its items).
+  EXPECT_EQ(estimated, (std::set<std::string>{"array"}));
   std::set<std::string> said;
   for (const auto& name : liveness.estimated_types(pid))
     said.insert(name.substr(name.rfind('.') + 1));
@@ -338,10 +339,11 @@ TEST(Python, ObjectSizesAreSysGetsizeofs) {
 }
 
 // A type's sizes are exact when its __sizeof__ is the one its sizing computes: a dict
-// subclass's is dict's, an int subclass's int's; a str subclass (not compact) resolving to
-// str's, or an unknown __sizeof__, is an estimate; deque's, unknown by symbol, is exact for its
-// own block (its blocks are malloc's), but not a class that takes its name.
+// subclass's is dict's, an int subclass's int's, a str subclass's str's; a sizing that is not
+// its __sizeof__'s, or an unknown __sizeof__, is an estimate; deque's, unknown by symbol, is exact
+// for its own block (its blocks are malloc's), but not a class that takes its name.
 TEST(Python, SizeofOwnersMatchTheirSizings) {
+  EXPECT_TRUE(sizeof_matches("PyUnicode_Type", Sizing::kStr, "MyStr", true));
   EXPECT_TRUE(sizeof_matches("PyBaseObject_Type", Sizing::kBasic, "Item", true));
   EXPECT_TRUE(sizeof_matches("PyDict_Type", Sizing::kDict, "Counter", true));
   EXPECT_TRUE(

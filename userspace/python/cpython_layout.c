@@ -120,6 +120,9 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->compact_utf8 = offsetof(PyCompactUnicodeObject, utf8);
   layout->compact_wstr_length = offsetof(PyCompactUnicodeObject, wstr_length);
   layout->wchar_size = sizeof(wchar_t);
+  layout->unicode_object_data = offsetof(PyUnicodeObject, data);
+  layout->unicode_object_size = sizeof(PyUnicodeObject);
+  layout->unicode_subclass = Py_TPFLAGS_UNICODE_SUBCLASS;
 
   memset(&probe, 0, sizeof(probe));
   probe.state.kind = 7;

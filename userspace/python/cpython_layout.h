@@ -63,6 +63,11 @@ struct memtrail_cpython_layout {
   unsigned compact_utf8;        /* PyCompactUnicodeObject.utf8 */
   unsigned compact_wstr_length; /* PyCompactUnicodeObject.wstr_length (wchar_t units) */
   unsigned wchar_size;          /* sizeof(wchar_t) */
+  /* A str that is not compact (a str subclass's instance; the legacy API's): its characters
+   * in a block of their own. */
+  unsigned unicode_object_data;   /* PyUnicodeObject.data */
+  unsigned unicode_object_size;   /* sizeof(PyUnicodeObject) */
+  unsigned long unicode_subclass; /* Py_TPFLAGS_UNICODE_SUBCLASS */
   /* Types (--python-types): their name, sizes and flags. */
   struct memtrail_cpython_type_offsets types; /* what the BPF programs read */
   unsigned type_name;                         /* PyTypeObject.tp_name (const char *) */

@@ -373,9 +373,12 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
     unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
     bool compact = (state >> layout.state_compact_bit) & 1;
     bool ascii = (state >> layout.state_ascii_bit) & 1;
-    if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
-    size = ascii ? layout.ascii_data + static_cast<uint64_t>(length) + 1
-                 : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
+    if (length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
+    if (!compact && header.size() < kUnicodeObjectBytes) return std::nullopt;
+    // Not compact: PyUnicodeObject, its characters counted below (a block of their own).
+    size = !compact ? layout.unicode_object_size
+           : ascii  ? layout.ascii_data + static_cast<uint64_t>(length) + 1
+                    : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
   } else if (type.sizing == Sizing::kInt) {
     // int.__sizeof__: the header and digits, whatever slots a subclass adds.
     auto digits = field(layout.var_size);
@@ -402,22 +405,29 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
       // ASCII str's (its characters are its UTF-8). The wchar_t copy: unless it is the
       // characters themselves (a UCS4 str's, wchar_t being 4 bytes); a compact ASCII str keeps
       // its length in `length`.
+      // A str that is not compact has its characters in a block of their own (`data`).
       auto state = at<uint32_t>(header, layout.unicode_state);
       bool ascii = (state >> layout.state_ascii_bit) & 1;
       bool ready = (state >> layout.state_ready_bit) & 1;
+      bool compact = (state >> layout.state_compact_bit) & 1;
+      unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
       auto length = at<int64_t>(header, layout.unicode_length);
-      uint64_t data = ascii ? layout.ascii_data : layout.compact_data;  // offsets from the object
-      if (!ascii) {
+      uint64_t data = !compact ? at<uint64_t>(header, layout.unicode_object_data)
+                      : ascii  ? address + layout.ascii_data
+                               : address + layout.compact_data;
+      if (!compact && data) buffer((static_cast<uint64_t>(length) + 1) * kind);
+      bool compact_ascii = compact && ascii;
+      if (!compact_ascii) {
         auto utf8 = at<uint64_t>(header, layout.compact_utf8);
         auto utf8_length = at<int64_t>(header, layout.compact_utf8_length);
-        if (utf8 && utf8 != address + data) {
+        if (utf8 && utf8 != data) {
           if (utf8_length < 0) return std::nullopt;
           buffer(static_cast<uint64_t>(utf8_length) + 1);
         }
       }
       auto wstr = at<uint64_t>(header, layout.unicode_wstr);
-      if (wstr && (!ready || wstr != address + data)) {
-        auto units = ascii ? length : at<int64_t>(header, layout.compact_wstr_length);
+      if (wstr && (!ready || wstr != data)) {
+        auto units = compact_ascii ? length : at<int64_t>(header, layout.compact_wstr_length);
         if (units < 0) return std::nullopt;
         buffer((static_cast<uint64_t>(units) + 1) * layout.wchar_size);
       }
@@ -548,7 +558,7 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
     read.item_size = at<int64_t>(raw, layout.type_itemsize);
     read.flags = at<uint64_t>(raw, layout.types.type_flags);
     const Interpreter& process = interpreter->second;
-    if (type == process.unicode_type_address) {
+    if (type == process.unicode_type_address || (read.flags & layout.unicode_subclass)) {
       read.sizing = Sizing::kStr;
     } else if (read.flags & layout.dict_subclass) {
       read.sizing = Sizing::kDict;
@@ -609,7 +619,12 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
     uint64_t str_type =
         interpreter != interpreters_.end() ? interpreter->second.unicode_type_address : 0;
     bool gone = !read_headers(pid, batch, str_type, headers, readable);
+    // The whole PyUnicodeObject of the strs that are not compact, read after their type.
+    std::unordered_map<size_t, std::vector<uint8_t>> unicode_objects;
     auto header_of = [&](size_t i) {
+      if (auto it = unicode_objects.find(i); it != unicode_objects.end()) {
+        return std::span<const uint8_t>(it->second);
+      }
       return std::span<const uint8_t>(headers.data() + i * kObjectReadBytes, kObjectReadBytes);
     };
     std::vector<const TypeFacts*> types(batch.size(), nullptr);
@@ -623,6 +638,28 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
           (types[i]->sizing == Sizing::kDict || types[i]->sizing == Sizing::kOrderedDict)) {
         dicts.push_back(i);
       }
+    }
+    // A str that is not compact (a str subclass's instance) needs its PyUnicodeObject past
+    // the header read: its data pointer and caches.
+    pieces.clear();
+    std::vector<size_t> unicode;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!types[i] || types[i]->sizing != Sizing::kStr) continue;
+      auto state = at<uint32_t>(header_of(i), layout.unicode_state);
+      if ((state >> layout.state_compact_bit) & 1) continue;
+      unicode.push_back(i);
+      pieces.push_back(
+          {batch[i].address + kObjectHeaderBytes, kUnicodeObjectBytes - kObjectHeaderBytes});
+    }
+    read_pieces(pid, pieces, tables, tables_readable);
+    for (size_t k = 0; k < unicode.size(); ++k) {
+      if (!tables_readable[k]) continue;
+      std::vector<uint8_t> whole(kUnicodeObjectBytes);
+      std::memcpy(whole.data(), headers.data() + unicode[k] * kObjectReadBytes, kObjectHeaderBytes);
+      std::memcpy(whole.data() + kObjectHeaderBytes,
+                  tables.data() + k * (kUnicodeObjectBytes - kObjectHeaderBytes),
+                  kUnicodeObjectBytes - kObjectHeaderBytes);
+      unicode_objects.emplace(unicode[k], std::move(whole));
     }
     // A dict's size needs its ma_values (past the header) and its keys object's header; an
     // OrderedDict's also its first node and its fast-nodes array's size.

@@ -23,7 +23,7 @@ namespace memtrail::python {
 // or, for the common types whose __sizeof__ adds a buffer of their own, from their fields.
 enum class Sizing : uint8_t {
   kBasic,        // tp_basicsize + |ob_size| * tp_itemsize (float, tuple, bytes, instances)
-  kStr,          // a compact str: its header and characters, and its UTF-8 and wchar_t caches
+  kStr,          // str and its subclasses: header, characters, UTF-8 and wchar_t caches
   kDict,         // dict and its subclasses: the keys table it owns, a split table's values
   kOrderedDict,  // OrderedDict and its subclasses: a dict's, its nodes and fast-nodes array
   kList,         // list and its subclasses: the item array (allocated, not ob_size)
@@ -72,7 +72,10 @@ inline constexpr size_t kObjectHeaderBytes = 40;
 // PyCompactUnicodeObject, built_layout().compact_data). Every str is that long but a short ASCII
 // one, whose PyASCIIObject (ascii_data) is all its header.
 inline constexpr size_t kStrHeaderBytes = 72;
-// How far apart the headers read lie in the reads' buffer: the longest header read.
+// A str that is not compact (a str subclass's instance): its header is PyUnicodeObject
+// (built_layout().unicode_object_size), read in a second pass.
+inline constexpr size_t kUnicodeObjectBytes = 80;
+// How far apart the headers read lie in the reads' buffer: the longest header read first.
 inline constexpr size_t kObjectReadBytes = kStrHeaderBytes;
 
 // What a dict's size needs beyond its header: whether its table is split (ma_values), and its
@@ -96,8 +99,8 @@ inline constexpr size_t kDictKeysHeaderBytes = 32;
 // separate buffers over 512 bytes (a large dict's keys table, a long list's item array): malloc
 // serves those, so they are counted at malloc's sites, not again with the object. `dict` is the
 // dict's table (nullptr: not read; its keys and values then count for nothing). nullopt for a
-// str whose representation is not compact (legacy, never made by Python code). `address`: the
-// object's (a str's caches may be its characters).
+// str that is not compact (a subclass's instance) whose header is shorter than
+// kUnicodeObjectBytes. `address`: the object's (a str's caches may be its characters).
 struct ObjectSize {
   uint64_t size = 0;
   bool pymalloc = false;
