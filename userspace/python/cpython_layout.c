@@ -112,6 +112,12 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->dict_size = sizeof(PyDictObject);
   layout->type_methods = offsetof(PyTypeObject, tp_methods);
   layout->type_base = offsetof(PyTypeObject, tp_base);
+  layout->type_mro = offsetof(PyTypeObject, tp_mro);
+  layout->type_dict = offsetof(PyTypeObject, tp_dict);
+  layout->tuple_items = offsetof(PyTupleObject, ob_item);
+  layout->keys_indices = offsetof(PyDictKeysObject, dk_indices);
+  layout->key_entry_key = offsetof(PyDictKeyEntry, me_key);
+  layout->unicode_entry_key = offsetof(PyDictUnicodeEntry, me_key);
   layout->method_def_size = sizeof(PyMethodDef);
   layout->method_name = offsetof(PyMethodDef, ml_name);
   layout->method_function = offsetof(PyMethodDef, ml_meth);

@@ -112,10 +112,16 @@ struct memtrail_cpython_layout {
    * name): where the private layouts of OrderedDict are read from its __sizeof__'s code
    * (python/sizeof_code.h). */
   unsigned type_methods;
-  unsigned type_base;       /* PyTypeObject.tp_base: is a type OrderedDict or a subclass */
-  unsigned method_def_size; /* sizeof(PyMethodDef) */
-  unsigned method_name;     /* PyMethodDef.ml_name */
-  unsigned method_function; /* PyMethodDef.ml_meth */
+  unsigned type_base;         /* PyTypeObject.tp_base: is a type OrderedDict or a subclass */
+  unsigned type_mro;          /* PyTypeObject.tp_mro: the tuple sys.getsizeof's lookup follows */
+  unsigned type_dict;         /* PyTypeObject.tp_dict: a class's own attributes */
+  unsigned tuple_items;       /* PyTupleObject.ob_item */
+  unsigned keys_indices;      /* PyDictKeysObject.dk_indices: its entries follow them */
+  unsigned key_entry_key;     /* PyDictKeyEntry.me_key */
+  unsigned unicode_entry_key; /* PyDictUnicodeEntry.me_key */
+  unsigned method_def_size;   /* sizeof(PyMethodDef) */
+  unsigned method_name;       /* PyMethodDef.ml_name */
+  unsigned method_function;   /* PyMethodDef.ml_meth */
   /* The creation-site scan (python/creation_sites.h): _PyTraceMalloc_Config.tracing, the flag
    * every _Py_NewReference checks. */
   unsigned tracemalloc_tracing;

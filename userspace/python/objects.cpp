@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstring>
 #include <functional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -507,8 +508,53 @@ namespace {
 // The generations of tp_base followed at most.
 constexpr int kMaxGenerations = 32;
 
-// The __sizeof__ function objects of `type` get: the first in the method tables along its
-// tp_base chain (0: none found, or unreadable).
+// The largest class dict and MRO looked through.
+constexpr int64_t kMaxClassEntries = 4096;
+constexpr int64_t kMaxMro = 64;
+// What resolve_sizeof returns for a __sizeof__ in a class's own dict (defined in Python, or
+// a heap type's C method): never a function's address.
+constexpr uint64_t kClassSizeof = 1;
+
+// Does the dict at `dict` (a class's attributes) hold the key "__sizeof__"? nullopt: it
+// cannot be read.
+std::optional<bool> dict_has_sizeof(uint32_t pid, uint64_t dict) {
+  const auto& layout = built_layout();
+  constexpr std::string_view kName = "__sizeof__";
+  uint64_t keys = 0;
+  std::vector<uint8_t> header(kDictKeysHeaderBytes);
+  if (!read_memory(pid, dict + layout.dict_keys, &keys, sizeof(keys)) ||
+      !read_memory(pid, keys, header.data(), header.size())) {
+    return std::nullopt;
+  }
+  auto table = dict_table(0, header);
+  if (!table || table->entries > kMaxClassEntries || table->log2_index_bytes > 20) {
+    return std::nullopt;
+  }
+  bool general = table->kind == layout.keys_general;
+  size_t entry = general ? layout.key_entry_size : layout.unicode_entry_size;
+  size_t key_at = general ? layout.key_entry_key : layout.unicode_entry_key;
+  std::vector<uint8_t> entries(static_cast<size_t>(table->entries) * entry);
+  uint64_t first = keys + layout.keys_indices + (uint64_t{1} << table->log2_index_bytes);
+  if (!entries.empty() && !read_memory(pid, first, entries.data(), entries.size())) {
+    return std::nullopt;
+  }
+  std::vector<uint8_t> key(layout.ascii_data + kName.size());
+  for (size_t offset = 0; offset < entries.size(); offset += entry) {
+    uint64_t address = at<uint64_t>(entries, offset + key_at);
+    if (!address || !read_memory(pid, address, key.data(), key.size())) continue;
+    auto state = at<uint32_t>(key, layout.unicode_state);
+    if (at<int64_t>(key, layout.unicode_length) == static_cast<int64_t>(kName.size()) &&
+        ((state >> layout.state_compact_bit) & 1) && ((state >> layout.state_ascii_bit) & 1) &&
+        std::memcmp(key.data() + layout.ascii_data, kName.data(), kName.size()) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The __sizeof__ sys.getsizeof finds for objects of `type`, as CPython looks it up: along
+// its MRO, the first class whose own dict holds one (kClassSizeof), or the first C method
+// table that has one (its function); 0 when none is found or what it needs cannot be read.
 uint64_t resolve_sizeof(uint32_t pid, uint64_t type) {
   const auto& layout = built_layout();
   MemoryReader read = [pid](uint64_t address, size_t length) {
@@ -516,14 +562,28 @@ uint64_t resolve_sizeof(uint32_t pid, uint64_t type) {
     if (!read_memory(pid, address, bytes.data(), length)) bytes.clear();
     return bytes;
   };
-  for (int i = 0; i < kMaxGenerations && type; ++i) {
-    uint64_t methods = 0, base = 0;
-    if (!read_memory(pid, type + layout.type_methods, &methods, sizeof(methods)) ||
-        !read_memory(pid, type + layout.type_base, &base, sizeof(base))) {
+  uint64_t mro = 0;
+  int64_t count = 0;
+  if (!read_memory(pid, type + layout.type_mro, &mro, sizeof(mro)) || !mro ||
+      !read_memory(pid, mro + layout.var_size, &count, sizeof(count)) || count < 1 ||
+      count > kMaxMro) {
+    return 0;
+  }
+  std::vector<uint64_t> classes(static_cast<size_t>(count));
+  if (!read_memory(pid, mro + layout.tuple_items, classes.data(), classes.size() * 8)) return 0;
+  for (uint64_t klass : classes) {
+    uint64_t flags = 0, methods = 0, dict = 0;
+    if (!read_memory(pid, klass + layout.types.type_flags, &flags, sizeof(flags)) ||
+        !read_memory(pid, klass + layout.type_methods, &methods, sizeof(methods)) ||
+        !read_memory(pid, klass + layout.type_dict, &dict, sizeof(dict))) {
       return 0;
     }
+    if ((flags & layout.heap_type) && dict) {
+      auto has = dict_has_sizeof(pid, dict);
+      if (!has) return 0;
+      if (*has) return kClassSizeof;
+    }
     if (uint64_t function = sizeof_method(methods, read)) return function;
-    type = base;
   }
   return 0;
 }

@@ -51,10 +51,10 @@ struct TypeFacts {
   IdentityBy identity = IdentityBy::kNothing;
   bool tuple = false;       // its items must all be set before its content identifies it
   OrderedDictSizing odict;  // kOrderedDict: what its __sizeof__ adds (python/sizeof_code.h)
-  // Its __sizeof__ (the first along tp_base) is the one `sizing` computes as it does: its
-  // objects' sizes are sys.getsizeof's. Else they are estimates: its basic and item sizes, for
-  // a type whose __sizeof__ adds memory memtrail does not read (array.array, a str subclass).
-  // A __sizeof__ defined in Python (in a class's dict, not its C methods) is not seen.
+  // Its __sizeof__ (the first along its MRO: in a class's own dict, or a C method table) is
+  // the one `sizing` computes as it does: its objects' sizes are sys.getsizeof's. Else they
+  // are estimates: its basic and item sizes, for a type whose __sizeof__ adds memory memtrail
+  // does not read (array.array, a class defining __sizeof__ in Python).
   bool exact = true;
 };
 
