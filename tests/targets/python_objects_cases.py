@@ -8,6 +8,14 @@
 #   reuse     a first line keeps Items for a while, then drops them; a second line makes as
 #             many Items, at the same addresses
 #   thread    a thread keeps Items
+#   sizes     one line per kind keeps 30 objects of one type (str of each width, one whose
+#             UTF-8 cache is filled after reports have read it, bytes, int, float, complex,
+#             tuple, list grown by appends, dict after deletions, set after growth, frozenset,
+#             instances plain and with __slots__, bytearray, OrderedDict, deque, defaultdict,
+#             Counter, int and str subclasses); states each kind's type name (tp_name), the sum
+#             of its sys.getsizeof, and the part of it in blocks malloc serves (a deque's, each
+#             over 512 bytes); also keeps array.array objects, whose __sizeof__ adds memory
+#             memtrail does not read ("count estimated_NAME 1": their type's __name__)
 #   immutable for the duty cycle: rounds in which a first line keeps strs and tuples for a
 #             while, then drops them, and a second line at once makes as many of the same
 #             types and sizes, other content, at the same addresses (mostly while the probes
@@ -18,6 +26,8 @@
 # Prints "ready PID", waits for a line, prints "line NAME N" for the lines memtrail must find,
 # runs the scenario, prints "count NAME N" for what it states (sys.getsizeof sums, how many
 # addresses were reused, verified with id()), "done", then waits for "quit" or end of input.
+import array
+import collections
 import os
 import sys
 import threading
@@ -210,6 +220,104 @@ def thread():
     print(f"count kept {len(kept)}", flush=True)
 
 
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a):
+        self.a = a
+
+
+class Number(int):
+    pass
+
+
+class Text(str):
+    pass
+
+
+def tp_name(kind):
+    # A static type's tp_name names its module (but builtins'); a class's is its name.
+    if kind.__flags__ & (1 << 9) or kind.__module__ == "builtins":  # Py_TPFLAGS_HEAPTYPE
+        return kind.__name__
+    return kind.__module__ + "." + kind.__qualname__
+
+
+def sizes():
+    count = 30
+    made = {kind: [] for kind in ("str_ascii", "str_latin1", "str_ucs2", "str_ucs4", "str_utf8",
+                                  "bytes", "int", "float", "complex", "tuple", "list", "dict",
+                                  "set", "frozenset", "instance", "slotted", "bytearray",
+                                  "odict", "deque", "defaultdict", "counter", "int_subclass",
+                                  "str_subclass")}
+    estimated = []
+    for i in range(count):
+        made["str_ascii"].append("a" * 30 + str(i))  # line: str_ascii
+        made["str_latin1"].append("é" * 10 + str(i))  # line: str_latin1
+        made["str_ucs2"].append("ሴ" * 10 + str(i))  # line: str_ucs2
+        made["str_ucs4"].append("\U0001F600" * 10 + str(i))  # line: str_ucs4
+        made["str_utf8"].append("ü" * (10 + i) + str(i))  # line: str_utf8
+        made["bytes"].append(b"x" * (i % 50) + bytes(1))  # line: bytes
+        made["int"].append(10**30 + i)  # line: int
+        made["float"].append(i + 0.5)  # line: float
+        made["complex"].append(complex(i, 1))  # line: complex
+        made["tuple"].append((i, "t", None))  # line: tuple
+        grown = []  # line: list
+        for k in range(i % 9):
+            grown.append(k)
+        made["list"].append(grown)
+        table = {}  # line: dict
+        for k in range(10):
+            table[k] = k
+        for k in range(i % 6):
+            del table[k]
+        made["dict"].append(table)
+        bag = set()  # line: set
+        bag.update(range(i % 12))
+        made["set"].append(bag)
+        made["frozenset"].append(frozenset(range(i % 7)))  # line: frozenset
+        made["instance"].append(Item())  # line: instance
+        made["slotted"].append(Slotted(i))  # line: slotted
+        buffer = bytearray(b"x" * (i % 20))  # line: bytearray
+        buffer += b"y" * 30
+        made["bytearray"].append(buffer)
+        ordered = collections.OrderedDict()  # line: odict
+        for k in range(i % 8):
+            ordered[k] = k
+        made["odict"].append(ordered)
+        queue = collections.deque()  # line: deque
+        queue.extend(range(i * 5))  # line: deque_extend
+        made["deque"].append(queue)
+        default = collections.defaultdict(list)  # line: defaultdict
+        for k in range(i % 4):
+            default[k]
+        made["defaultdict"].append(default)
+        made["counter"].append(collections.Counter("abcdefg"[: i % 7 + 1]))  # line: counter
+        made["int_subclass"].append(Number(10**20 + i))  # line: int_subclass
+        made["str_subclass"].append(Text("ü" * i + str(i)))  # line: str_subclass
+        estimated.append(array.array("d", [0.5] * i))
+    kept.append(made)
+    kept.append(estimated)
+    time.sleep(0.6)  # read by reports (every 0.25 s) before their UTF-8 caches are filled
+    for text in made["str_utf8"]:
+        type(text, (), {})  # a class named by it: CPython fills its UTF-8 cache
+    time.sleep(0.3)
+    for kind, things in made.items():
+        name = tp_name(type(things[0]))
+        print(f"count getsizeof_{kind}={name} {sum(sys.getsizeof(t) for t in things)}",
+              flush=True)
+        print(f"count objects_{kind} {len(things)}", flush=True)
+        # The part of __sizeof__ past the object's own (object.__sizeof__) that malloc serves:
+        # a deque's blocks (over 512 bytes each); the others' buffers here are pymalloc's.
+        malloc = 0
+        if kind == "deque":
+            malloc = sum(t.__sizeof__() - object.__sizeof__(t) for t in things)
+        print(f"count malloc_{kind} {malloc}", flush=True)
+    # Their names: the last part of a tp_name (array's type is a heap type made from a spec,
+    # whose tp_name "array.array" Python code cannot read).
+    for name in sorted(set(type(thing).__name__ for thing in estimated)):
+        print(f"count estimated_{name} 1", flush=True)
+
+
 print(f"ready {os.getpid()}", flush=True)
 sys.stdin.readline()
 with open(__file__) as source:
@@ -217,7 +325,7 @@ with open(__file__) as source:
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
 {"exact": exact, "freelist": freelist, "reuse": reuse, "thread": thread, "immutable": immutable,
- "churn": churn_rounds, "many": many}[scenario]()
+ "churn": churn_rounds, "many": many, "sizes": sizes}[scenario]()
 time.sleep(0.3)
 print("done", flush=True)
 for line in sys.stdin:

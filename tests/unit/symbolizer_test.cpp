@@ -243,6 +243,35 @@ TEST_F(SymbolizerTest, PythonObjectCountsAndUntypedObjectsAreSaid) {
     EXPECT_EQ(note.find("Python objects were created"), std::string::npos);
 }
 
+// An interpreter whose OrderedDict.__sizeof__ memtrail cannot read (python/sizeof_code.h): its
+// OrderedDicts' sizes are lower bounds, and the report says so, with the reason.
+TEST_F(SymbolizerTest, OrderedDictSizesThatAreLowerBoundsAreSaid) {
+  model::Snapshot snapshot = fixture_snapshot(fixture_);
+  aggregator::Aggregate aggregate = aggregator::aggregate(snapshot, 0);
+  assemble::ReportContext context;
+  model::Target target;
+  target.pid = fixture_.pid();
+  target.python = model::PythonRuntime{"3.11.2", "/usr/bin/python3.11", true, ""};
+  context.targets = {target};
+  auto said = [&](const model::Report& report) {
+    for (const auto& note : report.notes) {
+      if (note.find("its OrderedDict objects are sized as the dicts they are") !=
+          std::string::npos) {
+        return note;
+      }
+    }
+    return std::string();
+  };
+  EXPECT_EQ(said(assemble::build_report(snapshot, aggregate, symbolizer_, context, 0)), "");
+  context.targets[0].python_sizes_reason =
+      "OrderedDict's __sizeof__ is not the code memtrail knows";
+  std::string note = said(assemble::build_report(snapshot, aggregate, symbolizer_, context, 0));
+  EXPECT_NE(note.find("(lower bounds of sys.getsizeof): OrderedDict's __sizeof__ is not the code "
+                      "memtrail knows."),
+            std::string::npos)
+      << note;
+}
+
 // Each target carries its executable's code mapping first, then the files its frames point
 // into, with their real ranges; the pprof made from it names the executable first and puts
 // every location in its mapping; a site that freed everything counts in alloc_space.

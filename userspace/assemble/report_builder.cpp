@@ -146,6 +146,22 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
                       "): its Python objects are not traced (its native allocations are): " +
                       target.python_objects_reason + ".");
     }
+    if (target.python && !target.python_sizes_reason.empty()) {
+      notes.push_back("pid " + std::to_string(target.pid) + " (" + target.python->module +
+                      "): its OrderedDict objects are sized as the dicts they are, without "
+                      "their nodes and fast-nodes array (lower bounds of sys.getsizeof): " +
+                      target.python_sizes_reason + ".");
+    }
+    if (!target.python_estimated_types.empty()) {
+      std::string names;
+      for (const auto& name : target.python_estimated_types) {
+        names += (names.empty() ? "" : ", ") + name;
+      }
+      notes.push_back("pid " + std::to_string(target.pid) +
+                      ": Python objects of these types are sized by estimate (their basic and "
+                      "item sizes), their __sizeof__ counting memory memtrail does not read: " +
+                      names + ".");
+    }
     for (const auto& allocator : target.allocators) {
       if (allocator.note.empty()) continue;
       notes.push_back("pid " + std::to_string(target.pid) + ", " + allocator.name + " (" +

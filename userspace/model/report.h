@@ -191,6 +191,12 @@ struct Target {
   // Why its Python objects are not traced although its frames are (the interpreter's code is
   // not what the creation-site scan expects, or the probes failed): a note says it.
   std::string python_objects_reason = std::string();
+  // Why some of its Python objects' sizes are short of sys.getsizeof's (OrderedDict's
+  // __sizeof__ is not the code memtrail reads it from): a note says so. Empty: all are exact.
+  std::string python_sizes_reason = std::string();
+  // The types of its Python objects sized by estimate (their basic and item sizes), their
+  // __sizeof__ counting memory memtrail does not read: a note names them.
+  std::vector<std::string> python_estimated_types = {};
   // A command memtrail launched: traced from its first instruction, nothing predates attach.
   bool traced_from_start = false;
   // With --sample-rate: frees of blocks the tracer never recorded, because the sampler passed

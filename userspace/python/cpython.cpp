@@ -285,6 +285,28 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
       if (auto type = file->find_object(name)) *address = *bias + type->address;
     }
     if (interpreter.supported) {
+      if (auto odict_type = file->find_object("PyODict_Type")) {
+        interpreter.odict_type_address = *bias + odict_type->address;
+      }
+      MemoryReader read_file = [&](uint64_t address, size_t length) {
+        return file->read_code(address, length);
+      };
+      for (const char* owner :
+           {"PyBaseObject_Type", "PyUnicode_Type", "PyDict_Type", "PyODict_Type", "PyList_Type",
+            "PySet_Type", "PyFrozenSet_Type", "PyByteArray_Type", "PyBytes_Type", "PyLong_Type",
+            "PyTuple_Type", "PyFloat_Type", "PyComplex_Type"}) {
+        auto type_symbol = file->find_object(owner);
+        if (!type_symbol) continue;
+        auto methods = read_file(type_symbol->address + layout.type_methods, 8);
+        uint64_t table = 0;
+        if (methods.size() == 8) std::memcpy(&table, methods.data(), 8);
+        if (uint64_t function = sizeof_method(table, read_file)) {
+          interpreter.sizeof_owners.emplace(*bias + function, owner);
+        }
+      }
+      OrderedDictScan odict = scan_ordered_dict(*file);
+      interpreter.odict_sizing = odict.sizing;
+      interpreter.odict_reason = odict.refusal;
       CreationScan scan = scan_interpreter(*file);
       for (const auto& site : scan.sites) {
         if (auto offset = file->file_offset_of(site.branch)) {

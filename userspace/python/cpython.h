@@ -21,6 +21,7 @@
 #include "model/stack_modes.h"
 #include "python/cpython_layout.h"
 #include "python/creation_sites.h"
+#include "python/sizeof_code.h"
 
 namespace memtrail::python {
 
@@ -79,6 +80,16 @@ struct Interpreter {
   // tells one object from another at the same address (python/objects.h, Identity).
   uint64_t bytes_type_address = 0, long_type_address = 0, float_type_address = 0,
            tuple_type_address = 0;
+  // &PyODict_Type, and what its __sizeof__ adds to a dict's, read from its code
+  // (python/sizeof_code.h); without it (odict_reason says why) an OrderedDict, or an instance
+  // of a subclass, is sized as the dict it is: its nodes and fast-nodes array are not counted.
+  uint64_t odict_type_address = 0;
+  std::optional<OrderedDictSizing> odict_sizing;
+  std::string odict_reason;
+  // The __sizeof__ functions of the built-in types memtrail sizes as they do, in the process,
+  // by the type they belong to ("PyBaseObject_Type", "PyUnicode_Type", ...): an object whose
+  // type's __sizeof__ is another is sized by estimate (python/objects.h, TypeFacts::exact).
+  std::map<uint64_t, std::string> sizeof_owners;
 };
 
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.

@@ -84,6 +84,10 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
 
   layout->dict_subclass = Py_TPFLAGS_DICT_SUBCLASS;
   layout->list_subclass = Py_TPFLAGS_LIST_SUBCLASS;
+  layout->long_subclass = Py_TPFLAGS_LONG_SUBCLASS;
+  layout->heap_type = Py_TPFLAGS_HEAPTYPE;
+  layout->long_digits = offsetof(PyLongObject, ob_digit);
+  layout->digit_size = sizeof(digit);
   layout->dict_keys = offsetof(PyDictObject, ma_keys);
   layout->dict_values = offsetof(PyDictObject, ma_values);
   layout->dict_version = offsetof(PyDictObject, ma_version_tag);
@@ -104,6 +108,27 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->set_min_size = PySet_MINSIZE;
   layout->set_entry_size = sizeof(setentry);
   layout->bytearray_alloc = offsetof(PyByteArrayObject, ob_alloc);
+  layout->dict_used = offsetof(PyDictObject, ma_used);
+  layout->dict_size = sizeof(PyDictObject);
+  layout->type_methods = offsetof(PyTypeObject, tp_methods);
+  layout->type_base = offsetof(PyTypeObject, tp_base);
+  layout->type_mro = offsetof(PyTypeObject, tp_mro);
+  layout->type_dict = offsetof(PyTypeObject, tp_dict);
+  layout->tuple_items = offsetof(PyTupleObject, ob_item);
+  layout->keys_indices = offsetof(PyDictKeysObject, dk_indices);
+  layout->key_entry_key = offsetof(PyDictKeyEntry, me_key);
+  layout->unicode_entry_key = offsetof(PyDictUnicodeEntry, me_key);
+  layout->method_def_size = sizeof(PyMethodDef);
+  layout->method_name = offsetof(PyMethodDef, ml_name);
+  layout->method_function = offsetof(PyMethodDef, ml_meth);
+  layout->unicode_wstr = offsetof(PyASCIIObject, wstr);
+  layout->compact_utf8_length = offsetof(PyCompactUnicodeObject, utf8_length);
+  layout->compact_utf8 = offsetof(PyCompactUnicodeObject, utf8);
+  layout->compact_wstr_length = offsetof(PyCompactUnicodeObject, wstr_length);
+  layout->wchar_size = sizeof(wchar_t);
+  layout->unicode_object_data = offsetof(PyUnicodeObject, data);
+  layout->unicode_object_size = sizeof(PyUnicodeObject);
+  layout->unicode_subclass = Py_TPFLAGS_UNICODE_SUBCLASS;
 
   memset(&probe, 0, sizeof(probe));
   probe.state.kind = 7;
@@ -116,4 +141,7 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   memset(&probe, 0, sizeof(probe));
   probe.state.ascii = 1;
   layout->state_ascii_bit = bit_index(state_word(&probe));
+  memset(&probe, 0, sizeof(probe));
+  probe.state.ready = 1;
+  layout->state_ready_bit = bit_index(state_word(&probe));
 }

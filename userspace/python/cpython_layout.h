@@ -54,7 +54,20 @@ struct memtrail_cpython_layout {
   unsigned ascii_data;       /* sizeof(PyASCIIObject): a compact ASCII string's characters */
   unsigned compact_data;     /* sizeof(PyCompactUnicodeObject): other compact strings' */
   unsigned state_kind_shift, state_kind_bits; /* PyASCIIObject.state.kind: 1, 2 or 4 bytes */
-  unsigned state_compact_bit, state_ascii_bit;
+  unsigned state_compact_bit, state_ascii_bit, state_ready_bit;
+  /* A str's caches, which sys.getsizeof counts where they have memory of their own (3.11's
+   * unicode_sizeof): the wchar_t copy (PyASCIIObject.wstr, any str) and, past a compact
+   * non-ASCII str's PyASCIIObject, the UTF-8 copy and the wchar_t copy's length. */
+  unsigned unicode_wstr;        /* PyASCIIObject.wstr */
+  unsigned compact_utf8_length; /* PyCompactUnicodeObject.utf8_length (bytes, without NUL) */
+  unsigned compact_utf8;        /* PyCompactUnicodeObject.utf8 */
+  unsigned compact_wstr_length; /* PyCompactUnicodeObject.wstr_length (wchar_t units) */
+  unsigned wchar_size;          /* sizeof(wchar_t) */
+  /* A str that is not compact (a str subclass's instance; the legacy API's): its characters
+   * in a block of their own. */
+  unsigned unicode_object_data;   /* PyUnicodeObject.data */
+  unsigned unicode_object_size;   /* sizeof(PyUnicodeObject) */
+  unsigned long unicode_subclass; /* Py_TPFLAGS_UNICODE_SUBCLASS */
   /* Types (--python-types): their name, sizes and flags. */
   struct memtrail_cpython_type_offsets types; /* what the BPF programs read */
   unsigned type_name;                         /* PyTypeObject.tp_name (const char *) */
@@ -66,8 +79,14 @@ struct memtrail_cpython_layout {
    * dict (and subclasses: Py_TPFLAGS_DICT_SUBCLASS), list (Py_TPFLAGS_LIST_SUBCLASS), set and
    * frozenset, bytearray. */
   unsigned long dict_subclass, list_subclass;
-  unsigned dict_keys;   /* PyDictObject.ma_keys */
-  unsigned dict_values; /* PyDictObject.ma_values: a split table's values */
+  /* int and its subclasses (Py_TPFLAGS_LONG_SUBCLASS): int.__sizeof__ counts the digits after
+   * PyLongObject's header, not a subclass's basic size (its __dict__ and weakref slots). */
+  unsigned long long_subclass;
+  unsigned long heap_type; /* Py_TPFLAGS_HEAPTYPE: a class (made at run time) */
+  unsigned long_digits;    /* offsetof(PyLongObject, ob_digit) */
+  unsigned digit_size;     /* sizeof(digit) */
+  unsigned dict_keys;      /* PyDictObject.ma_keys */
+  unsigned dict_values;    /* PyDictObject.ma_values: a split table's values */
   /* PyDictObject.ma_version_tag: every dict created, and every change to one, takes the next
    * value of one interpreter-wide counter, so an unchanged tag is the same dict. */
   unsigned dict_version;
@@ -87,6 +106,22 @@ struct memtrail_cpython_layout {
   unsigned set_min_size;          /* PySet_MINSIZE: the table inside the object */
   unsigned set_entry_size;        /* sizeof(setentry) */
   unsigned bytearray_alloc;       /* PyByteArrayObject.ob_alloc */
+  unsigned dict_used;             /* PyDictObject.ma_used: its items */
+  unsigned dict_size;             /* sizeof(PyDictObject): where a subclass's fields begin */
+  /* A type's methods (PyTypeObject.tp_methods, an array of PyMethodDef ending in a NULL
+   * name): where the private layouts of OrderedDict are read from its __sizeof__'s code
+   * (python/sizeof_code.h). */
+  unsigned type_methods;
+  unsigned type_base;         /* PyTypeObject.tp_base: is a type OrderedDict or a subclass */
+  unsigned type_mro;          /* PyTypeObject.tp_mro: the tuple sys.getsizeof's lookup follows */
+  unsigned type_dict;         /* PyTypeObject.tp_dict: a class's own attributes */
+  unsigned tuple_items;       /* PyTupleObject.ob_item */
+  unsigned keys_indices;      /* PyDictKeysObject.dk_indices: its entries follow them */
+  unsigned key_entry_key;     /* PyDictKeyEntry.me_key */
+  unsigned unicode_entry_key; /* PyDictUnicodeEntry.me_key */
+  unsigned method_def_size;   /* sizeof(PyMethodDef) */
+  unsigned method_name;       /* PyMethodDef.ml_name */
+  unsigned method_function;   /* PyMethodDef.ml_meth */
   /* The creation-site scan (python/creation_sites.h): _PyTraceMalloc_Config.tracing, the flag
    * every _Py_NewReference checks. */
   unsigned tracemalloc_tracing;

@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstring>
 #include <functional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -82,12 +83,14 @@ void read_pieces(uint32_t pid, std::span<const Piece> pieces, std::vector<uint8_
   }
 }
 
-// Reads the headers of `objects` at `indexes` (one process), one remote piece per object, into
-// `headers`; an object whose memory cannot be read keeps `readable` false. The kernel stops a
-// read at the first remote piece it cannot read: the read goes on after it.
+// Reads the headers of `objects` at `indexes` (one process), one remote piece of `length(index)`
+// bytes per object, into `headers` (kObjectReadBytes apart); an object whose memory cannot be
+// read keeps `readable` false. The kernel stops a read at the first remote piece it cannot
+// read: the read goes on after it.
 bool read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
-                             std::span<const size_t> indexes, std::vector<uint8_t>& headers,
-                             std::vector<bool>& readable) {
+                             std::span<const size_t> indexes,
+                             const std::function<size_t(size_t)>& length,
+                             std::vector<uint8_t>& headers, std::vector<bool>& readable) {
   std::vector<iovec> local, remote;
   size_t next = 0;
   while (next < indexes.size()) {
@@ -96,8 +99,8 @@ bool read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonO
     remote.resize(count);
     for (size_t i = 0; i < count; ++i) {
       size_t index = indexes[next + i];
-      local[i] = {headers.data() + index * kObjectHeaderBytes, kObjectHeaderBytes};
-      remote[i] = {reinterpret_cast<void*>(objects[index].address), kObjectHeaderBytes};
+      local[i] = {headers.data() + index * kObjectReadBytes, length(index)};
+      remote[i] = {reinterpret_cast<void*>(objects[index].address), length(index)};
     }
     ssize_t got = ::process_vm_readv(static_cast<pid_t>(pid), local.data(), count, remote.data(),
                                      static_cast<unsigned long>(count), 0);
@@ -107,8 +110,12 @@ bool read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonO
       ++next;
       continue;
     }
-    size_t whole = static_cast<size_t>(got) / kObjectHeaderBytes;
-    for (size_t i = 0; i < whole; ++i) readable[indexes[next + i]] = true;
+    size_t whole = 0;
+    for (size_t left = static_cast<size_t>(got); whole < count && left >= local[whole].iov_len;
+         ++whole) {
+      left -= local[whole].iov_len;
+      readable[indexes[next + whole]] = true;
+    }
     next += whole;
     if (whole < count) ++next;  // the piece that stopped the read
   }
@@ -119,10 +126,15 @@ bool read_headers_one_by_one(uint32_t pid, std::span<const model::TrackedPythonO
 // pymalloc's pools: the headers within one page are read as one remote piece, from the first
 // to the end of the last (one piece per object cost about 8 µs an object, seconds for a few
 // hundred thousand). A piece that cannot be read whole (the end of a mapping) is read again
-// object by object. False when the process's memory is gone (it exited).
+// object by object. A str's header is longer (kStrHeaderBytes, to its caches) than a short
+// ASCII str: read alone, it falls back to that str's whole header, PyASCIIObject. `str_type`:
+// the recorded type of strs. False when the process's memory is gone (it exited).
 bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> objects,
-                  std::vector<uint8_t>& headers, std::vector<bool>& readable) {
-  headers.assign(objects.size() * kObjectHeaderBytes, 0);
+                  uint64_t str_type, std::vector<uint8_t>& headers, std::vector<bool>& readable) {
+  auto header_length = [&](size_t index) {
+    return objects[index].type == str_type ? kStrHeaderBytes : kObjectHeaderBytes;
+  };
+  headers.assign(objects.size() * kObjectReadBytes, 0);
   readable.assign(objects.size(), false);
   std::vector<size_t> order(objects.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -140,7 +152,7 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
       pieces.push_back({address, address, k, k});
     }
     PagePiece& piece = pieces.back();
-    piece.end = std::max(piece.end, address + kObjectHeaderBytes);
+    piece.end = std::max(piece.end, address + header_length(order[k]));
     piece.last = k + 1;
   }
   std::vector<uint8_t> buffer;
@@ -168,9 +180,9 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
       if (offset + length > copied) break;  // this piece stopped the read
       for (size_t k = piece.first; k < piece.last; ++k) {
         size_t index = order[k];
-        std::memcpy(headers.data() + index * kObjectHeaderBytes,
+        std::memcpy(headers.data() + index * kObjectReadBytes,
                     buffer.data() + offset + (objects[index].address - piece.start),
-                    kObjectHeaderBytes);
+                    header_length(index));
         readable[index] = true;
       }
       offset += length;
@@ -182,7 +194,18 @@ bool read_headers(uint32_t pid, std::span<const model::TrackedPythonObject> obje
     }
     next += i;
   }
-  return retry.empty() || read_headers_one_by_one(pid, objects, retry, headers, readable);
+  if (retry.empty()) return true;
+  if (!read_headers_one_by_one(pid, objects, retry, header_length, headers, readable)) {
+    return false;
+  }
+  std::vector<size_t> short_strs;
+  for (size_t index : retry) {
+    if (!readable[index] && objects[index].type == str_type) short_strs.push_back(index);
+  }
+  size_t ascii_header = built_layout().ascii_data;
+  return short_strs.empty() ||
+         read_headers_one_by_one(
+             pid, objects, short_strs, [&](size_t) { return ascii_header; }, headers, readable);
 }
 
 // The table of a dict from its header, and its keys object's (nullopt: not a sane one).
@@ -333,8 +356,8 @@ bool still_alive(uint64_t recorded_type, std::span<const uint8_t> header) {
   return refcount >= 1 && refcount < (uint64_t{1} << 32) && type == recorded_type;
 }
 
-std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header,
-                                      const DictTable* dict) {
+std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
+                                      std::span<const uint8_t> header, const DictTable* dict) {
   const auto& layout = built_layout();
   uint64_t size = 0;
   // Buffers of the object's own (their sizes as __sizeof__ counts them): any over pymalloc's
@@ -351,9 +374,18 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
     unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
     bool compact = (state >> layout.state_compact_bit) & 1;
     bool ascii = (state >> layout.state_ascii_bit) & 1;
-    if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
-    size = ascii ? layout.ascii_data + static_cast<uint64_t>(length) + 1
-                 : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
+    if (length < 0 || (kind != 1 && kind != 2 && kind != 4)) return std::nullopt;
+    if (!compact && header.size() < kUnicodeObjectBytes) return std::nullopt;
+    // Not compact: PyUnicodeObject, its characters counted below (a block of their own).
+    size = !compact ? layout.unicode_object_size
+           : ascii  ? layout.ascii_data + static_cast<uint64_t>(length) + 1
+                    : layout.compact_data + (static_cast<uint64_t>(length) + 1) * kind;
+  } else if (type.sizing == Sizing::kInt) {
+    // int.__sizeof__: the header and digits, whatever slots a subclass adds.
+    auto digits = field(layout.var_size);
+    if (digits == INT64_MIN) return std::nullopt;
+    size = layout.long_digits +
+           static_cast<uint64_t>(digits < 0 ? -digits : digits) * layout.digit_size;
   } else {
     if (type.basic_size <= 0) return std::nullopt;
     size = static_cast<uint64_t>(type.basic_size);
@@ -368,7 +400,42 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
   if (type.flags & layout.managed_dict) size += 2 * sizeof(void*);
   bool pymalloc = size <= kPymallocLargest;  // the object's own block
   switch (type.sizing) {
+    case Sizing::kStr: {
+      // CPython 3.11's unicode_sizeof: the caches with memory of their own, as they are now
+      // (CPython fills them on demand, on the same object). The UTF-8 copy: never a compact
+      // ASCII str's (its characters are its UTF-8). The wchar_t copy: unless it is the
+      // characters themselves (a UCS4 str's, wchar_t being 4 bytes); a compact ASCII str keeps
+      // its length in `length`.
+      // A str that is not compact has its characters in a block of their own (`data`).
+      auto state = at<uint32_t>(header, layout.unicode_state);
+      bool ascii = (state >> layout.state_ascii_bit) & 1;
+      bool ready = (state >> layout.state_ready_bit) & 1;
+      bool compact = (state >> layout.state_compact_bit) & 1;
+      unsigned kind = (state >> layout.state_kind_shift) & ((1u << layout.state_kind_bits) - 1);
+      auto length = at<int64_t>(header, layout.unicode_length);
+      uint64_t data = !compact ? at<uint64_t>(header, layout.unicode_object_data)
+                      : ascii  ? address + layout.ascii_data
+                               : address + layout.compact_data;
+      if (!compact && data) buffer((static_cast<uint64_t>(length) + 1) * kind);
+      bool compact_ascii = compact && ascii;
+      if (!compact_ascii) {
+        auto utf8 = at<uint64_t>(header, layout.compact_utf8);
+        auto utf8_length = at<int64_t>(header, layout.compact_utf8_length);
+        if (utf8 && utf8 != data) {
+          if (utf8_length < 0) return std::nullopt;
+          buffer(static_cast<uint64_t>(utf8_length) + 1);
+        }
+      }
+      auto wstr = at<uint64_t>(header, layout.unicode_wstr);
+      if (wstr && (!ready || wstr != data)) {
+        auto units = compact_ascii ? length : at<int64_t>(header, layout.compact_wstr_length);
+        if (units < 0) return std::nullopt;
+        buffer((static_cast<uint64_t>(units) + 1) * layout.wchar_size);
+      }
+      break;
+    }
     case Sizing::kDict:
+    case Sizing::kOrderedDict:
       // CPython 3.11's _PyDict_SizeOf: a split table's values, and the keys when the dict
       // owns them (a split table's keys belong to its class; the empty keys are shared).
       if (dict) {
@@ -379,6 +446,18 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
           uint64_t slots = uint64_t{1} << dict->log2_size;
           buffer(layout.keys_size + (uint64_t{1} << dict->log2_index_bytes) +
                  (slots << 1) / 3 * entry);  // USABLE_FRACTION
+        }
+      }
+      // odict_sizeof: its fast-nodes array (one block), and a node (a block each) per item
+      // once its list is started.
+      if (dict && type.sizing == Sizing::kOrderedDict) {
+        const OrderedDictSizing& odict = type.odict;
+        if (dict->odict_fast_nodes < 0) return std::nullopt;
+        buffer(static_cast<uint64_t>(dict->odict_fast_nodes) * odict.fast_node_bytes);
+        auto used = field(layout.dict_used);
+        if (used < 0) return std::nullopt;
+        if (dict->odict_nodes) {
+          for (int64_t node = 0; node < used; ++node) buffer(odict.node_bytes);
         }
       }
       break;
@@ -410,6 +489,118 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uin
   return ObjectSize{size, pymalloc, malloc_bytes};
 }
 
+bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap) {
+  if (owner.empty()) return !heap && name == "collections.deque" && sizing == Sizing::kBasic;
+  static const std::map<std::string, Sizing> computes = {
+      {"PyBaseObject_Type", Sizing::kBasic}, {"PyUnicode_Type", Sizing::kStr},
+      {"PyDict_Type", Sizing::kDict},        {"PyODict_Type", Sizing::kOrderedDict},
+      {"PyList_Type", Sizing::kList},        {"PySet_Type", Sizing::kSet},
+      {"PyFrozenSet_Type", Sizing::kSet},    {"PyByteArray_Type", Sizing::kByteArray},
+      {"PyBytes_Type", Sizing::kBasic},      {"PyLong_Type", Sizing::kInt},
+      {"PyTuple_Type", Sizing::kBasic},      {"PyFloat_Type", Sizing::kBasic},
+      {"PyComplex_Type", Sizing::kBasic}};
+  auto it = computes.find(owner);
+  return it != computes.end() && it->second == sizing;
+}
+
+namespace {
+
+// The generations of tp_base followed at most.
+constexpr int kMaxGenerations = 32;
+
+// The largest class dict and MRO looked through.
+constexpr int64_t kMaxClassEntries = 4096;
+constexpr int64_t kMaxMro = 64;
+// What resolve_sizeof returns for a __sizeof__ in a class's own dict (defined in Python, or
+// a heap type's C method): never a function's address.
+constexpr uint64_t kClassSizeof = 1;
+
+// Does the dict at `dict` (a class's attributes) hold the key "__sizeof__"? nullopt: it
+// cannot be read.
+std::optional<bool> dict_has_sizeof(uint32_t pid, uint64_t dict) {
+  const auto& layout = built_layout();
+  constexpr std::string_view kName = "__sizeof__";
+  uint64_t keys = 0;
+  std::vector<uint8_t> header(kDictKeysHeaderBytes);
+  if (!read_memory(pid, dict + layout.dict_keys, &keys, sizeof(keys)) ||
+      !read_memory(pid, keys, header.data(), header.size())) {
+    return std::nullopt;
+  }
+  auto table = dict_table(0, header);
+  if (!table || table->entries > kMaxClassEntries || table->log2_index_bytes > 20) {
+    return std::nullopt;
+  }
+  bool general = table->kind == layout.keys_general;
+  size_t entry = general ? layout.key_entry_size : layout.unicode_entry_size;
+  size_t key_at = general ? layout.key_entry_key : layout.unicode_entry_key;
+  std::vector<uint8_t> entries(static_cast<size_t>(table->entries) * entry);
+  uint64_t first = keys + layout.keys_indices + (uint64_t{1} << table->log2_index_bytes);
+  if (!entries.empty() && !read_memory(pid, first, entries.data(), entries.size())) {
+    return std::nullopt;
+  }
+  std::vector<uint8_t> key(layout.ascii_data + kName.size());
+  for (size_t offset = 0; offset < entries.size(); offset += entry) {
+    uint64_t address = at<uint64_t>(entries, offset + key_at);
+    if (!address || !read_memory(pid, address, key.data(), key.size())) continue;
+    auto state = at<uint32_t>(key, layout.unicode_state);
+    if (at<int64_t>(key, layout.unicode_length) == static_cast<int64_t>(kName.size()) &&
+        ((state >> layout.state_compact_bit) & 1) && ((state >> layout.state_ascii_bit) & 1) &&
+        std::memcmp(key.data() + layout.ascii_data, kName.data(), kName.size()) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The __sizeof__ sys.getsizeof finds for objects of `type`, as CPython looks it up: along
+// its MRO, the first class whose own dict holds one (kClassSizeof), or the first C method
+// table that has one (its function); 0 when none is found or what it needs cannot be read.
+uint64_t resolve_sizeof(uint32_t pid, uint64_t type) {
+  const auto& layout = built_layout();
+  MemoryReader read = [pid](uint64_t address, size_t length) {
+    std::vector<uint8_t> bytes(length);
+    if (!read_memory(pid, address, bytes.data(), length)) bytes.clear();
+    return bytes;
+  };
+  uint64_t mro = 0;
+  int64_t count = 0;
+  if (!read_memory(pid, type + layout.type_mro, &mro, sizeof(mro)) || !mro ||
+      !read_memory(pid, mro + layout.var_size, &count, sizeof(count)) || count < 1 ||
+      count > kMaxMro) {
+    return 0;
+  }
+  std::vector<uint64_t> classes(static_cast<size_t>(count));
+  if (!read_memory(pid, mro + layout.tuple_items, classes.data(), classes.size() * 8)) return 0;
+  for (uint64_t klass : classes) {
+    uint64_t flags = 0, methods = 0, dict = 0;
+    if (!read_memory(pid, klass + layout.types.type_flags, &flags, sizeof(flags)) ||
+        !read_memory(pid, klass + layout.type_methods, &methods, sizeof(methods)) ||
+        !read_memory(pid, klass + layout.type_dict, &dict, sizeof(dict))) {
+      return 0;
+    }
+    if ((flags & layout.heap_type) && dict) {
+      auto has = dict_has_sizeof(pid, dict);
+      if (!has) return 0;
+      if (*has) return kClassSizeof;
+    }
+    if (uint64_t function = sizeof_method(methods, read)) return function;
+  }
+  return 0;
+}
+
+// Is `type` `base`, or derived from it (through tp_base, as far as a few generations)?
+bool is_or_derives_from(uint32_t pid, uint64_t type, uint64_t base) {
+  for (int i = 0; i < kMaxGenerations && type && base; ++i) {
+    if (type == base) return true;
+    uint64_t next = 0;
+    if (!read_memory(pid, type + built_layout().type_base, &next, sizeof(next))) return false;
+    type = next;
+  }
+  return false;
+}
+
+}  // namespace
+
 const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
   auto key = std::make_pair(pid, type);
   auto it = types_.find(key);
@@ -427,16 +618,22 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
     read.item_size = at<int64_t>(raw, layout.type_itemsize);
     read.flags = at<uint64_t>(raw, layout.types.type_flags);
     const Interpreter& process = interpreter->second;
-    if (type == process.unicode_type_address) {
+    if (type == process.unicode_type_address || (read.flags & layout.unicode_subclass)) {
       read.sizing = Sizing::kStr;
     } else if (read.flags & layout.dict_subclass) {
       read.sizing = Sizing::kDict;
+      if (process.odict_sizing && is_or_derives_from(pid, type, process.odict_type_address)) {
+        read.sizing = Sizing::kOrderedDict;
+        read.odict = *process.odict_sizing;
+      }
     } else if (read.flags & layout.list_subclass) {
       read.sizing = Sizing::kList;
     } else if (type == process.set_type_address || type == process.frozenset_type_address) {
       read.sizing = Sizing::kSet;
     } else if (type == process.bytearray_type_address) {
       read.sizing = Sizing::kByteArray;
+    } else if (read.flags & layout.long_subclass) {
+      read.sizing = Sizing::kInt;
     }
     // Exact types only: a subclass's instances may carry a dict of attributes, changed freely.
     if (type == process.unicode_type_address) {
@@ -457,6 +654,9 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
       read.name.assign(name, strnlen(name, sizeof(name) - 1));
     }
     if (read.name.empty()) read.name.push_back('?');
+    auto owner = process.sizeof_owners.find(resolve_sizeof(pid, type));
+    read.exact = sizeof_matches(owner != process.sizeof_owners.end() ? owner->second : "",
+                                read.sizing, read.name, read.flags & layout.heap_type);
     facts = std::move(read);
   }
   // A type that cannot be read is not a type: the objects recorded with it are judged dead.
@@ -475,9 +675,17 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
     size_t end = begin;
     while (end < objects.size() && objects[end].pid == pid) ++end;
     auto batch = objects.subspan(begin, end - begin);
-    bool gone = !read_headers(pid, batch, headers, readable);
+    auto interpreter = interpreters_.find(pid);
+    uint64_t str_type =
+        interpreter != interpreters_.end() ? interpreter->second.unicode_type_address : 0;
+    bool gone = !read_headers(pid, batch, str_type, headers, readable);
+    // The whole PyUnicodeObject of the strs that are not compact, read after their type.
+    std::unordered_map<size_t, std::vector<uint8_t>> unicode_objects;
     auto header_of = [&](size_t i) {
-      return std::span<const uint8_t>(headers.data() + i * kObjectHeaderBytes, kObjectHeaderBytes);
+      if (auto it = unicode_objects.find(i); it != unicode_objects.end()) {
+        return std::span<const uint8_t>(it->second);
+      }
+      return std::span<const uint8_t>(headers.data() + i * kObjectReadBytes, kObjectReadBytes);
     };
     std::vector<const TypeFacts*> types(batch.size(), nullptr);
     dicts.clear();
@@ -486,30 +694,73 @@ void ObjectLiveness::judge(std::span<model::TrackedPythonObject> objects) {
       batch[i].alive = false;
       if (!readable[i] || !still_alive(batch[i].type, header_of(i))) continue;
       types[i] = facts(pid, batch[i].type);
-      if (types[i] && types[i]->sizing == Sizing::kDict) dicts.push_back(i);
+      if (types[i] &&
+          (types[i]->sizing == Sizing::kDict || types[i]->sizing == Sizing::kOrderedDict)) {
+        dicts.push_back(i);
+      }
     }
-    // A dict's size needs its ma_values (past the header) and its keys object's header.
+    // A str that is not compact (a str subclass's instance) needs its PyUnicodeObject past
+    // the header read: its data pointer and caches.
     pieces.clear();
+    std::vector<size_t> unicode;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!types[i] || types[i]->sizing != Sizing::kStr) continue;
+      auto state = at<uint32_t>(header_of(i), layout.unicode_state);
+      if ((state >> layout.state_compact_bit) & 1) continue;
+      unicode.push_back(i);
+      pieces.push_back(
+          {batch[i].address + kObjectHeaderBytes, kUnicodeObjectBytes - kObjectHeaderBytes});
+    }
+    read_pieces(pid, pieces, tables, tables_readable);
+    for (size_t k = 0; k < unicode.size(); ++k) {
+      if (!tables_readable[k]) continue;
+      std::vector<uint8_t> whole(kUnicodeObjectBytes);
+      std::memcpy(whole.data(), headers.data() + unicode[k] * kObjectReadBytes, kObjectHeaderBytes);
+      std::memcpy(whole.data() + kObjectHeaderBytes,
+                  tables.data() + k * (kUnicodeObjectBytes - kObjectHeaderBytes),
+                  kUnicodeObjectBytes - kObjectHeaderBytes);
+      unicode_objects.emplace(unicode[k], std::move(whole));
+    }
+    // A dict's size needs its ma_values (past the header) and its keys object's header; an
+    // OrderedDict's also its first node and its fast-nodes array's size.
+    pieces.clear();
+    std::vector<size_t> first_piece;  // of each dict's pieces
     for (size_t i : dicts) {
+      first_piece.push_back(pieces.size());
       pieces.push_back({batch[i].address + layout.dict_values, sizeof(uint64_t)});
       pieces.push_back({at<uint64_t>(header_of(i), layout.dict_keys), kDictKeysHeaderBytes});
+      if (types[i]->sizing == Sizing::kOrderedDict) {
+        pieces.push_back({batch[i].address + types[i]->odict.first, sizeof(uint64_t)});
+        pieces.push_back({batch[i].address + types[i]->odict.fast_nodes_size, sizeof(uint64_t)});
+      }
     }
+    first_piece.push_back(pieces.size());
     read_pieces(pid, pieces, tables, tables_readable);
     std::vector<std::optional<DictTable>> dict_tables(batch.size());
     size_t offset = 0;
     for (size_t k = 0; k < dicts.size(); ++k) {
-      std::span<const uint8_t> values(tables.data() + offset, sizeof(uint64_t));
-      std::span<const uint8_t> keys(tables.data() + offset + sizeof(uint64_t),
-                                    kDictKeysHeaderBytes);
-      offset += sizeof(uint64_t) + kDictKeysHeaderBytes;
-      if (!tables_readable[2 * k] || !tables_readable[2 * k + 1]) continue;
-      dict_tables[dicts[k]] = dict_table(at<uint64_t>(values, 0), keys);
+      size_t piece = first_piece[k], count = first_piece[k + 1] - piece;
+      std::vector<std::span<const uint8_t>> parts;
+      for (size_t p = piece; p < piece + count; ++p) {
+        parts.emplace_back(tables.data() + offset, pieces[p].length);
+        offset += pieces[p].length;
+      }
+      bool all = true;
+      for (size_t p = piece; p < piece + count; ++p) all = all && tables_readable[p];
+      if (!all) continue;
+      auto table = dict_table(at<uint64_t>(parts[0], 0), parts[1]);
+      if (table && count == 4) {
+        table->odict_nodes = at<uint64_t>(parts[2], 0) != 0;
+        table->odict_fast_nodes = at<int64_t>(parts[3], 0);
+      }
+      dict_tables[dicts[k]] = table;
     }
     if (read_identities_) read_identities(pid, batch, types, header_of);
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!types[i]) continue;
       auto& object = batch[i];
-      auto size = object_size(*types[i], header_of(i), dict_tables[i] ? &*dict_tables[i] : nullptr);
+      auto size = object_size(*types[i], object.address, header_of(i),
+                              dict_tables[i] ? &*dict_tables[i] : nullptr);
       object.alive = true;
       object.size = size ? size->charged() : 0;
       object.pymalloc = size && size->pymalloc;
@@ -554,6 +805,16 @@ void ObjectLiveness::read_identities(
 std::string ObjectLiveness::type_name(uint32_t pid, uint64_t type) const {
   auto it = types_.find({pid, type});
   return it != types_.end() && it->second ? it->second->name : "?";
+}
+
+std::vector<std::string> ObjectLiveness::estimated_types(uint32_t pid) const {
+  std::vector<std::string> names;
+  for (auto it = types_.lower_bound({pid, 0}); it != types_.end() && it->first.first == pid; ++it) {
+    if (it->second && !it->second->exact) names.push_back(it->second->name);
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
 }
 
 void ObjectLiveness::forget(uint32_t pid) {

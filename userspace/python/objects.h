@@ -15,18 +15,21 @@
 
 #include "model/python.h"
 #include "python/cpython.h"
+#include "python/sizeof_code.h"
 
 namespace memtrail::python {
 
 // How sys.getsizeof sizes an object of a type: its basic and item sizes (object.__sizeof__),
 // or, for the common types whose __sizeof__ adds a buffer of their own, from their fields.
 enum class Sizing : uint8_t {
-  kBasic,      // tp_basicsize + |ob_size| * tp_itemsize (int, float, tuple, bytes, instances)
-  kStr,        // a compact str: its header and characters
-  kDict,       // dict and its subclasses: the keys table it owns, a split table's values
-  kList,       // list and its subclasses: the item array (allocated, not ob_size)
-  kSet,        // set, frozenset: the hash table when it is not the one inside the object
-  kByteArray,  // bytearray: ob_alloc bytes
+  kBasic,        // tp_basicsize + |ob_size| * tp_itemsize (float, tuple, bytes, instances)
+  kStr,          // str and its subclasses: header, characters, UTF-8 and wchar_t caches
+  kDict,         // dict and its subclasses: the keys table it owns, a split table's values
+  kOrderedDict,  // OrderedDict and its subclasses: a dict's, its nodes and fast-nodes array
+  kList,         // list and its subclasses: the item array (allocated, not ob_size)
+  kSet,          // set, frozenset: the hash table when it is not the one inside the object
+  kByteArray,    // bytearray: ob_alloc bytes
+  kInt,          // int and its subclasses: PyLongObject's header and digits, not a subclass's slots
 };
 
 // What tells one object of a type from another made later at the same address (with the
@@ -46,13 +49,34 @@ struct TypeFacts {
   uint64_t flags = 0;
   Sizing sizing = Sizing::kBasic;
   IdentityBy identity = IdentityBy::kNothing;
-  bool tuple = false;  // its items must all be set before its content identifies it
+  bool tuple = false;       // its items must all be set before its content identifies it
+  OrderedDictSizing odict;  // kOrderedDict: what its __sizeof__ adds (python/sizeof_code.h)
+  // Its __sizeof__ (the first along its MRO: in a class's own dict, or a C method table) is
+  // the one `sizing` computes as it does: its objects' sizes are sys.getsizeof's. Else they
+  // are estimates: its basic and item sizes, for a type whose __sizeof__ adds memory memtrail
+  // does not read (array.array, a class defining __sizeof__ in Python).
+  bool exact = true;
 };
+
+// Does `owner`'s __sizeof__ (a type Interpreter::sizeof_owners names; "" for any other
+// function) compute what `sizing` does? `name`: the type's tp_name, `heap`: a class (a heap
+// type). A deque (_collections' static "collections.deque") is sized exactly as far as memtrail
+// charges it: its blocks, 528 bytes each, are malloc's and counted at malloc's sites.
+bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap);
 
 // The bytes of an object read at once: refcount, type, ob_size (or a str's length), a str's
 // hash and state; a list's allocated, a set's mask, a dict's keys pointer, a bytearray's
 // ob_alloc.
 inline constexpr size_t kObjectHeaderBytes = 40;
+// A str's header read at once: on to its caches' pointers and lengths (3.11's
+// PyCompactUnicodeObject, built_layout().compact_data). Every str is that long but a short ASCII
+// one, whose PyASCIIObject (ascii_data) is all its header.
+inline constexpr size_t kStrHeaderBytes = 72;
+// A str that is not compact (a str subclass's instance): its header is PyUnicodeObject
+// (built_layout().unicode_object_size), read in a second pass.
+inline constexpr size_t kUnicodeObjectBytes = 80;
+// How far apart the headers read lie in the reads' buffer: the longest header read first.
+inline constexpr size_t kObjectReadBytes = kStrHeaderBytes;
 
 // What a dict's size needs beyond its header: whether its table is split (ma_values), and its
 // keys object's header (PyDictKeysObject), read in a second pass.
@@ -61,6 +85,10 @@ struct DictTable {
   int64_t keys_refcount = 0;
   uint8_t log2_size = 0, log2_index_bytes = 0, kind = 0;
   int64_t usable = 0, entries = 0;
+  // An OrderedDict's (Sizing::kOrderedDict): is its list of nodes started (od_first), and
+  // the slots of its fast-nodes array (od_fast_nodes_size).
+  bool odict_nodes = false;
+  int64_t odict_fast_nodes = 0;
 };
 // The bytes of a dict's keys object read for it.
 inline constexpr size_t kDictKeysHeaderBytes = 32;
@@ -71,14 +99,16 @@ inline constexpr size_t kDictKeysHeaderBytes = 32;
 // separate buffers over 512 bytes (a large dict's keys table, a long list's item array): malloc
 // serves those, so they are counted at malloc's sites, not again with the object. `dict` is the
 // dict's table (nullptr: not read; its keys and values then count for nothing). nullopt for a
-// str whose representation is not compact (legacy, never made by Python code).
+// str that is not compact (a subclass's instance) whose header is shorter than
+// kUnicodeObjectBytes. `address`: the object's (a str's caches may be its characters).
 struct ObjectSize {
   uint64_t size = 0;
   bool pymalloc = false;
   uint64_t malloc_bytes = 0;
   uint64_t charged() const { return size - malloc_bytes; }  // what the object's site holds
 };
-std::optional<ObjectSize> object_size(const TypeFacts& type, std::span<const uint8_t> header,
+std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
+                                      std::span<const uint8_t> header,
                                       const DictTable* dict = nullptr);
 
 // The bytes from the object's address that its identity reads (IdentityBy kStr, kBytes,
@@ -108,6 +138,9 @@ class ObjectLiveness : public model::PythonObjectJudge {
   void judge(std::span<model::TrackedPythonObject> objects) override;
   // The type's name (tp_name), once read; "?" when never read.
   std::string type_name(uint32_t pid, uint64_t type) const;
+  // The names of the types of process `pid` whose objects were sized by estimate (TypeFacts::
+  // exact false), sorted.
+  std::vector<std::string> estimated_types(uint32_t pid) const;
   void forget(uint32_t pid);
 
  private:

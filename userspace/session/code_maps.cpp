@@ -83,6 +83,7 @@ void CodeMaps::refresh(TracedProcess& process) {
     info.parent_pid = process.info.parent_pid;
     info.python = process.info.python;
     info.python_objects_reason = process.info.python_objects_reason;
+    info.python_sizes_reason = process.info.python_sizes_reason;
     describe_allocators(process.allocators, info);
     process.info = std::move(info);
   }
@@ -145,6 +146,17 @@ void CodeMaps::update_python(TracedProcess& process) {
     objects_reason = attach_python_objects(process, *interpreter);
   }
   process.info.python_objects_reason = std::move(objects_reason);
+  // Objects traced, but OrderedDicts sized as plain dicts: said once, and in the report.
+  std::string sizes_reason;
+  if (config_.tracer.python_objects && walk && interpreter->supported &&
+      process.info.python_objects_reason.empty() && !interpreter->odict_sizing) {
+    sizes_reason = interpreter->odict_reason;
+    if (process.info.python_sizes_reason.empty()) {
+      std::cerr << "memtrail: warning: pid " << pid << ": OrderedDict objects are sized as "
+                << "plain dicts, without their nodes (lower bounds): " << sizes_reason << "\n";
+    }
+  }
+  process.info.python_sizes_reason = std::move(sizes_reason);
   process.info.python = std::move(runtime);
 }
 

@@ -471,6 +471,10 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
     if (config_.tracer.trace_regions) {
       context.targets.back().break_growth_bytes = tracer_.break_growth(process.info.pid);
     }
+    if (config_.tracer.python_objects) {
+      context.targets.back().python_estimated_types =
+          code_maps_.python_objects().estimated_types(process.info.pid);
+    }
   }
   context.start_unix_ms = start_unix_ms_;
   context.end_unix_ms = unix_now_ms();
