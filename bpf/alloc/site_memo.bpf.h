@@ -76,7 +76,6 @@ static __always_inline bool site_memo_matches(struct site_memo *link, struct sit
 __noinline __s32 site_memo_hit(struct site_memo *link, struct stack_memo_bytes *scratch,
 			       struct site_frame *frame)
 {
-	struct memo_check check = { .scratch = scratch, .same = 1 };
 	__u64 low, end, length;
 	struct stack_memo *memo;
 	__u32 memo_slot, reads;
@@ -111,11 +110,18 @@ __noinline __s32 site_memo_hit(struct site_memo *link, struct stack_memo_bytes *
 			: frame->bp;
 	if (frame->caller != link->caller || frame->caller_bp != link->caller_bp)
 		return -1;
-	check.memo = memo;
-	check.base = low;
-	bpf_loop(reads, memo_check_read, &check, 0);
-	if (!check.same)
-		return -1;
+	/* A plain loop, not bpf_loop: this function is checked once, and a callback a read cost
+	 * more than the comparison (an indirect call through the kernel's return thunks). */
+	for (__u32 index = 0; index < STACK_MEMO_READS; index++) {
+		struct stack_memo_read *read = &memo->read[index];
+		__u32 offset = (read->address - low) & (STACK_MEMO_SPAN - 1);
+
+		if (index >= reads)
+			break;
+		if (*(__u64 *)&scratch->bytes[offset] != read->words[0] ||
+		    (read->length == 16 && *(__u64 *)&scratch->bytes[offset + 8] != read->words[1]))
+			return -1;
+	}
 	link->misses = 0;
 	return memo->id;
 }
