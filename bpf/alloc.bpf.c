@@ -11,6 +11,7 @@
  *   alloc/stack_walk.bpf.h     the user stack walk: CFI tables, frame pointers
  *   alloc/python_frames.bpf.h  the Python frames of CPython threads
  *   alloc/sites.bpf.h          call stacks as sites: their ids and running totals
+ *   alloc/site_memo.bpf.h      return sites' memos: one read of the stack a malloc
  *   alloc/sampling.bpf.h       --sample-rate
  *   alloc/python_types.bpf.h   Python objects by type
  *   alloc/regions.bpf.h        memory mapped by system calls
@@ -27,6 +28,7 @@
 #include "alloc/stack_walk.bpf.h"
 #include "alloc/python_frames.bpf.h"
 #include "alloc/sites.bpf.h"
+#include "alloc/site_memo.bpf.h"
 #include "alloc/sampling.bpf.h"
 #include "alloc/python_types.bpf.h"
 #include "alloc/regions.bpf.h"
@@ -52,18 +54,11 @@ volatile __u32 holds_released = 0;
 
 /* ---- recording and releasing blocks: what the allocator probes share ---- */
 
-/* `caller`, `sp` and `bp`: the registers as the allocator's return leaves them to its caller. */
-static __always_inline void record_alloc_from(__u64 caller, __u64 sp, __u64 bp, __u64 address,
-					      __u64 size, __u32 kind, __u64 weight_bytes)
+/* Records a block of site `site_id` (its stack captured). */
+static __always_inline void record_block(__u32 tgid, __s32 site_id, __u64 caller, __u64 address,
+					 __u64 size, __u32 kind, __u64 weight_bytes)
 {
-	__u32 tgid = current_tgid();
-	__s32 site_id;
-
-	if (tracing_stopped)
-		return;
 	count_process_allocation(tgid);
-	site_id = capture_stack(caller, sp, bp, tgid);
-
 	/* With sampling, the totals add up estimates: bytes and calls this sample stands for
 	 * (calls: rounded down; a sample of size 0 never happens). */
 	add_to_site(tgid, site_id, caller, weight_bytes, size ? weight_bytes / size : 1);
@@ -73,6 +68,21 @@ static __always_inline void record_alloc_from(__u64 caller, __u64 sp, __u64 bp, 
 		count(MEMTRAIL_CTR_ALLOCATIONS);
 	else
 		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, tgid); /* both buckets full */
+}
+
+/* `caller`, `sp` and `bp`: the registers as the allocator's return leaves them to its caller.
+ * Returns the site's id (-1 once tracing stopped). */
+static __always_inline __s32 record_alloc_from(__u64 caller, __u64 sp, __u64 bp, __u64 address,
+					       __u64 size, __u32 kind, __u64 weight_bytes)
+{
+	__u32 tgid = current_tgid();
+	__s32 site_id;
+
+	if (tracing_stopped)
+		return -1;
+	site_id = capture_stack(caller, sp, bp, tgid);
+	record_block(tgid, site_id, caller, address, size, kind, weight_bytes);
+	return site_id;
 }
 
 enum release_mode {
@@ -380,6 +390,12 @@ struct {
 
 volatile __u64 new_call_pages[64];
 
+/* Whether `caller` may be a call of malloc from an operator new in new_calls. */
+static __always_inline bool is_new_call_page(__u64 caller)
+{
+	return new_call_pages[(caller & 0xfff) >> 6] & (1ULL << (caller & 63));
+}
+
 /* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
  * that is an operator new userspace proved, whose code runs there byte for byte, the block is
  * the operator's, and the operator's caller the allocation's (operator new[] marked the call
@@ -459,11 +475,16 @@ static __always_inline bool condition_holds(__u64 code, __u64 flags)
 static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_source source)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight, slot;
+	__u64 address, size = 0, sp, frame, caller = 0, caller_bp, weight, slot, returns_to;
+	struct stack_memo_bytes *scratch;
+	struct site_frame *site;
 	struct inflight_call *call;
-	__u32 kind;
+	struct site_memo *link;
+	__u32 kind, zero = 0, link_slot;
+	__s32 site_id;
+	bool plain;
 
-	if (probe_floor || !probe_applies())
+	if (probe_floor || tracing_stopped || !probe_applies())
 		return 0;
 	/* A site on one edge of its jump: the other edge leads where the block is not returned
 	 * (jemalloc's empty cache bin, its slow path recording the call itself). */
@@ -491,10 +512,6 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	} else {
 		size = register_value(ctx, cookie >> MEMTRAIL_SITE_SIZE_SHIFT);
 	}
-	if (!read_caller_frame(sp, cookie, &caller, &caller_bp)) {
-		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, current_tgid());
-		return 0;
-	}
 	weight = size;
 	if (sample_rate) {
 		if (!call) {
@@ -504,19 +521,61 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 		}
 		weight = sampled_bytes(call, size);
 		if (!weight)
-			return 0;
+			return 0; /* passed over: nothing read */
 	}
-	caller = return_address(sp + frame, caller);
 	slot = sp + frame;
 	kind = cookie & MEMTRAIL_SITE_KIND_MASK;
-	if ((new_call_pages[(caller & 0xfff) >> 6] & (1ULL << (caller & 63))) &&
-	    !from_operator_new(call, &caller, &slot, &kind)) {
-		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, current_tgid());
+
+	/* The same registers at this site as a call before, with the same caller's frame and
+	 * stack above: its stack, in one read (see struct site_memo). A return address the
+	 * memo matched is the real one (a link is made only where no return probe had replaced
+	 * it: then it would have read the kernel's trampoline). */
+	site = bpf_map_lookup_elem(&site_frames, &zero);
+	if (!site)
+		return 0; /* never: a per-CPU array, index in range */
+	site->pc = PT_REGS_IP(ctx);
+	site->sp = sp;
+	site->slot = slot;
+	/* Where the function saved rbp, the register holds its own values: not part of the key. */
+	site->bp = caller_bp;
+	site->bp_slot = 0;
+	if (cookie & MEMTRAIL_SITE_BP_SAVED) {
+		site->bp = 0;
+		site->bp_slot = sp + ((cookie >> MEMTRAIL_SITE_BP_SHIFT) & 0xffff);
+	}
+	site->tgid = current_tgid();
+	site->generation = stack_memo_generation;
+	site->read = 0;
+	link_slot = site_memo_slot(site->pc, sp, site->bp);
+	link = bpf_map_lookup_elem(&site_memos, &link_slot);
+	scratch = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
+	site_id = site_memo_hit(link, scratch, site);
+	if (site_id >= 0 && !is_new_call_page(site->caller)) {
+		record_block(site->tgid, site_id, site->caller, address, size, kind, weight);
 		return 0;
+	}
+	if (site->read) {
+		caller = site->caller;
+		caller_bp = site->caller_bp;
+	} else if (!read_caller_frame(sp, cookie, &caller, &caller_bp)) {
+		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
+		return 0;
+	}
+	returns_to = return_address(slot, caller);
+	plain = returns_to == caller;
+	caller = returns_to;
+	if (is_new_call_page(caller)) {
+		plain = false;
+		if (!from_operator_new(call, &caller, &slot, &kind)) {
+			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
+			return 0;
+		}
 	}
 	/* After the return: the caller's pc, its sp above the return address, its rbp (operator
 	 * new leaves rbp alone: userspace proved it). */
-	record_alloc_from(caller, slot + 8, caller_bp, address, size, kind, weight);
+	site_id = record_alloc_from(caller, slot + 8, caller_bp, address, size, kind, weight);
+	if (plain && site_id >= 0)
+		site_memo_link(link, site, caller, caller_bp);
 	return 0;
 }
 

@@ -101,7 +101,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 		.generation = stack_memo_generation,
 		.exact_pc = exact_pc,
 	};
-	__u32 memo_slot = ((caller ^ sp ^ (bp << 7)) * 0x9E3779B97F4A7C15ULL) >> 60;
+	__u32 memo_slot = stack_memo_slot(caller, sp, bp);
 	struct stack_memo *memo;
 	struct stack_memo_bytes *memo_bytes;
 	__s32 memoized;

@@ -90,6 +90,12 @@ struct {
 	__type(value, struct stack_memo);
 } stack_memos SEC(".maps");
 
+/* The slot of stack_memos that keeps the walk from these registers. */
+static __always_inline __u32 stack_memo_slot(__u64 pc, __u64 sp, __u64 bp)
+{
+	return (((pc ^ sp ^ (bp << 7)) * 0x9E3779B97F4A7C15ULL) >> 60) & (STACK_MEMO_SLOTS - 1);
+}
+
 /* The span of stack a memo's check reads at once. */
 struct stack_memo_bytes {
 	__u8 bytes[STACK_MEMO_SPAN + 16];
@@ -302,6 +308,7 @@ static __always_inline void memo_note(struct walk *walk, __u64 address, __u64 fi
 struct memo_check {
 	struct stack_memo *memo;
 	struct stack_memo_bytes *scratch;
+	__u64 base; /* the stack address of scratch's first byte */
 	long same;
 };
 
@@ -310,7 +317,7 @@ struct memo_check {
 static long memo_check_read(__u32 index, struct memo_check *check)
 {
 	struct stack_memo_read *read = &check->memo->read[index & (STACK_MEMO_READS - 1)];
-	__u32 offset = (read->address - check->memo->low) & (STACK_MEMO_SPAN - 1);
+	__u32 offset = (read->address - check->base) & (STACK_MEMO_SPAN - 1);
 
 	if (*(__u64 *)&check->scratch->bytes[offset] != read->words[0] ||
 	    (read->length == 16 &&
@@ -332,6 +339,7 @@ __noinline __s32 stack_memo_hit(struct stack_memo *memo, struct stack_memo_bytes
 
 	if (!memo || !scratch || !key)
 		return -1;
+	check.base = memo->low;
 	if (memo->dropped || memo->key.pc != key->pc || memo->key.sp != key->sp ||
 	    memo->key.bp != key->bp || memo->key.tgid != key->tgid ||
 	    memo->key.generation != key->generation || memo->key.exact_pc != key->exact_pc)

@@ -117,7 +117,7 @@ TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndSt
   EXPECT_NE(sites.stderr_text.find("failed calls (NULL) counted at"), std::string::npos)
       << sites.stderr_text;
 
-  ASSERT_EQ(sites.asked.size(), 13u);
+  ASSERT_EQ(sites.asked.size(), 17u);
   for (const auto& [function, asked] : sites.asked) {
     SCOPED_TRACE(function);
     json with_sites = sites_with_function(sites.report, function).size() == 1

@@ -5,7 +5,8 @@
 // Prints "ready PID", waits for a line on stdin, then leaks COUNT blocks at each site below
 // and prints "line NAME N" and "bytes NAME ASKED USABLE" per site (USABLE: malloc_usable_size
 // summed), then "done", and waits for end of input. Single-threaded first (tcache, the main
-// arena without locks, mmapped blocks, calloc, memalign, realloc(NULL)); then with threads
+// arena without locks, mmapped blocks, calloc, memalign, realloc(NULL), callers that reach
+// malloc in turn with the same registers); then with threads
 // (the locked main arena, thread arenas, their mmapped blocks and calloc). Calls that fail
 // (NULL) on each path come with them; "failed N" before "done" says how many.
 #define _GNU_SOURCE
@@ -55,6 +56,52 @@ LEAK(thread_arena, malloc(300), 300)
 LEAK(thread_mmapped, malloc(300000), 300000)
 LEAK(thread_calloc, calloc(5, 20), 100)
 LEAK(thread_memalign, memalign(128, 500), 500)
+
+// Two callers of malloc in turn, called from one function at the same depth, with the same
+// frame: malloc's return site sees the same registers for both, and only the stack tells them
+// apart (the site's memo must not take one for the other). They store to different sinks, so
+// that the compiler neither merges them nor makes their calls tail calls.
+static void *volatile left_sink;
+__attribute__((noinline)) static void *alternate_left(size_t size) {
+  void *block = malloc(size);
+  left_sink = block;
+  return block;
+}
+__attribute__((noinline)) static void *alternate_right(size_t size) {
+  void *block = malloc(size);
+  sink = block;
+  return block;
+}
+// And one caller of malloc called in turn from two functions alike: the same registers and the
+// same caller's frame at the site, a different stack above it.
+__attribute__((noinline)) static void *alternate_inner(size_t size) {
+  void *block = malloc(size);
+  sink = block;
+  return block;
+}
+__attribute__((noinline)) static void *alternate_outer_a(size_t size) {
+  void *block = alternate_inner(size);
+  left_sink = block;
+  return block;
+}
+__attribute__((noinline)) static void *alternate_outer_b(size_t size) {
+  void *block = alternate_inner(size);
+  sink = block;
+  return block;
+}
+__attribute__((noinline)) static void alternate(void) {
+  size_t usable[4] = {0, 0, 0, 0};
+  for (int i = 0; i < count; ++i) {
+    usable[0] += malloc_usable_size(alternate_left(56));
+    usable[1] += malloc_usable_size(alternate_right(56));
+    usable[2] += malloc_usable_size(alternate_outer_a(56));
+    usable[3] += malloc_usable_size(alternate_outer_b(56));
+  }
+  report("alternate_left", __LINE__, (size_t)count * 56, usable[0]);
+  report("alternate_right", __LINE__, (size_t)count * 56, usable[1]);
+  report("alternate_outer_a", __LINE__, (size_t)count * 56, usable[2]);
+  report("alternate_outer_b", __LINE__, (size_t)count * 56, usable[3]);
+}
 
 // Blocks freed again: frees that must match, and a full tcache for the next malloc(72).
 __attribute__((noinline)) static void churn(size_t size, int times) {
@@ -112,6 +159,7 @@ int main(int argc, char **argv) {
   single_calloc();
   single_memalign();
   single_realloc_null();
+  alternate();
   fail_calls();
 
   // From the first thread on, glibc takes the locked paths for good.
