@@ -258,6 +258,17 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                     "--python-frames native");
       }
     }
+    auto tstate_fields = {layout.tstate_thread_id, layout.tstate_cframe,
+                          layout.tstate_datastack_chunk, layout.tstate_datastack_limit};
+    uint32_t tstate_low = std::min(tstate_fields), tstate_high = std::max(tstate_fields);
+    if (tstate_high + sizeof(uint64_t) - tstate_low > MEMTRAIL_PYTHON_TSTATE_READ) {
+      throw Error("CPython's thread state layout spreads the fields memtrail reads over " +
+                      std::to_string(tstate_high + sizeof(uint64_t) - tstate_low) +
+                      " bytes, beyond the " + std::to_string(MEMTRAIL_PYTHON_TSTATE_READ) +
+                      " it reads at once",
+                  "build memtrail against the CPython it should walk, or use "
+                  "--python-frames native");
+    }
     rodata->python_frames = true;
     const_cast<memtrail_python_layout&>(rodata->python_layout) = bpf::python_layout(layout);
   }
