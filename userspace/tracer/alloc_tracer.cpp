@@ -1125,6 +1125,16 @@ AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPyt
   return was.at_risk ? IdentityVerdict::kAtRisk : IdentityVerdict::kSame;
 }
 
+bool AllocTracer::record_unchanged(const PythonSlot& where, uint64_t address) {
+  // After the reads of the process's memory (system calls: nothing of theirs is reordered
+  // after these loads).
+  const memtrail_alloc_info& info = where.bucket->info[where.slot];
+  return std::atomic_ref<const __u64>(info.timestamp_ns).load(std::memory_order_acquire) ==
+             where.timestamp_ns &&
+         std::atomic_ref<const __u64>(where.bucket->address[where.slot])
+                 .load(std::memory_order_acquire) == address;
+}
+
 void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
                                        const std::vector<PythonSlot>& slots,
                                        model::Snapshot& snapshot, model::AllocationSink* sink) {
@@ -1201,6 +1211,12 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       remove();
       continue;
     }
+    // What was read is the recorded object only if the record is still there, unchanged: a
+    // new object created at its address meanwhile replaced the record (while tracing), or
+    // removed it (once tracing stopped: table_forget_python_object), and the memory read
+    // then holds that new object, alive. The recorded one is dead; a record that replaced
+    // it is read next time.
+    if (!record_unchanged(where, object.address)) continue;
     // Over 512 bytes, the object is a malloc'd block, counted as that block: the BPF program
     // records no object where malloc's record of its block is (in_recorded_block). Behind a
     // GC header (or a managed dict's pre-header) the block starts before the object and
