@@ -586,6 +586,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 	struct memtrail_unwind_row *row = &found.fields;
 	__u64 pc = walk->pc - (1 - walk->exact_pc) - mapping->bias, cfa;
 	struct stack_words saved, other;
+	__u64 kind, pair, at;
 	__s64 rbp_slot;
 
 	found.bits = row_bits;
@@ -613,36 +614,30 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 	if (cfa <= walk->sp || cfa - walk->sp >= MAX_STACK_SPAN)
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_LOOP);
 	walk->flags |= MEMTRAIL_STACK_USED_TABLES;
-	switch (MEMTRAIL_UNWIND_RBP_KIND(row)) {
-	case MEMTRAIL_UNWIND_RBP_AT_CFA:
-		rbp_slot = (__s64)row->rbp_offset * 8;
-		if (rbp_slot == -16) {
-			/* push %rbp right after the call: one read for both (the common case) */
-			if (walk_read(walk, &saved, 16, cfa - 16))
+	/* The return address, and with it the saved rbp when that lies right below it (push %rbp
+	 * right after the call: the common case), in one read; a saved rbp elsewhere in a second.
+	 * Two reads in the step, not one for each case: each is a call, and each call multiplied
+	 * the paths the verifier walks through the step. */
+	kind = MEMTRAIL_UNWIND_RBP_KIND(row);
+	rbp_slot = (__s64)row->rbp_offset * 8;
+	pair = kind == MEMTRAIL_UNWIND_RBP_AT_CFA && rbp_slot == -16 ? 1 : 0;
+	at = cfa - 8 - 8 * pair;
+	if (walk_read(walk, &saved, 8 + 8 * pair, at))
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	memo_note(walk, at, saved.word[0], saved.word[1], 8 + 8 * pair);
+	*return_address = pair ? saved.word[1] : saved.word[0];
+	if (kind == MEMTRAIL_UNWIND_RBP_AT_CFA) {
+		if (!pair) {
+			if (walk_read(walk, &other, 8, cfa + rbp_slot))
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-			memo_note(walk, cfa - 16, saved.word[0], saved.word[1], 16);
-			walk->bp = saved.word[0];
-			*return_address = saved.word[1];
-		} else {
-			if (walk_read(walk, &saved, 8, cfa + rbp_slot) ||
-			    walk_read(walk, &other, 8, cfa - 8))
-				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-			memo_note(walk, cfa + rbp_slot, saved.word[0], 0, 8);
-			memo_note(walk, cfa - 8, other.word[0], 0, 8);
-			walk->bp = saved.word[0];
-			*return_address = other.word[0];
+			memo_note(walk, cfa + rbp_slot, other.word[0], 0, 8);
+			saved.word[0] = other.word[0];
 		}
+		walk->bp = saved.word[0];
 		walk->bp_known = 1;
-		break;
-	case MEMTRAIL_UNWIND_RBP_UNKNOWN:
+	} else if (kind == MEMTRAIL_UNWIND_RBP_UNKNOWN) {
 		walk->bp_known = 0;
-		/* fall through: the return address is still where the ABI puts it */
-	default: /* UNCHANGED: rbp is callee-saved and this frame left it alone */
-		if (walk_read(walk, &saved, 8, cfa - 8))
-			return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-		memo_note(walk, cfa - 8, saved.word[0], 0, 8);
-		*return_address = saved.word[0];
-	}
+	} /* else UNCHANGED: rbp is callee-saved and this frame left it alone */
 	walk->sp = cfa;
 	walk->exact_pc = 0;
 	if (*return_address == 0)
