@@ -863,9 +863,15 @@ int python_object_created(struct pt_regs *ctx)
 	__u32 tgid;
 	__s32 site_id;
 
-	if (tracing_stopped || probe_floor || !probe_applies() || !object)
+	if (probe_floor || !probe_applies() || !object)
 		return 0;
 	tgid = current_tgid();
+	/* After the stop, what a creation still tells: the object recorded at this address is
+	 * dead (see table_forget_python_object). */
+	if (tracing_stopped) {
+		table_forget_python_object(tgid, object);
+		return 0;
+	}
 	if (in_recorded_block(tgid, object))
 		return 0; /* counted on the malloc path */
 	type = read_user_u64(object + MEMTRAIL_PYTHON_OB_TYPE);

@@ -332,7 +332,9 @@ MEMTRAIL_ABI_OFFSET(memtrail_python_layout, owner_cstack, 13 * 4);
 
 /* Bytes read from each frame at once: every field above lies within them. */
 #define MEMTRAIL_PYTHON_FRAME_READ 80
-
+/* Bytes of a PyThreadState read at once, at most: its thread_id, cframe, datastack_chunk and
+ * datastack_limit lie within them (3.11: 264 bytes from cframe on). */
+#define MEMTRAIL_PYTHON_TSTATE_READ 512
 /* A traced CPython process: where its runtime state lies (the _PyRuntime symbol), and where
  * its eval loop's code lies (_PyEval_EvalFrameDefault, [start, end); 0, 0 when unknown). Each
  * native frame of the eval loop runs the Python frames up to an entry frame, so a walk that

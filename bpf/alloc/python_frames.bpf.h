@@ -44,9 +44,10 @@ struct {
 #define PYTHON_WINDOW 4096
 
 struct python_window {
-	__u64 datastack[3]; /* the thread's datastack_chunk, _top, _limit: [chunk, limit) */
-	__u64 low, high;    /* what bytes hold, [low, high); empty until read */
-	__u64 read;	    /* the window was read (or its read failed): not again */
+	__u64 chunk, limit; /* the thread's datastack_chunk and datastack_limit */
+	__u8 tstate[MEMTRAIL_PYTHON_TSTATE_READ]; /* from python_tstate_low() on */
+	__u64 low, high; /* what bytes hold, [low, high); empty until read */
+	__u64 read;	 /* the window was read (or its read failed): not again */
 	__u8 single[MEMTRAIL_PYTHON_FRAME_READ]; /* a frame outside the window, read alone */
 	__u8 bytes[PYTHON_WINDOW];
 };
@@ -89,8 +90,8 @@ static __always_inline const __u8 *python_frame_bytes(struct python_walk *walk)
 
 	if (!window)
 		return NULL;
-	chunk = window->datastack[0];
-	limit = window->datastack[2];
+	chunk = window->chunk;
+	limit = window->limit;
 	if (!window->read && frame >= chunk && frame < limit) {
 		window->read = 1;
 		high = frame + MEMTRAIL_PYTHON_FRAME_READ;
@@ -170,18 +171,62 @@ static long python_step(__u32 index, struct python_walk *walk)
 	return 0;
 }
 
-/* The calling thread's PyThreadState: the GIL holder's when that is this thread (the common
- * case: Python code allocating), else the one in the interpreter's list whose thread_id is this
- * thread's pthread_self() (arch_thread_pointer). 0 when none is. */
-__noinline __u64 python_thread_state(__u64 runtime, __u64 pthread_id)
+/* The PyThreadState fields the walk reads lie in [python_tstate_low(), python_tstate_high()).
+ * (python_layout is read-only data: the verifier knows these, and drops the branches they
+ * decide.) */
+static __always_inline __u32 python_tstate_low(void)
+{
+	__u32 low = python_layout.tstate_thread_id;
+
+	if (python_layout.tstate_cframe < low)
+		low = python_layout.tstate_cframe;
+	if (python_layout.tstate_datastack_chunk < low)
+		low = python_layout.tstate_datastack_chunk;
+	return low;
+}
+
+static __always_inline __u32 python_tstate_high(void)
+{
+	__u32 high = python_layout.tstate_thread_id;
+
+	if (python_layout.tstate_cframe > high)
+		high = python_layout.tstate_cframe;
+	if (python_layout.tstate_datastack_limit > high)
+		high = python_layout.tstate_datastack_limit;
+	return high + sizeof(__u64);
+}
+
+/* The field at `offset` of the thread state read into window->tstate. */
+static __always_inline __u64 tstate_u64(struct python_window *window, __u32 offset)
+{
+	__u32 at = offset - python_tstate_low();
+
+	if (at > MEMTRAIL_PYTHON_TSTATE_READ - sizeof(__u64))
+		return 0;
+	return *(__u64 *)&window->tstate[at];
+}
+
+/* Reads the fields of thread state `tstate` the walk needs into window->tstate, in one read
+ * (where a read each cost ~115 ns; userspace checks that they lie within
+ * MEMTRAIL_PYTHON_TSTATE_READ bytes); false when it fails. */
+static __always_inline bool read_thread_state(struct python_window *window, __u64 tstate)
+{
+	__u32 size = python_tstate_high() - python_tstate_low();
+
+	if (!tstate || size > MEMTRAIL_PYTHON_TSTATE_READ)
+		return false;
+	return !bpf_probe_read_user(window->tstate, size,
+				    (const void *)(tstate + python_tstate_low()));
+}
+
+/* The thread state in the interpreter's list whose thread_id is this thread's pthread_self()
+ * (arch_thread_pointer), for a thread that is not the GIL holder; 0 when none is. */
+__noinline __u64 python_listed_thread_state(__u64 runtime, __u64 pthread_id)
 {
 	__u64 tstate, interp;
 
 	if (!runtime || !pthread_id)
 		return 0;
-	tstate = read_user_u64(runtime + python_layout.runtime_tstate_current);
-	if (tstate && read_user_u64(tstate + python_layout.tstate_thread_id) == pthread_id)
-		return tstate;
 	interp = read_user_u64(runtime + python_layout.runtime_interp_main);
 	if (!interp)
 		return 0;
@@ -194,19 +239,39 @@ __noinline __u64 python_thread_state(__u64 runtime, __u64 pthread_id)
 	return 0;
 }
 
+/* Reads the calling thread's PyThreadState into window->tstate: the GIL holder's when that is
+ * this thread (the common case: Python code allocating), else the listed one that is. False
+ * when none is, or it cannot be read. A global function: checked once by the verifier. */
+__noinline bool python_thread_state(struct python_window *window, __u64 runtime, __u64 pthread_id)
+{
+	__u64 tstate;
+
+	if (!window || !runtime || !pthread_id)
+		return false;
+	tstate = read_user_u64(runtime + python_layout.runtime_tstate_current);
+	if (read_thread_state(window, tstate) &&
+	    tstate_u64(window, python_layout.tstate_thread_id) == pthread_id)
+		return true;
+	tstate = python_listed_thread_state(runtime, pthread_id);
+	return read_thread_state(window, tstate);
+}
+
 /* Reads the Python frames of the calling thread into the scratch stack and mixes them into
- * `hash`; NULL when the process is not a CPython one memtrail walks. `eval_loops` says where
- * the native walk may end: after the eval-loop frame of the outermost entry frame, when every
- * frame of the chain was read (a chain cut short leaves eval loops unaccounted for: count 0). */
+ * `hash`; NULL when the process is not a CPython one memtrail walks. For one, the native stack
+ * from `sp` (the walk's first stack pointer) is read at once into the scratch's span, and
+ * `scratch->eval_loops` says where the native walk may end: after the eval-loop frame of the
+ * outermost entry frame, when every frame of the chain was read (a chain cut short leaves eval
+ * loops unaccounted for: count 0). */
 static __always_inline struct memtrail_python_stack *
-capture_python(__u32 tgid, __u64 *hash, struct python_eval_loops *eval_loops)
+capture_python(__u32 tgid, __u64 sp, __u64 *hash, struct walk_scratch *scratch)
 {
 	struct python_walk walk = {};
 	struct memtrail_python_process *process;
 	struct memtrail_python_stack *stack;
 	struct task_struct *task;
 	struct python_window *window;
-	__u64 tstate, cframe;
+	struct stack_words frame;
+	__u64 cframe;
 	__u32 zero = 0;
 
 	if (!python_frames)
@@ -215,42 +280,39 @@ capture_python(__u32 tgid, __u64 *hash, struct python_eval_loops *eval_loops)
 	if (!process)
 		return NULL;
 	stack = bpf_map_lookup_elem(&python_scratch, &zero);
-	if (!stack)
+	window = bpf_map_lookup_elem(&python_window_scratch, &zero);
+	if (!stack || !window)
 		return NULL;
+	scratch->python = 1;
+	/* The walks of a CPython thread are deep (~14 native frames to the outermost eval loop
+	 * of a web server's request), and its current _PyCFrame lies on that stack: read at once. */
+	stack_span_fill(&scratch->span, sp);
 	stack->tgid = tgid;
 	stack->depth = 0;
 	stack->flags = 0;
 	task = bpf_get_current_task_btf();
-	tstate = python_thread_state(process->runtime_address, arch_thread_pointer(task));
-	if (!tstate) {
+	if (!python_thread_state(window, process->runtime_address, arch_thread_pointer(task))) {
 		stack->flags = MEMTRAIL_PYTHON_NO_THREAD;
 	} else {
-		cframe = read_user_u64(tstate + python_layout.tstate_cframe);
-		walk.frame =
-			cframe ? read_user_u64(cframe + python_layout.cframe_current_frame) : 0;
+		cframe = tstate_u64(window, python_layout.tstate_cframe);
+		frame.word[0] = 0;
+		if (!cframe ||
+		    stack_read(scratch, &frame, 8, cframe + python_layout.cframe_current_frame))
+			frame.word[0] = 0;
+		walk.frame = frame.word[0];
+		stack_span_reach(&scratch->span, cframe + python_layout.cframe_current_frame + 8);
 		walk.stack = stack;
 		walk.hash = *hash;
-		/* datastack_chunk, _top, _limit: one read (adjacent in 3.11's PyThreadState) */
-		window = bpf_map_lookup_elem(&python_window_scratch, &zero);
-		if (window) {
-			window->low = window->high = window->read = 0;
-			/* No chunk known (not 3.11's adjacent fields, a failed read): none holds
-			 * a frame, each is read alone. */
-			if (python_layout.tstate_datastack_limit !=
-				    python_layout.tstate_datastack_chunk + 16 ||
-			    bpf_probe_read_user(
-				    window->datastack, sizeof(window->datastack),
-				    (const void *)(tstate + python_layout.tstate_datastack_chunk)))
-				window->datastack[0] = window->datastack[2] = 0;
-		}
+		window->low = window->high = window->read = 0;
+		window->chunk = tstate_u64(window, python_layout.tstate_datastack_chunk);
+		window->limit = tstate_u64(window, python_layout.tstate_datastack_limit);
 		walk.window = window;
 		bpf_loop(MEMTRAIL_MAX_PYTHON_DEPTH + 1, python_step, &walk, 0);
 		*hash = walk.hash;
-		if (eval_loops && !stack->flags &&
-		    process->eval_loop_end > process->eval_loop_start) {
-			eval_loops->start = process->eval_loop_start;
-			eval_loops->end = process->eval_loop_end;
-			eval_loops->count = walk.entries;
+		if (!stack->flags && process->eval_loop_end > process->eval_loop_start) {
+			scratch->eval_loops.start = process->eval_loop_start;
+			scratch->eval_loops.end = process->eval_loop_end;
+			scratch->eval_loops.count = walk.entries;
 		}
 	}
 	*hash ^= ((__u64)stack->flags << 56) | stack->depth;

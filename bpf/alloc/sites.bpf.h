@@ -45,13 +45,13 @@ struct {
 	__type(value, struct memtrail_fallback_totals);
 } fallback_sites SEC(".maps");
 
-/* Keeps the walk just noted in `memo`, from `key`, as stack `id` (unless it was dropped). Not for
- * a CPython process: its Python frames are not among the words noted (userspace bumps
- * stack_memo_generation when it adds one). A global function: checked once by the verifier. */
+/* Keeps the walk just noted in `memo`, from `key`, as stack `id` (unless it was dropped: so is
+ * every walk of a CPython process, whose Python frames are not among the words noted; userspace
+ * bumps stack_memo_generation when it adds one). A global function: checked once by the
+ * verifier. */
 __noinline int stack_memo_keep(struct stack_memo *memo, struct stack_memo_key *key, __s32 id)
 {
-	if (!memo || !key || memo->dropped || memo->reads == 0 || id < 0 ||
-	    (python_frames && bpf_map_lookup_elem(&python_processes, &key->tgid))) {
+	if (!memo || !key || memo->dropped || memo->reads == 0 || id < 0) {
 		if (memo)
 			memo->reads = 0;
 		return 0;
@@ -91,7 +91,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	};
 	struct memtrail_stack *stack, *known;
 	struct memtrail_python_stack *python;
-	struct python_eval_loops *eval_loops;
+	struct walk_scratch *scratch;
 	__u32 zero = 0, python_id;
 	struct stack_memo_key key = {
 		.pc = caller,
@@ -111,10 +111,10 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	 * struct stack_memo): its stack, without walking again. */
 	memo = bpf_map_lookup_elem(&stack_memos, &memo_slot);
 	memo_bytes = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
-	eval_loops = bpf_map_lookup_elem(&eval_loop_scratch, &zero);
+	scratch = bpf_map_lookup_elem(&walk_scratch, &zero);
 	/* (Never NULL: per-CPU arrays, indices in range. Going on without a memo would have the
 	 * verifier check the whole walk twice, with and without.) */
-	if (!memo || !memo_bytes || !eval_loops)
+	if (!memo || !memo_bytes || !scratch)
 		goto fallback;
 	memoized = stack_memo_hit(memo, memo_bytes, &key);
 	if (memoized >= 0)
@@ -130,17 +130,22 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 		walk.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
 	stack->ips[0] = caller;
 	stack->tgid = tgid;
-	eval_loops->count = 0;
-	python = capture_python(tgid, &python_hash, eval_loops);
-	walk.eval_loops = eval_loops;
+	scratch->eval_loops.count = 0;
+	scratch->python = 0;
+	scratch->span.length = 0;
+	python = capture_python(tgid, sp, &python_hash, scratch);
+	walk.scratch = scratch;
 	/* No branch here on what capture_python found (unwind_step checks the caller first, and
 	 * python_hash is 0 without Python frames): each one would have the verifier check the rest
-	 * of the program once per side, which made loading it several times slower. */
+	 * of the program once per side, which made loading it several times slower. A CPython
+	 * process's walk is not memoized: no read of it is noted. */
+	memo->dropped = scratch->python;
 	if (last_eval_loop(&walk, caller)) /* the allocating code is the eval loop's own */
 		walk.flags = MEMTRAIL_STACK_PYTHON_BASE;
 	else
 		bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
 	stack->flags = walk.flags;
+	stack_span_learn(&scratch->span, walk.sp);
 	hash = ((walk.hash ^ walk.depth) ^ python_hash) * 0x100000001B3ULL;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);

@@ -126,12 +126,149 @@ struct python_eval_loops {
 	__u32 count;
 };
 
+/* The stack above a walk's first frame, read at once: a CPython thread's walk reads ~14 native
+ * frames, 16 bytes each, up to its outermost eval loop (~3 KiB of a web server's stack), where a
+ * read of user memory costs ~115 ns here (the kernel's checks around the copy). The bytes cost
+ * too (a 4 KiB fill cost ~0.3 µs more than a 3 KiB one, measured): a fill reads as far as the
+ * last walks on the CPU went. Filled for CPython processes only (capture_python): their walks
+ * are deep and end well below the top of the thread's stack. A C process's walks are memoized
+ * (struct stack_memo), and a shallow stack near the top of its mapping would make the read
+ * fault, which costs far more. Reads outside the span go to the process. */
+#define STACK_SPAN 4096	   /* bytes at most (power of two) */
+#define STACK_SPAN_MIN 512 /* bytes at least */
+
+struct stack_span {
+	__u64 low;    /* the address of bytes[0]: the walk's first stack pointer */
+	__u64 length; /* bytes held from low; 0: none */
+	__u64 want;   /* bytes the next fill reads: the reach of the last walks, decaying */
+	__u64 reach;  /* bytes from low the walk in progress needed so far */
+	__u8 bytes[STACK_SPAN];
+};
+
+/* The mapping and CFI row found for a recent pc of a process (struct walk_scratch's rows): a
+ * CPython process's walks go through the same return addresses of the eval loop and its callees
+ * again and again, each a mapping search and a row search (~35 ns together a frame on a web server, measured).
+ * Valid while stack_memo_generation is unchanged: userspace bumps it whenever it changes the
+ * process's mappings; the rows a mapping points at are never rewritten. */
+#define UNWIND_CACHE_SLOTS 256 /* a power of two */
+
+struct unwind_cached {
+	__u64 pc;	  /* the address looked up (a return address less one, or an exact pc) */
+	__u64 row;	  /* the row's bits (struct memtrail_unwind_row; 0: NONE) */
+	__u32 tgid;	  /* 0: an empty slot (no walk runs for pid 0) */
+	__u32 generation; /* stack_memo_generation when looked up */
+	__s32 mapping;	  /* index in the process's mappings, -1: in none */
+	__u32 unused;
+};
+
+/* Per-CPU state of the walk in progress, too big for the BPF stack. */
+struct walk_scratch {
+	struct python_eval_loops eval_loops;
+	__u64 python; /* 1: a CPython process's walk (its stack is not memoized) */
+	struct stack_span span;
+	struct unwind_cached rows[UNWIND_CACHE_SLOTS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct python_eval_loops);
-} eval_loop_scratch SEC(".maps");
+	__type(value, struct walk_scratch);
+} walk_scratch SEC(".maps");
+
+/* Reads the stack from `sp` up into `span`, as far as span->want says (rounded up), or when
+ * that crosses the end of the stack's mapping (the read fails whole), the rest of sp's page
+ * (mapped: it holds the frame at sp). A global function, as the two below: the verifier checks
+ * each once, and their branches do not multiply the paths of the program that calls them
+ * (inlined, the three made loading each record program take twice as long, measured). */
+__noinline int stack_span_fill(struct stack_span *span, __u64 sp)
+{
+	__u64 size;
+
+	if (!span)
+		return 0;
+	size = (span->want + 255) & ~255ULL;
+	if (size < STACK_SPAN_MIN)
+		size = STACK_SPAN_MIN;
+	if (size > STACK_SPAN)
+		size = STACK_SPAN;
+	span->low = sp;
+	span->length = 0;
+	span->reach = 0;
+	if (!bpf_probe_read_user(span->bytes, size, (const void *)sp)) {
+		span->length = size;
+		return 0;
+	}
+	size = ((sp | 4095) + 1) - sp;
+	if (size <= STACK_SPAN && !bpf_probe_read_user(span->bytes, size, (const void *)sp))
+		span->length = size;
+	return 0;
+}
+
+/* Notes that the walk in progress needed the span's bytes up to `end`. */
+__noinline int stack_span_reach(struct stack_span *span, __u64 end)
+{
+	__u64 reach;
+
+	if (!span)
+		return 0;
+	reach = end - span->low;
+	if (end > span->low && reach <= STACK_SPAN && reach > span->reach)
+		span->reach = reach;
+	return 0;
+}
+
+/* After a walk that ended at stack pointer `end` (a CPython process's; others have no span):
+ * the next fill reads as far as this walk went, or as the last ones went less an eighth
+ * (allocating functions differ in depth: the deepest recent one sets the size, the others are
+ * served from it). */
+__noinline int stack_span_learn(struct stack_span *span, __u64 end)
+{
+	__u64 want;
+
+	if (!span || !span->length)
+		return 0;
+	stack_span_reach(span, end);
+	want = span->want;
+	want -= want >> 3;
+	span->want = span->reach > want ? span->reach : want;
+	return 0;
+}
+
+/* Two words of stack, as read by stack_read. */
+struct stack_words {
+	__u64 word[2];
+};
+
+/* The `length` (8 or 16) bytes of stack at `address`, into `words`: from the span of `scratch`
+ * (NULL: none) when it holds them, else read from the process. 0 when read, as
+ * bpf_probe_read_user. A global function: the verifier checks it once; inlined in each read of a
+ * frame step, its two ways of filling the words (a load from the span, a helper's write) kept
+ * the states of the step's paths from converging (3x the instructions processed to load a
+ * program, measured). */
+__noinline long stack_read(struct walk_scratch *scratch, struct stack_words *words, __u32 length,
+			   __u64 address)
+{
+	struct stack_span *span;
+	__u64 offset;
+
+	if (!words)
+		return -1;
+	if (scratch) {
+		span = &scratch->span;
+		offset = address - span->low;
+		if (offset <= STACK_SPAN - 16 && offset + length <= span->length) {
+			/* Only what this walk's fill read: an 8-byte read takes no word after it. */
+			words->word[0] = *(__u64 *)&span->bytes[offset];
+			words->word[1] = length == 16 ? *(__u64 *)&span->bytes[offset + 8] : 0;
+			return 0;
+		}
+	}
+	if (length == 16)
+		return bpf_probe_read_user(words->word, 16, (const void *)address);
+	words->word[1] = 0;
+	return bpf_probe_read_user(words->word, 8, (const void *)address);
+}
 
 struct walk {
 	struct memtrail_stack *stack;
@@ -150,8 +287,8 @@ struct walk {
 	__u64 bp_known; /* false once a frame's CFI says rbp cannot be recovered */
 	__u64 exact_pc; /* 1: pc is where a signal struck, not a return address: no - 1. Used
 			 * in arithmetic, never branched on, so the verifier need not track it. */
-	/* CPython: where the walk may end (struct python_eval_loops). */
-	struct python_eval_loops *eval_loops;
+	/* CPython: where the walk may end (struct python_eval_loops), and the stack read at once. */
+	struct walk_scratch *scratch;
 };
 
 /* Whether the frame at `pc` is the last eval-loop frame the walk needed: its outermost. The
@@ -160,7 +297,7 @@ struct walk {
  * differ at each frame and made loading the programs several times slower (measured). */
 static __always_inline bool last_eval_loop(struct walk *walk, __u64 pc)
 {
-	struct python_eval_loops *eval = walk->eval_loops;
+	struct python_eval_loops *eval = walk->scratch ? &walk->scratch->eval_loops : NULL;
 
 	pc -= 1 - walk->exact_pc;
 	if (!eval || !eval->count || pc < eval->start || pc >= eval->end)
@@ -258,6 +395,44 @@ __noinline __u64 unwind_find_row(struct memtrail_unwind_mapping *mapping, __u64 
 	return row ? *(__u64 *)row : 0;
 }
 
+/* The mapping of `process` holding `pc` and the CFI row for pc in it, as the row's 8 bytes with
+ * its pc field (which the step does not use) replaced by the mapping's index + 1 (0: in none;
+ * the row is then 0, NONE): as found before (the same pc, process and generation, in
+ * scratch->rows), or searched now and kept there. `tgid_hint`: the process's id << 32 | the
+ * mapping to check first. A global function: the verifier checks it once, and the step gets two
+ * scalars, with no new paths. */
+__noinline __u64 unwind_lookup(struct walk_scratch *scratch,
+			       struct memtrail_unwind_process *process, __u64 pc, __u64 tgid_hint)
+{
+	__u32 tgid = tgid_hint >> 32, generation = stack_memo_generation;
+	__u64 slot = ((pc ^ tgid) * 0x9E3779B97F4A7C15ULL) >> 56;
+	struct memtrail_unwind_mapping *mapping;
+	struct unwind_cached *entry;
+	int found;
+
+	if (!scratch)
+		return 0;
+	entry = &scratch->rows[slot & (UNWIND_CACHE_SLOTS - 1)];
+	if (entry->pc == pc && entry->tgid == tgid && entry->generation == generation)
+		return (entry->row & ~0xffffffffULL) | (__u32)(entry->mapping + 1);
+	/* In the entry before the searches: fewer values live across their calls, whose frames
+	 * add up with the program's under the BPF stack's 512 bytes. */
+	entry->tgid = tgid;
+	entry->generation = generation;
+	entry->row = 0;
+	found = unwind_find_mapping(process, pc, (__u32)tgid_hint);
+	if (found < 0 || !process)
+		found = -1;
+	entry->mapping = found;
+	entry->pc = pc;
+	if (found >= 0 && process) {
+		mapping = &process->mappings[found & (MEMTRAIL_UNWIND_MAX_MAPPINGS - 1)];
+		if (mapping->method == MEMTRAIL_UNWIND_BY_TABLE)
+			entry->row = unwind_find_row(mapping, pc - mapping->bias);
+	}
+	return (entry->row & ~0xffffffffULL) | (__u32)(entry->mapping + 1);
+}
+
 /* Notes a stack read in `memo` (length 0: the walk is not to be kept; so is one that reads more,
  * or farther). A global function: the verifier checks it once, not on every path of the frame
  * step that calls it (inlined, it made loading the programs take seconds more). */
@@ -301,8 +476,11 @@ __noinline int stack_memo_note(struct stack_memo *memo, __u64 address, __u64 fir
 static __always_inline void memo_note(struct walk *walk, __u64 address, __u64 first, __u64 second,
 				      __u64 length)
 {
-	if (walk->memo)
-		stack_memo_note(walk->memo, address, first, second, length);
+	/* A call also for a CPython process's walk, whose memo is dropped from the start (the
+	 * note returns at once): skipping it by a check of the memo here cost the verifier 7,600
+	 * more instructions to load each program that walks stacks (72,000 in all, measured),
+	 * for ~16 calls of a few ns a walk. */
+	stack_memo_note(walk->memo, address, first, second, length);
 }
 
 struct memo_check {
@@ -362,6 +540,13 @@ static __always_inline void stack_memo_begin(struct stack_memo *memo)
 	memo->key.pc = 0; /* no hit until kept */
 }
 
+/* A read of the walked stack: from the span read at once when it holds the bytes. */
+static __always_inline long walk_read(struct walk *walk, struct stack_words *words, __u32 length,
+				      __u64 address)
+{
+	return stack_read(walk->scratch, words, length, address);
+}
+
 #define WALK_CONTINUE 0
 #define WALK_STOP 1
 
@@ -400,17 +585,19 @@ static __always_inline long signal_frame_step(struct walk *walk, __u64 *return_a
 
 /* One frame by its CFI row: the caller's pc, sp and bp, or the end of the walk. */
 static __always_inline long table_step(struct walk *walk, struct memtrail_unwind_mapping *mapping,
-				       __u64 *return_address)
+				       __u64 row_bits, __u64 *return_address)
 {
 	union {
 		__u64 bits;
 		struct memtrail_unwind_row fields;
 	} found;
 	struct memtrail_unwind_row *row = &found.fields;
-	__u64 pc = walk->pc - (1 - walk->exact_pc) - mapping->bias, cfa, saved[2];
+	__u64 pc = walk->pc - (1 - walk->exact_pc) - mapping->bias, cfa;
+	struct stack_words saved, other;
+	__u64 kind, pair, at;
 	__s64 rbp_slot;
 
-	found.bits = unwind_find_row(mapping, pc);
+	found.bits = row_bits;
 	switch (MEMTRAIL_UNWIND_CFA_KIND(row)) {
 	case MEMTRAIL_UNWIND_CFA_RSP:
 		cfa = walk->sp + row->cfa_offset;
@@ -435,37 +622,30 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 	if (cfa <= walk->sp || cfa - walk->sp >= MAX_STACK_SPAN)
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_LOOP);
 	walk->flags |= MEMTRAIL_STACK_USED_TABLES;
-	switch (MEMTRAIL_UNWIND_RBP_KIND(row)) {
-	case MEMTRAIL_UNWIND_RBP_AT_CFA:
-		rbp_slot = (__s64)row->rbp_offset * 8;
-		if (rbp_slot == -16) {
-			/* push %rbp right after the call: one read for both (the common case) */
-			if (bpf_probe_read_user(saved, sizeof(saved), (void *)(cfa - 16)))
+	/* The return address, and with it the saved rbp when that lies right below it (push %rbp
+	 * right after the call: the common case), in one read; a saved rbp elsewhere in a second.
+	 * Two reads in the step, not one for each case: each is a call, and each call multiplied
+	 * the paths the verifier walks through the step. */
+	kind = MEMTRAIL_UNWIND_RBP_KIND(row);
+	rbp_slot = (__s64)row->rbp_offset * 8;
+	pair = kind == MEMTRAIL_UNWIND_RBP_AT_CFA && rbp_slot == -16 ? 1 : 0;
+	at = cfa - 8 - 8 * pair;
+	if (walk_read(walk, &saved, 8 + 8 * pair, at))
+		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
+	memo_note(walk, at, saved.word[0], saved.word[1], 8 + 8 * pair);
+	*return_address = pair ? saved.word[1] : saved.word[0];
+	if (kind == MEMTRAIL_UNWIND_RBP_AT_CFA) {
+		if (!pair) {
+			if (walk_read(walk, &other, 8, cfa + rbp_slot))
 				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-			memo_note(walk, cfa - 16, saved[0], saved[1], 16);
-			walk->bp = saved[0];
-			*return_address = saved[1];
-		} else {
-			if (bpf_probe_read_user(&saved[0], sizeof(saved[0]),
-						(void *)(cfa + rbp_slot)) ||
-			    bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
-				return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-			memo_note(walk, cfa + rbp_slot, saved[0], 0, 8);
-			memo_note(walk, cfa - 8, saved[1], 0, 8);
-			walk->bp = saved[0];
-			*return_address = saved[1];
+			memo_note(walk, cfa + rbp_slot, other.word[0], 0, 8);
+			saved.word[0] = other.word[0];
 		}
+		walk->bp = saved.word[0];
 		walk->bp_known = 1;
-		break;
-	case MEMTRAIL_UNWIND_RBP_UNKNOWN:
+	} else if (kind == MEMTRAIL_UNWIND_RBP_UNKNOWN) {
 		walk->bp_known = 0;
-		/* fall through: the return address is still where the ABI puts it */
-	default: /* UNCHANGED: rbp is callee-saved and this frame left it alone */
-		if (bpf_probe_read_user(&saved[1], sizeof(saved[1]), (void *)(cfa - 8)))
-			return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-		memo_note(walk, cfa - 8, saved[1], 0, 8);
-		*return_address = saved[1];
-	}
+	} /* else UNCHANGED: rbp is callee-saved and this frame left it alone */
 	walk->sp = cfa;
 	walk->exact_pc = 0;
 	if (*return_address == 0)
@@ -476,10 +656,7 @@ static __always_inline long table_step(struct walk *walk, struct memtrail_unwind
 /* One frame by its frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address. */
 static __always_inline long frame_pointer_step(struct walk *walk, __u64 *return_address)
 {
-	struct {
-		__u64 next_fp;
-		__u64 return_address;
-	} frame;
+	struct stack_words frame; /* the caller's rbp, the return address */
 	__u64 fp = walk->bp;
 
 	if (!walk->bp_known)
@@ -488,16 +665,16 @@ static __always_inline long frame_pointer_step(struct walk *walk, __u64 *return_
 		return walk_ends(walk, 0);
 	if (fp < walk->sp || fp - walk->sp >= MAX_STACK_SPAN || (fp & 7))
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
-	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)fp))
+	if (walk_read(walk, &frame, 16, fp))
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_UNREADABLE);
-	memo_note(walk, fp, frame.next_fp, frame.return_address, 16);
-	if (!frame.return_address)
+	memo_note(walk, fp, frame.word[0], frame.word[1], 16);
+	if (!frame.word[1])
 		return walk_ends(walk, MEMTRAIL_TRUNCATED_BAD_FRAME_POINTER);
 	/* A caller's rbp at or below this one fails the span check of the next step: no loops. */
-	walk->bp = frame.next_fp;
+	walk->bp = frame.word[0];
 	walk->sp = fp + 16;
 	walk->exact_pc = 0;
-	*return_address = frame.return_address;
+	*return_address = frame.word[1];
 	return WALK_CONTINUE;
 }
 
@@ -505,14 +682,18 @@ static long unwind_step(__u32 index, struct walk *walk)
 {
 	struct memtrail_unwind_mapping *mapping = NULL;
 	__u32 method = MEMTRAIL_UNWIND_BY_FRAME_POINTER;
-	__u64 return_address = 0;
+	__u64 return_address = 0, row = 0, looked_up;
 	__u32 depth;
 	long outcome;
 
 	if (walk->process) {
-		int found = unwind_find_mapping(walk->process, walk->pc - (1 - walk->exact_pc),
-						walk->mapping_hint);
+		int found;
 
+		looked_up =
+			unwind_lookup(walk->scratch, walk->process, walk->pc - (1 - walk->exact_pc),
+				      ((__u64)walk->stack->tgid << 32) | (__u32)walk->mapping_hint);
+		found = (int)(__u32)looked_up - 1;
+		row = looked_up & ~0xffffffffULL;
 		if (found >= 0) {
 			walk->mapping_hint = found;
 			mapping = &walk->process
@@ -529,7 +710,7 @@ static long unwind_step(__u32 index, struct walk *walk)
 		}
 	}
 	if (mapping && method == MEMTRAIL_UNWIND_BY_TABLE)
-		outcome = table_step(walk, mapping, &return_address);
+		outcome = table_step(walk, mapping, row, &return_address);
 	else if (method == MEMTRAIL_UNWIND_BY_FRAME_POINTER)
 		outcome = frame_pointer_step(walk, &return_address);
 	else

@@ -212,6 +212,35 @@ __noinline int table_insert_block(__u32 tgid, __u64 address, __u64 size_kind, __
 			    size_kind >> MEMTRAIL_SIZE_BITS, site_id, now);
 }
 
+/* Once tracing has stopped (the final reading), a new Python object at the address of a recorded
+ * one: the recorded object died (no probe sees deaths), and the final reading, which judges
+ * objects by what their memory holds when it reads them, would take the new one for it. Its
+ * record is removed as userspace removes a dead object's (struct memtrail_alloc_bucket's
+ * protocol); the new object is not recorded (nothing is, once tracing stopped). A global
+ * function: the verifier checks it once. Returns 1 when a record was removed. */
+__noinline int table_forget_python_object(__u32 tgid, __u64 address)
+{
+	struct memtrail_alloc_info *info;
+	struct slot_ref found;
+	__u64 timestamp;
+
+	if (!find_slot(tgid, address, &found))
+		return 0;
+	info = &found.bucket->info[found.slot & 7];
+	timestamp = READ_ONCE_U64(info->timestamp_ns);
+	if (!timestamp ||
+	    READ_ONCE_U64(info->size_kind) >> MEMTRAIL_SIZE_BITS != MEMTRAIL_KIND_PYTHON_OBJECT ||
+	    __sync_val_compare_and_swap(&info->timestamp_ns, timestamp, 0) != timestamp)
+		return 0;
+	/* A replace that completed in between (a probe that began before the stop) wrote a
+	 * timestamp again: its address is put back. */
+	if (__sync_val_compare_and_swap(&found.bucket->address[found.slot & 7], address, 0) ==
+		    address &&
+	    READ_ONCE_U64(info->timestamp_ns) != 0)
+		__sync_val_compare_and_swap(&found.bucket->address[found.slot & 7], 0, address);
+	return 1;
+}
+
 /* Frees a slot found by find_slot. False if a concurrent double free emptied it first. */
 static __always_inline bool table_remove(struct slot_ref *slot, __u64 address)
 {

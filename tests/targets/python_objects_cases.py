@@ -23,6 +23,10 @@
 #   many      for the duty cycle: about 250,000 strs kept, then a quiet time
 #   churn     for the duty cycle: rounds in which a churner keeps dicts for a while, then drops
 #             them onto the dict free list, and a keeper at once takes them from it
+#   stopping  a first line makes 100 ints (28 bytes) and keeps one, the program says "done"
+#             (memtrail is stopped then), and 15 ms later a second line makes 100 ints of 32
+#             bytes, mostly at the dead ones' addresses (pymalloc's size class of 32 bytes),
+#             and keeps them: while memtrail's final reading runs, its tracing stopped
 # Prints "ready PID", waits for a line, prints "line NAME N" for the lines memtrail must find,
 # runs the scenario, prints "count NAME N" for what it states (sys.getsizeof sums, how many
 # addresses were reused, verified with id()), "done", then waits for "quit" or end of input.
@@ -206,6 +210,18 @@ def many():
     print(f"count kept {len(kept)}", flush=True)
 
 
+def stopping():
+    small, large = "123456", "1234567890123"
+    dropped = [int(small) for _ in range(100)]  # line: dropped_int
+    kept.append(dropped[0])
+    addresses = set(id(number) for number in dropped[1:])
+    del dropped
+    print("done", flush=True)
+    time.sleep(0.015)
+    kept.append([int(large) for _ in range(100)])  # line: made_int
+    print(f"count reused {sum(id(number) in addresses for number in kept[-1])}", flush=True)
+
+
 def in_thread(count):
     for _ in range(count):
         kept.append(Item())  # line: thread
@@ -325,7 +341,7 @@ with open(__file__) as source:
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
 {"exact": exact, "freelist": freelist, "reuse": reuse, "thread": thread, "immutable": immutable,
- "churn": churn_rounds, "many": many, "sizes": sizes}[scenario]()
+ "churn": churn_rounds, "many": many, "sizes": sizes, "stopping": stopping}[scenario]()
 time.sleep(0.3)
 print("done", flush=True)
 for line in sys.stdin:

@@ -263,6 +263,17 @@ AllocTracer::AllocTracer(const TracerConfig& config)
                     "--python-frames native");
       }
     }
+    auto tstate_fields = {layout.tstate_thread_id, layout.tstate_cframe,
+                          layout.tstate_datastack_chunk, layout.tstate_datastack_limit};
+    uint32_t tstate_low = std::min(tstate_fields), tstate_high = std::max(tstate_fields);
+    if (tstate_high + sizeof(uint64_t) - tstate_low > MEMTRAIL_PYTHON_TSTATE_READ) {
+      throw Error("CPython's thread state layout spreads the fields memtrail reads over " +
+                      std::to_string(tstate_high + sizeof(uint64_t) - tstate_low) +
+                      " bytes, beyond the " + std::to_string(MEMTRAIL_PYTHON_TSTATE_READ) +
+                      " it reads at once",
+                  "build memtrail against the CPython it should walk, or use "
+                  "--python-frames native");
+    }
     rodata->python_frames = true;
     const_cast<memtrail_python_layout&>(rodata->python_layout) = bpf::python_layout(layout);
   }
@@ -1132,6 +1143,16 @@ AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPyt
   return was.at_risk ? IdentityVerdict::kAtRisk : IdentityVerdict::kSame;
 }
 
+bool AllocTracer::record_unchanged(const PythonSlot& where, uint64_t address) {
+  // After the reads of the process's memory (system calls: nothing of theirs is reordered
+  // after these loads).
+  const memtrail_alloc_info& info = where.bucket->info[where.slot];
+  return std::atomic_ref<const __u64>(info.timestamp_ns).load(std::memory_order_acquire) ==
+             where.timestamp_ns &&
+         std::atomic_ref<const __u64>(where.bucket->address[where.slot])
+                 .load(std::memory_order_acquire) == address;
+}
+
 void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& objects,
                                        const std::vector<PythonSlot>& slots,
                                        model::Snapshot& snapshot, model::AllocationSink* sink) {
@@ -1208,6 +1229,12 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
       remove();
       continue;
     }
+    // What was read is the recorded object only if the record is still there, unchanged: a
+    // new object created at its address meanwhile replaced the record (while tracing), or
+    // removed it (once tracing stopped: table_forget_python_object), and the memory read
+    // then holds that new object, alive. The recorded one is dead; a record that replaced
+    // it is read next time.
+    if (!record_unchanged(where, object.address)) continue;
     // Over 512 bytes, the object is a malloc'd block, counted as that block: the BPF program
     // records no object where malloc's record of its block is (in_recorded_block). Behind a
     // GC header (or a managed dict's pre-header) the block starts before the object and

@@ -295,6 +295,8 @@ class AllocTracer : public unwind::RowStore {
     uint64_t timestamp_ns = 0;
     int32_t site_id = 0;
   };
+  // Whether the record found at `where` is still there as found (same address, same creation).
+  static bool record_unchanged(const PythonSlot& where, uint64_t address);
   void read_table(std::vector<model::TrackedPythonObject>& python_objects,
                   std::vector<PythonSlot>& python_slots, model::Snapshot& snapshot,
                   model::AllocationSink* sink, bool python_only);
