@@ -939,7 +939,8 @@ static __always_inline void fill_thread_event(struct memtrail_region_event *even
 }
 
 /* At Py_FinalizeEx's entry, attached for each process whose objects are traced: the program is
- * ending, and the interpreter is about to free what its modules keep. No probe sees an object
+ * ending, and the interpreter is about to free what its modules keep. Also at libc's _exit,
+ * which a program ending without finalizing reaches (os._exit; the cookie says which). No probe sees an object
  * die (userspace reads which are alive), and once the process is gone nothing can be read:
  * the process is stopped here (the signal is acted on when the trap returns to user mode) so
  * that userspace reads its objects while they are what the program kept, then continues it.
@@ -965,7 +966,8 @@ int python_finalizing(struct pt_regs *ctx)
 	now = bpf_ktime_get_ns();
 	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_PYTHON_FINALIZING,
 			  hold_current_process(tgid, now));
-	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
+	event->address = bpf_get_attach_cookie(ctx); /* MEMTRAIL_PYTHON_END_* */
+	bpf_ringbuf_submit(event, 0);		     /* wakes userspace: the process waits for it */
 	return 0;
 }
 

@@ -477,14 +477,19 @@ enum memtrail_region_event_type {
 	MEMTRAIL_REGION_EXEC = 6,	 /* the process executed a new program: regions gone */
 	MEMTRAIL_REGION_FORK = 7,	 /* tgid forked a new process: address is its pid */
 	MEMTRAIL_REGION_PYTHON_FINALIZING = 8, /* tgid's interpreter is about to free its
-						 * modules (Py_FinalizeEx): flags _HELD or
-						 * _HOLD_FAILED */
+						 * modules (Py_FinalizeEx) or the process to
+						 * end (_exit): flags _HELD or _HOLD_FAILED,
+						 * address MEMTRAIL_PYTHON_END_* */
 };
 
 /* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */
 #define MEMTRAIL_REGION_IN_ALLOCATOR 1
 /* MEMTRAIL_REGION_REMAP_END: MREMAP_DONTUNMAP, the old range stays mapped. */
 #define MEMTRAIL_REGION_KEEP_OLD 2
+/* MEMTRAIL_REGION_PYTHON_FINALIZING's address: where the program was stopped (the probe's
+ * cookie): at Py_FinalizeEx, or at libc's _exit, which os._exit (and every exit) reaches. */
+#define MEMTRAIL_PYTHON_END_FINALIZE 0
+#define MEMTRAIL_PYTHON_END_EXIT 1
 /* MEMTRAIL_REGION_EXEC: the process is stopped (SIGSTOP) before the new program's first
  * instruction; userspace continues it (SIGCONT) once the program's probes are in.
  * MEMTRAIL_REGION_PYTHON_FINALIZING: stopped at Py_FinalizeEx's entry; continued once

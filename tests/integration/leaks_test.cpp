@@ -1783,35 +1783,48 @@ std::string late_objects_script() {
 // report of that exit held none of them (each object stood as the last report had found it, and
 // no report had). Now the program is held where the interpreter starts to free its modules,
 // its objects read, and the report shows exactly the 1,500 kept, sized as sys.getsizeof says.
+// The same when it ends with os._exit, which skips Py_FinalizeEx: held at libc's _exit; and
+// a finalized program, which passes _exit too, is read once (at Py_FinalizeEx).
 TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsReport) {
   REQUIRE_BPF_OR_SKIP();
   ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
-  TempDir dir;
-  std::string json_path = dir.file("r.json");
-  Tracer tracer({"--json", json_path, "-q", "-v", "--interval", "100", "--python-objects", "exact",
-                 "--", "/usr/bin/python3", late_objects_script()});
-  tracer.expect_attached();
-  std::map<std::string, int> lines;
-  std::map<std::string, uint64_t> counts;
-  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
-      << "the program did not finish\n"
-      << tracer.process.stderr_seen();
-  ASSERT_EQ(counts["late"], 1500u);
-  auto code = tracer.process.wait(30s);
-  ASSERT_EQ(code, std::optional<int>(0))
-      << tracer.process.stderr_seen() << tracer.process.drain_stderr();
-  std::string stderr_text = tracer.process.stderr_seen() + tracer.process.drain_stderr();
-  EXPECT_NE(stderr_text.find("held at Py_FinalizeEx"), std::string::npos) << stderr_text;
-  json report = read_json(json_path);
-  auto found = types_at(report, "late@" + std::to_string(lines["late"]));
-  // On a failure: where the process's Late instances are, if anywhere, and what memtrail said.
-  std::string elsewhere =
-      report["python_types"].dump() + "\n" + report["python_objects"].dump() + "\n" + stderr_text;
-  EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}}))
-      << describe(found) << "\n"
-      << elsewhere;
-  EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
-  EXPECT_EQ(report["python_objects"]["mode"], "exact");
+  for (bool os_exit : {false, true}) {
+    SCOPED_TRACE(os_exit ? "os._exit" : "returns");
+    TempDir dir;
+    std::string json_path = dir.file("r.json");
+    std::vector<std::string> command{"/usr/bin/env", "EXIT=" + std::string(os_exit ? "0" : ""),
+                                     "/usr/bin/python3", late_objects_script()};
+    std::vector<std::string> args{"--json", json_path,          "-q",    "-v", "--interval",
+                                  "100",    "--python-objects", "exact", "--"};
+    args.insert(args.end(), command.begin(), command.end());
+    Tracer tracer(args);
+    tracer.expect_attached();
+    std::map<std::string, int> lines;
+    std::map<std::string, uint64_t> counts;
+    ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
+        << "the program did not finish\n"
+        << tracer.process.stderr_seen();
+    ASSERT_EQ(counts["late"], 1500u);
+    auto code = tracer.process.wait(30s);
+    ASSERT_EQ(code, std::optional<int>(0))
+        << tracer.process.stderr_seen() << tracer.process.drain_stderr();
+    std::string stderr_text = tracer.process.stderr_seen() + tracer.process.drain_stderr();
+    auto held_at = [&](const std::string& where) {
+      return stderr_text.find(" held at " + where + " for ") != std::string::npos;
+    };
+    EXPECT_EQ(held_at("Py_FinalizeEx"), !os_exit) << stderr_text;
+    EXPECT_EQ(held_at("_exit"), os_exit) << stderr_text;  // read once either way
+    json report = read_json(json_path);
+    auto found = types_at(report, "late@" + std::to_string(lines["late"]));
+    // On a failure: where the process's Late instances are, if anywhere, and what memtrail said.
+    std::string elsewhere =
+        report["python_types"].dump() + "\n" + report["python_objects"].dump() + "\n" + stderr_text;
+    EXPECT_EQ(found.objects, (std::map<std::string, uint64_t>{{"Late", 1500}}))
+        << describe(found) << "\n"
+        << elsewhere;
+    EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
+    EXPECT_EQ(report["python_objects"]["mode"], "exact");
+  }
 }
 
 // The same program traced by PID, memtrail stopped (SIGINT) after it kept them and before it

@@ -4,7 +4,8 @@
 # attached and its reports, if any, are past), or with HOLD set waits for a line, keeps COUNT (default 1,500) `Late` instances in a
 # module-level list at that line, prints "count late COUNT", "count late_bytes B" (their
 # sys.getsizeof sum) and "done". Then, with HOLD set, waits for a line (memtrail stops
-# first); without, returns at once: the interpreter finalizes (freeing them) and exits.
+# first); without, returns at once: the interpreter finalizes (freeing them) and exits, or with
+# EXIT set ends at once with os._exit(EXIT), without finalizing.
 import os
 import sys
 import time
@@ -37,3 +38,5 @@ print(f"count late_bytes {sum(sys.getsizeof(thing) for thing in kept)}", flush=T
 print("done", flush=True)
 if os.environ.get("HOLD"):
     sys.stdin.readline()
+if os.environ.get("EXIT"):
+    os._exit(int(os.environ["EXIT"]))

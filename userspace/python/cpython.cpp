@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "common/error.h"
@@ -195,6 +196,43 @@ CreationScan scan_interpreter(const inspect::ElfFile& file) {
                              new_reference->address, new_reference->size);
 }
 
+std::optional<Interpreter::ExitFunction> exit_function_in(const inspect::ElfFile& elf,
+                                                          const inspect::ProcessFile& file) {
+  auto function = elf.find_function("_exit");
+  auto offset = function ? elf.file_offset_of(function->address) : std::nullopt;
+  if (!offset) return std::nullopt;
+  return Interpreter::ExitFunction{file, *offset};
+}
+
+std::optional<Interpreter::ExitFunction> exit_function_in(const inspect::ProcessFile& file) {
+  try {
+    return exit_function_in(*inspect::ElfFile::open_shared(inspect::open_file(file).fd, file.path),
+                            file);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
+namespace {
+
+// libc's _exit in process `pid`: in the interpreter's own file when that defines it (a static
+// build), or in the C library it maps (libc.so.*; not yet at the first instruction of its
+// program: CodeMaps then looks in the libc its load order names).
+std::optional<Interpreter::ExitFunction> find_exit_function(
+    uint32_t pid, const std::vector<inspect::Mapping>& mappings,
+    const inspect::ProcessFile& interpreter_file, const inspect::ElfFile& interpreter) {
+  if (auto own = exit_function_in(interpreter, interpreter_file)) return own;
+  for (const auto& mapping : mappings) {
+    if (mapping.executable && mapping.is_file() &&
+        std::filesystem::path(mapping.path).filename().string().rfind("libc.so", 0) == 0) {
+      return exit_function_in(inspect::mapped_file(pid, mapping));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::optional<Interpreter> find_interpreter(uint32_t pid,
                                             const std::vector<inspect::Mapping>& mappings) {
   std::set<std::string> seen;
@@ -272,6 +310,7 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
     if (auto finalize = file->find_function("Py_FinalizeEx")) {
       interpreter.finalize_offset = file->file_offset_of(finalize->address);
     }
+    interpreter.exit_function = find_exit_function(pid, mappings, module_file, *file);
     if (auto unicode_type = file->find_object("PyUnicode_Type")) {
       interpreter.unicode_type_address = *bias + unicode_type->address;
     }

@@ -72,6 +72,13 @@ struct Interpreter {
   // Py_FinalizeEx's file offset: where a program ending (returning from its main module, or
   // sys.exit) starts to free what its modules keep; nullopt when the symbol is missing.
   std::optional<uint64_t> finalize_offset;
+  // libc's _exit, where a program that ends without finalizing (os._exit) still passes: the
+  // file that defines it as the process maps it, and its file offset; nullopt when not found.
+  struct ExitFunction {
+    inspect::ProcessFile file;
+    uint64_t file_offset = 0;
+  };
+  std::optional<ExitFunction> exit_function;
   uint64_t unicode_type_address = 0;  // &PyUnicode_Type: str sizes are computed, not basic
   // &PySet_Type, &PyFrozenSet_Type, &PyByteArray_Type: their sizes add a buffer of their own
   // (dict and list are known by their type flags).
@@ -95,6 +102,10 @@ struct Interpreter {
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.
 // Refused (sites empty, refusal set) when a symbol the scan needs is missing.
 CreationScan scan_interpreter(const inspect::ElfFile& file);
+
+// libc's _exit in `file` (opened through it), as an Interpreter::exit_function; nullopt when
+// the file does not define it or cannot be read.
+std::optional<Interpreter::ExitFunction> exit_function_in(const inspect::ProcessFile& file);
 
 // The CPython interpreter `pid` runs, from its mappings (files opened through them:
 // inspect/process_file.h); nullopt when it maps none. Throws nothing.

@@ -233,6 +233,23 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
                   << "events with --no-follow-forks): if it exits, its report shows the Python "
                   << "objects the last report found alive\n";
       }
+      // A program that ends without finalizing (os._exit) passes libc's _exit only. Held at
+      // its first instruction, the process maps no libc yet: the one its load order names.
+      auto exit_function = interpreter.exit_function;
+      for (const auto& module : process.allocators.modules) {
+        if (exit_function) break;
+        if (module.name == "glibc") exit_function = python::exit_function_in(module.file);
+      }
+      if (events && (!exit_function || !tracer_.attach_python_finalizing(pid, exit_function->file,
+                                                                         exit_function->file_offset,
+                                                                         /*at_exit=*/true))) {
+        if (config_.verbose()) {
+          std::cerr << "memtrail: pid " << pid << ": _exit "
+                    << (exit_function ? "could not be probed" : "not found")
+                    << ": if it ends with os._exit, its report shows the Python objects the "
+                    << "last report found alive\n";
+        }
+      }
       return {};
     } catch (const Error& error) {
       reason = error.what();

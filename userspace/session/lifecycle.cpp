@@ -40,23 +40,27 @@ void Lifecycle::follow() {
 }
 
 // A launched CPython program ends: stopped at Py_FinalizeEx, before the interpreter frees what
-// its modules keep and before the process and its memory are gone. Its objects are read now,
-// those alive kept with their sizes: its report (at its exit, or the final one) shows what the
-// program kept to its end, also the objects created since the last report.
+// its modules keep, or at libc's _exit when it ends without finalizing (os._exit), before the
+// process and its memory are gone. Its objects are read now, those alive kept with their sizes:
+// its report (at its exit, or the final one) shows what the program kept to its end, also the
+// objects created since the last report. Once: a finalized program passes _exit too.
 void Lifecycle::handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing) {
   HeldExec held(tracer_, finalizing.held ? finalizing.pid : 0, finalizing.at_ns);
-  if (!targets_.live(finalizing.pid)) return;
+  TracedProcess* process = targets_.live(finalizing.pid);
+  if (!process || process->python_end_read) return;
   if (finalizing.held) killed_here_in_tests("finalizing");
+  const char* where = finalizing.at_exit ? "_exit" : "Py_FinalizeEx";
   if (finalizing.hold_failed) {
-    std::cerr << "memtrail: warning: pid " << finalizing.pid << " could not be held at "
-              << "Py_FinalizeEx (the kernel refused the stop signal, or too many processes "
+    std::cerr << "memtrail: warning: pid " << finalizing.pid << " could not be held at " << where
+              << " (the kernel refused the stop signal, or too many processes "
               << "were held at once): its report shows the Python objects the last reading "
               << "found alive, not those created since\n";
   }
+  process->python_end_read = true;
   auto began = Clock::now();
   uint64_t alive = tracer_.read_python_objects_of(finalizing.pid);
   if (config_.verbose()) {
-    std::cerr << "memtrail: pid " << finalizing.pid << " held at Py_FinalizeEx for "
+    std::cerr << "memtrail: pid " << finalizing.pid << " held at " << where << " for "
               << std::chrono::duration<double, std::milli>(Clock::now() - began).count()
               << " ms while its Python objects were read: " << alive << " alive\n";
   }
@@ -155,6 +159,7 @@ void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
   bool starting = process->launched && process->execs == 0;  // the command starting
   if (exec.held) killed_here_in_tests(starting ? "start" : "exec");
   ++process->execs;
+  process->python_end_read = false;  // a new program: its own end is to be read
   std::string probed;
   if (exec.held && !starting) {
     try {

@@ -41,6 +41,9 @@ struct TracedProcess {
   std::string python_types_module;    // the interpreter file --python-types probes, once
   std::string python_objects_module;  // the interpreter file whose creation sites are probed
   uint64_t exited_at_ns = 0;          // CLOCK_MONOTONIC when memtrail saw it exit
+  // Its Python objects were read as its program ended (at Py_FinalizeEx or _exit): the exit
+  // that follows finalizing passes _exit too, and must not read what finalizing freed.
+  bool python_end_read = false;
   // Its exit summary is kept and what memtrail held for it was let go (Session::retire): its
   // private memory as it was then stays with it.
   bool retired = false;

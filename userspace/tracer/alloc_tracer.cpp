@@ -361,7 +361,8 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
   } else if (event.type == MEMTRAIL_REGION_PYTHON_FINALIZING) {
     tracer->lifecycle_.python_finalizing.push_back(
         {event.tgid, event.timestamp_ns, (event.flags & MEMTRAIL_REGION_HELD) != 0,
-         (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
+         (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0,
+         event.address == MEMTRAIL_PYTHON_END_EXIT});
   } else if (tracer->regions_.apply(event)) {
     tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
                                         (event.flags & MEMTRAIL_REGION_HELD) != 0,
@@ -1296,16 +1297,17 @@ void AllocTracer::count_site_bytes(SizedObject& sized, uint32_t pid, int32_t sit
 }
 
 bool AllocTracer::attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
-                                           uint64_t file_offset) {
+                                           uint64_t file_offset, bool at_exit) {
   // Stopped with nobody to read the event, the process would wait forever.
-  if (!config_.python_objects || !region_reader_ || python_finalizing_links_.count(pid)) {
-    return python_finalizing_links_.count(pid) != 0;
-  }
+  if (!config_.python_objects || !region_reader_) return false;
+  auto found = python_finalizing_links_.find(pid);
+  if (found != python_finalizing_links_.end() && found->second[at_exit]) return true;
   auto opened = inspect::open_file(file);  // see attach()
+  uint64_t cookie = at_exit ? MEMTRAIL_PYTHON_END_EXIT : MEMTRAIL_PYTHON_END_FINALIZE;
   int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.python_finalizing),
-                               opened.kernel_path(), {file_offset}, {0}, pid, false);
+                               opened.kernel_path(), {file_offset}, {cookie}, pid, false);
   if (link < 0) return false;
-  python_finalizing_links_.emplace(pid, UniqueFd(link));
+  python_finalizing_links_[pid][at_exit] = UniqueFd(link);
   return true;
 }
 

@@ -2,6 +2,7 @@
 // Loads the allocator BPF programs, attaches them to target processes, reads their maps.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -108,6 +109,9 @@ class AllocTracer : public unwind::RowStore {
     // hold_failed: it was to be, but the kernel refused the signal.
     bool held = false;
     bool hold_failed = false;
+    // Stopped at libc's _exit (a program that ends without finalizing: os._exit), not at
+    // Py_FinalizeEx; after Py_FinalizeEx, every exit gets there too.
+    bool at_exit = false;
   };
   struct Lifecycle {
     std::vector<Exec> execs;
@@ -170,12 +174,13 @@ class AllocTracer : public unwind::RowStore {
   // Process `pid` is gone: its sites are not attached again.
   void forget_python_objects(uint32_t pid);
   // Stops process `pid` at the entry of Py_FinalizeEx (at `file_offset` in the interpreter's
-  // `file`) and says so through the region events (Lifecycle::python_finalizing): its objects
-  // can be read before the interpreter frees what its modules keep, and before the process and
-  // its memory are gone. Attached for good (not duty-cycled). False, and nothing attached, when
-  // nobody reads the region events (the process would stay stopped) or the kernel refused it.
+  // `file`), or with `at_exit` of libc's _exit (in libc's `file`), and says so through the
+  // region events (Lifecycle::python_finalizing): its objects can be read before the
+  // interpreter frees what its modules keep, and before the process and its memory are gone.
+  // Attached for good (not duty-cycled). False, and nothing attached, when nobody reads the
+  // region events (the process would stay stopped) or the kernel refused it.
   bool attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
-                                uint64_t file_offset);
+                                uint64_t file_offset, bool at_exit = false);
   // Reads the liveness and size of every recorded object of process `pid` (a pass over the
   // table), removes the dead ones, and keeps the size of the live ones for its exit report.
   // Returns how many were found alive.
@@ -420,8 +425,9 @@ class AllocTracer : public unwind::RowStore {
   // Closes every process's object link at once (release_concurrently); the sites stay.
   void unlink_python_objects();
   std::vector<PythonObjectProbes> python_probes_;
-  // The Py_FinalizeEx probe of each process (attach_python_finalizing).
-  std::unordered_map<uint32_t, UniqueFd> python_finalizing_links_;
+  // The end probes of each process (attach_python_finalizing): [0] Py_FinalizeEx's link,
+  // [1] _exit's (either may be missing).
+  std::unordered_map<uint32_t, std::array<UniqueFd, 2>> python_finalizing_links_;
   bool python_objects_attached_ = true;
 };
 
