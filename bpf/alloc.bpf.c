@@ -358,18 +358,17 @@ static __always_inline bool site_size(__u64 address, __u64 frame, bool taken_fir
  * words below its return address). A read of user memory costs about 100 ns here (the kernel's
  * checks around the copy), more than the rest of the site's own work. */
 static __always_inline bool read_caller_frame(__u64 sp, __u64 cookie, __u64 *caller,
-					      __u64 *caller_bp)
+					      __u64 *caller_bp, __u64 words[4])
 {
 	__u64 frame = (cookie >> MEMTRAIL_SITE_FRAME_SHIFT) & 0xffff;
 	__u64 bp_slot = (cookie >> MEMTRAIL_SITE_BP_SHIFT) & 0xffff, gap = frame - bp_slot;
-	__u64 words[4];
 
 	if (!(cookie & MEMTRAIL_SITE_BP_SAVED))
 		return !bpf_probe_read_user(caller, sizeof(*caller), (const void *)(sp + frame));
 	/* The words above the return address are the caller's frame: readable, as the stack
 	 * goes on above it. A read that fails all the same falls back to two. */
-	if (bp_slot < frame && gap < sizeof(words) && !(gap & 7) &&
-	    !bpf_probe_read_user(words, sizeof(words), (const void *)(sp + bp_slot))) {
+	if (bp_slot < frame && gap < 4 * sizeof(__u64) && !(gap & 7) &&
+	    !bpf_probe_read_user(words, 4 * sizeof(__u64), (const void *)(sp + bp_slot))) {
 		*caller_bp = words[0];
 		*caller = words[(gap / 8) & 3];
 		return true;
@@ -401,17 +400,20 @@ static __always_inline bool is_new_call_page(__u64 caller)
  * the operator's, and the operator's caller the allocation's (operator new[] marked the call
  * when it jumped to it). False when the code or the stack could not be read. */
 static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
-					      __u64 *slot, __u32 *kind)
+					      __u64 *slot, __u32 *kind,
+					      __u64 code[MEMTRAIL_NEW_CODE_WORDS])
 {
 	__u32 key = *caller & 0xfff, length;
 	struct memtrail_new_call *known = bpf_map_lookup_elem(&new_calls, &key);
-	__u64 code[MEMTRAIL_NEW_CODE_WORDS] = {}, outer_slot, outer = 0;
+	__u64 outer_slot, outer = 0;
 
 	if (!known)
 		return true;
 	length = known->length;
-	if (length == 0 || length > sizeof(code))
+	if (length == 0 || length > MEMTRAIL_NEW_CODE_WORDS * sizeof(__u64))
 		return true;
+	/* Words beyond what is read are compared too (their mask is 0): no stale word counts. */
+	__builtin_memset(code, 0, MEMTRAIL_NEW_CODE_WORDS * sizeof(__u64));
 	/* Code that just ran, so readable: a failure leaves the kind unknown, counted as a drop
 	 * rather than recorded as malloc's and reported mismatched by its delete. */
 	if (bpf_probe_read_user(code, length, (const void *)(*caller - known->call_return)))
@@ -557,7 +559,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	if (site->read) {
 		caller = site->caller;
 		caller_bp = site->caller_bp;
-	} else if (!read_caller_frame(sp, cookie, &caller, &caller_bp)) {
+	} else if (!read_caller_frame(sp, cookie, &caller, &caller_bp, site->caller_words)) {
 		count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
 		return 0;
 	}
@@ -566,16 +568,30 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	caller = returns_to;
 	if (is_new_call_page(caller)) {
 		plain = false;
-		if (!from_operator_new(call, &caller, &slot, &kind)) {
+		if (!from_operator_new(call, &caller, &slot, &kind, site->new_code)) {
 			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
 			return 0;
 		}
 	}
+	if (tracing_stopped)
+		return 0;
+	/* What the block's record needs after the walk waits in the per-CPU frame, not in
+	 * registers the walk would have spilled to the BPF stack: the program, the walk it
+	 * inlines and the calls the walk makes share 512 bytes. */
+	site->record_caller = caller;
+	site->record_caller_bp = caller_bp;
+	site->record_address = address;
+	site->record_size = size;
+	site->record_weight = weight;
+	site->record_kind = kind | (plain ? SITE_RECORD_PLAIN : 0);
 	/* After the return: the caller's pc, its sp above the return address, its rbp (operator
 	 * new leaves rbp alone: userspace proved it). */
-	site_id = record_alloc_from(caller, slot + 8, caller_bp, address, size, kind, weight);
-	if (plain && site_id >= 0)
-		site_memo_link(link, site, caller, caller_bp);
+	site_id = capture_stack(caller, slot + 8, caller_bp, site->tgid);
+	kind = site->record_kind;
+	record_block(site->tgid, site_id, site->record_caller, site->record_address,
+		     site->record_size, kind & ~SITE_RECORD_PLAIN, site->record_weight);
+	if ((kind & SITE_RECORD_PLAIN) && site_id >= 0)
+		site_memo_link(link, site, site->record_caller, site->record_caller_bp);
 	return 0;
 }
 

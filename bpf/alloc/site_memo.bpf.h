@@ -52,7 +52,17 @@ struct site_frame {
 	__u64 caller;
 	__u64 caller_bp;
 	__u64 read;
+	/* What read_caller_frame and from_operator_new read: here, not on the BPF stack, which
+	 * the site program shares with the walk it inlines and the calls the walk makes (512
+	 * bytes for the whole chain). */
+	__u64 caller_words[4];
+	__u64 new_code[MEMTRAIL_NEW_CODE_WORDS];
+	/* The block the site records, kept here across the walk (see record_at_site). */
+	__u64 record_caller, record_caller_bp, record_address, record_size, record_weight;
+	__u32 record_kind; /* | SITE_RECORD_PLAIN: no return probe had replaced the address */
 };
+
+#define SITE_RECORD_PLAIN 0x80000000u
 
 /* The site_frame of the site program running on this CPU: too big for its BPF stack. */
 struct {

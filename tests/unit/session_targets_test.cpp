@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "session/targets.h"
+#include "tracer/libbpf_util.h"
 
 namespace memtrail::session {
 namespace {
@@ -114,6 +115,16 @@ TEST(Targets, RootRefusedAProcessIsNotToldToRunAsRoot) {
   EXPECT_EQ(hint.find("run memtrail as root"), std::string::npos) << hint;
   EXPECT_NE(hint.find("memtrail runs as root"), std::string::npos) << hint;
   EXPECT_EQ(hint_for_errno(EPERM).find("run memtrail as root"), std::string::npos);
+}
+
+// A program the verifier refuses (EACCES) is not a missing capability (EPERM): the hint says
+// which, so that root is not told to run as root.
+TEST(Targets, ALoadTheVerifierRefusedIsNotBlamedOnPermissions) {
+  std::string refused = tracer::load_failure_hint(EACCES, "--max-allocations");
+  EXPECT_NE(refused.find("verifier"), std::string::npos) << refused;
+  EXPECT_EQ(refused.find("run memtrail as root"), std::string::npos) << refused;
+  std::string not_permitted = tracer::load_failure_hint(EPERM, "--max-allocations");
+  EXPECT_NE(not_permitted.find("run memtrail as root"), std::string::npos) << not_permitted;
 }
 
 TEST(Targets, DescribesAllocatorsForTheReport) {

@@ -32,8 +32,14 @@ void fail(const std::string& operation, int error_number, std::string hint) {
 }
 
 std::string load_failure_hint(int error_number, const std::string& map_size_option) {
-  if (error_number == EPERM || error_number == EACCES) {
+  if (error_number == EPERM) {
     return "run memtrail as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN";
+  }
+  // A missing capability is EPERM; the verifier refuses a program it cannot prove safe with
+  // EACCES (and so may a security module): telling root to be root would mislead.
+  if (error_number == EACCES) {
+    return "the kernel's verifier refused a BPF program it could not prove safe (or a security "
+           "module refused the load): run with -v to see the verifier's log, and report it";
   }
   if (error_number == ENOMEM) {
     return "lower " + map_size_option + ": the kernel could not allocate the maps";
