@@ -740,5 +740,18 @@ TEST(JsonReport, UnwritablePathIsAClearErrorBeforeTracing) {
   EXPECT_THROW(write_json_file(to_json(sample_report(), 1.0), "/nonexistent-dir/x.json"), Error);
 }
 
+// A name that is not UTF-8 (a file name, or bytes read from a target's memory) is written as
+// U+FFFD: the report is kept (nlohmann's dump threw, and memtrail ended without its report).
+TEST(JsonReport, BytesThatAreNotUtf8AreReplacedNotFatal) {
+  model::Report report = sample_report();
+  ASSERT_FALSE(report.leaks.empty());
+  ASSERT_FALSE(report.leaks[0].stack.empty());
+  report.leaks[0].stack[0].function = std::string("f\xfb\xff", 3);
+  std::string text = json_text(to_json(report, 5.0));
+  EXPECT_NE(text.find("f\xef\xbf\xbd"), std::string::npos);
+  EXPECT_EQ(text.back(), '\n');
+  EXPECT_TRUE(nlohmann::json::accept(text));
+}
+
 }  // namespace
 }  // namespace memtrail::report

@@ -25,7 +25,8 @@ void write_report(const model::Report& report, const OutputRequest& request) {
       break;
     }
     case cli::Format::kJson:
-      content = report::to_json(report, request.interval_s, request.json_version).dump(2) + "\n";
+      content =
+          report::json_text(report::to_json(report, request.interval_s, request.json_version));
       break;
     case cli::Format::kFolded: {
       std::ostringstream folded;

@@ -88,7 +88,7 @@ class PagingSession {
     report::render_paging_summary(report, std::cout);
     std::cout.flush();
     if (!options_.json_path.empty()) {
-      write_output_file(report::paging_json(report).dump(2) + "\n", options_.json_path);
+      write_output_file(report::json_text(report::paging_json(report)), options_.json_path);
       std::cerr << "memtrail: wrote " << options_.json_path << "\n";
     }
     return kExitOk;

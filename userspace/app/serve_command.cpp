@@ -391,7 +391,7 @@ void Agent::handle_profile(const httplib::Request& request, httplib::Response& r
   }
   profiles_.add("ok");
   if (kind == "json") {
-    response.set_content(report::to_json(report, leaks.interval_s, 2).dump(2) + "\n",
+    response.set_content(report::json_text(report::to_json(report, leaks.interval_s, 2)),
                          "application/json");
     return;
   }

@@ -324,8 +324,12 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
   return json;
 }
 
+std::string json_text(const ordered_json& json) {
+  return json.dump(2, ' ', false, ordered_json::error_handler_t::replace) + "\n";
+}
+
 void write_json_file(const ordered_json& json, const std::string& path) {
-  write_output_file(json.dump(2) + "\n", path);
+  write_output_file(json_text(json), path);
 }
 
 }  // namespace memtrail::report

@@ -19,6 +19,11 @@ inline constexpr const char* kLeaksSchemaV2 = "memtrail.leaks/2";
 nlohmann::ordered_json to_json(const model::Report& report, double interval_s,
                                int version = kLeaksSchemaVersion);
 
+// The JSON as text, indented, with a final newline. Bytes that are not UTF-8 (a file name, or a
+// string read from a target's memory) become U+FFFD: a report is never lost to one of them
+// (nlohmann's default throws).
+std::string json_text(const nlohmann::ordered_json& json);
+
 // Writes the JSON to `path` with write_output_file (common/output_file.h): atomically, so that
 // a reader never sees a half-written report. Throws memtrail::Error when it cannot be written.
 void write_json_file(const nlohmann::ordered_json& json, const std::string& path);

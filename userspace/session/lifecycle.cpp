@@ -59,6 +59,10 @@ void Lifecycle::handle_python_finalizing(const tracer::AllocTracer::PythonFinali
   process->python_end_read = true;
   auto began = Clock::now();
   uint64_t alive = tracer_.read_python_objects_of(finalizing.pid);
+  // The code objects of its new stacks, named while they are there to read: housekeeping names
+  // them every 50-100 ms, so the functions that ran last (those that kept the objects just
+  // read) would otherwise be "<unreadable code object>" in its exit report.
+  code_maps_.name_python_frames();
   if (config_.verbose()) {
     std::cerr << "memtrail: pid " << finalizing.pid << " held at " << where << " for "
               << std::chrono::duration<double, std::milli>(Clock::now() - began).count()
