@@ -753,5 +753,19 @@ TEST(JsonReport, BytesThatAreNotUtf8AreReplacedNotFatal) {
   EXPECT_TRUE(nlohmann::json::accept(text));
 }
 
+// The types section is for runs with a CPython process: a C program's report (Python objects
+// tracked by default, none found) has none, a Python one's says none were counted yet.
+TEST(TextReport, TheEmptyPythonTypesSectionIsShownOnlyForCPythonProcesses) {
+  model::Report report = sample_report();
+  report.python_types = std::vector<model::PythonType>{};
+  std::ostringstream python_out;
+  render_text(report, python_out);
+  EXPECT_NE(python_out.str().find("(none counted yet)"), std::string::npos) << python_out.str();
+  for (auto& target : report.targets) target.python.reset();
+  std::ostringstream c_out;
+  render_text(report, c_out);
+  EXPECT_EQ(c_out.str().find("Python objects by type"), std::string::npos) << c_out.str();
+}
+
 }  // namespace
 }  // namespace memtrail::report

@@ -428,7 +428,13 @@ void render_text(const model::Report& report, std::ostream& out) {
     render_stack(site, out);
     out << "\n";
   }
-  if (report.python_types) render_python_types(*report.python_types, report.top, out);
+  // Not for a run with no CPython process: an empty section there tells nothing.
+  bool any_python =
+      std::any_of(report.targets.begin(), report.targets.end(),
+                  [](const model::Target& target) { return target.python.has_value(); });
+  if (report.python_types && (any_python || !report.python_types->empty())) {
+    render_python_types(*report.python_types, report.top, out);
+  }
   render_freed_sites(report, out);
 
   const auto& totals = report.totals;
