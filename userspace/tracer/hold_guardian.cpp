@@ -45,6 +45,17 @@ struct StartClock {
 // The guardian is a fork of memtrail, which may have threads: from the fork on it calls only
 // async-signal-safe functions (no allocation, no locks, no stdio).
 
+// Appends `number` in decimal to `text` (of `capacity` bytes) at `length`, as far as it fits.
+void append_decimal(char* text, size_t capacity, size_t& length, uint64_t number) {
+  char digits[24];
+  size_t count = 0;
+  do {
+    digits[count++] = static_cast<char>('0' + number % 10);
+    number /= 10;
+  } while (number != 0);
+  while (count > 0 && length < capacity) text[length++] = digits[--count];
+}
+
 void say(const char* first, uint64_t number, const char* last) {
   char text[160];
   size_t length = 0;
@@ -52,13 +63,7 @@ void say(const char* first, uint64_t number, const char* last) {
     for (; *part && length < sizeof(text); ++part) text[length++] = *part;
   };
   add(first);
-  char digits[24];
-  size_t count = 0;
-  do {
-    digits[count++] = static_cast<char>('0' + number % 10);
-    number /= 10;
-  } while (number != 0);
-  while (count > 0 && length < sizeof(text)) text[length++] = digits[--count];
+  append_decimal(text, sizeof(text), length, number);
   add(last);
   ssize_t ignored = ::write(STDERR_FILENO, text, length);
   (void)ignored;
@@ -69,13 +74,7 @@ void say(const char* first, uint64_t number, const char* last) {
 int64_t start_ticks(uint32_t pid) {
   char path[40] = "/proc/";
   size_t length = 6;
-  char digits[12];
-  size_t count = 0;
-  do {
-    digits[count++] = static_cast<char>('0' + pid % 10);
-    pid /= 10;
-  } while (pid != 0);
-  while (count > 0) path[length++] = digits[--count];
+  append_decimal(path, sizeof(path), length, pid);  // 10 digits at most: "/stat" still fits
   std::memcpy(path + length, "/stat", 6);
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
