@@ -39,10 +39,6 @@
  * BTF pointers (the tasks of the tp_btf programs, the thread's %fs base). */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Set by userspace once C++ delete probes are attached anywhere: only then does free() look for
- * a delete it is nested in (one task-storage lookup per free). */
-volatile __u32 cxx_probes_attached = 0;
-
 /* Set by userspace when tracing stops, before the final reading: from then on no block is
  * recorded or released, so the final report's counts are exact (removing hundreds of uprobes
  * would take seconds). */
@@ -429,6 +425,7 @@ static __always_inline bool from_operator_new(struct inflight_call *call, __u64 
 	*kind = known->kind;
 	if (call && call->array_new_slot == outer_slot && call->array_new_return == outer) {
 		*kind = MEMTRAIL_KIND_NEW_ARRAY;
+		count_thread_state(&threads_marking_new_array, true, false);
 		call->array_new_slot = 0;
 	}
 	*caller = outer;
@@ -497,10 +494,14 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	if (!address)
 		return 0; /* failed: counted by site_failed_call on the NULL path */
 	/* Inside a traced call (memalign, realloc(NULL, n), operator new: their entry probes ran),
-	 * the outer call records the block at its return. */
-	call = current_task_storage(&inflight, sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-	if (call && in_allocator_call(call))
-		return 0;
+	 * the outer call records the block at its return. No thread in one: no lookup. */
+	call = NULL;
+	if (sample_rate || threads_in_calls) {
+		call = current_task_storage(&inflight,
+					    sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+		if (call && in_allocator_call(call))
+			return 0;
+	}
 	/* The process is looked up on the loss paths only: record_alloc_from looks it up too, and
 	 * a helper call costs. */
 	sp = PT_REGS_SP(ctx);
@@ -568,6 +569,9 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	caller = returns_to;
 	if (is_new_call_page(caller)) {
 		plain = false;
+		/* An operator new[]'s mark (new_array_enter) is in its thread's storage. */
+		if (!call && threads_marking_new_array)
+			call = current_task_storage(&inflight, 0);
 		if (!from_operator_new(call, &caller, &slot, &kind, site->new_code)) {
 			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
 			return 0;
@@ -670,7 +674,7 @@ int site_failed_call(struct pt_regs *ctx)
 	if (probe_floor || !probe_applies())
 		return 0;
 	/* Inside a traced call (memalign -> malloc): its return probe counts the failure. */
-	call = current_task_storage(&inflight, 0);
+	call = threads_in_calls ? current_task_storage(&inflight, 0) : NULL;
 	if (call && in_allocator_call(call))
 		return 0;
 	count(MEMTRAIL_CTR_FAILED_CALLS);
@@ -684,12 +688,13 @@ int BPF_KPROBE(free_enter, __u64 address)
 {
 	if (!address || probe_floor || !probe_applies())
 		return 0;
-	if (cxx_probes_attached) {
-		/* libstdc++'s operator delete ends in free(): the delete probe already released
-		 * the block. */
+	/* libstdc++'s operator delete ends in free(): the delete probe already released the
+	 * block. No delete awaiting its free() on any thread: no lookup. */
+	if (threads_awaiting_free) {
 		struct inflight_call *call = current_task_storage(&inflight, 0);
 
 		if (call && call->pending_free == address) {
+			count_thread_state(&threads_awaiting_free, true, false);
 			call->pending_free = 0;
 			return 0;
 		}
@@ -716,6 +721,7 @@ int BPF_KPROBE(delete_enter, __u64 address)
 	}
 	if (call->pending_free == address)
 		return 0; /* nested in a delete of the same block */
+	count_thread_state(&threads_awaiting_free, call->pending_free, true);
 	call->pending_free = address;
 	release(address,
 		bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
@@ -744,6 +750,7 @@ int new_array_enter(struct pt_regs *ctx)
 	/* Inside a traced call (nothrow new[] -> new[]): the outer call records the block. */
 	if (in_allocator_call(call))
 		return 0;
+	count_thread_state(&threads_marking_new_array, call->array_new_slot, true);
 	call->array_new_slot = slot;
 	call->array_new_return = returns_to;
 	return 0;

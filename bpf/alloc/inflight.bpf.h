@@ -41,6 +41,27 @@ struct {
 	__type(value, struct inflight_call);
 } inflight SEC(".maps");
 
+/* How many threads hold, in their inflight_call, state that a return site or free() must read:
+ * an allocator call between its entry and its return (depth > 0), an operator new[] marked
+ * (array_new_slot), a delete whose free() is yet to come (pending_free). A thread adds 1 when it
+ * sets such state and takes it back when it clears it, so the count is at least 1 while it holds
+ * any: a program that reads 0 knows its own thread holds none and skips the task-storage lookup
+ * (~50 ns, on every malloc and free). State nobody clears leaves the count above 0 (a thread that
+ * dies mid-call, a process killed in one; a call left by longjmp or an exception, whose return
+ * never runs, until the thread's next call): the lookups are paid again, nothing is missed. */
+volatile __u64 threads_in_calls = 0;
+volatile __u64 threads_marking_new_array = 0;
+volatile __u64 threads_awaiting_free = 0;
+
+/* Counts the thread in or out of `threads` as its state goes from `was_set` to `is_set`. */
+static __always_inline void count_thread_state(volatile __u64 *threads, bool was_set, bool is_set)
+{
+	if (!was_set && is_set)
+		__sync_fetch_and_add(threads, 1);
+	else if (was_set && !is_set)
+		__sync_fetch_and_add(threads, -1);
+}
+
 static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 size, __u64 aux)
 {
 	struct inflight_call *call;
@@ -66,8 +87,11 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 		call->depth++;
 		return;
 	}
+	count_thread_state(&threads_in_calls, call->depth > 0, true);
 	call->depth = 1;
-	call->pending_free = 0; /* a delete whose free() never came (an allocation comes first) */
+	/* A delete whose free() never came (an allocation comes first). */
+	count_thread_state(&threads_awaiting_free, call->pending_free, false);
+	call->pending_free = 0;
 	call->entry_sp = sp;
 	call->kind = kind;
 	call->size = size;
@@ -89,7 +113,10 @@ static __always_inline struct inflight_call *call_exit(void)
 		return NULL;
 	}
 	call->depth--;
-	return call->depth == 0 ? call : NULL;
+	if (call->depth > 0)
+		return NULL;
+	count_thread_state(&threads_in_calls, true, false);
+	return call;
 }
 
 /* Inside a traced allocator call: malloc mapping a large block, realloc moving one, an arena

@@ -258,6 +258,14 @@ TEST(CxxOperators, ANewDeletePairPaysThreeKernelEntriesAndANewArrayDeleteArrayPa
     };
     entries[own_probes].first = per_pair("new");
     entries[own_probes].second = per_pair("array");
+    // Each new[]'s mark taken, each delete's free() come, each call returned: no thread left
+    // counted (else every malloc and free would pay a task-storage lookup, see
+    // bpf/alloc/inflight.bpf.h).
+    json globals = bpf_globals_of(memtrail->pid());
+    for (const char* name :
+         {"threads_in_calls", "threads_marking_new_array", "threads_awaiting_free"}) {
+      EXPECT_EQ(globals[name], 0) << name << " " << globals.dump();
+    }
     target.process.write_stdin("quit\n");
     Stopped stopped = stop(*memtrail, dir.file("r.json"));
     // Every pair seen, each block released by its own operator.

@@ -35,6 +35,7 @@ struct TracedRun {
   std::map<std::string, Asked> asked;
   int failed = -1;  // calls that returned NULL, as the target says
   std::string stderr_text;
+  json bpf_globals;  // memtrail's, once the target's calls were all made
 };
 
 // alloc_paths traced by memtrail with `extra` options; with `preload`, another allocator
@@ -66,6 +67,7 @@ TracedRun trace(const std::vector<std::string>& extra, const std::string& preloa
       ++run.asked[name].reports;
     }
   }
+  run.bpf_globals = bpf_globals_of(memtrail.pid());
   memtrail.signal(SIGINT);
   auto code = memtrail.wait(30s);
   EXPECT_EQ(code, std::optional<int>(0));
@@ -98,6 +100,11 @@ void expect_same_calls(const TracedRun& sites, const TracedRun& entry) {
   EXPECT_EQ(sites.failed, 9);
   EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
   EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
+  // Every call's return seen: no thread is still counted as in one (else every malloc would
+  // pay the task-storage lookup that tells a nested call, see bpf/alloc/inflight.bpf.h).
+  for (const TracedRun* run : {&sites, &entry}) {
+    EXPECT_EQ(run->bpf_globals["threads_in_calls"], 0) << run->bpf_globals.dump();
+  }
 }
 
 TEST(ReturnSites, EveryPathOfMallocAndCallocIsRecordedOnceWithTheSameBlocksAndStacks) {

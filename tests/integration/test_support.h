@@ -117,4 +117,45 @@ inline std::set<int> still_loaded(const std::set<int>& ids) {
   return loaded;
 }
 
+// What `bpftool -j ARGUMENTS` prints, parsed (null when it cannot).
+inline nlohmann::json bpftool_json(const std::string& arguments) {
+  std::string text;
+  if (FILE* pipe = popen(("bpftool -j " + arguments + " 2>/dev/null").c_str(), "r")) {
+    char buffer[4096];
+    size_t got;
+    while ((got = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) text.append(buffer, got);
+    pclose(pipe);
+  }
+  return nlohmann::json::parse(text, nullptr, false);
+}
+
+// The global variables (.bss) of the alloc BPF object that process `pid` (memtrail) holds, by
+// name, as bpftool formats them from the map's BTF (empty when it cannot).
+inline nlohmann::json bpf_globals_of(pid_t pid) {
+  std::set<int> maps;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fdinfo")) {
+    std::ifstream info(entry.path());
+    std::string key;
+    while (info >> key) {
+      if (key != "map_id:") continue;
+      int id = 0;
+      info >> id;
+      maps.insert(id);
+    }
+  }
+  nlohmann::json globals = nlohmann::json::object();
+  for (int id : maps) {
+    // Named by libbpf from the object's name, cut to 8 characters: "alloc_bp.bss".
+    nlohmann::json map = bpftool_json("map show id " + std::to_string(id));
+    if (!map.is_object() || map.value("name", std::string()) != "alloc_bp.bss") continue;
+    nlohmann::json dump = bpftool_json("map dump id " + std::to_string(id));
+    if (!dump.is_array() || dump.size() != 1) continue;
+    for (const auto& variable : dump[0]["formatted"]["value"][".bss"]) {
+      for (const auto& [name, value] : variable.items()) globals[name] = value;
+    }
+  }
+  return globals;
+}
+
 }  // namespace memtrail::testing

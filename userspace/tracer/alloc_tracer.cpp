@@ -740,11 +740,6 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
   if (pid != kEveryProcess) follow(pid);
   for (auto& link : placed.perf_links) links_.push_back(std::move(link));
   for (auto& link : placed.multi_links) multi_links_.push_back(std::move(link));
-  // From now on free() checks whether it runs inside a traced operator delete.
-  bool has_delete =
-      std::any_of(module.functions.begin(), module.functions.end(),
-                  [](const auto& f) { return f.role == inspect::ProbeRole::kDelete; });
-  if (has_delete) skeleton_->bss->cxx_probes_attached = 1;
 }
 
 AllocTracer::PlacedProbes AllocTracer::place_probes(uint32_t pid,
