@@ -391,44 +391,71 @@ static __always_inline bool is_new_call_page(__u64 caller)
 	return new_call_pages[(caller & 0xfff) >> 6] & (1ULL << (caller & 63));
 }
 
-/* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
- * that is an operator new userspace proved, whose code runs there byte for byte, the block is
- * the operator's, and the operator's caller the allocation's (operator new[] marked the call
- * when it jumped to it). False when the code or the stack could not be read. */
-static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
-					      __u64 *slot, __u32 *kind,
-					      __u64 code[MEMTRAIL_NEW_CODE_WORDS])
+/* Whether the code `caller` returns into is an operator new userspace proved (new_calls), byte
+ * for byte: its kind, with frame->record_skip set to how far above malloc's return address its
+ * own is; 0 when it is not one; -1 when its code could not be read (code that just ran: a
+ * failure leaves the kind unknown, counted as a drop rather than recorded as malloc's and
+ * reported mismatched by its delete). A global function: the verifier checks it once, not on
+ * each path of the site programs that call it. */
+__noinline int operator_new_at(__u64 caller, struct site_frame *frame)
 {
-	__u32 key = *caller & 0xfff, length;
+	__u32 key = caller & 0xfff, length;
 	struct memtrail_new_call *known = bpf_map_lookup_elem(&new_calls, &key);
-	__u64 outer_slot, outer = 0;
 
-	if (!known)
-		return true;
+	if (!known || !frame)
+		return 0;
 	length = known->length;
 	if (length == 0 || length > MEMTRAIL_NEW_CODE_WORDS * sizeof(__u64))
-		return true;
+		return 0;
 	/* Words beyond what is read are compared too (their mask is 0): no stale word counts. */
-	__builtin_memset(code, 0, MEMTRAIL_NEW_CODE_WORDS * sizeof(__u64));
-	/* Code that just ran, so readable: a failure leaves the kind unknown, counted as a drop
-	 * rather than recorded as malloc's and reported mismatched by its delete. */
-	if (bpf_probe_read_user(code, length, (const void *)(*caller - known->call_return)))
-		return false;
+	__builtin_memset(frame->new_code, 0, sizeof(frame->new_code));
+	if (bpf_probe_read_user(frame->new_code, length,
+				(const void *)(caller - known->call_return)))
+		return -1;
 	for (int i = 0; i < MEMTRAIL_NEW_CODE_WORDS; i++) {
-		if ((code[i] ^ known->code[i]) & known->mask[i])
-			return true;
+		if ((frame->new_code[i] ^ known->code[i]) & known->mask[i])
+			return 0;
 	}
-	outer_slot = *slot + known->frame_skip;
-	if (bpf_probe_read_user(&outer, sizeof(outer), (const void *)outer_slot))
-		return false;
-	outer = return_address(outer_slot, outer);
-	*kind = known->kind;
+	frame->record_skip = known->frame_skip;
+	return known->kind;
+}
+
+/* An operator new[] that jumped to the operator new returning to `outer` (at `outer_slot`)
+ * marked the call (new_array_enter): the block is new[]'s. */
+static __always_inline void take_new_array_mark(struct inflight_call *call, __u64 outer_slot,
+						__u64 outer, __u32 *kind)
+{
 	if (call && call->array_new_slot == outer_slot && call->array_new_return == outer) {
 		*kind = MEMTRAIL_KIND_NEW_ARRAY;
 		count_thread_state(&threads_marking_new_array, true, false);
 		call->array_new_slot = 0;
 	}
-	*caller = outer;
+}
+
+/* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
+ * that is an operator new userspace proved, whose code runs there byte for byte, the block is
+ * the operator's, and the operator's caller the allocation's (operator new[] marked the call
+ * when it jumped to it); frame->record_new_kind says which operator, and `*outer_plain` whether
+ * no return probe had replaced the operator's return address. False when the code or the stack
+ * could not be read. */
+static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
+					      __u64 *slot, __u32 *kind, struct site_frame *frame,
+					      bool *outer_plain)
+{
+	int new_kind = operator_new_at(*caller, frame);
+	__u64 outer_slot, outer = 0, returns_to;
+
+	if (new_kind <= 0)
+		return new_kind == 0;
+	outer_slot = *slot + frame->record_skip;
+	if (bpf_probe_read_user(&outer, sizeof(outer), (const void *)outer_slot))
+		return false;
+	returns_to = return_address(outer_slot, outer);
+	*outer_plain = returns_to == outer;
+	frame->record_new_kind = new_kind;
+	*kind = new_kind;
+	take_new_array_mark(call, outer_slot, returns_to, kind);
+	*caller = returns_to;
 	*slot = outer_slot;
 	return true;
 }
@@ -549,11 +576,24 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	site->tgid = current_tgid();
 	site->generation = stack_memo_generation;
 	site->read = 0;
+	site->record_new_kind = 0;
 	link_slot = site_memo_slot(site->pc, sp, site->bp);
 	link = bpf_map_lookup_elem(&site_memos, &link_slot);
 	scratch = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
 	site_id = site_memo_hit(link, scratch, site);
-	if (site_id >= 0 && !is_new_call_page(site->caller)) {
+	if (site_id >= 0 && link && link->outer) {
+		/* Through an operator new: the code the link's return address goes back into is
+		 * checked again (the library there may have been replaced), in one read of it. */
+		if (operator_new_at(site->caller, site) == link->new_kind &&
+		    site->record_skip == link->frame_skip) {
+			kind = link->new_kind;
+			if (!call && threads_marking_new_array)
+				call = current_task_storage(&inflight, 0);
+			take_new_array_mark(call, slot + link->frame_skip, link->outer, &kind);
+			record_block(site->tgid, site_id, link->outer, address, size, kind, weight);
+			return 0;
+		}
+	} else if (site_id >= 0 && !is_new_call_page(site->caller)) {
 		record_block(site->tgid, site_id, site->caller, address, size, kind, weight);
 		return 0;
 	}
@@ -568,14 +608,19 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	plain = returns_to == caller;
 	caller = returns_to;
 	if (is_new_call_page(caller)) {
-		plain = false;
+		bool outer_plain = false;
+
 		/* An operator new[]'s mark (new_array_enter) is in its thread's storage. */
 		if (!call && threads_marking_new_array)
 			call = current_task_storage(&inflight, 0);
-		if (!from_operator_new(call, &caller, &slot, &kind, site->new_code)) {
+		site->record_returns_to = caller;
+		if (!from_operator_new(call, &caller, &slot, &kind, site, &outer_plain)) {
 			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
 			return 0;
 		}
+		/* Linked through the operator new only where neither return address was replaced;
+		 * a caller on such a page that is no operator new is not linked (see the hit). */
+		plain = plain && site->record_new_kind && outer_plain;
 	}
 	if (tracing_stopped)
 		return 0;
