@@ -189,14 +189,15 @@ void compare_preloaded(const std::string& library, const char* package,
   expect_same_calls(sites, entry);  // on the slow paths too
 }
 
-// tcmalloc's malloc: one site on its thread cache's free list with the size taken before it,
-// and four slow paths (FetchFromCentralCache, the OOM handlers) handed to entry and return
-// probes; its calloc has sites of its own.
+// tcmalloc's malloc: one site on its thread cache's free list with the size taken before it
+// (at the site nothing holds it: rdi has become the size class's index), and four slow paths
+// (FetchFromCentralCache, the OOM handlers) handed to entry and return probes; its calloc has
+// sites of its own. Every size is the one asked for (expect_same_calls), none a usable size.
 TEST(ReturnSites, TcmallocsMallocAndCallocAreRecordedOnceWithTheSameBlocksAndStacks) {
   REQUIRE_BPF_OR_SKIP();
   compare_preloaded(MEMTRAIL_LIB_TCMALLOC_MINIMAL, "libtcmalloc-minimal4",
-                    {"malloc probed inside, where it returns", "slow paths left to entry and",
-                     "calloc probed inside, where it returns"});
+                    {"malloc probed inside, where it returns", "size taken at +0x23 ja (rdi)",
+                     "slow paths left to entry and", "calloc probed inside, where it returns"});
 }
 
 // mimalloc's malloc and calloc: one site on the free list's head each, the slow paths
