@@ -427,7 +427,7 @@ static __always_inline void take_new_array_mark(struct inflight_call *call, __u6
 {
 	if (call && call->array_new_slot == outer_slot && call->array_new_return == outer) {
 		*kind = MEMTRAIL_KIND_NEW_ARRAY;
-		count_thread_state(&threads_marking_new_array, true, false);
+		count_thread_state(&threads_holding[THREADS_MARKING_NEW_ARRAY], true, false);
 		call->array_new_slot = 0;
 	}
 }
@@ -523,7 +523,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	/* Inside a traced call (memalign, realloc(NULL, n), operator new: their entry probes ran),
 	 * the outer call records the block at its return. No thread in one: no lookup. */
 	call = NULL;
-	if (sample_rate || threads_in_calls) {
+	if (sample_rate || threads_holding[THREADS_IN_CALLS]) {
 		call = current_task_storage(&inflight,
 					    sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 		if (call && in_allocator_call(call))
@@ -587,7 +587,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 		if (operator_new_at(site->caller, site) == link->new_kind &&
 		    site->record_skip == link->frame_skip) {
 			kind = link->new_kind;
-			if (!call && threads_marking_new_array)
+			if (!call && threads_holding[THREADS_MARKING_NEW_ARRAY])
 				call = current_task_storage(&inflight, 0);
 			take_new_array_mark(call, slot + link->frame_skip, link->outer, &kind);
 			record_block(site->tgid, site_id, link->outer, address, size, kind, weight);
@@ -611,7 +611,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 		bool outer_plain = false;
 
 		/* An operator new[]'s mark (new_array_enter) is in its thread's storage. */
-		if (!call && threads_marking_new_array)
+		if (!call && threads_holding[THREADS_MARKING_NEW_ARRAY])
 			call = current_task_storage(&inflight, 0);
 		site->record_returns_to = caller;
 		if (!from_operator_new(call, &caller, &slot, &kind, site, &outer_plain)) {
@@ -719,7 +719,7 @@ int site_failed_call(struct pt_regs *ctx)
 	if (probe_floor || !probe_applies())
 		return 0;
 	/* Inside a traced call (memalign -> malloc): its return probe counts the failure. */
-	call = threads_in_calls ? current_task_storage(&inflight, 0) : NULL;
+	call = threads_holding[THREADS_IN_CALLS] ? current_task_storage(&inflight, 0) : NULL;
 	if (call && in_allocator_call(call))
 		return 0;
 	count(MEMTRAIL_CTR_FAILED_CALLS);
@@ -735,11 +735,11 @@ int BPF_KPROBE(free_enter, __u64 address)
 		return 0;
 	/* libstdc++'s operator delete ends in free(): the delete probe already released the
 	 * block. No delete awaiting its free() on any thread: no lookup. */
-	if (threads_awaiting_free) {
+	if (threads_holding[THREADS_AWAITING_FREE]) {
 		struct inflight_call *call = current_task_storage(&inflight, 0);
 
 		if (call && call->pending_free == address) {
-			count_thread_state(&threads_awaiting_free, true, false);
+			count_thread_state(&threads_holding[THREADS_AWAITING_FREE], true, false);
 			call->pending_free = 0;
 			return 0;
 		}
@@ -766,7 +766,7 @@ int BPF_KPROBE(delete_enter, __u64 address)
 	}
 	if (call->pending_free == address)
 		return 0; /* nested in a delete of the same block */
-	count_thread_state(&threads_awaiting_free, call->pending_free, true);
+	count_thread_state(&threads_holding[THREADS_AWAITING_FREE], call->pending_free, true);
 	call->pending_free = address;
 	release(address,
 		bpf_get_attach_cookie(ctx) == MEMTRAIL_DELETE_ARRAY ? RELEASE_DELETE_ARRAY
@@ -795,7 +795,7 @@ int new_array_enter(struct pt_regs *ctx)
 	/* Inside a traced call (nothrow new[] -> new[]): the outer call records the block. */
 	if (in_allocator_call(call))
 		return 0;
-	count_thread_state(&threads_marking_new_array, call->array_new_slot, true);
+	count_thread_state(&threads_holding[THREADS_MARKING_NEW_ARRAY], call->array_new_slot, true);
 	call->array_new_slot = slot;
 	call->array_new_return = returns_to;
 	return 0;

@@ -49,9 +49,15 @@ struct {
  * (~50 ns, on every malloc and free). State nobody clears leaves the count above 0 (a thread that
  * dies mid-call, a process killed in one; a call left by longjmp or an exception, whose return
  * never runs, until the thread's next call): the lookups are paid again, nothing is missed. */
-volatile __u64 threads_in_calls = 0;
-volatile __u64 threads_marking_new_array = 0;
-volatile __u64 threads_awaiting_free = 0;
+enum thread_state {
+	THREADS_IN_CALLS,
+	THREADS_MARKING_NEW_ARRAY,
+	THREADS_AWAITING_FREE,
+};
+
+/* By enum thread_state; on a cache line of their own: they are written at traced calls and
+ * deletes, and the switches beside them in .bss are read by every probe on every CPU. */
+volatile __u64 threads_holding[8] __attribute__((aligned(64)));
 
 /* Counts the thread in or out of `threads` as its state goes from `was_set` to `is_set`. */
 static __always_inline void count_thread_state(volatile __u64 *threads, bool was_set, bool is_set)
@@ -87,10 +93,10 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 		call->depth++;
 		return;
 	}
-	count_thread_state(&threads_in_calls, call->depth > 0, true);
+	count_thread_state(&threads_holding[THREADS_IN_CALLS], call->depth > 0, true);
 	call->depth = 1;
 	/* A delete whose free() never came (an allocation comes first). */
-	count_thread_state(&threads_awaiting_free, call->pending_free, false);
+	count_thread_state(&threads_holding[THREADS_AWAITING_FREE], call->pending_free, false);
 	call->pending_free = 0;
 	call->entry_sp = sp;
 	call->kind = kind;
@@ -115,7 +121,7 @@ static __always_inline struct inflight_call *call_exit(void)
 	call->depth--;
 	if (call->depth > 0)
 		return NULL;
-	count_thread_state(&threads_in_calls, true, false);
+	count_thread_state(&threads_holding[THREADS_IN_CALLS], true, false);
 	return call;
 }
 

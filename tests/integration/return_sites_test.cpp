@@ -101,9 +101,10 @@ void expect_same_calls(const TracedRun& sites, const TracedRun& entry) {
   EXPECT_EQ(sites.report["totals"]["failed_calls"], sites.failed);
   EXPECT_EQ(sites.report["totals"]["usable_size_allocations"], 0);
   // Every call's return seen: no thread is still counted as in one (else every malloc would
-  // pay the task-storage lookup that tells a nested call, see bpf/alloc/inflight.bpf.h).
+  // pay the task-storage lookup that tells a nested call: threads_holding[THREADS_IN_CALLS],
+  // bpf/alloc/inflight.bpf.h).
   for (const TracedRun* run : {&sites, &entry}) {
-    EXPECT_EQ(run->bpf_globals["threads_in_calls"], 0) << run->bpf_globals.dump();
+    EXPECT_EQ(run->bpf_globals["threads_holding"][0], 0) << run->bpf_globals.dump();
   }
 }
 
