@@ -545,6 +545,44 @@ TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {
   EXPECT_NE(marked.str().find("~+9.8 KiB  6.8 KiB -> ~16.6 KiB, 7 -> ~17 blocks, leak"),
             std::string::npos)
       << marked.str();
+  EXPECT_NE(marked.str().find("\n~: an estimate"), std::string::npos) << marked.str();
+}
+
+// Python objects of a type sized by estimate (array.array) in a site before: its bytes there,
+// the change and the total before are estimates and say so; its object counts are counts.
+TEST(Diff, BytesOfTypesSizedByEstimateAreMarked) {
+  model::Report before = two_site_report();
+  model::Report after = two_site_report();
+  after.leaks[0].outstanding_bytes = 17000;
+  auto type = [](const char* name, const char* sizing) {
+    model::PythonType entry{4242, name, 10, 2000, 0};
+    entry.source = "objects";
+    entry.sizing = sizing;
+    return entry;
+  };
+  before.leaks[0].python_types = {type("array.array", model::PythonType::kSizingEstimated),
+                                  type("str", model::PythonType::kSizingExact)};
+  before.python_types = before.leaks[0].python_types;
+  after.leaks[0].python_types = {type("str", model::PythonType::kSizingExact)};
+  after.python_types = after.leaks[0].python_types;
+  auto changes = diff_reports(before, after);
+  ASSERT_FALSE(changes.empty());
+  EXPECT_TRUE(changes[0].sized_by_estimate_before);
+  EXPECT_FALSE(changes[0].sized_by_estimate_after);
+  EXPECT_FALSE(changes[0].estimated_before);
+  std::ostringstream out;
+  render_diff_text(changes, before, after, 20, out);
+  EXPECT_NE(out.str().find("Outstanding: ~10.8 KiB -> 10.8 KiB (~+0 B)"), std::string::npos)
+      << out.str();
+  EXPECT_NE(out.str().find("~+9.8 KiB  ~6.8 KiB -> 16.6 KiB, 7 -> 7 blocks"), std::string::npos)
+      << out.str();
+  EXPECT_NE(out.str().find("\n~: an estimate"), std::string::npos) << out.str();
+  // All exact on both sides: no mark, no legend.
+  before.leaks[0].python_types = after.leaks[0].python_types;
+  before.python_types = after.python_types;
+  std::ostringstream exact;
+  render_diff_text(diff_reports(before, after), before, after, 20, exact);
+  EXPECT_EQ(exact.str().find('~'), std::string::npos) << exact.str();
 }
 
 TEST(FlameGraph, IsAnSvgWithOneBoxPerFrameSizedByBytesAndColoredByVerdict) {
