@@ -190,6 +190,29 @@ TEST(Pprof, EachSampleSaysItsSitesKind) {
   EXPECT_EQ(kinds, (std::vector<std::string>{"python_objects", "native"}));
 }
 
+// A site whose bytes hold objects of a type sized by estimate says so: `sizing=estimated`; a
+// site of exactly sized objects, or a native one, has no such label.
+TEST(Pprof, ASiteWithTypesSizedByEstimateIsLabelled) {
+  auto report = two_site_report();
+  model::PythonType arrays{42, "array.array", 40, 3200, 0};
+  arrays.sizing = model::PythonType::kSizingEstimated;
+  model::PythonType strs{42, "str", 40, 2400, 0};
+  strs.sizing = model::PythonType::kSizingExact;
+  report.leaks[0].kind = report.leaks[1].kind = "python_objects";
+  report.leaks[0].python_types = {strs, arrays};
+  report.leaks[1].python_types = {strs};
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  std::vector<std::string> sizing(static_cast<size_t>(profile.sample_size()));
+  for (int i = 0; i < profile.sample_size(); ++i) {
+    for (const auto& label : profile.sample(i).label()) {
+      if (text(label.key()) == "sizing") sizing[static_cast<size_t>(i)] = text(label.str());
+    }
+  }
+  EXPECT_EQ(sizing, (std::vector<std::string>{"estimated", ""}));
+}
+
 // two_site_report() with what the process mapped (its executable's code first, as assemble
 // puts it, then the library) and a site that freed everything it allocated.
 model::Report mapped_report() {
