@@ -1504,6 +1504,7 @@ ObjectCase trace_object_case(const std::string& scenario,
 // by type as the sites' python_types say, and their sums as the sites' own figures say.
 struct TypesAt {
   std::map<std::string, uint64_t> objects, bytes;
+  std::map<std::string, std::set<std::string>> sizing;  // as each site says it ("" when not)
   uint64_t site_objects = 0, site_bytes = 0;
 };
 TypesAt types_at(const json& report, const std::string& where) {
@@ -1517,6 +1518,7 @@ TypesAt types_at(const json& report, const std::string& where) {
     for (const auto& type : site["python_types"]) {
       found.objects[type["type"]] += type["outstanding_objects"].get<uint64_t>();
       found.bytes[type["type"]] += type["outstanding_bytes"].get<uint64_t>();
+      found.sizing[type["type"]].insert(type.value("sizing", std::string()));
     }
   }
   return found;
@@ -1587,11 +1589,17 @@ TEST(LeaksPythonObjects, TypesPerSiteAreExactAndSizedAsSysGetsizeof) {
 // sizes are as at the last read; a list grown by appends, a dict after deletions, an
 // OrderedDict, a deque, ...): each line's site holds exactly those 30, their bytes the
 // target's own sys.getsizeof sum, less what malloc serves (a deque's blocks, over 512 bytes
-// each), which its lines' malloc sites hold, exactly. Types it cannot size so are named in a
-// note.
+// each), which its lines' malloc sites hold, exactly, and their JSON says "sizing": "exact", at
+// the site and for the process. Types it cannot size so (array.array) say "estimated" and are
+// named in a note.
 TEST(LeaksPythonObjects, EveryCommonTypeAtItsLineIsSizedAsSysGetsizeof) {
   REQUIRE_BPF_OR_SKIP();
   auto traced = trace_object_case("sizes");
+  // The process's types by name: how their bytes were sized.
+  std::map<std::string, std::string> process_sizing;
+  for (const auto& type : traced.report["python_types"]) {
+    process_sizing[type["type"]] = type.value("sizing", std::string("(not said)"));
+  }
   size_t kinds = 0;
   for (const auto& [key, getsizeof] : traced.counts) {
     if (!key.starts_with("getsizeof_")) continue;
@@ -1607,8 +1615,18 @@ TEST(LeaksPythonObjects, EveryCommonTypeAtItsLineIsSizedAsSysGetsizeof) {
     EXPECT_EQ(found.bytes[type], getsizeof - malloc_bytes)
         << kind << " (" << type << "): sys.getsizeof " << getsizeof << ", of it malloc's "
         << malloc_bytes << "; " << describe(found);
+    // Exact, and said so (a deque too: its __sizeof__'s code, read from the process, adds only
+    // its blocks, malloc's).
+    EXPECT_EQ(found.sizing[type], std::set<std::string>{"exact"}) << kind << " (" << type << ")";
+    EXPECT_EQ(process_sizing[type], "exact") << kind << " (" << type << ")";
   }
   EXPECT_EQ(kinds, 23u);
+  // array.array, sized by its basic size (its __sizeof__ adds its items, not read): said so at
+  // its line's site and for the process.
+  auto arrays = types_at(traced.report, "sizes@" + std::to_string(traced.lines["estimated"]));
+  EXPECT_EQ(arrays.objects["array.array"], 30u) << describe(arrays);
+  EXPECT_EQ(arrays.sizing["array.array"], std::set<std::string>{"estimated"}) << describe(arrays);
+  EXPECT_EQ(process_sizing["array.array"], "estimated");
   // Types whose __sizeof__ counts memory memtrail does not read (array.array's items): named
   // in a note as sized by estimate; none of the above.
   std::set<std::string> estimated, said;
@@ -1620,12 +1638,15 @@ TEST(LeaksPythonObjects, EveryCommonTypeAtItsLineIsSizedAsSysGetsizeof) {
   for (const auto& note : traced.report["notes"]) {
     std::string text = note.get<std::string>();
     if (text.find(lead) == std::string::npos) continue;
-    std::string names = text.substr(text.find(": ", text.find(lead)) + 2);
+    // After "does not read: ", "NAME; NAME (its __sizeof__: why); ...".
+    const std::string list_lead = "does not read: ";
+    std::string names = text.substr(text.find(list_lead) + list_lead.size());
     names.pop_back();  // the full stop
     for (size_t start = 0, end = 0; start < names.size(); start = end + 2) {
-      end = names.find(", ", start);
+      end = names.find("; ", start);
       if (end == std::string::npos) end = names.size();
-      said.insert(names.substr(start, end - start));
+      std::string entry = names.substr(start, end - start);
+      said.insert(entry.substr(0, entry.find(" (")));
     }
   }
   std::set<std::string> said_names;  // the last part of each tp_name, as __name__ is

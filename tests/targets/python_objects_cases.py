@@ -310,7 +310,7 @@ def sizes():
         made["counter"].append(collections.Counter("abcdefg"[: i % 7 + 1]))  # line: counter
         made["int_subclass"].append(Number(10**20 + i))  # line: int_subclass
         made["str_subclass"].append(Text("ü" * i + str(i)))  # line: str_subclass
-        estimated.append(array.array("d", [0.5] * i))
+        estimated.append(array.array("d", [0.5] * i))  # line: estimated
     kept.append(made)
     kept.append(estimated)
     time.sleep(0.6)  # read by reports (every 0.25 s) before their UTF-8 caches are filled

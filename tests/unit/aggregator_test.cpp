@@ -50,15 +50,30 @@ TEST(Aggregator, SumsEachSitesPythonObjectsByTypeAndNeverScalesThem) {
   EXPECT_EQ(objects.python_types[1].bytes, 110u);
   EXPECT_TRUE(
       (result.sites[0].site_id == 8 ? result.sites[0] : result.sites[1]).python_types.empty());
-  // By name, per site and per process; two types of one name add up.
-  auto totals = python_type_totals(result, [](uint32_t, uint64_t type) {
-    return type == kDict ? std::string("dict") : std::string("str");
-  });
+  // By name, per site and per process; two types of one name add up. A type sized by estimate
+  // marks its sums, and a name it shares with an exactly sized one: the sum holds an estimate.
+  auto totals = python_type_totals(
+      result,
+      [](uint32_t, uint64_t type) {
+        return type == kDict ? std::string("dict") : std::string("str");
+      },
+      [](uint32_t, uint64_t type) { return type != kStr; });
   EXPECT_EQ(totals.size(), 4u);
   EXPECT_EQ((totals[{1, 7, "dict"}].objects), 2u);
+  EXPECT_FALSE((totals[{1, 7, "dict"}].sized_by_estimate));
+  EXPECT_FALSE((totals[{1, std::nullopt, "dict"}].sized_by_estimate));
   EXPECT_EQ((totals[{1, std::nullopt, "str"}].bytes), 110u);
-  auto one_name = python_type_totals(result, [](uint32_t, uint64_t) { return std::string("x"); });
+  EXPECT_TRUE((totals[{1, std::nullopt, "str"}].sized_by_estimate));
+  EXPECT_TRUE((totals[{1, 7, "str"}].sized_by_estimate));
+  auto one_name = python_type_totals(
+      result, [](uint32_t, uint64_t) { return std::string("x"); },
+      [](uint32_t, uint64_t type) { return type != kStr; });
   EXPECT_EQ((one_name[{1, std::nullopt, "x"}].objects), 3u);
+  EXPECT_TRUE((one_name[{1, std::nullopt, "x"}].sized_by_estimate));
+  auto all_exact = python_type_totals(
+      result, [](uint32_t, uint64_t) { return std::string("x"); },
+      [](uint32_t, uint64_t) { return true; });
+  EXPECT_FALSE((all_exact[{1, std::nullopt, "x"}].sized_by_estimate));
 }
 
 TEST(Aggregator, SumsPerSiteAndRanksByOutstandingBytes) {

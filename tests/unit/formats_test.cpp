@@ -190,6 +190,29 @@ TEST(Pprof, EachSampleSaysItsSitesKind) {
   EXPECT_EQ(kinds, (std::vector<std::string>{"python_objects", "native"}));
 }
 
+// A site whose bytes hold objects of a type sized by estimate says so: `sizing=estimated`; a
+// site of exactly sized objects, or a native one, has no such label.
+TEST(Pprof, ASiteWithTypesSizedByEstimateIsLabelled) {
+  auto report = two_site_report();
+  model::PythonType arrays{42, "array.array", 40, 3200, 0};
+  arrays.sizing = model::PythonType::kSizingEstimated;
+  model::PythonType strs{42, "str", 40, 2400, 0};
+  strs.sizing = model::PythonType::kSizingExact;
+  report.leaks[0].kind = report.leaks[1].kind = "python_objects";
+  report.leaks[0].python_types = {strs, arrays};
+  report.leaks[1].python_types = {strs};
+  perftools::profiles::Profile profile;
+  ASSERT_TRUE(profile.ParseFromString(gunzip(to_pprof(report))));
+  auto text = [&](int64_t index) { return profile.string_table(static_cast<int>(index)); };
+  std::vector<std::string> sizing(static_cast<size_t>(profile.sample_size()));
+  for (int i = 0; i < profile.sample_size(); ++i) {
+    for (const auto& label : profile.sample(i).label()) {
+      if (text(label.key()) == "sizing") sizing[static_cast<size_t>(i)] = text(label.str());
+    }
+  }
+  EXPECT_EQ(sizing, (std::vector<std::string>{"estimated", ""}));
+}
+
 // two_site_report() with what the process mapped (its executable's code first, as assemble
 // puts it, then the library) and a site that freed everything it allocated.
 model::Report mapped_report() {
@@ -545,6 +568,44 @@ TEST(Diff, MatchesSitesAcrossRunsByStackAndRanksByGrowth) {
   EXPECT_NE(marked.str().find("~+9.8 KiB  6.8 KiB -> ~16.6 KiB, 7 -> ~17 blocks, leak"),
             std::string::npos)
       << marked.str();
+  EXPECT_NE(marked.str().find("\n~: an estimate"), std::string::npos) << marked.str();
+}
+
+// Python objects of a type sized by estimate (array.array) in a site before: its bytes there,
+// the change and the total before are estimates and say so; its object counts are counts.
+TEST(Diff, BytesOfTypesSizedByEstimateAreMarked) {
+  model::Report before = two_site_report();
+  model::Report after = two_site_report();
+  after.leaks[0].outstanding_bytes = 17000;
+  auto type = [](const char* name, const char* sizing) {
+    model::PythonType entry{4242, name, 10, 2000, 0};
+    entry.source = "objects";
+    entry.sizing = sizing;
+    return entry;
+  };
+  before.leaks[0].python_types = {type("array.array", model::PythonType::kSizingEstimated),
+                                  type("str", model::PythonType::kSizingExact)};
+  before.python_types = before.leaks[0].python_types;
+  after.leaks[0].python_types = {type("str", model::PythonType::kSizingExact)};
+  after.python_types = after.leaks[0].python_types;
+  auto changes = diff_reports(before, after);
+  ASSERT_FALSE(changes.empty());
+  EXPECT_TRUE(changes[0].sized_by_estimate_before);
+  EXPECT_FALSE(changes[0].sized_by_estimate_after);
+  EXPECT_FALSE(changes[0].estimated_before);
+  std::ostringstream out;
+  render_diff_text(changes, before, after, 20, out);
+  EXPECT_NE(out.str().find("Outstanding: ~10.8 KiB -> 10.8 KiB (~+0 B)"), std::string::npos)
+      << out.str();
+  EXPECT_NE(out.str().find("~+9.8 KiB  ~6.8 KiB -> 16.6 KiB, 7 -> 7 blocks"), std::string::npos)
+      << out.str();
+  EXPECT_NE(out.str().find("\n~: an estimate"), std::string::npos) << out.str();
+  // All exact on both sides: no mark, no legend.
+  before.leaks[0].python_types = after.leaks[0].python_types;
+  before.python_types = after.python_types;
+  std::ostringstream exact;
+  render_diff_text(diff_reports(before, after), before, after, 20, exact);
+  EXPECT_EQ(exact.str().find('~'), std::string::npos) << exact.str();
 }
 
 TEST(FlameGraph, IsAnSvgWithOneBoxPerFrameSizedByBytesAndColoredByVerdict) {

@@ -753,6 +753,66 @@ TEST(JsonReport, BytesThatAreNotUtf8AreReplacedNotFatal) {
   EXPECT_TRUE(nlohmann::json::accept(text));
 }
 
+// How each type's bytes were sized: "~" before the bytes of a type sized by estimate, in the
+// site's types, on the site's bytes (not its object count), in the process's types and the
+// totals' bytes; "sizing" in JSON for every type, per site and per process, valid against the
+// schema and read back; a report that does not say reads back as not saying.
+TEST(Report, PythonTypesSayHowTheirBytesWereSized) {
+  auto report = python_objects_report();
+  report.top = 2;
+  auto& site_types = report.leaks[0].python_types;
+  site_types[0].sizing = model::PythonType::kSizingExact;      // str
+  site_types[1].type = "array.array";                          // 3,000, 164.1 KiB
+  site_types[1].sizing = model::PythonType::kSizingEstimated;  // its items not read
+  site_types[2].sizing = model::PythonType::kSizingExact;      // tuple
+  (*report.python_types)[0].type = "array.array";
+  (*report.python_types)[0].sizing = model::PythonType::kSizingEstimated;
+  (*report.python_types)[1].sizing = model::PythonType::kSizingExact;
+  std::ostringstream text;
+  render_text(report, text);
+  EXPECT_NE(text.str().find("#1  ~409,631 B (400.0 KiB) outstanding in 6,000 Python objects"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("    by type: str 2,000 (181.3 KiB) · array.array 3,000 (~164.1 KiB) "
+                            "· tuple 1,000 (54.7 KiB)\n"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("3,000 objects     ~164.1 KiB\n"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("2,000 objects     181.3 KiB\n"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("7 outstanding (~6.8 KiB)"), std::string::npos) << text.str();
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["leaks"][0]["python_types"][0]["sizing"], "exact");
+  EXPECT_EQ(json["leaks"][0]["python_types"][1]["sizing"], "estimated");
+  EXPECT_EQ(json["python_types"][0]["sizing"], "estimated");
+  EXPECT_EQ(json["python_types"][1]["sizing"], "exact");
+  std::string dir = temp_dir();
+  std::string path = dir + "/report.json";
+  write_json_file(json, path);
+  std::string command = schema_check(path);
+  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+  model::Report read = from_json(nlohmann::json::parse(json.dump()));
+  ASSERT_EQ(read.leaks[0].python_types.size(), 3u);
+  EXPECT_EQ(read.leaks[0].python_types[0].sizing, "exact");
+  EXPECT_TRUE(read.leaks[0].python_types[1].sized_by_estimate());
+  EXPECT_TRUE(read.leaks[0].sized_by_estimate());
+  ASSERT_TRUE(read.python_types);
+  EXPECT_TRUE((*read.python_types)[0].sized_by_estimate());
+  EXPECT_EQ((*read.python_types)[1].sizing, "exact");
+  // Read back, rendered the same (memtrail report).
+  std::ostringstream again;
+  render_text(read, again);
+  EXPECT_NE(again.str().find("array.array 3,000 (~164.1 KiB)"), std::string::npos) << again.str();
+  // A report from before types said it: nothing said, nothing marked.
+  for (auto& entry : json["leaks"][0]["python_types"]) entry.erase("sizing");
+  for (auto& entry : json["python_types"]) entry.erase("sizing");
+  model::Report old = from_json(nlohmann::json::parse(json.dump()));
+  EXPECT_EQ(old.leaks[0].python_types[1].sizing, "");
+  EXPECT_FALSE(old.leaks[0].sized_by_estimate());
+  EXPECT_FALSE(to_json(old, 5.0)["python_types"][0].contains("sizing"));
+}
+
 // The types section is for runs with a CPython process: a C program's report (Python objects
 // tracked by default, none found) has none, a Python one's says none were counted yet.
 TEST(TextReport, TheEmptyPythonTypesSectionIsShownOnlyForCPythonProcesses) {

@@ -123,5 +123,81 @@ TEST(SizeofCode, ReadsTheInstalledInterpretersOrderedDict) {
   EXPECT_EQ(scan.sizing->node_bytes, 4 * sizeof(void*));
 }
 
+// deque_sizeof as GCC 12 compiles it (-O2, Debian's python3.11): the basic size read from the
+// object's type, plus (leftindex + ob_size + 63) / 64 blocks of `block` bytes each.
+std::vector<uint8_t> deque_sizeof(uint32_t block) {
+  const auto& layout = built_layout();
+  auto type = static_cast<uint8_t>(layout.object_type);
+  auto basic = static_cast<uint8_t>(layout.type_basicsize);
+  std::vector<uint8_t> code = {0x48, 0x89, 0xf8,        // mov %rdi,%rax
+                               0x48, 0x8b, 0x7f, 0x10,  // mov 0x10(%rdi),%rdi
+                               0x48, 0x03, 0x78, 0x28,  // add 0x28(%rax),%rdi
+                               0x48, 0x8b, 0x40, type,  // mov type(%rax),%rax
+                               0x48, 0x83, 0xc7, 0x3f,  // add $0x3f,%rdi
+                               0x48, 0xc1, 0xef, 0x06,  // shr $6,%rdi
+                               0x48, 0x69, 0xff};       // imul $block,%rdi,%rdi
+  for (int i = 0; i < 4; ++i) code.push_back(static_cast<uint8_t>(block >> (8 * i)));
+  std::vector<uint8_t> rest = {0x48, 0x03, 0x78, basic, 0xe9};  // add basic(%rax),%rdi; jmp
+  code.insert(code.end(), rest.begin(), rest.end());
+  auto jump = rel32(kBase + code.size() - 1, 5, kLongFromSsize);
+  code.insert(code.end(), jump.begin(), jump.end());
+  code.resize(code.size() + 16, 0xcc);
+  return code;
+}
+
+BufferedSizeofScan analyse_buffered(const std::vector<uint8_t>& code, int64_t basic_size = 632) {
+  const auto& layout = built_layout();
+  return analyse_buffered_sizeof(code, kBase, named, layout.object_type, layout.type_basicsize,
+                                 basic_size, 512);
+}
+
+// A deque's size is its basic size and its blocks: each over 512 bytes, malloc's, so its own
+// block is exactly what memtrail charges; the block's size is read, not assumed.
+TEST(SizeofCode, ReadsADequesBlocksAsBuffersOverPymallocs) {
+  auto scan = analyse_buffered(deque_sizeof(528));
+  EXPECT_TRUE(scan.exact) << scan.refusal;
+  EXPECT_EQ(scan.unit_bytes, 528u);
+  scan = analyse_buffered(deque_sizeof(1040));
+  EXPECT_TRUE(scan.exact) << scan.refusal;
+  EXPECT_EQ(scan.unit_bytes, 1040u);
+}
+
+// Blocks pymalloc could serve (512 bytes or less), a basic size not counted or more added,
+// another function called: not exact, and why.
+TEST(SizeofCode, RefusesBuffersPymallocMayServe) {
+  auto scan = analyse_buffered(deque_sizeof(512));
+  EXPECT_FALSE(scan.exact);
+  EXPECT_NE(scan.refusal.find("units of 512 bytes"), std::string::npos) << scan.refusal;
+  // add basic(%rax) -> add 0x30(%rax): a field of the type that is not its basic size.
+  constexpr size_t kAddBasic = 30, kJump = 34;  // where the two last instructions start
+  auto code = deque_sizeof(528);
+  code[kAddBasic + 3] = 0x30;
+  scan = analyse_buffered(code);
+  EXPECT_FALSE(scan.exact);
+  EXPECT_FALSE(scan.refusal.empty());
+  // add basic(%rax),%rdi -> add $0x10,%rdi: 16 bytes more than the type's basic size.
+  code = deque_sizeof(528);
+  code[kAddBasic + 1] = 0x83;
+  code[kAddBasic + 2] = 0xc7;
+  code[kAddBasic + 3] = 0x10;
+  scan = analyse_buffered(code);
+  EXPECT_FALSE(scan.exact);
+  EXPECT_NE(scan.refusal.find("basic size"), std::string::npos) << scan.refusal;
+  // The same constant as the type's own basic size is its basic size.
+  scan = analyse_buffered(code, 16);
+  EXPECT_TRUE(scan.exact) << scan.refusal;
+  // A tail call of an unknown function instead of PyLong_FromSsize_t.
+  code = deque_sizeof(528);
+  auto other = rel32(kBase + kJump, 5, 0x800);  // not a forward jump within it
+  std::copy(other.begin(), other.end(), code.begin() + kJump + 1);
+  scan = analyse_buffered(code);
+  EXPECT_FALSE(scan.exact);
+  EXPECT_NE(scan.refusal.find("calls an unknown function"), std::string::npos) << scan.refusal;
+  // OrderedDict's code: a dict's size and small nodes, not a basic size and large buffers.
+  scan =
+      analyse_buffered(odict_sizeof(0x30, 0x48, static_cast<uint8_t>(built_layout().dict_used), 5));
+  EXPECT_FALSE(scan.exact);
+}
+
 }  // namespace
 }  // namespace memtrail::python

@@ -205,16 +205,19 @@ void GrowthHistory::forget_process(uint32_t pid) {
 }
 
 PythonTypeTotals python_type_totals(const Aggregate& aggregate,
-                                    const std::function<std::string(uint32_t, uint64_t)>& name) {
+                                    const std::function<std::string(uint32_t, uint64_t)>& name,
+                                    const std::function<bool(uint32_t, uint64_t)>& exact) {
   PythonTypeTotals totals;
   for (const auto& site : aggregate.sites) {
     for (const auto& sum : site.python_types) {
       std::string type = name(site.pid, sum.type);
+      bool estimate = !exact(site.pid, sum.type);
       for (auto key : {PythonTypeKey{site.pid, site.site_id, type},
                        PythonTypeKey{site.pid, std::nullopt, type}}) {
         auto& amount = totals[key];
         amount.objects += sum.objects;
         amount.bytes += sum.bytes;
+        amount.sized_by_estimate = amount.sized_by_estimate || estimate;
       }
     }
   }

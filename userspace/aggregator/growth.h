@@ -106,13 +106,18 @@ struct PythonTypeKey {
 };
 struct PythonTypeAmount {
   uint64_t objects = 0, bytes = 0;
+  // Some of those bytes are estimates: a type of that name whose size is not sys.getsizeof's
+  // (python::TypeFacts::exact false).
+  bool sized_by_estimate = false;
 };
 using PythonTypeTotals = std::map<PythonTypeKey, PythonTypeAmount>;
 
 // The Python objects of `aggregate`'s sites (SiteSummary::python_types) by type name, per site
-// and per process; `name` names a type of a process (types of one name add up).
+// and per process; `name` names a type of a process (types of one name add up), `exact` says
+// whether its objects' sizes are sys.getsizeof's (false: estimates, which mark the sum).
 PythonTypeTotals python_type_totals(const Aggregate& aggregate,
-                                    const std::function<std::string(uint32_t, uint64_t)>& name);
+                                    const std::function<std::string(uint32_t, uint64_t)>& name,
+                                    const std::function<bool(uint32_t, uint64_t)>& exact);
 
 // How the Python objects of each type grew over the run: one point per interval, per site and
 // per process, as GrowthHistory keeps them for sites (bounded the same way), and least-squares

@@ -154,12 +154,14 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
     }
     if (!target.python_estimated_types.empty()) {
       std::string names;
+      // "; " between them: why one is (a C __sizeof__'s code not followed) may hold commas.
       for (const auto& name : target.python_estimated_types) {
-        names += (names.empty() ? "" : ", ") + name;
+        names += (names.empty() ? "" : "; ") + name;
       }
       notes.push_back("pid " + std::to_string(target.pid) +
                       ": Python objects of these types are sized by estimate (their basic and "
-                      "item sizes), their __sizeof__ counting memory memtrail does not read: " +
+                      "item sizes; \"sizing\": \"estimated\" in JSON, \"~\" in text), their "
+                      "__sizeof__ counting memory memtrail does not read: " +
                       names + ".");
     }
     for (const auto& allocator : target.allocators) {
@@ -215,6 +217,8 @@ model::PythonType python_type(const aggregator::PythonTypeKey& key,
   type.outstanding_objects = static_cast<int64_t>(amount.objects);
   type.outstanding_bytes = static_cast<int64_t>(amount.bytes);
   type.source = "objects";
+  type.sizing = amount.sized_by_estimate ? model::PythonType::kSizingEstimated
+                                         : model::PythonType::kSizingExact;
   if (context.python_type_history) {
     if (auto growth = context.python_type_history->growth(key)) {
       type.growth_objects_per_s = growth->objects_per_s;
@@ -234,6 +238,8 @@ std::vector<model::PythonType> site_python_types(const aggregator::SiteSummary& 
     auto& amount = by_name[context.python_type_name(site.pid, sum.type)];
     amount.objects += sum.objects;
     amount.bytes += sum.bytes;
+    bool exact = context.python_type_exact && context.python_type_exact(site.pid, sum.type);
+    amount.sized_by_estimate = amount.sized_by_estimate || !exact;
   }
   for (const auto& [name, amount] : by_name) {
     types.push_back(python_type({site.pid, site.site_id, name}, amount, context));

@@ -51,6 +51,8 @@ struct ReportContext {
   const aggregator::PythonTypeTotals* python_object_types = nullptr;
   const aggregator::PythonTypeHistory* python_type_history = nullptr;
   std::function<std::string(uint32_t pid, uint64_t type)> python_type_name;
+  // Whether the type's objects are sized as sys.getsizeof does (else estimates); absent: not.
+  std::function<bool(uint32_t pid, uint64_t type)> python_type_exact;
 };
 
 // Builds the report with the first `max_sites` ranked sites symbolized (all of them for the

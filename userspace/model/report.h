@@ -59,6 +59,17 @@ struct PythonType {
   uint64_t made = 0, freed = 0;     // allocator probes only
   double growth_bytes_per_s = 0;    // of outstanding_bytes (tracked objects only)
   std::string source = "allocator_probes";  // or "objects"
+  // How outstanding_bytes were sized (kSizingExact, kSizingEstimated); empty when the report
+  // does not say (read back from a report written before it did).
+  std::string sizing = {};
+  // Not known exact: an estimate, or a kind of sizing this build does not know.
+  bool sized_by_estimate() const { return !sizing.empty() && sizing != kSizingExact; }
+  // sys.getsizeof's figure as memtrail charges it, computed as the type's own __sizeof__ does.
+  static constexpr const char* kSizingExact = "exact";
+  // An estimate: the type's basic and item sizes, its __sizeof__ counting memory memtrail does
+  // not read (array.array's items, a class's __sizeof__ in Python); or, from the allocator
+  // probes, the objects' own size whatever their __sizeof__.
+  static constexpr const char* kSizingEstimated = "estimated";
 };
 
 struct LeakSite {
@@ -94,6 +105,12 @@ struct LeakSite {
   std::string kind;
   // Its Python objects by type, most bytes first (kind "python_objects").
   std::vector<PythonType> python_types;
+  // Some of its bytes are estimates by size: objects of a type sized by estimate.
+  bool sized_by_estimate() const {
+    for (const auto& type : python_types)
+      if (type.sized_by_estimate()) return true;
+    return false;
+  }
 };
 
 // A traced process's private memory over the run next to its traced allocations.

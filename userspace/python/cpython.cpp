@@ -343,6 +343,9 @@ std::optional<Interpreter> find_interpreter(uint32_t pid,
           interpreter.sizeof_owners.emplace(*bias + function, owner);
         }
       }
+      if (auto long_from = file->find_function("PyLong_FromSsize_t")) {
+        interpreter.long_from_ssize_address = *bias + long_from->address;
+      }
       OrderedDictScan odict = scan_ordered_dict(*file);
       interpreter.odict_sizing = odict.sizing;
       interpreter.odict_reason = odict.refusal;
@@ -517,6 +520,8 @@ std::vector<model::PythonType> TypeTracker::report() const {
     type.outstanding_bytes =
         type.outstanding_objects * (tracked.info.basic_size + tracked.info.pre_header) +
         items * tracked.info.item_size;
+    // Their own size, whatever their __sizeof__ adds (a dict's table, a list's items).
+    type.sizing = model::PythonType::kSizingEstimated;
     // Least-squares slope of outstanding objects over time.
     const auto& series = tracked.series;
     if (series.size() >= 2) {

@@ -97,6 +97,9 @@ struct Interpreter {
   // by the type they belong to ("PyBaseObject_Type", "PyUnicode_Type", ...): an object whose
   // type's __sizeof__ is another is sized by estimate (python/objects.h, TypeFacts::exact).
   std::map<uint64_t, std::string> sizeof_owners;
+  // PyLong_FromSsize_t in the process: where another C __sizeof__ ends (python/sizeof_code.h,
+  // analyse_buffered_sizeof); 0 when not found (such types are then sized by estimate).
+  uint64_t long_from_ssize_address = 0;
 };
 
 // The creation sites of an interpreter's file (python/creation_sites.h), as `file` links them.

@@ -489,8 +489,7 @@ std::optional<ObjectSize> object_size(const TypeFacts& type, uint64_t address,
   return ObjectSize{size, pymalloc, malloc_bytes};
 }
 
-bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap) {
-  if (owner.empty()) return !heap && name == "collections.deque" && sizing == Sizing::kBasic;
+bool sizeof_matches(const std::string& owner, Sizing sizing) {
   static const std::map<std::string, Sizing> computes = {
       {"PyBaseObject_Type", Sizing::kBasic}, {"PyUnicode_Type", Sizing::kStr},
       {"PyDict_Type", Sizing::kDict},        {"PyODict_Type", Sizing::kOrderedDict},
@@ -588,6 +587,29 @@ uint64_t resolve_sizeof(uint32_t pid, uint64_t type) {
   return 0;
 }
 
+// A C __sizeof__ of no type memtrail knows (`function`, in process `pid`), for a type sized
+// by its basic size: exact when its code adds only buffers over pymalloc's largest block.
+BufferedSizeofScan scan_other_sizeof(uint32_t pid, uint64_t function, const Interpreter& process,
+                                     int64_t basic_size) {
+  constexpr size_t kCodeBytes = 256, kShortCode = 64;
+  std::vector<uint8_t> code(kCodeBytes);
+  // The function may end near the end of its mapping: a shorter read then.
+  if (!read_memory(pid, function, code.data(), code.size())) {
+    code.resize(kShortCode);
+    if (!read_memory(pid, function, code.data(), code.size())) {
+      BufferedSizeofScan refused;
+      refused.refusal = "its code could not be read";
+      return refused;
+    }
+  }
+  auto function_at = [&process](uint64_t address) -> std::string {
+    return address && address == process.long_from_ssize_address ? "PyLong_FromSsize_t" : "";
+  };
+  const auto& layout = built_layout();
+  return analyse_buffered_sizeof(code, function, function_at, layout.object_type,
+                                 layout.type_basicsize, basic_size, kPymallocLargest);
+}
+
 // Is `type` `base`, or derived from it (through tp_base, as far as a few generations)?
 bool is_or_derives_from(uint32_t pid, uint64_t type, uint64_t base) {
   for (int i = 0; i < kMaxGenerations && type && base; ++i) {
@@ -654,9 +676,18 @@ const TypeFacts* ObjectLiveness::facts(uint32_t pid, uint64_t type) {
       read.name.assign(name, strnlen(name, sizeof(name) - 1));
     }
     if (read.name.empty()) read.name.push_back('?');
-    auto owner = process.sizeof_owners.find(resolve_sizeof(pid, type));
-    read.exact = sizeof_matches(owner != process.sizeof_owners.end() ? owner->second : "",
-                                read.sizing, read.name, read.flags & layout.heap_type);
+    uint64_t function = resolve_sizeof(pid, type);
+    auto owner = process.sizeof_owners.find(function);
+    if (owner != process.sizeof_owners.end()) {
+      read.exact = sizeof_matches(owner->second, read.sizing);
+    } else if (function > kClassSizeof && read.sizing == Sizing::kBasic) {
+      // Another C __sizeof__ (a deque's, an extension's): exact only as its code shows.
+      auto scan = scan_other_sizeof(pid, function, process, read.basic_size);
+      read.exact = scan.exact;
+      read.estimate_reason = scan.refusal;
+    } else {
+      read.exact = false;
+    }
     facts = std::move(read);
   }
   // A type that cannot be read is not a type: the objects recorded with it are judged dead.
@@ -807,10 +838,19 @@ std::string ObjectLiveness::type_name(uint32_t pid, uint64_t type) const {
   return it != types_.end() && it->second ? it->second->name : "?";
 }
 
+bool ObjectLiveness::sized_exactly(uint32_t pid, uint64_t type) const {
+  auto it = types_.find({pid, type});
+  return it != types_.end() && it->second && it->second->exact;
+}
+
 std::vector<std::string> ObjectLiveness::estimated_types(uint32_t pid) const {
   std::vector<std::string> names;
   for (auto it = types_.lower_bound({pid, 0}); it != types_.end() && it->first.first == pid; ++it) {
-    if (it->second && !it->second->exact) names.push_back(it->second->name);
+    if (!it->second || it->second->exact) continue;
+    const auto& facts = *it->second;
+    names.push_back(facts.estimate_reason.empty()
+                        ? facts.name
+                        : facts.name + " (its __sizeof__: " + facts.estimate_reason + ")");
   }
   std::sort(names.begin(), names.end());
   names.erase(std::unique(names.begin(), names.end()), names.end());

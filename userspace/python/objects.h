@@ -54,15 +54,18 @@ struct TypeFacts {
   // Its __sizeof__ (the first along its MRO: in a class's own dict, or a C method table) is
   // the one `sizing` computes as it does: its objects' sizes are sys.getsizeof's. Else they
   // are estimates: its basic and item sizes, for a type whose __sizeof__ adds memory memtrail
-  // does not read (array.array, a class defining __sizeof__ in Python).
+  // does not read (array.array, a class defining __sizeof__ in Python). Another C __sizeof__
+  // is exact when its code, read from the process, adds to the basic size only buffers over
+  // 512 bytes, which malloc serves and memtrail counts at malloc's sites (a deque's blocks:
+  // python/sizeof_code.h, analyse_buffered_sizeof).
   bool exact = true;
+  // Why its C __sizeof__'s code was not found to be so, when it was read (empty otherwise).
+  std::string estimate_reason;
 };
 
-// Does `owner`'s __sizeof__ (a type Interpreter::sizeof_owners names; "" for any other
-// function) compute what `sizing` does? `name`: the type's tp_name, `heap`: a class (a heap
-// type). A deque (_collections' static "collections.deque") is sized exactly as far as memtrail
-// charges it: its blocks, 528 bytes each, are malloc's and counted at malloc's sites.
-bool sizeof_matches(const std::string& owner, Sizing sizing, const std::string& name, bool heap);
+// Does `owner`'s __sizeof__ (a type Interpreter::sizeof_owners names) compute what `sizing`
+// does?
+bool sizeof_matches(const std::string& owner, Sizing sizing);
 
 // The bytes of an object read at once: refcount, type, ob_size (or a str's length), a str's
 // hash and state; a list's allocated, a set's mask, a dict's keys pointer, a bytearray's
@@ -138,8 +141,11 @@ class ObjectLiveness : public model::PythonObjectJudge {
   void judge(std::span<model::TrackedPythonObject> objects) override;
   // The type's name (tp_name), once read; "?" when never read.
   std::string type_name(uint32_t pid, uint64_t type) const;
-  // The names of the types of process `pid` whose objects were sized by estimate (TypeFacts::
-  // exact false), sorted.
+  // Are the sizes of the type's objects sys.getsizeof's (TypeFacts::exact)? False when the type
+  // was never read: nothing proves them.
+  bool sized_exactly(uint32_t pid, uint64_t type) const;
+  // The types of process `pid` whose objects were sized by estimate (TypeFacts::exact false),
+  // sorted: each one's name, and why when its __sizeof__'s code was read and not followed.
   std::vector<std::string> estimated_types(uint32_t pid) const;
   void forget(uint32_t pid);
 

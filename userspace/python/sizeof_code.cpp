@@ -24,7 +24,9 @@ constexpr size_t kMaxMethods = 128;
 // One term of a value: `factor` times a quantity, maybe only when a field of the object is
 // not 0 (`unless_zero`: that field's offset).
 struct Term {
-  enum Kind { kConstant, kDictSize, kField } kind = kConstant;
+  // kBasicSize: the tp_basicsize of the object's type; kQuotient: a count computed from the
+  // object's fields by a division (a shift), not followed further (a deque's blocks).
+  enum Kind { kConstant, kDictSize, kField, kBasicSize, kQuotient } kind = kConstant;
   int64_t field = 0;  // kField: the offset of the 8-byte field of the object
   int64_t factor = 1;
   std::optional<int64_t> unless_zero;
@@ -36,10 +38,10 @@ struct Term {
   }
 };
 
-// What a register holds: the object (the method's first argument), a sum of terms, or
-// nothing known.
+// What a register holds: the object (the method's first argument), its type (with the type's
+// offsets known: TypeOffsets), a sum of terms, or nothing known.
 struct Value {
-  enum Kind { kUnknown, kObject, kSum } kind = kUnknown;
+  enum Kind { kUnknown, kObject, kType, kSum } kind = kUnknown;
   std::vector<Term> terms;
 
   static Value sum(std::vector<Term> terms) { return {kSum, std::move(terms)}; }
@@ -63,11 +65,18 @@ Value add(const Value& a, const Value& b) {
   return out;
 }
 
+// Where an object's type and the type's basic size lie (PyObject.ob_type,
+// PyTypeObject.tp_basicsize): with them, the analysis follows a read of the basic size.
+struct TypeOffsets {
+  int64_t object_type = 0, basic_size = 0;
+};
+
 class Analysis {
  public:
   Analysis(std::span<const uint8_t> code, uint64_t address,
-           const std::function<std::string(uint64_t)>& function_at)
-      : code_(code), base_(address), function_at_(function_at) {}
+           const std::function<std::string(uint64_t)>& function_at,
+           std::optional<TypeOffsets> types = std::nullopt)
+      : code_(code), base_(address), function_at_(function_at), types_(types) {}
 
   // The value passed to PyLong_FromSsize_t, or nullopt with `refusal_` set.
   std::optional<Value> run() {
@@ -107,6 +116,21 @@ class Analysis {
       return std::nullopt;
     }
     return op.mem.disp;
+  }
+
+  // What an 8-byte memory operand reads: a field of the object, the object's type, or the
+  // type's basic size; nullopt for anything else.
+  std::optional<Value> memory_value(const cs_x86_op& op) {
+    if (auto field = object_field(op)) {
+      if (types_ && *field == types_->object_type) return Value{Value::kType, {}};
+      return Value::sum({Term{Term::kField, *field, 1, {}}});
+    }
+    if (types_ && op.type == X86_OP_MEM && op.size == 8 && op.mem.index == X86_REG_INVALID &&
+        op.mem.segment == X86_REG_INVALID && inspect::is_64bit_register(op.mem.base) &&
+        reg(op.mem.base).kind == Value::kType && op.mem.disp == types_->basic_size) {
+      return Value::sum({Term{Term::kBasicSize, 0, 1, {}}});
+    }
+    return std::nullopt;
   }
 
   // The field a value is, alone (for a test of it against 0).
@@ -214,8 +238,8 @@ class Analysis {
           if (x86.op_count != 2 || !reg_op(0)) return refuse_instruction(*in);
           if (reg_op(1)) {
             reg(ops[0].reg) = reg(ops[1].reg);
-          } else if (auto field = object_field(ops[1])) {
-            reg(ops[0].reg) = Value::sum({Term{Term::kField, *field, 1, {}}});
+          } else if (auto value = memory_value(ops[1])) {
+            reg(ops[0].reg) = *value;
           } else {
             return refuse_instruction(*in);
           }
@@ -267,6 +291,14 @@ class Analysis {
           reg(ops[0].reg) = value;
           break;
         }
+        case X86_INS_SHR:
+          // An unsigned division of a sum by a power of two: a count, not followed further.
+          if (x86.op_count != 2 || !reg_op(0) || !imm_op(1) || ops[1].imm < 1 || ops[1].imm > 32 ||
+              reg(ops[0].reg).kind != Value::kSum) {
+            return refuse_instruction(*in);
+          }
+          reg(ops[0].reg) = Value::sum({Term{Term::kQuotient, 0, 1, {}}});
+          break;
         case X86_INS_SHL:
           if (x86.op_count != 2 || !reg_op(0) || !imm_op(1) || ops[1].imm < 0 || ops[1].imm > 16 ||
               reg(ops[0].reg).kind != Value::kSum) {
@@ -288,6 +320,11 @@ class Analysis {
           }
           if (reg_op(1) && reg(ops[1].reg).kind == Value::kSum) {
             reg(ops[0].reg) = add(reg(ops[0].reg), reg(ops[1].reg));
+          } else if (auto value = x86.op_count == 2 && ops[1].type == X86_OP_MEM
+                                      ? memory_value(ops[1])
+                                      : std::nullopt;
+                     value && value->kind == Value::kSum) {
+            reg(ops[0].reg) = add(reg(ops[0].reg), *value);
           } else if (imm_op(1)) {
             reg(ops[0].reg).add(Term{Term::kConstant, 0, ops[1].imm, {}});
           } else {
@@ -349,6 +386,7 @@ class Analysis {
   std::span<const uint8_t> code_;
   uint64_t base_;
   const std::function<std::string(uint64_t)>& function_at_;
+  std::optional<TypeOffsets> types_;
   std::map<unsigned, Value> registers_;
   std::optional<Guard> guard_;
   std::string refusal_;
@@ -396,6 +434,52 @@ OrderedDictScan analyse_ordered_dict_sizeof(std::span<const uint8_t> code, uint6
   scan.sizing = OrderedDictSizing{
       static_cast<unsigned>(*nodes->unless_zero), static_cast<unsigned>(fast->field),
       static_cast<unsigned>(fast->factor), static_cast<unsigned>(nodes->factor)};
+  return scan;
+}
+
+BufferedSizeofScan analyse_buffered_sizeof(std::span<const uint8_t> code, uint64_t address,
+                                           const std::function<std::string(uint64_t)>& function_at,
+                                           unsigned object_type, unsigned type_basicsize,
+                                           int64_t basic_size, uint64_t pymalloc_largest) {
+  BufferedSizeofScan scan;
+  Analysis analysis(code, address, function_at,
+                    TypeOffsets{object_type, static_cast<int64_t>(type_basicsize)});
+  auto value = analysis.run();
+  if (!value) {
+    scan.refusal = "code memtrail does not follow: " + analysis.refusal();
+    return scan;
+  }
+  // Expected: the basic size once (read from the object's type, or the type's own as a
+  // constant), and counts of units over pymalloc's largest block.
+  bool basic = false;
+  for (const auto& term : value->terms) {
+    bool is_basic = (term.kind == Term::kBasicSize && term.factor == 1) ||
+                    (term.kind == Term::kConstant && term.factor == basic_size);
+    if (is_basic && !term.unless_zero && !basic) {
+      basic = true;
+      continue;
+    }
+    if (term.kind == Term::kConstant || term.kind == Term::kBasicSize ||
+        term.kind == Term::kDictSize) {
+      scan.refusal = "it adds more than the basic size and whole buffers over " +
+                     std::to_string(pymalloc_largest) + " bytes";
+      return scan;
+    }
+    if (term.factor <= static_cast<int64_t>(pymalloc_largest)) {
+      scan.refusal = "it counts memory in units of " + std::to_string(term.factor) +
+                     " bytes, which pymalloc may serve (" + std::to_string(pymalloc_largest) +
+                     " bytes or less): memtrail does not read them";
+      return scan;
+    }
+    if (!scan.unit_bytes || static_cast<uint64_t>(term.factor) < scan.unit_bytes) {
+      scan.unit_bytes = static_cast<uint64_t>(term.factor);
+    }
+  }
+  if (!basic) {
+    scan.refusal = "it does not count the type's basic size";
+    return scan;
+  }
+  scan.exact = true;
   return scan;
 }
 

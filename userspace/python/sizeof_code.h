@@ -42,6 +42,29 @@ OrderedDictScan analyse_ordered_dict_sizeof(std::span<const uint8_t> code, uint6
                                             const std::function<std::string(uint64_t)>& function_at,
                                             unsigned dict_used, unsigned dict_size);
 
+// What the C __sizeof__ of a type memtrail sizes by its basic size adds, read from its code:
+// CPython 3.11's deque_sizeof is _PyObject_SIZE(Py_TYPE(deque)) + blocks * sizeof(block),
+// blocks being (leftindex + Py_SIZE(deque) + BLOCKLEN - 1) / BLOCKLEN.
+struct BufferedSizeofScan {
+  // It returns the basic size plus counts of units each over pymalloc's largest block: memory
+  // in buffers over 512 bytes, which malloc serves and memtrail counts at malloc's sites, so the
+  // object's own block is exactly what it charges (python/objects.h, ObjectSize::charged).
+  bool exact = false;
+  uint64_t unit_bytes = 0;  // the smallest such unit (a deque's block: 528 bytes)
+  std::string refusal;      // why not, when not
+};
+
+// Follows `code` (loaded at `address`) as analyse_ordered_dict_sizeof does, also through a
+// read of the object's type (`object_type`: offsetof(PyObject, ob_type)) and of its basic size
+// (`type_basicsize`: offsetof(PyTypeObject, tp_basicsize)), an unsigned division by a power of
+// two (a count, not followed further) and additions of fields. Exact only for the basic size
+// (read, or the constant `basic_size`) once and every other term a count times more than
+// `pymalloc_largest` bytes; refused on anything else. Pure: no I/O.
+BufferedSizeofScan analyse_buffered_sizeof(std::span<const uint8_t> code, uint64_t address,
+                                           const std::function<std::string(uint64_t)>& function_at,
+                                           unsigned object_type, unsigned type_basicsize,
+                                           int64_t basic_size, uint64_t pymalloc_largest);
+
 // Reads `length` bytes at `address` (an interpreter's file, or a live process): fewer when it
 // cannot.
 using MemoryReader = std::function<std::vector<uint8_t>(uint64_t address, size_t length)>;

@@ -61,6 +61,9 @@ std::vector<SiteChange> diff_reports(const model::Report& before, const model::R
           site.outstanding_allocations;
       (is_after ? change.in_after : change.in_before) = true;
       if (site.estimated) (is_after ? change.estimated_after : change.estimated_before) = true;
+      if (site.sized_by_estimate()) {
+        (is_after ? change.sized_by_estimate_after : change.sized_by_estimate_before) = true;
+      }
     }
   };
   add(before, false);
@@ -82,9 +85,19 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
   int64_t total_delta = static_cast<int64_t>(after.totals.outstanding_bytes) -
                         static_cast<int64_t>(before.totals.outstanding_bytes);
   out << "memtrail diff: before " << when(before) << "; after " << when(after) << "\n";
-  // "~": a total with scaled Python objects in it (--python-objects on) is an estimate.
-  auto about = [](const model::Report& report) { return report.totals.estimated ? "~" : ""; };
-  const char* delta_about = before.totals.estimated || after.totals.estimated ? "~" : "";
+  // "~": a total with scaled Python objects in it (--python-objects on) is an estimate, and so
+  // are bytes with objects of a type sized by estimate in them.
+  auto sized_by_estimate = [](const model::Report& report) {
+    return report.python_types &&
+           std::any_of(report.python_types->begin(), report.python_types->end(),
+                       [](const model::PythonType& type) { return type.sized_by_estimate(); });
+  };
+  auto estimated = [&](const model::Report& report) {
+    return report.totals.estimated || sized_by_estimate(report);
+  };
+  auto about = [&](const model::Report& report) { return estimated(report) ? "~" : ""; };
+  const char* delta_about = estimated(before) || estimated(after) ? "~" : "";
+  bool any_estimate = estimated(before) || estimated(after);
   out << "Outstanding: " << about(before) << human_bytes(before.totals.outstanding_bytes) << " -> "
       << about(after) << human_bytes(after.totals.outstanding_bytes) << " (" << delta_about
       << signed_bytes(total_delta) << ")\n\n";
@@ -101,9 +114,12 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
     const auto& site = *change.example;
     const char* before_about = change.estimated_before ? "~" : "";
     const char* after_about = change.estimated_after ? "~" : "";
-    out << "  " << (change.estimated_before || change.estimated_after ? "~" : "")
-        << signed_bytes(change.delta_bytes()) << "  " << before_about
-        << human_bytes(change.bytes_before) << " -> " << after_about
+    bool bytes_before_estimated = change.estimated_before || change.sized_by_estimate_before;
+    bool bytes_after_estimated = change.estimated_after || change.sized_by_estimate_after;
+    any_estimate = any_estimate || bytes_before_estimated || bytes_after_estimated;
+    out << "  " << (bytes_before_estimated || bytes_after_estimated ? "~" : "")
+        << signed_bytes(change.delta_bytes()) << "  " << (bytes_before_estimated ? "~" : "")
+        << human_bytes(change.bytes_before) << " -> " << (bytes_after_estimated ? "~" : "")
         << human_bytes(change.bytes_after) << ", " << before_about
         << with_thousands(change.allocations_before) << " -> " << after_about
         << with_thousands(change.allocations_after) << " blocks"
@@ -120,6 +136,10 @@ void render_diff_text(const std::vector<SiteChange>& changes, const model::Repor
     out << "\n"
         << shrank << " site" << (shrank == 1 ? "" : "s") << " shrank (" << gone
         << " gone entirely).\n";
+  }
+  if (any_estimate) {
+    out << "\n~: an estimate: Python objects seen part of the time and scaled, or of a type "
+           "sized by estimate (python_types[].sizing in the reports; their notes name them).\n";
   }
 }
 

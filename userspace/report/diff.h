@@ -23,6 +23,8 @@ struct SiteChange {
   bool in_before = false, in_after = false;
   // A side's figures include Python objects seen part of the time, scaled (LeakSite::estimated).
   bool estimated_before = false, estimated_after = false;
+  // A side's bytes include Python objects of a type sized by estimate (PythonType::sizing).
+  bool sized_by_estimate_before = false, sized_by_estimate_after = false;
   int64_t delta_bytes() const {
     return static_cast<int64_t>(bytes_after) - static_cast<int64_t>(bytes_before);
   }

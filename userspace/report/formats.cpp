@@ -199,6 +199,13 @@ std::string to_pprof(const model::Report& report, const PprofOptions& options) {
       kind->set_key(strings.index("kind"));
       kind->set_str(strings.index(site.kind));
     }
+    if (site.sized_by_estimate()) {
+      // Its bytes hold Python objects of a type sized by estimate (PythonType::sizing):
+      // `-tagignore sizing=estimated` keeps the sites whose bytes are sys.getsizeof's.
+      auto* sizing = sample->add_label();
+      sizing->set_key(strings.index("sizing"));
+      sizing->set_str(strings.index(model::PythonType::kSizingEstimated));
+    }
     if (site.growth) {
       auto* verdict = sample->add_label();
       verdict->set_key(strings.index("verdict"));

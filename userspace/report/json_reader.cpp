@@ -183,6 +183,8 @@ model::LeakSite site_from(const json& object) {
     type.growth_objects_per_s = entry.value("growth_objects_per_s", 0.0);
     type.growth_bytes_per_s = entry.value("growth_bytes_per_s", 0.0);
     type.source = "objects";
+    // Absent from reports written before types said how they were sized.
+    type.sizing = entry.value("sizing", std::string());
     site.python_types.push_back(std::move(type));
   }
   return site;
@@ -430,6 +432,8 @@ model::Report from_json(const json& document) {
         type.growth_bytes_per_s = entry.value("growth_bytes_per_s", 0.0);
         // Absent before object tracking: the allocator probes' counts.
         type.source = entry.value("source", std::string("allocator_probes"));
+        // Absent from reports written before types said how they were sized.
+        type.sizing = entry.value("sizing", std::string());
         types.push_back(std::move(type));
       }
       report.python_types = std::move(types);

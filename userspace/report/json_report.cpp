@@ -57,6 +57,8 @@ ordered_json python_type_json(const model::PythonType& type, bool with_pid) {
   entry["type"] = type.type;
   entry["outstanding_objects"] = type.outstanding_objects;
   entry["outstanding_bytes"] = type.outstanding_bytes;
+  // Said for every type, exact ones too: a reader tells "exact" from a report that does not say.
+  if (!type.sizing.empty()) entry["sizing"] = type.sizing;
   entry["growth_objects_per_s"] = type.growth_objects_per_s;
   if (type.source == "objects") {
     entry["growth_bytes_per_s"] = type.growth_bytes_per_s;

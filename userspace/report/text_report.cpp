@@ -174,7 +174,9 @@ std::string signed_bytes(int64_t bytes) {
 
 // "  pid 4242  Session   +1,200 objects/min   2,000 objects   109.4 KiB", growing first; from
 // the tracked objects, their bytes' growth too.
-void render_python_types(const std::vector<model::PythonType>& types, uint32_t top,
+// "~" before a type's bytes: an estimate, sized by estimate (PythonType::sizing) or, with
+// `scaled` (Python objects seen part of the time), scaled.
+void render_python_types(const std::vector<model::PythonType>& types, uint32_t top, bool scaled,
                          std::ostream& out) {
   bool from_objects = !types.empty() && types.front().source == "objects";
   out << (from_objects ? "Python objects by type (live at this report; growth over the run), "
@@ -198,7 +200,8 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
         with_thousands(static_cast<uint64_t>(std::llabs(type.outstanding_objects))) + " objects";
     out << "  pid " << type.pid << "  " << pad(type.type, width) << "  "
         << pad(growth, from_objects ? 36 : 22) << pad(objects, 18)
-        << signed_bytes(type.outstanding_bytes) << "\n";
+        << (scaled || type.sized_by_estimate() ? "~" : "") << signed_bytes(type.outstanding_bytes)
+        << "\n";
   }
   if (types.size() > top) {
     out << "  ... and " << types.size() - top << " more type"
@@ -207,15 +210,18 @@ void render_python_types(const std::vector<model::PythonType>& types, uint32_t t
   out << "\n";
 }
 
-// "    by type: Record 10,000 (546.9 KiB) · str 10,000 (1.0 MiB) · ...", most bytes first.
+// "    by type: Record 10,000 (546.9 KiB) · str 10,000 (1.0 MiB) · ...", most bytes first;
+// "~": scaled as the site is, or sized by estimate.
 void render_site_types(const model::LeakSite& site, std::ostream& out) {
   constexpr size_t kShown = 6;
   out << "    by type:";
   for (size_t i = 0; i < site.python_types.size() && i < kShown; ++i) {
     const auto& type = site.python_types[i];
-    out << (i ? " · " : " ") << type.type << " "
+    const char* count_about = site.estimated ? "~" : "";
+    const char* bytes_about = site.estimated || type.sized_by_estimate() ? "~" : "";
+    out << (i ? " · " : " ") << type.type << " " << count_about
         << with_thousands(static_cast<uint64_t>(std::max<int64_t>(0, type.outstanding_objects)))
-        << " (" << signed_bytes(type.outstanding_bytes) << ")";
+        << " (" << bytes_about << signed_bytes(type.outstanding_bytes) << ")";
   }
   if (site.python_types.size() > kShown) {
     out << " · " << site.python_types.size() - kShown << " more types";
@@ -387,10 +393,12 @@ void render_text(const model::Report& report, std::ostream& out) {
       }
       out << "\n\n";
     }
-    // "~": estimated (Python objects seen part of the time, scaled: see the notes).
+    // "~": estimated (Python objects seen part of the time, scaled: see the notes); its bytes
+    // also when some of its objects are of a type sized by estimate.
     const char* about = site.estimated ? "~" : "";
+    const char* bytes_about = site.estimated || site.sized_by_estimate() ? "~" : "";
     bool objects = site.kind == "python_objects";
-    out << "#" << (i + 1) << "  " << about << bytes_with_human(site.outstanding_bytes)
+    out << "#" << (i + 1) << "  " << bytes_about << bytes_with_human(site.outstanding_bytes)
         << " outstanding in " << about << with_thousands(site.outstanding_allocations);
     if (objects) {
       out << " Python object" << (site.outstanding_allocations == 1 ? "" : "s");
@@ -433,17 +441,24 @@ void render_text(const model::Report& report, std::ostream& out) {
       std::any_of(report.targets.begin(), report.targets.end(),
                   [](const model::Target& target) { return target.python.has_value(); });
   if (report.python_types && (any_python || !report.python_types->empty())) {
-    render_python_types(*report.python_types, report.top, out);
+    render_python_types(*report.python_types, report.top,
+                        report.python_objects && !report.python_objects->exact, out);
   }
   render_freed_sites(report, out);
 
   const auto& totals = report.totals;
   // The calls and frees are counted; what is outstanding includes scaled Python objects
   // when they were seen part of the time.
+  // Their bytes are estimates too when some Python objects are of a type sized by estimate.
   const char* about = totals.estimated ? "~" : "";
+  bool sized_by_estimate =
+      report.python_types &&
+      std::any_of(report.python_types->begin(), report.python_types->end(),
+                  [](const model::PythonType& type) { return type.sized_by_estimate(); });
+  const char* bytes_about = totals.estimated || sized_by_estimate ? "~" : "";
   out << "Totals: " << with_thousands(totals.allocations) << " allocations, "
       << with_thousands(totals.frees) << " frees, " << about
-      << with_thousands(totals.outstanding_allocations) << " outstanding (" << about
+      << with_thousands(totals.outstanding_allocations) << " outstanding (" << bytes_about
       << human_bytes(totals.outstanding_bytes) << "), " << with_thousands(totals.unmatched_frees)
       << " unmatched frees, " << with_thousands(totals.drops) << " drops, "
       << with_thousands(totals.failed_calls) << " failed calls";

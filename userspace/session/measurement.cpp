@@ -27,7 +27,8 @@ Measurement::Reading Measurement::measure(Clock::time_point start, bool record) 
     const auto& objects = code_maps_.python_objects();
     reading.python_types = aggregator::python_type_totals(
         reading.aggregate,
-        [&objects](uint32_t pid, uint64_t type) { return objects.type_name(pid, type); });
+        [&objects](uint32_t pid, uint64_t type) { return objects.type_name(pid, type); },
+        [&objects](uint32_t pid, uint64_t type) { return objects.sized_exactly(pid, type); });
   }
   if (record) {
     history_.record(t_s, reading.aggregate);

@@ -415,6 +415,9 @@ model::Report Session::take_report(bool final, size_t sites, const Lifecycle::Ex
     report_context.python_type_name = [&objects](uint32_t pid, uint64_t type) {
       return objects.type_name(pid, type);
     };
+    report_context.python_type_exact = [&objects](uint32_t pid, uint64_t type) {
+      return objects.sized_exactly(pid, type);
+    };
   }
   // `sites` caps leak sites and freed sites each (build_report takes the smaller counts itself):
   // a run with few leak sites still lists the sites that freed everything.
