@@ -111,7 +111,10 @@ enum memtrail_counter {
 					 * return site where no register holds the size asked */
 	MEMTRAIL_CTR_PYTHON_OBJECTS = 15, /* Python objects recorded at their creation */
 	MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED = 16, /* created with no type read: not recorded */
-	MEMTRAIL_CTR_COUNT = 17,
+	MEMTRAIL_CTR_SEGMENTS_WALKED = 17, /* CPython walks' native frames below their innermost
+					    * eval loop, walked (no memo fitted) */
+	MEMTRAIL_CTR_SEGMENTS_REUSED = 18, /* the same, taken from a segment memo */
+	MEMTRAIL_CTR_COUNT = 19,
 };
 
 /* What memtrail could not track, per process (tgid), in the process_losses map: updated on the

@@ -72,8 +72,9 @@ __noinline int stack_memo_keep(struct stack_memo *memo, struct stack_memo_key *k
  * machinery cost about twice as much per allocation as the frame-pointer walk here.
  * In a CPython process the Python frames are read first: their entry frames say how many
  * eval-loop frames the native walk will meet, and it ends at the outermost one (the C frames
- * between nested eval loops, a C extension calling back into Python, are walked; the
- * interpreter's start-up below them is not: about 15 frames of every Python stack). */
+ * between nested eval loops, a C extension calling back into Python, are walked, or taken from a
+ * segment memo: see struct segment_memo; the interpreter's start-up below them is not: about 15
+ * frames of every Python stack). */
 static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp, __u32 tgid,
 						__u8 exact_pc)
 {
@@ -131,6 +132,7 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 	stack->ips[0] = caller;
 	stack->tgid = tgid;
 	scratch->eval_loops.count = 0;
+	scratch->segment.state = SEGMENT_NONE;
 	scratch->python = 0;
 	scratch->span.length = 0;
 	python = capture_python(tgid, sp, &python_hash, scratch);
@@ -144,14 +146,21 @@ static __always_inline __s32 capture_stack_from(__u64 caller, __u64 sp, __u64 bp
 		walk.flags = MEMTRAIL_STACK_PYTHON_BASE;
 	else
 		bpf_loop(MEMTRAIL_MAX_STACK_DEPTH, unwind_step, &walk, 0);
-	stack->flags = walk.flags;
-	stack_span_learn(&scratch->span, walk.sp);
-	hash = ((walk.hash ^ walk.depth) ^ python_hash) * 0x100000001B3ULL;
+	/* The outcome is the segment's (a memoized one's, or the walk's): see segment_memo_keep. */
+	scratch->segment.walked_depth = walk.depth;
+	scratch->segment.walked_hash = walk.hash;
+	scratch->segment.walked_flags = walk.flags;
+	scratch->segment.walked_sp = walk.sp;
+	segment_memo_keep(scratch, memo, stack);
+	stack->flags = scratch->segment.flags_out;
+	stack_span_learn(&scratch->span, scratch->segment.sp_out);
+	hash = ((scratch->segment.hash_out ^ scratch->segment.depth_out) ^ python_hash) *
+	       0x100000001B3ULL;
 
 	known = bpf_map_lookup_elem(&stacks, &hash);
 	if (known)
 		goto found;
-	stack->depth = walk.depth;
+	stack->depth = scratch->segment.depth_out;
 	stack->id = __sync_fetch_and_add(&next_stack_id, 1) & 0x7fffffff;
 	/* Before the stack is published: a reader that finds the stack finds its Python frames.
 	 * (Lost if another CPU publishes the same stack first: an orphan purged with the process.) */

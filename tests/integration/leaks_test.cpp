@@ -1213,6 +1213,12 @@ TEST(LeaksPython, ACallbackFromCIntoPythonKeepsTheCFramesBetweenThePythonFunctio
   }
   EXPECT_EQ(kept_blocks, 300u) << report.dump(2);
   EXPECT_EQ(kept_bytes, 300u * 1033) << report.dump(2);
+  // The comparator's allocations go through two eval loops with C between them: after the
+  // first, the native frames below the inner one come from a segment memo (the frames checked
+  // above are those it gave), as long as the same words are on the stack.
+  const auto& unwind = report["unwind"];
+  EXPECT_GT(unwind["python_segments_reused"].get<uint64_t>(), 0u) << unwind.dump(2);
+  EXPECT_GT(unwind["python_segments_walked"].get<uint64_t>(), 0u) << unwind.dump(2);
   target.process.write_stdin("quit\n");
 }
 

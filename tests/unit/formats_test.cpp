@@ -372,6 +372,8 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   unwind.truncated_by_reason = {{"unknown_code", 1}};
   unwind.modules = {{"/usr/lib/x86_64-linux-gnu/libc.so.6", "cfi", "3713 functions", 28274}};
   unwind.table_rows = 28274;
+  unwind.python_segments_walked = 40;
+  unwind.python_segments_reused = 960;
   with_unwind.unwind = unwind;
   with_unwind.leaks[0].stack_truncation_reason = "unknown_code";
   model::Report reread = from_json(nlohmann::json::parse(to_json(with_unwind, 5.0).dump()));
@@ -380,6 +382,8 @@ TEST(JsonReader, ReadsBackWhatToJsonWrote) {
   EXPECT_EQ(reread.unwind->truncated_by_reason, unwind.truncated_by_reason);
   ASSERT_EQ(reread.unwind->modules.size(), 1u);
   EXPECT_EQ(reread.unwind->modules[0].rows, 28274u);
+  EXPECT_EQ(reread.unwind->python_segments_walked, 40u);
+  EXPECT_EQ(reread.unwind->python_segments_reused, 960u);
   EXPECT_EQ(reread.leaks[0].stack_truncation_reason, "unknown_code");
   EXPECT_FALSE(read.unwind);  // a report without one reads back without one
   with_unwind.targets[0].losses.drops = 7;

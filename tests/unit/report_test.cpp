@@ -116,6 +116,8 @@ model::Report sample_report() {
   unwind.table_rows = 300;
   unwind.table_bytes = 2400;
   unwind.table_capacity_rows = 1u << 21;
+  unwind.python_segments_walked = 25;
+  unwind.python_segments_reused = 1975;
   report.unwind = unwind;
   return report;
 }
@@ -146,7 +148,9 @@ TEST(TextReport, ShowsTopSitesWithStackTotalsAndNotes) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("Stacks (--unwind auto): 12 captured, 2 truncated (depth 1, no_cfi 1); "
-                      "modules by CFI table 1, by frame pointers 1; 300 table rows (2.3 KiB)"),
+                      "modules by CFI table 1, by frame pointers 1; 300 table rows (2.3 KiB); "
+                      "Python walks' C frames below the innermost eval loop reused 1,975 "
+                      "times of 2,000"),
             std::string::npos)
       << text;
   EXPECT_NE(text.find("libc.so.6+0x5678"), std::string::npos);
@@ -408,6 +412,7 @@ TEST(JsonReport, HasTheDocumentedFieldsAndNullsForUnknowns) {
   EXPECT_EQ(json["unwind"]["mode"], "auto");
   EXPECT_EQ(json["unwind"]["truncated_by_reason"]["no_cfi"], 1);
   EXPECT_EQ(json["unwind"]["modules"][1]["method"], "frame_pointers");
+  EXPECT_EQ(json["unwind"]["python_segments_reused"], 1975);
   EXPECT_EQ(json["leaks"][0]["stack_truncation_reason"], "no_cfi");
   EXPECT_FALSE(to_json(sample_report(), 5.0, 1).contains("unwind"));  // v1 stays as it was
   EXPECT_EQ(json["tool"]["version"], "9.9.9");

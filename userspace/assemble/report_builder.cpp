@@ -559,6 +559,8 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   if (context.unwind) {
     report.unwind = context.unwind;
     auto& unwind = *report.unwind;
+    unwind.python_segments_walked = snapshot.counters.python_segments_walked;
+    unwind.python_segments_reused = snapshot.counters.python_segments_reused;
     for (const auto& [id, stack] : snapshot.stacks) {
       ++unwind.stacks;
       if (stack.used_tables) ++unwind.stacks_using_tables;

@@ -277,6 +277,10 @@ struct UnwindSummary {
   uint64_t table_bytes = 0;
   uint64_t table_capacity_rows = 0;
   uint64_t mappings_beyond_limit = 0;  // code mappings the walker had no room for
+  // CPython walks through nested eval loops: the native frames below the innermost one walked,
+  // or reused from a memo of the same registers over unchanged stack words.
+  uint64_t python_segments_walked = 0;
+  uint64_t python_segments_reused = 0;
 };
 
 // Probes that could not be attached (host-wide, --all): on which file, why, and what it cost.

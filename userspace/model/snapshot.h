@@ -87,7 +87,11 @@ struct TracerCounters {
   uint64_t python_types_lost = 0;       // Python objects not counted: the type map was full
   uint64_t python_objects = 0;          // CPython objects recorded at their creation
   uint64_t python_objects_untyped = 0;  // created without a readable type: not recorded
-  uint64_t python_objects_dead = 0;     // found dead by the liveness reads, and removed
+  // CPython walks' native frames below their innermost eval loop (nested eval loops only):
+  // walked frame by frame, or taken from a segment memo (bpf/alloc/stack_walk.bpf.h).
+  uint64_t python_segments_walked = 0;
+  uint64_t python_segments_reused = 0;
+  uint64_t python_objects_dead = 0;  // found dead by the liveness reads, and removed
   // Of those, found replaced: a different object of the same type at the address, which its
   // content told (created while the object probes were detached).
   uint64_t python_objects_replaced = 0;

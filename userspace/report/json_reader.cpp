@@ -125,6 +125,9 @@ model::UnwindSummary unwind_from(const json& object) {
   unwind.table_bytes = whole<uint64_t>(object, "table_bytes");
   unwind.table_capacity_rows = whole<uint64_t>(object, "table_capacity_rows");
   unwind.mappings_beyond_limit = whole<uint64_t>(object, "mappings_beyond_limit");
+  // Since 2026-12-07 (optional: absent in earlier reports).
+  unwind.python_segments_walked = object.value("python_segments_walked", uint64_t{0});
+  unwind.python_segments_reused = object.value("python_segments_reused", uint64_t{0});
   for (const auto& module : object.at("modules")) {
     unwind.modules.push_back(
         {module.at("path").get<std::string>(), module.at("method").get<std::string>(),

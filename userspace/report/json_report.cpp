@@ -47,6 +47,8 @@ ordered_json unwind_json(const model::UnwindSummary& unwind) {
           {"table_bytes", unwind.table_bytes},
           {"table_capacity_rows", unwind.table_capacity_rows},
           {"mappings_beyond_limit", unwind.mappings_beyond_limit},
+          {"python_segments_walked", unwind.python_segments_walked},
+          {"python_segments_reused", unwind.python_segments_reused},
           {"modules", std::move(modules)}};
 }
 

@@ -128,6 +128,11 @@ void render_unwind(const model::UnwindSummary& unwind, std::ostream& out) {
     out << "; " << with_thousands(unwind.table_rows) << " table rows ("
         << human_bytes(unwind.table_bytes) << ")";
   }
+  if (uint64_t segments = unwind.python_segments_walked + unwind.python_segments_reused) {
+    out << "; Python walks' C frames below the innermost eval loop reused "
+        << with_thousands(unwind.python_segments_reused) << " times of "
+        << with_thousands(segments);
+  }
   out << "\n";
 }
 

@@ -1501,6 +1501,8 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
   counters.usable_size_allocations = counter_totals[MEMTRAIL_CTR_USABLE_SIZES];
   counters.python_objects = counter_totals[MEMTRAIL_CTR_PYTHON_OBJECTS];
   counters.python_objects_untyped = counter_totals[MEMTRAIL_CTR_PYTHON_OBJECTS_UNTYPED];
+  counters.python_segments_walked = counter_totals[MEMTRAIL_CTR_SEGMENTS_WALKED];
+  counters.python_segments_reused = counter_totals[MEMTRAIL_CTR_SEGMENTS_REUSED];
   counters.allocations += regions_.mapped_total();
   counters.frees += regions_.released_total();
 
