@@ -973,6 +973,11 @@ int python_finalizing(struct pt_regs *ctx)
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
+	/* Its report describes this moment: what finalization frees from here (its modules' dicts,
+	 * their malloc'd tables) or allocates is not recorded (probe_applies), even if the event
+	 * is lost. */
+	__sync_fetch_and_or(bits, MEMTRAIL_PROCESS_ENDED);
+	processes_ended = 1;
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
 		/* Not held: nobody would hear of it to continue it. */
@@ -1033,7 +1038,7 @@ int region_munmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 tgid = current_tgid();
 
-	if (probe_floor || !process_traced(tgid))
+	if (probe_floor || !process_recorded(tgid))
 		return 0;
 	emit_region(tgid, MEMTRAIL_REGION_UNMAP, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
@@ -1132,8 +1137,9 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	parent_bits = bpf_map_lookup_elem(&traced_processes, &parent_tgid);
 	if (!parent_bits)
 		return 0;
-	/* The child of a launched command is held at its execs as its parent is. */
-	followed = *parent_bits;
+	/* The child of a launched command is held at its execs as its parent is; a parent whose
+	 * program ended forks a child whose own program has not. */
+	followed = *parent_bits & ~MEMTRAIL_PROCESS_ENDED;
 	bpf_map_update_elem(&traced_processes, &child_tgid, &followed, BPF_ANY);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
@@ -1163,6 +1169,9 @@ int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_
 
 	if (probe_floor || (!filter_processes && !bits))
 		return 0;
+	/* A new program: its own end is yet to come. */
+	if (bits && (*bits & MEMTRAIL_PROCESS_ENDED))
+		__sync_fetch_and_and(bits, ~MEMTRAIL_PROCESS_ENDED);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
 		/* Not held: nobody would hear of it to continue it. */

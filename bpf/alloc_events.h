@@ -513,6 +513,10 @@ MEMTRAIL_ABI_OFFSET(memtrail_held_key, held_at_ns, 8);
  * real program is traced from the real program's first instruction. */
 #define MEMTRAIL_PROCESS_TRACED 1
 #define MEMTRAIL_PROCESS_HOLD_EXEC 2
+/* The program ended (Py_FinalizeEx or _exit reached, the process held there): nothing it
+ * allocates, frees or maps from then on is recorded, so that its report shows what it held
+ * when it ended, not what finalization left of it. Cleared when it executes a new program. */
+#define MEMTRAIL_PROCESS_ENDED 4
 
 struct memtrail_region_event {
 	__u64 timestamp_ns; /* CLOCK_MONOTONIC */

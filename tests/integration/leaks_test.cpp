@@ -1827,6 +1827,51 @@ TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsRe
   }
 }
 
+// The same launched program also keeps, right before it ends, a list, a set and a dict of 1,000
+// items at lines of their own: their tables are malloc's blocks (over 512 bytes), which the
+// interpreter frees as it finalizes, after the hold at Py_FinalizeEx. The exit report shows the
+// program as it was at the hold, natively too: each line holds its container as a Python object
+// and, at malloc's site, exactly its table's bytes (sys.getsizeof less an empty one's). Before
+// the BPF program stopped recording the held program's frees, the objects were there and the
+// three tables were not (freed by the finalization since).
+TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"--json", json_path, "-q", "--interval", "100", "--python-objects", "exact", "--",
+                 "/usr/bin/env", "BUFFERS=1", "COUNT=10", "/usr/bin/python3",
+                 late_objects_script()});
+  tracer.expect_attached();
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
+      << "the program did not finish\n"
+      << tracer.process.stderr_seen();
+  auto code = tracer.process.wait(30s);
+  ASSERT_EQ(code, std::optional<int>(0))
+      << tracer.process.stderr_seen() << tracer.process.drain_stderr();
+  json report = read_json(json_path);
+  for (const std::string type : {"list", "set", "dict"}) {
+    SCOPED_TRACE(type);
+    std::string where = "late_buffers@" + std::to_string(lines["late_" + type]);
+    ASSERT_GT(counts["late_" + type + "_table"], 512u) << "a table pymalloc serves: no test";
+    uint64_t native = 0, blocks = 0;
+    for (const auto& site : report["leaks"]) {
+      auto frames = python_frames(site);
+      if (site["kind"] != "native" || frames.empty() || frames[0] != where) continue;
+      native += site["outstanding_bytes"].get<uint64_t>();
+      blocks += site["outstanding_allocations"].get<uint64_t>();
+    }
+    EXPECT_EQ(native, counts["late_" + type + "_table"]) << report["leaks"].dump();
+    EXPECT_EQ(blocks, 1u);
+    auto objects = types_at(report, where);
+    EXPECT_EQ(objects.objects[type], 1u) << describe(objects);
+  }
+  EXPECT_EQ(types_at(report, "late@" + std::to_string(lines["late"])).objects,
+            (std::map<std::string, uint64_t>{{"Late", 10}}));
+}
+
 // The same program traced by PID, memtrail stopped (SIGINT) after it kept them and before it
 // ends, no report between: the final report reads them alive and counts exactly 1,500.
 TEST(LeaksPythonObjects, ObjectsKeptRightBeforeMemtrailStopsAreInTheFinalReport) {

@@ -498,7 +498,10 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
     for (uint32_t id : stack_ids) {
       bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_stacks), &id);  // ENOENT: none
     }
-    for (uint32_t pid : pids) forget_python_process(pid);
+    for (uint32_t pid : pids) {
+      forget_python_process(pid);
+      python_ended_.erase(pid);
+    }
     std::erase_if(python_objects_sized_,
                   [&](const auto& entry) { return purged(entry.first.pid); });
     std::erase_if(python_site_bytes_, [&](const auto& entry) {
@@ -1159,16 +1162,24 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
                                        model::Snapshot& snapshot, model::AllocationSink* sink) {
   if (objects.empty() || !python_judge_) return;
   // By pid, for batched reads of each process's memory; slots follow through the index.
+  // The objects of processes whose program has ended come last, and are not read: each stays
+  // as the reading at the end found it (see read_python_objects_of), as if its process had
+  // exited, whatever finalization has freed since.
+  auto ended = [this](uint32_t pid) { return python_ended_.count(pid) != 0; };
   std::vector<size_t> order(objects.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return objects[a].pid < objects[b].pid; });
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return std::pair{ended(objects[a].pid), objects[a].pid} <
+           std::pair{ended(objects[b].pid), objects[b].pid};
+  });
   std::vector<model::TrackedPythonObject> sorted;
   sorted.reserve(objects.size());
   for (size_t i : order) sorted.push_back(objects[i]);
+  size_t to_read = sorted.size();
+  while (to_read > 0 && ended(sorted[to_read - 1].pid)) sorted[--to_read].gone = true;
   // Before the reads: an object's age at its read is at least the age from here.
   uint64_t reads_began = monotonic_now_ns();
-  python_judge_->judge(sorted);
+  python_judge_->judge(std::span<model::TrackedPythonObject>(sorted).first(to_read));
   auto& counters = snapshot.counters;
   auto site_key = [](uint32_t pid, int32_t site_id) {
     return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
@@ -1183,8 +1194,9 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     const auto& object = sorted[k];
     const PythonSlot& where = slots[order[k]];
     if (object.gone) {
-      // Its process exited (its report is being made): each object stays as the last report
-      // found it, alive with its size; those never found alive are not reported.
+      // Its process exited (its report is being made), or its program ended: each object
+      // stays as the last reading found it, alive with its size; those never found alive are
+      // not reported.
       auto sized = python_objects_sized_.find({object.pid, object.address});
       if (sized == python_objects_sized_.end() ||
           sized->second.timestamp_ns != where.timestamp_ns) {
@@ -1333,8 +1345,10 @@ uint64_t AllocTracer::read_python_objects_of(uint32_t pid) {
   }
   // Not a window's close: the watch list and the window's state stay as they are.
   auto* watch = std::exchange(watch_out_, nullptr);
+  python_ended_.erase(pid);  // read now, whatever an earlier end said
   judge_python_objects(its_objects, its_slots, snapshot, &alive);
   watch_out_ = watch;
+  python_ended_.insert(pid);
   return alive.alive;
 }
 

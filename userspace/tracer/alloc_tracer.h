@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -183,8 +184,13 @@ class AllocTracer : public unwind::RowStore {
                                 uint64_t file_offset, bool at_exit = false);
   // Reads the liveness and size of every recorded object of process `pid` (a pass over the
   // table), removes the dead ones, and keeps the size of the live ones for its exit report.
-  // Returns how many were found alive.
+  // Returns how many were found alive. Its program has ended (held at its end; the BPF
+  // programs record nothing of it from then on, MEMTRAIL_PROCESS_ENDED): its objects are not
+  // read again, each stays as this reading found it, so that what finalization frees does not
+  // leave its report; until it executes another program (program_executed).
   uint64_t read_python_objects_of(uint32_t pid);
+  // Process `pid` executed a new program: its objects are read again (see above).
+  void program_executed(uint32_t pid) { python_ended_.erase(pid); }
   // --python-objects on: counts process `pid`'s allocations from now on (those the allocator
   // probes record, sampled ones with --sample-rate): the work by which the share of its objects
   // the attached windows saw is measured. False when they cannot be counted (no object probes
@@ -350,6 +356,8 @@ class AllocTracer : public unwind::RowStore {
                         const model::Snapshot& snapshot,
                         const std::unordered_map<uint64_t, size_t>& site_index);
   std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
+  // Processes whose objects were read at their program's end (read_python_objects_of).
+  std::unordered_set<uint32_t> python_ended_;
   // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
   std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
   // What identified each live object when last checked (check_identities_), and when: the
