@@ -854,18 +854,25 @@ struct {
 
 /* Objects logged since attach: the next index into python_new_objects (masked). */
 volatile __u64 python_objects_logged = 0;
+/* Set by userspace while a window of the object probes closes, from its last reading until the
+ * probes are out (--python-objects on): the window has ended, and nothing is recorded, but a
+ * creation still proves the object recorded at its address dead, as after the stop. */
+volatile __u32 python_objects_closing = 0;
 /* Set by userspace with python_new_objects' size, a power of two: its entries less one. */
 const volatile __u32 python_log_mask = MEMTRAIL_PYTHON_LOG_ENTRIES - 1;
 
 static __always_inline void log_new_object(__u32 tgid, __u64 object)
 {
-	__u32 index = __sync_fetch_and_add(&python_objects_logged, 1) & python_log_mask;
+	__u64 number = __sync_fetch_and_add(&python_objects_logged, 1);
+	__u32 index = number & python_log_mask;
 	struct memtrail_python_logged *entry = bpf_map_lookup_elem(&python_new_objects, &index);
 
 	if (!entry)
 		return;
 	entry->address = object;
 	entry->tgid = tgid;
+	compiler_barrier(); /* userspace may be reading: the entry is whole once this is stored */
+	entry->written = (__u32)number + 1;
 }
 
 /* On the branch after _Py_NewReference's flag check; the attach cookie names the register that
@@ -882,9 +889,9 @@ int python_object_created(struct pt_regs *ctx)
 	if (probe_floor || !probe_applies() || !object)
 		return 0;
 	tgid = current_tgid();
-	/* After the stop, what a creation still tells: the object recorded at this address is
-	 * dead (see table_forget_python_object). */
-	if (tracing_stopped) {
+	/* After the stop, or as a window closes, what a creation still tells: the object recorded
+	 * at this address is dead (see table_forget_python_object). */
+	if (tracing_stopped || python_objects_closing) {
 		table_forget_python_object(tgid, object);
 		return 0;
 	}

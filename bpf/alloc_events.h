@@ -443,9 +443,11 @@ enum memtrail_python_register {
 #define MEMTRAIL_PYTHON_OB_TYPE 8
 
 /* The objects recorded since userspace last looked, in the python_new_objects ring (an array
- * map userspace reads in place): the program takes the next index from a counter in .bss,
- * python_objects_logged, and writes the object there. With --python-objects on, userspace
- * reads it at each window's close, once the probes are out (no program still writes): the
+ * map userspace reads in place): the program takes the next number from a counter in .bss,
+ * python_objects_logged, and writes the object at that number masked. With --python-objects
+ * on, userspace reads it at each window's close, while the probes are still in (a creation at
+ * a dead object's address is seen then), so programs may be writing entries as it reads: an
+ * entry is whole once its `written` is its number plus one (low 32 bits), stored last. The
  * liveness read then covers these objects, not the whole table. More objects in a window than
  * the ring holds: the read covers the whole table instead. Userspace sizes the ring (a power
  * of two: aggregator::NewObjectRing) and sets the program's mask; this is the default. */
@@ -453,10 +455,11 @@ enum memtrail_python_register {
 struct memtrail_python_logged {
 	__u64 address;
 	__u32 tgid;
-	__u32 pad;
+	__u32 written;
 };
 MEMTRAIL_ABI_SIZE(memtrail_python_logged, 16);
 MEMTRAIL_ABI_OFFSET(memtrail_python_logged, tgid, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_python_logged, written, 12);
 MEMTRAIL_ABI_ASSERT((MEMTRAIL_PYTHON_LOG_ENTRIES & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1)) == 0,
 		    "the program masks log indices with MEMTRAIL_PYTHON_LOG_ENTRIES - 1");
 

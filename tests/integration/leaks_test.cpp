@@ -1733,6 +1733,49 @@ TEST(LeaksPythonObjects, DutyCycledFreeListDictsTakenUnseenAreCountedAtRisk) {
             << " seen of " << traced.counts["kept"] << " kept; " << objects.dump() << "\n";
 }
 
+// The default duty cycle: strs made at a first line inside an attached window, and as soon as
+// the probes are out (the target sees its creations run fast again), dead, and as many strs of
+// the same size, other content, made at a second line at their addresses (the target checks
+// with id()). Each close waits 500 ms before its read (MEMTRAIL_TEST_CLOSE_DELAY_MS). Before,
+// the close detached the probes first and read after: the second line's strs were made in that
+// time, unseen, and the read found them alive at the first line's records, took their content
+// for those objects' identity, and the first line kept them, none counted at risk (the one run:
+// ~4,095 strs, about 400 seen, scaled). Now the close reads while the probes are in (and, from
+// its last read until they are out, a creation removes the record at its address): the first
+// line's strs are read as themselves, later found replaced by their content, and it holds none.
+TEST(LeaksPythonObjects, DutyCycledObjectsDeadAsTheWindowClosesDoNotStayAlive) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "closing"});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSE_DELAY_MS=500", MEMTRAIL_BINARY, "leaks",
+                     "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                     "--interval", "0.25", "--python-objects", "on"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("go\n");
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
+  tracer.signal(SIGINT);
+  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("quit\n");
+  ASSERT_GE(counts["swapped"], 1u) << "no window seen closing: no test";
+  ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
+  json report = read_json(json_path);
+  const json& objects = report["python_objects"];
+  ASSERT_EQ(objects["mode"], "duty_cycle") << objects.dump(2);
+  auto first = types_at(report, "close_first@" + std::to_string(lines["close_first"]));
+  EXPECT_EQ(first.site_objects, 0u) << describe(first) << "\n" << objects.dump(2);
+  // At least a round's first strs were recorded (made in a window), and then found replaced.
+  EXPECT_GE(objects["found_replaced"].get<uint64_t>(), 200u) << objects.dump(2);
+  std::cout << "dead as the window closes: " << counts["swapped"] << " rounds, " << counts["reused"]
+            << " addresses reused; first line " << describe(first) << "; " << objects.dump()
+            << "\n";
+}
+
 // The close of each attached window reads the objects recorded in it (and the few live ones no
 // content identifies), not every tracked object: with about 250,000 strs kept and windows
 // closing while few are made, the objects the sweeps read stay near the objects recorded, each
