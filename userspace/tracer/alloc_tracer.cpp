@@ -964,16 +964,17 @@ int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
 }
 
 void AllocTracer::set_python_objects_attached(bool attached) {
-  if (attached == python_objects_attached_) return;
-  python_objects_attached_ = attached;
   if (!attached) {
     // Closing the link removes the breakpoints from the process, and waits for the programs
-    // running: from then on no creation is seen.
-    unlink_python_objects();
+    // running: from then on no creation is seen. A close begun while detached ends too.
+    bool was_attached = std::exchange(python_objects_attached_, false);
+    if (was_attached) unlink_python_objects();
     std::atomic_ref<__u32>(skeleton_->bss->python_objects_closing).store(0);  // no program runs
-    finish_close();
+    if (was_attached || close_) finish_close();
     return;
   }
+  if (python_objects_attached_) return;
+  python_objects_attached_ = true;
   std::erase_if(python_probes_, [this](PythonObjectProbes& probes) {
     int error_number = link_python_objects(probes);
     if (error_number == 0) return false;
