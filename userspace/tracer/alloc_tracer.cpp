@@ -1097,6 +1097,7 @@ void AllocTracer::read_logged_objects() {
     // The ring was written over: the whole table, whose records are written before their
     // entries; what is logged while it is read is read next.
     close.work.whole_table = true;
+    close.watch_keys.clear();  // in the table too
     python_log_read_ = logged;
     read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
   } else {
