@@ -1776,6 +1776,53 @@ TEST(LeaksPythonObjects, DutyCycledObjectsDeadAsTheWindowClosesDoNotStayAlive) {
             << "\n";
 }
 
+// The default duty cycle: Item instances made at a first line inside a window, read alive at
+// its close, and then, after the window has ended but while its probes are still in (held 2 s by
+// MEMTRAIL_TEST_CLOSING_DELAY_MS: the target sees its creations still slow 0.6 s after it made
+// them), dead, and as many Items made at a second line at their addresses. Nothing identifies
+// an Item: read after the probes are out, the new ones would be taken for the first line's (at
+// risk). A creation in that time removes the record at its address: the first line recorded
+// them (its site counts their creation) and holds none.
+TEST(LeaksPythonObjects, DutyCycledObjectsReplacedAsTheWindowEndsLeaveNoRecord) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "ending"});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSING_DELAY_MS=2000", MEMTRAIL_BINARY,
+                     "leaks", "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                     "--interval", "0.25", "--python-objects", "on"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("go\n");
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
+  tracer.signal(SIGINT);
+  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("quit\n");
+  ASSERT_GE(counts["swapped"], 1u) << "no window seen ending: no test";
+  ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
+  json report = read_json(json_path);
+  std::string where = "end_first@" + std::to_string(lines["end_first"]);
+  uint64_t created = 0;
+  for (const char* list : {"leaks", "freed_sites"}) {
+    for (const auto& site : report[list]) {
+      auto frames = python_frames(site);
+      if (!frames.empty() && frames[0] == where) {
+        created += site["total_allocations"].get<uint64_t>();
+      }
+    }
+  }
+  ASSERT_GT(created, 0u) << "the first line's Items were not recorded: no test";
+  auto first = types_at(report, where);
+  EXPECT_EQ(first.site_objects, 0u) << describe(first) << "\n" << report["python_objects"].dump(2);
+  std::cout << "replaced as the window ends: " << counts["swapped"] << " rounds, "
+            << counts["reused"] << " addresses reused; first line " << created << " created, "
+            << describe(first) << "; " << report["python_objects"].dump() << "\n";
+}
+
 // The close of each attached window reads the objects recorded in it (and the few live ones no
 // content identifies), not every tracked object: with about 250,000 strs kept and windows
 // closing while few are made, the objects the sweeps read stay near the objects recorded, each

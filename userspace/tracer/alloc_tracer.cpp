@@ -48,14 +48,24 @@ constexpr uint32_t kMaxHeldProcesses = 1024;
 // (process, Python type) pairs counted by --python-types; more are counted as lost.
 constexpr uint32_t kMaxPythonTypes = 1u << 17;
 
-// MEMTRAIL_TEST_CLOSE_DELAY_MS=N (tests only): each window's close waits N ms before its
-// liveness read, so that a test can make objects die, and others take their addresses, then.
-void close_delayed_in_tests() {
-  static const int delay_ms = [] {
-    const char* value = std::getenv("MEMTRAIL_TEST_CLOSE_DELAY_MS");
-    return value ? std::atoi(value) : 0;
-  }();
+// Tests only: MEMTRAIL_TEST_CLOSE_DELAY_MS=N, each window's close waits N ms before its
+// liveness read; MEMTRAIL_TEST_CLOSING_DELAY_MS=N, once the window has ended (its last read
+// done), N ms before its probes come out. A test makes objects die, and others take their
+// addresses, then.
+int test_delay_ms(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? std::atoi(value) : 0;
+}
+void delay_in_tests(int delay_ms) {
   if (delay_ms > 0) ::usleep(static_cast<useconds_t>(delay_ms) * 1000);
+}
+void close_delayed_in_tests() {
+  static const int delay_ms = test_delay_ms("MEMTRAIL_TEST_CLOSE_DELAY_MS");
+  delay_in_tests(delay_ms);
+}
+void closing_delayed_in_tests() {
+  static const int delay_ms = test_delay_ms("MEMTRAIL_TEST_CLOSING_DELAY_MS");
+  delay_in_tests(delay_ms);
 }
 
 // BPF_TRACE_UPROBE_MULTI and BPF_LINK_CREATE's uprobe_multi attributes (Linux 6.6), which the
@@ -1047,6 +1057,7 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   // more coming; only those a program was still logging are left to read after the detach.
   std::atomic_ref<__u32>(skeleton_->bss->python_objects_closing).store(1);
   read_logged_objects();
+  closing_delayed_in_tests();
   return close_->work;
 }
 
