@@ -906,18 +906,25 @@ struct {
 
 /* Objects logged since attach: the next index into python_new_objects (masked). */
 volatile __u64 python_objects_logged = 0;
+/* Set by userspace while a window of the object probes closes, from its last reading until the
+ * probes are out (--python-objects on): the window has ended, and nothing is recorded, but a
+ * creation still proves the object recorded at its address dead, as after the stop. */
+volatile __u32 python_objects_closing = 0;
 /* Set by userspace with python_new_objects' size, a power of two: its entries less one. */
 const volatile __u32 python_log_mask = MEMTRAIL_PYTHON_LOG_ENTRIES - 1;
 
 static __always_inline void log_new_object(__u32 tgid, __u64 object)
 {
-	__u32 index = __sync_fetch_and_add(&python_objects_logged, 1) & python_log_mask;
+	__u64 number = __sync_fetch_and_add(&python_objects_logged, 1);
+	__u32 index = number & python_log_mask;
 	struct memtrail_python_logged *entry = bpf_map_lookup_elem(&python_new_objects, &index);
 
 	if (!entry)
 		return;
 	entry->address = object;
 	entry->tgid = tgid;
+	compiler_barrier(); /* userspace may be reading: the entry is whole once this is stored */
+	entry->written = (__u32)number + 1;
 }
 
 /* On the branch after _Py_NewReference's flag check; the attach cookie names the register that
@@ -934,9 +941,9 @@ int python_object_created(struct pt_regs *ctx)
 	if (probe_floor || !probe_applies() || !object)
 		return 0;
 	tgid = current_tgid();
-	/* After the stop, what a creation still tells: the object recorded at this address is
-	 * dead (see table_forget_python_object). */
-	if (tracing_stopped) {
+	/* After the stop, or as a window closes, what a creation still tells: the object recorded
+	 * at this address is dead (see table_forget_python_object). */
+	if (tracing_stopped || python_objects_closing) {
 		table_forget_python_object(tgid, object);
 		return 0;
 	}
@@ -1025,6 +1032,11 @@ int python_finalizing(struct pt_regs *ctx)
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
+	/* Its report describes this moment: what finalization frees from here (its modules' dicts,
+	 * their malloc'd tables) or allocates is not recorded (probe_applies), even if the event
+	 * is lost. */
+	__sync_fetch_and_or(bits, MEMTRAIL_PROCESS_ENDED);
+	processes_ended = 1;
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
 		/* Not held: nobody would hear of it to continue it. */
@@ -1085,7 +1097,7 @@ int region_munmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 tgid = current_tgid();
 
-	if (probe_floor || !process_traced(tgid))
+	if (probe_floor || !process_recorded(tgid))
 		return 0;
 	emit_region(tgid, MEMTRAIL_REGION_UNMAP, ctx->args[0], ctx->args[1], 0, 0);
 	return 0;
@@ -1184,8 +1196,9 @@ int BPF_PROG(region_fork, struct task_struct *parent, struct task_struct *child)
 	parent_bits = bpf_map_lookup_elem(&traced_processes, &parent_tgid);
 	if (!parent_bits)
 		return 0;
-	/* The child of a launched command is held at its execs as its parent is. */
-	followed = *parent_bits;
+	/* The child of a launched command is held at its execs as its parent is; a parent whose
+	 * program ended forks a child whose own program has not. */
+	followed = *parent_bits & ~MEMTRAIL_PROCESS_ENDED;
 	bpf_map_update_elem(&traced_processes, &child_tgid, &followed, BPF_ANY);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
@@ -1215,6 +1228,9 @@ int BPF_PROG(region_exec, struct task_struct *task, pid_t old_pid, struct linux_
 
 	if (probe_floor || (!filter_processes && !bits))
 		return 0;
+	/* A new program: its own end is yet to come. */
+	if (bits && (*bits & MEMTRAIL_PROCESS_ENDED))
+		__sync_fetch_and_and(bits, ~MEMTRAIL_PROCESS_ENDED);
 	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
 	if (!event) {
 		/* Not held: nobody would hear of it to continue it. */

@@ -446,9 +446,11 @@ enum memtrail_python_register {
 #define MEMTRAIL_PYTHON_OB_TYPE 8
 
 /* The objects recorded since userspace last looked, in the python_new_objects ring (an array
- * map userspace reads in place): the program takes the next index from a counter in .bss,
- * python_objects_logged, and writes the object there. With --python-objects on, userspace
- * reads it at each window's close, once the probes are out (no program still writes): the
+ * map userspace reads in place): the program takes the next number from a counter in .bss,
+ * python_objects_logged, and writes the object at that number masked. With --python-objects
+ * on, userspace reads it at each window's close, while the probes are still in (a creation at
+ * a dead object's address is seen then), so programs may be writing entries as it reads: an
+ * entry is whole once its `written` is its number plus one (low 32 bits), stored last. The
  * liveness read then covers these objects, not the whole table. More objects in a window than
  * the ring holds: the read covers the whole table instead. Userspace sizes the ring (a power
  * of two: aggregator::NewObjectRing) and sets the program's mask; this is the default. */
@@ -456,10 +458,11 @@ enum memtrail_python_register {
 struct memtrail_python_logged {
 	__u64 address;
 	__u32 tgid;
-	__u32 pad;
+	__u32 written;
 };
 MEMTRAIL_ABI_SIZE(memtrail_python_logged, 16);
 MEMTRAIL_ABI_OFFSET(memtrail_python_logged, tgid, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_python_logged, written, 12);
 MEMTRAIL_ABI_ASSERT((MEMTRAIL_PYTHON_LOG_ENTRIES & (MEMTRAIL_PYTHON_LOG_ENTRIES - 1)) == 0,
 		    "the program masks log indices with MEMTRAIL_PYTHON_LOG_ENTRIES - 1");
 
@@ -516,6 +519,10 @@ MEMTRAIL_ABI_OFFSET(memtrail_held_key, held_at_ns, 8);
  * real program is traced from the real program's first instruction. */
 #define MEMTRAIL_PROCESS_TRACED 1
 #define MEMTRAIL_PROCESS_HOLD_EXEC 2
+/* The program ended (Py_FinalizeEx or _exit reached, the process held there): nothing it
+ * allocates, frees or maps from then on is recorded, so that its report shows what it held
+ * when it ended, not what finalization left of it. Cleared when it executes a new program. */
+#define MEMTRAIL_PROCESS_ENDED 4
 
 struct memtrail_region_event {
 	__u64 timestamp_ns; /* CLOCK_MONOTONIC */

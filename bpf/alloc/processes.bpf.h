@@ -30,10 +30,32 @@ static __always_inline bool process_traced(__u32 tgid)
 	return bpf_map_lookup_elem(&traced_processes, &tgid) != NULL;
 }
 
-/* For the allocator probes: false for a process host-wide mode leaves out. */
+/* Set by python_finalizing once a process's program has ended (MEMTRAIL_PROCESS_ENDED): from
+ * then on every probe looks its process up, per-PID too. Until then, a load is all it costs. */
+volatile __u32 processes_ended = 0;
+
+/* A traced process whose events are recorded: not one whose program has ended. */
+static __always_inline bool process_recorded(__u32 tgid)
+{
+	__u32 *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
+
+	return bits && !(*bits & MEMTRAIL_PROCESS_ENDED);
+}
+
+/* For the allocator probes: false for a process host-wide mode leaves out, or whose program has
+ * ended. Per PID, a process probed is recorded even if it is not in the map (when nothing needs
+ * the map, it holds no process). */
 static __always_inline bool probe_applies(void)
 {
-	return !filter_processes || process_traced(current_tgid());
+	__u32 tgid, *bits;
+
+	if (!filter_processes && !processes_ended)
+		return true;
+	tgid = current_tgid();
+	bits = bpf_map_lookup_elem(&traced_processes, &tgid);
+	if (!bits)
+		return !filter_processes;
+	return !(*bits & MEMTRAIL_PROCESS_ENDED);
 }
 
 #endif /* MEMTRAIL_ALLOC_PROCESSES_BPF_H */

@@ -70,7 +70,7 @@ static __always_inline struct inflight_call *syscall_call(__u32 tgid, __u64 crea
 {
 	struct inflight_call *call;
 
-	if (probe_floor || !process_traced(tgid))
+	if (probe_floor || !process_recorded(tgid))
 		return NULL;
 	call = current_task_storage(&inflight, create);
 	if (!call && create)

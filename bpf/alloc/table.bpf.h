@@ -212,11 +212,13 @@ __noinline int table_insert_block(__u32 tgid, __u64 address, __u64 size_kind, __
 			    size_kind >> MEMTRAIL_SIZE_BITS, site_id, now);
 }
 
-/* Once tracing has stopped (the final reading), a new Python object at the address of a recorded
- * one: the recorded object died (no probe sees deaths), and the final reading, which judges
+/* Once tracing has stopped (the final reading), or while a window of the object probes closes
+ * (its last reading, then the detach), a new Python object at the address of a recorded
+ * one: the recorded object died (no probe sees deaths), and a reading, which judges
  * objects by what their memory holds when it reads them, would take the new one for it. Its
  * record is removed as userspace removes a dead object's (struct memtrail_alloc_bucket's
- * protocol); the new object is not recorded (nothing is, once tracing stopped). A global
+ * protocol); the new object is not recorded (nothing is, once tracing stopped or the window
+ * ended). A global
  * function: the verifier checks it once. Returns 1 when a record was removed. */
 __noinline int table_forget_python_object(__u32 tgid, __u64 address)
 {

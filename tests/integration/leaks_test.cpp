@@ -1760,6 +1760,96 @@ TEST(LeaksPythonObjects, DutyCycledFreeListDictsTakenUnseenAreCountedAtRisk) {
             << " seen of " << traced.counts["kept"] << " kept; " << objects.dump() << "\n";
 }
 
+// The default duty cycle: strs made at a first line inside an attached window, and as soon as
+// the probes are out (the target sees its creations run fast again), dead, and as many strs of
+// the same size, other content, made at a second line at their addresses (the target checks
+// with id()). Each close waits 500 ms before its read (MEMTRAIL_TEST_CLOSE_DELAY_MS). Before,
+// the close detached the probes first and read after: the second line's strs were made in that
+// time, unseen, and the read found them alive at the first line's records, took their content
+// for those objects' identity, and the first line kept them, none counted at risk (the one run:
+// ~4,095 strs, about 400 seen, scaled). Now the close reads while the probes are in (and, from
+// its last read until they are out, a creation removes the record at its address): the first
+// line's strs are read as themselves, later found replaced by their content, and it holds none.
+TEST(LeaksPythonObjects, DutyCycledObjectsDeadAsTheWindowClosesDoNotStayAlive) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "closing"});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSE_DELAY_MS=500", MEMTRAIL_BINARY, "leaks",
+                     "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                     "--interval", "0.25", "--python-objects", "on"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("go\n");
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
+  tracer.signal(SIGINT);
+  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("quit\n");
+  ASSERT_GE(counts["swapped"], 1u) << "no window seen closing: no test";
+  ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
+  json report = read_json(json_path);
+  const json& objects = report["python_objects"];
+  ASSERT_EQ(objects["mode"], "duty_cycle") << objects.dump(2);
+  auto first = types_at(report, "close_first@" + std::to_string(lines["close_first"]));
+  EXPECT_EQ(first.site_objects, 0u) << describe(first) << "\n" << objects.dump(2);
+  // At least a round's first strs were recorded (made in a window), and then found replaced.
+  EXPECT_GE(objects["found_replaced"].get<uint64_t>(), 200u) << objects.dump(2);
+  std::cout << "dead as the window closes: " << counts["swapped"] << " rounds, " << counts["reused"]
+            << " addresses reused; first line " << describe(first) << "; " << objects.dump()
+            << "\n";
+}
+
+// The default duty cycle: Item instances made at a first line inside a window, read alive at
+// its close, and then, after the window has ended but while its probes are still in (held 2 s by
+// MEMTRAIL_TEST_CLOSING_DELAY_MS: the target sees its creations still slow 0.6 s after it made
+// them), dead, and as many Items made at a second line at their addresses. Nothing identifies
+// an Item: read after the probes are out, the new ones would be taken for the first line's (at
+// risk). A creation in that time removes the record at its address: the first line recorded
+// them (its site counts their creation) and holds none.
+TEST(LeaksPythonObjects, DutyCycledObjectsReplacedAsTheWindowEndsLeaveNoRecord) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "ending"});
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSING_DELAY_MS=2000", MEMTRAIL_BINARY,
+                     "leaks", "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
+                     "--interval", "0.25", "--python-objects", "on"});
+  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("go\n");
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
+  tracer.signal(SIGINT);
+  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
+      << tracer.stderr_seen() << tracer.drain_stderr();
+  target.process.write_stdin("quit\n");
+  ASSERT_GE(counts["swapped"], 1u) << "no window seen ending: no test";
+  ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
+  json report = read_json(json_path);
+  std::string where = "end_first@" + std::to_string(lines["end_first"]);
+  uint64_t created = 0;
+  for (const char* list : {"leaks", "freed_sites"}) {
+    for (const auto& site : report[list]) {
+      auto frames = python_frames(site);
+      if (!frames.empty() && frames[0] == where) {
+        created += site["total_allocations"].get<uint64_t>();
+      }
+    }
+  }
+  ASSERT_GT(created, 0u) << "the first line's Items were not recorded: no test";
+  auto first = types_at(report, where);
+  EXPECT_EQ(first.site_objects, 0u) << describe(first) << "\n" << report["python_objects"].dump(2);
+  std::cout << "replaced as the window ends: " << counts["swapped"] << " rounds, "
+            << counts["reused"] << " addresses reused; first line " << created << " created, "
+            << describe(first) << "; " << report["python_objects"].dump() << "\n";
+}
+
 // The close of each attached window reads the objects recorded in it (and the few live ones no
 // content identifies), not every tracked object: with about 250,000 strs kept and windows
 // closing while few are made, the objects the sweeps read stay near the objects recorded, each
@@ -1852,6 +1942,51 @@ TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsRe
     EXPECT_EQ(found.bytes["Late"], counts["late_bytes"]) << describe(found);
     EXPECT_EQ(report["python_objects"]["mode"], "exact");
   }
+}
+
+// The same launched program also keeps, right before it ends, a list, a set and a dict of 1,000
+// items at lines of their own: their tables are malloc's blocks (over 512 bytes), which the
+// interpreter frees as it finalizes, after the hold at Py_FinalizeEx. The exit report shows the
+// program as it was at the hold, natively too: each line holds its container as a Python object
+// and, at malloc's site, exactly its table's bytes (sys.getsizeof less an empty one's). Before
+// the BPF program stopped recording the held program's frees, the objects were there and the
+// three tables were not (freed by the finalization since).
+TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  Tracer tracer({"--json", json_path, "-q", "--interval", "100", "--python-objects", "exact", "--",
+                 "/usr/bin/env", "BUFFERS=1", "COUNT=10", "/usr/bin/python3",
+                 late_objects_script()});
+  tracer.expect_attached();
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
+      << "the program did not finish\n"
+      << tracer.process.stderr_seen();
+  auto code = tracer.process.wait(30s);
+  ASSERT_EQ(code, std::optional<int>(0))
+      << tracer.process.stderr_seen() << tracer.process.drain_stderr();
+  json report = read_json(json_path);
+  for (const std::string type : {"list", "set", "dict"}) {
+    SCOPED_TRACE(type);
+    std::string where = "late_buffers@" + std::to_string(lines["late_" + type]);
+    ASSERT_GT(counts["late_" + type + "_table"], 512u) << "a table pymalloc serves: no test";
+    uint64_t native = 0, blocks = 0;
+    for (const auto& site : report["leaks"]) {
+      auto frames = python_frames(site);
+      if (site["kind"] != "native" || frames.empty() || frames[0] != where) continue;
+      native += site["outstanding_bytes"].get<uint64_t>();
+      blocks += site["outstanding_allocations"].get<uint64_t>();
+    }
+    EXPECT_EQ(native, counts["late_" + type + "_table"]) << report["leaks"].dump();
+    EXPECT_EQ(blocks, 1u);
+    auto objects = types_at(report, where);
+    EXPECT_EQ(objects.objects[type], 1u) << describe(objects);
+  }
+  EXPECT_EQ(types_at(report, "late@" + std::to_string(lines["late"])).objects,
+            (std::map<std::string, uint64_t>{{"Late", 10}}));
 }
 
 // The same program traced by PID, memtrail stopped (SIGINT) after it kept them and before it

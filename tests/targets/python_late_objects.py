@@ -6,7 +6,12 @@
 # sys.getsizeof sum) and "done". Then, with HOLD set, waits for a line (memtrail stops
 # first); without, returns at once: the interpreter finalizes (freeing them) and exits, or with
 # EXIT set ends at once with os._exit(EXIT), without finalizing.
+# With BUFFERS set, also keeps, right after them, a list, a set and a dict of 1,000 items each
+# at lines of their own, their tables malloc's blocks (over pymalloc's 512 bytes), which the
+# interpreter frees as it finalizes: prints "line late_NAME N" for each and "count
+# late_NAME_table B", the bytes of that table (sys.getsizeof less that of an empty one).
 import os
+import re
 import sys
 import time
 
@@ -23,10 +28,20 @@ def late(count):
         kept.append(Late())  # line: late
 
 
+def late_buffers():
+    kept.append([None] * 1000)  # line: late_list
+    kept.append(set(range(1000)))  # line: late_set
+    kept.append(dict.fromkeys(range(1000)))  # line: late_dict
+    for thing, empty in zip(kept[-3:], ([], set(), {})):
+        name = type(thing).__name__
+        print(f"count late_{name}_table {sys.getsizeof(thing) - sys.getsizeof(empty)}", flush=True)
+
+
 with open(__file__) as source:
     for number, text in enumerate(source, 1):
-        if text.rstrip().endswith("# line: late"):
-            print(f"line late {number}", flush=True)
+        marked = re.search(r"  # line: (\w+)$", text.rstrip())
+        if marked:
+            print(f"line {marked.group(1)} {number}", flush=True)
 if os.environ.get("HOLD"):
     sys.stdin.readline()
 else:
@@ -35,6 +50,8 @@ count = int(os.environ.get("COUNT", "1500"))
 late(count)
 print(f"count late {count}", flush=True)
 print(f"count late_bytes {sum(sys.getsizeof(thing) for thing in kept)}", flush=True)
+if os.environ.get("BUFFERS"):
+    late_buffers()
 print("done", flush=True)
 if os.environ.get("HOLD"):
     sys.stdin.readline()

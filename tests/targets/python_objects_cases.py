@@ -23,6 +23,16 @@
 #   many      for the duty cycle: about 250,000 strs kept, then a quiet time
 #   churn     for the duty cycle: rounds in which a churner keeps dicts for a while, then drops
 #             them onto the dict free list, and a keeper at once takes them from it
+#   closing   for the duty cycle: rounds in which, once its object creations run slow (the probes
+#             are attached), a first line makes 400 strs, and once they run fast again (the
+#             window's close has begun: the probes are out), those die and a second line makes
+#             400 strs of the same size, other content, at their addresses, and keeps them
+#             (with MEMTRAIL_TEST_CLOSE_DELAY_MS, memtrail's read at that close comes later)
+#   ending    for the duty cycle: rounds in which, once its object creations run slow after running
+#             fast (a window begins), a first line makes 400 Item instances, and if the creations still
+#             run slow 0.6 s later (the window has ended, its probes held in by
+#             MEMTRAIL_TEST_CLOSING_DELAY_MS), those die and a second line makes 400 Items at
+#             their addresses and keeps them
 #   stopping  a first line makes 100 ints (28 bytes) and keeps one, the program says "done"
 #             (memtrail is stopped then), and 15 ms later a second line makes 100 ints of 32
 #             bytes, mostly at the dead ones' addresses (pymalloc's size class of 32 bytes),
@@ -210,6 +220,102 @@ def many():
     print(f"count kept {len(kept)}", flush=True)
 
 
+def trap_time(count=200):
+    # Each creation traps while the object probes are attached: 50-100x slower then.
+    began = time.perf_counter()
+    for _ in range(count):
+        Item()
+    return time.perf_counter() - began
+
+
+def wait_for_probes(attached, fast, timeout=20.0):
+    # Two chunks in a row: another process taking the CPU can make one slow, not one fast.
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = seen + 1 if (trap_time() > 10 * fast) == attached else 0
+        if seen == 2:
+            return True
+    return False
+
+
+def close_first(count, round_number):
+    made = []
+    for i in range(count):
+        made.append(f"close-{round_number:04d}-{i:050d}")  # line: close_first
+    return made
+
+
+def close_second(count, round_number):
+    for i in range(count):
+        kept.append(f"after-{round_number:04d}-{i:050d}")  # line: close_second
+
+
+def closing():
+    # The speed with the probes detached: over 1.5 s, most of it detached at the default duty.
+    fast, began = float("inf"), time.monotonic()
+    while time.monotonic() - began < 1.5:
+        fast = min(fast, trap_time())
+    swapped = reused = 0
+    for round_number in range(int(os.environ.get("ROUNDS", "3"))):
+        if not wait_for_probes(True, fast):
+            continue
+        old = close_first(400, round_number)
+        if not wait_for_probes(False, fast):
+            continue
+        time.sleep(0.15)  # the links are closed by now: no creation is seen
+        addresses = set(id(text) for text in old)
+        del old
+        start = len(kept)
+        close_second(400, round_number)
+        reused += sum(id(text) in addresses for text in kept[start:])
+        addresses.clear()
+        swapped += 1
+    time.sleep(0.5)
+    print(f"count swapped {swapped}", flush=True)
+    print(f"count reused {reused}", flush=True)
+
+
+def end_first(count):
+    made = []
+    for _ in range(count):
+        made.append(Item())  # line: end_first
+    return made
+
+
+def end_second(count):
+    for _ in range(count):
+        kept.append(Item())  # line: end_second
+
+
+def ending():
+    # The probes are in over 2 s of every 3 (each window's end held), out for the rest.
+    fast, began = float("inf"), time.monotonic()
+    while time.monotonic() - began < 3.5:
+        fast = min(fast, trap_time())
+    swapped = reused = 0
+    for _ in range(int(os.environ.get("ROUNDS", "2"))):
+        # A window's start: slow after fast (the time its end is held is slow too, but records
+        # nothing).
+        if not wait_for_probes(False, fast) or not wait_for_probes(True, fast):
+            continue
+        made_at = time.monotonic()
+        old = end_first(400)
+        time.sleep(max(0.0, 0.6 - (time.monotonic() - made_at)))
+        if trap_time() > 10 * fast:  # still attached: the window's end, held
+            addresses = set(id(item) for item in old)
+            del old
+            start = len(kept)
+            end_second(400)
+            reused += sum(id(item) in addresses for item in kept[start:])
+            addresses.clear()
+            swapped += 1
+        old = None
+    time.sleep(0.5)
+    print(f"count swapped {swapped}", flush=True)
+    print(f"count reused {reused}", flush=True)
+
+
 def stopping():
     small, large = "123456", "1234567890123"
     dropped = [int(small) for _ in range(100)]  # line: dropped_int
@@ -341,7 +447,8 @@ with open(__file__) as source:
         if "# line: " in text and "print" not in text:
             print(f"line {text.split('# line: ')[1].strip()} {line_number}", flush=True)
 {"exact": exact, "freelist": freelist, "reuse": reuse, "thread": thread, "immutable": immutable,
- "churn": churn_rounds, "many": many, "sizes": sizes, "stopping": stopping}[scenario]()
+ "churn": churn_rounds, "many": many, "sizes": sizes, "stopping": stopping,
+ "closing": closing, "ending": ending}[scenario]()
 time.sleep(0.3)
 print("done", flush=True)
 for line in sys.stdin:

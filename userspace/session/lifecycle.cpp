@@ -44,6 +44,10 @@ void Lifecycle::follow() {
 // process and its memory are gone. Its objects are read now, those alive kept with their sizes:
 // its report (at its exit, or the final one) shows what the program kept to its end, also the
 // objects created since the last report. Once: a finalized program passes _exit too.
+// Its report describes this moment, natively too: the BPF program that held it stopped
+// recording its allocations and frees, so the buffers its kept objects own (a large dict's
+// keys table, a list's item array), which finalization frees next, stay in it; and its objects
+// are not read again (AllocTracer::read_python_objects_of).
 void Lifecycle::handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing) {
   HeldExec held(tracer_, finalizing.held ? finalizing.pid : 0, finalizing.at_ns);
   TracedProcess* process = targets_.live(finalizing.pid);
@@ -164,6 +168,7 @@ void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
   if (exec.held) killed_here_in_tests(starting ? "start" : "exec");
   ++process->execs;
   process->python_end_read = false;  // a new program: its own end is to be read
+  tracer_.program_executed(exec.pid);
   std::string probed;
   if (exec.held && !starting) {
     try {

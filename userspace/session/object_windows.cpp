@@ -48,8 +48,14 @@ Clock::time_point ObjectWindows::tick(Clock::time_point now) {
 void ObjectWindows::switch_to(bool attached) {
   // A window counts from when the probes are in (after the attach) until they start coming
   // out (before the detach): closing the links waits for the kernel's grace periods, tens of
-  // milliseconds during which the process runs without traps, and sees few objects.
-  if (attached) tracer_.set_python_objects_attached(true);
+  // milliseconds during which the process runs without traps, and sees few objects. Its close
+  // reads its objects while the probes are in (see AllocTracer::sweep_python_objects): that
+  // time is the window's.
+  if (attached) {
+    tracer_.set_python_objects_attached(true);
+  } else {
+    tracer_.sweep_python_objects();
+  }
   double now_s = clock_s();
   for (uint32_t pid : processes_) {
     if (exited_.count(pid)) continue;
@@ -59,9 +65,7 @@ void ObjectWindows::switch_to(bool attached) {
       share_.switched(pid, attached, work(pid, now_s));
     }
   }
-  if (attached) return;
-  tracer_.set_python_objects_attached(false);
-  tracer_.sweep_python_objects();
+  if (!attached) tracer_.set_python_objects_attached(false);
 }
 
 void ObjectWindows::add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses) {

@@ -48,6 +48,26 @@ constexpr uint32_t kMaxHeldProcesses = 1024;
 // (process, Python type) pairs counted by --python-types; more are counted as lost.
 constexpr uint32_t kMaxPythonTypes = 1u << 17;
 
+// Tests only: MEMTRAIL_TEST_CLOSE_DELAY_MS=N, each window's close waits N ms before its
+// liveness read; MEMTRAIL_TEST_CLOSING_DELAY_MS=N, once the window has ended (its last read
+// done), N ms before its probes come out. A test makes objects die, and others take their
+// addresses, then.
+int test_delay_ms(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? std::atoi(value) : 0;
+}
+void delay_in_tests(int delay_ms) {
+  if (delay_ms > 0) ::usleep(static_cast<useconds_t>(delay_ms) * 1000);
+}
+void close_delayed_in_tests() {
+  static const int delay_ms = test_delay_ms("MEMTRAIL_TEST_CLOSE_DELAY_MS");
+  delay_in_tests(delay_ms);
+}
+void closing_delayed_in_tests() {
+  static const int delay_ms = test_delay_ms("MEMTRAIL_TEST_CLOSING_DELAY_MS");
+  delay_in_tests(delay_ms);
+}
+
 // BPF_TRACE_UPROBE_MULTI and BPF_LINK_CREATE's uprobe_multi attributes (Linux 6.6), which the
 // libbpf and uapi headers of Debian 12 predate: the kernel's layout, zero-padded as it expects.
 constexpr uint32_t kUprobeMultiAttachType = 48;
@@ -498,7 +518,10 @@ std::unordered_map<uint32_t, uint64_t> AllocTracer::purge_processes(
     for (uint32_t id : stack_ids) {
       bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.python_stacks), &id);  // ENOENT: none
     }
-    for (uint32_t pid : pids) forget_python_process(pid);
+    for (uint32_t pid : pids) {
+      forget_python_process(pid);
+      python_ended_.erase(pid);
+    }
     std::erase_if(python_objects_sized_,
                   [&](const auto& entry) { return purged(entry.first.pid); });
     std::erase_if(python_site_bytes_, [&](const auto& entry) {
@@ -946,14 +969,17 @@ int AllocTracer::link_python_objects(PythonObjectProbes& probes) {
 }
 
 void AllocTracer::set_python_objects_attached(bool attached) {
-  if (attached == python_objects_attached_) return;
-  python_objects_attached_ = attached;
   if (!attached) {
-    // Closing the link removes the breakpoints from the process. The window counts as open
-    // until the sweep that follows has read (sweep_python_objects).
-    unlink_python_objects();
+    // Closing the link removes the breakpoints from the process, and waits for the programs
+    // running: from then on no creation is seen. A close begun while detached ends too.
+    bool was_attached = std::exchange(python_objects_attached_, false);
+    if (was_attached) unlink_python_objects();
+    std::atomic_ref<__u32>(skeleton_->bss->python_objects_closing).store(0);  // no program runs
+    if (was_attached || close_) finish_close();
     return;
   }
+  if (python_objects_attached_) return;
+  python_objects_attached_ = true;
   std::erase_if(python_probes_, [this](PythonObjectProbes& probes) {
     int error_number = link_python_objects(probes);
     if (error_number == 0) return false;
@@ -1002,10 +1028,68 @@ void AllocTracer::stop_counting_allocations(uint32_t pid) {
   bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.process_allocations), &pid);
 }
 
+// The close's reads while the window goes on: passes over what it recorded, until what the
+// program recorded during the last pass is this few, or after this many passes; then the
+// window ends, and a last pass reads the rest.
+constexpr uint64_t kCloseObjectsLeft = 32;
+constexpr int kCloseReadPasses = 8;
+
 AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
-  SweepWork work;
-  if (!config_.python_objects || !python_judge_) return work;
+  if (!config_.python_objects || !python_judge_) return {};
+  close_delayed_in_tests();
+  close_ = Close{};
+  close_->watch_keys = std::exchange(python_watch_, {});
+  watch_skipped_ = 0;
+  // The program goes on creating objects meanwhile, each recorded (and trapping): a pass is
+  // shorter than the last, an object being read faster than a trapped creation is made.
+  for (int pass = 0; pass < kCloseReadPasses; ++pass) {
+    read_logged_objects();
+    if (logged_python_objects() - python_log_read_ <= kCloseObjectsLeft) break;
+  }
+  // The window ends: from here until the probes are out (closing the links takes tens of
+  // milliseconds), nothing is recorded, and a creation at a recorded object's address removes
+  // its record (table_forget_python_object). The last objects recorded are read now, with no
+  // more coming; only those a program was still logging are left to read after the detach.
+  std::atomic_ref<__u32>(skeleton_->bss->python_objects_closing).store(1);
+  read_logged_objects();
+  closing_delayed_in_tests();
+  return close_->work;
+}
+
+void AllocTracer::finish_close() {
+  if (!config_.python_objects || !python_judge_) return;
+  // The detached time begins: whatever is read from now on may be another object.
+  ++python_gaps_;
+  window_closed_ns_ = monotonic_now_ns();
+  if (!close_) {  // no sweep while attached: everything the window recorded is read now
+    close_ = Close{};
+    close_->watch_keys = std::exchange(python_watch_, {});
+    watch_skipped_ = 0;
+  }
+  // What a program was still logging as the window ended (or, with no sweep before, all the
+  // window recorded), read now that no creation is seen: each may already be another object of
+  // its type, and is counted at risk (check_identity: a first read outside a window).
+  read_logged_objects();
+  Close close = std::move(*close_);
+  close_.reset();
+  python_watch_ = std::move(close.watch_next);
+  // Those beyond the bound at the last rebuild stay unread (unless the whole table was); the
+  // next snapshot counts anew.
+  python_unwatched_ = watch_skipped_ + (close.work.whole_table ? 0 : python_unwatched_);
+  ++sweep_totals_.sweeps;
+  sweep_totals_.objects_read += close.work.objects_read;
+  sweep_totals_.whole_table += close.work.whole_table;
+  sweep_totals_.seconds += close.read_seconds;
+}
+
+uint64_t AllocTracer::logged_python_objects() const {
+  return std::atomic_ref<const __u64>(skeleton_->bss->python_objects_logged)
+      .load(std::memory_order_acquire);
+}
+
+void AllocTracer::read_logged_objects() {
   uint64_t began_ns = monotonic_now_ns();
+  Close& close = *close_;
   class Discard final : public model::AllocationSink {
     void begin(uint64_t, const std::vector<model::SiteTotals>&) override {}
     void add(const model::OutstandingAllocation&) override {}
@@ -1013,27 +1097,34 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
   model::Snapshot snapshot;
   std::vector<model::TrackedPythonObject> objects;
   std::vector<PythonSlot> slots;
-  // No program writes the ring now (the links are closed, and closing waits for the programs
-  // running): every index below the counter is written.
-  uint64_t logged = skeleton_->bss->python_objects_logged;  // volatile: read once, here
-  std::atomic_thread_fence(std::memory_order_acquire);
-  uint64_t fresh = logged - python_log_read_;
-  python_log_read_ = logged;
-  std::vector<PythonObjectKey> watch_next;
-  watch_out_ = &watch_next;
-  watch_skipped_ = 0;
-  sweeping_ = true;
-  if (fresh > config_.python_log_entries) {
-    work.whole_table = true;
+  uint64_t logged = logged_python_objects();
+  uint64_t entries = config_.python_log_entries;
+  if (logged - python_log_read_ > entries) {
+    // The ring was written over: the whole table, whose records are written before their
+    // entries; what is logged while it is read is read next.
+    close.work.whole_table = true;
+    close.watch_keys.clear();  // in the table too
+    python_log_read_ = logged;
     read_table(objects, slots, snapshot, nullptr, /*python_only=*/true);
   } else {
+    std::vector<PythonObjectKey> keys = std::exchange(close.watch_keys, {});
     const auto* ring = python_log_view_.values<memtrail_python_logged>();
-    std::vector<PythonObjectKey> keys = python_watch_;
-    keys.reserve(keys.size() + fresh);
-    for (uint64_t n = logged - fresh; n < logged; ++n) {
-      const auto& entry = ring[n & (config_.python_log_entries - 1)];
-      keys.push_back({entry.tgid, entry.address});
+    auto whole = [&](uint64_t number) {
+      const auto& written = ring[number & (entries - 1)].written;
+      return std::atomic_ref<const __u32>(written).load(std::memory_order_acquire) ==
+             static_cast<uint32_t>(number + 1);
+    };
+    // With the probes in, a program may be writing the last entries: the read stops at the
+    // first entry not whole (or written over since), and goes on from there next time.
+    uint64_t number = python_log_read_;
+    for (; number < logged && whole(number); ++number) {
+      const auto& entry = ring[number & (entries - 1)];
+      PythonObjectKey key{std::atomic_ref<const __u32>(entry.tgid).load(),
+                          std::atomic_ref<const __u64>(entry.address).load()};
+      if (!whole(number)) break;
+      keys.push_back(key);
     }
+    python_log_read_ = number;
     // An object on the watch list may have been recorded anew in the window: read once.
     std::sort(keys.begin(), keys.end(), [](const PythonObjectKey& a, const PythonObjectKey& b) {
       return std::pair{a.pid, a.address} < std::pair{b.pid, b.address};
@@ -1041,23 +1132,12 @@ AllocTracer::SweepWork AllocTracer::sweep_python_objects() {
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     find_python_slots(keys, objects, slots);
   }
-  work.objects_read = objects.size();
+  close.work.objects_read += objects.size();
+  watch_out_ = &close.watch_next;
   judge_python_objects(objects, slots, snapshot, &discard);
-  sweeping_ = false;
   watch_out_ = nullptr;
-  python_watch_ = std::move(watch_next);
-  // Those beyond the bound at the last rebuild stay unread (unless the whole table was); the
-  // next snapshot counts anew.
-  python_unwatched_ = watch_skipped_ + (work.whole_table ? 0 : python_unwatched_);
-  // The detached time begins: whatever is read from now on may be another object.
-  ++python_gaps_;
-  window_closed_ns_ = monotonic_now_ns();
-  work.removed = snapshot.counters.python_objects_dead;
-  ++sweep_totals_.sweeps;
-  sweep_totals_.objects_read += work.objects_read;
-  sweep_totals_.whole_table += work.whole_table;
-  sweep_totals_.seconds += static_cast<double>(window_closed_ns_ - began_ns) / 1e9;
-  return work;
+  close.work.removed += snapshot.counters.python_objects_dead;
+  close.read_seconds += static_cast<double>(monotonic_now_ns() - began_ns) / 1e9;
 }
 
 void AllocTracer::find_python_slots(const std::vector<PythonObjectKey>& keys,
@@ -1102,7 +1182,7 @@ AllocTracer::IdentityVerdict AllocTracer::check_identity(const model::TrackedPyt
   using model::ObjectIdentity;
   // An object just created may still be being filled (a str's characters, a tuple's items):
   // its content is not taken as its identity yet (model::kIdentitySettleNs says why).
-  bool in_window = python_objects_attached_ || sweeping_;
+  bool in_window = python_objects_attached_;
   ObjectIdentity kind = model::settled_identity(object.identity_kind, timestamp_ns, reads_began_ns);
   auto [known, first] = python_identities_.try_emplace({object.pid, object.address});
   KnownIdentity& was = known->second;
@@ -1154,16 +1234,24 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
                                        model::Snapshot& snapshot, model::AllocationSink* sink) {
   if (objects.empty() || !python_judge_) return;
   // By pid, for batched reads of each process's memory; slots follow through the index.
+  // The objects of processes whose program has ended come last, and are not read: each stays
+  // as the reading at the end found it (see read_python_objects_of), as if its process had
+  // exited, whatever finalization has freed since.
+  auto ended = [this](uint32_t pid) { return python_ended_.count(pid) != 0; };
   std::vector<size_t> order(objects.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return objects[a].pid < objects[b].pid; });
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return std::pair{ended(objects[a].pid), objects[a].pid} <
+           std::pair{ended(objects[b].pid), objects[b].pid};
+  });
   std::vector<model::TrackedPythonObject> sorted;
   sorted.reserve(objects.size());
   for (size_t i : order) sorted.push_back(objects[i]);
+  size_t to_read = sorted.size();
+  while (to_read > 0 && ended(sorted[to_read - 1].pid)) sorted[--to_read].gone = true;
   // Before the reads: an object's age at its read is at least the age from here.
   uint64_t reads_began = monotonic_now_ns();
-  python_judge_->judge(sorted);
+  python_judge_->judge(std::span<model::TrackedPythonObject>(sorted).first(to_read));
   auto& counters = snapshot.counters;
   auto site_key = [](uint32_t pid, int32_t site_id) {
     return (uint64_t{pid} << 32) | static_cast<uint32_t>(site_id);
@@ -1178,8 +1266,9 @@ void AllocTracer::judge_python_objects(std::vector<model::TrackedPythonObject>& 
     const auto& object = sorted[k];
     const PythonSlot& where = slots[order[k]];
     if (object.gone) {
-      // Its process exited (its report is being made): each object stays as the last report
-      // found it, alive with its size; those never found alive are not reported.
+      // Its process exited (its report is being made), or its program ended: each object
+      // stays as the last reading found it, alive with its size; those never found alive are
+      // not reported.
       auto sized = python_objects_sized_.find({object.pid, object.address});
       if (sized == python_objects_sized_.end() ||
           sized->second.timestamp_ns != where.timestamp_ns) {
@@ -1328,8 +1417,10 @@ uint64_t AllocTracer::read_python_objects_of(uint32_t pid) {
   }
   // Not a window's close: the watch list and the window's state stay as they are.
   auto* watch = std::exchange(watch_out_, nullptr);
+  python_ended_.erase(pid);  // read now, whatever an earlier end said
   judge_python_objects(its_objects, its_slots, snapshot, &alive);
   watch_out_ = watch;
+  python_ended_.insert(pid);
   return alive.alive;
 }
 

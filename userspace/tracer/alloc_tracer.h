@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -166,9 +167,9 @@ class AllocTracer : public unwind::RowStore {
   // Detaches every process's creation sites (false) or attaches them again (true): the duty
   // cycle of --python-objects on. Detaching removes the traps themselves; a flag the program
   // checks would not (a disabled uprobe still traps). Objects recorded stay in the table and
-  // are judged as before. A process whose sites cannot be attached again (it exited) is
-  // dropped, and said on stderr unless it is gone. Sites of a process added while detached
-  // wait for the next attach.
+  // are judged as before. Detached, it ends the window's close (see sweep_python_objects). A
+  // process whose sites cannot be attached again (it exited) is dropped, and said on stderr unless
+  // it is gone. Sites of a process added while detached wait for the next attach.
   void set_python_objects_attached(bool attached);
   bool python_objects_attached() const { return python_objects_attached_; }
   // Process `pid` is gone: its sites are not attached again.
@@ -183,8 +184,13 @@ class AllocTracer : public unwind::RowStore {
                                 uint64_t file_offset, bool at_exit = false);
   // Reads the liveness and size of every recorded object of process `pid` (a pass over the
   // table), removes the dead ones, and keeps the size of the live ones for its exit report.
-  // Returns how many were found alive.
+  // Returns how many were found alive. Its program has ended (held at its end; the BPF
+  // programs record nothing of it from then on, MEMTRAIL_PROCESS_ENDED): its objects are not
+  // read again, each stays as this reading found it, so that what finalization frees does not
+  // leave its report; until it executes another program (program_executed).
   uint64_t read_python_objects_of(uint32_t pid);
+  // Process `pid` executed a new program: its objects are read again (see above).
+  void program_executed(uint32_t pid) { python_ended_.erase(pid); }
   // --python-objects on: counts process `pid`'s allocations from now on (those the allocator
   // probes record, sampled ones with --sample-rate): the work by which the share of its objects
   // the attached windows saw is measured. False when they cannot be counted (no object probes
@@ -194,15 +200,22 @@ class AllocTracer : public unwind::RowStore {
   std::optional<uint64_t> allocations_counted(uint32_t pid) const;
   // It is gone: no longer counted.
   void stop_counting_allocations(uint32_t pid);
-  // At the end of an attached window, once the probes are out: reads the liveness of the
-  // objects that must be read before the detached time begins, and removes the dead ones from
-  // the table, so that an address freed by then and reused while detached by an object of the
-  // same type does not keep a dead object's site alive. Those are the objects recorded in the
-  // window (from the python_new_objects ring: also their identity is taken then, before any
-  // unseen reuse), and the live ones whose identity cannot prove them later (the watch list:
-  // lists, class instances, sets, dicts); not the immutable objects recorded before, whose
-  // content tells at the next report whether they are still the object recorded. More objects
-  // in the window than the ring holds: the whole table. Returns what it read.
+  // At the end of an attached window, while its probes are still in (then
+  // set_python_objects_attached(false)): reads the liveness of the objects that must be read
+  // before the detached time begins, and removes the dead ones from the table, so that an
+  // address freed by then and reused while detached by an object of the same type does not keep
+  // a dead object's site alive. Read while a creation is still seen: one at a dead object's
+  // address meanwhile replaces its record, which the read then leaves alone (read once the
+  // probes were out, such a new object was taken for the dead one, alive). Those are the
+  // objects recorded in the window (from the python_new_objects ring: also their identity is
+  // taken then, before any unseen reuse), and the live ones whose identity cannot prove them
+  // later (the watch list: lists, class instances, sets, dicts); not the immutable objects
+  // recorded before, whose content tells at the next report whether they are still the object
+  // recorded. More objects in the window than the ring holds: the whole table. The objects
+  // the program records during the read are read in further passes, until a few are left;
+  // then the window ends (python_objects_closing: nothing is recorded from then on, but a
+  // creation still removes the record at its address, until the probes are out) and a last
+  // pass reads those. Returns what it read.
   struct SweepWork {
     uint64_t objects_read = 0;  // objects judged
     uint64_t removed = 0;       // found dead (or replaced) and removed
@@ -350,6 +363,8 @@ class AllocTracer : public unwind::RowStore {
                         const model::Snapshot& snapshot,
                         const std::unordered_map<uint64_t, size_t>& site_index);
   std::unordered_map<PythonObjectKey, SizedObject, PythonObjectKeyHash> python_objects_sized_;
+  // Processes whose objects were read at their program's end (read_python_objects_of).
+  std::unordered_set<uint32_t> python_ended_;
   // Bytes of the objects sized, by (pid, site id): added to the site's total_bytes.
   std::unordered_map<uint64_t, uint64_t> python_site_bytes_;
   // What identified each live object when last checked (check_identities_), and when: the
@@ -361,14 +376,27 @@ class AllocTracer : public unwind::RowStore {
     model::ObjectIdentity kind = model::ObjectIdentity::kNone;
     bool at_risk = false;    // once it could not be proved the same across a gap: for good
     uint64_t gaps = 0;       // python_gaps_ at the check
-    bool in_window = false;  // checked inside an attached window (or at its close)
+    bool in_window = false;  // checked inside an attached window (its close's reads too)
   };
   std::unordered_map<PythonObjectKey, KnownIdentity, PythonObjectKeyHash> python_identities_;
   bool check_identities_ = false;
   // Detached periods begun (each window's close, after its sweep), and when the last began.
   uint64_t python_gaps_ = 0;
   uint64_t window_closed_ns_ = 0;
-  bool sweeping_ = false;  // the close sweep runs: it reads as of the window's end
+  // A window's close under way, from its sweep to the detach (sweep_python_objects).
+  struct Close {
+    std::vector<PythonObjectKey> watch_keys;  // the watch list to read, until a pass has
+    std::vector<PythonObjectKey> watch_next;  // the live objects its reads put on it
+    SweepWork work;
+    double read_seconds = 0;
+  };
+  std::optional<Close> close_;
+  // The objects logged since the last read (and the watch list's, once): judged, the dead
+  // removed, for close_.
+  void read_logged_objects();
+  // After the detach: the last objects the window recorded, and the close's totals.
+  void finish_close();
+  uint64_t logged_python_objects() const;
   // python_new_objects, read in place, and how far the sweeps have read it.
   MappedMap python_log_view_;
   uint64_t python_log_read_ = 0;
