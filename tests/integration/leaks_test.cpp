@@ -31,11 +31,18 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-// memtrail leaks with the given arguments, started and waited for until its probes are in.
+// memtrail leaks with the given arguments (and variables set in its environment, e.g. a
+// test hook), started and waited for until its probes are in.
 struct Tracer {
-  explicit Tracer(std::vector<std::string> args) : process(with_binary(std::move(args))) {}
-  static std::vector<std::string> with_binary(std::vector<std::string> args) {
+  explicit Tracer(std::vector<std::string> args, std::vector<std::string> environment = {})
+      : process(with_binary(std::move(args), std::move(environment))) {}
+  static std::vector<std::string> with_binary(std::vector<std::string> args,
+                                              std::vector<std::string> environment = {}) {
     args.insert(args.begin(), {MEMTRAIL_BINARY, "leaks"});
+    if (!environment.empty()) {
+      args.insert(args.begin(), environment.begin(), environment.end());
+      args.insert(args.begin(), "/usr/bin/env");
+    }
     return args;
   }
   void expect_attached(int targets = 1) {
@@ -1487,7 +1494,8 @@ struct ObjectCase {
   std::map<std::string, uint64_t> counts;
 };
 ObjectCase trace_object_case(const std::string& scenario,
-                             const std::vector<std::string>& mode = {"--python-objects", "exact"}) {
+                             const std::vector<std::string>& mode = {"--python-objects", "exact"},
+                             const std::vector<std::string>& environment = {}) {
   ObjectCase result;
   Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, scenario});
   TempDir dir;
@@ -1495,7 +1503,7 @@ ObjectCase trace_object_case(const std::string& scenario,
   std::vector<std::string> arguments{
       "-p", std::to_string(target.process.pid()), "--json", json_path, "-q", "--interval", "0.25"};
   arguments.insert(arguments.end(), mode.begin(), mode.end());
-  Tracer tracer(arguments);
+  Tracer tracer(arguments, environment);
   tracer.expect_attached();
   target.process.write_stdin("go\n");
   bool done = read_target_statements(target, result.lines, result.counts);
@@ -1772,26 +1780,11 @@ TEST(LeaksPythonObjects, DutyCycledFreeListDictsTakenUnseenAreCountedAtRisk) {
 // line's strs are read as themselves, later found replaced by their content, and it holds none.
 TEST(LeaksPythonObjects, DutyCycledObjectsDeadAsTheWindowClosesDoNotStayAlive) {
   REQUIRE_BPF_OR_SKIP();
-  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
-  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "closing"});
-  TempDir dir;
-  std::string json_path = dir.file("r.json");
-  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSE_DELAY_MS=500", MEMTRAIL_BINARY, "leaks",
-                     "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
-                     "--interval", "0.25", "--python-objects", "on"});
-  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
-      << tracer.stderr_seen() << tracer.drain_stderr();
-  target.process.write_stdin("go\n");
-  std::map<std::string, int> lines;
-  std::map<std::string, uint64_t> counts;
-  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
-  tracer.signal(SIGINT);
-  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
-      << tracer.stderr_seen() << tracer.drain_stderr();
-  target.process.write_stdin("quit\n");
+  auto traced = trace_object_case("closing", {"--python-objects", "on"},
+                                  {"MEMTRAIL_TEST_CLOSE_DELAY_MS=500"});
+  auto& [report, lines, counts] = traced;
   ASSERT_GE(counts["swapped"], 1u) << "no window seen closing: no test";
   ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
-  json report = read_json(json_path);
   const json& objects = report["python_objects"];
   ASSERT_EQ(objects["mode"], "duty_cycle") << objects.dump(2);
   auto first = types_at(report, "close_first@" + std::to_string(lines["close_first"]));
@@ -1812,26 +1805,11 @@ TEST(LeaksPythonObjects, DutyCycledObjectsDeadAsTheWindowClosesDoNotStayAlive) {
 // them (its site counts their creation) and holds none.
 TEST(LeaksPythonObjects, DutyCycledObjectsReplacedAsTheWindowEndsLeaveNoRecord) {
   REQUIRE_BPF_OR_SKIP();
-  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
-  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_OBJECTS_CASES_PY, "ending"});
-  TempDir dir;
-  std::string json_path = dir.file("r.json");
-  Subprocess tracer({"/usr/bin/env", "MEMTRAIL_TEST_CLOSING_DELAY_MS=2000", MEMTRAIL_BINARY,
-                     "leaks", "-p", std::to_string(target.process.pid()), "--json", json_path, "-q",
-                     "--interval", "0.25", "--python-objects", "on"});
-  ASSERT_TRUE(tracer.wait_for_stderr("memtrail: tracing pid ", 20s).has_value())
-      << tracer.stderr_seen() << tracer.drain_stderr();
-  target.process.write_stdin("go\n");
-  std::map<std::string, int> lines;
-  std::map<std::string, uint64_t> counts;
-  EXPECT_TRUE(read_target_statements(target, lines, counts)) << "the target did not finish";
-  tracer.signal(SIGINT);
-  ASSERT_EQ(tracer.wait(30s), std::optional<int>(0))
-      << tracer.stderr_seen() << tracer.drain_stderr();
-  target.process.write_stdin("quit\n");
+  auto traced = trace_object_case("ending", {"--python-objects", "on"},
+                                  {"MEMTRAIL_TEST_CLOSING_DELAY_MS=2000"});
+  auto& [report, lines, counts] = traced;
   ASSERT_GE(counts["swapped"], 1u) << "no window seen ending: no test";
   ASSERT_GE(counts["reused"], 200u * counts["swapped"]) << "few addresses were reused: no test";
-  json report = read_json(json_path);
   std::string where = "end_first@" + std::to_string(lines["end_first"]);
   uint64_t created = 0;
   for (const char* list : {"leaks", "freed_sites"}) {

@@ -487,6 +487,18 @@ std::string schema_check(const std::string& path) {
          path + " " + MEMTRAIL_SOURCE_DIR "/docs/leaks.schema.json";
 }
 
+// Whether `json`, written to a file, validates against the documented schema.
+template <typename Json>
+bool matches_schema(const Json& json) {
+  std::string dir = temp_dir();
+  std::string path = dir + "/report.json";
+  write_json_file(json, path);
+  bool valid = std::system(schema_check(path).c_str()) == 0;
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+  return valid;
+}
+
 TEST(JsonReport, ValidatesAgainstTheDocumentedSchema) {
   std::string dir = temp_dir();
   std::string path = dir + "/report.json";
@@ -603,13 +615,7 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(json["python_objects"]["whole_table_sweeps"], 1);
   EXPECT_EQ(json["python_objects"]["sweep_seconds"], 0.5);
   EXPECT_EQ(json["python_objects"]["unwatched"], 1234);
-  std::string dir = temp_dir();
-  std::string path = dir + "/report.json";
-  write_json_file(json, path);
-  std::string command = schema_check(path);
-  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
-  std::remove(path.c_str());
-  rmdir(dir.c_str());
+  EXPECT_TRUE(matches_schema(json)) << "schema validation failed";
   model::Report read = from_json(nlohmann::json::parse(json.dump()));
   EXPECT_TRUE(read.leaks[0].estimated);
   EXPECT_FALSE(read.leaks[1].estimated);
@@ -790,13 +796,7 @@ TEST(Report, PythonTypesSayHowTheirBytesWereSized) {
   EXPECT_EQ(json["leaks"][0]["python_types"][1]["sizing"], "estimated");
   EXPECT_EQ(json["python_types"][0]["sizing"], "estimated");
   EXPECT_EQ(json["python_types"][1]["sizing"], "exact");
-  std::string dir = temp_dir();
-  std::string path = dir + "/report.json";
-  write_json_file(json, path);
-  std::string command = schema_check(path);
-  EXPECT_EQ(std::system(command.c_str()), 0) << "schema validation failed: " << command;
-  std::remove(path.c_str());
-  rmdir(dir.c_str());
+  EXPECT_TRUE(matches_schema(json)) << "schema validation failed";
   model::Report read = from_json(nlohmann::json::parse(json.dump()));
   ASSERT_EQ(read.leaks[0].python_types.size(), 3u);
   EXPECT_EQ(read.leaks[0].python_types[0].sizing, "exact");
