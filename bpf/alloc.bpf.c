@@ -420,16 +420,32 @@ __noinline int operator_new_at(__u64 caller, struct site_frame *frame)
 	return known->kind;
 }
 
-/* An operator new[] that jumped to the operator new returning to `outer` (at `outer_slot`)
- * marked the call (new_array_enter): the block is new[]'s. */
-static __always_inline void take_new_array_mark(struct inflight_call *call, __u64 outer_slot,
-						__u64 outer, __u32 *kind)
+/* After site_memo_hit found the stack of a site's link: the kind of block to record (`kind`,
+ * the site's, or an operator new's), with frame->record_caller set to the allocation's caller;
+ * -1 when the hit is not to be taken (a link through an operator new whose code is no longer
+ * the one proved, or a plain link whose caller may be an operator new). A global function:
+ * in the site programs, each way through these checks went on to the walk with its own
+ * pointers and kinds, and the verifier checked the walk once per way (~100,000 more
+ * instructions to load each site program, measured). */
+__noinline int site_memo_hit_kind(struct site_memo *link, struct site_frame *frame, __u32 kind)
 {
-	if (call && call->array_new_slot == outer_slot && call->array_new_return == outer) {
-		*kind = MEMTRAIL_KIND_NEW_ARRAY;
-		count_thread_state(&threads_holding[THREADS_MARKING_NEW_ARRAY], true, false);
-		call->array_new_slot = 0;
+	if (!link || !frame)
+		return -1;
+	if (link->outer) {
+		/* Through an operator new: the code the link's return address goes back into is
+		 * checked again (the library there may have been replaced), in one read of it. */
+		if (operator_new_at(frame->caller, frame) != (int)link->new_kind ||
+		    frame->record_skip != link->frame_skip)
+			return -1;
+		frame->record_caller = link->outer;
+		return take_new_array_mark(frame->slot + link->frame_skip, link->outer)
+			       ? MEMTRAIL_KIND_NEW_ARRAY
+			       : link->new_kind;
 	}
+	if (is_new_call_page(frame->caller))
+		return -1;
+	frame->record_caller = frame->caller;
+	return kind;
 }
 
 /* malloc's return site saw the call come back to `*caller`, its return address at `*slot`: if
@@ -438,9 +454,8 @@ static __always_inline void take_new_array_mark(struct inflight_call *call, __u6
  * when it jumped to it); frame->record_new_kind says which operator, and `*outer_plain` whether
  * no return probe had replaced the operator's return address. False when the code or the stack
  * could not be read. */
-static __always_inline bool from_operator_new(struct inflight_call *call, __u64 *caller,
-					      __u64 *slot, __u32 *kind, struct site_frame *frame,
-					      bool *outer_plain)
+static __always_inline bool from_operator_new(__u64 *caller, __u64 *slot, __u32 *kind,
+					      struct site_frame *frame, bool *outer_plain)
 {
 	int new_kind = operator_new_at(*caller, frame);
 	__u64 outer_slot, outer = 0, returns_to;
@@ -453,8 +468,7 @@ static __always_inline bool from_operator_new(struct inflight_call *call, __u64 
 	returns_to = return_address(outer_slot, outer);
 	*outer_plain = returns_to == outer;
 	frame->record_new_kind = new_kind;
-	*kind = new_kind;
-	take_new_array_mark(call, outer_slot, returns_to, kind);
+	*kind = take_new_array_mark(outer_slot, returns_to) ? MEMTRAIL_KIND_NEW_ARRAY : new_kind;
 	*caller = returns_to;
 	*slot = outer_slot;
 	return true;
@@ -508,6 +522,7 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	struct site_memo *link;
 	__u32 kind, zero = 0, link_slot;
 	__s32 site_id;
+	int hit_kind;
 	bool plain;
 
 	if (probe_floor || tracing_stopped || !probe_applies())
@@ -523,11 +538,12 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	/* Inside a traced call (memalign, realloc(NULL, n), operator new: their entry probes ran),
 	 * the outer call records the block at its return. No thread in one: no lookup. */
 	call = NULL;
-	if (sample_rate || threads_holding[THREADS_IN_CALLS]) {
-		call = current_task_storage(&inflight,
-					    sample_rate ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (sample_rate) { /* known when the programs load: one of the two ways is checked */
+		call = current_task_storage(&inflight, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (call && in_allocator_call(call))
 			return 0;
+	} else if (in_traced_call()) {
+		return 0;
 	}
 	/* The process is looked up on the loss paths only: record_alloc_from looks it up too, and
 	 * a helper call costs. */
@@ -581,21 +597,12 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	link = bpf_map_lookup_elem(&site_memos, &link_slot);
 	scratch = bpf_map_lookup_elem(&stack_memo_scratch, &zero);
 	site_id = site_memo_hit(link, scratch, site);
-	if (site_id >= 0 && link && link->outer) {
-		/* Through an operator new: the code the link's return address goes back into is
-		 * checked again (the library there may have been replaced), in one read of it. */
-		if (operator_new_at(site->caller, site) == link->new_kind &&
-		    site->record_skip == link->frame_skip) {
-			kind = link->new_kind;
-			if (!call && threads_holding[THREADS_MARKING_NEW_ARRAY])
-				call = current_task_storage(&inflight, 0);
-			take_new_array_mark(call, slot + link->frame_skip, link->outer, &kind);
-			record_block(site->tgid, site_id, link->outer, address, size, kind, weight);
-			return 0;
+	if (site_id >= 0) {
+		hit_kind = site_memo_hit_kind(link, site, kind);
+		if (hit_kind >= 0) {
+			kind = hit_kind;
+			goto record_hit;
 		}
-	} else if (site_id >= 0 && !is_new_call_page(site->caller)) {
-		record_block(site->tgid, site_id, site->caller, address, size, kind, weight);
-		return 0;
 	}
 	if (site->read) {
 		caller = site->caller;
@@ -610,11 +617,8 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	if (is_new_call_page(caller)) {
 		bool outer_plain = false;
 
-		/* An operator new[]'s mark (new_array_enter) is in its thread's storage. */
-		if (!call && threads_holding[THREADS_MARKING_NEW_ARRAY])
-			call = current_task_storage(&inflight, 0);
 		site->record_returns_to = caller;
-		if (!from_operator_new(call, &caller, &slot, &kind, site, &outer_plain)) {
+		if (!from_operator_new(&caller, &slot, &kind, site, &outer_plain)) {
 			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, site->tgid);
 			return 0;
 		}
@@ -636,6 +640,14 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 	/* After the return: the caller's pc, its sp above the return address, its rbp (operator
 	 * new leaves rbp alone: userspace proved it). */
 	site_id = capture_stack(caller, slot + 8, caller_bp, site->tgid);
+	goto record;
+record_hit:
+	site->record_address = address;
+	site->record_size = size;
+	site->record_weight = weight;
+	site->record_kind = kind; /* a hit is linked already */
+record:
+	/* One record for hits and walks, its fields from the frame: inlined once. */
 	kind = site->record_kind;
 	record_block(site->tgid, site_id, site->record_caller, site->record_address,
 		     site->record_size, kind & ~SITE_RECORD_PLAIN, site->record_weight);

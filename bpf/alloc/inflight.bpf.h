@@ -132,4 +132,36 @@ static __always_inline bool in_allocator_call(struct inflight_call *call)
 	return call->depth > 0 && bpf_ktime_get_ns() - call->start_ns < NESTED_CALL_WINDOW_NS;
 }
 
+/* Whether the calling thread is inside a traced allocator call (its entry probe ran): 1, else
+ * 0, with no lookup while no thread is in one. A global function, so that the site programs
+ * hold no pointer that is NULL on one path and the thread's storage on another: each such
+ * pair of states had the verifier check their whole stack walk twice (~100,000 more
+ * instructions to load each site program, measured). */
+__noinline int in_traced_call(void)
+{
+	struct inflight_call *call;
+
+	if (!threads_holding[THREADS_IN_CALLS])
+		return 0;
+	call = current_task_storage(&inflight, 0);
+	return call && in_allocator_call(call);
+}
+
+/* Whether an operator new[] marked the call of the operator new that returns to `outer` at
+ * `outer_slot` (new_array_enter): then the block is new[]'s, and the mark is taken. A global
+ * function, as in_traced_call. */
+__noinline int take_new_array_mark(__u64 outer_slot, __u64 outer)
+{
+	struct inflight_call *call;
+
+	if (!threads_holding[THREADS_MARKING_NEW_ARRAY])
+		return 0;
+	call = current_task_storage(&inflight, 0);
+	if (!call || call->array_new_slot != outer_slot || call->array_new_return != outer)
+		return 0;
+	count_thread_state(&threads_holding[THREADS_MARKING_NEW_ARRAY], true, false);
+	call->array_new_slot = 0;
+	return 1;
+}
+
 #endif /* MEMTRAIL_ALLOC_INFLIGHT_BPF_H */
