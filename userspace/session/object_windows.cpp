@@ -37,17 +37,9 @@ void ObjectWindows::start(Clock::time_point start) {
 Clock::time_point ObjectWindows::tick(Clock::time_point now) {
   if (!start_ || cycle_.exact()) return Clock::time_point::max();
   double t_s = std::chrono::duration<double>(now - *start_).count();
-  auto period = static_cast<int64_t>(std::floor(std::max(t_s, 0.0) / cycle_.period_s));
-  bool was_attached = tracer_.python_objects_attached();
-  bool attached = was_attached ? cycle_.attached_at(t_s + close_lead_s_)
-                               : cycle_.attached_at(t_s) && period != closed_period_;
-  if (attached != was_attached) {
-    if (!attached) closed_period_ = period;
-    switch_to(attached);
-  }
-  double next_s = attached ? cycle_.next_switch_s(t_s + close_lead_s_) - close_lead_s_
-                           : cycle_.next_switch_s(t_s);
-  if (!attached && cycle_.attached_at(t_s)) next_s = cycle_.next_switch_s(next_s);  // closed early
+  bool attached = cycle_.attached_at(t_s);
+  if (attached != tracer_.python_objects_attached()) switch_to(attached);
+  double next_s = cycle_.next_switch_s(t_s);
   if (!std::isfinite(next_s)) return Clock::time_point::max();
   return *start_ +
          std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(next_s));
@@ -62,10 +54,7 @@ void ObjectWindows::switch_to(bool attached) {
   if (attached) {
     tracer_.set_python_objects_attached(true);
   } else {
-    auto began = Clock::now();
     tracer_.sweep_python_objects();
-    double read_s = std::chrono::duration<double>(Clock::now() - began).count();
-    close_lead_s_ = std::min(read_s, cycle_.attached_share * cycle_.period_s / 2);
   }
   double now_s = clock_s();
   for (uint32_t pid : processes_) {

@@ -76,12 +76,6 @@ class ObjectWindows {
   std::unordered_set<uint32_t> waiting_;    // of those, the ones whose first window is to come
   std::unordered_map<uint32_t, std::unordered_set<uint64_t>> creation_sites_;
   std::optional<Clock::time_point> start_;
-  // A window's close reads its objects while the probes are in (its last close took this
-  // long): the close begins that much before the cycle's end of the window, so that the probes
-  // stay in for the cycle's share of the time, not that and the read. Bounded by half a window.
-  double close_lead_s_ = 0;
-  // The period in which the last window closed: no window opens again before the next one.
-  int64_t closed_period_ = -1;
 };
 
 }  // namespace memtrail::session
