@@ -328,10 +328,12 @@ struct memtrail_python_layout {
 	__u32 owner_cstack;   /* owner of a C-stack shim frame (none in 3.11: 255) */
 	__u32 tstate_datastack_chunk; /* PyThreadState.datastack_chunk: the frames' current chunk */
 	__u32 tstate_datastack_limit; /* PyThreadState.datastack_limit: that chunk's end */
+	__u32 frame_globals;	      /* _PyInterpreterFrame.f_globals: the module's dict */
 };
-MEMTRAIL_ABI_SIZE(memtrail_python_layout, 16 * 4);
+MEMTRAIL_ABI_SIZE(memtrail_python_layout, 17 * 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_layout, frame_code, 7 * 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_layout, owner_cstack, 13 * 4);
+MEMTRAIL_ABI_OFFSET(memtrail_python_layout, frame_globals, 16 * 4);
 
 /* Bytes read from each frame at once: every field above lies within them. */
 #define MEMTRAIL_PYTHON_FRAME_READ 80
@@ -360,17 +362,23 @@ MEMTRAIL_ABI_OFFSET(memtrail_python_process, eval_loop_start, 8);
 #define MEMTRAIL_PYTHON_LASTI_MAX 0x7fffULL
 #define MEMTRAIL_PYTHON_ENTRY (1ULL << 63)
 
-/* The Python frames of one stack, innermost first, in the python_stacks map under its id. */
+/* The Python frames of one stack, innermost first, in the python_stacks map under its id.
+ * globals[i] is frames[i]'s f_globals, its module's dict: code objects die and new ones take
+ * their addresses (a module's <module> code right after its import, exec'd code), so the code
+ * address alone does not say which code ran; with the module's dict it does, while that module
+ * lives. Userspace names each (code, globals) pair apart, and the walk's hash mixes both in. */
 struct memtrail_python_stack {
 	__u32 tgid;
 	__u16 depth;
 	__u16 flags; /* MEMTRAIL_PYTHON_* */
 	__u64 frames[MEMTRAIL_MAX_PYTHON_DEPTH];
+	__u64 globals[MEMTRAIL_MAX_PYTHON_DEPTH];
 };
-MEMTRAIL_ABI_SIZE(memtrail_python_stack, 8 + 8 * MEMTRAIL_MAX_PYTHON_DEPTH);
+MEMTRAIL_ABI_SIZE(memtrail_python_stack, 8 + 16 * MEMTRAIL_MAX_PYTHON_DEPTH);
 MEMTRAIL_ABI_OFFSET(memtrail_python_stack, depth, 4);
 MEMTRAIL_ABI_OFFSET(memtrail_python_stack, flags, 6);
 MEMTRAIL_ABI_OFFSET(memtrail_python_stack, frames, 8);
+MEMTRAIL_ABI_OFFSET(memtrail_python_stack, globals, 8 + 8 * MEMTRAIL_MAX_PYTHON_DEPTH);
 MEMTRAIL_ABI_ASSERT((MEMTRAIL_MAX_PYTHON_DEPTH & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)) == 0,
 		    "the BPF walker masks frame indices with MEMTRAIL_MAX_PYTHON_DEPTH - 1");
 #define MEMTRAIL_PYTHON_TRUNCATED 1  /* more frames than MEMTRAIL_MAX_PYTHON_DEPTH */

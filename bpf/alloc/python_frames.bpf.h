@@ -133,8 +133,9 @@ static __always_inline __u8 frame_u8(const __u8 *raw, __u32 offset)
 static long python_step(__u32 index, struct python_walk *walk)
 {
 	const __u8 *raw;
-	__u64 code, previous, prev_instr, first_instr, lasti, packed;
+	__u64 code, globals, previous, prev_instr, first_instr, lasti, packed;
 	__u8 is_entry, owner;
+	__u32 slot;
 
 	if (!walk->frame)
 		return 1;
@@ -149,6 +150,7 @@ static long python_step(__u32 index, struct python_walk *walk)
 	}
 	/* Userspace checks that every field lies within raw; the bounds are for the verifier. */
 	code = frame_u64(raw, python_layout.frame_code);
+	globals = frame_u64(raw, python_layout.frame_globals);
 	previous = frame_u64(raw, python_layout.frame_previous);
 	prev_instr = frame_u64(raw, python_layout.frame_prev_instr);
 	is_entry = frame_u8(raw, python_layout.frame_is_entry);
@@ -163,9 +165,12 @@ static long python_step(__u32 index, struct python_walk *walk)
 		lasti = MEMTRAIL_PYTHON_LASTI_MAX;
 	packed = (code & MEMTRAIL_PYTHON_CODE_MASK) | (lasti << MEMTRAIL_PYTHON_LASTI_SHIFT) |
 		 (is_entry ? MEMTRAIL_PYTHON_ENTRY : 0);
-	walk->stack->frames[index & (MEMTRAIL_MAX_PYTHON_DEPTH - 1)] = packed;
+	slot = index & (MEMTRAIL_MAX_PYTHON_DEPTH - 1);
+	walk->stack->frames[slot] = packed;
+	walk->stack->globals[slot] = globals;
 	walk->stack->depth = index + 1;
 	walk->hash = (walk->hash ^ packed) * 0x100000001B3ULL;
+	walk->hash = (walk->hash ^ globals) * 0x100000001B3ULL;
 	if (is_entry)
 		walk->entries++;
 	return 0;

@@ -1229,6 +1229,40 @@ TEST(LeaksPython, ACallbackFromCIntoPythonKeepsTheCFramesBetweenThePythonFunctio
   target.process.write_stdin("quit\n");
 }
 
+// Two modules of one shape: B's <module> code object takes the address A's had (freed right
+// after A's import, named by then). Each module's bytes are charged to its own file and line:
+// B's frames are neither named after A (the name read for that address) nor merged into A's
+// stack (the same code address, the same instruction).
+TEST(LeaksPython, CodeAtAnAddressAnotherModulesCodeHadIsNamedAfterItsOwnModule) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  Target target({"/usr/bin/python3", MEMTRAIL_PYTHON_REUSED_CODE_PY});
+  auto traced = trace_scenario(target, {"--interval", "0.25"});
+  // Otherwise the scenario did not happen on this interpreter: nothing would be proven.
+  ASSERT_EQ(traced.lines["same_code"], 1)
+      << "the two modules' code objects had different addresses: " << target.process.drain_stderr();
+  std::map<std::string, uint64_t> bytes, blocks;  // calloc'd by "file:function@line"
+  for (const auto& site : traced.report["leaks"]) {
+    if (site["allocator"] != "calloc") continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["language"] != "python") continue;
+      std::string where = file_name(frame["file"]) + ":" + frame["function"].get<std::string>() +
+                          "@" + (frame["line"].is_null() ? "?" : frame["line"].dump());
+      bytes[where] += site["outstanding_bytes"].get<uint64_t>();
+      blocks[where] += site["outstanding_allocations"].get<uint64_t>();
+      break;  // the innermost Python frame
+    }
+  }
+  std::string a = "reused_code_a.py:<module>@" + std::to_string(traced.lines["module_a"]);
+  std::string b = "reused_code_b.py:<module>@" + std::to_string(traced.lines["module_b"]);
+  // 1000 bytes(600) each: 1000 callocs of 633 bytes.
+  EXPECT_EQ(blocks[a], 1000u) << traced.report["leaks"].dump(1);
+  EXPECT_EQ(bytes[a], 633'000u);
+  EXPECT_EQ(blocks[b], 1000u) << traced.report["leaks"].dump(1);
+  EXPECT_EQ(bytes[b], 633'000u);
+  target.process.write_stdin("quit\n");
+}
+
 // ---- CPython: objects charged to the line that created them (default) ----
 
 // Python-object bytes outstanding per innermost Python frame ("function@line"), and the total.

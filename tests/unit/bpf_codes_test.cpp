@@ -67,15 +67,32 @@ TEST(BpfCodes, EveryPythonObjectCallHasItsOwnCode) {
 
 TEST(BpfCodes, PythonFramesAndFlagsAreUnpacked) {
   uint64_t code = 0x7f12'3456'7890;
-  auto frame = python_frame(code | (uint64_t{42} << MEMTRAIL_PYTHON_LASTI_SHIFT));
+  uint64_t globals = 0x7f12'3400'0040;
+  auto frame = python_frame(code | (uint64_t{42} << MEMTRAIL_PYTHON_LASTI_SHIFT), globals);
   EXPECT_EQ(frame.code, code);
   EXPECT_EQ(frame.lasti, 42u);
   EXPECT_FALSE(frame.entry);
-  frame = python_frame(code | (MEMTRAIL_PYTHON_LASTI_MAX << MEMTRAIL_PYTHON_LASTI_SHIFT) |
-                       MEMTRAIL_PYTHON_ENTRY);
+  EXPECT_EQ(frame.globals, globals);
+  frame = python_frame(
+      code | (MEMTRAIL_PYTHON_LASTI_MAX << MEMTRAIL_PYTHON_LASTI_SHIFT) | MEMTRAIL_PYTHON_ENTRY, 0);
   EXPECT_EQ(frame.code, code);
   EXPECT_EQ(frame.lasti, MEMTRAIL_PYTHON_LASTI_MAX);
   EXPECT_TRUE(frame.entry);
+  EXPECT_EQ(frame.globals, 0u);
+
+  // A stack's frames, each with its own module dict; only `depth` of them.
+  memtrail_python_stack python{};
+  python.depth = 2;
+  python.frames[0] = code | MEMTRAIL_PYTHON_ENTRY;
+  python.globals[0] = globals;
+  python.frames[1] = code;
+  python.globals[1] = globals + 0x100;
+  python.frames[2] = code + 8;
+  std::vector<model::PythonFrame> frames;
+  python_frames(python, frames);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_TRUE(frames[0].entry && frames[0].globals == globals);
+  EXPECT_TRUE(!frames[1].entry && frames[1].globals == globals + 0x100);
 
   model::Snapshot::Stack stack;
   read_python_flags(MEMTRAIL_PYTHON_TRUNCATED, stack);
@@ -158,9 +175,9 @@ TEST(BpfCodes, WalkerMappingsKeepEveryField) {
 }
 
 TEST(BpfCodes, PythonLayoutsKeepEveryOffset) {
-  model::PythonFrameLayout layout{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+  model::PythonFrameLayout layout{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17};
   memtrail_python_layout stored = python_layout(layout);
-  const uint32_t expected[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+  const uint32_t expected[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17};
   static_assert(sizeof(stored) == sizeof(expected));
   EXPECT_EQ(std::memcmp(&stored, expected, sizeof(expected)), 0);
   memtrail_python_type_layout types = python_type_layout({168, 1ul << 14});

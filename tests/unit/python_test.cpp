@@ -156,8 +156,12 @@ TEST(Python, LayoutIsTheInstalledInterpreters) {
     EXPECT_EQ(read_u8(pid, frame + walker.frame_is_entry) != 0, entries[i]) << keys[i];
     uint64_t prev_instr = read_u64(pid, frame + walker.frame_prev_instr);
     ASSERT_GE(prev_instr, code + walker.code_adaptive);
+    // All three run in the fixture's module: its dict is each frame's f_globals.
+    uint64_t globals = read_u64(pid, frame + walker.frame_globals);
+    EXPECT_EQ(globals, report["globals"].get<uint64_t>()) << keys[i];
     model::PythonFrame recorded{
-        code, static_cast<uint32_t>((prev_instr - code - walker.code_adaptive) / 2), entries[i]};
+        code, static_cast<uint32_t>((prev_instr - code - walker.code_adaptive) / 2), entries[i],
+        globals};
     named.push_back(reader.frame(static_cast<uint32_t>(pid), *interpreter, recorded));
     frame = read_u64(pid, frame + walker.frame_previous);
   }
@@ -171,6 +175,22 @@ TEST(Python, LayoutIsTheInstalledInterpreters) {
   }
   EXPECT_EQ(named[0].line, fixture_line("blocked"));
   EXPECT_GT(named[2].line.value_or(0), named[1].line.value_or(0));  // outer() is called last
+
+  // What cannot be the code that ran is said so, not named after what lies there now: an
+  // instruction beyond inner's bytecode (its code freed, a shorter one in its place), or an
+  // object that is not code (here the dict type).
+  auto inner_code = report["inner_code"].get<uint64_t>();
+  auto globals = report["globals"].get<uint64_t>();
+  auto beyond = reader.frame(static_cast<uint32_t>(pid), *interpreter,
+                             {inner_code, model::kPythonLastiSaturated - 1, false, globals});
+  EXPECT_EQ(beyond.function, CodeReader::kGoneCode);
+  auto not_code = reader.frame(static_cast<uint32_t>(pid), *interpreter,
+                               {report["dict_type"].get<uint64_t>(), 0, false, globals});
+  EXPECT_EQ(not_code.function, CodeReader::kGoneCode);
+  // The same code run with another module's dict (exec) is read and named again, alike.
+  auto elsewhere =
+      reader.frame(static_cast<uint32_t>(pid), *interpreter, {inner_code, 0, false, globals + 64});
+  EXPECT_EQ(elsewhere.function, "inner");
 }
 
 TEST(Python, LineTableDecodingAgreesWithCoLines) {

@@ -27,6 +27,7 @@ struct PythonFrameLayout {
   uint32_t owner_cstack = 0;            // owner of a C-stack shim frame (none in 3.11: 255)
   uint32_t tstate_datastack_chunk = 0;  // PyThreadState.datastack_chunk: the frames' chunk
   uint32_t tstate_datastack_limit = 0;  // PyThreadState.datastack_limit: that chunk's end
+  uint32_t frame_globals = 0;           // _PyInterpreterFrame.f_globals: the module's dict
 };
 
 // Where the object counters (--python-types) read a type's flags (PyTypeObject.tp_flags), and
@@ -43,11 +44,17 @@ enum class PythonObjectCall : uint8_t {
   kGcNewVar,      // _PyObject_GC_NewVar(type, nitems)
 };
 
+// The walker's last instruction index saturates there: only below it is it exact.
+inline constexpr uint32_t kPythonLastiSaturated = 0x7fff;
+
 // One Python frame as the walker recorded it.
 struct PythonFrame {
   uint64_t code = 0;   // the code object's address in the process
-  uint32_t lasti = 0;  // its last instruction, in code units (saturated at 0x7fff)
+  uint32_t lasti = 0;  // its last instruction, in code units (saturated: kPythonLastiSaturated)
   bool entry = false;  // the first frame of an eval-loop call
+  // The frame's f_globals, its module's dict: a code object freed and another made at its
+  // address (a module's <module> code after its import, exec'd code) is told apart by it.
+  uint64_t globals = 0;
 };
 
 // What identifies one CPython object among those of its type that take the same address in

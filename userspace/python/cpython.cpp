@@ -165,7 +165,8 @@ model::PythonFrameLayout frame_layout() {
           walker.frame_previous,         walker.frame_prev_instr,
           walker.frame_is_entry,         walker.frame_owner,
           walker.code_adaptive,          walker.owner_cstack,
-          walker.tstate_datastack_chunk, walker.tstate_datastack_limit};
+          walker.tstate_datastack_chunk, walker.tstate_datastack_limit,
+          walker.frame_globals};
 }
 
 model::PythonTypeLayout type_layout() {
@@ -420,12 +421,13 @@ std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid, const Interp
   const auto& layout = built_layout();
   std::vector<uint8_t> raw(layout.code_size);
   if (!read_memory(pid, address, raw.data(), raw.size())) return std::nullopt;
+  Code code;
   // A code object freed since (its memory reused) is not named after whatever lies there now.
   if (interpreter.code_type_address &&
       field<uint64_t>(raw, layout.object_type) != interpreter.code_type_address) {
-    return std::nullopt;
+    code.gone = true;
+    return code;
   }
-  Code code;
   auto qualname = read_str(pid, field<uint64_t>(raw, layout.code_qualname));
   auto filename = read_str(pid, field<uint64_t>(raw, layout.code_filename));
   auto linetable = read_bytes(pid, field<uint64_t>(raw, layout.code_linetable));
@@ -434,12 +436,13 @@ std::optional<CodeReader::Code> CodeReader::read_code(uint32_t pid, const Interp
   code.filename = filename.value_or("");
   code.linetable = linetable.value_or("");
   code.first_line = field<int32_t>(raw, layout.code_firstlineno);
+  code.units = static_cast<uint64_t>(std::max<int64_t>(field<int64_t>(raw, layout.var_size), 0));
   return code;
 }
 
 model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
                                const model::PythonFrame& recorded) {
-  auto key = std::make_pair(pid, recorded.code);
+  auto key = std::make_tuple(pid, recorded.code, recorded.globals);
   auto it = codes_.find(key);
   if (it == codes_.end()) {
     it = codes_.emplace(key, read_code(pid, interpreter, recorded.code)).first;
@@ -454,6 +457,11 @@ model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
     return frame;
   }
   const Code& code = *it->second;
+  if (code.gone ||
+      (recorded.lasti < model::kPythonLastiSaturated && recorded.lasti >= code.units)) {
+    frame.function = kGoneCode;
+    return frame;
+  }
   frame.function = code.qualname;
   if (!code.filename.empty()) frame.file = code.filename;
   frame.line = line_of(code.linetable, code.first_line, recorded.lasti);
@@ -461,7 +469,7 @@ model::Frame CodeReader::frame(uint32_t pid, const Interpreter& interpreter,
 }
 
 void CodeReader::forget(uint32_t pid) {
-  codes_.erase(codes_.lower_bound({pid, 0}), codes_.lower_bound({pid + 1, 0}));
+  codes_.erase(codes_.lower_bound({pid, 0, 0}), codes_.lower_bound({pid + 1, 0, 0}));
 }
 
 void TypeTracker::record(double t_s, const std::vector<model::Snapshot::PythonTypeCounts>& counts,

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -122,21 +123,31 @@ std::optional<uint32_t> line_of(std::string_view table, int first_line, uint32_t
 
 // Names the code objects of live processes by reading their memory (process_vm_readv), and
 // remembers what it read: a code object lives as long as its function, and a site's frames
-// are named once, while the process runs.
+// are named once, while the process runs. Code objects die and others take their addresses
+// (a module's <module> code after its import, exec'd code): what was read is remembered by
+// code address and module dict (f_globals), so that another module's code at a reused address
+// is read again, not named after the code that lay there before.
 class CodeReader {
  public:
   // A frame for `frame` of process `pid`: module "[python]", function the qualified name, file
-  // and line; the function is "<unreadable code object>" when the memory cannot be read.
+  // and line. The function is "<unreadable code object>" when the memory cannot be read, and
+  // kGoneCode when what lies there now cannot be the code that ran: not a code object, or one
+  // too short for the frame's last instruction (the code was freed before it was named).
   model::Frame frame(uint32_t pid, const Interpreter& interpreter, const model::PythonFrame& frame);
   void forget(uint32_t pid);
 
+  static constexpr const char* kGoneCode = "<code object gone>";
+
  private:
   struct Code {
+    bool gone = false;  // another object lies there now
     std::string qualname, filename, linetable;
     int first_line = 0;
+    uint64_t units = 0;  // its bytecode's length in code units (ob_size)
   };
   std::optional<Code> read_code(uint32_t pid, const Interpreter& interpreter, uint64_t address);
-  std::map<std::pair<uint32_t, uint64_t>, std::optional<Code>> codes_;
+  // By (pid, code address, f_globals).
+  std::map<std::tuple<uint32_t, uint64_t, uint64_t>, std::optional<Code>> codes_;
 };
 
 // CPython objects by type over the run (--python-types), from the kernel's counts at each

@@ -59,6 +59,7 @@ void memtrail_cpython_describe(struct memtrail_cpython_layout *layout) {
   layout->walker.owner_cstack = 255; /* 3.11 pushes no C-stack shim frames */
   layout->walker.tstate_datastack_chunk = offsetof(PyThreadState, datastack_chunk);
   layout->walker.tstate_datastack_limit = offsetof(PyThreadState, datastack_limit);
+  layout->walker.frame_globals = offsetof(_PyInterpreterFrame, f_globals);
 
   layout->object_type = offsetof(PyObject, ob_type);
   layout->code_filename = offsetof(PyCodeObject, co_filename);

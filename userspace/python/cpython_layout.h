@@ -28,6 +28,7 @@ struct memtrail_cpython_walker_offsets {
   unsigned owner_cstack;           /* owner of a C-stack shim frame (none in 3.11: 255) */
   unsigned tstate_datastack_chunk; /* PyThreadState.datastack_chunk: the frames' chunk */
   unsigned tstate_datastack_limit; /* PyThreadState.datastack_limit: that chunk's end */
+  unsigned frame_globals;          /* _PyInterpreterFrame.f_globals: the module's dict */
 };
 
 /* What the object counters read of a type (--python-types): a model::PythonTypeLayout. */

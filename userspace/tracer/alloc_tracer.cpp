@@ -274,7 +274,8 @@ AllocTracer::AllocTracer(const TracerConfig& config)
   rodata->sample_rate = config.sample_rate;
   if (config.python_layout) {
     const auto& layout = *config.python_layout;
-    for (uint32_t offset : {layout.frame_code, layout.frame_previous, layout.frame_prev_instr}) {
+    for (uint32_t offset : {layout.frame_code, layout.frame_previous, layout.frame_prev_instr,
+                            layout.frame_globals}) {
       if (offset + sizeof(uint64_t) > MEMTRAIL_PYTHON_FRAME_READ) {
         throw Error("CPython's frame layout puts a field at offset " + std::to_string(offset) +
                         ", beyond the " + std::to_string(MEMTRAIL_PYTHON_FRAME_READ) +
@@ -613,9 +614,7 @@ void AllocTracer::for_each_python_stack(
   read_hash_map<uint32_t, memtrail_python_stack>(
       bpf_map__fd(skeleton_->maps.python_stacks), 256, "python_stacks",
       [&](uint32_t id, const memtrail_python_stack& python) {
-        uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
-        frames.resize(depth);
-        std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
+        bpf::python_frames(python, frames);
         visit(id, python.tgid, frames);
       });
 }
@@ -1537,10 +1536,7 @@ model::Snapshot AllocTracer::snapshot(model::AllocationSink* sink) {
         [&](uint32_t id, const memtrail_python_stack& python) {
           auto stack = snapshot.stacks.find(static_cast<int32_t>(id));
           if (stack == snapshot.stacks.end()) return;  // an orphan (see capture_stack)
-          uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
-          auto& frames = stack->second.python_frames;
-          frames.resize(depth);
-          std::transform(python.frames, python.frames + depth, frames.begin(), bpf::python_frame);
+          bpf::python_frames(python, stack->second.python_frames);
           bpf::read_python_flags(python.flags, stack->second);
         });
   }

@@ -5,8 +5,10 @@
 // ABI headers (bpf/alloc_events.h, bpf/unwind_table.h), and only through this header.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "alloc_events.h"
 #include "inspect/allocator.h"
@@ -204,13 +206,25 @@ inline void read_stack_flags(uint16_t flags, model::Snapshot::Stack& stack) {
   }
 }
 
+static_assert(MEMTRAIL_PYTHON_LASTI_MAX == model::kPythonLastiSaturated,
+              "the code reader knows where the walker saturates lasti");
+
 // One Python frame as the walker packs it: the code object's address (low 48 bits), its last
-// instruction (15 bits) and the eval loop's entry flag (bit 63).
-constexpr model::PythonFrame python_frame(uint64_t packed) {
+// instruction (15 bits) and the eval loop's entry flag (bit 63); with its f_globals.
+constexpr model::PythonFrame python_frame(uint64_t packed, uint64_t globals) {
   return {
       packed & MEMTRAIL_PYTHON_CODE_MASK,
       static_cast<uint32_t>((packed >> MEMTRAIL_PYTHON_LASTI_SHIFT) & MEMTRAIL_PYTHON_LASTI_MAX),
-      (packed & MEMTRAIL_PYTHON_ENTRY) != 0};
+      (packed & MEMTRAIL_PYTHON_ENTRY) != 0, globals};
+}
+
+// The frames of a Python stack the walker recorded, innermost first.
+inline void python_frames(const memtrail_python_stack& python,
+                          std::vector<model::PythonFrame>& frames) {
+  uint32_t depth = std::min<uint32_t>(python.depth, MEMTRAIL_MAX_PYTHON_DEPTH);
+  frames.resize(depth);
+  for (uint32_t i = 0; i < depth; ++i)
+    frames[i] = python_frame(python.frames[i], python.globals[i]);
 }
 
 // The flags of a Python stack (MEMTRAIL_PYTHON_*) into its model fields.
@@ -240,9 +254,10 @@ inline memtrail_python_layout python_layout(const model::PythonFrameLayout& layo
   out.owner_cstack = layout.owner_cstack;
   out.tstate_datastack_chunk = layout.tstate_datastack_chunk;
   out.tstate_datastack_limit = layout.tstate_datastack_limit;
+  out.frame_globals = layout.frame_globals;
   return out;
 }
-static_assert(sizeof(memtrail_python_layout) == 16 * sizeof(uint32_t),
+static_assert(sizeof(memtrail_python_layout) == 17 * sizeof(uint32_t),
               "python_layout() copies every field of the BPF struct");
 
 inline memtrail_python_type_layout python_type_layout(const model::PythonTypeLayout& layout) {
