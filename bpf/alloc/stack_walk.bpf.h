@@ -626,6 +626,27 @@ static __always_inline bool segment_keys_equal(struct segment_key *a, struct seg
 	       a->generation == b->generation;
 }
 
+/* Whether every one of the `reads` stack words `kept` noted still holds its value in `bytes`,
+ * which hold the stack from address `base` on; an offset past `limit` (16 bytes short of their
+ * end) is not held. */
+static __always_inline bool segment_words_unchanged(struct segment_memo *kept, __u64 reads,
+						    const __u8 *bytes, __u64 base, __u64 limit)
+{
+	struct stack_memo_read *read;
+	__u64 offset;
+
+	for (__u32 i = 0; i < STACK_MEMO_READS; i++) {
+		if (i >= reads)
+			break;
+		read = &kept->read[i];
+		offset = read->address - base;
+		if (offset > limit || *(const __u64 *)&bytes[offset] != read->words[0] ||
+		    (read->length == 16 && *(const __u64 *)&bytes[offset + 8] != read->words[1]))
+			return false;
+	}
+	return true;
+}
+
 /* At the innermost eval-loop frame of a walk with more eval loops to go (scratch->segment holds
  * the walk's key there): 1 when the memo kept for that key noted only words that the stack still
  * holds unchanged (segment_memo_append, at the walk's end, takes its frames); else 0, and `memo` notes the
@@ -635,8 +656,7 @@ __noinline int segment_memo_find(struct walk_scratch *scratch, struct stack_memo
 {
 	struct stack_memo_bytes *fresh;
 	struct segment_memo *kept;
-	struct stack_memo_read *read;
-	__u64 offset, reads, base, length;
+	__u64 offset, reads, length;
 	__u32 slot, zero = 0;
 
 	if (!scratch || !memo)
@@ -660,32 +680,13 @@ __noinline int segment_memo_find(struct walk_scratch *scratch, struct stack_memo
 	 * began deeper in C code than they did may not reach the outer eval loops). */
 	offset = kept->low - scratch->span.low;
 	if (offset <= STACK_SPAN && offset + length <= scratch->span.length) {
-		base = scratch->span.low;
-		for (__u32 i = 0; i < STACK_MEMO_READS; i++) {
-			if (i >= reads)
-				break;
-			read = &kept->read[i];
-			offset = read->address - base;
-			if (offset > STACK_SPAN - 16 ||
-			    *(__u64 *)&scratch->span.bytes[offset] != read->words[0] ||
-			    (read->length == 16 &&
-			     *(__u64 *)&scratch->span.bytes[offset + 8] != read->words[1]))
-				goto note;
-		}
-	} else {
-		base = kept->low;
-		if (bpf_probe_read_user(fresh->bytes, length, (const void *)base))
+		if (!segment_words_unchanged(kept, reads, scratch->span.bytes, scratch->span.low,
+					     STACK_SPAN - 16))
 			goto note;
-		for (__u32 i = 0; i < STACK_MEMO_READS; i++) {
-			if (i >= reads)
-				break;
-			read = &kept->read[i];
-			offset = (read->address - base) & (STACK_MEMO_SPAN - 1);
-			if (*(__u64 *)&fresh->bytes[offset] != read->words[0] ||
-			    (read->length == 16 &&
-			     *(__u64 *)&fresh->bytes[offset + 8] != read->words[1]))
-				goto note;
-		}
+	} else if (bpf_probe_read_user(fresh->bytes, length, (const void *)kept->low) ||
+		   !segment_words_unchanged(kept, reads, fresh->bytes, kept->low,
+					    STACK_MEMO_SPAN)) {
+		goto note;
 	}
 	scratch->segment.state = SEGMENT_MET | SEGMENT_REUSED;
 	count(MEMTRAIL_CTR_SEGMENTS_REUSED);
