@@ -2033,13 +2033,13 @@ TEST(LeaksPythonObjects, ALaunchedProgramsObjectsKeptRightBeforeItEndsAreInItsRe
 // and, at malloc's site, exactly its table's bytes (sys.getsizeof less an empty one's). Before
 // the BPF program stopped recording the held program's frees, the objects were there and the
 // three tables were not (freed by the finalization since).
-TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) {
-  REQUIRE_BPF_OR_SKIP();
-  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+// `objects_mode` "off": without object tracking the hold is there too, and the three tables
+// (the native sites) as well.
+void expect_buffers_kept_to_the_end(const std::string& objects_mode) {
   TempDir dir;
   std::string json_path = dir.file("r.json");
-  Tracer tracer({"--json", json_path, "-q", "--interval", "100", "--python-objects", "exact", "--",
-                 "/usr/bin/env", "BUFFERS=1", "COUNT=10", "/usr/bin/python3",
+  Tracer tracer({"--json", json_path, "-q", "--interval", "100", "--python-objects", objects_mode,
+                 "--", "/usr/bin/env", "BUFFERS=1", "COUNT=10", "/usr/bin/python3",
                  late_objects_script()});
   tracer.expect_attached();
   std::map<std::string, int> lines;
@@ -2051,6 +2051,8 @@ TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) 
   ASSERT_EQ(code, std::optional<int>(0))
       << tracer.process.stderr_seen() << tracer.process.drain_stderr();
   json report = read_json(json_path);
+  bool objects = objects_mode != "off";
+  EXPECT_EQ(report.contains("python_objects"), objects);
   for (const std::string type : {"list", "set", "dict"}) {
     SCOPED_TRACE(type);
     std::string where = "late_buffers@" + std::to_string(lines["late_" + type]);
@@ -2064,11 +2066,27 @@ TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) 
     }
     EXPECT_EQ(native, counts["late_" + type + "_table"]) << report["leaks"].dump();
     EXPECT_EQ(blocks, 1u);
-    auto objects = types_at(report, where);
-    EXPECT_EQ(objects.objects[type], 1u) << describe(objects);
+    auto found = types_at(report, where);
+    EXPECT_EQ(found.objects[type], objects ? 1u : 0u) << describe(found);
   }
-  EXPECT_EQ(types_at(report, "late@" + std::to_string(lines["late"])).objects,
-            (std::map<std::string, uint64_t>{{"Late", 10}}));
+  if (objects) {
+    EXPECT_EQ(types_at(report, "late@" + std::to_string(lines["late"])).objects,
+              (std::map<std::string, uint64_t>{{"Late", 10}}));
+  }
+}
+
+TEST(LeaksPythonObjects, TheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  expect_buffers_kept_to_the_end("exact");
+}
+
+// Before the hold was placed only with object tracking, --python-objects off reported the three
+// tables freed (by the finalization).
+TEST(LeaksPythonObjects, WithoutObjectsTheBuffersALaunchedProgramKeepsToItsEndAreInItsReport) {
+  REQUIRE_BPF_OR_SKIP();
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
+  expect_buffers_kept_to_the_end("off");
 }
 
 // The same program traced by PID, memtrail stopped (SIGINT) after it kept them and before it

@@ -145,6 +145,7 @@ void CodeMaps::update_python(TracedProcess& process) {
   if (config_.tracer.python_objects && walk) {
     objects_reason = attach_python_objects(process, *interpreter);
   }
+  if (walk) attach_python_end(process, *interpreter);
   process.info.python_objects_reason = std::move(objects_reason);
   // Objects traced, but OrderedDicts sized as plain dicts: said once, and in the report.
   std::string sizes_reason;
@@ -216,40 +217,6 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
         }
       }
       object_windows_.add_process(pid, std::move(addresses));
-      // Its objects are read once more when its program ends, before the interpreter frees
-      // them and the process is gone (Lifecycle::handle_python_finalizing). Without that
-      // probe, its exit report has those a report or a window's close found alive.
-      // (Not without the lifecycle events, --no-follow-forks without --mmap: said with -v.)
-      bool events = tracer_.region_events_fd() >= 0;
-      if (!interpreter.finalize_offset ||
-          (events && !tracer_.attach_python_finalizing(pid, interpreter.file,
-                                                       *interpreter.finalize_offset))) {
-        std::cerr << "memtrail: warning: pid " << pid << ": Py_FinalizeEx "
-                  << (interpreter.finalize_offset ? "could not be probed" : "not found")
-                  << ": if it exits, its report shows the Python objects the last report "
-                  << "found alive, not those created since\n";
-      } else if (!events && config_.verbose()) {
-        std::cerr << "memtrail: pid " << pid << ": Py_FinalizeEx not probed (no lifecycle "
-                  << "events with --no-follow-forks): if it exits, its report shows the Python "
-                  << "objects the last report found alive\n";
-      }
-      // A program that ends without finalizing (os._exit) passes libc's _exit only. Held at
-      // its first instruction, the process maps no libc yet: the one its load order names.
-      auto exit_function = interpreter.exit_function;
-      for (const auto& module : process.allocators.modules) {
-        if (exit_function) break;
-        if (module.name == "glibc") exit_function = python::exit_function_in(module.file);
-      }
-      if (events && (!exit_function || !tracer_.attach_python_finalizing(pid, exit_function->file,
-                                                                         exit_function->file_offset,
-                                                                         /*at_exit=*/true))) {
-        if (config_.verbose()) {
-          std::cerr << "memtrail: pid " << pid << ": _exit "
-                    << (exit_function ? "could not be probed" : "not found")
-                    << ": if it ends with os._exit, its report shows the Python objects the "
-                    << "last report found alive\n";
-        }
-      }
       return {};
     } catch (const Error& error) {
       reason = error.what();
@@ -258,6 +225,53 @@ std::string CodeMaps::attach_python_objects(TracedProcess& process,
   std::cerr << "memtrail: warning: pid " << pid << ": its Python objects are not traced (its "
             << "native allocations are): " << reason << "\n";
   return reason;
+}
+
+// A launched CPython program is held where it ends: at Py_FinalizeEx, or at libc's _exit when
+// it ends without finalizing (os._exit). Its objects are read once more there, before the
+// interpreter frees them and the process is gone (Lifecycle::handle_python_finalizing), and its
+// allocations and frees are no longer recorded, so that its report keeps the buffers the
+// finalization frees (a module-level list's item array), with object tracking or without.
+// Without these probes, its exit report has the objects a report or a window's close found
+// alive, and those buffers freed. Not without the lifecycle events (--no-follow-forks without
+// --mmap: said with -v). Once per interpreter file.
+void CodeMaps::attach_python_end(TracedProcess& process, const python::Interpreter& interpreter) {
+  if (process.python_end_module == interpreter.module) return;
+  process.python_end_module = interpreter.module;
+  uint32_t pid = process.info.pid;
+  bool objects = config_.tracer.python_objects;
+  std::string lost = objects ? "the Python objects the last report found alive, not those "
+                               "created since"
+                             : "the blocks the interpreter freed as it finalized as freed";
+  bool events = tracer_.region_events_fd() >= 0;
+  if (!interpreter.finalize_offset ||
+      (events &&
+       !tracer_.attach_python_finalizing(pid, interpreter.file, *interpreter.finalize_offset))) {
+    if (objects || config_.verbose()) {
+      std::cerr << (objects ? "memtrail: warning: pid " : "memtrail: pid ") << pid
+                << ": Py_FinalizeEx "
+                << (interpreter.finalize_offset ? "could not be probed" : "not found")
+                << ": if it exits, its report shows " << lost << "\n";
+    }
+  } else if (!events && config_.verbose()) {
+    std::cerr << "memtrail: pid " << pid << ": Py_FinalizeEx not probed (no lifecycle "
+              << "events with --no-follow-forks): if it exits, its report shows " << lost << "\n";
+  }
+  // Held at its first instruction, the process maps no libc yet: the one its load order names.
+  auto exit_function = interpreter.exit_function;
+  for (const auto& module : process.allocators.modules) {
+    if (exit_function) break;
+    if (module.name == "glibc") exit_function = python::exit_function_in(module.file);
+  }
+  if (events && (!exit_function || !tracer_.attach_python_finalizing(pid, exit_function->file,
+                                                                     exit_function->file_offset,
+                                                                     /*at_exit=*/true))) {
+    if (config_.verbose()) {
+      std::cerr << "memtrail: pid " << pid << ": _exit "
+                << (exit_function ? "could not be probed" : "not found")
+                << ": if it ends with os._exit, its report shows " << lost << "\n";
+    }
+  }
 }
 
 // Code objects are read from the process's memory, which is gone once it exits.

@@ -74,6 +74,7 @@ class CodeMaps {
   void update_python(TracedProcess& process);
   void attach_python_types(TracedProcess& process, const python::Interpreter& interpreter);
   std::string attach_python_objects(TracedProcess& process, const python::Interpreter& interpreter);
+  void attach_python_end(TracedProcess& process, const python::Interpreter& interpreter);
   void rebind_allocators(TracedProcess& process);
   // Probes the functions of `fresh` that `process` has no probe on yet, and makes `fresh` its
   // allocators. `how` and `when` say how the modules came, in the line saying what was probed

@@ -40,6 +40,7 @@ struct TracedProcess {
   std::string python_key;
   std::string python_types_module;    // the interpreter file --python-types probes, once
   std::string python_objects_module;  // the interpreter file whose creation sites are probed
+  std::string python_end_module;      // the interpreter file whose end is probed (its exit)
   uint64_t exited_at_ns = 0;          // CLOCK_MONOTONIC when memtrail saw it exit
   // Its Python objects were read as its program ended (at Py_FinalizeEx or _exit): the exit
   // that follows finalizing passes _exit too, and must not read what finalizing freed.

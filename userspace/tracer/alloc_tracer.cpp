@@ -227,8 +227,19 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     const_cast<memtrail_python_type_layout&>(skeleton_->rodata->python_type_layout) =
         bpf::python_type_layout(*config.python_type_layout);
   }
-  // Py_FinalizeEx's hold reports through the lifecycle events: none, no hold.
-  if (!config.python_objects || !lifecycle) bpf_program__set_autoload(p.python_finalizing, false);
+  // A launched CPython program is held at its end (attach_python_finalizing) so that its report
+  // shows what it kept to it: its objects, and the buffers the finalization frees, which it no
+  // longer records; without object tracking, the buffers alone. The hold reports through the
+  // lifecycle events (none, no hold) and is placed by a uprobe_multi link.
+  uprobe_multi_ = !std::getenv("MEMTRAIL_TEST_PERF_UPROBES") && kernel_has_uprobe_multi();
+  python_end_holds_ =
+      lifecycle && (config.python_objects || (config.python_layout && uprobe_multi_));
+  if (!python_end_holds_) {
+    bpf_program__set_autoload(p.python_finalizing, false);
+  } else {
+    bpf_program__set_expected_attach_type(p.python_finalizing,
+                                          static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+  }
   if (!config.python_objects) {
     bpf_program__set_autoload(p.python_object_created, false);
   } else {
@@ -242,14 +253,11 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     // detached one by one, about 0.1 s each (27 s for python3.11's 263 sites at exit).
     bpf_program__set_expected_attach_type(p.python_object_created,
                                           static_cast<bpf_attach_type>(kUprobeMultiAttachType));
-    bpf_program__set_expected_attach_type(p.python_finalizing,
-                                          static_cast<bpf_attach_type>(kUprobeMultiAttachType));
   }
   // Detaching a perf-event uprobe takes ~0.1 s, one after another (the kernel serializes
   // them): twenty allocator probes kept every exit waiting two seconds. uprobe_multi links
   // place a program at all of a module's offsets at once and detach concurrently.
   // MEMTRAIL_TEST_PERF_UPROBES=1 (tests only): the older kernels' way, on this one.
-  uprobe_multi_ = !std::getenv("MEMTRAIL_TEST_PERF_UPROBES") && kernel_has_uprobe_multi();
   cxx_own_probes_ = std::getenv("MEMTRAIL_TEST_CXX_OWN_PROBES") != nullptr;
   if (uprobe_multi_) {
     for (bpf_program* program :
@@ -1382,7 +1390,7 @@ void AllocTracer::count_site_bytes(SizedObject& sized, uint32_t pid, int32_t sit
 bool AllocTracer::attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
                                            uint64_t file_offset, bool at_exit) {
   // Stopped with nobody to read the event, the process would wait forever.
-  if (!config_.python_objects || !region_reader_) return false;
+  if (!python_end_holds_ || !region_reader_) return false;
   auto found = python_finalizing_links_.find(pid);
   if (found != python_finalizing_links_.end() && found->second[at_exit]) return true;
   auto opened = inspect::open_file(file);  // see attach()

@@ -177,9 +177,11 @@ class AllocTracer : public unwind::RowStore {
   // Stops process `pid` at the entry of Py_FinalizeEx (at `file_offset` in the interpreter's
   // `file`), or with `at_exit` of libc's _exit (in libc's `file`), and says so through the
   // region events (Lifecycle::python_finalizing): its objects can be read before the
-  // interpreter frees what its modules keep, and before the process and its memory are gone.
-  // Attached for good (not duty-cycled). False, and nothing attached, when nobody reads the
-  // region events (the process would stay stopped) or the kernel refused it.
+  // interpreter frees what its modules keep, and before the process and its memory are gone;
+  // from then on its allocations and frees are not recorded (with or without object tracking:
+  // its report keeps the buffers the finalization frees). Attached for good (not
+  // duty-cycled). False, and nothing attached, when nobody reads the region events (the
+  // process would stay stopped), without Python frames or objects, or when the kernel refused.
   bool attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
                                 uint64_t file_offset, bool at_exit = false);
   // Reads the liveness and size of every recorded object of process `pid` (a pass over the
@@ -431,7 +433,8 @@ class AllocTracer : public unwind::RowStore {
   // Allocator probes: uprobe_multi links (Linux 6.6), a link per program and module, where the
   // kernel has them; perf-event links, a probe each, where it does not.
   bool uprobe_multi_ = false;
-  bool cxx_own_probes_ = false;  // MEMTRAIL_TEST_CXX_OWN_PROBES
+  bool cxx_own_probes_ = false;    // MEMTRAIL_TEST_CXX_OWN_PROBES
+  bool python_end_holds_ = false;  // python_finalizing loaded: see attach_python_finalizing
   // The operators new in the new_calls map, by the offset in its page of the address malloc
   // returns to: their code (one per key: a second, different one keeps its probes).
   std::unordered_map<uint32_t, std::vector<uint8_t>> new_calls_;
