@@ -739,6 +739,8 @@ int handoff_enter(struct pt_regs *ctx)
 	__u32 kind = cookie & MEMTRAIL_SITE_KIND_MASK;
 	struct taken_size *taken;
 
+	if (probe_floor)
+		return 0; /* the trap alone, as call_enter would: before the class size's read */
 	if (cookie & MEMTRAIL_HANDOFF_SIZE_PRODUCT)
 		size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
 	/* tcmalloc: the block's size class, whose size the return counts as usable. A table that
