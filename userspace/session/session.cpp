@@ -218,6 +218,10 @@ void Session::attach_all() {
                     << " keeps its entry and return probes: "
                     << (config_.tracer.trace_regions
                             ? std::string("--mmap tells malloc's own mappings by its entry")
+                        : !function.return_sites.empty() && !tracer_.class_tables_fit(function)
+                            ? std::string("its sites read tcmalloc's class size table, and "
+                                          "BPF's slots for such tables are taken by other "
+                                          "modules'")
                             : "its return sites are not proven: " + function.return_sites_reason)
                     << "\n";
         }
