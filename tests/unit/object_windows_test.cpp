@@ -29,6 +29,27 @@ TEST(DutyCycle, AttachedAtTheStartOfEachPeriodForItsShare) {
   EXPECT_DOUBLE_EQ(cycle.next_switch_s(3.25), 4.0);  // at the switch: the next one
 }
 
+// A run that launches a command opens its first window one period late (the command's
+// start-up left out): detached until then, then the same windows shifted.
+TEST(DutyCycle, AFirstWindowOpenedLateShiftsEveryWindow) {
+  DutyCycle cycle{0.25, 1.0, 1.0};
+  EXPECT_FALSE(cycle.attached_at(0));
+  EXPECT_FALSE(cycle.attached_at(0.2));
+  EXPECT_FALSE(cycle.attached_at(0.99));
+  EXPECT_TRUE(cycle.attached_at(1.0));
+  EXPECT_TRUE(cycle.attached_at(1.2));
+  EXPECT_FALSE(cycle.attached_at(1.25));
+  EXPECT_TRUE(cycle.attached_at(7.1));
+  EXPECT_DOUBLE_EQ(cycle.next_switch_s(0), 1.0);
+  EXPECT_DOUBLE_EQ(cycle.next_switch_s(0.5), 1.0);
+  EXPECT_DOUBLE_EQ(cycle.next_switch_s(1.0), 1.25);
+  EXPECT_DOUBLE_EQ(cycle.next_switch_s(1.3), 2.0);
+  DutyCycle half_period_late{0.25, 1.0, 0.5};  // the windows keep their phase from the first
+  EXPECT_TRUE(half_period_late.attached_at(2.6));
+  EXPECT_FALSE(half_period_late.attached_at(3.1));
+  EXPECT_DOUBLE_EQ(half_period_late.next_switch_s(2.6), 2.75);
+}
+
 TEST(DutyCycle, ExactIsAlwaysAttachedAndNeverSwitches) {
   DutyCycle exact{1.0, 1.0};
   EXPECT_TRUE(exact.exact());

@@ -659,6 +659,31 @@ TEST(Report, EstimatedPythonObjectSitesAreMarkedEverywhere) {
   EXPECT_EQ(exact_text.str().find("~"), std::string::npos);
 }
 
+// A launched program that ended before its first object window: nothing seen, said as a share
+// of 0 measured by "none" and its pid in before_first_window; the JSON validates and reads back.
+TEST(Report, ProcessesBeforeTheirFirstObjectWindowAreListed) {
+  model::Report report = sample_report();
+  report.targets[0].python_objects_observed_fraction = 0;
+  report.targets[0].python_objects_share_basis = "none";
+  report.python_objects = model::PythonObjectsCoverage{false, 0.1, 1.0, 0, "none"};
+  report.python_objects->before_first_window = {report.targets[0].pid};
+  auto json = to_json(report, 5.0);
+  EXPECT_EQ(json["python_objects"]["share_basis"], "none");
+  EXPECT_EQ(json["python_objects"]["observed_fraction"], 0.0);
+  EXPECT_EQ(json["python_objects"]["before_first_window"],
+            nlohmann::json::array({report.targets[0].pid}));
+  EXPECT_EQ(json["targets"][0]["python_objects_share_basis"], "none");
+  EXPECT_TRUE(matches_schema(json)) << "schema validation failed";
+  model::Report read = from_json(nlohmann::json::parse(json.dump()));
+  ASSERT_TRUE(read.python_objects);
+  EXPECT_EQ(read.python_objects->before_first_window, std::vector<uint32_t>{report.targets[0].pid});
+  EXPECT_EQ(read.python_objects->share_basis, "none");
+  EXPECT_EQ(read.targets[0].python_objects_share_basis, "none");
+  // Once every process had a window, the list is absent.
+  report.python_objects->before_first_window.clear();
+  EXPECT_FALSE(to_json(report, 5.0)["python_objects"].contains("before_first_window"));
+}
+
 // The sums that hold estimates are marked too: the Totals line's outstanding figures when
 // scaled objects are in them, and the freed sites beyond those listed (freed_sites_omitted)
 // when some are object sites seen part of the time. In text ("~"), pprof's comment, JSON

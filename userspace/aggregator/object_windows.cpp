@@ -16,14 +16,17 @@ namespace memtrail::aggregator {
 
 bool DutyCycle::attached_at(double t_s) const {
   if (exact()) return true;
-  if (attached_share <= 0 || t_s < 0) return false;
-  double phase = t_s - std::floor(t_s / period_s) * period_s;
+  double since_first = t_s - std::max(first_window_s, 0.0);
+  if (attached_share <= 0 || since_first < 0) return false;
+  double phase = since_first - std::floor(since_first / period_s) * period_s;
   return phase < attached_share * period_s;
 }
 
 double DutyCycle::next_switch_s(double t_s) const {
   if (exact() || attached_share <= 0) return std::numeric_limits<double>::infinity();
-  double start = std::floor(std::max(t_s, 0.0) / period_s) * period_s;
+  double first = std::max(first_window_s, 0.0);
+  if (t_s < first) return first;
+  double start = first + std::floor((t_s - first) / period_s) * period_s;
   double close = start + attached_share * period_s;
   return t_s < close ? close : start + period_s;
 }

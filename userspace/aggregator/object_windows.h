@@ -11,12 +11,14 @@ namespace memtrail::aggregator {
 
 // A trap on every object created costs microseconds: --python-objects on attaches the object
 // probes for part of each period only (exact: all the time). Times are seconds since the run
-// started; the first window opens at 0.
+// started; the first window opens at first_window_s (0 unless the run launches a command: see
+// session::ObjectWindows::start).
 struct DutyCycle {
   double attached_share = 1;  // of each period; 1: always attached (--python-objects exact)
   double period_s = 1;
+  double first_window_s = 0;  // detached before it
   bool exact() const { return attached_share >= 1; }
-  // Attached at time t: during [k * period, (k + attached_share) * period).
+  // Attached at time t: during [first + k * period, first + (k + attached_share) * period).
   bool attached_at(double t_s) const;
   // The first time after t at which attached_at(t) changes; infinity when exact.
   double next_switch_s(double t_s) const;

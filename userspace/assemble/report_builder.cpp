@@ -20,6 +20,29 @@ namespace memtrail::assemble {
 namespace {
 
 // "42 %", "1.8 %", "0.05 %": two significant digits below 10 %.
+// The processes with object probes and no window yet (PythonObjectsCoverage::before_first_window):
+// nothing of theirs was seen, which an empty Python section alone would not say.
+std::string before_first_window_note(const model::PythonObjectsCoverage& objects,
+                                     const std::vector<model::Target>& targets) {
+  std::string ended, waiting;
+  for (uint32_t pid : objects.before_first_window) {
+    auto target = std::find_if(targets.begin(), targets.end(),
+                               [pid](const model::Target& t) { return t.pid == pid; });
+    std::string& list = target != targets.end() && target->exited ? ended : waiting;
+    list += (list.empty() ? "" : ", ") + std::to_string(pid);
+  }
+  std::string note = "No Python object of ";
+  if (!ended.empty()) note += "pid " + ended + " (it ended before its first object window)";
+  if (!ended.empty() && !waiting.empty()) note += " or of ";
+  if (!waiting.empty()) note += "pid " + waiting + " (its first object window is to come)";
+  return note +
+         " was seen: a process started while memtrail runs is measured from the next window, "
+         "and when memtrail launches a command the first window opens " +
+         human_duration(objects.period_s) +
+         " after the start, so that a program's start-up does not stand for its steady work. "
+         "--python-objects exact sees every object of a short program.";
+}
+
 std::string percent(double share) {
   char text[32];
   double value = share * 100;
@@ -491,7 +514,12 @@ model::Report build_report(const model::Snapshot& snapshot, const aggregator::Ag
   }
   bool untyped_objects = report.python_objects && report.python_objects->untyped > 0;
   report.notes = notes_for(totals, context, counters.missed_entries);
-  if (report.python_objects && !report.python_objects->exact) {
+  if (report.python_objects && !report.python_objects->exact &&
+      !report.python_objects->before_first_window.empty()) {
+    report.notes.push_back(before_first_window_note(*report.python_objects, report.targets));
+  }
+  if (report.python_objects && !report.python_objects->exact &&
+      report.python_objects->share_basis != "none") {
     const auto& objects = *report.python_objects;
     // What the share was measured by (aggregator::ObservedShare).
     std::string measured =

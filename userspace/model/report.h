@@ -321,8 +321,12 @@ struct PythonObjectsCoverage {
   // placed), and what it was measured by: "allocations", "time", or "mixed" (processes
   // measured differently: the mean of their shares). Sites marked estimated are what was seen
   // divided by their process's share.
+  // "none" (and 0) when no process has had an object window yet (before_first_window).
   double observed_fraction = 1;
   std::string share_basis = "time";
+  // The processes with object probes whose first window is to come, or that ended before it
+  // (a short program memtrail launched): none of their objects was seen.
+  std::vector<uint32_t> before_first_window = {};
   // Since attach, over all processes: objects recorded at their creation, those created
   // without a readable type (not recorded: never dropped in silence), and those the liveness
   // reads found dead and removed.

@@ -418,6 +418,7 @@ model::Report from_json(const json& document) {
       coverage.whole_table_sweeps = objects.value("whole_table_sweeps", uint64_t{0});
       coverage.sweep_seconds = objects.value("sweep_seconds", 0.0);
       coverage.unwatched = objects.value("unwatched", uint64_t{0});
+      coverage.before_first_window = objects.value("before_first_window", std::vector<uint32_t>{});
       report.python_objects = coverage;
     }
     if (document.contains("python_types")) {

@@ -319,6 +319,9 @@ ordered_json to_json(const model::Report& report, double interval_s, int version
                               {"whole_table_sweeps", objects.whole_table_sweeps},
                               {"sweep_seconds", objects.sweep_seconds},
                               {"unwatched", objects.unwatched}};
+    if (!objects.before_first_window.empty()) {
+      json["python_objects"]["before_first_window"] = objects.before_first_window;
+    }
   }
   if (report.python_types && version >= 2) {
     ordered_json types = ordered_json::array();

@@ -31,7 +31,14 @@ void ObjectWindows::process_exited(uint32_t pid) {
 
 void ObjectWindows::start(Clock::time_point start) {
   start_ = start;
-  if (!cycle_.exact()) switch_to(cycle_.attached_at(0));
+  if (cycle_.exact()) return;
+  if (cycle_.attached_at(0)) {
+    switch_to(true);
+  } else {
+    // A late first window (a launched command): every process waits for it, and no window
+    // was open, so none closes.
+    tracer_.set_python_objects_attached(false);
+  }
 }
 
 Clock::time_point ObjectWindows::tick(Clock::time_point now) {
@@ -79,7 +86,8 @@ void ObjectWindows::add_process(uint32_t pid, std::unordered_set<uint64_t> creat
     share_.add_process(pid, work(pid, clock_s()), tracer_.python_objects_attached());
     return;
   }
-  // Placed while the run goes on, it is measured from the next window's start, probes and
+  // Placed while the run goes on (or before a run that launches a command starts: its first
+  // window opens one period late), it is measured from the next window's start, probes and
   // share alike, like every process in every window. Such a process is mostly one starting: a
   // launched command held at its exec, a program started under --all. Its start-up
   // (the interpreter's initialisation, its imports) allocates in a burst unlike its steady
@@ -100,6 +108,16 @@ std::unordered_map<uint32_t, aggregator::ObservedShare::Share> ObjectWindows::sh
     if (auto share = share_.share(pid, reading(pid))) shares[pid] = *share;
   }
   return shares;
+}
+
+std::vector<uint32_t> ObjectWindows::before_first_window() const {
+  std::vector<uint32_t> pids;
+  if (cycle_.exact()) return pids;
+  for (uint32_t pid : processes_) {
+    if (!share_.knows(pid)) pids.push_back(pid);
+  }
+  std::sort(pids.begin(), pids.end());
+  return pids;
 }
 
 std::unordered_map<uint32_t, double> ObjectWindows::observed_shares() const {
@@ -131,7 +149,12 @@ std::optional<model::PythonObjectsCoverage> ObjectWindows::coverage() const {
     total += sums.total;
     shares_sum += sums.total > 0 ? std::clamp(sums.observed / sums.total, 0.0, 1.0) : 1.0;
   }
-  if (!basis) return coverage;  // none measured yet: nothing seen, nothing scaled
+  coverage.before_first_window = before_first_window();
+  if (!basis) {  // none measured yet: nothing seen, nothing scaled
+    coverage.observed_fraction = 0;
+    coverage.share_basis = "none";
+    return coverage;
+  }
   if (mixed) {
     coverage.share_basis = "mixed";
     coverage.observed_fraction = shares_sum / static_cast<double>(measured);

@@ -7,6 +7,7 @@
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "aggregator/object_windows.h"
 #include "model/report.h"
@@ -22,17 +23,21 @@ class ObjectWindows {
   ObjectWindows(tracer::AllocTracer& tracer, aggregator::DutyCycle cycle)
       : tracer_(tracer), cycle_(cycle) {}
 
-  // The run's clock starts: the probes are attached or not as the cycle says for time 0.
+  // The run's clock starts: the probes are attached or not as the cycle says for time 0 (not
+  // when the run launches a command: its first window opens one period late).
   void start(Clock::time_point start);
   // Switches the probes if the cycle says so at `now`; at the end of an attached window, the
   // objects recorded in it and the live ones no content identifies are read, and the dead
   // ones removed (see AllocTracer::sweep_python_objects). Returns
   // the time of the next switch (time_point::max() when exact or not started).
   Clock::time_point tick(Clock::time_point now);
-  // Whether a process placed now is measured from now on (exact, or the run not started: its
-  // first window is the run's first), or from the next window's start, its object probes
-  // attached only then (AllocTracer::attach_python_objects' at_next_attach).
-  bool measures_from_now() const { return cycle_.exact() || !start_; }
+  // Whether a process placed now is measured from now on (exact, or a process traced by -p,
+  // placed before the run starts), or from the next window's start, its object probes
+  // attached only then (AllocTracer::attach_python_objects' at_next_attach): one placed while
+  // the run goes on, and every one in a run that launches a command (its first window late).
+  bool measures_from_now() const {
+    return cycle_.exact() || (!start_ && cycle_.first_window_s <= 0);
+  }
   // Process `pid` got object probes (attached now, or at the next window: see
   // measures_from_now()), at `creation_addresses` in its address space.
   void add_process(uint32_t pid, std::unordered_set<uint64_t> creation_addresses);
@@ -49,8 +54,11 @@ class ObjectWindows {
   }
 
   // For each process with object probes, the share of its objects they saw, and what it was
-  // measured by; empty when exact.
+  // measured by; empty when exact. Not those whose first window is to come (before_first_window).
   std::unordered_map<uint32_t, aggregator::ObservedShare::Share> shares() const;
+  // The processes with object probes and no window yet: their first is to come, or they ended
+  // before it. None of their objects was seen.
+  std::vector<uint32_t> before_first_window() const;
   // The same, the fractions only.
   std::unordered_map<uint32_t, double> observed_shares() const;
   // Where each process's objects are created (aggregator::Accumulator's creation sites).

@@ -516,11 +516,16 @@ assemble::ReportContext Session::context(bool final, const Lifecycle::Exited* on
   context.python_objects = windows.coverage();
   if (context.python_objects && !context.python_objects->exact) {
     auto shares = windows.shares();
+    const auto& unmeasured = context.python_objects->before_first_window;
     for (auto& target : context.targets) {
       auto share = shares.find(target.pid);
-      if (share == shares.end()) continue;
-      target.python_objects_observed_fraction = share->second.fraction;
-      target.python_objects_share_basis = aggregator::share_basis_name(share->second.basis);
+      if (share != shares.end()) {
+        target.python_objects_observed_fraction = share->second.fraction;
+        target.python_objects_share_basis = aggregator::share_basis_name(share->second.basis);
+      } else if (std::find(unmeasured.begin(), unmeasured.end(), target.pid) != unmeasured.end()) {
+        target.python_objects_observed_fraction = 0;  // no window yet: nothing seen
+        target.python_objects_share_basis = "none";
+      }
     }
   }
   return context;
