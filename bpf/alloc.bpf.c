@@ -142,8 +142,10 @@ static __always_inline void record_returned(struct pt_regs *ctx, struct inflight
 {
 	__u64 weight = sampled_bytes(call, size);
 
+	if (call->kind & MEMTRAIL_CALL_USABLE_SIZE)
+		count(MEMTRAIL_CTR_USABLE_SIZES);
 	if (weight)
-		record_alloc(ctx, address, size, call->kind, weight);
+		record_alloc(ctx, address, size, call->kind & MEMTRAIL_SITE_KIND_MASK, weight);
 }
 
 /* ---- entry probes: remember the arguments until the call returns ---- */
@@ -289,6 +291,28 @@ static __always_inline bool usable_size(__u64 address, __u64 *size)
 	if (bpf_probe_read_user(&header, sizeof(header), (const void *)(address - 8)))
 		return false;
 	*size = (header & ~7ULL) - ((header & 2) ? 16 : 8);
+	return true;
+}
+
+/* tcmalloc's class size tables, each as its address minus the address of the instruction
+ * probed (the same in every process that maps the library): userspace fills them before it
+ * attaches the probes whose cookies name them (MEMTRAIL_SITE_SIZE_CLASS_INDEX). */
+volatile __s64 class_size_tables[MEMTRAIL_CLASS_TABLES];
+
+/* The usable size of a block of the size class `index` (a byte): its class's size, from the
+ * table that the cookie names. */
+static __always_inline bool class_size(struct pt_regs *ctx, __u64 cookie, __u64 index, __u64 *size)
+{
+	__u64 table =
+		PT_REGS_IP(ctx) + class_size_tables[(cookie >> MEMTRAIL_SITE_CLASS_TABLE_SHIFT) &
+						    (MEMTRAIL_CLASS_TABLES - 1)];
+	__s32 value = 0;
+
+	if (bpf_probe_read_user(&value, sizeof(value),
+				(const void *)(table + 4 * (index & 0xff))) ||
+	    value <= 0)
+		return false;
+	*size = value;
 	return true;
 }
 
@@ -557,6 +581,14 @@ static __always_inline int record_at_site(struct pt_regs *ctx, enum site_size_so
 		}
 	} else {
 		size = register_value(ctx, cookie >> MEMTRAIL_SITE_SIZE_SHIFT);
+		/* tcmalloc: the register holds the block's size class (its index, or its size). */
+		if ((cookie & MEMTRAIL_SITE_SIZE_CLASS_INDEX) &&
+		    !class_size(ctx, cookie, size, &size)) {
+			count_loss(MEMTRAIL_CTR_DROPS, MEMTRAIL_LOSS_DROPS, current_tgid());
+			return 0;
+		}
+		if (cookie & (MEMTRAIL_SITE_SIZE_USABLE | MEMTRAIL_SITE_SIZE_CLASS_INDEX))
+			count(MEMTRAIL_CTR_USABLE_SIZES);
 	}
 	weight = size;
 	if (sample_rate) {
@@ -704,10 +736,19 @@ int handoff_enter(struct pt_regs *ctx)
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 size = register_value(ctx, (cookie >> MEMTRAIL_SITE_SIZE_SHIFT) & 0xf);
 	__u64 sp = PT_REGS_SP(ctx);
+	__u32 kind = cookie & MEMTRAIL_SITE_KIND_MASK;
 	struct taken_size *taken;
 
+	if (probe_floor)
+		return 0; /* the trap alone, as call_enter would: before the class size's read */
 	if (cookie & MEMTRAIL_HANDOFF_SIZE_PRODUCT)
 		size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
+	/* tcmalloc: the block's size class, whose size the return counts as usable. A table that
+	 * cannot be read: no entry, and pointer_exit counts the missed entry. */
+	if ((cookie & MEMTRAIL_SITE_SIZE_CLASS_INDEX) && !class_size(ctx, cookie, size, &size))
+		return 0;
+	if (cookie & (MEMTRAIL_SITE_SIZE_USABLE | MEMTRAIL_SITE_SIZE_CLASS_INDEX))
+		kind |= MEMTRAIL_CALL_USABLE_SIZE;
 	if (cookie & MEMTRAIL_HANDOFF_SIZE_TAKEN) {
 		taken = current_task_storage(&taken_sizes, 0);
 		/* None taken for this call: no entry, and pointer_exit counts the missed entry. */
@@ -718,7 +759,7 @@ int handoff_enter(struct pt_regs *ctx)
 	}
 	/* call_enter reads the context afresh: not through the pointer offset above. */
 	barrier_var(ctx);
-	call_enter(ctx, cookie & MEMTRAIL_SITE_KIND_MASK, size, 0);
+	call_enter(ctx, kind, size, 0);
 	return 0;
 }
 

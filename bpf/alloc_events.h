@@ -60,6 +60,18 @@ enum memtrail_alloc_kind {
 #define MEMTRAIL_HANDOFF_SIZE_TAKEN (1ULL << 49)
 /* Or this flag: the size is calloc's rdi * rsi (the jump comes before the multiplication). */
 #define MEMTRAIL_HANDOFF_SIZE_PRODUCT (1ULL << 61)
+/* Where no register holds the size asked for, a site's or handoff_enter's size register holds
+ * the block's size class (tcmalloc, userspace/inspect/return_sites.h UsableSize): its size, the
+ * allocator's usable size (MEMTRAIL_SITE_SIZE_USABLE), or its index (MEMTRAIL_SITE_SIZE_CLASS_INDEX):
+ * then the size is the int32 at the probed instruction's address + class_size_tables[bits 52..55]
+ * + 4 * index. Either way the block is counted in MEMTRAIL_CTR_USABLE_SIZES. */
+#define MEMTRAIL_SITE_SIZE_USABLE (1ULL << 50)
+#define MEMTRAIL_SITE_SIZE_CLASS_INDEX (1ULL << 51)
+#define MEMTRAIL_SITE_CLASS_TABLE_SHIFT 52
+#define MEMTRAIL_CLASS_TABLES 16
+/* In inflight_call.kind, above the kind (bits 0..7): the size handoff_enter found is the usable
+ * size; the return counts it. */
+#define MEMTRAIL_CALL_USABLE_SIZE (1U << 8)
 /* A site on one edge of a conditional jump (jemalloc's malloc): it records only when the x86
  * condition code in bits 56..59 (as in jcc 0x70 + code) holds in the flags at the jump. */
 #define MEMTRAIL_SITE_CONDITION_SHIFT 56

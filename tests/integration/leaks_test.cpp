@@ -2788,12 +2788,16 @@ struct AllocatorExpectation {
   std::string name;       // targets[].allocator
   std::string module;     // a fragment of targets[].allocator_module
   std::string extension;  // the kind leak_extension's site reports; empty: none
+  // leak_standard's 5 x malloc(1000) as recorded: the size asked for, or tcmalloc's size class
+  // (1,024 bytes), counted in usable_size_allocations.
+  uint64_t standard_bytes = 5000;
+  uint64_t usable_sizes = 0;  // totals.usable_size_allocations
 };
 
 // Runs leaky_alloc built for one allocator and checks what every such build must show: the
 // leaks with their exact bytes (memtrail records requested sizes, not the allocator's rounded
-// ones), nothing from the site that frees through aliases, the allocator named, and libc's
-// shadowed malloc and free left alone.
+// ones, but for tcmalloc's malloc: its size classes' sizes, counted as such), nothing from the site
+// that frees through aliases, the allocator named, and libc's shadowed malloc and free left alone.
 json check_allocator_target(const std::string& binary, const AllocatorExpectation& expected,
                             std::vector<std::string> options = {}) {
   Target target({binary});
@@ -2801,7 +2805,7 @@ json check_allocator_target(const std::string& binary, const AllocatorExpectatio
   auto standard = sites_with_function(report, "leak_standard");
   EXPECT_EQ(standard.size(), 1u) << report.dump(2);
   if (standard.size() == 1) {
-    EXPECT_EQ(standard[0]["outstanding_bytes"], 5000);
+    EXPECT_EQ(standard[0]["outstanding_bytes"], expected.standard_bytes);
     EXPECT_EQ(standard[0]["outstanding_allocations"], 5);
     EXPECT_EQ(standard[0]["allocator"], "malloc");
     EXPECT_EQ(standard[0]["stack"][0]["function"], "leak_standard");
@@ -2815,6 +2819,7 @@ json check_allocator_target(const std::string& binary, const AllocatorExpectatio
       EXPECT_EQ(extension[0]["allocator"], expected.extension);
     }
   }
+  EXPECT_EQ(report["totals"]["usable_size_allocations"], expected.usable_sizes);
   EXPECT_TRUE(sites_with_function(report, "free_through_aliases").empty()) << report.dump(2);
   EXPECT_EQ(report["totals"]["mismatched_frees"], 0);
   EXPECT_EQ(report["targets"].size(), 1u);
@@ -2913,14 +2918,17 @@ TEST(LeaksAllocators, Tcmalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_TCMALLOC, "libgoogle-perftools4");
   // tc_calloc is calloc itself in tcmalloc: one probe, reported under the standard name.
-  check_allocator_target(MEMTRAIL_LEAKY_TCMALLOC, {"tcmalloc", "libtcmalloc.so.4", "calloc"});
+  // Its malloc records blocks at their size class's size: leak_standard's 5 and
+  // free_through_aliases's 20 x 3 malloc(64) (tc_malloc is malloc).
+  check_allocator_target(MEMTRAIL_LEAKY_TCMALLOC,
+                         {"tcmalloc", "libtcmalloc.so.4", "calloc", 5 * 1024, 5 + 20 * 3});
 }
 
 TEST(LeaksAllocators, TcmallocMinimal) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_TCMALLOC_MINIMAL, "libtcmalloc-minimal4");
   check_allocator_target(MEMTRAIL_LEAKY_TCMALLOC_MINIMAL,
-                         {"tcmalloc", "libtcmalloc_minimal.so.4", "calloc"});
+                         {"tcmalloc", "libtcmalloc_minimal.so.4", "calloc", 5 * 1024, 5 + 20 * 3});
 }
 
 // A Go program has no malloc family: its runtime maps memory itself. With --mmap it is traced

@@ -8,7 +8,9 @@
 // arena without locks, mmapped blocks, calloc, memalign, realloc(NULL), callers that reach
 // malloc in turn with the same registers); then with threads
 // (the locked main arena, thread arenas, their mmapped blocks and calloc). Calls that fail
-// (NULL) on each path come with them; "failed N" before "done" says how many.
+// (NULL) on each path come with them; "failed N" before "done" says how many, and "usable SIZE
+// USABLE" lines what malloc_usable_size says of a block of each size malloc is called with here
+// (measured before "ready", untraced).
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -137,9 +139,19 @@ static void *worker(void *unused) {
 
 static void *nothing(void *unused) { return unused; }
 
+// Every size malloc is called with above (realloc(NULL, 120) too), and each one's usable size.
+static const size_t malloc_sizes[] = {40, 56, 72, 100, 120, 200, 300, 1000, 200000, 300000};
+#define MALLOC_SIZES (sizeof(malloc_sizes) / sizeof(malloc_sizes[0]))
+static size_t usable_of[MALLOC_SIZES];
+
 int main(int argc, char **argv) {
   count = argc > 1 ? atoi(argv[1]) : 5;
   setvbuf(stdout, NULL, _IOLBF, 0);
+  for (size_t i = 0; i < MALLOC_SIZES; ++i) {
+    void *block = malloc(malloc_sizes[i]);
+    usable_of[i] = malloc_usable_size(block);
+    free(block);
+  }
   printf("ready %d\n", (int)getpid());
   char gate[64];
   if (!fgets(gate, sizeof(gate), stdin)) return 3;
@@ -171,6 +183,8 @@ int main(int argc, char **argv) {
   threaded_main_arena_odd();
   for (int i = 0; i < 2; ++i) pthread_create(&threads[i], NULL, worker, NULL);
   for (int i = 0; i < 2; ++i) pthread_join(threads[i], NULL);
+  for (size_t i = 0; i < MALLOC_SIZES; ++i)
+    printf("usable %zu %zu\n", malloc_sizes[i], usable_of[i]);
   printf("failed %d\ndone\n", failed);
   while (fgets(gate, sizeof(gate), stdin)) {
   }

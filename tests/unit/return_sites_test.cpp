@@ -305,9 +305,117 @@ TEST(ReturnSitesMimalloc, CallocHasOneSiteWithTheProductInARegister) {
   EXPECT_EQ(analysis.failure_offsets.size(), 1u) << analysis.reason;
 }
 
-// tcmalloc 2.10's malloc: one site on its thread cache's free list (the size is gone there: a
-// conditional jump that sees it in rdi earlier takes it), four slow paths (the OOM handlers,
-// with the size in rdi, and FetchFromCentralCache, with the size taken).
+// tcmalloc's size class tables, as its nallocx reads them (both builds of gperftools 2.10:
+// class_array_ then class_to_size_, 0xa7c bytes further in its SizeMap).
+std::optional<SizeClassTables> tcmalloc_size_classes(const ElfFile& elf) {
+  auto nallocx = elf.find_function("tc_nallocx");
+  EXPECT_TRUE(nallocx.has_value());
+  if (!nallocx) return std::nullopt;
+  return find_size_class_tables(nallocx->address, elf.read_code(nallocx->address, nallocx->size));
+}
+
+// As the tracer asks for tcmalloc's functions: with its size class tables.
+ReturnSiteAnalysis analyse_tcmalloc(const char* path, const char* name) {
+  ElfFile elf = ElfFile::open(path);
+  ReturnSiteQuery query = libc_query(elf, name, std::string(name) == "calloc");
+  query.chunk_header_sizes = false;
+  query.size_classes = tcmalloc_size_classes(elf);
+  EXPECT_TRUE(query.size_classes.has_value());
+  return find_return_sites(query);
+}
+
+constexpr const char* kTcmallocFull = "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4";
+
+TEST(ReturnSitesTcmalloc, NallocxReadsTheClassIndexThenTheClassSizeTable) {
+  for (const char* path : {kTcmalloc, kTcmallocFull}) {
+    ElfFile elf = ElfFile::open(path);
+    auto tables = tcmalloc_size_classes(elf);
+    ASSERT_TRUE(tables.has_value()) << path;
+    EXPECT_EQ(tables->class_sizes - tables->class_indexes, 0xa7cu) << path;
+  }
+}
+
+// lea 0x100(%rip),%rdx; movzbl (%rdx,%rax,1),%eax; movslq 0x10(%rdx,%rax,4),%rax; ret: the
+// byte table at 0x107, the size table 0x10 further. Returning the load in rcx instead (rax is
+// then the class index): not a size class's size.
+TEST(ReturnSitesTcmalloc, SizeClassTablesAreTheOnesWhoseLoadIsReturned) {
+  const Bytes returns_size{0x48, 0x8d, 0x15, 0x00, 0x01, 0x00, 0x00, 0x0f, 0xb6,
+                           0x04, 0x02, 0x48, 0x63, 0x44, 0x82, 0x10, 0xc3};
+  auto tables = find_size_class_tables(0x1000, returns_size);
+  ASSERT_TRUE(tables.has_value());
+  EXPECT_EQ(tables->class_indexes, 0x1107u);
+  EXPECT_EQ(tables->class_sizes, 0x1117u);
+  Bytes returns_index = returns_size;
+  returns_index[14] = 0x4c;  // movslq 0x10(%rdx,%rax,4),%rcx
+  EXPECT_FALSE(find_size_class_tables(0x1000, returns_index).has_value());
+}
+
+// tcmalloc 2.10's malloc (libtcmalloc_minimal), with its size class tables: one site on its
+// thread cache's free list, where the size asked for is gone (rdi holds the class array's
+// index) but rsi holds the block's size class, loaded from the class index table: the site reads
+// the class's size (the usable size) from the class size table, with no size capture, so the
+// fast path pays one trap. Four slow paths: the OOM handlers with the size in rdi, and
+// FetchFromCentralCache with the class index in rsi.
+TEST(ReturnSitesTcmalloc, MallocReadsTheBlocksClassSizeAtItsOneSite) {
+  ElfFile elf = ElfFile::open(kTcmalloc);
+  auto tables = tcmalloc_size_classes(elf);
+  ASSERT_TRUE(tables.has_value());
+  uint64_t malloc_address = elf.find_function("malloc")->address;
+  ReturnSiteAnalysis analysis = analyse_tcmalloc(kTcmalloc, "malloc");
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  const ReturnSite& site = analysis.sites[0];
+  EXPECT_EQ(site.pointer_register, 9) << analysis.reason;  // r9
+  EXPECT_EQ(site.usable_size, UsableSize::kClassIndexInRegister) << analysis.reason;
+  EXPECT_EQ(site.size_register, std::optional<uint8_t>(6)) << analysis.reason;  // rsi
+  EXPECT_FALSE(site.size_captured);
+  EXPECT_EQ(site.class_sizes_from_here,
+            static_cast<int64_t>(tables->class_sizes - (malloc_address + site.offset)));
+  EXPECT_TRUE(analysis.captures.empty()) << analysis.reason;
+  ASSERT_EQ(analysis.handoffs.size(), 4u) << analysis.reason;
+  int by_class = 0;
+  for (const auto& handoff : analysis.handoffs) {
+    if (handoff.usable_size == UsableSize::kNo) {
+      EXPECT_EQ(handoff.size_register, std::optional<uint8_t>(7)) << analysis.reason;  // rdi
+      continue;
+    }
+    ++by_class;
+    EXPECT_EQ(handoff.usable_size, UsableSize::kClassIndexInRegister) << analysis.reason;
+    EXPECT_EQ(handoff.size_register, std::optional<uint8_t>(6)) << analysis.reason;  // rsi
+    EXPECT_EQ(handoff.class_sizes_from_here,
+              static_cast<int64_t>(tables->class_sizes - (malloc_address + handoff.offset)));
+  }
+  EXPECT_EQ(by_class, 1) << analysis.reason;
+  EXPECT_NE(analysis.reason.find("size usable: its class's, from the class size table at rsi"),
+            std::string::npos)
+      << analysis.reason;
+}
+
+// Full tcmalloc's malloc loads the class's size itself (to charge its thread cache before it
+// pops the free list): the site finds it in a register, rcx (and r9), nothing to read.
+TEST(ReturnSitesTcmalloc, FullMallocHasTheBlocksClassSizeInARegister) {
+  ReturnSiteAnalysis analysis = analyse_tcmalloc(kTcmallocFull, "malloc");
+  ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;
+  const ReturnSite& site = analysis.sites[0];
+  EXPECT_EQ(site.pointer_register, 8) << analysis.reason;  // r8
+  EXPECT_EQ(site.usable_size, UsableSize::kClassSizeInRegister) << analysis.reason;
+  EXPECT_EQ(site.size_register, std::optional<uint8_t>(1)) << analysis.reason;  // rcx
+  EXPECT_TRUE(analysis.captures.empty()) << analysis.reason;
+  int by_class = 0;
+  for (const auto& handoff : analysis.handoffs) {
+    if (handoff.usable_size == UsableSize::kNo) continue;
+    ++by_class;
+    // FetchFromCentralCache's third argument, edx: the class's size (r9d).
+    EXPECT_EQ(handoff.usable_size, UsableSize::kClassSizeInRegister) << analysis.reason;
+    EXPECT_EQ(handoff.size_register, std::optional<uint8_t>(2)) << analysis.reason;  // rdx
+  }
+  EXPECT_EQ(by_class, 1) << analysis.reason;
+}
+
+// Without its size class tables (a tcmalloc whose nallocx memtrail does not recognise), the
+// same malloc keeps the size asked for at a second trap: one site on its thread cache's free
+// list (the size is gone there: a conditional jump that sees it in rdi earlier takes it), four
+// slow paths (the OOM handlers, with the size in rdi, and FetchFromCentralCache, with the size
+// taken).
 TEST(ReturnSitesTcmalloc, MallocHasOneSiteAndFourSlowPaths) {
   ReturnSiteAnalysis analysis = analyse(kTcmalloc, "malloc");
   ASSERT_EQ(analysis.sites.size(), 1u) << analysis.reason;

@@ -243,6 +243,31 @@ TEST_F(SymbolizerTest, PythonObjectCountsAndUntypedObjectsAreSaid) {
     EXPECT_EQ(note.find("Python objects were created"), std::string::npos);
 }
 
+// Blocks recorded at the allocator's usable size (glibc's chunk header, tcmalloc's size class)
+// reach the totals and a note of the text report; none, no note.
+TEST_F(SymbolizerTest, BlocksRecordedAtTheUsableSizeAreCountedAndSaid) {
+  model::Snapshot snapshot = fixture_snapshot(fixture_);
+  snapshot.counters.usable_size_allocations = 65;
+  aggregator::Aggregate aggregate = aggregator::aggregate(snapshot, 0);
+  assemble::ReportContext context;
+  model::Report report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  EXPECT_EQ(report.totals.usable_size_allocations, 65u);
+  auto said = [](const model::Report& report) {
+    for (const auto& note : report.notes) {
+      if (note.find("65 allocations were recorded at the allocator's usable size (the size asked "
+                    "for rounded up to its chunk size or size class)") == 0) {
+        return true;
+      }
+    }
+    return false;
+  };
+  EXPECT_TRUE(said(report));
+  snapshot.counters.usable_size_allocations = 0;
+  report = assemble::build_report(snapshot, aggregate, symbolizer_, context, 0);
+  EXPECT_EQ(report.totals.usable_size_allocations, 0u);
+  for (const auto& note : report.notes) EXPECT_EQ(note.find("usable size"), std::string::npos);
+}
+
 // An interpreter whose OrderedDict.__sizeof__ memtrail cannot read (python/sizeof_code.h): its
 // OrderedDicts' sizes are lower bounds, and the report says so, with the reason.
 TEST_F(SymbolizerTest, OrderedDictSizesThatAreLowerBoundsAreSaid) {

@@ -138,8 +138,9 @@ std::vector<std::string> notes_for(const model::Totals& totals, const ReportCont
   if (totals.usable_size_allocations > 0) {
     notes.push_back(with_thousands(totals.usable_size_allocations) +
                     " allocations were recorded at the allocator's usable size (the size asked "
-                    "for rounded up to its chunk size), not the size asked for: malloc's probe on "
-                    "that path sees no register holding it (usable_size_allocations).");
+                    "for rounded up to its chunk size or size class), not the size asked for: "
+                    "malloc's probe on that path sees no register holding it "
+                    "(usable_size_allocations).");
   }
   if (totals.mismatched_frees > 0) {
     notes.push_back(with_thousands(totals.mismatched_frees) +

@@ -462,10 +462,25 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
       query.product_of_arguments = spec.role == ProbeRole::kCalloc;
       // glibc's chunk header precedes every block it returns: the usable size is there.
       query.chunk_header_sizes = glibc;
+      // tcmalloc's size classes, as its nallocx reads them: where no register holds the size
+      // asked for, the block's class gives its usable size.
+      if (elf.find_function("tc_calloc")) {
+        if (auto nallocx = elf.find_function("tc_nallocx")) {
+          query.size_classes = find_size_class_tables(
+              nallocx->address,
+              elf.read_code(nallocx->address, std::clamp<size_t>(nallocx->size, 16, 4096)));
+        }
+      }
       query.classify_tail_call = [&elf](uint64_t target) {
         return classify_tail_call(elf, target);
       };
-      known_sites = elf.return_sites.emplace(symbol.address, find_return_sites(query)).first;
+      ReturnSiteAnalysis analysis = find_return_sites(query);
+      if (elf.find_function("tc_calloc") && !query.size_classes && !analysis.captures.empty()) {
+        analysis.reason +=
+            "; sizes are taken, not read from a size class: tc_nallocx does not read its class "
+            "tables the way memtrail recognises (a byte table, then an int32 table by that byte)";
+      }
+      known_sites = elf.return_sites.emplace(symbol.address, std::move(analysis)).first;
     }
     probe.return_sites = known_sites->second.sites;
     probe.size_captures = known_sites->second.captures;

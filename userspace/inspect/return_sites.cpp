@@ -87,7 +87,21 @@ enum Tag : uint8_t {
   kZero,      // 0
   kValue,     // the pointer a site saw
   kCallerBp,  // the caller's %rbp
+  // tcmalloc's size classes (query.size_classes):
+  kClassIndexTable,  // the address of the class index table (a rip-relative lea)
+  kClassSizesTable,  // the address of the class size table
+  kClassIndex,       // a byte of the class index table: a size class
+  kClassSize,        // an entry of the class size table: a size class's size
 };
+
+// The registers (a mask) holding `tag` in `tags`.
+uint16_t registers_holding(const std::array<uint8_t, 16>& tags, uint8_t tag) {
+  uint16_t held = 0;
+  for (size_t r = 0; r < 16; ++r) {
+    if (tags[r] == tag) held = static_cast<uint16_t>(held | (1u << r));
+  }
+  return held;
+}
 
 // The 64-bit register (x86 number) a capstone register is part of, or kNoRegister.
 int gpr_of(unsigned reg) {
@@ -254,6 +268,11 @@ struct Observed {
   // Entry-relative offsets holding the caller's rbp on every path.
   std::optional<std::set<int32_t>> bp_slots;
   bool captured_always = true;  // every path passed a size capture holding the size
+  // The registers holding the block's size class's size, or its index, on every path.
+  uint16_t class_sizes = 0xffff;
+  uint16_t class_indexes = 0xffff;
+  // Whether the usable size is known from a size class where no register holds the size.
+  bool class_known() const { return class_sizes != 0 || class_indexes != 0; }
   // A hand-off: every path has calloc's arguments still in rdi and rsi (their product is the
   // size: full tcmalloc's calloc jumps to EmergencyCalloc before it multiplies).
   bool arguments_always = true;
@@ -305,7 +324,9 @@ class Analysis {
         std::map<size_t, Capture> captures;
         for (const auto& [site, reg] : sites) {
           const Observed& o = observed[site];
-          if (o.seen && o.size_registers == 0) {
+          // A size class known there gives the usable size without a capture: a second trap
+          // on the fast path (tcmalloc's malloc).
+          if (o.seen && o.size_registers == 0 && !o.class_known()) {
             choose_capture(site, sites, captures, observed, handoffs);
           }
         }
@@ -313,7 +334,7 @@ class Analysis {
         for (const auto& [jump, o] : handoffs) jumps.push_back(jump);
         for (size_t jump : jumps) {
           const Observed& o = handoffs[jump];
-          if (o.seen && o.size_registers == 0 && !o.captured_always) {
+          if (o.seen && o.size_registers == 0 && !o.captured_always && !o.class_known()) {
             choose_capture(jump, sites, captures, observed, handoffs, true);
           }
         }
@@ -414,8 +435,57 @@ class Analysis {
     return target >= query_.address && target < query_.address + query_.code.size();
   }
 
+  // What a load from tcmalloc's size class tables puts in its destination register (with
+  // query.size_classes): `lea table(%rip)` their address; `movzbl (table,index,1)` a class
+  // index; `movslq` or `mov` of 32 bits from `class_sizes(,class,4)`, addressed from either
+  // table, a class's size. nullopt for any other instruction.
+  std::optional<uint8_t> size_class_load(const Instruction& in, const State& s) const {
+    const cs_x86& x = in.x86;
+    if (!query_.size_classes || x.op_count != 2 || x.operands[0].type != X86_OP_REG ||
+        x.operands[1].type != X86_OP_MEM || x.operands[0].size < 4 ||
+        gpr_of(x.operands[0].reg) == kNoRegister || gpr_of(x.operands[0].reg) == kRsp) {
+      return std::nullopt;
+    }
+    const SizeClassTables& tables = *query_.size_classes;
+    const x86_op_mem& mem = x.operands[1].mem;
+    if (mem.segment != X86_REG_INVALID) return std::nullopt;
+    auto base_tag = [&]() -> uint8_t {
+      int base = gpr_of(mem.base);
+      return base == kNoRegister ? uint8_t{kUnknown} : s.tags[static_cast<size_t>(base)];
+    };
+    auto index_tag = [&]() -> uint8_t {
+      int index = gpr_of(mem.index);
+      return index == kNoRegister ? uint8_t{kUnknown} : s.tags[static_cast<size_t>(index)];
+    };
+    // The address the base register and displacement make, if the base holds a table's.
+    auto table_address = [&]() -> std::optional<uint64_t> {
+      uint8_t tag = base_tag();
+      if (tag != kClassIndexTable && tag != kClassSizesTable) return std::nullopt;
+      return (tag == kClassIndexTable ? tables.class_indexes : tables.class_sizes) +
+             static_cast<uint64_t>(mem.disp);
+    };
+    if (in.id == X86_INS_LEA) {
+      if (mem.base != X86_REG_RIP || mem.index != X86_REG_INVALID || x.operands[0].size != 8) {
+        return std::nullopt;
+      }
+      uint64_t address = query_.address + in.offset + in.size + static_cast<uint64_t>(mem.disp);
+      if (address == tables.class_indexes) return kClassIndexTable;
+      if (address == tables.class_sizes) return kClassSizesTable;
+      return std::nullopt;
+    }
+    if (in.id == X86_INS_MOVZX && x.operands[1].size == 1 && mem.scale == 1 &&
+        table_address() == tables.class_indexes) {
+      return kClassIndex;
+    }
+    if ((in.id == X86_INS_MOVSXD || in.id == X86_INS_MOV) && x.operands[1].size == 4 &&
+        mem.scale == 4 && index_tag() == kClassIndex && table_address() == tables.class_sizes) {
+      return kClassSize;
+    }
+    return std::nullopt;
+  }
+
   // The effect of an ordinary instruction (no control flow) on `s`.
-  static void apply(const Instruction& in, State& s) {
+  void apply(const Instruction& in, State& s) const {
     const cs_x86& x = in.x86;
     auto op_reg = [&](int n) -> int {
       return x.operands[n].type == X86_OP_REG ? gpr_of(x.operands[n].reg) : kNoRegister;
@@ -468,9 +538,15 @@ class Analysis {
             handled = true;
           } else if (dst.type == X86_OP_REG && src.type == X86_OP_REG && dst.size == 4 &&
                      op_reg(0) != kRsp) {
-            // 32-bit moves zero-extend: only a zero stays known.
-            s.set(op_reg(0), s.tags[static_cast<size_t>(op_reg(1))] == kZero ? uint8_t{kZero}
-                                                                             : uint8_t{kUnknown});
+            // 32-bit moves zero-extend: only a zero, and a size class's index or size (below
+            // 2^31), stay known.
+            uint8_t tag = s.tags[static_cast<size_t>(op_reg(1))];
+            s.set(op_reg(0), tag == kZero || tag == kClassIndex || tag == kClassSize
+                                 ? tag
+                                 : uint8_t{kUnknown});
+            handled = true;
+          } else if (auto tag = size_class_load(in, s)) {
+            s.set(op_reg(0), *tag);
             handled = true;
           } else if (auto slot = stack_slot(0)) {
             s.set_slot(*slot,
@@ -480,6 +556,14 @@ class Analysis {
             s.set(op_reg(0), s.slot(*stack_slot(1)));
             handled = true;
           }
+        }
+        break;
+      case X86_INS_LEA:
+      case X86_INS_MOVZX:
+      case X86_INS_MOVSXD:
+        if (auto tag = size_class_load(in, s)) {
+          s.set(op_reg(0), *tag);
+          handled = true;
         }
         break;
       case X86_INS_XOR:
@@ -761,6 +845,8 @@ class Analysis {
             if (at.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
           }
           seen_here.size_registers &= sizes;
+          seen_here.class_sizes &= registers_holding(at.tags, kClassSize);
+          seen_here.class_indexes &= registers_holding(at.tags, kClassIndex);
           if (!at.delta_known || (seen_here.delta && *seen_here.delta != at.delta)) {
             seen_here.delta_consistent = false;
           }
@@ -829,6 +915,8 @@ class Analysis {
           if (state.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
         }
         seen_here.size_registers &= sizes;
+        seen_here.class_sizes &= registers_holding(state.tags, kClassSize);
+        seen_here.class_indexes &= registers_holding(state.tags, kClassIndex);
         if (!state.captured) seen_here.captured_always = false;
         if (state.tags[kRdi] != kArg0 || state.tags[kRsi] != kArg1) {
           seen_here.arguments_always = false;
@@ -1237,6 +1325,32 @@ class Analysis {
     return true;
   }
 
+  // Where no register holds the size asked for at the instruction at `offset`, but one holds the
+  // block's size class (`o`): its size in a register, else its index (class_sizes is read).
+  void set_usable_size(const Observed& o, uint64_t offset, std::optional<uint8_t>& size_register,
+                       UsableSize& usable, int64_t& class_sizes_from_here) const {
+    uint16_t registers = o.class_sizes != 0 ? o.class_sizes : o.class_indexes;
+    usable =
+        o.class_sizes != 0 ? UsableSize::kClassSizeInRegister : UsableSize::kClassIndexInRegister;
+    for (int r : {kRbx, kRbp, 12, 13, 14, 15, kRax, kRcx, kRdx, kRsi, kRdi, 8, 9, 10, 11}) {
+      if (registers & (1u << r)) {
+        size_register = static_cast<uint8_t>(r);
+        break;
+      }
+    }
+    if (usable == UsableSize::kClassIndexInRegister) {
+      class_sizes_from_here =
+          static_cast<int64_t>(query_.size_classes->class_sizes - (query_.address + offset));
+    }
+  }
+
+  static std::string usable_size_text(UsableSize usable, uint8_t reg) {
+    return usable == UsableSize::kClassSizeInRegister
+               ? std::string("usable: its class's, in ") + register_name(reg)
+               : std::string("usable: its class's, from the class size table at ") +
+                     register_name(reg);
+  }
+
   static ReturnSiteAnalysis unproven(std::string reason) {
     ReturnSiteAnalysis result;
     result.reason = std::move(reason);
@@ -1284,6 +1398,9 @@ class Analysis {
         }
       } else if (o.captured_always) {
         site.size_captured = true;
+      } else if (o.class_known()) {
+        set_usable_size(o, in.offset, site.size_register, site.usable_size,
+                        site.class_sizes_from_here);
       } else if (!query_.chunk_header_sizes) {
         return unproven("no register holds the size asked for at " + where);
       }
@@ -1298,7 +1415,9 @@ class Analysis {
                : edge_of(reg) == kFallthroughEdge ? " when it falls through"
                                                   : "") +
               " (" + register_name(site.pointer_register) + ", size " +
-              (site.size_register   ? std::string(register_name(*site.size_register))
+              (site.usable_size != UsableSize::kNo
+                   ? usable_size_text(site.usable_size, *site.size_register)
+               : site.size_register ? std::string(register_name(*site.size_register))
                : site.size_captured ? std::string("as taken earlier")
                                     : std::string("usable, from the chunk header")) +
               ")";
@@ -1316,7 +1435,9 @@ class Analysis {
     for (const auto& [i, o] : handoffs) {
       const Instruction& in = code_[i];
       std::string where = "+0x" + hex(in.offset) + " " + in.mnemonic + " 0x" + hex(in.target);
-      HandOff handoff{in.offset, std::nullopt, in.target};
+      HandOff handoff;
+      handoff.offset = in.offset;
+      handoff.target = in.target;
       if (o.size_registers != 0) {
         for (int r : {kRdi, kRsi, kRdx, kRcx, 8, 9, kRax, kRbx, kRbp, 12, 13, 14, 15, 10, 11}) {
           if (o.size_registers & (1u << r)) {
@@ -1324,6 +1445,9 @@ class Analysis {
             break;
           }
         }
+      } else if (!o.captured_always && o.class_known()) {
+        set_usable_size(o, in.offset, handoff.size_register, handoff.usable_size,
+                        handoff.class_sizes_from_here);
       } else if (!o.captured_always && query_.product_of_arguments && o.arguments_always) {
         handoff.size_is_arguments_product = true;
       } else if (!o.captured_always) {
@@ -1336,7 +1460,9 @@ class Analysis {
                                                       "at the jumps to them: "
                                                     : "") +
                        where + " (size " +
-                       (handoff.size_register               ? register_name(*handoff.size_register)
+                       (handoff.usable_size != UsableSize::kNo
+                            ? usable_size_text(handoff.usable_size, *handoff.size_register)
+                        : handoff.size_register             ? register_name(*handoff.size_register)
                         : handoff.size_is_arguments_product ? "rdi * rsi, the arguments"
                                                             : "as taken earlier") +
                        ")";
@@ -1371,5 +1497,68 @@ const char* register_name(uint8_t number) {
 }
 
 ReturnSiteAnalysis find_return_sites(const ReturnSiteQuery& query) { return Analysis(query).run(); }
+
+std::optional<SizeClassTables> find_size_class_tables(uint64_t address,
+                                                      const std::vector<uint8_t>& code) {
+  std::string reason;
+  auto decoded = decode_x86(address, code, reason);
+  if (!decoded) return std::nullopt;
+  std::set<uint64_t> landings;  // offsets some jump lands on
+  for (const auto& in : *decoded) {
+    if ((in.flow == Flow::kJump || in.flow == Flow::kConditional) && in.target >= address) {
+      landings.insert(in.target - address);
+    }
+  }
+  // Straight-line code from each rip-relative lea: the register holding the table's address,
+  // the one holding the byte loaded from it, and the size loaded by that byte.
+  for (size_t first = 0; first < decoded->size(); ++first) {
+    const DecodedInstruction& lea = (*decoded)[first];
+    const cs_x86& lx = lea.x86;
+    if (lea.id != X86_INS_LEA || lx.op_count != 2 || lx.operands[1].mem.base != X86_REG_RIP ||
+        lx.operands[1].mem.index != X86_REG_INVALID || !is_64bit_register(lx.operands[0].reg)) {
+      continue;
+    }
+    uint64_t indexes =
+        address + lea.offset + lea.size + static_cast<uint64_t>(lx.operands[1].mem.disp);
+    int table = gpr_of(lx.operands[0].reg), class_index = kNoRegister, size = kNoRegister;
+    int64_t class_sizes_disp = 0;
+    for (size_t n = first + 1; n < decoded->size(); ++n) {
+      const DecodedInstruction& in = (*decoded)[n];
+      if (landings.count(in.offset)) break;
+      if (in.flow == Flow::kRet) {
+        if (size == kRax) {
+          return SizeClassTables{indexes, indexes + static_cast<uint64_t>(class_sizes_disp)};
+        }
+        break;
+      }
+      if (in.flow != Flow::kNext && in.flow != Flow::kConditional) break;
+      const cs_x86& x = in.x86;
+      bool loads = x.op_count == 2 && x.operands[0].type == X86_OP_REG &&
+                   x.operands[1].type == X86_OP_MEM &&
+                   x.operands[1].mem.segment == X86_REG_INVALID &&
+                   gpr_of(x.operands[1].mem.base) == table && table != kNoRegister;
+      int written_by_load = kNoRegister;
+      if (loads && class_index == kNoRegister && in.id == X86_INS_MOVZX &&
+          x.operands[1].size == 1 && x.operands[1].mem.scale == 1 && x.operands[1].mem.disp == 0) {
+        written_by_load = class_index = gpr_of(x.operands[0].reg);
+      } else if (loads && class_index != kNoRegister && in.id == X86_INS_MOVSXD &&
+                 x.operands[0].size == 8 && x.operands[1].size == 4 &&
+                 x.operands[1].mem.scale == 4 && gpr_of(x.operands[1].mem.index) == class_index) {
+        written_by_load = size = gpr_of(x.operands[0].reg);
+        class_sizes_disp = x.operands[1].mem.disp;
+      }
+      // Any other write to the registers followed ends the pattern.
+      for (x86_reg reg : in.written) {
+        int gpr = gpr_of(reg);
+        if (gpr == kNoRegister || gpr == written_by_load) continue;
+        if (gpr == table) table = kNoRegister;
+        if (gpr == class_index) class_index = kNoRegister;
+        if (gpr == size) size = kNoRegister;
+      }
+      if (table == kNoRegister && class_index == kNoRegister) break;
+    }
+  }
+  return std::nullopt;
+}
 
 }  // namespace memtrail::inspect

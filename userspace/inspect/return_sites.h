@@ -18,6 +18,29 @@ enum class TailCall {
   kNoReturn,              // __stack_chk_fail, abort: the process ends there
 };
 
+// tcmalloc's size classes (gperftools' SizeMap), as its nallocx reads them: a byte table giving
+// the class index of a size (class_array_), and a table of int32 giving each class's size
+// (class_to_size_). Virtual addresses in the module, found by find_size_class_tables.
+struct SizeClassTables {
+  uint64_t class_indexes = 0;
+  uint64_t class_sizes = 0;
+};
+
+// The tables that `code` (a function at `address`, tcmalloc's nallocx) reads to return a size's
+// usable size: straight-line code that loads a byte from the first table (lea of its address,
+// rip-relative), then returns the int32 at the second table indexed by that byte (scale 4), with
+// no jump landing between the two; nullopt when the code does not read so.
+std::optional<SizeClassTables> find_size_class_tables(uint64_t address,
+                                                      const std::vector<uint8_t>& code);
+
+// How a site or a slow path's jump knows the size of the block where no register holds the size
+// asked for, but a register holds its size class (tcmalloc: SizeClassTables).
+enum class UsableSize : uint8_t {
+  kNo,                    // the size asked for (or as taken, or the chunk header's)
+  kClassSizeInRegister,   // size_register holds the class's size, loaded from class_sizes
+  kClassIndexInRegister,  // size_register holds the class index: class_sizes[index] is read
+};
+
 // One function's code and how to read it.
 struct ReturnSiteQuery {
   uint64_t address = 0;               // virtual address of code[0], the function's first byte
@@ -26,6 +49,11 @@ struct ReturnSiteQuery {
   // glibc's chunk header is readable at the pointer - 8: where no register holds the size,
   // the site may record the usable size from it.
   bool chunk_header_sizes = false;
+  // tcmalloc: where no register holds the size asked for at a site or a slow path's jump, a
+  // register holding the block's size class (its index, loaded from class_indexes, or its size,
+  // loaded from class_sizes) gives its usable size, rather than a size capture on the fast path,
+  // a second trap on every call.
+  std::optional<SizeClassTables> size_classes;
   std::function<TailCall(uint64_t target)> classify_tail_call;
 };
 
@@ -39,6 +67,10 @@ struct ReturnSite {
   // size read from the chunk header (only with chunk_header_sizes).
   std::optional<uint8_t> size_register;
   bool size_captured = false;
+  // Else size_register holds the block's size class (query.size_classes): its usable size.
+  UsableSize usable_size = UsableSize::kNo;
+  // kClassIndexInRegister: class_sizes's address minus the site's, the same in every process.
+  int64_t class_sizes_from_here = 0;
   uint32_t frame_bytes = 0;  // the return address is at site %rsp + frame_bytes
   // Where the caller's %rbp is at the site: in %rbp (nullopt), or saved at site %rsp + this.
   std::optional<uint32_t> saved_bp_offset;
@@ -69,7 +101,9 @@ struct HandOff {
   // The register holding the size asked for on every path to the jump; nullopt: the size a
   // SizeCapture took earlier in the same call.
   std::optional<uint8_t> size_register;
-  uint64_t target = 0;  // virtual address jumped to, for -v
+  UsableSize usable_size = UsableSize::kNo;  // as in ReturnSite
+  int64_t class_sizes_from_here = 0;         // as in ReturnSite, from the jump
+  uint64_t target = 0;                       // virtual address jumped to, for -v
   // calloc's: no register holds count * size, but rdi and rsi still hold count and size (the
   // jump comes before the multiplication): handoff_enter multiplies them, as calloc's entry
   // probe does.

@@ -34,6 +34,17 @@ std::optional<inspect::LaunchChain> check_targets(const SessionConfig& config) {
                                  path ? path : "/usr/local/bin:/usr/bin:/bin");
 }
 
+// Whether a site or slow path of `function` records its block's usable size (tcmalloc's size
+// classes), for -v.
+bool records_usable_sizes(const inspect::FunctionProbe& function) {
+  return std::any_of(
+             function.return_sites.begin(), function.return_sites.end(),
+             [](const auto& site) { return site.usable_size != inspect::UsableSize::kNo; }) ||
+         std::any_of(function.handoffs.begin(), function.handoffs.end(), [](const auto& handoff) {
+           return handoff.usable_size != inspect::UsableSize::kNo;
+         });
+}
+
 }  // namespace
 
 Session::Session(SessionConfig config)
@@ -189,6 +200,10 @@ void Session::attach_all() {
                     << (function.size_captures.empty()
                             ? "one trap a call"
                             : "one trap a call, two where the size is taken before the site")
+                    << (records_usable_sizes(function)
+                            ? "; blocks recorded at their size class's size, the usable one, "
+                              "where no register holds the size asked for"
+                            : "")
                     << (function.handoffs.empty() ? ""
                                                   : "; entry and return probes on a slow path it "
                                                     "hands off to")
@@ -203,6 +218,10 @@ void Session::attach_all() {
                     << " keeps its entry and return probes: "
                     << (config_.tracer.trace_regions
                             ? std::string("--mmap tells malloc's own mappings by its entry")
+                        : !function.return_sites.empty() && !tracer_.class_tables_fit(function)
+                            ? std::string("its sites read tcmalloc's class size table, and "
+                                          "BPF's slots for such tables are taken by other "
+                                          "modules'")
                             : "its return sites are not proven: " + function.return_sites_reason)
                     << "\n";
         }

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -741,14 +742,20 @@ void AllocTracer::attach(uint32_t pid, const inspect::AllocatorModule& module) {
         requests.push_back({p.pointer_exit, offset, true,
                             bpf::probe_cookie(function.role, function.kind), &function.name});
         requests.push_back({p.handoff_enter, offset, false,
-                            bpf::handoff_cookie(function.kind, handoff), &function.name});
+                            bpf::handoff_cookie(function.kind, handoff,
+                                                class_table_slot(handoff.usable_size,
+                                                                 handoff.class_sizes_from_here)),
+                            &function.name});
       }
       for (const auto& site : function.return_sites) {
         bpf_program* program = site.size_register   ? p.site_size_in_register
                                : site.size_captured ? p.site_size_taken
                                                     : p.site_size_in_chunk_header;
-        requests.push_back({program, function.entry_offset + site.offset, false,
-                            bpf::site_cookie(function.kind, site), &function.name});
+        requests.push_back(
+            {program, function.entry_offset + site.offset, false,
+             bpf::site_cookie(function.kind, site,
+                              class_table_slot(site.usable_size, site.class_sizes_from_here)),
+             &function.name});
       }
       continue;
     }
@@ -861,7 +868,38 @@ bool AllocTracer::uses_return_sites(const inspect::FunctionProbe& function) cons
                      }) &&
          std::all_of(
              function.size_captures.begin(), function.size_captures.end(),
-             [](const inspect::SizeCapture& capture) { return capture.frame_bytes <= 0xffff; });
+             [](const inspect::SizeCapture& capture) { return capture.frame_bytes <= 0xffff; }) &&
+         class_tables_fit(function);
+}
+
+// The class size tables the function's sites and slow paths read, with those BPF knows, fit in
+// class_size_tables: a table more cannot be read (the function keeps entry and return probes).
+bool AllocTracer::class_tables_fit(const inspect::FunctionProbe& function) const {
+  std::set<int64_t> tables(class_size_tables_.begin(), class_size_tables_.end());
+  for (const auto& site : function.return_sites) {
+    if (site.usable_size == inspect::UsableSize::kClassIndexInRegister) {
+      tables.insert(site.class_sizes_from_here);
+    }
+  }
+  for (const auto& handoff : function.handoffs) {
+    if (handoff.usable_size == inspect::UsableSize::kClassIndexInRegister) {
+      tables.insert(handoff.class_sizes_from_here);
+    }
+  }
+  return tables.size() <= MEMTRAIL_CLASS_TABLES;
+}
+
+uint32_t AllocTracer::class_table_slot(inspect::UsableSize usable, int64_t class_sizes_from_here) {
+  if (usable != inspect::UsableSize::kClassIndexInRegister) return 0;
+  auto known =
+      std::find(class_size_tables_.begin(), class_size_tables_.end(), class_sizes_from_here);
+  auto slot = static_cast<uint32_t>(known - class_size_tables_.begin());
+  if (known == class_size_tables_.end()) {
+    // Written before the probe whose cookie names it is attached (class_tables_fit made room).
+    skeleton_->bss->class_size_tables[slot] = class_sizes_from_here;
+    class_size_tables_.push_back(class_sizes_from_here);
+  }
+  return slot;
 }
 
 AllocTracer::CxxProbing AllocTracer::cxx_probing(const inspect::FunctionProbe& function) const {

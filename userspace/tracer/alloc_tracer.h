@@ -66,6 +66,9 @@ class AllocTracer : public unwind::RowStore {
   // entry and return: they were proven, fit the cookie, and the configuration allows them
   // (not with --mmap, which tells the allocator's own mappings by its entry probe).
   bool uses_return_sites(const inspect::FunctionProbe& function) const;
+  // Whether the class size tables `function`'s sites read (tcmalloc) fit beside those of the
+  // modules attached before (MEMTRAIL_CLASS_TABLES): else it keeps entry and return probes.
+  bool class_tables_fit(const inspect::FunctionProbe& function) const;
 
   // How attach() probes a C++ operator (--cxx; see inspect::FunctionProbe's new_via_malloc,
   // array_of, forwards_to). MEMTRAIL_TEST_CXX_OWN_PROBES=1 (tests only): every operator
@@ -438,8 +441,14 @@ class AllocTracer : public unwind::RowStore {
   // The operators new in the new_calls map, by the offset in its page of the address malloc
   // returns to: their code (one per key: a second, different one keeps its probes).
   std::unordered_map<uint32_t, std::vector<uint8_t>> new_calls_;
+  // class_size_tables's slots in use, each a class size table's address from the probed
+  // instruction.
+  std::vector<int64_t> class_size_tables_;
   bool new_call_known(const inspect::NewViaMalloc& call) const;
   void add_new_call(const inspect::NewViaMalloc& call);
+  // The slot of class_size_tables (bpf/alloc.bpf.c) holding this table, written there first if
+  // new; 0 for sites that read none.
+  uint32_t class_table_slot(inspect::UsableSize usable, int64_t class_sizes_from_here);
   std::vector<UniqueFd> multi_links_;
   std::vector<Link> links_;  // declared last: destroyed first
   // The Python object probes of each process: what attaches them again after a detach.

@@ -132,9 +132,28 @@ constexpr uint64_t probe_cookie(inspect::ProbeRole role, model::AllocationKind k
   return code_of(kind);
 }
 
-// The attach cookie of a return-site probe (bpf/alloc_events.h, MEMTRAIL_SITE_*).
-constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::ReturnSite& site) {
+// The cookie bits saying that a size register holds a size class (usable_size), the class
+// size table's slot in class_size_tables (bpf/alloc.bpf.c) for its index.
+constexpr uint64_t usable_size_bits(inspect::UsableSize usable, uint32_t class_table_slot) {
+  switch (usable) {
+    case inspect::UsableSize::kNo:
+      return 0;
+    case inspect::UsableSize::kClassSizeInRegister:
+      return MEMTRAIL_SITE_SIZE_USABLE;
+    case inspect::UsableSize::kClassIndexInRegister:
+      return MEMTRAIL_SITE_SIZE_CLASS_INDEX |
+             uint64_t{class_table_slot & (MEMTRAIL_CLASS_TABLES - 1)}
+                 << MEMTRAIL_SITE_CLASS_TABLE_SHIFT;
+  }
+  return 0;
+}
+
+// The attach cookie of a return-site probe (bpf/alloc_events.h, MEMTRAIL_SITE_*);
+// `class_table_slot` for a site reading a class size table (UsableSize::kClassIndexInRegister).
+constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::ReturnSite& site,
+                               uint32_t class_table_slot = 0) {
   uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
+  cookie |= usable_size_bits(site.usable_size, class_table_slot);
   cookie |= uint64_t{site.pointer_register} << MEMTRAIL_SITE_POINTER_SHIFT;
   cookie |= uint64_t{site.size_register.value_or(0)} << MEMTRAIL_SITE_SIZE_SHIFT;
   cookie |= uint64_t{site.frame_bytes & 0xffff} << MEMTRAIL_SITE_FRAME_SHIFT;
@@ -151,8 +170,10 @@ constexpr uint64_t site_cookie(model::AllocationKind kind, const inspect::Return
 
 // The attach cookie of handoff_enter: the kind, and the register holding the size or the flag
 // saying that site_take_size took it.
-constexpr uint64_t handoff_cookie(model::AllocationKind kind, const inspect::HandOff& handoff) {
+constexpr uint64_t handoff_cookie(model::AllocationKind kind, const inspect::HandOff& handoff,
+                                  uint32_t class_table_slot = 0) {
   uint64_t cookie = code_of(kind) & MEMTRAIL_SITE_KIND_MASK;
+  cookie |= usable_size_bits(handoff.usable_size, class_table_slot);
   if (handoff.size_register) {
     cookie |= uint64_t{*handoff.size_register} << MEMTRAIL_SITE_SIZE_SHIFT;
   } else if (handoff.size_is_arguments_product) {
