@@ -3101,14 +3101,18 @@ TEST(LeaksHostWide, AGoProgramStartedMeanwhileIsTracedByItsMappingsUnderMmap) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_GO_GROW, "golang-go");
   TempDir dir;
-  // --comm: only this test's program, whatever else runs on the host.
-  Tracer tracer({"--all", "--mmap", "--comm", "go_grow", "--json", dir.file("r.json"), "-q", "-v"});
+  // --comm: only this test's program, whatever else runs on the host; another test runs
+  // go_grow meanwhile (under ctest -j2), so this one runs a copy of its own name.
+  std::string comm = "go_grow_" + std::to_string(::getpid() % 1000000);
+  std::string program = dir.file(comm);
+  std::filesystem::copy_file(MEMTRAIL_GO_GROW, program);
+  Tracer tracer({"--all", "--mmap", "--comm", comm, "--json", dir.file("r.json"), "-q", "-v"});
   ASSERT_TRUE(tracer.process.wait_for_stderr("memtrail: tracing ", 20s).has_value())
       << tracer.process.stderr_seen();
-  Target target({MEMTRAIL_GO_GROW});  // 48 buffers of 1 MiB kept in a slice, on "go"
+  Target target({program});  // 48 buffers of 1 MiB kept in a slice, on "go"
   std::string pid = std::to_string(target.process.pid());
   auto said =
-      tracer.process.wait_for_stderr("memtrail: pid " + pid + " (go_grow) has no malloc", 10s);
+      tracer.process.wait_for_stderr("memtrail: pid " + pid + " (" + comm + ") has no malloc", 10s);
   ASSERT_TRUE(said.has_value()) << tracer.process.stderr_seen();
   EXPECT_NE(said->find("tracing its anonymous mappings (--mmap) only; objects of a "
                        "garbage-collected heap (e.g. Go's) inside them are not traced"),
