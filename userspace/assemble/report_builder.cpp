@@ -19,7 +19,6 @@
 namespace memtrail::assemble {
 namespace {
 
-// "42 %", "1.8 %", "0.05 %": two significant digits below 10 %.
 // The processes with object probes and no window yet (PythonObjectsCoverage::before_first_window):
 // nothing of theirs was seen, which an empty Python section alone would not say.
 std::string before_first_window_note(const model::PythonObjectsCoverage& objects,
@@ -43,6 +42,7 @@ std::string before_first_window_note(const model::PythonObjectsCoverage& objects
          "--python-objects exact sees every object of a short program.";
 }
 
+// "42 %", "1.8 %", "0.05 %": two significant digits below 10 %.
 std::string percent(double share) {
   char text[32];
   double value = share * 100;
