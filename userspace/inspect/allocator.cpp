@@ -464,7 +464,8 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
       query.chunk_header_sizes = glibc;
       // tcmalloc's size classes, as its nallocx reads them: where no register holds the size
       // asked for, the block's class gives its usable size.
-      if (elf.find_function("tc_calloc")) {
+      bool tcmalloc = elf.find_function("tc_calloc").has_value();
+      if (tcmalloc) {
         if (auto nallocx = elf.find_function("tc_nallocx")) {
           query.size_classes = find_size_class_tables(
               nallocx->address,
@@ -475,7 +476,7 @@ std::optional<FunctionProbe> probe_for(const ElfFile& elf, const FunctionSpec& s
         return classify_tail_call(elf, target);
       };
       ReturnSiteAnalysis analysis = find_return_sites(query);
-      if (elf.find_function("tc_calloc") && !query.size_classes && !analysis.captures.empty()) {
+      if (tcmalloc && !query.size_classes && !analysis.captures.empty()) {
         analysis.reason +=
             "; sizes are taken, not read from a size class: tc_nallocx does not read its class "
             "tables the way memtrail recognises (a byte table, then an int32 table by that byte)";

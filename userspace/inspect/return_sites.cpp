@@ -787,11 +787,7 @@ class Analysis {
       std::vector<Observed::Step> steps;
       for (size_t n = node; n != SIZE_MAX; n = nodes[n].parent) {
         const State& at = nodes[n].state;
-        uint16_t held = 0;
-        for (size_t r = 0; r < 16; ++r) {
-          if (at.tags[r] == kSize) held = static_cast<uint16_t>(held | (1u << r));
-        }
-        steps.push_back({nodes[n].instruction, held,
+        steps.push_back({nodes[n].instruction, registers_holding(at.tags, kSize),
                          at.delta_known ? std::optional<int32_t>(at.delta) : std::nullopt});
       }
       std::reverse(steps.begin(), steps.end());
@@ -840,11 +836,7 @@ class Analysis {
         if (tag != kZero) {
           Observed& seen_here = (*mode.observed)[i];
           seen_here.seen = true;
-          uint16_t sizes = 0;
-          for (size_t r = 0; r < 16; ++r) {
-            if (at.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
-          }
-          seen_here.size_registers &= sizes;
+          seen_here.size_registers &= registers_holding(at.tags, kSize);
           seen_here.class_sizes &= registers_holding(at.tags, kClassSize);
           seen_here.class_indexes &= registers_holding(at.tags, kClassIndex);
           if (!at.delta_known || (seen_here.delta && *seen_here.delta != at.delta)) {
@@ -910,11 +902,7 @@ class Analysis {
         }
         Observed& seen_here = (*mode.handoffs)[i];
         seen_here.seen = true;
-        uint16_t sizes = 0;
-        for (size_t r = 0; r < 16; ++r) {
-          if (state.tags[r] == kSize) sizes = static_cast<uint16_t>(sizes | (1u << r));
-        }
-        seen_here.size_registers &= sizes;
+        seen_here.size_registers &= registers_holding(state.tags, kSize);
         seen_here.class_sizes &= registers_holding(state.tags, kClassSize);
         seen_here.class_indexes &= registers_holding(state.tags, kClassIndex);
         if (!state.captured) seen_here.captured_always = false;
