@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,7 +25,7 @@ constexpr uint64_t kFlag = 0x5004;
 // Code at kBase, padded with int3; `put` writes bytes at an address, with a rip-relative
 // displacement to kFlag patched in at `displacement_at` for an instruction ending at `end`.
 struct Code {
-  std::vector<uint8_t> bytes = std::vector<uint8_t>(0x80, 0xcc);
+  std::vector<uint8_t> bytes = std::vector<uint8_t>(0x100, 0xcc);
   void put(uint64_t address, std::vector<uint8_t> insn) {
     std::memcpy(bytes.data() + (address - kBase), insn.data(), insn.size());
   }
@@ -71,7 +73,7 @@ TEST(CreationSites, FindsEachSiteWithItsBranchStoreAndRegister) {
   out_of_line(code);
   inlined(code);
   clobbered(code);
-  auto scan = scan_creation_sites(code.bytes, kBase, kFlag, 0x1000, 0x18);
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, 0, {}}, 0x1000, 0x18);
   EXPECT_EQ(scan.refusal, "");
   EXPECT_EQ(scan.flag_reads, 3u);
   ASSERT_EQ(scan.sites.size(), 2u);
@@ -86,7 +88,7 @@ TEST(CreationSites, FindsEachSiteWithItsBranchStoreAndRegister) {
 TEST(CreationSites, RefusesCodeWithoutAGuardedStore) {
   Code code;
   clobbered(code);
-  auto scan = scan_creation_sites(code.bytes, kBase, kFlag, 0x1040, 0x14);
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, 0, {}}, 0x1040, 0x14);
   EXPECT_TRUE(scan.sites.empty());
   EXPECT_EQ(scan.flag_reads, 1u);
   EXPECT_NE(scan.refusal.find("guards a store of ob_refcnt = 1"), std::string::npos)
@@ -95,7 +97,7 @@ TEST(CreationSites, RefusesCodeWithoutAGuardedStore) {
 
 TEST(CreationSites, RefusesCodeThatNeverReadsTheFlag) {
   Code code;  // int3 only
-  auto scan = scan_creation_sites(code.bytes, kBase, kFlag, 0x1000, 0x10);
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, 0, {}}, 0x1000, 0x10);
   EXPECT_TRUE(scan.sites.empty());
   EXPECT_EQ(scan.refusal, "no instruction reads _Py_tracemalloc_config.tracing");
 }
@@ -103,9 +105,82 @@ TEST(CreationSites, RefusesCodeThatNeverReadsTheFlag) {
 TEST(CreationSites, RefusesWhenNewReferenceItselfIsNotFound) {
   Code code;
   inlined(code);  // a site, but not in the function named _Py_NewReference
-  auto scan = scan_creation_sites(code.bytes, kBase, kFlag, 0x1000, 0x18);
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, 0, {}}, 0x1000, 0x18);
   EXPECT_TRUE(scan.sites.empty());
   EXPECT_NE(scan.refusal.find("_Py_NewReference"), std::string::npos) << scan.refusal;
+}
+
+// A libpython built with -fPIC (pyenv's, asdf's): the flag read through _Py_tracemalloc_config's
+// address, loaded from its GOT slot or by a lea, its argument kept in rbx across the call.
+constexpr uint64_t kConfig = kFlag - 4;
+constexpr uint64_t kConfigSlot = 0x5100;
+
+void rip_relative(Code& code, uint64_t displacement_at, uint64_t end, uint64_t target) {
+  auto displacement = static_cast<int32_t>(static_cast<int64_t>(target - end));
+  std::memcpy(code.bytes.data() + (displacement_at - kBase), &displacement, 4);
+}
+
+// `copy_modrm`: the ModRM of the mov that keeps the argument in rbx (0xfb: mov %rdi, %rbx).
+void position_independent(Code& code, uint8_t copy_modrm = 0xfb) {
+  code.put(0x1000, {0x48, 0x8b, 0x05, 0, 0, 0, 0});  // mov slot(%rip), %rax
+  rip_relative(code, 0x1003, 0x1007, kConfigSlot);
+  code.put(0x1007, {0x53});                                      // push %rbx
+  code.put(0x1008, {0x48, 0x89, copy_modrm});                    // mov %rdi, %rbx
+  code.put(0x100b, {0x8b, 0x40, 0x04});                          // mov 4(%rax), %eax
+  code.put(0x100e, {0x85, 0xc0});                                // test %eax, %eax
+  code.put(0x1010, {0x75, 0x09});                                // jne 0x101b
+  code.put(0x1012, {0x48, 0xc7, 0x03, 0x01, 0x00, 0x00, 0x00});  // movq $1, (%rbx)
+  code.put(0x1019, {0x5b});                                      // pop %rbx
+  code.put(0x101a, {0xc3});                                      // ret
+  code.put(0x101b, {0xe8, 0x00, 0x00, 0x00, 0x00});              // call (tracemalloc)
+  code.put(0x1020, {0xeb, 0xf0});                                // jmp 0x1012
+  // Inlined, the load relaxed by the linker to a lea, the flag compared in place.
+  code.put(0x1030, {0x48, 0x8d, 0x15, 0, 0, 0, 0});  // lea config(%rip), %rdx
+  rip_relative(code, 0x1033, 0x1037, kConfig);
+  code.put(0x1037, {0x83, 0x7a, 0x04, 0x00});                    // cmpl $0, 4(%rdx)
+  code.put(0x103b, {0x74, 0x05});                                // je 0x1042
+  code.put(0x103d, {0xe8, 0x00, 0x00, 0x00, 0x00});              // call (tracemalloc)
+  code.put(0x1042, {0x48, 0xc7, 0x06, 0x01, 0x00, 0x00, 0x00});  // movq $1, (%rsi)
+  code.put(0x1049, {0xc3});
+  // The loaded register overwritten before the read: not the flag.
+  code.put(0x1050, {0x48, 0x8b, 0x05, 0, 0, 0, 0});  // mov slot(%rip), %rax
+  rip_relative(code, 0x1053, 0x1057, kConfigSlot);
+  code.put(0x1057, {0x48, 0x89, 0xd8});                          // mov %rbx, %rax
+  code.put(0x105a, {0x8b, 0x40, 0x04});                          // mov 4(%rax), %eax
+  code.put(0x105d, {0x85, 0xc0});                                // test %eax, %eax
+  code.put(0x105f, {0x75, 0x07});                                // jne 0x1068
+  code.put(0x1061, {0x48, 0xc7, 0x07, 0x01, 0x00, 0x00, 0x00});  // movq $1, (%rdi)
+  code.put(0x1068, {0xc3});
+}
+
+TEST(CreationSites, FindsTheFlagReadThroughTheConfigsGotSlotOrLea) {
+  Code code;
+  position_independent(code);
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, kConfig, {kConfigSlot}},
+                                  0x1000, 0x22);
+  EXPECT_EQ(scan.refusal, "");
+  EXPECT_EQ(scan.flag_reads, 2u);
+  ASSERT_EQ(scan.sites.size(), 2u);
+  EXPECT_EQ(scan.sites[0].branch, 0x1010u);
+  EXPECT_EQ(scan.sites[0].store, 0x1012u);
+  EXPECT_EQ(scan.sites[0].object, ObjectRegister::kRbx);
+  EXPECT_EQ(scan.sites[1].branch, 0x103bu);
+  EXPECT_EQ(scan.sites[1].store, 0x1042u);
+  EXPECT_EQ(scan.sites[1].object, ObjectRegister::kRsi);
+  // Without the slot and the config's address, the same code reads no flag.
+  auto blind = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, 0, {}}, 0x1000, 0x22);
+  EXPECT_EQ(blind.flag_reads, 0u);
+  EXPECT_EQ(blind.refusal, "no instruction reads _Py_tracemalloc_config.tracing");
+}
+
+TEST(CreationSites, RefusesANewReferenceThatStoresIntoAnotherRegisterThanItsArgument) {
+  Code code;
+  position_independent(code, 0xf3);  // mov %rsi, %rbx: rbx is not the argument
+  auto scan = scan_creation_sites(code.bytes, kBase, TracingFlag{kFlag, kConfig, {kConfigSlot}},
+                                  0x1000, 0x22);
+  EXPECT_TRUE(scan.sites.empty());
+  EXPECT_NE(scan.refusal.find("_Py_NewReference does not check"), std::string::npos)
+      << scan.refusal;
 }
 
 // Debian 12's python3.11 (3.11.2, LTO, no debug info): the sites lie in the functions that
@@ -193,6 +268,46 @@ TEST(CreationSites, InstalledPython311) {
     EXPECT_EQ(site.object, by_number[encoded])
         << std::hex << site.store << ": " << register_name(site.object);
   }
+}
+
+// A libpython3.11.so built with -fPIC, as pyenv builds it (--enable-shared; installed on this
+// kind of machine for root): _Py_NewReference loads _Py_tracemalloc_config's address from its
+// GOT slot and keeps its argument in rbx across the call to tracemalloc.
+TEST(CreationSites, PyenvSharedLibpython311) {
+  const char* root = std::getenv("PYENV_ROOT");
+  std::filesystem::path versions =
+      std::filesystem::path(root && *root ? root : "/root/.pyenv") / "versions";
+  std::string path;
+  std::error_code error;
+  for (const auto& version : std::filesystem::directory_iterator(versions, error)) {
+    auto library = version.path() / "lib" / "libpython3.11.so.1.0";
+    if (version.path().filename().string().rfind("3.11.", 0) == 0 &&
+        std::filesystem::exists(library)) {
+      path = library.string();
+    }
+  }
+  if (path.empty()) GTEST_SKIP() << "no pyenv CPython 3.11 with a shared libpython here";
+  auto file = inspect::ElfFile::open(path);
+  EXPECT_FALSE(file.got_slots_of("_Py_tracemalloc_config").empty());
+  auto scan = scan_interpreter(file);
+  ASSERT_EQ(scan.refusal, "") << path;
+  auto new_reference = file.find_function("_Py_NewReference");
+  ASSERT_TRUE(new_reference);
+  bool out_of_line = false;
+  for (const auto& site : scan.sites) {
+    auto branch = file.read_code(site.branch, 2);
+    ASSERT_EQ(branch.size(), 2u);
+    bool short_jcc = branch[0] == 0x74 || branch[0] == 0x75;
+    bool near_jcc = branch[0] == 0x0f && (branch[1] == 0x84 || branch[1] == 0x85);
+    EXPECT_TRUE(short_jcc || near_jcc) << std::hex << site.branch;
+    if (site.branch >= new_reference->address &&
+        site.branch < new_reference->address + new_reference->size) {
+      out_of_line = true;
+      EXPECT_EQ(site.object, ObjectRegister::kRbx) << register_name(site.object);
+    }
+  }
+  EXPECT_TRUE(out_of_line);
+  RecordProperty("sites", static_cast<int>(scan.sites.size()));
 }
 
 }  // namespace

@@ -335,4 +335,35 @@ std::string ElfFile::plt_target(uint64_t address) const {
   return "";
 }
 
+std::vector<uint64_t> ElfFile::got_slots_of(std::string_view name) const {
+  std::vector<uint64_t> slots;
+  Elf* elf = elf_.get();
+  Elf_Scn* section = nullptr;
+  while ((section = elf_nextscn(elf, section)) != nullptr) {
+    GElf_Shdr header;
+    if (!gelf_getshdr(section, &header) || header.sh_type != SHT_RELA || header.sh_entsize == 0) {
+      continue;
+    }
+    Elf_Data* data = elf_getdata(section, nullptr);
+    Elf_Scn* symbols_section = elf_getscn(elf, header.sh_link);
+    GElf_Shdr symbols_header;
+    if (!data || !symbols_section || !gelf_getshdr(symbols_section, &symbols_header)) continue;
+    Elf_Data* symbols_data = elf_getdata(symbols_section, nullptr);
+    if (!symbols_data) continue;
+    size_t count = std::min<uint64_t>(header.sh_size, data->d_size) / header.sh_entsize;
+    for (size_t i = 0; i < count; ++i) {
+      GElf_Rela rela;
+      GElf_Sym symbol;
+      if (!gelf_getrela(data, static_cast<int>(i), &rela) ||
+          GELF_R_TYPE(rela.r_info) != R_X86_64_GLOB_DAT ||
+          !gelf_getsym(symbols_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &symbol)) {
+        continue;
+      }
+      const char* symbol_name = elf_strptr(elf, symbols_header.sh_link, symbol.st_name);
+      if (symbol_name && name == symbol_name) slots.push_back(rela.r_offset);
+    }
+  }
+  return slots;
+}
+
 }  // namespace memtrail::inspect

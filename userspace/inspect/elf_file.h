@@ -127,6 +127,10 @@ class ElfFile {
   // resolver the addend is. Empty when `address` holds no such stub.
   std::string plt_target(uint64_t address) const;
 
+  // The GOT slots the dynamic linker fills with the address of the symbol `name`
+  // (R_X86_64_GLOB_DAT): where code built with -fPIC reads a variable's address from.
+  std::vector<uint64_t> got_slots_of(std::string_view name) const;
+
   const std::string& path() const { return path_; }
 
   // Where allocator.cpp placed a probe in this file, by (function address, role), remembered:
@@ -137,6 +141,8 @@ class ElfFile {
   // The program interpreter (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2); empty for a static
   // executable or a shared library.
   const std::string& interpreter() const { return interpreter_; }
+  // The entry point (e_entry): the virtual address of the program's first instruction, _start.
+  uint64_t entry() const { return header_.e_entry; }
 
  private:
   struct Symbols {

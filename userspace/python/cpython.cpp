@@ -192,9 +192,10 @@ CreationScan scan_interpreter(const inspect::ElfFile& file) {
     return refused;
   }
   std::span<const uint8_t> code(static_cast<const uint8_t*>(data->d_buf), data->d_size);
-  return scan_creation_sites(code, text->header.sh_addr,
-                             config->address + built_layout().tracemalloc_tracing,
-                             new_reference->address, new_reference->size);
+  TracingFlag flag{config->address + built_layout().tracemalloc_tracing, config->address,
+                   file.got_slots_of("_Py_tracemalloc_config")};
+  return scan_creation_sites(code, text->header.sh_addr, flag, new_reference->address,
+                             new_reference->size);
 }
 
 std::optional<Interpreter::ExitFunction> exit_function_in(const inspect::ElfFile& elf,

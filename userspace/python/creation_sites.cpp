@@ -16,6 +16,9 @@ namespace {
 constexpr int kMaxBetweenReadAndTest = 4;
 constexpr int kMaxBeforeBranch = 3;
 constexpr int kMaxToStore = 16;
+// Instructions looked at after a load of _Py_tracemalloc_config's address, for the flag's read
+// through it (-fPIC code schedules a push and the argument's copy in between).
+constexpr int kMaxBetweenLoadAndRead = 6;
 
 struct Disassembler {
   csh handle = 0;
@@ -125,7 +128,7 @@ std::optional<ObjectRegister> general_register(unsigned reg) {
 
 class Scanner {
  public:
-  Scanner(std::span<const uint8_t> code, uint64_t code_address, uint64_t flag)
+  Scanner(std::span<const uint8_t> code, uint64_t code_address, const TracingFlag& flag)
       : code_(code), base_(code_address), flag_(flag) {}
 
   bool ready() const { return disassembler_.ok; }
@@ -145,11 +148,79 @@ class Scanner {
     for (uint8_t i = 0; i < x86().op_count; ++i) {
       const cs_x86_op& op = x86().operands[i];
       if (op.type == X86_OP_MEM && op.mem.base == X86_REG_RIP && op.mem.index == X86_REG_INVALID &&
-          current().address + current().size + static_cast<uint64_t>(op.mem.disp) == flag_) {
+          current().address + current().size + static_cast<uint64_t>(op.mem.disp) ==
+              flag_.address) {
         return true;
       }
     }
     return false;
+  }
+
+  // `mov slot(%rip), %reg` from one of the config's GOT slots, or `lea config(%rip), %reg`:
+  // the 64-bit register that then holds _Py_tracemalloc_config's address.
+  std::optional<unsigned> loads_config_address() const {
+    const cs_x86& ops = x86();
+    if (ops.op_count != 2 || ops.operands[0].type != X86_OP_REG || ops.operands[0].size != 8) {
+      return std::nullopt;
+    }
+    const cs_x86_op& source = ops.operands[1];
+    if (source.type != X86_OP_MEM || source.mem.base != X86_REG_RIP ||
+        source.mem.index != X86_REG_INVALID) {
+      return std::nullopt;
+    }
+    uint64_t target = current().address + current().size + static_cast<uint64_t>(source.mem.disp);
+    bool from_slot = current().id == X86_INS_MOV &&
+                     std::find(flag_.config_slots.begin(), flag_.config_slots.end(), target) !=
+                         flag_.config_slots.end();
+    bool direct = current().id == X86_INS_LEA && flag_.config && target == flag_.config;
+    if (!from_slot && !direct) return std::nullopt;
+    return ops.operands[0].reg;
+  }
+
+  // From a load of the config's address just decoded (loads_config_address): the instruction
+  // that reads the flag at its offset through the loaded register, within a few instructions,
+  // before any branch or other write of the register.
+  std::optional<uint64_t> flag_read_after_config_load() {
+    auto loaded = loads_config_address();
+    auto holder = loaded ? general_register(*loaded) : std::nullopt;
+    if (!holder || flag_.address < flag_.config) return std::nullopt;
+    auto offset = static_cast<int64_t>(flag_.address - flag_.config);
+    uint64_t next = current().address + current().size;
+    for (int i = 0; i < kMaxBetweenLoadAndRead; ++i) {
+      if (!decode(next)) return std::nullopt;
+      next = current().address + current().size;
+      for (uint8_t k = 0; k < x86().op_count; ++k) {
+        const cs_x86_op& op = x86().operands[k];
+        if (op.type == X86_OP_MEM && op.mem.base == *loaded && op.mem.index == X86_REG_INVALID &&
+            op.mem.segment == X86_REG_INVALID && op.mem.disp == offset) {
+          return current().address;
+        }
+      }
+      if (is_branch() || written().count(*holder)) return std::nullopt;
+    }
+    return std::nullopt;
+  }
+
+  // The registers that hold a function's first argument at `until`, on the straight way from
+  // its start `from`: rdi, and the registers it was copied to (-fPIC code keeps it in rbx
+  // across the call to tracemalloc). Empty when a branch or an undecodable byte comes first.
+  std::set<ObjectRegister> argument_registers(uint64_t from, uint64_t until) {
+    std::set<ObjectRegister> holding{ObjectRegister::kRdi};
+    uint64_t at = from;
+    while (at < until) {
+      if (!decode(at) || is_branch()) return {};
+      at = current().address + current().size;
+      const cs_x86& ops = x86();
+      std::optional<ObjectRegister> copy;
+      if (current().id == X86_INS_MOV && ops.op_count == 2 && ops.operands[0].type == X86_OP_REG &&
+          ops.operands[1].type == X86_OP_REG && ops.operands[0].size == 8) {
+        auto source = general_register(ops.operands[1].reg);
+        if (source && holding.count(*source)) copy = general_register(ops.operands[0].reg);
+      }
+      for (ObjectRegister written_register : written()) holding.erase(written_register);
+      if (copy) holding.insert(*copy);
+    }
+    return at == until ? holding : std::set<ObjectRegister>{};
   }
 
   bool is_branch() const {
@@ -256,7 +327,7 @@ class Scanner {
  private:
   std::span<const uint8_t> code_;
   uint64_t base_;
-  uint64_t flag_;
+  const TracingFlag& flag_;
   Disassembler disassembler_;
 };
 
@@ -270,10 +341,10 @@ const char* register_name(ObjectRegister reg) {
 }
 
 CreationScan scan_creation_sites(std::span<const uint8_t> code, uint64_t code_address,
-                                 uint64_t tracing_flag, uint64_t new_reference,
+                                 const TracingFlag& flag, uint64_t new_reference,
                                  uint64_t new_reference_size) {
   CreationScan scan;
-  Scanner scanner(code, code_address, tracing_flag);
+  Scanner scanner(code, code_address, flag);
   if (!scanner.ready()) {
     scan.refusal = "the disassembler (capstone) could not be opened";
     return scan;
@@ -281,14 +352,21 @@ CreationScan scan_creation_sites(std::span<const uint8_t> code, uint64_t code_ad
   // A linear sweep of megabytes of code with full decoding takes seconds: look for the flag's
   // rip-relative displacement first. An instruction reading it ends 4 bytes after the
   // displacement (mov, test) or 5 (cmp with an 8-bit immediate), and starts 2 or 3 bytes
-  // before it (opcode, ModRM, maybe a REX prefix).
+  // before it (opcode, ModRM, maybe a REX prefix). A load of the config's address (mov from its
+  // GOT slot, or lea) is 7 bytes: REX.W, opcode, ModRM, then the displacement; the flag's read
+  // through the loaded register follows within a few instructions.
   std::set<uint64_t> flag_reads;
+  auto is_config_address = [&](uint64_t target) {
+    return (flag.config && target == flag.config) ||
+           std::find(flag.config_slots.begin(), flag.config_slots.end(), target) !=
+               flag.config_slots.end();
+  };
   for (size_t at = 0; at + 4 <= code.size(); ++at) {
     int32_t displacement = 0;
     std::memcpy(&displacement, code.data() + at, 4);
     for (uint64_t tail : {4u, 5u}) {
       if (code_address + at + tail + static_cast<uint64_t>(static_cast<int64_t>(displacement)) !=
-          tracing_flag) {
+          flag.address) {
         continue;
       }
       for (uint64_t back : {2u, 3u}) {
@@ -299,6 +377,12 @@ CreationScan scan_creation_sites(std::span<const uint8_t> code, uint64_t code_ad
           flag_reads.insert(start);
         }
       }
+    }
+    uint64_t after =
+        code_address + at + 4 + static_cast<uint64_t>(static_cast<int64_t>(displacement));
+    if (at >= 3 && is_config_address(after) && scanner.decode(code_address + at - 3) &&
+        scanner.current().size == 7 && scanner.loads_config_address()) {
+      if (auto read = scanner.flag_read_after_config_load()) flag_reads.insert(*read);
     }
   }
   scan.flag_reads = flag_reads.size();
@@ -320,12 +404,12 @@ CreationScan scan_creation_sites(std::span<const uint8_t> code, uint64_t code_ad
   }
   bool out_of_line = std::any_of(scan.sites.begin(), scan.sites.end(), [&](const auto& site) {
     return site.branch >= new_reference && site.branch < new_reference + new_reference_size &&
-           site.object == ObjectRegister::kRdi;
+           scanner.argument_registers(new_reference, site.branch).count(site.object);
   });
   if (!new_reference || !out_of_line) {
     scan.refusal =
         "_Py_NewReference does not check _Py_tracemalloc_config.tracing before "
-        "setting ob_refcnt of its argument (rdi) as expected";
+        "setting ob_refcnt of its argument (rdi, or a copy of it) as expected";
     scan.sites.clear();
   }
   return scan;

@@ -48,14 +48,25 @@ struct CreationScan {
   std::string refusal;              // why the interpreter's code is not what the scan expects
 };
 
+// Where the interpreter keeps _Py_tracemalloc_config.tracing, the flag every creation checks.
+// An interpreter linked into its executable (Debian's) reads it rip-relative; a libpython
+// built with -fPIC (pyenv's, asdf's: --enable-shared) first loads _Py_tracemalloc_config's
+// address from its GOT slot (or, where the linker relaxed that load, with a lea), then reads
+// the flag at its offset from that register.
+struct TracingFlag {
+  uint64_t address = 0;                // of the flag
+  uint64_t config = 0;                 // of _Py_tracemalloc_config; 0: unknown
+  std::vector<uint64_t> config_slots;  // GOT slots holding config's address (GLOB_DAT)
+};
+
 // Scans `code`, the bytes of the interpreter's executable code (.text) loaded at `code_address`
-// (the file's link-time addresses), for creation sites. `tracing_flag` is the address of
-// _Py_tracemalloc_config.tracing, `new_reference` that of the out-of-line _Py_NewReference
-// (0: unknown). Refuses (sites empty, refusal set) when no site is found, or none in
-// _Py_NewReference itself (with the object in rdi, its first argument): code built differently
-// from what the scan understands must not be probed at all rather than half. Pure: no I/O.
+// (the file's link-time addresses), for creation sites. `new_reference` is the address of the
+// out-of-line _Py_NewReference (0: unknown). Refuses (sites empty, refusal set) when no site is
+// found, or none in _Py_NewReference itself (with the object in its first argument, rdi, or a
+// register rdi was copied to): code built differently from what the scan understands must not
+// be probed at all rather than half. Pure: no I/O.
 CreationScan scan_creation_sites(std::span<const uint8_t> code, uint64_t code_address,
-                                 uint64_t tracing_flag, uint64_t new_reference,
+                                 const TracingFlag& flag, uint64_t new_reference,
                                  uint64_t new_reference_size);
 
 }  // namespace memtrail::python
