@@ -1104,6 +1104,34 @@ int python_finalizing(struct pt_regs *ctx)
 	return 0;
 }
 
+/* At the entry point of a launched program's executable (_start), for a Python program whose
+ * interpreter is a shared library (libpython3.11.so: pyenv's, asdf's python3): held at its
+ * first instruction (the exec), the process had not mapped that library yet; here the dynamic
+ * linker has mapped and relocated it and the program's own code has not run. The process is
+ * stopped so that userspace finds the interpreter, points the frame walker at it and places
+ * its object probes before its first Python line. Attached per process, closed once hit. */
+SEC("uprobe")
+int program_entry(struct pt_regs *ctx)
+{
+	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
+	struct memtrail_region_event *event;
+	__u64 now;
+
+	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
+		return 0;
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		/* Not held: nobody would hear of it to continue it. */
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_PROGRAM_ENTRY,
+			  hold_current_process(tgid, now));
+	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
+	return 0;
+}
+
 /* ---- memory mapped by system calls (alloc/regions.bpf.h) ---- */
 
 SEC("tracepoint/syscalls/sys_enter_mmap")

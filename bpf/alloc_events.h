@@ -506,6 +506,9 @@ enum memtrail_region_event_type {
 						 * modules (Py_FinalizeEx) or the process to
 						 * end (_exit): flags _HELD or _HOLD_FAILED,
 						 * address MEMTRAIL_PYTHON_END_* */
+	MEMTRAIL_REGION_PROGRAM_ENTRY = 9,     /* tgid reached its executable's entry point, its
+					     * libraries mapped (a Python program whose interpreter
+					     * is a shared library): flags _HELD or _HOLD_FAILED */
 };
 
 /* MEMTRAIL_REGION_BRK: the move was made inside a traced allocator call (malloc's heap). */
@@ -519,7 +522,9 @@ enum memtrail_region_event_type {
 /* MEMTRAIL_REGION_EXEC: the process is stopped (SIGSTOP) before the new program's first
  * instruction; userspace continues it (SIGCONT) once the program's probes are in.
  * MEMTRAIL_REGION_PYTHON_FINALIZING: stopped at Py_FinalizeEx's entry; continued once
- * userspace has read which of its Python objects are alive. */
+ * userspace has read which of its Python objects are alive.
+ * MEMTRAIL_REGION_PROGRAM_ENTRY: stopped at the program's entry point; continued once
+ * userspace has found the interpreter in the libraries it mapped and probed it. */
 #define MEMTRAIL_REGION_HELD 4
 /* It was to be held, but the kernel refused the signal, or the hold could not be recorded in
  * held_processes (full): it runs on. */

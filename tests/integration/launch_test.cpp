@@ -504,6 +504,37 @@ TEST(LeaksLaunch, MemtrailKilledWhileItHoldsAPythonProgramAtPyFinalizeExLeavesIt
   EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
 }
 
+// pyenv's python3.11, whose interpreter is a shared library, is held a second time at its entry
+// point (its libraries mapped, before its interpreter initialises); memtrail killed right then.
+// Continued by the guardian, it runs its program to its own end, exit code 7.
+TEST(LeaksLaunch, MemtrailKilledWhileItHoldsAPythonAtItsEntryPointLeavesItToRunToItsEnd) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string python = pyenv_shared_python311();
+  if (python.empty()) GTEST_SKIP() << "no pyenv CPython 3.11 with a shared libpython here";
+  TempDir dir;
+  std::string program = dir.file("runs.py");
+  write_file(program,
+             "import os, sys\n"
+             "print('ready', os.getpid(), flush=True)\n"
+             "sys.stdin.readline()\n"
+             "print('bye', flush=True)\n"
+             "sys.exit(7)\n",
+             0644);
+  Job job({"MEMTRAIL_TEST_KILL_AT_HOLD=entry", MEMTRAIL_BINARY, "leaks", "-q", "--", python, "-S",
+           program});
+  EXPECT_TRUE(job.line("job killed by signal 9", 30s)) << job.seen();
+  pid_t running = job.pid_in("ready ", 10s);  // it runs: continued
+  ASSERT_GT(running, 0) << job.seen();
+  EXPECT_TRUE(job.shell.wait_for_stderr(held_line(running), 10s)) << job.seen();
+  EXPECT_EQ(state_once_waiting(running), 'S') << "not waiting for its input";
+  job.shell.write_stdin("\n");
+  EXPECT_TRUE(job.line("bye", 10s)) << job.seen();
+  auto ended = job.line("reaped " + std::to_string(running) + " ", 10s);
+  EXPECT_EQ(ended, "reaped " + std::to_string(running) + " exited 7") << job.seen();
+  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+}
+
 // memtrail killed (kill -9) while it traces a launched program, nothing held: the program runs
 // on to its normal end. While memtrail runs, its guardian keeps nothing but its three
 // descriptors (no BPF program or link that would keep the probes in after memtrail), and its

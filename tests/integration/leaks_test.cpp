@@ -1649,6 +1649,66 @@ std::string describe(const TypesAt& found) {
   return text.str();
 }
 
+// pyenv's python3.11 maps its interpreter, libpython3.11.so, after its exec, where a launched
+// program is held; and that library reads tracemalloc's flag through its GOT. memtrail holds
+// the program again at its entry point, once the library is mapped, finds the interpreter and
+// probes its creation sites there, before the interpreter initialises: the objects made then
+// are traced (a periodic re-read of its mappings came too late for them), and a keeper that
+// keeps 14,000 objects at once has every one at its line, with Python frames, exactly, and none
+// at the churner's.
+TEST(LeaksPythonObjects, APythonWhoseInterpreterIsASharedLibraryIsTracedFromItsFirstLine) {
+  REQUIRE_BPF_OR_SKIP();
+  std::string python = pyenv_shared_python311();
+  if (python.empty()) GTEST_SKIP() << "no pyenv CPython 3.11 with a shared libpython here";
+  TempDir dir;
+  std::string json_path = dir.file("r.json");
+  // -S: not its site-packages' .pth hooks (pyenv's setuptools imports a module at start-up).
+  Tracer tracer({"--json", json_path, "-q", "--python-objects", "exact", "--", python, "-S",
+                 MEMTRAIL_PYTHON_KEEPER_PY},
+                {"GATE=0", "ROUNDS=1", "PER_ROUND=2000", "PAUSE=0", "BODY=600"});
+  tracer.expect_attached();
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
+      << "the keeper did not finish\n"
+      << tracer.process.stderr_seen();
+  tracer.stop();
+  json report = read_json(json_path);
+  ASSERT_EQ(counts["kept"], 2000u) << "the keeper did not say how many it kept";
+  ASSERT_FALSE(report["targets"].empty()) << report.dump(2);
+  const json& target = report["targets"][0];
+  EXPECT_EQ(target["python"]["version"].get<std::string>().rfind("3.11.", 0), 0u) << target.dump(2);
+  EXPECT_NE(target["python"]["module"].get<std::string>().find("libpython3.11.so"),
+            std::string::npos)
+      << target.dump(2);
+  EXPECT_EQ(target["python"]["frames"], true) << target.dump(2);
+  auto found = python_object_bytes(report);
+  std::string keep = "Keeper.keep@" + std::to_string(lines["keep"]);
+  std::string churn = "churn@" + std::to_string(lines["churn"]);
+  std::ostringstream shares;
+  for (const auto& [where, bytes] : found.bytes) {
+    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
+  }
+  // Each keep() kept 7 objects.
+  EXPECT_EQ(found.objects[keep], 2000u * 7) << shares.str();
+  EXPECT_EQ(found.objects[churn], 0u) << shares.str();
+  auto types = types_at(report, keep);
+  EXPECT_EQ(types.objects["Record"], 2000u) << describe(types);
+  // Traced from its first instruction: the objects the interpreter made as it initialised
+  // (before any Python line; a re-read of its mappings comes too late for them) are there.
+  uint64_t made_initialising = 0;
+  for (const auto& site : report["leaks"]) {
+    if (site["kind"] != "python_objects") continue;
+    for (const auto& frame : site["stack"]) {
+      if (frame["function"] == "pyinit_core" || frame["function"] == "Py_InitializeFromConfig") {
+        made_initialising += site["outstanding_allocations"].get<uint64_t>();
+        break;
+      }
+    }
+  }
+  EXPECT_GE(made_initialising, 100u) << shares.str();
+}
+
 // One line keeps exactly 3,000 instances, 2,000 strs and 1,000 tuples: its sites' types say
 // so, and their bytes are what sys.getsizeof says in the target, type by type.
 TEST(LeaksPythonObjects, TypesPerSiteAreExactAndSizedAsSysGetsizeof) {

@@ -45,6 +45,25 @@ class TempDir {
   std::string path_;
 };
 
+// A CPython 3.11 whose runtime is a shared library built with -fPIC, as pyenv and asdf build
+// it (--enable-shared): bin/python3.11 next to lib/libpython3.11.so.1.0. Empty when none is
+// installed ($PYENV_ROOT, else /root/.pyenv).
+inline std::string pyenv_shared_python311() {
+  const char* root = std::getenv("PYENV_ROOT");
+  std::filesystem::path versions =
+      std::filesystem::path(root && *root ? root : "/root/.pyenv") / "versions";
+  std::error_code error;
+  for (const auto& version : std::filesystem::directory_iterator(versions, error)) {
+    if (version.path().filename().string().rfind("3.11.", 0) != 0) continue;
+    auto python = version.path() / "bin" / "python3.11";
+    if (std::filesystem::exists(python) &&
+        std::filesystem::exists(version.path() / "lib" / "libpython3.11.so.1.0")) {
+      return python.string();
+    }
+  }
+  return "";
+}
+
 inline nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   EXPECT_TRUE(in.good()) << "no JSON report at " << path;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <span>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "inspect/elf_file.h"
 #include "inspect/load_order.h"
 #include "inspect/proc_maps.h"
 #include "inspect/process.h"
@@ -272,6 +274,35 @@ void CodeMaps::attach_python_end(TracedProcess& process, const python::Interpret
                 << ": if it ends with os._exit, its report shows " << lost << "\n";
     }
   }
+}
+
+bool CodeMaps::hold_at_entry_for_python(TracedProcess& process) {
+  uint32_t pid = process.info.pid;
+  tracer_.forget_program_entry(pid);  // a hold placed for the program it executed before
+  if (process.info.python || process.info.exe.empty() ||
+      std::filesystem::path(process.info.exe).filename().string().rfind("python", 0) != 0) {
+    return false;
+  }
+  for (const auto& mapping : process.mappings) {
+    if (!mapping.is_file() || mapping.path != process.info.exe) continue;
+    try {
+      inspect::ProcessFile file = inspect::mapped_file(pid, mapping);
+      auto elf = inspect::ElfFile::open_shared(inspect::open_file(file).fd, mapping.path);
+      // Statically linked, or its runtime in the executable (Debian's): found at the exec.
+      if (elf->interpreter().empty() || elf->find_object("_PyRuntime")) return false;
+      auto offset = elf->file_offset_of(elf->entry());
+      bool held = offset && tracer_.attach_program_entry(pid, file, *offset);
+      if (!held && config_.verbose()) {
+        std::cerr << "memtrail: pid " << pid << ": " << mapping.path << " could not be held "
+                  << "at its entry point: its Python interpreter is found once its library is "
+                  << "mapped, and what it does before is seen without Python frames\n";
+      }
+      return held;
+    } catch (const Error&) {
+      return false;
+    }
+  }
+  return false;
 }
 
 // Code objects are read from the process's memory, which is gone once it exits.

@@ -50,6 +50,13 @@ class CodeMaps {
   // when the program cannot be looked at so (then its allocators are bound once its libraries
   // are mapped, as after any exec).
   std::string probe_executed_program(TracedProcess& process);
+  // A process held at the first instruction of a program (exec), after refresh(): when the
+  // program is a Python interpreter whose runtime is in a shared library the dynamic linker has
+  // not mapped yet (pyenv's python3.11 and its libpython3.11.so), holds it again at its entry
+  // point (AllocTracer::attach_program_entry), where the library is mapped and no Python code
+  // has run: refresh() then finds the interpreter and probes it before its first line. Returns
+  // whether it will be held there.
+  bool hold_at_entry_for_python(TracedProcess& process);
   // Process `pid` executed a program: the code objects read from the old one mean nothing.
   void forget_python_code(uint32_t pid) { python_reader_.forget(pid); }
   // Process `pid` has exited (and its maps were purged).

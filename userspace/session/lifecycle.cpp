@@ -11,6 +11,7 @@
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <unordered_set>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -37,6 +38,34 @@ void Lifecycle::follow() {
   for (const auto& fork : news.forks) handle_fork(fork);
   for (const auto& exec : news.execs) handle_exec(exec);
   for (const auto& finalizing : news.python_finalizing) handle_python_finalizing(finalizing);
+  for (const auto& entry : news.program_entries) handle_program_entry(entry);
+}
+
+// A Python program whose interpreter is a shared library, held at its executable's entry point
+// (CodeMaps::hold_at_entry_for_python): its libraries are mapped now, and no Python code has
+// run. Its mappings are read again, which finds the interpreter, points the frame walker at it
+// and places its object probes, before it is continued.
+void Lifecycle::handle_program_entry(const tracer::AllocTracer::Exec& entry) {
+  HeldExec held(tracer_, entry.held ? entry.pid : 0, entry.at_ns);
+  tracer_.forget_program_entry(entry.pid);  // once
+  TracedProcess* process = targets_.live(entry.pid);
+  if (!process) return;
+  if (entry.held) killed_here_in_tests("entry");
+  if (entry.hold_failed) {
+    std::cerr << "memtrail: warning: pid " << entry.pid << " could not be held at its entry "
+              << "point (the kernel refused the stop signal, or too many processes were held "
+              << "at once): its Python interpreter is found once its library is mapped, and "
+              << "what it does before is seen without Python frames or objects\n";
+  }
+  auto began = Clock::now();
+  code_maps_.refresh(*process);
+  if (entry.held && config_.verbose()) {
+    std::cerr << "memtrail: pid " << entry.pid << " held at the entry point of "
+              << process->info.exe << " for "
+              << std::chrono::duration<double, std::milli>(Clock::now() - began).count()
+              << " ms while its libraries were read"
+              << (process->info.python ? " and its Python interpreter probed" : "") << "\n";
+  }
 }
 
 // A launched CPython program ends: stopped at Py_FinalizeEx, before the interpreter frees what
@@ -187,6 +216,7 @@ void Lifecycle::handle_exec(const tracer::AllocTracer::Exec& exec) {
     code_maps_.refresh(*process);
     stale_execs_.push_back(exec);  // its old blocks: freed with others (settle)
   }
+  if (exec.held) code_maps_.hold_at_entry_for_python(*process);
   if (exec.held && config_.verbose()) {
     std::cerr << "memtrail: pid " << exec.pid << " held at the first instruction of "
               << (probed.empty() ? process->info.exe : probed) << " for "
@@ -206,6 +236,11 @@ void Lifecycle::release_held() {
   for (const auto& finalizing : news.python_finalizing) {
     if (finalizing.held) {
       HeldExec resume(tracer_, finalizing.pid, finalizing.at_ns);
+    }
+  }
+  for (const auto& entry : news.program_entries) {
+    if (entry.held) {
+      HeldExec resume(tracer_, entry.pid, entry.at_ns);
     }
   }
 }
@@ -287,8 +322,11 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
               << " bytes outstanding in " << summary.outstanding_allocations << " allocations at "
               << summary.sites << " sites; still tracing the others\n";
   }
+  // Once a process: a wrapper's chain of execs (env, then the shell, then the program) is
+  // dropped in one pass, the count the same for each of them.
+  std::unordered_set<uint32_t> said;
   for (const auto& exec : stale_execs_) {
-    if (config_.host_wide() && !config_.verbose()) continue;
+    if ((config_.host_wide() && !config_.verbose()) || !said.insert(exec.pid).second) continue;
     const TracedProcess* process = targets_.live(exec.pid);
     std::cerr << "memtrail: pid " << exec.pid << " executed "
               << (process ? process->info.exe : std::string("a new program")) << ": "

@@ -68,6 +68,7 @@ class Lifecycle {
   void handle_fork(const tracer::AllocTracer::Fork& fork);
   void handle_exec(const tracer::AllocTracer::Exec& exec);
   void handle_python_finalizing(const tracer::AllocTracer::PythonFinalizing& finalizing);
+  void handle_program_entry(const tracer::AllocTracer::Exec& entry);
 
   // A process the kernel stopped at its exec (hold_execs) or at Py_FinalizeEx at `held_at_ns`:
   // continued (SIGCONT) when this goes, whatever happened meanwhile. pid 0: none.

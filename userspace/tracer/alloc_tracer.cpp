@@ -241,6 +241,16 @@ AllocTracer::AllocTracer(const TracerConfig& config)
     bpf_program__set_expected_attach_type(p.python_finalizing,
                                           static_cast<bpf_attach_type>(kUprobeMultiAttachType));
   }
+  // A launched Python program whose interpreter is a shared library is held again at its
+  // entry point (attach_program_entry), once the dynamic linker has mapped that library.
+  program_entry_holds_ =
+      lifecycle && uprobe_multi_ && (config.python_objects || config.python_layout);
+  if (!program_entry_holds_) {
+    bpf_program__set_autoload(p.program_entry, false);
+  } else {
+    bpf_program__set_expected_attach_type(p.program_entry,
+                                          static_cast<bpf_attach_type>(kUprobeMultiAttachType));
+  }
   if (!config.python_objects) {
     bpf_program__set_autoload(p.python_object_created, false);
   } else {
@@ -393,6 +403,10 @@ int AllocTracer::on_region_event(void* self, void* data, size_t size) {
         {event.tgid, event.timestamp_ns, (event.flags & MEMTRAIL_REGION_HELD) != 0,
          (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0,
          event.address == MEMTRAIL_PYTHON_END_EXIT});
+  } else if (event.type == MEMTRAIL_REGION_PROGRAM_ENTRY) {
+    tracer->lifecycle_.program_entries.push_back(
+        {event.tgid, event.timestamp_ns, (event.flags & MEMTRAIL_REGION_HELD) != 0,
+         (event.flags & MEMTRAIL_REGION_HOLD_FAILED) != 0});
   } else if (tracer->regions_.apply(event)) {
     tracer->lifecycle_.execs.push_back({event.tgid, event.timestamp_ns,
                                         (event.flags & MEMTRAIL_REGION_HELD) != 0,
@@ -1041,6 +1055,7 @@ void AllocTracer::set_python_objects_attached(bool attached) {
 
 void AllocTracer::forget_python_objects(uint32_t pid) {
   python_finalizing_links_.erase(pid);
+  program_entry_links_.erase(pid);
   std::erase_if(python_probes_,
                 [pid](const PythonObjectProbes& probes) { return probes.pid == pid; });
   std::erase_if(python_identities_, [pid](const auto& known) { return known.first.pid == pid; });
@@ -1437,6 +1452,18 @@ bool AllocTracer::attach_python_finalizing(uint32_t pid, const inspect::ProcessF
                                opened.kernel_path(), {file_offset}, {cookie}, pid, false);
   if (link < 0) return false;
   python_finalizing_links_[pid][at_exit] = UniqueFd(link);
+  return true;
+}
+
+bool AllocTracer::attach_program_entry(uint32_t pid, const inspect::ProcessFile& file,
+                                       uint64_t file_offset) {
+  // Stopped with nobody to read the event, the process would wait forever.
+  if (!program_entry_holds_ || !region_reader_) return false;
+  auto opened = inspect::open_file(file);  // see attach()
+  int link = link_uprobe_multi(bpf_program__fd(skeleton_->progs.program_entry),
+                               opened.kernel_path(), {file_offset}, {0}, pid, false);
+  if (link < 0) return false;
+  program_entry_links_[pid] = UniqueFd(link);
   return true;
 }
 

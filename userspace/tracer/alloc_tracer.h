@@ -121,6 +121,9 @@ class AllocTracer : public unwind::RowStore {
     std::vector<Exec> execs;
     std::vector<Fork> forks;
     std::vector<PythonFinalizing> python_finalizing;
+    // Processes stopped at their executable's entry point (attach_program_entry; held: continue
+    // them once their interpreter is probed).
+    std::vector<Exec> program_entries;
   };
   // Reads the region events the kernel sent since the last call (cheap; call it often, so the
   // ring buffer never fills). Returns the processes that executed a new program meanwhile
@@ -187,6 +190,14 @@ class AllocTracer : public unwind::RowStore {
   // process would stay stopped), without Python frames or objects, or when the kernel refused.
   bool attach_python_finalizing(uint32_t pid, const inspect::ProcessFile& file,
                                 uint64_t file_offset, bool at_exit = false);
+  // Stops process `pid` at its executable's entry point (at `file_offset` in `file`), where the
+  // dynamic linker has mapped its libraries and its own code has not run, and says so through
+  // the region events (Lifecycle::program_entries). For a program held at its exec whose
+  // Python interpreter is a shared library not mapped yet. False, and nothing attached, when
+  // nobody reads the region events, without Python frames or objects, without uprobe_multi
+  // links (Linux 6.6), or when the kernel refused. One hold: forget_program_entry closes it.
+  bool attach_program_entry(uint32_t pid, const inspect::ProcessFile& file, uint64_t file_offset);
+  void forget_program_entry(uint32_t pid) { program_entry_links_.erase(pid); }
   // Reads the liveness and size of every recorded object of process `pid` (a pass over the
   // table), removes the dead ones, and keeps the size of the live ones for its exit report.
   // Returns how many were found alive. Its program has ended (held at its end; the BPF
@@ -468,6 +479,8 @@ class AllocTracer : public unwind::RowStore {
   // The end probes of each process (attach_python_finalizing): [0] Py_FinalizeEx's link,
   // [1] _exit's (either may be missing).
   std::unordered_map<uint32_t, std::array<UniqueFd, 2>> python_finalizing_links_;
+  std::unordered_map<uint32_t, UniqueFd> program_entry_links_;  // attach_program_entry
+  bool program_entry_holds_ = false;                            // program_entry loaded
   bool python_objects_attached_ = true;
 };
 
