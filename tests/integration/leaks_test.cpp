@@ -2960,6 +2960,65 @@ TEST(LeaksAllocators, AnAllocatorDlopenedAfterAttachIsProbedWhenItIsMapped) {
   EXPECT_TRUE(listed) << report["targets"][0].dump(2);
 }
 
+// dlopen maps a library before it adds it to the loader's link map, which is where memtrail
+// reads how symbols bind: a look that falls in between sees the library mapped and not linked.
+// The same state, held for a second: the target maps libmimalloc executable itself (mmap, no
+// link map entry), unmaps it, then dlopens it and allocates from it. The unlinked mapping is looked
+// at again until the link map lists it, and mi_zalloc is probed then (before, the look in between
+// took the file as resolved, and the dlopen's mapping of the same file was never looked at: nothing
+// probed, nothing reported).
+TEST(LeaksAllocators, ALibraryMappedBeforeTheLinkMapListsItIsProbedOnceListed) {
+  REQUIRE_BPF_OR_SKIP();
+  const std::string library = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
+  ASSERT_TRUE(std::filesystem::exists(library))
+      << "install libmimalloc2.0 (scripts/install-deps.sh --tests)";
+  TempDir dir;
+  std::string script = dir.file("unlinked.py");
+  std::ofstream(script)
+      << ("import ctypes, mmap, os, sys, time\n"
+          "print('ready', os.getpid(), flush=True)\n"
+          "sys.stdin.readline()\n"
+          "with open('" +
+          library +
+          "', 'rb') as f:\n"
+          "    mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ | mmap.PROT_EXEC)\n"
+          "time.sleep(1.5)\n"
+          "mapped.close()\n"
+          "lib = ctypes.CDLL('" +
+          library +
+          "')\n"
+          "lib.mi_zalloc.restype = ctypes.c_void_p\n"
+          "lib.mi_zalloc.argtypes = [ctypes.c_size_t]\n"
+          "print('linked', flush=True)\n"
+          "sys.stdin.readline()\n"
+          "kept = [lib.mi_zalloc(4096) for _ in range(3)]\n"
+          "print('done', flush=True)\n"
+          "sys.stdin.readline()\n");
+  Target target({"/usr/bin/python3", script});
+  Tracer tracer({"-p", std::to_string(target.process.pid()), "--json", dir.file("r.json"), "-q",
+                 "--python-objects", "off"});
+  tracer.expect_attached();
+  target.process.write_stdin("go\n");
+  ASSERT_TRUE(target.process.wait_for_stdout("linked", 20s)) << target.process.drain_stderr();
+  auto probing = tracer.process.wait_for_stderr(
+      "memtrail: pid " + std::to_string(target.process.pid()) + " mapped mimalloc", 10s);
+  ASSERT_TRUE(probing.has_value()) << tracer.process.stderr_seen();
+  EXPECT_NE(probing->find("mi_zalloc"), std::string::npos) << *probing;
+  target.process.write_stdin("\n");
+  ASSERT_TRUE(target.process.wait_for_stdout("done", 20s)) << target.process.drain_stderr();
+  tracer.stop();
+  json report = read_json(dir.file("r.json"));
+  uint64_t bytes = 0, allocations = 0;
+  for (const auto& site : report["leaks"]) {
+    if (site["allocator"] != "mi_zalloc") continue;
+    bytes += site["outstanding_bytes"].get<uint64_t>();
+    allocations += site["outstanding_allocations"].get<uint64_t>();
+  }
+  EXPECT_EQ(bytes, 3u * 4096) << report.dump(2);
+  EXPECT_EQ(allocations, 3u) << report.dump(2);
+  target.process.write_stdin("\n");
+}
+
 TEST(LeaksAllocators, Jemalloc) {
   REQUIRE_BPF_OR_SKIP();
   REQUIRE_ALLOCATOR_TARGET(MEMTRAIL_LEAKY_JEMALLOC, "libjemalloc2");

@@ -77,7 +77,12 @@ CodeMaps::~CodeMaps() { tracer_.set_python_object_judge(nullptr); }
 void CodeMaps::refresh(TracedProcess& process) {
   if (process.info.exited) return;
   auto mappings = inspect::read_proc_maps(process.info.pid);
-  if (!mappings || mappings->empty() || same_mappings(*mappings, process.mappings)) return;
+  if (!mappings || mappings->empty()) return;
+  if (same_mappings(*mappings, process.mappings)) {
+    // A library being dlopen'ed at the last look, mapped but not yet in the link map.
+    if (process.unlisted_since) rebind_allocators(process);
+    return;
+  }
   process.mappings = std::move(*mappings);
   // The launched command's name and image are known only after exec.
   model::Target info = inspect::read_target_info(process.info.pid);
@@ -339,18 +344,45 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
   }
   if (std::includes(process.resolved_code_files.begin(), process.resolved_code_files.end(),
                     files.begin(), files.end())) {
+    process.unlisted_since.reset();
     return;
   }
   uint32_t pid = process.info.pid;
   inspect::ProcessAllocators fresh;
+  std::set<std::string> listed;
   try {
     auto order = inspect::process_load_order(pid, process.mappings);
+    for (const auto& module : order.modules) listed.insert(module.file.path);
     fresh = inspect::resolve_allocators(pid, order, config_.trace_cxx,
                                         config_.custom_allocators_for(pid),
                                         config_.analyse_return_sites());
   } catch (const Error&) {
     return;  // the link map is not readable yet (right after exec): next time
   }
+  // dlopen maps a library before it adds it to the link map, which says where symbols bind:
+  // a library caught in between is looked at again at the next refreshes, mappings unchanged
+  // or not, rather than taken as resolved with none of its functions probed (a dlopen'ed
+  // mimalloc went unprobed so). A file mapped for good outside the link map stops being
+  // looked for after kLinkMapWait.
+  constexpr auto kLinkMapWait = std::chrono::seconds(10);
+  bool unlisted = false;
+  for (auto file = files.begin(); file != files.end();) {
+    if (!listed.count(*file) && !process.resolved_code_files.count(*file)) {
+      unlisted = true;
+      file = files.erase(file);
+    } else {
+      ++file;
+    }
+  }
+  if (!unlisted) {
+    process.unlisted_since.reset();
+  } else if (!process.unlisted_since) {
+    process.unlisted_since = Clock::now();
+  } else if (Clock::now() - *process.unlisted_since >= kLinkMapWait) {
+    files = code_files(process.mappings);  // for good: taken as they are
+    process.unlisted_since.reset();
+  }
+  files.insert(process.resolved_code_files.begin(), process.resolved_code_files.end());
   process.resolved_code_files = std::move(files);
   probe_new_functions(process, std::move(fresh), "mapped", " since attach");
 }

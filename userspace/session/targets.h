@@ -2,6 +2,7 @@
 // The processes a session traces, indexed by pid, and what memtrail keeps about each.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <list>
 #include <optional>
@@ -36,6 +37,9 @@ struct TracedProcess {
   // The code files it mapped when its allocators were last resolved: a new one (dlopen) may
   // bring an allocator, or functions of one, that need probes.
   std::set<std::string> resolved_code_files;
+  // Since when it has mapped code files the link map does not list (a dlopen under way): looked
+  // at again until listed, for a while (CodeMaps::rebind_allocators).
+  std::optional<std::chrono::steady_clock::time_point> unlisted_since;
   // The interpreter's mappings when it was last looked for (CPython): unchanged, not again.
   std::string python_key;
   std::string python_types_module;    // the interpreter file --python-types probes, once
