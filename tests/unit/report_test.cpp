@@ -329,6 +329,46 @@ TEST(TextReport, SaysWhyNoShareOfRssAnonGrowthIsGivenAndWhenTracedExceedsIt) {
   EXPECT_EQ(old.str().find("    traced:"), std::string::npos) << old.str();
 }
 
+// A launched wrapper's helpers (a pyenv shim's bash and readlink processes): beyond 5 exited
+// processes, those that left the most are listed and the others summed on one line by name;
+// the live process and JSON keep every one.
+TEST(TextReport, ManyProcessesThatExitedEarlyAreSummedOnOneLineBeyondTheFiveThatLeftTheMost) {
+  model::Report report = sample_report();
+  model::Target live = report.targets[0];
+  report.targets.clear();
+  report.targets.push_back(live);
+  for (uint32_t i = 0; i < 9; ++i) {
+    model::Target helper = live;
+    helper.pid = 100 + i;
+    helper.comm = i < 6 ? "bash" : i < 8 ? "readlink" : "env";
+    helper.exited = true;
+    helper.exit = model::ExitSummary{0.5, 1000u * (i + 1), i + 1, 1, i + 1};
+    report.targets.push_back(helper);
+  }
+  std::ostringstream out;
+  render_text(report, out);
+  std::string text = out.str();
+  EXPECT_NE(text.find("  pid " + std::to_string(live.pid) + " "), std::string::npos) << text;
+  // Listed: the five that left the most (pids 104-108); summed: 100-103 (1+2+3+4 thousand B).
+  for (uint32_t pid = 104; pid <= 108; ++pid) {
+    EXPECT_NE(text.find("  pid " + std::to_string(pid) + " "), std::string::npos) << text;
+  }
+  for (uint32_t pid = 100; pid <= 103; ++pid) {
+    EXPECT_EQ(text.find("  pid " + std::to_string(pid) + " "), std::string::npos) << text;
+  }
+  EXPECT_NE(text.find("  ... 4 more processes exited earlier (bash 4): 10,000 B (9.8 KiB) "
+                      "outstanding at their exits in 10 allocations; the JSON report lists "
+                      "each\n"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(to_json(report, 5.0)["targets"].size(), 10u);
+  // Five or fewer: each listed, no sum.
+  report.targets.resize(6);
+  std::ostringstream few;
+  render_text(report, few);
+  EXPECT_EQ(few.str().find("more processes exited earlier"), std::string::npos) << few.str();
+}
+
 TEST(TextReport, AProcessThatExitedEarlySaysWhatItLeft) {
   model::Report report = sample_report();
   report.targets[0].exited = true;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -263,13 +264,59 @@ void render_freed_sites(const model::Report& report, std::ostream& out) {
   out << " (the JSON and pprof reports list them)\n\n";
 }
 
+// The processes that exited before the report and are not listed one by one: a launched
+// command's short-lived children can be dozens (a pyenv shim runs some thirty bash and readlink
+// helpers before it executes python3, a build its compilers), and listed each they bury the
+// program the user asked about. Those that left the most outstanding are listed; the others
+// (none when kMaxExitedListed or fewer exited) are summed on one line. JSON lists each.
+constexpr size_t kMaxExitedListed = 5;
+
+std::set<const model::Target*> exited_to_sum(const model::Report& report) {
+  std::vector<const model::Target*> exited;
+  for (const auto& target : report.targets) {
+    if (target.exit) exited.push_back(&target);
+  }
+  if (exited.size() <= kMaxExitedListed) return {};
+  std::stable_sort(exited.begin(), exited.end(), [](const auto* a, const auto* b) {
+    return a->exit->outstanding_bytes > b->exit->outstanding_bytes;
+  });
+  return {exited.begin() + kMaxExitedListed, exited.end()};
+}
+
+// "  ... 26 more processes exited earlier (bash 21, readlink 3, env 2): 187,460 B (183.1 KiB)
+// outstanding at their exits in 1,234 allocations; the JSON report lists each"
+void render_summed_exits(const std::set<const model::Target*>& summed, std::ostream& out) {
+  if (summed.empty()) return;
+  std::map<std::string, size_t> by_name;
+  uint64_t bytes = 0, allocations = 0;
+  for (const auto* target : summed) {
+    ++by_name[target->comm.empty() ? "?" : target->comm];
+    bytes += target->exit->outstanding_bytes;
+    allocations += target->exit->outstanding_allocations;
+  }
+  std::vector<std::pair<std::string, size_t>> names(by_name.begin(), by_name.end());
+  std::stable_sort(names.begin(), names.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  constexpr size_t kNamesShown = 4;
+  out << "  ... " << with_thousands(summed.size()) << " more processes exited earlier (";
+  for (size_t i = 0; i < names.size() && i < kNamesShown; ++i) {
+    out << (i ? ", " : "") << names[i].first << " " << with_thousands(names[i].second);
+  }
+  if (names.size() > kNamesShown) out << ", +" << names.size() - kNamesShown << " more names";
+  out << "): " << bytes_with_human(bytes) << " outstanding at their exits in "
+      << with_thousands(allocations) << (allocations == 1 ? " allocation" : " allocations")
+      << "; the JSON report lists each\n";
+}
+
 }  // namespace
 
 void render_text(const model::Report& report, std::ostream& out) {
   out << "memtrail leaks: " << (report.final ? "final report" : "interval report") << " after "
       << human_duration(report.duration_s) << " of tracing ("
       << iso8601_utc(report.end_time_unix_ms) << ")\n";
+  auto summed_exits = exited_to_sum(report);
   for (const auto& target : report.targets) {
+    if (summed_exits.count(&target)) continue;
     out << "  pid " << target.pid << " " << target.comm;
     if (!target.allocator.empty()) {
       out << "  allocator " << target.allocator << " " << target.allocator_module;
@@ -329,6 +376,7 @@ void render_text(const model::Report& report, std::ostream& out) {
     }
     if (target.memory && target.memory->coverage) render_coverage(*target.memory->coverage, out);
   }
+  render_summed_exits(summed_exits, out);
   const auto& folded = report.folded_exits;
   if (folded.nothing_outstanding > 0) {
     out << "  " << with_thousands(folded.nothing_outstanding)
