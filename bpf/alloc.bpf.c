@@ -1066,6 +1066,25 @@ static __always_inline void fill_thread_event(struct memtrail_region_event *even
 	event->flags = flags;
 }
 
+/* Sends an event of `type` (with `address`) about the calling thread's process and stops the
+ * process until userspace continues it. Neither when the ring buffer is full (counted): nobody
+ * would hear of it to continue it. */
+static __always_inline void send_hold_event(__u32 tgid, __u8 type, __u64 address)
+{
+	struct memtrail_region_event *event;
+	__u64 now;
+
+	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
+	if (!event) {
+		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	fill_thread_event(event, tgid, now, type, hold_current_process(tgid, now));
+	event->address = address;
+	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
+}
+
 /* At Py_FinalizeEx's entry, attached for each process whose objects are traced: the program is
  * ending, and the interpreter is about to free what its modules keep. Also at libc's _exit,
  * which a program ending without finalizing reaches (os._exit; the cookie says which). No probe sees an object
@@ -1080,8 +1099,6 @@ SEC("uprobe")
 int python_finalizing(struct pt_regs *ctx)
 {
 	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
-	struct memtrail_region_event *event;
-	__u64 now;
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
@@ -1090,17 +1107,8 @@ int python_finalizing(struct pt_regs *ctx)
 	 * is lost. */
 	__sync_fetch_and_or(bits, MEMTRAIL_PROCESS_ENDED);
 	processes_ended = 1;
-	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
-	if (!event) {
-		/* Not held: nobody would hear of it to continue it. */
-		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
-		return 0;
-	}
-	now = bpf_ktime_get_ns();
-	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_PYTHON_FINALIZING,
-			  hold_current_process(tgid, now));
-	event->address = bpf_get_attach_cookie(ctx); /* MEMTRAIL_PYTHON_END_* */
-	bpf_ringbuf_submit(event, 0);		     /* wakes userspace: the process waits for it */
+	/* address: MEMTRAIL_PYTHON_END_* */
+	send_hold_event(tgid, MEMTRAIL_REGION_PYTHON_FINALIZING, bpf_get_attach_cookie(ctx));
 	return 0;
 }
 
@@ -1114,21 +1122,10 @@ SEC("uprobe")
 int program_entry(struct pt_regs *ctx)
 {
 	__u32 tgid = current_tgid(), *bits = bpf_map_lookup_elem(&traced_processes, &tgid);
-	struct memtrail_region_event *event;
-	__u64 now;
 
 	if (tracing_stopped || holds_released || !bits || !(*bits & MEMTRAIL_PROCESS_HOLD_EXEC))
 		return 0;
-	event = bpf_ringbuf_reserve(&region_events, sizeof(*event), 0);
-	if (!event) {
-		/* Not held: nobody would hear of it to continue it. */
-		count_loss(MEMTRAIL_CTR_REGION_EVENTS_LOST, MEMTRAIL_LOSS_REGION_EVENTS, tgid);
-		return 0;
-	}
-	now = bpf_ktime_get_ns();
-	fill_thread_event(event, tgid, now, MEMTRAIL_REGION_PROGRAM_ENTRY,
-			  hold_current_process(tgid, now));
-	bpf_ringbuf_submit(event, 0); /* wakes userspace: the process waits for it */
+	send_hold_event(tgid, MEMTRAIL_REGION_PROGRAM_ENTRY, 0);
 	return 0;
 }
 

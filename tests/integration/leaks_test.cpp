@@ -1283,6 +1283,15 @@ ObjectBytes python_object_bytes(const json& report) {
   return found;
 }
 
+// Each line's object bytes and count, one line each: for a failure's message.
+std::string describe(const ObjectBytes& found) {
+  std::ostringstream text;
+  for (const auto& [where, bytes] : found.bytes) {
+    text << where << ": " << bytes << " B, " << found.objects.at(where) << " objects\n";
+  }
+  return text.str();
+}
+
 TEST(LeaksPythonObjects, TheKeepersLineHoldsTheObjectsTheChurnersLineDoesNot) {
   REQUIRE_BPF_OR_SKIP();
   ASSERT_TRUE(std::filesystem::exists("/usr/bin/python3")) << "install python3";
@@ -1292,9 +1301,7 @@ TEST(LeaksPythonObjects, TheKeepersLineHoldsTheObjectsTheChurnersLineDoesNot) {
   std::string keep = "Keeper.keep@" + std::to_string(traced.lines["keep"]);
   std::string churn = "churn@" + std::to_string(traced.lines["churn"]);
   std::ostringstream shares;
-  for (const auto& [where, bytes] : found.bytes) {
-    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
-  }
+  shares << describe(found);
   ASSERT_GT(found.total, 0u) << traced.report.dump(2);
   // 5,000 calls of keep(), each keeping what it made: a Record, a str, two tuples and three ints.
   EXPECT_EQ(found.objects[keep], 5000u * 7) << shares.str();
@@ -1404,9 +1411,7 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
   }
   EXPECT_GT(churned_sites, 0u) << report["freed_sites"].dump(2);
   std::ostringstream shares;
-  for (const auto& [where, bytes] : found.bytes) {
-    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
-  }
+  shares << describe(found);
   shares << "observed fraction " << share << ", kept " << kept << "\n";
   ASSERT_GT(found.total, 0u) << report.dump(2);
   EXPECT_GE(found.bytes[keep], found.total * 8 / 10) << shares.str();
@@ -1427,6 +1432,26 @@ TEST(LeaksPythonObjects, DutyCycledTheKeepersLineLeadsWithAnEstimateMarkedAsSuch
 // window); launched directly, before the run starts: a first window open at the start saw the
 // start-up burst alone and scaled it (a share several times the duty cycle, estimates a fraction
 // of the truth), so that run's first window opens one period late.
+// A launched keeper traced to its end ("done"): memtrail run with `arguments` (the command after
+// "--") and `environment`; the keeper's "line" and "count" statements, and memtrail's stderr
+// when it did not finish.
+struct KeeperRun {
+  bool finished = false;
+  std::map<std::string, int> lines;
+  std::map<std::string, uint64_t> counts;
+  std::string memtrail_stderr;
+};
+KeeperRun run_launched_keeper(const std::vector<std::string>& arguments,
+                              const std::vector<std::string>& environment) {
+  KeeperRun run;
+  Tracer tracer(arguments, environment);
+  tracer.expect_attached();
+  run.finished = read_target_statements(tracer.process, run.lines, run.counts);
+  if (!run.finished) run.memtrail_stderr = tracer.process.stderr_seen();
+  tracer.stop();
+  return run;
+}
+
 void expect_launched_keeper_measured_from_its_steady_work(bool through_env) {
   TempDir dir;
   std::string json_path = dir.file("r.json");
@@ -1439,15 +1464,10 @@ void expect_launched_keeper_measured_from_its_steady_work(bool through_env) {
   }
   argv.insert(argv.end(), {"/usr/bin/python3", MEMTRAIL_PYTHON_KEEPER_PY});
   // Directly: memtrail, and so the command, get the settings in their environment.
-  Tracer tracer(argv, through_env ? std::vector<std::string>{} : settings);
-  tracer.expect_attached();
-  std::map<std::string, int> lines;
-  std::map<std::string, uint64_t> counts;
-  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
-      << "the keeper did not finish\n"
-      << tracer.process.stderr_seen();
-  uint64_t kept = counts["kept"];
-  tracer.stop();
+  auto run = run_launched_keeper(argv, through_env ? std::vector<std::string>{} : settings);
+  ASSERT_TRUE(run.finished) << "the keeper did not finish\n" << run.memtrail_stderr;
+  auto& lines = run.lines;
+  uint64_t kept = run.counts["kept"];
   json report = read_json(json_path);
   ASSERT_EQ(kept, 500u * 10) << "the keeper did not say how many it kept";
   ASSERT_TRUE(report.contains("python_objects")) << report.dump(2);
@@ -1459,9 +1479,7 @@ void expect_launched_keeper_measured_from_its_steady_work(bool through_env) {
   auto found = python_object_bytes(report);
   std::string keep = "Keeper.keep@" + std::to_string(lines["keep"]);
   std::ostringstream shares;
-  for (const auto& [where, bytes] : found.bytes) {
-    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
-  }
+  shares << describe(found);
   shares << "observed fraction " << share << ", kept " << kept << "\n" << objects.dump();
   EXPECT_GE(share, 0.05) << shares.str();
   EXPECT_LE(share, 0.20) << shares.str();
@@ -1663,16 +1681,12 @@ TEST(LeaksPythonObjects, APythonWhoseInterpreterIsASharedLibraryIsTracedFromItsF
   TempDir dir;
   std::string json_path = dir.file("r.json");
   // -S: not its site-packages' .pth hooks (pyenv's setuptools imports a module at start-up).
-  Tracer tracer({"--json", json_path, "-q", "--python-objects", "exact", "--", python, "-S",
-                 MEMTRAIL_PYTHON_KEEPER_PY},
-                {"GATE=0", "ROUNDS=1", "PER_ROUND=2000", "PAUSE=0", "BODY=600"});
-  tracer.expect_attached();
-  std::map<std::string, int> lines;
-  std::map<std::string, uint64_t> counts;
-  ASSERT_TRUE(read_target_statements(tracer.process, lines, counts))
-      << "the keeper did not finish\n"
-      << tracer.process.stderr_seen();
-  tracer.stop();
+  auto run = run_launched_keeper({"--json", json_path, "-q", "--python-objects", "exact", "--",
+                                  python, "-S", MEMTRAIL_PYTHON_KEEPER_PY},
+                                 {"GATE=0", "ROUNDS=1", "PER_ROUND=2000", "PAUSE=0", "BODY=600"});
+  ASSERT_TRUE(run.finished) << "the keeper did not finish\n" << run.memtrail_stderr;
+  auto& lines = run.lines;
+  auto& counts = run.counts;
   json report = read_json(json_path);
   ASSERT_EQ(counts["kept"], 2000u) << "the keeper did not say how many it kept";
   ASSERT_FALSE(report["targets"].empty()) << report.dump(2);
@@ -1686,9 +1700,7 @@ TEST(LeaksPythonObjects, APythonWhoseInterpreterIsASharedLibraryIsTracedFromItsF
   std::string keep = "Keeper.keep@" + std::to_string(lines["keep"]);
   std::string churn = "churn@" + std::to_string(lines["churn"]);
   std::ostringstream shares;
-  for (const auto& [where, bytes] : found.bytes) {
-    shares << where << ": " << bytes << " B, " << found.objects[where] << " objects\n";
-  }
+  shares << describe(found);
   // Each keep() kept 7 objects.
   EXPECT_EQ(found.objects[keep], 2000u * 7) << shares.str();
   EXPECT_EQ(found.objects[churn], 0u) << shares.str();

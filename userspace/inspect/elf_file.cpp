@@ -288,6 +288,54 @@ std::vector<uint8_t> ElfFile::read_code(uint64_t address, size_t length) const {
   return code;
 }
 
+namespace {
+
+// One entry of a RELA section, with what names its symbol.
+struct Relocation {
+  GElf_Rela rela{};
+  Elf* elf = nullptr;
+  Elf_Data* symbols = nullptr;  // the section's symbol table
+  size_t strings = 0;           // that table's string section
+  unsigned type() const { return static_cast<unsigned>(GELF_R_TYPE(rela.r_info)); }
+  // Its symbol's name; empty when unreadable.
+  std::string symbol_name() const {
+    GElf_Sym symbol;
+    if (!symbols || !gelf_getsym(symbols, static_cast<int>(GELF_R_SYM(rela.r_info)), &symbol)) {
+      return "";
+    }
+    const char* name = elf_strptr(elf, strings, symbol.st_name);
+    return name ? name : "";
+  }
+};
+
+// Calls `visit` on every relocation of the file's RELA sections, until it returns true.
+template <typename Visit>
+void for_each_relocation(Elf* elf, Visit&& visit) {
+  Elf_Scn* section = nullptr;
+  while ((section = elf_nextscn(elf, section)) != nullptr) {
+    GElf_Shdr header;
+    if (!gelf_getshdr(section, &header) || header.sh_type != SHT_RELA || header.sh_entsize == 0) {
+      continue;
+    }
+    Elf_Data* data = elf_getdata(section, nullptr);
+    if (!data) continue;
+    Relocation relocation;
+    relocation.elf = elf;
+    Elf_Scn* symbols_section = elf_getscn(elf, header.sh_link);
+    GElf_Shdr symbols_header;
+    if (symbols_section && gelf_getshdr(symbols_section, &symbols_header)) {
+      relocation.symbols = elf_getdata(symbols_section, nullptr);
+      relocation.strings = symbols_header.sh_link;
+    }
+    size_t count = std::min<uint64_t>(header.sh_size, data->d_size) / header.sh_entsize;
+    for (size_t i = 0; i < count; ++i) {
+      if (gelf_getrela(data, static_cast<int>(i), &relocation.rela) && visit(relocation)) return;
+    }
+  }
+}
+
+}  // namespace
+
 std::string ElfFile::plt_target(uint64_t address) const {
   std::vector<uint8_t> stub = read_code(address, 16);
   size_t at = 0;
@@ -298,71 +346,32 @@ std::string ElfFile::plt_target(uint64_t address) const {
   int32_t displacement = 0;
   std::memcpy(&displacement, &stub[at + 2], sizeof(displacement));
   uint64_t slot = address + at + 6 + static_cast<uint64_t>(static_cast<int64_t>(displacement));
-  Elf* elf = elf_.get();
-  Elf_Scn* section = nullptr;
-  while ((section = elf_nextscn(elf, section)) != nullptr) {
-    GElf_Shdr header;
-    if (!gelf_getshdr(section, &header) || header.sh_type != SHT_RELA || header.sh_entsize == 0) {
-      continue;
-    }
-    Elf_Data* data = elf_getdata(section, nullptr);
-    if (!data) continue;
-    size_t count = std::min<uint64_t>(header.sh_size, data->d_size) / header.sh_entsize;
-    for (size_t i = 0; i < count; ++i) {
-      GElf_Rela rela;
-      if (!gelf_getrela(data, static_cast<int>(i), &rela) || rela.r_offset != slot) continue;
-      auto type = GELF_R_TYPE(rela.r_info);
-      if (type == R_X86_64_IRELATIVE) {
-        for (const auto& [name, symbol] : symbols().functions) {
-          if (symbol.address == static_cast<uint64_t>(rela.r_addend)) return name;
+  std::string target;
+  for_each_relocation(elf_.get(), [&](const Relocation& relocation) {
+    if (relocation.rela.r_offset != slot) return false;
+    if (relocation.type() == R_X86_64_IRELATIVE) {
+      for (const auto& [name, symbol] : symbols().functions) {
+        if (symbol.address == static_cast<uint64_t>(relocation.rela.r_addend)) {
+          target = name;
+          break;
         }
-        return "";
       }
-      if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) return "";
-      Elf_Scn* symbols_section = elf_getscn(elf, header.sh_link);
-      GElf_Shdr symbols_header;
-      if (!symbols_section || !gelf_getshdr(symbols_section, &symbols_header)) return "";
-      Elf_Data* symbols_data = elf_getdata(symbols_section, nullptr);
-      GElf_Sym symbol;
-      if (!symbols_data ||
-          !gelf_getsym(symbols_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &symbol)) {
-        return "";
-      }
-      const char* name = elf_strptr(elf, symbols_header.sh_link, symbol.st_name);
-      return name ? name : "";
+    } else if (relocation.type() == R_X86_64_JUMP_SLOT || relocation.type() == R_X86_64_GLOB_DAT) {
+      target = relocation.symbol_name();
     }
-  }
-  return "";
+    return true;  // the slot's relocation: its target, or none
+  });
+  return target;
 }
 
 std::vector<uint64_t> ElfFile::got_slots_of(std::string_view name) const {
   std::vector<uint64_t> slots;
-  Elf* elf = elf_.get();
-  Elf_Scn* section = nullptr;
-  while ((section = elf_nextscn(elf, section)) != nullptr) {
-    GElf_Shdr header;
-    if (!gelf_getshdr(section, &header) || header.sh_type != SHT_RELA || header.sh_entsize == 0) {
-      continue;
+  for_each_relocation(elf_.get(), [&](const Relocation& relocation) {
+    if (relocation.type() == R_X86_64_GLOB_DAT && relocation.symbol_name() == name) {
+      slots.push_back(relocation.rela.r_offset);
     }
-    Elf_Data* data = elf_getdata(section, nullptr);
-    Elf_Scn* symbols_section = elf_getscn(elf, header.sh_link);
-    GElf_Shdr symbols_header;
-    if (!data || !symbols_section || !gelf_getshdr(symbols_section, &symbols_header)) continue;
-    Elf_Data* symbols_data = elf_getdata(symbols_section, nullptr);
-    if (!symbols_data) continue;
-    size_t count = std::min<uint64_t>(header.sh_size, data->d_size) / header.sh_entsize;
-    for (size_t i = 0; i < count; ++i) {
-      GElf_Rela rela;
-      GElf_Sym symbol;
-      if (!gelf_getrela(data, static_cast<int>(i), &rela) ||
-          GELF_R_TYPE(rela.r_info) != R_X86_64_GLOB_DAT ||
-          !gelf_getsym(symbols_data, static_cast<int>(GELF_R_SYM(rela.r_info)), &symbol)) {
-        continue;
-      }
-      const char* symbol_name = elf_strptr(elf, symbols_header.sh_link, symbol.st_name);
-      if (symbol_name && name == symbol_name) slots.push_back(rela.r_offset);
-    }
-  }
+    return false;
+  });
   return slots;
 }
 
