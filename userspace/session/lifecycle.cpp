@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <string>
 #include <unordered_set>
 
@@ -311,16 +312,35 @@ void Lifecycle::settle(const ReportOf& report_of, Clock::time_point start, bool 
   purge_later_.clear();
   for (const auto& [pid, process] : exited) purge[pid] = process->exited_at_ns;
   auto dropped = tracer_.purge_processes(purge, stale_execs_);
+  // Said a line each; beyond kExitsSaidEach in one pass (a shim's helpers, a build's
+  // compilers), one line for them all unless -v. Host-wide (many a second), only with -v.
+  constexpr size_t kExitsSaidEach = 3;
+  bool each = config_.verbose() || (!config_.host_wide() && exited.size() <= kExitsSaidEach);
+  uint64_t bytes = 0, allocations = 0;
+  std::map<std::string, size_t> names;
   for (auto& [pid, process] : exited) {
     auto& summary = summaries[pid];
     summary.purged_blocks = dropped[pid];
     code_maps_.forget_exited(pid);
     process->exit = summary;
     summarized_.push_back(process);
-    if (config_.host_wide() && !config_.verbose()) continue;  // many a second: -v says each
+    bytes += summary.outstanding_bytes;
+    allocations += summary.outstanding_allocations;
+    ++names[process->info.comm];
+    if (!each) continue;
     std::cerr << "memtrail: pid " << pid << " exited with " << summary.outstanding_bytes
               << " bytes outstanding in " << summary.outstanding_allocations << " allocations at "
               << summary.sites << " sites; still tracing the others\n";
+  }
+  if (!each && !config_.host_wide()) {
+    std::cerr << "memtrail: " << exited.size() << " processes exited (";
+    const char* separator = "";
+    for (const auto& [name, count] : names) {
+      std::cerr << separator << name << " " << count;
+      separator = ", ";
+    }
+    std::cerr << ") with " << bytes << " bytes outstanding in " << allocations
+              << " allocations; still tracing the others\n";
   }
   // Once a process: a wrapper's chain of execs (env, then the shell, then the program) is
   // dropped in one pass, the count the same for each of them.
