@@ -365,15 +365,9 @@ void CodeMaps::rebind_allocators(TracedProcess& process) {
   // mimalloc went unprobed so). A file mapped for good outside the link map stops being
   // looked for after kLinkMapWait.
   constexpr auto kLinkMapWait = std::chrono::seconds(10);
-  bool unlisted = false;
-  for (auto file = files.begin(); file != files.end();) {
-    if (!listed.count(*file) && !process.resolved_code_files.count(*file)) {
-      unlisted = true;
-      file = files.erase(file);
-    } else {
-      ++file;
-    }
-  }
+  bool unlisted = std::erase_if(files, [&](const std::string& file) {
+                    return !listed.count(file) && !process.resolved_code_files.count(file);
+                  }) != 0;
   if (!unlisted) {
     process.unlisted_since.reset();
   } else if (!process.unlisted_since) {
