@@ -427,6 +427,16 @@ std::map<int, std::string> descriptors_of(pid_t pid) {
   return descriptors;
 }
 
+// The job shell reaped `pid` with exit code `code`, then the guardian and its anchor ended too
+// (nothing is left), and the shell itself exited 0.
+void expect_ends_with(Job& job, pid_t pid, int code) {
+  auto ended = job.line("reaped " + std::to_string(pid) + " ", 10s);
+  EXPECT_EQ(ended, "reaped " + std::to_string(pid) + " exited " + std::to_string(code))
+      << job.seen();
+  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
+  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+}
+
 std::string held_line(pid_t pid) {
   return "memtrail: pid " + std::to_string(pid) +
          " was held (stopped) when memtrail ended: continued it (SIGCONT)";
@@ -455,11 +465,7 @@ TEST(LeaksLaunch, MemtrailKilledWhileItHoldsTheProgramAWrapperExecutesLeavesItTo
     EXPECT_TRUE(job.line("line leak_malloc ", 10s)) << job.seen();
     ASSERT_TRUE(job.line("done", 10s)) << job.seen();
     job.shell.write_stdin("quit\n");
-    auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
-    EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
-    // The guardian and its anchor ended too: nothing is left.
-    EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
-    EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+    expect_ends_with(job, leaky, 0);
   }
 }
 
@@ -498,10 +504,7 @@ TEST(LeaksLaunch, MemtrailKilledWhileItHoldsAPythonProgramAtPyFinalizeExLeavesIt
   EXPECT_EQ(state_once_waiting(python), 'S') << "not waiting for its input";
   job.shell.write_stdin("\n");
   EXPECT_TRUE(job.line("bye", 10s)) << job.seen();
-  auto ended = job.line("reaped " + std::to_string(python) + " ", 10s);
-  EXPECT_EQ(ended, "reaped " + std::to_string(python) + " exited 7") << job.seen();
-  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
-  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  expect_ends_with(job, python, 7);
 }
 
 // pyenv's python3.11, whose interpreter is a shared library, is held a second time at its entry
@@ -529,10 +532,7 @@ TEST(LeaksLaunch, MemtrailKilledWhileItHoldsAPythonAtItsEntryPointLeavesItToRunT
   EXPECT_EQ(state_once_waiting(running), 'S') << "not waiting for its input";
   job.shell.write_stdin("\n");
   EXPECT_TRUE(job.line("bye", 10s)) << job.seen();
-  auto ended = job.line("reaped " + std::to_string(running) + " ", 10s);
-  EXPECT_EQ(ended, "reaped " + std::to_string(running) + " exited 7") << job.seen();
-  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
-  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  expect_ends_with(job, running, 7);
 }
 
 // memtrail killed (kill -9) while it traces a launched program, nothing held: the program runs
@@ -569,10 +569,7 @@ TEST(LeaksLaunch, ALaunchedProgramRunsToItsEndWhenMemtrailIsKilledWhileTracingIt
   EXPECT_TRUE(job.line("job killed by signal 9", 10s)) << job.seen();
   EXPECT_EQ(state_once_waiting(leaky), 'S');
   job.shell.write_stdin("quit\n");
-  auto ended = job.line("reaped " + std::to_string(leaky) + " ", 10s);
-  EXPECT_EQ(ended, "reaped " + std::to_string(leaky) + " exited 0") << job.seen();
-  EXPECT_TRUE(job.line("all ended", 10s)) << job.seen();
-  EXPECT_EQ(job.shell.wait(10s), std::optional<int>(0));
+  expect_ends_with(job, leaky, 0);
   // The kernel frees a detached program after grace periods (RCU, RCU tasks trace): soon.
   for (int i = 0; i < 100 && !still_loaded(programs).empty(); ++i) {
     std::this_thread::sleep_for(100ms);
